@@ -1,0 +1,94 @@
+//! The agents actor: owns the [`Agents`] partition (advertised queues and images, agent
+//! records and provision history).
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::{now, reply};
+use crate::error::Result;
+use crate::journal::{Journal, PartSnapshot};
+use crate::model::agents::Agents;
+use crate::model::{Event, Name};
+
+/// Messages to the agents actor.
+pub enum AgentMsg {
+    /// Merge `{name: description}` pairs into the advertised queues.
+    AdvertiseQueues(Vec<(Name, Box<str>)>, RpcReplyPort<Result<u64>>),
+    /// Replace the images of each queue (`{image: data}` object text per queue).
+    AdvertiseImages(Vec<(Name, Bytes)>, RpcReplyPort<Result<u64>>),
+    /// Merge fields (JSON object text) into an agent's record.
+    Update(Name, Bytes, RpcReplyPort<Result<u64>>),
+    /// Append a provision outcome (JSON object text) to an agent's history; `false` when
+    /// the agent is unknown (the entry is still kept, as Testflinger does).
+    ProvisionLog(Name, Bytes, RpcReplyPort<Result<(u64, bool)>>),
+    /// A read-only look at the partition: `f` runs inside the actor.
+    Read(Box<dyn FnOnce(&Agents) + Send>),
+    /// Serialise the partition for a snapshot.
+    Snapshot(RpcReplyPort<PartSnapshot>),
+}
+
+/// The agents actor (no configuration).
+pub struct AgentActor;
+
+/// The agents actor's state.
+pub struct AgentState {
+    /// The partition.
+    agents: Agents,
+    /// Last LSN folded in.
+    applied: u64,
+    /// Where events go.
+    journal: Journal,
+}
+
+impl AgentState {
+    fn record(&mut self, event: Event) -> Result<u64> {
+        let lsn = self.journal.append(&event)?;
+        self.applied = lsn;
+        self.agents.apply(&event);
+        Ok(lsn)
+    }
+}
+
+impl Actor for AgentActor {
+    type Msg = AgentMsg;
+    type State = AgentState;
+    type Arguments = (Agents, u64, Journal);
+
+    async fn pre_start(&self, _: ActorRef<AgentMsg>, (agents, applied, journal): Self::Arguments) -> Result<AgentState, ActorProcessingErr> {
+        Ok(AgentState { agents, applied, journal })
+    }
+
+    async fn handle(&self, _: ActorRef<AgentMsg>, msg: AgentMsg, state: &mut AgentState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AgentMsg::AdvertiseQueues(queues, port) => {
+                let result = state.record(Event::QueuesAdvertised { queues, at: now() });
+                reply(port, result);
+            }
+            AgentMsg::AdvertiseImages(sets, port) => {
+                let mut result = Ok(0);
+                for (queue, images) in sets {
+                    result = state.record(Event::ImagesAdvertised { queue, images });
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                reply(port, result);
+            }
+            AgentMsg::Update(name, fields, port) => {
+                let result = state.record(Event::AgentUpdated { name, fields, at: now() });
+                reply(port, result);
+            }
+            AgentMsg::ProvisionLog(name, entry, port) => {
+                let known = state.agents.agents.contains_key(&name);
+                let result = state.record(Event::ProvisionLogged { name, entry, at: now() }).map(|lsn| (lsn, known));
+                reply(port, result);
+            }
+            AgentMsg::Read(f) => f(&state.agents),
+            AgentMsg::Snapshot(port) => {
+                let bytes = rmp_serde::to_vec_named(&state.agents)?;
+                reply(port, PartSnapshot { lsn: state.applied, state: bytes });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! The artifact actor: owns the [`Files`] partition, i.e. which file on disk holds each
+//! job's artifact and attachments.
+//!
+//! Uploads are streamed to disk by the handler (never through this actor, never whole in
+//! memory) and made durable there (temp file, fsync, rename, directory fsync); this actor
+//! then records the new reference. A replaced or expired file is deleted only after the
+//! event that dropped it is durable, so a crash never leaves a reference to a deleted file.
+
+use std::path::PathBuf;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::{now, reply};
+use crate::error::Result;
+use crate::journal::{Journal, PartSnapshot};
+use crate::model::files::{Files, StoredFile};
+use crate::model::{Event, FileKind, JobId};
+
+/// Messages to the artifact actor.
+pub enum FileMsg {
+    /// A durable file `name` of `size` bytes now holds the job's `kind`.
+    Stored(JobId, FileKind, Box<str>, u64, RpcReplyPort<Result<u64>>),
+    /// The job's current file of `kind`.
+    Get(JobId, FileKind, RpcReplyPort<Option<StoredFile>>),
+    /// Remove these jobs' files.
+    Expire(Vec<JobId>, RpcReplyPort<Result<u64>>),
+    /// Serialise the partition for a snapshot.
+    Snapshot(RpcReplyPort<PartSnapshot>),
+}
+
+/// The artifact actor (no configuration).
+pub struct FileActor;
+
+/// The artifact actor's state.
+pub struct FileState {
+    /// The partition.
+    files: Files,
+    /// Last LSN folded in.
+    applied: u64,
+    /// Where events go.
+    journal: Journal,
+    /// The folder holding the files.
+    dir: PathBuf,
+}
+
+impl FileState {
+    fn record(&mut self, event: Event) -> Result<u64> {
+        let lsn = self.journal.append(&event)?;
+        self.applied = lsn;
+        let unreferenced = self.files.apply(&event);
+        if !unreferenced.is_empty() {
+            let journal = self.journal.clone();
+            let dir = self.dir.clone();
+            tokio::spawn(async move {
+                if journal.durable(lsn).await.is_ok() {
+                    for name in unreferenced {
+                        let path = dir.join(&*name);
+                        if let Err(e) = tokio::fs::remove_file(&path).await {
+                            tracing::warn!(path = %path.display(), error = %e, "cannot delete replaced file");
+                        }
+                    }
+                }
+            });
+        }
+        Ok(lsn)
+    }
+}
+
+impl Actor for FileActor {
+    type Msg = FileMsg;
+    type State = FileState;
+    type Arguments = (Files, u64, Journal, PathBuf);
+
+    async fn pre_start(&self, _: ActorRef<FileMsg>, (files, applied, journal, dir): Self::Arguments) -> Result<FileState, ActorProcessingErr> {
+        Ok(FileState { files, applied, journal, dir })
+    }
+
+    async fn handle(&self, _: ActorRef<FileMsg>, msg: FileMsg, state: &mut FileState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            FileMsg::Stored(id, kind, file, size, port) => {
+                let result = state.record(Event::FileStored { id, kind, file, size, at: now() });
+                reply(port, result);
+            }
+            FileMsg::Get(id, kind, port) => reply(port, state.files.get(id, kind).cloned()),
+            FileMsg::Expire(ids, port) => {
+                let result = state.record(Event::FilesExpired { ids });
+                reply(port, result);
+            }
+            FileMsg::Snapshot(port) => {
+                let bytes = rmp_serde::to_vec_named(&state.files)?;
+                reply(port, PartSnapshot { lsn: state.applied, state: bytes });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,115 @@
+//! The actors: thin adapters that own one partition of the model each and talk to the
+//! journal, plus the directory of per-queue actors and the RPC helper handlers use.
+//!
+//! - `supervisor`: spawns and links every other actor, decides what a failure means.
+//! - `registry`: jobs and their lifecycle; creates queue actors on first use.
+//! - `queue`: one per queue; the waiting order (derived, rebuilt from the registry).
+//! - `results`: result documents and logs.
+//! - `files`: artifact and attachment files.
+//! - `agents`: advertised queues, images and agent records.
+
+pub mod agents;
+pub mod files;
+pub mod queue;
+pub mod registry;
+pub mod results;
+pub mod supervisor;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::RwLock;
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, RpcReplyPort};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::journal::Journal;
+use crate::model::Name;
+
+/// How long a handler waits for an actor's reply before answering 503. Generous: only a
+/// wedged actor takes this long (snapshots of millions of jobs take well under it).
+const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends `msg` to `actor` and waits for the reply.
+pub async fn ask<M, T>(actor: &ActorRef<M>, msg: impl FnOnce(RpcReplyPort<T>) -> M) -> Result<T>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    match actor.call(msg, Some(RPC_TIMEOUT)).await {
+        Ok(CallResult::Success(value)) => Ok(value),
+        Ok(CallResult::Timeout) => Err(Error::Unavailable("the server is overloaded; try again".into())),
+        Ok(CallResult::SenderError) | Err(_) => Err(Error::Unavailable("the server is shutting down".into())),
+    }
+}
+
+/// Replies if the caller still listens (a dropped HTTP request closes the port).
+pub fn reply<T: Send + 'static>(port: RpcReplyPort<T>, value: T) {
+    if !port.is_closed() {
+        let _ = port.send(value);
+    }
+}
+
+/// Unix seconds now: the only clock events see (recorded in them, never read in apply).
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Unix microseconds now.
+pub fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Queue name → its actor. Written only by the registry actor (which creates queue
+/// actors), read by handlers that pop or ask positions.
+#[derive(Clone, Default)]
+pub struct QueueDirectory(Arc<RwLock<HashMap<Name, ActorRef<queue::QueueMsg>>>>);
+
+impl QueueDirectory {
+    /// The actor of `queue`, if it ever had a job.
+    pub fn get(&self, queue: &str) -> Option<ActorRef<queue::QueueMsg>> {
+        self.0.read().get(queue).cloned()
+    }
+
+    /// Number of queue actors.
+    pub fn len(&self) -> usize {
+        self.0.read().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.read().is_empty()
+    }
+
+    fn insert(&self, queue: Name, actor: ActorRef<queue::QueueMsg>) {
+        self.0.write().insert(queue, actor);
+    }
+
+    fn name_of(&self, id: ractor::ActorId) -> Option<Name> {
+        self.0.read().iter().find(|(_, a)| a.get_id() == id).map(|(n, _)| n.clone())
+    }
+}
+
+/// Everything a request handler needs.
+#[derive(Clone)]
+pub struct Services {
+    /// Jobs and lifecycle.
+    pub registry: ActorRef<registry::RegistryMsg>,
+    /// Results and logs.
+    pub results: ActorRef<results::ResultMsg>,
+    /// Artifact and attachment files.
+    pub files: ActorRef<files::FileMsg>,
+    /// Agent-reported data.
+    pub agents: ActorRef<agents::AgentMsg>,
+    /// Per-queue actors.
+    pub queues: QueueDirectory,
+    /// To wait for durability before acknowledging.
+    pub journal: Journal,
+    /// Limits and paths.
+    pub config: Arc<Config>,
+    /// Where uploaded files live.
+    pub files_dir: PathBuf,
+}

@@ -1,0 +1,262 @@
+//! The registry actor: owns the [`Registry`] partition, decides and records every job
+//! lifecycle change, and keeps each queue actor's index in step.
+//!
+//! Every change follows one path: decide (pure) → journal append (refused when the log
+//! cannot take it, before anything changes) → apply (pure) → forward the index change to
+//! the queue's actor → reply with the LSN the handler must see durable.
+
+use bytes::Bytes;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::queue::{QueueActor, QueueMsg};
+use super::{now, reply, QueueDirectory};
+use crate::error::Result;
+use crate::journal::{Journal, PartSnapshot};
+use crate::model::queue::Entry;
+use crate::model::registry::{Attachments, IndexChange, Registry, Submission, Submitted};
+use crate::model::{Event, JobId, Name};
+
+/// A job as handlers see it.
+#[derive(Clone, Debug)]
+pub struct JobView {
+    /// Its queue.
+    pub queue: Name,
+    /// The stored job document.
+    pub body: Bytes,
+    /// `job_state`.
+    pub state: String,
+    /// Whether it is waiting in its queue.
+    pub waiting: bool,
+    /// `job_priority`.
+    pub priority: i64,
+    /// Unix seconds of submission.
+    pub created_at: u64,
+    /// Unix seconds of dispatch.
+    pub started_at: Option<u64>,
+    /// Input files status.
+    pub attachments: Attachments,
+}
+
+/// Messages to the registry.
+pub enum RegistryMsg {
+    /// Submit (or resubmit) a job; replies with the LSN to await.
+    Submit(Submission, RpcReplyPort<Result<u64>>),
+    /// Dispatch a reserved waiting job to an agent: its document and LSN, or `None` when
+    /// it is no longer dispatchable.
+    Claim(JobId, Option<Name>, RpcReplyPort<Result<Option<(Bytes, u64)>>>),
+    /// The job this agent holds without having reported on it.
+    Held(Name, RpcReplyPort<Option<(JobId, JobView)>>),
+    /// Cancel a job.
+    Cancel(JobId, RpcReplyPort<Result<u64>>),
+    /// A `job_state` was posted: the LSN if it changed the lifecycle.
+    Report(JobId, Name, RpcReplyPort<Result<Option<u64>>>),
+    /// The job's attachments were stored.
+    AttachmentsArrived(JobId, RpcReplyPort<Result<Option<u64>>>),
+    /// Look a job up.
+    Get(JobId, RpcReplyPort<Option<JobView>>),
+    /// Jobs of a queue (any state), at most `limit`.
+    ListQueue(Name, usize, RpcReplyPort<Vec<(JobId, JobView)>>),
+    /// Every job matching a predicate, at most `limit`.
+    Search(Box<dyn Fn(&JobView) -> bool + Send>, usize, RpcReplyPort<Vec<(JobId, JobView)>>),
+    /// Remove finished jobs that finished before `cutoff`, at most `limit`.
+    Expire(u64, usize, RpcReplyPort<Result<Option<(Vec<JobId>, u64)>>>),
+    /// A queue actor died: start a new one from the current waiting jobs.
+    RespawnQueue(Name),
+    /// Serialise the partition for a snapshot.
+    Snapshot(RpcReplyPort<PartSnapshot>),
+}
+
+/// The registry actor (no configuration).
+pub struct RegistryActor;
+
+/// Start-up inputs.
+pub struct RegistryArgs {
+    /// The recovered partition.
+    pub registry: Registry,
+    /// Last LSN folded into it.
+    pub applied: u64,
+    /// Where events go.
+    pub journal: Journal,
+    /// Queue actors, shared with handlers.
+    pub queues: QueueDirectory,
+    /// Parent of the queue actors this actor creates.
+    pub supervisor: ActorCell,
+}
+
+/// The registry actor's state.
+pub struct RegistryState {
+    /// The partition this actor owns.
+    registry: Registry,
+    /// Last LSN folded in (recorded in snapshots).
+    applied: u64,
+    /// Where events go.
+    journal: Journal,
+    /// Queue actors; this actor is the only writer.
+    queues: QueueDirectory,
+    /// Parent for new queue actors.
+    supervisor: ActorCell,
+}
+
+fn view(job: &crate::model::registry::Job) -> JobView {
+    JobView {
+        queue: job.queue.clone(),
+        body: job.body.clone(),
+        state: job.state.label().to_owned(),
+        waiting: job.state.is_waiting(),
+        priority: job.priority,
+        created_at: job.created_at,
+        started_at: job.started_at,
+        attachments: job.attachments,
+    }
+}
+
+impl RegistryState {
+    /// Records and applies `event`, updating the queue index; returns its LSN.
+    async fn record(&mut self, event: Event) -> Result<u64> {
+        let lsn = self.journal.append(&event)?;
+        self.applied = lsn;
+        if let Some(change) = self.registry.apply(lsn, &event) {
+            self.route(change).await;
+        }
+        Ok(lsn)
+    }
+
+    async fn route(&mut self, change: IndexChange) {
+        let (queue, msg) = match change {
+            IndexChange::Insert(queue, entry) => {
+                if self.queues.get(&queue).is_none() {
+                    self.spawn_queue(queue, vec![entry]).await;
+                    return;
+                }
+                (queue, QueueMsg::Insert(entry))
+            }
+            IndexChange::Remove(queue, id) => (queue, QueueMsg::Remove(id)),
+            IndexChange::Ready(queue, id) => (queue, QueueMsg::Ready(id)),
+        };
+        if let Some(actor) = self.queues.get(&queue) {
+            let _ = actor.cast(msg);
+        }
+    }
+
+    async fn spawn_queue(&mut self, queue: Name, entries: Vec<Entry>) {
+        match Actor::spawn_linked(None, QueueActor, entries, self.supervisor.clone()).await {
+            Ok((actor, _)) => self.queues.insert(queue, actor),
+            // Only fails when the actor system is shutting down.
+            Err(e) => tracing::error!(%queue, error = %e, "cannot start queue actor"),
+        }
+    }
+}
+
+impl Actor for RegistryActor {
+    type Msg = RegistryMsg;
+    type State = RegistryState;
+    type Arguments = RegistryArgs;
+
+    async fn pre_start(&self, _: ActorRef<RegistryMsg>, args: RegistryArgs) -> Result<RegistryState, ActorProcessingErr> {
+        let mut state = RegistryState {
+            registry: args.registry,
+            applied: args.applied,
+            journal: args.journal,
+            queues: args.queues,
+            supervisor: args.supervisor,
+        };
+        for (queue, entries) in state.registry.waiting_entries() {
+            state.spawn_queue(queue, entries).await;
+        }
+        Ok(state)
+    }
+
+    async fn handle(&self, _: ActorRef<RegistryMsg>, msg: RegistryMsg, state: &mut RegistryState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RegistryMsg::Submit(sub, port) => {
+                let result = match state.registry.submit(sub, now()) {
+                    Submitted::Duplicate { lsn } => Ok(lsn),
+                    Submitted::Record(event) => state.record(event).await,
+                };
+                reply(port, result);
+            }
+            RegistryMsg::Claim(id, agent, port) => {
+                let result = match state.registry.claim(id, agent, now()) {
+                    None => Ok(None),
+                    Some(event) => match state.record(event).await {
+                        Ok(lsn) => Ok(state.registry.get(id).map(|job| (job.body.clone(), lsn))),
+                        Err(e) => Err(e),
+                    },
+                };
+                reply(port, result);
+            }
+            RegistryMsg::Held(agent, port) => {
+                reply(port, state.registry.held_by(&agent).map(|(id, job)| (id, view(job))));
+            }
+            RegistryMsg::Cancel(id, port) => {
+                let result = match state.registry.cancel(id, now()) {
+                    Ok(event) => state.record(event).await,
+                    Err(e) => Err(e),
+                };
+                reply(port, result);
+            }
+            RegistryMsg::Report(id, label, port) => {
+                let result = match state.registry.report(id, &label, now()) {
+                    None => Ok(None),
+                    Some(event) => state.record(event).await.map(Some),
+                };
+                reply(port, result);
+            }
+            RegistryMsg::AttachmentsArrived(id, port) => {
+                let result = match state.registry.attachments_arrived(id) {
+                    Ok(None) => Ok(None),
+                    Ok(Some(event)) => state.record(event).await.map(Some),
+                    Err(e) => Err(e),
+                };
+                reply(port, result);
+            }
+            RegistryMsg::Get(id, port) => reply(port, state.registry.get(id).map(view)),
+            RegistryMsg::ListQueue(queue, limit, port) => {
+                let mut jobs: Vec<(JobId, JobView)> = state
+                    .registry
+                    .iter()
+                    .filter(|(_, j)| j.queue == queue)
+                    .map(|(id, j)| (id, view(j)))
+                    .collect();
+                jobs.sort_by_key(|(_, v)| v.created_at);
+                jobs.truncate(limit);
+                reply(port, jobs);
+            }
+            RegistryMsg::Search(predicate, limit, port) => {
+                let jobs = state
+                    .registry
+                    .iter()
+                    .map(|(id, j)| (id, view(j)))
+                    .filter(|(_, v)| predicate(v))
+                    .take(limit)
+                    .collect();
+                reply(port, jobs);
+            }
+            RegistryMsg::Expire(cutoff, limit, port) => {
+                let ids = state.registry.expired(cutoff, limit);
+                let result = if ids.is_empty() {
+                    Ok(None)
+                } else {
+                    let event = Event::JobsExpired { ids: ids.clone() };
+                    state.record(event).await.map(|lsn| Some((ids, lsn)))
+                };
+                reply(port, result);
+            }
+            RegistryMsg::RespawnQueue(queue) => {
+                let entries = state.registry.waiting_entries().remove(&queue).unwrap_or_default();
+                tracing::warn!(%queue, waiting = entries.len(), "restarting queue actor from the registry");
+                state.spawn_queue(queue, entries).await;
+            }
+            RegistryMsg::Snapshot(port) => {
+                let bytes = rmp_serde::to_vec_named(&state.registry)?;
+                reply(port, PartSnapshot { lsn: state.applied, state: bytes });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a job has finished (complete, completed or cancelled), for listings.
+pub fn is_finished(view: &JobView) -> bool {
+    crate::model::job::is_terminal_label(&view.state)
+}

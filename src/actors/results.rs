@@ -1,0 +1,144 @@
+//! The result actor: owns the [`Results`] partition (result documents and logs).
+//!
+//! Decides what a post records (dropping retried log fragments, numbering legacy output
+//! chunks, consuming unread output) and applies it after the journal accepted it.
+
+use bytes::{Bytes, BytesMut};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::{now, now_micros, reply};
+use crate::error::Result;
+use crate::journal::{Journal, PartSnapshot};
+use crate::model::results::{ResultDoc, Results};
+use crate::model::{Event, JobId, LogKind, Name};
+
+/// One log fragment as posted.
+#[derive(Clone, Debug)]
+pub struct FragmentPost {
+    /// Output or serial.
+    pub kind: LogKind,
+    /// The agent's fragment number.
+    pub number: u64,
+    /// The phase.
+    pub phase: Name,
+    /// Unix microseconds.
+    pub timestamp: i64,
+    /// The text.
+    pub data: Bytes,
+}
+
+/// Messages to the result actor.
+pub enum ResultMsg {
+    /// Merge top-level fields (a JSON object's text) into the job's result.
+    Merge(JobId, Bytes, RpcReplyPort<Result<u64>>),
+    /// Append a log fragment; `None` when it was a retry of one already stored.
+    AppendLog(JobId, FragmentPost, RpcReplyPort<Result<Option<u64>>>),
+    /// Append a legacy `/output` chunk (numbered after the highest fragment so far).
+    AppendOutput(JobId, Name, Bytes, RpcReplyPort<Result<u64>>),
+    /// Consume the unread output: the text and the LSN of the read, or `None` when
+    /// nothing new arrived.
+    ReadOutput(JobId, RpcReplyPort<Result<Option<(Bytes, u64)>>>),
+    /// A copy of the job's document.
+    Get(JobId, RpcReplyPort<Option<ResultDoc>>),
+    /// Remove these jobs' results.
+    Expire(Vec<JobId>, RpcReplyPort<Result<u64>>),
+    /// Serialise the partition for a snapshot.
+    Snapshot(RpcReplyPort<PartSnapshot>),
+}
+
+/// The result actor (no configuration).
+pub struct ResultActor;
+
+/// The result actor's state.
+pub struct ResultState {
+    /// The partition.
+    results: Results,
+    /// Last LSN folded in.
+    applied: u64,
+    /// Where events go.
+    journal: Journal,
+}
+
+impl ResultState {
+    fn record(&mut self, event: Event) -> Result<u64> {
+        let lsn = self.journal.append(&event)?;
+        self.applied = lsn;
+        self.results.apply(&event);
+        Ok(lsn)
+    }
+}
+
+impl Actor for ResultActor {
+    type Msg = ResultMsg;
+    type State = ResultState;
+    type Arguments = (Results, u64, Journal);
+
+    async fn pre_start(&self, _: ActorRef<ResultMsg>, (results, applied, journal): Self::Arguments) -> Result<ResultState, ActorProcessingErr> {
+        Ok(ResultState { results, applied, journal })
+    }
+
+    async fn handle(&self, _: ActorRef<ResultMsg>, msg: ResultMsg, state: &mut ResultState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ResultMsg::Merge(id, fields, port) => {
+                let result = state.record(Event::ResultMerged { id, fields, at: now() });
+                reply(port, result);
+            }
+            ResultMsg::AppendLog(id, f, port) => {
+                let result = if state.results.has_fragment(id, f.kind, &f.phase, f.number) {
+                    Ok(None)
+                } else {
+                    state
+                        .record(Event::LogAppended {
+                            id,
+                            kind: f.kind,
+                            phase: f.phase,
+                            number: f.number,
+                            timestamp: f.timestamp,
+                            data: f.data,
+                        })
+                        .map(Some)
+                };
+                reply(port, result);
+            }
+            ResultMsg::AppendOutput(id, phase, data, port) => {
+                let number = state.results.next_output_number(id);
+                let result = state.record(Event::LogAppended {
+                    id,
+                    kind: LogKind::Output,
+                    phase,
+                    number,
+                    timestamp: now_micros(),
+                    data,
+                });
+                reply(port, result);
+            }
+            ResultMsg::ReadOutput(id, port) => {
+                let unread = state.results.get(id).map(|doc| {
+                    let (fragments, upto) = doc.unread_output();
+                    let mut text = BytesMut::new();
+                    for f in fragments {
+                        text.extend_from_slice(&f.data);
+                    }
+                    (text.freeze(), upto)
+                });
+                let result = match unread {
+                    Some((text, upto)) if !text.is_empty() => {
+                        state.record(Event::OutputRead { id, upto }).map(|lsn| Some((text, lsn)))
+                    }
+                    _ => Ok(None),
+                };
+                reply(port, result);
+            }
+            ResultMsg::Get(id, port) => reply(port, state.results.get(id).cloned()),
+            ResultMsg::Expire(ids, port) => {
+                let result = state.record(Event::ResultsExpired { ids });
+                reply(port, result);
+            }
+            ResultMsg::Snapshot(port) => {
+                let bytes = rmp_serde::to_vec_named(&state.results)?;
+                reply(port, PartSnapshot { lsn: state.applied, state: bytes });
+            }
+        }
+        Ok(())
+    }
+}

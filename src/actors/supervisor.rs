@@ -1,0 +1,162 @@
+//! The supervisor: starts every actor from the recovered state, links them to itself and
+//! decides what a failure means.
+//!
+//! A queue actor holds only derived state, so when one dies the registry starts a new one
+//! from its waiting jobs and service goes on. The registry, result, artifact and agents
+//! actors hold the authoritative in-memory state; if one dies (a bug: their handlers do
+//! not fail on bad input), its state is no longer trustworthy, so the supervisor reports
+//! a fatal error and the server shuts down: on restart, replay rebuilds it from the log.
+
+use std::path::PathBuf;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::agents::{AgentActor, AgentMsg};
+use super::files::{FileActor, FileMsg};
+use super::registry::{RegistryActor, RegistryArgs, RegistryMsg};
+use super::results::{ResultActor, ResultMsg};
+use super::{reply, QueueDirectory};
+use crate::journal::{Applied, Journal};
+use crate::model::State;
+
+/// Messages to the supervisor.
+pub enum SupervisorMsg {
+    /// The actor references handlers need.
+    Refs(RpcReplyPort<Refs>),
+    /// Stop the children (shutdown has begun: their exits are expected).
+    Shutdown,
+}
+
+/// The partition actors.
+#[derive(Clone)]
+pub struct Refs {
+    /// Jobs.
+    pub registry: ActorRef<RegistryMsg>,
+    /// Results.
+    pub results: ActorRef<ResultMsg>,
+    /// Files.
+    pub files: ActorRef<FileMsg>,
+    /// Agents.
+    pub agents: ActorRef<AgentMsg>,
+}
+
+/// Start-up inputs.
+pub struct SupervisorArgs {
+    /// The recovered state.
+    pub state: State,
+    /// Which LSN each partition has applied.
+    pub applied: Applied,
+    /// The journal.
+    pub journal: Journal,
+    /// The queue directory to fill.
+    pub queues: QueueDirectory,
+    /// Where uploaded files live.
+    pub files_dir: PathBuf,
+    /// Where to report a fatal failure (the server shuts down on it).
+    pub fatal: UnboundedSender<String>,
+}
+
+/// The supervisor actor (no configuration).
+pub struct Supervisor;
+
+/// The supervisor's state.
+pub struct SupervisorState {
+    /// Its children.
+    refs: Refs,
+    /// The queue directory, to tell which queue a dead queue actor served.
+    queues: QueueDirectory,
+    /// Fatal failures go here.
+    fatal: UnboundedSender<String>,
+    /// Set once shutdown began: children stopping is then expected.
+    stopping: bool,
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+        let cell = myself.get_cell();
+        let State { registry, results, files, agents } = args.state;
+        let (registry, _) = Actor::spawn_linked(
+            Some("registry".into()),
+            RegistryActor,
+            RegistryArgs {
+                registry,
+                applied: args.applied.registry,
+                journal: args.journal.clone(),
+                queues: args.queues.clone(),
+                supervisor: cell.clone(),
+            },
+            cell.clone(),
+        )
+        .await?;
+        let (results, _) = Actor::spawn_linked(
+            Some("results".into()),
+            ResultActor,
+            (results, args.applied.results, args.journal.clone()),
+            cell.clone(),
+        )
+        .await?;
+        let (files, _) = Actor::spawn_linked(
+            Some("files".into()),
+            FileActor,
+            (files, args.applied.files, args.journal.clone(), args.files_dir),
+            cell.clone(),
+        )
+        .await?;
+        let (agents, _) = Actor::spawn_linked(
+            Some("agents".into()),
+            AgentActor,
+            (agents, args.applied.agents, args.journal.clone()),
+            cell,
+        )
+        .await?;
+        Ok(SupervisorState {
+            refs: Refs { registry, results, files, agents },
+            queues: args.queues,
+            fatal: args.fatal,
+            stopping: false,
+        })
+    }
+
+    async fn handle(&self, _: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Refs(port) => reply(port, state.refs.clone()),
+            SupervisorMsg::Shutdown => state.stopping = true,
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, format!("stopped: {}", reason.unwrap_or_else(|| "no reason".into())))
+            }
+            _ => return Ok(()),
+        };
+        if state.stopping {
+            return Ok(());
+        }
+        let id = cell.get_id();
+        if let Some(queue) = state.queues.name_of(id) {
+            tracing::error!(%queue, %why, "queue actor died; rebuilding it from the registry");
+            let _ = state.refs.registry.cast(RegistryMsg::RespawnQueue(queue));
+            return Ok(());
+        }
+        let name = cell.get_name().unwrap_or_else(|| id.to_string());
+        let message = format!("actor {name} {why}; its state cannot be trusted, shutting down (restart recovers from the log)");
+        tracing::error!("{message}");
+        state.stopping = true;
+        let _ = state.fatal.send(message);
+        Ok(())
+    }
+}

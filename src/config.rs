@@ -1,0 +1,400 @@
+//! Configuration: one [`Config`] from flags, environment, the Testflinger-style config
+//! file and defaults, in that order of precedence.
+//!
+//! The file is the seed's `testflinger.conf`: `KEY = value` lines, values quoted
+//! Python-style (`DATA_PATH = '/srv/tf'`) or bare numbers/words, `#` comments. It is
+//! named by `TESTFLINGER_CONFIG`, else `./testflinger.conf` if present. An unknown key
+//! is a warning; a malformed line is an error (exit status 2).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// How the write-ahead log acknowledges writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fdatasync before every acknowledgement (group commit batches concurrent ones).
+    Always,
+    /// Acknowledge at once, sync every interval: loses up to that much acknowledged work
+    /// on a power loss or kernel crash.
+    Interval(Duration),
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "always" {
+            return Ok(FsyncPolicy::Always);
+        }
+        s.strip_prefix("interval:")
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|&ms| (1..=60_000).contains(&ms))
+            .map(|ms| FsyncPolicy::Interval(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("expected `always` or `interval:MS` (1..=60000), got {s:?}"))
+    }
+}
+
+/// The server's settings, resolved.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Where the log, snapshots and files live.
+    pub data_dir: PathBuf,
+    /// Durability of acknowledgements.
+    pub fsync: FsyncPolicy,
+    /// Largest job submission body.
+    pub max_job_bytes: usize,
+    /// Largest result post body (Testflinger answers 413 from 16 MiB).
+    pub max_result_bytes: usize,
+    /// Largest output chunk or log fragment body.
+    pub max_output_bytes: usize,
+    /// Largest artifact or attachments upload.
+    pub max_artifact_bytes: u64,
+    /// WAL segment size.
+    pub segment_bytes: u64,
+    /// Take a snapshot once this many bytes were logged since the last one.
+    pub snapshot_bytes: u64,
+    /// Finished jobs (and their results, logs and files) are removed this long after they
+    /// finish. Waiting jobs never expire.
+    pub retention: Duration,
+    /// Start even when the log is corrupt before its tail, dropping everything after the
+    /// damage (operator's explicit choice).
+    pub wal_truncate_corruption: bool,
+    /// Most connections served at once; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Where the settings came from, for the start-up log line.
+    pub source: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: ([127, 0, 0, 1], 8000).into(),
+            data_dir: PathBuf::from("./data"),
+            fsync: FsyncPolicy::Always,
+            max_job_bytes: 1 << 20,
+            max_result_bytes: 16 << 20,
+            max_output_bytes: 1 << 20,
+            max_artifact_bytes: 2 << 30,
+            segment_bytes: 64 << 20,
+            snapshot_bytes: 256 << 20,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            wal_truncate_corruption: false,
+            max_connections: 10_000,
+            source: "defaults".into(),
+        }
+    }
+}
+
+/// flinger: a Testflinger-compatible test-job server with a durable write-ahead log.
+///
+/// Settings come from these flags, then FLINGER_* environment variables, then the
+/// Testflinger config file (TESTFLINGER_CONFIG, else ./testflinger.conf), then defaults.
+#[derive(Parser, Debug)]
+#[command(name = "flinger", version, about, long_about)]
+pub struct Cli {
+    /// Server options.
+    #[command(flatten)]
+    pub opts: ServeOpts,
+    /// Maintenance commands (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Maintenance commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Inspect the write-ahead log.
+    Wal {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: WalAction,
+    },
+}
+
+/// Write-ahead log inspection.
+#[derive(Subcommand, Debug)]
+pub enum WalAction {
+    /// Print every record of the log in DATA_DIR human-readably (read-only; safe while
+    /// the server runs).
+    Dump {
+        /// The server's data directory (the one holding `wal/`).
+        data_dir: PathBuf,
+    },
+}
+
+/// Flags of the server (each also readable from its environment variable).
+#[derive(Args, Debug, Default)]
+pub struct ServeOpts {
+    /// Address to listen on [default: 127.0.0.1:8000, localhost only; use 0.0.0.0:8000 to
+    /// open it up]. Port 0 picks a free port (the log line `listening addr=` names it).
+    #[arg(long, env = "FLINGER_BIND", value_name = "HOST:PORT")]
+    pub bind: Option<SocketAddr>,
+    /// Data directory for the log, snapshots and files [default: DATA_PATH from the config
+    /// file, else ./data].
+    #[arg(long, env = "FLINGER_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `always` (fdatasync before every acknowledgement, batched) or `interval:MS`
+    /// (acknowledge at once, sync every MS milliseconds: a crash of the machine loses up to
+    /// MS of acknowledged changes) [default: always].
+    #[arg(long, env = "FLINGER_FSYNC", value_name = "POLICY")]
+    pub fsync: Option<FsyncPolicy>,
+    /// Largest job submission body in bytes [default: 1 MiB].
+    #[arg(long, env = "FLINGER_MAX_JOB_BYTES", value_name = "BYTES")]
+    pub max_job_bytes: Option<usize>,
+    /// Largest result post body in bytes [default: 16 MiB].
+    #[arg(long, env = "FLINGER_MAX_RESULT_BYTES", value_name = "BYTES")]
+    pub max_result_bytes: Option<usize>,
+    /// Largest output chunk or log fragment in bytes [default: 1 MiB].
+    #[arg(long, env = "FLINGER_MAX_OUTPUT_BYTES", value_name = "BYTES")]
+    pub max_output_bytes: Option<usize>,
+    /// Largest artifact or attachments upload in bytes [default: 2 GiB].
+    #[arg(long, env = "FLINGER_MAX_ARTIFACT_BYTES", value_name = "BYTES")]
+    pub max_artifact_bytes: Option<u64>,
+    /// Write-ahead log segment size in bytes [default: 64 MiB].
+    #[arg(long, env = "FLINGER_SEGMENT_BYTES", value_name = "BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// Snapshot (and drop covered log segments) after this many logged bytes [default:
+    /// 256 MiB].
+    #[arg(long, env = "FLINGER_SNAPSHOT_BYTES", value_name = "BYTES")]
+    pub snapshot_bytes: Option<u64>,
+    /// Remove finished jobs with their results, logs and files this many seconds after
+    /// they finish [default: 604800, 7 days]. Waiting jobs never expire.
+    #[arg(long, env = "FLINGER_RETENTION_SECS", value_name = "SECS")]
+    pub retention_secs: Option<u64>,
+    /// Start even if the log is damaged before its tail, dropping everything from the
+    /// damage on. Without it such damage refuses to start.
+    #[arg(long, env = "FLINGER_WAL_TRUNCATE_CORRUPTION")]
+    pub wal_truncate_corruption: bool,
+    /// Most connections served at once [default: 10000].
+    #[arg(long, env = "FLINGER_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+}
+
+/// A problem with the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line number (0 when the file could not be read).
+    pub line: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "line {}: {}", self.line, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Keys the config file may set, and keys from Testflinger that we accept and ignore.
+const KNOWN_KEYS: &[&str] = &[
+    "DATA_PATH",
+    "BIND",
+    "FSYNC",
+    "MAX_JOB_BYTES",
+    "MAX_RESULT_BYTES",
+    "MAX_OUTPUT_BYTES",
+    "MAX_ARTIFACT_BYTES",
+    "SEGMENT_BYTES",
+    "SNAPSHOT_BYTES",
+    "RETENTION_SECS",
+    "MAX_CONNECTIONS",
+];
+/// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
+const IGNORED_KEYS: &[&str] = &["REDIS_HOST", "REDIS_PORT", "SENTRY_DSN", "MONGODB_URI", "MONGODB_HOST", "MONGODB_PORT"];
+
+/// Parses config file text into `KEY -> value` (values unquoted). Pure; never panics.
+pub fn parse_config_file(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let err = |reason: String| ConfigError { line: i + 1, reason };
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| err(format!("expected `KEY = value`, got {line:?}")))?;
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(err(format!("bad key {key:?}")));
+        }
+        let value = unquote(value.trim()).map_err(err)?;
+        out.insert(key.to_owned(), value);
+    }
+    Ok(out)
+}
+
+fn unquote(value: &str) -> Result<String, String> {
+    let value = match value.find(" #") {
+        Some(i) if !value.starts_with(['\'', '"']) => value[..i].trim_end(),
+        _ => value,
+    };
+    for quote in ['\'', '"'] {
+        if let Some(rest) = value.strip_prefix(quote) {
+            let inner = rest
+                .strip_suffix(quote)
+                .filter(|_| rest.len() >= 1)
+                .ok_or_else(|| format!("unterminated string {value:?}"))?;
+            if inner.contains(quote) {
+                return Err(format!("stray quote in {value:?}"));
+            }
+            return Ok(inner.to_owned());
+        }
+    }
+    if value.is_empty() {
+        return Err("missing value".into());
+    }
+    if value.contains(['\'', '"']) {
+        return Err(format!("stray quote in {value:?}"));
+    }
+    Ok(value.to_owned())
+}
+
+/// Finds and reads the config file: `TESTFLINGER_CONFIG`, else `./testflinger.conf`.
+/// Returns the path read and its keys, or `None` when there is no file.
+pub fn read_config_file(
+    env_path: Option<&Path>,
+) -> Result<Option<(PathBuf, BTreeMap<String, String>)>, ConfigError> {
+    let path = match env_path {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = PathBuf::from("testflinger.conf");
+            if !p.exists() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+        line: 0,
+        reason: format!("cannot read config file {}: {e}", path.display()),
+    })?;
+    let keys = parse_config_file(&text).map_err(|e| ConfigError {
+        line: e.line,
+        reason: format!("{}: {}", path.display(), e.reason),
+    })?;
+    Ok(Some((path, keys)))
+}
+
+impl Config {
+    /// Resolves flags/env (`opts`) over the file's keys over defaults. Returns the config
+    /// and warnings to log (unknown keys).
+    pub fn resolve(
+        opts: &ServeOpts,
+        file: Option<(PathBuf, BTreeMap<String, String>)>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut config = Config::default();
+        let mut warnings = Vec::new();
+        if let Some((path, keys)) = file {
+            config.source = path.display().to_string();
+            for (key, value) in &keys {
+                let bad = |what: &str| ConfigError {
+                    line: 0,
+                    reason: format!("{}: {key} = {value:?} is not {what}", path.display()),
+                };
+                let num = |what: &str| value.parse::<u64>().map_err(|_| bad(what));
+                match key.as_str() {
+                    "DATA_PATH" => config.data_dir = PathBuf::from(value),
+                    "BIND" => config.bind = value.parse().map_err(|_| bad("HOST:PORT"))?,
+                    "FSYNC" => config.fsync = value.parse().map_err(|_| bad("always or interval:MS"))?,
+                    "MAX_JOB_BYTES" => config.max_job_bytes = num("a byte count")? as usize,
+                    "MAX_RESULT_BYTES" => config.max_result_bytes = num("a byte count")? as usize,
+                    "MAX_OUTPUT_BYTES" => config.max_output_bytes = num("a byte count")? as usize,
+                    "MAX_ARTIFACT_BYTES" => config.max_artifact_bytes = num("a byte count")?,
+                    "SEGMENT_BYTES" => config.segment_bytes = num("a byte count")?,
+                    "SNAPSHOT_BYTES" => config.snapshot_bytes = num("a byte count")?,
+                    "RETENTION_SECS" => config.retention = Duration::from_secs(num("seconds")?),
+                    "MAX_CONNECTIONS" => config.max_connections = num("a count")? as usize,
+                    k if IGNORED_KEYS.contains(&k) => {
+                        warnings.push(format!("config key {k} is not used by flinger (no external store needed)"))
+                    }
+                    k => warnings.push(format!(
+                        "unknown config key {k} in {} (known: {})",
+                        path.display(),
+                        KNOWN_KEYS.join(", ")
+                    )),
+                }
+            }
+        }
+        if let Some(v) = opts.bind {
+            config.bind = v;
+        }
+        if let Some(v) = &opts.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = opts.fsync {
+            config.fsync = v;
+        }
+        macro_rules! take {
+            ($($field:ident),*) => {$( if let Some(v) = opts.$field { config.$field = v; } )*};
+        }
+        take!(max_job_bytes, max_result_bytes, max_output_bytes, max_artifact_bytes, segment_bytes, snapshot_bytes, max_connections);
+        if let Some(secs) = opts.retention_secs {
+            config.retention = Duration::from_secs(secs);
+        }
+        config.wal_truncate_corruption |= opts.wal_truncate_corruption;
+        config.validate()?;
+        Ok((config, warnings))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |reason: String| Err(ConfigError { line: 0, reason });
+        if self.max_result_bytes > 256 << 20 || self.max_job_bytes > 256 << 20 || self.max_output_bytes > 256 << 20 {
+            return err("job, result and output limits must be at most 256 MiB (they are logged whole)".into());
+        }
+        let biggest = self.max_result_bytes.max(self.max_job_bytes).max(self.max_output_bytes) as u64;
+        if self.segment_bytes < 2 * biggest + (1 << 20) {
+            return err(format!(
+                "segment size {} is too small for records of up to {biggest} bytes (needs at least 2x the largest limit + 1 MiB)",
+                self.segment_bytes
+            ));
+        }
+        if self.max_connections == 0 {
+            return err("max connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn testflinger_style_file_parses() {
+        let keys = parse_config_file("# comment\nDATA_PATH = '/srv/tf'\nREDIS_PORT = 6379\nFSYNC=\"interval:5\"\n").unwrap();
+        assert_eq!(keys["DATA_PATH"], "/srv/tf");
+        assert_eq!(keys["REDIS_PORT"], "6379");
+        assert_eq!(keys["FSYNC"], "interval:5");
+    }
+
+    #[test]
+    fn malformed_lines_are_errors_with_line_numbers() {
+        for (text, line) in [("DATA_PATH '/x'", 1), ("\nDATA_PATH = '/x", 2), ("= 3", 1), ("A = 'x'y'", 1), ("A =", 1)] {
+            assert_eq!(parse_config_file(text).unwrap_err().line, line, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn flags_beat_file_beats_defaults_and_unknown_keys_warn() {
+        let file = parse_config_file("DATA_PATH = '/srv/tf'\nBIND = '0.0.0.0:9000'\nWHAT = 1\n").unwrap();
+        let opts = ServeOpts { bind: Some("127.0.0.1:1".parse().unwrap()), ..Default::default() };
+        let (config, warnings) = Config::resolve(&opts, Some(("tf.conf".into(), file))).unwrap();
+        assert_eq!(config.bind.port(), 1);
+        assert_eq!(config.data_dir, PathBuf::from("/srv/tf"));
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("WHAT"));
+    }
+}

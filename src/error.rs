@@ -1,0 +1,108 @@
+//! The crate's one error type, and its one mapping to HTTP.
+//!
+//! Domain code (model, actors, journal) returns these semantic variants; only
+//! [`Error::status`] knows which HTTP status each one becomes, and only
+//! `http::respond` turns one into a response body. Handlers never build error bodies.
+
+use std::fmt;
+
+/// Every failure the server reports to a client or to `main`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The request is malformed (bad id, bad JSON, missing field): 400.
+    InvalidInput(String),
+    /// A known field has the wrong type or value: 422 with a `detail` naming the field.
+    Validation {
+        /// Human summary, e.g. "Validation error".
+        message: String,
+        /// The offending field (top-level key of the submitted object).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The addressed thing does not exist: 404.
+    NotFound(String),
+    /// The request conflicts with the thing's state (cancel of a finished job): 400,
+    /// because that is what Testflinger clients expect.
+    Conflict(String),
+    /// The thing existed but is gone for this purpose (position of a started job): 410.
+    Gone(String),
+    /// A body or field is over its configured limit: 413.
+    TooLarge(String),
+    /// The write-ahead log cannot make the mutation durable right now (disk full): 507.
+    NoSpace(String),
+    /// The server cannot serve the request now (log failed, actor gone, shutting down): 503.
+    Unavailable(String),
+    /// A bug or an I/O failure on our side: 500. Never caused by client input.
+    Internal(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The HTTP status for this error: the single place that decides it.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::InvalidInput(_) | Error::Conflict(_) => 400,
+            Error::NotFound(_) => 404,
+            Error::Gone(_) => 410,
+            Error::TooLarge(_) => 413,
+            Error::Validation { .. } => 422,
+            Error::Internal(_) => 500,
+            Error::Unavailable(_) => 503,
+            Error::NoSpace(_) => 507,
+        }
+    }
+
+    /// The human-readable message (the `message` of the JSON error body).
+    pub fn message(&self) -> &str {
+        match self {
+            Error::InvalidInput(m)
+            | Error::NotFound(m)
+            | Error::Conflict(m)
+            | Error::Gone(m)
+            | Error::TooLarge(m)
+            | Error::NoSpace(m)
+            | Error::Unavailable(m)
+            | Error::Internal(m) => m,
+            Error::Validation { message, .. } => message,
+        }
+    }
+
+    /// A 422 for `field`, in the shape Testflinger's marshmallow errors have.
+    pub fn validation(field: &str, reason: impl Into<String>) -> Error {
+        Error::Validation {
+            message: "Validation error".into(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Validation { field, reason, .. } => write!(f, "{field}: {reason}"),
+            other => f.write_str(other.message()),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            Error::NoSpace(format!("no space left on device: {e}"))
+        } else {
+            Error::Internal(format!("I/O error: {e}"))
+        }
+    }
+}
+
+impl<T> From<ractor::RactorErr<T>> for Error {
+    fn from(e: ractor::RactorErr<T>) -> Self {
+        Error::Unavailable(format!("service unavailable: {e}"))
+    }
+}

@@ -1,0 +1,146 @@
+//! Job endpoints: submit, pop, get, position, cancel (names follow Testflinger's
+//! `api/v1.py`: `job_post`, `job_get`, `job_get_id`, `job_position_get`, `action_post`).
+
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use ractor::ActorRef;
+use serde_json::{json, Value};
+
+use super::respond::{json_bytes, json_value, no_content, ok, read_body, text};
+use super::wire::{self, path_id};
+use crate::actors::queue::QueueMsg;
+use crate::actors::registry::RegistryMsg;
+use crate::actors::{ask, Services};
+use crate::error::{Error, Result};
+use crate::model::queue::{best, Candidate};
+use crate::model::{JobId, Name};
+
+/// How often one pop retries when the job it chose was taken by a cancel in between.
+const MAX_POP_ATTEMPTS: usize = 16;
+/// Most `queue` parameters one pop may name.
+const MAX_POP_QUEUES: usize = 256;
+
+/// `POST /v1/job`: submit (or resubmit) a job.
+pub async fn job_post(State(svc): State<Services>, request: Request) -> Result<Response> {
+    let body = read_body(request, svc.config.max_job_bytes).await?;
+    let submission = wire::parse_job(&body)?;
+    let id = submission.id;
+    let lsn = ask(&svc.registry, |p| RegistryMsg::Submit(submission, p)).await??;
+    svc.journal.durable(lsn).await?;
+    Ok(json_value(StatusCode::OK, &json!({ "job_id": id.to_string() })))
+}
+
+/// A reservation on a queue's candidate, released if the pop does not claim it (also
+/// when the request is dropped mid-way, so no job stays reserved forever).
+struct Reserved {
+    queue: ActorRef<QueueMsg>,
+    candidate: Candidate,
+    armed: bool,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.queue.cast(QueueMsg::Release(self.candidate.id));
+        }
+    }
+}
+
+/// `GET /v1/job?queue=a&queue=b`: hand the agent the best waiting job of those queues.
+pub async fn job_get(State(svc): State<Services>, request: Request) -> Result<Response> {
+    let mut queues: Vec<Name> = Vec::new();
+    for (key, value) in wire::query_pairs(request.uri().query().unwrap_or("")) {
+        if key == "queue" && !value.is_empty() && !queues.iter().any(|q| **q == *value) {
+            queues.push(value.into());
+        }
+    }
+    if queues.is_empty() {
+        return Err(Error::InvalidInput("No queue(s) specified in request".into()));
+    }
+    if queues.len() > MAX_POP_QUEUES {
+        return Err(Error::InvalidInput(format!("At most {MAX_POP_QUEUES} queues per request")));
+    }
+    let agent = wire::agent_cookie(request.headers());
+    match pop(&svc, &queues, agent).await? {
+        Some(body) => Ok(json_bytes(StatusCode::OK, body)),
+        None => Ok(no_content()),
+    }
+}
+
+async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Option<bytes::Bytes>> {
+    if let Some(agent) = &agent {
+        // The agent retries a pop whose answer it lost: give it the job it already holds.
+        if let Some((_, job)) = ask(&svc.registry, |p| RegistryMsg::Held(agent.clone(), p)).await? {
+            if queues.contains(&job.queue) {
+                return Ok(Some(job.body));
+            }
+        }
+    }
+    let actors: Vec<ActorRef<QueueMsg>> = queues.iter().filter_map(|q| svc.queues.get(q)).collect();
+    if actors.is_empty() {
+        return Ok(None);
+    }
+    for _ in 0..MAX_POP_ATTEMPTS {
+        let takes = actors.iter().map(|actor| {
+            let agent = agent.clone();
+            async move {
+                let candidate = ask(actor, |p| QueueMsg::Take(agent, p)).await.ok().flatten();
+                candidate.map(|candidate| Reserved { queue: actor.clone(), candidate, armed: true })
+            }
+        });
+        let mut reserved: Vec<Reserved> = futures_util::future::join_all(takes).await.into_iter().flatten().collect();
+        let candidates: Vec<Candidate> = reserved.iter().map(|r| r.candidate.clone()).collect();
+        let Some(chosen) = best(&candidates).map(|c| c.id) else {
+            return Ok(None);
+        };
+        // Release the losers now, not after the claim: other pops may want them.
+        reserved.retain(|r| r.candidate.id == chosen);
+        let claimed = ask(&svc.registry, |p| RegistryMsg::Claim(chosen, agent.clone(), p)).await??;
+        if let Some((body, lsn)) = claimed {
+            // The registry's index change removes the slot; nothing to release.
+            reserved.iter_mut().for_each(|r| r.armed = false);
+            svc.journal.durable(lsn).await?;
+            return Ok(Some(body));
+        }
+    }
+    Ok(None)
+}
+
+/// `GET /v1/job/<id>`: the stored job document.
+pub async fn job_get_id(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
+    let id = path_id(&id)?;
+    match ask(&svc.registry, |p| RegistryMsg::Get(id, p)).await? {
+        Some(job) => Ok(json_bytes(StatusCode::OK, job.body)),
+        None => Ok(no_content()),
+    }
+}
+
+/// The text Testflinger answers for a job that is not waiting.
+const NOT_WAITING: &str = "Job not found or already started";
+
+/// `GET /v1/job/<id>/position`: how many waiting jobs of its queue are ahead of it.
+pub async fn job_position_get(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
+    let id = path_id(&id)?;
+    let gone = || Error::Gone(NOT_WAITING.into());
+    let job = ask(&svc.registry, |p| RegistryMsg::Get(id, p)).await?.filter(|j| j.waiting).ok_or_else(gone)?;
+    let queue = svc.queues.get(&job.queue).ok_or_else(gone)?;
+    let position = ask(&queue, |p| QueueMsg::Position(id, p)).await?.ok_or_else(gone)?;
+    Ok(text(position.to_string()))
+}
+
+/// `POST /v1/job/<id>/action`: `{"action": "cancel"}`.
+pub async fn action_post(State(svc): State<Services>, Path(id): Path<String>, request: Request) -> Result<Response> {
+    let id: JobId = path_id(&id)?;
+    let body = read_body(request, 64 << 10).await?;
+    let action = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_owned))
+        .ok_or_else(|| Error::InvalidInput("Invalid action: expected {\"action\": \"cancel\"}".into()))?;
+    if action != "cancel" {
+        return Err(Error::InvalidInput(format!("Invalid action {action:?}: only \"cancel\" is supported")));
+    }
+    let lsn = ask(&svc.registry, |p| RegistryMsg::Cancel(id, p)).await??;
+    svc.journal.durable(lsn).await?;
+    Ok(ok())
+}

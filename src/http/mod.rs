@@ -1,0 +1,81 @@
+//! HTTP: the route table and the handlers, thin adapters from requests to actor messages.
+//!
+//! - `wire`: the Testflinger JSON shapes and query/cookie syntax.
+//! - `respond`: responses, body limits, and the one mapping of errors to HTTP.
+//! - `jobs`, `results`, `agents`: handlers, named after Testflinger's `api/v1.py`.
+
+pub mod agents;
+pub mod jobs;
+pub mod respond;
+pub mod results;
+pub mod wire;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::actors::Services;
+use crate::error::Error;
+
+/// What `GET /v1/` answers (the agents' health check reads only the status).
+pub fn version_text() -> String {
+    format!("Testflinger Server v{} (flinger)", env!("CARGO_PKG_VERSION"))
+}
+
+async fn home() -> Response {
+    respond::text(version_text())
+}
+
+async fn not_found() -> Error {
+    Error::NotFound("Not found: no such endpoint".into())
+}
+
+/// Logs every request at debug level: method, path, status and time taken.
+async fn log_request(request: Request, next: Next) -> Response {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return next.run(request).await;
+    }
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    tracing::debug!(%method, %uri, status = response.status().as_u16(), us = started.elapsed().as_micros() as u64, "request");
+    response
+}
+
+/// The whole route table.
+pub fn router(services: Services) -> Router {
+    use self::agents::*;
+    use self::jobs::*;
+    use self::results::*;
+    Router::new()
+        .route("/", get(home))
+        .route("/v1", get(home))
+        .route("/v1/", get(home))
+        .route("/v1/job", post(job_post).get(job_get))
+        .route("/v1/job/{id}", get(job_get_id))
+        .route("/v1/job/{id}/position", get(job_position_get))
+        .route("/v1/job/{id}/action", post(action_post))
+        .route("/v1/result/{id}", post(result_post).get(result_get))
+        .route("/v1/result/{id}/output", post(output_post).get(output_get))
+        .route("/v1/result/{id}/artifact", post(artifact_post).get(artifact_get))
+        .route("/v1/agents/queues", post(queues_post).get(queues_get))
+        .route("/v1/agents/images", post(images_post))
+        .route("/v1/agents/images/{queue}", get(images_get))
+        .fallback(not_found)
+        .method_not_allowed_fallback(|| async {
+            (axum::http::StatusCode::METHOD_NOT_ALLOWED, Error::InvalidInput("Method Not Allowed".into()).message().to_owned())
+                .into_response()
+        })
+        .with_state(services)
+        // Handlers enforce their own limits (read_body, uploads): axum's default would
+        // cap uploads at 2 MB with a non-JSON answer.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(respond::json_errors))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            Error::Internal("internal error (a bug): the request was not completed".into()).into_response()
+        }))
+        .layer(middleware::from_fn(log_request))
+}

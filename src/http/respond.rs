@@ -1,0 +1,124 @@
+//! Response building and request body reading: the one place errors become HTTP.
+//!
+//! Every error leaves as JSON `{"message": ...}` (422s add `detail`), including the
+//! ones axum produces itself (bad path encoding, missing multipart boundary...):
+//! [`json_errors`] rewrites any non-JSON error response.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use serde_json::json;
+
+use crate::error::Error;
+
+/// The largest error body [`json_errors`] will read to reuse as a message.
+const MAX_ERROR_TEXT: usize = 4096;
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        }
+        let body = match &self {
+            Error::Validation { message, field, reason } => {
+                json!({"message": message, "detail": {"json": {field: [reason]}}})
+            }
+            other => json!({"message": other.message()}),
+        };
+        json_value(status, &body)
+    }
+}
+
+/// A JSON response from a value.
+pub fn json_value(status: StatusCode, value: &serde_json::Value) -> Response {
+    json_bytes(status, Bytes::from(serde_json::to_vec(value).expect("JSON values serialise")))
+}
+
+/// A JSON response from JSON text we already hold (stored documents).
+pub fn json_bytes(status: StatusCode, body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A plain-text 200 (Testflinger answers mutations with `OK`).
+pub fn text(body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// `200 OK` with body `OK`.
+pub fn ok() -> Response {
+    text("OK")
+}
+
+/// `204 No Content` with an empty body (clients test for the empty body).
+pub fn no_content() -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
+/// Reads a whole request body of at most `limit` bytes into its own allocation (so a
+/// stored body never pins the connection's read buffer).
+pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, Error> {
+    let too_large = || Error::TooLarge(format!("Payload too large: the limit is {limit} bytes"));
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let collected = Limited::new(request.into_body(), limit).collect().await.map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            too_large()
+        } else {
+            Error::InvalidInput(format!("could not read the request body: {e}"))
+        }
+    })?;
+    Ok(Bytes::copy_from_slice(&collected.to_bytes()))
+}
+
+/// Middleware: any error response that is not JSON (axum's own rejections, 404/405 from
+/// routing) becomes `{"message": ...}` with the same status.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match Limited::new(body, MAX_ERROR_TEXT).collect().await {
+        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("Error").to_owned()
+    } else {
+        text
+    };
+    let mut rebuilt = json_value(status, &json!({ "message": message }));
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rebuilt.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rebuilt
+}

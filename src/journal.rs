@@ -1,0 +1,514 @@
+//! The journal: model events to WAL records and back, the group-commit writer thread,
+//! snapshots, and start-up recovery.
+//!
+//! Actors call [`Journal::append`] inside their handler, right after deciding an event
+//! and before applying it: it encodes the event, assigns its log sequence number (LSN)
+//! and queues it for the writer, without waiting. The HTTP handler then awaits
+//! [`Journal::durable`] for that LSN before it answers 2xx, so actors never block on disk
+//! and one `fdatasync` acknowledges every request that arrived while the previous one
+//! ran (group commit).
+//!
+//! Failure policy: a failed write or sync poisons the log for good (fsync is never
+//! retried); every pending and later mutation gets 503 and reads keep working until the
+//! operator restarts, when replay recovers what is on disk. When the log cannot reserve
+//! space for its next segment, new mutations are refused with 507 *before* they are
+//! applied, and accepted again once space is free.
+//!
+//! Snapshots are per partition: each records the LSN of the last event its actor had
+//! applied, and replay skips a partition's events up to that LSN, so the actors never
+//! need to stop together to take a consistent cut.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+
+use crate::config::{Config, FsyncPolicy};
+use crate::error::{Error, Result};
+use crate::model::{Event, Partition, State};
+
+/// How long the writer waits for records before doing its periodic chores (space
+/// reservation retries, snapshot triggers).
+const WRITER_TICK: Duration = Duration::from_millis(250);
+/// A snapshot request not answered within this long is repeated.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(60);
+/// At most this many records go into one batch, so one huge burst cannot delay every
+/// acknowledgement in it by a very long write.
+const MAX_BATCH_RECORDS: usize = 8192;
+/// At most this many bytes go into one batch (a batch may exceed it by one record).
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// Durability progress, published by the writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mark {
+    /// Every record with an LSN up to this one is on disk.
+    durable: u64,
+    /// The log failed: records after `durable` will never be.
+    failed: bool,
+}
+
+enum WriterMsg {
+    Record(Vec<u8>),
+    Snapshot { lsn: u64, bytes: Vec<u8>, done: oneshot::Sender<Result<()>> },
+}
+
+struct Sender {
+    /// The LSN the next record gets; equals the WAL's own numbering because records reach
+    /// the writer in this order and it appends them in order.
+    next_lsn: u64,
+    tx: mpsc::Sender<WriterMsg>,
+}
+
+struct Inner {
+    /// Assigns LSNs and enqueues under one short lock, so LSN order is channel order.
+    sender: Mutex<Sender>,
+    /// Durability progress; handlers wait on it.
+    mark: watch::Sender<Mark>,
+    /// False while the WAL has no reserved space: new mutations are refused (507).
+    space: AtomicBool,
+    /// Under `interval` fsync, appends are acknowledged without waiting for the disk.
+    wait_for_disk: bool,
+}
+
+/// The handle actors and handlers share.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+/// One partition in a snapshot: its state and the last LSN folded into it.
+#[derive(Serialize, Deserialize)]
+pub struct PartSnapshot {
+    /// Last LSN the partition had applied.
+    pub lsn: u64,
+    /// The partition, msgpack-encoded.
+    #[serde(with = "serde_bytes_compat")]
+    pub state: Vec<u8>,
+}
+
+mod serde_bytes_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(bytes::Bytes::deserialize(d)?.to_vec())
+    }
+}
+
+/// The whole snapshot file payload.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotDoc {
+    /// Registry partition.
+    pub registry: PartSnapshot,
+    /// Results partition.
+    pub results: PartSnapshot,
+    /// Files partition.
+    pub files: PartSnapshot,
+    /// Agents partition.
+    pub agents: PartSnapshot,
+}
+
+/// What recovery found, for the start-up log line.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// LSN of the snapshot loaded, if any.
+    pub snapshot_lsn: Option<u64>,
+    /// Records replayed after it.
+    pub replayed: u64,
+    /// Bytes dropped from a torn tail.
+    pub truncated_bytes: Option<u64>,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// The last LSN each partition had applied when recovery finished.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Applied {
+    /// Registry.
+    pub registry: u64,
+    /// Results.
+    pub results: u64,
+    /// Files.
+    pub files: u64,
+    /// Agents.
+    pub agents: u64,
+}
+
+impl Applied {
+    fn get(&self, p: Partition) -> u64 {
+        match p {
+            Partition::Registry => self.registry,
+            Partition::Results => self.results,
+            Partition::Artifacts => self.files,
+            Partition::Agents => self.agents,
+        }
+    }
+
+    fn set(&mut self, p: Partition, lsn: u64) {
+        match p {
+            Partition::Registry => self.registry = lsn,
+            Partition::Results => self.results = lsn,
+            Partition::Artifacts => self.files = lsn,
+            Partition::Agents => self.agents = lsn,
+        }
+    }
+}
+
+/// Encodes an event as a WAL record payload.
+pub fn encode(event: &Event) -> Vec<u8> {
+    rmp_serde::to_vec_named(event).expect("events always encode")
+}
+
+/// Decodes a WAL record payload.
+pub fn decode(payload: &[u8]) -> std::result::Result<Event, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(payload)
+}
+
+fn wal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("wal")
+}
+
+fn wal_options(config: &Config) -> wal::Options {
+    wal::Options {
+        segment_size: config.segment_bytes,
+        max_record: u32::try_from(config.max_result_bytes.max(config.max_job_bytes) * 2 + (1 << 20))
+            .unwrap_or(u32::MAX),
+        recovery: if config.wal_truncate_corruption {
+            wal::Recovery::TruncateCorruption
+        } else {
+            wal::Recovery::Strict
+        },
+        ..wal::Options::default()
+    }
+}
+
+fn wal_error(e: wal::Error) -> Error {
+    match e {
+        wal::Error::NoSpace => Error::NoSpace("no space left for the write-ahead log".into()),
+        other => Error::Internal(format!("write-ahead log: {other}")),
+    }
+}
+
+/// Opens the log under `config.data_dir`, loads the newest snapshot, replays the records
+/// after it into a fresh [`State`], and starts the writer thread.
+///
+/// Returns the state, which LSN each partition has applied, the journal, a receiver of
+/// snapshot requests (the writer asks when the log has grown past the threshold), and
+/// what recovery did.
+pub fn open(
+    config: &Config,
+) -> Result<(State, Applied, Journal, tokio::sync::mpsc::UnboundedReceiver<()>, Recovery)> {
+    let started = Instant::now();
+    let mut wal = wal::Wal::open(&wal_dir(&config.data_dir), wal_options(config)).map_err(wal_error)?;
+    let mut state = State::default();
+    let mut applied = Applied::default();
+    let mut recovery = Recovery::default();
+    let mut after = 0;
+    if let Some((lsn, bytes)) = wal.load_snapshot().map_err(wal_error)? {
+        let doc: SnapshotDoc = rmp_serde::from_slice(&bytes)
+            .map_err(|e| Error::Internal(format!("snapshot at lsn {lsn} does not decode: {e}")))?;
+        let bad = |what: &str, e: rmp_serde::decode::Error| {
+            Error::Internal(format!("snapshot {what} partition does not decode: {e}"))
+        };
+        state.registry = rmp_serde::from_slice(&doc.registry.state).map_err(|e| bad("registry", e))?;
+        state.results = rmp_serde::from_slice(&doc.results.state).map_err(|e| bad("results", e))?;
+        state.files = rmp_serde::from_slice(&doc.files.state).map_err(|e| bad("files", e))?;
+        state.agents = rmp_serde::from_slice(&doc.agents.state).map_err(|e| bad("agents", e))?;
+        applied = Applied {
+            registry: doc.registry.lsn,
+            results: doc.results.lsn,
+            files: doc.files.lsn,
+            agents: doc.agents.lsn,
+        };
+        after = lsn;
+        recovery.snapshot_lsn = Some(lsn);
+    }
+    let report = wal
+        .replay(after, |lsn, payload| -> std::result::Result<(), String> {
+            let event = decode(payload).map_err(|e| format!("record does not decode: {e}"))?;
+            let partition = event.partition();
+            if lsn > applied.get(partition) {
+                state.apply(lsn, &event);
+                applied.set(partition, lsn);
+            }
+            Ok(())
+        })
+        .map_err(wal_error)?;
+    recovery.replayed = report.records;
+    recovery.truncated_bytes = report.truncated.as_ref().map(|t| t.bytes_dropped);
+    if let Some(t) = &report.truncated {
+        tracing::warn!(
+            segment = %t.segment.display(),
+            offset = t.offset,
+            bytes = t.bytes_dropped,
+            "write-ahead log had a torn tail; truncated it"
+        );
+    }
+    let (tx, rx) = mpsc::channel();
+    let first = wal.last_lsn() + 1;
+    let (mark, _) = watch::channel(Mark { durable: wal.last_lsn(), failed: false });
+    let inner = Arc::new(Inner {
+        sender: Mutex::new(Sender { next_lsn: first, tx }),
+        mark,
+        space: AtomicBool::new(wal.space_reserved()),
+        wait_for_disk: matches!(config.fsync, FsyncPolicy::Always),
+    });
+    let (snap_tx, snap_rx) = tokio::sync::mpsc::unbounded_channel();
+    let writer = Writer {
+        wal,
+        rx,
+        inner: inner.clone(),
+        snapshot_bytes: config.snapshot_bytes,
+        snapshot_requested: None,
+        snap_tx,
+        interval: match config.fsync {
+            FsyncPolicy::Always => None,
+            FsyncPolicy::Interval(d) => Some(d),
+        },
+    };
+    std::thread::Builder::new()
+        .name("wal-writer".into())
+        .spawn(move || writer.run())
+        .map_err(|e| Error::Internal(format!("cannot start the WAL writer: {e}")))?;
+    recovery.elapsed = started.elapsed();
+    Ok((state, applied, Journal { inner }, snap_rx, recovery))
+}
+
+impl Journal {
+    /// Queues `event` for the log and returns its LSN. Refuses (without queuing) when the
+    /// log failed or has no reserved space, so the caller must not apply the event then.
+    pub fn append(&self, event: &Event) -> Result<u64> {
+        self.writable()?;
+        let payload = encode(event);
+        let mut sender = self.inner.sender.lock();
+        let lsn = sender.next_lsn;
+        sender
+            .tx
+            .send(WriterMsg::Record(payload))
+            .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?;
+        sender.next_lsn += 1;
+        Ok(lsn)
+    }
+
+    /// Whether a mutation may be recorded now.
+    pub fn writable(&self) -> Result<()> {
+        if self.inner.mark.borrow().failed {
+            return Err(Error::Unavailable(
+                "the write-ahead log failed; the server must be restarted to accept changes".into(),
+            ));
+        }
+        if !self.inner.space.load(Ordering::Acquire) {
+            return Err(Error::NoSpace("no disk space reserved for the write-ahead log".into()));
+        }
+        Ok(())
+    }
+
+    /// Resolves once the record `lsn` is durable (immediately under `interval` fsync).
+    pub async fn durable(&self, lsn: u64) -> Result<()> {
+        if !self.inner.wait_for_disk {
+            return if self.inner.mark.borrow().failed && lsn > self.inner.mark.borrow().durable {
+                Err(Error::Unavailable("the write-ahead log failed".into()))
+            } else {
+                Ok(())
+            };
+        }
+        let settled = |m: &Mark| m.durable >= lsn || m.failed;
+        let mark = {
+            let current = *self.inner.mark.borrow();
+            if settled(&current) {
+                current
+            } else {
+                let mut rx = self.inner.mark.subscribe();
+                let result = rx.wait_for(settled).await.map(|m| *m);
+                result.map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?
+            }
+        };
+        if mark.durable >= lsn {
+            Ok(())
+        } else {
+            Err(Error::Unavailable("the write-ahead log failed; the change was not saved".into()))
+        }
+    }
+
+    /// Writes a snapshot covering every record up to `lsn` (the smallest LSN any
+    /// partition in `bytes` has applied) and drops the log segments it covers.
+    pub async fn write_snapshot(&self, lsn: u64, bytes: Vec<u8>) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.inner
+            .sender
+            .lock()
+            .tx
+            .send(WriterMsg::Snapshot { lsn, bytes, done })
+            .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?;
+        wait.await.map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?
+    }
+}
+
+/// The one thread that writes and syncs the log.
+struct Writer {
+    /// The log itself; only this thread touches it.
+    wal: wal::Wal,
+    /// Records and snapshot requests, in LSN order.
+    rx: mpsc::Receiver<WriterMsg>,
+    /// Shared with the journal handles: durability mark and space flag.
+    inner: Arc<Inner>,
+    /// Ask for a snapshot once this many bytes were logged since the last one.
+    snapshot_bytes: u64,
+    /// When a snapshot was last requested and not yet written: ask again only if the
+    /// request seems lost (the collecting task failed).
+    snapshot_requested: Option<Instant>,
+    /// Where snapshot requests go (the server's snapshot task).
+    snap_tx: tokio::sync::mpsc::UnboundedSender<()>,
+    /// `Some` under `interval` fsync: gather records this long before writing.
+    interval: Option<Duration>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let first = match self.rx.recv_timeout(WRITER_TICK) {
+                Ok(msg) => msg,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.chores();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut pending = Some(first);
+            let deadline = self.interval.map(|d| Instant::now() + d);
+            let mut bytes = 0usize;
+            let mut snapshot = None;
+            while let Some(msg) = pending.take() {
+                match msg {
+                    WriterMsg::Record(payload) => {
+                        bytes += payload.len();
+                        batch.push(payload);
+                    }
+                    WriterMsg::Snapshot { lsn, bytes, done } => {
+                        // Everything queued before it goes to disk first.
+                        snapshot = Some((lsn, bytes, done));
+                        break;
+                    }
+                }
+                if batch.len() >= MAX_BATCH_RECORDS || bytes >= MAX_BATCH_BYTES {
+                    break;
+                }
+                pending = match deadline {
+                    None => self.rx.try_recv().ok(),
+                    Some(deadline) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        self.rx.recv_timeout(left).ok()
+                    }
+                };
+            }
+            if !batch.is_empty() {
+                self.write(&batch);
+                batch.clear();
+            }
+            if let Some((lsn, payload, done)) = snapshot {
+                let result = self.snapshot(lsn, &payload);
+                let _ = done.send(result);
+            }
+            self.chores();
+        }
+    }
+
+    fn write(&mut self, batch: &[Vec<u8>]) {
+        if self.inner.mark.borrow().failed {
+            return;
+        }
+        let slices: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        match self.wal.append_batch(&slices) {
+            Ok(range) => {
+                self.inner.mark.send_modify(|m| m.durable = *range.end());
+            }
+            Err(e) => {
+                // Never retried: after a failed fsync the page cache may have dropped the
+                // data while a retry reports success (fsyncgate).
+                tracing::error!(error = %e, records = batch.len(), "write-ahead log failed; refusing all changes until restart");
+                self.inner.mark.send_modify(|m| m.failed = true);
+            }
+        }
+    }
+
+    fn snapshot(&mut self, lsn: u64, payload: &[u8]) -> Result<()> {
+        self.snapshot_requested = None;
+        if self.inner.mark.borrow().failed {
+            return Err(Error::Unavailable("the write-ahead log failed".into()));
+        }
+        let started = Instant::now();
+        self.wal.write_snapshot(lsn, payload).map_err(wal_error)?;
+        tracing::info!(lsn, bytes = payload.len(), ms = started.elapsed().as_millis() as u64, "snapshot written; covered log segments removed");
+        Ok(())
+    }
+
+    fn chores(&mut self) {
+        if self.inner.mark.borrow().failed {
+            return;
+        }
+        let reserved = self.wal.space_reserved()
+            || match self.wal.try_reserve() {
+                Ok(ok) => ok,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reserve space for the write-ahead log");
+                    false
+                }
+            };
+        let was = self.inner.space.swap(reserved, Ordering::AcqRel);
+        if was && !reserved {
+            tracing::warn!("disk full: refusing changes (507) until space is free");
+        } else if !was && reserved {
+            tracing::info!("disk space available again: accepting changes");
+        }
+        let waiting = self.snapshot_requested.is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY);
+        if !waiting && self.wal.bytes_since_snapshot() >= self.snapshot_bytes && self.snap_tx.send(()).is_ok() {
+            self.snapshot_requested = Some(Instant::now());
+        }
+    }
+}
+
+/// Prints every record of the log in `data_dir` human-readably (`flinger wal dump`).
+pub fn dump(data_dir: &Path, out: &mut impl std::io::Write) -> Result<()> {
+    let dir = wal_dir(data_dir);
+    let mut write_err = None;
+    let report = wal::scan(&dir, u32::MAX >> 1, |info, payload| {
+        if write_err.is_some() {
+            return;
+        }
+        let line = match decode(payload) {
+            Ok(event) => format!("{:>10} {}@{} {}", info.lsn, info.segment.display(), info.offset, describe(&event)),
+            Err(e) => format!("{:>10} {}@{} UNDECODABLE ({e})", info.lsn, info.segment.display(), info.offset),
+        };
+        if let Err(e) = writeln!(out, "{line}") {
+            write_err = Some(e);
+        }
+    })
+    .map_err(wal_error)?;
+    if let Some(e) = write_err {
+        return Err(e.into());
+    }
+    writeln!(out, "# {report:?}")?;
+    Ok(())
+}
+
+fn describe(event: &Event) -> String {
+    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    match event {
+        Event::JobSubmitted { id, queue, body, priority, .. } => {
+            format!("JobSubmitted id={id} queue={queue:?} priority={priority} body={}", text(body))
+        }
+        Event::ResultMerged { id, fields, .. } => format!("ResultMerged id={id} fields={}", text(fields)),
+        Event::LogAppended { id, kind, phase, number, data, .. } => {
+            format!("LogAppended id={id} kind={kind:?} phase={phase} number={number} bytes={}", data.len())
+        }
+        other => format!("{other:?}"),
+    }
+}

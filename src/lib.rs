@@ -1,0 +1,26 @@
+//! flinger: a Testflinger-compatible test-job server.
+//!
+//! Code map (see README's Architecture section for the bird's-eye view):
+//! - [`config`]: flags, environment and the Testflinger config file → one `Config`.
+//! - [`error`]: the crate's error enum and its one mapping to HTTP status codes.
+//! - [`model`]: the pure core — ids, job lifecycle, queue order, events, the fold.
+//! - [`journal`]: events ↔ WAL records, group commit, snapshots, recovery.
+//! - [`actors`]: the supervisor and the registry, queue, result, artifact, agents actors.
+//! - [`http`]: routes and handlers; `http::wire` is the only place that knows the JSON.
+//! - [`server`]: listener, connection handling, graceful shutdown, wiring.
+//!
+//! Architecture invariants:
+//! - `model` does no I/O and reads no clock; everything it needs is in its inputs.
+//! - Every mutation is an `Event`, appended to the journal before it is applied, and
+//!   acknowledged to the client only once durable.
+//! - Live writes and start-up replay apply events through the same fold.
+
+pub mod actors;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod journal;
+pub mod model;
+pub mod server;
+
+pub use error::{Error, Result};

@@ -1,0 +1,80 @@
+//! The `flinger` binary: parse the configuration, set up logging, bind, run the server
+//! until SIGINT/SIGTERM. Everything else lives in the library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use flinger::config::{read_config_file, Cli, Command, Config, WalAction};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    if let Some(Command::Wal { action: WalAction::Dump { data_dir } }) = &cli.command {
+        let stdout = std::io::stdout();
+        return match flinger::journal::dump(data_dir, &mut stdout.lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("flinger wal dump: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let env_path = std::env::var_os("TESTFLINGER_CONFIG").map(std::path::PathBuf::from);
+    let resolved = read_config_file(env_path.as_deref()).and_then(|file| Config::resolve(&cli.opts, file));
+    let (config, warnings) = match resolved {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            eprintln!("flinger: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flinger: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(config.bind).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(addr = %config.bind, error = %e, "cannot listen");
+                return ExitCode::FAILURE;
+            }
+        };
+        match flinger::server::run(listener, config, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "server stopped with an error");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,213 @@
+//! Events: the past-tense facts the write-ahead log records and replay folds.
+//!
+//! Each event belongs to exactly one partition of [`super::State`] (the registry,
+//! results, artifacts or agents), so each actor can apply its own events alone and the
+//! replay of the whole log in log order gives every partition the same sequence it saw
+//! live. Events carry every input apply needs (times included): apply never reads a
+//! clock or a random source.
+//!
+//! This is the WAL's schema: encoded with named fields (msgpack maps) so fields can be
+//! added without breaking old logs. Never reorder or repurpose a variant.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use super::ids::{JobId, Name};
+
+/// Which kind of file a job carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub enum FileKind {
+    /// Results tarball uploaded by the agent (`/v1/result/<id>/artifact`).
+    Artifact,
+    /// Input files uploaded by the client (`/v1/job/<id>/attachments`).
+    Attachments,
+}
+
+/// Which log stream a fragment belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub enum LogKind {
+    /// The device's console output (`/log/output`, and the legacy `/output`).
+    Output,
+    /// The serial console (`/log/serial`).
+    Serial,
+}
+
+/// The partition an event belongs to (and the actor that owns it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Partition {
+    /// Jobs and their lifecycle: the registry actor.
+    Registry,
+    /// Result documents and logs: the result actor.
+    Results,
+    /// Artifact and attachment files: the artifact actor.
+    Artifacts,
+    /// Advertised queues, images and agent records: the agents actor.
+    Agents,
+}
+
+/// One recorded mutation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// A job was submitted (or resubmitted) to `queue`.
+    JobSubmitted {
+        /// The job.
+        id: JobId,
+        /// Its queue.
+        queue: Name,
+        /// The stored job document (JSON object text, `job_id` included).
+        body: Bytes,
+        /// `job_priority` (0 when absent).
+        priority: i64,
+        /// `exclude_agents`.
+        exclude: Arc<[Name]>,
+        /// Whether it must wait for attachments before dispatch.
+        awaits_attachments: bool,
+        /// Unix seconds.
+        at: u64,
+    },
+    /// A pop handed the job to an agent (`None`: the agent did not identify itself).
+    JobDispatched {
+        /// The job.
+        id: JobId,
+        /// The agent that received it.
+        agent: Option<Name>,
+        /// Unix seconds.
+        at: u64,
+    },
+    /// A client cancelled the job.
+    JobCancelled {
+        /// The job.
+        id: JobId,
+        /// Unix seconds.
+        at: u64,
+    },
+    /// Someone (normally the agent) posted a `job_state` that changes the lifecycle.
+    JobStateReported {
+        /// The job.
+        id: JobId,
+        /// The reported label.
+        state: Name,
+        /// Unix seconds.
+        at: u64,
+    },
+    /// The job's attachments were stored: it may now be dispatched.
+    AttachmentsArrived {
+        /// The job.
+        id: JobId,
+    },
+    /// Retention removed finished jobs.
+    JobsExpired {
+        /// The jobs.
+        ids: Vec<JobId>,
+    },
+    /// Top-level result fields were merged into the job's result document.
+    ResultMerged {
+        /// The job (need not exist).
+        id: JobId,
+        /// A JSON object, as text.
+        fields: Bytes,
+        /// Unix seconds.
+        at: u64,
+    },
+    /// A log fragment arrived.
+    LogAppended {
+        /// The job.
+        id: JobId,
+        /// Output or serial.
+        kind: LogKind,
+        /// The phase it belongs to.
+        phase: Name,
+        /// The agent's fragment number (the server's own for legacy `/output` posts).
+        number: u64,
+        /// Unix microseconds.
+        timestamp: i64,
+        /// The text (bytes as posted).
+        data: Bytes,
+    },
+    /// A legacy `/output` read consumed the output fragments that had arrived so far.
+    OutputRead {
+        /// The job.
+        id: JobId,
+        /// How many fragments (in arrival order) have now been read.
+        upto: u64,
+    },
+    /// Retention removed these jobs' results and logs.
+    ResultsExpired {
+        /// The jobs.
+        ids: Vec<JobId>,
+    },
+    /// A file was stored for a job (replacing any earlier one of that kind).
+    FileStored {
+        /// The job.
+        id: JobId,
+        /// Artifact or attachments.
+        kind: FileKind,
+        /// The file's name inside the data dir's `files/` folder (chosen by the server).
+        file: Box<str>,
+        /// Its size in bytes.
+        size: u64,
+        /// Unix seconds.
+        at: u64,
+    },
+    /// Retention removed these jobs' files.
+    FilesExpired {
+        /// The jobs.
+        ids: Vec<JobId>,
+    },
+    /// An agent advertised queues: `{name: description}` merged.
+    QueuesAdvertised {
+        /// Name and description pairs.
+        queues: Vec<(Name, Box<str>)>,
+        /// Unix seconds.
+        at: u64,
+    },
+    /// An agent advertised the images of a queue, replacing the earlier set.
+    ImagesAdvertised {
+        /// The queue.
+        queue: Name,
+        /// JSON object text `{image: provision data}`.
+        images: Bytes,
+    },
+    /// An agent's record was updated (`POST /v1/agents/data/<name>`).
+    AgentUpdated {
+        /// The agent.
+        name: Name,
+        /// JSON object text of the fields posted.
+        fields: Bytes,
+        /// Unix seconds.
+        at: u64,
+    },
+    /// An agent reported a provisioning outcome.
+    ProvisionLogged {
+        /// The agent.
+        name: Name,
+        /// JSON object text `{job_id, exit_code, detail}`.
+        entry: Bytes,
+        /// Unix seconds.
+        at: u64,
+    },
+}
+
+impl Event {
+    /// The partition (and actor) that applies this event.
+    pub fn partition(&self) -> Partition {
+        use Event::*;
+        match self {
+            JobSubmitted { .. }
+            | JobDispatched { .. }
+            | JobCancelled { .. }
+            | JobStateReported { .. }
+            | AttachmentsArrived { .. }
+            | JobsExpired { .. } => Partition::Registry,
+            ResultMerged { .. } | LogAppended { .. } | OutputRead { .. } | ResultsExpired { .. } => {
+                Partition::Results
+            }
+            FileStored { .. } | FilesExpired { .. } => Partition::Artifacts,
+            QueuesAdvertised { .. }
+            | ImagesAdvertised { .. }
+            | AgentUpdated { .. }
+            | ProvisionLogged { .. } => Partition::Agents,
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! A job's lifecycle: the states it can be in and which changes are allowed.
+//!
+//! Testflinger keeps the state as a free string (`job_state`) that the server sets for
+//! `waiting`, `running` and `cancelled` and the agent sets for everything else. We keep
+//! that string, plus the two facts scheduling needs: is the job waiting in its queue, and
+//! is the state terminal (sticky).
+
+use std::sync::Arc;
+
+/// The state labels the server itself sets.
+pub mod label {
+    /// Submitted and waiting in its queue.
+    pub const WAITING: &str = "waiting";
+    /// Re-submitted after it had left its queue; waiting again (Testflinger's OLD server).
+    pub const RESUBMITTED: &str = "resubmitted";
+    /// Handed to an agent by a pop.
+    pub const RUNNING: &str = "running";
+    /// Cancelled by a client. Terminal.
+    pub const CANCELLED: &str = "cancelled";
+    /// Finished, as agents report it. Terminal.
+    pub const COMPLETE: &str = "complete";
+    /// Finished, the spelling some tools use. Terminal, treated like `complete`.
+    pub const COMPLETED: &str = "completed";
+}
+
+/// Where a job is in its life. The label is what clients see as `job_state`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    /// In its queue, dispatchable. `resubmitted` only changes the label.
+    Waiting {
+        /// Whether it was queued again after leaving the queue once.
+        resubmitted: bool,
+    },
+    /// Out of the queue and not finished: `running`, or a phase the agent reported.
+    Active(Arc<str>),
+    /// `complete`/`completed` (label kept as reported) or `cancelled`. Never changes
+    /// again, except by resubmission.
+    Finished(Arc<str>),
+}
+
+impl JobState {
+    /// The `job_state` string clients see.
+    pub fn label(&self) -> &str {
+        match self {
+            JobState::Waiting { resubmitted: false } => label::WAITING,
+            JobState::Waiting { resubmitted: true } => label::RESUBMITTED,
+            JobState::Active(s) | JobState::Finished(s) => s,
+        }
+    }
+
+    /// Whether the job sits in its queue.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self, JobState::Waiting { .. })
+    }
+
+    /// Whether the state can no longer change (cancelled, complete, completed).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, JobState::Finished(_))
+    }
+
+    /// The state after an agent (or anyone posting results) reports `reported`; `None`
+    /// when the report does not change it.
+    ///
+    /// Invariant: terminal states are sticky; a report never puts a job back into its
+    /// queue (only resubmission does); reporting `waiting` on a job that is not waiting
+    /// is ignored rather than pretending it is queued.
+    pub fn after_report(&self, reported: &str) -> Option<JobState> {
+        if self.is_terminal() || reported == self.label() {
+            return None;
+        }
+        if is_terminal_label(reported) {
+            return Some(JobState::Finished(reported.into()));
+        }
+        if reported == label::WAITING || reported == label::RESUBMITTED {
+            return None;
+        }
+        Some(JobState::Active(reported.into()))
+    }
+}
+
+/// Whether a reported label ends the job.
+pub fn is_terminal_label(reported: &str) -> bool {
+    matches!(reported, label::COMPLETE | label::COMPLETED | label::CANCELLED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting() -> JobState {
+        JobState::Waiting { resubmitted: false }
+    }
+
+    #[test]
+    fn reports_move_a_job_forward_but_never_out_of_a_terminal_state() {
+        let running = JobState::Active(label::RUNNING.into());
+        assert_eq!(running.after_report("provision").unwrap().label(), "provision");
+        let done = running.after_report("complete").unwrap();
+        assert!(done.is_terminal());
+        assert_eq!(done.after_report("test"), None);
+        assert_eq!(JobState::Finished(label::CANCELLED.into()).after_report("complete"), None);
+    }
+
+    #[test]
+    fn reporting_waiting_never_requeues() {
+        let running = JobState::Active(label::RUNNING.into());
+        assert_eq!(running.after_report(label::WAITING), None);
+        assert_eq!(waiting().after_report(label::RESUBMITTED), None);
+        assert!(!waiting().after_report("setup").unwrap().is_waiting());
+    }
+}

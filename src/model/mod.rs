@@ -1,0 +1,18 @@
+//! The pure core: ids, job lifecycle, queue order, events and the fold over them.
+//!
+//! Nothing here does I/O, reads a clock or knows about actors or HTTP; the actors and
+//! handlers around it only adapt. Property tests drive this module directly.
+
+pub mod agents;
+pub mod event;
+pub mod files;
+pub mod ids;
+pub mod job;
+pub mod queue;
+pub mod registry;
+pub mod results;
+pub mod state;
+
+pub use event::{Event, FileKind, LogKind, Partition};
+pub use ids::{JobId, Name};
+pub use state::State;

@@ -1,0 +1,403 @@
+//! The job registry: every job's document and lifecycle, the authority on whether a job
+//! may be dispatched or cancelled.
+//!
+//! Decisions (`submit`, `claim`, `cancel`, `report`) read the state and return the event
+//! to record, or an error; [`Registry::apply`] folds an event in and returns the change the
+//! owning queue's index must make. Queue indexes are derived from this state and never
+//! consulted here, so concurrent pops and cancels are settled by this one fold: a job
+//! leaves `waiting` exactly once.
+//!
+//! Invariants:
+//! - a job is dispatchable iff its state is `Waiting` and it is not awaiting attachments;
+//! - `seq` grows with every (re)submission, so equal priorities are served oldest first;
+//! - `holding` names only dispatched, unreported, unfinished jobs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::event::Event;
+use super::ids::{JobId, Name};
+use super::job::{label, JobState};
+use super::queue::Entry;
+use crate::error::{Error, Result};
+
+/// Whether a job waits for input files before it may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Attachments {
+    /// The job has none.
+    None,
+    /// Declared, not uploaded yet: the job keeps its place but is not dispatched.
+    Waiting,
+    /// Uploaded.
+    Complete,
+}
+
+/// One job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Job {
+    /// The queue it was submitted to.
+    pub queue: Name,
+    /// The job document handed to agents verbatim (JSON object text, `job_id` included).
+    pub body: Bytes,
+    /// `job_priority`: higher is dispatched first.
+    pub priority: i64,
+    /// Submission order, for FIFO among equal priorities and position.
+    pub seq: u64,
+    /// `exclude_agents`: agents that must not receive it.
+    pub exclude: Arc<[Name]>,
+    /// Lifecycle.
+    #[serde(with = "state_serde")]
+    pub state: JobState,
+    /// Input files status.
+    pub attachments: Attachments,
+    /// Unix seconds of the (last) submission.
+    pub created_at: u64,
+    /// Unix seconds of the dispatch, once dispatched.
+    pub started_at: Option<u64>,
+    /// Unix seconds it became terminal, for retention.
+    pub finished_at: Option<u64>,
+    /// The agent that received it, when it identified itself.
+    pub agent: Option<Name>,
+    /// Log position of the latest event about this job: a duplicate submission waits for
+    /// it to be durable before it is acknowledged.
+    pub lsn: u64,
+}
+
+impl Job {
+    /// The queue index entry for this job while it waits.
+    pub fn entry(&self, id: JobId) -> Entry {
+        Entry {
+            id,
+            priority: self.priority,
+            seq: self.seq,
+            exclude: self.exclude.clone(),
+            ready: self.attachments != Attachments::Waiting,
+        }
+    }
+}
+
+mod state_serde {
+    use super::JobState;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    enum Repr {
+        Waiting(bool),
+        Active(Box<str>),
+        Finished(Box<str>),
+    }
+
+    pub fn serialize<S: Serializer>(state: &JobState, s: S) -> Result<S::Ok, S::Error> {
+        match state {
+            JobState::Waiting { resubmitted } => Repr::Waiting(*resubmitted),
+            JobState::Active(l) => Repr::Active((**l).into()),
+            JobState::Finished(l) => Repr::Finished((**l).into()),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<JobState, D::Error> {
+        Ok(match Repr::deserialize(d)? {
+            Repr::Waiting(resubmitted) => JobState::Waiting { resubmitted },
+            Repr::Active(l) => JobState::Active(l.into()),
+            Repr::Finished(l) => JobState::Finished(l.into()),
+        })
+    }
+}
+
+/// What a submission needs, already validated by the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    /// The (normalised) id, client-supplied or fresh.
+    pub id: JobId,
+    /// `job_queue`.
+    pub queue: Name,
+    /// The job document to store (JSON object text, `job_id` included).
+    pub body: Bytes,
+    /// `job_priority`.
+    pub priority: i64,
+    /// `exclude_agents`.
+    pub exclude: Arc<[Name]>,
+    /// Whether any `*_data` declares attachments.
+    pub awaits_attachments: bool,
+}
+
+/// The outcome of a submission decision.
+#[derive(Debug)]
+pub enum Submitted {
+    /// The id is already waiting: nothing to record; acknowledge once `lsn` is durable.
+    Duplicate {
+        /// Log position of the job's latest event.
+        lsn: u64,
+    },
+    /// Record this event.
+    Record(Event),
+}
+
+/// A change a queue index must make after an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexChange {
+    /// Put the job into `queue`.
+    Insert(Name, Entry),
+    /// Take the job out of `queue`.
+    Remove(Name, JobId),
+    /// The job in `queue` may now be dispatched.
+    Ready(Name, JobId),
+}
+
+/// All jobs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Registry {
+    /// Every known job.
+    jobs: HashMap<JobId, Job>,
+    /// Next submission sequence number.
+    next_seq: u64,
+    /// Agent → the job it was last handed and has not reported on yet: a retried pop from
+    /// that agent gets the same job back instead of orphaning a second one.
+    holding: HashMap<Name, JobId>,
+    /// Per queue, the newest waits (seconds from submission to dispatch), for the
+    /// wait-time percentiles; bounded so a busy queue cannot grow the state.
+    waits: HashMap<Name, VecDeque<u64>>,
+}
+
+/// How many recent wait times each queue keeps.
+pub const WAIT_SAMPLES: usize = 1000;
+
+/// Testflinger's text for cancelling a finished job.
+pub const ALREADY_FINISHED: &str = "The job is already completed or cancelled";
+
+impl Registry {
+    /// The job, if known.
+    pub fn get(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    /// Number of known jobs.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Whether no job is known.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// Every job, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (JobId, &Job)> {
+        self.jobs.iter().map(|(id, job)| (*id, job))
+    }
+
+    /// Decides a submission: a duplicate of a waiting job is acknowledged as is; anything
+    /// else (new, or a job that left its queue) is recorded and queued.
+    pub fn submit(&self, sub: Submission, now: u64) -> Submitted {
+        if let Some(job) = self.jobs.get(&sub.id) {
+            if job.state.is_waiting() {
+                return Submitted::Duplicate { lsn: job.lsn };
+            }
+        }
+        Submitted::Record(Event::JobSubmitted {
+            id: sub.id,
+            queue: sub.queue,
+            body: sub.body,
+            priority: sub.priority,
+            exclude: sub.exclude,
+            awaits_attachments: sub.awaits_attachments,
+            at: now,
+        })
+    }
+
+    /// Decides a dispatch of `id` to `agent`: only a waiting, ready job may go.
+    pub fn claim(&self, id: JobId, agent: Option<Name>, now: u64) -> Option<Event> {
+        let job = self.jobs.get(&id)?;
+        let ready = job.attachments != Attachments::Waiting;
+        let allowed = agent.as_deref().is_none_or(|a| !job.exclude.iter().any(|x| &**x == a));
+        (job.state.is_waiting() && ready && allowed).then_some(Event::JobDispatched { id, agent, at: now })
+    }
+
+    /// The job `agent` holds without having reported on it, if any (see `holding`).
+    pub fn held_by(&self, agent: &str) -> Option<(JobId, &Job)> {
+        let id = *self.holding.get(agent)?;
+        self.jobs.get(&id).map(|job| (id, job))
+    }
+
+    /// Decides a cancellation.
+    pub fn cancel(&self, id: JobId, now: u64) -> Result<Event> {
+        let job = self.jobs.get(&id).ok_or_else(|| Error::NotFound("Job not found".into()))?;
+        if job.state.is_terminal() {
+            return Err(Error::Conflict(ALREADY_FINISHED.into()));
+        }
+        Ok(Event::JobCancelled { id, at: now })
+    }
+
+    /// Decides whether a reported `job_state` changes the lifecycle.
+    pub fn report(&self, id: JobId, state: &str, now: u64) -> Option<Event> {
+        let job = self.jobs.get(&id)?;
+        job.state.after_report(state)?;
+        Some(Event::JobStateReported { id, state: state.into(), at: now })
+    }
+
+    /// Decides that a job's attachments arrived. Errors say why the upload is refused.
+    pub fn attachments_arrived(&self, id: JobId) -> Result<Option<Event>> {
+        let job = self
+            .jobs
+            .get(&id)
+            .filter(|j| j.state.is_waiting())
+            .ok_or_else(|| Error::Validation {
+                message: format!("Job {id} is not valid"),
+                field: "job_id".into(),
+                reason: "not a waiting job".into(),
+            })?;
+        match job.attachments {
+            Attachments::None => Err(Error::Validation {
+                message: format!("Job {id} not awaiting attachments"),
+                field: "job_id".into(),
+                reason: "no attachments declared".into(),
+            }),
+            Attachments::Complete => Ok(None),
+            Attachments::Waiting => Ok(Some(Event::AttachmentsArrived { id })),
+        }
+    }
+
+    /// Finished jobs older than `cutoff` (unix seconds), at most `limit` of them.
+    pub fn expired(&self, cutoff: u64, limit: usize) -> Vec<JobId> {
+        self.jobs
+            .iter()
+            .filter(|(_, j)| j.finished_at.is_some_and(|t| t < cutoff))
+            .map(|(id, _)| *id)
+            .take(limit)
+            .collect()
+    }
+
+    /// Recent wait times (seconds) of `queue`, oldest first.
+    pub fn waits(&self, queue: &str) -> Option<&VecDeque<u64>> {
+        self.waits.get(queue)
+    }
+
+    /// Queues with wait-time samples.
+    pub fn waits_all(&self) -> impl Iterator<Item = (&Name, &VecDeque<u64>)> {
+        self.waits.iter()
+    }
+
+    /// Every waiting job as queue index entries, grouped by queue (to rebuild indexes).
+    pub fn waiting_entries(&self) -> HashMap<Name, Vec<Entry>> {
+        let mut by_queue: HashMap<Name, Vec<Entry>> = HashMap::new();
+        for (id, job) in &self.jobs {
+            if job.state.is_waiting() {
+                by_queue.entry(job.queue.clone()).or_default().push(job.entry(*id));
+            }
+        }
+        by_queue
+    }
+
+    /// Folds one registry event in; returns what the queue index must do.
+    pub fn apply(&mut self, lsn: u64, event: &Event) -> Option<IndexChange> {
+        match event {
+            Event::JobSubmitted { id, queue, body, priority, exclude, awaits_attachments, at } => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let previous = self.jobs.get(id);
+                let resubmitted = previous.is_some();
+                if let Some(agent) = previous.and_then(|j| j.agent.clone()) {
+                    self.release_holder(&agent, *id);
+                }
+                let job = Job {
+                    queue: queue.clone(),
+                    body: body.clone(),
+                    priority: *priority,
+                    seq,
+                    exclude: exclude.clone(),
+                    state: JobState::Waiting { resubmitted },
+                    attachments: if *awaits_attachments { Attachments::Waiting } else { Attachments::None },
+                    created_at: *at,
+                    started_at: None,
+                    finished_at: None,
+                    agent: None,
+                    lsn,
+                };
+                let entry = job.entry(*id);
+                self.jobs.insert(*id, job);
+                Some(IndexChange::Insert(queue.clone(), entry))
+            }
+            Event::JobDispatched { id, agent, at } => {
+                let job = self.jobs.get_mut(id)?;
+                if !job.state.is_waiting() {
+                    return None;
+                }
+                job.state = JobState::Active(label::RUNNING.into());
+                job.started_at = Some(*at);
+                let samples = self.waits.entry(job.queue.clone()).or_default();
+                if samples.len() == WAIT_SAMPLES {
+                    samples.pop_front();
+                }
+                samples.push_back(at.saturating_sub(job.created_at));
+                job.agent = agent.clone();
+                job.lsn = lsn;
+                let queue = job.queue.clone();
+                if let Some(agent) = agent {
+                    self.holding.insert(agent.clone(), *id);
+                }
+                Some(IndexChange::Remove(queue, *id))
+            }
+            Event::JobCancelled { id, at } => {
+                let job = self.jobs.get_mut(id)?;
+                if job.state.is_terminal() {
+                    return None;
+                }
+                let was_waiting = job.state.is_waiting();
+                job.state = JobState::Finished(label::CANCELLED.into());
+                job.finished_at = Some(*at);
+                job.lsn = lsn;
+                let queue = job.queue.clone();
+                if let Some(agent) = job.agent.clone() {
+                    self.release_holder(&agent, *id);
+                }
+                was_waiting.then_some(IndexChange::Remove(queue, *id))
+            }
+            Event::JobStateReported { id, state, at } => {
+                let job = self.jobs.get_mut(id)?;
+                let next = job.state.after_report(state)?;
+                let was_waiting = job.state.is_waiting();
+                if next.is_terminal() {
+                    job.finished_at = Some(*at);
+                }
+                job.state = next;
+                job.lsn = lsn;
+                let queue = job.queue.clone();
+                if let Some(agent) = job.agent.clone() {
+                    self.release_holder(&agent, *id);
+                }
+                was_waiting.then_some(IndexChange::Remove(queue, *id))
+            }
+            Event::AttachmentsArrived { id } => {
+                let job = self.jobs.get_mut(id)?;
+                if job.attachments != Attachments::Waiting {
+                    return None;
+                }
+                job.attachments = Attachments::Complete;
+                job.lsn = lsn;
+                job.state.is_waiting().then(|| IndexChange::Ready(job.queue.clone(), *id))
+            }
+            Event::JobsExpired { ids } => {
+                for id in ids {
+                    if let Some(job) = self.jobs.get(id).filter(|j| j.state.is_terminal()) {
+                        if let Some(agent) = job.agent.clone() {
+                            self.release_holder(&agent, *id);
+                        }
+                        self.jobs.remove(id);
+                    }
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn release_holder(&mut self, agent: &Name, id: JobId) {
+        if self.holding.get(agent) == Some(&id) {
+            self.holding.remove(agent);
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The server: recovery, actor start-up, the accept loop, background chores and graceful
+//! shutdown. [`run`] is what `main` calls and what tests could call on port 0.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use ractor::Actor;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::actors::files::FileMsg;
+use crate::actors::registry::RegistryMsg;
+use crate::actors::results::ResultMsg;
+use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::actors::agents::AgentMsg;
+use crate::actors::{ask, now, QueueDirectory, Services};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::journal::{self, SnapshotDoc};
+
+/// A client has this long to send a request's headers (slowloris guard).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// In-flight requests get this long to finish after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often retention looks for expired jobs.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// Most jobs one retention pass removes (keeps each event and pause small).
+const RETENTION_BATCH: usize = 10_000;
+
+/// Runs the server on `listener` until `shutdown` resolves (graceful: stop accepting,
+/// finish in-flight requests) or an actor fails fatally (an error).
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let config = Arc::new(config);
+    let files_dir = config.data_dir.join("files");
+    std::fs::create_dir_all(&files_dir)
+        .map_err(|e| Error::Internal(format!("cannot create {}: {e}", files_dir.display())))?;
+    let recovery_config = config.clone();
+    let (state, applied, journal, snapshot_requests, recovery) =
+        tokio::task::spawn_blocking(move || journal::open(&recovery_config))
+            .await
+            .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
+    tracing::info!(
+        jobs = state.registry.len(),
+        snapshot_lsn = recovery.snapshot_lsn,
+        replayed = recovery.replayed,
+        ms = recovery.elapsed.as_millis() as u64,
+        "recovered state from the write-ahead log"
+    );
+    sweep_unreferenced_files(&files_dir, &state.files);
+
+    let queues = QueueDirectory::default();
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
+    let (supervisor, supervisor_handle) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs {
+            state,
+            applied,
+            journal: journal.clone(),
+            queues: queues.clone(),
+            files_dir: files_dir.clone(),
+            fatal: fatal_tx,
+        },
+    )
+    .await
+    .map_err(|e| Error::Internal(format!("cannot start actors: {e}")))?;
+    let refs = ask(&supervisor, crate::actors::supervisor::SupervisorMsg::Refs).await?;
+    let services = Services {
+        registry: refs.registry,
+        results: refs.results,
+        files: refs.files,
+        agents: refs.agents,
+        queues,
+        journal,
+        config: config.clone(),
+        files_dir,
+    };
+
+    let chores = tokio::spawn(background_chores(services.clone(), snapshot_requests));
+
+    let local = listener.local_addr().map_err(Error::from)?;
+    tracing::info!(addr = %local, data_dir = %config.data_dir.display(), config = %config.source, fsync = ?config.fsync, "listening");
+
+    let app = crate::http::router(services.clone());
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(true);
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break Ok(()),
+            Some(why) = fatal_rx.recv() => break Err(Error::Internal(why)),
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break Ok(()),
+            Some(why) = fatal_rx.recv() => break Err(Error::Internal(why)),
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    };
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight requests");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("some requests did not finish within {DRAIN_TIMEOUT:?}");
+    }
+    let _ = supervisor.cast(SupervisorMsg::Shutdown);
+    supervisor.stop(None);
+    let _ = supervisor_handle.await;
+    chores.abort();
+    tracing::info!("stopped");
+    outcome
+}
+
+/// Writes snapshots when the WAL writer asks, and expires old jobs periodically, until
+/// the writer stops.
+async fn background_chores(services: Services, mut snapshot_requests: mpsc::UnboundedReceiver<()>) {
+    let mut retention = tokio::time::interval(RETENTION_EVERY);
+    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            request = snapshot_requests.recv() => {
+                if request.is_none() {
+                    return;
+                }
+                if let Err(e) = snapshot(&services).await {
+                    tracing::warn!(error = %e, "snapshot failed; the log keeps growing until the next attempt");
+                }
+            }
+            _ = retention.tick() => match expire(&services).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "expired finished jobs past retention"),
+                Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+            },
+        }
+    }
+}
+
+/// Collects every partition and writes a snapshot covering the smallest LSN among them.
+pub async fn snapshot(services: &Services) -> Result<()> {
+    let (registry, results, files, agents) = tokio::join!(
+        ask(&services.registry, RegistryMsg::Snapshot),
+        ask(&services.results, ResultMsg::Snapshot),
+        ask(&services.files, FileMsg::Snapshot),
+        ask(&services.agents, AgentMsg::Snapshot),
+    );
+    let doc = SnapshotDoc { registry: registry?, results: results?, files: files?, agents: agents? };
+    let lsn = [doc.registry.lsn, doc.results.lsn, doc.files.lsn, doc.agents.lsn].into_iter().min().unwrap_or(0);
+    let bytes = rmp_serde::to_vec_named(&doc).map_err(|e| Error::Internal(format!("snapshot encoding: {e}")))?;
+    services.journal.write_snapshot(lsn, bytes).await
+}
+
+/// Removes finished jobs past retention, with their results, logs and files.
+pub async fn expire(services: &Services) -> Result<usize> {
+    let cutoff = now().saturating_sub(services.config.retention.as_secs());
+    let Some((ids, lsn)) = ask(&services.registry, |p| RegistryMsg::Expire(cutoff, RETENTION_BATCH, p)).await?? else {
+        return Ok(0);
+    };
+    let count = ids.len();
+    let results_lsn = ask(&services.results, |p| ResultMsg::Expire(ids.clone(), p)).await??;
+    let files_lsn = ask(&services.files, |p| FileMsg::Expire(ids, p)).await??;
+    services.journal.durable(lsn.max(results_lsn).max(files_lsn)).await?;
+    Ok(count)
+}
+
+/// Deletes files in `dir` that no recorded event references (uploads interrupted by a
+/// crash, replaced files whose deletion did not happen).
+fn sweep_unreferenced_files(dir: &std::path::Path, files: &crate::model::files::Files) {
+    let referenced: std::collections::HashSet<&str> = files.names().collect();
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !referenced.contains(name) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(file = name, "removed unreferenced upload"),
+                Err(e) => tracing::warn!(file = name, error = %e, "cannot remove unreferenced upload"),
+            }
+        }
+    }
+}

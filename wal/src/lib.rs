@@ -1,0 +1,193 @@
+//! `wal`: flinger's write-ahead log. Bytes in, bytes out.
+//!
+//! The crate owns the on-disk log: framing, segment files, fsync discipline, torn-tail recovery and
+//! snapshot-based compaction. It deliberately knows nothing about jobs, serde or async runtimes: the
+//! server hands it opaque payloads and gets them back, in order, on replay.
+//!
+//! # On-disk format, version 1
+//!
+//! All integers are little-endian; every checksum is CRC-32C (Castagnoli).
+//!
+//! 1. **Directory.** The server passes `DATA_DIR/wal`. It holds:
+//!    - `{first_lsn:020}.wal`: segments, named by the LSN of their first record;
+//!    - `snapshot-{lsn:020}.snap`: snapshots;
+//!    - `next.spare`: a preallocated file that becomes the next segment (not a segment until renamed);
+//!    - `LOCK`: held with `flock(LOCK_EX)` while a [`Wal`] is open;
+//!    - `*.tmp`: half-written files, ignored and removed on open.
+//!
+//!    Anything else is ignored.
+//! 2. **Segment header**, 32 bytes:
+//!    `b"FLNGRWAL"` (8) | version `u32` = 1 | reserved `u32` = 0 | `first_lsn` `u64` |
+//!    `crc32c(bytes 0..24)` `u32` | 4 zero bytes. `first_lsn` must match the file name.
+//! 3. **Record**, 16-byte header then payload:
+//!    `len u32 | crc u32 | lsn u64 | payload[len]`, where `crc = crc32c(len ‖ lsn ‖ payload)`.
+//!    `len` is `1..=max_record` and is checked before anything is sized by it.
+//! 4. **End of data.** Records follow the segment header back to back. Data ends at end of file or at
+//!    a 16-byte all-zero record header, which is what preallocated space reads as. A real record can
+//!    never look like that: its `len` is at least 1.
+//! 5. **LSNs** start at 1 and are consecutive across the whole log: a segment's first record has its
+//!    header's `first_lsn`, every later record has `prev + 1`, and the next segment starts at
+//!    `last + 1`. Because the LSN is inside the CRC, stale bytes beyond the tail (an older record, a
+//!    record of another segment) never pass as the next record.
+//! 6. **Snapshot**, 36-byte header then payload:
+//!    `b"FLNGSNAP"` (8) | version `u32` = 1 | reserved `u32` = 0 | `lsn u64` | `len u64` |
+//!    `crc32c(lsn ‖ len ‖ payload)` `u32` | `payload[len]`. The snapshot at `S` is the state after
+//!    applying every record with `lsn <= S`.
+//!
+//! # Durability protocol
+//!
+//! - A batch is written with one write per segment it touches, then one `fdatasync`; it is
+//!   acknowledged only after that returns. A batch that does not fit in the current segment goes
+//!   whole into a new one; only a batch larger than a segment is split.
+//! - Rotation: sync the old segment, take `next.spare` (or create one), write and sync the header,
+//!   rename it to `{first_lsn:020}.wal`, fsync the directory, then preallocate the next spare. Keeping
+//!   a spare means the log can always grow by one segment, so the server can refuse *new* work while
+//!   space is short and still record cancels and results.
+//! - Any write, sync or rename error poisons the [`Wal`]: a failed fsync may have dropped dirty pages,
+//!   so retrying it could report success for lost data ("fsyncgate"). Restart and replay recover.
+//! - Snapshot: write `….snap.tmp`, fsync, rename, fsync the directory; only then delete older
+//!   snapshots and the segments the snapshot covers.
+//!
+//! # Recovery
+//!
+//! Replay walks the segments in LSN order and stops at the end of valid data.
+//! - A bad spot (incomplete, wrong CRC, wrong LSN, junk after the end marker) at the end of the
+//!   **last** segment, with no valid later record in that segment, is a torn tail: it is truncated,
+//!   the space re-zeroed, and reported.
+//! - Anything else (valid records after the bad spot, damage that loses records of an older segment,
+//!   a bad segment header, a gap in LSNs) is [`Error::Corrupt`] under [`Recovery::Strict`]; under
+//!   [`Recovery::TruncateCorruption`] the log is cut there and the cut is reported.
+//!
+//! # Code map
+//!
+//! - [`frame`]: pure codec for headers, records and snapshots.
+//! - [`fs`]: the filesystem seam ([`Fs`], [`FsFile`]) and [`StdFs`].
+//! - [`fault`]: test doubles for the seam: in-memory [`fault::MemFs`], error-injecting
+//!   [`fault::FaultyFs`].
+//! - `layout`: file names and directory listing.
+//! - `recovery`: the segment walk shared by replay and [`scan`].
+//! - `log`: the [`Wal`] itself: open, replay, append, rotation, snapshots.
+//! - `error`: [`Error`].
+
+mod error;
+pub mod fault;
+pub mod frame;
+pub mod fs;
+mod layout;
+mod log;
+mod recovery;
+
+use std::path::PathBuf;
+
+pub use error::Error;
+pub use fs::{Fs, FsFile, StdFs};
+pub use log::Wal;
+pub use recovery::scan;
+
+/// Log sequence number: 1 for the first record ever written, +1 per record.
+pub type Lsn = u64;
+
+/// How a [`Wal`] is shaped and how forgiving its recovery is.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bytes per segment; segments are preallocated to this size and rotated when a record would
+    /// not fit. A record larger than a whole segment gets a segment of its own that overflows.
+    pub segment_size: u64,
+    /// Largest payload accepted; also the bound that stops a garbage length from being trusted.
+    pub max_record: u32,
+    /// What replay does with damage that is not a torn tail.
+    pub recovery: Recovery,
+    /// Preallocate segments and keep one spare, so running out of disk is noticed before it bites.
+    pub preallocate: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_size: 64 << 20,
+            max_record: 32 << 20,
+            recovery: Recovery::Strict,
+            preallocate: true,
+        }
+    }
+}
+
+/// Replay's policy for damage other than a torn tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Refuse to open: acknowledged data may be lost, an operator must look.
+    Strict,
+    /// Cut the log at the damage (deleting later segments) and carry on; the operator's opt-in.
+    TruncateCorruption,
+}
+
+/// What [`Wal::replay`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Records handed to the callback (those with `lsn > after`).
+    pub records: u64,
+    /// LSN of the last record in the log after recovery (or `after` when the log holds none).
+    pub last_lsn: Lsn,
+    /// Set when replay cut the log; the server logs it as a warning.
+    pub truncated: Option<Truncation>,
+}
+
+/// A cut made by replay: a torn tail, or corruption under [`Recovery::TruncateCorruption`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    /// Segment the cut was made in; an offset inside its header means the file was deleted.
+    pub segment: PathBuf,
+    /// Byte offset of the cut.
+    pub offset: u64,
+    /// Bytes discarded: non-zero bytes after the cut plus whole later segments.
+    pub bytes_dropped: u64,
+    /// Why the data there was not accepted, for the operator's log.
+    pub reason: String,
+}
+
+/// Where [`scan`] found a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordInfo {
+    /// Segment file holding the record.
+    pub segment: PathBuf,
+    /// Offset of the record header inside that file.
+    pub offset: u64,
+    /// The record's LSN.
+    pub lsn: Lsn,
+}
+
+/// What [`scan`] saw; it reports damage instead of fixing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Segment files found.
+    pub segments: usize,
+    /// Valid records visited.
+    pub records: u64,
+    /// LSN of the last valid record (0 when there is none).
+    pub last_lsn: Lsn,
+    /// The first bad spot, if any.
+    pub damage: Option<Damage>,
+}
+
+/// A bad spot found by [`scan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Segment holding the bad spot.
+    pub segment: PathBuf,
+    /// Byte offset of the bad spot.
+    pub offset: u64,
+    /// What is wrong there.
+    pub reason: String,
+    /// True when replay would treat it as a torn tail and truncate it silently (with a warning).
+    pub torn_tail: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    /// The server moves the log onto its writer thread.
+    #[test]
+    fn wal_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<super::Wal>();
+    }
+}

@@ -1,0 +1,708 @@
+//! The [`Wal`]: opening a directory, replaying it, appending batches, rotating segments, keeping a
+//! spare segment reserved, and compacting behind snapshots.
+//!
+//! Single writer by construction: every mutating method takes `&mut self`, and the directory lock
+//! keeps other processes out. Group commit (many callers, one fsync) is the caller's job: it hands
+//! [`Wal::append_batch`] everything that queued up while the previous batch was syncing.
+//!
+//! Invariants while not poisoned:
+//! - `segments` mirrors the segment files on disk, in LSN order, and the last one is `active`'s.
+//! - Everything before `active.end` is valid records; from there to the end of the file is zeros.
+//! - `last_lsn` is the LSN of the last record written (or the replay point for an empty log).
+//! - Records of every segment but the active one are durable (`dirty` is only ever true mid-batch).
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::frame::{self, frame_len, SEGMENT_HEADER_LEN, SNAPSHOT_HEADER_LEN};
+use crate::layout::{self, segment_name, snapshot_name, Segment, LOCK, SPARE, TMP_SUFFIX};
+use crate::recovery::{self, BadSpot, WalkEnd};
+use crate::{Error, Fs, FsFile, Lsn, Options, Recovery, ReplayReport, StdFs, Truncation};
+
+/// Batches larger than this do not keep their encode buffer around afterwards.
+const KEEP_BUFFER: usize = 4 << 20;
+
+/// The write-ahead log of one directory.
+pub struct Wal {
+    /// Every disk operation goes through here, so tests can swap the disk.
+    fs: Arc<dyn Fs>,
+    /// The log directory.
+    dir: PathBuf,
+    /// Sizes and policies, fixed at open.
+    opts: Options,
+    /// Guard of the flock on `DIR/LOCK`; held, never read, released on drop.
+    _lock: Box<dyn Any + Send + Sync>,
+    /// Segment files in LSN order; the last is the one appends go to.
+    segments: Vec<Segment>,
+    /// The open last segment; `None` until the first append of an empty log creates one.
+    active: Option<Active>,
+    /// The preallocated `next.spare`, ready to become the next segment.
+    spare: Option<Box<dyn FsFile>>,
+    /// Whether space is being preallocated: `opts.preallocate`, switched off when the filesystem
+    /// cannot do it, so [`Wal::space_reserved`] does not wait forever for a spare.
+    prealloc: bool,
+    /// LSN of the last record in the log.
+    last_lsn: Lsn,
+    /// Set by the one call to [`Wal::replay`]; writing before it would skip recovery.
+    replayed: bool,
+    /// Set by a failed write, sync or rename: the on-disk state is unknown until replay.
+    poisoned: bool,
+    /// Frame bytes of each batch not yet covered by a snapshot, as `(last lsn, bytes)`, so a
+    /// snapshot of an older state than `last_lsn` still leaves the newer batches counted.
+    unsnapshotted: VecDeque<(Lsn, u64)>,
+    /// Sum of the bytes in `unsnapshotted`.
+    unsnapshotted_bytes: u64,
+    /// Reused encode buffer, so steady small batches do not allocate.
+    buf: Vec<u8>,
+}
+
+/// The segment being appended to.
+struct Active {
+    /// Open for positioned writes.
+    file: Box<dyn FsFile>,
+    /// Its path, for error messages.
+    path: PathBuf,
+    /// Offset just past the last record: where the next one goes.
+    end: u64,
+    /// Written since the last `sync_data`.
+    dirty: bool,
+}
+
+/// How far a failed rotation got: before the rename nothing visible changed.
+enum RotateError {
+    /// Nothing on disk changed that replay would see.
+    BeforeRename(Error),
+    /// The directory may have changed.
+    AfterRename(Error),
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `dir` on the real filesystem and locks it.
+    pub fn open(dir: &Path, opts: Options) -> Result<Wal, Error> {
+        Self::open_with(Arc::new(StdFs), dir, opts)
+    }
+
+    /// Opens the log in `dir` through `fs`. Removes leftover `*.tmp` files; reads nothing else yet.
+    pub fn open_with(fs: Arc<dyn Fs>, dir: &Path, opts: Options) -> Result<Wal, Error> {
+        if opts.max_record == 0 || opts.segment_size <= SEGMENT_HEADER_LEN as u64 {
+            let msg = "max_record must be at least 1 and segment_size more than 32 bytes";
+            let source = io::Error::new(io::ErrorKind::InvalidInput, msg);
+            return Err(Error::io("open", dir, source));
+        }
+        fs.create_dir_all(dir)
+            .map_err(|e| Error::io("create_dir", dir, e))?;
+        // The directory entry itself must survive a crash for anything inside it to.
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        fs.sync_dir(parent)
+            .map_err(|e| Error::io("sync_dir", parent, e))?;
+        let lock_path = dir.join(LOCK);
+        let lock = fs.lock(&lock_path).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => Error::Locked(dir.to_path_buf()),
+            _ => Error::io("lock", &lock_path, e),
+        })?;
+        let listing = layout::list(&*fs, dir)?;
+        for tmp in &listing.tmp {
+            fs.remove(tmp).map_err(|e| Error::io("remove", tmp, e))?;
+        }
+        Ok(Wal {
+            fs,
+            dir: dir.to_path_buf(),
+            prealloc: opts.preallocate,
+            opts,
+            _lock: lock,
+            segments: listing.segments,
+            active: None,
+            spare: None,
+            last_lsn: 0,
+            replayed: false,
+            poisoned: false,
+            unsnapshotted: VecDeque::new(),
+            unsnapshotted_bytes: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    /// The newest snapshot, if any. A damaged newest snapshot is [`Error::Corrupt`]: falling back
+    /// to an older one would silently need segments that were deleted when the newer one was made.
+    pub fn load_snapshot(&self) -> Result<Option<(Lsn, Vec<u8>)>, Error> {
+        let listing = layout::list(&*self.fs, &self.dir)?;
+        let Some(&lsn) = listing.snapshots.last() else {
+            return Ok(None);
+        };
+        let path = self.dir.join(snapshot_name(lsn));
+        let mut bytes = self
+            .fs
+            .read(&path)
+            .map_err(|e| Error::io("read", &path, e))?;
+        let reason = match frame::decode_snapshot(&bytes) {
+            Ok((found, _)) if found == lsn => None,
+            Ok((found, _)) => Some(format!("snapshot header says lsn {found}")),
+            Err(reason) => Some(reason.to_owned()),
+        };
+        if let Some(reason) = reason {
+            return Err(Error::Corrupt {
+                segment: path,
+                offset: 0,
+                reason,
+            });
+        }
+        bytes.drain(..SNAPSHOT_HEADER_LEN);
+        Ok(Some((lsn, bytes)))
+    }
+
+    /// Feeds `f` every record with `lsn > after`, in order, recovers the log, and readies it for
+    /// appends. Call exactly once, before anything else that writes.
+    ///
+    /// A torn tail is truncated and reported; other damage is [`Error::Corrupt`] (or cut, under
+    /// [`Recovery::TruncateCorruption`]). If `f` fails, replay stops with [`Error::Apply`] and
+    /// leaves the disk untouched. Any error leaves the `Wal` poisoned.
+    ///
+    /// # Panics
+    /// If called twice.
+    pub fn replay<E: fmt::Display>(
+        &mut self,
+        after: Lsn,
+        mut f: impl FnMut(Lsn, &[u8]) -> Result<(), E>,
+    ) -> Result<ReplayReport, Error> {
+        assert!(!self.replayed, "Wal::replay must be called exactly once");
+        self.replayed = true;
+        // Until replay succeeds the log must not be written.
+        self.poisoned = true;
+
+        let mut records = 0;
+        let mut bytes = 0;
+        let too_late = (self.segments.first()).filter(|s| s.first_lsn > after.saturating_add(1));
+        let (walked, bad) = if let Some(first) = too_late {
+            let reason = format!(
+                "the log starts at lsn {}, but replay needs every record after {after}",
+                first.first_lsn
+            );
+            (WalkEnd::default(), Some(whole_log(reason)))
+        } else {
+            let mut walked = recovery::walk(
+                &*self.fs,
+                &self.segments,
+                self.opts.max_record,
+                &mut |seg, offset, lsn, payload| {
+                    if lsn <= after {
+                        return Ok(());
+                    }
+                    f(lsn, payload).map_err(|e| Error::Apply {
+                        segment: seg.path.clone(),
+                        offset,
+                        lsn,
+                        message: e.to_string(),
+                    })?;
+                    records += 1;
+                    bytes += frame_len(payload.len());
+                    Ok(())
+                },
+            )?;
+            let bad = walked.bad.take();
+            (walked, bad)
+        };
+        let truncate_all = self.opts.recovery == Recovery::TruncateCorruption;
+        let mut cut = match bad {
+            Some(b) if b.torn_tail || truncate_all => Some(b),
+            Some(b) => return Err(self.corrupt(b)),
+            None => None,
+        };
+        let mut kept = match &cut {
+            None => self.segments.len(),
+            Some(c) if c.offset < SEGMENT_HEADER_LEN as u64 => c.seg,
+            Some(c) => c.seg + 1,
+        };
+        let mut last_lsn = if kept == 0 {
+            after
+        } else {
+            walked.last_lsn.unwrap_or(after)
+        };
+        if kept > 0 && last_lsn < after {
+            // The caller's state is ahead of the log: appending from here would reuse LSNs the
+            // caller has already applied.
+            let reason = format!("the log ends at lsn {last_lsn}, before the replay point {after}");
+            if !truncate_all {
+                return Err(self.corrupt(whole_log(reason)));
+            }
+            cut = Some(whole_log(reason));
+            kept = 0;
+            last_lsn = after;
+        }
+
+        let truncated = match cut {
+            Some(c) => Some(self.cut(c, kept)?),
+            None => None,
+        };
+        if let Some(seg) = self.segments.last() {
+            let end = match &truncated {
+                Some(t) if t.offset >= SEGMENT_HEADER_LEN as u64 => t.offset,
+                _ => walked.ends[kept - 1],
+            };
+            let file = self
+                .fs
+                .open(&seg.path)
+                .map_err(|e| Error::io("open", &seg.path, e))?;
+            self.active = Some(Active {
+                file,
+                path: seg.path.clone(),
+                end,
+                dirty: false,
+            });
+        }
+        self.last_lsn = last_lsn;
+        if bytes > 0 {
+            self.unsnapshotted.push_back((last_lsn, bytes));
+            self.unsnapshotted_bytes = bytes;
+        }
+        self.prepare_spare()?;
+        self.poisoned = false;
+        Ok(ReplayReport {
+            records,
+            last_lsn,
+            truncated,
+        })
+    }
+
+    /// Appends `payloads` as consecutive records and makes them durable; returns their LSNs.
+    ///
+    /// One write per segment touched, then one `sync_data`. Returns [`Error::TooLarge`] (writing
+    /// nothing) for an empty or oversized payload, and [`Error::NoSpace`] (writing nothing, not
+    /// poisoned) when a new segment is needed first and cannot be allocated. Any other failure
+    /// poisons the log.
+    ///
+    /// # Panics
+    /// If [`Wal::replay`] has not been called.
+    pub fn append_batch(&mut self, payloads: &[&[u8]]) -> Result<RangeInclusive<Lsn>, Error> {
+        self.check_writable()?;
+        let max = self.opts.max_record;
+        if let Some(p) = payloads
+            .iter()
+            .find(|p| p.is_empty() || p.len() > max as usize)
+        {
+            return Err(Error::TooLarge { len: p.len(), max });
+        }
+        let first = self.last_lsn + 1;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let written = self.write_batch(first, payloads, &mut buf);
+        if buf.capacity() <= KEEP_BUFFER {
+            self.buf = buf;
+        }
+        let last = written?;
+        if last >= first {
+            let bytes = payloads.iter().map(|p| frame_len(p.len())).sum();
+            self.unsnapshotted.push_back((last, bytes));
+            self.unsnapshotted_bytes += bytes;
+        }
+        self.last_lsn = last;
+        Ok(first..=last)
+    }
+
+    /// True when the next rotation cannot run out of space: a spare segment is preallocated, or
+    /// preallocation is off or unsupported. The server refuses new work while this is false.
+    pub fn space_reserved(&self) -> bool {
+        !self.prealloc || self.spare.is_some()
+    }
+
+    /// Tries to preallocate the spare segment again; `Ok(false)` if the disk is still full.
+    pub fn try_reserve(&mut self) -> Result<bool, Error> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        if self.space_reserved() {
+            return Ok(true);
+        }
+        match self.create_spare() {
+            Ok(file) => {
+                self.spare = Some(file);
+                Ok(true)
+            }
+            Err(e) if e.is_no_space() => Ok(false),
+            Err(e) => Err(self.poison(e)),
+        }
+    }
+
+    /// Stores `payload` as the state after record `lsn`, then deletes older snapshots and every
+    /// segment whose records are all `<= lsn` (never the active one).
+    ///
+    /// A failure here does not poison the log: the log itself is untouched, and the old snapshot
+    /// stays valid until the new one is durable.
+    pub fn write_snapshot(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), Error> {
+        self.check_writable()?;
+        if lsn > self.last_lsn {
+            let msg = format!(
+                "snapshot lsn {lsn} is beyond the log's last lsn {}",
+                self.last_lsn
+            );
+            let source = io::Error::new(io::ErrorKind::InvalidInput, msg);
+            return Err(Error::io("write_snapshot", &self.dir, source));
+        }
+        let name = snapshot_name(lsn);
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
+        if let Err(e) = self.write_durably(&tmp, &path, lsn, payload) {
+            // Best effort: open() removes leftovers anyway.
+            let _ = self.fs.remove(&tmp);
+            return Err(e);
+        }
+        self.retire(lsn)
+    }
+
+    /// LSN of the last record (0 for an empty log, the replay point before any append).
+    pub fn last_lsn(&self) -> Lsn {
+        self.last_lsn
+    }
+
+    /// Frame bytes replayed or appended after the newest snapshot, counted per batch; the server
+    /// triggers snapshots on it.
+    pub fn bytes_since_snapshot(&self) -> u64 {
+        self.unsnapshotted_bytes
+    }
+
+    fn check_writable(&self) -> Result<(), Error> {
+        assert!(
+            self.replayed,
+            "Wal::replay must run before the log is written"
+        );
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        Ok(())
+    }
+
+    fn poison(&mut self, e: Error) -> Error {
+        self.poisoned = true;
+        e
+    }
+
+    fn corrupt(&self, bad: BadSpot) -> Error {
+        Error::Corrupt {
+            segment: self
+                .segments
+                .get(bad.seg)
+                .map_or_else(|| self.dir.clone(), |s| s.path.clone()),
+            offset: bad.offset,
+            reason: bad.reason,
+        }
+    }
+
+    /// Cuts the log at `bad`, keeping the first `kept` segments: later segments are deleted (last
+    /// first, so a crash midway still leaves a prefix of the log), then the cut segment is
+    /// truncated and its preallocated space re-zeroed.
+    fn cut(&mut self, bad: BadSpot, kept: usize) -> Result<Truncation, Error> {
+        let segment = self
+            .segments
+            .get(bad.seg)
+            .map_or_else(|| self.dir.clone(), |s| s.path.clone());
+        // A cut inside the header deletes the segment, and its size is counted with the others.
+        let mut dropped = if kept > bad.seg { bad.dropped } else { 0 };
+        while self.segments.len() > kept {
+            let seg = self.segments.pop().expect("more segments than kept");
+            // Only for the report: a size we cannot read is not worth failing recovery over.
+            dropped += self.fs.open(&seg.path).and_then(|f| f.size()).unwrap_or(0);
+            self.fs
+                .remove(&seg.path)
+                .map_err(|e| Error::io("remove", &seg.path, e))?;
+        }
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("sync_dir", &self.dir, e))?;
+        if kept == bad.seg + 1 {
+            let mut file = self
+                .fs
+                .open(&segment)
+                .map_err(|e| Error::io("open", &segment, e))?;
+            file.set_len(bad.offset)
+                .map_err(|e| Error::io("set_len", &segment, e))?;
+            if self.prealloc {
+                // So the cut-off tail reads as zeros (end of data) and the space stays reserved.
+                file.allocate(self.opts.segment_size)
+                    .map_err(|e| Error::io("allocate", &segment, e))?;
+            }
+            file.sync_all()
+                .map_err(|e| Error::io("sync_all", &segment, e))?;
+        }
+        Ok(Truncation {
+            segment,
+            offset: bad.offset,
+            bytes_dropped: dropped,
+            reason: bad.reason,
+        })
+    }
+
+    /// Reuses a leftover spare of the right size or preallocates one; a full disk is not an error
+    /// here, only a reason for [`Wal::space_reserved`] to say false.
+    fn prepare_spare(&mut self) -> Result<(), Error> {
+        let path = self.dir.join(SPARE);
+        if !self.prealloc {
+            // Not needed; give its space back.
+            return match self.fs.remove(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("remove", &path, e)),
+                _ => Ok(()),
+            };
+        }
+        if let Ok(file) = self.fs.open(&path) {
+            if file.size().is_ok_and(|n| n >= self.opts.segment_size) {
+                self.spare = Some(file);
+                return Ok(());
+            }
+        }
+        match self.create_spare() {
+            Ok(file) => self.spare = Some(file),
+            Err(e) if e.is_no_space() => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Creates `next.spare`, preallocated when enabled. On failure the file is removed, so a
+    /// half-allocated spare never holds space or passes for a ready one.
+    fn create_spare(&mut self) -> Result<Box<dyn FsFile>, Error> {
+        let path = self.dir.join(SPARE);
+        let mut file = self
+            .fs
+            .create(&path)
+            .map_err(|e| Error::io("create", &path, e))?;
+        if self.prealloc {
+            let allocated = match file.allocate(self.opts.segment_size) {
+                Ok(true) => file.sync_all().map_err(|e| Error::io("sync_all", &path, e)),
+                Ok(false) => {
+                    // The filesystem cannot reserve space: run without a reserve.
+                    self.prealloc = false;
+                    Ok(())
+                }
+                Err(e) => Err(Error::io("allocate", &path, e)),
+            };
+            if let Err(e) = allocated {
+                drop(file);
+                let _ = self.fs.remove(&path);
+                return Err(e);
+            }
+        }
+        Ok(file)
+    }
+
+    /// Encodes and writes `payloads` from `first` on, rotating as segments fill; returns the last
+    /// LSN written. Everything is durable when it returns `Ok`.
+    fn write_batch(
+        &mut self,
+        first: Lsn,
+        payloads: &[&[u8]],
+        buf: &mut Vec<u8>,
+    ) -> Result<Lsn, Error> {
+        // A batch that does not fit goes whole into a fresh segment, so a full disk is met before
+        // anything is written. Only a batch larger than a segment is split across segments.
+        let total = payloads.iter().map(|p| frame_len(p.len())).sum();
+        if !payloads.is_empty() && self.must_rotate(0, total) {
+            self.rotate(first, false)?;
+        }
+        let mut lsn = first;
+        for payload in payloads {
+            if self.must_rotate(buf.len() as u64, frame_len(payload.len())) {
+                self.flush(buf)?;
+                self.rotate(lsn, lsn != first)?;
+            }
+            frame::encode(lsn, payload, buf);
+            lsn += 1;
+        }
+        self.flush(buf)?;
+        if let Some(active) = self.active.as_mut().filter(|a| a.dirty) {
+            if let Err(e) = active.file.sync_data() {
+                let e = Error::io("sync_data", &active.path, e);
+                return Err(self.poison(e));
+            }
+            active.dirty = false;
+        }
+        Ok(lsn - 1)
+    }
+
+    /// Whether a record of `frame` bytes, after `pending` unwritten bytes, needs a new segment. A
+    /// segment without records takes any record, so an oversized one still finds a home.
+    fn must_rotate(&self, pending: u64, frame: u64) -> bool {
+        match &self.active {
+            None => true,
+            Some(a) => {
+                let used = a.end + pending;
+                used > SEGMENT_HEADER_LEN as u64 && used + frame > self.opts.segment_size
+            }
+        }
+    }
+
+    /// Writes the encoded records in `buf` to the active segment.
+    fn flush(&mut self, buf: &mut Vec<u8>) -> Result<(), Error> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let active = self
+            .active
+            .as_mut()
+            .expect("records are only encoded for a segment");
+        if let Err(e) = active.file.write_at(active.end, buf) {
+            let e = Error::io("write", &active.path, e);
+            return Err(self.poison(e));
+        }
+        active.end += buf.len() as u64;
+        active.dirty = true;
+        buf.clear();
+        Ok(())
+    }
+
+    /// Makes a new segment starting at `first_lsn` the active one. A full disk before the rename
+    /// is [`Error::NoSpace`] without poisoning, but only if `batch_started` is false: otherwise
+    /// part of the batch is already on disk unacknowledged, and only a replay sorts that out.
+    fn rotate(&mut self, first_lsn: Lsn, batch_started: bool) -> Result<(), Error> {
+        match self.try_rotate(first_lsn) {
+            Ok(()) => Ok(()),
+            Err(RotateError::BeforeRename(e)) if e.is_no_space() && !batch_started => {
+                Err(Error::NoSpace)
+            }
+            Err(RotateError::BeforeRename(e) | RotateError::AfterRename(e)) => Err(self.poison(e)),
+        }
+    }
+
+    fn try_rotate(&mut self, first_lsn: Lsn) -> Result<(), RotateError> {
+        use RotateError::{AfterRename, BeforeRename};
+        // Once a newer segment exists, damage in this one is corruption, not a torn tail: its
+        // records must be durable first.
+        if let Some(active) = self.active.as_mut().filter(|a| a.dirty) {
+            active
+                .file
+                .sync_data()
+                .map_err(|e| AfterRename(Error::io("sync_data", &active.path, e)))?;
+            active.dirty = false;
+        }
+        let spare_path = self.dir.join(SPARE);
+        let mut file = match self.spare.take() {
+            Some(file) => file,
+            None => self.create_spare().map_err(BeforeRename)?,
+        };
+        // The header is durable before the name appears, so a named segment always has one.
+        let header = frame::encode_header(first_lsn);
+        let prepared = file
+            .write_at(0, &header)
+            .map_err(|e| Error::io("write", &spare_path, e))
+            .and_then(|()| {
+                file.sync_data()
+                    .map_err(|e| Error::io("sync_data", &spare_path, e))
+            });
+        if let Err(e) = prepared {
+            drop(file);
+            let _ = self.fs.remove(&spare_path);
+            return Err(BeforeRename(e));
+        }
+        let path = self.dir.join(segment_name(first_lsn));
+        self.fs
+            .rename(&spare_path, &path)
+            .map_err(|e| AfterRename(Error::io("rename", &spare_path, e)))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| AfterRename(Error::io("sync_dir", &self.dir, e)))?;
+        self.segments.push(Segment {
+            first_lsn,
+            path: path.clone(),
+        });
+        self.active = Some(Active {
+            file,
+            path,
+            end: SEGMENT_HEADER_LEN as u64,
+            dirty: false,
+        });
+        // Reserve the next rotation's space now, while a full disk can still be reported calmly.
+        if self.prealloc {
+            match self.create_spare() {
+                Ok(spare) => self.spare = Some(spare),
+                Err(e) if e.is_no_space() => {}
+                Err(e) => return Err(AfterRename(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot file under `tmp`, makes it durable, and renames it to `path`.
+    fn write_durably(
+        &self,
+        tmp: &Path,
+        path: &Path,
+        lsn: Lsn,
+        payload: &[u8],
+    ) -> Result<(), Error> {
+        let mut file = self
+            .fs
+            .create(tmp)
+            .map_err(|e| Error::io("create", tmp, e))?;
+        let header = frame::encode_snapshot_header(lsn, payload);
+        file.write_at(0, &header)
+            .and_then(|()| file.write_at(SNAPSHOT_HEADER_LEN as u64, payload))
+            .map_err(|e| Error::io("write", tmp, e))?;
+        file.sync_all().map_err(|e| Error::io("sync_all", tmp, e))?;
+        drop(file);
+        self.fs
+            .rename(tmp, path)
+            .map_err(|e| Error::io("rename", tmp, e))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("sync_dir", &self.dir, e))
+    }
+
+    /// Deletes what the durable snapshot at `lsn` makes unnecessary.
+    fn retire(&mut self, lsn: Lsn) -> Result<(), Error> {
+        let listing = layout::list(&*self.fs, &self.dir)?;
+        for &old in listing.snapshots.iter().filter(|&&s| s < lsn) {
+            remove_if_present(&*self.fs, &self.dir.join(snapshot_name(old)))?;
+        }
+        // Segment 0 is covered when the next one starts at or before lsn + 1.
+        while self.segments.len() > 1 && self.segments[1].first_lsn <= lsn + 1 {
+            remove_if_present(&*self.fs, &self.segments[0].path)?;
+            self.segments.remove(0);
+        }
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("sync_dir", &self.dir, e))?;
+        while let Some(&(batch_last, bytes)) = self.unsnapshotted.front() {
+            if batch_last > lsn {
+                break;
+            }
+            self.unsnapshotted.pop_front();
+            self.unsnapshotted_bytes -= bytes;
+        }
+        Ok(())
+    }
+}
+
+/// A bad spot that invalidates the whole log (a cut at the first segment's header).
+fn whole_log(reason: String) -> BadSpot {
+    BadSpot {
+        seg: 0,
+        offset: 0,
+        reason,
+        torn_tail: false,
+        dropped: 0,
+    }
+}
+
+fn remove_if_present(fs: &dyn Fs, path: &Path) -> Result<(), Error> {
+    match fs.remove(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("remove", path, e)),
+        _ => Ok(()),
+    }
+}
+
+impl fmt::Debug for Wal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("segments", &self.segments.len())
+            .field("last_lsn", &self.last_lsn)
+            .field("space_reserved", &self.space_reserved())
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
