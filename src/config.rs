@@ -212,7 +212,14 @@ const KNOWN_KEYS: &[&str] = &[
     "MAX_CONNECTIONS",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
-const IGNORED_KEYS: &[&str] = &["REDIS_HOST", "REDIS_PORT", "SENTRY_DSN", "MONGODB_URI", "MONGODB_HOST", "MONGODB_PORT"];
+const IGNORED_KEYS: &[&str] = &[
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "SENTRY_DSN",
+    "MONGODB_URI",
+    "MONGODB_HOST",
+    "MONGODB_PORT",
+];
 
 /// Parses config file text into `KEY -> value` (values unquoted). Pure; never panics.
 pub fn parse_config_file(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -222,7 +229,10 @@ pub fn parse_config_file(text: &str) -> Result<BTreeMap<String, String>, ConfigE
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let err = |reason: String| ConfigError { line: i + 1, reason };
+        let err = |reason: String| ConfigError {
+            line: i + 1,
+            reason,
+        };
         let (key, value) = line
             .split_once('=')
             .ok_or_else(|| err(format!("expected `KEY = value`, got {line:?}")))?;
@@ -245,7 +255,7 @@ fn unquote(value: &str) -> Result<String, String> {
         if let Some(rest) = value.strip_prefix(quote) {
             let inner = rest
                 .strip_suffix(quote)
-                .filter(|_| rest.len() >= 1)
+                .filter(|_| !rest.is_empty())
                 .ok_or_else(|| format!("unterminated string {value:?}"))?;
             if inner.contains(quote) {
                 return Err(format!("stray quote in {value:?}"));
@@ -262,11 +272,12 @@ fn unquote(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
+/// A config file that was read: its path and its keys.
+pub type ConfigFile = (PathBuf, BTreeMap<String, String>);
+
 /// Finds and reads the config file: `TESTFLINGER_CONFIG`, else `./testflinger.conf`.
 /// Returns the path read and its keys, or `None` when there is no file.
-pub fn read_config_file(
-    env_path: Option<&Path>,
-) -> Result<Option<(PathBuf, BTreeMap<String, String>)>, ConfigError> {
+pub fn read_config_file(env_path: Option<&Path>) -> Result<Option<ConfigFile>, ConfigError> {
     let path = match env_path {
         Some(p) => p.to_path_buf(),
         None => {
@@ -293,7 +304,7 @@ impl Config {
     /// and warnings to log (unknown keys).
     pub fn resolve(
         opts: &ServeOpts,
-        file: Option<(PathBuf, BTreeMap<String, String>)>,
+        file: Option<ConfigFile>,
     ) -> Result<(Config, Vec<String>), ConfigError> {
         let mut config = Config::default();
         let mut warnings = Vec::new();
@@ -308,7 +319,9 @@ impl Config {
                 match key.as_str() {
                     "DATA_PATH" => config.data_dir = PathBuf::from(value),
                     "BIND" => config.bind = value.parse().map_err(|_| bad("HOST:PORT"))?,
-                    "FSYNC" => config.fsync = value.parse().map_err(|_| bad("always or interval:MS"))?,
+                    "FSYNC" => {
+                        config.fsync = value.parse().map_err(|_| bad("always or interval:MS"))?
+                    }
                     "MAX_JOB_BYTES" => config.max_job_bytes = num("a byte count")? as usize,
                     "MAX_RESULT_BYTES" => config.max_result_bytes = num("a byte count")? as usize,
                     "MAX_OUTPUT_BYTES" => config.max_output_bytes = num("a byte count")? as usize,
@@ -317,9 +330,9 @@ impl Config {
                     "SNAPSHOT_BYTES" => config.snapshot_bytes = num("a byte count")?,
                     "RETENTION_SECS" => config.retention = Duration::from_secs(num("seconds")?),
                     "MAX_CONNECTIONS" => config.max_connections = num("a count")? as usize,
-                    k if IGNORED_KEYS.contains(&k) => {
-                        warnings.push(format!("config key {k} is not used by flinger (no external store needed)"))
-                    }
+                    k if IGNORED_KEYS.contains(&k) => warnings.push(format!(
+                        "config key {k} is not used by flinger (no external store needed)"
+                    )),
                     k => warnings.push(format!(
                         "unknown config key {k} in {} (known: {})",
                         path.display(),
@@ -340,7 +353,15 @@ impl Config {
         macro_rules! take {
             ($($field:ident),*) => {$( if let Some(v) = opts.$field { config.$field = v; } )*};
         }
-        take!(max_job_bytes, max_result_bytes, max_output_bytes, max_artifact_bytes, segment_bytes, snapshot_bytes, max_connections);
+        take!(
+            max_job_bytes,
+            max_result_bytes,
+            max_output_bytes,
+            max_artifact_bytes,
+            segment_bytes,
+            snapshot_bytes,
+            max_connections
+        );
         if let Some(secs) = opts.retention_secs {
             config.retention = Duration::from_secs(secs);
         }
@@ -351,10 +372,19 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let err = |reason: String| Err(ConfigError { line: 0, reason });
-        if self.max_result_bytes > 256 << 20 || self.max_job_bytes > 256 << 20 || self.max_output_bytes > 256 << 20 {
-            return err("job, result and output limits must be at most 256 MiB (they are logged whole)".into());
+        if self.max_result_bytes > 256 << 20
+            || self.max_job_bytes > 256 << 20
+            || self.max_output_bytes > 256 << 20
+        {
+            return err(
+                "job, result and output limits must be at most 256 MiB (they are logged whole)"
+                    .into(),
+            );
         }
-        let biggest = self.max_result_bytes.max(self.max_job_bytes).max(self.max_output_bytes) as u64;
+        let biggest = self
+            .max_result_bytes
+            .max(self.max_job_bytes)
+            .max(self.max_output_bytes) as u64;
         if self.segment_bytes < 2 * biggest + (1 << 20) {
             return err(format!(
                 "segment size {} is too small for records of up to {biggest} bytes (needs at least 2x the largest limit + 1 MiB)",
@@ -374,7 +404,10 @@ mod tests {
 
     #[test]
     fn testflinger_style_file_parses() {
-        let keys = parse_config_file("# comment\nDATA_PATH = '/srv/tf'\nREDIS_PORT = 6379\nFSYNC=\"interval:5\"\n").unwrap();
+        let keys = parse_config_file(
+            "# comment\nDATA_PATH = '/srv/tf'\nREDIS_PORT = 6379\nFSYNC=\"interval:5\"\n",
+        )
+        .unwrap();
         assert_eq!(keys["DATA_PATH"], "/srv/tf");
         assert_eq!(keys["REDIS_PORT"], "6379");
         assert_eq!(keys["FSYNC"], "interval:5");
@@ -382,15 +415,25 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_errors_with_line_numbers() {
-        for (text, line) in [("DATA_PATH '/x'", 1), ("\nDATA_PATH = '/x", 2), ("= 3", 1), ("A = 'x'y'", 1), ("A =", 1)] {
+        for (text, line) in [
+            ("DATA_PATH '/x'", 1),
+            ("\nDATA_PATH = '/x", 2),
+            ("= 3", 1),
+            ("A = 'x'y'", 1),
+            ("A =", 1),
+        ] {
             assert_eq!(parse_config_file(text).unwrap_err().line, line, "{text:?}");
         }
     }
 
     #[test]
     fn flags_beat_file_beats_defaults_and_unknown_keys_warn() {
-        let file = parse_config_file("DATA_PATH = '/srv/tf'\nBIND = '0.0.0.0:9000'\nWHAT = 1\n").unwrap();
-        let opts = ServeOpts { bind: Some("127.0.0.1:1".parse().unwrap()), ..Default::default() };
+        let file =
+            parse_config_file("DATA_PATH = '/srv/tf'\nBIND = '0.0.0.0:9000'\nWHAT = 1\n").unwrap();
+        let opts = ServeOpts {
+            bind: Some("127.0.0.1:1".parse().unwrap()),
+            ..Default::default()
+        };
         let (config, warnings) = Config::resolve(&opts, Some(("tf.conf".into(), file))).unwrap();
         assert_eq!(config.bind.port(), 1);
         assert_eq!(config.data_dir, PathBuf::from("/srv/tf"));

@@ -55,7 +55,11 @@ struct Mark {
 
 enum WriterMsg {
     Record(Vec<u8>),
-    Snapshot { lsn: u64, bytes: Vec<u8>, done: oneshot::Sender<Result<()>> },
+    Snapshot {
+        lsn: u64,
+        bytes: Vec<u8>,
+        done: oneshot::Sender<Result<()>>,
+    },
 }
 
 struct Sender {
@@ -178,8 +182,10 @@ fn wal_dir(data_dir: &Path) -> PathBuf {
 fn wal_options(config: &Config) -> wal::Options {
     wal::Options {
         segment_size: config.segment_bytes,
-        max_record: u32::try_from(config.max_result_bytes.max(config.max_job_bytes) * 2 + (1 << 20))
-            .unwrap_or(u32::MAX),
+        max_record: u32::try_from(
+            config.max_result_bytes.max(config.max_job_bytes) * 2 + (1 << 20),
+        )
+        .unwrap_or(u32::MAX),
         recovery: if config.wal_truncate_corruption {
             wal::Recovery::TruncateCorruption
         } else {
@@ -204,9 +210,16 @@ fn wal_error(e: wal::Error) -> Error {
 /// what recovery did.
 pub fn open(
     config: &Config,
-) -> Result<(State, Applied, Journal, tokio::sync::mpsc::UnboundedReceiver<()>, Recovery)> {
+) -> Result<(
+    State,
+    Applied,
+    Journal,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    Recovery,
+)> {
     let started = Instant::now();
-    let mut wal = wal::Wal::open(&wal_dir(&config.data_dir), wal_options(config)).map_err(wal_error)?;
+    let mut wal =
+        wal::Wal::open(&wal_dir(&config.data_dir), wal_options(config)).map_err(wal_error)?;
     let mut state = State::default();
     let mut applied = Applied::default();
     let mut recovery = Recovery::default();
@@ -217,7 +230,8 @@ pub fn open(
         let bad = |what: &str, e: rmp_serde::decode::Error| {
             Error::Internal(format!("snapshot {what} partition does not decode: {e}"))
         };
-        state.registry = rmp_serde::from_slice(&doc.registry.state).map_err(|e| bad("registry", e))?;
+        state.registry =
+            rmp_serde::from_slice(&doc.registry.state).map_err(|e| bad("registry", e))?;
         state.results = rmp_serde::from_slice(&doc.results.state).map_err(|e| bad("results", e))?;
         state.files = rmp_serde::from_slice(&doc.files.state).map_err(|e| bad("files", e))?;
         state.agents = rmp_serde::from_slice(&doc.agents.state).map_err(|e| bad("agents", e))?;
@@ -253,9 +267,15 @@ pub fn open(
     }
     let (tx, rx) = mpsc::channel();
     let first = wal.last_lsn() + 1;
-    let (mark, _) = watch::channel(Mark { durable: wal.last_lsn(), failed: false });
+    let (mark, _) = watch::channel(Mark {
+        durable: wal.last_lsn(),
+        failed: false,
+    });
     let inner = Arc::new(Inner {
-        sender: Mutex::new(Sender { next_lsn: first, tx }),
+        sender: Mutex::new(Sender {
+            next_lsn: first,
+            tx,
+        }),
         mark,
         space: AtomicBool::new(wal.space_reserved()),
         wait_for_disk: matches!(config.fsync, FsyncPolicy::Always),
@@ -305,7 +325,9 @@ impl Journal {
             ));
         }
         if !self.inner.space.load(Ordering::Acquire) {
-            return Err(Error::NoSpace("no disk space reserved for the write-ahead log".into()));
+            return Err(Error::NoSpace(
+                "no disk space reserved for the write-ahead log".into(),
+            ));
         }
         Ok(())
     }
@@ -333,7 +355,9 @@ impl Journal {
         if mark.durable >= lsn {
             Ok(())
         } else {
-            Err(Error::Unavailable("the write-ahead log failed; the change was not saved".into()))
+            Err(Error::Unavailable(
+                "the write-ahead log failed; the change was not saved".into(),
+            ))
         }
     }
 
@@ -347,7 +371,8 @@ impl Journal {
             .tx
             .send(WriterMsg::Snapshot { lsn, bytes, done })
             .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?;
-        wait.await.map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?
+        wait.await
+            .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?
     }
 }
 
@@ -446,7 +471,12 @@ impl Writer {
         }
         let started = Instant::now();
         self.wal.write_snapshot(lsn, payload).map_err(wal_error)?;
-        tracing::info!(lsn, bytes = payload.len(), ms = started.elapsed().as_millis() as u64, "snapshot written; covered log segments removed");
+        tracing::info!(
+            lsn,
+            bytes = payload.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot written; covered log segments removed"
+        );
         Ok(())
     }
 
@@ -468,8 +498,13 @@ impl Writer {
         } else if !was && reserved {
             tracing::info!("disk space available again: accepting changes");
         }
-        let waiting = self.snapshot_requested.is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY);
-        if !waiting && self.wal.bytes_since_snapshot() >= self.snapshot_bytes && self.snap_tx.send(()).is_ok() {
+        let waiting = self
+            .snapshot_requested
+            .is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY);
+        if !waiting
+            && self.wal.bytes_since_snapshot() >= self.snapshot_bytes
+            && self.snap_tx.send(()).is_ok()
+        {
             self.snapshot_requested = Some(Instant::now());
         }
     }
@@ -484,8 +519,19 @@ pub fn dump(data_dir: &Path, out: &mut impl std::io::Write) -> Result<()> {
             return;
         }
         let line = match decode(payload) {
-            Ok(event) => format!("{:>10} {}@{} {}", info.lsn, info.segment.display(), info.offset, describe(&event)),
-            Err(e) => format!("{:>10} {}@{} UNDECODABLE ({e})", info.lsn, info.segment.display(), info.offset),
+            Ok(event) => format!(
+                "{:>10} {}@{} {}",
+                info.lsn,
+                info.segment.display(),
+                info.offset,
+                describe(&event)
+            ),
+            Err(e) => format!(
+                "{:>10} {}@{} UNDECODABLE ({e})",
+                info.lsn,
+                info.segment.display(),
+                info.offset
+            ),
         };
         if let Err(e) = writeln!(out, "{line}") {
             write_err = Some(e);
@@ -502,12 +548,33 @@ pub fn dump(data_dir: &Path, out: &mut impl std::io::Write) -> Result<()> {
 fn describe(event: &Event) -> String {
     let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
     match event {
-        Event::JobSubmitted { id, queue, body, priority, .. } => {
-            format!("JobSubmitted id={id} queue={queue:?} priority={priority} body={}", text(body))
+        Event::JobSubmitted {
+            id,
+            queue,
+            body,
+            priority,
+            ..
+        } => {
+            format!(
+                "JobSubmitted id={id} queue={queue:?} priority={priority} body={}",
+                text(body)
+            )
         }
-        Event::ResultMerged { id, fields, .. } => format!("ResultMerged id={id} fields={}", text(fields)),
-        Event::LogAppended { id, kind, phase, number, data, .. } => {
-            format!("LogAppended id={id} kind={kind:?} phase={phase} number={number} bytes={}", data.len())
+        Event::ResultMerged { id, fields, .. } => {
+            format!("ResultMerged id={id} fields={}", text(fields))
+        }
+        Event::LogAppended {
+            id,
+            kind,
+            phase,
+            number,
+            data,
+            ..
+        } => {
+            format!(
+                "LogAppended id={id} kind={kind:?} phase={phase} number={number} bytes={}",
+                data.len()
+            )
         }
         other => format!("{other:?}"),
     }

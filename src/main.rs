@@ -11,11 +11,16 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    if let Some(Command::Wal { action: WalAction::Dump { data_dir } }) = &cli.command {
+    if let Some(Command::Wal {
+        action: WalAction::Dump { data_dir },
+    }) = &cli.command
+    {
         let stdout = std::io::stdout();
         return match flinger::journal::dump(data_dir, &mut stdout.lock()) {
             Ok(()) => ExitCode::SUCCESS,
@@ -26,7 +31,8 @@ fn main() -> ExitCode {
         };
     }
     let env_path = std::env::var_os("TESTFLINGER_CONFIG").map(std::path::PathBuf::from);
-    let resolved = read_config_file(env_path.as_deref()).and_then(|file| Config::resolve(&cli.opts, file));
+    let resolved =
+        read_config_file(env_path.as_deref()).and_then(|file| Config::resolve(&cli.opts, file));
     let (config, warnings) = match resolved {
         Ok(resolved) => resolved,
         Err(e) => {
@@ -37,7 +43,10 @@ fn main() -> ExitCode {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("flinger: cannot start the runtime: {e}");

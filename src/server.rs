@@ -12,11 +12,11 @@ use ractor::Actor;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::actors::agents::AgentMsg;
 use crate::actors::files::FileMsg;
 use crate::actors::registry::RegistryMsg;
 use crate::actors::results::ResultMsg;
 use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
-use crate::actors::agents::AgentMsg;
 use crate::actors::{ask, now, QueueDirectory, Services};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -31,9 +31,24 @@ const RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// Most jobs one retention pass removes (keeps each event and pause small).
 const RETENTION_BATCH: usize = 10_000;
 
-/// Runs the server on `listener` until `shutdown` resolves (graceful: stop accepting,
-/// finish in-flight requests) or an actor fails fatally (an error).
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+/// A started server core: recovered state, running actors and background chores, not
+/// yet listening. [`run`] serves it over TCP; tests and fuzz targets can drive
+/// `http::router(running.services.clone())` directly.
+pub struct Running {
+    /// What handlers need.
+    pub services: Services,
+    /// The supervisor, stopped on shutdown.
+    supervisor: ractor::ActorRef<SupervisorMsg>,
+    /// Resolves when the supervisor (and so every actor) has stopped.
+    supervisor_handle: tokio::task::JoinHandle<()>,
+    /// Snapshot and retention task.
+    chores: tokio::task::JoinHandle<()>,
+    /// Fatal actor failures.
+    fatal: mpsc::UnboundedReceiver<String>,
+}
+
+/// Recovers the state in `config.data_dir` and starts the actors and chores.
+pub async fn start(config: Config) -> Result<Running> {
     let config = Arc::new(config);
     let files_dir = config.data_dir.join("files");
     std::fs::create_dir_all(&files_dir)
@@ -53,7 +68,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     sweep_unreferenced_files(&files_dir, &state.files);
 
     let queues = QueueDirectory::default();
-    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
+    let (fatal_tx, fatal) = mpsc::unbounded_channel();
     let (supervisor, supervisor_handle) = Actor::spawn(
         None,
         Supervisor,
@@ -68,7 +83,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     )
     .await
     .map_err(|e| Error::Internal(format!("cannot start actors: {e}")))?;
-    let refs = ask(&supervisor, crate::actors::supervisor::SupervisorMsg::Refs).await?;
+    let refs = ask(&supervisor, SupervisorMsg::Refs).await?;
     let services = Services {
         registry: refs.registry,
         results: refs.results,
@@ -76,26 +91,56 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         agents: refs.agents,
         queues,
         journal,
-        config: config.clone(),
+        config,
         files_dir,
     };
-
     let chores = tokio::spawn(background_chores(services.clone(), snapshot_requests));
+    Ok(Running {
+        services,
+        supervisor,
+        supervisor_handle,
+        chores,
+        fatal,
+    })
+}
 
+impl Running {
+    /// Stops the actors and chores; every acknowledged change is already durable.
+    pub async fn stop(self) {
+        let _ = self.supervisor.cast(SupervisorMsg::Shutdown);
+        self.supervisor.stop(None);
+        let _ = self.supervisor_handle.await;
+        self.chores.abort();
+    }
+}
+
+/// Runs the server on `listener` until `shutdown` resolves (graceful: stop accepting,
+/// finish in-flight requests) or an actor fails fatally (an error).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let mut running = start(config).await?;
+    let services = running.services.clone();
+    let config = services.config.clone();
     let local = listener.local_addr().map_err(Error::from)?;
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), config = %config.source, fsync = ?config.fsync, "listening");
 
-    let app = crate::http::router(services.clone());
+    let app = crate::http::router(services);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(true);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true);
     tokio::pin!(shutdown);
     let outcome = loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             _ = &mut shutdown => break Ok(()),
-            Some(why) = fatal_rx.recv() => break Err(Error::Internal(why)),
+            Some(why) = running.fatal.recv() => break Err(Error::Internal(why)),
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -108,7 +153,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
                 }
             },
             _ = &mut shutdown => break Ok(()),
-            Some(why) = fatal_rx.recv() => break Err(Error::Internal(why)),
+            Some(why) = running.fatal.recv() => break Err(Error::Internal(why)),
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
@@ -123,13 +168,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     };
     drop(listener);
     tracing::info!("shutting down: finishing in-flight requests");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("some requests did not finish within {DRAIN_TIMEOUT:?}");
     }
-    let _ = supervisor.cast(SupervisorMsg::Shutdown);
-    supervisor.stop(None);
-    let _ = supervisor_handle.await;
-    chores.abort();
+    running.stop().await;
     tracing::info!("stopped");
     outcome
 }
@@ -166,22 +211,43 @@ pub async fn snapshot(services: &Services) -> Result<()> {
         ask(&services.files, FileMsg::Snapshot),
         ask(&services.agents, AgentMsg::Snapshot),
     );
-    let doc = SnapshotDoc { registry: registry?, results: results?, files: files?, agents: agents? };
-    let lsn = [doc.registry.lsn, doc.results.lsn, doc.files.lsn, doc.agents.lsn].into_iter().min().unwrap_or(0);
-    let bytes = rmp_serde::to_vec_named(&doc).map_err(|e| Error::Internal(format!("snapshot encoding: {e}")))?;
+    let doc = SnapshotDoc {
+        registry: registry?,
+        results: results?,
+        files: files?,
+        agents: agents?,
+    };
+    let lsn = [
+        doc.registry.lsn,
+        doc.results.lsn,
+        doc.files.lsn,
+        doc.agents.lsn,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(0);
+    let bytes = rmp_serde::to_vec_named(&doc)
+        .map_err(|e| Error::Internal(format!("snapshot encoding: {e}")))?;
     services.journal.write_snapshot(lsn, bytes).await
 }
 
 /// Removes finished jobs past retention, with their results, logs and files.
 pub async fn expire(services: &Services) -> Result<usize> {
     let cutoff = now().saturating_sub(services.config.retention.as_secs());
-    let Some((ids, lsn)) = ask(&services.registry, |p| RegistryMsg::Expire(cutoff, RETENTION_BATCH, p)).await?? else {
+    let Some((ids, lsn)) = ask(&services.registry, |p| {
+        RegistryMsg::Expire(cutoff, RETENTION_BATCH, p)
+    })
+    .await??
+    else {
         return Ok(0);
     };
     let count = ids.len();
     let results_lsn = ask(&services.results, |p| ResultMsg::Expire(ids.clone(), p)).await??;
     let files_lsn = ask(&services.files, |p| FileMsg::Expire(ids, p)).await??;
-    services.journal.durable(lsn.max(results_lsn).max(files_lsn)).await?;
+    services
+        .journal
+        .durable(lsn.max(results_lsn).max(files_lsn))
+        .await?;
     Ok(count)
 }
 
@@ -189,14 +255,18 @@ pub async fn expire(services: &Services) -> Result<usize> {
 /// crash, replaced files whose deletion did not happen).
 fn sweep_unreferenced_files(dir: &std::path::Path, files: &crate::model::files::Files) {
     let referenced: std::collections::HashSet<&str> = files.names().collect();
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if !referenced.contains(name) {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => tracing::info!(file = name, "removed unreferenced upload"),
-                Err(e) => tracing::warn!(file = name, error = %e, "cannot remove unreferenced upload"),
+                Err(e) => {
+                    tracing::warn!(file = name, error = %e, "cannot remove unreferenced upload")
+                }
             }
         }
     }

@@ -54,11 +54,24 @@ impl Actor for AgentActor {
     type State = AgentState;
     type Arguments = (Agents, u64, Journal);
 
-    async fn pre_start(&self, _: ActorRef<AgentMsg>, (agents, applied, journal): Self::Arguments) -> Result<AgentState, ActorProcessingErr> {
-        Ok(AgentState { agents, applied, journal })
+    async fn pre_start(
+        &self,
+        _: ActorRef<AgentMsg>,
+        (agents, applied, journal): Self::Arguments,
+    ) -> Result<AgentState, ActorProcessingErr> {
+        Ok(AgentState {
+            agents,
+            applied,
+            journal,
+        })
     }
 
-    async fn handle(&self, _: ActorRef<AgentMsg>, msg: AgentMsg, state: &mut AgentState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<AgentMsg>,
+        msg: AgentMsg,
+        state: &mut AgentState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             AgentMsg::AdvertiseQueues(queues, port) => {
                 let result = state.record(Event::QueuesAdvertised { queues, at: now() });
@@ -75,18 +88,34 @@ impl Actor for AgentActor {
                 reply(port, result);
             }
             AgentMsg::Update(name, fields, port) => {
-                let result = state.record(Event::AgentUpdated { name, fields, at: now() });
+                let result = state.record(Event::AgentUpdated {
+                    name,
+                    fields,
+                    at: now(),
+                });
                 reply(port, result);
             }
             AgentMsg::ProvisionLog(name, entry, port) => {
                 let known = state.agents.agents.contains_key(&name);
-                let result = state.record(Event::ProvisionLogged { name, entry, at: now() }).map(|lsn| (lsn, known));
+                let result = state
+                    .record(Event::ProvisionLogged {
+                        name,
+                        entry,
+                        at: now(),
+                    })
+                    .map(|lsn| (lsn, known));
                 reply(port, result);
             }
             AgentMsg::Read(f) => f(&state.agents),
             AgentMsg::Snapshot(port) => {
                 let bytes = rmp_serde::to_vec_named(&state.agents)?;
-                reply(port, PartSnapshot { lsn: state.applied, state: bytes });
+                reply(
+                    port,
+                    PartSnapshot {
+                        lsn: state.applied,
+                        state: bytes,
+                    },
+                );
             }
         }
         Ok(())

@@ -71,14 +71,34 @@ impl Actor for FileActor {
     type State = FileState;
     type Arguments = (Files, u64, Journal, PathBuf);
 
-    async fn pre_start(&self, _: ActorRef<FileMsg>, (files, applied, journal, dir): Self::Arguments) -> Result<FileState, ActorProcessingErr> {
-        Ok(FileState { files, applied, journal, dir })
+    async fn pre_start(
+        &self,
+        _: ActorRef<FileMsg>,
+        (files, applied, journal, dir): Self::Arguments,
+    ) -> Result<FileState, ActorProcessingErr> {
+        Ok(FileState {
+            files,
+            applied,
+            journal,
+            dir,
+        })
     }
 
-    async fn handle(&self, _: ActorRef<FileMsg>, msg: FileMsg, state: &mut FileState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<FileMsg>,
+        msg: FileMsg,
+        state: &mut FileState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             FileMsg::Stored(id, kind, file, size, port) => {
-                let result = state.record(Event::FileStored { id, kind, file, size, at: now() });
+                let result = state.record(Event::FileStored {
+                    id,
+                    kind,
+                    file,
+                    size,
+                    at: now(),
+                });
                 reply(port, result);
             }
             FileMsg::Get(id, kind, port) => reply(port, state.files.get(id, kind).cloned()),
@@ -88,7 +108,13 @@ impl Actor for FileActor {
             }
             FileMsg::Snapshot(port) => {
                 let bytes = rmp_serde::to_vec_named(&state.files)?;
-                reply(port, PartSnapshot { lsn: state.applied, state: bytes });
+                reply(
+                    port,
+                    PartSnapshot {
+                        lsn: state.applied,
+                        state: bytes,
+                    },
+                );
             }
         }
         Ok(())

@@ -41,8 +41,12 @@ where
 {
     match actor.call(msg, Some(RPC_TIMEOUT)).await {
         Ok(CallResult::Success(value)) => Ok(value),
-        Ok(CallResult::Timeout) => Err(Error::Unavailable("the server is overloaded; try again".into())),
-        Ok(CallResult::SenderError) | Err(_) => Err(Error::Unavailable("the server is shutting down".into())),
+        Ok(CallResult::Timeout) => Err(Error::Unavailable(
+            "the server is overloaded; try again".into(),
+        )),
+        Ok(CallResult::SenderError) | Err(_) => {
+            Err(Error::Unavailable("the server is shutting down".into()))
+        }
     }
 }
 
@@ -55,12 +59,16 @@ pub fn reply<T: Send + 'static>(port: RpcReplyPort<T>, value: T) {
 
 /// Unix seconds now: the only clock events see (recorded in them, never read in apply).
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Unix microseconds now.
 pub fn now_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// Queue name → its actor. Written only by the registry actor (which creates queue
@@ -89,7 +97,11 @@ impl QueueDirectory {
     }
 
     fn name_of(&self, id: ractor::ActorId) -> Option<Name> {
-        self.0.read().iter().find(|(_, a)| a.get_id() == id).map(|(n, _)| n.clone())
+        self.0
+            .read()
+            .iter()
+            .find(|(_, a)| a.get_id() == id)
+            .map(|(n, _)| n.clone())
     }
 }
 

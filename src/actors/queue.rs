@@ -36,11 +36,20 @@ impl Actor for QueueActor {
     type State = QueueIndex;
     type Arguments = Vec<Entry>;
 
-    async fn pre_start(&self, _: ActorRef<QueueMsg>, entries: Vec<Entry>) -> Result<QueueIndex, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<QueueMsg>,
+        entries: Vec<Entry>,
+    ) -> Result<QueueIndex, ActorProcessingErr> {
         Ok(QueueIndex::from_entries(entries))
     }
 
-    async fn handle(&self, _: ActorRef<QueueMsg>, msg: QueueMsg, index: &mut QueueIndex) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<QueueMsg>,
+        msg: QueueMsg,
+        index: &mut QueueIndex,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             QueueMsg::Insert(entry) => index.insert(entry),
             QueueMsg::Remove(id) => {
@@ -50,7 +59,9 @@ impl Actor for QueueActor {
             QueueMsg::Take(agent, port) => reply(port, index.take(agent.as_deref())),
             QueueMsg::Release(id) => index.release(id),
             QueueMsg::Position(id, port) => reply(port, index.position(id)),
-            QueueMsg::List(limit, port) => reply(port, index.entries().take(limit).map(|e| e.id).collect()),
+            QueueMsg::List(limit, port) => {
+                reply(port, index.entries().take(limit).map(|e| e.id).collect())
+            }
         }
         Ok(())
     }

@@ -29,6 +29,8 @@ pub struct JobView {
     pub waiting: bool,
     /// `job_priority`.
     pub priority: i64,
+    /// Submission order (listings sort by it: timestamps tie within a second).
+    pub seq: u64,
     /// Unix seconds of submission.
     pub created_at: u64,
     /// Unix seconds of dispatch.
@@ -37,13 +39,20 @@ pub struct JobView {
     pub attachments: Attachments,
 }
 
+/// Jobs removed by retention and the LSN of their removal.
+pub type Expired = (Vec<JobId>, u64);
+
 /// Messages to the registry.
 pub enum RegistryMsg {
     /// Submit (or resubmit) a job; replies with the LSN to await.
     Submit(Submission, RpcReplyPort<Result<u64>>),
     /// Dispatch a reserved waiting job to an agent: its document and LSN, or `None` when
     /// it is no longer dispatchable.
-    Claim(JobId, Option<Name>, RpcReplyPort<Result<Option<(Bytes, u64)>>>),
+    Claim(
+        JobId,
+        Option<Name>,
+        RpcReplyPort<Result<Option<(JobView, u64)>>>,
+    ),
     /// The job this agent holds without having reported on it.
     Held(Name, RpcReplyPort<Option<(JobId, JobView)>>),
     /// Cancel a job.
@@ -57,9 +66,15 @@ pub enum RegistryMsg {
     /// Jobs of a queue (any state), at most `limit`.
     ListQueue(Name, usize, RpcReplyPort<Vec<(JobId, JobView)>>),
     /// Every job matching a predicate, at most `limit`.
-    Search(Box<dyn Fn(&JobView) -> bool + Send>, usize, RpcReplyPort<Vec<(JobId, JobView)>>),
+    Search(
+        Box<dyn Fn(&JobView) -> bool + Send>,
+        usize,
+        RpcReplyPort<Vec<(JobId, JobView)>>,
+    ),
     /// Remove finished jobs that finished before `cutoff`, at most `limit`.
-    Expire(u64, usize, RpcReplyPort<Result<Option<(Vec<JobId>, u64)>>>),
+    Expire(u64, usize, RpcReplyPort<Result<Option<Expired>>>),
+    /// Recent wait times of the named queues (all queues with data when empty).
+    WaitTimes(Vec<String>, RpcReplyPort<Vec<(Name, Vec<u64>)>>),
     /// A queue actor died: start a new one from the current waiting jobs.
     RespawnQueue(Name),
     /// Serialise the partition for a snapshot.
@@ -104,6 +119,7 @@ fn view(job: &crate::model::registry::Job) -> JobView {
         state: job.state.label().to_owned(),
         waiting: job.state.is_waiting(),
         priority: job.priority,
+        seq: job.seq,
         created_at: job.created_at,
         started_at: job.started_at,
         attachments: job.attachments,
@@ -152,7 +168,11 @@ impl Actor for RegistryActor {
     type State = RegistryState;
     type Arguments = RegistryArgs;
 
-    async fn pre_start(&self, _: ActorRef<RegistryMsg>, args: RegistryArgs) -> Result<RegistryState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<RegistryMsg>,
+        args: RegistryArgs,
+    ) -> Result<RegistryState, ActorProcessingErr> {
         let mut state = RegistryState {
             registry: args.registry,
             applied: args.applied,
@@ -166,7 +186,12 @@ impl Actor for RegistryActor {
         Ok(state)
     }
 
-    async fn handle(&self, _: ActorRef<RegistryMsg>, msg: RegistryMsg, state: &mut RegistryState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<RegistryMsg>,
+        msg: RegistryMsg,
+        state: &mut RegistryState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             RegistryMsg::Submit(sub, port) => {
                 let result = match state.registry.submit(sub, now()) {
@@ -179,14 +204,20 @@ impl Actor for RegistryActor {
                 let result = match state.registry.claim(id, agent, now()) {
                     None => Ok(None),
                     Some(event) => match state.record(event).await {
-                        Ok(lsn) => Ok(state.registry.get(id).map(|job| (job.body.clone(), lsn))),
+                        Ok(lsn) => Ok(state.registry.get(id).map(|job| (view(job), lsn))),
                         Err(e) => Err(e),
                     },
                 };
                 reply(port, result);
             }
             RegistryMsg::Held(agent, port) => {
-                reply(port, state.registry.held_by(&agent).map(|(id, job)| (id, view(job))));
+                reply(
+                    port,
+                    state
+                        .registry
+                        .held_by(&agent)
+                        .map(|(id, job)| (id, view(job))),
+                );
             }
             RegistryMsg::Cancel(id, port) => {
                 let result = match state.registry.cancel(id, now()) {
@@ -218,7 +249,7 @@ impl Actor for RegistryActor {
                     .filter(|(_, j)| j.queue == queue)
                     .map(|(id, j)| (id, view(j)))
                     .collect();
-                jobs.sort_by_key(|(_, v)| v.created_at);
+                jobs.sort_by_key(|(_, v)| v.seq);
                 jobs.truncate(limit);
                 reply(port, jobs);
             }
@@ -242,14 +273,44 @@ impl Actor for RegistryActor {
                 };
                 reply(port, result);
             }
+            RegistryMsg::WaitTimes(queues, port) => {
+                let samples = if queues.is_empty() {
+                    state
+                        .registry
+                        .waits_all()
+                        .map(|(q, w)| (q.clone(), w.iter().copied().collect()))
+                        .collect()
+                } else {
+                    queues
+                        .iter()
+                        .filter_map(|q| {
+                            state
+                                .registry
+                                .waits(q)
+                                .map(|w| (Name::from(q.as_str()), w.iter().copied().collect()))
+                        })
+                        .collect()
+                };
+                reply(port, samples);
+            }
             RegistryMsg::RespawnQueue(queue) => {
-                let entries = state.registry.waiting_entries().remove(&queue).unwrap_or_default();
+                let entries = state
+                    .registry
+                    .waiting_entries()
+                    .remove(&queue)
+                    .unwrap_or_default();
                 tracing::warn!(%queue, waiting = entries.len(), "restarting queue actor from the registry");
                 state.spawn_queue(queue, entries).await;
             }
             RegistryMsg::Snapshot(port) => {
                 let bytes = rmp_serde::to_vec_named(&state.registry)?;
-                reply(port, PartSnapshot { lsn: state.applied, state: bytes });
+                reply(
+                    port,
+                    PartSnapshot {
+                        lsn: state.applied,
+                        state: bytes,
+                    },
+                );
             }
         }
         Ok(())

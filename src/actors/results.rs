@@ -73,14 +73,31 @@ impl Actor for ResultActor {
     type State = ResultState;
     type Arguments = (Results, u64, Journal);
 
-    async fn pre_start(&self, _: ActorRef<ResultMsg>, (results, applied, journal): Self::Arguments) -> Result<ResultState, ActorProcessingErr> {
-        Ok(ResultState { results, applied, journal })
+    async fn pre_start(
+        &self,
+        _: ActorRef<ResultMsg>,
+        (results, applied, journal): Self::Arguments,
+    ) -> Result<ResultState, ActorProcessingErr> {
+        Ok(ResultState {
+            results,
+            applied,
+            journal,
+        })
     }
 
-    async fn handle(&self, _: ActorRef<ResultMsg>, msg: ResultMsg, state: &mut ResultState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<ResultMsg>,
+        msg: ResultMsg,
+        state: &mut ResultState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ResultMsg::Merge(id, fields, port) => {
-                let result = state.record(Event::ResultMerged { id, fields, at: now() });
+                let result = state.record(Event::ResultMerged {
+                    id,
+                    fields,
+                    at: now(),
+                });
                 reply(port, result);
             }
             ResultMsg::AppendLog(id, f, port) => {
@@ -122,9 +139,9 @@ impl Actor for ResultActor {
                     (text.freeze(), upto)
                 });
                 let result = match unread {
-                    Some((text, upto)) if !text.is_empty() => {
-                        state.record(Event::OutputRead { id, upto }).map(|lsn| Some((text, lsn)))
-                    }
+                    Some((text, upto)) if !text.is_empty() => state
+                        .record(Event::OutputRead { id, upto })
+                        .map(|lsn| Some((text, lsn))),
                     _ => Ok(None),
                 };
                 reply(port, result);
@@ -136,7 +153,13 @@ impl Actor for ResultActor {
             }
             ResultMsg::Snapshot(port) => {
                 let bytes = rmp_serde::to_vec_named(&state.results)?;
-                reply(port, PartSnapshot { lsn: state.applied, state: bytes });
+                reply(
+                    port,
+                    PartSnapshot {
+                        lsn: state.applied,
+                        state: bytes,
+                    },
+                );
             }
         }
         Ok(())

@@ -77,9 +77,18 @@ impl Actor for Supervisor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
-    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
         let cell = myself.get_cell();
-        let State { registry, results, files, agents } = args.state;
+        let State {
+            registry,
+            results,
+            files,
+            agents,
+        } = args.state;
         let (registry, _) = Actor::spawn_linked(
             Some("registry".into()),
             RegistryActor,
@@ -103,7 +112,12 @@ impl Actor for Supervisor {
         let (files, _) = Actor::spawn_linked(
             Some("files".into()),
             FileActor,
-            (files, args.applied.files, args.journal.clone(), args.files_dir),
+            (
+                files,
+                args.applied.files,
+                args.journal.clone(),
+                args.files_dir,
+            ),
             cell.clone(),
         )
         .await?;
@@ -115,14 +129,24 @@ impl Actor for Supervisor {
         )
         .await?;
         Ok(SupervisorState {
-            refs: Refs { registry, results, files, agents },
+            refs: Refs {
+                registry,
+                results,
+                files,
+                agents,
+            },
             queues: args.queues,
             fatal: args.fatal,
             stopping: false,
         })
     }
 
-    async fn handle(&self, _: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Refs(port) => reply(port, state.refs.clone()),
             SupervisorMsg::Shutdown => state.stopping = true,
@@ -138,9 +162,10 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         let (cell, why) = match event {
             SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, format!("stopped: {}", reason.unwrap_or_else(|| "no reason".into())))
-            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell,
+                format!("stopped: {}", reason.unwrap_or_else(|| "no reason".into())),
+            ),
             _ => return Ok(()),
         };
         if state.stopping {

@@ -20,14 +20,18 @@ use crate::model::Name;
 const MAX_ADVERT_BYTES: usize = 4 << 20;
 
 /// Runs `f` over the agents partition inside its actor and returns its result.
-pub async fn read_agents<T: Send + 'static>(svc: &Services, f: impl FnOnce(&Agents) -> T + Send + 'static) -> Result<T> {
+pub async fn read_agents<T: Send + 'static>(
+    svc: &Services,
+    f: impl FnOnce(&Agents) -> T + Send + 'static,
+) -> Result<T> {
     let (tx, rx) = oneshot::channel();
     svc.agents
         .cast(AgentMsg::Read(Box::new(move |agents| {
             let _ = tx.send(f(agents));
         })))
         .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
-    rx.await.map_err(|_| Error::Unavailable("the server is shutting down".into()))
+    rx.await
+        .map_err(|_| Error::Unavailable("the server is shutting down".into()))
 }
 
 async fn json_object(request: Request) -> Result<Map<String, Value>> {
@@ -40,7 +44,10 @@ async fn json_object(request: Request) -> Result<Map<String, Value>> {
 
 fn check_name(field: &str) -> Result<()> {
     if field.is_empty() || field.len() > MAX_NAME {
-        return Err(Error::validation(field, format!("names must be 1 to {MAX_NAME} bytes")));
+        return Err(Error::validation(
+            field,
+            format!("names must be 1 to {MAX_NAME} bytes"),
+        ));
     }
     Ok(())
 }
@@ -88,7 +95,10 @@ pub async fn images_post(State(svc): State<Services>, request: Request) -> Resul
         };
         for (image, _) in images.iter() {
             if image.is_empty() || image.len() > MAX_NAME {
-                return Err(Error::validation(&queue, format!("image names must be 1 to {MAX_NAME} bytes")));
+                return Err(Error::validation(
+                    &queue,
+                    format!("image names must be 1 to {MAX_NAME} bytes"),
+                ));
             }
         }
         let text = Bytes::from(serde_json::to_vec(&images).expect("maps serialise"));
@@ -103,7 +113,172 @@ pub async fn images_post(State(svc): State<Services>, request: Request) -> Resul
 }
 
 /// `GET /v1/agents/images/<queue>`: that queue's images, `{}` when none.
-pub async fn images_get(State(svc): State<Services>, Path(queue): Path<String>) -> Result<Response> {
-    let images = read_agents(&svc, move |agents| agents.images.get(queue.as_str()).cloned()).await?;
-    Ok(json_bytes(StatusCode::OK, images.unwrap_or_else(|| Bytes::from_static(b"{}"))))
+pub async fn images_get(
+    State(svc): State<Services>,
+    Path(queue): Path<String>,
+) -> Result<Response> {
+    let images = read_agents(&svc, move |agents| {
+        agents.images.get(queue.as_str()).cloned()
+    })
+    .await?;
+    Ok(json_bytes(
+        StatusCode::OK,
+        images.unwrap_or_else(|| Bytes::from_static(b"{}")),
+    ))
+}
+
+/// Most bytes of an agent-data or provision-log post.
+const MAX_AGENT_POST: usize = 1 << 20;
+
+/// Field types of an agent record Testflinger defines (anything else passes through).
+fn check_agent_fields(map: &Map<String, Value>) -> Result<()> {
+    for (field, value) in map {
+        let ok = match field.as_str() {
+            "identifier" | "job_id" | "location" | "provision_type" | "state" | "comment" => {
+                value.is_string() || value.is_null()
+            }
+            "log" | "queues" => value
+                .as_array()
+                .is_some_and(|a| a.len() <= 10_000 && a.iter().all(Value::is_string)),
+            _ => true,
+        };
+        if !ok {
+            return Err(Error::validation(
+                field,
+                "Not a valid value for this field.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /v1/agents/data/<name>`: merge fields into the agent's record; sets the
+/// `agent_name` cookie that identifies the agent to `GET /v1/job`.
+pub async fn agents_post(
+    State(svc): State<Services>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<Response> {
+    check_name(&name)?;
+    let body = read_body(request, MAX_AGENT_POST).await?;
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&body) else {
+        return Err(Error::validation("json", "Expected a JSON object"));
+    };
+    check_agent_fields(&map)?;
+    let cookie = cookie_value(&name)?;
+    let lsn = ask(&svc.agents, |p| AgentMsg::Update(Name::from(name), body, p)).await??;
+    svc.journal.durable(lsn).await?;
+    let mut response = json_value(StatusCode::OK, &serde_json::json!({"status": "OK"}));
+    response
+        .headers_mut()
+        .insert(axum::http::header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+fn cookie_value(name: &str) -> Result<axum::http::HeaderValue> {
+    if name
+        .bytes()
+        .any(|b| !(0x21..=0x7e).contains(&b) || b == b';' || b == b',' || b == b'"' || b == b'\\')
+    {
+        return Err(Error::validation(
+            "name",
+            "agent names must be printable ASCII without ;,\"\\ or spaces",
+        ));
+    }
+    axum::http::HeaderValue::from_str(&format!(
+        "agent_name={name}; HttpOnly; SameSite=Strict; Path=/"
+    ))
+    .map_err(|_| Error::validation("name", "not a valid cookie value"))
+}
+
+/// An agent record as clients see it (Testflinger's agent document minus `log`).
+pub fn agent_json(name: &str, record: &crate::model::agents::AgentRecord) -> Value {
+    let mut map = record.fields_map();
+    map.remove("log");
+    map.insert("name".into(), Value::from(name));
+    map.insert(
+        "updated_at".into(),
+        Value::from(super::wire::iso_z(record.updated_at)),
+    );
+    if let Some((kind, count)) = &record.provision_streak {
+        map.insert("provision_streak_type".into(), Value::from(&**kind));
+        map.insert("provision_streak_count".into(), Value::from(*count));
+    }
+    Value::Object(map)
+}
+
+/// `GET /v1/agents/data/<name>`: one agent's record (404 when unknown).
+pub async fn agents_get_one(
+    State(svc): State<Services>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    let found = read_agents(&svc, move |agents| {
+        agents
+            .agents
+            .get(name.as_str())
+            .map(|r| agent_json(&name, r))
+    })
+    .await?;
+    match found {
+        Some(agent) => Ok(json_value(StatusCode::OK, &agent)),
+        None => Err(Error::NotFound("Agent not found".into())),
+    }
+}
+
+/// `GET /v1/agents/data`: every agent's record.
+pub async fn agents_get_all(State(svc): State<Services>) -> Result<Response> {
+    let all = read_agents(&svc, |agents| {
+        agents
+            .agents
+            .iter()
+            .map(|(name, r)| agent_json(name, r))
+            .collect::<Vec<Value>>()
+    })
+    .await?;
+    Ok(json_value(StatusCode::OK, &Value::Array(all)))
+}
+
+/// `POST /v1/agents/provision_logs/<name>`: `{job_id, exit_code, detail}` appended to the
+/// agent's provision history (404 when the agent is unknown; the entry is kept anyway,
+/// as Testflinger does).
+pub async fn agents_provision_logs_post(
+    State(svc): State<Services>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<Response> {
+    check_name(&name)?;
+    let body = read_body(request, MAX_AGENT_POST).await?;
+    let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&body) else {
+        return Err(Error::validation("json", "Expected a JSON object"));
+    };
+    if !map.get("job_id").is_some_and(Value::is_string) {
+        return Err(Error::validation(
+            "job_id",
+            "Missing data for required field.",
+        ));
+    }
+    if !map.get("exit_code").is_some_and(|v| v.is_i64()) {
+        return Err(Error::validation(
+            "exit_code",
+            "Missing data for required field.",
+        ));
+    }
+    if map.get("detail").is_some_and(|v| !v.is_string()) {
+        return Err(Error::validation("detail", "Not a valid string."));
+    }
+    map.insert(
+        "timestamp".into(),
+        Value::from(super::wire::iso_z(crate::actors::now())),
+    );
+    let entry = Bytes::from(serde_json::to_vec(&map).expect("maps serialise"));
+    let (lsn, known) = ask(&svc.agents, |p| {
+        AgentMsg::ProvisionLog(Name::from(name), entry, p)
+    })
+    .await??;
+    svc.journal.durable(lsn).await?;
+    if known {
+        Ok(ok())
+    } else {
+        Err(Error::NotFound("Agent not found".into()))
+    }
 }

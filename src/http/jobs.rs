@@ -10,10 +10,11 @@ use serde_json::{json, Value};
 use super::respond::{json_bytes, json_value, no_content, ok, read_body, text};
 use super::wire::{self, path_id};
 use crate::actors::queue::QueueMsg;
-use crate::actors::registry::RegistryMsg;
+use crate::actors::registry::{JobView, RegistryMsg};
 use crate::actors::{ask, Services};
 use crate::error::{Error, Result};
 use crate::model::queue::{best, Candidate};
+use crate::model::registry::Attachments;
 use crate::model::{JobId, Name};
 
 /// How often one pop retries when the job it chose was taken by a cancel in between.
@@ -28,7 +29,10 @@ pub async fn job_post(State(svc): State<Services>, request: Request) -> Result<R
     let id = submission.id;
     let lsn = ask(&svc.registry, |p| RegistryMsg::Submit(submission, p)).await??;
     svc.journal.durable(lsn).await?;
-    Ok(json_value(StatusCode::OK, &json!({ "job_id": id.to_string() })))
+    Ok(json_value(
+        StatusCode::OK,
+        &json!({ "job_id": id.to_string() }),
+    ))
 }
 
 /// A reservation on a queue's candidate, released if the pop does not claim it (also
@@ -56,10 +60,14 @@ pub async fn job_get(State(svc): State<Services>, request: Request) -> Result<Re
         }
     }
     if queues.is_empty() {
-        return Err(Error::InvalidInput("No queue(s) specified in request".into()));
+        return Err(Error::InvalidInput(
+            "No queue(s) specified in request".into(),
+        ));
     }
     if queues.len() > MAX_POP_QUEUES {
-        return Err(Error::InvalidInput(format!("At most {MAX_POP_QUEUES} queues per request")));
+        return Err(Error::InvalidInput(format!(
+            "At most {MAX_POP_QUEUES} queues per request"
+        )));
     }
     let agent = wire::agent_cookie(request.headers());
     match pop(&svc, &queues, agent).await? {
@@ -73,7 +81,7 @@ async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Opt
         // The agent retries a pop whose answer it lost: give it the job it already holds.
         if let Some((_, job)) = ask(&svc.registry, |p| RegistryMsg::Held(agent.clone(), p)).await? {
             if queues.contains(&job.queue) {
-                return Ok(Some(job.body));
+                return Ok(Some(dispatched_body(&job)));
             }
         }
     }
@@ -85,26 +93,55 @@ async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Opt
         let takes = actors.iter().map(|actor| {
             let agent = agent.clone();
             async move {
-                let candidate = ask(actor, |p| QueueMsg::Take(agent, p)).await.ok().flatten();
-                candidate.map(|candidate| Reserved { queue: actor.clone(), candidate, armed: true })
+                let candidate = ask(actor, |p| QueueMsg::Take(agent, p))
+                    .await
+                    .ok()
+                    .flatten();
+                candidate.map(|candidate| Reserved {
+                    queue: actor.clone(),
+                    candidate,
+                    armed: true,
+                })
             }
         });
-        let mut reserved: Vec<Reserved> = futures_util::future::join_all(takes).await.into_iter().flatten().collect();
+        let mut reserved: Vec<Reserved> = futures_util::future::join_all(takes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         let candidates: Vec<Candidate> = reserved.iter().map(|r| r.candidate.clone()).collect();
         let Some(chosen) = best(&candidates).map(|c| c.id) else {
             return Ok(None);
         };
         // Release the losers now, not after the claim: other pops may want them.
         reserved.retain(|r| r.candidate.id == chosen);
-        let claimed = ask(&svc.registry, |p| RegistryMsg::Claim(chosen, agent.clone(), p)).await??;
-        if let Some((body, lsn)) = claimed {
+        let claimed = ask(&svc.registry, |p| {
+            RegistryMsg::Claim(chosen, agent.clone(), p)
+        })
+        .await??;
+        if let Some((job, lsn)) = claimed {
             // The registry's index change removes the slot; nothing to release.
             reserved.iter_mut().for_each(|r| r.armed = false);
             svc.journal.durable(lsn).await?;
-            return Ok(Some(body));
+            return Ok(Some(dispatched_body(&job)));
         }
     }
     Ok(None)
+}
+
+/// The job document an agent receives: as submitted, plus `attachments_status` when the
+/// job has attachments (the agent downloads them only when it reads `complete`).
+fn dispatched_body(job: &JobView) -> bytes::Bytes {
+    if job.attachments != Attachments::Complete {
+        return job.body.clone();
+    }
+    match serde_json::from_slice::<Value>(&job.body) {
+        Ok(Value::Object(mut map)) => {
+            map.insert("attachments_status".into(), Value::from("complete"));
+            bytes::Bytes::from(serde_json::to_vec(&map).expect("maps serialise"))
+        }
+        _ => job.body.clone(),
+    }
 }
 
 /// `GET /v1/job/<id>`: the stored job document.
@@ -120,27 +157,182 @@ pub async fn job_get_id(State(svc): State<Services>, Path(id): Path<String>) -> 
 const NOT_WAITING: &str = "Job not found or already started";
 
 /// `GET /v1/job/<id>/position`: how many waiting jobs of its queue are ahead of it.
-pub async fn job_position_get(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
+pub async fn job_position_get(
+    State(svc): State<Services>,
+    Path(id): Path<String>,
+) -> Result<Response> {
     let id = path_id(&id)?;
     let gone = || Error::Gone(NOT_WAITING.into());
-    let job = ask(&svc.registry, |p| RegistryMsg::Get(id, p)).await?.filter(|j| j.waiting).ok_or_else(gone)?;
+    let job = ask(&svc.registry, |p| RegistryMsg::Get(id, p))
+        .await?
+        .filter(|j| j.waiting)
+        .ok_or_else(gone)?;
     let queue = svc.queues.get(&job.queue).ok_or_else(gone)?;
-    let position = ask(&queue, |p| QueueMsg::Position(id, p)).await?.ok_or_else(gone)?;
+    let position = ask(&queue, |p| QueueMsg::Position(id, p))
+        .await?
+        .ok_or_else(gone)?;
     Ok(text(position.to_string()))
 }
 
 /// `POST /v1/job/<id>/action`: `{"action": "cancel"}`.
-pub async fn action_post(State(svc): State<Services>, Path(id): Path<String>, request: Request) -> Result<Response> {
+pub async fn action_post(
+    State(svc): State<Services>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response> {
     let id: JobId = path_id(&id)?;
     let body = read_body(request, 64 << 10).await?;
     let action = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_owned))
-        .ok_or_else(|| Error::InvalidInput("Invalid action: expected {\"action\": \"cancel\"}".into()))?;
+        .ok_or_else(|| {
+            Error::InvalidInput("Invalid action: expected {\"action\": \"cancel\"}".into())
+        })?;
     if action != "cancel" {
-        return Err(Error::InvalidInput(format!("Invalid action {action:?}: only \"cancel\" is supported")));
+        return Err(Error::InvalidInput(format!(
+            "Invalid action {action:?}: only \"cancel\" is supported"
+        )));
     }
     let lsn = ask(&svc.registry, |p| RegistryMsg::Cancel(id, p)).await??;
     svc.journal.durable(lsn).await?;
     Ok(ok())
+}
+
+/// States `/v1/job/search` accepts: Testflinger's list, plus the states it forgot
+/// (`waiting`, `running`, `complete`, `resubmitted`), plus `active` (= not finished).
+const SEARCH_STATES: &[&str] = &[
+    "setup",
+    "provision",
+    "firmware_update",
+    "test",
+    "allocate",
+    "allocated",
+    "reserve",
+    "cleanup",
+    "cancelled",
+    "completed",
+    "complete",
+    "waiting",
+    "resubmitted",
+    "running",
+    "active",
+];
+
+/// `GET /v1/job/search?tags=a&tags=b&match=any|all&state=s&limit=n`: jobs by tags and
+/// state, newest first, at most `limit` (default 1000, at most 10000).
+pub async fn job_search(State(svc): State<Services>, request: Request) -> Result<Response> {
+    let pairs = wire::query_pairs(request.uri().query().unwrap_or(""));
+    let limit = super::queues::limit_param(&pairs)?;
+    let mut tags: Vec<String> = Vec::new();
+    let mut states: Vec<String> = Vec::new();
+    let mut match_all = false;
+    for (key, value) in pairs {
+        match key.as_str() {
+            "tags" => tags.push(value),
+            "state" if SEARCH_STATES.contains(&value.as_str()) => states.push(value),
+            "state" => {
+                return Err(Error::validation(
+                    "state",
+                    format!("Must be one of: {}.", SEARCH_STATES.join(", ")),
+                ))
+            }
+            "match" if value == "any" || value == "all" => match_all = value == "all",
+            "match" => return Err(Error::validation("match", "Must be one of: any, all.")),
+            _ => {}
+        }
+    }
+    let predicate = move |job: &crate::actors::registry::JobView| {
+        let state_ok = states.is_empty()
+            || states.iter().any(|s| {
+                if s == "active" {
+                    !crate::actors::registry::is_finished(job)
+                } else {
+                    *s == job.state
+                }
+            });
+        if !state_ok {
+            return false;
+        }
+        if tags.is_empty() {
+            return true;
+        }
+        let job_tags: Vec<String> = serde_json::from_slice::<Value>(&job.body)
+            .ok()
+            .and_then(|v| v.get("tags").and_then(Value::as_array).cloned())
+            .map(|a| {
+                a.into_iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if match_all {
+            tags.iter().all(|t| job_tags.contains(t))
+        } else {
+            tags.iter().any(|t| job_tags.contains(t))
+        }
+    };
+    let mut jobs = ask(&svc.registry, |p| {
+        RegistryMsg::Search(Box::new(predicate), usize::MAX, p)
+    })
+    .await?;
+    jobs.sort_by_key(|(_, job)| std::cmp::Reverse(job.seq));
+    jobs.truncate(limit);
+    let list: Vec<Value> = jobs
+        .into_iter()
+        .map(|(id, job)| json!({"job_id": id.to_string(), "created_at": wire::iso_z(job.created_at), "job_state": job.state}))
+        .collect();
+    Ok(json_value(StatusCode::OK, &Value::Array(list)))
+}
+
+/// `POST /v1/job/<id>/attachments`: the job's input files (multipart `file`); the job
+/// becomes dispatchable once they are stored.
+pub async fn attachments_post(
+    State(svc): State<Services>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response> {
+    let id = path_id(&id)?;
+    // Refuse before receiving gigabytes for a job that cannot take them.
+    let job = ask(&svc.registry, |p| RegistryMsg::Get(id, p)).await?;
+    match job {
+        Some(job) if job.waiting => match job.attachments {
+            Attachments::Complete => return Ok(ok()),
+            Attachments::None => {
+                return Err(Error::Validation {
+                    message: format!("Job {id} not awaiting attachments"),
+                    field: "job_id".into(),
+                    reason: "no attachments declared".into(),
+                })
+            }
+            Attachments::Waiting => {}
+        },
+        _ => {
+            return Err(Error::Validation {
+                message: format!("Job {id} is not valid"),
+                field: "job_id".into(),
+                reason: "not a waiting job".into(),
+            })
+        }
+    }
+    super::results::store_upload(&svc, id, crate::model::FileKind::Attachments, request).await?;
+    if let Some(lsn) = ask(&svc.registry, |p| RegistryMsg::AttachmentsArrived(id, p)).await?? {
+        svc.journal.durable(lsn).await?;
+    }
+    Ok(ok())
+}
+
+/// `GET /v1/job/<id>/attachments`: the job's input files.
+pub async fn attachments_get(
+    State(svc): State<Services>,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let id = path_id(&id)?;
+    super::results::serve_file(
+        &svc,
+        id,
+        crate::model::FileKind::Attachments,
+        "application/gzip",
+        "attachments.tar.gz",
+    )
+    .await
 }

@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod jobs;
+pub mod queues;
 pub mod respond;
 pub mod results;
 pub mod wire;
@@ -21,7 +22,10 @@ use crate::error::Error;
 
 /// What `GET /v1/` answers (the agents' health check reads only the status).
 pub fn version_text() -> String {
-    format!("Testflinger Server v{} (flinger)", env!("CARGO_PKG_VERSION"))
+    format!(
+        "Testflinger Server v{} (flinger)",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 async fn home() -> Response {
@@ -49,24 +53,51 @@ async fn log_request(request: Request, next: Next) -> Response {
 pub fn router(services: Services) -> Router {
     use self::agents::*;
     use self::jobs::*;
+    use self::queues::*;
     use self::results::*;
     Router::new()
         .route("/", get(home))
         .route("/v1", get(home))
         .route("/v1/", get(home))
         .route("/v1/job", post(job_post).get(job_get))
+        .route("/v1/job/search", get(job_search))
         .route("/v1/job/{id}", get(job_get_id))
+        .route(
+            "/v1/job/{id}/attachments",
+            post(attachments_post).get(attachments_get),
+        )
         .route("/v1/job/{id}/position", get(job_position_get))
         .route("/v1/job/{id}/action", post(action_post))
         .route("/v1/result/{id}", post(result_post).get(result_get))
         .route("/v1/result/{id}/output", post(output_post).get(output_get))
-        .route("/v1/result/{id}/artifact", post(artifact_post).get(artifact_get))
+        .route(
+            "/v1/result/{id}/artifact",
+            post(artifact_post).get(artifact_get),
+        )
+        .route("/v1/result/{id}/log/{kind}", post(log_post).get(log_get))
         .route("/v1/agents/queues", post(queues_post).get(queues_get))
         .route("/v1/agents/images", post(images_post))
         .route("/v1/agents/images/{queue}", get(images_get))
+        .route("/v1/agents/data", get(agents_get_all))
+        .route(
+            "/v1/agents/data/{name}",
+            post(agents_post).get(agents_get_one),
+        )
+        .route(
+            "/v1/agents/provision_logs/{name}",
+            post(agents_provision_logs_post),
+        )
+        .route("/v1/queues/wait_times", get(queue_wait_times_get))
+        .route("/v1/queues/{queue}/agents", get(queues_agents_get))
+        .route("/v1/queues/{queue}/jobs", get(queue_jobs_get))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
-            (axum::http::StatusCode::METHOD_NOT_ALLOWED, Error::InvalidInput("Method Not Allowed".into()).message().to_owned())
+            (
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                Error::InvalidInput("Method Not Allowed".into())
+                    .message()
+                    .to_owned(),
+            )
                 .into_response()
         })
         .with_state(services)
@@ -75,7 +106,8 @@ pub fn router(services: Services) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(respond::json_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            Error::Internal("internal error (a bug): the request was not completed".into()).into_response()
+            Error::Internal("internal error (a bug): the request was not completed".into())
+                .into_response()
         }))
         .layer(middleware::from_fn(log_request))
 }

@@ -20,41 +20,59 @@ const MAX_ERROR_TEXT: usize = 4096;
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %self, "request failed");
         }
         let body = match &self {
-            Error::Validation { message, field, reason } => {
+            Error::Validation {
+                message,
+                field,
+                reason,
+            } => {
                 json!({"message": message, "detail": {"json": {field: [reason]}}})
             }
             other => json!({"message": other.message()}),
         };
-        json_value(status, &body)
+        let mut response = json_value(status, &body);
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was never read: the connection cannot carry another
+            // request, so say so instead of letting the client write into a closed socket.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
 /// A JSON response from a value.
 pub fn json_value(status: StatusCode, value: &serde_json::Value) -> Response {
-    json_bytes(status, Bytes::from(serde_json::to_vec(value).expect("JSON values serialise")))
+    json_bytes(
+        status,
+        Bytes::from(serde_json::to_vec(value).expect("JSON values serialise")),
+    )
 }
 
 /// A JSON response from JSON text we already hold (stored documents).
 pub fn json_bytes(status: StatusCode, body: Bytes) -> Response {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
 /// A plain-text 200 (Testflinger answers mutations with `OK`).
 pub fn text(body: impl Into<Body>) -> Response {
     let mut response = Response::new(body.into());
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -82,13 +100,16 @@ pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, Error> {
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let collected = Limited::new(request.into_body(), limit).collect().await.map_err(|e| {
-        if e.is::<http_body_util::LengthLimitError>() {
-            too_large()
-        } else {
-            Error::InvalidInput(format!("could not read the request body: {e}"))
-        }
-    })?;
+    let collected = Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                Error::InvalidInput(format!("could not read the request body: {e}"))
+            }
+        })?;
     Ok(Bytes::copy_from_slice(&collected.to_bytes()))
 }
 

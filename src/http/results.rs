@@ -14,22 +14,30 @@ use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
 
 use super::respond::{json_bytes, no_content, ok, read_body, text};
-use super::wire::{path_id, PHASES};
+use super::wire::{parse_timestamp, path_id, query_pairs, PHASES};
 use crate::actors::files::FileMsg;
 use crate::actors::registry::RegistryMsg;
-use crate::actors::results::ResultMsg;
+use crate::actors::results::{FragmentPost, ResultMsg};
 use crate::actors::{ask, Services};
 use crate::error::{Error, Result};
-use crate::model::{FileKind, JobId, Name};
+use crate::model::results::{Fragment, LogStream, ResultDoc};
+use crate::model::{FileKind, JobId, LogKind, Name};
 
 /// `POST /v1/result/<id>`: merge top-level fields into the job's result.
-pub async fn result_post(State(svc): State<Services>, Path(id): Path<String>, request: Request) -> Result<Response> {
+pub async fn result_post(
+    State(svc): State<Services>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response> {
     let id = path_id(&id)?;
     let body = read_body(request, svc.config.max_result_bytes).await?;
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
         return Err(Error::InvalidInput("Invalid result data".into()));
     };
-    let state: Option<Name> = fields.get("job_state").and_then(Value::as_str).map(Name::from);
+    let state: Option<Name> = fields
+        .get("job_state")
+        .and_then(Value::as_str)
+        .map(Name::from);
     let mut lsn = ask(&svc.results, |p| ResultMsg::Merge(id, body, p)).await??;
     if let Some(state) = state {
         if let Some(changed) = ask(&svc.registry, |p| RegistryMsg::Report(id, state, p)).await?? {
@@ -52,12 +60,190 @@ pub async fn result_get(State(svc): State<Services>, Path(id): Path<String>) -> 
         return Ok(no_content());
     }
     let fields = doc.as_ref().map(|d| d.fields_map()).unwrap_or_default();
-    let result = match job {
+    let mut result = match job {
         // The registry owns the lifecycle: its state wins over whatever was posted.
         Some(job) => with_state(fields, &job.state),
         None => fields,
     };
-    Ok(json_bytes(StatusCode::OK, Bytes::from(serde_json::to_vec(&result).expect("maps serialise"))))
+    if let Some(doc) = &doc {
+        add_phase_views(&mut result, doc);
+    }
+    Ok(json_bytes(
+        StatusCode::OK,
+        Bytes::from(serde_json::to_vec(&result).expect("maps serialise")),
+    ))
+}
+
+/// Adds what current Testflinger clients read: `<phase>_status` from the posted
+/// `status` object, and `<phase>_output` / `<phase>_serial` from the log fragments.
+/// Fields an older agent posted under those names are kept as posted.
+fn add_phase_views(result: &mut Map<String, Value>, doc: &ResultDoc) {
+    if let Some(Value::Object(status)) = result.get("status").cloned() {
+        for (phase, code) in status {
+            result.entry(format!("{phase}_status")).or_insert(code);
+        }
+    }
+    for (kind, suffix) in [(LogKind::Output, "output"), (LogKind::Serial, "serial")] {
+        let stream = doc.log(kind);
+        if stream.fragments.is_empty() {
+            continue;
+        }
+        for phase in PHASES {
+            let text = phase_text(stream, phase, 0, i64::MIN);
+            if let Some((_, text)) = text {
+                result
+                    .entry(format!("{phase}_{suffix}"))
+                    .or_insert(Value::from(text));
+            }
+        }
+    }
+}
+
+/// The fragments of `phase` numbered from `from` and stamped at or after `since`, in
+/// fragment order, joined; with the highest number. `None` when there are none.
+fn phase_text(stream: &LogStream, phase: &str, from: u64, since: i64) -> Option<(u64, String)> {
+    let mut picked: Vec<&Fragment> = stream
+        .fragments
+        .iter()
+        .filter(|f| &*f.phase == phase && f.number >= from && f.timestamp >= since)
+        .collect();
+    if picked.is_empty() {
+        return None;
+    }
+    picked.sort_by_key(|f| f.number);
+    let mut text = Vec::new();
+    for f in &picked {
+        text.extend_from_slice(&f.data);
+    }
+    let last = picked.last().map_or(0, |f| f.number);
+    Some((last, String::from_utf8_lossy(&text).into_owned()))
+}
+
+/// `POST /v1/result/<id>/log/<output|serial>`: one log fragment
+/// `{fragment_number, timestamp, phase, log_data}`; retried posts are stored once.
+pub async fn log_post(
+    State(svc): State<Services>,
+    Path((id, kind)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response> {
+    let id = path_id(&id)?;
+    let kind = log_kind(&kind)?;
+    let body = read_body(request, svc.config.max_output_bytes + (64 << 10)).await?;
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&body) else {
+        return Err(Error::validation("json", "Expected a JSON object"));
+    };
+    let number = map
+        .get("fragment_number")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| Error::validation("fragment_number", "Not a valid non-negative integer."))?;
+    let timestamp = map
+        .get("timestamp")
+        .and_then(Value::as_str)
+        .and_then(parse_timestamp)
+        .ok_or_else(|| Error::validation("timestamp", "Not a valid datetime."))?;
+    let phase = map
+        .get("phase")
+        .and_then(Value::as_str)
+        .filter(|p| PHASES.contains(p))
+        .ok_or_else(|| {
+            Error::validation("phase", format!("Must be one of: {}.", PHASES.join(", ")))
+        })?;
+    let data = map
+        .get("log_data")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::validation("log_data", "Not a valid string."))?;
+    if data.len() > svc.config.max_output_bytes {
+        return Err(Error::TooLarge(format!(
+            "Payload too large: log_data is limited to {} bytes",
+            svc.config.max_output_bytes
+        )));
+    }
+    let fragment = FragmentPost {
+        kind,
+        number,
+        phase: Name::from(phase),
+        timestamp,
+        data: Bytes::copy_from_slice(data.as_bytes()),
+    };
+    if let Some(lsn) = ask(&svc.results, |p| ResultMsg::AppendLog(id, fragment, p)).await?? {
+        svc.journal.durable(lsn).await?;
+    }
+    Ok(ok())
+}
+
+fn log_kind(text: &str) -> Result<LogKind> {
+    match text {
+        "output" => Ok(LogKind::Output),
+        "serial" => Ok(LogKind::Serial),
+        _ => Err(Error::NotFound(format!(
+            "Unknown log type {text:?}: expected output or serial"
+        ))),
+    }
+}
+
+/// `GET /v1/result/<id>/log/<output|serial>?start_fragment=N&start_timestamp=T&phase=P`:
+/// every phase's log text (or just `phase`'s), non-destructively, with
+/// `last_fragment_number` (-1 when a phase has none).
+pub async fn log_get(
+    State(svc): State<Services>,
+    Path((id, kind)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response> {
+    let id = path_id(&id)?;
+    let kind = log_kind(&kind)?;
+    let mut from = 0u64;
+    let mut since = i64::MIN;
+    let mut only: Option<String> = None;
+    for (key, value) in query_pairs(request.uri().query().unwrap_or("")) {
+        match key.as_str() {
+            "start_fragment" => {
+                from = value.parse().map_err(|_| {
+                    Error::InvalidInput("start_fragment must be a non-negative integer".into())
+                })?
+            }
+            "start_timestamp" => {
+                since = parse_timestamp(&value).ok_or_else(|| {
+                    Error::InvalidInput("start_timestamp must be an ISO 8601 datetime".into())
+                })?
+            }
+            "phase" if PHASES.contains(&value.as_str()) => only = Some(value),
+            "phase" => {
+                return Err(Error::InvalidInput(format!(
+                    "phase must be one of: {}",
+                    PHASES.join(", ")
+                )))
+            }
+            _ => {}
+        }
+    }
+    let doc = ask(&svc.results, |p| ResultMsg::Get(id, p)).await?;
+    let empty = LogStream::default();
+    let stream = doc.as_ref().map_or(&empty, |d| d.log(kind));
+    let mut phases = Map::new();
+    for phase in PHASES
+        .iter()
+        .filter(|p| only.as_deref().is_none_or(|o| o == **p))
+    {
+        let (last, text) = match phase_text(stream, phase, from, since) {
+            Some((last, text)) => (last as i64, text),
+            None => (-1, String::new()),
+        };
+        phases.insert(
+            (*phase).into(),
+            serde_json::json!({"last_fragment_number": last, "log_data": text}),
+        );
+    }
+    let kind_name = if kind == LogKind::Output {
+        "output"
+    } else {
+        "serial"
+    };
+    let mut body = Map::new();
+    body.insert(kind_name.into(), Value::Object(phases));
+    Ok(json_bytes(
+        StatusCode::OK,
+        Bytes::from(serde_json::to_vec(&body).expect("maps serialise")),
+    ))
 }
 
 /// `fields` with `job_state` set to `state`: in place when posted, else first (where
@@ -74,22 +260,36 @@ fn with_state(mut fields: Map<String, Value>, state: &str) -> Map<String, Value>
 }
 
 /// `POST /v1/result/<id>/output`: append raw text to the job's output stream.
-pub async fn output_post(State(svc): State<Services>, Path(id): Path<String>, request: Request) -> Result<Response> {
+pub async fn output_post(
+    State(svc): State<Services>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response> {
     let id = path_id(&id)?;
     let body = read_body(request, svc.config.max_output_bytes).await?;
     if body.is_empty() {
         return Ok(ok());
     }
     let phase = current_phase(&svc, id).await?;
-    let lsn = ask(&svc.results, |p| ResultMsg::AppendOutput(id, phase, body, p)).await??;
+    let lsn = ask(&svc.results, |p| {
+        ResultMsg::AppendOutput(id, phase, body, p)
+    })
+    .await??;
     svc.journal.durable(lsn).await?;
     Ok(ok())
 }
 
 /// The phase a legacy output chunk belongs to: the job's current phase, else `test`.
 async fn current_phase(svc: &Services, id: JobId) -> Result<Name> {
-    let state = ask(&svc.registry, |p| RegistryMsg::Get(id, p)).await?.map(|j| j.state);
-    Ok(Name::from(state.as_deref().filter(|s| PHASES.contains(s)).unwrap_or("test")))
+    let state = ask(&svc.registry, |p| RegistryMsg::Get(id, p))
+        .await?
+        .map(|j| j.state);
+    Ok(Name::from(
+        state
+            .as_deref()
+            .filter(|s| PHASES.contains(s))
+            .unwrap_or("test"),
+    ))
 }
 
 /// `GET /v1/result/<id>/output`: the output not read yet (and mark it read).
@@ -105,7 +305,11 @@ pub async fn output_get(State(svc): State<Services>, Path(id): Path<String>) -> 
 }
 
 /// `POST /v1/result/<id>/artifact`: multipart field `file`, streamed to disk.
-pub async fn artifact_post(State(svc): State<Services>, Path(id): Path<String>, request: Request) -> Result<Response> {
+pub async fn artifact_post(
+    State(svc): State<Services>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response> {
     let id = path_id(&id)?;
     store_upload(&svc, id, FileKind::Artifact, request).await?;
     Ok(ok())
@@ -114,15 +318,30 @@ pub async fn artifact_post(State(svc): State<Services>, Path(id): Path<String>, 
 /// `GET /v1/result/<id>/artifact`: the artifact, streamed from disk.
 pub async fn artifact_get(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
     let id = path_id(&id)?;
-    serve_file(&svc, id, FileKind::Artifact, "application/octet-stream", "artifact.tar.gz").await
+    serve_file(
+        &svc,
+        id,
+        FileKind::Artifact,
+        "application/octet-stream",
+        "artifact.tar.gz",
+    )
+    .await
 }
 
 /// Streams the multipart field `file` of `request` into a new durable file and records
 /// it as the job's `kind`. The file name is ours: nothing the client sends becomes a path.
-pub async fn store_upload(svc: &Services, id: JobId, kind: FileKind, request: Request) -> Result<()> {
-    let mut multipart = Multipart::from_request(request, &())
-        .await
-        .map_err(|e| Error::InvalidInput(format!("Expected a multipart/form-data upload: {}", e.body_text())))?;
+pub async fn store_upload(
+    svc: &Services,
+    id: JobId,
+    kind: FileKind,
+    request: Request,
+) -> Result<()> {
+    let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
+        Error::InvalidInput(format!(
+            "Expected a multipart/form-data upload: {}",
+            e.body_text()
+        ))
+    })?;
     let limit = svc.config.max_artifact_bytes;
     let name = format!("{id}.{}.{}", kind_tag(kind), uuid::Uuid::new_v4().simple());
     let tmp = svc.files_dir.join(format!("tmp-{name}"));
@@ -160,15 +379,15 @@ pub async fn store_upload(svc: &Services, id: JobId, kind: FileKind, request: Re
         return Err(e);
     }
     let recorded = async {
-        let lsn = ask(&svc.files, |p| FileMsg::Stored(id, kind, name.into_boxed_str(), size, p)).await??;
+        let lsn = ask(&svc.files, |p| {
+            FileMsg::Stored(id, kind, name.into_boxed_str(), size, p)
+        })
+        .await??;
         svc.journal.durable(lsn).await
     };
-    if let Err(e) = recorded.await {
-        // Not recorded (or not durably): the file may be unreferenced; start-up sweeps
-        // unreferenced files, and deleting it here could race a durable-late record.
-        return Err(e);
-    }
-    Ok(())
+    // If this fails the file may stay unreferenced: start-up sweeps such files, and
+    // deleting it here could race a record that becomes durable late.
+    recorded.await
 }
 
 fn kind_tag(kind: FileKind) -> &'static str {
@@ -186,13 +405,19 @@ fn multipart_error(e: axum::extract::multipart::MultipartError, limit: u64) -> E
     }
 }
 
-async fn write_stream(path: &FsPath, mut field: axum::extract::multipart::Field<'_>, limit: u64) -> Result<u64> {
+async fn write_stream(
+    path: &FsPath,
+    mut field: axum::extract::multipart::Field<'_>,
+    limit: u64,
+) -> Result<u64> {
     let mut file = tokio::fs::File::create(path).await?;
     let mut size: u64 = 0;
     while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
         size += chunk.len() as u64;
         if size > limit {
-            return Err(Error::TooLarge(format!("Payload too large: the limit is {limit} bytes")));
+            return Err(Error::TooLarge(format!(
+                "Payload too large: the limit is {limit} bytes"
+            )));
         }
         file.write_all(&chunk).await?;
     }
@@ -214,7 +439,13 @@ async fn remove_quietly(path: &FsPath) {
 }
 
 /// Streams the job's file of `kind` (204 when there is none).
-pub async fn serve_file(svc: &Services, id: JobId, kind: FileKind, mime: &'static str, download: &str) -> Result<Response> {
+pub async fn serve_file(
+    svc: &Services,
+    id: JobId,
+    kind: FileKind,
+    mime: &'static str,
+    download: &str,
+) -> Result<Response> {
     let Some(stored) = ask(&svc.files, |p| FileMsg::Get(id, kind, p)).await? else {
         return Ok(no_content());
     };
@@ -225,14 +456,24 @@ pub async fn serve_file(svc: &Services, id: JobId, kind: FileKind, mime: &'stati
             let Some(newer) = ask(&svc.files, |p| FileMsg::Get(id, kind, p)).await? else {
                 return Ok(no_content());
             };
-            return stream_file(tokio::fs::File::open(svc.files_dir.join(&*newer.file)).await?, newer.size, mime, download);
+            return stream_file(
+                tokio::fs::File::open(svc.files_dir.join(&*newer.file)).await?,
+                newer.size,
+                mime,
+                download,
+            );
         }
         Err(e) => return Err(e.into()),
     };
     stream_file(file, stored.size, mime, download)
 }
 
-fn stream_file(file: tokio::fs::File, size: u64, mime: &'static str, download: &str) -> Result<Response> {
+fn stream_file(
+    file: tokio::fs::File,
+    size: u64,
+    mime: &'static str,
+    download: &str,
+) -> Result<Response> {
     let stream = futures_util::stream::try_unfold(file, |mut file| async move {
         use tokio::io::AsyncReadExt;
         let mut buf = vec![0u8; 256 << 10];

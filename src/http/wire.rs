@@ -32,7 +32,15 @@ pub fn path_id(text: &str) -> Result<JobId> {
 }
 
 /// Phases of a Testflinger job, in order (also the keys of log responses).
-pub const PHASES: &[&str] = &["setup", "provision", "firmware_update", "test", "allocate", "reserve", "cleanup"];
+pub const PHASES: &[&str] = &[
+    "setup",
+    "provision",
+    "firmware_update",
+    "test",
+    "allocate",
+    "reserve",
+    "cleanup",
+];
 
 /// Validates a submission body and builds what the registry needs.
 pub fn parse_job(body: &[u8]) -> Result<Submission> {
@@ -44,7 +52,10 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
         None | Some(Value::Null) => return Err(invalid()),
         Some(Value::String(q)) if q.is_empty() => return Err(invalid()),
         Some(Value::String(q)) if q.len() > MAX_NAME => {
-            return Err(Error::validation("job_queue", format!("Longer than maximum length {MAX_NAME}.")))
+            return Err(Error::validation(
+                "job_queue",
+                format!("Longer than maximum length {MAX_NAME}."),
+            ))
         }
         Some(Value::String(q)) => q.as_str().into(),
         Some(_) => return Err(Error::validation("job_queue", "Not a valid string.")),
@@ -52,12 +63,16 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
     let id = match job.get("job_id") {
         None | Some(Value::Null) => JobId::random(),
         Some(Value::String(s)) if s.is_empty() => JobId::random(),
-        Some(Value::String(s)) => JobId::parse(s).ok_or_else(|| Error::InvalidInput(INVALID_JOB_ID.into()))?,
+        Some(Value::String(s)) => {
+            JobId::parse(s).ok_or_else(|| Error::InvalidInput(INVALID_JOB_ID.into()))?
+        }
         Some(_) => return Err(Error::InvalidInput(INVALID_JOB_ID.into())),
     };
     let priority = match job.get("job_priority") {
         None | Some(Value::Null) => 0,
-        Some(v) => v.as_i64().ok_or_else(|| Error::validation("job_priority", "Not a valid integer."))?,
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| Error::validation("job_priority", "Not a valid integer."))?,
     };
     let exclude: Arc<[Name]> = string_list(&job, "exclude_agents")?.into();
     string_list(&job, "tags")?;
@@ -80,7 +95,12 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
             return Err(Error::validation("debug", "Not a valid boolean."));
         }
     }
-    for field in ["test_data", "firmware_update_data", "allocate_data", "reserve_data"] {
+    for field in [
+        "test_data",
+        "firmware_update_data",
+        "allocate_data",
+        "reserve_data",
+    ] {
         if let Some(v) = job.get(field).filter(|v| !v.is_null()) {
             if !v.is_object() {
                 return Err(Error::validation(field, "Not a valid mapping type."));
@@ -89,7 +109,10 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
     }
     if let Some(v) = job.get("provision_data").filter(|v| !v.is_null()) {
         if !v.is_object() {
-            return Err(Error::validation("provision_data", "Invalid provision data schema."));
+            return Err(Error::validation(
+                "provision_data",
+                "Invalid provision data schema.",
+            ));
         }
     }
     if let Some(Value::Object(reserve)) = job.get_mut("reserve_data") {
@@ -99,21 +122,33 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
                 Value::String(s) => parse_duration(s),
                 _ => None,
             }
-            .ok_or_else(|| Error::validation("reserve_data", "timeout: Not a valid duration (seconds, or like 1h30m)."))?;
+            .ok_or_else(|| {
+                Error::validation(
+                    "reserve_data",
+                    "timeout: Not a valid duration (seconds, or like 1h30m).",
+                )
+            })?;
             reserve.insert("timeout".into(), Value::from(seconds));
         }
         if let Some(keys) = reserve.get("ssh_keys").filter(|v| !v.is_null()) {
-            let ok = keys.as_array().is_some_and(|a| a.iter().all(Value::is_string));
+            let ok = keys
+                .as_array()
+                .is_some_and(|a| a.iter().all(Value::is_string));
             if !ok {
-                return Err(Error::validation("reserve_data", "ssh_keys: Not a valid list of strings."));
+                return Err(Error::validation(
+                    "reserve_data",
+                    "ssh_keys: Not a valid list of strings.",
+                ));
             }
         }
     }
-    let awaits_attachments = ["provision_data", "firmware_update_data", "test_data"].iter().any(|f| {
-        job.get(*f)
-            .and_then(|d| d.get("attachments"))
-            .is_some_and(|a| a.as_array().is_some_and(|a| !a.is_empty()))
-    });
+    let awaits_attachments = ["provision_data", "firmware_update_data", "test_data"]
+        .iter()
+        .any(|f| {
+            job.get(*f)
+                .and_then(|d| d.get("attachments"))
+                .is_some_and(|a| a.as_array().is_some_and(|a| !a.is_empty()))
+        });
     let id_value = Value::String(id.to_string());
     match job.get_mut("job_id") {
         Some(slot) => *slot = id_value,
@@ -122,7 +157,14 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
         }
     }
     let body = Bytes::from(serde_json::to_vec(&job).expect("JSON maps serialise"));
-    Ok(Submission { id, queue, body, priority, exclude, awaits_attachments })
+    Ok(Submission {
+        id,
+        queue,
+        body,
+        priority,
+        exclude,
+        awaits_attachments,
+    })
 }
 
 fn string_list(job: &Map<String, Value>, field: &str) -> Result<Vec<Name>> {
@@ -130,9 +172,16 @@ fn string_list(job: &Map<String, Value>, field: &str) -> Result<Vec<Name>> {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) if items.len() <= MAX_LIST => items
             .iter()
-            .map(|v| v.as_str().map(Name::from).ok_or_else(|| Error::validation(field, "Not a valid string.")))
+            .map(|v| {
+                v.as_str()
+                    .map(Name::from)
+                    .ok_or_else(|| Error::validation(field, "Not a valid string."))
+            })
             .collect(),
-        Some(Value::Array(_)) => Err(Error::validation(field, format!("Longer than maximum length {MAX_LIST}."))),
+        Some(Value::Array(_)) => Err(Error::validation(
+            field,
+            format!("Longer than maximum length {MAX_LIST}."),
+        )),
         Some(_) => Err(Error::validation(field, "Not a valid list.")),
     }
 }
@@ -223,15 +272,51 @@ pub fn agent_cookie(headers: &axum::http::HeaderMap) -> Option<Name> {
         .map(Name::from)
 }
 
+/// Formats unix seconds the way Testflinger does: `YYYY-MM-DDTHH:MM:SSZ` (clients replace
+/// the `Z` with `+00:00`, so no offset may precede it).
+pub fn iso_z(secs: u64) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::from_unix_timestamp(secs.min(253_402_300_799) as i64)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+}
+
+/// Parses an ISO 8601 / RFC 3339 timestamp (`Z` or an offset; a missing offset means
+/// UTC, as Python's naive datetimes do) into unix microseconds.
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    use time::format_description::well_known::Rfc3339;
+    let text = text.trim();
+    if text.len() > 64 {
+        return None;
+    }
+    let parsed = time::OffsetDateTime::parse(text, &Rfc3339)
+        .or_else(|_| time::OffsetDateTime::parse(&format!("{text}Z"), &Rfc3339))
+        .or_else(|_| time::OffsetDateTime::parse(&format!("{}Z", text.replace(' ', "T")), &Rfc3339))
+        .ok()?;
+    i64::try_from(parsed.unix_timestamp_nanos() / 1000).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn durations_parse_like_testflinger() {
-        for (text, expected) in [("1800", Some(1800)), ("30m", Some(1800)), ("1h30m", Some(5400)), ("2d", Some(172_800)),
-            ("1800s", Some(1800)), ("", None), ("0", None), ("h", None), ("5x", None), ("1h30", None), ("-5", None)]
-        {
+        for (text, expected) in [
+            ("1800", Some(1800)),
+            ("30m", Some(1800)),
+            ("1h30m", Some(5400)),
+            ("2d", Some(172_800)),
+            ("1800s", Some(1800)),
+            ("", None),
+            ("0", None),
+            ("h", None),
+            ("5x", None),
+            ("1h30", None),
+            ("-5", None),
+        ] {
             assert_eq!(parse_duration(text), expected, "{text:?}");
         }
     }
@@ -247,7 +332,10 @@ mod tests {
 
     #[test]
     fn job_id_is_normalised_in_place_and_fields_kept_in_order() {
-        let sub = parse_job(br#"{"b":1,"job_id":"{0123ABCD-4567-89AB-CDEF-0123456789AB}","job_queue":"q","a":[1]}"#).unwrap();
+        let sub = parse_job(
+            br#"{"b":1,"job_id":"{0123ABCD-4567-89AB-CDEF-0123456789AB}","job_queue":"q","a":[1]}"#,
+        )
+        .unwrap();
         assert_eq!(
             std::str::from_utf8(&sub.body).unwrap(),
             r#"{"b":1,"job_id":"0123abcd-4567-89ab-cdef-0123456789ab","job_queue":"q","a":[1]}"#

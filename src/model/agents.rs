@@ -65,7 +65,10 @@ impl Agents {
                 for (name, description) in queues {
                     self.queues.insert(
                         name.clone(),
-                        Advertised { description: description.clone(), updated_at: *at },
+                        Advertised {
+                            description: description.clone(),
+                            updated_at: *at,
+                        },
                     );
                 }
             }

@@ -200,9 +200,10 @@ impl Event {
             | JobStateReported { .. }
             | AttachmentsArrived { .. }
             | JobsExpired { .. } => Partition::Registry,
-            ResultMerged { .. } | LogAppended { .. } | OutputRead { .. } | ResultsExpired { .. } => {
-                Partition::Results
-            }
+            ResultMerged { .. }
+            | LogAppended { .. }
+            | OutputRead { .. }
+            | ResultsExpired { .. } => Partition::Results,
             FileStored { .. } | FilesExpired { .. } => Partition::Artifacts,
             QueuesAdvertised { .. }
             | ImagesAdvertised { .. }

@@ -42,9 +42,21 @@ impl Files {
     /// shell to delete.
     pub fn apply(&mut self, event: &Event) -> Vec<Box<str>> {
         match event {
-            Event::FileStored { id, kind, file, size, .. } => self
+            Event::FileStored {
+                id,
+                kind,
+                file,
+                size,
+                ..
+            } => self
                 .files
-                .insert((*id, *kind), StoredFile { file: file.clone(), size: *size })
+                .insert(
+                    (*id, *kind),
+                    StoredFile {
+                        file: file.clone(),
+                        size: *size,
+                    },
+                )
                 .map(|old| old.file)
                 .filter(|old| old != file)
                 .into_iter()

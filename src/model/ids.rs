@@ -75,7 +75,11 @@ mod tests {
     use super::*;
 
     fn check(text: &str, expected: Option<&str>) {
-        assert_eq!(JobId::parse(text).map(|id| id.to_string()).as_deref(), expected, "{text}");
+        assert_eq!(
+            JobId::parse(text).map(|id| id.to_string()).as_deref(),
+            expected,
+            "{text}"
+        );
     }
 
     #[test]
@@ -95,10 +99,16 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected() {
-        for text in ["", "foo", "BAD_JOB_ID", "00000000-0000-0000-0000-00000000000X",
-            "0123abcd456789abcdef0123456789ab0", "0123abcd456789abcdef0123456789a",
-            "\u{0}", &"a".repeat(10_000)]
-        {
+        for text in [
+            "",
+            "foo",
+            "BAD_JOB_ID",
+            "00000000-0000-0000-0000-00000000000X",
+            "0123abcd456789abcdef0123456789ab0",
+            "0123abcd456789abcdef0123456789a",
+            "\u{0}",
+            &"a".repeat(10_000),
+        ] {
             check(text, None);
         }
     }

@@ -80,7 +80,10 @@ impl JobState {
 
 /// Whether a reported label ends the job.
 pub fn is_terminal_label(reported: &str) -> bool {
-    matches!(reported, label::COMPLETE | label::COMPLETED | label::CANCELLED)
+    matches!(
+        reported,
+        label::COMPLETE | label::COMPLETED | label::CANCELLED
+    )
 }
 
 #[cfg(test)]
@@ -94,11 +97,17 @@ mod tests {
     #[test]
     fn reports_move_a_job_forward_but_never_out_of_a_terminal_state() {
         let running = JobState::Active(label::RUNNING.into());
-        assert_eq!(running.after_report("provision").unwrap().label(), "provision");
+        assert_eq!(
+            running.after_report("provision").unwrap().label(),
+            "provision"
+        );
         let done = running.after_report("complete").unwrap();
         assert!(done.is_terminal());
         assert_eq!(done.after_report("test"), None);
-        assert_eq!(JobState::Finished(label::CANCELLED.into()).after_report("complete"), None);
+        assert_eq!(
+            JobState::Finished(label::CANCELLED.into()).after_report("complete"),
+            None
+        );
     }
 
     #[test]

@@ -216,7 +216,10 @@ impl QueueIndex {
         let Some((priority, slot)) = self.slots.remove(&id) else {
             return false;
         };
-        let lane = self.lanes.get_mut(&Reverse(priority)).expect("slot map names a lane");
+        let lane = self
+            .lanes
+            .get_mut(&Reverse(priority))
+            .expect("slot map names a lane");
         lane.slots[slot].flags = 0;
         lane.live_tree.add(slot, -1);
         lane.live -= 1;
@@ -294,7 +297,9 @@ impl QueueIndex {
 
     fn slot_mut(&mut self, id: JobId) -> Option<&mut Slot> {
         let &(priority, slot) = self.slots.get(&id)?;
-        self.lanes.get_mut(&Reverse(priority)).map(|lane| &mut lane.slots[slot])
+        self.lanes
+            .get_mut(&Reverse(priority))
+            .map(|lane| &mut lane.slots[slot])
     }
 
     fn maybe_compact(&mut self, priority: i64) {

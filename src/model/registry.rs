@@ -213,8 +213,14 @@ impl Registry {
     pub fn claim(&self, id: JobId, agent: Option<Name>, now: u64) -> Option<Event> {
         let job = self.jobs.get(&id)?;
         let ready = job.attachments != Attachments::Waiting;
-        let allowed = agent.as_deref().is_none_or(|a| !job.exclude.iter().any(|x| &**x == a));
-        (job.state.is_waiting() && ready && allowed).then_some(Event::JobDispatched { id, agent, at: now })
+        let allowed = agent
+            .as_deref()
+            .is_none_or(|a| !job.exclude.iter().any(|x| &**x == a));
+        (job.state.is_waiting() && ready && allowed).then_some(Event::JobDispatched {
+            id,
+            agent,
+            at: now,
+        })
     }
 
     /// The job `agent` holds without having reported on it, if any (see `holding`).
@@ -225,7 +231,10 @@ impl Registry {
 
     /// Decides a cancellation.
     pub fn cancel(&self, id: JobId, now: u64) -> Result<Event> {
-        let job = self.jobs.get(&id).ok_or_else(|| Error::NotFound("Job not found".into()))?;
+        let job = self
+            .jobs
+            .get(&id)
+            .ok_or_else(|| Error::NotFound("Job not found".into()))?;
         if job.state.is_terminal() {
             return Err(Error::Conflict(ALREADY_FINISHED.into()));
         }
@@ -236,7 +245,11 @@ impl Registry {
     pub fn report(&self, id: JobId, state: &str, now: u64) -> Option<Event> {
         let job = self.jobs.get(&id)?;
         job.state.after_report(state)?;
-        Some(Event::JobStateReported { id, state: state.into(), at: now })
+        Some(Event::JobStateReported {
+            id,
+            state: state.into(),
+            at: now,
+        })
     }
 
     /// Decides that a job's attachments arrived. Errors say why the upload is refused.
@@ -286,7 +299,10 @@ impl Registry {
         let mut by_queue: HashMap<Name, Vec<Entry>> = HashMap::new();
         for (id, job) in &self.jobs {
             if job.state.is_waiting() {
-                by_queue.entry(job.queue.clone()).or_default().push(job.entry(*id));
+                by_queue
+                    .entry(job.queue.clone())
+                    .or_default()
+                    .push(job.entry(*id));
             }
         }
         by_queue
@@ -295,7 +311,15 @@ impl Registry {
     /// Folds one registry event in; returns what the queue index must do.
     pub fn apply(&mut self, lsn: u64, event: &Event) -> Option<IndexChange> {
         match event {
-            Event::JobSubmitted { id, queue, body, priority, exclude, awaits_attachments, at } => {
+            Event::JobSubmitted {
+                id,
+                queue,
+                body,
+                priority,
+                exclude,
+                awaits_attachments,
+                at,
+            } => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 let previous = self.jobs.get(id);
@@ -310,7 +334,11 @@ impl Registry {
                     seq,
                     exclude: exclude.clone(),
                     state: JobState::Waiting { resubmitted },
-                    attachments: if *awaits_attachments { Attachments::Waiting } else { Attachments::None },
+                    attachments: if *awaits_attachments {
+                        Attachments::Waiting
+                    } else {
+                        Attachments::None
+                    },
                     created_at: *at,
                     started_at: None,
                     finished_at: None,
@@ -378,7 +406,9 @@ impl Registry {
                 }
                 job.attachments = Attachments::Complete;
                 job.lsn = lsn;
-                job.state.is_waiting().then(|| IndexChange::Ready(job.queue.clone(), *id))
+                job.state
+                    .is_waiting()
+                    .then(|| IndexChange::Ready(job.queue.clone(), *id))
             }
             Event::JobsExpired { ids } => {
                 for id in ids {

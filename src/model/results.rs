@@ -144,7 +144,14 @@ impl Results {
                     serde_json::to_vec(&merged).expect("a JSON map always serialises"),
                 ));
             }
-            Event::LogAppended { id, kind, phase, number, timestamp, data } => {
+            Event::LogAppended {
+                id,
+                kind,
+                phase,
+                number,
+                timestamp,
+                data,
+            } => {
                 let doc = self.docs.entry(*id).or_default();
                 let stream = match kind {
                     LogKind::Output => &mut doc.output,
@@ -179,17 +186,28 @@ mod tests {
     use super::*;
 
     fn merge(results: &mut Results, id: JobId, json: &str) {
-        results.apply(&Event::ResultMerged { id, fields: Bytes::from(json.to_owned()), at: 0 });
+        results.apply(&Event::ResultMerged {
+            id,
+            fields: Bytes::from(json.to_owned()),
+            at: 0,
+        });
     }
 
     #[test]
     fn merges_are_shallow_and_keep_key_order() {
         let id = JobId::random();
         let mut results = Results::default();
-        merge(&mut results, id, r#"{"foo":"test","job_state":"waiting","n":{"a":1}}"#);
+        merge(
+            &mut results,
+            id,
+            r#"{"foo":"test","job_state":"waiting","n":{"a":1}}"#,
+        );
         merge(&mut results, id, r#"{"job_state":"provision","n":{"b":2}}"#);
         let text = results.get(id).unwrap().fields.clone().unwrap();
-        assert_eq!(&text[..], br#"{"foo":"test","job_state":"provision","n":{"b":2}}"#);
+        assert_eq!(
+            &text[..],
+            br#"{"foo":"test","job_state":"provision","n":{"b":2}}"#
+        );
     }
 
     #[test]

@@ -1,0 +1,203 @@
+//! What agents advertise: queue descriptions (`POST|GET /v1/agents/queues`, merged) and images
+//! per queue (`POST /v1/agents/images`, replaced per queue; `GET /v1/agents/images/<queue>`).
+
+use serde_json::json;
+
+use crate::util::{Resp, TestServer};
+
+#[track_caller]
+fn assert_json_content_type(r: &Resp) {
+    let ct = r.content_type().unwrap_or_default();
+    assert!(ct.starts_with("application/json"), "content type {ct:?}");
+}
+
+/// A type error in an agents body: 400 or 422, always a JSON error.
+#[track_caller]
+fn assert_rejected(r: &Resp, what: &str) {
+    assert!(
+        r.status == 400 || r.status == 422,
+        "{what}: expected 400 or 422, got {}: {}",
+        r.status,
+        r.text_preview()
+    );
+    r.expect_json_error();
+}
+
+#[tokio::test]
+async fn queues_are_an_empty_object_when_none_were_advertised() {
+    let srv = TestServer::start();
+    let r = srv.get("/v1/agents/queues").await;
+    assert_eq!(r.expect_json(), json!({}));
+    assert_json_content_type(&r);
+}
+
+#[tokio::test]
+async fn queues_are_merged_when_several_agents_advertise() {
+    let srv = TestServer::start();
+    srv.post_json(
+        "/v1/agents/queues",
+        &json!({"qfoo": "this is a test queue"}),
+    )
+    .await
+    .expect_status(200);
+    assert_eq!(
+        srv.get("/v1/agents/queues").await.expect_json(),
+        json!({"qfoo": "this is a test queue"})
+    );
+    srv.post_json("/v1/agents/queues", &json!({"a": "A", "b": "B"}))
+        .await
+        .expect_status(200);
+    srv.post_json("/v1/agents/queues", &json!({"b": "B2", "c": "C"}))
+        .await
+        .expect_status(200);
+    srv.post_json("/v1/agents/queues", &json!({}))
+        .await
+        .expect_status(200);
+    let r = srv.get("/v1/agents/queues").await;
+    assert_eq!(
+        r.expect_json(),
+        json!({"qfoo": "this is a test queue", "a": "A", "b": "B2", "c": "C"})
+    );
+    assert_json_content_type(&r);
+}
+
+#[tokio::test]
+async fn queues_post_is_rejected_when_body_is_not_an_object_of_strings() {
+    let srv = TestServer::start();
+    for body in [
+        &b"[]"[..],
+        b"[\"q\"]",
+        b"\"q\"",
+        b"1",
+        b"null",
+        b"not json",
+        b"{",
+        b"",
+    ] {
+        let r = srv
+            .post_raw("/v1/agents/queues", Some("application/json"), body.to_vec())
+            .await;
+        assert_eq!(
+            r.status,
+            400,
+            "body {:?}: {}",
+            String::from_utf8_lossy(body),
+            r.text_preview()
+        );
+        r.expect_json_error();
+    }
+    for body in [
+        json!({"q": 1}),
+        json!({"q": null}),
+        json!({"q": ["x"]}),
+        json!({"q": {"d": "x"}}),
+        json!({"ok": "fine", "q": true}),
+    ] {
+        let r = srv.post_json("/v1/agents/queues", &body).await;
+        assert_rejected(&r, &body.to_string());
+    }
+    assert_eq!(
+        srv.get("/v1/agents/queues").await.expect_json(),
+        json!({}),
+        "nothing merged"
+    );
+}
+
+#[tokio::test]
+async fn images_are_returned_per_queue_when_posted() {
+    let srv = TestServer::start();
+    let images =
+        json!({"image1": "url: http://place/image1", "image2": "url: http://place/image2"});
+    srv.post_json(
+        "/v1/agents/images",
+        &json!({"myqueue": images.clone(), "other": {"x": "y"}}),
+    )
+    .await
+    .expect_status(200);
+    let r = srv.get("/v1/agents/images/myqueue").await;
+    assert_eq!(r.expect_json(), images);
+    assert_json_content_type(&r);
+    assert_eq!(
+        srv.get("/v1/agents/images/other").await.expect_json(),
+        json!({"x": "y"})
+    );
+}
+
+#[tokio::test]
+async fn images_are_replaced_for_that_queue_only_when_posted_again() {
+    let srv = TestServer::start();
+    srv.post_json(
+        "/v1/agents/images",
+        &json!({"q": {"i1": "d1", "i2": "d2"}, "keep": {"k": "v"}}),
+    )
+    .await
+    .expect_status(200);
+    srv.post_json("/v1/agents/images", &json!({"q": {"i3": "d3"}}))
+        .await
+        .expect_status(200);
+    assert_eq!(
+        srv.get("/v1/agents/images/q").await.expect_json(),
+        json!({"i3": "d3"})
+    );
+    assert_eq!(
+        srv.get("/v1/agents/images/keep").await.expect_json(),
+        json!({"k": "v"})
+    );
+    srv.post_json("/v1/agents/images", &json!({"q": {}}))
+        .await
+        .expect_status(200);
+    assert_eq!(
+        srv.get("/v1/agents/images/q").await.expect_json(),
+        json!({})
+    );
+}
+
+#[tokio::test]
+async fn images_are_an_empty_object_when_queue_is_unknown() {
+    let srv = TestServer::start();
+    for q in ["nope", "with%20space", "x.y-z_1"] {
+        let r = srv.get(&format!("/v1/agents/images/{q}")).await;
+        assert_eq!(r.expect_json(), json!({}), "queue {q}");
+        assert_json_content_type(&r);
+    }
+}
+
+#[tokio::test]
+async fn images_work_when_queue_name_needs_percent_encoding() {
+    let srv = TestServer::start();
+    srv.post_json("/v1/agents/images", &json!({"my queue/ü": {"img": "data"}}))
+        .await
+        .expect_status(200);
+    let r = srv.get("/v1/agents/images/my%20queue%2F%C3%BC").await;
+    assert_eq!(r.expect_json(), json!({"img": "data"}));
+}
+
+#[tokio::test]
+async fn images_post_is_rejected_when_body_has_wrong_shape() {
+    let srv = TestServer::start();
+    for body in [&b"[]"[..], b"\"q\"", b"1", b"null", b"not json", b""] {
+        let r = srv
+            .post_raw("/v1/agents/images", Some("application/json"), body.to_vec())
+            .await;
+        assert_eq!(
+            r.status,
+            400,
+            "body {:?}: {}",
+            String::from_utf8_lossy(body),
+            r.text_preview()
+        );
+        r.expect_json_error();
+    }
+    for body in [
+        json!({"q": "not an object"}),
+        json!({"q": ["i"]}),
+        json!({"q": null}),
+    ] {
+        let r = srv.post_json("/v1/agents/images", &body).await;
+        assert_rejected(&r, &body.to_string());
+    }
+    assert_eq!(
+        srv.get("/v1/agents/images/q").await.expect_json(),
+        json!({})
+    );
+}

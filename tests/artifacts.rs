@@ -1,0 +1,229 @@
+//! Artifacts (`POST|GET /v1/result/<id>/artifact`): multipart field `file`, byte-identical
+//! download of several MiB, atomic replacement, the size limit, and client file names that must
+//! never become paths.
+
+use crate::util::{multipart, new_id, pseudo_random_bytes, Part, TestServer};
+
+#[tokio::test]
+async fn artifact_is_204_when_none_was_uploaded() {
+    let srv = TestServer::start();
+    srv.get(&format!("/v1/result/{}/artifact", new_id()))
+        .await
+        .expect_no_content();
+    let id = srv.submit_to("q").await;
+    srv.get(&format!("/v1/result/{id}/artifact"))
+        .await
+        .expect_no_content();
+}
+
+#[tokio::test]
+async fn artifact_is_byte_identical_when_several_mib_are_uploaded() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("q").await;
+    let path = format!("/v1/result/{id}/artifact");
+    let data = pseudo_random_bytes(5 * 1024 * 1024 + 123, 42);
+    srv.post_multipart(&path, "file", "artifact.tar.gz", &data)
+        .await
+        .expect_status(200);
+    for _ in 0..2 {
+        let r = srv.get(&path).await;
+        r.expect_status(200);
+        assert_eq!(r.body.len(), data.len(), "artifact length");
+        assert!(r.body[..] == data[..], "artifact bytes differ");
+    }
+}
+
+#[tokio::test]
+async fn artifact_is_replaced_when_uploaded_again() {
+    let srv = TestServer::start();
+    let id = new_id();
+    let path = format!("/v1/result/{id}/artifact");
+    let first = pseudo_random_bytes(3 * 1024 * 1024, 1);
+    let second = pseudo_random_bytes(1024 * 1024 + 7, 2);
+    srv.post_multipart(&path, "file", "one.tgz", &first)
+        .await
+        .expect_status(200);
+    srv.post_multipart(&path, "file", "two.tgz", &second)
+        .await
+        .expect_status(200);
+    let r = srv.get(&path).await;
+    r.expect_status(200);
+    assert_eq!(r.body.len(), second.len());
+    assert!(
+        r.body[..] == second[..],
+        "the second upload replaces the first entirely"
+    );
+}
+
+#[tokio::test]
+async fn artifact_keeps_bytes_that_look_like_multipart_when_uploaded() {
+    let srv = TestServer::start();
+    let id = new_id();
+    let path = format!("/v1/result/{id}/artifact");
+    let tricky =
+        b"\r\n--\r\n------WebKitFormBoundary\r\nContent-Disposition: form-data\r\n\r\n\0\0\xff--"
+            .to_vec();
+    srv.post_multipart(&path, "file", "t.bin", &tricky)
+        .await
+        .expect_status(200);
+    assert_eq!(&srv.get(&path).await.body[..], &tricky[..]);
+    // An empty file is an artifact too.
+    srv.post_multipart(&path, "file", "empty.bin", b"")
+        .await
+        .expect_status(200);
+    let r = srv.get(&path).await;
+    r.expect_status(200);
+    assert!(r.body.is_empty());
+}
+
+#[tokio::test]
+async fn artifact_upload_ignores_other_fields_when_file_is_present() {
+    let srv = TestServer::start();
+    let id = new_id();
+    let path = format!("/v1/result/{id}/artifact");
+    let (ct, body) = multipart(&[
+        Part::field("comment", b"not the artifact"),
+        Part::file("file", "a.tgz", b"THE ARTIFACT"),
+        Part::field("trailer", b"also not"),
+    ]);
+    srv.post_raw(&path, Some(&ct), body)
+        .await
+        .expect_status(200);
+    assert_eq!(&srv.get(&path).await.body[..], b"THE ARTIFACT");
+}
+
+#[tokio::test]
+async fn artifact_upload_is_400_when_file_field_is_missing() {
+    let srv = TestServer::start();
+    let id = new_id();
+    let path = format!("/v1/result/{id}/artifact");
+    srv.post_multipart(&path, "upload", "a.tgz", b"data")
+        .await
+        .expect_error(400);
+    let (ct, body) = multipart(&[Part::field("comment", b"hello")]);
+    srv.post_raw(&path, Some(&ct), body).await.expect_error(400);
+    let (ct, body) = multipart(&[]);
+    srv.post_raw(&path, Some(&ct), body).await.expect_error(400);
+    srv.get(&path).await.expect_no_content();
+}
+
+#[tokio::test]
+async fn artifact_upload_is_400_when_body_is_not_multipart() {
+    let srv = TestServer::start();
+    let id = new_id();
+    let path = format!("/v1/result/{id}/artifact");
+    srv.post_raw(
+        &path,
+        Some("application/json"),
+        br#"{"file": "x"}"#.to_vec(),
+    )
+    .await
+    .expect_error(400);
+    srv.post_raw(&path, None, b"raw bytes".to_vec())
+        .await
+        .expect_error(400);
+    srv.post_raw(&path, Some("application/octet-stream"), b"raw".to_vec())
+        .await
+        .expect_error(400);
+    // Declared multipart but no boundary, or a body that does not match the boundary.
+    srv.post_raw(&path, Some("multipart/form-data"), b"--x\r\n".to_vec())
+        .await
+        .expect_error(400);
+    srv.post_raw(
+        &path,
+        Some("multipart/form-data; boundary=abc"),
+        b"garbage without boundary".to_vec(),
+    )
+    .await
+    .expect_error(400);
+    srv.get(&path).await.expect_no_content();
+}
+
+#[tokio::test]
+async fn artifact_upload_is_413_when_file_exceeds_max_artifact_bytes() {
+    let srv = TestServer::start_with(&["--max-artifact-bytes", "1000"]);
+    let id = new_id();
+    let path = format!("/v1/result/{id}/artifact");
+    srv.post_multipart(&path, "file", "small.bin", &[7u8; 500])
+        .await
+        .expect_status(200);
+    for (len, seed) in [(1001, 8), (5000, 9), (3 * 1024 * 1024, 10)] {
+        let data = pseudo_random_bytes(len, seed);
+        let (ct, body) = multipart(&[Part::file("file", "big.bin", &data)]);
+        let r = srv.post_oversized(&path, Some(&ct), &body).await;
+        assert_eq!(r.status, 413, "{len}-byte artifact: {}", r.text_preview());
+        r.expect_json_error();
+    }
+    let r = srv.get(&path).await;
+    r.expect_status(200);
+    assert_eq!(
+        &r.body[..],
+        &[7u8; 500][..],
+        "a rejected upload leaves the previous artifact intact"
+    );
+}
+
+#[tokio::test]
+async fn artifact_name_never_becomes_a_path_when_filename_tries_to_escape() {
+    let srv = TestServer::start();
+    let id = new_id();
+    let path = format!("/v1/result/{id}/artifact");
+    for name in [
+        "../../../escape-flinger.txt",
+        "/tmp/escape-flinger-abs.txt",
+        "..\\..\\escape-flinger-win.txt",
+    ] {
+        srv.post_multipart(&path, "file", name, name.as_bytes())
+            .await
+            .expect_status(200);
+        assert_eq!(&srv.get(&path).await.body[..], name.as_bytes());
+    }
+    let mut stray = Vec::new();
+    for dir in [
+        srv.dir().to_path_buf(),
+        srv.dir().join(".."),
+        srv.data_dir().join(".."),
+    ] {
+        for f in ["escape-flinger.txt", "escape-flinger-win.txt"] {
+            if dir.join(f).exists() {
+                stray.push(dir.join(f));
+            }
+        }
+    }
+    assert!(
+        !std::path::Path::new("/tmp/escape-flinger-abs.txt").exists(),
+        "absolute client filename was written"
+    );
+    assert!(
+        stray.is_empty(),
+        "client file names became paths: {stray:?}"
+    );
+}
+
+#[tokio::test]
+async fn artifact_endpoints_are_400_when_id_is_malformed() {
+    let srv = TestServer::start();
+    for id in [
+        "foo",
+        "00000000-0000-0000-0000-00000000000X",
+        "..",
+        "%2e%2e%2f%2e%2e",
+    ] {
+        let path = format!("/v1/result/{id}/artifact");
+        let r = srv.get(&path).await;
+        assert!(
+            r.status == 400 || r.status == 404,
+            "GET {path}: {}",
+            r.status
+        );
+        r.expect_json_error();
+        let r = srv.post_multipart(&path, "file", "a", b"x").await;
+        assert!(
+            r.status == 400 || r.status == 404,
+            "POST {path}: {}",
+            r.status
+        );
+        r.expect_json_error();
+    }
+    srv.get("/v1/result/foo/artifact").await.expect_error(400);
+}

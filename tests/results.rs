@@ -1,0 +1,198 @@
+//! Result objects (`POST|GET /v1/result/<id>`): shallow merge, no job required, validation and
+//! the size limit.
+
+use serde_json::json;
+
+use crate::util::{new_id, TestServer};
+
+const INVALID_RESULT: &str = "Invalid result data";
+
+#[tokio::test]
+async fn result_is_waiting_when_job_was_just_submitted() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("q").await;
+    let r = srv.get(&format!("/v1/result/{id}")).await;
+    assert_eq!(r.expect_json(), json!({"job_state": "waiting"}));
+}
+
+#[tokio::test]
+async fn result_is_204_when_nothing_was_posted_for_id() {
+    let srv = TestServer::start();
+    srv.get(&format!("/v1/result/{}", new_id()))
+        .await
+        .expect_no_content();
+    srv.get("/v1/result/00000000-0000-0000-0000-000000000000")
+        .await
+        .expect_no_content();
+}
+
+#[tokio::test]
+async fn result_is_stored_as_posted_when_no_job_exists() {
+    let srv = TestServer::start();
+    let id = "00000000-0000-0000-0000-000000000000";
+    let r = srv
+        .post_json(&format!("/v1/result/{id}"), &json!({"foo": "test"}))
+        .await;
+    r.expect_status(200);
+    assert_eq!(srv.result(id).await, json!({"foo": "test"}));
+    // Still no job by that id.
+    srv.get(&format!("/v1/job/{id}")).await.expect_no_content();
+}
+
+#[tokio::test]
+async fn result_post_merges_top_level_keys_when_posted_twice() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("q").await;
+    srv.post_result(
+        &id,
+        &json!({"foo": "test", "nested": {"x": 1, "keep": true}, "list": [1, 2]}),
+    )
+    .await;
+    srv.post_result(&id, &json!({"nested": {"y": 2}, "bar": null, "list": []}))
+        .await;
+    let result = srv.result(&id).await;
+    assert_eq!(
+        result,
+        json!({
+            "job_state": "waiting",
+            "foo": "test",
+            "nested": {"y": 2},
+            "list": [],
+            "bar": null
+        }),
+        "shallow merge: top-level keys replace"
+    );
+}
+
+#[tokio::test]
+async fn job_state_follows_agent_when_state_is_not_terminal() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("q").await;
+    assert!(srv.pop(&["q"]).await.is_some());
+    for phase in [
+        "setup",
+        "provision",
+        "firmware_update",
+        "test",
+        "allocate",
+        "reserve",
+        "cleanup",
+    ] {
+        srv.post_result(&id, &json!({"job_state": phase})).await;
+        assert_eq!(srv.job_state(&id).await, phase);
+    }
+    srv.post_result(
+        &id,
+        &json!({"job_state": "complete", "test_status": 0, "device_info": {"ip": "10.0.0.1"}}),
+    )
+    .await;
+    let result = srv.result(&id).await;
+    assert_eq!(result["job_state"], "complete");
+    assert_eq!(result["device_info"]["ip"], "10.0.0.1");
+}
+
+#[tokio::test]
+async fn result_post_keeps_earlier_fields_when_state_changes() {
+    let srv = TestServer::start();
+    let id = new_id();
+    srv.post_result(&id, &json!({"foo": "test", "job_state": "waiting"}))
+        .await;
+    srv.post_result(&id, &json!({"job_state": "provision"}))
+        .await;
+    assert_eq!(
+        srv.result(&id).await,
+        json!({"foo": "test", "job_state": "provision"})
+    );
+}
+
+#[tokio::test]
+async fn result_post_is_400_when_body_is_not_a_json_object() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("q").await;
+    let path = format!("/v1/result/{id}");
+    let bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"not json".to_vec(),
+        b"{".to_vec(),
+        b"[]".to_vec(),
+        b"[{\"a\": 1}]".to_vec(),
+        b"\"str\"".to_vec(),
+        b"3".to_vec(),
+        b"null".to_vec(),
+        b"true".to_vec(),
+        vec![0xff, 0xfe],
+    ];
+    for body in bodies {
+        let r = srv
+            .post_raw(&path, Some("application/json"), body.clone())
+            .await;
+        assert_eq!(
+            r.status,
+            400,
+            "body {:?}: {}",
+            String::from_utf8_lossy(&body),
+            r.text_preview()
+        );
+        assert_eq!(r.expect_json_error(), INVALID_RESULT);
+    }
+    assert_eq!(
+        srv.result(&id).await,
+        json!({"job_state": "waiting"}),
+        "nothing merged"
+    );
+}
+
+#[tokio::test]
+async fn result_endpoints_are_400_when_id_is_malformed() {
+    let srv = TestServer::start();
+    for id in ["BAD_JOB_ID", "00000000-0000-0000-0000-00000000000X", "0"] {
+        srv.get(&format!("/v1/result/{id}")).await.expect_error(400);
+        srv.post_json(&format!("/v1/result/{id}"), &json!({"a": 1}))
+            .await
+            .expect_error(400);
+    }
+}
+
+#[tokio::test]
+async fn result_post_is_413_when_body_exceeds_max_result_bytes() {
+    let srv = TestServer::start_with(&["--max-result-bytes", "1024"]);
+    let id = new_id();
+    let make = |total: usize| {
+        let mut b = br#"{"f":""#.to_vec();
+        b.resize(total - 2, b'r');
+        b.extend_from_slice(b"\"}");
+        b
+    };
+    let path = format!("/v1/result/{id}");
+    srv.post_raw(&path, Some("application/json"), make(1024))
+        .await
+        .expect_status(200);
+    srv.post_oversized(&path, Some("application/json"), &make(1025))
+        .await
+        .expect_error(413);
+    srv.post_oversized(&path, Some("application/json"), &make(100_000))
+        .await
+        .expect_error(413);
+    assert_eq!(srv.result(&id).await["f"].as_str().unwrap().len(), 1024 - 8);
+}
+
+#[tokio::test]
+async fn result_post_is_413_when_body_exceeds_default_sixteen_mib() {
+    let srv = TestServer::start();
+    let id = new_id();
+    let path = format!("/v1/result/{id}");
+    // Well over the 1 MiB job limit but under 16 MiB: accepted.
+    let big = "o".repeat(3 * 1024 * 1024);
+    srv.post_json(&path, &json!({"test_output": big}))
+        .await
+        .expect_status(200);
+    assert_eq!(
+        srv.result(&id).await["test_output"].as_str().unwrap().len(),
+        3 * 1024 * 1024
+    );
+    let huge = "o".repeat(16 * 1024 * 1024);
+    let body = serde_json::to_vec(&json!({"test_output": huge})).unwrap();
+    srv.post_oversized(&path, Some("application/json"), &body)
+        .await
+        .expect_error(413);
+}

@@ -1,0 +1,274 @@
+//! The process as an operator sees it: the startup log line, `--help`, graceful SIGTERM, and the
+//! seed's configuration file (`TESTFLINGER_CONFIG`, else `./testflinger.conf`; flags win).
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use crate::util::{run_to_exit, Opts, TestServer};
+
+/// The startup line: `... listening addr=HOST:PORT data_dir=DIR config=SOURCE`.
+fn listening_line(srv: &TestServer) -> String {
+    srv.stderr_lines()
+        .into_iter()
+        .find(|l| l.contains(" listening ") && l.contains("addr="))
+        .expect("a listening line")
+}
+
+#[tokio::test]
+async fn startup_line_names_address_data_dir_and_config_when_server_starts() {
+    let srv = TestServer::start();
+    let line = listening_line(&srv);
+    let addr = srv.base_url().trim_start_matches("http://").to_string();
+    assert!(line.contains(&format!("addr={addr}")), "{line}");
+    assert!(
+        line.contains(&format!("data_dir={}", srv.data_dir().display())),
+        "{line}"
+    );
+    assert!(line.contains("config="), "{line}");
+    assert!(line.contains("INFO"), "{line}");
+}
+
+#[tokio::test]
+async fn help_documents_every_option_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_to_exit(dir.path(), &["--help"], &[], Duration::from_secs(20));
+    assert!(out.status.success(), "--help exit status {:?}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for option in [
+        "--bind",
+        "--data-dir",
+        "--max-job-bytes",
+        "--max-result-bytes",
+        "--max-output-bytes",
+        "--max-artifact-bytes",
+    ] {
+        assert!(
+            text.contains(option),
+            "--help does not mention {option}:\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero_when_server_is_idle() {
+    let mut srv = TestServer::start();
+    srv.submit_to("q").await;
+    let status = srv.stop();
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_request_when_shutting_down() {
+    let mut srv = TestServer::start();
+    let addr = srv.base_url().trim_start_matches("http://").to_string();
+    let id = uuid::Uuid::new_v4();
+    let body = b"{\"job_state\":\"provision\",\"pad\":\"0123456789\"}";
+    let (head, tail) = body.split_at(10);
+    // Send the headers and half the body, so the request is in flight when SIGTERM arrives.
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /v1/result/{id} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(head).unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    srv.send_signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    stream.write_all(tail).unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                response.extend_from_slice(&buf[..n]);
+                if response.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(e) => panic!(
+                "reading in-flight response: {e}; got {:?}",
+                String::from_utf8_lossy(&response)
+            ),
+        }
+    }
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "in-flight request was not finished: {text:?}"
+    );
+    let status = srv.wait_for_exit();
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn config_file_sets_data_dir_when_named_by_testflinger_config() {
+    let srv = TestServer::start_opts(Opts {
+        omit_data_dir: true,
+        files: vec![(
+            "custom.conf".into(),
+            "DATA_PATH = '{dir}/from-conf'\n".into(),
+        )],
+        envs: vec![("TESTFLINGER_CONFIG".into(), "{dir}/custom.conf".into())],
+        ..Opts::default()
+    });
+    let line = listening_line(&srv);
+    let expected = srv.dir().join("from-conf");
+    assert!(
+        line.contains(&format!("data_dir={}", expected.display())),
+        "{line}"
+    );
+    srv.submit_to("q").await;
+    assert!(
+        expected.is_dir(),
+        "data dir from the config file was not created"
+    );
+}
+
+#[tokio::test]
+async fn config_file_in_working_directory_is_read_when_no_env_names_one() {
+    let srv = TestServer::start_opts(Opts {
+        omit_data_dir: true,
+        files: vec![(
+            "testflinger.conf".into(),
+            "DATA_PATH = '{dir}/cwd-conf'\n".into(),
+        )],
+        ..Opts::default()
+    });
+    let line = listening_line(&srv);
+    let expected = srv.dir().join("cwd-conf");
+    assert!(
+        line.contains(&format!("data_dir={}", expected.display())),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn data_dir_defaults_to_dot_data_when_nothing_configures_it() {
+    let srv = TestServer::start_opts(Opts {
+        omit_data_dir: true,
+        ..Opts::default()
+    });
+    let line = listening_line(&srv);
+    assert!(
+        line.contains("data_dir=./data")
+            || line.contains(&format!("data_dir={}", srv.dir().join("data").display())),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn data_dir_flag_wins_when_config_file_also_sets_it() {
+    let srv = TestServer::start_opts(Opts {
+        files: vec![(
+            "testflinger.conf".into(),
+            "DATA_PATH = '{dir}/loser'\n".into(),
+        )],
+        ..Opts::default()
+    });
+    let line = listening_line(&srv);
+    assert!(
+        line.contains(&format!("data_dir={}", srv.data_dir().display())),
+        "{line}"
+    );
+    assert!(!line.contains("loser"), "{line}");
+}
+
+#[tokio::test]
+async fn environment_beats_file_and_flag_beats_environment_when_all_set_data_dir() {
+    let from_env = TestServer::start_opts(Opts {
+        omit_data_dir: true,
+        files: vec![(
+            "testflinger.conf".into(),
+            "DATA_PATH = '{dir}/from-file'\n".into(),
+        )],
+        envs: vec![("FLINGER_DATA_DIR".into(), "{dir}/from-env".into())],
+        ..Opts::default()
+    });
+    let line = listening_line(&from_env);
+    let expected = from_env.dir().join("from-env");
+    assert!(
+        line.contains(&format!("data_dir={}", expected.display())),
+        "{line}"
+    );
+
+    let from_flag = TestServer::start_opts(Opts {
+        envs: vec![("FLINGER_DATA_DIR".into(), "{dir}/from-env".into())],
+        ..Opts::default()
+    });
+    let line = listening_line(&from_flag);
+    assert!(
+        line.contains(&format!("data_dir={}", from_flag.data_dir().display())),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn limits_are_read_from_config_file_when_no_flag_overrides() {
+    let srv = TestServer::start_opts(Opts {
+        files: vec![("testflinger.conf".into(), "MAX_JOB_BYTES = 1000\n".into())],
+        ..Opts::default()
+    });
+    let big = "x".repeat(2000);
+    let body = serde_json::to_vec(&serde_json::json!({"job_queue": "q", "f": big})).unwrap();
+    srv.post_oversized("/v1/job", Some("application/json"), &body)
+        .await
+        .expect_error(413);
+    srv.submit_to("q").await;
+
+    let flagged = TestServer::start_opts(Opts {
+        args: vec!["--max-job-bytes".into(), "100000".into()],
+        files: vec![("testflinger.conf".into(), "MAX_JOB_BYTES = 1000\n".into())],
+        ..Opts::default()
+    });
+    flagged
+        .submit(&serde_json::json!({"job_queue": "q", "f": big}))
+        .await;
+}
+
+#[tokio::test]
+async fn unknown_config_key_is_warned_about_when_server_starts() {
+    let srv = TestServer::start_opts(Opts {
+        files: vec![("testflinger.conf".into(), "BOGUS_SETTING_XYZ = 1\n".into())],
+        ..Opts::default()
+    });
+    srv.get("/v1/").await.expect_status(200);
+    let lines = srv.stderr_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("BOGUS_SETTING_XYZ")),
+        "no warning naming the unknown key:\n{}",
+        lines.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn malformed_config_file_exits_with_status_2_when_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bad.conf");
+    std::fs::write(&conf, "this line is not a setting\nDATA_PATH '/x'\n").unwrap();
+    let out = run_to_exit(
+        dir.path(),
+        &["--bind", "127.0.0.1:0"],
+        &[("TESTFLINGER_CONFIG", conf.to_str().unwrap())],
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.conf"),
+        "the error should name the file:\n{stderr}"
+    );
+}

@@ -1,0 +1,29 @@
+//! flinger's integration tests: one binary, every test over real HTTP against the real `flinger`
+//! process (see `util::TestServer`). Run with `cargo test`; to test a binary built elsewhere,
+//! build this suite outside the package and set `FLINGER_BIN`.
+//!
+//! Tests are named `behaviour_when_condition`. Each test starts its own server on a free port
+//! over its own temporary data directory, so tests run in parallel and share nothing.
+
+mod util;
+
+// Submitting jobs, reading them back, ids and their spellings, resubmission, size limits.
+mod jobs;
+// Handing jobs to agents: pop ordering (FIFO, oldest across queues), concurrency, position.
+mod pop;
+// Cancel action: waiting and running jobs, terminal states, error cases.
+mod cancel;
+// Result objects: merge, terminal states, validation, limits.
+mod results;
+// Live output stream: append, read-once, limits.
+mod output;
+// Artifacts: multipart upload, byte-identical download, replacement, limits.
+mod artifacts;
+// Agents' advertised queues and images.
+mod agents;
+// Routing errors, JSON error bodies, and a table of odd requests that must never give 5xx.
+mod errors;
+// Process level: startup line, --help, SIGTERM, configuration file and precedence.
+mod startup;
+// Durability: clean restart, SIGKILL, snapshots, and a crash loop under concurrent load.
+mod durability;
