@@ -54,7 +54,8 @@ struct Mark {
 }
 
 enum WriterMsg {
-    Record(Vec<u8>),
+    /// A record, and whom to tell when it is durable (`None` under `interval` fsync).
+    Record(Vec<u8>, Option<oneshot::Sender<bool>>),
     Snapshot {
         lsn: u64,
         bytes: Vec<u8>,
@@ -78,6 +79,22 @@ struct Inner {
     space: AtomicBool,
     /// Under `interval` fsync, appends are acknowledged without waiting for the disk.
     wait_for_disk: bool,
+}
+
+/// A record's place in the log and the means to wait for its durability.
+#[derive(Debug)]
+pub struct Ticket {
+    /// The record's log sequence number.
+    lsn: u64,
+    /// Resolved by the writer with `true` once durable, `false` if the log failed.
+    done: Option<oneshot::Receiver<bool>>,
+}
+
+impl Ticket {
+    /// The record's log sequence number.
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
 }
 
 /// The handle actors and handlers share.
@@ -302,19 +319,46 @@ pub fn open(
 }
 
 impl Journal {
-    /// Queues `event` for the log and returns its LSN. Refuses (without queuing) when the
-    /// log failed or has no reserved space, so the caller must not apply the event then.
-    pub fn append(&self, event: &Event) -> Result<u64> {
+    /// Queues `event` for the log and returns its ticket (LSN, and a way to wait until it
+    /// is durable). Refuses (without queuing) when the log failed or has no reserved
+    /// space, so the caller must not apply the event then.
+    pub fn append(&self, event: &Event) -> Result<Ticket> {
         self.writable()?;
         let payload = encode(event);
+        // One waiter per record, woken once: cheaper than waking every waiting request on
+        // every batch.
+        let (tx, done) = if self.inner.wait_for_disk {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let mut sender = self.inner.sender.lock();
         let lsn = sender.next_lsn;
         sender
             .tx
-            .send(WriterMsg::Record(payload))
+            .send(WriterMsg::Record(payload, tx))
             .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?;
         sender.next_lsn += 1;
-        Ok(lsn)
+        Ok(Ticket { lsn, done })
+    }
+
+    /// A ticket for a record appended earlier (by LSN): waits on the durability mark.
+    pub fn ticket_for(&self, lsn: u64) -> Ticket {
+        Ticket { lsn, done: None }
+    }
+
+    /// Resolves once the ticket's record is durable (at once under `interval` fsync).
+    pub async fn durable(&self, ticket: Ticket) -> Result<()> {
+        match ticket.done {
+            Some(done) => match done.await {
+                Ok(true) => Ok(()),
+                _ => Err(Error::Unavailable(
+                    "the write-ahead log failed; the change was not saved".into(),
+                )),
+            },
+            None => self.durable_lsn(ticket.lsn).await,
+        }
     }
 
     /// Whether a mutation may be recorded now.
@@ -333,7 +377,7 @@ impl Journal {
     }
 
     /// Resolves once the record `lsn` is durable (immediately under `interval` fsync).
-    pub async fn durable(&self, lsn: u64) -> Result<()> {
+    async fn durable_lsn(&self, lsn: u64) -> Result<()> {
         if !self.inner.wait_for_disk {
             return if self.inner.mark.borrow().failed && lsn > self.inner.mark.borrow().durable {
                 Err(Error::Unavailable("the write-ahead log failed".into()))
@@ -398,6 +442,7 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut waiters: Vec<oneshot::Sender<bool>> = Vec::new();
         loop {
             let first = match self.rx.recv_timeout(WRITER_TICK) {
                 Ok(msg) => msg,
@@ -413,9 +458,10 @@ impl Writer {
             let mut snapshot = None;
             while let Some(msg) = pending.take() {
                 match msg {
-                    WriterMsg::Record(payload) => {
+                    WriterMsg::Record(payload, waiter) => {
                         bytes += payload.len();
                         batch.push(payload);
+                        waiters.extend(waiter);
                     }
                     WriterMsg::Snapshot { lsn, bytes, done } => {
                         // Everything queued before it goes to disk first.
@@ -435,7 +481,10 @@ impl Writer {
                 };
             }
             if !batch.is_empty() {
-                self.write(&batch);
+                let durable = self.write(&batch);
+                for waiter in waiters.drain(..) {
+                    let _ = waiter.send(durable);
+                }
                 batch.clear();
             }
             if let Some((lsn, payload, done)) = snapshot {
@@ -446,20 +495,23 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, batch: &[Vec<u8>]) {
+    /// Appends and syncs a batch; whether it is durable.
+    fn write(&mut self, batch: &[Vec<u8>]) -> bool {
         if self.inner.mark.borrow().failed {
-            return;
+            return false;
         }
         let slices: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
         match self.wal.append_batch(&slices) {
             Ok(range) => {
                 self.inner.mark.send_modify(|m| m.durable = *range.end());
+                true
             }
             Err(e) => {
                 // Never retried: after a failed fsync the page cache may have dropped the
                 // data while a retry reports success (fsyncgate).
                 tracing::error!(error = %e, records = batch.len(), "write-ahead log failed; refusing all changes until restart");
                 self.inner.mark.send_modify(|m| m.failed = true);
+                false
             }
         }
     }

@@ -17,7 +17,7 @@ use crate::actors::files::FileMsg;
 use crate::actors::registry::RegistryMsg;
 use crate::actors::results::ResultMsg;
 use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
-use crate::actors::{ask, now, QueueDirectory, Services};
+use crate::actors::{ask, now, Handles, QueueDirectory, Services};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::{self, SnapshotDoc};
@@ -26,8 +26,11 @@ use crate::journal::{self, SnapshotDoc};
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// In-flight requests get this long to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often retention looks for expired jobs.
-const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// Retention looks for expired jobs this often at most (and at least every minute), so
+/// short retention settings take effect promptly without busy passes for long ones.
+const RETENTION_MIN_EVERY: Duration = Duration::from_secs(1);
+/// See [`RETENTION_MIN_EVERY`].
+const RETENTION_MAX_EVERY: Duration = Duration::from_secs(60);
 /// Most jobs one retention pass removes (keeps each event and pause small).
 const RETENTION_BATCH: usize = 10_000;
 
@@ -84,7 +87,7 @@ pub async fn start(config: Config) -> Result<Running> {
     .await
     .map_err(|e| Error::Internal(format!("cannot start actors: {e}")))?;
     let refs = ask(&supervisor, SupervisorMsg::Refs).await?;
-    let services = Services {
+    let services = Services::new(Handles {
         registry: refs.registry,
         results: refs.results,
         files: refs.files,
@@ -93,7 +96,7 @@ pub async fn start(config: Config) -> Result<Running> {
         journal,
         config,
         files_dir,
-    };
+    });
     let chores = tokio::spawn(background_chores(services.clone(), snapshot_requests));
     Ok(Running {
         services,
@@ -182,7 +185,8 @@ pub async fn run(
 /// Writes snapshots when the WAL writer asks, and expires old jobs periodically, until
 /// the writer stops.
 async fn background_chores(services: Services, mut snapshot_requests: mpsc::UnboundedReceiver<()>) {
-    let mut retention = tokio::time::interval(RETENTION_EVERY);
+    let every = (services.config.retention / 4).clamp(RETENTION_MIN_EVERY, RETENTION_MAX_EVERY);
+    let mut retention = tokio::time::interval(every);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -234,7 +238,7 @@ pub async fn snapshot(services: &Services) -> Result<()> {
 /// Removes finished jobs past retention, with their results, logs and files.
 pub async fn expire(services: &Services) -> Result<usize> {
     let cutoff = now().saturating_sub(services.config.retention.as_secs());
-    let Some((ids, lsn)) = ask(&services.registry, |p| {
+    let Some((ids, expired)) = ask(&services.registry, |p| {
         RegistryMsg::Expire(cutoff, RETENTION_BATCH, p)
     })
     .await??
@@ -242,12 +246,11 @@ pub async fn expire(services: &Services) -> Result<usize> {
         return Ok(0);
     };
     let count = ids.len();
-    let results_lsn = ask(&services.results, |p| ResultMsg::Expire(ids.clone(), p)).await??;
-    let files_lsn = ask(&services.files, |p| FileMsg::Expire(ids, p)).await??;
-    services
-        .journal
-        .durable(lsn.max(results_lsn).max(files_lsn))
-        .await?;
+    let results = ask(&services.results, |p| ResultMsg::Expire(ids.clone(), p)).await??;
+    let files = ask(&services.files, |p| FileMsg::Expire(ids, p)).await??;
+    for ticket in [expired, results, files] {
+        services.journal.durable(ticket).await?;
+    }
     Ok(count)
 }
 

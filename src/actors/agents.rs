@@ -6,21 +6,21 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::{now, reply};
 use crate::error::Result;
-use crate::journal::{Journal, PartSnapshot};
+use crate::journal::{Journal, PartSnapshot, Ticket};
 use crate::model::agents::Agents;
 use crate::model::{Event, Name};
 
 /// Messages to the agents actor.
 pub enum AgentMsg {
     /// Merge `{name: description}` pairs into the advertised queues.
-    AdvertiseQueues(Vec<(Name, Box<str>)>, RpcReplyPort<Result<u64>>),
+    AdvertiseQueues(Vec<(Name, Box<str>)>, RpcReplyPort<Result<Ticket>>),
     /// Replace the images of each queue (`{image: data}` object text per queue).
-    AdvertiseImages(Vec<(Name, Bytes)>, RpcReplyPort<Result<u64>>),
+    AdvertiseImages(Vec<(Name, Bytes)>, RpcReplyPort<Result<Ticket>>),
     /// Merge fields (JSON object text) into an agent's record.
-    Update(Name, Bytes, RpcReplyPort<Result<u64>>),
+    Update(Name, Bytes, RpcReplyPort<Result<Ticket>>),
     /// Append a provision outcome (JSON object text) to an agent's history; `false` when
     /// the agent is unknown (the entry is still kept, as Testflinger does).
-    ProvisionLog(Name, Bytes, RpcReplyPort<Result<(u64, bool)>>),
+    ProvisionLog(Name, Bytes, RpcReplyPort<Result<(Ticket, bool)>>),
     /// A read-only look at the partition: `f` runs inside the actor.
     Read(Box<dyn FnOnce(&Agents) + Send>),
     /// Serialise the partition for a snapshot.
@@ -41,11 +41,12 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    fn record(&mut self, event: Event) -> Result<u64> {
-        let lsn = self.journal.append(&event)?;
+    fn record(&mut self, event: Event) -> Result<Ticket> {
+        let ticket = self.journal.append(&event)?;
+        let lsn = ticket.lsn();
         self.applied = lsn;
         self.agents.apply(&event);
-        Ok(lsn)
+        Ok(ticket)
     }
 }
 
@@ -78,7 +79,8 @@ impl Actor for AgentActor {
                 reply(port, result);
             }
             AgentMsg::AdvertiseImages(sets, port) => {
-                let mut result = Ok(0);
+                // Records are durable in log order: the last one's ticket covers all.
+                let mut result = Err(crate::error::Error::InvalidInput("no images given".into()));
                 for (queue, images) in sets {
                     result = state.record(Event::ImagesAdvertised { queue, images });
                     if result.is_err() {

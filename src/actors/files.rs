@@ -12,18 +12,18 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::{now, reply};
 use crate::error::Result;
-use crate::journal::{Journal, PartSnapshot};
+use crate::journal::{Journal, PartSnapshot, Ticket};
 use crate::model::files::{Files, StoredFile};
 use crate::model::{Event, FileKind, JobId};
 
 /// Messages to the artifact actor.
 pub enum FileMsg {
     /// A durable file `name` of `size` bytes now holds the job's `kind`.
-    Stored(JobId, FileKind, Box<str>, u64, RpcReplyPort<Result<u64>>),
+    Stored(JobId, FileKind, Box<str>, u64, RpcReplyPort<Result<Ticket>>),
     /// The job's current file of `kind`.
     Get(JobId, FileKind, RpcReplyPort<Option<StoredFile>>),
     /// Remove these jobs' files.
-    Expire(Vec<JobId>, RpcReplyPort<Result<u64>>),
+    Expire(Vec<JobId>, RpcReplyPort<Result<Ticket>>),
     /// Serialise the partition for a snapshot.
     Snapshot(RpcReplyPort<PartSnapshot>),
 }
@@ -44,15 +44,17 @@ pub struct FileState {
 }
 
 impl FileState {
-    fn record(&mut self, event: Event) -> Result<u64> {
-        let lsn = self.journal.append(&event)?;
+    fn record(&mut self, event: Event) -> Result<Ticket> {
+        let ticket = self.journal.append(&event)?;
+        let lsn = ticket.lsn();
         self.applied = lsn;
         let unreferenced = self.files.apply(&event);
         if !unreferenced.is_empty() {
             let journal = self.journal.clone();
             let dir = self.dir.clone();
+            // The handler holds the ticket; this task waits on the log position instead.
             tokio::spawn(async move {
-                if journal.durable(lsn).await.is_ok() {
+                if journal.durable(journal.ticket_for(lsn)).await.is_ok() {
                     for name in unreferenced {
                         let path = dir.join(&*name);
                         if let Err(e) = tokio::fs::remove_file(&path).await {
@@ -62,7 +64,7 @@ impl FileState {
                 }
             });
         }
-        Ok(lsn)
+        Ok(ticket)
     }
 }
 

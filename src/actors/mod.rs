@@ -105,9 +105,27 @@ impl QueueDirectory {
     }
 }
 
-/// Everything a request handler needs.
+/// Everything a request handler needs: one shared allocation, so the per-request clone
+/// axum makes of its state is a single reference-count increment.
 #[derive(Clone)]
-pub struct Services {
+pub struct Services(Arc<Handles>);
+
+impl Services {
+    /// Shares `handles` with every request.
+    pub fn new(handles: Handles) -> Services {
+        Services(Arc::new(handles))
+    }
+}
+
+impl std::ops::Deref for Services {
+    type Target = Handles;
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
+
+/// The actor references and settings behind [`Services`].
+pub struct Handles {
     /// Jobs and lifecycle.
     pub registry: ActorRef<registry::RegistryMsg>,
     /// Results and logs.

@@ -11,7 +11,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use super::queue::{QueueActor, QueueMsg};
 use super::{now, reply, QueueDirectory};
 use crate::error::Result;
-use crate::journal::{Journal, PartSnapshot};
+use crate::journal::{Journal, PartSnapshot, Ticket};
 use crate::model::queue::Entry;
 use crate::model::registry::{Attachments, IndexChange, Registry, Submission, Submitted};
 use crate::model::{Event, JobId, Name};
@@ -40,27 +40,27 @@ pub struct JobView {
 }
 
 /// Jobs removed by retention and the LSN of their removal.
-pub type Expired = (Vec<JobId>, u64);
+pub type Expired = (Vec<JobId>, Ticket);
 
 /// Messages to the registry.
 pub enum RegistryMsg {
     /// Submit (or resubmit) a job; replies with the LSN to await.
-    Submit(Submission, RpcReplyPort<Result<u64>>),
+    Submit(Submission, RpcReplyPort<Result<Ticket>>),
     /// Dispatch a reserved waiting job to an agent: its document and LSN, or `None` when
     /// it is no longer dispatchable.
     Claim(
         JobId,
         Option<Name>,
-        RpcReplyPort<Result<Option<(JobView, u64)>>>,
+        RpcReplyPort<Result<Option<(JobView, Ticket)>>>,
     ),
     /// The job this agent holds without having reported on it.
     Held(Name, RpcReplyPort<Option<(JobId, JobView)>>),
     /// Cancel a job.
-    Cancel(JobId, RpcReplyPort<Result<u64>>),
+    Cancel(JobId, RpcReplyPort<Result<Ticket>>),
     /// A `job_state` was posted: the LSN if it changed the lifecycle.
-    Report(JobId, Name, RpcReplyPort<Result<Option<u64>>>),
+    Report(JobId, Name, RpcReplyPort<Result<Option<Ticket>>>),
     /// The job's attachments were stored.
-    AttachmentsArrived(JobId, RpcReplyPort<Result<Option<u64>>>),
+    AttachmentsArrived(JobId, RpcReplyPort<Result<Option<Ticket>>>),
     /// Look a job up.
     Get(JobId, RpcReplyPort<Option<JobView>>),
     /// Jobs of a queue (any state), at most `limit`.
@@ -127,14 +127,15 @@ fn view(job: &crate::model::registry::Job) -> JobView {
 }
 
 impl RegistryState {
-    /// Records and applies `event`, updating the queue index; returns its LSN.
-    async fn record(&mut self, event: Event) -> Result<u64> {
-        let lsn = self.journal.append(&event)?;
+    /// Records and applies `event`, updating the queue index; returns its ticket.
+    async fn record(&mut self, event: Event) -> Result<Ticket> {
+        let ticket = self.journal.append(&event)?;
+        let lsn = ticket.lsn();
         self.applied = lsn;
         if let Some(change) = self.registry.apply(lsn, &event) {
             self.route(change).await;
         }
-        Ok(lsn)
+        Ok(ticket)
     }
 
     async fn route(&mut self, change: IndexChange) {
@@ -195,7 +196,7 @@ impl Actor for RegistryActor {
         match msg {
             RegistryMsg::Submit(sub, port) => {
                 let result = match state.registry.submit(sub, now()) {
-                    Submitted::Duplicate { lsn } => Ok(lsn),
+                    Submitted::Duplicate { lsn } => Ok(state.journal.ticket_for(lsn)),
                     Submitted::Record(event) => state.record(event).await,
                 };
                 reply(port, result);
@@ -204,7 +205,7 @@ impl Actor for RegistryActor {
                 let result = match state.registry.claim(id, agent, now()) {
                     None => Ok(None),
                     Some(event) => match state.record(event).await {
-                        Ok(lsn) => Ok(state.registry.get(id).map(|job| (view(job), lsn))),
+                        Ok(ticket) => Ok(state.registry.get(id).map(|job| (view(job), ticket))),
                         Err(e) => Err(e),
                     },
                 };

@@ -8,7 +8,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::{now, now_micros, reply};
 use crate::error::Result;
-use crate::journal::{Journal, PartSnapshot};
+use crate::journal::{Journal, PartSnapshot, Ticket};
 use crate::model::results::{ResultDoc, Results};
 use crate::model::{Event, JobId, LogKind, Name};
 
@@ -30,18 +30,18 @@ pub struct FragmentPost {
 /// Messages to the result actor.
 pub enum ResultMsg {
     /// Merge top-level fields (a JSON object's text) into the job's result.
-    Merge(JobId, Bytes, RpcReplyPort<Result<u64>>),
+    Merge(JobId, Bytes, RpcReplyPort<Result<Ticket>>),
     /// Append a log fragment; `None` when it was a retry of one already stored.
-    AppendLog(JobId, FragmentPost, RpcReplyPort<Result<Option<u64>>>),
+    AppendLog(JobId, FragmentPost, RpcReplyPort<Result<Option<Ticket>>>),
     /// Append a legacy `/output` chunk (numbered after the highest fragment so far).
-    AppendOutput(JobId, Name, Bytes, RpcReplyPort<Result<u64>>),
+    AppendOutput(JobId, Name, Bytes, RpcReplyPort<Result<Ticket>>),
     /// Consume the unread output: the text and the LSN of the read, or `None` when
     /// nothing new arrived.
-    ReadOutput(JobId, RpcReplyPort<Result<Option<(Bytes, u64)>>>),
+    ReadOutput(JobId, RpcReplyPort<Result<Option<(Bytes, Ticket)>>>),
     /// A copy of the job's document.
     Get(JobId, RpcReplyPort<Option<ResultDoc>>),
     /// Remove these jobs' results.
-    Expire(Vec<JobId>, RpcReplyPort<Result<u64>>),
+    Expire(Vec<JobId>, RpcReplyPort<Result<Ticket>>),
     /// Serialise the partition for a snapshot.
     Snapshot(RpcReplyPort<PartSnapshot>),
 }
@@ -60,11 +60,12 @@ pub struct ResultState {
 }
 
 impl ResultState {
-    fn record(&mut self, event: Event) -> Result<u64> {
-        let lsn = self.journal.append(&event)?;
+    fn record(&mut self, event: Event) -> Result<Ticket> {
+        let ticket = self.journal.append(&event)?;
+        let lsn = ticket.lsn();
         self.applied = lsn;
         self.results.apply(&event);
-        Ok(lsn)
+        Ok(ticket)
     }
 }
 

@@ -38,13 +38,15 @@ pub async fn result_post(
         .get("job_state")
         .and_then(Value::as_str)
         .map(Name::from);
-    let mut lsn = ask(&svc.results, |p| ResultMsg::Merge(id, body, p)).await??;
-    if let Some(state) = state {
-        if let Some(changed) = ask(&svc.registry, |p| RegistryMsg::Report(id, state, p)).await?? {
-            lsn = lsn.max(changed);
-        }
+    let merged = ask(&svc.results, |p| ResultMsg::Merge(id, body, p)).await??;
+    let reported = match state {
+        Some(state) => ask(&svc.registry, |p| RegistryMsg::Report(id, state, p)).await??,
+        None => None,
+    };
+    svc.journal.durable(merged).await?;
+    if let Some(reported) = reported {
+        svc.journal.durable(reported).await?;
     }
-    svc.journal.durable(lsn).await?;
     Ok(ok())
 }
 

@@ -1,0 +1,859 @@
+//! Recovery edge cases over the real binary, with the log damaged by hand between runs: a torn
+//! tail is truncated with a warning, damage before the tail refuses to start (or is cut on the
+//! operator's explicit flag), a checksum-valid record that does not decode is never truncated,
+//! `flinger wal dump` reads a live log, a full disk answers 507/503 and recovers, retention
+//! removes finished jobs for good, and a second server cannot open a locked data directory.
+//!
+//! The log is read and written here from the byte format documented in the `wal` crate
+//! (segment header of 32 bytes, then records `len u32 | crc32c u32 | lsn u64 | payload`), with
+//! its own CRC-32C, so these tests do not trust the server's codec to check itself.
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::util::{pseudo_random_bytes, run_to_exit, Opts, TestServer};
+
+/// Small limits so segments are ~1 MiB instead of the default 64 MiB.
+const SMALL: &[&str] = &[
+    "--max-job-bytes",
+    "65536",
+    "--max-result-bytes",
+    "65536",
+    "--max-output-bytes",
+    "65536",
+    "--segment-bytes",
+    "1200000",
+];
+
+const SEGMENT_HEADER: usize = 32;
+const RECORD_HEADER: usize = 16;
+
+// ---- the on-disk format, independently -----------------------------------------------------
+
+/// CRC-32C (Castagnoli), bitwise, reflected polynomial 0x82F63B78.
+fn crc32c(parts: &[&[u8]]) -> u32 {
+    let mut crc = !0u32;
+    for part in parts {
+        for &byte in *part {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0x82F6_3B78
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+    }
+    !crc
+}
+
+/// One record found in a segment.
+#[derive(Debug, Clone)]
+struct Rec {
+    /// Offset of its 16-byte header in the file.
+    offset: usize,
+    /// Payload length.
+    len: usize,
+    lsn: u64,
+}
+
+impl Rec {
+    fn payload<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.offset + RECORD_HEADER..self.offset + RECORD_HEADER + self.len]
+    }
+    fn end(&self) -> usize {
+        self.offset + RECORD_HEADER + self.len
+    }
+}
+
+/// Walks a cleanly written segment: checks the header, every record's CRC and consecutive LSNs,
+/// and returns the records and the offset where data ends (the all-zero header or EOF).
+#[track_caller]
+fn parse_segment(buf: &[u8]) -> (Vec<Rec>, usize) {
+    assert!(
+        buf.len() >= SEGMENT_HEADER,
+        "segment shorter than its header"
+    );
+    assert_eq!(&buf[0..8], b"FLNGRWAL", "segment magic");
+    assert_eq!(
+        u32::from_le_bytes(buf[24..28].try_into().unwrap()),
+        crc32c(&[&buf[0..24]]),
+        "segment header crc (is the test's CRC-32C right?)"
+    );
+    let first_lsn = u64::from_le_bytes(buf[16..24].try_into().unwrap());
+    let mut recs = Vec::new();
+    let mut off = SEGMENT_HEADER;
+    while off + RECORD_HEADER <= buf.len() {
+        let head = &buf[off..off + RECORD_HEADER];
+        if head.iter().all(|&b| b == 0) {
+            break;
+        }
+        let len = u32::from_le_bytes(head[0..4].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(head[4..8].try_into().unwrap());
+        let lsn = u64::from_le_bytes(head[8..16].try_into().unwrap());
+        assert!(
+            len >= 1 && off + RECORD_HEADER + len <= buf.len(),
+            "record at {off}: bad len {len}"
+        );
+        let payload = &buf[off + RECORD_HEADER..off + RECORD_HEADER + len];
+        assert_eq!(
+            crc,
+            crc32c(&[&head[0..4], &head[8..16], payload]),
+            "record at {off}: crc"
+        );
+        assert_eq!(lsn, first_lsn + recs.len() as u64, "record at {off}: lsn");
+        recs.push(Rec {
+            offset: off,
+            len,
+            lsn,
+        });
+        off += RECORD_HEADER + len;
+    }
+    (recs, off)
+}
+
+/// The segment files under `<data>/wal/`, oldest first.
+fn segments(data_dir: &Path) -> Vec<PathBuf> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(data_dir.join("wal"))
+        .expect("read wal dir")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segs.sort();
+    assert!(!segs.is_empty(), "no segments under {}", data_dir.display());
+    segs
+}
+
+fn newest_segment(data_dir: &Path) -> PathBuf {
+    segments(data_dir).pop().unwrap()
+}
+
+/// Writes `bytes` at `offset` of `path` in place (no truncation), and syncs.
+fn write_at(path: &Path, offset: usize, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open segment for writing");
+    f.seek(SeekFrom::Start(offset as u64)).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// A framed record: `len | crc32c(len ‖ lsn ‖ payload) | lsn | payload`.
+fn frame(lsn: u64, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_le_bytes();
+    let lsn = lsn.to_le_bytes();
+    let mut out = Vec::new();
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&crc32c(&[&len, &lsn, payload]).to_le_bytes());
+    out.extend_from_slice(&lsn);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---- process helpers ---------------------------------------------------------------------
+
+/// Stderr lines of the server from index `from` on (lines of the current incarnation).
+fn lines_since(srv: &TestServer, from: usize) -> Vec<String> {
+    srv.stderr_lines().into_iter().skip(from).collect()
+}
+
+/// Runs a server on `data_dir` that is expected to refuse to start; returns its stderr.
+#[track_caller]
+fn refused_start(cwd: &Path, data_dir: &Path, extra: &[&str]) -> String {
+    let data = data_dir.display().to_string();
+    let mut args = vec!["--bind", "127.0.0.1:0", "--data-dir", data.as_str()];
+    args.extend_from_slice(extra);
+    let out = run_to_exit(cwd, &args, &[], Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "the server should refuse to start, but exited with {:?}; stderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        !stderr.contains(" listening "),
+        "the server reported listening although it should refuse:\n{stderr}"
+    );
+    stderr
+}
+
+/// A new server over an existing data directory, with its own arguments.
+fn start_on(data_dir: &Path, args: &[&str]) -> TestServer {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.push("--data-dir".into());
+    all.push(data_dir.display().to_string());
+    TestServer::start_opts(Opts {
+        args: all,
+        omit_data_dir: true,
+        ..Opts::default()
+    })
+}
+
+/// Every number `N` written as `offset N` or `offset=N` in `text`.
+fn offsets_in(text: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices("offset") {
+        let rest = text[i + "offset".len()..].trim_start_matches([' ', '=', ':']);
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if let Ok(n) = digits.parse() {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// The torn-tail warning among `lines`, if there is one.
+fn truncation_warning(lines: &[String]) -> Option<&String> {
+    lines.iter().find(|l| {
+        let lower = l.to_lowercase();
+        lower.contains("warn") && (lower.contains("torn") || lower.contains("truncat"))
+    })
+}
+
+async fn assert_jobs(srv: &TestServer, ids: &[String], status: u16, when: &str) {
+    for id in ids {
+        let r = srv.get(&format!("/v1/job/{id}")).await;
+        assert_eq!(
+            r.status,
+            status,
+            "{when}: GET /v1/job/{id}: body {:?}",
+            r.text_preview()
+        );
+    }
+}
+
+// ---- 1. torn tail ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn torn_tail_is_truncated_with_warning_when_garbage_or_partial_record_follows_last_record() {
+    let mut srv = TestServer::start_with(SMALL);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(srv.submit(&json!({"job_queue": "torn", "n": i})).await);
+    }
+    assert!(srv.stop().success());
+
+    // Round 1: a few garbage bytes right after the last record (last byte non-zero, so every
+    // torn byte counts).
+    let seg = newest_segment(&srv.data_dir());
+    let (recs, end) = parse_segment(&std::fs::read(&seg).unwrap());
+    assert_eq!(recs.len(), 5, "one record per submitted job");
+    let garbage = b"\x5a\xa5torn!\x01";
+    write_at(&seg, end, garbage);
+    let from = srv.stderr_lines().len();
+    srv.start_again();
+    let lines = lines_since(&srv, from);
+    let warning = truncation_warning(&lines).unwrap_or_else(|| {
+        panic!(
+            "no torn-tail warning after garbage at the tail:\n{}",
+            lines.join("\n")
+        )
+    });
+    assert!(
+        warning
+            .split_whitespace()
+            .any(|t| t == format!("bytes={}", garbage.len())),
+        "the warning should count the {} torn bytes: {warning}",
+        garbage.len()
+    );
+    assert_jobs(&srv, &ids, 200, "after the first torn tail").await;
+    // The log goes on after the cut: new records land where the torn bytes were.
+    for i in 5..8 {
+        ids.push(srv.submit(&json!({"job_queue": "torn", "n": i})).await);
+    }
+    assert!(srv.stop().success());
+
+    // Round 2: a partial record (a plausible header for the next LSN, half its payload).
+    let seg = newest_segment(&srv.data_dir());
+    let buf = std::fs::read(&seg).unwrap();
+    let (recs, end) = parse_segment(&buf);
+    assert_eq!(
+        recs.len(),
+        8,
+        "the log after the first cut holds all 8 jobs"
+    );
+    let next = recs.last().unwrap().lsn + 1;
+    let mut partial = frame(next, &[0x77; 40]);
+    partial.truncate(RECORD_HEADER + 20);
+    write_at(&seg, end, &partial);
+    let from = srv.stderr_lines().len();
+    srv.start_again();
+    let lines = lines_since(&srv, from);
+    let warning = truncation_warning(&lines).unwrap_or_else(|| {
+        panic!(
+            "no torn-tail warning after a partial record:\n{}",
+            lines.join("\n")
+        )
+    });
+    assert!(
+        warning
+            .split_whitespace()
+            .any(|t| t == format!("bytes={}", partial.len())),
+        "the warning should count the {} torn bytes: {warning}",
+        partial.len()
+    );
+    assert_jobs(&srv, &ids, 200, "after the second torn tail").await;
+
+    // A clean restart after that finds nothing to truncate.
+    let from = srv.stderr_lines().len();
+    assert!(srv.restart().success());
+    let lines = lines_since(&srv, from);
+    assert!(
+        truncation_warning(&lines).is_none(),
+        "a clean log was reported torn:\n{}",
+        lines.join("\n")
+    );
+    assert_jobs(&srv, &ids, 200, "after a clean restart").await;
+}
+
+// ---- 2. corruption before the tail ---------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_is_refused_or_cut_on_flag_when_an_early_record_is_corrupt() {
+    let mut srv = TestServer::start_with(SMALL);
+    let markers: Vec<String> = (0..6)
+        .map(|i| format!("marker-{i}-{}", uuid::Uuid::new_v4().simple()))
+        .collect();
+    let mut ids = Vec::new();
+    for m in &markers {
+        ids.push(
+            srv.submit(&json!({"job_queue": "corrupt", "marker": m}))
+                .await,
+        );
+    }
+    assert!(srv.stop().success());
+    let data = srv.data_dir();
+    let seg = newest_segment(&data);
+    let seg_name = seg.file_name().unwrap().to_string_lossy().into_owned();
+    let mut buf = std::fs::read(&seg).unwrap();
+    let (recs, _) = parse_segment(&buf);
+    assert_eq!(recs.len(), 6, "one record per submitted job");
+    // Damage the record of job 2, leaving valid records 3..5 after it.
+    let victim = recs
+        .iter()
+        .find(|r| find(r.payload(&buf), markers[2].as_bytes()).is_some())
+        .expect("a record carries job 2's marker")
+        .clone();
+    assert!(
+        victim.end() < recs.last().unwrap().end(),
+        "the damaged record is not the last"
+    );
+    let flip = victim.offset
+        + RECORD_HEADER
+        + find(victim.payload(&buf), markers[2].as_bytes()).unwrap()
+        + 3;
+    buf[flip] ^= 0xff;
+    write_at(&seg, flip, &buf[flip..flip + 1]);
+
+    let stderr = refused_start(srv.dir(), &data, SMALL);
+    assert!(
+        stderr.contains(&seg_name),
+        "the error should name the segment {seg_name}:\n{stderr}"
+    );
+    let offsets = offsets_in(&stderr);
+    assert!(
+        offsets
+            .iter()
+            .any(|&o| o as usize >= victim.offset && o as usize <= flip),
+        "the error should name the damaged offset (record at {}, byte {flip}); offsets named: {offsets:?}\n{stderr}",
+        victim.offset
+    );
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        buf,
+        "a refused start must leave the segment as it was"
+    );
+
+    // The operator opts in: the log is cut at the damage.
+    let mut args = SMALL.to_vec();
+    args.push("--wal-truncate-corruption");
+    let mut cut = start_on(&data, &args);
+    assert_jobs(&cut, &ids[..2], 200, "records before the damage").await;
+    assert_jobs(&cut, &ids[2..], 204, "records from the damage on").await;
+    for id in &ids[..2] {
+        assert_eq!(cut.job_state(id).await, "waiting");
+    }
+    let lines = cut.stderr_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.to_lowercase().contains("warn") && l.to_lowercase().contains("truncat")),
+        "the cut should be logged as a warning:\n{}",
+        lines.join("\n")
+    );
+    // The log carries on after the cut, and the cut itself is durable: a strict server opens it.
+    let after = cut
+        .submit(&json!({"job_queue": "corrupt", "marker": "after the cut"}))
+        .await;
+    assert!(cut.stop().success());
+    drop(cut);
+    let strict = start_on(&data, SMALL);
+    assert_jobs(&strict, &ids[..2], 200, "strict restart after the cut").await;
+    assert_jobs(&strict, &ids[2..], 204, "strict restart after the cut").await;
+    assert_jobs(&strict, &[after], 200, "a job submitted after the cut").await;
+}
+
+// ---- 3. a checksum-valid record that does not decode ---------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_is_refused_and_log_untouched_when_a_crc_valid_record_does_not_decode_at_the_tail() {
+    let mut srv = TestServer::start_with(SMALL);
+    for i in 0..3 {
+        srv.submit(&json!({"job_queue": "undecodable", "n": i}))
+            .await;
+    }
+    assert!(srv.stop().success());
+    let data = srv.data_dir();
+    let seg = newest_segment(&data);
+    let seg_name = seg.file_name().unwrap().to_string_lossy().into_owned();
+    let buf = std::fs::read(&seg).unwrap();
+    let (recs, end) = parse_segment(&buf);
+    // 0xc1 is never used in msgpack: this cannot decode as any event.
+    let record = frame(recs.last().unwrap().lsn + 1, b"\xc1\xc1 not an event \xc1");
+    write_at(&seg, end, &record);
+    let damaged = std::fs::read(&seg).unwrap();
+    // The test's framing is right: the record parses as the next valid one.
+    let (after, _) = parse_segment(&damaged);
+    assert_eq!(after.len(), recs.len() + 1);
+
+    for attempt in 0..2 {
+        let stderr = refused_start(srv.dir(), &data, SMALL);
+        assert!(
+            stderr.contains(&seg_name),
+            "attempt {attempt}: the error should name the segment {seg_name}:\n{stderr}"
+        );
+        assert!(
+            offsets_in(&stderr).contains(&(end as u64)),
+            "attempt {attempt}: the error should name offset {end}:\n{stderr}"
+        );
+        assert_eq!(
+            std::fs::read(&seg).unwrap(),
+            damaged,
+            "attempt {attempt}: a CRC-valid record must never be truncated"
+        );
+    }
+}
+
+// ---- 4. wal dump ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wal_dump_prints_every_record_and_exits_0_when_the_server_is_running() {
+    let srv = TestServer::start_with(SMALL);
+    let a = srv.submit_to("dumpq").await;
+    let b = srv.submit_to("dumpq").await;
+    let c = srv.submit_to("dumpq").await;
+    assert_eq!(srv.pop_id(&["dumpq"]).await.as_deref(), Some(a.as_str()));
+    srv.cancel(&b).await.expect_status(200);
+    srv.post_result(&a, &json!({"job_state": "complete"})).await;
+
+    let data = srv.data_dir();
+    let before: Vec<Vec<u8>> = segments(&data)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let total: usize = before.iter().map(|b| parse_segment(b).0.len()).sum();
+
+    let data_text = data.display().to_string();
+    let out = run_to_exit(
+        srv.dir(),
+        &["wal", "dump", &data_text],
+        &[],
+        Duration::from_secs(20),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "wal dump exited with {:?}; stderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(lines.len(), total, "one line per record on disk:\n{stdout}");
+    for (i, line) in lines.iter().enumerate() {
+        let lsn: u64 = line
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("line {i} does not start with its lsn: {line}"));
+        assert_eq!(lsn, i as u64 + 1, "lsns in order:\n{stdout}");
+    }
+    for id in [&a, &b, &c] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("JobSubmitted") && l.contains(id.as_str())),
+            "no JobSubmitted line for {id}:\n{stdout}"
+        );
+    }
+    for (name, id) in [("JobDispatched", &a), ("JobCancelled", &b)] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(name) && l.contains(id.as_str())),
+            "no {name} line for {id}:\n{stdout}"
+        );
+    }
+    assert!(lines.iter().any(|l| l.contains("ResultMerged")), "{stdout}");
+    assert!(!stdout.contains("UNDECODABLE"), "{stdout}");
+
+    // Read-only: nothing on disk changed, and the server still takes writes.
+    let now: Vec<Vec<u8>> = segments(&data)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(now == before, "wal dump changed the log");
+    let d = srv.submit_to("dumpq").await;
+    srv.get(&format!("/v1/job/{d}")).await.expect_status(200);
+}
+
+// ---- 5. disk full --------------------------------------------------------------------------
+
+/// Lazily unmounts a tmpfs when dropped, also when the test panics.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the filesystem holding `path` with one file until it reports ENOSPC.
+fn fill_disk(path: &Path) -> u64 {
+    let mut f = std::fs::File::create(path).expect("create ballast");
+    let mut written = 0u64;
+    for chunk in [1 << 20, 64 << 10, 4 << 10, 512] {
+        let buf = vec![0xabu8; chunk];
+        loop {
+            match f.write(&buf) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("writing ballast: {e}"),
+            }
+        }
+    }
+    written
+}
+
+/// What a mutation answered: `true` for 2xx; otherwise it must be a JSON 507/503.
+#[track_caller]
+fn accepted(r: &crate::util::Resp, what: &str) -> bool {
+    if (200..300).contains(&r.status) {
+        return true;
+    }
+    assert!(
+        r.status == 507 || r.status == 503,
+        "{what}: a mutation that cannot be made durable must get 507 or 503, got {}: {:?}",
+        r.status,
+        r.text_preview()
+    );
+    r.expect_json_error();
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutations_get_507_and_resume_without_losing_acknowledged_writes_when_the_disk_is_full() {
+    let tmp = tempfile::Builder::new()
+        .prefix("flinger-tmpfs-")
+        .tempdir()
+        .expect("tempdir");
+    let mnt = tmp.path().to_path_buf();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&mnt)
+        .output();
+    let mounted = matches!(&mount, Ok(o) if o.status.success());
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !mounted {
+        eprintln!("disk-full test skipped: cannot mount a tmpfs: {mount:?}");
+    }
+    assert!(
+        !root || mounted,
+        "running as root, the tmpfs must mount: {mount:?}"
+    );
+    if !mounted {
+        return;
+    }
+    let _unmount = Unmount(mnt.clone());
+    let data = mnt.join("data");
+    let mut srv = start_on(
+        &data,
+        &[
+            "--segment-bytes",
+            "2097152",
+            "--max-job-bytes",
+            "262144",
+            "--max-result-bytes",
+            "262144",
+            "--max-output-bytes",
+            "262144",
+        ],
+    );
+    let job = srv.submit_to("full").await;
+    let ballast = mnt.join("ballast");
+    let ballast_bytes = fill_disk(&ballast);
+    assert!(
+        ballast_bytes > 4 << 20,
+        "the ballast took only {ballast_bytes} bytes"
+    );
+
+    // Results of ~200 KiB each, each to its own id, until a mutation is refused.
+    let blob = |n: usize| -> String {
+        let c = (b'a' + (n % 26) as u8) as char;
+        c.to_string().repeat(200 * 1024)
+    };
+    let mut acked: Vec<(String, usize)> = Vec::new();
+    let mut n = 0;
+    let refused = loop {
+        assert!(
+            n < 60,
+            "60 results of 200 KiB fit on a 16 MiB tmpfs that was full"
+        );
+        let id = uuid::Uuid::new_v4().to_string();
+        let r = srv
+            .post_json(
+                &format!("/v1/result/{id}"),
+                &json!({"n": n, "blob": blob(n)}),
+            )
+            .await;
+        if accepted(&r, &format!("result {n} while filling")) {
+            acked.push((id, n));
+            n += 1;
+        } else {
+            break r;
+        }
+    };
+    eprintln!(
+        "disk full after {} acknowledged results: {} {}",
+        acked.len(),
+        refused.status,
+        refused.text()
+    );
+    // Reads keep working while full.
+    srv.get(&format!("/v1/job/{job}")).await.expect_status(200);
+    for (id, n) in &acked {
+        let v = srv.result(id).await;
+        assert_eq!(v["n"], json!(n), "result {id} while full");
+    }
+    // Another mutation kind is refused or durable, never acknowledged and lost.
+    let r = srv
+        .post_json("/v1/job", &json!({"job_queue": "full"}))
+        .await;
+    let mut jobs = vec![job];
+    if accepted(&r, "submit while full") {
+        jobs.push(r.json()["job_id"].as_str().unwrap().to_string());
+    }
+
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let id = uuid::Uuid::new_v4().to_string();
+        let r = srv
+            .post_json(
+                &format!("/v1/result/{id}"),
+                &json!({"n": n, "blob": blob(n)}),
+            )
+            .await;
+        if accepted(&r, "result after freeing space") {
+            acked.push((id, n));
+            n += 1;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mutations still refused 10 s after space was freed: {} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A few more, to be sure the log is really writable again (crossing into a new segment).
+    for _ in 0..12 {
+        let id = uuid::Uuid::new_v4().to_string();
+        let r = srv
+            .post_json(
+                &format!("/v1/result/{id}"),
+                &json!({"n": n, "blob": blob(n)}),
+            )
+            .await;
+        assert!(accepted(&r, "result after recovery"));
+        acked.push((id, n));
+        n += 1;
+    }
+
+    assert!(srv.restart().success());
+    assert_jobs(&srv, &jobs, 200, "after restart").await;
+    for (id, n) in &acked {
+        let v = srv.result(id).await;
+        assert_eq!(v["n"], json!(n), "acknowledged result {id} after restart");
+        assert!(
+            v["blob"].as_str() == Some(blob(*n).as_str()),
+            "acknowledged result {id} (n={n}) came back different after restart"
+        );
+    }
+    drop(srv);
+}
+
+// ---- 6. retention --------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_jobs_vanish_for_good_and_waiting_ones_stay_when_retention_expires() {
+    let mut srv = TestServer::start_with(&["--retention-secs", "2"]);
+    let done = srv.submit_to("ret-done").await;
+    let cancelled = srv.submit_to("ret-cancel").await;
+    let waiting = srv.submit_to("ret-wait").await;
+    assert_eq!(
+        srv.pop_id(&["ret-done"]).await.as_deref(),
+        Some(done.as_str())
+    );
+    srv.post_result(&done, &json!({"job_state": "complete"}))
+        .await;
+    srv.post_multipart(
+        &format!("/v1/result/{done}/artifact"),
+        "file",
+        "a.tgz",
+        pseudo_random_bytes(10_000, 3),
+    )
+    .await
+    .expect_status(200);
+    srv.cancel(&cancelled).await.expect_status(200);
+    // All there before retention runs out.
+    assert_jobs(
+        &srv,
+        &[done.clone(), cancelled.clone(), waiting.clone()],
+        200,
+        "before expiry",
+    )
+    .await;
+    srv.get(&format!("/v1/result/{done}"))
+        .await
+        .expect_status(200);
+    srv.get(&format!("/v1/result/{done}/artifact"))
+        .await
+        .expect_status(200);
+
+    let finished = [done.clone(), cancelled.clone()];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut gone = true;
+        for id in &finished {
+            gone &= srv.get(&format!("/v1/job/{id}")).await.status == 204;
+        }
+        if gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "finished jobs not expired within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let check = |srv: &TestServer, when: &'static str| {
+        let http = srv.http();
+        let (done, cancelled, waiting) = (done.clone(), cancelled.clone(), waiting.clone());
+        async move {
+            for id in [&done, &cancelled] {
+                for path in [
+                    format!("/v1/job/{id}"),
+                    format!("/v1/result/{id}"),
+                    format!("/v1/result/{id}/artifact"),
+                ] {
+                    let r = http.get(&path).await;
+                    assert!(
+                        r.status == 204 && r.body.is_empty(),
+                        "{when}: GET {path} should be an empty 204, got {}: {:?}",
+                        r.status,
+                        r.text_preview()
+                    );
+                }
+            }
+            let r = http.get(&format!("/v1/job/{waiting}")).await;
+            assert_eq!(r.status, 200, "{when}: the waiting job must never expire");
+        }
+    };
+    check(&srv, "after expiry").await;
+    let lines = srv.stderr_lines();
+    let expired: u64 = lines
+        .iter()
+        .filter(|l| l.to_lowercase().contains("expired"))
+        .flat_map(|l| {
+            l.split_whitespace()
+                .filter_map(|t| t.strip_prefix("jobs=")?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert_eq!(
+        expired,
+        2,
+        "the log should say it expired the 2 finished jobs:\n{}",
+        lines.join("\n")
+    );
+
+    // The removal is durable: a server with a long retention (which would expire nothing
+    // itself) still does not have them.
+    assert!(srv.stop().success());
+    let again = start_on(&srv.data_dir(), &["--retention-secs", "604800"]);
+    check(&again, "after restart").await;
+    assert_eq!(
+        again.pop_id(&["ret-wait"]).await.as_deref(),
+        Some(waiting.as_str())
+    );
+}
+
+// ---- 7. the data directory lock ------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_server_refuses_to_start_and_first_keeps_serving_when_the_data_dir_is_locked() {
+    let mut srv = TestServer::start();
+    let id = srv.submit_to("lockq").await;
+    let bytes = pseudo_random_bytes(50_000, 11);
+    srv.post_multipart(
+        &format!("/v1/result/{id}/artifact"),
+        "file",
+        "a.bin",
+        &bytes,
+    )
+    .await
+    .expect_status(200);
+
+    let stderr = refused_start(srv.dir(), &srv.data_dir(), &[]);
+    assert!(
+        stderr.to_lowercase().contains("lock"),
+        "the error should say the data directory is locked:\n{stderr}"
+    );
+
+    // The first server is unaffected: reads, writes, and its files.
+    srv.get(&format!("/v1/job/{id}")).await.expect_status(200);
+    let r = srv.get(&format!("/v1/result/{id}/artifact")).await;
+    r.expect_status(200);
+    assert!(
+        r.body[..] == bytes[..],
+        "artifact changed after the refused second start"
+    );
+    let other = srv.submit_to("lockq").await;
+    assert!(srv.restart().success());
+    assert_jobs(&srv, &[id.clone(), other], 200, "after restart").await;
+    let r = srv.get(&format!("/v1/result/{id}/artifact")).await;
+    r.expect_status(200);
+    assert!(
+        r.body[..] == bytes[..],
+        "artifact lost after the refused second start"
+    );
+}
