@@ -9,7 +9,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use super::{now, now_micros, reply};
 use crate::error::Result;
 use crate::journal::{Journal, PartSnapshot, Ticket};
-use crate::model::results::{ResultDoc, Results};
+use crate::http::wire::PHASES;
+use crate::model::results::Results;
 use crate::model::{Event, JobId, LogKind, Name};
 
 /// One log fragment as posted.
@@ -27,6 +28,27 @@ pub struct FragmentPost {
     pub data: Bytes,
 }
 
+/// What `GET /v1/result/<id>` needs from this actor, computed here so a poll never
+/// copies a job's whole log.
+#[derive(Debug)]
+pub struct ResultView {
+    /// The merged fields (JSON object text), if any were posted.
+    pub fields: Option<Bytes>,
+    /// `<phase>_output` / `<phase>_serial` texts of the phases that have fragments.
+    pub logs: Vec<(String, String)>,
+}
+
+/// Filters of a log read.
+#[derive(Clone, Debug)]
+pub struct LogQuery {
+    /// Only fragments numbered from here.
+    pub from: u64,
+    /// Only fragments stamped at or after this (unix microseconds).
+    pub since: i64,
+    /// Only this phase.
+    pub phase: Option<String>,
+}
+
 /// Messages to the result actor.
 pub enum ResultMsg {
     /// Merge top-level fields (a JSON object's text) into the job's result.
@@ -38,8 +60,10 @@ pub enum ResultMsg {
     /// Consume the unread output: the text and the LSN of the read, or `None` when
     /// nothing new arrived.
     ReadOutput(JobId, RpcReplyPort<Result<Option<(Bytes, Ticket)>>>),
-    /// A copy of the job's document.
-    Get(JobId, RpcReplyPort<Option<ResultDoc>>),
+    /// The job's result fields and its per-phase log texts (`None`: nothing reported).
+    View(JobId, RpcReplyPort<Option<ResultView>>),
+    /// One log stream, filtered, per phase: (phase, last fragment number or -1, text).
+    Log(JobId, LogKind, LogQuery, RpcReplyPort<Vec<(&'static str, i64, String)>>),
     /// Remove these jobs' results.
     Expire(Vec<JobId>, RpcReplyPort<Result<Ticket>>),
     /// Serialise the partition for a snapshot.
@@ -147,7 +171,36 @@ impl Actor for ResultActor {
                 };
                 reply(port, result);
             }
-            ResultMsg::Get(id, port) => reply(port, state.results.get(id).cloned()),
+            ResultMsg::View(id, port) => {
+                let view = state.results.get(id).map(|doc| {
+                    let mut logs = Vec::new();
+                    for (kind, suffix) in [(LogKind::Output, "output"), (LogKind::Serial, "serial")] {
+                        let stream = doc.log(kind);
+                        if stream.fragments.is_empty() {
+                            continue;
+                        }
+                        for phase in PHASES {
+                            if let Some((_, text)) = stream.phase_text(phase, 0, i64::MIN) {
+                                logs.push((format!("{phase}_{suffix}"), text));
+                            }
+                        }
+                    }
+                    ResultView { fields: doc.fields.clone(), logs }
+                });
+                reply(port, view);
+            }
+            ResultMsg::Log(id, kind, query, port) => {
+                let stream = state.results.get(id).map(|doc| doc.log(kind));
+                let phases = PHASES
+                    .iter()
+                    .filter(|p| query.phase.as_deref().is_none_or(|only| only == **p))
+                    .map(|phase| match stream.and_then(|s| s.phase_text(phase, query.from, query.since)) {
+                        Some((last, text)) => (*phase, last as i64, text),
+                        None => (*phase, -1, String::new()),
+                    })
+                    .collect();
+                reply(port, phases);
+            }
             ResultMsg::Expire(ids, port) => {
                 let result = state.record(Event::ResultsExpired { ids });
                 reply(port, result);

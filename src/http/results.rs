@@ -17,10 +17,9 @@ use super::respond::{json_bytes, no_content, ok, read_body, text};
 use super::wire::{parse_timestamp, path_id, query_pairs, PHASES};
 use crate::actors::files::FileMsg;
 use crate::actors::registry::RegistryMsg;
-use crate::actors::results::{FragmentPost, ResultMsg};
+use crate::actors::results::{FragmentPost, LogQuery, ResultMsg};
 use crate::actors::{ask, Services};
 use crate::error::{Error, Result};
-use crate::model::results::{Fragment, LogStream, ResultDoc};
 use crate::model::{FileKind, JobId, LogKind, Name};
 
 /// `POST /v1/result/<id>`: merge top-level fields into the job's result.
@@ -38,11 +37,15 @@ pub async fn result_post(
         .get("job_state")
         .and_then(Value::as_str)
         .map(Name::from);
-    let merged = ask(&svc.results, |p| ResultMsg::Merge(id, body, p)).await??;
-    let reported = match state {
-        Some(state) => ask(&svc.registry, |p| RegistryMsg::Report(id, state, p)).await??,
-        None => None,
+    // The two partitions are independent: ask both at once.
+    let report = async {
+        match state {
+            Some(state) => ask(&svc.registry, |p| RegistryMsg::Report(id, state, p)).await?,
+            None => Ok(None),
+        }
     };
+    let (merged, reported) = tokio::join!(ask(&svc.results, |p| ResultMsg::Merge(id, body, p)), report);
+    let (merged, reported) = (merged??, reported?);
     svc.journal.durable(merged).await?;
     if let Some(reported) = reported {
         svc.journal.durable(reported).await?;
@@ -53,22 +56,26 @@ pub async fn result_post(
 /// `GET /v1/result/<id>`: the result document, with the registry's `job_state`.
 pub async fn result_get(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
     let id = path_id(&id)?;
-    let (job, doc) = tokio::join!(
+    let (job, view) = tokio::join!(
         ask(&svc.registry, |p| RegistryMsg::Get(id, p)),
-        ask(&svc.results, |p| ResultMsg::Get(id, p))
+        ask(&svc.results, |p| ResultMsg::View(id, p))
     );
-    let (job, doc) = (job?, doc?);
-    if job.is_none() && doc.as_ref().is_none_or(|d| d.fields.is_none()) {
+    let (job, view) = (job?, view?);
+    if job.is_none() && view.as_ref().is_none_or(|v| v.fields.is_none()) {
         return Ok(no_content());
     }
-    let fields = doc.as_ref().map(|d| d.fields_map()).unwrap_or_default();
+    let fields: Map<String, Value> = view
+        .as_ref()
+        .and_then(|v| v.fields.as_ref())
+        .and_then(|f| serde_json::from_slice(f).ok())
+        .unwrap_or_default();
     let mut result = match job {
         // The registry owns the lifecycle: its state wins over whatever was posted.
         Some(job) => with_state(fields, &job.state),
         None => fields,
     };
-    if let Some(doc) = &doc {
-        add_phase_views(&mut result, doc);
+    if let Some(view) = view {
+        add_phase_views(&mut result, view.logs);
     }
     Ok(json_bytes(
         StatusCode::OK,
@@ -79,46 +86,15 @@ pub async fn result_get(State(svc): State<Services>, Path(id): Path<String>) -> 
 /// Adds what current Testflinger clients read: `<phase>_status` from the posted
 /// `status` object, and `<phase>_output` / `<phase>_serial` from the log fragments.
 /// Fields an older agent posted under those names are kept as posted.
-fn add_phase_views(result: &mut Map<String, Value>, doc: &ResultDoc) {
+fn add_phase_views(result: &mut Map<String, Value>, logs: Vec<(String, String)>) {
     if let Some(Value::Object(status)) = result.get("status").cloned() {
         for (phase, code) in status {
             result.entry(format!("{phase}_status")).or_insert(code);
         }
     }
-    for (kind, suffix) in [(LogKind::Output, "output"), (LogKind::Serial, "serial")] {
-        let stream = doc.log(kind);
-        if stream.fragments.is_empty() {
-            continue;
-        }
-        for phase in PHASES {
-            let text = phase_text(stream, phase, 0, i64::MIN);
-            if let Some((_, text)) = text {
-                result
-                    .entry(format!("{phase}_{suffix}"))
-                    .or_insert(Value::from(text));
-            }
-        }
+    for (key, text) in logs {
+        result.entry(key).or_insert(Value::from(text));
     }
-}
-
-/// The fragments of `phase` numbered from `from` and stamped at or after `since`, in
-/// fragment order, joined; with the highest number. `None` when there are none.
-fn phase_text(stream: &LogStream, phase: &str, from: u64, since: i64) -> Option<(u64, String)> {
-    let mut picked: Vec<&Fragment> = stream
-        .fragments
-        .iter()
-        .filter(|f| &*f.phase == phase && f.number >= from && f.timestamp >= since)
-        .collect();
-    if picked.is_empty() {
-        return None;
-    }
-    picked.sort_by_key(|f| f.number);
-    let mut text = Vec::new();
-    for f in &picked {
-        text.extend_from_slice(&f.data);
-    }
-    let last = picked.last().map_or(0, |f| f.number);
-    Some((last, String::from_utf8_lossy(&text).into_owned()))
 }
 
 /// `POST /v1/result/<id>/log/<output|serial>`: one log fragment
@@ -218,22 +194,10 @@ pub async fn log_get(
             _ => {}
         }
     }
-    let doc = ask(&svc.results, |p| ResultMsg::Get(id, p)).await?;
-    let empty = LogStream::default();
-    let stream = doc.as_ref().map_or(&empty, |d| d.log(kind));
+    let query = LogQuery { from, since, phase: only };
     let mut phases = Map::new();
-    for phase in PHASES
-        .iter()
-        .filter(|p| only.as_deref().is_none_or(|o| o == **p))
-    {
-        let (last, text) = match phase_text(stream, phase, from, since) {
-            Some((last, text)) => (last as i64, text),
-            None => (-1, String::new()),
-        };
-        phases.insert(
-            (*phase).into(),
-            serde_json::json!({"last_fragment_number": last, "log_data": text}),
-        );
+    for (phase, last, text) in ask(&svc.results, |p| ResultMsg::Log(id, kind, query, p)).await? {
+        phases.insert(phase.into(), serde_json::json!({"last_fragment_number": last, "log_data": text}));
     }
     let kind_name = if kind == LogKind::Output {
         "output"

@@ -44,6 +44,27 @@ impl LogStream {
     pub fn last_number(&self) -> Option<u64> {
         self.fragments.iter().map(|f| f.number).max()
     }
+
+    /// The fragments of `phase` numbered from `from` and stamped at or after `since`
+    /// (unix microseconds), in fragment order, joined; with the highest number among
+    /// them. `None` when there are none.
+    pub fn phase_text(&self, phase: &str, from: u64, since: i64) -> Option<(u64, String)> {
+        let mut picked: Vec<&Fragment> = self
+            .fragments
+            .iter()
+            .filter(|f| &*f.phase == phase && f.number >= from && f.timestamp >= since)
+            .collect();
+        if picked.is_empty() {
+            return None;
+        }
+        picked.sort_by_key(|f| f.number);
+        let mut text = Vec::new();
+        for f in &picked {
+            text.extend_from_slice(&f.data);
+        }
+        let last = picked.last().map_or(0, |f| f.number);
+        Some((last, String::from_utf8_lossy(&text).into_owned()))
+    }
 }
 
 /// Everything reported about one job.
