@@ -8,6 +8,12 @@ use clap::Parser;
 use flinger::config::{read_config_file, Cli, Command, Config, WalAction};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc malloc: the request path makes many small short-lived
+/// allocations, and glibc's malloc/free were a quarter of the server's instructions in a
+/// callgrind profile of durable submits.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

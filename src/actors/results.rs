@@ -8,8 +8,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::{now, now_micros, reply};
 use crate::error::Result;
-use crate::journal::{Journal, PartSnapshot, Ticket};
 use crate::http::wire::PHASES;
+use crate::journal::{Journal, PartSnapshot, Ticket};
 use crate::model::results::Results;
 use crate::model::{Event, JobId, LogKind, Name};
 
@@ -63,7 +63,12 @@ pub enum ResultMsg {
     /// The job's result fields and its per-phase log texts (`None`: nothing reported).
     View(JobId, RpcReplyPort<Option<ResultView>>),
     /// One log stream, filtered, per phase: (phase, last fragment number or -1, text).
-    Log(JobId, LogKind, LogQuery, RpcReplyPort<Vec<(&'static str, i64, String)>>),
+    Log(
+        JobId,
+        LogKind,
+        LogQuery,
+        RpcReplyPort<Vec<(&'static str, i64, String)>>,
+    ),
     /// Remove these jobs' results.
     Expire(Vec<JobId>, RpcReplyPort<Result<Ticket>>),
     /// Serialise the partition for a snapshot.
@@ -174,7 +179,8 @@ impl Actor for ResultActor {
             ResultMsg::View(id, port) => {
                 let view = state.results.get(id).map(|doc| {
                     let mut logs = Vec::new();
-                    for (kind, suffix) in [(LogKind::Output, "output"), (LogKind::Serial, "serial")] {
+                    for (kind, suffix) in [(LogKind::Output, "output"), (LogKind::Serial, "serial")]
+                    {
                         let stream = doc.log(kind);
                         if stream.fragments.is_empty() {
                             continue;
@@ -185,7 +191,10 @@ impl Actor for ResultActor {
                             }
                         }
                     }
-                    ResultView { fields: doc.fields.clone(), logs }
+                    ResultView {
+                        fields: doc.fields.clone(),
+                        logs,
+                    }
                 });
                 reply(port, view);
             }
@@ -194,9 +203,11 @@ impl Actor for ResultActor {
                 let phases = PHASES
                     .iter()
                     .filter(|p| query.phase.as_deref().is_none_or(|only| only == **p))
-                    .map(|phase| match stream.and_then(|s| s.phase_text(phase, query.from, query.since)) {
-                        Some((last, text)) => (*phase, last as i64, text),
-                        None => (*phase, -1, String::new()),
+                    .map(|phase| {
+                        match stream.and_then(|s| s.phase_text(phase, query.from, query.since)) {
+                            Some((last, text)) => (*phase, last as i64, text),
+                            None => (*phase, -1, String::new()),
+                        }
                     })
                     .collect();
                 reply(port, phases);

@@ -44,7 +44,8 @@ pub async fn result_post(
             None => Ok(None),
         }
     };
-    let (merged, reported) = tokio::join!(ask(&svc.results, |p| ResultMsg::Merge(id, body, p)), report);
+    let (merged, reported) =
+        tokio::join!(ask(&svc.results, |p| ResultMsg::Merge(id, body, p)), report);
     let (merged, reported) = (merged??, reported?);
     svc.journal.durable(merged).await?;
     if let Some(reported) = reported {
@@ -194,10 +195,17 @@ pub async fn log_get(
             _ => {}
         }
     }
-    let query = LogQuery { from, since, phase: only };
+    let query = LogQuery {
+        from,
+        since,
+        phase: only,
+    };
     let mut phases = Map::new();
     for (phase, last, text) in ask(&svc.results, |p| ResultMsg::Log(id, kind, query, p)).await? {
-        phases.insert(phase.into(), serde_json::json!({"last_fragment_number": last, "log_data": text}));
+        phases.insert(
+            phase.into(),
+            serde_json::json!({"last_fragment_number": last, "log_data": text}),
+        );
     }
     let kind_name = if kind == LogKind::Output {
         "output"

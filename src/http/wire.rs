@@ -5,8 +5,6 @@
 //! defines are type-checked (422 naming the field), every other field is kept verbatim,
 //! in its order, for the agent.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
@@ -43,112 +41,91 @@ pub const PHASES: &[&str] = &[
 ];
 
 /// Validates a submission body and builds what the registry needs.
+///
+/// One pass over the object's fields: known fields are type-checked, everything else
+/// is kept as is.
 pub fn parse_job(body: &[u8]) -> Result<Submission> {
     let invalid = || Error::InvalidInput(INVALID_JOB.into());
     let Ok(Value::Object(mut job)) = serde_json::from_slice::<Value>(body) else {
         return Err(invalid());
     };
-    let queue: Name = match job.get("job_queue") {
-        None | Some(Value::Null) => return Err(invalid()),
-        Some(Value::String(q)) if q.is_empty() => return Err(invalid()),
-        Some(Value::String(q)) if q.len() > MAX_NAME => {
-            return Err(Error::validation(
-                "job_queue",
-                format!("Longer than maximum length {MAX_NAME}."),
-            ))
+    let mut queue: Option<Name> = None;
+    let mut id: Option<JobId> = None;
+    let mut priority = 0;
+    let mut exclude: Vec<Name> = Vec::new();
+    let mut awaits_attachments = false;
+    for (field, value) in job.iter_mut() {
+        if value.is_null() {
+            continue;
         }
-        Some(Value::String(q)) => q.as_str().into(),
-        Some(_) => return Err(Error::validation("job_queue", "Not a valid string.")),
-    };
-    let id = match job.get("job_id") {
-        None | Some(Value::Null) => JobId::random(),
-        Some(Value::String(s)) if s.is_empty() => JobId::random(),
-        Some(Value::String(s)) => {
-            JobId::parse(s).ok_or_else(|| Error::InvalidInput(INVALID_JOB_ID.into()))?
-        }
-        Some(_) => return Err(Error::InvalidInput(INVALID_JOB_ID.into())),
-    };
-    let priority = match job.get("job_priority") {
-        None | Some(Value::Null) => 0,
-        Some(v) => v
-            .as_i64()
-            .ok_or_else(|| Error::validation("job_priority", "Not a valid integer."))?,
-    };
-    let exclude: Arc<[Name]> = string_list(&job, "exclude_agents")?.into();
-    string_list(&job, "tags")?;
-    for field in ["global_timeout", "output_timeout", "allocation_timeout"] {
-        if let Some(v) = job.get(field).filter(|v| !v.is_null()) {
-            if v.as_i64().is_none() {
+        match field.as_str() {
+            "job_queue" => match value {
+                Value::String(q) if q.is_empty() => return Err(invalid()),
+                Value::String(q) if q.len() > MAX_NAME => {
+                    return Err(Error::validation(
+                        field,
+                        format!("Longer than maximum length {MAX_NAME}."),
+                    ))
+                }
+                Value::String(q) => queue = Some(q.as_str().into()),
+                _ => return Err(Error::validation(field, "Not a valid string.")),
+            },
+            "job_id" => match value {
+                Value::String(s) if s.is_empty() => {}
+                Value::String(s) => {
+                    id = Some(
+                        JobId::parse(s)
+                            .ok_or_else(|| Error::InvalidInput(INVALID_JOB_ID.into()))?,
+                    )
+                }
+                _ => return Err(Error::InvalidInput(INVALID_JOB_ID.into())),
+            },
+            "job_priority" => {
+                priority = value
+                    .as_i64()
+                    .ok_or_else(|| Error::validation(field, "Not a valid integer."))?
+            }
+            "exclude_agents" => exclude = string_list(field, value)?,
+            "tags" => {
+                string_list(field, value)?;
+            }
+            "global_timeout" | "output_timeout" | "allocation_timeout"
+                if value.as_i64().is_none() =>
+            {
                 return Err(Error::validation(field, "Not a valid integer."));
             }
-        }
-    }
-    for field in ["name", "parent_job_id", "job_status_webhook"] {
-        if let Some(v) = job.get(field).filter(|v| !v.is_null()) {
-            if !v.is_string() {
+            "name" | "parent_job_id" | "job_status_webhook" if !value.is_string() => {
                 return Err(Error::validation(field, "Not a valid string."));
             }
-        }
-    }
-    if let Some(v) = job.get("debug").filter(|v| !v.is_null()) {
-        if !v.is_boolean() {
-            return Err(Error::validation("debug", "Not a valid boolean."));
-        }
-    }
-    for field in [
-        "test_data",
-        "firmware_update_data",
-        "allocate_data",
-        "reserve_data",
-    ] {
-        if let Some(v) = job.get(field).filter(|v| !v.is_null()) {
-            if !v.is_object() {
-                return Err(Error::validation(field, "Not a valid mapping type."));
+            "debug" if !value.is_boolean() => {
+                return Err(Error::validation(field, "Not a valid boolean."))
             }
-        }
-    }
-    if let Some(v) = job.get("provision_data").filter(|v| !v.is_null()) {
-        if !v.is_object() {
-            return Err(Error::validation(
-                "provision_data",
-                "Invalid provision data schema.",
-            ));
-        }
-    }
-    if let Some(Value::Object(reserve)) = job.get_mut("reserve_data") {
-        if let Some(timeout) = reserve.get("timeout").filter(|v| !v.is_null()) {
-            let seconds = match timeout {
-                Value::Number(n) => n.as_u64().filter(|&s| s > 0),
-                Value::String(s) => parse_duration(s),
-                _ => None,
+            "provision_data"
+            | "firmware_update_data"
+            | "test_data"
+            | "allocate_data"
+            | "reserve_data" => {
+                let Value::Object(data) = value else {
+                    let reason = if field == "provision_data" {
+                        "Invalid provision data schema."
+                    } else {
+                        "Not a valid mapping type."
+                    };
+                    return Err(Error::validation(field, reason));
+                };
+                if field == "reserve_data" {
+                    check_reserve_data(data)?;
+                } else if field != "allocate_data" {
+                    awaits_attachments |= data
+                        .get("attachments")
+                        .is_some_and(|a| a.as_array().is_some_and(|a| !a.is_empty()));
+                }
             }
-            .ok_or_else(|| {
-                Error::validation(
-                    "reserve_data",
-                    "timeout: Not a valid duration (seconds, or like 1h30m).",
-                )
-            })?;
-            reserve.insert("timeout".into(), Value::from(seconds));
-        }
-        if let Some(keys) = reserve.get("ssh_keys").filter(|v| !v.is_null()) {
-            let ok = keys
-                .as_array()
-                .is_some_and(|a| a.iter().all(Value::is_string));
-            if !ok {
-                return Err(Error::validation(
-                    "reserve_data",
-                    "ssh_keys: Not a valid list of strings.",
-                ));
-            }
+            _ => {}
         }
     }
-    let awaits_attachments = ["provision_data", "firmware_update_data", "test_data"]
-        .iter()
-        .any(|f| {
-            job.get(*f)
-                .and_then(|d| d.get("attachments"))
-                .is_some_and(|a| a.as_array().is_some_and(|a| !a.is_empty()))
-        });
+    let queue = queue.ok_or_else(invalid)?;
+    let id = id.unwrap_or_else(JobId::random);
     let id_value = Value::String(id.to_string());
     match job.get_mut("job_id") {
         Some(slot) => *slot = id_value,
@@ -162,15 +139,45 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
         queue,
         body,
         priority,
-        exclude,
+        exclude: exclude.into(),
         awaits_attachments,
     })
 }
 
-fn string_list(job: &Map<String, Value>, field: &str) -> Result<Vec<Name>> {
-    match job.get(field) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(items)) if items.len() <= MAX_LIST => items
+/// `reserve_data`: `timeout` is seconds or a duration string (stored as seconds, as
+/// Testflinger does), `ssh_keys` a list of strings.
+fn check_reserve_data(reserve: &mut Map<String, Value>) -> Result<()> {
+    if let Some(timeout) = reserve.get("timeout").filter(|v| !v.is_null()) {
+        let seconds = match timeout {
+            Value::Number(n) => n.as_u64().filter(|&s| s > 0),
+            Value::String(s) => parse_duration(s),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            Error::validation(
+                "reserve_data",
+                "timeout: Not a valid duration (seconds, or like 1h30m).",
+            )
+        })?;
+        reserve.insert("timeout".into(), Value::from(seconds));
+    }
+    if let Some(keys) = reserve.get("ssh_keys").filter(|v| !v.is_null()) {
+        if !keys
+            .as_array()
+            .is_some_and(|a| a.iter().all(Value::is_string))
+        {
+            return Err(Error::validation(
+                "reserve_data",
+                "ssh_keys: Not a valid list of strings.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn string_list(field: &str, value: &Value) -> Result<Vec<Name>> {
+    match value {
+        Value::Array(items) if items.len() <= MAX_LIST => items
             .iter()
             .map(|v| {
                 v.as_str()
@@ -178,11 +185,11 @@ fn string_list(job: &Map<String, Value>, field: &str) -> Result<Vec<Name>> {
                     .ok_or_else(|| Error::validation(field, "Not a valid string."))
             })
             .collect(),
-        Some(Value::Array(_)) => Err(Error::validation(
+        Value::Array(_) => Err(Error::validation(
             field,
             format!("Longer than maximum length {MAX_LIST}."),
         )),
-        Some(_) => Err(Error::validation(field, "Not a valid list.")),
+        _ => Err(Error::validation(field, "Not a valid list.")),
     }
 }
 

@@ -4,7 +4,7 @@
 //! this partition only records the current file of each (job, kind), so a replacement is
 //! one event and the last one recorded wins on replay too.
 
-use std::collections::HashMap;
+use super::FastMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +24,7 @@ pub struct StoredFile {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Files {
     /// Current file per job and kind.
-    files: HashMap<(JobId, FileKind), StoredFile>,
+    files: FastMap<(JobId, FileKind), StoredFile>,
 }
 
 impl Files {

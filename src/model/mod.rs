@@ -14,5 +14,11 @@ pub mod results;
 pub mod state;
 
 pub use event::{Event, FileKind, LogKind, Partition};
+
+/// The hash map the core uses: a fast seeded hasher (foldhash) instead of SipHash. Keys
+/// include client-chosen job ids, so the hasher stays randomly seeded per process.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The hash set counterpart of [`FastMap`].
+pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 pub use ids::{JobId, Name};
 pub use state::State;

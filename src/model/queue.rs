@@ -14,7 +14,9 @@
 //! - `Lane::live` equals the number of live slots and the Fenwick tree's total.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use super::FastMap;
 use std::sync::Arc;
 
 use super::ids::{JobId, Name};
@@ -149,7 +151,7 @@ pub struct QueueIndex {
     /// Lanes by descending priority.
     lanes: BTreeMap<Reverse<i64>, Lane>,
     /// Where each waiting job's slot is: (priority, slot number).
-    slots: HashMap<JobId, (i64, usize)>,
+    slots: FastMap<JobId, (i64, usize)>,
 }
 
 impl QueueIndex {

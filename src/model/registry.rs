@@ -12,7 +12,9 @@
 //! - `seq` grows with every (re)submission, so equal priorities are served oldest first;
 //! - `holding` names only dispatched, unreported, unfinished jobs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use super::FastMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -152,15 +154,15 @@ pub enum IndexChange {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Registry {
     /// Every known job.
-    jobs: HashMap<JobId, Job>,
+    jobs: FastMap<JobId, Job>,
     /// Next submission sequence number.
     next_seq: u64,
     /// Agent → the job it was last handed and has not reported on yet: a retried pop from
     /// that agent gets the same job back instead of orphaning a second one.
-    holding: HashMap<Name, JobId>,
+    holding: FastMap<Name, JobId>,
     /// Per queue, the newest waits (seconds from submission to dispatch), for the
     /// wait-time percentiles; bounded so a busy queue cannot grow the state.
-    waits: HashMap<Name, VecDeque<u64>>,
+    waits: FastMap<Name, VecDeque<u64>>,
 }
 
 /// How many recent wait times each queue keeps.
@@ -295,8 +297,8 @@ impl Registry {
     }
 
     /// Every waiting job as queue index entries, grouped by queue (to rebuild indexes).
-    pub fn waiting_entries(&self) -> HashMap<Name, Vec<Entry>> {
-        let mut by_queue: HashMap<Name, Vec<Entry>> = HashMap::new();
+    pub fn waiting_entries(&self) -> FastMap<Name, Vec<Entry>> {
+        let mut by_queue: FastMap<Name, Vec<Entry>> = FastMap::default();
         for (id, job) in &self.jobs {
             if job.state.is_waiting() {
                 by_queue

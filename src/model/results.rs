@@ -8,7 +8,7 @@
 //! The job's lifecycle state is *not* owned here: the registry's state wins when the two
 //! are composed for a client (see `http`). Results may exist for ids no job has.
 
-use std::collections::{HashMap, HashSet};
+use super::{FastMap, FastSet};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,7 @@ pub struct LogStream {
     /// Fragments in the order they arrived (the legacy cursor counts in this order).
     pub fragments: Vec<Fragment>,
     /// (phase, number) pairs seen, to drop retried posts.
-    seen: HashSet<(Name, u64)>,
+    seen: FastSet<(Name, u64)>,
 }
 
 impl LogStream {
@@ -110,7 +110,7 @@ impl ResultDoc {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Results {
     /// Per job.
-    docs: HashMap<JobId, ResultDoc>,
+    docs: FastMap<JobId, ResultDoc>,
 }
 
 impl Results {
