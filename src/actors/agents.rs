@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::{now, reply};
+use super::{now, reply, Recorder};
 use crate::error::Result;
 use crate::journal::{Journal, PartSnapshot, Ticket};
 use crate::model::agents::Agents;
@@ -34,17 +34,13 @@ pub struct AgentActor;
 pub struct AgentState {
     /// The partition.
     agents: Agents,
-    /// Last LSN folded in.
-    applied: u64,
-    /// Where events go.
-    journal: Journal,
+    /// Journal and how far the partition reaches.
+    recorder: Recorder,
 }
 
 impl AgentState {
     fn record(&mut self, event: Event) -> Result<Ticket> {
-        let ticket = self.journal.append(&event)?;
-        let lsn = ticket.lsn();
-        self.applied = lsn;
+        let ticket = self.recorder.append(&event)?;
         self.agents.apply(&event);
         Ok(ticket)
     }
@@ -62,8 +58,7 @@ impl Actor for AgentActor {
     ) -> Result<AgentState, ActorProcessingErr> {
         Ok(AgentState {
             agents,
-            applied,
-            journal,
+            recorder: Recorder::new(journal, applied),
         })
     }
 
@@ -110,14 +105,7 @@ impl Actor for AgentActor {
             }
             AgentMsg::Read(f) => f(&state.agents),
             AgentMsg::Snapshot(port) => {
-                let bytes = rmp_serde::to_vec_named(&state.agents)?;
-                reply(
-                    port,
-                    PartSnapshot {
-                        lsn: state.applied,
-                        state: bytes,
-                    },
-                );
+                reply(port, state.recorder.snapshot(&state.agents)?);
             }
         }
         Ok(())

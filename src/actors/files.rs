@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::{now, reply};
+use super::{now, reply, Recorder};
 use crate::error::Result;
 use crate::journal::{Journal, PartSnapshot, Ticket};
 use crate::model::files::{Files, StoredFile};
@@ -35,22 +35,19 @@ pub struct FileActor;
 pub struct FileState {
     /// The partition.
     files: Files,
-    /// Last LSN folded in.
-    applied: u64,
-    /// Where events go.
-    journal: Journal,
+    /// Journal and how far the partition reaches.
+    recorder: Recorder,
     /// The folder holding the files.
     dir: PathBuf,
 }
 
 impl FileState {
     fn record(&mut self, event: Event) -> Result<Ticket> {
-        let ticket = self.journal.append(&event)?;
+        let ticket = self.recorder.append(&event)?;
         let lsn = ticket.lsn();
-        self.applied = lsn;
         let unreferenced = self.files.apply(&event);
         if !unreferenced.is_empty() {
-            let journal = self.journal.clone();
+            let journal = self.recorder.journal().clone();
             let dir = self.dir.clone();
             // The handler holds the ticket; this task waits on the log position instead.
             tokio::spawn(async move {
@@ -80,8 +77,7 @@ impl Actor for FileActor {
     ) -> Result<FileState, ActorProcessingErr> {
         Ok(FileState {
             files,
-            applied,
-            journal,
+            recorder: Recorder::new(journal, applied),
             dir,
         })
     }
@@ -109,14 +105,7 @@ impl Actor for FileActor {
                 reply(port, result);
             }
             FileMsg::Snapshot(port) => {
-                let bytes = rmp_serde::to_vec_named(&state.files)?;
-                reply(
-                    port,
-                    PartSnapshot {
-                        lsn: state.applied,
-                        state: bytes,
-                    },
-                );
+                reply(port, state.recorder.snapshot(&state.files)?);
             }
         }
         Ok(())

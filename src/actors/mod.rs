@@ -26,7 +26,8 @@ use ractor::{ActorRef, RpcReplyPort};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::journal::Journal;
+use crate::journal::{Journal, PartSnapshot, Ticket};
+use crate::model::Event;
 use crate::model::Name;
 
 /// How long a handler waits for an actor's reply before answering 503. Generous: only a
@@ -69,6 +70,46 @@ pub fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// What every partition actor keeps to record its events: the journal, and the LSN of
+/// the last event it folded in (its snapshots say how far they reach).
+pub struct Recorder {
+    /// Where events go.
+    journal: Journal,
+    /// Last LSN folded into the partition.
+    applied: u64,
+}
+
+impl Recorder {
+    /// A recorder whose partition has folded in everything up to `applied`.
+    pub fn new(journal: Journal, applied: u64) -> Recorder {
+        Recorder { journal, applied }
+    }
+
+    /// Appends `event` to the journal and notes its LSN; the caller applies it next.
+    /// Refused, before anything changes, when the log cannot take it.
+    pub fn append(&mut self, event: &Event) -> Result<Ticket> {
+        let ticket = self.journal.append(event)?;
+        self.applied = ticket.lsn();
+        Ok(ticket)
+    }
+
+    /// The journal (for tickets of earlier records).
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The partition's snapshot: `partition` as msgpack, and how far it reaches.
+    pub fn snapshot<T: serde::Serialize>(
+        &self,
+        partition: &T,
+    ) -> Result<PartSnapshot, ractor::ActorProcessingErr> {
+        Ok(PartSnapshot {
+            lsn: self.applied,
+            state: rmp_serde::to_vec_named(partition)?,
+        })
+    }
 }
 
 /// Queue name → its actor. Written only by the registry actor (which creates queue

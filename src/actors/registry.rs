@@ -9,7 +9,7 @@ use bytes::Bytes;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::queue::{QueueActor, QueueMsg};
-use super::{now, reply, QueueDirectory};
+use super::{now, reply, QueueDirectory, Recorder};
 use crate::error::Result;
 use crate::journal::{Journal, PartSnapshot, Ticket};
 use crate::model::queue::Entry;
@@ -102,10 +102,8 @@ pub struct RegistryArgs {
 pub struct RegistryState {
     /// The partition this actor owns.
     registry: Registry,
-    /// Last LSN folded in (recorded in snapshots).
-    applied: u64,
-    /// Where events go.
-    journal: Journal,
+    /// Journal and how far the partition reaches.
+    recorder: Recorder,
     /// Queue actors; this actor is the only writer.
     queues: QueueDirectory,
     /// Parent for new queue actors.
@@ -129,9 +127,8 @@ fn view(job: &crate::model::registry::Job) -> JobView {
 impl RegistryState {
     /// Records and applies `event`, updating the queue index; returns its ticket.
     async fn record(&mut self, event: Event) -> Result<Ticket> {
-        let ticket = self.journal.append(&event)?;
+        let ticket = self.recorder.append(&event)?;
         let lsn = ticket.lsn();
-        self.applied = lsn;
         if let Some(change) = self.registry.apply(lsn, &event) {
             self.route(change).await;
         }
@@ -176,8 +173,7 @@ impl Actor for RegistryActor {
     ) -> Result<RegistryState, ActorProcessingErr> {
         let mut state = RegistryState {
             registry: args.registry,
-            applied: args.applied,
-            journal: args.journal,
+            recorder: Recorder::new(args.journal, args.applied),
             queues: args.queues,
             supervisor: args.supervisor,
         };
@@ -196,7 +192,7 @@ impl Actor for RegistryActor {
         match msg {
             RegistryMsg::Submit(sub, port) => {
                 let result = match state.registry.submit(sub, now()) {
-                    Submitted::Duplicate { lsn } => Ok(state.journal.ticket_for(lsn)),
+                    Submitted::Duplicate { lsn } => Ok(state.recorder.journal().ticket_for(lsn)),
                     Submitted::Record(event) => state.record(event).await,
                 };
                 reply(port, result);
@@ -304,14 +300,7 @@ impl Actor for RegistryActor {
                 state.spawn_queue(queue, entries).await;
             }
             RegistryMsg::Snapshot(port) => {
-                let bytes = rmp_serde::to_vec_named(&state.registry)?;
-                reply(
-                    port,
-                    PartSnapshot {
-                        lsn: state.applied,
-                        state: bytes,
-                    },
-                );
+                reply(port, state.recorder.snapshot(&state.registry)?);
             }
         }
         Ok(())

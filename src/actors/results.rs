@@ -6,7 +6,7 @@
 use bytes::{Bytes, BytesMut};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::{now, now_micros, reply};
+use super::{now, now_micros, reply, Recorder};
 use crate::error::Result;
 use crate::http::wire::PHASES;
 use crate::journal::{Journal, PartSnapshot, Ticket};
@@ -82,17 +82,13 @@ pub struct ResultActor;
 pub struct ResultState {
     /// The partition.
     results: Results,
-    /// Last LSN folded in.
-    applied: u64,
-    /// Where events go.
-    journal: Journal,
+    /// Journal and how far the partition reaches.
+    recorder: Recorder,
 }
 
 impl ResultState {
     fn record(&mut self, event: Event) -> Result<Ticket> {
-        let ticket = self.journal.append(&event)?;
-        let lsn = ticket.lsn();
-        self.applied = lsn;
+        let ticket = self.recorder.append(&event)?;
         self.results.apply(&event);
         Ok(ticket)
     }
@@ -110,8 +106,7 @@ impl Actor for ResultActor {
     ) -> Result<ResultState, ActorProcessingErr> {
         Ok(ResultState {
             results,
-            applied,
-            journal,
+            recorder: Recorder::new(journal, applied),
         })
     }
 
@@ -217,14 +212,7 @@ impl Actor for ResultActor {
                 reply(port, result);
             }
             ResultMsg::Snapshot(port) => {
-                let bytes = rmp_serde::to_vec_named(&state.results)?;
-                reply(
-                    port,
-                    PartSnapshot {
-                        lsn: state.applied,
-                        state: bytes,
-                    },
-                );
+                reply(port, state.recorder.snapshot(&state.results)?);
             }
         }
         Ok(())
