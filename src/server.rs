@@ -57,7 +57,7 @@ pub async fn start(config: Config) -> Result<Running> {
     std::fs::create_dir_all(&files_dir)
         .map_err(|e| Error::Internal(format!("cannot create {}: {e}", files_dir.display())))?;
     let recovery_config = config.clone();
-    let (state, applied, journal, snapshot_requests, recovery) =
+    let (state, journal, snapshot_requests, recovery) =
         tokio::task::spawn_blocking(move || journal::open(&recovery_config))
             .await
             .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
@@ -65,6 +65,7 @@ pub async fn start(config: Config) -> Result<Running> {
         jobs = state.registry.len(),
         snapshot_lsn = recovery.snapshot_lsn,
         replayed = recovery.replayed,
+        snapshot_ms = recovery.snapshot_time.as_millis() as u64,
         ms = recovery.elapsed.as_millis() as u64,
         "recovered state from the write-ahead log"
     );
@@ -77,7 +78,6 @@ pub async fn start(config: Config) -> Result<Running> {
         Supervisor,
         SupervisorArgs {
             state,
-            applied,
             journal: journal.clone(),
             queues: queues.clone(),
             files_dir: files_dir.clone(),
@@ -87,6 +87,7 @@ pub async fn start(config: Config) -> Result<Running> {
     .await
     .map_err(|e| Error::Internal(format!("cannot start actors: {e}")))?;
     let refs = ask(&supervisor, SupervisorMsg::Refs).await?;
+    tracing::info!(queues = queues.len(), "actors started");
     let services = Services::new(Handles {
         registry: refs.registry,
         results: refs.results,
@@ -207,7 +208,8 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
     }
 }
 
-/// Collects every partition and writes a snapshot covering the smallest LSN among them.
+/// Collects a copy of every partition, encodes them off the runtime and writes a snapshot
+/// covering the smallest LSN among them.
 pub async fn snapshot(services: &Services) -> Result<()> {
     let (registry, results, files, agents) = tokio::join!(
         ask(&services.registry, RegistryMsg::Snapshot),
@@ -215,23 +217,23 @@ pub async fn snapshot(services: &Services) -> Result<()> {
         ask(&services.files, FileMsg::Snapshot),
         ask(&services.agents, AgentMsg::Snapshot),
     );
-    let doc = SnapshotDoc {
-        registry: registry?,
-        results: results?,
-        files: files?,
-        agents: agents?,
-    };
-    let lsn = [
-        doc.registry.lsn,
-        doc.results.lsn,
-        doc.files.lsn,
-        doc.agents.lsn,
-    ]
-    .into_iter()
-    .min()
-    .unwrap_or(0);
-    let bytes = rmp_serde::to_vec_named(&doc)
-        .map_err(|e| Error::Internal(format!("snapshot encoding: {e}")))?;
+    let (registry, results, files, agents) = (registry?, results?, files?, agents?);
+    let lsn = [registry.lsn, results.lsn, files.lsn, agents.lsn]
+        .into_iter()
+        .min()
+        .unwrap_or(0);
+    let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+        let doc = SnapshotDoc {
+            version: journal::SNAPSHOT_VERSION,
+            registry: registry.finish()?,
+            results: results.finish()?,
+            files: files.finish()?,
+            agents: agents.finish()?,
+        };
+        journal::encode_partition(&doc)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))??;
     services.journal.write_snapshot(lsn, bytes).await
 }
 

@@ -27,6 +27,8 @@ mod errors;
 mod startup;
 // Durability: clean restart, SIGKILL, snapshots, and a crash loop under concurrent load.
 mod durability;
+// Properties: the core against a reference model (fairness, cancel, replay), HTTP, fuzz seeds.
+mod props;
 // Recovery edge cases: torn tails, corruption, wal dump, disk full, retention, the data-dir lock.
 mod recovery;
 // Current upstream CLI and agent request sequences replayed end to end (issue 4).

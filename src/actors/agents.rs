@@ -4,9 +4,9 @@
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::{now, reply, Recorder};
+use super::{now, reply, PendingSnapshot, Recorder};
 use crate::error::Result;
-use crate::journal::{Journal, PartSnapshot, Ticket};
+use crate::journal::{Journal, Ticket};
 use crate::model::agents::Agents;
 use crate::model::{Event, Name};
 
@@ -24,7 +24,7 @@ pub enum AgentMsg {
     /// A read-only look at the partition: `f` runs inside the actor.
     Read(Box<dyn FnOnce(&Agents) + Send>),
     /// Serialise the partition for a snapshot.
-    Snapshot(RpcReplyPort<PartSnapshot>),
+    Snapshot(RpcReplyPort<PendingSnapshot>),
 }
 
 /// The agents actor (no configuration).
@@ -49,16 +49,16 @@ impl AgentState {
 impl Actor for AgentActor {
     type Msg = AgentMsg;
     type State = AgentState;
-    type Arguments = (Agents, u64, Journal);
+    type Arguments = (Agents, Journal);
 
     async fn pre_start(
         &self,
         _: ActorRef<AgentMsg>,
-        (agents, applied, journal): Self::Arguments,
+        (agents, journal): Self::Arguments,
     ) -> Result<AgentState, ActorProcessingErr> {
         Ok(AgentState {
             agents,
-            recorder: Recorder::new(journal, applied),
+            recorder: Recorder::new(journal),
         })
     }
 
@@ -105,7 +105,7 @@ impl Actor for AgentActor {
             }
             AgentMsg::Read(f) => f(&state.agents),
             AgentMsg::Snapshot(port) => {
-                reply(port, state.recorder.snapshot(&state.agents)?);
+                reply(port, state.recorder.snapshot(&state.agents));
             }
         }
         Ok(())

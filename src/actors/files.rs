@@ -10,9 +10,9 @@ use std::path::PathBuf;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::{now, reply, Recorder};
+use super::{now, reply, PendingSnapshot, Recorder};
 use crate::error::Result;
-use crate::journal::{Journal, PartSnapshot, Ticket};
+use crate::journal::{Journal, Ticket};
 use crate::model::files::{Files, StoredFile};
 use crate::model::{Event, FileKind, JobId};
 
@@ -25,7 +25,7 @@ pub enum FileMsg {
     /// Remove these jobs' files.
     Expire(Vec<JobId>, RpcReplyPort<Result<Ticket>>),
     /// Serialise the partition for a snapshot.
-    Snapshot(RpcReplyPort<PartSnapshot>),
+    Snapshot(RpcReplyPort<PendingSnapshot>),
 }
 
 /// The artifact actor (no configuration).
@@ -68,16 +68,16 @@ impl FileState {
 impl Actor for FileActor {
     type Msg = FileMsg;
     type State = FileState;
-    type Arguments = (Files, u64, Journal, PathBuf);
+    type Arguments = (Files, Journal, PathBuf);
 
     async fn pre_start(
         &self,
         _: ActorRef<FileMsg>,
-        (files, applied, journal, dir): Self::Arguments,
+        (files, journal, dir): Self::Arguments,
     ) -> Result<FileState, ActorProcessingErr> {
         Ok(FileState {
             files,
-            recorder: Recorder::new(journal, applied),
+            recorder: Recorder::new(journal),
             dir,
         })
     }
@@ -105,7 +105,7 @@ impl Actor for FileActor {
                 reply(port, result);
             }
             FileMsg::Snapshot(port) => {
-                reply(port, state.recorder.snapshot(&state.files)?);
+                reply(port, state.recorder.snapshot(&state.files));
             }
         }
         Ok(())

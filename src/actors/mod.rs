@@ -26,7 +26,7 @@ use ractor::{ActorRef, RpcReplyPort};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::journal::{Journal, PartSnapshot, Ticket};
+use crate::journal::{self, Journal, PartSnapshot, Ticket};
 use crate::model::Event;
 use crate::model::Name;
 
@@ -72,27 +72,22 @@ pub fn now_micros() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-/// What every partition actor keeps to record its events: the journal, and the LSN of
-/// the last event it folded in (its snapshots say how far they reach).
+/// What every partition actor uses to record its events and snapshot its partition.
 pub struct Recorder {
     /// Where events go.
     journal: Journal,
-    /// Last LSN folded into the partition.
-    applied: u64,
 }
 
 impl Recorder {
-    /// A recorder whose partition has folded in everything up to `applied`.
-    pub fn new(journal: Journal, applied: u64) -> Recorder {
-        Recorder { journal, applied }
+    /// A recorder appending to `journal`.
+    pub fn new(journal: Journal) -> Recorder {
+        Recorder { journal }
     }
 
-    /// Appends `event` to the journal and notes its LSN; the caller applies it next.
-    /// Refused, before anything changes, when the log cannot take it.
+    /// Appends `event` to the journal; the caller applies it next. Refused, before
+    /// anything changes, when the log cannot take it.
     pub fn append(&mut self, event: &Event) -> Result<Ticket> {
-        let ticket = self.journal.append(event)?;
-        self.applied = ticket.lsn();
-        Ok(ticket)
+        self.journal.append(event)
     }
 
     /// The journal (for tickets of earlier records).
@@ -100,14 +95,38 @@ impl Recorder {
         &self.journal
     }
 
-    /// The partition's snapshot: `partition` as msgpack, and how far it reaches.
-    pub fn snapshot<T: serde::Serialize>(
-        &self,
-        partition: &T,
-    ) -> Result<PartSnapshot, ractor::ActorProcessingErr> {
+    /// A copy of the partition for a snapshot. Only the copy happens inside the actor's
+    /// turn (reference-count bumps and table copies); encoding it, which takes far
+    /// longer for millions of jobs, happens later on a blocking thread.
+    pub fn snapshot<T>(&self, partition: &T) -> PendingSnapshot
+    where
+        T: serde::Serialize + Clone + Send + 'static,
+    {
+        let copy = partition.clone();
+        // Only this actor appends this partition's events, and it applies each one in the
+        // same turn: so the copy holds every one of them up to the last LSN assigned by
+        // anyone so far (an idle partition is thus never behind the log).
+        PendingSnapshot {
+            lsn: self.journal.last_assigned(),
+            encode: Box::new(move || journal::encode_partition(&copy)),
+        }
+    }
+}
+
+/// A partition copied for a snapshot, not encoded yet.
+pub struct PendingSnapshot {
+    /// Last LSN folded into the copy.
+    pub lsn: u64,
+    /// Encodes the copy (run it off the async runtime).
+    pub encode: Box<dyn FnOnce() -> Result<Vec<u8>> + Send>,
+}
+
+impl PendingSnapshot {
+    /// Encodes the copy.
+    pub fn finish(self) -> Result<PartSnapshot> {
         Ok(PartSnapshot {
-            lsn: self.applied,
-            state: rmp_serde::to_vec_named(partition)?,
+            lsn: self.lsn,
+            state: (self.encode)()?,
         })
     }
 }

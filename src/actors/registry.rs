@@ -9,9 +9,9 @@ use bytes::Bytes;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::queue::{QueueActor, QueueMsg};
-use super::{now, reply, QueueDirectory, Recorder};
+use super::{now, reply, PendingSnapshot, QueueDirectory, Recorder};
 use crate::error::Result;
-use crate::journal::{Journal, PartSnapshot, Ticket};
+use crate::journal::{Journal, Ticket};
 use crate::model::queue::Entry;
 use crate::model::registry::{Attachments, IndexChange, Registry, Submission, Submitted};
 use crate::model::{Event, JobId, Name};
@@ -78,7 +78,7 @@ pub enum RegistryMsg {
     /// A queue actor died: start a new one from the current waiting jobs.
     RespawnQueue(Name),
     /// Serialise the partition for a snapshot.
-    Snapshot(RpcReplyPort<PartSnapshot>),
+    Snapshot(RpcReplyPort<PendingSnapshot>),
 }
 
 /// The registry actor (no configuration).
@@ -88,8 +88,6 @@ pub struct RegistryActor;
 pub struct RegistryArgs {
     /// The recovered partition.
     pub registry: Registry,
-    /// Last LSN folded into it.
-    pub applied: u64,
     /// Where events go.
     pub journal: Journal,
     /// Queue actors, shared with handlers.
@@ -173,7 +171,7 @@ impl Actor for RegistryActor {
     ) -> Result<RegistryState, ActorProcessingErr> {
         let mut state = RegistryState {
             registry: args.registry,
-            recorder: Recorder::new(args.journal, args.applied),
+            recorder: Recorder::new(args.journal),
             queues: args.queues,
             supervisor: args.supervisor,
         };
@@ -300,7 +298,7 @@ impl Actor for RegistryActor {
                 state.spawn_queue(queue, entries).await;
             }
             RegistryMsg::Snapshot(port) => {
-                reply(port, state.recorder.snapshot(&state.registry)?);
+                reply(port, state.recorder.snapshot(&state.registry));
             }
         }
         Ok(())

@@ -6,10 +6,10 @@
 use bytes::{Bytes, BytesMut};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::{now, now_micros, reply, Recorder};
+use super::{now, now_micros, reply, PendingSnapshot, Recorder};
 use crate::error::Result;
 use crate::http::wire::PHASES;
-use crate::journal::{Journal, PartSnapshot, Ticket};
+use crate::journal::{Journal, Ticket};
 use crate::model::results::Results;
 use crate::model::{Event, JobId, LogKind, Name};
 
@@ -72,7 +72,7 @@ pub enum ResultMsg {
     /// Remove these jobs' results.
     Expire(Vec<JobId>, RpcReplyPort<Result<Ticket>>),
     /// Serialise the partition for a snapshot.
-    Snapshot(RpcReplyPort<PartSnapshot>),
+    Snapshot(RpcReplyPort<PendingSnapshot>),
 }
 
 /// The result actor (no configuration).
@@ -97,16 +97,16 @@ impl ResultState {
 impl Actor for ResultActor {
     type Msg = ResultMsg;
     type State = ResultState;
-    type Arguments = (Results, u64, Journal);
+    type Arguments = (Results, Journal);
 
     async fn pre_start(
         &self,
         _: ActorRef<ResultMsg>,
-        (results, applied, journal): Self::Arguments,
+        (results, journal): Self::Arguments,
     ) -> Result<ResultState, ActorProcessingErr> {
         Ok(ResultState {
             results,
-            recorder: Recorder::new(journal, applied),
+            recorder: Recorder::new(journal),
         })
     }
 
@@ -212,7 +212,7 @@ impl Actor for ResultActor {
                 reply(port, result);
             }
             ResultMsg::Snapshot(port) => {
-                reply(port, state.recorder.snapshot(&state.results)?);
+                reply(port, state.recorder.snapshot(&state.results));
             }
         }
         Ok(())

@@ -17,7 +17,7 @@ use super::files::{FileActor, FileMsg};
 use super::registry::{RegistryActor, RegistryArgs, RegistryMsg};
 use super::results::{ResultActor, ResultMsg};
 use super::{reply, QueueDirectory};
-use crate::journal::{Applied, Journal};
+use crate::journal::Journal;
 use crate::model::State;
 
 /// Messages to the supervisor.
@@ -45,8 +45,6 @@ pub struct Refs {
 pub struct SupervisorArgs {
     /// The recovered state.
     pub state: State,
-    /// Which LSN each partition has applied.
-    pub applied: Applied,
     /// The journal.
     pub journal: Journal,
     /// The queue directory to fill.
@@ -94,7 +92,6 @@ impl Actor for Supervisor {
             RegistryActor,
             RegistryArgs {
                 registry,
-                applied: args.applied.registry,
                 journal: args.journal.clone(),
                 queues: args.queues.clone(),
                 supervisor: cell.clone(),
@@ -105,26 +102,21 @@ impl Actor for Supervisor {
         let (results, _) = Actor::spawn_linked(
             Some("results".into()),
             ResultActor,
-            (results, args.applied.results, args.journal.clone()),
+            (results, args.journal.clone()),
             cell.clone(),
         )
         .await?;
         let (files, _) = Actor::spawn_linked(
             Some("files".into()),
             FileActor,
-            (
-                files,
-                args.applied.files,
-                args.journal.clone(),
-                args.files_dir,
-            ),
+            (files, args.journal.clone(), args.files_dir),
             cell.clone(),
         )
         .await?;
         let (agents, _) = Actor::spawn_linked(
             Some("agents".into()),
             AgentActor,
-            (agents, args.applied.agents, args.journal.clone()),
+            (agents, args.journal.clone()),
             cell,
         )
         .await?;
