@@ -82,7 +82,7 @@ impl Default for Config {
             max_output_bytes: 1 << 20,
             max_artifact_bytes: 2 << 30,
             segment_bytes: 64 << 20,
-            snapshot_bytes: 256 << 20,
+            snapshot_bytes: 128 << 20,
             retention: Duration::from_secs(7 * 24 * 3600),
             wal_truncate_corruption: false,
             max_connections: 10_000,
@@ -160,7 +160,7 @@ pub struct ServeOpts {
     #[arg(long, env = "FLINGER_SEGMENT_BYTES", value_name = "BYTES")]
     pub segment_bytes: Option<u64>,
     /// Snapshot (and drop covered log segments) after this many logged bytes [default:
-    /// 256 MiB].
+    /// 128 MiB].
     #[arg(long, env = "FLINGER_SNAPSHOT_BYTES", value_name = "BYTES")]
     pub snapshot_bytes: Option<u64>,
     /// Remove finished jobs with their results, logs and files this many seconds after

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 
-use super::FastMap;
+use super::{FastMap, FastSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -153,13 +153,18 @@ pub enum IndexChange {
 /// All jobs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Registry {
-    /// Every known job.
-    jobs: FastMap<JobId, Job>,
+    /// Every known job. Boxed: a hash table keeps spare slots (up to twice the jobs), and
+    /// a spare slot then costs a pointer instead of a whole job (~150 MB per million jobs).
+    jobs: FastMap<JobId, Box<Job>>,
     /// Next submission sequence number.
     next_seq: u64,
     /// Agent → the job it was last handed and has not reported on yet: a retried pop from
     /// that agent gets the same job back instead of orphaning a second one.
     holding: FastMap<Name, JobId>,
+    /// One shared copy of each queue name, so a million jobs of one queue hold one name
+    /// (rebuilt by [`Registry::intern_names`] after a snapshot is loaded).
+    #[serde(skip)]
+    names: FastSet<Name>,
     /// Per queue, the newest waits (seconds from submission to dispatch), for the
     /// wait-time percentiles; bounded so a busy queue cannot grow the state.
     waits: FastMap<Name, VecDeque<u64>>,
@@ -168,13 +173,30 @@ pub struct Registry {
 /// How many recent wait times each queue keeps.
 pub const WAIT_SAMPLES: usize = 1000;
 
+/// The shared copy of `name` in `names` (added when new).
+fn intern(names: &mut FastSet<Name>, name: &Name) -> Name {
+    match names.get(name) {
+        Some(shared) => shared.clone(),
+        None => {
+            names.insert(name.clone());
+            name.clone()
+        }
+    }
+}
+
+/// The one empty exclusion list all jobs without `exclude_agents` share.
+pub fn no_names() -> Arc<[Name]> {
+    static EMPTY: std::sync::LazyLock<Arc<[Name]>> = std::sync::LazyLock::new(|| Arc::new([]));
+    EMPTY.clone()
+}
+
 /// Testflinger's text for cancelling a finished job.
 pub const ALREADY_FINISHED: &str = "The job is already completed or cancelled";
 
 impl Registry {
     /// The job, if known.
     pub fn get(&self, id: JobId) -> Option<&Job> {
-        self.jobs.get(&id)
+        self.jobs.get(&id).map(|job| &**job)
     }
 
     /// Number of known jobs.
@@ -189,7 +211,7 @@ impl Registry {
 
     /// Every job, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (JobId, &Job)> {
-        self.jobs.iter().map(|(id, job)| (*id, job))
+        self.jobs.iter().map(|(id, job)| (*id, &**job))
     }
 
     /// Decides a submission: a duplicate of a waiting job is acknowledged as is; anything
@@ -228,7 +250,7 @@ impl Registry {
     /// The job `agent` holds without having reported on it, if any (see `holding`).
     pub fn held_by(&self, agent: &str) -> Option<(JobId, &Job)> {
         let id = *self.holding.get(agent)?;
-        self.jobs.get(&id).map(|job| (id, job))
+        self.jobs.get(&id).map(|job| (id, &**job))
     }
 
     /// Decides a cancellation.
@@ -296,6 +318,17 @@ impl Registry {
         self.waits.iter()
     }
 
+    /// Makes every job share one copy of its queue name and of the empty exclusion
+    /// list (a decoded snapshot gives each job its own).
+    pub fn intern_names(&mut self) {
+        for job in self.jobs.values_mut() {
+            job.queue = intern(&mut self.names, &job.queue);
+            if job.exclude.is_empty() {
+                job.exclude = no_names();
+            }
+        }
+    }
+
     /// Every waiting job as queue index entries, grouped by queue (to rebuild indexes).
     pub fn waiting_entries(&self) -> FastMap<Name, Vec<Entry>> {
         let mut by_queue: FastMap<Name, Vec<Entry>> = FastMap::default();
@@ -322,6 +355,12 @@ impl Registry {
                 awaits_attachments,
                 at,
             } => {
+                let queue = &intern(&mut self.names, queue);
+                let exclude = if exclude.is_empty() {
+                    no_names()
+                } else {
+                    exclude.clone()
+                };
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 let previous = self.jobs.get(id);
@@ -334,7 +373,7 @@ impl Registry {
                     body: body.clone(),
                     priority: *priority,
                     seq,
-                    exclude: exclude.clone(),
+                    exclude,
                     state: JobState::Waiting { resubmitted },
                     attachments: if *awaits_attachments {
                         Attachments::Waiting
@@ -348,7 +387,7 @@ impl Registry {
                     lsn,
                 };
                 let entry = job.entry(*id);
-                self.jobs.insert(*id, job);
+                self.jobs.insert(*id, Box::new(job));
                 Some(IndexChange::Insert(queue.clone(), entry))
             }
             Event::JobDispatched { id, agent, at } => {
