@@ -211,6 +211,7 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
 /// Collects a copy of every partition, encodes them off the runtime and writes a snapshot
 /// covering the smallest LSN among them.
 pub async fn snapshot(services: &Services) -> Result<()> {
+    let started = std::time::Instant::now();
     let (registry, results, files, agents) = tokio::join!(
         ask(&services.registry, RegistryMsg::Snapshot),
         ask(&services.results, ResultMsg::Snapshot),
@@ -222,6 +223,7 @@ pub async fn snapshot(services: &Services) -> Result<()> {
         .into_iter()
         .min()
         .unwrap_or(0);
+    let copied = started.elapsed();
     let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
         let doc = SnapshotDoc {
             version: journal::SNAPSHOT_VERSION,
@@ -234,7 +236,16 @@ pub async fn snapshot(services: &Services) -> Result<()> {
     })
     .await
     .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))??;
-    services.journal.write_snapshot(lsn, bytes).await
+    let encoded = started.elapsed();
+    services.journal.write_snapshot(lsn, bytes).await?;
+    tracing::info!(
+        lsn,
+        copy_ms = copied.as_millis() as u64,
+        encode_ms = (encoded - copied).as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "snapshot taken"
+    );
+    Ok(())
 }
 
 /// Removes finished jobs past retention, with their results, logs and files.

@@ -153,9 +153,12 @@ pub enum IndexChange {
 /// All jobs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Registry {
-    /// Every known job. Boxed: a hash table keeps spare slots (up to twice the jobs), and
-    /// a spare slot then costs a pointer instead of a whole job (~150 MB per million jobs).
-    jobs: FastMap<JobId, Box<Job>>,
+    /// Every known job. Behind an `Arc`: a hash table keeps spare slots (up to twice the
+    /// jobs) and a spare slot then costs a pointer instead of a whole job (~150 MB per
+    /// million jobs); and a snapshot copy of the table shares the jobs (reference-count
+    /// bumps, no per-job allocation), a job being copied only if it changes while the
+    /// snapshot is encoded.
+    jobs: FastMap<JobId, Arc<Job>>,
     /// Next submission sequence number.
     next_seq: u64,
     /// Agent → the job it was last handed and has not reported on yet: a retried pop from
@@ -321,7 +324,7 @@ impl Registry {
     /// Makes every job share one copy of its queue name and of the empty exclusion
     /// list (a decoded snapshot gives each job its own).
     pub fn intern_names(&mut self) {
-        for job in self.jobs.values_mut() {
+        for job in self.jobs.values_mut().map(Arc::make_mut) {
             job.queue = intern(&mut self.names, &job.queue);
             if job.exclude.is_empty() {
                 job.exclude = no_names();
@@ -387,11 +390,11 @@ impl Registry {
                     lsn,
                 };
                 let entry = job.entry(*id);
-                self.jobs.insert(*id, Box::new(job));
+                self.jobs.insert(*id, Arc::new(job));
                 Some(IndexChange::Insert(queue.clone(), entry))
             }
             Event::JobDispatched { id, agent, at } => {
-                let job = self.jobs.get_mut(id)?;
+                let job = Arc::make_mut(self.jobs.get_mut(id)?);
                 if !job.state.is_waiting() {
                     return None;
                 }
@@ -411,7 +414,7 @@ impl Registry {
                 Some(IndexChange::Remove(queue, *id))
             }
             Event::JobCancelled { id, at } => {
-                let job = self.jobs.get_mut(id)?;
+                let job = Arc::make_mut(self.jobs.get_mut(id)?);
                 if job.state.is_terminal() {
                     return None;
                 }
@@ -426,7 +429,7 @@ impl Registry {
                 was_waiting.then_some(IndexChange::Remove(queue, *id))
             }
             Event::JobStateReported { id, state, at } => {
-                let job = self.jobs.get_mut(id)?;
+                let job = Arc::make_mut(self.jobs.get_mut(id)?);
                 let next = job.state.after_report(state)?;
                 let was_waiting = job.state.is_waiting();
                 if next.is_terminal() {
@@ -441,7 +444,7 @@ impl Registry {
                 was_waiting.then_some(IndexChange::Remove(queue, *id))
             }
             Event::AttachmentsArrived { id } => {
-                let job = self.jobs.get_mut(id)?;
+                let job = Arc::make_mut(self.jobs.get_mut(id)?);
                 if job.attachments != Attachments::Waiting {
                     return None;
                 }

@@ -10,6 +10,8 @@
 
 use super::{FastMap, FastSet};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -110,13 +112,14 @@ impl ResultDoc {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Results {
     /// Per job.
-    docs: FastMap<JobId, ResultDoc>,
+    /// Behind an `Arc` so a snapshot copy shares the documents (see `Registry::jobs`).
+    docs: FastMap<JobId, Arc<ResultDoc>>,
 }
 
 impl Results {
     /// The job's document, if anything was reported.
     pub fn get(&self, id: JobId) -> Option<&ResultDoc> {
-        self.docs.get(&id)
+        self.docs.get(&id).map(|doc| &**doc)
     }
 
     /// Number of documents.
@@ -148,7 +151,7 @@ impl Results {
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::ResultMerged { id, fields, .. } => {
-                let doc = self.docs.entry(*id).or_default();
+                let doc = Arc::make_mut(self.docs.entry(*id).or_default());
                 let Ok(Value::Object(new)) = serde_json::from_slice::<Value>(fields) else {
                     return;
                 };
@@ -173,7 +176,7 @@ impl Results {
                 timestamp,
                 data,
             } => {
-                let doc = self.docs.entry(*id).or_default();
+                let doc = Arc::make_mut(self.docs.entry(*id).or_default());
                 let stream = match kind {
                     LogKind::Output => &mut doc.output,
                     LogKind::Serial => &mut doc.serial,
@@ -188,7 +191,7 @@ impl Results {
                 }
             }
             Event::OutputRead { id, upto } => {
-                if let Some(doc) = self.docs.get_mut(id) {
+                if let Some(doc) = self.docs.get_mut(id).map(Arc::make_mut) {
                     doc.output_read = doc.output_read.max(*upto);
                 }
             }
