@@ -56,9 +56,10 @@ struct Mark {
 enum WriterMsg {
     /// A record, and whom to tell when it is durable (`None` under `interval` fsync).
     Record(Vec<u8>, Option<oneshot::Sender<bool>>),
+    /// A snapshot already written and fsynced under its temporary name: install it once
+    /// every record before it is durable.
     Snapshot {
-        lsn: u64,
-        bytes: Vec<u8>,
+        prepared: wal::PreparedSnapshot,
         done: oneshot::Sender<Result<()>>,
     },
 }
@@ -79,6 +80,8 @@ struct Inner {
     space: AtomicBool,
     /// Under `interval` fsync, appends are acknowledged without waiting for the disk.
     wait_for_disk: bool,
+    /// Writes snapshot files off the writer thread.
+    snapshots: wal::SnapshotWriter,
 }
 
 /// A record's place in the log and the means to wait for its durability.
@@ -311,6 +314,7 @@ pub fn open(config: &Config) -> Result<(State, Journal, SnapshotRequests, Recove
         mark,
         space: AtomicBool::new(wal.space_reserved()),
         wait_for_disk: matches!(config.fsync, FsyncPolicy::Always),
+        snapshots: wal.snapshot_writer(),
     });
     let (snap_tx, snap_rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = Writer {
@@ -426,14 +430,21 @@ impl Journal {
     }
 
     /// Writes a snapshot covering every record up to `lsn` (the smallest LSN any
-    /// partition in `bytes` has applied) and drops the log segments it covers.
+    /// partition in `bytes` reaches) and drops the log segments it covers. The file is
+    /// written and fsynced on a blocking thread; the writer thread only installs it
+    /// (rename, directory fsync), so appends are not held up by a large snapshot.
     pub async fn write_snapshot(&self, lsn: u64, bytes: Vec<u8>) -> Result<()> {
+        let writer = self.inner.snapshots.clone();
+        let prepared = tokio::task::spawn_blocking(move || writer.prepare(lsn, &bytes))
+            .await
+            .map_err(|e| Error::Internal(format!("snapshot write task failed: {e}")))?
+            .map_err(wal_error)?;
         let (done, wait) = oneshot::channel();
         self.inner
             .sender
             .lock()
             .tx
-            .send(WriterMsg::Snapshot { lsn, bytes, done })
+            .send(WriterMsg::Snapshot { prepared, done })
             .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?;
         wait.await
             .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?
@@ -483,9 +494,9 @@ impl Writer {
                         batch.push(payload);
                         waiters.extend(waiter);
                     }
-                    WriterMsg::Snapshot { lsn, bytes, done } => {
+                    WriterMsg::Snapshot { prepared, done } => {
                         // Everything queued before it goes to disk first.
-                        snapshot = Some((lsn, bytes, done));
+                        snapshot = Some((prepared, done));
                         break;
                     }
                 }
@@ -507,8 +518,8 @@ impl Writer {
                 }
                 batch.clear();
             }
-            if let Some((lsn, payload, done)) = snapshot {
-                let result = self.snapshot(lsn, &payload);
+            if let Some((prepared, done)) = snapshot {
+                let result = self.snapshot(prepared);
                 let _ = done.send(result);
             }
             self.chores();
@@ -536,16 +547,14 @@ impl Writer {
         }
     }
 
-    fn snapshot(&mut self, lsn: u64, payload: &[u8]) -> Result<()> {
+    fn snapshot(&mut self, prepared: wal::PreparedSnapshot) -> Result<()> {
         self.snapshot_requested = None;
         if self.inner.mark.borrow().failed {
             return Err(Error::Unavailable("the write-ahead log failed".into()));
         }
         let started = Instant::now();
-        self.wal.write_snapshot(lsn, payload).map_err(wal_error)?;
+        self.wal.install_snapshot(prepared).map_err(wal_error)?;
         tracing::info!(
-            lsn,
-            bytes = payload.len(),
             ms = started.elapsed().as_millis() as u64,
             "snapshot written; covered log segments removed"
         );

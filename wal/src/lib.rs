@@ -45,7 +45,8 @@
 //!   space is short and still record cancels and results.
 //! - Any write, sync or rename error poisons the [`Wal`]: a failed fsync may have dropped dirty pages,
 //!   so retrying it could report success for lost data ("fsyncgate"). Restart and replay recover.
-//! - Snapshot: write `….snap.tmp`, fsync, rename, fsync the directory; only then delete older
+//! - Snapshot: write `….snap.tmp` and fsync it (from any thread, see [`SnapshotWriter`]), then
+//!   rename, fsync the directory; only then delete older
 //!   snapshots and the segments the snapshot covers.
 //!
 //! # Recovery
@@ -81,7 +82,7 @@ use std::path::PathBuf;
 
 pub use error::Error;
 pub use fs::{Fs, FsFile, StdFs};
-pub use log::Wal;
+pub use log::{PreparedSnapshot, SnapshotWriter, Wal};
 pub use recovery::scan;
 
 /// Log sequence number: 1 for the first record ever written, +1 per record.

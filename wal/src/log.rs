@@ -330,13 +330,50 @@ impl Wal {
         }
     }
 
-    /// Stores `payload` as the state after record `lsn`, then deletes older snapshots and every
-    /// segment whose records are all `<= lsn` (never the active one).
-    ///
-    /// A failure here does not poison the log: the log itself is untouched, and the old snapshot
-    /// stays valid until the new one is durable.
+    /// Writes a snapshot of the state after `lsn` and deletes what it covers: the two steps
+    /// of [`SnapshotWriter::prepare`] and [`Wal::install_snapshot`] in one call.
     pub fn write_snapshot(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), Error> {
         self.check_writable()?;
+        self.check_snapshot_lsn(lsn)?;
+        let prepared = self.snapshot_writer().prepare(lsn, payload)?;
+        self.install_snapshot(prepared)
+    }
+
+    /// A handle that writes snapshot files for this log from any thread, so a large
+    /// snapshot's write and fsync need not hold up appends.
+    pub fn snapshot_writer(&self) -> SnapshotWriter {
+        SnapshotWriter {
+            fs: self.fs.clone(),
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// Makes a prepared snapshot the newest (rename, directory fsync), then deletes older
+    /// snapshots and the segments it covers. On failure the temporary file is removed and
+    /// the log itself is untouched (not poisoned).
+    pub fn install_snapshot(&mut self, prepared: PreparedSnapshot) -> Result<(), Error> {
+        let installed = self
+            .check_writable()
+            .and_then(|()| self.check_snapshot_lsn(prepared.lsn))
+            .and_then(|()| {
+                self.fs
+                    .rename(&prepared.tmp, &prepared.path)
+                    .map_err(|e| Error::io("rename", &prepared.tmp, e))
+            })
+            .and_then(|()| {
+                self.fs
+                    .sync_dir(&self.dir)
+                    .map_err(|e| Error::io("sync_dir", &self.dir, e))
+            });
+        if let Err(e) = installed {
+            // Best effort: open() removes leftovers anyway.
+            let _ = self.fs.remove(&prepared.tmp);
+            return Err(e);
+        }
+        self.retire(prepared.lsn)
+    }
+
+    fn check_snapshot_lsn(&self, lsn: Lsn) -> Result<(), Error> {
         if lsn > self.last_lsn {
             let msg = format!(
                 "snapshot lsn {lsn} is beyond the log's last lsn {}",
@@ -345,15 +382,7 @@ impl Wal {
             let source = io::Error::new(io::ErrorKind::InvalidInput, msg);
             return Err(Error::io("write_snapshot", &self.dir, source));
         }
-        let name = snapshot_name(lsn);
-        let path = self.dir.join(&name);
-        let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
-        if let Err(e) = self.write_durably(&tmp, &path, lsn, payload) {
-            // Best effort: open() removes leftovers anyway.
-            let _ = self.fs.remove(&tmp);
-            return Err(e);
-        }
-        self.retire(lsn)
+        Ok(())
     }
 
     /// LSN of the last record (0 for an empty log, the replay point before any append).
@@ -626,32 +655,6 @@ impl Wal {
         Ok(())
     }
 
-    /// Writes a snapshot file under `tmp`, makes it durable, and renames it to `path`.
-    fn write_durably(
-        &self,
-        tmp: &Path,
-        path: &Path,
-        lsn: Lsn,
-        payload: &[u8],
-    ) -> Result<(), Error> {
-        let mut file = self
-            .fs
-            .create(tmp)
-            .map_err(|e| Error::io("create", tmp, e))?;
-        let header = frame::encode_snapshot_header(lsn, payload);
-        file.write_at(0, &header)
-            .and_then(|()| file.write_at(SNAPSHOT_HEADER_LEN as u64, payload))
-            .map_err(|e| Error::io("write", tmp, e))?;
-        file.sync_all().map_err(|e| Error::io("sync_all", tmp, e))?;
-        drop(file);
-        self.fs
-            .rename(tmp, path)
-            .map_err(|e| Error::io("rename", tmp, e))?;
-        self.fs
-            .sync_dir(&self.dir)
-            .map_err(|e| Error::io("sync_dir", &self.dir, e))
-    }
-
     /// Deletes what the durable snapshot at `lsn` makes unnecessary.
     fn retire(&mut self, lsn: Lsn) -> Result<(), Error> {
         let listing = layout::list(&*self.fs, &self.dir)?;
@@ -704,5 +707,52 @@ impl fmt::Debug for Wal {
             .field("space_reserved", &self.space_reserved())
             .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
+    }
+}
+
+/// Writes snapshot files of one log (see [`Wal::snapshot_writer`]).
+#[derive(Clone)]
+pub struct SnapshotWriter {
+    /// The log's filesystem.
+    fs: Arc<dyn Fs>,
+    /// The log's directory.
+    dir: PathBuf,
+}
+
+/// A snapshot written and fsynced under its temporary name, waiting for
+/// [`Wal::install_snapshot`].
+#[derive(Debug)]
+pub struct PreparedSnapshot {
+    /// The LSN it covers.
+    lsn: Lsn,
+    /// Where it was written.
+    tmp: PathBuf,
+    /// Its final name.
+    path: PathBuf,
+}
+
+impl SnapshotWriter {
+    /// Writes `payload` as the snapshot at `lsn` to a temporary file and fsyncs it. The
+    /// log is not touched; a failure leaves nothing behind.
+    pub fn prepare(&self, lsn: Lsn, payload: &[u8]) -> Result<PreparedSnapshot, Error> {
+        let name = snapshot_name(lsn);
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
+        let written = (|| {
+            let mut file = self
+                .fs
+                .create(&tmp)
+                .map_err(|e| Error::io("create", &tmp, e))?;
+            let header = frame::encode_snapshot_header(lsn, payload);
+            file.write_at(0, &header)
+                .and_then(|()| file.write_at(SNAPSHOT_HEADER_LEN as u64, payload))
+                .map_err(|e| Error::io("write", &tmp, e))?;
+            file.sync_all().map_err(|e| Error::io("sync_all", &tmp, e))
+        })();
+        if let Err(e) = written {
+            let _ = self.fs.remove(&tmp);
+            return Err(e);
+        }
+        Ok(PreparedSnapshot { lsn, tmp, path })
     }
 }
