@@ -80,6 +80,9 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
                 }
                 _ => return Err(Error::InvalidInput(INVALID_JOB_ID.into())),
             },
+            // Authorisation seam: upstream accepts a priority other than 0 only from a client
+            // whose token grants it (`max_priority`). flinger has no authentication yet, so
+            // every client may set any priority; when tokens arrive, check them here.
             "job_priority" => {
                 priority = value
                     .as_i64()

@@ -158,6 +158,7 @@ pub struct Registry {
     /// million jobs); and a snapshot copy of the table shares the jobs (reference-count
     /// bumps, no per-job allocation), a job being copied only if it changes while the
     /// snapshot is encoded.
+    #[serde(deserialize_with = "presized_map")]
     jobs: FastMap<JobId, Arc<Job>>,
     /// Next submission sequence number.
     next_seq: u64,
@@ -185,6 +186,41 @@ fn intern(names: &mut FastSet<Name>, name: &Name) -> Name {
             name.clone()
         }
     }
+}
+
+/// Deserialises a map into a table sized for all its entries at once: serde's default
+/// caps the initial size, and growing a million-job table step by step rehashes it
+/// several times during start-up.
+fn presized_map<'de, D, K, V>(deserializer: D) -> Result<FastMap<K, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    K: Deserialize<'de> + Eq + std::hash::Hash,
+    V: Deserialize<'de>,
+{
+    struct Presized<K, V>(std::marker::PhantomData<(K, V)>);
+    impl<'de, K, V> serde::de::Visitor<'de> for Presized<K, V>
+    where
+        K: Deserialize<'de> + Eq + std::hash::Hash,
+        V: Deserialize<'de>,
+    {
+        type Value = FastMap<K, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut access: A,
+        ) -> Result<Self::Value, A::Error> {
+            // The hint is the encoded length; a lying one only costs memory up to this cap.
+            let hint = access.size_hint().unwrap_or(0).min(1 << 24);
+            let mut map = FastMap::with_capacity_and_hasher(hint, Default::default());
+            while let Some((key, value)) = access.next_entry()? {
+                map.insert(key, value);
+            }
+            Ok(map)
+        }
+    }
+    deserializer.deserialize_map(Presized(std::marker::PhantomData))
 }
 
 /// The one empty exclusion list all jobs without `exclude_agents` share.
