@@ -24,8 +24,6 @@ pub enum QueueMsg {
     Release(JobId),
     /// How many waiting jobs are ahead of this one.
     Position(JobId, RpcReplyPort<Option<usize>>),
-    /// Every waiting job in dispatch order, at most `limit`.
-    List(usize, RpcReplyPort<Vec<JobId>>),
 }
 
 /// The queue actor (no configuration).
@@ -59,9 +57,6 @@ impl Actor for QueueActor {
             QueueMsg::Take(agent, port) => reply(port, index.take(agent.as_deref())),
             QueueMsg::Release(id) => index.release(id),
             QueueMsg::Position(id, port) => reply(port, index.position(id)),
-            QueueMsg::List(limit, port) => {
-                reply(port, index.entries().take(limit).map(|e| e.id).collect())
-            }
         }
         Ok(())
     }

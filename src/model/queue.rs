@@ -291,12 +291,6 @@ impl QueueIndex {
         })
     }
 
-    /// The waiting entry for `id`, if any.
-    pub fn get(&self, id: JobId) -> Option<&Entry> {
-        let &(priority, slot) = self.slots.get(&id)?;
-        Some(&self.lanes[&Reverse(priority)].slots[slot].entry)
-    }
-
     fn slot_mut(&mut self, id: JobId) -> Option<&mut Slot> {
         let &(priority, slot) = self.slots.get(&id)?;
         self.lanes

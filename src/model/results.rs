@@ -92,14 +92,6 @@ impl ResultDoc {
         }
     }
 
-    /// The merged fields as a JSON object (empty when nothing was posted).
-    pub fn fields_map(&self) -> Map<String, Value> {
-        self.fields
-            .as_ref()
-            .and_then(|f| serde_json::from_slice(f).ok())
-            .unwrap_or_default()
-    }
-
     /// Output fragments the legacy reader has not consumed yet, and the new cursor.
     pub fn unread_output(&self) -> (Vec<&Fragment>, u64) {
         let from = (self.output_read as usize).min(self.output.fragments.len());
