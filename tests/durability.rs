@@ -231,6 +231,8 @@ struct Acked {
     popped: Vec<(String, Instant)>,
     /// Job ids whose cancel got 200, with when the answer arrived.
     cancelled: HashMap<String, Instant>,
+    /// Acknowledged jobs the canceller has not tried yet, newest last.
+    to_cancel: Vec<String>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -263,7 +265,12 @@ async fn crash_loop_never_loses_or_duplicates_acknowledged_work() {
                         .await
                     {
                         if r.status == 200 {
-                            acked.lock().unwrap().submitted.insert(id);
+                            let mut acked = acked.lock().unwrap();
+                            // Every third job is also a cancel target (waiting or not).
+                            if n % 3 == 0 {
+                                acked.to_cancel.push(id.clone());
+                            }
+                            acked.submitted.insert(id);
                         }
                     }
                 }
@@ -303,7 +310,7 @@ async fn crash_loop_never_loses_or_duplicates_acknowledged_work() {
             let (http, acked, stop) = (http.clone(), acked.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let target = acked.lock().unwrap().submitted.iter().next().cloned();
+                    let target = acked.lock().unwrap().to_cancel.pop();
                     let Some(id) = target else {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         continue;
@@ -332,7 +339,7 @@ async fn crash_loop_never_loses_or_duplicates_acknowledged_work() {
     }
     let acked = acked.lock().unwrap();
     assert!(
-        acked.submitted.len() > 100 && acked.popped.len() > 20 && !acked.cancelled.is_empty(),
+        acked.submitted.len() > 100 && acked.popped.len() > 20 && acked.cancelled.len() > 20,
         "the load was too small to mean anything: {} submitted, {} popped, {} cancelled",
         acked.submitted.len(),
         acked.popped.len(),
