@@ -8,21 +8,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::util::{job_id_of, new_id, pop_path, pseudo_random_bytes, Http, TestServer};
+use crate::util::{
+    job_id_of, new_id, pop_path, pseudo_random_bytes, Http, TestServer, SMALL_SEGMENTS,
+};
 
-/// Small limits so a few KiB of traffic rotates segments and triggers snapshots.
-const SMALL_LOG: &[&str] = &[
-    "--max-job-bytes",
-    "65536",
-    "--max-result-bytes",
-    "65536",
-    "--max-output-bytes",
-    "65536",
-    "--segment-bytes",
-    "1200000",
-    "--snapshot-bytes",
-    "4096",
-];
+/// Small segments and a tiny snapshot threshold: a few KiB of traffic rotates segments
+/// and triggers snapshots.
+fn small_log() -> Vec<&'static str> {
+    [SMALL_SEGMENTS, &["--snapshot-bytes", "4096"]].concat()
+}
 
 /// Builds a state touching every partition and returns the ids it used.
 async fn build_rich_state(http: &Http) -> Vec<String> {
@@ -169,7 +163,7 @@ async fn sigkill_preserves_everything_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshots_and_segment_rotation_change_nothing_observable() {
-    let mut srv = TestServer::start_with(SMALL_LOG);
+    let mut srv = TestServer::start_with(&small_log());
     let ids = build_rich_state(&srv.http()).await;
     // Enough traffic to rotate 1.2 MB segments and take several snapshots.
     let filler: Vec<String> = (0..40).map(|_| "x".repeat(30_000)).collect();
@@ -237,7 +231,7 @@ struct Acked {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_loop_never_loses_or_duplicates_acknowledged_work() {
-    let mut srv = TestServer::start_with(SMALL_LOG);
+    let mut srv = TestServer::start_with(&small_log());
     let acked = Arc::new(Mutex::new(Acked::default()));
     let queues = ["a", "b", "c"];
     let mut seed = 0x9e3779b97f4a7c15u64;

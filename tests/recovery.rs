@@ -14,19 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::util::{pseudo_random_bytes, run_to_exit, Opts, TestServer};
-
-/// Small limits so segments are ~1 MiB instead of the default 64 MiB.
-const SMALL: &[&str] = &[
-    "--max-job-bytes",
-    "65536",
-    "--max-result-bytes",
-    "65536",
-    "--max-output-bytes",
-    "65536",
-    "--segment-bytes",
-    "1200000",
-];
+use crate::util::{pseudo_random_bytes, run_to_exit, Opts, TestServer, SMALL_SEGMENTS};
 
 const SEGMENT_HEADER: usize = 32;
 const RECORD_HEADER: usize = 16;
@@ -235,7 +223,7 @@ async fn assert_jobs(srv: &TestServer, ids: &[String], status: u16, when: &str) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn torn_tail_is_truncated_with_warning_when_garbage_or_partial_record_follows_last_record() {
-    let mut srv = TestServer::start_with(SMALL);
+    let mut srv = TestServer::start_with(SMALL_SEGMENTS);
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(srv.submit(&json!({"job_queue": "torn", "n": i})).await);
@@ -319,7 +307,7 @@ async fn torn_tail_is_truncated_with_warning_when_garbage_or_partial_record_foll
 
 #[tokio::test(flavor = "multi_thread")]
 async fn start_is_refused_or_cut_on_flag_when_an_early_record_is_corrupt() {
-    let mut srv = TestServer::start_with(SMALL);
+    let mut srv = TestServer::start_with(SMALL_SEGMENTS);
     let markers: Vec<String> = (0..6)
         .map(|i| format!("marker-{i}-{}", uuid::Uuid::new_v4().simple()))
         .collect();
@@ -354,7 +342,7 @@ async fn start_is_refused_or_cut_on_flag_when_an_early_record_is_corrupt() {
     buf[flip] ^= 0xff;
     write_at(&seg, flip, &buf[flip..flip + 1]);
 
-    let stderr = refused_start(srv.dir(), &data, SMALL);
+    let stderr = refused_start(srv.dir(), &data, SMALL_SEGMENTS);
     assert!(
         stderr.contains(&seg_name),
         "the error should name the segment {seg_name}:\n{stderr}"
@@ -374,7 +362,7 @@ async fn start_is_refused_or_cut_on_flag_when_an_early_record_is_corrupt() {
     );
 
     // The operator opts in: the log is cut at the damage.
-    let mut args = SMALL.to_vec();
+    let mut args = SMALL_SEGMENTS.to_vec();
     args.push("--wal-truncate-corruption");
     let mut cut = start_on(&data, &args);
     assert_jobs(&cut, &ids[..2], 200, "records before the damage").await;
@@ -396,7 +384,7 @@ async fn start_is_refused_or_cut_on_flag_when_an_early_record_is_corrupt() {
         .await;
     assert!(cut.stop().success());
     drop(cut);
-    let strict = start_on(&data, SMALL);
+    let strict = start_on(&data, SMALL_SEGMENTS);
     assert_jobs(&strict, &ids[..2], 200, "strict restart after the cut").await;
     assert_jobs(&strict, &ids[2..], 204, "strict restart after the cut").await;
     assert_jobs(&strict, &[after], 200, "a job submitted after the cut").await;
@@ -406,7 +394,7 @@ async fn start_is_refused_or_cut_on_flag_when_an_early_record_is_corrupt() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn start_is_refused_and_log_untouched_when_a_crc_valid_record_does_not_decode_at_the_tail() {
-    let mut srv = TestServer::start_with(SMALL);
+    let mut srv = TestServer::start_with(SMALL_SEGMENTS);
     for i in 0..3 {
         srv.submit(&json!({"job_queue": "undecodable", "n": i}))
             .await;
@@ -426,7 +414,7 @@ async fn start_is_refused_and_log_untouched_when_a_crc_valid_record_does_not_dec
     assert_eq!(after.len(), recs.len() + 1);
 
     for attempt in 0..2 {
-        let stderr = refused_start(srv.dir(), &data, SMALL);
+        let stderr = refused_start(srv.dir(), &data, SMALL_SEGMENTS);
         assert!(
             stderr.contains(&seg_name),
             "attempt {attempt}: the error should name the segment {seg_name}:\n{stderr}"
@@ -447,7 +435,7 @@ async fn start_is_refused_and_log_untouched_when_a_crc_valid_record_does_not_dec
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wal_dump_prints_every_record_and_exits_0_when_the_server_is_running() {
-    let srv = TestServer::start_with(SMALL);
+    let srv = TestServer::start_with(SMALL_SEGMENTS);
     let a = srv.submit_to("dumpq").await;
     let b = srv.submit_to("dumpq").await;
     let c = srv.submit_to("dumpq").await;

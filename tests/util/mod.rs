@@ -127,6 +127,19 @@ fn listening_addr(line: &str) -> Option<String> {
     (!addr.is_empty()).then_some(addr)
 }
 
+/// Limits small enough that a few KiB of traffic fills a ~1 MiB WAL segment (the
+/// default segment is 64 MiB).
+pub const SMALL_SEGMENTS: &[&str] = &[
+    "--max-job-bytes",
+    "65536",
+    "--max-result-bytes",
+    "65536",
+    "--max-output-bytes",
+    "65536",
+    "--segment-bytes",
+    "1200000",
+];
+
 /// How to start a [`TestServer`] beyond the defaults.
 #[derive(Default)]
 pub struct Opts {
