@@ -62,6 +62,8 @@ enum WriterMsg {
         prepared: wal::PreparedSnapshot,
         done: oneshot::Sender<Result<()>>,
     },
+    /// Write what is queued, close the log (releasing its directory lock), then answer.
+    Close(oneshot::Sender<()>),
 }
 
 struct Sender {
@@ -244,9 +246,17 @@ fn wal_error(e: wal::Error) -> Error {
 ///
 /// Returns the state, the journal, the writer's snapshot requests and what recovery did.
 pub fn open(config: &Config) -> Result<(State, Journal, SnapshotRequests, Recovery)> {
+    open_with(config, Arc::new(wal::StdFs))
+}
+
+/// [`open`] over a given filesystem (tests inject write and sync failures through it).
+pub fn open_with(
+    config: &Config,
+    fs: Arc<dyn wal::Fs>,
+) -> Result<(State, Journal, SnapshotRequests, Recovery)> {
     let started = Instant::now();
-    let mut wal =
-        wal::Wal::open(&wal_dir(&config.data_dir), wal_options(config)).map_err(wal_error)?;
+    let mut wal = wal::Wal::open_with(fs, &wal_dir(&config.data_dir), wal_options(config))
+        .map_err(wal_error)?;
     let mut state = State::default();
     let mut applied = Applied::default();
     let mut recovery = Recovery::default();
@@ -429,6 +439,16 @@ impl Journal {
         }
     }
 
+    /// Writes what is queued and closes the log, releasing its directory; later appends
+    /// are refused. For an orderly stop (the process exiting releases it anyway).
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        let sent = self.inner.sender.lock().tx.send(WriterMsg::Close(done));
+        if sent.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
     /// Writes a snapshot covering every record up to `lsn` (the smallest LSN any
     /// partition in `bytes` reaches) and drops the log segments it covers. The file is
     /// written and fsynced on a blocking thread; the writer thread only installs it
@@ -487,6 +507,7 @@ impl Writer {
             let deadline = self.interval.map(|d| Instant::now() + d);
             let mut bytes = 0usize;
             let mut snapshot = None;
+            let mut closing = None;
             while let Some(msg) = pending.take() {
                 match msg {
                     WriterMsg::Record(payload, waiter) => {
@@ -497,6 +518,10 @@ impl Writer {
                     WriterMsg::Snapshot { prepared, done } => {
                         // Everything queued before it goes to disk first.
                         snapshot = Some((prepared, done));
+                        break;
+                    }
+                    WriterMsg::Close(done) => {
+                        closing = Some(done);
                         break;
                     }
                 }
@@ -521,6 +546,11 @@ impl Writer {
             if let Some((prepared, done)) = snapshot {
                 let result = self.snapshot(prepared);
                 let _ = done.send(result);
+            }
+            if let Some(done) = closing {
+                drop(self);
+                let _ = done.send(());
+                return;
             }
             self.chores();
         }

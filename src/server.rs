@@ -52,13 +52,18 @@ pub struct Running {
 
 /// Recovers the state in `config.data_dir` and starts the actors and chores.
 pub async fn start(config: Config) -> Result<Running> {
+    start_with_fs(config, Arc::new(wal::StdFs)).await
+}
+
+/// [`start`] with the write-ahead log on a given filesystem (tests inject failures).
+pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Running> {
     let config = Arc::new(config);
     let files_dir = config.data_dir.join("files");
     std::fs::create_dir_all(&files_dir)
         .map_err(|e| Error::Internal(format!("cannot create {}: {e}", files_dir.display())))?;
     let recovery_config = config.clone();
     let (state, journal, snapshot_requests, recovery) =
-        tokio::task::spawn_blocking(move || journal::open(&recovery_config))
+        tokio::task::spawn_blocking(move || journal::open_with(&recovery_config, fs))
             .await
             .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
     tracing::info!(
@@ -115,6 +120,7 @@ impl Running {
         self.supervisor.stop(None);
         let _ = self.supervisor_handle.await;
         self.chores.abort();
+        self.services.journal.close().await;
     }
 }
 
@@ -125,7 +131,16 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let mut running = start(config).await?;
+    serve(listener, start(config).await?, shutdown).await
+}
+
+/// Serves a started core on `listener` until `shutdown` resolves or an actor fails
+/// fatally; then stops it.
+pub async fn serve(
+    listener: TcpListener,
+    mut running: Running,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let services = running.services.clone();
     let config = services.config.clone();
     let local = listener.local_addr().map_err(Error::from)?;

@@ -33,3 +33,5 @@ mod props;
 mod recovery;
 // Current upstream CLI and agent request sequences replayed end to end (issue 4).
 mod clients;
+// A disk failing under a running server (fsync and write errors through the WAL's seam).
+mod faults;

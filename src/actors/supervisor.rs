@@ -88,7 +88,7 @@ impl Actor for Supervisor {
             agents,
         } = args.state;
         let (registry, _) = Actor::spawn_linked(
-            Some("registry".into()),
+            None,
             RegistryActor,
             RegistryArgs {
                 registry,
@@ -100,26 +100,21 @@ impl Actor for Supervisor {
         )
         .await?;
         let (results, _) = Actor::spawn_linked(
-            Some("results".into()),
+            None,
             ResultActor,
             (results, args.journal.clone()),
             cell.clone(),
         )
         .await?;
         let (files, _) = Actor::spawn_linked(
-            Some("files".into()),
+            None,
             FileActor,
             (files, args.journal.clone(), args.files_dir),
             cell.clone(),
         )
         .await?;
-        let (agents, _) = Actor::spawn_linked(
-            Some("agents".into()),
-            AgentActor,
-            (agents, args.journal.clone()),
-            cell,
-        )
-        .await?;
+        let (agents, _) =
+            Actor::spawn_linked(None, AgentActor, (agents, args.journal.clone()), cell).await?;
         Ok(SupervisorState {
             refs: Refs {
                 registry,
@@ -169,7 +164,18 @@ impl Actor for Supervisor {
             let _ = state.refs.registry.cast(RegistryMsg::RespawnQueue(queue));
             return Ok(());
         }
-        let name = cell.get_name().unwrap_or_else(|| id.to_string());
+        // Actors are unnamed (ractor names are process-global, and tests run several
+        // servers in one process), so say which one it was from the references we hold.
+        let refs = &state.refs;
+        let name = [
+            (refs.registry.get_id(), "registry"),
+            (refs.results.get_id(), "results"),
+            (refs.files.get_id(), "artifact"),
+            (refs.agents.get_id(), "agents"),
+        ]
+        .into_iter()
+        .find(|(known, _)| *known == id)
+        .map_or_else(|| id.to_string(), |(_, role)| role.to_owned());
         let message = format!("actor {name} {why}; its state cannot be trusted, shutting down (restart recovers from the log)");
         tracing::error!("{message}");
         state.stopping = true;

@@ -510,7 +510,7 @@ pub struct Http {
 }
 
 impl Http {
-    fn new(base: String) -> Http {
+    pub fn new(base: String) -> Http {
         let client = Client::builder(TokioExecutor::new()).build_http();
         Http { base, client }
     }

@@ -1,0 +1,118 @@
+//! A disk that fails under a running server. The real binary cannot be made to fail its
+//! fsync, so these tests run the server in-process on 127.0.0.1:0 with its write-ahead
+//! log on `wal::fault::FaultyFs` (the log's filesystem seam), and talk to it over HTTP.
+
+use std::sync::Arc;
+
+use flinger::config::Config;
+use flinger::server::{serve, start, start_with_fs};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use wal::fault::{Fault, FaultyFs, Op};
+
+use crate::util::Http;
+
+/// An in-process server on 127.0.0.1:0: its client, and the switch that stops it.
+async fn serve_on(
+    running: flinger::server::Running,
+) -> (
+    Http,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<flinger::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, running, async {
+        let _ = stopped.await;
+    }));
+    (Http::new(format!("http://{addr}")), stop, server)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_fsync_refuses_every_later_change_with_503_while_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    let fs = Arc::new(FaultyFs::new(Arc::new(wal::StdFs)));
+    let running = start_with_fs(config.clone(), fs.clone()).await.unwrap();
+    let (http, stop, server) = serve_on(running).await;
+
+    let kept = http.submit_to("q").await;
+    fs.fail_always(Op::Sync, Fault::Io);
+    let refused = http.post_json("/v1/job", &json!({"job_queue": "q"})).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(!refused.message().is_empty());
+
+    // The failed sync is never retried, even once the disk would work again: the log
+    // stays refused (fsyncgate), and nothing new is applied.
+    fs.clear();
+    let cancel = http
+        .post_json(
+            &format!("/v1/job/{kept}/action"),
+            &json!({"action": "cancel"}),
+        )
+        .await;
+    assert_eq!(cancel.status, 503, "{}", cancel.text());
+    let result = http
+        .post_json(&format!("/v1/result/{kept}"), &json!({"job_state": "test"}))
+        .await;
+    assert_eq!(result.status, 503, "{}", result.text());
+
+    // Reads keep working and show no refused change.
+    http.get(&format!("/v1/job/{kept}"))
+        .await
+        .expect_status(200);
+    assert_eq!(http.job_state(&kept).await, "waiting");
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+
+    // A restart recovers from disk: the acknowledged job is there, still waiting.
+    let (http, stop, server) = serve_on(start(config).await.unwrap()).await;
+    assert_eq!(http.job_state(&kept).await, "waiting");
+    assert_eq!(http.pop_id(&["q"]).await.as_deref(), Some(kept.as_str()));
+    http.post_json("/v1/job", &json!({"job_queue": "q"}))
+        .await
+        .expect_status(200);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_write_refuses_changes_with_503_and_acknowledges_nothing_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    let fs = Arc::new(FaultyFs::new(Arc::new(wal::StdFs)));
+    let running = start_with_fs(config.clone(), fs.clone()).await.unwrap();
+    let (http, stop, server) = serve_on(running).await;
+
+    let mut acknowledged = Vec::new();
+    for _ in 0..5 {
+        acknowledged.push(http.submit_to("q").await);
+    }
+    fs.fail_always(Op::Write, Fault::Io);
+    for _ in 0..3 {
+        let r = http.post_json("/v1/job", &json!({"job_queue": "q"})).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+    }
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+
+    let (http, stop, server) = serve_on(start(config).await.unwrap()).await;
+    for id in &acknowledged {
+        assert_eq!(
+            http.job_state(id).await,
+            "waiting",
+            "acknowledged job {id} lost"
+        );
+    }
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
