@@ -57,8 +57,9 @@ pub enum RegistryMsg {
     Held(Name, RpcReplyPort<Option<(JobId, JobView)>>),
     /// Cancel a job.
     Cancel(JobId, RpcReplyPort<Result<Ticket>>),
-    /// A `job_state` was posted: the LSN if it changed the lifecycle.
-    Report(JobId, Name, RpcReplyPort<Result<Option<Ticket>>>),
+    /// A `job_state` was posted: whether the job is known, and the ticket of the change
+    /// when it changed the lifecycle.
+    Report(JobId, Name, RpcReplyPort<Result<(bool, Option<Ticket>)>>),
     /// The job's attachments were stored.
     AttachmentsArrived(JobId, RpcReplyPort<Result<Option<Ticket>>>),
     /// Look a job up.
@@ -222,9 +223,10 @@ impl Actor for RegistryActor {
                 reply(port, result);
             }
             RegistryMsg::Report(id, label, port) => {
+                let known = state.registry.get(id).is_some();
                 let result = match state.registry.report(id, &label, now()) {
-                    None => Ok(None),
-                    Some(event) => state.record(event).await.map(Some),
+                    None => Ok((known, None)),
+                    Some(event) => state.record(event).await.map(|t| (known, Some(t))),
                 };
                 reply(port, result);
             }

@@ -37,16 +37,29 @@ pub async fn result_post(
         .get("job_state")
         .and_then(Value::as_str)
         .map(Name::from);
-    // The two partitions are independent: ask both at once.
+    // A bare state report about a known job (what agents send at every phase) is the
+    // registry's alone: the job's lifecycle state is what clients read back, so the
+    // result document need not record it too.
+    if let (Some(state), 1) = (&state, fields.len()) {
+        let (known, reported) =
+            ask(&svc.registry, |p| RegistryMsg::Report(id, state.clone(), p)).await??;
+        if known {
+            if let Some(reported) = reported {
+                svc.journal.durable(reported).await?;
+            }
+            return Ok(ok());
+        }
+    }
+    // Otherwise the two partitions are independent: ask both at once.
     let report = async {
         match state {
             Some(state) => ask(&svc.registry, |p| RegistryMsg::Report(id, state, p)).await?,
-            None => Ok(None),
+            None => Ok((false, None)),
         }
     };
     let (merged, reported) =
         tokio::join!(ask(&svc.results, |p| ResultMsg::Merge(id, body, p)), report);
-    let (merged, reported) = (merged??, reported?);
+    let (merged, (_, reported)) = (merged??, reported?);
     svc.journal.durable(merged).await?;
     if let Some(reported) = reported {
         svc.journal.durable(reported).await?;
