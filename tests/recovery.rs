@@ -441,7 +441,8 @@ async fn wal_dump_prints_every_record_and_exits_0_when_the_server_is_running() {
     let c = srv.submit_to("dumpq").await;
     assert_eq!(srv.pop_id(&["dumpq"]).await.as_deref(), Some(a.as_str()));
     srv.cancel(&b).await.expect_status(200);
-    srv.post_result(&a, &json!({"job_state": "complete", "status": {"test": 0}})).await;
+    srv.post_result(&a, &json!({"job_state": "complete", "status": {"test": 0}}))
+        .await;
 
     let data = srv.data_dir();
     let before: Vec<Vec<u8>> = segments(&data)

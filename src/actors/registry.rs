@@ -42,16 +42,28 @@ pub struct JobView {
 /// Jobs removed by retention and the LSN of their removal.
 pub type Expired = (Vec<JobId>, Ticket);
 
+/// The outcome of a claim.
+#[derive(Debug)]
+pub enum Claimed {
+    /// The job is the agent's now; answer once the ticket is durable.
+    Dispatched(JobView, Ticket),
+    /// The agent retried: here is the job it already holds (the candidate stays queued).
+    Held(JobView),
+    /// The job is no longer dispatchable (cancelled, or taken meanwhile).
+    Gone,
+}
+
 /// Messages to the registry.
 pub enum RegistryMsg {
     /// Submit (or resubmit) a job; replies with the LSN to await.
     Submit(Submission, RpcReplyPort<Result<Ticket>>),
-    /// Dispatch a reserved waiting job to an agent: its document and LSN, or `None` when
-    /// it is no longer dispatchable.
+    /// Dispatch a reserved waiting job to an agent popping from these queues — unless that
+    /// agent still holds a job of these queues it has not reported on (its pop is a retry).
     Claim(
         JobId,
         Option<Name>,
-        RpcReplyPort<Result<Option<(JobView, Ticket)>>>,
+        Vec<Name>,
+        RpcReplyPort<Result<Claimed>>,
     ),
     /// The job this agent holds without having reported on it.
     Held(Name, RpcReplyPort<Option<(JobId, JobView)>>),
@@ -196,14 +208,24 @@ impl Actor for RegistryActor {
                 };
                 reply(port, result);
             }
-            RegistryMsg::Claim(id, agent, port) => {
-                let result = match state.registry.claim(id, agent, now()) {
-                    None => Ok(None),
-                    Some(event) => match state.record(event).await {
-                        Ok(ticket) => Ok(state.registry.get(id).map(|job| (view(job), ticket))),
-                        Err(e) => Err(e),
-                    },
-                };
+            RegistryMsg::Claim(id, agent, queues, port) => {
+                let held = agent
+                    .as_deref()
+                    .and_then(|a| state.registry.held_by(a))
+                    .filter(|(_, job)| queues.contains(&job.queue))
+                    .map(|(_, job)| view(job));
+                let result =
+                    match (held, state.registry.claim(id, agent, now())) {
+                        (Some(held), _) => Ok(Claimed::Held(held)),
+                        (None, None) => Ok(Claimed::Gone),
+                        (None, Some(event)) => state.record(event).await.map(|ticket| match state
+                            .registry
+                            .get(id)
+                        {
+                            Some(job) => Claimed::Dispatched(view(job), ticket),
+                            None => Claimed::Gone,
+                        }),
+                    };
                 reply(port, result);
             }
             RegistryMsg::Held(agent, port) => {

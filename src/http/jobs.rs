@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::respond::{json_bytes, json_value, no_content, ok, read_body, text};
 use super::wire::{self, path_id};
 use crate::actors::queue::QueueMsg;
-use crate::actors::registry::{JobView, RegistryMsg};
+use crate::actors::registry::{Claimed, JobView, RegistryMsg};
 use crate::actors::{ask, Services};
 use crate::error::{Error, Result};
 use crate::model::queue::{best, Candidate};
@@ -77,18 +77,7 @@ pub async fn job_get(State(svc): State<Services>, request: Request) -> Result<Re
 }
 
 async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Option<bytes::Bytes>> {
-    if let Some(agent) = &agent {
-        // The agent retries a pop whose answer it lost: give it the job it already holds.
-        if let Some((_, job)) = ask(&svc.registry, |p| RegistryMsg::Held(agent.clone(), p)).await? {
-            if queues.contains(&job.queue) {
-                return Ok(Some(dispatched_body(&job)));
-            }
-        }
-    }
     let actors: Vec<ActorRef<QueueMsg>> = queues.iter().filter_map(|q| svc.queues.get(q)).collect();
-    if actors.is_empty() {
-        return Ok(None);
-    }
     for _ in 0..MAX_POP_ATTEMPTS {
         let takes = actors.iter().map(|actor| {
             let agent = agent.clone();
@@ -111,22 +100,43 @@ async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Opt
             .collect();
         let candidates: Vec<Candidate> = reserved.iter().map(|r| r.candidate.clone()).collect();
         let Some(chosen) = best(&candidates).map(|c| c.id) else {
-            return Ok(None);
+            return held_job(svc, queues, agent).await;
         };
         // Release the losers now, not after the claim: other pops may want them.
         reserved.retain(|r| r.candidate.id == chosen);
-        let claimed = ask(&svc.registry, |p| {
-            RegistryMsg::Claim(chosen, agent.clone(), p)
+        match ask(&svc.registry, |p| {
+            RegistryMsg::Claim(chosen, agent.clone(), queues.to_vec(), p)
         })
-        .await??;
-        if let Some((job, lsn)) = claimed {
-            // The registry's index change removes the slot; nothing to release.
-            reserved.iter_mut().for_each(|r| r.armed = false);
-            svc.journal.durable(lsn).await?;
-            return Ok(Some(dispatched_body(&job)));
+        .await??
+        {
+            Claimed::Dispatched(job, ticket) => {
+                // The registry's index change removes the slot; nothing to release.
+                reserved.iter_mut().for_each(|r| r.armed = false);
+                svc.journal.durable(ticket).await?;
+                return Ok(Some(dispatched_body(&job)));
+            }
+            // A retried pop: the reservation is released when `reserved` drops.
+            Claimed::Held(job) => return Ok(Some(dispatched_body(&job))),
+            Claimed::Gone => {}
         }
     }
     Ok(None)
+}
+
+/// With nothing to take: the job `agent` still holds in these queues, if its pop is a
+/// retry (the agent retries every method on 5xx, so a lost answer must not orphan a job).
+async fn held_job(
+    svc: &Services,
+    queues: &[Name],
+    agent: Option<Name>,
+) -> Result<Option<bytes::Bytes>> {
+    let Some(agent) = agent else {
+        return Ok(None);
+    };
+    let held = ask(&svc.registry, |p| RegistryMsg::Held(agent, p)).await?;
+    Ok(held
+        .filter(|(_, job)| queues.contains(&job.queue))
+        .map(|(_, job)| dispatched_body(&job)))
 }
 
 /// The job document an agent receives: as submitted, plus `attachments_status` when the
