@@ -202,7 +202,7 @@ pub fn encode_partition<T: Serialize>(partition: &T) -> Result<Vec<u8>> {
 }
 
 /// The snapshot layout version; a snapshot of another version is refused at start-up.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 /// Encodes an event as a WAL record payload.
 pub fn encode(event: &Event) -> Vec<u8> {

@@ -169,6 +169,11 @@ pub struct Registry {
     /// (rebuilt by [`Registry::intern_names`] after a snapshot is loaded).
     #[serde(skip)]
     names: FastSet<Name>,
+    /// Finished jobs in the order they finished, with when: retention takes expired jobs
+    /// from the front instead of scanning every job. An entry whose job was resubmitted
+    /// or removed since is stale and skipped.
+    #[serde(default)]
+    finishing: VecDeque<(u64, JobId)>,
     /// Per queue, the newest waits (seconds from submission to dispatch), for the
     /// wait-time percentiles; bounded so a busy queue cannot grow the state.
     waits: FastMap<Name, VecDeque<u64>>,
@@ -339,12 +344,19 @@ impl Registry {
 
     /// Finished jobs older than `cutoff` (unix seconds), at most `limit` of them.
     pub fn expired(&self, cutoff: u64, limit: usize) -> Vec<JobId> {
-        self.jobs
+        self.finishing
             .iter()
-            .filter(|(_, j)| j.finished_at.is_some_and(|t| t < cutoff))
-            .map(|(id, _)| *id)
+            .take_while(|(t, _)| *t < cutoff)
+            .filter(|&&(t, id)| !self.is_stale(t, id))
+            .map(|(_, id)| *id)
             .take(limit)
             .collect()
+    }
+
+    fn is_stale(&self, finished_at: u64, id: JobId) -> bool {
+        self.jobs
+            .get(&id)
+            .is_none_or(|j| j.finished_at != Some(finished_at))
     }
 
     /// Recent wait times (seconds) of `queue`, oldest first.
@@ -462,13 +474,15 @@ impl Registry {
                 if let Some(agent) = job.agent.clone() {
                     self.release_holder(&agent, *id);
                 }
+                self.finishing.push_back((*at, *id));
                 was_waiting.then_some(IndexChange::Remove(queue, *id))
             }
             Event::JobStateReported { id, state, at } => {
                 let job = Arc::make_mut(self.jobs.get_mut(id)?);
                 let next = job.state.after_report(state)?;
                 let was_waiting = job.state.is_waiting();
-                if next.is_terminal() {
+                let finished = next.is_terminal();
+                if finished {
                     job.finished_at = Some(*at);
                 }
                 job.state = next;
@@ -476,6 +490,9 @@ impl Registry {
                 let queue = job.queue.clone();
                 if let Some(agent) = job.agent.clone() {
                     self.release_holder(&agent, *id);
+                }
+                if finished {
+                    self.finishing.push_back((*at, *id));
                 }
                 was_waiting.then_some(IndexChange::Remove(queue, *id))
             }
@@ -499,6 +516,12 @@ impl Registry {
                         self.jobs.remove(id);
                     }
                 }
+                while let Some(&(t, id)) = self.finishing.front() {
+                    if !self.is_stale(t, id) {
+                        break;
+                    }
+                    self.finishing.pop_front();
+                }
                 None
             }
             _ => None,
@@ -509,5 +532,51 @@ impl Registry {
         if self.holding.get(agent) == Some(&id) {
             self.holding.remove(agent);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submit(registry: &mut Registry, lsn: &mut u64, id: JobId, at: u64) {
+        *lsn += 1;
+        let sub = Submission {
+            id,
+            queue: "q".into(),
+            body: Bytes::from_static(b"{}"),
+            priority: 0,
+            exclude: no_names(),
+            awaits_attachments: false,
+        };
+        let Submitted::Record(event) = registry.submit(sub, at) else {
+            panic!("duplicate")
+        };
+        registry.apply(*lsn, &event);
+    }
+
+    #[test]
+    fn retention_takes_jobs_in_finishing_order_and_skips_resubmitted_ones() {
+        let mut registry = Registry::default();
+        let mut lsn = 0;
+        let ids: Vec<JobId> = (0..3).map(|_| JobId::random()).collect();
+        for (t, id) in ids.iter().enumerate() {
+            submit(&mut registry, &mut lsn, *id, 0);
+            lsn += 1;
+            registry.apply(lsn, &registry.cancel(*id, t as u64 + 1).unwrap());
+        }
+        // The first job is queued again: it is no longer finished, so not expired.
+        submit(&mut registry, &mut lsn, ids[0], 5);
+        assert_eq!(registry.expired(3, 10), vec![ids[1]]);
+        assert_eq!(registry.expired(10, 10), vec![ids[1], ids[2]]);
+        lsn += 1;
+        registry.apply(lsn, &Event::JobsExpired { ids: vec![ids[1]] });
+        assert_eq!(registry.expired(10, 10), vec![ids[2]]);
+        assert!(registry.get(ids[0]).is_some_and(|j| j.state.is_waiting()));
+        assert_eq!(
+            registry.finishing.len(),
+            1,
+            "stale entries at the front are dropped"
+        );
     }
 }
