@@ -150,8 +150,6 @@ pub struct Recovery {
     pub snapshot_lsn: Option<u64>,
     /// Records replayed after it.
     pub replayed: u64,
-    /// Bytes dropped from a torn tail.
-    pub truncated_bytes: Option<u64>,
     /// How long loading the snapshot took.
     pub snapshot_time: Duration,
     /// How long it took in all.
@@ -301,7 +299,6 @@ pub fn open_with(
         })
         .map_err(wal_error)?;
     recovery.replayed = report.records;
-    recovery.truncated_bytes = report.truncated.as_ref().map(|t| t.bytes_dropped);
     if let Some(t) = &report.truncated {
         tracing::warn!(
             segment = %t.segment.display(),

@@ -30,9 +30,16 @@ async fn serve_on(
     (Http::new(format!("http://{addr}")), stop, server)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn failed_fsync_refuses_every_later_change_with_503_while_reads_go_on() {
-    let dir = tempfile::tempdir().unwrap();
+/// A server on a fresh data dir in `dir` whose log sits on a `FaultyFs` (no faults yet).
+async fn start_faulty(
+    dir: &tempfile::TempDir,
+) -> (
+    Config,
+    Arc<FaultyFs>,
+    Http,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<flinger::Result<()>>,
+) {
     let config = Config {
         data_dir: dir.path().join("data"),
         ..Config::default()
@@ -40,6 +47,13 @@ async fn failed_fsync_refuses_every_later_change_with_503_while_reads_go_on() {
     let fs = Arc::new(FaultyFs::new(Arc::new(wal::StdFs)));
     let running = start_with_fs(config.clone(), fs.clone()).await.unwrap();
     let (http, stop, server) = serve_on(running).await;
+    (config, fs, http, stop, server)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_fsync_refuses_every_later_change_with_503_while_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, fs, http, stop, server) = start_faulty(&dir).await;
 
     let kept = http.submit_to("q").await;
     fs.fail_always(Op::Sync, Fault::Io);
@@ -85,13 +99,7 @@ async fn failed_fsync_refuses_every_later_change_with_503_while_reads_go_on() {
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_write_refuses_changes_with_503_and_acknowledges_nothing_it_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        data_dir: dir.path().join("data"),
-        ..Config::default()
-    };
-    let fs = Arc::new(FaultyFs::new(Arc::new(wal::StdFs)));
-    let running = start_with_fs(config.clone(), fs.clone()).await.unwrap();
-    let (http, stop, server) = serve_on(running).await;
+    let (config, fs, http, stop, server) = start_faulty(&dir).await;
 
     let mut acknowledged = Vec::new();
     for _ in 0..5 {

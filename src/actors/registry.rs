@@ -27,14 +27,10 @@ pub struct JobView {
     pub state: String,
     /// Whether it is waiting in its queue.
     pub waiting: bool,
-    /// `job_priority`.
-    pub priority: i64,
     /// Submission order (listings sort by it: timestamps tie within a second).
     pub seq: u64,
     /// Unix seconds of submission.
     pub created_at: u64,
-    /// Unix seconds of dispatch.
-    pub started_at: Option<u64>,
     /// Input files status.
     pub attachments: Attachments,
 }
@@ -127,10 +123,8 @@ fn view(job: &crate::model::registry::Job) -> JobView {
         body: job.body.clone(),
         state: job.state.label().to_owned(),
         waiting: job.state.is_waiting(),
-        priority: job.priority,
         seq: job.seq,
         created_at: job.created_at,
-        started_at: job.started_at,
         attachments: job.attachments,
     }
 }
