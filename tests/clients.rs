@@ -1084,6 +1084,8 @@ async fn agent_status_reports_state_when_agent_is_known_and_404_when_not() {
 
     let r = srv.get("/v1/agents/data/ghost").await;
     assert_eq!(r.status, 404, "unknown agent; body {:?}", r.text());
+    // ...and it does not make the unknown agent exist.
+    assert_eq!(srv.get("/v1/agents/data/ghost").await.status, 404);
 }
 
 #[tokio::test]

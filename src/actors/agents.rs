@@ -18,9 +18,9 @@ pub enum AgentMsg {
     AdvertiseImages(Vec<(Name, Bytes)>, RpcReplyPort<Result<Ticket>>),
     /// Merge fields (JSON object text) into an agent's record.
     Update(Name, Bytes, RpcReplyPort<Result<Ticket>>),
-    /// Append a provision outcome (JSON object text) to an agent's history; `false` when
-    /// the agent is unknown (the entry is still kept, as Testflinger does).
-    ProvisionLog(Name, Bytes, RpcReplyPort<Result<(Ticket, bool)>>),
+    /// Append a provision outcome (JSON object text) to a known agent's history (404 for
+    /// an unknown agent: recording it would create an agent that never registered).
+    ProvisionLog(Name, Bytes, RpcReplyPort<Result<Ticket>>),
     /// A read-only look at the partition: `f` runs inside the actor.
     Read(Box<dyn FnOnce(&Agents) + Send>),
     /// Serialise the partition for a snapshot.
@@ -93,14 +93,15 @@ impl Actor for AgentActor {
                 reply(port, result);
             }
             AgentMsg::ProvisionLog(name, entry, port) => {
-                let known = state.agents.agents.contains_key(&name);
-                let result = state
-                    .record(Event::ProvisionLogged {
+                let result = if state.agents.agents.contains_key(&name) {
+                    state.record(Event::ProvisionLogged {
                         name,
                         entry,
                         at: now(),
                     })
-                    .map(|lsn| (lsn, known));
+                } else {
+                    Err(crate::error::Error::NotFound("Agent not found".into()))
+                };
                 reply(port, result);
             }
             AgentMsg::Read(f) => f(&state.agents),
