@@ -26,6 +26,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+pub mod upstream;
+
 /// How long a server may take to print its `listening` line.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a server may take to exit after SIGTERM/SIGKILL.
