@@ -161,84 +161,171 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 64)]
     scale_concurrency: usize,
 
-    /// Soak: workers, each submitting a job and popping one in turn.
-    #[arg(long, value_name = "N", default_value_t = 64, help_heading = "Soak workload")]
+    /// Workers, each submitting a job and popping one in turn.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 64,
+        help_heading = "Soak workload"
+    )]
     soak_concurrency: usize,
 
-    /// Soak: measured seconds (after --warmup), reported per 1-s window.
-    #[arg(long, value_name = "SECS", default_value_t = 60, help_heading = "Soak workload")]
+    /// Measured seconds (after --warmup), reported per 1-s window.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 60,
+        help_heading = "Soak workload"
+    )]
     soak_seconds: u64,
 
-    /// Soak: `--snapshot-bytes` for the soak's server, small so that a
-    /// minute crosses several snapshots; 0 leaves the server's default.
-    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, help_heading = "Soak workload")]
+    /// `--snapshot-bytes` for the soak's server, small so that a
+    /// minute crosses several snapshots even on a slow box (the server's
+    /// default is 128 MiB); 0 leaves the server's default.
+    #[arg(long, value_name = "BYTES", default_value_t = 32 << 20, help_heading = "Soak workload")]
     soak_snapshot_bytes: u64,
 
-    /// Soak: `--segment-bytes` for the soak's server, small so that a minute
+    /// `--segment-bytes` for the soak's server, small so that a minute
     /// crosses segment rotations (flinger wants at least 2x its largest body
     /// limit + 1 MiB: 33 MiB with the default 16 MiB result limit); 0 leaves
     /// the server's default.
     #[arg(long, value_name = "BYTES", default_value_t = 33 << 20, help_heading = "Soak workload")]
     soak_segment_bytes: u64,
 
-    /// Adversarial: workers of the normal load (each submits a job and pops
+    /// Workers of the normal load (each submits a job and pops
     /// one in turn), measured quiet and then under attack.
-    #[arg(long, value_name = "N", default_value_t = 16, help_heading = "Adversarial workload")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        help_heading = "Adversarial workload"
+    )]
     adversarial_concurrency: usize,
 
-    /// Adversarial: measured seconds of each phase (quiet, attacked).
-    #[arg(long, value_name = "SECS", default_value_t = 10, help_heading = "Adversarial workload")]
+    /// Measured seconds of each phase (quiet, attacked).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10,
+        help_heading = "Adversarial workload"
+    )]
     adversarial_seconds: u64,
 
-    /// Adversarial: seconds the attackers run before the attacked phase's
+    /// Seconds the attackers run before the attacked phase's
     /// measurement starts (connections opened, bodies started).
-    #[arg(long, value_name = "SECS", default_value_t = 3.0, help_heading = "Adversarial workload")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 3.0,
+        help_heading = "Adversarial workload"
+    )]
     attack_ramp: f64,
 
-    /// Adversarial: connections each dribbling a `POST /v1/job` body one byte
+    /// Connections each dribbling a `POST /v1/job` body one byte
     /// per --slow-body-interval-ms (reconnecting when the server drops them).
-    #[arg(long, value_name = "N", default_value_t = 200, help_heading = "Adversarial workload")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 200,
+        help_heading = "Adversarial workload"
+    )]
     slow_bodies: usize,
 
-    /// Adversarial: milliseconds between two bytes of a slow body.
-    #[arg(long, value_name = "MS", default_value_t = 3_000, help_heading = "Adversarial workload")]
+    /// Milliseconds between two bytes of a slow body.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 3_000,
+        help_heading = "Adversarial workload"
+    )]
     slow_body_interval_ms: u64,
 
-    /// Adversarial: connections each uploading an artifact whose multipart
+    /// Connections each uploading an artifact whose multipart
     /// part headers never end (chunked, as fast as the server reads).
-    #[arg(long, value_name = "N", default_value_t = 2, help_heading = "Adversarial workload")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 2,
+        help_heading = "Adversarial workload"
+    )]
     multipart_uploads: usize,
 
-    /// Adversarial: MiB each never-ending multipart connection sends at most
+    /// MiB each never-ending multipart connection sends at most
     /// (it then holds the connection open, still unfinished).
-    #[arg(long, value_name = "MIB", default_value_t = 256, help_heading = "Adversarial workload")]
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 256,
+        help_heading = "Adversarial workload"
+    )]
     multipart_mib: u64,
 
-    /// Adversarial: connections that send `GET /v1/agents/data` and never
+    /// Connections that send `GET /v1/agents/data` and never
     /// read the answer (small receive buffer).
-    #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Adversarial workload")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10,
+        help_heading = "Adversarial workload"
+    )]
     unread_readers: usize,
 
-    /// Adversarial: agents registered before the run so that
+    /// Agents registered before the run so that
     /// `GET /v1/agents/data` is large (each with --unread-agent-kib of comment).
-    #[arg(long, value_name = "N", default_value_t = 100, help_heading = "Adversarial workload")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        help_heading = "Adversarial workload"
+    )]
     unread_agents: usize,
 
-    /// Adversarial: KiB of data per registered agent.
-    #[arg(long, value_name = "KIB", default_value_t = 64, help_heading = "Adversarial workload")]
+    /// KiB of data per registered agent.
+    #[arg(
+        long,
+        value_name = "KIB",
+        default_value_t = 64,
+        help_heading = "Adversarial workload"
+    )]
     unread_agent_kib: usize,
 
-    /// Adversarial: connections each sending `GET /v1/job/search` with
+    /// Connections each sending `GET /v1/job/search` with
     /// --search-tags tags, one after the other.
-    #[arg(long, value_name = "N", default_value_t = 4, help_heading = "Adversarial workload")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4,
+        help_heading = "Adversarial workload"
+    )]
     search_floods: usize,
 
-    /// Adversarial: tags per search request.
-    #[arg(long, value_name = "N", default_value_t = 4_000, help_heading = "Adversarial workload")]
+    /// Least milliseconds between the starts of two searches on one
+    /// connection (a slow search is followed at once), so that a cheap
+    /// answer does not turn the flood into a CPU race on a shared box.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 100,
+        help_heading = "Adversarial workload"
+    )]
+    search_interval_ms: u64,
+
+    /// Tags per search request.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4_000,
+        help_heading = "Adversarial workload"
+    )]
     search_tags: usize,
 
-    /// Adversarial: tagged jobs submitted before the run for the searches to scan.
-    #[arg(long, value_name = "N", default_value_t = 2_000, help_heading = "Adversarial workload")]
+    /// Tagged jobs submitted before the run for the searches to scan.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 2_000,
+        help_heading = "Adversarial workload"
+    )]
     search_jobs: u64,
 
     /// Hard overall deadline in seconds: past it the run stops, prints what it

@@ -635,8 +635,7 @@ fn render_soak(out: &mut String, s: &SoakReport) {
         "- server peak RSS: {} ({}); server CPU {}; client CPU {:.1} s",
         fmt_rss_kb(p.peak_rss_kb),
         p.rss_how,
-        p.server_cpu_s
-            .map_or("n/a".into(), |c| format!("{c:.1} s")),
+        p.server_cpu_s.map_or("n/a".into(), |c| format!("{c:.1} s")),
         p.client_cpu_s
     );
     for n in &s.notes {
@@ -731,9 +730,16 @@ fn render_adversarial(out: &mut String, a: &AdversarialReport) {
                 r.opened,
                 r.closed_by_server,
                 fmt_bytes(r.bytes_sent),
-                if answers.is_empty() { "—".into() } else { answers }
+                if answers.is_empty() {
+                    "—".into()
+                } else {
+                    answers
+                }
             );
         }
+    }
+    if !a.notes.is_empty() {
+        out.push('\n');
     }
     for n in &a.notes {
         let _ = writeln!(out, "- {n}");

@@ -110,7 +110,10 @@ impl RssSampler {
         let now = read_rss(self.pid);
         if let Some(r) = now {
             if self.hwm_reset {
-                return (Some(r.hwm_kb.max(sampled)), "VmHWM, reset at the phase's start");
+                return (
+                    Some(r.hwm_kb.max(sampled)),
+                    "VmHWM, reset at the phase's start",
+                );
             }
         }
         let peak = sampled.max(now.map_or(0, |r| r.rss_kb));
@@ -426,8 +429,8 @@ impl Seen {
 
 /// Reads a spawned server's log and lists its log directory every 100 ms
 /// while a workload runs: "snapshot taken" lines are snapshots (with their
-/// durations), new `*.wal` files are segment rotations, new `snapshot-*`
-/// files are snapshots on disk (a check that needs no log level).
+/// durations), new `*.wal` files after the first are segment rotations, new
+/// `snapshot-*` files are snapshots on disk (a check that needs no log level).
 pub struct Watch {
     stop: Arc<AtomicBool>,
     task: std::thread::JoinHandle<Seen>,
@@ -509,7 +512,10 @@ impl Watcher {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if is_segment_name(&name) {
-                if self.segments.insert(name) && count {
+                // The log's first segment appears with its first record: a
+                // segment is a rotation only when another came before it.
+                let first = self.segments.is_empty();
+                if self.segments.insert(name) && count && !first {
                     self.seen.rotations.push(at);
                 }
             } else if name.starts_with("snapshot-")
@@ -618,8 +624,10 @@ mod tests {
         std::fs::create_dir_all(&wal).unwrap();
         let log = dir.join("server.log");
         std::fs::write(&log, "old snapshot taken total_ms=1\n").unwrap();
-        std::fs::write(wal.join("00000000000000000001.wal"), b"").unwrap();
         let watch = Watch::start(log.clone(), wal.clone(), Instant::now());
+        // The first segment is not a rotation; the second is (whichever
+        // poll sees them).
+        std::fs::write(wal.join("00000000000000000001.wal"), b"").unwrap();
         std::fs::write(wal.join("00000000000000000900.wal"), b"").unwrap();
         std::fs::write(wal.join("snapshot-00000000000000000899.snap"), b"").unwrap();
         let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();

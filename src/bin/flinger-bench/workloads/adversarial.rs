@@ -68,6 +68,9 @@ pub fn check_args(args: &Cli) -> Result<(), String> {
     if args.search_floods > 64 || !(1..=5000).contains(&args.search_tags) {
         return bad("search-floods must be at most 64 and --search-tags 1..=5000");
     }
+    if args.search_interval_ms > 60_000 {
+        return bad("search-interval-ms must be at most 60000");
+    }
     if args.search_jobs > 1_000_000 {
         return bad("search-jobs must be at most 1000000");
     }
@@ -246,6 +249,7 @@ async fn phases(
         unread: a.unread_readers,
         searches: a.search_floods,
         search_path: Arc::new(search_path(a.search_tags)),
+        search_interval: Duration::from_millis(a.search_interval_ms),
         search_timeout: Duration::from_secs_f64(ramp + bench.warmup + secs + 5.0),
         hard_end: Instant::now() + Duration::from_secs_f64(ramp + bench.warmup + secs + 30.0),
     };

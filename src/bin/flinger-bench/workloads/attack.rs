@@ -7,7 +7,7 @@
 //! - unread answers: `GET /v1/agents/data` (made large beforehand) on a
 //!   socket with a small receive buffer that is never read;
 //! - search floods: `GET /v1/job/search` with thousands of tags, one after
-//!   the other on each connection.
+//!   the other on each connection (at most one start per interval).
 //!
 //! They write raw bytes (no well-behaved client library sends these), run on
 //! a runtime and thread of their own so the measured load's tasks are not
@@ -51,6 +51,8 @@ pub struct AttackPlan {
     pub searches: usize,
     /// The search request's path and query.
     pub search_path: Arc<String>,
+    /// Least time between the starts of two searches on one connection.
+    pub search_interval: Duration,
     pub search_timeout: Duration,
     /// Every attacker stops by then even if never told.
     pub hard_end: Instant,
@@ -65,7 +67,10 @@ pub struct Attack {
 impl Attack {
     pub fn start(plan: AttackPlan) -> Result<Attack, String> {
         if !is_loopback_ip(plan.target.addr.ip()) {
-            return Err(format!("refusing to attack {}: not loopback", plan.target.addr));
+            return Err(format!(
+                "refusing to attack {}: not loopback",
+                plan.target.addr
+            ));
         }
         let (stop, rx) = watch::channel(false);
         let thread = std::thread::Builder::new()
@@ -152,7 +157,10 @@ async fn run(plan: AttackPlan, stop: watch::Receiver<bool>) -> Vec<AttackerRow> 
         },
         AttackerRow {
             kind: "search",
-            what: "`GET /v1/job/search` floods".into(),
+            what: format!(
+                "`GET /v1/job/search` floods (at most 1 per {} ms each)",
+                p.search_interval.as_millis()
+            ),
             count: p.searches,
             ..AttackerRow::default()
         },
@@ -305,7 +313,8 @@ async fn multipart(plan: AttackPlan, mut stop: watch::Receiver<bool>) -> Attacke
             }
         };
         row.opened += 1;
-        let part = "--BB\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\nX-Long: ";
+        let part =
+            "--BB\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\nX-Long: ";
         let head = format!(
             "POST /v1/result/{}/artifact HTTP/1.1\r\nHost: {}\r\n\
              Content-Type: multipart/form-data; boundary=BB\r\nTransfer-Encoding: chunked\r\n\r\n\
@@ -366,7 +375,10 @@ async fn unread(plan: AttackPlan, mut stop: watch::Receiver<bool>) -> AttackerRo
         }
     };
     row.opened += 1;
-    let req = format!("GET /v1/agents/data HTTP/1.1\r\nHost: {}\r\n\r\n", host(&plan));
+    let req = format!(
+        "GET /v1/agents/data HTTP/1.1\r\nHost: {}\r\n\r\n",
+        host(&plan)
+    );
     if s.write_all(req.as_bytes()).await.is_err() {
         row.closed_by_server += 1;
         return row;
@@ -404,6 +416,7 @@ async fn search(plan: AttackPlan, mut stop: watch::Receiver<bool>) -> AttackerRo
             break;
         }
         let t0 = Instant::now();
+        let paced = tokio::time::sleep_until((t0 + plan.search_interval).into());
         tokio::select! {
             _ = halt(&mut stop, plan.hard_end) => break,
             r = conn.call(Method::GET, &plan.search_path, None, None) => {
@@ -427,6 +440,10 @@ async fn search(plan: AttackPlan, mut stop: watch::Receiver<bool>) -> AttackerRo
                     }
                 }
             }
+        }
+        tokio::select! {
+            _ = halt(&mut stop, plan.hard_end) => break,
+            _ = paced => {}
         }
     }
     row

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use hyper::header::HeaderValue;
 use hyper::{Method, StatusCode};
 
-use crate::client::{expect_job_id, expect_ok, expect_popped, job_id_of, submit_body, pop_path};
+use crate::client::{expect_job_id, expect_ok, expect_popped, job_id_of, pop_path, submit_body};
 use crate::client::{Conn, Target, JSON_CT};
 use crate::stats::{count_kind, Latency};
 
@@ -47,6 +47,16 @@ pub enum Op {
 }
 
 impl Op {
+    /// The request it sends, for the progress line.
+    pub fn what(&self) -> &'static str {
+        match self {
+            Op::Submit { .. } => "POST /v1/job",
+            Op::Pop { .. } => "GET /v1/job",
+            Op::Get { .. } => "GET",
+            Op::Lifecycle { .. } => "lifecycle",
+        }
+    }
+
     pub fn lifecycle() -> Op {
         Op::Lifecycle {
             submit: submit_body(LIFE_QUEUE),

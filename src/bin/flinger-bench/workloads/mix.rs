@@ -168,11 +168,8 @@ impl Bench {
 /// Per-second rows and the whole phase's histograms (all, submit, pop) from
 /// the windows of a phase whose measurement lasted `secs`.
 fn summarise(windows: Vec<Window>, secs: f64) -> (Vec<WindowRow>, Latency, Latency, Latency) {
-    let (mut all, mut submit, mut pop) = (
-        Latency::default(),
-        Latency::default(),
-        Latency::default(),
-    );
+    let (mut all, mut submit, mut pop) =
+        (Latency::default(), Latency::default(), Latency::default());
     let mut rows = Vec::with_capacity(windows.len());
     for (i, w) in windows.into_iter().enumerate() {
         let mut both = Latency::default();

@@ -26,8 +26,7 @@ use bytes::Bytes;
 use hyper::Method;
 
 use crate::client::{
-    expect_job_id, expect_ok, job_id_of, pop_path, resolve_url, submit_body, Conn, Target,
-    JSON_CT,
+    expect_job_id, expect_ok, job_id_of, pop_path, resolve_url, submit_body, Conn, Target, JSON_CT,
 };
 use crate::progress::Progress;
 use crate::report::{fmt_kinds, fmt_us, Cell, Report};
@@ -386,7 +385,6 @@ impl Bench {
         warmup: f64,
         seconds: f64,
         cap: u64,
-        label: &str,
     ) -> Cell {
         let cpu0 = target.pid.and_then(proc_cpu);
         let ccpu0 = self_cpu();
@@ -409,7 +407,7 @@ impl Bench {
             done: done.clone(),
         });
         let progress = Progress::start(
-            format!("{label} c={c}"),
+            format!("{} c={c}", ctx.op.what()),
             Some(planned_end - start),
             done,
             "requests",
@@ -493,7 +491,7 @@ impl Bench {
             _ => self.args.requests,
         };
         let mut cell = self
-            .measure(target, op, c, self.warmup, self.seconds, cap, &label)
+            .measure(target, op, c, self.warmup, self.seconds, cap)
             .await;
         cell.kind = kind;
         cell.label = match cell.jobs {
@@ -756,15 +754,7 @@ impl Bench {
                 self.top_up(target, queues, waiting, probe_n, fill_c)
                     .await?;
                 let probe = self
-                    .measure(
-                        target,
-                        Op::Pop { path: path.clone() },
-                        c,
-                        0.0,
-                        3.0,
-                        probe_n,
-                        "pop probe",
-                    )
+                    .measure(target, Op::Pop { path: path.clone() }, c, 0.0, 3.0, probe_n)
                     .await;
                 *waiting = waiting.saturating_sub(probe.ok_all);
                 let good = probe.requests.saturating_sub(probe.errors);

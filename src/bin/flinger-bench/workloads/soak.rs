@@ -23,9 +23,7 @@ const SOAK_LOG: &str = "warn,flinger=info";
 
 pub fn check_args(args: &Cli) -> Result<(), String> {
     if args.soak_concurrency == 0 || args.soak_concurrency > MAX_CONCURRENCY {
-        return Err(format!(
-            "--soak-concurrency must be 1..={MAX_CONCURRENCY}"
-        ));
+        return Err(format!("--soak-concurrency must be 1..={MAX_CONCURRENCY}"));
     }
     if args.soak_seconds == 0 || args.soak_seconds > 86_400 {
         return Err("--soak-seconds must be 1..=86400".into());
@@ -174,7 +172,12 @@ mod tests {
         let args = Cli::parse_from(["flinger-bench", "--workloads", "soak"]);
         assert_eq!(
             soak_args(&args),
-            ["--snapshot-bytes", "16777216", "--segment-bytes", "34603008"]
+            [
+                "--snapshot-bytes",
+                "33554432",
+                "--segment-bytes",
+                "34603008"
+            ]
         );
         let args = Cli::parse_from([
             "flinger-bench",
@@ -184,6 +187,9 @@ mod tests {
         ]);
         assert_eq!(soak_args(&args), ["--segment-bytes=99999999"]);
         assert!(has_flag(&["--snapshot-bytes".into()], "--snapshot-bytes"));
-        assert!(!has_flag(&["--snapshot-bytes-x".into()], "--snapshot-bytes"));
+        assert!(!has_flag(
+            &["--snapshot-bytes-x".into()],
+            "--snapshot-bytes"
+        ));
     }
 }
