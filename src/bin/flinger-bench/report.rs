@@ -697,14 +697,14 @@ fn render_adversarial(out: &mut String, a: &AdversarialReport) {
     }
     if let (Some(q), Some(t)) = (&a.quiet, &a.attacked) {
         if q.rps > 0.0 {
-            let _ = writeln!(out, "- req/s attacked ÷ quiet: {:.2}×", t.rps / q.rps);
+            let _ = writeln!(out, "- req/s attacked ÷ quiet: {:.3}×", t.rps / q.rps);
         }
         let _ = writeln!(out, "- peak RSS: {}", t.rss_how);
     }
     if !a.attackers.is_empty() {
         let _ = writeln!(
             out,
-            "\nAttackers (over the {:.0}-s ramp and the attacked phase):\n",
+            "\nAttackers (over the {}-s ramp and the attacked phase):\n",
             a.ramp_s
         );
         out.push_str(

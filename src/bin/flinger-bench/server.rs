@@ -121,6 +121,12 @@ impl RssSampler {
     }
 }
 
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 // ---------------------------------------------------------------- descriptor limits
 
 /// The soft RLIMIT_NOFILE the bench started with, restored in spawned
@@ -433,7 +439,8 @@ impl Seen {
 /// `snapshot-*` files are snapshots on disk (a check that needs no log level).
 pub struct Watch {
     stop: Arc<AtomicBool>,
-    task: std::thread::JoinHandle<Seen>,
+    /// None once joined.
+    task: Option<std::thread::JoinHandle<Seen>>,
 }
 
 impl Watch {
@@ -454,12 +461,25 @@ impl Watch {
             w.poll(true);
             w.seen
         });
-        Watch { stop, task }
+        Watch {
+            stop,
+            task: Some(task),
+        }
     }
 
-    pub fn finish(self) -> Seen {
+    pub fn finish(mut self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
-        self.task.join().unwrap_or_default()
+        self.task
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Watch {
+    /// A watch dropped unfinished (an early return) still ends its thread.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -127,7 +127,7 @@ impl Bench {
         progress.finish();
         let (peak_rss_kb, rss_how) = match rss {
             Some(s) => s.finish(),
-            None => (None, "not available (--url)"),
+            None => (None, "the server was not spawned by the bench"),
         };
         let secs = last_end.map_or(0.0, |e| e.saturating_duration_since(warm_end).as_secs_f64());
         let windows = Arc::try_unwrap(windows)
