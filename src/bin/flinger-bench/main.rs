@@ -63,8 +63,8 @@ const MAX_CONCURRENCY: usize = 1024;
     after_help = "Examples:\n  \
                   flinger-bench --quick                          # smoke run, ~30 s\n  \
                   flinger-bench --json bench.json                # the standard cells, ~3 min\n  \
-                  flinger-bench --workloads soak --json soak.json            # ~75 s\n  \
-                  flinger-bench --workloads adversarial --json adv.json      # ~40 s\n\n\
+                  flinger-bench --workloads soak --json soak.json            # ~1 min\n  \
+                  flinger-bench --workloads adversarial --json adv.json      # ~30 s\n\n\
                   Exit status: 0 on success; 1 if any cell or phase had more than 1% errors; \
                   2 if --max-seconds cut the run short; 3 if setup failed \
                   (server did not start, bad --url); 130 if interrupted."
