@@ -502,6 +502,11 @@ impl PowerFs {
         disk.cut_at = Some((at, seed));
     }
 
+    /// Disarms a cut armed with [`PowerFs::cut_after`] that has not fired.
+    pub fn disarm(&self) {
+        lock(&self.shared.disk).cut_at = None;
+    }
+
     /// Cuts the power now (if not already cut) and returns what survived, with crash choices
     /// drawn from `seed`.
     pub fn cut(&self, seed: u64) -> (PowerFs, Cut) {
