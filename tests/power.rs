@@ -3,12 +3,13 @@
 //! Each trial runs an in-process server whose whole data dir (log segments, the spare
 //! segment, snapshots, uploaded files) sits on `wal::power::PowerFs`, a simulated disk with
 //! a page cache. Concurrent clients and agents submit, pop, cancel, post results, log
-//! fragments, artifacts and attachments; the power goes at a random instant (after a random
-//! number of disk calls, or right after a random acknowledgement); a fresh server recovers
-//! the disk image (strict recovery, no `--wal-truncate-corruption`), and the trial checks
-//! that every change acknowledged before the cut is there, byte-identical, that no job is
-//! handed out twice and no cancelled job is handed out. Segments and snapshots are tiny, so
-//! cuts land mid-rotation and mid-snapshot often; the run asserts that they did.
+//! fragments, artifacts, attachments and agent data; the power goes at a random instant
+//! (after a random number of disk calls, or right after a random acknowledgement), in a
+//! quarter of the trials again while recovering; a fresh server recovers the disk image
+//! (strict recovery, no `--wal-truncate-corruption`), and the trial checks that every change
+//! acknowledged before the cut is there, byte-identical, that no job is handed out twice and
+//! no cancelled job is handed out. Segments and snapshots are tiny, so cuts land
+//! mid-rotation and mid-snapshot often; the run asserts that they did.
 //!
 //! Requests go to the router as a tower service (no sockets), as in `faults.rs`, so a
 //! trial takes milliseconds. `FLINGER_POWER_TRIALS=N` runs N trials (default 1000);
@@ -96,6 +97,8 @@ struct World {
     jobs: Mutex<HashMap<String, JobRecord>>,
     /// Ids in submission order (for picking one at random).
     ids: Mutex<Vec<String>>,
+    /// Agent data fields acknowledged: (agent, key, value).
+    agent_fields: Mutex<Vec<(String, String, String)>>,
     /// Unique numbers for bodies, fields and fragments.
     counter: AtomicU64,
     /// Acknowledgements counted so far.
@@ -342,6 +345,24 @@ impl World {
         }
     }
 
+    /// Merges a field into one of a few agents' records.
+    async fn agent(&self, rng: &mut Rng) {
+        let n = self.next();
+        let agent = format!("agent{}", rng.below(3));
+        let (key, value) = (format!("k{n}"), format!("v{n}"));
+        let body = serde_json::to_vec(&json!({ key.clone(): value.clone() })).unwrap();
+        let uri = format!("/v1/agents/data/{agent}");
+        if let Some(a) = self
+            .send(Method::POST, &uri, Some("application/json"), body)
+            .await
+        {
+            if a.status == 200 {
+                self.agent_fields.lock().unwrap().push((agent, key, value));
+                self.acked();
+            }
+        }
+    }
+
     /// Uploads an artifact (often to a job that has one already: a replacement) or a waiting
     /// job's attachments.
     async fn upload(&self, rng: &mut Rng, attachments: bool) {
@@ -400,13 +421,14 @@ impl World {
             if self.fs.is_cut() || self.stop.load(Ordering::Relaxed) {
                 return;
             }
-            match rng.below(16) {
+            match rng.below(17) {
                 0..=3 => self.submit(&mut rng).await,
                 4..=6 => self.pop().await,
                 7 => self.cancel(&mut rng).await,
                 8..=9 => self.result(&mut rng).await,
                 10..=11 => self.log(&mut rng).await,
                 12..=13 => self.upload(&mut rng, false).await,
+                14 => self.agent(&mut rng).await,
                 _ => self.upload(&mut rng, true).await,
             }
         }
@@ -461,6 +483,7 @@ async fn trial(seed: u64, coverage: &Mutex<Coverage>) -> Result<(), String> {
         app,
         jobs: Mutex::default(),
         ids: Mutex::default(),
+        agent_fields: Mutex::default(),
         counter: AtomicU64::new(0),
         acks: AtomicU64::new(0),
         cut_at_ack,
@@ -610,6 +633,23 @@ async fn check(app: &Router, world: &World) -> Result<(), String> {
             false,
         )
         .await?;
+    }
+    for (agent, key, value) in world.agent_fields.lock().unwrap().iter() {
+        let got = call(
+            app,
+            Method::GET,
+            &format!("/v1/agents/data/{agent}"),
+            None,
+            Vec::new(),
+        )
+        .await;
+        if got.json()[key] != json!(value) {
+            return Err(format!(
+                "acknowledged field {key} of {agent} lost: {} {}",
+                got.status,
+                String::from_utf8_lossy(&got.body)
+            ));
+        }
     }
     // Drain the queues: nothing handed out before the cut, nothing cancelled, comes out.
     let uri = format!("/v1/job?queue={}&queue={}", QUEUES[0], QUEUES[1]);
