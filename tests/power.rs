@@ -634,7 +634,8 @@ async fn check(app: &Router, world: &World) -> Result<(), String> {
         )
         .await?;
     }
-    for (agent, key, value) in world.agent_fields.lock().unwrap().iter() {
+    let agent_fields = std::mem::take(&mut *world.agent_fields.lock().unwrap());
+    for (agent, key, value) in &agent_fields {
         let got = call(
             app,
             Method::GET,
