@@ -137,3 +137,31 @@ fn a_covered_segment_left_behind_by_a_crash_mid_clean_up_is_ignored_and_deleted(
     assert_eq!(replayed, [29, 30]);
     assert!(fs.read(&first).is_err(), "the stale segment is deleted");
 }
+
+/// The helper for small files of the server's own (keys, markers): at every instant a cut
+/// leaves the old content or the new one whole, and the new one once the call returned.
+#[test]
+fn write_file_durably_leaves_the_old_or_the_new_content_whole_at_every_cut() {
+    let path = Path::new("/data/key");
+    let old = vec![1u8; 5000];
+    let new = vec![2u8; 7000];
+    for cut_at in 0..12 {
+        for seed in 0..20 {
+            let fs = PowerFs::new();
+            wal::create_dir_all_durably(&fs, Path::new("/data")).unwrap();
+            wal::write_file_durably(&fs, path, &old).unwrap();
+            fs.cut_after(cut_at, seed);
+            let written = wal::write_file_durably(&fs, path, &new);
+            let (image, cut) = fs.cut(seed);
+            let got = image.read(path).unwrap_or_else(|e| panic!("{e} ({cut:?})"));
+            if written.is_ok() {
+                assert_eq!(got, new, "cut after {cut_at} calls, seed {seed}");
+            } else {
+                assert!(
+                    got == old || got == new,
+                    "cut after {cut_at} calls, seed {seed}"
+                );
+            }
+        }
+    }
+}
