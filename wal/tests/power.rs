@@ -1,8 +1,9 @@
 //! Power loss under the log alone: appends, rotations and snapshots on `PowerFs`, the power
 //! cut after a random number of disk calls, and the image reopened strictly.
 //!
-//! Single-threaded, so a seed replays exactly: `WAL_POWER_SEED=S` runs only seed S. The server's
-//! trials (`tests/power.rs` of the server crate) cover the same with concurrency and uploads.
+//! Single-threaded, so a seed replays exactly: `WAL_POWER_SEED=S` runs only seed S;
+//! `WAL_POWER_TRIALS=N` runs seeds 0..N (default 2000). The server's trials (`tests/power.rs`
+//! of the server crate) cover the same with concurrency and uploads.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -96,7 +97,12 @@ fn acknowledged_records_survive_power_loss_at_any_disk_call() {
             let seed = s.parse().expect("WAL_POWER_SEED must be a number");
             seed..seed + 1
         }
-        Err(_) => 0..TRIALS,
+        Err(_) => {
+            let trials = std::env::var("WAL_POWER_TRIALS").map_or(TRIALS, |n| {
+                n.parse().expect("WAL_POWER_TRIALS must be a number")
+            });
+            0..trials
+        }
     };
     for seed in seeds {
         if let Err(e) = trial(seed) {
