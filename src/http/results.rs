@@ -43,9 +43,10 @@ pub async fn result_post(
         let (known, reported) =
             ask(&svc.registry, |p| RegistryMsg::Report(id, state.clone(), p)).await??;
         if known {
-            if let Some(reported) = reported {
-                svc.journal.durable(reported).await?;
-            }
+            // A repeated report records nothing, but the state it repeats may not be
+            // durable yet.
+            let ticket = reported.unwrap_or_else(|| svc.journal.settled());
+            svc.journal.durable(ticket).await?;
             return Ok(ok());
         }
     }
@@ -156,9 +157,11 @@ pub async fn log_post(
         timestamp,
         data: Bytes::copy_from_slice(data.as_bytes()),
     };
-    if let Some(lsn) = ask(&svc.results, |p| ResultMsg::AppendLog(id, fragment, p)).await?? {
-        svc.journal.durable(lsn).await?;
-    }
+    // A retried fragment is not recorded again, but its first post may not be durable yet.
+    let ticket = ask(&svc.results, |p| ResultMsg::AppendLog(id, fragment, p))
+        .await??
+        .unwrap_or_else(|| svc.journal.settled());
+    svc.journal.durable(ticket).await?;
     Ok(ok())
 }
 
