@@ -374,6 +374,15 @@ impl Journal {
         self.inner.sender.lock().next_lsn - 1
     }
 
+    /// A ticket for every record appended so far. A request that changes nothing because
+    /// an earlier one already did (a retried log fragment, a repeated state report,
+    /// attachments already stored) waits on it before it acknowledges: the change it
+    /// confirms may not be durable yet, and its 2xx must not promise more than the
+    /// original's.
+    pub fn settled(&self) -> Ticket {
+        self.ticket_for(self.last_assigned())
+    }
+
     /// A ticket for a record appended earlier (by LSN): waits on the durability mark.
     pub fn ticket_for(&self, lsn: u64) -> Ticket {
         Ticket { lsn, done: None }

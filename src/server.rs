@@ -55,17 +55,23 @@ pub async fn start(config: Config) -> Result<Running> {
     start_with_fs(config, Arc::new(wal::StdFs)).await
 }
 
-/// [`start`] with the write-ahead log on a given filesystem (tests inject failures).
+/// [`start`] with the whole data dir (log, snapshots, uploaded files) on a given
+/// filesystem: tests inject failures or cut the power through it.
 pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Running> {
     let config = Arc::new(config);
     let files_dir = config.data_dir.join("files");
-    std::fs::create_dir_all(&files_dir)
-        .map_err(|e| Error::Internal(format!("cannot create {}: {e}", files_dir.display())))?;
     let recovery_config = config.clone();
-    let (state, journal, snapshot_requests, recovery) =
-        tokio::task::spawn_blocking(move || journal::open_with(&recovery_config, fs))
-            .await
-            .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
+    let recovery_fs = fs.clone();
+    let recovery_files = files_dir.clone();
+    let (state, journal, snapshot_requests, recovery) = tokio::task::spawn_blocking(move || {
+        // Created durably: a data dir whose entry a crash loses takes everything with it.
+        wal::create_dir_all_durably(&*recovery_fs, &recovery_files).map_err(|e| {
+            Error::Internal(format!("cannot create {}: {e}", recovery_files.display()))
+        })?;
+        journal::open_with(&recovery_config, recovery_fs)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
     tracing::info!(
         jobs = state.registry.len(),
         snapshot_lsn = recovery.snapshot_lsn,
@@ -74,7 +80,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         ms = recovery.elapsed.as_millis() as u64,
         "recovered state from the write-ahead log"
     );
-    sweep_unreferenced_files(&files_dir, &state.files);
+    sweep_unreferenced_files(&*fs, &files_dir, &state.files);
 
     let queues = QueueDirectory::default();
     let (fatal_tx, fatal) = mpsc::unbounded_channel();
@@ -86,6 +92,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
             journal: journal.clone(),
             queues: queues.clone(),
             files_dir: files_dir.clone(),
+            fs: fs.clone(),
             fatal: fatal_tx,
         },
     )
@@ -102,6 +109,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         journal,
         config,
         files_dir,
+        fs,
     });
     let chores = tokio::spawn(background_chores(services.clone(), snapshot_requests));
     Ok(Running {
@@ -284,16 +292,18 @@ pub async fn expire(services: &Services) -> Result<usize> {
 
 /// Deletes files in `dir` that no recorded event references (uploads interrupted by a
 /// crash, replaced files whose deletion did not happen).
-fn sweep_unreferenced_files(dir: &std::path::Path, files: &crate::model::files::Files) {
+fn sweep_unreferenced_files(
+    fs: &dyn wal::Fs,
+    dir: &std::path::Path,
+    files: &crate::model::files::Files,
+) {
     let referenced: std::collections::HashSet<&str> = files.names().collect();
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Ok(names) = fs.read_dir(dir) else {
         return;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !referenced.contains(name) {
-            match std::fs::remove_file(entry.path()) {
+    for name in &names {
+        if !referenced.contains(name.as_str()) {
+            match fs.remove(&dir.join(name)) {
                 Ok(()) => tracing::info!(file = name, "removed unreferenced upload"),
                 Err(e) => {
                     tracing::warn!(file = name, error = %e, "cannot remove unreferenced upload")

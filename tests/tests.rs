@@ -35,3 +35,5 @@ mod recovery;
 mod clients;
 // A disk failing under a running server (fsync and write errors through the WAL's seam).
 mod faults;
+// Power loss at any instant on a simulated page cache: nothing acknowledged is lost.
+mod power;

@@ -7,6 +7,7 @@
 //! event that dropped it is durable, so a crash never leaves a reference to a deleted file.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -39,6 +40,8 @@ pub struct FileState {
     recorder: Recorder,
     /// The folder holding the files.
     dir: PathBuf,
+    /// The filesystem it is on.
+    fs: Arc<dyn wal::Fs>,
 }
 
 impl FileState {
@@ -48,16 +51,21 @@ impl FileState {
         let unreferenced = self.files.apply(&event);
         if !unreferenced.is_empty() {
             let journal = self.recorder.journal().clone();
-            let dir = self.dir.clone();
+            let (dir, fs) = (self.dir.clone(), self.fs.clone());
             // The handler holds the ticket; this task waits on the log position instead.
+            // No directory fsync: a deletion lost in a crash leaves an unreferenced file,
+            // which start-up sweeps.
             tokio::spawn(async move {
                 if journal.durable(journal.ticket_for(lsn)).await.is_ok() {
-                    for name in unreferenced {
-                        let path = dir.join(&*name);
-                        if let Err(e) = tokio::fs::remove_file(&path).await {
-                            tracing::warn!(path = %path.display(), error = %e, "cannot delete replaced file");
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for name in unreferenced {
+                            let path = dir.join(&*name);
+                            if let Err(e) = fs.remove(&path) {
+                                tracing::warn!(path = %path.display(), error = %e, "cannot delete replaced file");
+                            }
                         }
-                    }
+                    })
+                    .await;
                 }
             });
         }
@@ -68,17 +76,18 @@ impl FileState {
 impl Actor for FileActor {
     type Msg = FileMsg;
     type State = FileState;
-    type Arguments = (Files, Journal, PathBuf);
+    type Arguments = (Files, Journal, PathBuf, Arc<dyn wal::Fs>);
 
     async fn pre_start(
         &self,
         _: ActorRef<FileMsg>,
-        (files, journal, dir): Self::Arguments,
+        (files, journal, dir, fs): Self::Arguments,
     ) -> Result<FileState, ActorProcessingErr> {
         Ok(FileState {
             files,
             recorder: Recorder::new(journal),
             dir,
+            fs,
         })
     }
 

@@ -202,4 +202,7 @@ pub struct Handles {
     pub config: Arc<Config>,
     /// Where uploaded files live.
     pub files_dir: PathBuf,
+    /// The filesystem every file of the data dir is written through (the log's seam), so
+    /// tests can run the server on a simulated disk.
+    pub fs: Arc<dyn wal::Fs>,
 }

@@ -8,6 +8,7 @@
 //! a fatal error and the server shuts down: on restart, replay rebuilds it from the log.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::mpsc::UnboundedSender;
@@ -51,6 +52,8 @@ pub struct SupervisorArgs {
     pub queues: QueueDirectory,
     /// Where uploaded files live.
     pub files_dir: PathBuf,
+    /// The filesystem they live on.
+    pub fs: Arc<dyn wal::Fs>,
     /// Where to report a fatal failure (the server shuts down on it).
     pub fatal: UnboundedSender<String>,
 }
@@ -109,7 +112,7 @@ impl Actor for Supervisor {
         let (files, _) = Actor::spawn_linked(
             None,
             FileActor,
-            (files, args.journal.clone(), args.files_dir),
+            (files, args.journal.clone(), args.files_dir, args.fs),
             cell.clone(),
         )
         .await?;

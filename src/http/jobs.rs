@@ -115,8 +115,12 @@ async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Opt
                 svc.journal.durable(ticket).await?;
                 return Ok(Some(dispatched_body(&job)));
             }
-            // A retried pop: the reservation is released when `reserved` drops.
-            Claimed::Held(job) => return Ok(Some(dispatched_body(&job))),
+            // A retried pop: the reservation is released when `reserved` drops. The
+            // first pop's dispatch may not be durable yet: answer once it is.
+            Claimed::Held(job) => {
+                svc.journal.durable(svc.journal.settled()).await?;
+                return Ok(Some(dispatched_body(&job)));
+            }
             Claimed::Gone => {}
         }
     }
@@ -134,9 +138,12 @@ async fn held_job(
         return Ok(None);
     };
     let held = ask(&svc.registry, |p| RegistryMsg::Held(agent, p)).await?;
-    Ok(held
-        .filter(|(_, job)| queues.contains(&job.queue))
-        .map(|(_, job)| dispatched_body(&job)))
+    let held = held.filter(|(_, job)| queues.contains(&job.queue));
+    if held.is_some() {
+        // As for a retried claim: the dispatch it repeats may not be durable yet.
+        svc.journal.durable(svc.journal.settled()).await?;
+    }
+    Ok(held.map(|(_, job)| dispatched_body(&job)))
 }
 
 /// The job document an agent receives: as submitted, plus `attachments_status` when the
@@ -306,7 +313,11 @@ pub async fn attachments_post(
     let job = ask(&svc.registry, |p| RegistryMsg::Get(id, p)).await?;
     match job {
         Some(job) if job.waiting => match job.attachments {
-            Attachments::Complete => return Ok(ok()),
+            // Stored already, though perhaps not durably yet.
+            Attachments::Complete => {
+                svc.journal.durable(svc.journal.settled()).await?;
+                return Ok(ok());
+            }
             Attachments::None => {
                 return Err(Error::Validation {
                     message: format!("Job {id} not awaiting attachments"),
@@ -325,9 +336,11 @@ pub async fn attachments_post(
         }
     }
     super::results::store_upload(&svc, id, crate::model::FileKind::Attachments, request).await?;
-    if let Some(lsn) = ask(&svc.registry, |p| RegistryMsg::AttachmentsArrived(id, p)).await?? {
-        svc.journal.durable(lsn).await?;
-    }
+    // `None`: a concurrent upload marked them arrived, perhaps not durably yet.
+    let ticket = ask(&svc.registry, |p| RegistryMsg::AttachmentsArrived(id, p))
+        .await??
+        .unwrap_or_else(|| svc.journal.settled());
+    svc.journal.durable(ticket).await?;
     Ok(ok())
 }
 

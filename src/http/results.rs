@@ -2,7 +2,7 @@
 //! `result_post`, `result_get`, `output_post`, `output_get`, `artifacts_post`,
 //! `artifacts_get`).
 
-use std::path::{Path as FsPath, PathBuf};
+use std::path::Path as FsPath;
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
@@ -11,7 +11,6 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use serde_json::{Map, Value};
-use tokio::io::AsyncWriteExt;
 
 use super::respond::{json_bytes, no_content, ok, read_body, text};
 use super::wire::{parse_timestamp, path_id, query_pairs, PHASES};
@@ -44,9 +43,10 @@ pub async fn result_post(
         let (known, reported) =
             ask(&svc.registry, |p| RegistryMsg::Report(id, state.clone(), p)).await??;
         if known {
-            if let Some(reported) = reported {
-                svc.journal.durable(reported).await?;
-            }
+            // A repeated report records nothing, but the state it repeats may not be
+            // durable yet.
+            let ticket = reported.unwrap_or_else(|| svc.journal.settled());
+            svc.journal.durable(ticket).await?;
             return Ok(ok());
         }
     }
@@ -157,9 +157,11 @@ pub async fn log_post(
         timestamp,
         data: Bytes::copy_from_slice(data.as_bytes()),
     };
-    if let Some(lsn) = ask(&svc.results, |p| ResultMsg::AppendLog(id, fragment, p)).await?? {
-        svc.journal.durable(lsn).await?;
-    }
+    // A retried fragment is not recorded again, but its first post may not be durable yet.
+    let ticket = ask(&svc.results, |p| ResultMsg::AppendLog(id, fragment, p))
+        .await??
+        .unwrap_or_else(|| svc.journal.settled());
+    svc.journal.durable(ticket).await?;
     Ok(ok())
 }
 
@@ -317,6 +319,11 @@ pub async fn artifact_get(State(svc): State<Services>, Path(id): Path<String>) -
 
 /// Streams the multipart field `file` of `request` into a new durable file and records
 /// it as the job's `kind`. The file name is ours: nothing the client sends becomes a path.
+///
+/// The bytes go to a temporary file through the data dir's filesystem seam (`svc.fs`), are
+/// fsynced, renamed to a fresh name and the directory fsynced before the event that refers
+/// to the file is logged: a crash at any point leaves the previous file (still referenced)
+/// or the new one whole, never a torn one, and start-up sweeps what nothing refers to.
 pub async fn store_upload(
     svc: &Services,
     id: JobId,
@@ -338,17 +345,17 @@ pub async fn store_upload(
             Ok(Some(field)) => field,
             Ok(None) => break,
             Err(e) => {
-                remove_quietly(&tmp).await;
+                remove_quietly(svc, &tmp).await;
                 return Err(multipart_error(e, limit));
             }
         };
         if field.name() != Some("file") || stored.is_some() {
             continue;
         }
-        match write_stream(&tmp, field, limit).await {
+        match write_stream(svc, &tmp, field, limit).await {
             Ok(size) => stored = Some(size),
             Err(e) => {
-                remove_quietly(&tmp).await;
+                remove_quietly(svc, &tmp).await;
                 return Err(e);
             }
         }
@@ -357,12 +364,15 @@ pub async fn store_upload(
         return Err(Error::InvalidInput("The upload has no `file` field".into()));
     };
     let path = svc.files_dir.join(&name);
-    let durable = async {
-        tokio::fs::rename(&tmp, &path).await?;
-        sync_dir(svc.files_dir.clone()).await
+    let durable = {
+        let (fs, dir, tmp) = (svc.fs.clone(), svc.files_dir.clone(), tmp.clone());
+        blocking(move || {
+            fs.rename(&tmp, &path)?;
+            fs.sync_dir(&dir)
+        })
     };
     if let Err(e) = durable.await {
-        remove_quietly(&tmp).await;
+        remove_quietly(svc, &tmp).await;
         return Err(e);
     }
     let recorded = async {
@@ -392,37 +402,62 @@ fn multipart_error(e: axum::extract::multipart::MultipartError, limit: u64) -> E
     }
 }
 
+/// Bytes gathered from the upload before one write: fewer, larger blocking calls, and
+/// never more than this in memory per upload.
+const WRITE_CHUNK: usize = 256 << 10;
+/// Bytes read from disk per chunk of a download.
+const READ_CHUNK: usize = 256 << 10;
+
+/// Runs a filesystem call (the seam is blocking) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("file task failed: {e}")))?
+        .map_err(Error::from)
+}
+
+/// Streams `field` into a new file at `path` and fsyncs it; its size.
 async fn write_stream(
+    svc: &Services,
     path: &FsPath,
     mut field: axum::extract::multipart::Field<'_>,
     limit: u64,
 ) -> Result<u64> {
-    let mut file = tokio::fs::File::create(path).await?;
+    let (fs, at) = (svc.fs.clone(), path.to_path_buf());
+    let mut file = blocking(move || fs.create(&at)).await?;
     let mut size: u64 = 0;
-    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
-        size += chunk.len() as u64;
-        if size > limit {
-            return Err(Error::TooLarge(format!(
-                "Payload too large: the limit is {limit} bytes"
-            )));
+    let mut written: u64 = 0;
+    let mut buf = Vec::new();
+    loop {
+        let chunk = field.chunk().await.map_err(|e| multipart_error(e, limit))?;
+        if let Some(chunk) = &chunk {
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(Error::TooLarge(format!(
+                    "Payload too large: the limit is {limit} bytes"
+                )));
+            }
+            buf.extend_from_slice(chunk);
         }
-        file.write_all(&chunk).await?;
+        if buf.len() >= WRITE_CHUNK || (chunk.is_none() && !buf.is_empty()) {
+            let data = std::mem::take(&mut buf);
+            let offset = written;
+            written += data.len() as u64;
+            file = blocking(move || file.write_at(offset, &data).map(|()| file)).await?;
+        }
+        if chunk.is_none() {
+            break;
+        }
     }
-    file.flush().await?;
-    file.sync_all().await?;
+    blocking(move || file.sync_all()).await?;
     Ok(size)
 }
 
-/// fsyncs a directory so a rename in it is durable.
-pub async fn sync_dir(dir: PathBuf) -> Result<()> {
-    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
-        .await
-        .map_err(|e| Error::Internal(format!("directory sync task failed: {e}")))??;
-    Ok(())
-}
-
-async fn remove_quietly(path: &FsPath) {
-    let _ = tokio::fs::remove_file(path).await;
+async fn remove_quietly(svc: &Services, path: &FsPath) {
+    let (fs, path) = (svc.fs.clone(), path.to_path_buf());
+    let _ = blocking(move || fs.remove(&path)).await;
 }
 
 /// Streams the job's file of `kind` (204 when there is none).
@@ -436,42 +471,59 @@ pub async fn serve_file(
     let Some(stored) = ask(&svc.files, |p| FileMsg::Get(id, kind, p)).await? else {
         return Ok(no_content());
     };
-    let file = match tokio::fs::File::open(svc.files_dir.join(&*stored.file)).await {
+    let open = |file: &str| {
+        let (fs, path) = (svc.fs.clone(), svc.files_dir.join(file));
+        blocking(move || fs.open_read(&path))
+    };
+    let file = match open(&stored.file).await {
         Ok(file) => file,
         // Replaced between the lookup and the open: the newer file is the answer.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(_) => {
             let Some(newer) = ask(&svc.files, |p| FileMsg::Get(id, kind, p)).await? else {
                 return Ok(no_content());
             };
-            return stream_file(
-                tokio::fs::File::open(svc.files_dir.join(&*newer.file)).await?,
-                newer.size,
-                mime,
-                download,
-            );
+            return stream_file(open(&newer.file).await?, newer.size, mime, download);
         }
-        Err(e) => return Err(e.into()),
     };
     stream_file(file, stored.size, mime, download)
 }
 
 fn stream_file(
-    file: tokio::fs::File,
+    file: Box<dyn wal::FsRead>,
     size: u64,
     mime: &'static str,
     download: &str,
 ) -> Result<Response> {
-    let stream = futures_util::stream::try_unfold(file, |mut file| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 256 << 10];
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            return Ok::<_, std::io::Error>(None);
+    let file: std::sync::Arc<dyn wal::FsRead> = file.into();
+    // The recorded size bounds the stream: the file holds exactly that many bytes.
+    let stream = futures_util::stream::try_unfold(0u64, move |offset| {
+        let file = file.clone();
+        async move {
+            if offset >= size {
+                return Ok(None);
+            }
+            let want = (size - offset).min(READ_CHUNK as u64) as usize;
+            let buf = blocking(move || {
+                let mut buf = vec![0u8; want];
+                let n = file.read_at(offset, &mut buf)?;
+                if n == 0 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the stored file is shorter than recorded",
+                    ));
+                }
+                buf.truncate(n);
+                Ok(buf)
+            })
+            .await?;
+            let next = offset + buf.len() as u64;
+            Ok::<_, Error>(Some((Bytes::from(buf), next)))
         }
-        buf.truncate(n);
-        Ok(Some((Bytes::from(buf), file)))
     })
-    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
+    .map_err(|e| {
+        Box::new(std::io::Error::other(e.message().to_owned()))
+            as Box<dyn std::error::Error + Send + Sync>
+    });
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));

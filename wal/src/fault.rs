@@ -4,7 +4,7 @@
 //! (every byte, every bit) fast and lets a test copy a whole "disk image" cheaply. [`FaultyFs`]
 //! wraps any [`Fs`] and fails the nth write, sync, rename, create or allocate, which is how the
 //! poisoning and no-space rules are tested. Neither simulates a page cache: data written is data
-//! on "disk", so they test error handling, not power loss.
+//! on "disk", so they test error handling, not power loss; [`crate::power::PowerFs`] does that.
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::fs::{Fs, FsFile};
+use crate::fs::{Fs, FsFile, FsRead};
 
 /// Locks a mutex, ignoring poisoning: a panicking test thread must not cascade into others.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -344,6 +344,14 @@ impl FaultyFs {
 impl Fs for FaultyFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         self.inner.create_dir_all(dir)
+    }
+
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir(dir)
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsRead>> {
+        self.inner.open_read(path)
     }
 
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {

@@ -4,18 +4,28 @@
 //! code on an in-memory disk or inject errors at any step ([`crate::fault`]). The trait is shaped
 //! by the log's needs (positioned writes, `fdatasync`, `fallocate`, directory fsync), not by
 //! `std::fs`'s breadth. It does not buffer: every call reaches the OS.
+//!
+//! Every file the server keeps goes through this seam (the log, snapshots, uploaded files), so the
+//! power-loss double ([`crate::power`]) sees all of it. To keep a small file of your own durably
+//! (a key, a marker), use [`write_file_durably`] and read it back with [`Fs::read`]; to create a
+//! directory that must survive a crash, [`create_dir_all_durably`].
 
 use std::any::Any;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Directory-level operations. Implementations must be usable from any thread.
 pub trait Fs: Send + Sync + 'static {
     /// Creates `dir` and its parents if missing.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Creates the one directory `dir` (its parent must exist); [`io::ErrorKind::AlreadyExists`]
+    /// if it exists. The default makes do with [`Fs::create_dir_all`] and never reports that.
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        self.create_dir_all(dir)
+    }
     /// Takes an exclusive, non-blocking lock on `path` (created if missing), held until the
     /// returned guard drops. Fails with [`io::ErrorKind::WouldBlock`] when someone else holds it.
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>>;
@@ -23,6 +33,12 @@ pub trait Fs: Send + Sync + 'static {
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// The whole content of `path`.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Opens `path` for positioned reads, so a large file can be streamed; the open file stays
+    /// readable after its name is removed or replaced. The default reads the whole file into
+    /// memory, which is correct but only fit for small files: real filesystems override it.
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsRead>> {
+        Ok(Box::new(InMemory(self.read(path)?)))
+    }
     /// Creates `path` empty (truncating an existing file), open for writing.
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
     /// Opens an existing `path` for writing.
@@ -52,6 +68,80 @@ pub trait FsFile: Send + Sync {
     fn size(&self) -> io::Result<u64>;
 }
 
+/// A file open for reading (see [`Fs::open_read`]).
+pub trait FsRead: Send + Sync {
+    /// Reads up to `buf.len()` bytes at `offset`; 0 at or past the end.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Current size in bytes.
+    fn size(&self) -> io::Result<u64>;
+}
+
+/// The content of a file read whole: the default [`Fs::open_read`].
+struct InMemory(Vec<u8>);
+
+impl FsRead for InMemory {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let start = usize::try_from(offset).map_or(self.0.len(), |o| o.min(self.0.len()));
+        let n = buf.len().min(self.0.len() - start);
+        buf[..n].copy_from_slice(&self.0[start..start + n]);
+        Ok(n)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash at any instant leaves either the old content or
+/// the new, whole, and the new content is durable when this returns: writes `path.tmp`, fsyncs
+/// it, renames it over `path`, fsyncs the directory. For small files (keys, markers) read back
+/// with [`Fs::read`]; a leftover `.tmp` from a crash is the caller's to ignore or remove.
+pub fn write_file_durably(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = parent_dir(path);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = dir.join(name);
+    let written = (|| {
+        let mut file = fs.create(&tmp)?;
+        file.write_at(0, bytes)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written.and_then(|()| fs.rename(&tmp, path)) {
+        let _ = fs.remove(&tmp);
+        return Err(e);
+    }
+    fs.sync_dir(dir)
+}
+
+/// Creates `dir` and any missing parents so that they survive a crash: each directory created is
+/// made durable by syncing the directory that holds it (a directory entry is only durable once its
+/// parent is synced, and losing the data directory's entry would lose everything in it).
+pub fn create_dir_all_durably(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
+    let mut missing: Vec<PathBuf> = Vec::new();
+    for ancestor in dir.ancestors() {
+        if ancestor.as_os_str().is_empty() || ancestor.parent().is_none() {
+            break;
+        }
+        missing.push(ancestor.to_path_buf());
+    }
+    for d in missing.iter().rev() {
+        match fs.create_dir(d) {
+            Ok(()) => fs.sync_dir(parent_dir(d))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The directory holding `path` (`.` for a bare name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// The real filesystem (Linux / Unix).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StdFs;
@@ -59,6 +149,10 @@ pub struct StdFs;
 impl Fs for StdFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)
+    }
+
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir(dir)
     }
 
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
@@ -89,6 +183,10 @@ impl Fs for StdFs {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsRead>> {
+        Ok(Box::new(StdFile(File::open(path)?)))
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
@@ -150,6 +248,21 @@ impl FsFile for StdFile {
             libc::EOPNOTSUPP | libc::EINVAL => Ok(false),
             // posix_fallocate returns the error number instead of setting errno.
             errno => Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+impl FsRead for StdFile {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.0.read_at(buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
         }
     }
 

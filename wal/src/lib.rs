@@ -65,6 +65,7 @@
 //! - [`fs`]: the filesystem seam ([`Fs`], [`FsFile`]) and [`StdFs`].
 //! - [`fault`]: test doubles for the seam: in-memory [`fault::MemFs`], error-injecting
 //!   [`fault::FaultyFs`].
+//! - [`power`]: [`power::PowerFs`], an in-memory disk with a page cache whose power can be cut.
 //! - `layout`: file names and directory listing.
 //! - `recovery`: the segment walk shared by replay and [`scan`].
 //! - `log`: the [`Wal`] itself: open, replay, append, rotation, snapshots.
@@ -76,12 +77,13 @@ pub mod frame;
 pub mod fs;
 mod layout;
 mod log;
+pub mod power;
 mod recovery;
 
 use std::path::PathBuf;
 
 pub use error::Error;
-pub use fs::{Fs, FsFile, StdFs};
+pub use fs::{create_dir_all_durably, write_file_durably, Fs, FsFile, FsRead, StdFs};
 pub use log::{PreparedSnapshot, SnapshotWriter, Wal};
 pub use recovery::scan;
 

@@ -176,6 +176,7 @@ impl Wal {
         self.replayed = true;
         // Until replay succeeds the log must not be written.
         self.poisoned = true;
+        self.retire_covered(after)?;
 
         let mut records = 0;
         let mut bytes = 0;
@@ -653,6 +654,26 @@ impl Wal {
             }
         }
         Ok(())
+    }
+
+    /// Before replay from `after`: deletes the segments a snapshot at `after` covers whole,
+    /// without reading them. Their deletion by [`Wal::retire`] may have been cut short by a
+    /// crash, and a crash keeps any subset of unsynced deletions, not only a prefix: walking
+    /// them would report the gaps the lost deletions left as corruption, though no record
+    /// after `after` is missing.
+    fn retire_covered(&mut self, after: Lsn) -> Result<(), Error> {
+        let covered = (self.segments.iter().skip(1))
+            .take_while(|s| s.first_lsn <= after.saturating_add(1))
+            .count();
+        if covered == 0 {
+            return Ok(());
+        }
+        for seg in self.segments.drain(..covered) {
+            remove_if_present(&*self.fs, &seg.path)?;
+        }
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("sync_dir", &self.dir, e))
     }
 
     /// Deletes what the durable snapshot at `lsn` makes unnecessary.
