@@ -220,7 +220,12 @@ fn wal_options(config: &Config) -> wal::Options {
     wal::Options {
         segment_size: config.segment_bytes,
         max_record: u32::try_from(
-            config.max_result_bytes.max(config.max_job_bytes) * 2 + (1 << 20),
+            config
+                .max_result_bytes
+                .max(config.max_job_bytes)
+                .max(config.max_output_bytes)
+                * 2
+                + (1 << 20),
         )
         .unwrap_or(u32::MAX),
         recovery: if config.wal_truncate_corruption {

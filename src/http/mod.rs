@@ -16,6 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use tower_http::normalize_path::NormalizePath;
 
 use crate::actors::Services;
 use crate::error::Error;
@@ -49,7 +50,17 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// The whole route table.
+/// The HTTP service the server runs: [`router`] behind trailing-slash normalisation.
+pub type App = NormalizePath<Router>;
+
+/// Every route answers the same with a trailing slash as without (upstream's Flask app sets
+/// `strict_slashes = False`). The slash is trimmed *before* routing: a `Router::layer`
+/// runs after the route was chosen and could not change which one matches.
+pub fn app(services: Services) -> App {
+    NormalizePath::trim_trailing_slash(router(services))
+}
+
+/// The whole route table (without trailing-slash normalisation: serve [`app`]).
 pub fn router(services: Services) -> Router {
     use self::agents::*;
     use self::jobs::*;
@@ -58,7 +69,6 @@ pub fn router(services: Services) -> Router {
     Router::new()
         .route("/", get(home))
         .route("/v1", get(home))
-        .route("/v1/", get(home))
         .route("/v1/job", post(job_post).get(job_get))
         .route("/v1/job/search", get(job_search))
         .route("/v1/job/{id}", get(job_get_id))

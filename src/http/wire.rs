@@ -29,16 +29,51 @@ pub fn path_id(text: &str) -> Result<JobId> {
     JobId::parse(text).ok_or_else(|| Error::InvalidInput(INVALID_ID.into()))
 }
 
-/// Phases of a Testflinger job, in order (also the keys of log responses).
-pub const PHASES: &[&str] = &[
-    "setup",
-    "provision",
-    "firmware_update",
-    "test",
-    "allocate",
-    "reserve",
-    "cleanup",
-];
+/// The job phases (owned by the model: log fragments are stored per phase).
+pub use crate::model::job::PHASES;
+
+/// Parses a request body as JSON: a 400 naming what is wrong and where when it is not
+/// (serde_json's own words, e.g. "lone leading surrogate in hex escape at line 1 column
+/// 31": Python's `json` would accept such a string, but it is not Unicode and could not be
+/// stored or returned).
+pub fn parse_json(body: &[u8]) -> Result<Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::InvalidInput(
+            "Invalid JSON body: the body is empty".into(),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Error::InvalidInput(format!("Invalid JSON body: {e}")))
+}
+
+/// What kind of JSON value `value` is, for messages ("a JSON array").
+pub fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a JSON array",
+        Value::Object(_) => "a JSON object",
+    }
+}
+
+/// A body that must be a JSON object (upstream's schema-validated bodies): invalid JSON is
+/// a 400, any other JSON value a 422 `{"_schema": ["Invalid input type."]}` as marshmallow
+/// answers, with a message saying what was sent instead.
+pub fn json_object_body(body: &[u8]) -> Result<Map<String, Value>> {
+    match parse_json(body)? {
+        Value::Object(map) => Ok(map),
+        other => Err(Error::Validation {
+            message: format!(
+                "Validation error: expected a JSON object, got {}",
+                json_kind(&other)
+            ),
+            field: "_schema".into(),
+            reason: "Invalid input type.".into(),
+        }),
+    }
+}
 
 /// Validates a submission body and builds what the registry needs.
 ///
