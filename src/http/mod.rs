@@ -1,6 +1,7 @@
 //! HTTP: the route table and the handlers, thin adapters from requests to actor messages.
 //!
-//! - `wire`: the Testflinger JSON shapes and query/cookie syntax.
+//! - `wire`: the Testflinger JSON shapes and query/cookie syntax; `schema`: upstream's job
+//!   schema (submit-time validation) as data.
 //! - `respond`: responses, body limits, and the one mapping of errors to HTTP.
 //! - `jobs`, `results`, `agents`: handlers, named after Testflinger's `api/v1.py`.
 
@@ -9,6 +10,7 @@ pub mod jobs;
 pub mod queues;
 pub mod respond;
 pub mod results;
+pub mod schema;
 pub mod wire;
 
 use axum::extract::{DefaultBodyLimit, Request};
