@@ -35,3 +35,6 @@ mod recovery;
 mod clients;
 // A disk failing under a running server (fsync and write errors through the WAL's seam).
 mod faults;
+// Conformance with upstream's clients and tests: trailing slashes, large and per-run logs,
+// image data, upstream's submit-time schema, error messages; the real agent and CLI (issue 13).
+mod conformance;

@@ -224,9 +224,10 @@ pub async fn action_post(
 ) -> Result<Response> {
     let id: JobId = path_id(&id)?;
     let body = read_body(request, 64 << 10).await?;
-    let action = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_owned))
+    let action = wire::parse_json(&body)?
+        .get("action")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
         .ok_or_else(|| {
             Error::InvalidInput("Invalid action: expected {\"action\": \"cancel\"}".into())
         })?;

@@ -31,8 +31,16 @@ pub async fn result_post(
 ) -> Result<Response> {
     let id = path_id(&id)?;
     let body = read_body(request, svc.config.max_result_bytes).await?;
-    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(Error::InvalidInput("Invalid result data".into()));
+    let fields = match super::wire::parse_json(&body)
+        .map_err(|e| Error::InvalidInput(format!("Invalid result data: {}", e.message())))?
+    {
+        Value::Object(fields) => fields,
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "Invalid result data: the body is {}, not a JSON object",
+                super::wire::json_kind(&other)
+            )))
+        }
     };
     let state: Option<Name> = fields
         .get("job_state")

@@ -14,6 +14,9 @@
 //! Deliberate differences, each because flinger keeps more than upstream or bounds what
 //! upstream leaves unbounded:
 //! - unknown *top-level* fields are kept and reach the agent (upstream: 422);
+//! - `job_id: null` asks for a new id like `""` (the original server's rule; upstream:
+//!   422), and a `job_id` that is not a string is the 400 "Invalid job_id specified" both
+//!   servers give for a bad id (upstream: 422 "Not a valid string.");
 //! - integers beyond 64 bits are "Number too large." (upstream takes any Python int);
 //! - `job_queue` is at most [`MAX_NAME`] bytes, `tags` and `exclude_agents` at most
 //!   [`MAX_LIST`] entries;
@@ -272,7 +275,9 @@ pub static RESERVE_DATA: Schema = schema(
 pub static JOB: Schema = Schema {
     name: "Job",
     fields: &[
-        Field::opt("job_id", Str),
+        // Nullable (unlike upstream): `null`, like `""`, asks for a new id, as the original
+        // server did; a value of another type is refused with upstream's 400 before this.
+        Field::opt("job_id", Str).nullable(),
         Field::opt("parent_job_id", Str),
         Field::opt("name", Str),
         Field::opt("tags", List(&Str)).max(MAX_LIST),
