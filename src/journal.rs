@@ -682,10 +682,11 @@ fn describe(event: &Event) -> String {
             phase,
             number,
             data,
+            run,
             ..
         } => {
             format!(
-                "LogAppended id={id} kind={kind:?} phase={phase} number={number} bytes={}",
+                "LogAppended id={id} kind={kind:?} run={run} phase={phase} number={number} bytes={}",
                 data.len()
             )
         }

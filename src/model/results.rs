@@ -306,6 +306,81 @@ mod tests {
         assert_eq!(results.get(id).unwrap().output.fragments.len(), 1);
     }
 
+    #[test]
+    fn logs_written_before_runs_were_kept_apart_still_replay_and_load() {
+        // A `LogAppended` record as older builds wrote it (named fields, no `run`).
+        #[derive(Serialize)]
+        #[allow(dead_code)]
+        enum Old {
+            JobSubmitted,
+            JobDispatched,
+            JobCancelled,
+            JobStateReported,
+            AttachmentsArrived,
+            JobsExpired,
+            ResultMerged,
+            LogAppended {
+                id: JobId,
+                kind: LogKind,
+                phase: Name,
+                number: u64,
+                timestamp: i64,
+                data: Bytes,
+            },
+        }
+        let id = JobId::random();
+        let old = Old::LogAppended {
+            id,
+            kind: LogKind::Output,
+            phase: "test".into(),
+            number: 0,
+            timestamp: 5,
+            data: Bytes::from_static(b"old\n"),
+        };
+        let event = crate::journal::decode(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
+        let mut results = Results::default();
+        results.apply(&event);
+        results.apply(&fragment(id, 1, 0, "new\n"));
+        let stream = &results.get(id).unwrap().output;
+        assert_eq!(stream.phase_text(0, "test", 0, i64::MIN).unwrap().1, "old\n");
+        assert_eq!(stream.phase_text(1, "test", 0, i64::MIN).unwrap().1, "new\n");
+
+        // A snapshot's log stream in the older positional layout.
+        #[derive(Serialize)]
+        struct OldFragment {
+            number: u64,
+            phase: Name,
+            timestamp: i64,
+            data: Bytes,
+        }
+        #[derive(Serialize)]
+        struct OldStream {
+            fragments: Vec<OldFragment>,
+            seen: FastSet<(Name, u64)>,
+        }
+        let mut seen = FastSet::default();
+        seen.insert((Name::from("test"), 3));
+        let old = OldStream {
+            fragments: vec![OldFragment {
+                number: 3,
+                phase: "test".into(),
+                timestamp: 0,
+                data: Bytes::from_static(b"x"),
+            }],
+            seen,
+        };
+        let mut stream: LogStream = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(stream.latest_run(), Some(0));
+        assert!(stream.contains(0, "test", 3));
+        assert!(!stream.push(Fragment {
+            number: 3,
+            phase: "test".into(),
+            timestamp: 0,
+            data: Bytes::from_static(b"x"),
+            run: 0,
+        }));
+    }
+
     fn fragment(id: JobId, run: u32, number: u64, data: &'static str) -> Event {
         Event::LogAppended {
             id,
