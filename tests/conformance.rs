@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::util::agent::{cli, AgentSpec, RealAgent};
-use crate::util::{new_id, multipart, Part, Resp, TestServer};
+use crate::util::{multipart, new_id, Part, Resp, TestServer};
 
 /// The body the stock agent's `requests` sends for a log fragment: `json.dumps` with
 /// `ensure_ascii`, so every non-ASCII character is a `\uXXXX` escape (a surrogate pair of
@@ -60,67 +60,179 @@ async fn log_of(srv: &TestServer, id: &str, kind: &str, query: &str, phase: &str
 
 // ---- 1. Trailing slashes -----------------------------------------------------------------
 
+/// One request: method, path, query (with its `?`), content type, body.
+type Row<'a> = (&'a str, String, &'a str, Option<&'a str>, Vec<u8>);
+
 #[tokio::test]
 async fn every_route_answers_the_same_when_its_path_ends_with_a_slash() {
     let srv = TestServer::start();
     let job = srv.submit(&json!({"job_queue": "slash-q"})).await;
     let (unknown, fresh) = (new_id(), new_id());
-    srv.post_json("/v1/agents/data/dut-1", &json!({"queues": ["slash-q"], "state": "waiting"}))
-        .await
-        .expect_status(200);
+    srv.post_json(
+        "/v1/agents/data/dut-1",
+        &json!({"queues": ["slash-q"], "state": "waiting"}),
+    )
+    .await
+    .expect_status(200);
     let (ct, upload) = multipart(&[Part::file("file", "a.tar.gz", b"bytes")]);
     let fragment = agent_fragment_body(0, "test", "hello\n");
     // (method, path, query, content type, body): every route of the router.
-    let table: Vec<(&str, String, &str, Option<&str>, Vec<u8>)> = vec![
+    let table: Vec<Row> = vec![
         ("GET", "/v1".into(), "", None, vec![]),
         ("GET", "/v1/job".into(), "?queue=empty-q", None, vec![]),
         ("GET", "/v1/job/search".into(), "?tags=none", None, vec![]),
         ("GET", format!("/v1/job/{job}"), "", None, vec![]),
         ("GET", format!("/v1/job/{job}/position"), "", None, vec![]),
-        ("GET", format!("/v1/job/{job}/attachments"), "", None, vec![]),
-        ("POST", format!("/v1/job/{job}/attachments"), "", Some(&ct), upload.clone()),
-        ("POST", format!("/v1/job/{unknown}/action"), "", Some("application/json"), br#"{"action":"cancel"}"#.to_vec()),
-        ("POST", format!("/v1/result/{job}"), "", Some("application/json"), br#"{"k":1}"#.to_vec()),
+        (
+            "GET",
+            format!("/v1/job/{job}/attachments"),
+            "",
+            None,
+            vec![],
+        ),
+        (
+            "POST",
+            format!("/v1/job/{job}/attachments"),
+            "",
+            Some(&ct),
+            upload.clone(),
+        ),
+        (
+            "POST",
+            format!("/v1/job/{unknown}/action"),
+            "",
+            Some("application/json"),
+            br#"{"action":"cancel"}"#.to_vec(),
+        ),
+        (
+            "POST",
+            format!("/v1/result/{job}"),
+            "",
+            Some("application/json"),
+            br#"{"k":1}"#.to_vec(),
+        ),
         ("GET", format!("/v1/result/{job}"), "", None, vec![]),
-        ("POST", format!("/v1/result/{job}/log/output"), "", Some("application/json"), fragment.clone()),
-        ("GET", format!("/v1/result/{job}/log/output"), "?phase=test", None, vec![]),
-        ("POST", format!("/v1/result/{unknown}/output"), "", Some("text/plain"), b"x".to_vec()),
+        (
+            "POST",
+            format!("/v1/result/{job}/log/output"),
+            "",
+            Some("application/json"),
+            fragment.clone(),
+        ),
+        (
+            "GET",
+            format!("/v1/result/{job}/log/output"),
+            "?phase=test",
+            None,
+            vec![],
+        ),
+        (
+            "POST",
+            format!("/v1/result/{unknown}/output"),
+            "",
+            Some("text/plain"),
+            b"x".to_vec(),
+        ),
         // The legacy read is destructive: read an id with no output (204 both times).
-        ("GET", format!("/v1/result/{fresh}/output"), "", None, vec![]),
-        ("POST", format!("/v1/result/{job}/artifact"), "", Some(&ct), upload.clone()),
-        ("GET", format!("/v1/result/{job}/artifact"), "", None, vec![]),
-        ("POST", "/v1/agents/queues".into(), "", Some("application/json"), br#"{"slash-q":"d"}"#.to_vec()),
+        (
+            "GET",
+            format!("/v1/result/{fresh}/output"),
+            "",
+            None,
+            vec![],
+        ),
+        (
+            "POST",
+            format!("/v1/result/{job}/artifact"),
+            "",
+            Some(&ct),
+            upload.clone(),
+        ),
+        (
+            "GET",
+            format!("/v1/result/{job}/artifact"),
+            "",
+            None,
+            vec![],
+        ),
+        (
+            "POST",
+            "/v1/agents/queues".into(),
+            "",
+            Some("application/json"),
+            br#"{"slash-q":"d"}"#.to_vec(),
+        ),
         ("GET", "/v1/agents/queues".into(), "", None, vec![]),
-        ("POST", "/v1/agents/images".into(), "", Some("application/json"), br#"{"slash-q":{"img":"url: http://x"}}"#.to_vec()),
+        (
+            "POST",
+            "/v1/agents/images".into(),
+            "",
+            Some("application/json"),
+            br#"{"slash-q":{"img":"url: http://x"}}"#.to_vec(),
+        ),
         ("GET", "/v1/agents/images/slash-q".into(), "", None, vec![]),
-        ("POST", "/v1/agents/data/dut-1".into(), "", Some("application/json"), br#"{"state":"waiting"}"#.to_vec()),
+        (
+            "POST",
+            "/v1/agents/data/dut-1".into(),
+            "",
+            Some("application/json"),
+            br#"{"state":"waiting"}"#.to_vec(),
+        ),
         ("GET", "/v1/agents/data/dut-1".into(), "", None, vec![]),
         ("GET", "/v1/agents/data".into(), "", None, vec![]),
-        ("POST", "/v1/agents/provision_logs/dut-1".into(), "", Some("application/json"), format!(r#"{{"job_id":"{job}","exit_code":0}}"#).into_bytes()),
+        (
+            "POST",
+            "/v1/agents/provision_logs/dut-1".into(),
+            "",
+            Some("application/json"),
+            format!(r#"{{"job_id":"{job}","exit_code":0}}"#).into_bytes(),
+        ),
         ("GET", "/v1/queues/wait_times".into(), "", None, vec![]),
         ("GET", "/v1/queues/slash-q/agents".into(), "", None, vec![]),
         ("GET", "/v1/queues/slash-q/jobs".into(), "", None, vec![]),
     ];
     for (method, path, query, content_type, body) in table {
-        let headers: Vec<(&str, &str)> = content_type.map(|ct| ("content-type", ct)).into_iter().collect();
-        let plain = srv.request(method, &format!("{path}{query}"), &headers, body.clone()).await;
-        let slashed = srv.request(method, &format!("{path}/{query}"), &headers, body).await;
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|ct| ("content-type", ct))
+            .into_iter()
+            .collect();
+        let plain = srv
+            .request(method, &format!("{path}{query}"), &headers, body.clone())
+            .await;
+        let slashed = srv
+            .request(method, &format!("{path}/{query}"), &headers, body)
+            .await;
         let no_route = plain.status == 404 && plain.text().contains("no such endpoint");
-        assert!(plain.status < 500 && plain.status != 405 && !no_route, "{method} {path}: {}", plain.text_preview());
-        assert_eq!(slashed.status, plain.status, "{method} {path}/{query}: {:?}", slashed.text_preview());
+        assert!(
+            plain.status < 500 && plain.status != 405 && !no_route,
+            "{method} {path}: {}",
+            plain.text_preview()
+        );
+        assert_eq!(
+            slashed.status,
+            plain.status,
+            "{method} {path}/{query}: {:?}",
+            slashed.text_preview()
+        );
         // Bodies that carry times (agent records) differ by at most the second they were read in.
         if !path.starts_with("/v1/agents/data") {
             assert_eq!(slashed.body, plain.body, "{method} {path}/{query}");
         }
     }
     // A submission with a slash is a submission.
-    let r = srv.post_json("/v1/job/", &json!({"job_queue": "slash-q"})).await;
+    let r = srv
+        .post_json("/v1/job/", &json!({"job_queue": "slash-q"}))
+        .await;
     assert!(r.expect_json()["job_id"].is_string());
     // The root keeps answering, with or without more slashes.
     for path in ["/", "/v1", "/v1/", "/v1//"] {
         let r = srv.get(path).await;
         r.expect_status(200);
-        assert!(r.text().starts_with("Testflinger Server"), "{path}: {}", r.text());
+        assert!(
+            r.text().starts_with("Testflinger Server"),
+            "{path}: {}",
+            r.text()
+        );
     }
     // An unknown route with a slash is still 404 JSON.
     srv.get("/v1/nothing/").await.expect_error(404);
@@ -129,13 +241,16 @@ async fn every_route_answers_the_same_when_its_path_ends_with_a_slash() {
 // ---- 2. Log fragments as large as the agent sends ----------------------------------------
 
 #[tokio::test]
-async fn serial_fragment_of_200000_two_byte_characters_is_stored_whole_when_escaped_as_the_agent_sends_it() {
+async fn serial_fragment_of_200000_two_byte_characters_is_stored_whole_when_escaped_as_the_agent_sends_it(
+) {
     let srv = TestServer::start();
     let id = srv.submit(&json!({"job_queue": "q"})).await;
     let text = "é".repeat(200_000);
     let body = agent_fragment_body(0, "test", &text);
-    assert_eq!(body.len() > 1_200_000, true, "6 bytes per character on the wire");
-    post_fragment(&srv, &id, "serial", body).await.expect_status(200);
+    assert!(body.len() > 1_200_000, "6 bytes per character on the wire");
+    post_fragment(&srv, &id, "serial", body)
+        .await
+        .expect_status(200);
     let (last, data) = log_of(&srv, &id, "serial", "", "test").await;
     assert_eq!(last, 0);
     assert_eq!(data.chars().count(), 200_000);
@@ -151,7 +266,9 @@ async fn largest_chunk_the_stock_agent_sends_is_accepted_by_default() {
     let text = "😀".repeat(1 << 20);
     let body = agent_fragment_body(0, "test", &text);
     assert!(body.len() > 12 << 20);
-    post_fragment(&srv, &id, "serial", body).await.expect_status(200);
+    post_fragment(&srv, &id, "serial", body)
+        .await
+        .expect_status(200);
     let (_, data) = log_of(&srv, &id, "serial", "?phase=test", "test").await;
     assert_eq!(data.len(), 4 << 20);
     assert!(data == text, "the stored text differs");
@@ -166,20 +283,40 @@ async fn log_fragment_over_the_decoded_limit_is_refused_with_413_naming_the_limi
     let body = format!(
         r#"{{"fragment_number": 0, "timestamp": "2026-11-29T00:00:00Z", "phase": "test", "log_data": "{at_limit}"}}"#
     );
-    post_fragment(&srv, &id, "output", body.into_bytes()).await.expect_status(200);
-    assert_eq!(log_of(&srv, &id, "output", "", "test").await.1.len(), 65_536);
+    post_fragment(&srv, &id, "output", body.into_bytes())
+        .await
+        .expect_status(200);
+    assert_eq!(
+        log_of(&srv, &id, "output", "", "test").await.1.len(),
+        65_536
+    );
     // One byte (one two-byte character, half of it) over: 413 naming the limit.
     let over = format!("{}é", "a".repeat(65_535));
     let r = post_fragment(&srv, &id, "output", agent_fragment_body(1, "test", &over)).await;
     let message = r.expect_error(413);
-    assert!(message.contains("65537") && message.contains("65536"), "{message}");
-    assert_eq!(log_of(&srv, &id, "output", "", "test").await.0, 0, "nothing stored");
+    assert!(
+        message.contains("65537") && message.contains("65536"),
+        "{message}"
+    );
+    assert_eq!(
+        log_of(&srv, &id, "output", "", "test").await.0,
+        0,
+        "nothing stored"
+    );
     // The legacy /output endpoint holds the same text limit (its body is the text).
-    srv.post_raw(&format!("/v1/result/{id}/output"), Some("text/plain"), vec![b'b'; 65_536])
-        .await
-        .expect_status(200);
+    srv.post_raw(
+        &format!("/v1/result/{id}/output"),
+        Some("text/plain"),
+        vec![b'b'; 65_536],
+    )
+    .await
+    .expect_status(200);
     let r = srv
-        .post_oversized(&format!("/v1/result/{id}/output"), Some("text/plain"), &vec![b'b'; 65_537])
+        .post_oversized(
+            &format!("/v1/result/{id}/output"),
+            Some("text/plain"),
+            &vec![b'b'; 65_537],
+        )
         .await;
     let message = r.expect_error(413);
     assert!(message.contains("65536"), "{message}");
@@ -194,30 +331,66 @@ async fn resubmitted_job_shows_its_new_runs_log_and_keeps_the_earlier_runs_reada
     let job = json!({"job_id": id, "job_queue": "q"});
     srv.submit(&job).await;
     srv.pop(&["q"]).await.expect("run 1");
-    post_fragment(&srv, &id, "output", agent_fragment_body(0, "test", "run1\n")).await.expect_status(200);
-    assert_eq!(srv.get(&format!("/v1/result/{id}/output")).await.text(), "run1\n");
-    srv.post_result(&id, &json!({"job_state": "complete"})).await;
+    post_fragment(
+        &srv,
+        &id,
+        "output",
+        agent_fragment_body(0, "test", "run1\n"),
+    )
+    .await
+    .expect_status(200);
+    assert_eq!(
+        srv.get(&format!("/v1/result/{id}/output")).await.text(),
+        "run1\n"
+    );
+    srv.post_result(&id, &json!({"job_state": "complete"}))
+        .await;
 
     srv.submit(&job).await;
     // The new run has posted nothing yet: its log is empty, not the first run's.
-    assert_eq!(log_of(&srv, &id, "output", "", "test").await, (-1, String::new()));
+    assert_eq!(
+        log_of(&srv, &id, "output", "", "test").await,
+        (-1, String::new())
+    );
     assert!(srv.result(&id).await.get("test_output").is_none());
     srv.pop(&["q"]).await.expect("run 2");
     for _ in 0..2 {
         // The agent numbers from 0 again; a retried post is stored once.
-        post_fragment(&srv, &id, "output", agent_fragment_body(0, "test", "run2\n")).await.expect_status(200);
+        post_fragment(
+            &srv,
+            &id,
+            "output",
+            agent_fragment_body(0, "test", "run2\n"),
+        )
+        .await
+        .expect_status(200);
     }
     for _ in 0..2 {
-        assert_eq!(log_of(&srv, &id, "output", "", "test").await, (0, "run2\n".into()));
-        assert_eq!(log_of(&srv, &id, "output", "?run=2", "test").await, (0, "run2\n".into()));
-        assert_eq!(log_of(&srv, &id, "output", "?run=1", "test").await, (0, "run1\n".into()));
-        assert_eq!(log_of(&srv, &id, "output", "?run=3", "test").await, (-1, String::new()));
+        assert_eq!(
+            log_of(&srv, &id, "output", "", "test").await,
+            (0, "run2\n".into())
+        );
+        assert_eq!(
+            log_of(&srv, &id, "output", "?run=2", "test").await,
+            (0, "run2\n".into())
+        );
+        assert_eq!(
+            log_of(&srv, &id, "output", "?run=1", "test").await,
+            (0, "run1\n".into())
+        );
+        assert_eq!(
+            log_of(&srv, &id, "output", "?run=3", "test").await,
+            (-1, String::new())
+        );
         assert_eq!(srv.result(&id).await["test_output"], "run2\n");
         // Replay rebuilds the same runs.
         srv.restart();
     }
     // The legacy reader sees what arrived since it last read: the second run's text.
-    assert_eq!(srv.get(&format!("/v1/result/{id}/output")).await.text(), "run2\n");
+    assert_eq!(
+        srv.get(&format!("/v1/result/{id}/output")).await.text(),
+        "run2\n"
+    );
     let r = srv.get(&format!("/v1/result/{id}/log/output?run=x")).await;
     assert!(r.expect_error(400).contains("run"));
 }
@@ -227,40 +400,81 @@ async fn resubmitted_job_shows_its_new_runs_log_and_keeps_the_earlier_runs_reada
 #[tokio::test]
 async fn image_data_that_is_not_a_string_is_refused_with_422_naming_image_and_queue() {
     let srv = TestServer::start();
-    for data in [json!(5), json!(null), json!({"url": "x"}), json!(["x"]), json!(true)] {
-        let r = srv.post_json("/v1/agents/images", &json!({"q": {"img": data}})).await;
+    for data in [
+        json!(5),
+        json!(null),
+        json!({"url": "x"}),
+        json!(["x"]),
+        json!(true),
+    ] {
+        let r = srv
+            .post_json("/v1/agents/images", &json!({"q": {"img": data}}))
+            .await;
         r.expect_error(422);
-        let reason = r.json()["detail"]["json"]["_schema"][0].as_str().unwrap_or_default().to_owned();
-        assert!(reason.contains("'img'") && reason.contains("'q'"), "{data}: {reason}");
+        let reason = r.json()["detail"]["json"]["_schema"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            reason.contains("'img'") && reason.contains("'q'"),
+            "{data}: {reason}"
+        );
     }
     for images in [json!("x"), json!(["img"]), json!(5)] {
-        let r = srv.post_json("/v1/agents/images", &json!({"q": images})).await;
+        let r = srv
+            .post_json("/v1/agents/images", &json!({"q": images}))
+            .await;
         assert!(r.expect_error(422).contains("Validation"), "{images}");
-        assert!(r.json()["detail"]["json"]["_schema"][0].as_str().unwrap().contains("'q'"));
+        assert!(r.json()["detail"]["json"]["_schema"][0]
+            .as_str()
+            .unwrap()
+            .contains("'q'"));
     }
     for name in ["", "$x", "a.b", "a\u{0}b"] {
-        let r = srv.post_json("/v1/agents/images", &json!({"q": {name: "url: x"}})).await;
+        let r = srv
+            .post_json("/v1/agents/images", &json!({"q": {name: "url: x"}}))
+            .await;
         r.expect_error(422);
     }
     // Nothing was stored by any of them.
-    assert_eq!(srv.get("/v1/agents/images/q").await.expect_json(), json!({}));
+    assert_eq!(
+        srv.get("/v1/agents/images/q").await.expect_json(),
+        json!({})
+    );
     // A good set is stored.
-    srv.post_json("/v1/agents/images", &json!({"q": {"img": "url: http://x/img.xz"}}))
-        .await
-        .expect_status(200);
-    assert_eq!(srv.get("/v1/agents/images/q").await.expect_json(), json!({"img": "url: http://x/img.xz"}));
+    srv.post_json(
+        "/v1/agents/images",
+        &json!({"q": {"img": "url: http://x/img.xz"}}),
+    )
+    .await
+    .expect_status(200);
+    assert_eq!(
+        srv.get("/v1/agents/images/q").await.expect_json(),
+        json!({"img": "url: http://x/img.xz"})
+    );
     // A body that is not an object: 422 as upstream (marshmallow's "Invalid input type.").
     for path in ["/v1/agents/images", "/v1/agents/queues"] {
         for body in [&b"\"q\""[..], b"[\"q\"]", b"[]", b"7"] {
-            let r = srv.post_raw(path, Some("application/json"), body.to_vec()).await;
+            let r = srv
+                .post_raw(path, Some("application/json"), body.to_vec())
+                .await;
             let message = r.expect_error(422);
-            assert!(message.contains("expected a JSON object"), "{path} {message}");
-            assert_eq!(r.json()["detail"]["json"]["_schema"], json!(["Invalid input type."]));
+            assert!(
+                message.contains("expected a JSON object"),
+                "{path} {message}"
+            );
+            assert_eq!(
+                r.json()["detail"]["json"]["_schema"],
+                json!(["Invalid input type."])
+            );
         }
     }
     let r = srv.post_json("/v1/agents/queues", &json!({"q": 5})).await;
     r.expect_error(422);
-    assert!(r.json()["detail"]["json"]["_schema"][0].as_str().unwrap().contains("'q'"));
+    assert!(r.json()["detail"]["json"]["_schema"][0]
+        .as_str()
+        .unwrap()
+        .contains("'q'"));
 }
 
 // ---- 5. Upstream's submit-time schema ----------------------------------------------------
@@ -272,16 +486,29 @@ async fn refused(srv: &TestServer, job: Value, field: &str) -> String {
     r.expect_json_error();
     let body = r.json();
     let reason = body["detail"]["json"][field][0].as_str();
-    assert!(reason.is_some(), "{job}: detail should name {field}: {body}");
+    assert!(
+        reason.is_some(),
+        "{job}: detail should name {field}: {body}"
+    );
     reason.unwrap().to_owned()
 }
 
 #[tokio::test]
 async fn provision_data_must_match_one_of_the_device_connectors_schemas() {
     let srv = TestServer::start();
-    let reason = refused(&srv, json!({"job_queue": "q", "provision_data": {"url": "invalid"}}), "provision_data").await;
+    let reason = refused(
+        &srv,
+        json!({"job_queue": "q", "provision_data": {"url": "invalid"}}),
+        "provision_data",
+    )
+    .await;
     assert_eq!(reason, "Invalid provision data schema.");
-    let r = srv.post_json("/v1/job", &json!({"job_queue": "q", "provision_data": {"url": "invalid"}})).await;
+    let r = srv
+        .post_json(
+            "/v1/job",
+            &json!({"job_queue": "q", "provision_data": {"url": "invalid"}}),
+        )
+        .await;
     assert!(r.message().contains("Not a valid URL"), "{}", r.message());
     for bad in [
         json!({"url": "http://example/img.img.xz"}),
@@ -293,7 +520,12 @@ async fn provision_data_must_match_one_of_the_device_connectors_schemas() {
         json!("http://example.com/x"),
         json!(["http://example.com/x"]),
     ] {
-        refused(&srv, json!({"job_queue": "q", "provision_data": bad}), "provision_data").await;
+        refused(
+            &srv,
+            json!({"job_queue": "q", "provision_data": bad}),
+            "provision_data",
+        )
+        .await;
     }
     // One job per device connector schema, and null (no provisioning).
     let good = [
@@ -313,7 +545,9 @@ async fn provision_data_must_match_one_of_the_device_connectors_schemas() {
         Value::Null,
     ];
     for data in good {
-        let id = srv.submit(&json!({"job_queue": "q", "provision_data": data})).await;
+        let id = srv
+            .submit(&json!({"job_queue": "q", "provision_data": data}))
+            .await;
         let shown = srv.get(&format!("/v1/job/{id}")).await.expect_json();
         if data.is_null() {
             assert_eq!(shown["provision_data"], Value::Null);
@@ -331,20 +565,53 @@ async fn provision_data_must_match_one_of_the_device_connectors_schemas() {
 #[tokio::test]
 async fn reserve_and_test_data_accept_only_upstreams_keys_and_values() {
     let srv = TestServer::start();
-    let reason = refused(&srv, json!({"job_queue": "q", "reserve_data": {"ssh_keys": ["who:me"]}}), "reserve_data").await;
-    assert_eq!(reason, "ssh_keys.0: String does not match expected pattern.");
+    let reason = refused(
+        &srv,
+        json!({"job_queue": "q", "reserve_data": {"ssh_keys": ["who:me"]}}),
+        "reserve_data",
+    )
+    .await;
+    assert_eq!(
+        reason,
+        "ssh_keys.0: String does not match expected pattern."
+    );
     for (data, expected) in [
-        (json!({"ssh_keys": ["lp:me", ""]}), "ssh_keys.1: String does not match expected pattern."),
+        (
+            json!({"ssh_keys": ["lp:me", ""]}),
+            "ssh_keys.1: String does not match expected pattern.",
+        ),
         (json!({"ssh_keys": "lp:me"}), "ssh_keys: Not a valid list."),
-        (json!({"timeout": 60, "hosts": ["a"]}), "hosts: Unknown field."),
-        (json!({"timeout": "-5"}), "timeout: Invalid duration format: Duration cannot be negative"),
-        (json!({"timeout": "5x"}), "timeout: Invalid duration format: Invalid duration format: '5x'"),
-        (json!({"timeout": 1.5}), "timeout: Invalid duration format: Duration must be string or int, got <class 'float'>"),
+        (
+            json!({"timeout": 60, "hosts": ["a"]}),
+            "hosts: Unknown field.",
+        ),
+        (
+            json!({"timeout": "-5"}),
+            "timeout: Invalid duration format: Duration cannot be negative",
+        ),
+        (
+            json!({"timeout": "5x"}),
+            "timeout: Invalid duration format: Invalid duration format: '5x'",
+        ),
+        (
+            json!({"timeout": 1.5}),
+            "timeout: Invalid duration format: Duration must be string or int, got <class 'float'>",
+        ),
     ] {
-        let reason = refused(&srv, json!({"job_queue": "q", "reserve_data": data}), "reserve_data").await;
+        let reason = refused(
+            &srv,
+            json!({"job_queue": "q", "reserve_data": data}),
+            "reserve_data",
+        )
+        .await;
         assert_eq!(reason, expected, "{data}");
     }
-    for (data, seconds) in [(json!("1h 30min"), 5400), (json!("0"), 0), (json!("+90"), 90), (json!(null), -1)] {
+    for (data, seconds) in [
+        (json!("1h 30min"), 5400),
+        (json!("0"), 0),
+        (json!("+90"), 90),
+        (json!(null), -1),
+    ] {
         let id = srv.submit(&json!({"job_queue": "ok-q", "reserve_data": {"timeout": data, "ssh_keys": ["gh:me"]}})).await;
         let shown = srv.get(&format!("/v1/job/{id}")).await.expect_json();
         if seconds < 0 {
@@ -354,27 +621,72 @@ async fn reserve_and_test_data_accept_only_upstreams_keys_and_values() {
         }
     }
     for (data, expected) in [
-        (json!({"test_cmds": "x", "cmds": "y"}), "cmds: Unknown field."),
-        (json!({"test_cmds": ["x"]}), "test_cmds: Not a valid string."),
-        (json!({"attachments": [{"device": "x"}]}), "attachments.0.agent: Missing data for required field."),
-        (json!({"secrets": {"1BAD": "path"}}), "secrets.1BAD.key: String does not match expected pattern."),
-        (json!({"secrets": {"GOOD": "a path"}}), "secrets.GOOD.value: String does not match expected pattern."),
+        (
+            json!({"test_cmds": "x", "cmds": "y"}),
+            "cmds: Unknown field.",
+        ),
+        (
+            json!({"test_cmds": ["x"]}),
+            "test_cmds: Not a valid string.",
+        ),
+        (
+            json!({"attachments": [{"device": "x"}]}),
+            "attachments.0.agent: Missing data for required field.",
+        ),
+        (
+            json!({"secrets": {"1BAD": "path"}}),
+            "secrets.1BAD.key: String does not match expected pattern.",
+        ),
+        (
+            json!({"secrets": {"GOOD": "a path"}}),
+            "secrets.GOOD.value: String does not match expected pattern.",
+        ),
     ] {
-        let reason = refused(&srv, json!({"job_queue": "q", "test_data": data}), "test_data").await;
+        let reason = refused(
+            &srv,
+            json!({"job_queue": "q", "test_data": data}),
+            "test_data",
+        )
+        .await;
         assert_eq!(reason, expected, "{data}");
     }
     for (job, field, expected) in [
-        (json!({"job_queue": "q", "name": null}), "name", "Field may not be null."),
-        (json!({"job_queue": "q", "job_priority": "high"}), "job_priority", "Not a valid integer."),
-        (json!({"job_queue": "q", "debug": "maybe"}), "debug", "Not a valid boolean."),
+        (
+            json!({"job_queue": "q", "name": null}),
+            "name",
+            "Field may not be null.",
+        ),
+        (
+            json!({"job_queue": "q", "job_priority": "high"}),
+            "job_priority",
+            "Not a valid integer.",
+        ),
+        (
+            json!({"job_queue": "q", "debug": "maybe"}),
+            "debug",
+            "Not a valid boolean.",
+        ),
         (json!({"job_queue": 5}), "job_queue", "Not a valid string."),
-        (json!({"job_queue": "q", "exclude_agents": null}), "exclude_agents", "Field may not be null."),
-        (json!({"job_queue": "q", "firmware_update_data": []}), "firmware_update_data", "Not a valid mapping type."),
+        (
+            json!({"job_queue": "q", "exclude_agents": null}),
+            "exclude_agents",
+            "Field may not be null.",
+        ),
+        (
+            json!({"job_queue": "q", "firmware_update_data": []}),
+            "firmware_update_data",
+            "Not a valid mapping type.",
+        ),
     ] {
         assert_eq!(refused(&srv, job.clone(), field).await, expected, "{job}");
     }
     // Secrets need a secrets store, which this server does not have (upstream's answer then).
-    let r = srv.post_json("/v1/job", &json!({"job_queue": "q", "test_data": {"secrets": {"TOKEN": "a/b"}}})).await;
+    let r = srv
+        .post_json(
+            "/v1/job",
+            &json!({"job_queue": "q", "test_data": {"secrets": {"TOKEN": "a/b"}}}),
+        )
+        .await;
     assert_eq!(r.expect_error(422), "No secrets store");
     assert_eq!(srv.pop(&["q"]).await, None, "nothing refused was queued");
 }
@@ -382,23 +694,42 @@ async fn reserve_and_test_data_accept_only_upstreams_keys_and_values() {
 #[tokio::test]
 async fn exclude_agents_defaults_to_empty_and_may_not_exclude_every_agent_serving_the_queue() {
     let srv = TestServer::start();
-    let id = srv.submit(&json!({"job_queue": "q", "lab_field": {"kept": true}})).await;
+    let id = srv
+        .submit(&json!({"job_queue": "q", "lab_field": {"kept": true}}))
+        .await;
     let shown = srv.get(&format!("/v1/job/{id}")).await.expect_json();
     assert_eq!(shown["exclude_agents"], json!([]));
-    assert_eq!(shown["lab_field"], json!({"kept": true}), "unknown top-level fields are kept");
+    assert_eq!(
+        shown["lab_field"],
+        json!({"kept": true}),
+        "unknown top-level fields are kept"
+    );
     let popped = srv.pop(&["q"]).await.expect("the job");
     assert_eq!(popped["lab_field"], json!({"kept": true}));
     // No agent serves the queue yet: agents may still come, so the job is taken.
-    srv.submit(&json!({"job_queue": "q", "exclude_agents": ["a"]})).await;
+    srv.submit(&json!({"job_queue": "q", "exclude_agents": ["a"]}))
+        .await;
     for name in ["a", "b"] {
-        srv.post_json(&format!("/v1/agents/data/{name}"), &json!({"queues": ["q"], "state": "waiting"}))
-            .await
-            .expect_status(200);
+        srv.post_json(
+            &format!("/v1/agents/data/{name}"),
+            &json!({"queues": ["q"], "state": "waiting"}),
+        )
+        .await
+        .expect_status(200);
     }
-    srv.submit(&json!({"job_queue": "q", "exclude_agents": ["a"]})).await;
-    let r = srv.post_json("/v1/job", &json!({"job_queue": "q", "exclude_agents": ["a", "b"]})).await;
+    srv.submit(&json!({"job_queue": "q", "exclude_agents": ["a"]}))
+        .await;
+    let r = srv
+        .post_json(
+            "/v1/job",
+            &json!({"job_queue": "q", "exclude_agents": ["a", "b"]}),
+        )
+        .await;
     let message = r.expect_error(422);
-    assert_eq!(message, "There are no agents on the specified queue that are allowed to run this job");
+    assert_eq!(
+        message,
+        "There are no agents on the specified queue that are allowed to run this job"
+    );
     assert!(r.json()["detail"]["json"]["exclude_agents"].is_array());
 }
 
@@ -416,18 +747,35 @@ async fn errors_name_the_actual_problem_when_bodies_are_malformed() {
         "/v1/agents/data/dut-1".to_owned(),
         format!("/v1/job/{id}/action"),
     ] {
-        let r = srv.post_raw(&path, Some("application/json"), surrogate.clone()).await;
+        let r = srv
+            .post_raw(&path, Some("application/json"), surrogate.clone())
+            .await;
         let message = r.expect_error(400);
-        assert!(message.contains("lone surrogate") && message.contains("line 1 column"), "{path}: {message}");
+        assert!(
+            message.contains("lone surrogate") && message.contains("line 1 column"),
+            "{path}: {message}"
+        );
     }
     // Without a job_queue: 400 (the original server's answer; the CLI says "did not specify a
     // job_queue" for it), saying which.
     let r = srv.post_json("/v1/job", &json!({"queue": "q"})).await;
     assert!(r.expect_error(400).contains("no job_queue"));
-    let r = srv.post_raw("/v1/job", Some("application/json"), b"[1]".to_vec()).await;
+    let r = srv
+        .post_raw("/v1/job", Some("application/json"), b"[1]".to_vec())
+        .await;
     assert!(r.expect_error(400).contains("a JSON array"));
-    let r = srv.post_raw("/v1/job", Some("application/json"), b"{\"job_queue\": ".to_vec()).await;
-    assert!(r.expect_error(400).contains("EOF while parsing"), "{}", r.text());
+    let r = srv
+        .post_raw(
+            "/v1/job",
+            Some("application/json"),
+            b"{\"job_queue\": ".to_vec(),
+        )
+        .await;
+    assert!(
+        r.expect_error(400).contains("EOF while parsing"),
+        "{}",
+        r.text()
+    );
     let r = post_fragment(&srv, &id, "output", b"[]".to_vec()).await;
     assert!(r.expect_error(422).contains("a JSON array"));
 }
@@ -460,18 +808,36 @@ async fn real_agent_serial_log_of_200000_two_byte_characters_reaches_cli_poll_se
             "python3 -c \"open('test-serial.log', 'w', encoding='utf-8').write('é' * 200000)\" && echo done",
         ),
     );
-    let id = srv.submit(&json!({"job_queue": "serial-q", "test_data": {"test_cmds": "run"}})).await;
+    let id = srv
+        .submit(&json!({"job_queue": "serial-q", "test_data": {"test_cmds": "run"}}))
+        .await;
     wait_complete(&srv, &agent, &id).await;
-    assert!(agent.stop().success(), "the agent exits 0 on SIGINT:\n{}", agent.console());
+    assert!(
+        agent.stop().success(),
+        "the agent exits 0 on SIGINT:\n{}",
+        agent.console()
+    );
     let (_, serial) = log_of(&srv, &id, "serial", "", "test").await;
-    assert_eq!(serial.chars().count(), 200_000, "agent said:\n{}", agent.console());
+    assert_eq!(
+        serial.chars().count(),
+        200_000,
+        "agent said:\n{}",
+        agent.console()
+    );
     let out = cli(&srv, &["poll-serial", &id], Duration::from_secs(30));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8_lossy(&out.stdout);
     assert_eq!(printed.matches('é').count(), 200_000);
     let out = cli(&srv, &["results", &id], Duration::from_secs(30));
     let results: Value = serde_json::from_slice(&out.stdout).expect("results prints JSON");
-    assert_eq!(results["test_serial"].as_str().map(|s| s.chars().count()), Some(200_000));
+    assert_eq!(
+        results["test_serial"].as_str().map(|s| s.chars().count()),
+        Some(200_000)
+    );
     assert_eq!(results["test_status"], 0);
 }
 
@@ -482,7 +848,8 @@ async fn real_agent_rerun_of_a_resubmitted_job_shows_its_own_output_in_cli_poll(
     std::fs::write(&marker, "output-of-run-1\n").unwrap();
     let mut agent = RealAgent::start(
         &srv,
-        AgentSpec::new("rerun-dut", &["rerun-q"]).command("test", &format!("cat '{}'", marker.display())),
+        AgentSpec::new("rerun-dut", &["rerun-q"])
+            .command("test", &format!("cat '{}'", marker.display())),
     );
     let id = new_id();
     let job = json!({"job_id": id, "job_queue": "rerun-q", "test_data": {"test_cmds": "run"}});
@@ -491,13 +858,30 @@ async fn real_agent_rerun_of_a_resubmitted_job_shows_its_own_output_in_cli_poll(
     std::fs::write(&marker, "output-of-run-2\n").unwrap();
     srv.submit(&job).await;
     wait_complete(&srv, &agent, &id).await;
-    assert!(agent.stop().success(), "the agent exits 0 on SIGINT:\n{}", agent.console());
+    assert!(
+        agent.stop().success(),
+        "the agent exits 0 on SIGINT:\n{}",
+        agent.console()
+    );
 
     let out = cli(&srv, &["poll", &id], Duration::from_secs(30));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(printed.contains("output-of-run-2"), "poll printed:\n{printed}");
-    assert!(!printed.contains("output-of-run-1"), "poll printed:\n{printed}");
+    assert!(
+        printed.contains("output-of-run-2"),
+        "poll printed:\n{printed}"
+    );
+    assert!(
+        !printed.contains("output-of-run-1"),
+        "poll printed:\n{printed}"
+    );
     let (_, first) = log_of(&srv, &id, "output", "?run=1", "test").await;
-    assert!(first.contains("output-of-run-1") && !first.contains("output-of-run-2"), "{first}");
+    assert!(
+        first.contains("output-of-run-1") && !first.contains("output-of-run-2"),
+        "{first}"
+    );
 }

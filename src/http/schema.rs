@@ -124,9 +124,8 @@ impl Pattern {
         // Python's `$` also matches before a final newline: `\n?\z` says the same.
         static SSH_KEY: LazyLock<Regex> =
             LazyLock::new(|| Regex::new(r"^(lp|gh):\S+\n?\z").expect("a valid pattern"));
-        static SECRET_NAME: LazyLock<Regex> = LazyLock::new(|| {
-            Regex::new(r"^[a-zA-Z_][a-zA-Z0-9_]*\n?\z").expect("a valid pattern")
-        });
+        static SECRET_NAME: LazyLock<Regex> =
+            LazyLock::new(|| Regex::new(r"^[a-zA-Z_][a-zA-Z0-9_]*\n?\z").expect("a valid pattern"));
         static SECRET_PATH: LazyLock<Regex> =
             LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9_/-]+\n?\z").expect("a valid pattern"));
         match self {
@@ -214,6 +213,9 @@ pub enum Unknown {
     Keep,
 }
 
+/// A whole-object check: why the object fails, or `None`.
+pub type SchemaCheck = fn(&Map<String, Value>) -> Option<String>;
+
 /// A marshmallow schema: fields, the unknown-key policy and an optional whole-object check
 /// (`@validates_schema`, run once every field loaded), which returns why it fails.
 #[derive(Debug)]
@@ -225,7 +227,7 @@ pub struct Schema {
     /// Undeclared keys.
     pub unknown: Unknown,
     /// `@validates_schema`.
-    pub check: Option<fn(&Map<String, Value>) -> Option<String>>,
+    pub check: Option<SchemaCheck>,
 }
 
 const fn schema(name: &'static str, fields: &'static [Field]) -> Schema {
@@ -255,10 +257,7 @@ pub static TEST_DATA: Schema = schema(
         Field::opt("attachments", ATTACHMENTS),
         Field::opt("test_username", Str),
         Field::opt("test_password", Str),
-        Field::opt(
-            "secrets",
-            DictOf(Pattern::SecretName, Pattern::SecretPath),
-        ),
+        Field::opt("secrets", DictOf(Pattern::SecretName, Pattern::SecretPath)),
     ],
 );
 
@@ -531,7 +530,8 @@ fn load_value(kind: &Kind, value: &mut Value) -> Result<(), Invalid> {
             Ok(())
         }
         Bool => {
-            *value = Value::Bool(to_bool(value).ok_or_else(|| Invalid::new("Not a valid boolean."))?);
+            *value =
+                Value::Bool(to_bool(value).ok_or_else(|| Invalid::new("Not a valid boolean."))?);
             Ok(())
         }
         Url => {
@@ -593,13 +593,16 @@ fn load_value(kind: &Kind, value: &mut Value) -> Result<(), Invalid> {
             for (key, item) in map.iter() {
                 if !keys.regex().is_match(key) {
                     return Err(
-                        Invalid::at("key", "String does not match expected pattern.").within(key)
+                        Invalid::at("key", "String does not match expected pattern.").within(key),
                     );
                 }
-                let text = item.as_str().ok_or_else(|| not_string().within("value").within(key))?;
+                let text = item
+                    .as_str()
+                    .ok_or_else(|| not_string().within("value").within(key))?;
                 if !values.regex().is_match(text) {
-                    return Err(Invalid::at("value", "String does not match expected pattern.")
-                        .within(key));
+                    return Err(
+                        Invalid::at("value", "String does not match expected pattern.").within(key),
+                    );
                 }
             }
             Ok(())
@@ -612,7 +615,10 @@ fn load_value(kind: &Kind, value: &mut Value) -> Result<(), Invalid> {
 /// the object wins and its loaded value replaces it.
 fn provision_data(value: &mut Value) -> Result<(), Invalid> {
     let Value::Object(data) = value else {
-        return Err(Invalid::at("_schema", format!("Invalid data type: {value}")));
+        return Err(Invalid::at(
+            "_schema",
+            format!("Invalid data type: {value}"),
+        ));
     };
     let mut failures = Vec::with_capacity(PROVISION_SCHEMAS.len());
     for schema in &PROVISION_SCHEMAS {
@@ -657,7 +663,7 @@ fn to_int(value: &Value) -> Result<i64, Invalid> {
                 Err(too_large())
             } else {
                 let f = n.as_f64().ok_or_else(invalid)?.trunc();
-                if f >= -9.223_372_036_854_776e18 && f < 9.223_372_036_854_776e18 {
+                if (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) {
                     Ok(f as i64)
                 } else {
                     Err(too_large())
@@ -682,7 +688,10 @@ fn python_int(text: &str) -> Option<Option<i64>> {
         b'+' => (false, &text[1..]),
         _ => (false, text),
     };
-    if digits.is_empty() || digits.starts_with('_') || digits.ends_with('_') || digits.contains("__")
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || digits.ends_with('_')
+        || digits.contains("__")
     {
         return None;
     }
@@ -692,9 +701,13 @@ fn python_int(text: &str) -> Option<Option<i64>> {
             continue;
         }
         let d = i64::from(c.to_digit(10)? as u8);
-        total = total
-            .and_then(|t| t.checked_mul(10))
-            .and_then(|t| if negative { t.checked_sub(d) } else { t.checked_add(d) });
+        total = total.and_then(|t| t.checked_mul(10)).and_then(|t| {
+            if negative {
+                t.checked_sub(d)
+            } else {
+                t.checked_add(d)
+            }
+        });
     }
     Some(total)
 }
@@ -702,13 +715,17 @@ fn python_int(text: &str) -> Option<Option<i64>> {
 /// marshmallow's `Boolean`: its truthy and falsy sets (which hold `1` and `0`, so `1.0`
 /// and `0.0` too, as Python compares them).
 fn to_bool(value: &Value) -> Option<bool> {
-    const TRUTHY: &[&str] = &["t", "T", "true", "True", "TRUE", "on", "On", "ON", "y", "Y", "yes", "Yes", "YES", "1"];
-    const FALSY: &[&str] = &["f", "F", "false", "False", "FALSE", "off", "Off", "OFF", "n", "N", "no", "No", "NO", "0"];
+    const TRUTHY: &[&str] = &[
+        "t", "T", "true", "True", "TRUE", "on", "On", "ON", "y", "Y", "yes", "Yes", "YES", "1",
+    ];
+    const FALSY: &[&str] = &[
+        "f", "F", "false", "False", "FALSE", "off", "Off", "OFF", "n", "N", "no", "No", "NO", "0",
+    ];
     match value {
         Value::Bool(b) => Some(*b),
         Value::Number(n) => match n.as_f64() {
-            Some(f) if f == 1.0 => Some(true),
-            Some(f) if f == 0.0 => Some(false),
+            Some(1.0) => Some(true),
+            Some(0.0) => Some(false),
             _ => None,
         },
         Value::String(s) if TRUTHY.contains(&s.as_str()) => Some(true),
@@ -730,7 +747,9 @@ pub fn duration(value: &Value) -> Result<Option<u64>, String> {
                 None => Err("Duration cannot be negative".into()),
             };
         }
-        Value::Number(_) => return Err("Duration must be string or int, got <class 'float'>".into()),
+        Value::Number(_) => {
+            return Err("Duration must be string or int, got <class 'float'>".into())
+        }
         Value::String(s) => s.trim().to_lowercase(),
         Value::Array(_) => return Err("Duration must be string or int, got <class 'list'>".into()),
         Value::Object(_) => return Err("Duration must be string or int, got <class 'dict'>".into()),
@@ -856,11 +875,26 @@ mod tests {
             (json!({"jobs": [{"job_queue": "a"}]}), true),
             (json!({"use_attachment": "img", "media": "sd"}), true),
             (json!({"use_attachment": "img", "media": "floppy"}), false),
-            (json!({"preset": "p", "urls": ["http://a.example.com/x"]}), true),
-            (json!({"preset": "p", "url": "http://a.example.com", "urls": ["http://b.example.com"]}), false),
-            (json!({"provision_plan": {}, "url": "http://a.example.com", "ubuntu_sso_email": "me@example.com"}), true),
-            (json!({"url": "http://a.example.com", "robot_tasks": ["t"], "live_image": true, "wait_until_ssh": "no"}), true),
-            (json!({"alloem_url": "https://x.example.com/a.iso", "robot_tasks": []}), true),
+            (
+                json!({"preset": "p", "urls": ["http://a.example.com/x"]}),
+                true,
+            ),
+            (
+                json!({"preset": "p", "url": "http://a.example.com", "urls": ["http://b.example.com"]}),
+                false,
+            ),
+            (
+                json!({"provision_plan": {}, "url": "http://a.example.com", "ubuntu_sso_email": "me@example.com"}),
+                true,
+            ),
+            (
+                json!({"url": "http://a.example.com", "robot_tasks": ["t"], "live_image": true, "wait_until_ssh": "no"}),
+                true,
+            ),
+            (
+                json!({"alloem_url": "https://x.example.com/a.iso", "robot_tasks": []}),
+                true,
+            ),
             (json!({"what": 1}), false),
         ] {
             let result = load_job(json!({"job_queue": "q", "provision_data": data.clone()}));
@@ -869,16 +903,28 @@ mod tests {
                 assert_eq!(e.field(), "provision_data");
             }
         }
-        let loaded = load_job(json!({"job_queue": "q", "provision_data": {"distro": "x", "ephemeral": "yes"}})).unwrap();
+        let loaded = load_job(
+            json!({"job_queue": "q", "provision_data": {"distro": "x", "ephemeral": "yes"}}),
+        )
+        .unwrap();
         assert_eq!(loaded["provision_data"]["ephemeral"], true);
         assert!(load_job(json!({"job_queue": "q", "provision_data": null})).is_ok());
     }
 
     #[test]
     fn reserve_data_takes_launchpad_or_github_keys_and_durations_only() {
-        let e = load_job(json!({"job_queue": "q", "reserve_data": {"ssh_keys": ["lp:me", "who:me"]}})).unwrap_err();
-        assert_eq!((e.field(), e.detail().as_str()), ("reserve_data", "ssh_keys.1: String does not match expected pattern."));
-        let e = load_job(json!({"job_queue": "q", "reserve_data": {"timeout": 5, "extra": 1}})).unwrap_err();
+        let e =
+            load_job(json!({"job_queue": "q", "reserve_data": {"ssh_keys": ["lp:me", "who:me"]}}))
+                .unwrap_err();
+        assert_eq!(
+            (e.field(), e.detail().as_str()),
+            (
+                "reserve_data",
+                "ssh_keys.1: String does not match expected pattern."
+            )
+        );
+        let e = load_job(json!({"job_queue": "q", "reserve_data": {"timeout": 5, "extra": 1}}))
+            .unwrap_err();
         assert_eq!(e.detail(), "extra: Unknown field.");
         let loaded = load_job(json!({"job_queue": "q", "reserve_data": {"timeout": "1h 30min", "ssh_keys": ["gh:me"]}})).unwrap();
         assert_eq!(loaded["reserve_data"]["timeout"], 5400);
@@ -902,23 +948,57 @@ mod tests {
         ] {
             assert_eq!(duration(&value), expected, "{value}");
         }
-        for value in [json!(""), json!("-5"), json!(-5), json!("5x"), json!("h"), json!("1w"), json!(1.5), json!("1h30"), json!([])] {
+        for value in [
+            json!(""),
+            json!("-5"),
+            json!(-5),
+            json!("5x"),
+            json!("h"),
+            json!("1w"),
+            json!(1.5),
+            json!("1h30"),
+            json!([]),
+        ] {
             assert!(duration(&value).is_err(), "{value}");
         }
     }
 
     #[test]
     fn integers_and_booleans_coerce_as_marshmallow() {
-        let loaded = load_job(json!({"job_queue": "q", "job_priority": " 7 ", "global_timeout": 9.9, "debug": "on"})).unwrap();
-        assert_eq!((loaded["job_priority"].clone(), loaded["global_timeout"].clone(), loaded["debug"].clone()), (json!(7), json!(9), json!(true)));
-        for bad in [json!({"job_queue": "q", "job_priority": true}), json!({"job_queue": "q", "job_priority": "1.5"}), json!({"job_queue": "q", "debug": "maybe"}), json!({"job_queue": "q", "name": null})] {
+        let loaded = load_job(
+            json!({"job_queue": "q", "job_priority": " 7 ", "global_timeout": 9.9, "debug": "on"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                loaded["job_priority"].clone(),
+                loaded["global_timeout"].clone(),
+                loaded["debug"].clone()
+            ),
+            (json!(7), json!(9), json!(true))
+        );
+        for bad in [
+            json!({"job_queue": "q", "job_priority": true}),
+            json!({"job_queue": "q", "job_priority": "1.5"}),
+            json!({"job_queue": "q", "debug": "maybe"}),
+            json!({"job_queue": "q", "name": null}),
+        ] {
             assert!(load_job(bad.clone()).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn emails_follow_marshmallow() {
-        for (text, ok) in [("me@example.com", true), ("me@localhost", true), ("me@[10.0.0.1]", true), ("\"a.b c\"@example.com", false), ("\"a!b\"@example.com", true), ("me", false), ("me@host", false), ("a@@example.com", false)] {
+        for (text, ok) in [
+            ("me@example.com", true),
+            ("me@localhost", true),
+            ("me@[10.0.0.1]", true),
+            ("\"a.b c\"@example.com", false),
+            ("\"a!b\"@example.com", true),
+            ("me", false),
+            ("me@host", false),
+            ("a@@example.com", false),
+        ] {
             assert_eq!(is_email(text), ok, "{text}");
         }
     }

@@ -152,14 +152,17 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
     // Authorisation seam: upstream accepts a priority other than 0 only from a client
     // whose token grants it (`max_priority`). flinger has no authentication yet, so
     // every client may set any priority; when tokens arrive, check them here.
-    let priority = job
-        .get("job_priority")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
+    let priority = job.get("job_priority").and_then(Value::as_i64).unwrap_or(0);
     let exclude: Vec<Name> = job
         .get("exclude_agents")
         .and_then(Value::as_array)
-        .map(|names| names.iter().filter_map(Value::as_str).map(Name::from).collect())
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(Value::as_str)
+                .map(Name::from)
+                .collect()
+        })
         .unwrap_or_default();
     let awaits_attachments = ["provision_data", "firmware_update_data", "test_data"]
         .iter()

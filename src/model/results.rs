@@ -103,7 +103,13 @@ impl LogStream {
     /// The fragments of `run` and `phase` numbered from `from` and stamped at or after
     /// `since` (unix microseconds), in fragment order, joined; with the highest number
     /// among them. `None` when there are none.
-    pub fn phase_text(&self, run: u32, phase: &str, from: u64, since: i64) -> Option<(u64, String)> {
+    pub fn phase_text(
+        &self,
+        run: u32,
+        phase: &str,
+        from: u64,
+        since: i64,
+    ) -> Option<(u64, String)> {
         let mut picked: Vec<&Fragment> = self
             .fragments
             .iter()
@@ -342,8 +348,14 @@ mod tests {
         results.apply(&event);
         results.apply(&fragment(id, 1, 0, "new\n"));
         let stream = &results.get(id).unwrap().output;
-        assert_eq!(stream.phase_text(0, "test", 0, i64::MIN).unwrap().1, "old\n");
-        assert_eq!(stream.phase_text(1, "test", 0, i64::MIN).unwrap().1, "new\n");
+        assert_eq!(
+            stream.phase_text(0, "test", 0, i64::MIN).unwrap().1,
+            "old\n"
+        );
+        assert_eq!(
+            stream.phase_text(1, "test", 0, i64::MIN).unwrap().1,
+            "new\n"
+        );
 
         // A snapshot's log stream in the older positional layout.
         #[derive(Serialize)]
@@ -369,7 +381,8 @@ mod tests {
             }],
             seen,
         };
-        let mut stream: LogStream = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
+        let mut stream: LogStream =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
         assert_eq!(stream.latest_run(), Some(0));
         assert!(stream.contains(0, "test", 3));
         assert!(!stream.push(Fragment {
@@ -409,7 +422,10 @@ mod tests {
         let stream = &results.get(id).unwrap().output;
         assert_eq!(stream.fragments.len(), 3);
         assert_eq!(stream.latest_run(), Some(2));
-        assert_eq!(stream.phase_text(2, "test", 0, i64::MIN).unwrap().1, "run2\n");
+        assert_eq!(
+            stream.phase_text(2, "test", 0, i64::MIN).unwrap().1,
+            "run2\n"
+        );
         assert_eq!(
             stream.phase_text(1, "test", 0, i64::MIN).unwrap(),
             (1, "run1\nlate\n".to_owned())
