@@ -39,8 +39,7 @@ pub struct ResultView {
     /// `<phase>_output` / `<phase>_serial` texts of the phases that have fragments, in
     /// each stream's newest run.
     pub logs: Vec<(String, String)>,
-    /// The newest run with fragments in either stream (`None`: no fragments; 0: only
-    /// fragments recorded before runs were kept apart).
+    /// The newest run with fragments in either stream (`None`: no fragments).
     pub run: Option<u32>,
 }
 

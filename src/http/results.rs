@@ -205,10 +205,9 @@ async fn job_run(svc: &Services, id: JobId) -> Result<u32> {
 }
 
 /// Whether a log showing run `shown` is about an older run than the job's `current` one
-/// (the job was resubmitted and its new run has posted nothing yet). Run 0 (fragments
-/// recorded before runs were kept apart) is taken as current.
+/// (the job was resubmitted and its new run has posted nothing yet).
 fn is_older_run(shown: Option<u32>, current: u32) -> bool {
-    shown.is_some_and(|run| run != 0 && run < current)
+    shown.is_some_and(|run| run < current)
 }
 
 fn log_kind(text: &str) -> Result<LogKind> {

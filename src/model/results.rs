@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 
 use super::event::{Event, LogKind};
 use super::ids::{JobId, Name};
+use super::registry::first_run;
 
 /// One log fragment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,9 +31,9 @@ pub struct Fragment {
     pub timestamp: i64,
     /// The text as posted.
     pub data: Bytes,
-    /// The job's run (see `Job::run`); 0 for fragments recorded before runs were kept
-    /// apart. Last, with a default, so older snapshots still decode.
-    #[serde(default)]
+    /// The job's run (see `Job::run`). Last, with a default (run 1, as for log records
+    /// written before runs were kept apart), so older snapshots still decode.
+    #[serde(default = "first_run")]
     pub run: u32,
 }
 
@@ -49,8 +50,8 @@ pub struct LogStream {
     /// (phase, number) pairs seen in run `run`, to drop retried posts in O(1).
     seen: FastSet<(Name, u64)>,
     /// The newest run any fragment belongs to (the run `seen` covers). Last, with a
-    /// default, so older snapshots still decode.
-    #[serde(default)]
+    /// default (their fragments' run), so older snapshots still decode.
+    #[serde(default = "first_run")]
     run: u32,
 }
 
@@ -346,15 +347,13 @@ mod tests {
         let event = crate::journal::decode(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
         let mut results = Results::default();
         results.apply(&event);
-        results.apply(&fragment(id, 1, 0, "new\n"));
+        // Taken as the job's first run: a retry of the same fragment is still dropped.
+        results.apply(&fragment(id, 1, 0, "old\n"));
         let stream = &results.get(id).unwrap().output;
-        assert_eq!(
-            stream.phase_text(0, "test", 0, i64::MIN).unwrap().1,
-            "old\n"
-        );
+        assert_eq!(stream.fragments.len(), 1);
         assert_eq!(
             stream.phase_text(1, "test", 0, i64::MIN).unwrap().1,
-            "new\n"
+            "old\n"
         );
 
         // A snapshot's log stream in the older positional layout.
@@ -383,14 +382,14 @@ mod tests {
         };
         let mut stream: LogStream =
             rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
-        assert_eq!(stream.latest_run(), Some(0));
-        assert!(stream.contains(0, "test", 3));
+        assert_eq!(stream.latest_run(), Some(1));
+        assert!(stream.contains(1, "test", 3));
         assert!(!stream.push(Fragment {
             number: 3,
             phase: "test".into(),
             timestamp: 0,
             data: Bytes::from_static(b"x"),
-            run: 0,
+            run: 1,
         }));
     }
 
