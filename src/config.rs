@@ -51,7 +51,10 @@ pub struct Config {
     pub max_job_bytes: usize,
     /// Largest result post body (Testflinger answers 413 from 16 MiB).
     pub max_result_bytes: usize,
-    /// Largest output chunk or log fragment body.
+    /// Most bytes of log text in one log fragment (`log_data`, decoded: what the log holds)
+    /// or one legacy output chunk. The default, 4 MiB, takes the largest chunk the stock
+    /// agent sends (1,048,576 characters of any Unicode, up to 4 bytes each); a fragment's
+    /// body may be 6 times this plus 64 KiB (`http::results::fragment_body_limit`).
     pub max_output_bytes: usize,
     /// Largest artifact or attachments upload.
     pub max_artifact_bytes: u64,
@@ -79,7 +82,7 @@ impl Default for Config {
             fsync: FsyncPolicy::Always,
             max_job_bytes: 1 << 20,
             max_result_bytes: 16 << 20,
-            max_output_bytes: 1 << 20,
+            max_output_bytes: 4 << 20,
             max_artifact_bytes: 2 << 30,
             segment_bytes: 64 << 20,
             snapshot_bytes: 128 << 20,
@@ -150,7 +153,8 @@ pub struct ServeOpts {
     /// Largest result post body in bytes [default: 16 MiB].
     #[arg(long, env = "FLINGER_MAX_RESULT_BYTES", value_name = "BYTES")]
     pub max_result_bytes: Option<usize>,
-    /// Largest output chunk or log fragment in bytes [default: 1 MiB].
+    /// Most bytes of log text (decoded log_data) in one log fragment or output chunk
+    /// [default: 4 MiB]; a fragment's JSON body may be 6x this + 64 KiB (escapes).
     #[arg(long, env = "FLINGER_MAX_OUTPUT_BYTES", value_name = "BYTES")]
     pub max_output_bytes: Option<usize>,
     /// Largest artifact or attachments upload in bytes [default: 2 GiB].

@@ -220,7 +220,12 @@ fn wal_options(config: &Config) -> wal::Options {
     wal::Options {
         segment_size: config.segment_bytes,
         max_record: u32::try_from(
-            config.max_result_bytes.max(config.max_job_bytes) * 2 + (1 << 20),
+            config
+                .max_result_bytes
+                .max(config.max_job_bytes)
+                .max(config.max_output_bytes)
+                * 2
+                + (1 << 20),
         )
         .unwrap_or(u32::MAX),
         recovery: if config.wal_truncate_corruption {
@@ -686,10 +691,11 @@ fn describe(event: &Event) -> String {
             phase,
             number,
             data,
+            run,
             ..
         } => {
             format!(
-                "LogAppended id={id} kind={kind:?} phase={phase} number={number} bytes={}",
+                "LogAppended id={id} kind={kind:?} run={run} phase={phase} number={number} bytes={}",
                 data.len()
             )
         }

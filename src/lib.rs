@@ -6,7 +6,8 @@
 //! - [`model`]: the pure core — ids, job lifecycle, queue order, events, the fold.
 //! - [`journal`]: events ↔ WAL records, group commit, snapshots, recovery.
 //! - [`actors`]: the supervisor and the registry, queue, result, artifact, agents actors.
-//! - [`http`]: routes and handlers; `http::wire` is the only place that knows the JSON.
+//! - [`http`]: routes and handlers; `http::wire` (with `http::schema`, upstream's job schema
+//!   as data) is the only place that knows the JSON.
 //! - [`server`]: listener, connection handling, graceful shutdown, wiring.
 //!
 //! Architecture invariants:

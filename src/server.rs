@@ -36,7 +36,7 @@ const RETENTION_BATCH: usize = 10_000;
 
 /// A started server core: recovered state, running actors and background chores, not
 /// yet listening. [`run`] serves it over TCP; tests and fuzz targets can drive
-/// `http::router(running.services.clone())` directly.
+/// `http::app(running.services.clone())` directly.
 pub struct Running {
     /// What handlers need.
     pub services: Services,
@@ -154,7 +154,7 @@ pub async fn serve(
     let local = listener.local_addr().map_err(Error::from)?;
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), config = %config.source, fsync = ?config.fsync, "listening");
 
-    let app = crate::http::router(services);
+    let app = crate::http::app(services);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -64,22 +64,23 @@ async fn queues_are_merged_when_several_agents_advertise() {
 #[tokio::test]
 async fn queues_post_is_rejected_when_body_is_not_an_object_of_strings() {
     let srv = TestServer::start();
-    for body in [
-        &b"[]"[..],
-        b"[\"q\"]",
-        b"\"q\"",
-        b"1",
-        b"null",
-        b"not json",
-        b"{",
-        b"",
+    // JSON that is not an object: 422, as upstream's schema answers; not JSON at all: 400.
+    for (body, status) in [
+        (&b"[]"[..], 422),
+        (b"[\"q\"]", 422),
+        (b"\"q\"", 422),
+        (b"1", 422),
+        (b"null", 422),
+        (b"not json", 400),
+        (b"{", 400),
+        (b"", 400),
     ] {
         let r = srv
             .post_raw("/v1/agents/queues", Some("application/json"), body.to_vec())
             .await;
         assert_eq!(
             r.status,
-            400,
+            status,
             "body {:?}: {}",
             String::from_utf8_lossy(body),
             r.text_preview()
@@ -175,13 +176,21 @@ async fn images_work_when_queue_name_needs_percent_encoding() {
 #[tokio::test]
 async fn images_post_is_rejected_when_body_has_wrong_shape() {
     let srv = TestServer::start();
-    for body in [&b"[]"[..], b"\"q\"", b"1", b"null", b"not json", b""] {
+    // JSON that is not an object: 422, as upstream's schema answers; not JSON at all: 400.
+    for (body, status) in [
+        (&b"[]"[..], 422),
+        (b"\"q\"", 422),
+        (b"1", 422),
+        (b"null", 422),
+        (b"not json", 400),
+        (b"", 400),
+    ] {
         let r = srv
             .post_raw("/v1/agents/images", Some("application/json"), body.to_vec())
             .await;
         assert_eq!(
             r.status,
-            400,
+            status,
             "body {:?}: {}",
             String::from_utf8_lossy(body),
             r.text_preview()

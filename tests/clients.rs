@@ -1535,7 +1535,7 @@ async fn submit_is_refused_with_422_naming_the_field_when_known_fields_have_wron
             "job_priority",
         ),
         (
-            json!({"job_queue": "q", "job_priority": 1.5}),
+            json!({"job_queue": "q", "job_priority": true}),
             "job_priority",
         ),
         (

@@ -192,19 +192,21 @@ async fn output_post_is_413_when_chunk_exceeds_max_output_bytes() {
 }
 
 #[tokio::test]
-async fn output_post_is_413_when_chunk_exceeds_default_one_mib() {
+async fn output_post_is_413_when_chunk_exceeds_default_four_mib() {
+    // The default log text limit takes the stock agent's largest chunk (1 Mi characters of
+    // up to 4 bytes); a legacy chunk's body is its text.
     let srv = TestServer::start();
     let id = new_id();
     let path = format!("/v1/result/{id}/output");
-    srv.post_raw(&path, None, vec![b'x'; 1024 * 1024])
+    srv.post_raw(&path, None, vec![b'x'; 4 << 20])
         .await
         .expect_status(200);
-    srv.post_oversized(&path, None, &vec![b'y'; 1024 * 1024 + 1])
+    srv.post_oversized(&path, None, &vec![b'y'; (4 << 20) + 1])
         .await
         .expect_error(413);
     let r = srv.get(&path).await;
     r.expect_status(200);
-    assert_eq!(r.body.len(), 1024 * 1024);
+    assert_eq!(r.body.len(), 4 << 20);
 }
 
 #[tokio::test]

@@ -37,3 +37,6 @@ mod clients;
 mod faults;
 // Power loss at any instant on a simulated page cache: nothing acknowledged is lost.
 mod power;
+// Conformance with upstream's clients and tests: trailing slashes, large and per-run logs,
+// image data, upstream's submit-time schema, error messages; the real agent and CLI (issue 13).
+mod conformance;

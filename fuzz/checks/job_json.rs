@@ -1,23 +1,39 @@
-//! `job_json`: job submission bodies through `flinger::http::wire::parse_job`. Shared by the
-//! fuzz target and the stable seed replay.
+//! `job_json`: job submission bodies through `flinger::http::wire::parse_job` (upstream's job
+//! schema, `flinger::http::schema`). Shared by the fuzz target and the stable seed replay.
 //!
 //! Properties:
 //! - validation never panics, whatever the bytes;
+//! - a refused submission says why: a 422 names a field the submission has (or `_schema`);
 //! - an accepted job round-trips: the stored body is a JSON object whose `job_id` is the
 //!   returned id (in canonical spelling, equal to a client-supplied one), whose `job_queue` is
-//!   the queue, and which keeps every other key of the input, in order, with equal values
-//!   (`reserve_data.timeout` is normalised to seconds, the one documented rewrite);
-//! - priority, `exclude_agents` and attachments are read from the same document;
-//! - the stored body is itself a valid submission that parses to the same job and body.
+//!   the queue, and which keeps every key of the input, in order (`exclude_agents` added when
+//!   absent, then `job_id`); unknown top-level fields keep their values, the schema's fields
+//!   hold their loaded (coerced) values;
+//! - the stored body loads through the schema unchanged (loading is idempotent), and is itself
+//!   a valid submission that parses to the same job and body;
+//! - priority, `exclude_agents` and attachments are read from the stored document.
 
 use serde_json::{Map, Value};
 
+use flinger::error::Error;
+use flinger::http::schema;
 use flinger::http::wire::parse_job;
 use flinger::model::JobId;
 
 pub fn check(data: &[u8]) {
-    let Ok(sub) = parse_job(data) else {
-        return;
+    let sub = match parse_job(data) {
+        Ok(sub) => sub,
+        Err(Error::Validation { field, .. }) => {
+            let Ok(Value::Object(input)) = serde_json::from_slice::<Value>(data) else {
+                panic!("a 422 for something that is not a JSON object");
+            };
+            assert!(
+                field == "_schema" || input.contains_key(&field),
+                "the 422 names {field:?}, which the submission does not have"
+            );
+            return;
+        }
+        Err(_) => return,
     };
     let Ok(Value::Object(input)) = serde_json::from_slice::<Value>(data) else {
         panic!("parse_job accepted something that is not a JSON object");
@@ -44,12 +60,16 @@ pub fn check(data: &[u8]) {
 
     check_keys(&input, &stored);
 
-    let priority = input
+    let mut reloaded = stored.clone();
+    schema::load(&schema::JOB, &mut reloaded).expect("the stored body loads");
+    assert_eq!(reloaded, stored, "loading the stored body changes it");
+
+    let priority = stored
         .get("job_priority")
         .and_then(Value::as_i64)
         .unwrap_or(0);
     assert_eq!(sub.priority, priority, "job_priority");
-    let exclude: Vec<&str> = match input.get("exclude_agents") {
+    let exclude: Vec<&str> = match stored.get("exclude_agents") {
         Some(Value::Array(items)) => items
             .iter()
             .map(|v| v.as_str().expect("accepted lists hold strings"))
@@ -64,7 +84,7 @@ pub fn check(data: &[u8]) {
     let declares = ["provision_data", "firmware_update_data", "test_data"]
         .iter()
         .any(|f| {
-            input
+            stored
                 .get(*f)
                 .and_then(|d| d.get("attachments"))
                 .and_then(Value::as_array)
@@ -81,10 +101,13 @@ pub fn check(data: &[u8]) {
     assert_eq!(again.body, sub.body, "parsing the stored body changes it");
 }
 
-/// Same keys in the same order (plus `job_id` at the end when the input had none), same values
-/// except the ones `parse_job` defines a rewrite for.
+/// Same keys in the same order (plus `exclude_agents`, then `job_id`, at the end when the input
+/// had none); unknown fields keep their values, known ones may hold their loaded form.
 fn check_keys(input: &Map<String, Value>, stored: &Map<String, Value>) {
     let mut keys: Vec<&str> = input.keys().map(String::as_str).collect();
+    if !input.contains_key("exclude_agents") {
+        keys.push("exclude_agents");
+    }
     if !input.contains_key("job_id") {
         keys.push("job_id");
     }
@@ -94,31 +117,14 @@ fn check_keys(input: &Map<String, Value>, stored: &Map<String, Value>) {
         "keys or their order changed"
     );
     for (key, value) in input {
-        let kept = &stored[key];
-        match key.as_str() {
-            "job_id" => {}
-            "reserve_data" => {
-                let (Value::Object(before), Value::Object(after)) = (value, kept) else {
-                    assert_eq!(kept, value, "reserve_data");
-                    continue;
-                };
-                assert_eq!(
-                    before.keys().collect::<Vec<_>>(),
-                    after.keys().collect::<Vec<_>>(),
-                    "reserve_data keys"
-                );
-                for (k, v) in before {
-                    if k == "timeout" && !v.is_null() {
-                        assert!(
-                            after[k].as_u64().is_some_and(|s| s > 0),
-                            "timeout is normalised to seconds"
-                        );
-                    } else {
-                        assert_eq!(&after[k], v, "reserve_data.{k}");
-                    }
-                }
+        let known = schema::JOB.fields.iter().find(|f| f.name == key.as_str());
+        match known {
+            None => assert_eq!(&stored[key], value, "unknown field {key} changed"),
+            // Strings are never rewritten, only checked (`job_id` is canonicalised).
+            Some(field) if matches!(field.kind, schema::Kind::Str) && key != "job_id" => {
+                assert_eq!(&stored[key], value, "{key} changed")
             }
-            _ => assert_eq!(kept, value, "{key} changed"),
+            Some(_) => {}
         }
     }
 }

@@ -29,7 +29,7 @@ pub struct Answer {
 
 pub struct Server {
     rt: tokio::runtime::Runtime,
-    router: axum::Router,
+    router: flinger::http::App,
     running: Option<flinger::server::Running>,
     _dir: tempfile::TempDir,
     /// Jobs created at start: waiting, running, completed, cancelled (states may change as
@@ -74,7 +74,7 @@ impl Server {
         let running = rt
             .block_on(flinger::server::start(config))
             .expect("the server core starts");
-        let router = flinger::http::router(running.services.clone());
+        let router = flinger::http::app(running.services.clone());
         let mut server = Server {
             rt,
             router,

@@ -33,6 +33,8 @@ pub struct JobView {
     pub created_at: u64,
     /// Input files status.
     pub attachments: Attachments,
+    /// Which run of the job this is (1, then one more per resubmission).
+    pub run: u32,
 }
 
 /// Jobs removed by retention and the LSN of their removal.
@@ -126,6 +128,7 @@ fn view(job: &crate::model::registry::Job) -> JobView {
         seq: job.seq,
         created_at: job.created_at,
         attachments: job.attachments,
+        run: job.run,
     }
 }
 

@@ -8,8 +8,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::{now, now_micros, reply, PendingSnapshot, Recorder};
 use crate::error::Result;
-use crate::http::wire::PHASES;
 use crate::journal::{Journal, Ticket};
+use crate::model::job::PHASES;
 use crate::model::results::Results;
 use crate::model::{Event, JobId, LogKind, Name};
 
@@ -26,6 +26,8 @@ pub struct FragmentPost {
     pub timestamp: i64,
     /// The text.
     pub data: Bytes,
+    /// The job's run (`JobView::run`; 1 for a job the registry does not know).
+    pub run: u32,
 }
 
 /// What `GET /v1/result/<id>` needs from this actor, computed here so a poll never
@@ -34,8 +36,11 @@ pub struct FragmentPost {
 pub struct ResultView {
     /// The merged fields (JSON object text), if any were posted.
     pub fields: Option<Bytes>,
-    /// `<phase>_output` / `<phase>_serial` texts of the phases that have fragments.
+    /// `<phase>_output` / `<phase>_serial` texts of the phases that have fragments, in
+    /// each stream's newest run.
     pub logs: Vec<(String, String)>,
+    /// The newest run with fragments in either stream (`None`: no fragments).
+    pub run: Option<u32>,
 }
 
 /// Filters of a log read.
@@ -47,7 +52,13 @@ pub struct LogQuery {
     pub since: i64,
     /// Only this phase.
     pub phase: Option<String>,
+    /// Only this run of the job; `None`: the newest run with fragments.
+    pub run: Option<u32>,
 }
+
+/// One log stream read: the run it shows (`None`: no fragments) and, per phase, (phase,
+/// last fragment number or -1, text).
+pub type LogAnswer = (Option<u32>, Vec<(&'static str, i64, String)>);
 
 /// Messages to the result actor.
 pub enum ResultMsg {
@@ -55,20 +66,16 @@ pub enum ResultMsg {
     Merge(JobId, Bytes, RpcReplyPort<Result<Ticket>>),
     /// Append a log fragment; `None` when it was a retry of one already stored.
     AppendLog(JobId, FragmentPost, RpcReplyPort<Result<Option<Ticket>>>),
-    /// Append a legacy `/output` chunk (numbered after the highest fragment so far).
-    AppendOutput(JobId, Name, Bytes, RpcReplyPort<Result<Ticket>>),
+    /// Append a legacy `/output` chunk to the phase and run given (numbered after that
+    /// run's highest fragment so far).
+    AppendOutput(JobId, Name, u32, Bytes, RpcReplyPort<Result<Ticket>>),
     /// Consume the unread output: the text and the LSN of the read, or `None` when
     /// nothing new arrived.
     ReadOutput(JobId, RpcReplyPort<Result<Option<(Bytes, Ticket)>>>),
     /// The job's result fields and its per-phase log texts (`None`: nothing reported).
     View(JobId, RpcReplyPort<Option<ResultView>>),
-    /// One log stream, filtered, per phase: (phase, last fragment number or -1, text).
-    Log(
-        JobId,
-        LogKind,
-        LogQuery,
-        RpcReplyPort<Vec<(&'static str, i64, String)>>,
-    ),
+    /// One log stream, filtered, per phase.
+    Log(JobId, LogKind, LogQuery, RpcReplyPort<LogAnswer>),
     /// Remove these jobs' results.
     Expire(Vec<JobId>, RpcReplyPort<Result<Ticket>>),
     /// Serialise the partition for a snapshot.
@@ -126,7 +133,10 @@ impl Actor for ResultActor {
                 reply(port, result);
             }
             ResultMsg::AppendLog(id, f, port) => {
-                let result = if state.results.has_fragment(id, f.kind, &f.phase, f.number) {
+                let result = if state
+                    .results
+                    .has_fragment(id, f.kind, f.run, &f.phase, f.number)
+                {
                     Ok(None)
                 } else {
                     state
@@ -137,13 +147,14 @@ impl Actor for ResultActor {
                             number: f.number,
                             timestamp: f.timestamp,
                             data: f.data,
+                            run: f.run,
                         })
                         .map(Some)
                 };
                 reply(port, result);
             }
-            ResultMsg::AppendOutput(id, phase, data, port) => {
-                let number = state.results.next_output_number(id);
+            ResultMsg::AppendOutput(id, phase, run, data, port) => {
+                let number = state.results.next_output_number(id, run);
                 let result = state.record(Event::LogAppended {
                     id,
                     kind: LogKind::Output,
@@ -151,6 +162,7 @@ impl Actor for ResultActor {
                     number,
                     timestamp: now_micros(),
                     data,
+                    run,
                 });
                 reply(port, result);
             }
@@ -174,14 +186,16 @@ impl Actor for ResultActor {
             ResultMsg::View(id, port) => {
                 let view = state.results.get(id).map(|doc| {
                     let mut logs = Vec::new();
+                    let mut newest = None;
                     for (kind, suffix) in [(LogKind::Output, "output"), (LogKind::Serial, "serial")]
                     {
                         let stream = doc.log(kind);
-                        if stream.fragments.is_empty() {
+                        let Some(run) = stream.latest_run() else {
                             continue;
-                        }
+                        };
+                        newest = newest.max(Some(run));
                         for phase in PHASES {
-                            if let Some((_, text)) = stream.phase_text(phase, 0, i64::MIN) {
+                            if let Some((_, text)) = stream.phase_text(run, phase, 0, i64::MIN) {
                                 logs.push((format!("{phase}_{suffix}"), text));
                             }
                         }
@@ -189,23 +203,28 @@ impl Actor for ResultActor {
                     ResultView {
                         fields: doc.fields.clone(),
                         logs,
+                        run: newest,
                     }
                 });
                 reply(port, view);
             }
             ResultMsg::Log(id, kind, query, port) => {
                 let stream = state.results.get(id).map(|doc| doc.log(kind));
+                let run = query.run.or_else(|| stream.and_then(|s| s.latest_run()));
                 let phases = PHASES
                     .iter()
                     .filter(|p| query.phase.as_deref().is_none_or(|only| only == **p))
                     .map(|phase| {
-                        match stream.and_then(|s| s.phase_text(phase, query.from, query.since)) {
+                        let text = stream
+                            .zip(run)
+                            .and_then(|(s, run)| s.phase_text(run, phase, query.from, query.since));
+                        match text {
                             Some((last, text)) => (*phase, last as i64, text),
                             None => (*phase, -1, String::new()),
                         }
                     })
                     .collect();
-                reply(port, phases);
+                reply(port, (run, phases));
             }
             ResultMsg::Expire(ids, port) => {
                 let result = state.record(Event::ResultsExpired { ids });

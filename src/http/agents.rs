@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::respond::{json_bytes, json_value, ok, read_body};
-use super::wire::MAX_NAME;
+use super::wire::{json_object_body, MAX_NAME};
 use crate::actors::agents::AgentMsg;
 use crate::actors::{ask, Services};
 use crate::error::{Error, Result};
@@ -36,9 +36,16 @@ pub async fn read_agents<T: Send + 'static>(
 
 async fn json_object(request: Request) -> Result<Map<String, Value>> {
     let body = read_body(request, MAX_ADVERT_BYTES).await?;
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(Error::InvalidInput("Expected a JSON object".into())),
+    json_object_body(&body)
+}
+
+/// A 422 in the shape upstream's schema-level checks (`@validates_schema`) give:
+/// `{"_schema": [reason]}`, the reason naming the queue (and image) at fault.
+fn schema_error(reason: String) -> Error {
+    Error::Validation {
+        message: "Validation error".into(),
+        field: "_schema".into(),
+        reason,
     }
 }
 
@@ -59,7 +66,9 @@ pub async fn queues_post(State(svc): State<Services>, request: Request) -> Resul
     for (name, description) in map {
         check_name(&name)?;
         let Value::String(description) = description else {
-            return Err(Error::validation(&name, "Not a valid string."));
+            return Err(schema_error(format!(
+                "Description for queue '{name}' must be a string"
+            )));
         };
         queues.push((Name::from(name), description.into_boxed_str()));
     }
@@ -90,15 +99,35 @@ pub async fn images_post(State(svc): State<Services>, request: Request) -> Resul
     let mut sets = Vec::with_capacity(map.len());
     for (queue, images) in map {
         check_name(&queue)?;
+        // Upstream's `ImagesIn`: every image's provision data is a string (the CLI calls
+        // string methods on it), and image names are usable as MongoDB keys.
         let Value::Object(images) = images else {
-            return Err(Error::validation(&queue, "Not a valid mapping type."));
+            return Err(schema_error(format!(
+                "Images for queue '{queue}' must be a dict"
+            )));
         };
-        for (image, _) in images.iter() {
-            if image.is_empty() || image.len() > MAX_NAME {
-                return Err(Error::validation(
-                    &queue,
-                    format!("image names must be 1 to {MAX_NAME} bytes"),
-                ));
+        for (image, data) in images.iter() {
+            if image.is_empty()
+                || image.starts_with('$')
+                || image.contains('.')
+                || image.contains('\0')
+            {
+                return Err(schema_error(format!(
+                    "Names for queue '{queue}' must be non-empty strings, must not start with \
+                     '$', contain '.' or null bytes"
+                )));
+            }
+            if image.len() > MAX_NAME {
+                return Err(schema_error(format!(
+                    "Names for queue '{queue}' must be at most {MAX_NAME} bytes"
+                )));
+            }
+            if !data.is_string() {
+                return Err(schema_error(format!(
+                    "Provision data for image '{image}' in queue '{queue}' must be a string, \
+                     not {}",
+                    super::wire::json_kind(data)
+                )));
             }
         }
         let text = Bytes::from(serde_json::to_vec(&images).expect("maps serialise"));
@@ -161,9 +190,7 @@ pub async fn agents_post(
 ) -> Result<Response> {
     check_name(&name)?;
     let body = read_body(request, MAX_AGENT_POST).await?;
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(Error::validation("json", "Expected a JSON object"));
-    };
+    let map = json_object_body(&body)?;
     check_agent_fields(&map)?;
     let cookie = cookie_value(&name)?;
     let lsn = ask(&svc.agents, |p| AgentMsg::Update(Name::from(name), body, p)).await??;
@@ -248,9 +275,7 @@ pub async fn agents_provision_logs_post(
 ) -> Result<Response> {
     check_name(&name)?;
     let body = read_body(request, MAX_AGENT_POST).await?;
-    let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(Error::validation("json", "Expected a JSON object"));
-    };
+    let mut map = json_object_body(&body)?;
     if !map.get("job_id").is_some_and(Value::is_string) {
         return Err(Error::validation(
             "job_id",

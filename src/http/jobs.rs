@@ -26,6 +26,7 @@ const MAX_POP_QUEUES: usize = 256;
 pub async fn job_post(State(svc): State<Services>, request: Request) -> Result<Response> {
     let body = read_body(request, svc.config.max_job_bytes).await?;
     let submission = wire::parse_job(&body)?;
+    check_some_agent_may_run(&svc, &submission.queue, &submission.exclude).await?;
     let id = submission.id;
     let lsn = ask(&svc.registry, |p| RegistryMsg::Submit(submission, p)).await??;
     svc.journal.durable(lsn).await?;
@@ -33,6 +34,37 @@ pub async fn job_post(State(svc): State<Services>, request: Request) -> Result<R
         StatusCode::OK,
         &json!({ "job_id": id.to_string() }),
     ))
+}
+
+/// Upstream's submit check: a job whose `exclude_agents` leaves none of the agents serving
+/// its queue could never run, so it is refused (422). Unlike upstream, a queue no agent has
+/// registered for yet is not refused: its agents may come later (and flinger's own users
+/// submit to such queues).
+async fn check_some_agent_may_run(svc: &Services, queue: &Name, exclude: &[Name]) -> Result<()> {
+    if exclude.is_empty() {
+        return Ok(());
+    }
+    let (queue, exclude) = (queue.clone(), exclude.to_vec());
+    let (serving, allowed) = super::agents::read_agents(svc, move |agents| {
+        let serving: Vec<&Name> = agents
+            .agents
+            .iter()
+            .filter(|(_, record)| record.serves(&queue))
+            .map(|(name, _)| name)
+            .collect();
+        let allowed = serving.iter().any(|name| !exclude.contains(name));
+        (serving.len(), allowed)
+    })
+    .await?;
+    if serving > 0 && !allowed {
+        return Err(Error::Validation {
+            message: "There are no agents on the specified queue that are allowed to run this job"
+                .into(),
+            field: "exclude_agents".into(),
+            reason: format!("excludes all {serving} agents serving the queue"),
+        });
+    }
+    Ok(())
 }
 
 /// A reservation on a queue's candidate, released if the pop does not claim it (also
@@ -199,9 +231,10 @@ pub async fn action_post(
 ) -> Result<Response> {
     let id: JobId = path_id(&id)?;
     let body = read_body(request, 64 << 10).await?;
-    let action = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_owned))
+    let action = wire::parse_json(&body)?
+        .get("action")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
         .ok_or_else(|| {
             Error::InvalidInput("Invalid action: expected {\"action\": \"cancel\"}".into())
         })?;

@@ -1,6 +1,7 @@
 //! HTTP: the route table and the handlers, thin adapters from requests to actor messages.
 //!
-//! - `wire`: the Testflinger JSON shapes and query/cookie syntax.
+//! - `wire`: the Testflinger JSON shapes and query/cookie syntax; `schema`: upstream's job
+//!   schema (submit-time validation) as data.
 //! - `respond`: responses, body limits, and the one mapping of errors to HTTP.
 //! - `jobs`, `results`, `agents`: handlers, named after Testflinger's `api/v1.py`.
 
@@ -9,6 +10,7 @@ pub mod jobs;
 pub mod queues;
 pub mod respond;
 pub mod results;
+pub mod schema;
 pub mod wire;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -16,6 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use tower_http::normalize_path::NormalizePath;
 
 use crate::actors::Services;
 use crate::error::Error;
@@ -49,7 +52,17 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// The whole route table.
+/// The HTTP service the server runs: [`router`] behind trailing-slash normalisation.
+pub type App = NormalizePath<Router>;
+
+/// Every route answers the same with a trailing slash as without (upstream's Flask app sets
+/// `strict_slashes = False`). The slash is trimmed *before* routing: a `Router::layer`
+/// runs after the route was chosen and could not change which one matches.
+pub fn app(services: Services) -> App {
+    NormalizePath::trim_trailing_slash(router(services))
+}
+
+/// The whole route table (without trailing-slash normalisation: serve [`app`]).
 pub fn router(services: Services) -> Router {
     use self::agents::*;
     use self::jobs::*;
@@ -58,7 +71,6 @@ pub fn router(services: Services) -> Router {
     Router::new()
         .route("/", get(home))
         .route("/v1", get(home))
-        .route("/v1/", get(home))
         .route("/v1/job", post(job_post).get(job_get))
         .route("/v1/job/search", get(job_search))
         .route("/v1/job/{id}", get(job_get_id))

@@ -13,12 +13,13 @@ use futures_util::TryStreamExt;
 use serde_json::{Map, Value};
 
 use super::respond::{json_bytes, no_content, ok, read_body, text};
-use super::wire::{parse_timestamp, path_id, query_pairs, PHASES};
+use super::wire::{json_object_body, parse_timestamp, path_id, query_pairs, PHASES};
 use crate::actors::files::FileMsg;
 use crate::actors::registry::RegistryMsg;
 use crate::actors::results::{FragmentPost, LogQuery, ResultMsg};
 use crate::actors::{ask, Services};
 use crate::error::{Error, Result};
+use crate::model::registry::first_run;
 use crate::model::{FileKind, JobId, LogKind, Name};
 
 /// `POST /v1/result/<id>`: merge top-level fields into the job's result.
@@ -29,8 +30,16 @@ pub async fn result_post(
 ) -> Result<Response> {
     let id = path_id(&id)?;
     let body = read_body(request, svc.config.max_result_bytes).await?;
-    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(Error::InvalidInput("Invalid result data".into()));
+    let fields = match super::wire::parse_json(&body)
+        .map_err(|e| Error::InvalidInput(format!("Invalid result data: {}", e.message())))?
+    {
+        Value::Object(fields) => fields,
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "Invalid result data: the body is {}, not a JSON object",
+                super::wire::json_kind(&other)
+            )))
+        }
     };
     let state: Option<Name> = fields
         .get("job_state")
@@ -75,6 +84,7 @@ pub async fn result_get(State(svc): State<Services>, Path(id): Path<String>) -> 
         ask(&svc.results, |p| ResultMsg::View(id, p))
     );
     let (job, view) = (job?, view?);
+    let job_run = job.as_ref().map(|j| j.run);
     if job.is_none() && view.as_ref().is_none_or(|v| v.fields.is_none()) {
         return Ok(no_content());
     }
@@ -89,7 +99,10 @@ pub async fn result_get(State(svc): State<Services>, Path(id): Path<String>) -> 
         None => fields,
     };
     if let Some(view) = view {
-        add_phase_views(&mut result, view.logs);
+        // A re-run that has posted nothing yet shows no logs, not the earlier run's.
+        if !job_run.is_some_and(|run| is_older_run(view.run, run)) {
+            add_phase_views(&mut result, view.logs);
+        }
     }
     Ok(json_bytes(
         StatusCode::OK,
@@ -120,10 +133,18 @@ pub async fn log_post(
 ) -> Result<Response> {
     let id = path_id(&id)?;
     let kind = log_kind(&kind)?;
-    let body = read_body(request, svc.config.max_output_bytes + (64 << 10)).await?;
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(Error::validation("json", "Expected a JSON object"));
-    };
+    let limit = svc.config.max_output_bytes;
+    let body = read_body(request, fragment_body_limit(limit))
+        .await
+        .map_err(|e| match e {
+            Error::TooLarge(_) => Error::TooLarge(format!(
+                "Payload too large: a log fragment's body is limited to {} bytes (log_data to \
+                 {limit} bytes of UTF-8 text, however it is escaped)",
+                fragment_body_limit(limit)
+            )),
+            other => other,
+        })?;
+    let map = json_object_body(&body)?;
     let number = map
         .get("fragment_number")
         .and_then(Value::as_u64)
@@ -144,18 +165,21 @@ pub async fn log_post(
         .get("log_data")
         .and_then(Value::as_str)
         .ok_or_else(|| Error::validation("log_data", "Not a valid string."))?;
-    if data.len() > svc.config.max_output_bytes {
+    if data.len() > limit {
         return Err(Error::TooLarge(format!(
-            "Payload too large: log_data is limited to {} bytes",
-            svc.config.max_output_bytes
+            "Payload too large: log_data is {} bytes of UTF-8 text, the limit is {limit} bytes \
+             (--max-output-bytes)",
+            data.len()
         )));
     }
+    let run = job_run(&svc, id).await?;
     let fragment = FragmentPost {
         kind,
         number,
         phase: Name::from(phase),
         timestamp,
         data: Bytes::copy_from_slice(data.as_bytes()),
+        run,
     };
     // A retried fragment is not recorded again, but its first post may not be durable yet.
     let ticket = ask(&svc.results, |p| ResultMsg::AppendLog(id, fragment, p))
@@ -163,6 +187,29 @@ pub async fn log_post(
         .unwrap_or_else(|| svc.journal.settled());
     svc.journal.durable(ticket).await?;
     Ok(ok())
+}
+
+/// The body limit of a log fragment post, from the limit on its decoded `log_data`: JSON
+/// may escape every byte of text as `\uXXXX` (6 bytes; the stock agent's `requests` escapes
+/// all non-ASCII and control characters, 12 bytes for a character outside the BMP), so a
+/// `log_data` of `decoded` bytes fits in 6 × `decoded` bytes whatever its escaping, plus
+/// 64 KiB for the other fields.
+pub fn fragment_body_limit(decoded: usize) -> usize {
+    decoded.saturating_mul(6).saturating_add(64 << 10)
+}
+
+/// The current run of job `id` (1 when the registry does not know the job: results may
+/// be posted for ids no job has).
+async fn job_run(svc: &Services, id: JobId) -> Result<u32> {
+    Ok(ask(&svc.registry, |p| RegistryMsg::Get(id, p))
+        .await?
+        .map_or(first_run(), |job| job.run))
+}
+
+/// Whether a log showing run `shown` is about an older run than the job's `current` one
+/// (the job was resubmitted and its new run has posted nothing yet).
+fn is_older_run(shown: Option<u32>, current: u32) -> bool {
+    shown.is_some_and(|run| run < current)
 }
 
 fn log_kind(text: &str) -> Result<LogKind> {
@@ -188,6 +235,7 @@ pub async fn log_get(
     let mut from = 0u64;
     let mut since = i64::MIN;
     let mut only: Option<String> = None;
+    let mut run: Option<u32> = None;
     for (key, value) in query_pairs(request.uri().query().unwrap_or("")) {
         match key.as_str() {
             "start_fragment" => {
@@ -199,6 +247,13 @@ pub async fn log_get(
                 since = parse_timestamp(&value).ok_or_else(|| {
                     Error::InvalidInput("start_timestamp must be an ISO 8601 datetime".into())
                 })?
+            }
+            "run" => {
+                run = Some(value.parse().map_err(|_| {
+                    Error::InvalidInput(
+                        "run must be a non-negative integer (1: the job's first run)".into(),
+                    )
+                })?)
             }
             "phase" if PHASES.contains(&value.as_str()) => only = Some(value),
             "phase" => {
@@ -214,9 +269,26 @@ pub async fn log_get(
         from,
         since,
         phase: only,
+        run,
     };
+    let (job, answer) = tokio::join!(
+        async {
+            match run {
+                Some(_) => Ok(None),
+                None => ask(&svc.registry, |p| RegistryMsg::Get(id, p)).await,
+            }
+        },
+        ask(&svc.results, |p| ResultMsg::Log(id, kind, query, p))
+    );
+    let (shown, mut answer) = answer?;
+    if job?.is_some_and(|job| is_older_run(shown, job.run)) {
+        for (_, last, text) in answer.iter_mut() {
+            *last = -1;
+            text.clear();
+        }
+    }
     let mut phases = Map::new();
-    for (phase, last, text) in ask(&svc.results, |p| ResultMsg::Log(id, kind, query, p)).await? {
+    for (phase, last, text) in answer {
         phases.insert(
             phase.into(),
             serde_json::json!({"last_fragment_number": last, "log_data": text}),
@@ -255,30 +327,36 @@ pub async fn output_post(
     request: Request,
 ) -> Result<Response> {
     let id = path_id(&id)?;
-    let body = read_body(request, svc.config.max_output_bytes).await?;
+    // The raw body is the text: the limit on decoded log text applies to it as is.
+    let limit = svc.config.max_output_bytes;
+    let body = read_body(request, limit).await.map_err(|e| match e {
+        Error::TooLarge(_) => Error::TooLarge(format!(
+            "Payload too large: an output chunk is limited to {limit} bytes (--max-output-bytes)"
+        )),
+        other => other,
+    })?;
     if body.is_empty() {
         return Ok(ok());
     }
-    let phase = current_phase(&svc, id).await?;
+    let (phase, run) = current_phase(&svc, id).await?;
     let lsn = ask(&svc.results, |p| {
-        ResultMsg::AppendOutput(id, phase, body, p)
+        ResultMsg::AppendOutput(id, phase, run, body, p)
     })
     .await??;
     svc.journal.durable(lsn).await?;
     Ok(ok())
 }
 
-/// The phase a legacy output chunk belongs to: the job's current phase, else `test`.
-async fn current_phase(svc: &Services, id: JobId) -> Result<Name> {
-    let state = ask(&svc.registry, |p| RegistryMsg::Get(id, p))
-        .await?
-        .map(|j| j.state);
-    Ok(Name::from(
-        state
-            .as_deref()
-            .filter(|s| PHASES.contains(s))
-            .unwrap_or("test"),
-    ))
+/// The phase a legacy output chunk belongs to (the job's current phase, else `test`) and
+/// the job's current run.
+async fn current_phase(svc: &Services, id: JobId) -> Result<(Name, u32)> {
+    let job = ask(&svc.registry, |p| RegistryMsg::Get(id, p)).await?;
+    let phase = job
+        .as_ref()
+        .map(|j| j.state.as_str())
+        .filter(|s| PHASES.contains(s))
+        .unwrap_or("test");
+    Ok((Name::from(phase), job.map_or(first_run(), |j| j.run)))
 }
 
 /// `GET /v1/result/<id>/output`: the output not read yet (and mark it read).

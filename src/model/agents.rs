@@ -44,6 +44,14 @@ impl AgentRecord {
     pub fn fields_map(&self) -> Map<String, Value> {
         serde_json::from_slice(&self.fields).unwrap_or_default()
     }
+
+    /// Whether the agent lists `queue` among the queues it serves (its `queues` field).
+    pub fn serves(&self, queue: &str) -> bool {
+        self.fields_map()
+            .get("queues")
+            .and_then(Value::as_array)
+            .is_some_and(|qs| qs.iter().any(|q| q.as_str() == Some(queue)))
+    }
 }
 
 /// All agent-reported data.

@@ -124,6 +124,11 @@ pub enum Event {
         timestamp: i64,
         /// The text (bytes as posted).
         data: Bytes,
+        /// The job's run the fragment belongs to (1 for its first submission, one more per
+        /// resubmission). Records written before runs were kept apart have none and decode
+        /// as run 1: most jobs run once, and a job running across the upgrade keeps one log.
+        #[serde(default = "super::registry::first_run")]
+        run: u32,
     },
     /// A legacy `/output` read consumed the output fragments that had arrived so far.
     OutputRead {

@@ -23,6 +23,19 @@ pub mod label {
     pub const COMPLETED: &str = "completed";
 }
 
+/// The phases of a Testflinger job, in the order an agent runs them (upstream's
+/// `TestPhase`, `testflinger_common/enums.py`). Log fragments belong to one of them, and
+/// log and result responses are keyed by them.
+pub const PHASES: &[&str] = &[
+    "setup",
+    "provision",
+    "firmware_update",
+    "test",
+    "allocate",
+    "reserve",
+    "cleanup",
+];
+
 /// Where a job is in its life. The label is what clients see as `job_state`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobState {

@@ -66,6 +66,17 @@ pub struct Job {
     /// Log position of the latest event about this job: a duplicate submission waits for
     /// it to be durable before it is acknowledged.
     pub lsn: u64,
+    /// Which run of the job this is: 1 for its first submission, one more for each
+    /// resubmission after it left its queue. Log fragments are kept per run, so a re-run's
+    /// log does not mix with (or get dropped as a retry of) the earlier run's. Last, with
+    /// a default, so snapshots written before it existed still decode.
+    #[serde(default = "first_run")]
+    pub run: u32,
+}
+
+/// The run number of a job's first submission.
+pub fn first_run() -> u32 {
+    1
 }
 
 impl Job {
@@ -416,6 +427,7 @@ impl Registry {
                 self.next_seq += 1;
                 let previous = self.jobs.get(id);
                 let resubmitted = previous.is_some();
+                let run = previous.map_or(first_run(), |j| j.run.saturating_add(1));
                 if let Some(agent) = previous.and_then(|j| j.agent.clone()) {
                     self.release_holder(&agent, *id);
                 }
@@ -436,6 +448,7 @@ impl Registry {
                     finished_at: None,
                     agent: None,
                     lsn,
+                    run,
                 };
                 let entry = job.entry(*id);
                 self.jobs.insert(*id, Arc::new(job));

@@ -18,11 +18,12 @@ use serde_json::{Map, Value};
 
 use super::event::{Event, LogKind};
 use super::ids::{JobId, Name};
+use super::registry::first_run;
 
 /// One log fragment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fragment {
-    /// The agent's fragment number (monotonic per job and kind across phases).
+    /// The agent's fragment number (monotonic per job run and kind across phases).
     pub number: u64,
     /// The phase it was produced in.
     pub phase: Name,
@@ -30,31 +31,92 @@ pub struct Fragment {
     pub timestamp: i64,
     /// The text as posted.
     pub data: Bytes,
+    /// The job's run (see `Job::run`). Last, with a default (run 1, as for log records
+    /// written before runs were kept apart), so older snapshots still decode.
+    #[serde(default = "first_run")]
+    pub run: u32,
 }
 
-/// One log stream in arrival order.
+/// One log stream of a job, every run's fragments in arrival order.
+///
+/// An agent numbers a job's fragments from 0 again each time it runs the job, so a
+/// fragment is identified by (run, phase, number): a retried post of the same run is
+/// stored once, and a resubmitted job's new run starts a log of its own. Reads pick one
+/// run (by default the newest); the legacy `/output` cursor counts in arrival order.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LogStream {
     /// Fragments in the order they arrived (the legacy cursor counts in this order).
     pub fragments: Vec<Fragment>,
-    /// (phase, number) pairs seen, to drop retried posts.
+    /// (phase, number) pairs seen in run `run`, to drop retried posts in O(1).
     seen: FastSet<(Name, u64)>,
+    /// The newest run any fragment belongs to (the run `seen` covers). Last, with a
+    /// default (their fragments' run), so older snapshots still decode.
+    #[serde(default = "first_run")]
+    run: u32,
 }
 
 impl LogStream {
-    /// The highest fragment number, if any fragment arrived.
-    pub fn last_number(&self) -> Option<u64> {
-        self.fragments.iter().map(|f| f.number).max()
+    /// The newest run with fragments, if any fragment arrived.
+    pub fn latest_run(&self) -> Option<u32> {
+        (!self.fragments.is_empty()).then_some(self.run)
     }
 
-    /// The fragments of `phase` numbered from `from` and stamped at or after `since`
-    /// (unix microseconds), in fragment order, joined; with the highest number among
-    /// them. `None` when there are none.
-    pub fn phase_text(&self, phase: &str, from: u64, since: i64) -> Option<(u64, String)> {
+    /// Whether a fragment (run, phase, number) is stored. A late retry for an older run
+    /// (its agent still posting after a resubmission) is looked up by a scan: rare.
+    pub fn contains(&self, run: u32, phase: &str, number: u64) -> bool {
+        if self.fragments.is_empty() || run > self.run {
+            return false;
+        }
+        if run == self.run {
+            return self.seen.contains(&(Name::from(phase), number));
+        }
+        self.fragments
+            .iter()
+            .any(|f| f.run == run && f.number == number && &*f.phase == phase)
+    }
+
+    /// Stores `fragment` unless the same (run, phase, number) is already stored; whether
+    /// it was stored.
+    pub fn push(&mut self, fragment: Fragment) -> bool {
+        if self.fragments.is_empty() || fragment.run > self.run {
+            self.run = fragment.run;
+            self.seen.clear();
+        }
+        if self.contains(fragment.run, &fragment.phase, fragment.number) {
+            return false;
+        }
+        if fragment.run == self.run {
+            self.seen.insert((fragment.phase.clone(), fragment.number));
+        }
+        self.fragments.push(fragment);
+        true
+    }
+
+    /// The highest fragment number of `run`, if that run has any fragment.
+    pub fn last_number(&self, run: u32) -> Option<u64> {
+        self.fragments
+            .iter()
+            .filter(|f| f.run == run)
+            .map(|f| f.number)
+            .max()
+    }
+
+    /// The fragments of `run` and `phase` numbered from `from` and stamped at or after
+    /// `since` (unix microseconds), in fragment order, joined; with the highest number
+    /// among them. `None` when there are none.
+    pub fn phase_text(
+        &self,
+        run: u32,
+        phase: &str,
+        from: u64,
+        since: i64,
+    ) -> Option<(u64, String)> {
         let mut picked: Vec<&Fragment> = self
             .fragments
             .iter()
-            .filter(|f| &*f.phase == phase && f.number >= from && f.timestamp >= since)
+            .filter(|f| {
+                f.run == run && &*f.phase == phase && f.number >= from && f.timestamp >= since
+            })
             .collect();
         if picked.is_empty() {
             return None;
@@ -124,18 +186,25 @@ impl Results {
         self.docs.is_empty()
     }
 
-    /// Whether a fragment with this (phase, number) is already stored.
-    pub fn has_fragment(&self, id: JobId, kind: LogKind, phase: &str, number: u64) -> bool {
+    /// Whether a fragment with this (run, phase, number) is already stored.
+    pub fn has_fragment(
+        &self,
+        id: JobId,
+        kind: LogKind,
+        run: u32,
+        phase: &str,
+        number: u64,
+    ) -> bool {
         self.docs
             .get(&id)
-            .is_some_and(|d| d.log(kind).seen.contains(&(Name::from(phase), number)))
+            .is_some_and(|d| d.log(kind).contains(run, phase, number))
     }
 
-    /// The number a legacy `/output` chunk gets: one past the highest so far.
-    pub fn next_output_number(&self, id: JobId) -> u64 {
+    /// The number a legacy `/output` chunk of `run` gets: one past that run's highest.
+    pub fn next_output_number(&self, id: JobId, run: u32) -> u64 {
         self.docs
             .get(&id)
-            .and_then(|d| d.output.last_number())
+            .and_then(|d| d.output.last_number(run))
             .map_or(0, |n| n + 1)
     }
 
@@ -167,20 +236,20 @@ impl Results {
                 number,
                 timestamp,
                 data,
+                run,
             } => {
                 let doc = Arc::make_mut(self.docs.entry(*id).or_default());
                 let stream = match kind {
                     LogKind::Output => &mut doc.output,
                     LogKind::Serial => &mut doc.serial,
                 };
-                if stream.seen.insert((phase.clone(), *number)) {
-                    stream.fragments.push(Fragment {
-                        number: *number,
-                        phase: phase.clone(),
-                        timestamp: *timestamp,
-                        data: data.clone(),
-                    });
-                }
+                stream.push(Fragment {
+                    number: *number,
+                    phase: phase.clone(),
+                    timestamp: *timestamp,
+                    data: data.clone(),
+                    run: *run,
+                });
             }
             Event::OutputRead { id, upto } => {
                 if let Some(doc) = self.docs.get_mut(id).map(Arc::make_mut) {
@@ -237,9 +306,130 @@ mod tests {
             number: 0,
             timestamp: 0,
             data: Bytes::from_static(b"x"),
+            run: 1,
         };
         results.apply(&fragment);
         results.apply(&fragment);
         assert_eq!(results.get(id).unwrap().output.fragments.len(), 1);
+    }
+
+    #[test]
+    fn logs_written_before_runs_were_kept_apart_still_replay_and_load() {
+        // A `LogAppended` record as older builds wrote it (named fields, no `run`).
+        #[derive(Serialize)]
+        #[allow(dead_code)]
+        enum Old {
+            JobSubmitted,
+            JobDispatched,
+            JobCancelled,
+            JobStateReported,
+            AttachmentsArrived,
+            JobsExpired,
+            ResultMerged,
+            LogAppended {
+                id: JobId,
+                kind: LogKind,
+                phase: Name,
+                number: u64,
+                timestamp: i64,
+                data: Bytes,
+            },
+        }
+        let id = JobId::random();
+        let old = Old::LogAppended {
+            id,
+            kind: LogKind::Output,
+            phase: "test".into(),
+            number: 0,
+            timestamp: 5,
+            data: Bytes::from_static(b"old\n"),
+        };
+        let event = crate::journal::decode(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
+        let mut results = Results::default();
+        results.apply(&event);
+        // Taken as the job's first run: a retry of the same fragment is still dropped.
+        results.apply(&fragment(id, 1, 0, "old\n"));
+        let stream = &results.get(id).unwrap().output;
+        assert_eq!(stream.fragments.len(), 1);
+        assert_eq!(
+            stream.phase_text(1, "test", 0, i64::MIN).unwrap().1,
+            "old\n"
+        );
+
+        // A snapshot's log stream in the older positional layout.
+        #[derive(Serialize)]
+        struct OldFragment {
+            number: u64,
+            phase: Name,
+            timestamp: i64,
+            data: Bytes,
+        }
+        #[derive(Serialize)]
+        struct OldStream {
+            fragments: Vec<OldFragment>,
+            seen: FastSet<(Name, u64)>,
+        }
+        let mut seen = FastSet::default();
+        seen.insert((Name::from("test"), 3));
+        let old = OldStream {
+            fragments: vec![OldFragment {
+                number: 3,
+                phase: "test".into(),
+                timestamp: 0,
+                data: Bytes::from_static(b"x"),
+            }],
+            seen,
+        };
+        let mut stream: LogStream =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(stream.latest_run(), Some(1));
+        assert!(stream.contains(1, "test", 3));
+        assert!(!stream.push(Fragment {
+            number: 3,
+            phase: "test".into(),
+            timestamp: 0,
+            data: Bytes::from_static(b"x"),
+            run: 1,
+        }));
+    }
+
+    fn fragment(id: JobId, run: u32, number: u64, data: &'static str) -> Event {
+        Event::LogAppended {
+            id,
+            kind: LogKind::Output,
+            phase: "test".into(),
+            number,
+            timestamp: 0,
+            data: Bytes::from_static(data.as_bytes()),
+            run,
+        }
+    }
+
+    #[test]
+    fn each_run_keeps_its_own_log_and_late_retries_of_older_runs_are_dropped() {
+        let id = JobId::random();
+        let mut results = Results::default();
+        for event in [
+            fragment(id, 1, 0, "run1\n"),
+            fragment(id, 2, 0, "run2\n"),
+            fragment(id, 2, 0, "run2\n"),
+            fragment(id, 1, 0, "run1\n"),
+            fragment(id, 1, 1, "late\n"),
+        ] {
+            results.apply(&event);
+        }
+        let stream = &results.get(id).unwrap().output;
+        assert_eq!(stream.fragments.len(), 3);
+        assert_eq!(stream.latest_run(), Some(2));
+        assert_eq!(
+            stream.phase_text(2, "test", 0, i64::MIN).unwrap().1,
+            "run2\n"
+        );
+        assert_eq!(
+            stream.phase_text(1, "test", 0, i64::MIN).unwrap(),
+            (1, "run1\nlate\n".to_owned())
+        );
+        assert_eq!(results.next_output_number(id, 2), 1);
+        assert_eq!(results.next_output_number(id, 3), 0);
     }
 }

@@ -26,6 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+pub mod agent;
 pub mod upstream;
 
 /// How long a server may take to print its `listening` line.
