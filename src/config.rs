@@ -67,6 +67,27 @@ pub struct Config {
     pub wal_truncate_corruption: bool,
     /// Most connections served at once; more wait in the accept queue.
     pub max_connections: usize,
+    /// A client has this long to send a request's head (request line and headers).
+    pub header_timeout: Duration,
+    /// Largest request head (request line and headers) and read buffer per connection:
+    /// what one connection can pin before its request is parsed. At least 8 KiB (hyper's
+    /// minimum).
+    pub max_header_bytes: usize,
+    /// Minimum transfer rate, bytes part: a request body must arrive, and a response be
+    /// taken, at `min_transfer_bytes` per `transfer_window` at least, or the connection is
+    /// closed (408 for a body). A body smaller than this must arrive within one window.
+    pub min_transfer_bytes: u64,
+    /// Minimum transfer rate, window part (see `min_transfer_bytes`).
+    pub transfer_window: Duration,
+    /// After SIGTERM, requests in progress get this long to finish; idle connections are
+    /// closed at once.
+    pub drain: Duration,
+    /// Largest part header block (and preamble) of a multipart upload.
+    pub max_part_header_bytes: usize,
+    /// Most parts in one multipart upload.
+    pub max_upload_parts: usize,
+    /// Largest multipart part other than `file` (such fields are read and dropped).
+    pub max_field_bytes: u64,
     /// Where the settings came from, for the start-up log line.
     pub source: String,
 }
@@ -86,6 +107,14 @@ impl Default for Config {
             retention: Duration::from_secs(7 * 24 * 3600),
             wal_truncate_corruption: false,
             max_connections: 10_000,
+            header_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 << 10,
+            min_transfer_bytes: 8 << 10,
+            transfer_window: Duration::from_secs(10),
+            drain: Duration::from_secs(30),
+            max_part_header_bytes: 8 << 10,
+            max_upload_parts: 16,
+            max_field_bytes: 64 << 10,
             source: "defaults".into(),
         }
     }
@@ -171,9 +200,39 @@ pub struct ServeOpts {
     /// damage on. Without it such damage refuses to start.
     #[arg(long, env = "FLINGER_WAL_TRUNCATE_CORRUPTION")]
     pub wal_truncate_corruption: bool,
-    /// Most connections served at once [default: 10000].
+    /// Most connections served at once [default: 10000]. The soft descriptor limit is
+    /// raised at start-up to 2 per connection + 256; a hard limit below that refuses to start.
     #[arg(long, env = "FLINGER_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's line and headers [default: 30].
+    #[arg(long, env = "FLINGER_HEADER_TIMEOUT_SECS", value_name = "SECS")]
+    pub header_timeout_secs: Option<u64>,
+    /// Largest request line + headers, and the read buffer of a connection, in bytes
+    /// (at least 8192) [default: 16384]; larger heads get 431.
+    #[arg(long, env = "FLINGER_MAX_HEADER_BYTES", value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Minimum transfer rate: bytes of request body received, or of response taken by the
+    /// client, per --transfer-window-secs; slower connections are closed (408 for a body)
+    /// [default: 8192].
+    #[arg(long, env = "FLINGER_MIN_TRANSFER_BYTES", value_name = "BYTES")]
+    pub min_transfer_bytes: Option<u64>,
+    /// The window of the minimum transfer rate, in seconds [default: 10].
+    #[arg(long, env = "FLINGER_TRANSFER_WINDOW_SECS", value_name = "SECS")]
+    pub transfer_window_secs: Option<u64>,
+    /// On SIGTERM, seconds requests in progress get to finish (idle connections close at
+    /// once) [default: 30].
+    #[arg(long, env = "FLINGER_DRAIN_SECS", value_name = "SECS")]
+    pub drain_secs: Option<u64>,
+    /// Largest header block of one multipart part, and largest preamble, in bytes
+    /// [default: 8192].
+    #[arg(long, env = "FLINGER_MAX_PART_HEADER_BYTES", value_name = "BYTES")]
+    pub max_part_header_bytes: Option<usize>,
+    /// Most parts in one multipart upload [default: 16].
+    #[arg(long, env = "FLINGER_MAX_UPLOAD_PARTS", value_name = "N")]
+    pub max_upload_parts: Option<usize>,
+    /// Largest multipart part other than `file`, in bytes [default: 65536].
+    #[arg(long, env = "FLINGER_MAX_FIELD_BYTES", value_name = "BYTES")]
+    pub max_field_bytes: Option<u64>,
 }
 
 /// A problem with the config file.
@@ -210,6 +269,14 @@ const KNOWN_KEYS: &[&str] = &[
     "SNAPSHOT_BYTES",
     "RETENTION_SECS",
     "MAX_CONNECTIONS",
+    "HEADER_TIMEOUT_SECS",
+    "MAX_HEADER_BYTES",
+    "MIN_TRANSFER_BYTES",
+    "TRANSFER_WINDOW_SECS",
+    "DRAIN_SECS",
+    "MAX_PART_HEADER_BYTES",
+    "MAX_UPLOAD_PARTS",
+    "MAX_FIELD_BYTES",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 const IGNORED_KEYS: &[&str] = &[
@@ -330,6 +397,20 @@ impl Config {
                     "SNAPSHOT_BYTES" => config.snapshot_bytes = num("a byte count")?,
                     "RETENTION_SECS" => config.retention = Duration::from_secs(num("seconds")?),
                     "MAX_CONNECTIONS" => config.max_connections = num("a count")? as usize,
+                    "HEADER_TIMEOUT_SECS" => {
+                        config.header_timeout = Duration::from_secs(num("seconds")?)
+                    }
+                    "MAX_HEADER_BYTES" => config.max_header_bytes = num("a byte count")? as usize,
+                    "MIN_TRANSFER_BYTES" => config.min_transfer_bytes = num("a byte count")?,
+                    "TRANSFER_WINDOW_SECS" => {
+                        config.transfer_window = Duration::from_secs(num("seconds")?)
+                    }
+                    "DRAIN_SECS" => config.drain = Duration::from_secs(num("seconds")?),
+                    "MAX_PART_HEADER_BYTES" => {
+                        config.max_part_header_bytes = num("a byte count")? as usize
+                    }
+                    "MAX_UPLOAD_PARTS" => config.max_upload_parts = num("a count")? as usize,
+                    "MAX_FIELD_BYTES" => config.max_field_bytes = num("a byte count")?,
                     k if IGNORED_KEYS.contains(&k) => warnings.push(format!(
                         "config key {k} is not used by flinger (no external store needed)"
                     )),
@@ -360,8 +441,22 @@ impl Config {
             max_artifact_bytes,
             segment_bytes,
             snapshot_bytes,
-            max_connections
+            max_connections,
+            max_header_bytes,
+            min_transfer_bytes,
+            max_part_header_bytes,
+            max_upload_parts,
+            max_field_bytes
         );
+        for (secs, slot) in [
+            (opts.header_timeout_secs, &mut config.header_timeout),
+            (opts.transfer_window_secs, &mut config.transfer_window),
+            (opts.drain_secs, &mut config.drain),
+        ] {
+            if let Some(secs) = secs {
+                *slot = Duration::from_secs(secs);
+            }
+        }
         if let Some(secs) = opts.retention_secs {
             config.retention = Duration::from_secs(secs);
         }
@@ -393,6 +488,18 @@ impl Config {
         }
         if self.max_connections == 0 {
             return err("max connections must be at least 1".into());
+        }
+        if self.max_header_bytes < 8192 {
+            return err("max header bytes must be at least 8192 (hyper's smallest buffer)".into());
+        }
+        if self.header_timeout.is_zero() || self.transfer_window.is_zero() {
+            return err("the header timeout and the transfer window must be at least 1 s".into());
+        }
+        if self.min_transfer_bytes == 0 || self.max_upload_parts == 0 {
+            return err("min transfer bytes and max upload parts must be at least 1".into());
+        }
+        if self.max_part_header_bytes < 256 {
+            return err("max part header bytes must be at least 256".into());
         }
         Ok(())
     }

@@ -49,6 +49,13 @@ fn main() -> ExitCode {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
+    match flinger::server::raise_descriptor_limit(config.max_connections) {
+        Ok(limit) => tracing::debug!(limit, "descriptor limit"),
+        Err(e) => {
+            eprintln!("flinger: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod queues;
 pub mod respond;
 pub mod results;
+pub mod transfer;
 pub mod wire;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -51,6 +52,10 @@ async fn log_request(request: Request, next: Next) -> Response {
 
 /// The whole route table.
 pub fn router(services: Services) -> Router {
+    let rate = transfer::MinRate {
+        bytes: services.config.min_transfer_bytes,
+        window: services.config.transfer_window,
+    };
     use self::agents::*;
     use self::jobs::*;
     use self::queues::*;
@@ -105,6 +110,7 @@ pub fn router(services: Services) -> Router {
         // cap uploads at 2 MB with a non-JSON answer.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(respond::json_errors))
+        .layer(middleware::from_fn_with_state(rate, transfer::min_body_rate))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             Error::Internal("internal error (a bug): the request was not completed".into())
                 .into_response()
