@@ -67,6 +67,9 @@ pub struct Config {
     pub wal_truncate_corruption: bool,
     /// Most connections served at once; more wait in the accept queue.
     pub max_connections: usize,
+    /// Whether the operator chose `max_connections`; if not, start-up lowers it to what the
+    /// hard descriptor limit allows instead of refusing to start.
+    pub max_connections_chosen: bool,
     /// A client has this long to send a request's head (request line and headers).
     pub header_timeout: Duration,
     /// Largest request head (request line and headers) and read buffer per connection:
@@ -107,6 +110,7 @@ impl Default for Config {
             retention: Duration::from_secs(7 * 24 * 3600),
             wal_truncate_corruption: false,
             max_connections: 10_000,
+            max_connections_chosen: false,
             header_timeout: Duration::from_secs(30),
             max_header_bytes: 16 << 10,
             min_transfer_bytes: 8 << 10,
@@ -396,7 +400,10 @@ impl Config {
                     "SEGMENT_BYTES" => config.segment_bytes = num("a byte count")?,
                     "SNAPSHOT_BYTES" => config.snapshot_bytes = num("a byte count")?,
                     "RETENTION_SECS" => config.retention = Duration::from_secs(num("seconds")?),
-                    "MAX_CONNECTIONS" => config.max_connections = num("a count")? as usize,
+                    "MAX_CONNECTIONS" => {
+                        config.max_connections = num("a count")? as usize;
+                        config.max_connections_chosen = true;
+                    }
                     "HEADER_TIMEOUT_SECS" => {
                         config.header_timeout = Duration::from_secs(num("seconds")?)
                     }
@@ -457,6 +464,7 @@ impl Config {
                 *slot = Duration::from_secs(secs);
             }
         }
+        config.max_connections_chosen |= opts.max_connections.is_some();
         if let Some(secs) = opts.retention_secs {
             config.retention = Duration::from_secs(secs);
         }

@@ -49,8 +49,14 @@ fn main() -> ExitCode {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    match flinger::server::raise_descriptor_limit(config.max_connections) {
-        Ok(limit) => tracing::debug!(limit, "descriptor limit"),
+    let mut config = config;
+    match flinger::server::fit_descriptor_limit(&mut config) {
+        Ok((limit, warning)) => {
+            if let Some(warning) = warning {
+                tracing::warn!("{warning}");
+            }
+            tracing::debug!(limit, "descriptor limit");
+        }
         Err(e) => {
             eprintln!("flinger: configuration error: {e}");
             return ExitCode::from(2);

@@ -309,14 +309,19 @@ impl tower::Service<hyper::Request<hyper::body::Incoming>> for Tracked {
     }
 }
 
-/// Raises the soft limit on open file descriptors to what `max_connections` needs (2 per
-/// connection and a reserve for the log and the runtime), so sockets cannot starve the
-/// write-ahead log of descriptors. Returns the limit in force; an error (for the operator)
-/// when the hard limit is too low.
-pub fn raise_descriptor_limit(max_connections: usize) -> std::result::Result<u64, String> {
-    let need = (max_connections as u64)
-        .saturating_mul(FDS_PER_CONNECTION)
-        .saturating_add(FDS_RESERVE);
+/// Raises the soft limit on open file descriptors to what `config.max_connections` needs
+/// (2 per connection and a reserve for the log and the runtime), so sockets cannot starve
+/// the write-ahead log of descriptors. When the hard limit is too low, a default
+/// `max_connections` is lowered to fit (returned as a warning); a chosen one is an error
+/// for the operator. Returns the limit in force and the warning, if any.
+pub fn fit_descriptor_limit(
+    config: &mut Config,
+) -> std::result::Result<(u64, Option<String>), String> {
+    let need = |connections: usize| {
+        (connections as u64)
+            .saturating_mul(FDS_PER_CONNECTION)
+            .saturating_add(FDS_RESERVE)
+    };
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -328,15 +333,26 @@ pub fn raise_descriptor_limit(max_connections: usize) -> std::result::Result<u64
             std::io::Error::last_os_error()
         ));
     }
-    if limit.rlim_cur >= need {
-        return Ok(limit.rlim_cur);
-    }
-    if limit.rlim_max < need {
-        let most = limit.rlim_max.saturating_sub(FDS_RESERVE) / FDS_PER_CONNECTION;
-        return Err(format!(
-            "--max-connections {max_connections} needs {need} file descriptors ({FDS_PER_CONNECTION} per connection + {FDS_RESERVE} for the log and runtime), but the hard limit (RLIMIT_NOFILE) is {}: raise it (ulimit -Hn, systemd LimitNOFILE=) or set --max-connections to at most {most}",
+    let mut warning = None;
+    if limit.rlim_max < need(config.max_connections) {
+        let most = (limit.rlim_max.saturating_sub(FDS_RESERVE) / FDS_PER_CONNECTION) as usize;
+        let why = format!(
+            "{} connections need {} file descriptors ({FDS_PER_CONNECTION} per connection + {FDS_RESERVE} for the log and runtime), but the hard limit (RLIMIT_NOFILE) is {}",
+            config.max_connections,
+            need(config.max_connections),
             limit.rlim_max
-        ));
+        );
+        if config.max_connections_chosen || most == 0 {
+            return Err(format!(
+                "--max-connections: {why}: raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or set --max-connections to at most {most}"
+            ));
+        }
+        warning = Some(format!("{why}: serving at most {most} connections at once (raise the hard limit or set --max-connections)"));
+        config.max_connections = most;
+    }
+    let need = need(config.max_connections);
+    if limit.rlim_cur >= need {
+        return Ok((limit.rlim_cur, warning));
     }
     limit.rlim_cur = need;
     // SAFETY: setrlimit reads the struct we pass.
@@ -346,7 +362,7 @@ pub fn raise_descriptor_limit(max_connections: usize) -> std::result::Result<u64
             std::io::Error::last_os_error()
         ));
     }
-    Ok(need)
+    Ok((need, warning))
 }
 
 /// Writes snapshots when the WAL writer asks, and expires old jobs periodically, until
