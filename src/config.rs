@@ -112,7 +112,7 @@ impl Default for Config {
             max_connections: 10_000,
             max_connections_chosen: false,
             header_timeout: Duration::from_secs(30),
-            max_header_bytes: 16 << 10,
+            max_header_bytes: 64 << 10,
             min_transfer_bytes: 8 << 10,
             transfer_window: Duration::from_secs(10),
             drain: Duration::from_secs(30),
@@ -212,7 +212,7 @@ pub struct ServeOpts {
     #[arg(long, env = "FLINGER_HEADER_TIMEOUT_SECS", value_name = "SECS")]
     pub header_timeout_secs: Option<u64>,
     /// Largest request line + headers, and the read buffer of a connection, in bytes
-    /// (at least 8192) [default: 16384]; larger heads get 431.
+    /// (at least 8192) [default: 65536]; larger heads get 431.
     #[arg(long, env = "FLINGER_MAX_HEADER_BYTES", value_name = "BYTES")]
     pub max_header_bytes: Option<usize>,
     /// Minimum transfer rate: bytes of request body received, or of response taken by the

@@ -635,7 +635,9 @@ impl Writer {
             return;
         }
         match (&self.deferred, &cause) {
-            (None, Some(e)) => tracing::warn!(error = %e, "write-ahead log cannot start a new segment; holding queued changes, refusing new ones and retrying"),
+            (None, Some(e)) => {
+                tracing::warn!(error = %e, "write-ahead log cannot start a new segment; holding queued changes, refusing new ones and retrying")
+            }
             (Some(_), None) => tracing::info!("write-ahead log writing again"),
             _ => {}
         }
@@ -688,7 +690,9 @@ impl Writer {
         };
         if unreserved.is_some() != self.unreserved.is_some() {
             match &unreserved {
-                Some(e) => tracing::warn!(error = %e, "cannot prepare the next write-ahead log segment; refusing changes (503) until it can"),
+                Some(e) => {
+                    tracing::warn!(error = %e, "cannot prepare the next write-ahead log segment; refusing changes (503) until it can")
+                }
                 None => tracing::info!("next write-ahead log segment prepared; accepting changes"),
             }
             self.unreserved = unreserved;

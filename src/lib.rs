@@ -8,6 +8,7 @@
 //! - [`actors`]: the supervisor and the registry, queue, result, artifact, agents actors.
 //! - [`http`]: routes and handlers; `http::wire` is the only place that knows the JSON.
 //! - [`server`]: listener, connection handling, graceful shutdown, wiring.
+//! - [`throttle`]: rate-limited log lines for what clients and faults can repeat.
 //!
 //! Architecture invariants:
 //! - `model` does no I/O and reads no clock; everything it needs is in its inputs.
@@ -22,5 +23,6 @@ pub mod http;
 pub mod journal;
 pub mod model;
 pub mod server;
+pub mod throttle;
 
 pub use error::{Error, Result};

@@ -176,7 +176,9 @@ pub async fn serve(
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    if let Some(suppressed) = crate::throttle::allow("accept failed", 0) {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -378,13 +380,19 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
                     return;
                 }
                 if let Err(e) = snapshot(&services).await {
-                    tracing::warn!(error = %e, "snapshot failed; the log keeps growing until the next attempt");
+                    if let Some(suppressed) = crate::throttle::allow("snapshot failed", 0) {
+                        tracing::warn!(error = %e, suppressed, "snapshot failed; the log keeps growing until the next attempt");
+                    }
                 }
             }
             _ = retention.tick() => match expire(&services).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "expired finished jobs past retention"),
-                Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+                Err(e) => {
+                    if let Some(suppressed) = crate::throttle::allow("retention pass failed", 0) {
+                        tracing::warn!(error = %e, suppressed, "retention pass failed");
+                    }
+                }
             },
         }
     }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::respond::{json_bytes, json_value, ok, read_body};
-use super::wire::MAX_NAME;
+use super::wire::{check_queue_name, MAX_NAME};
 use crate::actors::agents::AgentMsg;
 use crate::actors::{ask, Services};
 use crate::error::{Error, Result};
@@ -57,7 +57,7 @@ pub async fn queues_post(State(svc): State<Services>, request: Request) -> Resul
     let map = json_object(request).await?;
     let mut queues = Vec::with_capacity(map.len());
     for (name, description) in map {
-        check_name(&name)?;
+        check_queue_name(&name)?;
         let Value::String(description) = description else {
             return Err(Error::validation(&name, "Not a valid string."));
         };
@@ -89,7 +89,7 @@ pub async fn images_post(State(svc): State<Services>, request: Request) -> Resul
     let map = json_object(request).await?;
     let mut sets = Vec::with_capacity(map.len());
     for (queue, images) in map {
-        check_name(&queue)?;
+        check_queue_name(&queue)?;
         let Value::Object(images) = images else {
             return Err(Error::validation(&queue, "Not a valid mapping type."));
         };
@@ -117,6 +117,7 @@ pub async fn images_get(
     State(svc): State<Services>,
     Path(queue): Path<String>,
 ) -> Result<Response> {
+    check_queue_name(&queue)?;
     let images = read_agents(&svc, move |agents| {
         agents.images.get(queue.as_str()).cloned()
     })
@@ -137,9 +138,20 @@ fn check_agent_fields(map: &Map<String, Value>) -> Result<()> {
             "identifier" | "job_id" | "location" | "provision_type" | "state" | "comment" => {
                 value.is_string() || value.is_null()
             }
-            "log" | "queues" => value
+            "log" => value
                 .as_array()
                 .is_some_and(|a| a.len() <= 10_000 && a.iter().all(Value::is_string)),
+            "queues" => {
+                let Some(queues) = value.as_array().filter(|a| a.len() <= 10_000) else {
+                    return Err(Error::validation(field, "Not a valid list of queue names."));
+                };
+                for queue in queues {
+                    check_queue_name(queue.as_str().ok_or_else(|| {
+                        Error::validation(field, "Not a valid list of queue names.")
+                    })?)?;
+                }
+                true
+            }
             _ => true,
         };
         if !ok {

@@ -10,6 +10,7 @@ pub mod queues;
 pub mod respond;
 pub mod results;
 pub mod transfer;
+pub mod upload;
 pub mod wire;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -110,7 +111,10 @@ pub fn router(services: Services) -> Router {
         // cap uploads at 2 MB with a non-JSON answer.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(respond::json_errors))
-        .layer(middleware::from_fn_with_state(rate, transfer::min_body_rate))
+        .layer(middleware::from_fn_with_state(
+            rate,
+            transfer::min_body_rate,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             Error::Internal("internal error (a bug): the request was not completed".into())
                 .into_response()

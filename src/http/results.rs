@@ -5,7 +5,7 @@
 use std::path::{Path as FsPath, PathBuf};
 
 use axum::body::Body;
-use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
@@ -315,21 +315,59 @@ pub async fn artifact_get(State(svc): State<Services>, Path(id): Path<String>) -
     .await
 }
 
+/// Room for the multipart framing (boundaries, part headers) on top of the file itself:
+/// the whole upload may exceed `--max-artifact-bytes` by at most this much.
+const UPLOAD_FRAMING: u64 = 64 << 10;
+
 /// Streams the multipart field `file` of `request` into a new durable file and records
 /// it as the job's `kind`. The file name is ours: nothing the client sends becomes a path.
+///
+/// Bounded before anything is stored: a declared length over the limit, or a log that
+/// cannot record the upload now, is refused before the body is read; the preamble, each
+/// part's headers, the number of parts ([`super::upload::Framing`]), other fields and the
+/// whole body (multer's size limits) are bounded while it is read.
 pub async fn store_upload(
     svc: &Services,
     id: JobId,
     kind: FileKind,
     request: Request,
 ) -> Result<()> {
-    let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
-        Error::InvalidInput(format!(
-            "Expected a multipart/form-data upload: {}",
-            e.body_text()
-        ))
-    })?;
-    let limit = svc.config.max_artifact_bytes;
+    let config = &svc.config;
+    let limit = config.max_artifact_bytes;
+    let whole = limit.saturating_add(UPLOAD_FRAMING);
+    let boundary = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| multer::parse_boundary(v).ok())
+        .ok_or_else(|| {
+            Error::InvalidInput("Expected a multipart/form-data upload with a boundary".into())
+        })?;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > whole) {
+        return Err(too_large(limit));
+    }
+    // Nothing is written to disk for an upload the log could not record anyway.
+    svc.journal.writable()?;
+    let framing = super::upload::Framing::new(
+        request.into_body().into_data_stream(),
+        &boundary,
+        super::upload::FramingLimits {
+            header_bytes: config.max_part_header_bytes,
+            parts: config.max_upload_parts,
+        },
+    );
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .whole_stream(whole)
+            .per_field(config.max_field_bytes)
+            .for_field("file", limit),
+    );
+    let mut multipart = multer::Multipart::with_constraints(framing, boundary, constraints);
     let name = format!("{id}.{}.{}", kind_tag(kind), uuid::Uuid::new_v4().simple());
     let tmp = svc.files_dir.join(format!("tmp-{name}"));
     let mut stored = None;
@@ -343,6 +381,7 @@ pub async fn store_upload(
             }
         };
         if field.name() != Some("file") || stored.is_some() {
+            // Read and dropped (bounded by --max-field-bytes, or the file limit).
             continue;
         }
         match write_stream(&tmp, field, limit).await {
@@ -384,27 +423,37 @@ fn kind_tag(kind: FileKind) -> &'static str {
     }
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError, limit: u64) -> Error {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Error::TooLarge(format!("Payload too large: the limit is {limit} bytes"))
-    } else {
-        Error::InvalidInput(format!("Malformed multipart upload: {}", e.body_text()))
+fn too_large(limit: u64) -> Error {
+    Error::TooLarge(format!("Payload too large: the limit is {limit} bytes"))
+}
+
+fn multipart_error(e: multer::Error, limit: u64) -> Error {
+    match e {
+        multer::Error::StreamReadFailed(cause) => {
+            match cause.downcast::<super::upload::Refused>() {
+                Ok(refused) => refused.0,
+                Err(cause) => Error::InvalidInput(format!("could not read the upload: {cause}")),
+            }
+        }
+        multer::Error::FieldSizeExceeded {
+            limit: field,
+            field_name,
+        } => Error::TooLarge(format!(
+            "Payload too large: field {:?} is limited to {field} bytes",
+            field_name.unwrap_or_default()
+        )),
+        multer::Error::StreamSizeExceeded { .. } => too_large(limit),
+        other => Error::InvalidInput(format!("Malformed multipart upload: {other}")),
     }
 }
 
-async fn write_stream(
-    path: &FsPath,
-    mut field: axum::extract::multipart::Field<'_>,
-    limit: u64,
-) -> Result<u64> {
+async fn write_stream(path: &FsPath, mut field: multer::Field<'_>, limit: u64) -> Result<u64> {
     let mut file = tokio::fs::File::create(path).await?;
     let mut size: u64 = 0;
     while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
         size += chunk.len() as u64;
         if size > limit {
-            return Err(Error::TooLarge(format!(
-                "Payload too large: the limit is {limit} bytes"
-            )));
+            return Err(too_large(limit));
         }
         file.write_all(&chunk).await?;
     }

@@ -213,7 +213,11 @@ impl<T> Watched<T> {
         )
     }
 
-    fn account(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+    fn account(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
         match poll {
             Poll::Ready(Ok(n)) => {
                 self.writes.moved(n);

@@ -342,7 +342,12 @@ fn run_with_fault(op: Op, nth: u64, fault: Fault) -> bool {
 #[test]
 fn a_failure_at_any_step_keeps_every_acknowledged_record() {
     for op in [Op::Write, Op::Sync, Op::Rename, Op::Create, Op::Allocate] {
-        for fault in [Fault::Io, Fault::NoSpace, Fault::TooManyFiles, Fault::Denied] {
+        for fault in [
+            Fault::Io,
+            Fault::NoSpace,
+            Fault::TooManyFiles,
+            Fault::Denied,
+        ] {
             let mut nth = 1;
             while run_with_fault(op, nth, fault) {
                 nth += 1;
