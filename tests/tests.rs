@@ -35,3 +35,5 @@ mod recovery;
 mod clients;
 // A disk failing under a running server (fsync and write errors through the WAL's seam).
 mod faults;
+// Hostile clients: slow bodies, unread responses, endless multipart, odd queue names.
+mod hostile;
