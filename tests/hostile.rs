@@ -297,3 +297,24 @@ fn max_connections_beyond_the_descriptor_hard_limit_refuses_to_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("RLIMIT_NOFILE"), "{stderr}");
 }
+
+#[tokio::test]
+async fn all_agents_are_streamed_as_one_valid_array_when_many() {
+    let srv = TestServer::start();
+    for i in 0..130 {
+        srv.post_json(
+            &format!("/v1/agents/data/agent{i}"),
+            &json!({"state": "waiting", "queues": ["q"]}),
+        )
+        .await
+        .expect_status(200);
+    }
+    let all = srv.get("/v1/agents/data").await.expect_json();
+    let names: std::collections::BTreeSet<String> = all
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.len(), 130);
+}

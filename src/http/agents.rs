@@ -238,17 +238,47 @@ pub async fn agents_get_one(
 }
 
 /// `GET /v1/agents/data`: every agent's record.
+///
+/// Streamed: the actor only hands out its records (shared buffers, no parsing), and the
+/// array is rendered [`AGENTS_PER_CHUNK`] records at a time as the client takes it, so a
+/// large agent table costs one chunk per connection, not a whole copy of the answer.
 pub async fn agents_get_all(State(svc): State<Services>) -> Result<Response> {
-    let all = read_agents(&svc, |agents| {
+    let records = read_agents(&svc, |agents| {
         agents
             .agents
             .iter()
-            .map(|(name, r)| agent_json(name, r))
-            .collect::<Vec<Value>>()
+            .map(|(name, r)| (name.clone(), r.clone()))
+            .collect::<Vec<_>>()
     })
     .await?;
-    Ok(json_value(StatusCode::OK, &Value::Array(all)))
+    let chunks = records.len().div_ceil(AGENTS_PER_CHUNK).max(1);
+    let mut records = records.into_iter();
+    let body = (0..chunks).map(move |i| {
+        let mut out = Vec::new();
+        out.push(if i == 0 { b'[' } else { b',' });
+        for (n, (name, record)) in records.by_ref().take(AGENTS_PER_CHUNK).enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, &agent_json(&name, &record)).expect("values serialise");
+        }
+        if i + 1 == chunks {
+            out.push(b']');
+        }
+        Ok::<_, std::convert::Infallible>(Bytes::from(out))
+    });
+    let mut response = Response::new(axum::body::Body::from_stream(futures_util::stream::iter(
+        body,
+    )));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
+
+/// Agent records rendered per chunk of `GET /v1/agents/data`.
+const AGENTS_PER_CHUNK: usize = 64;
 
 /// `POST /v1/agents/provision_logs/<name>`: `{job_id, exit_code, detail}` appended to the
 /// agent's provision history (404 when the agent is unknown; Testflinger keeps such an
