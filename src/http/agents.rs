@@ -240,7 +240,7 @@ pub async fn agents_get_one(
 /// `GET /v1/agents/data`: every agent's record.
 ///
 /// Streamed: the actor only hands out its records (shared buffers, no parsing), and the
-/// array is rendered [`AGENTS_PER_CHUNK`] records at a time as the client takes it, so a
+/// array is rendered about [`AGENTS_CHUNK_BYTES`] at a time as the client takes it, so a
 /// large agent table costs one chunk per connection, not a whole copy of the answer.
 pub async fn agents_get_all(State(svc): State<Services>) -> Result<Response> {
     let records = read_agents(&svc, |agents| {
@@ -251,21 +251,32 @@ pub async fn agents_get_all(State(svc): State<Services>) -> Result<Response> {
             .collect::<Vec<_>>()
     })
     .await?;
-    let chunks = records.len().div_ceil(AGENTS_PER_CHUNK).max(1);
-    let mut records = records.into_iter();
-    let body = (0..chunks).map(move |i| {
-        let mut out = Vec::new();
-        out.push(if i == 0 { b'[' } else { b',' });
-        for (n, (name, record)) in records.by_ref().take(AGENTS_PER_CHUNK).enumerate() {
-            if n > 0 {
+    let mut records = records.into_iter().peekable();
+    let mut started = false;
+    let mut finished = false;
+    let body = std::iter::from_fn(move || {
+        if finished {
+            return None;
+        }
+        let mut out = Vec::with_capacity(AGENTS_CHUNK_BYTES);
+        if !started {
+            out.push(b'[');
+        }
+        while out.len() < AGENTS_CHUNK_BYTES {
+            let Some((name, record)) = records.next() else {
+                break;
+            };
+            if started {
                 out.push(b',');
             }
+            started = true;
             serde_json::to_writer(&mut out, &agent_json(&name, &record)).expect("values serialise");
         }
-        if i + 1 == chunks {
+        if records.peek().is_none() {
             out.push(b']');
+            finished = true;
         }
-        Ok::<_, std::convert::Infallible>(Bytes::from(out))
+        Some(Ok::<_, std::convert::Infallible>(Bytes::from(out)))
     });
     let mut response = Response::new(axum::body::Body::from_stream(futures_util::stream::iter(
         body,
@@ -277,8 +288,8 @@ pub async fn agents_get_all(State(svc): State<Services>) -> Result<Response> {
     Ok(response)
 }
 
-/// Agent records rendered per chunk of `GET /v1/agents/data`.
-const AGENTS_PER_CHUNK: usize = 64;
+/// `GET /v1/agents/data` renders records until a chunk holds this many bytes.
+const AGENTS_CHUNK_BYTES: usize = 64 << 10;
 
 /// `POST /v1/agents/provision_logs/<name>`: `{job_id, exit_code, detail}` appended to the
 /// agent's provision history (404 when the agent is unknown; Testflinger keeps such an
