@@ -555,4 +555,29 @@ mod tests {
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("WHAT"));
     }
+
+    #[test]
+    fn connection_limits_come_from_the_file_and_are_checked() {
+        let file = parse_config_file(
+            "HEADER_TIMEOUT_SECS = 5\nMAX_HEADER_BYTES = 9000\nMIN_TRANSFER_BYTES = 10\nTRANSFER_WINDOW_SECS = 2\nDRAIN_SECS = 3\nMAX_PART_HEADER_BYTES = 300\nMAX_UPLOAD_PARTS = 4\nMAX_FIELD_BYTES = 5\nMAX_CONNECTIONS = 7\n",
+        )
+        .unwrap();
+        let (config, warnings) =
+            Config::resolve(&ServeOpts::default(), Some(("tf.conf".into(), file))).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(config.header_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_header_bytes, 9000);
+        assert_eq!(config.min_transfer_bytes, 10);
+        assert_eq!(config.transfer_window, Duration::from_secs(2));
+        assert_eq!(config.drain, Duration::from_secs(3));
+        assert_eq!(config.max_part_header_bytes, 300);
+        assert_eq!(config.max_upload_parts, 4);
+        assert_eq!(config.max_field_bytes, 5);
+        assert!(config.max_connections_chosen);
+        let small = ServeOpts {
+            max_header_bytes: Some(4096),
+            ..Default::default()
+        };
+        assert!(Config::resolve(&small, None).is_err());
+    }
 }

@@ -318,3 +318,38 @@ async fn all_agents_are_streamed_as_one_valid_array_when_many() {
         .collect();
     assert_eq!(names.len(), 130);
 }
+
+#[tokio::test]
+async fn unfinished_request_head_is_dropped_after_header_timeout_secs() {
+    let srv = TestServer::start_with(&["--header-timeout-secs", "1"]);
+    let mut conn = RawConn::connect(&srv.base_url()).await;
+    conn.send(b"GET /v1/ HTTP/1.1\r\nHost: x\r\nX-Half: ").await;
+    // The connection is closed (no status line) well before the 15 s read limit.
+    let started = Instant::now();
+    assert!(conn.read_response().await.is_none_or(|r| r.status == 408));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    srv.get("/v1/").await.expect_status(200);
+}
+
+#[tokio::test]
+async fn sigterm_stops_waiting_for_a_busy_request_after_drain_secs() {
+    // A body that stalls is busy, and the transfer window (60 s) would not end it soon.
+    let mut srv = TestServer::start_with(&["--drain-secs", "1", "--transfer-window-secs", "60"]);
+    let mut busy = RawConn::connect(&srv.base_url()).await;
+    busy.send(b"POST /v1/job HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    srv.send_signal(libc::SIGTERM);
+    let status = srv.wait_for_exit();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(srv
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("did not finish within")));
+}
