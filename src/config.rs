@@ -70,6 +70,30 @@ pub struct Config {
     pub wal_truncate_corruption: bool,
     /// Most connections served at once; more wait in the accept queue.
     pub max_connections: usize,
+    /// Whether the operator chose `max_connections`; if not, start-up lowers it to what the
+    /// hard descriptor limit allows instead of refusing to start.
+    pub max_connections_chosen: bool,
+    /// A client has this long to send a request's head (request line and headers).
+    pub header_timeout: Duration,
+    /// Largest request head (request line and headers) and read buffer per connection:
+    /// what one connection can pin before its request is parsed. At least 8 KiB (hyper's
+    /// minimum).
+    pub max_header_bytes: usize,
+    /// Minimum transfer rate, bytes part: a request body must arrive, and a response be
+    /// taken, at `min_transfer_bytes` per `transfer_window` at least, or the connection is
+    /// closed (408 for a body). A body smaller than this must arrive within one window.
+    pub min_transfer_bytes: u64,
+    /// Minimum transfer rate, window part (see `min_transfer_bytes`).
+    pub transfer_window: Duration,
+    /// After SIGTERM, requests in progress get this long to finish; idle connections are
+    /// closed at once.
+    pub drain: Duration,
+    /// Largest part header block (and preamble) of a multipart upload.
+    pub max_part_header_bytes: usize,
+    /// Most parts in one multipart upload.
+    pub max_upload_parts: usize,
+    /// Largest multipart part other than `file` (such fields are read and dropped).
+    pub max_field_bytes: u64,
     /// Where the settings came from, for the start-up log line.
     pub source: String,
 }
@@ -89,6 +113,15 @@ impl Default for Config {
             retention: Duration::from_secs(7 * 24 * 3600),
             wal_truncate_corruption: false,
             max_connections: 10_000,
+            max_connections_chosen: false,
+            header_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 << 10,
+            min_transfer_bytes: 8 << 10,
+            transfer_window: Duration::from_secs(10),
+            drain: Duration::from_secs(30),
+            max_part_header_bytes: 8 << 10,
+            max_upload_parts: 16,
+            max_field_bytes: 64 << 10,
             source: "defaults".into(),
         }
     }
@@ -175,9 +208,39 @@ pub struct ServeOpts {
     /// damage on. Without it such damage refuses to start.
     #[arg(long, env = "FLINGER_WAL_TRUNCATE_CORRUPTION")]
     pub wal_truncate_corruption: bool,
-    /// Most connections served at once [default: 10000].
+    /// Most connections served at once [default: 10000]. The soft descriptor limit is
+    /// raised at start-up to 2 per connection + 256; a hard limit below that refuses to start.
     #[arg(long, env = "FLINGER_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's line and headers [default: 30].
+    #[arg(long, env = "FLINGER_HEADER_TIMEOUT_SECS", value_name = "SECS")]
+    pub header_timeout_secs: Option<u64>,
+    /// Largest request line + headers, and the read buffer of a connection, in bytes
+    /// (at least 8192) [default: 65536]; larger heads get 431.
+    #[arg(long, env = "FLINGER_MAX_HEADER_BYTES", value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Minimum transfer rate: bytes of request body received, or of response taken by the
+    /// client, per --transfer-window-secs; slower connections are closed (408 for a body)
+    /// [default: 8192].
+    #[arg(long, env = "FLINGER_MIN_TRANSFER_BYTES", value_name = "BYTES")]
+    pub min_transfer_bytes: Option<u64>,
+    /// The window of the minimum transfer rate, in seconds [default: 10].
+    #[arg(long, env = "FLINGER_TRANSFER_WINDOW_SECS", value_name = "SECS")]
+    pub transfer_window_secs: Option<u64>,
+    /// On SIGTERM, seconds requests in progress get to finish (idle connections close at
+    /// once) [default: 30].
+    #[arg(long, env = "FLINGER_DRAIN_SECS", value_name = "SECS")]
+    pub drain_secs: Option<u64>,
+    /// Largest header block of one multipart part, and largest preamble, in bytes
+    /// [default: 8192].
+    #[arg(long, env = "FLINGER_MAX_PART_HEADER_BYTES", value_name = "BYTES")]
+    pub max_part_header_bytes: Option<usize>,
+    /// Most parts in one multipart upload [default: 16].
+    #[arg(long, env = "FLINGER_MAX_UPLOAD_PARTS", value_name = "N")]
+    pub max_upload_parts: Option<usize>,
+    /// Largest multipart part other than `file`, in bytes [default: 65536].
+    #[arg(long, env = "FLINGER_MAX_FIELD_BYTES", value_name = "BYTES")]
+    pub max_field_bytes: Option<u64>,
 }
 
 /// A problem with the config file.
@@ -214,6 +277,14 @@ const KNOWN_KEYS: &[&str] = &[
     "SNAPSHOT_BYTES",
     "RETENTION_SECS",
     "MAX_CONNECTIONS",
+    "HEADER_TIMEOUT_SECS",
+    "MAX_HEADER_BYTES",
+    "MIN_TRANSFER_BYTES",
+    "TRANSFER_WINDOW_SECS",
+    "DRAIN_SECS",
+    "MAX_PART_HEADER_BYTES",
+    "MAX_UPLOAD_PARTS",
+    "MAX_FIELD_BYTES",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 const IGNORED_KEYS: &[&str] = &[
@@ -333,7 +404,24 @@ impl Config {
                     "SEGMENT_BYTES" => config.segment_bytes = num("a byte count")?,
                     "SNAPSHOT_BYTES" => config.snapshot_bytes = num("a byte count")?,
                     "RETENTION_SECS" => config.retention = Duration::from_secs(num("seconds")?),
-                    "MAX_CONNECTIONS" => config.max_connections = num("a count")? as usize,
+                    "MAX_CONNECTIONS" => {
+                        config.max_connections = num("a count")? as usize;
+                        config.max_connections_chosen = true;
+                    }
+                    "HEADER_TIMEOUT_SECS" => {
+                        config.header_timeout = Duration::from_secs(num("seconds")?)
+                    }
+                    "MAX_HEADER_BYTES" => config.max_header_bytes = num("a byte count")? as usize,
+                    "MIN_TRANSFER_BYTES" => config.min_transfer_bytes = num("a byte count")?,
+                    "TRANSFER_WINDOW_SECS" => {
+                        config.transfer_window = Duration::from_secs(num("seconds")?)
+                    }
+                    "DRAIN_SECS" => config.drain = Duration::from_secs(num("seconds")?),
+                    "MAX_PART_HEADER_BYTES" => {
+                        config.max_part_header_bytes = num("a byte count")? as usize
+                    }
+                    "MAX_UPLOAD_PARTS" => config.max_upload_parts = num("a count")? as usize,
+                    "MAX_FIELD_BYTES" => config.max_field_bytes = num("a byte count")?,
                     k if IGNORED_KEYS.contains(&k) => warnings.push(format!(
                         "config key {k} is not used by flinger (no external store needed)"
                     )),
@@ -364,8 +452,23 @@ impl Config {
             max_artifact_bytes,
             segment_bytes,
             snapshot_bytes,
-            max_connections
+            max_connections,
+            max_header_bytes,
+            min_transfer_bytes,
+            max_part_header_bytes,
+            max_upload_parts,
+            max_field_bytes
         );
+        for (secs, slot) in [
+            (opts.header_timeout_secs, &mut config.header_timeout),
+            (opts.transfer_window_secs, &mut config.transfer_window),
+            (opts.drain_secs, &mut config.drain),
+        ] {
+            if let Some(secs) = secs {
+                *slot = Duration::from_secs(secs);
+            }
+        }
+        config.max_connections_chosen |= opts.max_connections.is_some();
         if let Some(secs) = opts.retention_secs {
             config.retention = Duration::from_secs(secs);
         }
@@ -397,6 +500,18 @@ impl Config {
         }
         if self.max_connections == 0 {
             return err("max connections must be at least 1".into());
+        }
+        if self.max_header_bytes < 8192 {
+            return err("max header bytes must be at least 8192 (hyper's smallest buffer)".into());
+        }
+        if self.header_timeout.is_zero() || self.transfer_window.is_zero() {
+            return err("the header timeout and the transfer window must be at least 1 s".into());
+        }
+        if self.min_transfer_bytes == 0 || self.max_upload_parts == 0 {
+            return err("min transfer bytes and max upload parts must be at least 1".into());
+        }
+        if self.max_part_header_bytes < 256 {
+            return err("max part header bytes must be at least 256".into());
         }
         Ok(())
     }
@@ -443,5 +558,30 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/srv/tf"));
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("WHAT"));
+    }
+
+    #[test]
+    fn connection_limits_come_from_the_file_and_are_checked() {
+        let file = parse_config_file(
+            "HEADER_TIMEOUT_SECS = 5\nMAX_HEADER_BYTES = 9000\nMIN_TRANSFER_BYTES = 10\nTRANSFER_WINDOW_SECS = 2\nDRAIN_SECS = 3\nMAX_PART_HEADER_BYTES = 300\nMAX_UPLOAD_PARTS = 4\nMAX_FIELD_BYTES = 5\nMAX_CONNECTIONS = 7\n",
+        )
+        .unwrap();
+        let (config, warnings) =
+            Config::resolve(&ServeOpts::default(), Some(("tf.conf".into(), file))).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(config.header_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_header_bytes, 9000);
+        assert_eq!(config.min_transfer_bytes, 10);
+        assert_eq!(config.transfer_window, Duration::from_secs(2));
+        assert_eq!(config.drain, Duration::from_secs(3));
+        assert_eq!(config.max_part_header_bytes, 300);
+        assert_eq!(config.max_upload_parts, 4);
+        assert_eq!(config.max_field_bytes, 5);
+        assert!(config.max_connections_chosen);
+        let small = ServeOpts {
+            max_header_bytes: Some(4096),
+            ..Default::default()
+        };
+        assert!(Config::resolve(&small, None).is_err());
     }
 }

@@ -29,6 +29,8 @@ pub enum Error {
     Gone(String),
     /// A body or field is over its configured limit: 413.
     TooLarge(String),
+    /// The client sent its request slower than the configured minimum rate: 408.
+    Timeout(String),
     /// The write-ahead log cannot make the mutation durable right now (disk full): 507.
     NoSpace(String),
     /// The server cannot serve the request now (log failed, actor gone, shutting down): 503.
@@ -47,6 +49,7 @@ impl Error {
             Error::InvalidInput(_) | Error::Conflict(_) => 400,
             Error::NotFound(_) => 404,
             Error::Gone(_) => 410,
+            Error::Timeout(_) => 408,
             Error::TooLarge(_) => 413,
             Error::Validation { .. } => 422,
             Error::Internal(_) => 500,
@@ -63,6 +66,7 @@ impl Error {
             | Error::Conflict(m)
             | Error::Gone(m)
             | Error::TooLarge(m)
+            | Error::Timeout(m)
             | Error::NoSpace(m)
             | Error::Unavailable(m)
             | Error::Internal(m) => m,

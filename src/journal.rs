@@ -8,11 +8,15 @@
 //! and one `fdatasync` acknowledges every request that arrived while the previous one
 //! ran (group commit).
 //!
-//! Failure policy: a failed write or sync poisons the log for good (fsync is never
-//! retried); every pending and later mutation gets 503 and reads keep working until the
-//! operator restarts, when replay recovers what is on disk. When the log cannot reserve
+//! Failure policy: a failed write or sync of records poisons the log for good (fsync is
+//! never retried); every pending and later mutation gets 503 and reads keep working until
+//! the operator restarts, when replay recovers what is on disk. When the log cannot reserve
 //! space for its next segment, new mutations are refused with 507 *before* they are
-//! applied, and accepted again once space is free.
+//! applied, and accepted again once space is free. When it cannot *make* its next segment
+//! for another passing reason (out of file descriptors, a read-only directory), nothing is
+//! lost: records already queued stay queued and are retried every [`WRITER_TICK`] (their
+//! requests wait), new mutations are refused with 503 naming the cause, and writing resumes
+//! by itself once the cause is gone.
 //!
 //! Snapshots are per partition: each records the LSN of the last event its actor had
 //! applied, and replay skips a partition's events up to that LSN, so the actors never
@@ -80,6 +84,11 @@ struct Inner {
     mark: watch::Sender<Mark>,
     /// False while the WAL has no reserved space: new mutations are refused (507).
     space: AtomicBool,
+    /// True while the WAL cannot make its next segment for a passing reason (see
+    /// `stall_reason`): new mutations are refused.
+    stalled: AtomicBool,
+    /// Why the log is stalled, as the error new mutations get (503, or 507 for a full disk).
+    stall_reason: Mutex<Option<Error>>,
     /// Under `interval` fsync, appends are acknowledged without waiting for the disk.
     wait_for_disk: bool,
     /// Writes snapshot files off the writer thread.
@@ -325,6 +334,8 @@ pub fn open_with(
         }),
         mark,
         space: AtomicBool::new(wal.space_reserved()),
+        stalled: AtomicBool::new(false),
+        stall_reason: Mutex::new(None),
         wait_for_disk: matches!(config.fsync, FsyncPolicy::Always),
         snapshots: wal.snapshot_writer(),
     });
@@ -340,6 +351,8 @@ pub fn open_with(
             FsyncPolicy::Always => None,
             FsyncPolicy::Interval(d) => Some(d),
         },
+        deferred: None,
+        unreserved: None,
     };
     std::thread::Builder::new()
         .name("wal-writer".into())
@@ -417,6 +430,11 @@ impl Journal {
             return Err(Error::NoSpace(
                 "no disk space reserved for the write-ahead log".into(),
             ));
+        }
+        if self.inner.stalled.load(Ordering::Acquire) {
+            if let Some(e) = self.inner.stall_reason.lock().clone() {
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -499,22 +517,31 @@ struct Writer {
     snap_tx: tokio::sync::mpsc::UnboundedSender<()>,
     /// `Some` under `interval` fsync: gather records this long before writing.
     interval: Option<Duration>,
+    /// Set while a batch could not be written because no new segment could be made: the
+    /// cause, until a retry succeeds.
+    deferred: Option<wal::Error>,
+    /// Set while the spare segment cannot be made for a reason other than a full disk.
+    unreserved: Option<wal::Error>,
 }
 
 impl Writer {
     fn run(mut self) {
+        // Records not yet durable, in LSN order, with whom to tell (`None` under `interval`
+        // fsync). Left non-empty only while the log is stalled (see `deferred`).
         let mut batch: Vec<Vec<u8>> = Vec::new();
-        let mut waiters: Vec<oneshot::Sender<bool>> = Vec::new();
+        let mut waiters: Vec<Option<oneshot::Sender<bool>>> = Vec::new();
         loop {
             let first = match self.rx.recv_timeout(WRITER_TICK) {
-                Ok(msg) => msg,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
+                Ok(msg) => Some(msg),
+                Err(mpsc::RecvTimeoutError::Timeout) if batch.is_empty() => {
                     self.chores();
                     continue;
                 }
+                // Stalled: retry the held records.
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
-            let mut pending = Some(first);
+            let mut pending = first;
             let deadline = self.interval.map(|d| Instant::now() + d);
             let mut bytes = 0usize;
             let mut snapshot = None;
@@ -524,7 +551,7 @@ impl Writer {
                     WriterMsg::Record(payload, waiter) => {
                         bytes += payload.len();
                         batch.push(payload);
-                        waiters.extend(waiter);
+                        waiters.push(waiter);
                     }
                     WriterMsg::Snapshot { prepared, done } => {
                         // Everything queued before it goes to disk first.
@@ -548,17 +575,15 @@ impl Writer {
                 };
             }
             if !batch.is_empty() {
-                let durable = self.write(&batch);
-                for waiter in waiters.drain(..) {
-                    let _ = waiter.send(durable);
-                }
-                batch.clear();
+                self.write(&mut batch, &mut waiters);
             }
             if let Some((prepared, done)) = snapshot {
                 let result = self.snapshot(prepared);
                 let _ = done.send(result);
             }
             if let Some(done) = closing {
+                // Records still held (a stalled log) were never acknowledged: their
+                // requests get 503 when their waiters drop.
                 drop(self);
                 let _ = done.send(());
                 return;
@@ -567,25 +592,87 @@ impl Writer {
         }
     }
 
-    /// Appends and syncs a batch; whether it is durable.
-    fn write(&mut self, batch: &[Vec<u8>]) -> bool {
+    /// Appends and syncs `batch`, telling each waiter whether its record is durable. When
+    /// no new segment can be made right now, the records not written stay in `batch` (and
+    /// their waiters in `waiters`) for the next attempt.
+    fn write(
+        &mut self,
+        batch: &mut Vec<Vec<u8>>,
+        waiters: &mut Vec<Option<oneshot::Sender<bool>>>,
+    ) {
+        let tell = |waiters: std::vec::Drain<'_, Option<oneshot::Sender<bool>>>, ok: bool| {
+            for waiter in waiters.flatten() {
+                let _ = waiter.send(ok);
+            }
+        };
         if self.inner.mark.borrow().failed {
-            return false;
+            tell(waiters.drain(..), false);
+            batch.clear();
+            return;
         }
         let slices: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
         match self.wal.append_batch(&slices) {
             Ok(range) => {
                 self.inner.mark.send_modify(|m| m.durable = *range.end());
-                true
+                tell(waiters.drain(..), true);
+                batch.clear();
+                self.set_deferred(None);
+            }
+            Err(e @ (wal::Error::NoSpace | wal::Error::Deferred { .. })) => {
+                // Nothing the log holds is at risk: keep what was not written and retry.
+                let written = match &e {
+                    wal::Error::Deferred { written, .. } => *written,
+                    _ => 0,
+                };
+                if written > 0 {
+                    let durable = self.wal.last_lsn();
+                    self.inner.mark.send_modify(|m| m.durable = durable);
+                    tell(waiters.drain(..written), true);
+                    batch.drain(..written);
+                }
+                self.set_deferred(Some(e));
             }
             Err(e) => {
                 // Never retried: after a failed fsync the page cache may have dropped the
                 // data while a retry reports success (fsyncgate).
                 tracing::error!(error = %e, records = batch.len(), "write-ahead log failed; refusing all changes until restart");
                 self.inner.mark.send_modify(|m| m.failed = true);
-                false
+                tell(waiters.drain(..), false);
+                batch.clear();
             }
         }
+    }
+
+    /// Records why batches are held back (or that they no longer are) and publishes it.
+    fn set_deferred(&mut self, cause: Option<wal::Error>) {
+        if cause.is_none() && self.deferred.is_none() {
+            return;
+        }
+        match (&self.deferred, &cause) {
+            (None, Some(e)) => {
+                tracing::warn!(error = %e, "write-ahead log cannot start a new segment; holding queued changes, refusing new ones and retrying")
+            }
+            (Some(_), None) => tracing::info!("write-ahead log writing again"),
+            _ => {}
+        }
+        self.deferred = cause;
+        self.publish_stall();
+    }
+
+    /// Publishes the first of `deferred` and `unreserved` as the error new mutations get.
+    fn publish_stall(&self) {
+        let reason = self.deferred.as_ref().or(self.unreserved.as_ref()).map(|e| {
+            if e.is_no_space() {
+                Error::NoSpace(format!("the write-ahead log has no space for a new segment: {e}"))
+            } else {
+                Error::Unavailable(format!(
+                    "the write-ahead log cannot start a new segment right now ({e}); nothing was changed: retry later"
+                ))
+            }
+        });
+        let stalled = reason.is_some();
+        *self.inner.stall_reason.lock() = reason;
+        self.inner.stalled.store(stalled, Ordering::Release);
     }
 
     fn snapshot(&mut self, prepared: wal::PreparedSnapshot) -> Result<()> {
@@ -606,14 +693,25 @@ impl Writer {
         if self.inner.mark.borrow().failed {
             return;
         }
-        let reserved = self.wal.space_reserved()
-            || match self.wal.try_reserve() {
-                Ok(ok) => ok,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot reserve space for the write-ahead log");
-                    false
+        let (reserved, unreserved) = if self.wal.space_reserved() {
+            (true, None)
+        } else {
+            match self.wal.try_reserve() {
+                Ok(ok) => (ok, None),
+                // Not a full disk (no descriptor, no permission): a stall, not a 507.
+                Err(e) => (true, Some(e)),
+            }
+        };
+        if unreserved.is_some() != self.unreserved.is_some() {
+            match &unreserved {
+                Some(e) => {
+                    tracing::warn!(error = %e, "cannot prepare the next write-ahead log segment; refusing changes (503) until it can")
                 }
-            };
+                None => tracing::info!("next write-ahead log segment prepared; accepting changes"),
+            }
+            self.unreserved = unreserved;
+            self.publish_stall();
+        }
         let was = self.inner.space.swap(reserved, Ordering::AcqRel);
         if was && !reserved {
             tracing::warn!("disk full: refusing changes (507) until space is free");

@@ -9,6 +9,7 @@
 //! - [`http`]: routes and handlers; `http::wire` (with `http::schema`, upstream's job schema
 //!   as data) is the only place that knows the JSON.
 //! - [`server`]: listener, connection handling, graceful shutdown, wiring.
+//! - [`throttle`]: rate-limited log lines for what clients and faults can repeat.
 //!
 //! Architecture invariants:
 //! - `model` does no I/O and reads no clock; everything it needs is in its inputs.
@@ -23,5 +24,6 @@ pub mod http;
 pub mod journal;
 pub mod model;
 pub mod server;
+pub mod throttle;
 
 pub use error::{Error, Result};

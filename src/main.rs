@@ -49,6 +49,19 @@ fn main() -> ExitCode {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
+    let mut config = config;
+    match flinger::server::fit_descriptor_limit(&mut config) {
+        Ok((limit, warning)) => {
+            if let Some(warning) = warning {
+                tracing::warn!("{warning}");
+            }
+            tracing::debug!(limit, "descriptor limit");
+        }
+        Err(e) => {
+            eprintln!("flinger: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

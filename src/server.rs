@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use ractor::Actor;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::actors::agents::AgentMsg;
 use crate::actors::files::FileMsg;
@@ -20,12 +19,15 @@ use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::{ask, now, Handles, QueueDirectory, Services};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::http::transfer::{MinRate, Watched};
 use crate::journal::{self, SnapshotDoc};
 
-/// A client has this long to send a request's headers (slowloris guard).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// In-flight requests get this long to finish after shutdown begins.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Descriptors a connection may hold at once: its socket, and a file it uploads to or
+/// streams from (or the directory it syncs).
+const FDS_PER_CONNECTION: u64 = 2;
+/// Descriptors kept beyond the connections' share: the log (segment, spare, directory,
+/// lock), snapshots, the runtime (epoll, eventfds), stdio, and the listener.
+const FDS_RESERVE: u64 = 256;
 /// Retention looks for expired jobs this often at most (and at least every minute), so
 /// short retention settings take effect promptly without busy passes for long ones.
 const RETENTION_MIN_EVERY: Duration = Duration::from_secs(1);
@@ -155,12 +157,20 @@ pub async fn serve(
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), config = %config.source, fsync = ?config.fsync, "listening");
 
     let app = crate::http::app(services);
-    let graceful = GracefulShutdown::new();
+    let rate = MinRate {
+        bytes: config.min_transfer_bytes,
+        window: config.transfer_window,
+    };
+    // Tells every connection that shutdown began.
+    let (stopping, stop_seen) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(config.header_timeout)
+        // The read buffer bounds the request head, and so what a connection that never
+        // finishes its headers pins (hyper's default is ~400 KiB).
+        .max_buf_size(config.max_header_bytes)
         .keep_alive(true);
     tokio::pin!(shutdown);
     let outcome = loop {
@@ -174,7 +184,9 @@ pub async fn serve(
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    if let Some(suppressed) = crate::throttle::allow("accept failed", 0) {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -183,11 +195,30 @@ pub async fn serve(
             Some(why) = running.fatal.recv() => break Err(Error::Internal(why)),
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let (busy, idle) = watch::channel(0usize);
+        let service = TowerToHyperService::new(Tracked {
+            app: app.clone(),
+            busy: Arc::new(busy),
+        });
+        let io = Watched::new(TokioIo::new(stream), rate);
+        let connection = builder.serve_connection(io, service);
+        let mut stop_seen = stop_seen.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = async { stop_seen.wait_for(|stop| *stop).await.map(drop) } => {
+                    // Finish the request in progress, if any; a connection with none
+                    // (idle, or still sending its head) is closed at once.
+                    connection.as_mut().graceful_shutdown();
+                    let mut idle = idle;
+                    tokio::select! {
+                        ended = connection.as_mut() => ended,
+                        _ = async { idle.wait_for(|n| *n == 0).await.map(drop) } => Ok(()),
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -195,15 +226,153 @@ pub async fn serve(
     };
     drop(listener);
     tracing::info!("shutting down: finishing in-flight requests");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    let _ = stopping.send(true);
+    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(config.drain, permits.acquire_many(all))
         .await
         .is_err()
     {
-        tracing::warn!("some requests did not finish within {DRAIN_TIMEOUT:?}");
+        tracing::warn!(
+            "some requests did not finish within {:?}; closing them",
+            config.drain
+        );
     }
     running.stop().await;
     tracing::info!("stopped");
     outcome
+}
+
+/// The router with a count of the connection's requests in progress (from the request's
+/// arrival until its response body is dropped), so shutdown can tell an idle connection
+/// from a busy one.
+#[derive(Clone)]
+struct Tracked {
+    app: crate::http::App,
+    busy: Arc<watch::Sender<usize>>,
+}
+
+/// Decrements the connection's busy count when the response body is done with.
+struct BusyGuard(Arc<watch::Sender<usize>>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// A response body that holds a [`BusyGuard`].
+struct GuardedBody {
+    inner: axum::body::Body,
+    _guard: BusyGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<bytes::Bytes>, axum::Error>>>
+    {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl tower::Service<hyper::Request<hyper::body::Incoming>> for Tracked {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = std::result::Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        use tower::ServiceExt;
+        let request = request.map(axum::body::Body::new);
+        self.busy.send_modify(|n| *n += 1);
+        let guard = BusyGuard(self.busy.clone());
+        let app = self.app.clone();
+        Box::pin(async move {
+            let response = app.oneshot(request).await?;
+            Ok(response.map(|inner| {
+                axum::body::Body::new(GuardedBody {
+                    inner,
+                    _guard: guard,
+                })
+            }))
+        })
+    }
+}
+
+/// Raises the soft limit on open file descriptors to what `config.max_connections` needs
+/// (2 per connection and a reserve for the log and the runtime), so sockets cannot starve
+/// the write-ahead log of descriptors. When the hard limit is too low, a default
+/// `max_connections` is lowered to fit (returned as a warning); a chosen one is an error
+/// for the operator. Returns the limit in force and the warning, if any.
+pub fn fit_descriptor_limit(
+    config: &mut Config,
+) -> std::result::Result<(u64, Option<String>), String> {
+    let need = |connections: usize| {
+        (connections as u64)
+            .saturating_mul(FDS_PER_CONNECTION)
+            .saturating_add(FDS_RESERVE)
+    };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass; no other memory is involved.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(format!(
+            "cannot read the descriptor limit: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let mut warning = None;
+    if limit.rlim_max < need(config.max_connections) {
+        let most = (limit.rlim_max.saturating_sub(FDS_RESERVE) / FDS_PER_CONNECTION) as usize;
+        let why = format!(
+            "{} connections need {} file descriptors ({FDS_PER_CONNECTION} per connection + {FDS_RESERVE} for the log and runtime), but the hard limit (RLIMIT_NOFILE) is {}",
+            config.max_connections,
+            need(config.max_connections),
+            limit.rlim_max
+        );
+        if config.max_connections_chosen || most == 0 {
+            return Err(format!(
+                "--max-connections: {why}: raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or set --max-connections to at most {most}"
+            ));
+        }
+        warning = Some(format!("{why}: serving at most {most} connections at once (raise the hard limit or set --max-connections)"));
+        config.max_connections = most;
+    }
+    let need = need(config.max_connections);
+    if limit.rlim_cur >= need {
+        return Ok((limit.rlim_cur, warning));
+    }
+    limit.rlim_cur = need;
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(format!(
+            "cannot raise the descriptor limit to {need}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok((need, warning))
 }
 
 /// Writes snapshots when the WAL writer asks, and expires old jobs periodically, until
@@ -219,13 +388,19 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
                     return;
                 }
                 if let Err(e) = snapshot(&services).await {
-                    tracing::warn!(error = %e, "snapshot failed; the log keeps growing until the next attempt");
+                    if let Some(suppressed) = crate::throttle::allow("snapshot failed", 0) {
+                        tracing::warn!(error = %e, suppressed, "snapshot failed; the log keeps growing until the next attempt");
+                    }
                 }
             }
             _ = retention.tick() => match expire(&services).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "expired finished jobs past retention"),
-                Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+                Err(e) => {
+                    if let Some(suppressed) = crate::throttle::allow("retention pass failed", 0) {
+                        tracing::warn!(error = %e, suppressed, "retention pass failed");
+                    }
+                }
             },
         }
     }

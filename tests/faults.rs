@@ -124,3 +124,115 @@ async fn failed_write_refuses_changes_with_503_and_acknowledges_nothing_it_lost(
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// A server on a `FaultyFs` whose log rotates every few dozen 40 KiB jobs.
+async fn start_faulty_small_segments(
+    dir: &tempfile::TempDir,
+) -> (
+    Arc<FaultyFs>,
+    Http,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<flinger::Result<()>>,
+) {
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        max_job_bytes: 64 << 10,
+        max_result_bytes: 64 << 10,
+        max_output_bytes: 64 << 10,
+        segment_bytes: 2 << 20,
+        ..Config::default()
+    };
+    let fs = Arc::new(FaultyFs::new(Arc::new(wal::StdFs)));
+    let running = start_with_fs(config, fs.clone()).await.unwrap();
+    let (http, stop, server) = serve_on(running).await;
+    (fs, http, stop, server)
+}
+
+fn padded_job() -> serde_json::Value {
+    json!({"job_queue": "q", "pad": "x".repeat(40 << 10)})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_descriptors_for_a_new_segment_refuses_changes_then_recovers_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fs, http, stop, server) = start_faulty_small_segments(&dir).await;
+    fs.fail_always(Op::Create, Fault::TooManyFiles);
+    // The first rotation uses the reserved spare; making the next spare fails: from then
+    // on changes are refused, with the cause, until a spare can be made.
+    let mut acknowledged = Vec::new();
+    let refused = loop {
+        let r = http.post_json("/v1/job", &padded_job()).await;
+        match r.status {
+            200 => acknowledged.push(r.json()["job_id"].as_str().unwrap().to_owned()),
+            _ => break r,
+        }
+        assert!(acknowledged.len() < 500, "never refused");
+    };
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.message().contains("Too many open files"),
+        "{}",
+        refused.text()
+    );
+    // The cause goes away: writing resumes by itself (the writer retries every 250 ms).
+    fs.clear();
+    let mut resumed = None;
+    for _ in 0..100 {
+        let r = http.post_json("/v1/job", &padded_job()).await;
+        if r.status == 200 {
+            resumed = Some(r.json()["job_id"].as_str().unwrap().to_owned());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    acknowledged.push(resumed.expect("the log did not recover by itself"));
+    for _ in 0..40 {
+        acknowledged.push(http.submit(&padded_job()).await);
+    }
+    for id in &acknowledged {
+        assert_eq!(http.job_state(id).await, "waiting");
+    }
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_segment_rename_holds_the_change_until_it_can_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fs, http, stop, server) = start_faulty_small_segments(&dir).await;
+    // The first record creates the first segment.
+    let mut acknowledged = vec![http.submit_to("q").await];
+    fs.fail_always(Op::Rename, Fault::Denied);
+    // Submit until one submission waits: its record needs a segment that cannot be named.
+    let held = loop {
+        let client = http.clone();
+        let mut submit =
+            tokio::spawn(async move { client.post_json("/v1/job", &padded_job()).await });
+        let wait = std::time::Duration::from_secs(2);
+        let Ok(r) = tokio::time::timeout(wait, &mut submit).await else {
+            break submit;
+        };
+        let r = r.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        acknowledged.push(r.json()["job_id"].as_str().unwrap().to_owned());
+        assert!(acknowledged.len() < 500, "never held");
+    };
+    // Meanwhile new changes are refused at the door, naming the cause; reads go on.
+    let r = http.post_json("/v1/job", &json!({"job_queue": "q"})).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.message().contains("Permission denied"), "{}", r.text());
+    http.get(&format!("/v1/job/{}", acknowledged[0]))
+        .await
+        .expect_status(200);
+    // The directory becomes writable again: the held change is written and answered.
+    fs.clear();
+    let r = held.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    acknowledged.push(r.json()["job_id"].as_str().unwrap().to_owned());
+    acknowledged.push(http.submit_to("q").await);
+    for id in &acknowledged {
+        assert_eq!(http.job_state(id).await, "waiting");
+    }
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

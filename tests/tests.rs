@@ -40,3 +40,5 @@ mod power;
 // Conformance with upstream's clients and tests: trailing slashes, large and per-run logs,
 // image data, upstream's submit-time schema, error messages; the real agent and CLI (issue 13).
 mod conformance;
+// Hostile clients: slow bodies, unread responses, endless multipart, odd queue names.
+mod hostile;

@@ -61,7 +61,11 @@ impl FileState {
                         for name in unreferenced {
                             let path = dir.join(&*name);
                             if let Err(e) = fs.remove(&path) {
-                                tracing::warn!(path = %path.display(), error = %e, "cannot delete replaced file");
+                                if let Some(suppressed) =
+                                    crate::throttle::allow("cannot delete replaced file", 0)
+                                {
+                                    tracing::warn!(path = %path.display(), error = %e, suppressed, "cannot delete replaced file");
+                                }
                             }
                         }
                     })

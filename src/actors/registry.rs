@@ -164,7 +164,11 @@ impl RegistryState {
         match Actor::spawn_linked(None, QueueActor, entries, self.supervisor.clone()).await {
             Ok((actor, _)) => self.queues.insert(queue, actor),
             // Only fails when the actor system is shutting down.
-            Err(e) => tracing::error!(%queue, error = %e, "cannot start queue actor"),
+            Err(e) => {
+                if let Some(suppressed) = crate::throttle::allow("cannot start queue actor", 0) {
+                    tracing::error!(%queue, error = %e, suppressed, "cannot start queue actor");
+                }
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::respond::{json_bytes, json_value, ok, read_body};
-use super::wire::{json_object_body, MAX_NAME};
+use super::wire::{check_queue_name, json_object_body, MAX_NAME};
 use crate::actors::agents::AgentMsg;
 use crate::actors::{ask, Services};
 use crate::error::{Error, Result};
@@ -64,7 +64,7 @@ pub async fn queues_post(State(svc): State<Services>, request: Request) -> Resul
     let map = json_object(request).await?;
     let mut queues = Vec::with_capacity(map.len());
     for (name, description) in map {
-        check_name(&name)?;
+        check_queue_name(&name)?;
         let Value::String(description) = description else {
             return Err(schema_error(format!(
                 "Description for queue '{name}' must be a string"
@@ -98,7 +98,7 @@ pub async fn images_post(State(svc): State<Services>, request: Request) -> Resul
     let map = json_object(request).await?;
     let mut sets = Vec::with_capacity(map.len());
     for (queue, images) in map {
-        check_name(&queue)?;
+        check_queue_name(&queue)?;
         // Upstream's `ImagesIn`: every image's provision data is a string (the CLI calls
         // string methods on it), and image names are usable as MongoDB keys.
         let Value::Object(images) = images else {
@@ -146,6 +146,7 @@ pub async fn images_get(
     State(svc): State<Services>,
     Path(queue): Path<String>,
 ) -> Result<Response> {
+    check_queue_name(&queue)?;
     let images = read_agents(&svc, move |agents| {
         agents.images.get(queue.as_str()).cloned()
     })
@@ -166,9 +167,20 @@ fn check_agent_fields(map: &Map<String, Value>) -> Result<()> {
             "identifier" | "job_id" | "location" | "provision_type" | "state" | "comment" => {
                 value.is_string() || value.is_null()
             }
-            "log" | "queues" => value
+            "log" => value
                 .as_array()
                 .is_some_and(|a| a.len() <= 10_000 && a.iter().all(Value::is_string)),
+            "queues" => {
+                let Some(queues) = value.as_array().filter(|a| a.len() <= 10_000) else {
+                    return Err(Error::validation(field, "Not a valid list of queue names."));
+                };
+                for queue in queues {
+                    check_queue_name(queue.as_str().ok_or_else(|| {
+                        Error::validation(field, "Not a valid list of queue names.")
+                    })?)?;
+                }
+                true
+            }
             _ => true,
         };
         if !ok {
@@ -253,17 +265,58 @@ pub async fn agents_get_one(
 }
 
 /// `GET /v1/agents/data`: every agent's record.
+///
+/// Streamed: the actor only hands out its records (shared buffers, no parsing), and the
+/// array is rendered about [`AGENTS_CHUNK_BYTES`] at a time as the client takes it, so a
+/// large agent table costs one chunk per connection, not a whole copy of the answer.
 pub async fn agents_get_all(State(svc): State<Services>) -> Result<Response> {
-    let all = read_agents(&svc, |agents| {
+    let records = read_agents(&svc, |agents| {
         agents
             .agents
             .iter()
-            .map(|(name, r)| agent_json(name, r))
-            .collect::<Vec<Value>>()
+            .map(|(name, r)| (name.clone(), r.clone()))
+            .collect::<Vec<_>>()
     })
     .await?;
-    Ok(json_value(StatusCode::OK, &Value::Array(all)))
+    let mut records = records.into_iter().peekable();
+    let mut started = false;
+    let mut finished = false;
+    let body = std::iter::from_fn(move || {
+        if finished {
+            return None;
+        }
+        let mut out = Vec::with_capacity(AGENTS_CHUNK_BYTES);
+        if !started {
+            out.push(b'[');
+        }
+        while out.len() < AGENTS_CHUNK_BYTES {
+            let Some((name, record)) = records.next() else {
+                break;
+            };
+            if started {
+                out.push(b',');
+            }
+            started = true;
+            serde_json::to_writer(&mut out, &agent_json(&name, &record)).expect("values serialise");
+        }
+        if records.peek().is_none() {
+            out.push(b']');
+            finished = true;
+        }
+        Some(Ok::<_, std::convert::Infallible>(Bytes::from(out)))
+    });
+    let mut response = Response::new(axum::body::Body::from_stream(futures_util::stream::iter(
+        body,
+    )));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
+
+/// `GET /v1/agents/data` renders records until a chunk holds this many bytes.
+const AGENTS_CHUNK_BYTES: usize = 64 << 10;
 
 /// `POST /v1/agents/provision_logs/<name>`: `{job_id, exit_code, detail}` appended to the
 /// agent's provision history (404 when the agent is unknown; Testflinger keeps such an

@@ -86,20 +86,26 @@ impl Drop for Reserved {
 /// `GET /v1/job?queue=a&queue=b`: hand the agent the best waiting job of those queues.
 pub async fn job_get(State(svc): State<Services>, request: Request) -> Result<Response> {
     let mut queues: Vec<Name> = Vec::new();
+    // De-duplicated through a set, and the cap checked as names arrive, so a URL of
+    // thousands of `queue=` parameters costs linear time.
+    let mut seen = std::collections::HashSet::new();
     for (key, value) in wire::query_pairs(request.uri().query().unwrap_or("")) {
-        if key == "queue" && !value.is_empty() && !queues.iter().any(|q| **q == *value) {
-            queues.push(value.into());
+        if key != "queue" || value.is_empty() || seen.contains(value.as_str()) {
+            continue;
         }
+        wire::check_queue_name(&value)?;
+        if queues.len() == MAX_POP_QUEUES {
+            return Err(Error::InvalidInput(format!(
+                "At most {MAX_POP_QUEUES} queues per request"
+            )));
+        }
+        queues.push(value.as_str().into());
+        seen.insert(value);
     }
     if queues.is_empty() {
         return Err(Error::InvalidInput(
             "No queue(s) specified in request".into(),
         ));
-    }
-    if queues.len() > MAX_POP_QUEUES {
-        return Err(Error::InvalidInput(format!(
-            "At most {MAX_POP_QUEUES} queues per request"
-        )));
     }
     let agent = wire::agent_cookie(request.headers());
     match pop(&svc, &queues, agent).await? {

@@ -11,6 +11,8 @@ pub mod queues;
 pub mod respond;
 pub mod results;
 pub mod schema;
+pub mod transfer;
+pub mod upload;
 pub mod wire;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -64,6 +66,10 @@ pub fn app(services: Services) -> App {
 
 /// The whole route table (without trailing-slash normalisation: serve [`app`]).
 pub fn router(services: Services) -> Router {
+    let rate = transfer::MinRate {
+        bytes: services.config.min_transfer_bytes,
+        window: services.config.transfer_window,
+    };
     use self::agents::*;
     use self::jobs::*;
     use self::queues::*;
@@ -117,6 +123,10 @@ pub fn router(services: Services) -> Router {
         // cap uploads at 2 MB with a non-JSON answer.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(respond::json_errors))
+        .layer(middleware::from_fn_with_state(
+            rate,
+            transfer::min_body_rate,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             Error::Internal("internal error (a bug): the request was not completed".into())
                 .into_response()

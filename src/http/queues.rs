@@ -36,6 +36,7 @@ pub async fn queues_agents_get(
     State(svc): State<Services>,
     Path(queue): Path<String>,
 ) -> Result<Response> {
+    crate::http::wire::check_queue_name(&queue)?;
     let wanted = queue.clone();
     let agents = read_agents(&svc, move |agents| {
         agents
@@ -76,6 +77,7 @@ pub async fn queue_jobs_get(
     Path(queue): Path<String>,
     request: Request,
 ) -> Result<Response> {
+    crate::http::wire::check_queue_name(&queue)?;
     let limit = limit_param(&query_pairs(request.uri().query().unwrap_or("")))?;
     let jobs = ask(&svc.registry, |p| {
         RegistryMsg::ListQueue(Name::from(queue.as_str()), limit, p)
@@ -121,6 +123,9 @@ pub async fn queue_wait_times_get(
         .filter(|(k, _)| k == "queue")
         .map(|(_, v)| v)
         .collect();
+    for queue in &wanted {
+        crate::http::wire::check_queue_name(queue)?;
+    }
     let samples = ask(&svc.registry, |p| RegistryMsg::WaitTimes(wanted, p)).await?;
     let mut out = Map::new();
     for (queue, mut waits) in samples {

@@ -23,7 +23,11 @@ impl IntoResponse for Error {
         let status =
             StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+            if let Some(suppressed) =
+                crate::throttle::allow("request failed", status.as_u16().into())
+            {
+                tracing::warn!(status = status.as_u16(), error = %self, suppressed, "request failed");
+            }
         }
         let body = match &self {
             Error::Validation {

@@ -5,7 +5,7 @@
 use std::path::Path as FsPath;
 
 use axum::body::Body;
-use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
@@ -395,6 +395,10 @@ pub async fn artifact_get(State(svc): State<Services>, Path(id): Path<String>) -
     .await
 }
 
+/// Room for the multipart framing (boundaries, part headers) on top of the file itself:
+/// the whole upload may exceed `--max-artifact-bytes` by at most this much.
+const UPLOAD_FRAMING: u64 = 64 << 10;
+
 /// Streams the multipart field `file` of `request` into a new durable file and records
 /// it as the job's `kind`. The file name is ours: nothing the client sends becomes a path.
 ///
@@ -402,19 +406,53 @@ pub async fn artifact_get(State(svc): State<Services>, Path(id): Path<String>) -
 /// fsynced, renamed to a fresh name and the directory fsynced before the event that refers
 /// to the file is logged: a crash at any point leaves the previous file (still referenced)
 /// or the new one whole, never a torn one, and start-up sweeps what nothing refers to.
+///
+/// Bounded before anything is stored: a declared length over the limit, or a log that
+/// cannot record the upload now, is refused before the body is read; the preamble, each
+/// part's headers, the number of parts ([`super::upload::Framing`]), other fields and the
+/// whole body (multer's size limits) are bounded while it is read.
 pub async fn store_upload(
     svc: &Services,
     id: JobId,
     kind: FileKind,
     request: Request,
 ) -> Result<()> {
-    let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
-        Error::InvalidInput(format!(
-            "Expected a multipart/form-data upload: {}",
-            e.body_text()
-        ))
-    })?;
-    let limit = svc.config.max_artifact_bytes;
+    let config = &svc.config;
+    let limit = config.max_artifact_bytes;
+    let whole = limit.saturating_add(UPLOAD_FRAMING);
+    let boundary = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| multer::parse_boundary(v).ok())
+        .ok_or_else(|| {
+            Error::InvalidInput("Expected a multipart/form-data upload with a boundary".into())
+        })?;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > whole) {
+        return Err(too_large(limit));
+    }
+    // Nothing is written to disk for an upload the log could not record anyway.
+    svc.journal.writable()?;
+    let framing = super::upload::Framing::new(
+        request.into_body().into_data_stream(),
+        &boundary,
+        super::upload::FramingLimits {
+            header_bytes: config.max_part_header_bytes,
+            parts: config.max_upload_parts,
+        },
+    );
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .whole_stream(whole)
+            .per_field(config.max_field_bytes)
+            .for_field("file", limit),
+    );
+    let mut multipart = multer::Multipart::with_constraints(framing, boundary, constraints);
     let name = format!("{id}.{}.{}", kind_tag(kind), uuid::Uuid::new_v4().simple());
     let tmp = svc.files_dir.join(format!("tmp-{name}"));
     let mut stored = None;
@@ -428,6 +466,7 @@ pub async fn store_upload(
             }
         };
         if field.name() != Some("file") || stored.is_some() {
+            // Read and dropped (bounded by --max-field-bytes, or the file limit).
             continue;
         }
         match write_stream(svc, &tmp, field, limit).await {
@@ -472,11 +511,27 @@ fn kind_tag(kind: FileKind) -> &'static str {
     }
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError, limit: u64) -> Error {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Error::TooLarge(format!("Payload too large: the limit is {limit} bytes"))
-    } else {
-        Error::InvalidInput(format!("Malformed multipart upload: {}", e.body_text()))
+fn too_large(limit: u64) -> Error {
+    Error::TooLarge(format!("Payload too large: the limit is {limit} bytes"))
+}
+
+fn multipart_error(e: multer::Error, limit: u64) -> Error {
+    match e {
+        multer::Error::StreamReadFailed(cause) => {
+            match cause.downcast::<super::upload::Refused>() {
+                Ok(refused) => refused.0,
+                Err(cause) => Error::InvalidInput(format!("could not read the upload: {cause}")),
+            }
+        }
+        multer::Error::FieldSizeExceeded {
+            limit: field,
+            field_name,
+        } => Error::TooLarge(format!(
+            "Payload too large: field {:?} is limited to {field} bytes",
+            field_name.unwrap_or_default()
+        )),
+        multer::Error::StreamSizeExceeded { .. } => too_large(limit),
+        other => Error::InvalidInput(format!("Malformed multipart upload: {other}")),
     }
 }
 
@@ -500,7 +555,7 @@ async fn blocking<T: Send + 'static>(
 async fn write_stream(
     svc: &Services,
     path: &FsPath,
-    mut field: axum::extract::multipart::Field<'_>,
+    mut field: multer::Field<'_>,
     limit: u64,
 ) -> Result<u64> {
     let (fs, at) = (svc.fs.clone(), path.to_path_buf());
@@ -513,9 +568,7 @@ async fn write_stream(
         if let Some(chunk) = &chunk {
             size += chunk.len() as u64;
             if size > limit {
-                return Err(Error::TooLarge(format!(
-                    "Payload too large: the limit is {limit} bytes"
-                )));
+                return Err(too_large(limit));
             }
             buf.extend_from_slice(chunk);
         }

@@ -86,6 +86,47 @@ pub fn json_object_body(body: &[u8]) -> Result<Map<String, Value>> {
     }
 }
 
+/// Checks a queue name wherever one enters (submission, `queue=` parameters, paths,
+/// advertisements, images, agent records): 1 to [`MAX_NAME`] bytes, not only whitespace,
+/// no control characters (NUL, C0, DEL, C1) and no bidirectional-text controls (which
+/// make a name display as another). Returns a 400 naming the problem.
+pub fn check_queue_name(name: &str) -> Result<()> {
+    let bad = |why: String| {
+        Err(Error::InvalidInput(format!(
+            "Invalid queue name {}: {why}",
+            serde_json::Value::from(name.chars().take(64).collect::<String>())
+        )))
+    };
+    if name.is_empty() {
+        return bad("it is empty".into());
+    }
+    if name.len() > MAX_NAME {
+        return bad(format!("it is longer than {MAX_NAME} bytes"));
+    }
+    if name.trim().is_empty() {
+        return bad("it is only whitespace".into());
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return bad(format!(
+            "it contains the control character U+{:04X}",
+            c as u32
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| is_bidi_control(*c)) {
+        return bad(format!(
+            "it contains the bidirectional text control U+{:04X}",
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
+/// Unicode's bidirectional formatting characters (UAX #9): marks, embeddings, overrides,
+/// isolates.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Validates a submission body and builds what the registry needs.
 ///
 /// The body must be a JSON object with a non-empty `job_queue` (else 400, as the original
@@ -116,6 +157,7 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
                 "{INVALID_JOB}: job_queue is empty"
             )))
         }
+        Some(Value::String(q)) => check_queue_name(q)?,
         _ => {}
     }
     if job

@@ -1,5 +1,5 @@
 //! The crate's one error type. Each variant is a distinct decision for the server: retry later
-//! (`NoSpace`), reject the request (`TooLarge`), refuse to start (`Corrupt`, `Apply`, `Locked`), or
+//! (`NoSpace`, `Deferred`), reject the request (`TooLarge`), refuse to start (`Corrupt`, `Apply`, `Locked`), or
 //! stop writing and restart (`Io`, `Poisoned`).
 
 use std::fmt;
@@ -41,6 +41,17 @@ pub enum Error {
     Poisoned,
     /// A new segment could not be allocated; nothing was written and the log is still usable.
     NoSpace,
+    /// A new segment could not be made right now for a reason that may pass (out of file
+    /// descriptors or memory, permission denied, read-only or full filesystem), or its directory
+    /// entry could not be synced because the directory could not even be opened. The first
+    /// `written` payloads of the batch are durable (LSNs from the batch's first on); nothing after
+    /// them was written, and the log is not poisoned: retry the rest of the batch later.
+    Deferred {
+        /// Payloads of the batch that are durable.
+        written: usize,
+        /// What failed (an [`Error::Io`]).
+        source: Box<Error>,
+    },
     /// Another process holds the directory's lock.
     Locked(PathBuf),
     /// The replay callback rejected a checksum-valid record: a bug or version skew, never a torn
@@ -67,9 +78,44 @@ impl Error {
         }
     }
 
-    /// True for an OS "no space left on device".
-    pub(crate) fn is_no_space(&self) -> bool {
-        matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+    /// True for an OS "no space left on device" (or over quota).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::NoSpace => true,
+            Error::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            Error::Deferred { source, .. } => source.is_no_space(),
+            _ => false,
+        }
+    }
+
+    /// True for an OS error that means the call was refused before it did anything and may
+    /// succeed later: out of descriptors or memory, permission denied, read-only or full
+    /// filesystem. Used only for calls whose failure cannot lose data already written.
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if matches!(
+            source.raw_os_error(),
+            Some(
+                libc::EMFILE
+                    | libc::ENFILE
+                    | libc::ENOMEM
+                    | libc::EACCES
+                    | libc::EPERM
+                    | libc::EROFS
+                    | libc::ENOSPC
+                    | libc::EDQUOT
+            )
+        ))
+    }
+
+    /// True for an OS error that only opening a file or directory produces (the descriptor or
+    /// permission was refused), so a directory sync that failed this way never reached the disk.
+    pub(crate) fn is_open_refused(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if matches!(
+            source.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EACCES)
+        ))
     }
 }
 
@@ -96,6 +142,10 @@ impl fmt::Display for Error {
                 "wal: an earlier write or sync failed; restart to recover from disk"
             ),
             Error::NoSpace => write!(f, "wal: no space left for a new segment"),
+            Error::Deferred { written, source } => write!(
+                f,
+                "{source}; the log is intact and will retry ({written} records of the batch written)"
+            ),
             Error::Locked(dir) => {
                 write!(f, "wal: {} is locked by another process", dir.display())
             }
@@ -117,6 +167,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
+            Error::Deferred { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }

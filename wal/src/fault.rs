@@ -226,6 +226,10 @@ pub enum Fault {
     Io,
     /// `ENOSPC`: the disk is full.
     NoSpace,
+    /// `EMFILE`: the process is out of file descriptors.
+    TooManyFiles,
+    /// `EACCES`: permission denied (a read-only data directory).
+    Denied,
 }
 
 impl Fault {
@@ -233,6 +237,8 @@ impl Fault {
         io::Error::from_raw_os_error(match self {
             Fault::Io => libc::EIO,
             Fault::NoSpace => libc::ENOSPC,
+            Fault::TooManyFiles => libc::EMFILE,
+            Fault::Denied => libc::EACCES,
         })
     }
 }

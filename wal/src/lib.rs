@@ -43,8 +43,15 @@
 //!   rename it to `{first_lsn:020}.wal`, fsync the directory, then preallocate the next spare. Keeping
 //!   a spare means the log can always grow by one segment, so the server can refuse *new* work while
 //!   space is short and still record cancels and results.
-//! - Any write, sync or rename error poisons the [`Wal`]: a failed fsync may have dropped dirty pages,
-//!   so retrying it could report success for lost data ("fsyncgate"). Restart and replay recover.
+//! - A failed write or sync of records, a rename that failed with an I/O error (done or not?) and a
+//!   directory fsync that ran and failed poison the [`Wal`]: a failed fsync may have dropped dirty
+//!   pages, so retrying it could report success for lost data ("fsyncgate"). Restart and replay
+//!   recover.
+//! - Failing to *make* a new segment is not fatal: until its rename the spare is a file replay
+//!   ignores, so a failed create, allocate, header write or sync of it, a refused rename (`EACCES`,
+//!   `EROFS`, `EMFILE`...) or a directory that cannot be opened for its fsync leave the log as it
+//!   was. [`Wal::append_batch`] answers [`Error::NoSpace`] or [`Error::Deferred`] and the caller
+//!   retries the rest of the batch later.
 //! - Snapshot: write `….snap.tmp` and fsync it (from any thread, see [`SnapshotWriter`]), then
 //!   rename, fsync the directory; only then delete older
 //!   snapshots and the segments the snapshot covers.

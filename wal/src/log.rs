@@ -73,12 +73,13 @@ struct Active {
     dirty: bool,
 }
 
-/// How far a failed rotation got: before the rename nothing visible changed.
+/// What a failed rotation means for the log.
 enum RotateError {
-    /// Nothing on disk changed that replay would see.
-    BeforeRename(Error),
-    /// The directory may have changed.
-    AfterRename(Error),
+    /// Nothing the log relies on changed (the new segment was being prepared, or its rename was
+    /// refused, or its directory could not even be opened for the sync): retry later.
+    Retry(Error),
+    /// Records or the directory may be in an unknown state: poison.
+    Fatal(Error),
 }
 
 impl Wal {
@@ -275,9 +276,10 @@ impl Wal {
     /// Appends `payloads` as consecutive records and makes them durable; returns their LSNs.
     ///
     /// One write per segment touched, then one `sync_data`. Returns [`Error::TooLarge`] (writing
-    /// nothing) for an empty or oversized payload, and [`Error::NoSpace`] (writing nothing, not
-    /// poisoned) when a new segment is needed first and cannot be allocated. Any other failure
-    /// poisons the log.
+    /// nothing) for an empty or oversized payload. When a new segment is needed and cannot be made
+    /// now, returns [`Error::NoSpace`] (disk full, nothing written) or [`Error::Deferred`] (any
+    /// other passing cause, or a disk that filled mid-batch: the first `written` payloads are
+    /// durable), without poisoning: retry the rest later. Any other failure poisons the log.
     ///
     /// # Panics
     /// If [`Wal::replay`] has not been called.
@@ -297,14 +299,21 @@ impl Wal {
         if buf.capacity() <= KEEP_BUFFER {
             self.buf = buf;
         }
-        let last = written?;
+        let (last, outcome) = match written {
+            Ok(last) => (last, Ok(first..=last)),
+            Err(e @ Error::Deferred { written, .. }) => (first + written as u64 - 1, Err(e)),
+            Err(e) => return Err(e),
+        };
         if last >= first {
-            let bytes = payloads.iter().map(|p| frame_len(p.len())).sum();
+            let bytes = payloads[..(last + 1 - first) as usize]
+                .iter()
+                .map(|p| frame_len(p.len()))
+                .sum();
             self.unsnapshotted.push_back((last, bytes));
             self.unsnapshotted_bytes += bytes;
         }
         self.last_lsn = last;
-        Ok(first..=last)
+        outcome
     }
 
     /// True when the next rotation cannot run out of space: a spare segment is preallocated, or
@@ -313,7 +322,9 @@ impl Wal {
         !self.prealloc || self.spare.is_some()
     }
 
-    /// Tries to preallocate the spare segment again; `Ok(false)` if the disk is still full.
+    /// Tries to preallocate the spare segment again; `Ok(false)` if the disk is still full, an
+    /// error (without poisoning: the spare holds no records) for any other cause, such as running
+    /// out of file descriptors.
     pub fn try_reserve(&mut self) -> Result<bool, Error> {
         if self.poisoned {
             return Err(Error::Poisoned);
@@ -327,7 +338,7 @@ impl Wal {
                 Ok(true)
             }
             Err(e) if e.is_no_space() => Ok(false),
-            Err(e) => Err(self.poison(e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -532,13 +543,13 @@ impl Wal {
         // anything is written. Only a batch larger than a segment is split across segments.
         let total = payloads.iter().map(|p| frame_len(p.len())).sum();
         if !payloads.is_empty() && self.must_rotate(0, total) {
-            self.rotate(first, false)?;
+            self.rotate(first, 0)?;
         }
         let mut lsn = first;
         for payload in payloads {
             if self.must_rotate(buf.len() as u64, frame_len(payload.len())) {
                 self.flush(buf)?;
-                self.rotate(lsn, lsn != first)?;
+                self.rotate(lsn, (lsn - first) as usize)?;
             }
             frame::encode(lsn, payload, buf);
             lsn += 1;
@@ -585,34 +596,40 @@ impl Wal {
         Ok(())
     }
 
-    /// Makes a new segment starting at `first_lsn` the active one. A full disk before the rename
-    /// is [`Error::NoSpace`] without poisoning, but only if `batch_started` is false: otherwise
-    /// part of the batch is already on disk unacknowledged, and only a replay sorts that out.
-    fn rotate(&mut self, first_lsn: Lsn, batch_started: bool) -> Result<(), Error> {
+    /// Makes a new segment starting at `first_lsn` the active one, `written` records into the
+    /// batch (all of them durable: the old segment is synced before anything else). A failure
+    /// that changed nothing the log relies on is [`Error::NoSpace`] (a full disk before anything
+    /// of the batch was written) or [`Error::Deferred`]; any other failure poisons.
+    fn rotate(&mut self, first_lsn: Lsn, written: usize) -> Result<(), Error> {
         match self.try_rotate(first_lsn) {
             Ok(()) => Ok(()),
-            Err(RotateError::BeforeRename(e)) if e.is_no_space() && !batch_started => {
-                Err(Error::NoSpace)
-            }
-            Err(RotateError::BeforeRename(e) | RotateError::AfterRename(e)) => Err(self.poison(e)),
+            Err(RotateError::Retry(e)) if written == 0 && e.is_no_space() => Err(Error::NoSpace),
+            Err(RotateError::Retry(e)) => Err(Error::Deferred {
+                written,
+                source: Box::new(e),
+            }),
+            Err(RotateError::Fatal(e)) => Err(self.poison(e)),
         }
     }
 
     fn try_rotate(&mut self, first_lsn: Lsn) -> Result<(), RotateError> {
-        use RotateError::{AfterRename, BeforeRename};
+        use RotateError::{Fatal, Retry};
         // Once a newer segment exists, damage in this one is corruption, not a torn tail: its
-        // records must be durable first.
+        // records must be durable first. This sync is of records: its failure is fatal.
         if let Some(active) = self.active.as_mut().filter(|a| a.dirty) {
             active
                 .file
                 .sync_data()
-                .map_err(|e| AfterRename(Error::io("sync_data", &active.path, e)))?;
+                .map_err(|e| Fatal(Error::io("sync_data", &active.path, e)))?;
             active.dirty = false;
         }
+        // Until the rename the new file is only `next.spare`, which replay ignores: whatever
+        // goes wrong preparing it (no descriptor, no space, a failed header write or sync)
+        // loses nothing, so the spare is discarded and the rotation retried later.
         let spare_path = self.dir.join(SPARE);
         let mut file = match self.spare.take() {
             Some(file) => file,
-            None => self.create_spare().map_err(BeforeRename)?,
+            None => self.create_spare().map_err(Retry)?,
         };
         // The header is durable before the name appears, so a named segment always has one.
         let header = frame::encode_header(first_lsn);
@@ -626,15 +643,33 @@ impl Wal {
         if let Err(e) = prepared {
             drop(file);
             let _ = self.fs.remove(&spare_path);
-            return Err(BeforeRename(e));
+            return Err(Retry(e));
         }
         let path = self.dir.join(segment_name(first_lsn));
-        self.fs
-            .rename(&spare_path, &path)
-            .map_err(|e| AfterRename(Error::io("rename", &spare_path, e)))?;
-        self.fs
-            .sync_dir(&self.dir)
-            .map_err(|e| AfterRename(Error::io("sync_dir", &self.dir, e)))?;
+        if let Err(e) = self.fs.rename(&spare_path, &path) {
+            let e = Error::io("rename", &spare_path, e);
+            if !e.is_transient() {
+                // An I/O error may leave the rename done or not: only replay can tell.
+                return Err(Fatal(e));
+            }
+            // Refused (read-only directory, permissions...): nothing moved; keep the spare.
+            self.spare = Some(file);
+            return Err(Retry(e));
+        }
+        // A directory that could not be opened was never synced: the segment is named but
+        // empty, and the retry renames a fresh spare over it. A sync that ran and failed may
+        // have lost the entry: fatal.
+        self.fs.sync_dir(&self.dir).map_err(|e| {
+            let e = Error::io("sync_dir", &self.dir, e);
+            if e.is_open_refused() {
+                // Best effort: if the retry finds the old segment roomy after all, no empty
+                // segment may sit after it.
+                let _ = self.fs.remove(&path);
+                Retry(e)
+            } else {
+                Fatal(e)
+            }
+        })?;
         self.segments.push(Segment {
             first_lsn,
             path: path.clone(),
@@ -646,11 +681,10 @@ impl Wal {
             dirty: false,
         });
         // Reserve the next rotation's space now, while a full disk can still be reported calmly.
+        // Failing to is never fatal: the next rotation (or `try_reserve`) makes one.
         if self.prealloc {
-            match self.create_spare() {
-                Ok(spare) => self.spare = Some(spare),
-                Err(e) if e.is_no_space() => {}
-                Err(e) => return Err(AfterRename(e)),
+            if let Ok(spare) = self.create_spare() {
+                self.spare = Some(spare);
             }
         }
         Ok(())

@@ -284,6 +284,12 @@ fn run_with_fault(op: Op, nth: u64, fault: Fault) -> bool {
                     }
                     // Nothing written, not poisoned: the same batch can be retried.
                     Err(Error::NoSpace) => assert_eq!(wal.last_lsn(), next - 1),
+                    // The first `written` are durable; the rest is retried.
+                    Err(Error::Deferred { written, .. }) => {
+                        assert_eq!(wal.last_lsn(), next - 1 + written as Lsn);
+                        acked.extend(batch.into_iter().take(written));
+                        next += written as Lsn;
+                    }
                     Err(e) => {
                         assert!(matches!(e, Error::Io { .. }), "{op:?}#{nth}: {e}");
                         assert!(matches!(wal.append_batch(&refs), Err(Error::Poisoned)));
@@ -336,7 +342,12 @@ fn run_with_fault(op: Op, nth: u64, fault: Fault) -> bool {
 #[test]
 fn a_failure_at_any_step_keeps_every_acknowledged_record() {
     for op in [Op::Write, Op::Sync, Op::Rename, Op::Create, Op::Allocate] {
-        for fault in [Fault::Io, Fault::NoSpace] {
+        for fault in [
+            Fault::Io,
+            Fault::NoSpace,
+            Fault::TooManyFiles,
+            Fault::Denied,
+        ] {
             let mut nth = 1;
             while run_with_fault(op, nth, fault) {
                 nth += 1;
@@ -396,23 +407,94 @@ fn a_failed_rotation_rename_poisons_and_reopen_has_the_acked_records() {
 }
 
 #[test]
-fn a_failed_create_or_allocate_poisons() {
-    for op in [Op::Create, Op::Allocate] {
+fn a_failed_create_or_allocate_of_a_new_segment_is_retried_without_poisoning() {
+    for (op, fault) in [
+        (Op::Create, Fault::TooManyFiles),
+        (Op::Create, Fault::Denied),
+        (Op::Create, Fault::Io),
+        (Op::Allocate, Fault::Io),
+        (Op::Rename, Fault::Denied),
+        (Op::Rename, Fault::TooManyFiles),
+    ] {
         let (mem, faulty, mut wal) = faulty_log(5);
-        faulty.fail_nth(op, 1, Fault::Io);
+        faulty.fail_always(op, fault);
         let mut next = 6;
-        let err = loop {
+        // Rotations fail for as long as the cause lasts; nothing is poisoned.
+        let mut refusals = 0;
+        while refusals < 3 {
             match wal.append_batch(&[&payload(next)]) {
                 Ok(_) => next += 1,
-                Err(e) => break e,
+                Err(Error::Deferred { written: 0, .. }) => refusals += 1,
+                Err(e) => panic!("{op:?} {fault:?}: {e}"),
             }
-        };
-        assert!(matches!(err, Error::Io { .. }), "{op:?}: {err}");
-        assert!(matches!(wal.append_batch(&[b"x"]), Err(Error::Poisoned)));
+            assert!(next < 1000, "{op:?} {fault:?}: the fault never fired");
+        }
+        assert_eq!(wal.last_lsn(), next - 1, "{op:?} {fault:?}");
+        // The cause goes away: the same log carries on, no restart needed.
+        faulty.clear();
+        append(&mut wal, next..=next + 20);
+        assert!(wal.space_reserved(), "{op:?} {fault:?}");
+        drop(wal);
+        assert_eq!(reopened(&mem), expected(1..=next + 20), "{op:?} {fault:?}");
+    }
+}
+
+#[test]
+fn a_directory_that_cannot_be_opened_for_its_sync_is_retried_but_a_failed_sync_is_fatal() {
+    // sync_dir is the first Sync of a rotation after the header's (the old segment is clean
+    // after an acknowledged batch): fail the directory's by failing every sync for a while.
+    for (fault, fatal) in [(Fault::TooManyFiles, false), (Fault::Io, true)] {
+        let (mem, faulty, mut wal) = faulty_log(5);
+        let mut next = 6;
+        let segs = segments(&mem).len();
+        // Fill the active segment up to the rotation point.
+        loop {
+            wal.append_batch(&[&payload(next)]).unwrap();
+            next += 1;
+            if segments(&mem).len() > segs {
+                break;
+            }
+        }
+        let segs = segments(&mem).len();
+        loop {
+            let before = faulty.calls(Op::Rename);
+            faulty.fail_nth(Op::Sync, 2, fault);
+            let outcome = wal.append_batch(&[&payload(next)]);
+            if faulty.calls(Op::Rename) > before {
+                match outcome {
+                    Err(Error::Deferred { written: 0, .. }) if !fatal => {}
+                    Err(Error::Io { op: "sync_dir", .. }) if fatal => {
+                        assert!(matches!(wal.append_batch(&[b"x"]), Err(Error::Poisoned)));
+                        break;
+                    }
+                    other => panic!("{fault:?}: {other:?}"),
+                }
+                assert_eq!(segments(&mem).len(), segs, "no half-made segment is left");
+                faulty.clear();
+                append(&mut wal, next..=next + 20);
+                next += 21;
+                break;
+            }
+            faulty.clear();
+            outcome.unwrap();
+            next += 1;
+        }
         drop(wal);
         let records = reopened(&mem);
-        assert!(records.starts_with(&expected(1..=next - 1)), "{op:?}");
-        assert!(records.len() as u64 <= next, "{op:?}");
+        assert!(records.starts_with(&expected(1..=next - 1)), "{fault:?}");
+    }
+}
+
+#[test]
+fn a_failed_write_or_sync_of_records_stays_fatal_whatever_the_error() {
+    for fault in [Fault::TooManyFiles, Fault::Denied, Fault::NoSpace] {
+        for op in [Op::Write, Op::Sync] {
+            let (_mem, faulty, mut wal) = faulty_log(5);
+            faulty.fail_nth(op, 1, fault);
+            let err = wal.append_batch(&[&payload(6)]).unwrap_err();
+            assert!(matches!(err, Error::Io { .. }), "{op:?} {fault:?}: {err}");
+            assert!(matches!(wal.append_batch(&[b"x"]), Err(Error::Poisoned)));
+        }
     }
 }
 
