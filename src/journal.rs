@@ -613,10 +613,12 @@ impl Writer {
         let slices: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
         match self.wal.append_batch(&slices) {
             Ok(range) => {
+                // Cleared before anyone is told: a client answered now may send its next
+                // change at once, and must not find the stall it just waited out.
+                self.set_deferred(None);
                 self.inner.mark.send_modify(|m| m.durable = *range.end());
                 tell(waiters.drain(..), true);
                 batch.clear();
-                self.set_deferred(None);
             }
             Err(e @ (wal::Error::NoSpace | wal::Error::Deferred { .. })) => {
                 // Nothing the log holds is at risk: keep what was not written and retry.

@@ -623,13 +623,21 @@ impl Wal {
                 .map_err(|e| Fatal(Error::io("sync_data", &active.path, e)))?;
             active.dirty = false;
         }
-        // Until the rename the new file is only `next.spare`, which replay ignores: whatever
-        // goes wrong preparing it (no descriptor, no space, a failed header write or sync)
-        // loses nothing, so the spare is discarded and the rotation retried later.
+        // Until the rename the new file is only `next.spare`, which replay ignores: a refusal
+        // preparing it (no descriptor, no permission, no space) loses nothing, so the spare
+        // is discarded and the rotation retried later. An I/O error (EIO) says the device
+        // itself is failing: like a failed sync of records, that is not retried.
+        let retry_unless_device = |e: Error| {
+            if e.is_transient() {
+                Retry(e)
+            } else {
+                Fatal(e)
+            }
+        };
         let spare_path = self.dir.join(SPARE);
         let mut file = match self.spare.take() {
             Some(file) => file,
-            None => self.create_spare().map_err(Retry)?,
+            None => self.create_spare().map_err(retry_unless_device)?,
         };
         // The header is durable before the name appears, so a named segment always has one.
         let header = frame::encode_header(first_lsn);
@@ -643,7 +651,7 @@ impl Wal {
         if let Err(e) = prepared {
             drop(file);
             let _ = self.fs.remove(&spare_path);
-            return Err(Retry(e));
+            return Err(retry_unless_device(e));
         }
         let path = self.dir.join(segment_name(first_lsn));
         if let Err(e) = self.fs.rename(&spare_path, &path) {

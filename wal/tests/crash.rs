@@ -411,8 +411,6 @@ fn a_failed_create_or_allocate_of_a_new_segment_is_retried_without_poisoning() {
     for (op, fault) in [
         (Op::Create, Fault::TooManyFiles),
         (Op::Create, Fault::Denied),
-        (Op::Create, Fault::Io),
-        (Op::Allocate, Fault::Io),
         (Op::Rename, Fault::Denied),
         (Op::Rename, Fault::TooManyFiles),
     ] {
@@ -436,6 +434,33 @@ fn a_failed_create_or_allocate_of_a_new_segment_is_retried_without_poisoning() {
         assert!(wal.space_reserved(), "{op:?} {fault:?}");
         drop(wal);
         assert_eq!(reopened(&mem), expected(1..=next + 20), "{op:?} {fault:?}");
+    }
+}
+
+#[test]
+fn a_device_error_making_a_new_segment_poisons_the_log() {
+    // EIO is the device failing, not a refusal: retrying would hold every later change
+    // against a disk that may never answer again.
+    for op in [Op::Create, Op::Allocate] {
+        let (_mem, faulty, mut wal) = faulty_log(5);
+        faulty.fail_always(op, Fault::Io);
+        let mut next = 6;
+        let error = loop {
+            match wal.append_batch(&[&payload(next)]) {
+                Ok(_) => next += 1,
+                Err(e) => break e,
+            }
+            assert!(next < 1000, "{op:?}: the fault never fired");
+        };
+        assert!(
+            !matches!(error, Error::Deferred { .. } | Error::NoSpace),
+            "{op:?}: {error}"
+        );
+        faulty.clear();
+        assert!(
+            matches!(wal.append_batch(&[&payload(next)]), Err(Error::Poisoned)),
+            "{op:?}: the log goes on after a device error"
+        );
     }
 }
 
