@@ -67,6 +67,14 @@ pub struct Config {
     pub wal_truncate_corruption: bool,
     /// Most connections served at once; more wait in the accept queue.
     pub max_connections: usize,
+    /// Most requests in flight to one actor (registry, results, artifacts, agents) at
+    /// once; beyond it a request is refused with 503 before anything is done.
+    pub max_pending: usize,
+    /// Total bytes kept for ids no job has (results, logs and artifacts posted for
+    /// them); beyond it such posts are refused with 507.
+    pub orphan_quota_bytes: u64,
+    /// A queue's actor is stopped once the queue has had no waiting job this long.
+    pub queue_idle: Duration,
     /// Where the settings came from, for the start-up log line.
     pub source: String,
 }
@@ -86,6 +94,9 @@ impl Default for Config {
             retention: Duration::from_secs(7 * 24 * 3600),
             wal_truncate_corruption: false,
             max_connections: 10_000,
+            max_pending: 1024,
+            orphan_quota_bytes: 64 << 20,
+            queue_idle: Duration::from_secs(300),
             source: "defaults".into(),
         }
     }
@@ -174,6 +185,19 @@ pub struct ServeOpts {
     /// Most connections served at once [default: 10000].
     #[arg(long, env = "FLINGER_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Most requests in flight to one actor (registry, results, artifacts, agents); more
+    /// are refused with 503 before anything is done [default: 1024].
+    #[arg(long, env = "FLINGER_MAX_PENDING", value_name = "N")]
+    pub max_pending: Option<usize>,
+    /// Total bytes of results, logs and artifacts kept for job ids that no job has; more
+    /// is refused with 507; such data expires --retention-secs after its last write
+    /// [default: 64 MiB].
+    #[arg(long, env = "FLINGER_ORPHAN_QUOTA_BYTES", value_name = "BYTES")]
+    pub orphan_quota_bytes: Option<u64>,
+    /// Stop a queue's actor after the queue has had no waiting job for this many
+    /// seconds (the next job starts a new one) [default: 300].
+    #[arg(long, env = "FLINGER_QUEUE_IDLE_SECS", value_name = "SECS")]
+    pub queue_idle_secs: Option<u64>,
 }
 
 /// A problem with the config file.
@@ -210,6 +234,9 @@ const KNOWN_KEYS: &[&str] = &[
     "SNAPSHOT_BYTES",
     "RETENTION_SECS",
     "MAX_CONNECTIONS",
+    "MAX_PENDING",
+    "ORPHAN_QUOTA_BYTES",
+    "QUEUE_IDLE_SECS",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 const IGNORED_KEYS: &[&str] = &[
@@ -330,6 +357,11 @@ impl Config {
                     "SNAPSHOT_BYTES" => config.snapshot_bytes = num("a byte count")?,
                     "RETENTION_SECS" => config.retention = Duration::from_secs(num("seconds")?),
                     "MAX_CONNECTIONS" => config.max_connections = num("a count")? as usize,
+                    "MAX_PENDING" => config.max_pending = num("a count")? as usize,
+                    "ORPHAN_QUOTA_BYTES" => config.orphan_quota_bytes = num("a byte count")?,
+                    "QUEUE_IDLE_SECS" => {
+                        config.queue_idle = Duration::from_secs(num("seconds")?)
+                    }
                     k if IGNORED_KEYS.contains(&k) => warnings.push(format!(
                         "config key {k} is not used by flinger (no external store needed)"
                     )),
@@ -360,8 +392,13 @@ impl Config {
             max_artifact_bytes,
             segment_bytes,
             snapshot_bytes,
-            max_connections
+            max_connections,
+            max_pending,
+            orphan_quota_bytes
         );
+        if let Some(secs) = opts.queue_idle_secs {
+            config.queue_idle = Duration::from_secs(secs);
+        }
         if let Some(secs) = opts.retention_secs {
             config.retention = Duration::from_secs(secs);
         }
@@ -393,6 +430,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             return err("max connections must be at least 1".into());
+        }
+        if self.max_pending == 0 {
+            return err("max pending must be at least 1".into());
         }
         Ok(())
     }

@@ -274,6 +274,7 @@ pub fn open_with(
         state.registry =
             rmp_serde::from_slice(&doc.registry.state).map_err(|e| bad("registry", e))?;
         state.registry.intern_names();
+        state.registry.rebuild_index();
         state.results = rmp_serde::from_slice(&doc.results.state).map_err(|e| bad("results", e))?;
         state.files = rmp_serde::from_slice(&doc.files.state).map_err(|e| bad("files", e))?;
         state.agents = rmp_serde::from_slice(&doc.agents.state).map_err(|e| bad("agents", e))?;

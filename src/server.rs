@@ -8,16 +8,18 @@ use std::time::Duration;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use parking_lot::RwLock;
+use tower::ServiceExt;
 use ractor::Actor;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::actors::agents::AgentMsg;
 use crate::actors::files::FileMsg;
-use crate::actors::registry::RegistryMsg;
-use crate::actors::results::ResultMsg;
+use crate::actors::registry::{Jobs, RegistryMsg};
+use crate::actors::results::{ResultDocs, ResultMsg};
 use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
-use crate::actors::{ask, now, Handles, QueueDirectory, Services};
+use crate::actors::{ask, now, Door, Handles, OrphanQuota, QueueDirectory, Services};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::{self, SnapshotDoc};
@@ -78,11 +80,21 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
 
     let queues = QueueDirectory::default();
     let (fatal_tx, fatal) = mpsc::unbounded_channel();
+    let mut state = state;
+    let registry = Arc::new(RwLock::new(std::mem::take(&mut state.registry)));
+    let results = Arc::new(RwLock::new(std::mem::take(&mut state.results)));
+    let orphans = Arc::new(OrphanQuota::new(
+        config.orphan_quota_bytes,
+        config.retention.as_secs(),
+    ));
     let (supervisor, supervisor_handle) = Actor::spawn(
         None,
         Supervisor,
         SupervisorArgs {
             state,
+            registry: registry.clone(),
+            results: results.clone(),
+            orphans: orphans.clone(),
             journal: journal.clone(),
             queues: queues.clone(),
             files_dir: files_dir.clone(),
@@ -93,11 +105,15 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
     .map_err(|e| Error::Internal(format!("cannot start actors: {e}")))?;
     let refs = ask(&supervisor, SupervisorMsg::Refs).await?;
     tracing::info!(queues = queues.len(), "actors started");
+    let pending = config.max_pending;
     let services = Services::new(Handles {
-        registry: refs.registry,
-        results: refs.results,
-        files: refs.files,
-        agents: refs.agents,
+        registry: Door::new(refs.registry, pending, "job registry"),
+        jobs: Jobs::new(registry),
+        results: Door::new(refs.results, pending, "result store"),
+        result_docs: ResultDocs::new(results),
+        files: Door::new(refs.files, pending, "artifact store"),
+        agents: Door::new(refs.agents, pending, "agent store"),
+        orphans,
         queues,
         journal,
         config,
@@ -175,7 +191,16 @@ pub async fn serve(
             Some(why) = running.fatal.recv() => break Err(Error::Internal(why)),
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers that are for the operator only (deleting a job) check the peer.
+        let app = app
+            .clone()
+            .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
+            });
+        let service = TowerToHyperService::new(app);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -204,6 +229,10 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
     let every = (services.config.retention / 4).clamp(RETENTION_MIN_EVERY, RETENTION_MAX_EVERY);
     let mut retention = tokio::time::interval(every);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Idle queues are checked twice per idle period, so one stops within 1.5 of it.
+    let every = (services.config.queue_idle / 2).clamp(RETENTION_MIN_EVERY, RETENTION_MAX_EVERY);
+    let mut idle_queues = tokio::time::interval(every);
+    idle_queues.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             request = snapshot_requests.recv() => {
@@ -214,11 +243,23 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
                     tracing::warn!(error = %e, "snapshot failed; the log keeps growing until the next attempt");
                 }
             }
-            _ = retention.tick() => match expire(&services).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(jobs = n, "expired finished jobs past retention"),
-                Err(e) => tracing::warn!(error = %e, "retention pass failed"),
-            },
+            _ = retention.tick() => {
+                match expire(&services).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(jobs = n, "expired finished jobs past retention"),
+                    Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+                }
+                match expire_orphans(&services).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(ids = n, "expired data of ids without a job"),
+                    Err(e) => tracing::warn!(error = %e, "orphan expiry pass failed"),
+                }
+            }
+            _ = idle_queues.tick() => {
+                let _ = services
+                    .registry
+                    .cast(RegistryMsg::StopIdleQueues(services.config.queue_idle));
+            }
         }
     }
 }
@@ -228,10 +269,10 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
 pub async fn snapshot(services: &Services) -> Result<()> {
     let started = std::time::Instant::now();
     let (registry, results, files, agents) = tokio::join!(
-        ask(&services.registry, RegistryMsg::Snapshot),
-        ask(&services.results, ResultMsg::Snapshot),
-        ask(&services.files, FileMsg::Snapshot),
-        ask(&services.agents, AgentMsg::Snapshot),
+        ask(&*services.registry, RegistryMsg::Snapshot),
+        ask(&*services.results, ResultMsg::Snapshot),
+        ask(&*services.files, FileMsg::Snapshot),
+        ask(&*services.agents, AgentMsg::Snapshot),
     );
     let (registry, results, files, agents) = (registry?, results?, files?, agents?);
     let lsn = [registry.lsn, results.lsn, files.lsn, agents.lsn]
@@ -266,7 +307,7 @@ pub async fn snapshot(services: &Services) -> Result<()> {
 /// Removes finished jobs past retention, with their results, logs and files.
 pub async fn expire(services: &Services) -> Result<usize> {
     let cutoff = now().saturating_sub(services.config.retention.as_secs());
-    let Some((ids, expired)) = ask(&services.registry, |p| {
+    let Some((ids, expired)) = ask(&*services.registry, |p| {
         RegistryMsg::Expire(cutoff, RETENTION_BATCH, p)
     })
     .await??
@@ -274,9 +315,23 @@ pub async fn expire(services: &Services) -> Result<usize> {
         return Ok(0);
     };
     let count = ids.len();
-    let results = ask(&services.results, |p| ResultMsg::Expire(ids.clone(), p)).await??;
-    let files = ask(&services.files, |p| FileMsg::Expire(ids, p)).await??;
+    let results = ask(&*services.results, |p| ResultMsg::Expire(ids.clone(), p)).await??;
+    let files = ask(&*services.files, |p| FileMsg::Expire(ids, p)).await??;
     for ticket in [expired, results, files] {
+        services.journal.durable(ticket).await?;
+    }
+    Ok(count)
+}
+
+/// Removes results, logs and files of ids no job has, a retention period after their
+/// last write. Returns how many ids' data went (counted once per partition).
+pub async fn expire_orphans(services: &Services) -> Result<usize> {
+    let cutoff = now().saturating_sub(services.config.retention.as_secs());
+    let results = ask(&*services.results, |p| ResultMsg::ExpireOrphans(cutoff, p)).await??;
+    let files = ask(&*services.files, |p| FileMsg::ExpireOrphans(cutoff, p)).await??;
+    let mut count = 0;
+    for (n, ticket) in results.into_iter().chain(files) {
+        count += n;
         services.journal.durable(ticket).await?;
     }
     Ok(count)

@@ -20,6 +20,7 @@ use crate::actors::registry::RegistryMsg;
 use crate::actors::results::{FragmentPost, LogQuery, ResultMsg};
 use crate::actors::{ask, Services};
 use crate::error::{Error, Result};
+use crate::model::results::Fields;
 use crate::model::{FileKind, JobId, LogKind, Name};
 
 /// `POST /v1/result/<id>`: merge top-level fields into the job's result.
@@ -68,46 +69,51 @@ pub async fn result_post(
 }
 
 /// `GET /v1/result/<id>`: the result document, with the registry's `job_state`.
+///
+/// The stored members are copied out as JSON text and written back as they are: only
+/// `status` (for `<phase>_status`) is parsed.
 pub async fn result_get(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
     let id = path_id(&id)?;
-    let (job, view) = tokio::join!(
-        ask(&svc.registry, |p| RegistryMsg::Get(id, p)),
-        ask(&svc.results, |p| ResultMsg::View(id, p))
-    );
-    let (job, view) = (job?, view?);
+    let job = svc.jobs.get(id);
+    let view = svc.result_docs.view(id).await;
     if job.is_none() && view.as_ref().is_none_or(|v| v.fields.is_none()) {
         return Ok(no_content());
     }
-    let fields: Map<String, Value> = view
-        .as_ref()
-        .and_then(|v| v.fields.as_ref())
-        .and_then(|f| serde_json::from_slice(f).ok())
-        .unwrap_or_default();
-    let mut result = match job {
-        // The registry owns the lifecycle: its state wins over whatever was posted.
-        Some(job) => with_state(fields, &job.state),
-        None => fields,
+    let (mut result, logs) = match view {
+        Some(view) => (view.fields.unwrap_or_default(), view.logs),
+        None => (Fields::default(), Vec::new()),
     };
-    if let Some(view) = view {
-        add_phase_views(&mut result, view.logs);
+    // The registry owns the lifecycle: its state wins over whatever was posted (in
+    // place when posted, else first, where Testflinger's initial
+    // `{"job_state": "waiting"}` puts it).
+    if let Some(job) = job {
+        result.insert_first("job_state", json_text(&Value::from(job.state)));
     }
-    Ok(json_bytes(
-        StatusCode::OK,
-        Bytes::from(serde_json::to_vec(&result).expect("maps serialise")),
-    ))
+    add_phase_views(&mut result, logs);
+    Ok(json_bytes(StatusCode::OK, Bytes::from(result.to_json())))
+}
+
+fn json_text(value: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("JSON values serialise"))
 }
 
 /// Adds what current Testflinger clients read: `<phase>_status` from the posted
 /// `status` object, and `<phase>_output` / `<phase>_serial` from the log fragments.
 /// Fields an older agent posted under those names are kept as posted.
-fn add_phase_views(result: &mut Map<String, Value>, logs: Vec<(String, String)>) {
-    if let Some(Value::Object(status)) = result.get("status").cloned() {
-        for (phase, code) in status {
-            result.entry(format!("{phase}_status")).or_insert(code);
+fn add_phase_views(result: &mut Fields, logs: Vec<(String, String)>) {
+    let status = result
+        .get("status")
+        .and_then(|raw| serde_json::from_slice::<Map<String, Value>>(raw).ok());
+    for (phase, code) in status.into_iter().flatten() {
+        let key = format!("{phase}_status");
+        if result.get(&key).is_none() {
+            result.insert(&key, json_text(&code));
         }
     }
     for (key, text) in logs {
-        result.entry(key).or_insert(Value::from(text));
+        if result.get(&key).is_none() {
+            result.insert(&key, json_text(&Value::from(text)));
+        }
     }
 }
 
@@ -214,7 +220,7 @@ pub async fn log_get(
         phase: only,
     };
     let mut phases = Map::new();
-    for (phase, last, text) in ask(&svc.results, |p| ResultMsg::Log(id, kind, query, p)).await? {
+    for (phase, last, text) in svc.result_docs.log(id, kind, query).await {
         phases.insert(
             phase.into(),
             serde_json::json!({"last_fragment_number": last, "log_data": text}),
@@ -231,19 +237,6 @@ pub async fn log_get(
         StatusCode::OK,
         Bytes::from(serde_json::to_vec(&body).expect("maps serialise")),
     ))
-}
-
-/// `fields` with `job_state` set to `state`: in place when posted, else first (where
-/// Testflinger's initial `{"job_state": "waiting"}` puts it).
-fn with_state(mut fields: Map<String, Value>, state: &str) -> Map<String, Value> {
-    if let Some(slot) = fields.get_mut("job_state") {
-        *slot = Value::from(state);
-        return fields;
-    }
-    let mut result = Map::with_capacity(fields.len() + 1);
-    result.insert("job_state".into(), Value::from(state));
-    result.extend(fields);
-    result
 }
 
 /// `POST /v1/result/<id>/output`: append raw text to the job's output stream.
@@ -268,9 +261,7 @@ pub async fn output_post(
 
 /// The phase a legacy output chunk belongs to: the job's current phase, else `test`.
 async fn current_phase(svc: &Services, id: JobId) -> Result<Name> {
-    let state = ask(&svc.registry, |p| RegistryMsg::Get(id, p))
-        .await?
-        .map(|j| j.state);
+    let state = svc.jobs.get(id).map(|j| j.state);
     Ok(Name::from(
         state
             .as_deref()
@@ -323,13 +314,29 @@ pub async fn store_upload(
     kind: FileKind,
     request: Request,
 ) -> Result<()> {
+    // An id no job has may only take what is left of the orphan quota: refused before
+    // any byte is stored when nothing is.
+    let orphan = kind == FileKind::Artifact && svc.jobs.get(id).is_none();
+    let mut limit = svc.config.max_artifact_bytes;
+    if orphan {
+        let room = svc.orphans.room();
+        if room == 0 {
+            return Err(svc.orphans.full());
+        }
+        limit = limit.min(room);
+    }
+    let over_quota = |e: Error| match e {
+        Error::TooLarge(_) if orphan && limit < svc.config.max_artifact_bytes => {
+            svc.orphans.full()
+        }
+        e => e,
+    };
     let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
         Error::InvalidInput(format!(
             "Expected a multipart/form-data upload: {}",
             e.body_text()
         ))
     })?;
-    let limit = svc.config.max_artifact_bytes;
     let name = format!("{id}.{}.{}", kind_tag(kind), uuid::Uuid::new_v4().simple());
     let tmp = svc.files_dir.join(format!("tmp-{name}"));
     let mut stored = None;
@@ -349,7 +356,7 @@ pub async fn store_upload(
             Ok(size) => stored = Some(size),
             Err(e) => {
                 remove_quietly(&tmp).await;
-                return Err(e);
+                return Err(over_quota(e));
             }
         }
     }
@@ -365,16 +372,21 @@ pub async fn store_upload(
         remove_quietly(&tmp).await;
         return Err(e);
     }
-    let recorded = async {
-        let lsn = ask(&svc.files, |p| {
-            FileMsg::Stored(id, kind, name.into_boxed_str(), size, p)
-        })
-        .await??;
-        svc.journal.durable(lsn).await
+    let lsn = match ask(&svc.files, |p| {
+        FileMsg::Stored(id, kind, name.into_boxed_str(), size, p)
+    })
+    .await
+    {
+        Ok(Ok(lsn)) => lsn,
+        // Refused before anything was recorded (at the door, or over the orphan quota).
+        Ok(Err(e)) | Err(e) => {
+            remove_quietly(&path).await;
+            return Err(e);
+        }
     };
     // If this fails the file may stay unreferenced: start-up sweeps such files, and
     // deleting it here could race a record that becomes durable late.
-    recorded.await
+    svc.journal.durable(lsn).await
 }
 
 fn kind_tag(kind: FileKind) -> &'static str {

@@ -124,6 +124,9 @@ pub enum Event {
         timestamp: i64,
         /// The text (bytes as posted).
         data: Bytes,
+        /// Unix seconds it arrived (0 in logs written before it was recorded).
+        #[serde(default)]
+        at: u64,
     },
     /// A legacy `/output` read consumed the output fragments that had arrived so far.
     OutputRead {
@@ -187,6 +190,12 @@ pub enum Event {
         /// Unix seconds.
         at: u64,
     },
+    /// An operator deleted the job, whatever its state (its results and files go by
+    /// their own events).
+    JobDeleted {
+        /// The job.
+        id: JobId,
+    },
 }
 
 impl Event {
@@ -199,7 +208,8 @@ impl Event {
             | JobCancelled { .. }
             | JobStateReported { .. }
             | AttachmentsArrived { .. }
-            | JobsExpired { .. } => Partition::Registry,
+            | JobsExpired { .. }
+            | JobDeleted { .. } => Partition::Registry,
             ResultMerged { .. }
             | LogAppended { .. }
             | OutputRead { .. }
