@@ -75,6 +75,9 @@ pub struct Config {
     pub orphan_quota_bytes: u64,
     /// A queue's actor is stopped once the queue has had no waiting job this long.
     pub queue_idle: Duration,
+    /// Searches and queue listings that run at once; more wait their turn, so a flood of
+    /// them cannot take every CPU from other requests.
+    pub max_searches: usize,
     /// Where the settings came from, for the start-up log line.
     pub source: String,
 }
@@ -97,6 +100,7 @@ impl Default for Config {
             max_pending: 1024,
             orphan_quota_bytes: 64 << 20,
             queue_idle: Duration::from_secs(300),
+            max_searches: 1,
             source: "defaults".into(),
         }
     }
@@ -198,6 +202,10 @@ pub struct ServeOpts {
     /// seconds (the next job starts a new one) [default: 300].
     #[arg(long, env = "FLINGER_QUEUE_IDLE_SECS", value_name = "SECS")]
     pub queue_idle_secs: Option<u64>,
+    /// Job searches and queue listings served at once; more wait their turn (so a flood
+    /// of them leaves CPU to everything else) [default: 1].
+    #[arg(long, env = "FLINGER_MAX_SEARCHES", value_name = "N")]
+    pub max_searches: Option<usize>,
 }
 
 /// A problem with the config file.
@@ -237,6 +245,7 @@ const KNOWN_KEYS: &[&str] = &[
     "MAX_PENDING",
     "ORPHAN_QUOTA_BYTES",
     "QUEUE_IDLE_SECS",
+    "MAX_SEARCHES",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 const IGNORED_KEYS: &[&str] = &[
@@ -358,6 +367,7 @@ impl Config {
                     "RETENTION_SECS" => config.retention = Duration::from_secs(num("seconds")?),
                     "MAX_CONNECTIONS" => config.max_connections = num("a count")? as usize,
                     "MAX_PENDING" => config.max_pending = num("a count")? as usize,
+                    "MAX_SEARCHES" => config.max_searches = num("a count")? as usize,
                     "ORPHAN_QUOTA_BYTES" => config.orphan_quota_bytes = num("a byte count")?,
                     "QUEUE_IDLE_SECS" => {
                         config.queue_idle = Duration::from_secs(num("seconds")?)
@@ -394,7 +404,8 @@ impl Config {
             snapshot_bytes,
             max_connections,
             max_pending,
-            orphan_quota_bytes
+            orphan_quota_bytes,
+            max_searches
         );
         if let Some(secs) = opts.queue_idle_secs {
             config.queue_idle = Duration::from_secs(secs);
@@ -431,8 +442,8 @@ impl Config {
         if self.max_connections == 0 {
             return err("max connections must be at least 1".into());
         }
-        if self.max_pending == 0 {
-            return err("max pending must be at least 1".into());
+        if self.max_pending == 0 || self.max_searches == 0 {
+            return err("max pending and max searches must be at least 1".into());
         }
         Ok(())
     }

@@ -114,6 +114,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         files: Door::new(refs.files, pending, "artifact store"),
         agents: Door::new(refs.agents, pending, "agent store"),
         orphans,
+        searches: Arc::new(tokio::sync::Semaphore::new(config.max_searches)),
         queues,
         journal,
         config,

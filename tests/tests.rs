@@ -35,3 +35,8 @@ mod recovery;
 mod clients;
 // A disk failing under a running server (fsync and write errors through the WAL's seam).
 mod faults;
+// Reads beside writes (a search flood), and 503 meaning "not done" (bounded actor doors).
+mod isolation;
+// Everything kept has a bound or an expiry: orphan data quota and expiry, deleting a job,
+// idle queue actors.
+mod expiry;

@@ -354,6 +354,8 @@ pub struct Handles {
     pub journal: Journal,
     /// Room for data of ids no job has.
     pub orphans: Arc<OrphanQuota>,
+    /// Turns for searches and queue listings (`--max-searches`).
+    pub searches: Arc<Semaphore>,
     /// Limits and paths.
     pub config: Arc<Config>,
     /// Where uploaded files live.

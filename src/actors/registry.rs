@@ -313,6 +313,7 @@ impl RegistryState {
             self.waiting.remove(&queue);
             self.idle_since.remove(&queue);
             if let Some(actor) = self.queues.remove(&queue) {
+                tracing::info!(%queue, "stopped the actor of an idle queue");
                 actor.stop(Some(IDLE_STOP.into()));
             }
         }

@@ -300,7 +300,10 @@ pub async fn job_search(State(svc): State<Services>, request: Request) -> Result
         match_all,
         states,
     };
-    let jobs = svc.jobs.search(&search, limit).await;
+    let jobs = {
+        let _turn = svc.searches.acquire().await;
+        svc.jobs.search(&search, limit).await
+    };
     let list: Vec<Value> = jobs
         .into_iter()
         .map(|(id, job)| json!({"job_id": id.to_string(), "created_at": wire::iso_z(job.created_at), "job_state": job.state}))

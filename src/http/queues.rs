@@ -75,7 +75,10 @@ pub async fn queue_jobs_get(
     request: Request,
 ) -> Result<Response> {
     let limit = limit_param(&query_pairs(request.uri().query().unwrap_or("")))?;
-    let jobs = svc.jobs.list_queue(&queue, limit).await;
+    let jobs = {
+        let _turn = svc.searches.acquire().await;
+        svc.jobs.list_queue(&queue, limit).await
+    };
     if jobs.is_empty() {
         return Ok(no_content());
     }

@@ -403,6 +403,31 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_of_the_text_layout_decode_into_members() {
+        // The layout of snapshot version 2: the merged object as one JSON text.
+        #[derive(Serialize)]
+        struct OldDoc {
+            fields: Option<Bytes>,
+            output: LogStream,
+            serial: LogStream,
+            output_read: u64,
+        }
+        let old = OldDoc {
+            fields: Some(Bytes::from_static(br#"{"b":[1, 2],"a":{"x":null}}"#)),
+            output: LogStream::default(),
+            serial: LogStream::default(),
+            output_read: 3,
+        };
+        let doc: ResultDoc = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
+        let fields = doc.fields.clone().unwrap();
+        assert_eq!(&fields.to_json()[..], br#"{"b":[1, 2],"a":{"x":null}}"#);
+        assert_eq!((doc.output_read, doc.updated_at), (3, 0));
+        // And the new layout round-trips.
+        let again: ResultDoc = rmp_serde::from_slice(&rmp_serde::to_vec(&doc).unwrap()).unwrap();
+        assert_eq!(again.fields, Some(fields));
+    }
+
+    #[test]
     fn retried_fragments_are_stored_once() {
         let id = JobId::random();
         let mut results = Results::default();
