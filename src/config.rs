@@ -75,6 +75,8 @@ pub struct Config {
     pub orphan_quota_bytes: u64,
     /// A queue's actor is stopped once the queue has had no waiting job this long.
     pub queue_idle: Duration,
+    /// An agent's record is removed once the agent has not posted its data this long.
+    pub agent_expiry: Duration,
     /// Searches and queue listings that run at once; more wait their turn, so a flood of
     /// them cannot take every CPU from other requests.
     pub max_searches: usize,
@@ -101,6 +103,7 @@ impl Default for Config {
             orphan_quota_bytes: 64 << 20,
             queue_idle: Duration::from_secs(300),
             max_searches: 1,
+            agent_expiry: Duration::from_secs(7 * 24 * 3600),
             source: "defaults".into(),
         }
     }
@@ -202,6 +205,10 @@ pub struct ServeOpts {
     /// seconds (the next job starts a new one) [default: 300].
     #[arg(long, env = "FLINGER_QUEUE_IDLE_SECS", value_name = "SECS")]
     pub queue_idle_secs: Option<u64>,
+    /// Remove an agent's record after this many seconds without the agent posting its
+    /// data (`POST /v1/agents/data/<name>`) [default: 604800, 7 days].
+    #[arg(long, env = "FLINGER_AGENT_EXPIRY_SECS", value_name = "SECS")]
+    pub agent_expiry_secs: Option<u64>,
     /// Job searches and queue listings served at once; more wait their turn (so a flood
     /// of them leaves CPU to everything else) [default: 1].
     #[arg(long, env = "FLINGER_MAX_SEARCHES", value_name = "N")]
@@ -246,6 +253,7 @@ const KNOWN_KEYS: &[&str] = &[
     "ORPHAN_QUOTA_BYTES",
     "QUEUE_IDLE_SECS",
     "MAX_SEARCHES",
+    "AGENT_EXPIRY_SECS",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 const IGNORED_KEYS: &[&str] = &[
@@ -368,6 +376,9 @@ impl Config {
                     "MAX_CONNECTIONS" => config.max_connections = num("a count")? as usize,
                     "MAX_PENDING" => config.max_pending = num("a count")? as usize,
                     "MAX_SEARCHES" => config.max_searches = num("a count")? as usize,
+                    "AGENT_EXPIRY_SECS" => {
+                        config.agent_expiry = Duration::from_secs(num("seconds")?)
+                    }
                     "ORPHAN_QUOTA_BYTES" => config.orphan_quota_bytes = num("a byte count")?,
                     "QUEUE_IDLE_SECS" => {
                         config.queue_idle = Duration::from_secs(num("seconds")?)
@@ -407,6 +418,9 @@ impl Config {
             orphan_quota_bytes,
             max_searches
         );
+        if let Some(secs) = opts.agent_expiry_secs {
+            config.agent_expiry = Duration::from_secs(secs);
+        }
         if let Some(secs) = opts.queue_idle_secs {
             config.queue_idle = Duration::from_secs(secs);
         }

@@ -227,7 +227,8 @@ pub async fn serve(
 /// Writes snapshots when the WAL writer asks, and expires old jobs periodically, until
 /// the writer stops.
 async fn background_chores(services: Services, mut snapshot_requests: mpsc::UnboundedReceiver<()>) {
-    let every = (services.config.retention / 4).clamp(RETENTION_MIN_EVERY, RETENTION_MAX_EVERY);
+    let every = (services.config.retention.min(services.config.agent_expiry) / 4)
+        .clamp(RETENTION_MIN_EVERY, RETENTION_MAX_EVERY);
     let mut retention = tokio::time::interval(every);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Idle queues are checked twice per idle period, so one stops within 1.5 of it.
@@ -254,6 +255,11 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
                     Ok(0) => {}
                     Ok(n) => tracing::info!(ids = n, "expired data of ids without a job"),
                     Err(e) => tracing::warn!(error = %e, "orphan expiry pass failed"),
+                }
+                match expire_agents(&services).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(agents = n, "expired records of silent agents"),
+                    Err(e) => tracing::warn!(error = %e, "agent expiry pass failed"),
                 }
             }
             _ = idle_queues.tick() => {
@@ -322,6 +328,18 @@ pub async fn expire(services: &Services) -> Result<usize> {
         services.journal.durable(ticket).await?;
     }
     Ok(count)
+}
+
+/// Removes the records of agents that have not posted for `--agent-expiry-secs`.
+pub async fn expire_agents(services: &Services) -> Result<usize> {
+    let cutoff = now().saturating_sub(services.config.agent_expiry.as_secs());
+    match ask(&*services.agents, |p| AgentMsg::Expire(cutoff, p)).await?? {
+        Some((count, ticket)) => {
+            services.journal.durable(ticket).await?;
+            Ok(count)
+        }
+        None => Ok(0),
+    }
 }
 
 /// Removes results, logs and files of ids no job has, a retention period after their

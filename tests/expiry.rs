@@ -214,3 +214,26 @@ async fn idle_queue_actors_stop_and_the_next_job_starts_a_new_one() {
     assert_eq!(srv.position(&again).await.text(), "0");
     assert_eq!(srv.pop_id(&["once"]).await.as_deref(), Some(again.as_str()));
 }
+
+#[tokio::test]
+async fn agent_records_expire_when_the_agent_stays_silent() {
+    let mut srv = TestServer::start_with(&["--agent-expiry-secs", "3"]);
+    srv.post_json("/v1/agents/data/silent", &json!({"state": "waiting"}))
+        .await
+        .expect_status(200);
+    // An agent that keeps posting keeps its record.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        srv.post_json("/v1/agents/data/chatty", &json!({"state": "waiting"}))
+            .await
+            .expect_status(200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eventually("the silent agent's record expires", || async {
+        srv.get("/v1/agents/data/silent").await.status == 404
+    })
+    .await;
+    srv.get("/v1/agents/data/chatty").await.expect_status(200);
+    srv.restart();
+    srv.get("/v1/agents/data/silent").await.expect_error(404);
+}

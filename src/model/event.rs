@@ -195,6 +195,10 @@ pub enum Event {
     JobDeleted {
         /// The job.
         id: JobId,
+    },    /// Agent records without contact for the expiry period were removed.
+    AgentsExpired {
+        /// The agents.
+        names: Vec<Name>,
     },
 }
 
@@ -218,7 +222,8 @@ impl Event {
             QueuesAdvertised { .. }
             | ImagesAdvertised { .. }
             | AgentUpdated { .. }
-            | ProvisionLogged { .. } => Partition::Agents,
+            | ProvisionLogged { .. }
+            | AgentsExpired { .. } => Partition::Agents,
         }
     }
 }
