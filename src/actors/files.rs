@@ -107,7 +107,7 @@ impl FileState {
             .orphans
             .keys()
             .copied()
-            .filter(|id| self.jobs.get(*id).is_some())
+            .filter(|id| self.jobs.contains(*id))
             .collect();
         for id in adopted {
             self.discharge(id);
@@ -126,7 +126,7 @@ impl FileState {
     /// Records a stored file, charging an orphan's quota (a replaced file gives back its
     /// size once the replacement is recorded).
     fn stored(&mut self, id: JobId, kind: FileKind, file: Box<str>, size: u64) -> Result<Ticket> {
-        let orphan = self.jobs.get(id).is_none();
+        let orphan = !self.jobs.contains(id);
         let replaced = self.files.get(id, kind).map_or(0, |f| f.size);
         if orphan {
             if self.quota.reserve(size).is_err() {
@@ -168,7 +168,7 @@ impl Actor for FileActor {
     ) -> Result<FileState, ActorProcessingErr> {
         let mut orphans = FastMap::default();
         for (id, (bytes, _)) in args.files.by_id() {
-            if args.jobs.get(id).is_none() {
+            if !args.jobs.contains(id) {
                 args.orphans.charge(bytes);
                 orphans.insert(id, bytes);
             }

@@ -104,16 +104,29 @@ impl<M: ractor::Message> Callee<M> for Door<M> {
 
 /// Sends `msg` to `actor` and waits for the reply: refused (503, nothing sent) when the
 /// actor's door is full; never timed out once sent (see [`Door`]).
-pub async fn ask<M, T>(
-    actor: &impl Callee<M>,
+pub async fn ask<M, T>(actor: &impl Callee<M>, msg: impl FnOnce(RpcReplyPort<T>) -> M) -> Result<T>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    let pass = actor.admit()?;
+    ask_admitted(actor.actor(), pass, msg).await
+}
+
+/// [`ask`] for a request already let in (`pass` from [`Callee::admit`]): a handler
+/// that changes two partitions takes both passes first, so a refusal leaves both
+/// untouched.
+pub async fn ask_admitted<M, T>(
+    actor: &ActorRef<M>,
+    pass: Option<OwnedSemaphorePermit>,
     msg: impl FnOnce(RpcReplyPort<T>) -> M,
 ) -> Result<T>
 where
     M: ractor::Message,
     T: Send + 'static,
 {
-    let _pass = actor.admit()?;
-    match actor.actor().call(msg, None).await {
+    let _pass = pass;
+    match actor.call(msg, None).await {
         Ok(CallResult::Success(value)) => Ok(value),
         Ok(CallResult::Timeout) | Ok(CallResult::SenderError) | Err(_) => {
             Err(Error::Unavailable("the server is shutting down".into()))

@@ -157,6 +157,11 @@ impl Jobs {
         self.0.read().get(id).map(view)
     }
 
+    /// Whether a job has this id.
+    pub fn contains(&self, id: JobId) -> bool {
+        self.0.read().get(id).is_some()
+    }
+
     /// The job this agent holds without having reported on it.
     pub fn held_by(&self, agent: &str) -> Option<(JobId, JobView)> {
         self.0

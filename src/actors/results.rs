@@ -121,7 +121,7 @@ impl ResultState {
     /// Before recording `bytes` more for `id`: charges them to the orphan quota when no
     /// job has that id (refused when full). Returns whether it was charged.
     fn charge(&mut self, id: JobId, bytes: u64) -> Result<bool> {
-        if self.jobs.get(id).is_some() {
+        if self.jobs.contains(id) {
             return Ok(false);
         }
         if self.quota.reserve(bytes).is_err() {
@@ -146,7 +146,7 @@ impl ResultState {
             .orphans
             .keys()
             .copied()
-            .filter(|id| self.jobs.get(*id).is_some())
+            .filter(|id| self.jobs.contains(*id))
             .collect();
         for id in adopted {
             self.discharge(id);
@@ -223,6 +223,11 @@ impl ResultDocs {
         };
         let output = self.copy_stream(id, LogKind::Output).await;
         let serial = self.copy_stream(id, LogKind::Serial).await;
+        let large = [&output, &serial]
+            .iter()
+            .map(|s| s.as_ref().map_or(0, |s| s.fragments.len()))
+            .sum::<usize>()
+            > READ_STEP;
         let compose = move || {
             let mut logs = Vec::new();
             for (stream, suffix) in [(output, "output"), (serial, "serial")] {
@@ -237,7 +242,7 @@ impl ResultDocs {
             }
             ResultView { fields, logs }
         };
-        Some(off_runtime(compose).await)
+        Some(compose_off_runtime(compose, large).await)
     }
 
     /// One log stream, filtered, per phase: (phase, last fragment number or -1, text).
@@ -248,6 +253,9 @@ impl ResultDocs {
         query: LogQuery,
     ) -> Vec<(&'static str, i64, String)> {
         let stream = self.copy_stream(id, kind).await;
+        let large = stream
+            .as_ref()
+            .is_some_and(|s| s.fragments.len() > READ_STEP);
         let compose = move || {
             PHASES
                 .iter()
@@ -263,13 +271,20 @@ impl ResultDocs {
                 })
                 .collect()
         };
-        off_runtime(compose).await
+        compose_off_runtime(compose, large).await
     }
 }
 
-/// Runs `f` on a blocking thread (composing a long log takes milliseconds that would
-/// otherwise stall one of the few runtime threads).
-async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+/// Runs `f`, on a blocking thread when `large` (composing a long log takes milliseconds
+/// that would otherwise stall one of the few runtime threads; a short one is cheaper
+/// than the hand-off).
+async fn compose_off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+    large: bool,
+) -> T {
+    if !large {
+        return f();
+    }
     match tokio::task::spawn_blocking(f).await {
         Ok(value) => value,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -288,7 +303,7 @@ impl Actor for ResultActor {
     ) -> Result<ResultState, ActorProcessingErr> {
         let mut orphans = FastMap::default();
         for (id, doc) in args.results.read().iter() {
-            if args.jobs.get(id).is_none() {
+            if !args.jobs.contains(id) {
                 let bytes = doc.bytes();
                 args.orphans.charge(bytes);
                 orphans.insert(id, bytes);

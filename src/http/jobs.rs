@@ -9,14 +9,14 @@ use serde_json::{json, Value};
 
 use super::respond::{json_bytes, json_value, no_content, ok, read_body, text};
 use super::wire::{self, path_id};
-use crate::actors::queue::QueueMsg;
 use crate::actors::files::FileMsg;
+use crate::actors::queue::QueueMsg;
 use crate::actors::registry::{Claimed, JobView, RegistryMsg};
 use crate::actors::results::ResultMsg;
-use crate::actors::{ask, Services};
+use crate::actors::{ask, ask_admitted, Callee, Services};
 use crate::error::{Error, Result};
-use crate::model::queue::{best, Candidate};
 use crate::model::index::Search;
+use crate::model::queue::{best, Candidate};
 use crate::model::registry::Attachments;
 use crate::model::{JobId, Name};
 
@@ -181,14 +181,20 @@ pub async fn job_delete(
         .is_some_and(|peer| peer.0.ip().is_loopback());
     if !local {
         return Err(Error::Forbidden(
-            "Deleting a job is for the operator: only allowed from the server's own host"
-                .into(),
+            "Deleting a job is for the operator: only allowed from the server's own host".into(),
         ));
     }
     let id = path_id(&id)?;
-    let job = ask(&svc.registry, |p| RegistryMsg::Delete(id, p)).await??;
-    let results = ask(&svc.results, |p| ResultMsg::Delete(id, p)).await??;
-    let files = ask(&svc.files, |p| FileMsg::Delete(id, p)).await??;
+    // All three partitions let the request in before any is asked, so a 503 deletes
+    // nothing.
+    let passes = (
+        svc.registry.admit()?,
+        svc.results.admit()?,
+        svc.files.admit()?,
+    );
+    let job = ask_admitted(&svc.registry, passes.0, |p| RegistryMsg::Delete(id, p)).await??;
+    let results = ask_admitted(&svc.results, passes.1, |p| ResultMsg::Delete(id, p)).await??;
+    let files = ask_admitted(&svc.files, passes.2, |p| FileMsg::Delete(id, p)).await??;
     let mut found = false;
     for ticket in [job, results, files].into_iter().flatten() {
         found = true;

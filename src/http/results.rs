@@ -18,7 +18,7 @@ use super::wire::{parse_timestamp, path_id, query_pairs, PHASES};
 use crate::actors::files::FileMsg;
 use crate::actors::registry::RegistryMsg;
 use crate::actors::results::{FragmentPost, LogQuery, ResultMsg};
-use crate::actors::{ask, Services};
+use crate::actors::{ask, ask_admitted, Callee, Services};
 use crate::error::{Error, Result};
 use crate::model::results::Fields;
 use crate::model::{FileKind, JobId, LogKind, Name};
@@ -51,15 +51,28 @@ pub async fn result_post(
             return Ok(ok());
         }
     }
-    // Otherwise the two partitions are independent: ask both at once.
+    // Otherwise the two partitions are independent: ask both at once, once both let
+    // the request in (a refusal must leave both untouched).
+    let merge_pass = svc.results.admit()?;
+    let report_pass = match state {
+        Some(_) => svc.registry.admit()?,
+        None => None,
+    };
     let report = async {
         match state {
-            Some(state) => ask(&svc.registry, |p| RegistryMsg::Report(id, state, p)).await?,
+            Some(state) => {
+                ask_admitted(&svc.registry, report_pass, |p| {
+                    RegistryMsg::Report(id, state, p)
+                })
+                .await?
+            }
             None => Ok((false, None)),
         }
     };
-    let (merged, reported) =
-        tokio::join!(ask(&svc.results, |p| ResultMsg::Merge(id, body, p)), report);
+    let (merged, reported) = tokio::join!(
+        ask_admitted(&svc.results, merge_pass, |p| ResultMsg::Merge(id, body, p)),
+        report
+    );
     let (merged, (_, reported)) = (merged??, reported?);
     svc.journal.durable(merged).await?;
     if let Some(reported) = reported {
@@ -316,7 +329,7 @@ pub async fn store_upload(
 ) -> Result<()> {
     // An id no job has may only take what is left of the orphan quota: refused before
     // any byte is stored when nothing is.
-    let orphan = kind == FileKind::Artifact && svc.jobs.get(id).is_none();
+    let orphan = kind == FileKind::Artifact && !svc.jobs.contains(id);
     let mut limit = svc.config.max_artifact_bytes;
     if orphan {
         let room = svc.orphans.room();
@@ -326,9 +339,7 @@ pub async fn store_upload(
         limit = limit.min(room);
     }
     let over_quota = |e: Error| match e {
-        Error::TooLarge(_) if orphan && limit < svc.config.max_artifact_bytes => {
-            svc.orphans.full()
-        }
+        Error::TooLarge(_) if orphan && limit < svc.config.max_artifact_bytes => svc.orphans.full(),
         e => e,
     };
     let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
