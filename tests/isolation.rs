@@ -207,10 +207,12 @@ async fn refused_submits_do_not_exist_when_the_registry_door_is_full() {
     .await;
     // Give anything (wrongly) still queued time to land before looking.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for id in refused_ids.lock().unwrap().iter() {
+    let refused_ids = refused_ids.lock().unwrap().clone();
+    let accepted_ids = accepted_ids.lock().unwrap().clone();
+    for id in &refused_ids {
         srv.get(&format!("/v1/job/{id}")).await.expect_no_content();
     }
-    for id in accepted_ids.lock().unwrap().iter() {
+    for id in &accepted_ids {
         srv.get(&format!("/v1/job/{id}")).await.expect_status(200);
     }
 }
