@@ -61,13 +61,20 @@ pub fn tags_of(body: &[u8]) -> Vec<Name> {
     out
 }
 
-fn add(map: &mut FastMap<Name, SeqList>, key: &Name, seq: u64, id: JobId) {
+/// Files `id` under `key`; `name` makes the key's shared name, only when it is new.
+fn add(
+    map: &mut FastMap<Name, SeqList>,
+    key: &str,
+    name: impl FnOnce() -> Name,
+    seq: u64,
+    id: JobId,
+) {
     match map.get_mut(key) {
         Some(list) => {
             list.insert(seq, id);
         }
         None => {
-            map.insert(key.clone(), SeqList::from([(seq, id)]));
+            map.insert(name(), SeqList::from([(seq, id)]));
         }
     }
 }
@@ -84,10 +91,10 @@ fn drop_entry(map: &mut FastMap<Name, SeqList>, key: &str, seq: u64) {
 impl JobIndex {
     /// Adds a job under `seq`.
     pub fn insert(&mut self, id: JobId, seq: u64, queue: &Name, state: &str, body: &[u8]) {
-        add(&mut self.by_queue, queue, seq, id);
-        add(&mut self.by_state, &Name::from(state), seq, id);
+        add(&mut self.by_queue, queue, || queue.clone(), seq, id);
+        add(&mut self.by_state, state, || Name::from(state), seq, id);
         for tag in tags_of(body) {
-            add(&mut self.by_tag, &tag, seq, id);
+            add(&mut self.by_tag, &tag, || tag.clone(), seq, id);
         }
     }
 
@@ -104,7 +111,7 @@ impl JobIndex {
     pub fn restate(&mut self, id: JobId, seq: u64, from: &str, to: &str) {
         if from != to {
             drop_entry(&mut self.by_state, from, seq);
-            add(&mut self.by_state, &Name::from(to), seq, id);
+            add(&mut self.by_state, to, || Name::from(to), seq, id);
         }
     }
 
