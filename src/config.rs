@@ -490,6 +490,30 @@ mod tests {
     }
 
     #[test]
+    fn load_limits_come_from_the_file_and_flags() {
+        let file = parse_config_file(
+            "MAX_PENDING = 7\nORPHAN_QUOTA_BYTES = 1000\nQUEUE_IDLE_SECS = 9\nMAX_SEARCHES = 3\nAGENT_EXPIRY_SECS = 60\n",
+        )
+        .unwrap();
+        let opts = ServeOpts {
+            max_searches: Some(2),
+            ..Default::default()
+        };
+        let (config, warnings) = Config::resolve(&opts, Some(("tf.conf".into(), file))).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(config.max_pending, 7);
+        assert_eq!(config.orphan_quota_bytes, 1000);
+        assert_eq!(config.queue_idle, Duration::from_secs(9));
+        assert_eq!(config.max_searches, 2);
+        assert_eq!(config.agent_expiry, Duration::from_secs(60));
+        let zero = ServeOpts {
+            max_pending: Some(0),
+            ..Default::default()
+        };
+        assert!(Config::resolve(&zero, None).is_err());
+    }
+
+    #[test]
     fn flags_beat_file_beats_defaults_and_unknown_keys_warn() {
         let file =
             parse_config_file("DATA_PATH = '/srv/tf'\nBIND = '0.0.0.0:9000'\nWHAT = 1\n").unwrap();
