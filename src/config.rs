@@ -94,6 +94,19 @@ pub struct Config {
     pub max_upload_parts: usize,
     /// Largest multipart part other than `file` (such fields are read and dropped).
     pub max_field_bytes: u64,
+    /// Most requests in flight to one actor (registry, results, artifacts, agents) at
+    /// once; beyond it a request is refused with 503 before anything is done.
+    pub max_pending: usize,
+    /// Total bytes kept for ids no job has (results, logs and artifacts posted for
+    /// them); beyond it such posts are refused with 507.
+    pub orphan_quota_bytes: u64,
+    /// A queue's actor is stopped once the queue has had no waiting job this long.
+    pub queue_idle: Duration,
+    /// An agent's record is removed once the agent has not posted its data this long.
+    pub agent_expiry: Duration,
+    /// Searches and queue listings that run at once; more wait their turn, so a flood of
+    /// them cannot take every CPU from other requests.
+    pub max_searches: usize,
     /// Where the settings came from, for the start-up log line.
     pub source: String,
 }
@@ -122,6 +135,11 @@ impl Default for Config {
             max_part_header_bytes: 8 << 10,
             max_upload_parts: 16,
             max_field_bytes: 64 << 10,
+            max_pending: 1024,
+            orphan_quota_bytes: 64 << 20,
+            queue_idle: Duration::from_secs(300),
+            max_searches: 1,
+            agent_expiry: Duration::from_secs(7 * 24 * 3600),
             source: "defaults".into(),
         }
     }
@@ -241,6 +259,27 @@ pub struct ServeOpts {
     /// Largest multipart part other than `file`, in bytes [default: 65536].
     #[arg(long, env = "FLINGER_MAX_FIELD_BYTES", value_name = "BYTES")]
     pub max_field_bytes: Option<u64>,
+    /// Most requests in flight to one actor (registry, results, artifacts, agents); more
+    /// are refused with 503 before anything is done [default: 1024].
+    #[arg(long, env = "FLINGER_MAX_PENDING", value_name = "N")]
+    pub max_pending: Option<usize>,
+    /// Total bytes of results, logs and artifacts kept for job ids that no job has; more
+    /// is refused with 507; such data expires --retention-secs after its last write
+    /// [default: 64 MiB].
+    #[arg(long, env = "FLINGER_ORPHAN_QUOTA_BYTES", value_name = "BYTES")]
+    pub orphan_quota_bytes: Option<u64>,
+    /// Stop a queue's actor after the queue has had no waiting job for this many
+    /// seconds (the next job starts a new one) [default: 300].
+    #[arg(long, env = "FLINGER_QUEUE_IDLE_SECS", value_name = "SECS")]
+    pub queue_idle_secs: Option<u64>,
+    /// Remove an agent's record after this many seconds without the agent posting its
+    /// data (`POST /v1/agents/data/<name>`) [default: 604800, 7 days].
+    #[arg(long, env = "FLINGER_AGENT_EXPIRY_SECS", value_name = "SECS")]
+    pub agent_expiry_secs: Option<u64>,
+    /// Job searches and queue listings served at once; more wait their turn (so a flood
+    /// of them leaves CPU to everything else) [default: 1].
+    #[arg(long, env = "FLINGER_MAX_SEARCHES", value_name = "N")]
+    pub max_searches: Option<usize>,
 }
 
 /// A problem with the config file.
@@ -285,6 +324,11 @@ const KNOWN_KEYS: &[&str] = &[
     "MAX_PART_HEADER_BYTES",
     "MAX_UPLOAD_PARTS",
     "MAX_FIELD_BYTES",
+    "MAX_PENDING",
+    "ORPHAN_QUOTA_BYTES",
+    "QUEUE_IDLE_SECS",
+    "MAX_SEARCHES",
+    "AGENT_EXPIRY_SECS",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 const IGNORED_KEYS: &[&str] = &[
@@ -422,6 +466,13 @@ impl Config {
                     }
                     "MAX_UPLOAD_PARTS" => config.max_upload_parts = num("a count")? as usize,
                     "MAX_FIELD_BYTES" => config.max_field_bytes = num("a byte count")?,
+                    "MAX_PENDING" => config.max_pending = num("a count")? as usize,
+                    "MAX_SEARCHES" => config.max_searches = num("a count")? as usize,
+                    "AGENT_EXPIRY_SECS" => {
+                        config.agent_expiry = Duration::from_secs(num("seconds")?)
+                    }
+                    "ORPHAN_QUOTA_BYTES" => config.orphan_quota_bytes = num("a byte count")?,
+                    "QUEUE_IDLE_SECS" => config.queue_idle = Duration::from_secs(num("seconds")?),
                     k if IGNORED_KEYS.contains(&k) => warnings.push(format!(
                         "config key {k} is not used by flinger (no external store needed)"
                     )),
@@ -457,7 +508,10 @@ impl Config {
             min_transfer_bytes,
             max_part_header_bytes,
             max_upload_parts,
-            max_field_bytes
+            max_field_bytes,
+            max_pending,
+            orphan_quota_bytes,
+            max_searches
         );
         for (secs, slot) in [
             (opts.header_timeout_secs, &mut config.header_timeout),
@@ -469,6 +523,13 @@ impl Config {
             }
         }
         config.max_connections_chosen |= opts.max_connections.is_some();
+
+        if let Some(secs) = opts.agent_expiry_secs {
+            config.agent_expiry = Duration::from_secs(secs);
+        }
+        if let Some(secs) = opts.queue_idle_secs {
+            config.queue_idle = Duration::from_secs(secs);
+        }
         if let Some(secs) = opts.retention_secs {
             config.retention = Duration::from_secs(secs);
         }
@@ -513,6 +574,9 @@ impl Config {
         if self.max_part_header_bytes < 256 {
             return err("max part header bytes must be at least 256".into());
         }
+        if self.max_pending == 0 || self.max_searches == 0 {
+            return err("max pending and max searches must be at least 1".into());
+        }
         Ok(())
     }
 }
@@ -543,6 +607,30 @@ mod tests {
         ] {
             assert_eq!(parse_config_file(text).unwrap_err().line, line, "{text:?}");
         }
+    }
+
+    #[test]
+    fn load_limits_come_from_the_file_and_flags() {
+        let file = parse_config_file(
+            "MAX_PENDING = 7\nORPHAN_QUOTA_BYTES = 1000\nQUEUE_IDLE_SECS = 9\nMAX_SEARCHES = 3\nAGENT_EXPIRY_SECS = 60\n",
+        )
+        .unwrap();
+        let opts = ServeOpts {
+            max_searches: Some(2),
+            ..Default::default()
+        };
+        let (config, warnings) = Config::resolve(&opts, Some(("tf.conf".into(), file))).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(config.max_pending, 7);
+        assert_eq!(config.orphan_quota_bytes, 1000);
+        assert_eq!(config.queue_idle, Duration::from_secs(9));
+        assert_eq!(config.max_searches, 2);
+        assert_eq!(config.agent_expiry, Duration::from_secs(60));
+        let zero = ServeOpts {
+            max_pending: Some(0),
+            ..Default::default()
+        };
+        assert!(Config::resolve(&zero, None).is_err());
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub enum Error {
     },
     /// The addressed thing does not exist: 404.
     NotFound(String),
+    /// The caller may not do this (an operator-only request from elsewhere): 403.
+    Forbidden(String),
     /// The request conflicts with the thing's state (cancel of a finished job): 400,
     /// because that is what Testflinger clients expect.
     Conflict(String),
@@ -47,6 +49,7 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::InvalidInput(_) | Error::Conflict(_) => 400,
+            Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
             Error::Gone(_) => 410,
             Error::Timeout(_) => 408,
@@ -63,6 +66,7 @@ impl Error {
         match self {
             Error::InvalidInput(m)
             | Error::NotFound(m)
+            | Error::Forbidden(m)
             | Error::Conflict(m)
             | Error::Gone(m)
             | Error::TooLarge(m)

@@ -208,8 +208,14 @@ pub fn encode_partition<T: Serialize>(partition: &T) -> Result<Vec<u8>> {
     rmp_serde::to_vec(partition).map_err(|e| Error::Internal(format!("snapshot encoding: {e}")))
 }
 
-/// The snapshot layout version; a snapshot of another version is refused at start-up.
-pub const SNAPSHOT_VERSION: u32 = 2;
+/// The snapshot layout version written; a snapshot of a version outside
+/// [`SNAPSHOTS_READ`] is refused at start-up.
+///
+/// 3: result fields as (key, JSON text) members, `updated_at` of result documents and
+/// `at` of stored files. Version 2 (fields as one JSON text, no times) still decodes.
+pub const SNAPSHOT_VERSION: u32 = 3;
+/// The snapshot layout versions this build reads.
+pub const SNAPSHOTS_READ: std::ops::RangeInclusive<u32> = 2..=SNAPSHOT_VERSION;
 
 /// Encodes an event as a WAL record payload.
 pub fn encode(event: &Event) -> Vec<u8> {
@@ -276,9 +282,9 @@ pub fn open_with(
     if let Some((lsn, bytes)) = wal.load_snapshot().map_err(wal_error)? {
         let doc: SnapshotDoc = rmp_serde::from_slice(&bytes)
             .map_err(|e| Error::Internal(format!("snapshot at lsn {lsn} does not decode: {e}")))?;
-        if doc.version != SNAPSHOT_VERSION {
+        if !SNAPSHOTS_READ.contains(&doc.version) {
             return Err(Error::Internal(format!(
-                "snapshot at lsn {lsn} has layout version {}, this build reads {SNAPSHOT_VERSION}",
+                "snapshot at lsn {lsn} has layout version {}, this build reads {SNAPSHOTS_READ:?}",
                 doc.version
             )));
         }
@@ -288,6 +294,7 @@ pub fn open_with(
         state.registry =
             rmp_serde::from_slice(&doc.registry.state).map_err(|e| bad("registry", e))?;
         state.registry.intern_names();
+        state.registry.rebuild_index();
         state.results = rmp_serde::from_slice(&doc.results.state).map_err(|e| bad("results", e))?;
         state.files = rmp_serde::from_slice(&doc.files.state).map_err(|e| bad("files", e))?;
         state.agents = rmp_serde::from_slice(&doc.agents.state).map_err(|e| bad("agents", e))?;

@@ -7,16 +7,17 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use parking_lot::RwLock;
 use ractor::Actor;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::actors::agents::AgentMsg;
 use crate::actors::files::FileMsg;
-use crate::actors::registry::RegistryMsg;
-use crate::actors::results::ResultMsg;
+use crate::actors::registry::{Jobs, RegistryMsg};
+use crate::actors::results::{ResultDocs, ResultMsg};
 use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
-use crate::actors::{ask, now, Handles, QueueDirectory, Services};
+use crate::actors::{ask, now, Door, Handles, OrphanQuota, QueueDirectory, Services};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::http::transfer::{MinRate, Watched};
@@ -86,11 +87,21 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
 
     let queues = QueueDirectory::default();
     let (fatal_tx, fatal) = mpsc::unbounded_channel();
+    let mut state = state;
+    let registry = Arc::new(RwLock::new(std::mem::take(&mut state.registry)));
+    let results = Arc::new(RwLock::new(std::mem::take(&mut state.results)));
+    let orphans = Arc::new(OrphanQuota::new(
+        config.orphan_quota_bytes,
+        config.retention.as_secs(),
+    ));
     let (supervisor, supervisor_handle) = Actor::spawn(
         None,
         Supervisor,
         SupervisorArgs {
             state,
+            registry: registry.clone(),
+            results: results.clone(),
+            orphans: orphans.clone(),
             journal: journal.clone(),
             queues: queues.clone(),
             files_dir: files_dir.clone(),
@@ -102,11 +113,16 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
     .map_err(|e| Error::Internal(format!("cannot start actors: {e}")))?;
     let refs = ask(&supervisor, SupervisorMsg::Refs).await?;
     tracing::info!(queues = queues.len(), "actors started");
+    let pending = config.max_pending;
     let services = Services::new(Handles {
-        registry: refs.registry,
-        results: refs.results,
-        files: refs.files,
-        agents: refs.agents,
+        registry: Door::new(refs.registry, pending, "job registry"),
+        jobs: Jobs::new(registry),
+        results: Door::new(refs.results, pending, "result store"),
+        result_docs: ResultDocs::new(results),
+        files: Door::new(refs.files, pending, "artifact store"),
+        agents: Door::new(refs.agents, pending, "agent store"),
+        orphans,
+        searches: Arc::new(tokio::sync::Semaphore::new(config.max_searches)),
         queues,
         journal,
         config,
@@ -199,6 +215,7 @@ pub async fn serve(
         let service = TowerToHyperService::new(Tracked {
             app: app.clone(),
             busy: Arc::new(busy),
+            peer,
         });
         let io = Watched::new(TokioIo::new(stream), rate);
         let connection = builder.serve_connection(io, service);
@@ -249,6 +266,8 @@ pub async fn serve(
 struct Tracked {
     app: crate::http::App,
     busy: Arc<watch::Sender<usize>>,
+    /// The client's address, for handlers that are for the operator only (deleting a job).
+    peer: std::net::SocketAddr,
 }
 
 /// Decrements the connection's busy count when the response body is done with.
@@ -303,7 +322,10 @@ impl tower::Service<hyper::Request<hyper::body::Incoming>> for Tracked {
 
     fn call(&mut self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         use tower::ServiceExt;
-        let request = request.map(axum::body::Body::new);
+        let mut request = request.map(axum::body::Body::new);
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         self.busy.send_modify(|n| *n += 1);
         let guard = BusyGuard(self.busy.clone());
         let app = self.app.clone();
@@ -378,9 +400,14 @@ pub fn fit_descriptor_limit(
 /// Writes snapshots when the WAL writer asks, and expires old jobs periodically, until
 /// the writer stops.
 async fn background_chores(services: Services, mut snapshot_requests: mpsc::UnboundedReceiver<()>) {
-    let every = (services.config.retention / 4).clamp(RETENTION_MIN_EVERY, RETENTION_MAX_EVERY);
+    let every = (services.config.retention.min(services.config.agent_expiry) / 4)
+        .clamp(RETENTION_MIN_EVERY, RETENTION_MAX_EVERY);
     let mut retention = tokio::time::interval(every);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Idle queues are checked twice per idle period, so one stops within 1.5 of it.
+    let every = (services.config.queue_idle / 2).clamp(RETENTION_MIN_EVERY, RETENTION_MAX_EVERY);
+    let mut idle_queues = tokio::time::interval(every);
+    idle_queues.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             request = snapshot_requests.recv() => {
@@ -393,15 +420,40 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
                     }
                 }
             }
-            _ = retention.tick() => match expire(&services).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(jobs = n, "expired finished jobs past retention"),
-                Err(e) => {
-                    if let Some(suppressed) = crate::throttle::allow("retention pass failed", 0) {
-                        tracing::warn!(error = %e, suppressed, "retention pass failed");
+            _ = retention.tick() => {
+                match expire(&services).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(jobs = n, "expired finished jobs past retention"),
+                    Err(e) => {
+                        if let Some(suppressed) = crate::throttle::allow("retention pass failed", 0) {
+                            tracing::warn!(error = %e, suppressed, "retention pass failed");
+                        }
                     }
                 }
-            },
+                match expire_orphans(&services).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(ids = n, "expired data of ids without a job"),
+                    Err(e) => {
+                        if let Some(suppressed) = crate::throttle::allow("orphan expiry pass failed", 0) {
+                            tracing::warn!(error = %e, suppressed, "orphan expiry pass failed");
+                        }
+                    }
+                }
+                match expire_agents(&services).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(agents = n, "expired records of silent agents"),
+                    Err(e) => {
+                        if let Some(suppressed) = crate::throttle::allow("agent expiry pass failed", 0) {
+                            tracing::warn!(error = %e, suppressed, "agent expiry pass failed");
+                        }
+                    }
+                }
+            }
+            _ = idle_queues.tick() => {
+                let _ = services
+                    .registry
+                    .cast(RegistryMsg::StopIdleQueues(services.config.queue_idle));
+            }
         }
     }
 }
@@ -411,10 +463,10 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
 pub async fn snapshot(services: &Services) -> Result<()> {
     let started = std::time::Instant::now();
     let (registry, results, files, agents) = tokio::join!(
-        ask(&services.registry, RegistryMsg::Snapshot),
-        ask(&services.results, ResultMsg::Snapshot),
-        ask(&services.files, FileMsg::Snapshot),
-        ask(&services.agents, AgentMsg::Snapshot),
+        ask(&*services.registry, RegistryMsg::Snapshot),
+        ask(&*services.results, ResultMsg::Snapshot),
+        ask(&*services.files, FileMsg::Snapshot),
+        ask(&*services.agents, AgentMsg::Snapshot),
     );
     let (registry, results, files, agents) = (registry?, results?, files?, agents?);
     let lsn = [registry.lsn, results.lsn, files.lsn, agents.lsn]
@@ -449,7 +501,7 @@ pub async fn snapshot(services: &Services) -> Result<()> {
 /// Removes finished jobs past retention, with their results, logs and files.
 pub async fn expire(services: &Services) -> Result<usize> {
     let cutoff = now().saturating_sub(services.config.retention.as_secs());
-    let Some((ids, expired)) = ask(&services.registry, |p| {
+    let Some((ids, expired)) = ask(&*services.registry, |p| {
         RegistryMsg::Expire(cutoff, RETENTION_BATCH, p)
     })
     .await??
@@ -457,9 +509,35 @@ pub async fn expire(services: &Services) -> Result<usize> {
         return Ok(0);
     };
     let count = ids.len();
-    let results = ask(&services.results, |p| ResultMsg::Expire(ids.clone(), p)).await??;
-    let files = ask(&services.files, |p| FileMsg::Expire(ids, p)).await??;
+    let results = ask(&*services.results, |p| ResultMsg::Expire(ids.clone(), p)).await??;
+    let files = ask(&*services.files, |p| FileMsg::Expire(ids, p)).await??;
     for ticket in [expired, results, files] {
+        services.journal.durable(ticket).await?;
+    }
+    Ok(count)
+}
+
+/// Removes the records of agents that have not posted for `--agent-expiry-secs`.
+pub async fn expire_agents(services: &Services) -> Result<usize> {
+    let cutoff = now().saturating_sub(services.config.agent_expiry.as_secs());
+    match ask(&*services.agents, |p| AgentMsg::Expire(cutoff, p)).await?? {
+        Some((count, ticket)) => {
+            services.journal.durable(ticket).await?;
+            Ok(count)
+        }
+        None => Ok(0),
+    }
+}
+
+/// Removes results, logs and files of ids no job has, a retention period after their
+/// last write. Returns how many ids' data went (counted once per partition).
+pub async fn expire_orphans(services: &Services) -> Result<usize> {
+    let cutoff = now().saturating_sub(services.config.retention.as_secs());
+    let results = ask(&*services.results, |p| ResultMsg::ExpireOrphans(cutoff, p)).await??;
+    let files = ask(&*services.files, |p| FileMsg::ExpireOrphans(cutoff, p)).await??;
+    let mut count = 0;
+    for (n, ticket) in results.into_iter().chain(files) {
+        count += n;
         services.journal.durable(ticket).await?;
     }
     Ok(count)

@@ -86,7 +86,7 @@ async fn wrong_method_is_405_json_when_route_exists() {
         ("DELETE", "/v1/job".to_string()),
         ("PUT", "/v1/job".to_string()),
         ("POST", format!("/v1/job/{id}")),
-        ("DELETE", format!("/v1/job/{id}")),
+        ("PUT", format!("/v1/job/{id}")),
         ("POST", format!("/v1/job/{id}/position")),
         ("GET", format!("/v1/job/{id}/action")),
         ("PUT", format!("/v1/result/{id}")),

@@ -42,3 +42,8 @@ mod power;
 mod conformance;
 // Hostile clients: slow bodies, unread responses, endless multipart, odd queue names.
 mod hostile;
+// Reads beside writes (a search flood), and 503 meaning "not done" (bounded actor doors).
+mod isolation;
+// Everything kept has a bound or an expiry: orphan data quota and expiry, deleting a job,
+// idle queue actors.
+mod expiry;

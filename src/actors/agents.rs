@@ -23,6 +23,9 @@ pub enum AgentMsg {
     ProvisionLog(Name, Bytes, RpcReplyPort<Result<Ticket>>),
     /// A read-only look at the partition: `f` runs inside the actor.
     Read(Box<dyn FnOnce(&Agents) + Send>),
+    /// Remove the records of agents silent since before `cutoff` (unix seconds): how
+    /// many, and the ticket.
+    Expire(u64, RpcReplyPort<Result<Option<(usize, Ticket)>>>),
     /// Serialise the partition for a snapshot.
     Snapshot(RpcReplyPort<PendingSnapshot>),
 }
@@ -105,6 +108,18 @@ impl Actor for AgentActor {
                 reply(port, result);
             }
             AgentMsg::Read(f) => f(&state.agents),
+            AgentMsg::Expire(cutoff, port) => {
+                let names = state.agents.silent_since(cutoff);
+                let result = if names.is_empty() {
+                    Ok(None)
+                } else {
+                    let count = names.len();
+                    state
+                        .record(Event::AgentsExpired { names })
+                        .map(|t| Some((count, t)))
+                };
+                reply(port, result);
+            }
             AgentMsg::Snapshot(port) => {
                 reply(port, state.recorder.snapshot(&state.agents));
             }

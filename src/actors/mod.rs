@@ -17,12 +17,14 @@ pub mod supervisor;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -30,32 +32,121 @@ use crate::journal::{self, Journal, PartSnapshot, Ticket};
 use crate::model::Event;
 use crate::model::Name;
 
-/// How long a handler waits for an actor's reply before answering 503. Generous: only a
-/// wedged actor takes this long (snapshots of millions of jobs take well under it).
-const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// A partition shared with readers: its actor is the only writer and holds the write
+/// lock only while it applies an event; handlers read it directly, holding the read lock
+/// only for bounded steps, so a read never queues behind writes in a mailbox and a long
+/// read never holds up a write.
+pub type Shared<T> = Arc<RwLock<T>>;
 
-/// Sends `msg` to `actor` and waits for the reply.
-pub async fn ask<M, T>(actor: &ActorRef<M>, msg: impl FnOnce(RpcReplyPort<T>) -> M) -> Result<T>
+/// Something [`ask`] can send to: an actor, or an actor behind a [`Door`].
+pub trait Callee<M: ractor::Message> {
+    /// The actor.
+    fn actor(&self) -> &ActorRef<M>;
+    /// Admission: a pass held while the request is in flight, or a refusal.
+    fn admit(&self) -> Result<Option<OwnedSemaphorePermit>>;
+}
+
+impl<M: ractor::Message> Callee<M> for ActorRef<M> {
+    fn actor(&self) -> &ActorRef<M> {
+        self
+    }
+    fn admit(&self) -> Result<Option<OwnedSemaphorePermit>> {
+        Ok(None)
+    }
+}
+
+/// An actor with a bounded number of requests from handlers in flight (queued in its
+/// mailbox or being handled): beyond it a request is refused at the door with 503
+/// *before* it is sent, so a 503 always means "not done". A request that was let in is
+/// waited for without a timeout: it either completes and is answered, or (when its
+/// client went away first) is skipped by the actor unapplied.
+pub struct Door<M: ractor::Message> {
+    /// The actor.
+    actor: ActorRef<M>,
+    /// One permit per request in flight.
+    room: Arc<Semaphore>,
+    /// Its role, for the refusal message.
+    name: &'static str,
+}
+
+impl<M: ractor::Message> Door<M> {
+    /// `actor`, letting at most `capacity` handler requests in at once.
+    pub fn new(actor: ActorRef<M>, capacity: usize, name: &'static str) -> Door<M> {
+        Door {
+            actor,
+            room: Arc::new(Semaphore::new(capacity.max(1))),
+            name,
+        }
+    }
+}
+
+impl<M: ractor::Message> std::ops::Deref for Door<M> {
+    type Target = ActorRef<M>;
+    fn deref(&self) -> &ActorRef<M> {
+        &self.actor
+    }
+}
+
+impl<M: ractor::Message> Callee<M> for Door<M> {
+    fn actor(&self) -> &ActorRef<M> {
+        &self.actor
+    }
+    fn admit(&self) -> Result<Option<OwnedSemaphorePermit>> {
+        match self.room.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => Err(Error::Unavailable(format!(
+                "the server is busy: the {} has its maximum of pending requests (--max-pending); nothing was done, try again",
+                self.name
+            ))),
+        }
+    }
+}
+
+/// Sends `msg` to `actor` and waits for the reply: refused (503, nothing sent) when the
+/// actor's door is full; never timed out once sent (see [`Door`]).
+pub async fn ask<M, T>(actor: &impl Callee<M>, msg: impl FnOnce(RpcReplyPort<T>) -> M) -> Result<T>
 where
     M: ractor::Message,
     T: Send + 'static,
 {
-    match actor.call(msg, Some(RPC_TIMEOUT)).await {
+    let pass = actor.admit()?;
+    ask_admitted(actor.actor(), pass, msg).await
+}
+
+/// [`ask`] for a request already let in (`pass` from [`Callee::admit`]): a handler
+/// that changes two partitions takes both passes first, so a refusal leaves both
+/// untouched.
+pub async fn ask_admitted<M, T>(
+    actor: &ActorRef<M>,
+    pass: Option<OwnedSemaphorePermit>,
+    msg: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> Result<T>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    let _pass = pass;
+    match actor.call(msg, None).await {
         Ok(CallResult::Success(value)) => Ok(value),
-        Ok(CallResult::Timeout) => Err(Error::Unavailable(
-            "the server is overloaded; try again".into(),
-        )),
-        Ok(CallResult::SenderError) | Err(_) => {
+        Ok(CallResult::Timeout) | Ok(CallResult::SenderError) | Err(_) => {
             Err(Error::Unavailable("the server is shutting down".into()))
         }
     }
 }
 
 /// Replies if the caller still listens (a dropped HTTP request closes the port).
+///
+/// Mutations check [`gone`] *before* deciding, so a request whose client went away
+/// while it waited in the mailbox is never applied.
 pub fn reply<T: Send + 'static>(port: RpcReplyPort<T>, value: T) {
     if !port.is_closed() {
         let _ = port.send(value);
     }
+}
+
+/// Whether the request's client stopped waiting (then the request is skipped, unapplied).
+pub fn gone<T>(port: &RpcReplyPort<T>) -> bool {
+    port.is_closed()
 }
 
 /// Unix seconds now: the only clock events see (recorded in them, never read in apply).
@@ -102,7 +193,14 @@ impl Recorder {
     where
         T: serde::Serialize + Clone + Send + 'static,
     {
-        let copy = partition.clone();
+        self.snapshot_owned(partition.clone())
+    }
+
+    /// [`Recorder::snapshot`] of a copy the caller made (leaving out derived parts).
+    pub fn snapshot_owned<T>(&self, copy: T) -> PendingSnapshot
+    where
+        T: serde::Serialize + Send + 'static,
+    {
         // Only this actor appends this partition's events, and it applies each one in the
         // same turn: so the copy holds every one of them up to the last LSN assigned by
         // anyone so far (an idle partition is thus never behind the log).
@@ -131,6 +229,67 @@ impl PendingSnapshot {
     }
 }
 
+/// The bytes kept for ids no job has (results, logs and files posted for such ids, as
+/// the seed's examples do), shared by the result and artifact actors and bounded by
+/// `--orphan-quota-bytes`. Derived: recomputed from the partitions at start-up.
+pub struct OrphanQuota {
+    /// The quota.
+    limit: u64,
+    /// Bytes held now.
+    used: AtomicU64,
+    /// Retention, for the refusal message.
+    retention_secs: u64,
+}
+
+impl OrphanQuota {
+    /// An empty account with room for `limit` bytes.
+    pub fn new(limit: u64, retention_secs: u64) -> OrphanQuota {
+        OrphanQuota {
+            limit,
+            used: AtomicU64::new(0),
+            retention_secs,
+        }
+    }
+
+    /// Takes `bytes` from the quota, or refuses (507) leaving it unchanged.
+    pub fn reserve(&self, bytes: u64) -> Result<()> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&n| n <= self.limit)
+            })
+            .map(|_| ())
+            .map_err(|_| self.full())
+    }
+
+    /// Counts `bytes` already kept (start-up accounting; may exceed the quota).
+    pub fn charge(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Gives `bytes` back.
+    pub fn release(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+
+    /// Bytes left.
+    pub fn room(&self) -> u64 {
+        self.limit.saturating_sub(self.used.load(Ordering::Acquire))
+    }
+
+    /// The refusal: 507, since the request itself is acceptable but the room the server
+    /// keeps for such data is used up (it frees itself as that data expires).
+    pub fn full(&self) -> Error {
+        Error::NoSpace(format!(
+            "no room for more data about job ids that no job has: their quota of {} bytes (--orphan-quota-bytes) is used up; such data expires {} s after its last write",
+            self.limit, self.retention_secs
+        ))
+    }
+}
+
 /// Queue name → its actor. Written only by the registry actor (which creates queue
 /// actors), read by handlers that pop or ask positions.
 #[derive(Clone, Default)]
@@ -154,6 +313,10 @@ impl QueueDirectory {
 
     fn insert(&self, queue: Name, actor: ActorRef<queue::QueueMsg>) {
         self.0.write().insert(queue, actor);
+    }
+
+    fn remove(&self, queue: &str) -> Option<ActorRef<queue::QueueMsg>> {
+        self.0.write().remove(queue)
     }
 
     fn name_of(&self, id: ractor::ActorId) -> Option<Name> {
@@ -187,17 +350,25 @@ impl std::ops::Deref for Services {
 /// The actor references and settings behind [`Services`].
 pub struct Handles {
     /// Jobs and lifecycle.
-    pub registry: ActorRef<registry::RegistryMsg>,
+    pub registry: Door<registry::RegistryMsg>,
+    /// Jobs, read without the registry actor (lookups, listings, searches).
+    pub jobs: registry::Jobs,
     /// Results and logs.
-    pub results: ActorRef<results::ResultMsg>,
+    pub results: Door<results::ResultMsg>,
+    /// Result documents and logs, read without the result actor.
+    pub result_docs: results::ResultDocs,
     /// Artifact and attachment files.
-    pub files: ActorRef<files::FileMsg>,
+    pub files: Door<files::FileMsg>,
     /// Agent-reported data.
-    pub agents: ActorRef<agents::AgentMsg>,
+    pub agents: Door<agents::AgentMsg>,
     /// Per-queue actors.
     pub queues: QueueDirectory,
     /// To wait for durability before acknowledging.
     pub journal: Journal,
+    /// Room for data of ids no job has.
+    pub orphans: Arc<OrphanQuota>,
+    /// Turns for searches and queue listings (`--max-searches`).
+    pub searches: Arc<Semaphore>,
     /// Limits and paths.
     pub config: Arc<Config>,
     /// Where uploaded files live.

@@ -4,17 +4,33 @@
 //! Every change follows one path: decide (pure) → journal append (refused when the log
 //! cannot take it, before anything changes) → apply (pure) → forward the index change to
 //! the queue's actor → reply with the LSN the handler must see durable.
+//!
+//! Reads do not come here: the partition is [`Shared`] with handlers, which read it
+//! through [`Jobs`] (lookups, listings and searches over the registry's indexes, in
+//! bounded steps), so no read waits in this actor's mailbox and no read holds up a write.
+//!
+//! It also stops queue actors that stayed without waiting jobs for the configured idle
+//! time (a new job starts a fresh one), so queue names used once cost nothing later.
+
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::queue::{QueueActor, QueueMsg};
-use super::{now, reply, PendingSnapshot, QueueDirectory, Recorder};
+use super::{gone, now, reply, PendingSnapshot, QueueDirectory, Recorder, Shared};
 use crate::error::Result;
 use crate::journal::{Journal, Ticket};
+use crate::model::index::Search;
 use crate::model::queue::Entry;
 use crate::model::registry::{Attachments, IndexChange, Registry, Submission, Submitted};
-use crate::model::{Event, JobId, Name};
+use crate::model::{Event, FastMap, JobId, Name};
+
+/// How many index entries a reader visits per step before it lets writers in.
+const READ_STEP: usize = 1024;
+
+/// The stop reason of a queue actor stopped for being idle (the supervisor expects it).
+pub const IDLE_STOP: &str = "idle";
 
 /// A job as handlers see it.
 #[derive(Clone, Debug)]
@@ -63,29 +79,20 @@ pub enum RegistryMsg {
         Vec<Name>,
         RpcReplyPort<Result<Claimed>>,
     ),
-    /// The job this agent holds without having reported on it.
-    Held(Name, RpcReplyPort<Option<(JobId, JobView)>>),
     /// Cancel a job.
     Cancel(JobId, RpcReplyPort<Result<Ticket>>),
+    /// Delete a job whatever its state (an operator's request): the ticket, `None` when
+    /// there is no such job.
+    Delete(JobId, RpcReplyPort<Result<Option<Ticket>>>),
     /// A `job_state` was posted: whether the job is known, and the ticket of the change
     /// when it changed the lifecycle.
     Report(JobId, Name, RpcReplyPort<Result<(bool, Option<Ticket>)>>),
     /// The job's attachments were stored.
     AttachmentsArrived(JobId, RpcReplyPort<Result<Option<Ticket>>>),
-    /// Look a job up.
-    Get(JobId, RpcReplyPort<Option<JobView>>),
-    /// Jobs of a queue (any state), at most `limit`.
-    ListQueue(Name, usize, RpcReplyPort<Vec<(JobId, JobView)>>),
-    /// Every job matching a predicate, at most `limit`.
-    Search(
-        Box<dyn Fn(&JobView) -> bool + Send>,
-        usize,
-        RpcReplyPort<Vec<(JobId, JobView)>>,
-    ),
     /// Remove finished jobs that finished before `cutoff`, at most `limit`.
     Expire(u64, usize, RpcReplyPort<Result<Option<Expired>>>),
-    /// Recent wait times of the named queues (all queues with data when empty).
-    WaitTimes(Vec<String>, RpcReplyPort<Vec<(Name, Vec<u64>)>>),
+    /// Stop queue actors that have had no waiting job for at least this long.
+    StopIdleQueues(Duration),
     /// A queue actor died: start a new one from the current waiting jobs.
     RespawnQueue(Name),
     /// Serialise the partition for a snapshot.
@@ -97,8 +104,8 @@ pub struct RegistryActor;
 
 /// Start-up inputs.
 pub struct RegistryArgs {
-    /// The recovered partition.
-    pub registry: Registry,
+    /// The recovered partition, shared with readers.
+    pub registry: Shared<Registry>,
     /// Where events go.
     pub journal: Journal,
     /// Queue actors, shared with handlers.
@@ -109,14 +116,18 @@ pub struct RegistryArgs {
 
 /// The registry actor's state.
 pub struct RegistryState {
-    /// The partition this actor owns.
-    registry: Registry,
+    /// The partition this actor owns (the only writer), shared with readers.
+    registry: Shared<Registry>,
     /// Journal and how far the partition reaches.
     recorder: Recorder,
     /// Queue actors; this actor is the only writer.
     queues: QueueDirectory,
     /// Parent for new queue actors.
     supervisor: ActorCell,
+    /// Waiting jobs per queue actor, as told to it (to see which actors are idle).
+    waiting: FastMap<Name, usize>,
+    /// Queues found without waiting jobs, and since when.
+    idle_since: FastMap<Name, Instant>,
 }
 
 fn view(job: &crate::model::registry::Job) -> JobView {
@@ -132,12 +143,127 @@ fn view(job: &crate::model::registry::Job) -> JobView {
     }
 }
 
+/// Reads of the registry partition for handlers, without the registry actor. Each
+/// holds the read lock for one bounded step (a lookup, or [`READ_STEP`] index entries)
+/// and yields between steps.
+#[derive(Clone)]
+pub struct Jobs(Shared<Registry>);
+
+impl Jobs {
+    /// Reads of `registry`.
+    pub fn new(registry: Shared<Registry>) -> Jobs {
+        Jobs(registry)
+    }
+
+    /// The job, if known.
+    pub fn get(&self, id: JobId) -> Option<JobView> {
+        self.0.read().get(id).map(view)
+    }
+
+    /// Whether a job has this id.
+    pub fn contains(&self, id: JobId) -> bool {
+        self.0.read().get(id).is_some()
+    }
+
+    /// The job this agent holds without having reported on it.
+    pub fn held_by(&self, agent: &str) -> Option<(JobId, JobView)> {
+        self.0
+            .read()
+            .held_by(agent)
+            .map(|(id, job)| (id, view(job)))
+    }
+
+    /// Recent wait times of the named queues (all queues with data when empty).
+    pub fn wait_times(&self, queues: &[String]) -> Vec<(Name, Vec<u64>)> {
+        let registry = self.0.read();
+        if queues.is_empty() {
+            registry
+                .waits_all()
+                .map(|(q, w)| (q.clone(), w.iter().copied().collect()))
+                .collect()
+        } else {
+            queues
+                .iter()
+                .filter_map(|q| {
+                    registry
+                        .waits(q)
+                        .map(|w| (Name::from(q.as_str()), w.iter().copied().collect()))
+                })
+                .collect()
+        }
+    }
+
+    /// Jobs of `queue` (any state), oldest first, at most `limit`: visits only those.
+    pub async fn list_queue(&self, queue: &str, limit: usize) -> Vec<(JobId, JobView)> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let exhausted = {
+                let registry = self.0.read();
+                let Some(list) = registry.index().queue(queue) else {
+                    break;
+                };
+                let from = match after {
+                    None => std::ops::Bound::Unbounded,
+                    Some(seq) => std::ops::Bound::Excluded(seq),
+                };
+                let want = READ_STEP.min(limit - out.len());
+                let mut taken = 0;
+                for (&seq, &id) in list.range((from, std::ops::Bound::Unbounded)).take(want) {
+                    taken += 1;
+                    after = Some(seq);
+                    if let Some(job) = registry.get(id) {
+                        out.push((id, view(job)));
+                    }
+                }
+                taken < want || out.len() >= limit
+            };
+            if exhausted {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        out
+    }
+
+    /// Jobs matching `search`, newest first, at most `limit`: visits candidates from the
+    /// most selective index only, and stops at `limit`.
+    pub async fn search(&self, search: &Search, limit: usize) -> Vec<(JobId, JobView)> {
+        let mut out = Vec::new();
+        let mut before = u64::MAX;
+        loop {
+            let next = {
+                let registry = self.0.read();
+                search.step(
+                    registry.index(),
+                    before,
+                    READ_STEP,
+                    |id| registry.get(id).map(|j| j.state.label()),
+                    |id, _| {
+                        if let Some(job) = registry.get(id) {
+                            out.push((id, view(job)));
+                        }
+                        out.len() < limit
+                    },
+                )
+            };
+            match next {
+                Some(resume) => before = resume,
+                None => break,
+            }
+            tokio::task::yield_now().await;
+        }
+        out
+    }
+}
+
 impl RegistryState {
     /// Records and applies `event`, updating the queue index; returns its ticket.
     async fn record(&mut self, event: Event) -> Result<Ticket> {
         let ticket = self.recorder.append(&event)?;
         let lsn = ticket.lsn();
-        if let Some(change) = self.registry.apply(lsn, &event) {
+        let change = self.registry.write().apply(lsn, &event);
+        if let Some(change) = change {
             self.route(change).await;
         }
         Ok(ticket)
@@ -146,13 +272,19 @@ impl RegistryState {
     async fn route(&mut self, change: IndexChange) {
         let (queue, msg) = match change {
             IndexChange::Insert(queue, entry) => {
+                *self.waiting.entry(queue.clone()).or_default() += 1;
                 if self.queues.get(&queue).is_none() {
                     self.spawn_queue(queue, vec![entry]).await;
                     return;
                 }
                 (queue, QueueMsg::Insert(entry))
             }
-            IndexChange::Remove(queue, id) => (queue, QueueMsg::Remove(id)),
+            IndexChange::Remove(queue, id) => {
+                if let Some(n) = self.waiting.get_mut(&queue) {
+                    *n = n.saturating_sub(1);
+                }
+                (queue, QueueMsg::Remove(id))
+            }
             IndexChange::Ready(queue, id) => (queue, QueueMsg::Ready(id)),
         };
         if let Some(actor) = self.queues.get(&queue) {
@@ -161,6 +293,7 @@ impl RegistryState {
     }
 
     async fn spawn_queue(&mut self, queue: Name, entries: Vec<Entry>) {
+        self.waiting.insert(queue.clone(), entries.len());
         match Actor::spawn_linked(None, QueueActor, entries, self.supervisor.clone()).await {
             Ok((actor, _)) => self.queues.insert(queue, actor),
             // Only fails when the actor system is shutting down.
@@ -168,6 +301,32 @@ impl RegistryState {
                 if let Some(suppressed) = crate::throttle::allow("cannot start queue actor", 0) {
                     tracing::error!(%queue, error = %e, suppressed, "cannot start queue actor");
                 }
+            }
+        }
+    }
+
+    /// Stops the queue actors without waiting jobs since at least `idle` ago. Inserts
+    /// come only from this actor, so none can reach a stopped actor: the next job of
+    /// that queue starts a new one.
+    fn stop_idle_queues(&mut self, idle: Duration) {
+        let now = Instant::now();
+        let mut stop = Vec::new();
+        for (queue, &count) in &self.waiting {
+            if count > 0 {
+                self.idle_since.remove(queue);
+                continue;
+            }
+            let since = *self.idle_since.entry(queue.clone()).or_insert(now);
+            if now.duration_since(since) >= idle {
+                stop.push(queue.clone());
+            }
+        }
+        for queue in stop {
+            self.waiting.remove(&queue);
+            self.idle_since.remove(&queue);
+            if let Some(actor) = self.queues.remove(&queue) {
+                tracing::info!(%queue, "stopped the actor of an idle queue");
+                actor.stop(Some(IDLE_STOP.into()));
             }
         }
     }
@@ -188,8 +347,11 @@ impl Actor for RegistryActor {
             recorder: Recorder::new(args.journal),
             queues: args.queues,
             supervisor: args.supervisor,
+            waiting: FastMap::default(),
+            idle_since: FastMap::default(),
         };
-        for (queue, entries) in state.registry.waiting_entries() {
+        let waiting = state.registry.read().waiting_entries();
+        for (queue, entries) in waiting {
             state.spawn_queue(queue, entries).await;
         }
         Ok(state)
@@ -203,88 +365,94 @@ impl Actor for RegistryActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RegistryMsg::Submit(sub, port) => {
-                let result = match state.registry.submit(sub, now()) {
+                if gone(&port) {
+                    return Ok(());
+                }
+                let decided = state.registry.read().submit(sub, now());
+                let result = match decided {
                     Submitted::Duplicate { lsn } => Ok(state.recorder.journal().ticket_for(lsn)),
                     Submitted::Record(event) => state.record(event).await,
                 };
                 reply(port, result);
             }
             RegistryMsg::Claim(id, agent, queues, port) => {
-                let held = agent
-                    .as_deref()
-                    .and_then(|a| state.registry.held_by(a))
-                    .filter(|(_, job)| queues.contains(&job.queue))
-                    .map(|(_, job)| view(job));
-                let result =
-                    match (held, state.registry.claim(id, agent, now())) {
-                        (Some(held), _) => Ok(Claimed::Held(held)),
-                        (None, None) => Ok(Claimed::Gone),
-                        (None, Some(event)) => state.record(event).await.map(|ticket| match state
-                            .registry
-                            .get(id)
-                        {
+                if gone(&port) {
+                    return Ok(());
+                }
+                let (held, claim) = {
+                    let registry = state.registry.read();
+                    let held = agent
+                        .as_deref()
+                        .and_then(|a| registry.held_by(a))
+                        .filter(|(_, job)| queues.contains(&job.queue))
+                        .map(|(_, job)| view(job));
+                    (held, registry.claim(id, agent, now()))
+                };
+                let result = match (held, claim) {
+                    (Some(held), _) => Ok(Claimed::Held(held)),
+                    (None, None) => Ok(Claimed::Gone),
+                    (None, Some(event)) => state.record(event).await.map(|ticket| {
+                        match state.registry.read().get(id) {
                             Some(job) => Claimed::Dispatched(view(job), ticket),
                             None => Claimed::Gone,
-                        }),
-                    };
+                        }
+                    }),
+                };
                 reply(port, result);
             }
-            RegistryMsg::Held(agent, port) => {
-                reply(
-                    port,
-                    state
-                        .registry
-                        .held_by(&agent)
-                        .map(|(id, job)| (id, view(job))),
-                );
-            }
             RegistryMsg::Cancel(id, port) => {
-                let result = match state.registry.cancel(id, now()) {
+                if gone(&port) {
+                    return Ok(());
+                }
+                let decided = state.registry.read().cancel(id, now());
+                let result = match decided {
                     Ok(event) => state.record(event).await,
                     Err(e) => Err(e),
                 };
                 reply(port, result);
             }
+            RegistryMsg::Delete(id, port) => {
+                if gone(&port) {
+                    return Ok(());
+                }
+                let decided = state.registry.read().delete(id);
+                let result = match decided {
+                    Some(event) => state.record(event).await.map(Some),
+                    None => Ok(None),
+                };
+                reply(port, result);
+            }
             RegistryMsg::Report(id, label, port) => {
-                let known = state.registry.get(id).is_some();
-                let result = match state.registry.report(id, &label, now()) {
+                if gone(&port) {
+                    return Ok(());
+                }
+                let (known, decided) = {
+                    let registry = state.registry.read();
+                    (
+                        registry.get(id).is_some(),
+                        registry.report(id, &label, now()),
+                    )
+                };
+                let result = match decided {
                     None => Ok((known, None)),
                     Some(event) => state.record(event).await.map(|t| (known, Some(t))),
                 };
                 reply(port, result);
             }
             RegistryMsg::AttachmentsArrived(id, port) => {
-                let result = match state.registry.attachments_arrived(id) {
+                if gone(&port) {
+                    return Ok(());
+                }
+                let decided = state.registry.read().attachments_arrived(id);
+                let result = match decided {
                     Ok(None) => Ok(None),
                     Ok(Some(event)) => state.record(event).await.map(Some),
                     Err(e) => Err(e),
                 };
                 reply(port, result);
             }
-            RegistryMsg::Get(id, port) => reply(port, state.registry.get(id).map(view)),
-            RegistryMsg::ListQueue(queue, limit, port) => {
-                let mut jobs: Vec<(JobId, JobView)> = state
-                    .registry
-                    .iter()
-                    .filter(|(_, j)| j.queue == queue)
-                    .map(|(id, j)| (id, view(j)))
-                    .collect();
-                jobs.sort_by_key(|(_, v)| v.seq);
-                jobs.truncate(limit);
-                reply(port, jobs);
-            }
-            RegistryMsg::Search(predicate, limit, port) => {
-                let jobs = state
-                    .registry
-                    .iter()
-                    .map(|(id, j)| (id, view(j)))
-                    .filter(|(_, v)| predicate(v))
-                    .take(limit)
-                    .collect();
-                reply(port, jobs);
-            }
             RegistryMsg::Expire(cutoff, limit, port) => {
-                let ids = state.registry.expired(cutoff, limit);
+                let ids = state.registry.read().expired(cutoff, limit);
                 let result = if ids.is_empty() {
                     Ok(None)
                 } else {
@@ -293,29 +461,11 @@ impl Actor for RegistryActor {
                 };
                 reply(port, result);
             }
-            RegistryMsg::WaitTimes(queues, port) => {
-                let samples = if queues.is_empty() {
-                    state
-                        .registry
-                        .waits_all()
-                        .map(|(q, w)| (q.clone(), w.iter().copied().collect()))
-                        .collect()
-                } else {
-                    queues
-                        .iter()
-                        .filter_map(|q| {
-                            state
-                                .registry
-                                .waits(q)
-                                .map(|w| (Name::from(q.as_str()), w.iter().copied().collect()))
-                        })
-                        .collect()
-                };
-                reply(port, samples);
-            }
+            RegistryMsg::StopIdleQueues(idle) => state.stop_idle_queues(idle),
             RegistryMsg::RespawnQueue(queue) => {
                 let entries = state
                     .registry
+                    .read()
                     .waiting_entries()
                     .remove(&queue)
                     .unwrap_or_default();
@@ -323,7 +473,8 @@ impl Actor for RegistryActor {
                 state.spawn_queue(queue, entries).await;
             }
             RegistryMsg::Snapshot(port) => {
-                reply(port, state.recorder.snapshot(&state.registry));
+                let copy = state.registry.read().snapshot_copy();
+                reply(port, state.recorder.snapshot_owned(copy));
             }
         }
         Ok(())

@@ -14,11 +14,14 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::agents::{AgentActor, AgentMsg};
-use super::files::{FileActor, FileMsg};
-use super::registry::{RegistryActor, RegistryArgs, RegistryMsg};
-use super::results::{ResultActor, ResultMsg};
-use super::{reply, QueueDirectory};
+
+use super::files::{FileActor, FileArgs, FileMsg};
+use super::registry::{Jobs, RegistryActor, RegistryArgs, RegistryMsg};
+use super::results::{ResultActor, ResultArgs, ResultMsg};
+use super::{reply, OrphanQuota, QueueDirectory, Shared};
 use crate::journal::Journal;
+use crate::model::registry::Registry;
+use crate::model::results::Results;
 use crate::model::State;
 
 /// Messages to the supervisor.
@@ -44,8 +47,15 @@ pub struct Refs {
 
 /// Start-up inputs.
 pub struct SupervisorArgs {
-    /// The recovered state.
+    /// The recovered state (its registry and results partitions are moved into the
+    /// shared handles below).
     pub state: State,
+    /// The registry partition, shared with readers.
+    pub registry: Shared<Registry>,
+    /// The results partition, shared with readers.
+    pub results: Shared<Results>,
+    /// Room for data of ids no job has.
+    pub orphans: Arc<OrphanQuota>,
     /// The journal.
     pub journal: Journal,
     /// The queue directory to fill.
@@ -84,12 +94,9 @@ impl Actor for Supervisor {
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let cell = myself.get_cell();
-        let State {
-            registry,
-            results,
-            files,
-            agents,
-        } = args.state;
+        let State { files, agents, .. } = args.state;
+        let (registry, results) = (args.registry, args.results);
+        let jobs = Jobs::new(registry.clone());
         let (registry, _) = Actor::spawn_linked(
             None,
             RegistryActor,
@@ -105,14 +112,26 @@ impl Actor for Supervisor {
         let (results, _) = Actor::spawn_linked(
             None,
             ResultActor,
-            (results, args.journal.clone()),
+            ResultArgs {
+                results,
+                journal: args.journal.clone(),
+                jobs: jobs.clone(),
+                orphans: args.orphans.clone(),
+            },
             cell.clone(),
         )
         .await?;
         let (files, _) = Actor::spawn_linked(
             None,
             FileActor,
-            (files, args.journal.clone(), args.files_dir, args.fs),
+            FileArgs {
+                files,
+                journal: args.journal.clone(),
+                dir: args.files_dir,
+                jobs,
+                orphans: args.orphans,
+                fs: args.fs,
+            },
             cell.clone(),
         )
         .await?;
@@ -151,6 +170,12 @@ impl Actor for Supervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         let (cell, why) = match event {
+            // The registry stops idle queue actors (and has already forgotten them).
+            SupervisionEvent::ActorTerminated(_, _, Some(reason))
+                if reason == super::registry::IDLE_STOP =>
+            {
+                return Ok(())
+            }
             SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
             SupervisionEvent::ActorTerminated(cell, _, reason) => (
                 cell,

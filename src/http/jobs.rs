@@ -9,10 +9,13 @@ use serde_json::{json, Value};
 
 use super::respond::{json_bytes, json_value, no_content, ok, read_body, text};
 use super::wire::{self, path_id};
+use crate::actors::files::FileMsg;
 use crate::actors::queue::QueueMsg;
 use crate::actors::registry::{Claimed, JobView, RegistryMsg};
-use crate::actors::{ask, Services};
+use crate::actors::results::ResultMsg;
+use crate::actors::{ask, ask_admitted, Callee, Services};
 use crate::error::{Error, Result};
+use crate::model::index::Search;
 use crate::model::queue::{best, Candidate};
 use crate::model::registry::Attachments;
 use crate::model::{JobId, Name};
@@ -175,7 +178,7 @@ async fn held_job(
     let Some(agent) = agent else {
         return Ok(None);
     };
-    let held = ask(&svc.registry, |p| RegistryMsg::Held(agent, p)).await?;
+    let held = svc.jobs.held_by(&agent);
     let held = held.filter(|(_, job)| queues.contains(&job.queue));
     if held.is_some() {
         // As for a retried claim: the dispatch it repeats may not be durable yet.
@@ -202,10 +205,50 @@ fn dispatched_body(job: &JobView) -> bytes::Bytes {
 /// `GET /v1/job/<id>`: the stored job document.
 pub async fn job_get_id(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
     let id = path_id(&id)?;
-    match ask(&svc.registry, |p| RegistryMsg::Get(id, p)).await? {
+    match svc.jobs.get(id) {
         Some(job) => Ok(json_bytes(StatusCode::OK, job.body)),
         None => Ok(no_content()),
     }
+}
+
+/// `DELETE /v1/job/<id>`: an operator removes a job and everything it owns (results,
+/// logs, artifact, attachments), whatever its state; also the data of an id no job has.
+/// Durable (logged) like any change. Operator-only: answered only to loopback clients
+/// until access control exists. 404 when nothing is known by that id.
+pub async fn job_delete(
+    State(svc): State<Services>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response> {
+    let local = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|peer| peer.0.ip().is_loopback());
+    if !local {
+        return Err(Error::Forbidden(
+            "Deleting a job is for the operator: only allowed from the server's own host".into(),
+        ));
+    }
+    let id = path_id(&id)?;
+    // All three partitions let the request in before any is asked, so a 503 deletes
+    // nothing.
+    let passes = (
+        svc.registry.admit()?,
+        svc.results.admit()?,
+        svc.files.admit()?,
+    );
+    let job = ask_admitted(&svc.registry, passes.0, |p| RegistryMsg::Delete(id, p)).await??;
+    let results = ask_admitted(&svc.results, passes.1, |p| ResultMsg::Delete(id, p)).await??;
+    let files = ask_admitted(&svc.files, passes.2, |p| FileMsg::Delete(id, p)).await??;
+    let mut found = false;
+    for ticket in [job, results, files].into_iter().flatten() {
+        found = true;
+        svc.journal.durable(ticket).await?;
+    }
+    if !found {
+        return Err(Error::NotFound(format!("Nothing is known about job {id}")));
+    }
+    Ok(ok())
 }
 
 /// The text Testflinger answers for a job that is not waiting.
@@ -218,13 +261,12 @@ pub async fn job_position_get(
 ) -> Result<Response> {
     let id = path_id(&id)?;
     let gone = || Error::Gone(NOT_WAITING.into());
-    let job = ask(&svc.registry, |p| RegistryMsg::Get(id, p))
-        .await?
-        .filter(|j| j.waiting)
-        .ok_or_else(gone)?;
+    let job = svc.jobs.get(id).filter(|j| j.waiting).ok_or_else(gone)?;
     let queue = svc.queues.get(&job.queue).ok_or_else(gone)?;
     let position = ask(&queue, |p| QueueMsg::Position(id, p))
-        .await?
+        .await
+        .ok()
+        .flatten()
         .ok_or_else(gone)?;
     Ok(text(position.to_string()))
 }
@@ -297,42 +339,23 @@ pub async fn job_search(State(svc): State<Services>, request: Request) -> Result
             _ => {}
         }
     }
-    let predicate = move |job: &crate::actors::registry::JobView| {
-        let state_ok = states.is_empty()
-            || states.iter().any(|s| {
-                if s == "active" {
-                    !crate::actors::registry::is_finished(job)
-                } else {
-                    *s == job.state
-                }
-            });
-        if !state_ok {
-            return false;
+    // Each tag once: a repeated tag changes nothing but the work.
+    let mut distinct: Vec<Name> = Vec::with_capacity(tags.len());
+    let mut seen = std::collections::HashSet::with_capacity(tags.len());
+    for tag in tags {
+        if seen.insert(tag.clone()) {
+            distinct.push(Name::from(tag));
         }
-        if tags.is_empty() {
-            return true;
-        }
-        let job_tags: Vec<String> = serde_json::from_slice::<Value>(&job.body)
-            .ok()
-            .and_then(|v| v.get("tags").and_then(Value::as_array).cloned())
-            .map(|a| {
-                a.into_iter()
-                    .filter_map(|t| t.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if match_all {
-            tags.iter().all(|t| job_tags.contains(t))
-        } else {
-            tags.iter().any(|t| job_tags.contains(t))
-        }
+    }
+    let search = Search {
+        tags: distinct,
+        match_all,
+        states,
     };
-    let mut jobs = ask(&svc.registry, |p| {
-        RegistryMsg::Search(Box::new(predicate), usize::MAX, p)
-    })
-    .await?;
-    jobs.sort_by_key(|(_, job)| std::cmp::Reverse(job.seq));
-    jobs.truncate(limit);
+    let jobs = {
+        let _turn = svc.searches.acquire().await;
+        svc.jobs.search(&search, limit).await
+    };
     let list: Vec<Value> = jobs
         .into_iter()
         .map(|(id, job)| json!({"job_id": id.to_string(), "created_at": wire::iso_z(job.created_at), "job_state": job.state}))
@@ -349,7 +372,7 @@ pub async fn attachments_post(
 ) -> Result<Response> {
     let id = path_id(&id)?;
     // Refuse before receiving gigabytes for a job that cannot take them.
-    let job = ask(&svc.registry, |p| RegistryMsg::Get(id, p)).await?;
+    let job = svc.jobs.get(id);
     match job {
         Some(job) if job.waiting => match job.attachments {
             // Stored already, though perhaps not durably yet.

@@ -79,7 +79,7 @@ pub fn router(services: Services) -> Router {
         .route("/v1", get(home))
         .route("/v1/job", post(job_post).get(job_get))
         .route("/v1/job/search", get(job_search))
-        .route("/v1/job/{id}", get(job_get_id))
+        .route("/v1/job/{id}", get(job_get_id).delete(job_delete))
         .route(
             "/v1/job/{id}/attachments",
             post(attachments_post).get(attachments_get),

@@ -9,10 +9,8 @@ use serde_json::{json, Map, Value};
 use super::agents::read_agents;
 use super::respond::{json_value, no_content};
 use super::wire::{iso_z, query_pairs};
-use crate::actors::registry::RegistryMsg;
-use crate::actors::{ask, Services};
+use crate::actors::Services;
 use crate::error::{Error, Result};
-use crate::model::Name;
 
 /// Default and largest number of jobs a listing returns.
 pub const LIST_DEFAULT: usize = 1000;
@@ -79,10 +77,10 @@ pub async fn queue_jobs_get(
 ) -> Result<Response> {
     crate::http::wire::check_queue_name(&queue)?;
     let limit = limit_param(&query_pairs(request.uri().query().unwrap_or("")))?;
-    let jobs = ask(&svc.registry, |p| {
-        RegistryMsg::ListQueue(Name::from(queue.as_str()), limit, p)
-    })
-    .await?;
+    let jobs = {
+        let _turn = svc.searches.acquire().await;
+        svc.jobs.list_queue(&queue, limit).await
+    };
     if jobs.is_empty() {
         return Ok(no_content());
     }
@@ -126,7 +124,7 @@ pub async fn queue_wait_times_get(
     for queue in &wanted {
         crate::http::wire::check_queue_name(queue)?;
     }
-    let samples = ask(&svc.registry, |p| RegistryMsg::WaitTimes(wanted, p)).await?;
+    let samples = svc.jobs.wait_times(&wanted);
     let mut out = Map::new();
     for (queue, mut waits) in samples {
         if waits.is_empty() {

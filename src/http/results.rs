@@ -17,9 +17,10 @@ use super::wire::{json_object_body, parse_timestamp, path_id, query_pairs, PHASE
 use crate::actors::files::FileMsg;
 use crate::actors::registry::RegistryMsg;
 use crate::actors::results::{FragmentPost, LogQuery, ResultMsg};
-use crate::actors::{ask, Services};
+use crate::actors::{ask, ask_admitted, Callee, Services};
 use crate::error::{Error, Result};
 use crate::model::registry::first_run;
+use crate::model::results::Fields;
 use crate::model::{FileKind, JobId, LogKind, Name};
 
 /// `POST /v1/result/<id>`: merge top-level fields into the job's result.
@@ -59,15 +60,28 @@ pub async fn result_post(
             return Ok(ok());
         }
     }
-    // Otherwise the two partitions are independent: ask both at once.
+    // Otherwise the two partitions are independent: ask both at once, once both let
+    // the request in (a refusal must leave both untouched).
+    let merge_pass = svc.results.admit()?;
+    let report_pass = match state {
+        Some(_) => svc.registry.admit()?,
+        None => None,
+    };
     let report = async {
         match state {
-            Some(state) => ask(&svc.registry, |p| RegistryMsg::Report(id, state, p)).await?,
+            Some(state) => {
+                ask_admitted(&svc.registry, report_pass, |p| {
+                    RegistryMsg::Report(id, state, p)
+                })
+                .await?
+            }
             None => Ok((false, None)),
         }
     };
-    let (merged, reported) =
-        tokio::join!(ask(&svc.results, |p| ResultMsg::Merge(id, body, p)), report);
+    let (merged, reported) = tokio::join!(
+        ask_admitted(&svc.results, merge_pass, |p| ResultMsg::Merge(id, body, p)),
+        report
+    );
     let (merged, (_, reported)) = (merged??, reported?);
     svc.journal.durable(merged).await?;
     if let Some(reported) = reported {
@@ -77,50 +91,56 @@ pub async fn result_post(
 }
 
 /// `GET /v1/result/<id>`: the result document, with the registry's `job_state`.
+///
+/// The stored members are copied out as JSON text and written back as they are: only
+/// `status` (for `<phase>_status`) is parsed.
 pub async fn result_get(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
     let id = path_id(&id)?;
-    let (job, view) = tokio::join!(
-        ask(&svc.registry, |p| RegistryMsg::Get(id, p)),
-        ask(&svc.results, |p| ResultMsg::View(id, p))
-    );
-    let (job, view) = (job?, view?);
+    let job = svc.jobs.get(id);
+    let view = svc.result_docs.view(id).await;
     let job_run = job.as_ref().map(|j| j.run);
     if job.is_none() && view.as_ref().is_none_or(|v| v.fields.is_none()) {
         return Ok(no_content());
     }
-    let fields: Map<String, Value> = view
-        .as_ref()
-        .and_then(|v| v.fields.as_ref())
-        .and_then(|f| serde_json::from_slice(f).ok())
-        .unwrap_or_default();
-    let mut result = match job {
-        // The registry owns the lifecycle: its state wins over whatever was posted.
-        Some(job) => with_state(fields, &job.state),
-        None => fields,
-    };
-    if let Some(view) = view {
+    let (mut result, logs) = match view {
         // A re-run that has posted nothing yet shows no logs, not the earlier run's.
-        if !job_run.is_some_and(|run| is_older_run(view.run, run)) {
-            add_phase_views(&mut result, view.logs);
+        Some(view) if job_run.is_some_and(|run| is_older_run(view.run, run)) => {
+            (view.fields.unwrap_or_default(), Vec::new())
         }
+        Some(view) => (view.fields.unwrap_or_default(), view.logs),
+        None => (Fields::default(), Vec::new()),
+    };
+    // The registry owns the lifecycle: its state wins over whatever was posted (in
+    // place when posted, else first, where Testflinger's initial
+    // `{"job_state": "waiting"}` puts it).
+    if let Some(job) = job {
+        result.insert_first("job_state", json_text(&Value::from(job.state)));
     }
-    Ok(json_bytes(
-        StatusCode::OK,
-        Bytes::from(serde_json::to_vec(&result).expect("maps serialise")),
-    ))
+    add_phase_views(&mut result, logs);
+    Ok(json_bytes(StatusCode::OK, Bytes::from(result.to_json())))
+}
+
+fn json_text(value: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("JSON values serialise"))
 }
 
 /// Adds what current Testflinger clients read: `<phase>_status` from the posted
 /// `status` object, and `<phase>_output` / `<phase>_serial` from the log fragments.
 /// Fields an older agent posted under those names are kept as posted.
-fn add_phase_views(result: &mut Map<String, Value>, logs: Vec<(String, String)>) {
-    if let Some(Value::Object(status)) = result.get("status").cloned() {
-        for (phase, code) in status {
-            result.entry(format!("{phase}_status")).or_insert(code);
+fn add_phase_views(result: &mut Fields, logs: Vec<(String, String)>) {
+    let status = result
+        .get("status")
+        .and_then(|raw| serde_json::from_slice::<Map<String, Value>>(raw).ok());
+    for (phase, code) in status.into_iter().flatten() {
+        let key = format!("{phase}_status");
+        if result.get(&key).is_none() {
+            result.insert(&key, json_text(&code));
         }
     }
     for (key, text) in logs {
-        result.entry(key).or_insert(Value::from(text));
+        if result.get(&key).is_none() {
+            result.insert(&key, json_text(&Value::from(text)));
+        }
     }
 }
 
@@ -172,7 +192,7 @@ pub async fn log_post(
             data.len()
         )));
     }
-    let run = job_run(&svc, id).await?;
+    let run = job_run(&svc, id);
     let fragment = FragmentPost {
         kind,
         number,
@@ -200,10 +220,8 @@ pub fn fragment_body_limit(decoded: usize) -> usize {
 
 /// The current run of job `id` (1 when the registry does not know the job: results may
 /// be posted for ids no job has).
-async fn job_run(svc: &Services, id: JobId) -> Result<u32> {
-    Ok(ask(&svc.registry, |p| RegistryMsg::Get(id, p))
-        .await?
-        .map_or(first_run(), |job| job.run))
+fn job_run(svc: &Services, id: JobId) -> u32 {
+    svc.jobs.get(id).map_or(first_run(), |job| job.run)
 }
 
 /// Whether a log showing run `shown` is about an older run than the job's `current` one
@@ -271,17 +289,13 @@ pub async fn log_get(
         phase: only,
         run,
     };
-    let (job, answer) = tokio::join!(
-        async {
-            match run {
-                Some(_) => Ok(None),
-                None => ask(&svc.registry, |p| RegistryMsg::Get(id, p)).await,
-            }
-        },
-        ask(&svc.results, |p| ResultMsg::Log(id, kind, query, p))
-    );
-    let (shown, mut answer) = answer?;
-    if job?.is_some_and(|job| is_older_run(shown, job.run)) {
+    let answer = svc.result_docs.log(id, kind, query).await;
+    let job = match run {
+        Some(_) => None,
+        None => svc.jobs.get(id),
+    };
+    let (shown, mut answer) = answer;
+    if job.is_some_and(|job| is_older_run(shown, job.run)) {
         for (_, last, text) in answer.iter_mut() {
             *last = -1;
             text.clear();
@@ -305,19 +319,6 @@ pub async fn log_get(
         StatusCode::OK,
         Bytes::from(serde_json::to_vec(&body).expect("maps serialise")),
     ))
-}
-
-/// `fields` with `job_state` set to `state`: in place when posted, else first (where
-/// Testflinger's initial `{"job_state": "waiting"}` puts it).
-fn with_state(mut fields: Map<String, Value>, state: &str) -> Map<String, Value> {
-    if let Some(slot) = fields.get_mut("job_state") {
-        *slot = Value::from(state);
-        return fields;
-    }
-    let mut result = Map::with_capacity(fields.len() + 1);
-    result.insert("job_state".into(), Value::from(state));
-    result.extend(fields);
-    result
 }
 
 /// `POST /v1/result/<id>/output`: append raw text to the job's output stream.
@@ -350,7 +351,7 @@ pub async fn output_post(
 /// The phase a legacy output chunk belongs to (the job's current phase, else `test`) and
 /// the job's current run.
 async fn current_phase(svc: &Services, id: JobId) -> Result<(Name, u32)> {
-    let job = ask(&svc.registry, |p| RegistryMsg::Get(id, p)).await?;
+    let job = svc.jobs.get(id);
     let phase = job
         .as_ref()
         .map(|j| j.state.as_str())
@@ -418,7 +419,21 @@ pub async fn store_upload(
     request: Request,
 ) -> Result<()> {
     let config = &svc.config;
-    let limit = config.max_artifact_bytes;
+    // An id no job has may only take what is left of the orphan quota: refused before
+    // any byte is stored when nothing is.
+    let orphan = kind == FileKind::Artifact && !svc.jobs.contains(id);
+    let mut limit = config.max_artifact_bytes;
+    if orphan {
+        let room = svc.orphans.room();
+        if room == 0 {
+            return Err(svc.orphans.full());
+        }
+        limit = limit.min(room);
+    }
+    let over_quota = |e: Error| match e {
+        Error::TooLarge(_) if orphan && limit < config.max_artifact_bytes => svc.orphans.full(),
+        e => e,
+    };
     let whole = limit.saturating_add(UPLOAD_FRAMING);
     let boundary = request
         .headers()
@@ -434,7 +449,7 @@ pub async fn store_upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > whole) {
-        return Err(too_large(limit));
+        return Err(over_quota(too_large(limit)));
     }
     // Nothing is written to disk for an upload the log could not record anyway.
     svc.journal.writable()?;
@@ -473,7 +488,7 @@ pub async fn store_upload(
             Ok(size) => stored = Some(size),
             Err(e) => {
                 remove_quietly(svc, &tmp).await;
-                return Err(e);
+                return Err(over_quota(e));
             }
         }
     }
@@ -482,7 +497,12 @@ pub async fn store_upload(
     };
     let path = svc.files_dir.join(&name);
     let durable = {
-        let (fs, dir, tmp) = (svc.fs.clone(), svc.files_dir.clone(), tmp.clone());
+        let (fs, dir, tmp, path) = (
+            svc.fs.clone(),
+            svc.files_dir.clone(),
+            tmp.clone(),
+            path.clone(),
+        );
         blocking(move || {
             fs.rename(&tmp, &path)?;
             fs.sync_dir(&dir)
@@ -492,16 +512,21 @@ pub async fn store_upload(
         remove_quietly(svc, &tmp).await;
         return Err(e);
     }
-    let recorded = async {
-        let lsn = ask(&svc.files, |p| {
-            FileMsg::Stored(id, kind, name.into_boxed_str(), size, p)
-        })
-        .await??;
-        svc.journal.durable(lsn).await
+    let lsn = match ask(&svc.files, |p| {
+        FileMsg::Stored(id, kind, name.into_boxed_str(), size, p)
+    })
+    .await
+    {
+        Ok(Ok(lsn)) => lsn,
+        // Refused before anything was recorded (at the door, or over the orphan quota).
+        Ok(Err(e)) | Err(e) => {
+            remove_quietly(svc, &path).await;
+            return Err(e);
+        }
     };
     // If this fails the file may stay unreferenced: start-up sweeps such files, and
     // deleting it here could race a record that becomes durable late.
-    recorded.await
+    svc.journal.durable(lsn).await
 }
 
 fn kind_tag(kind: FileKind) -> &'static str {

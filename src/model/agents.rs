@@ -3,7 +3,8 @@
 //!
 //! Records are JSON objects merged key by key, as Testflinger's agent-data endpoint does;
 //! the `log` list and provision history keep only their newest entries so an agent that
-//! runs for years cannot grow the state without bound.
+//! runs for years cannot grow the state without bound, and a record expires once its
+//! agent has not posted for `--agent-expiry-secs`.
 
 use std::collections::BTreeMap;
 
@@ -123,7 +124,21 @@ impl Agents {
                 let excess = record.provision_log.len().saturating_sub(AGENT_LOG_KEEP);
                 record.provision_log.drain(..excess);
             }
+            Event::AgentsExpired { names } => {
+                for name in names {
+                    self.agents.remove(name);
+                }
+            }
             _ => {}
         }
+    }
+
+    /// Agents whose record was last updated before `cutoff` (unix seconds).
+    pub fn silent_since(&self, cutoff: u64) -> Vec<Name> {
+        self.agents
+            .iter()
+            .filter(|(_, r)| r.updated_at < cutoff)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 }

@@ -129,6 +129,9 @@ pub enum Event {
         /// as run 1: most jobs run once, and a job running across the upgrade keeps one log.
         #[serde(default = "super::registry::first_run")]
         run: u32,
+        /// Unix seconds it arrived (0 in logs written before it was recorded).
+        #[serde(default)]
+        at: u64,
     },
     /// A legacy `/output` read consumed the output fragments that had arrived so far.
     OutputRead {
@@ -192,6 +195,17 @@ pub enum Event {
         /// Unix seconds.
         at: u64,
     },
+    /// An operator deleted the job, whatever its state (its results and files go by
+    /// their own events).
+    JobDeleted {
+        /// The job.
+        id: JobId,
+    },
+    /// Agent records without contact for the expiry period were removed.
+    AgentsExpired {
+        /// The agents.
+        names: Vec<Name>,
+    },
 }
 
 impl Event {
@@ -204,7 +218,8 @@ impl Event {
             | JobCancelled { .. }
             | JobStateReported { .. }
             | AttachmentsArrived { .. }
-            | JobsExpired { .. } => Partition::Registry,
+            | JobsExpired { .. }
+            | JobDeleted { .. } => Partition::Registry,
             ResultMerged { .. }
             | LogAppended { .. }
             | OutputRead { .. }
@@ -213,7 +228,8 @@ impl Event {
             QueuesAdvertised { .. }
             | ImagesAdvertised { .. }
             | AgentUpdated { .. }
-            | ProvisionLogged { .. } => Partition::Agents,
+            | ProvisionLogged { .. }
+            | AgentsExpired { .. } => Partition::Agents,
         }
     }
 }

@@ -18,6 +18,10 @@ pub struct StoredFile {
     pub file: Box<str>,
     /// Size in bytes.
     pub size: u64,
+    /// Unix seconds it was stored (files of ids no job has expire a retention period
+    /// after it). Last in the snapshot layout: older snapshots decode with 0.
+    #[serde(default)]
+    pub at: u64,
 }
 
 /// All stored files.
@@ -31,6 +35,17 @@ impl Files {
     /// The current file of `kind` for `id`.
     pub fn get(&self, id: JobId, kind: FileKind) -> Option<&StoredFile> {
         self.files.get(&(id, kind))
+    }
+
+    /// Every job id with files: its bytes stored and its latest store (unix seconds).
+    pub fn by_id(&self) -> FastMap<JobId, (u64, u64)> {
+        let mut out: FastMap<JobId, (u64, u64)> = FastMap::default();
+        for ((id, _), f) in &self.files {
+            let entry = out.entry(*id).or_default();
+            entry.0 += f.size;
+            entry.1 = entry.1.max(f.at);
+        }
+        out
     }
 
     /// Every file name that is referenced (to sweep orphans at start-up).
@@ -47,7 +62,7 @@ impl Files {
                 kind,
                 file,
                 size,
-                ..
+                at,
             } => self
                 .files
                 .insert(
@@ -55,6 +70,7 @@ impl Files {
                     StoredFile {
                         file: file.clone(),
                         size: *size,
+                        at: *at,
                     },
                 )
                 .map(|old| old.file)

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod event;
 pub mod files;
 pub mod ids;
+pub mod index;
 pub mod job;
 pub mod queue;
 pub mod registry;

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::event::Event;
 use super::ids::{JobId, Name};
+use super::index::JobIndex;
 use super::job::{label, JobState};
 use super::queue::Entry;
 use crate::error::{Error, Result};
@@ -188,6 +189,10 @@ pub struct Registry {
     /// Per queue, the newest waits (seconds from submission to dispatch), for the
     /// wait-time percentiles; bounded so a busy queue cannot grow the state.
     waits: FastMap<Name, VecDeque<u64>>,
+    /// Jobs by queue, tag and state, for listings and searches (derived: rebuilt by
+    /// [`Registry::rebuild_index`] after a snapshot is loaded, never in a snapshot).
+    #[serde(skip)]
+    index: JobIndex,
 }
 
 /// How many recent wait times each queue keeps.
@@ -320,6 +325,13 @@ impl Registry {
         Ok(Event::JobCancelled { id, at: now })
     }
 
+    /// Decides an operator's deletion of a job (`None`: no such job).
+    pub fn delete(&self, id: JobId) -> Option<Event> {
+        self.jobs
+            .contains_key(&id)
+            .then_some(Event::JobDeleted { id })
+    }
+
     /// Decides whether a reported `job_state` changes the lifecycle.
     pub fn report(&self, id: JobId, state: &str, now: u64) -> Option<Event> {
         let job = self.jobs.get(&id)?;
@@ -391,6 +403,33 @@ impl Registry {
         }
     }
 
+    /// The read indexes (by queue, tag and state).
+    pub fn index(&self) -> &JobIndex {
+        &self.index
+    }
+
+    /// Rebuilds the read indexes from the jobs (after a snapshot is loaded).
+    pub fn rebuild_index(&mut self) {
+        let mut index = JobIndex::default();
+        for (id, job) in &self.jobs {
+            index.insert(*id, job.seq, &job.queue, job.state.label(), &job.body);
+        }
+        self.index = index;
+    }
+
+    /// A copy for a snapshot: everything that is recorded, without the derived indexes.
+    pub fn snapshot_copy(&self) -> Registry {
+        Registry {
+            jobs: self.jobs.clone(),
+            next_seq: self.next_seq,
+            holding: self.holding.clone(),
+            names: FastSet::default(),
+            finishing: self.finishing.clone(),
+            waits: self.waits.clone(),
+            index: JobIndex::default(),
+        }
+    }
+
     /// Every waiting job as queue index entries, grouped by queue (to rebuild indexes).
     pub fn waiting_entries(&self) -> FastMap<Name, Vec<Entry>> {
         let mut by_queue: FastMap<Name, Vec<Entry>> = FastMap::default();
@@ -425,9 +464,19 @@ impl Registry {
                 };
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                let previous = self.jobs.get(id);
+                let previous = self.jobs.get(id).cloned();
                 let resubmitted = previous.is_some();
-                let run = previous.map_or(first_run(), |j| j.run.saturating_add(1));
+                let run = previous
+                    .as_ref()
+                    .map_or(first_run(), |j| j.run.saturating_add(1));
+                if let Some(previous) = &previous {
+                    self.index.remove(
+                        previous.seq,
+                        &previous.queue,
+                        previous.state.label(),
+                        &previous.body,
+                    );
+                }
                 if let Some(agent) = previous.and_then(|j| j.agent.clone()) {
                     self.release_holder(&agent, *id);
                 }
@@ -451,6 +500,8 @@ impl Registry {
                     run,
                 };
                 let entry = job.entry(*id);
+                self.index
+                    .insert(*id, seq, queue, job.state.label(), &job.body);
                 self.jobs.insert(*id, Arc::new(job));
                 Some(IndexChange::Insert(queue.clone(), entry))
             }
@@ -459,6 +510,8 @@ impl Registry {
                 if !job.state.is_waiting() {
                     return None;
                 }
+                self.index
+                    .restate(*id, job.seq, job.state.label(), label::RUNNING);
                 job.state = JobState::Active(label::RUNNING.into());
                 job.started_at = Some(*at);
                 let samples = self.waits.entry(job.queue.clone()).or_default();
@@ -480,6 +533,8 @@ impl Registry {
                     return None;
                 }
                 let was_waiting = job.state.is_waiting();
+                self.index
+                    .restate(*id, job.seq, job.state.label(), label::CANCELLED);
                 job.state = JobState::Finished(label::CANCELLED.into());
                 job.finished_at = Some(*at);
                 job.lsn = lsn;
@@ -498,6 +553,8 @@ impl Registry {
                 if finished {
                     job.finished_at = Some(*at);
                 }
+                self.index
+                    .restate(*id, job.seq, job.state.label(), next.label());
                 job.state = next;
                 job.lsn = lsn;
                 let queue = job.queue.clone();
@@ -523,9 +580,12 @@ impl Registry {
             Event::JobsExpired { ids } => {
                 for id in ids {
                     if let Some(job) = self.jobs.get(id).filter(|j| j.state.is_terminal()) {
+                        let job = job.clone();
                         if let Some(agent) = job.agent.clone() {
                             self.release_holder(&agent, *id);
                         }
+                        self.index
+                            .remove(job.seq, &job.queue, job.state.label(), &job.body);
                         self.jobs.remove(id);
                     }
                 }
@@ -536,6 +596,17 @@ impl Registry {
                     self.finishing.pop_front();
                 }
                 None
+            }
+            Event::JobDeleted { id } => {
+                let job = self.jobs.remove(id)?;
+                if let Some(agent) = job.agent.clone() {
+                    self.release_holder(&agent, *id);
+                }
+                self.index
+                    .remove(job.seq, &job.queue, job.state.label(), &job.body);
+                job.state
+                    .is_waiting()
+                    .then(|| IndexChange::Remove(job.queue.clone(), *id))
             }
             _ => None,
         }

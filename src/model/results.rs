@@ -13,8 +13,9 @@ use super::{FastMap, FastSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 
 use super::event::{Event, LogKind};
 use super::ids::{JobId, Name};
@@ -59,6 +60,26 @@ impl LogStream {
     /// The newest run with fragments, if any fragment arrived.
     pub fn latest_run(&self) -> Option<u32> {
         (!self.fragments.is_empty()).then_some(self.run)
+    }
+
+    /// A stream of these fragments, for a reader's copy: it does not track retries, so
+    /// it is for reading ([`LogStream::phase_text`]), not for recording.
+    pub fn from_fragments(fragments: Vec<Fragment>) -> LogStream {
+        let run = fragments
+            .iter()
+            .map(|f| f.run)
+            .max()
+            .unwrap_or_else(first_run);
+        LogStream {
+            fragments,
+            seen: FastSet::default(),
+            run,
+        }
+    }
+
+    /// Bytes of log text held.
+    pub fn bytes(&self) -> u64 {
+        self.fragments.iter().map(|f| f.data.len() as u64).sum()
     }
 
     /// Whether a fragment (run, phase, number) is stored. A late retry for an older run
@@ -131,18 +152,173 @@ impl LogStream {
     }
 }
 
+/// A result object kept as its top-level members: key → the value's JSON text as posted,
+/// in the order keys were first posted (a later post of a key replaces the value in
+/// place, as Testflinger's shallow merge does).
+///
+/// Kept split so a merge parses only the post, never the stored document (a 15 MiB
+/// result would otherwise be re-parsed and re-serialised by every tiny merge). Values
+/// are copied out of the post, so a later post does not pin an earlier one's buffer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fields(IndexMap<Box<str>, Bytes, foldhash::fast::RandomState>);
+
+impl Fields {
+    /// The members of a JSON object's text; `None` when it is not a JSON object.
+    pub fn parse(text: &[u8]) -> Option<Fields> {
+        let members: Vec<(String, &RawValue)> = serde_json::from_slice::<RawObject>(text).ok()?.0;
+        let mut map = IndexMap::with_capacity_and_hasher(members.len(), Default::default());
+        for (key, value) in members {
+            map.insert(
+                key.into_boxed_str(),
+                Bytes::copy_from_slice(value.get().as_bytes()),
+            );
+        }
+        Some(Fields(map))
+    }
+
+    /// Shallow merge: each key of `newer` replaces (in place) or appends.
+    pub fn merge(&mut self, newer: Fields) {
+        self.0.extend(newer.0);
+    }
+
+    /// The JSON text of `key`'s value.
+    pub fn get(&self, key: &str) -> Option<&Bytes> {
+        self.0.get(key)
+    }
+
+    /// Sets `key` to the JSON text `value`: in place when present, else last.
+    pub fn insert(&mut self, key: &str, value: Bytes) {
+        self.0.insert(key.into(), value);
+    }
+
+    /// Sets `key` to the JSON text `value`: in place when present, else first.
+    pub fn insert_first(&mut self, key: &str, value: Bytes) {
+        match self.0.get_mut(key) {
+            Some(slot) => *slot = value,
+            None => {
+                self.0.shift_insert(0, key.into(), value);
+            }
+        }
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Bytes of JSON text held (keys and values).
+    pub fn bytes(&self) -> u64 {
+        self.0.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
+    }
+
+    /// The object as JSON text.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes() as usize + 4 * self.0.len() + 2);
+        out.push(b'{');
+        for (i, (key, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, &**key).expect("strings serialise");
+            out.push(b':');
+            out.extend_from_slice(value);
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+/// A JSON object's members in document order, values unparsed.
+struct RawObject<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Members<'a> {
+            type Value = RawObject<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = access.next_entry::<String, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(RawObject(members))
+            }
+        }
+        d.deserialize_map(Members(std::marker::PhantomData))
+    }
+}
+
+/// Snapshot layout: a sequence of (key, JSON text) pairs. Snapshots written before this
+/// layout (version 2) hold the whole object as one JSON text; both decode.
+impl Serialize for Fields {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            seq.serialize_element(&(&**key, value))?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("result fields: (key, JSON text) pairs, or a JSON object's text")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, text: &[u8]) -> Result<Fields, E> {
+                Fields::parse(text).ok_or_else(|| E::custom("result fields are not a JSON object"))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Fields, E> {
+                self.visit_bytes(text.as_bytes())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<Fields, A::Error> {
+                let hint = access.size_hint().unwrap_or(0).min(1 << 16);
+                let mut map = IndexMap::with_capacity_and_hasher(hint, Default::default());
+                while let Some((key, value)) = access.next_element::<(Box<str>, Bytes)>()? {
+                    map.insert(key, value);
+                }
+                Ok(Fields(map))
+            }
+        }
+        d.deserialize_any(Either)
+    }
+}
+
 /// Everything reported about one job.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ResultDoc {
-    /// The merged result object as text (kept as text so key order and number formats
-    /// survive exactly; parsed only when merging).
-    pub fields: Option<Bytes>,
+    /// The merged result object: top-level key → the value's JSON text, in the order
+    /// keys were first posted. A merge parses only what it posts.
+    pub fields: Option<Fields>,
     /// Console output fragments.
     pub output: LogStream,
     /// Serial console fragments.
     pub serial: LogStream,
     /// How many output fragments the legacy `/output` GET has consumed.
     pub output_read: u64,
+    /// Unix seconds of the latest result merge or log fragment: data for an id no job
+    /// has expires a retention period after it. (Last in the snapshot layout: older
+    /// snapshots decode with 0.)
+    #[serde(default)]
+    pub updated_at: u64,
 }
 
 impl ResultDoc {
@@ -152,6 +328,11 @@ impl ResultDoc {
             LogKind::Output => &self.output,
             LogKind::Serial => &self.serial,
         }
+    }
+
+    /// Bytes of data held: result fields (keys and values) and log fragments.
+    pub fn bytes(&self) -> u64 {
+        self.fields.as_ref().map_or(0, Fields::bytes) + self.output.bytes() + self.serial.bytes()
     }
 
     /// Output fragments the legacy reader has not consumed yet, and the new cursor.
@@ -186,6 +367,12 @@ impl Results {
         self.docs.is_empty()
     }
 
+    /// Every document's id, with its bytes held and last write (to find data of ids no
+    /// job has at start-up).
+    pub fn iter(&self) -> impl Iterator<Item = (JobId, &ResultDoc)> {
+        self.docs.iter().map(|(id, doc)| (*id, &**doc))
+    }
+
     /// Whether a fragment with this (run, phase, number) is already stored.
     pub fn has_fragment(
         &self,
@@ -211,23 +398,16 @@ impl Results {
     /// Folds one results event in.
     pub fn apply(&mut self, event: &Event) {
         match event {
-            Event::ResultMerged { id, fields, .. } => {
-                let doc = Arc::make_mut(self.docs.entry(*id).or_default());
-                let Ok(Value::Object(new)) = serde_json::from_slice::<Value>(fields) else {
+            Event::ResultMerged { id, fields, at } => {
+                let Some(new) = Fields::parse(fields) else {
                     return;
                 };
-                let merged = match doc.fields.take() {
-                    None => new,
-                    Some(old) => {
-                        let mut map: Map<String, Value> =
-                            serde_json::from_slice(&old).unwrap_or_default();
-                        map.extend(new);
-                        map
-                    }
-                };
-                doc.fields = Some(Bytes::from(
-                    serde_json::to_vec(&merged).expect("a JSON map always serialises"),
-                ));
+                let doc = Arc::make_mut(self.docs.entry(*id).or_default());
+                doc.updated_at = doc.updated_at.max(*at);
+                match &mut doc.fields {
+                    None => doc.fields = Some(new),
+                    Some(old) => old.merge(new),
+                }
             }
             Event::LogAppended {
                 id,
@@ -237,8 +417,10 @@ impl Results {
                 timestamp,
                 data,
                 run,
+                at,
             } => {
                 let doc = Arc::make_mut(self.docs.entry(*id).or_default());
+                doc.updated_at = doc.updated_at.max(*at);
                 let stream = match kind {
                     LogKind::Output => &mut doc.output,
                     LogKind::Serial => &mut doc.serial,
@@ -288,11 +470,36 @@ mod tests {
             r#"{"foo":"test","job_state":"waiting","n":{"a":1}}"#,
         );
         merge(&mut results, id, r#"{"job_state":"provision","n":{"b":2}}"#);
-        let text = results.get(id).unwrap().fields.clone().unwrap();
+        let text = results.get(id).unwrap().fields.as_ref().unwrap().to_json();
         assert_eq!(
             &text[..],
             br#"{"foo":"test","job_state":"provision","n":{"b":2}}"#
         );
+    }
+
+    #[test]
+    fn snapshots_of_the_text_layout_decode_into_members() {
+        // The layout of snapshot version 2: the merged object as one JSON text.
+        #[derive(Serialize)]
+        struct OldDoc {
+            fields: Option<Bytes>,
+            output: LogStream,
+            serial: LogStream,
+            output_read: u64,
+        }
+        let old = OldDoc {
+            fields: Some(Bytes::from_static(br#"{"b":[1, 2],"a":{"x":null}}"#)),
+            output: LogStream::default(),
+            serial: LogStream::default(),
+            output_read: 3,
+        };
+        let doc: ResultDoc = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
+        let fields = doc.fields.clone().unwrap();
+        assert_eq!(&fields.to_json()[..], br#"{"b":[1, 2],"a":{"x":null}}"#);
+        assert_eq!((doc.output_read, doc.updated_at), (3, 0));
+        // And the new layout round-trips.
+        let again: ResultDoc = rmp_serde::from_slice(&rmp_serde::to_vec(&doc).unwrap()).unwrap();
+        assert_eq!(again.fields, Some(fields));
     }
 
     #[test]
@@ -307,6 +514,7 @@ mod tests {
             timestamp: 0,
             data: Bytes::from_static(b"x"),
             run: 1,
+            at: 0,
         };
         results.apply(&fragment);
         results.apply(&fragment);
@@ -402,6 +610,7 @@ mod tests {
             timestamp: 0,
             data: Bytes::from_static(data.as_bytes()),
             run,
+            at: 0,
         }
     }
 

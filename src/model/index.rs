@@ -1,0 +1,389 @@
+//! Read indexes over the registry's jobs: by queue, by tag and by state label, each in
+//! submission order, so listings and searches visit only the jobs they may return.
+//!
+//! Maintained by the registry's fold ([`super::registry::Registry::apply`]) as it applies
+//! each event, never logged, and rebuilt from the jobs when a snapshot is loaded. Every
+//! list is keyed by the job's submission sequence number (`seq`, unique and growing), so
+//! "oldest first" is forward order and "newest first" is reverse order, and a reader
+//! can resume a scan after any `seq` (the HTTP layer scans in bounded steps, releasing
+//! the registry between them, so a long search never holds up a write).
+//!
+//! Invariant: a job is in exactly one queue list and one state list, and in the list of
+//! each distinct tag of its document, under its current `seq`.
+
+use std::collections::{BTreeMap, BinaryHeap};
+
+use serde::Deserialize;
+
+use super::ids::{JobId, Name};
+use super::job::is_terminal_label;
+use super::FastMap;
+
+/// Jobs of one key, by submission sequence number.
+pub type SeqList = BTreeMap<u64, JobId>;
+
+/// The indexes (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct JobIndex {
+    /// Queue name → its jobs (any state).
+    by_queue: FastMap<Name, SeqList>,
+    /// Tag → jobs whose document lists it in `tags`.
+    by_tag: FastMap<Name, SeqList>,
+    /// `job_state` label → jobs in that state.
+    by_state: FastMap<Name, SeqList>,
+}
+
+/// The `tags` of a job document (strings only, duplicates once). Only documents that
+/// mention `"tags"` are parsed, and then only that member.
+pub fn tags_of(body: &[u8]) -> Vec<Name> {
+    #[derive(Deserialize)]
+    struct Tagged {
+        #[serde(default)]
+        tags: Option<serde_json::Value>,
+    }
+    if !body.windows(6).any(|w| w == b"\"tags\"") {
+        return Vec::new();
+    }
+    let Ok(Tagged {
+        tags: Some(serde_json::Value::Array(tags)),
+    }) = serde_json::from_slice::<Tagged>(body)
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<Name> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        if let serde_json::Value::String(tag) = tag {
+            if !out.iter().any(|t| **t == *tag) {
+                out.push(tag.into());
+            }
+        }
+    }
+    out
+}
+
+/// Files `id` under `key`; `name` makes the key's shared name, only when it is new.
+fn add(
+    map: &mut FastMap<Name, SeqList>,
+    key: &str,
+    name: impl FnOnce() -> Name,
+    seq: u64,
+    id: JobId,
+) {
+    match map.get_mut(key) {
+        Some(list) => {
+            list.insert(seq, id);
+        }
+        None => {
+            map.insert(name(), SeqList::from([(seq, id)]));
+        }
+    }
+}
+
+fn drop_entry(map: &mut FastMap<Name, SeqList>, key: &str, seq: u64) {
+    if let Some(list) = map.get_mut(key) {
+        list.remove(&seq);
+        if list.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+impl JobIndex {
+    /// Adds a job under `seq`.
+    pub fn insert(&mut self, id: JobId, seq: u64, queue: &Name, state: &str, body: &[u8]) {
+        add(&mut self.by_queue, queue, || queue.clone(), seq, id);
+        add(&mut self.by_state, state, || Name::from(state), seq, id);
+        for tag in tags_of(body) {
+            add(&mut self.by_tag, &tag, || tag.clone(), seq, id);
+        }
+    }
+
+    /// Removes the job filed under `seq`.
+    pub fn remove(&mut self, seq: u64, queue: &str, state: &str, body: &[u8]) {
+        drop_entry(&mut self.by_queue, queue, seq);
+        drop_entry(&mut self.by_state, state, seq);
+        for tag in tags_of(body) {
+            drop_entry(&mut self.by_tag, &tag, seq);
+        }
+    }
+
+    /// Moves the job filed under `seq` from state `from` to state `to`.
+    pub fn restate(&mut self, id: JobId, seq: u64, from: &str, to: &str) {
+        if from != to {
+            drop_entry(&mut self.by_state, from, seq);
+            add(&mut self.by_state, to, || Name::from(to), seq, id);
+        }
+    }
+
+    /// The jobs of `queue`, oldest first.
+    pub fn queue(&self, queue: &str) -> Option<&SeqList> {
+        self.by_queue.get(queue)
+    }
+
+    /// Number of jobs of `queue`.
+    pub fn queue_len(&self, queue: &str) -> usize {
+        self.by_queue.get(queue).map_or(0, SeqList::len)
+    }
+
+    /// Whether the job under `seq` carries `tag`.
+    pub fn has_tag(&self, tag: &str, seq: u64) -> bool {
+        self.by_tag.get(tag).is_some_and(|l| l.contains_key(&seq))
+    }
+
+    /// Number of jobs with `tag`.
+    pub fn tag_len(&self, tag: &str) -> usize {
+        self.by_tag.get(tag).map_or(0, SeqList::len)
+    }
+
+    /// The lists of the state labels `wanted` names (`active`: every label that is not
+    /// terminal; empty: every label).
+    fn state_lists<'a>(&'a self, wanted: &[String]) -> Vec<&'a SeqList> {
+        self.by_state
+            .iter()
+            .filter(|(label, _)| {
+                wanted.is_empty()
+                    || wanted.iter().any(|w| {
+                        if w == "active" {
+                            !is_terminal_label(label)
+                        } else {
+                            **w == ***label
+                        }
+                    })
+            })
+            .map(|(_, list)| list)
+            .collect()
+    }
+}
+
+/// What `/v1/job/search` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct Search {
+    /// Tags (distinct); empty: any job.
+    pub tags: Vec<Name>,
+    /// All tags must be present (else any one).
+    pub match_all: bool,
+    /// Accepted state labels (`active`: not finished); empty: any state.
+    pub states: Vec<String>,
+}
+
+impl Search {
+    /// Whether a job in state `label` passes the state filter.
+    pub fn state_ok(&self, label: &str) -> bool {
+        self.states.is_empty()
+            || self.states.iter().any(|s| {
+                if s == "active" {
+                    !is_terminal_label(label)
+                } else {
+                    s == label
+                }
+            })
+    }
+
+    /// Visits matching jobs newest first, starting below `before` (a `seq`; `u64::MAX`
+    /// to start), looking at no more than `budget` candidates; `emit` gets each match
+    /// with its `seq` and returns whether it wants more. Returns where to resume, or
+    /// `None` when there is nothing more to visit (or `emit` had enough).
+    ///
+    /// Candidates come from the most selective index: the tag lists (any: their union;
+    /// all: the shortest one) or the state lists, whichever holds fewer entries; the other
+    /// criterion is checked per candidate against the indexes (never by parsing a job).
+    pub fn step<L: AsRef<str>>(
+        &self,
+        index: &JobIndex,
+        before: u64,
+        budget: usize,
+        label_of: impl Fn(JobId) -> Option<L>,
+        mut emit: impl FnMut(JobId, u64) -> bool,
+    ) -> Option<u64> {
+        let states = index.state_lists(&self.states);
+        let state_total: usize = states.iter().map(|l| l.len()).sum();
+        let tag_lists: Vec<&SeqList> = if self.tags.is_empty() {
+            Vec::new()
+        } else if self.match_all {
+            if self.tags.iter().any(|t| index.tag_len(t) == 0) {
+                return None;
+            }
+            let shortest = self
+                .tags
+                .iter()
+                .min_by_key(|t| index.tag_len(t))
+                .and_then(|t| index.by_tag.get(&**t));
+            shortest.into_iter().collect()
+        } else {
+            self.tags
+                .iter()
+                .filter_map(|t| index.by_tag.get(&**t))
+                .collect()
+        };
+        if !self.tags.is_empty() && tag_lists.is_empty() {
+            return None;
+        }
+        let tag_total: usize = tag_lists.iter().map(|l| l.len()).sum();
+        let by_tags = !self.tags.is_empty() && tag_total <= state_total;
+        let sources = if by_tags { tag_lists } else { states };
+        for (visited, (seq, id)) in merged_desc(&sources, before).enumerate() {
+            if visited == budget {
+                return Some(seq + 1);
+            }
+            let tags_ok = if self.tags.is_empty() || (by_tags && !self.match_all) {
+                true
+            } else if self.match_all {
+                self.tags.iter().all(|t| index.has_tag(t, seq))
+            } else {
+                self.tags.iter().any(|t| index.has_tag(t, seq))
+            };
+            // Driven by the state lists, the state already matches.
+            let state_ok = self.states.is_empty()
+                || !by_tags
+                || label_of(id).is_some_and(|l| self.state_ok(l.as_ref()));
+            if tags_ok && state_ok && !emit(id, seq) {
+                return None;
+            }
+        }
+        None
+    }
+}
+
+/// The entries of `lists` below `before`, newest first, each `seq` once.
+pub fn merged_desc<'a>(
+    lists: &[&'a SeqList],
+    before: u64,
+) -> impl Iterator<Item = (u64, JobId)> + 'a {
+    let mut iters: Vec<_> = lists.iter().map(|l| l.range(..before).rev()).collect();
+    let mut heap = BinaryHeap::with_capacity(iters.len());
+    for (i, it) in iters.iter_mut().enumerate() {
+        if let Some((&seq, &id)) = it.next() {
+            heap.push((seq, i, id));
+        }
+    }
+    let mut previous = None;
+    std::iter::from_fn(move || loop {
+        let (seq, i, id) = heap.pop()?;
+        if let Some((&next, &next_id)) = iters[i].next() {
+            heap.push((next, i, next_id));
+        }
+        if previous == Some(seq) {
+            continue;
+        }
+        previous = Some(seq);
+        return Some((seq, id));
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index_with(jobs: &[(u64, &str, &str)]) -> (JobIndex, Vec<JobId>) {
+        let mut index = JobIndex::default();
+        let mut ids = Vec::new();
+        for &(seq, state, tags) in jobs {
+            let id = JobId::random();
+            let tags: Vec<&str> = tags.split(',').filter(|t| !t.is_empty()).collect();
+            let body = serde_json::json!({"job_queue": "q", "tags": tags}).to_string();
+            index.insert(id, seq, &Name::from("q"), state, body.as_bytes());
+            ids.push(id);
+        }
+        (index, ids)
+    }
+
+    fn run(index: &JobIndex, search: &Search, states: &FastMap<JobId, Name>) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut before = u64::MAX;
+        while let Some(next) = search.step(
+            index,
+            before,
+            2,
+            |id| states.get(&id).cloned(),
+            |_, seq| {
+                out.push(seq);
+                true
+            },
+        ) {
+            before = next;
+        }
+        out
+    }
+
+    #[test]
+    fn searches_match_any_all_and_state_newest_first_across_steps() {
+        let jobs = [
+            (1, "waiting", "a"),
+            (2, "complete", "a,b"),
+            (3, "running", "b"),
+            (4, "cancelled", "a,b,c"),
+            (5, "waiting", ""),
+        ];
+        let (index, ids) = index_with(&jobs);
+        let states: FastMap<JobId, Name> = ids
+            .iter()
+            .zip(jobs.iter())
+            .map(|(id, j)| (*id, Name::from(j.1)))
+            .collect();
+        let tags = |t: &[&str]| t.iter().map(|t| Name::from(*t)).collect();
+        let search = |t: &[&str], all: bool, s: &[&str]| Search {
+            tags: tags(t),
+            match_all: all,
+            states: s.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            run(&index, &search(&["a", "b"], false, &[]), &states),
+            [4, 3, 2, 1]
+        );
+        assert_eq!(
+            run(&index, &search(&["a", "b"], true, &[]), &states),
+            [4, 2]
+        );
+        assert_eq!(
+            run(&index, &search(&["a"], false, &["active"]), &states),
+            [1]
+        );
+        assert_eq!(
+            run(&index, &search(&[], false, &["active"]), &states),
+            [5, 3, 1]
+        );
+        assert_eq!(
+            run(&index, &search(&[], false, &[]), &states),
+            [5, 4, 3, 2, 1]
+        );
+        assert_eq!(
+            run(&index, &search(&["a", "z"], true, &[]), &states),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            run(&index, &search(&["z"], false, &[]), &states),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            run(&index, &search(&["c", "a"], true, &["cancelled"]), &states),
+            [4]
+        );
+    }
+
+    #[test]
+    fn a_search_with_a_limit_visits_only_what_it_returns() {
+        let jobs: Vec<(u64, &str, &str)> = (0..10_000).map(|s| (s, "waiting", "x")).collect();
+        let (index, _) = index_with(&jobs);
+        let search = Search {
+            tags: vec![Name::from("x")],
+            states: vec!["waiting".into()],
+            ..Search::default()
+        };
+        let visited = std::cell::Cell::new(0);
+        let mut emitted = 0;
+        let resume = search.step(
+            &index,
+            u64::MAX,
+            usize::MAX,
+            |_| {
+                visited.set(visited.get() + 1);
+                Some(Name::from("waiting"))
+            },
+            |_, _| {
+                emitted += 1;
+                false // limit=1: enough after the first
+            },
+        );
+        assert_eq!((resume, emitted, visited.get()), (None, 1, 1));
+    }
+}

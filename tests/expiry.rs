@@ -1,0 +1,267 @@
+//! Everything kept has a bound or an expiry: data posted for ids no job has (orphans)
+//! counts against `--orphan-quota-bytes` (507 beyond it) and expires `--retention-secs`
+//! after its last write; `DELETE /v1/job/<id>` removes a job and all it owns, durably;
+//! a queue's actor stops after `--queue-idle-secs` without waiting jobs.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::util::{new_id, TestServer};
+
+/// Polls `check` every 100 ms until it holds, for at most 30 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn files_of(srv: &TestServer, id: &str) -> Vec<String> {
+    std::fs::read_dir(srv.data_dir().join("files"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(id))
+        .collect()
+}
+
+fn log_fragment(text: &str, number: u64) -> serde_json::Value {
+    json!({"fragment_number": number, "timestamp": "2025-01-01T00:00:00+00:00", "phase": "test", "log_data": text})
+}
+
+#[tokio::test]
+async fn orphan_posts_are_507_when_the_orphan_quota_is_full() {
+    let srv = TestServer::start_with(&["--orphan-quota-bytes", "10000"]);
+    let (a, b, c) = (new_id(), new_id(), new_id());
+    let big = "x".repeat(6000);
+    srv.post_result(&a, &json!({"data": big})).await;
+    // A second orphan does not fit: refused, and nothing of it kept.
+    let r = srv
+        .post_json(&format!("/v1/result/{b}"), &json!({"data": big}))
+        .await;
+    let message = r.expect_error(507);
+    assert!(message.contains("--orphan-quota-bytes"), "{message}");
+    srv.get(&format!("/v1/result/{b}"))
+        .await
+        .expect_no_content();
+    let r = srv
+        .post_json(
+            &format!("/v1/result/{b}/log/output"),
+            &log_fragment(&big, 0),
+        )
+        .await;
+    r.expect_error(507);
+    // An artifact for an orphan is refused too, and leaves no file behind.
+    let r = srv
+        .post_multipart(
+            &format!("/v1/result/{c}/artifact"),
+            "file",
+            "a.tar.gz",
+            vec![7u8; 5000],
+        )
+        .await;
+    r.expect_error(507);
+    srv.get(&format!("/v1/result/{c}/artifact"))
+        .await
+        .expect_no_content();
+    assert!(files_of(&srv, &c).is_empty());
+    // Data of real jobs does not count.
+    let job = srv.submit_to("q").await;
+    srv.post_result(&job, &json!({"data": "y".repeat(20000)}))
+        .await;
+    // The operator frees the room by deleting the orphan; then the refused post fits.
+    srv.request("DELETE", &format!("/v1/job/{a}"), &[], Vec::new())
+        .await
+        .expect_status(200);
+    srv.post_result(&b, &json!({"data": big})).await;
+    assert_eq!(srv.result(&b).await, json!({"data": big}));
+}
+
+#[tokio::test]
+async fn orphan_data_expires_after_retention_since_its_last_write() {
+    let mut srv = TestServer::start_with(&["--retention-secs", "3"]);
+    let orphan = "00000000-0000-0000-0000-000000000000";
+    let waiting = srv.submit_to("stays").await;
+    srv.post_multipart(
+        &format!("/v1/result/{orphan}/artifact"),
+        "file",
+        "a.tar.gz",
+        b"artifact bytes",
+    )
+    .await
+    .expect_status(200);
+    // Written every half second for longer than the retention: kept all along.
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        srv.post_result(orphan, &json!({"n": n})).await;
+        srv.post_json(
+            &format!("/v1/result/{orphan}/log/output"),
+            &log_fragment("line\n", n),
+        )
+        .await
+        .expect_status(200);
+        assert_eq!(srv.result(orphan).await["n"], json!(n));
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Left alone, it goes: results, logs and the artifact file.
+    eventually("the orphan's result expires", || async {
+        srv.get(&format!("/v1/result/{orphan}")).await.status == 204
+    })
+    .await;
+    eventually("the orphan's artifact expires", || async {
+        srv.get(&format!("/v1/result/{orphan}/artifact"))
+            .await
+            .status
+            == 204
+    })
+    .await;
+    eventually("the artifact file is deleted", || async {
+        files_of(&srv, orphan).is_empty()
+    })
+    .await;
+    let log = srv
+        .get(&format!("/v1/result/{orphan}/log/output"))
+        .await
+        .expect_json();
+    assert_eq!(log["output"]["test"]["last_fragment_number"], json!(-1));
+    // A waiting job never expires; the removal survives a restart.
+    srv.restart();
+    srv.get(&format!("/v1/job/{waiting}"))
+        .await
+        .expect_status(200);
+    srv.get(&format!("/v1/result/{orphan}"))
+        .await
+        .expect_no_content();
+}
+
+#[tokio::test]
+async fn deleting_a_job_removes_everything_it_owns_and_survives_restart() {
+    let mut srv = TestServer::start();
+    let keep = srv
+        .submit(&json!({"job_queue": "del", "tags": ["t"]}))
+        .await;
+    let running = srv
+        .submit(&json!({"job_queue": "del", "tags": ["t"]}))
+        .await;
+    assert_eq!(srv.pop_id(&["del"]).await.as_deref(), Some(keep.as_str()));
+    let gone = srv
+        .submit(&json!({"job_queue": "del", "tags": ["t"]}))
+        .await;
+    for id in [&gone, &running] {
+        srv.post_result(id, &json!({"k": "v"})).await;
+        srv.post_json(
+            &format!("/v1/result/{id}/log/serial"),
+            &log_fragment("s", 0),
+        )
+        .await
+        .expect_status(200);
+        srv.post_multipart(
+            &format!("/v1/result/{id}/artifact"),
+            "file",
+            "a.tar.gz",
+            b"bytes",
+        )
+        .await
+        .expect_status(200);
+        assert_eq!(files_of(&srv, id).len(), 1);
+    }
+    let _ = running;
+    for id in [&gone, &keep] {
+        srv.request("DELETE", &format!("/v1/job/{id}"), &[], Vec::new())
+            .await
+            .expect_status(200);
+    }
+    let check = |srv: &TestServer| {
+        let http = srv.http();
+        let (gone, keep, running) = (gone.clone(), keep.clone(), running.clone());
+        async move {
+            for id in [&gone, &keep] {
+                http.get(&format!("/v1/job/{id}")).await.expect_no_content();
+                http.get(&format!("/v1/result/{id}"))
+                    .await
+                    .expect_no_content();
+                http.get(&format!("/v1/result/{id}/artifact"))
+                    .await
+                    .expect_no_content();
+            }
+            // The waiting job left its queue too: only the other one is listed or popped.
+            let listed = http.get("/v1/queues/del/jobs").await.expect_json();
+            assert_eq!(listed.as_array().unwrap().len(), 1);
+            assert_eq!(listed[0]["job_id"], json!(running));
+            let found = http.get("/v1/job/search?tags=t").await.expect_json();
+            assert_eq!(found.as_array().unwrap().len(), 1);
+        }
+    };
+    check(&srv).await;
+    assert!(
+        files_of(&srv, &gone).is_empty(),
+        "the artifact file is deleted"
+    );
+    srv.restart();
+    check(&srv).await;
+    assert!(files_of(&srv, &gone).is_empty());
+    assert_eq!(files_of(&srv, &running).len(), 1, "other jobs' files stay");
+    assert_eq!(
+        srv.pop_id(&["del"]).await.as_deref(),
+        Some(running.as_str())
+    );
+    // Nothing left by that id.
+    srv.request("DELETE", &format!("/v1/job/{gone}"), &[], Vec::new())
+        .await
+        .expect_error(404);
+}
+
+#[tokio::test]
+async fn idle_queue_actors_stop_and_the_next_job_starts_a_new_one() {
+    let srv = TestServer::start_with(&["--queue-idle-secs", "1"]);
+    let busy = srv.submit_to("busy").await;
+    srv.submit_to("once").await;
+    assert!(srv.pop_id(&["once"]).await.is_some());
+    eventually("the idle queue's actor stops", || async {
+        srv.stderr_lines()
+            .iter()
+            .any(|l| l.contains("stopped the actor of an idle queue") && l.contains("once"))
+    })
+    .await;
+    // A queue with a waiting job keeps its actor.
+    assert!(!srv
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("idle queue") && l.contains("busy")));
+    assert_eq!(srv.position(&busy).await.text(), "0");
+    // The queue works again as soon as it has a job.
+    let again = srv.submit_to("once").await;
+    assert_eq!(srv.position(&again).await.text(), "0");
+    assert_eq!(srv.pop_id(&["once"]).await.as_deref(), Some(again.as_str()));
+}
+
+#[tokio::test]
+async fn agent_records_expire_when_the_agent_stays_silent() {
+    let mut srv = TestServer::start_with(&["--agent-expiry-secs", "3"]);
+    srv.post_json("/v1/agents/data/silent", &json!({"state": "waiting"}))
+        .await
+        .expect_status(200);
+    // An agent that keeps posting keeps its record.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        srv.post_json("/v1/agents/data/chatty", &json!({"state": "waiting"}))
+            .await
+            .expect_status(200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eventually("the silent agent's record expires", || async {
+        srv.get("/v1/agents/data/silent").await.status == 404
+    })
+    .await;
+    srv.get("/v1/agents/data/chatty").await.expect_status(200);
+    srv.restart();
+    srv.get("/v1/agents/data/silent").await.expect_error(404);
+}
