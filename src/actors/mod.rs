@@ -7,6 +7,7 @@
 //! - `results`: result documents and logs.
 //! - `files`: artifact and attachment files.
 //! - `agents`: advertised queues, images and agent records.
+//! - `watch`: when each dispatched job's agent was last heard (lost-agent recovery).
 
 pub mod agents;
 pub mod files;
@@ -14,6 +15,7 @@ pub mod queue;
 pub mod registry;
 pub mod results;
 pub mod supervisor;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -360,4 +362,8 @@ pub struct Handles {
     pub config: Arc<Config>,
     /// Where uploaded files live.
     pub files_dir: PathBuf,
+    /// When each dispatched job's agent was last heard (lost-agent recovery).
+    pub watch: Arc<watch::Watch>,
+    /// Agents waiting for jobs (long-poll dispatch).
+    pub dispatch: Arc<crate::dispatch::Waiters>,
 }
