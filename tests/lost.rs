@@ -91,7 +91,7 @@ async fn wait_for_state(srv: &TestServer, id: &str, want: &str, within: Duration
 async fn job_is_cancelled_with_lost_agent_reason_when_agent_is_silent_past_its_allowance() {
     let mut srv = TestServer::start_with(FAST);
     let agent = FakeAgent::register(&srv, "dut-lost").await;
-    // Allowance in `test`: output_timeout 3 + grace 1 = 4 s of silence.
+    // Allowance in `test`: output_timeout 3 + the agent's 10 s check + grace 1 = 14 s.
     let id = srv
         .submit(&json!({"job_queue": "q", "output_timeout": 3, "test_data": {"test_cmds": "true"}}))
         .await;
@@ -100,7 +100,7 @@ async fn job_is_cancelled_with_lost_agent_reason_when_agent_is_silent_past_its_a
 
     // An agent that keeps checking its job (as the stock agent does every 10 s) is alive,
     // well past the allowance measured from the dispatch.
-    for _ in 0..7 {
+    for _ in 0..18 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         agent.check_state(&id).await;
         assert_eq!(srv.job_state(&id).await, "test", "an agent heard every second is not lost");
@@ -109,7 +109,7 @@ async fn job_is_cancelled_with_lost_agent_reason_when_agent_is_silent_past_its_a
     let silent_since = Instant::now();
     let took = wait_for_state(&srv, &id, "cancelled", Duration::from_secs(60)).await;
     assert!(
-        silent_since.elapsed() >= Duration::from_secs(3),
+        silent_since.elapsed() >= Duration::from_secs(13),
         "ended after {took:?} of silence, before the allowance"
     );
     let result = srv.result(&id).await;
@@ -218,4 +218,87 @@ async fn cli_poll_ends_when_the_server_cancels_the_job_of_a_lost_agent() {
     assert_eq!(srv.job_state(&id).await, "cancelled");
     // It ended because of the server's decision (the CLI polls every 10 s).
     assert!(started.elapsed() < Duration::from_secs(120), "poll took {:?}", started.elapsed());
+}
+
+/// A real `testflinger-agent` process (the upstream agent from the venv) serving queue `q`,
+/// with its directories under `dir`; killed (SIGKILL) when dropped.
+struct RealAgent {
+    child: std::process::Child,
+}
+
+impl RealAgent {
+    fn spawn(srv: &TestServer, name: &str, setup: &str, test: &str) -> RealAgent {
+        let dir = srv.dir().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let config = format!(
+            "agent_id: {name}\nserver_address: {}\npolling_interval: 1\njob_queues: [q]\n\
+             execution_basedir: {d}/run\nlogging_basedir: {d}/logs\nresults_basedir: {d}/results\n\
+             setup_command: {setup:?}\ntest_command: {test:?}\n",
+            srv.base_url()
+        );
+        let path = dir.join("agent.yaml");
+        std::fs::write(&path, config).unwrap();
+        let child = std::process::Command::new(upstream::agent())
+            .arg("-c")
+            .arg(&path)
+            .arg("--token-file")
+            .arg(dir.join("token"))
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("agent.stderr")).unwrap())
+            .spawn()
+            .expect("start testflinger-agent");
+        RealAgent { child }
+    }
+
+    /// SIGKILL: the agent gets no chance to report anything.
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RealAgent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[tokio::test]
+async fn job_is_ended_within_its_allowance_when_the_real_agent_is_killed_mid_test() {
+    let srv = TestServer::start_with(FAST);
+    let id = srv
+        .submit(&json!({"job_queue": "q", "output_timeout": 4, "test_data": {"test_cmds": "x"}}))
+        .await;
+    let mut agent = RealAgent::spawn(&srv, "real-dut", "true", "echo started; sleep 20");
+    wait_for_state(&srv, &id, "test", Duration::from_secs(90)).await;
+    agent.kill9();
+    let killed = Instant::now();
+    wait_for_state(&srv, &id, "cancelled", Duration::from_secs(60)).await;
+    // Allowance: output_timeout 4 + 10 + grace 1, plus the 1 s check: never long after.
+    assert!(killed.elapsed() < Duration::from_secs(50), "took {:?}", killed.elapsed());
+    let result = srv.result(&id).await;
+    assert_eq!(result["lost_agent"]["agent"], "real-dut", "{result}");
+    assert_eq!(result["lost_agent"]["phase"], "test", "{result}");
+    let record = srv.get("/v1/agents/data/real-dut").await.expect_json();
+    assert_eq!(record["state"], "offline", "{record}");
+}
+
+#[tokio::test]
+async fn job_is_requeued_once_when_the_real_agent_is_killed_in_setup() {
+    let srv = TestServer::start_with(FAST);
+    let id = srv
+        .submit(&json!({"job_queue": "q", "output_timeout": 3, "test_data": {"test_cmds": "x"}}))
+        .await;
+    let mut agent = RealAgent::spawn(&srv, "real-setup", "sleep 20", "true");
+    wait_for_state(&srv, &id, "setup", Duration::from_secs(90)).await;
+    agent.kill9();
+    wait_for_state(&srv, &id, "resubmitted", Duration::from_secs(60)).await;
+    let result = srv.result(&id).await;
+    assert_eq!(result["lost_agent"]["action"], "requeued", "{result}");
+    assert_eq!(result["lost_agent"]["agent"], "real-setup", "{result}");
+    // A healthy agent then runs it to the end.
+    let _healthy = RealAgent::spawn(&srv, "real-ok", "true", "echo fine");
+    wait_for_state(&srv, &id, "complete", Duration::from_secs(120)).await;
 }

@@ -9,8 +9,9 @@
 //!
 //! - in a phase where the agent runs a command (`running`, `setup`, `provision`,
 //!   `firmware_update`, `test`, `allocate`, `cleanup`): `min(output_timeout,
-//!   global_timeout)`, since the stock agent ends any phase command silent for
-//!   `output_timeout` and reports;
+//!   global_timeout)` + 10 s, since the stock agent checks on its command every 10 s
+//!   (reading the job's state, which counts as contact) and ends one that stayed silent
+//!   for `output_timeout`, then reports;
 //! - in any other phase (`reserve`, `allocated`, a phase we do not know): `global_timeout`,
 //!   since a reserved device may sit silently until then;
 //!
@@ -37,6 +38,10 @@ const COMMAND_PHASES: &[&str] = &[
 
 /// Phases before anything ran on the device: a lost job there may be requeued.
 const REQUEUE_PHASES: &[&str] = &["running", "setup"];
+
+/// How often the stock agent checks on a running phase command (seconds): it reads the
+/// job's state then, and stops a command past its timeouts only at such a check.
+pub const AGENT_CHECK_SECS: u64 = 10;
 
 /// The stock agent's default `global_timeout` (seconds).
 pub const DEFAULT_GLOBAL_TIMEOUT: u64 = 4 * 60 * 60;
@@ -79,7 +84,7 @@ pub fn allowance(phase: &str, watched: &Watched, rule: &Rule) -> u64 {
     let global = watched.global_timeout.unwrap_or(DEFAULT_GLOBAL_TIMEOUT);
     let output = watched.output_timeout.unwrap_or(DEFAULT_OUTPUT_TIMEOUT);
     let base = if COMMAND_PHASES.contains(&phase) {
-        output.min(global)
+        output.min(global).saturating_add(AGENT_CHECK_SECS)
     } else {
         global
     };
@@ -128,7 +133,7 @@ mod tests {
 
     #[test]
     fn command_phases_allow_the_output_timeout_and_others_the_global_one() {
-        assert_eq!(allowance("test", &watched(0), &RULE), 110);
+        assert_eq!(allowance("test", &watched(0), &RULE), 120);
         assert_eq!(allowance("reserve", &watched(0), &RULE), 1010);
         assert_eq!(allowance("mystery", &watched(0), &RULE), 1010);
         let defaults = Watched {
@@ -136,25 +141,25 @@ mod tests {
             global_timeout: None,
             output_timeout: None,
         };
-        assert_eq!(allowance("provision", &defaults, &RULE), 900 + 10);
+        assert_eq!(allowance("provision", &defaults, &RULE), 900 + 10 + 10);
         let short_global = Watched {
             global_timeout: Some(30),
             ..watched(0)
         };
-        assert_eq!(allowance("test", &short_global, &RULE), 40);
+        assert_eq!(allowance("test", &short_global, &RULE), 50);
     }
 
     #[test]
     fn a_job_is_ended_past_its_allowance_and_requeued_once_before_provisioning() {
-        assert_eq!(verdict("test", false, &watched(100), &RULE, 210), Verdict::Alive);
-        assert_eq!(verdict("test", false, &watched(100), &RULE, 211), Verdict::End);
-        assert_eq!(verdict("setup", false, &watched(100), &RULE, 211), Verdict::Requeue);
-        assert_eq!(verdict("setup", true, &watched(100), &RULE, 211), Verdict::End);
+        assert_eq!(verdict("test", false, &watched(100), &RULE, 220), Verdict::Alive);
+        assert_eq!(verdict("test", false, &watched(100), &RULE, 221), Verdict::End);
+        assert_eq!(verdict("setup", false, &watched(100), &RULE, 221), Verdict::Requeue);
+        assert_eq!(verdict("setup", true, &watched(100), &RULE, 221), Verdict::End);
         let no_requeue = Rule {
             requeue: false,
             ..RULE
         };
-        assert_eq!(verdict("running", false, &watched(100), &no_requeue, 211), Verdict::End);
+        assert_eq!(verdict("running", false, &watched(100), &no_requeue, 221), Verdict::End);
     }
 
     #[test]
