@@ -21,11 +21,11 @@ use crate::actors::results::{ResultDocs, ResultMsg};
 use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::watch::Watch;
 use crate::actors::{ask, now, Door, Handles, OrphanQuota, QueueDirectory, Services};
-use crate::dispatch::Waiters;
-use crate::model::lost;
 use crate::config::Config;
+use crate::dispatch::Waiters;
 use crate::error::{Error, Result};
 use crate::journal::{self, SnapshotDoc};
+use crate::model::lost;
 
 /// A client has this long to send a request's headers (slowloris guard).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -248,7 +248,8 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
     idle_queues.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Lost agents are looked for four times per grace period (at least every second, at
     // most every minute), so a job ends within its allowance plus 1.25 grace periods.
-    let every = (services.config.lost_agent_grace / 4).clamp(RETENTION_MIN_EVERY, RETENTION_MAX_EVERY);
+    let every =
+        (services.config.lost_agent_grace / 4).clamp(RETENTION_MIN_EVERY, RETENTION_MAX_EVERY);
     let mut lost_agents = tokio::time::interval(every);
     lost_agents.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -37,13 +37,20 @@ async fn waiting_agent_gets_a_job_submitted_after_it_started_waiting_at_once() {
     let srv = TestServer::start();
     let waiter = wait_pop(&srv.http().unpooled(), "/v1/job?queue=q&wait=30", None);
     settle().await;
-    assert!(!waiter.is_finished(), "the pop must wait while the queue is empty");
+    assert!(
+        !waiter.is_finished(),
+        "the pop must wait while the queue is empty"
+    );
     let submitted = Instant::now();
     let id = srv.submit_to("q").await;
     let (status, got) = waiter.await.unwrap();
     assert_eq!((status, got), (200, Some(id.clone())));
     // Answered on arrival, not at the 30 s deadline (generous for a loaded machine).
-    assert!(submitted.elapsed() < Duration::from_secs(15), "took {:?}", submitted.elapsed());
+    assert!(
+        submitted.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        submitted.elapsed()
+    );
     assert_eq!(srv.job_state(&id).await, "running");
     assert_eq!(srv.pop(&["q"]).await, None, "delivered exactly once");
 }
@@ -76,7 +83,11 @@ async fn job_excluding_the_first_waiting_agent_goes_to_the_next_one() {
         .submit(&json!({"job_queue": "q", "exclude_agents": ["dut-x"]}))
         .await;
     assert_eq!(other.await.unwrap(), (200, Some(id)));
-    assert_eq!(excluded.await.unwrap(), (204, None), "dut-x waits out its deadline");
+    assert_eq!(
+        excluded.await.unwrap(),
+        (204, None),
+        "dut-x waits out its deadline"
+    );
 }
 
 #[tokio::test]
@@ -93,7 +104,11 @@ async fn job_is_not_lost_when_a_waiting_agent_disconnects() {
     settle().await;
     let id = srv.submit_to("q").await;
     settle().await;
-    assert_eq!(srv.job_state(&id).await, "waiting", "no one took it for the gone agent");
+    assert_eq!(
+        srv.job_state(&id).await,
+        "waiting",
+        "no one took it for the gone agent"
+    );
     assert_eq!(srv.pop_id(&["q"]).await, Some(id));
 }
 
@@ -102,7 +117,10 @@ async fn pop_answers_204_at_the_deadline_when_no_job_arrives() {
     let srv = TestServer::start();
     let started = Instant::now();
     srv.get("/v1/job?queue=q&wait=1").await.expect_no_content();
-    assert!(started.elapsed() >= Duration::from_secs(1), "answered before the deadline");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "answered before the deadline"
+    );
     // A job already waiting is answered at once, whatever the wait.
     let id = srv.submit_to("q").await;
     let r = srv.get("/v1/job?queue=q&wait=60").await;
@@ -133,4 +151,21 @@ async fn pop_is_refused_with_503_when_max_waiters_agents_already_wait() {
     srv.get("/v1/job?queue=q").await.expect_no_content();
     let id = srv.submit_to("q").await;
     assert_eq!(waiting.await.unwrap(), (200, Some(id)));
+}
+
+#[tokio::test]
+async fn waiting_agents_are_answered_204_at_once_when_the_server_shuts_down() {
+    let mut srv = TestServer::start();
+    let waiter = wait_pop(&srv.http().unpooled(), "/v1/job?queue=q&wait=60", None);
+    settle().await;
+    let stopping = Instant::now();
+    srv.send_signal(libc::SIGTERM);
+    assert_eq!(waiter.await.unwrap(), (204, None));
+    assert!(srv.wait_for_exit().success());
+    // Not held until the 60 s wait or the 30 s drain timeout.
+    assert!(
+        stopping.elapsed() < Duration::from_secs(25),
+        "took {:?}",
+        stopping.elapsed()
+    );
 }

@@ -55,7 +55,10 @@ impl FakeAgent {
             .request(
                 "POST",
                 &format!("/v1/result/{id}"),
-                &[("content-type", "application/json"), ("cookie", &self.cookie)],
+                &[
+                    ("content-type", "application/json"),
+                    ("cookie", &self.cookie),
+                ],
                 serde_json::to_vec(&body).unwrap(),
             )
             .await
@@ -103,7 +106,11 @@ async fn job_is_cancelled_with_lost_agent_reason_when_agent_is_silent_past_its_a
     for _ in 0..18 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         agent.check_state(&id).await;
-        assert_eq!(srv.job_state(&id).await, "test", "an agent heard every second is not lost");
+        assert_eq!(
+            srv.job_state(&id).await,
+            "test",
+            "an agent heard every second is not lost"
+        );
     }
     // A client reading the result (the CLI's poll, no agent cookie) does not keep it alive.
     let silent_since = Instant::now();
@@ -117,13 +124,26 @@ async fn job_is_cancelled_with_lost_agent_reason_when_agent_is_silent_past_its_a
     assert_eq!(lost["action"], "cancelled", "{result}");
     assert_eq!(lost["phase"], "test", "{result}");
     assert_eq!(lost["agent"], "dut-lost", "{result}");
-    assert!(lost["reason"].as_str().is_some_and(|r| r.contains("allowance")), "{result}");
-    assert!(lost["last_heard_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{result}");
+    assert!(
+        lost["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("allowance")),
+        "{result}"
+    );
+    assert!(
+        lost["last_heard_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{result}"
+    );
 
     // The agent record says it is gone.
     let record = srv.get("/v1/agents/data/dut-lost").await.expect_json();
     assert_eq!(record["state"], "offline", "{record}");
-    assert!(record["comment"].as_str().is_some_and(|c| c.contains(&id)), "{record}");
+    assert!(
+        record["comment"].as_str().is_some_and(|c| c.contains(&id)),
+        "{record}"
+    );
 
     // A late post from the agent is merged, and the terminal state stays.
     agent
@@ -170,7 +190,12 @@ async fn job_lost_in_setup_is_requeued_once_then_cancelled_when_lost_again() {
 
 #[tokio::test]
 async fn job_lost_in_setup_is_cancelled_when_requeue_is_off() {
-    let srv = TestServer::start_with(&["--lost-agent-grace-secs", "1", "--lost-agent-requeue", "false"]);
+    let srv = TestServer::start_with(&[
+        "--lost-agent-grace-secs",
+        "1",
+        "--lost-agent-requeue",
+        "false",
+    ]);
     let agent = FakeAgent::register(&srv, "dut-c").await;
     let id = srv
         .submit(&json!({"job_queue": "q", "output_timeout": 1}))
@@ -217,7 +242,11 @@ async fn cli_poll_ends_when_the_server_cancels_the_job_of_a_lost_agent() {
     );
     assert_eq!(srv.job_state(&id).await, "cancelled");
     // It ended because of the server's decision (the CLI polls every 10 s).
-    assert!(started.elapsed() < Duration::from_secs(120), "poll took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "poll took {:?}",
+        started.elapsed()
+    );
 }
 
 /// A real `testflinger-agent` process (the upstream agent from the venv) serving queue `q`,
@@ -277,7 +306,11 @@ async fn job_is_ended_within_its_allowance_when_the_real_agent_is_killed_mid_tes
     let killed = Instant::now();
     wait_for_state(&srv, &id, "cancelled", Duration::from_secs(60)).await;
     // Allowance: output_timeout 4 + 10 + grace 1, plus the 1 s check: never long after.
-    assert!(killed.elapsed() < Duration::from_secs(50), "took {:?}", killed.elapsed());
+    assert!(
+        killed.elapsed() < Duration::from_secs(50),
+        "took {:?}",
+        killed.elapsed()
+    );
     let result = srv.result(&id).await;
     assert_eq!(result["lost_agent"]["agent"], "real-dut", "{result}");
     assert_eq!(result["lost_agent"]["phase"], "test", "{result}");

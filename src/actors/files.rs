@@ -128,11 +128,9 @@ impl FileState {
     fn stored(&mut self, id: JobId, kind: FileKind, file: Box<str>, size: u64) -> Result<Ticket> {
         let orphan = self.jobs.get(id).is_none();
         let replaced = self.files.get(id, kind).map_or(0, |f| f.size);
-        if orphan {
-            if self.quota.reserve(size).is_err() {
-                self.adopt();
-                self.quota.reserve(size)?;
-            }
+        if orphan && self.quota.reserve(size).is_err() {
+            self.adopt();
+            self.quota.reserve(size)?;
         }
         let result = self.record(Event::FileStored {
             id,

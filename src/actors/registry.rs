@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use super::queue::{QueueActor, QueueMsg};
 use super::watch::Watch;
-use crate::dispatch::Waiters;
 use super::{gone, now, reply, PendingSnapshot, QueueDirectory, Recorder, Shared};
+use crate::dispatch::Waiters;
 use crate::error::Result;
 use crate::journal::{Journal, Ticket};
 use crate::model::index::Search;
@@ -71,6 +71,10 @@ pub enum Claimed {
     Gone,
 }
 
+/// The answer to [`RegistryMsg::Lose`]: the ticket of the recorded `JobLost` and the
+/// agent that had the job, `None` when nothing was recorded.
+pub type LoseReply = Result<Option<(Ticket, Option<Name>)>>;
+
 /// Messages to the registry.
 pub enum RegistryMsg {
     /// Submit (or resubmit) a job; replies with the LSN to await.
@@ -112,7 +116,7 @@ pub enum RegistryMsg {
         /// Requeue (else end).
         requeue: bool,
         /// The answer.
-        port: RpcReplyPort<Result<Option<(Ticket, Option<Name>)>>>,
+        port: RpcReplyPort<LoseReply>,
     },
     /// Serialise the partition for a snapshot.
     Snapshot(RpcReplyPort<PendingSnapshot>),

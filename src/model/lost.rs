@@ -93,7 +93,13 @@ pub fn allowance(phase: &str, watched: &Watched, rule: &Rule) -> u64 {
 
 /// The decision for a job in `phase` (its `job_state`), `requeued_before` saying whether
 /// it was already requeued once for a lost agent.
-pub fn verdict(phase: &str, requeued_before: bool, watched: &Watched, rule: &Rule, now: u64) -> Verdict {
+pub fn verdict(
+    phase: &str,
+    requeued_before: bool,
+    watched: &Watched,
+    rule: &Rule,
+    now: u64,
+) -> Verdict {
     let silent = now.saturating_sub(watched.last_heard);
     if silent <= allowance(phase, watched, rule) {
         Verdict::Alive
@@ -151,15 +157,30 @@ mod tests {
 
     #[test]
     fn a_job_is_ended_past_its_allowance_and_requeued_once_before_provisioning() {
-        assert_eq!(verdict("test", false, &watched(100), &RULE, 220), Verdict::Alive);
-        assert_eq!(verdict("test", false, &watched(100), &RULE, 221), Verdict::End);
-        assert_eq!(verdict("setup", false, &watched(100), &RULE, 221), Verdict::Requeue);
-        assert_eq!(verdict("setup", true, &watched(100), &RULE, 221), Verdict::End);
+        assert_eq!(
+            verdict("test", false, &watched(100), &RULE, 220),
+            Verdict::Alive
+        );
+        assert_eq!(
+            verdict("test", false, &watched(100), &RULE, 221),
+            Verdict::End
+        );
+        assert_eq!(
+            verdict("setup", false, &watched(100), &RULE, 221),
+            Verdict::Requeue
+        );
+        assert_eq!(
+            verdict("setup", true, &watched(100), &RULE, 221),
+            Verdict::End
+        );
         let no_requeue = Rule {
             requeue: false,
             ..RULE
         };
-        assert_eq!(verdict("running", false, &watched(100), &no_requeue, 221), Verdict::End);
+        assert_eq!(
+            verdict("running", false, &watched(100), &no_requeue, 221),
+            Verdict::End
+        );
     }
 
     #[test]

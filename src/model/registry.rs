@@ -336,7 +336,14 @@ impl Registry {
     /// Decides what to do about a job whose agent was silent past its allowance: `phase`
     /// is the state the decision was made on (a report since then voids it); `requeue`
     /// is the caller's verdict (see `model::lost::verdict`). `None`: nothing to do.
-    pub fn lose(&self, id: JobId, phase: &str, last_heard: u64, requeue: bool, now: u64) -> Option<Event> {
+    pub fn lose(
+        &self,
+        id: JobId,
+        phase: &str,
+        last_heard: u64,
+        requeue: bool,
+        now: u64,
+    ) -> Option<Event> {
         let job = self.jobs.get(&id)?;
         let active = matches!(&job.state, JobState::Active(label) if **label == *phase);
         active.then(|| Event::JobLost {
