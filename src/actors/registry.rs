@@ -520,7 +520,12 @@ impl Actor for RegistryActor {
                     .remove(&queue)
                     .unwrap_or_default();
                 tracing::warn!(%queue, waiting = entries.len(), "restarting queue actor from the registry");
-                state.spawn_queue(queue, entries).await;
+                let ready = entries.iter().filter(|e| e.ready).count();
+                state.spawn_queue(queue.clone(), entries).await;
+                // Agents that waited while the actor was dead: one wake per ready job.
+                for _ in 0..ready.min(state.waiters.len()) {
+                    state.waiters.arrived(&queue);
+                }
             }
             RegistryMsg::Lose {
                 id,
