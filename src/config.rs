@@ -107,6 +107,12 @@ pub struct Config {
     /// Searches and queue listings that run at once; more wait their turn, so a flood of
     /// them cannot take every CPU from other requests.
     pub max_searches: usize,
+    /// Added to every lost-agent allowance (see `model::lost`).
+    pub lost_agent_grace: Duration,
+    /// Whether a job whose agent was lost before provisioning is requeued once.
+    pub lost_agent_requeue: bool,
+    /// Most agents waiting at once in long-poll pops (`GET /v1/job?wait=`).
+    pub max_waiters: usize,
     /// Where the settings came from, for the start-up log line.
     pub source: String,
 }
@@ -140,6 +146,9 @@ impl Default for Config {
             queue_idle: Duration::from_secs(300),
             max_searches: 1,
             agent_expiry: Duration::from_secs(7 * 24 * 3600),
+            lost_agent_grace: Duration::from_secs(300),
+            lost_agent_requeue: true,
+            max_waiters: 10_000,
             source: "defaults".into(),
         }
     }
@@ -280,6 +289,19 @@ pub struct ServeOpts {
     /// of them leaves CPU to everything else) [default: 1].
     #[arg(long, env = "FLINGER_MAX_SEARCHES", value_name = "N")]
     pub max_searches: Option<usize>,
+    /// Seconds of silence added to a running job's allowance before its agent counts as
+    /// lost and the job is ended (or requeued) [default: 300]. The allowance itself comes
+    /// from the job's `output_timeout`/`global_timeout` and its phase (README: Lost agents).
+    #[arg(long, env = "FLINGER_LOST_AGENT_GRACE_SECS", value_name = "SECS")]
+    pub lost_agent_grace_secs: Option<u64>,
+    /// Whether a job whose agent was lost before provisioning (`running`, `setup`) goes
+    /// back to its queue once instead of ending [default: true].
+    #[arg(long, env = "FLINGER_LOST_AGENT_REQUEUE", value_name = "BOOL")]
+    pub lost_agent_requeue: Option<bool>,
+    /// Most agents waiting at once in long-poll pops (`GET /v1/job?wait=`); more are
+    /// refused with 503 [default: 10000].
+    #[arg(long, env = "FLINGER_MAX_WAITERS", value_name = "N")]
+    pub max_waiters: Option<usize>,
 }
 
 /// A problem with the config file.
@@ -329,6 +351,9 @@ const KNOWN_KEYS: &[&str] = &[
     "QUEUE_IDLE_SECS",
     "MAX_SEARCHES",
     "AGENT_EXPIRY_SECS",
+    "LOST_AGENT_GRACE_SECS",
+    "LOST_AGENT_REQUEUE",
+    "MAX_WAITERS",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 const IGNORED_KEYS: &[&str] = &[
@@ -472,6 +497,17 @@ impl Config {
                         config.agent_expiry = Duration::from_secs(num("seconds")?)
                     }
                     "ORPHAN_QUOTA_BYTES" => config.orphan_quota_bytes = num("a byte count")?,
+                    "LOST_AGENT_GRACE_SECS" => {
+                        config.lost_agent_grace = Duration::from_secs(num("seconds")?)
+                    }
+                    "LOST_AGENT_REQUEUE" => {
+                        config.lost_agent_requeue = match value.to_ascii_lowercase().as_str() {
+                            "true" | "1" | "yes" => true,
+                            "false" | "0" | "no" => false,
+                            _ => return Err(bad("true or false")),
+                        }
+                    }
+                    "MAX_WAITERS" => config.max_waiters = num("a count")? as usize,
                     "QUEUE_IDLE_SECS" => config.queue_idle = Duration::from_secs(num("seconds")?),
                     k if IGNORED_KEYS.contains(&k) => warnings.push(format!(
                         "config key {k} is not used by flinger (no external store needed)"
@@ -511,7 +547,9 @@ impl Config {
             max_field_bytes,
             max_pending,
             orphan_quota_bytes,
-            max_searches
+            max_searches,
+            lost_agent_requeue,
+            max_waiters
         );
         for (secs, slot) in [
             (opts.header_timeout_secs, &mut config.header_timeout),
@@ -524,6 +562,9 @@ impl Config {
         }
         config.max_connections_chosen |= opts.max_connections.is_some();
 
+        if let Some(secs) = opts.lost_agent_grace_secs {
+            config.lost_agent_grace = Duration::from_secs(secs);
+        }
         if let Some(secs) = opts.agent_expiry_secs {
             config.agent_expiry = Duration::from_secs(secs);
         }
@@ -576,6 +617,9 @@ impl Config {
         }
         if self.max_pending == 0 || self.max_searches == 0 {
             return err("max pending and max searches must be at least 1".into());
+        }
+        if self.max_waiters == 0 {
+            return err("max waiters must be at least 1".into());
         }
         Ok(())
     }

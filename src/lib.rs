@@ -6,6 +6,7 @@
 //! - [`model`]: the pure core — ids, job lifecycle, queue order, events, the fold.
 //! - [`journal`]: events ↔ WAL records, group commit, snapshots, recovery.
 //! - [`actors`]: the supervisor and the registry, queue, result, artifact, agents actors.
+//! - [`dispatch`]: handing jobs to agents: the pop protocol and long-poll waiters.
 //! - [`http`]: routes and handlers; `http::wire` (with `http::schema`, upstream's job schema
 //!   as data) is the only place that knows the JSON.
 //! - [`server`]: listener, connection handling, graceful shutdown, wiring.
@@ -19,6 +20,7 @@
 
 pub mod actors;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod http;
 pub mod journal;

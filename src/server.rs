@@ -17,11 +17,14 @@ use crate::actors::files::FileMsg;
 use crate::actors::registry::{Jobs, RegistryMsg};
 use crate::actors::results::{ResultDocs, ResultMsg};
 use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::actors::watch::Watch;
 use crate::actors::{ask, now, Door, Handles, OrphanQuota, QueueDirectory, Services};
 use crate::config::Config;
+use crate::dispatch::Waiters;
 use crate::error::{Error, Result};
 use crate::http::transfer::{MinRate, Watched};
 use crate::journal::{self, SnapshotDoc};
+use crate::model::lost;
 
 /// Descriptors a connection may hold at once: its socket, and a file it uploads to or
 /// streams from (or the directory it syncs).
@@ -94,6 +97,8 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         config.orphan_quota_bytes,
         config.retention.as_secs(),
     ));
+    let watch = Arc::new(Watch::default());
+    let waiters = Arc::new(Waiters::new(config.max_waiters));
     let (supervisor, supervisor_handle) = Actor::spawn(
         None,
         Supervisor,
@@ -107,6 +112,8 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
             files_dir: files_dir.clone(),
             fs: fs.clone(),
             fatal: fatal_tx,
+            watch: watch.clone(),
+            waiters: waiters.clone(),
         },
     )
     .await
@@ -128,6 +135,8 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         config,
         files_dir,
         fs,
+        watch,
+        dispatch: waiters,
     });
     let chores = tokio::spawn(background_chores(services.clone(), snapshot_requests));
     Ok(Running {
@@ -243,6 +252,8 @@ pub async fn serve(
     };
     drop(listener);
     tracing::info!("shutting down: finishing in-flight requests");
+    // Long-polling agents are answered 204 now instead of holding the drain.
+    running.services.dispatch.close();
     let _ = stopping.send(true);
     let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(config.drain, permits.acquire_many(all))
@@ -408,6 +419,12 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
     let every = (services.config.queue_idle / 2).clamp(RETENTION_MIN_EVERY, RETENTION_MAX_EVERY);
     let mut idle_queues = tokio::time::interval(every);
     idle_queues.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Lost agents are looked for four times per grace period (at least every second, at
+    // most every minute), so a job ends within its allowance plus 1.25 grace periods.
+    let every =
+        (services.config.lost_agent_grace / 4).clamp(RETENTION_MIN_EVERY, RETENTION_MAX_EVERY);
+    let mut lost_agents = tokio::time::interval(every);
+    lost_agents.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             request = snapshot_requests.recv() => {
@@ -447,6 +464,13 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
                             tracing::warn!(error = %e, suppressed, "agent expiry pass failed");
                         }
                     }
+                }
+            }
+            _ = lost_agents.tick() => {
+                match end_lost_jobs(&services).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(jobs = n, "ended or requeued jobs of lost agents"),
+                    Err(e) => tracing::warn!(error = %e, "lost-agent pass failed"),
                 }
             }
             _ = idle_queues.tick() => {
@@ -513,6 +537,64 @@ pub async fn expire(services: &Services) -> Result<usize> {
     let files = ask(&*services.files, |p| FileMsg::Expire(ids, p)).await??;
     for ticket in [expired, results, files] {
         services.journal.durable(ticket).await?;
+    }
+    Ok(count)
+}
+
+/// Finds running jobs whose agent was silent past its allowance (`model::lost`) and has
+/// the registry end or requeue them (a logged `JobLost`); marks each such agent's record
+/// `offline`. Forgets watched jobs that finished. Returns how many jobs it ended or
+/// requeued.
+pub async fn end_lost_jobs(services: &Services) -> Result<usize> {
+    let rule = lost::Rule {
+        grace: services.config.lost_agent_grace.as_secs(),
+        requeue: services.config.lost_agent_requeue,
+    };
+    let now = now();
+    let mut count = 0;
+    for (id, watched) in services.watch.all() {
+        let Some(job) = services.jobs.get(id) else {
+            services.watch.forget(id);
+            continue;
+        };
+        if job.waiting || crate::actors::registry::is_finished(&job) {
+            services.watch.forget(id);
+            continue;
+        }
+        let requeued_before = job.lost.as_ref().is_some_and(|l| l.requeued);
+        let verdict = lost::verdict(&job.state, requeued_before, &watched, &rule, now);
+        if verdict == lost::Verdict::Alive {
+            continue;
+        }
+        let requeue = verdict == lost::Verdict::Requeue;
+        let phase = crate::model::Name::from(job.state.as_str());
+        let Some((ticket, agent)) = ask(&*services.registry, |port| RegistryMsg::Lose {
+            id,
+            phase,
+            last_heard: watched.last_heard,
+            requeue,
+            port,
+        })
+        .await??
+        else {
+            continue;
+        };
+        services.journal.durable(ticket).await?;
+        services.watch.forget(id);
+        count += 1;
+        tracing::warn!(job = %id, agent = agent.as_deref().unwrap_or("-"), state = %job.state, last_heard = watched.last_heard, requeue, "agent lost: job ended or requeued");
+        if let Some(agent) = agent {
+            let fields = serde_json::json!({
+                "state": "offline",
+                "comment": format!(
+                    "lost: not heard about job {id} since {}",
+                    crate::http::wire::iso_z(watched.last_heard)
+                ),
+            });
+            let body = bytes::Bytes::from(serde_json::to_vec(&fields).expect("JSON serialises"));
+            let ticket = ask(&*services.agents, |p| AgentMsg::Update(agent, body, p)).await??;
+            services.journal.durable(ticket).await?;
+        }
     }
     Ok(count)
 }

@@ -47,3 +47,7 @@ mod isolation;
 // Everything kept has a bound or an expiry: orphan data quota and expiry, deleting a job,
 // idle queue actors.
 mod expiry;
+// Lost-agent recovery: silent agents' jobs ended or requeued, the CLI's poll ends (issue 12).
+mod lost;
+// Long-poll dispatch: waiting agents get jobs the moment they arrive, fairly (issue 12).
+mod longpoll;

@@ -7,6 +7,7 @@
 //! - `results`: result documents and logs.
 //! - `files`: artifact and attachment files.
 //! - `agents`: advertised queues, images and agent records.
+//! - `watch`: when each dispatched job's agent was last heard (lost-agent recovery).
 
 pub mod agents;
 pub mod files;
@@ -14,6 +15,7 @@ pub mod queue;
 pub mod registry;
 pub mod results;
 pub mod supervisor;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -376,4 +378,8 @@ pub struct Handles {
     /// The filesystem every file of the data dir is written through (the log's seam), so
     /// tests can run the server on a simulated disk.
     pub fs: Arc<dyn wal::Fs>,
+    /// When each dispatched job's agent was last heard (lost-agent recovery).
+    pub watch: Arc<watch::Watch>,
+    /// Agents waiting for jobs (long-poll dispatch).
+    pub dispatch: Arc<crate::dispatch::Waiters>,
 }

@@ -17,8 +17,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use std::sync::Arc;
+
 use super::queue::{QueueActor, QueueMsg};
+use super::watch::Watch;
 use super::{gone, now, reply, PendingSnapshot, QueueDirectory, Recorder, Shared};
+use crate::dispatch::Waiters;
 use crate::error::Result;
 use crate::journal::{Journal, Ticket};
 use crate::model::index::Search;
@@ -51,6 +55,8 @@ pub struct JobView {
     pub attachments: Attachments,
     /// Which run of the job this is (1, then one more per resubmission).
     pub run: u32,
+    /// When the server found its agent lost, if it did.
+    pub lost: Option<crate::model::registry::Lost>,
 }
 
 /// Jobs removed by retention and the LSN of their removal.
@@ -66,6 +72,10 @@ pub enum Claimed {
     /// The job is no longer dispatchable (cancelled, or taken meanwhile).
     Gone,
 }
+
+/// The answer to [`RegistryMsg::Lose`]: the ticket of the recorded `JobLost` and the
+/// agent that had the job, `None` when nothing was recorded.
+pub type LoseReply = Result<Option<(Ticket, Option<Name>)>>;
 
 /// Messages to the registry.
 pub enum RegistryMsg {
@@ -95,6 +105,21 @@ pub enum RegistryMsg {
     StopIdleQueues(Duration),
     /// A queue actor died: start a new one from the current waiting jobs.
     RespawnQueue(Name),
+    /// The job's agent was silent past its allowance: record the decision (`phase` it
+    /// was made on, last heard, requeue or end; see `model::lost`). Replies with the
+    /// ticket and the agent that had the job, `None` when a report came first.
+    Lose {
+        /// The job.
+        id: JobId,
+        /// Its state when decided.
+        phase: Name,
+        /// Unix seconds the agent was last heard.
+        last_heard: u64,
+        /// Requeue (else end).
+        requeue: bool,
+        /// The answer.
+        port: RpcReplyPort<LoseReply>,
+    },
     /// Serialise the partition for a snapshot.
     Snapshot(RpcReplyPort<PendingSnapshot>),
 }
@@ -112,6 +137,10 @@ pub struct RegistryArgs {
     pub queues: QueueDirectory,
     /// Parent of the queue actors this actor creates.
     pub supervisor: ActorCell,
+    /// Dispatched jobs' last contact: this actor starts watching each job it dispatches.
+    pub watch: Arc<Watch>,
+    /// Agents waiting for jobs: told whenever a job becomes dispatchable.
+    pub waiters: Arc<Waiters>,
 }
 
 /// The registry actor's state.
@@ -128,6 +157,10 @@ pub struct RegistryState {
     waiting: FastMap<Name, usize>,
     /// Queues found without waiting jobs, and since when.
     idle_since: FastMap<Name, Instant>,
+    /// See [`RegistryArgs::watch`].
+    watch: Arc<Watch>,
+    /// See [`RegistryArgs::waiters`].
+    waiters: Arc<Waiters>,
 }
 
 fn view(job: &crate::model::registry::Job) -> JobView {
@@ -140,6 +173,7 @@ fn view(job: &crate::model::registry::Job) -> JobView {
         created_at: job.created_at,
         attachments: job.attachments,
         run: job.run,
+        lost: job.lost.clone(),
     }
 }
 
@@ -273,11 +307,17 @@ impl RegistryState {
         let (queue, msg) = match change {
             IndexChange::Insert(queue, entry) => {
                 *self.waiting.entry(queue.clone()).or_default() += 1;
+                let ready = entry.ready;
                 if self.queues.get(&queue).is_none() {
-                    self.spawn_queue(queue, vec![entry]).await;
-                    return;
+                    self.spawn_queue(queue.clone(), vec![entry]).await;
+                } else if let Some(actor) = self.queues.get(&queue) {
+                    let _ = actor.cast(QueueMsg::Insert(entry));
                 }
-                (queue, QueueMsg::Insert(entry))
+                // After the queue actor has it (messages from here arrive in order).
+                if ready {
+                    self.waiters.arrived(&queue);
+                }
+                return;
             }
             IndexChange::Remove(queue, id) => {
                 if let Some(n) = self.waiting.get_mut(&queue) {
@@ -285,7 +325,13 @@ impl RegistryState {
                 }
                 (queue, QueueMsg::Remove(id))
             }
-            IndexChange::Ready(queue, id) => (queue, QueueMsg::Ready(id)),
+            IndexChange::Ready(queue, id) => {
+                if let Some(actor) = self.queues.get(&queue) {
+                    let _ = actor.cast(QueueMsg::Ready(id));
+                }
+                self.waiters.arrived(&queue);
+                return;
+            }
         };
         if let Some(actor) = self.queues.get(&queue) {
             let _ = actor.cast(msg);
@@ -349,7 +395,20 @@ impl Actor for RegistryActor {
             supervisor: args.supervisor,
             waiting: FastMap::default(),
             idle_since: FastMap::default(),
+            watch: args.watch,
+            waiters: args.waiters,
         };
+        // Jobs out with agents when the server stopped: heard now, so each agent has a
+        // whole allowance to be heard again (see `model::lost`).
+        {
+            let registry = state.registry.read();
+            let started = now();
+            for (id, job) in registry.iter() {
+                if matches!(job.state, crate::model::job::JobState::Active(_)) {
+                    state.watch.dispatched(id, &job.body, started);
+                }
+            }
+        }
         let waiting = state.registry.read().waiting_entries();
         for (queue, entries) in waiting {
             state.spawn_queue(queue, entries).await;
@@ -393,7 +452,10 @@ impl Actor for RegistryActor {
                     (None, None) => Ok(Claimed::Gone),
                     (None, Some(event)) => state.record(event).await.map(|ticket| {
                         match state.registry.read().get(id) {
-                            Some(job) => Claimed::Dispatched(view(job), ticket),
+                            Some(job) => {
+                                state.watch.dispatched(id, &job.body, now());
+                                Claimed::Dispatched(view(job), ticket)
+                            }
                             None => Claimed::Gone,
                         }
                     }),
@@ -470,7 +532,30 @@ impl Actor for RegistryActor {
                     .remove(&queue)
                     .unwrap_or_default();
                 tracing::warn!(%queue, waiting = entries.len(), "restarting queue actor from the registry");
-                state.spawn_queue(queue, entries).await;
+                let ready = entries.iter().filter(|e| e.ready).count();
+                state.spawn_queue(queue.clone(), entries).await;
+                // Agents that waited while the actor was dead: one wake per ready job.
+                for _ in 0..ready.min(state.waiters.len()) {
+                    state.waiters.arrived(&queue);
+                }
+            }
+            RegistryMsg::Lose {
+                id,
+                phase,
+                last_heard,
+                requeue,
+                port,
+            } => {
+                let (decided, agent) = {
+                    let registry = state.registry.read();
+                    let agent = registry.get(id).and_then(|j| j.agent.clone());
+                    (registry.lose(id, &phase, last_heard, requeue, now()), agent)
+                };
+                let result = match decided {
+                    None => Ok(None),
+                    Some(event) => state.record(event).await.map(|t| Some((t, agent))),
+                };
+                reply(port, result);
             }
             RegistryMsg::Snapshot(port) => {
                 let copy = state.registry.read().snapshot_copy();

@@ -66,6 +66,10 @@ pub struct SupervisorArgs {
     pub fs: Arc<dyn wal::Fs>,
     /// Where to report a fatal failure (the server shuts down on it).
     pub fatal: UnboundedSender<String>,
+    /// Dispatched jobs' last contact (for the registry).
+    pub watch: Arc<super::watch::Watch>,
+    /// Agents waiting for jobs (for the registry).
+    pub waiters: Arc<crate::dispatch::Waiters>,
 }
 
 /// The supervisor actor (no configuration).
@@ -105,6 +109,8 @@ impl Actor for Supervisor {
                 journal: args.journal.clone(),
                 queues: args.queues.clone(),
                 supervisor: cell.clone(),
+                watch: args.watch.clone(),
+                waiters: args.waiters.clone(),
             },
             cell.clone(),
         )

@@ -204,6 +204,12 @@ pub async fn agents_post(
     let body = read_body(request, MAX_AGENT_POST).await?;
     let map = json_object_body(&body)?;
     check_agent_fields(&map)?;
+    // An agent reporting its state with the job it runs is heard about that job.
+    if let Some(id) = map.get("job_id").and_then(Value::as_str) {
+        if let Ok(id) = super::wire::path_id(id) {
+            svc.watch.heard(id, crate::actors::now());
+        }
+    }
     let cookie = cookie_value(&name)?;
     let lsn = ask(&svc.agents, |p| AgentMsg::Update(Name::from(name), body, p)).await??;
     svc.journal.durable(lsn).await?;

@@ -4,24 +4,23 @@
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use ractor::ActorRef;
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use super::respond::{json_bytes, json_value, no_content, ok, read_body, text};
 use super::wire::{self, path_id};
 use crate::actors::files::FileMsg;
 use crate::actors::queue::QueueMsg;
-use crate::actors::registry::{Claimed, JobView, RegistryMsg};
+use crate::actors::registry::RegistryMsg;
 use crate::actors::results::ResultMsg;
 use crate::actors::{ask, ask_admitted, Callee, Services};
+use crate::dispatch;
 use crate::error::{Error, Result};
 use crate::model::index::Search;
-use crate::model::queue::{best, Candidate};
 use crate::model::registry::Attachments;
 use crate::model::{JobId, Name};
 
-/// How often one pop retries when the job it chose was taken by a cancel in between.
-const MAX_POP_ATTEMPTS: usize = 16;
 /// Most `queue` parameters one pop may name.
 const MAX_POP_QUEUES: usize = 256;
 
@@ -70,29 +69,29 @@ async fn check_some_agent_may_run(svc: &Services, queue: &Name, exclude: &[Name]
     Ok(())
 }
 
-/// A reservation on a queue's candidate, released if the pop does not claim it (also
-/// when the request is dropped mid-way, so no job stays reserved forever).
-struct Reserved {
-    queue: ActorRef<QueueMsg>,
-    candidate: Candidate,
-    armed: bool,
-}
-
-impl Drop for Reserved {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = self.queue.cast(QueueMsg::Release(self.candidate.id));
-        }
-    }
-}
-
-/// `GET /v1/job?queue=a&queue=b`: hand the agent the best waiting job of those queues.
+/// `GET /v1/job?queue=a&queue=b[&wait=SECONDS]`: hand the agent the best waiting job
+/// of those queues; with `wait` (whole seconds, at most [`dispatch::MAX_WAIT_SECS`]),
+/// hold the request until one arrives or the time is up (204). See [`crate::dispatch`].
 pub async fn job_get(State(svc): State<Services>, request: Request) -> Result<Response> {
     let mut queues: Vec<Name> = Vec::new();
+    let mut wait = 0;
     // De-duplicated through a set, and the cap checked as names arrive, so a URL of
     // thousands of `queue=` parameters costs linear time.
     let mut seen = std::collections::HashSet::new();
     for (key, value) in wire::query_pairs(request.uri().query().unwrap_or("")) {
+        if key == "wait" {
+            wait = value
+                .parse::<u64>()
+                .ok()
+                .filter(|&w| w <= dispatch::MAX_WAIT_SECS)
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "wait must be whole seconds from 0 to {}, got {value:?}",
+                        dispatch::MAX_WAIT_SECS
+                    ))
+                })?;
+            continue;
+        }
         if key != "queue" || value.is_empty() || seen.contains(value.as_str()) {
             continue;
         }
@@ -111,94 +110,14 @@ pub async fn job_get(State(svc): State<Services>, request: Request) -> Result<Re
         ));
     }
     let agent = wire::agent_cookie(request.headers());
-    match pop(&svc, &queues, agent).await? {
+    let job = if wait == 0 {
+        dispatch::pop(&svc, &queues, agent).await?
+    } else {
+        dispatch::pop_waiting(&svc, &queues, agent, Duration::from_secs(wait)).await?
+    };
+    match job {
         Some(body) => Ok(json_bytes(StatusCode::OK, body)),
         None => Ok(no_content()),
-    }
-}
-
-async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Option<bytes::Bytes>> {
-    let actors: Vec<ActorRef<QueueMsg>> = queues.iter().filter_map(|q| svc.queues.get(q)).collect();
-    for _ in 0..MAX_POP_ATTEMPTS {
-        let takes = actors.iter().map(|actor| {
-            let agent = agent.clone();
-            async move {
-                let candidate = ask(actor, |p| QueueMsg::Take(agent, p))
-                    .await
-                    .ok()
-                    .flatten();
-                candidate.map(|candidate| Reserved {
-                    queue: actor.clone(),
-                    candidate,
-                    armed: true,
-                })
-            }
-        });
-        let mut reserved: Vec<Reserved> = futures_util::future::join_all(takes)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        let candidates: Vec<Candidate> = reserved.iter().map(|r| r.candidate.clone()).collect();
-        let Some(chosen) = best(&candidates).map(|c| c.id) else {
-            return held_job(svc, queues, agent).await;
-        };
-        // Release the losers now, not after the claim: other pops may want them.
-        reserved.retain(|r| r.candidate.id == chosen);
-        match ask(&svc.registry, |p| {
-            RegistryMsg::Claim(chosen, agent.clone(), queues.to_vec(), p)
-        })
-        .await??
-        {
-            Claimed::Dispatched(job, ticket) => {
-                // The registry's index change removes the slot; nothing to release.
-                reserved.iter_mut().for_each(|r| r.armed = false);
-                svc.journal.durable(ticket).await?;
-                return Ok(Some(dispatched_body(&job)));
-            }
-            // A retried pop: the reservation is released when `reserved` drops. The
-            // first pop's dispatch may not be durable yet: answer once it is.
-            Claimed::Held(job) => {
-                svc.journal.durable(svc.journal.settled()).await?;
-                return Ok(Some(dispatched_body(&job)));
-            }
-            Claimed::Gone => {}
-        }
-    }
-    Ok(None)
-}
-
-/// With nothing to take: the job `agent` still holds in these queues, if its pop is a
-/// retry (the agent retries every method on 5xx, so a lost answer must not orphan a job).
-async fn held_job(
-    svc: &Services,
-    queues: &[Name],
-    agent: Option<Name>,
-) -> Result<Option<bytes::Bytes>> {
-    let Some(agent) = agent else {
-        return Ok(None);
-    };
-    let held = svc.jobs.held_by(&agent);
-    let held = held.filter(|(_, job)| queues.contains(&job.queue));
-    if held.is_some() {
-        // As for a retried claim: the dispatch it repeats may not be durable yet.
-        svc.journal.durable(svc.journal.settled()).await?;
-    }
-    Ok(held.map(|(_, job)| dispatched_body(&job)))
-}
-
-/// The job document an agent receives: as submitted, plus `attachments_status` when the
-/// job has attachments (the agent downloads them only when it reads `complete`).
-fn dispatched_body(job: &JobView) -> bytes::Bytes {
-    if job.attachments != Attachments::Complete {
-        return job.body.clone();
-    }
-    match serde_json::from_slice::<Value>(&job.body) {
-        Ok(Value::Object(mut map)) => {
-            map.insert("attachments_status".into(), Value::from("complete"));
-            bytes::Bytes::from(serde_json::to_vec(&map).expect("maps serialise"))
-        }
-        _ => job.body.clone(),
     }
 }
 

@@ -54,6 +54,37 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
+/// Notes agent contact for lost-agent recovery (`actors::watch`): any POST about a job's
+/// result (state, result fields, log fragments, output, artifact), a download of its
+/// attachments, and any request about a job that carries an agent's `agent_name`
+/// cookie (the stock agent checks `GET /v1/result/<id>` every 10 s while a command
+/// runs). Clients without the cookie reading a result (the CLI's `poll`) do not count.
+async fn note_agent_contact(
+    axum::extract::State(svc): axum::extract::State<Services>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    let about = path
+        .strip_prefix("/v1/result/")
+        .map(|rest| (rest, true))
+        .or_else(|| path.strip_prefix("/v1/job/").map(|rest| (rest, false)));
+    if let Some((rest, result)) = about {
+        let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        let contact = (result && request.method() == axum::http::Method::POST)
+            || (tail == "attachments" && request.method() == axum::http::Method::GET)
+            || wire::agent_cookie(request.headers()).is_some();
+        if contact {
+            if let Ok(id) = wire::path_id(id) {
+                svc.watch.heard(id, crate::actors::now());
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// The whole route table.
+
 /// The HTTP service the server runs: [`router`] behind trailing-slash normalisation.
 pub type App = NormalizePath<Router>;
 
@@ -118,6 +149,10 @@ pub fn router(services: Services) -> Router {
             )
                 .into_response()
         })
+        .layer(middleware::from_fn_with_state(
+            services.clone(),
+            note_agent_contact,
+        ))
         .with_state(services)
         // Handlers enforce their own limits (read_body, uploads): axum's default would
         // cap uploads at 2 MB with a non-JSON answer.

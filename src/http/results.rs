@@ -114,10 +114,34 @@ pub async fn result_get(State(svc): State<Services>, Path(id): Path<String>) -> 
     // place when posted, else first, where Testflinger's initial
     // `{"job_state": "waiting"}` puts it).
     if let Some(job) = job {
+        if let Some(lost) = &job.lost {
+            result.insert("lost_agent", json_text(&lost_agent_json(lost)));
+        }
         result.insert_first("job_state", json_text(&Value::from(job.state)));
     }
     add_phase_views(&mut result, logs);
     Ok(json_bytes(StatusCode::OK, Bytes::from(result.to_json())))
+}
+
+/// The `lost_agent` result field: why the server ended (or requeued) the job, and when
+/// its agent was last heard (see `model::lost`).
+fn lost_agent_json(lost: &crate::model::registry::Lost) -> Value {
+    let action = if lost.requeued {
+        "requeued"
+    } else {
+        "cancelled"
+    };
+    serde_json::json!({
+        "reason": format!(
+            "the agent was not heard from about this job for longer than its allowance in phase {:?}; the server {action} it",
+            &*lost.phase
+        ),
+        "action": action,
+        "agent": lost.agent.as_deref(),
+        "phase": &*lost.phase,
+        "last_heard_at": super::wire::iso_z(lost.last_heard),
+        "decided_at": super::wire::iso_z(lost.at),
+    })
 }
 
 fn json_text(value: &Value) -> Bytes {

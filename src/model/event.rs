@@ -206,6 +206,20 @@ pub enum Event {
         /// The agents.
         names: Vec<Name>,
     },
+    /// The server found the job's agent lost (silent past its allowance, see
+    /// `model::lost`): the job was ended as `cancelled`, or put back into its queue.
+    JobLost {
+        /// The job.
+        id: JobId,
+        /// The job's state (phase) when the agent was found lost.
+        phase: Name,
+        /// Unix seconds the agent was last heard about the job.
+        last_heard: u64,
+        /// Whether the job was requeued (else ended).
+        requeued: bool,
+        /// Unix seconds.
+        at: u64,
+    },
 }
 
 impl Event {
@@ -219,7 +233,8 @@ impl Event {
             | JobStateReported { .. }
             | AttachmentsArrived { .. }
             | JobsExpired { .. }
-            | JobDeleted { .. } => Partition::Registry,
+            | JobDeleted { .. }
+            | JobLost { .. } => Partition::Registry,
             ResultMerged { .. }
             | LogAppended { .. }
             | OutputRead { .. }

@@ -9,6 +9,7 @@ pub mod files;
 pub mod ids;
 pub mod index;
 pub mod job;
+pub mod lost;
 pub mod queue;
 pub mod registry;
 pub mod results;

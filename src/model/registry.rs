@@ -73,11 +73,30 @@ pub struct Job {
     /// a default, so snapshots written before it existed still decode.
     #[serde(default = "first_run")]
     pub run: u32,
+    /// The latest time the server found this job's agent lost (see `model::lost`): shown
+    /// as the result's `lost_agent` field. Cleared by resubmission.
+    #[serde(default)]
+    pub lost: Option<Lost>,
 }
 
 /// The run number of a job's first submission.
 pub fn first_run() -> u32 {
     1
+}
+
+/// How the server found a job's agent lost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lost {
+    /// The job's state (phase) at the time.
+    pub phase: Name,
+    /// Unix seconds the agent was last heard about the job.
+    pub last_heard: u64,
+    /// Unix seconds the server decided.
+    pub at: u64,
+    /// The agent that had the job, if it identified itself.
+    pub agent: Option<Name>,
+    /// Whether the job was put back into its queue (else ended as `cancelled`).
+    pub requeued: bool,
 }
 
 impl Job {
@@ -325,6 +344,35 @@ impl Registry {
         Ok(Event::JobCancelled { id, at: now })
     }
 
+    /// Decides what to do about a job whose agent was silent past its allowance: `phase`
+    /// is the state the decision was made on (a report since then voids it); `requeue`
+    /// is the caller's verdict (see `model::lost::verdict`). `None`: nothing to do.
+    pub fn lose(
+        &self,
+        id: JobId,
+        phase: &str,
+        last_heard: u64,
+        requeue: bool,
+        now: u64,
+    ) -> Option<Event> {
+        let job = self.jobs.get(&id)?;
+        let active = matches!(&job.state, JobState::Active(label) if **label == *phase);
+        active.then(|| Event::JobLost {
+            id,
+            phase: phase.into(),
+            last_heard,
+            requeued: requeue,
+            at: now,
+        })
+    }
+
+    /// Whether a lost agent already made this job go back to its queue once.
+    pub fn was_requeued(&self, id: JobId) -> bool {
+        self.jobs
+            .get(&id)
+            .is_some_and(|j| j.lost.as_ref().is_some_and(|l| l.requeued))
+    }
+
     /// Decides an operator's deletion of a job (`None`: no such job).
     pub fn delete(&self, id: JobId) -> Option<Event> {
         self.jobs
@@ -498,6 +546,7 @@ impl Registry {
                     agent: None,
                     lsn,
                     run,
+                    lost: None,
                 };
                 let entry = job.entry(*id);
                 self.index
@@ -565,6 +614,51 @@ impl Registry {
                     self.finishing.push_back((*at, *id));
                 }
                 was_waiting.then_some(IndexChange::Remove(queue, *id))
+            }
+            Event::JobLost {
+                id,
+                phase,
+                last_heard,
+                requeued,
+                at,
+            } => {
+                let job = Arc::make_mut(self.jobs.get_mut(id)?);
+                if !matches!(&job.state, JobState::Active(label) if **label == **phase) {
+                    return None;
+                }
+                let agent = job.agent.take();
+                job.lost = Some(Lost {
+                    phase: phase.clone(),
+                    last_heard: *last_heard,
+                    at: *at,
+                    agent: agent.clone(),
+                    requeued: *requeued,
+                });
+                job.lsn = lsn;
+                let next = if *requeued {
+                    JobState::Waiting { resubmitted: true }
+                } else {
+                    JobState::Finished(label::CANCELLED.into())
+                };
+                self.index
+                    .restate(*id, job.seq, job.state.label(), next.label());
+                job.state = next;
+                let change = if *requeued {
+                    // Back in its old place (its `seq`): it was first in line before. The
+                    // next agent numbers its fragments from 0 again: a new run, so they
+                    // are not taken for retries of the lost run's.
+                    job.started_at = None;
+                    job.run = job.run.saturating_add(1);
+                    Some(IndexChange::Insert(job.queue.clone(), job.entry(*id)))
+                } else {
+                    job.finished_at = Some(*at);
+                    self.finishing.push_back((*at, *id));
+                    None
+                };
+                if let Some(agent) = agent {
+                    self.release_holder(&agent, *id);
+                }
+                change
             }
             Event::AttachmentsArrived { id } => {
                 let job = Arc::make_mut(self.jobs.get_mut(id)?);

@@ -1,0 +1,67 @@
+//! The watch on dispatched jobs: when each one's agent was last heard, for lost-agent
+//! recovery (the rule is in `model::lost`).
+//!
+//! It is a shell over the clock: the registry actor starts watching a job when it records
+//! its dispatch (and every active job at start-up, as heard *then*: after a restart the
+//! agent gets a whole allowance again, so a restart never ends a job early); handlers
+//! note every agent request about a job; the lost-agent chore reads it and asks the
+//! registry to record the outcome. Last-heard times are not logged (an agent's every
+//! request would then be a write); only the decision is, as `Event::JobLost`.
+//!
+//! Bounded by the number of jobs handed out and not finished: noting a request about a
+//! job that is not watched does nothing, and the chore forgets jobs that finished.
+
+use parking_lot::Mutex;
+
+use crate::model::lost::{self, Watched};
+use crate::model::{FastMap, JobId};
+
+/// Dispatched jobs and when their agents were last heard.
+#[derive(Default)]
+pub struct Watch {
+    /// Watched jobs.
+    jobs: Mutex<FastMap<JobId, Watched>>,
+}
+
+impl Watch {
+    /// Starts watching a job handed out at `now` (unix seconds), with the timeouts its
+    /// document `body` sets.
+    pub fn dispatched(&self, id: JobId, body: &[u8], now: u64) {
+        let (global_timeout, output_timeout) = lost::timeouts(body);
+        self.jobs.lock().insert(
+            id,
+            Watched {
+                last_heard: now,
+                global_timeout,
+                output_timeout,
+            },
+        );
+    }
+
+    /// The agent made a request about `id` at `now` (ignored unless `id` is watched).
+    pub fn heard(&self, id: JobId, now: u64) {
+        if let Some(watched) = self.jobs.lock().get_mut(&id) {
+            watched.last_heard = watched.last_heard.max(now);
+        }
+    }
+
+    /// Stops watching `id` (finished, requeued, gone).
+    pub fn forget(&self, id: JobId) {
+        self.jobs.lock().remove(&id);
+    }
+
+    /// A copy of every watched job.
+    pub fn all(&self) -> Vec<(JobId, Watched)> {
+        self.jobs.lock().iter().map(|(id, w)| (*id, *w)).collect()
+    }
+
+    /// How many jobs are watched.
+    pub fn len(&self) -> usize {
+        self.jobs.lock().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.lock().is_empty()
+    }
+}

@@ -1,0 +1,342 @@
+//! Dispatch: handing waiting jobs to agents (`GET /v1/job`), at once or by long poll.
+//!
+//! The pop protocol: reserve the best candidate this agent may receive in each named
+//! queue's actor, choose the best of them (highest priority, then oldest), claim it at
+//! the registry (the one place a job leaves `waiting`, so exactly once), release the
+//! others. A pop that finds nothing gives back the job the agent already holds without
+//! having reported on it (its pop is a retry), else nothing.
+//!
+//! Long poll (`wait=SECONDS`): the agent is entered in [`Waiters`] for each of its
+//! queues, in arrival order, *before* its first pop, so a job arriving between that pop
+//! and the wait is not missed. The registry tells [`Waiters::arrived`] whenever a job
+//! becomes dispatchable in a queue (submitted, attachments arrived, requeued), and a pop
+//! that releases a reservation says so too; each such signal wakes the longest-waiting
+//! agent of that queue not already woken, which pops again. A woken agent that finds
+//! nothing eligible (the job excludes it, or another pop was faster) passes the signal
+//! on to the next agent in line; one that leaves while woken (it got a job, gave up or
+//! disconnected) passes it on too, so a signal is never lost with the agent it woke.
+//! Waiting costs no CPU (a parked future on a `Notify`), and a client that disconnects
+//! drops its future, which leaves the table; its claim, if any was under way, is
+//! skipped by the registry (it checks the reply port before deciding).
+//!
+//! Deliberately not here: the order of jobs (the queue actors' indexes) and whether a
+//! job may go (the registry).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use ractor::ActorRef;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::actors::queue::QueueMsg;
+use crate::actors::registry::{Claimed, JobView, RegistryMsg};
+use crate::actors::{ask, Services};
+use crate::error::{Error, Result};
+use crate::model::queue::{best, Candidate};
+use crate::model::registry::Attachments;
+use crate::model::{FastMap, Name};
+
+/// How often one pop retries when the job it chose was taken by a cancel in between.
+const MAX_POP_ATTEMPTS: usize = 16;
+
+/// The longest `wait` a pop may ask for, in seconds (a longer one is refused with 400).
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// Hands the agent the best waiting job of `queues` now, if any.
+pub async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Option<Bytes>> {
+    let actors: Vec<(Name, ActorRef<QueueMsg>)> = queues
+        .iter()
+        .filter_map(|q| svc.queues.get(q).map(|a| (q.clone(), a)))
+        .collect();
+    for _ in 0..MAX_POP_ATTEMPTS {
+        let takes = actors.iter().map(|(name, actor)| {
+            let agent = agent.clone();
+            async move {
+                let candidate = ask(actor, |p| QueueMsg::Take(agent, p))
+                    .await
+                    .ok()
+                    .flatten();
+                candidate.map(|candidate| Reserved {
+                    queue: actor.clone(),
+                    name: name.clone(),
+                    waiters: svc.dispatch.clone(),
+                    candidate,
+                    armed: true,
+                })
+            }
+        });
+        let mut reserved: Vec<Reserved> = futures_util::future::join_all(takes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let candidates: Vec<Candidate> = reserved.iter().map(|r| r.candidate.clone()).collect();
+        let Some(chosen) = best(&candidates).map(|c| c.id) else {
+            return held_job(svc, queues, agent).await;
+        };
+        // Release the losers now, not after the claim: other pops may want them.
+        reserved.retain(|r| r.candidate.id == chosen);
+        match ask(&svc.registry, |p| {
+            RegistryMsg::Claim(chosen, agent.clone(), queues.to_vec(), p)
+        })
+        .await??
+        {
+            Claimed::Dispatched(job, ticket) => {
+                // The registry's index change removes the slot; nothing to release.
+                reserved.iter_mut().for_each(|r| r.armed = false);
+                svc.journal.durable(ticket).await?;
+                return Ok(Some(dispatched_body(&job)));
+            }
+            // A retried pop: the reservation is released when `reserved` drops. The
+            // first pop's dispatch may not be durable yet: answer once it is.
+            Claimed::Held(job) => {
+                svc.journal.durable(svc.journal.settled()).await?;
+                return Ok(Some(dispatched_body(&job)));
+            }
+            Claimed::Gone => {}
+        }
+    }
+    Ok(None)
+}
+
+/// [`pop`], waiting up to `wait` for a job to arrive when none is there (see the module
+/// documentation); `None` at the deadline or when the server shuts down.
+pub async fn pop_waiting(
+    svc: &Services,
+    queues: &[Name],
+    agent: Option<Name>,
+    wait: Duration,
+) -> Result<Option<Bytes>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let waiter = svc.dispatch.enter(queues)?;
+    loop {
+        let was_woken = waiter.me.woken.swap(false, Ordering::AcqRel);
+        if let Some(job) = pop(svc, queues, agent.clone()).await? {
+            return Ok(Some(job));
+        }
+        if was_woken {
+            waiter.pass_on();
+        }
+        if svc.dispatch.is_closed() {
+            return Ok(None);
+        }
+        if tokio::time::timeout_at(deadline, waiter.me.notify.notified())
+            .await
+            .is_err()
+        {
+            return Ok(None);
+        }
+    }
+}
+
+/// A reservation on a queue's candidate, released if the pop does not claim it (also
+/// when the request is dropped mid-way, so no job stays reserved forever); a release
+/// tells waiting agents that the job is available again.
+struct Reserved {
+    queue: ActorRef<QueueMsg>,
+    name: Name,
+    waiters: Arc<Waiters>,
+    candidate: Candidate,
+    armed: bool,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.queue.cast(QueueMsg::Release(self.candidate.id));
+            self.waiters.arrived(&self.name);
+        }
+    }
+}
+
+/// With nothing to take: the job `agent` still holds in these queues, if its pop is a
+/// retry (the agent retries every method on 5xx, so a lost answer must not orphan a job).
+/// A retried pop counts as hearing from the agent about that job.
+async fn held_job(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Option<Bytes>> {
+    let Some((id, job)) = agent.and_then(|agent| svc.jobs.held_by(&agent)) else {
+        return Ok(None);
+    };
+    if !queues.contains(&job.queue) {
+        return Ok(None);
+    }
+    svc.watch.heard(id, crate::actors::now());
+    // As for a retried claim: the dispatch it repeats may not be durable yet.
+    svc.journal.durable(svc.journal.settled()).await?;
+    Ok(Some(dispatched_body(&job)))
+}
+
+/// The job document an agent receives: as submitted, plus `attachments_status` when the
+/// job has attachments (the agent downloads them only when it reads `complete`).
+fn dispatched_body(job: &JobView) -> Bytes {
+    if job.attachments != Attachments::Complete {
+        return job.body.clone();
+    }
+    match serde_json::from_slice::<Value>(&job.body) {
+        Ok(Value::Object(mut map)) => {
+            map.insert("attachments_status".into(), Value::from("complete"));
+            Bytes::from(serde_json::to_vec(&map).expect("maps serialise"))
+        }
+        _ => job.body.clone(),
+    }
+}
+
+/// One waiting agent.
+struct Waiter {
+    /// Wakes its request.
+    notify: Notify,
+    /// Whether a signal woke it and it has not popped since (such a waiter is skipped
+    /// by further signals, which go to the next in line).
+    woken: AtomicBool,
+}
+
+/// Agents waiting for jobs, per queue in arrival order (bounded by `--max-waiters`).
+pub struct Waiters {
+    table: Mutex<Table>,
+    /// Most agents waiting at once.
+    max: usize,
+    /// Set at shutdown: waiting agents are answered 204 at once.
+    closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Arrival tickets, increasing: a lower ticket has waited longer.
+    next: u64,
+    /// Agents waiting now.
+    count: usize,
+    /// Per queue, its waiting agents by ticket.
+    by_queue: FastMap<Name, BTreeMap<u64, Arc<Waiter>>>,
+}
+
+impl Table {
+    /// Wakes the first waiter of `queue` after `after` that is not already woken.
+    fn wake(&self, queue: &str, after: Option<u64>) {
+        let Some(line) = self.by_queue.get(queue) else {
+            return;
+        };
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let next = line
+            .range((from, std::ops::Bound::Unbounded))
+            .map(|(_, w)| w)
+            .find(|w| !w.woken.load(Ordering::Acquire));
+        if let Some(waiter) = next {
+            waiter.woken.store(true, Ordering::Release);
+            waiter.notify.notify_one();
+        }
+    }
+}
+
+impl Waiters {
+    /// No one waiting; at most `max` at once.
+    pub fn new(max: usize) -> Waiters {
+        Waiters {
+            table: Mutex::new(Table::default()),
+            max,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// A job became dispatchable in `queue`: wake its longest-waiting agent.
+    pub fn arrived(&self, queue: &str) {
+        self.table.lock().wake(queue, None);
+    }
+
+    /// How many agents wait now.
+    pub fn len(&self) -> usize {
+        self.table.lock().count
+    }
+
+    /// Whether none does.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Shutdown: answer every waiting agent now, and every later one at once.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let table = self.table.lock();
+        for line in table.by_queue.values() {
+            for waiter in line.values() {
+                waiter.notify.notify_one();
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Enters an agent waiting on `queues` (503 when `--max-waiters` wait already).
+    fn enter(self: &Arc<Self>, queues: &[Name]) -> Result<Entered> {
+        let mut table = self.table.lock();
+        if table.count >= self.max {
+            return Err(Error::Unavailable(format!(
+                "too many agents are waiting for jobs (--max-waiters {}): poll again later or without wait",
+                self.max
+            )));
+        }
+        table.count += 1;
+        let ticket = table.next;
+        table.next += 1;
+        let me = Arc::new(Waiter {
+            notify: Notify::new(),
+            woken: AtomicBool::new(false),
+        });
+        for queue in queues {
+            table
+                .by_queue
+                .entry(queue.clone())
+                .or_default()
+                .insert(ticket, me.clone());
+        }
+        Ok(Entered {
+            waiters: self.clone(),
+            ticket,
+            queues: queues.to_vec(),
+            me,
+        })
+    }
+}
+
+/// An agent's place in [`Waiters`]; leaving (drop) frees it.
+struct Entered {
+    waiters: Arc<Waiters>,
+    ticket: u64,
+    queues: Vec<Name>,
+    me: Arc<Waiter>,
+}
+
+impl Entered {
+    /// The signal that woke this agent was not for it: wake the next in line.
+    fn pass_on(&self) {
+        let table = self.waiters.table.lock();
+        for queue in &self.queues {
+            table.wake(queue, Some(self.ticket));
+        }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let mut table = self.waiters.table.lock();
+        table.count -= 1;
+        for queue in &self.queues {
+            if let Some(line) = table.by_queue.get_mut(queue) {
+                line.remove(&self.ticket);
+                if line.is_empty() {
+                    table.by_queue.remove(queue);
+                }
+            }
+        }
+        if self.me.woken.load(Ordering::Acquire) {
+            for queue in &self.queues {
+                table.wake(queue, None);
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Lost-agent recovery: when is a running job's agent considered gone, and what then.
+//!
+//! The rule (also in README, "Lost agents"): a job that left its queue and is not
+//! finished is *watched*; every request an agent makes about it (a state or result post,
+//! a log fragment, an artifact, a download of its attachments, or any request about the
+//! job carrying an agent's `agent_name` cookie: the stock agent checks the job's state
+//! every 10 s while a command runs) counts as hearing from the agent. Its **allowance**,
+//! counted from the last time the agent was heard, is
+//!
+//! - in a phase where the agent runs a command (`running`, `setup`, `provision`,
+//!   `firmware_update`, `test`, `allocate`, `cleanup`): `min(output_timeout,
+//!   global_timeout)` + 10 s, since the stock agent checks on its command every 10 s
+//!   (reading the job's state, which counts as contact) and ends one that stayed silent
+//!   for `output_timeout`, then reports;
+//! - in any other phase (`reserve`, `allocated`, a phase we do not know): `global_timeout`,
+//!   since a reserved device may sit silently until then;
+//!
+//! plus a configurable grace (`--lost-agent-grace-secs`). The timeouts are the job's own
+//! (`global_timeout`, `output_timeout`), else the stock agent's defaults (4 h, 15 min).
+//! Past the allowance the job is ended as `cancelled` (the terminal state the CLI's `poll`
+//! and the agent stop on) with a `lost_agent` result field, or, if it never got past the
+//! start of provisioning (`running` or `setup`: nothing ran on the device) and was not
+//! requeued before, put back into its queue once (`--lost-agent-requeue`).
+//!
+//! This module only decides: the times come in as arguments, the outcome goes out as an
+//! [`super::Event::JobLost`] that the registry records and folds.
+
+/// Phases in which the stock agent runs a command bounded by `output_timeout`.
+const COMMAND_PHASES: &[&str] = &[
+    "running",
+    "setup",
+    "provision",
+    "firmware_update",
+    "test",
+    "allocate",
+    "cleanup",
+];
+
+/// Phases before anything ran on the device: a lost job there may be requeued.
+const REQUEUE_PHASES: &[&str] = &["running", "setup"];
+
+/// How often the stock agent checks on a running phase command (seconds): it reads the
+/// job's state then, and stops a command past its timeouts only at such a check.
+pub const AGENT_CHECK_SECS: u64 = 10;
+
+/// The stock agent's default `global_timeout` (seconds).
+pub const DEFAULT_GLOBAL_TIMEOUT: u64 = 4 * 60 * 60;
+/// The stock agent's default `output_timeout` (seconds).
+pub const DEFAULT_OUTPUT_TIMEOUT: u64 = 15 * 60;
+
+/// The server's settings for the rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Seconds added to every allowance (network hiccups, a slow agent host).
+    pub grace: u64,
+    /// Whether a job lost before provisioning is requeued (once) instead of ended.
+    pub requeue: bool,
+}
+
+/// What the server knows about one watched job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watched {
+    /// Unix seconds the agent was last heard about this job (the dispatch counts).
+    pub last_heard: u64,
+    /// The job's `global_timeout`, if it set one.
+    pub global_timeout: Option<u64>,
+    /// The job's `output_timeout`, if it set one.
+    pub output_timeout: Option<u64>,
+}
+
+/// What to do with a watched job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The agent is within its allowance.
+    Alive,
+    /// Put the job back into its queue (lost before provisioning, first time).
+    Requeue,
+    /// End the job: the agent is lost.
+    End,
+}
+
+/// The seconds of silence allowed in `phase` (grace included).
+pub fn allowance(phase: &str, watched: &Watched, rule: &Rule) -> u64 {
+    let global = watched.global_timeout.unwrap_or(DEFAULT_GLOBAL_TIMEOUT);
+    let output = watched.output_timeout.unwrap_or(DEFAULT_OUTPUT_TIMEOUT);
+    let base = if COMMAND_PHASES.contains(&phase) {
+        output.min(global).saturating_add(AGENT_CHECK_SECS)
+    } else {
+        global
+    };
+    base.saturating_add(rule.grace)
+}
+
+/// The decision for a job in `phase` (its `job_state`), `requeued_before` saying whether
+/// it was already requeued once for a lost agent.
+pub fn verdict(
+    phase: &str,
+    requeued_before: bool,
+    watched: &Watched,
+    rule: &Rule,
+    now: u64,
+) -> Verdict {
+    let silent = now.saturating_sub(watched.last_heard);
+    if silent <= allowance(phase, watched, rule) {
+        Verdict::Alive
+    } else if rule.requeue && !requeued_before && REQUEUE_PHASES.contains(&phase) {
+        Verdict::Requeue
+    } else {
+        Verdict::End
+    }
+}
+
+/// The job's own `global_timeout` and `output_timeout` (seconds) from its document;
+/// absent, non-numeric or negative values count as unset.
+pub fn timeouts(body: &[u8]) -> (Option<u64>, Option<u64>) {
+    let Ok(serde_json::Value::Object(job)) = serde_json::from_slice(body) else {
+        return (None, None);
+    };
+    let get = |key: &str| job.get(key).and_then(serde_json::Value::as_u64);
+    (get("global_timeout"), get("output_timeout"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULE: Rule = Rule {
+        grace: 10,
+        requeue: true,
+    };
+
+    fn watched(last_heard: u64) -> Watched {
+        Watched {
+            last_heard,
+            global_timeout: Some(1000),
+            output_timeout: Some(100),
+        }
+    }
+
+    #[test]
+    fn command_phases_allow_the_output_timeout_and_others_the_global_one() {
+        assert_eq!(allowance("test", &watched(0), &RULE), 120);
+        assert_eq!(allowance("reserve", &watched(0), &RULE), 1010);
+        assert_eq!(allowance("mystery", &watched(0), &RULE), 1010);
+        let defaults = Watched {
+            last_heard: 0,
+            global_timeout: None,
+            output_timeout: None,
+        };
+        assert_eq!(allowance("provision", &defaults, &RULE), 900 + 10 + 10);
+        let short_global = Watched {
+            global_timeout: Some(30),
+            ..watched(0)
+        };
+        assert_eq!(allowance("test", &short_global, &RULE), 50);
+    }
+
+    #[test]
+    fn a_job_is_ended_past_its_allowance_and_requeued_once_before_provisioning() {
+        assert_eq!(
+            verdict("test", false, &watched(100), &RULE, 220),
+            Verdict::Alive
+        );
+        assert_eq!(
+            verdict("test", false, &watched(100), &RULE, 221),
+            Verdict::End
+        );
+        assert_eq!(
+            verdict("setup", false, &watched(100), &RULE, 221),
+            Verdict::Requeue
+        );
+        assert_eq!(
+            verdict("setup", true, &watched(100), &RULE, 221),
+            Verdict::End
+        );
+        let no_requeue = Rule {
+            requeue: false,
+            ..RULE
+        };
+        assert_eq!(
+            verdict("running", false, &watched(100), &no_requeue, 221),
+            Verdict::End
+        );
+    }
+
+    #[test]
+    fn timeouts_are_read_from_the_job_document() {
+        assert_eq!(
+            timeouts(br#"{"global_timeout": 60, "output_timeout": 5}"#),
+            (Some(60), Some(5))
+        );
+        assert_eq!(timeouts(br#"{"output_timeout": "x"}"#), (None, None));
+        assert_eq!(timeouts(b"not json"), (None, None));
+    }
+}

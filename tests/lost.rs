@@ -1,0 +1,337 @@
+//! Lost-agent recovery: a running job whose agent goes silent past its allowance (the
+//! job's `output_timeout`/`global_timeout` by phase, plus `--lost-agent-grace-secs`) is
+//! ended as `cancelled` with a `lost_agent` result field, or requeued once when it was
+//! lost before provisioning; late posts still merge; the agent record says `offline`;
+//! the CLI's `poll` ends; the decision survives a restart.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::util::{job_id_of, upstream, Http, TestServer};
+
+/// Short settings: one second of grace (checked every second).
+const FAST: &[&str] = &["--lost-agent-grace-secs", "1"];
+
+/// A fake agent speaking HTTP like the stock one: registers (gets the `agent_name`
+/// cookie), pops with it, reports states and checks its job with it.
+struct FakeAgent {
+    http: Http,
+    cookie: String,
+}
+
+impl FakeAgent {
+    async fn register(srv: &TestServer, name: &str) -> FakeAgent {
+        let r = srv
+            .post_json(
+                &format!("/v1/agents/data/{name}"),
+                &json!({"state": "waiting", "queues": ["q"]}),
+            )
+            .await;
+        r.expect_status(200);
+        let cookie = r
+            .headers
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .expect("agent_name cookie")
+            .to_string();
+        FakeAgent {
+            http: srv.http(),
+            cookie,
+        }
+    }
+
+    async fn pop(&self) -> Option<Value> {
+        let r = self
+            .http
+            .get_with_headers("/v1/job?queue=q", &[("cookie", &self.cookie)])
+            .await;
+        (r.status == 200).then(|| r.json())
+    }
+
+    async fn post_result(&self, id: &str, body: Value) {
+        self.http
+            .request(
+                "POST",
+                &format!("/v1/result/{id}"),
+                &[
+                    ("content-type", "application/json"),
+                    ("cookie", &self.cookie),
+                ],
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+            .expect_status(200);
+    }
+
+    /// What the stock agent does every 10 s while a command runs: read the job's state.
+    async fn check_state(&self, id: &str) {
+        self.http
+            .get_with_headers(&format!("/v1/result/{id}"), &[("cookie", &self.cookie)])
+            .await
+            .expect_status(200);
+    }
+}
+
+/// Polls the job's state until `want` or `within` passes; returns how long it took.
+async fn wait_for_state(srv: &TestServer, id: &str, want: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let state = srv.job_state(id).await;
+        if state == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "job {id} still {state:?} after {within:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn job_is_cancelled_with_lost_agent_reason_when_agent_is_silent_past_its_allowance() {
+    let mut srv = TestServer::start_with(FAST);
+    let agent = FakeAgent::register(&srv, "dut-lost").await;
+    // Allowance in `test`: output_timeout 3 + the agent's 10 s check + grace 1 = 14 s.
+    let id = srv
+        .submit(&json!({"job_queue": "q", "output_timeout": 3, "test_data": {"test_cmds": "true"}}))
+        .await;
+    assert_eq!(agent.pop().await.map(|j| job_id_of(&j)), Some(id.clone()));
+    agent.post_result(&id, json!({"job_state": "test"})).await;
+
+    // An agent that keeps checking its job (as the stock agent does every 10 s) is alive,
+    // well past the allowance measured from the dispatch.
+    for _ in 0..18 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        agent.check_state(&id).await;
+        assert_eq!(
+            srv.job_state(&id).await,
+            "test",
+            "an agent heard every second is not lost"
+        );
+    }
+    // A client reading the result (the CLI's poll, no agent cookie) does not keep it alive.
+    let silent_since = Instant::now();
+    let took = wait_for_state(&srv, &id, "cancelled", Duration::from_secs(60)).await;
+    assert!(
+        silent_since.elapsed() >= Duration::from_secs(13),
+        "ended after {took:?} of silence, before the allowance"
+    );
+    let result = srv.result(&id).await;
+    let lost = &result["lost_agent"];
+    assert_eq!(lost["action"], "cancelled", "{result}");
+    assert_eq!(lost["phase"], "test", "{result}");
+    assert_eq!(lost["agent"], "dut-lost", "{result}");
+    assert!(
+        lost["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("allowance")),
+        "{result}"
+    );
+    assert!(
+        lost["last_heard_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{result}"
+    );
+
+    // The agent record says it is gone.
+    let record = srv.get("/v1/agents/data/dut-lost").await.expect_json();
+    assert_eq!(record["state"], "offline", "{record}");
+    assert!(
+        record["comment"].as_str().is_some_and(|c| c.contains(&id)),
+        "{record}"
+    );
+
+    // A late post from the agent is merged, and the terminal state stays.
+    agent
+        .post_result(&id, json!({"job_state": "complete", "test_status": 0}))
+        .await;
+    let result = srv.result(&id).await;
+    assert_eq!(result["job_state"], "cancelled", "{result}");
+    assert_eq!(result["test_status"], 0, "{result}");
+
+    // The decision is in the log: the same after a restart.
+    srv.restart();
+    let result = srv.result(&id).await;
+    assert_eq!(result["job_state"], "cancelled", "{result}");
+    assert_eq!(result["lost_agent"]["phase"], "test", "{result}");
+}
+
+#[tokio::test]
+async fn job_lost_in_setup_is_requeued_once_then_cancelled_when_lost_again() {
+    let srv = TestServer::start_with(FAST);
+    let first = FakeAgent::register(&srv, "dut-a").await;
+    let id = srv
+        .submit(&json!({"job_queue": "q", "output_timeout": 1, "test_data": {"test_cmds": "true"}}))
+        .await;
+    assert_eq!(first.pop().await.map(|j| job_id_of(&j)), Some(id.clone()));
+    first.post_result(&id, json!({"job_state": "setup"})).await;
+
+    // Nothing ran on the device yet: back into the queue, as resubmitted.
+    wait_for_state(&srv, &id, "resubmitted", Duration::from_secs(60)).await;
+    let result = srv.result(&id).await;
+    assert_eq!(result["lost_agent"]["action"], "requeued", "{result}");
+    assert_eq!(result["lost_agent"]["agent"], "dut-a", "{result}");
+
+    // Another agent takes it and is lost in setup too: this time it ends.
+    let second = FakeAgent::register(&srv, "dut-b").await;
+    assert_eq!(second.pop().await.map(|j| job_id_of(&j)), Some(id.clone()));
+    second.post_result(&id, json!({"job_state": "setup"})).await;
+    wait_for_state(&srv, &id, "cancelled", Duration::from_secs(60)).await;
+    let result = srv.result(&id).await;
+    assert_eq!(result["lost_agent"]["action"], "cancelled", "{result}");
+    assert_eq!(result["lost_agent"]["agent"], "dut-b", "{result}");
+    // The first agent, were it to come back, does not get it again.
+    assert!(first.pop().await.is_none());
+}
+
+#[tokio::test]
+async fn job_lost_in_setup_is_cancelled_when_requeue_is_off() {
+    let srv = TestServer::start_with(&[
+        "--lost-agent-grace-secs",
+        "1",
+        "--lost-agent-requeue",
+        "false",
+    ]);
+    let agent = FakeAgent::register(&srv, "dut-c").await;
+    let id = srv
+        .submit(&json!({"job_queue": "q", "output_timeout": 1}))
+        .await;
+    assert!(agent.pop().await.is_some());
+    agent.post_result(&id, json!({"job_state": "setup"})).await;
+    wait_for_state(&srv, &id, "cancelled", Duration::from_secs(60)).await;
+}
+
+/// Runs `testflinger-cli poll <id>` to its end, returning its output.
+fn cli_poll(base: &str, id: &str, home: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(upstream::cli())
+        .args(["--server", base, "poll", id])
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home)
+        .env("XDG_DATA_HOME", home)
+        .output()
+        .expect("run testflinger-cli")
+}
+
+#[tokio::test]
+async fn cli_poll_ends_when_the_server_cancels_the_job_of_a_lost_agent() {
+    let srv = TestServer::start_with(FAST);
+    let agent = FakeAgent::register(&srv, "dut-cli").await;
+    let id = srv
+        .submit(&json!({"job_queue": "q", "output_timeout": 2}))
+        .await;
+    assert!(agent.pop().await.is_some());
+    agent.post_result(&id, json!({"job_state": "test"})).await;
+    // The agent dies now; the CLI polls until the server ends the job.
+    let base = srv.base_url();
+    let home = srv.dir().join("cli-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let poll_id = id.clone();
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || cli_poll(&base, &poll_id, &home))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "poll exited with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(srv.job_state(&id).await, "cancelled");
+    // It ended because of the server's decision (the CLI polls every 10 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "poll took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A real `testflinger-agent` process (the upstream agent from the venv) serving queue `q`,
+/// with its directories under `dir`; killed (SIGKILL) when dropped.
+struct RealAgent {
+    child: std::process::Child,
+}
+
+impl RealAgent {
+    fn spawn(srv: &TestServer, name: &str, setup: &str, test: &str) -> RealAgent {
+        let dir = srv.dir().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let config = format!(
+            "agent_id: {name}\nserver_address: {}\npolling_interval: 1\njob_queues: [q]\n\
+             execution_basedir: {d}/run\nlogging_basedir: {d}/logs\nresults_basedir: {d}/results\n\
+             setup_command: {setup:?}\ntest_command: {test:?}\n",
+            srv.base_url()
+        );
+        let path = dir.join("agent.yaml");
+        std::fs::write(&path, config).unwrap();
+        let child = std::process::Command::new(upstream::agent())
+            .arg("-c")
+            .arg(&path)
+            .arg("--token-file")
+            .arg(dir.join("token"))
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("agent.stderr")).unwrap())
+            .spawn()
+            .expect("start testflinger-agent");
+        RealAgent { child }
+    }
+
+    /// SIGKILL: the agent gets no chance to report anything.
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RealAgent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[tokio::test]
+async fn job_is_ended_within_its_allowance_when_the_real_agent_is_killed_mid_test() {
+    let srv = TestServer::start_with(FAST);
+    let id = srv
+        .submit(&json!({"job_queue": "q", "output_timeout": 4, "test_data": {"test_cmds": "x"}}))
+        .await;
+    let mut agent = RealAgent::spawn(&srv, "real-dut", "true", "echo started; sleep 20");
+    wait_for_state(&srv, &id, "test", Duration::from_secs(90)).await;
+    agent.kill9();
+    let killed = Instant::now();
+    wait_for_state(&srv, &id, "cancelled", Duration::from_secs(60)).await;
+    // Allowance: output_timeout 4 + 10 + grace 1, plus the 1 s check: never long after.
+    assert!(
+        killed.elapsed() < Duration::from_secs(50),
+        "took {:?}",
+        killed.elapsed()
+    );
+    let result = srv.result(&id).await;
+    assert_eq!(result["lost_agent"]["agent"], "real-dut", "{result}");
+    assert_eq!(result["lost_agent"]["phase"], "test", "{result}");
+    let record = srv.get("/v1/agents/data/real-dut").await.expect_json();
+    assert_eq!(record["state"], "offline", "{record}");
+}
+
+#[tokio::test]
+async fn job_is_requeued_once_when_the_real_agent_is_killed_in_setup() {
+    let srv = TestServer::start_with(FAST);
+    let id = srv
+        .submit(&json!({"job_queue": "q", "output_timeout": 3, "test_data": {"test_cmds": "x"}}))
+        .await;
+    let mut agent = RealAgent::spawn(&srv, "real-setup", "sleep 20", "true");
+    wait_for_state(&srv, &id, "setup", Duration::from_secs(90)).await;
+    agent.kill9();
+    wait_for_state(&srv, &id, "resubmitted", Duration::from_secs(60)).await;
+    let result = srv.result(&id).await;
+    assert_eq!(result["lost_agent"]["action"], "requeued", "{result}");
+    assert_eq!(result["lost_agent"]["agent"], "real-setup", "{result}");
+    // A healthy agent then runs it to the end.
+    let _healthy = RealAgent::spawn(&srv, "real-ok", "true", "echo fine");
+    wait_for_state(&srv, &id, "complete", Duration::from_secs(120)).await;
+}
