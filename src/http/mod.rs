@@ -83,8 +83,6 @@ async fn note_agent_contact(
     next.run(request).await
 }
 
-/// The whole route table.
-
 /// The HTTP service the server runs: [`router`] behind trailing-slash normalisation.
 pub type App = NormalizePath<Router>;
 
