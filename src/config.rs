@@ -80,6 +80,9 @@ pub struct Config {
     /// Searches and queue listings that run at once; more wait their turn, so a flood of
     /// them cannot take every CPU from other requests.
     pub max_searches: usize,
+    /// Queues that get their own `queue` label in `/metrics`; the rest are summed under
+    /// `other`, so a client inventing queue names cannot grow the scrape without bound.
+    pub metrics_queues: usize,
     /// Where the settings came from, for the start-up log line.
     pub source: String,
 }
@@ -103,6 +106,7 @@ impl Default for Config {
             orphan_quota_bytes: 64 << 20,
             queue_idle: Duration::from_secs(300),
             max_searches: 1,
+            metrics_queues: 100,
             agent_expiry: Duration::from_secs(7 * 24 * 3600),
             source: "defaults".into(),
         }
@@ -213,6 +217,10 @@ pub struct ServeOpts {
     /// of them leaves CPU to everything else) [default: 1].
     #[arg(long, env = "FLINGER_MAX_SEARCHES", value_name = "N")]
     pub max_searches: Option<usize>,
+    /// Queues with their own `queue` label in `/metrics`; the others are summed under
+    /// `queue="other"` (bounds the scrape's size) [default: 100].
+    #[arg(long, env = "FLINGER_METRICS_QUEUES", value_name = "N")]
+    pub metrics_queues: Option<usize>,
 }
 
 /// A problem with the config file.
@@ -254,6 +262,7 @@ const KNOWN_KEYS: &[&str] = &[
     "QUEUE_IDLE_SECS",
     "MAX_SEARCHES",
     "AGENT_EXPIRY_SECS",
+    "METRICS_QUEUES",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 const IGNORED_KEYS: &[&str] = &[
@@ -376,6 +385,7 @@ impl Config {
                     "MAX_CONNECTIONS" => config.max_connections = num("a count")? as usize,
                     "MAX_PENDING" => config.max_pending = num("a count")? as usize,
                     "MAX_SEARCHES" => config.max_searches = num("a count")? as usize,
+                    "METRICS_QUEUES" => config.metrics_queues = num("a count")? as usize,
                     "AGENT_EXPIRY_SECS" => {
                         config.agent_expiry = Duration::from_secs(num("seconds")?)
                     }
@@ -416,7 +426,8 @@ impl Config {
             max_connections,
             max_pending,
             orphan_quota_bytes,
-            max_searches
+            max_searches,
+            metrics_queues
         );
         if let Some(secs) = opts.agent_expiry_secs {
             config.agent_expiry = Duration::from_secs(secs);

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{Config, FsyncPolicy};
+use crate::metrics::WalStats;
 use crate::error::{Error, Result};
 use crate::model::{Event, Partition, State};
 
@@ -84,6 +85,8 @@ struct Inner {
     wait_for_disk: bool,
     /// Writes snapshot files off the writer thread.
     snapshots: wal::SnapshotWriter,
+    /// The writer's batch size and sync time (exported by `metrics`).
+    stats: WalStats,
 }
 
 /// A record's place in the log and the means to wait for its durability.
@@ -323,6 +326,7 @@ pub fn open_with(
         space: AtomicBool::new(wal.space_reserved()),
         wait_for_disk: matches!(config.fsync, FsyncPolicy::Always),
         snapshots: wal.snapshot_writer(),
+        stats: WalStats::default(),
     });
     let (snap_tx, snap_rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = Writer {
@@ -368,6 +372,11 @@ impl Journal {
             .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?;
         sender.next_lsn += 1;
         Ok(Ticket { lsn, done })
+    }
+
+    /// The log writer's batch-size and sync-time histograms.
+    pub fn wal_stats(&self) -> &WalStats {
+        &self.inner.stats
     }
 
     /// The LSN of the last record appended (0 when none ever was).
@@ -560,8 +569,10 @@ impl Writer {
             return false;
         }
         let slices: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        let started = Instant::now();
         match self.wal.append_batch(&slices) {
             Ok(range) => {
+                self.inner.stats.batch(batch.len(), started.elapsed());
                 self.inner.mark.send_modify(|m| m.durable = *range.end());
                 true
             }

@@ -7,6 +7,7 @@
 //! - [`journal`]: events ↔ WAL records, group commit, snapshots, recovery.
 //! - [`actors`]: the supervisor and the registry, queue, result, artifact, agents actors.
 //! - [`http`]: routes and handlers; `http::wire` is the only place that knows the JSON.
+//! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
 //! - [`server`]: listener, connection handling, graceful shutdown, wiring.
 //!
 //! Architecture invariants:
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod journal;
+pub mod metrics;
 pub mod model;
 pub mod server;
 

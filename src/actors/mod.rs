@@ -360,4 +360,6 @@ pub struct Handles {
     pub config: Arc<Config>,
     /// Where uploaded files live.
     pub files_dir: PathBuf,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }

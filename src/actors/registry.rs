@@ -51,6 +51,19 @@ pub struct JobView {
     pub attachments: Attachments,
 }
 
+/// A queue's unfinished jobs at a glance.
+#[derive(Clone, Debug)]
+pub struct QueueSummary {
+    /// The queue.
+    pub queue: Name,
+    /// Jobs waiting in it.
+    pub waiting: usize,
+    /// Jobs dispatched from it and not finished.
+    pub running: usize,
+    /// Unix seconds of submission of its oldest waiting job (by submission order).
+    pub oldest_waiting_since: Option<u64>,
+}
+
 /// Jobs removed by retention and the LSN of their removal.
 pub type Expired = (Vec<JobId>, Ticket);
 
@@ -183,6 +196,38 @@ impl Jobs {
                 })
                 .collect()
         }
+    }
+
+    /// Per queue with unfinished jobs: how many wait, how many run, and when the oldest
+    /// waiting job was submitted. Visits the queues with unfinished jobs, never their
+    /// finished jobs, under one read lock.
+    pub fn queue_summaries(&self) -> Vec<QueueSummary> {
+        let registry = self.0.read();
+        registry
+            .index()
+            .live()
+            .map(|(queue, live)| QueueSummary {
+                queue: queue.clone(),
+                waiting: live.waiting.len(),
+                running: live.active.len(),
+                oldest_waiting_since: live
+                    .waiting
+                    .values()
+                    .next()
+                    .and_then(|id| registry.get(*id))
+                    .map(|job| job.created_at),
+            })
+            .collect()
+    }
+
+    /// Number of jobs per `job_state` label.
+    pub fn state_counts(&self) -> Vec<(Name, usize)> {
+        let registry = self.0.read();
+        registry
+            .index()
+            .state_counts()
+            .map(|(label, n)| (label.clone(), n))
+            .collect()
     }
 
     /// Jobs of `queue` (any state), oldest first, at most `limit`: visits only those.

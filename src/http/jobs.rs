@@ -13,7 +13,7 @@ use crate::actors::queue::QueueMsg;
 use crate::actors::files::FileMsg;
 use crate::actors::registry::{Claimed, JobView, RegistryMsg};
 use crate::actors::results::ResultMsg;
-use crate::actors::{ask, Services};
+use crate::actors::{ask, now, Services};
 use crate::error::{Error, Result};
 use crate::model::queue::{best, Candidate};
 use crate::model::index::Search;
@@ -116,6 +116,8 @@ async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Opt
                 // The registry's index change removes the slot; nothing to release.
                 reserved.iter_mut().for_each(|r| r.armed = false);
                 svc.journal.durable(ticket).await?;
+                svc.metrics
+                    .dispatched(&job.queue, now().saturating_sub(job.created_at));
                 return Ok(Some(dispatched_body(&job)));
             }
             // A retried pop: the reservation is released when `reserved` drops.

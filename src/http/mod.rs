@@ -3,9 +3,12 @@
 //! - `wire`: the Testflinger JSON shapes and query/cookie syntax.
 //! - `respond`: responses, body limits, and the one mapping of errors to HTTP.
 //! - `jobs`, `results`, `agents`: handlers, named after Testflinger's `api/v1.py`.
+//! - `meta`: `/metrics`, `/openapi.json`, request metrics, and [`meta::Routes`], the
+//!   route table below (every `.route` goes through it, so the OpenAPI document lists it).
 
 pub mod agents;
 pub mod jobs;
+pub mod meta;
 pub mod queues;
 pub mod respond;
 pub mod results;
@@ -53,9 +56,10 @@ async fn log_request(request: Request, next: Next) -> Response {
 pub fn router(services: Services) -> Router {
     use self::agents::*;
     use self::jobs::*;
+    use self::meta::*;
     use self::queues::*;
     use self::results::*;
-    Router::new()
+    let (routes, api_doc) = Routes::default()
         .route("/", get(home))
         .route("/v1", get(home))
         .route("/v1/", get(home))
@@ -90,6 +94,10 @@ pub fn router(services: Services) -> Router {
         .route("/v1/queues/wait_times", get(queue_wait_times_get))
         .route("/v1/queues/{queue}/agents", get(queues_agents_get))
         .route("/v1/queues/{queue}/jobs", get(queue_jobs_get))
+        .route("/metrics", get(metrics_get))
+        .route("/openapi.json", get(openapi_get))
+        .finish();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             (
@@ -100,6 +108,7 @@ pub fn router(services: Services) -> Router {
             )
                 .into_response()
         })
+        .layer(middleware::from_fn_with_state(services.clone(), track))
         .with_state(services)
         // Handlers enforce their own limits (read_body, uploads): axum's default would
         // cap uploads at 2 MB with a non-JSON answer.
@@ -110,4 +119,5 @@ pub fn router(services: Services) -> Router {
                 .into_response()
         }))
         .layer(middleware::from_fn(log_request))
+        .layer(axum::Extension(api_doc))
 }

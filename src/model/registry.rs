@@ -494,7 +494,7 @@ impl Registry {
                     return None;
                 }
                 self.index
-                    .restate(*id, job.seq, job.state.label(), label::RUNNING);
+                    .restate(*id, job.seq, &job.queue, job.state.label(), label::RUNNING);
                 job.state = JobState::Active(label::RUNNING.into());
                 job.started_at = Some(*at);
                 let samples = self.waits.entry(job.queue.clone()).or_default();
@@ -517,7 +517,7 @@ impl Registry {
                 }
                 let was_waiting = job.state.is_waiting();
                 self.index
-                    .restate(*id, job.seq, job.state.label(), label::CANCELLED);
+                    .restate(*id, job.seq, &job.queue, job.state.label(), label::CANCELLED);
                 job.state = JobState::Finished(label::CANCELLED.into());
                 job.finished_at = Some(*at);
                 job.lsn = lsn;
@@ -537,7 +537,7 @@ impl Registry {
                     job.finished_at = Some(*at);
                 }
                 self.index
-                    .restate(*id, job.seq, job.state.label(), next.label());
+                    .restate(*id, job.seq, &job.queue, job.state.label(), next.label());
                 job.state = next;
                 job.lsn = lsn;
                 let queue = job.queue.clone();
