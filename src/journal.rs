@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{Config, FsyncPolicy};
-use crate::metrics::WalStats;
 use crate::error::{Error, Result};
+use crate::metrics::WalStats;
 use crate::model::{Event, Partition, State};
 
 /// How long the writer waits for records before doing its periodic chores (space

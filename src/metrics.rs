@@ -96,7 +96,18 @@ fn seconds_histogram() -> Histogram {
 
 /// Seconds a job waited, from 1 s to ~36 h (submission times are whole seconds).
 fn wait_histogram() -> Histogram {
-    Histogram::new([0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0])
+    Histogram::new([
+        0.5,
+        1.0,
+        5.0,
+        15.0,
+        60.0,
+        300.0,
+        900.0,
+        3600.0,
+        4.0 * 3600.0,
+        24.0 * 3600.0,
+    ])
 }
 
 /// The write-ahead log writer's figures: recorded by the writer thread
@@ -267,9 +278,7 @@ impl Metrics {
             queue: self.queues.label(queue),
         };
         self.dispatches.get_or_create(&label).inc();
-        self.waits
-            .get_or_create(&label)
-            .observe(waited_secs as f64);
+        self.waits.get_or_create(&label).observe(waited_secs as f64);
     }
 
     /// A request to `route` (its template) was answered with `status` after `took`.
@@ -384,7 +393,11 @@ impl Collector for JobFigures {
         let mut states: BTreeMap<&str, i64> = BTreeMap::new();
         let counts = self.jobs.state_counts();
         for (label, n) in &counts {
-            let label = STATES.iter().find(|s| ***s == **label).copied().unwrap_or(OTHER);
+            let label = STATES
+                .iter()
+                .find(|s| ***s == **label)
+                .copied()
+                .unwrap_or(OTHER);
             *states.entry(label).or_default() += *n as i64;
         }
         let mut metric = encoder.encode_descriptor(

@@ -9,10 +9,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use parking_lot::RwLock;
-use tower::ServiceExt;
 use ractor::Actor;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
+use tower::ServiceExt;
 
 use crate::actors::agents::AgentMsg;
 use crate::actors::files::FileMsg;
@@ -201,14 +201,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         // Handlers that are for the operator only (deleting a job) check the peer.
-        let app = app
-            .clone()
-            .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request
-                    .extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                request
-            });
+        let app =
+            app.clone()
+                .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    request
+                });
         let service = TowerToHyperService::new(app);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);

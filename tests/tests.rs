@@ -40,3 +40,6 @@ mod isolation;
 // Everything kept has a bound or an expiry: orphan data quota and expiry, deleting a job,
 // idle queue actors.
 mod expiry;
+// Seeing the server: /metrics after known actions, /openapi.json against the router and
+// upstream's document.
+mod observe;

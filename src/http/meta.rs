@@ -137,7 +137,10 @@ mod tests {
     #[test]
     fn path_shapes_ignore_parameter_names() {
         assert_eq!(path_shape("/v1/job/{id}/log/{kind}"), "/v1/job/{}/log/{}");
-        assert_eq!(path_shape("/v1/job/{job_id}/log/{log_type}"), "/v1/job/{}/log/{}");
+        assert_eq!(
+            path_shape("/v1/job/{job_id}/log/{log_type}"),
+            "/v1/job/{}/log/{}"
+        );
         assert_eq!(path_shape("/v1/"), "/v1/");
     }
 
@@ -145,7 +148,10 @@ mod tests {
     fn an_undocumented_route_is_listed_without_operations() {
         let doc = ApiDoc::new(&["/v1/job/{id}", "/v1/not-documented/{x}"]);
         let doc: Value = serde_json::from_slice(&doc.0).unwrap();
-        assert_eq!(doc["paths"]["/v1/not-documented/{x}"], serde_json::json!({}));
+        assert_eq!(
+            doc["paths"]["/v1/not-documented/{x}"],
+            serde_json::json!({})
+        );
         assert!(doc["paths"]["/v1/job/{job_id}"]["get"].is_object());
         assert!(doc["paths"].get("/v1/job/{id}").is_none());
     }

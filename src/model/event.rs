@@ -195,7 +195,8 @@ pub enum Event {
     JobDeleted {
         /// The job.
         id: JobId,
-    },    /// Agent records without contact for the expiry period were removed.
+    },
+    /// Agent records without contact for the expiry period were removed.
     AgentsExpired {
         /// The agents.
         names: Vec<Name>,

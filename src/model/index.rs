@@ -120,7 +120,11 @@ impl JobIndex {
     fn file_live(&mut self, queue: &Name, seq: u64, id: JobId, state: &str) {
         if let Some(waiting) = live_kind(state) {
             let live = self.live.entry(queue.clone()).or_default();
-            let list = if waiting { &mut live.waiting } else { &mut live.active };
+            let list = if waiting {
+                &mut live.waiting
+            } else {
+                &mut live.active
+            };
             list.insert(seq, id);
         }
     }
@@ -130,7 +134,11 @@ impl JobIndex {
             return;
         };
         if let Some(live) = self.live.get_mut(queue) {
-            let list = if waiting { &mut live.waiting } else { &mut live.active };
+            let list = if waiting {
+                &mut live.waiting
+            } else {
+                &mut live.active
+            };
             list.remove(&seq);
             if live.waiting.is_empty() && live.active.is_empty() {
                 self.live.remove(queue);
@@ -170,7 +178,9 @@ impl JobIndex {
 
     /// Number of jobs per `job_state` label.
     pub fn state_counts(&self) -> impl Iterator<Item = (&Name, usize)> {
-        self.by_state.iter().map(|(label, list)| (label, list.len()))
+        self.by_state
+            .iter()
+            .map(|(label, list)| (label, list.len()))
     }
 
     /// The jobs of `queue`, oldest first.
@@ -384,13 +394,34 @@ mod tests {
             match_all: all,
             states: s.iter().map(|s| s.to_string()).collect(),
         };
-        assert_eq!(run(&index, &search(&["a", "b"], false, &[]), &states), [4, 3, 2, 1]);
-        assert_eq!(run(&index, &search(&["a", "b"], true, &[]), &states), [4, 2]);
-        assert_eq!(run(&index, &search(&["a"], false, &["active"]), &states), [1]);
-        assert_eq!(run(&index, &search(&[], false, &["active"]), &states), [5, 3, 1]);
-        assert_eq!(run(&index, &search(&[], false, &[]), &states), [5, 4, 3, 2, 1]);
-        assert_eq!(run(&index, &search(&["a", "z"], true, &[]), &states), Vec::<u64>::new());
-        assert_eq!(run(&index, &search(&["z"], false, &[]), &states), Vec::<u64>::new());
+        assert_eq!(
+            run(&index, &search(&["a", "b"], false, &[]), &states),
+            [4, 3, 2, 1]
+        );
+        assert_eq!(
+            run(&index, &search(&["a", "b"], true, &[]), &states),
+            [4, 2]
+        );
+        assert_eq!(
+            run(&index, &search(&["a"], false, &["active"]), &states),
+            [1]
+        );
+        assert_eq!(
+            run(&index, &search(&[], false, &["active"]), &states),
+            [5, 3, 1]
+        );
+        assert_eq!(
+            run(&index, &search(&[], false, &[]), &states),
+            [5, 4, 3, 2, 1]
+        );
+        assert_eq!(
+            run(&index, &search(&["a", "z"], true, &[]), &states),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            run(&index, &search(&["z"], false, &[]), &states),
+            Vec::<u64>::new()
+        );
         assert_eq!(
             run(&index, &search(&["c", "a"], true, &["cancelled"]), &states),
             [4]

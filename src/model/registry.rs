@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::event::Event;
 use super::ids::{JobId, Name};
-use super::job::{label, JobState};
 use super::index::JobIndex;
+use super::job::{label, JobState};
 use super::queue::Entry;
 use crate::error::{Error, Result};
 
@@ -316,7 +316,9 @@ impl Registry {
 
     /// Decides an operator's deletion of a job (`None`: no such job).
     pub fn delete(&self, id: JobId) -> Option<Event> {
-        self.jobs.contains_key(&id).then_some(Event::JobDeleted { id })
+        self.jobs
+            .contains_key(&id)
+            .then_some(Event::JobDeleted { id })
     }
 
     /// Decides whether a reported `job_state` changes the lifecycle.
@@ -516,8 +518,13 @@ impl Registry {
                     return None;
                 }
                 let was_waiting = job.state.is_waiting();
-                self.index
-                    .restate(*id, job.seq, &job.queue, job.state.label(), label::CANCELLED);
+                self.index.restate(
+                    *id,
+                    job.seq,
+                    &job.queue,
+                    job.state.label(),
+                    label::CANCELLED,
+                );
                 job.state = JobState::Finished(label::CANCELLED.into());
                 job.finished_at = Some(*at);
                 job.lsn = lsn;
