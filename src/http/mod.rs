@@ -3,10 +3,12 @@
 //! - `wire`: the Testflinger JSON shapes and query/cookie syntax.
 //! - `respond`: responses, body limits, and the one mapping of errors to HTTP.
 //! - `jobs`, `results`, `agents`: handlers, named after Testflinger's `api/v1.py`.
+//! - `dash`: the web dashboard (HTML pages, static files) and the log follow stream.
 //! - `meta`: `/metrics`, `/openapi.json`, request metrics, and [`meta::Routes`], the
 //!   route table below (every `.route` goes through it, so the OpenAPI document lists it).
 
 pub mod agents;
+pub mod dash;
 pub mod jobs;
 pub mod meta;
 pub mod queues;
@@ -60,7 +62,7 @@ pub fn router(services: Services) -> Router {
     use self::queues::*;
     use self::results::*;
     let (routes, api_doc) = Routes::default()
-        .route("/", get(home))
+        .route("/", get(dash::home_or_overview))
         .route("/v1", get(home))
         .route("/v1/", get(home))
         .route("/v1/job", post(job_post).get(job_get))
@@ -96,6 +98,15 @@ pub fn router(services: Services) -> Router {
         .route("/v1/queues/{queue}/jobs", get(queue_jobs_get))
         .route("/metrics", get(metrics_get))
         .route("/openapi.json", get(openapi_get))
+        .route("/v1/result/{id}/log/{kind}/follow", get(dash::log_follow))
+        .route("/queues", get(dash::queues_page))
+        .route("/queues/{queue}", get(dash::queue_page))
+        .route("/agents", get(dash::agents_page))
+        .route("/agents/{name}", get(dash::agent_page))
+        .route("/jobs", get(dash::jobs_page))
+        .route("/jobs/{id}", get(dash::job_page))
+        .route("/jobs/{id}/cancel", post(dash::cancel_form))
+        .route("/static/{file}", get(dash::static_file))
         .finish();
     routes
         .fallback(not_found)

@@ -169,7 +169,7 @@ pub async fn log_post(
     Ok(ok())
 }
 
-fn log_kind(text: &str) -> Result<LogKind> {
+pub(crate) fn log_kind(text: &str) -> Result<LogKind> {
     match text {
         "output" => Ok(LogKind::Output),
         "serial" => Ok(LogKind::Serial),
