@@ -43,3 +43,5 @@ mod expiry;
 // Seeing the server: /metrics after known actions, /openapi.json against the router and
 // upstream's document.
 mod observe;
+// The web dashboard over HTTP and in headless Chromium; the log follow stream.
+mod dashboard;

@@ -134,7 +134,11 @@ fn agent_row(name: &str, fields: &serde_json::Map<String, Value>, updated_at: u6
     let queues: Vec<String> = fields
         .get("queues")
         .and_then(Value::as_array)
-        .map(|qs| qs.iter().filter_map(|q| q.as_str().map(str::to_owned)).collect())
+        .map(|qs| {
+            qs.iter()
+                .filter_map(|q| q.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     json!({
         "name": name,
@@ -146,7 +150,9 @@ fn agent_row(name: &str, fields: &serde_json::Map<String, Value>, updated_at: u6
 }
 
 /// Every agent (name, fields, last seen, provision log) — agents are one per device.
-async fn agents(svc: &Services) -> Result<Vec<(String, serde_json::Map<String, Value>, u64, Vec<String>)>> {
+async fn agents(
+    svc: &Services,
+) -> Result<Vec<(String, serde_json::Map<String, Value>, u64, Vec<String>)>> {
     read_agents(svc, |agents| {
         agents
             .agents
@@ -176,7 +182,10 @@ pub async fn home_or_overview(State(svc): State<Services>, headers: HeaderMap) -
     let (queues, queues_truncated) = queue_rows(&svc);
     let mut states: std::collections::BTreeMap<String, usize> = Default::default();
     for (_, fields, _, _) in agents(&svc).await? {
-        let state = fields.get("state").and_then(Value::as_str).unwrap_or("unknown");
+        let state = fields
+            .get("state")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
         *states.entry(state.to_owned()).or_default() += 1;
     }
     let agent_states: Vec<Value> = states
@@ -217,9 +226,9 @@ pub async fn queues_page(State(svc): State<Services>) -> Result<Response> {
         .map(|r| (r["name"].as_str().unwrap_or_default().to_owned(), r))
         .collect();
     for (name, description) in advertised {
-        let row = by_name
-            .entry(name.clone())
-            .or_insert_with(|| json!({"name": name, "waiting": 0, "running": 0, "oldest_wait": ""}));
+        let row = by_name.entry(name.clone()).or_insert_with(
+            || json!({"name": name, "waiting": 0, "running": 0, "oldest_wait": ""}),
+        );
         row["description"] = Value::from(description);
     }
     let queues: Vec<Value> = by_name.into_values().take(10 * PAGE_LIMIT).collect();
@@ -246,7 +255,10 @@ fn percentile(sorted: &[u64], pct: f64) -> f64 {
 }
 
 /// `GET /queues/<queue>`: waiting jobs in dispatch order, running jobs, agents, waits.
-pub async fn queue_page(State(svc): State<Services>, Path(queue): Path<String>) -> Result<Response> {
+pub async fn queue_page(
+    State(svc): State<Services>,
+    Path(queue): Path<String>,
+) -> Result<Response> {
     let live = svc.jobs.live_jobs(&queue, PAGE_LIMIT);
     let mut waits = svc
         .jobs
@@ -372,7 +384,11 @@ pub async fn jobs_page(State(svc): State<Services>, request: Request) -> Result<
             .map(Name::from)
             .collect(),
         match_all: true,
-        states: if state.is_empty() { Vec::new() } else { vec![state.clone()] },
+        states: if state.is_empty() {
+            Vec::new()
+        } else {
+            vec![state.clone()]
+        },
     };
     let jobs: Vec<Value> = if queue.is_empty() {
         recent_jobs(&svc, &search, PAGE_LIMIT).await
@@ -412,7 +428,8 @@ pub fn yaml(value: &Value) -> String {
         }
     }
     fn is_block(v: &Value) -> bool {
-        matches!(v, Value::Array(a) if !a.is_empty()) || matches!(v, Value::Object(o) if !o.is_empty())
+        matches!(v, Value::Array(a) if !a.is_empty())
+            || matches!(v, Value::Object(o) if !o.is_empty())
     }
     fn emit(v: &Value, indent: usize, out: &mut String) {
         let pad = " ".repeat(indent);
@@ -460,14 +477,26 @@ pub async fn job_page(State(svc): State<Services>, Path(id): Path<String>) -> Re
     if let Some(t) = detail.finished_at {
         timeline.push(json!({"what": detail.view.state, "at": iso_z(t)}));
     }
-    let query = LogQuery { from: 0, since: i64::MIN, phase: None };
-    let phases = svc.result_docs.log(id, crate::model::event::LogKind::Output, query).await;
+    let query = LogQuery {
+        from: 0,
+        since: i64::MIN,
+        phase: None,
+    };
+    let phases = svc
+        .result_docs
+        .log(id, crate::model::event::LogKind::Output, query)
+        .await;
     let log: String = phases.iter().map(|(_, _, t)| t.as_str()).collect();
     let next = phases.iter().map(|(_, last, _)| *last).max().unwrap_or(-1) + 1;
-    let results = svc.result_docs.view(id).await.and_then(|v| v.fields).map(|fields| {
-        let doc: Value = serde_json::from_slice(&fields.to_json()).unwrap_or(Value::Null);
-        serde_json::to_string_pretty(&doc).unwrap_or_default()
-    });
+    let results = svc
+        .result_docs
+        .view(id)
+        .await
+        .and_then(|v| v.fields)
+        .map(|fields| {
+            let doc: Value = serde_json::from_slice(&fields.to_json()).unwrap_or(Value::Null);
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        });
     page(
         "job.html",
         json!({
@@ -506,16 +535,20 @@ pub async fn cancel_form(State(svc): State<Services>, Path(id): Path<String>) ->
 pub async fn static_file(Path(file): Path<String>) -> Result<Response> {
     let (body, kind) = match file.as_str() {
         "dash.css" => (include_str!("static/dash.css"), "text/css; charset=utf-8"),
-        "dash.js" => (include_str!("static/dash.js"), "text/javascript; charset=utf-8"),
+        "dash.js" => (
+            include_str!("static/dash.js"),
+            "text/javascript; charset=utf-8",
+        ),
         _ => return Err(Error::NotFound(format!("no static file {file:?}"))),
     };
     let mut response = Response::new(Body::from(body));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=300"),
+    );
     Ok(response)
 }
 
@@ -548,7 +581,11 @@ pub async fn log_follow(
         let mut from = from;
         loop {
             let finished = svc.jobs.get(id).is_none_or(|j| is_finished(&j));
-            let query = LogQuery { from, since: i64::MIN, phase: None };
+            let query = LogQuery {
+                from,
+                since: i64::MIN,
+                phase: None,
+            };
             let phases = svc.result_docs.log(id, kind, query).await;
             let mut events = String::new();
             for (phase, last, text) in phases {
@@ -570,7 +607,10 @@ pub async fn log_follow(
     });
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(response)
 }
@@ -590,7 +630,15 @@ mod tests {
             "agent_states": [{"state": evil, "count": 1}], "name": evil, "filter": {"name": evil, "state": evil, "queue": evil, "tags": evil},
             "total": 1, "limit": 1, "waiting": [], "running": [], "waiting_total": 0, "running_total": 0,
             "percentiles": [], "wait_samples": 0, "provision_log": [evil], "fields": evil, "job_id": evil});
-        for name in ["overview.html", "queues.html", "queue.html", "agents.html", "agent.html", "jobs.html", "job.html"] {
+        for name in [
+            "overview.html",
+            "queues.html",
+            "queue.html",
+            "agents.html",
+            "agent.html",
+            "jobs.html",
+            "job.html",
+        ] {
             let html = TEMPLATES
                 .get_template(name)
                 .unwrap()
@@ -607,6 +655,8 @@ mod tests {
         let text = yaml(&doc);
         assert!(text.contains("\"job_queue\": \"q\"\n"));
         assert!(text.contains("\"tags\":\n  - \"a\"\n  - \"b: c\"\n"));
-        assert!(text.contains("\"provision_data\":\n  \"url\": \"http://x/\\\"y\\\"\"\n  \"n\": 3\n  \"e\": {}\n"));
+        assert!(text.contains(
+            "\"provision_data\":\n  \"url\": \"http://x/\\\"y\\\"\"\n  \"n\": 3\n  \"e\": {}\n"
+        ));
     }
 }
