@@ -129,7 +129,7 @@ async fn pages_render_figures_match_the_api_and_markup_stays_text_when_served() 
         "/agents/dev-1".to_owned(),
         format!("/jobs/{}", d.complete),
         format!("/jobs/{}", d.provisioning),
-        format!("/jobs?queue=dash-q"),
+        "/jobs?queue=dash-q".to_owned(),
     ] {
         let page = srv.get(&path).await;
         page.expect_status(200);
