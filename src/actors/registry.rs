@@ -288,6 +288,19 @@ impl Jobs {
         }
     }
 
+    /// The newest `limit` jobs of `queue` (any state), newest first, under one read lock.
+    pub fn newest_of_queue(&self, queue: &str, limit: usize) -> Vec<(JobId, JobView)> {
+        let registry = self.0.read();
+        let Some(list) = registry.index().queue(queue) else {
+            return Vec::new();
+        };
+        list.values()
+            .rev()
+            .take(limit)
+            .filter_map(|id| registry.get(*id).map(|job| (*id, view(job))))
+            .collect()
+    }
+
     /// Number of jobs per `job_state` label.
     pub fn state_counts(&self) -> Vec<(Name, usize)> {
         let registry = self.0.read();

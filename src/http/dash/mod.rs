@@ -393,11 +393,11 @@ pub async fn jobs_page(State(svc): State<Services>, request: Request) -> Result<
     let jobs: Vec<Value> = if queue.is_empty() {
         recent_jobs(&svc, &search, PAGE_LIMIT).await
     } else {
-        // A queue's jobs through its index, newest of the first matches kept.
+        // The queue's newest jobs through its index (at most LIST_MAX visited), filtered.
         let _turn = svc.searches.acquire().await;
-        let mut list = svc.jobs.list_queue(&queue, super::queues::LIST_MAX).await;
-        list.reverse();
-        list.into_iter()
+        svc.jobs
+            .newest_of_queue(&queue, super::queues::LIST_MAX)
+            .into_iter()
             .filter(|(_, j)| search.state_ok(&j.state))
             .filter(|(_, j)| {
                 search.tags.is_empty() || {
@@ -411,7 +411,7 @@ pub async fn jobs_page(State(svc): State<Services>, request: Request) -> Result<
     };
     page(
         "jobs.html",
-        json!({"jobs": jobs, "limit": PAGE_LIMIT, "error": Value::Null,
+        json!({"jobs": jobs, "limit": PAGE_LIMIT, "scan": super::queues::LIST_MAX,
                "filter": {"tags": tags, "state": state, "queue": queue}}),
     )
 }
@@ -628,7 +628,7 @@ mod tests {
             "queues": [{"name": evil, "waiting": 1, "running": 0, "oldest_wait": evil, "description": evil}],
             "agents": [{"name": evil, "state": evil, "job_id": evil, "queues": [evil], "last_seen": evil}],
             "agent_states": [{"state": evil, "count": 1}], "name": evil, "filter": {"name": evil, "state": evil, "queue": evil, "tags": evil},
-            "total": 1, "limit": 1, "waiting": [], "running": [], "waiting_total": 0, "running_total": 0,
+            "total": 1, "limit": 1, "scan": 1, "waiting": [], "running": [], "waiting_total": 0, "running_total": 0,
             "percentiles": [], "wait_samples": 0, "provision_log": [evil], "fields": evil, "job_id": evil});
         for name in [
             "overview.html",
