@@ -355,6 +355,41 @@ mod tests {
         (index, ids)
     }
 
+    #[test]
+    fn live_lists_hold_only_unfinished_jobs_split_into_waiting_and_active() {
+        let (mut index, ids) = index_with(&[
+            (1, "waiting", ""),
+            (2, "resubmitted", ""),
+            (3, "complete", ""),
+        ]);
+        let q = Name::from("q");
+        let counts = |index: &JobIndex| {
+            index
+                .live_of("q")
+                .map_or((0, 0), |l| (l.waiting.len(), l.active.len()))
+        };
+        assert_eq!(counts(&index), (2, 0));
+        index.restate(ids[0], 1, &q, "waiting", "running");
+        index.restate(ids[0], 1, &q, "running", "provision");
+        assert_eq!(counts(&index), (1, 1));
+        assert_eq!(index.live_of("q").unwrap().waiting.keys().next(), Some(&2));
+        index.restate(ids[0], 1, &q, "provision", "cancelled");
+        index.remove(2, "q", "resubmitted", b"{}");
+        assert_eq!(counts(&index), (0, 0));
+        assert!(
+            index.live_of("q").is_none(),
+            "an empty queue leaves the live map"
+        );
+        assert_eq!(index.live().count(), 0);
+        let states: Vec<(String, usize)> = index
+            .state_counts()
+            .map(|(l, n)| (l.to_string(), n))
+            .collect();
+        assert!(
+            states.contains(&("cancelled".into(), 1)) && states.contains(&("complete".into(), 1))
+        );
+    }
+
     fn run(index: &JobIndex, search: &Search, states: &FastMap<JobId, Name>) -> Vec<u64> {
         let mut out = Vec::new();
         let mut before = u64::MAX;
