@@ -390,7 +390,9 @@ impl Config {
                         config.agent_expiry = Duration::from_secs(num("seconds")?)
                     }
                     "ORPHAN_QUOTA_BYTES" => config.orphan_quota_bytes = num("a byte count")?,
-                    "QUEUE_IDLE_SECS" => config.queue_idle = Duration::from_secs(num("seconds")?),
+                    "QUEUE_IDLE_SECS" => {
+                        config.queue_idle = Duration::from_secs(num("seconds")?)
+                    }
                     k if IGNORED_KEYS.contains(&k) => warnings.push(format!(
                         "config key {k} is not used by flinger (no external store needed)"
                     )),

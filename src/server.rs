@@ -9,10 +9,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use parking_lot::RwLock;
+use tower::ServiceExt;
 use ractor::Actor;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
-use tower::ServiceExt;
 
 use crate::actors::agents::AgentMsg;
 use crate::actors::files::FileMsg;

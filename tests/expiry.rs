@@ -47,14 +47,9 @@ async fn orphan_posts_are_507_when_the_orphan_quota_is_full() {
         .await;
     let message = r.expect_error(507);
     assert!(message.contains("--orphan-quota-bytes"), "{message}");
-    srv.get(&format!("/v1/result/{b}"))
-        .await
-        .expect_no_content();
+    srv.get(&format!("/v1/result/{b}")).await.expect_no_content();
     let r = srv
-        .post_json(
-            &format!("/v1/result/{b}/log/output"),
-            &log_fragment(&big, 0),
-        )
+        .post_json(&format!("/v1/result/{b}/log/output"), &log_fragment(&big, 0))
         .await;
     r.expect_error(507);
     // An artifact for an orphan is refused too, and leaves no file behind.
@@ -73,8 +68,7 @@ async fn orphan_posts_are_507_when_the_orphan_quota_is_full() {
     assert!(files_of(&srv, &c).is_empty());
     // Data of real jobs does not count.
     let job = srv.submit_to("q").await;
-    srv.post_result(&job, &json!({"data": "y".repeat(20000)}))
-        .await;
+    srv.post_result(&job, &json!({"data": "y".repeat(20000)})).await;
     // The operator frees the room by deleting the orphan; then the refused post fits.
     srv.request("DELETE", &format!("/v1/job/{a}"), &[], Vec::new())
         .await
@@ -117,10 +111,7 @@ async fn orphan_data_expires_after_retention_since_its_last_write() {
     })
     .await;
     eventually("the orphan's artifact expires", || async {
-        srv.get(&format!("/v1/result/{orphan}/artifact"))
-            .await
-            .status
-            == 204
+        srv.get(&format!("/v1/result/{orphan}/artifact")).await.status == 204
     })
     .await;
     eventually("the artifact file is deleted", || async {
@@ -134,9 +125,7 @@ async fn orphan_data_expires_after_retention_since_its_last_write() {
     assert_eq!(log["output"]["test"]["last_fragment_number"], json!(-1));
     // A waiting job never expires; the removal survives a restart.
     srv.restart();
-    srv.get(&format!("/v1/job/{waiting}"))
-        .await
-        .expect_status(200);
+    srv.get(&format!("/v1/job/{waiting}")).await.expect_status(200);
     srv.get(&format!("/v1/result/{orphan}"))
         .await
         .expect_no_content();
@@ -145,24 +134,15 @@ async fn orphan_data_expires_after_retention_since_its_last_write() {
 #[tokio::test]
 async fn deleting_a_job_removes_everything_it_owns_and_survives_restart() {
     let mut srv = TestServer::start();
-    let keep = srv
-        .submit(&json!({"job_queue": "del", "tags": ["t"]}))
-        .await;
-    let running = srv
-        .submit(&json!({"job_queue": "del", "tags": ["t"]}))
-        .await;
+    let keep = srv.submit(&json!({"job_queue": "del", "tags": ["t"]})).await;
+    let running = srv.submit(&json!({"job_queue": "del", "tags": ["t"]})).await;
     assert_eq!(srv.pop_id(&["del"]).await.as_deref(), Some(keep.as_str()));
-    let gone = srv
-        .submit(&json!({"job_queue": "del", "tags": ["t"]}))
-        .await;
+    let gone = srv.submit(&json!({"job_queue": "del", "tags": ["t"]})).await;
     for id in [&gone, &running] {
         srv.post_result(id, &json!({"k": "v"})).await;
-        srv.post_json(
-            &format!("/v1/result/{id}/log/serial"),
-            &log_fragment("s", 0),
-        )
-        .await
-        .expect_status(200);
+        srv.post_json(&format!("/v1/result/{id}/log/serial"), &log_fragment("s", 0))
+            .await
+            .expect_status(200);
         srv.post_multipart(
             &format!("/v1/result/{id}/artifact"),
             "file",
@@ -185,9 +165,7 @@ async fn deleting_a_job_removes_everything_it_owns_and_survives_restart() {
         async move {
             for id in [&gone, &keep] {
                 http.get(&format!("/v1/job/{id}")).await.expect_no_content();
-                http.get(&format!("/v1/result/{id}"))
-                    .await
-                    .expect_no_content();
+                http.get(&format!("/v1/result/{id}")).await.expect_no_content();
                 http.get(&format!("/v1/result/{id}/artifact"))
                     .await
                     .expect_no_content();
@@ -201,18 +179,12 @@ async fn deleting_a_job_removes_everything_it_owns_and_survives_restart() {
         }
     };
     check(&srv).await;
-    assert!(
-        files_of(&srv, &gone).is_empty(),
-        "the artifact file is deleted"
-    );
+    assert!(files_of(&srv, &gone).is_empty(), "the artifact file is deleted");
     srv.restart();
     check(&srv).await;
     assert!(files_of(&srv, &gone).is_empty());
     assert_eq!(files_of(&srv, &running).len(), 1, "other jobs' files stay");
-    assert_eq!(
-        srv.pop_id(&["del"]).await.as_deref(),
-        Some(running.as_str())
-    );
+    assert_eq!(srv.pop_id(&["del"]).await.as_deref(), Some(running.as_str()));
     // Nothing left by that id.
     srv.request("DELETE", &format!("/v1/job/{gone}"), &[], Vec::new())
         .await

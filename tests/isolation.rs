@@ -24,11 +24,8 @@ async fn submit_pop_and_cancel_answer_promptly_when_a_search_flood_runs() {
         tasks.push(tokio::spawn(async move {
             for i in 0..250 {
                 let n = worker * 250 + i;
-                let tags: Vec<String> = (0..5)
-                    .map(|k| format!("t{}", (n * 7 + k * 131) % TAGS))
-                    .collect();
-                http.submit(&json!({"job_queue": "flooded", "tags": tags}))
-                    .await;
+                let tags: Vec<String> = (0..5).map(|k| format!("t{}", (n * 7 + k * 131) % TAGS)).collect();
+                http.submit(&json!({"job_queue": "flooded", "tags": tags})).await;
             }
         }));
     }
@@ -68,9 +65,7 @@ async fn submit_pop_and_cancel_answer_promptly_when_a_search_flood_runs() {
                     srv.submit_to("normal").await;
                 }
                 1 => {
-                    srv.pop_id(&["normal"])
-                        .await
-                        .expect("the job just submitted");
+                    srv.pop_id(&["normal"]).await.expect("the job just submitted");
                 }
                 _ => {
                     let id = srv.submit_to("normal-cancel").await;
@@ -100,55 +95,27 @@ async fn search_and_queue_listing_honour_limit_newest_and_oldest_first() {
     let srv = TestServer::start();
     let mut ids = Vec::new();
     for i in 0..30 {
-        let tags = if i % 3 == 0 {
-            json!(["x", "y"])
-        } else {
-            json!(["y"])
-        };
+        let tags = if i % 3 == 0 { json!(["x", "y"]) } else { json!(["y"]) };
         ids.push(srv.submit(&json!({"job_queue": "lq", "tags": tags})).await);
     }
-    let found = srv.get("/v1/job/search?tags=x&limit=1").await.expect_json();
-    assert_eq!(found.as_array().unwrap().len(), 1);
-    assert_eq!(
-        found[0]["job_id"],
-        json!(ids[27]),
-        "newest tagged job first"
-    );
-    let all_x = srv
-        .get("/v1/job/search?tags=x&tags=y&match=all")
+    let found = srv
+        .get("/v1/job/search?tags=x&limit=1")
         .await
         .expect_json();
-    let got: Vec<&Value> = all_x
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| &j["job_id"])
-        .collect();
-    let want: Vec<Value> = (0..30)
-        .rev()
-        .filter(|i| i % 3 == 0)
-        .map(|i| json!(ids[i]))
-        .collect();
+    assert_eq!(found.as_array().unwrap().len(), 1);
+    assert_eq!(found[0]["job_id"], json!(ids[27]), "newest tagged job first");
+    let all_x = srv.get("/v1/job/search?tags=x&tags=y&match=all").await.expect_json();
+    let got: Vec<&Value> = all_x.as_array().unwrap().iter().map(|j| &j["job_id"]).collect();
+    let want: Vec<Value> = (0..30).rev().filter(|i| i % 3 == 0).map(|i| json!(ids[i])).collect();
     assert_eq!(got, want.iter().collect::<Vec<_>>());
     let listed = srv.get("/v1/queues/lq/jobs?limit=2").await.expect_json();
-    let got: Vec<&Value> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| &j["job_id"])
-        .collect();
+    let got: Vec<&Value> = listed.as_array().unwrap().iter().map(|j| &j["job_id"]).collect();
     assert_eq!(got, [&json!(ids[0]), &json!(ids[1])], "oldest first");
     // State moves are indexed too.
     srv.cancel(&ids[27]).await.expect_status(200);
-    let cancelled = srv
-        .get("/v1/job/search?tags=x&state=cancelled")
-        .await
-        .expect_json();
+    let cancelled = srv.get("/v1/job/search?tags=x&state=cancelled").await.expect_json();
     assert_eq!(cancelled.as_array().unwrap().len(), 1);
-    let active = srv
-        .get("/v1/job/search?tags=x&state=active&limit=1")
-        .await
-        .expect_json();
+    let active = srv.get("/v1/job/search?tags=x&state=active&limit=1").await.expect_json();
     assert_eq!(active[0]["job_id"], json!(ids[24]));
 }
 

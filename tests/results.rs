@@ -204,7 +204,8 @@ async fn small_merges_onto_a_large_result_stay_cheap_and_keep_every_field() {
     let mut srv = TestServer::start_with(&["--snapshot-bytes", "10000000"]);
     let id = srv.submit_to("q").await;
     let big = "x".repeat(15 << 20);
-    srv.post_result(&id, &json!({"big": big, "first": 0})).await;
+    srv.post_result(&id, &json!({"big": big, "first": 0}))
+        .await;
     let started = std::time::Instant::now();
     for i in 0..300 {
         srv.post_result(&id, &json!({format!("k{}", i % 10): i, "first": i}))

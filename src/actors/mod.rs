@@ -104,7 +104,10 @@ impl<M: ractor::Message> Callee<M> for Door<M> {
 
 /// Sends `msg` to `actor` and waits for the reply: refused (503, nothing sent) when the
 /// actor's door is full; never timed out once sent (see [`Door`]).
-pub async fn ask<M, T>(actor: &impl Callee<M>, msg: impl FnOnce(RpcReplyPort<T>) -> M) -> Result<T>
+pub async fn ask<M, T>(
+    actor: &impl Callee<M>,
+    msg: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> Result<T>
 where
     M: ractor::Message,
     T: Send + 'static,

@@ -9,14 +9,14 @@ use serde_json::{json, Value};
 
 use super::respond::{json_bytes, json_value, no_content, ok, read_body, text};
 use super::wire::{self, path_id};
-use crate::actors::files::FileMsg;
 use crate::actors::queue::QueueMsg;
+use crate::actors::files::FileMsg;
 use crate::actors::registry::{Claimed, JobView, RegistryMsg};
 use crate::actors::results::ResultMsg;
 use crate::actors::{ask, now, Services};
 use crate::error::{Error, Result};
-use crate::model::index::Search;
 use crate::model::queue::{best, Candidate};
+use crate::model::index::Search;
 use crate::model::registry::Attachments;
 use crate::model::{JobId, Name};
 
@@ -183,7 +183,8 @@ pub async fn job_delete(
         .is_some_and(|peer| peer.0.ip().is_loopback());
     if !local {
         return Err(Error::Forbidden(
-            "Deleting a job is for the operator: only allowed from the server's own host".into(),
+            "Deleting a job is for the operator: only allowed from the server's own host"
+                .into(),
         ));
     }
     let id = path_id(&id)?;

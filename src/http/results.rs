@@ -326,7 +326,9 @@ pub async fn store_upload(
         limit = limit.min(room);
     }
     let over_quota = |e: Error| match e {
-        Error::TooLarge(_) if orphan && limit < svc.config.max_artifact_bytes => svc.orphans.full(),
+        Error::TooLarge(_) if orphan && limit < svc.config.max_artifact_bytes => {
+            svc.orphans.full()
+        }
         e => e,
     };
     let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {

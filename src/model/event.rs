@@ -195,8 +195,7 @@ pub enum Event {
     JobDeleted {
         /// The job.
         id: JobId,
-    },
-    /// Agent records without contact for the expiry period were removed.
+    },    /// Agent records without contact for the expiry period were removed.
     AgentsExpired {
         /// The agents.
         names: Vec<Name>,

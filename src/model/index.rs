@@ -429,34 +429,13 @@ mod tests {
             match_all: all,
             states: s.iter().map(|s| s.to_string()).collect(),
         };
-        assert_eq!(
-            run(&index, &search(&["a", "b"], false, &[]), &states),
-            [4, 3, 2, 1]
-        );
-        assert_eq!(
-            run(&index, &search(&["a", "b"], true, &[]), &states),
-            [4, 2]
-        );
-        assert_eq!(
-            run(&index, &search(&["a"], false, &["active"]), &states),
-            [1]
-        );
-        assert_eq!(
-            run(&index, &search(&[], false, &["active"]), &states),
-            [5, 3, 1]
-        );
-        assert_eq!(
-            run(&index, &search(&[], false, &[]), &states),
-            [5, 4, 3, 2, 1]
-        );
-        assert_eq!(
-            run(&index, &search(&["a", "z"], true, &[]), &states),
-            Vec::<u64>::new()
-        );
-        assert_eq!(
-            run(&index, &search(&["z"], false, &[]), &states),
-            Vec::<u64>::new()
-        );
+        assert_eq!(run(&index, &search(&["a", "b"], false, &[]), &states), [4, 3, 2, 1]);
+        assert_eq!(run(&index, &search(&["a", "b"], true, &[]), &states), [4, 2]);
+        assert_eq!(run(&index, &search(&["a"], false, &["active"]), &states), [1]);
+        assert_eq!(run(&index, &search(&[], false, &["active"]), &states), [5, 3, 1]);
+        assert_eq!(run(&index, &search(&[], false, &[]), &states), [5, 4, 3, 2, 1]);
+        assert_eq!(run(&index, &search(&["a", "z"], true, &[]), &states), Vec::<u64>::new());
+        assert_eq!(run(&index, &search(&["z"], false, &[]), &states), Vec::<u64>::new());
         assert_eq!(
             run(&index, &search(&["c", "a"], true, &["cancelled"]), &states),
             [4]

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::event::Event;
 use super::ids::{JobId, Name};
-use super::index::JobIndex;
 use super::job::{label, JobState};
+use super::index::JobIndex;
 use super::queue::Entry;
 use crate::error::{Error, Result};
 
@@ -316,9 +316,7 @@ impl Registry {
 
     /// Decides an operator's deletion of a job (`None`: no such job).
     pub fn delete(&self, id: JobId) -> Option<Event> {
-        self.jobs
-            .contains_key(&id)
-            .then_some(Event::JobDeleted { id })
+        self.jobs.contains_key(&id).then_some(Event::JobDeleted { id })
     }
 
     /// Decides whether a reported `job_state` changes the lifecycle.
