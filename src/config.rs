@@ -113,6 +113,9 @@ pub struct Config {
     pub lost_agent_requeue: bool,
     /// Most agents waiting at once in long-poll pops (`GET /v1/job?wait=`).
     pub max_waiters: usize,
+    /// Queues that get their own `queue` label in `/metrics`; the rest are summed under
+    /// `other`, so a client inventing queue names cannot grow the scrape without bound.
+    pub metrics_queues: usize,
     /// Where the settings came from, for the start-up log line.
     pub source: String,
 }
@@ -145,6 +148,7 @@ impl Default for Config {
             orphan_quota_bytes: 64 << 20,
             queue_idle: Duration::from_secs(300),
             max_searches: 1,
+            metrics_queues: 100,
             agent_expiry: Duration::from_secs(7 * 24 * 3600),
             lost_agent_grace: Duration::from_secs(300),
             lost_agent_requeue: true,
@@ -302,6 +306,10 @@ pub struct ServeOpts {
     /// refused with 503 [default: 10000].
     #[arg(long, env = "FLINGER_MAX_WAITERS", value_name = "N")]
     pub max_waiters: Option<usize>,
+    /// Queues with their own `queue` label in `/metrics`; the others are summed under
+    /// `queue="other"` (bounds the scrape's size) [default: 100].
+    #[arg(long, env = "FLINGER_METRICS_QUEUES", value_name = "N")]
+    pub metrics_queues: Option<usize>,
 }
 
 /// A problem with the config file.
@@ -354,6 +362,7 @@ const KNOWN_KEYS: &[&str] = &[
     "LOST_AGENT_GRACE_SECS",
     "LOST_AGENT_REQUEUE",
     "MAX_WAITERS",
+    "METRICS_QUEUES",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 const IGNORED_KEYS: &[&str] = &[
@@ -493,6 +502,7 @@ impl Config {
                     "MAX_FIELD_BYTES" => config.max_field_bytes = num("a byte count")?,
                     "MAX_PENDING" => config.max_pending = num("a count")? as usize,
                     "MAX_SEARCHES" => config.max_searches = num("a count")? as usize,
+                    "METRICS_QUEUES" => config.metrics_queues = num("a count")? as usize,
                     "AGENT_EXPIRY_SECS" => {
                         config.agent_expiry = Duration::from_secs(num("seconds")?)
                     }
@@ -549,7 +559,8 @@ impl Config {
             orphan_quota_bytes,
             max_searches,
             lost_agent_requeue,
-            max_waiters
+            max_waiters,
+            metrics_queues
         );
         for (secs, slot) in [
             (opts.header_timeout_secs, &mut config.header_timeout),

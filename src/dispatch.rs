@@ -90,6 +90,10 @@ pub async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result
                 // The registry's index change removes the slot; nothing to release.
                 reserved.iter_mut().for_each(|r| r.armed = false);
                 svc.journal.durable(ticket).await?;
+                svc.metrics.dispatched(
+                    &job.queue,
+                    crate::actors::now().saturating_sub(job.created_at),
+                );
                 return Ok(Some(dispatched_body(&job)));
             }
             // A retried pop: the reservation is released when `reserved` drops. The

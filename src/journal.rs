@@ -35,6 +35,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::{Config, FsyncPolicy};
 use crate::error::{Error, Result};
+use crate::metrics::WalStats;
 use crate::model::{Event, Partition, State};
 
 /// How long the writer waits for records before doing its periodic chores (space
@@ -93,6 +94,8 @@ struct Inner {
     wait_for_disk: bool,
     /// Writes snapshot files off the writer thread.
     snapshots: wal::SnapshotWriter,
+    /// The writer's batch size and sync time (exported by `metrics`).
+    stats: WalStats,
 }
 
 /// A record's place in the log and the means to wait for its durability.
@@ -345,6 +348,7 @@ pub fn open_with(
         stall_reason: Mutex::new(None),
         wait_for_disk: matches!(config.fsync, FsyncPolicy::Always),
         snapshots: wal.snapshot_writer(),
+        stats: WalStats::default(),
     });
     let (snap_tx, snap_rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = Writer {
@@ -392,6 +396,11 @@ impl Journal {
             .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?;
         sender.next_lsn += 1;
         Ok(Ticket { lsn, done })
+    }
+
+    /// The log writer's batch-size and sync-time histograms.
+    pub fn wal_stats(&self) -> &WalStats {
+        &self.inner.stats
     }
 
     /// The LSN of the last record appended (0 when none ever was).
@@ -618,11 +627,13 @@ impl Writer {
             return;
         }
         let slices: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        let started = Instant::now();
         match self.wal.append_batch(&slices) {
             Ok(range) => {
                 // Cleared before anyone is told: a client answered now may send its next
                 // change at once, and must not find the stall it just waited out.
                 self.set_deferred(None);
+                self.inner.stats.batch(batch.len(), started.elapsed());
                 self.inner.mark.send_modify(|m| m.durable = *range.end());
                 tell(waiters.drain(..), true);
                 batch.clear();

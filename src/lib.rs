@@ -9,6 +9,7 @@
 //! - [`dispatch`]: handing jobs to agents: the pop protocol and long-poll waiters.
 //! - [`http`]: routes and handlers; `http::wire` (with `http::schema`, upstream's job schema
 //!   as data) is the only place that knows the JSON.
+//! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
 //! - [`server`]: listener, connection handling, graceful shutdown, wiring.
 //! - [`throttle`]: rate-limited log lines for what clients and faults can repeat.
 //!
@@ -24,6 +25,7 @@ pub mod dispatch;
 pub mod error;
 pub mod http;
 pub mod journal;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod throttle;

@@ -121,9 +121,15 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
     let refs = ask(&supervisor, SupervisorMsg::Refs).await?;
     tracing::info!(queues = queues.len(), "actors started");
     let pending = config.max_pending;
+    let jobs = Jobs::new(registry);
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        jobs.clone(),
+        journal.wal_stats().clone(),
+        config.metrics_queues,
+    ));
     let services = Services::new(Handles {
         registry: Door::new(refs.registry, pending, "job registry"),
-        jobs: Jobs::new(registry),
+        jobs,
         results: Door::new(refs.results, pending, "result store"),
         result_docs: ResultDocs::new(results),
         files: Door::new(refs.files, pending, "artifact store"),
@@ -137,6 +143,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         fs,
         watch,
         dispatch: waiters,
+        metrics,
     });
     let chores = tokio::spawn(background_chores(services.clone(), snapshot_requests));
     Ok(Running {
@@ -181,6 +188,7 @@ pub async fn serve(
     let local = listener.local_addr().map_err(Error::from)?;
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), config = %config.source, fsync = ?config.fsync, "listening");
 
+    let metrics = services.metrics.clone();
     let app = crate::http::app(services);
     let rate = MinRate {
         bytes: config.min_transfer_bytes,
@@ -229,7 +237,9 @@ pub async fn serve(
         let io = Watched::new(TokioIo::new(stream), rate);
         let connection = builder.serve_connection(io, service);
         let mut stop_seen = stop_seen.clone();
+        let open = metrics.connection();
         tokio::spawn(async move {
+            let _open = open;
             tokio::pin!(connection);
             let ended = tokio::select! {
                 ended = connection.as_mut() => ended,
@@ -511,7 +521,9 @@ pub async fn snapshot(services: &Services) -> Result<()> {
     .await
     .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))??;
     let encoded = started.elapsed();
+    let size = bytes.len();
     services.journal.write_snapshot(lsn, bytes).await?;
+    services.metrics.snapshot(started.elapsed(), size);
     tracing::info!(
         lsn,
         copy_ms = copied.as_millis() as u64,

@@ -51,3 +51,8 @@ mod expiry;
 mod lost;
 // Long-poll dispatch: waiting agents get jobs the moment they arrive, fairly (issue 12).
 mod longpoll;
+// Seeing the server: /metrics after known actions, /openapi.json against the router and
+// upstream's document.
+mod observe;
+// The web dashboard over HTTP and in headless Chromium; the log follow stream.
+mod dashboard;

@@ -382,4 +382,6 @@ pub struct Handles {
     pub watch: Arc<watch::Watch>,
     /// Agents waiting for jobs (long-poll dispatch).
     pub dispatch: Arc<crate::dispatch::Waiters>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }

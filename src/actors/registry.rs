@@ -59,6 +59,57 @@ pub struct JobView {
     pub lost: Option<crate::model::registry::Lost>,
 }
 
+/// A job with what the dashboard shows beyond [`JobView`].
+#[derive(Clone, Debug)]
+pub struct JobDetail {
+    /// The job as handlers see it.
+    pub view: JobView,
+    /// `job_priority`.
+    pub priority: i64,
+    /// Unix seconds of dispatch.
+    pub started_at: Option<u64>,
+    /// Unix seconds it finished.
+    pub finished_at: Option<u64>,
+    /// The agent it was handed to.
+    pub agent: Option<Name>,
+}
+
+fn detail(job: &crate::model::registry::Job) -> JobDetail {
+    JobDetail {
+        view: view(job),
+        priority: job.priority,
+        started_at: job.started_at,
+        finished_at: job.finished_at,
+        agent: job.agent.clone(),
+    }
+}
+
+/// A queue's unfinished jobs (see [`Jobs::live_jobs`]).
+#[derive(Clone, Debug, Default)]
+pub struct LiveJobs {
+    /// Waiting jobs, in dispatch order.
+    pub waiting: Vec<(JobId, JobDetail)>,
+    /// Running jobs, oldest first.
+    pub running: Vec<(JobId, JobDetail)>,
+    /// All waiting jobs of the queue.
+    pub waiting_total: usize,
+    /// All running jobs of the queue.
+    pub running_total: usize,
+}
+
+/// A queue's unfinished jobs at a glance.
+#[derive(Clone, Debug)]
+pub struct QueueSummary {
+    /// The queue.
+    pub queue: Name,
+    /// Jobs waiting in it.
+    pub waiting: usize,
+    /// Jobs dispatched from it and not finished.
+    pub running: usize,
+    /// Unix seconds of submission of its oldest waiting job (by submission order).
+    pub oldest_waiting_since: Option<u64>,
+}
+
 /// Jobs removed by retention and the LSN of their removal.
 pub type Expired = (Vec<JobId>, Ticket);
 
@@ -225,6 +276,81 @@ impl Jobs {
                 })
                 .collect()
         }
+    }
+
+    /// Per queue with unfinished jobs: how many wait, how many run, and when the oldest
+    /// waiting job was submitted. Visits the queues with unfinished jobs, never their
+    /// finished jobs, under one read lock.
+    pub fn queue_summaries(&self) -> Vec<QueueSummary> {
+        let registry = self.0.read();
+        registry
+            .index()
+            .live()
+            .map(|(queue, live)| QueueSummary {
+                queue: queue.clone(),
+                waiting: live.waiting.len(),
+                running: live.active.len(),
+                oldest_waiting_since: live
+                    .waiting
+                    .values()
+                    .next()
+                    .and_then(|id| registry.get(*id))
+                    .map(|job| job.created_at),
+            })
+            .collect()
+    }
+
+    /// The job with its dispatch details (the dashboard's job page).
+    pub fn detail(&self, id: JobId) -> Option<JobDetail> {
+        self.0.read().get(id).map(detail)
+    }
+
+    /// The unfinished jobs of `queue`, at most `limit` of each kind: waiting ones in
+    /// dispatch order (priority, then submission; exact when the queue holds at most
+    /// `limit` waiting jobs, else the order of the `limit` oldest), then running ones
+    /// oldest first. Visits at most `2 * limit` jobs under one read lock.
+    pub fn live_jobs(&self, queue: &str, limit: usize) -> LiveJobs {
+        let registry = self.0.read();
+        let Some(live) = registry.index().live_of(queue) else {
+            return LiveJobs::default();
+        };
+        let pick = |list: &crate::model::index::SeqList| -> Vec<(JobId, JobDetail)> {
+            list.values()
+                .take(limit)
+                .filter_map(|id| registry.get(*id).map(|job| (*id, detail(job))))
+                .collect()
+        };
+        let mut waiting = pick(&live.waiting);
+        waiting.sort_by_key(|(_, d)| (std::cmp::Reverse(d.priority), d.view.seq));
+        LiveJobs {
+            waiting_total: live.waiting.len(),
+            running_total: live.active.len(),
+            waiting,
+            running: pick(&live.active),
+        }
+    }
+
+    /// The newest `limit` jobs of `queue` (any state), newest first, under one read lock.
+    pub fn newest_of_queue(&self, queue: &str, limit: usize) -> Vec<(JobId, JobView)> {
+        let registry = self.0.read();
+        let Some(list) = registry.index().queue(queue) else {
+            return Vec::new();
+        };
+        list.values()
+            .rev()
+            .take(limit)
+            .filter_map(|id| registry.get(*id).map(|job| (*id, view(job))))
+            .collect()
+    }
+
+    /// Number of jobs per `job_state` label.
+    pub fn state_counts(&self) -> Vec<(Name, usize)> {
+        let registry = self.0.read();
+        registry
+            .index()
+            .state_counts()
+            .map(|(label, n)| (label.clone(), n))
+            .collect()
     }
 
     /// Jobs of `queue` (any state), oldest first, at most `limit`: visits only those.

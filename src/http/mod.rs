@@ -4,9 +4,14 @@
 //!   schema (submit-time validation) as data.
 //! - `respond`: responses, body limits, and the one mapping of errors to HTTP.
 //! - `jobs`, `results`, `agents`: handlers, named after Testflinger's `api/v1.py`.
+//! - `dash`: the web dashboard (HTML pages, static files) and the log follow stream.
+//! - `meta`: `/metrics`, `/openapi.json`, request metrics, and [`meta::Routes`], the
+//!   route table below (every `.route` goes through it, so the OpenAPI document lists it).
 
 pub mod agents;
+pub mod dash;
 pub mod jobs;
+pub mod meta;
 pub mod queues;
 pub mod respond;
 pub mod results;
@@ -101,10 +106,11 @@ pub fn router(services: Services) -> Router {
     };
     use self::agents::*;
     use self::jobs::*;
+    use self::meta::*;
     use self::queues::*;
     use self::results::*;
-    Router::new()
-        .route("/", get(home))
+    let (routes, api_doc) = Routes::default()
+        .route("/", get(dash::home_or_overview))
         .route("/v1", get(home))
         .route("/v1/job", post(job_post).get(job_get))
         .route("/v1/job/search", get(job_search))
@@ -137,6 +143,19 @@ pub fn router(services: Services) -> Router {
         .route("/v1/queues/wait_times", get(queue_wait_times_get))
         .route("/v1/queues/{queue}/agents", get(queues_agents_get))
         .route("/v1/queues/{queue}/jobs", get(queue_jobs_get))
+        .route("/metrics", get(metrics_get))
+        .route("/openapi.json", get(openapi_get))
+        .route("/v1/result/{id}/log/{kind}/follow", get(dash::log_follow))
+        .route("/queues", get(dash::queues_page))
+        .route("/queues/{queue}", get(dash::queue_page))
+        .route("/agents", get(dash::agents_page))
+        .route("/agents/{name}", get(dash::agent_page))
+        .route("/jobs", get(dash::jobs_page))
+        .route("/jobs/{id}", get(dash::job_page))
+        .route("/jobs/{id}/cancel", post(dash::cancel_form))
+        .route("/static/{file}", get(dash::static_file))
+        .finish();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             (
@@ -151,6 +170,7 @@ pub fn router(services: Services) -> Router {
             services.clone(),
             note_agent_contact,
         ))
+        .layer(middleware::from_fn_with_state(services.clone(), track))
         .with_state(services)
         // Handlers enforce their own limits (read_body, uploads): axum's default would
         // cap uploads at 2 MB with a non-JSON answer.
@@ -165,4 +185,5 @@ pub fn router(services: Services) -> Router {
                 .into_response()
         }))
         .layer(middleware::from_fn(log_request))
+        .layer(axum::Extension(api_doc))
 }

@@ -254,7 +254,7 @@ fn is_older_run(shown: Option<u32>, current: u32) -> bool {
     shown.is_some_and(|run| run < current)
 }
 
-fn log_kind(text: &str) -> Result<LogKind> {
+pub(crate) fn log_kind(text: &str) -> Result<LogKind> {
     match text {
         "output" => Ok(LogKind::Output),
         "serial" => Ok(LogKind::Serial),

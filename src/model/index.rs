@@ -31,6 +31,31 @@ pub struct JobIndex {
     by_tag: FastMap<Name, SeqList>,
     /// `job_state` label → jobs in that state.
     by_state: FastMap<Name, SeqList>,
+    /// Queue name → its unfinished jobs, waiting and active apart (queue depth, oldest
+    /// wait and running counts for metrics and the dashboard without scanning a
+    /// queue's finished jobs). Holds only unfinished jobs, so it stays small.
+    live: FastMap<Name, Live>,
+}
+
+/// The unfinished jobs of one queue.
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    /// Waiting (or resubmitted) jobs, oldest submission first.
+    pub waiting: SeqList,
+    /// Dispatched, not finished jobs, oldest submission first.
+    pub active: SeqList,
+}
+
+/// Where a state label files a job in [`Live`]: `Some(true)` waiting, `Some(false)`
+/// active, `None` finished.
+fn live_kind(label: &str) -> Option<bool> {
+    if label == super::job::label::WAITING || label == super::job::label::RESUBMITTED {
+        Some(true)
+    } else if is_terminal_label(label) {
+        None
+    } else {
+        Some(false)
+    }
 }
 
 /// The `tags` of a job document (strings only, duplicates once). Only documents that
@@ -96,6 +121,36 @@ impl JobIndex {
         for tag in tags_of(body) {
             add(&mut self.by_tag, &tag, || tag.clone(), seq, id);
         }
+        self.file_live(queue, seq, id, state);
+    }
+
+    fn file_live(&mut self, queue: &Name, seq: u64, id: JobId, state: &str) {
+        if let Some(waiting) = live_kind(state) {
+            let live = self.live.entry(queue.clone()).or_default();
+            let list = if waiting {
+                &mut live.waiting
+            } else {
+                &mut live.active
+            };
+            list.insert(seq, id);
+        }
+    }
+
+    fn unfile_live(&mut self, queue: &str, seq: u64, state: &str) {
+        let Some(waiting) = live_kind(state) else {
+            return;
+        };
+        if let Some(live) = self.live.get_mut(queue) {
+            let list = if waiting {
+                &mut live.waiting
+            } else {
+                &mut live.active
+            };
+            list.remove(&seq);
+            if live.waiting.is_empty() && live.active.is_empty() {
+                self.live.remove(queue);
+            }
+        }
     }
 
     /// Removes the job filed under `seq`.
@@ -105,14 +160,34 @@ impl JobIndex {
         for tag in tags_of(body) {
             drop_entry(&mut self.by_tag, &tag, seq);
         }
+        self.unfile_live(queue, seq, state);
     }
 
-    /// Moves the job filed under `seq` from state `from` to state `to`.
-    pub fn restate(&mut self, id: JobId, seq: u64, from: &str, to: &str) {
+    /// Moves the job of `queue` filed under `seq` from state `from` to state `to`.
+    pub fn restate(&mut self, id: JobId, seq: u64, queue: &Name, from: &str, to: &str) {
         if from != to {
             drop_entry(&mut self.by_state, from, seq);
             add(&mut self.by_state, to, || Name::from(to), seq, id);
+            self.unfile_live(queue, seq, from);
+            self.file_live(queue, seq, id, to);
         }
+    }
+
+    /// Every queue with unfinished jobs, and those jobs.
+    pub fn live(&self) -> impl Iterator<Item = (&Name, &Live)> {
+        self.live.iter()
+    }
+
+    /// The unfinished jobs of `queue`.
+    pub fn live_of(&self, queue: &str) -> Option<&Live> {
+        self.live.get(queue)
+    }
+
+    /// Number of jobs per `job_state` label.
+    pub fn state_counts(&self) -> impl Iterator<Item = (&Name, usize)> {
+        self.by_state
+            .iter()
+            .map(|(label, list)| (label, list.len()))
     }
 
     /// The jobs of `queue`, oldest first.
@@ -285,6 +360,41 @@ mod tests {
             ids.push(id);
         }
         (index, ids)
+    }
+
+    #[test]
+    fn live_lists_hold_only_unfinished_jobs_split_into_waiting_and_active() {
+        let (mut index, ids) = index_with(&[
+            (1, "waiting", ""),
+            (2, "resubmitted", ""),
+            (3, "complete", ""),
+        ]);
+        let q = Name::from("q");
+        let counts = |index: &JobIndex| {
+            index
+                .live_of("q")
+                .map_or((0, 0), |l| (l.waiting.len(), l.active.len()))
+        };
+        assert_eq!(counts(&index), (2, 0));
+        index.restate(ids[0], 1, &q, "waiting", "running");
+        index.restate(ids[0], 1, &q, "running", "provision");
+        assert_eq!(counts(&index), (1, 1));
+        assert_eq!(index.live_of("q").unwrap().waiting.keys().next(), Some(&2));
+        index.restate(ids[0], 1, &q, "provision", "cancelled");
+        index.remove(2, "q", "resubmitted", b"{}");
+        assert_eq!(counts(&index), (0, 0));
+        assert!(
+            index.live_of("q").is_none(),
+            "an empty queue leaves the live map"
+        );
+        assert_eq!(index.live().count(), 0);
+        let states: Vec<(String, usize)> = index
+            .state_counts()
+            .map(|(l, n)| (l.to_string(), n))
+            .collect();
+        assert!(
+            states.contains(&("cancelled".into(), 1)) && states.contains(&("complete".into(), 1))
+        );
     }
 
     fn run(index: &JobIndex, search: &Search, states: &FastMap<JobId, Name>) -> Vec<u64> {

@@ -560,7 +560,7 @@ impl Registry {
                     return None;
                 }
                 self.index
-                    .restate(*id, job.seq, job.state.label(), label::RUNNING);
+                    .restate(*id, job.seq, &job.queue, job.state.label(), label::RUNNING);
                 job.state = JobState::Active(label::RUNNING.into());
                 job.started_at = Some(*at);
                 let samples = self.waits.entry(job.queue.clone()).or_default();
@@ -582,8 +582,13 @@ impl Registry {
                     return None;
                 }
                 let was_waiting = job.state.is_waiting();
-                self.index
-                    .restate(*id, job.seq, job.state.label(), label::CANCELLED);
+                self.index.restate(
+                    *id,
+                    job.seq,
+                    &job.queue,
+                    job.state.label(),
+                    label::CANCELLED,
+                );
                 job.state = JobState::Finished(label::CANCELLED.into());
                 job.finished_at = Some(*at);
                 job.lsn = lsn;
@@ -603,7 +608,7 @@ impl Registry {
                     job.finished_at = Some(*at);
                 }
                 self.index
-                    .restate(*id, job.seq, job.state.label(), next.label());
+                    .restate(*id, job.seq, &job.queue, job.state.label(), next.label());
                 job.state = next;
                 job.lsn = lsn;
                 let queue = job.queue.clone();
@@ -641,7 +646,7 @@ impl Registry {
                     JobState::Finished(label::CANCELLED.into())
                 };
                 self.index
-                    .restate(*id, job.seq, job.state.label(), next.label());
+                    .restate(*id, job.seq, &job.queue, job.state.label(), next.label());
                 job.state = next;
                 let change = if *requeued {
                     // Back in its old place (its `seq`): it was first in line before. The

@@ -1,0 +1,667 @@
+//! The web dashboard: HTML pages over the same read views the JSON API uses, and the log
+//! follow endpoint (server-sent events) that both the job page and API clients use.
+//!
+//! Templates are minijinja, embedded at compile time (`include_str!` of
+//! `templates/*.html` beside this file) and parsed once at start-up; a unit test renders
+//! every one. minijinja over askama: askama wants its templates under a `templates/`
+//! folder at the crate root (or an `askama.toml` there), which the repository layout does
+//! not have, and its derive macros add build time on a 2-core machine; minijinja
+//! auto-escapes every value of a `.html` template the same way and costs one small
+//! dependency. No page uses a CDN or an external font; the pages work without
+//! JavaScript, and `static/dash.js` only follows the live log.
+//!
+//! Bounds: no page scans every job. Queue figures come from the registry's live-jobs
+//! index (queues with unfinished jobs), job lists from the indexes with a limit
+//! ([`PAGE_LIMIT`]); agents are few (one per lab device) and are read as the JSON API
+//! reads them.
+//!
+//! Paths follow upstream's web UI (`/queues`, `/agents`, `/jobs`); `/` answers the
+//! overview to browsers (a request that accepts `text/html`) and the version text to
+//! everyone else, so OLD clients and `curl` still read the version there (upstream HEAD
+//! moved the version to `/v1/`, which agents use; flinger keeps both).
+
+use std::convert::Infallible;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use minijinja::Environment;
+use serde_json::{json, Value};
+
+use super::agents::read_agents;
+use super::respond::text;
+use super::wire::{iso_z, path_id, query_pairs};
+use crate::actors::registry::{is_finished, JobDetail, RegistryMsg};
+use crate::actors::results::LogQuery;
+use crate::actors::{ask, now, Services};
+use crate::error::{Error, Result};
+use crate::model::index::Search;
+use crate::model::{JobId, Name};
+
+/// Most jobs, queues or agents one page lists.
+pub const PAGE_LIMIT: usize = 100;
+/// How often a log follow looks for new fragments.
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+/// How long one log follow stream lasts (the browser's EventSource reconnects).
+const FOLLOW_MAX: Duration = Duration::from_secs(600);
+
+/// The templates, parsed once.
+static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    for (name, source) in [
+        ("base.html", include_str!("templates/base.html")),
+        ("overview.html", include_str!("templates/overview.html")),
+        ("job_rows.html", include_str!("templates/job_rows.html")),
+        ("agent_rows.html", include_str!("templates/agent_rows.html")),
+        ("queues.html", include_str!("templates/queues.html")),
+        ("queue.html", include_str!("templates/queue.html")),
+        ("agents.html", include_str!("templates/agents.html")),
+        ("agent.html", include_str!("templates/agent.html")),
+        ("jobs.html", include_str!("templates/jobs.html")),
+        ("job.html", include_str!("templates/job.html")),
+    ] {
+        env.add_template(name, source)
+            .unwrap_or_else(|e| panic!("template {name}: {e}"));
+    }
+    env
+});
+
+fn page(name: &str, context: Value) -> Result<Response> {
+    let html = TEMPLATES
+        .get_template(name)
+        .and_then(|t| t.render(minijinja::Value::from_serialize(&context)))
+        .map_err(|e| Error::Internal(format!("rendering {name}: {e}")))?;
+    let mut response = Response::new(Body::from(html));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+/// Seconds as `1h 2m 3s`.
+fn span(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s}s"),
+        _ => format!("{h}h {m}m {s}s"),
+    }
+}
+
+/// The queues with unfinished jobs, busiest first, at most [`PAGE_LIMIT`].
+fn queue_rows(svc: &Services) -> (Vec<Value>, bool) {
+    let now = now();
+    let mut summaries = svc.jobs.queue_summaries();
+    summaries.sort_by(|a, b| (b.waiting, &b.queue).cmp(&(a.waiting, &a.queue)));
+    let truncated = summaries.len() > PAGE_LIMIT;
+    let rows = summaries
+        .into_iter()
+        .take(PAGE_LIMIT)
+        .map(|q| {
+            json!({
+                "name": &*q.queue,
+                "waiting": q.waiting,
+                "running": q.running,
+                "oldest_wait": q.oldest_waiting_since.map(|t| span(now.saturating_sub(t))).unwrap_or_default(),
+            })
+        })
+        .collect();
+    (rows, truncated)
+}
+
+fn job_row(id: JobId, queue: &str, state: &str, created_at: u64) -> Value {
+    json!({"id": id.to_string(), "queue": queue, "state": state, "created_at": iso_z(created_at)})
+}
+
+/// One agent as the pages show it.
+fn agent_row(name: &str, fields: &serde_json::Map<String, Value>, updated_at: u64) -> Value {
+    let text = |k: &str| match fields.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    };
+    let queues: Vec<String> = fields
+        .get("queues")
+        .and_then(Value::as_array)
+        .map(|qs| {
+            qs.iter()
+                .filter_map(|q| q.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "name": name,
+        "state": text("state"),
+        "job_id": text("job_id"),
+        "queues": queues,
+        "last_seen": iso_z(updated_at),
+    })
+}
+
+/// Every agent (name, fields, last seen, provision log) — agents are one per device.
+async fn agents(
+    svc: &Services,
+) -> Result<Vec<(String, serde_json::Map<String, Value>, u64, Vec<String>)>> {
+    read_agents(svc, |agents| {
+        agents
+            .agents
+            .iter()
+            .map(|(name, record)| {
+                (
+                    name.to_string(),
+                    record.fields_map(),
+                    record.updated_at,
+                    record
+                        .provision_log
+                        .iter()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .collect(),
+                )
+            })
+            .collect()
+    })
+    .await
+}
+
+/// `GET /`: the overview to browsers, the version text to everyone else.
+pub async fn home_or_overview(State(svc): State<Services>, headers: HeaderMap) -> Result<Response> {
+    if !wants_html(&headers) {
+        return Ok(text(super::version_text()));
+    }
+    let (queues, queues_truncated) = queue_rows(&svc);
+    let mut states: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, fields, _, _) in agents(&svc).await? {
+        let state = fields
+            .get("state")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        *states.entry(state.to_owned()).or_default() += 1;
+    }
+    let agent_states: Vec<Value> = states
+        .into_iter()
+        .map(|(state, count)| json!({"state": state, "count": count}))
+        .collect();
+    let jobs = recent_jobs(&svc, &Search::default(), 20).await;
+    page(
+        "overview.html",
+        json!({"queues": queues, "queues_truncated": queues_truncated, "agent_states": agent_states, "jobs": jobs}),
+    )
+}
+
+async fn recent_jobs(svc: &Services, search: &Search, limit: usize) -> Vec<Value> {
+    let _turn = svc.searches.acquire().await;
+    svc.jobs
+        .search(search, limit)
+        .await
+        .into_iter()
+        .map(|(id, j)| job_row(id, &j.queue, &j.state, j.created_at))
+        .collect()
+}
+
+/// `GET /queues`: queues advertised by agents and queues with unfinished jobs.
+pub async fn queues_page(State(svc): State<Services>) -> Result<Response> {
+    let (rows, _) = queue_rows(&svc);
+    let advertised = read_agents(&svc, |agents| {
+        agents
+            .queues
+            .iter()
+            .take(10 * PAGE_LIMIT)
+            .map(|(n, q)| (n.to_string(), q.description.to_string()))
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    let mut by_name: std::collections::BTreeMap<String, Value> = rows
+        .into_iter()
+        .map(|r| (r["name"].as_str().unwrap_or_default().to_owned(), r))
+        .collect();
+    for (name, description) in advertised {
+        let row = by_name.entry(name.clone()).or_insert_with(
+            || json!({"name": name, "waiting": 0, "running": 0, "oldest_wait": ""}),
+        );
+        row["description"] = Value::from(description);
+    }
+    let queues: Vec<Value> = by_name.into_values().take(10 * PAGE_LIMIT).collect();
+    page("queues.html", json!({"queues": queues}))
+}
+
+fn detail_row(id: JobId, d: &JobDetail) -> Value {
+    json!({
+        "id": id.to_string(),
+        "priority": d.priority,
+        "state": d.view.state,
+        "created_at": iso_z(d.view.created_at),
+        "started_at": d.started_at.map(iso_z),
+        "agent": d.agent.as_deref(),
+    })
+}
+
+/// Linear-interpolated percentile of sorted samples (as `/v1/queues/wait_times`).
+fn percentile(sorted: &[u64], pct: f64) -> f64 {
+    let rank = pct / 100.0 * (sorted.len() - 1) as f64;
+    let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
+    let weight = rank - low as f64;
+    sorted[low] as f64 * (1.0 - weight) + sorted[high] as f64 * weight
+}
+
+/// `GET /queues/<queue>`: waiting jobs in dispatch order, running jobs, agents, waits.
+pub async fn queue_page(
+    State(svc): State<Services>,
+    Path(queue): Path<String>,
+) -> Result<Response> {
+    let live = svc.jobs.live_jobs(&queue, PAGE_LIMIT);
+    let mut waits = svc
+        .jobs
+        .wait_times(std::slice::from_ref(&queue))
+        .into_iter()
+        .next()
+        .map(|(_, w)| w)
+        .unwrap_or_default();
+    waits.sort_unstable();
+    let percentiles: Vec<Value> = if waits.is_empty() {
+        Vec::new()
+    } else {
+        [5u32, 10, 50, 90, 95]
+            .iter()
+            .map(|p| json!({"pct": p, "value": percentile(&waits, *p as f64)}))
+            .collect()
+    };
+    let wanted = queue.clone();
+    let agents: Vec<Value> = agents(&svc)
+        .await?
+        .into_iter()
+        .filter(|(_, fields, _, _)| {
+            fields
+                .get("queues")
+                .and_then(Value::as_array)
+                .is_some_and(|qs| qs.iter().any(|q| q.as_str() == Some(wanted.as_str())))
+        })
+        .take(PAGE_LIMIT)
+        .map(|(name, fields, seen, _)| agent_row(&name, &fields, seen))
+        .collect();
+    page(
+        "queue.html",
+        json!({
+            "name": queue,
+            "waiting_total": live.waiting_total,
+            "running_total": live.running_total,
+            "waiting": live.waiting.iter().map(|(id, d)| detail_row(*id, d)).collect::<Vec<_>>(),
+            "running": live.running.iter().map(|(id, d)| detail_row(*id, d)).collect::<Vec<_>>(),
+            "wait_samples": waits.len(),
+            "percentiles": percentiles,
+            "agents": agents,
+        }),
+    )
+}
+
+/// `GET /agents?name=&state=&queue=`: agents, filtered (name: substring).
+pub async fn agents_page(State(svc): State<Services>, request: Request) -> Result<Response> {
+    let pairs = query_pairs(request.uri().query().unwrap_or(""));
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let (name, state, queue) = (get("name"), get("state"), get("queue"));
+    let all = agents(&svc).await?;
+    let total = all.len();
+    let rows: Vec<Value> = all
+        .into_iter()
+        .map(|(n, fields, seen, _)| agent_row(&n, &fields, seen))
+        .filter(|row| {
+            (name.is_empty() || row["name"].as_str().is_some_and(|n| n.contains(&name)))
+                && (state.is_empty() || row["state"] == state.as_str())
+                && (queue.is_empty()
+                    || row["queues"]
+                        .as_array()
+                        .is_some_and(|qs| qs.iter().any(|q| q == queue.as_str())))
+        })
+        .take(10 * PAGE_LIMIT)
+        .collect();
+    page(
+        "agents.html",
+        json!({"agents": rows, "total": total, "filter": {"name": name, "state": state, "queue": queue}}),
+    )
+}
+
+/// `GET /agents/<name>`: the agent's data, provision history and current job.
+pub async fn agent_page(State(svc): State<Services>, Path(name): Path<String>) -> Result<Response> {
+    let all = agents(&svc).await?;
+    let Some((_, fields, seen, provision_log)) = all.into_iter().find(|(n, ..)| *n == name) else {
+        return Err(Error::NotFound(format!("Agent '{name}' does not exist.")));
+    };
+    let row = agent_row(&name, &fields, seen);
+    let held = svc.jobs.held_by(&name);
+    let jobs: Vec<Value> = held
+        .iter()
+        .map(|(id, j)| job_row(*id, &j.queue, &j.state, j.created_at))
+        .collect();
+    let log_start = provision_log.len().saturating_sub(PAGE_LIMIT);
+    page(
+        "agent.html",
+        json!({
+            "name": name,
+            "state": row["state"],
+            "job_id": row["job_id"],
+            "queues": row["queues"],
+            "last_seen": row["last_seen"],
+            "fields": serde_json::to_string_pretty(&Value::Object(fields)).unwrap_or_default(),
+            "provision_log": &provision_log[log_start..],
+            "jobs": jobs,
+        }),
+    )
+}
+
+/// `GET /jobs?tags=a,b&state=s&queue=q`: newest first, at most [`PAGE_LIMIT`].
+pub async fn jobs_page(State(svc): State<Services>, request: Request) -> Result<Response> {
+    let pairs = query_pairs(request.uri().query().unwrap_or(""));
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let (tags, state, queue) = (get("tags"), get("state"), get("queue"));
+    let search = Search {
+        tags: tags
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .take(16)
+            .map(Name::from)
+            .collect(),
+        match_all: true,
+        states: if state.is_empty() {
+            Vec::new()
+        } else {
+            vec![state.clone()]
+        },
+    };
+    let jobs: Vec<Value> = if queue.is_empty() {
+        recent_jobs(&svc, &search, PAGE_LIMIT).await
+    } else {
+        // The queue's newest jobs through its index (at most LIST_MAX visited), filtered.
+        let _turn = svc.searches.acquire().await;
+        svc.jobs
+            .newest_of_queue(&queue, super::queues::LIST_MAX)
+            .into_iter()
+            .filter(|(_, j)| search.state_ok(&j.state))
+            .filter(|(_, j)| {
+                search.tags.is_empty() || {
+                    let have = crate::model::index::tags_of(&j.body);
+                    search.tags.iter().all(|t| have.contains(t))
+                }
+            })
+            .take(PAGE_LIMIT)
+            .map(|(id, j)| job_row(id, &j.queue, &j.state, j.created_at))
+            .collect()
+    };
+    page(
+        "jobs.html",
+        json!({"jobs": jobs, "limit": PAGE_LIMIT, "scan": super::queues::LIST_MAX,
+               "filter": {"tags": tags, "state": state, "queue": queue}}),
+    )
+}
+
+/// A JSON value as block-style YAML (strings in JSON's double-quoted form, which is
+/// also YAML's), for the job page.
+pub fn yaml(value: &Value) -> String {
+    fn scalar(v: &Value) -> String {
+        match v {
+            Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
+            Value::Array(a) if a.is_empty() => "[]".into(),
+            Value::Object(o) if o.is_empty() => "{}".into(),
+            other => other.to_string(),
+        }
+    }
+    fn is_block(v: &Value) -> bool {
+        matches!(v, Value::Array(a) if !a.is_empty())
+            || matches!(v, Value::Object(o) if !o.is_empty())
+    }
+    fn emit(v: &Value, indent: usize, out: &mut String) {
+        let pad = " ".repeat(indent);
+        match v {
+            Value::Object(map) if !map.is_empty() => {
+                for (k, v) in map {
+                    let key = serde_json::to_string(k).unwrap_or_default();
+                    if is_block(v) {
+                        out.push_str(&format!("{pad}{key}:\n"));
+                        emit(v, indent + 2, out);
+                    } else {
+                        out.push_str(&format!("{pad}{key}: {}\n", scalar(v)));
+                    }
+                }
+            }
+            Value::Array(items) if !items.is_empty() => {
+                for v in items {
+                    if is_block(v) {
+                        out.push_str(&format!("{pad}-\n"));
+                        emit(v, indent + 2, out);
+                    } else {
+                        out.push_str(&format!("{pad}- {}\n", scalar(v)));
+                    }
+                }
+            }
+            other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+        }
+    }
+    let mut out = String::new();
+    emit(value, 0, &mut out);
+    out
+}
+
+/// `GET /jobs/<id>`: definition, timeline, log, results, artifact, cancel.
+pub async fn job_page(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
+    let id = path_id(&id)?;
+    let Some(detail) = svc.jobs.detail(id) else {
+        return Err(Error::NotFound(format!("Job {id} does not exist.")));
+    };
+    let definition: Value = serde_json::from_slice(&detail.view.body).unwrap_or(Value::Null);
+    let mut timeline = vec![json!({"what": "submitted", "at": iso_z(detail.view.created_at)})];
+    if let Some(t) = detail.started_at {
+        timeline.push(json!({"what": "dispatched", "at": iso_z(t)}));
+    }
+    if let Some(t) = detail.finished_at {
+        timeline.push(json!({"what": detail.view.state, "at": iso_z(t)}));
+    }
+    let query = LogQuery {
+        from: 0,
+        since: i64::MIN,
+        phase: None,
+        // The job's current run: a resubmitted job's page shows its new run.
+        run: Some(detail.view.run),
+    };
+    let (_, phases) = svc
+        .result_docs
+        .log(id, crate::model::event::LogKind::Output, query)
+        .await;
+    let log: String = phases.iter().map(|(_, _, t)| t.as_str()).collect();
+    let next = phases.iter().map(|(_, last, _)| *last).max().unwrap_or(-1) + 1;
+    let results = svc
+        .result_docs
+        .view(id)
+        .await
+        .and_then(|v| v.fields)
+        .map(|fields| {
+            let doc: Value = serde_json::from_slice(&fields.to_json()).unwrap_or(Value::Null);
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        });
+    page(
+        "job.html",
+        json!({
+            "id": id.to_string(),
+            "queue": &*detail.view.queue,
+            "state": detail.view.state,
+            "priority": detail.priority,
+            "agent": detail.agent.as_deref(),
+            "cancellable": !is_finished(&detail.view),
+            "timeline": timeline,
+            "yaml": yaml(&definition),
+            "json": serde_json::to_string_pretty(&definition).unwrap_or_default(),
+            "log": log,
+            "log_next": next,
+            "results": results,
+        }),
+    )
+}
+
+/// `POST /jobs/<id>/cancel`: the cancel button (a form, so it works without JavaScript);
+/// answers 303 to the job page.
+pub async fn cancel_form(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
+    let id = path_id(&id)?;
+    let ticket = ask(&svc.registry, |p| RegistryMsg::Cancel(id, p)).await??;
+    svc.journal.durable(ticket).await?;
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&format!("/jobs/{id}")).expect("ids are ASCII"),
+    );
+    Ok(response)
+}
+
+/// `GET /static/<file>`: the dashboard's stylesheet and script.
+pub async fn static_file(Path(file): Path<String>) -> Result<Response> {
+    let (body, kind) = match file.as_str() {
+        "dash.css" => (include_str!("static/dash.css"), "text/css; charset=utf-8"),
+        "dash.js" => (
+            include_str!("static/dash.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        _ => return Err(Error::NotFound(format!("no static file {file:?}"))),
+    };
+    let mut response = Response::new(Body::from(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=300"),
+    );
+    Ok(response)
+}
+
+/// `GET /v1/result/<id>/log/<output|serial>/follow?start_fragment=N`: server-sent events,
+/// one `fragment` event (`{"phase", "text", "last_fragment_number"}`) per phase with new
+/// text, as fragments arrive; an `end` event once the job has finished and its log was
+/// sent, or after [`FOLLOW_MAX`] (clients reconnect from the last number they saw).
+/// Reads the shared result view every [`FOLLOW_POLL`], never the result actor.
+pub async fn log_follow(
+    State(svc): State<Services>,
+    Path((id, kind)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response> {
+    let id = path_id(&id)?;
+    let kind = super::results::log_kind(&kind)?;
+    let mut from = 0u64;
+    for (key, value) in query_pairs(request.uri().query().unwrap_or("")) {
+        if key == "start_fragment" {
+            from = value.parse().map_err(|_| {
+                Error::InvalidInput("start_fragment must be a non-negative integer".into())
+            })?;
+        }
+    }
+    let started = Instant::now();
+    let state = (svc, from, false);
+    let stream = futures_util::stream::unfold(state, move |(svc, from, done)| async move {
+        if done {
+            return None;
+        }
+        let mut from = from;
+        loop {
+            let job = svc.jobs.get(id);
+            let finished = job.as_ref().is_none_or(is_finished);
+            let query = LogQuery {
+                from,
+                since: i64::MIN,
+                phase: None,
+                // The job's current run (the newest with fragments for an id no job has).
+                run: job.map(|j| j.run),
+            };
+            let (_, phases) = svc.result_docs.log(id, kind, query).await;
+            let mut events = String::new();
+            for (phase, last, text) in phases {
+                if last >= 0 && !text.is_empty() {
+                    from = from.max(last as u64 + 1);
+                    let data = json!({"phase": phase, "text": text, "last_fragment_number": last});
+                    events.push_str(&format!("event: fragment\ndata: {data}\n\n"));
+                }
+            }
+            let end = (finished && events.is_empty()) || started.elapsed() > FOLLOW_MAX;
+            if end {
+                events.push_str("event: end\ndata: {}\n\n");
+            }
+            if !events.is_empty() {
+                return Some((Ok::<_, Infallible>(events), (svc, from, end)));
+            }
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_parses_and_escapes_what_it_is_given() {
+        let evil = "<script>alert(1)</script>";
+        let ctx = json!({"id": evil, "queue": evil, "state": evil, "priority": 0, "agent": evil,
+            "cancellable": true, "timeline": [{"what": evil, "at": evil}], "yaml": evil, "json": evil,
+            "log": evil, "log_next": 0, "results": evil, "jobs": [{"id": evil, "queue": evil, "state": evil, "created_at": evil}],
+            "queues": [{"name": evil, "waiting": 1, "running": 0, "oldest_wait": evil, "description": evil}],
+            "agents": [{"name": evil, "state": evil, "job_id": evil, "queues": [evil], "last_seen": evil}],
+            "agent_states": [{"state": evil, "count": 1}], "name": evil, "filter": {"name": evil, "state": evil, "queue": evil, "tags": evil},
+            "total": 1, "limit": 1, "scan": 1, "waiting": [], "running": [], "waiting_total": 0, "running_total": 0,
+            "percentiles": [], "wait_samples": 0, "provision_log": [evil], "fields": evil, "job_id": evil});
+        for name in [
+            "overview.html",
+            "queues.html",
+            "queue.html",
+            "agents.html",
+            "agent.html",
+            "jobs.html",
+            "job.html",
+        ] {
+            let html = TEMPLATES
+                .get_template(name)
+                .unwrap()
+                .render(minijinja::Value::from_serialize(&ctx))
+                .unwrap();
+            assert!(!html.contains(evil), "{name} let markup through");
+            assert!(html.contains("&lt;script&gt;"), "{name} shows the text");
+        }
+    }
+
+    #[test]
+    fn yaml_of_a_job_reads_back_as_the_same_document() {
+        let doc = json!({"job_queue": "q", "tags": ["a", "b: c"], "provision_data": {"url": "http://x/\"y\"", "n": 3, "e": {}}, "nothing": null});
+        let text = yaml(&doc);
+        assert!(text.contains("\"job_queue\": \"q\"\n"));
+        assert!(text.contains("\"tags\":\n  - \"a\"\n  - \"b: c\"\n"));
+        assert!(text.contains(
+            "\"provision_data\":\n  \"url\": \"http://x/\\\"y\\\"\"\n  \"n\": 3\n  \"e\": {}\n"
+        ));
+    }
+}

@@ -1,0 +1,421 @@
+//! Prometheus metrics: the registry of every metric the server exports at `GET /metrics`,
+//! the recording helpers handlers and chores call, and the scrape-time collector that
+//! reads queue and job figures from the registry's read indexes.
+//!
+//! Built on `prometheus-client` (the Prometheus project's own Rust client): its registry
+//! is a value, not a process-wide global, so every server (and every in-process test
+//! server) owns its own metrics; label sets are typed structs; histograms and counters
+//! are lock-free atomics; and a [`Collector`] computes gauges only when scraped. The
+//! `metrics` facade + `metrics-exporter-prometheus` was the alternative, but its
+//! recorder is global state.
+//!
+//! What this does not do: read the actors. Queue depth, oldest wait and jobs by state are
+//! read at scrape time from the registry's indexes ([`Jobs::queue_summaries`],
+//! [`Jobs::state_counts`]) under one brief read lock; they visit queues with unfinished
+//! jobs, never every job.
+//!
+//! Cardinality: every label value is bounded. `route` is the matched route template
+//! (`/v1/job/{id}`, not the raw path; `unmatched` for no route), `method` one of the
+//! handful axum routes, `status` an HTTP status. `queue` is the queue's name for the first
+//! `--metrics-queues` queues the metrics see (default 100) and `other` for the rest
+//! (summed, oldest wait: the largest). `state` is one of Testflinger's job states, or
+//! `other` for a label an agent invented.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::actors::registry::Jobs;
+use crate::model::{FastSet, Name};
+
+/// The label value for queues beyond the cap (and for job states no one defined).
+pub const OTHER: &str = "other";
+
+/// Testflinger's job states (`job_state`), plus flinger's `running`: the values the
+/// `state` label may take besides `other`.
+const STATES: &[&str] = &[
+    "waiting",
+    "resubmitted",
+    "running",
+    "setup",
+    "provision",
+    "firmware_update",
+    "test",
+    "allocate",
+    "allocated",
+    "reserve",
+    "cleanup",
+    "complete",
+    "completed",
+    "cancelled",
+];
+
+/// A `queue` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: String,
+}
+
+/// Labels of a request count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+/// Labels of a request latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    method: String,
+}
+
+/// Why a request was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Seconds, from 100 µs to ~105 s (request latency, snapshot time).
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+}
+
+/// Seconds a job waited, from 1 s to ~36 h (submission times are whole seconds).
+fn wait_histogram() -> Histogram {
+    Histogram::new([
+        0.5,
+        1.0,
+        5.0,
+        15.0,
+        60.0,
+        300.0,
+        900.0,
+        3600.0,
+        4.0 * 3600.0,
+        24.0 * 3600.0,
+    ])
+}
+
+/// The write-ahead log writer's figures: recorded by the writer thread
+/// (`journal.rs`), exported here. Clones share the same histograms.
+#[derive(Clone, Debug)]
+pub struct WalStats {
+    /// Seconds to write and fdatasync one group-commit batch.
+    pub sync_seconds: Histogram,
+    /// Records in one group-commit batch.
+    pub batch_records: Histogram,
+}
+
+impl Default for WalStats {
+    fn default() -> Self {
+        WalStats {
+            sync_seconds: Histogram::new(exponential_buckets(0.00002, 2.0, 18)),
+            batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+        }
+    }
+}
+
+impl WalStats {
+    /// Records one batch of `records` that took `took` to write and sync.
+    pub fn batch(&self, records: usize, took: Duration) {
+        self.sync_seconds.observe(took.as_secs_f64());
+        self.batch_records.observe(records as f64);
+    }
+}
+
+/// Which queues get their own label: the first `cap` seen, in the order seen.
+#[derive(Debug)]
+struct QueueLabels {
+    cap: usize,
+    admitted: RwLock<FastSet<Name>>,
+}
+
+impl QueueLabels {
+    fn label(&self, queue: &str) -> String {
+        if self.admitted.read().contains(queue) {
+            return queue.to_owned();
+        }
+        let mut admitted = self.admitted.write();
+        if admitted.contains(queue) || admitted.len() < self.cap {
+            admitted.insert(Name::from(queue));
+            queue.to_owned()
+        } else {
+            OTHER.to_owned()
+        }
+    }
+}
+
+/// Every metric of one server.
+pub struct Metrics {
+    /// What `/metrics` encodes.
+    registry: Registry,
+    /// The `queue` label cap.
+    queues: Arc<QueueLabels>,
+    /// Jobs handed to agents, per queue.
+    dispatches: Family<QueueLabel, Counter>,
+    /// Seconds from submission to dispatch, per queue.
+    waits: HistogramFamily<QueueLabel>,
+    /// Requests answered, per route, method and status.
+    requests: Family<RequestLabels, Counter>,
+    /// Seconds to answer, per route and method.
+    latency: HistogramFamily<RouteLabels>,
+    /// Requests refused for a limit or an unavailable log, per reason.
+    refused: Family<ReasonLabel, Counter>,
+    /// Connections open now.
+    connections: Gauge,
+    /// Seconds to take a snapshot (copy, encode, write, install).
+    snapshot_seconds: Histogram,
+    /// Size of the last snapshot, bytes.
+    snapshot_bytes: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// The metrics of a server whose jobs are `jobs` and whose log writer records into
+    /// `wal`; `queue_cap` is `--metrics-queues`.
+    pub fn new(jobs: Jobs, wal: WalStats, queue_cap: usize) -> Metrics {
+        let queues = Arc::new(QueueLabels {
+            cap: queue_cap,
+            admitted: RwLock::new(FastSet::default()),
+        });
+        let m = Metrics {
+            registry: Registry::default(),
+            queues: queues.clone(),
+            dispatches: Family::default(),
+            waits: Family::new_with_constructor(wait_histogram),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(seconds_histogram),
+            refused: Family::default(),
+            connections: Gauge::default(),
+            snapshot_seconds: seconds_histogram(),
+            snapshot_bytes: Gauge::default(),
+        };
+        let mut registry = Registry::with_prefix("flinger");
+        registry.register(
+            "dispatches",
+            "Jobs handed to agents, per queue",
+            m.dispatches.clone(),
+        );
+        registry.register(
+            "job_wait_seconds",
+            "Seconds from submission to dispatch of dispatched jobs, per queue",
+            m.waits.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, per matched route template, method and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Seconds from request to response head, per matched route template and method",
+            m.latency.clone(),
+        );
+        registry.register(
+            "refused_requests",
+            "Requests refused: too_large (413), unavailable (503: busy or log failed), no_space (507)",
+            m.refused.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "HTTP connections open now",
+            m.connections.clone(),
+        );
+        registry.register(
+            "snapshot_duration_seconds",
+            "Seconds to take one snapshot (copy, encode, write, install)",
+            m.snapshot_seconds.clone(),
+        );
+        registry.register(
+            "snapshot_bytes",
+            "Size of the last snapshot written, bytes",
+            m.snapshot_bytes.clone(),
+        );
+        registry.register(
+            "wal_sync_seconds",
+            "Seconds to write and fdatasync one group-commit batch of the write-ahead log",
+            wal.sync_seconds,
+        );
+        registry.register(
+            "wal_batch_records",
+            "Records per group-commit batch of the write-ahead log",
+            wal.batch_records,
+        );
+        registry.register_collector(Box::new(JobFigures { jobs, queues }));
+        Metrics { registry, ..m }
+    }
+
+    /// The OpenMetrics text of every metric now.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// A job of `queue` was dispatched after waiting `waited_secs`.
+    pub fn dispatched(&self, queue: &str, waited_secs: u64) {
+        let label = QueueLabel {
+            queue: self.queues.label(queue),
+        };
+        self.dispatches.get_or_create(&label).inc();
+        self.waits.get_or_create(&label).observe(waited_secs as f64);
+    }
+
+    /// A request to `route` (its template) was answered with `status` after `took`.
+    pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+        let reason = match status {
+            413 => "too_large",
+            503 => "unavailable",
+            507 => "no_space",
+            _ => return,
+        };
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// A connection opened; it counts as open until the guard drops.
+    pub fn connection(&self) -> ConnectionGuard {
+        self.connections.inc();
+        ConnectionGuard(self.connections.clone())
+    }
+
+    /// A snapshot of `bytes` was taken in `took`.
+    pub fn snapshot(&self, took: Duration, bytes: usize) {
+        self.snapshot_seconds.observe(took.as_secs_f64());
+        self.snapshot_bytes.set(bytes as i64);
+    }
+}
+
+/// Counts a connection as open while alive.
+pub struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Scrape-time figures from the registry's read indexes.
+struct JobFigures {
+    jobs: Jobs,
+    queues: Arc<QueueLabels>,
+}
+
+impl std::fmt::Debug for JobFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobFigures")
+    }
+}
+
+/// One queue's (or `other`'s) figures.
+#[derive(Default)]
+struct QueueFigures {
+    waiting: i64,
+    running: i64,
+    oldest_wait: i64,
+}
+
+impl Collector for JobFigures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = crate::actors::now();
+        let mut queues: BTreeMap<String, QueueFigures> = BTreeMap::new();
+        for summary in self.jobs.queue_summaries() {
+            let figures = queues.entry(self.queues.label(&summary.queue)).or_default();
+            figures.waiting += summary.waiting as i64;
+            figures.running += summary.running as i64;
+            if let Some(since) = summary.oldest_waiting_since {
+                figures.oldest_wait = figures.oldest_wait.max(now.saturating_sub(since) as i64);
+            }
+        }
+        type Pick = fn(&QueueFigures) -> i64;
+        let gauges: [(&str, &str, Pick); 3] = [
+            (
+                "queue_waiting_jobs",
+                "Jobs waiting in the queue (queues without unfinished jobs are absent)",
+                |f| f.waiting,
+            ),
+            (
+                "queue_running_jobs",
+                "Jobs dispatched from the queue and not finished",
+                |f| f.running,
+            ),
+            (
+                "queue_oldest_wait_seconds",
+                "Seconds the queue's oldest waiting job has waited (0: none waiting)",
+                |f| f.oldest_wait,
+            ),
+        ];
+        for (name, help, pick) in gauges {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (queue, figures) in &queues {
+                let labels = QueueLabel {
+                    queue: queue.clone(),
+                };
+                ConstGauge::new(pick(figures)).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        let mut states: BTreeMap<&str, i64> = BTreeMap::new();
+        let counts = self.jobs.state_counts();
+        for (label, n) in &counts {
+            let label = STATES
+                .iter()
+                .find(|s| ***s == **label)
+                .copied()
+                .unwrap_or(OTHER);
+            *states.entry(label).or_default() += *n as i64;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "jobs",
+            "Jobs known (not yet removed by retention), per job_state",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, n) in states {
+            #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+            struct StateLabel {
+                state: String,
+            }
+            let labels = StateLabel {
+                state: state.to_owned(),
+            };
+            ConstGauge::new(n).encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

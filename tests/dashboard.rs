@@ -1,0 +1,382 @@
+//! The web dashboard, over HTTP and in headless Chromium (Debian's `chromium`, installed
+//! by `.ci/run`): every page renders against a server with jobs in every state, agents
+//! and logs, with no console message; figures on the pages match the JSON API; the live
+//! log shows a fragment posted after the page opened; markup a client sent stays text.
+//! Screenshots go to `target/screenshots/`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::util::TestServer;
+
+const EVIL: &str = "<script>document.title='pwned'</script>";
+
+fn fragment(number: u64, phase: &str, data: &str) -> Value {
+    json!({
+        "fragment_number": number,
+        "timestamp": format!("2026-01-01T00:00:{:02}.123456+00:00", number % 60),
+        "phase": phase,
+        "log_data": data,
+    })
+}
+
+/// Ids of the jobs [`populate`] made.
+struct Data {
+    waiting: String,
+    running: String,
+    provisioning: String,
+    complete: String,
+    cancelled: String,
+}
+
+/// Jobs in every state (waiting, running, a phase, complete, cancelled), two agents,
+/// logs and results; client-sent fields carry markup.
+async fn populate(srv: &TestServer) -> Data {
+    let submit = |queue: &str| json!({"job_queue": queue, "tags": ["web", "t1"], "note": EVIL});
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(srv.submit(&submit("dash-q")).await);
+    }
+    let waiting = srv.submit(&submit("dash-q")).await;
+    let running = srv.pop_id(&["dash-q"]).await.unwrap();
+    let provisioning = srv.pop_id(&["dash-q"]).await.unwrap();
+    let complete = srv.pop_id(&["dash-q"]).await.unwrap();
+    let cancelled = ids[3].clone();
+    srv.post_result(&provisioning, &json!({"job_state": "provision"}))
+        .await;
+    srv.post_json(
+        &format!("/v1/result/{complete}/log/output"),
+        &fragment(0, "test", &format!("done {EVIL}\n")),
+    )
+    .await
+    .expect_status(200);
+    srv.post_result(
+        &complete,
+        &json!({"job_state": "complete", "status": {"test": 0}, "comment": EVIL}),
+    )
+    .await;
+    srv.cancel(&cancelled).await.expect_status(200);
+    for (name, state, job) in [
+        ("dev-1", "test", running.as_str()),
+        ("dev-2", "waiting", ""),
+    ] {
+        srv.post_json(
+            &format!("/v1/agents/data/{name}"),
+            &json!({"state": state, "queues": ["dash-q"], "job_id": job, "location": EVIL}),
+        )
+        .await
+        .expect_status(200);
+    }
+    Data {
+        waiting,
+        running,
+        provisioning,
+        complete,
+        cancelled,
+    }
+}
+
+/// The number in the element with `id` on an HTML page.
+fn figure(html: &str, id: &str) -> usize {
+    let at = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id}"));
+    let rest = &html[at..];
+    let start = rest.find('>').unwrap() + 1;
+    let end = rest[start..].find('<').unwrap() + start;
+    rest[start..end]
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("#{id} is not a number"))
+}
+
+#[tokio::test]
+async fn pages_render_figures_match_the_api_and_markup_stays_text_when_served() {
+    let srv = TestServer::start();
+    let d = populate(&srv).await;
+    // `/` is still the version text for agents and scripts, the overview for browsers.
+    let plain = srv.get("/").await;
+    assert!(plain.text().starts_with("Testflinger Server"));
+    let home = srv.get_with_headers("/", &[("accept", "text/html")]).await;
+    assert!(home.content_type().unwrap().starts_with("text/html"));
+    let waiting_api = srv
+        .get("/v1/queues/dash-q/jobs")
+        .await
+        .expect_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["job_state"] == "waiting")
+        .count();
+    let queue = srv.get("/queues/dash-q").await.text();
+    assert_eq!(figure(&queue, "waiting-total"), waiting_api);
+    assert_eq!(
+        figure(&queue, "running-total"),
+        2,
+        "running and provisioning"
+    );
+    assert!(queue.contains(&d.waiting));
+    let agents = srv.get("/agents?state=test").await.text();
+    assert_eq!(figure(&agents, "agent-count"), 1);
+    let searched = srv.get("/jobs?tags=web&state=cancelled").await.text();
+    assert!(searched.contains(&d.cancelled) && !searched.contains(&d.complete));
+    for path in [
+        "/queues".to_owned(),
+        "/agents".to_owned(),
+        "/agents/dev-1".to_owned(),
+        format!("/jobs/{}", d.complete),
+        format!("/jobs/{}", d.provisioning),
+        "/jobs?queue=dash-q".to_owned(),
+    ] {
+        let page = srv.get(&path).await;
+        page.expect_status(200);
+        let html = page.text();
+        assert!(!html.contains(EVIL), "{path} let markup through");
+    }
+    let job = srv.get(&format!("/jobs/{}", d.complete)).await.text();
+    assert!(job.contains("&lt;script&gt;"), "the note is shown as text");
+    let unescaped = job.replace("&#34;", "\"").replace("&quot;", "\"");
+    assert!(
+        unescaped.contains("\"job_queue\": \"dash-q\"\n"),
+        "YAML definition"
+    );
+    assert!(unescaped.contains("\"tags\":\n  - \"web\"\n"), "YAML lists");
+    // The cancel button is a form: it works without JavaScript.
+    let resp = srv
+        .request(
+            "POST",
+            &format!("/jobs/{}/cancel", d.running),
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(resp.status, 303);
+    assert_eq!(srv.job_state(&d.running).await, "cancelled");
+    srv.get("/static/nope.js").await.expect_status(404);
+    srv.get("/agents/no-such-agent").await.expect_status(404);
+}
+
+#[tokio::test]
+async fn log_follow_streams_fragments_then_ends_when_the_job_finishes() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("follow-q").await;
+    srv.pop_id(&["follow-q"]).await.unwrap();
+    srv.post_json(
+        &format!("/v1/result/{id}/log/output"),
+        &fragment(0, "setup", "first\n"),
+    )
+    .await;
+    srv.post_json(
+        &format!("/v1/result/{id}/log/output"),
+        &fragment(1, "test", "second\n"),
+    )
+    .await;
+    srv.post_result(&id, &json!({"job_state": "complete"}))
+        .await;
+    let resp = srv
+        .get(&format!(
+            "/v1/result/{id}/log/output/follow?start_fragment=1"
+        ))
+        .await;
+    resp.expect_status(200);
+    assert_eq!(resp.content_type().as_deref(), Some("text/event-stream"));
+    let body = resp.text();
+    assert!(
+        body.contains("event: fragment") && body.contains("second\\n") && !body.contains("first")
+    );
+    assert!(body.trim_end().ends_with("event: end\ndata: {}"));
+    srv.get(&format!(
+        "/v1/result/{id}/log/output/follow?start_fragment=x"
+    ))
+    .await
+    .expect_status(400);
+    srv.get(&format!("/v1/result/{id}/log/nope/follow"))
+        .await
+        .expect_status(404);
+}
+
+// ---- headless Chromium ----
+
+/// Where screenshots go: `target/screenshots/` of this package.
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs headless Chromium on `url` with `extra` flags, killed after 60 s; (stdout, stderr).
+fn chromium(url: &str, extra: &[&str]) -> (String, String) {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1280,900",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .args(extra)
+    .arg(url)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .expect("chromium is needed for the dashboard's browser tests: apt-get install chromium chromium-driver (.ci/run does)");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => {
+            let out = out.unwrap();
+            (
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+        Err(_) => {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("chromium did not finish {url} within 60 s");
+        }
+    }
+}
+
+/// Console messages (errors included) Chromium logged for the page.
+fn console_lines(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| l.contains(":CONSOLE(")).collect()
+}
+
+#[tokio::test]
+async fn every_page_renders_in_chromium_without_console_errors_and_markup_stays_text() {
+    let srv = TestServer::start();
+    let d = populate(&srv).await;
+    let base = srv.base_url();
+    let pages = [
+        ("overview", "/".to_owned()),
+        ("queues", "/queues".to_owned()),
+        ("queue", "/queues/dash-q".to_owned()),
+        ("agents", "/agents".to_owned()),
+        ("agent", "/agents/dev-1".to_owned()),
+        ("jobs", "/jobs?tags=web".to_owned()),
+        ("job", format!("/jobs/{}", d.complete)),
+    ];
+    let shots = screenshots();
+    for (name, path) in &pages {
+        let url = format!("{base}{path}");
+        let (dom, stderr) = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || chromium(&url, &["--dump-dom"])
+        })
+        .await
+        .unwrap();
+        assert!(
+            dom.contains("</main>"),
+            "{name}: no page rendered:\n{stderr}"
+        );
+        assert!(
+            console_lines(&stderr).is_empty(),
+            "{name}: console: {:?}",
+            console_lines(&stderr)
+        );
+        assert!(
+            !dom.contains("pwned</title>") && !dom.contains(EVIL),
+            "{name}: markup ran or was kept"
+        );
+        let shot = shots.join(format!("{name}.png"));
+        let flag = format!("--screenshot={}", shot.display());
+        let url2 = url.clone();
+        tokio::task::spawn_blocking(move || chromium(&url2, &[&flag]))
+            .await
+            .unwrap();
+        assert!(
+            shot.metadata().is_ok_and(|m| m.len() > 1000),
+            "{name}: no screenshot"
+        );
+    }
+    let (dom, _) = tokio::task::spawn_blocking(move || {
+        chromium(&format!("{base}/queues/dash-q"), &["--dump-dom"])
+    })
+    .await
+    .unwrap();
+    let waiting_api = srv
+        .get("/v1/queues/dash-q/jobs")
+        .await
+        .expect_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["job_state"] == "waiting")
+        .count();
+    assert_eq!(
+        figure(&dom, "waiting-total"),
+        waiting_api,
+        "the page's figure is the API's"
+    );
+}
+
+#[tokio::test]
+async fn job_page_in_chromium_shows_a_fragment_posted_after_it_opened() {
+    let srv = TestServer::start();
+    let id = srv
+        .submit(&json!({"job_queue": "live-q", "note": EVIL}))
+        .await;
+    srv.pop_id(&["live-q"]).await.unwrap();
+    srv.post_json(
+        &format!("/v1/result/{id}/log/output"),
+        &fragment(0, "setup", "before-open\n"),
+    )
+    .await;
+    let url = format!("{}/jobs/{id}", srv.base_url());
+    // Virtual time lets the page's script run; the dump waits while the stream is open.
+    let browser = tokio::task::spawn_blocking(move || {
+        chromium(&url, &["--dump-dom", "--virtual-time-budget=20000"])
+    });
+    // The follow stream counts as a request once its head is sent: the page is open.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let metrics = srv.get("/metrics").await.text();
+        if metrics.lines().any(|l| {
+            l.starts_with("flinger_http_requests_total{route=\"/v1/result/{id}/log/{kind}/follow\"")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the page never followed its log");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let late = format!("after-open {EVIL}\n");
+    srv.post_json(
+        &format!("/v1/result/{id}/log/output"),
+        &fragment(1, "test", &late),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    srv.post_result(&id, &json!({"job_state": "complete"}))
+        .await;
+    let (dom, stderr) = browser.await.unwrap();
+    assert!(
+        dom.contains("before-open"),
+        "server-rendered log:\n{stderr}"
+    );
+    assert!(
+        dom.contains("after-open &lt;script&gt;"),
+        "the live fragment, as text:\n{dom}"
+    );
+    assert!(
+        console_lines(&stderr).is_empty(),
+        "console: {:?}",
+        console_lines(&stderr)
+    );
+}
