@@ -49,6 +49,16 @@ fn main() -> ExitCode {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
+    let client_action = match cli.command {
+        Some(Command::Client { action }) => Some(action),
+        _ => None,
+    };
+    if client_action.is_none() {
+        if let Err(e) = config.check_exposure() {
+            eprintln!("flinger: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,6 +69,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(action) = client_action {
+        return runtime.block_on(async move {
+            let stdout = std::io::stdout();
+            match flinger::access::admin::run(&config, &action, &mut stdout.lock()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("flinger client: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        });
+    }
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(config.bind).await {
             Ok(l) => l,

@@ -62,7 +62,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
     std::fs::create_dir_all(&files_dir)
         .map_err(|e| Error::Internal(format!("cannot create {}: {e}", files_dir.display())))?;
     let recovery_config = config.clone();
-    let (state, journal, snapshot_requests, recovery) =
+    let (mut state, journal, snapshot_requests, recovery) =
         tokio::task::spawn_blocking(move || journal::open_with(&recovery_config, fs))
             .await
             .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
@@ -75,6 +75,10 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         "recovered state from the write-ahead log"
     );
     sweep_unreferenced_files(&files_dir, &state.files);
+    let access =
+        crate::access::store::AccessStore::new(std::mem::take(&mut state.access), journal.clone());
+    let access = Arc::new(crate::access::Gate::new(&config, access)?);
+    tracing::info!(mode = ?config.access, clients = access.store.read(|a| a.clients.len()), "access control");
 
     let queues = QueueDirectory::default();
     let (fatal_tx, fatal) = mpsc::unbounded_channel();
@@ -102,6 +106,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         journal,
         config,
         files_dir,
+        access,
     });
     let chores = tokio::spawn(background_chores(services.clone(), snapshot_requests));
     Ok(Running {
@@ -175,7 +180,16 @@ pub async fn serve(
             Some(why) = running.fatal.recv() => break Err(Error::Internal(why)),
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // The peer address, for security logs and the failed-login limiter.
+        let service = TowerToHyperService::new(tower::util::MapRequest::new(
+            app.clone(),
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        ));
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -234,7 +248,8 @@ pub async fn snapshot(services: &Services) -> Result<()> {
         ask(&services.agents, AgentMsg::Snapshot),
     );
     let (registry, results, files, agents) = (registry?, results?, files?, agents?);
-    let lsn = [registry.lsn, results.lsn, files.lsn, agents.lsn]
+    let access = services.access.store.snapshot();
+    let lsn = [registry.lsn, results.lsn, files.lsn, agents.lsn, access.lsn]
         .into_iter()
         .min()
         .unwrap_or(0);
@@ -246,6 +261,7 @@ pub async fn snapshot(services: &Services) -> Result<()> {
             results: results.finish()?,
             files: files.finish()?,
             agents: agents.finish()?,
+            access: Some(access.finish()?),
         };
         journal::encode_partition(&doc)
     })

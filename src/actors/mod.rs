@@ -202,4 +202,6 @@ pub struct Handles {
     pub config: Arc<Config>,
     /// Where uploaded files live.
     pub files_dir: PathBuf,
+    /// Access control: mode, token signer, the access partition.
+    pub access: Arc<crate::access::Gate>,
 }

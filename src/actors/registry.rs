@@ -13,7 +13,9 @@ use super::{now, reply, PendingSnapshot, QueueDirectory, Recorder};
 use crate::error::Result;
 use crate::journal::{Journal, Ticket};
 use crate::model::queue::Entry;
-use crate::model::registry::{Attachments, IndexChange, Registry, Submission, Submitted};
+use crate::model::registry::{
+    Attachments, IndexChange, Registry, Submission, Submitted, Submitter,
+};
 use crate::model::{Event, JobId, Name};
 
 /// A job as handlers see it.
@@ -33,6 +35,10 @@ pub struct JobView {
     pub created_at: u64,
     /// Input files status.
     pub attachments: Attachments,
+    /// The submitting client (access control on).
+    pub owner: Option<Name>,
+    /// The credential of the agent it was dispatched to (access control on).
+    pub client: Option<Name>,
 }
 
 /// Jobs removed by retention and the LSN of their removal.
@@ -53,13 +59,17 @@ pub enum Claimed {
 pub enum RegistryMsg {
     /// Submit (or resubmit) a job; replies with the LSN to await.
     Submit(Submission, RpcReplyPort<Result<Ticket>>),
-    /// Dispatch a reserved waiting job to an agent popping from these queues — unless that
-    /// agent still holds a job of these queues it has not reported on (its pop is a retry).
+    /// Submit on behalf of a caller (ownership of resubmissions is checked).
+    SubmitBy(Submission, Submitter, RpcReplyPort<Result<Ticket>>),
+    /// Dispatch a reserved waiting job to an agent (cookie name, credential) popping from
+    /// these queues — unless that agent still holds a job of these queues it has not
+    /// reported on (its pop is a retry).
     Claim(
         JobId,
         Option<Name>,
         Vec<Name>,
         RpcReplyPort<Result<Claimed>>,
+        Option<Name>,
     ),
     /// The job this agent holds without having reported on it.
     Held(Name, RpcReplyPort<Option<(JobId, JobView)>>),
@@ -126,6 +136,8 @@ fn view(job: &crate::model::registry::Job) -> JobView {
         seq: job.seq,
         created_at: job.created_at,
         attachments: job.attachments,
+        owner: job.owner.clone(),
+        client: job.client.clone(),
     }
 }
 
@@ -202,14 +214,24 @@ impl Actor for RegistryActor {
                 };
                 reply(port, result);
             }
-            RegistryMsg::Claim(id, agent, queues, port) => {
+            RegistryMsg::SubmitBy(sub, by, port) => {
+                let result = match state.registry.submit_by(sub, &by, now()) {
+                    Ok(Submitted::Duplicate { lsn }) => {
+                        Ok(state.recorder.journal().ticket_for(lsn))
+                    }
+                    Ok(Submitted::Record(event)) => state.record(event).await,
+                    Err(e) => Err(e),
+                };
+                reply(port, result);
+            }
+            RegistryMsg::Claim(id, agent, queues, port, client) => {
                 let held = agent
                     .as_deref()
                     .and_then(|a| state.registry.held_by(a))
-                    .filter(|(_, job)| queues.contains(&job.queue))
+                    .filter(|(_, job)| queues.contains(&job.queue) && job.client == client)
                     .map(|(_, job)| view(job));
                 let result =
-                    match (held, state.registry.claim(id, agent, now())) {
+                    match (held, state.registry.claim_by(id, agent, client, now())) {
                         (Some(held), _) => Ok(Claimed::Held(held)),
                         (None, None) => Ok(Claimed::Gone),
                         (None, Some(event)) => state.record(event).await.map(|ticket| match state

@@ -86,6 +86,7 @@ impl Actor for Supervisor {
             results,
             files,
             agents,
+            ..
         } = args.state;
         let (registry, _) = Actor::spawn_linked(
             None,

@@ -4,12 +4,14 @@
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use axum::Extension;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::respond::{json_bytes, json_value, ok, read_body};
 use super::wire::MAX_NAME;
+use crate::access::Caller;
 use crate::actors::agents::AgentMsg;
 use crate::actors::{ask, Services};
 use crate::error::{Error, Result};
@@ -220,14 +222,18 @@ pub async fn agents_get_one(
     })
     .await?;
     match found {
-        Some(agent) => Ok(json_value(StatusCode::OK, &agent)),
+        Some(agent) => {
+            let mut one = [agent];
+            super::auth::add_restricted_to(&svc, &mut one);
+            Ok(json_value(StatusCode::OK, &one[0]))
+        }
         None => Err(Error::NotFound("Agent not found".into())),
     }
 }
 
 /// `GET /v1/agents/data`: every agent's record.
 pub async fn agents_get_all(State(svc): State<Services>) -> Result<Response> {
-    let all = read_agents(&svc, |agents| {
+    let mut all = read_agents(&svc, |agents| {
         agents
             .agents
             .iter()
@@ -235,6 +241,7 @@ pub async fn agents_get_all(State(svc): State<Services>) -> Result<Response> {
             .collect::<Vec<Value>>()
     })
     .await?;
+    super::auth::add_restricted_to(&svc, &mut all);
     Ok(json_value(StatusCode::OK, &Value::Array(all)))
 }
 
@@ -243,6 +250,7 @@ pub async fn agents_get_all(State(svc): State<Services>) -> Result<Response> {
 /// entry anyway, which here would create an agent that never registered).
 pub async fn agents_provision_logs_post(
     State(svc): State<Services>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     request: Request,
 ) -> Result<Response> {
@@ -251,11 +259,16 @@ pub async fn agents_provision_logs_post(
     let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&body) else {
         return Err(Error::validation("json", "Expected a JSON object"));
     };
-    if !map.get("job_id").is_some_and(Value::is_string) {
+    let Some(job_id) = map.get("job_id").and_then(Value::as_str) else {
         return Err(Error::validation(
             "job_id",
             "Missing data for required field.",
         ));
+    };
+    // With access control on, only the agent the job was dispatched to reports on it.
+    if !matches!(caller, Caller::Open) {
+        let id = super::wire::path_id(job_id)?;
+        crate::access::check_job_agent(&svc, &caller, id).await?;
     }
     if !map.get("exit_code").is_some_and(|v| v.is_i64()) {
         return Err(Error::validation(

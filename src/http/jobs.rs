@@ -4,11 +4,13 @@
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use axum::Extension;
 use ractor::ActorRef;
 use serde_json::{json, Value};
 
 use super::respond::{json_bytes, json_value, no_content, ok, read_body, text};
 use super::wire::{self, path_id};
+use crate::access::Caller;
 use crate::actors::queue::QueueMsg;
 use crate::actors::registry::{Claimed, JobView, RegistryMsg};
 use crate::actors::{ask, Services};
@@ -23,11 +25,16 @@ const MAX_POP_ATTEMPTS: usize = 16;
 const MAX_POP_QUEUES: usize = 256;
 
 /// `POST /v1/job`: submit (or resubmit) a job.
-pub async fn job_post(State(svc): State<Services>, request: Request) -> Result<Response> {
+pub async fn job_post(
+    State(svc): State<Services>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+) -> Result<Response> {
     let body = read_body(request, svc.config.max_job_bytes).await?;
     let submission = wire::parse_job(&body)?;
     let id = submission.id;
-    let lsn = ask(&svc.registry, |p| RegistryMsg::Submit(submission, p)).await??;
+    let by = crate::access::check_submission(&svc, &caller, &submission)?;
+    let lsn = ask(&svc.registry, |p| RegistryMsg::SubmitBy(submission, by, p)).await??;
     svc.journal.durable(lsn).await?;
     Ok(json_value(
         StatusCode::OK,
@@ -52,7 +59,11 @@ impl Drop for Reserved {
 }
 
 /// `GET /v1/job?queue=a&queue=b`: hand the agent the best waiting job of those queues.
-pub async fn job_get(State(svc): State<Services>, request: Request) -> Result<Response> {
+pub async fn job_get(
+    State(svc): State<Services>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+) -> Result<Response> {
     let mut queues: Vec<Name> = Vec::new();
     for (key, value) in wire::query_pairs(request.uri().query().unwrap_or("")) {
         if key == "queue" && !value.is_empty() && !queues.iter().any(|q| **q == *value) {
@@ -70,13 +81,19 @@ pub async fn job_get(State(svc): State<Services>, request: Request) -> Result<Re
         )));
     }
     let agent = wire::agent_cookie(request.headers());
-    match pop(&svc, &queues, agent).await? {
+    let client = caller.client_id().map(Name::from);
+    match pop(&svc, &queues, agent, client).await? {
         Some(body) => Ok(json_bytes(StatusCode::OK, body)),
         None => Ok(no_content()),
     }
 }
 
-async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Option<bytes::Bytes>> {
+async fn pop(
+    svc: &Services,
+    queues: &[Name],
+    agent: Option<Name>,
+    client: Option<Name>,
+) -> Result<Option<bytes::Bytes>> {
     let actors: Vec<ActorRef<QueueMsg>> = queues.iter().filter_map(|q| svc.queues.get(q)).collect();
     for _ in 0..MAX_POP_ATTEMPTS {
         let takes = actors.iter().map(|actor| {
@@ -100,12 +117,12 @@ async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Opt
             .collect();
         let candidates: Vec<Candidate> = reserved.iter().map(|r| r.candidate.clone()).collect();
         let Some(chosen) = best(&candidates).map(|c| c.id) else {
-            return held_job(svc, queues, agent).await;
+            return held_job(svc, queues, agent, client).await;
         };
         // Release the losers now, not after the claim: other pops may want them.
         reserved.retain(|r| r.candidate.id == chosen);
         match ask(&svc.registry, |p| {
-            RegistryMsg::Claim(chosen, agent.clone(), queues.to_vec(), p)
+            RegistryMsg::Claim(chosen, agent.clone(), queues.to_vec(), p, client.clone())
         })
         .await??
         {
@@ -129,13 +146,14 @@ async fn held_job(
     svc: &Services,
     queues: &[Name],
     agent: Option<Name>,
+    client: Option<Name>,
 ) -> Result<Option<bytes::Bytes>> {
     let Some(agent) = agent else {
         return Ok(None);
     };
     let held = ask(&svc.registry, |p| RegistryMsg::Held(agent, p)).await?;
     Ok(held
-        .filter(|(_, job)| queues.contains(&job.queue))
+        .filter(|(_, job)| queues.contains(&job.queue) && job.client == client)
         .map(|(_, job)| dispatched_body(&job)))
 }
 

@@ -27,7 +27,9 @@ pub fn venv() -> &'static Path {
         }
         let script = match std::env::var_os("FLINGER_UPSTREAM_CLIENTS") {
             Some(dir) => PathBuf::from(dir).join("install"),
-            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/upstream-clients/install"),
+            None => {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/upstream-clients/install")
+            }
         };
         assert!(
             script.exists(),
