@@ -35,3 +35,5 @@ mod recovery;
 mod clients;
 // A disk failing under a running server (fsync and write errors through the WAL's seam).
 mod faults;
+// Access control: roles per endpoint, submission checks, ownership, tokens, real clients.
+mod auth;

@@ -28,11 +28,16 @@ pub const SIGNING_KEY_FILE: &str = "jwt-signing-key";
 pub const SIGNING_KEY_ENV: &[&str] = &["FLINGER_JWT_SIGNING_KEY", "JWT_SIGNING_KEY"];
 
 /// A JWT's claims, as upstream encodes them.
+/// Every field is optional when decoding so that a missing claim is reported as such
+/// (upstream's 403 "Token missing required claim: <c>"), not as undecodable.
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
-    exp: u64,
-    iat: u64,
-    sub: String,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    sub: Option<String>,
     #[serde(default)]
     permissions: Option<Permissions>,
 }
@@ -62,9 +67,9 @@ impl Signer {
     /// An access token for `permissions` issued at `now` (unix seconds), valid `ttl` s.
     pub fn issue(&self, permissions: &Permissions, now: u64, ttl: u64) -> String {
         let claims = Claims {
-            exp: now + ttl,
-            iat: now,
-            sub: "access_token".into(),
+            exp: Some(now + ttl),
+            iat: Some(now),
+            sub: Some("access_token".into()),
             permissions: Some(permissions.clone()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -90,11 +95,23 @@ impl Signer {
                 | ErrorKind::Utf8(_) => Error::Forbidden("Unable to decode token".into()),
                 _ => Error::Forbidden("Invalid Token".into()),
             })?;
+        let claims = data.claims;
+        for (claim, present) in [
+            ("exp", claims.exp.is_some()),
+            ("iat", claims.iat.is_some()),
+            ("sub", claims.sub.is_some()),
+        ] {
+            if !present {
+                return Err(Error::Forbidden(format!(
+                    "Token missing required claim: {claim}"
+                )));
+            }
+        }
         // PyJWT refuses an `iat` in the future; jsonwebtoken does not check it.
-        if data.claims.iat > now + self.leeway {
+        if claims.iat.unwrap_or(0) > now + self.leeway {
             return Err(Error::Unauthorized("Token not yet valid".into()));
         }
-        match data.claims.permissions {
+        match claims.permissions {
             Some(p) if !p.client_id.is_empty() && p.role().is_some() => Ok(p),
             _ => Err(Error::Forbidden("Invalid Token".into())),
         }
