@@ -5,7 +5,10 @@
 //!
 //! - `table`: the route × role table (data, tested on its own against upstream's).
 //! - `token`: JWT access tokens, refresh tokens, bcrypt secrets, the signing key.
-//! - `store`: the access partition (clients, refresh-token hashes, restricted queues).
+//! - `store`: the access partition (clients, refresh-token hashes, restricted queues,
+//!   sealed secrets).
+//! - `secrets`: sealing job secrets and resolving them for the dispatched agent.
+//! - `admin`: the `flinger client` subcommand.
 //!
 //! Modes ([`AccessMode`]): `off` lets every request through as [`Caller::Open`] (full
 //! rights; the server refuses to start off loopback unless told otherwise); `on` is
@@ -16,6 +19,7 @@
 //! `flinger::security`: who, what, from where), never with a secret or a token.
 
 pub mod admin;
+pub mod secrets;
 pub mod store;
 pub mod table;
 pub mod token;
@@ -36,7 +40,7 @@ use crate::config::{AccessMode, Config};
 use crate::error::{Error, Result};
 use crate::model::access::{self, Asked, Permissions, Role};
 use crate::model::registry::{Submission, Submitter};
-use crate::model::{JobId, Name};
+use crate::model::{Event, JobId, Name};
 use table::{Check, Roles};
 
 /// Who is calling, as the access layer resolved it.
@@ -114,6 +118,8 @@ pub struct Gate {
     pub refresh_ttl: u64,
     /// Failed token requests per client and per address.
     pub limiter: Limiter,
+    /// The job secrets store's cipher (`None`: no master key, no secrets store).
+    pub secrets: Option<secrets::Sealer>,
 }
 
 impl Gate {
@@ -127,6 +133,7 @@ impl Gate {
             access_ttl: config.access_token_ttl.as_secs(),
             refresh_ttl: config.refresh_token_ttl.as_secs(),
             limiter: Limiter::new(config.token_failures_per_minute),
+            secrets: secrets::Sealer::from_env()?,
         })
     }
 
@@ -258,6 +265,7 @@ pub fn check_submission(svc: &Services, caller: &Caller, sub: &Submission) -> Re
             privileged: true,
         });
     }
+    check_job_secrets(svc, caller, &sub.body)?;
     let restricted = svc.access.store.read(|a| a.is_restricted(&sub.queue));
     access::check_submission(
         caller.permissions(),
@@ -272,6 +280,109 @@ pub fn check_submission(svc: &Services, caller: &Caller, sub: &Submission) -> Re
         owner: caller.client_id().map(Name::from),
         privileged: caller.is_privileged(),
     })
+}
+
+/// Upstream's `validate_secrets`: a job naming secrets needs a secrets store, an
+/// authenticated submitter and every path stored for that submitter (422 otherwise).
+fn check_job_secrets(svc: &Services, caller: &Caller, body: &[u8]) -> Result<()> {
+    if !body.windows(7).any(|w| w == b"secrets") {
+        return Ok(());
+    }
+    let Ok(job) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(());
+    };
+    let Some(wanted) = secrets::job_secrets(&job) else {
+        return Ok(());
+    };
+    let refuse = |message: String| Error::Validation {
+        message,
+        field: "test_data".into(),
+        reason: "secrets".into(),
+    };
+    if svc.access.secrets.is_none() {
+        return Err(refuse("No secrets store".into()));
+    }
+    let Some(client) = caller.client_id() else {
+        return Err(refuse("Missing client ID (user not authenticated)".into()));
+    };
+    let now = crate::actors::now();
+    let mut missing: Vec<String> = svc.access.store.read(|a| {
+        wanted
+            .values()
+            .map(|p| p.as_str().unwrap_or_default().to_owned())
+            .filter(|p| a.secret(client, p, now).is_none())
+            .collect()
+    });
+    if missing.is_empty() {
+        return Ok(());
+    }
+    missing.sort();
+    Err(refuse(format!(
+        "Inaccessible secret paths: {}",
+        missing.join(", ")
+    )))
+}
+
+/// The job document handed to the agent it is dispatched to, with `test_data.secrets`
+/// resolved into values (as upstream's `retrieve_secrets`: an unreadable one becomes "").
+/// Ephemeral secrets are deleted once read. With access control off the document goes out
+/// as stored.
+pub async fn resolve_secrets(
+    svc: &Services,
+    owner: Option<&str>,
+    body: bytes::Bytes,
+) -> Result<bytes::Bytes> {
+    if svc.access.mode == AccessMode::Off || !body.windows(7).any(|w| w == b"secrets") {
+        return Ok(body);
+    }
+    let Ok(serde_json::Value::Object(mut job)) = serde_json::from_slice(&body) else {
+        return Ok(body);
+    };
+    let Some(wanted) = job
+        .get("test_data")
+        .and_then(|t| t.get("secrets"))
+        .and_then(|s| s.as_object())
+        .cloned()
+    else {
+        return Ok(body);
+    };
+    let now = crate::actors::now();
+    let mut resolved = serde_json::Map::new();
+    let mut spent = Vec::new();
+    for (name, path) in wanted {
+        let path = path.as_str().unwrap_or_default().to_owned();
+        let value = match (owner, &svc.access.secrets) {
+            (Some(owner), Some(sealer)) => svc.access.store.read(|a| {
+                a.secret(owner, &path, now).and_then(|s| {
+                    if s.ephemeral {
+                        spent.push(path.clone());
+                    }
+                    sealer.open(owner, &path, &s.sealed)
+                })
+            }),
+            _ => None,
+        };
+        resolved.insert(name, serde_json::Value::from(value.unwrap_or_default()));
+    }
+    if let Some(owner) = owner {
+        for path in spent {
+            svc.access
+                .store
+                .record_durably(|a| {
+                    Ok(a.secret(owner, &path, now).map(|_| Event::SecretDeleted {
+                        client_id: Name::from(owner),
+                        path: path.as_str().into(),
+                    }))
+                })
+                .await?;
+        }
+    }
+    if let Some(test_data) = job.get_mut("test_data").and_then(|t| t.as_object_mut()) {
+        test_data.insert("secrets".into(), serde_json::Value::Object(resolved));
+    }
+    Ok(bytes::Bytes::from(
+        serde_json::to_vec(&job).expect("maps serialise"),
+    ))
 }
 
 /// `reserve_data.timeout` of a stored job document in seconds (the default when absent).

@@ -120,6 +120,14 @@ pub const TABLE: &[Rule] = &[
     rule("GET", "/v1/restricted-queues/{queue}", AMC, Check::None),
     rule("POST", "/v1/restricted-queues/{queue}", AM, Check::None),
     rule("DELETE", "/v1/restricted-queues/{queue}", AM, Check::None),
+    // The client id in the path must be the caller's (checked by the handler).
+    rule("PUT", "/v1/secrets/{client_id}/{*path}", AMC, Check::None),
+    rule(
+        "DELETE",
+        "/v1/secrets/{client_id}/{*path}",
+        AMC,
+        Check::None,
+    ),
 ];
 
 /// The rule for `method` on route `path`, if listed.
@@ -149,8 +157,7 @@ mod tests {
 
     /// Upstream's permissions.json, copied from `../shared/reference/upstream-permissions.json`
     /// (server/tests/permissions.json at fe381ff2) less `/v1/job/<job_id>/events` (webhooks
-    /// are not implemented) and `/v1/secrets/...` (job secrets are not implemented yet):
-    /// every row here must have the same roles in [`TABLE`].
+    /// are not implemented): every row here must have the same roles in [`TABLE`].
     const UPSTREAM: &str = r#"{
   "/v1/agents/data": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
   "/v1/agents/data/<agent_name>": {"POST": ["AGENT", "MANAGER", "ADMIN"], "GET": ["AGENT", "CONTRIBUTOR", "MANAGER", "ADMIN"]},
@@ -174,7 +181,8 @@ mod tests {
   "/v1/restricted-queues/<queue_name>": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"], "DELETE": ["MANAGER", "ADMIN"], "POST": ["MANAGER", "ADMIN"]},
   "/v1/result/<job_id>": {"POST": ["AGENT"], "GET": ["AGENT", "CONTRIBUTOR", "MANAGER", "ADMIN"]},
   "/v1/result/<job_id>/artifact": {"POST": ["AGENT"], "GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
-  "/v1/result/<job_id>/log/<log_type>": {"POST": ["AGENT"], "GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]}
+  "/v1/result/<job_id>/log/<log_type>": {"POST": ["AGENT"], "GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/secrets/<client_id>/<path>": {"DELETE": ["CONTRIBUTOR", "MANAGER", "ADMIN"], "PUT": ["CONTRIBUTOR", "MANAGER", "ADMIN"]}
 }"#;
 
     fn ours(path: &str) -> String {
@@ -186,6 +194,7 @@ mod tests {
                 "<agent_name>" => "{name}",
                 "<client_id>" => "{client_id}",
                 "<log_type>" => "{kind}",
+                "<path>" => "{*path}",
                 other => other,
             })
             .collect::<Vec<_>>()
@@ -216,7 +225,7 @@ mod tests {
                 rows += 1;
             }
         }
-        assert_eq!(rows, 34);
+        assert_eq!(rows, 36);
     }
 
     #[test]

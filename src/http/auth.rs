@@ -13,10 +13,10 @@ use serde_json::{json, Map, Value};
 
 use super::agents::read_agents;
 use super::respond::{json_value, ok, read_body, text};
-use crate::access::{peer, security_event, token, Caller, Limiter};
+use crate::access::{peer, secrets, security_event, token, Caller, Limiter};
 use crate::actors::{now, Services};
 use crate::error::{Error, Result};
-use crate::model::access::{Client, Permissions, Role, SYSTEM_ADMIN_ID};
+use crate::model::access::{Client, Permissions, Role, MAX_SECRETS_PER_CLIENT, SYSTEM_ADMIN_ID};
 use crate::model::{Event, Name};
 
 /// Largest body of these endpoints.
@@ -577,4 +577,134 @@ pub fn add_restricted_to(svc: &Services, agents: &mut [Value]) {
             }
         }
     });
+}
+
+/// The caller's client id if it may manage `client_id`'s secrets (upstream: only its
+/// own; 401 without a login, 403 for another client's), and the path if valid (422).
+fn secret_owner<'a>(caller: &'a Caller, client_id: &str, path: &str) -> Result<&'a str> {
+    let Some(me) = caller.client_id() else {
+        return Err(Error::Unauthorized(
+            "A login (known client_id) is required to securely store information.".into(),
+        ));
+    };
+    if me != client_id {
+        return Err(Error::Forbidden(format!(
+            "'{client_id}' doesn't match authenticated client id"
+        )));
+    }
+    if !secrets::valid_path(path) {
+        return Err(Error::validation(
+            "path",
+            format!(
+                "Invalid value '{path}', not a valid path. Paths must only contain alphanumeric characters, hyphens (-), underscores (_), and forward slashes (/), and must not start or end with a forward slash (/)."
+            ),
+        ));
+    }
+    Ok(me)
+}
+
+/// `PUT /v1/secrets/<client_id>/<path>` `{value, expire_after?, ephemeral?}`: store a
+/// secret, sealed; → `{"expires_at": ISO|null}`.
+pub async fn secrets_put(
+    State(svc): State<Services>,
+    Extension(caller): Extension<Caller>,
+    Path((client_id, path)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response> {
+    let Some(sealer) = &svc.access.secrets else {
+        return Err(Error::InvalidInput("No secrets store".into()));
+    };
+    let owner = secret_owner(&caller, &client_id, &path)?.to_owned();
+    let body = read_body(request, secrets::MAX_SECRET_BYTES + MAX_BODY).await?;
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
+        return Err(Error::validation("json", "Expected a JSON object"));
+    };
+    let value = match fields.get("value") {
+        Some(Value::String(v)) if !v.is_empty() && v.len() <= secrets::MAX_SECRET_BYTES => v,
+        Some(Value::String(_)) => {
+            return Err(Error::validation(
+                "value",
+                format!("Length must be 1 to {} bytes.", secrets::MAX_SECRET_BYTES),
+            ))
+        }
+        _ => {
+            return Err(Error::validation(
+                "value",
+                "Missing data for required field.",
+            ))
+        }
+    };
+    let ephemeral = match fields.get("ephemeral") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(Error::validation("ephemeral", "Not a valid boolean.")),
+    };
+    let expire_after = match fields.get("expire_after") {
+        None => Some(secrets::DEFAULT_EXPIRY_SECS),
+        Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().filter(|&n| n >= 1).ok_or_else(|| {
+            Error::validation("expire_after", "Must be greater than or equal to 1.")
+        })?),
+    };
+    if ephemeral && fields.get("expire_after").is_some_and(|v| !v.is_null()) {
+        return Err(Error::validation(
+            "_schema",
+            "Provide either 'ephemeral' or 'expire_after', not both.",
+        ));
+    }
+    let expires_at = if ephemeral {
+        None
+    } else {
+        expire_after.map(|secs| now().saturating_add(secs))
+    };
+    let sealed = sealer.seal(&owner, &path, value);
+    svc.access
+        .store
+        .record_durably(|access| {
+            let replacing = access
+                .secrets
+                .contains_key(&(Name::from(owner.as_str()), path.clone()));
+            if !replacing && access.secret_count(&owner) >= MAX_SECRETS_PER_CLIENT {
+                return Err(Error::InvalidInput(format!(
+                    "At most {MAX_SECRETS_PER_CLIENT} secrets per client"
+                )));
+            }
+            Ok(Some(Event::SecretStored {
+                client_id: Name::from(owner.as_str()),
+                path: path.as_str().into(),
+                sealed,
+                expires_at,
+                ephemeral,
+            }))
+        })
+        .await?;
+    Ok(json_value(
+        StatusCode::OK,
+        &json!({"expires_at": expires_at.map(crate::http::wire::iso_z)}),
+    ))
+}
+
+/// `DELETE /v1/secrets/<client_id>/<path>`: remove a secret.
+pub async fn secrets_delete(
+    State(svc): State<Services>,
+    Extension(caller): Extension<Caller>,
+    Path((client_id, path)): Path<(String, String)>,
+) -> Result<Response> {
+    if svc.access.secrets.is_none() {
+        return Err(Error::InvalidInput("No secrets store".into()));
+    }
+    let owner = secret_owner(&caller, &client_id, &path)?.to_owned();
+    svc.access
+        .store
+        .record_durably(|access| {
+            Ok(access
+                .secrets
+                .contains_key(&(Name::from(owner.as_str()), path.clone()))
+                .then(|| Event::SecretDeleted {
+                    client_id: Name::from(owner.as_str()),
+                    path: path.as_str().into(),
+                }))
+        })
+        .await?;
+    Ok(ok())
 }

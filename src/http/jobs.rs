@@ -130,10 +130,10 @@ async fn pop(
                 // The registry's index change removes the slot; nothing to release.
                 reserved.iter_mut().for_each(|r| r.armed = false);
                 svc.journal.durable(ticket).await?;
-                return Ok(Some(dispatched_body(&job)));
+                return Ok(Some(dispatched_body(svc, &job).await?));
             }
             // A retried pop: the reservation is released when `reserved` drops.
-            Claimed::Held(job) => return Ok(Some(dispatched_body(&job))),
+            Claimed::Held(job) => return Ok(Some(dispatched_body(svc, &job).await?)),
             Claimed::Gone => {}
         }
     }
@@ -152,23 +152,30 @@ async fn held_job(
         return Ok(None);
     };
     let held = ask(&svc.registry, |p| RegistryMsg::Held(agent, p)).await?;
-    Ok(held
-        .filter(|(_, job)| queues.contains(&job.queue) && job.client == client)
-        .map(|(_, job)| dispatched_body(&job)))
+    match held.filter(|(_, job)| queues.contains(&job.queue) && job.client == client) {
+        Some((_, job)) => Ok(Some(dispatched_body(svc, &job).await?)),
+        None => Ok(None),
+    }
 }
 
-/// The job document an agent receives: as submitted, plus `attachments_status` when the
-/// job has attachments (the agent downloads them only when it reads `complete`).
-fn dispatched_body(job: &JobView) -> bytes::Bytes {
+/// The job document an agent receives: as submitted, with its secrets resolved (access
+/// control on), plus `attachments_status` when the job has attachments (the agent
+/// downloads them only when it reads `complete`).
+async fn dispatched_body(svc: &Services, job: &JobView) -> Result<bytes::Bytes> {
+    let body = crate::access::resolve_secrets(svc, job.owner.as_deref(), job.body.clone()).await?;
+    Ok(with_attachments_status(job, body))
+}
+
+fn with_attachments_status(job: &JobView, body: bytes::Bytes) -> bytes::Bytes {
     if job.attachments != Attachments::Complete {
-        return job.body.clone();
+        return body;
     }
-    match serde_json::from_slice::<Value>(&job.body) {
+    match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(mut map)) => {
             map.insert("attachments_status".into(), Value::from("complete"));
             bytes::Bytes::from(serde_json::to_vec(&map).expect("maps serialise"))
         }
-        _ => job.body.clone(),
+        _ => body,
     }
 }
 

@@ -107,6 +107,10 @@ pub fn router(services: Services) -> Router {
                 .post(restricted_queue_post)
                 .delete(restricted_queue_delete),
         )
+        .route(
+            "/v1/secrets/{client_id}/{*path}",
+            axum::routing::put(secrets_put).delete(secrets_delete),
+        )
         // Access control as one layer over every route (see `access::table`).
         .route_layer(middleware::from_fn_with_state(
             services.clone(),
