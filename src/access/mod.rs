@@ -183,6 +183,10 @@ pub async fn authorize(
     next: Next,
 ) -> Response {
     let gate = &svc.access;
+    if gate.mode == AccessMode::Off {
+        request.extensions_mut().insert(Caller::Open);
+        return next.run(request).await;
+    }
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
     let from = peer(request.extensions());
@@ -193,20 +197,18 @@ pub async fn authorize(
             return e.into_response();
         }
     };
-    if gate.mode != AccessMode::Off {
-        let Some(pattern) = matched else {
-            return next.run(request).await;
+    let Some(pattern) = matched else {
+        return next.run(request).await;
+    };
+    let has_cookie = crate::http::wire::agent_cookie(request.headers()).is_some();
+    if let Err(e) = check(&svc, &caller, &method, pattern.as_str(), &path, has_cookie).await {
+        let kind = if e.status() == 401 {
+            "authn_fail"
+        } else {
+            "authz_fail"
         };
-        let has_cookie = crate::http::wire::agent_cookie(request.headers()).is_some();
-        if let Err(e) = check(&svc, &caller, &method, pattern.as_str(), &path, has_cookie).await {
-            let kind = if e.status() == 401 {
-                "authn_fail"
-            } else {
-                "authz_fail"
-            };
-            security_event(kind, caller.who(), &method, &path, from, e.message());
-            return e.into_response();
-        }
+        security_event(kind, caller.who(), &method, &path, from, e.message());
+        return e.into_response();
     }
     request.extensions_mut().insert(caller);
     next.run(request).await

@@ -95,6 +95,11 @@ struct Cli {
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
     server_args: Vec<String>,
 
+    /// Extra request header `NAME: VALUE` sent with every request (repeatable), e.g.
+    /// `--header "Authorization: Bearer TOKEN"` to measure access control's cost.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+
     /// Harness self-test: spawn a second baseline server as the target instead
     /// of flinger, so every code path (spawn, RSS, restart) runs without flinger.
     #[arg(long)]
@@ -226,6 +231,23 @@ impl Workload {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut extra = Vec::new();
+    for h in &cli.headers {
+        let parsed = h.split_once(':').and_then(|(n, v)| {
+            Some((
+                hyper::header::HeaderName::from_bytes(n.trim().as_bytes()).ok()?,
+                HeaderValue::from_str(v.trim()).ok()?,
+            ))
+        });
+        match parsed {
+            Some(pair) => extra.push(pair),
+            None => {
+                eprintln!("flinger-bench: --header expects `NAME: VALUE`, got {h:?}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    let _ = EXTRA_HEADERS.set(extra);
     if let Some(Cmd::BaselineServer { bind, .. }) = cli.cmd {
         return baseline_server(bind);
     }
@@ -400,6 +422,10 @@ async fn resolve_url(url: &str) -> Result<Target, String> {
     })
 }
 
+/// Headers from `--header`, added to every request.
+static EXTRA_HEADERS: std::sync::OnceLock<Vec<(hyper::header::HeaderName, HeaderValue)>> =
+    std::sync::OnceLock::new();
+
 /// One worker's keep-alive HTTP/1 connection, re-made after any error (the
 /// server may have closed it, or it may be stuck behind a timed-out request).
 struct Conn {
@@ -479,6 +505,9 @@ impl Conn {
             .header(HOST, self.host.clone());
         if let Some(c) = cookie {
             b = b.header(COOKIE, c.clone());
+        }
+        for (name, value) in EXTRA_HEADERS.get().into_iter().flatten() {
+            b = b.header(name, value.clone());
         }
         let req = match body {
             Some((ct, bytes)) => b.header(CONTENT_TYPE, ct).body(Full::new(bytes)),
