@@ -1481,3 +1481,23 @@ async fn secrets_endpoints_say_no_store_when_no_master_key_is_set() {
     let r = call(&lab.srv, "POST", "/v1/job", Some(&alice), None, Some(&job)).await;
     assert_eq!(r.expect_error(422), "No secrets store");
 }
+
+#[tokio::test]
+async fn client_command_refuses_to_touch_the_data_dir_of_a_running_server() {
+    let srv = TestServer::start_with(&["--access-control", "on"]);
+    let data = srv.data_dir().display().to_string();
+    let out = run_to_exit(
+        srv.dir(),
+        &["--data-dir", &data, "client", "add", "x"],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stop the server"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing (no secret) may be printed: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
