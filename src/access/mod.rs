@@ -120,7 +120,15 @@ pub struct Gate {
     pub limiter: Limiter,
     /// The job secrets store's cipher (`None`: no master key, no secrets store).
     pub secrets: Option<secrets::Sealer>,
+    /// Tokens already verified → their permissions and `exp`: a client's repeated
+    /// requests skip the signature check and claim parsing. Bounded (cleared when full);
+    /// an entry is used only while its token is unexpired, and the signing key never
+    /// changes while the server runs, so a hit is exactly what verifying would give.
+    verified: Mutex<crate::model::FastMap<Box<str>, (Arc<Permissions>, u64)>>,
 }
+
+/// Most verified tokens remembered.
+const VERIFIED_CACHE: usize = 10_000;
 
 impl Gate {
     /// The gate for `config` over the recovered partition.
@@ -134,6 +142,7 @@ impl Gate {
             refresh_ttl: config.refresh_token_ttl.as_secs(),
             limiter: Limiter::new(config.token_failures_per_minute),
             secrets: secrets::Sealer::from_env()?,
+            verified: Mutex::new(Default::default()),
         })
     }
 
@@ -148,8 +157,21 @@ impl Gate {
         let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
             return Ok(Caller::Unidentified);
         };
-        let permissions = self.signer.verify(token.trim(), crate::actors::now())?;
-        Ok(Caller::Client(Arc::new(permissions)))
+        let token = token.trim();
+        let now = crate::actors::now();
+        if let Some((permissions, exp)) = self.verified.lock().get(token) {
+            if now <= exp.saturating_add(self.signer.leeway()) {
+                return Ok(Caller::Client(permissions.clone()));
+            }
+        }
+        let (permissions, exp) = self.signer.verify_timed(token, now)?;
+        let permissions = Arc::new(permissions);
+        let mut verified = self.verified.lock();
+        if verified.len() >= VERIFIED_CACHE {
+            verified.clear();
+        }
+        verified.insert(token.into(), (permissions.clone(), exp));
+        Ok(Caller::Client(permissions))
     }
 }
 

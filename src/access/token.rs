@@ -51,6 +51,11 @@ pub struct Signer {
 }
 
 impl Signer {
+    /// The clock skew tolerated, seconds.
+    pub fn leeway(&self) -> u64 {
+        self.leeway
+    }
+
     /// A signer over `key` (HS256) tolerating `leeway` seconds of clock skew.
     pub fn new(key: &[u8], leeway: u64) -> Signer {
         let mut validation = Validation::new(Algorithm::HS256);
@@ -78,6 +83,11 @@ impl Signer {
 
     /// Verifies a bearer token; its permissions, or upstream's error.
     pub fn verify(&self, token: &str, now: u64) -> Result<Permissions> {
+        self.verify_timed(token, now).map(|(p, _)| p)
+    }
+
+    /// [`Signer::verify`], also returning the token's `exp`.
+    pub fn verify_timed(&self, token: &str, now: u64) -> Result<(Permissions, u64)> {
         if token.is_empty() {
             return Err(Error::Unauthorized("Unauthorized".into()));
         }
@@ -111,8 +121,9 @@ impl Signer {
         if claims.iat.unwrap_or(0) > now + self.leeway {
             return Err(Error::Unauthorized("Token not yet valid".into()));
         }
+        let exp = claims.exp.unwrap_or(0);
         match claims.permissions {
-            Some(p) if !p.client_id.is_empty() && p.role().is_some() => Ok(p),
+            Some(p) if !p.client_id.is_empty() && p.role().is_some() => Ok((p, exp)),
             _ => Err(Error::Forbidden("Invalid Token".into())),
         }
     }
