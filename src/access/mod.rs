@@ -124,8 +124,11 @@ pub struct Gate {
     /// requests skip the signature check and claim parsing. Bounded (cleared when full);
     /// an entry is used only while its token is unexpired, and the signing key never
     /// changes while the server runs, so a hit is exactly what verifying would give.
-    verified: Mutex<crate::model::FastMap<Box<str>, (Arc<Permissions>, u64)>>,
+    verified: Mutex<crate::model::FastMap<Box<str>, Verified>>,
 }
+
+/// A verified token's permissions and `exp` (unix seconds).
+type Verified = (Arc<Permissions>, u64);
 
 /// Most verified tokens remembered.
 const VERIFIED_CACHE: usize = 10_000;
