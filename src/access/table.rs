@@ -130,7 +130,8 @@ pub const TABLE: &[Rule] = &[
     ),
 ];
 
-/// The rule for `method` on route `path`, if listed. `HEAD` is checked as `GET` (axum answers it with the GET handler).
+/// The rule for `method` on route `path`, if listed. `HEAD` is checked as `GET` (axum
+/// answers it with the GET handler).
 pub fn lookup(method: &str, path: &str) -> Option<&'static Rule> {
     let method = if method == "HEAD" { "GET" } else { method };
     TABLE.iter().find(|r| r.path == path && r.method == method)
