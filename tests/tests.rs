@@ -47,3 +47,5 @@ mod isolation;
 // Everything kept has a bound or an expiry: orphan data quota and expiry, deleting a job,
 // idle queue actors.
 mod expiry;
+// Access control: roles per endpoint, submission checks, ownership, tokens, real clients.
+mod auth;

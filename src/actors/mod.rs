@@ -376,4 +376,6 @@ pub struct Handles {
     /// The filesystem every file of the data dir is written through (the log's seam), so
     /// tests can run the server on a simulated disk.
     pub fs: Arc<dyn wal::Fs>,
+    /// Access control: mode, token signer, the access partition.
+    pub access: Arc<crate::access::Gate>,
 }

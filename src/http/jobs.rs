@@ -4,11 +4,13 @@
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use axum::Extension;
 use ractor::ActorRef;
 use serde_json::{json, Value};
 
 use super::respond::{json_bytes, json_value, no_content, ok, read_body, text};
 use super::wire::{self, path_id};
+use crate::access::Caller;
 use crate::actors::files::FileMsg;
 use crate::actors::queue::QueueMsg;
 use crate::actors::registry::{Claimed, JobView, RegistryMsg};
@@ -26,12 +28,17 @@ const MAX_POP_ATTEMPTS: usize = 16;
 const MAX_POP_QUEUES: usize = 256;
 
 /// `POST /v1/job`: submit (or resubmit) a job.
-pub async fn job_post(State(svc): State<Services>, request: Request) -> Result<Response> {
+pub async fn job_post(
+    State(svc): State<Services>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+) -> Result<Response> {
     let body = read_body(request, svc.config.max_job_bytes).await?;
     let submission = wire::parse_job(&body)?;
     check_some_agent_may_run(&svc, &submission.queue, &submission.exclude).await?;
     let id = submission.id;
-    let lsn = ask(&svc.registry, |p| RegistryMsg::Submit(submission, p)).await??;
+    let by = crate::access::check_submission(&svc, &caller, &submission)?;
+    let lsn = ask(&svc.registry, |p| RegistryMsg::SubmitBy(submission, by, p)).await??;
     svc.journal.durable(lsn).await?;
     Ok(json_value(
         StatusCode::OK,
@@ -87,7 +94,11 @@ impl Drop for Reserved {
 }
 
 /// `GET /v1/job?queue=a&queue=b`: hand the agent the best waiting job of those queues.
-pub async fn job_get(State(svc): State<Services>, request: Request) -> Result<Response> {
+pub async fn job_get(
+    State(svc): State<Services>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+) -> Result<Response> {
     let mut queues: Vec<Name> = Vec::new();
     // De-duplicated through a set, and the cap checked as names arrive, so a URL of
     // thousands of `queue=` parameters costs linear time.
@@ -111,13 +122,19 @@ pub async fn job_get(State(svc): State<Services>, request: Request) -> Result<Re
         ));
     }
     let agent = wire::agent_cookie(request.headers());
-    match pop(&svc, &queues, agent).await? {
+    let client = caller.client_id().map(Name::from);
+    match pop(&svc, &queues, agent, client).await? {
         Some(body) => Ok(json_bytes(StatusCode::OK, body)),
         None => Ok(no_content()),
     }
 }
 
-async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Option<bytes::Bytes>> {
+async fn pop(
+    svc: &Services,
+    queues: &[Name],
+    agent: Option<Name>,
+    client: Option<Name>,
+) -> Result<Option<bytes::Bytes>> {
     let actors: Vec<ActorRef<QueueMsg>> = queues.iter().filter_map(|q| svc.queues.get(q)).collect();
     for _ in 0..MAX_POP_ATTEMPTS {
         let takes = actors.iter().map(|actor| {
@@ -141,12 +158,12 @@ async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Opt
             .collect();
         let candidates: Vec<Candidate> = reserved.iter().map(|r| r.candidate.clone()).collect();
         let Some(chosen) = best(&candidates).map(|c| c.id) else {
-            return held_job(svc, queues, agent).await;
+            return held_job(svc, queues, agent, client).await;
         };
         // Release the losers now, not after the claim: other pops may want them.
         reserved.retain(|r| r.candidate.id == chosen);
         match ask(&svc.registry, |p| {
-            RegistryMsg::Claim(chosen, agent.clone(), queues.to_vec(), p)
+            RegistryMsg::Claim(chosen, agent.clone(), queues.to_vec(), p, client.clone())
         })
         .await??
         {
@@ -154,13 +171,13 @@ async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Opt
                 // The registry's index change removes the slot; nothing to release.
                 reserved.iter_mut().for_each(|r| r.armed = false);
                 svc.journal.durable(ticket).await?;
-                return Ok(Some(dispatched_body(&job)));
+                return Ok(Some(dispatched_body(svc, &job).await?));
             }
             // A retried pop: the reservation is released when `reserved` drops. The
             // first pop's dispatch may not be durable yet: answer once it is.
             Claimed::Held(job) => {
                 svc.journal.durable(svc.journal.settled()).await?;
-                return Ok(Some(dispatched_body(&job)));
+                return Ok(Some(dispatched_body(svc, &job).await?));
             }
             Claimed::Gone => {}
         }
@@ -174,31 +191,41 @@ async fn held_job(
     svc: &Services,
     queues: &[Name],
     agent: Option<Name>,
+    client: Option<Name>,
 ) -> Result<Option<bytes::Bytes>> {
     let Some(agent) = agent else {
         return Ok(None);
     };
     let held = svc.jobs.held_by(&agent);
-    let held = held.filter(|(_, job)| queues.contains(&job.queue));
-    if held.is_some() {
-        // As for a retried claim: the dispatch it repeats may not be durable yet.
-        svc.journal.durable(svc.journal.settled()).await?;
+    let held = held.filter(|(_, job)| queues.contains(&job.queue) && job.client == client);
+    match held {
+        Some((_, job)) => {
+            // As for a retried claim: the dispatch it repeats may not be durable yet.
+            svc.journal.durable(svc.journal.settled()).await?;
+            Ok(Some(dispatched_body(svc, &job).await?))
+        }
+        None => Ok(None),
     }
-    Ok(held.map(|(_, job)| dispatched_body(&job)))
 }
 
-/// The job document an agent receives: as submitted, plus `attachments_status` when the
-/// job has attachments (the agent downloads them only when it reads `complete`).
-fn dispatched_body(job: &JobView) -> bytes::Bytes {
+/// The job document an agent receives: as submitted, with its secrets resolved (access
+/// control on), plus `attachments_status` when the job has attachments (the agent
+/// downloads them only when it reads `complete`).
+async fn dispatched_body(svc: &Services, job: &JobView) -> Result<bytes::Bytes> {
+    let body = crate::access::resolve_secrets(svc, job.owner.as_deref(), job.body.clone()).await?;
+    Ok(with_attachments_status(job, body))
+}
+
+fn with_attachments_status(job: &JobView, body: bytes::Bytes) -> bytes::Bytes {
     if job.attachments != Attachments::Complete {
-        return job.body.clone();
+        return body;
     }
-    match serde_json::from_slice::<Value>(&job.body) {
+    match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(mut map)) => {
             map.insert("attachments_status".into(), Value::from("complete"));
             bytes::Bytes::from(serde_json::to_vec(&map).expect("maps serialise"))
         }
-        _ => job.body.clone(),
+        _ => body,
     }
 }
 
@@ -213,10 +240,12 @@ pub async fn job_get_id(State(svc): State<Services>, Path(id): Path<String>) -> 
 
 /// `DELETE /v1/job/<id>`: an operator removes a job and everything it owns (results,
 /// logs, artifact, attachments), whatever its state; also the data of an id no job has.
-/// Durable (logged) like any change. Operator-only: answered only to loopback clients
-/// until access control exists. 404 when nothing is known by that id.
+/// Durable (logged) like any change. Operator-only: with access control on, the admin
+/// role (the access table's row); with it off, only loopback clients. 404 when nothing is
+/// known by that id.
 pub async fn job_delete(
     State(svc): State<Services>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response> {
@@ -224,7 +253,7 @@ pub async fn job_delete(
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .is_some_and(|peer| peer.0.ip().is_loopback());
-    if !local {
+    if matches!(caller, Caller::Open) && !local {
         return Err(Error::Forbidden(
             "Deleting a job is for the operator: only allowed from the server's own host".into(),
         ));

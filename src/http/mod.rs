@@ -6,6 +6,7 @@
 //! - `jobs`, `results`, `agents`: handlers, named after Testflinger's `api/v1.py`.
 
 pub mod agents;
+pub mod auth;
 pub mod jobs;
 pub mod queues;
 pub mod respond;
@@ -71,6 +72,7 @@ pub fn router(services: Services) -> Router {
         window: services.config.transfer_window,
     };
     use self::agents::*;
+    use self::auth::*;
     use self::jobs::*;
     use self::queues::*;
     use self::results::*;
@@ -108,6 +110,30 @@ pub fn router(services: Services) -> Router {
         .route("/v1/queues/wait_times", get(queue_wait_times_get))
         .route("/v1/queues/{queue}/agents", get(queues_agents_get))
         .route("/v1/queues/{queue}/jobs", get(queue_jobs_get))
+        .route("/v1/oauth2/token", post(token_post))
+        .route("/v1/oauth2/refresh", post(refresh_post))
+        .route("/v1/oauth2/revoke", post(revoke_post))
+        .route("/v1/client-permissions", get(clients_get))
+        .route(
+            "/v1/client-permissions/{client_id}",
+            get(client_get).put(client_put).delete(client_delete),
+        )
+        .route("/v1/restricted-queues", get(restricted_queues_get))
+        .route(
+            "/v1/restricted-queues/{queue}",
+            get(restricted_queue_get)
+                .post(restricted_queue_post)
+                .delete(restricted_queue_delete),
+        )
+        .route(
+            "/v1/secrets/{client_id}/{*path}",
+            axum::routing::put(secrets_put).delete(secrets_delete),
+        )
+        // Access control as one layer over every route (see `access::table`).
+        .route_layer(middleware::from_fn_with_state(
+            services.clone(),
+            crate::access::authorize,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             (
