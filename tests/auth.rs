@@ -1486,6 +1486,28 @@ async fn secrets_endpoints_say_no_store_when_no_master_key_is_set() {
 }
 
 #[tokio::test]
+async fn a_job_naming_secrets_is_refused_as_unauthenticated_when_access_control_is_off_with_a_store(
+) {
+    let srv = TestServer::start_opts(Opts {
+        envs: vec![(
+            "FLINGER_SECRETS_KEY".into(),
+            "master-key-for-tests-0123456789abcdef".into(),
+        )],
+        ..Opts::default()
+    });
+    let job = json!({"job_queue": "q", "test_data": {"secrets": {"X": "x"}}});
+    let r = call(&srv, "POST", "/v1/job", None, None, Some(&job)).await;
+    assert_eq!(
+        r.expect_error(422),
+        "Missing client ID (user not authenticated)"
+    );
+    let plain = json!({"job_queue": "q"});
+    call(&srv, "POST", "/v1/job", None, None, Some(&plain))
+        .await
+        .expect_status(200);
+}
+
+#[tokio::test]
 async fn client_command_refuses_to_touch_the_data_dir_of_a_running_server() {
     let srv = TestServer::start_with(&["--access-control", "on"]);
     let data = srv.data_dir().display().to_string();
