@@ -38,6 +38,34 @@ impl std::str::FromStr for FsyncPolicy {
     }
 }
 
+/// Who may do what (see README "Access control").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccessMode {
+    /// No checks: every caller has every right (the seed's behaviour). Only allowed on a
+    /// loopback address unless `--allow-open-access` says otherwise.
+    #[default]
+    Off,
+    /// Upstream Testflinger without OIDC: callers without a token are contributors
+    /// (submit, read, cancel their anonymous jobs); agents, managers and admins need
+    /// tokens; roles, ownership, restricted queues and submission limits are enforced.
+    On,
+    /// Like `on`, but a caller without a token gets 401 on every endpoint that is not
+    /// public (upstream with OIDC enabled).
+    Strict,
+}
+
+impl std::str::FromStr for AccessMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(AccessMode::Off),
+            "on" => Ok(AccessMode::On),
+            "strict" => Ok(AccessMode::Strict),
+            _ => Err(format!("expected `off`, `on` or `strict`, got {s:?}")),
+        }
+    }
+}
+
 /// The server's settings, resolved.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -116,6 +144,18 @@ pub struct Config {
     /// Queues that get their own `queue` label in `/metrics`; the rest are summed under
     /// `other`, so a client inventing queue names cannot grow the scrape without bound.
     pub metrics_queues: usize,
+    /// Access control mode.
+    pub access: AccessMode,
+    /// Serve with access control off on a non-loopback address anyway.
+    pub allow_open_access: bool,
+    /// Lifetime of access tokens (JWT `exp - iat`; upstream: 600 s).
+    pub access_token_ttl: Duration,
+    /// Lifetime of refresh tokens issued by `/v1/oauth2/token` (upstream: 6 days).
+    pub refresh_token_ttl: Duration,
+    /// Clock skew tolerated when checking a token's `exp` and `iat` (upstream `JWT_LEEWAY`).
+    pub jwt_leeway: Duration,
+    /// Failed `/v1/oauth2/token` attempts allowed per client id and per address per minute.
+    pub token_failures_per_minute: u32,
     /// Where the settings came from, for the start-up log line.
     pub source: String,
 }
@@ -153,6 +193,12 @@ impl Default for Config {
             lost_agent_grace: Duration::from_secs(300),
             lost_agent_requeue: true,
             max_waiters: 10_000,
+            access: AccessMode::Off,
+            allow_open_access: false,
+            access_token_ttl: Duration::from_secs(600),
+            refresh_token_ttl: Duration::from_secs(6 * 24 * 3600),
+            jwt_leeway: Duration::from_secs(5),
+            token_failures_per_minute: 10,
             source: "defaults".into(),
         }
     }
@@ -181,6 +227,57 @@ pub enum Command {
         /// What to do with it.
         #[command(subcommand)]
         action: WalAction,
+    },
+    /// Manage access-control clients in the data directory (the server must be stopped:
+    /// the data directory's lock is taken). Use `--data-dir` (or the config file) as for
+    /// serving.
+    Client {
+        /// What to do.
+        #[command(subcommand)]
+        action: ClientAction,
+    },
+}
+
+/// Client management (`flinger client ...`).
+#[derive(Subcommand, Debug)]
+pub enum ClientAction {
+    /// Create a client (or replace its secret and permissions), print its generated
+    /// secret once on stdout.
+    Add {
+        /// The client id (`testflinger-cli --client_id`).
+        client_id: String,
+        /// Its role: admin, manager, contributor or agent.
+        #[arg(long, default_value = "contributor")]
+        role: String,
+        /// Highest job_priority on a queue, `QUEUE=N` (`*=N` for every queue); repeatable.
+        #[arg(long = "max-priority", value_name = "QUEUE=N")]
+        max_priority: Vec<String>,
+        /// Longest reservation in seconds on a queue, `QUEUE=SECS` (`*` for every queue);
+        /// repeatable.
+        #[arg(long = "max-reservation", value_name = "QUEUE=SECS")]
+        max_reservation: Vec<String>,
+        /// Contact address.
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Issue a refresh token for an existing client and write it to FILE in the format
+    /// `testflinger-agent --token-file` reads (mode 0600). The token is never printed.
+    TokenFile {
+        /// The client id (normally one with role agent).
+        client_id: String,
+        /// Where to write the token file.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// How long the refresh token stays valid, in days.
+        #[arg(long, default_value_t = 90)]
+        valid_days: u64,
+    },
+    /// List clients and their permissions (never secrets).
+    List,
+    /// Delete a client with its refresh tokens and secrets.
+    Delete {
+        /// The client id.
+        client_id: String,
     },
 }
 
@@ -310,6 +407,28 @@ pub struct ServeOpts {
     /// `queue="other"` (bounds the scrape's size) [default: 100].
     #[arg(long, env = "FLINGER_METRICS_QUEUES", value_name = "N")]
     pub metrics_queues: Option<usize>,
+    /// Access control: `off` (everyone may do everything; loopback only), `on`
+    /// (upstream-compatible: anonymous callers are contributors, agents and admins need
+    /// tokens) or `strict` (every non-public endpoint needs a token) [default: off].
+    #[arg(long, env = "FLINGER_ACCESS_CONTROL", value_name = "MODE")]
+    pub access_control: Option<AccessMode>,
+    /// Serve with access control off on a non-loopback address anyway (anyone who can
+    /// reach the port can run jobs on your devices).
+    #[arg(long, env = "FLINGER_ALLOW_OPEN_ACCESS")]
+    pub allow_open_access: bool,
+    /// Lifetime of access tokens in seconds [default: 600].
+    #[arg(long, env = "FLINGER_ACCESS_TOKEN_SECS", value_name = "SECS")]
+    pub access_token_secs: Option<u64>,
+    /// Lifetime of refresh tokens from /v1/oauth2/token in seconds [default: 518400, 6 days].
+    #[arg(long, env = "FLINGER_REFRESH_TOKEN_SECS", value_name = "SECS")]
+    pub refresh_token_secs: Option<u64>,
+    /// Clock skew tolerated on token times in seconds [default: 5; env JWT_LEEWAY too].
+    #[arg(long, env = "FLINGER_JWT_LEEWAY_SECS", value_name = "SECS")]
+    pub jwt_leeway_secs: Option<u64>,
+    /// Failed /v1/oauth2/token attempts allowed per client id and per address per minute
+    /// before 429 [default: 10].
+    #[arg(long, env = "FLINGER_TOKEN_FAILURES_PER_MINUTE", value_name = "N")]
+    pub token_failures_per_minute: Option<u32>,
 }
 
 /// A problem with the config file.
@@ -363,6 +482,10 @@ const KNOWN_KEYS: &[&str] = &[
     "LOST_AGENT_REQUEUE",
     "MAX_WAITERS",
     "METRICS_QUEUES",
+    "ACCESS_CONTROL",
+    "ACCESS_TOKEN_SECS",
+    "REFRESH_TOKEN_SECS",
+    "TOKEN_FAILURES_PER_MINUTE",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 const IGNORED_KEYS: &[&str] = &[
@@ -519,6 +642,18 @@ impl Config {
                     }
                     "MAX_WAITERS" => config.max_waiters = num("a count")? as usize,
                     "QUEUE_IDLE_SECS" => config.queue_idle = Duration::from_secs(num("seconds")?),
+                    "ACCESS_CONTROL" => {
+                        config.access = value.parse().map_err(|_| bad("off, on or strict"))?
+                    }
+                    "ACCESS_TOKEN_SECS" => {
+                        config.access_token_ttl = Duration::from_secs(num("seconds")?)
+                    }
+                    "REFRESH_TOKEN_SECS" => {
+                        config.refresh_token_ttl = Duration::from_secs(num("seconds")?)
+                    }
+                    "TOKEN_FAILURES_PER_MINUTE" => {
+                        config.token_failures_per_minute = num("a count")? as u32
+                    }
                     k if IGNORED_KEYS.contains(&k) => warnings.push(format!(
                         "config key {k} is not used by flinger (no external store needed)"
                     )),
@@ -586,6 +721,27 @@ impl Config {
             config.retention = Duration::from_secs(secs);
         }
         config.wal_truncate_corruption |= opts.wal_truncate_corruption;
+        if let Some(v) = opts.access_control {
+            config.access = v;
+        }
+        config.allow_open_access |= opts.allow_open_access;
+        if let Some(secs) = opts.access_token_secs {
+            config.access_token_ttl = Duration::from_secs(secs);
+        }
+        if let Some(secs) = opts.refresh_token_secs {
+            config.refresh_token_ttl = Duration::from_secs(secs);
+        }
+        let leeway = opts.jwt_leeway_secs.or_else(|| {
+            std::env::var("JWT_LEEWAY")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+        });
+        if let Some(secs) = leeway {
+            config.jwt_leeway = Duration::from_secs(secs);
+        }
+        if let Some(n) = opts.token_failures_per_minute {
+            config.token_failures_per_minute = n;
+        }
         config.validate()?;
         Ok((config, warnings))
     }
@@ -631,6 +787,36 @@ impl Config {
         }
         if self.max_waiters == 0 {
             return err("max waiters must be at least 1".into());
+        }
+        if !(1..=86_400).contains(&self.access_token_ttl.as_secs()) {
+            return err("access token lifetime must be 1..=86400 seconds".into());
+        }
+        if !(1..=366 * 86_400).contains(&self.refresh_token_ttl.as_secs()) {
+            return err("refresh token lifetime must be 1 second to 366 days".into());
+        }
+        if self.jwt_leeway.as_secs() > 300 {
+            return err("JWT leeway must be at most 300 seconds".into());
+        }
+        Ok(())
+    }
+
+    /// Safe default, like Redis's protected mode: access control off is only for
+    /// loopback addresses unless the operator opted out explicitly.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.access == AccessMode::Off
+            && !self.bind.ip().is_loopback()
+            && !self.allow_open_access
+        {
+            return Err(ConfigError {
+                line: 0,
+                reason: format!(
+                    "refusing to serve on {} with access control off: anyone who can reach it could run jobs on your devices. \
+                     Turn access control on (--access-control on, FLINGER_ACCESS_CONTROL=on or ACCESS_CONTROL = 'on'; \
+                     create the first admin with `flinger client add NAME --role admin`), \
+                     bind a loopback address, or opt out explicitly with --allow-open-access",
+                    self.bind
+                ),
+            });
         }
         Ok(())
     }
@@ -726,5 +912,22 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::resolve(&small, None).is_err());
+    }
+
+    #[test]
+    fn open_access_is_refused_off_loopback_unless_opted_out_or_on() {
+        let mut config = Config::default();
+        assert!(config.check_exposure().is_ok());
+        config.bind = "[::1]:8000".parse().unwrap();
+        assert!(config.check_exposure().is_ok());
+        config.bind = "0.0.0.0:8000".parse().unwrap();
+        let refused = config.check_exposure().unwrap_err();
+        assert!(refused.reason.contains("--access-control on"), "{refused}");
+        assert!(refused.reason.contains("--allow-open-access"), "{refused}");
+        config.allow_open_access = true;
+        assert!(config.check_exposure().is_ok());
+        config.allow_open_access = false;
+        config.access = AccessMode::On;
+        assert!(config.check_exposure().is_ok());
     }
 }

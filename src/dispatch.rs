@@ -47,8 +47,15 @@ const MAX_POP_ATTEMPTS: usize = 16;
 /// The longest `wait` a pop may ask for, in seconds (a longer one is refused with 400).
 pub const MAX_WAIT_SECS: u64 = 60;
 
-/// Hands the agent the best waiting job of `queues` now, if any.
-pub async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Option<Bytes>> {
+/// Hands the agent the best waiting job of `queues` now, if any. `client` is the agent's
+/// credential (access control on): the job records it, and only that agent may then post
+/// about the job.
+pub async fn pop(
+    svc: &Services,
+    queues: &[Name],
+    agent: Option<Name>,
+    client: Option<Name>,
+) -> Result<Option<Bytes>> {
     let actors: Vec<(Name, ActorRef<QueueMsg>)> = queues
         .iter()
         .filter_map(|q| svc.queues.get(q).map(|a| (q.clone(), a)))
@@ -77,12 +84,12 @@ pub async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result
             .collect();
         let candidates: Vec<Candidate> = reserved.iter().map(|r| r.candidate.clone()).collect();
         let Some(chosen) = best(&candidates).map(|c| c.id) else {
-            return held_job(svc, queues, agent).await;
+            return held_job(svc, queues, agent, client).await;
         };
         // Release the losers now, not after the claim: other pops may want them.
         reserved.retain(|r| r.candidate.id == chosen);
         match ask(&svc.registry, |p| {
-            RegistryMsg::Claim(chosen, agent.clone(), queues.to_vec(), p)
+            RegistryMsg::Claim(chosen, agent.clone(), queues.to_vec(), p, client.clone())
         })
         .await??
         {
@@ -94,13 +101,13 @@ pub async fn pop(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result
                     &job.queue,
                     crate::actors::now().saturating_sub(job.created_at),
                 );
-                return Ok(Some(dispatched_body(&job)));
+                return Ok(Some(dispatched_body(svc, &job).await?));
             }
             // A retried pop: the reservation is released when `reserved` drops. The
             // first pop's dispatch may not be durable yet: answer once it is.
             Claimed::Held(job) => {
                 svc.journal.durable(svc.journal.settled()).await?;
-                return Ok(Some(dispatched_body(&job)));
+                return Ok(Some(dispatched_body(svc, &job).await?));
             }
             Claimed::Gone => {}
         }
@@ -114,13 +121,14 @@ pub async fn pop_waiting(
     svc: &Services,
     queues: &[Name],
     agent: Option<Name>,
+    client: Option<Name>,
     wait: Duration,
 ) -> Result<Option<Bytes>> {
     let deadline = tokio::time::Instant::now() + wait;
     let waiter = svc.dispatch.enter(queues)?;
     loop {
         let was_woken = waiter.me.woken.swap(false, Ordering::AcqRel);
-        if let Some(job) = pop(svc, queues, agent.clone()).await? {
+        if let Some(job) = pop(svc, queues, agent.clone(), client.clone()).await? {
             return Ok(Some(job));
         }
         if was_woken {
@@ -161,31 +169,43 @@ impl Drop for Reserved {
 /// With nothing to take: the job `agent` still holds in these queues, if its pop is a
 /// retry (the agent retries every method on 5xx, so a lost answer must not orphan a job).
 /// A retried pop counts as hearing from the agent about that job.
-async fn held_job(svc: &Services, queues: &[Name], agent: Option<Name>) -> Result<Option<Bytes>> {
+async fn held_job(
+    svc: &Services,
+    queues: &[Name],
+    agent: Option<Name>,
+    client: Option<Name>,
+) -> Result<Option<Bytes>> {
     let Some((id, job)) = agent.and_then(|agent| svc.jobs.held_by(&agent)) else {
         return Ok(None);
     };
-    if !queues.contains(&job.queue) {
+    // Only the same agent credential's retry gets the job back (access control on).
+    if !queues.contains(&job.queue) || job.client != client {
         return Ok(None);
     }
     svc.watch.heard(id, crate::actors::now());
     // As for a retried claim: the dispatch it repeats may not be durable yet.
     svc.journal.durable(svc.journal.settled()).await?;
-    Ok(Some(dispatched_body(&job)))
+    Ok(Some(dispatched_body(svc, &job).await?))
 }
 
-/// The job document an agent receives: as submitted, plus `attachments_status` when the
-/// job has attachments (the agent downloads them only when it reads `complete`).
-fn dispatched_body(job: &JobView) -> Bytes {
+/// The job document an agent receives: as submitted, with its secrets resolved (access
+/// control on), plus `attachments_status` when the job has attachments (the agent
+/// downloads them only when it reads `complete`).
+async fn dispatched_body(svc: &Services, job: &JobView) -> Result<Bytes> {
+    let body = crate::access::resolve_secrets(svc, job.owner.as_deref(), job.body.clone()).await?;
+    Ok(with_attachments_status(job, body))
+}
+
+fn with_attachments_status(job: &JobView, body: Bytes) -> Bytes {
     if job.attachments != Attachments::Complete {
-        return job.body.clone();
+        return body;
     }
-    match serde_json::from_slice::<Value>(&job.body) {
+    match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(mut map)) => {
             map.insert("attachments_status".into(), Value::from("complete"));
             Bytes::from(serde_json::to_vec(&map).expect("maps serialise"))
         }
-        _ => job.body.clone(),
+        _ => body,
     }
 }
 

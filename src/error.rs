@@ -20,10 +20,17 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The request needs credentials it does not carry (or they expired): 401.
+    Unauthorized(String),
+    /// The caller may not do this (its credentials do not allow it, or an operator-only
+    /// request from elsewhere): 403.
+    Forbidden(String),
+    /// Too many failed attempts from this client or address: 429.
+    TooManyRequests(String),
+    /// The route exists but not with this method: 405.
+    MethodNotAllowed(String),
     /// The addressed thing does not exist: 404.
     NotFound(String),
-    /// The caller may not do this (an operator-only request from elsewhere): 403.
-    Forbidden(String),
     /// The request conflicts with the thing's state (cancel of a finished job): 400,
     /// because that is what Testflinger clients expect.
     Conflict(String),
@@ -49,8 +56,11 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::InvalidInput(_) | Error::Conflict(_) => 400,
+            Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
+            Error::TooManyRequests(_) => 429,
             Error::NotFound(_) => 404,
+            Error::MethodNotAllowed(_) => 405,
             Error::Gone(_) => 410,
             Error::Timeout(_) => 408,
             Error::TooLarge(_) => 413,
@@ -66,7 +76,10 @@ impl Error {
         match self {
             Error::InvalidInput(m)
             | Error::NotFound(m)
+            | Error::MethodNotAllowed(m)
+            | Error::Unauthorized(m)
             | Error::Forbidden(m)
+            | Error::TooManyRequests(m)
             | Error::Conflict(m)
             | Error::Gone(m)
             | Error::TooLarge(m)

@@ -153,6 +153,9 @@ pub struct SnapshotDoc {
     pub files: PartSnapshot,
     /// Agents partition.
     pub agents: PartSnapshot,
+    /// Access partition (absent in snapshots written before access control existed).
+    #[serde(default)]
+    pub access: Option<PartSnapshot>,
 }
 
 /// What recovery found, for the start-up log line.
@@ -182,6 +185,8 @@ struct Applied {
     pub files: u64,
     /// Agents.
     pub agents: u64,
+    /// Access.
+    pub access: u64,
 }
 
 impl Applied {
@@ -191,6 +196,7 @@ impl Applied {
             Partition::Results => self.results,
             Partition::Artifacts => self.files,
             Partition::Agents => self.agents,
+            Partition::Access => self.access,
         }
     }
 
@@ -200,6 +206,7 @@ impl Applied {
             Partition::Results => self.results = lsn,
             Partition::Artifacts => self.files = lsn,
             Partition::Agents => self.agents = lsn,
+            Partition::Access => self.access = lsn,
         }
     }
 }
@@ -301,11 +308,15 @@ pub fn open_with(
         state.results = rmp_serde::from_slice(&doc.results.state).map_err(|e| bad("results", e))?;
         state.files = rmp_serde::from_slice(&doc.files.state).map_err(|e| bad("files", e))?;
         state.agents = rmp_serde::from_slice(&doc.agents.state).map_err(|e| bad("agents", e))?;
+        if let Some(access) = &doc.access {
+            state.access = rmp_serde::from_slice(&access.state).map_err(|e| bad("access", e))?;
+        }
         applied = Applied {
             registry: doc.registry.lsn,
             results: doc.results.lsn,
             files: doc.files.lsn,
             agents: doc.agents.lsn,
+            access: doc.access.as_ref().map_or(0, |a| a.lsn),
         };
         after = lsn;
         recovery.snapshot_lsn = Some(lsn);

@@ -6,6 +6,7 @@
 //! - [`model`]: the pure core — ids, job lifecycle, queue order, events, the fold.
 //! - [`journal`]: events ↔ WAL records, group commit, snapshots, recovery.
 //! - [`actors`]: the supervisor and the registry, queue, result, artifact, agents actors.
+//! - [`access`]: access control as one layer: callers, the route × role table, tokens.
 //! - [`dispatch`]: handing jobs to agents: the pop protocol and long-poll waiters.
 //! - [`http`]: routes and handlers; `http::wire` (with `http::schema`, upstream's job schema
 //!   as data) is the only place that knows the JSON.
@@ -19,6 +20,7 @@
 //!   acknowledged to the client only once durable.
 //! - Live writes and start-up replay apply events through the same fold.
 
+pub mod access;
 pub mod actors;
 pub mod config;
 pub mod dispatch;

@@ -49,17 +49,27 @@ fn main() -> ExitCode {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
+    let client_action = match cli.command {
+        Some(Command::Client { action }) => Some(action),
+        _ => None,
+    };
     let mut config = config;
-    match flinger::server::fit_descriptor_limit(&mut config) {
-        Ok((limit, warning)) => {
-            if let Some(warning) = warning {
-                tracing::warn!("{warning}");
-            }
-            tracing::debug!(limit, "descriptor limit");
-        }
-        Err(e) => {
-            eprintln!("flinger: configuration error: {e}");
+    if client_action.is_none() {
+        if let Err(e) = config.check_exposure() {
+            eprintln!("flinger: {e}");
             return ExitCode::from(2);
+        }
+        match flinger::server::fit_descriptor_limit(&mut config) {
+            Ok((limit, warning)) => {
+                if let Some(warning) = warning {
+                    tracing::warn!("{warning}");
+                }
+                tracing::debug!(limit, "descriptor limit");
+            }
+            Err(e) => {
+                eprintln!("flinger: configuration error: {e}");
+                return ExitCode::from(2);
+            }
         }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -72,6 +82,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(action) = client_action {
+        return runtime.block_on(async move {
+            let stdout = std::io::stdout();
+            match flinger::access::admin::run(&config, &action, &mut stdout.lock()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("flinger client: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        });
+    }
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(config.bind).await {
             Ok(l) => l,

@@ -69,15 +69,16 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
     let recovery_config = config.clone();
     let recovery_fs = fs.clone();
     let recovery_files = files_dir.clone();
-    let (state, journal, snapshot_requests, recovery) = tokio::task::spawn_blocking(move || {
-        // Created durably: a data dir whose entry a crash loses takes everything with it.
-        wal::create_dir_all_durably(&*recovery_fs, &recovery_files).map_err(|e| {
-            Error::Internal(format!("cannot create {}: {e}", recovery_files.display()))
-        })?;
-        journal::open_with(&recovery_config, recovery_fs)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
+    let (mut state, journal, snapshot_requests, recovery) =
+        tokio::task::spawn_blocking(move || {
+            // Created durably: a data dir whose entry a crash loses takes everything with it.
+            wal::create_dir_all_durably(&*recovery_fs, &recovery_files).map_err(|e| {
+                Error::Internal(format!("cannot create {}: {e}", recovery_files.display()))
+            })?;
+            journal::open_with(&recovery_config, recovery_fs)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
     tracing::info!(
         jobs = state.registry.len(),
         snapshot_lsn = recovery.snapshot_lsn,
@@ -87,10 +88,13 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         "recovered state from the write-ahead log"
     );
     sweep_unreferenced_files(&*fs, &files_dir, &state.files);
+    let access =
+        crate::access::store::AccessStore::new(std::mem::take(&mut state.access), journal.clone());
+    let access = Arc::new(crate::access::Gate::new(&config, &*fs, access)?);
+    tracing::info!(mode = ?config.access, clients = access.store.read(|a| a.clients.len()), "access control");
 
     let queues = QueueDirectory::default();
     let (fatal_tx, fatal) = mpsc::unbounded_channel();
-    let mut state = state;
     let registry = Arc::new(RwLock::new(std::mem::take(&mut state.registry)));
     let results = Arc::new(RwLock::new(std::mem::take(&mut state.results)));
     let orphans = Arc::new(OrphanQuota::new(
@@ -144,6 +148,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         watch,
         dispatch: waiters,
         metrics,
+        access,
     });
     let chores = tokio::spawn(background_chores(services.clone(), snapshot_requests));
     Ok(Running {
@@ -503,7 +508,8 @@ pub async fn snapshot(services: &Services) -> Result<()> {
         ask(&*services.agents, AgentMsg::Snapshot),
     );
     let (registry, results, files, agents) = (registry?, results?, files?, agents?);
-    let lsn = [registry.lsn, results.lsn, files.lsn, agents.lsn]
+    let access = services.access.store.snapshot();
+    let lsn = [registry.lsn, results.lsn, files.lsn, agents.lsn, access.lsn]
         .into_iter()
         .min()
         .unwrap_or(0);
@@ -515,6 +521,7 @@ pub async fn snapshot(services: &Services) -> Result<()> {
             results: results.finish()?,
             files: files.finish()?,
             agents: agents.finish()?,
+            access: Some(access.finish()?),
         };
         journal::encode_partition(&doc)
     })

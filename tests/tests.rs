@@ -56,3 +56,5 @@ mod longpoll;
 mod observe;
 // The web dashboard over HTTP and in headless Chromium; the log follow stream.
 mod dashboard;
+// Access control: roles per endpoint, submission checks, ownership, tokens, real clients.
+mod auth;

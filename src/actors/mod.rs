@@ -384,4 +384,6 @@ pub struct Handles {
     pub dispatch: Arc<crate::dispatch::Waiters>,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Access control: mode, token signer, the access partition.
+    pub access: Arc<crate::access::Gate>,
 }

@@ -27,7 +27,9 @@ use crate::error::Result;
 use crate::journal::{Journal, Ticket};
 use crate::model::index::Search;
 use crate::model::queue::Entry;
-use crate::model::registry::{Attachments, IndexChange, Registry, Submission, Submitted};
+use crate::model::registry::{
+    Attachments, IndexChange, Registry, Submission, Submitted, Submitter,
+};
 use crate::model::{Event, FastMap, JobId, Name};
 
 /// How many index entries a reader visits per step before it lets writers in.
@@ -57,6 +59,10 @@ pub struct JobView {
     pub run: u32,
     /// When the server found its agent lost, if it did.
     pub lost: Option<crate::model::registry::Lost>,
+    /// The submitting client (access control on).
+    pub owner: Option<Name>,
+    /// The credential of the agent it was dispatched to (access control on).
+    pub client: Option<Name>,
 }
 
 /// A job with what the dashboard shows beyond [`JobView`].
@@ -132,13 +138,17 @@ pub type LoseReply = Result<Option<(Ticket, Option<Name>)>>;
 pub enum RegistryMsg {
     /// Submit (or resubmit) a job; replies with the LSN to await.
     Submit(Submission, RpcReplyPort<Result<Ticket>>),
-    /// Dispatch a reserved waiting job to an agent popping from these queues — unless that
-    /// agent still holds a job of these queues it has not reported on (its pop is a retry).
+    /// Submit on behalf of a caller (ownership of resubmissions is checked).
+    SubmitBy(Submission, Submitter, RpcReplyPort<Result<Ticket>>),
+    /// Dispatch a reserved waiting job to an agent (cookie name, credential) popping from
+    /// these queues — unless that agent still holds a job of these queues it has not
+    /// reported on (its pop is a retry).
     Claim(
         JobId,
         Option<Name>,
         Vec<Name>,
         RpcReplyPort<Result<Claimed>>,
+        Option<Name>,
     ),
     /// Cancel a job.
     Cancel(JobId, RpcReplyPort<Result<Ticket>>),
@@ -225,6 +235,8 @@ fn view(job: &crate::model::registry::Job) -> JobView {
         attachments: job.attachments,
         run: job.run,
         lost: job.lost.clone(),
+        owner: job.owner.clone(),
+        client: job.client.clone(),
     }
 }
 
@@ -560,7 +572,21 @@ impl Actor for RegistryActor {
                 };
                 reply(port, result);
             }
-            RegistryMsg::Claim(id, agent, queues, port) => {
+            RegistryMsg::SubmitBy(sub, by, port) => {
+                if gone(&port) {
+                    return Ok(());
+                }
+                let decided = state.registry.read().submit_by(sub, &by, now());
+                let result = match decided {
+                    Ok(Submitted::Duplicate { lsn }) => {
+                        Ok(state.recorder.journal().ticket_for(lsn))
+                    }
+                    Ok(Submitted::Record(event)) => state.record(event).await,
+                    Err(e) => Err(e),
+                };
+                reply(port, result);
+            }
+            RegistryMsg::Claim(id, agent, queues, port, client) => {
                 if gone(&port) {
                     return Ok(());
                 }
@@ -569,9 +595,9 @@ impl Actor for RegistryActor {
                     let held = agent
                         .as_deref()
                         .and_then(|a| registry.held_by(a))
-                        .filter(|(_, job)| queues.contains(&job.queue))
+                        .filter(|(_, job)| queues.contains(&job.queue) && job.client == client)
                         .map(|(_, job)| view(job));
-                    (held, registry.claim(id, agent, now()))
+                    (held, registry.claim_by(id, agent, client, now()))
                 };
                 let result = match (held, claim) {
                     (Some(held), _) => Ok(Claimed::Held(held)),

@@ -4,12 +4,14 @@
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use axum::Extension;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::respond::{json_bytes, json_value, ok, read_body};
 use super::wire::{check_queue_name, json_object_body, MAX_NAME};
+use crate::access::Caller;
 use crate::actors::agents::AgentMsg;
 use crate::actors::{ask, Services};
 use crate::error::{Error, Result};
@@ -265,7 +267,11 @@ pub async fn agents_get_one(
     })
     .await?;
     match found {
-        Some(agent) => Ok(json_value(StatusCode::OK, &agent)),
+        Some(agent) => {
+            let mut one = [agent];
+            super::auth::add_restricted_to(&svc, &mut one);
+            Ok(json_value(StatusCode::OK, &one[0]))
+        }
         None => Err(Error::NotFound("Agent not found".into())),
     }
 }
@@ -303,7 +309,10 @@ pub async fn agents_get_all(State(svc): State<Services>) -> Result<Response> {
                 out.push(b',');
             }
             started = true;
-            serde_json::to_writer(&mut out, &agent_json(&name, &record)).expect("values serialise");
+            // Upstream's `restricted_to` (access control), added per record as it streams.
+            let mut one = [agent_json(&name, &record)];
+            super::auth::add_restricted_to(&svc, &mut one);
+            serde_json::to_writer(&mut out, &one[0]).expect("values serialise");
         }
         if records.peek().is_none() {
             out.push(b']');
@@ -329,17 +338,23 @@ const AGENTS_CHUNK_BYTES: usize = 64 << 10;
 /// entry anyway, which here would create an agent that never registered).
 pub async fn agents_provision_logs_post(
     State(svc): State<Services>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     request: Request,
 ) -> Result<Response> {
     check_name(&name)?;
     let body = read_body(request, MAX_AGENT_POST).await?;
     let mut map = json_object_body(&body)?;
-    if !map.get("job_id").is_some_and(Value::is_string) {
+    let Some(job_id) = map.get("job_id").and_then(Value::as_str) else {
         return Err(Error::validation(
             "job_id",
             "Missing data for required field.",
         ));
+    };
+    // With access control on, only the agent the job was dispatched to reports on it.
+    if !matches!(caller, Caller::Open) {
+        let id = super::wire::path_id(job_id)?;
+        crate::access::check_job_agent(&svc, &caller, id).await?;
     }
     if !map.get("exit_code").is_some_and(|v| v.is_i64()) {
         return Err(Error::validation(

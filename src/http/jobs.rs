@@ -6,10 +6,12 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use std::time::Duration;
 
+use axum::Extension;
 use serde_json::{json, Value};
 
 use super::respond::{json_bytes, json_value, no_content, ok, read_body, text};
 use super::wire::{self, path_id};
+use crate::access::Caller;
 use crate::actors::files::FileMsg;
 use crate::actors::queue::QueueMsg;
 use crate::actors::registry::RegistryMsg;
@@ -25,12 +27,17 @@ use crate::model::{JobId, Name};
 const MAX_POP_QUEUES: usize = 256;
 
 /// `POST /v1/job`: submit (or resubmit) a job.
-pub async fn job_post(State(svc): State<Services>, request: Request) -> Result<Response> {
+pub async fn job_post(
+    State(svc): State<Services>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+) -> Result<Response> {
     let body = read_body(request, svc.config.max_job_bytes).await?;
     let submission = wire::parse_job(&body)?;
     check_some_agent_may_run(&svc, &submission.queue, &submission.exclude).await?;
     let id = submission.id;
-    let lsn = ask(&svc.registry, |p| RegistryMsg::Submit(submission, p)).await??;
+    let by = crate::access::check_submission(&svc, &caller, &submission)?;
+    let lsn = ask(&svc.registry, |p| RegistryMsg::SubmitBy(submission, by, p)).await??;
     svc.journal.durable(lsn).await?;
     Ok(json_value(
         StatusCode::OK,
@@ -72,7 +79,11 @@ async fn check_some_agent_may_run(svc: &Services, queue: &Name, exclude: &[Name]
 /// `GET /v1/job?queue=a&queue=b[&wait=SECONDS]`: hand the agent the best waiting job
 /// of those queues; with `wait` (whole seconds, at most [`dispatch::MAX_WAIT_SECS`]),
 /// hold the request until one arrives or the time is up (204). See [`crate::dispatch`].
-pub async fn job_get(State(svc): State<Services>, request: Request) -> Result<Response> {
+pub async fn job_get(
+    State(svc): State<Services>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+) -> Result<Response> {
     let mut queues: Vec<Name> = Vec::new();
     let mut wait = 0;
     // De-duplicated through a set, and the cap checked as names arrive, so a URL of
@@ -110,10 +121,11 @@ pub async fn job_get(State(svc): State<Services>, request: Request) -> Result<Re
         ));
     }
     let agent = wire::agent_cookie(request.headers());
+    let client = caller.client_id().map(Name::from);
     let job = if wait == 0 {
-        dispatch::pop(&svc, &queues, agent).await?
+        dispatch::pop(&svc, &queues, agent, client).await?
     } else {
-        dispatch::pop_waiting(&svc, &queues, agent, Duration::from_secs(wait)).await?
+        dispatch::pop_waiting(&svc, &queues, agent, client, Duration::from_secs(wait)).await?
     };
     match job {
         Some(body) => Ok(json_bytes(StatusCode::OK, body)),
@@ -132,10 +144,12 @@ pub async fn job_get_id(State(svc): State<Services>, Path(id): Path<String>) -> 
 
 /// `DELETE /v1/job/<id>`: an operator removes a job and everything it owns (results,
 /// logs, artifact, attachments), whatever its state; also the data of an id no job has.
-/// Durable (logged) like any change. Operator-only: answered only to loopback clients
-/// until access control exists. 404 when nothing is known by that id.
+/// Durable (logged) like any change. Operator-only: with access control on, the admin
+/// role (the access table's row); with it off, only loopback clients. 404 when nothing is
+/// known by that id.
 pub async fn job_delete(
     State(svc): State<Services>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response> {
@@ -143,7 +157,7 @@ pub async fn job_delete(
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .is_some_and(|peer| peer.0.ip().is_loopback());
-    if !local {
+    if matches!(caller, Caller::Open) && !local {
         return Err(Error::Forbidden(
             "Deleting a job is for the operator: only allowed from the server's own host".into(),
         ));

@@ -9,6 +9,7 @@
 //!   route table below (every `.route` goes through it, so the OpenAPI document lists it).
 
 pub mod agents;
+pub mod auth;
 pub mod dash;
 pub mod jobs;
 pub mod meta;
@@ -105,6 +106,7 @@ pub fn router(services: Services) -> Router {
         window: services.config.transfer_window,
     };
     use self::agents::*;
+    use self::auth::*;
     use self::jobs::*;
     use self::meta::*;
     use self::queues::*;
@@ -143,6 +145,25 @@ pub fn router(services: Services) -> Router {
         .route("/v1/queues/wait_times", get(queue_wait_times_get))
         .route("/v1/queues/{queue}/agents", get(queues_agents_get))
         .route("/v1/queues/{queue}/jobs", get(queue_jobs_get))
+        .route("/v1/oauth2/token", post(token_post))
+        .route("/v1/oauth2/refresh", post(refresh_post))
+        .route("/v1/oauth2/revoke", post(revoke_post))
+        .route("/v1/client-permissions", get(clients_get))
+        .route(
+            "/v1/client-permissions/{client_id}",
+            get(client_get).put(client_put).delete(client_delete),
+        )
+        .route("/v1/restricted-queues", get(restricted_queues_get))
+        .route(
+            "/v1/restricted-queues/{queue}",
+            get(restricted_queue_get)
+                .post(restricted_queue_post)
+                .delete(restricted_queue_delete),
+        )
+        .route(
+            "/v1/secrets/{client_id}/{*path}",
+            axum::routing::put(secrets_put).delete(secrets_delete),
+        )
         .route("/metrics", get(metrics_get))
         .route("/openapi.json", get(openapi_get))
         .route("/v1/result/{id}/log/{kind}/follow", get(dash::log_follow))
@@ -156,6 +177,11 @@ pub fn router(services: Services) -> Router {
         .route("/static/{file}", get(dash::static_file))
         .finish();
     routes
+        // Access control as one layer over every route (see `access::table`).
+        .route_layer(middleware::from_fn_with_state(
+            services.clone(),
+            crate::access::authorize,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             (

@@ -36,7 +36,7 @@ pub async fn queues_agents_get(
 ) -> Result<Response> {
     crate::http::wire::check_queue_name(&queue)?;
     let wanted = queue.clone();
-    let agents = read_agents(&svc, move |agents| {
+    let mut agents = read_agents(&svc, move |agents| {
         agents
             .agents
             .iter()
@@ -65,6 +65,7 @@ pub async fn queues_agents_get(
     if agents.is_empty() {
         return Err(Error::NotFound(format!("Queue '{queue}' does not exist.")));
     }
+    super::auth::add_restricted_to(&svc, &mut agents);
     Ok(json_value(StatusCode::OK, &Value::Array(agents)))
 }
 

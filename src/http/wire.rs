@@ -167,19 +167,8 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
         return Err(Error::InvalidInput(INVALID_JOB_ID.into()));
     }
     schema::load(&schema::JOB, &mut job).map_err(invalid_job)?;
-    // Upstream (`v1.py` `validate_secrets`) refuses a job naming secrets when no secrets
-    // store is configured; flinger has none yet, so it always does. Seam: when a store
-    // exists, check the paths here instead.
-    if job
-        .get("test_data")
-        .is_some_and(|data| data.get("secrets").is_some())
-    {
-        return Err(Error::Validation {
-            message: "No secrets store".into(),
-            field: "test_data".into(),
-            reason: "secrets: this server has no secrets store".into(),
-        });
-    }
+    // Secrets (upstream `v1.py` `validate_secrets`: a store, an authenticated submitter,
+    // paths it may read) are checked with the caller known: `access::check_submission`.
     let queue: Name = job
         .get("job_queue")
         .and_then(Value::as_str)
@@ -191,9 +180,8 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
         }
         _ => JobId::random(),
     };
-    // Authorisation seam: upstream accepts a priority other than 0 only from a client
-    // whose token grants it (`max_priority`). flinger has no authentication yet, so
-    // every client may set any priority; when tokens arrive, check them here.
+    // Upstream accepts a priority other than 0 only from a client whose token grants it
+    // (`max_priority`): checked with the caller known, in `access::check_submission`.
     let priority = job.get("job_priority").and_then(Value::as_i64).unwrap_or(0);
     let exclude: Vec<Name> = job
         .get("exclude_agents")

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+use super::access::Client;
 use super::ids::{JobId, Name};
 
 /// Which kind of file a job carries.
@@ -44,6 +45,8 @@ pub enum Partition {
     Artifacts,
     /// Advertised queues, images and agent records: the agents actor.
     Agents,
+    /// Clients, refresh tokens, restricted queues and secrets: `access::store`.
+    Access,
 }
 
 /// One recorded mutation.
@@ -65,6 +68,10 @@ pub enum Event {
         awaits_attachments: bool,
         /// Unix seconds.
         at: u64,
+        /// The client that submitted it (access control on, authenticated submitter):
+        /// only it or a manager/admin may cancel or resubmit it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<Name>,
     },
     /// A pop handed the job to an agent (`None`: the agent did not identify itself).
     JobDispatched {
@@ -74,6 +81,10 @@ pub enum Event {
         agent: Option<Name>,
         /// Unix seconds.
         at: u64,
+        /// The agent's credential (client id) when access control is on: only it may post
+        /// the job's results, logs and artifacts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<Name>,
     },
     /// A client cancelled the job.
     JobCancelled {
@@ -220,6 +231,69 @@ pub enum Event {
         /// Unix seconds.
         at: u64,
     },
+    /// A client was created or its permissions changed (the whole record; the secret only
+    /// as its bcrypt hash).
+    ClientSaved {
+        /// The client id.
+        id: Name,
+        /// Its record.
+        client: Box<Client>,
+    },
+    /// A client was deleted, with its refresh tokens and secrets.
+    ClientDeleted {
+        /// The client id.
+        id: Name,
+    },
+    /// A refresh token was issued (recorded by its SHA-256 only).
+    RefreshTokenIssued {
+        /// Hex SHA-256 of the token.
+        hash: Box<str>,
+        /// Whose it is.
+        client_id: Name,
+        /// Unix seconds.
+        issued_at: u64,
+        /// Unix seconds.
+        expires_at: u64,
+    },
+    /// An admin revoked a refresh token.
+    RefreshTokenRevoked {
+        /// Hex SHA-256 of the token.
+        hash: Box<str>,
+    },
+    /// A queue became restricted, `client_id` allowed on it.
+    QueueRestricted {
+        /// The queue.
+        queue: Name,
+        /// The owner added.
+        client_id: Name,
+    },
+    /// A queue's restriction was lifted (and `client_id` no longer lists it).
+    QueueUnrestricted {
+        /// The queue.
+        queue: Name,
+        /// The owner removed.
+        client_id: Name,
+    },
+    /// A job secret was stored, sealed (AEAD ciphertext; never the value).
+    SecretStored {
+        /// Owner.
+        client_id: Name,
+        /// Path.
+        path: Box<str>,
+        /// Nonce and ciphertext.
+        sealed: Bytes,
+        /// Unix seconds after which it is gone.
+        expires_at: Option<u64>,
+        /// Deleted after its first dispatch.
+        ephemeral: bool,
+    },
+    /// A job secret was deleted.
+    SecretDeleted {
+        /// Owner.
+        client_id: Name,
+        /// Path.
+        path: Box<str>,
+    },
 }
 
 impl Event {
@@ -245,6 +319,14 @@ impl Event {
             | AgentUpdated { .. }
             | ProvisionLogged { .. }
             | AgentsExpired { .. } => Partition::Agents,
+            ClientSaved { .. }
+            | ClientDeleted { .. }
+            | RefreshTokenIssued { .. }
+            | RefreshTokenRevoked { .. }
+            | QueueRestricted { .. }
+            | QueueUnrestricted { .. }
+            | SecretStored { .. }
+            | SecretDeleted { .. } => Partition::Access,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Nothing here does I/O, reads a clock or knows about actors or HTTP; the actors and
 //! handlers around it only adapt. Property tests drive this module directly.
 
+pub mod access;
 pub mod agents;
 pub mod event;
 pub mod files;

@@ -69,14 +69,21 @@ pub struct Job {
     pub lsn: u64,
     /// Which run of the job this is: 1 for its first submission, one more for each
     /// resubmission after it left its queue. Log fragments are kept per run, so a re-run's
-    /// log does not mix with (or get dropped as a retry of) the earlier run's. Last, with
-    /// a default, so snapshots written before it existed still decode.
+    /// log does not mix with (or get dropped as a retry of) the earlier run's. After the
+    /// fields older snapshots have, with a default, so those still decode.
     #[serde(default = "first_run")]
     pub run: u32,
     /// The latest time the server found this job's agent lost (see `model::lost`): shown
     /// as the result's `lost_agent` field. Cleared by resubmission.
     #[serde(default)]
     pub lost: Option<Lost>,
+    /// The client that submitted it, when access control is on and it authenticated.
+    #[serde(default)]
+    pub owner: Option<Name>,
+    /// The credential (client id) of the agent it was dispatched to, when access control
+    /// is on: only that agent may post its results, logs and artifacts.
+    #[serde(default)]
+    pub client: Option<Name>,
 }
 
 /// The run number of a job's first submission.
@@ -157,6 +164,19 @@ pub struct Submission {
     /// Whether any `*_data` declares attachments.
     pub awaits_attachments: bool,
 }
+
+/// Who submits, for the ownership rule of resubmissions.
+#[derive(Clone, Debug, Default)]
+pub struct Submitter {
+    /// The authenticated client, recorded as the job's owner.
+    pub owner: Option<Name>,
+    /// May resubmit jobs of other owners (access control off, or a manager or admin).
+    pub privileged: bool,
+}
+
+/// Testflinger-style refusal of a resubmission by someone else.
+pub const NOT_OWNER: &str =
+    "Only the client that submitted this job, a manager or an admin may change it";
 
 /// The outcome of a submission decision.
 #[derive(Debug)]
@@ -296,12 +316,28 @@ impl Registry {
     /// Decides a submission: a duplicate of a waiting job is acknowledged as is; anything
     /// else (new, or a job that left its queue) is recorded and queued.
     pub fn submit(&self, sub: Submission, now: u64) -> Submitted {
+        let open = Submitter {
+            owner: None,
+            privileged: true,
+        };
+        match self.submit_by(sub, &open, now) {
+            Ok(decided) => decided,
+            Err(_) => unreachable!("a privileged submitter is never refused"),
+        }
+    }
+
+    /// [`Registry::submit`] on behalf of `by`: an existing job owned by another client may
+    /// only be resubmitted by a privileged submitter (403 otherwise).
+    pub fn submit_by(&self, sub: Submission, by: &Submitter, now: u64) -> Result<Submitted> {
         if let Some(job) = self.jobs.get(&sub.id) {
+            if !by.privileged && job.owner.is_some() && job.owner != by.owner {
+                return Err(Error::Forbidden(NOT_OWNER.into()));
+            }
             if job.state.is_waiting() {
-                return Submitted::Duplicate { lsn: job.lsn };
+                return Ok(Submitted::Duplicate { lsn: job.lsn });
             }
         }
-        Submitted::Record(Event::JobSubmitted {
+        Ok(Submitted::Record(Event::JobSubmitted {
             id: sub.id,
             queue: sub.queue,
             body: sub.body,
@@ -309,11 +345,23 @@ impl Registry {
             exclude: sub.exclude,
             awaits_attachments: sub.awaits_attachments,
             at: now,
-        })
+            owner: by.owner.clone(),
+        }))
     }
 
     /// Decides a dispatch of `id` to `agent`: only a waiting, ready job may go.
     pub fn claim(&self, id: JobId, agent: Option<Name>, now: u64) -> Option<Event> {
+        self.claim_by(id, agent, None, now)
+    }
+
+    /// [`Registry::claim`] by an agent holding credential `client` (access control on).
+    pub fn claim_by(
+        &self,
+        id: JobId,
+        agent: Option<Name>,
+        client: Option<Name>,
+        now: u64,
+    ) -> Option<Event> {
         let job = self.jobs.get(&id)?;
         let ready = job.attachments != Attachments::Waiting;
         let allowed = agent
@@ -323,6 +371,7 @@ impl Registry {
             id,
             agent,
             at: now,
+            client,
         })
     }
 
@@ -503,6 +552,7 @@ impl Registry {
                 exclude,
                 awaits_attachments,
                 at,
+                owner,
             } => {
                 let queue = &intern(&mut self.names, queue);
                 let exclude = if exclude.is_empty() {
@@ -547,6 +597,8 @@ impl Registry {
                     lsn,
                     run,
                     lost: None,
+                    owner: owner.clone(),
+                    client: None,
                 };
                 let entry = job.entry(*id);
                 self.index
@@ -554,7 +606,12 @@ impl Registry {
                 self.jobs.insert(*id, Arc::new(job));
                 Some(IndexChange::Insert(queue.clone(), entry))
             }
-            Event::JobDispatched { id, agent, at } => {
+            Event::JobDispatched {
+                id,
+                agent,
+                at,
+                client,
+            } => {
                 let job = Arc::make_mut(self.jobs.get_mut(id)?);
                 if !job.state.is_waiting() {
                     return None;
@@ -569,6 +626,7 @@ impl Registry {
                 }
                 samples.push_back(at.saturating_sub(job.created_at));
                 job.agent = agent.clone();
+                job.client = client.clone();
                 job.lsn = lsn;
                 let queue = job.queue.clone();
                 if let Some(agent) = agent {

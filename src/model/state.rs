@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::access::Access;
 use super::agents::Agents;
 use super::event::{Event, Partition};
 use super::files::Files;
@@ -23,6 +24,8 @@ pub struct State {
     pub files: Files,
     /// Advertised queues/images and agent records (agents actor).
     pub agents: Agents,
+    /// Clients, refresh tokens, restricted queues and secrets (`access::store`).
+    pub access: Access,
 }
 
 /// What applying an event asks of the shell, beyond the state change itself.
@@ -43,6 +46,7 @@ impl State {
             Partition::Results => self.results.apply(event),
             Partition::Artifacts => effects.unreferenced = self.files.apply(event),
             Partition::Agents => self.agents.apply(event),
+            Partition::Access => self.access.apply(event),
         }
         effects
     }

@@ -377,6 +377,11 @@ impl Fs for FaultyFs {
         Ok(self.wrap(self.inner.create(path)?))
     }
 
+    fn create_private(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        self.check(Op::Create)?;
+        Ok(self.wrap(self.inner.create_private(path)?))
+    }
+
     fn open(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
         Ok(self.wrap(self.inner.open(path)?))
     }

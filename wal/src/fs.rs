@@ -7,8 +7,9 @@
 //!
 //! Every file the server keeps goes through this seam (the log, snapshots, uploaded files), so the
 //! power-loss double ([`crate::power`]) sees all of it. To keep a small file of your own durably
-//! (a key, a marker), use [`write_file_durably`] and read it back with [`Fs::read`]; to create a
-//! directory that must survive a crash, [`create_dir_all_durably`].
+//! (a key, a marker), use [`write_file_durably`] ([`write_private_file_durably`] for a secret) and
+//! read it back with [`Fs::read`]; to create a directory that must survive a crash,
+//! [`create_dir_all_durably`].
 
 use std::any::Any;
 use std::fs::{self, File, OpenOptions};
@@ -41,6 +42,11 @@ pub trait Fs: Send + Sync + 'static {
     }
     /// Creates `path` empty (truncating an existing file), open for writing.
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
+    /// [`Fs::create`] readable and writable by the owner only (mode 0600), for secrets such
+    /// as a signing key. The default is [`Fs::create`]: simulated disks have no modes.
+    fn create_private(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        self.create(path)
+    }
     /// Opens an existing `path` for writing.
     fn open(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
     /// Atomically renames `from` to `to`, replacing `to`.
@@ -97,12 +103,26 @@ impl FsRead for InMemory {
 /// it, renames it over `path`, fsyncs the directory. For small files (keys, markers) read back
 /// with [`Fs::read`]; a leftover `.tmp` from a crash is the caller's to ignore or remove.
 pub fn write_file_durably(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_durably(fs, path, bytes, false)
+}
+
+/// [`write_file_durably`] for a secret: the file is created with [`Fs::create_private`]
+/// (mode 0600 on a real disk) before any byte is written, so it is never readable by others.
+pub fn write_private_file_durably(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_durably(fs, path, bytes, true)
+}
+
+fn write_durably(fs: &dyn Fs, path: &Path, bytes: &[u8], private: bool) -> io::Result<()> {
     let dir = parent_dir(path);
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     let tmp = dir.join(name);
     let written = (|| {
-        let mut file = fs.create(&tmp)?;
+        let mut file = if private {
+            fs.create_private(&tmp)?
+        } else {
+            fs.create(&tmp)?
+        };
         file.write_at(0, bytes)?;
         file.sync_all()
     })();
@@ -196,6 +216,20 @@ impl Fs for StdFs {
             .create(true)
             .truncate(true)
             .open(path)?;
+        Ok(Box::new(StdFile(file)))
+    }
+
+    fn create_private(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        // The mode applies only to a file this call created: narrow a leftover one too.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
         Ok(Box::new(StdFile(file)))
     }
 

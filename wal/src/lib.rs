@@ -90,7 +90,10 @@ mod recovery;
 use std::path::PathBuf;
 
 pub use error::Error;
-pub use fs::{create_dir_all_durably, write_file_durably, Fs, FsFile, FsRead, StdFs};
+pub use fs::{
+    create_dir_all_durably, write_file_durably, write_private_file_durably, Fs, FsFile, FsRead,
+    StdFs,
+};
 pub use log::{PreparedSnapshot, SnapshotWriter, Wal};
 pub use recovery::scan;
 

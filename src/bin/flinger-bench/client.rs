@@ -94,6 +94,10 @@ pub async fn resolve_url(url: &str) -> Result<Target, String> {
     })
 }
 
+/// Headers from `--header`, added to every request.
+pub static EXTRA_HEADERS: std::sync::OnceLock<Vec<(hyper::header::HeaderName, HeaderValue)>> =
+    std::sync::OnceLock::new();
+
 /// One worker's keep-alive HTTP/1 connection, re-made after any error (the
 /// server may have closed it, or it may be stuck behind a timed-out request).
 pub struct Conn {
@@ -173,6 +177,9 @@ impl Conn {
             .header(HOST, self.host.clone());
         if let Some(c) = cookie {
             b = b.header(COOKIE, c.clone());
+        }
+        for (name, value) in EXTRA_HEADERS.get().into_iter().flatten() {
+            b = b.header(name, value.clone());
         }
         let req = match body {
             Some((ct, bytes)) => b.header(CONTENT_TYPE, ct).body(Full::new(bytes)),

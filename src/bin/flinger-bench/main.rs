@@ -90,6 +90,11 @@ struct Cli {
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
     server_args: Vec<String>,
 
+    /// Extra request header `NAME: VALUE` sent with every request (repeatable), e.g.
+    /// `--header "Authorization: Bearer TOKEN"` to measure access control's cost.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+
     /// Harness self-test: spawn a second baseline server as the target instead
     /// of flinger, so every code path (spawn, RSS, restart) runs without flinger.
     #[arg(long)]
@@ -407,6 +412,23 @@ enum Abort {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut extra = Vec::new();
+    for h in &cli.headers {
+        let parsed = h.split_once(':').and_then(|(n, v)| {
+            Some((
+                hyper::header::HeaderName::from_bytes(n.trim().as_bytes()).ok()?,
+                hyper::header::HeaderValue::from_str(v.trim()).ok()?,
+            ))
+        });
+        match parsed {
+            Some(pair) => extra.push(pair),
+            None => {
+                eprintln!("flinger-bench: --header expects `NAME: VALUE`, got {h:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let _ = client::EXTRA_HEADERS.set(extra);
     if let Some(Cmd::BaselineServer { bind, .. }) = cli.cmd {
         return baseline::serve(bind);
     }

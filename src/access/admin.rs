@@ -1,0 +1,178 @@
+//! `flinger client ...`: client management on the data directory while the server is
+//! stopped (the log's directory lock refuses a second writer, so it cannot run beside a
+//! server). Changes are ordinary access events, journalled and durable before the
+//! command reports success; the running server's API (`/v1/client-permissions`) does the
+//! same online.
+//!
+//! A generated secret is printed once on stdout and never logged; refresh tokens go only
+//! into the token file (mode 0600).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use serde_json::json;
+
+use super::store::AccessStore;
+use super::token;
+use crate::actors::now;
+use crate::config::{ClientAction, Config};
+use crate::error::{Error, Result};
+use crate::model::access::{Client, Role};
+use crate::model::{Event, Name};
+
+/// Runs one client command against `config.data_dir`, writing its report to `out`.
+pub async fn run(config: &Config, action: &ClientAction, out: &mut impl Write) -> Result<()> {
+    let open_config = config.clone();
+    let (mut state, journal, _snapshots, _) =
+        tokio::task::spawn_blocking(move || crate::journal::open(&open_config))
+            .await
+            .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))?
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "{e} (`flinger client` needs the data directory to itself: stop the server \
+                     first, or change clients through the running server's /v1/client-permissions)"
+                ))
+            })?;
+    let store = AccessStore::new(std::mem::take(&mut state.access), journal.clone());
+    let result = act(&store, action, out).await;
+    journal.close().await;
+    result
+}
+
+fn pairs(field: &str, items: &[String]) -> Result<BTreeMap<String, i64>> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once('=')
+                .and_then(|(k, v)| Some((k.to_owned(), v.trim().parse::<i64>().ok()?)))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!("--{field} expects QUEUE=NUMBER, got {item:?}"))
+                })
+        })
+        .collect()
+}
+
+async fn act(store: &AccessStore, action: &ClientAction, out: &mut impl Write) -> Result<()> {
+    match action {
+        ClientAction::Add {
+            client_id,
+            role,
+            max_priority,
+            max_reservation,
+            email,
+        } => {
+            let role = Role::parse(role).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "unknown role {role:?}: admin, manager, contributor or agent"
+                ))
+            })?;
+            if client_id.is_empty() || client_id.len() > crate::http::wire::MAX_NAME {
+                return Err(Error::InvalidInput("client ids are 1 to 256 bytes".into()));
+            }
+            let max_priority = pairs("max-priority", max_priority)?;
+            let max_reservation = pairs("max-reservation", max_reservation)?;
+            let secret = token::random_text(32);
+            let hashed = secret.clone();
+            let hash = tokio::task::spawn_blocking(move || token::hash_secret(&hashed))
+                .await
+                .map_err(|e| Error::Internal(format!("bcrypt task failed: {e}")))??;
+            let mut created = false;
+            store
+                .record_durably(|access| {
+                    let existing = access.client(client_id);
+                    created = existing.is_none();
+                    Ok(Some(Event::ClientSaved {
+                        id: Name::from(client_id.as_str()),
+                        client: Box::new(Client {
+                            secret_hash: hash.into(),
+                            role: Some(role),
+                            max_priority,
+                            allowed_queues: existing
+                                .map(|c| c.allowed_queues.clone())
+                                .unwrap_or_default(),
+                            max_reservation_time: max_reservation,
+                            email: email.clone(),
+                        }),
+                    }))
+                })
+                .await?;
+            writeln!(
+                out,
+                "{} client {client_id:?} with role {}.\nclient_id: {client_id}\nclient_secret: {secret}\n\
+                 The secret is shown only now (flinger keeps its bcrypt hash); use it with \
+                 `testflinger-cli --client_id {client_id} --secret_key ...` or `flinger client token-file`.",
+                if created { "Created" } else { "Replaced the secret and permissions of" },
+                role.as_str()
+            )?;
+        }
+        ClientAction::TokenFile {
+            client_id,
+            out: path,
+            valid_days,
+        } => {
+            if !(1..=3660).contains(valid_days) {
+                return Err(Error::InvalidInput("--valid-days must be 1..=3660".into()));
+            }
+            let refresh = token::new_refresh_token();
+            let at = now();
+            let expires_at = at + valid_days * 86_400;
+            let mut role = Role::Contributor;
+            store
+                .record_durably(|access| {
+                    let client = access.client(client_id).ok_or_else(|| {
+                        Error::NotFound(format!(
+                            "no client {client_id:?}: create it first with `flinger client add`"
+                        ))
+                    })?;
+                    role = client.role();
+                    Ok(Some(Event::RefreshTokenIssued {
+                        hash: token::token_hash(&refresh),
+                        client_id: Name::from(client_id.as_str()),
+                        issued_at: at,
+                        expires_at,
+                    }))
+                })
+                .await?;
+            let file = json!({
+                "refresh_token": refresh,
+                "obtained_at": crate::http::wire::iso_z(at),
+            });
+            token::write_private_file(path, file.to_string().as_bytes())?;
+            writeln!(
+                out,
+                "Wrote a refresh token for client {client_id:?} (role {}) to {} (mode 0600), valid until {}.\n\
+                 Start the agent with `testflinger-agent --token-file {}`.",
+                role.as_str(),
+                path.display(),
+                crate::http::wire::iso_z(expires_at),
+                path.display()
+            )?;
+        }
+        ClientAction::List => {
+            let lines = store.read(|a| {
+                a.clients
+                    .iter()
+                    .map(|(id, c)| crate::http::auth::client_json(id, c).to_string())
+                    .collect::<Vec<_>>()
+            });
+            for line in lines {
+                writeln!(out, "{line}")?;
+            }
+        }
+        ClientAction::Delete { client_id } => {
+            store
+                .record_durably(|access| {
+                    access
+                        .client(client_id)
+                        .ok_or_else(|| Error::NotFound(format!("no client {client_id:?}")))?;
+                    Ok(Some(Event::ClientDeleted {
+                        id: Name::from(client_id.as_str()),
+                    }))
+                })
+                .await?;
+            writeln!(out, "Deleted client {client_id:?}.")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,527 @@
+//! Access control as one layer: [`authorize`] resolves the caller once per request (from
+//! its bearer token, or anonymous), checks the route × role table ([`table`]) and the
+//! per-job ownership checks, and hands the handler a [`Caller`] (a request extension).
+//! Handlers never look at the `Authorization` header themselves.
+//!
+//! - `table`: the route × role table (data, tested on its own against upstream's).
+//! - `token`: JWT access tokens, refresh tokens, bcrypt secrets, the signing key.
+//! - `store`: the access partition (clients, refresh-token hashes, restricted queues,
+//!   sealed secrets).
+//! - `secrets`: sealing job secrets and resolving them for the dispatched agent.
+//! - `admin`: the `flinger client` subcommand.
+//!
+//! Modes ([`AccessMode`]): `off` lets every request through as [`Caller::Open`] (full
+//! rights; the server refuses to start off loopback unless told otherwise); `on` is
+//! upstream Testflinger without OIDC (no token = contributor); `strict` needs a token on
+//! every endpoint that is not public.
+//!
+//! Authentication and authorisation failures are logged as security events (target
+//! `flinger::security`: who, what, from where), never with a secret or a token.
+
+pub mod admin;
+pub mod secrets;
+pub mod store;
+pub mod table;
+pub mod token;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+
+use crate::actors::Services;
+use crate::config::{AccessMode, Config};
+use crate::error::{Error, Result};
+use crate::model::access::{self, Asked, Permissions, Role};
+use crate::model::registry::{Submission, Submitter};
+use crate::model::{Event, JobId, Name};
+use table::{Check, Roles};
+
+/// Who is calling, as the access layer resolved it.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// Access control is off: every right.
+    Open,
+    /// No `Authorization` header.
+    Anonymous,
+    /// An `Authorization` header that is not a bearer token (upstream: no role).
+    Unidentified,
+    /// A verified access token.
+    Client(Arc<Permissions>),
+}
+
+impl Caller {
+    /// The authenticated client id.
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            Caller::Client(p) => Some(&p.client_id),
+            _ => None,
+        }
+    }
+
+    /// The token's permissions (`None` for anyone without a token).
+    pub fn permissions(&self) -> Option<&Permissions> {
+        match self {
+            Caller::Client(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether the caller may act on other clients' jobs: access control off, or a
+    /// manager or admin.
+    pub fn is_privileged(&self) -> bool {
+        match self {
+            Caller::Open => true,
+            Caller::Client(p) => matches!(p.role(), Some(Role::Manager | Role::Admin)),
+            _ => false,
+        }
+    }
+
+    /// The caller's role under `mode` (`None`: no role at all).
+    fn role(&self, mode: AccessMode) -> Option<Role> {
+        match self {
+            Caller::Open => Some(Role::Admin),
+            Caller::Anonymous if mode == AccessMode::On => Some(Role::Contributor),
+            Caller::Anonymous | Caller::Unidentified => None,
+            Caller::Client(p) => p.role(),
+        }
+    }
+
+    /// Who, for security logs.
+    fn who(&self) -> &str {
+        match self {
+            Caller::Client(p) => &p.client_id,
+            Caller::Unidentified => "unidentified",
+            _ => "anonymous",
+        }
+    }
+}
+
+/// Access control's shared state: the mode, the token signer, the access partition and
+/// the failed-login limiter.
+pub struct Gate {
+    /// The mode.
+    pub mode: AccessMode,
+    /// Signs and verifies access tokens.
+    pub signer: token::Signer,
+    /// Clients, refresh tokens, restricted queues.
+    pub store: store::AccessStore,
+    /// Access token lifetime, seconds.
+    pub access_ttl: u64,
+    /// Refresh token lifetime, seconds.
+    pub refresh_ttl: u64,
+    /// Failed token requests per client and per address.
+    pub limiter: Limiter,
+    /// The job secrets store's cipher (`None`: no master key, no secrets store).
+    pub secrets: Option<secrets::Sealer>,
+    /// Tokens already verified → their permissions and `exp`: a client's repeated
+    /// requests skip the signature check and claim parsing. Bounded (cleared when full);
+    /// an entry is used only while its token is unexpired, and the signing key never
+    /// changes while the server runs, so a hit is exactly what verifying would give.
+    verified: Mutex<crate::model::FastMap<Box<str>, Verified>>,
+}
+
+/// A verified token's permissions and `exp` (unix seconds).
+type Verified = (Arc<Permissions>, u64);
+
+/// Most verified tokens remembered.
+const VERIFIED_CACHE: usize = 10_000;
+
+impl Gate {
+    /// The gate for `config` over the recovered partition.
+    /// The key file is kept through `fs`, the data dir's filesystem.
+    pub fn new(config: &Config, fs: &dyn wal::Fs, store: store::AccessStore) -> Result<Gate> {
+        let key = token::signing_key(fs, &config.data_dir)?;
+        Ok(Gate {
+            mode: config.access,
+            signer: token::Signer::new(&key, config.jwt_leeway.as_secs()),
+            store,
+            access_ttl: config.access_token_ttl.as_secs(),
+            refresh_ttl: config.refresh_token_ttl.as_secs(),
+            limiter: Limiter::new(config.token_failures_per_minute),
+            secrets: secrets::Sealer::from_env()?,
+            verified: Mutex::new(Default::default()),
+        })
+    }
+
+    /// Resolves the caller from the request headers.
+    pub fn caller(&self, headers: &axum::http::HeaderMap) -> Result<Caller> {
+        if self.mode == AccessMode::Off {
+            return Ok(Caller::Open);
+        }
+        let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+            return Ok(Caller::Anonymous);
+        };
+        let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+            return Ok(Caller::Unidentified);
+        };
+        let token = token.trim();
+        let now = crate::actors::now();
+        if let Some((permissions, exp)) = self.verified.lock().get(token) {
+            if now <= exp.saturating_add(self.signer.leeway()) {
+                return Ok(Caller::Client(permissions.clone()));
+            }
+        }
+        let (permissions, exp) = self.signer.verify_timed(token, now)?;
+        let permissions = Arc::new(permissions);
+        let mut verified = self.verified.lock();
+        if verified.len() >= VERIFIED_CACHE {
+            verified.clear();
+        }
+        verified.insert(token.into(), (permissions.clone(), exp));
+        Ok(Caller::Client(permissions))
+    }
+}
+
+/// The peer address of a request (set per connection by the server), for security logs
+/// and the limiter.
+pub fn peer(request_extensions: &axum::http::Extensions) -> Option<SocketAddr> {
+    request_extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
+/// Logs a refused request as a security event.
+pub fn security_event(
+    kind: &str,
+    who: &str,
+    method: &str,
+    path: &str,
+    from: Option<SocketAddr>,
+    why: &str,
+) {
+    let from = from.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+    tracing::warn!(target: "flinger::security", event = kind, client = who, method, path, from = %from, "{why}");
+}
+
+/// Middleware: resolve the caller, check the table and the per-job checks, hand the
+/// caller to the handler as an extension.
+pub async fn authorize(
+    State(svc): State<Services>,
+    matched: Option<MatchedPath>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let gate = &svc.access;
+    if gate.mode == AccessMode::Off {
+        request.extensions_mut().insert(Caller::Open);
+        return next.run(request).await;
+    }
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let from = peer(request.extensions());
+    let caller = match gate.caller(request.headers()) {
+        Ok(caller) => caller,
+        Err(e) => {
+            security_event("authn_fail", "unknown", &method, &path, from, e.message());
+            return e.into_response();
+        }
+    };
+    let Some(pattern) = matched else {
+        return next.run(request).await;
+    };
+    let has_cookie = crate::http::wire::agent_cookie(request.headers()).is_some();
+    if let Err(e) = check(&svc, &caller, &method, pattern.as_str(), &path, has_cookie).await {
+        let kind = if e.status() == 401 {
+            "authn_fail"
+        } else {
+            "authz_fail"
+        };
+        security_event(kind, caller.who(), &method, &path, from, e.message());
+        return e.into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+async fn check(
+    svc: &Services,
+    caller: &Caller,
+    method: &str,
+    pattern: &str,
+    path: &str,
+    has_cookie: bool,
+) -> Result<()> {
+    let gate = &svc.access;
+    let Some(rule) = table::lookup(method, pattern) else {
+        return Err(Error::MethodNotAllowed("Method Not Allowed".into()));
+    };
+    let Roles::Only(roles) = rule.roles else {
+        return Ok(());
+    };
+    let role = caller.role(gate.mode);
+    if gate.mode == AccessMode::Strict && caller.client_id().is_none() {
+        return Err(Error::Unauthorized(
+            "Authentication is required for specified endpoint".into(),
+        ));
+    }
+    if !role.is_some_and(|r| roles.contains(&r)) {
+        return Err(Error::Forbidden(format!(
+            "Specified action requires role: {}",
+            table::role_list(roles)
+        )));
+    }
+    match rule.check {
+        Check::None => Ok(()),
+        Check::AgentCookie if has_cookie => Ok(()),
+        Check::AgentCookie => Err(Error::Unauthorized("Agent not identified".into())),
+        Check::JobOwner | Check::JobAgent => {
+            let Some(id) = table::path_param(pattern, path, "id").and_then(JobId::parse) else {
+                return Ok(()); // the handler answers the malformed id
+            };
+            if rule.check == Check::JobOwner {
+                check_job_owner(svc, caller, id).await
+            } else {
+                check_job_agent(svc, caller, id).await
+            }
+        }
+    }
+}
+
+/// Testflinger's submission checks for `caller` (priority, restricted queue,
+/// reservation timeout), and who submits for the registry's resubmission rule.
+pub fn check_submission(svc: &Services, caller: &Caller, sub: &Submission) -> Result<Submitter> {
+    // Secrets first, whatever the mode: with access control off no one is authenticated,
+    // so a job naming secrets is refused with upstream's message ("No secrets store"
+    // without a store, else "Missing client ID").
+    check_job_secrets(svc, caller, &sub.body)?;
+    if matches!(caller, Caller::Open) {
+        return Ok(Submitter {
+            owner: None,
+            privileged: true,
+        });
+    }
+    let restricted = svc.access.store.read(|a| a.is_restricted(&sub.queue));
+    access::check_submission(
+        caller.permissions(),
+        Asked {
+            queue: &sub.queue,
+            priority: sub.priority,
+            reservation: reservation_secs(&sub.body),
+            restricted,
+        },
+    )?;
+    Ok(Submitter {
+        owner: caller.client_id().map(Name::from),
+        privileged: caller.is_privileged(),
+    })
+}
+
+/// Upstream's `validate_secrets`: a job naming secrets needs a secrets store, an
+/// authenticated submitter and every path stored for that submitter (422 otherwise).
+fn check_job_secrets(svc: &Services, caller: &Caller, body: &[u8]) -> Result<()> {
+    if !body.windows(7).any(|w| w == b"secrets") {
+        return Ok(());
+    }
+    let Ok(job) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(());
+    };
+    let Some(wanted) = secrets::job_secrets(&job) else {
+        return Ok(());
+    };
+    let refuse = |message: String| Error::Validation {
+        message,
+        field: "test_data".into(),
+        reason: "secrets".into(),
+    };
+    if svc.access.secrets.is_none() {
+        return Err(refuse("No secrets store".into()));
+    }
+    let Some(client) = caller.client_id() else {
+        return Err(refuse("Missing client ID (user not authenticated)".into()));
+    };
+    let now = crate::actors::now();
+    let mut missing: Vec<String> = svc.access.store.read(|a| {
+        wanted
+            .values()
+            .map(|p| p.as_str().unwrap_or_default().to_owned())
+            .filter(|p| a.secret(client, p, now).is_none())
+            .collect()
+    });
+    if missing.is_empty() {
+        return Ok(());
+    }
+    missing.sort();
+    Err(refuse(format!(
+        "Inaccessible secret paths: {}",
+        missing.join(", ")
+    )))
+}
+
+/// The job document handed to the agent it is dispatched to, with `test_data.secrets`
+/// resolved into values (as upstream's `retrieve_secrets`: an unreadable one becomes "").
+/// Ephemeral secrets are deleted once read. With access control off the document goes out
+/// as stored.
+pub async fn resolve_secrets(
+    svc: &Services,
+    owner: Option<&str>,
+    body: bytes::Bytes,
+) -> Result<bytes::Bytes> {
+    if svc.access.mode == AccessMode::Off || !body.windows(7).any(|w| w == b"secrets") {
+        return Ok(body);
+    }
+    let Ok(serde_json::Value::Object(mut job)) = serde_json::from_slice(&body) else {
+        return Ok(body);
+    };
+    let Some(wanted) = job
+        .get("test_data")
+        .and_then(|t| t.get("secrets"))
+        .and_then(|s| s.as_object())
+        .cloned()
+    else {
+        return Ok(body);
+    };
+    let now = crate::actors::now();
+    let mut resolved = serde_json::Map::new();
+    let mut spent = Vec::new();
+    for (name, path) in wanted {
+        let path = path.as_str().unwrap_or_default().to_owned();
+        let value = match (owner, &svc.access.secrets) {
+            (Some(owner), Some(sealer)) => svc.access.store.read(|a| {
+                a.secret(owner, &path, now).and_then(|s| {
+                    if s.ephemeral {
+                        spent.push(path.clone());
+                    }
+                    sealer.open(owner, &path, &s.sealed)
+                })
+            }),
+            _ => None,
+        };
+        resolved.insert(name, serde_json::Value::from(value.unwrap_or_default()));
+    }
+    if let Some(owner) = owner {
+        for path in spent {
+            svc.access
+                .store
+                .record_durably(|a| {
+                    Ok(a.secret(owner, &path, now).map(|_| Event::SecretDeleted {
+                        client_id: Name::from(owner),
+                        path: path.as_str().into(),
+                    }))
+                })
+                .await?;
+        }
+    }
+    if let Some(test_data) = job.get_mut("test_data").and_then(|t| t.as_object_mut()) {
+        test_data.insert("secrets".into(), serde_json::Value::Object(resolved));
+    }
+    Ok(bytes::Bytes::from(
+        serde_json::to_vec(&job).expect("maps serialise"),
+    ))
+}
+
+/// `reserve_data.timeout` of a stored job document in seconds (the default when absent).
+fn reservation_secs(body: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Job {
+        reserve_data: Option<Reserve>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Reserve {
+        timeout: Option<serde_json::Value>,
+    }
+    // Most jobs reserve nothing: skip the parse.
+    if !body.windows(12).any(|w| w == b"reserve_data") {
+        return access::DEFAULT_RESERVATION_SECS;
+    }
+    serde_json::from_slice::<Job>(body)
+        .ok()
+        .and_then(|j| j.reserve_data)
+        .and_then(|r| r.timeout)
+        .and_then(|t| crate::http::schema::duration(&t).ok().flatten())
+        .unwrap_or(access::DEFAULT_RESERVATION_SECS)
+}
+
+/// The caller must own job `id` or be a manager/admin (unknown and anonymous jobs pass).
+pub async fn check_job_owner(svc: &Services, caller: &Caller, id: JobId) -> Result<()> {
+    if caller.is_privileged() {
+        return Ok(());
+    }
+    let job = svc.jobs.get(id);
+    match job.and_then(|j| j.owner) {
+        Some(owner) if Some(&*owner) != caller.client_id() => {
+            Err(Error::Forbidden(crate::model::registry::NOT_OWNER.into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// With access control on, the caller must be the agent credential job `id` was
+/// dispatched to.
+pub async fn check_job_agent(svc: &Services, caller: &Caller, id: JobId) -> Result<()> {
+    if matches!(caller, Caller::Open) {
+        return Ok(());
+    }
+    let job = svc.jobs.get(id);
+    match (job.and_then(|j| j.client), caller.client_id()) {
+        (Some(client), Some(me)) if &*client == me => Ok(()),
+        _ => Err(Error::Forbidden(format!(
+            "Job {id} was not dispatched to this agent"
+        ))),
+    }
+}
+
+/// Counts failed token requests per key (client id, address) over a sliding minute; a key
+/// over the limit is refused (429) until its minute passes. Bounded: at most
+/// [`Limiter::MAX_KEYS`] keys are tracked; when full, expired ones are dropped, and if
+/// none has expired a failure of a new key is not counted (the keys already tracked stay
+/// limited, and the table never grows past its bound).
+pub struct Limiter {
+    per_minute: u32,
+    table: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+impl Limiter {
+    /// Most keys tracked at once.
+    pub const MAX_KEYS: usize = 100_000;
+
+    /// A limiter allowing `per_minute` failures per key.
+    pub fn new(per_minute: u32) -> Limiter {
+        Limiter {
+            per_minute,
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Seconds until `key` may try again, if it is over the limit.
+    pub fn blocked(&self, key: &str) -> Option<u64> {
+        let table = self.table.lock();
+        let (count, since) = table.get(key)?;
+        let left = WINDOW.checked_sub(since.elapsed())?;
+        (*count >= self.per_minute).then(|| left.as_secs().max(1))
+    }
+
+    /// Records a failure of `key`.
+    pub fn failed(&self, key: &str) {
+        let mut table = self.table.lock();
+        if table.len() >= Self::MAX_KEYS && !table.contains_key(key) {
+            table.retain(|_, (_, since)| since.elapsed() < WINDOW);
+            if table.len() >= Self::MAX_KEYS {
+                return;
+            }
+        }
+        let entry = table.entry(key.to_owned()).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+
+    /// Keys for a token request: the client id and the address.
+    pub fn keys(client_id: &str, from: Option<IpAddr>) -> [String; 2] {
+        [
+            format!("client:{client_id}"),
+            format!(
+                "addr:{}",
+                from.map_or_else(|| "unknown".into(), |a| a.to_string())
+            ),
+        ]
+    }
+}

@@ -1,0 +1,79 @@
+//! The owner of the access partition: decides, journals and applies access events, and
+//! lets the access layer read the partition without a message round trip.
+//!
+//! The partition is small and written rarely (a token issued per login, an admin's
+//! change), while every authenticated submission reads it. A mutex held across
+//! decide → append → apply gives the same guarantee an actor's turn gives the other
+//! partitions: events are applied in log order, and a snapshot copy taken under the lock
+//! holds every access event up to the last LSN assigned. Appending only queues the record
+//! (no disk wait), so the lock is held for microseconds; callers await durability after.
+
+use parking_lot::Mutex;
+
+use crate::actors::PendingSnapshot;
+use crate::error::Result;
+use crate::journal::{self, Journal, Ticket};
+use crate::model::access::Access;
+use crate::model::Event;
+
+/// The access partition and the journal it records to.
+pub struct AccessStore {
+    /// The partition.
+    state: Mutex<Access>,
+    /// Where its events go.
+    journal: Journal,
+}
+
+impl AccessStore {
+    /// Owns the recovered `access` partition.
+    pub fn new(access: Access, journal: Journal) -> AccessStore {
+        AccessStore {
+            state: Mutex::new(access),
+            journal,
+        }
+    }
+
+    /// Runs `f` over the partition.
+    pub fn read<T>(&self, f: impl FnOnce(&Access) -> T) -> T {
+        f(&self.state.lock())
+    }
+
+    /// Decides an event from the current state, journals it and applies it, atomically.
+    /// `Ok(None)` when `decide` finds nothing to record.
+    pub fn record(
+        &self,
+        decide: impl FnOnce(&Access) -> Result<Option<Event>>,
+    ) -> Result<Option<Ticket>> {
+        let mut state = self.state.lock();
+        let Some(event) = decide(&state)? else {
+            return Ok(None);
+        };
+        let ticket = self.journal.append(&event)?;
+        state.apply(&event);
+        Ok(Some(ticket))
+    }
+
+    /// Records and waits until durable.
+    pub async fn record_durably(
+        &self,
+        decide: impl FnOnce(&Access) -> Result<Option<Event>>,
+    ) -> Result<bool> {
+        match self.record(decide)? {
+            Some(ticket) => {
+                self.journal.durable(ticket).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// A copy of the partition for a snapshot (see the module docs for why the LSN holds).
+    pub fn snapshot(&self) -> PendingSnapshot {
+        let state = self.state.lock();
+        let copy = state.clone();
+        PendingSnapshot {
+            lsn: self.journal.last_assigned(),
+            encode: Box::new(move || journal::encode_partition(&copy)),
+        }
+    }
+}

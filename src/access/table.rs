@@ -1,0 +1,268 @@
+//! THE route × role table: which roles may call each endpoint, and which per-job check
+//! follows. Data, like upstream's `server/tests/permissions.json` (whose role sets it
+//! copies, in upstream's order, so the 403 message names them as upstream does), plus
+//! flinger's routes upstream lacks and the ownership checks upstream lacks.
+//!
+//! The access layer looks a request up by method and *matched route pattern* (axum's
+//! `MatchedPath`, e.g. `/v1/job/{id}`); a route with no row for the method is refused
+//! (405), so a new route is closed until it is listed here.
+
+use crate::model::access::Role;
+
+/// Who may call an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Roles {
+    /// Anyone, with or without a token.
+    Public,
+    /// Callers whose role is one of these.
+    Only(&'static [Role]),
+}
+
+/// The check that follows the role check, for endpoints about one job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Nothing more.
+    None,
+    /// The caller must be the job's submitter, or a manager or admin (jobs submitted
+    /// anonymously have no owner and pass).
+    JobOwner,
+    /// The caller must be the agent credential the job was dispatched to.
+    JobAgent,
+    /// The agent must name itself with the `agent_name` cookie (401 otherwise), so
+    /// `exclude_agents` cannot be dodged by omitting it.
+    AgentCookie,
+}
+
+/// One row: method, route pattern, roles, check.
+#[derive(Clone, Copy, Debug)]
+pub struct Rule {
+    /// HTTP method.
+    pub method: &'static str,
+    /// The route pattern as registered in `http::router`.
+    pub path: &'static str,
+    /// Who may call it.
+    pub roles: Roles,
+    /// What is checked next.
+    pub check: Check,
+}
+
+use Role::{Admin as A, Agent as G, Contributor as C, Manager as M};
+
+const AMC: Roles = Roles::Only(&[A, M, C]);
+const AMG: Roles = Roles::Only(&[A, M, G]);
+const AM: Roles = Roles::Only(&[A, M]);
+const ALL: Roles = Roles::Only(&[A, M, C, G]);
+const AGENT: Roles = Roles::Only(&[G]);
+const ADMIN: Roles = Roles::Only(&[A]);
+const PUBLIC: Roles = Roles::Public;
+
+const fn rule(method: &'static str, path: &'static str, roles: Roles, check: Check) -> Rule {
+    Rule {
+        method,
+        path,
+        roles,
+        check,
+    }
+}
+
+/// Every route of `http::router`.
+pub const TABLE: &[Rule] = &[
+    rule("GET", "/", PUBLIC, Check::None),
+    rule("GET", "/v1", PUBLIC, Check::None),
+    // Resubmission ownership is decided by the registry (it needs the job id in the body).
+    rule("POST", "/v1/job", AMC, Check::None),
+    rule("GET", "/v1/job", AGENT, Check::AgentCookie),
+    rule("GET", "/v1/job/search", AMC, Check::None),
+    rule("GET", "/v1/job/{id}", AMC, Check::None),
+    // flinger's operator route (upstream has none): with access control off it is
+    // loopback-only (checked by the handler); with it on, the admin role.
+    rule("DELETE", "/v1/job/{id}", ADMIN, Check::None),
+    rule("POST", "/v1/job/{id}/attachments", AMC, Check::JobOwner),
+    rule("GET", "/v1/job/{id}/attachments", AGENT, Check::JobAgent),
+    rule("GET", "/v1/job/{id}/position", AMC, Check::None),
+    rule("POST", "/v1/job/{id}/action", AMC, Check::JobOwner),
+    rule("POST", "/v1/result/{id}", AGENT, Check::JobAgent),
+    rule("GET", "/v1/result/{id}", ALL, Check::None),
+    rule("POST", "/v1/result/{id}/output", AGENT, Check::JobAgent),
+    rule("GET", "/v1/result/{id}/output", AMC, Check::None),
+    rule("POST", "/v1/result/{id}/artifact", AGENT, Check::JobAgent),
+    rule("GET", "/v1/result/{id}/artifact", AMC, Check::None),
+    rule("POST", "/v1/result/{id}/log/{kind}", AGENT, Check::JobAgent),
+    rule("GET", "/v1/result/{id}/log/{kind}", AMC, Check::None),
+    rule("POST", "/v1/agents/queues", AMG, Check::None),
+    rule("GET", "/v1/agents/queues", AMC, Check::None),
+    rule("POST", "/v1/agents/images", AMG, Check::None),
+    rule("GET", "/v1/agents/images/{queue}", AMC, Check::None),
+    rule("GET", "/v1/agents/data", AMC, Check::None),
+    rule("POST", "/v1/agents/data/{name}", AMG, Check::None),
+    rule("GET", "/v1/agents/data/{name}", ALL, Check::None),
+    // The job named in the body must be the caller's (checked by the handler).
+    rule(
+        "POST",
+        "/v1/agents/provision_logs/{name}",
+        AGENT,
+        Check::None,
+    ),
+    rule("GET", "/v1/queues/wait_times", AMC, Check::None),
+    rule("GET", "/v1/queues/{queue}/agents", AMC, Check::None),
+    rule("GET", "/v1/queues/{queue}/jobs", AMC, Check::None),
+    rule("POST", "/v1/oauth2/token", PUBLIC, Check::None),
+    rule("POST", "/v1/oauth2/refresh", PUBLIC, Check::None),
+    rule("POST", "/v1/oauth2/revoke", ADMIN, Check::None),
+    rule("GET", "/v1/client-permissions", AM, Check::None),
+    rule("GET", "/v1/client-permissions/{client_id}", AM, Check::None),
+    rule("PUT", "/v1/client-permissions/{client_id}", AM, Check::None),
+    rule(
+        "DELETE",
+        "/v1/client-permissions/{client_id}",
+        ADMIN,
+        Check::None,
+    ),
+    rule("GET", "/v1/restricted-queues", AMC, Check::None),
+    rule("GET", "/v1/restricted-queues/{queue}", AMC, Check::None),
+    rule("POST", "/v1/restricted-queues/{queue}", AM, Check::None),
+    rule("DELETE", "/v1/restricted-queues/{queue}", AM, Check::None),
+    // The client id in the path must be the caller's (checked by the handler).
+    rule("PUT", "/v1/secrets/{client_id}/{*path}", AMC, Check::None),
+    rule(
+        "DELETE",
+        "/v1/secrets/{client_id}/{*path}",
+        AMC,
+        Check::None,
+    ),
+    // flinger's own: metrics, the API document, the dashboard. Pages and metrics show
+    // what the JSON reads they mirror show (contributor rights); the document and the
+    // dashboard's static files hold no data.
+    rule("GET", "/metrics", AMC, Check::None),
+    rule("GET", "/openapi.json", PUBLIC, Check::None),
+    rule("GET", "/static/{file}", PUBLIC, Check::None),
+    rule("GET", "/v1/result/{id}/log/{kind}/follow", AMC, Check::None),
+    rule("GET", "/queues", AMC, Check::None),
+    rule("GET", "/queues/{queue}", AMC, Check::None),
+    rule("GET", "/agents", AMC, Check::None),
+    rule("GET", "/agents/{name}", AMC, Check::None),
+    rule("GET", "/jobs", AMC, Check::None),
+    rule("GET", "/jobs/{id}", AMC, Check::None),
+    // The dashboard's cancel button: the same rights as the cancel action.
+    rule("POST", "/jobs/{id}/cancel", AMC, Check::JobOwner),
+];
+
+/// The rule for `method` on route `path`, if listed. `HEAD` is checked as `GET` (axum
+/// answers it with the GET handler).
+pub fn lookup(method: &str, path: &str) -> Option<&'static Rule> {
+    let method = if method == "HEAD" { "GET" } else { method };
+    TABLE.iter().find(|r| r.path == path && r.method == method)
+}
+
+/// The roles of a rule, as upstream's 403 names them.
+pub fn role_list(roles: &[Role]) -> String {
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The value of `{name}` in `path` matched against route `pattern`.
+pub fn path_param<'a>(pattern: &str, path: &'a str, name: &str) -> Option<&'a str> {
+    let wanted = format!("{{{name}}}");
+    let index = pattern.split('/').position(|seg| seg == wanted)?;
+    path.split('/').nth(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Upstream's permissions.json, copied from `../shared/reference/upstream-permissions.json`
+    /// (server/tests/permissions.json at fe381ff2) less `/v1/job/<job_id>/events` (webhooks
+    /// are not implemented): every row here must have the same roles in [`TABLE`].
+    const UPSTREAM: &str = r#"{
+  "/v1/agents/data": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/agents/data/<agent_name>": {"POST": ["AGENT", "MANAGER", "ADMIN"], "GET": ["AGENT", "CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/agents/images": {"POST": ["AGENT", "MANAGER", "ADMIN"]},
+  "/v1/agents/images/<queue_name>": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/agents/provision_logs/<agent_name>": {"POST": ["AGENT"]},
+  "/v1/agents/queues": {"POST": ["AGENT", "MANAGER", "ADMIN"], "GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/client-permissions/<client_id>": {"DELETE": ["ADMIN"], "GET": ["MANAGER", "ADMIN"], "PUT": ["MANAGER", "ADMIN"]},
+  "/v1/client-permissions": {"GET": ["MANAGER", "ADMIN"]},
+  "/v1/job": {"GET": ["AGENT"], "POST": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/job/<job_id>": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/job/<job_id>/action": {"POST": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/job/<job_id>/attachments": {"GET": ["AGENT"], "POST": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/job/<job_id>/position": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/job/search": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/oauth2/revoke": {"POST": ["ADMIN"]},
+  "/v1/queues/<queue_name>/agents": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/queues/<queue_name>/jobs": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/queues/wait_times": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/restricted-queues": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/restricted-queues/<queue_name>": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"], "DELETE": ["MANAGER", "ADMIN"], "POST": ["MANAGER", "ADMIN"]},
+  "/v1/result/<job_id>": {"POST": ["AGENT"], "GET": ["AGENT", "CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/result/<job_id>/artifact": {"POST": ["AGENT"], "GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/result/<job_id>/log/<log_type>": {"POST": ["AGENT"], "GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/secrets/<client_id>/<path>": {"DELETE": ["CONTRIBUTOR", "MANAGER", "ADMIN"], "PUT": ["CONTRIBUTOR", "MANAGER", "ADMIN"]}
+}"#;
+
+    fn ours(path: &str) -> String {
+        // `<job_id>` → `{id}`, `<queue_name>` → `{queue}`, ...
+        path.split('/')
+            .map(|seg| match seg {
+                "<job_id>" => "{id}",
+                "<queue_name>" => "{queue}",
+                "<agent_name>" => "{name}",
+                "<client_id>" => "{client_id}",
+                "<log_type>" => "{kind}",
+                "<path>" => "{*path}",
+                other => other,
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    #[test]
+    fn every_upstream_row_has_the_same_roles_here() {
+        let upstream: serde_json::Value = serde_json::from_str(UPSTREAM).unwrap();
+        let mut rows = 0;
+        for (path, methods) in upstream.as_object().unwrap() {
+            for (method, roles) in methods.as_object().unwrap() {
+                let rule = lookup(method, &ours(path))
+                    .unwrap_or_else(|| panic!("{method} {path} is not in the table"));
+                let mut want: Vec<Role> = roles
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| Role::parse(&r.as_str().unwrap().to_lowercase()).unwrap())
+                    .collect();
+                let Roles::Only(have) = rule.roles else {
+                    panic!("{method} {path} is public here");
+                };
+                let mut have = have.to_vec();
+                want.sort();
+                have.sort();
+                assert_eq!(have, want, "{method} {path}");
+                rows += 1;
+            }
+        }
+        assert_eq!(rows, 36);
+    }
+
+    #[test]
+    fn rows_are_unique_and_params_are_found() {
+        for (i, a) in TABLE.iter().enumerate() {
+            for b in &TABLE[i + 1..] {
+                assert!(
+                    !(a.method == b.method && a.path == b.path),
+                    "{} {} listed twice",
+                    a.method,
+                    a.path
+                );
+            }
+        }
+        assert_eq!(
+            path_param("/v1/job/{id}/action", "/v1/job/abc/action", "id"),
+            Some("abc")
+        );
+        assert_eq!(path_param("/v1/job", "/v1/job", "id"), None);
+    }
+}

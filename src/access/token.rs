@@ -1,0 +1,265 @@
+//! Credentials: access tokens (HS256 JWTs with Testflinger's claim layout), refresh
+//! tokens (opaque random strings, stored only as SHA-256), client secrets (bcrypt, cost 8
+//! as upstream) and the signing key (from the environment, else generated once into the
+//! data directory, mode 0600).
+//!
+//! Upstream source: `server/src/testflinger/api/auth.py` (`generate_access_token`,
+//! `decode_jwt_token`, `generate_refresh_token`, `hash_secret`). Status codes and
+//! messages follow it: expired or not yet valid 401, anything else wrong 403.
+
+use std::io::Write;
+use std::path::Path;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::model::access::Permissions;
+
+/// bcrypt cost of client secrets (upstream `HASH_ROUNDS`).
+pub const BCRYPT_COST: u32 = 8;
+/// Length of a refresh token (upstream `generate_token(48)`).
+pub const REFRESH_TOKEN_LEN: usize = 48;
+/// Name of the generated signing key file in the data directory.
+pub const SIGNING_KEY_FILE: &str = "jwt-signing-key";
+/// Environment variables that may hold the signing key (flinger's, then upstream's).
+pub const SIGNING_KEY_ENV: &[&str] = &["FLINGER_JWT_SIGNING_KEY", "JWT_SIGNING_KEY"];
+
+/// A JWT's claims, as upstream encodes them.
+/// Every field is optional when decoding so that a missing claim is reported as such
+/// (upstream's 403 "Token missing required claim: <c>"), not as undecodable.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    permissions: Option<Permissions>,
+}
+
+/// Signs and verifies access tokens.
+pub struct Signer {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    leeway: u64,
+}
+
+impl Signer {
+    /// The clock skew tolerated, seconds.
+    pub fn leeway(&self) -> u64 {
+        self.leeway
+    }
+
+    /// A signer over `key` (HS256) tolerating `leeway` seconds of clock skew.
+    pub fn new(key: &[u8], leeway: u64) -> Signer {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = leeway;
+        validation.set_required_spec_claims(&["exp", "iat", "sub"]);
+        Signer {
+            encoding: EncodingKey::from_secret(key),
+            decoding: DecodingKey::from_secret(key),
+            validation,
+            leeway,
+        }
+    }
+
+    /// An access token for `permissions` issued at `now` (unix seconds), valid `ttl` s.
+    pub fn issue(&self, permissions: &Permissions, now: u64, ttl: u64) -> String {
+        let claims = Claims {
+            exp: Some(now + ttl),
+            iat: Some(now),
+            sub: Some("access_token".into()),
+            permissions: Some(permissions.clone()),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing of serialisable claims cannot fail")
+    }
+
+    /// Verifies a bearer token; its permissions, or upstream's error.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Permissions> {
+        self.verify_timed(token, now).map(|(p, _)| p)
+    }
+
+    /// [`Signer::verify`], also returning the token's `exp`.
+    pub fn verify_timed(&self, token: &str, now: u64) -> Result<(Permissions, u64)> {
+        if token.is_empty() {
+            return Err(Error::Unauthorized("Unauthorized".into()));
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => Error::Unauthorized("Token has expired".into()),
+                ErrorKind::ImmatureSignature => Error::Unauthorized("Token not yet valid".into()),
+                ErrorKind::InvalidSignature => Error::Forbidden("Invalid Token signature".into()),
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    Error::Forbidden(format!("Token missing required claim: {claim}"))
+                }
+                ErrorKind::InvalidToken
+                | ErrorKind::Base64(_)
+                | ErrorKind::Json(_)
+                | ErrorKind::Utf8(_) => Error::Forbidden("Unable to decode token".into()),
+                _ => Error::Forbidden("Invalid Token".into()),
+            })?;
+        let claims = data.claims;
+        for (claim, present) in [
+            ("exp", claims.exp.is_some()),
+            ("iat", claims.iat.is_some()),
+            ("sub", claims.sub.is_some()),
+        ] {
+            if !present {
+                return Err(Error::Forbidden(format!(
+                    "Token missing required claim: {claim}"
+                )));
+            }
+        }
+        // PyJWT refuses an `iat` in the future; jsonwebtoken does not check it.
+        if claims.iat.unwrap_or(0) > now + self.leeway {
+            return Err(Error::Unauthorized("Token not yet valid".into()));
+        }
+        let exp = claims.exp.unwrap_or(0);
+        match claims.permissions {
+            Some(p) if !p.client_id.is_empty() && p.role().is_some() => Ok((p, exp)),
+            _ => Err(Error::Forbidden("Invalid Token".into())),
+        }
+    }
+}
+
+/// `n` random characters from `[A-Za-z0-9]` (OS randomness).
+pub fn random_text(n: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(n);
+    while out.len() < n {
+        let mut bytes = [0u8; 64];
+        getrandom::fill(&mut bytes).expect("the OS random source works");
+        // Rejection sampling keeps the distribution uniform (62 does not divide 256).
+        for b in bytes {
+            if (b as usize) < 62 * 4 && out.len() < n {
+                out.push(ALPHABET[b as usize % 62] as char);
+            }
+        }
+    }
+    out
+}
+
+/// A fresh refresh token.
+pub fn new_refresh_token() -> String {
+    random_text(REFRESH_TOKEN_LEN)
+}
+
+/// How a refresh token is recorded: hex SHA-256. Tokens are 48 random characters (285
+/// bits), so a fast hash suffices; the log and snapshots never hold the token.
+pub fn token_hash(token: &str) -> Box<str> {
+    let digest = Sha256::digest(token.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex.into()
+}
+
+/// bcrypt hash of a client secret (slow on purpose: run it off the async runtime).
+pub fn hash_secret(secret: &str) -> Result<String> {
+    bcrypt::hash(secret, BCRYPT_COST).map_err(|e| Error::Internal(format!("bcrypt: {e}")))
+}
+
+/// Whether `secret` matches `hash` (constant-time inside bcrypt; false for a malformed
+/// hash).
+pub fn secret_matches(secret: &str, hash: &str) -> bool {
+    bcrypt::verify(secret, hash).unwrap_or(false)
+}
+
+/// The signing key: `FLINGER_JWT_SIGNING_KEY` or `JWT_SIGNING_KEY` when set, else the
+/// data directory's key file, generated on first use (64 random characters, mode 0600,
+/// written durably through the data dir's filesystem `fs` so tokens survive restarts and
+/// power loss).
+pub fn signing_key(fs: &dyn wal::Fs, data_dir: &Path) -> Result<Vec<u8>> {
+    for var in SIGNING_KEY_ENV {
+        if let Ok(value) = std::env::var(var) {
+            if !value.is_empty() {
+                return Ok(value.into_bytes());
+            }
+        }
+    }
+    let path = data_dir.join(SIGNING_KEY_FILE);
+    match fs.read(&path) {
+        Ok(key) if !key.is_empty() => return Ok(key),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Error::Internal(format!(
+                "cannot read the signing key {}: {e}",
+                path.display()
+            )))
+        }
+    }
+    let key = random_text(64).into_bytes();
+    wal::write_private_file_durably(fs, &path, &key)
+        .map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
+    tracing::info!(path = %path.display(), "generated a JWT signing key");
+    Ok(key)
+}
+
+/// Writes `bytes` to `path` durably with mode 0600: a temporary file, fsync, rename,
+/// fsync of the directory.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn perms() -> Permissions {
+        Permissions {
+            client_id: "c".into(),
+            role: Some("agent".into()),
+            ..Permissions::default()
+        }
+    }
+
+    #[test]
+    fn tokens_verify_and_errors_follow_upstream_codes() {
+        let now = crate::actors::now();
+        let signer = Signer::new(b"key", 0);
+        let token = signer.issue(&perms(), now, 600);
+        assert_eq!(signer.verify(&token, now).unwrap(), perms());
+        let status = |r: Result<Permissions>| r.unwrap_err().status();
+        // Expired (jsonwebtoken reads the real clock: a token from the past).
+        let old = signer.issue(&perms(), 1_000_000, 600);
+        assert_eq!(status(signer.verify(&old, now)), 401);
+        assert_eq!(status(Signer::new(b"other", 0).verify(&token, now)), 403);
+        assert_eq!(status(signer.verify("garbage", now)), 403);
+        assert_eq!(status(signer.verify("", now)), 401);
+    }
+
+    #[test]
+    fn refresh_tokens_are_random_and_hashed() {
+        let a = new_refresh_token();
+        assert_eq!(a.len(), REFRESH_TOKEN_LEN);
+        assert_ne!(a, new_refresh_token());
+        assert_eq!(token_hash(&a).len(), 64);
+        assert!(!token_hash(&a).contains(&a[..8]));
+    }
+}

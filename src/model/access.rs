@@ -1,0 +1,518 @@
+//! Access control's recorded state and its pure decisions: client credentials and
+//! permissions, refresh tokens (hashes only), restricted queues, job secrets (sealed), the
+//! role hierarchy and the three submission checks of Testflinger's `auth.check_permissions`.
+//!
+//! Everything here is data and pure functions: the HTTP layer (`crate::access`) verifies
+//! tokens and bcrypt hashes and reads clocks; this module never sees a secret in clear (a
+//! client secret arrives as its bcrypt hash, a refresh token as its SHA-256, a job secret as
+//! AEAD ciphertext).
+//!
+//! Invariants:
+//! - a restricted queue's owners are exactly the clients whose `allowed_queues` list it;
+//! - a refresh token belongs to an existing client (deleting a client drops its tokens);
+//! - each client holds at most [`MAX_TOKENS_PER_CLIENT`] refresh tokens and
+//!   [`MAX_SECRETS_PER_CLIENT`] secrets, so no client can grow the state without bound.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::event::Event;
+use super::ids::Name;
+use crate::error::{Error, Result};
+
+/// Testflinger's server roles, lowest first: the order is the hierarchy used when one
+/// client edits another (`ServerRoles` in testflinger-common). Which role may call which
+/// endpoint is a table (`crate::access::table`), not this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// A test agent: takes jobs, posts results.
+    Agent,
+    /// A user: submits, reads and cancels jobs (anonymous callers get this role when
+    /// access control is `on`).
+    Contributor,
+    /// Manages clients below admin and restricted queues.
+    Manager,
+    /// Everything, including deleting clients and revoking tokens.
+    Admin,
+}
+
+impl Role {
+    /// The wire spelling (`"admin"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Contributor => "contributor",
+            Role::Manager => "manager",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(text: &str) -> Option<Role> {
+        Some(match text {
+            "agent" => Role::Agent,
+            "contributor" => Role::Contributor,
+            "manager" => Role::Manager,
+            "admin" => Role::Admin,
+            _ => return None,
+        })
+    }
+}
+
+/// The client Testflinger's own admin tool manages; like upstream, it cannot be changed or
+/// deleted through the API (only with `flinger client`).
+pub const SYSTEM_ADMIN_ID: &str = "testflinger-admin";
+/// Most refresh tokens one client holds; issuing another drops its oldest.
+pub const MAX_TOKENS_PER_CLIENT: usize = 100;
+/// Most secrets one client stores.
+pub const MAX_SECRETS_PER_CLIENT: usize = 1000;
+/// Reservations up to this many seconds need no permission (Testflinger: 6 h).
+pub const FREE_RESERVATION_SECS: u64 = 6 * 3600;
+/// A job's reservation timeout when it names none (Testflinger: 1 h).
+pub const DEFAULT_RESERVATION_SECS: u64 = 3600;
+
+/// One client's credentials and permissions (Testflinger's `client_permissions` entry).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Client {
+    /// bcrypt hash of the client secret (never the secret).
+    pub secret_hash: Box<str>,
+    /// Its role.
+    pub role: Option<Role>,
+    /// Highest `job_priority` per queue, `*` for every queue.
+    pub max_priority: BTreeMap<String, i64>,
+    /// Restricted queues it may submit to.
+    pub allowed_queues: BTreeSet<String>,
+    /// Longest `reserve_data.timeout` (seconds) per queue, `*` for every queue.
+    pub max_reservation_time: BTreeMap<String, i64>,
+    /// Contact address, if given.
+    pub email: Option<String>,
+}
+
+impl Client {
+    /// The role, contributor when none was set (as upstream).
+    pub fn role(&self) -> Role {
+        self.role.unwrap_or(Role::Contributor)
+    }
+}
+
+/// A refresh token's record; the token itself is known only by its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshToken {
+    /// Whose it is.
+    pub client_id: Name,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds after which it is refused.
+    pub expires_at: u64,
+    /// Revoked by an admin.
+    pub revoked: bool,
+}
+
+/// One stored job secret: AEAD ciphertext (nonce included), never the value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    /// Sealed value.
+    pub sealed: Bytes,
+    /// Unix seconds after which it reads as absent.
+    pub expires_at: Option<u64>,
+    /// Deleted after its first read by a dispatch.
+    pub ephemeral: bool,
+}
+
+/// The access partition.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Access {
+    /// Clients by id.
+    pub clients: BTreeMap<Name, Client>,
+    /// Refresh tokens by SHA-256 (hex).
+    pub tokens: BTreeMap<Box<str>, RefreshToken>,
+    /// Per client, its refresh tokens oldest first (for the per-client cap).
+    pub tokens_by_client: BTreeMap<Name, VecDeque<Box<str>>>,
+    /// Queues only their owners may submit to.
+    pub restricted: BTreeSet<Name>,
+    /// Secrets by (client id, path).
+    pub secrets: BTreeMap<(Name, String), Secret>,
+}
+
+/// The permissions a request carries: a verified token's `permissions` claim.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Permissions {
+    /// The client.
+    pub client_id: String,
+    /// Its role (contributor when absent, as upstream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Highest priority per queue.
+    #[serde(default)]
+    pub max_priority: BTreeMap<String, i64>,
+    /// Restricted queues it may use.
+    #[serde(default)]
+    pub allowed_queues: Vec<String>,
+    /// Longest reservation per queue (seconds).
+    #[serde(default)]
+    pub max_reservation_time: BTreeMap<String, i64>,
+    /// Contact address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+impl Permissions {
+    /// The claim for `client`, as `POST /v1/oauth2/token` puts it in the JWT.
+    pub fn of(client_id: &str, client: &Client) -> Permissions {
+        Permissions {
+            client_id: client_id.to_owned(),
+            role: Some(client.role().as_str().to_owned()),
+            max_priority: client.max_priority.clone(),
+            allowed_queues: client.allowed_queues.iter().cloned().collect(),
+            max_reservation_time: client.max_reservation_time.clone(),
+            email: client.email.clone(),
+        }
+    }
+
+    /// The role claimed (contributor when absent; `None` when it names no role).
+    pub fn role(&self) -> Option<Role> {
+        match &self.role {
+            None => Some(Role::Contributor),
+            Some(r) => Role::parse(r),
+        }
+    }
+}
+
+/// What a submission asks for, for the checks.
+#[derive(Clone, Copy, Debug)]
+pub struct Asked<'a> {
+    /// `job_queue`.
+    pub queue: &'a str,
+    /// `job_priority`.
+    pub priority: i64,
+    /// `reserve_data.timeout` in seconds ([`DEFAULT_RESERVATION_SECS`] when absent).
+    pub reservation: u64,
+    /// Whether the queue is restricted.
+    pub restricted: bool,
+}
+
+/// Testflinger's three submission checks (`check_max_priority`,
+/// `check_queue_restriction`, `check_max_reservation_timeout`), with its messages: 401
+/// when a permission is needed and the caller is anonymous (`perms` is `None`), 403 when
+/// the caller's permissions do not cover it. Like upstream, admins are not exempt.
+pub fn check_submission(perms: Option<&Permissions>, asked: Asked<'_>) -> Result<()> {
+    let Asked {
+        queue,
+        priority,
+        reservation,
+        restricted,
+    } = asked;
+    let most = |map: &BTreeMap<String, i64>| {
+        map.get("*")
+            .copied()
+            .unwrap_or(0)
+            .max(map.get(queue).copied().unwrap_or(0))
+    };
+    if priority != 0 {
+        let perms = perms.ok_or_else(|| {
+            Error::Unauthorized(format!(
+                "Authentication required for setting priority: {priority}"
+            ))
+        })?;
+        if priority > most(&perms.max_priority) {
+            return Err(Error::Forbidden(format!(
+                "Not enough permissions to push to {queue} with priority {priority}"
+            )));
+        }
+    }
+    if restricted {
+        let perms = perms.ok_or_else(|| {
+            Error::Unauthorized(format!(
+                "Authentication required to push to restricted queue: {queue}"
+            ))
+        })?;
+        if !perms.allowed_queues.iter().any(|q| q == queue) {
+            return Err(Error::Forbidden(format!(
+                "Not enough permissions to push to the restricted queue: {queue}"
+            )));
+        }
+    }
+    if reservation > FREE_RESERVATION_SECS {
+        let perms = perms.ok_or_else(|| {
+            Error::Unauthorized(format!(
+                "Authentication required for setting timeout: {reservation}"
+            ))
+        })?;
+        if reservation as i128 > most(&perms.max_reservation_time) as i128 {
+            return Err(Error::Forbidden(format!(
+                "Not enough permissions to push to {queue} with reservation timeout {reservation}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Access {
+    /// The client, if known.
+    pub fn client(&self, id: &str) -> Option<&Client> {
+        self.clients.get(id)
+    }
+
+    /// Whether `queue` is restricted.
+    pub fn is_restricted(&self, queue: &str) -> bool {
+        self.restricted.contains(queue)
+    }
+
+    /// Restricted queue → the clients allowed on it, sorted.
+    pub fn owners(&self) -> BTreeMap<&str, Vec<&str>> {
+        let mut out: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (id, client) in &self.clients {
+            for queue in &client.allowed_queues {
+                out.entry(queue.as_str()).or_default().push(id);
+            }
+        }
+        out
+    }
+
+    /// A live secret of `client_id` at `path` at time `now`.
+    pub fn secret(&self, client_id: &str, path: &str, now: u64) -> Option<&Secret> {
+        self.secrets
+            .get(&(Name::from(client_id), path.to_owned()))
+            .filter(|s| s.expires_at.is_none_or(|t| t > now))
+    }
+
+    /// Folds one access event in.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::ClientSaved { id, client } => {
+                self.clients.insert(id.clone(), (**client).clone());
+            }
+            Event::ClientDeleted { id } => {
+                self.clients.remove(id);
+                for hash in self.tokens_by_client.remove(id).unwrap_or_default() {
+                    self.tokens.remove(&hash);
+                }
+                self.secrets.retain(|(owner, _), _| owner != id);
+            }
+            Event::RefreshTokenIssued {
+                hash,
+                client_id,
+                issued_at,
+                expires_at,
+            } => {
+                let list = self.tokens_by_client.entry(client_id.clone()).or_default();
+                // Expired tokens of this client go first, then the oldest beyond the cap.
+                while let Some(old) = list.front() {
+                    let stale = self
+                        .tokens
+                        .get(old)
+                        .is_none_or(|t| t.expires_at <= *issued_at);
+                    if !stale && list.len() < MAX_TOKENS_PER_CLIENT {
+                        break;
+                    }
+                    if let Some(old) = list.pop_front() {
+                        self.tokens.remove(&old);
+                    }
+                }
+                list.push_back(hash.clone());
+                self.tokens.insert(
+                    hash.clone(),
+                    RefreshToken {
+                        client_id: client_id.clone(),
+                        issued_at: *issued_at,
+                        expires_at: *expires_at,
+                        revoked: false,
+                    },
+                );
+            }
+            Event::RefreshTokenRevoked { hash } => {
+                if let Some(token) = self.tokens.get_mut(hash) {
+                    token.revoked = true;
+                }
+            }
+            Event::QueueRestricted { queue, client_id } => {
+                self.restricted.insert(queue.clone());
+                if let Some(client) = self.clients.get_mut(client_id) {
+                    client.allowed_queues.insert(queue.to_string());
+                }
+            }
+            Event::QueueUnrestricted { queue, client_id } => {
+                // As upstream: the restriction goes for everyone, the queue leaves only
+                // this client's list.
+                self.restricted.remove(queue);
+                if let Some(client) = self.clients.get_mut(client_id) {
+                    client.allowed_queues.remove(&**queue);
+                }
+            }
+            Event::SecretStored {
+                client_id,
+                path,
+                sealed,
+                expires_at,
+                ephemeral,
+            } => {
+                self.secrets.insert(
+                    (client_id.clone(), path.to_string()),
+                    Secret {
+                        sealed: sealed.clone(),
+                        expires_at: *expires_at,
+                        ephemeral: *ephemeral,
+                    },
+                );
+            }
+            Event::SecretDeleted { client_id, path } => {
+                self.secrets.remove(&(client_id.clone(), path.to_string()));
+            }
+            _ => {}
+        }
+    }
+
+    /// How many secrets `client_id` stores.
+    pub fn secret_count(&self, client_id: &str) -> usize {
+        let from = (Name::from(client_id), String::new());
+        self.secrets
+            .range(from..)
+            .take_while(|((owner, _), _)| &**owner == client_id)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn perms(
+        max_priority: &[(&str, i64)],
+        allowed: &[&str],
+        reserve: &[(&str, i64)],
+    ) -> Permissions {
+        Permissions {
+            client_id: "c".into(),
+            role: Some("contributor".into()),
+            max_priority: max_priority
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            allowed_queues: allowed.iter().map(|s| s.to_string()).collect(),
+            max_reservation_time: reserve.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            email: None,
+        }
+    }
+
+    fn asked(queue: &str, priority: i64, reservation: u64, restricted: bool) -> Asked<'_> {
+        Asked {
+            queue,
+            priority,
+            reservation,
+            restricted,
+        }
+    }
+
+    #[test]
+    fn submission_checks_follow_upstream_statuses() {
+        let status = |r: Result<()>| r.err().map(|e| e.status());
+        assert_eq!(
+            status(check_submission(None, asked("q", 0, 3600, false))),
+            None
+        );
+        assert_eq!(
+            status(check_submission(None, asked("q", 5, 3600, false))),
+            Some(401)
+        );
+        assert_eq!(
+            status(check_submission(None, asked("q", 0, 3600, true))),
+            Some(401)
+        );
+        assert_eq!(
+            status(check_submission(None, asked("q", 0, 21_601, false))),
+            Some(401)
+        );
+        assert_eq!(
+            status(check_submission(None, asked("q", 0, 21_600, false))),
+            None
+        );
+        let p = perms(&[("*", 10), ("q", 50)], &["r"], &[("q", 30_000)]);
+        assert_eq!(
+            status(check_submission(Some(&p), asked("q", 50, 3600, false))),
+            None
+        );
+        assert_eq!(
+            status(check_submission(Some(&p), asked("q", 51, 3600, false))),
+            Some(403)
+        );
+        assert_eq!(
+            status(check_submission(Some(&p), asked("x", 10, 3600, false))),
+            None
+        );
+        assert_eq!(
+            status(check_submission(Some(&p), asked("x", 11, 3600, false))),
+            Some(403)
+        );
+        assert_eq!(
+            status(check_submission(Some(&p), asked("q", -5, 3600, false))),
+            None
+        );
+        assert_eq!(
+            status(check_submission(Some(&p), asked("r", 0, 3600, true))),
+            None
+        );
+        assert_eq!(
+            status(check_submission(Some(&p), asked("s", 0, 3600, true))),
+            Some(403)
+        );
+        assert_eq!(
+            status(check_submission(Some(&p), asked("q", 0, 30_000, false))),
+            None
+        );
+        assert_eq!(
+            status(check_submission(Some(&p), asked("q", 0, 30_001, false))),
+            Some(403)
+        );
+        assert_eq!(
+            status(check_submission(Some(&p), asked("x", 0, 21_601, false))),
+            Some(403)
+        );
+    }
+
+    #[test]
+    fn tokens_are_capped_per_client_and_dropped_with_their_client() {
+        let mut access = Access::default();
+        let id: Name = "c".into();
+        access.apply(&Event::ClientSaved {
+            id: id.clone(),
+            client: Box::new(Client::default()),
+        });
+        for i in 0..(MAX_TOKENS_PER_CLIENT + 5) {
+            access.apply(&Event::RefreshTokenIssued {
+                hash: format!("h{i}").into(),
+                client_id: id.clone(),
+                issued_at: 10,
+                expires_at: 100,
+            });
+        }
+        assert_eq!(access.tokens.len(), MAX_TOKENS_PER_CLIENT);
+        assert!(!access.tokens.contains_key("h0"));
+        access.apply(&Event::ClientDeleted { id });
+        assert!(access.tokens.is_empty());
+    }
+
+    #[test]
+    fn restricting_a_queue_adds_it_to_the_client_and_unrestricting_removes_it() {
+        let mut access = Access::default();
+        let id: Name = "c".into();
+        access.apply(&Event::ClientSaved {
+            id: id.clone(),
+            client: Box::new(Client::default()),
+        });
+        let queue: Name = "q".into();
+        access.apply(&Event::QueueRestricted {
+            queue: queue.clone(),
+            client_id: id.clone(),
+        });
+        assert!(access.is_restricted("q"));
+        assert_eq!(access.owners().get("q"), Some(&vec!["c"]));
+        access.apply(&Event::QueueUnrestricted {
+            queue,
+            client_id: id,
+        });
+        assert!(!access.is_restricted("q"));
+        assert!(access.owners().is_empty());
+    }
+}
