@@ -230,6 +230,18 @@ const MATRIX: &[(&str, &str, &str)] = &[
         "/v1/secrets/lab-agent/some/path",
         "contributor manager admin",
     ),
+    // flinger's own: metrics, the API document, the dashboard (pages show what the JSON
+    // reads they mirror show). The log follow stream is left out: it holds the request
+    // open while the job runs.
+    ("GET", "/metrics", "contributor manager admin"),
+    ("GET", "/openapi.json", "public"),
+    ("GET", "/static/dash.css", "public"),
+    ("GET", "/queues", "contributor manager admin"),
+    ("GET", "/queues/{q}", "contributor manager admin"),
+    ("GET", "/agents", "contributor manager admin"),
+    ("GET", "/agents/lab-agent", "contributor manager admin"),
+    ("GET", "/jobs", "contributor manager admin"),
+    ("GET", "/jobs/{id}", "contributor manager admin"),
     // flinger's operator route (loopback-only with access control off); last, as the
     // admin's call deletes the job the rows above use.
     ("DELETE", "/v1/job/{id}", "admin"),
