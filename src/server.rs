@@ -97,6 +97,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
     let (fatal_tx, fatal) = mpsc::unbounded_channel();
     let registry = Arc::new(RwLock::new(std::mem::take(&mut state.registry)));
     let results = Arc::new(RwLock::new(std::mem::take(&mut state.results)));
+    let agent_data = Arc::new(RwLock::new(std::mem::take(&mut state.agents)));
     let orphans = Arc::new(OrphanQuota::new(
         config.orphan_quota_bytes,
         config.retention.as_secs(),
@@ -110,6 +111,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
             state,
             registry: registry.clone(),
             results: results.clone(),
+            agents: agent_data.clone(),
             orphans: orphans.clone(),
             journal: journal.clone(),
             queues: queues.clone(),
@@ -138,6 +140,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         result_docs: ResultDocs::new(results),
         files: Door::new(refs.files, pending, "artifact store"),
         agents: Door::new(refs.agents, pending, "agent store"),
+        agent_data,
         orphans,
         searches: Arc::new(tokio::sync::Semaphore::new(config.max_searches)),
         queues,

@@ -1,10 +1,15 @@
 //! The agents actor: owns the [`Agents`] partition (advertised queues and images, agent
 //! records and provision history).
+//!
+//! Reads do not come here: the partition is [`Shared`], this actor its only writer
+//! (holding the write lock only while it applies an event), and handlers read it under
+//! the read lock (`http::agents::read_agents`), so a dashboard page or an agent listing
+//! never waits behind writes queued in this mailbox.
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::{now, reply, PendingSnapshot, Recorder};
+use super::{now, reply, PendingSnapshot, Recorder, Shared};
 use crate::error::Result;
 use crate::journal::{Journal, Ticket};
 use crate::model::agents::Agents;
@@ -21,8 +26,6 @@ pub enum AgentMsg {
     /// Append a provision outcome (JSON object text) to a known agent's history (404 for
     /// an unknown agent: recording it would create an agent that never registered).
     ProvisionLog(Name, Bytes, RpcReplyPort<Result<Ticket>>),
-    /// A read-only look at the partition: `f` runs inside the actor.
-    Read(Box<dyn FnOnce(&Agents) + Send>),
     /// Remove the records of agents silent since before `cutoff` (unix seconds): how
     /// many, and the ticket.
     Expire(u64, RpcReplyPort<Result<Option<(usize, Ticket)>>>),
@@ -35,8 +38,8 @@ pub struct AgentActor;
 
 /// The agents actor's state.
 pub struct AgentState {
-    /// The partition.
-    agents: Agents,
+    /// The partition (this actor is its only writer), shared with readers.
+    agents: Shared<Agents>,
     /// Journal and how far the partition reaches.
     recorder: Recorder,
 }
@@ -44,7 +47,7 @@ pub struct AgentState {
 impl AgentState {
     fn record(&mut self, event: Event) -> Result<Ticket> {
         let ticket = self.recorder.append(&event)?;
-        self.agents.apply(&event);
+        self.agents.write().apply(&event);
         Ok(ticket)
     }
 }
@@ -52,7 +55,7 @@ impl AgentState {
 impl Actor for AgentActor {
     type Msg = AgentMsg;
     type State = AgentState;
-    type Arguments = (Agents, Journal);
+    type Arguments = (Shared<Agents>, Journal);
 
     async fn pre_start(
         &self,
@@ -96,7 +99,7 @@ impl Actor for AgentActor {
                 reply(port, result);
             }
             AgentMsg::ProvisionLog(name, entry, port) => {
-                let result = if state.agents.agents.contains_key(&name) {
+                let result = if state.agents.read().agents.contains_key(&name) {
                     state.record(Event::ProvisionLogged {
                         name,
                         entry,
@@ -107,9 +110,8 @@ impl Actor for AgentActor {
                 };
                 reply(port, result);
             }
-            AgentMsg::Read(f) => f(&state.agents),
             AgentMsg::Expire(cutoff, port) => {
-                let names = state.agents.silent_since(cutoff);
+                let names = state.agents.read().silent_since(cutoff);
                 let result = if names.is_empty() {
                     Ok(None)
                 } else {
@@ -121,7 +123,7 @@ impl Actor for AgentActor {
                 reply(port, result);
             }
             AgentMsg::Snapshot(port) => {
-                reply(port, state.recorder.snapshot(&state.agents));
+                reply(port, state.recorder.snapshot(&*state.agents.read()));
             }
         }
         Ok(())

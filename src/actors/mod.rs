@@ -363,6 +363,8 @@ pub struct Handles {
     pub files: Door<files::FileMsg>,
     /// Agent-reported data.
     pub agents: Door<agents::AgentMsg>,
+    /// The agents partition, read without the agents actor (`http::agents::read_agents`).
+    pub agent_data: Shared<crate::model::agents::Agents>,
     /// Per-queue actors.
     pub queues: QueueDirectory,
     /// To wait for durability before acknowledging.

@@ -47,13 +47,15 @@ pub struct Refs {
 
 /// Start-up inputs.
 pub struct SupervisorArgs {
-    /// The recovered state (its registry and results partitions are moved into the
+    /// The recovered state (its registry, results and agents partitions are moved into the
     /// shared handles below).
     pub state: State,
     /// The registry partition, shared with readers.
     pub registry: Shared<Registry>,
     /// The results partition, shared with readers.
     pub results: Shared<Results>,
+    /// The agents partition, shared with readers.
+    pub agents: Shared<crate::model::agents::Agents>,
     /// Room for data of ids no job has.
     pub orphans: Arc<OrphanQuota>,
     /// The journal.
@@ -98,7 +100,8 @@ impl Actor for Supervisor {
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let cell = myself.get_cell();
-        let State { files, agents, .. } = args.state;
+        let State { files, .. } = args.state;
+        let agents = args.agents;
         let (registry, results) = (args.registry, args.results);
         let jobs = Jobs::new(registry.clone());
         let (registry, _) = Actor::spawn_linked(

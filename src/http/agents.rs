@@ -7,7 +7,6 @@ use axum::response::Response;
 use axum::Extension;
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use tokio::sync::oneshot;
 
 use super::respond::{json_bytes, json_value, ok, read_body};
 use super::wire::{check_queue_name, json_object_body, MAX_NAME};
@@ -21,19 +20,14 @@ use crate::model::Name;
 /// Largest advertisement body.
 const MAX_ADVERT_BYTES: usize = 4 << 20;
 
-/// Runs `f` over the agents partition inside its actor and returns its result.
+/// Runs `f` over the agents partition under its read lock (not in the agents actor: a
+/// read never waits behind writes queued there) and returns its result. `f` must be
+/// brief: it copies what it needs (records are shared buffers) and renders outside.
 pub async fn read_agents<T: Send + 'static>(
     svc: &Services,
     f: impl FnOnce(&Agents) -> T + Send + 'static,
 ) -> Result<T> {
-    let (tx, rx) = oneshot::channel();
-    svc.agents
-        .cast(AgentMsg::Read(Box::new(move |agents| {
-            let _ = tx.send(f(agents));
-        })))
-        .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
-    rx.await
-        .map_err(|_| Error::Unavailable("the server is shutting down".into()))
+    Ok(f(&svc.agent_data.read()))
 }
 
 async fn json_object(request: Request) -> Result<Map<String, Value>> {
@@ -278,7 +272,7 @@ pub async fn agents_get_one(
 
 /// `GET /v1/agents/data`: every agent's record.
 ///
-/// Streamed: the actor only hands out its records (shared buffers, no parsing), and the
+/// Streamed: the read lock is held only to copy the records (shared buffers, no parsing), and the
 /// array is rendered about [`AGENTS_CHUNK_BYTES`] at a time as the client takes it, so a
 /// large agent table costs one chunk per connection, not a whole copy of the answer.
 pub async fn agents_get_all(State(svc): State<Services>) -> Result<Response> {
