@@ -380,3 +380,54 @@ async fn job_page_in_chromium_shows_a_fragment_posted_after_it_opened() {
         console_lines(&stderr)
     );
 }
+
+#[tokio::test]
+async fn agent_page_lists_jobs_dispatched_to_it_newest_first_when_it_took_several() {
+    let mut srv = TestServer::start_with(&["--snapshot-bytes", "4096"]);
+    srv.post_json(
+        "/v1/agents/data/rig-1",
+        &json!({"state": "waiting", "queues": ["rig-q"]}),
+    )
+    .await
+    .expect_status(200);
+    let mut mine = Vec::new();
+    for round in 0..3 {
+        srv.submit(&json!({"job_queue": "rig-q"})).await;
+        let popped = srv
+            .get_with_headers("/v1/job?queue=rig-q", &[("cookie", "agent_name=rig-1")])
+            .await
+            .expect_json();
+        let id = crate::util::job_id_of(&popped);
+        if round < 2 {
+            srv.post_result(&id, &json!({"job_state": "complete"}))
+                .await;
+        }
+        mine.push(id);
+    }
+    // A job another agent took is not on rig-1's page.
+    srv.submit(&json!({"job_queue": "rig-q"})).await;
+    let other = srv
+        .get_with_headers("/v1/job?queue=rig-q", &[("cookie", "agent_name=rig-2")])
+        .await
+        .expect_json();
+    let other = crate::util::job_id_of(&other);
+    let check = |html: String| {
+        let at: Vec<usize> = mine
+            .iter()
+            .map(|id| {
+                html.find(id.as_str())
+                    .unwrap_or_else(|| panic!("{id} not listed"))
+            })
+            .collect();
+        assert!(at[2] < at[1] && at[1] < at[0], "newest dispatch first");
+        assert!(!html.contains(&other), "another agent's job is listed");
+    };
+    check(srv.get("/agents/rig-1").await.text());
+    // Enough log for a snapshot, then the index is rebuilt (or replayed) on restart.
+    for _ in 0..40 {
+        srv.submit(&json!({"job_queue": "fill", "padding": "x".repeat(100)}))
+            .await;
+    }
+    srv.restart();
+    check(srv.get("/agents/rig-1").await.text());
+}

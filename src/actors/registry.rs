@@ -270,6 +270,18 @@ impl Jobs {
             .map(|(id, job)| (id, view(job)))
     }
 
+    /// The jobs last dispatched to `agent`, newest dispatch first, at most `limit`
+    /// (bounded by the index's [`crate::model::index::AGENT_RECENT`]), under one read lock.
+    pub fn agent_jobs(&self, agent: &str, limit: usize) -> Vec<(JobId, JobView)> {
+        let registry = self.0.read();
+        registry
+            .index()
+            .agent_jobs(agent)
+            .filter_map(|id| registry.get(id).map(|job| (id, view(job))))
+            .take(limit)
+            .collect()
+    }
+
     /// Recent wait times of the named queues (all queues with data when empty).
     pub fn wait_times(&self, queues: &[String]) -> Vec<(Name, Vec<u64>)> {
         let registry = self.0.read();

@@ -1,5 +1,6 @@
 //! Read indexes over the registry's jobs: by queue, by tag and by state label, each in
-//! submission order, so listings and searches visit only the jobs they may return.
+//! submission order, so listings and searches visit only the jobs they may return; and
+//! by agent, the jobs most recently dispatched to each (the dashboard's agent page).
 //!
 //! Maintained by the registry's fold ([`super::registry::Registry::apply`]) as it applies
 //! each event, never logged, and rebuilt from the jobs when a snapshot is loaded. Every
@@ -11,7 +12,7 @@
 //! Invariant: a job is in exactly one queue list and one state list, and in the list of
 //! each distinct tag of its document, under its current `seq`.
 
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use serde::Deserialize;
 
@@ -21,6 +22,9 @@ use super::FastMap;
 
 /// Jobs of one key, by submission sequence number.
 pub type SeqList = BTreeMap<u64, JobId>;
+
+/// How many of the jobs most recently dispatched to an agent the index keeps for it.
+pub const AGENT_RECENT: usize = 50;
 
 /// The indexes (see the module docs).
 #[derive(Clone, Debug, Default)]
@@ -35,6 +39,12 @@ pub struct JobIndex {
     /// wait and running counts for metrics and the dashboard without scanning a
     /// queue's finished jobs). Holds only unfinished jobs, so it stays small.
     live: FastMap<Name, Live>,
+    /// Agent name → the jobs last dispatched to it, newest dispatch first, at most
+    /// [`AGENT_RECENT`] (a job dispatched to it again moves to the front). A job leaves
+    /// the list when it is removed while still naming the agent; one removed after it
+    /// went back to its queue may stay until pushed out or the index is rebuilt, so
+    /// readers skip ids that have no job.
+    by_agent: FastMap<Name, VecDeque<JobId>>,
 }
 
 /// The unfinished jobs of one queue.
@@ -171,6 +181,30 @@ impl JobIndex {
             self.unfile_live(queue, seq, from);
             self.file_live(queue, seq, id, to);
         }
+    }
+
+    /// Notes that `id` was dispatched to `agent` (now: it goes to the front of the
+    /// agent's list, which keeps the newest [`AGENT_RECENT`]).
+    pub fn dispatched(&mut self, agent: &Name, id: JobId) {
+        let list = self.by_agent.entry(agent.clone()).or_default();
+        list.retain(|j| *j != id);
+        list.push_front(id);
+        list.truncate(AGENT_RECENT);
+    }
+
+    /// Drops `id` from `agent`'s list (the job is gone).
+    pub fn undispatched(&mut self, agent: &str, id: JobId) {
+        if let Some(list) = self.by_agent.get_mut(agent) {
+            list.retain(|j| *j != id);
+            if list.is_empty() {
+                self.by_agent.remove(agent);
+            }
+        }
+    }
+
+    /// The jobs last dispatched to `agent`, newest first.
+    pub fn agent_jobs(&self, agent: &str) -> impl Iterator<Item = JobId> + '_ {
+        self.by_agent.get(agent).into_iter().flatten().copied()
     }
 
     /// Every queue with unfinished jobs, and those jobs.
@@ -360,6 +394,28 @@ mod tests {
             ids.push(id);
         }
         (index, ids)
+    }
+
+    #[test]
+    fn agent_lists_keep_the_newest_dispatches_first_and_bounded() {
+        let mut index = JobIndex::default();
+        let agent = Name::from("a1");
+        let ids: Vec<JobId> = (0..AGENT_RECENT + 5).map(|_| JobId::random()).collect();
+        for id in &ids {
+            index.dispatched(&agent, *id);
+        }
+        let listed: Vec<JobId> = index.agent_jobs("a1").collect();
+        assert_eq!(listed.len(), AGENT_RECENT);
+        assert_eq!(listed[0], *ids.last().unwrap());
+        assert!(!listed.contains(&ids[0]), "the oldest dispatches fall off");
+        index.dispatched(&agent, ids[10]);
+        assert_eq!(index.agent_jobs("a1").next(), Some(ids[10]));
+        assert_eq!(index.agent_jobs("a1").count(), AGENT_RECENT);
+        for id in &ids {
+            index.undispatched("a1", *id);
+        }
+        assert_eq!(index.agent_jobs("a1").count(), 0);
+        assert!(index.by_agent.is_empty(), "an empty list leaves the map");
     }
 
     #[test]

@@ -508,8 +508,17 @@ impl Registry {
     /// Rebuilds the read indexes from the jobs (after a snapshot is loaded).
     pub fn rebuild_index(&mut self) {
         let mut index = JobIndex::default();
+        let mut dispatched = Vec::new();
         for (id, job) in &self.jobs {
             index.insert(*id, job.seq, &job.queue, job.state.label(), &job.body);
+            if let (Some(agent), Some(at)) = (&job.agent, job.started_at) {
+                dispatched.push((at, job.seq, agent, *id));
+            }
+        }
+        // Oldest dispatch first, so each agent's list ends newest first.
+        dispatched.sort_unstable_by_key(|&(at, seq, _, _)| (at, seq));
+        for (_, _, agent, id) in dispatched {
+            index.dispatched(agent, id);
         }
         self.index = index;
     }
@@ -631,6 +640,7 @@ impl Registry {
                 let queue = job.queue.clone();
                 if let Some(agent) = agent {
                     self.holding.insert(agent.clone(), *id);
+                    self.index.dispatched(agent, *id);
                 }
                 Some(IndexChange::Remove(queue, *id))
             }
@@ -740,6 +750,7 @@ impl Registry {
                         let job = job.clone();
                         if let Some(agent) = job.agent.clone() {
                             self.release_holder(&agent, *id);
+                            self.index.undispatched(&agent, *id);
                         }
                         self.index
                             .remove(job.seq, &job.queue, job.state.label(), &job.body);
@@ -758,6 +769,7 @@ impl Registry {
                 let job = self.jobs.remove(id)?;
                 if let Some(agent) = job.agent.clone() {
                     self.release_holder(&agent, *id);
+                    self.index.undispatched(&agent, *id);
                 }
                 self.index
                     .remove(job.seq, &job.queue, job.state.label(), &job.body);

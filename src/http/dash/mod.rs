@@ -38,7 +38,7 @@ use crate::actors::registry::{is_finished, JobDetail, RegistryMsg};
 use crate::actors::results::LogQuery;
 use crate::actors::{ask, now, Services};
 use crate::error::{Error, Result};
-use crate::model::index::Search;
+use crate::model::index::{Search, AGENT_RECENT};
 use crate::model::{JobId, Name};
 
 /// Most jobs, queues or agents one page lists.
@@ -336,15 +336,23 @@ pub async fn agents_page(State(svc): State<Services>, request: Request) -> Resul
     )
 }
 
-/// `GET /agents/<name>`: the agent's data, provision history and current job.
+/// `GET /agents/<name>`: the agent's data, provision history, current job and the jobs
+/// last dispatched to it (newest first, at most [`AGENT_RECENT`]).
 pub async fn agent_page(State(svc): State<Services>, Path(name): Path<String>) -> Result<Response> {
     let all = agents(&svc).await?;
     let Some((_, fields, seen, provision_log)) = all.into_iter().find(|(n, ..)| *n == name) else {
         return Err(Error::NotFound(format!("Agent '{name}' does not exist.")));
     };
     let row = agent_row(&name, &fields, seen);
-    let held = svc.jobs.held_by(&name);
-    let jobs: Vec<Value> = held
+    // The jobs last dispatched to it (the index keeps the newest per agent), led by the
+    // one it holds should that have fallen out of the list.
+    let mut recent = svc.jobs.agent_jobs(&name, AGENT_RECENT);
+    if let Some((id, held)) = svc.jobs.held_by(&name) {
+        if !recent.iter().any(|(j, _)| *j == id) {
+            recent.insert(0, (id, held));
+        }
+    }
+    let jobs: Vec<Value> = recent
         .iter()
         .map(|(id, j)| job_row(*id, &j.queue, &j.state, j.created_at))
         .collect();
