@@ -14,7 +14,7 @@
 //! - `baseline`: the in-run bare hyper 1 server (this binary re-executed as
 //!   the hidden `baseline-server` subcommand), so the report can say how far
 //!   flinger is from "HTTP and nothing else" on the same box, in the same run;
-//! - `workloads`: the cells (submit, pop, lifecycle, result-poll), the opt-in
+//! - `workloads`: the cells (submit, pop, lifecycle, result-poll, metrics-cost), the opt-in
 //!   scale runs, the soak (`workloads::soak`) and the adversarial workload
 //!   (`workloads::adversarial`, attackers in `workloads::attack`);
 //! - `stats`: latency histograms (`hdrhistogram`) and per-second windows;
@@ -64,7 +64,8 @@ const MAX_CONCURRENCY: usize = 1024;
                   flinger-bench --quick                          # smoke run, ~30 s\n  \
                   flinger-bench --json bench.json                # the standard cells, ~3 min\n  \
                   flinger-bench --workloads soak --json soak.json            # ~1 min\n  \
-                  flinger-bench --workloads adversarial --json adv.json      # ~30 s\n\n\
+                  flinger-bench --workloads adversarial --json adv.json      # ~30 s\n  \
+                  flinger-bench --workloads metrics-cost --concurrency 16    # ~1 min\n\n\
                   Exit status: 0 on success; 1 if any cell or phase had more than 1% errors; \
                   2 if --max-seconds cut the run short; 3 if setup failed \
                   (server did not start, bad --url); 130 if interrupted."
@@ -377,6 +378,9 @@ enum Workload {
     Lifecycle,
     /// GET /v1/result/<id> round-robin over pre-created jobs.
     ResultPoll,
+    /// submit and pop cells each run twice on the same server, unscraped and
+    /// with GET /metrics every second (alternating); reports the throughput ratio.
+    MetricsCost,
     /// submit + pop at --soak-concurrency for --soak-seconds on a server that
     /// snapshots and rotates often; latency per second.
     Soak,
@@ -392,6 +396,7 @@ impl Workload {
             Workload::Pop => "pop",
             Workload::Lifecycle => "lifecycle",
             Workload::ResultPoll => "result-poll",
+            Workload::MetricsCost => "metrics-cost",
             Workload::Soak => "soak",
             Workload::Adversarial => "adversarial",
         }

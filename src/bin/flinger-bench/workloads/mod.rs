@@ -6,6 +6,8 @@
 //!   untimed pre-fills they need;
 //! - `cells`: what one cell's workers do;
 //! - `scale`: the opt-in runs with a million jobs waiting, and the restart;
+//! - `metrics_cost`: submit and pop cells unscraped and with `/metrics` scraped
+//!   every second, alternating on the same server;
 //! - `mix`: a measured submit + pop phase with per-second windows, shared by
 //!   the soak (`soak`) and the adversarial workload (`adversarial`, whose
 //!   attackers are in `attack`). Those two run on servers of their own.
@@ -13,6 +15,7 @@
 mod adversarial;
 mod attack;
 mod cells;
+mod metrics_cost;
 mod mix;
 mod scale;
 mod soak;
@@ -328,6 +331,12 @@ impl Bench {
                 self.baseline_cells(&bt, c).await?;
             }
             for &w in workloads {
+                if w == Workload::MetricsCost {
+                    let cells = self.metrics_cost_cells(&target, c).await?;
+                    self.rep.cells.extend(cells);
+                    self.check()?;
+                    continue;
+                }
                 let cell = match w {
                     Workload::Submit => self.submit_cell(&target, c, "submit", None).await,
                     Workload::Pop => {
@@ -342,7 +351,7 @@ impl Bench {
                     }
                     Workload::Lifecycle => self.lifecycle_cell(&target, c).await,
                     Workload::ResultPoll => self.result_poll_cell(&target, c).await,
-                    Workload::Soak | Workload::Adversarial => continue,
+                    Workload::Soak | Workload::Adversarial | Workload::MetricsCost => continue,
                 }?;
                 self.rep.cells.push(cell);
                 self.check()?;
