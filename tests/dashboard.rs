@@ -431,3 +431,26 @@ async fn agent_page_lists_jobs_dispatched_to_it_newest_first_when_it_took_severa
     srv.restart();
     check(srv.get("/agents/rig-1").await.text());
 }
+
+#[tokio::test]
+async fn queue_page_lists_waiting_jobs_in_dispatch_order_when_more_wait_than_a_page_shows() {
+    let srv = TestServer::start();
+    // 120 plain jobs, then one with priority: it is dispatched first, though newest.
+    let mut plain = Vec::new();
+    for _ in 0..120 {
+        plain.push(srv.submit(&json!({"job_queue": "deep-q"})).await);
+    }
+    let urgent = srv
+        .submit(&json!({"job_queue": "deep-q", "job_priority": 7}))
+        .await;
+    let html = srv.get("/queues/deep-q").await.expect_status(200).text();
+    assert_eq!(figure(&html, "waiting-total"), 121);
+    let table = &html[html.find("id=\"waiting\"").expect("a waiting table")..];
+    let at = |id: &str| table.find(id).unwrap_or(usize::MAX);
+    assert!(at(&urgent) < at(&plain[0]), "the priority job comes first");
+    assert!(at(&plain[0]) < at(&plain[1]), "then the oldest");
+    assert_eq!(at(&plain[119]), usize::MAX, "only the first page is listed");
+    // The order on the page is the order agents get.
+    let first = srv.pop_id(&["deep-q"]).await.unwrap();
+    assert_eq!(first, urgent);
+}

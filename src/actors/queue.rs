@@ -24,6 +24,9 @@ pub enum QueueMsg {
     Release(JobId),
     /// How many waiting jobs are ahead of this one.
     Position(JobId, RpcReplyPort<Option<usize>>),
+    /// The first `n` waiting jobs in dispatch order (the dashboard's queue page): this
+    /// actor holds the order, so the answer is exact however many jobs wait.
+    Head(usize, RpcReplyPort<Vec<JobId>>),
 }
 
 /// The queue actor (no configuration).
@@ -57,6 +60,7 @@ impl Actor for QueueActor {
             QueueMsg::Take(agent, port) => reply(port, index.take(agent.as_deref())),
             QueueMsg::Release(id) => index.release(id),
             QueueMsg::Position(id, port) => reply(port, index.position(id)),
+            QueueMsg::Head(n, port) => reply(port, index.entries().take(n).map(|e| e.id).collect()),
         }
         Ok(())
     }

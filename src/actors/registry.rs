@@ -331,7 +331,8 @@ impl Jobs {
 
     /// The unfinished jobs of `queue`, at most `limit` of each kind: waiting ones in
     /// dispatch order (priority, then submission; exact when the queue holds at most
-    /// `limit` waiting jobs, else the order of the `limit` oldest), then running ones
+    /// `limit` waiting jobs, else the order of the `limit` oldest: the queue's actor,
+    /// `QueueMsg::Head`, has the exact first page), then running ones
     /// oldest first. Visits at most `2 * limit` jobs under one read lock.
     pub fn live_jobs(&self, queue: &str, limit: usize) -> LiveJobs {
         let registry = self.0.read();

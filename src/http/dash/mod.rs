@@ -34,6 +34,7 @@ use serde_json::{json, Value};
 use super::agents::read_agents;
 use super::respond::text;
 use super::wire::{iso_z, path_id, query_pairs};
+use crate::actors::queue::QueueMsg;
 use crate::actors::registry::{is_finished, JobDetail, RegistryMsg};
 use crate::actors::results::LogQuery;
 use crate::actors::{ask, now, Services};
@@ -259,7 +260,18 @@ pub async fn queue_page(
     State(svc): State<Services>,
     Path(queue): Path<String>,
 ) -> Result<Response> {
-    let live = svc.jobs.live_jobs(&queue, PAGE_LIMIT);
+    let mut live = svc.jobs.live_jobs(&queue, PAGE_LIMIT);
+    if live.waiting_total > live.waiting.len() {
+        // More wait than a page shows: the first page in dispatch order comes from the
+        // queue's actor, which holds that order (the live index is by submission).
+        if let Some(actor) = svc.queues.get(&queue) {
+            let head = ask(&actor, |p| QueueMsg::Head(PAGE_LIMIT, p)).await?;
+            live.waiting = head
+                .into_iter()
+                .filter_map(|id| svc.jobs.detail(id).map(|d| (id, d)))
+                .collect();
+        }
+    }
     let mut waits = svc
         .jobs
         .wait_times(std::slice::from_ref(&queue))
