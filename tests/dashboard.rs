@@ -454,3 +454,36 @@ async fn queue_page_lists_waiting_jobs_in_dispatch_order_when_more_wait_than_a_p
     let first = srv.pop_id(&["deep-q"]).await.unwrap();
     assert_eq!(first, urgent);
 }
+
+#[tokio::test]
+async fn job_page_timeline_lists_each_reported_phase_when_the_agent_ran_the_job() {
+    let srv = TestServer::start();
+    let id = srv.submit(&json!({"job_queue": "phase-q"})).await;
+    assert_eq!(srv.pop_id(&["phase-q"]).await.as_deref(), Some(id.as_str()));
+    for state in ["setup", "provision", "test", "complete"] {
+        srv.post_result(&id, &json!({"job_state": state})).await;
+    }
+    let html = srv
+        .get(&format!("/jobs/{id}"))
+        .await
+        .expect_status(200)
+        .text();
+    let start = html.find("id=\"timeline\"").expect("a timeline");
+    let timeline = &html[start..start + html[start..].find("</ol>").unwrap()];
+    let states: Vec<&str> = timeline
+        .split("<span class=\"state\">")
+        .skip(1)
+        .map(|rest| rest.split('<').next().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "submitted",
+            "dispatched",
+            "setup",
+            "provision",
+            "test",
+            "complete"
+        ]
+    );
+}

@@ -78,6 +78,8 @@ pub struct JobDetail {
     pub finished_at: Option<u64>,
     /// The agent it was handed to.
     pub agent: Option<Name>,
+    /// The states reported in this run, with unix seconds.
+    pub phases: Vec<(Name, u64)>,
 }
 
 fn detail(job: &crate::model::registry::Job) -> JobDetail {
@@ -87,6 +89,7 @@ fn detail(job: &crate::model::registry::Job) -> JobDetail {
         started_at: job.started_at,
         finished_at: job.finished_at,
         agent: job.agent.clone(),
+        phases: job.phases.clone(),
     }
 }
 

@@ -84,7 +84,15 @@ pub struct Job {
     /// is on: only that agent may post its results, logs and artifacts.
     #[serde(default)]
     pub client: Option<Name>,
+    /// The states the agent reported in this run, each with the unix seconds it arrived
+    /// (the dashboard's timeline), at most [`MAX_PHASES`]. Last, with a default, so older
+    /// snapshots still decode.
+    #[serde(default)]
+    pub phases: Vec<(Name, u64)>,
 }
+
+/// Most reported states kept per run of a job (a stock agent reports about ten).
+pub const MAX_PHASES: usize = 32;
 
 /// The run number of a job's first submission.
 pub fn first_run() -> u32 {
@@ -608,6 +616,7 @@ impl Registry {
                     lost: None,
                     owner: owner.clone(),
                     client: None,
+                    phases: Vec::new(),
                 };
                 let entry = job.entry(*id);
                 self.index
@@ -674,6 +683,9 @@ impl Registry {
                 let finished = next.is_terminal();
                 if finished {
                     job.finished_at = Some(*at);
+                }
+                if job.phases.len() < MAX_PHASES {
+                    job.phases.push((state.clone(), *at));
                 }
                 self.index
                     .restate(*id, job.seq, &job.queue, job.state.label(), next.label());

@@ -494,8 +494,19 @@ pub async fn job_page(State(svc): State<Services>, Path(id): Path<String>) -> Re
     if let Some(t) = detail.started_at {
         timeline.push(json!({"what": "dispatched", "at": iso_z(t)}));
     }
+    // Each phase the agent reported, when it reported it.
+    for (phase, at) in &detail.phases {
+        timeline.push(json!({"what": &**phase, "at": iso_z(*at)}));
+    }
+    // The end, unless the agent's own last report was it (a cancel, a lost agent).
     if let Some(t) = detail.finished_at {
-        timeline.push(json!({"what": detail.view.state, "at": iso_z(t)}));
+        if detail
+            .phases
+            .last()
+            .is_none_or(|(p, _)| **p != *detail.view.state)
+        {
+            timeline.push(json!({"what": detail.view.state, "at": iso_z(t)}));
+        }
     }
     let query = LogQuery {
         from: 0,
