@@ -1,0 +1,142 @@
+//! Client management: the client-permissions API follows upstream's rules, and the offline
+//! `flinger client` command refuses the data directory of a running server.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{call, token_request, Lab};
+use crate::util::{run_to_exit, TestServer};
+
+#[tokio::test]
+async fn client_management_api_follows_upstream_rules() {
+    let lab = Lab::start(&[]);
+    let srv = &lab.srv;
+    let manager = lab.token_for("mgr", "manager", json!({})).await;
+    let put = |token: String, id: &'static str, body: Value| async move {
+        call(
+            srv,
+            "PUT",
+            &format!("/v1/client-permissions/{id}"),
+            Some(&token),
+            None,
+            Some(&body),
+        )
+        .await
+    };
+    assert_eq!(
+        put(manager.clone(), "new", json!({"role": "contributor"}))
+            .await
+            .expect_error(400),
+        "Error: Missing client_secret in request body for new client"
+    );
+    put(manager.clone(), "new", json!({"client_secret": "short"}))
+        .await
+        .expect_error(422);
+    put(
+        manager.clone(),
+        "x",
+        json!({"client_secret": "long-enough-secret", "role": "admin"}),
+    )
+    .await
+    .expect_error(403);
+    put(manager.clone(), "root", json!({"max_priority": {"*": 1}}))
+        .await
+        .expect_error(403);
+    put(manager.clone(), "testflinger-admin", json!({}))
+        .await
+        .expect_error(422);
+    let created = put(
+        manager.clone(),
+        "new",
+        json!({"client_secret": "long-enough-secret", "email": "a@b.c"}),
+    )
+    .await;
+    assert_eq!(
+        created.expect_status(200).text(),
+        "Created permissions for client 'new'"
+    );
+    let one = call(
+        srv,
+        "GET",
+        "/v1/client-permissions/new",
+        Some(&manager),
+        None,
+        None,
+    )
+    .await
+    .expect_json();
+    assert_eq!(
+        one,
+        json!({"client_id": "new", "max_priority": {}, "allowed_queues": [], "max_reservation_time": {}, "role": "contributor", "email": "a@b.c"})
+    );
+    let all = call(
+        srv,
+        "GET",
+        "/v1/client-permissions",
+        Some(&manager),
+        None,
+        None,
+    )
+    .await
+    .expect_json();
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c.get("client_secret_hash").is_none() && c.get("secret_hash").is_none()));
+    call(
+        srv,
+        "DELETE",
+        "/v1/client-permissions/new",
+        Some(&manager),
+        None,
+        None,
+    )
+    .await
+    .expect_error(403);
+    let admin = lab.admin_token().await;
+    call(
+        srv,
+        "DELETE",
+        "/v1/client-permissions/new",
+        Some(&admin),
+        None,
+        None,
+    )
+    .await
+    .expect_status(200);
+    call(
+        srv,
+        "DELETE",
+        "/v1/client-permissions/new",
+        Some(&admin),
+        None,
+        None,
+    )
+    .await
+    .expect_error(404);
+    token_request(srv, "new", "long-enough-secret")
+        .await
+        .expect_error(401);
+}
+
+#[tokio::test]
+async fn client_command_refuses_to_touch_the_data_dir_of_a_running_server() {
+    let srv = TestServer::start_with(&["--access-control", "on"]);
+    let data = srv.data_dir().display().to_string();
+    let out = run_to_exit(
+        srv.dir(),
+        &["--data-dir", &data, "client", "add", "x"],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stop the server"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing (no secret) may be printed: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

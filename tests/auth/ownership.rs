@@ -1,0 +1,164 @@
+//! Job ownership: only the job's owner or a manager changes a job, and only the agent the
+//! job was dispatched to reports on it.
+
+use serde_json::json;
+
+use super::{call, fragment, Lab};
+use crate::util::new_id;
+
+#[tokio::test]
+async fn only_the_owner_or_a_manager_changes_a_job_and_only_its_agent_reports_on_it() {
+    let lab = Lab::start(&[]);
+    let srv = &lab.srv;
+    let alice = lab.token_for("alice", "contributor", json!({})).await;
+    let bob = lab.token_for("bob", "contributor", json!({})).await;
+    let manager = lab.token_for("boss", "manager", json!({})).await;
+    let agent1 = lab.token_for("agent-one", "agent", json!({})).await;
+    let agent2 = lab.token_for("agent-two", "agent", json!({})).await;
+    let id = new_id();
+    let job = json!({"job_id": id, "job_queue": "own-q", "exclude_agents": ["excluded"]});
+    call(srv, "POST", "/v1/job", Some(&alice), None, Some(&job))
+        .await
+        .expect_status(200);
+    // Another client can neither cancel nor resubmit it; anonymous callers neither.
+    for token in [Some(bob.as_str()), None] {
+        call(
+            srv,
+            "POST",
+            &format!("/v1/job/{id}/action"),
+            token,
+            None,
+            Some(&json!({"action": "cancel"})),
+        )
+        .await
+        .expect_error(403);
+        let evil =
+            json!({"job_id": id, "job_queue": "own-q", "test_data": {"test_cmds": "rm -rf /"}});
+        call(srv, "POST", "/v1/job", token, None, Some(&evil))
+            .await
+            .expect_error(403);
+    }
+    // The agent must name itself: no cookie, no job (exclude_agents cannot be dodged).
+    let pop = "/v1/job?queue=own-q";
+    assert_eq!(
+        call(srv, "GET", pop, Some(&agent1), None, None)
+            .await
+            .expect_error(401),
+        "Agent not identified"
+    );
+    call(srv, "GET", pop, Some(&agent1), Some("excluded"), None)
+        .await
+        .expect_no_content();
+    let got = call(srv, "GET", pop, Some(&agent1), Some("one"), None)
+        .await
+        .expect_json();
+    assert_eq!(got["job_id"], id.as_str());
+    // Only the agent it went to posts results, fragments, artifacts, provision logs.
+    let result = format!("/v1/result/{id}");
+    let log = format!("/v1/result/{id}/log/output");
+    for token in [&agent2, &alice] {
+        call(
+            srv,
+            "POST",
+            &result,
+            Some(token),
+            None,
+            Some(&json!({"job_state": "complete"})),
+        )
+        .await
+        .expect_error(403);
+        call(srv, "POST", &log, Some(token), None, Some(&fragment(0)))
+            .await
+            .expect_error(403);
+    }
+    let (ct, body) =
+        crate::util::multipart(&[crate::util::Part::file("file", "a.tar.gz", b"bytes")]);
+    let artifact = format!("/v1/result/{id}/artifact");
+    let b2 = format!("Bearer {agent2}");
+    srv.request(
+        "POST",
+        &artifact,
+        &[("content-type", &ct), ("authorization", &b2)],
+        body.clone(),
+    )
+    .await
+    .expect_error(403);
+    let b1 = format!("Bearer {agent1}");
+    srv.request(
+        "POST",
+        &artifact,
+        &[("content-type", &ct), ("authorization", &b1)],
+        body,
+    )
+    .await
+    .expect_status(200);
+    call(
+        srv,
+        "POST",
+        "/v1/agents/data/two",
+        Some(&agent2),
+        None,
+        Some(&json!({"state": "waiting"})),
+    )
+    .await
+    .expect_status(200);
+    let provision = json!({"job_id": id, "exit_code": 0});
+    call(
+        srv,
+        "POST",
+        "/v1/agents/provision_logs/two",
+        Some(&agent2),
+        None,
+        Some(&provision),
+    )
+    .await
+    .expect_error(403);
+    // Fragments for a job that was never dispatched cannot be posted ahead of the agent.
+    let other = srv.submit_to("never-popped").await;
+    call(
+        srv,
+        "POST",
+        &format!("/v1/result/{other}/log/output"),
+        Some(&agent1),
+        None,
+        Some(&fragment(0)),
+    )
+    .await
+    .expect_error(403);
+    call(srv, "POST", &log, Some(&agent1), None, Some(&fragment(0)))
+        .await
+        .expect_status(200);
+    call(
+        srv,
+        "POST",
+        &result,
+        Some(&agent1),
+        None,
+        Some(&json!({"job_state": "test"})),
+    )
+    .await
+    .expect_status(200);
+    // The owner's manager may cancel it.
+    call(
+        srv,
+        "POST",
+        &format!("/v1/job/{id}/action"),
+        Some(&manager),
+        None,
+        Some(&json!({"action": "cancel"})),
+    )
+    .await
+    .expect_status(200);
+    // Anonymous jobs stay as upstream: any contributor may cancel them.
+    let anon = srv.submit_to("own-q").await;
+    call(
+        srv,
+        "POST",
+        &format!("/v1/job/{anon}/action"),
+        Some(&bob),
+        None,
+        Some(&json!({"action": "cancel"})),
+    )
+    .await
+    .expect_status(200);
+}

@@ -1,0 +1,225 @@
+//! Job secrets: they reach only the agent the job was dispatched to and are never on disk in
+//! clear; without a master key the secrets endpoints say there is no store; with access
+//! control off a job naming secrets is refused as unauthenticated.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{call, dir_contains, Lab};
+use crate::util::{Opts, TestServer};
+
+#[tokio::test]
+async fn job_secrets_reach_only_the_dispatched_agent_and_never_the_disk_in_clear() {
+    let mut lab = Lab::start_env(
+        &["--snapshot-bytes", "4096"],
+        &[(
+            "FLINGER_SECRETS_KEY",
+            "master-key-for-tests-0123456789abcdef",
+        )],
+    );
+    let srv = &lab.srv;
+    let alice = lab.token_for("alice", "contributor", json!({})).await;
+    let bob = lab.token_for("bob", "contributor", json!({})).await;
+    let agent = lab.token_for("sec-agent", "agent", json!({})).await;
+    let value = "s3cr3t-value-nobody-greps-for";
+    let put = |token: Option<String>, path: &'static str, body: Value| async move {
+        call(srv, "PUT", path, token.as_deref(), None, Some(&body)).await
+    };
+    let stored = put(
+        Some(alice.clone()),
+        "/v1/secrets/alice/db/pass",
+        json!({"value": value}),
+    )
+    .await
+    .expect_json();
+    assert!(
+        stored["expires_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{stored}"
+    );
+    put(
+        Some(alice.clone()),
+        "/v1/secrets/alice/once",
+        json!({"value": "only-once-value", "ephemeral": true}),
+    )
+    .await
+    .expect_status(200);
+    put(
+        Some(bob.clone()),
+        "/v1/secrets/alice/db/pass",
+        json!({"value": "x"}),
+    )
+    .await
+    .expect_error(403);
+    put(None, "/v1/secrets/alice/db/pass", json!({"value": "x"}))
+        .await
+        .expect_error(401);
+    put(
+        Some(alice.clone()),
+        "/v1/secrets/alice/bad%20path",
+        json!({"value": "x"}),
+    )
+    .await
+    .expect_error(422);
+    put(
+        Some(alice.clone()),
+        "/v1/secrets/alice/both",
+        json!({"value": "x", "ephemeral": true, "expire_after": 5}),
+    )
+    .await
+    .expect_error(422);
+    // Submission: every named path must be the submitter's.
+    let job = |secrets: Value| json!({"job_queue": "sec-q", "test_data": {"test_cmds": "env", "secrets": secrets}});
+    let r = call(
+        srv,
+        "POST",
+        "/v1/job",
+        Some(&bob),
+        None,
+        Some(&job(json!({"DB": "db/pass"}))),
+    )
+    .await;
+    assert_eq!(r.expect_error(422), "Inaccessible secret paths: db/pass");
+    let r = call(
+        srv,
+        "POST",
+        "/v1/job",
+        None,
+        None,
+        Some(&job(json!({"DB": "db/pass"}))),
+    )
+    .await;
+    assert_eq!(
+        r.expect_error(422),
+        "Missing client ID (user not authenticated)"
+    );
+    let r = call(
+        srv,
+        "POST",
+        "/v1/job",
+        Some(&alice),
+        None,
+        Some(&job(json!({"DB": "db/pass", "ONCE": "once"}))),
+    )
+    .await;
+    let id = r.expect_json()["job_id"].as_str().unwrap().to_owned();
+    // Readers see paths; only the agent it is dispatched to sees values.
+    let shown = call(
+        srv,
+        "GET",
+        &format!("/v1/job/{id}"),
+        Some(&alice),
+        None,
+        None,
+    )
+    .await
+    .expect_json();
+    assert_eq!(
+        shown["test_data"]["secrets"],
+        json!({"DB": "db/pass", "ONCE": "once"})
+    );
+    let popped = call(
+        srv,
+        "GET",
+        "/v1/job?queue=sec-q",
+        Some(&agent),
+        Some("sec"),
+        None,
+    )
+    .await
+    .expect_json();
+    assert_eq!(
+        popped["test_data"]["secrets"],
+        json!({"DB": value, "ONCE": "only-once-value"})
+    );
+    // The ephemeral secret is gone after that read.
+    let again = call(
+        srv,
+        "POST",
+        "/v1/job",
+        Some(&alice),
+        None,
+        Some(&job(json!({"ONCE": "once"}))),
+    )
+    .await;
+    assert_eq!(again.expect_error(422), "Inaccessible secret paths: once");
+    call(
+        srv,
+        "DELETE",
+        "/v1/secrets/alice/db/pass",
+        Some(&alice),
+        None,
+        None,
+    )
+    .await
+    .expect_status(200);
+    // Enough log for a snapshot, then nothing on disk holds a value in clear.
+    for _ in 0..40 {
+        srv.submit(&json!({"job_queue": "fill", "padding": "x".repeat(100)}))
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !srv
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("snapshot taken"))
+    {
+        assert!(Instant::now() < deadline, "no snapshot was taken");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = lab.srv.stderr_lines().join("\n");
+    assert!(
+        !log.contains(value) && !log.contains("only-once-value"),
+        "a secret was logged"
+    );
+    lab.srv.stop();
+    for needle in [value, "only-once-value"] {
+        assert!(
+            !dir_contains(&lab.srv.data_dir(), needle.as_bytes()),
+            "{needle:?} is on disk in clear"
+        );
+    }
+}
+
+#[tokio::test]
+async fn secrets_endpoints_say_no_store_when_no_master_key_is_set() {
+    let lab = Lab::start(&[]);
+    let alice = lab.token_for("alice", "contributor", json!({})).await;
+    let r = call(
+        &lab.srv,
+        "PUT",
+        "/v1/secrets/alice/x",
+        Some(&alice),
+        None,
+        Some(&json!({"value": "v"})),
+    )
+    .await;
+    assert_eq!(r.expect_error(400), "No secrets store");
+    let job = json!({"job_queue": "q", "test_data": {"secrets": {"X": "x"}}});
+    let r = call(&lab.srv, "POST", "/v1/job", Some(&alice), None, Some(&job)).await;
+    assert_eq!(r.expect_error(422), "No secrets store");
+}
+
+#[tokio::test]
+async fn a_job_naming_secrets_is_refused_as_unauthenticated_when_access_control_is_off_with_a_store(
+) {
+    let srv = TestServer::start_opts(Opts {
+        envs: vec![(
+            "FLINGER_SECRETS_KEY".into(),
+            "master-key-for-tests-0123456789abcdef".into(),
+        )],
+        ..Opts::default()
+    });
+    let job = json!({"job_queue": "q", "test_data": {"secrets": {"X": "x"}}});
+    let r = call(&srv, "POST", "/v1/job", None, None, Some(&job)).await;
+    assert_eq!(
+        r.expect_error(422),
+        "Missing client ID (user not authenticated)"
+    );
+    let plain = json!({"job_queue": "q"});
+    call(&srv, "POST", "/v1/job", None, None, Some(&plain))
+        .await
+        .expect_status(200);
+}

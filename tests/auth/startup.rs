@@ -1,0 +1,99 @@
+//! Access control across server starts: clients, tokens and the signing key survive
+//! restarts and snapshots with no secret on disk in clear, and a public address with access
+//! control off is refused at start-up with how to fix it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{access_token, call, client_command, dir_contains, printed_secret, token_request};
+use crate::util::{run_to_exit, TestServer};
+
+#[tokio::test]
+async fn clients_tokens_and_the_signing_key_survive_restarts_and_snapshots_and_no_secret_is_on_disk(
+) {
+    let mut srv = TestServer::start_with(&["--access-control", "on", "--snapshot-bytes", "2048"]);
+    srv.stop();
+    let root = printed_secret(&client_command(&srv, &["add", "root", "--role", "admin"]));
+    srv.start_again();
+    let key_file = srv.data_dir().join("jwt-signing-key");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_file)
+        .expect("signing key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let admin = access_token(&srv, "root", &root).await;
+    let secret = "a-secret-nobody-should-find-42";
+    let put = json!({"client_secret": secret, "role": "manager", "max_priority": {"*": 7}});
+    call(
+        &srv,
+        "PUT",
+        "/v1/client-permissions/kept",
+        Some(&admin),
+        None,
+        Some(&put),
+    )
+    .await
+    .expect_status(200);
+    let issued = token_request(&srv, "kept", secret).await.expect_json();
+    let refresh = issued["refresh_token"].as_str().unwrap().to_owned();
+    // Enough log to make the server take a snapshot.
+    for _ in 0..40 {
+        srv.submit(&json!({"job_queue": "fill", "padding": "x".repeat(100)}))
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !srv
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("snapshot taken"))
+    {
+        assert!(Instant::now() < deadline, "no snapshot was taken");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    srv.restart();
+    // The old access token still verifies (same key), the refresh token still works.
+    let clients = call(
+        &srv,
+        "GET",
+        "/v1/client-permissions/kept",
+        Some(&admin),
+        None,
+        None,
+    )
+    .await
+    .expect_json();
+    assert_eq!(clients["role"], "manager");
+    assert_eq!(clients["max_priority"], json!({"*": 7}));
+    let body = json!({"refresh_token": refresh});
+    call(&srv, "POST", "/v1/oauth2/refresh", None, None, Some(&body))
+        .await
+        .expect_status(200);
+    token_request(&srv, "kept", secret).await.expect_status(200);
+    srv.stop();
+    for needle in [secret, refresh.as_str(), root.as_str()] {
+        assert!(
+            !dir_contains(&srv.data_dir(), needle.as_bytes()),
+            "{needle:?} is on disk in clear"
+        );
+    }
+}
+
+#[tokio::test]
+async fn binding_a_public_address_with_access_control_off_is_refused_with_how_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_to_exit(
+        dir.path(),
+        &["--bind", "0.0.0.0:0", "--data-dir", "d"],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--access-control on") && stderr.contains("--allow-open-access"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("d").exists(), "nothing should be created");
+}

@@ -1,0 +1,163 @@
+//! The three submission checks with access control on: job priority, restricted queues and
+//! reservation (each needs a permission the client was given).
+
+use serde_json::{json, Value};
+
+use super::{access_token, call, Lab};
+
+#[tokio::test]
+async fn submission_is_checked_for_priority_restricted_queue_and_reservation_when_access_control_is_on(
+) {
+    let lab = Lab::start(&[]);
+    let srv = &lab.srv;
+    let alice = lab
+        .token_for(
+            "alice",
+            "contributor",
+            json!({"max_priority": {"*": 10, "fast": 50}, "max_reservation_time": {"*": 30000}}),
+        )
+        .await;
+    let bob = lab.token_for("bob", "contributor", json!({})).await;
+    let admin = lab.admin_token().await;
+    let submit = |token: Option<String>, job: Value| async move {
+        call(srv, "POST", "/v1/job", token.as_deref(), None, Some(&job)).await
+    };
+    // Priority: anonymous 401, capped by `*` and per queue.
+    let m = submit(None, json!({"job_queue": "q", "job_priority": 5}))
+        .await
+        .expect_error(401);
+    assert_eq!(m, "Authentication required for setting priority: 5");
+    submit(
+        Some(alice.clone()),
+        json!({"job_queue": "q", "job_priority": 10}),
+    )
+    .await
+    .expect_status(200);
+    let m = submit(
+        Some(alice.clone()),
+        json!({"job_queue": "q", "job_priority": 11}),
+    )
+    .await
+    .expect_error(403);
+    assert_eq!(m, "Not enough permissions to push to q with priority 11");
+    submit(
+        Some(alice.clone()),
+        json!({"job_queue": "fast", "job_priority": 50}),
+    )
+    .await
+    .expect_status(200);
+    submit(
+        Some(bob.clone()),
+        json!({"job_queue": "q", "job_priority": 1}),
+    )
+    .await
+    .expect_error(403);
+    // Restricted queue: needs an agent serving it; then only its owners may submit.
+    let agent = lab.token_for("rq-agent", "agent", json!({})).await;
+    let restrict = call(
+        srv,
+        "POST",
+        "/v1/restricted-queues/rq",
+        Some(&admin),
+        None,
+        Some(&json!({"client_id": "alice"})),
+    )
+    .await;
+    assert_eq!(
+        restrict.expect_error(404),
+        "Error: No agent is associated with the specified queue."
+    );
+    call(
+        srv,
+        "POST",
+        "/v1/agents/data/rq-agent",
+        Some(&agent),
+        None,
+        Some(&json!({"queues": ["rq"]})),
+    )
+    .await
+    .expect_status(200);
+    call(
+        srv,
+        "POST",
+        "/v1/restricted-queues/rq",
+        Some(&admin),
+        None,
+        Some(&json!({"client_id": "alice"})),
+    )
+    .await
+    .expect_status(200);
+    let owners = call(
+        srv,
+        "GET",
+        "/v1/restricted-queues/rq",
+        Some(&bob),
+        None,
+        None,
+    )
+    .await
+    .expect_json();
+    assert_eq!(owners, json!({"queue": "rq", "owners": ["alice"]}));
+    let data = call(
+        srv,
+        "GET",
+        "/v1/agents/data/rq-agent",
+        Some(&bob),
+        None,
+        None,
+    )
+    .await
+    .expect_json();
+    assert_eq!(data["restricted_to"], json!({"rq": ["alice"]}));
+    let m = submit(None, json!({"job_queue": "rq"}))
+        .await
+        .expect_error(401);
+    assert_eq!(m, "Authentication required to push to restricted queue: rq");
+    let m = submit(Some(bob.clone()), json!({"job_queue": "rq"}))
+        .await
+        .expect_error(403);
+    assert_eq!(
+        m,
+        "Not enough permissions to push to the restricted queue: rq"
+    );
+    // The token carries the permissions it was issued with: alice needs a new one.
+    let alice = access_token(srv, "alice", "secret-of-alice-0123456789").await;
+    submit(Some(alice.clone()), json!({"job_queue": "rq"}))
+        .await
+        .expect_status(200);
+    submit(Some(admin.clone()), json!({"job_queue": "rq"}))
+        .await
+        .expect_error(403);
+    // Reservation timeout: up to 6 h for anyone, beyond that capped per client.
+    submit(
+        None,
+        json!({"job_queue": "q", "reserve_data": {"timeout": 21600}}),
+    )
+    .await
+    .expect_status(200);
+    let m = submit(
+        None,
+        json!({"job_queue": "q", "reserve_data": {"timeout": "6h1s"}}),
+    )
+    .await
+    .expect_error(401);
+    assert_eq!(m, "Authentication required for setting timeout: 21601");
+    submit(
+        Some(alice.clone()),
+        json!({"job_queue": "q", "reserve_data": {"timeout": 30000}}),
+    )
+    .await
+    .expect_status(200);
+    submit(
+        Some(alice),
+        json!({"job_queue": "q", "reserve_data": {"timeout": 30001}}),
+    )
+    .await
+    .expect_error(403);
+    submit(
+        Some(bob),
+        json!({"job_queue": "q", "reserve_data": {"timeout": 21601}}),
+    )
+    .await
+    .expect_error(403);
+}

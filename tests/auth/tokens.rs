@@ -1,0 +1,257 @@
+//! The token lifecycle with upstream's status codes: access tokens expire, refresh tokens
+//! refresh and expire, revocation, forged and malformed tokens.
+
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::{call, token_request, Lab, KEY};
+
+/// A token signed with `key` carrying `claims`.
+fn forge(key: &str, claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn tokens_expire_refresh_and_revoke_with_upstream_status_codes() {
+    let lab = Lab::start(&[
+        "--access-token-secs",
+        "1",
+        "--jwt-leeway-secs",
+        "0",
+        "--token-failures-per-minute",
+        "4",
+    ]);
+    let srv = &lab.srv;
+    let secret = lab
+        .client("dev", "contributor", json!({"max_priority": {"*": 5}}))
+        .await;
+    // Wrong and missing credentials: 401 with upstream's messages.
+    let r = srv
+        .request("POST", "/v1/oauth2/token", &[], Vec::new())
+        .await;
+    assert_eq!(r.expect_error(401), "No authorization header specified");
+    assert_eq!(
+        token_request(srv, "dev", "wrong").await.expect_error(401),
+        "Invalid client id or client key"
+    );
+    assert_eq!(
+        token_request(srv, "ghost", "x").await.expect_error(401),
+        "Invalid client id or client key"
+    );
+    let issued = token_request(srv, "dev", &secret).await.expect_json();
+    assert_eq!(issued["token_type"], "Bearer");
+    assert_eq!(issued["expires_in"], 1);
+    let refresh = issued["refresh_token"].as_str().unwrap().to_owned();
+    let token = issued["access_token"].as_str().unwrap().to_owned();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "access_token");
+    assert_eq!(claims["permissions"]["client_id"], "dev");
+    assert_eq!(claims["permissions"]["role"], "contributor");
+    assert_eq!(claims["permissions"]["max_priority"], json!({"*": 5}));
+    let job = json!({"job_queue": "t", "job_priority": 5});
+    call(srv, "POST", "/v1/job", Some(&token), None, Some(&job))
+        .await
+        .expect_status(200);
+    // Expired: 401, so clients refresh and replay.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        call(srv, "POST", "/v1/job", Some(&token), None, Some(&job))
+            .await
+            .expect_error(401),
+        "Token has expired"
+    );
+    let refreshed = call(
+        srv,
+        "POST",
+        "/v1/oauth2/refresh",
+        None,
+        None,
+        Some(&json!({"refresh_token": refresh})),
+    )
+    .await
+    .expect_json();
+    assert!(refreshed.get("refresh_token").is_none());
+    let fresh = refreshed["access_token"].as_str().unwrap();
+    call(srv, "POST", "/v1/job", Some(fresh), None, Some(&job))
+        .await
+        .expect_status(200);
+    // Forged or damaged tokens: 403.
+    let now = unix_now();
+    let perms = json!({"client_id": "dev", "role": "admin"});
+    let other_key = forge(
+        "not-the-key",
+        &json!({"exp": now + 60, "iat": now, "sub": "access_token", "permissions": perms}),
+    );
+    assert_eq!(
+        call(
+            srv,
+            "GET",
+            "/v1/client-permissions",
+            Some(&other_key),
+            None,
+            None
+        )
+        .await
+        .expect_error(403),
+        "Invalid Token signature"
+    );
+    let no_sub = forge(
+        KEY,
+        &json!({"exp": now + 60, "iat": now, "permissions": perms}),
+    );
+    assert_eq!(
+        call(
+            srv,
+            "GET",
+            "/v1/client-permissions",
+            Some(&no_sub),
+            None,
+            None
+        )
+        .await
+        .expect_error(403),
+        "Token missing required claim: sub"
+    );
+    assert_eq!(
+        call(srv, "GET", "/v1/job/search", Some("not.a.jwt"), None, None)
+            .await
+            .expect_error(403),
+        "Unable to decode token"
+    );
+    let future = forge(
+        KEY,
+        &json!({"exp": now + 600, "iat": now + 300, "sub": "access_token", "permissions": perms}),
+    );
+    assert_eq!(
+        call(srv, "GET", "/v1/job/search", Some(&future), None, None)
+            .await
+            .expect_error(401),
+        "Token not yet valid"
+    );
+    // Revoke is admin only; a revoked refresh token is refused with 400.
+    let body = json!({"refresh_token": refresh});
+    call(
+        srv,
+        "POST",
+        "/v1/oauth2/revoke",
+        Some(fresh),
+        None,
+        Some(&body),
+    )
+    .await
+    .expect_error(403);
+    let admin = lab.admin_token().await;
+    assert_eq!(
+        call(
+            srv,
+            "POST",
+            "/v1/oauth2/revoke",
+            Some(&admin),
+            None,
+            Some(&body)
+        )
+        .await
+        .expect_json(),
+        json!({"status": "OK"})
+    );
+    assert_eq!(
+        call(
+            srv,
+            "POST",
+            "/v1/oauth2/revoke",
+            Some(&admin),
+            None,
+            Some(&body)
+        )
+        .await
+        .expect_error(400),
+        "Refresh token has already been revoked"
+    );
+    assert_eq!(
+        call(srv, "POST", "/v1/oauth2/refresh", None, None, Some(&body))
+            .await
+            .expect_error(400),
+        "Refresh token revoked."
+    );
+    assert_eq!(
+        call(
+            srv,
+            "POST",
+            "/v1/oauth2/refresh",
+            None,
+            None,
+            Some(&json!({"refresh_token": "nope"}))
+        )
+        .await
+        .expect_error(400),
+        "Invalid refresh token."
+    );
+    call(
+        srv,
+        "POST",
+        "/v1/oauth2/refresh",
+        None,
+        None,
+        Some(&json!({})),
+    )
+    .await
+    .expect_error(422);
+    // Failed logins are limited per client and address (4 per minute here; two failed
+    // above), even with the right secret.
+    token_request(srv, "dev", "wrong-again")
+        .await
+        .expect_error(401);
+    token_request(srv, "dev", "wrong-a-third-time")
+        .await
+        .expect_error(401);
+    let m = token_request(srv, "dev", &secret).await.expect_error(429);
+    assert!(
+        m.starts_with("Too many failed authentication attempts"),
+        "{m}"
+    );
+    let log = srv.stderr_lines().join("\n");
+    assert!(
+        log.contains("flinger::security") && log.contains("authn_fail"),
+        "no security events logged"
+    );
+    assert!(
+        !log.contains(&secret) && !log.contains(&refresh) && !log.contains(fresh),
+        "a secret or token was logged"
+    );
+}
+
+#[tokio::test]
+async fn refresh_tokens_expire_after_their_lifetime() {
+    let lab = Lab::start(&["--refresh-token-secs", "1"]);
+    let srv = &lab.srv;
+    let secret = lab.client("short", "contributor", json!({})).await;
+    let issued = token_request(srv, "short", &secret).await.expect_json();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let body = json!({"refresh_token": issued["refresh_token"]});
+    assert_eq!(
+        call(srv, "POST", "/v1/oauth2/refresh", None, None, Some(&body))
+            .await
+            .expect_error(400),
+        "Refresh token expired"
+    );
+}
