@@ -87,7 +87,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         ms = recovery.elapsed.as_millis() as u64,
         "recovered state from the write-ahead log"
     );
-    sweep_unreferenced_files(&*fs, &files_dir, &state.files);
+    sweep_unreferenced_files(&*fs, &files_dir, &state.files, &state.results);
     let access =
         crate::access::store::AccessStore::new(std::mem::take(&mut state.access), journal.clone());
     let access = Arc::new(crate::access::Gate::new(&config, &*fs, access)?);
@@ -104,6 +104,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
     ));
     let watch = Arc::new(Watch::default());
     let waiters = Arc::new(Waiters::new(config.max_waiters));
+    let store = Arc::new(crate::actors::orphans::Store::new(fs.clone(), files_dir.clone()));
     let (supervisor, supervisor_handle) = Actor::spawn(
         None,
         Supervisor,
@@ -120,6 +121,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
             fatal: fatal_tx,
             watch: watch.clone(),
             waiters: waiters.clone(),
+            store: store.clone(),
         },
     )
     .await
@@ -137,7 +139,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         registry: Door::new(refs.registry, pending, "job registry"),
         jobs,
         results: Door::new(refs.results, pending, "result store"),
-        result_docs: ResultDocs::new(results),
+        result_docs: ResultDocs::new(results, store),
         files: Door::new(refs.files, pending, "artifact store"),
         agents: Door::new(refs.agents, pending, "agent store"),
         agent_data,
@@ -648,13 +650,18 @@ pub async fn expire_orphans(services: &Services) -> Result<usize> {
 }
 
 /// Deletes files in `dir` that no recorded event references (uploads interrupted by a
-/// crash, replaced files whose deletion did not happen).
+/// crash, replaced files whose deletion did not happen, orphan files whose first append
+/// was not logged).
 fn sweep_unreferenced_files(
     fs: &dyn wal::Fs,
     dir: &std::path::Path,
     files: &crate::model::files::Files,
+    results: &crate::model::results::Results,
 ) {
-    let referenced: std::collections::HashSet<&str> = files.names().collect();
+    let referenced: std::collections::HashSet<&str> = files
+        .names()
+        .chain(results.orphans().map(|(_, e)| &*e.file))
+        .collect();
     let Ok(names) = fs.read_dir(dir) else {
         return;
     };

@@ -266,3 +266,104 @@ async fn agent_records_expire_when_the_agent_stays_silent() {
     srv.restart();
     srv.get("/v1/agents/data/silent").await.expect_error(404);
 }
+
+/// The server's resident memory (VmRSS), KiB.
+fn rss_kib(srv: &TestServer) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", srv.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// The text posted for orphan `i`'s `part` (distinct per id and part, 256 KiB).
+fn orphan_text(i: usize, part: &str) -> String {
+    format!("{part}{i:04}-").repeat((256 << 10) / (part.len() + 5))
+}
+
+#[tokio::test]
+async fn orphan_results_and_logs_stay_on_disk_live_and_after_restarts() {
+    // Snapshots every 1 MiB of log: a restart then loads a snapshot taken after the
+    // orphans were written, besides replaying the log. Small segments (recovery reads a
+    // segment whole), which smaller body limits allow.
+    let mut srv = TestServer::start_with(&[
+        "--snapshot-bytes",
+        "1048576",
+        "--segment-bytes",
+        "10485760",
+        "--max-result-bytes",
+        "1048576",
+    ]);
+    let ids: Vec<String> = (0..40).map(|_| new_id()).collect();
+    // Warm up the paths first (allocator arenas, thread pools), then take the baseline.
+    let warm = new_id();
+    srv.post_result(&warm, &json!({"warm": orphan_text(0, "w")}))
+        .await;
+    srv.result(&warm).await;
+    let base = rss_kib(&srv);
+    // 40 ids × (two 256 KiB merges, two 256 KiB log fragments) = 40 MiB of orphan data.
+    for (i, id) in ids.iter().enumerate() {
+        srv.post_result(id, &json!({"a": orphan_text(i, "a")})).await;
+        srv.post_result(id, &json!({"b": orphan_text(i, "b")})).await;
+        for (n, kind) in [(0, "output"), (1, "serial")] {
+            srv.post_json(
+                &format!("/v1/result/{id}/log/{kind}"),
+                &log_fragment(&orphan_text(i, kind), n),
+            )
+            .await
+            .expect_status(200);
+        }
+    }
+    let live = rss_kib(&srv);
+    eprintln!("RSS: baseline {base} KiB, after 40 MiB of orphan data {live} KiB");
+    assert!(
+        live < base + (16 << 10),
+        "RSS grew from {base} KiB to {live} KiB with 40 MiB of orphan data"
+    );
+    // Enough job traffic for a snapshot to be taken over the orphans' index.
+    for _ in 0..24 {
+        srv.submit(&json!({"job_queue": "pad", "pad": "p".repeat(64 << 10)}))
+            .await;
+    }
+    eventually("a snapshot is taken", || async {
+        srv.stderr_lines().iter().any(|l| l.contains("snapshot taken"))
+    })
+    .await;
+    let check = |srv: &TestServer| {
+        let (http, ids) = (srv.http(), ids.clone());
+        async move {
+            for (i, id) in ids.iter().enumerate() {
+                assert_eq!(
+                    http.get(&format!("/v1/result/{id}")).await.expect_json(),
+                    json!({"a": orphan_text(i, "a"), "b": orphan_text(i, "b"),
+                           "test_output": orphan_text(i, "output"),
+                           "test_serial": orphan_text(i, "serial")}),
+                );
+                for kind in ["output", "serial"] {
+                    let log = http
+                        .get(&format!("/v1/result/{id}/log/{kind}"))
+                        .await
+                        .expect_json();
+                    assert_eq!(log[kind]["test"]["log_data"], json!(orphan_text(i, kind)));
+                }
+            }
+        }
+    };
+    check(&srv).await;
+    for how in ["kill -9", "clean stop"] {
+        if how == "kill -9" {
+            srv.kill9();
+            srv.start_again();
+        } else {
+            srv.restart();
+        }
+        let restarted = rss_kib(&srv);
+        eprintln!("RSS after a {how} and restart: {restarted} KiB");
+        assert!(
+            restarted < base + (16 << 10),
+            "after a {how} and restart RSS is {restarted} KiB (baseline: {base} KiB)"
+        );
+        check(&srv).await;
+    }
+}

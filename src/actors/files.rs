@@ -13,10 +13,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::registry::Jobs;
 use super::{gone, now, reply, OrphanQuota, PendingSnapshot, Recorder};
+use crate::model::orphans::Ledger;
 use crate::error::Result;
 use crate::journal::{Journal, Ticket};
 use crate::model::files::{Files, StoredFile};
-use crate::model::{Event, FastMap, FileKind, JobId};
+use crate::model::{Event, FileKind, JobId};
 
 /// Messages to the artifact actor.
 pub enum FileMsg {
@@ -50,10 +51,8 @@ pub struct FileState {
     dir: PathBuf,
     /// To tell whether an id has a job.
     jobs: Jobs,
-    /// Room for data of ids without a job.
-    quota: Arc<OrphanQuota>,
-    /// Ids without a job that have files here, and the bytes charged for them.
-    orphans: FastMap<JobId, u64>,
+    /// Ids without a job that have files here, charged to the orphan quota.
+    ledger: Ledger,
     /// The filesystem it is on.
     fs: Arc<dyn wal::Fs>,
 }
@@ -77,60 +76,22 @@ pub struct FileArgs {
 impl FileState {
     fn record(&mut self, event: Event) -> Result<Ticket> {
         let ticket = self.recorder.append(&event)?;
-        let lsn = ticket.lsn();
         let unreferenced = self.files.apply(&event);
-        if !unreferenced.is_empty() {
-            let journal = self.recorder.journal().clone();
-            let (dir, fs) = (self.dir.clone(), self.fs.clone());
-            // The handler holds the ticket; this task waits on the log position instead.
-            // No directory fsync: a deletion lost in a crash leaves an unreferenced file,
-            // which start-up sweeps.
-            tokio::spawn(async move {
-                if journal.durable(journal.ticket_for(lsn)).await.is_ok() {
-                    let _ = tokio::task::spawn_blocking(move || {
-                        for name in unreferenced {
-                            let path = dir.join(&*name);
-                            if let Err(e) = fs.remove(&path) {
-                                if let Some(suppressed) =
-                                    crate::throttle::allow("cannot delete replaced file", 0)
-                                {
-                                    tracing::warn!(path = %path.display(), error = %e, suppressed, "cannot delete replaced file");
-                                }
-                            }
-                        }
-                    })
-                    .await;
-                }
-            });
-        }
+        super::delete_when_durable(
+            self.recorder.journal(),
+            ticket.lsn(),
+            self.fs.clone(),
+            self.dir.clone(),
+            unreferenced,
+        );
         Ok(ticket)
-    }
-
-    /// Gives back the quota of `id` (its files are gone, or a job owns them now).
-    fn discharge(&mut self, id: JobId) {
-        if let Some(bytes) = self.orphans.remove(&id) {
-            self.quota.release(bytes);
-        }
-    }
-
-    /// Orphans that a job has taken since stop counting.
-    fn adopt(&mut self) {
-        let adopted: Vec<JobId> = self
-            .orphans
-            .keys()
-            .copied()
-            .filter(|id| self.jobs.contains(*id))
-            .collect();
-        for id in adopted {
-            self.discharge(id);
-        }
     }
 
     /// Removes `ids`' files (deleted once the removal is durable).
     fn remove(&mut self, ids: Vec<JobId>) -> Result<Ticket> {
         let ticket = self.record(Event::FilesExpired { ids: ids.clone() })?;
         for id in ids {
-            self.discharge(id);
+            self.ledger.discharge(id);
         }
         Ok(ticket)
     }
@@ -138,12 +99,9 @@ impl FileState {
     /// Records a stored file, charging an orphan's quota (a replaced file gives back its
     /// size once the replacement is recorded).
     fn stored(&mut self, id: JobId, kind: FileKind, file: Box<str>, size: u64) -> Result<Ticket> {
-        let orphan = !self.jobs.contains(id);
         let replaced = self.files.get(id, kind).map_or(0, |f| f.size);
-        if orphan && self.quota.reserve(size).is_err() {
-            self.adopt();
-            self.quota.reserve(size)?;
-        }
+        let jobs = &self.jobs;
+        let orphan = self.ledger.reserve(id, size, |id| jobs.contains(id))?;
         let result = self.record(Event::FileStored {
             id,
             kind,
@@ -153,13 +111,8 @@ impl FileState {
         });
         if orphan {
             match &result {
-                Ok(_) => {
-                    let charged = self.orphans.entry(id).or_default();
-                    let give_back = replaced.min(*charged);
-                    *charged = *charged - give_back + size;
-                    self.quota.release(give_back);
-                }
-                Err(_) => self.quota.release(size),
+                Ok(_) => self.ledger.settle(id, replaced, 0),
+                Err(_) => self.ledger.settle(id, size, 0),
             }
         }
         result
@@ -176,11 +129,10 @@ impl Actor for FileActor {
         _: ActorRef<FileMsg>,
         args: FileArgs,
     ) -> Result<FileState, ActorProcessingErr> {
-        let mut orphans = FastMap::default();
+        let mut ledger = Ledger::new(args.orphans);
         for (id, (bytes, _)) in args.files.by_id() {
             if !args.jobs.contains(id) {
-                args.orphans.charge(bytes);
-                orphans.insert(id, bytes);
+                ledger.count(id, bytes);
             }
         }
         Ok(FileState {
@@ -188,8 +140,7 @@ impl Actor for FileActor {
             recorder: Recorder::new(args.journal),
             dir: args.dir,
             jobs: args.jobs,
-            quota: args.orphans,
-            orphans,
+            ledger,
             fs: args.fs,
         })
     }
@@ -220,14 +171,13 @@ impl Actor for FileActor {
                 reply(port, result);
             }
             FileMsg::ExpireOrphans(cutoff, port) => {
-                state.adopt();
                 let by_id = state.files.by_id();
-                let expired: Vec<JobId> = state
-                    .orphans
-                    .keys()
-                    .copied()
-                    .filter(|id| by_id.get(id).is_none_or(|(_, at)| *at < cutoff))
-                    .collect();
+                let jobs = &state.jobs;
+                let expired = state.ledger.stale(
+                    cutoff,
+                    |id| jobs.contains(id),
+                    |id| by_id.get(&id).map(|(_, at)| *at),
+                );
                 let result = if expired.is_empty() {
                     Ok(None)
                 } else {

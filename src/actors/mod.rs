@@ -6,11 +6,14 @@
 //! - `queue`: one per queue; the waiting order (derived, rebuilt from the registry).
 //! - `results`: result documents and logs.
 //! - `files`: artifact and attachment files.
+//! - `orphans`: the files holding results and logs of ids no job has (no actor: the
+//!   result actor decides, handlers move the bytes).
 //! - `agents`: advertised queues, images and agent records.
 //! - `watch`: when each dispatched job's agent was last heard (lost-agent recovery).
 
 pub mod agents;
 pub mod files;
+pub mod orphans;
 pub mod queue;
 pub mod registry;
 pub mod results;
@@ -19,7 +22,6 @@ pub mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -231,65 +233,48 @@ impl PendingSnapshot {
     }
 }
 
-/// The bytes kept for ids no job has (results, logs and files posted for such ids, as
-/// the seed's examples do), shared by the result and artifact actors and bounded by
-/// `--orphan-quota-bytes`. Derived: recomputed from the partitions at start-up.
-pub struct OrphanQuota {
-    /// The quota.
-    limit: u64,
-    /// Bytes held now.
-    used: AtomicU64,
-    /// Retention, for the refusal message.
-    retention_secs: u64,
+pub use crate::model::orphans::OrphanQuota;
+
+/// Deletes `names` from `dir` on a blocking thread, off the caller's path: files that
+/// nothing refers to any more. A failure is logged (rate-limited); start-up sweeps what
+/// is left.
+pub fn delete_files(fs: Arc<dyn wal::Fs>, dir: PathBuf, names: Vec<Box<str>>) {
+    if names.is_empty() {
+        return;
+    }
+    tokio::task::spawn_blocking(move || {
+        for name in names {
+            let path = dir.join(&*name);
+            if let Err(e) = fs.remove(&path) {
+                if let Some(suppressed) = crate::throttle::allow("cannot delete replaced file", 0)
+                {
+                    tracing::warn!(path = %path.display(), error = %e, suppressed, "cannot delete replaced file");
+                }
+            }
+        }
+    });
 }
 
-impl OrphanQuota {
-    /// An empty account with room for `limit` bytes.
-    pub fn new(limit: u64, retention_secs: u64) -> OrphanQuota {
-        OrphanQuota {
-            limit,
-            used: AtomicU64::new(0),
-            retention_secs,
+/// Deletes `names` from `dir` once the record at `lsn` (the event that stopped referring
+/// to them) is durable, so a crash never leaves a reference to a deleted file. The caller
+/// holds the ticket; this waits on the log position instead. No directory fsync: a
+/// deletion lost in a crash leaves an unreferenced file, which start-up sweeps.
+pub fn delete_when_durable(
+    journal: &Journal,
+    lsn: u64,
+    fs: Arc<dyn wal::Fs>,
+    dir: PathBuf,
+    names: Vec<Box<str>>,
+) {
+    if names.is_empty() {
+        return;
+    }
+    let journal = journal.clone();
+    tokio::spawn(async move {
+        if journal.durable(journal.ticket_for(lsn)).await.is_ok() {
+            delete_files(fs, dir, names);
         }
-    }
-
-    /// Takes `bytes` from the quota, or refuses (507) leaving it unchanged.
-    pub fn reserve(&self, bytes: u64) -> Result<()> {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&n| n <= self.limit)
-            })
-            .map(|_| ())
-            .map_err(|_| self.full())
-    }
-
-    /// Counts `bytes` already kept (start-up accounting; may exceed the quota).
-    pub fn charge(&self, bytes: u64) {
-        self.used.fetch_add(bytes, Ordering::AcqRel);
-    }
-
-    /// Gives `bytes` back.
-    pub fn release(&self, bytes: u64) {
-        let _ = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                Some(used.saturating_sub(bytes))
-            });
-    }
-
-    /// Bytes left.
-    pub fn room(&self) -> u64 {
-        self.limit.saturating_sub(self.used.load(Ordering::Acquire))
-    }
-
-    /// The refusal: 507, since the request itself is acceptable but the room the server
-    /// keeps for such data is used up (it frees itself as that data expires).
-    pub fn full(&self) -> Error {
-        Error::NoSpace(format!(
-            "no room for more data about job ids that no job has: their quota of {} bytes (--orphan-quota-bytes) is used up; such data expires {} s after its last write",
-            self.limit, self.retention_secs
-        ))
-    }
+    });
 }
 
 /// Queue name → its actor. Written only by the registry actor (which creates queue

@@ -8,19 +8,30 @@
 //! handles, no text) and composes the answer outside any lock.
 //!
 //! Data for ids no job has (orphans) is accepted, as upstream does, but within the
-//! shared [`OrphanQuota`], and removed a retention period after its last write.
+//! shared [`OrphanQuota`], and removed a retention period after its last write. Such an
+//! id's results and logs do not live in this partition's memory but in the orphan store
+//! (a file per id, `actors::orphans`); the partition keeps its index entry. Posts reach
+//! them through [`record`]: the actor answers [`Placed::Apart`] for such an id, and the
+//! handler appends in the id's turn (slot from the actor, write and fsync, then the actor
+//! logs the new length).
 
 use bytes::{Bytes, BytesMut};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::orphans::{Slot, Store};
 use super::registry::Jobs;
-use super::{gone, now, now_micros, reply, OrphanQuota, PendingSnapshot, Recorder, Shared};
-use crate::error::Result;
+use super::{
+    ask, ask_admitted, gone, now, now_micros, reply, Callee, OrphanQuota, PendingSnapshot,
+    Recorder, Services, Shared,
+};
+use crate::error::{Error, Result};
 use crate::journal::{Journal, Ticket};
 use crate::model::job::PHASES;
-use crate::model::results::{Fields, Fragment, LogStream, Results};
+use crate::model::orphans::{encode, Ledger, Record};
+use crate::model::results::{Fields, Fragment, LogStream, ResultDoc, Results};
 use crate::model::{Event, FastMap, JobId, LogKind, Name};
 use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// How many fragments a reader copies per step before it lets the writer in.
 const READ_STEP: usize = 4096;
@@ -71,18 +82,43 @@ pub struct LogQuery {
 /// last fragment number or -1, text).
 pub type LogAnswer = (Option<u32>, Vec<(&'static str, i64, String)>);
 
+/// Where a post went: recorded by the actor, or (the id's data lives in the orphan store)
+/// to be appended there instead.
+#[derive(Debug)]
+pub enum Placed<T> {
+    /// Recorded in the partition.
+    Done(T),
+    /// Nothing done: the id's data lives in the orphan store (see [`record`]).
+    Apart,
+}
+
 /// Messages to the result actor.
 pub enum ResultMsg {
     /// Merge top-level fields (a JSON object's text) into the job's result.
-    Merge(JobId, Bytes, RpcReplyPort<Result<Ticket>>),
+    Merge(JobId, Bytes, RpcReplyPort<Result<Placed<Ticket>>>),
     /// Append a log fragment; `None` when it was a retry of one already stored.
-    AppendLog(JobId, FragmentPost, RpcReplyPort<Result<Option<Ticket>>>),
+    AppendLog(
+        JobId,
+        FragmentPost,
+        RpcReplyPort<Result<Placed<Option<Ticket>>>>,
+    ),
     /// Append a legacy `/output` chunk to the phase and run given (numbered after that
     /// run's highest fragment so far).
-    AppendOutput(JobId, Name, u32, Bytes, RpcReplyPort<Result<Ticket>>),
+    AppendOutput(JobId, Name, u32, Bytes, RpcReplyPort<Result<Placed<Ticket>>>),
     /// Consume the unread output: the text and the LSN of the read, or `None` when
     /// nothing new arrived.
-    ReadOutput(JobId, RpcReplyPort<Result<Option<(Bytes, Ticket)>>>),
+    ReadOutput(JobId, RpcReplyPort<Result<Placed<Option<(Bytes, Ticket)>>>>),
+    /// In the id's turn: a slot to append this many bytes to its orphan file (charged to
+    /// the orphan quota while no job has the id), or `None` when the id's data lives in
+    /// the partition (post it with the messages above).
+    Begin(JobId, u64, RpcReplyPort<Result<Option<Slot>>>),
+    /// The slot's bytes are durable in the file: log its new length.
+    Commit(JobId, u64, RpcReplyPort<Result<Ticket>>),
+    /// The slot was not written (or its request went away): give back its charge.
+    Abort(JobId, u64),
+    /// In the id's turn: the legacy reader consumed the id's orphan output up to this
+    /// many fragments; `None` when the id has no orphan file.
+    ReadApart(JobId, u64, RpcReplyPort<Result<Option<Ticket>>>),
     /// Remove these jobs' results.
     Expire(Vec<JobId>, RpcReplyPort<Result<Ticket>>),
     /// Remove one id's results and logs (an operator's deletion); `None`: there were none.
@@ -107,6 +143,22 @@ pub struct ResultArgs {
     pub jobs: Jobs,
     /// Room for data of ids without a job.
     pub orphans: Arc<OrphanQuota>,
+    /// The orphan store's files.
+    pub store: Arc<Store>,
+}
+
+/// An append handed out and not committed or aborted yet.
+struct Open {
+    /// Matches the slot's token.
+    token: u64,
+    /// The file.
+    file: Box<str>,
+    /// Where the append starts.
+    offset: u64,
+    /// Its length (charged to the quota when the id has no job).
+    len: u64,
+    /// Whether the file is new.
+    new: bool,
 }
 
 /// The result actor's state.
@@ -117,10 +169,14 @@ pub struct ResultState {
     recorder: Recorder,
     /// To tell whether an id has a job.
     jobs: Jobs,
-    /// Room for data of ids without a job.
-    quota: Arc<OrphanQuota>,
-    /// Ids without a job that have data here, and the bytes charged to the quota for it.
-    orphans: FastMap<JobId, u64>,
+    /// Ids without a job that have data here, charged to the orphan quota.
+    ledger: Ledger,
+    /// The orphan store's files.
+    store: Arc<Store>,
+    /// Appends handed out, per id (at most one each: appenders take turns).
+    open: FastMap<JobId, Open>,
+    /// The next slot's token.
+    next_token: u64,
 }
 
 impl ResultState {
@@ -130,39 +186,18 @@ impl ResultState {
         Ok(ticket)
     }
 
-    /// Before recording `bytes` more for `id`: charges them to the orphan quota when no
-    /// job has that id (refused when full). Returns whether it was charged.
+    /// Whether `id`'s data lives in the orphan store: it has a file there, or nothing is
+    /// kept for it and no job has it.
+    fn apart(&self, id: JobId) -> bool {
+        let results = self.results.read();
+        results.orphan(id).is_some() || (results.get(id).is_none() && !self.jobs.contains(id))
+    }
+
+    /// Before recording `bytes` more for `id` in the partition: charges them to the
+    /// orphan quota when no job has that id (refused when full). Whether it was charged.
     fn charge(&mut self, id: JobId, bytes: u64) -> Result<bool> {
-        if self.jobs.contains(id) {
-            return Ok(false);
-        }
-        if self.quota.reserve(bytes).is_err() {
-            // Ids that have a job since no longer count: settle them and try again.
-            self.adopt();
-            self.quota.reserve(bytes)?;
-        }
-        *self.orphans.entry(id).or_default() += bytes;
-        Ok(true)
-    }
-
-    /// Gives back the quota of `id` (its data is gone, or a job owns it now).
-    fn discharge(&mut self, id: JobId) {
-        if let Some(bytes) = self.orphans.remove(&id) {
-            self.quota.release(bytes);
-        }
-    }
-
-    /// Orphans that a job has taken since stop counting.
-    fn adopt(&mut self) {
-        let adopted: Vec<JobId> = self
-            .orphans
-            .keys()
-            .copied()
-            .filter(|id| self.jobs.contains(*id))
-            .collect();
-        for id in adopted {
-            self.discharge(id);
-        }
+        let jobs = &self.jobs;
+        self.ledger.reserve(id, bytes, |id| jobs.contains(id))
     }
 
     /// Bytes of `id`'s result fields.
@@ -174,33 +209,311 @@ impl ResultState {
             .unwrap_or(0)
     }
 
-    /// Corrects an orphan's charge once the outcome is known: gives back `give_back`
-    /// bytes and takes `take` instead.
-    fn settle(&mut self, id: JobId, give_back: u64, take: u64) {
-        if let Some(charged) = self.orphans.get_mut(&id) {
-            *charged = charged.saturating_sub(give_back) + take;
-            self.quota.release(give_back);
-            self.quota.charge(take);
-        }
-    }
-
     fn remove(&mut self, ids: Vec<JobId>) -> Result<Ticket> {
+        let files: Vec<Box<str>> = {
+            let results = self.results.read();
+            ids.iter()
+                .filter_map(|id| results.orphan(*id).map(|e| e.file.clone()))
+                .collect()
+        };
         let ticket = self.record(Event::ResultsExpired { ids: ids.clone() })?;
+        let (fs, dir) = self.store.place();
+        super::delete_when_durable(self.recorder.journal(), ticket.lsn(), fs, dir, files);
         for id in ids {
-            self.discharge(id);
+            self.ledger.discharge(id);
         }
         Ok(ticket)
     }
+
+    /// A slot for appending `len` bytes to `id`'s orphan file, charged to the quota while
+    /// no job has the id; `None` when the id's data lives in the partition.
+    fn begin(&mut self, id: JobId, len: u64) -> Result<Option<Slot>> {
+        if !self.apart(id) {
+            return Ok(None);
+        }
+        // Nothing is written for an append the log could not record anyway.
+        self.recorder.journal().writable()?;
+        if let Some(stale) = self.open.remove(&id) {
+            self.drop_open(id, stale);
+        }
+        self.charge(id, len)?;
+        let (file, offset, new) = match self.results.read().orphan(id) {
+            Some(entry) => (entry.file.clone(), entry.len, false),
+            None => (
+                format!("{id}.orphan.{}", uuid::Uuid::new_v4().simple()).into_boxed_str(),
+                0,
+                true,
+            ),
+        };
+        self.next_token += 1;
+        let token = self.next_token;
+        self.open.insert(
+            id,
+            Open {
+                token,
+                file: file.clone(),
+                offset,
+                len,
+                new,
+            },
+        );
+        Ok(Some(Slot {
+            id,
+            token,
+            file,
+            offset,
+            new,
+        }))
+    }
+
+    /// Gives back an abandoned append's charge (and its new file, which nothing refers to).
+    fn drop_open(&mut self, id: JobId, open: Open) {
+        self.ledger.settle(id, open.len, 0);
+        if open.new {
+            self.store.discard(vec![open.file]);
+        }
+    }
+
+    /// Logs the append of slot `token` as done.
+    fn commit(&mut self, id: JobId, token: u64) -> Result<Ticket> {
+        let open = match self.open.remove(&id) {
+            Some(open) if open.token == token => open,
+            other => {
+                if let Some(other) = other {
+                    self.open.insert(id, other);
+                }
+                return Err(Error::Unavailable(
+                    "the append to this id's data was abandoned; nothing was recorded, try again"
+                        .into(),
+                ));
+            }
+        };
+        let continues = {
+            let results = self.results.read();
+            match results.orphan(id) {
+                Some(entry) => entry.file == open.file && entry.len == open.offset,
+                None => open.offset == 0 && results.get(id).is_none(),
+            }
+        };
+        if !continues {
+            self.drop_open(id, open);
+            return Err(Error::Unavailable(
+                "this id's data was removed while the post was written; nothing was recorded, try again"
+                    .into(),
+            ));
+        }
+        let result = self.record(Event::OrphanAppended {
+            id,
+            file: open.file.clone(),
+            offset: open.offset,
+            len: open.len,
+            at: now(),
+        });
+        match &result {
+            Ok(_) => {
+                // Its charge went meanwhile (the id's data expired before this landed):
+                // the bytes are kept, so they count again.
+                if !self.ledger.contains(id) && !self.jobs.contains(id) {
+                    self.ledger.count(id, open.len);
+                }
+            }
+            Err(_) => self.drop_open(id, open),
+        }
+        result
+    }
 }
 
-/// Reads of the results partition for handlers, without the result actor.
+/// What a handler posts to a job's results.
+pub enum Post {
+    /// Top-level fields to merge (a JSON object's text).
+    Merge(Bytes),
+    /// A log fragment.
+    Log(FragmentPost),
+    /// A legacy output chunk: phase, run, text.
+    Output(Name, u32, Bytes),
+}
+
+impl Post {
+    /// The post as an orphan file record.
+    fn record(&self) -> Record {
+        match self {
+            Post::Merge(fields) => Record::Merged {
+                fields: fields.clone(),
+            },
+            Post::Log(f) => Record::Logged {
+                kind: f.kind,
+                phase: f.phase.clone(),
+                number: f.number,
+                timestamp: f.timestamp,
+                data: f.data.clone(),
+                run: f.run,
+            },
+            Post::Output(phase, run, data) => Record::Output {
+                phase: phase.clone(),
+                timestamp: now_micros(),
+                data: data.clone(),
+                run: *run,
+            },
+        }
+    }
+}
+
+/// Gives back a slot's charge if its request ends before the commit was answered.
+struct Abandon<'a> {
+    actor: &'a ractor::ActorRef<ResultMsg>,
+    slot: Option<(JobId, u64)>,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if let Some((id, token)) = self.slot.take() {
+            let _ = self.actor.cast(ResultMsg::Abort(id, token));
+        }
+    }
+}
+
+/// Records `post` for `id` where its data lives: in the result partition, or appended to
+/// its orphan file (durably, in the id's turn). Returns the ticket to wait for (`None`: a
+/// retried fragment already stored). `pass`: admission already taken for this request
+/// (see [`ask_admitted`]).
+pub async fn record(
+    svc: &Services,
+    id: JobId,
+    post: Post,
+    pass: Option<OwnedSemaphorePermit>,
+) -> Result<Option<Ticket>> {
+    let mut pass = Some(pass);
+    let store = svc.result_docs.store();
+    // The id's place changes only when a job takes or leaves it: a few tries settle it.
+    for _ in 0..3 {
+        let admitted = match pass.take() {
+            Some(pass) => pass,
+            None => svc.results.admit()?,
+        };
+        if svc.result_docs.apart(id, &svc.jobs) {
+            let _turn = store.turn(id).await;
+            let bytes = encode(&post.record());
+            let len = bytes.len() as u64;
+            match ask_admitted(&svc.results, admitted, |p| ResultMsg::Begin(id, len, p)).await??
+            {
+                Some(slot) => {
+                    let mut abandon = Abandon {
+                        actor: &svc.results,
+                        slot: Some((id, slot.token)),
+                    };
+                    store.append(&slot, bytes).await?;
+                    let ticket = ask(svc.results.actor(), |p| {
+                        ResultMsg::Commit(id, slot.token, p)
+                    })
+                    .await;
+                    // Answered: the actor settled the slot either way.
+                    abandon.slot = None;
+                    return ticket?.map(Some);
+                }
+                None => continue,
+            }
+        }
+        let placed = match &post {
+            Post::Merge(fields) => {
+                ask_admitted(&svc.results, admitted, |p| {
+                    ResultMsg::Merge(id, fields.clone(), p)
+                })
+                .await??
+                .map(Some)
+            }
+            Post::Log(f) => {
+                ask_admitted(&svc.results, admitted, |p| {
+                    ResultMsg::AppendLog(id, f.clone(), p)
+                })
+                .await??
+            }
+            Post::Output(phase, run, data) => {
+                ask_admitted(&svc.results, admitted, |p| {
+                    ResultMsg::AppendOutput(id, phase.clone(), *run, data.clone(), p)
+                })
+                .await??
+                .map(Some)
+            }
+        };
+        if let Placed::Done(ticket) = placed {
+            return Ok(ticket);
+        }
+    }
+    Err(Error::Unavailable(
+        "this id's data moved while it was posted (a job took or left the id); nothing was recorded, try again"
+            .into(),
+    ))
+}
+
+impl<T> Placed<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Placed<U> {
+        match self {
+            Placed::Done(t) => Placed::Done(f(t)),
+            Placed::Apart => Placed::Apart,
+        }
+    }
+}
+
+/// The legacy `/output` read: the output of `id` not read yet, marked read (the text and
+/// the ticket of the read), or `None` when nothing new arrived.
+pub async fn read_output(svc: &Services, id: JobId) -> Result<Option<(Bytes, Ticket)>> {
+    if let Placed::Done(read) = ask(&svc.results, |p| ResultMsg::ReadOutput(id, p)).await?? {
+        return Ok(read);
+    }
+    let store = svc.result_docs.store();
+    let _turn = store.turn(id).await;
+    let Some(doc) = svc.result_docs.orphan_doc(id).await? else {
+        return Ok(None);
+    };
+    let (text, upto) = unread_text(&doc);
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Ok(ask(&svc.results, |p| ResultMsg::ReadApart(id, upto, p))
+        .await??
+        .map(|ticket| (text, ticket)))
+}
+
+/// The output a legacy reader has not consumed in `doc`, and the new cursor.
+fn unread_text(doc: &ResultDoc) -> (Bytes, u64) {
+    let (fragments, upto) = doc.unread_output();
+    let mut text = BytesMut::new();
+    for f in fragments {
+        text.extend_from_slice(&f.data);
+    }
+    (text.freeze(), upto)
+}
+
+/// Reads of the results partition for handlers, without the result actor; an id whose
+/// data lives in the orphan store is read from its file.
 #[derive(Clone)]
-pub struct ResultDocs(Shared<Results>);
+pub struct ResultDocs(Shared<Results>, Arc<Store>);
 
 impl ResultDocs {
-    /// Reads of `results`.
-    pub fn new(results: Shared<Results>) -> ResultDocs {
-        ResultDocs(results)
+    /// Reads of `results` and of the orphan `store`.
+    pub fn new(results: Shared<Results>, store: Arc<Store>) -> ResultDocs {
+        ResultDocs(results, store)
+    }
+
+    /// The orphan store.
+    pub fn store(&self) -> &Store {
+        &self.1
+    }
+
+    /// Whether `id`'s data lives in the orphan store (as the result actor decides it,
+    /// see `ResultState::apart`; the actor has the last word).
+    pub fn apart(&self, id: JobId, jobs: &Jobs) -> bool {
+        let results = self.0.read();
+        results.orphan(id).is_some() || (results.get(id).is_none() && !jobs.contains(id))
+    }
+
+    /// The document in `id`'s orphan file, if its data lives there.
+    async fn orphan_doc(&self, id: JobId) -> Result<Option<ResultDoc>> {
+        let entry = self.0.read().orphan(id).cloned();
+        match entry {
+            Some(entry) => self.1.read(entry).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Copies the fragments of `id`'s `kind` stream in steps of [`READ_STEP`] (handles,
@@ -228,14 +541,23 @@ impl ResultDocs {
     }
 
     /// The job's result fields and its per-phase log texts, each stream's newest run
-    /// (`None`: nothing reported).
-    pub async fn view(&self, id: JobId) -> Option<ResultView> {
-        let fields = {
-            let results = self.0.read();
-            results.get(id)?.fields.clone()
+    /// (`None`: nothing reported). Fails only when an orphan file cannot be read.
+    pub async fn view(&self, id: JobId) -> Result<Option<ResultView>> {
+        let (fields, output, serial) = match self.orphan_doc(id).await? {
+            Some(doc) => (doc.fields, Some(doc.output), Some(doc.serial)),
+            None => {
+                let fields = {
+                    let results = self.0.read();
+                    match results.get(id) {
+                        Some(doc) => doc.fields.clone(),
+                        None => return Ok(None),
+                    }
+                };
+                let output = self.copy_stream(id, LogKind::Output).await;
+                let serial = self.copy_stream(id, LogKind::Serial).await;
+                (fields, output, serial)
+            }
         };
-        let output = self.copy_stream(id, LogKind::Output).await;
-        let serial = self.copy_stream(id, LogKind::Serial).await;
         let large = [&output, &serial]
             .iter()
             .map(|s| s.as_ref().map_or(0, |s| s.fragments.len()))
@@ -262,13 +584,19 @@ impl ResultDocs {
                 run: newest,
             }
         };
-        Some(compose_off_runtime(compose, large).await)
+        Ok(Some(compose_off_runtime(compose, large).await))
     }
 
     /// One log stream, filtered, per phase: the run shown and (phase, last fragment
-    /// number or -1, text) for each phase.
-    pub async fn log(&self, id: JobId, kind: LogKind, query: LogQuery) -> LogAnswer {
-        let stream = self.copy_stream(id, kind).await;
+    /// number or -1, text) for each phase. Fails only when an orphan file cannot be read.
+    pub async fn log(&self, id: JobId, kind: LogKind, query: LogQuery) -> Result<LogAnswer> {
+        let stream = match self.orphan_doc(id).await? {
+            Some(doc) => Some(match kind {
+                LogKind::Output => doc.output,
+                LogKind::Serial => doc.serial,
+            }),
+            None => self.copy_stream(id, kind).await,
+        };
         let large = stream
             .as_ref()
             .is_some_and(|s| s.fragments.len() > READ_STEP);
@@ -292,7 +620,7 @@ impl ResultDocs {
                 .collect();
             (run, phases)
         };
-        compose_off_runtime(compose, large).await
+        Ok(compose_off_runtime(compose, large).await)
     }
 }
 
@@ -322,20 +650,28 @@ impl Actor for ResultActor {
         _: ActorRef<ResultMsg>,
         args: ResultArgs,
     ) -> Result<ResultState, ActorProcessingErr> {
-        let mut orphans = FastMap::default();
-        for (id, doc) in args.results.read().iter() {
-            if !args.jobs.contains(id) {
-                let bytes = doc.bytes();
-                args.orphans.charge(bytes);
-                orphans.insert(id, bytes);
+        let mut ledger = Ledger::new(args.orphans);
+        {
+            let results = args.results.read();
+            for (id, doc) in results.iter() {
+                if !args.jobs.contains(id) {
+                    ledger.count(id, doc.bytes());
+                }
+            }
+            for (id, entry) in results.orphans() {
+                if !args.jobs.contains(id) {
+                    ledger.count(id, entry.len);
+                }
             }
         }
         Ok(ResultState {
             results: args.results,
             recorder: Recorder::new(args.journal),
             jobs: args.jobs,
-            quota: args.orphans,
-            orphans,
+            ledger,
+            store: args.store,
+            open: FastMap::default(),
+            next_token: 0,
         })
     }
 
@@ -350,8 +686,13 @@ impl Actor for ResultActor {
                 if gone(&port) {
                     return Ok(());
                 }
-                // An orphan is charged the post's length up front (a merge never grows
-                // the document by more), then what the document holds afterwards.
+                if state.apart(id) {
+                    reply(port, Ok(Placed::Apart));
+                    return Ok(());
+                }
+                // An id without a job (its data kept here since before it lost its job)
+                // is charged the post's length up front (a merge never grows the
+                // document by more), then what the document holds afterwards.
                 let reserved = fields.len() as u64;
                 let before = state.fields_bytes(id);
                 let result = match state.charge(id, reserved) {
@@ -364,15 +705,19 @@ impl Actor for ResultActor {
                         });
                         if orphan {
                             let after = state.fields_bytes(id);
-                            state.settle(id, reserved + before, after);
+                            state.ledger.settle(id, reserved + before, after);
                         }
                         result
                     }
                 };
-                reply(port, result);
+                reply(port, result.map(Placed::Done));
             }
             ResultMsg::AppendLog(id, f, port) => {
                 if gone(&port) {
+                    return Ok(());
+                }
+                if state.apart(id) {
+                    reply(port, Ok(Placed::Apart));
                     return Ok(());
                 }
                 let known = state
@@ -397,16 +742,20 @@ impl Actor for ResultActor {
                                 at: now(),
                             });
                             if orphan && result.is_err() {
-                                state.settle(id, bytes, 0);
+                                state.ledger.settle(id, bytes, 0);
                             }
                             result.map(Some)
                         }
                     }
                 };
-                reply(port, result);
+                reply(port, result.map(Placed::Done));
             }
             ResultMsg::AppendOutput(id, phase, run, data, port) => {
                 if gone(&port) {
+                    return Ok(());
+                }
+                if state.apart(id) {
+                    reply(port, Ok(Placed::Apart));
                     return Ok(());
                 }
                 let number = state.results.read().next_output_number(id, run);
@@ -425,30 +774,71 @@ impl Actor for ResultActor {
                             at: now(),
                         });
                         if orphan && result.is_err() {
-                            state.settle(id, bytes, 0);
+                            state.ledger.settle(id, bytes, 0);
                         }
                         result
                     }
                 };
-                reply(port, result);
+                reply(port, result.map(Placed::Done));
             }
             ResultMsg::ReadOutput(id, port) => {
                 if gone(&port) {
                     return Ok(());
                 }
-                let unread = state.results.read().get(id).map(|doc| {
-                    let (fragments, upto) = doc.unread_output();
-                    let mut text = BytesMut::new();
-                    for f in fragments {
-                        text.extend_from_slice(&f.data);
-                    }
-                    (text.freeze(), upto)
-                });
+                if state.results.read().orphan(id).is_some() {
+                    reply(port, Ok(Placed::Apart));
+                    return Ok(());
+                }
+                let unread = state.results.read().get(id).map(unread_text);
                 let result = match unread {
                     Some((text, upto)) if !text.is_empty() => state
                         .record(Event::OutputRead { id, upto })
                         .map(|lsn| Some((text, lsn))),
                     _ => Ok(None),
+                };
+                reply(port, result.map(Placed::Done));
+            }
+            ResultMsg::Begin(id, len, port) => {
+                if gone(&port) {
+                    return Ok(());
+                }
+                let result = state.begin(id, len);
+                reply(port, result);
+            }
+            ResultMsg::Commit(id, token, port) => {
+                if gone(&port) {
+                    // Its client went away: not done (the bytes past the recorded length
+                    // are overwritten by the next append).
+                    if let Some(open) = state.open.remove(&id) {
+                        if open.token == token {
+                            state.drop_open(id, open);
+                        } else {
+                            state.open.insert(id, open);
+                        }
+                    }
+                    return Ok(());
+                }
+                let result = state.commit(id, token);
+                reply(port, result);
+            }
+            ResultMsg::Abort(id, token) => {
+                if let Some(open) = state.open.remove(&id) {
+                    if open.token == token {
+                        state.drop_open(id, open);
+                    } else {
+                        state.open.insert(id, open);
+                    }
+                }
+            }
+            ResultMsg::ReadApart(id, upto, port) => {
+                if gone(&port) {
+                    return Ok(());
+                }
+                let kept = state.results.read().orphan(id).is_some();
+                let result = if kept {
+                    state.record(Event::OutputRead { id, upto }).map(Some)
+                } else {
+                    Ok(None)
                 };
                 reply(port, result);
             }
@@ -457,7 +847,7 @@ impl Actor for ResultActor {
                 reply(port, result);
             }
             ResultMsg::Delete(id, port) => {
-                let exists = state.results.read().get(id).is_some();
+                let exists = state.results.read().has(id);
                 let result = if exists {
                     state.remove(vec![id]).map(Some)
                 } else {
@@ -466,14 +856,24 @@ impl Actor for ResultActor {
                 reply(port, result);
             }
             ResultMsg::ExpireOrphans(cutoff, port) => {
-                state.adopt();
                 let expired: Vec<JobId> = {
                     let results = state.results.read();
+                    let (jobs, open) = (&state.jobs, &state.open);
                     state
-                        .orphans
-                        .keys()
-                        .copied()
-                        .filter(|id| results.get(*id).is_none_or(|d| d.updated_at < cutoff))
+                        .ledger
+                        .stale(
+                            cutoff,
+                            |id| jobs.contains(id),
+                            |id| {
+                                results
+                                    .get(id)
+                                    .map(|d| d.updated_at)
+                                    .or_else(|| results.orphan(id).map(|e| e.at))
+                            },
+                        )
+                        .into_iter()
+                        // An append in flight is a write now.
+                        .filter(|id| !open.contains_key(id))
                         .collect()
                 };
                 let result = if expired.is_empty() {

@@ -70,6 +70,8 @@ pub struct SupervisorArgs {
     pub fatal: UnboundedSender<String>,
     /// Dispatched jobs' last contact (for the registry).
     pub watch: Arc<super::watch::Watch>,
+    /// The orphan store's files (for the result actor).
+    pub store: Arc<super::orphans::Store>,
     /// Agents waiting for jobs (for the registry).
     pub waiters: Arc<crate::dispatch::Waiters>,
 }
@@ -126,6 +128,7 @@ impl Actor for Supervisor {
                 journal: args.journal.clone(),
                 jobs: jobs.clone(),
                 orphans: args.orphans.clone(),
+                store: args.store,
             },
             cell.clone(),
         )

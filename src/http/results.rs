@@ -16,7 +16,7 @@ use super::respond::{json_bytes, no_content, ok, read_body, text};
 use super::wire::{json_object_body, parse_timestamp, path_id, query_pairs, PHASES};
 use crate::actors::files::FileMsg;
 use crate::actors::registry::RegistryMsg;
-use crate::actors::results::{FragmentPost, LogQuery, ResultMsg};
+use crate::actors::results::{read_output, record, FragmentPost, LogQuery, Post};
 use crate::actors::{ask, ask_admitted, Callee, Services};
 use crate::error::{Error, Result};
 use crate::model::registry::first_run;
@@ -79,11 +79,13 @@ pub async fn result_post(
         }
     };
     let (merged, reported) = tokio::join!(
-        ask_admitted(&svc.results, merge_pass, |p| ResultMsg::Merge(id, body, p)),
+        record(&svc, id, Post::Merge(body), merge_pass),
         report
     );
-    let (merged, (_, reported)) = (merged??, reported?);
-    svc.journal.durable(merged).await?;
+    let (merged, (_, reported)) = (merged?, reported?);
+    if let Some(merged) = merged {
+        svc.journal.durable(merged).await?;
+    }
     if let Some(reported) = reported {
         svc.journal.durable(reported).await?;
     }
@@ -97,7 +99,7 @@ pub async fn result_post(
 pub async fn result_get(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
     let id = path_id(&id)?;
     let job = svc.jobs.get(id);
-    let view = svc.result_docs.view(id).await;
+    let view = svc.result_docs.view(id).await?;
     let job_run = job.as_ref().map(|j| j.run);
     if job.is_none() && view.as_ref().is_none_or(|v| v.fields.is_none()) {
         return Ok(no_content());
@@ -226,8 +228,8 @@ pub async fn log_post(
         run,
     };
     // A retried fragment is not recorded again, but its first post may not be durable yet.
-    let ticket = ask(&svc.results, |p| ResultMsg::AppendLog(id, fragment, p))
-        .await??
+    let ticket = record(&svc, id, Post::Log(fragment), None)
+        .await?
         .unwrap_or_else(|| svc.journal.settled());
     svc.journal.durable(ticket).await?;
     Ok(ok())
@@ -313,7 +315,7 @@ pub async fn log_get(
         phase: only,
         run,
     };
-    let answer = svc.result_docs.log(id, kind, query).await;
+    let answer = svc.result_docs.log(id, kind, query).await?;
     let job = match run {
         Some(_) => None,
         None => svc.jobs.get(id),
@@ -364,11 +366,9 @@ pub async fn output_post(
         return Ok(ok());
     }
     let (phase, run) = current_phase(&svc, id).await?;
-    let lsn = ask(&svc.results, |p| {
-        ResultMsg::AppendOutput(id, phase, run, body, p)
-    })
-    .await??;
-    svc.journal.durable(lsn).await?;
+    if let Some(lsn) = record(&svc, id, Post::Output(phase, run, body), None).await? {
+        svc.journal.durable(lsn).await?;
+    }
     Ok(ok())
 }
 
@@ -387,7 +387,7 @@ async fn current_phase(svc: &Services, id: JobId) -> Result<(Name, u32)> {
 /// `GET /v1/result/<id>/output`: the output not read yet (and mark it read).
 pub async fn output_get(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
     let id = path_id(&id)?;
-    match ask(&svc.results, |p| ResultMsg::ReadOutput(id, p)).await?? {
+    match read_output(&svc, id).await? {
         Some((data, lsn)) => {
             svc.journal.durable(lsn).await?;
             Ok(text(data))

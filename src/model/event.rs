@@ -294,6 +294,21 @@ pub enum Event {
         /// Path.
         path: Box<str>,
     },
+    /// Results or log fragments of an id were appended to its file in the orphan store
+    /// (see `model::orphans`): the file now holds `offset + len` valid bytes. The content
+    /// is in the file, fsynced before this was logged, never in the log.
+    OrphanAppended {
+        /// The id (no job had it when its first data arrived).
+        id: JobId,
+        /// The file's name inside the data dir's `files/` folder (chosen by the server).
+        file: Box<str>,
+        /// Where the appended bytes start: the valid length before.
+        offset: u64,
+        /// How many bytes were appended.
+        len: u64,
+        /// Unix seconds.
+        at: u64,
+    },
 }
 
 impl Event {
@@ -312,7 +327,8 @@ impl Event {
             ResultMerged { .. }
             | LogAppended { .. }
             | OutputRead { .. }
-            | ResultsExpired { .. } => Partition::Results,
+            | ResultsExpired { .. }
+            | OrphanAppended { .. } => Partition::Results,
             FileStored { .. } | FilesExpired { .. } => Partition::Artifacts,
             QueuesAdvertised { .. }
             | ImagesAdvertised { .. }

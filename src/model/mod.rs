@@ -11,6 +11,7 @@ pub mod ids;
 pub mod index;
 pub mod job;
 pub mod lost;
+pub mod orphans;
 pub mod queue;
 pub mod registry;
 pub mod results;

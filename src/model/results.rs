@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 
 use super::event::{Event, LogKind};
 use super::ids::{JobId, Name};
+use super::orphans::OrphanEntry;
 use super::registry::first_run;
 
 /// One log fragment.
@@ -349,6 +350,11 @@ pub struct Results {
     /// Per job.
     /// Behind an `Arc` so a snapshot copy shares the documents (see `Registry::jobs`).
     docs: FastMap<JobId, Arc<ResultDoc>>,
+    /// Ids whose results and logs live in the orphan store (a file each, see
+    /// `model::orphans`): only their index entries are here. An id is in `docs` or here,
+    /// never both. Last in the snapshot layout: older snapshots decode with none.
+    #[serde(default)]
+    orphans: FastMap<JobId, OrphanEntry>,
 }
 
 impl Results {
@@ -371,6 +377,21 @@ impl Results {
     /// job has at start-up).
     pub fn iter(&self) -> impl Iterator<Item = (JobId, &ResultDoc)> {
         self.docs.iter().map(|(id, doc)| (*id, &**doc))
+    }
+
+    /// The orphan store's index entry of `id`, when its data lives there.
+    pub fn orphan(&self, id: JobId) -> Option<&OrphanEntry> {
+        self.orphans.get(&id)
+    }
+
+    /// Every id whose data lives in the orphan store, with its entry.
+    pub fn orphans(&self) -> impl Iterator<Item = (JobId, &OrphanEntry)> {
+        self.orphans.iter().map(|(id, e)| (*id, e))
+    }
+
+    /// Whether anything is kept for `id`, in memory or in the orphan store.
+    pub fn has(&self, id: JobId) -> bool {
+        self.docs.contains_key(&id) || self.orphans.contains_key(&id)
     }
 
     /// Whether a fragment with this (run, phase, number) is already stored.
@@ -436,13 +457,42 @@ impl Results {
             Event::OutputRead { id, upto } => {
                 if let Some(doc) = self.docs.get_mut(id).map(Arc::make_mut) {
                     doc.output_read = doc.output_read.max(*upto);
+                } else if let Some(entry) = self.orphans.get_mut(id) {
+                    entry.output_read = entry.output_read.max(*upto);
                 }
             }
             Event::ResultsExpired { ids } => {
                 for id in ids {
                     self.docs.remove(id);
+                    self.orphans.remove(id);
                 }
             }
+            Event::OrphanAppended {
+                id,
+                file,
+                offset,
+                len,
+                at,
+            } => match self.orphans.get_mut(id) {
+                // Appends extend the valid prefix in order; one that does not continue
+                // it (never recorded so: the actor checks first) changes nothing.
+                Some(entry) if entry.file == *file && entry.len == *offset => {
+                    entry.len += len;
+                    entry.at = entry.at.max(*at);
+                }
+                None if *offset == 0 && !self.docs.contains_key(id) => {
+                    self.orphans.insert(
+                        *id,
+                        OrphanEntry {
+                            file: file.clone(),
+                            len: *len,
+                            at: *at,
+                            output_read: 0,
+                        },
+                    );
+                }
+                _ => {}
+            },
             _ => {}
         }
     }

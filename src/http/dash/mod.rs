@@ -518,13 +518,13 @@ pub async fn job_page(State(svc): State<Services>, Path(id): Path<String>) -> Re
     let (_, phases) = svc
         .result_docs
         .log(id, crate::model::event::LogKind::Output, query)
-        .await;
+        .await?;
     let log: String = phases.iter().map(|(_, _, t)| t.as_str()).collect();
     let next = phases.iter().map(|(_, last, _)| *last).max().unwrap_or(-1) + 1;
     let results = svc
         .result_docs
         .view(id)
-        .await
+        .await?
         .and_then(|v| v.fields)
         .map(|fields| {
             let doc: Value = serde_json::from_slice(&fields.to_json()).unwrap_or(Value::Null);
@@ -622,7 +622,10 @@ pub async fn log_follow(
                 // The job's current run (the newest with fragments for an id no job has).
                 run: job.map(|j| j.run),
             };
-            let (_, phases) = svc.result_docs.log(id, kind, query).await;
+            // An unreadable orphan file ends the stream (the plain read names the damage).
+            let Ok((_, phases)) = svc.result_docs.log(id, kind, query).await else {
+                return None;
+            };
             let mut events = String::new();
             for (phase, last, text) in phases {
                 if last >= 0 && !text.is_empty() {
