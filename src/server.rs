@@ -18,6 +18,7 @@ use crate::actors::registry::{Jobs, RegistryMsg};
 use crate::actors::results::{ResultDocs, ResultMsg};
 use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::watch::Watch;
+use crate::actors::webhooks::WebhookMsg;
 use crate::actors::{ask, now, Door, Handles, OrphanQuota, QueueDirectory, Services};
 use crate::config::Config;
 use crate::dispatch::Waiters;
@@ -103,6 +104,9 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         config.retention.as_secs(),
     ));
     let watch = Arc::new(Watch::default());
+    let hooks = Arc::new(crate::actors::webhooks::Hooks::new(std::mem::take(
+        &mut state.webhooks,
+    )));
     let waiters = Arc::new(Waiters::new(config.max_waiters));
     let (supervisor, supervisor_handle) = Actor::spawn(
         None,
@@ -120,6 +124,8 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
             fatal: fatal_tx,
             watch: watch.clone(),
             waiters: waiters.clone(),
+            hooks: hooks.clone(),
+            config: config.clone(),
         },
     )
     .await
@@ -152,6 +158,8 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         dispatch: waiters,
         metrics,
         access,
+        webhooks: Door::new(refs.webhooks, pending, "webhook outbox"),
+        hooks,
     });
     let chores = tokio::spawn(background_chores(services.clone(), snapshot_requests));
     Ok(Running {
@@ -504,15 +512,17 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
 /// covering the smallest LSN among them.
 pub async fn snapshot(services: &Services) -> Result<()> {
     let started = std::time::Instant::now();
-    let (registry, results, files, agents) = tokio::join!(
+    let (registry, results, files, agents, hooks) = tokio::join!(
         ask(&*services.registry, RegistryMsg::Snapshot),
         ask(&*services.results, ResultMsg::Snapshot),
         ask(&*services.files, FileMsg::Snapshot),
         ask(&*services.agents, AgentMsg::Snapshot),
+        ask(&*services.webhooks, WebhookMsg::Snapshot),
     );
-    let (registry, results, files, agents) = (registry?, results?, files?, agents?);
+    let (registry, results, files, agents, hooks) =
+        (registry?, results?, files?, agents?, hooks?);
     let access = services.access.store.snapshot();
-    let lsn = [registry.lsn, results.lsn, files.lsn, agents.lsn, access.lsn]
+    let lsn = [registry.lsn, results.lsn, files.lsn, agents.lsn, access.lsn, hooks.lsn]
         .into_iter()
         .min()
         .unwrap_or(0);
@@ -525,6 +535,7 @@ pub async fn snapshot(services: &Services) -> Result<()> {
             files: files.finish()?,
             agents: agents.finish()?,
             access: Some(access.finish()?),
+            webhooks: Some(hooks.finish()?),
         };
         journal::encode_partition(&doc)
     })
@@ -556,8 +567,12 @@ pub async fn expire(services: &Services) -> Result<usize> {
     };
     let count = ids.len();
     let results = ask(&*services.results, |p| ResultMsg::Expire(ids.clone(), p)).await??;
+    let hooks = ask(&*services.webhooks, |p| WebhookMsg::Expire(ids.clone(), p)).await??;
     let files = ask(&*services.files, |p| FileMsg::Expire(ids, p)).await??;
-    for ticket in [expired, results, files] {
+    for ticket in [Some(expired), Some(results), Some(files), hooks]
+        .into_iter()
+        .flatten()
+    {
         services.journal.durable(ticket).await?;
     }
     Ok(count)
