@@ -472,7 +472,12 @@ pub struct ServeOpts {
     pub webhook_url: Option<String>,
     /// Bearer token sent with every delivery to the webhook (prefer the environment: a
     /// flag shows in `ps`) [env WEBHOOK_AUTH too, as upstream].
-    #[arg(long, env = "FLINGER_WEBHOOK_AUTH", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FLINGER_WEBHOOK_AUTH",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub webhook_auth: Option<String>,
     /// Seconds a job event is retried before its delivery gives up (the job's delivery
     /// view then says so, with the last error) [default: 86400].
@@ -836,22 +841,37 @@ impl Config {
         }
         // Upstream's environment names count as environment too (below FLINGER_*).
         let upstream_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        if let Some(url) = opts.webhook_url.clone().or_else(|| upstream_env("WEBHOOK_URL")) {
+        if let Some(url) = opts
+            .webhook_url
+            .clone()
+            .or_else(|| upstream_env("WEBHOOK_URL"))
+        {
             config.webhook_url = Some(url);
         }
-        if let Some(auth) = opts.webhook_auth.clone().or_else(|| upstream_env("WEBHOOK_AUTH")) {
+        if let Some(auth) = opts
+            .webhook_auth
+            .clone()
+            .or_else(|| upstream_env("WEBHOOK_AUTH"))
+        {
             config.webhook_auth = Some(Secret(auth));
         }
         for (secs, slot) in [
             (opts.webhook_give_up_secs, &mut config.webhook_give_up),
             (opts.webhook_timeout_secs, &mut config.webhook_timeout),
-            (opts.webhook_max_backoff_secs, &mut config.webhook_max_backoff),
+            (
+                opts.webhook_max_backoff_secs,
+                &mut config.webhook_max_backoff,
+            ),
         ] {
             if let Some(secs) = secs {
                 *slot = Duration::from_secs(secs);
             }
         }
-        take!(max_job_events, max_event_detail_bytes, max_webhook_url_bytes);
+        take!(
+            max_job_events,
+            max_event_detail_bytes,
+            max_webhook_url_bytes
+        );
         config.validate()?;
         Ok((config, warnings))
     }

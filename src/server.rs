@@ -519,13 +519,19 @@ pub async fn snapshot(services: &Services) -> Result<()> {
         ask(&*services.agents, AgentMsg::Snapshot),
         ask(&*services.webhooks, WebhookMsg::Snapshot),
     );
-    let (registry, results, files, agents, hooks) =
-        (registry?, results?, files?, agents?, hooks?);
+    let (registry, results, files, agents, hooks) = (registry?, results?, files?, agents?, hooks?);
     let access = services.access.store.snapshot();
-    let lsn = [registry.lsn, results.lsn, files.lsn, agents.lsn, access.lsn, hooks.lsn]
-        .into_iter()
-        .min()
-        .unwrap_or(0);
+    let lsn = [
+        registry.lsn,
+        results.lsn,
+        files.lsn,
+        agents.lsn,
+        access.lsn,
+        hooks.lsn,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(0);
     let copied = started.elapsed();
     let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
         let doc = SnapshotDoc {

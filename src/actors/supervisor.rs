@@ -151,9 +151,13 @@ impl Actor for Supervisor {
             cell.clone(),
         )
         .await?;
-        let (agents, _) =
-            Actor::spawn_linked(None, AgentActor, (agents, args.journal.clone()), cell.clone())
-                .await?;
+        let (agents, _) = Actor::spawn_linked(
+            None,
+            AgentActor,
+            (agents, args.journal.clone()),
+            cell.clone(),
+        )
+        .await?;
         let (webhooks, _) = Actor::spawn_linked(
             None,
             WebhookActor,

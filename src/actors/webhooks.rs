@@ -352,7 +352,10 @@ async fn attempt(
 ) -> std::result::Result<(), String> {
     let mut request = Request::put(&delivery.url)
         .header(header::CONTENT_TYPE, "application/json")
-        .header("idempotency-key", format!("{}/{}", delivery.id, delivery.upto));
+        .header(
+            "idempotency-key",
+            format!("{}/{}", delivery.id, delivery.upto),
+        );
     if let Some(token) = auth {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
@@ -361,10 +364,15 @@ async fn attempt(
         .map_err(|e| format!("cannot build the request: {e}"))?;
     let exchange = async {
         let response = client.request(request).await.map_err(|e| {
-            let cause = std::error::Error::source(&e)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            format!("unreachable ({e}{cause})")
+            // hyper-util's error says little ("client error (Connect)"): name the causes.
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            format!("unreachable ({text})")
         })?;
         let status = response.status();
         // Read (a bounded part of) the answer so the connection can be reused.
@@ -518,14 +526,16 @@ async fn finish(
                     tracing::warn!(job = %id, events = delivery.upto, %reason, suppressed, "webhook delivery given up");
                 }
                 let reason = reason.into_boxed_str();
-                let _ = ask(actor, |port| WebhookMsg::Abandon(id, delivery.upto, reason, port)).await;
+                let _ = ask(actor, |port| {
+                    WebhookMsg::Abandon(id, delivery.upto, reason, port)
+                })
+                .await;
                 // The next look finds nothing to send (unless events arrived meanwhile)
                 // and drops the entry: the outbox's give-up says the rest.
                 if let Some(p) = hooks.progress.lock().get_mut(&id) {
                     *p = Progress::default();
                 }
-            } else if let Some(suppressed) = crate::throttle::allow("webhook delivery failed", 0)
-            {
+            } else if let Some(suppressed) = crate::throttle::allow("webhook delivery failed", 0) {
                 tracing::warn!(job = %id, events = delivery.upto, attempts, %error, suppressed, "webhook delivery failed; retrying");
             }
         }

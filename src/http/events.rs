@@ -81,10 +81,7 @@ fn parse_post(svc: &Services, body: &[u8]) -> Result<EventsPost> {
         return Err(Error::validation("job_status_webhook", "Not a valid URL."));
     }
     let name = |field: &str| -> Result<Option<Name>> {
-        Ok(
-            string_field(&map, field, detail_limit, "--max-event-detail-bytes")?
-                .map(Name::from),
-        )
+        Ok(string_field(&map, field, detail_limit, "--max-event-detail-bytes")?.map(Name::from))
     };
     let (agent_id, job_queue) = (name("agent_id")?, name("job_queue")?);
     let posted = match map.get("events") {
@@ -113,14 +110,14 @@ fn parse_post(svc: &Services, body: &[u8]) -> Result<EventsPost> {
             &format!("events.{i}."),
         )?;
         let field = |key: &str| -> Result<Option<String>> {
-            string_field(event, key, detail_limit, "--max-event-detail-bytes").map_err(|e| {
-                match e {
+            string_field(event, key, detail_limit, "--max-event-detail-bytes").map_err(
+                |e| match e {
                     Error::Validation { reason, .. } => {
                         Error::validation(&format!("events.{i}.{key}"), reason)
                     }
                     other => other,
-                }
-            })
+                },
+            )
         };
         let required = |key: &str| -> Result<String> {
             field(key)?.ok_or_else(|| {

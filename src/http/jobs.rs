@@ -174,10 +174,9 @@ pub async fn job_delete(
     let results = ask_admitted(&svc.results, passes.1, |p| ResultMsg::Delete(id, p)).await??;
     let files = ask_admitted(&svc.files, passes.2, |p| FileMsg::Delete(id, p)).await??;
     // The job's event outbox goes with it (undelivered events are dropped).
-    let hooks = ask(
-        &*svc.webhooks,
-        |p| crate::actors::webhooks::WebhookMsg::Expire(vec![id], p),
-    )
+    let hooks = ask(&*svc.webhooks, |p| {
+        crate::actors::webhooks::WebhookMsg::Expire(vec![id], p)
+    })
     .await??;
     let mut found = false;
     for ticket in [job, results, files, hooks].into_iter().flatten() {

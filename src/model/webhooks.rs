@@ -247,7 +247,15 @@ mod tests {
         assert_eq!(post(&mut hooks, id, vec![a.clone()], 10), 1);
         assert_eq!(post(&mut hooks, id, vec![a.clone(), b.clone()], 11), 1);
         assert_eq!(post(&mut hooks, id, vec![a.clone(), b.clone()], 12), 0);
-        assert_eq!(post(&mut hooks, id, vec![a.clone(), b.clone(), c.clone(), c.clone()], 13), 1);
+        assert_eq!(
+            post(
+                &mut hooks,
+                id,
+                vec![a.clone(), b.clone(), c.clone(), c.clone()],
+                13
+            ),
+            1
+        );
         let outbox = hooks.get(id).unwrap();
         let names: Vec<&str> = outbox.events.iter().map(|r| &*r.event.name).collect();
         assert_eq!(names, ["job_start", "setup_start", "x"]);
@@ -273,7 +281,12 @@ mod tests {
         assert_eq!(hooks.get(id).unwrap().standing(), Standing::GaveUp);
         assert!(hooks.pending().is_empty());
         // A later event is tried again; its cumulative list carries the abandoned one.
-        post(&mut hooks, id, vec![ev("a", "1"), ev("b", "2"), ev("c", "3")], 30);
+        post(
+            &mut hooks,
+            id,
+            vec![ev("a", "1"), ev("b", "2"), ev("c", "3")],
+            30,
+        );
         assert_eq!(hooks.get(id).unwrap().next(), Some(3));
         assert_eq!(hooks.get(id).unwrap().pending_since(), Some(30));
         hooks.apply(&Event::JobEventsDelivered { id, upto: 3 });
