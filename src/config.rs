@@ -156,6 +156,24 @@ pub struct Config {
     pub jwt_leeway: Duration,
     /// Failed `/v1/oauth2/token` attempts allowed per client id and per address per minute.
     pub token_failures_per_minute: u32,
+    /// The webhook job events may go to (upstream `WEBHOOK_URL`): a job's
+    /// `job_status_webhook` must have its scheme and host (with port). `None`: event posts
+    /// are refused (403).
+    pub webhook_url: Option<String>,
+    /// Bearer token sent to the webhook (upstream `WEBHOOK_AUTH`).
+    pub webhook_auth: Option<Secret>,
+    /// How long the delivery worker retries an event before giving up.
+    pub webhook_give_up: Duration,
+    /// Time allowed for one delivery attempt (connect, send, answer).
+    pub webhook_timeout: Duration,
+    /// Longest wait between attempts (they start 1 s apart and double).
+    pub webhook_max_backoff: Duration,
+    /// Most events recorded per job (and so per post: the agent posts cumulative lists).
+    pub max_job_events: usize,
+    /// Largest `detail` of one event, in bytes.
+    pub max_event_detail_bytes: usize,
+    /// Longest `job_status_webhook`, in bytes.
+    pub max_webhook_url_bytes: usize,
     /// Where the settings came from, for the start-up log line.
     pub source: String,
 }
@@ -199,8 +217,26 @@ impl Default for Config {
             refresh_token_ttl: Duration::from_secs(6 * 24 * 3600),
             jwt_leeway: Duration::from_secs(5),
             token_failures_per_minute: 10,
+            webhook_url: None,
+            webhook_auth: None,
+            webhook_give_up: Duration::from_secs(86_400),
+            webhook_timeout: Duration::from_secs(10),
+            webhook_max_backoff: Duration::from_secs(300),
+            max_job_events: 256,
+            max_event_detail_bytes: 4096,
+            max_webhook_url_bytes: 2048,
             source: "defaults".into(),
         }
+    }
+}
+
+/// A secret setting: kept out of `Debug` output (and so out of logs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 
@@ -429,6 +465,41 @@ pub struct ServeOpts {
     /// before 429 [default: 10].
     #[arg(long, env = "FLINGER_TOKEN_FAILURES_PER_MINUTE", value_name = "N")]
     pub token_failures_per_minute: Option<u32>,
+    /// The webhook job events may be forwarded to: a job's `job_status_webhook` must have
+    /// this URL's scheme and host:port, else its agent's event posts are refused (403);
+    /// unset, every event post is refused [env WEBHOOK_URL too, as upstream].
+    #[arg(long, env = "FLINGER_WEBHOOK_URL", value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// Bearer token sent with every delivery to the webhook (prefer the environment: a
+    /// flag shows in `ps`) [env WEBHOOK_AUTH too, as upstream].
+    #[arg(
+        long,
+        env = "FLINGER_WEBHOOK_AUTH",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub webhook_auth: Option<String>,
+    /// Seconds a job event is retried before its delivery gives up (the job's delivery
+    /// view then says so, with the last error) [default: 86400].
+    #[arg(long, env = "FLINGER_WEBHOOK_GIVE_UP_SECS", value_name = "SECS")]
+    pub webhook_give_up_secs: Option<u64>,
+    /// Seconds allowed for one delivery attempt [default: 10].
+    #[arg(long, env = "FLINGER_WEBHOOK_TIMEOUT_SECS", value_name = "SECS")]
+    pub webhook_timeout_secs: Option<u64>,
+    /// Longest wait between delivery attempts in seconds; they start 1 s apart and
+    /// double [default: 300].
+    #[arg(long, env = "FLINGER_WEBHOOK_MAX_BACKOFF_SECS", value_name = "SECS")]
+    pub webhook_max_backoff_secs: Option<u64>,
+    /// Most job events recorded per job (a post carrying more is refused with 413)
+    /// [default: 256].
+    #[arg(long, env = "FLINGER_MAX_JOB_EVENTS", value_name = "N")]
+    pub max_job_events: Option<usize>,
+    /// Largest `detail` of one job event in bytes (413 beyond) [default: 4096].
+    #[arg(long, env = "FLINGER_MAX_EVENT_DETAIL_BYTES", value_name = "BYTES")]
+    pub max_event_detail_bytes: Option<usize>,
+    /// Longest `job_status_webhook` URL in bytes (413 beyond) [default: 2048].
+    #[arg(long, env = "FLINGER_MAX_WEBHOOK_URL_BYTES", value_name = "BYTES")]
+    pub max_webhook_url_bytes: Option<usize>,
 }
 
 /// A problem with the config file.
@@ -486,6 +557,14 @@ const KNOWN_KEYS: &[&str] = &[
     "ACCESS_TOKEN_SECS",
     "REFRESH_TOKEN_SECS",
     "TOKEN_FAILURES_PER_MINUTE",
+    "WEBHOOK_URL",
+    "WEBHOOK_AUTH",
+    "WEBHOOK_GIVE_UP_SECS",
+    "WEBHOOK_TIMEOUT_SECS",
+    "WEBHOOK_MAX_BACKOFF_SECS",
+    "MAX_JOB_EVENTS",
+    "MAX_EVENT_DETAIL_BYTES",
+    "MAX_WEBHOOK_URL_BYTES",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 const IGNORED_KEYS: &[&str] = &[
@@ -654,6 +733,24 @@ impl Config {
                     "TOKEN_FAILURES_PER_MINUTE" => {
                         config.token_failures_per_minute = num("a count")? as u32
                     }
+                    "WEBHOOK_URL" => config.webhook_url = Some(value.clone()),
+                    "WEBHOOK_AUTH" => config.webhook_auth = Some(Secret(value.clone())),
+                    "WEBHOOK_GIVE_UP_SECS" => {
+                        config.webhook_give_up = Duration::from_secs(num("seconds")?)
+                    }
+                    "WEBHOOK_TIMEOUT_SECS" => {
+                        config.webhook_timeout = Duration::from_secs(num("seconds")?)
+                    }
+                    "WEBHOOK_MAX_BACKOFF_SECS" => {
+                        config.webhook_max_backoff = Duration::from_secs(num("seconds")?)
+                    }
+                    "MAX_JOB_EVENTS" => config.max_job_events = num("a count")? as usize,
+                    "MAX_EVENT_DETAIL_BYTES" => {
+                        config.max_event_detail_bytes = num("a byte count")? as usize
+                    }
+                    "MAX_WEBHOOK_URL_BYTES" => {
+                        config.max_webhook_url_bytes = num("a byte count")? as usize
+                    }
                     k if IGNORED_KEYS.contains(&k) => warnings.push(format!(
                         "config key {k} is not used by flinger (no external store needed)"
                     )),
@@ -742,6 +839,39 @@ impl Config {
         if let Some(n) = opts.token_failures_per_minute {
             config.token_failures_per_minute = n;
         }
+        // Upstream's environment names count as environment too (below FLINGER_*).
+        let upstream_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(url) = opts
+            .webhook_url
+            .clone()
+            .or_else(|| upstream_env("WEBHOOK_URL"))
+        {
+            config.webhook_url = Some(url);
+        }
+        if let Some(auth) = opts
+            .webhook_auth
+            .clone()
+            .or_else(|| upstream_env("WEBHOOK_AUTH"))
+        {
+            config.webhook_auth = Some(Secret(auth));
+        }
+        for (secs, slot) in [
+            (opts.webhook_give_up_secs, &mut config.webhook_give_up),
+            (opts.webhook_timeout_secs, &mut config.webhook_timeout),
+            (
+                opts.webhook_max_backoff_secs,
+                &mut config.webhook_max_backoff,
+            ),
+        ] {
+            if let Some(secs) = secs {
+                *slot = Duration::from_secs(secs);
+            }
+        }
+        take!(
+            max_job_events,
+            max_event_detail_bytes,
+            max_webhook_url_bytes
+        );
         config.validate()?;
         Ok((config, warnings))
     }
@@ -796,6 +926,25 @@ impl Config {
         }
         if self.jwt_leeway.as_secs() > 300 {
             return err("JWT leeway must be at most 300 seconds".into());
+        }
+        if let Some(url) = &self.webhook_url {
+            if let Err(why) = crate::actors::webhooks::base_of(url) {
+                return err(format!("WEBHOOK_URL {url:?}: {why}"));
+            }
+        }
+        if self.webhook_timeout.is_zero() || self.webhook_max_backoff.is_zero() {
+            return err("the webhook timeout and max backoff must be at least 1 s".into());
+        }
+        if self.max_job_events == 0 || !(256..=1 << 20).contains(&self.max_webhook_url_bytes) {
+            return err(
+                "max job events must be at least 1, max webhook URL bytes 256..=1048576".into(),
+            );
+        }
+        if self.max_event_detail_bytes > 1 << 20 || self.max_job_events > 100_000 {
+            return err(
+                "max event detail bytes must be at most 1 MiB, max job events at most 100000"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -156,6 +156,9 @@ pub struct SnapshotDoc {
     /// Access partition (absent in snapshots written before access control existed).
     #[serde(default)]
     pub access: Option<PartSnapshot>,
+    /// Webhooks partition (absent in snapshots written before webhooks existed).
+    #[serde(default)]
+    pub webhooks: Option<PartSnapshot>,
 }
 
 /// What recovery found, for the start-up log line.
@@ -187,6 +190,8 @@ struct Applied {
     pub agents: u64,
     /// Access.
     pub access: u64,
+    /// Webhooks.
+    pub webhooks: u64,
 }
 
 impl Applied {
@@ -197,6 +202,7 @@ impl Applied {
             Partition::Artifacts => self.files,
             Partition::Agents => self.agents,
             Partition::Access => self.access,
+            Partition::Webhooks => self.webhooks,
         }
     }
 
@@ -207,6 +213,7 @@ impl Applied {
             Partition::Artifacts => self.files = lsn,
             Partition::Agents => self.agents = lsn,
             Partition::Access => self.access = lsn,
+            Partition::Webhooks => self.webhooks = lsn,
         }
     }
 }
@@ -311,12 +318,16 @@ pub fn open_with(
         if let Some(access) = &doc.access {
             state.access = rmp_serde::from_slice(&access.state).map_err(|e| bad("access", e))?;
         }
+        if let Some(hooks) = &doc.webhooks {
+            state.webhooks = rmp_serde::from_slice(&hooks.state).map_err(|e| bad("webhooks", e))?;
+        }
         applied = Applied {
             registry: doc.registry.lsn,
             results: doc.results.lsn,
             files: doc.files.lsn,
             agents: doc.agents.lsn,
             access: doc.access.as_ref().map_or(0, |a| a.lsn),
+            webhooks: doc.webhooks.as_ref().map_or(0, |a| a.lsn),
         };
         after = lsn;
         recovery.snapshot_lsn = Some(lsn);

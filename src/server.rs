@@ -18,6 +18,7 @@ use crate::actors::registry::{Jobs, RegistryMsg};
 use crate::actors::results::{ResultDocs, ResultMsg};
 use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::watch::Watch;
+use crate::actors::webhooks::WebhookMsg;
 use crate::actors::{ask, now, Door, Handles, OrphanQuota, QueueDirectory, Services};
 use crate::config::Config;
 use crate::dispatch::Waiters;
@@ -103,6 +104,9 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         config.retention.as_secs(),
     ));
     let watch = Arc::new(Watch::default());
+    let hooks = Arc::new(crate::actors::webhooks::Hooks::new(std::mem::take(
+        &mut state.webhooks,
+    )));
     let waiters = Arc::new(Waiters::new(config.max_waiters));
     let store = Arc::new(crate::actors::orphans::Store::new(fs.clone(), files_dir.clone()));
     let (supervisor, supervisor_handle) = Actor::spawn(
@@ -122,6 +126,8 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
             watch: watch.clone(),
             waiters: waiters.clone(),
             store: store.clone(),
+            hooks: hooks.clone(),
+            config: config.clone(),
         },
     )
     .await
@@ -154,6 +160,8 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         dispatch: waiters,
         metrics,
         access,
+        webhooks: Door::new(refs.webhooks, pending, "webhook outbox"),
+        hooks,
     });
     let chores = tokio::spawn(background_chores(services.clone(), snapshot_requests));
     Ok(Running {
@@ -506,18 +514,26 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
 /// covering the smallest LSN among them.
 pub async fn snapshot(services: &Services) -> Result<()> {
     let started = std::time::Instant::now();
-    let (registry, results, files, agents) = tokio::join!(
+    let (registry, results, files, agents, hooks) = tokio::join!(
         ask(&*services.registry, RegistryMsg::Snapshot),
         ask(&*services.results, ResultMsg::Snapshot),
         ask(&*services.files, FileMsg::Snapshot),
         ask(&*services.agents, AgentMsg::Snapshot),
+        ask(&*services.webhooks, WebhookMsg::Snapshot),
     );
-    let (registry, results, files, agents) = (registry?, results?, files?, agents?);
+    let (registry, results, files, agents, hooks) = (registry?, results?, files?, agents?, hooks?);
     let access = services.access.store.snapshot();
-    let lsn = [registry.lsn, results.lsn, files.lsn, agents.lsn, access.lsn]
-        .into_iter()
-        .min()
-        .unwrap_or(0);
+    let lsn = [
+        registry.lsn,
+        results.lsn,
+        files.lsn,
+        agents.lsn,
+        access.lsn,
+        hooks.lsn,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(0);
     let copied = started.elapsed();
     let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
         let doc = SnapshotDoc {
@@ -527,6 +543,7 @@ pub async fn snapshot(services: &Services) -> Result<()> {
             files: files.finish()?,
             agents: agents.finish()?,
             access: Some(access.finish()?),
+            webhooks: Some(hooks.finish()?),
         };
         journal::encode_partition(&doc)
     })
@@ -558,8 +575,12 @@ pub async fn expire(services: &Services) -> Result<usize> {
     };
     let count = ids.len();
     let results = ask(&*services.results, |p| ResultMsg::Expire(ids.clone(), p)).await??;
+    let hooks = ask(&*services.webhooks, |p| WebhookMsg::Expire(ids.clone(), p)).await??;
     let files = ask(&*services.files, |p| FileMsg::Expire(ids, p)).await??;
-    for ticket in [expired, results, files] {
+    for ticket in [Some(expired), Some(results), Some(files), hooks]
+        .into_iter()
+        .flatten()
+    {
         services.journal.durable(ticket).await?;
     }
     Ok(count)

@@ -51,6 +51,9 @@ mod expiry;
 mod lost;
 // Long-poll dispatch: waiting agents get jobs the moment they arrive, fairly (issue 12).
 mod longpoll;
+// Job event webhooks: recorded at once, delivered in order with retries, across restarts,
+// bounded (issue 12).
+mod webhooks;
 // Seeing the server: /metrics after known actions, /openapi.json against the router and
 // upstream's document.
 mod observe;

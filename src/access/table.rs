@@ -81,6 +81,9 @@ pub const TABLE: &[Rule] = &[
     rule("GET", "/v1/job/{id}/attachments", AGENT, Check::JobAgent),
     rule("GET", "/v1/job/{id}/position", AMC, Check::None),
     rule("POST", "/v1/job/{id}/action", AMC, Check::JobOwner),
+    rule("POST", "/v1/job/{id}/events", AGENT, Check::JobAgent),
+    // flinger's delivery view of a job's events: whoever may read the job, and its agent.
+    rule("GET", "/v1/job/{id}/events", ALL, Check::None),
     rule("POST", "/v1/result/{id}", AGENT, Check::JobAgent),
     rule("GET", "/v1/result/{id}", ALL, Check::None),
     rule("POST", "/v1/result/{id}/output", AGENT, Check::JobAgent),
@@ -175,8 +178,8 @@ mod tests {
     use super::*;
 
     /// Upstream's permissions.json, copied from `../shared/reference/upstream-permissions.json`
-    /// (server/tests/permissions.json at fe381ff2) less `/v1/job/<job_id>/events` (webhooks
-    /// are not implemented): every row here must have the same roles in [`TABLE`].
+    /// (server/tests/permissions.json at fe381ff2): every row here must have the same roles
+    /// in [`TABLE`].
     const UPSTREAM: &str = r#"{
   "/v1/agents/data": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
   "/v1/agents/data/<agent_name>": {"POST": ["AGENT", "MANAGER", "ADMIN"], "GET": ["AGENT", "CONTRIBUTOR", "MANAGER", "ADMIN"]},
@@ -190,6 +193,7 @@ mod tests {
   "/v1/job/<job_id>": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
   "/v1/job/<job_id>/action": {"POST": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
   "/v1/job/<job_id>/attachments": {"GET": ["AGENT"], "POST": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
+  "/v1/job/<job_id>/events": {"POST": ["AGENT"]},
   "/v1/job/<job_id>/position": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
   "/v1/job/search": {"GET": ["CONTRIBUTOR", "MANAGER", "ADMIN"]},
   "/v1/oauth2/revoke": {"POST": ["ADMIN"]},
@@ -244,7 +248,7 @@ mod tests {
                 rows += 1;
             }
         }
-        assert_eq!(rows, 36);
+        assert_eq!(rows, 37);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //!   result actor decides, handlers move the bytes).
 //! - `agents`: advertised queues, images and agent records.
 //! - `watch`: when each dispatched job's agent was last heard (lost-agent recovery).
+//! - `webhooks`: job events posted by agents and their delivery to the job's webhook.
 
 pub mod agents;
 pub mod files;
@@ -19,6 +20,7 @@ pub mod registry;
 pub mod results;
 pub mod supervisor;
 pub mod watch;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -373,4 +375,8 @@ pub struct Handles {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Access control: mode, token signer, the access partition.
     pub access: Arc<crate::access::Gate>,
+    /// Job event outboxes (the webhooks actor records, its worker delivers).
+    pub webhooks: Door<webhooks::WebhookMsg>,
+    /// The outboxes and the worker's progress, read by the delivery view.
+    pub hooks: Arc<webhooks::Hooks>,
 }

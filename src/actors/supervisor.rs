@@ -18,6 +18,7 @@ use super::agents::{AgentActor, AgentMsg};
 use super::files::{FileActor, FileArgs, FileMsg};
 use super::registry::{Jobs, RegistryActor, RegistryArgs, RegistryMsg};
 use super::results::{ResultActor, ResultArgs, ResultMsg};
+use super::webhooks::{Hooks, WebhookActor, WebhookArgs, WebhookMsg};
 use super::{reply, OrphanQuota, QueueDirectory, Shared};
 use crate::journal::Journal;
 use crate::model::registry::Registry;
@@ -43,6 +44,8 @@ pub struct Refs {
     pub files: ActorRef<FileMsg>,
     /// Agents.
     pub agents: ActorRef<AgentMsg>,
+    /// Job event outboxes.
+    pub webhooks: ActorRef<WebhookMsg>,
 }
 
 /// Start-up inputs.
@@ -74,6 +77,10 @@ pub struct SupervisorArgs {
     pub store: Arc<super::orphans::Store>,
     /// Agents waiting for jobs (for the registry).
     pub waiters: Arc<crate::dispatch::Waiters>,
+    /// The webhooks partition and its worker's state.
+    pub hooks: Arc<Hooks>,
+    /// Settings (the webhooks worker's limits and receiver credentials).
+    pub config: Arc<crate::config::Config>,
 }
 
 /// The supervisor actor (no configuration).
@@ -147,14 +154,31 @@ impl Actor for Supervisor {
             cell.clone(),
         )
         .await?;
-        let (agents, _) =
-            Actor::spawn_linked(None, AgentActor, (agents, args.journal.clone()), cell).await?;
+        let (agents, _) = Actor::spawn_linked(
+            None,
+            AgentActor,
+            (agents, args.journal.clone()),
+            cell.clone(),
+        )
+        .await?;
+        let (webhooks, _) = Actor::spawn_linked(
+            None,
+            WebhookActor,
+            WebhookArgs {
+                hooks: args.hooks,
+                journal: args.journal.clone(),
+                config: args.config,
+            },
+            cell,
+        )
+        .await?;
         Ok(SupervisorState {
             refs: Refs {
                 registry,
                 results,
                 files,
                 agents,
+                webhooks,
             },
             queues: args.queues,
             fatal: args.fatal,
@@ -212,6 +236,7 @@ impl Actor for Supervisor {
             (refs.results.get_id(), "results"),
             (refs.files.get_id(), "artifact"),
             (refs.agents.get_id(), "agents"),
+            (refs.webhooks.get_id(), "webhooks"),
         ]
         .into_iter()
         .find(|(known, _)| *known == id)

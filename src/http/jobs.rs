@@ -173,8 +173,13 @@ pub async fn job_delete(
     let job = ask_admitted(&svc.registry, passes.0, |p| RegistryMsg::Delete(id, p)).await??;
     let results = ask_admitted(&svc.results, passes.1, |p| ResultMsg::Delete(id, p)).await??;
     let files = ask_admitted(&svc.files, passes.2, |p| FileMsg::Delete(id, p)).await??;
+    // The job's event outbox goes with it (undelivered events are dropped).
+    let hooks = ask(&*svc.webhooks, |p| {
+        crate::actors::webhooks::WebhookMsg::Expire(vec![id], p)
+    })
+    .await??;
     let mut found = false;
-    for ticket in [job, results, files].into_iter().flatten() {
+    for ticket in [job, results, files, hooks].into_iter().flatten() {
         found = true;
         svc.journal.durable(ticket).await?;
     }

@@ -4,6 +4,7 @@
 //!   schema (submit-time validation) as data.
 //! - `respond`: responses, body limits, and the one mapping of errors to HTTP.
 //! - `jobs`, `results`, `agents`: handlers, named after Testflinger's `api/v1.py`.
+//! - `events`: job events for webhooks (recorded here, delivered by `actors::webhooks`).
 //! - `dash`: the web dashboard (HTML pages, static files) and the log follow stream.
 //! - `meta`: `/metrics`, `/openapi.json`, request metrics, and [`meta::Routes`], the
 //!   route table below (every `.route` goes through it, so the OpenAPI document lists it).
@@ -11,6 +12,7 @@
 pub mod agents;
 pub mod auth;
 pub mod dash;
+pub mod events;
 pub mod jobs;
 pub mod meta;
 pub mod queues;
@@ -123,6 +125,10 @@ pub fn router(services: Services) -> Router {
         )
         .route("/v1/job/{id}/position", get(job_position_get))
         .route("/v1/job/{id}/action", post(action_post))
+        .route(
+            "/v1/job/{id}/events",
+            post(events::job_events_post).get(events::job_events_get),
+        )
         .route("/v1/result/{id}", post(result_post).get(result_get))
         .route("/v1/result/{id}/output", post(output_post).get(output_get))
         .route(

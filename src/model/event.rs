@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::access::Client;
 use super::ids::{JobId, Name};
+use super::webhooks::JobEvent;
 
 /// Which kind of file a job carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -47,6 +48,8 @@ pub enum Partition {
     Agents,
     /// Clients, refresh tokens, restricted queues and secrets: `access::store`.
     Access,
+    /// Job event outboxes and their delivery progress: the webhooks actor.
+    Webhooks,
 }
 
 /// One recorded mutation.
@@ -309,6 +312,46 @@ pub enum Event {
         /// Unix seconds.
         at: u64,
     },
+    /// The agent posted job events (`POST /v1/job/<id>/events`): only the ones not
+    /// recorded before (the agent re-sends its cumulative list), in posted order.
+    JobEventsPosted {
+        /// The job.
+        id: JobId,
+        /// The post's `job_status_webhook` (already checked against `WEBHOOK_URL`).
+        url: Box<str>,
+        /// The post's `agent_id`.
+        agent_id: Option<Name>,
+        /// The post's `job_queue`.
+        job_queue: Option<Name>,
+        /// The new events.
+        events: Vec<JobEvent>,
+        /// Unix seconds.
+        at: u64,
+    },
+    /// The job's webhook acknowledged (2xx) a PUT carrying its first `upto` events.
+    JobEventsDelivered {
+        /// The job.
+        id: JobId,
+        /// How many events that PUT carried.
+        upto: u32,
+    },
+    /// The delivery worker gave up on the job's first `upto` events (retried past
+    /// `--webhook-give-up-secs`).
+    JobEventsAbandoned {
+        /// The job.
+        id: JobId,
+        /// How many events it gave up on.
+        upto: u32,
+        /// Attempts, time spent and the last error.
+        reason: Box<str>,
+        /// Unix seconds.
+        at: u64,
+    },
+    /// These jobs' outboxes went with their jobs (expiry or deletion).
+    WebhooksExpired {
+        /// The jobs.
+        ids: Vec<JobId>,
+    },
 }
 
 impl Event {
@@ -343,6 +386,10 @@ impl Event {
             | QueueUnrestricted { .. }
             | SecretStored { .. }
             | SecretDeleted { .. } => Partition::Access,
+            JobEventsPosted { .. }
+            | JobEventsDelivered { .. }
+            | JobEventsAbandoned { .. }
+            | WebhooksExpired { .. } => Partition::Webhooks,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod queue;
 pub mod registry;
 pub mod results;
 pub mod state;
+pub mod webhooks;
 
 pub use event::{Event, FileKind, LogKind, Partition};
 

@@ -12,6 +12,7 @@ use super::event::{Event, Partition};
 use super::files::Files;
 use super::registry::{IndexChange, Registry};
 use super::results::Results;
+use super::webhooks::Webhooks;
 
 /// Everything the log records, split by owning actor.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -26,6 +27,9 @@ pub struct State {
     pub agents: Agents,
     /// Clients, refresh tokens, restricted queues and secrets (`access::store`).
     pub access: Access,
+    /// Job event outboxes (webhooks actor). Last, with a default: older snapshots lack it.
+    #[serde(default)]
+    pub webhooks: Webhooks,
 }
 
 /// What applying an event asks of the shell, beyond the state change itself.
@@ -47,6 +51,7 @@ impl State {
             Partition::Artifacts => effects.unreferenced = self.files.apply(event),
             Partition::Agents => self.agents.apply(event),
             Partition::Access => self.access.apply(event),
+            Partition::Webhooks => self.webhooks.apply(event),
         }
         effects
     }

@@ -67,6 +67,12 @@ const MATRIX: &[(&str, &str, &str)] = &[
     ("POST", "/v1/result/{id}/output", "agent"),
     ("GET", "/v1/result/{id}/output", "contributor manager admin"),
     ("POST", "/v1/job/{id}/action", "contributor manager admin"),
+    ("POST", "/v1/job/{id}/events", "agent"),
+    (
+        "GET",
+        "/v1/job/{id}/events",
+        "agent contributor manager admin",
+    ),
     ("GET", "/v1", "public"),
     ("GET", "/v1/", "public"),
     ("GET", "/", "public"),

@@ -65,7 +65,8 @@ const MAX_CONCURRENCY: usize = 1024;
                   flinger-bench --json bench.json                # the standard cells, ~3 min\n  \
                   flinger-bench --workloads soak --json soak.json            # ~1 min\n  \
                   flinger-bench --workloads adversarial --json adv.json      # ~30 s\n  \
-                  flinger-bench --workloads metrics-cost --concurrency 16    # ~1 min\n\n\
+                  flinger-bench --workloads metrics-cost --concurrency 16    # ~1 min\n  \
+                  flinger-bench --workloads longpoll                         # ~40 s\n\n\
                   Exit status: 0 on success; 1 if any cell or phase had more than 1% errors; \
                   2 if --max-seconds cut the run short; 3 if setup failed \
                   (server did not start, bad --url); 130 if interrupted."
@@ -197,6 +198,33 @@ struct Cli {
     /// the server's default.
     #[arg(long, value_name = "BYTES", default_value_t = 33 << 20, help_heading = "Soak workload")]
     soak_segment_bytes: u64,
+
+    /// Agents long-polling at once, each on its own queue and connection.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1_000,
+        help_heading = "Long-poll workload"
+    )]
+    longpoll_agents: usize,
+
+    /// Jobs submitted (one every 20 ms) to measure dispatch latency.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 500,
+        help_heading = "Long-poll workload"
+    )]
+    longpoll_jobs: usize,
+
+    /// Seconds the server's CPU is measured while every agent waits idle.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10.0,
+        help_heading = "Long-poll workload"
+    )]
+    longpoll_idle_seconds: f64,
 
     /// Workers of the normal load (each submits a job and pops
     /// one in turn), measured quiet and then under attack.
@@ -387,6 +415,9 @@ enum Workload {
     /// submit + pop at --adversarial-concurrency, quiet and then beside
     /// attackers; p99 ratio and peak RSS per phase.
     Adversarial,
+    /// --longpoll-agents agents long-polling (`wait=60`) on a server of its own:
+    /// the server's CPU while they wait idle, and dispatch latency p50/p99.
+    Longpoll,
 }
 
 impl Workload {
@@ -399,12 +430,16 @@ impl Workload {
             Workload::MetricsCost => "metrics-cost",
             Workload::Soak => "soak",
             Workload::Adversarial => "adversarial",
+            Workload::Longpoll => "longpoll",
         }
     }
 
     /// Whether it is measured per concurrency level on the shared server.
     fn is_cell(self) -> bool {
-        !matches!(self, Workload::Soak | Workload::Adversarial)
+        !matches!(
+            self,
+            Workload::Soak | Workload::Adversarial | Workload::Longpoll
+        )
     }
 }
 

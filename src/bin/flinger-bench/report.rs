@@ -255,6 +255,8 @@ pub struct Report {
     pub scale: Option<ScaleInfo>,
     pub soak: Option<SoakReport>,
     pub adversarial: Option<AdversarialReport>,
+    /// The long-poll workload's figures.
+    pub longpoll: Option<crate::workloads::LongpollReport>,
     pub notes: Vec<String>,
     pub aborted: Option<String>,
     /// Workload names in --workloads order: the table groups rows by them.
@@ -365,6 +367,9 @@ impl Report {
         }
         if let Some(a) = &self.adversarial {
             render_adversarial(&mut out, a);
+        }
+        if let Some(l) = &self.longpoll {
+            l.render(&mut out);
         }
         let mut notes: Vec<String> = Vec::new();
         for cell in self
@@ -563,6 +568,7 @@ impl Report {
                 "attackers": a.attackers.iter().map(AttackerRow::json).collect::<Vec<_>>(),
                 "notes": a.notes,
             })),
+            "longpoll": self.longpoll.as_ref().map(|l| l.json()),
             "notes": self.notes,
             "failing_cells": self.failing_cells(),
             "aborted": self.aborted,

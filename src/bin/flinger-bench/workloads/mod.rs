@@ -10,15 +10,20 @@
 //!   every second, alternating on the same server;
 //! - `mix`: a measured submit + pop phase with per-second windows, shared by
 //!   the soak (`soak`) and the adversarial workload (`adversarial`, whose
-//!   attackers are in `attack`). Those two run on servers of their own.
+//!   attackers are in `attack`). Those two run on servers of their own;
+//! - `longpoll`: 1,000 agents long-polling on a server of its own: idle CPU and
+//!   dispatch latency.
 
 mod adversarial;
 mod attack;
 mod cells;
+mod longpoll;
 mod metrics_cost;
 mod mix;
 mod scale;
 mod soak;
+
+pub use longpoll::LongpollReport;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -280,6 +285,15 @@ impl Bench {
                     self.check()?;
                     adversarial::run(self, url_target.clone()).await?;
                 }
+                Workload::Longpoll => {
+                    self.check()?;
+                    if url_target.is_some() {
+                        return Err(Abort::Setup(
+                            "the longpoll workload spawns its own server (no --url)".into(),
+                        ));
+                    }
+                    longpoll::run(self).await?;
+                }
                 _ => {}
             }
         }
@@ -351,7 +365,10 @@ impl Bench {
                     }
                     Workload::Lifecycle => self.lifecycle_cell(&target, c).await,
                     Workload::ResultPoll => self.result_poll_cell(&target, c).await,
-                    Workload::Soak | Workload::Adversarial | Workload::MetricsCost => continue,
+                    Workload::Soak
+                    | Workload::Adversarial
+                    | Workload::MetricsCost
+                    | Workload::Longpoll => continue,
                 }?;
                 self.rep.cells.push(cell);
                 self.check()?;
