@@ -330,3 +330,56 @@ async fn server_keeps_serving_and_exits_cleanly_when_its_stderr_is_closed() {
     };
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
 }
+
+#[tokio::test]
+async fn configuration_errors_name_the_setting_its_value_and_the_file_line_when_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let too_big = dir.path().join("big.conf");
+    std::fs::write(&too_big, "MAX_JOB_BYTES = 999999999\n").unwrap();
+    let malformed = dir.path().join("bad.conf");
+    std::fs::write(&malformed, "DATA_PATH = '/x'\nFSYNC 'always'\n").unwrap();
+    let cases: [(&[&str], Option<&std::path::Path>, &[&str]); 4] = [
+        (
+            &["--max-upload-parts", "0"],
+            None,
+            &[
+                "--max-upload-parts",
+                "MAX_UPLOAD_PARTS",
+                "at least 1, got 0",
+            ],
+        ),
+        (
+            &[],
+            Some(&too_big),
+            &["--max-job-bytes", "MAX_JOB_BYTES", "got 999999999"],
+        ),
+        (
+            &["--header-timeout-secs", "0"],
+            None,
+            &["--header-timeout-secs", "FLINGER_HEADER_TIMEOUT_SECS"],
+        ),
+        (
+            &[],
+            Some(&malformed),
+            &["bad.conf line 2: expected `KEY = value`"],
+        ),
+    ];
+    for (args, conf, wanted) in cases {
+        let mut all = vec!["--bind", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let conf = conf.map(|c| c.to_str().unwrap().to_owned());
+        let envs: Vec<(&str, &str)> = conf
+            .iter()
+            .map(|c| ("TESTFLINGER_CONFIG", c.as_str()))
+            .collect();
+        let out = run_to_exit(dir.path(), &all, &envs, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {conf:?}: {stderr}");
+        for w in wanted {
+            assert!(
+                stderr.contains(w),
+                "{args:?} {conf:?}: no {w:?} in {stderr}"
+            );
+        }
+    }
+}
