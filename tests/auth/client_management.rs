@@ -177,3 +177,25 @@ async fn client_commands_other_than_add_refuse_a_data_dir_that_does_not_exist() 
     );
     assert!(dir.path().join("data").is_dir());
 }
+
+#[tokio::test]
+async fn refresh_and_restricted_queue_bodies_that_are_not_json_are_400_naming_where() {
+    let lab = Lab::start(&[]);
+    let bearer = format!("Bearer {}", lab.admin_token().await);
+    for (path, token) in [
+        ("/v1/oauth2/refresh", None),
+        ("/v1/restricted-queues/q", Some(bearer.as_str())),
+    ] {
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(token.map(|t| ("authorization", t)));
+        let r = lab
+            .srv
+            .request("POST", path, &headers, b"{\"a\": tru".to_vec())
+            .await;
+        let message = r.expect_error(400);
+        assert!(
+            message.starts_with("Invalid JSON body: ") && message.contains("line 1 column"),
+            "{path}: {message}"
+        );
+    }
+}
