@@ -265,7 +265,8 @@ pub enum Command {
         action: WalAction,
     },
     /// Manage access-control clients in the data directory (the server must be stopped:
-    /// the data directory's lock is taken). Use `--data-dir` (or the config file) as for
+    /// the data directory's lock is taken). `--data-dir` goes before `client`
+    /// (`flinger --data-dir DIR client add ID`), or comes from the config file, as for
     /// serving.
     Client {
         /// What to do.
@@ -288,8 +289,8 @@ pub enum ClientAction {
         /// Highest job_priority on a queue, `QUEUE=N` (`*=N` for every queue); repeatable.
         #[arg(long = "max-priority", value_name = "QUEUE=N")]
         max_priority: Vec<String>,
-        /// Longest reservation in seconds on a queue, `QUEUE=SECS` (`*` for every queue);
-        /// repeatable.
+        /// Longest reservation in seconds on a queue, `QUEUE=SECS` (`*=SECS` for every
+        /// queue); repeatable.
         #[arg(long = "max-reservation", value_name = "QUEUE=SECS")]
         max_reservation: Vec<String>,
         /// Contact address.
@@ -304,8 +305,8 @@ pub enum ClientAction {
         /// Where to write the token file.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// How long the refresh token stays valid, in days.
-        #[arg(long, default_value_t = 90)]
+        /// How long the refresh token stays valid, in days (1 to 3660).
+        #[arg(long, default_value_t = 90, value_name = "DAYS")]
         valid_days: u64,
     },
     /// List clients and their permissions (never secrets).
@@ -452,13 +453,15 @@ pub struct ServeOpts {
     /// reach the port can run jobs on your devices).
     #[arg(long, env = "FLINGER_ALLOW_OPEN_ACCESS")]
     pub allow_open_access: bool,
-    /// Lifetime of access tokens in seconds [default: 600].
+    /// Lifetime of access tokens in seconds, 1 to 86400 [default: 600].
     #[arg(long, env = "FLINGER_ACCESS_TOKEN_SECS", value_name = "SECS")]
     pub access_token_secs: Option<u64>,
-    /// Lifetime of refresh tokens from /v1/oauth2/token in seconds [default: 518400, 6 days].
+    /// Lifetime of refresh tokens from /v1/oauth2/token in seconds, at most 366 days
+    /// [default: 518400, 6 days].
     #[arg(long, env = "FLINGER_REFRESH_TOKEN_SECS", value_name = "SECS")]
     pub refresh_token_secs: Option<u64>,
-    /// Clock skew tolerated on token times in seconds [default: 5; env JWT_LEEWAY too].
+    /// Clock skew tolerated on token times in seconds, at most 300 [default: 5; env
+    /// JWT_LEEWAY too].
     #[arg(long, env = "FLINGER_JWT_LEEWAY_SECS", value_name = "SECS")]
     pub jwt_leeway_secs: Option<u64>,
     /// Failed /v1/oauth2/token attempts allowed per client id and per address per minute
@@ -647,9 +650,10 @@ pub fn read_config_file(env_path: Option<&Path>) -> Result<Option<ConfigFile>, C
         line: 0,
         reason: format!("cannot read config file {}: {e}", path.display()),
     })?;
+    // "FILE line N: reason", the order editors and compilers use.
     let keys = parse_config_file(&text).map_err(|e| ConfigError {
-        line: e.line,
-        reason: format!("{}: {}", path.display(), e.reason),
+        line: 0,
+        reason: format!("{} line {}: {}", path.display(), e.line, e.reason),
     })?;
     Ok(Some((path, keys)))
 }
@@ -878,14 +882,17 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let err = |reason: String| Err(ConfigError { line: 0, reason });
-        if self.max_result_bytes > 256 << 20
-            || self.max_job_bytes > 256 << 20
-            || self.max_output_bytes > 256 << 20
-        {
-            return err(
-                "job, result and output limits must be at most 256 MiB (they are logged whole)"
-                    .into(),
-            );
+        for (name, value) in [
+            ("max-job-bytes", self.max_job_bytes),
+            ("max-result-bytes", self.max_result_bytes),
+            ("max-output-bytes", self.max_output_bytes),
+        ] {
+            if value > 256 << 20 {
+                return err(format!(
+                    "{} must be at most 256 MiB (268435456; bodies are logged whole), got {value}",
+                    setting(name)
+                ));
+            }
         }
         let biggest = self
             .max_result_bytes
@@ -893,39 +900,67 @@ impl Config {
             .max(self.max_output_bytes) as u64;
         if self.segment_bytes < 2 * biggest + (1 << 20) {
             return err(format!(
-                "segment size {} is too small for records of up to {biggest} bytes (needs at least 2x the largest limit + 1 MiB)",
-                self.segment_bytes
+                "{} is {} bytes, too small for records of up to {biggest} bytes (needs at least 2x \
+                 the largest of --max-job-bytes, --max-result-bytes, --max-output-bytes + 1 MiB: {})",
+                setting("segment-bytes"),
+                self.segment_bytes,
+                2 * biggest + (1 << 20)
             ));
         }
-        if self.max_connections == 0 {
-            return err("max connections must be at least 1".into());
+        for (name, value, least, why) in [
+            ("max-connections", self.max_connections as u64, 1, ""),
+            (
+                "max-header-bytes",
+                self.max_header_bytes as u64,
+                8192,
+                " (hyper's smallest buffer)",
+            ),
+            ("header-timeout-secs", self.header_timeout.as_secs(), 1, ""),
+            (
+                "transfer-window-secs",
+                self.transfer_window.as_secs(),
+                1,
+                "",
+            ),
+            ("min-transfer-bytes", self.min_transfer_bytes, 1, ""),
+            ("max-upload-parts", self.max_upload_parts as u64, 1, ""),
+            (
+                "max-part-header-bytes",
+                self.max_part_header_bytes as u64,
+                256,
+                "",
+            ),
+            ("max-pending", self.max_pending as u64, 1, ""),
+            ("max-searches", self.max_searches as u64, 1, ""),
+            ("max-waiters", self.max_waiters as u64, 1, ""),
+        ] {
+            if value < least {
+                return err(format!(
+                    "{} must be at least {least}{why}, got {value}",
+                    setting(name)
+                ));
+            }
         }
-        if self.max_header_bytes < 8192 {
-            return err("max header bytes must be at least 8192 (hyper's smallest buffer)".into());
+        let access = self.access_token_ttl.as_secs();
+        if !(1..=86_400).contains(&access) {
+            return err(format!(
+                "{} must be 1 to 86400 seconds, got {access}",
+                setting("access-token-secs")
+            ));
         }
-        if self.header_timeout.is_zero() || self.transfer_window.is_zero() {
-            return err("the header timeout and the transfer window must be at least 1 s".into());
+        let refresh = self.refresh_token_ttl.as_secs();
+        if !(1..=366 * 86_400).contains(&refresh) {
+            return err(format!(
+                "{} must be 1 to 31622400 seconds (366 days), got {refresh}",
+                setting("refresh-token-secs")
+            ));
         }
-        if self.min_transfer_bytes == 0 || self.max_upload_parts == 0 {
-            return err("min transfer bytes and max upload parts must be at least 1".into());
-        }
-        if self.max_part_header_bytes < 256 {
-            return err("max part header bytes must be at least 256".into());
-        }
-        if self.max_pending == 0 || self.max_searches == 0 {
-            return err("max pending and max searches must be at least 1".into());
-        }
-        if self.max_waiters == 0 {
-            return err("max waiters must be at least 1".into());
-        }
-        if !(1..=86_400).contains(&self.access_token_ttl.as_secs()) {
-            return err("access token lifetime must be 1..=86400 seconds".into());
-        }
-        if !(1..=366 * 86_400).contains(&self.refresh_token_ttl.as_secs()) {
-            return err("refresh token lifetime must be 1 second to 366 days".into());
-        }
-        if self.jwt_leeway.as_secs() > 300 {
-            return err("JWT leeway must be at most 300 seconds".into());
+        let leeway = self.jwt_leeway.as_secs();
+        if leeway > 300 {
+            return err(format!(
+                "--jwt-leeway-secs (FLINGER_JWT_LEEWAY_SECS or JWT_LEEWAY) must be at most 300 \
+                 seconds, got {leeway}"
+            ));
         }
         if let Some(url) = &self.webhook_url {
             if let Err(why) = crate::actors::webhooks::base_of(url) {
@@ -969,6 +1004,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// How an operator names the setting `--name`: its flag, environment variable and config
+/// file key (every setting checked in `Config::validate` has all three), so an error says
+/// what to change wherever the value came from.
+fn setting(name: &str) -> String {
+    let key = name.replace('-', "_").to_uppercase();
+    format!("--{name} (FLINGER_{key}, config key {key})")
 }
 
 #[cfg(test)]

@@ -22,6 +22,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written is dropped: by default tracing-subscriber
+        // reports the failure with `eprintln!`, which panics when stderr is a closed pipe
+        // (a log collector that died), and that would take the server down with its log.
+        .log_internal_errors(false)
         .init();
     if let Some(Command::Wal {
         action: WalAction::Dump { data_dir },

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::util::{run_to_exit, Opts, TestServer};
+use crate::util::{flinger_command, run_to_exit, Opts, TestServer};
 
 /// The startup line: `... listening addr=HOST:PORT data_dir=DIR config=SOURCE`.
 fn listening_line(srv: &TestServer) -> String {
@@ -271,4 +271,115 @@ async fn malformed_config_file_exits_with_status_2_when_starting() {
         stderr.contains("bad.conf"),
         "the error should name the file:\n{stderr}"
     );
+}
+
+/// A child process killed (if still running) and reaped when the test ends, pass or fail.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn server_keeps_serving_and_exits_cleanly_when_its_stderr_is_closed() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    // RUST_LOG=debug: a log line for every request, each one a write into the closed pipe.
+    let mut guard = Killed(
+        flinger_command(dir.path())
+            .args(["--bind", "127.0.0.1:0"])
+            .env("RUST_LOG", "debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start flinger"),
+    );
+    let child = &mut guard.0;
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .filter(|_| l.contains(" listening "))
+                .map(str::to_owned)
+        })
+        .expect("a listening line");
+    // The log's reader goes away, as when the process collecting the log dies.
+    drop(lines);
+    let http = crate::util::Http::new(format!("http://{addr}"));
+    for _ in 0..5 {
+        http.get("/v1/").await.expect_status(200);
+    }
+    assert!(child.try_wait().unwrap().is_none(), "flinger died");
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flinger did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+}
+
+#[tokio::test]
+async fn configuration_errors_name_the_setting_its_value_and_the_file_line_when_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let too_big = dir.path().join("big.conf");
+    std::fs::write(&too_big, "MAX_JOB_BYTES = 999999999\n").unwrap();
+    let malformed = dir.path().join("bad.conf");
+    std::fs::write(&malformed, "DATA_PATH = '/x'\nFSYNC 'always'\n").unwrap();
+    let cases: [(&[&str], Option<&std::path::Path>, &[&str]); 4] = [
+        (
+            &["--max-upload-parts", "0"],
+            None,
+            &[
+                "--max-upload-parts",
+                "MAX_UPLOAD_PARTS",
+                "at least 1, got 0",
+            ],
+        ),
+        (
+            &[],
+            Some(&too_big),
+            &["--max-job-bytes", "MAX_JOB_BYTES", "got 999999999"],
+        ),
+        (
+            &["--header-timeout-secs", "0"],
+            None,
+            &["--header-timeout-secs", "FLINGER_HEADER_TIMEOUT_SECS"],
+        ),
+        (
+            &[],
+            Some(&malformed),
+            &["bad.conf line 2: expected `KEY = value`"],
+        ),
+    ];
+    for (args, conf, wanted) in cases {
+        let mut all = vec!["--bind", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let conf = conf.map(|c| c.to_str().unwrap().to_owned());
+        let envs: Vec<(&str, &str)> = conf
+            .iter()
+            .map(|c| ("TESTFLINGER_CONFIG", c.as_str()))
+            .collect();
+        let out = run_to_exit(dir.path(), &all, &envs, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {conf:?}: {stderr}");
+        for w in wanted {
+            assert!(
+                stderr.contains(w),
+                "{args:?} {conf:?}: no {w:?} in {stderr}"
+            );
+        }
+    }
 }

@@ -22,6 +22,17 @@ use crate::model::{Event, Name};
 
 /// Runs one client command against `config.data_dir`, writing its report to `out`.
 pub async fn run(config: &Config, action: &ClientAction, out: &mut impl Write) -> Result<()> {
+    // Only `add` may start a data directory (the first admin is made before the first
+    // start). Any other command on a directory that does not exist was pointed at the wrong
+    // place (a `--data-dir` after `client` is refused by the parser, so the default
+    // `./data` is a common accident): say so instead of creating an empty one.
+    if !matches!(action, ClientAction::Add { .. }) && !config.data_dir.exists() {
+        return Err(Error::NotFound(format!(
+            "no data directory at {}: name the server's with `flinger --data-dir DIR client ...` \
+             (before `client`) or DATA_PATH in the config file",
+            config.data_dir.display()
+        )));
+    }
     let open_config = config.clone();
     let (mut state, journal, _snapshots, _) =
         tokio::task::spawn_blocking(move || crate::journal::open(&open_config))

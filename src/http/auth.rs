@@ -139,8 +139,7 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
 /// The `refresh_token` of a `{refresh_token}` body (422 when absent or empty).
 async fn refresh_token_field(request: Request) -> Result<String> {
     let body = read_body(request, MAX_BODY).await?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|_| Error::InvalidInput("Invalid JSON body".into()))?;
+    let value = super::wire::parse_json(&body)?;
     match value.get("refresh_token") {
         Some(Value::String(t)) if !t.is_empty() => Ok(t.clone()),
         Some(Value::String(_)) => Err(Error::validation(
@@ -471,8 +470,7 @@ pub async fn restricted_queue_get(
 /// The `client_id` of a restricted-queue body: 422 when absent, 400 when empty.
 async fn restricted_client_id(request: Request) -> Result<String> {
     let body = read_body(request, MAX_BODY).await?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|_| Error::InvalidInput("Invalid JSON body".into()))?;
+    let value = super::wire::parse_json(&body)?;
     match value.get("client_id") {
         Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
         Some(Value::String(_)) => Err(Error::InvalidInput("Error: Missing client ID.".into())),

@@ -1,5 +1,6 @@
 //! Client management: the client-permissions API follows upstream's rules, and the offline
-//! `flinger client` command refuses the data directory of a running server.
+//! `flinger client` command refuses the data directory of a running server, and one that
+//! does not exist (except `add`, which starts it).
 
 use std::time::Duration;
 
@@ -139,4 +140,62 @@ async fn client_command_refuses_to_touch_the_data_dir_of_a_running_server() {
         "nothing (no secret) may be printed: {:?}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[tokio::test]
+async fn client_commands_other_than_add_refuse_a_data_dir_that_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["client", "list"][..],
+        &["client", "delete", "x"],
+        &["client", "token-file", "x", "--out", "t"],
+        &["--data-dir", "elsewhere", "client", "list"],
+    ] {
+        let out = run_to_exit(dir.path(), args, &[], Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no data directory at") && stderr.contains("--data-dir DIR client"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing may be created"
+    );
+    // `add` still starts a data directory: the first admin is made before the first start.
+    let out = run_to_exit(
+        dir.path(),
+        &["client", "add", "root", "--role", "admin"],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("data").is_dir());
+}
+
+#[tokio::test]
+async fn refresh_and_restricted_queue_bodies_that_are_not_json_are_400_naming_where() {
+    let lab = Lab::start(&[]);
+    let bearer = format!("Bearer {}", lab.admin_token().await);
+    for (path, token) in [
+        ("/v1/oauth2/refresh", None),
+        ("/v1/restricted-queues/q", Some(bearer.as_str())),
+    ] {
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(token.map(|t| ("authorization", t)));
+        let r = lab
+            .srv
+            .request("POST", path, &headers, b"{\"a\": tru".to_vec())
+            .await;
+        let message = r.expect_error(400);
+        assert!(
+            message.starts_with("Invalid JSON body: ") && message.contains("line 1 column"),
+            "{path}: {message}"
+        );
+    }
 }
