@@ -21,14 +21,23 @@
 //! Snapshots are per partition: each records the LSN of the last event its actor had
 //! applied, and replay skips a partition's events up to that LSN, so the actors never
 //! need to stop together to take a consistent cut.
+//!
+//! This module is the seam between the actors and a backend: the [`Journal`] handle,
+//! tickets and the durability mark, the event and snapshot encodings, and the fold of
+//! recovered records ([`Replay`]). A backend is a writer thread that takes
+//! [`WriterMsg`]s in LSN order, makes them durable and advances the mark, plus its
+//! recovery; `file` is the embedded write-ahead log. The fold and the actors never know
+//! which backend runs.
 
-use std::path::{Path, PathBuf};
+mod file;
+
+pub use file::dump;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
@@ -64,7 +73,7 @@ enum WriterMsg {
     /// A snapshot already written and fsynced under its temporary name: install it once
     /// every record before it is durable.
     Snapshot {
-        prepared: wal::PreparedSnapshot,
+        prepared: Prepared,
         done: oneshot::Sender<Result<()>>,
     },
     /// Write what is queued, close the log (releasing its directory lock), then answer.
@@ -92,10 +101,70 @@ struct Inner {
     stall_reason: Mutex<Option<Error>>,
     /// Under `interval` fsync, appends are acknowledged without waiting for the disk.
     wait_for_disk: bool,
-    /// Writes snapshot files off the writer thread.
-    snapshots: wal::SnapshotWriter,
+    /// Writes snapshots off the writer thread.
+    snapshots: Snapshots,
     /// The writer's batch size and sync time (exported by `metrics`).
     stats: WalStats,
+}
+
+/// Where a backend writes a snapshot before its writer installs it in LSN order.
+enum Snapshots {
+    /// Snapshot files in the log's directory.
+    File(wal::SnapshotWriter),
+}
+
+/// A snapshot written (and durable) under a provisional name, waiting to be installed by
+/// the writer once every record before it is durable.
+enum Prepared {
+    /// A snapshot file under its temporary name.
+    File(wal::PreparedSnapshot),
+}
+
+impl Snapshots {
+    /// Writes `bytes` as the provisional snapshot at `lsn`, on a blocking thread.
+    async fn prepare(&self, lsn: u64, bytes: Vec<u8>) -> Result<Prepared> {
+        match self {
+            Snapshots::File(writer) => {
+                let writer = writer.clone();
+                let prepared = tokio::task::spawn_blocking(move || writer.prepare(lsn, &bytes))
+                    .await
+                    .map_err(|e| Error::Internal(format!("snapshot write task failed: {e}")))?
+                    .map_err(file::wal_error)?;
+                Ok(Prepared::File(prepared))
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// The shared half of a backend that recovered up to `last_lsn`: the next record gets
+    /// `last_lsn + 1`. Returns it and the receiving end of the writer's channel.
+    fn start(
+        config: &Config,
+        last_lsn: u64,
+        space: bool,
+        snapshots: Snapshots,
+    ) -> (Arc<Inner>, mpsc::Receiver<WriterMsg>) {
+        let (tx, rx) = mpsc::channel();
+        let (mark, _) = watch::channel(Mark {
+            durable: last_lsn,
+            failed: false,
+        });
+        let inner = Arc::new(Inner {
+            sender: Mutex::new(Sender {
+                next_lsn: last_lsn + 1,
+                tx,
+            }),
+            mark,
+            space: AtomicBool::new(space),
+            stalled: AtomicBool::new(false),
+            stall_reason: Mutex::new(None),
+            wait_for_disk: matches!(config.fsync, FsyncPolicy::Always),
+            snapshots,
+            stats: WalStats::default(),
+        });
+        (inner, rx)
+    }
 }
 
 /// A record's place in the log and the means to wait for its durability.
@@ -211,6 +280,99 @@ impl Applied {
     }
 }
 
+/// Recovery in progress, whatever the backend: the state rebuilt from a snapshot and
+/// the records after it, through the same fold live changes take.
+struct Replay {
+    state: State,
+    /// Per partition, the last LSN already in `state` (records up to it are skipped).
+    applied: Applied,
+    recovery: Recovery,
+    started: Instant,
+}
+
+impl Replay {
+    fn new(started: Instant) -> Replay {
+        Replay {
+            state: State::default(),
+            applied: Applied::default(),
+            recovery: Recovery::default(),
+            started,
+        }
+    }
+
+    /// Loads the snapshot `bytes` taken at `lsn` (a [`SnapshotDoc`]). Refuses a layout
+    /// this build does not read.
+    fn snapshot(&mut self, lsn: u64, bytes: &[u8]) -> Result<()> {
+        let state = &mut self.state;
+        let doc: SnapshotDoc = rmp_serde::from_slice(bytes)
+            .map_err(|e| Error::Internal(format!("snapshot at lsn {lsn} does not decode: {e}")))?;
+        if !SNAPSHOTS_READ.contains(&doc.version) {
+            return Err(Error::Internal(format!(
+                "snapshot at lsn {lsn} has layout version {}, this build reads {SNAPSHOTS_READ:?}",
+                doc.version
+            )));
+        }
+        let bad = |what: &str, e: rmp_serde::decode::Error| {
+            Error::Internal(format!("snapshot {what} partition does not decode: {e}"))
+        };
+        state.registry =
+            rmp_serde::from_slice(&doc.registry.state).map_err(|e| bad("registry", e))?;
+        state.registry.intern_names();
+        state.registry.rebuild_index();
+        state.results = rmp_serde::from_slice(&doc.results.state).map_err(|e| bad("results", e))?;
+        state.files = rmp_serde::from_slice(&doc.files.state).map_err(|e| bad("files", e))?;
+        state.agents = rmp_serde::from_slice(&doc.agents.state).map_err(|e| bad("agents", e))?;
+        if let Some(access) = &doc.access {
+            state.access = rmp_serde::from_slice(&access.state).map_err(|e| bad("access", e))?;
+        }
+        self.applied = Applied {
+            registry: doc.registry.lsn,
+            results: doc.results.lsn,
+            files: doc.files.lsn,
+            agents: doc.agents.lsn,
+            access: doc.access.as_ref().map_or(0, |a| a.lsn),
+        };
+        self.recovery.snapshot_lsn = Some(lsn);
+        self.recovery.snapshot_time = self.started.elapsed();
+        Ok(())
+    }
+
+    /// Folds one recovered record, unless its partition's snapshot already holds it.
+    fn record(&mut self, lsn: u64, payload: &[u8]) -> std::result::Result<(), String> {
+        let event = decode(payload).map_err(|e| format!("record does not decode: {e}"))?;
+        let partition = event.partition();
+        if lsn > self.applied.get(partition) {
+            self.state.apply(lsn, &event);
+            self.applied.set(partition, lsn);
+        }
+        self.recovery.replayed += 1;
+        Ok(())
+    }
+
+    /// The rebuilt state and what recovery did.
+    fn finish(mut self) -> (State, Recovery) {
+        self.recovery.elapsed = self.started.elapsed();
+        (self.state, self.recovery)
+    }
+}
+
+/// Opens the journal, loads the newest snapshot, replays the
+/// records after it into a fresh [`State`], and starts the backend's writer thread.
+///
+/// Returns the state, the journal, the writer's snapshot requests and what recovery did.
+pub fn open(config: &Config) -> Result<(State, Journal, SnapshotRequests, Recovery)> {
+    open_with(config, Arc::new(wal::StdFs))
+}
+
+/// [`open`] with the file log on a given filesystem (tests inject write and sync
+/// failures through it).
+pub fn open_with(
+    config: &Config,
+    fs: Arc<dyn wal::Fs>,
+) -> Result<(State, Journal, SnapshotRequests, Recovery)> {
+    file::open_with(config, fs)
+}
+
 /// Encodes a partition for a snapshot: compact (positional) msgpack, which encodes and
 /// decodes several times faster than named fields for millions of jobs. Snapshots are
 /// rewritten from live state, so a layout change only needs `SNAPSHOT_VERSION` bumped.
@@ -235,153 +397,6 @@ pub fn encode(event: &Event) -> Vec<u8> {
 /// Decodes a WAL record payload.
 pub fn decode(payload: &[u8]) -> std::result::Result<Event, rmp_serde::decode::Error> {
     rmp_serde::from_slice(payload)
-}
-
-fn wal_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("wal")
-}
-
-fn wal_options(config: &Config) -> wal::Options {
-    wal::Options {
-        segment_size: config.segment_bytes,
-        max_record: u32::try_from(
-            config
-                .max_result_bytes
-                .max(config.max_job_bytes)
-                .max(config.max_output_bytes)
-                * 2
-                + (1 << 20),
-        )
-        .unwrap_or(u32::MAX),
-        recovery: if config.wal_truncate_corruption {
-            wal::Recovery::TruncateCorruption
-        } else {
-            wal::Recovery::Strict
-        },
-        ..wal::Options::default()
-    }
-}
-
-fn wal_error(e: wal::Error) -> Error {
-    match e {
-        wal::Error::NoSpace => Error::NoSpace("no space left for the write-ahead log".into()),
-        other => Error::Internal(format!("write-ahead log: {other}")),
-    }
-}
-
-/// Opens the log under `config.data_dir`, loads the newest snapshot, replays the records
-/// after it into a fresh [`State`], and starts the writer thread.
-///
-/// Returns the state, the journal, the writer's snapshot requests and what recovery did.
-pub fn open(config: &Config) -> Result<(State, Journal, SnapshotRequests, Recovery)> {
-    open_with(config, Arc::new(wal::StdFs))
-}
-
-/// [`open`] over a given filesystem (tests inject write and sync failures through it).
-pub fn open_with(
-    config: &Config,
-    fs: Arc<dyn wal::Fs>,
-) -> Result<(State, Journal, SnapshotRequests, Recovery)> {
-    let started = Instant::now();
-    let mut wal = wal::Wal::open_with(fs, &wal_dir(&config.data_dir), wal_options(config))
-        .map_err(wal_error)?;
-    let mut state = State::default();
-    let mut applied = Applied::default();
-    let mut recovery = Recovery::default();
-    let mut after = 0;
-    if let Some((lsn, bytes)) = wal.load_snapshot().map_err(wal_error)? {
-        let doc: SnapshotDoc = rmp_serde::from_slice(&bytes)
-            .map_err(|e| Error::Internal(format!("snapshot at lsn {lsn} does not decode: {e}")))?;
-        if !SNAPSHOTS_READ.contains(&doc.version) {
-            return Err(Error::Internal(format!(
-                "snapshot at lsn {lsn} has layout version {}, this build reads {SNAPSHOTS_READ:?}",
-                doc.version
-            )));
-        }
-        let bad = |what: &str, e: rmp_serde::decode::Error| {
-            Error::Internal(format!("snapshot {what} partition does not decode: {e}"))
-        };
-        state.registry =
-            rmp_serde::from_slice(&doc.registry.state).map_err(|e| bad("registry", e))?;
-        state.registry.intern_names();
-        state.registry.rebuild_index();
-        state.results = rmp_serde::from_slice(&doc.results.state).map_err(|e| bad("results", e))?;
-        state.files = rmp_serde::from_slice(&doc.files.state).map_err(|e| bad("files", e))?;
-        state.agents = rmp_serde::from_slice(&doc.agents.state).map_err(|e| bad("agents", e))?;
-        if let Some(access) = &doc.access {
-            state.access = rmp_serde::from_slice(&access.state).map_err(|e| bad("access", e))?;
-        }
-        applied = Applied {
-            registry: doc.registry.lsn,
-            results: doc.results.lsn,
-            files: doc.files.lsn,
-            agents: doc.agents.lsn,
-            access: doc.access.as_ref().map_or(0, |a| a.lsn),
-        };
-        after = lsn;
-        recovery.snapshot_lsn = Some(lsn);
-        recovery.snapshot_time = started.elapsed();
-    }
-    let report = wal
-        .replay(after, |lsn, payload| -> std::result::Result<(), String> {
-            let event = decode(payload).map_err(|e| format!("record does not decode: {e}"))?;
-            let partition = event.partition();
-            if lsn > applied.get(partition) {
-                state.apply(lsn, &event);
-                applied.set(partition, lsn);
-            }
-            Ok(())
-        })
-        .map_err(wal_error)?;
-    recovery.replayed = report.records;
-    if let Some(t) = &report.truncated {
-        tracing::warn!(
-            segment = %t.segment.display(),
-            offset = t.offset,
-            bytes = t.bytes_dropped,
-            "write-ahead log had a torn tail; truncated it"
-        );
-    }
-    let (tx, rx) = mpsc::channel();
-    let first = wal.last_lsn() + 1;
-    let (mark, _) = watch::channel(Mark {
-        durable: wal.last_lsn(),
-        failed: false,
-    });
-    let inner = Arc::new(Inner {
-        sender: Mutex::new(Sender {
-            next_lsn: first,
-            tx,
-        }),
-        mark,
-        space: AtomicBool::new(wal.space_reserved()),
-        stalled: AtomicBool::new(false),
-        stall_reason: Mutex::new(None),
-        wait_for_disk: matches!(config.fsync, FsyncPolicy::Always),
-        snapshots: wal.snapshot_writer(),
-        stats: WalStats::default(),
-    });
-    let (snap_tx, snap_rx) = tokio::sync::mpsc::unbounded_channel();
-    let writer = Writer {
-        wal,
-        rx,
-        inner: inner.clone(),
-        snapshot_bytes: config.snapshot_bytes,
-        snapshot_requested: None,
-        snap_tx,
-        interval: match config.fsync {
-            FsyncPolicy::Always => None,
-            FsyncPolicy::Interval(d) => Some(d),
-        },
-        deferred: None,
-        unreserved: None,
-    };
-    std::thread::Builder::new()
-        .name("wal-writer".into())
-        .spawn(move || writer.run())
-        .map_err(|e| Error::Internal(format!("cannot start the WAL writer: {e}")))?;
-    recovery.elapsed = started.elapsed();
-    Ok((state, Journal { inner }, snap_rx, recovery))
 }
 
 impl Journal {
@@ -510,11 +525,7 @@ impl Journal {
     /// written and fsynced on a blocking thread; the writer thread only installs it
     /// (rename, directory fsync), so appends are not held up by a large snapshot.
     pub async fn write_snapshot(&self, lsn: u64, bytes: Vec<u8>) -> Result<()> {
-        let writer = self.inner.snapshots.clone();
-        let prepared = tokio::task::spawn_blocking(move || writer.prepare(lsn, &bytes))
-            .await
-            .map_err(|e| Error::Internal(format!("snapshot write task failed: {e}")))?
-            .map_err(wal_error)?;
+        let prepared = self.inner.snapshots.prepare(lsn, bytes).await?;
         let (done, wait) = oneshot::channel();
         self.inner
             .sender
@@ -524,310 +535,5 @@ impl Journal {
             .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?;
         wait.await
             .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?
-    }
-}
-
-/// The one thread that writes and syncs the log.
-struct Writer {
-    /// The log itself; only this thread touches it.
-    wal: wal::Wal,
-    /// Records and snapshot requests, in LSN order.
-    rx: mpsc::Receiver<WriterMsg>,
-    /// Shared with the journal handles: durability mark and space flag.
-    inner: Arc<Inner>,
-    /// Ask for a snapshot once this many bytes were logged since the last one.
-    snapshot_bytes: u64,
-    /// When a snapshot was last requested and not yet written: ask again only if the
-    /// request seems lost (the collecting task failed).
-    snapshot_requested: Option<Instant>,
-    /// Where snapshot requests go (the server's snapshot task).
-    snap_tx: tokio::sync::mpsc::UnboundedSender<()>,
-    /// `Some` under `interval` fsync: gather records this long before writing.
-    interval: Option<Duration>,
-    /// Set while a batch could not be written because no new segment could be made: the
-    /// cause, until a retry succeeds.
-    deferred: Option<wal::Error>,
-    /// Set while the spare segment cannot be made for a reason other than a full disk.
-    unreserved: Option<wal::Error>,
-}
-
-impl Writer {
-    fn run(mut self) {
-        // Records not yet durable, in LSN order, with whom to tell (`None` under `interval`
-        // fsync). Left non-empty only while the log is stalled (see `deferred`).
-        let mut batch: Vec<Vec<u8>> = Vec::new();
-        let mut waiters: Vec<Option<oneshot::Sender<bool>>> = Vec::new();
-        loop {
-            let first = match self.rx.recv_timeout(WRITER_TICK) {
-                Ok(msg) => Some(msg),
-                Err(mpsc::RecvTimeoutError::Timeout) if batch.is_empty() => {
-                    self.chores();
-                    continue;
-                }
-                // Stalled: retry the held records.
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            };
-            let mut pending = first;
-            let deadline = self.interval.map(|d| Instant::now() + d);
-            let mut bytes = 0usize;
-            let mut snapshot = None;
-            let mut closing = None;
-            while let Some(msg) = pending.take() {
-                match msg {
-                    WriterMsg::Record(payload, waiter) => {
-                        bytes += payload.len();
-                        batch.push(payload);
-                        waiters.push(waiter);
-                    }
-                    WriterMsg::Snapshot { prepared, done } => {
-                        // Everything queued before it goes to disk first.
-                        snapshot = Some((prepared, done));
-                        break;
-                    }
-                    WriterMsg::Close(done) => {
-                        closing = Some(done);
-                        break;
-                    }
-                }
-                if batch.len() >= MAX_BATCH_RECORDS || bytes >= MAX_BATCH_BYTES {
-                    break;
-                }
-                pending = match deadline {
-                    None => self.rx.try_recv().ok(),
-                    Some(deadline) => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        self.rx.recv_timeout(left).ok()
-                    }
-                };
-            }
-            if !batch.is_empty() {
-                self.write(&mut batch, &mut waiters);
-            }
-            if let Some((prepared, done)) = snapshot {
-                let result = self.snapshot(prepared);
-                let _ = done.send(result);
-            }
-            if let Some(done) = closing {
-                // Records still held (a stalled log) were never acknowledged: their
-                // requests get 503 when their waiters drop.
-                drop(self);
-                let _ = done.send(());
-                return;
-            }
-            self.chores();
-        }
-    }
-
-    /// Appends and syncs `batch`, telling each waiter whether its record is durable. When
-    /// no new segment can be made right now, the records not written stay in `batch` (and
-    /// their waiters in `waiters`) for the next attempt.
-    fn write(
-        &mut self,
-        batch: &mut Vec<Vec<u8>>,
-        waiters: &mut Vec<Option<oneshot::Sender<bool>>>,
-    ) {
-        let tell = |waiters: std::vec::Drain<'_, Option<oneshot::Sender<bool>>>, ok: bool| {
-            for waiter in waiters.flatten() {
-                let _ = waiter.send(ok);
-            }
-        };
-        if self.inner.mark.borrow().failed {
-            tell(waiters.drain(..), false);
-            batch.clear();
-            return;
-        }
-        let slices: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-        let started = Instant::now();
-        match self.wal.append_batch(&slices) {
-            Ok(range) => {
-                // Cleared before anyone is told: a client answered now may send its next
-                // change at once, and must not find the stall it just waited out.
-                self.set_deferred(None);
-                self.inner.stats.batch(batch.len(), started.elapsed());
-                self.inner.mark.send_modify(|m| m.durable = *range.end());
-                tell(waiters.drain(..), true);
-                batch.clear();
-            }
-            Err(e @ (wal::Error::NoSpace | wal::Error::Deferred { .. })) => {
-                // Nothing the log holds is at risk: keep what was not written and retry.
-                let written = match &e {
-                    wal::Error::Deferred { written, .. } => *written,
-                    _ => 0,
-                };
-                if written > 0 {
-                    let durable = self.wal.last_lsn();
-                    self.inner.mark.send_modify(|m| m.durable = durable);
-                    tell(waiters.drain(..written), true);
-                    batch.drain(..written);
-                }
-                self.set_deferred(Some(e));
-            }
-            Err(e) => {
-                // Never retried: after a failed fsync the page cache may have dropped the
-                // data while a retry reports success (fsyncgate).
-                tracing::error!(error = %e, records = batch.len(), "write-ahead log failed; refusing all changes until restart");
-                self.inner.mark.send_modify(|m| m.failed = true);
-                tell(waiters.drain(..), false);
-                batch.clear();
-            }
-        }
-    }
-
-    /// Records why batches are held back (or that they no longer are) and publishes it.
-    fn set_deferred(&mut self, cause: Option<wal::Error>) {
-        if cause.is_none() && self.deferred.is_none() {
-            return;
-        }
-        match (&self.deferred, &cause) {
-            (None, Some(e)) => {
-                tracing::warn!(error = %e, "write-ahead log cannot start a new segment; holding queued changes, refusing new ones and retrying")
-            }
-            (Some(_), None) => tracing::info!("write-ahead log writing again"),
-            _ => {}
-        }
-        self.deferred = cause;
-        self.publish_stall();
-    }
-
-    /// Publishes the first of `deferred` and `unreserved` as the error new mutations get.
-    fn publish_stall(&self) {
-        let reason = self.deferred.as_ref().or(self.unreserved.as_ref()).map(|e| {
-            if e.is_no_space() {
-                Error::NoSpace(format!("the write-ahead log has no space for a new segment: {e}"))
-            } else {
-                Error::Unavailable(format!(
-                    "the write-ahead log cannot start a new segment right now ({e}); nothing was changed: retry later"
-                ))
-            }
-        });
-        let stalled = reason.is_some();
-        *self.inner.stall_reason.lock() = reason;
-        self.inner.stalled.store(stalled, Ordering::Release);
-    }
-
-    fn snapshot(&mut self, prepared: wal::PreparedSnapshot) -> Result<()> {
-        self.snapshot_requested = None;
-        if self.inner.mark.borrow().failed {
-            return Err(Error::Unavailable("the write-ahead log failed".into()));
-        }
-        let started = Instant::now();
-        self.wal.install_snapshot(prepared).map_err(wal_error)?;
-        tracing::info!(
-            ms = started.elapsed().as_millis() as u64,
-            "snapshot written; covered log segments removed"
-        );
-        Ok(())
-    }
-
-    fn chores(&mut self) {
-        if self.inner.mark.borrow().failed {
-            return;
-        }
-        let (reserved, unreserved) = if self.wal.space_reserved() {
-            (true, None)
-        } else {
-            match self.wal.try_reserve() {
-                Ok(ok) => (ok, None),
-                // Not a full disk (no descriptor, no permission): a stall, not a 507.
-                Err(e) => (true, Some(e)),
-            }
-        };
-        if unreserved.is_some() != self.unreserved.is_some() {
-            match &unreserved {
-                Some(e) => {
-                    tracing::warn!(error = %e, "cannot prepare the next write-ahead log segment; refusing changes (503) until it can")
-                }
-                None => tracing::info!("next write-ahead log segment prepared; accepting changes"),
-            }
-            self.unreserved = unreserved;
-            self.publish_stall();
-        }
-        let was = self.inner.space.swap(reserved, Ordering::AcqRel);
-        if was && !reserved {
-            tracing::warn!("disk full: refusing changes (507) until space is free");
-        } else if !was && reserved {
-            tracing::info!("disk space available again: accepting changes");
-        }
-        let waiting = self
-            .snapshot_requested
-            .is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY);
-        if !waiting
-            && self.wal.bytes_since_snapshot() >= self.snapshot_bytes
-            && self.snap_tx.send(()).is_ok()
-        {
-            self.snapshot_requested = Some(Instant::now());
-        }
-    }
-}
-
-/// Prints every record of the log in `data_dir` human-readably (`flinger wal dump`).
-pub fn dump(data_dir: &Path, out: &mut impl std::io::Write) -> Result<()> {
-    let dir = wal_dir(data_dir);
-    let mut write_err = None;
-    let report = wal::scan(&dir, u32::MAX >> 1, |info, payload| {
-        if write_err.is_some() {
-            return;
-        }
-        let line = match decode(payload) {
-            Ok(event) => format!(
-                "{:>10} {}@{} {}",
-                info.lsn,
-                info.segment.display(),
-                info.offset,
-                describe(&event)
-            ),
-            Err(e) => format!(
-                "{:>10} {}@{} UNDECODABLE ({e})",
-                info.lsn,
-                info.segment.display(),
-                info.offset
-            ),
-        };
-        if let Err(e) = writeln!(out, "{line}") {
-            write_err = Some(e);
-        }
-    })
-    .map_err(wal_error)?;
-    if let Some(e) = write_err {
-        return Err(e.into());
-    }
-    writeln!(out, "# {report:?}")?;
-    Ok(())
-}
-
-fn describe(event: &Event) -> String {
-    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
-    match event {
-        Event::JobSubmitted {
-            id,
-            queue,
-            body,
-            priority,
-            ..
-        } => {
-            format!(
-                "JobSubmitted id={id} queue={queue:?} priority={priority} body={}",
-                text(body)
-            )
-        }
-        Event::ResultMerged { id, fields, .. } => {
-            format!("ResultMerged id={id} fields={}", text(fields))
-        }
-        Event::LogAppended {
-            id,
-            kind,
-            phase,
-            number,
-            data,
-            run,
-            ..
-        } => {
-            format!(
-                "LogAppended id={id} kind={kind:?} run={run} phase={phase} number={number} bytes={}",
-                data.len()
-            )
-        }
-        other => format!("{other:?}"),
     }
 }
