@@ -38,6 +38,59 @@ impl std::str::FromStr for FsyncPolicy {
     }
 }
 
+/// Where the journal (events, snapshots) is kept.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum JournalTarget {
+    /// The embedded write-ahead log under the data directory (needs nothing external).
+    #[default]
+    File,
+    /// A PostgreSQL database, by its connection string (`postgres://user@host:port/db`,
+    /// libpq-style key/value parameters too).
+    Postgres(String),
+}
+
+impl std::str::FromStr for JournalTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "file" {
+            return Ok(JournalTarget::File);
+        }
+        if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+            return Err(format!(
+                "expected `file` or a `postgres://` connection string, got {:?}",
+                redact(s)
+            ));
+        }
+        s.parse::<tokio_postgres::Config>()
+            .map_err(|e| format!("bad PostgreSQL connection string {:?}: {e}", redact(s)))?;
+        Ok(JournalTarget::Postgres(s.to_owned()))
+    }
+}
+
+/// A connection string with its password (`user:password@`) replaced by `***`, for logs
+/// and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{name}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for JournalTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JournalTarget::File => f.write_str("file"),
+            JournalTarget::Postgres(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
 /// Who may do what (see README "Access control").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AccessMode {
@@ -158,6 +211,8 @@ pub struct Config {
     pub token_failures_per_minute: u32,
     /// Where the settings came from, for the start-up log line.
     pub source: String,
+    /// Where the journal lives: the embedded log (default) or PostgreSQL.
+    pub journal: JournalTarget,
 }
 
 impl Default for Config {
@@ -200,6 +255,7 @@ impl Default for Config {
             jwt_leeway: Duration::from_secs(5),
             token_failures_per_minute: 10,
             source: "defaults".into(),
+            journal: JournalTarget::File,
         }
     }
 }
@@ -429,6 +485,11 @@ pub struct ServeOpts {
     /// before 429 [default: 10].
     #[arg(long, env = "FLINGER_TOKEN_FAILURES_PER_MINUTE", value_name = "N")]
     pub token_failures_per_minute: Option<u32>,
+    /// Where events and snapshots are kept: `file` (the write-ahead log under the data
+    /// directory) or a PostgreSQL connection string `postgres://USER[:PASSWORD]@HOST:PORT/DB`
+    /// [default: file].
+    #[arg(long, env = "FLINGER_JOURNAL", value_name = "file|postgres://...")]
+    pub journal: Option<JournalTarget>,
 }
 
 /// A problem with the config file.
@@ -486,6 +547,7 @@ const KNOWN_KEYS: &[&str] = &[
     "ACCESS_TOKEN_SECS",
     "REFRESH_TOKEN_SECS",
     "TOKEN_FAILURES_PER_MINUTE",
+    "JOURNAL",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 const IGNORED_KEYS: &[&str] = &[
@@ -654,6 +716,14 @@ impl Config {
                     "TOKEN_FAILURES_PER_MINUTE" => {
                         config.token_failures_per_minute = num("a count")? as u32
                     }
+                    "JOURNAL" => {
+                        config.journal = value
+                            .parse()
+                            .map_err(|_| bad("file or a postgres:// connection string"))?
+                    }
+                    "REDIS_HOST" | "REDIS_PORT" => warnings.push(format!(
+                        "config key {key} is ignored: flinger keeps its journal in its data directory, or in PostgreSQL with --journal postgres://... (FLINGER_JOURNAL, config key JOURNAL)"
+                    )),
                     k if IGNORED_KEYS.contains(&k) => warnings.push(format!(
                         "config key {k} is not used by flinger (no external store needed)"
                     )),
@@ -721,6 +791,9 @@ impl Config {
             config.retention = Duration::from_secs(secs);
         }
         config.wal_truncate_corruption |= opts.wal_truncate_corruption;
+        if let Some(v) = &opts.journal {
+            config.journal = v.clone();
+        }
         if let Some(v) = opts.access_control {
             config.access = v;
         }

@@ -289,7 +289,11 @@ impl Writer {
     }
 
     fn snapshot(&mut self, prepared: Prepared) -> Result<()> {
-        let Prepared::File(prepared) = prepared;
+        let Prepared::File(prepared) = prepared else {
+            return Err(Error::Internal(
+                "a PostgreSQL snapshot reached the file log".into(),
+            ));
+        };
         self.snapshot_requested = None;
         if self.inner.mark.borrow().failed {
             return Err(Error::Unavailable("the write-ahead log failed".into()));

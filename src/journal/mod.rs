@@ -26,10 +26,11 @@
 //! tickets and the durability mark, the event and snapshot encodings, and the fold of
 //! recovered records ([`Replay`]). A backend is a writer thread that takes
 //! [`WriterMsg`]s in LSN order, makes them durable and advances the mark, plus its
-//! recovery; `file` is the embedded write-ahead log. The fold and the actors never know
-//! which backend runs.
+//! recovery; `file` is the embedded write-ahead log, `postgres` a PostgreSQL database
+//! (`--journal`). The fold and the actors never know which backend runs.
 
 mod file;
+mod postgres;
 
 pub use file::dump;
 
@@ -42,7 +43,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
-use crate::config::{Config, FsyncPolicy};
+use crate::config::{Config, FsyncPolicy, JournalTarget};
 use crate::error::{Error, Result};
 use crate::metrics::WalStats;
 use crate::model::{Event, Partition, State};
@@ -111,6 +112,8 @@ struct Inner {
 enum Snapshots {
     /// Snapshot files in the log's directory.
     File(wal::SnapshotWriter),
+    /// Rows in the database at this connection string.
+    Postgres(String),
 }
 
 /// A snapshot written (and durable) under a provisional name, waiting to be installed by
@@ -118,6 +121,8 @@ enum Snapshots {
 enum Prepared {
     /// A snapshot file under its temporary name.
     File(wal::PreparedSnapshot),
+    /// A provisional snapshot row at this LSN.
+    Postgres(u64),
 }
 
 impl Snapshots {
@@ -132,6 +137,7 @@ impl Snapshots {
                     .map_err(file::wal_error)?;
                 Ok(Prepared::File(prepared))
             }
+            Snapshots::Postgres(url) => postgres::prepare(url, lsn, bytes).await,
         }
     }
 }
@@ -356,7 +362,7 @@ impl Replay {
     }
 }
 
-/// Opens the journal, loads the newest snapshot, replays the
+/// Opens the journal `config.journal` names, loads the newest snapshot, replays the
 /// records after it into a fresh [`State`], and starts the backend's writer thread.
 ///
 /// Returns the state, the journal, the writer's snapshot requests and what recovery did.
@@ -365,12 +371,15 @@ pub fn open(config: &Config) -> Result<(State, Journal, SnapshotRequests, Recove
 }
 
 /// [`open`] with the file log on a given filesystem (tests inject write and sync
-/// failures through it).
+/// failures through it); the PostgreSQL journal does not use `fs`.
 pub fn open_with(
     config: &Config,
     fs: Arc<dyn wal::Fs>,
 ) -> Result<(State, Journal, SnapshotRequests, Recovery)> {
-    file::open_with(config, fs)
+    match &config.journal {
+        JournalTarget::File => file::open_with(config, fs),
+        JournalTarget::Postgres(url) => postgres::open(config, url),
+    }
 }
 
 /// Encodes a partition for a snapshot: compact (positional) msgpack, which encodes and
