@@ -63,6 +63,10 @@ CREATE TABLE IF NOT EXISTS flinger_snapshot_chunks (
 /// The advisory lock key the writer's session holds ("flinger" in ASCII).
 const LOCK_KEY: i64 = 0x0066_6c69_6e67_6572;
 
+/// How long start-up waits for the writer's lock: a predecessor killed a moment ago holds
+/// it until the database notices its session is gone.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// Snapshot bytes per row of `flinger_snapshot_chunks`.
 const SNAPSHOT_CHUNK: usize = 16 << 20;
 
@@ -147,16 +151,24 @@ pub fn open(config: &Config, url: &str) -> Result<(State, Journal, SnapshotReque
 
 async fn recover(url: &str, replay: &mut Replay) -> Result<Recovered> {
     let client = connect(url).await?;
-    let locked: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
-        .await
-        .map_err(|e| pg_error("cannot take the writer's lock", e))?
-        .get(0);
-    if !locked {
-        return Err(Error::Unavailable(format!(
-            "PostgreSQL journal {}: another flinger process is writing this database",
-            redact(url)
-        )));
+    let asked = Instant::now();
+    loop {
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+            .await
+            .map_err(|e| pg_error("cannot take the writer's lock", e))?
+            .get(0);
+        if locked {
+            break;
+        }
+        if asked.elapsed() >= LOCK_WAIT {
+            return Err(Error::Unavailable(format!(
+                "PostgreSQL journal {}: another flinger process is writing this database (waited {} s for it to go)",
+                redact(url),
+                LOCK_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     client
         .batch_execute(SCHEMA)
@@ -438,7 +450,7 @@ impl Writer {
         tracing::info!(
             ms = started.elapsed().as_millis() as u64,
             lsn,
-            "snapshot installed; covered events deleted"
+            "snapshot written; covered events deleted"
         );
         Ok(())
     }
