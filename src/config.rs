@@ -38,6 +38,59 @@ impl std::str::FromStr for FsyncPolicy {
     }
 }
 
+/// Where the journal (events, snapshots) is kept.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum JournalTarget {
+    /// The embedded write-ahead log under the data directory (needs nothing external).
+    #[default]
+    File,
+    /// A PostgreSQL database, by its connection string (`postgres://user@host:port/db`,
+    /// libpq-style key/value parameters too).
+    Postgres(String),
+}
+
+impl std::str::FromStr for JournalTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "file" {
+            return Ok(JournalTarget::File);
+        }
+        if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+            return Err(format!(
+                "expected `file` or a `postgres://` connection string, got {:?}",
+                redact(s)
+            ));
+        }
+        s.parse::<tokio_postgres::Config>()
+            .map_err(|e| format!("bad PostgreSQL connection string {:?}: {e}", redact(s)))?;
+        Ok(JournalTarget::Postgres(s.to_owned()))
+    }
+}
+
+/// A connection string with its password (`user:password@`) replaced by `***`, for logs
+/// and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{name}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for JournalTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JournalTarget::File => f.write_str("file"),
+            JournalTarget::Postgres(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
 /// Who may do what (see README "Access control").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AccessMode {
@@ -176,6 +229,8 @@ pub struct Config {
     pub max_webhook_url_bytes: usize,
     /// Where the settings came from, for the start-up log line.
     pub source: String,
+    /// Where the journal lives: the embedded log (default) or PostgreSQL.
+    pub journal: JournalTarget,
 }
 
 impl Default for Config {
@@ -226,6 +281,7 @@ impl Default for Config {
             max_event_detail_bytes: 4096,
             max_webhook_url_bytes: 2048,
             source: "defaults".into(),
+            journal: JournalTarget::File,
         }
     }
 }
@@ -503,6 +559,11 @@ pub struct ServeOpts {
     /// Longest `job_status_webhook` URL in bytes (413 beyond) [default: 2048].
     #[arg(long, env = "FLINGER_MAX_WEBHOOK_URL_BYTES", value_name = "BYTES")]
     pub max_webhook_url_bytes: Option<usize>,
+    /// Where events and snapshots are kept: `file` (the write-ahead log under the data
+    /// directory) or a PostgreSQL connection string `postgres://USER[:PASSWORD]@HOST:PORT/DB`
+    /// [default: file].
+    #[arg(long, env = "FLINGER_JOURNAL", value_name = "file|postgres://...")]
+    pub journal: Option<JournalTarget>,
 }
 
 /// A problem with the config file.
@@ -568,6 +629,7 @@ const KNOWN_KEYS: &[&str] = &[
     "MAX_JOB_EVENTS",
     "MAX_EVENT_DETAIL_BYTES",
     "MAX_WEBHOOK_URL_BYTES",
+    "JOURNAL",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 const IGNORED_KEYS: &[&str] = &[
@@ -755,6 +817,14 @@ impl Config {
                     "MAX_WEBHOOK_URL_BYTES" => {
                         config.max_webhook_url_bytes = num("a byte count")? as usize
                     }
+                    "JOURNAL" => {
+                        config.journal = value
+                            .parse()
+                            .map_err(|_| bad("file or a postgres:// connection string"))?
+                    }
+                    "REDIS_HOST" | "REDIS_PORT" => warnings.push(format!(
+                        "config key {key} is ignored: flinger keeps its journal in its data directory, or in PostgreSQL with --journal postgres://... (FLINGER_JOURNAL, config key JOURNAL)"
+                    )),
                     k if IGNORED_KEYS.contains(&k) => warnings.push(format!(
                         "config key {k} is not used by flinger (no external store needed)"
                     )),
@@ -822,6 +892,9 @@ impl Config {
             config.retention = Duration::from_secs(secs);
         }
         config.wal_truncate_corruption |= opts.wal_truncate_corruption;
+        if let Some(v) = &opts.journal {
+            config.journal = v.clone();
+        }
         if let Some(v) = opts.access_control {
             config.access = v;
         }

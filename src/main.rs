@@ -53,6 +53,12 @@ fn main() -> ExitCode {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
+    // The seed's server shared a Redis named by these; flinger does not use one.
+    for key in ["REDIS_HOST", "REDIS_PORT"] {
+        if std::env::var_os(key).is_some() {
+            tracing::warn!("environment variable {key} is ignored: flinger keeps its journal in its data directory, or in PostgreSQL with --journal postgres://... (FLINGER_JOURNAL)");
+        }
+    }
     let client_action = match cli.command {
         Some(Command::Client { action }) => Some(action),
         _ => None,

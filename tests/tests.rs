@@ -61,3 +61,6 @@ mod observe;
 mod dashboard;
 // Access control: roles per endpoint, submission checks, ownership, tokens, real clients.
 mod auth;
+// The journal on PostgreSQL (`--journal postgres://`): restart, kill -9, snapshots and
+// compaction, one writer per database (issue 10).
+mod journal_pg;

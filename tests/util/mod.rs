@@ -27,6 +27,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 pub mod agent;
+pub mod pg;
 pub mod upstream;
 
 /// How long a server may take to print its `listening` line.
@@ -176,6 +177,9 @@ pub struct TestServer {
     stderr: Arc<Mutex<Vec<String>>>,
     /// Client bound to the current incarnation's address.
     http: Http,
+    /// The PostgreSQL journal (`--journal`) every incarnation uses, when the harness runs on
+    /// PostgreSQL (`FLINGER_TEST_JOURNAL=postgres`, see [`pg`]) and the test chose no journal.
+    journal: Option<String>,
 }
 
 impl TestServer {
@@ -217,7 +221,10 @@ impl TestServer {
             .into_iter()
             .map(|(k, v)| (k, v.replace("{dir}", &dir_text)))
             .collect();
+        let journal = (pg::switched_on() && !opts.args.iter().any(|a| a.starts_with("--journal")))
+            .then(pg::fresh_database);
         let mut srv = TestServer {
+            journal,
             dir,
             args: opts.args,
             envs,
@@ -233,6 +240,11 @@ impl TestServer {
     /// The temporary directory (working directory of the process; holds `data/`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The PostgreSQL journal the harness gave this server, if any (see [`pg`]).
+    pub fn journal(&self) -> Option<&str> {
+        self.journal.as_deref()
     }
 
     /// The data directory passed with `--data-dir`.
@@ -267,6 +279,9 @@ impl TestServer {
         cmd.arg("--bind").arg("127.0.0.1:0");
         if self.pass_data_dir {
             cmd.arg("--data-dir").arg(&data_dir);
+        }
+        if let Some(url) = &self.journal {
+            cmd.arg("--journal").arg(url);
         }
         cmd.args(&self.args)
             .stdout(Stdio::null())

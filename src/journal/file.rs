@@ -1,0 +1,420 @@
+//! The file backend of the journal: the embedded write-ahead log (the `wal` crate) in
+//! `DATA_DIR/wal`, its group-commit writer thread, snapshot files and `flinger wal dump`.
+//!
+//! Everything backend-neutral (tickets, the durability mark, the snapshot layout, the
+//! fold of replayed records) is in the parent module; this file owns only what touches
+//! the log's files: segments, space reservation, torn tails, snapshot installation.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::{
+    decode, Inner, Journal, Prepared, Recovery, Replay, SnapshotRequests, Snapshots, WriterMsg,
+    MAX_BATCH_BYTES, MAX_BATCH_RECORDS, SNAPSHOT_RETRY, WRITER_TICK,
+};
+use crate::config::{Config, FsyncPolicy};
+use crate::error::{Error, Result};
+use crate::model::{Event, State};
+
+fn wal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("wal")
+}
+
+fn wal_options(config: &Config) -> wal::Options {
+    wal::Options {
+        segment_size: config.segment_bytes,
+        max_record: u32::try_from(
+            config
+                .max_result_bytes
+                .max(config.max_job_bytes)
+                .max(config.max_output_bytes)
+                * 2
+                + (1 << 20),
+        )
+        .unwrap_or(u32::MAX),
+        recovery: if config.wal_truncate_corruption {
+            wal::Recovery::TruncateCorruption
+        } else {
+            wal::Recovery::Strict
+        },
+        ..wal::Options::default()
+    }
+}
+
+pub(super) fn wal_error(e: wal::Error) -> Error {
+    match e {
+        wal::Error::NoSpace => Error::NoSpace("no space left for the write-ahead log".into()),
+        other => Error::Internal(format!("write-ahead log: {other}")),
+    }
+}
+
+/// Opens the log under `config.data_dir` on `fs`, loads the newest snapshot, replays the
+/// records after it and starts the writer thread (see [`super::open`]).
+pub fn open_with(
+    config: &Config,
+    fs: Arc<dyn wal::Fs>,
+) -> Result<(State, Journal, SnapshotRequests, Recovery)> {
+    let started = Instant::now();
+    let mut wal = wal::Wal::open_with(fs, &wal_dir(&config.data_dir), wal_options(config))
+        .map_err(wal_error)?;
+    let mut replay = Replay::new(started);
+    let mut after = 0;
+    if let Some((lsn, bytes)) = wal.load_snapshot().map_err(wal_error)? {
+        replay.snapshot(lsn, &bytes)?;
+        after = lsn;
+    }
+    let report = wal
+        .replay(after, |lsn, payload| replay.record(lsn, payload))
+        .map_err(wal_error)?;
+    if let Some(t) = &report.truncated {
+        tracing::warn!(
+            segment = %t.segment.display(),
+            offset = t.offset,
+            bytes = t.bytes_dropped,
+            "write-ahead log had a torn tail; truncated it"
+        );
+    }
+    let (inner, rx) = Inner::start(
+        config,
+        wal.last_lsn(),
+        wal.space_reserved(),
+        Snapshots::File(wal.snapshot_writer()),
+    );
+    let (snap_tx, snap_rx) = tokio::sync::mpsc::unbounded_channel();
+    let writer = Writer {
+        wal,
+        rx,
+        inner: inner.clone(),
+        snapshot_bytes: config.snapshot_bytes,
+        snapshot_requested: None,
+        snap_tx,
+        interval: match config.fsync {
+            FsyncPolicy::Always => None,
+            FsyncPolicy::Interval(d) => Some(d),
+        },
+        deferred: None,
+        unreserved: None,
+    };
+    std::thread::Builder::new()
+        .name("wal-writer".into())
+        .spawn(move || writer.run())
+        .map_err(|e| Error::Internal(format!("cannot start the WAL writer: {e}")))?;
+    let (state, recovery) = replay.finish();
+    Ok((state, Journal { inner }, snap_rx, recovery))
+}
+
+/// The one thread that writes and syncs the log.
+struct Writer {
+    /// The log itself; only this thread touches it.
+    wal: wal::Wal,
+    /// Records and snapshot requests, in LSN order.
+    rx: mpsc::Receiver<WriterMsg>,
+    /// Shared with the journal handles: durability mark and space flag.
+    inner: Arc<Inner>,
+    /// Ask for a snapshot once this many bytes were logged since the last one.
+    snapshot_bytes: u64,
+    /// When a snapshot was last requested and not yet written: ask again only if the
+    /// request seems lost (the collecting task failed).
+    snapshot_requested: Option<Instant>,
+    /// Where snapshot requests go (the server's snapshot task).
+    snap_tx: tokio::sync::mpsc::UnboundedSender<()>,
+    /// `Some` under `interval` fsync: gather records this long before writing.
+    interval: Option<Duration>,
+    /// Set while a batch could not be written because no new segment could be made: the
+    /// cause, until a retry succeeds.
+    deferred: Option<wal::Error>,
+    /// Set while the spare segment cannot be made for a reason other than a full disk.
+    unreserved: Option<wal::Error>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        // Records not yet durable, in LSN order, with whom to tell (`None` under `interval`
+        // fsync). Left non-empty only while the log is stalled (see `deferred`).
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut waiters: Vec<Option<oneshot::Sender<bool>>> = Vec::new();
+        loop {
+            let first = match self.rx.recv_timeout(WRITER_TICK) {
+                Ok(msg) => Some(msg),
+                Err(mpsc::RecvTimeoutError::Timeout) if batch.is_empty() => {
+                    self.chores();
+                    continue;
+                }
+                // Stalled: retry the held records.
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut pending = first;
+            let deadline = self.interval.map(|d| Instant::now() + d);
+            let mut bytes = 0usize;
+            let mut snapshot = None;
+            let mut closing = None;
+            while let Some(msg) = pending.take() {
+                match msg {
+                    WriterMsg::Record(payload, waiter) => {
+                        bytes += payload.len();
+                        batch.push(payload);
+                        waiters.push(waiter);
+                    }
+                    WriterMsg::Snapshot { prepared, done } => {
+                        // Everything queued before it goes to disk first.
+                        snapshot = Some((prepared, done));
+                        break;
+                    }
+                    WriterMsg::Close(done) => {
+                        closing = Some(done);
+                        break;
+                    }
+                }
+                if batch.len() >= MAX_BATCH_RECORDS || bytes >= MAX_BATCH_BYTES {
+                    break;
+                }
+                pending = match deadline {
+                    None => self.rx.try_recv().ok(),
+                    Some(deadline) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        self.rx.recv_timeout(left).ok()
+                    }
+                };
+            }
+            if !batch.is_empty() {
+                self.write(&mut batch, &mut waiters);
+            }
+            if let Some((prepared, done)) = snapshot {
+                let result = self.snapshot(prepared);
+                let _ = done.send(result);
+            }
+            if let Some(done) = closing {
+                // Records still held (a stalled log) were never acknowledged: their
+                // requests get 503 when their waiters drop.
+                drop(self);
+                let _ = done.send(());
+                return;
+            }
+            self.chores();
+        }
+    }
+
+    /// Appends and syncs `batch`, telling each waiter whether its record is durable. When
+    /// no new segment can be made right now, the records not written stay in `batch` (and
+    /// their waiters in `waiters`) for the next attempt.
+    fn write(
+        &mut self,
+        batch: &mut Vec<Vec<u8>>,
+        waiters: &mut Vec<Option<oneshot::Sender<bool>>>,
+    ) {
+        let tell = |waiters: std::vec::Drain<'_, Option<oneshot::Sender<bool>>>, ok: bool| {
+            for waiter in waiters.flatten() {
+                let _ = waiter.send(ok);
+            }
+        };
+        if self.inner.mark.borrow().failed {
+            tell(waiters.drain(..), false);
+            batch.clear();
+            return;
+        }
+        let slices: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        let started = Instant::now();
+        match self.wal.append_batch(&slices) {
+            Ok(range) => {
+                // Cleared before anyone is told: a client answered now may send its next
+                // change at once, and must not find the stall it just waited out.
+                self.set_deferred(None);
+                self.inner.stats.batch(batch.len(), started.elapsed());
+                self.inner.mark.send_modify(|m| m.durable = *range.end());
+                tell(waiters.drain(..), true);
+                batch.clear();
+            }
+            Err(e @ (wal::Error::NoSpace | wal::Error::Deferred { .. })) => {
+                // Nothing the log holds is at risk: keep what was not written and retry.
+                let written = match &e {
+                    wal::Error::Deferred { written, .. } => *written,
+                    _ => 0,
+                };
+                if written > 0 {
+                    let durable = self.wal.last_lsn();
+                    self.inner.mark.send_modify(|m| m.durable = durable);
+                    tell(waiters.drain(..written), true);
+                    batch.drain(..written);
+                }
+                self.set_deferred(Some(e));
+            }
+            Err(e) => {
+                // Never retried: after a failed fsync the page cache may have dropped the
+                // data while a retry reports success (fsyncgate).
+                tracing::error!(error = %e, records = batch.len(), "write-ahead log failed; refusing all changes until restart");
+                self.inner.mark.send_modify(|m| m.failed = true);
+                tell(waiters.drain(..), false);
+                batch.clear();
+            }
+        }
+    }
+
+    /// Records why batches are held back (or that they no longer are) and publishes it.
+    fn set_deferred(&mut self, cause: Option<wal::Error>) {
+        if cause.is_none() && self.deferred.is_none() {
+            return;
+        }
+        match (&self.deferred, &cause) {
+            (None, Some(e)) => {
+                tracing::warn!(error = %e, "write-ahead log cannot start a new segment; holding queued changes, refusing new ones and retrying")
+            }
+            (Some(_), None) => tracing::info!("write-ahead log writing again"),
+            _ => {}
+        }
+        self.deferred = cause;
+        self.publish_stall();
+    }
+
+    /// Publishes the first of `deferred` and `unreserved` as the error new mutations get.
+    fn publish_stall(&self) {
+        let reason = self.deferred.as_ref().or(self.unreserved.as_ref()).map(|e| {
+            if e.is_no_space() {
+                Error::NoSpace(format!("the write-ahead log has no space for a new segment: {e}"))
+            } else {
+                Error::Unavailable(format!(
+                    "the write-ahead log cannot start a new segment right now ({e}); nothing was changed: retry later"
+                ))
+            }
+        });
+        let stalled = reason.is_some();
+        *self.inner.stall_reason.lock() = reason;
+        self.inner.stalled.store(stalled, Ordering::Release);
+    }
+
+    fn snapshot(&mut self, prepared: Prepared) -> Result<()> {
+        let Prepared::File(prepared) = prepared else {
+            return Err(Error::Internal(
+                "a PostgreSQL snapshot reached the file log".into(),
+            ));
+        };
+        self.snapshot_requested = None;
+        if self.inner.mark.borrow().failed {
+            return Err(Error::Unavailable("the write-ahead log failed".into()));
+        }
+        let started = Instant::now();
+        self.wal.install_snapshot(prepared).map_err(wal_error)?;
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot written; covered log segments removed"
+        );
+        Ok(())
+    }
+
+    fn chores(&mut self) {
+        if self.inner.mark.borrow().failed {
+            return;
+        }
+        let (reserved, unreserved) = if self.wal.space_reserved() {
+            (true, None)
+        } else {
+            match self.wal.try_reserve() {
+                Ok(ok) => (ok, None),
+                // Not a full disk (no descriptor, no permission): a stall, not a 507.
+                Err(e) => (true, Some(e)),
+            }
+        };
+        if unreserved.is_some() != self.unreserved.is_some() {
+            match &unreserved {
+                Some(e) => {
+                    tracing::warn!(error = %e, "cannot prepare the next write-ahead log segment; refusing changes (503) until it can")
+                }
+                None => tracing::info!("next write-ahead log segment prepared; accepting changes"),
+            }
+            self.unreserved = unreserved;
+            self.publish_stall();
+        }
+        let was = self.inner.space.swap(reserved, Ordering::AcqRel);
+        if was && !reserved {
+            tracing::warn!("disk full: refusing changes (507) until space is free");
+        } else if !was && reserved {
+            tracing::info!("disk space available again: accepting changes");
+        }
+        let waiting = self
+            .snapshot_requested
+            .is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY);
+        if !waiting
+            && self.wal.bytes_since_snapshot() >= self.snapshot_bytes
+            && self.snap_tx.send(()).is_ok()
+        {
+            self.snapshot_requested = Some(Instant::now());
+        }
+    }
+}
+
+/// Prints every record of the log in `data_dir` human-readably (`flinger wal dump`).
+pub fn dump(data_dir: &Path, out: &mut impl std::io::Write) -> Result<()> {
+    let dir = wal_dir(data_dir);
+    let mut write_err = None;
+    let report = wal::scan(&dir, u32::MAX >> 1, |info, payload| {
+        if write_err.is_some() {
+            return;
+        }
+        let line = match decode(payload) {
+            Ok(event) => format!(
+                "{:>10} {}@{} {}",
+                info.lsn,
+                info.segment.display(),
+                info.offset,
+                describe(&event)
+            ),
+            Err(e) => format!(
+                "{:>10} {}@{} UNDECODABLE ({e})",
+                info.lsn,
+                info.segment.display(),
+                info.offset
+            ),
+        };
+        if let Err(e) = writeln!(out, "{line}") {
+            write_err = Some(e);
+        }
+    })
+    .map_err(wal_error)?;
+    if let Some(e) = write_err {
+        return Err(e.into());
+    }
+    writeln!(out, "# {report:?}")?;
+    Ok(())
+}
+
+fn describe(event: &Event) -> String {
+    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    match event {
+        Event::JobSubmitted {
+            id,
+            queue,
+            body,
+            priority,
+            ..
+        } => {
+            format!(
+                "JobSubmitted id={id} queue={queue:?} priority={priority} body={}",
+                text(body)
+            )
+        }
+        Event::ResultMerged { id, fields, .. } => {
+            format!("ResultMerged id={id} fields={}", text(fields))
+        }
+        Event::LogAppended {
+            id,
+            kind,
+            phase,
+            number,
+            data,
+            run,
+            ..
+        } => {
+            format!(
+                "LogAppended id={id} kind={kind:?} run={run} phase={phase} number={number} bytes={}",
+                data.len()
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}

@@ -1,0 +1,559 @@
+//! The journal: model events to WAL records and back, the group-commit writer thread,
+//! snapshots, and start-up recovery.
+//!
+//! Actors call [`Journal::append`] inside their handler, right after deciding an event
+//! and before applying it: it encodes the event, assigns its log sequence number (LSN)
+//! and queues it for the writer, without waiting. The HTTP handler then awaits
+//! [`Journal::durable`] for that LSN before it answers 2xx, so actors never block on disk
+//! and one `fdatasync` acknowledges every request that arrived while the previous one
+//! ran (group commit).
+//!
+//! Failure policy: a failed write or sync of records poisons the log for good (fsync is
+//! never retried); every pending and later mutation gets 503 and reads keep working until
+//! the operator restarts, when replay recovers what is on disk. When the log cannot reserve
+//! space for its next segment, new mutations are refused with 507 *before* they are
+//! applied, and accepted again once space is free. When it cannot *make* its next segment
+//! for another passing reason (out of file descriptors, a read-only directory), nothing is
+//! lost: records already queued stay queued and are retried every [`WRITER_TICK`] (their
+//! requests wait), new mutations are refused with 503 naming the cause, and writing resumes
+//! by itself once the cause is gone.
+//!
+//! Snapshots are per partition: each records the LSN of the last event its actor had
+//! applied, and replay skips a partition's events up to that LSN, so the actors never
+//! need to stop together to take a consistent cut.
+//!
+//! This module is the seam between the actors and a backend: the [`Journal`] handle,
+//! tickets and the durability mark, the event and snapshot encodings, and the fold of
+//! recovered records ([`Replay`]). A backend is a writer thread that takes
+//! [`WriterMsg`]s in LSN order, makes them durable and advances the mark, plus its
+//! recovery; `file` is the embedded write-ahead log, `postgres` a PostgreSQL database
+//! (`--journal`). The fold and the actors never know which backend runs.
+
+mod file;
+mod postgres;
+
+pub use file::dump;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+
+use crate::config::{Config, FsyncPolicy, JournalTarget};
+use crate::error::{Error, Result};
+use crate::metrics::WalStats;
+use crate::model::{Event, Partition, State};
+
+/// How long the writer waits for records before doing its periodic chores (space
+/// reservation retries, snapshot triggers).
+const WRITER_TICK: Duration = Duration::from_millis(250);
+/// A snapshot request not answered within this long is repeated.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(60);
+/// At most this many records go into one batch, so one huge burst cannot delay every
+/// acknowledgement in it by a very long write.
+const MAX_BATCH_RECORDS: usize = 8192;
+/// At most this many bytes go into one batch (a batch may exceed it by one record).
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// Durability progress, published by the writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mark {
+    /// Every record with an LSN up to this one is on disk.
+    durable: u64,
+    /// The log failed: records after `durable` will never be.
+    failed: bool,
+}
+
+enum WriterMsg {
+    /// A record, and whom to tell when it is durable (`None` under `interval` fsync).
+    Record(Vec<u8>, Option<oneshot::Sender<bool>>),
+    /// A snapshot already written and fsynced under its temporary name: install it once
+    /// every record before it is durable.
+    Snapshot {
+        prepared: Prepared,
+        done: oneshot::Sender<Result<()>>,
+    },
+    /// Write what is queued, close the log (releasing its directory lock), then answer.
+    Close(oneshot::Sender<()>),
+}
+
+struct Sender {
+    /// The LSN the next record gets; equals the WAL's own numbering because records reach
+    /// the writer in this order and it appends them in order.
+    next_lsn: u64,
+    tx: mpsc::Sender<WriterMsg>,
+}
+
+struct Inner {
+    /// Assigns LSNs and enqueues under one short lock, so LSN order is channel order.
+    sender: Mutex<Sender>,
+    /// Durability progress; handlers wait on it.
+    mark: watch::Sender<Mark>,
+    /// False while the WAL has no reserved space: new mutations are refused (507).
+    space: AtomicBool,
+    /// True while the WAL cannot make its next segment for a passing reason (see
+    /// `stall_reason`): new mutations are refused.
+    stalled: AtomicBool,
+    /// Why the log is stalled, as the error new mutations get (503, or 507 for a full disk).
+    stall_reason: Mutex<Option<Error>>,
+    /// Under `interval` fsync, appends are acknowledged without waiting for the disk.
+    wait_for_disk: bool,
+    /// Writes snapshots off the writer thread.
+    snapshots: Snapshots,
+    /// The writer's batch size and sync time (exported by `metrics`).
+    stats: WalStats,
+}
+
+/// Where a backend writes a snapshot before its writer installs it in LSN order.
+enum Snapshots {
+    /// Snapshot files in the log's directory.
+    File(wal::SnapshotWriter),
+    /// Rows in the database at this connection string.
+    Postgres(String),
+}
+
+/// A snapshot written (and durable) under a provisional name, waiting to be installed by
+/// the writer once every record before it is durable.
+enum Prepared {
+    /// A snapshot file under its temporary name.
+    File(wal::PreparedSnapshot),
+    /// A provisional snapshot row at this LSN.
+    Postgres(u64),
+}
+
+impl Snapshots {
+    /// Writes `bytes` as the provisional snapshot at `lsn`, on a blocking thread.
+    async fn prepare(&self, lsn: u64, bytes: Vec<u8>) -> Result<Prepared> {
+        match self {
+            Snapshots::File(writer) => {
+                let writer = writer.clone();
+                let prepared = tokio::task::spawn_blocking(move || writer.prepare(lsn, &bytes))
+                    .await
+                    .map_err(|e| Error::Internal(format!("snapshot write task failed: {e}")))?
+                    .map_err(file::wal_error)?;
+                Ok(Prepared::File(prepared))
+            }
+            Snapshots::Postgres(url) => postgres::prepare(url, lsn, bytes).await,
+        }
+    }
+}
+
+impl Inner {
+    /// The shared half of a backend that recovered up to `last_lsn`: the next record gets
+    /// `last_lsn + 1`. Returns it and the receiving end of the writer's channel.
+    fn start(
+        config: &Config,
+        last_lsn: u64,
+        space: bool,
+        snapshots: Snapshots,
+    ) -> (Arc<Inner>, mpsc::Receiver<WriterMsg>) {
+        let (tx, rx) = mpsc::channel();
+        let (mark, _) = watch::channel(Mark {
+            durable: last_lsn,
+            failed: false,
+        });
+        let inner = Arc::new(Inner {
+            sender: Mutex::new(Sender {
+                next_lsn: last_lsn + 1,
+                tx,
+            }),
+            mark,
+            space: AtomicBool::new(space),
+            stalled: AtomicBool::new(false),
+            stall_reason: Mutex::new(None),
+            wait_for_disk: matches!(config.fsync, FsyncPolicy::Always),
+            snapshots,
+            stats: WalStats::default(),
+        });
+        (inner, rx)
+    }
+}
+
+/// A record's place in the log and the means to wait for its durability.
+#[derive(Debug)]
+pub struct Ticket {
+    /// The record's log sequence number.
+    lsn: u64,
+    /// Resolved by the writer with `true` once durable, `false` if the log failed.
+    done: Option<oneshot::Receiver<bool>>,
+}
+
+impl Ticket {
+    /// The record's log sequence number.
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+}
+
+/// The handle actors and handlers share.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+/// One partition in a snapshot: its state and the last LSN folded into it.
+#[derive(Serialize, Deserialize)]
+pub struct PartSnapshot {
+    /// Every event of the partition up to this LSN is in `state`.
+    pub lsn: u64,
+    /// The partition, msgpack-encoded.
+    #[serde(with = "serde_bytes_compat")]
+    pub state: Vec<u8>,
+}
+
+mod serde_bytes_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(bytes::Bytes::deserialize(d)?.to_vec())
+    }
+}
+
+/// The whole snapshot file payload.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotDoc {
+    /// [`SNAPSHOT_VERSION`] when written.
+    pub version: u32,
+    /// Registry partition.
+    pub registry: PartSnapshot,
+    /// Results partition.
+    pub results: PartSnapshot,
+    /// Files partition.
+    pub files: PartSnapshot,
+    /// Agents partition.
+    pub agents: PartSnapshot,
+    /// Access partition (absent in snapshots written before access control existed).
+    #[serde(default)]
+    pub access: Option<PartSnapshot>,
+    /// Webhooks partition (absent in snapshots written before webhooks existed).
+    #[serde(default)]
+    pub webhooks: Option<PartSnapshot>,
+}
+
+/// What recovery found, for the start-up log line.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// LSN of the snapshot loaded, if any.
+    pub snapshot_lsn: Option<u64>,
+    /// Records replayed after it.
+    pub replayed: u64,
+    /// How long loading the snapshot took.
+    pub snapshot_time: Duration,
+    /// How long it took in all.
+    pub elapsed: Duration,
+}
+
+/// The writer's requests for a snapshot (sent when the log has grown past the threshold).
+pub type SnapshotRequests = tokio::sync::mpsc::UnboundedReceiver<()>;
+
+/// During recovery: up to which LSN each partition's snapshot already holds its events.
+#[derive(Clone, Copy, Debug, Default)]
+struct Applied {
+    /// Registry.
+    pub registry: u64,
+    /// Results.
+    pub results: u64,
+    /// Files.
+    pub files: u64,
+    /// Agents.
+    pub agents: u64,
+    /// Access.
+    pub access: u64,
+    /// Webhooks.
+    pub webhooks: u64,
+}
+
+impl Applied {
+    fn get(&self, p: Partition) -> u64 {
+        match p {
+            Partition::Registry => self.registry,
+            Partition::Results => self.results,
+            Partition::Artifacts => self.files,
+            Partition::Agents => self.agents,
+            Partition::Access => self.access,
+            Partition::Webhooks => self.webhooks,
+        }
+    }
+
+    fn set(&mut self, p: Partition, lsn: u64) {
+        match p {
+            Partition::Registry => self.registry = lsn,
+            Partition::Results => self.results = lsn,
+            Partition::Artifacts => self.files = lsn,
+            Partition::Agents => self.agents = lsn,
+            Partition::Access => self.access = lsn,
+            Partition::Webhooks => self.webhooks = lsn,
+        }
+    }
+}
+
+/// Recovery in progress, whatever the backend: the state rebuilt from a snapshot and
+/// the records after it, through the same fold live changes take.
+struct Replay {
+    state: State,
+    /// Per partition, the last LSN already in `state` (records up to it are skipped).
+    applied: Applied,
+    recovery: Recovery,
+    started: Instant,
+}
+
+impl Replay {
+    fn new(started: Instant) -> Replay {
+        Replay {
+            state: State::default(),
+            applied: Applied::default(),
+            recovery: Recovery::default(),
+            started,
+        }
+    }
+
+    /// Loads the snapshot `bytes` taken at `lsn` (a [`SnapshotDoc`]). Refuses a layout
+    /// this build does not read.
+    fn snapshot(&mut self, lsn: u64, bytes: &[u8]) -> Result<()> {
+        let state = &mut self.state;
+        let doc: SnapshotDoc = rmp_serde::from_slice(bytes)
+            .map_err(|e| Error::Internal(format!("snapshot at lsn {lsn} does not decode: {e}")))?;
+        if !SNAPSHOTS_READ.contains(&doc.version) {
+            return Err(Error::Internal(format!(
+                "snapshot at lsn {lsn} has layout version {}, this build reads {SNAPSHOTS_READ:?}",
+                doc.version
+            )));
+        }
+        let bad = |what: &str, e: rmp_serde::decode::Error| {
+            Error::Internal(format!("snapshot {what} partition does not decode: {e}"))
+        };
+        state.registry =
+            rmp_serde::from_slice(&doc.registry.state).map_err(|e| bad("registry", e))?;
+        state.registry.intern_names();
+        state.registry.rebuild_index();
+        state.results = rmp_serde::from_slice(&doc.results.state).map_err(|e| bad("results", e))?;
+        state.files = rmp_serde::from_slice(&doc.files.state).map_err(|e| bad("files", e))?;
+        state.agents = rmp_serde::from_slice(&doc.agents.state).map_err(|e| bad("agents", e))?;
+        if let Some(access) = &doc.access {
+            state.access = rmp_serde::from_slice(&access.state).map_err(|e| bad("access", e))?;
+        }
+        if let Some(hooks) = &doc.webhooks {
+            state.webhooks = rmp_serde::from_slice(&hooks.state).map_err(|e| bad("webhooks", e))?;
+        }
+        self.applied = Applied {
+            registry: doc.registry.lsn,
+            results: doc.results.lsn,
+            files: doc.files.lsn,
+            agents: doc.agents.lsn,
+            access: doc.access.as_ref().map_or(0, |a| a.lsn),
+            webhooks: doc.webhooks.as_ref().map_or(0, |a| a.lsn),
+        };
+        self.recovery.snapshot_lsn = Some(lsn);
+        self.recovery.snapshot_time = self.started.elapsed();
+        Ok(())
+    }
+
+    /// Folds one recovered record, unless its partition's snapshot already holds it.
+    fn record(&mut self, lsn: u64, payload: &[u8]) -> std::result::Result<(), String> {
+        let event = decode(payload).map_err(|e| format!("record does not decode: {e}"))?;
+        let partition = event.partition();
+        if lsn > self.applied.get(partition) {
+            self.state.apply(lsn, &event);
+            self.applied.set(partition, lsn);
+        }
+        self.recovery.replayed += 1;
+        Ok(())
+    }
+
+    /// The rebuilt state and what recovery did.
+    fn finish(mut self) -> (State, Recovery) {
+        self.recovery.elapsed = self.started.elapsed();
+        (self.state, self.recovery)
+    }
+}
+
+/// Opens the journal `config.journal` names, loads the newest snapshot, replays the
+/// records after it into a fresh [`State`], and starts the backend's writer thread.
+///
+/// Returns the state, the journal, the writer's snapshot requests and what recovery did.
+pub fn open(config: &Config) -> Result<(State, Journal, SnapshotRequests, Recovery)> {
+    open_with(config, Arc::new(wal::StdFs))
+}
+
+/// [`open`] with the file log on a given filesystem (tests inject write and sync
+/// failures through it); the PostgreSQL journal does not use `fs`.
+pub fn open_with(
+    config: &Config,
+    fs: Arc<dyn wal::Fs>,
+) -> Result<(State, Journal, SnapshotRequests, Recovery)> {
+    match &config.journal {
+        JournalTarget::File => file::open_with(config, fs),
+        JournalTarget::Postgres(url) => postgres::open(config, url),
+    }
+}
+
+/// Encodes a partition for a snapshot: compact (positional) msgpack, which encodes and
+/// decodes several times faster than named fields for millions of jobs. Snapshots are
+/// rewritten from live state, so a layout change only needs `SNAPSHOT_VERSION` bumped.
+pub fn encode_partition<T: Serialize>(partition: &T) -> Result<Vec<u8>> {
+    rmp_serde::to_vec(partition).map_err(|e| Error::Internal(format!("snapshot encoding: {e}")))
+}
+
+/// The snapshot layout version written; a snapshot of a version outside
+/// [`SNAPSHOTS_READ`] is refused at start-up.
+///
+/// 3: result fields as (key, JSON text) members, `updated_at` of result documents and
+/// `at` of stored files. Version 2 (fields as one JSON text, no times) still decodes.
+pub const SNAPSHOT_VERSION: u32 = 3;
+/// The snapshot layout versions this build reads.
+pub const SNAPSHOTS_READ: std::ops::RangeInclusive<u32> = 2..=SNAPSHOT_VERSION;
+
+/// Encodes an event as a WAL record payload.
+pub fn encode(event: &Event) -> Vec<u8> {
+    rmp_serde::to_vec_named(event).expect("events always encode")
+}
+
+/// Decodes a WAL record payload.
+pub fn decode(payload: &[u8]) -> std::result::Result<Event, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(payload)
+}
+
+impl Journal {
+    /// Queues `event` for the log and returns its ticket (LSN, and a way to wait until it
+    /// is durable). Refuses (without queuing) when the log failed or has no reserved
+    /// space, so the caller must not apply the event then.
+    pub fn append(&self, event: &Event) -> Result<Ticket> {
+        self.writable()?;
+        let payload = encode(event);
+        // One waiter per record, woken once: cheaper than waking every waiting request on
+        // every batch.
+        let (tx, done) = if self.inner.wait_for_disk {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let mut sender = self.inner.sender.lock();
+        let lsn = sender.next_lsn;
+        sender
+            .tx
+            .send(WriterMsg::Record(payload, tx))
+            .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?;
+        sender.next_lsn += 1;
+        Ok(Ticket { lsn, done })
+    }
+
+    /// The log writer's batch-size and sync-time histograms.
+    pub fn wal_stats(&self) -> &WalStats {
+        &self.inner.stats
+    }
+
+    /// The LSN of the last record appended (0 when none ever was).
+    pub fn last_assigned(&self) -> u64 {
+        self.inner.sender.lock().next_lsn - 1
+    }
+
+    /// A ticket for every record appended so far. A request that changes nothing because
+    /// an earlier one already did (a retried log fragment, a repeated state report,
+    /// attachments already stored) waits on it before it acknowledges: the change it
+    /// confirms may not be durable yet, and its 2xx must not promise more than the
+    /// original's.
+    pub fn settled(&self) -> Ticket {
+        self.ticket_for(self.last_assigned())
+    }
+
+    /// A ticket for a record appended earlier (by LSN): waits on the durability mark.
+    pub fn ticket_for(&self, lsn: u64) -> Ticket {
+        Ticket { lsn, done: None }
+    }
+
+    /// Resolves once the ticket's record is durable (at once under `interval` fsync).
+    pub async fn durable(&self, ticket: Ticket) -> Result<()> {
+        match ticket.done {
+            Some(done) => match done.await {
+                Ok(true) => Ok(()),
+                _ => Err(Error::Unavailable(
+                    "the write-ahead log failed; the change was not saved".into(),
+                )),
+            },
+            None => self.durable_lsn(ticket.lsn).await,
+        }
+    }
+
+    /// Whether a mutation may be recorded now.
+    pub fn writable(&self) -> Result<()> {
+        if self.inner.mark.borrow().failed {
+            return Err(Error::Unavailable(
+                "the write-ahead log failed; the server must be restarted to accept changes".into(),
+            ));
+        }
+        if !self.inner.space.load(Ordering::Acquire) {
+            return Err(Error::NoSpace(
+                "no disk space reserved for the write-ahead log".into(),
+            ));
+        }
+        if self.inner.stalled.load(Ordering::Acquire) {
+            if let Some(e) = self.inner.stall_reason.lock().clone() {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves once the record `lsn` is durable (immediately under `interval` fsync).
+    async fn durable_lsn(&self, lsn: u64) -> Result<()> {
+        if !self.inner.wait_for_disk {
+            return if self.inner.mark.borrow().failed && lsn > self.inner.mark.borrow().durable {
+                Err(Error::Unavailable("the write-ahead log failed".into()))
+            } else {
+                Ok(())
+            };
+        }
+        let settled = |m: &Mark| m.durable >= lsn || m.failed;
+        let mark = {
+            let current = *self.inner.mark.borrow();
+            if settled(&current) {
+                current
+            } else {
+                let mut rx = self.inner.mark.subscribe();
+                let result = rx.wait_for(settled).await.map(|m| *m);
+                result.map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?
+            }
+        };
+        if mark.durable >= lsn {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(
+                "the write-ahead log failed; the change was not saved".into(),
+            ))
+        }
+    }
+
+    /// Writes what is queued and closes the log, releasing its directory; later appends
+    /// are refused. For an orderly stop (the process exiting releases it anyway).
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        let sent = self.inner.sender.lock().tx.send(WriterMsg::Close(done));
+        if sent.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Writes a snapshot covering every record up to `lsn` (the smallest LSN any
+    /// partition in `bytes` reaches) and drops the log segments it covers. The file is
+    /// written and fsynced on a blocking thread; the writer thread only installs it
+    /// (rename, directory fsync), so appends are not held up by a large snapshot.
+    pub async fn write_snapshot(&self, lsn: u64, bytes: Vec<u8>) -> Result<()> {
+        let prepared = self.inner.snapshots.prepare(lsn, bytes).await?;
+        let (done, wait) = oneshot::channel();
+        self.inner
+            .sender
+            .lock()
+            .tx
+            .send(WriterMsg::Snapshot { prepared, done })
+            .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?;
+        wait.await
+            .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?
+    }
+}

@@ -1,0 +1,156 @@
+//! A throwaway PostgreSQL server for tests of the PostgreSQL journal, and a fresh database
+//! per server under test.
+//!
+//! With `FLINGER_TEST_PG_URL` set (`postgres://USER@HOST:PORT`, no database: what `.ci/run`
+//! starts), databases are made there. Otherwise the first caller starts a cluster of its own:
+//! `initdb` into a temporary directory (as the `postgres` user when running as root, which
+//! `initdb` refuses), trust authentication, listening on 127.0.0.1 on a free port with its
+//! socket in that directory; it is stopped (`pg_ctl stop -m immediate`) when the test binary
+//! exits. `FLINGER_PG_BIN` names the PostgreSQL binaries [default: /usr/lib/postgresql/15/bin].
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+/// The server databases are made on: `postgres://USER@HOST:PORT`.
+fn server() -> &'static str {
+    static SERVER: OnceLock<String> = OnceLock::new();
+    SERVER.get_or_init(|| match std::env::var("FLINGER_TEST_PG_URL") {
+        Ok(url) if !url.is_empty() => url.trim_end_matches('/').to_owned(),
+        _ => start_cluster(),
+    })
+}
+
+fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("FLINGER_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
+    dir.join(name)
+}
+
+/// Data directory of the cluster this process started, for the exit hook.
+static CLUSTER_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Runs `cmd` as the `postgres` user when this process is root.
+fn as_owner(program: PathBuf) -> Command {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+extern "C" fn stop_cluster() {
+    if let Some(dir) = CLUSTER_DIR.get() {
+        let _ = as_owner(bin("pg_ctl"))
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn start_cluster() -> String {
+    let dir = tempfile::Builder::new()
+        .prefix("flinger-pg-")
+        .tempdir()
+        .expect("create the cluster's directory")
+        .keep();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let status = Command::new("chown")
+            .arg("postgres")
+            .arg(&dir)
+            .status()
+            .expect("run chown");
+        assert!(status.success(), "chown postgres {}", dir.display());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port")
+        .port();
+    let out = as_owner(bin("initdb"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["--auth=trust", "-U", "flinger", "-E", "UTF8", "--no-sync"])
+        .output()
+        .expect("run initdb (is PostgreSQL installed? FLINGER_PG_BIN)");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
+        dir.display()
+    );
+    let out = as_owner(bin("pg_ctl"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-w", "-o", &options, "-l"])
+        .arg(dir.join("log"))
+        .arg("start")
+        .output()
+        .expect("run pg_ctl");
+    assert!(
+        out.status.success(),
+        "pg_ctl start failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+    );
+    let _ = CLUSTER_DIR.set(dir);
+    // SAFETY: registers a plain function run at process exit; it only spawns pg_ctl.
+    unsafe { libc::atexit(stop_cluster) };
+    format!("postgres://flinger@127.0.0.1:{port}")
+}
+
+/// Makes an empty database on the test server and returns its connection string.
+pub fn fresh_database() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let server = server();
+    let name = format!(
+        "flinger_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let out = Command::new(bin("psql"))
+        .arg(format!("{server}/postgres"))
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "CREATE DATABASE {name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("{server}/{name}")
+}
+
+/// Runs one SQL statement on the database at `url` and returns psql's unaligned output.
+pub fn sql(url: &str, statement: &str) -> String {
+    let out = Command::new(bin("psql"))
+        .arg(url)
+        .args(["-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", statement])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "{statement} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Whether the harness runs every [`super::TestServer`] on the PostgreSQL journal
+/// (`FLINGER_TEST_JOURNAL=postgres`).
+pub fn switched_on() -> bool {
+    std::env::var("FLINGER_TEST_JOURNAL").is_ok_and(|v| v == "postgres")
+}
