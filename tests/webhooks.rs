@@ -479,7 +479,11 @@ async fn outbox_and_delivery_progress_survive_a_snapshot_and_kill_9() {
     let mut srv = TestServer::start_with(&args);
     let id = running_job(&srv, &hook).await;
     let path = format!("/v1/job/{id}/events");
-    let events = [event("job_start", 1), event("setup_start", 2), event("job_end", 3)];
+    let events = [
+        event("job_start", 1),
+        event("setup_start", 2),
+        event("job_end", 3),
+    ];
     srv.post_json(&path, &post_body(&hook, &events[..2]))
         .await
         .expect_status(200);
@@ -490,7 +494,11 @@ async fn outbox_and_delivery_progress_survive_a_snapshot_and_kill_9() {
             .await;
     }
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !srv.stderr_lines().iter().any(|l| l.contains("snapshot taken")) {
+    while !srv
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("snapshot taken"))
+    {
         assert!(Instant::now() < deadline, "no snapshot was taken");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -499,7 +507,10 @@ async fn outbox_and_delivery_progress_survive_a_snapshot_and_kill_9() {
     srv.start_again();
     let view = srv.get(&path).await.expect_json();
     assert_eq!(view["state"], "delivered", "{view}");
-    assert_eq!((view["events"].clone(), view["delivered"].clone()), (json!(2), json!(2)));
+    assert_eq!(
+        (view["events"].clone(), view["delivered"].clone()),
+        (json!(2), json!(2))
+    );
     // Delivered before the crash: not sent again; a re-post adds only the new event.
     srv.post_json(&path, &post_body(&hook, &events))
         .await
