@@ -465,3 +465,58 @@ async fn real_agent_job_with_a_webhook_reaches_the_receiver_with_every_phase() {
     assert_eq!(last.body["agent_id"], "hook-dut");
     assert_eq!(last.body["job_queue"], "hook-q");
 }
+
+#[tokio::test]
+async fn outbox_and_delivery_progress_survive_a_snapshot_and_kill_9() {
+    let receiver = Receiver::up().await;
+    let hook = format!("{}/hook", receiver.url());
+    let url = receiver.url();
+    let args = [
+        crate::util::SMALL_SEGMENTS,
+        &["--snapshot-bytes", "4096", "--webhook-url", &url],
+    ]
+    .concat();
+    let mut srv = TestServer::start_with(&args);
+    let id = running_job(&srv, &hook).await;
+    let path = format!("/v1/job/{id}/events");
+    let events = [
+        event("job_start", 1),
+        event("setup_start", 2),
+        event("job_end", 3),
+    ];
+    srv.post_json(&path, &post_body(&hook, &events[..2]))
+        .await
+        .expect_status(200);
+    wait_view(&srv, &id, "delivery", |v| v["delivered"] == 2).await;
+    // Enough log after it to make the server take a snapshot.
+    for _ in 0..40 {
+        srv.submit(&json!({"job_queue": "fill", "padding": "x".repeat(100)}))
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !srv
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("snapshot taken"))
+    {
+        assert!(Instant::now() < deadline, "no snapshot was taken");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = receiver.got().len();
+    srv.kill9();
+    srv.start_again();
+    let view = srv.get(&path).await.expect_json();
+    assert_eq!(view["state"], "delivered", "{view}");
+    assert_eq!(
+        (view["events"].clone(), view["delivered"].clone()),
+        (json!(2), json!(2))
+    );
+    // Delivered before the crash: not sent again; a re-post adds only the new event.
+    srv.post_json(&path, &post_body(&hook, &events))
+        .await
+        .expect_status(200);
+    wait_view(&srv, &id, "delivery", |v| v["delivered"] == 3).await;
+    let got = receiver.got();
+    assert_eq!(got.len(), sent + 1, "{got:?}");
+    assert_eq!(got.last().unwrap().key, format!("{id}/3"));
+}
