@@ -258,6 +258,9 @@ fn wal_options(config: &Config) -> wal::Options {
         } else {
             wal::Recovery::Strict
         },
+        // A slow preallocation (no fallocate: glibc writes the segment) must not hold up the
+        // acknowledgements of the batch that rotated.
+        background_spare: true,
         ..wal::Options::default()
     }
 }
@@ -289,7 +292,9 @@ pub fn open_with(
     let mut applied = Applied::default();
     let mut recovery = Recovery::default();
     let mut after = 0;
+    let mut snapshot_size = 0;
     if let Some((lsn, bytes)) = wal.load_snapshot().map_err(wal_error)? {
+        snapshot_size = bytes.len() as u64;
         let doc: SnapshotDoc = rmp_serde::from_slice(&bytes)
             .map_err(|e| Error::Internal(format!("snapshot at lsn {lsn} does not decode: {e}")))?;
         if !SNAPSHOTS_READ.contains(&doc.version) {
@@ -367,6 +372,8 @@ pub fn open_with(
         rx,
         inner: inner.clone(),
         snapshot_bytes: config.snapshot_bytes,
+        growth_percent: config.snapshot_growth_percent,
+        last_snapshot_bytes: snapshot_size,
         snapshot_requested: None,
         snap_tx,
         interval: match config.fsync {
@@ -535,8 +542,13 @@ struct Writer {
     rx: mpsc::Receiver<WriterMsg>,
     /// Shared with the journal handles: durability mark and space flag.
     inner: Arc<Inner>,
-    /// Ask for a snapshot once this many bytes were logged since the last one.
+    /// Ask for a snapshot once this many bytes were logged since the last one...
     snapshot_bytes: u64,
+    /// ... and this percentage of the last snapshot's size: snapshot work then stays
+    /// proportional to the work logged instead of growing with the state.
+    growth_percent: u64,
+    /// Size of the newest snapshot (0 before the first).
+    last_snapshot_bytes: u64,
     /// When a snapshot was last requested and not yet written: ask again only if the
     /// request seems lost (the collecting task failed).
     snapshot_requested: Option<Instant>,
@@ -712,7 +724,9 @@ impl Writer {
             return Err(Error::Unavailable("the write-ahead log failed".into()));
         }
         let started = Instant::now();
+        let size = prepared.bytes();
         self.wal.install_snapshot(prepared).map_err(wal_error)?;
+        self.last_snapshot_bytes = size;
         tracing::info!(
             ms = started.elapsed().as_millis() as u64,
             "snapshot written; covered log segments removed"
@@ -724,14 +738,11 @@ impl Writer {
         if self.inner.mark.borrow().failed {
             return;
         }
-        let (reserved, unreserved) = if self.wal.space_reserved() {
-            (true, None)
-        } else {
-            match self.wal.try_reserve() {
-                Ok(ok) => (ok, None),
-                // Not a full disk (no descriptor, no permission): a stall, not a 507.
-                Err(e) => (true, Some(e)),
-            }
+        // Also collects a spare made in the background (cheap when there is nothing to do).
+        let (reserved, unreserved) = match self.wal.try_reserve() {
+            Ok(ok) => (ok, None),
+            // Not a full disk (no descriptor, no permission): a stall, not a 507.
+            Err(e) => (true, Some(e)),
         };
         if unreserved.is_some() != self.unreserved.is_some() {
             match &unreserved {
@@ -752,10 +763,10 @@ impl Writer {
         let waiting = self
             .snapshot_requested
             .is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY);
-        if !waiting
-            && self.wal.bytes_since_snapshot() >= self.snapshot_bytes
-            && self.snap_tx.send(()).is_ok()
-        {
+        let due = self
+            .snapshot_bytes
+            .max(self.last_snapshot_bytes.saturating_mul(self.growth_percent) / 100);
+        if !waiting && self.wal.bytes_since_snapshot() >= due && self.snap_tx.send(()).is_ok() {
             self.snapshot_requested = Some(Instant::now());
         }
     }
