@@ -141,8 +141,14 @@ pub struct Config {
     pub max_artifact_bytes: u64,
     /// WAL segment size.
     pub segment_bytes: u64,
-    /// Take a snapshot once this many bytes were logged since the last one.
+    /// Take a snapshot once this many bytes were logged since the last one (the minimum:
+    /// see `snapshot_growth_percent`).
     pub snapshot_bytes: u64,
+    /// And only once the log since the last snapshot has grown to this percentage of that
+    /// snapshot's size: each snapshot rewrites the whole state, so a fixed byte count would
+    /// make snapshot work grow with the square of the state over a long run (Redis's
+    /// `auto-aof-rewrite-percentage`). 0 keeps only `snapshot_bytes`. At most 10,000.
+    pub snapshot_growth_percent: u64,
     /// Finished jobs (and their results, logs and files) are removed this long after they
     /// finish. Waiting jobs never expire.
     pub retention: Duration,
@@ -245,6 +251,7 @@ impl Default for Config {
             max_artifact_bytes: 2 << 30,
             segment_bytes: 64 << 20,
             snapshot_bytes: 128 << 20,
+            snapshot_growth_percent: 100,
             retention: Duration::from_secs(7 * 24 * 3600),
             wal_truncate_corruption: false,
             max_connections: 10_000,
@@ -421,6 +428,11 @@ pub struct ServeOpts {
     /// 128 MiB].
     #[arg(long, env = "FLINGER_SNAPSHOT_BYTES", value_name = "BYTES")]
     pub snapshot_bytes: Option<u64>,
+    /// Snapshot only once the log since the last snapshot is also this percentage of that
+    /// snapshot's size, so snapshot work stays proportional to the work logged (0: only
+    /// --snapshot-bytes counts; at most 10000) [default: 100].
+    #[arg(long, env = "FLINGER_SNAPSHOT_GROWTH_PERCENT", value_name = "PERCENT")]
+    pub snapshot_growth_percent: Option<u64>,
     /// Remove finished jobs with their results, logs and files this many seconds after
     /// they finish [default: 604800, 7 days]. Waiting jobs never expire.
     #[arg(long, env = "FLINGER_RETENTION_SECS", value_name = "SECS")]
@@ -598,6 +610,7 @@ const KNOWN_KEYS: &[&str] = &[
     "MAX_ARTIFACT_BYTES",
     "SEGMENT_BYTES",
     "SNAPSHOT_BYTES",
+    "SNAPSHOT_GROWTH_PERCENT",
     "RETENTION_SECS",
     "MAX_CONNECTIONS",
     "HEADER_TIMEOUT_SECS",
@@ -749,6 +762,9 @@ impl Config {
                     "MAX_ARTIFACT_BYTES" => config.max_artifact_bytes = num("a byte count")?,
                     "SEGMENT_BYTES" => config.segment_bytes = num("a byte count")?,
                     "SNAPSHOT_BYTES" => config.snapshot_bytes = num("a byte count")?,
+                    "SNAPSHOT_GROWTH_PERCENT" => {
+                        config.snapshot_growth_percent = num("a percentage")?
+                    }
                     "RETENTION_SECS" => config.retention = Duration::from_secs(num("seconds")?),
                     "MAX_CONNECTIONS" => {
                         config.max_connections = num("a count")? as usize;
@@ -855,6 +871,7 @@ impl Config {
             max_artifact_bytes,
             segment_bytes,
             snapshot_bytes,
+            snapshot_growth_percent,
             max_connections,
             max_header_bytes,
             min_transfer_bytes,
@@ -1054,6 +1071,9 @@ impl Config {
                     .into(),
             );
         }
+        if self.snapshot_growth_percent > 10_000 {
+            return err("snapshot growth percent must be at most 10000".into());
+        }
         Ok(())
     }
 
@@ -1177,6 +1197,32 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::resolve(&small, None).is_err());
+    }
+
+    #[test]
+    fn snapshot_growth_percent_comes_from_the_file_and_flags_and_is_bounded() {
+        let file = parse_config_file("SNAPSHOT_GROWTH_PERCENT = 250\n").unwrap();
+        let (config, _) =
+            Config::resolve(&ServeOpts::default(), Some(("tf.conf".into(), file))).unwrap();
+        assert_eq!(config.snapshot_growth_percent, 250);
+        assert_eq!(Config::default().snapshot_growth_percent, 100);
+        let flag = ServeOpts {
+            snapshot_growth_percent: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::resolve(&flag, None)
+                .unwrap()
+                .0
+                .snapshot_growth_percent,
+            0
+        );
+        let huge = ServeOpts {
+            snapshot_growth_percent: Some(10_001),
+            ..Default::default()
+        };
+        let refused = Config::resolve(&huge, None).unwrap_err();
+        assert!(refused.reason.contains("at most 10000"), "{refused}");
     }
 
     #[test]

@@ -236,3 +236,185 @@ async fn refused_segment_rename_holds_the_change_until_it_can_be_written() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// Holds preallocations: once [`Gate::hold`] is called, every `allocate` waits until
+/// [`Gate::release`] (a filesystem without `fallocate`, where glibc writes the whole
+/// segment, slowed to a stop). Released when dropped, so a failing test does not leave a
+/// thread waiting.
+#[derive(Default)]
+struct Gate {
+    /// (held, allocations waiting now).
+    state: std::sync::Mutex<(bool, u64)>,
+    wake: std::sync::Condvar,
+}
+
+impl Gate {
+    fn hold(&self) {
+        self.state.lock().unwrap().0 = true;
+    }
+
+    fn release(&self) {
+        self.state.lock().unwrap().0 = false;
+        self.wake.notify_all();
+    }
+
+    fn waiting(&self) -> u64 {
+        self.state.lock().unwrap().1
+    }
+
+    fn pass(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.1 += 1;
+        while state.0 {
+            state = self.wake.wait(state).unwrap();
+        }
+        state.1 -= 1;
+    }
+}
+
+/// Releases the gate when the test ends, however it ends.
+struct Release(Arc<Gate>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// The real disk, with preallocation behind a [`Gate`].
+struct SlowAllocFs {
+    inner: wal::StdFs,
+    gate: Arc<Gate>,
+}
+
+struct SlowAllocFile {
+    inner: Box<dyn wal::FsFile>,
+    gate: Arc<Gate>,
+}
+
+impl wal::Fs for SlowAllocFs {
+    fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn create_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.inner.create_dir(dir)
+    }
+    fn lock(
+        &self,
+        path: &std::path::Path,
+    ) -> std::io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        self.inner.lock(path)
+    }
+    fn read_dir(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        self.inner.read_dir(dir)
+    }
+    fn read(&self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        self.inner.read(path)
+    }
+    fn open_read(&self, path: &std::path::Path) -> std::io::Result<Box<dyn wal::FsRead>> {
+        self.inner.open_read(path)
+    }
+    fn create(&self, path: &std::path::Path) -> std::io::Result<Box<dyn wal::FsFile>> {
+        Ok(Box::new(SlowAllocFile {
+            inner: self.inner.create(path)?,
+            gate: self.gate.clone(),
+        }))
+    }
+    fn create_private(&self, path: &std::path::Path) -> std::io::Result<Box<dyn wal::FsFile>> {
+        self.inner.create_private(path)
+    }
+    fn open(&self, path: &std::path::Path) -> std::io::Result<Box<dyn wal::FsFile>> {
+        Ok(Box::new(SlowAllocFile {
+            inner: self.inner.open(path)?,
+            gate: self.gate.clone(),
+        }))
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.inner.remove(path)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+}
+
+impl wal::FsFile for SlowAllocFile {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.inner.write_at(offset, buf)
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn sync_all(&mut self) -> std::io::Result<()> {
+        self.inner.sync_all()
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn allocate(&mut self, len: u64) -> std::io::Result<bool> {
+        self.gate.pass();
+        self.inner.allocate(len)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submissions_are_acknowledged_while_the_next_segment_is_still_being_preallocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        max_job_bytes: 64 << 10,
+        max_result_bytes: 64 << 10,
+        max_output_bytes: 64 << 10,
+        segment_bytes: 2 << 20,
+        ..Config::default()
+    };
+    let gate = Arc::new(Gate::default());
+    let _release = Release(gate.clone());
+    let fs = Arc::new(SlowAllocFs {
+        inner: wal::StdFs,
+        gate: gate.clone(),
+    });
+    let running = start_with_fs(config, fs).await.unwrap();
+    let (http, stop, server) = serve_on(running).await;
+    // From now on preallocating a spare segment never finishes (until released).
+    gate.hold();
+    // A generous bound that only a submission waiting for the held preallocation reaches.
+    let within = std::time::Duration::from_secs(30);
+    let submit = |http: Http| async move {
+        let r = tokio::time::timeout(within, http.post_json("/v1/job", &padded_job()))
+            .await
+            .expect("an acknowledgement waited for the next segment's preallocation");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["job_id"].as_str().unwrap().to_owned()
+    };
+    // Submit until a rotation has used the reserved spare and started making the next one.
+    let mut acknowledged = Vec::new();
+    while gate.waiting() == 0 {
+        acknowledged.push(submit(http.clone()).await);
+        assert!(acknowledged.len() < 500, "the log never rotated");
+    }
+    // Half a segment more, acknowledged while that preallocation is still held.
+    for _ in 0..20 {
+        acknowledged.push(submit(http.clone()).await);
+    }
+    assert_eq!(
+        gate.waiting(),
+        1,
+        "the preallocation was not held meanwhile"
+    );
+    // Once it finishes, the next rotations take the spares made meanwhile.
+    gate.release();
+    for _ in 0..120 {
+        acknowledged.push(submit(http.clone()).await);
+    }
+    for id in &acknowledged {
+        assert_eq!(http.job_state(id).await, "waiting");
+    }
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

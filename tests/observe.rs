@@ -359,3 +359,53 @@ async fn shared_operations_keep_upstream_paths_methods_and_shapes() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert!(shared >= 25, "only {shared} shared operations compared");
 }
+
+/// The snapshot size and count the metrics report now.
+async fn snapshots(srv: &TestServer) -> (f64, f64) {
+    let m = scrape(srv).await;
+    (
+        value(&m, "flinger_snapshot_duration_seconds_count", &[]),
+        value(&m, "flinger_snapshot_bytes", &[]),
+    )
+}
+
+#[tokio::test]
+async fn next_snapshot_waits_until_the_log_grew_by_the_percentage_of_the_last_one_when_it_is_set() {
+    // 4 KiB of log alone would snapshot again after a few jobs; at 1000 % the second
+    // snapshot waits until the log since the first is ten times that snapshot's size.
+    let srv = TestServer::start_with(&[
+        "--snapshot-bytes",
+        "4096",
+        "--snapshot-growth-percent",
+        "1000",
+    ]);
+    let job = json!({"job_queue": "grow", "pad": "x".repeat(2000)});
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut first = None;
+    let mut submitted = 0;
+    let second = loop {
+        srv.submit(&job).await;
+        submitted += 1;
+        // Snapshots are taken in the background: give one a moment to land.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (count, bytes) = snapshots(&srv).await;
+        match (count as u64, first) {
+            (0, _) => {}
+            (1, None) => first = Some(bytes),
+            (1, Some(_)) => {}
+            (_, Some(first)) => break (first, bytes),
+            (_, None) => panic!("two snapshots before the first was seen"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second snapshot after {submitted} jobs"
+        );
+    };
+    let (first, second) = second;
+    // Each job adds about as much to a snapshot as to the log (its 2 KB body, in both):
+    // the log grew by ten first snapshots, so the state did by several.
+    assert!(
+        second >= 4.0 * first,
+        "second snapshot {second} B came too soon after the first of {first} B"
+    );
+}

@@ -32,6 +32,7 @@ fn open(fs: &MemFs, preallocate: bool) -> Result<Wal, Error> {
         max_record: MAX_RECORD,
         recovery: Recovery::Strict,
         preallocate,
+        background_spare: false,
     };
     Wal::open_with(Arc::new(fs.clone()), Path::new(DIR), options)
 }

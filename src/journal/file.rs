@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{
-    decode, Inner, Journal, Prepared, Recovery, Replay, SnapshotRequests, Snapshots, WriterMsg,
+    decode, Inner, Journal, Prepared, Recovery, Replay, SnapshotRequests, Snapshots, SnapshotPace, WriterMsg,
     MAX_BATCH_BYTES, MAX_BATCH_RECORDS, SNAPSHOT_RETRY, WRITER_TICK,
 };
 use crate::config::{Config, FsyncPolicy};
@@ -43,6 +43,9 @@ fn wal_options(config: &Config) -> wal::Options {
         } else {
             wal::Recovery::Strict
         },
+        // A slow preallocation (no fallocate: glibc writes the segment) must not hold up the
+        // acknowledgements of the batch that rotated.
+        background_spare: true,
         ..wal::Options::default()
     }
 }
@@ -65,7 +68,9 @@ pub fn open_with(
         .map_err(wal_error)?;
     let mut replay = Replay::new(started);
     let mut after = 0;
+    let mut snapshot_size = 0;
     if let Some((lsn, bytes)) = wal.load_snapshot().map_err(wal_error)? {
+        snapshot_size = bytes.len() as u64;
         replay.snapshot(lsn, &bytes)?;
         after = lsn;
     }
@@ -91,7 +96,7 @@ pub fn open_with(
         wal,
         rx,
         inner: inner.clone(),
-        snapshot_bytes: config.snapshot_bytes,
+        pace: SnapshotPace::new(config, snapshot_size),
         snapshot_requested: None,
         snap_tx,
         interval: match config.fsync {
@@ -117,8 +122,8 @@ struct Writer {
     rx: mpsc::Receiver<WriterMsg>,
     /// Shared with the journal handles: durability mark and space flag.
     inner: Arc<Inner>,
-    /// Ask for a snapshot once this many bytes were logged since the last one.
-    snapshot_bytes: u64,
+    /// When to ask for the next snapshot.
+    pace: SnapshotPace,
     /// When a snapshot was last requested and not yet written: ask again only if the
     /// request seems lost (the collecting task failed).
     snapshot_requested: Option<Instant>,
@@ -299,7 +304,9 @@ impl Writer {
             return Err(Error::Unavailable("the write-ahead log failed".into()));
         }
         let started = Instant::now();
+        let size = prepared.bytes();
         self.wal.install_snapshot(prepared).map_err(wal_error)?;
+        self.pace.last_snapshot_bytes = size;
         tracing::info!(
             ms = started.elapsed().as_millis() as u64,
             "snapshot written; covered log segments removed"
@@ -311,14 +318,11 @@ impl Writer {
         if self.inner.mark.borrow().failed {
             return;
         }
-        let (reserved, unreserved) = if self.wal.space_reserved() {
-            (true, None)
-        } else {
-            match self.wal.try_reserve() {
-                Ok(ok) => (ok, None),
-                // Not a full disk (no descriptor, no permission): a stall, not a 507.
-                Err(e) => (true, Some(e)),
-            }
+        // Also collects a spare made in the background (cheap when there is nothing to do).
+        let (reserved, unreserved) = match self.wal.try_reserve() {
+            Ok(ok) => (ok, None),
+            // Not a full disk (no descriptor, no permission): a stall, not a 507.
+            Err(e) => (true, Some(e)),
         };
         if unreserved.is_some() != self.unreserved.is_some() {
             match &unreserved {
@@ -340,7 +344,7 @@ impl Writer {
             .snapshot_requested
             .is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY);
         if !waiting
-            && self.wal.bytes_since_snapshot() >= self.snapshot_bytes
+            && self.pace.due(self.wal.bytes_since_snapshot())
             && self.snap_tx.send(()).is_ok()
         {
             self.snapshot_requested = Some(Instant::now());

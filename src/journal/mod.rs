@@ -121,8 +121,37 @@ enum Snapshots {
 enum Prepared {
     /// A snapshot file under its temporary name.
     File(wal::PreparedSnapshot),
-    /// A provisional snapshot row at this LSN.
-    Postgres(u64),
+    /// A provisional snapshot row at `lsn`, of `bytes` bytes.
+    Postgres { lsn: u64, bytes: u64 },
+}
+
+/// When a backend's writer asks for the next snapshot: once the log since the last one
+/// holds `--snapshot-bytes` and also `--snapshot-growth-percent` of the last snapshot's
+/// size, so snapshot work stays proportional to the work logged instead of re-encoding a
+/// large state every few MiB (Redis's auto-aof-rewrite-percentage).
+struct SnapshotPace {
+    /// `--snapshot-bytes`.
+    min_bytes: u64,
+    /// `--snapshot-growth-percent` (0: `min_bytes` alone decides).
+    growth_percent: u64,
+    /// Size of the newest snapshot in bytes (0 before the first).
+    last_snapshot_bytes: u64,
+}
+
+impl SnapshotPace {
+    fn new(config: &Config, last_snapshot_bytes: u64) -> SnapshotPace {
+        SnapshotPace {
+            min_bytes: config.snapshot_bytes,
+            growth_percent: config.snapshot_growth_percent,
+            last_snapshot_bytes,
+        }
+    }
+
+    /// Whether `logged` bytes since the last snapshot call for the next one.
+    fn due(&self, logged: u64) -> bool {
+        let grown = self.last_snapshot_bytes.saturating_mul(self.growth_percent) / 100;
+        logged >= self.min_bytes.max(grown)
+    }
 }
 
 impl Snapshots {

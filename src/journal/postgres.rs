@@ -33,7 +33,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{
-    Inner, Journal, Prepared, Recovery, Replay, SnapshotRequests, Snapshots, WriterMsg,
+    Inner, Journal, Prepared, Recovery, Replay, SnapshotRequests, Snapshots, SnapshotPace, WriterMsg,
     MAX_BATCH_BYTES, MAX_BATCH_RECORDS, SNAPSHOT_RETRY, WRITER_TICK,
 };
 use crate::config::{redact, Config, FsyncPolicy};
@@ -99,6 +99,8 @@ struct Recovered {
     last_lsn: u64,
     /// Payload bytes of the events after the snapshot (the snapshot trigger counts on).
     bytes: u64,
+    /// Size of the loaded snapshot (0 without one), for [`SnapshotPace`].
+    snapshot_bytes: u64,
 }
 
 /// Connects to the database at `url`, takes the writer's lock, creates the tables if
@@ -132,7 +134,7 @@ pub fn open(config: &Config, url: &str) -> Result<(State, Journal, SnapshotReque
         insert,
         rx,
         inner: inner.clone(),
-        snapshot_bytes: config.snapshot_bytes,
+        pace: SnapshotPace::new(config, recovered.snapshot_bytes),
         bytes_since_snapshot: recovered.bytes,
         snapshot_requested: None,
         snap_tx,
@@ -182,6 +184,7 @@ async fn recover(url: &str, replay: &mut Replay) -> Result<Recovered> {
         .await
         .map_err(|e| pg_error("cannot read the snapshot list", e))?;
     let mut after: i64 = 0;
+    let mut snapshot_bytes = 0;
     if let Some(row) = snapshot {
         after = row.get(0);
         let mut bytes = Vec::new();
@@ -200,6 +203,7 @@ async fn recover(url: &str, replay: &mut Replay) -> Result<Recovered> {
         {
             bytes.extend_from_slice(row.get::<_, &[u8]>(0));
         }
+        snapshot_bytes = bytes.len() as u64;
         replay.snapshot(after as u64, &bytes)?;
     }
     let events = client
@@ -237,6 +241,7 @@ async fn recover(url: &str, replay: &mut Replay) -> Result<Recovered> {
         client,
         last_lsn: last,
         bytes,
+        snapshot_bytes,
     })
 }
 
@@ -275,7 +280,10 @@ pub(super) async fn prepare(url: &str, lsn: u64, bytes: Vec<u8>) -> Result<Prepa
         }
     }
     tx.commit().await.map_err(failed)?;
-    Ok(Prepared::Postgres(lsn))
+    Ok(Prepared::Postgres {
+        lsn,
+        bytes: bytes.len() as u64,
+    })
 }
 
 /// The one thread that appends to the database.
@@ -290,8 +298,8 @@ struct Writer {
     rx: mpsc::Receiver<WriterMsg>,
     /// Shared with the journal handles: durability mark.
     inner: std::sync::Arc<Inner>,
-    /// Ask for a snapshot once this many payload bytes were appended since the last one.
-    snapshot_bytes: u64,
+    /// When to ask for the next snapshot (counting payload bytes appended since the last).
+    pace: SnapshotPace,
     /// Payload bytes appended since the last snapshot.
     bytes_since_snapshot: u64,
     /// When a snapshot was last requested and not yet installed.
@@ -420,7 +428,7 @@ impl Writer {
     /// Installs a provisional snapshot and deletes what it covers, in one transaction.
     fn snapshot(&mut self, prepared: Prepared) -> Result<()> {
         self.snapshot_requested = None;
-        let Prepared::Postgres(lsn) = prepared else {
+        let Prepared::Postgres { lsn, bytes: size } = prepared else {
             return Err(Error::Internal(
                 "a snapshot file reached the PostgreSQL journal".into(),
             ));
@@ -447,6 +455,7 @@ impl Writer {
             })
             .map_err(|e| pg_error("cannot install the snapshot", e))?;
         self.bytes_since_snapshot = 0;
+        self.pace.last_snapshot_bytes = size;
         tracing::info!(
             ms = started.elapsed().as_millis() as u64,
             lsn,
@@ -471,7 +480,7 @@ impl Writer {
             .snapshot_requested
             .is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY);
         if !waiting
-            && self.bytes_since_snapshot >= self.snapshot_bytes
+            && self.pace.due(self.bytes_since_snapshot)
             && self.snap_tx.send(()).is_ok()
         {
             self.snapshot_requested = Some(Instant::now());

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod agents;
+pub mod cowmap;
 pub mod event;
 pub mod files;
 pub mod ids;

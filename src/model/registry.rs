@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 
+use super::cowmap::CowMap;
 use super::{FastMap, FastSet};
 use std::sync::Arc;
 
@@ -214,11 +215,10 @@ pub enum IndexChange {
 pub struct Registry {
     /// Every known job. Behind an `Arc`: a hash table keeps spare slots (up to twice the
     /// jobs) and a spare slot then costs a pointer instead of a whole job (~150 MB per
-    /// million jobs); and a snapshot copy of the table shares the jobs (reference-count
-    /// bumps, no per-job allocation), a job being copied only if it changes while the
-    /// snapshot is encoded.
-    #[serde(deserialize_with = "presized_map")]
-    jobs: FastMap<JobId, Arc<Job>>,
+    /// million jobs); and a job changed while a snapshot copy is being encoded is copied
+    /// alone. In a [`CowMap`], so the snapshot copy of the table itself is a clone of its
+    /// shards' pointers, and a shard is copied only when first written after it.
+    jobs: CowMap<JobId, Arc<Job>>,
     /// Next submission sequence number.
     next_seq: u64,
     /// Agent → the job it was last handed and has not reported on yet: a retried pop from
@@ -254,41 +254,6 @@ fn intern(names: &mut FastSet<Name>, name: &Name) -> Name {
             name.clone()
         }
     }
-}
-
-/// Deserialises a map into a table sized for all its entries at once: serde's default
-/// caps the initial size, and growing a million-job table step by step rehashes it
-/// several times during start-up.
-fn presized_map<'de, D, K, V>(deserializer: D) -> Result<FastMap<K, V>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    K: Deserialize<'de> + Eq + std::hash::Hash,
-    V: Deserialize<'de>,
-{
-    struct Presized<K, V>(std::marker::PhantomData<(K, V)>);
-    impl<'de, K, V> serde::de::Visitor<'de> for Presized<K, V>
-    where
-        K: Deserialize<'de> + Eq + std::hash::Hash,
-        V: Deserialize<'de>,
-    {
-        type Value = FastMap<K, V>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a map")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut access: A,
-        ) -> Result<Self::Value, A::Error> {
-            // The hint is the encoded length; a lying one only costs memory up to this cap.
-            let hint = access.size_hint().unwrap_or(0).min(1 << 24);
-            let mut map = FastMap::with_capacity_and_hasher(hint, Default::default());
-            while let Some((key, value)) = access.next_entry()? {
-                map.insert(key, value);
-            }
-            Ok(map)
-        }
-    }
-    deserializer.deserialize_map(Presized(std::marker::PhantomData))
 }
 
 /// The one empty exclusion list all jobs without `exclude_agents` share.
@@ -517,7 +482,7 @@ impl Registry {
     pub fn rebuild_index(&mut self) {
         let mut index = JobIndex::default();
         let mut dispatched = Vec::new();
-        for (id, job) in &self.jobs {
+        for (id, job) in self.jobs.iter() {
             index.insert(*id, job.seq, &job.queue, job.state.label(), &job.body);
             if let (Some(agent), Some(at)) = (&job.agent, job.started_at) {
                 dispatched.push((at, job.seq, agent, *id));
@@ -547,7 +512,7 @@ impl Registry {
     /// Every waiting job as queue index entries, grouped by queue (to rebuild indexes).
     pub fn waiting_entries(&self) -> FastMap<Name, Vec<Entry>> {
         let mut by_queue: FastMap<Name, Vec<Entry>> = FastMap::default();
-        for (id, job) in &self.jobs {
+        for (id, job) in self.jobs.iter() {
             if job.state.is_waiting() {
                 by_queue
                     .entry(job.queue.clone())

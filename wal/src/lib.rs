@@ -40,7 +40,8 @@
 //!   acknowledged only after that returns. A batch that does not fit in the current segment goes
 //!   whole into a new one; only a batch larger than a segment is split.
 //! - Rotation: sync the old segment, take `next.spare` (or create one), write and sync the header,
-//!   rename it to `{first_lsn:020}.wal`, fsync the directory, then preallocate the next spare. Keeping
+//!   rename it to `{first_lsn:020}.wal`, fsync the directory, then preallocate the next spare (on a
+//!   thread of its own under [`Options::background_spare`], collected by the next rotation). Keeping
 //!   a spare means the log can always grow by one segment, so the server can refuse *new* work while
 //!   space is short and still record cancels and results.
 //! - A failed write or sync of records, a rename that failed with an I/O error (done or not?) and a
@@ -112,6 +113,13 @@ pub struct Options {
     pub recovery: Recovery,
     /// Preallocate segments and keep one spare, so running out of disk is noticed before it bites.
     pub preallocate: bool,
+    /// Make the spare that replaces the one a rotation used on a thread of its own, so the batch
+    /// that rotated is acknowledged without waiting for it. On a filesystem without `fallocate`,
+    /// glibc's `posix_fallocate` writes the whole segment (seconds on some network and FUSE file
+    /// systems). A rotation that comes before the spare is ready waits for it. Off by default so
+    /// the crate's fault tests see every disk operation in one deterministic order; the server
+    /// turns it on.
+    pub background_spare: bool,
 }
 
 impl Default for Options {
@@ -121,6 +129,7 @@ impl Default for Options {
             max_record: 32 << 20,
             recovery: Recovery::Strict,
             preallocate: true,
+            background_spare: false,
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct Wal {
     active: Option<Active>,
     /// The preallocated `next.spare`, ready to become the next segment.
     spare: Option<Box<dyn FsFile>>,
+    /// The thread making `next.spare` under [`Options::background_spare`]. While it runs nothing
+    /// else touches that path: whoever needs the spare joins it first.
+    spare_job: Option<SpareJob>,
     /// Whether space is being preallocated: `opts.preallocate`, switched off when the filesystem
     /// cannot do it, so [`Wal::space_reserved`] does not wait forever for a spare.
     prealloc: bool,
@@ -60,6 +63,10 @@ pub struct Wal {
     /// Reused encode buffer, so steady small batches do not allocate.
     buf: Vec<u8>,
 }
+
+/// A spare segment being made on a thread of its own: the file, and whether the filesystem
+/// could preallocate it.
+type SpareJob = std::thread::JoinHandle<Result<(Box<dyn FsFile>, bool), Error>>;
 
 /// The segment being appended to.
 struct Active {
@@ -122,6 +129,7 @@ impl Wal {
             segments: listing.segments,
             active: None,
             spare: None,
+            spare_job: None,
             last_lsn: 0,
             replayed: false,
             poisoned: false,
@@ -318,16 +326,22 @@ impl Wal {
 
     /// True when the next rotation cannot run out of space: a spare segment is preallocated, or
     /// preallocation is off or unsupported. The server refuses new work while this is false.
+    /// A spare still being made counts: the rotation that needs it waits for it, and a failure
+    /// shows once [`Wal::try_reserve`] has collected it.
     pub fn space_reserved(&self) -> bool {
-        !self.prealloc || self.spare.is_some()
+        !self.prealloc || self.spare.is_some() || self.spare_job.is_some()
     }
 
     /// Tries to preallocate the spare segment again; `Ok(false)` if the disk is still full, an
     /// error (without poisoning: the spare holds no records) for any other cause, such as running
-    /// out of file descriptors.
+    /// out of file descriptors. First collects a spare made in the background if it is done (a
+    /// failed one is made again here, which reports its cause): call it periodically.
     pub fn try_reserve(&mut self) -> Result<bool, Error> {
         if self.poisoned {
             return Err(Error::Poisoned);
+        }
+        if self.spare_job.as_ref().is_some_and(|job| job.is_finished()) {
+            self.join_spare();
         }
         if self.space_reserved() {
             return Ok(true);
@@ -507,28 +521,58 @@ impl Wal {
     /// Creates `next.spare`, preallocated when enabled. On failure the file is removed, so a
     /// half-allocated spare never holds space or passes for a ready one.
     fn create_spare(&mut self) -> Result<Box<dyn FsFile>, Error> {
-        let path = self.dir.join(SPARE);
-        let mut file = self
-            .fs
-            .create(&path)
-            .map_err(|e| Error::io("create", &path, e))?;
-        if self.prealloc {
-            let allocated = match file.allocate(self.opts.segment_size) {
-                Ok(true) => file.sync_all().map_err(|e| Error::io("sync_all", &path, e)),
-                Ok(false) => {
-                    // The filesystem cannot reserve space: run without a reserve.
-                    self.prealloc = false;
-                    Ok(())
-                }
-                Err(e) => Err(Error::io("allocate", &path, e)),
-            };
-            if let Err(e) = allocated {
-                drop(file);
-                let _ = self.fs.remove(&path);
-                return Err(e);
-            }
+        // Never two makers of one path at once.
+        self.join_spare();
+        let (file, preallocated) = make_spare(
+            &*self.fs,
+            &self.dir.join(SPARE),
+            self.prealloc.then_some(self.opts.segment_size),
+        )?;
+        if !preallocated {
+            // The filesystem cannot reserve space: run without a reserve.
+            self.prealloc = false;
         }
         Ok(file)
+    }
+
+    /// Starts making the next spare on a thread of its own (see [`Options::background_spare`]);
+    /// makes it here if no thread can be started.
+    fn start_spare(&mut self) {
+        self.join_spare();
+        let fs = self.fs.clone();
+        let path = self.dir.join(SPARE);
+        let size = self.opts.segment_size;
+        let job = std::thread::Builder::new()
+            .name("wal-spare".into())
+            .spawn(move || make_spare(&*fs, &path, Some(size)));
+        match job {
+            Ok(job) => self.spare_job = Some(job),
+            Err(_) => {
+                if let Ok(spare) = self.create_spare() {
+                    self.spare = Some(spare);
+                }
+            }
+        }
+    }
+
+    /// Waits for the spare being made in the background, if any, and keeps it. A failure is
+    /// dropped: it holds no records, and the next rotation or [`Wal::try_reserve`] makes the
+    /// spare again, which reports the cause.
+    fn join_spare(&mut self) {
+        let Some(job) = self.spare_job.take() else {
+            return;
+        };
+        match job.join() {
+            Ok(Ok((file, preallocated))) => {
+                if !preallocated {
+                    self.prealloc = false;
+                }
+                self.spare = Some(file);
+            }
+            Ok(Err(_)) => {}
+            // A panic inside the filesystem layer: surface it where it belongs.
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }
 
     /// Encodes and writes `payloads` from `first` on, rotating as segments fill; returns the last
@@ -635,6 +679,7 @@ impl Wal {
             }
         };
         let spare_path = self.dir.join(SPARE);
+        self.join_spare();
         let mut file = match self.spare.take() {
             Some(file) => file,
             None => self.create_spare().map_err(retry_unless_device)?,
@@ -690,7 +735,9 @@ impl Wal {
         });
         // Reserve the next rotation's space now, while a full disk can still be reported calmly.
         // Failing to is never fatal: the next rotation (or `try_reserve`) makes one.
-        if self.prealloc {
+        if self.prealloc && self.opts.background_spare {
+            self.start_spare();
+        } else if self.prealloc {
             if let Ok(spare) = self.create_spare() {
                 self.spare = Some(spare);
             }
@@ -743,6 +790,36 @@ impl Wal {
     }
 }
 
+/// Creates the spare `path`, preallocated to `size` when given; returns it and whether it was
+/// preallocated (`false` also when the filesystem cannot). On failure the file is removed, so a
+/// half-allocated spare never holds space or passes for a ready one.
+fn make_spare(
+    fs: &dyn Fs,
+    path: &Path,
+    size: Option<u64>,
+) -> Result<(Box<dyn FsFile>, bool), Error> {
+    let mut file = fs.create(path).map_err(|e| Error::io("create", path, e))?;
+    let Some(size) = size else {
+        return Ok((file, false));
+    };
+    let allocated = match file.allocate(size) {
+        Ok(true) => file
+            .sync_all()
+            .map(|()| true)
+            .map_err(|e| Error::io("sync_all", path, e)),
+        Ok(false) => Ok(false),
+        Err(e) => Err(Error::io("allocate", path, e)),
+    };
+    match allocated {
+        Ok(preallocated) => Ok((file, preallocated)),
+        Err(e) => {
+            drop(file);
+            let _ = fs.remove(path);
+            Err(e)
+        }
+    }
+}
+
 /// A bad spot that invalidates the whole log (a cut at the first segment's header).
 fn whole_log(reason: String) -> BadSpot {
     BadSpot {
@@ -758,6 +835,16 @@ fn remove_if_present(fs: &dyn Fs, path: &Path) -> Result<(), Error> {
     match fs.remove(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("remove", path, e)),
         _ => Ok(()),
+    }
+}
+
+impl Drop for Wal {
+    /// Waits for a spare still being made: the directory lock goes with the `Wal`, and the next
+    /// opener must not find another thread still writing `next.spare`.
+    fn drop(&mut self) {
+        if let Some(job) = self.spare_job.take() {
+            let _ = job.join();
+        }
     }
 }
 
@@ -792,6 +879,15 @@ pub struct PreparedSnapshot {
     tmp: PathBuf,
     /// Its final name.
     path: PathBuf,
+    /// Payload bytes.
+    bytes: u64,
+}
+
+impl PreparedSnapshot {
+    /// The snapshot's payload size in bytes (a caller paces the next snapshot by it).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
 }
 
 impl SnapshotWriter {
@@ -816,6 +912,11 @@ impl SnapshotWriter {
             let _ = self.fs.remove(&tmp);
             return Err(e);
         }
-        Ok(PreparedSnapshot { lsn, tmp, path })
+        Ok(PreparedSnapshot {
+            lsn,
+            tmp,
+            path,
+            bytes: payload.len() as u64,
+        })
     }
 }
