@@ -108,7 +108,10 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         &mut state.webhooks,
     )));
     let waiters = Arc::new(Waiters::new(config.max_waiters));
-    let store = Arc::new(crate::actors::orphans::Store::new(fs.clone(), files_dir.clone()));
+    let store = Arc::new(crate::actors::orphans::Store::new(
+        fs.clone(),
+        files_dir.clone(),
+    ));
     let (supervisor, supervisor_handle) = Actor::spawn(
         None,
         Supervisor,

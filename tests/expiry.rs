@@ -304,8 +304,10 @@ async fn orphan_results_and_logs_stay_on_disk_live_and_after_restarts() {
     let base = rss_kib(&srv);
     // 40 ids × (two 256 KiB merges, two 256 KiB log fragments) = 40 MiB of orphan data.
     for (i, id) in ids.iter().enumerate() {
-        srv.post_result(id, &json!({"a": orphan_text(i, "a")})).await;
-        srv.post_result(id, &json!({"b": orphan_text(i, "b")})).await;
+        srv.post_result(id, &json!({"a": orphan_text(i, "a")}))
+            .await;
+        srv.post_result(id, &json!({"b": orphan_text(i, "b")}))
+            .await;
         for (n, kind) in [(0, "output"), (1, "serial")] {
             srv.post_json(
                 &format!("/v1/result/{id}/log/{kind}"),
@@ -327,7 +329,9 @@ async fn orphan_results_and_logs_stay_on_disk_live_and_after_restarts() {
             .await;
     }
     eventually("a snapshot is taken", || async {
-        srv.stderr_lines().iter().any(|l| l.contains("snapshot taken"))
+        srv.stderr_lines()
+            .iter()
+            .any(|l| l.contains("snapshot taken"))
     })
     .await;
     let check = |srv: &TestServer| {
@@ -366,4 +370,52 @@ async fn orphan_results_and_logs_stay_on_disk_live_and_after_restarts() {
         );
         check(&srv).await;
     }
+}
+
+#[tokio::test]
+async fn a_job_that_takes_an_orphan_id_owns_its_data_which_then_stops_counting_and_goes_with_it() {
+    let mut srv = TestServer::start_with(&["--orphan-quota-bytes", "15000"]);
+    let id = new_id();
+    let big = "x".repeat(9000);
+    srv.post_result(&id, &json!({"early": big})).await;
+    srv.post_json(
+        &format!("/v1/result/{id}/log/output"),
+        &log_fragment("before the job\n", 0),
+    )
+    .await
+    .expect_status(200);
+    // The quota has no room for a second such orphan.
+    srv.post_json(&format!("/v1/result/{}", new_id()), &json!({"d": big}))
+        .await
+        .expect_error(507);
+    // A submission naming the id takes it: the data is the job's now.
+    let job = srv
+        .submit(&json!({"job_queue": "adopt", "job_id": id}))
+        .await;
+    assert_eq!(job, id);
+    srv.post_json(
+        &format!("/v1/result/{id}/log/output"),
+        &log_fragment("after\n", 1),
+    )
+    .await
+    .expect_status(200);
+    srv.post_result(&id, &json!({"late": 1})).await;
+    let expected = json!({"job_state": "waiting", "early": big, "late": 1,
+                          "test_output": "before the job\nafter\n"});
+    assert_eq!(srv.result(&id).await, expected);
+    // It no longer counts against the orphan quota: another orphan fits.
+    srv.post_result(&new_id(), &json!({"d": big})).await;
+    srv.restart();
+    assert_eq!(srv.result(&id).await, expected);
+    // Deleting the job removes the data with it, file included.
+    srv.request("DELETE", &format!("/v1/job/{id}"), &[], Vec::new())
+        .await
+        .expect_status(200);
+    srv.get(&format!("/v1/result/{id}"))
+        .await
+        .expect_no_content();
+    eventually("the id's file is deleted", || async {
+        files_of(&srv, &id).is_empty()
+    })
+    .await;
 }

@@ -13,10 +13,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::registry::Jobs;
 use super::{gone, now, reply, OrphanQuota, PendingSnapshot, Recorder};
-use crate::model::orphans::Ledger;
 use crate::error::Result;
 use crate::journal::{Journal, Ticket};
 use crate::model::files::{Files, StoredFile};
+use crate::model::orphans::Ledger;
 use crate::model::{Event, FileKind, JobId};
 
 /// Messages to the artifact actor.

@@ -237,6 +237,16 @@ impl PendingSnapshot {
 
 pub use crate::model::orphans::OrphanQuota;
 
+/// Runs a filesystem call (the `wal::Fs` seam is blocking) off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("file task failed: {e}")))?
+        .map_err(Error::from)
+}
+
 /// Deletes `names` from `dir` on a blocking thread, off the caller's path: files that
 /// nothing refers to any more. A failure is logged (rate-limited); start-up sweeps what
 /// is left.
@@ -248,8 +258,7 @@ pub fn delete_files(fs: Arc<dyn wal::Fs>, dir: PathBuf, names: Vec<Box<str>>) {
         for name in names {
             let path = dir.join(&*name);
             if let Err(e) = fs.remove(&path) {
-                if let Some(suppressed) = crate::throttle::allow("cannot delete replaced file", 0)
-                {
+                if let Some(suppressed) = crate::throttle::allow("cannot delete replaced file", 0) {
                     tracing::warn!(path = %path.display(), error = %e, suppressed, "cannot delete replaced file");
                 }
             }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::OwnedMutexGuard;
 
+use super::blocking;
 use crate::error::{Error, Result};
 use crate::model::orphans::{read_doc, OrphanEntry};
 use crate::model::results::ResultDoc;
@@ -144,14 +145,4 @@ impl Store {
     pub fn place(&self) -> (Arc<dyn wal::Fs>, PathBuf) {
         (self.fs.clone(), self.dir.clone())
     }
-}
-
-/// Runs a filesystem call (the seam is blocking) off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("file task failed: {e}")))?
-        .map_err(Error::from)
 }

@@ -92,6 +92,9 @@ pub enum Placed<T> {
     Apart,
 }
 
+/// A legacy output read: the text not read before, and the ticket of marking it read.
+pub type OutputRead = (Bytes, Ticket);
+
 /// Messages to the result actor.
 pub enum ResultMsg {
     /// Merge top-level fields (a JSON object's text) into the job's result.
@@ -104,10 +107,16 @@ pub enum ResultMsg {
     ),
     /// Append a legacy `/output` chunk to the phase and run given (numbered after that
     /// run's highest fragment so far).
-    AppendOutput(JobId, Name, u32, Bytes, RpcReplyPort<Result<Placed<Ticket>>>),
+    AppendOutput(
+        JobId,
+        Name,
+        u32,
+        Bytes,
+        RpcReplyPort<Result<Placed<Ticket>>>,
+    ),
     /// Consume the unread output: the text and the LSN of the read, or `None` when
     /// nothing new arrived.
-    ReadOutput(JobId, RpcReplyPort<Result<Placed<Option<(Bytes, Ticket)>>>>),
+    ReadOutput(JobId, RpcReplyPort<Result<Placed<Option<OutputRead>>>>),
     /// In the id's turn: a slot to append this many bytes to its orphan file (charged to
     /// the orphan quota while no job has the id), or `None` when the id's data lives in
     /// the partition (post it with the messages above).
@@ -342,11 +351,13 @@ impl Post {
             },
             Post::Log(f) => Record::Logged {
                 kind: f.kind,
-                phase: f.phase.clone(),
-                number: f.number,
-                timestamp: f.timestamp,
-                data: f.data.clone(),
-                run: f.run,
+                fragment: Fragment {
+                    number: f.number,
+                    phase: f.phase.clone(),
+                    timestamp: f.timestamp,
+                    data: f.data.clone(),
+                    run: f.run,
+                },
             },
             Post::Output(phase, run, data) => Record::Output {
                 phase: phase.clone(),
@@ -394,8 +405,7 @@ pub async fn record(
             let _turn = store.turn(id).await;
             let bytes = encode(&post.record());
             let len = bytes.len() as u64;
-            match ask_admitted(&svc.results, admitted, |p| ResultMsg::Begin(id, len, p)).await??
-            {
+            match ask_admitted(&svc.results, admitted, |p| ResultMsg::Begin(id, len, p)).await?? {
                 Some(slot) => {
                     let mut abandon = Abandon {
                         actor: &svc.results,
@@ -414,26 +424,22 @@ pub async fn record(
             }
         }
         let placed = match &post {
-            Post::Merge(fields) => {
-                ask_admitted(&svc.results, admitted, |p| {
-                    ResultMsg::Merge(id, fields.clone(), p)
-                })
-                .await??
-                .map(Some)
-            }
+            Post::Merge(fields) => ask_admitted(&svc.results, admitted, |p| {
+                ResultMsg::Merge(id, fields.clone(), p)
+            })
+            .await??
+            .map(Some),
             Post::Log(f) => {
                 ask_admitted(&svc.results, admitted, |p| {
                     ResultMsg::AppendLog(id, f.clone(), p)
                 })
                 .await??
             }
-            Post::Output(phase, run, data) => {
-                ask_admitted(&svc.results, admitted, |p| {
-                    ResultMsg::AppendOutput(id, phase.clone(), *run, data.clone(), p)
-                })
-                .await??
-                .map(Some)
-            }
+            Post::Output(phase, run, data) => ask_admitted(&svc.results, admitted, |p| {
+                ResultMsg::AppendOutput(id, phase.clone(), *run, data.clone(), p)
+            })
+            .await??
+            .map(Some),
         };
         if let Placed::Done(ticket) = placed {
             return Ok(ticket);
@@ -456,7 +462,7 @@ impl<T> Placed<T> {
 
 /// The legacy `/output` read: the output of `id` not read yet, marked read (the text and
 /// the ticket of the read), or `None` when nothing new arrived.
-pub async fn read_output(svc: &Services, id: JobId) -> Result<Option<(Bytes, Ticket)>> {
+pub async fn read_output(svc: &Services, id: JobId) -> Result<Option<OutputRead>> {
     if let Placed::Done(read) = ask(&svc.results, |p| ResultMsg::ReadOutput(id, p)).await?? {
         return Ok(read);
     }

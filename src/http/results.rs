@@ -17,7 +17,7 @@ use super::wire::{json_object_body, parse_timestamp, path_id, query_pairs, PHASE
 use crate::actors::files::FileMsg;
 use crate::actors::registry::RegistryMsg;
 use crate::actors::results::{read_output, record, FragmentPost, LogQuery, Post};
-use crate::actors::{ask, ask_admitted, Callee, Services};
+use crate::actors::{ask, ask_admitted, blocking, Callee, Services};
 use crate::error::{Error, Result};
 use crate::model::registry::first_run;
 use crate::model::results::Fields;
@@ -78,10 +78,7 @@ pub async fn result_post(
             None => Ok((false, None)),
         }
     };
-    let (merged, reported) = tokio::join!(
-        record(&svc, id, Post::Merge(body), merge_pass),
-        report
-    );
+    let (merged, reported) = tokio::join!(record(&svc, id, Post::Merge(body), merge_pass), report);
     let (merged, (_, reported)) = (merged?, reported?);
     if let Some(merged) = merged {
         svc.journal.durable(merged).await?;
@@ -589,16 +586,6 @@ fn multipart_error(e: multer::Error, limit: u64) -> Error {
 const WRITE_CHUNK: usize = 256 << 10;
 /// Bytes read from disk per chunk of a download.
 const READ_CHUNK: usize = 256 << 10;
-
-/// Runs a filesystem call (the seam is blocking) off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("file task failed: {e}")))?
-        .map_err(Error::from)
-}
 
 /// Streams `field` into a new file at `path` and fsyncs it; its size.
 async fn write_stream(

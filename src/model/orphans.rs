@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::event::LogKind;
 use super::ids::{JobId, Name};
-use super::results::{Fields, Fragment, ResultDoc};
+use super::results::{Fragment, ResultDoc};
 use super::FastMap;
 use crate::error::{Error, Result};
 
@@ -226,16 +226,8 @@ pub enum Record {
     Logged {
         /// Output or serial.
         kind: LogKind,
-        /// The phase.
-        phase: Name,
-        /// The agent's fragment number.
-        number: u64,
-        /// Unix microseconds.
-        timestamp: i64,
-        /// The text.
-        data: Bytes,
-        /// The run.
-        run: u32,
+        /// The fragment as posted.
+        fragment: Fragment,
     },
     /// A legacy `/output` chunk: numbered when read, one past its run's highest output
     /// fragment before it (what the live numbering gives).
@@ -309,34 +301,10 @@ pub fn read_doc(bytes: &[u8], entry: &OrphanEntry) -> Result<ResultDoc> {
     let mut highest: FastMap<u32, u64> = FastMap::default();
     for record in decode(bytes)? {
         match record {
-            Record::Merged { fields } => {
-                if let Some(new) = Fields::parse(&fields) {
-                    match &mut doc.fields {
-                        None => doc.fields = Some(new),
-                        Some(old) => old.merge(new),
-                    }
-                }
-            }
-            Record::Logged {
-                kind,
-                phase,
-                number,
-                timestamp,
-                data,
-                run,
-            } => {
-                let stream = match kind {
-                    LogKind::Output => &mut doc.output,
-                    LogKind::Serial => &mut doc.serial,
-                };
-                let stored = stream.push(Fragment {
-                    number,
-                    phase,
-                    timestamp,
-                    data,
-                    run,
-                });
-                if stored && kind == LogKind::Output {
+            Record::Merged { fields } => doc.merge_fields(&fields),
+            Record::Logged { kind, fragment } => {
+                let (run, number) = (fragment.run, fragment.number);
+                if doc.push_fragment(kind, fragment) && kind == LogKind::Output {
                     let top = highest.entry(run).or_insert(number);
                     *top = (*top).max(number);
                 }
@@ -378,11 +346,13 @@ mod tests {
     fn logged(number: u64, data: &'static str) -> Record {
         Record::Logged {
             kind: LogKind::Output,
-            phase: "test".into(),
-            number,
-            timestamp: 0,
-            data: Bytes::from_static(data.as_bytes()),
-            run: 1,
+            fragment: Fragment {
+                phase: "test".into(),
+                number,
+                timestamp: 0,
+                data: Bytes::from_static(data.as_bytes()),
+                run: 1,
+            },
         }
     }
 
@@ -427,7 +397,12 @@ mod tests {
         let e = decode(&bytes).unwrap_err();
         assert!(e.message().contains("checksum"), "{}", e.message());
         assert!(decode(&bytes[..bytes.len() - 3]).is_err());
-        assert_eq!(decode(&bytes[..encode(&logged(0, "x")).len()]).unwrap().len(), 1);
+        assert_eq!(
+            decode(&bytes[..encode(&logged(0, "x")).len()])
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -336,6 +336,27 @@ impl ResultDoc {
         self.fields.as_ref().map_or(0, Fields::bytes) + self.output.bytes() + self.serial.bytes()
     }
 
+    /// Shallow-merges the JSON object `text` into the fields (ignored when not one: the
+    /// handler checked it).
+    pub fn merge_fields(&mut self, text: &[u8]) {
+        let Some(new) = Fields::parse(text) else {
+            return;
+        };
+        match &mut self.fields {
+            None => self.fields = Some(new),
+            Some(old) => old.merge(new),
+        }
+    }
+
+    /// Stores `fragment` in the stream of `kind` unless it is a retry; whether it was
+    /// stored.
+    pub fn push_fragment(&mut self, kind: LogKind, fragment: Fragment) -> bool {
+        match kind {
+            LogKind::Output => self.output.push(fragment),
+            LogKind::Serial => self.serial.push(fragment),
+        }
+    }
+
     /// Output fragments the legacy reader has not consumed yet, and the new cursor.
     pub fn unread_output(&self) -> (Vec<&Fragment>, u64) {
         let from = (self.output_read as usize).min(self.output.fragments.len());
@@ -420,15 +441,12 @@ impl Results {
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::ResultMerged { id, fields, at } => {
-                let Some(new) = Fields::parse(fields) else {
+                if Fields::parse(fields).is_none() {
                     return;
-                };
+                }
                 let doc = Arc::make_mut(self.docs.entry(*id).or_default());
                 doc.updated_at = doc.updated_at.max(*at);
-                match &mut doc.fields {
-                    None => doc.fields = Some(new),
-                    Some(old) => old.merge(new),
-                }
+                doc.merge_fields(fields);
             }
             Event::LogAppended {
                 id,
@@ -442,17 +460,16 @@ impl Results {
             } => {
                 let doc = Arc::make_mut(self.docs.entry(*id).or_default());
                 doc.updated_at = doc.updated_at.max(*at);
-                let stream = match kind {
-                    LogKind::Output => &mut doc.output,
-                    LogKind::Serial => &mut doc.serial,
-                };
-                stream.push(Fragment {
-                    number: *number,
-                    phase: phase.clone(),
-                    timestamp: *timestamp,
-                    data: data.clone(),
-                    run: *run,
-                });
+                doc.push_fragment(
+                    *kind,
+                    Fragment {
+                        number: *number,
+                        phase: phase.clone(),
+                        timestamp: *timestamp,
+                        data: data.clone(),
+                        run: *run,
+                    },
+                );
             }
             Event::OutputRead { id, upto } => {
                 if let Some(doc) = self.docs.get_mut(id).map(Arc::make_mut) {
