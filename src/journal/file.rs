@@ -15,8 +15,8 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{
-    decode, Inner, Journal, Prepared, Recovery, Replay, SnapshotRequests, Snapshots, SnapshotPace, WriterMsg,
-    MAX_BATCH_BYTES, MAX_BATCH_RECORDS, SNAPSHOT_RETRY, WRITER_TICK,
+    decode, Inner, Journal, Prepared, Recovery, Replay, SnapshotPace, SnapshotRequests, Snapshots,
+    WriterMsg, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, SNAPSHOT_RETRY, WRITER_TICK,
 };
 use crate::config::{Config, FsyncPolicy};
 use crate::error::{Error, Result};

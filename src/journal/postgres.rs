@@ -33,8 +33,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{
-    Inner, Journal, Prepared, Recovery, Replay, SnapshotRequests, Snapshots, SnapshotPace, WriterMsg,
-    MAX_BATCH_BYTES, MAX_BATCH_RECORDS, SNAPSHOT_RETRY, WRITER_TICK,
+    Inner, Journal, Prepared, Recovery, Replay, SnapshotPace, SnapshotRequests, Snapshots,
+    WriterMsg, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, SNAPSHOT_RETRY, WRITER_TICK,
 };
 use crate::config::{redact, Config, FsyncPolicy};
 use crate::error::{Error, Result};
@@ -479,10 +479,7 @@ impl Writer {
         let waiting = self
             .snapshot_requested
             .is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY);
-        if !waiting
-            && self.pace.due(self.bytes_since_snapshot)
-            && self.snap_tx.send(()).is_ok()
-        {
+        if !waiting && self.pace.due(self.bytes_since_snapshot) && self.snap_tx.send(()).is_ok() {
             self.snapshot_requested = Some(Instant::now());
         }
     }
