@@ -6,7 +6,8 @@
 //! `initdb` into a temporary directory (as the `postgres` user when running as root, which
 //! `initdb` refuses), trust authentication, listening on 127.0.0.1 on a free port with its
 //! socket in that directory; it is stopped (`pg_ctl stop -m immediate`) when the test binary
-//! exits. `FLINGER_PG_BIN` names the PostgreSQL binaries [default: /usr/lib/postgresql/15/bin].
+//! exits. `FLINGER_PG_BIN` names the PostgreSQL binaries [default: the newest
+//! /usr/lib/postgresql/<major>/bin].
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -23,10 +24,25 @@ fn server() -> &'static str {
 }
 
 fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("FLINGER_PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
-    dir.join(name)
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        std::env::var_os("FLINGER_PG_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(newest_installed)
+    })
+    .join(name)
+}
+
+/// Debian's newest `/usr/lib/postgresql/<major>/bin` (15 when none is found, so the error
+/// names a real place to look).
+fn newest_installed() -> PathBuf {
+    let majors = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    let major = majors.max().unwrap_or(15);
+    PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))
 }
 
 /// Data directory of the cluster this process started, for the exit hook.
