@@ -353,3 +353,39 @@ async fn sigterm_stops_waiting_for_a_busy_request_after_drain_secs() {
         .iter()
         .any(|l| l.contains("did not finish within")));
 }
+
+#[tokio::test]
+async fn pop_takes_thousands_of_repeated_queue_parameters_once_each_and_refuses_the_257th_distinct_queue(
+) {
+    let srv = TestServer::start();
+    let id = srv
+        .post_json("/v1/job", &json!({"job_queue": "q7"}))
+        .await
+        .expect_status(200)
+        .json()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // 5,000 parameters naming 8 queues: each counts once, so this is no "too many queues".
+    let repeated: Vec<String> = (0..5000).map(|i| format!("queue=q{}", i % 8)).collect();
+    let r = srv.get(&format!("/v1/job?{}", repeated.join("&"))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["job_id"], id.as_str());
+    // 256 distinct queues are allowed; the 257th is refused, naming the bound.
+    let distinct = |n: usize| -> String {
+        (0..n)
+            .map(|i| format!("queue=d{i}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    srv.get(&format!("/v1/job?{}", distinct(256)))
+        .await
+        .expect_status(204);
+    let r = srv.get(&format!("/v1/job?{}", distinct(257))).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.message().contains("At most 256 queues per request"),
+        "{}",
+        r.text()
+    );
+}
