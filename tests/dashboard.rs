@@ -487,3 +487,18 @@ async fn job_page_timeline_lists_each_reported_phase_when_the_agent_ran_the_job(
         ]
     );
 }
+
+#[tokio::test]
+async fn jobs_page_refuses_an_unknown_state_filter_naming_the_valid_ones_as_the_search_api_does() {
+    let srv = TestServer::start();
+    srv.post_json("/v1/job", &json!({"job_queue": "q"}))
+        .await
+        .expect_status(200);
+    for path in ["/jobs?state=bogus", "/v1/job/search?state=bogus"] {
+        let r = srv.get(path).await;
+        assert_eq!(r.status, 422, "{path}: {}", r.text());
+        assert!(r.text().contains("waiting"), "{path}: {}", r.text());
+    }
+    let r = srv.get("/jobs?state=waiting").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

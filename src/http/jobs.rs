@@ -254,6 +254,19 @@ const SEARCH_STATES: &[&str] = &[
     "active",
 ];
 
+/// Refuses a `state` filter no job can have (422 naming the ones it could), for the search
+/// API and the dashboard's job list alike.
+pub(crate) fn check_search_state(value: &str) -> Result<()> {
+    if SEARCH_STATES.contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::validation(
+            "state",
+            format!("Must be one of: {}.", SEARCH_STATES.join(", ")),
+        ))
+    }
+}
+
 /// `GET /v1/job/search?tags=a&tags=b&match=any|all&state=s&limit=n`: jobs by tags and
 /// state, newest first, at most `limit` (default 1000, at most 10000).
 pub async fn job_search(State(svc): State<Services>, request: Request) -> Result<Response> {
@@ -265,12 +278,9 @@ pub async fn job_search(State(svc): State<Services>, request: Request) -> Result
     for (key, value) in pairs {
         match key.as_str() {
             "tags" => tags.push(value),
-            "state" if SEARCH_STATES.contains(&value.as_str()) => states.push(value),
             "state" => {
-                return Err(Error::validation(
-                    "state",
-                    format!("Must be one of: {}.", SEARCH_STATES.join(", ")),
-                ))
+                check_search_state(&value)?;
+                states.push(value)
             }
             "match" if value == "any" || value == "all" => match_all = value == "all",
             "match" => return Err(Error::validation("match", "Must be one of: any, all.")),

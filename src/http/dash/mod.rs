@@ -395,6 +395,9 @@ pub async fn jobs_page(State(svc): State<Services>, request: Request) -> Result<
             .unwrap_or_default()
     };
     let (tags, state, queue) = (get("tags"), get("state"), get("queue"));
+    if !state.is_empty() {
+        super::jobs::check_search_state(&state)?;
+    }
     let search = Search {
         tags: tags
             .split(',')
