@@ -846,3 +846,21 @@ async fn second_server_refuses_to_start_and_first_keeps_serving_when_the_data_di
         "artifact lost after the refused second start"
     );
 }
+
+#[test]
+fn wal_dump_says_there_is_no_log_when_the_data_dir_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nodir");
+    let out = run_to_exit(
+        dir.path(),
+        &["wal", "dump", &missing.display().to_string()],
+        &[],
+        Duration::from_secs(20),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "stderr: {stderr}");
+    assert!(
+        stderr.contains("no write-ahead log in") && stderr.contains("--data-dir"),
+        "stderr: {stderr}"
+    );
+}

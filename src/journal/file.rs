@@ -355,6 +355,13 @@ impl Writer {
 /// Prints every record of the log in `data_dir` human-readably (`flinger wal dump`).
 pub fn dump(data_dir: &Path, out: &mut impl std::io::Write) -> Result<()> {
     let dir = wal_dir(data_dir);
+    if !dir.is_dir() {
+        return Err(Error::InvalidInput(format!(
+            "no write-ahead log in {}: {} is not a directory (is --data-dir the server's data directory?)",
+            data_dir.display(),
+            dir.display()
+        )));
+    }
     let mut write_err = None;
     let report = wal::scan(&dir, u32::MAX >> 1, |info, payload| {
         if write_err.is_some() {
