@@ -15,8 +15,8 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{
-    decode, Inner, Journal, Prepared, Recovery, Replay, SnapshotPace, SnapshotRequests, Snapshots,
-    WriterMsg, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, SNAPSHOT_RETRY, WRITER_TICK,
+    decode, gather, Inner, Journal, Prepared, Recovery, Replay, SnapshotPace, SnapshotRequests,
+    Snapshots, WriterMsg, SNAPSHOT_RETRY, WRITER_TICK,
 };
 use crate::config::{Config, FsyncPolicy};
 use crate::error::{Error, Result};
@@ -145,7 +145,7 @@ impl Writer {
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut waiters: Vec<Option<oneshot::Sender<bool>>> = Vec::new();
         loop {
-            let first = match self.rx.recv_timeout(WRITER_TICK) {
+            let pending = match self.rx.recv_timeout(WRITER_TICK) {
                 Ok(msg) => Some(msg),
                 Err(mpsc::RecvTimeoutError::Timeout) if batch.is_empty() => {
                     self.chores();
@@ -155,47 +155,15 @@ impl Writer {
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
-            let mut pending = first;
-            let deadline = self.interval.map(|d| Instant::now() + d);
-            let mut bytes = 0usize;
-            let mut snapshot = None;
-            let mut closing = None;
-            while let Some(msg) = pending.take() {
-                match msg {
-                    WriterMsg::Record(payload, waiter) => {
-                        bytes += payload.len();
-                        batch.push(payload);
-                        waiters.push(waiter);
-                    }
-                    WriterMsg::Snapshot { prepared, done } => {
-                        // Everything queued before it goes to disk first.
-                        snapshot = Some((prepared, done));
-                        break;
-                    }
-                    WriterMsg::Close(done) => {
-                        closing = Some(done);
-                        break;
-                    }
-                }
-                if batch.len() >= MAX_BATCH_RECORDS || bytes >= MAX_BATCH_BYTES {
-                    break;
-                }
-                pending = match deadline {
-                    None => self.rx.try_recv().ok(),
-                    Some(deadline) => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        self.rx.recv_timeout(left).ok()
-                    }
-                };
-            }
+            let end = gather(pending, &self.rx, self.interval, &mut batch, &mut waiters);
             if !batch.is_empty() {
                 self.write(&mut batch, &mut waiters);
             }
-            if let Some((prepared, done)) = snapshot {
+            if let Some((prepared, done)) = end.snapshot {
                 let result = self.snapshot(prepared);
                 let _ = done.send(result);
             }
-            if let Some(done) = closing {
+            if let Some(done) = end.closing {
                 // Records still held (a stalled log) were never acknowledged: their
                 // requests get 503 when their waiters drop.
                 drop(self);

@@ -81,6 +81,60 @@ enum WriterMsg {
     Close(oneshot::Sender<()>),
 }
 
+/// What ended a batch other than its size: a snapshot to install or a close, each due
+/// once the batch before it is written.
+struct BatchEnd {
+    snapshot: Option<(Prepared, oneshot::Sender<Result<()>>)>,
+    closing: Option<oneshot::Sender<()>>,
+}
+
+/// Group commit, shared by every backend's writer: moves `first` and whatever else is
+/// already queued (or arrives within `interval` under `interval` fsync) into `batch` and
+/// `waiters`, up to [`MAX_BATCH_RECORDS`] records or [`MAX_BATCH_BYTES`] bytes, stopping
+/// at a snapshot or a close so that everything queued before it is written first.
+fn gather(
+    first: Option<WriterMsg>,
+    rx: &mpsc::Receiver<WriterMsg>,
+    interval: Option<Duration>,
+    batch: &mut Vec<Vec<u8>>,
+    waiters: &mut Vec<Option<oneshot::Sender<bool>>>,
+) -> BatchEnd {
+    let deadline = interval.map(|d| Instant::now() + d);
+    let mut bytes = 0usize;
+    let mut end = BatchEnd {
+        snapshot: None,
+        closing: None,
+    };
+    let mut pending = first;
+    while let Some(msg) = pending.take() {
+        match msg {
+            WriterMsg::Record(payload, waiter) => {
+                bytes += payload.len();
+                batch.push(payload);
+                waiters.push(waiter);
+            }
+            WriterMsg::Snapshot { prepared, done } => {
+                end.snapshot = Some((prepared, done));
+                break;
+            }
+            WriterMsg::Close(done) => {
+                end.closing = Some(done);
+                break;
+            }
+        }
+        if batch.len() >= MAX_BATCH_RECORDS || bytes >= MAX_BATCH_BYTES {
+            break;
+        }
+        pending = match deadline {
+            None => rx.try_recv().ok(),
+            Some(deadline) => rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .ok(),
+        };
+    }
+    end
+}
+
 struct Sender {
     /// The LSN the next record gets; equals the WAL's own numbering because records reach
     /// the writer in this order and it appends them in order.

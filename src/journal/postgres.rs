@@ -33,8 +33,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{
-    Inner, Journal, Prepared, Recovery, Replay, SnapshotPace, SnapshotRequests, Snapshots,
-    WriterMsg, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, SNAPSHOT_RETRY, WRITER_TICK,
+    gather, Inner, Journal, Prepared, Recovery, Replay, SnapshotPace, SnapshotRequests, Snapshots,
+    WriterMsg, SNAPSHOT_RETRY, WRITER_TICK,
 };
 use crate::config::{redact, Config, FsyncPolicy};
 use crate::error::{Error, Result};
@@ -315,7 +315,7 @@ impl Writer {
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut waiters: Vec<Option<oneshot::Sender<bool>>> = Vec::new();
         loop {
-            let mut pending = match self.rx.recv_timeout(WRITER_TICK) {
+            let pending = match self.rx.recv_timeout(WRITER_TICK) {
                 Ok(msg) => Some(msg),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.chores();
@@ -323,45 +323,15 @@ impl Writer {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
-            let deadline = self.interval.map(|d| Instant::now() + d);
-            let mut bytes = 0usize;
-            let mut snapshot = None;
-            let mut closing = None;
-            while let Some(msg) = pending.take() {
-                match msg {
-                    WriterMsg::Record(payload, waiter) => {
-                        bytes += payload.len();
-                        batch.push(payload);
-                        waiters.push(waiter);
-                    }
-                    WriterMsg::Snapshot { prepared, done } => {
-                        snapshot = Some((prepared, done));
-                        break;
-                    }
-                    WriterMsg::Close(done) => {
-                        closing = Some(done);
-                        break;
-                    }
-                }
-                if batch.len() >= MAX_BATCH_RECORDS || bytes >= MAX_BATCH_BYTES {
-                    break;
-                }
-                pending = match deadline {
-                    None => self.rx.try_recv().ok(),
-                    Some(deadline) => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        self.rx.recv_timeout(left).ok()
-                    }
-                };
-            }
+            let end = gather(pending, &self.rx, self.interval, &mut batch, &mut waiters);
             if !batch.is_empty() {
                 self.write(&mut batch, &mut waiters);
             }
-            if let Some((prepared, done)) = snapshot {
+            if let Some((prepared, done)) = end.snapshot {
                 let result = self.snapshot(prepared);
                 let _ = done.send(result);
             }
-            if let Some(done) = closing {
+            if let Some(done) = end.closing {
                 // Dropping the client ends the session and releases the writer's lock.
                 drop(self);
                 let _ = done.send(());
