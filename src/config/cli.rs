@@ -1,0 +1,284 @@
+//! The command line: `flinger`'s flags (each also an environment variable) and its
+//! maintenance subcommands, as clap types. [`super::Config::resolve`] turns them into settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use super::{AccessMode, FsyncPolicy, JournalTarget};
+
+/// flinger: a Testflinger-compatible test-job server with a durable write-ahead log.
+///
+/// Settings come from these flags, then FLINGER_* environment variables, then the
+/// Testflinger config file (TESTFLINGER_CONFIG, else ./testflinger.conf), then defaults.
+#[derive(Parser, Debug)]
+#[command(name = "flinger", version, about, long_about)]
+pub struct Cli {
+    /// Server options.
+    #[command(flatten)]
+    pub opts: ServeOpts,
+    /// Maintenance commands (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Maintenance commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Inspect the write-ahead log.
+    Wal {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: WalAction,
+    },
+    /// Manage access-control clients in the data directory (the server must be stopped:
+    /// the data directory's lock is taken). `--data-dir` goes before `client`
+    /// (`flinger --data-dir DIR client add ID`), or comes from the config file, as for
+    /// serving.
+    Client {
+        /// What to do.
+        #[command(subcommand)]
+        action: ClientAction,
+    },
+}
+
+/// Client management (`flinger client ...`).
+#[derive(Subcommand, Debug)]
+pub enum ClientAction {
+    /// Create a client (or replace its secret and permissions), print its generated
+    /// secret once on stdout.
+    Add {
+        /// The client id (`testflinger-cli --client_id`).
+        client_id: String,
+        /// Its role: admin, manager, contributor or agent.
+        #[arg(long, default_value = "contributor")]
+        role: String,
+        /// Highest job_priority on a queue, `QUEUE=N` (`*=N` for every queue); repeatable.
+        #[arg(long = "max-priority", value_name = "QUEUE=N")]
+        max_priority: Vec<String>,
+        /// Longest reservation in seconds on a queue, `QUEUE=SECS` (`*=SECS` for every
+        /// queue); repeatable.
+        #[arg(long = "max-reservation", value_name = "QUEUE=SECS")]
+        max_reservation: Vec<String>,
+        /// Contact address.
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Issue a refresh token for an existing client and write it to FILE in the format
+    /// `testflinger-agent --token-file` reads (mode 0600). The token is never printed.
+    TokenFile {
+        /// The client id (normally one with role agent).
+        client_id: String,
+        /// Where to write the token file.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// How long the refresh token stays valid, in days (1 to 3660).
+        #[arg(long, default_value_t = 90, value_name = "DAYS")]
+        valid_days: u64,
+    },
+    /// List clients and their permissions (never secrets).
+    List,
+    /// Delete a client with its refresh tokens and secrets.
+    Delete {
+        /// The client id.
+        client_id: String,
+    },
+}
+
+/// Write-ahead log inspection.
+#[derive(Subcommand, Debug)]
+pub enum WalAction {
+    /// Print every record of the log in DATA_DIR human-readably (read-only; safe while
+    /// the server runs).
+    Dump {
+        /// The server's data directory (the one holding `wal/`).
+        data_dir: PathBuf,
+    },
+}
+
+/// Flags of the server (each also readable from its environment variable).
+#[derive(Args, Debug, Default)]
+pub struct ServeOpts {
+    /// Address to listen on [default: 127.0.0.1:8000, localhost only; use 0.0.0.0:8000 to
+    /// open it up]. Port 0 picks a free port (the log line `listening addr=` names it).
+    #[arg(long, env = "FLINGER_BIND", value_name = "HOST:PORT")]
+    pub bind: Option<SocketAddr>,
+    /// Data directory for the log, snapshots and files [default: DATA_PATH from the config
+    /// file, else ./data].
+    #[arg(long, env = "FLINGER_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `always` (fdatasync before every acknowledgement, batched) or `interval:MS`
+    /// (acknowledge at once, sync every MS milliseconds: a crash of the machine loses up to
+    /// MS of acknowledged changes) [default: always].
+    #[arg(long, env = "FLINGER_FSYNC", value_name = "POLICY")]
+    pub fsync: Option<FsyncPolicy>,
+    /// Largest job submission body in bytes [default: 1 MiB].
+    #[arg(long, env = "FLINGER_MAX_JOB_BYTES", value_name = "BYTES")]
+    pub max_job_bytes: Option<usize>,
+    /// Largest result post body in bytes [default: 16 MiB].
+    #[arg(long, env = "FLINGER_MAX_RESULT_BYTES", value_name = "BYTES")]
+    pub max_result_bytes: Option<usize>,
+    /// Most bytes of log text (decoded log_data) in one log fragment or output chunk
+    /// [default: 4 MiB]; a fragment's JSON body may be 6x this + 64 KiB (escapes).
+    #[arg(long, env = "FLINGER_MAX_OUTPUT_BYTES", value_name = "BYTES")]
+    pub max_output_bytes: Option<usize>,
+    /// Largest artifact or attachments upload in bytes [default: 2 GiB].
+    #[arg(long, env = "FLINGER_MAX_ARTIFACT_BYTES", value_name = "BYTES")]
+    pub max_artifact_bytes: Option<u64>,
+    /// Write-ahead log segment size in bytes [default: 64 MiB].
+    #[arg(long, env = "FLINGER_SEGMENT_BYTES", value_name = "BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// Snapshot (and drop covered log segments) after this many logged bytes [default:
+    /// 128 MiB].
+    #[arg(long, env = "FLINGER_SNAPSHOT_BYTES", value_name = "BYTES")]
+    pub snapshot_bytes: Option<u64>,
+    /// Snapshot only once the log since the last snapshot is also this percentage of that
+    /// snapshot's size, so snapshot work stays proportional to the work logged (0: only
+    /// --snapshot-bytes counts; at most 10000) [default: 100].
+    #[arg(long, env = "FLINGER_SNAPSHOT_GROWTH_PERCENT", value_name = "PERCENT")]
+    pub snapshot_growth_percent: Option<u64>,
+    /// Remove finished jobs with their results, logs and files this many seconds after
+    /// they finish [default: 604800, 7 days]. Waiting jobs never expire.
+    #[arg(long, env = "FLINGER_RETENTION_SECS", value_name = "SECS")]
+    pub retention_secs: Option<u64>,
+    /// Start even if the log is damaged before its tail, dropping everything from the
+    /// damage on. Without it such damage refuses to start.
+    #[arg(long, env = "FLINGER_WAL_TRUNCATE_CORRUPTION")]
+    pub wal_truncate_corruption: bool,
+    /// Most connections served at once [default: 10000]. The soft descriptor limit is
+    /// raised at start-up to 2 per connection + 256; a hard limit below that refuses to start.
+    #[arg(long, env = "FLINGER_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's line and headers [default: 30].
+    #[arg(long, env = "FLINGER_HEADER_TIMEOUT_SECS", value_name = "SECS")]
+    pub header_timeout_secs: Option<u64>,
+    /// Largest request line + headers, and the read buffer of a connection, in bytes
+    /// (at least 8192) [default: 65536]; larger heads get 431.
+    #[arg(long, env = "FLINGER_MAX_HEADER_BYTES", value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Minimum transfer rate: bytes of request body received, or of response taken by the
+    /// client, per --transfer-window-secs; slower connections are closed (408 for a body)
+    /// [default: 8192].
+    #[arg(long, env = "FLINGER_MIN_TRANSFER_BYTES", value_name = "BYTES")]
+    pub min_transfer_bytes: Option<u64>,
+    /// The window of the minimum transfer rate, in seconds [default: 10].
+    #[arg(long, env = "FLINGER_TRANSFER_WINDOW_SECS", value_name = "SECS")]
+    pub transfer_window_secs: Option<u64>,
+    /// On SIGTERM, seconds requests in progress get to finish (idle connections close at
+    /// once) [default: 30].
+    #[arg(long, env = "FLINGER_DRAIN_SECS", value_name = "SECS")]
+    pub drain_secs: Option<u64>,
+    /// Largest header block of one multipart part, and largest preamble, in bytes
+    /// [default: 8192].
+    #[arg(long, env = "FLINGER_MAX_PART_HEADER_BYTES", value_name = "BYTES")]
+    pub max_part_header_bytes: Option<usize>,
+    /// Most parts in one multipart upload [default: 16].
+    #[arg(long, env = "FLINGER_MAX_UPLOAD_PARTS", value_name = "N")]
+    pub max_upload_parts: Option<usize>,
+    /// Largest multipart part other than `file`, in bytes [default: 65536].
+    #[arg(long, env = "FLINGER_MAX_FIELD_BYTES", value_name = "BYTES")]
+    pub max_field_bytes: Option<u64>,
+    /// Most requests in flight to one actor (registry, results, artifacts, agents); more
+    /// are refused with 503 before anything is done [default: 1024].
+    #[arg(long, env = "FLINGER_MAX_PENDING", value_name = "N")]
+    pub max_pending: Option<usize>,
+    /// Total bytes of results, logs and artifacts kept for job ids that no job has; more
+    /// is refused with 507; such data expires --retention-secs after its last write
+    /// [default: 64 MiB].
+    #[arg(long, env = "FLINGER_ORPHAN_QUOTA_BYTES", value_name = "BYTES")]
+    pub orphan_quota_bytes: Option<u64>,
+    /// Stop a queue's actor after the queue has had no waiting job for this many
+    /// seconds (the next job starts a new one) [default: 300].
+    #[arg(long, env = "FLINGER_QUEUE_IDLE_SECS", value_name = "SECS")]
+    pub queue_idle_secs: Option<u64>,
+    /// Remove an agent's record after this many seconds without the agent posting its
+    /// data (`POST /v1/agents/data/<name>`) [default: 604800, 7 days].
+    #[arg(long, env = "FLINGER_AGENT_EXPIRY_SECS", value_name = "SECS")]
+    pub agent_expiry_secs: Option<u64>,
+    /// Job searches and queue listings served at once; more wait their turn (so a flood
+    /// of them leaves CPU to everything else) [default: 1].
+    #[arg(long, env = "FLINGER_MAX_SEARCHES", value_name = "N")]
+    pub max_searches: Option<usize>,
+    /// Seconds of silence added to a running job's allowance before its agent counts as
+    /// lost and the job is ended (or requeued) [default: 300]. The allowance itself comes
+    /// from the job's `output_timeout`/`global_timeout` and its phase (README: Lost agents).
+    #[arg(long, env = "FLINGER_LOST_AGENT_GRACE_SECS", value_name = "SECS")]
+    pub lost_agent_grace_secs: Option<u64>,
+    /// Whether a job whose agent was lost before provisioning (`running`, `setup`) goes
+    /// back to its queue once instead of ending [default: true].
+    #[arg(long, env = "FLINGER_LOST_AGENT_REQUEUE", value_name = "BOOL")]
+    pub lost_agent_requeue: Option<bool>,
+    /// Most agents waiting at once in long-poll pops (`GET /v1/job?wait=`); more are
+    /// refused with 503 [default: 10000].
+    #[arg(long, env = "FLINGER_MAX_WAITERS", value_name = "N")]
+    pub max_waiters: Option<usize>,
+    /// Queues with their own `queue` label in `/metrics`; the others are summed under
+    /// `queue="other"` (bounds the scrape's size) [default: 100].
+    #[arg(long, env = "FLINGER_METRICS_QUEUES", value_name = "N")]
+    pub metrics_queues: Option<usize>,
+    /// Access control: `off` (everyone may do everything; loopback only), `on`
+    /// (upstream-compatible: anonymous callers are contributors, agents and admins need
+    /// tokens) or `strict` (every non-public endpoint needs a token) [default: off].
+    #[arg(long, env = "FLINGER_ACCESS_CONTROL", value_name = "MODE")]
+    pub access_control: Option<AccessMode>,
+    /// Serve with access control off on a non-loopback address anyway (anyone who can
+    /// reach the port can run jobs on your devices).
+    #[arg(long, env = "FLINGER_ALLOW_OPEN_ACCESS")]
+    pub allow_open_access: bool,
+    /// Lifetime of access tokens in seconds, 1 to 86400 [default: 600].
+    #[arg(long, env = "FLINGER_ACCESS_TOKEN_SECS", value_name = "SECS")]
+    pub access_token_secs: Option<u64>,
+    /// Lifetime of refresh tokens from /v1/oauth2/token in seconds, at most 366 days
+    /// [default: 518400, 6 days].
+    #[arg(long, env = "FLINGER_REFRESH_TOKEN_SECS", value_name = "SECS")]
+    pub refresh_token_secs: Option<u64>,
+    /// Clock skew tolerated on token times in seconds, at most 300 [default: 5; env
+    /// JWT_LEEWAY too].
+    #[arg(long, env = "FLINGER_JWT_LEEWAY_SECS", value_name = "SECS")]
+    pub jwt_leeway_secs: Option<u64>,
+    /// Failed /v1/oauth2/token attempts allowed per client id and per address per minute
+    /// before 429 [default: 10].
+    #[arg(long, env = "FLINGER_TOKEN_FAILURES_PER_MINUTE", value_name = "N")]
+    pub token_failures_per_minute: Option<u32>,
+    /// The webhook job events may be forwarded to: a job's `job_status_webhook` must have
+    /// this URL's scheme and host:port, else its agent's event posts are refused (403);
+    /// unset, every event post is refused [env WEBHOOK_URL too, as upstream].
+    #[arg(long, env = "FLINGER_WEBHOOK_URL", value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// Bearer token sent with every delivery to the webhook (prefer the environment: a
+    /// flag shows in `ps`) [env WEBHOOK_AUTH too, as upstream].
+    #[arg(
+        long,
+        env = "FLINGER_WEBHOOK_AUTH",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub webhook_auth: Option<String>,
+    /// Seconds a job event is retried before its delivery gives up (the job's delivery
+    /// view then says so, with the last error) [default: 86400].
+    #[arg(long, env = "FLINGER_WEBHOOK_GIVE_UP_SECS", value_name = "SECS")]
+    pub webhook_give_up_secs: Option<u64>,
+    /// Seconds allowed for one delivery attempt [default: 10].
+    #[arg(long, env = "FLINGER_WEBHOOK_TIMEOUT_SECS", value_name = "SECS")]
+    pub webhook_timeout_secs: Option<u64>,
+    /// Longest wait between delivery attempts in seconds; they start 1 s apart and
+    /// double [default: 300].
+    #[arg(long, env = "FLINGER_WEBHOOK_MAX_BACKOFF_SECS", value_name = "SECS")]
+    pub webhook_max_backoff_secs: Option<u64>,
+    /// Most job events recorded per job (a post carrying more is refused with 413)
+    /// [default: 256].
+    #[arg(long, env = "FLINGER_MAX_JOB_EVENTS", value_name = "N")]
+    pub max_job_events: Option<usize>,
+    /// Largest `detail` of one job event in bytes (413 beyond) [default: 4096].
+    #[arg(long, env = "FLINGER_MAX_EVENT_DETAIL_BYTES", value_name = "BYTES")]
+    pub max_event_detail_bytes: Option<usize>,
+    /// Longest `job_status_webhook` URL in bytes (413 beyond) [default: 2048].
+    #[arg(long, env = "FLINGER_MAX_WEBHOOK_URL_BYTES", value_name = "BYTES")]
+    pub max_webhook_url_bytes: Option<usize>,
+    /// Where events and snapshots are kept: `file` (the write-ahead log under the data
+    /// directory) or a PostgreSQL connection string `postgres://USER[:PASSWORD]@HOST:PORT/DB`
+    /// [default: file].
+    #[arg(long, env = "FLINGER_JOURNAL", value_name = "file|postgres://...")]
+    pub journal: Option<JournalTarget>,
+}
