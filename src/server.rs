@@ -66,20 +66,14 @@ pub async fn start(config: Config) -> Result<Running> {
 /// filesystem: tests inject failures or cut the power through it.
 pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Running> {
     let config = Arc::new(config);
-    let files_dir = config.data_dir.join("files");
+    // First: on the file log, this creates the data directory durably.
+    let files = journal::files::open(&config, fs.clone()).await?;
     let recovery_config = config.clone();
     let recovery_fs = fs.clone();
-    let recovery_files = files_dir.clone();
     let (mut state, journal, snapshot_requests, recovery) =
-        tokio::task::spawn_blocking(move || {
-            // Created durably: a data dir whose entry a crash loses takes everything with it.
-            wal::create_dir_all_durably(&*recovery_fs, &recovery_files).map_err(|e| {
-                Error::Internal(format!("cannot create {}: {e}", recovery_files.display()))
-            })?;
-            journal::open_with(&recovery_config, recovery_fs)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
+        tokio::task::spawn_blocking(move || journal::open_with(&recovery_config, recovery_fs))
+            .await
+            .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
     tracing::info!(
         jobs = state.registry.len(),
         snapshot_lsn = recovery.snapshot_lsn,
@@ -88,10 +82,11 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         ms = recovery.elapsed.as_millis() as u64,
         "recovered state from the write-ahead log"
     );
-    sweep_unreferenced_files(&*fs, &files_dir, &state.files, &state.results);
+    sweep_unreferenced_files(&*files, &state.files, &state.results).await?;
     let access =
         crate::access::store::AccessStore::new(std::mem::take(&mut state.access), journal.clone());
-    let access = Arc::new(crate::access::Gate::new(&config, &*fs, access)?);
+    let key = crate::access::token::signing_key(&*files).await?;
+    let access = Arc::new(crate::access::Gate::new(&config, &key, access)?);
     tracing::info!(mode = ?config.access, clients = access.store.read(|a| a.clients.len()), "access control");
 
     let queues = QueueDirectory::default();
@@ -108,10 +103,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         &mut state.webhooks,
     )));
     let waiters = Arc::new(Waiters::new(config.max_waiters));
-    let store = Arc::new(crate::actors::orphans::Store::new(
-        fs.clone(),
-        files_dir.clone(),
-    ));
+    let store = Arc::new(crate::actors::orphans::Store::new(files.clone()));
     let (supervisor, supervisor_handle) = Actor::spawn(
         None,
         Supervisor,
@@ -123,8 +115,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
             orphans: orphans.clone(),
             journal: journal.clone(),
             queues: queues.clone(),
-            files_dir: files_dir.clone(),
-            fs: fs.clone(),
+            files: files.clone(),
             fatal: fatal_tx,
             watch: watch.clone(),
             waiters: waiters.clone(),
@@ -157,8 +148,7 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         queues,
         journal,
         config,
-        files_dir,
-        fs,
+        store: files,
         watch,
         dispatch: waiters,
         metrics,
@@ -673,30 +663,17 @@ pub async fn expire_orphans(services: &Services) -> Result<usize> {
     Ok(count)
 }
 
-/// Deletes files in `dir` that no recorded event references (uploads interrupted by a
+/// Deletes stored files that no recorded event references (uploads interrupted by a
 /// crash, replaced files whose deletion did not happen, orphan files whose first append
 /// was not logged).
-fn sweep_unreferenced_files(
-    fs: &dyn wal::Fs,
-    dir: &std::path::Path,
+async fn sweep_unreferenced_files(
+    store: &dyn crate::journal::files::FileStore,
     files: &crate::model::files::Files,
     results: &crate::model::results::Results,
-) {
+) -> Result<()> {
     let referenced: std::collections::HashSet<&str> = files
         .names()
         .chain(results.orphans().map(|(_, e)| &*e.file))
         .collect();
-    let Ok(names) = fs.read_dir(dir) else {
-        return;
-    };
-    for name in &names {
-        if !referenced.contains(name.as_str()) {
-            match fs.remove(&dir.join(name)) {
-                Ok(()) => tracing::info!(file = name, "removed unreferenced upload"),
-                Err(e) => {
-                    tracing::warn!(file = name, error = %e, "cannot remove unreferenced upload")
-                }
-            }
-        }
-    }
+    store.sweep(&referenced).await.map(drop)
 }

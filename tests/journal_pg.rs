@@ -1,14 +1,15 @@
 //! The PostgreSQL journal over the real binary and a throwaway PostgreSQL server
 //! (`util::pg`): acknowledged changes survive a restart and a kill -9 with nothing kept in
-//! the data directory's log, snapshots compact the events they cover, one process writes a
-//! database at a time, and bad settings are refused at start-up.
+//! the data directory's log, uploaded and orphan files live in the database (a new node
+//! with an empty data directory serves them), snapshots compact the events they cover, one
+//! process writes a database at a time, and bad settings are refused at start-up.
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::util::pg::{fresh_database, sql};
-use crate::util::{run_to_exit, TestServer};
+use crate::util::{new_id, pseudo_random_bytes, run_to_exit, TestServer};
 
 fn on_postgres(url: &str, extra: &[&str]) -> TestServer {
     let mut args = vec!["--journal", url];
@@ -183,4 +184,140 @@ async fn redis_settings_are_warned_about_and_point_at_journal_when_set() {
         "{lines}"
     );
     srv.submit(&json!({"job_queue": "q"})).await;
+}
+
+/// Every entry of `dir`, recursively (empty when it does not exist).
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        out.push(entry.path().display().to_string());
+        if entry.path().is_dir() {
+            out.extend(entries(&entry.path()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn files_are_served_by_a_new_node_with_an_empty_data_dir_when_journal_is_postgres() {
+    let url = fresh_database();
+    let mut first = on_postgres(&url, &[]);
+    // Bigger than a chunk (1 MiB) and not a multiple of it, so downloads cross rows.
+    let attachments = pseudo_random_bytes(2 * 1024 * 1024 + 12_345, 7);
+    let artifact = pseudo_random_bytes(3 * 1024 * 1024 + 1, 8);
+    let orphan_artifact = pseudo_random_bytes(70_000, 9);
+    let job = first
+        .submit(&json!({
+            "job_queue": "pgfiles",
+            "test_data": {"attachments": [{"agent": "a.bin"}]}
+        }))
+        .await;
+    first
+        .post_multipart(
+            &format!("/v1/job/{job}/attachments"),
+            "file",
+            "a.tar.gz",
+            &attachments,
+        )
+        .await
+        .expect_status(200);
+    assert_eq!(
+        first.pop_id(&["pgfiles"]).await.as_deref(),
+        Some(job.as_str())
+    );
+    first
+        .post_multipart(
+            &format!("/v1/result/{job}/artifact"),
+            "file",
+            "b.tar.gz",
+            &artifact,
+        )
+        .await
+        .expect_status(200);
+    // A replaced artifact is deleted from the database once the replacement is durable.
+    first
+        .post_multipart(
+            &format!("/v1/result/{job}/artifact"),
+            "file",
+            "b.tar.gz",
+            &artifact,
+        )
+        .await
+        .expect_status(200);
+    let orphan = new_id();
+    first
+        .post_multipart(
+            &format!("/v1/result/{orphan}/artifact"),
+            "file",
+            "c.tar.gz",
+            &orphan_artifact,
+        )
+        .await
+        .expect_status(200);
+    first
+        .post_result(&orphan, &json!({"device_info": {"n": 1}}))
+        .await;
+    for n in 0..3 {
+        first
+            .post_json(
+                &format!("/v1/result/{orphan}/log/output"),
+                &json!({"fragment_number": n, "timestamp": "2026-11-29T19:00:00+00:00",
+                        "phase": "test", "log_data": format!("line {n}\n")}),
+            )
+            .await
+            .expect_status(200);
+    }
+    let orphan_result = first.result(&orphan).await;
+    assert_eq!(
+        orphan_result["test_output"],
+        json!("line 0\nline 1\nline 2\n")
+    );
+    assert!(
+        entries(&first.data_dir()).is_empty(),
+        "the data directory holds {:?}",
+        entries(&first.data_dir())
+    );
+    // The first artifact went once its replacement was recorded (asynchronously).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sql(&url, "SELECT count(*) FROM flinger_files") != "4" {
+        assert!(
+            Instant::now() < deadline,
+            "the replaced artifact was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill9();
+    // Left by a crash mid-upload: nothing refers to it, start-up removes it.
+    sql(
+        &url,
+        "INSERT INTO flinger_files (name) VALUES ('left-by-a-crash')",
+    );
+
+    let second = on_postgres(&url, &[]);
+    assert_ne!(second.data_dir(), first.data_dir());
+    let got = second.get(&format!("/v1/job/{job}/attachments")).await;
+    got.expect_status(200);
+    assert!(got.body[..] == attachments[..], "attachments differ");
+    let got = second.get(&format!("/v1/result/{job}/artifact")).await;
+    got.expect_status(200);
+    assert!(got.body[..] == artifact[..], "artifact differs");
+    let got = second.get(&format!("/v1/result/{orphan}/artifact")).await;
+    got.expect_status(200);
+    assert!(
+        got.body[..] == orphan_artifact[..],
+        "orphan artifact differs"
+    );
+    assert_eq!(second.result(&orphan).await, orphan_result);
+    assert_eq!(
+        sql(
+            &url,
+            "SELECT count(*) FROM flinger_files WHERE name = 'left-by-a-crash'"
+        ),
+        "0"
+    );
+    assert!(
+        entries(&second.data_dir()).is_empty(),
+        "the data directory holds {:?}",
+        entries(&second.data_dir())
+    );
 }

@@ -134,12 +134,11 @@ const VERIFIED_CACHE: usize = 10_000;
 
 impl Gate {
     /// The gate for `config` over the recovered partition.
-    /// The key file is kept through `fs`, the data dir's filesystem.
-    pub fn new(config: &Config, fs: &dyn wal::Fs, store: store::AccessStore) -> Result<Gate> {
-        let key = token::signing_key(fs, &config.data_dir)?;
+    /// `key` signs and verifies tokens ([`token::signing_key`]).
+    pub fn new(config: &Config, key: &[u8], store: store::AccessStore) -> Result<Gate> {
         Ok(Gate {
             mode: config.access,
-            signer: token::Signer::new(&key, config.jwt_leeway.as_secs()),
+            signer: token::Signer::new(key, config.jwt_leeway.as_secs()),
             store,
             access_ttl: config.access_token_ttl.as_secs(),
             refresh_ttl: config.refresh_token_ttl.as_secs(),

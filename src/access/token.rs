@@ -174,10 +174,11 @@ pub fn secret_matches(secret: &str, hash: &str) -> bool {
 }
 
 /// The signing key: `FLINGER_JWT_SIGNING_KEY` or `JWT_SIGNING_KEY` when set, else the
-/// data directory's key file, generated on first use (64 random characters, mode 0600,
-/// written durably through the data dir's filesystem `fs` so tokens survive restarts and
-/// power loss).
-pub fn signing_key(fs: &dyn wal::Fs, data_dir: &Path) -> Result<Vec<u8>> {
+/// file store's private value [`SIGNING_KEY_FILE`], generated on first use (64 random
+/// characters) and kept durably so tokens survive restarts and power loss: a mode-0600
+/// file in the data directory, or a row in the PostgreSQL journal's database, which every
+/// node then shares.
+pub async fn signing_key(store: &dyn crate::journal::files::FileStore) -> Result<Vec<u8>> {
     for var in SIGNING_KEY_ENV {
         if let Ok(value) = std::env::var(var) {
             if !value.is_empty() {
@@ -185,23 +186,9 @@ pub fn signing_key(fs: &dyn wal::Fs, data_dir: &Path) -> Result<Vec<u8>> {
             }
         }
     }
-    let path = data_dir.join(SIGNING_KEY_FILE);
-    match fs.read(&path) {
-        Ok(key) if !key.is_empty() => return Ok(key),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(Error::Internal(format!(
-                "cannot read the signing key {}: {e}",
-                path.display()
-            )))
-        }
-    }
-    let key = random_text(64).into_bytes();
-    wal::write_private_file_durably(fs, &path, &key)
-        .map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
-    tracing::info!(path = %path.display(), "generated a JWT signing key");
-    Ok(key)
+    store
+        .private(SIGNING_KEY_FILE, random_text(64).into_bytes())
+        .await
 }
 
 /// Writes `bytes` to `path` durably with mode 0600: a temporary file, fsync, rename,

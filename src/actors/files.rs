@@ -1,12 +1,11 @@
-//! The artifact actor: owns the [`Files`] partition, i.e. which file on disk holds each
+//! The artifact actor: owns the [`Files`] partition, i.e. which stored file holds each
 //! job's artifact and attachments.
 //!
-//! Uploads are streamed to disk by the handler (never through this actor, never whole in
-//! memory) and made durable there (temp file, fsync, rename, directory fsync); this actor
-//! then records the new reference. A replaced or expired file is deleted only after the
+//! Uploads are streamed to the file store by the handler (never through this actor, never
+//! whole in memory) and made durable there (`journal::files`); this actor then records the
+//! new reference. A replaced or expired file is deleted only after the
 //! event that dropped it is durable, so a crash never leaves a reference to a deleted file.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -14,6 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use super::registry::Jobs;
 use super::{gone, now, reply, OrphanQuota, PendingSnapshot, Recorder};
 use crate::error::Result;
+use crate::journal::files::FileStore;
 use crate::journal::{Journal, Ticket};
 use crate::model::files::{Files, StoredFile};
 use crate::model::orphans::Ledger;
@@ -47,14 +47,12 @@ pub struct FileState {
     files: Files,
     /// Journal and how far the partition reaches.
     recorder: Recorder,
-    /// The folder holding the files.
-    dir: PathBuf,
     /// To tell whether an id has a job.
     jobs: Jobs,
     /// Ids without a job that have files here, charged to the orphan quota.
     ledger: Ledger,
-    /// The filesystem it is on.
-    fs: Arc<dyn wal::Fs>,
+    /// Where the files are kept.
+    store: Arc<dyn FileStore>,
 }
 
 /// Start-up inputs.
@@ -63,14 +61,12 @@ pub struct FileArgs {
     pub files: Files,
     /// Where events go.
     pub journal: Journal,
-    /// The folder holding the files.
-    pub dir: PathBuf,
     /// To tell whether an id has a job.
     pub jobs: Jobs,
     /// Room for data of ids without a job.
     pub orphans: Arc<OrphanQuota>,
-    /// The filesystem it is on.
-    pub fs: Arc<dyn wal::Fs>,
+    /// Where the files are kept.
+    pub store: Arc<dyn FileStore>,
 }
 
 impl FileState {
@@ -80,8 +76,7 @@ impl FileState {
         super::delete_when_durable(
             self.recorder.journal(),
             ticket.lsn(),
-            self.fs.clone(),
-            self.dir.clone(),
+            self.store.clone(),
             unreferenced,
         );
         Ok(ticket)
@@ -138,10 +133,9 @@ impl Actor for FileActor {
         Ok(FileState {
             files: args.files,
             recorder: Recorder::new(args.journal),
-            dir: args.dir,
             jobs: args.jobs,
             ledger,
-            fs: args.fs,
+            store: args.store,
         })
     }
 

@@ -23,7 +23,6 @@ pub mod watch;
 pub mod webhooks;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -237,56 +236,7 @@ impl PendingSnapshot {
 
 pub use crate::model::orphans::OrphanQuota;
 
-/// Runs a filesystem call (the `wal::Fs` seam is blocking) off the async workers.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("file task failed: {e}")))?
-        .map_err(Error::from)
-}
-
-/// Deletes `names` from `dir` on a blocking thread, off the caller's path: files that
-/// nothing refers to any more. A failure is logged (rate-limited); start-up sweeps what
-/// is left.
-pub fn delete_files(fs: Arc<dyn wal::Fs>, dir: PathBuf, names: Vec<Box<str>>) {
-    if names.is_empty() {
-        return;
-    }
-    tokio::task::spawn_blocking(move || {
-        for name in names {
-            let path = dir.join(&*name);
-            if let Err(e) = fs.remove(&path) {
-                if let Some(suppressed) = crate::throttle::allow("cannot delete replaced file", 0) {
-                    tracing::warn!(path = %path.display(), error = %e, suppressed, "cannot delete replaced file");
-                }
-            }
-        }
-    });
-}
-
-/// Deletes `names` from `dir` once the record at `lsn` (the event that stopped referring
-/// to them) is durable, so a crash never leaves a reference to a deleted file. The caller
-/// holds the ticket; this waits on the log position instead. No directory fsync: a
-/// deletion lost in a crash leaves an unreferenced file, which start-up sweeps.
-pub fn delete_when_durable(
-    journal: &Journal,
-    lsn: u64,
-    fs: Arc<dyn wal::Fs>,
-    dir: PathBuf,
-    names: Vec<Box<str>>,
-) {
-    if names.is_empty() {
-        return;
-    }
-    let journal = journal.clone();
-    tokio::spawn(async move {
-        if journal.durable(journal.ticket_for(lsn)).await.is_ok() {
-            delete_files(fs, dir, names);
-        }
-    });
-}
+pub use crate::journal::files::delete_when_durable;
 
 /// Queue name → its actor. Written only by the registry actor (which creates queue
 /// actors), read by handlers that pop or ask positions.
@@ -371,11 +321,9 @@ pub struct Handles {
     pub searches: Arc<Semaphore>,
     /// Limits and paths.
     pub config: Arc<Config>,
-    /// Where uploaded files live.
-    pub files_dir: PathBuf,
-    /// The filesystem every file of the data dir is written through (the log's seam), so
-    /// tests can run the server on a simulated disk.
-    pub fs: Arc<dyn wal::Fs>,
+    /// Where uploaded files live: the data dir's `files/` (through the log's filesystem
+    /// seam, so tests can run the server on a simulated disk) or the journal's database.
+    pub store: Arc<dyn crate::journal::files::FileStore>,
     /// When each dispatched job's agent was last heard (lost-agent recovery).
     pub watch: Arc<watch::Watch>,
     /// Agents waiting for jobs (long-poll dispatch).

@@ -1,6 +1,6 @@
 //! The orphan store's files: results and log fragments of ids no job has, one
-//! append-only file per id in the data dir's `files/` folder, written and read through
-//! the log's filesystem seam (`wal::Fs`). The byte format and the index are the pure
+//! append-only file per id in the file store (`journal::files`: the data dir's `files/`
+//! folder, or the journal's database). The byte format and the index are the pure
 //! core's (`model::orphans`); the result actor decides who may append where and logs
 //! each append's new length; this module only moves bytes.
 //!
@@ -10,14 +10,13 @@
 //! never waits on the disk, a crash before the length is logged leaves the bytes past
 //! the recorded length to be overwritten, and a reader never sees bytes not yet durable.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::OwnedMutexGuard;
 
-use super::blocking;
 use crate::error::{Error, Result};
+use crate::journal::files::FileStore;
 use crate::model::orphans::{read_doc, OrphanEntry};
 use crate::model::results::ResultDoc;
 use crate::model::{FastMap, JobId};
@@ -37,12 +36,10 @@ pub struct Slot {
     pub new: bool,
 }
 
-/// The orphan store: the folder and filesystem, and the turns of appenders per id.
+/// The orphan store: where the files are kept, and the turns of appenders per id.
 pub struct Store {
-    /// The filesystem seam.
-    fs: Arc<dyn wal::Fs>,
-    /// The `files/` folder.
-    dir: PathBuf,
+    /// The file store.
+    files: Arc<dyn FileStore>,
     /// One lock per id being appended to now (removed when nobody holds or waits for it).
     turns: Mutex<FastMap<JobId, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -69,11 +66,10 @@ impl Drop for Turn<'_> {
 }
 
 impl Store {
-    /// A store over `dir` on `fs`.
-    pub fn new(fs: Arc<dyn wal::Fs>, dir: PathBuf) -> Store {
+    /// A store over `files`.
+    pub fn new(files: Arc<dyn FileStore>) -> Store {
         Store {
-            fs,
-            dir,
+            files,
             turns: Mutex::new(FastMap::default()),
         }
     }
@@ -92,45 +88,15 @@ impl Store {
     /// Writes `bytes` at the slot and makes them durable: the file's data (and, for a new
     /// file, its directory entry) is on disk when this returns.
     pub async fn append(&self, slot: &Slot, bytes: Vec<u8>) -> Result<()> {
-        let (fs, dir) = (self.fs.clone(), self.dir.clone());
-        let (path, offset, new) = (dir.join(&*slot.file), slot.offset, slot.new);
-        blocking(move || {
-            let mut file = if new {
-                fs.create(&path)?
-            } else {
-                fs.open(&path)?
-            };
-            file.write_at(offset, &bytes)?;
-            file.sync_data()?;
-            if new {
-                fs.sync_dir(&dir)?;
-            }
-            Ok(())
-        })
-        .await
+        self.files
+            .append(&slot.file, slot.offset, slot.new, bytes)
+            .await
     }
 
     /// The document an id's file holds (its valid prefix, as `entry` records it).
     pub async fn read(&self, entry: OrphanEntry) -> Result<ResultDoc> {
-        let (fs, path) = (self.fs.clone(), self.dir.join(&*entry.file));
-        let bytes = blocking(move || {
-            let file = fs.open_read(&path)?;
-            let mut bytes = vec![0u8; entry.len as usize];
-            let mut filled = 0;
-            while filled < bytes.len() {
-                let n = file.read_at(filled as u64, &mut bytes[filled..])?;
-                if n == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "an orphan data file is shorter than recorded",
-                    ));
-                }
-                filled += n;
-            }
-            Ok((bytes, entry))
-        })
-        .await?;
-        tokio::task::spawn_blocking(move || read_doc(&bytes.0, &bytes.1))
+        let bytes = self.files.read(&entry.file, entry.len).await?;
+        tokio::task::spawn_blocking(move || read_doc(&bytes, &entry))
             .await
             .map_err(|e| Error::Internal(format!("orphan read task failed: {e}")))?
     }
@@ -138,11 +104,11 @@ impl Store {
     /// Deletes files nothing refers to (an append abandoned before its first record was
     /// logged), off the caller's path; a failure leaves them to start-up's sweep.
     pub fn discard(&self, names: Vec<Box<str>>) {
-        super::delete_files(self.fs.clone(), self.dir.clone(), names);
+        self.files.delete(names);
     }
 
-    /// The filesystem and folder (for deletions once a removal is durable).
-    pub fn place(&self) -> (Arc<dyn wal::Fs>, PathBuf) {
-        (self.fs.clone(), self.dir.clone())
+    /// The file store (for deletions once a removal is durable).
+    pub fn files(&self) -> Arc<dyn FileStore> {
+        self.files.clone()
     }
 }

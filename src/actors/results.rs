@@ -226,8 +226,12 @@ impl ResultState {
                 .collect()
         };
         let ticket = self.record(Event::ResultsExpired { ids: ids.clone() })?;
-        let (fs, dir) = self.store.place();
-        super::delete_when_durable(self.recorder.journal(), ticket.lsn(), fs, dir, files);
+        super::delete_when_durable(
+            self.recorder.journal(),
+            ticket.lsn(),
+            self.store.files(),
+            files,
+        );
         for id in ids {
             self.ledger.discharge(id);
         }

@@ -7,7 +7,6 @@
 //! not fail on bad input), its state is no longer trustworthy, so the supervisor reports
 //! a fatal error and the server shuts down: on restart, replay rebuilds it from the log.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -66,9 +65,7 @@ pub struct SupervisorArgs {
     /// The queue directory to fill.
     pub queues: QueueDirectory,
     /// Where uploaded files live.
-    pub files_dir: PathBuf,
-    /// The filesystem they live on.
-    pub fs: Arc<dyn wal::Fs>,
+    pub files: Arc<dyn crate::journal::files::FileStore>,
     /// Where to report a fatal failure (the server shuts down on it).
     pub fatal: UnboundedSender<String>,
     /// Dispatched jobs' last contact (for the registry).
@@ -146,10 +143,9 @@ impl Actor for Supervisor {
             FileArgs {
                 files,
                 journal: args.journal.clone(),
-                dir: args.files_dir,
                 jobs,
                 orphans: args.orphans,
-                fs: args.fs,
+                store: args.files,
             },
             cell.clone(),
         )

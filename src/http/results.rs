@@ -2,8 +2,6 @@
 //! `result_post`, `result_get`, `output_post`, `output_get`, `artifacts_post`,
 //! `artifacts_get`).
 
-use std::path::Path as FsPath;
-
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -17,8 +15,9 @@ use super::wire::{json_object_body, parse_timestamp, path_id, query_pairs, PHASE
 use crate::actors::files::FileMsg;
 use crate::actors::registry::RegistryMsg;
 use crate::actors::results::{read_output, record, FragmentPost, LogQuery, Post};
-use crate::actors::{ask, ask_admitted, blocking, Callee, Services};
+use crate::actors::{ask, ask_admitted, Callee, Services};
 use crate::error::{Error, Result};
+use crate::journal::files::{Download, NewFile};
 use crate::model::registry::first_run;
 use crate::model::results::Fields;
 use crate::model::{FileKind, JobId, LogKind, Name};
@@ -424,10 +423,11 @@ const UPLOAD_FRAMING: u64 = 64 << 10;
 /// Streams the multipart field `file` of `request` into a new durable file and records
 /// it as the job's `kind`. The file name is ours: nothing the client sends becomes a path.
 ///
-/// The bytes go to a temporary file through the data dir's filesystem seam (`svc.fs`), are
-/// fsynced, renamed to a fresh name and the directory fsynced before the event that refers
-/// to the file is logged: a crash at any point leaves the previous file (still referenced)
-/// or the new one whole, never a torn one, and start-up sweeps what nothing refers to.
+/// The bytes go to the file store (`svc.store`: a temporary file in the data dir, fsynced,
+/// renamed to a fresh name and the directory fsynced; or chunks committed to the
+/// journal's database) as they arrive, and are durable before the event that refers to the
+/// file is logged: a crash at any point leaves the previous file (still referenced) or the
+/// new one whole, never a torn one, and start-up sweeps what nothing refers to.
 ///
 /// Bounded before anything is stored: a declared length over the limit, or a log that
 /// cannot record the upload now, is refused before the body is read; the preamble, each
@@ -490,14 +490,15 @@ pub async fn store_upload(
     );
     let mut multipart = multer::Multipart::with_constraints(framing, boundary, constraints);
     let name = format!("{id}.{}.{}", kind_tag(kind), uuid::Uuid::new_v4().simple());
-    let tmp = svc.files_dir.join(format!("tmp-{name}"));
-    let mut stored = None;
+    let mut stored: Option<(u64, Box<dyn NewFile>)> = None;
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => break,
             Err(e) => {
-                remove_quietly(svc, &tmp).await;
+                if let Some((_, file)) = stored.take() {
+                    file.abandon().await;
+                }
                 return Err(multipart_error(e, limit));
             }
         };
@@ -505,43 +506,28 @@ pub async fn store_upload(
             // Read and dropped (bounded by --max-field-bytes, or the file limit).
             continue;
         }
-        match write_stream(svc, &tmp, field, limit).await {
-            Ok(size) => stored = Some(size),
+        let mut file = svc.store.create(&name).await?;
+        match write_stream(&mut *file, field, limit).await {
+            Ok(size) => stored = Some((size, file)),
             Err(e) => {
-                remove_quietly(svc, &tmp).await;
+                file.abandon().await;
                 return Err(over_quota(e));
             }
         }
     }
-    let Some(size) = stored else {
+    let Some((size, writing)) = stored else {
         return Err(Error::InvalidInput("The upload has no `file` field".into()));
     };
-    let path = svc.files_dir.join(&name);
-    let durable = {
-        let (fs, dir, tmp, path) = (
-            svc.fs.clone(),
-            svc.files_dir.clone(),
-            tmp.clone(),
-            path.clone(),
-        );
-        blocking(move || {
-            fs.rename(&tmp, &path)?;
-            fs.sync_dir(&dir)
-        })
-    };
-    if let Err(e) = durable.await {
-        remove_quietly(svc, &tmp).await;
-        return Err(e);
-    }
+    writing.finish().await?;
     let lsn = match ask(&svc.files, |p| {
-        FileMsg::Stored(id, kind, name.into_boxed_str(), size, p)
+        FileMsg::Stored(id, kind, name.clone().into_boxed_str(), size, p)
     })
     .await
     {
         Ok(Ok(lsn)) => lsn,
         // Refused before anything was recorded (at the door, or over the orphan quota).
         Ok(Err(e)) | Err(e) => {
-            remove_quietly(svc, &path).await;
+            svc.store.delete(vec![name.into_boxed_str()]);
             return Err(e);
         }
     };
@@ -581,50 +567,21 @@ fn multipart_error(e: multer::Error, limit: u64) -> Error {
     }
 }
 
-/// Bytes gathered from the upload before one write: fewer, larger blocking calls, and
-/// never more than this in memory per upload.
-const WRITE_CHUNK: usize = 256 << 10;
-/// Bytes read from disk per chunk of a download.
-const READ_CHUNK: usize = 256 << 10;
-
-/// Streams `field` into a new file at `path` and fsyncs it; its size.
+/// Streams `field` into `file`; its size.
 async fn write_stream(
-    svc: &Services,
-    path: &FsPath,
+    file: &mut dyn NewFile,
     mut field: multer::Field<'_>,
     limit: u64,
 ) -> Result<u64> {
-    let (fs, at) = (svc.fs.clone(), path.to_path_buf());
-    let mut file = blocking(move || fs.create(&at)).await?;
     let mut size: u64 = 0;
-    let mut written: u64 = 0;
-    let mut buf = Vec::new();
-    loop {
-        let chunk = field.chunk().await.map_err(|e| multipart_error(e, limit))?;
-        if let Some(chunk) = &chunk {
-            size += chunk.len() as u64;
-            if size > limit {
-                return Err(too_large(limit));
-            }
-            buf.extend_from_slice(chunk);
+    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(too_large(limit));
         }
-        if buf.len() >= WRITE_CHUNK || (chunk.is_none() && !buf.is_empty()) {
-            let data = std::mem::take(&mut buf);
-            let offset = written;
-            written += data.len() as u64;
-            file = blocking(move || file.write_at(offset, &data).map(|()| file)).await?;
-        }
-        if chunk.is_none() {
-            break;
-        }
+        file.write(&chunk).await?;
     }
-    blocking(move || file.sync_all()).await?;
     Ok(size)
-}
-
-async fn remove_quietly(svc: &Services, path: &FsPath) {
-    let (fs, path) = (svc.fs.clone(), path.to_path_buf());
-    let _ = blocking(move || fs.remove(&path)).await;
 }
 
 /// Streams the job's file of `kind` (204 when there is none).
@@ -633,61 +590,32 @@ pub async fn serve_file(
     id: JobId,
     kind: FileKind,
     mime: &'static str,
-    download: &str,
+    download_name: &str,
 ) -> Result<Response> {
     let Some(stored) = ask(&svc.files, |p| FileMsg::Get(id, kind, p)).await? else {
         return Ok(no_content());
     };
-    let open = |file: &str| {
-        let (fs, path) = (svc.fs.clone(), svc.files_dir.join(file));
-        blocking(move || fs.open_read(&path))
-    };
-    let file = match open(&stored.file).await {
-        Ok(file) => file,
+    let download = match svc.store.open(&stored.file, stored.size).await {
+        Ok(download) => download,
         // Replaced between the lookup and the open: the newer file is the answer.
         Err(_) => {
             let Some(newer) = ask(&svc.files, |p| FileMsg::Get(id, kind, p)).await? else {
                 return Ok(no_content());
             };
-            return stream_file(open(&newer.file).await?, newer.size, mime, download);
+            let download = svc.store.open(&newer.file, newer.size).await?;
+            return stream_file(download, newer.size, mime, download_name);
         }
     };
-    stream_file(file, stored.size, mime, download)
+    stream_file(download, stored.size, mime, download_name)
 }
 
 fn stream_file(
-    file: Box<dyn wal::FsRead>,
+    download: Download,
     size: u64,
     mime: &'static str,
-    download: &str,
+    download_name: &str,
 ) -> Result<Response> {
-    let file: std::sync::Arc<dyn wal::FsRead> = file.into();
-    // The recorded size bounds the stream: the file holds exactly that many bytes.
-    let stream = futures_util::stream::try_unfold(0u64, move |offset| {
-        let file = file.clone();
-        async move {
-            if offset >= size {
-                return Ok(None);
-            }
-            let want = (size - offset).min(READ_CHUNK as u64) as usize;
-            let buf = blocking(move || {
-                let mut buf = vec![0u8; want];
-                let n = file.read_at(offset, &mut buf)?;
-                if n == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the stored file is shorter than recorded",
-                    ));
-                }
-                buf.truncate(n);
-                Ok(buf)
-            })
-            .await?;
-            let next = offset + buf.len() as u64;
-            Ok::<_, Error>(Some((Bytes::from(buf), next)))
-        }
-    })
-    .map_err(|e| {
+    let stream = download.map_err(|e| {
         Box::new(std::io::Error::other(e.message().to_owned()))
             as Box<dyn std::error::Error + Send + Sync>
     });
@@ -695,7 +623,7 @@ fn stream_file(
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename={download}")) {
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename={download_name}")) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(response)

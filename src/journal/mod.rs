@@ -30,6 +30,7 @@
 //! (`--journal`). The fold and the actors never know which backend runs.
 
 mod file;
+pub mod files;
 mod postgres;
 
 pub use file::dump;

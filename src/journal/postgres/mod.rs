@@ -24,6 +24,8 @@
 //! Not here (yet): uploaded files stay in the data directory; leases, standbys and
 //! failover between several flinger processes.
 
+pub(super) mod files;
+
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 

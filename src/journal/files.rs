@@ -1,0 +1,392 @@
+//! Where the files the state refers to are kept: uploaded artifacts and attachments
+//! (`model::files`), the append-only files of ids no job has (`model::orphans`), and small
+//! private values such as the access-token signing key. [`FileStore`] is the seam;
+//! [`DiskFiles`] keeps them in the data directory through the log's filesystem seam
+//! (`wal::Fs`, so the power-loss model sees them), and the PostgreSQL journal keeps them in
+//! its database (`postgres::files`), so that a node with an empty data directory serves
+//! everything. [`open`] picks the one that goes with `--journal`.
+//!
+//! Every implementation keeps the promises the fold relies on:
+//! - a file is durable under its name when [`NewFile::finish`] or [`FileStore::append`]
+//!   returns, and callers append the event that refers to it only after that;
+//! - a file is deleted only once the event that stopped referring to it is durable
+//!   ([`delete_when_durable`]), so a crash never leaves a reference to a missing file;
+//! - what a crash leaves unreferenced (an interrupted upload, a deletion that did not
+//!   happen) is removed by [`FileStore::sweep`] at start-up.
+//!
+//! Bytes are streamed both ways, never whole in memory: an upload is written as it
+//! arrives, in chunks of at most [`NewFile`]'s buffer; a download reads chunk by chunk.
+//! The orphan files are the exception by design: they are read whole, bounded by
+//! `--orphan-quota-bytes`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+use super::{postgres, Journal};
+use crate::config::{Config, JournalTarget};
+use crate::error::{Error, Result};
+
+/// A download: the stored bytes, chunk by chunk.
+pub type Download = BoxStream<'static, Result<Bytes>>;
+
+/// The store of every file the state refers to (see the module docs for its promises).
+/// Names are the server's own (never from a client) and unique per file.
+#[async_trait]
+pub trait FileStore: Send + Sync {
+    /// Starts the new file `name`; it holds nothing under that name until
+    /// [`NewFile::finish`].
+    async fn create(&self, name: &str) -> Result<Box<dyn NewFile>>;
+
+    /// Streams the first `size` bytes of `name` (the size its event recorded);
+    /// [`Error::NotFound`] when there is no such file (it was replaced and deleted since
+    /// the caller looked it up). The stream fails if the file holds fewer bytes.
+    async fn open(&self, name: &str, size: u64) -> Result<Download>;
+
+    /// Writes `bytes` at `offset` of the append-only file `name` (made first when `new`)
+    /// and makes them durable; whatever lay at or past `offset` (an append a crash left
+    /// unrecorded) is overwritten.
+    async fn append(&self, name: &str, offset: u64, new: bool, bytes: Vec<u8>) -> Result<()>;
+
+    /// The first `len` bytes of `name`, whole (the orphan files, bounded by their quota).
+    async fn read(&self, name: &str, len: u64) -> Result<Vec<u8>>;
+
+    /// Deletes `names`, which nothing refers to any more, off the caller's path. A failure
+    /// is logged (rate-limited) and left to start-up's [`FileStore::sweep`].
+    fn delete(&self, names: Vec<Box<str>>);
+
+    /// Deletes every file whose name is not in `referenced` (at start-up, before anything
+    /// else writes); how many went.
+    async fn sweep(&self, referenced: &HashSet<&str>) -> Result<usize>;
+
+    /// The private value `name` (a secret key): the stored one, or `fresh`, stored
+    /// durably, when there is none yet.
+    async fn private(&self, name: &str, fresh: Vec<u8>) -> Result<Vec<u8>>;
+}
+
+/// A file being written: bytes are appended as they arrive, then the file is made durable
+/// under its name, or dropped.
+#[async_trait]
+pub trait NewFile: Send {
+    /// Appends `bytes` (buffered up to the store's chunk size, then written).
+    async fn write(&mut self, bytes: &[u8]) -> Result<()>;
+    /// Writes what is buffered and makes the whole file durable under its name.
+    async fn finish(self: Box<Self>) -> Result<()>;
+    /// Drops what was written (an upload refused or broken off).
+    async fn abandon(self: Box<Self>);
+}
+
+/// The store that goes with `config.journal`: the data directory's `files/` folder on
+/// `fs` for the file log, the database for the PostgreSQL journal.
+pub async fn open(config: &Config, fs: Arc<dyn wal::Fs>) -> Result<Arc<dyn FileStore>> {
+    match &config.journal {
+        JournalTarget::File => Ok(Arc::new(
+            DiskFiles::open(fs, config.data_dir.clone()).await?,
+        )),
+        JournalTarget::Postgres(url) => Ok(Arc::new(postgres::files::PgFiles::open(url).await?)),
+    }
+}
+
+/// Deletes `names` from `store` once the record at `lsn` (the event that stopped
+/// referring to them) is durable, so a crash never leaves a reference to a deleted file.
+/// The caller holds the ticket; this waits on the log position instead. A deletion lost
+/// in a crash leaves an unreferenced file, which start-up sweeps.
+pub fn delete_when_durable(
+    journal: &Journal,
+    lsn: u64,
+    store: Arc<dyn FileStore>,
+    names: Vec<Box<str>>,
+) {
+    if names.is_empty() {
+        return;
+    }
+    let journal = journal.clone();
+    tokio::spawn(async move {
+        if journal.durable(journal.ticket_for(lsn)).await.is_ok() {
+            store.delete(names);
+        }
+    });
+}
+
+/// Logs a failed deletion, at most once per throttle period.
+pub(crate) fn deletion_failed(name: &str, error: &dyn std::fmt::Display) {
+    if let Some(suppressed) = crate::throttle::allow("cannot delete replaced file", 0) {
+        tracing::warn!(file = name, error = %error, suppressed, "cannot delete replaced file");
+    }
+}
+
+/// Runs a filesystem call (the `wal::Fs` seam is blocking) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("file task failed: {e}")))?
+        .map_err(Error::from)
+}
+
+/// Bytes gathered from an upload before one write: fewer, larger blocking calls, and
+/// never more than this in memory per upload.
+const WRITE_CHUNK: usize = 256 << 10;
+/// Bytes read from disk per chunk of a download.
+const READ_CHUNK: usize = 256 << 10;
+
+/// Files in the data directory: uploads and orphan files in `DATA_DIR/files/`, private
+/// values in `DATA_DIR` itself (mode 0600), all through the filesystem seam.
+pub struct DiskFiles {
+    /// The filesystem seam.
+    fs: Arc<dyn wal::Fs>,
+    /// `DATA_DIR/files`.
+    dir: PathBuf,
+    /// `DATA_DIR`.
+    data_dir: PathBuf,
+}
+
+impl DiskFiles {
+    /// The store under `data_dir`, creating its `files/` folder durably (a data dir whose
+    /// entry a crash loses takes everything with it).
+    pub async fn open(fs: Arc<dyn wal::Fs>, data_dir: PathBuf) -> Result<DiskFiles> {
+        let dir = data_dir.join("files");
+        let (seam, at) = (fs.clone(), dir.clone());
+        blocking(move || wal::create_dir_all_durably(&*seam, &at))
+            .await
+            .map_err(|e| Error::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(DiskFiles { fs, dir, data_dir })
+    }
+}
+
+#[async_trait]
+impl FileStore for DiskFiles {
+    async fn create(&self, name: &str) -> Result<Box<dyn NewFile>> {
+        let tmp = self.dir.join(format!("tmp-{name}"));
+        let (fs, at) = (self.fs.clone(), tmp.clone());
+        let file = blocking(move || fs.create(&at)).await?;
+        Ok(Box::new(DiskNewFile {
+            fs: self.fs.clone(),
+            dir: self.dir.clone(),
+            tmp,
+            path: self.dir.join(name),
+            file: Some(file),
+            buf: Vec::new(),
+            written: 0,
+        }))
+    }
+
+    async fn open(&self, name: &str, size: u64) -> Result<Download> {
+        let (fs, path) = (self.fs.clone(), self.dir.join(name));
+        let file = match blocking(move || fs.open_read(&path)).await {
+            Ok(file) => file,
+            Err(e) => {
+                return Err(Error::NotFound(format!(
+                    "stored file {name}: {}",
+                    e.message()
+                )))
+            }
+        };
+        let file: Arc<dyn wal::FsRead> = file.into();
+        // The recorded size bounds the stream: the file holds exactly that many bytes.
+        let stream = futures_util::stream::try_unfold(0u64, move |offset| {
+            let file = file.clone();
+            async move {
+                if offset >= size {
+                    return Ok(None);
+                }
+                let want = (size - offset).min(READ_CHUNK as u64) as usize;
+                let buf = blocking(move || {
+                    let mut buf = vec![0u8; want];
+                    let n = file.read_at(offset, &mut buf)?;
+                    if n == 0 {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the stored file is shorter than recorded",
+                        ));
+                    }
+                    buf.truncate(n);
+                    Ok(buf)
+                })
+                .await?;
+                let next = offset + buf.len() as u64;
+                Ok(Some((Bytes::from(buf), next)))
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn append(&self, name: &str, offset: u64, new: bool, bytes: Vec<u8>) -> Result<()> {
+        let (fs, dir) = (self.fs.clone(), self.dir.clone());
+        let path = dir.join(name);
+        blocking(move || {
+            let mut file = if new {
+                fs.create(&path)?
+            } else {
+                fs.open(&path)?
+            };
+            file.write_at(offset, &bytes)?;
+            file.sync_data()?;
+            if new {
+                fs.sync_dir(&dir)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read(&self, name: &str, len: u64) -> Result<Vec<u8>> {
+        let (fs, path) = (self.fs.clone(), self.dir.join(name));
+        blocking(move || {
+            let file = fs.open_read(&path)?;
+            let mut bytes = vec![0u8; len as usize];
+            let mut filled = 0;
+            while filled < bytes.len() {
+                let n = file.read_at(filled as u64, &mut bytes[filled..])?;
+                if n == 0 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "a stored file is shorter than recorded",
+                    ));
+                }
+                filled += n;
+            }
+            Ok(bytes)
+        })
+        .await
+    }
+
+    fn delete(&self, names: Vec<Box<str>>) {
+        if names.is_empty() {
+            return;
+        }
+        let (fs, dir) = (self.fs.clone(), self.dir.clone());
+        // No directory fsync: a deletion lost in a crash leaves a file start-up sweeps.
+        tokio::task::spawn_blocking(move || {
+            for name in names {
+                if let Err(e) = fs.remove(&dir.join(&*name)) {
+                    deletion_failed(&name, &e);
+                }
+            }
+        });
+    }
+
+    async fn sweep(&self, referenced: &HashSet<&str>) -> Result<usize> {
+        let (fs, dir) = (self.fs.clone(), self.dir.clone());
+        let names = blocking(move || fs.read_dir(&dir)).await?;
+        let mut removed = 0;
+        for name in names {
+            if referenced.contains(name.as_str()) {
+                continue;
+            }
+            let (fs, path) = (self.fs.clone(), self.dir.join(&name));
+            match blocking(move || fs.remove(&path)).await {
+                Ok(()) => {
+                    removed += 1;
+                    tracing::info!(file = name, "removed unreferenced upload");
+                }
+                Err(e) => {
+                    tracing::warn!(file = name, error = %e, "cannot remove unreferenced upload")
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn private(&self, name: &str, fresh: Vec<u8>) -> Result<Vec<u8>> {
+        let (fs, path) = (self.fs.clone(), self.data_dir.join(name));
+        let shown = path.display().to_string();
+        let (value, made) = blocking(move || match fs.read(&path) {
+            Ok(value) if !value.is_empty() => Ok((value, false)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => {
+                wal::write_private_file_durably(&*fs, &path, &fresh)?;
+                Ok((fresh, true))
+            }
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("cannot keep {shown}: {}", e.message())))?;
+        if made {
+            tracing::info!(path = shown, "generated {name}");
+        }
+        Ok(value)
+    }
+}
+
+/// An upload in progress on disk: a temporary file, renamed to its name once synced.
+struct DiskNewFile {
+    fs: Arc<dyn wal::Fs>,
+    /// The folder (synced after the rename).
+    dir: PathBuf,
+    /// Where the bytes go until [`NewFile::finish`].
+    tmp: PathBuf,
+    /// The file's name once finished.
+    path: PathBuf,
+    /// The open temporary file (`None` only while a blocking call holds it).
+    file: Option<Box<dyn wal::FsFile>>,
+    /// Bytes not written yet (below [`WRITE_CHUNK`]).
+    buf: Vec<u8>,
+    /// Bytes written to the file so far.
+    written: u64,
+}
+
+impl DiskNewFile {
+    async fn flush(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::take(&mut self.buf);
+        let offset = self.written;
+        self.written += data.len() as u64;
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::Internal("an upload's file was lost".into()))?;
+        self.file = Some(blocking(move || file.write_at(offset, &data).map(|()| file)).await?);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl NewFile for DiskNewFile {
+    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= WRITE_CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<()> {
+        let result = async {
+            self.flush().await?;
+            let file = self.file.take();
+            let (fs, dir, tmp, path) = (
+                self.fs.clone(),
+                self.dir.clone(),
+                self.tmp.clone(),
+                self.path.clone(),
+            );
+            blocking(move || {
+                if let Some(mut file) = file {
+                    file.sync_all()?;
+                }
+                fs.rename(&tmp, &path)?;
+                fs.sync_dir(&dir)
+            })
+            .await
+        }
+        .await;
+        if result.is_err() {
+            let (fs, tmp) = (self.fs.clone(), self.tmp.clone());
+            let _ = blocking(move || fs.remove(&tmp)).await;
+        }
+        result
+    }
+
+    async fn abandon(mut self: Box<Self>) {
+        self.file.take();
+        let (fs, tmp) = (self.fs.clone(), self.tmp.clone());
+        let _ = blocking(move || fs.remove(&tmp)).await;
+    }
+}

@@ -1,0 +1,384 @@
+//! The PostgreSQL journal's file store: every file the state refers to, in the database,
+//! so any node serves them with nothing on its local disk.
+//!
+//! - `flinger_files (name, size)`: one row per file, made when its first byte is about to
+//!   be written; `size` is set once an upload is finished (orphan files keep `NULL`: their
+//!   recorded length is in the log).
+//! - `flinger_file_chunks (file, pos, data)`: the bytes, one row per chunk of at most
+//!   [`CHUNK`] bytes starting at byte `pos`, so a download fetches the row at the next
+//!   position by primary key, one chunk at a time. Stored without compression
+//!   (`STORAGE EXTERNAL`): artifacts are usually compressed already.
+//! - `flinger_private (name, value)`: small private values (the token signing key).
+//!
+//! An upload inserts each chunk in its own short transaction as the body arrives (never
+//! whole in memory, never a transaction open for the length of a slow upload) and its
+//! rows are durable (committed under the server's `synchronous_commit`) before
+//! [`NewFile::finish`] returns, so before the event that refers to the file is appended.
+//! An orphan append replaces everything at or past its offset and inserts its bytes in
+//! one transaction. Deletions (`ON DELETE CASCADE` to the chunks) come only after the
+//! removing event is durable; start-up deletes what no event refers to.
+//!
+//! Statements run on a pool of at most [`CONNECTIONS`] connections, apart from the
+//! journal writer's own session: uploads and downloads take turns statement by statement,
+//! so a slow client never holds a connection between its chunks.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use super::pg_error;
+use crate::config::redact;
+use crate::error::{Error, Result};
+use crate::journal::files::{deletion_failed, Download, FileStore, NewFile};
+
+/// The tables, created on first start.
+const SCHEMA: &str = "
+SET client_min_messages = warning;
+CREATE TABLE IF NOT EXISTS flinger_files (
+    name text PRIMARY KEY,
+    size bigint
+);
+CREATE TABLE IF NOT EXISTS flinger_file_chunks (
+    file text NOT NULL REFERENCES flinger_files ON DELETE CASCADE,
+    pos bigint NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (file, pos)
+);
+ALTER TABLE flinger_file_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+CREATE TABLE IF NOT EXISTS flinger_private (
+    name text PRIMARY KEY,
+    value bytea NOT NULL
+);
+";
+
+/// The transaction-scoped advisory lock taken while creating the tables.
+const SCHEMA_LOCK: i64 = 0x0066_6c66_696c_6573;
+
+/// Bytes per row of `flinger_file_chunks` (uploads; orphan appends are split likewise).
+pub const CHUNK: usize = 1 << 20;
+/// Connections the file store opens at most.
+pub const CONNECTIONS: usize = 8;
+
+/// The file store in the database at a connection string.
+pub struct PgFiles {
+    pool: Pool,
+}
+
+fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+    move |e| pg_error(what, e)
+}
+
+impl PgFiles {
+    /// Connects to `url` and creates the tables if missing.
+    pub async fn open(url: &str) -> Result<PgFiles> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| Error::InvalidInput(format!("PostgreSQL journal {}: {e}", redact(url))))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(CONNECTIONS)
+            .build()
+            .map_err(|e| Error::Internal(format!("PostgreSQL file store: {e}")))?;
+        let files = PgFiles { pool };
+        let mut client = files.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => {
+                pg_error(&format!("cannot connect to {}", redact(url)), e)
+            }
+            other => Error::Unavailable(format!("PostgreSQL file store: {other}")),
+        })?;
+        let fail = failed("cannot create the file store's tables");
+        // Nodes starting together would race on `CREATE TABLE IF NOT EXISTS`.
+        let tx = client.transaction().await.map_err(&fail)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .await
+            .map_err(&fail)?;
+        tx.batch_execute(SCHEMA).await.map_err(&fail)?;
+        tx.commit().await.map_err(&fail)?;
+        drop(client);
+        Ok(files)
+    }
+
+    /// A pooled connection (waits for one when all are busy).
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        client(&self.pool).await
+    }
+}
+
+async fn client(pool: &Pool) -> Result<deadpool_postgres::Object> {
+    pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_error("file store", e),
+        other => Error::Unavailable(format!("PostgreSQL file store: {other}")),
+    })
+}
+
+#[async_trait]
+impl FileStore for PgFiles {
+    async fn create(&self, name: &str) -> Result<Box<dyn NewFile>> {
+        self.client()
+            .await?
+            .execute("INSERT INTO flinger_files (name) VALUES ($1)", &[&name])
+            .await
+            .map_err(failed("cannot store a file"))?;
+        Ok(Box::new(PgNewFile {
+            pool: self.pool.clone(),
+            name: name.to_owned(),
+            buf: Vec::new(),
+            written: 0,
+        }))
+    }
+
+    async fn open(&self, name: &str, size: u64) -> Result<Download> {
+        let found = self
+            .client()
+            .await?
+            .query_opt("SELECT 1 FROM flinger_files WHERE name = $1", &[&name])
+            .await
+            .map_err(failed("cannot read a file"))?;
+        if found.is_none() {
+            return Err(Error::NotFound(format!("stored file {name}")));
+        }
+        let (pool, name) = (self.pool.clone(), name.to_owned());
+        let stream = futures_util::stream::try_unfold(0u64, move |pos| {
+            let (pool, name) = (pool.clone(), name.clone());
+            async move {
+                if pos >= size {
+                    return Ok(None);
+                }
+                let row = client(&pool)
+                    .await?
+                    .query_opt(
+                        "SELECT data FROM flinger_file_chunks WHERE file = $1 AND pos = $2",
+                        &[&name, &(pos as i64)],
+                    )
+                    .await
+                    .map_err(failed("cannot read a file"))?;
+                let Some(row) = row else {
+                    return Err(Error::Internal(format!(
+                        "stored file {name} ends at byte {pos} of {size} (deleted while read?)"
+                    )));
+                };
+                let mut data: Vec<u8> = row.get(0);
+                if data.is_empty() {
+                    return Err(Error::Internal(format!(
+                        "stored file {name} has an empty chunk at {pos}"
+                    )));
+                }
+                data.truncate((size - pos).min(data.len() as u64) as usize);
+                let next = pos + data.len() as u64;
+                Ok(Some((Bytes::from(data), next)))
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn append(&self, name: &str, offset: u64, new: bool, bytes: Vec<u8>) -> Result<()> {
+        let mut client = self.client().await?;
+        let fail = failed("cannot append to a file");
+        let tx = client.transaction().await.map_err(&fail)?;
+        if new {
+            tx.execute(
+                "INSERT INTO flinger_files (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                &[&name],
+            )
+            .await
+            .map_err(&fail)?;
+        }
+        tx.execute(
+            "DELETE FROM flinger_file_chunks WHERE file = $1 AND pos >= $2",
+            &[&name, &(offset as i64)],
+        )
+        .await
+        .map_err(&fail)?;
+        let insert = tx
+            .prepare("INSERT INTO flinger_file_chunks (file, pos, data) VALUES ($1, $2, $3)")
+            .await
+            .map_err(&fail)?;
+        for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
+            let pos = (offset + (i * CHUNK) as u64) as i64;
+            tx.execute(&insert, &[&name, &pos, &chunk])
+                .await
+                .map_err(&fail)?;
+        }
+        tx.commit().await.map_err(&fail)
+    }
+
+    async fn read(&self, name: &str, len: u64) -> Result<Vec<u8>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT pos, data FROM flinger_file_chunks WHERE file = $1 AND pos < $2 ORDER BY pos",
+                &[&name, &(len as i64)],
+            )
+            .await
+            .map_err(failed("cannot read a file"))?;
+        let mut bytes = Vec::with_capacity(len as usize);
+        for row in rows {
+            let pos: i64 = row.get(0);
+            if pos as u64 != bytes.len() as u64 {
+                return Err(Error::Internal(format!(
+                    "stored file {name} has a gap at byte {} (next chunk at {pos})",
+                    bytes.len()
+                )));
+            }
+            bytes.extend_from_slice(row.get::<_, &[u8]>(1));
+        }
+        if (bytes.len() as u64) < len {
+            return Err(Error::Internal(format!(
+                "stored file {name} holds {} bytes, {len} recorded",
+                bytes.len()
+            )));
+        }
+        bytes.truncate(len as usize);
+        Ok(bytes)
+    }
+
+    fn delete(&self, names: Vec<Box<str>>) {
+        if names.is_empty() {
+            return;
+        }
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let names: Vec<&str> = names.iter().map(|n| &**n).collect();
+            let result = match client(&pool).await {
+                Ok(client) => client
+                    .execute("DELETE FROM flinger_files WHERE name = ANY($1)", &[&names])
+                    .await
+                    .map(drop)
+                    .map_err(failed("cannot delete files")),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                deletion_failed(names[0], &e);
+            }
+        });
+    }
+
+    async fn sweep(&self, referenced: &HashSet<&str>) -> Result<usize> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT name FROM flinger_files", &[])
+            .await
+            .map_err(failed("cannot list the stored files"))?;
+        let gone: Vec<String> = rows
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .filter(|n| !referenced.contains(n.as_str()))
+            .collect();
+        if !gone.is_empty() {
+            client
+                .execute("DELETE FROM flinger_files WHERE name = ANY($1)", &[&gone])
+                .await
+                .map_err(failed("cannot delete unreferenced files"))?;
+            for name in &gone {
+                tracing::info!(file = name, "removed unreferenced upload");
+            }
+        }
+        Ok(gone.len())
+    }
+
+    async fn private(&self, name: &str, fresh: Vec<u8>) -> Result<Vec<u8>> {
+        let client = self.client().await?;
+        let fail = failed("cannot keep a private value");
+        // Whoever inserts first wins; everyone reads the winner.
+        let made = client
+            .execute(
+                "INSERT INTO flinger_private (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&name, &fresh],
+            )
+            .await
+            .map_err(&fail)?;
+        if made == 1 {
+            tracing::info!(name, "generated {name} (kept in the database)");
+        }
+        let row = client
+            .query_one(
+                "SELECT value FROM flinger_private WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(&fail)?;
+        Ok(row.get(0))
+    }
+}
+
+/// An upload in progress: chunks are inserted as they fill.
+struct PgNewFile {
+    pool: Pool,
+    name: String,
+    /// Bytes not inserted yet (below [`CHUNK`]).
+    buf: Vec<u8>,
+    /// Bytes inserted so far (the next chunk's `pos`).
+    written: u64,
+}
+
+impl PgNewFile {
+    /// Inserts `buf[..n]` as the next chunk.
+    async fn insert(&mut self, n: usize) -> Result<()> {
+        let pos = self.written as i64;
+        client(&self.pool)
+            .await?
+            .execute(
+                "INSERT INTO flinger_file_chunks (file, pos, data) VALUES ($1, $2, $3)",
+                &[&self.name, &pos, &&self.buf[..n]],
+            )
+            .await
+            .map_err(failed("cannot store a file"))?;
+        self.buf.drain(..n);
+        self.written += n as u64;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl NewFile for PgNewFile {
+    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(bytes);
+        while self.buf.len() >= CHUNK {
+            self.insert(CHUNK).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<()> {
+        let result = async {
+            if !self.buf.is_empty() {
+                self.insert(self.buf.len()).await?;
+            }
+            client(&self.pool)
+                .await?
+                .execute(
+                    "UPDATE flinger_files SET size = $2 WHERE name = $1",
+                    &[&self.name, &(self.written as i64)],
+                )
+                .await
+                .map_err(failed("cannot store a file"))
+        }
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.abandon().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abandon(self: Box<Self>) {
+        if let Ok(client) = client(&self.pool).await {
+            // A failure leaves the rows to start-up's sweep.
+            let _ = client
+                .execute("DELETE FROM flinger_files WHERE name = $1", &[&self.name])
+                .await;
+        }
+    }
+}
