@@ -1,13 +1,14 @@
 //! Everything kept has a bound or an expiry: data posted for ids no job has (orphans)
 //! counts against `--orphan-quota-bytes` (507 beyond it) and expires `--retention-secs`
 //! after its last write; `DELETE /v1/job/<id>` removes a job and all it owns, durably;
-//! a queue's actor stops after `--queue-idle-secs` without waiting jobs.
+//! a queue's actor stops after `--queue-idle-secs` without waiting jobs; retention removes
+//! finished jobs for good.
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::util::{new_id, TestServer};
+use crate::util::{new_id, pseudo_random_bytes, TestServer};
 
 /// Polls `check` every 100 ms until it holds, for at most 30 s.
 async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -23,10 +24,8 @@ where
 }
 
 fn files_of(srv: &TestServer, id: &str) -> Vec<String> {
-    std::fs::read_dir(srv.data_dir().join("files"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    srv.stored_files()
+        .into_iter()
         .filter(|n| n.contains(id))
         .collect()
 }
@@ -418,4 +417,113 @@ async fn a_job_that_takes_an_orphan_id_owns_its_data_which_then_stops_counting_a
         files_of(&srv, &id).is_empty()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_jobs_vanish_for_good_and_waiting_ones_stay_when_retention_expires() {
+    let mut srv = TestServer::start_with(&["--retention-secs", "2"]);
+    let done = srv.submit_to("ret-done").await;
+    let cancelled = srv.submit_to("ret-cancel").await;
+    let waiting = srv.submit_to("ret-wait").await;
+    assert_eq!(
+        srv.pop_id(&["ret-done"]).await.as_deref(),
+        Some(done.as_str())
+    );
+    srv.post_result(&done, &json!({"job_state": "complete"}))
+        .await;
+    srv.post_multipart(
+        &format!("/v1/result/{done}/artifact"),
+        "file",
+        "a.tgz",
+        pseudo_random_bytes(10_000, 3),
+    )
+    .await
+    .expect_status(200);
+    srv.cancel(&cancelled).await.expect_status(200);
+    // All there before retention runs out.
+    for id in [&done, &cancelled, &waiting] {
+        srv.get(&format!("/v1/job/{id}")).await.expect_status(200);
+    }
+    srv.get(&format!("/v1/result/{done}"))
+        .await
+        .expect_status(200);
+    srv.get(&format!("/v1/result/{done}/artifact"))
+        .await
+        .expect_status(200);
+
+    let finished = [done.clone(), cancelled.clone()];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut gone = true;
+        for id in &finished {
+            gone &= srv.get(&format!("/v1/job/{id}")).await.status == 204;
+        }
+        if gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "finished jobs not expired within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let check = |srv: &TestServer, when: &'static str| {
+        let http = srv.http();
+        let (done, cancelled, waiting) = (done.clone(), cancelled.clone(), waiting.clone());
+        async move {
+            for id in [&done, &cancelled] {
+                for path in [
+                    format!("/v1/job/{id}"),
+                    format!("/v1/result/{id}"),
+                    format!("/v1/result/{id}/artifact"),
+                ] {
+                    let r = http.get(&path).await;
+                    assert!(
+                        r.status == 204 && r.body.is_empty(),
+                        "{when}: GET {path} should be an empty 204, got {}: {:?}",
+                        r.status,
+                        r.text_preview()
+                    );
+                }
+            }
+            let r = http.get(&format!("/v1/job/{waiting}")).await;
+            assert_eq!(r.status, 200, "{when}: the waiting job must never expire");
+        }
+    };
+    check(&srv, "after expiry").await;
+    // The pass logs what it removed once the removal is durable, which may be a moment
+    // after reads stopped seeing the jobs.
+    let expired_in = |lines: &[String]| -> u64 {
+        lines
+            .iter()
+            .filter(|l| l.to_lowercase().contains("expired"))
+            .flat_map(|l| {
+                l.split_whitespace()
+                    .filter_map(|t| t.strip_prefix("jobs=")?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while expired_in(&srv.stderr_lines()) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines = srv.stderr_lines();
+    let expired = expired_in(&lines);
+    assert_eq!(
+        expired,
+        2,
+        "the log should say it expired the 2 finished jobs:\n{}",
+        lines.join("\n")
+    );
+
+    // The removal is durable: a server with a long retention (which would expire nothing
+    // itself) still does not have them.
+    assert!(srv.stop().success());
+    let again = srv.successor(&["--retention-secs", "604800"]);
+    check(&again, "after restart").await;
+    assert_eq!(
+        again.pop_id(&["ret-wait"]).await.as_deref(),
+        Some(waiting.as_str())
+    );
 }

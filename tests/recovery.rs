@@ -1,8 +1,13 @@
 //! Recovery edge cases over the real binary, with the log damaged by hand between runs: a torn
 //! tail is truncated with a warning, damage before the tail refuses to start (or is cut on the
 //! operator's explicit flag), a checksum-valid record that does not decode is never truncated,
-//! `flinger wal dump` reads a live log, a full disk answers 507/503 and recovers, retention
-//! removes finished jobs for good, and a second server cannot open a locked data directory.
+//! `flinger wal dump` reads a live log, a full disk answers 507/503 and recovers, the data
+//! directory a config file names is the one created, and a second server cannot open a
+//! locked data directory.
+//!
+//! File log only (`tests/on_postgres.rs` leaves this module out): every test here damages,
+//! fills, dumps or locks the log's files in the data directory, which the PostgreSQL journal
+//! does not have.
 //!
 //! The log is read and written here from the byte format documented in the `wal` crate
 //! (segment header of 32 bytes, then records `len u32 | crc32c u32 | lsn u64 | payload`), with
@@ -700,109 +705,33 @@ async fn mutations_get_507_and_resume_without_losing_acknowledged_writes_when_th
     drop(srv);
 }
 
-// ---- 6. retention --------------------------------------------------------------------------
+// ---- 6. the data directory's place --------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread")]
-async fn finished_jobs_vanish_for_good_and_waiting_ones_stay_when_retention_expires() {
-    let mut srv = TestServer::start_with(&["--retention-secs", "2"]);
-    let done = srv.submit_to("ret-done").await;
-    let cancelled = srv.submit_to("ret-cancel").await;
-    let waiting = srv.submit_to("ret-wait").await;
-    assert_eq!(
-        srv.pop_id(&["ret-done"]).await.as_deref(),
-        Some(done.as_str())
+#[tokio::test]
+async fn config_file_sets_data_dir_when_named_by_testflinger_config() {
+    let srv = TestServer::start_opts(Opts {
+        omit_data_dir: true,
+        files: vec![(
+            "custom.conf".into(),
+            "DATA_PATH = '{dir}/from-conf'\n".into(),
+        )],
+        envs: vec![("TESTFLINGER_CONFIG".into(), "{dir}/custom.conf".into())],
+        ..Opts::default()
+    });
+    let line = srv
+        .stderr_lines()
+        .into_iter()
+        .find(|l| l.contains(" listening "))
+        .unwrap();
+    let expected = srv.dir().join("from-conf");
+    assert!(
+        line.contains(&format!("data_dir={}", expected.display())),
+        "{line}"
     );
-    srv.post_result(&done, &json!({"job_state": "complete"}))
-        .await;
-    srv.post_multipart(
-        &format!("/v1/result/{done}/artifact"),
-        "file",
-        "a.tgz",
-        pseudo_random_bytes(10_000, 3),
-    )
-    .await
-    .expect_status(200);
-    srv.cancel(&cancelled).await.expect_status(200);
-    // All there before retention runs out.
-    assert_jobs(
-        &srv,
-        &[done.clone(), cancelled.clone(), waiting.clone()],
-        200,
-        "before expiry",
-    )
-    .await;
-    srv.get(&format!("/v1/result/{done}"))
-        .await
-        .expect_status(200);
-    srv.get(&format!("/v1/result/{done}/artifact"))
-        .await
-        .expect_status(200);
-
-    let finished = [done.clone(), cancelled.clone()];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut gone = true;
-        for id in &finished {
-            gone &= srv.get(&format!("/v1/job/{id}")).await.status == 204;
-        }
-        if gone {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "finished jobs not expired within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let check = |srv: &TestServer, when: &'static str| {
-        let http = srv.http();
-        let (done, cancelled, waiting) = (done.clone(), cancelled.clone(), waiting.clone());
-        async move {
-            for id in [&done, &cancelled] {
-                for path in [
-                    format!("/v1/job/{id}"),
-                    format!("/v1/result/{id}"),
-                    format!("/v1/result/{id}/artifact"),
-                ] {
-                    let r = http.get(&path).await;
-                    assert!(
-                        r.status == 204 && r.body.is_empty(),
-                        "{when}: GET {path} should be an empty 204, got {}: {:?}",
-                        r.status,
-                        r.text_preview()
-                    );
-                }
-            }
-            let r = http.get(&format!("/v1/job/{waiting}")).await;
-            assert_eq!(r.status, 200, "{when}: the waiting job must never expire");
-        }
-    };
-    check(&srv, "after expiry").await;
-    let lines = srv.stderr_lines();
-    let expired: u64 = lines
-        .iter()
-        .filter(|l| l.to_lowercase().contains("expired"))
-        .flat_map(|l| {
-            l.split_whitespace()
-                .filter_map(|t| t.strip_prefix("jobs=")?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum();
-    assert_eq!(
-        expired,
-        2,
-        "the log should say it expired the 2 finished jobs:\n{}",
-        lines.join("\n")
-    );
-
-    // The removal is durable: a server with a long retention (which would expire nothing
-    // itself) still does not have them.
-    assert!(srv.stop().success());
-    let again = start_on(&srv.data_dir(), &["--retention-secs", "604800"]);
-    check(&again, "after restart").await;
-    assert_eq!(
-        again.pop_id(&["ret-wait"]).await.as_deref(),
-        Some(waiting.as_str())
+    srv.submit_to("q").await;
+    assert!(
+        expected.is_dir(),
+        "data dir from the config file was not created"
     );
 }
 

@@ -108,30 +108,6 @@ async fn sigterm_finishes_in_flight_request_when_shutting_down() {
 }
 
 #[tokio::test]
-async fn config_file_sets_data_dir_when_named_by_testflinger_config() {
-    let srv = TestServer::start_opts(Opts {
-        omit_data_dir: true,
-        files: vec![(
-            "custom.conf".into(),
-            "DATA_PATH = '{dir}/from-conf'\n".into(),
-        )],
-        envs: vec![("TESTFLINGER_CONFIG".into(), "{dir}/custom.conf".into())],
-        ..Opts::default()
-    });
-    let line = listening_line(&srv);
-    let expected = srv.dir().join("from-conf");
-    assert!(
-        line.contains(&format!("data_dir={}", expected.display())),
-        "{line}"
-    );
-    srv.submit_to("q").await;
-    assert!(
-        expected.is_dir(),
-        "data dir from the config file was not created"
-    );
-}
-
-#[tokio::test]
 async fn config_file_in_working_directory_is_read_when_no_env_names_one() {
     let srv = TestServer::start_opts(Opts {
         omit_data_dir: true,

@@ -7,6 +7,10 @@
 
 mod util;
 
+/// The journal of every `util::TestServer` here that does not name one: the file log.
+/// `tests/on_postgres.rs` runs the same modules on PostgreSQL.
+const JOURNAL: util::Journal = util::Journal::File;
+
 // Submitting jobs, reading them back, ids and their spellings, resubmission, size limits.
 mod jobs;
 // Handing jobs to agents: pop ordering (FIFO, oldest across queues), concurrency, position.

@@ -25,8 +25,10 @@ pub async fn run(config: &Config, action: &ClientAction, out: &mut impl Write) -
     // Only `add` may start a data directory (the first admin is made before the first
     // start). Any other command on a directory that does not exist was pointed at the wrong
     // place (a `--data-dir` after `client` is refused by the parser, so the default
-    // `./data` is a common accident): say so instead of creating an empty one.
-    if !matches!(action, ClientAction::Add { .. }) && !config.data_dir.exists() {
+    // `./data` is a common accident): say so instead of creating an empty one. The
+    // PostgreSQL journal keeps nothing in the data directory.
+    let file_log = matches!(config.journal, crate::config::JournalTarget::File);
+    if file_log && !matches!(action, ClientAction::Add { .. }) && !config.data_dir.exists() {
         return Err(Error::NotFound(format!(
             "no data directory at {}: name the server's with `flinger --data-dir DIR client ...` \
              (before `client`) or DATA_PATH in the config file",

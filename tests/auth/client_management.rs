@@ -126,12 +126,13 @@ async fn client_management_api_follows_upstream_rules() {
 async fn client_command_refuses_to_touch_the_data_dir_of_a_running_server() {
     let srv = TestServer::start_with(&["--access-control", "on"]);
     let data = srv.data_dir().display().to_string();
-    let out = run_to_exit(
-        srv.dir(),
-        &["--data-dir", &data, "client", "add", "x"],
-        &[],
-        Duration::from_secs(30),
-    );
+    let mut args = vec!["--data-dir", &data];
+    // On the PostgreSQL journal the server's database is what it holds.
+    if let Some(url) = srv.journal() {
+        args.extend(["--journal", url]);
+    }
+    args.extend(["client", "add", "x"]);
+    let out = run_to_exit(srv.dir(), &args, &[], Duration::from_secs(30));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("stop the server"), "{stderr}");

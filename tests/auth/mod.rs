@@ -51,7 +51,11 @@ fn printed_secret(stdout: &str) -> String {
 /// Runs `flinger --data-dir DATA client ARGS...` to completion; its stdout.
 fn client_command(srv: &TestServer, args: &[&str]) -> String {
     let data = srv.data_dir().display().to_string();
-    let mut all = vec!["--data-dir", data.as_str(), "client"];
+    let mut all = vec!["--data-dir", data.as_str()];
+    if let Some(url) = srv.journal() {
+        all.extend(["--journal", url]);
+    }
+    all.push("client");
     all.extend_from_slice(args);
     let out = run_to_exit(srv.dir(), &all, &[], Duration::from_secs(60));
     assert!(
@@ -172,16 +176,43 @@ fn fragment(n: u64) -> Value {
     json!({"fragment_number": n, "timestamp": "2026-01-01T00:00:00+00:00", "phase": "test", "log_data": "x"})
 }
 
-/// Whether any file under `dir` contains `needle`.
+/// Whether anything `srv` keeps contains `needle` in clear: a file under its data
+/// directory, or, on the PostgreSQL journal, an event, snapshot or stored file in its
+/// database.
+fn kept_in_clear(srv: &TestServer, needle: &str) -> bool {
+    if dir_contains(&srv.data_dir(), needle.as_bytes()) {
+        return true;
+    }
+    let Some(url) = srv.journal() else {
+        return false;
+    };
+    let hex: String = needle.bytes().map(|b| format!("{b:02x}")).collect();
+    let found = crate::util::pg::sql(
+        url,
+        &format!(
+            "SELECT (SELECT count(*) FROM flinger_events WHERE position('\\x{hex}'::bytea IN payload) > 0) \
+             + (SELECT count(*) FROM flinger_snapshot_chunks WHERE position('\\x{hex}'::bytea IN data) > 0) \
+             + (SELECT count(*) FROM flinger_file_chunks WHERE position('\\x{hex}'::bytea IN data) > 0)"
+        ),
+    );
+    found != "0"
+}
+
+/// Whether any file under `dir` contains `needle` (a missing `dir` contains nothing: the
+/// PostgreSQL journal writes none).
 fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
-    std::fs::read_dir(dir).unwrap().flatten().any(|entry| {
-        let path = entry.path();
-        if path.is_dir() {
-            dir_contains(&path, needle)
-        } else {
-            std::fs::read(&path)
-                .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
-                .unwrap_or(false)
-        }
-    })
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                dir_contains(&path, needle)
+            } else {
+                std::fs::read(&path)
+                    .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+                    .unwrap_or(false)
+            }
+        })
 }

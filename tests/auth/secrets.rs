@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{call, dir_contains, Lab};
+use super::{call, kept_in_clear, Lab};
 use crate::util::{Opts, TestServer};
 
 #[tokio::test]
@@ -177,8 +177,8 @@ async fn job_secrets_reach_only_the_dispatched_agent_and_never_the_disk_in_clear
     lab.srv.stop();
     for needle in [value, "only-once-value"] {
         assert!(
-            !dir_contains(&lab.srv.data_dir(), needle.as_bytes()),
-            "{needle:?} is on disk in clear"
+            !kept_in_clear(&lab.srv, needle),
+            "{needle:?} is kept in clear"
         );
     }
 }

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{access_token, call, client_command, dir_contains, printed_secret, token_request};
+use super::{access_token, call, client_command, kept_in_clear, printed_secret, token_request};
+use crate::util::pg::sql;
 use crate::util::{run_to_exit, TestServer};
 
 #[tokio::test]
@@ -16,13 +17,25 @@ async fn clients_tokens_and_the_signing_key_survive_restarts_and_snapshots_and_n
     srv.stop();
     let root = printed_secret(&client_command(&srv, &["add", "root", "--role", "admin"]));
     srv.start_again();
-    let key_file = srv.data_dir().join("jwt-signing-key");
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&key_file)
-        .expect("signing key file")
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
+    match srv.journal() {
+        // The PostgreSQL journal keeps it in the database, shared by every node.
+        Some(url) => assert_eq!(
+            sql(
+                url,
+                "SELECT length(value) FROM flinger_private WHERE name = 'jwt-signing-key'"
+            ),
+            "64"
+        ),
+        None => {
+            let key_file = srv.data_dir().join("jwt-signing-key");
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key_file)
+                .expect("signing key file")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
     let admin = access_token(&srv, "root", &root).await;
     let secret = "a-secret-nobody-should-find-42";
     let put = json!({"client_secret": secret, "role": "manager", "max_priority": {"*": 7}});
@@ -73,10 +86,7 @@ async fn clients_tokens_and_the_signing_key_survive_restarts_and_snapshots_and_n
     token_request(&srv, "kept", secret).await.expect_status(200);
     srv.stop();
     for needle in [secret, refresh.as_str(), root.as_str()] {
-        assert!(
-            !dir_contains(&srv.data_dir(), needle.as_bytes()),
-            "{needle:?} is on disk in clear"
-        );
+        assert!(!kept_in_clear(&srv, needle), "{needle:?} is kept in clear");
     }
 }
 

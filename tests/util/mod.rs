@@ -28,6 +28,17 @@ pub mod upstream;
 pub use http::*;
 pub use raw::*;
 
+/// The journal a test binary's servers run on; each binary's root declares
+/// `const JOURNAL: util::Journal` (`tests/tests.rs`: the file log; `tests/on_postgres.rs`:
+/// PostgreSQL), so one harness serves both and no test is skipped at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Journal {
+    /// The embedded write-ahead log in the data directory (the default).
+    File,
+    /// A fresh database per [`TestServer`] on the throwaway cluster of [`pg`].
+    Postgres,
+}
+
 /// How long a server may take to print its `listening` line.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a server may take to exit after SIGTERM/SIGKILL.
@@ -243,6 +254,39 @@ impl TestServer {
     /// The PostgreSQL journal the harness gave this server, if any (see [`pg`]).
     pub fn journal(&self) -> Option<&str> {
         self.journal.as_deref()
+    }
+
+    /// A new server over this one's state (its data directory, or its database) with its
+    /// own arguments; this one must be stopped first.
+    pub fn successor(&self, args: &[&str]) -> TestServer {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.push("--data-dir".into());
+        all.push(self.data_dir().display().to_string());
+        if let Some(url) = &self.journal {
+            all.push("--journal".into());
+            all.push(url.clone());
+        }
+        TestServer::start_opts(Opts {
+            args: all,
+            omit_data_dir: true,
+            ..Opts::default()
+        })
+    }
+
+    /// The names of the files the server stores (uploads, orphan data): the data
+    /// directory's `files/` on the file log, the `flinger_files` table on PostgreSQL.
+    pub fn stored_files(&self) -> Vec<String> {
+        match &self.journal {
+            Some(url) => pg::sql(url, "SELECT name FROM flinger_files ORDER BY name")
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+            None => std::fs::read_dir(self.data_dir().join("files"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+        }
     }
 
     /// The data directory passed with `--data-dir`.

@@ -165,8 +165,10 @@ pub fn sql(url: &str, statement: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// Whether the harness runs every [`super::TestServer`] on the PostgreSQL journal
-/// (`FLINGER_TEST_JOURNAL=postgres`).
+/// Whether the harness runs every [`super::TestServer`] on the PostgreSQL journal: in the
+/// binary whose root sets `JOURNAL` to [`super::Journal::Postgres`] (`tests/on_postgres.rs`),
+/// or in any binary with `FLINGER_TEST_JOURNAL=postgres`.
 pub fn switched_on() -> bool {
-    std::env::var("FLINGER_TEST_JOURNAL").is_ok_and(|v| v == "postgres")
+    crate::JOURNAL == super::Journal::Postgres
+        || std::env::var("FLINGER_TEST_JOURNAL").is_ok_and(|v| v == "postgres")
 }
