@@ -2,13 +2,14 @@
 //! (`util::pg`): acknowledged changes survive a restart and a kill -9 with nothing kept in
 //! the data directory's log, uploaded and orphan files live in the database (a new node
 //! with an empty data directory serves them), snapshots compact the events they cover, one
-//! process writes a database at a time, and bad settings are refused at start-up.
+//! process writes a database at a time, `sslmode=require` encrypts and verifies every
+//! connection, and bad settings are refused at start-up.
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::util::pg::{fresh_database, sql};
+use crate::util::pg::{fresh_database, server_ca, sql};
 use crate::util::{new_id, pseudo_random_bytes, run_to_exit, TestServer};
 
 fn on_postgres(url: &str, extra: &[&str]) -> TestServer {
@@ -320,4 +321,61 @@ async fn files_are_served_by_a_new_node_with_an_empty_data_dir_when_journal_is_p
         "the data directory holds {:?}",
         entries(&second.data_dir())
     );
+}
+
+#[tokio::test]
+async fn every_connection_is_encrypted_and_verified_when_sslmode_is_require() {
+    let url = fresh_database();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let tls = format!(
+        "{url}?sslmode=require&sslrootcert={}",
+        server_ca().display()
+    );
+    let mut srv = on_postgres(&tls, &[]);
+    let job = srv.submit(&json!({"job_queue": "tlsq"})).await;
+    let bytes = pseudo_random_bytes(100_000, 3);
+    srv.post_multipart(
+        &format!("/v1/result/{job}/artifact"),
+        "file",
+        "a.tgz",
+        &bytes,
+    )
+    .await
+    .expect_status(200);
+    let got = srv.get(&format!("/v1/result/{job}/artifact")).await;
+    assert!(got.body[..] == bytes[..], "artifact differs");
+    let count = |encrypted: bool| -> u64 {
+        sql(
+            &url,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+                 WHERE a.datname = '{db}' AND s.ssl = {encrypted} AND a.pid <> pg_backend_pid()"
+            ),
+        )
+        .parse()
+        .unwrap()
+    };
+    // The writer's session and the file store's connections.
+    assert!(count(true) >= 2, "{} encrypted connections", count(true));
+    assert_eq!(count(false), 0, "flinger has a connection without TLS");
+    srv.kill9();
+    srv.start_again();
+    assert_eq!(srv.job_state(&job).await, "waiting");
+    // Without the authority that signed the server's certificate, nothing connects.
+    let out = run_to_exit(
+        srv.dir(),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            "other",
+            "--journal",
+            &format!("{url}?sslmode=require"),
+        ],
+        &[],
+        Duration::from_secs(20),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without verifying: {stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
 }

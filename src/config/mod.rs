@@ -68,7 +68,10 @@ impl std::str::FromStr for JournalTarget {
                 redact(s)
             ));
         }
-        s.parse::<tokio_postgres::Config>()
+        // `sslrootcert` is flinger's own parameter, unknown to tokio-postgres.
+        crate::journal::split_root_cert(s)
+            .0
+            .parse::<tokio_postgres::Config>()
             .map_err(|e| format!("bad PostgreSQL connection string {:?}: {e}", redact(s)))?;
         Ok(JournalTarget::Postgres(s.to_owned()))
     }

@@ -34,6 +34,7 @@ pub mod files;
 mod postgres;
 
 pub use file::dump;
+pub use postgres::tls::split_root_cert;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;

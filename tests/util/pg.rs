@@ -5,7 +5,8 @@
 //! starts), databases are made there. Otherwise the first caller starts a cluster of its own:
 //! `initdb` into a temporary directory (as the `postgres` user when running as root, which
 //! `initdb` refuses), trust authentication, listening on 127.0.0.1 on a free port with its
-//! socket in that directory; it is stopped (`pg_ctl stop -m immediate`) when the test binary
+//! socket in that directory, serving TLS with a certificate for 127.0.0.1 signed by a
+//! certificate authority made for it ([`server_ca`]); it is stopped (`pg_ctl stop -m immediate`) when the test binary
 //! exits. `FLINGER_PG_BIN` names the PostgreSQL binaries [default: the newest
 //! /usr/lib/postgresql/<major>/bin].
 
@@ -103,9 +104,11 @@ fn start_cluster() -> String {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    make_certificates(&dir);
     let options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
-        dir.display()
+        "-p {port} -k {d} -c listen_addresses=127.0.0.1 -c max_connections=300 \
+         -c ssl=on -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key",
+        d = dir.display()
     );
     let out = as_owner(bin("pg_ctl"))
         .arg("-D")
@@ -125,6 +128,90 @@ fn start_cluster() -> String {
     // SAFETY: registers a plain function run at process exit; it only spawns pg_ctl.
     unsafe { libc::atexit(stop_cluster) };
     format!("postgres://flinger@127.0.0.1:{port}")
+}
+
+/// Writes a certificate authority (`ca.crt`) and the server's key and certificate for
+/// 127.0.0.1 signed by it (`server.key`, `server.crt`) into `dir`, with `openssl`, so the
+/// cluster serves TLS and the TLS test can verify it.
+fn make_certificates(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=flinger test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
+    openssl(&ca);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(&csr);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("write server.ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
+    // PostgreSQL refuses a key others can read, and must own it.
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod server.key");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let status = Command::new("chown")
+            .arg("postgres")
+            .arg(dir.join("server.key"))
+            .status()
+            .expect("run chown");
+        assert!(status.success(), "chown postgres server.key");
+    }
+}
+
+/// The certificate authority that signed the test server's TLS certificate: the one this
+/// harness made for its own cluster, or `FLINGER_TEST_PG_CA` for a server named by
+/// `FLINGER_TEST_PG_URL`.
+pub fn server_ca() -> PathBuf {
+    server();
+    if let Some(path) = std::env::var_os("FLINGER_TEST_PG_CA") {
+        return PathBuf::from(path);
+    }
+    CLUSTER_DIR
+        .get()
+        .expect("FLINGER_TEST_PG_URL names a server whose TLS certificate authority is unknown: set FLINGER_TEST_PG_CA")
+        .join("ca.crt")
 }
 
 /// Makes an empty database on the test server and returns its connection string.

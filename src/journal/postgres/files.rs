@@ -18,6 +18,7 @@
 //! one transaction. Deletions (`ON DELETE CASCADE` to the chunks) come only after the
 //! removing event is durable; start-up deletes what no event refers to.
 //!
+//! Connections are made like the writer's (TLS under `sslmode=require`, see `tls`).
 //! Statements run on a pool of at most [`CONNECTIONS`] connections, apart from the
 //! journal writer's own session: uploads and downloads take turns statement by statement,
 //! so a slow client never holds a connection between its chunks.
@@ -74,16 +75,14 @@ fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
 impl PgFiles {
     /// Connects to `url` and creates the tables if missing.
     pub async fn open(url: &str) -> Result<PgFiles> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| Error::InvalidInput(format!("PostgreSQL journal {}: {e}", redact(url))))?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let target = super::tls::target(url)?;
+        let recycling = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match target.tls {
+            None => Manager::from_config(target.config, NoTls, recycling()),
+            Some(tls) => Manager::from_config(target.config, tls, recycling()),
+        };
         let pool = Pool::builder(manager)
             .max_size(CONNECTIONS)
             .build()

@@ -25,6 +25,7 @@
 //! failover between several flinger processes.
 
 pub(super) mod files;
+pub(super) mod tls;
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -76,21 +77,40 @@ fn pg_error(what: &str, e: tokio_postgres::Error) -> Error {
     // `Display` of a server error is only "db error"; the detail is in its source.
     let detail = match e.as_db_error() {
         Some(db) => db.message().to_owned(),
-        None => e.to_string(),
+        None => {
+            // The cause (a refused certificate, a reset connection) is in the source chain.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            text
+        }
     };
     Error::Unavailable(format!("PostgreSQL journal: {what}: {detail}"))
 }
 
-/// Connects to `url`, driving the connection on the current runtime.
+/// Connects to `url` (over TLS under `sslmode=require`, see [`tls`]), driving the
+/// connection on the current runtime.
 async fn connect(url: &str) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| pg_error(&format!("cannot connect to {}", redact(url)), e))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "PostgreSQL journal connection ended");
+    let target = tls::target(url)?;
+    let failed = |e| pg_error(&format!("cannot connect to {}", redact(url)), e);
+    let ended = |e: tokio_postgres::Error| {
+        tracing::warn!(error = %e, "PostgreSQL journal connection ended");
+    };
+    let client = match target.tls {
+        None => {
+            let (client, connection) = target.config.connect(NoTls).await.map_err(failed)?;
+            tokio::spawn(async move { connection.await.map_err(ended) });
+            client
         }
-    });
+        Some(tls) => {
+            let (client, connection) = target.config.connect(tls).await.map_err(failed)?;
+            tokio::spawn(async move { connection.await.map_err(ended) });
+            client
+        }
+    };
     Ok(client)
 }
 
