@@ -353,12 +353,15 @@ impl SnapshotParts {
     }
 }
 
+/// Encodes a partition's copy into the sink (run on the snapshot thread).
+pub type EncodePart = Box<dyn FnOnce(&mut SnapshotSink) -> Result<()> + Send>;
+
 /// One partition copied for a snapshot, not encoded yet.
 pub struct PendingSnapshot {
     /// Last LSN folded into the copy.
     pub lsn: u64,
-    /// Encodes the copy into the sink (run on the snapshot thread).
-    pub encode: Box<dyn FnOnce(&mut SnapshotSink) -> Result<()> + Send>,
+    /// Encodes the copy.
+    pub encode: EncodePart,
 }
 
 /// Encodes `value` as compact msgpack into `sink`.

@@ -153,8 +153,11 @@ impl JobIndex {
     pub fn build<'a>(
         jobs: impl IntoIterator<Item = (JobId, u64, &'a Name, &'a str, &'a [u8])>,
     ) -> JobIndex {
-        let (mut queues, mut states, mut tags) =
-            (Gathered::default(), Gathered::default(), Gathered::default());
+        let (mut queues, mut states, mut tags) = (
+            Gathered::default(),
+            Gathered::default(),
+            Gathered::default(),
+        );
         let (mut waiting, mut active) = (Gathered::default(), Gathered::default());
         for (id, seq, queue, state, body) in jobs {
             gather(&mut queues, queue, || queue.clone(), seq, id);
@@ -456,8 +459,11 @@ mod tests {
         (index, ids)
     }
 
+    /// One list of an index: its kind, its key and its entries in order.
+    type List = (String, String, Vec<(u64, JobId)>);
+
     /// Every list of an index, in a form that compares (its maps iterate in random order).
-    fn lists(index: &JobIndex) -> Vec<(String, String, Vec<(u64, JobId)>)> {
+    fn lists(index: &JobIndex) -> Vec<List> {
         let mut out = Vec::new();
         let mut put = |kind: &str, map: &FastMap<Name, SeqList>| {
             for (key, list) in map {
@@ -491,7 +497,13 @@ mod tests {
                 };
                 let body = serde_json::json!({"job_queue": "q", "tags": tags}).to_string();
                 let queue = queues[(seq % 3) as usize].clone();
-                (JobId::random(), seq, queue, states[(seq % 5) as usize], body)
+                (
+                    JobId::random(),
+                    seq,
+                    queue,
+                    states[(seq % 5) as usize],
+                    body,
+                )
             })
             .collect();
         let mut one_by_one = JobIndex::default();

@@ -1033,7 +1033,9 @@ impl SnapshotFile {
     }
 
     fn file(&mut self) -> &mut Box<dyn FsFile> {
-        self.file.as_mut().expect("a snapshot file is open until finished")
+        self.file
+            .as_mut()
+            .expect("a snapshot file is open until finished")
     }
 
     /// Appends `bytes` to the payload.
@@ -1080,7 +1082,10 @@ impl SnapshotFile {
     pub fn fill(&mut self, at: u64, bytes: &[u8]) -> Result<(), Error> {
         let found = self.pieces.iter().position(|p| p.hole && p.at == at);
         let Some(i) = found.filter(|&i| self.pieces[i].len == bytes.len() as u64) else {
-            let msg = format!("no hole of {} bytes reserved at payload offset {at}", bytes.len());
+            let msg = format!(
+                "no hole of {} bytes reserved at payload offset {at}",
+                bytes.len()
+            );
             let source = io::Error::new(io::ErrorKind::InvalidInput, msg);
             return Err(Error::io("write", &self.tmp, source));
         };

@@ -637,7 +637,10 @@ fn a_snapshot_written_in_pieces_with_a_filled_hole_loads_as_the_whole_payload() 
     let hole = file.reserve(4);
     file.append(b"@").unwrap();
     file.append(b"12").unwrap();
-    assert!(file.fill(hole, b"toolong").is_err(), "a fill must match the hole");
+    assert!(
+        file.fill(hole, b"toolong").is_err(),
+        "a fill must match the hole"
+    );
     file.fill(hole, b"-at-").unwrap();
     assert_eq!(file.len(), 12);
     let prepared = file.finish().unwrap();
