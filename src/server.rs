@@ -537,6 +537,8 @@ pub async fn snapshot(services: &Services) -> Result<()> {
     let copied = started.elapsed();
     let size = services.journal.write_snapshot(parts).await? as usize;
     services.metrics.snapshot(started.elapsed(), size);
+    // encode_ms: encoding, writing and fsyncing the file (one streamed pass) and its
+    // installation by the log writer.
     tracing::info!(
         lsn,
         copy_ms = copied.as_millis() as u64,

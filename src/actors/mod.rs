@@ -194,7 +194,8 @@ impl Recorder {
 
     /// A copy of the partition for a snapshot. Only the copy happens inside the actor's
     /// turn (reference-count bumps and table copies); encoding it, which takes far
-    /// longer for millions of jobs, happens later on a blocking thread.
+    /// longer for millions of jobs, happens later on the snapshot thread (see
+    /// `journal::SnapshotParts`).
     pub fn snapshot<T>(&self, partition: &T) -> PendingSnapshot
     where
         T: serde::Serialize + Clone + Send + 'static,
