@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use crate::actors::PendingSnapshot;
 use crate::error::Result;
-use crate::journal::{self, Journal, Ticket};
+use crate::journal::{Journal, Ticket};
 use crate::model::access::Access;
 use crate::model::Event;
 
@@ -73,7 +73,7 @@ impl AccessStore {
         let copy = state.clone();
         PendingSnapshot {
             lsn: self.journal.last_assigned(),
-            encode: Box::new(move || journal::encode_partition(&copy)),
+            encode: Box::new(move |sink| sink.encode(&copy)),
         }
     }
 }

@@ -33,7 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::journal::{self, Journal, PartSnapshot, Ticket};
+use crate::journal::{Journal, Ticket};
 use crate::model::Event;
 use crate::model::Name;
 
@@ -193,7 +193,8 @@ impl Recorder {
 
     /// A copy of the partition for a snapshot. Only the copy happens inside the actor's
     /// turn (reference-count bumps and table copies); encoding it, which takes far
-    /// longer for millions of jobs, happens later on a blocking thread.
+    /// longer for millions of jobs, happens later on the snapshot thread (see
+    /// `journal::SnapshotParts`).
     pub fn snapshot<T>(&self, partition: &T) -> PendingSnapshot
     where
         T: serde::Serialize + Clone + Send + 'static,
@@ -211,28 +212,12 @@ impl Recorder {
         // anyone so far (an idle partition is thus never behind the log).
         PendingSnapshot {
             lsn: self.journal.last_assigned(),
-            encode: Box::new(move || journal::encode_partition(&copy)),
+            encode: Box::new(move |sink| sink.encode(&copy)),
         }
     }
 }
 
-/// A partition copied for a snapshot, not encoded yet.
-pub struct PendingSnapshot {
-    /// Last LSN folded into the copy.
-    pub lsn: u64,
-    /// Encodes the copy (run it off the async runtime).
-    pub encode: Box<dyn FnOnce() -> Result<Vec<u8>> + Send>,
-}
-
-impl PendingSnapshot {
-    /// Encodes the copy.
-    pub fn finish(self) -> Result<PartSnapshot> {
-        Ok(PartSnapshot {
-            lsn: self.lsn,
-            state: (self.encode)()?,
-        })
-    }
-}
+pub use crate::journal::PendingSnapshot;
 
 pub use crate::model::orphans::OrphanQuota;
 

@@ -8,12 +8,20 @@ use clap::{Args, Parser, Subcommand};
 
 use super::{AccessMode, FsyncPolicy, JournalTarget};
 
+/// `flinger --version`: the crate version and the commit built (see `build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("FLINGER_GIT_COMMIT"),
+    ")"
+);
+
 /// flinger: a Testflinger-compatible test-job server with a durable write-ahead log.
 ///
 /// Settings come from these flags, then FLINGER_* environment variables, then the
 /// Testflinger config file (TESTFLINGER_CONFIG, else ./testflinger.conf), then defaults.
 #[derive(Parser, Debug)]
-#[command(name = "flinger", version, about, long_about)]
+#[command(name = "flinger", version = VERSION, about, long_about)]
 pub struct Cli {
     /// Server options.
     #[command(flatten)]

@@ -115,14 +115,12 @@ pub async fn metrics_get(State(svc): State<Services>) -> Response {
 /// would give one series per job id).
 pub async fn track(State(svc): State<Services>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned());
+    // A `MatchedPath` clone shares its text (no copy per request).
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
     let response = next.run(request).await;
     svc.metrics.request(
-        route.as_deref().unwrap_or(UNMATCHED),
+        route.as_ref().map_or(UNMATCHED, MatchedPath::as_str),
         method.as_str(),
         response.status().as_u16(),
         started.elapsed(),

@@ -105,6 +105,21 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
         Arc::make_mut(&mut self.shards[shard]).get_mut(key)
     }
 
+    /// The value of `key` to change in place, inserted by `make` first when absent; copies
+    /// its shard first if a clone shares it.
+    pub fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
+        use std::collections::hash_map::Entry;
+        let shard = self.shard_of(&key);
+        let len = &mut self.len;
+        match Arc::make_mut(&mut self.shards[shard]).entry(key) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                *len += 1;
+                entry.insert(make())
+            }
+        }
+    }
+
     /// Sets `key` to `value`, returning the value it replaced.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         let shard = self.shard_of(&key);

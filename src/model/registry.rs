@@ -480,10 +480,12 @@ impl Registry {
 
     /// Rebuilds the read indexes from the jobs (after a snapshot is loaded).
     pub fn rebuild_index(&mut self) {
-        let mut index = JobIndex::default();
+        let mut index = JobIndex::build(
+            (self.jobs.iter())
+                .map(|(id, job)| (*id, job.seq, &job.queue, job.state.label(), &job.body[..])),
+        );
         let mut dispatched = Vec::new();
         for (id, job) in self.jobs.iter() {
-            index.insert(*id, job.seq, &job.queue, job.state.label(), &job.body);
             if let (Some(agent), Some(at)) = (&job.agent, job.started_at) {
                 dispatched.push((at, job.seq, agent, *id));
             }

@@ -8,6 +8,7 @@
 //! The job's lifecycle state is *not* owned here: the registry's state wins when the two
 //! are composed for a client (see `http`). Results may exist for ids no job has.
 
+use super::cowmap::CowMap;
 use super::{FastMap, FastSet};
 
 use std::sync::Arc;
@@ -369,8 +370,10 @@ impl ResultDoc {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Results {
     /// Per job.
-    /// Behind an `Arc` so a snapshot copy shares the documents (see `Registry::jobs`).
-    docs: FastMap<JobId, Arc<ResultDoc>>,
+    /// Behind an `Arc` so a snapshot copy shares the documents (see `Registry::jobs`), in a
+    /// [`CowMap`] so the copy in the results actor's turn clones shard pointers, not one
+    /// reference per document (encoded as the map it replaces).
+    docs: CowMap<JobId, Arc<ResultDoc>>,
     /// Ids whose results and logs live in the orphan store (a file each, see
     /// `model::orphans`): only their index entries are here. An id is in `docs` or here,
     /// never both. Last in the snapshot layout: older snapshots decode with none.
@@ -444,7 +447,7 @@ impl Results {
                 if Fields::parse(fields).is_none() {
                     return;
                 }
-                let doc = Arc::make_mut(self.docs.entry(*id).or_default());
+                let doc = Arc::make_mut(self.docs.get_or_insert_with(*id, Default::default));
                 doc.updated_at = doc.updated_at.max(*at);
                 doc.merge_fields(fields);
             }
@@ -458,7 +461,7 @@ impl Results {
                 run,
                 at,
             } => {
-                let doc = Arc::make_mut(self.docs.entry(*id).or_default());
+                let doc = Arc::make_mut(self.docs.get_or_insert_with(*id, Default::default));
                 doc.updated_at = doc.updated_at.max(*at);
                 doc.push_fragment(
                     *kind,

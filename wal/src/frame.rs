@@ -148,12 +148,19 @@ pub fn decode_header(buf: &[u8]) -> Result<Lsn, HeaderError> {
 
 /// The 36-byte header of a snapshot at `lsn` holding `payload`; the payload follows it on disk.
 pub fn encode_snapshot_header(lsn: Lsn, payload: &[u8]) -> [u8; SNAPSHOT_HEADER_LEN] {
+    snapshot_header(lsn, payload.len() as u64, crc32c::crc32c(payload))
+}
+
+/// The header of a snapshot at `lsn` whose payload is `len` bytes with CRC32C
+/// `payload_crc`: for a payload written in pieces, whose CRC was combined as it went.
+pub fn snapshot_header(lsn: Lsn, len: u64, payload_crc: u32) -> [u8; SNAPSHOT_HEADER_LEN] {
     let mut h = [0u8; SNAPSHOT_HEADER_LEN];
     h[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());
     h[16..24].copy_from_slice(&lsn.to_le_bytes());
-    h[24..32].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[16..32]), payload);
+    h[24..32].copy_from_slice(&len.to_le_bytes());
+    // The checksum covers lsn, length and payload, in that order.
+    let crc = crc32c::crc32c_combine(crc32c::crc32c(&h[16..32]), payload_crc, len as usize);
     h[32..36].copy_from_slice(&crc.to_le_bytes());
     h
 }

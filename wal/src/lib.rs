@@ -55,7 +55,8 @@
 //!   retries the rest of the batch later.
 //! - Snapshot: write `….snap.tmp` and fsync it (from any thread, see [`SnapshotWriter`]), then
 //!   rename, fsync the directory; only then delete older
-//!   snapshots and the segments the snapshot covers.
+//!   snapshots and the segments the snapshot covers (on a thread of its own under
+//!   [`Options::background_retire`]).
 //!
 //! # Recovery
 //!
@@ -95,7 +96,7 @@ pub use fs::{
     create_dir_all_durably, write_file_durably, write_private_file_durably, Fs, FsFile, FsRead,
     StdFs,
 };
-pub use log::{PreparedSnapshot, SnapshotWriter, Wal};
+pub use log::{PreparedSnapshot, SnapshotFile, SnapshotWriter, Wal};
 pub use recovery::scan;
 
 /// Log sequence number: 1 for the first record ever written, +1 per record.
@@ -120,6 +121,13 @@ pub struct Options {
     /// the crate's fault tests see every disk operation in one deterministic order; the server
     /// turns it on.
     pub background_spare: bool,
+    /// Delete what a snapshot makes unnecessary (covered segments, older snapshots) on a thread of
+    /// its own, so installing a snapshot does not hold up the next batch: unlinking a large
+    /// segment on a disk mounted with `discard` takes tens of milliseconds. Safe to lose: a crash
+    /// keeps any subset of the deletions, which the next open completes, and a deletion that
+    /// failed is retried by the next snapshot. Off by default for the same reason as
+    /// `background_spare`; the server turns it on.
+    pub background_retire: bool,
 }
 
 impl Default for Options {
@@ -130,6 +138,7 @@ impl Default for Options {
             recovery: Recovery::Strict,
             preallocate: true,
             background_spare: false,
+            background_retire: false,
         }
     }
 }

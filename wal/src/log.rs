@@ -46,6 +46,10 @@ pub struct Wal {
     /// The thread making `next.spare` under [`Options::background_spare`]. While it runs nothing
     /// else touches that path: whoever needs the spare joins it first.
     spare_job: Option<SpareJob>,
+    /// The thread deleting what the last snapshot made unnecessary, under
+    /// [`Options::background_retire`]; it returns the paths it could not delete, which the next
+    /// snapshot's deletion tries again.
+    retire_job: Option<std::thread::JoinHandle<Vec<PathBuf>>>,
     /// Whether space is being preallocated: `opts.preallocate`, switched off when the filesystem
     /// cannot do it, so [`Wal::space_reserved`] does not wait forever for a spare.
     prealloc: bool,
@@ -130,6 +134,7 @@ impl Wal {
             active: None,
             spare: None,
             spare_job: None,
+            retire_job: None,
             last_lsn: 0,
             replayed: false,
             poisoned: false,
@@ -765,20 +770,44 @@ impl Wal {
             .map_err(|e| Error::io("sync_dir", &self.dir, e))
     }
 
-    /// Deletes what the durable snapshot at `lsn` makes unnecessary.
+    /// Deletes what the durable snapshot at `lsn` makes unnecessary (on a thread of its own under
+    /// [`Options::background_retire`]).
     fn retire(&mut self, lsn: Lsn) -> Result<(), Error> {
+        // Paths the previous deletion could not remove come first.
+        let mut doomed = match self.retire_job.take() {
+            Some(job) => job.join().unwrap_or_default(),
+            None => Vec::new(),
+        };
         let listing = layout::list(&*self.fs, &self.dir)?;
         for &old in listing.snapshots.iter().filter(|&&s| s < lsn) {
-            remove_if_present(&*self.fs, &self.dir.join(snapshot_name(old)))?;
+            doomed.push(self.dir.join(snapshot_name(old)));
         }
         // Segment 0 is covered when the next one starts at or before lsn + 1.
         while self.segments.len() > 1 && self.segments[1].first_lsn <= lsn + 1 {
-            remove_if_present(&*self.fs, &self.segments[0].path)?;
-            self.segments.remove(0);
+            doomed.push(self.segments.remove(0).path);
         }
-        self.fs
-            .sync_dir(&self.dir)
-            .map_err(|e| Error::io("sync_dir", &self.dir, e))?;
+        let job = if self.opts.background_retire {
+            let (fs, dir) = (self.fs.clone(), self.dir.clone());
+            let work = doomed.clone();
+            std::thread::Builder::new()
+                .name("wal-retire".into())
+                .spawn(move || delete_all(&*fs, &dir, work))
+                // No thread: delete them here.
+                .ok()
+        } else {
+            None
+        };
+        match job {
+            Some(job) => self.retire_job = Some(job),
+            None => {
+                for path in &doomed {
+                    remove_if_present(&*self.fs, path)?;
+                }
+                self.fs
+                    .sync_dir(&self.dir)
+                    .map_err(|e| Error::io("sync_dir", &self.dir, e))?;
+            }
+        }
         while let Some(&(batch_last, bytes)) = self.unsnapshotted.front() {
             if batch_last > lsn {
                 break;
@@ -831,6 +860,16 @@ fn whole_log(reason: String) -> BadSpot {
     }
 }
 
+/// Deletes `paths` (a background retire): returns those it could not delete. The directory
+/// fsync is best effort: a deletion lost to a crash is redone by the next open.
+fn delete_all(fs: &dyn Fs, dir: &Path, paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    let failed: Vec<PathBuf> = (paths.into_iter())
+        .filter(|path| remove_if_present(fs, path).is_err())
+        .collect();
+    let _ = fs.sync_dir(dir);
+    failed
+}
+
 fn remove_if_present(fs: &dyn Fs, path: &Path) -> Result<(), Error> {
     match fs.remove(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("remove", path, e)),
@@ -839,10 +878,14 @@ fn remove_if_present(fs: &dyn Fs, path: &Path) -> Result<(), Error> {
 }
 
 impl Drop for Wal {
-    /// Waits for a spare still being made: the directory lock goes with the `Wal`, and the next
-    /// opener must not find another thread still writing `next.spare`.
+    /// Waits for a spare still being made and for deletions still running: the directory lock
+    /// goes with the `Wal`, and the next opener must not find another thread still writing
+    /// `next.spare` or deleting files.
     fn drop(&mut self) {
         if let Some(job) = self.spare_job.take() {
+            let _ = job.join();
+        }
+        if let Some(job) = self.retire_job.take() {
             let _ = job.join();
         }
     }
@@ -891,6 +934,28 @@ impl PreparedSnapshot {
 }
 
 impl SnapshotWriter {
+    /// Starts the snapshot at `lsn` as a temporary file to be written in pieces (see
+    /// [`SnapshotFile`]), so a large state can be encoded straight into it instead of into
+    /// one buffer first.
+    pub fn create(&self, lsn: Lsn) -> Result<SnapshotFile, Error> {
+        let name = snapshot_name(lsn);
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
+        let file = self
+            .fs
+            .create(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        Ok(SnapshotFile {
+            fs: self.fs.clone(),
+            file: Some(file),
+            lsn,
+            tmp,
+            path,
+            len: 0,
+            pieces: Vec::new(),
+        })
+    }
+
     /// Writes `payload` as the snapshot at `lsn` to a temporary file and fsyncs it. The
     /// log is not touched; a failure leaves nothing behind.
     pub fn prepare(&self, lsn: Lsn, payload: &[u8]) -> Result<PreparedSnapshot, Error> {
@@ -918,5 +983,159 @@ impl SnapshotWriter {
             path,
             bytes: payload.len() as u64,
         })
+    }
+}
+
+/// A snapshot being written in pieces under its temporary name (from
+/// [`SnapshotWriter::create`]): payload bytes appended in order, with holes reserved for
+/// bytes known only later (a length prefix) and filled before [`SnapshotFile::finish`].
+/// The checksum is combined piece by piece, so nothing is read back. Dropped unfinished,
+/// it removes its file.
+pub struct SnapshotFile {
+    /// The log's filesystem.
+    fs: Arc<dyn Fs>,
+    /// The temporary file (taken by `finish`).
+    file: Option<Box<dyn FsFile>>,
+    /// The LSN it covers.
+    lsn: Lsn,
+    /// Where it is written.
+    tmp: PathBuf,
+    /// Its final name.
+    path: PathBuf,
+    /// Payload bytes so far, holes included.
+    len: u64,
+    /// The payload in order: runs of appended bytes and holes, each with its CRC32C
+    /// (`None`: a hole not filled yet).
+    pieces: Vec<Piece>,
+}
+
+/// A run of payload bytes of a [`SnapshotFile`].
+struct Piece {
+    /// Payload offset of its first byte.
+    at: u64,
+    /// Its length.
+    len: u64,
+    /// CRC32C of its bytes; `None` for a hole not filled yet.
+    crc: Option<u32>,
+    /// Whether it is a hole (filled by `fill`, never extended by `append`).
+    hole: bool,
+}
+
+impl SnapshotFile {
+    /// Payload bytes written or reserved so far: the payload offset of the next byte.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn file(&mut self) -> &mut Box<dyn FsFile> {
+        self.file
+            .as_mut()
+            .expect("a snapshot file is open until finished")
+    }
+
+    /// Appends `bytes` to the payload.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let offset = SNAPSHOT_HEADER_LEN as u64 + self.len;
+        if let Err(e) = self.file().write_at(offset, bytes) {
+            return Err(Error::io("write", &self.tmp, e));
+        }
+        match self.pieces.last_mut() {
+            Some(run) if !run.hole => {
+                run.crc = run.crc.map(|crc| crc32c::crc32c_append(crc, bytes));
+                run.len += bytes.len() as u64;
+            }
+            _ => self.pieces.push(Piece {
+                at: self.len,
+                len: bytes.len() as u64,
+                crc: Some(crc32c::crc32c(bytes)),
+                hole: false,
+            }),
+        }
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Reserves the next `len` payload bytes, to be written by [`SnapshotFile::fill`];
+    /// returns their payload offset.
+    pub fn reserve(&mut self, len: u64) -> u64 {
+        let at = self.len;
+        self.pieces.push(Piece {
+            at,
+            len,
+            crc: None,
+            hole: true,
+        });
+        self.len += len;
+        at
+    }
+
+    /// Writes the bytes of the hole reserved at payload offset `at`, which must be exactly
+    /// as long as reserved.
+    pub fn fill(&mut self, at: u64, bytes: &[u8]) -> Result<(), Error> {
+        let found = self.pieces.iter().position(|p| p.hole && p.at == at);
+        let Some(i) = found.filter(|&i| self.pieces[i].len == bytes.len() as u64) else {
+            let msg = format!(
+                "no hole of {} bytes reserved at payload offset {at}",
+                bytes.len()
+            );
+            let source = io::Error::new(io::ErrorKind::InvalidInput, msg);
+            return Err(Error::io("write", &self.tmp, source));
+        };
+        let offset = SNAPSHOT_HEADER_LEN as u64 + at;
+        if let Err(e) = self.file().write_at(offset, bytes) {
+            return Err(Error::io("write", &self.tmp, e));
+        }
+        self.pieces[i].crc = Some(crc32c::crc32c(bytes));
+        Ok(())
+    }
+
+    /// Writes the header (length and checksum of the whole payload) and fsyncs the file:
+    /// the snapshot is then ready for [`Wal::install_snapshot`]. Refuses while a hole is
+    /// unfilled. On failure the file is removed.
+    pub fn finish(mut self) -> Result<PreparedSnapshot, Error> {
+        let mut crc = 0u32;
+        for piece in &self.pieces {
+            let Some(piece_crc) = piece.crc else {
+                let msg = format!("hole at payload offset {} never filled", piece.at);
+                let source = io::Error::new(io::ErrorKind::InvalidInput, msg);
+                return Err(Error::io("write", &self.tmp, source));
+            };
+            crc = crc32c::crc32c_combine(crc, piece_crc, piece.len as usize);
+        }
+        let header = frame::snapshot_header(self.lsn, self.len, crc);
+        let file = self.file();
+        if let Err(e) = file.write_at(0, &header) {
+            return Err(Error::io("write", &self.tmp, e));
+        }
+        if let Err(e) = self.file().sync_all() {
+            return Err(Error::io("sync_all", &self.tmp, e));
+        }
+        // Finished: the file now belongs to the PreparedSnapshot, not to Drop.
+        self.file = None;
+        Ok(PreparedSnapshot {
+            lsn: self.lsn,
+            tmp: self.tmp.clone(),
+            path: self.path.clone(),
+            bytes: self.len,
+        })
+    }
+}
+
+impl Drop for SnapshotFile {
+    /// An unfinished snapshot (an encoding that failed, a failed write) leaves nothing
+    /// behind; a finished one is the [`PreparedSnapshot`]'s.
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            drop(file);
+            let _ = self.fs.remove(&self.tmp);
+        }
     }
 }

@@ -611,6 +611,87 @@ fn a_snapshot_deletes_covered_segments_and_reopen_replays_only_later_records() {
 }
 
 #[test]
+fn a_snapshot_written_in_pieces_with_a_filled_hole_loads_as_the_whole_payload() {
+    let fs = MemFs::new();
+    let mut wal = open_mem(&fs, small());
+    replay(&mut wal, 0).unwrap();
+    append(&mut wal, 1..=12);
+    let writer = wal.snapshot_writer();
+
+    // A hole never filled refuses to finish and leaves no file behind.
+    let mut unfilled = writer.create(11).unwrap();
+    unfilled.append(b"head").unwrap();
+    unfilled.reserve(3);
+    assert!(matches!(unfilled.finish(), Err(Error::Io { .. })));
+    // Dropped unfinished: nothing behind either.
+    let mut dropped = writer.create(11).unwrap();
+    dropped.append(b"partial").unwrap();
+    drop(dropped);
+    let leftovers: Vec<_> = (fs.read_dir(dir()).unwrap().into_iter())
+        .filter(|n| n.starts_with("snapshot-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let mut file = writer.create(12).unwrap();
+    file.append(b"state").unwrap();
+    let hole = file.reserve(4);
+    file.append(b"@").unwrap();
+    file.append(b"12").unwrap();
+    assert!(
+        file.fill(hole, b"toolong").is_err(),
+        "a fill must match the hole"
+    );
+    file.fill(hole, b"-at-").unwrap();
+    assert_eq!(file.len(), 12);
+    let prepared = file.finish().unwrap();
+    wal.install_snapshot(prepared).unwrap();
+    drop(wal);
+
+    let wal = open_mem(&fs, small());
+    assert_eq!(
+        wal.load_snapshot().unwrap(),
+        Some((12, b"state-at-@12".to_vec()))
+    );
+}
+
+#[test]
+fn background_retire_deletes_covered_segments_by_the_time_the_log_is_dropped() {
+    let opts = Options {
+        background_retire: true,
+        ..small()
+    };
+    let fs = MemFs::new();
+    let mut wal = open_mem(&fs, opts.clone());
+    replay(&mut wal, 0).unwrap();
+    append(&mut wal, 1..=40);
+    let before = segments(&fs);
+    wal.write_snapshot(20, b"state@20").unwrap();
+    // Appends go on while the deletion may still run.
+    append(&mut wal, 41..=45);
+    wal.write_snapshot(30, b"state@30").unwrap();
+    drop(wal);
+    let after = segments(&fs);
+    assert!(after.len() < before.len(), "{before:?} -> {after:?}");
+    assert!(after[0].0 <= 31, "the segment holding 31 must stay");
+    assert!(
+        after.get(1).is_none_or(|s| s.0 > 31),
+        "covered segments are gone: {after:?}"
+    );
+    let snaps: Vec<_> = (fs.read_dir(dir()).unwrap().into_iter())
+        .filter(|n| n.starts_with("snapshot-"))
+        .collect();
+    assert_eq!(snaps, ["snapshot-00000000000000000030.snap"]);
+
+    let mut wal = open_mem(&fs, opts);
+    assert_eq!(
+        wal.load_snapshot().unwrap(),
+        Some((30, b"state@30".to_vec()))
+    );
+    let (records, _) = replay(&mut wal, 30).unwrap();
+    assert_eq!(records, expected(31..=45));
+}
+
+#[test]
 fn bytes_since_snapshot_counts_the_batches_after_it() {
     let fs = MemFs::new();
     let mut wal = open_mem(&fs, small());

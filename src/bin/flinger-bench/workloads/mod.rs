@@ -225,8 +225,19 @@ impl Bench {
         } else {
             format!(" `{}`", sp.spec.extra_args.join(" "))
         };
+        // What ran, for A/B runs of several builds (`flinger --version` names the commit).
+        let version = std::process::Command::new(&sp.spec.program)
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .and_then(|out| {
+                let text = String::from_utf8_lossy(&out.stdout);
+                text.lines().next().map(|l| format!(" ({})", l.trim()))
+            })
+            .unwrap_or_default();
         self.rep.header.push(format!(
-            "{role}: {} `{}`{extras} spawned on {} (pid {}), fresh data dir, RUST_LOG={log}; \
+            "{role}: {} `{}`{version}{extras} spawned on {} (pid {}), fresh data dir, RUST_LOG={log}; \
              answered GET /v1 after {:.3} s",
             sp.spec.label,
             sp.spec.program.display(),
