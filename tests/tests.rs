@@ -64,3 +64,6 @@ mod auth;
 // The journal on PostgreSQL (`--journal postgres://`): restart, kill -9, snapshots and
 // compaction, one writer per database (issue 10).
 mod journal_pg;
+// Several nodes on one PostgreSQL journal: forwarding, readiness, takeover after kill -9 and
+// pauses, nothing acknowledged lost under repeated failovers (issue 10).
+mod failover;

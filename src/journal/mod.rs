@@ -33,6 +33,7 @@ mod file;
 mod postgres;
 
 pub use file::dump;
+pub use postgres::{LeaseView, Promoted, Standby, Tenure};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
