@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::util::pg::fresh_database;
+use crate::util::pg::{fresh_database, sql};
 use crate::util::{run_to_exit, Http, TestServer};
 
 /// The lease the tests run with: short, so failovers are quick, and long enough that
@@ -168,7 +168,26 @@ async fn paused_leader_steps_down_and_answers_nothing_as_leader_when_resumed() {
         after["term"].as_i64() > before["term"].as_i64(),
         "{after} {before}"
     );
+    // A change sent to the paused leader waits in its socket; once it resumes it must not
+    // acknowledge it from its old term: 503, or forwarded to the new leader.
+    let late = {
+        let http = a.http();
+        tokio::spawn(async move {
+            http.post_json("/v1/job", &json!({"job_queue": "late"}))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
     a.send_signal(libc::SIGCONT);
+    let late = late.await.unwrap();
+    match late.status {
+        503 => {}
+        200 => {
+            let id = late.json()["job_id"].as_str().unwrap().to_owned();
+            assert_eq!(b.job_state(&id).await, "waiting");
+        }
+        s => panic!("late submit: {s} {}", late.text_preview()),
+    }
     // From the moment it resumes, the old leader never answers from its own stale state:
     // it forwards (the new job is found) or says it cannot serve (503), and never claims
     // to lead.
@@ -194,6 +213,36 @@ async fn paused_leader_steps_down_and_answers_nothing_as_leader_when_resumed() {
             .iter()
             .any(|l| l.contains("stepping down as leader")),
         "no step-down logged"
+    );
+}
+
+#[tokio::test]
+async fn append_gets_no_2xx_and_the_leader_steps_down_when_another_term_took_the_lease() {
+    let url = fresh_database();
+    let a = node(&url);
+    assert_eq!(leader_of(&[&a.http()]).await, 0);
+    a.submit(&json!({"job_queue": "fence"})).await;
+    let events = sql(&url, "SELECT count(*) FROM flinger_events");
+    // Another holder takes the lease behind the leader's back (as a node whose clock ran
+    // ahead would), advertising no URL: nobody can be forwarded to.
+    sql(
+        &url,
+        "UPDATE flinger_lease SET term = term + 1, holder = 'intruder', url = '', \
+         expires = clock_timestamp() + interval '1 hour'",
+    );
+    let r = a.post_json("/v1/job", &json!({"job_queue": "fence"})).await;
+    assert_eq!(r.status, 503, "{}", r.text_preview());
+    assert_eq!(sql(&url, "SELECT count(*) FROM flinger_events"), events);
+    let (status, doc) = ready(&a.http()).await.unwrap();
+    assert_eq!((status, &doc["role"]), (503, &json!("standby")), "{doc}");
+    // Once the intruder's lease expires, the node leads again in a newer term.
+    sql(&url, "UPDATE flinger_lease SET expires = '-infinity'");
+    submit_retrying(&a.http(), &json!({"job_queue": "fence"})).await;
+    let (_, doc) = ready(&a.http()).await.unwrap();
+    assert_eq!(doc["role"], "leader");
+    assert_eq!(
+        sql(&url, "SELECT holder <> 'intruder' FROM flinger_lease"),
+        "t"
     );
 }
 
