@@ -541,3 +541,226 @@ async fn nothing_acknowledged_is_lost_nor_handed_out_twice_when_leaders_are_kill
         running.retain(|&i| i != leader);
     }
 }
+
+/// A PostgreSQL primary with a synchronous streaming standby in a temporary directory,
+/// both stopped when dropped.
+struct PgPair {
+    dir: tempfile::TempDir,
+    primary: u16,
+    standby: u16,
+}
+
+fn pg_bin(name: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("FLINGER_PG_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let newest = std::fs::read_dir("/usr/lib/postgresql")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .max()
+                .unwrap_or(15);
+            format!("/usr/lib/postgresql/{newest}/bin").into()
+        });
+    dir.join(name)
+}
+
+/// Runs a PostgreSQL program as the `postgres` user when root (initdb refuses root).
+fn pg_run(name: &str, args: &[&str]) {
+    // SAFETY: geteuid has no preconditions.
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(pg_bin(name));
+        c
+    } else {
+        std::process::Command::new(pg_bin(name))
+    };
+    let out = cmd.args(args).output().expect("run a PostgreSQL program");
+    assert!(
+        out.status.success(),
+        "{name} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+impl PgPair {
+    fn start() -> PgPair {
+        let dir = tempfile::Builder::new()
+            .prefix("flinger-pgpair-")
+            .tempdir()
+            .unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let ok = std::process::Command::new("chown")
+                .arg("postgres")
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok);
+        }
+        let (primary, standby) = (free_port(), free_port());
+        let path = |p: &str| dir.path().join(p).display().to_string();
+        pg_run(
+            "initdb",
+            &[
+                "-D",
+                &path("p"),
+                "--auth=trust",
+                "-U",
+                "flinger",
+                "--no-sync",
+            ],
+        );
+        let conf = format!(
+            "wal_level = replica\nmax_wal_senders = 4\n\
+             listen_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n",
+            dir.path().display()
+        );
+        let conf_path = dir.path().join("p/postgresql.conf");
+        let append = |text: &str| {
+            let mut all = std::fs::read_to_string(&conf_path).unwrap();
+            all.push_str(text);
+            std::fs::write(&conf_path, all).unwrap();
+        };
+        append(&conf);
+        let port = |p: u16| format!("-p {p}");
+        pg_run(
+            "pg_ctl",
+            &[
+                "-D",
+                &path("p"),
+                "-w",
+                "-o",
+                &port(primary),
+                "-l",
+                &path("p.log"),
+                "start",
+            ],
+        );
+        pg_run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.to_string(),
+                "-U",
+                "flinger",
+                "-D",
+                &path("s"),
+                "-R",
+                "-X",
+                "stream",
+            ],
+        );
+        pg_run(
+            "pg_ctl",
+            &[
+                "-D",
+                &path("s"),
+                "-w",
+                "-o",
+                &port(standby),
+                "-l",
+                &path("s.log"),
+                "start",
+            ],
+        );
+        PgPair {
+            dir,
+            primary,
+            standby,
+        }
+    }
+
+    fn path(&self, p: &str) -> String {
+        self.dir.path().join(p).display().to_string()
+    }
+
+    /// Both servers, the writable one chosen at each connection.
+    fn url(&self) -> String {
+        format!(
+            "postgres://flinger@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write&connect_timeout=2",
+            self.primary, self.standby
+        )
+    }
+}
+
+impl Drop for PgPair {
+    fn drop(&mut self) {
+        for data in ["p", "s"] {
+            let _ = std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(pg_bin("pg_ctl"))
+                .args(["-D", &self.path(data), "-m", "immediate", "stop"])
+                .output();
+            let _ = std::process::Command::new(pg_bin("pg_ctl"))
+                .args(["-D", &self.path(data), "-m", "immediate", "stop"])
+                .output();
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_acknowledged_change_survives_when_postgresql_fails_over_to_its_synchronous_standby()
+{
+    let pair = PgPair::start();
+    let url = pair.url();
+    let primary = format!("postgres://flinger@127.0.0.1:{}/postgres", pair.primary);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sql(
+        &primary,
+        "SELECT string_agg(sync_state, ',') FROM pg_stat_replication",
+    ) != "sync"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never became synchronous"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let a = node(&url);
+    assert_eq!(leader_of(&[&a.http()]).await, 0);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(a.submit(&json!({"job_queue": "pgfail", "n": i})).await);
+    }
+    assert_eq!(
+        a.pop_id(&["pgfail"]).await.as_deref(),
+        Some(ids[0].as_str())
+    );
+    a.cancel(&ids[1]).await.expect_status(200);
+    // The primary dies; the synchronous standby is promoted. flinger is not restarted.
+    pg_run(
+        "pg_ctl",
+        &["-D", &pair.path("p"), "-m", "immediate", "stop"],
+    );
+    pg_run("pg_ctl", &["-D", &pair.path("s"), "-w", "promote"]);
+    let after = submit_retrying(&a.http(), &json!({"job_queue": "pgfail", "n": 20})).await;
+    assert_eq!(a.job_state(&ids[0]).await, "running");
+    assert_eq!(a.job_state(&ids[1]).await, "cancelled");
+    for id in &ids[2..] {
+        assert_eq!(a.job_state(id).await, "waiting");
+    }
+    assert_eq!(a.job_state(&after).await, "waiting");
+    assert_eq!(
+        a.pop_id(&["pgfail"]).await.as_deref(),
+        Some(ids[2].as_str())
+    );
+    assert!(
+        a.stderr_lines()
+            .iter()
+            .any(|l| l.contains("stepping down as leader")),
+        "the node did not notice the primary's death"
+    );
+}

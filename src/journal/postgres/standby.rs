@@ -232,7 +232,20 @@ impl Standby {
         advertised: &str,
     ) -> Result<std::result::Result<Promoted, Standby>> {
         let sent = Instant::now();
-        let Some(term) = lease::take(&self.client, holder, advertised, config.lease).await? else {
+        // Bounded: a database that cannot commit (a primary waiting for a synchronous
+        // standby it lost) must not hold the node here; it retries on a new connection.
+        let taken = tokio::time::timeout(
+            config.lease,
+            lease::take(&self.client, holder, advertised, config.lease),
+        )
+        .await
+        .map_err(|_| {
+            Error::Unavailable(format!(
+                "PostgreSQL journal: taking the lease took longer than {:?}",
+                config.lease
+            ))
+        })??;
+        let Some(term) = taken else {
             return Ok(Err(self));
         };
         let tenure = Tenure::new(term, config.lease, sent);
