@@ -676,6 +676,10 @@ impl PgPair {
                 "start",
             ],
         );
+        // Commits wait for the standby from now on. Set after the base backup, so the
+        // standby, once promoted, does not wait for a standby of its own.
+        append("synchronous_standby_names = '*'\n");
+        pg_run("pg_ctl", &["-D", &path("p"), "reload"]);
         PgPair {
             dir,
             primary,
@@ -725,7 +729,12 @@ async fn every_acknowledged_change_survives_when_postgresql_fails_over_to_its_sy
     {
         assert!(
             Instant::now() < deadline,
-            "the standby never became synchronous"
+            "the standby never became synchronous: {:?}, synchronous_standby_names {:?}",
+            sql(
+                &primary,
+                "SELECT string_agg(sync_state, ',') FROM pg_stat_replication"
+            ),
+            sql(&primary, "SHOW synchronous_standby_names"),
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
