@@ -68,10 +68,17 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
     let config = Arc::new(config);
     let recovery_config = config.clone();
     let recovery_fs = fs.clone();
-    let recovered =
-        tokio::task::spawn_blocking(move || journal::open_with(&recovery_config, recovery_fs))
-            .await
-            .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
+    let recovery_files = config.data_dir.join("files");
+    let recovered = tokio::task::spawn_blocking(move || {
+        // Created durably, and before the log: a data dir whose entry a crash loses takes
+        // everything in it with it.
+        wal::create_dir_all_durably(&*recovery_fs, &recovery_files).map_err(|e| {
+            Error::Internal(format!("cannot create {}: {e}", recovery_files.display()))
+        })?;
+        journal::open_with(&recovery_config, recovery_fs)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
     start_recovered(config, fs, recovered).await
 }
 
@@ -92,7 +99,7 @@ pub async fn start_recovered(
     let create_fs = fs.clone();
     let create_dir = files_dir.clone();
     tokio::task::spawn_blocking(move || {
-        // Created durably: a data dir whose entry a crash loses takes everything with it.
+        // Already there after `start_with_fs`; a standby taking over makes it here.
         wal::create_dir_all_durably(&*create_fs, &create_dir)
             .map_err(|e| Error::Internal(format!("cannot create {}: {e}", create_dir.display())))
     })
