@@ -21,6 +21,10 @@
 //! writes stop: the same fold over the same events gives the same state); 200 when the node can serve (it leads, or it knows a
 //! leader to forward to), 503 otherwise.
 //!
+//! A forwarded request reaches the leader's routes as from an unknown, non-loopback
+//! address: operator routes that are only allowed from the server's own host (deleting a
+//! job with access control off) must be called on the leader itself.
+//!
 //! Not here: uploaded files are kept in each node's data directory.
 
 use std::future::Future;
@@ -351,6 +355,17 @@ async fn dispatch(State(node): State<Arc<Node>>, request: Request) -> Response {
         let role = node.role.read().clone();
         let why = match role {
             Role::Leader { app, tenure, .. } if tenure.valid() => {
+                if request.headers().contains_key(&FORWARDED) {
+                    // The peer is the forwarding node, not the client: a loopback
+                    // forwarder must not make a remote client's request the operator's
+                    // (routes only allowed from the server's own host).
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                            [0, 0, 0, 0],
+                            0,
+                        ))));
+                }
                 return match app.oneshot(request).await {
                     Ok(response) => response,
                     Err(never) => match never {},

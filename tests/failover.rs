@@ -97,6 +97,12 @@ async fn standby_forwards_requests_and_names_the_leader_when_two_nodes_share_a_d
     assert_eq!(a.job_state(&first).await, "running");
     assert_eq!(a.job_state(&second).await, "cancelled");
     assert_eq!(b.pop_id(&["fwd"]).await, None);
+    // An operator route allowed only from the server's own host is not, through a
+    // forwarder on that host: the leader cannot tell where the client is.
+    let r = b
+        .request("DELETE", &format!("/v1/job/{second}"), &[], Vec::new())
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text_preview());
     // Errors come back as the leader gave them.
     let bad = b.post_json("/v1/job", &json!({"no_queue": 1})).await;
     let direct = a.post_json("/v1/job", &json!({"no_queue": 1})).await;
@@ -244,6 +250,15 @@ async fn append_gets_no_2xx_and_the_leader_steps_down_when_another_term_took_the
         sql(&url, "SELECT holder <> 'intruder' FROM flinger_lease"),
         "t"
     );
+}
+
+#[tokio::test]
+async fn ready_says_the_only_node_leads_when_the_journal_is_the_file_log() {
+    let srv = TestServer::start_with(&["--journal", "file"]);
+    let (status, doc) = ready(&srv.http()).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(doc["role"], "leader", "{doc}");
+    assert_eq!(doc["term"], 0, "{doc}");
 }
 
 #[tokio::test]
