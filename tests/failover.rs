@@ -159,6 +159,53 @@ async fn standby_takes_over_with_every_acknowledged_change_when_the_leader_is_ki
 }
 
 #[tokio::test]
+async fn standby_left_behind_by_compaction_reloads_the_snapshot_and_takes_over_with_everything() {
+    let url = fresh_database();
+    let args = [
+        "--journal",
+        &url,
+        "--lease-ms",
+        LEASE_MS,
+        "--snapshot-bytes",
+        "4096",
+    ];
+    let mut a = TestServer::start_with(&args);
+    assert_eq!(leader_of(&[&a.http()]).await, 0);
+    let b = TestServer::start_with(&args);
+    let first = a.submit(&json!({"job_queue": "compact"})).await;
+    // The standby sleeps while the leader writes enough for a snapshot that deletes the
+    // events it has not read.
+    b.send_signal(libc::SIGSTOP);
+    let mut ids = vec![first];
+    for i in 0..60 {
+        let filler = "x".repeat(200);
+        ids.push(
+            a.submit(&json!({"job_queue": "compact", "n": i, "filler": filler}))
+                .await,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sql(&url, "SELECT count(*) FROM flinger_events WHERE lsn <= 2") != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot compacted the first events"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.send_signal(libc::SIGCONT);
+    let last = a.submit(&json!({"job_queue": "compact"})).await;
+    ids.push(last);
+    a.kill9();
+    for id in &ids {
+        assert_eq!(b.job_state(id).await, "waiting");
+    }
+    assert_eq!(
+        b.pop_id(&["compact"]).await.as_deref(),
+        Some(ids[0].as_str())
+    );
+}
+
+#[tokio::test]
 async fn paused_leader_steps_down_and_answers_nothing_as_leader_when_resumed() {
     let url = fresh_database();
     let a = node(&url);

@@ -137,6 +137,13 @@ impl Standby {
         {
             bytes.extend_from_slice(row.get::<_, &[u8]>(0));
         }
+        if self.last != 0 {
+            tracing::info!(
+                from = self.last,
+                snapshot_lsn = lsn,
+                "standby: the leader compacted events not yet read; reloading from its snapshot"
+            );
+        }
         let mut replay = Replay::new(Instant::now());
         replay.snapshot(lsn as u64, &bytes)?;
         self.replay = replay;
