@@ -12,6 +12,7 @@
 //!   as data) is the only place that knows the JSON.
 //! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
 //! - [`server`]: listener, connection handling, graceful shutdown, wiring.
+//! - [`ha`]: several nodes on the PostgreSQL journal: role loop, forwarding, readiness.
 //! - [`throttle`]: rate-limited log lines for what clients and faults can repeat.
 //!
 //! Architecture invariants:
@@ -25,6 +26,7 @@ pub mod actors;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod ha;
 pub mod http;
 pub mod journal;
 pub mod metrics;

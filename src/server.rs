@@ -70,10 +70,27 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
     let files = journal::files::open(&config, fs.clone()).await?;
     let recovery_config = config.clone();
     let recovery_fs = fs.clone();
-    let (mut state, journal, snapshot_requests, recovery) =
+    let recovered =
         tokio::task::spawn_blocking(move || journal::open_with(&recovery_config, recovery_fs))
             .await
             .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
+    start_recovered(config, files, recovered).await
+}
+
+/// Starts the actors and chores from a recovered state and its journal, over the store
+/// of uploaded files: what start-up does after recovery, and what a standby that took
+/// the lease does (`crate::ha`).
+pub async fn start_recovered(
+    config: Arc<Config>,
+    files: Arc<dyn journal::files::FileStore>,
+    recovered: (
+        crate::model::State,
+        journal::Journal,
+        journal::SnapshotRequests,
+        journal::Recovery,
+    ),
+) -> Result<Running> {
+    let (mut state, journal, snapshot_requests, recovery) = recovered;
     tracing::info!(
         jobs = state.registry.len(),
         snapshot_lsn = recovery.snapshot_lsn,
@@ -167,6 +184,14 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
 }
 
 impl Running {
+    /// Resolves with the reason when an actor failed fatally.
+    pub(crate) async fn fatal(&mut self) -> String {
+        match self.fatal.recv().await {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Stops the actors and chores; every acknowledged change is already durable.
     pub async fn stop(self) {
         let _ = self.supervisor.cast(SupervisorMsg::Shutdown);
@@ -184,6 +209,11 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    if let crate::config::JournalTarget::Postgres(url) = &config.journal {
+        // Any number of nodes on one database: leader, standbys, failover.
+        let url = url.clone();
+        return crate::ha::run(listener, config, url, shutdown).await;
+    }
     serve(listener, start(config).await?, shutdown).await
 }
 
@@ -196,11 +226,40 @@ pub async fn serve(
 ) -> Result<()> {
     let services = running.services.clone();
     let config = services.config.clone();
+    let metrics = services.metrics.clone();
+    let app = crate::http::app(services);
+    let dispatch = running.services.dispatch.clone();
+    let outcome = accept(
+        listener,
+        app,
+        &config,
+        Some(metrics),
+        &mut running.fatal,
+        shutdown,
+        // Long-polling agents are answered 204 now instead of holding the drain.
+        move || dispatch.close(),
+    )
+    .await;
+    running.stop().await;
+    tracing::info!("stopped");
+    outcome
+}
+
+/// The accept loop: serves `app` on `listener` until `shutdown` resolves (then stops
+/// accepting, calls `before_drain` and lets requests in progress finish within
+/// `--drain-secs`) or a message arrives on `fatal` (an error).
+pub(crate) async fn accept(
+    listener: TcpListener,
+    app: crate::http::App,
+    config: &Config,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+    fatal: &mut mpsc::UnboundedReceiver<String>,
+    shutdown: impl Future<Output = ()>,
+    before_drain: impl FnOnce(),
+) -> Result<()> {
     let local = listener.local_addr().map_err(Error::from)?;
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), config = %config.source, fsync = ?config.fsync, "listening");
 
-    let metrics = services.metrics.clone();
-    let app = crate::http::app(services);
     let rate = MinRate {
         bytes: config.min_transfer_bytes,
         window: config.transfer_window,
@@ -221,7 +280,7 @@ pub async fn serve(
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             _ = &mut shutdown => break Ok(()),
-            Some(why) = running.fatal.recv() => break Err(Error::Internal(why)),
+            Some(why) = fatal.recv() => break Err(Error::Internal(why)),
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -236,7 +295,7 @@ pub async fn serve(
                 }
             },
             _ = &mut shutdown => break Ok(()),
-            Some(why) = running.fatal.recv() => break Err(Error::Internal(why)),
+            Some(why) = fatal.recv() => break Err(Error::Internal(why)),
         };
         let _ = stream.set_nodelay(true);
         let (busy, idle) = watch::channel(0usize);
@@ -248,7 +307,7 @@ pub async fn serve(
         let io = Watched::new(TokioIo::new(stream), rate);
         let connection = builder.serve_connection(io, service);
         let mut stop_seen = stop_seen.clone();
-        let open = metrics.connection();
+        let open = metrics.as_ref().map(|m| m.connection());
         tokio::spawn(async move {
             let _open = open;
             tokio::pin!(connection);
@@ -273,8 +332,7 @@ pub async fn serve(
     };
     drop(listener);
     tracing::info!("shutting down: finishing in-flight requests");
-    // Long-polling agents are answered 204 now instead of holding the drain.
-    running.services.dispatch.close();
+    before_drain();
     let _ = stopping.send(true);
     let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(config.drain, permits.acquire_many(all))
@@ -286,8 +344,6 @@ pub async fn serve(
             config.drain
         );
     }
-    running.stop().await;
-    tracing::info!("stopped");
     outcome
 }
 

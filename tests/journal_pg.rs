@@ -1,9 +1,9 @@
 //! The PostgreSQL journal over the real binary and a throwaway PostgreSQL server
 //! (`util::pg`): acknowledged changes survive a restart and a kill -9 with nothing kept in
 //! the data directory's log, uploaded and orphan files live in the database (a new node
-//! with an empty data directory serves them), snapshots compact the events they cover, one
-//! process writes a database at a time, `sslmode=require` encrypts and verifies every
-//! connection, and bad settings are refused at start-up.
+//! with an empty data directory serves them), snapshots compact the events they cover,
+//! `sslmode=require` encrypts and verifies every connection, and bad settings are refused
+//! at start-up. Several processes on one database: `failover`.
 
 use std::time::{Duration, Instant};
 
@@ -102,34 +102,6 @@ async fn snapshot_deletes_the_events_it_covers_and_restart_loads_it_when_journal
         .find(|l| l.contains("recovered state"))
         .expect("a recovery line");
     assert!(line.contains("snapshot_lsn="), "{line}");
-}
-
-#[tokio::test]
-async fn second_server_refuses_to_start_when_another_writes_the_database() {
-    let url = fresh_database();
-    let srv = on_postgres(&url, &[]);
-    srv.submit(&json!({"job_queue": "one"})).await;
-    let out = run_to_exit(
-        srv.dir(),
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--data-dir",
-            "second",
-            "--journal",
-            &url,
-        ],
-        &[],
-        Duration::from_secs(20),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "second writer started: {stderr}");
-    assert!(
-        stderr.contains("another flinger process is writing this database"),
-        "{stderr}"
-    );
-    // The first one goes on accepting changes.
-    srv.submit(&json!({"job_queue": "one"})).await;
 }
 
 #[tokio::test]

@@ -66,5 +66,8 @@ mod dashboard;
 // Access control: roles per endpoint, submission checks, ownership, tokens, real clients.
 mod auth;
 // The journal on PostgreSQL (`--journal postgres://`): restart, kill -9, snapshots and
-// compaction, one writer per database (issue 10).
+// compaction (issue 10).
 mod journal_pg;
+// Several nodes on one PostgreSQL journal: forwarding, readiness, takeover after kill -9 and
+// pauses, nothing acknowledged lost under repeated failovers (issue 10).
+mod failover;

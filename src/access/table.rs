@@ -138,6 +138,8 @@ pub const TABLE: &[Rule] = &[
     // dashboard's static files hold no data.
     rule("GET", "/metrics", AMC, Check::None),
     rule("GET", "/openapi.json", PUBLIC, Check::None),
+    // Readiness for load balancers: the node's role, the leader and the term.
+    rule("GET", "/v1/ready", PUBLIC, Check::None),
     rule("GET", "/static/{file}", PUBLIC, Check::None),
     rule("GET", "/v1/result/{id}/log/{kind}/follow", AMC, Check::None),
     rule("GET", "/queues", AMC, Check::None),

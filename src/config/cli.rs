@@ -289,4 +289,13 @@ pub struct ServeOpts {
     /// [default: file].
     #[arg(long, env = "FLINGER_JOURNAL", value_name = "file|postgres://...")]
     pub journal: Option<JournalTarget>,
+    /// On the PostgreSQL journal: length of the leader's lease in milliseconds (300 to
+    /// 60000); a dead leader is replaced after about this long, and it is renewed every
+    /// third of it [default: 5000].
+    #[arg(long, env = "FLINGER_LEASE_MS", value_name = "MS")]
+    pub lease_ms: Option<u64>,
+    /// On the PostgreSQL journal: the URL other nodes forward requests to while this node
+    /// leads, `http://HOST:PORT` [default: http:// + the bound address].
+    #[arg(long, env = "FLINGER_ADVERTISE_URL", value_name = "URL")]
+    pub advertise_url: Option<String>,
 }

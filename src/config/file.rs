@@ -70,6 +70,8 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "MAX_EVENT_DETAIL_BYTES",
     "MAX_WEBHOOK_URL_BYTES",
     "JOURNAL",
+    "LEASE_MS",
+    "ADVERTISE_URL",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 pub(super) const IGNORED_KEYS: &[&str] = &[

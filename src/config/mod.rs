@@ -247,6 +247,12 @@ pub struct Config {
     pub source: String,
     /// Where the journal lives: the embedded log (default) or PostgreSQL.
     pub journal: JournalTarget,
+    /// Length of the leader's lease on the PostgreSQL journal: a dead leader is replaced
+    /// after at most this long; renewed every third of it.
+    pub lease: Duration,
+    /// The URL other nodes forward requests to while this node leads (default:
+    /// `http://` + the bound address).
+    pub advertise_url: Option<String>,
 }
 
 impl Default for Config {
@@ -299,6 +305,8 @@ impl Default for Config {
             max_webhook_url_bytes: 2048,
             source: "defaults".into(),
             journal: JournalTarget::File,
+            lease: Duration::from_secs(5),
+            advertise_url: None,
         }
     }
 }
@@ -418,6 +426,8 @@ impl Config {
                             .parse()
                             .map_err(|_| bad("file or a postgres:// connection string"))?
                     }
+                    "LEASE_MS" => config.lease = Duration::from_millis(num("milliseconds")?),
+                    "ADVERTISE_URL" => config.advertise_url = Some(value.clone()),
                     "REDIS_HOST" | "REDIS_PORT" => warnings.push(format!(
                         "config key {key} is ignored: flinger keeps its journal in its data directory, or in PostgreSQL with --journal postgres://... (FLINGER_JOURNAL, config key JOURNAL)"
                     )),
@@ -491,6 +501,12 @@ impl Config {
         config.wal_truncate_corruption |= opts.wal_truncate_corruption;
         if let Some(v) = &opts.journal {
             config.journal = v.clone();
+        }
+        if let Some(ms) = opts.lease_ms {
+            config.lease = Duration::from_millis(ms);
+        }
+        if let Some(url) = &opts.advertise_url {
+            config.advertise_url = Some(url.clone());
         }
         if let Some(v) = opts.access_control {
             config.access = v;
@@ -654,6 +670,27 @@ impl Config {
         if self.snapshot_growth_percent > 10_000 {
             return err("snapshot growth percent must be at most 10000".into());
         }
+        let lease = self.lease.as_millis();
+        if !(LEASE_MS_MIN..=LEASE_MS_MAX).contains(&lease) {
+            return err(format!(
+                "{} must be {LEASE_MS_MIN} to {LEASE_MS_MAX} milliseconds, got {lease}",
+                setting("lease-ms")
+            ));
+        }
+        if let Some(url) = &self.advertise_url {
+            let parsed = url.parse::<axum::http::Uri>().ok();
+            let ok = parsed.as_ref().is_some_and(|u| {
+                u.scheme_str() == Some("http")
+                    && u.authority().is_some()
+                    && u.path_and_query().is_none_or(|p| p.as_str() == "/")
+            });
+            if !ok {
+                return err(format!(
+                    "{} must be http://HOST:PORT (where other nodes reach this one), got {url:?}",
+                    setting("advertise-url")
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -678,6 +715,12 @@ impl Config {
         Ok(())
     }
 }
+
+/// Shortest lease (`--lease-ms`): renewals every third of it must fit a database round
+/// trip on a loaded machine.
+pub const LEASE_MS_MIN: u128 = 300;
+/// Longest lease: a dead leader is replaced after at most this long.
+pub const LEASE_MS_MAX: u128 = 60_000;
 
 /// How an operator names the setting `--name`: its flag, environment variable and config
 /// file key (every setting checked in `Config::validate` has all three), so an error says

@@ -172,6 +172,7 @@ pub fn router(services: Services) -> Router {
         )
         .route("/metrics", get(metrics_get))
         .route("/openapi.json", get(openapi_get))
+        .route(crate::ha::READY_PATH, get(crate::ha::ready_single))
         .route("/v1/result/{id}/log/{kind}/follow", get(dash::log_follow))
         .route("/queues", get(dash::queues_page))
         .route("/queues/{queue}", get(dash::queue_page))

@@ -35,6 +35,7 @@ mod postgres;
 
 pub use file::dump;
 pub use postgres::tls::split_root_cert;
+pub use postgres::{LeaseView, Promoted, Standby, Tenure};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;

@@ -93,6 +93,7 @@ const MATRIX: &[(&str, &str, &str)] = &[
     // open while the job runs.
     ("GET", "/metrics", "contributor manager admin"),
     ("GET", "/openapi.json", "public"),
+    ("GET", "/v1/ready", "public"),
     ("GET", "/static/dash.css", "public"),
     ("GET", "/queues", "contributor manager admin"),
     ("GET", "/queues/{q}", "contributor manager admin"),

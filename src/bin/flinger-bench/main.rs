@@ -92,6 +92,12 @@ struct Cli {
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
     server_args: Vec<String>,
 
+    /// Journal of the spawned server, passed as its `--journal` (`file`, or a
+    /// `postgres://` connection string; the database is not emptied between the servers
+    /// a run spawns, so give each run a fresh one).
+    #[arg(long, value_name = "file|postgres://...", conflicts_with = "url")]
+    journal: Option<String>,
+
     /// Extra request header `NAME: VALUE` sent with every request (repeatable), e.g.
     /// `--header "Authorization: Bearer TOKEN"` to measure access control's cost.
     #[arg(long = "header", value_name = "NAME: VALUE")]
@@ -451,7 +457,10 @@ enum Abort {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(journal) = cli.journal.take() {
+        cli.server_args.extend(["--journal".to_owned(), journal]);
+    }
     let mut extra = Vec::new();
     for h in &cli.headers {
         let parsed = h.split_once(':').and_then(|(n, v)| {

@@ -1,6 +1,7 @@
 //! The PostgreSQL backend of the journal (`--journal postgres://…`): events in the table
 //! `flinger_events` (one row per record, keyed by LSN, the payload exactly as the file log
-//! would hold it) and snapshots in `flinger_snapshots` + `flinger_snapshot_chunks`.
+//! would hold it), snapshots in `flinger_snapshots` + `flinger_snapshot_chunks`, and the
+//! leader's lease in `flinger_lease`.
 //!
 //! One writer thread appends in group-committed batches: every record queued while the
 //! previous batch was committing goes into one `INSERT … SELECT unnest(…)` statement, one
@@ -8,35 +9,41 @@
 //! under the server's `synchronous_commit`: on the primary's disk, and on a synchronous
 //! standby when one is configured).
 //!
-//! One flinger process writes a database at a time: the writer's session holds an
-//! advisory lock for as long as it lives, the analogue of the file log's directory lock,
-//! and a second process refuses to start. When the writer's connection fails, the lock
-//! goes with it, so the journal is poisoned exactly like a failed fsync: every pending
-//! and later change gets 503 (whether the last batch committed is unknown) until the
-//! operator restarts, and start-up recovers what the database holds.
+//! One flinger process writes a database at a time: the one holding the lease (`lease`).
+//! Every append and snapshot install checks the writer's term in the same statement, so a
+//! writer whose lease another node took commits nothing more. When an append fails or is
+//! fenced, or the writer's connection drops, the journal is poisoned exactly like a failed
+//! fsync (every pending and later change gets 503; whether the last batch committed is
+//! unknown) and the tenure ends: the node steps down (`crate::ha`), and a node that takes
+//! over recovers what the database holds. Nodes without the lease follow the table as warm
+//! standbys (`standby`).
 //!
 //! Snapshots are uploaded on their own connection under a provisional row
 //! (`installed = false`); the writer installs one, in LSN order after every record before
-//! it committed, in one transaction that also deletes the events it covers and the older
+//! it committed, in one statement that also deletes the events it covers and the older
 //! snapshots (compaction). Start-up loads the newest installed snapshot and streams the
 //! events after it through the same fold as the file log ([`Replay`]).
 //!
-//! Not here (yet): uploaded files stay in the data directory; leases, standbys and
-//! failover between several flinger processes.
+//! Not here: uploaded files stay in the data directory.
+
+mod lease;
+mod standby;
+
+pub use lease::{LeaseView, Tenure};
+pub use standby::{Promoted, Standby};
 
 pub(super) mod files;
 pub(super) mod tls;
 
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{pin_mut, TryStreamExt};
 use tokio::sync::oneshot;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{
-    gather, Inner, Journal, Prepared, Recovery, Replay, SnapshotPace, SnapshotRequests, Snapshots,
+    gather, Inner, Journal, Prepared, Recovery, SnapshotPace, SnapshotRequests, Snapshots,
     WriterMsg, SNAPSHOT_RETRY, WRITER_TICK,
 };
 use crate::config::{redact, Config, FsyncPolicy};
@@ -61,14 +68,44 @@ CREATE TABLE IF NOT EXISTS flinger_snapshot_chunks (
     data bytea NOT NULL,
     PRIMARY KEY (lsn, seq)
 );
+CREATE TABLE IF NOT EXISTS flinger_lease (
+    id integer PRIMARY KEY CHECK (id = 1),
+    term bigint NOT NULL,
+    holder text NOT NULL,
+    url text NOT NULL,
+    expires timestamptz NOT NULL
+);
+INSERT INTO flinger_lease VALUES (1, 0, '', '', '-infinity') ON CONFLICT (id) DO NOTHING;
 ";
 
-/// The advisory lock key the writer's session holds ("flinger" in ASCII).
-const LOCK_KEY: i64 = 0x0066_6c69_6e67_6572;
+/// The append: one statement (so one transaction that no pause of this process can hold
+/// open) that locks the lease row, inserts the batch only if the row still carries this
+/// writer's term, and wakes the standbys. A takeover's `UPDATE` of the row waits for it,
+/// or it waits for the takeover and then sees the new term.
+const APPEND: &str = "
+WITH lease AS (SELECT 1 FROM flinger_lease WHERE id = 1 AND term = $3 FOR SHARE),
+ins AS (
+    INSERT INTO flinger_events (lsn, payload)
+    SELECT * FROM unnest($1::int8[], $2::bytea[]) WHERE EXISTS (SELECT 1 FROM lease)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins), pg_notify('flinger_events', '')";
 
-/// How long start-up waits for the writer's lock: a predecessor killed a moment ago holds
-/// it until the database notices its session is gone.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// The snapshot install, fenced like [`APPEND`]: marks the provisional snapshot at `$1`
+/// installed and deletes the older snapshots and the events it covers.
+const INSTALL: &str = "
+WITH lease AS (SELECT 1 FROM flinger_lease WHERE id = 1 AND term = $2 FOR SHARE),
+inst AS (
+    UPDATE flinger_snapshots SET installed = true
+    WHERE lsn = $1 AND EXISTS (SELECT 1 FROM lease) RETURNING 1
+),
+old AS (DELETE FROM flinger_snapshots WHERE lsn < $1 AND EXISTS (SELECT 1 FROM inst)),
+covered AS (DELETE FROM flinger_events WHERE lsn <= $1 AND EXISTS (SELECT 1 FROM inst))
+SELECT count(*) FROM inst";
+
+/// How long a process that runs alone (`flinger client`) waits for the lease: a
+/// predecessor killed a moment ago holds it until it expires.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// Snapshot bytes per row of `flinger_snapshot_chunks`.
 const SNAPSHOT_CHUNK: usize = 16 << 20;
@@ -114,157 +151,17 @@ async fn connect(url: &str) -> Result<Client> {
     Ok(client)
 }
 
-/// What start-up found in the database.
-struct Recovered {
-    client: Client,
-    /// LSN of the last event (or of the snapshot, if no event follows it).
-    last_lsn: u64,
-    /// Payload bytes of the events after the snapshot (the snapshot trigger counts on).
-    bytes: u64,
-    /// Size of the loaded snapshot (0 without one), for [`SnapshotPace`].
-    snapshot_bytes: u64,
-}
-
-/// Connects to the database at `url`, takes the writer's lock, creates the tables if
-/// missing, loads the newest snapshot, replays the events after it into a fresh
-/// [`State`], and starts the writer thread.
+/// Connects to the database at `url`, creates the tables if missing, waits for the
+/// lease, loads the newest snapshot and replays the events after it into a fresh
+/// [`State`], and starts the writer thread: the journal of a process that runs alone
+/// (`flinger client`). The server runs several nodes through [`Standby`] (`crate::ha`).
 pub fn open(config: &Config, url: &str) -> Result<(State, Journal, SnapshotRequests, Recovery)> {
-    let started = Instant::now();
-    // The writer's own runtime: the connection is driven only while the writer awaits
-    // the database, so no other thread ever waits on it.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("cannot start the journal's runtime: {e}")))?;
-    let mut replay = Replay::new(started);
-    let recovered = runtime.block_on(recover(url, &mut replay))?;
-    let insert = runtime
-        .block_on(recovered.client.prepare(
-            "INSERT INTO flinger_events (lsn, payload) SELECT * FROM unnest($1::int8[], $2::bytea[])",
-        ))
-        .map_err(|e| pg_error("cannot prepare the append statement", e))?;
-    let (inner, rx) = Inner::start(
-        config,
-        recovered.last_lsn,
-        true,
-        Snapshots::Postgres(url.to_owned()),
-    );
-    let (snap_tx, snap_rx) = tokio::sync::mpsc::unbounded_channel();
-    let writer = Writer {
-        runtime,
-        client: recovered.client,
-        insert,
-        rx,
-        inner: inner.clone(),
-        pace: SnapshotPace::new(config, recovered.snapshot_bytes),
-        bytes_since_snapshot: recovered.bytes,
-        snapshot_requested: None,
-        snap_tx,
-        interval: match config.fsync {
-            FsyncPolicy::Always => None,
-            FsyncPolicy::Interval(d) => Some(d),
-        },
-    };
-    std::thread::Builder::new()
-        .name("pg-journal-writer".into())
-        .spawn(move || writer.run())
-        .map_err(|e| Error::Internal(format!("cannot start the journal writer: {e}")))?;
-    let (state, recovery) = replay.finish();
-    Ok((state, Journal { inner }, snap_rx, recovery))
-}
-
-async fn recover(url: &str, replay: &mut Replay) -> Result<Recovered> {
-    let client = connect(url).await?;
-    let asked = Instant::now();
-    loop {
-        let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
-            .await
-            .map_err(|e| pg_error("cannot take the writer's lock", e))?
-            .get(0);
-        if locked {
-            break;
-        }
-        if asked.elapsed() >= LOCK_WAIT {
-            return Err(Error::Unavailable(format!(
-                "PostgreSQL journal {}: another flinger process is writing this database (waited {} s for it to go)",
-                redact(url),
-                LOCK_WAIT.as_secs()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    client
-        .batch_execute(SCHEMA)
-        .await
-        .map_err(|e| pg_error("cannot create the journal's tables", e))?;
-    let snapshot = client
-        .query_opt(
-            "SELECT lsn FROM flinger_snapshots WHERE installed ORDER BY lsn DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .map_err(|e| pg_error("cannot read the snapshot list", e))?;
-    let mut after: i64 = 0;
-    let mut snapshot_bytes = 0;
-    if let Some(row) = snapshot {
-        after = row.get(0);
-        let mut bytes = Vec::new();
-        let chunks = client
-            .query_raw(
-                "SELECT data FROM flinger_snapshot_chunks WHERE lsn = $1 ORDER BY seq",
-                [&after as &(dyn ToSql + Sync)],
-            )
-            .await
-            .map_err(|e| pg_error("cannot read the snapshot", e))?;
-        pin_mut!(chunks);
-        while let Some(row) = chunks
-            .try_next()
-            .await
-            .map_err(|e| pg_error("cannot read the snapshot", e))?
-        {
-            bytes.extend_from_slice(row.get::<_, &[u8]>(0));
-        }
-        snapshot_bytes = bytes.len() as u64;
-        replay.snapshot(after as u64, &bytes)?;
-    }
-    let events = client
-        .query_raw(
-            "SELECT lsn, payload FROM flinger_events WHERE lsn > $1 ORDER BY lsn",
-            [&after as &(dyn ToSql + Sync)],
-        )
-        .await
-        .map_err(|e| pg_error("cannot read the events", e))?;
-    pin_mut!(events);
-    let mut last = after as u64;
-    let mut bytes = 0u64;
-    while let Some(row) = events
-        .try_next()
-        .await
-        .map_err(|e| pg_error("cannot read the events", e))?
-    {
-        let lsn = row.get::<_, i64>(0) as u64;
-        let payload: &[u8] = row.get(1);
-        // Batches commit whole and in order, and compaction only removes what a snapshot
-        // covers: a hole means the table was edited by hand.
-        if lsn != last + 1 {
-            return Err(Error::Internal(format!(
-                "PostgreSQL journal: event {lsn} follows {last}: events {}..{lsn} are missing",
-                last + 1
-            )));
-        }
-        replay
-            .record(lsn, payload)
-            .map_err(|e| Error::Internal(format!("PostgreSQL journal: event {lsn}: {e}")))?;
-        last = lsn;
-        bytes += payload.len() as u64;
-    }
-    Ok(Recovered {
-        client,
-        last_lsn: last,
-        bytes,
-        snapshot_bytes,
-    })
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+        Error::Internal("the PostgreSQL journal is opened from within the runtime".into())
+    })?;
+    let (state, journal, snapshots, recovery, _tenure) =
+        runtime.block_on(standby::open_as_leader(config, url, LEASE_WAIT))?;
+    Ok((state, journal, snapshots, recovery))
 }
 
 /// Uploads the snapshot `bytes` at `lsn` as a provisional row on a connection of its
@@ -312,10 +209,13 @@ pub(super) async fn prepare(url: &str, lsn: u64, bytes: Vec<u8>) -> Result<Prepa
 struct Writer {
     /// Drives `client`'s connection while the writer awaits it.
     runtime: tokio::runtime::Runtime,
-    /// The session holding the writer's lock.
+    /// The writer's session.
     client: Client,
-    /// The batch append statement, prepared once.
+    /// The batch append statement ([`APPEND`]), prepared once.
     insert: Statement,
+    /// The lease this writer appends under: its term fences every statement, and it ends
+    /// when an append fails or is fenced.
+    tenure: Arc<Tenure>,
     /// Records and snapshot requests, in LSN order.
     rx: mpsc::Receiver<WriterMsg>,
     /// Shared with the journal handles: durability mark.
@@ -333,6 +233,91 @@ struct Writer {
 }
 
 impl Writer {
+    /// Starts the writer of `tenure` on its own thread and runtime (the connection is
+    /// driven only while the writer awaits the database, so no other thread ever waits on
+    /// it), appending after `last_lsn`. `snapshot_bytes` and `bytes` (logged since that
+    /// snapshot) pace the next snapshot.
+    async fn start(
+        config: &Config,
+        url: &str,
+        last_lsn: u64,
+        snapshot_bytes: u64,
+        bytes: u64,
+        tenure: Arc<Tenure>,
+    ) -> Result<(Journal, SnapshotRequests)> {
+        let (inner, rx) = Inner::start(config, last_lsn, true, Snapshots::Postgres(url.to_owned()));
+        let (snap_tx, snap_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, ready) = oneshot::channel();
+        let url = url.to_owned();
+        let pace = SnapshotPace::new(config, snapshot_bytes);
+        let interval = match config.fsync {
+            FsyncPolicy::Always => None,
+            FsyncPolicy::Interval(d) => Some(d),
+        };
+        // A statement left waiting (a pause of this process inside a transaction, a lock
+        // held elsewhere) must not outlive the lease: the server ends it.
+        let session = format!(
+            "SET idle_in_transaction_session_timeout = {ms}; SET lock_timeout = {ms}",
+            ms = config.lease.as_millis()
+        );
+        let writer_inner = inner.clone();
+        std::thread::Builder::new()
+            .name("pg-journal-writer".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(Error::Internal(format!(
+                            "cannot start the journal's runtime: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                let prepared = runtime.block_on(async {
+                    let client = connect(&url).await?;
+                    client
+                        .batch_execute(&session)
+                        .await
+                        .map_err(|e| pg_error("cannot set up the writer's session", e))?;
+                    let insert = client
+                        .prepare(APPEND)
+                        .await
+                        .map_err(|e| pg_error("cannot prepare the append statement", e))?;
+                    Ok((client, insert))
+                });
+                let (client, insert) = match prepared {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let writer = Writer {
+                    runtime,
+                    client,
+                    insert,
+                    tenure,
+                    rx,
+                    inner: writer_inner,
+                    pace,
+                    bytes_since_snapshot: bytes,
+                    snapshot_requested: None,
+                    snap_tx,
+                    interval,
+                };
+                let _ = ready_tx.send(Ok(()));
+                writer.run();
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the journal writer: {e}")))?;
+        ready
+            .await
+            .map_err(|_| Error::Internal("the journal writer did not start".into()))??;
+        Ok((Journal { inner }, snap_rx))
+    }
+
     fn run(mut self) {
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut waiters: Vec<Option<oneshot::Sender<bool>>> = Vec::new();
@@ -354,7 +339,7 @@ impl Writer {
                 let _ = done.send(result);
             }
             if let Some(done) = end.closing {
-                // Dropping the client ends the session and releases the writer's lock.
+                self.release();
                 drop(self);
                 let _ = done.send(());
                 return;
@@ -389,10 +374,27 @@ impl Writer {
             .collect();
         let payloads: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
         let started = Instant::now();
+        let term = self.tenure.term();
         let result = self
             .runtime
-            .block_on(self.client.execute(&self.insert, &[&lsns, &payloads]));
+            .block_on(
+                self.client
+                    .query_one(&self.insert, &[&lsns, &payloads, &term]),
+            )
+            .map(|row| row.get::<_, i64>(0));
         match result {
+            Ok(0) => {
+                // The row carries another term: a successor took over. Nothing of this
+                // batch committed, and nothing of this writer ever will.
+                tracing::error!(
+                    term,
+                    records = batch.len(),
+                    "append fenced: another node took the lease"
+                );
+                self.poison("another node took the lease");
+                tell(waiters.drain(..), false);
+                batch.clear();
+            }
             Ok(_) => {
                 self.inner.stats.batch(batch.len(), started.elapsed());
                 self.bytes_since_snapshot += payloads.iter().map(|p| p.len() as u64).sum::<u64>();
@@ -405,16 +407,35 @@ impl Writer {
                 // Whether the statement committed is unknown (the connection may have died
                 // after the commit): never retried, and no request is told it succeeded.
                 let e = pg_error("append failed", e);
-                tracing::error!(error = %e, records = batch.len(), "journal failed; refusing all changes until restart");
-                self.poison();
+                tracing::error!(error = %e, records = batch.len(), "journal failed; refusing all changes as leader");
+                self.poison("an append failed");
                 tell(waiters.drain(..), false);
                 batch.clear();
             }
         }
     }
 
-    fn poison(&self) {
+    /// Fails the journal for good and ends the tenure (the node steps down).
+    fn poison(&self, why: &str) {
         self.inner.mark.send_modify(|m| m.failed = true);
+        self.tenure.depose(format!("journal: {why}"));
+    }
+
+    /// On an orderly close: lets the lease expire at once, so a standby takes over
+    /// without waiting out its length.
+    fn release(&mut self) {
+        self.tenure.close();
+        if self.failed() || self.client.is_closed() {
+            return;
+        }
+        let term = self.tenure.term();
+        let released = self.runtime.block_on(self.client.execute(
+            "UPDATE flinger_lease SET expires = '-infinity' WHERE id = 1 AND term = $1",
+            &[&term],
+        ));
+        if let Err(e) = released {
+            tracing::warn!(error = %pg_error("cannot release the lease", e), "lease left to expire");
+        }
     }
 
     /// Installs a provisional snapshot and deletes what it covers, in one transaction.
@@ -430,22 +451,17 @@ impl Writer {
         }
         let started = Instant::now();
         let lsn = lsn as i64;
-        let client = &mut self.client;
-        self.runtime
-            .block_on(async {
-                let tx = client.transaction().await?;
-                tx.execute(
-                    "UPDATE flinger_snapshots SET installed = true WHERE lsn = $1",
-                    &[&lsn],
-                )
-                .await?;
-                tx.execute("DELETE FROM flinger_snapshots WHERE lsn < $1", &[&lsn])
-                    .await?;
-                tx.execute("DELETE FROM flinger_events WHERE lsn <= $1", &[&lsn])
-                    .await?;
-                tx.commit().await
-            })
-            .map_err(|e| pg_error("cannot install the snapshot", e))?;
+        let term = self.tenure.term();
+        let installed: i64 = self
+            .runtime
+            .block_on(self.client.query_one(INSTALL, &[&lsn, &term]))
+            .map_err(|e| pg_error("cannot install the snapshot", e))?
+            .get(0);
+        if installed == 0 {
+            return Err(Error::Unavailable(
+                "PostgreSQL journal: snapshot not installed: another node took the lease".into(),
+            ));
+        }
         self.bytes_since_snapshot = 0;
         self.pace.last_snapshot_bytes = size;
         tracing::info!(
@@ -461,11 +477,11 @@ impl Writer {
             return;
         }
         if self.client.is_closed() {
-            // The lock went with the session: another process may be writing now.
+            // Whether the last append committed is unknown, and the lease may pass on.
             tracing::error!(
-                "journal connection to PostgreSQL lost; refusing all changes until restart"
+                "journal connection to PostgreSQL lost; refusing all changes as leader"
             );
-            self.poison();
+            self.poison("the connection to PostgreSQL was lost");
             return;
         }
         let waiting = self

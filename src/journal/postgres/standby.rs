@@ -1,0 +1,318 @@
+//! A node that does not hold the lease: it loads the newest snapshot and the events after
+//! it, then follows `flinger_events` by LSN (woken by `NOTIFY flinger_events` from every
+//! append, polled as a fallback) through the same fold as start-up ([`Replay`]), so its
+//! state is warm when it takes over. When the leader compacts past what a standby has
+//! read, the standby reloads from the newer snapshot.
+//!
+//! [`Standby::promote`] is the takeover: once the node holds the lease (a new term) it
+//! reads the tail the old leader committed and starts the writer at the next LSN.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{pin_mut, StreamExt, TryStreamExt};
+use tokio::sync::Notify;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::lease::{self, LeaseView, Tenure};
+use super::{pg_error, Writer, SCHEMA};
+use crate::config::{redact, Config};
+use crate::error::{Error, Result};
+use crate::journal::{Journal, Recovery, Replay, SnapshotRequests};
+use crate::model::State;
+
+/// Most events read in one query while following.
+const FOLLOW_BATCH: i64 = 8192;
+
+/// A warm standby: the state folded up to `last` and a connection that hears appends.
+pub struct Standby {
+    /// The database.
+    url: String,
+    /// Reads events and the lease; becomes the lease renewal's connection on promotion.
+    client: Client,
+    /// Woken by `NOTIFY flinger_events`.
+    wake: Arc<Notify>,
+    /// The state so far.
+    replay: Replay,
+    /// The last LSN folded (or the snapshot's, when no event follows it).
+    last: u64,
+    /// Payload bytes of the events after the snapshot (the leader's snapshot pace counts
+    /// on from them).
+    bytes: u64,
+    /// Size of the loaded snapshot.
+    snapshot_bytes: u64,
+    /// LSN of the loaded snapshot (0: none).
+    snapshot_lsn: u64,
+}
+
+/// What a promoted standby hands the server: the same as start-up recovery, plus the
+/// lease it holds.
+pub type Promoted = (State, Journal, SnapshotRequests, Recovery, Arc<Tenure>);
+
+impl Standby {
+    /// Connects to `url`, creates the tables if missing, listens for appends and loads the
+    /// newest snapshot and every event after it.
+    pub async fn connect(url: &str) -> Result<Standby> {
+        let (client, mut connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .map_err(|e| pg_error(&format!("cannot connect to {}", redact(url)), e))?;
+        let wake = Arc::new(Notify::new());
+        let woken = wake.clone();
+        tokio::spawn(async move {
+            let messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            pin_mut!(messages);
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => woken.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "PostgreSQL standby connection ended");
+                        break;
+                    }
+                }
+            }
+            // Whoever waits finds the connection closed.
+            woken.notify_one();
+        });
+        client
+            .batch_execute(SCHEMA)
+            .await
+            .map_err(|e| pg_error("cannot create the journal's tables", e))?;
+        client
+            .batch_execute("LISTEN flinger_events")
+            .await
+            .map_err(|e| pg_error("cannot listen for appends", e))?;
+        let mut standby = Standby {
+            url: url.to_owned(),
+            client,
+            wake,
+            replay: Replay::new(Instant::now()),
+            last: 0,
+            bytes: 0,
+            snapshot_bytes: 0,
+            snapshot_lsn: 0,
+        };
+        standby.load_snapshot().await?;
+        standby.catch_up().await?;
+        Ok(standby)
+    }
+
+    /// The last LSN folded into the state.
+    pub fn last_lsn(&self) -> u64 {
+        self.last
+    }
+
+    /// Replaces the state by the newest installed snapshot, if it is newer than what was
+    /// folded. Returns whether it did.
+    async fn load_snapshot(&mut self) -> Result<bool> {
+        let newest = self
+            .client
+            .query_opt(
+                "SELECT lsn FROM flinger_snapshots WHERE installed ORDER BY lsn DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error("cannot read the snapshot list", e))?;
+        let Some(lsn) = newest.map(|r| r.get::<_, i64>(0)) else {
+            return Ok(false);
+        };
+        if lsn as u64 <= self.last {
+            return Ok(false);
+        }
+        let mut bytes = Vec::new();
+        let chunks = self
+            .client
+            .query_raw(
+                "SELECT data FROM flinger_snapshot_chunks WHERE lsn = $1 ORDER BY seq",
+                [&lsn as &(dyn ToSql + Sync)],
+            )
+            .await
+            .map_err(|e| pg_error("cannot read the snapshot", e))?;
+        pin_mut!(chunks);
+        while let Some(row) = chunks
+            .try_next()
+            .await
+            .map_err(|e| pg_error("cannot read the snapshot", e))?
+        {
+            bytes.extend_from_slice(row.get::<_, &[u8]>(0));
+        }
+        if self.last != 0 {
+            tracing::info!(
+                from = self.last,
+                snapshot_lsn = lsn,
+                "standby: the leader compacted events not yet read; reloading from its snapshot"
+            );
+        }
+        let mut replay = Replay::new(Instant::now());
+        replay.snapshot(lsn as u64, &bytes)?;
+        self.replay = replay;
+        self.snapshot_bytes = bytes.len() as u64;
+        self.snapshot_lsn = lsn as u64;
+        self.last = lsn as u64;
+        self.bytes = 0;
+        Ok(true)
+    }
+
+    /// Folds every event committed after `last`. When the leader compacted events this
+    /// node had not read yet, reloads from the newer snapshot first.
+    pub async fn catch_up(&mut self) -> Result<()> {
+        loop {
+            let after = self.last as i64;
+            let events = self
+                .client
+                .query_raw(
+                    "SELECT lsn, payload FROM flinger_events WHERE lsn > $1 ORDER BY lsn LIMIT $2",
+                    [
+                        &after as &(dyn ToSql + Sync),
+                        &FOLLOW_BATCH as &(dyn ToSql + Sync),
+                    ],
+                )
+                .await
+                .map_err(|e| pg_error("cannot read the events", e))?;
+            pin_mut!(events);
+            let mut read = 0i64;
+            while let Some(row) = events
+                .try_next()
+                .await
+                .map_err(|e| pg_error("cannot read the events", e))?
+            {
+                let lsn = row.get::<_, i64>(0) as u64;
+                let payload: &[u8] = row.get(1);
+                if lsn != self.last + 1 {
+                    // Compacted past us: a newer snapshot covers the gap.
+                    if read == 0 && self.load_snapshot().await? {
+                        break;
+                    }
+                    return Err(Error::Internal(format!(
+                        "PostgreSQL journal: event {lsn} follows {}: events {}..{lsn} are missing",
+                        self.last,
+                        self.last + 1
+                    )));
+                }
+                self.replay.record(lsn, payload).map_err(|e| {
+                    Error::Internal(format!("PostgreSQL journal: event {lsn}: {e}"))
+                })?;
+                self.last = lsn;
+                self.bytes += payload.len() as u64;
+                read += 1;
+            }
+            if read == 0 {
+                // Nothing after `last`: still, a snapshot past it means events were
+                // compacted before this node read them.
+                if self.load_snapshot().await? {
+                    continue;
+                }
+                return Ok(());
+            }
+            if read < FOLLOW_BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the lease.
+    pub async fn lease(&self) -> Result<LeaseView> {
+        lease::read(&self.client).await
+    }
+
+    /// Waits for an append notification or `most`, whichever comes first; errs when the
+    /// connection is gone.
+    pub async fn wait(&self, most: Duration) -> Result<()> {
+        let _ = tokio::time::timeout(most, self.wake.notified()).await;
+        if self.client.is_closed() {
+            return Err(Error::Unavailable(
+                "PostgreSQL journal: the standby's connection closed".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes the lease if it expired (or names `holder`), reads the tail the previous
+    /// leader committed and starts the writer after it; `None` when another node holds
+    /// the lease. The node must start serving from the returned state (the same path as
+    /// start-up) and stop when the tenure ends.
+    pub async fn promote(
+        mut self,
+        config: &Config,
+        holder: &str,
+        advertised: &str,
+    ) -> Result<std::result::Result<Promoted, Standby>> {
+        let sent = Instant::now();
+        // Bounded: a database that cannot commit (a primary waiting for a synchronous
+        // standby it lost) must not hold the node here; it retries on a new connection.
+        let taken = tokio::time::timeout(
+            config.lease,
+            lease::take(&self.client, holder, advertised, config.lease),
+        )
+        .await
+        .map_err(|_| {
+            Error::Unavailable(format!(
+                "PostgreSQL journal: taking the lease took longer than {:?}",
+                config.lease
+            ))
+        })??;
+        let Some(term) = taken else {
+            return Ok(Err(self));
+        };
+        let tenure = Tenure::new(term, config.lease, sent);
+        // Every append of an older term committed before our UPDATE did (they lock the
+        // row it changed): what is in the table now is the whole log.
+        if let Err(e) = self.catch_up().await {
+            tenure.depose("cannot read the tail of the log");
+            return Err(e);
+        }
+        let journal = Writer::start(
+            config,
+            &self.url,
+            self.last,
+            self.snapshot_bytes,
+            self.bytes,
+            tenure.clone(),
+        )
+        .await;
+        let (journal, snapshots) = match journal {
+            Ok(started) => started,
+            Err(e) => {
+                tenure.depose("cannot start the journal writer");
+                return Err(e);
+            }
+        };
+        tokio::spawn(lease::renew(
+            tenure.clone(),
+            self.client,
+            self.url,
+            holder.to_owned(),
+        ));
+        let (state, mut recovery) = self.replay.finish();
+        if self.snapshot_lsn != 0 {
+            recovery.snapshot_lsn = Some(self.snapshot_lsn);
+        }
+        tracing::info!(term, lsn = self.last, "took the lease: leading");
+        Ok(Ok((state, journal, snapshots, recovery, tenure)))
+    }
+}
+
+/// Connects to `url`, creates the tables, waits up to `wait` for the lease, and becomes
+/// the writer: the single-process path (`flinger client`, and a server's own start when
+/// it is the only node).
+pub(super) async fn open_as_leader(config: &Config, url: &str, wait: Duration) -> Result<Promoted> {
+    let asked = Instant::now();
+    let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4());
+    let mut standby = Standby::connect(url).await?;
+    loop {
+        standby = match standby.promote(config, &holder, "").await? {
+            Ok(promoted) => return Ok(promoted),
+            Err(standby) => standby,
+        };
+        if asked.elapsed() >= wait {
+            return Err(Error::Unavailable(format!(
+                "PostgreSQL journal {}: another flinger process is writing this database (waited {} s for its lease to expire)",
+                redact(url),
+                wait.as_secs()
+            )));
+        }
+        standby.wait(Duration::from_millis(100)).await?;
+        standby.catch_up().await?;
+    }
+}
