@@ -54,27 +54,21 @@ impl Standby {
     /// Connects to `url`, creates the tables if missing, listens for appends and loads the
     /// newest snapshot and every event after it.
     pub async fn connect(url: &str) -> Result<Standby> {
-        let (client, mut connection) = tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(|e| pg_error(&format!("cannot connect to {}", redact(url)), e))?;
+        let target = super::tls::target(url)?;
+        let failed = |e| pg_error(&format!("cannot connect to {}", redact(url)), e);
         let wake = Arc::new(Notify::new());
-        let woken = wake.clone();
-        tokio::spawn(async move {
-            let messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            pin_mut!(messages);
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(_)) => woken.notify_one(),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "PostgreSQL standby connection ended");
-                        break;
-                    }
-                }
+        let client = match target.tls {
+            None => {
+                let (client, connection) = target.config.connect(NoTls).await.map_err(failed)?;
+                tokio::spawn(wake_on_notifications(connection, wake.clone()));
+                client
             }
-            // Whoever waits finds the connection closed.
-            woken.notify_one();
-        });
+            Some(tls) => {
+                let (client, connection) = target.config.connect(tls).await.map_err(failed)?;
+                tokio::spawn(wake_on_notifications(connection, wake.clone()));
+                client
+            }
+        };
         client
             .batch_execute(SCHEMA)
             .await
@@ -315,4 +309,28 @@ pub(super) async fn open_as_leader(config: &Config, url: &str, wait: Duration) -
         standby.wait(Duration::from_millis(100)).await?;
         standby.catch_up().await?;
     }
+}
+
+/// Drives a standby's connection, waking `wake` on every `NOTIFY` (an append) and once
+/// more when the connection ends, so whoever waits finds it closed.
+async fn wake_on_notifications<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    wake: Arc<Notify>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    pin_mut!(messages);
+    while let Some(message) = messages.next().await {
+        match message {
+            Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "PostgreSQL standby connection ended");
+                break;
+            }
+        }
+    }
+    wake.notify_one();
 }
