@@ -39,6 +39,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use parking_lot::RwLock;
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -97,6 +98,8 @@ pub struct Node {
     role: RwLock<Role>,
     /// Bumped on every role change, so requests waiting for a leader wake.
     changed: watch::Sender<u64>,
+    /// Open HTTP connections: kept by the accept loop, shown by each term's metrics.
+    connections: Gauge,
 }
 
 impl Node {
@@ -171,6 +174,7 @@ pub async fn run(
             lsn: 0,
         }),
         changed: watch::channel(0).0,
+        connections: Gauge::default(),
     });
     tracing::info!(node = %node.id, url = %node.url, lease_ms = config.lease.as_millis() as u64, "PostgreSQL journal: starting as a standby");
     // The first connection and load must work: a wrong connection string or an
@@ -191,7 +195,7 @@ pub async fn run(
         listener,
         app,
         &config,
-        None,
+        node.connections.clone(),
         &mut fatal,
         shutdown,
         move || {
@@ -304,6 +308,7 @@ async fn lead_or_follow(
                     config.clone(),
                     files,
                     (state, journal.clone(), snapshots, recovery),
+                    node.connections.clone(),
                 )
                 .await
             }

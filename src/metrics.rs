@@ -191,8 +191,11 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     /// The metrics of a server whose jobs are `jobs` and whose log writer records into
-    /// `wal`; `queue_cap` is `--metrics-queues`.
-    pub fn new(jobs: Jobs, wal: WalStats, queue_cap: usize) -> Metrics {
+    /// `wal`; `queue_cap` is `--metrics-queues`. `connections` counts the process's open
+    /// HTTP connections ([`ConnectionGuard::open`]): it is made by whoever accepts them,
+    /// because on the PostgreSQL journal the accept loop outlives a leader's term and its
+    /// metrics (`crate::ha`).
+    pub fn new(jobs: Jobs, wal: WalStats, queue_cap: usize, connections: Gauge) -> Metrics {
         let queues = Arc::new(QueueLabels {
             cap: queue_cap,
             admitted: RwLock::new(FastSet::default()),
@@ -205,7 +208,7 @@ impl Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(seconds_histogram),
             refused: Family::default(),
-            connections: Gauge::default(),
+            connections,
             snapshot_seconds: seconds_histogram(),
             snapshot_bytes: Gauge::default(),
         };
@@ -309,10 +312,9 @@ impl Metrics {
             .inc();
     }
 
-    /// A connection opened; it counts as open until the guard drops.
-    pub fn connection(&self) -> ConnectionGuard {
-        self.connections.inc();
-        ConnectionGuard(self.connections.clone())
+    /// The gauge of open HTTP connections (shared: the accept loop counts into it).
+    pub fn open_connections(&self) -> Gauge {
+        self.connections.clone()
     }
 
     /// A snapshot of `bytes` was taken in `took`.
@@ -324,6 +326,14 @@ impl Metrics {
 
 /// Counts a connection as open while alive.
 pub struct ConnectionGuard(Gauge);
+
+impl ConnectionGuard {
+    /// A connection opened; it counts in `open` until the guard drops.
+    pub fn open(open: &Gauge) -> ConnectionGuard {
+        open.inc();
+        ConnectionGuard(open.clone())
+    }
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {

@@ -1,6 +1,7 @@
 //! The server: recovery, actor start-up, the accept loop, background chores and graceful
 //! shutdown. [`run`] is what `main` calls and what tests could call on port 0.
 
+use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,12 +75,13 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
         tokio::task::spawn_blocking(move || journal::open_with(&recovery_config, recovery_fs))
             .await
             .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
-    start_recovered(config, files, recovered).await
+    start_recovered(config, files, recovered, Gauge::default()).await
 }
 
 /// Starts the actors and chores from a recovered state and its journal, over the store
 /// of uploaded files: what start-up does after recovery, and what a standby that took
-/// the lease does (`crate::ha`).
+/// the lease does (`crate::ha`). `connections` is the gauge of open HTTP connections the
+/// accept loop keeps (see [`crate::metrics::Metrics::new`]).
 pub async fn start_recovered(
     config: Arc<Config>,
     files: Arc<dyn journal::files::FileStore>,
@@ -89,6 +91,7 @@ pub async fn start_recovered(
         journal::SnapshotRequests,
         journal::Recovery,
     ),
+    connections: Gauge,
 ) -> Result<Running> {
     let (mut state, journal, snapshot_requests, recovery) = recovered;
     tracing::info!(
@@ -151,6 +154,7 @@ pub async fn start_recovered(
         jobs.clone(),
         journal.wal_stats().clone(),
         config.metrics_queues,
+        connections,
     ));
     let services = Services::new(Handles {
         registry: Door::new(refs.registry, pending, "job registry"),
@@ -226,14 +230,14 @@ pub async fn serve(
 ) -> Result<()> {
     let services = running.services.clone();
     let config = services.config.clone();
-    let metrics = services.metrics.clone();
+    let connections = services.metrics.open_connections();
     let app = crate::http::app(services);
     let dispatch = running.services.dispatch.clone();
     let outcome = accept(
         listener,
         app,
         &config,
-        Some(metrics),
+        connections,
         &mut running.fatal,
         shutdown,
         // Long-polling agents are answered 204 now instead of holding the drain.
@@ -252,7 +256,7 @@ pub(crate) async fn accept(
     listener: TcpListener,
     app: crate::http::App,
     config: &Config,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    connections: Gauge,
     fatal: &mut mpsc::UnboundedReceiver<String>,
     shutdown: impl Future<Output = ()>,
     before_drain: impl FnOnce(),
@@ -307,7 +311,7 @@ pub(crate) async fn accept(
         let io = Watched::new(TokioIo::new(stream), rate);
         let connection = builder.serve_connection(io, service);
         let mut stop_seen = stop_seen.clone();
-        let open = metrics.as_ref().map(|m| m.connection());
+        let open = crate::metrics::ConnectionGuard::open(&connections);
         tokio::spawn(async move {
             let _open = open;
             tokio::pin!(connection);
