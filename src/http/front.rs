@@ -21,7 +21,6 @@
 //! What it deliberately does not own: routing, trailing-slash normalisation (`app`),
 //! body size limits (each handler's own).
 
-use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +35,7 @@ use super::meta::UNMATCHED;
 use super::{respond, transfer, wire};
 use crate::actors::Services;
 use crate::error::Error;
+use crate::model::FastSet;
 
 /// What [`front`] needs besides the request: the services, the minimum body rate, and the
 /// router's route templates (the only values the `route` label may take).
@@ -47,7 +47,7 @@ pub struct Front {
     pub rate: transfer::MinRate,
     /// Every template given to the router, so a request's label is a `&'static str`
     /// (no allocation per request) and can only be one of them or [`UNMATCHED`].
-    pub routes: Arc<HashSet<&'static str>>,
+    pub routes: Arc<FastSet<&'static str>>,
 }
 
 impl Front {

@@ -12,7 +12,6 @@
 //! a 405) and requires exactly the documented ones; so an undocumented route, a
 //! documented route that does not exist, or a method missing on either side fails it.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -24,6 +23,7 @@ use serde_json::{Map, Value};
 
 use super::respond::json_bytes;
 use crate::actors::Services;
+use crate::model::FastSet;
 
 /// The hand-written operations (see the module docs).
 const DOCUMENTED: &str = include_str!("openapi.json");
@@ -50,7 +50,7 @@ impl Routes {
 
     /// The router, the OpenAPI document of its routes, and the set of its route
     /// templates (the values request metrics may label a route with, see `http::front`).
-    pub fn finish(self) -> (Router<Services>, Arc<ApiDoc>, Arc<HashSet<&'static str>>) {
+    pub fn finish(self) -> (Router<Services>, Arc<ApiDoc>, Arc<FastSet<&'static str>>) {
         let doc = ApiDoc::new(&self.paths);
         let templates = self.paths.iter().copied().collect();
         (self.router, Arc::new(doc), Arc::new(templates))
