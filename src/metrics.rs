@@ -15,8 +15,9 @@
 //! jobs, never every job.
 //!
 //! Cardinality: every label value is bounded. `route` is the matched route template
-//! (`/v1/job/{id}`, not the raw path; `unmatched` for no route), `method` one of the
-//! handful axum routes, `status` an HTTP status. `queue` is the queue's name for the first
+//! (`/v1/job/{id}`, not the raw path; `unmatched` for no route), `method` a standard
+//! HTTP method's name or `other` (hyper accepts any token as a method), `status` an HTTP
+//! status. `queue` is the queue's name for the first
 //! `--metrics-queues` queues the metrics see (default 100) and `other` for the rest
 //! (summed, oldest wait: the largest). `state` is one of Testflinger's job states, or
 //! `other` for a label an agent invented.
@@ -66,25 +67,26 @@ struct QueueLabel {
     queue: String,
 }
 
-/// Labels of a request count.
+/// Labels of a request count. Static strings: recording a request allocates nothing
+/// (a `String` label would be built for every lookup).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    method: String,
+    route: &'static str,
+    method: &'static str,
     status: u16,
 }
 
 /// Labels of a request latency.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
-    method: String,
+    route: &'static str,
+    method: &'static str,
 }
 
 /// Why a request was refused.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
-    reason: String,
+    reason: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -284,20 +286,19 @@ impl Metrics {
         self.waits.get_or_create(&label).observe(waited_secs as f64);
     }
 
-    /// A request to `route` (its template) was answered with `status` after `took`.
-    pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
+    /// A request to `route` (its template, or `unmatched`) with `method` (a standard
+    /// method's name, or `other`) was answered with `status` after `took`. The caller
+    /// (`http::front`) keeps both labels to a fixed set: see the module docs.
+    pub fn request(&self, route: &'static str, method: &'static str, status: u16, took: Duration) {
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                method: method.to_owned(),
+                route,
+                method,
                 status,
             })
             .inc();
         self.latency
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-                method: method.to_owned(),
-            })
+            .get_or_create(&RouteLabels { route, method })
             .observe(took.as_secs_f64());
         let reason = match status {
             413 => "too_large",
@@ -305,11 +306,7 @@ impl Metrics {
             507 => "no_space",
             _ => return,
         };
-        self.refused
-            .get_or_create(&ReasonLabel {
-                reason: reason.into(),
-            })
-            .inc();
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// The gauge of open HTTP connections (shared: the accept loop counts into it).

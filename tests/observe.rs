@@ -179,6 +179,76 @@ async fn metrics_report_queues_states_dispatches_and_routes_when_jobs_flow() {
     assert!(value(&m, "flinger_open_connections", &[]) >= 1.0);
 }
 
+/// hyper accepts any token as a method and any path: labelling request metrics by either
+/// would let a client add series (and server memory) without bound.
+#[tokio::test]
+async fn request_metrics_keep_a_bounded_number_of_series_when_methods_and_paths_are_made_up() {
+    let srv = TestServer::start();
+    let http = srv.http();
+    // A queue with a job, so the queue gauges have a sample (the scrape's parser refuses
+    // a family without one).
+    srv.submit_to("q").await;
+    for i in 0..300 {
+        let method = format!("MADEUP{i}");
+        // Made-up methods on a real route (405) and on made-up paths (404).
+        http.request(&method, "/v1/job", &[], Vec::new()).await;
+        http.request(&method, &format!("/made/up/{i}"), &[], Vec::new())
+            .await;
+        http.get(&format!("/v1/made-up-{i}"))
+            .await
+            .expect_status(404);
+    }
+    let m = scrape(&srv).await;
+    let requests: Vec<&Series> = m
+        .iter()
+        .filter(|s| s.metric == "flinger_http_requests_total")
+        .collect();
+    let methods: BTreeSet<&str> = requests
+        .iter()
+        .map(|s| s.labels["method"].as_str())
+        .collect();
+    let routes: BTreeSet<&str> = requests
+        .iter()
+        .map(|s| s.labels["route"].as_str())
+        .collect();
+    assert_eq!(methods, BTreeSet::from(["GET", "POST", "other"]));
+    assert_eq!(routes, BTreeSet::from(["/v1/job", "unmatched"]));
+    // Every made-up request is counted, in one series per (route, method, status).
+    assert_eq!(
+        value(
+            &m,
+            "flinger_http_requests_total",
+            &[("route", "/v1/job"), ("method", "other"), ("status", "405")]
+        ),
+        300.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "flinger_http_requests_total",
+            &[
+                ("route", "unmatched"),
+                ("method", "other"),
+                ("status", "404")
+            ]
+        ),
+        300.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "flinger_http_requests_total",
+            &[("route", "unmatched"), ("method", "GET"), ("status", "404")]
+        ),
+        300.0
+    );
+    let latency = m
+        .iter()
+        .filter(|s| s.metric == "flinger_http_request_duration_seconds_count")
+        .count();
+    assert_eq!(latency, 4, "one latency series per (route, method)");
+}
+
 #[tokio::test]
 async fn metrics_report_snapshots_when_one_was_taken() {
     let srv = TestServer::start_with(&["--snapshot-bytes", "4096"]);

@@ -1,5 +1,5 @@
 //! Endpoints about the server itself: `GET /metrics` (Prometheus), `GET /openapi.json`
-//! (OpenAPI 3), the per-request metrics middleware, and [`Routes`], the route table that
+//! (OpenAPI 3), and [`Routes`], the route table that
 //! records every path it routes so the OpenAPI document cannot leave one out.
 //!
 //! How the document stays true to the router: the operations are written down in
@@ -13,11 +13,9 @@
 //! documented route that does not exist, or a method missing on either side fails it.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::MethodRouter;
 use axum::{Extension, Router};
@@ -25,6 +23,7 @@ use serde_json::{Map, Value};
 
 use super::respond::json_bytes;
 use crate::actors::Services;
+use crate::model::FastSet;
 
 /// The hand-written operations (see the module docs).
 const DOCUMENTED: &str = include_str!("openapi.json");
@@ -49,10 +48,12 @@ impl Routes {
         self
     }
 
-    /// The router, and the OpenAPI document of its routes.
-    pub fn finish(self) -> (Router<Services>, Arc<ApiDoc>) {
+    /// The router, the OpenAPI document of its routes, and the set of its route
+    /// templates (the values request metrics may label a route with, see `http::front`).
+    pub fn finish(self) -> (Router<Services>, Arc<ApiDoc>, Arc<FastSet<&'static str>>) {
         let doc = ApiDoc::new(&self.paths);
-        (self.router, Arc::new(doc))
+        let templates = self.paths.iter().copied().collect();
+        (self.router, Arc::new(doc), Arc::new(templates))
     }
 }
 
@@ -107,23 +108,6 @@ pub async fn metrics_get(State(svc): State<Services>) -> Response {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
-    response
-}
-
-/// Counts and times every request by its route template (never the raw path, which
-/// would give one series per job id).
-pub async fn track(State(svc): State<Services>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    // A `MatchedPath` clone shares its text (no copy per request).
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
-    let response = next.run(request).await;
-    svc.metrics.request(
-        route.as_ref().map_or(UNMATCHED, MatchedPath::as_str),
-        method.as_str(),
-        response.status().as_u16(),
-        started.elapsed(),
     );
     response
 }

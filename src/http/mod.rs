@@ -6,13 +6,16 @@
 //! - `jobs`, `results`, `agents`: handlers, named after Testflinger's `api/v1.py`.
 //! - `events`: job events for webhooks (recorded here, delivered by `actors::webhooks`).
 //! - `dash`: the web dashboard (HTML pages, static files) and the log follow stream.
-//! - `meta`: `/metrics`, `/openapi.json`, request metrics, and [`meta::Routes`], the
-//!   route table below (every `.route` goes through it, so the OpenAPI document lists it).
+//! - `meta`: `/metrics`, `/openapi.json`, and [`meta::Routes`], the route table below
+//!   (every `.route` goes through it, so the OpenAPI document lists it).
+//! - `front`: the one middleware every request passes (log line, panic guard, minimum
+//!   body rate, JSON errors, request metrics, agent contact).
 
 pub mod agents;
 pub mod auth;
 pub mod dash;
 pub mod events;
+pub mod front;
 pub mod jobs;
 pub mod meta;
 pub mod queues;
@@ -23,8 +26,8 @@ pub mod transfer;
 pub mod upload;
 pub mod wire;
 
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::middleware::{self, Next};
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -49,48 +52,6 @@ async fn not_found() -> Error {
     Error::NotFound("Not found: no such endpoint".into())
 }
 
-/// Logs every request at debug level: method, path, status and time taken.
-async fn log_request(request: Request, next: Next) -> Response {
-    if !tracing::enabled!(tracing::Level::DEBUG) {
-        return next.run(request).await;
-    }
-    let method = request.method().clone();
-    let uri = request.uri().clone();
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    tracing::debug!(%method, %uri, status = response.status().as_u16(), us = started.elapsed().as_micros() as u64, "request");
-    response
-}
-
-/// Notes agent contact for lost-agent recovery (`actors::watch`): any POST about a job's
-/// result (state, result fields, log fragments, output, artifact), a download of its
-/// attachments, and any request about a job that carries an agent's `agent_name`
-/// cookie (the stock agent checks `GET /v1/result/<id>` every 10 s while a command
-/// runs). Clients without the cookie reading a result (the CLI's `poll`) do not count.
-async fn note_agent_contact(
-    axum::extract::State(svc): axum::extract::State<Services>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let path = request.uri().path();
-    let about = path
-        .strip_prefix("/v1/result/")
-        .map(|rest| (rest, true))
-        .or_else(|| path.strip_prefix("/v1/job/").map(|rest| (rest, false)));
-    if let Some((rest, result)) = about {
-        let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
-        let contact = (result && request.method() == axum::http::Method::POST)
-            || (tail == "attachments" && request.method() == axum::http::Method::GET)
-            || wire::agent_cookie(request.headers()).is_some();
-        if contact {
-            if let Ok(id) = wire::path_id(id) {
-                svc.watch.heard(id, crate::actors::now());
-            }
-        }
-    }
-    next.run(request).await
-}
-
 /// The HTTP service the server runs: [`router`] behind trailing-slash normalisation.
 pub type App = NormalizePath<Router>;
 
@@ -103,17 +64,13 @@ pub fn app(services: Services) -> App {
 
 /// The whole route table (without trailing-slash normalisation: serve [`app`]).
 pub fn router(services: Services) -> Router {
-    let rate = transfer::MinRate {
-        bytes: services.config.min_transfer_bytes,
-        window: services.config.transfer_window,
-    };
     use self::agents::*;
     use self::auth::*;
     use self::jobs::*;
     use self::meta::*;
     use self::queues::*;
     use self::results::*;
-    let (routes, api_doc) = Routes::default()
+    let (routes, api_doc, templates) = Routes::default()
         .route("/", get(dash::home_or_overview))
         .route("/v1", get(home))
         .route("/v1/job", post(job_post).get(job_get))
@@ -199,24 +156,22 @@ pub fn router(services: Services) -> Router {
             )
                 .into_response()
         })
-        .layer(middleware::from_fn_with_state(
-            services.clone(),
-            note_agent_contact,
-        ))
-        .layer(middleware::from_fn_with_state(services.clone(), track))
-        .with_state(services)
         // Handlers enforce their own limits (read_body, uploads): axum's default would
         // cap uploads at 2 MB with a non-JSON answer.
         .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn(respond::json_errors))
+        // Log line, panic guard, minimum body rate, JSON errors, request metrics and
+        // agent contact, in that order from the outside in: one layer (see `front`).
         .layer(middleware::from_fn_with_state(
-            rate,
-            transfer::min_body_rate,
+            front::Front {
+                services: services.clone(),
+                rate: transfer::MinRate {
+                    bytes: services.config.min_transfer_bytes,
+                    window: services.config.transfer_window,
+                },
+                routes: templates,
+            },
+            front::front,
         ))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            Error::Internal("internal error (a bug): the request was not completed".into())
-                .into_response()
-        }))
-        .layer(middleware::from_fn(log_request))
+        .with_state(services)
         .layer(axum::Extension(api_doc))
 }

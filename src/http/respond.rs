@@ -7,7 +7,6 @@
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -117,10 +116,10 @@ pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, Error> {
     Ok(Bytes::copy_from_slice(&collected.to_bytes()))
 }
 
-/// Middleware: any error response that is not JSON (axum's own rejections, 404/405 from
-/// routing) becomes `{"message": ...}` with the same status.
-pub async fn json_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+/// Any error response that is not JSON (axum's own rejections, 404/405 from routing)
+/// becomes `{"message": ...}` with the same status (done by `http::front` for every
+/// request).
+pub async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()

@@ -7,8 +7,8 @@
 //! trickles a body one byte at a time, or stops reading a response, loses its connection
 //! within one window instead of holding a slot (and the memory of the response) forever.
 //!
-//! - [`min_body_rate`]: middleware wrapping every request body; a body too slow ends in
-//!   408 with `Connection: close`.
+//! - [`hold_to_rate`]: wraps every request body (called by `http::front`); a body too
+//!   slow ends in 408 with `Connection: close`.
 //! - [`Watched`]: wraps a connection's socket; a write blocked for a window with too
 //!   little taken fails, which closes the connection.
 //!
@@ -24,9 +24,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -159,9 +158,13 @@ impl HttpBody for RateLimitedBody {
     }
 }
 
-/// Middleware: holds every request body to the minimum rate; a body that falls below it
-/// is answered 408 (and the connection closed, since the rest of the body was not read).
-pub async fn min_body_rate(State(rate): State<MinRate>, request: Request, next: Next) -> Response {
+/// Holds a request's body to the minimum rate (done by `front` for every request). A body
+/// already known to be empty cannot be slow and is left as it is (no allocation); for any
+/// other, the returned [`SlowBody`] tells afterwards whether it fell below the rate.
+pub fn hold_to_rate(rate: MinRate, request: Request) -> (Request, Option<SlowBody>) {
+    if request.body().is_end_stream() {
+        return (request, None);
+    }
     let timed_out = Arc::new(AtomicBool::new(false));
     let flag = timed_out.clone();
     let request = request.map(|inner| {
@@ -171,19 +174,34 @@ pub async fn min_body_rate(State(rate): State<MinRate>, request: Request, next: 
             timed_out: flag,
         })
     });
-    let response = next.run(request).await;
-    if !timed_out.load(Ordering::Acquire) {
-        return response;
+    (request, Some(SlowBody { rate, timed_out }))
+}
+
+/// Whether a body held by [`hold_to_rate`] fell below the rate, and the answer then.
+pub struct SlowBody {
+    rate: MinRate,
+    timed_out: Arc<AtomicBool>,
+}
+
+impl SlowBody {
+    /// True once the body arrived too slowly (the handler saw an error instead of it).
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Acquire)
     }
-    let mut response = Error::Timeout(format!(
-        "Request Timeout: {}; see --min-transfer-bytes and --transfer-window-secs",
-        TooSlow(rate)
-    ))
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
+
+    /// The answer to a request whose body was too slow, whatever the handler answered:
+    /// 408, and `Connection: close` since the rest of the body was not read.
+    pub fn response(&self) -> Response {
+        let mut response = Error::Timeout(format!(
+            "Request Timeout: {}; see --min-transfer-bytes and --transfer-window-secs",
+            TooSlow(self.rate)
+        ))
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
 }
 
 /// A connection's socket with a write-stall guard: a response the client does not take

@@ -1,0 +1,145 @@
+//! The one per-request middleware in front of every route: [`front`].
+//!
+//! It does, in this order from the outside in, what used to be six layers of their own
+//! (five `middleware::from_fn` plus tower-http's `CatchPanic`), each of which boxed a
+//! future and cloned the route's boxed service on every request:
+//!
+//! 1. the debug log line (method, path, status, time taken; skipped unless enabled);
+//! 2. the panic guard: a handler that panics is answered 500 `{"message"}` (the line
+//!    above still logs it; nothing inside sees the panic's response);
+//! 3. the minimum body rate (`transfer`): a body that falls below it is answered 408
+//!    with `Connection: close`, whatever the handler answered;
+//! 4. error bodies made JSON (`respond::json_errors`);
+//! 5. request metrics: count and time by route template and method (`Metrics::request`),
+//!    from the status the handler (or access control) answered;
+//! 6. agent contact for lost-agent recovery (`actors::watch`).
+//!
+//! Access control (`access::authorize`) stays a `route_layer` of its own inside this one:
+//! it must run only when a route *and* method matched (a 405 or 404 is answered without
+//! resolving the caller), which only the router knows.
+//!
+//! What it deliberately does not own: routing, trailing-slash normalisation (`app`),
+//! body size limits (each handler's own).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+
+use super::meta::UNMATCHED;
+use super::{respond, transfer, wire};
+use crate::actors::Services;
+use crate::error::Error;
+use crate::model::FastSet;
+
+/// What [`front`] needs besides the request: the services, the minimum body rate, and the
+/// router's route templates (the only values the `route` label may take).
+#[derive(Clone)]
+pub struct Front {
+    /// The server's actors and metrics.
+    pub services: Services,
+    /// `--min-transfer-bytes` per `--transfer-window-secs`.
+    pub rate: transfer::MinRate,
+    /// Every template given to the router, so a request's label is a `&'static str`
+    /// (no allocation per request) and can only be one of them or [`UNMATCHED`].
+    pub routes: Arc<FastSet<&'static str>>,
+}
+
+impl Front {
+    /// The `route` label of a request: its matched template, or [`UNMATCHED`] (also for a
+    /// template the router was not given through `Routes`, which cannot happen today).
+    fn route_label(&self, matched: Option<&MatchedPath>) -> &'static str {
+        matched
+            .and_then(|m| self.routes.get(m.as_str()).copied())
+            .unwrap_or(UNMATCHED)
+    }
+}
+
+/// The `method` label: a standard method's name, `other` for any extension method (hyper
+/// accepts any token as a method, so labelling by the raw method would let a client
+/// create series without bound).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => crate::metrics::OTHER,
+    }
+}
+
+/// The middleware (see the module docs for what it does, in which order).
+pub async fn front(State(front): State<Front>, request: Request, next: Next) -> Response {
+    let log = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        (
+            request.method().clone(),
+            request.uri().clone(),
+            Instant::now(),
+        )
+    });
+    let response = match AssertUnwindSafe(guarded(&front, request, next))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(_) => Error::Internal("internal error (a bug): the request was not completed".into())
+            .into_response(),
+    };
+    if let Some((method, uri, started)) = log {
+        tracing::debug!(%method, %uri, status = response.status().as_u16(), us = started.elapsed().as_micros() as u64, "request");
+    }
+    response
+}
+
+/// Everything inside the panic guard.
+async fn guarded(front: &Front, request: Request, next: Next) -> Response {
+    let (request, slow) = transfer::hold_to_rate(front.rate, request);
+    let started = Instant::now();
+    let route = front.route_label(request.extensions().get::<MatchedPath>());
+    let method = method_label(request.method());
+    note_agent_contact(&front.services, &request);
+    let response = next.run(request).await;
+    front
+        .services
+        .metrics
+        .request(route, method, response.status().as_u16(), started.elapsed());
+    let response = respond::json_errors(response).await;
+    match slow {
+        Some(slow) if slow.timed_out() => slow.response(),
+        _ => response,
+    }
+}
+
+/// Notes agent contact for lost-agent recovery (`actors::watch`): any POST about a job's
+/// result (state, result fields, log fragments, output, artifact), a download of its
+/// attachments, and any request about a job that carries an agent's `agent_name`
+/// cookie (the stock agent checks `GET /v1/result/<id>` every 10 s while a command
+/// runs). Clients without the cookie reading a result (the CLI's `poll`) do not count.
+fn note_agent_contact(svc: &Services, request: &Request) {
+    let path = request.uri().path();
+    let about = path
+        .strip_prefix("/v1/result/")
+        .map(|rest| (rest, true))
+        .or_else(|| path.strip_prefix("/v1/job/").map(|rest| (rest, false)));
+    if let Some((rest, result)) = about {
+        let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        let contact = (result && request.method() == Method::POST)
+            || (tail == "attachments" && request.method() == Method::GET)
+            || wire::agent_cookie(request.headers()).is_some();
+        if contact {
+            if let Ok(id) = wire::path_id(id) {
+                svc.watch.heard(id, crate::actors::now());
+            }
+        }
+    }
+}
