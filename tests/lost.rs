@@ -138,8 +138,7 @@ async fn job_is_cancelled_with_lost_agent_reason_when_agent_is_silent_past_its_a
     );
 
     // The agent record says it is gone.
-    let record = srv.get("/v1/agents/data/dut-lost").await.expect_json();
-    assert_eq!(record["state"], "offline", "{record}");
+    let record = offline_record(&srv, "dut-lost").await;
     assert!(
         record["comment"].as_str().is_some_and(|c| c.contains(&id)),
         "{record}"
@@ -314,8 +313,25 @@ async fn job_is_ended_within_its_allowance_when_the_real_agent_is_killed_mid_tes
     let result = srv.result(&id).await;
     assert_eq!(result["lost_agent"]["agent"], "real-dut", "{result}");
     assert_eq!(result["lost_agent"]["phase"], "test", "{result}");
-    let record = srv.get("/v1/agents/data/real-dut").await.expect_json();
-    assert_eq!(record["state"], "offline", "{record}");
+    offline_record(&srv, "real-dut").await;
+}
+
+/// The record of `agent`, once it says `offline`. The sweep that ends a lost agent's job
+/// writes the agent record just after the job (two actors), so a reader may see the
+/// job's end first: wait up to 10 s for the record.
+async fn offline_record(srv: &TestServer, agent: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let record = srv
+            .get(&format!("/v1/agents/data/{agent}"))
+            .await
+            .expect_json();
+        if record["state"] == "offline" {
+            return record;
+        }
+        assert!(Instant::now() < deadline, "never offline: {record}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
