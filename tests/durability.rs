@@ -336,6 +336,14 @@ async fn crash_loop_never_loses_or_duplicates_acknowledged_work() {
                 }
             }));
         }
+        // Kill at a random moment once this incarnation acknowledges work: right after a
+        // restart on PostgreSQL it first waits out the dead process's lease, and on a
+        // loaded machine the first commits can take longer than the random window.
+        let before = acked.lock().unwrap().submitted.len();
+        let going = Instant::now() + Duration::from_secs(60);
+        while acked.lock().unwrap().submitted.len() < before + 4 && Instant::now() < going {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::sleep(Duration::from_millis(50 + rand() % 350)).await;
         srv.kill9();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
