@@ -88,6 +88,7 @@ mod layout;
 mod log;
 pub mod power;
 mod recovery;
+mod snapshot;
 
 use std::path::PathBuf;
 
@@ -96,8 +97,9 @@ pub use fs::{
     create_dir_all_durably, write_file_durably, write_private_file_durably, Fs, FsFile, FsRead,
     StdFs,
 };
-pub use log::{PreparedSnapshot, SnapshotFile, SnapshotWriter, Wal};
+pub use log::Wal;
 pub use recovery::scan;
+pub use snapshot::{PreparedSnapshot, SnapshotFile, SnapshotWriter};
 
 /// Log sequence number: 1 for the first record ever written, +1 per record.
 pub type Lsn = u64;
