@@ -302,18 +302,21 @@ async fn lead_or_follow(
             }
         };
         let (state, journal, snapshots, recovery, tenure) = promoted;
-        let started = match crate::journal::files::open(&config, Arc::new(wal::StdFs)).await {
-            Ok(files) => {
-                crate::server::start_recovered(
-                    config.clone(),
-                    files,
-                    (state, journal.clone(), snapshots, recovery),
-                    node.connections.clone(),
-                )
+        let started =
+            match crate::journal::files::open(&config, Arc::new(wal::StdFs), Some(tenure.term()))
                 .await
-            }
-            Err(e) => Err(e),
-        };
+            {
+                Ok(files) => {
+                    crate::server::start_recovered(
+                        config.clone(),
+                        files,
+                        (state, journal.clone(), snapshots, recovery),
+                        node.connections.clone(),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
         let mut running = match started {
             Ok(running) => running,
             Err(e) => {

@@ -68,7 +68,7 @@ pub async fn start(config: Config) -> Result<Running> {
 pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Running> {
     let config = Arc::new(config);
     // First: on the file log, this creates the data directory durably.
-    let files = journal::files::open(&config, fs.clone()).await?;
+    let files = journal::files::open(&config, fs.clone(), None).await?;
     let recovery_config = config.clone();
     let recovery_fs = fs.clone();
     let recovered =

@@ -300,6 +300,35 @@ async fn append_gets_no_2xx_and_the_leader_steps_down_when_another_term_took_the
 }
 
 #[tokio::test]
+async fn orphan_results_write_nothing_when_another_term_took_the_lease() {
+    let url = fresh_database();
+    let a = node(&url);
+    assert_eq!(leader_of(&[&a.http()]).await, 0);
+    let id = crate::util::new_id();
+    a.post_json(&format!("/v1/result/{id}"), &json!({"job_state": "setup"}))
+        .await
+        .expect_status(200);
+    let chunks =
+        "SELECT count(*) || '/' || coalesce(sum(length(data)), 0) FROM flinger_file_chunks";
+    let before = sql(&url, chunks);
+    sql(
+        &url,
+        "UPDATE flinger_lease SET term = term + 1, holder = 'intruder', url = '', \
+         expires = clock_timestamp() + interval '1 hour'",
+    );
+    // Data for an id no job has goes to the file store before its event: the deposed
+    // leader's append is fenced like the event, so nothing of it lands.
+    let r = a
+        .post_json(
+            &format!("/v1/result/{id}"),
+            &json!({"job_state": "test", "x": "y".repeat(1000)}),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text_preview());
+    assert_eq!(sql(&url, chunks), before);
+}
+
+#[tokio::test]
 async fn ready_says_the_only_node_leads_when_the_journal_is_the_file_log() {
     let srv = TestServer::start_with(&["--journal", "file"]);
     let (status, doc) = ready(&srv.http()).await.unwrap();

@@ -81,13 +81,21 @@ pub trait NewFile: Send {
 }
 
 /// The store that goes with `config.journal`: the data directory's `files/` folder on
-/// `fs` for the file log, the database for the PostgreSQL journal.
-pub async fn open(config: &Config, fs: Arc<dyn wal::Fs>) -> Result<Arc<dyn FileStore>> {
+/// `fs` for the file log, the database for the PostgreSQL journal. `lease_term` is the
+/// term of the lease a PostgreSQL leader holds (`crate::ha`): its writes to existing
+/// files (orphan appends) are fenced by it; `None` where one process runs alone.
+pub async fn open(
+    config: &Config,
+    fs: Arc<dyn wal::Fs>,
+    lease_term: Option<i64>,
+) -> Result<Arc<dyn FileStore>> {
     match &config.journal {
         JournalTarget::File => Ok(Arc::new(
             DiskFiles::open(fs, config.data_dir.clone()).await?,
         )),
-        JournalTarget::Postgres(url) => Ok(Arc::new(postgres::files::PgFiles::open(url).await?)),
+        JournalTarget::Postgres(url) => Ok(Arc::new(
+            postgres::files::PgFiles::open(url, lease_term).await?,
+        )),
     }
 }
 

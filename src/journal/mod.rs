@@ -169,8 +169,9 @@ struct Inner {
 enum Snapshots {
     /// Snapshot files in the log's directory.
     File(wal::SnapshotWriter),
-    /// Rows in the database at this connection string.
-    Postgres(String),
+    /// Rows in the database at `url`, written under the lease's `term` (fenced, see
+    /// `postgres::prepare`).
+    Postgres { url: String, term: i64 },
 }
 
 /// A snapshot written (and durable) under a provisional name, waiting to be installed by
@@ -232,7 +233,7 @@ impl Snapshots {
                 let size = prepared.bytes();
                 Ok((Prepared::File(prepared), size))
             }
-            Snapshots::Postgres(url) => {
+            Snapshots::Postgres { url, term } => {
                 let bytes = on_snapshot_thread(move || {
                     let mut sink = SnapshotSink::new(SinkTarget::Memory(Vec::new()));
                     parts.encode(&mut sink)?;
@@ -243,7 +244,7 @@ impl Snapshots {
                 })
                 .await?;
                 let size = bytes.len() as u64;
-                Ok((postgres::prepare(url, lsn, bytes).await?, size))
+                Ok((postgres::prepare(url, *term, lsn, bytes).await?, size))
             }
         }
     }

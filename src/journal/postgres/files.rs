@@ -66,6 +66,9 @@ pub const CONNECTIONS: usize = 8;
 /// The file store in the database at a connection string.
 pub struct PgFiles {
     pool: Pool,
+    /// The leader's lease term: orphan appends rewrite chunks of an existing file, so a
+    /// deposed leader must not (`super::fence`).
+    term: Option<i64>,
 }
 
 fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
@@ -73,8 +76,9 @@ fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
 }
 
 impl PgFiles {
-    /// Connects to `url` and creates the tables if missing.
-    pub async fn open(url: &str) -> Result<PgFiles> {
+    /// Connects to `url` and creates the tables if missing; `term` fences appends (see
+    /// [`crate::journal::files::open`]).
+    pub async fn open(url: &str, term: Option<i64>) -> Result<PgFiles> {
         let target = super::tls::target(url)?;
         let recycling = || ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -87,7 +91,7 @@ impl PgFiles {
             .max_size(CONNECTIONS)
             .build()
             .map_err(|e| Error::Internal(format!("PostgreSQL file store: {e}")))?;
-        let files = PgFiles { pool };
+        let files = PgFiles { pool, term };
         let mut client = files.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => {
                 pg_error(&format!("cannot connect to {}", redact(url)), e)
@@ -206,6 +210,9 @@ impl FileStore for PgFiles {
             tx.execute(&insert, &[&name, &pos, &chunk])
                 .await
                 .map_err(&fail)?;
+        }
+        if let Some(term) = self.term {
+            super::fence(&tx, term).await?;
         }
         tx.commit().await.map_err(&fail)
     }

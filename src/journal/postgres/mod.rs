@@ -164,10 +164,33 @@ pub fn open(config: &Config, url: &str) -> Result<(State, Journal, SnapshotReque
     Ok((state, journal, snapshots, recovery))
 }
 
+/// Checked last in a transaction that writes for a leader (a snapshot upload, an orphan
+/// append), just before its commit: the lease row still carries the writer's `$1` term,
+/// locked until the commit so a takeover waits for it. Checked last so that a long upload
+/// does not hold up the lease's own renewals.
+pub(super) const FENCE: &str = "SELECT 1 FROM flinger_lease WHERE id = 1 AND term = $1 FOR SHARE";
+
+/// Runs [`FENCE`] for `term` in `tx`: `Unavailable` when another node took the lease
+/// (the transaction then rolls back when dropped).
+pub(super) async fn fence(tx: &tokio_postgres::Transaction<'_>, term: i64) -> Result<()> {
+    let held = tx
+        .query_opt(FENCE, &[&term])
+        .await
+        .map_err(|e| pg_error("cannot check the lease", e))?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(Error::Unavailable(format!(
+            "PostgreSQL journal: lease term {term} was taken over by another node; nothing written"
+        ))),
+    }
+}
+
 /// Uploads the snapshot `bytes` at `lsn` as a provisional row on a connection of its
-/// own (the writer keeps appending meanwhile). Durable when this returns; installed by
+/// own (the writer keeps appending meanwhile), fenced by the lease's `term`: a deposed
+/// leader's snapshot (which may hold records its successor never saw) cannot replace a
+/// successor's provisional row at the same LSN. Durable when this returns; installed by
 /// the writer later.
-pub(super) async fn prepare(url: &str, lsn: u64, bytes: Vec<u8>) -> Result<Prepared> {
+pub(super) async fn prepare(url: &str, term: i64, lsn: u64, bytes: Vec<u8>) -> Result<Prepared> {
     let mut client = connect(url).await?;
     let lsn_i = lsn as i64;
     let failed = |e| pg_error("cannot write the snapshot", e);
@@ -198,6 +221,7 @@ pub(super) async fn prepare(url: &str, lsn: u64, bytes: Vec<u8>) -> Result<Prepa
                 .map_err(failed)?;
         }
     }
+    fence(&tx, term).await?;
     tx.commit().await.map_err(failed)?;
     Ok(Prepared::Postgres {
         lsn,
@@ -245,7 +269,15 @@ impl Writer {
         bytes: u64,
         tenure: Arc<Tenure>,
     ) -> Result<(Journal, SnapshotRequests)> {
-        let (inner, rx) = Inner::start(config, last_lsn, true, Snapshots::Postgres(url.to_owned()));
+        let (inner, rx) = Inner::start(
+            config,
+            last_lsn,
+            true,
+            Snapshots::Postgres {
+                url: url.to_owned(),
+                term: tenure.term(),
+            },
+        );
         let (snap_tx, snap_rx) = tokio::sync::mpsc::unbounded_channel();
         let (ready_tx, ready) = oneshot::channel();
         let url = url.to_owned();
