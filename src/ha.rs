@@ -147,7 +147,9 @@ impl Node {
 
     /// Whether `lease` names a live leader other than this node.
     fn leads_elsewhere(&self, lease: &LeaseView) -> bool {
-        !lease.expired && lease.holder != self.id && !lease.url.is_empty()
+        // Its own URL too: two nodes given the same `--advertise-url` must not forward to
+        // themselves.
+        !lease.expired && lease.holder != self.id && !lease.url.is_empty() && lease.url != self.url
     }
 }
 

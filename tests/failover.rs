@@ -338,7 +338,7 @@ async fn ready_says_the_only_node_leads_when_the_journal_is_the_file_log() {
 }
 
 #[tokio::test]
-async fn lease_outside_its_bounds_is_refused_when_starting() {
+async fn lease_or_advertise_url_outside_their_bounds_is_refused_when_starting() {
     let dir = tempfile::tempdir().unwrap();
     for lease in ["299", "60001"] {
         let out = run_to_exit(
@@ -364,6 +364,20 @@ async fn lease_outside_its_bounds_is_refused_when_starting() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--advertise-url"));
+    // Nodes forward to the advertised URL: listening on every address needs one, and it
+    // must name a host.
+    let pg = fresh_database();
+    for args in [
+        vec!["--bind", "0.0.0.0:0"],
+        vec!["--advertise-url", "http://0.0.0.0:8000"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--journal", pg.as_str(), "--data-dir", "d"]);
+        let out = run_to_exit(dir.path(), &all, &[], Duration::from_secs(20));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--advertise-url"), "{args:?}: {stderr}");
+    }
 }
 
 /// What the clients of the soak saw acknowledged.

@@ -690,6 +690,29 @@ impl Config {
                     setting("advertise-url")
                 ));
             }
+            let host = parsed.as_ref().and_then(|u| u.host()).unwrap_or("");
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified())
+            {
+                return err(format!(
+                    "{} names no host other nodes can reach ({url:?}): give this node's address",
+                    setting("advertise-url")
+                ));
+            }
+        } else if matches!(self.journal, JournalTarget::Postgres(_))
+            && self.bind.ip().is_unspecified()
+        {
+            // Other nodes forward to the advertised URL; by default it is the bound
+            // address, and 0.0.0.0 would make them forward to themselves.
+            return err(format!(
+                "{} is required on the PostgreSQL journal when {} listens on every address ({}): \
+                 other nodes forward requests to it",
+                setting("advertise-url"),
+                setting("bind"),
+                self.bind
+            ));
         }
         Ok(())
     }
