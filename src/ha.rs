@@ -322,8 +322,15 @@ async fn lead_or_follow(
         let mut running = match started {
             Ok(running) => running,
             Err(e) => {
-                tracing::error!(error = %e, "cannot start the actors after taking the lease; stepping down");
+                if let Some(suppressed) = crate::throttle::allow("leader cannot start", 0) {
+                    tracing::error!(error = %e, suppressed, "cannot start the actors after taking the lease; stepping down");
+                }
                 journal.close().await;
+                // Let a healthy standby take the lease first, instead of reloading and
+                // bumping the term in a tight loop for as long as the fault lasts.
+                if stopped_within(&mut stop, config.lease).await {
+                    return;
+                }
                 continue;
             }
         };
