@@ -94,7 +94,7 @@ pub async fn open(
             DiskFiles::open(fs, config.data_dir.clone()).await?,
         )),
         JournalTarget::Postgres(url) => Ok(Arc::new(
-            postgres::files::PgFiles::open(url, lease_term).await?,
+            postgres::files::PgFiles::open(url, lease_term, config.lease * 2).await?,
         )),
     }
 }

@@ -24,6 +24,7 @@
 //! so a slow client never holds a connection between its chunks.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -77,9 +78,17 @@ fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
 
 impl PgFiles {
     /// Connects to `url` and creates the tables if missing; `term` fences appends (see
-    /// [`crate::journal::files::open`]).
-    pub async fn open(url: &str, term: Option<i64>) -> Result<PgFiles> {
-        let target = super::tls::target(url)?;
+    /// [`crate::journal::files::open`]). No request waits longer than `patience` for a
+    /// connection, nor for one statement (a stalled database gives 503s, not requests
+    /// held forever).
+    pub async fn open(url: &str, term: Option<i64>, patience: Duration) -> Result<PgFiles> {
+        let mut target = super::tls::target(url)?;
+        let timeout = format!("-c statement_timeout={}", patience.as_millis());
+        let options = match target.config.get_options() {
+            Some(given) => format!("{given} {timeout}"),
+            None => timeout,
+        };
+        target.config.options(&options);
         let recycling = || ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -89,6 +98,9 @@ impl PgFiles {
         };
         let pool = Pool::builder(manager)
             .max_size(CONNECTIONS)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(patience))
+            .create_timeout(Some(patience))
             .build()
             .map_err(|e| Error::Internal(format!("PostgreSQL file store: {e}")))?;
         let files = PgFiles { pool, term };
