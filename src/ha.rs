@@ -66,11 +66,16 @@ const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RECHECK: Duration = Duration::from_millis(100);
 
 /// Headers of one hop only (RFC 9110 §7.6.1), not passed on by the forwarder.
-const HOP_BY_HOP: [HeaderName; 5] = [
+/// The message framing (`Transfer-Encoding`) is each hop's own too: hyper frames the
+/// streamed body for the next hop itself.
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHORIZATION,
     header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
 

@@ -97,6 +97,21 @@ async fn standby_forwards_requests_and_names_the_leader_when_two_nodes_share_a_d
     assert_eq!(a.job_state(&first).await, "running");
     assert_eq!(a.job_state(&second).await, "cancelled");
     assert_eq!(b.pop_id(&["fwd"]).await, None);
+    // A large body streamed both ways through the standby (an artifact of 3 MiB).
+    let bytes: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 + i / 251) as u8).collect();
+    b.post_multipart(
+        &format!("/v1/result/{first}/artifact"),
+        "file",
+        "a.tgz",
+        &bytes,
+    )
+    .await
+    .expect_status(200);
+    let got = b.get(&format!("/v1/result/{first}/artifact")).await;
+    assert!(
+        got.status == 200 && got.body[..] == bytes[..],
+        "artifact differs"
+    );
     // An operator route allowed only from the server's own host is not, through a
     // forwarder on that host: the leader cannot tell where the client is.
     let r = b
