@@ -508,13 +508,16 @@ async fn forward(
             if changed.changed().await.is_err() {
                 return std::future::pending().await;
             }
-            let still = match &*node.role.read() {
+            let gone = match &*node.role.read() {
                 Role::Standby {
                     lease: Some(now), ..
-                } => now.term == lease.term && node.leads_elsewhere(now),
-                _ => false,
+                } => now.term != lease.term || !node.leads_elsewhere(now),
+                // This node lost sight of the database (reconnecting): the leader may be
+                // fine, and a 503 for a change it then commits would invite a duplicate.
+                Role::Standby { lease: None, .. } => false,
+                _ => true,
             };
-            if !still {
+            if gone {
                 return;
             }
         }
