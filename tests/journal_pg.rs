@@ -198,25 +198,19 @@ async fn files_are_served_by_a_new_node_with_an_empty_data_dir_when_journal_is_p
         first.pop_id(&["pgfiles"]).await.as_deref(),
         Some(job.as_str())
     );
-    first
-        .post_multipart(
-            &format!("/v1/result/{job}/artifact"),
-            "file",
-            "b.tar.gz",
-            &artifact,
-        )
-        .await
-        .expect_status(200);
-    // A replaced artifact is deleted from the database once the replacement is durable.
-    first
-        .post_multipart(
-            &format!("/v1/result/{job}/artifact"),
-            "file",
-            "b.tar.gz",
-            &artifact,
-        )
-        .await
-        .expect_status(200);
+    // Posted twice: a replaced artifact is deleted from the database once the
+    // replacement is durable.
+    for _ in 0..2 {
+        first
+            .post_multipart(
+                &format!("/v1/result/{job}/artifact"),
+                "file",
+                "b.tar.gz",
+                &artifact,
+            )
+            .await
+            .expect_status(200);
+    }
     let orphan = new_id();
     first
         .post_multipart(

@@ -61,14 +61,7 @@ impl Resp {
     /// `message`) and returns the message.
     #[track_caller]
     pub fn expect_error(&self, status: u16) -> String {
-        assert_eq!(
-            self.status,
-            status,
-            "expected status {status}, got {}; body: {:?}",
-            self.status,
-            self.text_preview()
-        );
-        self.expect_json_error()
+        self.expect_status(status).expect_json_error()
     }
 
     /// Asserts the response carries a JSON error body, whatever its status; returns the message.
