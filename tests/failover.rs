@@ -36,14 +36,20 @@ async fn ready(http: &Http) -> Option<(u16, Value)> {
 async fn leader_of(nodes: &[&Http]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        let mut said = Vec::new();
         for (i, http) in nodes.iter().enumerate() {
-            if let Some((200, doc)) = ready(http).await {
+            let answer = ready(http).await;
+            if let Some((200, doc)) = &answer {
                 if doc["role"] == "leader" {
                     return i;
                 }
             }
+            said.push(answer);
         }
-        assert!(Instant::now() < deadline, "no node took the lease");
+        assert!(
+            Instant::now() < deadline,
+            "no node took the lease within 30 s; the nodes said {said:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -182,35 +188,58 @@ async fn standby_left_behind_by_compaction_reloads_the_snapshot_and_takes_over_w
         "--lease-ms",
         LEASE_MS,
         "--snapshot-bytes",
-        "4096",
+        "65536",
     ];
     let mut a = TestServer::start_with(&args);
     assert_eq!(leader_of(&[&a.http()]).await, 0);
     let b = TestServer::start_with(&args);
     let first = a.submit(&json!({"job_queue": "compact"})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready(&b.http()).await.map(|(_, doc)| doc["lsn"].clone()) != Some(json!(1)) {
+        assert!(Instant::now() < deadline, "the standby never read event 1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The standby sleeps while the leader writes enough for a snapshot that deletes the
-    // events it has not read.
+    // events it has not read...
     b.send_signal(libc::SIGSTOP);
     let mut ids = vec![first];
-    for i in 0..60 {
-        let filler = "x".repeat(200);
-        ids.push(
-            a.submit(&json!({"job_queue": "compact", "n": i, "filler": filler}))
-                .await,
-        );
-    }
+    let filler = "x".repeat(1000);
     let deadline = Instant::now() + Duration::from_secs(30);
     while sql(&url, "SELECT count(*) FROM flinger_events WHERE lsn <= 2") != "0" {
         assert!(
             Instant::now() < deadline,
             "no snapshot compacted the first events"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..10 {
+            let n = ids.len();
+            ids.push(
+                a.submit(&json!({"job_queue": "compact", "n": n, "filler": filler}))
+                    .await,
+            );
+        }
+    }
+    // ... and then more than the connection buffers (40 KB, under the next snapshot's
+    // 64 KiB): the standby finds the gap with these rows unread.
+    for _ in 0..40 {
+        let n = ids.len();
+        ids.push(
+            a.submit(&json!({"job_queue": "compact", "n": n, "filler": filler}))
+                .await,
+        );
     }
     b.send_signal(libc::SIGCONT);
     let last = a.submit(&json!({"job_queue": "compact"})).await;
     ids.push(last);
     a.kill9();
+    // A request waits two lease lengths for a new leader; on a loaded machine the
+    // takeover (the snapshot it reloads, then the tail) can take longer than that.
+    assert_eq!(leader_of(&[&b.http()]).await, 0);
+    assert!(
+        b.stderr_lines()
+            .iter()
+            .any(|l| l.contains("reloaded from its snapshot")),
+        "the standby did not say it reloaded the snapshot"
+    );
     for id in &ids {
         assert_eq!(b.job_state(id).await, "waiting");
     }

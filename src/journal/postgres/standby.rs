@@ -131,13 +131,6 @@ impl Standby {
         {
             bytes.extend_from_slice(row.get::<_, &[u8]>(0));
         }
-        if self.last != 0 {
-            tracing::info!(
-                from = self.last,
-                snapshot_lsn = lsn,
-                "standby: the leader compacted events not yet read; reloading from its snapshot"
-            );
-        }
         let mut replay = Replay::new(Instant::now());
         replay.snapshot(lsn as u64, &bytes)?;
         self.replay = replay;
@@ -152,49 +145,25 @@ impl Standby {
     /// node had not read yet, reloads from the newer snapshot first.
     pub async fn catch_up(&mut self) -> Result<()> {
         loop {
-            let after = self.last as i64;
-            let events = self
-                .client
-                .query_raw(
-                    "SELECT lsn, payload FROM flinger_events WHERE lsn > $1 ORDER BY lsn LIMIT $2",
-                    [
-                        &after as &(dyn ToSql + Sync),
-                        &FOLLOW_BATCH as &(dyn ToSql + Sync),
-                    ],
-                )
-                .await
-                .map_err(|e| pg_error("cannot read the events", e))?;
-            pin_mut!(events);
-            let mut read = 0i64;
-            while let Some(row) = events
-                .try_next()
-                .await
-                .map_err(|e| pg_error("cannot read the events", e))?
-            {
-                let lsn = row.get::<_, i64>(0) as u64;
-                let payload: &[u8] = row.get(1);
-                if lsn != self.last + 1 {
-                    // Compacted past us: a newer snapshot covers the gap.
-                    if read == 0 && self.load_snapshot().await? {
-                        break;
-                    }
-                    return Err(Error::Internal(format!(
-                        "PostgreSQL journal: event {lsn} follows {}: events {}..{lsn} are missing",
-                        self.last,
-                        self.last + 1
-                    )));
+            let (read, gap) = self.fold_next_batch().await?;
+            let from = self.last;
+            if let Some(lsn) = gap {
+                // Compacted past us: a newer snapshot covers the gap.
+                if read == 0 && self.load_snapshot().await? {
+                    self.log_reload(from);
+                    continue;
                 }
-                self.replay.record(lsn, payload).map_err(|e| {
-                    Error::Internal(format!("PostgreSQL journal: event {lsn}: {e}"))
-                })?;
-                self.last = lsn;
-                self.bytes += payload.len() as u64;
-                read += 1;
+                return Err(Error::Internal(format!(
+                    "PostgreSQL journal: event {lsn} follows {}: events {}..{lsn} are missing",
+                    self.last,
+                    self.last + 1
+                )));
             }
             if read == 0 {
                 // Nothing after `last`: still, a snapshot past it means events were
                 // compacted before this node read them.
                 if self.load_snapshot().await? {
+                    self.log_reload(from);
                     continue;
                 }
                 return Ok(());
@@ -203,6 +172,53 @@ impl Standby {
                 return Ok(());
             }
         }
+    }
+
+    fn log_reload(&self, from: u64) {
+        tracing::info!(
+            from,
+            snapshot_lsn = self.snapshot_lsn,
+            "standby: the leader compacted events not yet read; reloaded from its snapshot"
+        );
+    }
+
+    /// Folds up to [`FOLLOW_BATCH`] events after `last`: how many, and the LSN that does
+    /// not follow `last` when the batch stopped at a gap. The rows stream is dropped
+    /// before this returns: the connection delivers one query's answers in order, so a
+    /// second query sent while rows of the first are unread would wait for ever.
+    async fn fold_next_batch(&mut self) -> Result<(i64, Option<u64>)> {
+        let after = self.last as i64;
+        let events = self
+            .client
+            .query_raw(
+                "SELECT lsn, payload FROM flinger_events WHERE lsn > $1 ORDER BY lsn LIMIT $2",
+                [
+                    &after as &(dyn ToSql + Sync),
+                    &FOLLOW_BATCH as &(dyn ToSql + Sync),
+                ],
+            )
+            .await
+            .map_err(|e| pg_error("cannot read the events", e))?;
+        pin_mut!(events);
+        let mut read = 0i64;
+        while let Some(row) = events
+            .try_next()
+            .await
+            .map_err(|e| pg_error("cannot read the events", e))?
+        {
+            let lsn = row.get::<_, i64>(0) as u64;
+            if lsn != self.last + 1 {
+                return Ok((read, Some(lsn)));
+            }
+            let payload: &[u8] = row.get(1);
+            self.replay
+                .record(lsn, payload)
+                .map_err(|e| Error::Internal(format!("PostgreSQL journal: event {lsn}: {e}")))?;
+            self.last = lsn;
+            self.bytes += payload.len() as u64;
+            read += 1;
+        }
+        Ok((read, None))
     }
 
     /// Reads the lease.
