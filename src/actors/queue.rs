@@ -35,14 +35,14 @@ pub struct QueueActor;
 impl Actor for QueueActor {
     type Msg = QueueMsg;
     type State = QueueIndex;
-    type Arguments = Vec<Entry>;
+    type Arguments = QueueIndex;
 
     async fn pre_start(
         &self,
         _: ActorRef<QueueMsg>,
-        entries: Vec<Entry>,
+        index: QueueIndex,
     ) -> Result<QueueIndex, ActorProcessingErr> {
-        Ok(QueueIndex::from_entries(entries))
+        Ok(index)
     }
 
     async fn handle(

@@ -26,7 +26,7 @@ use crate::dispatch::Waiters;
 use crate::error::Result;
 use crate::journal::{Journal, Ticket};
 use crate::model::index::Search;
-use crate::model::queue::Entry;
+use crate::model::queue::QueueIndex;
 use crate::model::registry::{
     Attachments, IndexChange, Registry, Submission, Submitted, Submitter,
 };
@@ -463,7 +463,8 @@ impl RegistryState {
                 *self.waiting.entry(queue.clone()).or_default() += 1;
                 let ready = entry.ready;
                 if self.queues.get(&queue).is_none() {
-                    self.spawn_queue(queue.clone(), vec![entry]).await;
+                    self.spawn_queue(queue.clone(), QueueIndex::from_entries(vec![entry]))
+                        .await;
                 } else if let Some(actor) = self.queues.get(&queue) {
                     let _ = actor.cast(QueueMsg::Insert(entry));
                 }
@@ -492,9 +493,9 @@ impl RegistryState {
         }
     }
 
-    async fn spawn_queue(&mut self, queue: Name, entries: Vec<Entry>) {
-        self.waiting.insert(queue.clone(), entries.len());
-        match Actor::spawn_linked(None, QueueActor, entries, self.supervisor.clone()).await {
+    async fn spawn_queue(&mut self, queue: Name, index: QueueIndex) {
+        self.waiting.insert(queue.clone(), index.len());
+        match Actor::spawn_linked(None, QueueActor, index, self.supervisor.clone()).await {
             Ok((actor, _)) => self.queues.insert(queue, actor),
             // Only fails when the actor system is shutting down.
             Err(e) => {
@@ -563,9 +564,10 @@ impl Actor for RegistryActor {
                 }
             }
         }
-        let waiting = state.registry.read().waiting_entries();
-        for (queue, entries) in waiting {
-            state.spawn_queue(queue, entries).await;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let waiting = state.registry.read().waiting_indexes(threads);
+        for (queue, index) in waiting {
+            state.spawn_queue(queue, index).await;
         }
         Ok(state)
     }
@@ -701,7 +703,9 @@ impl Actor for RegistryActor {
                     .unwrap_or_default();
                 tracing::warn!(%queue, waiting = entries.len(), "restarting queue actor from the registry");
                 let ready = entries.iter().filter(|e| e.ready).count();
-                state.spawn_queue(queue.clone(), entries).await;
+                state
+                    .spawn_queue(queue.clone(), QueueIndex::from_entries(entries))
+                    .await;
                 // Agents that waited while the actor was dead: one wake per ready job.
                 for _ in 0..ready.min(state.waiters.len()) {
                     state.waiters.arrived(&queue);

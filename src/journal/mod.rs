@@ -571,45 +571,40 @@ pub struct Journal {
     inner: Arc<Inner>,
 }
 
-/// One partition in a snapshot: its state and the last LSN folded into it.
-#[derive(Serialize, Deserialize)]
-pub struct PartSnapshot {
+/// One partition in a snapshot: its state and the last LSN folded into it. Read in place
+/// from the snapshot's bytes (a million-job partition is not copied before it is decoded).
+#[derive(Deserialize)]
+pub struct PartSnapshot<'a> {
     /// Every event of the partition up to this LSN is in `state`.
     pub lsn: u64,
     /// The partition, msgpack-encoded.
-    #[serde(with = "serde_bytes_compat")]
-    pub state: Vec<u8>,
+    #[serde(borrow)]
+    pub state: &'a [u8],
 }
 
-mod serde_bytes_compat {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        Ok(bytes::Bytes::deserialize(d)?.to_vec())
-    }
-}
-
-/// The whole snapshot file payload.
-#[derive(Serialize, Deserialize)]
-pub struct SnapshotDoc {
+/// The whole snapshot file payload (written by [`SnapshotParts::encode`]).
+#[derive(Deserialize)]
+pub struct SnapshotDoc<'a> {
     /// [`SNAPSHOT_VERSION`] when written.
     pub version: u32,
     /// Registry partition.
-    pub registry: PartSnapshot,
+    #[serde(borrow)]
+    pub registry: PartSnapshot<'a>,
     /// Results partition.
-    pub results: PartSnapshot,
+    #[serde(borrow)]
+    pub results: PartSnapshot<'a>,
     /// Files partition.
-    pub files: PartSnapshot,
+    #[serde(borrow)]
+    pub files: PartSnapshot<'a>,
     /// Agents partition.
-    pub agents: PartSnapshot,
+    #[serde(borrow)]
+    pub agents: PartSnapshot<'a>,
     /// Access partition (absent in snapshots written before access control existed).
-    #[serde(default)]
-    pub access: Option<PartSnapshot>,
+    #[serde(default, borrow)]
+    pub access: Option<PartSnapshot<'a>>,
     /// Webhooks partition (absent in snapshots written before webhooks existed).
-    #[serde(default)]
-    pub webhooks: Option<PartSnapshot>,
+    #[serde(default, borrow)]
+    pub webhooks: Option<PartSnapshot<'a>>,
 }
 
 /// What recovery found, for the start-up log line.
@@ -704,19 +699,37 @@ impl Replay {
         let bad = |what: &str, e: rmp_serde::decode::Error| {
             Error::Internal(format!("snapshot {what} partition does not decode: {e}"))
         };
-        state.registry =
-            rmp_serde::from_slice(&doc.registry.state).map_err(|e| bad("registry", e))?;
-        state.registry.intern_names();
+        // The registry (the largest partition) on a thread of its own while this one
+        // decodes the others, then its indexes on both (`JobIndex::build`): start-up
+        // with a million jobs is mostly this.
+        let registry = std::thread::scope(|scope| {
+            let registry = std::thread::Builder::new()
+                .name("snapshot-registry".into())
+                .spawn_scoped(scope, || {
+                    let mut registry: crate::model::registry::Registry =
+                        rmp_serde::from_slice(doc.registry.state)
+                            .map_err(|e| bad("registry", e))?;
+                    registry.intern_names();
+                    Ok::<_, Error>(registry)
+                })
+                .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
+            state.results =
+                rmp_serde::from_slice(doc.results.state).map_err(|e| bad("results", e))?;
+            state.files = rmp_serde::from_slice(doc.files.state).map_err(|e| bad("files", e))?;
+            state.agents = rmp_serde::from_slice(doc.agents.state).map_err(|e| bad("agents", e))?;
+            if let Some(access) = &doc.access {
+                state.access = rmp_serde::from_slice(access.state).map_err(|e| bad("access", e))?;
+            }
+            if let Some(hooks) = &doc.webhooks {
+                state.webhooks =
+                    rmp_serde::from_slice(hooks.state).map_err(|e| bad("webhooks", e))?;
+            }
+            registry
+                .join()
+                .map_err(|_| Error::Internal("decoding the registry partition panicked".into()))?
+        })?;
+        state.registry = registry;
         state.registry.rebuild_index();
-        state.results = rmp_serde::from_slice(&doc.results.state).map_err(|e| bad("results", e))?;
-        state.files = rmp_serde::from_slice(&doc.files.state).map_err(|e| bad("files", e))?;
-        state.agents = rmp_serde::from_slice(&doc.agents.state).map_err(|e| bad("agents", e))?;
-        if let Some(access) = &doc.access {
-            state.access = rmp_serde::from_slice(&access.state).map_err(|e| bad("access", e))?;
-        }
-        if let Some(hooks) = &doc.webhooks {
-            state.webhooks = rmp_serde::from_slice(&hooks.state).map_err(|e| bad("webhooks", e))?;
-        }
         self.applied = Applied {
             registry: doc.registry.lsn,
             results: doc.results.lsn,
@@ -980,7 +993,7 @@ mod tests {
             doc.access.as_ref(),
             doc.webhooks.as_ref(),
         ]
-        .map(|p| p.map(|p| (p.lsn, p.state.clone())));
+        .map(|p| p.map(|p| (p.lsn, p.state.to_vec())));
         let want = [
             (7, encode_partition(&big).unwrap()),
             (5, encode_partition(&"results").unwrap()),

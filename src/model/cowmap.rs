@@ -75,6 +75,16 @@ impl<K, V> CowMap<K, V> {
         self.shards.iter().flat_map(|shard| shard.iter())
     }
 
+    /// The entries of the `part`-th of `parts` equal runs of shards (`part` < `parts`):
+    /// together the parts are [`iter`](Self::iter), to walk the map on several threads.
+    pub fn iter_part(&self, part: usize, parts: usize) -> impl Iterator<Item = (&K, &V)> {
+        let (shards, parts) = (self.shards.len(), parts.max(1));
+        let (from, to) = (shards * part / parts, shards * (part + 1) / parts);
+        self.shards[from.min(shards)..to.min(shards)]
+            .iter()
+            .flat_map(|shard| shard.iter())
+    }
+
     /// Every value, in no particular order.
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.shards.iter().flat_map(|shard| shard.values())

@@ -76,7 +76,9 @@ pub fn tags_of(body: &[u8]) -> Vec<Name> {
         #[serde(default)]
         tags: Option<serde_json::Value>,
     }
-    if !body.windows(6).any(|w| w == b"\"tags\"") {
+    static TAGS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"tags\""));
+    if TAGS.find(body).is_none() {
         return Vec::new();
     }
     let Ok(Tagged {
@@ -148,23 +150,37 @@ impl JobIndex {
     /// of each would make it, but built in bulk: every list is gathered into a `Vec` first
     /// and turned into its `BTreeMap` at once (`FromIterator` sorts, then fills the nodes
     /// in order), instead of an insert per job and list in the jobs' hash order, a
-    /// cache-missing descent each (most of a million-job start-up once). Agent lists are
-    /// not included (see [`JobIndex::dispatched`]).
-    pub fn build<'a>(
-        jobs: impl IntoIterator<Item = (JobId, u64, &'a Name, &'a str, &'a [u8])>,
-    ) -> JobIndex {
-        let (mut queues, mut states, mut tags) = (
-            Gathered::default(),
-            Gathered::default(),
-            Gathered::default(),
-        );
-        let (mut waiting, mut active) = (Gathered::default(), Gathered::default());
-        for (id, seq, queue, state, body) in jobs {
+    /// cache-missing descent each (most of a million-job start-up once). The lists by
+    /// queue and those by state and tag are built on two threads, each walking `jobs()`
+    /// once. Agent lists are not included (see [`JobIndex::dispatched`]).
+    pub fn build<'a, I>(jobs: impl Fn() -> I + Sync) -> JobIndex
+    where
+        I: Iterator<Item = (JobId, u64, &'a Name, &'a str, &'a [u8])>,
+    {
+        let ((by_queue, live), (by_state, by_tag)) = std::thread::scope(|scope| {
+            let labels = scope.spawn(|| Self::build_labels(jobs()));
+            let queues = Self::build_queues(jobs());
+            let labels = labels
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (queues, labels)
+        });
+        JobIndex {
+            by_queue,
+            by_tag,
+            by_state,
+            live,
+            by_agent: FastMap::default(),
+        }
+    }
+
+    /// [`JobIndex::build`]'s lists by queue: all jobs, and the live ones.
+    fn build_queues<'a>(
+        jobs: impl Iterator<Item = (JobId, u64, &'a Name, &'a str, &'a [u8])>,
+    ) -> (FastMap<Name, SeqList>, FastMap<Name, Live>) {
+        let (mut queues, mut waiting, mut active) = Default::default();
+        for (id, seq, queue, state, _) in jobs {
             gather(&mut queues, queue, || queue.clone(), seq, id);
-            gather(&mut states, state, || Name::from(state), seq, id);
-            for tag in tags_of(body) {
-                gather(&mut tags, &tag, || tag.clone(), seq, id);
-            }
             match live_kind(state) {
                 Some(true) => gather(&mut waiting, queue, || queue.clone(), seq, id),
                 Some(false) => gather(&mut active, queue, || queue.clone(), seq, id),
@@ -178,13 +194,21 @@ impl JobIndex {
         for (queue, list) in bulk(active) {
             live.entry(queue).or_default().active = list;
         }
-        JobIndex {
-            by_queue: bulk(queues),
-            by_tag: bulk(tags),
-            by_state: bulk(states),
-            live,
-            by_agent: FastMap::default(),
+        (bulk(queues), live)
+    }
+
+    /// [`JobIndex::build`]'s lists by state label and by tag.
+    fn build_labels<'a>(
+        jobs: impl Iterator<Item = (JobId, u64, &'a Name, &'a str, &'a [u8])>,
+    ) -> (FastMap<Name, SeqList>, FastMap<Name, SeqList>) {
+        let (mut states, mut tags) = (Gathered::default(), Gathered::default());
+        for (id, seq, _, state, body) in jobs {
+            gather(&mut states, state, || Name::from(state), seq, id);
+            for tag in tags_of(body) {
+                gather(&mut tags, &tag, || tag.clone(), seq, id);
+            }
         }
+        (bulk(states), bulk(tags))
     }
 
     /// Adds a job under `seq`.
@@ -510,9 +534,9 @@ mod tests {
         for (id, seq, queue, state, body) in &jobs {
             one_by_one.insert(*id, *seq, queue, state, body.as_bytes());
         }
-        let bulk = JobIndex::build(
-            (jobs.iter()).map(|(id, seq, q, state, body)| (*id, *seq, q, *state, body.as_bytes())),
-        );
+        let bulk = JobIndex::build(|| {
+            (jobs.iter()).map(|(id, seq, q, state, body)| (*id, *seq, q, *state, body.as_bytes()))
+        });
         assert_eq!(lists(&bulk), lists(&one_by_one));
         assert!(lists(&bulk).iter().any(|(kind, _, _)| kind == "active"));
         assert_eq!(bulk.tag_len("a"), 125);

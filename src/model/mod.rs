@@ -28,3 +28,23 @@ pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomS
 pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 pub use ids::{JobId, Name};
 pub use state::State;
+
+/// `work` applied to each input on a thread of its own, the results in input order (a
+/// panic in one is raised here).
+pub(crate) fn on_threads<I: Send, O: Send>(inputs: Vec<I>, work: impl Fn(I) -> O + Sync) -> Vec<O> {
+    let work = &work;
+    std::thread::scope(|scope| {
+        let running: Vec<_> = inputs
+            .into_iter()
+            .map(|input| scope.spawn(move || work(input)))
+            .collect();
+        running
+            .into_iter()
+            .map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}

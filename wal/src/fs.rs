@@ -40,6 +40,13 @@ pub trait Fs: Send + Sync + 'static {
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsRead>> {
         Ok(Box::new(InMemory(self.read(path)?)))
     }
+    /// The whole of `path` mapped read-only, where the filesystem can; `None` (the default)
+    /// asks the caller to read it instead. For files written once and never changed in
+    /// place (snapshots): the mapping stays valid after the name is removed or replaced.
+    fn map(&self, path: &Path) -> io::Result<Option<Mapped>> {
+        let _ = path;
+        Ok(None)
+    }
     /// Creates `path` empty (truncating an existing file), open for writing.
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
     /// [`Fs::create`] readable and writable by the owner only (mode 0600), for secrets such
@@ -56,6 +63,9 @@ pub trait Fs: Send + Sync + 'static {
     /// Makes creations, renames and deletions inside `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
+
+/// A file mapped read-only into memory (see [`Fs::map`]).
+pub type Mapped = memmap2::Mmap;
 
 /// An open file. Writes are positioned, so nothing depends on a hidden cursor.
 pub trait FsFile: Send + Sync {
@@ -207,6 +217,16 @@ impl Fs for StdFs {
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsRead>> {
         Ok(Box::new(StdFile(File::open(path)?)))
+    }
+
+    fn map(&self, path: &Path) -> io::Result<Option<Mapped>> {
+        let file = File::open(path)?;
+        // SAFETY: the callers map only files that are complete before they get their name
+        // (written, synced, then renamed into place) and that nothing writes again: the
+        // data directory's lock keeps other servers out. Removing the name leaves the
+        // mapping intact. Populated at once: the file is read whole right after.
+        let mapped = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
+        Ok(Some(mapped))
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {

@@ -95,11 +95,11 @@ use std::path::PathBuf;
 pub use error::Error;
 pub use fs::{
     create_dir_all_durably, write_file_durably, write_private_file_durably, Fs, FsFile, FsRead,
-    StdFs,
+    Mapped, StdFs,
 };
 pub use log::Wal;
 pub use recovery::scan;
-pub use snapshot::{PreparedSnapshot, SnapshotFile, SnapshotWriter};
+pub use snapshot::{PreparedSnapshot, SnapshotBytes, SnapshotFile, SnapshotWriter};
 
 /// Log sequence number: 1 for the first record ever written, +1 per record.
 pub type Lsn = u64;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::frame::{self, frame_len, SEGMENT_HEADER_LEN, SNAPSHOT_HEADER_LEN};
 use crate::layout::{self, segment_name, snapshot_name, Segment, LOCK, SPARE};
 use crate::recovery::{self, BadSpot, WalkEnd};
-use crate::snapshot::{PreparedSnapshot, SnapshotWriter};
+use crate::snapshot::{PreparedSnapshot, SnapshotBytes, SnapshotWriter};
 use crate::{Error, Fs, FsFile, Lsn, Options, Recovery, ReplayReport, StdFs, Truncation};
 
 /// Batches larger than this do not keep their encode buffer around afterwards.
@@ -147,30 +147,54 @@ impl Wal {
 
     /// The newest snapshot, if any. A damaged newest snapshot is [`Error::Corrupt`]: falling back
     /// to an older one would silently need segments that were deleted when the newer one was made.
-    pub fn load_snapshot(&self) -> Result<Option<(Lsn, Vec<u8>)>, Error> {
+    pub fn load_snapshot(&self) -> Result<Option<(Lsn, SnapshotBytes)>, Error> {
         let listing = layout::list(&*self.fs, &self.dir)?;
         let Some(&lsn) = listing.snapshots.last() else {
             return Ok(None);
         };
         let path = self.dir.join(snapshot_name(lsn));
-        let mut bytes = self
-            .fs
-            .read(&path)
-            .map_err(|e| Error::io("read", &path, e))?;
-        let reason = match frame::decode_snapshot(&bytes) {
-            Ok((found, _)) if found == lsn => None,
-            Ok((found, _)) => Some(format!("snapshot header says lsn {found}")),
-            Err(reason) => Some(reason.to_owned()),
+        let read = |e| Error::io("read", &path, e);
+        let corrupt = |reason: String| Error::Corrupt {
+            segment: path.clone(),
+            offset: 0,
+            reason,
         };
-        if let Some(reason) = reason {
-            return Err(Error::Corrupt {
-                segment: path,
-                offset: 0,
-                reason,
-            });
+        let check = |found: Result<Lsn, &'static str>| match found {
+            Ok(found) if found == lsn => Ok(()),
+            Ok(found) => Err(corrupt(format!("snapshot header says lsn {found}"))),
+            Err(reason) => Err(corrupt(reason.to_owned())),
+        };
+        // Mapped where it can be: a snapshot of a million jobs is hundreds of MiB, which
+        // copying out of the page cache takes longer than decoding some of it.
+        if let Some(file) = self.fs.map(&path).map_err(read)? {
+            let Some(header) = file.get(..SNAPSHOT_HEADER_LEN) else {
+                return Err(corrupt("snapshot shorter than its header".into()));
+            };
+            let header = header.try_into().expect("header length");
+            check(frame::check_snapshot(header, &file[SNAPSHOT_HEADER_LEN..]))?;
+            return Ok(Some((lsn, SnapshotBytes::Mapped(file))));
         }
-        bytes.drain(..SNAPSHOT_HEADER_LEN);
-        Ok(Some((lsn, bytes)))
+        // The header and the payload read into buffers of their own: the payload is
+        // handed on without being moved down by the header.
+        let file = self.fs.open_read(&path).map_err(read)?;
+        let size = file.size().map_err(read)?;
+        let mut header = [0u8; SNAPSHOT_HEADER_LEN];
+        let mut payload = vec![
+            0u8;
+            usize::try_from(size)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(SNAPSHOT_HEADER_LEN)
+        ];
+        let complete = read_full(&*file, 0, &mut header).map_err(read)?
+            && read_full(&*file, SNAPSHOT_HEADER_LEN as u64, &mut payload).map_err(read)?;
+        if size < SNAPSHOT_HEADER_LEN as u64 {
+            return Err(corrupt("snapshot shorter than its header".into()));
+        }
+        if !complete {
+            return Err(corrupt("snapshot file shrank while it was read".into()));
+        }
+        check(frame::check_snapshot(&header, &payload))?;
+        Ok(Some((lsn, SnapshotBytes::Read(payload))))
     }
 
     /// Feeds `f` every record with `lsn > after`, in order, recovers the log, and readies it for
@@ -902,4 +926,22 @@ impl fmt::Debug for Wal {
             .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
     }
+}
+
+/// Fills `buf` from `offset`; `false` when the file ends first.
+fn read_full(
+    file: &dyn crate::fs::FsRead,
+    mut offset: u64,
+    mut buf: &mut [u8],
+) -> std::io::Result<bool> {
+    while !buf.is_empty() {
+        match file.read_at(offset, buf)? {
+            0 => return Ok(false),
+            n => {
+                offset += n as u64;
+                buf = &mut buf[n..];
+            }
+        }
+    }
+    Ok(true)
 }

@@ -247,3 +247,29 @@ impl Drop for SnapshotFile {
         }
     }
 }
+
+/// A loaded snapshot's payload (the bytes after its header), mapped from its file where
+/// the filesystem can, else read into memory: [`crate::Wal::load_snapshot`].
+pub enum SnapshotBytes {
+    /// Read into memory.
+    Read(Vec<u8>),
+    /// The whole file mapped; the payload starts after the header.
+    Mapped(crate::fs::Mapped),
+}
+
+impl std::ops::Deref for SnapshotBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            SnapshotBytes::Read(payload) => payload,
+            SnapshotBytes::Mapped(file) => &file[SNAPSHOT_HEADER_LEN..],
+        }
+    }
+}
+
+impl std::fmt::Debug for SnapshotBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SnapshotBytes({} bytes)", self.len())
+    }
+}

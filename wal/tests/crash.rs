@@ -219,7 +219,7 @@ fn run_with_fault(op: Op, nth: u64, fault: Fault) -> bool {
     let mut wal = open_mem(&mem, small());
     let after = match wal.load_snapshot().unwrap() {
         Some((lsn, state)) => {
-            assert_eq!(state, b"snap");
+            assert_eq!(&*state, b"snap");
             assert!(
                 snapshot.is_some_and(|s| s == lsn),
                 "{op:?}#{nth}: unexpected snapshot {lsn}"
@@ -451,7 +451,9 @@ fn a_full_disk_blocks_only_new_segments_and_a_snapshot_frees_space() {
 
     let mut wal = open_mem(&mem, small());
     assert_eq!(
-        wal.load_snapshot().unwrap(),
+        wal.load_snapshot()
+            .unwrap()
+            .map(|(lsn, bytes)| (lsn, bytes.to_vec())),
         Some((next - 1, b"state".to_vec()))
     );
     let (records, _) = replay(&mut wal, next - 1).unwrap();

@@ -5,9 +5,10 @@
 mod common;
 
 use common::*;
+use std::sync::Arc;
 use wal::fault::{Fault, MemFs, Op};
 use wal::frame;
-use wal::{Error, Fs, Options};
+use wal::{Error, Fs, Options, Wal};
 
 #[test]
 fn a_snapshot_deletes_covered_segments_and_reopen_replays_only_later_records() {
@@ -38,7 +39,9 @@ fn a_snapshot_deletes_covered_segments_and_reopen_replays_only_later_records() {
 
     let mut wal = open_mem(&fs, small());
     assert_eq!(
-        wal.load_snapshot().unwrap(),
+        wal.load_snapshot()
+            .unwrap()
+            .map(|(lsn, bytes)| (lsn, bytes.to_vec())),
         Some((30, b"state@30".to_vec()))
     );
     let (records, report) = replay(&mut wal, 30).unwrap();
@@ -90,7 +93,9 @@ fn a_snapshot_written_in_pieces_with_a_filled_hole_loads_as_the_whole_payload() 
 
     let wal = open_mem(&fs, small());
     assert_eq!(
-        wal.load_snapshot().unwrap(),
+        wal.load_snapshot()
+            .unwrap()
+            .map(|(lsn, bytes)| (lsn, bytes.to_vec())),
         Some((12, b"state-at-@12".to_vec()))
     );
 }
@@ -125,7 +130,9 @@ fn background_retire_deletes_covered_segments_by_the_time_the_log_is_dropped() {
 
     let mut wal = open_mem(&fs, opts);
     assert_eq!(
-        wal.load_snapshot().unwrap(),
+        wal.load_snapshot()
+            .unwrap()
+            .map(|(lsn, bytes)| (lsn, bytes.to_vec())),
         Some((30, b"state@30".to_vec()))
     );
     let (records, _) = replay(&mut wal, 30).unwrap();
@@ -192,9 +199,49 @@ fn a_crash_between_snapshot_tmp_and_rename_leaves_the_old_state_usable() {
         "leftover tmp files are removed on open"
     );
     assert_eq!(
-        wal.load_snapshot().unwrap(),
+        wal.load_snapshot()
+            .unwrap()
+            .map(|(lsn, bytes)| (lsn, bytes.to_vec())),
         Some((10, b"state@10".to_vec()))
     );
     let (records, _) = replay(&mut wal, 10).unwrap();
     assert_eq!(records, expected(11..=22));
+}
+
+/// On a real filesystem the snapshot is mapped, not read: the same payload comes back,
+/// and a flipped bit, a cut file or a header alone are refused as corrupt.
+#[test]
+fn a_mapped_snapshot_loads_its_payload_and_refuses_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let open = || Wal::open_with(Arc::new(wal::StdFs), tmp.path(), small()).unwrap();
+    let mut wal = open();
+    replay(&mut wal, 0).unwrap();
+    append(&mut wal, 1..=5);
+    let state: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    wal.write_snapshot(5, &state).unwrap();
+    drop(wal);
+    let (lsn, bytes) = open().load_snapshot().unwrap().unwrap();
+    assert!(matches!(bytes, wal::SnapshotBytes::Mapped(_)), "{bytes:?}");
+    assert_eq!((lsn, &*bytes), (5, &state[..]));
+    drop(bytes);
+
+    let path = tmp.path().join("snapshot-00000000000000000005.snap");
+    let good = std::fs::read(&path).unwrap();
+    let mut flipped = good.clone();
+    flipped[frame::SNAPSHOT_HEADER_LEN + 1000] ^= 4;
+    for damaged in [
+        flipped,
+        good[..good.len() - 1].to_vec(),
+        good[..frame::SNAPSHOT_HEADER_LEN].to_vec(),
+        good[..10].to_vec(),
+        Vec::new(),
+    ] {
+        std::fs::write(&path, &damaged).unwrap();
+        let result = open().load_snapshot();
+        assert!(
+            matches!(result, Err(Error::Corrupt { .. })),
+            "{} bytes: {result:?}",
+            damaged.len()
+        );
+    }
 }
