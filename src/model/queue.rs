@@ -155,8 +155,46 @@ pub struct QueueIndex {
 }
 
 impl QueueIndex {
-    /// Builds an index from waiting jobs in any order.
+    /// Builds an index from waiting jobs in any order (one entry per job; of two for the
+    /// same job, the later `seq` stays, as [`QueueIndex::insert`] of each would leave it).
+    /// Built in bulk: each lane's slots and tree at once, not an insert per job (at
+    /// start-up every waiting job goes through here).
     pub fn from_entries(mut entries: Vec<Entry>) -> QueueIndex {
+        entries.sort_by_key(|e| e.key());
+        let mut slots: FastMap<JobId, (i64, usize)> =
+            FastMap::with_capacity_and_hasher(entries.len(), Default::default());
+        let mut lanes: BTreeMap<Reverse<i64>, Lane> = BTreeMap::new();
+        let total = entries.len();
+        let mut entries = entries.into_iter().peekable();
+        while let Some(first) = entries.next() {
+            let priority = first.priority;
+            let mut lane_slots = vec![Slot {
+                entry: first,
+                flags: LIVE,
+            }];
+            while let Some(entry) = entries.next_if(|e| e.priority == priority) {
+                lane_slots.push(Slot { entry, flags: LIVE });
+            }
+            for (i, slot) in lane_slots.iter().enumerate() {
+                slots.insert(slot.entry.id, (priority, i));
+            }
+            let live = lane_slots.len();
+            let lane = Lane {
+                live_tree: Fenwick::from_flags(lane_slots.iter().map(|_| true)),
+                slots: lane_slots,
+                head: 0,
+                live,
+            };
+            lanes.insert(Reverse(priority), lane);
+        }
+        let index = QueueIndex { lanes, slots };
+        if index.slots.len() == total {
+            return index;
+        }
+        // A job twice: one insert each, in `seq` order, replaces the earlier slot.
+        let mut entries: Vec<Entry> = (index.lanes.into_values())
+            .flat_map(|lane| lane.slots.into_iter().map(|slot| slot.entry))
+            .collect();
         entries.sort_by_key(|e| e.seq);
         let mut index = QueueIndex::default();
         for entry in entries {
@@ -324,6 +362,45 @@ mod tests {
             seq,
             exclude: Arc::new([]),
             ready: true,
+        }
+    }
+
+    /// The bulk build leaves the index an insert per entry (in `seq` order) leaves: the
+    /// same order, positions and lanes, also when a job comes twice.
+    #[test]
+    fn from_entries_matches_inserting_each_in_seq_order() {
+        let mut x: u64 = 7;
+        let mut next = |m: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % m
+        };
+        for round in 0..20 {
+            let n = 1 + next(300) as u128;
+            let mut entries: Vec<Entry> = (0..n)
+                .map(|i| entry(i, next(4) as i64 - 1, next(1_000_000)))
+                .collect();
+            if round % 2 == 1 {
+                // The same job again under another seq and priority.
+                let again = entries[next(n as u64) as usize].id;
+                let mut twice = entry(0, next(4) as i64 - 1, next(1_000_000));
+                twice.id = again;
+                entries.push(twice);
+            }
+            let mut by_one = QueueIndex::default();
+            let mut in_seq = entries.clone();
+            in_seq.sort_by_key(|e| e.seq);
+            for e in in_seq {
+                by_one.insert(e);
+            }
+            let bulk = QueueIndex::from_entries(entries.clone());
+            let order = |q: &QueueIndex| q.entries().cloned().collect::<Vec<_>>();
+            assert_eq!(order(&bulk), order(&by_one), "round {round}");
+            assert_eq!(bulk.len(), by_one.len());
+            for e in &entries {
+                assert_eq!(bulk.position(e.id), by_one.position(e.id));
+            }
         }
     }
 

@@ -522,10 +522,14 @@ impl Registry {
         let mut by_queue: FastMap<Name, Vec<Entry>> = FastMap::default();
         for (id, job) in self.jobs.iter_part(part, parts) {
             if job.state.is_waiting() {
-                by_queue
-                    .entry(job.queue.clone())
-                    .or_default()
-                    .push(job.entry(*id));
+                // Looked up before cloning the name: a clone per job would bump one
+                // shared count a million times, from every thread at once.
+                match by_queue.get_mut(&job.queue) {
+                    Some(entries) => entries.push(job.entry(*id)),
+                    None => {
+                        by_queue.insert(job.queue.clone(), vec![job.entry(*id)]);
+                    }
+                }
             }
         }
         by_queue
