@@ -706,11 +706,8 @@ impl Replay {
             let registry = std::thread::Builder::new()
                 .name("snapshot-registry".into())
                 .spawn_scoped(scope, || {
-                    let mut registry: crate::model::registry::Registry =
-                        rmp_serde::from_slice(doc.registry.state)
-                            .map_err(|e| bad("registry", e))?;
-                    registry.intern_names();
-                    Ok::<_, Error>(registry)
+                    crate::model::registry::Registry::decode(doc.registry.state)
+                        .map_err(|e| bad("registry", e))
                 })
                 .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
             state.results =

@@ -43,6 +43,7 @@ pub enum Attachments {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Job {
     /// The queue it was submitted to.
+    #[serde(deserialize_with = "decoding::queue")]
     pub queue: Name,
     /// The job document handed to agents verbatim (JSON object text, `job_id` included).
     pub body: Bytes,
@@ -51,6 +52,7 @@ pub struct Job {
     /// Submission order, for FIFO among equal priorities and position.
     pub seq: u64,
     /// `exclude_agents`: agents that must not receive it.
+    #[serde(deserialize_with = "decoding::exclude")]
     pub exclude: Arc<[Name]>,
     /// Lifecycle.
     #[serde(with = "state_serde")]
@@ -225,7 +227,7 @@ pub struct Registry {
     /// that agent gets the same job back instead of orphaning a second one.
     holding: FastMap<Name, JobId>,
     /// One shared copy of each queue name, so a million jobs of one queue hold one name
-    /// (rebuilt by [`Registry::intern_names`] after a snapshot is loaded).
+    /// (gathered while a snapshot decodes: [`Registry::decode`]).
     #[serde(skip)]
     names: FastSet<Name>,
     /// Finished jobs in the order they finished, with when: retention takes expired jobs
@@ -253,6 +255,58 @@ fn intern(names: &mut FastSet<Name>, name: &Name) -> Name {
             names.insert(name.clone());
             name.clone()
         }
+    }
+}
+
+/// How a job's shared fields decode (see [`Registry::decode`]).
+mod decoding {
+    use std::cell::RefCell;
+    use std::fmt;
+    use std::sync::Arc;
+
+    use serde::de::{Deserializer, Error, Visitor};
+    use serde::Deserialize;
+
+    use super::{no_names, FastSet, Name};
+
+    thread_local! {
+        /// While a registry decodes on this thread: the queue names made so far.
+        pub(super) static NAMES: RefCell<Option<FastSet<Name>>> = const { RefCell::new(None) };
+    }
+
+    /// A queue name: the one already made for it while a registry decodes, else new.
+    pub(super) fn queue<'de, D: Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
+        struct Queue;
+        impl Visitor<'_> for Queue {
+            type Value = Name;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a queue name")
+            }
+            fn visit_str<E: Error>(self, name: &str) -> Result<Name, E> {
+                Ok(NAMES.with(|names| match names.borrow_mut().as_mut() {
+                    Some(names) => match names.get(name) {
+                        Some(shared) => shared.clone(),
+                        None => {
+                            let shared = Name::from(name);
+                            names.insert(shared.clone());
+                            shared
+                        }
+                    },
+                    None => Name::from(name),
+                }))
+            }
+        }
+        d.deserialize_str(Queue)
+    }
+
+    /// `exclude_agents`: when empty, the list all such jobs share.
+    pub(super) fn exclude<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<[Name]>, D::Error> {
+        let names = Vec::<Name>::deserialize(d)?;
+        Ok(if names.is_empty() {
+            no_names()
+        } else {
+            names.into()
+        })
     }
 }
 
@@ -462,15 +516,16 @@ impl Registry {
         self.waits.iter()
     }
 
-    /// Makes every job share one copy of its queue name and of the empty exclusion
-    /// list (a decoded snapshot gives each job its own).
-    pub fn intern_names(&mut self) {
-        for job in self.jobs.values_mut().map(Arc::make_mut) {
-            job.queue = intern(&mut self.names, &job.queue);
-            if job.exclude.is_empty() {
-                job.exclude = no_names();
-            }
-        }
+    /// The registry of a snapshot (its msgpack partition). Each queue name is made once
+    /// and shared by all its jobs as they decode, and jobs without `exclude_agents` share
+    /// one empty list: no allocation per job for either, and no pass over the jobs after.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Registry, rmp_serde::decode::Error> {
+        decoding::NAMES.with(|names| *names.borrow_mut() = Some(FastSet::default()));
+        let decoded = rmp_serde::from_slice::<Registry>(bytes);
+        let names = decoding::NAMES.with(|names| names.borrow_mut().take());
+        let mut registry = decoded?;
+        registry.names = names.unwrap_or_default();
+        Ok(registry)
     }
 
     /// The read indexes (by queue, tag and state).
@@ -883,5 +938,43 @@ mod tests {
             built.sort();
             assert_eq!(built, alone, "{threads} threads");
         }
+    }
+
+    /// A decoded registry gives the jobs of a queue one shared name, and the jobs
+    /// without exclusions one shared empty list, as live submissions do.
+    #[test]
+    fn decoded_jobs_share_their_queue_name_and_empty_exclusions() {
+        let mut registry = Registry::default();
+        let mut lsn = 0;
+        for i in 0..40u64 {
+            submit_to(
+                &mut registry,
+                &mut lsn,
+                JobId::random(),
+                i,
+                ["a", "b"][i as usize % 2],
+            );
+        }
+        let bytes = rmp_serde::to_vec(&registry).unwrap();
+        let decoded = Registry::decode(&bytes).unwrap();
+        assert_eq!(decoded.len(), 40);
+        for queue in ["a", "b"] {
+            let shared = decoded.names.get(queue).expect("the name was kept");
+            let jobs: Vec<&Job> = (decoded.jobs.values())
+                .map(|job| &**job)
+                .filter(|job| &*job.queue == queue)
+                .collect();
+            assert_eq!(jobs.len(), 20);
+            assert!(jobs.iter().all(|job| Arc::ptr_eq(&job.queue, shared)));
+            assert!(jobs
+                .iter()
+                .all(|job| Arc::ptr_eq(&job.exclude, &no_names())));
+        }
+        // Outside a registry's decoding, names are made as usual.
+        let job: Job = rmp_serde::from_slice(
+            &rmp_serde::to_vec(&**decoded.jobs.values().next().unwrap()).unwrap(),
+        )
+        .unwrap();
+        assert!(!decoded.names.iter().any(|n| Arc::ptr_eq(n, &job.queue)));
     }
 }
