@@ -145,8 +145,10 @@ impl Wal {
         })
     }
 
-    /// The newest snapshot, if any. A damaged newest snapshot is [`Error::Corrupt`]: falling back
-    /// to an older one would silently need segments that were deleted when the newer one was made.
+    /// The newest snapshot, if any: its LSN and payload, mapped from its file where the
+    /// filesystem can ([`Fs::map`]), else read. A damaged newest snapshot is
+    /// [`Error::Corrupt`]: falling back to an older one would silently need segments that
+    /// were deleted when the newer one was made.
     pub fn load_snapshot(&self) -> Result<Option<(Lsn, SnapshotBytes)>, Error> {
         let listing = layout::list(&*self.fs, &self.dir)?;
         let Some(&lsn) = listing.snapshots.last() else {
