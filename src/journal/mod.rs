@@ -710,20 +710,30 @@ impl Replay {
                         .map_err(|e| bad("registry", e))
                 })
                 .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
-            state.results =
-                rmp_serde::from_slice(doc.results.state).map_err(|e| bad("results", e))?;
-            state.files = rmp_serde::from_slice(doc.files.state).map_err(|e| bad("files", e))?;
-            state.agents = rmp_serde::from_slice(doc.agents.state).map_err(|e| bad("agents", e))?;
-            if let Some(access) = &doc.access {
-                state.access = rmp_serde::from_slice(access.state).map_err(|e| bad("access", e))?;
-            }
-            if let Some(hooks) = &doc.webhooks {
-                state.webhooks =
-                    rmp_serde::from_slice(hooks.state).map_err(|e| bad("webhooks", e))?;
-            }
-            registry
+            let others = (|| {
+                state.results =
+                    rmp_serde::from_slice(doc.results.state).map_err(|e| bad("results", e))?;
+                state.files =
+                    rmp_serde::from_slice(doc.files.state).map_err(|e| bad("files", e))?;
+                state.agents =
+                    rmp_serde::from_slice(doc.agents.state).map_err(|e| bad("agents", e))?;
+                if let Some(access) = &doc.access {
+                    state.access =
+                        rmp_serde::from_slice(access.state).map_err(|e| bad("access", e))?;
+                }
+                if let Some(hooks) = &doc.webhooks {
+                    state.webhooks =
+                        rmp_serde::from_slice(hooks.state).map_err(|e| bad("webhooks", e))?;
+                }
+                Ok::<_, Error>(())
+            })();
+            // Joined before any error is returned: a scope left with a panicked thread
+            // unjoined would panic instead of reporting the error.
+            let registry = registry
                 .join()
-                .map_err(|_| Error::Internal("decoding the registry partition panicked".into()))?
+                .map_err(|_| Error::Internal("decoding the registry partition panicked".into()))
+                .and_then(|decoded| decoded);
+            others.and(registry)
         })?;
         state.registry = registry;
         state.registry.rebuild_index();

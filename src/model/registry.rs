@@ -248,12 +248,13 @@ pub struct Registry {
 pub const WAIT_SAMPLES: usize = 1000;
 
 /// The shared copy of `name` in `names` (added when new).
-fn intern(names: &mut FastSet<Name>, name: &Name) -> Name {
+fn intern(names: &mut FastSet<Name>, name: &str) -> Name {
     match names.get(name) {
         Some(shared) => shared.clone(),
         None => {
-            names.insert(name.clone());
-            name.clone()
+            let shared = Name::from(name);
+            names.insert(shared.clone());
+            shared
         }
     }
 }
@@ -271,7 +272,28 @@ mod decoding {
 
     thread_local! {
         /// While a registry decodes on this thread: the queue names made so far.
-        pub(super) static NAMES: RefCell<Option<FastSet<Name>>> = const { RefCell::new(None) };
+        static NAMES: RefCell<Option<FastSet<Name>>> = const { RefCell::new(None) };
+    }
+
+    /// Names are gathered on this thread from `start` until `finish` or the drop (an error
+    /// or a panic while decoding), so no decode sees another's names.
+    pub(super) struct Gathering;
+
+    impl Gathering {
+        pub(super) fn start() -> Gathering {
+            NAMES.with(|names| *names.borrow_mut() = Some(FastSet::default()));
+            Gathering
+        }
+
+        pub(super) fn finish(self) -> FastSet<Name> {
+            NAMES.with(|names| names.borrow_mut().take().unwrap_or_default())
+        }
+    }
+
+    impl Drop for Gathering {
+        fn drop(&mut self) {
+            NAMES.with(|names| names.borrow_mut().take());
+        }
     }
 
     /// A queue name: the one already made for it while a registry decodes, else new.
@@ -284,14 +306,7 @@ mod decoding {
             }
             fn visit_str<E: Error>(self, name: &str) -> Result<Name, E> {
                 Ok(NAMES.with(|names| match names.borrow_mut().as_mut() {
-                    Some(names) => match names.get(name) {
-                        Some(shared) => shared.clone(),
-                        None => {
-                            let shared = Name::from(name);
-                            names.insert(shared.clone());
-                            shared
-                        }
-                    },
+                    Some(names) => super::intern(names, name),
                     None => Name::from(name),
                 }))
             }
@@ -520,11 +535,9 @@ impl Registry {
     /// and shared by all its jobs as they decode, and jobs without `exclude_agents` share
     /// one empty list: no allocation per job for either, and no pass over the jobs after.
     pub fn decode(bytes: &[u8]) -> std::result::Result<Registry, rmp_serde::decode::Error> {
-        decoding::NAMES.with(|names| *names.borrow_mut() = Some(FastSet::default()));
-        let decoded = rmp_serde::from_slice::<Registry>(bytes);
-        let names = decoding::NAMES.with(|names| names.borrow_mut().take());
-        let mut registry = decoded?;
-        registry.names = names.unwrap_or_default();
+        let names = decoding::Gathering::start();
+        let mut registry = rmp_serde::from_slice::<Registry>(bytes)?;
+        registry.names = names.finish();
         Ok(registry)
     }
 
@@ -603,9 +616,11 @@ impl Registry {
                 by_queue.entry(queue).or_default().append(&mut entries);
             }
         }
-        let mut groups: Vec<Vec<(Name, Vec<Entry>)>> = (0..threads).map(|_| Vec::new()).collect();
+        let groups_len = threads.min(by_queue.len()).max(1);
+        let mut groups: Vec<Vec<(Name, Vec<Entry>)>> =
+            (0..groups_len).map(|_| Vec::new()).collect();
         for (i, queue) in by_queue.into_iter().enumerate() {
-            groups[i % threads].push(queue);
+            groups[i % groups_len].push(queue);
         }
         super::on_threads(groups, |group| {
             group
@@ -970,7 +985,8 @@ mod tests {
                 .iter()
                 .all(|job| Arc::ptr_eq(&job.exclude, &no_names())));
         }
-        // Outside a registry's decoding, names are made as usual.
+        // Outside a registry's decoding, names are made as usual, also after one failed.
+        assert!(Registry::decode(&bytes[..bytes.len() / 2]).is_err());
         let job: Job = rmp_serde::from_slice(
             &rmp_serde::to_vec(&**decoded.jobs.values().next().unwrap()).unwrap(),
         )

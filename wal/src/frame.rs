@@ -170,13 +170,6 @@ pub fn decode_snapshot(buf: &[u8]) -> Result<(Lsn, &[u8]), &'static str> {
     let h = buf
         .get(..SNAPSHOT_HEADER_LEN)
         .ok_or("snapshot shorter than its header")?;
-    let payload = &buf[SNAPSHOT_HEADER_LEN..];
-    check_snapshot(h.try_into().expect("header length"), payload).map(|lsn| (lsn, payload))
-}
-
-/// [`decode_snapshot`] of a header and a payload read apart: the snapshot's LSN, or why
-/// they are not a valid snapshot.
-pub fn check_snapshot(h: &[u8; SNAPSHOT_HEADER_LEN], payload: &[u8]) -> Result<Lsn, &'static str> {
     if h[0..8] != SNAPSHOT_MAGIC {
         return Err("bad snapshot magic");
     }
@@ -185,13 +178,14 @@ pub fn check_snapshot(h: &[u8; SNAPSHOT_HEADER_LEN], payload: &[u8]) -> Result<L
     }
     let lsn = u64_at(h, 16);
     let len = u64_at(h, 24);
+    let payload = &buf[SNAPSHOT_HEADER_LEN..];
     if payload.len() as u64 != len {
         return Err("snapshot length does not match file size");
     }
     if crc32c::crc32c_append(crc32c::crc32c(&h[16..32]), payload) != u32_at(h, 32) {
         return Err("snapshot checksum mismatch");
     }
-    Ok(lsn)
+    Ok((lsn, payload))
 }
 
 /// True when `buf` starting at `offset` holds a CRC-valid record whose LSN lies in `lsns`.

@@ -41,9 +41,15 @@ pub trait Fs: Send + Sync + 'static {
         Ok(Box::new(InMemory(self.read(path)?)))
     }
     /// The whole of `path` mapped read-only, where the filesystem can; `None` (the default)
-    /// asks the caller to read it instead. For files written once and never changed in
-    /// place (snapshots): the mapping stays valid after the name is removed or replaced.
-    fn map(&self, path: &Path) -> io::Result<Option<Mapped>> {
+    /// asks the caller to read it instead. The mapping stays valid after the name is
+    /// removed or replaced.
+    ///
+    /// # Safety
+    /// Nothing may write to or truncate the file while the mapping lives: the bytes would
+    /// change under the reader, and a page the file no longer has (or that the disk fails
+    /// to read) ends the process with `SIGBUS` instead of an error. Only for files that are
+    /// complete before they get their name and never change in place (snapshots).
+    unsafe fn map(&self, path: &Path) -> io::Result<Option<Mapped>> {
         let _ = path;
         Ok(None)
     }
@@ -219,12 +225,10 @@ impl Fs for StdFs {
         Ok(Box::new(StdFile(File::open(path)?)))
     }
 
-    fn map(&self, path: &Path) -> io::Result<Option<Mapped>> {
+    unsafe fn map(&self, path: &Path) -> io::Result<Option<Mapped>> {
         let file = File::open(path)?;
-        // SAFETY: the callers map only files that are complete before they get their name
-        // (written, synced, then renamed into place) and that nothing writes again: the
-        // data directory's lock keeps other servers out. Removing the name leaves the
-        // mapping intact. Populated at once: the file is read whole right after.
+        // SAFETY: the caller's promise (see `Fs::map`): nothing changes the file while the
+        // mapping lives. Populated at once: the file is read whole right after.
         let mapped = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
         Ok(Some(mapped))
     }

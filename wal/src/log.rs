@@ -19,7 +19,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::frame::{self, frame_len, SEGMENT_HEADER_LEN, SNAPSHOT_HEADER_LEN};
+use crate::frame::{self, frame_len, SEGMENT_HEADER_LEN};
 use crate::layout::{self, segment_name, snapshot_name, Segment, LOCK, SPARE};
 use crate::recovery::{self, BadSpot, WalkEnd};
 use crate::snapshot::{PreparedSnapshot, SnapshotBytes, SnapshotWriter};
@@ -156,47 +156,28 @@ impl Wal {
         };
         let path = self.dir.join(snapshot_name(lsn));
         let read = |e| Error::io("read", &path, e);
-        let corrupt = |reason: String| Error::Corrupt {
-            segment: path.clone(),
-            offset: 0,
-            reason,
-        };
-        let check = |found: Result<Lsn, &'static str>| match found {
-            Ok(found) if found == lsn => Ok(()),
-            Ok(found) => Err(corrupt(format!("snapshot header says lsn {found}"))),
-            Err(reason) => Err(corrupt(reason.to_owned())),
-        };
         // Mapped where it can be: a snapshot of a million jobs is hundreds of MiB, which
-        // copying out of the page cache takes longer than decoding some of it.
-        if let Some(file) = self.fs.map(&path).map_err(read)? {
-            let Some(header) = file.get(..SNAPSHOT_HEADER_LEN) else {
-                return Err(corrupt("snapshot shorter than its header".into()));
-            };
-            let header = header.try_into().expect("header length");
-            check(frame::check_snapshot(header, &file[SNAPSHOT_HEADER_LEN..]))?;
-            return Ok(Some((lsn, SnapshotBytes::Mapped(file))));
+        // copying out of the page cache takes longer than decoding much of it.
+        // SAFETY: a snapshot file is written, synced and only then renamed to its name;
+        // nothing writes it again (it is only ever deleted, which leaves a mapping intact),
+        // and the data directory's lock keeps other servers out.
+        let bytes = match unsafe { self.fs.map(&path) }.map_err(read)? {
+            Some(file) => SnapshotBytes::mapped(file),
+            None => SnapshotBytes::read(self.fs.read(&path).map_err(read)?),
+        };
+        let reason = match frame::decode_snapshot(bytes.file()) {
+            Ok((found, _)) if found == lsn => None,
+            Ok((found, _)) => Some(format!("snapshot header says lsn {found}")),
+            Err(reason) => Some(reason.to_owned()),
+        };
+        if let Some(reason) = reason {
+            return Err(Error::Corrupt {
+                segment: path,
+                offset: 0,
+                reason,
+            });
         }
-        // The header and the payload read into buffers of their own: the payload is
-        // handed on without being moved down by the header.
-        let file = self.fs.open_read(&path).map_err(read)?;
-        let size = file.size().map_err(read)?;
-        let mut header = [0u8; SNAPSHOT_HEADER_LEN];
-        let mut payload = vec![
-            0u8;
-            usize::try_from(size)
-                .unwrap_or(usize::MAX)
-                .saturating_sub(SNAPSHOT_HEADER_LEN)
-        ];
-        let complete = read_full(&*file, 0, &mut header).map_err(read)?
-            && read_full(&*file, SNAPSHOT_HEADER_LEN as u64, &mut payload).map_err(read)?;
-        if size < SNAPSHOT_HEADER_LEN as u64 {
-            return Err(corrupt("snapshot shorter than its header".into()));
-        }
-        if !complete {
-            return Err(corrupt("snapshot file shrank while it was read".into()));
-        }
-        check(frame::check_snapshot(&header, &payload))?;
-        Ok(Some((lsn, SnapshotBytes::Read(payload))))
+        Ok(Some((lsn, bytes)))
     }
 
     /// Feeds `f` every record with `lsn > after`, in order, recovers the log, and readies it for
@@ -928,22 +909,4 @@ impl fmt::Debug for Wal {
             .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
     }
-}
-
-/// Fills `buf` from `offset`; `false` when the file ends first.
-fn read_full(
-    file: &dyn crate::fs::FsRead,
-    mut offset: u64,
-    mut buf: &mut [u8],
-) -> std::io::Result<bool> {
-    while !buf.is_empty() {
-        match file.read_at(offset, buf)? {
-            0 => return Ok(false),
-            n => {
-                offset += n as u64;
-                buf = &mut buf[n..];
-            }
-        }
-    }
-    Ok(true)
 }

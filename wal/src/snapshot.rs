@@ -249,27 +249,52 @@ impl Drop for SnapshotFile {
 }
 
 /// A loaded snapshot's payload (the bytes after its header), mapped from its file where
-/// the filesystem can, else read into memory: [`crate::Wal::load_snapshot`].
-pub enum SnapshotBytes {
-    /// Read into memory.
+/// the filesystem can, else read into memory: [`crate::Wal::load_snapshot`]. Made only
+/// there, after the header and checksum were checked.
+pub struct SnapshotBytes(Held);
+
+enum Held {
+    /// The whole file read into memory.
     Read(Vec<u8>),
-    /// The whole file mapped; the payload starts after the header.
+    /// The whole file mapped.
     Mapped(crate::fs::Mapped),
+}
+
+impl SnapshotBytes {
+    pub(crate) fn read(file: Vec<u8>) -> SnapshotBytes {
+        SnapshotBytes(Held::Read(file))
+    }
+
+    pub(crate) fn mapped(file: crate::fs::Mapped) -> SnapshotBytes {
+        SnapshotBytes(Held::Mapped(file))
+    }
+
+    /// Whether the file is mapped rather than read.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.0, Held::Mapped(_))
+    }
+
+    /// The whole file, header included.
+    pub(crate) fn file(&self) -> &[u8] {
+        match &self.0 {
+            Held::Read(file) => file,
+            Held::Mapped(file) => file,
+        }
+    }
 }
 
 impl std::ops::Deref for SnapshotBytes {
     type Target = [u8];
 
+    /// The payload: the file after its header (checked to be there when it was loaded).
     fn deref(&self) -> &[u8] {
-        match self {
-            SnapshotBytes::Read(payload) => payload,
-            SnapshotBytes::Mapped(file) => &file[SNAPSHOT_HEADER_LEN..],
-        }
+        &self.file()[SNAPSHOT_HEADER_LEN..]
     }
 }
 
 impl std::fmt::Debug for SnapshotBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SnapshotBytes({} bytes)", self.len())
+        let how = if self.is_mapped() { "mapped" } else { "read" };
+        write!(f, "SnapshotBytes({} bytes, {how})", self.len())
     }
 }
