@@ -179,6 +179,19 @@ async fn standby_takes_over_with_every_acknowledged_change_when_the_leader_is_ki
     assert_eq!(a.job_state(&id).await, "waiting");
 }
 
+/// Submits `count` jobs of about 1 KB each to the queue `compact` through `node`, their
+/// ids appended to `ids`.
+async fn submit_kilobyte_jobs(node: &TestServer, ids: &mut Vec<String>, count: usize) {
+    let filler = "x".repeat(1000);
+    for _ in 0..count {
+        let n = ids.len();
+        ids.push(
+            node.submit(&json!({"job_queue": "compact", "n": n, "filler": filler}))
+                .await,
+        );
+    }
+}
+
 #[tokio::test]
 async fn standby_left_behind_by_compaction_reloads_the_snapshot_and_takes_over_with_everything() {
     let url = fresh_database();
@@ -203,30 +216,17 @@ async fn standby_left_behind_by_compaction_reloads_the_snapshot_and_takes_over_w
     // events it has not read...
     b.send_signal(libc::SIGSTOP);
     let mut ids = vec![first];
-    let filler = "x".repeat(1000);
     let deadline = Instant::now() + Duration::from_secs(30);
     while sql(&url, "SELECT count(*) FROM flinger_events WHERE lsn <= 2") != "0" {
         assert!(
             Instant::now() < deadline,
             "no snapshot compacted the first events"
         );
-        for _ in 0..10 {
-            let n = ids.len();
-            ids.push(
-                a.submit(&json!({"job_queue": "compact", "n": n, "filler": filler}))
-                    .await,
-            );
-        }
+        submit_kilobyte_jobs(&a, &mut ids, 10).await;
     }
     // ... and then more than the connection buffers (40 KB, under the next snapshot's
     // 64 KiB): the standby finds the gap with these rows unread.
-    for _ in 0..40 {
-        let n = ids.len();
-        ids.push(
-            a.submit(&json!({"job_queue": "compact", "n": n, "filler": filler}))
-                .await,
-        );
-    }
+    submit_kilobyte_jobs(&a, &mut ids, 40).await;
     b.send_signal(libc::SIGCONT);
     let last = a.submit(&json!({"job_queue": "compact"})).await;
     ids.push(last);

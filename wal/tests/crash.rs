@@ -450,12 +450,7 @@ fn a_full_disk_blocks_only_new_segments_and_a_snapshot_frees_space() {
     drop(wal);
 
     let mut wal = open_mem(&mem, small());
-    assert_eq!(
-        wal.load_snapshot()
-            .unwrap()
-            .map(|(lsn, bytes)| (lsn, bytes.to_vec())),
-        Some((next - 1, b"state".to_vec()))
-    );
+    assert_eq!(loaded_snapshot(&wal), Some((next - 1, b"state".to_vec())));
     let (records, _) = replay(&mut wal, next - 1).unwrap();
     assert_eq!(records, expected(next..=next + 10));
 }

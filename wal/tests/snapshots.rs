@@ -38,12 +38,7 @@ fn a_snapshot_deletes_covered_segments_and_reopen_replays_only_later_records() {
     drop(wal);
 
     let mut wal = open_mem(&fs, small());
-    assert_eq!(
-        wal.load_snapshot()
-            .unwrap()
-            .map(|(lsn, bytes)| (lsn, bytes.to_vec())),
-        Some((30, b"state@30".to_vec()))
-    );
+    assert_eq!(loaded_snapshot(&wal), Some((30, b"state@30".to_vec())));
     let (records, report) = replay(&mut wal, 30).unwrap();
     assert_eq!(records, expected(31..=n));
     assert_eq!(report.last_lsn, n);
@@ -92,12 +87,7 @@ fn a_snapshot_written_in_pieces_with_a_filled_hole_loads_as_the_whole_payload() 
     drop(wal);
 
     let wal = open_mem(&fs, small());
-    assert_eq!(
-        wal.load_snapshot()
-            .unwrap()
-            .map(|(lsn, bytes)| (lsn, bytes.to_vec())),
-        Some((12, b"state-at-@12".to_vec()))
-    );
+    assert_eq!(loaded_snapshot(&wal), Some((12, b"state-at-@12".to_vec())));
 }
 
 #[test]
@@ -129,12 +119,7 @@ fn background_retire_deletes_covered_segments_by_the_time_the_log_is_dropped() {
     assert_eq!(snaps, ["snapshot-00000000000000000030.snap"]);
 
     let mut wal = open_mem(&fs, opts);
-    assert_eq!(
-        wal.load_snapshot()
-            .unwrap()
-            .map(|(lsn, bytes)| (lsn, bytes.to_vec())),
-        Some((30, b"state@30".to_vec()))
-    );
+    assert_eq!(loaded_snapshot(&wal), Some((30, b"state@30".to_vec())));
     let (records, _) = replay(&mut wal, 30).unwrap();
     assert_eq!(records, expected(31..=45));
 }
@@ -198,12 +183,7 @@ fn a_crash_between_snapshot_tmp_and_rename_leaves_the_old_state_usable() {
         mem.read(&tmp_path).is_err(),
         "leftover tmp files are removed on open"
     );
-    assert_eq!(
-        wal.load_snapshot()
-            .unwrap()
-            .map(|(lsn, bytes)| (lsn, bytes.to_vec())),
-        Some((10, b"state@10".to_vec()))
-    );
+    assert_eq!(loaded_snapshot(&wal), Some((10, b"state@10".to_vec())));
     let (records, _) = replay(&mut wal, 10).unwrap();
     assert_eq!(records, expected(11..=22));
 }

@@ -122,3 +122,11 @@ pub fn faulty_log(n: Lsn) -> (MemFs, Arc<FaultyFs>, Wal) {
 pub fn reopened(mem: &MemFs) -> Records {
     replay(&mut open_mem(mem, small()), 0).unwrap().0
 }
+
+/// The newest snapshot as `wal.load_snapshot` gives it, its payload copied out, for
+/// comparing with an expected `(lsn, bytes)`.
+pub fn loaded_snapshot(wal: &Wal) -> Option<(Lsn, Vec<u8>)> {
+    wal.load_snapshot()
+        .unwrap()
+        .map(|(lsn, bytes)| (lsn, bytes.to_vec()))
+}
