@@ -46,6 +46,7 @@ fn wal_options(config: &Config) -> wal::Options {
         // A slow preallocation (no fallocate: glibc writes the segment) must not hold up the
         // acknowledgements of the batch that rotated.
         background_spare: true,
+        zero_spare: true,
         // Unlinking the segments a snapshot covers (tens of ms each on a disk mounted with
         // `discard`) must not hold up the batch behind the snapshot's installation.
         background_retire: true,

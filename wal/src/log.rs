@@ -540,6 +540,7 @@ impl Wal {
             &*self.fs,
             &self.dir.join(SPARE),
             self.prealloc.then_some(self.opts.segment_size),
+            self.opts.zero_spare,
         )?;
         if !preallocated {
             // The filesystem cannot reserve space: run without a reserve.
@@ -555,9 +556,10 @@ impl Wal {
         let fs = self.fs.clone();
         let path = self.dir.join(SPARE);
         let size = self.opts.segment_size;
+        let zero = self.opts.zero_spare;
         let job = std::thread::Builder::new()
             .name("wal-spare".into())
-            .spawn(move || make_spare(&*fs, &path, Some(size)));
+            .spawn(move || make_spare(&*fs, &path, Some(size), zero));
         match job {
             Ok(job) => self.spare_job = Some(job),
             Err(_) => {
@@ -827,23 +829,30 @@ impl Wal {
     }
 }
 
-/// Creates the spare `path`, preallocated to `size` when given; returns it and whether it was
-/// preallocated (`false` also when the filesystem cannot). On failure the file is removed, so a
-/// half-allocated spare never holds space or passes for a ready one.
+/// Creates the spare `path`, preallocated to `size` when given, its zeros written when `zero`
+/// (see [`crate::Options::zero_spare`]); returns it and whether it was preallocated (`false` also
+/// when the filesystem cannot). On failure the file is removed, so a half-allocated spare never
+/// holds space or passes for a ready one.
 fn make_spare(
     fs: &dyn Fs,
     path: &Path,
     size: Option<u64>,
+    zero: bool,
 ) -> Result<(Box<dyn FsFile>, bool), Error> {
     let mut file = fs.create(path).map_err(|e| Error::io("create", path, e))?;
     let Some(size) = size else {
         return Ok((file, false));
     };
+    // Blocks are reserved first, so a full disk is met at once rather than after writing.
     let allocated = match file.allocate(size) {
-        Ok(true) => file
-            .sync_all()
-            .map(|()| true)
-            .map_err(|e| Error::io("sync_all", path, e)),
+        Ok(true) => (if zero {
+            write_zeros(&mut *file, size)
+        } else {
+            Ok(())
+        })
+        .map_err(|e| Error::io("write", path, e))
+        .and_then(|()| file.sync_all().map_err(|e| Error::io("sync_all", path, e)))
+        .map(|()| true),
         Ok(false) => Ok(false),
         Err(e) => Err(Error::io("allocate", path, e)),
     };
@@ -855,6 +864,19 @@ fn make_spare(
             Err(e)
         }
     }
+}
+
+/// Writes zeros over `0..len` of `file`, a MiB at a time.
+fn write_zeros(file: &mut dyn FsFile, len: u64) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK as usize];
+    let mut at = 0;
+    while at < len {
+        let n = CHUNK.min(len - at);
+        file.write_at(at, &zeros[..n as usize])?;
+        at += n;
+    }
+    Ok(())
 }
 
 /// A bad spot that invalidates the whole log (a cut at the first segment's header).
