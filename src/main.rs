@@ -83,6 +83,7 @@ fn main() -> ExitCode {
         }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers)
         .enable_all()
         .build()
     {

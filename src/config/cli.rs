@@ -191,6 +191,12 @@ pub struct ServeOpts {
     /// are refused with 503 before anything is done [default: 1024].
     #[arg(long, env = "FLINGER_MAX_PENDING", value_name = "N")]
     pub max_pending: Option<usize>,
+    /// Threads that run requests and actors [default: the machine's cores less one, at
+    /// least 1: the write-ahead log's writer, snapshots and the kernel's network work need
+    /// a core too; on 2 cores one worker served 1.1-1.25x the requests of two]. At most
+    /// 1024.
+    #[arg(long, env = "FLINGER_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
     /// Total bytes of results, logs and artifacts kept for job ids that no job has; more
     /// is refused with 507; such data expires --retention-secs after its last write
     /// [default: 64 MiB].

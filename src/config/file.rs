@@ -49,6 +49,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "MAX_UPLOAD_PARTS",
     "MAX_FIELD_BYTES",
     "MAX_PENDING",
+    "WORKERS",
     "ORPHAN_QUOTA_BYTES",
     "QUEUE_IDLE_SECS",
     "MAX_SEARCHES",
