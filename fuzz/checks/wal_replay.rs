@@ -33,6 +33,7 @@ fn open(fs: &MemFs, preallocate: bool) -> Result<Wal, Error> {
         recovery: Recovery::Strict,
         preallocate,
         background_spare: false,
+        zero_spare: preallocate,
         background_retire: false,
     };
     Wal::open_with(Arc::new(fs.clone()), Path::new(DIR), options)
