@@ -111,13 +111,31 @@ pub fn verdict(
 }
 
 /// The job's own `global_timeout` and `output_timeout` (seconds) from its document;
-/// absent, non-numeric or negative values count as unset.
+/// absent, non-numeric or negative values count as unset. Runs on every dispatch, so a
+/// document that names neither is not parsed at all, and one that does is read for
+/// those two members only (the others are skipped, not built).
 pub fn timeouts(body: &[u8]) -> (Option<u64>, Option<u64>) {
-    let Ok(serde_json::Value::Object(job)) = serde_json::from_slice(body) else {
+    #[derive(serde::Deserialize)]
+    struct Timeouts {
+        #[serde(default)]
+        global_timeout: Option<serde_json::Value>,
+        #[serde(default)]
+        output_timeout: Option<serde_json::Value>,
+    }
+    static NAMED: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"_timeout\""));
+    // A struct also deserialises from an array (its fields in order): only objects count.
+    if NAMED.find(body).is_none() || body.trim_ascii_start().first() != Some(&b'{') {
         return (None, None);
-    };
-    let get = |key: &str| job.get(key).and_then(serde_json::Value::as_u64);
-    (get("global_timeout"), get("output_timeout"))
+    }
+    match serde_json::from_slice::<Timeouts>(body) {
+        Ok(t) => {
+            let seconds =
+                |v: Option<serde_json::Value>| v.as_ref().and_then(serde_json::Value::as_u64);
+            (seconds(t.global_timeout), seconds(t.output_timeout))
+        }
+        Err(_) => (None, None),
+    }
 }
 
 #[cfg(test)]
@@ -134,6 +152,39 @@ mod tests {
             last_heard,
             global_timeout: Some(1000),
             output_timeout: Some(100),
+        }
+    }
+
+    #[test]
+    fn timeouts_are_read_from_the_job_document_top_level_whole_seconds_only() {
+        for (body, want) in [
+            (
+                &br#"{"job_queue":"q","global_timeout":100,"output_timeout":7}"#[..],
+                (Some(100), Some(7)),
+            ),
+            (
+                br#"{"output_timeout":7,"test_data":{"global_timeout":5}}"#,
+                (None, Some(7)),
+            ),
+            (
+                br#"{"global_timeout":-1,"output_timeout":"7"}"#,
+                (None, None),
+            ),
+            (
+                br#"{"global_timeout":1.5,"output_timeout":null}"#,
+                (None, None),
+            ),
+            (
+                br#"{"global_timeout":{"a":1},"tags":["x_timeout\""]}"#,
+                (None, None),
+            ),
+            (br#"{"job_queue":"q"}"#, (None, None)),
+            (br#"["global_timeout", 5]"#, (None, None)),
+            (br#"{"global_timeout": 9"#, (None, None)),
+            (b"", (None, None)),
+            (b"not json", (None, None)),
+        ] {
+            assert_eq!(timeouts(body), want, "{}", String::from_utf8_lossy(body));
         }
     }
 
@@ -181,15 +232,5 @@ mod tests {
             verdict("running", false, &watched(100), &no_requeue, 221),
             Verdict::End
         );
-    }
-
-    #[test]
-    fn timeouts_are_read_from_the_job_document() {
-        assert_eq!(
-            timeouts(br#"{"global_timeout": 60, "output_timeout": 5}"#),
-            (Some(60), Some(5))
-        );
-        assert_eq!(timeouts(br#"{"output_timeout": "x"}"#), (None, None));
-        assert_eq!(timeouts(b"not json"), (None, None));
     }
 }
