@@ -193,7 +193,7 @@ pub struct ServeOpts {
     pub max_pending: Option<usize>,
     /// Threads that run requests and actors [default: the machine's cores less one, at
     /// least 1: the write-ahead log's writer, snapshots and the kernel's network work need
-    /// a core too; on 2 cores one worker served 1.1-1.25x the requests of two]. At most
+    /// a core too; on 2 cores one worker served 1.0-1.25x the requests of two]. At most
     /// 1024.
     #[arg(long, env = "FLINGER_WORKERS", value_name = "N")]
     pub workers: Option<usize>,

@@ -27,8 +27,8 @@ pub const MAX_WORKERS: usize = 1024;
 /// The default number of runtime workers: the machine's cores less one, at least one. The
 /// log's writer thread, snapshot encoding and the kernel's share of every request (TCP,
 /// `fdatasync`) need a core of their own: on a box of 2 cores, one worker served
-/// 1.1-1.25x the submits, pops and job lifecycles of two with less CPU per request (work
-/// stealing and waking the other worker cost more than they gained).
+/// 1.0-1.25x the submits, pops and job lifecycles of two with less CPU per request (work
+/// stealing and waking the other worker cost more than they gained; README, Performance).
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }

@@ -124,7 +124,9 @@ pub fn timeouts(body: &[u8]) -> (Option<u64>, Option<u64>) {
     }
     static NAMED: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"_timeout\""));
-    // A struct also deserialises from an array (its fields in order): only objects count.
+    // Stored documents are the server's own serialisation, which never escapes a plain
+    // key, so the search sees every key that names a timeout. A struct also deserialises
+    // from an array (its fields in order): only objects count.
     if NAMED.find(body).is_none() || body.trim_ascii_start().first() != Some(&b'{') {
         return (None, None);
     }
