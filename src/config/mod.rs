@@ -634,7 +634,6 @@ impl Config {
                 "",
             ),
             ("max-pending", self.max_pending as u64, 1, ""),
-            ("workers", self.workers as u64, 1, ""),
             ("max-searches", self.max_searches as u64, 1, ""),
             ("max-waiters", self.max_waiters as u64, 1, ""),
         ] {
@@ -645,9 +644,9 @@ impl Config {
                 ));
             }
         }
-        if self.workers > MAX_WORKERS {
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
             return err(format!(
-                "{} must be at most {MAX_WORKERS}, got {}",
+                "{} must be 1 to {MAX_WORKERS}, got {}",
                 setting("workers"),
                 self.workers
             ));

@@ -845,14 +845,15 @@ fn make_spare(
     };
     // Blocks are reserved first, so a full disk is met at once rather than after writing.
     let allocated = match file.allocate(size) {
-        Ok(true) => (if zero {
-            write_zeros(&mut *file, size)
-        } else {
-            Ok(())
-        })
-        .map_err(|e| Error::io("write", path, e))
-        .and_then(|()| file.sync_all().map_err(|e| Error::io("sync_all", path, e)))
-        .map(|()| true),
+        Ok(true) => {
+            let written = match zero {
+                true => write_zeros(&mut *file, size).map_err(|e| Error::io("write", path, e)),
+                false => Ok(()),
+            };
+            written
+                .and_then(|()| file.sync_all().map_err(|e| Error::io("sync_all", path, e)))
+                .map(|()| true)
+        }
         Ok(false) => Ok(false),
         Err(e) => Err(Error::io("allocate", path, e)),
     };

@@ -613,14 +613,9 @@ fn the_real_filesystem_round_trips_rotates_and_truncates_a_torn_tail() {
         (30, 30, None)
     );
 
-    let mut segs: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    segs.sort();
-    let last = segs.last().unwrap();
-    let first: Lsn = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let segs = segments_in(&wal::StdFs, &dir);
+    let (first, last) = segs.last().unwrap();
+    let first = *first;
     let ends = record_ends(first, 30);
     let cut = ends[ends.len() - 1].1 - 5;
     std::fs::OpenOptions::new()
@@ -803,17 +798,7 @@ fn a_zeroed_spare_is_written_space_that_reads_as_the_end_of_the_log() {
         wal.append_batch(&refs).unwrap();
         append(&mut wal, 4001..=4010);
         drop(wal);
-        let segments = std::fs::read_dir(&dir)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "wal")
-            })
-            .count();
-        assert_eq!(segments, 2);
+        assert_eq!(segments_in(&wal::StdFs, &dir).len(), 2);
         let (records, _) = replay(&mut Wal::open(&dir, small()).unwrap(), 0).unwrap();
         assert_eq!(records, expected(1..=4010));
         extents

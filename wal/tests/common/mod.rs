@@ -73,15 +73,20 @@ pub fn mem_log(n: Lsn, opts: Options) -> MemFs {
     fs
 }
 
-/// Segment files as `(first_lsn, path)`, in order.
+/// Segment files under [`DIR`] as `(first_lsn, path)`, in order.
 pub fn segments(fs: &dyn Fs) -> Vec<(Lsn, PathBuf)> {
+    segments_in(fs, dir())
+}
+
+/// Segment files under `dir` (on any filesystem) as `(first_lsn, path)`, in order.
+pub fn segments_in(fs: &dyn Fs, dir: &Path) -> Vec<(Lsn, PathBuf)> {
     let mut segs: Vec<_> = fs
-        .read_dir(dir())
+        .read_dir(dir)
         .unwrap()
         .into_iter()
         .filter_map(|name| {
             let lsn = name.strip_suffix(".wal")?.parse().ok()?;
-            Some((lsn, dir().join(name)))
+            Some((lsn, dir.join(name)))
         })
         .collect();
     segs.sort();
