@@ -29,8 +29,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 
@@ -198,19 +197,28 @@ pub fn security_event(
     tracing::warn!(target: "flinger::security", event = kind, client = who, method, path, from = %from, "{why}");
 }
 
-/// Middleware: resolve the caller, check the table and the per-job checks, hand the
-/// caller to the handler as an extension.
+/// Access control for one request (called by `http::front` for every request): resolve
+/// the caller, check the table and the per-job checks, and hand the handler the
+/// [`Caller`] as a request extension (`Ok`), or the refusal to answer (`Err`).
+///
+/// `route` is the template the router matched (`/v1/job/{id}`). A request whose method
+/// and route have no row in [`table`] is one the router itself refuses (no such route:
+/// 404; no such method: 405): it passes untouched, without resolving its caller. Every
+/// routed method has a row: the table's tests hold it to the OpenAPI document, and the
+/// OpenAPI test holds that to the router.
 pub async fn authorize(
-    State(svc): State<Services>,
-    matched: Option<MatchedPath>,
+    svc: &Services,
+    route: &str,
     mut request: Request,
-    next: Next,
-) -> Response {
+) -> std::result::Result<Request, Response> {
     let gate = &svc.access;
     if gate.mode == AccessMode::Off {
         request.extensions_mut().insert(Caller::Open);
-        return next.run(request).await;
+        return Ok(request);
     }
+    let Some(rule) = table::lookup(request.method().as_str(), route) else {
+        return Ok(request);
+    };
     // The head is borrowed for the checks and the security log, not copied: a request
     // allocates nothing here beyond what resolving the caller takes.
     let (mut parts, body) = request.into_parts();
@@ -221,38 +229,32 @@ pub async fn authorize(
         Ok(caller) => caller,
         Err(e) => {
             security_event("authn_fail", "unknown", method, path, from, e.message());
-            return e.into_response();
+            return Err(e.into_response());
         }
     };
-    let Some(pattern) = matched else {
-        return next.run(Request::from_parts(parts, body)).await;
-    };
     let has_cookie = crate::http::wire::agent_cookie(&parts.headers).is_some();
-    if let Err(e) = check(&svc, &caller, method, pattern.as_str(), path, has_cookie).await {
+    if let Err(e) = check(svc, &caller, rule, path, has_cookie).await {
         let kind = if e.status() == 401 {
             "authn_fail"
         } else {
             "authz_fail"
         };
         security_event(kind, caller.who(), method, path, from, e.message());
-        return e.into_response();
+        return Err(e.into_response());
     }
     parts.extensions.insert(caller);
-    next.run(Request::from_parts(parts, body)).await
+    Ok(Request::from_parts(parts, body))
 }
 
+/// The table's `rule` and then its per-job check, for `caller` asking for `path`.
 async fn check(
     svc: &Services,
     caller: &Caller,
-    method: &str,
-    pattern: &str,
+    rule: &table::Rule,
     path: &str,
     has_cookie: bool,
 ) -> Result<()> {
     let gate = &svc.access;
-    let Some(rule) = table::lookup(method, pattern) else {
-        return Err(Error::MethodNotAllowed("Method Not Allowed".into()));
-    };
     let Roles::Only(roles) = rule.roles else {
         return Ok(());
     };
@@ -273,7 +275,7 @@ async fn check(
         Check::AgentCookie if has_cookie => Ok(()),
         Check::AgentCookie => Err(Error::Unauthorized("Agent not identified".into())),
         Check::JobOwner | Check::JobAgent => {
-            let Some(id) = table::path_param(pattern, path, "id").and_then(JobId::parse) else {
+            let Some(id) = table::path_param(rule.path, path, "id").and_then(JobId::parse) else {
                 return Ok(()); // the handler answers the malformed id
             };
             if rule.check == Check::JobOwner {

@@ -253,6 +253,46 @@ mod tests {
         assert_eq!(rows, 37);
     }
 
+    /// `http::front` authorises exactly the requests whose method and route have a row
+    /// (any other the router refuses), so a routed method without a row would be let
+    /// through unchecked. The OpenAPI test holds the router to the document
+    /// (`observe::every_route_is_documented_and_every_documented_route_exists`); this
+    /// holds the document to the table, both ways.
+    #[test]
+    fn every_documented_operation_has_a_row_and_every_row_is_documented() {
+        use crate::http::meta::path_shape;
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../http/openapi.json")).unwrap();
+        let mut documented = Vec::new();
+        for (path, operations) in doc["paths"].as_object().unwrap() {
+            // The router sees `/v1/` as `/v1` (trailing slashes are trimmed first).
+            let path = match path.strip_suffix('/') {
+                Some(trimmed) if !trimmed.is_empty() => trimmed,
+                _ => path,
+            };
+            for method in operations.as_object().unwrap().keys() {
+                let method = method.to_uppercase();
+                let row = TABLE
+                    .iter()
+                    .find(|r| r.method == method && path_shape(r.path) == path_shape(path));
+                let row = row.unwrap_or_else(|| panic!("{method} {path} has no row"));
+                assert_eq!(lookup(&method, row.path).map(|r| r.path), Some(row.path));
+                documented.push((method, path_shape(path)));
+            }
+        }
+        for row in TABLE {
+            assert!(
+                documented.contains(&(row.method.to_owned(), path_shape(row.path))),
+                "{} {} is not documented",
+                row.method,
+                row.path
+            );
+        }
+        assert_eq!(lookup("HEAD", "/v1/job").map(|r| r.method), Some("GET"));
+        assert!(lookup("PATCH", "/v1/job").is_none());
+        assert!(lookup("GET", crate::http::meta::UNMATCHED).is_none());
+    }
+
     #[test]
     fn rows_are_unique_and_params_are_found() {
         for (i, a) in TABLE.iter().enumerate() {

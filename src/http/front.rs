@@ -12,11 +12,14 @@
 //! 4. error bodies made JSON (`respond::json_errors`);
 //! 5. request metrics: count and time by route template and method (`Metrics::request`),
 //!    from the status the handler (or access control) answered;
-//! 6. agent contact for lost-agent recovery (`actors::watch`).
+//! 6. agent contact for lost-agent recovery (`actors::watch`);
+//! 7. access control (`access::authorize`) for requests the router routes (its table has
+//!    a row for every routed method, so a 404 or 405 is answered without resolving the
+//!    caller).
 //!
-//! Access control (`access::authorize`) stays a `route_layer` of its own inside this one:
-//! it must run only when a route *and* method matched (a 405 or 404 is answered without
-//! resolving the caller), which only the router knows.
+//! Access control used to be a `route_layer` of its own, and the OpenAPI document and the
+//! body-limit setting two more layers: each layer is one more boxed service cloned and
+//! one more future polled on every request and every wake-up of it.
 //!
 //! What it deliberately does not own: routing, trailing-slash normalisation (`app`),
 //! body size limits (each handler's own).
@@ -108,7 +111,10 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
     let route = front.route_label(request.extensions().get::<MatchedPath>());
     let method = method_label(request.method());
     note_agent_contact(&front.services, &request);
-    let response = next.run(request).await;
+    let response = match crate::access::authorize(&front.services, route, request).await {
+        Ok(request) => next.run(request).await,
+        Err(refused) => refused,
+    };
     front
         .services
         .metrics

@@ -12,17 +12,18 @@
 //! a 405) and requires exactly the documented ones; so an undocumented route, a
 //! documented route that does not exist, or a method missing on either side fails it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
-use axum::routing::MethodRouter;
-use axum::{Extension, Router};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, MethodRouter};
+use axum::Router;
 use serde_json::{Map, Value};
 
 use super::respond::json_bytes;
 use crate::actors::Services;
+use crate::error::Error;
 use crate::model::FastSet;
 
 /// The hand-written operations (see the module docs).
@@ -38,6 +39,9 @@ pub struct Routes {
     router: Router<Services>,
     /// Every path given to [`Routes::route`], in order.
     paths: Vec<&'static str>,
+    /// The OpenAPI document, set by [`Routes::finish`] (it lists routes given after the
+    /// one that serves it), read by that route's handler.
+    doc: Arc<OnceLock<ApiDoc>>,
 }
 
 impl Routes {
@@ -48,12 +52,20 @@ impl Routes {
         self
     }
 
-    /// The router, the OpenAPI document of its routes, and the set of its route
-    /// templates (the values request metrics may label a route with, see `http::front`).
-    pub fn finish(self) -> (Router<Services>, Arc<ApiDoc>, Arc<FastSet<&'static str>>) {
-        let doc = ApiDoc::new(&self.paths);
+    /// Routes `GET path` to the OpenAPI document of every route given to this router
+    /// (before or after this one).
+    pub fn route_doc(self, path: &'static str) -> Routes {
+        let doc = self.doc.clone();
+        self.route(path, get(move || openapi_get(doc)))
+    }
+
+    /// The router and the set of its route templates (the values request metrics may
+    /// label a route with, see `http::front`); the OpenAPI document is made here.
+    pub fn finish(self) -> (Router<Services>, Arc<FastSet<&'static str>>) {
+        // Only `finish` sets it, once per `Routes`.
+        let _ = self.doc.set(ApiDoc::new(&self.paths));
         let templates = self.paths.iter().copied().collect();
-        (self.router, Arc::new(doc), Arc::new(templates))
+        (self.router, Arc::new(templates))
     }
 }
 
@@ -98,8 +110,12 @@ impl ApiDoc {
 }
 
 /// `GET /openapi.json`: the OpenAPI 3 document of every route.
-pub async fn openapi_get(Extension(doc): Extension<Arc<ApiDoc>>) -> Response {
-    json_bytes(StatusCode::OK, doc.0.clone())
+async fn openapi_get(doc: Arc<OnceLock<ApiDoc>>) -> Response {
+    match doc.get() {
+        Some(doc) => json_bytes(StatusCode::OK, doc.0.clone()),
+        // Not reachable: the router is handed out by `Routes::finish`, which sets it.
+        None => Error::Internal("the OpenAPI document was not made".into()).into_response(),
+    }
 }
 
 /// `GET /metrics`: every metric in the OpenMetrics text format (which Prometheus reads).

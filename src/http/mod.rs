@@ -26,9 +26,8 @@ pub mod transfer;
 pub mod upload;
 pub mod wire;
 
-use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::normalize_path::NormalizePath;
@@ -70,7 +69,7 @@ pub fn router(services: Services) -> Router {
     use self::meta::*;
     use self::queues::*;
     use self::results::*;
-    let (routes, api_doc, templates) = Routes::default()
+    let (routes, templates) = Routes::default()
         .route("/", get(dash::home_or_overview))
         .route("/v1", get(home))
         .route("/v1/job", post(job_post).get(job_get))
@@ -128,7 +127,7 @@ pub fn router(services: Services) -> Router {
             axum::routing::put(secrets_put).delete(secrets_delete),
         )
         .route("/metrics", get(metrics_get))
-        .route("/openapi.json", get(openapi_get))
+        .route_doc("/openapi.json")
         .route(crate::ha::READY_PATH, get(crate::ha::ready_single))
         .route("/v1/result/{id}/log/{kind}/follow", get(dash::log_follow))
         .route("/queues", get(dash::queues_page))
@@ -140,27 +139,17 @@ pub fn router(services: Services) -> Router {
         .route("/jobs/{id}/cancel", post(dash::cancel_form))
         .route("/static/{file}", get(dash::static_file))
         .finish();
+    // Handlers read their own bodies within their own limits (`respond::read_body`,
+    // uploads) and use no axum body extractor, so axum's default body limit (2 MB, a
+    // non-JSON answer) never applies and needs no layer of its own.
     routes
-        // Access control as one layer over every route (see `access::table`).
-        .route_layer(middleware::from_fn_with_state(
-            services.clone(),
-            crate::access::authorize,
-        ))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
-            (
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                Error::InvalidInput("Method Not Allowed".into())
-                    .message()
-                    .to_owned(),
-            )
-                .into_response()
+            Error::MethodNotAllowed("Method Not Allowed".into())
         })
-        // Handlers enforce their own limits (read_body, uploads): axum's default would
-        // cap uploads at 2 MB with a non-JSON answer.
-        .layer(DefaultBodyLimit::disable())
-        // Log line, panic guard, minimum body rate, JSON errors, request metrics and
-        // agent contact, in that order from the outside in: one layer (see `front`).
+        // Log line, panic guard, minimum body rate, JSON errors, request metrics, agent
+        // contact and access control, in that order from the outside in: one layer (see
+        // `front`).
         .layer(middleware::from_fn_with_state(
             front::Front {
                 services: services.clone(),
@@ -173,5 +162,4 @@ pub fn router(services: Services) -> Router {
             front::front,
         ))
         .with_state(services)
-        .layer(axum::Extension(api_doc))
 }
