@@ -3,8 +3,10 @@
 //! The pop protocol: reserve the best candidate this agent may receive in each named
 //! queue's actor, choose the best of them (highest priority, then oldest), claim it at
 //! the registry (the one place a job leaves `waiting`, so exactly once), release the
-//! others. A pop that finds nothing gives back the job the agent already holds without
-//! having reported on it (its pop is a retry), else nothing.
+//! others. A pop of one queue (an agent's usual pop) has that queue's actor forward the
+//! claim itself, so the registry answers the request and settles the reservation: one
+//! reply to wait for instead of two. A pop that finds nothing gives back the job the
+//! agent already holds without having reported on it (its pop is a retry), else nothing.
 //!
 //! Long poll (`wait=SECONDS`): the agent is entered in [`Waiters`] for each of its
 //! queues, in arrival order, *before* its first pop, so a job arriving between that pop
@@ -33,9 +35,9 @@ use ractor::ActorRef;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use crate::actors::queue::QueueMsg;
-use crate::actors::registry::{Claimed, JobView, RegistryMsg};
-use crate::actors::{ask, Services};
+use crate::actors::queue::{Pop, QueueMsg};
+use crate::actors::registry::{Claim, Claimed, JobView, RegistryMsg};
+use crate::actors::{ask, ask_admitted, Callee, Services};
 use crate::error::{Error, Result};
 use crate::model::queue::{best, Candidate};
 use crate::model::registry::Attachments;
@@ -60,6 +62,9 @@ pub async fn pop(
         .iter()
         .filter_map(|q| svc.queues.get(q).map(|a| (q.clone(), a)))
         .collect();
+    if let [(name, actor)] = actors.as_slice() {
+        return pop_one(svc, queues, name, actor, agent, client).await;
+    }
     for _ in 0..MAX_POP_ATTEMPTS {
         let takes = actors.iter().map(|(name, actor)| {
             let agent = agent.clone();
@@ -88,31 +93,87 @@ pub async fn pop(
         };
         // Release the losers now, not after the claim: other pops may want them.
         reserved.retain(|r| r.candidate.id == chosen);
-        match ask(&svc.registry, |p| {
-            RegistryMsg::Claim(chosen, agent.clone(), queues.to_vec(), p, client.clone())
+        let claimed = ask(&svc.registry, |port| {
+            RegistryMsg::Claim(Claim {
+                id: chosen,
+                agent: agent.clone(),
+                queues: queues.to_vec(),
+                client: client.clone(),
+                reserved: None,
+                port,
+            })
         })
-        .await??
-        {
-            Claimed::Dispatched(job, ticket) => {
-                // The registry's index change removes the slot; nothing to release.
-                reserved.iter_mut().for_each(|r| r.armed = false);
-                svc.journal.durable(ticket).await?;
-                svc.metrics.dispatched(
-                    &job.queue,
-                    crate::actors::now().saturating_sub(job.created_at),
-                );
-                return Ok(Some(dispatched_body(svc, &job).await?));
-            }
-            // A retried pop: the reservation is released when `reserved` drops. The
-            // first pop's dispatch may not be durable yet: answer once it is.
-            Claimed::Held(job) => {
-                svc.journal.durable(svc.journal.settled()).await?;
-                return Ok(Some(dispatched_body(svc, &job).await?));
-            }
-            Claimed::Gone => {}
+        .await??;
+        if let Claimed::Dispatched(..) = claimed {
+            // The registry's index change removes the slot; nothing to release.
+            reserved.iter_mut().for_each(|r| r.armed = false);
+        }
+        // Otherwise the reservation is released when `reserved` drops.
+        if let Some(body) = answer(svc, claimed).await? {
+            return Ok(Some(body));
         }
     }
     Ok(None)
+}
+
+/// [`pop`] from one queue (an agent's usual pop): its actor reserves the job and
+/// forwards the claim, and the registry answers here and settles the reservation, so
+/// the request waits for one reply instead of two.
+async fn pop_one(
+    svc: &Services,
+    queues: &[Name],
+    name: &Name,
+    actor: &ActorRef<QueueMsg>,
+    agent: Option<Name>,
+    client: Option<Name>,
+) -> Result<Option<Bytes>> {
+    for _ in 0..MAX_POP_ATTEMPTS {
+        // The registry's admission, taken here: the claim reaches it from the queue actor.
+        let pass = svc.registry.admit()?;
+        let asked = ask_admitted(actor, pass, |port| {
+            QueueMsg::Pop(Pop {
+                queue: name.clone(),
+                agent: agent.clone(),
+                client: client.clone(),
+                registry: ActorRef::clone(&svc.registry),
+                port,
+            })
+        })
+        .await;
+        let claimed = match asked {
+            Ok(claimed) => claimed?,
+            // As for a failed `Take`: a queue actor just stopped as idle has no job.
+            Err(_) => Claimed::Nothing,
+        };
+        if let Claimed::Nothing = claimed {
+            return held_job(svc, queues, agent, client).await;
+        }
+        if let Some(body) = answer(svc, claimed).await? {
+            return Ok(Some(body));
+        }
+    }
+    Ok(None)
+}
+
+/// What the agent is answered for a claim: the job dispatched to it once that is
+/// durable, the job it already holds (a retried pop: the dispatch it repeats may not be
+/// durable yet either), or `None` when the job went meanwhile (pop again).
+async fn answer(svc: &Services, claimed: Claimed) -> Result<Option<Bytes>> {
+    match claimed {
+        Claimed::Dispatched(job, ticket) => {
+            svc.journal.durable(ticket).await?;
+            svc.metrics.dispatched(
+                &job.queue,
+                crate::actors::now().saturating_sub(job.created_at),
+            );
+            Ok(Some(dispatched_body(svc, &job).await?))
+        }
+        Claimed::Held(job) => {
+            svc.journal.durable(svc.journal.settled()).await?;
+            Ok(Some(dispatched_body(svc, &job).await?))
+        }
+        Claimed::Gone | Claimed::Nothing => Ok(None),
+    }
 }
 
 /// [`pop`], waiting up to `wait` for a job to arrive when none is there (see the module

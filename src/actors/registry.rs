@@ -131,6 +131,28 @@ pub enum Claimed {
     Held(JobView),
     /// The job is no longer dispatchable (cancelled, or taken meanwhile).
     Gone,
+    /// Only from a queue actor's [`QueueMsg::Pop`]: nothing there this agent may
+    /// receive (no claim was made).
+    Nothing,
+}
+
+/// A claim of a reserved waiting job (see [`RegistryMsg::Claim`]).
+pub struct Claim {
+    /// The reserved job.
+    pub id: JobId,
+    /// The popping agent's name (its `agent_name` cookie), if it gave one.
+    pub agent: Option<Name>,
+    /// The queues it pops from (a job it already holds in one of them is its answer).
+    pub queues: Vec<Name>,
+    /// The agent's credential (access control on).
+    pub client: Option<Name>,
+    /// The queue whose reservation the registry settles when the job is not dispatched
+    /// (claimed, then answered `Held` or `Gone`, or the pop went away): set when a queue
+    /// actor forwarded the pop ([`QueueMsg::Pop`]); `None` when the pop's handler holds
+    /// the reservation itself.
+    pub reserved: Option<Name>,
+    /// The answer.
+    pub port: RpcReplyPort<Result<Claimed>>,
 }
 
 /// The answer to [`RegistryMsg::Lose`]: the ticket of the recorded `JobLost` and the
@@ -146,13 +168,7 @@ pub enum RegistryMsg {
     /// Dispatch a reserved waiting job to an agent (cookie name, credential) popping from
     /// these queues — unless that agent still holds a job of these queues it has not
     /// reported on (its pop is a retry).
-    Claim(
-        JobId,
-        Option<Name>,
-        Vec<Name>,
-        RpcReplyPort<Result<Claimed>>,
-        Option<Name>,
-    ),
+    Claim(Claim),
     /// Cancel a job.
     Cancel(JobId, RpcReplyPort<Result<Ticket>>),
     /// Delete a job whatever its state (an operator's request): the ticket, `None` when
@@ -493,6 +509,19 @@ impl RegistryState {
         }
     }
 
+    /// Frees a reservation a queue actor handed over with a claim (`reserved`, see
+    /// [`Claim`]) that did not dispatch the job, and tells a waiting agent the job is
+    /// available again (as the handler's own release does, `dispatch::Reserved`).
+    fn release(&self, reserved: Option<Name>, id: JobId) {
+        let Some(queue) = reserved else {
+            return;
+        };
+        if let Some(actor) = self.queues.get(&queue) {
+            let _ = actor.cast(QueueMsg::Release(id));
+        }
+        self.waiters.arrived(&queue);
+    }
+
     async fn spawn_queue(&mut self, queue: Name, index: QueueIndex) {
         self.waiting.insert(queue.clone(), index.len());
         match Actor::spawn_linked(None, QueueActor, index, self.supervisor.clone()).await {
@@ -604,8 +633,16 @@ impl Actor for RegistryActor {
                 };
                 reply(port, result);
             }
-            RegistryMsg::Claim(id, agent, queues, port, client) => {
+            RegistryMsg::Claim(Claim {
+                id,
+                agent,
+                queues,
+                client,
+                reserved,
+                port,
+            }) => {
                 if gone(&port) {
+                    state.release(reserved, id);
                     return Ok(());
                 }
                 let (held, claim) = {
@@ -630,6 +667,11 @@ impl Actor for RegistryActor {
                         }
                     }),
                 };
+                // A dispatched job left its queue's index (and so its reservation) with
+                // the recorded change; any other outcome gives the job back.
+                if !matches!(result, Ok(Claimed::Dispatched(..))) {
+                    state.release(reserved, id);
+                }
                 reply(port, result);
             }
             RegistryMsg::Cancel(id, port) => {
