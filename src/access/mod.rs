@@ -1,6 +1,7 @@
-//! Access control as one layer: [`authorize`] resolves the caller once per request (from
-//! its bearer token, or anonymous), checks the route × role table ([`table`]) and the
-//! per-job ownership checks, and hands the handler a [`Caller`] (a request extension).
+//! Access control in one place: [`authorize`] (called by `http::front` for every request)
+//! resolves the caller once per request (from its bearer token, or anonymous), checks the
+//! route × role table ([`table`]) and the per-job ownership checks, and hands the handler
+//! a [`Caller`] (a request extension).
 //! Handlers never look at the `Authorization` header themselves.
 //!
 //! - `table`: the route × role table (data, tested on its own against upstream's).
