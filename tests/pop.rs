@@ -260,3 +260,69 @@ async fn position_is_400_when_id_is_malformed() {
         srv.position(id).await.expect_error(400);
     }
 }
+
+/// A pop of one queue has its queue actor reserve the job and forward the claim to the
+/// registry (`actors::queue::QueueMsg::Pop`). When the pop went away before the registry
+/// got to it, the registry must give the reservation back, or the job would wait reserved
+/// forever. Driven in-process so the claim can reach the registry with its caller gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forwarded_claim_whose_pop_went_away_gives_the_job_back() {
+    use flinger::actors::queue::QueueMsg;
+    use flinger::actors::registry::{Claim, RegistryMsg};
+    use flinger::actors::{ask, Services};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = flinger::config::Config {
+        data_dir: dir.path().join("data"),
+        ..flinger::config::Config::default()
+    };
+    let running = flinger::server::start(config).await.unwrap();
+    let svc: Services = running.services.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = crate::util::Http::new(format!("http://{}", listener.local_addr().unwrap()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(flinger::server::serve(listener, running, async {
+        let _ = stopped.await;
+    }));
+
+    let job = http.submit_to("q").await;
+    let queue = svc.queues.get("q").expect("the queue has an actor");
+    // Reserve it, as the queue actor does for a forwarded pop ...
+    let reserved = ask(&queue, |p| QueueMsg::Take(None, p))
+        .await
+        .unwrap()
+        .expect("a candidate");
+    assert_eq!(reserved.id.to_string(), job);
+    // ... and hand the registry the claim of a pop that is gone already.
+    let (port, gone) = tokio::sync::oneshot::channel();
+    drop(gone);
+    svc.registry
+        .cast(RegistryMsg::Claim(Claim {
+            id: reserved.id,
+            agent: None,
+            queues: vec!["q".into()],
+            client: None,
+            reserved: Some("q".into()),
+            port: port.into(),
+        }))
+        .unwrap();
+    // Any answered request to the registry comes after the claim in its mailbox, so the
+    // claim was handled (and its release sent to the queue actor) before the pop below.
+    let unknown = flinger::model::JobId::random();
+    let _ = ask(&*svc.registry, |p| RegistryMsg::Cancel(unknown, p)).await;
+
+    assert_eq!(
+        http.job_state(&job).await,
+        "waiting",
+        "the gone pop did not dispatch it"
+    );
+    let popped = http.get("/v1/job?queue=q").await;
+    assert_eq!(
+        job_id_of(&popped.expect_json()),
+        job,
+        "the job was given back"
+    );
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
