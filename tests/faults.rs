@@ -5,30 +5,12 @@
 use std::sync::Arc;
 
 use flinger::config::Config;
-use flinger::server::{serve, start, start_with_fs};
+use flinger::server::{start, start_with_fs};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use wal::fault::{Fault, FaultyFs, Op};
 
-use crate::util::Http;
-
-/// An in-process server on 127.0.0.1:0: its client, and the switch that stops it.
-async fn serve_on(
-    running: flinger::server::Running,
-) -> (
-    Http,
-    oneshot::Sender<()>,
-    tokio::task::JoinHandle<flinger::Result<()>>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, running, async {
-        let _ = stopped.await;
-    }));
-    (Http::new(format!("http://{addr}")), stop, server)
-}
+use crate::util::{serve_on, Http};
 
 /// A server on a fresh data dir in `dir` whose log sits on a `FaultyFs` (no faults yet).
 async fn start_faulty(

@@ -278,12 +278,7 @@ async fn a_forwarded_claim_whose_pop_went_away_gives_the_job_back() {
     };
     let running = flinger::server::start(config).await.unwrap();
     let svc: Services = running.services.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = crate::util::Http::new(format!("http://{}", listener.local_addr().unwrap()));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(flinger::server::serve(listener, running, async {
-        let _ = stopped.await;
-    }));
+    let (http, stop, server) = crate::util::serve_on(running).await;
 
     let job = http.submit_to("q").await;
     let queue = svc.queues.get("q").expect("the queue has an actor");

@@ -99,7 +99,8 @@ impl Actor for QueueActor {
                     port: pop.port,
                 };
                 // A registry that is gone (shutdown) drops the claim and with it the
-                // port: the pop is answered that the server is shutting down.
+                // port: the pop finds nothing, as when this actor itself has stopped
+                // (`dispatch::pop_one`).
                 if pop.registry.cast(RegistryMsg::Claim(claim)).is_err() {
                     index.release(candidate.id);
                 }

@@ -5,6 +5,8 @@
 //! response type ([`Resp`]) and helpers shared by every area module; `raw` has hand-built
 //! bytes (multipart bodies, [`RawConn`]). It deliberately knows nothing of the server's internals:
 //! everything a test asserts is something an agent or the CLI could observe on the wire.
+//! The one exception, [`serve_on`], serves a server core started in the test's own process
+//! (for tests that inject disk faults or drive an actor directly).
 //!
 //! The binary comes from `CARGO_BIN_EXE_flinger` (set by cargo when this file is compiled as the
 //! package's integration test), else from the `FLINGER_BIN` environment variable at run time.
@@ -454,4 +456,22 @@ fn listening_addr_parses_when_line_is_the_startup_line() {
         strip_ansi("\u{1b}[32m INFO\u{1b}[0m listening \u{1b}[3maddr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:9"),
         " INFO listening addr=127.0.0.1:9"
     );
+}
+
+/// Serves an in-process server core on 127.0.0.1:0: its client, the switch that stops it,
+/// and the task that ends when it has stopped.
+pub async fn serve_on(
+    running: flinger::server::Running,
+) -> (
+    Http,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<flinger::Result<()>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(flinger::server::serve(listener, running, async {
+        let _ = stopped.await;
+    }));
+    (Http::new(format!("http://{addr}")), stop, server)
 }
