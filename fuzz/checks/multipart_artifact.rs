@@ -8,7 +8,8 @@
 //! assembled into a well-formed body.
 //! Properties:
 //! - an upload never gets a 5xx;
-//! - a well-formed body with a plain boundary and a `file` field is accepted;
+//! - a well-formed body with a plain boundary and a `file` field is accepted when it has at
+//!   most `--max-upload-parts` parts, and refused with 413 when it has more;
 //! - after a 200, `GET` returns exactly the bytes of the (first) `file` field; after any other
 //!   answer the artifact is unchanged.
 
@@ -31,11 +32,14 @@ fn get(server: &Server, path: &str) -> (StatusCode, Vec<u8>) {
     (answer.status, answer.body.to_vec())
 }
 
-/// Builds a well-formed body; returns it and the content of the first `file` part.
-fn assemble(boundary: &[u8], source: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+/// Builds a well-formed body; returns it, the content of the first `file` part and the number
+/// of parts.
+fn assemble(boundary: &[u8], source: &[u8]) -> (Vec<u8>, Option<Vec<u8>>, usize) {
     let mut body = Vec::new();
     let mut file = None;
+    let mut parts = 0;
     for part in source.split(|&b| b == 1) {
+        parts += 1;
         let (pick, content) = part
             .split_first()
             .map_or((0, &[][..]), |(p, c)| (*p as usize, c));
@@ -61,7 +65,7 @@ fn assemble(boundary: &[u8], source: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
     body.extend_from_slice(b"--");
     body.extend_from_slice(boundary);
     body.extend_from_slice(b"--\r\n");
-    (body, file)
+    (body, file, parts)
 }
 
 pub fn check(server: &Server, data: &[u8]) {
@@ -82,8 +86,8 @@ pub fn check(server: &Server, data: &[u8]) {
     let Ok(content_type) = content_type.to_str().map(str::to_owned) else {
         return;
     };
-    let (body, expected) = if mode % 2 == 0 {
-        (source.to_vec(), None)
+    let (body, expected, parts) = if mode % 2 == 0 {
+        (source.to_vec(), None, 0)
     } else {
         assemble(boundary, source)
     };
@@ -96,6 +100,7 @@ pub fn check(server: &Server, data: &[u8]) {
             .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
         && !source.windows(delimiter.len()).any(|w| w == delimiter);
     let expected = expected.filter(|_| plain_boundary);
+    let too_many_parts = plain_boundary && parts > server.max_upload_parts;
 
     let before = get(server, &path);
     let answer = server.send(post(&path, &content_type, body));
@@ -105,7 +110,15 @@ pub fn check(server: &Server, data: &[u8]) {
         "upload: {status} {}",
         String::from_utf8_lossy(&answer.body)
     );
-    if expected.is_some() {
+    if too_many_parts {
+        assert_eq!(
+            status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "an upload of {parts} parts (limit {}) was not refused as too large: {}",
+            server.max_upload_parts,
+            String::from_utf8_lossy(&answer.body)
+        );
+    } else if expected.is_some() {
         assert_eq!(
             status,
             StatusCode::OK,

@@ -35,6 +35,8 @@ pub struct Server {
     /// Jobs created at start: waiting, running, completed, cancelled (states may change as
     /// fuzzed requests act on them).
     pub jobs: Vec<JobId>,
+    /// The core's `--max-upload-parts`: a well-formed upload with more parts is refused.
+    pub max_upload_parts: usize,
 }
 
 impl Server {
@@ -66,6 +68,7 @@ impl Server {
             snapshot_bytes: 2 << 20,
             ..Config::default()
         };
+        let max_upload_parts = config.max_upload_parts;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -81,6 +84,7 @@ impl Server {
             running: Some(running),
             _dir: dir,
             jobs: Vec::new(),
+            max_upload_parts,
         };
         server.seed_jobs();
         server
