@@ -41,6 +41,8 @@ async fn help_documents_every_option_when_asked() {
         "--max-result-bytes",
         "--max-output-bytes",
         "--max-artifact-bytes",
+        "--workers",
+        "--thp",
     ] {
         assert!(
             text.contains(option),
@@ -208,6 +210,43 @@ async fn limits_are_read_from_config_file_when_no_flag_overrides() {
         .await;
 }
 
+/// `THP_enabled` of the server's `/proc/<pid>/status`: 0 once the process turned
+/// transparent huge pages off (`prctl(PR_SET_THP_DISABLE)`), 1 otherwise.
+fn thp_enabled(srv: &TestServer) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", srv.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_string())
+        .expect("THP_enabled in /proc/<pid>/status (Linux 5.0 and later)")
+}
+
+#[tokio::test]
+async fn transparent_huge_pages_are_off_for_the_server_unless_thp_system_is_chosen() {
+    let srv = TestServer::start();
+    srv.get("/v1/").await.expect_status(200);
+    assert_eq!(thp_enabled(&srv), "0", "the default is --thp off");
+
+    let system = TestServer::start_with(&["--thp", "system"]);
+    system.get("/v1/").await.expect_status(200);
+    assert_eq!(
+        thp_enabled(&system),
+        "1",
+        "--thp system leaves the kernel's setting"
+    );
+
+    let from_file = TestServer::start_opts(Opts {
+        files: vec![("testflinger.conf".into(), "THP = system\n".into())],
+        ..Opts::default()
+    });
+    from_file.get("/v1/").await.expect_status(200);
+    assert_eq!(
+        thp_enabled(&from_file),
+        "1",
+        "THP = system in the config file"
+    );
+}
+
 #[tokio::test]
 async fn unknown_config_key_is_warned_about_when_server_starts() {
     let srv = TestServer::start_opts(Opts {
@@ -314,7 +353,9 @@ async fn configuration_errors_name_the_setting_its_value_and_the_file_line_when_
     std::fs::write(&too_big, "MAX_JOB_BYTES = 999999999\n").unwrap();
     let malformed = dir.path().join("bad.conf");
     std::fs::write(&malformed, "DATA_PATH = '/x'\nFSYNC 'always'\n").unwrap();
-    let cases: [(&[&str], Option<&std::path::Path>, &[&str]); 4] = [
+    let thp = dir.path().join("thp.conf");
+    std::fs::write(&thp, "THP = sometimes\n").unwrap();
+    let cases: [(&[&str], Option<&std::path::Path>, &[&str]); 5] = [
         (
             &["--max-upload-parts", "0"],
             None,
@@ -339,6 +380,7 @@ async fn configuration_errors_name_the_setting_its_value_and_the_file_line_when_
             Some(&malformed),
             &["bad.conf line 2: expected `KEY = value`"],
         ),
+        (&[], Some(&thp), &["THP", "\"sometimes\"", "off or system"]),
     ];
     for (args, conf, wanted) in cases {
         let mut all = vec!["--bind", "127.0.0.1:0"];

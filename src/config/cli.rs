@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use super::{AccessMode, FsyncPolicy, JournalTarget};
+use super::{AccessMode, FsyncPolicy, HugePages, JournalTarget};
 
 /// `flinger --version`: the crate version and the commit built (see `build.rs`).
 pub const VERSION: &str = concat!(
@@ -193,10 +193,15 @@ pub struct ServeOpts {
     pub max_pending: Option<usize>,
     /// Threads that run requests and actors [default: the machine's cores less one, at
     /// least 1: the write-ahead log's writer, snapshots and the kernel's network work need
-    /// a core too; on 2 cores one worker served 1.0-1.25x the requests of two]. At most
-    /// 1024.
+    /// a core too; on 2 cores one worker served 1.0-1.25x the requests of two]. One worker
+    /// is a single-threaded runtime (no work stealing to pay for). At most 1024.
     #[arg(long, env = "FLINGER_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
+    /// Transparent huge pages for the server's memory: `off` (this process only, as Redis
+    /// does: zeroing a new 2 MiB page on first touch stalls every request on its worker)
+    /// or `system` (the kernel's setting applies) [default: off].
+    #[arg(long, env = "FLINGER_THP", value_name = "off|system")]
+    pub thp: Option<HugePages>,
     /// Total bytes of results, logs and artifacts kept for job ids that no job has; more
     /// is refused with 507; such data expires --retention-secs after its last write
     /// [default: 64 MiB].

@@ -50,6 +50,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "MAX_FIELD_BYTES",
     "MAX_PENDING",
     "WORKERS",
+    "THP",
     "ORPHAN_QUOTA_BYTES",
     "QUEUE_IDLE_SECS",
     "MAX_SEARCHES",
