@@ -26,6 +26,7 @@ use crate::dispatch::Waiters;
 use crate::error::Result;
 use crate::journal::{Journal, Ticket};
 use crate::model::index::Search;
+use crate::model::lost;
 use crate::model::queue::QueueIndex;
 use crate::model::registry::{
     Attachments, IndexChange, Registry, Submission, Submitted, Submitter,
@@ -274,6 +275,35 @@ impl Jobs {
     /// The job, if known.
     pub fn get(&self, id: JobId) -> Option<JobView> {
         self.0.read().get(id).map(view)
+    }
+
+    /// The lost-agent rule's decision for each of `watched` (jobs and when their agents
+    /// were last heard) that is not [`lost::Judged::Alive`], under one read lock and
+    /// without copying the jobs. Jobs heard within [`lost::surely_alive`] are not looked
+    /// up at all (nor forgotten when finished: that waits until they would be judged).
+    pub fn judge_lost(
+        &self,
+        watched: Vec<(JobId, lost::Watched)>,
+        rule: &lost::Rule,
+        now: u64,
+    ) -> Vec<(JobId, lost::Watched, lost::Judged)> {
+        let registry = self.0.read();
+        watched
+            .into_iter()
+            .filter(|(_, w)| !lost::surely_alive(w, rule, now))
+            .filter_map(|(id, w)| {
+                let job = registry.get(id).map(|job| {
+                    let label = job.state.label();
+                    let requeued = job.lost.as_ref().is_some_and(|l| l.requeued);
+                    let finished = crate::model::job::is_terminal_label(label);
+                    (label, job.state.is_waiting(), finished, requeued)
+                });
+                match lost::judge(job, &w, rule, now) {
+                    lost::Judged::Alive => None,
+                    judged => Some((id, w, judged)),
+                }
+            })
+            .collect()
     }
 
     /// Whether a job has this id.

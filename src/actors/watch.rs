@@ -8,14 +8,19 @@
 //! registry to record the outcome. Last-heard times are not logged (an agent's every
 //! request would then be a write); only the decision is, as `Event::JobLost`.
 //!
-//! Bounded by the number of jobs handed out and not finished: noting a request about a
-//! job that is not watched does nothing, and the chore forgets jobs that finished.
+//! Bounded by the number of jobs handed out: noting a request about a job that is not
+//! watched does nothing, and the chore forgets jobs that finished once it looks them up
+//! (when their agent has been silent for the least allowance of any phase; jobs heard
+//! from more recently are alive whatever their phase and not looked up).
 
 use parking_lot::Mutex;
 
 use crate::model::cowmap::CowMap;
 use crate::model::lost::{self, Watched};
 use crate::model::JobId;
+
+/// Slices of [`Watch::part`]: one per shard of the table.
+pub const PARTS: usize = crate::model::cowmap::SHARDS;
 
 /// Dispatched jobs and when their agents were last heard.
 #[derive(Default)]
@@ -53,9 +58,15 @@ impl Watch {
         self.jobs.lock().remove(&id);
     }
 
-    /// A copy of every watched job.
-    pub fn all(&self) -> Vec<(JobId, Watched)> {
-        self.jobs.lock().iter().map(|(id, w)| (*id, *w)).collect()
+    /// A copy of the watched jobs of the `part`-th of [`PARTS`] slices (`part` < `PARTS`):
+    /// the slices together hold every watched job once. A pass reads one slice at a time,
+    /// so the lock is held for ~1/1024 of the jobs and the pass can yield between slices.
+    pub fn part(&self, part: usize) -> Vec<(JobId, Watched)> {
+        self.jobs
+            .lock()
+            .iter_part(part, PARTS)
+            .map(|(id, w)| (*id, *w))
+            .collect()
     }
 
     /// How many jobs are watched.
@@ -66,5 +77,39 @@ impl Watch {
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.jobs.lock().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The slices a pass reads.
+
+    use super::*;
+
+    #[test]
+    fn the_parts_hold_every_watched_job_once() {
+        let watch = Watch::default();
+        let ids: Vec<JobId> = (0..5000).map(|_| JobId::random()).collect();
+        for (n, id) in ids.iter().enumerate() {
+            watch.dispatched(*id, b"{}", n as u64);
+        }
+        watch.forget(ids[7]);
+        let mut seen: Vec<(JobId, u64)> = (0..PARTS)
+            .flat_map(|part| watch.part(part))
+            .map(|(id, w)| (id, w.last_heard))
+            .collect();
+        seen.sort();
+        let mut expected: Vec<(JobId, u64)> = ids
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| *n != 7)
+            .map(|(n, id)| (*id, n as u64))
+            .collect();
+        expected.sort();
+        assert_eq!(seen, expected);
+        assert!(
+            (0..PARTS).all(|part| watch.part(part).len() < 100),
+            "a slice holds a small share of the jobs"
+        );
     }
 }
