@@ -875,6 +875,10 @@ fn write_zeros(file: &mut dyn FsFile, len: u64) -> io::Result<()> {
     while at < len {
         let n = CHUNK.min(len - at);
         file.write_at(at, &zeros[..n as usize])?;
+        // Flushed a chunk at a time: the log's own `fdatasync`s share the device with this
+        // write, and one flush of the whole segment (tens of MiB) made every one of them
+        // that came during it wait for all of it (the soak's 16-20 ms p999 at each rotation).
+        file.sync_data()?;
         at += n;
     }
     Ok(())
