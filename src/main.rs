@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     }
     // One worker is a current-thread runtime: the same single thread runs every task,
     // without the multi-thread scheduler's work-stealing queues and wake-ups of parked
-    // workers (soak A/B on 2 cores: p99 2.4-2.7 ms against 3.1-3.4 ms, throughput alike).
+    // workers (soak A/B on 2 cores: p99 2.5-2.8 ms against 3.1-3.7 ms, same or higher throughput).
     let mut builder = if config.workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
