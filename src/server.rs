@@ -494,11 +494,18 @@ pub fn fit_descriptor_limit(
 /// of new memory zeroes 4 KiB instead of 2 MiB while the worker waits. Pages already huge
 /// stay so. Errors: the kernel refused (an older kernel, or a seccomp filter).
 pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
-    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and touches no memory of ours.
-    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    #[cfg(target_os = "linux")]
+    {
+        let (on, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
+        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only (the unused ones must be
+        // zero) and touches no memory of ours.
+        if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, on, unused, unused, unused) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
-    Ok(())
+    #[cfg(not(target_os = "linux"))]
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
 /// Writes snapshots when the WAL writer asks, and expires old jobs periodically, until
@@ -635,8 +642,8 @@ pub async fn expire(services: &Services) -> Result<usize> {
 }
 
 /// Finds running jobs whose agent was silent past its allowance (`model::lost`) and has
-/// the registry end or requeue them (a logged `JobLost`); marks each such agent's record
-/// `offline`. Forgets watched jobs that finished. Returns how many jobs it ended or
+/// the registry end or requeue them (a logged `JobLost`, which also stops the watch on
+/// them); marks each such agent's record `offline`. Returns how many jobs it ended or
 /// requeued.
 pub async fn end_lost_jobs(services: &Services) -> Result<usize> {
     let rule = lost::Rule {
@@ -655,8 +662,9 @@ pub async fn end_lost_jobs(services: &Services) -> Result<usize> {
             continue;
         }
         for (id, watched, judged) in services.jobs.judge_lost(slice, &rule, now) {
+            // The registry stops watching a job when it leaves the running states (in its
+            // own turn: a forget here, after the awaits below, could undo a new dispatch).
             let lost::Judged::Lose { phase, requeue } = judged else {
-                services.watch.forget(id);
                 continue;
             };
             let Some((ticket, agent)) = ask(&*services.registry, |port| RegistryMsg::Lose {
@@ -671,7 +679,6 @@ pub async fn end_lost_jobs(services: &Services) -> Result<usize> {
                 continue;
             };
             services.journal.durable(ticket).await?;
-            services.watch.forget(id);
             count += 1;
             tracing::warn!(job = %id, agent = agent.as_deref().unwrap_or("-"), state = %phase, last_heard = watched.last_heard, requeue, "agent lost: job ended or requeued");
             if let Some(agent) = agent {

@@ -497,10 +497,38 @@ impl RegistryState {
         let ticket = self.recorder.append(&event)?;
         let lsn = ticket.lsn();
         let change = self.registry.write().apply(lsn, &event);
+        self.unwatch_if_stopped(&event);
         if let Some(change) = change {
             self.route(change).await;
         }
         Ok(ticket)
+    }
+
+    /// Stops watching the jobs `event` took out of the running states (finished, back in
+    /// a queue, deleted), here in the registry's turn: before a requeued job can be handed
+    /// out again, so no later dispatch's watch is undone, and at once, so the watch holds
+    /// only running jobs.
+    fn unwatch_if_stopped(&self, event: &Event) {
+        let id = match event {
+            Event::JobSubmitted { id, .. }
+            | Event::JobCancelled { id, .. }
+            | Event::JobStateReported { id, .. }
+            | Event::JobDeleted { id, .. }
+            | Event::JobLost { id, .. } => *id,
+            Event::JobsExpired { ids, .. } => {
+                ids.iter().for_each(|id| self.watch.forget(*id));
+                return;
+            }
+            _ => return,
+        };
+        let running = self
+            .registry
+            .read()
+            .get(id)
+            .is_some_and(|job| !job.state.is_waiting() && !job.state.is_terminal());
+        if !running {
+            self.watch.forget(id);
+        }
     }
 
     async fn route(&mut self, change: IndexChange) {

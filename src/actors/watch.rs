@@ -8,10 +8,9 @@
 //! registry to record the outcome. Last-heard times are not logged (an agent's every
 //! request would then be a write); only the decision is, as `Event::JobLost`.
 //!
-//! Bounded by the number of jobs handed out: noting a request about a job that is not
-//! watched does nothing, and the chore forgets jobs that finished once it looks them up
-//! (when their agent has been silent for the least allowance of any phase; jobs heard
-//! from more recently are alive whatever their phase and not looked up).
+//! Bounded by the number of running jobs: noting a request about a job that is not
+//! watched does nothing, and the registry stops watching a job in the turn that takes it
+//! out of the running states (finished, requeued, resubmitted, deleted).
 
 use parking_lot::Mutex;
 

@@ -84,8 +84,9 @@ pub enum Verdict {
 pub enum Judged {
     /// Its agent is within its allowance: nothing.
     Alive,
-    /// It is gone, back in its queue or finished: stop watching it.
-    Forget,
+    /// It is gone, back in its queue or finished: nothing to do (the registry stopped
+    /// watching it when it left the running states).
+    NotRunning,
     /// Its agent is lost: requeue or end it, recorded as decided in `phase`.
     Lose {
         /// The job's `job_state` when decided.
@@ -104,10 +105,10 @@ pub fn judge(
     now: u64,
 ) -> Judged {
     let Some((phase, waiting, finished, requeued_before)) = job else {
-        return Judged::Forget;
+        return Judged::NotRunning;
     };
     if waiting || finished {
-        return Judged::Forget;
+        return Judged::NotRunning;
     }
     match verdict(phase, requeued_before, watched, rule, now) {
         Verdict::Alive => Judged::Alive,
@@ -254,11 +255,11 @@ mod tests {
         let w = watched(1000);
         // Allowance in `setup`: min(100, 1000) + 10 + grace 10 = 120 s.
         let quiet = 1000 + 120;
-        assert_eq!(judge(None, &w, &RULE, quiet + 1), Judged::Forget);
+        assert_eq!(judge(None, &w, &RULE, quiet + 1), Judged::NotRunning);
         let waiting = Some(("waiting", true, false, false));
-        assert_eq!(judge(waiting, &w, &RULE, quiet + 1), Judged::Forget);
+        assert_eq!(judge(waiting, &w, &RULE, quiet + 1), Judged::NotRunning);
         let finished = Some(("complete", false, true, false));
-        assert_eq!(judge(finished, &w, &RULE, quiet + 1), Judged::Forget);
+        assert_eq!(judge(finished, &w, &RULE, quiet + 1), Judged::NotRunning);
         let setup = Some(("setup", false, false, false));
         assert_eq!(judge(setup, &w, &RULE, quiet), Judged::Alive);
         let lose = |phase: &str, requeue| Judged::Lose {

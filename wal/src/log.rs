@@ -847,7 +847,7 @@ fn make_spare(
     let allocated = match file.allocate(size) {
         Ok(true) => {
             let written = match zero {
-                true => write_zeros(&mut *file, size).map_err(|e| Error::io("write", path, e)),
+                true => write_zeros(&mut *file, path, size),
                 false => Ok(()),
             };
             written
@@ -868,18 +868,23 @@ fn make_spare(
 }
 
 /// Writes zeros over `0..len` of `file`, a MiB at a time.
-fn write_zeros(file: &mut dyn FsFile, len: u64) -> io::Result<()> {
+fn write_zeros(file: &mut dyn FsFile, path: &Path, len: u64) -> Result<(), Error> {
     const CHUNK: u64 = 1 << 20;
     let zeros = vec![0u8; CHUNK as usize];
     let mut at = 0;
     while at < len {
         let n = CHUNK.min(len - at);
-        file.write_at(at, &zeros[..n as usize])?;
+        file.write_at(at, &zeros[..n as usize])
+            .map_err(|e| Error::io("write", path, e))?;
+        at += n;
         // Flushed a chunk at a time: the log's own `fdatasync`s share the device with this
         // write, and one flush of the whole segment (tens of MiB) made every one of them
         // that came during it wait for all of it (the soak's 16-20 ms p999 at each rotation).
-        file.sync_data()?;
-        at += n;
+        // The last chunk is left to the caller's `sync_all`.
+        if at < len {
+            file.sync_data()
+                .map_err(|e| Error::io("sync_data", path, e))?;
+        }
     }
     Ok(())
 }
