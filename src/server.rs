@@ -661,12 +661,10 @@ pub async fn end_lost_jobs(services: &Services) -> Result<usize> {
         if slice.is_empty() {
             continue;
         }
-        for (id, watched, judged) in services.jobs.judge_lost(slice, &rule, now) {
-            // The registry stops watching a job when it leaves the running states (in its
-            // own turn: a forget here, after the awaits below, could undo a new dispatch).
-            let lost::Judged::Lose { phase, requeue } = judged else {
-                continue;
-            };
+        // Only lost jobs come back: the registry itself stops watching a job when it leaves
+        // the running states (in its own turn: a forget here, after the awaits below,
+        // could undo a new dispatch).
+        for (id, watched, phase, requeue) in services.jobs.judge_lost(slice, &rule, now) {
             let Some((ticket, agent)) = ask(&*services.registry, |port| RegistryMsg::Lose {
                 id,
                 phase: crate::model::Name::from(phase.as_str()),

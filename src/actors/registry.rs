@@ -277,30 +277,28 @@ impl Jobs {
         self.0.read().get(id).map(view)
     }
 
-    /// The lost-agent rule's decision for each of `watched` (jobs and when their agents
-    /// were last heard) that is not [`lost::Judged::Alive`], under one read lock and
-    /// without copying the jobs. Jobs heard within [`lost::surely_alive`] are not looked
-    /// up at all (nor forgotten when finished: that waits until they would be judged).
+    /// The jobs of `watched` (jobs and when their agents were last heard) whose agent the
+    /// lost-agent rule finds lost, each with its phase and whether to requeue it, under
+    /// one read lock and without copying the jobs. Jobs heard within
+    /// [`lost::surely_alive`] are not looked up at all.
     pub fn judge_lost(
         &self,
         watched: Vec<(JobId, lost::Watched)>,
         rule: &lost::Rule,
         now: u64,
-    ) -> Vec<(JobId, lost::Watched, lost::Judged)> {
+    ) -> Vec<(JobId, lost::Watched, String, bool)> {
         let registry = self.0.read();
         watched
             .into_iter()
             .filter(|(_, w)| !lost::surely_alive(w, rule, now))
             .filter_map(|(id, w)| {
                 let job = registry.get(id).map(|job| {
-                    let label = job.state.label();
                     let requeued = job.lost.as_ref().is_some_and(|l| l.requeued);
-                    let finished = crate::model::job::is_terminal_label(label);
-                    (label, job.state.is_waiting(), finished, requeued)
+                    (job.state.label(), job.state.is_active(), requeued)
                 });
                 match lost::judge(job, &w, rule, now) {
-                    lost::Judged::Alive => None,
-                    judged => Some((id, w, judged)),
+                    lost::Judged::Lose { phase, requeue } => Some((id, w, phase, requeue)),
+                    lost::Judged::Alive | lost::Judged::NotRunning => None,
                 }
             })
             .collect()
@@ -521,12 +519,12 @@ impl RegistryState {
             }
             _ => return,
         };
-        let running = self
+        let active = self
             .registry
             .read()
             .get(id)
-            .is_some_and(|job| !job.state.is_waiting() && !job.state.is_terminal());
-        if !running {
+            .is_some_and(|job| job.state.is_active());
+        if !active {
             self.watch.forget(id);
         }
     }

@@ -66,6 +66,12 @@ impl JobState {
         matches!(self, JobState::Waiting { .. })
     }
 
+    /// Whether the job is out of its queue and not finished: handed to an agent (the
+    /// lost-agent watch covers exactly these).
+    pub fn is_active(&self) -> bool {
+        matches!(self, JobState::Active(_))
+    }
+
     /// Whether the state can no longer change (cancelled, complete, completed).
     pub fn is_terminal(&self) -> bool {
         matches!(self, JobState::Finished(_))

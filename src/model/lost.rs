@@ -97,19 +97,12 @@ pub enum Judged {
 }
 
 /// The decision for a watched job given what the registry holds about it: `job` is its
-/// `(job_state, waiting, finished, requeued before)`, `None` when no job has the id.
-pub fn judge(
-    job: Option<(&str, bool, bool, bool)>,
-    watched: &Watched,
-    rule: &Rule,
-    now: u64,
-) -> Judged {
-    let Some((phase, waiting, finished, requeued_before)) = job else {
+/// `(job_state, active, requeued before)` (active: out of its queue and not finished),
+/// `None` when no job has the id.
+pub fn judge(job: Option<(&str, bool, bool)>, watched: &Watched, rule: &Rule, now: u64) -> Judged {
+    let Some((phase, true, requeued_before)) = job else {
         return Judged::NotRunning;
     };
-    if waiting || finished {
-        return Judged::NotRunning;
-    }
     match verdict(phase, requeued_before, watched, rule, now) {
         Verdict::Alive => Judged::Alive,
         verdict => Judged::Lose {
@@ -256,23 +249,23 @@ mod tests {
         // Allowance in `setup`: min(100, 1000) + 10 + grace 10 = 120 s.
         let quiet = 1000 + 120;
         assert_eq!(judge(None, &w, &RULE, quiet + 1), Judged::NotRunning);
-        let waiting = Some(("waiting", true, false, false));
+        let waiting = Some(("waiting", false, false));
         assert_eq!(judge(waiting, &w, &RULE, quiet + 1), Judged::NotRunning);
-        let finished = Some(("complete", false, true, false));
+        let finished = Some(("complete", false, false));
         assert_eq!(judge(finished, &w, &RULE, quiet + 1), Judged::NotRunning);
-        let setup = Some(("setup", false, false, false));
+        let setup = Some(("setup", true, false));
         assert_eq!(judge(setup, &w, &RULE, quiet), Judged::Alive);
         let lose = |phase: &str, requeue| Judged::Lose {
             phase: phase.into(),
             requeue,
         };
         assert_eq!(judge(setup, &w, &RULE, quiet + 1), lose("setup", true));
-        let requeued_before = Some(("setup", false, false, true));
+        let requeued_before = Some(("setup", true, true));
         assert_eq!(
             judge(requeued_before, &w, &RULE, quiet + 1),
             lose("setup", false)
         );
-        let test = Some(("test", false, false, false));
+        let test = Some(("test", true, false));
         assert_eq!(judge(test, &w, &RULE, quiet + 1), lose("test", false));
     }
 
