@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::frame::{self, SNAPSHOT_HEADER_LEN};
+use crate::fs::SteppedSync;
 use crate::layout::{snapshot_name, TMP_SUFFIX};
 use crate::{Error, Fs, FsFile, Lsn};
 
@@ -61,7 +62,7 @@ impl SnapshotWriter {
             path,
             len: 0,
             pieces: Vec::new(),
-            unsynced: 0,
+            steps: SteppedSync::default(),
         })
     }
 
@@ -73,12 +74,6 @@ impl SnapshotWriter {
         file.finish()
     }
 }
-
-/// Bytes of a snapshot written between two `fdatasync`s of its file. The log's own syncs
-/// share the device with a snapshot being written: one flush of a whole snapshot (hundreds
-/// of MiB) at its end made every acknowledgement that came during it wait for all of it
-/// (the soak's 30-60 ms p999 in the seconds a snapshot was written).
-const SYNC_STEP: u64 = 1 << 20;
 
 /// A snapshot being written in pieces under its temporary name (from
 /// [`SnapshotWriter::create`]): payload bytes appended in order, with holes reserved for
@@ -101,8 +96,8 @@ pub struct SnapshotFile {
     /// The payload in order: runs of appended bytes and holes, each with its CRC32C
     /// (`None`: a hole not filled yet).
     pieces: Vec<Piece>,
-    /// Bytes written since the file was last synced (see [`SYNC_STEP`]).
-    unsynced: u64,
+    /// Its writes, synced a MiB at a time.
+    steps: SteppedSync,
 }
 
 /// A run of payload bytes of a [`SnapshotFile`].
@@ -134,25 +129,13 @@ impl SnapshotFile {
             .expect("a snapshot file is open until finished")
     }
 
-    /// Writes `bytes` at file offset `offset`, syncing the file every [`SYNC_STEP`] bytes.
+    /// Writes `bytes` at file offset `offset`, synced in steps ([`SteppedSync`]).
     fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Error> {
-        let mut done = 0;
-        while done < bytes.len() {
-            let room = (SYNC_STEP - self.unsynced.min(SYNC_STEP)).max(1) as usize;
-            let chunk = &bytes[done..bytes.len().min(done + room)];
-            if let Err(e) = self.file().write_at(offset + done as u64, chunk) {
-                return Err(Error::io("write", &self.tmp, e));
-            }
-            done += chunk.len();
-            self.unsynced += chunk.len() as u64;
-            if self.unsynced >= SYNC_STEP {
-                if let Err(e) = self.file().sync_data() {
-                    return Err(Error::io("sync_data", &self.tmp, e));
-                }
-                self.unsynced = 0;
-            }
-        }
-        Ok(())
+        let file = self
+            .file
+            .as_mut()
+            .expect("a snapshot file is open until finished");
+        self.steps.write_at(&mut **file, &self.tmp, offset, bytes)
     }
 
     /// Appends `bytes` to the payload.
