@@ -358,37 +358,31 @@ async fn job_is_requeued_once_when_the_real_agent_is_killed_in_setup() {
 /// later forget undoes that. Driven in-process to read the watch.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_watch_holds_exactly_the_running_jobs_through_finish_cancel_and_requeue() {
+    use flinger::actors::ask;
     use flinger::actors::registry::RegistryMsg;
-    use flinger::actors::{ask, Services};
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = flinger::config::Config {
-        data_dir: dir.path().join("data"),
-        ..flinger::config::Config::default()
-    };
-    let running = flinger::server::start(config).await.unwrap();
-    let svc: Services = running.services.clone();
-    let (http, stop, server) = crate::util::serve_on(running).await;
-    let watched = |svc: &Services| svc.watch.len();
+    let core = crate::util::InProcess::start().await;
+    let (http, svc) = (&core.http, &core.services);
+    let watched = |svc: &flinger::actors::Services| svc.watch.len();
 
     let done = http.submit_to("q").await;
     assert_eq!(http.pop_id(&["q"]).await.as_deref(), Some(done.as_str()));
-    assert_eq!(watched(&svc), 1, "a dispatched job is watched");
+    assert_eq!(watched(svc), 1, "a dispatched job is watched");
     http.post_result(&done, &json!({"job_state": "setup"}))
         .await;
-    assert_eq!(watched(&svc), 1, "a running job stays watched");
+    assert_eq!(watched(svc), 1, "a running job stays watched");
     http.post_result(&done, &json!({"job_state": "complete"}))
         .await;
-    assert_eq!(watched(&svc), 0, "a finished job is not");
+    assert_eq!(watched(svc), 0, "a finished job is not");
 
     let cancelled = http.submit_to("q").await;
     assert_eq!(
         http.pop_id(&["q"]).await.as_deref(),
         Some(cancelled.as_str())
     );
-    assert_eq!(watched(&svc), 1);
+    assert_eq!(watched(svc), 1);
     http.cancel(&cancelled).await.expect_status(200);
-    assert_eq!(watched(&svc), 0, "a cancelled job is not");
+    assert_eq!(watched(svc), 0, "a cancelled job is not");
 
     let lost = http.submit_to("q").await;
     assert_eq!(http.pop_id(&["q"]).await.as_deref(), Some(lost.as_str()));
@@ -406,10 +400,8 @@ async fn the_watch_holds_exactly_the_running_jobs_through_finish_cancel_and_requ
     .expect("a running job is lost");
     svc.journal.durable(ticket).await.unwrap();
     assert_eq!(http.job_state(&lost).await, "resubmitted", "requeued");
-    assert_eq!(watched(&svc), 0, "a requeued job is not watched");
+    assert_eq!(watched(svc), 0, "a requeued job is not watched");
     assert_eq!(http.pop_id(&["q"]).await.as_deref(), Some(lost.as_str()));
-    assert_eq!(watched(&svc), 1, "handed out again, it is watched again");
-
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    assert_eq!(watched(svc), 1, "handed out again, it is watched again");
+    core.stop().await;
 }

@@ -267,18 +267,12 @@ async fn position_is_400_when_id_is_malformed() {
 /// forever. Driven in-process so the claim can reach the registry with its caller gone.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forwarded_claim_whose_pop_went_away_gives_the_job_back() {
+    use flinger::actors::ask;
     use flinger::actors::queue::QueueMsg;
     use flinger::actors::registry::{Claim, RegistryMsg};
-    use flinger::actors::{ask, Services};
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = flinger::config::Config {
-        data_dir: dir.path().join("data"),
-        ..flinger::config::Config::default()
-    };
-    let running = flinger::server::start(config).await.unwrap();
-    let svc: Services = running.services.clone();
-    let (http, stop, server) = crate::util::serve_on(running).await;
+    let core = crate::util::InProcess::start().await;
+    let (http, svc) = (&core.http, &core.services);
 
     let job = http.submit_to("q").await;
     let queue = svc.queues.get("q").expect("the queue has an actor");
@@ -317,7 +311,5 @@ async fn a_forwarded_claim_whose_pop_went_away_gives_the_job_back() {
         job,
         "the job was given back"
     );
-
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    core.stop().await;
 }

@@ -475,3 +475,42 @@ pub async fn serve_on(
     }));
     (Http::new(format!("http://{addr}")), stop, server)
 }
+
+/// A server core with default settings on a fresh temporary data dir, in this process and
+/// served on 127.0.0.1:0: for tests that drive its actors or read its state directly.
+pub struct InProcess {
+    /// Its HTTP client.
+    pub http: Http,
+    /// Its actors and shared state.
+    pub services: flinger::actors::Services,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<flinger::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    /// Starts it.
+    pub async fn start() -> InProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let config = flinger::config::Config {
+            data_dir: dir.path().join("data"),
+            ..flinger::config::Config::default()
+        };
+        let running = flinger::server::start(config).await.unwrap();
+        let services = running.services.clone();
+        let (http, stop, server) = serve_on(running).await;
+        InProcess {
+            http,
+            services,
+            stop,
+            server,
+            _dir: dir,
+        }
+    }
+
+    /// Stops it and waits until it has stopped cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.unwrap().unwrap();
+    }
+}
