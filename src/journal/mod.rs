@@ -166,6 +166,64 @@ struct Inner {
     snapshots: Snapshots,
     /// The writer's batch size and sync time (exported by `metrics`).
     stats: WalStats,
+    /// Tells each record's waiter whether it became durable.
+    teller: Teller,
+}
+
+/// A batch's waiters and whether their records are durable.
+type Told = (Vec<oneshot::Sender<bool>>, bool);
+
+/// Tells waiting requests whether their records are durable, for every backend's writer.
+///
+/// Completing a waiter from the writer's thread schedules the waiting task from outside
+/// its runtime: one write to the runtime's wake-up descriptor per request (measured with
+/// `strace`: ~6 a batch at c = 64, a syscall each on the writer's core). So the writer
+/// hands each batch's waiters to one task on the runtime, woken once, which completes
+/// them there. Without a runtime at start (a journal opened outside one), or once it has
+/// shut down, the writer completes them itself.
+struct Teller {
+    relay: Option<tokio::sync::mpsc::UnboundedSender<Told>>,
+}
+
+impl Teller {
+    /// Starts the relay task on the current runtime, if there is one.
+    fn start() -> Teller {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Teller { relay: None };
+        };
+        let (relay, mut told) = tokio::sync::mpsc::unbounded_channel::<Told>();
+        runtime.spawn(async move {
+            while let Some((waiters, durable)) = told.recv().await {
+                for waiter in waiters {
+                    let _ = waiter.send(durable);
+                }
+            }
+        });
+        Teller { relay: Some(relay) }
+    }
+
+    /// Tells `waiters` (`None` under `interval` fsync: nobody waits) whether their records
+    /// are `durable`.
+    fn tell(
+        &self,
+        waiters: std::vec::Drain<'_, Option<oneshot::Sender<bool>>>,
+        durable: bool,
+    ) {
+        let waiters: Vec<oneshot::Sender<bool>> = waiters.flatten().collect();
+        if waiters.is_empty() {
+            return;
+        }
+        let unsent = match &self.relay {
+            Some(relay) => match relay.send((waiters, durable)) {
+                Ok(()) => return,
+                Err(tokio::sync::mpsc::error::SendError(told)) => told.0,
+            },
+            None => waiters,
+        };
+        for waiter in unsent {
+            let _ = waiter.send(durable);
+        }
+    }
 }
 
 /// Where a backend writes a snapshot before its writer installs it in LSN order.
@@ -547,6 +605,7 @@ impl Inner {
             wait_for_disk: matches!(config.fsync, FsyncPolicy::Always),
             snapshots,
             stats: WalStats::default(),
+            teller: Teller::start(),
         });
         (inner, rx)
     }

@@ -390,11 +390,8 @@ impl Writer {
         batch: &mut Vec<Vec<u8>>,
         waiters: &mut Vec<Option<oneshot::Sender<bool>>>,
     ) {
-        let tell = |waiters: std::vec::Drain<'_, Option<oneshot::Sender<bool>>>, ok: bool| {
-            for waiter in waiters.flatten() {
-                let _ = waiter.send(ok);
-            }
-        };
+        let inner = self.inner.clone();
+        let tell = |waiters, durable| inner.teller.tell(waiters, durable);
         if self.failed() {
             tell(waiters.drain(..), false);
             batch.clear();
