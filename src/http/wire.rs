@@ -208,7 +208,10 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
             job.insert("job_id".into(), id_value);
         }
     }
-    let body = Bytes::from(serde_json::to_vec(&job).expect("JSON maps serialise"));
+    // Sized for the document as sent plus its `job_id` member: no regrowth as it is written.
+    let mut text = Vec::with_capacity(body.len() + 64);
+    serde_json::to_writer(&mut text, &job).expect("JSON maps serialise");
+    let body = Bytes::from(text);
     Ok(Submission {
         id,
         queue,

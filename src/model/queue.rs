@@ -215,6 +215,19 @@ impl QueueIndex {
 
     /// Adds a waiting job (a resubmitted one replaces its old slot).
     pub fn insert(&mut self, entry: Entry) {
+        use std::collections::hash_map::Entry as Place;
+        // A new job (nearly every insert) in submission order: one lookup of its id, not
+        // a failed removal and then an insert.
+        if let Place::Vacant(place) = self.slots.entry(entry.id) {
+            let lane = self.lanes.entry(Reverse(entry.priority)).or_default();
+            if lane.slots.last().is_none_or(|s| s.entry.seq <= entry.seq) {
+                place.insert((entry.priority, lane.slots.len()));
+                lane.slots.push(Slot { entry, flags: LIVE });
+                lane.live_tree.push(true);
+                lane.live += 1;
+                return;
+            }
+        }
         self.remove(entry.id);
         let lane = self.lanes.entry(Reverse(entry.priority)).or_default();
         if lane.slots.last().is_some_and(|s| s.entry.seq > entry.seq) {
