@@ -1,12 +1,12 @@
 //! Dispatch: handing waiting jobs to agents (`GET /v1/job`), at once or by long poll.
 //!
-//! The pop protocol: reserve the best candidate this agent may receive in each named
-//! queue's actor, choose the best of them (highest priority, then oldest), claim it at
-//! the registry (the one place a job leaves `waiting`, so exactly once), release the
-//! others. A pop of one queue (an agent's usual pop) has that queue's actor forward the
-//! claim itself, so the registry answers the request and settles the reservation: one
-//! reply to wait for instead of two. A pop that finds nothing gives back the job the
-//! agent already holds without having reported on it (its pop is a retry), else nothing.
+//! The pop protocol: the pop visits each named queue's actor in turn; each reserves the
+//! best job this agent may receive there if it beats the best found so far (highest
+//! priority, then oldest), releasing that one; the last forwards the claim of the best to
+//! the registry (the one place a job leaves `waiting`, so exactly once), which answers
+//! the request and settles the reservation: one reply to wait for however many queues
+//! the pop names. A pop that finds nothing gives back the job the agent already holds
+//! without having reported on it (its pop is a retry), else nothing.
 //!
 //! Long poll (`wait=SECONDS`): the agent is entered in [`Waiters`] for each of its
 //! queues, in arrival order, *before* its first pop, so a job arriving between that pop
@@ -24,7 +24,7 @@
 //! Deliberately not here: the order of jobs (the queue actors' indexes) and whether a
 //! job may go (the registry).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,10 +36,9 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::actors::queue::{Pop, QueueMsg};
-use crate::actors::registry::{Claim, Claimed, JobView, RegistryMsg};
-use crate::actors::{ask, ask_admitted, Callee, Services};
+use crate::actors::registry::{Claimed, JobView};
+use crate::actors::{ask_admitted, Callee, Services};
 use crate::error::{Error, Result};
-use crate::model::queue::{best, Candidate};
 use crate::model::registry::Attachments;
 use crate::model::{FastMap, Name};
 
@@ -52,97 +51,42 @@ pub const MAX_WAIT_SECS: u64 = 60;
 /// Hands the agent the best waiting job of `queues` now, if any. `client` is the agent's
 /// credential (access control on): the job records it, and only that agent may then post
 /// about the job.
+///
+/// The pop visits the named queues' actors in turn and the last forwards the claim to
+/// the registry, which answers here (see [`QueueMsg::Pop`]): one reply to wait for.
 pub async fn pop(
     svc: &Services,
     queues: &[Name],
     agent: Option<Name>,
     client: Option<Name>,
 ) -> Result<Option<Bytes>> {
-    let actors: Vec<(Name, ActorRef<QueueMsg>)> = queues
+    let mut actors: VecDeque<(Name, ActorRef<QueueMsg>)> = queues
         .iter()
         .filter_map(|q| svc.queues.get(q).map(|a| (q.clone(), a)))
         .collect();
-    if let [(name, actor)] = actors.as_slice() {
-        return pop_one(svc, queues, name, actor, agent, client).await;
-    }
+    let Some((first, actor)) = actors.pop_front() else {
+        return held_job(svc, queues, agent, client).await;
+    };
     for _ in 0..MAX_POP_ATTEMPTS {
-        let takes = actors.iter().map(|(name, actor)| {
-            let agent = agent.clone();
-            async move {
-                let candidate = ask(actor, |p| QueueMsg::Take(agent, p))
-                    .await
-                    .ok()
-                    .flatten();
-                candidate.map(|candidate| Reserved {
-                    queue: actor.clone(),
-                    name: name.clone(),
-                    waiters: svc.dispatch.clone(),
-                    candidate,
-                    armed: true,
-                })
-            }
-        });
-        let mut reserved: Vec<Reserved> = futures_util::future::join_all(takes)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        let candidates: Vec<Candidate> = reserved.iter().map(|r| r.candidate.clone()).collect();
-        let Some(chosen) = best(&candidates).map(|c| c.id) else {
-            return held_job(svc, queues, agent, client).await;
-        };
-        // Release the losers now, not after the claim: other pops may want them.
-        reserved.retain(|r| r.candidate.id == chosen);
-        let claimed = ask(&svc.registry, |port| {
-            RegistryMsg::Claim(Claim {
-                id: chosen,
-                agent: agent.clone(),
-                queues: queues.to_vec(),
-                client: client.clone(),
-                reserved: None,
-                port,
-            })
-        })
-        .await??;
-        if let Claimed::Dispatched(..) = claimed {
-            // The registry's index change removes the slot; nothing to release.
-            reserved.iter_mut().for_each(|r| r.armed = false);
-        }
-        // Otherwise the reservation is released when `reserved` drops.
-        if let Some(body) = answer(svc, claimed).await? {
-            return Ok(Some(body));
-        }
-    }
-    Ok(None)
-}
-
-/// [`pop`] from one queue (an agent's usual pop): its actor reserves the job and
-/// forwards the claim, and the registry answers here and settles the reservation, so
-/// the request waits for one reply instead of two.
-async fn pop_one(
-    svc: &Services,
-    queues: &[Name],
-    name: &Name,
-    actor: &ActorRef<QueueMsg>,
-    agent: Option<Name>,
-    client: Option<Name>,
-) -> Result<Option<Bytes>> {
-    for _ in 0..MAX_POP_ATTEMPTS {
-        // The registry's admission, taken here: the claim reaches it from the queue actor.
+        // The registry's admission, taken here: the claim reaches it from a queue actor.
         let pass = svc.registry.admit()?;
-        let asked = ask_admitted(actor, pass, |port| {
+        let asked = ask_admitted(&actor, pass, |port| {
             QueueMsg::Pop(Pop {
-                queue: name.clone(),
+                queue: first.clone(),
+                rest: actors.clone(),
+                queues: queues.to_vec(),
+                best: None,
                 agent: agent.clone(),
                 client: client.clone(),
                 registry: ActorRef::clone(&svc.registry),
+                waiters: svc.dispatch.clone(),
                 port,
             })
         })
         .await;
         let claimed = match asked {
             Ok(claimed) => claimed?,
-            // As for a failed `Take`: a queue actor just stopped as idle has no job.
+            // A queue actor just stopped as idle has no job.
             Err(_) => Claimed::Nothing,
         };
         if let Claimed::Nothing = claimed {
@@ -203,26 +147,6 @@ pub async fn pop_waiting(
             .is_err()
         {
             return Ok(None);
-        }
-    }
-}
-
-/// A reservation on a queue's candidate, released if the pop does not claim it (also
-/// when the request is dropped mid-way, so no job stays reserved forever); a release
-/// tells waiting agents that the job is available again.
-struct Reserved {
-    queue: ActorRef<QueueMsg>,
-    name: Name,
-    waiters: Arc<Waiters>,
-    candidate: Candidate,
-    armed: bool,
-}
-
-impl Drop for Reserved {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = self.queue.cast(QueueMsg::Release(self.candidate.id));
-            self.waiters.arrived(&self.name);
         }
     }
 }

@@ -268,33 +268,42 @@ async fn position_is_400_when_id_is_malformed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forwarded_claim_whose_pop_went_away_gives_the_job_back() {
     use flinger::actors::ask;
-    use flinger::actors::queue::QueueMsg;
-    use flinger::actors::registry::{Claim, RegistryMsg};
+    use flinger::actors::queue::{Pop, QueueMsg};
+    use flinger::actors::registry::RegistryMsg;
+    use ractor::Actor;
 
     let core = crate::util::InProcess::start().await;
     let (http, svc) = (&core.http, &core.services);
 
     let job = http.submit_to("q").await;
     let queue = svc.queues.get("q").expect("the queue has an actor");
-    // Reserve it, as the queue actor does for a forwarded pop ...
-    let reserved = ask(&queue, |p| QueueMsg::Take(None, p))
-        .await
-        .unwrap()
-        .expect("a candidate");
-    assert_eq!(reserved.id.to_string(), job);
-    // ... and hand the registry the claim of a pop that is gone already.
-    let (port, gone) = tokio::sync::oneshot::channel();
-    drop(gone);
-    svc.registry
-        .cast(RegistryMsg::Claim(Claim {
-            id: reserved.id,
-            agent: None,
+    // A pop whose claim the queue actor forwards to a stand-in for the registry, which
+    // hands it over here: the job is reserved and the claim in hand ...
+    let (claims, mut claimed) = tokio::sync::mpsc::unbounded_channel();
+    let (stand_in, _) = Actor::spawn(None, StandIn, claims).await.unwrap();
+    let (port, answer) = tokio::sync::oneshot::channel();
+    queue
+        .cast(QueueMsg::Pop(Pop {
+            queue: "q".into(),
+            rest: Default::default(),
             queues: vec!["q".into()],
+            best: None,
+            agent: None,
             client: None,
-            reserved: Some("q".into()),
+            registry: stand_in.clone(),
+            waiters: svc.dispatch.clone(),
             port: port.into(),
         }))
         .unwrap();
+    let claim = claimed
+        .recv()
+        .await
+        .expect("the queue actor forwards the claim");
+    assert_eq!(claim.id.to_string(), job);
+    assert_eq!(claim.reserved.as_deref(), Some("q"));
+    // ... and the pop goes away before the registry gets the claim.
+    drop(answer);
+    svc.registry.cast(RegistryMsg::Claim(claim)).unwrap();
     // Any answered request to the registry comes after the claim in its mailbox, so the
     // claim was handled (and its release sent to the queue actor) before the pop below.
     let unknown = flinger::model::JobId::random();
@@ -312,4 +321,33 @@ async fn a_forwarded_claim_whose_pop_went_away_gives_the_job_back() {
         "the job was given back"
     );
     core.stop().await;
+}
+
+/// Stands in for the registry: hands every claim it gets to the test.
+struct StandIn;
+
+impl ractor::Actor for StandIn {
+    type Msg = flinger::actors::registry::RegistryMsg;
+    type State = tokio::sync::mpsc::UnboundedSender<flinger::actors::registry::Claim>;
+    type Arguments = Self::State;
+
+    async fn pre_start(
+        &self,
+        _: ractor::ActorRef<Self::Msg>,
+        claims: Self::Arguments,
+    ) -> Result<Self::State, ractor::ActorProcessingErr> {
+        Ok(claims)
+    }
+
+    async fn handle(
+        &self,
+        _: ractor::ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        claims: &mut Self::State,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        if let flinger::actors::registry::RegistryMsg::Claim(claim) = msg {
+            let _ = claims.send(claim);
+        }
+        Ok(())
+    }
 }

@@ -204,11 +204,7 @@ impl Teller {
 
     /// Tells `waiters` (`None` under `interval` fsync: nobody waits) whether their records
     /// are `durable`.
-    fn tell(
-        &self,
-        waiters: std::vec::Drain<'_, Option<oneshot::Sender<bool>>>,
-        durable: bool,
-    ) {
+    fn tell(&self, waiters: std::vec::Drain<'_, Option<oneshot::Sender<bool>>>, durable: bool) {
         let waiters: Vec<oneshot::Sender<bool>> = waiters.flatten().collect();
         if waiters.is_empty() {
             return;
