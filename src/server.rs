@@ -3,6 +3,7 @@
 
 use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use hyper_util::service::TowerToHyperService;
 use parking_lot::RwLock;
 use ractor::Actor;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 use crate::actors::agents::AgentMsg;
 use crate::actors::files::FileMsg;
@@ -302,10 +303,10 @@ pub(crate) async fn accept(
             Some(why) = fatal.recv() => break Err(Error::Internal(why)),
         };
         let _ = stream.set_nodelay(true);
-        let (busy, idle) = watch::channel(0usize);
+        let busy = Arc::new(Busy::default());
         let service = TowerToHyperService::new(Tracked {
             app: app.clone(),
-            busy: Arc::new(busy),
+            busy: busy.clone(),
             peer,
         });
         let io = Watched::new(TokioIo::new(stream), rate);
@@ -321,10 +322,9 @@ pub(crate) async fn accept(
                     // Finish the request in progress, if any; a connection with none
                     // (idle, or still sending its head) is closed at once.
                     connection.as_mut().graceful_shutdown();
-                    let mut idle = idle;
                     tokio::select! {
                         ended = connection.as_mut() => ended,
-                        _ = async { idle.wait_for(|n| *n == 0).await.map(drop) } => Ok(()),
+                        () = busy.idle() => Ok(()),
                     }
                 }
             };
@@ -357,17 +357,50 @@ pub(crate) async fn accept(
 #[derive(Clone)]
 struct Tracked {
     app: crate::http::App,
-    busy: Arc<watch::Sender<usize>>,
+    busy: Arc<Busy>,
     /// The client's address, for handlers that are for the operator only (deleting a job).
     peer: std::net::SocketAddr,
 }
 
-/// Decrements the connection's busy count when the response body is done with.
-struct BusyGuard(Arc<watch::Sender<usize>>);
+/// A connection's requests in progress. Counted on every request but waited on only while
+/// the server drains: a request's end wakes nobody unless a drain waits (a watch channel
+/// here woke its eight notifiers, each behind a lock, twice per request).
+#[derive(Default)]
+struct Busy {
+    requests: AtomicUsize,
+    draining: AtomicBool,
+    idle: Notify,
+}
+
+impl Busy {
+    /// Resolves once no request is in progress; from then on every request's end is
+    /// signalled.
+    async fn idle(&self) {
+        // Sequentially consistent on both sides: either this sees the last request's end,
+        // or that request's end sees `draining` and notifies.
+        self.draining.store(true, Ordering::SeqCst);
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.requests.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Ends a request in the connection's count when its response body is done with.
+struct BusyGuard(Arc<Busy>);
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
+        if self.0.requests.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.draining.load(Ordering::SeqCst)
+        {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
@@ -418,7 +451,7 @@ impl tower::Service<hyper::Request<hyper::body::Incoming>> for Tracked {
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(self.peer));
-        self.busy.send_modify(|n| *n += 1);
+        self.busy.requests.fetch_add(1, Ordering::SeqCst);
         let guard = BusyGuard(self.busy.clone());
         let app = self.app.clone();
         Box::pin(async move {
