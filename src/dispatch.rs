@@ -60,20 +60,23 @@ pub async fn pop(
     agent: Option<Name>,
     client: Option<Name>,
 ) -> Result<Option<Bytes>> {
-    let mut actors: VecDeque<(Name, ActorRef<QueueMsg>)> = queues
-        .iter()
-        .filter_map(|q| svc.queues.get(q).map(|a| (q.clone(), a)))
-        .collect();
-    let Some((first, actor)) = actors.pop_front() else {
-        return held_job(svc, queues, agent, client).await;
-    };
     for _ in 0..MAX_POP_ATTEMPTS {
+        // Looked up on every attempt: a queue actor stopping as idle (out of the
+        // directory first) drops the pops still in its mailbox, and the retry must not
+        // ask it again.
+        let mut actors: VecDeque<(Name, ActorRef<QueueMsg>)> = queues
+            .iter()
+            .filter_map(|q| svc.queues.get(q).map(|a| (q.clone(), a)))
+            .collect();
+        let Some((first, actor)) = actors.pop_front() else {
+            return held_job(svc, queues, agent, client).await;
+        };
         // The registry's admission, taken here: the claim reaches it from a queue actor.
         let pass = svc.registry.admit()?;
         let asked = ask_admitted(&actor, pass, |port| {
             QueueMsg::Pop(Pop {
-                queue: first.clone(),
-                rest: actors.clone(),
+                queue: first,
+                rest: actors,
                 queues: queues.to_vec(),
                 best: None,
                 agent: agent.clone(),
@@ -86,8 +89,9 @@ pub async fn pop(
         .await;
         let claimed = match asked {
             Ok(claimed) => claimed?,
-            // A queue actor just stopped as idle has no job.
-            Err(_) => Claimed::Nothing,
+            // Dropped on its way: by a queue actor that stopped as idle (it had no job,
+            // but the queues after it may), or by a registry shutting down.
+            Err(_) => continue,
         };
         if let Claimed::Nothing = claimed {
             return held_job(svc, queues, agent, client).await;
@@ -96,7 +100,7 @@ pub async fn pop(
             return Ok(Some(body));
         }
     }
-    Ok(None)
+    held_job(svc, queues, agent, client).await
 }
 
 /// What the agent is answered for a claim: the job dispatched to it once that is

@@ -300,7 +300,7 @@ async fn a_forwarded_claim_whose_pop_went_away_gives_the_job_back() {
         .await
         .expect("the queue actor forwards the claim");
     assert_eq!(claim.id.to_string(), job);
-    assert_eq!(claim.reserved.as_deref(), Some("q"));
+    assert_eq!(&**claim.reserved.queue(), "q");
     // ... and the pop goes away before the registry gets the claim.
     drop(answer);
     svc.registry.cast(RegistryMsg::Claim(claim)).unwrap();
@@ -350,4 +350,49 @@ impl ractor::Actor for StandIn {
         }
         Ok(())
     }
+}
+
+/// A queue actor stopping as idle drops the pops still in its mailbox. A pop of several
+/// queues that met such an actor first must try again without it, not answer "no job"
+/// while another of its queues has one (an agent long-polling would then sleep until its
+/// deadline). Driven in-process on one thread, so the registry stops the idle queue's actor
+/// between the pop's lookup of the queues and that actor's turn.
+#[tokio::test]
+async fn a_pop_dropped_by_a_queue_actor_stopping_as_idle_tries_the_other_queues_again() {
+    use flinger::actors::registry::RegistryMsg;
+    use std::time::Duration;
+
+    let core = crate::util::InProcess::start().await;
+    let (http, svc) = (&core.http, &core.services);
+    let idle = http.submit_to("idle").await;
+    http.cancel(&idle).await.expect_status(200);
+    let job = http.submit_to("busy").await;
+    assert!(
+        svc.queues.get("idle").is_some(),
+        "the idle queue still has its actor"
+    );
+
+    // The registry will stop every queue actor without waiting jobs ...
+    svc.registry
+        .cast(RegistryMsg::StopIdleQueues(Duration::ZERO))
+        .unwrap();
+    // ... after the pop has looked up both queues and sent itself to the idle one first.
+    let queues = ["idle".into(), "busy".into()];
+    let popped = {
+        let pop = flinger::dispatch::pop(svc, &queues, None, None);
+        tokio::pin!(pop);
+        tokio::select! {
+            biased;
+            _ = &mut pop => panic!("the pop answered before any actor's turn"),
+            () = std::future::ready(()) => {}
+        }
+        pop.await.unwrap().expect("the busy queue's job")
+    };
+    let popped: serde_json::Value = serde_json::from_slice(&popped).unwrap();
+    assert_eq!(popped["job_id"], job.as_str());
+    assert!(
+        svc.queues.get("idle").is_none(),
+        "the idle queue's actor was stopped"
+    );
+    core.stop().await;
 }

@@ -76,6 +76,18 @@ pub struct Reserved {
     armed: bool,
 }
 
+impl Reserved {
+    /// The queue the job is reserved in.
+    pub fn queue(&self) -> &Name {
+        &self.name
+    }
+
+    /// The job left its queue (dispatched): there is nothing to give back.
+    pub fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
 impl Drop for Reserved {
     fn drop(&mut self) {
         if self.armed {
@@ -156,23 +168,19 @@ fn visit(myself: ActorRef<QueueMsg>, index: &mut QueueIndex, mut pop: Pop) {
             Err(_) => return,
         }
     }
-    let Some(mut best) = pop.best.take() else {
+    let Some(best) = pop.best.take() else {
         reply(pop.port, Ok(Claimed::Nothing));
         return;
     };
-    // The registry settles the reservation from here on.
-    best.armed = false;
     let claim = Claim {
         id: best.candidate.id,
         agent: pop.agent,
         queues: pop.queues,
         client: pop.client,
-        reserved: Some(best.name.clone()),
+        reserved: best,
         port: pop.port,
     };
-    // A registry that is gone (shutdown) drops the claim and with it the port: the pop
-    // finds nothing, as when a queue actor itself has stopped (`dispatch::pop`).
-    if pop.registry.cast(RegistryMsg::Claim(claim)).is_err() {
-        best.armed = true;
-    }
+    // A registry that is gone (shutdown) drops the claim, and with it the reservation
+    // (given back) and the port: the pop finds nothing.
+    let _ = pop.registry.cast(RegistryMsg::Claim(claim));
 }

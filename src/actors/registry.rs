@@ -19,7 +19,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use std::sync::Arc;
 
-use super::queue::{QueueActor, QueueMsg};
+use super::queue::{QueueActor, QueueMsg, Reserved};
 use super::watch::Watch;
 use super::{gone, now, reply, PendingSnapshot, QueueDirectory, Recorder, Shared};
 use crate::dispatch::Waiters;
@@ -147,11 +147,11 @@ pub struct Claim {
     pub queues: Vec<Name>,
     /// The agent's credential (access control on).
     pub client: Option<Name>,
-    /// The queue whose reservation the registry settles when the job is not dispatched
-    /// (claimed, then answered `Held` or `Gone`, or the pop went away): set when a queue
-    /// actor forwarded the pop ([`QueueMsg::Pop`]); `None` when the pop's handler holds
-    /// the reservation itself.
-    pub reserved: Option<Name>,
+    /// The reservation of the job in its queue, from the queue actor that forwarded the
+    /// pop ([`QueueMsg::Pop`]): kept (the job left its queue) only when the job is
+    /// dispatched; dropping it otherwise gives the job back (claimed, then answered
+    /// `Held` or `Gone`, the pop went away, or the claim itself was dropped unhandled).
+    pub reserved: Reserved,
     /// The answer.
     pub port: RpcReplyPort<Result<Claimed>>,
 }
@@ -565,19 +565,6 @@ impl RegistryState {
         }
     }
 
-    /// Frees a reservation a queue actor handed over with a claim (`reserved`, see
-    /// [`Claim`]) that did not dispatch the job, and tells a waiting agent the job is
-    /// available again (as the handler's own release does, `dispatch::Reserved`).
-    fn release(&self, reserved: Option<Name>, id: JobId) {
-        let Some(queue) = reserved else {
-            return;
-        };
-        if let Some(actor) = self.queues.get(&queue) {
-            let _ = actor.cast(QueueMsg::Release(id));
-        }
-        self.waiters.arrived(&queue);
-    }
-
     async fn spawn_queue(&mut self, queue: Name, index: QueueIndex) {
         self.waiting.insert(queue.clone(), index.len());
         match Actor::spawn_linked(None, QueueActor, index, self.supervisor.clone()).await {
@@ -698,7 +685,7 @@ impl Actor for RegistryActor {
                 port,
             }) => {
                 if gone(&port) {
-                    state.release(reserved, id);
+                    // Dropping `reserved` gives the job back.
                     return Ok(());
                 }
                 let (held, claim) = {
@@ -724,9 +711,12 @@ impl Actor for RegistryActor {
                     }),
                 };
                 // A dispatched job left its queue's index (and so its reservation) with
-                // the recorded change; any other outcome gives the job back.
-                if !matches!(result, Ok(Claimed::Dispatched(..))) {
-                    state.release(reserved, id);
+                // the recorded change; any other outcome gives the job back, before the
+                // answer, so a pop that follows it finds the job.
+                if matches!(result, Ok(Claimed::Dispatched(..))) {
+                    reserved.keep();
+                } else {
+                    drop(reserved);
                 }
                 reply(port, result);
             }

@@ -211,6 +211,10 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
     // Sized for the document as sent plus its `job_id` member: no regrowth as it is written.
     let mut text = Vec::with_capacity(body.len() + 64);
     serde_json::to_writer(&mut text, &job).expect("JSON maps serialise");
+    // A document sent with much whitespace must not keep its size for the job's life.
+    if text.capacity() - text.len() > 1024 {
+        text.shrink_to_fit();
+    }
     let body = Bytes::from(text);
     Ok(Submission {
         id,

@@ -179,8 +179,10 @@ type Told = (Vec<oneshot::Sender<bool>>, bool);
 /// its runtime: one write to the runtime's wake-up descriptor per request (measured with
 /// `strace`: ~6 a batch at c = 64, a syscall each on the writer's core). So the writer
 /// hands each batch's waiters to one task on the runtime, woken once, which completes
-/// them there. Without a runtime at start (a journal opened outside one), or once it has
-/// shut down, the writer completes them itself.
+/// them there. Without a runtime at start (a journal opened outside one) the writer
+/// completes them itself, as it does every batch it hands over after the runtime has shut
+/// down; a batch the relay had not completed when the runtime stopped is dropped with it
+/// (its requests, gone with the runtime, are told nothing: never a success).
 struct Teller {
     relay: Option<tokio::sync::mpsc::UnboundedSender<Told>>,
 }
