@@ -66,11 +66,6 @@ impl Candidate {
     }
 }
 
-/// The best of several queues' candidates: highest priority, then oldest.
-pub fn best(candidates: &[Candidate]) -> Option<&Candidate> {
-    candidates.iter().min_by_key(|c| c.key())
-}
-
 /// Slot flag: still waiting (counted by position).
 const LIVE: u8 = 1;
 /// Slot flag: handed to a pop that has not yet claimed or released it.

@@ -1,8 +1,9 @@
 //! The real pure core, driven the way the actors drive it: one `Registry` deciding and folding
 //! events, one `QueueIndex` per queue kept in step by the `IndexChange`s the fold returns
-//! (`actors/registry.rs` `record`/`route`), and pops following `http/jobs.rs` `pop`: held job
-//! first, then `take` on every named queue, `best`, `release` the losers, `claim` at the
-//! registry, record, and let the fold's `Remove` settle the reservation.
+//! (`actors/registry.rs` `record`/`route`), and pops following `dispatch::pop` and
+//! `actors/queue.rs` `visit`: held job first, then `take` on each named queue in turn,
+//! keeping the better of it and the best so far and `release`-ing the other, `claim` the
+//! best at the registry, record, and let the fold's `Remove` settle the reservation.
 //!
 //! Every recorded event also goes into a log and is folded into a separate `State` through
 //! `State::apply`, so replay can be compared with the live state at any time.
@@ -12,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use flinger::model::event::Event;
-use flinger::model::queue::{best, Candidate, QueueIndex};
+use flinger::model::queue::{Candidate, QueueIndex};
 use flinger::model::registry::{IndexChange, Registry, Submission, Submitted};
 use flinger::model::{JobId, Name, State};
 
@@ -183,29 +184,30 @@ impl Real {
         let agent_name: Option<Name> = agent.map(Name::from);
         let mut race = race;
         for _ in 0..MAX_POP_ATTEMPTS {
-            let mut reserved: Vec<(Name, Candidate)> = Vec::new();
+            // As `actors::queue::visit`: the queues in turn, each keeping the better of its
+            // best job for the agent and the best so far reserved, releasing the other.
+            let mut kept: Option<(Name, Candidate)> = None;
             for queue in queues {
-                if let Some(index) = self.queues.get_mut(queue.as_str()) {
-                    if let Some(candidate) = index.take(agent) {
-                        reserved.push((Name::from(queue.as_str()), candidate));
+                let Some(index) = self.queues.get_mut(queue.as_str()) else {
+                    continue;
+                };
+                let Some(mine) = index.take(agent) else {
+                    continue;
+                };
+                match &kept {
+                    Some((_, best)) if best.key() < mine.key() => index.release(mine.id),
+                    _ => {
+                        if let Some((queue, replaced)) = kept.take() {
+                            self.queues.get_mut(&queue).unwrap().release(replaced.id);
+                        }
+                        kept = Some((Name::from(queue.as_str()), mine));
                     }
                 }
             }
-            let candidates: Vec<Candidate> = reserved.iter().map(|(_, c)| c.clone()).collect();
-            let Some(chosen) = best(&candidates).map(|c| c.id) else {
+            let Some((chosen_queue, chosen)) = kept else {
                 return outcome;
             };
-            for (queue, candidate) in &reserved {
-                if candidate.id != chosen {
-                    self.queues.get_mut(queue).unwrap().release(candidate.id);
-                }
-            }
-            let chosen_queue = reserved
-                .iter()
-                .find(|(_, c)| c.id == chosen)
-                .unwrap()
-                .0
-                .clone();
+            let chosen = chosen.id;
             match race.take() {
                 None => {}
                 Some(Race::CancelBeforeClaim) => {
