@@ -136,6 +136,16 @@ struct Lane {
     live: usize,
 }
 
+impl Lane {
+    /// Appends a live slot (the caller keeps `seq` order); returns its slot number.
+    fn push(&mut self, entry: Entry) -> usize {
+        self.slots.push(Slot { entry, flags: LIVE });
+        self.live_tree.push(true);
+        self.live += 1;
+        self.slots.len() - 1
+    }
+}
+
 /// Compact a lane only once it has at least this many dead slots, so small queues never
 /// pay for it.
 const COMPACT_MIN_DEAD: usize = 1024;
@@ -216,10 +226,7 @@ impl QueueIndex {
         if let Place::Vacant(place) = self.slots.entry(entry.id) {
             let lane = self.lanes.entry(Reverse(entry.priority)).or_default();
             if lane.slots.last().is_none_or(|s| s.entry.seq <= entry.seq) {
-                place.insert((entry.priority, lane.slots.len()));
-                lane.slots.push(Slot { entry, flags: LIVE });
-                lane.live_tree.push(true);
-                lane.live += 1;
+                place.insert((entry.priority, lane.push(entry)));
                 return;
             }
         }
@@ -235,12 +242,9 @@ impl QueueIndex {
             }
             return;
         }
-        let id = entry.id;
-        let priority = entry.priority;
-        lane.slots.push(Slot { entry, flags: LIVE });
-        lane.live_tree.push(true);
-        lane.live += 1;
-        self.slots.insert(id, (priority, lane.slots.len() - 1));
+        let (id, priority) = (entry.id, entry.priority);
+        let slot = lane.push(entry);
+        self.slots.insert(id, (priority, slot));
     }
 
     fn drain_lane(&mut self, priority: i64) -> Vec<Entry> {
