@@ -11,16 +11,19 @@
 //!   hold their loaded (coerced) values;
 //! - the stored body loads through the schema unchanged (loading is idempotent), and is itself
 //!   a valid submission that parses to the same job and body;
-//! - priority, `exclude_agents` and attachments are read from the stored document.
+//! - priority, `exclude_agents` and attachments are read from the stored document;
+//! - `flinger::http::wire::pick_members` (how state reports and log fragments are read) finds
+//!   the same values, and refuses with the same error, as lookups in `json_object_body`'s map.
 
 use serde_json::{Map, Value};
 
 use flinger::error::Error;
 use flinger::http::schema;
-use flinger::http::wire::parse_job;
+use flinger::http::wire::{json_object_body, parse_job, pick_members};
 use flinger::model::JobId;
 
 pub fn check(data: &[u8]) {
+    check_pick(data);
     let sub = match parse_job(data) {
         Ok(sub) => sub,
         Err(Error::Validation { field, .. }) => {
@@ -127,4 +130,19 @@ fn check_keys(input: &Map<String, Value>, stored: &Map<String, Value>) {
             Some(_) => {}
         }
     }
+}
+
+/// `pick_members` against the map it replaces, on the same bytes.
+fn check_pick(data: &[u8]) {
+    let names = ["job_queue", "job_id", "tags"];
+    let fast = pick_members(data, names)
+        .map(|p| (p.values, p.others))
+        .map_err(|e| Error::from(e).to_string());
+    let slow = json_object_body(data)
+        .map(|mut map| {
+            let values = names.map(|name| map.remove(name));
+            (values, !map.is_empty())
+        })
+        .map_err(|e| e.to_string());
+    assert_eq!(fast, slow, "pick_members disagrees with the map");
 }

@@ -11,7 +11,7 @@ use futures_util::TryStreamExt;
 use serde_json::{Map, Value};
 
 use super::respond::{json_bytes, no_content, ok, read_body, text};
-use super::wire::{json_object_body, parse_timestamp, path_id, query_pairs, PHASES};
+use super::wire::{parse_timestamp, path_id, pick_members, query_pairs, NotAnObject, PHASES};
 use crate::actors::files::FileMsg;
 use crate::actors::registry::RegistryMsg;
 use crate::actors::results::{read_output, record, FragmentPost, LogQuery, Post};
@@ -30,25 +30,21 @@ pub async fn result_post(
 ) -> Result<Response> {
     let id = path_id(&id)?;
     let body = read_body(request, svc.config.max_result_bytes).await?;
-    let fields = match super::wire::parse_json(&body)
-        .map_err(|e| Error::InvalidInput(format!("Invalid result data: {}", e.message())))?
-    {
-        Value::Object(fields) => fields,
-        other => {
-            return Err(Error::InvalidInput(format!(
-                "Invalid result data: the body is {}, not a JSON object",
-                super::wire::json_kind(&other)
-            )))
+    let picked = pick_members(&body, ["job_state"]).map_err(|e| match e {
+        NotAnObject::Invalid(e) => {
+            Error::InvalidInput(format!("Invalid result data: {}", e.message()))
         }
-    };
-    let state: Option<Name> = fields
-        .get("job_state")
-        .and_then(Value::as_str)
-        .map(Name::from);
+        NotAnObject::Other(other) => Error::InvalidInput(format!(
+            "Invalid result data: the body is {}, not a JSON object",
+            super::wire::json_kind(&other)
+        )),
+    })?;
+    let [state] = &picked.values;
+    let state: Option<Name> = state.as_ref().and_then(Value::as_str).map(Name::from);
     // A bare state report about a known job (what agents send at every phase) is the
     // registry's alone: the job's lifecycle state is what clients read back, so the
     // result document need not record it too.
-    if let (Some(state), 1) = (&state, fields.len()) {
+    if let (Some(state), false) = (&state, picked.others) {
         let (known, reported) =
             ask(&svc.registry, |p| RegistryMsg::Report(id, state.clone(), p)).await??;
         if known {
@@ -186,25 +182,26 @@ pub async fn log_post(
             )),
             other => other,
         })?;
-    let map = json_object_body(&body)?;
-    let number = map
-        .get("fragment_number")
+    let [number, timestamp, phase, data] =
+        pick_members(&body, ["fragment_number", "timestamp", "phase", "log_data"])?.values;
+    let number = number
+        .as_ref()
         .and_then(Value::as_u64)
         .ok_or_else(|| Error::validation("fragment_number", "Not a valid non-negative integer."))?;
-    let timestamp = map
-        .get("timestamp")
+    let timestamp = timestamp
+        .as_ref()
         .and_then(Value::as_str)
         .and_then(parse_timestamp)
         .ok_or_else(|| Error::validation("timestamp", "Not a valid datetime."))?;
-    let phase = map
-        .get("phase")
+    let phase = phase
+        .as_ref()
         .and_then(Value::as_str)
         .filter(|p| PHASES.contains(p))
         .ok_or_else(|| {
             Error::validation("phase", format!("Must be one of: {}.", PHASES.join(", ")))
         })?;
-    let data = map
-        .get("log_data")
+    let data = data
+        .as_ref()
         .and_then(Value::as_str)
         .ok_or_else(|| Error::validation("log_data", "Not a valid string."))?;
     if data.len() > limit {

@@ -75,15 +75,97 @@ pub fn json_kind(value: &Value) -> &'static str {
 pub fn json_object_body(body: &[u8]) -> Result<Map<String, Value>> {
     match parse_json(body)? {
         Value::Object(map) => Ok(map),
-        other => Err(Error::Validation {
-            message: format!(
-                "Validation error: expected a JSON object, got {}",
-                json_kind(&other)
-            ),
-            field: "_schema".into(),
-            reason: "Invalid input type.".into(),
-        }),
+        other => Err(not_an_object(&other)),
     }
+}
+
+/// [`json_object_body`]'s refusal of a body that is JSON but not an object.
+fn not_an_object(value: &Value) -> Error {
+    Error::Validation {
+        message: format!(
+            "Validation error: expected a JSON object, got {}",
+            json_kind(value)
+        ),
+        field: "_schema".into(),
+        reason: "Invalid input type.".into(),
+    }
+}
+
+/// What [`pick_members`] found: the value of each name asked for, and whether the
+/// object has members of other names.
+pub struct Picked<const N: usize> {
+    /// In the order of the names asked for; the last of a repeated name, as in the map
+    /// [`parse_json`] builds.
+    pub values: [Option<Value>; N],
+    /// Whether some member has a name not asked for.
+    pub others: bool,
+}
+
+/// Why [`pick_members`] found no object: the body is not JSON ([`parse_json`]'s error),
+/// or is JSON of another kind (the value).
+pub enum NotAnObject {
+    /// Not JSON at all.
+    Invalid(Error),
+    /// JSON, but not an object.
+    Other(Value),
+}
+
+impl From<NotAnObject> for Error {
+    /// [`json_object_body`]'s errors.
+    fn from(e: NotAnObject) -> Error {
+        match e {
+            NotAnObject::Invalid(e) => e,
+            NotAnObject::Other(value) => not_an_object(&value),
+        }
+    }
+}
+
+/// The members `names` of a JSON object body, with the same values and errors as
+/// looking them up in [`json_object_body`]'s map, but without building it: only the
+/// named members' values are parsed (a log fragment or a state report is read on
+/// every request of an agent's run, and the map with all its members, each name
+/// hashed, was most of the cost of reading one).
+pub fn pick_members<const N: usize>(
+    body: &[u8],
+    names: [&str; N],
+) -> std::result::Result<Picked<N>, NotAnObject> {
+    let mut picked = Picked {
+        values: std::array::from_fn(|_| None),
+        others: false,
+    };
+    use crate::model::results::RawObject;
+    // Each value is parsed whether asked for or not: skipping a value (as a raw one)
+    // checks less than parsing it (a lone surrogate escape, a number out of range), and
+    // the map's way refuses the body for any of them.
+    let fast = serde_json::from_slice::<RawObject<&str>>(body)
+        .ok()
+        .and_then(|RawObject(members)| {
+            for (name, raw) in members {
+                let value = serde_json::from_str::<Value>(raw.get()).ok()?;
+                match names.iter().position(|n| *n == name) {
+                    Some(i) => picked.values[i] = Some(value),
+                    None => picked.others = true,
+                }
+            }
+            Some(())
+        });
+    if fast.is_none() {
+        // Not JSON, not an object, a name with an escape sequence (which a borrowed name
+        // cannot hold) or a bad value: the general way says which, or reads the names
+        // (and says where in the body, which a value parsed alone cannot).
+        picked.values = std::array::from_fn(|_| None);
+        picked.others = false;
+        match parse_json(body).map_err(NotAnObject::Invalid)? {
+            Value::Object(mut map) => {
+                for (i, name) in names.iter().enumerate() {
+                    picked.values[i] = map.remove(*name);
+                }
+                picked.others = !map.is_empty();
+            }
+            other => return Err(NotAnObject::Other(other)),
+        }
+    }
+    Ok(picked)
 }
 
 /// Checks a queue name wherever one enters (submission, `queue=` parameters, paths,
@@ -321,6 +403,72 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `pick_members` must agree with: lookups in `json_object_body`'s map.
+    fn picked_from_map(body: &[u8], names: [&str; 3]) -> Result<([Option<Value>; 3], bool)> {
+        let mut map = json_object_body(body)?;
+        let values = names.map(|name| map.remove(name));
+        Ok((values, !map.is_empty()))
+    }
+
+    fn check_pick(body: &str) {
+        check_pick_bytes(body.as_bytes());
+    }
+
+    fn check_pick_bytes(body: &[u8]) {
+        let names = ["a", "b\"q", "c"];
+        let fast = pick_members(body, names)
+            .map(|p| (p.values, p.others))
+            .map_err(|e| Error::from(e).to_string());
+        let slow = picked_from_map(body, names).map_err(|e| e.to_string());
+        assert_eq!(fast, slow, "{}", String::from_utf8_lossy(body));
+    }
+
+    #[test]
+    fn picking_members_agrees_with_the_map() {
+        for body in [
+            r#"{"a":1,"c":"x"}"#,
+            r#"{"a":1,"a":{"n":[1,2]},"z":null}"#,
+            r#"{"b\"q":true,"\u0061":2}"#,
+            r#"{"c":1.5e3,"c":-0,"d":"\ud83d\ude00"}"#,
+            r#"{}"#,
+            r#" {"a" : [ ] } "#,
+            r#"[1]"#,
+            r#""a""#,
+            r#"{"a":1"#,
+            r#"{"a":1} x"#,
+            "",
+            "  ",
+            r#"{"a":"\ud800"}"#,
+            r#"{"z":"\udc00","a":1}"#,
+            r#"{"z":1e400,"a":1}"#,
+            r#"{"a":1e400}"#,
+            "{\"z\":\"\u{1}\",\"a\":1}",
+            r#"{"a":1,"z":[1,{"y":"\ud800"}]}"#,
+            r#"{"a":18446744073709551616}"#,
+        ] {
+            check_pick(body);
+        }
+        check_pick_bytes(b"{\"z\":\"\xff\",\"a\":1}");
+        check_pick_bytes(b"{\"\xc3\":1}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn picking_members_agrees_with_the_map_on_any_object(
+            members in proptest::collection::vec(("[abc\"\\\\]{1,2}|\\\\u0061", "[0-9]|\"[a-c]*\"|null|\\[\\]|\\{\\}"), 0..6),
+        ) {
+            let body = format!(
+                "{{{}}}",
+                members
+                    .iter()
+                    .map(|(k, v)| format!("\"{k}\":{v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            check_pick(&body);
+        }
+    }
 
     #[test]
     fn queries_decode_repeated_keys_and_escapes() {
