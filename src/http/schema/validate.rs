@@ -39,21 +39,8 @@ pub fn load(schema: &Schema, map: &mut Map<String, Value>) -> Result<(), Invalid
         } else {
             None
         };
-        match value {
-            None => {
-                if field.required {
-                    return Err(Invalid::at(field.name, "Missing data for required field."));
-                }
-                if let Some(default) = field.default {
-                    map.insert(field.name.to_owned(), default());
-                }
-            }
-            Some(Value::Null) if field.nullable => {}
-            Some(Value::Null) => return Err(Invalid::at(field.name, "Field may not be null.")),
-            Some(value) => {
-                load_value(&field.kind, value).map_err(|e| e.within(field.name))?;
-                check_length(field, value).map_err(|e| e.within(field.name))?;
-            }
+        if let Some(default) = load_field(field, value)? {
+            map.insert(field.name.to_owned(), default);
         }
     }
     if schema.unknown == Unknown::Raise {
@@ -72,6 +59,22 @@ pub fn load(schema: &Schema, map: &mut Map<String, Value>) -> Result<(), Invalid
         return Err(Invalid::at("_schema", reason));
     }
     Ok(())
+}
+
+/// Loads one declared field, `value` being the map's (`None` when absent): checks and
+/// coerces it in place, and returns the default to insert for an absent field that has one.
+fn load_field(field: &Field, value: Option<&mut Value>) -> Result<Option<Value>, Invalid> {
+    match value {
+        None if field.required => Err(Invalid::at(field.name, "Missing data for required field.")),
+        None => Ok(field.default.map(|default| default())),
+        Some(Value::Null) if field.nullable => Ok(None),
+        Some(Value::Null) => Err(Invalid::at(field.name, "Field may not be null.")),
+        Some(value) => {
+            load_value(&field.kind, value).map_err(|e| e.within(field.name))?;
+            check_length(field, value).map_err(|e| e.within(field.name))?;
+            Ok(None)
+        }
+    }
 }
 
 fn check_length(field: &Field, value: &Value) -> Result<(), Invalid> {
@@ -576,21 +579,8 @@ mod tests {
     /// field, then the first undeclared key in the map's order (what `load` must match).
     fn load_by_lookup(schema: &Schema, map: &mut Map<String, Value>) -> Result<(), Invalid> {
         for field in schema.fields {
-            match map.get_mut(field.name) {
-                None => {
-                    if field.required {
-                        return Err(Invalid::at(field.name, "Missing data for required field."));
-                    }
-                    if let Some(default) = field.default {
-                        map.insert(field.name.to_owned(), default());
-                    }
-                }
-                Some(Value::Null) if field.nullable => {}
-                Some(Value::Null) => return Err(Invalid::at(field.name, "Field may not be null.")),
-                Some(value) => {
-                    load_value(&field.kind, value).map_err(|e| e.within(field.name))?;
-                    check_length(field, value).map_err(|e| e.within(field.name))?;
-                }
+            if let Some(default) = load_field(field, map.get_mut(field.name))? {
+                map.insert(field.name.to_owned(), default);
             }
         }
         if schema.unknown == Unknown::Raise {
