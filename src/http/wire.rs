@@ -121,51 +121,81 @@ impl From<NotAnObject> for Error {
 }
 
 /// The members `names` of a JSON object body, with the same values and errors as
-/// looking them up in [`json_object_body`]'s map, but without building it: only the
-/// named members' values are parsed (a log fragment or a state report is read on
-/// every request of an agent's run, and the map with all its members, each name
-/// hashed, was most of the cost of reading one).
+/// looking them up in [`json_object_body`]'s map, but without building it (a log
+/// fragment or a state report is read on every request of an agent's run, and the map
+/// with all its members, each name hashed, was most of the cost of reading one).
 pub fn pick_members<const N: usize>(
     body: &[u8],
     names: [&str; N],
 ) -> std::result::Result<Picked<N>, NotAnObject> {
+    use serde::de::DeserializeSeed;
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    let fast = Picker { names }
+        .deserialize(&mut reader)
+        .and_then(|picked| reader.end().map(|()| picked));
+    if let Ok(picked) = fast {
+        return Ok(picked);
+    }
+    // Not JSON, not an object, or a name with an escape sequence (which a borrowed name
+    // cannot hold): the general way says which, in the same words, or reads the names.
     let mut picked = Picked {
         values: std::array::from_fn(|_| None),
         others: false,
     };
-    use crate::model::results::RawObject;
-    // Each value is parsed whether asked for or not: skipping a value (as a raw one)
-    // checks less than parsing it (a lone surrogate escape, a number out of range), and
-    // the map's way refuses the body for any of them.
-    let fast = serde_json::from_slice::<RawObject<&str>>(body)
-        .ok()
-        .and_then(|RawObject(members)| {
-            for (name, raw) in members {
-                let value = serde_json::from_str::<Value>(raw.get()).ok()?;
-                match names.iter().position(|n| *n == name) {
-                    Some(i) => picked.values[i] = Some(value),
-                    None => picked.others = true,
-                }
+    match parse_json(body).map_err(NotAnObject::Invalid)? {
+        Value::Object(mut map) => {
+            for (i, name) in names.iter().enumerate() {
+                picked.values[i] = map.remove(*name);
             }
-            Some(())
-        });
-    if fast.is_none() {
-        // Not JSON, not an object, a name with an escape sequence (which a borrowed name
-        // cannot hold) or a bad value: the general way says which, or reads the names
-        // (and says where in the body, which a value parsed alone cannot).
-        picked.values = std::array::from_fn(|_| None);
-        picked.others = false;
-        match parse_json(body).map_err(NotAnObject::Invalid)? {
-            Value::Object(mut map) => {
-                for (i, name) in names.iter().enumerate() {
-                    picked.values[i] = map.remove(*name);
-                }
-                picked.others = !map.is_empty();
-            }
-            other => return Err(NotAnObject::Other(other)),
+            picked.others = !map.is_empty();
         }
+        other => return Err(NotAnObject::Other(other)),
     }
     Ok(picked)
+}
+
+/// [`pick_members`]'s one pass: names borrowed from the text, each value parsed as the
+/// map's would be, asked for or not (skipping a value checks less than parsing it: a
+/// lone surrogate escape, a number out of range), the last of a repeated name kept.
+struct Picker<'n, const N: usize> {
+    names: [&'n str; N],
+}
+
+impl<'de, const N: usize> serde::de::DeserializeSeed<'de> for Picker<'_, N> {
+    type Value = Picked<N>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Picked<N>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, const N: usize> serde::de::Visitor<'de> for Picker<'_, N> {
+    type Value = Picked<N>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut members: A,
+    ) -> std::result::Result<Picked<N>, A::Error> {
+        let mut picked = Picked {
+            values: std::array::from_fn(|_| None),
+            others: false,
+        };
+        while let Some(name) = members.next_key::<&'de str>()? {
+            let value: Value = members.next_value()?;
+            match self.names.iter().position(|n| *n == name) {
+                Some(i) => picked.values[i] = Some(value),
+                None => picked.others = true,
+            }
+        }
+        Ok(picked)
+    }
 }
 
 /// Checks a queue name wherever one enters (submission, `queue=` parameters, paths,

@@ -167,7 +167,7 @@ pub struct Fields(IndexMap<Box<str>, Bytes, foldhash::fast::RandomState>);
 impl Fields {
     /// The members of a JSON object's text; `None` when it is not a JSON object.
     pub fn parse(text: &[u8]) -> Option<Fields> {
-        let members = serde_json::from_slice::<RawObject>(text).ok()?.0;
+        let members: Vec<(String, &RawValue)> = serde_json::from_slice::<RawObject>(text).ok()?.0;
         let mut map = IndexMap::with_capacity_and_hasher(members.len(), Default::default());
         for (key, value) in members {
             map.insert(
@@ -235,16 +235,14 @@ impl Fields {
     }
 }
 
-/// A JSON object's members in document order (repeated names included), values
-/// unparsed: `K` is `String`, or `&str` to borrow names from the text (which then fails
-/// on a name with an escape sequence: the caller parses the slow way).
-pub struct RawObject<'a, K = String>(pub Vec<(K, &'a RawValue)>);
+/// A JSON object's members in document order, values unparsed.
+struct RawObject<'a>(Vec<(String, &'a RawValue)>);
 
-impl<'de: 'a, 'a, K: Deserialize<'de>> Deserialize<'de> for RawObject<'a, K> {
+impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Members<'a, K>(std::marker::PhantomData<(&'a (), K)>);
-        impl<'de: 'a, 'a, K: Deserialize<'de>> serde::de::Visitor<'de> for Members<'a, K> {
-            type Value = RawObject<'a, K>;
+        struct Members<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Members<'a> {
+            type Value = RawObject<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
@@ -253,7 +251,7 @@ impl<'de: 'a, 'a, K: Deserialize<'de>> Deserialize<'de> for RawObject<'a, K> {
                 mut access: A,
             ) -> Result<Self::Value, A::Error> {
                 let mut members = Vec::new();
-                while let Some(member) = access.next_entry::<K, &'de RawValue>()? {
+                while let Some(member) = access.next_entry::<String, &'de RawValue>()? {
                     members.push(member);
                 }
                 Ok(RawObject(members))
