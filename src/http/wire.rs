@@ -101,6 +101,16 @@ pub struct Picked<const N: usize> {
     pub others: bool,
 }
 
+impl<const N: usize> Picked<N> {
+    /// Nothing found yet.
+    fn none() -> Picked<N> {
+        Picked {
+            values: std::array::from_fn(|_| None),
+            others: false,
+        }
+    }
+}
+
 /// Why [`pick_members`] found no object: the body is not JSON ([`parse_json`]'s error),
 /// or is JSON of another kind (the value).
 pub enum NotAnObject {
@@ -138,10 +148,7 @@ pub fn pick_members<const N: usize>(
     }
     // Not JSON, not an object, or a name with an escape sequence (which a borrowed name
     // cannot hold): the general way says which, in the same words, or reads the names.
-    let mut picked = Picked {
-        values: std::array::from_fn(|_| None),
-        others: false,
-    };
+    let mut picked = Picked::none();
     match parse_json(body).map_err(NotAnObject::Invalid)? {
         Value::Object(mut map) => {
             for (i, name) in names.iter().enumerate() {
@@ -183,10 +190,7 @@ impl<'de, const N: usize> serde::de::Visitor<'de> for Picker<'_, N> {
         self,
         mut members: A,
     ) -> std::result::Result<Picked<N>, A::Error> {
-        let mut picked = Picked {
-            values: std::array::from_fn(|_| None),
-            others: false,
-        };
+        let mut picked = Picked::none();
         while let Some(name) = members.next_key::<&'de str>()? {
             let value: Value = members.next_value()?;
             match self.names.iter().position(|n| *n == name) {
