@@ -9,6 +9,7 @@
 //! [`RealAgent::stop`] (SIGINT: the agent exits on KeyboardInterrupt); dropping it kills it.
 
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -55,6 +56,7 @@ impl AgentSpec {
 /// A running `testflinger-agent`.
 pub struct RealAgent {
     child: Child,
+    name: String,
     dir: tempfile::TempDir,
 }
 
@@ -88,7 +90,19 @@ impl RealAgent {
             .token_file
             .unwrap_or_else(|| dir.path().join("no-refresh-token"));
         let console = File::create(dir.path().join("console.log")).expect("agent console log");
-        let child = Command::new(upstream::agent())
+        let mut command = Command::new(upstream::agent());
+        // Python installs its KeyboardInterrupt handler only when SIGINT is not ignored at
+        // start-up, and a shell without job control starts background commands with SIGINT
+        // ignored: without this, `stop` would depend on how the test binary was launched.
+        // SAFETY: signal(2) is async-signal-safe, and nothing else runs in the forked child
+        // before exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let child = command
             .arg("-c")
             .arg(&config_path)
             .arg("--token-file")
@@ -100,7 +114,11 @@ impl RealAgent {
             .stderr(console)
             .spawn()
             .expect("start testflinger-agent");
-        RealAgent { child, dir }
+        RealAgent {
+            child,
+            name: spec.name,
+            dir,
+        }
     }
 
     /// The agent's own directory (config, `run/`, `logs/`, `results/`, `console.log`).
@@ -111,6 +129,22 @@ impl RealAgent {
     /// What the agent printed so far (its log), for assertion messages.
     pub fn console(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    /// Waits (at most 30 s) until the agent has reported itself `waiting` to `srv` (it does
+    /// so only after it has posted a job's outcome and cleared its job id), then
+    /// [`RealAgent::stop`]s it: a job seen `complete` does not yet mean the agent is idle.
+    pub async fn stop_when_idle(&mut self, srv: &TestServer) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let path = format!("/v1/agents/data/{}", self.name);
+        while Instant::now() < deadline {
+            let resp = srv.get(&path).await;
+            if resp.status == 200 && resp.json()["state"] == "waiting" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.stop()
     }
 
     /// Stops the agent with SIGINT (as Ctrl-C) and waits for it; SIGKILL after 20 s.
