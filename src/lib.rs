@@ -1,6 +1,8 @@
 //! flinger: a Testflinger-compatible test-job server.
 //!
 //! Code map (see README's Architecture section for the bird's-eye view):
+//! - [`alloc`]: mimalloc as the binary's global allocator, without the aligned path for
+//!   ordinary alignments.
 //! - [`config`]: flags, environment and the Testflinger config file → one `Config`.
 //! - [`error`]: the crate's error enum and its one mapping to HTTP status codes.
 //! - [`model`]: the pure core — ids, job lifecycle, queue order, events, the fold.
@@ -23,6 +25,7 @@
 
 pub mod access;
 pub mod actors;
+pub mod alloc;
 pub mod config;
 pub mod dispatch;
 pub mod error;

@@ -10,9 +10,9 @@ use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc malloc: the request path makes many small short-lived
 /// allocations, and glibc's malloc/free were a quarter of the server's instructions in a
-/// callgrind profile of durable submits.
+/// callgrind profile of durable submits (see `flinger::alloc` for how it is called).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: flinger::alloc::MiMalloc = flinger::alloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
