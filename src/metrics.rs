@@ -178,6 +178,10 @@ pub struct Metrics {
     /// The count and histogram of each label set seen, found without the families'
     /// SipHash-keyed maps (a third of `request`'s cost on every request).
     handles: RwLock<FastMap<RequestLabels, (Counter, Histogram)>>,
+    /// The dispatch count and wait histogram of each queue with a label of its own (at most
+    /// the `queue` label cap), likewise found without two SipHash lookups and a label
+    /// string per dispatch.
+    dispatch_handles: RwLock<FastMap<Name, (Counter, Histogram)>>,
     /// Requests refused for a limit or an unavailable log, per reason.
     refused: Family<ReasonLabel, Counter>,
     /// Connections open now.
@@ -213,6 +217,7 @@ impl Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(seconds_histogram),
             handles: RwLock::default(),
+            dispatch_handles: RwLock::default(),
             refused: Family::default(),
             connections,
             snapshot_seconds: seconds_histogram(),
@@ -283,11 +288,26 @@ impl Metrics {
 
     /// A job of `queue` was dispatched after waiting `waited_secs`.
     pub fn dispatched(&self, queue: &str, waited_secs: u64) {
+        let waited = waited_secs as f64;
+        if let Some((count, wait)) = self.dispatch_handles.read().get(queue) {
+            count.inc();
+            wait.observe(waited);
+            return;
+        }
         let label = QueueLabel {
             queue: self.queues.label(queue),
         };
-        self.dispatches.get_or_create(&label).inc();
-        self.waits.get_or_create(&label).observe(waited_secs as f64);
+        let count = self.dispatches.get_or_create(&label).clone();
+        let wait = self.waits.get_or_create(&label).clone();
+        count.inc();
+        wait.observe(waited);
+        // Queues past the label cap share `other` and are not kept here, so this map stays
+        // within the cap.
+        if label.queue != OTHER {
+            self.dispatch_handles
+                .write()
+                .insert(Name::from(queue), (count, wait));
+        }
     }
 
     /// A request to `route` (its template, or `unmatched`) with `method` (a standard

@@ -22,7 +22,6 @@ pub mod supervisor;
 pub mod watch;
 pub mod webhooks;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -35,7 +34,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Ticket};
 use crate::model::Event;
-use crate::model::Name;
+use crate::model::{FastMap, Name};
 
 /// A partition shared with readers: its actor is the only writer and holds the write
 /// lock only while it applies an event; handlers read it directly, holding the read lock
@@ -226,7 +225,7 @@ pub use crate::journal::files::delete_when_durable;
 /// Queue name → its actor. Written only by the registry actor (which creates queue
 /// actors), read by handlers that pop or ask positions.
 #[derive(Clone, Default)]
-pub struct QueueDirectory(Arc<RwLock<HashMap<Name, ActorRef<queue::QueueMsg>>>>);
+pub struct QueueDirectory(Arc<RwLock<FastMap<Name, ActorRef<queue::QueueMsg>>>>);
 
 impl QueueDirectory {
     /// The actor of `queue`, if it ever had a job.

@@ -90,7 +90,7 @@ pub async fn job_get(
     let mut wait = 0;
     // De-duplicated through a set, and the cap checked as names arrive, so a URL of
     // thousands of `queue=` parameters costs linear time.
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = crate::model::FastSet::default();
     for (key, value) in wire::query_pairs(request.uri().query().unwrap_or("")) {
         if key == "wait" {
             wait = value
@@ -105,7 +105,7 @@ pub async fn job_get(
                 })?;
             continue;
         }
-        if key != "queue" || value.is_empty() || seen.contains(value.as_str()) {
+        if key != "queue" || value.is_empty() || seen.contains(&*value) {
             continue;
         }
         wire::check_queue_name(&value)?;
@@ -114,7 +114,7 @@ pub async fn job_get(
                 "At most {MAX_POP_QUEUES} queues per request"
             )));
         }
-        queues.push(value.as_str().into());
+        queues.push(Name::from(&*value));
         seen.insert(value);
     }
     if queues.is_empty() {
@@ -278,11 +278,11 @@ pub async fn job_search(State(svc): State<Services>, request: Request) -> Result
     let mut states: Vec<String> = Vec::new();
     let mut match_all = false;
     for (key, value) in pairs {
-        match key.as_str() {
-            "tags" => tags.push(value),
+        match key.as_ref() {
+            "tags" => tags.push(value.into_owned()),
             "state" => {
                 check_search_state(&value)?;
-                states.push(value)
+                states.push(value.into_owned())
             }
             "match" if value == "any" || value == "all" => match_all = value == "all",
             "match" => return Err(Error::validation("match", "Must be one of: any, all.")),

@@ -1,6 +1,8 @@
 //! Queue views: which agents serve a queue, which jobs it has, how long jobs wait
 //! (Testflinger's `queues_agents_get`, `queue_jobs_get`, `queue_wait_times_get`).
 
+use std::borrow::Cow;
+
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -18,7 +20,7 @@ pub const LIST_DEFAULT: usize = 1000;
 pub const LIST_MAX: usize = 10_000;
 
 /// The `limit` query parameter (default [`LIST_DEFAULT`], at most [`LIST_MAX`]).
-pub fn limit_param(pairs: &[(String, String)]) -> Result<usize> {
+pub fn limit_param(pairs: &[(Cow<'_, str>, Cow<'_, str>)]) -> Result<usize> {
     match pairs.iter().find(|(k, _)| k == "limit") {
         None => Ok(LIST_DEFAULT),
         Some((_, v)) => v
@@ -120,7 +122,7 @@ pub async fn queue_wait_times_get(
     let wanted: Vec<String> = query_pairs(request.uri().query().unwrap_or(""))
         .into_iter()
         .filter(|(k, _)| k == "queue")
-        .map(|(_, v)| v)
+        .map(|(_, v)| v.into_owned())
         .collect();
     for queue in &wanted {
         crate::http::wire::check_queue_name(queue)?;

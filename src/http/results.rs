@@ -274,7 +274,7 @@ pub async fn log_get(
     let mut only: Option<String> = None;
     let mut run: Option<u32> = None;
     for (key, value) in query_pairs(request.uri().query().unwrap_or("")) {
-        match key.as_str() {
+        match key.as_ref() {
             "start_fragment" => {
                 from = value.parse().map_err(|_| {
                     Error::InvalidInput("start_fragment must be a non-negative integer".into())
@@ -292,7 +292,7 @@ pub async fn log_get(
                     )
                 })?)
             }
-            "phase" if PHASES.contains(&value.as_str()) => only = Some(value),
+            "phase" if PHASES.contains(&value.as_ref()) => only = Some(value.into_owned()),
             "phase" => {
                 return Err(Error::InvalidInput(format!(
                     "phase must be one of: {}",

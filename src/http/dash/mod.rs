@@ -323,7 +323,7 @@ pub async fn agents_page(State(svc): State<Services>, request: Request) -> Resul
         pairs
             .iter()
             .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.to_string())
             .unwrap_or_default()
     };
     let (name, state, queue) = (get("name"), get("state"), get("queue"));
