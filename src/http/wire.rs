@@ -549,10 +549,36 @@ mod tests {
         assert!(matches!(pairs[5].0, Cow::Owned(_)));
     }
 
+    #[test]
+    fn plain_name_shortcut_stops_at_spaces_length_and_non_ascii() {
+        let long = "x".repeat(MAX_NAME);
+        let too_long = "x".repeat(MAX_NAME + 1);
+        for (name, plain, valid) in [
+            ("maas-x86", true, true),
+            (long.as_str(), true, true),
+            (too_long.as_str(), false, false),
+            ("", false, false),
+            (" ", false, false),
+            ("a b", false, true),
+            ("caf\u{e9}", false, true),
+            ("a\u{7f}", false, false),
+            ("a\u{202e}b", false, false),
+        ] {
+            assert_eq!(plain_name(name), plain, "{name:?}");
+            assert_eq!(check_queue_name(name).is_ok(), valid, "{name:?}");
+        }
+    }
+
     proptest::proptest! {
         /// The shortcut for plain names never lets through a name the rules refuse.
         #[test]
-        fn plain_names_pass_every_queue_name_rule(name in "[ -~\\t\\n\u{80}-\u{3000}]{0,300}") {
+        fn plain_names_pass_every_queue_name_rule(
+            name in proptest::prop_oneof![
+                "[ a]{0,4}",
+                "[ -~]{0,300}",
+                "[ -~\\t\\n\u{80}-\u{3000}]{0,300}",
+            ],
+        ) {
             if plain_name(&name) {
                 proptest::prop_assert!(check_name_rules(&name).is_ok(), "{name:?}");
             }
