@@ -116,33 +116,42 @@ async fn unreachable_or_malformed_journal_is_refused_when_starting() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("postgres://"), "{stderr}");
-    // A port nothing listens on: a clear error naming the server, the password hidden.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("postgres://flinger:hunter2@127.0.0.1:{port}/none?connect_timeout=5");
-    let out = run_to_exit(
-        dir.path(),
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--data-dir",
-            "d",
-            "--journal",
-            &url,
-        ],
-        &[],
-        Duration::from_secs(20),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let start = |url: &str| {
+        let args = ["--bind", "127.0.0.1:0", "--data-dir", "d", "--journal", url];
+        let out = run_to_exit(dir.path(), &args, &[], Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("cannot connect to postgres://flinger:***@127.0.0.1"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+        stderr
+    };
+    // A port held by a socket that is bound but not listening: connections to it are
+    // refused, and no other test's server can take it meanwhile (a port picked and then
+    // released can be). A clear error naming the server, the password hidden.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = closed.local_addr().unwrap().port();
+    start(&format!(
+        "postgres://flinger:hunter2@127.0.0.1:{port}/none?connect_timeout=5"
+    ));
+    // A peer that accepts and never answers (not PostgreSQL, or a hung one): refused once
+    // the URL's connect_timeout has passed, for the whole handshake, not only the TCP
+    // connect.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let started = Instant::now();
+    let stderr = start(&format!(
+        "postgres://flinger:hunter2@127.0.0.1:{port}/none?connect_timeout=2"
+    ));
     assert!(
-        stderr.contains("cannot connect to postgres://flinger:***@127.0.0.1"),
+        stderr.contains("no PostgreSQL answer within 2 s"),
         "{stderr}"
     );
-    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{stderr}");
+    drop((closed, silent));
 }
 
 #[tokio::test]

@@ -137,11 +137,22 @@ impl RealAgent {
     pub async fn stop_when_idle(&mut self, srv: &TestServer) -> ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(30);
         let path = format!("/v1/agents/data/{}", self.name);
-        while Instant::now() < deadline {
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the agent exited ({status}) before it reported itself waiting:\n{}",
+                    self.console()
+                );
+            }
             let resp = srv.get(&path).await;
             if resp.status == 200 && resp.json()["state"] == "waiting" {
                 break;
             }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not report itself waiting within 30 s:\n{}",
+                self.console()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.stop()

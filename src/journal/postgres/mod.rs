@@ -128,22 +128,58 @@ fn pg_error(what: &str, e: tokio_postgres::Error) -> Error {
     Error::Unavailable(format!("PostgreSQL journal: {what}: {detail}"))
 }
 
+/// How long establishing a connection (TCP, TLS, start-up, authentication) may take when
+/// the URL sets no `connect_timeout`.
+const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Opens a connection with `config` and `tls`, bounded as a whole by the URL's
+/// `connect_timeout` (else [`ESTABLISH_TIMEOUT`]), as libpq bounds it: tokio-postgres
+/// applies `connect_timeout` to the TCP connect alone, so a peer that accepts and never
+/// answers (not a PostgreSQL server, a hung one) would hold start-up forever. `url` names
+/// the server in errors (password hidden).
+async fn establish<T>(
+    url: &str,
+    config: &tokio_postgres::Config,
+    tls: T,
+) -> Result<(
+    Client,
+    tokio_postgres::Connection<tokio_postgres::Socket, T::Stream>,
+)>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+{
+    let bound = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(ESTABLISH_TIMEOUT);
+    match tokio::time::timeout(bound, config.connect(tls)).await {
+        Ok(Ok(pair)) => Ok(pair),
+        Ok(Err(e)) => Err(pg_error(&format!("cannot connect to {}", redact(url)), e)),
+        Err(_) => Err(Error::Unavailable(format!(
+            "PostgreSQL journal: cannot connect to {}: no PostgreSQL answer within {} s \
+             (connect_timeout in the URL, else {} s)",
+            redact(url),
+            bound.as_secs_f64(),
+            ESTABLISH_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 /// Connects to `url` (over TLS under `sslmode=require`, see [`tls`]), driving the
 /// connection on the current runtime.
 async fn connect(url: &str) -> Result<Client> {
     let target = tls::target(url)?;
-    let failed = |e| pg_error(&format!("cannot connect to {}", redact(url)), e);
     let ended = |e: tokio_postgres::Error| {
         tracing::warn!(error = %e, "PostgreSQL journal connection ended");
     };
     let client = match target.tls {
         None => {
-            let (client, connection) = target.config.connect(NoTls).await.map_err(failed)?;
+            let (client, connection) = establish(url, &target.config, NoTls).await?;
             tokio::spawn(async move { connection.await.map_err(ended) });
             client
         }
         Some(tls) => {
-            let (client, connection) = target.config.connect(tls).await.map_err(failed)?;
+            let (client, connection) = establish(url, &target.config, tls).await?;
             tokio::spawn(async move { connection.await.map_err(ended) });
             client
         }

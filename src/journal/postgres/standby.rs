@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::lease::{self, LeaseView, Tenure};
-use super::{pg_error, Writer, SCHEMA};
+use super::{establish, pg_error, Writer, SCHEMA};
 use crate::config::{redact, Config};
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Recovery, Replay, SnapshotRequests};
@@ -55,16 +55,15 @@ impl Standby {
     /// newest snapshot and every event after it.
     pub async fn connect(url: &str) -> Result<Standby> {
         let target = super::tls::target(url)?;
-        let failed = |e| pg_error(&format!("cannot connect to {}", redact(url)), e);
         let wake = Arc::new(Notify::new());
         let client = match target.tls {
             None => {
-                let (client, connection) = target.config.connect(NoTls).await.map_err(failed)?;
+                let (client, connection) = establish(url, &target.config, NoTls).await?;
                 tokio::spawn(wake_on_notifications(connection, wake.clone()));
                 client
             }
             Some(tls) => {
-                let (client, connection) = target.config.connect(tls).await.map_err(failed)?;
+                let (client, connection) = establish(url, &target.config, tls).await?;
                 tokio::spawn(wake_on_notifications(connection, wake.clone()));
                 client
             }
