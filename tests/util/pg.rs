@@ -89,10 +89,6 @@ fn start_cluster() -> String {
             .expect("run chown");
         assert!(status.success(), "chown postgres {}", dir.display());
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("find a free port")
-        .port();
     let out = as_owner(bin("initdb"))
         .arg("-D")
         .arg(dir.join("data"))
@@ -105,25 +101,38 @@ fn start_cluster() -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     make_certificates(&dir);
-    let options = format!(
-        "-p {port} -k {d} -c listen_addresses=127.0.0.1 -c max_connections=300 \
-         -c ssl=on -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key",
-        d = dir.display()
-    );
-    let out = as_owner(bin("pg_ctl"))
-        .arg("-D")
-        .arg(dir.join("data"))
-        .args(["-w", "-o", &options, "-l"])
-        .arg(dir.join("log"))
-        .arg("start")
-        .output()
-        .expect("run pg_ctl");
-    assert!(
-        out.status.success(),
-        "pg_ctl start failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-    );
+    // A port picked free can be taken before the cluster binds it (other tests start
+    // servers meanwhile): then pick another.
+    let mut attempts = 0;
+    let port = loop {
+        attempts += 1;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("find a free port")
+            .port();
+        let options = format!(
+            "-p {port} -k {d} -c listen_addresses=127.0.0.1 -c max_connections=300 \
+             -c ssl=on -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key",
+            d = dir.display()
+        );
+        let out = as_owner(bin("pg_ctl"))
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-w", "-o", &options, "-l"])
+            .arg(dir.join("log"))
+            .arg("start")
+            .output()
+            .expect("run pg_ctl");
+        if out.status.success() {
+            break port;
+        }
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        assert!(
+            attempts < 3 && log.contains("could not bind"),
+            "pg_ctl start failed: {}{log}",
+            String::from_utf8_lossy(&out.stdout),
+        );
+    };
     let _ = CLUSTER_DIR.set(dir);
     // SAFETY: registers a plain function run at process exit; it only spawns pg_ctl.
     unsafe { libc::atexit(stop_cluster) };
