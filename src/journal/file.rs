@@ -273,11 +273,12 @@ impl Writer {
             return Err(Error::Unavailable("the write-ahead log failed".into()));
         }
         let started = Instant::now();
-        let size = prepared.bytes();
+        let (size, lsn) = (prepared.bytes(), prepared.lsn());
         self.wal.install_snapshot(prepared).map_err(wal_error)?;
         self.pace.last_snapshot_bytes = size;
         tracing::info!(
             ms = started.elapsed().as_millis() as u64,
+            lsn,
             "snapshot written; covered log segments removed"
         );
         Ok(())

@@ -40,6 +40,11 @@ impl PreparedSnapshot {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// The LSN it covers: every record up to and including it.
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
 }
 
 impl SnapshotWriter {
