@@ -4,7 +4,7 @@
 //! the problem. The log faults are also run with the real `testflinger-agent` and
 //! `testflinger-cli` (`util::agent`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -782,20 +782,14 @@ async fn errors_name_the_actual_problem_when_bodies_are_malformed() {
 
 // ---- With the real agent and CLI ----------------------------------------------------------
 
-/// Waits (at most 50 s) until job `id` reads `complete`; the agent's console on failure.
-async fn wait_complete(srv: &TestServer, agent: &RealAgent, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if srv.job_state(id).await == "complete" {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {id} did not complete within 90 s; agent said:\n{}",
-            agent.console()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Waits (at most 90 s) until job `id` reads `complete`; the agent's console on failure.
+async fn wait_complete(srv: &TestServer, agent: &mut RealAgent, id: &str) {
+    let what = format!("complete job {id}");
+    agent
+        .wait_until(&what, Duration::from_secs(90), async || {
+            srv.job_state(id).await == "complete"
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -811,7 +805,7 @@ async fn real_agent_serial_log_of_200000_two_byte_characters_reaches_cli_poll_se
     let id = srv
         .submit(&json!({"job_queue": "serial-q", "test_data": {"test_cmds": "run"}}))
         .await;
-    wait_complete(&srv, &agent, &id).await;
+    wait_complete(&srv, &mut agent, &id).await;
     assert!(
         agent.stop_when_idle(&srv).await.success(),
         "the agent exits 0 on SIGINT:\n{}",
@@ -854,10 +848,10 @@ async fn real_agent_rerun_of_a_resubmitted_job_shows_its_own_output_in_cli_poll(
     let id = new_id();
     let job = json!({"job_id": id, "job_queue": "rerun-q", "test_data": {"test_cmds": "run"}});
     srv.submit(&job).await;
-    wait_complete(&srv, &agent, &id).await;
+    wait_complete(&srv, &mut agent, &id).await;
     std::fs::write(&marker, "output-of-run-2\n").unwrap();
     srv.submit(&job).await;
-    wait_complete(&srv, &agent, &id).await;
+    wait_complete(&srv, &mut agent, &id).await;
     assert!(
         agent.stop_when_idle(&srv).await.success(),
         "the agent exits 0 on SIGINT:\n{}",

@@ -135,27 +135,45 @@ impl RealAgent {
     /// so only after it has posted a job's outcome and cleared its job id), then
     /// [`RealAgent::stop`]s it: a job seen `complete` does not yet mean the agent is idle.
     pub async fn stop_when_idle(&mut self, srv: &TestServer) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(30);
         let path = format!("/v1/agents/data/{}", self.name);
+        self.wait_until(
+            "report itself waiting",
+            Duration::from_secs(30),
+            async || {
+                let resp = srv.get(&path).await;
+                resp.status == 200 && resp.json()["state"] == "waiting"
+            },
+        )
+        .await;
+        self.stop()
+    }
+
+    /// Checks `done` every 100 ms until it holds. Panics with the agent's console after
+    /// `limit`, or at once when the agent has exited; `what` says what was awaited.
+    pub async fn wait_until(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        mut done: impl AsyncFnMut() -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
-                    "the agent exited ({status}) before it reported itself waiting:\n{}",
+                    "the agent exited ({status}) before {what}:\n{}",
                     self.console()
                 );
             }
-            let resp = srv.get(&path).await;
-            if resp.status == 200 && resp.json()["state"] == "waiting" {
-                break;
+            if done().await {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the agent did not report itself waiting within 30 s:\n{}",
+                "waited {limit:?} for the agent to {what}; it said:\n{}",
                 self.console()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.stop()
     }
 
     /// Stops the agent with SIGINT (as Ctrl-C) and waits for it; SIGKILL after 20 s.
