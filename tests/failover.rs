@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::util::pg::{fresh_database, sql};
+use crate::util::pg::{as_owner, bin, fresh_database, sql, start_on_free_port};
 use crate::util::{run_to_exit, Http, TestServer};
 
 /// The lease the tests run with: short, so failovers are quick, and long enough that
@@ -699,46 +699,18 @@ struct PgPair {
     standby: u16,
 }
 
-fn pg_bin(name: &str) -> std::path::PathBuf {
-    let dir = std::env::var_os("FLINGER_PG_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            let newest = std::fs::read_dir("/usr/lib/postgresql")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .max()
-                .unwrap_or(15);
-            format!("/usr/lib/postgresql/{newest}/bin").into()
-        });
-    dir.join(name)
-}
-
-/// Runs a PostgreSQL program as the `postgres` user when root (initdb refuses root).
+/// Runs a PostgreSQL program (as the `postgres` user when root: initdb refuses root).
 fn pg_run(name: &str, args: &[&str]) {
-    // SAFETY: geteuid has no preconditions.
-    let mut cmd = if unsafe { libc::geteuid() } == 0 {
-        let mut c = std::process::Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(pg_bin(name));
-        c
-    } else {
-        std::process::Command::new(pg_bin(name))
-    };
-    let out = cmd.args(args).output().expect("run a PostgreSQL program");
+    let out = as_owner(bin(name))
+        .args(args)
+        .output()
+        .expect("run a PostgreSQL program");
     assert!(
         out.status.success(),
         "{name} {args:?}: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
 }
 
 impl PgPair {
@@ -757,7 +729,6 @@ impl PgPair {
                 .success();
             assert!(ok);
         }
-        let (primary, standby) = (free_port(), free_port());
         let path = |p: &str| dir.path().join(p).display().to_string();
         pg_run(
             "initdb",
@@ -782,20 +753,10 @@ impl PgPair {
             std::fs::write(&conf_path, all).unwrap();
         };
         append(&conf);
-        let port = |p: u16| format!("-p {p}");
-        pg_run(
-            "pg_ctl",
-            &[
-                "-D",
-                &path("p"),
-                "-w",
-                "-o",
-                &port(primary),
-                "-l",
-                &path("p.log"),
-                "start",
-            ],
-        );
+        // Each port is picked just before its server binds it (another when it was taken).
+        let primary = start_on_free_port(&dir.path().join("p"), &dir.path().join("p.log"), |p| {
+            format!("-p {p}")
+        });
         pg_run(
             "pg_basebackup",
             &[
@@ -812,19 +773,9 @@ impl PgPair {
                 "stream",
             ],
         );
-        pg_run(
-            "pg_ctl",
-            &[
-                "-D",
-                &path("s"),
-                "-w",
-                "-o",
-                &port(standby),
-                "-l",
-                &path("s.log"),
-                "start",
-            ],
-        );
+        let standby = start_on_free_port(&dir.path().join("s"), &dir.path().join("s.log"), |p| {
+            format!("-p {p}")
+        });
         // Commits wait for the standby from now on. Set after the base backup, so the
         // standby, once promoted, does not wait for a standby of its own.
         append("synchronous_standby_names = '*'\n");
@@ -852,12 +803,7 @@ impl PgPair {
 impl Drop for PgPair {
     fn drop(&mut self) {
         for data in ["p", "s"] {
-            let _ = std::process::Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(pg_bin("pg_ctl"))
-                .args(["-D", &self.path(data), "-m", "immediate", "stop"])
-                .output();
-            let _ = std::process::Command::new(pg_bin("pg_ctl"))
+            let _ = as_owner(bin("pg_ctl"))
                 .args(["-D", &self.path(data), "-m", "immediate", "stop"])
                 .output();
         }

@@ -24,7 +24,8 @@ fn server() -> &'static str {
     })
 }
 
-fn bin(name: &str) -> PathBuf {
+/// The PostgreSQL program `name` (see `FLINGER_PG_BIN` above).
+pub fn bin(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         std::env::var_os("FLINGER_PG_BIN")
@@ -49,8 +50,8 @@ fn newest_installed() -> PathBuf {
 /// Data directory of the cluster this process started, for the exit hook.
 static CLUSTER_DIR: OnceLock<PathBuf> = OnceLock::new();
 
-/// Runs `cmd` as the `postgres` user when this process is root.
-fn as_owner(program: PathBuf) -> Command {
+/// Runs `program` as the `postgres` user when this process is root.
+pub fn as_owner(program: PathBuf) -> Command {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         let mut cmd = Command::new("runuser");
@@ -101,42 +102,55 @@ fn start_cluster() -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     make_certificates(&dir);
-    // A port picked free can be taken before the cluster binds it (other tests start
-    // servers meanwhile): then pick another.
+    let port = start_on_free_port(&dir.join("data"), &dir.join("log"), |port| {
+        format!(
+            "-p {port} -k {d} -c listen_addresses=127.0.0.1 -c max_connections=300 \
+             -c ssl=on -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key",
+            d = dir.display()
+        )
+    });
+    let _ = CLUSTER_DIR.set(dir);
+    // SAFETY: registers a plain function run at process exit; it only spawns pg_ctl.
+    unsafe { libc::atexit(stop_cluster) };
+    format!("postgres://flinger@127.0.0.1:{port}")
+}
+
+/// Starts the cluster in `data` (`pg_ctl start -w`, its log in `log`) on a free port with
+/// the server `options` for that port, and returns the port. A port picked free can be
+/// taken before the cluster binds it (other tests start servers meanwhile): then it picks
+/// another, up to three times, and fails on any other error.
+pub fn start_on_free_port(
+    data: &std::path::Path,
+    log: &std::path::Path,
+    options: impl Fn(u16) -> String,
+) -> u16 {
     let mut attempts = 0;
-    let port = loop {
+    loop {
         attempts += 1;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("find a free port")
             .port();
-        let options = format!(
-            "-p {port} -k {d} -c listen_addresses=127.0.0.1 -c max_connections=300 \
-             -c ssl=on -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key",
-            d = dir.display()
-        );
         let out = as_owner(bin("pg_ctl"))
             .arg("-D")
-            .arg(dir.join("data"))
-            .args(["-w", "-o", &options, "-l"])
-            .arg(dir.join("log"))
+            .arg(data)
+            .args(["-w", "-o", &options(port), "-l"])
+            .arg(log)
             .arg("start")
             .output()
             .expect("run pg_ctl");
         if out.status.success() {
-            break port;
+            return port;
         }
-        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
         assert!(
-            attempts < 3 && log.contains("could not bind"),
-            "pg_ctl start failed: {}{log}",
+            attempts < 3 && text.contains("could not bind"),
+            "pg_ctl start -D {} failed: {}{}{text}",
+            data.display(),
             String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
         );
-    };
-    let _ = CLUSTER_DIR.set(dir);
-    // SAFETY: registers a plain function run at process exit; it only spawns pg_ctl.
-    unsafe { libc::atexit(stop_cluster) };
-    format!("postgres://flinger@127.0.0.1:{port}")
+    }
 }
 
 /// Writes a certificate authority (`ca.crt`) and the server's key and certificate for
