@@ -147,18 +147,40 @@ struct QueueLabels {
 }
 
 impl QueueLabels {
+    /// The `queue` label value of `queue`: its name, escaped (see [`label_value`]), or
+    /// `other` past the cap.
     fn label(&self, queue: &str) -> String {
         if self.admitted.read().contains(queue) {
-            return queue.to_owned();
+            return label_value(queue);
         }
         let mut admitted = self.admitted.write();
         if admitted.contains(queue) || admitted.len() < self.cap {
             admitted.insert(Name::from(queue));
-            queue.to_owned()
+            label_value(queue)
         } else {
             OTHER.to_owned()
         }
     }
+}
+
+/// `text` as an OpenMetrics label value: backslash, double quote and line feed escaped,
+/// as the exposition format requires. prometheus-client writes label values as they are,
+/// and queue names are the clients' (they may hold `"` and `\`): unescaped, one name could
+/// end its label early, add labels of its own, or make the whole scrape unparseable.
+fn label_value(text: &str) -> String {
+    if !text.contains(['\\', '"', '\n']) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Every metric of one server.

@@ -179,6 +179,39 @@ async fn metrics_report_queues_states_dispatches_and_routes_when_jobs_flow() {
     assert!(value(&m, "flinger_open_connections", &[]) >= 1.0);
 }
 
+/// Queue names are the clients': one holding `"` or `\` is written escaped in every
+/// series labelled by queue, so the scrape still parses and no name adds labels of its own.
+#[tokio::test]
+async fn queue_names_with_quotes_and_backslashes_are_escaped_in_metrics() {
+    let srv = TestServer::start();
+    let names = [r#"x",state="complete"#, r"bs\", r#"q\"uote"#];
+    for name in names {
+        srv.submit_to(name).await;
+        srv.submit_to(name).await;
+        assert!(srv.pop_id(&[name]).await.is_some());
+    }
+    let m = scrape(&srv).await;
+    for name in names {
+        for metric in [
+            "flinger_queue_waiting_jobs",
+            "flinger_queue_running_jobs",
+            "flinger_dispatches_total",
+            "flinger_job_wait_seconds_count",
+        ] {
+            assert_eq!(
+                value(&m, metric, &[("queue", name)]),
+                1.0,
+                "{metric} {name}"
+            );
+        }
+    }
+    let invented = m
+        .iter()
+        .filter(|s| s.metric.starts_with("flinger_queue_") && s.labels.len() != 1)
+        .count();
+    assert_eq!(invented, 0, "a queue name added labels of its own");
+}
+
 /// hyper accepts any token as a method and any path: labelling request metrics by either
 /// would let a client add series (and server memory) without bound.
 #[tokio::test]

@@ -340,8 +340,24 @@ impl Http {
 
 /// `/v1/job?queue=a&queue=b`.
 pub fn pop_path(queues: &[&str]) -> String {
-    let q: Vec<String> = queues.iter().map(|q| format!("queue={q}")).collect();
+    let q: Vec<String> = queues
+        .iter()
+        .map(|q| format!("queue={}", query_escape(q)))
+        .collect();
     format!("/v1/job?{}", q.join("&"))
+}
+
+/// `text` percent-encoded for a query string: every byte but RFC 3986's unreserved ones.
+pub fn query_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The `job_id` string of a job object.
