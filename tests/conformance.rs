@@ -274,6 +274,41 @@ async fn largest_chunk_the_stock_agent_sends_is_accepted_by_default() {
     assert!(data == text, "the stored text differs");
 }
 
+/// Reads answer `last_fragment_number` as a signed 64-bit number (-1: none), so a larger
+/// number is refused when posted instead of read back negative.
+#[tokio::test]
+async fn fragment_numbers_beyond_the_signed_64_bit_range_are_refused_with_422() {
+    let srv = TestServer::start();
+    let id = srv.submit(&json!({"job_queue": "q"})).await;
+    for number in ["9223372036854775808", "18446744073709551615"] {
+        let body = format!(
+            r#"{{"fragment_number": {number}, "timestamp": "2026-11-29T00:00:00Z", "phase": "test", "log_data": "x"}}"#
+        );
+        let r = post_fragment(&srv, &id, "output", body.into_bytes()).await;
+        r.expect_error(422);
+        let body = r.text();
+        assert!(
+            body.contains("fragment_number") && body.contains("9223372036854775807"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        log_of(&srv, &id, "output", "", "test").await,
+        (-1, String::new())
+    );
+    let body = format!(
+        r#"{{"fragment_number": {}, "timestamp": "2026-11-29T00:00:00Z", "phase": "test", "log_data": "x"}}"#,
+        i64::MAX
+    );
+    post_fragment(&srv, &id, "output", body.into_bytes())
+        .await
+        .expect_status(200);
+    assert_eq!(
+        log_of(&srv, &id, "output", "", "test").await,
+        (i64::MAX, "x".to_owned())
+    );
+}
+
 #[tokio::test]
 async fn log_fragment_over_the_decoded_limit_is_refused_with_413_naming_the_limit() {
     let srv = TestServer::start_with(&["--max-output-bytes", "65536"]);

@@ -147,6 +147,42 @@ async fn result_post_is_400_when_body_is_not_a_json_object() {
     );
 }
 
+/// `job_state` is a string (upstream's schema: anything else is its 422) and, since it
+/// becomes the job's lifecycle state, at most 256 bytes; a refused post changes nothing.
+#[tokio::test]
+async fn result_post_is_422_when_job_state_is_not_a_string_or_too_long() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("q").await;
+    let path = format!("/v1/result/{id}");
+    let long = "s".repeat(257);
+    let cases = [
+        (json!({"job_state": 5}), "Not a valid string."),
+        (json!({"job_state": ["test"]}), "Not a valid string."),
+        (json!({"job_state": null}), "Field may not be null."),
+        (
+            json!({"job_state": long, "note": 1}),
+            "Longer than maximum length 256.",
+        ),
+    ];
+    for (body, reason) in cases {
+        let r = srv.post_json(&path, &body).await;
+        r.expect_error(422);
+        let text = r.text();
+        assert!(
+            text.contains("job_state") && text.contains(reason),
+            "{body}: {text}"
+        );
+    }
+    assert_eq!(
+        srv.result(&id).await,
+        json!({"job_state": "waiting"}),
+        "nothing changed"
+    );
+    let longest = "s".repeat(256);
+    srv.post_result(&id, &json!({"job_state": longest})).await;
+    assert_eq!(srv.job_state(&id).await, longest);
+}
+
 #[tokio::test]
 async fn result_endpoints_are_400_when_id_is_malformed() {
     let srv = TestServer::start();

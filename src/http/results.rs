@@ -11,7 +11,9 @@ use futures_util::TryStreamExt;
 use serde_json::{Map, Value};
 
 use super::respond::{json_bytes, no_content, ok, read_body, text};
-use super::wire::{parse_timestamp, path_id, pick_members, query_pairs, NotAnObject, PHASES};
+use super::wire::{
+    parse_timestamp, path_id, pick_members, query_pairs, NotAnObject, MAX_NAME, PHASES,
+};
 use crate::actors::files::FileMsg;
 use crate::actors::registry::RegistryMsg;
 use crate::actors::results::{read_output, record, FragmentPost, LogQuery, Post};
@@ -40,7 +42,10 @@ pub async fn result_post(
         )),
     })?;
     let [state] = &picked.values;
-    let state: Option<Name> = state.as_ref().and_then(Value::as_str).map(Name::from);
+    let state: Option<Name> = match state {
+        None => None,
+        Some(value) => Some(Name::from(job_state(value)?)),
+    };
     // A bare state report about a known job (what agents send at every phase) is the
     // registry's alone: the job's lifecycle state is what clients read back, so the
     // result document need not record it too.
@@ -82,6 +87,21 @@ pub async fn result_post(
         svc.journal.durable(reported).await?;
     }
     Ok(ok())
+}
+
+/// A reported `job_state`: a string (upstream's `ResultPost` declares `fields.String`, so
+/// anything else is its 422), of at most [`MAX_NAME`] bytes (upstream takes any length:
+/// here it becomes the job's lifecycle state, kept and shown with the job).
+fn job_state(value: &Value) -> Result<&str> {
+    match value {
+        Value::String(state) if state.len() <= MAX_NAME => Ok(state),
+        Value::String(_) => Err(Error::validation(
+            "job_state",
+            format!("Longer than maximum length {MAX_NAME}."),
+        )),
+        Value::Null => Err(Error::validation("job_state", "Field may not be null.")),
+        _ => Err(Error::validation("job_state", "Not a valid string.")),
+    }
 }
 
 /// `GET /v1/result/<id>`: the result document, with the registry's `job_state`.
@@ -184,10 +204,18 @@ pub async fn log_post(
         })?;
     let [number, timestamp, phase, data] =
         pick_members(&body, ["fragment_number", "timestamp", "phase", "log_data"])?.values;
+    // At most i64::MAX: reads answer `last_fragment_number` as a signed number (-1 for
+    // none, as upstream), and upstream's MongoDB stores 64-bit signed integers.
     let number = number
         .as_ref()
         .and_then(Value::as_u64)
         .ok_or_else(|| Error::validation("fragment_number", "Not a valid non-negative integer."))?;
+    if i64::try_from(number).is_err() {
+        return Err(Error::validation(
+            "fragment_number",
+            format!("Must be less than or equal to {}.", i64::MAX),
+        ));
+    }
     let timestamp = timestamp
         .as_ref()
         .and_then(Value::as_str)
