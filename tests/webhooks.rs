@@ -298,6 +298,41 @@ async fn receiver_answering_500_forever_ends_gave_up_with_the_last_error_in_few_
     assert_eq!(last.body["events"].as_array().unwrap().len(), 2);
 }
 
+/// A webhook URL longer than `--max-webhook-url-bytes` is refused when the job is
+/// submitted (413 naming the limit), not accepted and then refused in every event post
+/// its agent makes; one at the limit is accepted.
+#[tokio::test]
+async fn job_with_a_webhook_url_over_the_limit_is_refused_at_submit() {
+    let srv = TestServer::start_with(&["--max-webhook-url-bytes", "256"]);
+    let url = |len: usize| {
+        let base = "http://hooks.example:8080/";
+        format!("{base}{}", "p".repeat(len - base.len()))
+    };
+    let r = srv
+        .post_json(
+            "/v1/job",
+            &json!({"job_queue": "q", "job_status_webhook": url(257)}),
+        )
+        .await;
+    let message = r.expect_error(413);
+    assert!(
+        message.contains("job_status_webhook") && message.contains("256"),
+        "{message}"
+    );
+    srv.post_json(
+        "/v1/job",
+        &json!({"job_queue": "q", "job_status_webhook": url(256)}),
+    )
+    .await
+    .expect_status(200);
+    assert!(srv.pop_id(&["q"]).await.is_some());
+    assert_eq!(
+        srv.pop(&["q"]).await,
+        None,
+        "the refused job was not queued"
+    );
+}
+
 #[tokio::test]
 async fn event_post_is_refused_when_the_id_the_job_or_the_webhook_is_wrong() {
     let srv = TestServer::start_with(&["--webhook-url", "http://hooks.example:8080/base"]);

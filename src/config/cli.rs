@@ -292,7 +292,8 @@ pub struct ServeOpts {
     /// Largest `detail` of one job event in bytes (413 beyond) [default: 4096].
     #[arg(long, env = "FLINGER_MAX_EVENT_DETAIL_BYTES", value_name = "BYTES")]
     pub max_event_detail_bytes: Option<usize>,
-    /// Longest `job_status_webhook` URL in bytes (413 beyond) [default: 2048].
+    /// Longest `job_status_webhook` URL in bytes, at submit and in event posts (413 beyond)
+    /// [default: 2048].
     #[arg(long, env = "FLINGER_MAX_WEBHOOK_URL_BYTES", value_name = "BYTES")]
     pub max_webhook_url_bytes: Option<usize>,
     /// Where events and snapshots are kept: `file` (the write-ahead log under the data

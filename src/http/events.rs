@@ -17,6 +17,7 @@ use super::respond::{json_value, read_body};
 use super::wire::{iso_z, json_object_body, INVALID_JOB_ID};
 use crate::actors::webhooks::{split_url, EventsPost, WebhookMsg};
 use crate::actors::{ask, Services};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::webhooks::{JobEvent, Standing};
 use crate::model::{JobId, Name};
@@ -45,6 +46,38 @@ fn string_field(
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(Error::validation(field, "Not a valid string.")),
     }
+}
+
+/// The submit's share of the webhook URL rules: a job whose `job_status_webhook` is longer
+/// than `--max-webhook-url-bytes` is refused at submit (413, the message its agent's event
+/// posts would get), instead of being accepted and then having every event post about it
+/// refused. Only a document that mentions the field is parsed again, and only for it.
+pub fn check_job_webhook(config: &Config, job: &[u8]) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Hooked {
+        #[serde(default)]
+        job_status_webhook: Option<Value>,
+    }
+    static FIELD: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"job_status_webhook\""));
+    if FIELD.find(job).is_none() {
+        return Ok(());
+    }
+    let Ok(Hooked {
+        job_status_webhook: Some(url),
+    }) = serde_json::from_slice::<Hooked>(job)
+    else {
+        return Ok(());
+    };
+    let mut map = Map::new();
+    map.insert("job_status_webhook".into(), url);
+    string_field(
+        &map,
+        "job_status_webhook",
+        config.max_webhook_url_bytes,
+        "--max-webhook-url-bytes",
+    )
+    .map(drop)
 }
 
 /// Rejects keys outside `known` as marshmallow does (422 "Unknown field.").

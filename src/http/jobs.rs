@@ -34,6 +34,7 @@ pub async fn job_post(
 ) -> Result<Response> {
     let body = read_body(request, svc.config.max_job_bytes).await?;
     let submission = wire::parse_job(&body)?;
+    super::events::check_job_webhook(&svc.config, &submission.body)?;
     check_some_agent_may_run(&svc, &submission.queue, &submission.exclude).await?;
     let id = submission.id;
     let by = crate::access::check_submission(&svc, &caller, &submission)?;
