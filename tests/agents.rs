@@ -210,3 +210,77 @@ async fn images_post_is_rejected_when_body_has_wrong_shape() {
         json!({})
     );
 }
+
+/// The provision log body loads as upstream's schema does: a wrong type names the field
+/// and marshmallow's reason (not "Missing data" for a field that is there), and an
+/// `exit_code` given as a numeric string is stored as the integer.
+#[tokio::test]
+async fn provision_log_post_names_the_field_and_the_problem_when_a_value_is_wrong() {
+    let srv = TestServer::start();
+    srv.post_json("/v1/agents/data/dut-p", &json!({"state": "waiting"}))
+        .await
+        .expect_status(200);
+    let path = "/v1/agents/provision_logs/dut-p";
+    let id = "00000000-0000-4000-8000-000000000001";
+    let cases = [
+        (
+            json!({"job_id": id, "exit_code": "zz"}),
+            "exit_code",
+            "Not a valid integer.",
+        ),
+        (
+            json!({"job_id": id, "exit_code": [1]}),
+            "exit_code",
+            "Not a valid integer.",
+        ),
+        (
+            json!({"job_id": id, "exit_code": "99999999999999999999"}),
+            "exit_code",
+            "Number too large.",
+        ),
+        (
+            json!({"job_id": id, "exit_code": null}),
+            "exit_code",
+            "Field may not be null.",
+        ),
+        (
+            json!({"job_id": id}),
+            "exit_code",
+            "Missing data for required field.",
+        ),
+        (
+            json!({"job_id": 5, "exit_code": 0}),
+            "job_id",
+            "Not a valid string.",
+        ),
+        (
+            json!({"exit_code": 0}),
+            "job_id",
+            "Missing data for required field.",
+        ),
+        (
+            json!({"job_id": id, "exit_code": 0, "detail": 7}),
+            "detail",
+            "Not a valid string.",
+        ),
+    ];
+    for (body, field, reason) in cases {
+        let r = srv.post_json(path, &body).await;
+        r.expect_error(422);
+        let text = r.text();
+        assert!(
+            text.contains(field) && text.contains(reason),
+            "{body}: {text}"
+        );
+    }
+    srv.post_json(
+        path,
+        &json!({"job_id": id, "exit_code": "3", "detail": "provision_end"}),
+    )
+    .await
+    .expect_status(200);
+    // One failed provision, from the valid post alone ("3" loaded as 3, not 0).
+    let data = srv.get("/v1/agents/data/dut-p").await.expect_json();
+    assert_eq!(data["provision_streak_type"], "fail", "{data}");
+    assert_eq!(data["provision_streak_count"], 1, "{data}");
+}

@@ -339,25 +339,16 @@ pub async fn agents_provision_logs_post(
     check_name(&name)?;
     let body = read_body(request, MAX_AGENT_POST).await?;
     let mut map = json_object_body(&body)?;
-    let Some(job_id) = map.get("job_id").and_then(Value::as_str) else {
-        return Err(Error::validation(
-            "job_id",
-            "Missing data for required field.",
-        ));
-    };
+    // Types and required fields as upstream's schema loads them (`exit_code: "3"` is 3).
+    super::schema::load(&super::schema::PROVISION_LOG, &mut map).map_err(super::wire::invalid)?;
+    let job_id = map
+        .get("job_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     // With access control on, only the agent the job was dispatched to reports on it.
     if !matches!(caller, Caller::Open) {
         let id = super::wire::path_id(job_id)?;
         crate::access::check_job_agent(&svc, &caller, id).await?;
-    }
-    if !map.get("exit_code").is_some_and(|v| v.is_i64()) {
-        return Err(Error::validation(
-            "exit_code",
-            "Missing data for required field.",
-        ));
-    }
-    if map.get("detail").is_some_and(|v| !v.is_string()) {
-        return Err(Error::validation("detail", "Not a valid string."));
     }
     map.insert(
         "timestamp".into(),

@@ -298,7 +298,7 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
     {
         return Err(Error::InvalidInput(INVALID_JOB_ID.into()));
     }
-    schema::load(&schema::JOB, &mut job).map_err(invalid_job)?;
+    schema::load(&schema::JOB, &mut job).map_err(invalid)?;
     // Secrets (upstream `v1.py` `validate_secrets`: a store, an authenticated submitter,
     // paths it may read) are checked with the caller known: `access::check_submission`.
     // What the registry needs, in one pass over the members (a job has a few; looking
@@ -373,7 +373,7 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
 
 /// A schema failure as the 422 clients read: `{"message", "detail": {"json": {field:
 /// [reason]}}}`, the reason carrying the path below the field.
-fn invalid_job(invalid: schema::Invalid) -> Error {
+pub fn invalid(invalid: schema::Invalid) -> Error {
     Error::Validation {
         message: match &invalid.hint {
             Some(hint) => format!("Validation error: {hint}"),

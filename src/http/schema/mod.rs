@@ -35,7 +35,7 @@ use serde_json::{Map, Value};
 mod schemas;
 mod validate;
 
-pub use schemas::{ATTACHMENT, JOB, PROVISION_SCHEMAS, RESERVE_DATA, TEST_DATA};
+pub use schemas::{ATTACHMENT, JOB, PROVISION_LOG, PROVISION_SCHEMAS, RESERVE_DATA, TEST_DATA};
 pub use validate::{duration, is_email, is_url, load};
 
 /// Why a value does not load: where (top-level field first, then keys and list indexes)

@@ -38,6 +38,19 @@ pub static RESERVE_DATA: Schema = schema(
     ],
 );
 
+/// `ProvisionLogsIn`, the body of `POST /v1/agents/provision_logs/<name>`, as flinger
+/// keeps it: unknown keys are kept in the entry (upstream: 422).
+pub static PROVISION_LOG: Schema = Schema {
+    name: "ProvisionLogsIn",
+    fields: &[
+        Field::req("job_id", Str),
+        Field::req("exit_code", Int),
+        Field::opt("detail", Str),
+    ],
+    unknown: Unknown::Keep,
+    check: None,
+};
+
 /// `Job`, as flinger keeps it: unknown top-level keys are kept.
 pub static JOB: Schema = Schema {
     name: "Job",
