@@ -284,3 +284,82 @@ async fn provision_log_post_names_the_field_and_the_problem_when_a_value_is_wron
     assert_eq!(data["provision_streak_type"], "fail", "{data}");
     assert_eq!(data["provision_streak_count"], 1, "{data}");
 }
+
+/// Advertisements never expire, so their number is bounded: a post that would keep more
+/// than 10,000 advertised queues (or queues with images) is refused with 507 and adds
+/// nothing; queues already advertised can still be advertised again.
+#[tokio::test]
+async fn advertised_queues_and_images_stop_at_ten_thousand_queues() {
+    let srv = TestServer::start();
+    let names = |from: usize, to: usize| -> serde_json::Map<String, serde_json::Value> {
+        (from..to).map(|i| (format!("aq{i}"), json!("d"))).collect()
+    };
+    srv.post_json("/v1/agents/queues", &json!(names(0, 6_000)))
+        .await
+        .expect_status(200);
+    let r = srv
+        .post_json("/v1/agents/queues", &json!(names(5_000, 10_001)))
+        .await;
+    let message = r.expect_error(507);
+    assert!(
+        message.contains("10000") && message.contains("10001"),
+        "{message}"
+    );
+    let kept = srv.get("/v1/agents/queues").await.expect_json();
+    assert_eq!(
+        kept.as_object().unwrap().len(),
+        6_000,
+        "the refused post added nothing"
+    );
+    srv.post_json("/v1/agents/queues", &json!(names(5_000, 10_000)))
+        .await
+        .expect_status(200);
+    srv.post_json("/v1/agents/queues", &json!({"aq0": "again"}))
+        .await
+        .expect_status(200);
+
+    let images = |from: usize, to: usize| -> serde_json::Map<String, serde_json::Value> {
+        (from..to)
+            .map(|i| (format!("iq{i}"), json!({"img": "url"})))
+            .collect()
+    };
+    srv.post_json("/v1/agents/images", &json!(images(0, 9_999)))
+        .await
+        .expect_status(200);
+    let r = srv
+        .post_json("/v1/agents/images", &json!(images(9_998, 10_001)))
+        .await;
+    r.expect_error(507);
+    srv.get("/v1/agents/images/iq9999")
+        .await
+        .expect_json()
+        .as_object()
+        .filter(|o| o.is_empty())
+        .expect("nothing of the refused post was kept");
+}
+
+/// Every key an agent posts is kept in its record: the record's size is bounded (4 MiB),
+/// and a post that would pass it is refused with 413 and changes nothing; replacing a key
+/// with a value of the same size still works.
+#[tokio::test]
+async fn agent_record_stops_growing_at_four_mib() {
+    let srv = TestServer::start();
+    let path = "/v1/agents/data/grower";
+    let big = "x".repeat(1_000_000);
+    for i in 0..4 {
+        srv.post_json(path, &json!({format!("k{i}"): big}))
+            .await
+            .expect_status(200);
+    }
+    let r = srv.post_json(path, &json!({"k4": big})).await;
+    let message = r.expect_error(413);
+    assert!(message.contains("4194304"), "{message}");
+    let record = srv.get(path).await.expect_json();
+    assert!(record.get("k4").is_none() && record.get("k3").is_some());
+    srv.post_json(path, &json!({"k0": "y".repeat(1_000_000)}))
+        .await
+        .expect_status(200);
+    srv.post_json(path, &json!({"state": "waiting"}))
+        .await
+        .expect_status(200);
+}

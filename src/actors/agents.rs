@@ -46,6 +46,7 @@ pub struct AgentState {
 
 impl AgentState {
     fn record(&mut self, event: Event) -> Result<Ticket> {
+        self.agents.read().admit(&event)?;
         let ticket = self.recorder.append(&event)?;
         self.agents.write().apply(&event);
         Ok(ticket)
@@ -80,6 +81,15 @@ impl Actor for AgentActor {
                 reply(port, result);
             }
             AgentMsg::AdvertiseImages(sets, port) => {
+                // The whole post within the bound first, so a refusal changes nothing.
+                if let Err(e) = state
+                    .agents
+                    .read()
+                    .admit_images(sets.iter().map(|(queue, _)| queue))
+                {
+                    reply(port, Err(e));
+                    return Ok(());
+                }
                 // Records are durable in log order: the last one's ticket covers all.
                 let mut result = Err(crate::error::Error::InvalidInput("no images given".into()));
                 for (queue, images) in sets {

@@ -4,7 +4,9 @@
 //! Records are JSON objects merged key by key, as Testflinger's agent-data endpoint does;
 //! the `log` list and provision history keep only their newest entries so an agent that
 //! runs for years cannot grow the state without bound, and a record expires once its
-//! agent has not posted for `--agent-expiry-secs`.
+//! agent has not posted for `--agent-expiry-secs`. What clients can add without bound
+//! otherwise is bounded here ([`Agents::admit`]): a record's size (new keys), the number
+//! of records, and the number of advertised queues (which never expire).
 
 use std::collections::BTreeMap;
 
@@ -14,9 +16,17 @@ use serde_json::{Map, Value};
 
 use super::event::Event;
 use super::ids::Name;
+use crate::error::{Error, Result};
 
 /// How many `log` lines and provision entries an agent record keeps (Testflinger keeps 100).
 pub const AGENT_LOG_KEEP: usize = 100;
+/// Most bytes of JSON an agent record's merged fields may hold (upstream: no bound).
+pub const MAX_AGENT_RECORD_BYTES: usize = 4 << 20;
+/// Most agent records kept at once (records expire after `--agent-expiry-secs` of silence).
+pub const MAX_AGENTS: usize = 10_000;
+/// Most queues advertised with a description, and most queues with advertised images
+/// (advertisements never expire, as upstream's).
+pub const MAX_ADVERTISED_QUEUES: usize = 10_000;
 
 /// One advertised queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +76,45 @@ pub struct Agents {
     pub agents: BTreeMap<Name, AgentRecord>,
 }
 
+/// `old` fields with the `new` JSON object merged in, key by key, the `log` list extended
+/// and cut to its newest [`AGENT_LOG_KEEP`] entries; `None` when `new` is not an object.
+fn merge(old: &[u8], new: &[u8]) -> Option<Bytes> {
+    let Ok(Value::Object(new)) = serde_json::from_slice::<Value>(new) else {
+        return None;
+    };
+    let mut map: Map<String, Value> = serde_json::from_slice(old).unwrap_or_default();
+    for (key, value) in new {
+        if key == "log" {
+            let mut log = match map.remove("log") {
+                Some(Value::Array(old)) => old,
+                _ => Vec::new(),
+            };
+            if let Value::Array(more) = value {
+                log.extend(more);
+            }
+            let excess = log.len().saturating_sub(AGENT_LOG_KEEP);
+            log.drain(..excess);
+            map.insert(key, Value::Array(log));
+        } else {
+            map.insert(key, value);
+        }
+    }
+    Some(Bytes::from(
+        serde_json::to_vec(&map).expect("map serialises"),
+    ))
+}
+
+/// 507 when `count` advertised `what` would pass [`MAX_ADVERTISED_QUEUES`].
+fn advertised(count: usize, what: &str) -> Result<()> {
+    if count > MAX_ADVERTISED_QUEUES {
+        return Err(Error::NoSpace(format!(
+            "at most {MAX_ADVERTISED_QUEUES} {what} are kept (advertisements do not expire); \
+             this post would make {count}"
+        )));
+    }
+    Ok(())
+}
+
 impl Agents {
     /// Folds one agents event in.
     pub fn apply(&mut self, event: &Event) {
@@ -86,28 +135,10 @@ impl Agents {
             }
             Event::AgentUpdated { name, fields, at } => {
                 let record = self.agents.entry(name.clone()).or_default();
-                let Ok(Value::Object(new)) = serde_json::from_slice::<Value>(fields) else {
-                    return;
-                };
-                let mut map = record.fields_map();
-                for (key, value) in new {
-                    if key == "log" {
-                        let mut log = match map.remove("log") {
-                            Some(Value::Array(old)) => old,
-                            _ => Vec::new(),
-                        };
-                        if let Value::Array(more) = value {
-                            log.extend(more);
-                        }
-                        let excess = log.len().saturating_sub(AGENT_LOG_KEEP);
-                        log.drain(..excess);
-                        map.insert(key, Value::Array(log));
-                    } else {
-                        map.insert(key, value);
-                    }
+                if let Some(merged) = merge(&record.fields, fields) {
+                    record.fields = merged;
+                    record.updated_at = *at;
                 }
-                record.fields = Bytes::from(serde_json::to_vec(&map).expect("map serialises"));
-                record.updated_at = *at;
             }
             Event::ProvisionLogged { name, entry, .. } => {
                 let record = self.agents.entry(name.clone()).or_default();
@@ -133,6 +164,57 @@ impl Agents {
         }
     }
 
+    /// Whether `event` may be recorded: refused, before anything changes, when it would
+    /// take an agent record past [`MAX_AGENT_RECORD_BYTES`] (413), or add a record or an
+    /// advertised queue past [`MAX_AGENTS`] or [`MAX_ADVERTISED_QUEUES`] (507).
+    pub fn admit(&self, event: &Event) -> Result<()> {
+        match event {
+            Event::AgentUpdated { name, fields, .. } => {
+                let record = self.agents.get(name);
+                if record.is_none() && self.agents.len() >= MAX_AGENTS {
+                    return Err(Error::NoSpace(format!(
+                        "{MAX_AGENTS} agents have records, the most kept at once: a new \
+                         agent's record is refused until silent ones expire \
+                         (--agent-expiry-secs)"
+                    )));
+                }
+                let old = record.map(|r| r.fields.clone()).unwrap_or_default();
+                match merge(&old, fields) {
+                    Some(merged) if merged.len() > MAX_AGENT_RECORD_BYTES => {
+                        Err(Error::TooLarge(format!(
+                            "the agent's record would hold {} bytes, the limit is {} \
+                             (every key posted is kept: post fewer or smaller keys)",
+                            merged.len(),
+                            MAX_AGENT_RECORD_BYTES
+                        )))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Event::QueuesAdvertised { queues, .. } => {
+                let new = queues
+                    .iter()
+                    .filter(|(name, _)| !self.queues.contains_key(name))
+                    .count();
+                advertised(self.queues.len() + new, "queues")
+            }
+            Event::ImagesAdvertised { queue, .. } => {
+                let new = usize::from(!self.images.contains_key(queue));
+                advertised(self.images.len() + new, "queues with images")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Agents::admit`] for one post of images for `queues` (each recorded as an event
+    /// of its own): 507 when together they would pass [`MAX_ADVERTISED_QUEUES`].
+    pub fn admit_images<'a>(&self, queues: impl Iterator<Item = &'a Name>) -> Result<()> {
+        let new: std::collections::BTreeSet<&Name> = queues
+            .filter(|queue| !self.images.contains_key(*queue))
+            .collect();
+        advertised(self.images.len() + new.len(), "queues with images")
+    }
+
     /// Agents whose record was last updated before `cutoff` (unix seconds).
     pub fn silent_since(&self, cutoff: u64) -> Vec<Name> {
         self.agents
@@ -140,5 +222,37 @@ impl Agents {
             .filter(|(_, r)| r.updated_at < cutoff)
             .map(|(name, _)| name.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(name: &str) -> Event {
+        Event::AgentUpdated {
+            name: Name::from(name),
+            fields: Bytes::from_static(br#"{"state":"waiting"}"#),
+            at: 1,
+        }
+    }
+
+    /// Past [`MAX_AGENTS`] records a new agent is refused (507) while the known ones keep
+    /// posting; once one expires, a new one is let in.
+    #[test]
+    fn a_new_agent_is_refused_only_past_the_most_records_kept() {
+        let mut agents = Agents::default();
+        for i in 0..MAX_AGENTS {
+            let event = update(&format!("a{i}"));
+            agents.admit(&event).unwrap();
+            agents.apply(&event);
+        }
+        let refused = agents.admit(&update("one-more")).unwrap_err();
+        assert!(matches!(refused, Error::NoSpace(_)), "{refused:?}");
+        agents.admit(&update("a0")).unwrap();
+        agents.apply(&Event::AgentsExpired {
+            names: vec![Name::from("a0")],
+        });
+        agents.admit(&update("one-more")).unwrap();
     }
 }
