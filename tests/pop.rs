@@ -396,3 +396,23 @@ async fn a_pop_dropped_by_a_queue_actor_stopping_as_idle_tries_the_other_queues_
     );
     core.stop().await;
 }
+
+/// A `queue=` whose escapes decode to bytes that are not UTF-8 is a 400 naming the
+/// problem, as such a path is (read leniently, `%ff` would pop the queue named U+FFFD);
+/// the same on the dashboard, whose queue page also holds the API's name rules.
+#[tokio::test]
+async fn pop_and_pages_refuse_query_escapes_that_are_not_utf8() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("\u{fffd}").await;
+    for path in ["/v1/job?queue=%ff", "/v1/job?queue=a%C3", "/jobs?state=%ff"] {
+        let message = srv.get(path).await.expect_error(400);
+        assert!(message.contains("UTF-8"), "{path}: {message}");
+    }
+    assert_eq!(
+        srv.pop_id(&["\u{fffd}"]).await,
+        Some(id),
+        "the job is still there for its real name"
+    );
+    let message = srv.get("/queues/%00").await.expect_error(400);
+    assert!(message.contains("control character"), "{message}");
+}

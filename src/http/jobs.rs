@@ -92,7 +92,7 @@ pub async fn job_get(
     // De-duplicated through a set, and the cap checked as names arrive, so a URL of
     // thousands of `queue=` parameters costs linear time.
     let mut seen = crate::model::FastSet::default();
-    for (key, value) in wire::query_pairs(request.uri().query().unwrap_or("")) {
+    for (key, value) in wire::query_pairs(request.uri().query().unwrap_or(""))? {
         if key == "wait" {
             wait = value
                 .parse::<u64>()
@@ -273,7 +273,7 @@ pub(crate) fn check_search_state(value: &str) -> Result<()> {
 /// `GET /v1/job/search?tags=a&tags=b&match=any|all&state=s&limit=n`: jobs by tags and
 /// state, newest first, at most `limit` (default 1000, at most 10000).
 pub async fn job_search(State(svc): State<Services>, request: Request) -> Result<Response> {
-    let pairs = wire::query_pairs(request.uri().query().unwrap_or(""));
+    let pairs = wire::query_pairs(request.uri().query().unwrap_or(""))?;
     let limit = super::queues::limit_param(&pairs)?;
     let mut tags: Vec<String> = Vec::new();
     let mut states: Vec<String> = Vec::new();

@@ -79,7 +79,7 @@ pub async fn queue_jobs_get(
     request: Request,
 ) -> Result<Response> {
     crate::http::wire::check_queue_name(&queue)?;
-    let limit = limit_param(&query_pairs(request.uri().query().unwrap_or("")))?;
+    let limit = limit_param(&query_pairs(request.uri().query().unwrap_or(""))?)?;
     let jobs = {
         let _turn = svc.searches.acquire().await;
         svc.jobs.list_queue(&queue, limit).await
@@ -119,7 +119,7 @@ pub async fn queue_wait_times_get(
     State(svc): State<Services>,
     request: Request,
 ) -> Result<Response> {
-    let wanted: Vec<String> = query_pairs(request.uri().query().unwrap_or(""))
+    let wanted: Vec<String> = query_pairs(request.uri().query().unwrap_or(""))?
         .into_iter()
         .filter(|(k, _)| k == "queue")
         .map(|(_, v)| v.into_owned())

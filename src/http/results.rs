@@ -301,7 +301,7 @@ pub async fn log_get(
     let mut since = i64::MIN;
     let mut only: Option<String> = None;
     let mut run: Option<u32> = None;
-    for (key, value) in query_pairs(request.uri().query().unwrap_or("")) {
+    for (key, value) in query_pairs(request.uri().query().unwrap_or(""))? {
         match key.as_ref() {
             "start_fragment" => {
                 from = value.parse().map_err(|_| {

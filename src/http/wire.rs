@@ -385,21 +385,23 @@ pub fn invalid(invalid: schema::Invalid) -> Error {
 }
 
 /// Decodes an `application/x-www-form-urlencoded` query into (key, value) pairs; a key or
-/// value without `%` or `+` is borrowed from `query`.
-pub fn query_pairs(query: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+/// value without `%` or `+` is borrowed from `query`. A key or value whose escapes decode
+/// to bytes that are not UTF-8 is a 400 naming it, as such a path is: read leniently, it
+/// would name another queue (`%ff` would be U+FFFD) than the client meant.
+pub fn query_pairs(query: &str) -> Result<Vec<(Cow<'_, str>, Cow<'_, str>)>> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
+            Ok((percent_decode(k)?, percent_decode(v)?))
         })
         .collect()
 }
 
-fn percent_decode(text: &str) -> Cow<'_, str> {
+fn percent_decode(text: &str) -> Result<Cow<'_, str>> {
     if memchr::memchr2(b'%', b'+', text.as_bytes()).is_none() {
-        return Cow::Borrowed(text);
+        return Ok(Cow::Borrowed(text));
     }
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -425,7 +427,12 @@ fn percent_decode(text: &str) -> Cow<'_, str> {
             }
         }
     }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    String::from_utf8(out).map(Cow::Owned).map_err(|_| {
+        let shown: String = text.chars().take(64).collect();
+        Error::InvalidInput(format!(
+            "Invalid UTF-8 in the query string: {shown:?} does not decode to UTF-8 text"
+        ))
+    })
 }
 
 /// The `agent_name` cookie (set by `POST /v1/agents/data/<name>`), if sent.
@@ -539,7 +546,7 @@ mod tests {
 
     #[test]
     fn queries_decode_repeated_keys_and_escapes() {
-        let pairs = query_pairs("queue=a&queue=b%20c&queue=d+e&x=%zz&y=%4&q%75eue=%41");
+        let pairs = query_pairs("queue=a&queue=b%20c&queue=d+e&x=%zz&y=%4&q%75eue=%41").unwrap();
         assert_eq!(pairs[0], (Cow::Borrowed("queue"), Cow::Borrowed("a")));
         assert_eq!(pairs[1].1, "b c");
         assert_eq!(pairs[2].1, "d e");
@@ -547,6 +554,13 @@ mod tests {
         assert_eq!(pairs[4].1, "%4");
         assert_eq!(pairs[5], (Cow::Borrowed("queue"), Cow::Borrowed("A")));
         assert!(matches!(pairs[5].0, Cow::Owned(_)));
+        assert_eq!(query_pairs("queue=%C3%A9").unwrap()[0].1, "é");
+        for bad in ["queue=%ff", "q%ffueue=a", "queue=a%C3", "queue=%ED%A0%80"] {
+            assert!(
+                matches!(query_pairs(bad), Err(Error::InvalidInput(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -260,6 +260,8 @@ pub async fn queue_page(
     State(svc): State<Services>,
     Path(queue): Path<String>,
 ) -> Result<Response> {
+    // The API's rules for a queue name, so the page never shows one no job can have.
+    super::wire::check_queue_name(&queue)?;
     let mut live = svc.jobs.live_jobs(&queue, PAGE_LIMIT);
     if live.waiting_total > live.waiting.len() {
         // More wait than a page shows: the first page in dispatch order comes from the
@@ -318,7 +320,7 @@ pub async fn queue_page(
 
 /// `GET /agents?name=&state=&queue=`: agents, filtered (name: substring).
 pub async fn agents_page(State(svc): State<Services>, request: Request) -> Result<Response> {
-    let pairs = query_pairs(request.uri().query().unwrap_or(""));
+    let pairs = query_pairs(request.uri().query().unwrap_or(""))?;
     let get = |k: &str| {
         pairs
             .iter()
@@ -386,7 +388,7 @@ pub async fn agent_page(State(svc): State<Services>, Path(name): Path<String>) -
 
 /// `GET /jobs?tags=a,b&state=s&queue=q`: newest first, at most [`PAGE_LIMIT`].
 pub async fn jobs_page(State(svc): State<Services>, request: Request) -> Result<Response> {
-    let pairs = query_pairs(request.uri().query().unwrap_or(""));
+    let pairs = query_pairs(request.uri().query().unwrap_or(""))?;
     let get = |k: &str| {
         pairs
             .iter()
@@ -601,7 +603,7 @@ pub async fn log_follow(
     let id = path_id(&id)?;
     let kind = super::results::log_kind(&kind)?;
     let mut from = 0u64;
-    for (key, value) in query_pairs(request.uri().query().unwrap_or("")) {
+    for (key, value) in query_pairs(request.uri().query().unwrap_or(""))? {
         if key == "start_fragment" {
             from = value.parse().map_err(|_| {
                 Error::InvalidInput("start_fragment must be a non-negative integer".into())
