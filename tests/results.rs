@@ -272,3 +272,52 @@ async fn small_merges_onto_a_large_result_stay_cheap_and_keep_every_field() {
     srv.restart();
     check(srv.result(&id).await);
 }
+
+/// A job's results and logs together are bounded (`--max-job-data-bytes`): every post is
+/// bounded on its own, but not their number, and `GET /v1/result/<id>` builds its answer
+/// from all of them. A post that would pass the bound is 413 naming it and stores nothing.
+#[tokio::test]
+async fn results_and_logs_of_one_job_stop_at_max_job_data_bytes() {
+    let srv = TestServer::start_with(&[
+        "--max-job-data-bytes",
+        "200000",
+        "--max-result-bytes",
+        "65536",
+        "--max-output-bytes",
+        "65536",
+    ]);
+    let id = srv.submit_to("q").await;
+    let path = format!("/v1/result/{id}");
+    for i in 0..3 {
+        srv.post_result(&id, &json!({format!("k{i}"): "x".repeat(60_000)}))
+            .await;
+    }
+    let fragment = |n: u64, len: usize| {
+        json!({"fragment_number": n, "timestamp": "2026-11-30T00:00:00Z", "phase": "test",
+               "log_data": "y".repeat(len)})
+    };
+    let log = format!("/v1/result/{id}/log/output");
+    let r = srv.post_json(&log, &fragment(0, 30_000)).await;
+    let message = r.expect_error(413);
+    assert!(message.contains("--max-job-data-bytes"), "{message}");
+    let r = srv
+        .post_json(&path, &json!({"k3": "x".repeat(30_000)}))
+        .await;
+    r.expect_error(413);
+    let r = srv
+        .post_raw(
+            &format!("{path}/output"),
+            Some("text/plain"),
+            vec![b'z'; 30_000],
+        )
+        .await;
+    r.expect_error(413);
+    let result = srv.result(&id).await;
+    assert!(
+        result.get("k3").is_none() && result.get("test_output").is_none(),
+        "nothing stored"
+    );
+    srv.post_json(&log, &fragment(0, 5_000))
+        .await
+        .expect_status(200);
+}

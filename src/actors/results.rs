@@ -154,6 +154,8 @@ pub struct ResultArgs {
     pub orphans: Arc<OrphanQuota>,
     /// The orphan store's files.
     pub store: Arc<Store>,
+    /// `--max-job-data-bytes`.
+    pub max_job_data: u64,
 }
 
 /// An append handed out and not committed or aborted yet.
@@ -186,9 +188,25 @@ pub struct ResultState {
     open: FastMap<JobId, Open>,
     /// The next slot's token.
     next_token: u64,
+    /// `--max-job-data-bytes`: most bytes of results and logs one id's document holds.
+    max_job_data: u64,
 }
 
 impl ResultState {
+    /// 413 when up to `adding` more bytes would take `id`'s results and logs past
+    /// `--max-job-data-bytes` (a merge adds at most its text: replaced keys count whole).
+    fn within_job_bound(&self, id: JobId, adding: u64) -> Result<()> {
+        let held = self.results.read().get(id).map_or(0, |doc| doc.bytes());
+        if held.saturating_add(adding) > self.max_job_data {
+            return Err(Error::TooLarge(format!(
+                "job {id}'s results and logs hold {held} bytes; this post would add up to \
+                 {adding}, past the limit of {} bytes (--max-job-data-bytes)",
+                self.max_job_data
+            )));
+        }
+        Ok(())
+    }
+
     fn record(&mut self, event: Event) -> Result<Ticket> {
         let ticket = self.recorder.append(&event)?;
         self.results.write().apply(&event);
@@ -682,6 +700,7 @@ impl Actor for ResultActor {
             store: args.store,
             open: FastMap::default(),
             next_token: 0,
+            max_job_data: args.max_job_data,
         })
     }
 
@@ -705,7 +724,10 @@ impl Actor for ResultActor {
                 // document by more), then what the document holds afterwards.
                 let reserved = fields.len() as u64;
                 let before = state.fields_bytes(id);
-                let result = match state.charge(id, reserved) {
+                let result = match state
+                    .within_job_bound(id, reserved)
+                    .and_then(|()| state.charge(id, reserved))
+                {
                     Err(e) => Err(e),
                     Ok(orphan) => {
                         let result = state.record(Event::ResultMerged {
@@ -738,7 +760,10 @@ impl Actor for ResultActor {
                     Ok(None)
                 } else {
                     let bytes = f.data.len() as u64;
-                    match state.charge(id, bytes) {
+                    match state
+                        .within_job_bound(id, bytes)
+                        .and_then(|()| state.charge(id, bytes))
+                    {
                         Err(e) => Err(e),
                         Ok(orphan) => {
                             let result = state.record(Event::LogAppended {
@@ -770,7 +795,10 @@ impl Actor for ResultActor {
                 }
                 let number = state.results.read().next_output_number(id, run);
                 let bytes = data.len() as u64;
-                let result = match state.charge(id, bytes) {
+                let result = match state
+                    .within_job_bound(id, bytes)
+                    .and_then(|()| state.charge(id, bytes))
+                {
                     Err(e) => Err(e),
                     Ok(orphan) => {
                         let result = state.record(Event::LogAppended {

@@ -133,6 +133,7 @@ impl Actor for Supervisor {
                 jobs: jobs.clone(),
                 orphans: args.orphans.clone(),
                 store: args.store,
+                max_job_data: args.config.max_job_data_bytes,
             },
             cell.clone(),
         )

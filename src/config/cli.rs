@@ -131,6 +131,10 @@ pub struct ServeOpts {
     /// [default: 4 MiB]; a fragment's JSON body may be 6x this + 64 KiB (escapes).
     #[arg(long, env = "FLINGER_MAX_OUTPUT_BYTES", value_name = "BYTES")]
     pub max_output_bytes: Option<usize>,
+    /// Most bytes one job's results and logs hold together (result fields and log text);
+    /// a post past it is 413 [default: 1 GiB].
+    #[arg(long, env = "FLINGER_MAX_JOB_DATA_BYTES", value_name = "BYTES")]
+    pub max_job_data_bytes: Option<u64>,
     /// Largest artifact or attachments upload in bytes [default: 2 GiB].
     #[arg(long, env = "FLINGER_MAX_ARTIFACT_BYTES", value_name = "BYTES")]
     pub max_artifact_bytes: Option<u64>,

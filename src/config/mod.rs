@@ -182,6 +182,10 @@ pub struct Config {
     /// agent sends (1,048,576 characters of any Unicode, up to 4 bytes each); a fragment's
     /// body may be 6 times this plus 64 KiB (`http::results::fragment_body_limit`).
     pub max_output_bytes: usize,
+    /// Most bytes one job's results and logs may hold together (result fields' keys and
+    /// values as posted, and every log fragment's text): a post that would pass it is 413.
+    /// `GET /v1/result/<id>` builds its answer from all of them in memory.
+    pub max_job_data_bytes: u64,
     /// Largest artifact or attachments upload.
     pub max_artifact_bytes: u64,
     /// WAL segment size.
@@ -303,6 +307,7 @@ impl Default for Config {
             max_job_bytes: 1 << 20,
             max_result_bytes: 16 << 20,
             max_output_bytes: 4 << 20,
+            max_job_data_bytes: 1 << 30,
             max_artifact_bytes: 2 << 30,
             segment_bytes: 64 << 20,
             snapshot_bytes: 128 << 20,
@@ -388,6 +393,7 @@ impl Config {
                     "MAX_JOB_BYTES" => config.max_job_bytes = num("a byte count")? as usize,
                     "MAX_RESULT_BYTES" => config.max_result_bytes = num("a byte count")? as usize,
                     "MAX_OUTPUT_BYTES" => config.max_output_bytes = num("a byte count")? as usize,
+                    "MAX_JOB_DATA_BYTES" => config.max_job_data_bytes = num("a byte count")?,
                     "MAX_ARTIFACT_BYTES" => config.max_artifact_bytes = num("a byte count")?,
                     "SEGMENT_BYTES" => config.segment_bytes = num("a byte count")?,
                     "SNAPSHOT_BYTES" => config.snapshot_bytes = num("a byte count")?,
@@ -504,6 +510,7 @@ impl Config {
             max_job_bytes,
             max_result_bytes,
             max_output_bytes,
+            max_job_data_bytes,
             max_artifact_bytes,
             segment_bytes,
             snapshot_bytes,
@@ -626,6 +633,15 @@ impl Config {
                     setting(name)
                 ));
             }
+        }
+        let one_post = self.max_result_bytes.max(self.max_output_bytes) as u64;
+        if self.max_job_data_bytes < one_post {
+            return err(format!(
+                "{} is {} bytes, less than one post may hold (the larger of --max-result-bytes \
+                 and --max-output-bytes: {one_post})",
+                setting("max-job-data-bytes"),
+                self.max_job_data_bytes
+            ));
         }
         let biggest = self
             .max_result_bytes
@@ -833,6 +849,23 @@ mod tests {
         ] {
             assert_eq!(parse_config_file(text).unwrap_err().line, line, "{text:?}");
         }
+    }
+
+    #[test]
+    fn job_data_bound_below_one_post_is_refused_naming_both() {
+        let opts = ServeOpts {
+            max_job_data_bytes: Some(1 << 20),
+            ..ServeOpts::default()
+        };
+        let reason = Config::resolve(&opts, None).unwrap_err().reason;
+        assert!(
+            reason.contains("--max-job-data-bytes") && reason.contains("16777216"),
+            "{reason}"
+        );
+        let file = parse_config_file("MAX_JOB_DATA_BYTES = 33554432\n").unwrap();
+        let (config, _) =
+            Config::resolve(&ServeOpts::default(), Some(("tf.conf".into(), file))).unwrap();
+        assert_eq!(config.max_job_data_bytes, 32 << 20);
     }
 
     #[test]
