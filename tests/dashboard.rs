@@ -502,3 +502,28 @@ async fn jobs_page_refuses_an_unknown_state_filter_naming_the_valid_ones_as_the_
     let r = srv.get("/jobs?state=waiting").await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// Links to a queue or agent whose name holds `/`, `?` or `#` escape it as one path
+/// segment, and lead to its page.
+#[tokio::test]
+async fn links_to_names_with_slashes_lead_to_their_pages() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("a/b?c#d").await;
+    srv.post_json(
+        "/v1/agents/data/x%2Fy",
+        &json!({"state": "waiting", "job_id": id}),
+    )
+    .await
+    .expect_status(200);
+    let queues = srv.get("/queues").await.text();
+    assert!(
+        queues.contains(r#"href="/queues/a%2Fb%3Fc%23d""#),
+        "{queues}"
+    );
+    srv.get("/queues/a%2Fb%3Fc%23d").await.expect_status(200);
+    let agents = srv.get("/agents").await.text();
+    assert!(agents.contains(r#"href="/agents/x%2Fy""#), "{agents}");
+    srv.get("/agents/x%2Fy").await.expect_status(200);
+    let job = srv.get(&format!("/jobs/{id}")).await.text();
+    assert!(job.contains(r#"href="/queues/a%2Fb%3Fc%23d""#), "{job}");
+}

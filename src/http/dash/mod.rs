@@ -49,9 +49,21 @@ const FOLLOW_POLL: Duration = Duration::from_millis(500);
 /// How long one log follow stream lasts (the browser's EventSource reconnects).
 const FOLLOW_MAX: Duration = Duration::from_secs(600);
 
+/// What a path segment escapes: everything but RFC 3986's unreserved characters.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// The templates, parsed once.
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
+    // A name as one path segment: minijinja's `urlencode` leaves `/` as it is, and a queue
+    // or agent named `a/b` would link to a page that does not exist.
+    env.add_filter("segment", |name: &str| -> String {
+        percent_encoding::utf8_percent_encode(name, SEGMENT).to_string()
+    });
     for (name, source) in [
         ("base.html", include_str!("templates/base.html")),
         ("overview.html", include_str!("templates/overview.html")),
