@@ -1,0 +1,178 @@
+//! The configuration's resolution: files, flags over files over defaults, and the bounds
+//! `Config::validate` holds.
+
+use super::*;
+
+#[test]
+fn testflinger_style_file_parses() {
+    let keys = parse_config_file(
+        "# comment\nDATA_PATH = '/srv/tf'\nREDIS_PORT = 6379\nFSYNC=\"interval:5\"\n",
+    )
+    .unwrap();
+    assert_eq!(keys["DATA_PATH"], "/srv/tf");
+    assert_eq!(keys["REDIS_PORT"], "6379");
+    assert_eq!(keys["FSYNC"], "interval:5");
+}
+
+#[test]
+fn malformed_lines_are_errors_with_line_numbers() {
+    for (text, line) in [
+        ("DATA_PATH '/x'", 1),
+        ("\nDATA_PATH = '/x", 2),
+        ("= 3", 1),
+        ("A = 'x'y'", 1),
+        ("A =", 1),
+    ] {
+        assert_eq!(parse_config_file(text).unwrap_err().line, line, "{text:?}");
+    }
+}
+
+#[test]
+fn job_data_bound_below_one_post_is_refused_naming_both() {
+    let opts = ServeOpts {
+        max_job_data_bytes: Some(1 << 20),
+        ..ServeOpts::default()
+    };
+    let reason = Config::resolve(&opts, None).unwrap_err().reason;
+    assert!(
+        reason.contains("--max-job-data-bytes") && reason.contains("16777216"),
+        "{reason}"
+    );
+    let file = parse_config_file("MAX_JOB_DATA_BYTES = 33554432\n").unwrap();
+    let (config, _) =
+        Config::resolve(&ServeOpts::default(), Some(("tf.conf".into(), file))).unwrap();
+    assert_eq!(config.max_job_data_bytes, 32 << 20);
+}
+
+#[test]
+fn workers_default_to_cores_less_one_and_are_bounded() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (config, _) = Config::resolve(&ServeOpts::default(), None).unwrap();
+    assert_eq!(config.workers, (cores - 1).max(1));
+    let file = parse_config_file("WORKERS = 3\n").unwrap();
+    let (config, _) =
+        Config::resolve(&ServeOpts::default(), Some(("tf.conf".into(), file))).unwrap();
+    assert_eq!(config.workers, 3);
+    for (workers, ok) in [
+        (0, false),
+        (1, true),
+        (MAX_WORKERS, true),
+        (MAX_WORKERS + 1, false),
+    ] {
+        let opts = ServeOpts {
+            workers: Some(workers),
+            ..Default::default()
+        };
+        match Config::resolve(&opts, None) {
+            Ok((config, _)) => assert!(ok && config.workers == workers, "{workers}"),
+            Err(e) => assert!(!ok && e.to_string().contains("workers"), "{workers}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn load_limits_come_from_the_file_and_flags() {
+    let file = parse_config_file(
+        "MAX_PENDING = 7\nORPHAN_QUOTA_BYTES = 1000\nQUEUE_IDLE_SECS = 9\nMAX_SEARCHES = 3\nAGENT_EXPIRY_SECS = 60\n",
+    )
+    .unwrap();
+    let opts = ServeOpts {
+        max_searches: Some(2),
+        ..Default::default()
+    };
+    let (config, warnings) = Config::resolve(&opts, Some(("tf.conf".into(), file))).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.max_pending, 7);
+    assert_eq!(config.orphan_quota_bytes, 1000);
+    assert_eq!(config.queue_idle, Duration::from_secs(9));
+    assert_eq!(config.max_searches, 2);
+    assert_eq!(config.agent_expiry, Duration::from_secs(60));
+    let zero = ServeOpts {
+        max_pending: Some(0),
+        ..Default::default()
+    };
+    assert!(Config::resolve(&zero, None).is_err());
+}
+
+#[test]
+fn flags_beat_file_beats_defaults_and_unknown_keys_warn() {
+    let file =
+        parse_config_file("DATA_PATH = '/srv/tf'\nBIND = '0.0.0.0:9000'\nWHAT = 1\n").unwrap();
+    let opts = ServeOpts {
+        bind: Some("127.0.0.1:1".parse().unwrap()),
+        ..Default::default()
+    };
+    let (config, warnings) = Config::resolve(&opts, Some(("tf.conf".into(), file))).unwrap();
+    assert_eq!(config.bind.port(), 1);
+    assert_eq!(config.data_dir, PathBuf::from("/srv/tf"));
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].contains("WHAT"));
+}
+
+#[test]
+fn connection_limits_come_from_the_file_and_are_checked() {
+    let file = parse_config_file(
+        "HEADER_TIMEOUT_SECS = 5\nMAX_HEADER_BYTES = 9000\nMIN_TRANSFER_BYTES = 10\nTRANSFER_WINDOW_SECS = 2\nDRAIN_SECS = 3\nMAX_PART_HEADER_BYTES = 300\nMAX_UPLOAD_PARTS = 4\nMAX_FIELD_BYTES = 5\nMAX_CONNECTIONS = 7\n",
+    )
+    .unwrap();
+    let (config, warnings) =
+        Config::resolve(&ServeOpts::default(), Some(("tf.conf".into(), file))).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.header_timeout, Duration::from_secs(5));
+    assert_eq!(config.max_header_bytes, 9000);
+    assert_eq!(config.min_transfer_bytes, 10);
+    assert_eq!(config.transfer_window, Duration::from_secs(2));
+    assert_eq!(config.drain, Duration::from_secs(3));
+    assert_eq!(config.max_part_header_bytes, 300);
+    assert_eq!(config.max_upload_parts, 4);
+    assert_eq!(config.max_field_bytes, 5);
+    assert!(config.max_connections_chosen);
+    let small = ServeOpts {
+        max_header_bytes: Some(4096),
+        ..Default::default()
+    };
+    assert!(Config::resolve(&small, None).is_err());
+}
+
+#[test]
+fn snapshot_growth_percent_comes_from_the_file_and_flags_and_is_bounded() {
+    let file = parse_config_file("SNAPSHOT_GROWTH_PERCENT = 250\n").unwrap();
+    let (config, _) =
+        Config::resolve(&ServeOpts::default(), Some(("tf.conf".into(), file))).unwrap();
+    assert_eq!(config.snapshot_growth_percent, 250);
+    assert_eq!(Config::default().snapshot_growth_percent, 100);
+    let flag = ServeOpts {
+        snapshot_growth_percent: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(
+        Config::resolve(&flag, None)
+            .unwrap()
+            .0
+            .snapshot_growth_percent,
+        0
+    );
+    let huge = ServeOpts {
+        snapshot_growth_percent: Some(10_001),
+        ..Default::default()
+    };
+    let refused = Config::resolve(&huge, None).unwrap_err();
+    assert!(refused.reason.contains("at most 10000"), "{refused}");
+}
+
+#[test]
+fn open_access_is_refused_off_loopback_unless_opted_out_or_on() {
+    let mut config = Config::default();
+    assert!(config.check_exposure().is_ok());
+    config.bind = "[::1]:8000".parse().unwrap();
+    assert!(config.check_exposure().is_ok());
+    config.bind = "0.0.0.0:8000".parse().unwrap();
+    let refused = config.check_exposure().unwrap_err();
+    assert!(refused.reason.contains("--access-control on"), "{refused}");
+    assert!(refused.reason.contains("--allow-open-access"), "{refused}");
+    config.allow_open_access = true;
+    assert!(config.check_exposure().is_ok());
+    config.allow_open_access = false;
+    config.access = AccessMode::On;
+    assert!(config.check_exposure().is_ok());
+}
