@@ -56,6 +56,11 @@ pub struct LogStream {
     /// default (their fragments' run), so older snapshots still decode.
     #[serde(default = "first_run")]
     run: u32,
+    /// Bytes of log text held: counted once when first asked (after a load), then kept
+    /// up to date by [`LogStream::push`], so bounding a job's data costs O(1) a post.
+    /// Derived: never in a snapshot.
+    #[serde(skip)]
+    held: std::sync::OnceLock<u64>,
 }
 
 impl LogStream {
@@ -76,12 +81,15 @@ impl LogStream {
             fragments,
             seen: FastSet::default(),
             run,
+            held: std::sync::OnceLock::new(),
         }
     }
 
     /// Bytes of log text held.
     pub fn bytes(&self) -> u64 {
-        self.fragments.iter().map(|f| f.data.len() as u64).sum()
+        *self
+            .held
+            .get_or_init(|| self.fragments.iter().map(|f| f.data.len() as u64).sum())
     }
 
     /// Whether a fragment (run, phase, number) is stored. A late retry for an older run
@@ -110,6 +118,9 @@ impl LogStream {
         }
         if fragment.run == self.run {
             self.seen.insert((fragment.phase.clone(), fragment.number));
+        }
+        if let Some(held) = self.held.get_mut() {
+            *held += fragment.data.len() as u64;
         }
         self.fragments.push(fragment);
         true
@@ -521,6 +532,34 @@ impl Results {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The held-bytes count is kept by pushes (retries not counted twice) and counted
+    /// afresh after a snapshot round trip, always the sum of the fragments' text.
+    #[test]
+    fn log_bytes_stay_the_sum_of_the_fragments_text() {
+        let piece = |number: u64, data: &'static str| Fragment {
+            number,
+            phase: Name::from("test"),
+            timestamp: 0,
+            data: Bytes::from_static(data.as_bytes()),
+            run: first_run(),
+        };
+        let sum = |s: &LogStream| s.fragments.iter().map(|f| f.data.len() as u64).sum::<u64>();
+        let mut stream = LogStream::default();
+        assert!(stream.push(piece(0, "abc")));
+        assert_eq!(stream.bytes(), 3);
+        assert!(stream.push(piece(1, "defgh")));
+        assert!(!stream.push(piece(1, "defgh")), "a retry");
+        assert_eq!(stream.bytes(), 8);
+        assert_eq!(stream.clone().bytes(), 8);
+        let loaded: LogStream =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&stream).unwrap()).unwrap();
+        assert_eq!(loaded.bytes(), sum(&loaded));
+        let mut loaded = loaded;
+        assert!(loaded.push(piece(2, "ij")));
+        assert_eq!(loaded.bytes(), 10);
+        assert_eq!(loaded.bytes(), sum(&loaded));
+    }
 
     fn merge(results: &mut Results, id: JobId, json: &str) {
         results.apply(&Event::ResultMerged {
