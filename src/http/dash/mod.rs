@@ -61,8 +61,11 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
     // A name as one path segment: minijinja's `urlencode` leaves `/` as it is, and a queue
     // or agent named `a/b` would link to a page that does not exist.
-    env.add_filter("segment", |name: &str| -> String {
-        percent_encoding::utf8_percent_encode(name, SEGMENT).to_string()
+    env.add_filter("segment", |name: minijinja::Value| -> String {
+        let text = name
+            .as_str()
+            .map_or_else(|| name.to_string(), str::to_owned);
+        percent_encoding::utf8_percent_encode(&text, SEGMENT).to_string()
     });
     for (name, source) in [
         ("base.html", include_str!("templates/base.html")),
