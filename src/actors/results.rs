@@ -193,9 +193,11 @@ pub struct ResultState {
 }
 
 impl ResultState {
-    /// 413 when up to `adding` more bytes would take `id`'s results and logs past
-    /// `--max-job-data-bytes` (a merge adds at most its text: replaced keys count whole).
-    fn within_job_bound(&self, id: JobId, adding: u64) -> Result<()> {
+    /// Before recording up to `adding` more bytes for `id` in the partition: 413 when they
+    /// would take its results and logs past `--max-job-data-bytes` (a merge adds at most
+    /// its text: replaced keys count whole), else [`ResultState::charge`]s them. Whether
+    /// they were charged to the orphan quota.
+    fn make_room(&mut self, id: JobId, adding: u64) -> Result<bool> {
         let held = self.results.read().get(id).map_or(0, |doc| doc.bytes());
         if held.saturating_add(adding) > self.max_job_data {
             return Err(Error::TooLarge(format!(
@@ -204,7 +206,7 @@ impl ResultState {
                 self.max_job_data
             )));
         }
-        Ok(())
+        self.charge(id, adding)
     }
 
     fn record(&mut self, event: Event) -> Result<Ticket> {
@@ -724,10 +726,7 @@ impl Actor for ResultActor {
                 // document by more), then what the document holds afterwards.
                 let reserved = fields.len() as u64;
                 let before = state.fields_bytes(id);
-                let result = match state
-                    .within_job_bound(id, reserved)
-                    .and_then(|()| state.charge(id, reserved))
-                {
+                let result = match state.make_room(id, reserved) {
                     Err(e) => Err(e),
                     Ok(orphan) => {
                         let result = state.record(Event::ResultMerged {
@@ -760,10 +759,7 @@ impl Actor for ResultActor {
                     Ok(None)
                 } else {
                     let bytes = f.data.len() as u64;
-                    match state
-                        .within_job_bound(id, bytes)
-                        .and_then(|()| state.charge(id, bytes))
-                    {
+                    match state.make_room(id, bytes) {
                         Err(e) => Err(e),
                         Ok(orphan) => {
                             let result = state.record(Event::LogAppended {
@@ -795,10 +791,7 @@ impl Actor for ResultActor {
                 }
                 let number = state.results.read().next_output_number(id, run);
                 let bytes = data.len() as u64;
-                let result = match state
-                    .within_job_bound(id, bytes)
-                    .and_then(|()| state.charge(id, bytes))
-                {
+                let result = match state.make_room(id, bytes) {
                     Err(e) => Err(e),
                     Ok(orphan) => {
                         let result = state.record(Event::LogAppended {
