@@ -61,11 +61,9 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
     // A name as one path segment: minijinja's `urlencode` leaves `/` as it is, and a queue
     // or agent named `a/b` would link to a page that does not exist.
+    // Any value, as `urlencode` took: a string displays as its text, a number as digits.
     env.add_filter("segment", |name: minijinja::Value| -> String {
-        let text = name
-            .as_str()
-            .map_or_else(|| name.to_string(), str::to_owned);
-        percent_encoding::utf8_percent_encode(&text, SEGMENT).to_string()
+        percent_encoding::utf8_percent_encode(&name.to_string(), SEGMENT).to_string()
     });
     for (name, source) in [
         ("base.html", include_str!("templates/base.html")),
