@@ -185,17 +185,40 @@ pub fn peer(request_extensions: &axum::http::Extensions) -> Option<SocketAddr> {
         .map(|c| c.0)
 }
 
-/// Logs a refused request as a security event.
+/// Longest client id or path a security line carries, in bytes: a refused request can
+/// name a 60 KB path, and the log is not the place to store it.
+const LOGGED_TEXT: usize = 200;
+
+/// Logs a refused request as a security event (target `flinger::security`), at most one
+/// line per `kind` per [`crate::throttle::EVERY`] with the count of the ones suppressed
+/// since: a client hammering with a bad token or a forbidden path cannot flood the log.
+/// `who` and `path` are cut to [`LOGGED_TEXT`] bytes.
 pub fn security_event(
-    kind: &str,
+    kind: &'static str,
     who: &str,
     method: &str,
     path: &str,
     from: Option<SocketAddr>,
     why: &str,
 ) {
+    let Some(suppressed) = crate::throttle::allow(kind, 0) else {
+        return;
+    };
     let from = from.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
-    tracing::warn!(target: "flinger::security", event = kind, client = who, method, path, from = %from, "{why}");
+    let (who, path) = (cut(who, LOGGED_TEXT), cut(path, LOGGED_TEXT));
+    tracing::warn!(target: "flinger::security", event = kind, client = %who, method, path = %path, from = %from, suppressed, "{why}");
+}
+
+/// `text` cut to at most `limit` bytes on a character boundary, with `…` when cut.
+fn cut(text: &str, limit: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= limit {
+        return text.into();
+    }
+    let end = (0..=limit)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}…", &text[..end]).into()
 }
 
 /// Access control for one request (called by `http::front` for every request): resolve
@@ -223,6 +246,10 @@ pub async fn authorize(
     // The head is borrowed for the checks and the security log, not copied: a request
     // allocates nothing here beyond what resolving the caller takes.
     let (mut parts, body) = request.into_parts();
+    let job = match rule.check {
+        Check::JobOwner | Check::JobAgent => job_param(&mut parts).await,
+        _ => None,
+    };
     let method = parts.method.as_str();
     let path = parts.uri.path();
     let from = peer(&parts.extensions);
@@ -234,7 +261,7 @@ pub async fn authorize(
         }
     };
     let has_cookie = crate::http::wire::agent_cookie(&parts.headers).is_some();
-    if let Err(e) = check(svc, &caller, rule, path, has_cookie).await {
+    if let Err(e) = check(svc, &caller, rule, job, has_cookie).await {
         let kind = if e.status() == 401 {
             "authn_fail"
         } else {
@@ -247,12 +274,26 @@ pub async fn authorize(
     Ok(Request::from_parts(parts, body))
 }
 
-/// The table's `rule` and then its per-job check, for `caller` asking for `path`.
+/// The job a per-job check is about: the route's `{id}` exactly as the handler's `Path`
+/// extractor will read it (axum's matched parameters, percent-decoded), parsed. `None`
+/// when it does not parse: the handler, reading the same decoded text, refuses it too.
+///
+/// Reading the raw path instead would let `/v1/job/%63…/action` past the owner check
+/// (the raw segment does not parse, the decoded one the handler acts on does).
+async fn job_param(parts: &mut axum::http::request::Parts) -> Option<JobId> {
+    use axum::extract::{FromRequestParts, RawPathParams};
+    let params = RawPathParams::from_request_parts(parts, &()).await.ok()?;
+    let (_, id) = params.iter().find(|(name, _)| *name == "id")?;
+    JobId::parse(id)
+}
+
+/// The table's `rule` and then its per-job check, for `caller` asking about `job` (the
+/// route's parsed `{id}`, for the per-job checks).
 async fn check(
     svc: &Services,
     caller: &Caller,
     rule: &table::Rule,
-    path: &str,
+    job: Option<JobId>,
     has_cookie: bool,
 ) -> Result<()> {
     let gate = &svc.access;
@@ -276,7 +317,7 @@ async fn check(
         Check::AgentCookie if has_cookie => Ok(()),
         Check::AgentCookie => Err(Error::Unauthorized("Agent not identified".into())),
         Check::JobOwner | Check::JobAgent => {
-            let Some(id) = table::path_param(rule.path, path, "id").and_then(JobId::parse) else {
+            let Some(id) = job else {
                 return Ok(()); // the handler answers the malformed id
             };
             if rule.check == Check::JobOwner {
@@ -534,5 +575,20 @@ impl Limiter {
                 from.map_or_else(|| "unknown".into(), |a| a.to_string())
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn logged_text_is_cut_on_a_character_boundary() {
+        assert_eq!(super::cut("short", 200), "short");
+        let long = "é".repeat(150); // 300 bytes
+        let cut = super::cut(&long, 201);
+        assert_eq!(cut, format!("{}…", "é".repeat(100)));
+        assert_eq!(
+            super::cut(&"a".repeat(201), 200).len(),
+            200 + '…'.len_utf8()
+        );
     }
 }

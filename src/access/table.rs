@@ -168,13 +168,6 @@ pub fn role_list(roles: &[Role]) -> String {
         .join(", ")
 }
 
-/// The value of `{name}` in `path` matched against route `pattern`.
-pub fn path_param<'a>(pattern: &str, path: &'a str, name: &str) -> Option<&'a str> {
-    let wanted = format!("{{{name}}}");
-    let index = pattern.split('/').position(|seg| seg == wanted)?;
-    path.split('/').nth(index)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_are_unique_and_params_are_found() {
+    fn rows_are_unique() {
         for (i, a) in TABLE.iter().enumerate() {
             for b in &TABLE[i + 1..] {
                 assert!(
@@ -305,10 +298,5 @@ mod tests {
                 );
             }
         }
-        assert_eq!(
-            path_param("/v1/job/{id}/action", "/v1/job/abc/action", "id"),
-            Some("abc")
-        );
-        assert_eq!(path_param("/v1/job", "/v1/job", "id"), None);
     }
 }

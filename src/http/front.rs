@@ -12,10 +12,11 @@
 //! 4. error bodies made JSON (`respond::json_errors`);
 //! 5. request metrics: count and time by route template and method (`Metrics::request`),
 //!    from the status the handler (or access control) answered;
-//! 6. agent contact for lost-agent recovery (`actors::watch`);
-//! 7. access control (`access::authorize`) for requests the router routes (its table has
+//! 6. access control (`access::authorize`) for requests the router routes (its table has
 //!    a row for every routed method, so a 404 or 405 is answered without resolving the
-//!    caller).
+//!    caller);
+//! 7. agent contact for lost-agent recovery (`actors::watch`), only for requests access
+//!    control lets through.
 //!
 //! Access control used to be a `route_layer` of its own, and the OpenAPI document and the
 //! body-limit setting two more layers: each layer is one more boxed service cloned and
@@ -110,9 +111,13 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = front.route_label(request.extensions().get::<MatchedPath>());
     let method = method_label(request.method());
-    note_agent_contact(&front.services, &request);
     let response = match crate::access::authorize(&front.services, route, request).await {
-        Ok(request) => next.run(request).await,
+        Ok(request) => {
+            // Only a request access control lets through counts: a refused one (another
+            // credential, no credential) must not keep a lost agent's job alive.
+            note_agent_contact(&front.services, &request);
+            next.run(request).await
+        }
         Err(refused) => refused,
     };
     front

@@ -162,3 +162,104 @@ async fn only_the_owner_or_a_manager_changes_a_job_and_only_its_agent_reports_on
     .await
     .expect_status(200);
 }
+
+/// The per-job checks decide on the id the handler acts on: a path spelling the id with
+/// percent-escapes (`%63…`, `%7B…%7D`), which the handler decodes, gets the same 403 as
+/// the plain spelling, on every route of the table with a per-job check.
+#[tokio::test]
+async fn a_percent_encoded_job_id_gets_the_same_per_job_checks() {
+    use flinger::access::table::{Check, TABLE};
+    let lab = Lab::start(&[]);
+    let srv = &lab.srv;
+    let alice = lab.token_for("alice", "contributor", json!({})).await;
+    let bob = lab.token_for("bob", "contributor", json!({})).await;
+    let agent1 = lab.token_for("agent-one", "agent", json!({})).await;
+    let agent2 = lab.token_for("agent-two", "agent", json!({})).await;
+    let id = new_id();
+    let job = json!({"job_id": id, "job_queue": "enc-q"});
+    call(srv, "POST", "/v1/job", Some(&alice), None, Some(&job))
+        .await
+        .expect_status(200);
+    call(
+        srv,
+        "GET",
+        "/v1/job?queue=enc-q",
+        Some(&agent1),
+        Some("one"),
+        None,
+    )
+    .await
+    .expect_json();
+    let first = id.as_bytes()[0];
+    let spellings = [
+        id.clone(),
+        format!("%{first:02X}{}", &id[1..]),
+        format!("%{first:02x}{}", &id[1..]),
+        format!("%7B{id}%7D"),
+        id.chars().map(|c| format!("%{:02X}", c as u32)).collect(),
+    ];
+    let mut checked = 0;
+    for rule in TABLE.iter().filter(|r| r.check != Check::None) {
+        let intruder = match rule.check {
+            Check::JobOwner => &bob,
+            Check::JobAgent => &agent2,
+            _ => continue,
+        };
+        for spelling in &spellings {
+            let path = rule
+                .path
+                .replace("{id}", spelling)
+                .replace("{kind}", "output");
+            let body = match rule.path {
+                p if p.ends_with("/action") || p.ends_with("/cancel") => {
+                    json!({"action": "cancel"})
+                }
+                p if p.contains("/log/") => fragment(0),
+                _ => json!({"job_state": "complete"}),
+            };
+            let r = call(
+                srv,
+                rule.method,
+                &path,
+                Some(intruder),
+                Some("two"),
+                Some(&body),
+            )
+            .await;
+            assert_eq!(r.status, 403, "{} {path}: {}", rule.method, r.text());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 9 * spellings.len(), "{checked} requests checked");
+    // Nothing got through: the job is still with its agent, unchanged.
+    let got = call(
+        srv,
+        "GET",
+        &format!("/v1/result/{id}"),
+        Some(&alice),
+        None,
+        None,
+    )
+    .await
+    .expect_json();
+    assert_eq!(got["job_state"], "running", "{got}");
+    // Each refusal was a security event, but the log holds one line per kind per 10 s
+    // (the next says how many it suppressed), and never a whole hostile path.
+    let long = format!("/v1/job/{}", "a".repeat(20_000));
+    call(srv, "GET", &long, Some("not-a-token"), None, None)
+        .await
+        .expect_error(403);
+    let log = srv.stderr_lines();
+    let security: Vec<_> = log
+        .iter()
+        .filter(|l| l.contains("flinger::security"))
+        .collect();
+    let refusals = security.iter().filter(|l| l.contains("authz_fail")).count();
+    assert!(
+        (1..=2).contains(&refusals),
+        "{refusals} lines: {security:#?}"
+    );
+    let authn = security.iter().find(|l| l.contains("authn_fail"));
+    let authn = authn.expect("the bad token is logged");
+    assert!(authn.len() < 1_000, "{} bytes: {authn}", authn.len());
+}
