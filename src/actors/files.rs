@@ -12,7 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::registry::Jobs;
 use super::{gone, now, reply, OrphanQuota, PendingSnapshot, Recorder};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::journal::files::FileStore;
 use crate::journal::{Journal, Ticket};
 use crate::model::files::{Files, StoredFile};
@@ -93,7 +93,17 @@ impl FileState {
 
     /// Records a stored file, charging an orphan's quota (a replaced file gives back its
     /// size once the replacement is recorded).
+    ///
+    /// Attachments are recorded only while the job awaits them, decided here, in the
+    /// turn that records them: a concurrent upload that finished first may have marked
+    /// them arrived and the job been dispatched since this upload was let in (400).
     fn stored(&mut self, id: JobId, kind: FileKind, file: Box<str>, size: u64) -> Result<Ticket> {
+        if kind == FileKind::Attachments && !self.jobs.awaits_attachments(id)? {
+            return Err(Error::Conflict(format!(
+                "Job {id}'s attachments were stored by another upload while this one was \
+                 received; they are not replaced"
+            )));
+        }
         let replaced = self.files.get(id, kind).map_or(0, |f| f.size);
         let jobs = &self.jobs;
         let orphan = self.ledger.reserve(id, size, |id| jobs.contains(id))?;

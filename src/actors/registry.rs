@@ -309,6 +309,17 @@ impl Jobs {
         self.0.read().get(id).is_some()
     }
 
+    /// Whether the job's attachments may still be stored: `Ok(true)` while it waits for
+    /// them, `Ok(false)` once they are (the job may be dispatched: they are never
+    /// replaced), the registry's refusal otherwise (the same decision as
+    /// [`RegistryMsg::AttachmentsArrived`]).
+    pub fn awaits_attachments(&self, id: JobId) -> Result<bool> {
+        self.0
+            .read()
+            .attachments_arrived(id)
+            .map(|arrived| arrived.is_some())
+    }
+
     /// The job this agent holds without having reported on it.
     pub fn held_by(&self, agent: &str) -> Option<(JobId, JobView)> {
         self.0

@@ -99,6 +99,73 @@ async fn submit_with_attachment_dispatches_only_after_upload_when_cli_sequence_i
     );
 }
 
+/// An attachments upload let in while the job awaited them, but finished after another
+/// upload stored them, does not replace them: 400 while the job still waits, 422 once it
+/// is dispatched; the agent gets the first upload's bytes, also after a restart.
+#[tokio::test]
+async fn attachments_stored_by_one_upload_are_not_replaced_by_a_slower_one() {
+    use crate::util::RawConn;
+    let mut srv = TestServer::start();
+    let agent = Agent::register(&srv, "dut-race", &["race-q"]).await;
+    let id = srv
+        .submit(&json!({"job_queue": "race-q", "test_data": {"attachments": [{"agent": "a"}]}}))
+        .await;
+    let path = format!("/v1/job/{id}/attachments");
+    // Two uploads whose last bytes are held back: both are let in while the job waits.
+    let mut slow = Vec::new();
+    for seed in [11, 12] {
+        let boundary = "slowboundary";
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; \
+             filename=\"a.tar.gz\"\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend(fake_tar_gz(2000, seed));
+        body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let request = crate::util::raw_post(
+            &path,
+            Some(&format!("multipart/form-data; boundary={boundary}")),
+            &body,
+            false,
+        );
+        let (head, tail) = request.split_at(request.len() - 10);
+        let mut conn = RawConn::connect(srv.base()).await;
+        conn.send(head).await;
+        slow.push((conn, tail.to_vec()));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let first = fake_tar_gz(3000, 10);
+    post_gzip_file(&srv.http(), &path, "a.tar.gz", &first)
+        .await
+        .expect_status(200);
+    let (mut conn, tail) = slow.remove(0);
+    conn.send(&tail).await;
+    let r = conn.read_response().await.expect("an answer");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("not replaced"), "{}", r.text());
+    assert_eq!(
+        job_id_of(&agent.pop(&["race-q"]).await.expect("dispatched")),
+        id
+    );
+    let (mut conn, tail) = slow.remove(0);
+    conn.send(&tail).await;
+    let r = conn.read_response().await.expect("an answer");
+    assert_eq!(r.status, 422, "{}", r.text());
+    let got = agent.get(&path).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body.as_ref(), first.as_slice(), "attachments replaced");
+    srv.restart();
+    let got = srv
+        .http()
+        .get_with_headers(&path, &[("cookie", &agent.cookie)])
+        .await;
+    assert_eq!(
+        got.body.as_ref(),
+        first.as_slice(),
+        "replaced after a restart"
+    );
+}
+
 #[tokio::test]
 async fn attachments_upload_is_refused_when_job_has_none_is_unknown_or_id_is_malformed() {
     let srv = TestServer::start();
