@@ -144,19 +144,44 @@ async fn pages_render_figures_match_the_api_and_markup_stays_text_when_served() 
         "YAML definition"
     );
     assert!(unescaped.contains("\"tags\":\n  - \"web\"\n"), "YAML lists");
-    // The cancel button is a form: it works without JavaScript.
-    let resp = srv
-        .request(
-            "POST",
-            &format!("/jobs/{}/cancel", d.running),
-            &[],
-            Vec::new(),
-        )
-        .await;
+    // Pages may not be framed by another site, and run only our own script.
+    let headers = &srv.get(&format!("/jobs/{}", d.running)).await.headers;
+    assert_eq!(headers["x-frame-options"], "DENY");
+    let policy = headers["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    // The cancel button is a form: it works without JavaScript, from our own pages only.
+    let cancel = format!("/jobs/{}/cancel", d.running);
+    let host = srv.base().trim_start_matches("http://").to_owned();
+    let evil_page = [
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "http://evil.example"),
+    ];
+    let old_browser = [("origin", "http://evil.example")];
+    for headers in [&evil_page[..], &old_browser[..]] {
+        let resp = srv.request("POST", &cancel, headers, Vec::new()).await;
+        let message = resp.expect_error(403);
+        assert!(
+            message.starts_with("Cross-origin request refused"),
+            "{message}"
+        );
+    }
+    assert_eq!(srv.job_state(&d.running).await, "running");
+    let own_origin = format!("http://{host}");
+    let own_page = [("sec-fetch-site", "same-origin"), ("origin", &own_origin)];
+    let resp = srv.request("POST", &cancel, &own_page, Vec::new()).await;
     assert_eq!(resp.status, 303);
     assert_eq!(srv.job_state(&d.running).await, "cancelled");
     srv.get("/static/nope.js").await.expect_status(404);
     srv.get("/agents/no-such-agent").await.expect_status(404);
+    // A form on another site posting "JSON" as text/plain submits nothing.
+    let job = br#"{"job_queue": "csrf-q"}"#.to_vec();
+    let mut headers = evil_page.to_vec();
+    headers.push(("content-type", "text/plain"));
+    srv.request("POST", "/v1/job", &headers, job)
+        .await
+        .expect_error(403);
+    let listed = srv.get("/v1/queues/csrf-q/jobs").await;
+    assert_eq!(listed.status, 204, "{}", listed.text());
 }
 
 #[tokio::test]

@@ -10,6 +10,8 @@
 //!   sealed secrets).
 //! - `secrets`: sealing job secrets and resolving them for the dispatched agent.
 //! - `admin`: the `flinger client` subcommand.
+//! - `origin`: refusing browsers' state-changing requests made from another site (in
+//!   every mode, before anything else).
 //!
 //! Modes ([`AccessMode`]): `off` lets every request through as [`Caller::Open`] (full
 //! rights; the server refuses to start off loopback unless told otherwise); `on` is
@@ -20,6 +22,7 @@
 //! `flinger::security`: who, what, from where), never with a secret or a token.
 
 pub mod admin;
+pub mod origin;
 pub mod secrets;
 pub mod store;
 pub mod table;
@@ -236,6 +239,13 @@ pub async fn authorize(
     mut request: Request,
 ) -> std::result::Result<Request, Response> {
     let gate = &svc.access;
+    // In every mode: with access control off, anyone's browser is a full-rights client.
+    if let Err(e) = origin::check(request.method(), request.headers()) {
+        let from = peer(request.extensions());
+        let (method, path) = (request.method().as_str(), request.uri().path());
+        security_event("cross_origin", "unknown", method, path, from, e.message());
+        return Err(e.into_response());
+    }
     if gate.mode == AccessMode::Off {
         request.extensions_mut().insert(Caller::Open);
         return Ok(request);

@@ -89,9 +89,24 @@ fn page(name: &str, context: Value) -> Result<Response> {
         .and_then(|t| t.render(minijinja::Value::from_serialize(&context)))
         .map_err(|e| Error::Internal(format!("rendering {name}: {e}")))?;
     let mut response = Response::new(Body::from(html));
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // Pages load only our own stylesheet and script (no inline code: an injection that
+    // escaped the template's escaping still could not run), and may not be framed by
+    // another site's page (which could trick a click on the cancel button).
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
     );
     Ok(response)
 }
