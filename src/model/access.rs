@@ -9,7 +9,8 @@
 //!
 //! Invariants:
 //! - a restricted queue's owners are exactly the clients whose `allowed_queues` list it;
-//! - a refresh token belongs to an existing client (deleting a client drops its tokens);
+//! - a refresh token belongs to an existing client and its current secret (deleting a
+//!   client, or giving it a new secret, drops its tokens);
 //! - each client holds at most [`MAX_TOKENS_PER_CLIENT`] refresh tokens and
 //!   [`MAX_SECRETS_PER_CLIENT`] secrets, so no client can grow the state without bound.
 
@@ -278,17 +279,27 @@ impl Access {
             .filter(|s| s.expires_at.is_none_or(|t| t > now))
     }
 
+    /// Drops every refresh token of `client_id`.
+    fn drop_tokens(&mut self, client_id: &Name) {
+        for hash in self.tokens_by_client.remove(client_id).unwrap_or_default() {
+            self.tokens.remove(&hash);
+        }
+    }
+
     /// Folds one access event in.
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::ClientSaved { id, client } => {
-                self.clients.insert(id.clone(), (**client).clone());
+                let old = self.clients.insert(id.clone(), (**client).clone());
+                // A new secret is how a leaked credential is replaced: the refresh tokens
+                // issued with the old one go with it.
+                if old.is_some_and(|old| old.secret_hash != client.secret_hash) {
+                    self.drop_tokens(id);
+                }
             }
             Event::ClientDeleted { id } => {
                 self.clients.remove(id);
-                for hash in self.tokens_by_client.remove(id).unwrap_or_default() {
-                    self.tokens.remove(&hash);
-                }
+                self.drop_tokens(id);
                 self.secrets.retain(|(owner, _), _| owner != id);
             }
             Event::RefreshTokenIssued {
@@ -491,6 +502,41 @@ mod tests {
         assert!(!access.tokens.contains_key("h0"));
         access.apply(&Event::ClientDeleted { id });
         assert!(access.tokens.is_empty());
+    }
+
+    #[test]
+    fn a_new_secret_drops_the_clients_refresh_tokens_and_other_changes_keep_them() {
+        let mut access = Access::default();
+        let save = |access: &mut Access, id: &str, secret: &str, role: Role| {
+            let client = Client {
+                secret_hash: secret.into(),
+                role: Some(role),
+                ..Client::default()
+            };
+            access.apply(&Event::ClientSaved {
+                id: id.into(),
+                client: Box::new(client),
+            });
+        };
+        let issue = |access: &mut Access, id: &str, hash: &str| {
+            access.apply(&Event::RefreshTokenIssued {
+                hash: hash.into(),
+                client_id: id.into(),
+                issued_at: 10,
+                expires_at: 100,
+            });
+        };
+        save(&mut access, "c", "s1", Role::Contributor);
+        save(&mut access, "d", "s1", Role::Contributor);
+        issue(&mut access, "c", "hc");
+        issue(&mut access, "d", "hd");
+        save(&mut access, "c", "s1", Role::Manager);
+        assert!(access.tokens.contains_key("hc"), "a role change keeps them");
+        save(&mut access, "c", "s2", Role::Manager);
+        assert!(!access.tokens.contains_key("hc"), "a new secret drops them");
+        assert!(access.tokens.contains_key("hd"), "only the client's own");
+        issue(&mut access, "c", "hc2");
+        assert!(access.tokens.contains_key("hc2"));
     }
 
     #[test]

@@ -255,3 +255,43 @@ async fn refresh_tokens_expire_after_their_lifetime() {
         "Refresh token expired"
     );
 }
+
+/// Replacing a client's secret (the fix for a leaked one) ends the refresh tokens issued
+/// with the old secret, also after a restart; changing only its role keeps them.
+#[tokio::test]
+async fn a_new_client_secret_ends_the_refresh_tokens_of_the_old_one() {
+    async fn refresh(srv: &crate::util::TestServer, token: &str) -> crate::util::Resp {
+        let body = json!({"refresh_token": token});
+        call(srv, "POST", "/v1/oauth2/refresh", None, None, Some(&body)).await
+    }
+    async fn put(lab: &Lab, body: Value) {
+        let admin = lab.admin_token().await;
+        let path = "/v1/client-permissions/rotated";
+        call(&lab.srv, "PUT", path, Some(&admin), None, Some(&body))
+            .await
+            .expect_status(200);
+    }
+    let mut lab = Lab::start(&[]);
+    let old_secret = lab.client("rotated", "contributor", json!({})).await;
+    let login = token_request(&lab.srv, "rotated", &old_secret)
+        .await
+        .expect_json();
+    let old = login["refresh_token"].as_str().unwrap().to_owned();
+    put(&lab, json!({"role": "manager"})).await;
+    refresh(&lab.srv, &old).await.expect_status(200);
+    put(&lab, json!({"client_secret": "a-brand-new-secret-0123"})).await;
+    assert_eq!(
+        refresh(&lab.srv, &old).await.expect_error(400),
+        "Invalid refresh token."
+    );
+    token_request(&lab.srv, "rotated", &old_secret)
+        .await
+        .expect_error(401);
+    let fresh = token_request(&lab.srv, "rotated", "a-brand-new-secret-0123")
+        .await
+        .expect_json();
+    let fresh = fresh["refresh_token"].as_str().unwrap().to_owned();
+    lab.srv.restart();
+    refresh(&lab.srv, &old).await.expect_error(400);
+    refresh(&lab.srv, &fresh).await.expect_status(200);
+}
