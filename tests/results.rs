@@ -321,3 +321,33 @@ async fn results_and_logs_of_one_job_stop_at_max_job_data_bytes() {
         .await
         .expect_status(200);
 }
+
+/// An empty fragment is not free: each one is charged its phase name and a fixed
+/// overhead, so a client posting millions of them meets the same bound.
+#[tokio::test]
+async fn empty_log_fragments_count_against_max_job_data_bytes() {
+    let srv = TestServer::start_with(&[
+        "--max-job-data-bytes",
+        "8192",
+        "--max-result-bytes",
+        "4096",
+        "--max-output-bytes",
+        "4096",
+    ]);
+    let id = srv.submit_to("q").await;
+    let log = format!("/v1/result/{id}/log/output");
+    let mut stored = 0;
+    let refused = loop {
+        let fragment = json!({"fragment_number": stored, "timestamp": "2026-11-30T00:00:00Z",
+                              "phase": "test", "log_data": ""});
+        let r = srv.post_json(&log, &fragment).await;
+        if r.status != 200 {
+            break r;
+        }
+        stored += 1;
+        assert!(stored < 1_000, "1,000 empty fragments were all taken");
+    };
+    assert!(refused.expect_error(413).contains("--max-job-data-bytes"));
+    // 8192 bytes at 68 each (64 + "test"): 120 fragments.
+    assert_eq!(stored, 8192 / 68, "fragments stored before the bound");
+}

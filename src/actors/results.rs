@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::journal::{Journal, Ticket};
 use crate::model::job::PHASES;
 use crate::model::orphans::{encode, Ledger, Record};
-use crate::model::results::{Fields, Fragment, LogStream, ResultDoc, Results};
+use crate::model::results::{fragment_weight, Fields, Fragment, LogStream, ResultDoc, Results};
 use crate::model::{Event, FastMap, JobId, LogKind, Name};
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
@@ -758,7 +758,7 @@ impl Actor for ResultActor {
                 let result = if known {
                     Ok(None)
                 } else {
-                    let bytes = f.data.len() as u64;
+                    let bytes = fragment_weight(f.data.len(), &f.phase);
                     match state.make_room(id, bytes) {
                         Err(e) => Err(e),
                         Ok(orphan) => {
@@ -790,7 +790,7 @@ impl Actor for ResultActor {
                     return Ok(());
                 }
                 let number = state.results.read().next_output_number(id, run);
-                let bytes = data.len() as u64;
+                let bytes = fragment_weight(data.len(), &phase);
                 let result = match state.make_room(id, bytes) {
                     Err(e) => Err(e),
                     Ok(orphan) => {

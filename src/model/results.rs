@@ -23,6 +23,17 @@ use super::ids::{JobId, Name};
 use super::orphans::OrphanEntry;
 use super::registry::first_run;
 
+/// What one fragment costs against `--max-job-data-bytes` besides its text and phase
+/// name: its number, timestamp and run as kept, and its entry in the retry index.
+/// Without it an empty fragment would be free, and a client could store millions.
+pub const FRAGMENT_OVERHEAD: u64 = 64;
+
+/// What a fragment of `text` bytes in `phase` is charged against a job's data bound:
+/// the text, the phase name and [`FRAGMENT_OVERHEAD`].
+pub fn fragment_weight(text: usize, phase: &str) -> u64 {
+    text as u64 + phase.len() as u64 + FRAGMENT_OVERHEAD
+}
+
 /// One log fragment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fragment {
@@ -38,6 +49,13 @@ pub struct Fragment {
     /// written before runs were kept apart), so older snapshots still decode.
     #[serde(default = "first_run")]
     pub run: u32,
+}
+
+impl Fragment {
+    /// What it is charged against its job's data bound ([`fragment_weight`]).
+    pub fn weight(&self) -> u64 {
+        fragment_weight(self.data.len(), &self.phase)
+    }
 }
 
 /// One log stream of a job, every run's fragments in arrival order.
@@ -56,9 +74,9 @@ pub struct LogStream {
     /// default (their fragments' run), so older snapshots still decode.
     #[serde(default = "first_run")]
     run: u32,
-    /// Bytes of log text held: counted once when first asked (after a load), then kept
-    /// up to date by [`LogStream::push`], so bounding a job's data costs O(1) a post.
-    /// Derived: never in a snapshot.
+    /// Bytes charged for the fragments held ([`fragment_weight`]): counted once when
+    /// first asked (after a load), then kept up to date by [`LogStream::push`], so
+    /// bounding a job's data costs O(1) a post. Derived: never in a snapshot.
     #[serde(skip)]
     held: std::sync::OnceLock<u64>,
 }
@@ -85,11 +103,11 @@ impl LogStream {
         }
     }
 
-    /// Bytes of log text held.
+    /// Bytes charged for the fragments held: each one's [`fragment_weight`].
     pub fn bytes(&self) -> u64 {
         *self
             .held
-            .get_or_init(|| self.fragments.iter().map(|f| f.data.len() as u64).sum())
+            .get_or_init(|| self.fragments.iter().map(Fragment::weight).sum())
     }
 
     /// Whether a fragment (run, phase, number) is stored. A late retry for an older run
@@ -120,7 +138,7 @@ impl LogStream {
             self.seen.insert((fragment.phase.clone(), fragment.number));
         }
         if let Some(held) = self.held.get_mut() {
-            *held += fragment.data.len() as u64;
+            *held += fragment.weight();
         }
         self.fragments.push(fragment);
         true
@@ -534,9 +552,9 @@ mod tests {
     use super::*;
 
     /// The held-bytes count is kept by pushes (retries not counted twice) and counted
-    /// afresh after a snapshot round trip, always the sum of the fragments' text.
+    /// afresh after a snapshot round trip, always the sum of the fragments' weights.
     #[test]
-    fn log_bytes_stay_the_sum_of_the_fragments_text() {
+    fn log_bytes_stay_the_sum_of_the_fragments_weights() {
         let piece = |number: u64, data: &'static str| Fragment {
             number,
             phase: Name::from("test"),
@@ -544,20 +562,22 @@ mod tests {
             data: Bytes::from_static(data.as_bytes()),
             run: first_run(),
         };
-        let sum = |s: &LogStream| s.fragments.iter().map(|f| f.data.len() as u64).sum::<u64>();
+        let sum = |s: &LogStream| s.fragments.iter().map(Fragment::weight).sum::<u64>();
+        // Each fragment also costs its phase name ("test") and the fixed overhead.
+        let each = 4 + FRAGMENT_OVERHEAD;
         let mut stream = LogStream::default();
         assert!(stream.push(piece(0, "abc")));
-        assert_eq!(stream.bytes(), 3);
+        assert_eq!(stream.bytes(), 3 + each);
         assert!(stream.push(piece(1, "defgh")));
         assert!(!stream.push(piece(1, "defgh")), "a retry");
-        assert_eq!(stream.bytes(), 8);
-        assert_eq!(stream.clone().bytes(), 8);
+        assert_eq!(stream.bytes(), 8 + 2 * each);
+        assert_eq!(stream.clone().bytes(), 8 + 2 * each);
         let loaded: LogStream =
             rmp_serde::from_slice(&rmp_serde::to_vec(&stream).unwrap()).unwrap();
         assert_eq!(loaded.bytes(), sum(&loaded));
         let mut loaded = loaded;
-        assert!(loaded.push(piece(2, "ij")));
-        assert_eq!(loaded.bytes(), 10);
+        assert!(loaded.push(piece(2, "")), "an empty fragment");
+        assert_eq!(loaded.bytes(), 8 + 3 * each, "is not free");
         assert_eq!(loaded.bytes(), sum(&loaded));
     }
 
