@@ -428,6 +428,25 @@ async fn resubmitted_job_shows_its_new_runs_log_and_keeps_the_earlier_runs_reada
     );
     let r = srv.get(&format!("/v1/result/{id}/log/output?run=x")).await;
     assert!(r.expect_error(400).contains("run"));
+    // A number too large is not "not an integer": the message says which it is.
+    for (query, message) in [
+        ("run=4294967296", "run must be at most 4294967295"),
+        ("run=-1", "run must be a non-negative integer"),
+        (
+            "start_fragment=99999999999999999999",
+            "start_fragment must be at most 18446744073709551615",
+        ),
+        (
+            "start_fragment=1.5",
+            "start_fragment must be a non-negative integer",
+        ),
+    ] {
+        let r = srv
+            .get(&format!("/v1/result/{id}/log/output?{query}"))
+            .await;
+        let got = r.expect_error(400);
+        assert!(got.starts_with(message), "{query}: {got}");
+    }
 }
 
 // ---- 4. Image data must be strings -------------------------------------------------------

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::agents::read_agents;
 use super::respond::{json_value, ok, read_body, text};
+use super::wire::json_object_body;
 use crate::access::{peer, secrets, security_event, token, Caller, Limiter};
 use crate::actors::{now, Services};
 use crate::error::{Error, Result};
@@ -316,9 +317,7 @@ pub async fn client_put(
         ));
     }
     let body = read_body(request, MAX_BODY).await?;
-    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(Error::validation("json", "Expected a JSON object"));
-    };
+    let fields = json_object_body(&body)?;
     let mut secret = None;
     let mut role = None;
     let mut max_priority = None;
@@ -601,6 +600,34 @@ fn secret_owner<'a>(caller: &'a Caller, client_id: &str, path: &str) -> Result<&
     Ok(me)
 }
 
+/// A secret's `expire_after`: whole seconds, at least 1 (marshmallow's `Integer` with
+/// `Range(min=1)`, upstream), at most `u64::MAX` (later than any clock reaches).
+fn expiry_secs(value: &Value) -> Result<u64> {
+    let refuse = |reason: String| Err(Error::validation("expire_after", reason));
+    let Some(n) = value.as_number() else {
+        return refuse("Not a valid integer.".into());
+    };
+    if let Some(secs) = n.as_u64() {
+        return if secs >= 1 {
+            Ok(secs)
+        } else {
+            refuse("Must be greater than or equal to 1.".into())
+        };
+    }
+    // Negative integers, and numbers JSON wrote with a fraction or exponent (`1.0` is 1,
+    // as marshmallow reads it).
+    let f = n.as_f64().unwrap_or(f64::NAN);
+    if f.fract() != 0.0 || f.is_nan() {
+        refuse("Not a valid integer.".into())
+    } else if f < 1.0 {
+        refuse("Must be greater than or equal to 1.".into())
+    } else if f >= u64::MAX as f64 {
+        refuse(format!("Must be at most {}.", u64::MAX))
+    } else {
+        Ok(f as u64)
+    }
+}
+
 /// `PUT /v1/secrets/<client_id>/<path>` `{value, expire_after?, ephemeral?}`: store a
 /// secret, sealed; → `{"expires_at": ISO|null}`.
 pub async fn secrets_put(
@@ -614,9 +641,7 @@ pub async fn secrets_put(
     };
     let owner = secret_owner(&caller, &client_id, &path)?.to_owned();
     let body = read_body(request, secrets::MAX_SECRET_BYTES + MAX_BODY).await?;
-    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(Error::validation("json", "Expected a JSON object"));
-    };
+    let fields = json_object_body(&body)?;
     let value = match fields.get("value") {
         Some(Value::String(v)) if !v.is_empty() && v.len() <= secrets::MAX_SECRET_BYTES => v,
         Some(Value::String(_)) => {
@@ -625,12 +650,13 @@ pub async fn secrets_put(
                 format!("Length must be 1 to {} bytes.", secrets::MAX_SECRET_BYTES),
             ))
         }
-        _ => {
+        None => {
             return Err(Error::validation(
                 "value",
                 "Missing data for required field.",
             ))
         }
+        Some(_) => return Err(Error::validation("value", "Not a valid string.")),
     };
     let ephemeral = match fields.get("ephemeral") {
         None | Some(Value::Null) => false,
@@ -640,9 +666,7 @@ pub async fn secrets_put(
     let expire_after = match fields.get("expire_after") {
         None => Some(secrets::DEFAULT_EXPIRY_SECS),
         Some(Value::Null) => None,
-        Some(v) => Some(v.as_u64().filter(|&n| n >= 1).ok_or_else(|| {
-            Error::validation("expire_after", "Must be greater than or equal to 1.")
-        })?),
+        Some(v) => Some(expiry_secs(v)?),
     };
     if ephemeral && fields.get("expire_after").is_some_and(|v| !v.is_null()) {
         return Err(Error::validation(

@@ -12,7 +12,8 @@ use serde_json::{Map, Value};
 
 use super::respond::{json_bytes, no_content, ok, read_body, text};
 use super::wire::{
-    parse_timestamp, path_id, pick_members, query_pairs, NotAnObject, MAX_NAME, PHASES,
+    parse_timestamp, path_id, pick_members, query_number, query_pairs, NotAnObject, MAX_NAME,
+    PHASES,
 };
 use crate::actors::files::FileMsg;
 use crate::actors::registry::RegistryMsg;
@@ -303,22 +304,16 @@ pub async fn log_get(
     let mut run: Option<u32> = None;
     for (key, value) in query_pairs(request.uri().query().unwrap_or(""))? {
         match key.as_ref() {
-            "start_fragment" => {
-                from = value.parse().map_err(|_| {
-                    Error::InvalidInput("start_fragment must be a non-negative integer".into())
-                })?
-            }
+            "start_fragment" => from = query_number("start_fragment", &value, u64::MAX, "")?,
             "start_timestamp" => {
                 since = parse_timestamp(&value).ok_or_else(|| {
                     Error::InvalidInput("start_timestamp must be an ISO 8601 datetime".into())
                 })?
             }
             "run" => {
-                run = Some(value.parse().map_err(|_| {
-                    Error::InvalidInput(
-                        "run must be a non-negative integer (1: the job's first run)".into(),
-                    )
-                })?)
+                let max = u32::MAX.into();
+                let n = query_number("run", &value, max, "1: the job's first run")?;
+                run = Some(n as u32); // at most u32::MAX
             }
             "phase" if PHASES.contains(&value.as_ref()) => only = Some(value.into_owned()),
             "phase" => {
@@ -495,7 +490,7 @@ pub async fn store_upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > whole) {
-        return Err(over_quota(too_large(limit)));
+        return Err(over_quota(upload_too_large(limit)));
     }
     // Nothing is written to disk for an upload the log could not record anyway.
     svc.journal.writable()?;
@@ -568,6 +563,16 @@ fn kind_tag(kind: FileKind) -> &'static str {
     }
 }
 
+/// The whole upload is over `limit` (the file's) plus [`UPLOAD_FRAMING`]: the file, or
+/// the other parts and framing, or both, are too large.
+fn upload_too_large(limit: u64) -> Error {
+    Error::TooLarge(format!(
+        "Payload too large: an upload (its file, other fields, part headers and boundaries \
+         together) is at most {} bytes; its file at most {limit} (--max-artifact-bytes)",
+        limit.saturating_add(UPLOAD_FRAMING)
+    ))
+}
+
 fn too_large(limit: u64) -> Error {
     Error::TooLarge(format!("Payload too large: the limit is {limit} bytes"))
 }
@@ -587,7 +592,7 @@ fn multipart_error(e: multer::Error, limit: u64) -> Error {
             "Payload too large: field {:?} is limited to {field} bytes",
             field_name.unwrap_or_default()
         )),
-        multer::Error::StreamSizeExceeded { .. } => too_large(limit),
+        multer::Error::StreamSizeExceeded { .. } => upload_too_large(limit),
         other => Error::InvalidInput(format!("Malformed multipart upload: {other}")),
     }
 }

@@ -384,6 +384,28 @@ pub fn invalid(invalid: schema::Invalid) -> Error {
     }
 }
 
+/// A query parameter `name` that must be a whole number from 0 to `max`: 400 saying
+/// which of the two it is not (`what` adds what the number means, e.g. "1: the job's
+/// first run").
+pub fn query_number(name: &str, value: &str, max: u64, what: &str) -> Result<u64> {
+    use std::num::IntErrorKind;
+    let what = if what.is_empty() {
+        String::new()
+    } else {
+        format!(" ({what})")
+    };
+    match value.parse::<u64>() {
+        Ok(n) if n <= max => Ok(n),
+        Err(e) if *e.kind() != IntErrorKind::PosOverflow => Err(Error::InvalidInput(format!(
+            "{name} must be a non-negative integer{what}, got {:?}",
+            value.chars().take(40).collect::<String>()
+        ))),
+        _ => Err(Error::InvalidInput(format!(
+            "{name} must be at most {max}{what}"
+        ))),
+    }
+}
+
 /// Decodes an `application/x-www-form-urlencoded` query into (key, value) pairs; a key or
 /// value without `%` or `+` is borrowed from `query`. A key or value whose escapes decode
 /// to bytes that are not UTF-8 is a 400 naming it, as such a path is: read leniently, it

@@ -70,6 +70,65 @@ async fn job_secrets_reach_only_the_dispatched_agent_and_never_the_disk_in_clear
     )
     .await
     .expect_error(422);
+    // Each refusal names the field and what is wrong with it.
+    for (body, field, reason) in [
+        (json!({"value": 5}), "value", "Not a valid string."),
+        (json!({}), "value", "Missing data for required field."),
+        (
+            json!({"value": "x", "expire_after": 1.5}),
+            "expire_after",
+            "Not a valid integer.",
+        ),
+        (
+            json!({"value": "x", "expire_after": "5"}),
+            "expire_after",
+            "Not a valid integer.",
+        ),
+        (
+            json!({"value": "x", "expire_after": 0}),
+            "expire_after",
+            "Must be greater than or equal to 1.",
+        ),
+        (
+            json!({"value": "x", "expire_after": -3}),
+            "expire_after",
+            "Must be greater than or equal to 1.",
+        ),
+        (
+            json!({"value": "x", "expire_after": 1.8446744073709552e19}),
+            "expire_after",
+            "Must be at most 18446744073709551615.",
+        ),
+        (json!([1]), "_schema", "Invalid input type."),
+    ] {
+        let r = put(Some(alice.clone()), "/v1/secrets/alice/x", body.clone()).await;
+        assert_eq!(r.status, 422, "{body}: {}", r.text());
+        assert_eq!(r.json()["detail"]["json"][field][0], reason, "{body}");
+    }
+    put(
+        Some(alice.clone()),
+        "/v1/secrets/alice/x",
+        json!({"value": "x", "expire_after": 2.0}),
+    )
+    .await
+    .expect_status(200);
+    let admin = lab.admin_token().await;
+    for (token, path) in [
+        (&alice, "/v1/secrets/alice/x"),
+        (&admin, "/v1/client-permissions/alice"),
+    ] {
+        let bearer = format!("Bearer {token}");
+        let headers = [
+            ("authorization", bearer.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let r = srv.request("PUT", path, &headers, b"nope".to_vec()).await;
+        let message = r.expect_error(400);
+        assert!(
+            message.starts_with("Invalid JSON body"),
+            "{path}: {message}"
+        );
+    }
     // Submission: every named path must be the submitter's.
     let job = |secrets: Value| json!({"job_queue": "sec-q", "test_data": {"test_cmds": "env", "secrets": secrets}});
     let r = call(

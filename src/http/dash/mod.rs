@@ -633,9 +633,7 @@ pub async fn log_follow(
     let mut from = 0u64;
     for (key, value) in query_pairs(request.uri().query().unwrap_or(""))? {
         if key == "start_fragment" {
-            from = value.parse().map_err(|_| {
-                Error::InvalidInput("start_fragment must be a non-negative integer".into())
-            })?;
+            from = super::wire::query_number("start_fragment", &value, u64::MAX, "")?;
         }
     }
     let started = Instant::now();
