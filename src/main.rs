@@ -15,6 +15,13 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: flinger::alloc::MiMalloc = flinger::alloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Everything flinger writes (journal, snapshots, uploaded files, the signing key,
+    // token files) holds jobs, results and credentials: readable by its user alone,
+    // whatever umask it was started with.
+    // SAFETY: umask only sets the process's file-creation mask; no threads exist yet.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -28,6 +28,37 @@ async fn startup_line_names_address_data_dir_and_config_when_server_starts() {
     assert!(line.contains("INFO"), "{line}");
 }
 
+/// What the server writes (log segments, snapshots, uploads, directories) is its user's
+/// alone, even when started with a permissive umask: it holds jobs and results.
+#[tokio::test]
+async fn data_files_are_readable_by_the_servers_user_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: the test process's own mask, inherited by the server it starts; restored.
+    let before = unsafe { libc::umask(0o022) };
+    let mut srv = TestServer::start_with(&["--snapshot-bytes", "4096"]);
+    unsafe { libc::umask(before) };
+    let id = srv.submit_to("modes-q").await;
+    srv.post_multipart(&format!("/v1/result/{id}/artifact"), "file", "a.bin", b"bytes")
+        .await
+        .expect_status(200);
+    srv.restart(); // a snapshot on the way
+    let mut seen = 0;
+    let mut pending = vec![srv.data_dir()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", entry.path().display());
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 3, "only {seen} entries");
+}
+
 #[tokio::test]
 async fn help_documents_every_option_when_asked() {
     let dir = tempfile::tempdir().unwrap();

@@ -80,8 +80,8 @@ async fn act(store: &AccessStore, action: &ClientAction, out: &mut impl Write) -
                     "unknown role {role:?}: admin, manager, contributor or agent"
                 ))
             })?;
-            if client_id.is_empty() || client_id.len() > crate::http::wire::MAX_NAME {
-                return Err(Error::InvalidInput("client ids are 1 to 256 bytes".into()));
+            if let Some(problem) = token::client_id_problem(client_id) {
+                return Err(Error::InvalidInput(problem.into()));
             }
             let max_priority = pairs("max-priority", max_priority)?;
             let max_reservation = pairs("max-reservation", max_reservation)?;

@@ -162,15 +162,43 @@ pub fn token_hash(token: &str) -> Box<str> {
     hex.into()
 }
 
-/// bcrypt hash of a client secret (slow on purpose: run it off the async runtime).
+/// Longest client secret in bytes: bcrypt reads no further, so two longer secrets that
+/// share their first 72 bytes would both match one hash.
+pub const MAX_SECRET_BYTES: usize = 72;
+
+/// bcrypt hash of a client secret (slow on purpose: run it off the async runtime); 422
+/// for a secret over [`MAX_SECRET_BYTES`].
 pub fn hash_secret(secret: &str) -> Result<String> {
+    if secret.len() > MAX_SECRET_BYTES {
+        return Err(Error::validation(
+            "client_secret",
+            format!("Longer than maximum length {MAX_SECRET_BYTES} bytes."),
+        ));
+    }
     bcrypt::hash(secret, BCRYPT_COST).map_err(|e| Error::Internal(format!("bcrypt: {e}")))
 }
 
 /// Whether `secret` matches `hash` (constant-time inside bcrypt; false for a malformed
-/// hash).
+/// hash, and for a secret over [`MAX_SECRET_BYTES`], which no stored secret is: bcrypt
+/// would compare only its first 72 bytes).
 pub fn secret_matches(secret: &str, hash: &str) -> bool {
-    bcrypt::verify(secret, hash).unwrap_or(false)
+    secret.len() <= MAX_SECRET_BYTES && bcrypt::verify(secret, hash).unwrap_or(false)
+}
+
+/// What is wrong with `client_id` as a client id, if anything: 1 to 256 bytes, no `:`
+/// (HTTP Basic credentials split at the first one, so such a client could never obtain
+/// a token) and no control characters (they would forge lines in logs and in
+/// `flinger client`'s output).
+pub fn client_id_problem(client_id: &str) -> Option<&'static str> {
+    if client_id.is_empty() || client_id.len() > crate::http::wire::MAX_NAME {
+        Some("client ids are 1 to 256 bytes")
+    } else if client_id.contains(':') {
+        Some("client ids may not contain ':' (HTTP Basic credentials split at it)")
+    } else if client_id.chars().any(char::is_control) {
+        Some("client ids may not contain control characters")
+    } else {
+        None
+    }
 }
 
 /// The signing key: `FLINGER_JWT_SIGNING_KEY` or `JWT_SIGNING_KEY` when set, else the
@@ -217,6 +245,30 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_past_what_bcrypt_reads_are_refused_not_truncated() {
+        let stored = "k".repeat(MAX_SECRET_BYTES);
+        let hash = hash_secret(&stored).unwrap();
+        assert!(secret_matches(&stored, &hash));
+        // bcrypt alone would accept this: its first 72 bytes are the stored secret.
+        assert!(!secret_matches(&format!("{stored}extra"), &hash));
+        assert_eq!(
+            hash_secret(&format!("{stored}k")).unwrap_err().status(),
+            422
+        );
+    }
+
+    #[test]
+    fn client_ids_that_could_not_log_in_or_would_forge_lines_are_refused() {
+        for good in ["lab-agent-1", "ci.bot@example.com", "é"] {
+            assert_eq!(client_id_problem(good), None, "{good}");
+        }
+        let long = "a".repeat(257);
+        for bad in ["", long.as_str(), "a:b", "a\nINFO fake line", "tab\there"] {
+            assert!(client_id_problem(bad).is_some(), "{bad:?}");
+        }
+    }
 
     fn perms() -> Permissions {
         Permissions {

@@ -310,11 +310,8 @@ pub async fn client_put(
             "Error: System admin client cannot by modified from API.",
         ));
     }
-    if client_id.is_empty() || client_id.len() > crate::http::wire::MAX_NAME {
-        return Err(Error::validation(
-            "client_id",
-            "client ids are 1 to 256 bytes",
-        ));
+    if let Some(problem) = token::client_id_problem(&client_id) {
+        return Err(Error::validation("client_id", problem));
     }
     let body = read_body(request, MAX_BODY).await?;
     let fields = json_object_body(&body)?;
@@ -326,6 +323,15 @@ pub async fn client_put(
     for (field, value) in &fields {
         match field.as_str() {
             "client_secret" => match value {
+                Value::String(s) if s.len() > token::MAX_SECRET_BYTES => {
+                    return Err(Error::validation(
+                        field,
+                        format!(
+                            "Longer than maximum length {} bytes.",
+                            token::MAX_SECRET_BYTES
+                        ),
+                    ))
+                }
                 Value::String(s) if s.chars().count() >= MIN_SECRET_LEN => secret = Some(s.clone()),
                 Value::String(_) => {
                     return Err(Error::validation(field, "Shorter than minimum length 15."))

@@ -34,6 +34,28 @@ async fn client_management_api_follows_upstream_rules() {
     put(manager.clone(), "new", json!({"client_secret": "short"}))
         .await
         .expect_error(422);
+    // bcrypt reads 72 bytes: a longer secret would be matched by its first 72 alone.
+    let r = put(
+        manager.clone(),
+        "new",
+        json!({"client_secret": "s".repeat(73)}),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(
+        r.json()["detail"]["json"]["client_secret"][0],
+        "Longer than maximum length 72 bytes."
+    );
+    // A ':' splits HTTP Basic credentials; control characters would forge log lines.
+    for id in ["a%3Ab", "a%0Ab"] {
+        let r = put(
+            manager.clone(),
+            id,
+            json!({"client_secret": "long-enough-secret"}),
+        )
+        .await;
+        assert_eq!(r.status, 422, "{id}: {}", r.text());
+    }
     put(
         manager.clone(),
         "x",
