@@ -722,7 +722,10 @@ pub async fn end_lost_jobs(services: &Services) -> Result<usize> {
                 });
                 let body =
                     bytes::Bytes::from(serde_json::to_vec(&fields).expect("JSON serialises"));
-                let ticket = ask(&*services.agents, |p| AgentMsg::Update(agent, body, p)).await??;
+                let ticket = ask(&*services.agents, |p| {
+                    AgentMsg::Update(agent, body, None, p)
+                })
+                .await??;
                 services.journal.durable(ticket).await?;
             }
         }

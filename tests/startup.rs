@@ -38,9 +38,14 @@ async fn data_files_are_readable_by_the_servers_user_alone() {
     let mut srv = TestServer::start_with(&["--snapshot-bytes", "4096"]);
     unsafe { libc::umask(before) };
     let id = srv.submit_to("modes-q").await;
-    srv.post_multipart(&format!("/v1/result/{id}/artifact"), "file", "a.bin", b"bytes")
-        .await
-        .expect_status(200);
+    srv.post_multipart(
+        &format!("/v1/result/{id}/artifact"),
+        "file",
+        "a.bin",
+        b"bytes",
+    )
+    .await
+    .expect_status(200);
     srv.restart(); // a snapshot on the way
     let mut seen = 0;
     let mut pending = vec![srv.data_dir()];

@@ -75,6 +75,14 @@ impl Caller {
         }
     }
 
+    /// The client id of an agent credential (a token with the agent role).
+    pub fn agent_credential(&self) -> Option<&str> {
+        match self {
+            Caller::Client(p) if p.role() == Some(Role::Agent) => Some(&p.client_id),
+            _ => None,
+        }
+    }
+
     /// Whether the caller may act on other clients' jobs: access control off, or a
     /// manager or admin.
     pub fn is_privileged(&self) -> bool {
@@ -260,6 +268,10 @@ pub async fn authorize(
         Check::JobOwner | Check::JobAgent => job_param(&mut parts).await,
         _ => None,
     };
+    let agent = match rule.check {
+        Check::AgentRecord => name_param(&mut parts).await,
+        _ => None,
+    };
     let method = parts.method.as_str();
     let path = parts.uri.path();
     let from = peer(&parts.extensions);
@@ -271,7 +283,8 @@ pub async fn authorize(
         }
     };
     let has_cookie = crate::http::wire::agent_cookie(&parts.headers).is_some();
-    if let Err(e) = check(svc, &caller, rule, job, has_cookie).await {
+    let about = About { job, agent };
+    if let Err(e) = check(svc, &caller, rule, about, has_cookie).await {
         let kind = if e.status() == 401 {
             "authn_fail"
         } else {
@@ -282,6 +295,14 @@ pub async fn authorize(
     }
     parts.extensions.insert(caller);
     Ok(Request::from_parts(parts, body))
+}
+
+/// The route's `{name}` as the handler's `Path` extractor reads it (percent-decoded).
+async fn name_param(parts: &mut axum::http::request::Parts) -> Option<String> {
+    use axum::extract::{FromRequestParts, RawPathParams};
+    let params = RawPathParams::from_request_parts(parts, &()).await.ok()?;
+    let (_, name) = params.iter().find(|(key, _)| *key == "name")?;
+    Some(name.to_owned())
 }
 
 /// The job a per-job check is about: the route's `{id}` exactly as the handler's `Path`
@@ -297,13 +318,21 @@ async fn job_param(parts: &mut axum::http::request::Parts) -> Option<JobId> {
     JobId::parse(id)
 }
 
-/// The table's `rule` and then its per-job check, for `caller` asking about `job` (the
-/// route's parsed `{id}`, for the per-job checks).
+/// What a request is about, for the checks that follow the role check: the route's
+/// parsed `{id}` (per-job checks) and its `{name}` (agent records), as the handler reads
+/// them.
+struct About {
+    job: Option<JobId>,
+    agent: Option<String>,
+}
+
+/// The table's `rule` and then its per-job or per-agent check, for `caller` asking about
+/// `about`.
 async fn check(
     svc: &Services,
     caller: &Caller,
     rule: &table::Rule,
-    job: Option<JobId>,
+    about: About,
     has_cookie: bool,
 ) -> Result<()> {
     let gate = &svc.access;
@@ -326,8 +355,12 @@ async fn check(
         Check::None => Ok(()),
         Check::AgentCookie if has_cookie => Ok(()),
         Check::AgentCookie => Err(Error::Unauthorized("Agent not identified".into())),
+        Check::AgentRecord => match (caller.agent_credential(), about.agent) {
+            (Some(me), Some(name)) => check_agent_writer(svc, me, &name),
+            _ => Ok(()),
+        },
         Check::JobOwner | Check::JobAgent => {
-            let Some(id) = job else {
+            let Some(id) = about.job else {
                 return Ok(()); // the handler answers the malformed id
             };
             if rule.check == Check::JobOwner {
@@ -337,6 +370,28 @@ async fn check(
             }
         }
     }
+}
+
+/// Whether agent credential `me` may change agent `name`'s record: refused (403) when
+/// another agent credential wrote it last and still exists. A credential that was
+/// deleted gives its records up, so replacing a lab's agent credential needs no wait.
+fn check_agent_writer(svc: &Services, me: &str, name: &str) -> Result<()> {
+    let writer = svc
+        .agent_data
+        .read()
+        .agents
+        .get(name)
+        .and_then(|record| record.writer.clone());
+    let Some(writer) = writer.filter(|w| &**w != me) else {
+        return Ok(());
+    };
+    if svc.access.store.read(|a| a.client(&writer).is_none()) {
+        return Ok(());
+    }
+    Err(Error::Forbidden(format!(
+        "Agent {name:?} is kept by agent credential {writer:?}: another agent credential \
+         may not change its record (a manager may, or delete that credential)"
+    )))
 }
 
 /// Testflinger's submission checks for `caller` (priority, restricted queue,

@@ -31,6 +31,9 @@ pub enum Check {
     /// The agent must name itself with the `agent_name` cookie (401 otherwise), so
     /// `exclude_agents` cannot be dodged by omitting it.
     AgentCookie,
+    /// An agent credential may change an agent's record only if no other agent
+    /// credential that still exists wrote it last (managers and admins may always).
+    AgentRecord,
 }
 
 /// One row: method, route pattern, roles, check.
@@ -97,7 +100,7 @@ pub const TABLE: &[Rule] = &[
     rule("POST", "/v1/agents/images", AMG, Check::None),
     rule("GET", "/v1/agents/images/{queue}", AMC, Check::None),
     rule("GET", "/v1/agents/data", AMC, Check::None),
-    rule("POST", "/v1/agents/data/{name}", AMG, Check::None),
+    rule("POST", "/v1/agents/data/{name}", AMG, Check::AgentRecord),
     rule("GET", "/v1/agents/data/{name}", ALL, Check::None),
     // The job named in the body must be the caller's (checked by the handler).
     rule(

@@ -21,8 +21,9 @@ pub enum AgentMsg {
     AdvertiseQueues(Vec<(Name, Box<str>)>, RpcReplyPort<Result<Ticket>>),
     /// Replace the images of each queue (`{image: data}` object text per queue).
     AdvertiseImages(Vec<(Name, Bytes)>, RpcReplyPort<Result<Ticket>>),
-    /// Merge fields (JSON object text) into an agent's record.
-    Update(Name, Bytes, RpcReplyPort<Result<Ticket>>),
+    /// Merge fields (JSON object text) into an agent's record, posted by this agent
+    /// credential (`None`: not an agent credential, or access control off).
+    Update(Name, Bytes, Option<Name>, RpcReplyPort<Result<Ticket>>),
     /// Append a provision outcome (JSON object text) to a known agent's history (404 for
     /// an unknown agent: recording it would create an agent that never registered).
     ProvisionLog(Name, Bytes, RpcReplyPort<Result<Ticket>>),
@@ -100,11 +101,12 @@ impl Actor for AgentActor {
                 }
                 reply(port, result);
             }
-            AgentMsg::Update(name, fields, port) => {
+            AgentMsg::Update(name, fields, by, port) => {
                 let result = state.record(Event::AgentUpdated {
                     name,
                     fields,
                     at: now(),
+                    by,
                 });
                 reply(port, result);
             }

@@ -193,6 +193,7 @@ fn check_agent_fields(map: &Map<String, Value>) -> Result<()> {
 /// `agent_name` cookie that identifies the agent to `GET /v1/job`.
 pub async fn agents_post(
     State(svc): State<Services>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     request: Request,
 ) -> Result<Response> {
@@ -207,7 +208,11 @@ pub async fn agents_post(
         }
     }
     let cookie = cookie_value(&name)?;
-    let lsn = ask(&svc.agents, |p| AgentMsg::Update(Name::from(name), body, p)).await??;
+    let by = caller.agent_credential().map(Name::from);
+    let lsn = ask(&svc.agents, |p| {
+        AgentMsg::Update(Name::from(name), body, by, p)
+    })
+    .await??;
     svc.journal.durable(lsn).await?;
     let mut response = json_value(StatusCode::OK, &serde_json::json!({"status": "OK"}));
     response

@@ -48,6 +48,11 @@ pub struct AgentRecord {
     pub provision_log: Vec<Bytes>,
     /// Consecutive provision outcomes of the same kind: ("pass"|"fail", count).
     pub provision_streak: Option<(Box<str>, u64)>,
+    /// The agent credential (client id) that last wrote the record, with access control
+    /// on: another agent credential may not change it (`access::check`). Last, with a
+    /// default, so older snapshots still decode.
+    #[serde(default)]
+    pub writer: Option<Name>,
 }
 
 impl AgentRecord {
@@ -133,11 +138,19 @@ impl Agents {
             Event::ImagesAdvertised { queue, images } => {
                 self.images.insert(queue.clone(), images.clone());
             }
-            Event::AgentUpdated { name, fields, at } => {
+            Event::AgentUpdated {
+                name,
+                fields,
+                at,
+                by,
+            } => {
                 let record = self.agents.entry(name.clone()).or_default();
                 if let Some(merged) = merge(&record.fields, fields) {
                     record.fields = merged;
                     record.updated_at = *at;
+                }
+                if by.is_some() {
+                    record.writer = by.clone();
                 }
             }
             Event::ProvisionLogged { name, entry, .. } => {
@@ -234,6 +247,7 @@ mod tests {
             name: Name::from(name),
             fields: Bytes::from_static(br#"{"state":"waiting"}"#),
             at: 1,
+            by: None,
         }
     }
 

@@ -199,6 +199,10 @@ pub enum Event {
         fields: Bytes,
         /// Unix seconds.
         at: u64,
+        /// The agent credential (client id) that posted, with access control on; `None`
+        /// for managers, admins and with access control off.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<Name>,
     },
     /// An agent reported a provisioning outcome.
     ProvisionLogged {

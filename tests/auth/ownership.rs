@@ -263,3 +263,89 @@ async fn a_percent_encoded_job_id_gets_the_same_per_job_checks() {
     let authn = authn.expect("the bad token is logged");
     assert!(authn.len() < 1_000, "{} bytes: {authn}", authn.len());
 }
+
+/// An agent credential may not change the record of an agent another agent credential
+/// keeps (managers may); deleting that credential frees its records. The writer is kept
+/// across a restart.
+#[tokio::test]
+async fn an_agent_credential_may_not_change_another_credentials_agent_record() {
+    let mut lab = Lab::start(&[]);
+    let agent1 = lab.token_for("rec-one", "agent", json!({})).await;
+    let agent2 = lab.token_for("rec-two", "agent", json!({})).await;
+    let manager = lab.token_for("rec-boss", "manager", json!({})).await;
+    let admin = lab.admin_token().await;
+    let state = |s: &str| json!({"state": s});
+    let post = |token: &str, body: serde_json::Value| {
+        let token = token.to_owned();
+        let srv = &lab.srv;
+        async move {
+            call(
+                srv,
+                "POST",
+                "/v1/agents/data/dut-1",
+                Some(&token),
+                None,
+                Some(&body),
+            )
+            .await
+        }
+    };
+    post(&agent1, state("waiting")).await.expect_status(200);
+    let message = post(&agent2, state("offline")).await.expect_error(403);
+    assert!(message.contains("\"rec-one\""), "{message}");
+    // The same name spelled with escapes is the same agent.
+    let r = call(
+        &lab.srv,
+        "POST",
+        "/v1/agents/data/dut%2D1",
+        Some(&agent2),
+        None,
+        Some(&state("offline")),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    post(&manager, state("maintenance"))
+        .await
+        .expect_status(200);
+    post(&agent2, state("offline")).await.expect_error(403);
+    post(&agent1, state("provision")).await.expect_status(200);
+    let record = call(
+        &lab.srv,
+        "GET",
+        "/v1/agents/data/dut-1",
+        Some(&manager),
+        None,
+        None,
+    )
+    .await
+    .expect_json();
+    assert_eq!(record["state"], "provision", "{record}");
+    call(
+        &lab.srv,
+        "DELETE",
+        "/v1/client-permissions/rec-one",
+        Some(&admin),
+        None,
+        None,
+    )
+    .await
+    .expect_status(200);
+    post(&agent2, state("waiting")).await.expect_status(200);
+    lab.srv.restart();
+    let agent3 = lab.token_for("rec-three", "agent", json!({})).await;
+    let r = call(
+        &lab.srv,
+        "POST",
+        "/v1/agents/data/dut-1",
+        Some(&agent3),
+        None,
+        Some(&state("offline")),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        403,
+        "kept by rec-two after a restart: {}",
+        r.text()
+    );
+}
