@@ -156,31 +156,24 @@ async fn artifact_upload_is_413_when_file_exceeds_max_artifact_bytes() {
     }
     // A small file with an oversized other field: the 413 names the field's limit, or
     // (when the whole upload is over) what an upload as a whole may hold.
-    let (ct, body) = multipart(&[
-        Part::field("note", &[b'n'; 65_537]),
-        Part::file("file", "small.bin", b"tiny"),
-    ]);
-    let message = srv
-        .post_oversized(&path, Some(&ct), &body)
-        .await
-        .expect_error(413);
-    assert!(
-        message.contains("\"note\" is limited to 65536 bytes"),
-        "{message}"
-    );
-    let (ct, body) = multipart(&[
-        Part::field("a", &[b'n'; 60_000]),
-        Part::field("b", &[b'n'; 60_000]),
-        Part::file("file", "small.bin", b"tiny"),
-    ]);
-    let message = srv
-        .post_oversized(&path, Some(&ct), &body)
-        .await
-        .expect_error(413);
-    assert!(
-        message.contains("(its file, other fields, part headers and boundaries together) is at most 66536 bytes; its file at most 1000"),
-        "{message}"
-    );
+    let (note, half) = ([b'n'; 65_537], [b'n'; 60_000]);
+    let tiny = Part::file("file", "small.bin", b"tiny");
+    for (parts, expected) in [
+        (
+            vec![Part::field("note", &note), tiny],
+            "\"note\" is limited to 65536 bytes",
+        ),
+        (
+            vec![Part::field("a", &half), Part::field("b", &half), tiny],
+            "(its file, other fields, part headers and boundaries together) is at most \
+             66536 bytes; its file at most 1000",
+        ),
+    ] {
+        let (ct, body) = multipart(&parts);
+        let r = srv.post_oversized(&path, Some(&ct), &body).await;
+        let message = r.expect_error(413);
+        assert!(message.contains(expected), "{message}");
+    }
     let r = srv.get(&path).await;
     r.expect_status(200);
     assert_eq!(

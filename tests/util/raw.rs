@@ -25,6 +25,7 @@ pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// One part of a hand-built multipart body.
+#[derive(Clone, Copy)]
 pub struct Part<'a> {
     pub name: &'a str,
     pub filename: Option<&'a str>,
