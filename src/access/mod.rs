@@ -264,13 +264,13 @@ pub async fn authorize(
     // The head is borrowed for the checks and the security log, not copied: a request
     // allocates nothing here beyond what resolving the caller takes.
     let (mut parts, body) = request.into_parts();
-    let job = match rule.check {
-        Check::JobOwner | Check::JobAgent => job_param(&mut parts).await,
-        _ => None,
-    };
-    let agent = match rule.check {
-        Check::AgentRecord => name_param(&mut parts).await,
-        _ => None,
+    let about = match rule.check {
+        Check::JobOwner | Check::JobAgent => {
+            let id = path_param(&mut parts, "id").await;
+            About::Job(id.as_deref().and_then(JobId::parse))
+        }
+        Check::AgentRecord => About::Agent(path_param(&mut parts, "name").await),
+        Check::None | Check::AgentCookie => About::Nothing,
     };
     let method = parts.method.as_str();
     let path = parts.uri.path();
@@ -283,7 +283,6 @@ pub async fn authorize(
         }
     };
     let has_cookie = crate::http::wire::agent_cookie(&parts.headers).is_some();
-    let about = About { job, agent };
     if let Err(e) = check(svc, &caller, rule, about, has_cookie).await {
         let kind = if e.status() == 401 {
             "authn_fail"
@@ -297,33 +296,29 @@ pub async fn authorize(
     Ok(Request::from_parts(parts, body))
 }
 
-/// The route's `{name}` as the handler's `Path` extractor reads it (percent-decoded).
-async fn name_param(parts: &mut axum::http::request::Parts) -> Option<String> {
-    use axum::extract::{FromRequestParts, RawPathParams};
-    let params = RawPathParams::from_request_parts(parts, &()).await.ok()?;
-    let (_, name) = params.iter().find(|(key, _)| *key == "name")?;
-    Some(name.to_owned())
-}
-
-/// The job a per-job check is about: the route's `{id}` exactly as the handler's `Path`
-/// extractor will read it (axum's matched parameters, percent-decoded), parsed. `None`
-/// when it does not parse: the handler, reading the same decoded text, refuses it too.
+/// The route's `{key}` exactly as the handler's `Path` extractor will read it (axum's
+/// matched parameters, percent-decoded); `None` when it is not UTF-8 (the handler
+/// refuses it too).
 ///
-/// Reading the raw path instead would let `/v1/job/%63…/action` past the owner check
-/// (the raw segment does not parse, the decoded one the handler acts on does).
-async fn job_param(parts: &mut axum::http::request::Parts) -> Option<JobId> {
+/// Checks decide on this, never on the raw path: `/v1/job/%63…/action` names the same
+/// job as `/v1/job/c…/action` to the handler, and the raw segment does not parse.
+async fn path_param(parts: &mut axum::http::request::Parts, key: &str) -> Option<String> {
     use axum::extract::{FromRequestParts, RawPathParams};
     let params = RawPathParams::from_request_parts(parts, &()).await.ok()?;
-    let (_, id) = params.iter().find(|(name, _)| *name == "id")?;
-    JobId::parse(id)
+    let (_, value) = params.iter().find(|(name, _)| *name == key)?;
+    Some(value.to_owned())
 }
 
-/// What a request is about, for the checks that follow the role check: the route's
-/// parsed `{id}` (per-job checks) and its `{name}` (agent records), as the handler reads
-/// them.
-struct About {
-    job: Option<JobId>,
-    agent: Option<String>,
+/// What a request is about, for the checks that follow the role check, as the handler
+/// reads it from the path.
+enum About {
+    /// The route's `{id}`, parsed (`None`: it does not parse, and the handler, reading
+    /// the same text, refuses it).
+    Job(Option<JobId>),
+    /// The route's `{name}`.
+    Agent(Option<String>),
+    /// Nothing the checks need.
+    Nothing,
 }
 
 /// The table's `rule` and then its per-job or per-agent check, for `caller` asking about
@@ -355,12 +350,12 @@ async fn check(
         Check::None => Ok(()),
         Check::AgentCookie if has_cookie => Ok(()),
         Check::AgentCookie => Err(Error::Unauthorized("Agent not identified".into())),
-        Check::AgentRecord => match (caller.agent_credential(), about.agent) {
-            (Some(me), Some(name)) => check_agent_writer(svc, me, &name),
+        Check::AgentRecord => match (caller.agent_credential(), about) {
+            (Some(me), About::Agent(Some(name))) => check_agent_writer(svc, me, &name),
             _ => Ok(()),
         },
         Check::JobOwner | Check::JobAgent => {
-            let Some(id) = about.job else {
+            let About::Job(Some(id)) = about else {
                 return Ok(()); // the handler answers the malformed id
             };
             if rule.check == Check::JobOwner {
