@@ -182,6 +182,32 @@ async fn pages_render_figures_match_the_api_and_markup_stays_text_when_served() 
         .expect_error(403);
     let listed = srv.get("/v1/queues/csrf-q/jobs").await;
     assert_eq!(listed.status, 204, "{}", listed.text());
+    // Nor can an <img> on another site pop a job.
+    srv.submit_to("csrf-q").await;
+    let pop = [
+        ("sec-fetch-site", "cross-site"),
+        ("cookie", "agent_name=img"),
+    ];
+    srv.get_with_headers("/v1/job?queue=csrf-q", &pop)
+        .await
+        .expect_error(403);
+    // A name rebound to 127.0.0.1 does not make another site's page ours: a loopback
+    // server with access control off answers browsers at localhost and addresses only.
+    let port = host.rsplit(':').next().unwrap();
+    let rebound = format!("evil.example:{port}");
+    let page = [
+        ("host", rebound.as_str()),
+        ("sec-fetch-site", "same-origin"),
+    ];
+    let r = srv.get_with_headers("/v1/", &page).await;
+    assert!(r.expect_error(403).contains("DNS rebinding"));
+    let local = format!("localhost:{port}");
+    let page = [("host", local.as_str()), ("sec-fetch-site", "same-origin")];
+    srv.get_with_headers("/v1/", &page).await.expect_status(200);
+    let popped = srv
+        .get_with_headers("/v1/job?queue=csrf-q", &[("cookie", "agent_name=a")])
+        .await;
+    assert_eq!(popped.status, 200, "{}", popped.text());
 }
 
 #[tokio::test]

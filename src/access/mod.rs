@@ -203,7 +203,7 @@ const LOGGED_TEXT: usize = 200;
 /// Logs a refused request as a security event (target `flinger::security`), at most one
 /// line per `kind` per [`crate::throttle::EVERY`] with the count of the ones suppressed
 /// since: a client hammering with a bad token or a forbidden path cannot flood the log.
-/// `who` and `path` are cut to [`LOGGED_TEXT`] bytes.
+/// `who` and `path` are [`loggable`].
 pub fn security_event(
     kind: &'static str,
     who: &str,
@@ -216,20 +216,30 @@ pub fn security_event(
         return;
     };
     let from = from.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
-    let (who, path) = (cut(who, LOGGED_TEXT), cut(path, LOGGED_TEXT));
+    let (who, path) = (loggable(who), loggable(path));
     tracing::warn!(target: "flinger::security", event = kind, client = %who, method, path = %path, from = %from, suppressed, "{why}");
 }
 
-/// `text` cut to at most `limit` bytes on a character boundary, with `…` when cut.
-fn cut(text: &str, limit: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= limit {
+/// `text` as a security line carries it: control characters escaped (a client id from
+/// a Basic header could hold a newline and forge a line), cut after [`LOGGED_TEXT`]
+/// bytes with `…`.
+fn loggable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= LOGGED_TEXT && !text.chars().any(char::is_control) {
         return text.into();
     }
-    let end = (0..=limit)
-        .rev()
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(0);
-    format!("{}…", &text[..end]).into()
+    let mut out = String::with_capacity(LOGGED_TEXT + 8);
+    for c in text.chars() {
+        if out.len() >= LOGGED_TEXT {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 /// Access control for one request (called by `http::front` for every request): resolve
@@ -248,7 +258,12 @@ pub async fn authorize(
 ) -> std::result::Result<Request, Response> {
     let gate = &svc.access;
     // In every mode: with access control off, anyone's browser is a full-rights client.
-    if let Err(e) = origin::check(request.method(), request.headers()) {
+    let asked = origin::Asked {
+        method: request.method(),
+        changing_read: table::CHANGING_READS.contains(&route),
+        loopback_open: gate.mode == AccessMode::Off && svc.config.bind.ip().is_loopback(),
+    };
+    if let Err(e) = origin::check(&asked, request.headers()) {
         let from = peer(request.extensions());
         let (method, path) = (request.method().as_str(), request.uri().path());
         security_event("cross_origin", "unknown", method, path, from, e.message());
@@ -641,14 +656,13 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn logged_text_is_cut_on_a_character_boundary() {
-        assert_eq!(super::cut("short", 200), "short");
+    fn logged_text_is_cut_and_cannot_forge_lines() {
+        use super::{loggable, LOGGED_TEXT};
+        assert_eq!(loggable("short"), "short");
         let long = "é".repeat(150); // 300 bytes
-        let cut = super::cut(&long, 201);
-        assert_eq!(cut, format!("{}…", "é".repeat(100)));
-        assert_eq!(
-            super::cut(&"a".repeat(201), 200).len(),
-            200 + '…'.len_utf8()
-        );
+        assert_eq!(loggable(&long), format!("{}…", "é".repeat(LOGGED_TEXT / 2)));
+        let over = "a".repeat(LOGGED_TEXT + 1);
+        assert_eq!(loggable(&over).len(), LOGGED_TEXT + '…'.len_utf8());
+        assert_eq!(loggable("x\nWARN fake"), "x\\nWARN fake");
     }
 }

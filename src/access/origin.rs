@@ -5,46 +5,134 @@
 //!
 //! Browsers say where a request comes from; Testflinger's clients (the CLI, the agent,
 //! scripts) send neither header. So a state-changing request (any method but GET, HEAD,
-//! OPTIONS) is refused when `Sec-Fetch-Site` says it was made by another site, or, from
-//! browsers that do not send that header, when its `Origin` names another host than the
-//! `Host` it was sent to. The same rule as Go's `net/http.CrossOriginProtection`. It
-//! blocks the requests HTML forms and `no-cors` fetches can make without a CORS
-//! preflight (`text/plain` "JSON" to `POST /v1/job`, the dashboard's cancel form), which
-//! are the only cross-site writes a browser allows: flinger answers no preflight.
+//! OPTIONS, and the GETs that change state: the pop, the legacy `/output` read) is
+//! refused when `Sec-Fetch-Site` says it was made by another site, or, from browsers
+//! that do not send that header, when its `Origin` names another host than the `Host` it
+//! was sent to. The same rule as Go's `net/http.CrossOriginProtection`. It blocks the
+//! requests HTML forms, images and `no-cors` fetches can make without a CORS preflight
+//! (`text/plain` "JSON" to `POST /v1/job`, the dashboard's cancel form, an `<img>`
+//! popping a job), which are the only cross-site requests with effects a browser
+//! allows: flinger answers no preflight.
+//!
+//! DNS rebinding (another site's name made to resolve to 127.0.0.1) would make such a
+//! page same-origin; a server bound to loopback with access control off (full rights for
+//! every caller) therefore answers browsers only when they name it as `localhost` or by
+//! address.
+
+use std::net::IpAddr;
 
 use axum::http::{header, HeaderMap, Method};
 
 use crate::error::{Error, Result};
 
-/// `Ok` unless `method` changes state and the headers show a browser sending it from
-/// another site: then 403 naming the origin.
-pub fn check(method: &Method, headers: &HeaderMap) -> Result<()> {
-    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+/// What a request looks like to the check: its method, whether the route changes state
+/// even when read with GET (the pop, the legacy destructive `/output` read: an `<img>`
+/// on any page could make them), and whether browsers must name the server without DNS.
+pub struct Asked<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// Whether a GET of this route changes state (`table::CHANGING_READS`).
+    pub changing_read: bool,
+    /// Whether the server listens on loopback with access control off: every caller has
+    /// full rights, and only this machine was meant to reach it.
+    pub loopback_open: bool,
+}
+
+/// `Ok` unless the headers show a browser sent the request for another site's page: a
+/// state-changing request from another site (403 naming it), or, to a
+/// [`Asked::loopback_open`] server, any browser request under a DNS name other than
+/// `localhost` (403: a name that resolves to 127.0.0.1 for this request is DNS
+/// rebinding, which would make another site's page same-origin with this server).
+/// Browsers are told apart by the `Sec-Fetch-Site` or `Origin` they send; other clients
+/// (and proxies that name the server as they please) are not asked for a `Host`.
+pub fn check(asked: &Asked<'_>, headers: &HeaderMap) -> Result<()> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = text(header::HOST.as_str());
+    let origin = text(header::ORIGIN.as_str());
+    let fetch_site = text("sec-fetch-site");
+    let browser = fetch_site.is_some() || origin.is_some();
+    if asked.loopback_open && browser {
+        if let Some(host) = host.filter(|h| !is_loopback_name(h)) {
+            let host: String = host.chars().take(100).collect();
+            return Err(Error::Forbidden(format!(
+                "Host {host:?} refused: with access control off and a loopback address, \
+                 browsers reach this server as localhost or by IP address only (another \
+                 name resolving here may be another site's DNS rebinding); a proxy in \
+                 front must pass its upstream address as Host"
+            )));
+        }
+    }
+    let safe = match *asked.method {
+        Method::GET => !asked.changing_read,
+        Method::HEAD | Method::OPTIONS => true,
+        _ => false,
+    };
+    if safe {
         return Ok(());
     }
-    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    match text("sec-fetch-site") {
+    match fetch_site {
         // `none`: typed in the address bar, a bookmark; `same-origin`: our own pages.
         Some("same-origin" | "none") => return Ok(()),
-        Some(site) => return Err(refused(text(header::ORIGIN.as_str()).unwrap_or(site))),
+        Some(site) => return Err(refused(origin, site)),
         None => {}
     }
-    let Some(origin) = headers.get(header::ORIGIN) else {
+    let Some(origin) = origin else {
         return Ok(()); // not a browser, or one that sends neither header
     };
-    let origin = origin.to_str().unwrap_or("");
-    // `Origin` is `scheme://host[:port]` (or `null` from sandboxed or file pages).
-    let origin_host = origin.split_once("://").map(|(_, host)| host);
-    match (origin_host, text(header::HOST.as_str())) {
-        (Some(from), Some(to)) if from.eq_ignore_ascii_case(to) => Ok(()),
-        _ => Err(refused(origin)),
+    match host {
+        Some(host) if same_host(origin, host) => Ok(()),
+        _ => Err(refused(Some(origin), "cross-site")),
     }
 }
 
-fn refused(origin: &str) -> Error {
-    let origin: String = origin.chars().take(100).collect();
+/// Whether `host` (a `Host` header: name or address, perhaps a port) names this machine
+/// without DNS: an IP address, `localhost` or a name under `.localhost`.
+fn is_loopback_name(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // `[v6]:port`
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<IpAddr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<IpAddr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
+}
+
+/// Whether `Origin` (`scheme://host[:port]`, or `null`) names `host` (a `Host` header),
+/// a scheme's default port written or not.
+fn same_host(origin: &str, host: &str) -> bool {
+    let Some((scheme, from)) = origin.split_once("://") else {
+        return false;
+    };
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => "",
+    };
+    let plain = |h: &str| {
+        let h = h.to_ascii_lowercase();
+        match h.strip_suffix(default) {
+            Some(bare) if !default.is_empty() => bare.to_owned(),
+            _ => h,
+        }
+    };
+    plain(from) == plain(host)
+}
+
+fn refused(origin: Option<&str>, site: &str) -> Error {
+    let from = match origin {
+        Some(origin) => format!(
+            "a page from {:?}",
+            origin.chars().take(100).collect::<String>()
+        ),
+        None => format!("a page from another site (Sec-Fetch-Site: {site})"),
+    };
     Error::Forbidden(format!(
-        "Cross-origin request refused: a page from {origin:?} may not change anything here"
+        "Cross-origin request refused: {from} may not change anything here"
     ))
 }
 
@@ -60,9 +148,17 @@ mod tests {
         map
     }
 
+    fn asked(method: &Method) -> Asked<'_> {
+        Asked {
+            method,
+            changing_read: false,
+            loopback_open: false,
+        }
+    }
+
     #[test]
     fn only_browser_writes_from_another_site_are_refused() {
-        let post = Method::POST;
+        let post = asked(&Method::POST);
         // Clients without browser headers (the CLI, the agent, curl).
         assert!(check(&post, &headers(&[("host", "lab:8000")])).is_ok());
         // Our own pages, typed URLs.
@@ -76,23 +172,97 @@ mod tests {
             assert_eq!(e.status(), 403);
             assert!(e.message().contains("\"http://evil\""), "{}", e.message());
         }
-        // Older browsers: Origin against Host.
-        let same = headers(&[("origin", "http://Lab:8000"), ("host", "lab:8000")]);
-        assert!(check(&Method::DELETE, &same).is_ok());
+        let h = headers(&[("sec-fetch-site", "cross-site")]);
+        let message = check(&post, &h).unwrap_err().message().to_owned();
+        assert!(
+            message.contains("another site (Sec-Fetch-Site: cross-site)"),
+            "{message}"
+        );
+        // Older browsers: Origin against Host, a scheme's default port written or not.
+        for (origin, host) in [
+            ("http://Lab:8000", "lab:8000"),
+            ("http://lab", "lab:80"),
+            ("https://lab:443", "lab"),
+        ] {
+            let mut h = headers(&[("host", "x")]);
+            h.insert("host", host.parse().unwrap());
+            h.insert("origin", origin.parse().unwrap());
+            assert!(
+                check(&asked(&Method::DELETE), &h).is_ok(),
+                "{origin} → {host}"
+            );
+        }
         for (origin, host) in [
             ("http://evil:8000", "lab:8000"),
             ("http://lab:8001", "lab:8000"),
+            ("https://lab", "lab:80"),
             ("null", "lab:8000"),
         ] {
-            let mut h = headers(&[("host", host)]);
+            let mut h = headers(&[("host", "x")]);
+            h.insert("host", host.parse().unwrap());
             h.insert("origin", origin.parse().unwrap());
-            assert!(check(&Method::PUT, &h).is_err(), "{origin} → {host}");
+            assert!(
+                check(&asked(&Method::PUT), &h).is_err(),
+                "{origin} → {host}"
+            );
         }
         let no_host = headers(&[("origin", "http://lab:8000")]);
         assert!(check(&post, &no_host).is_err());
-        // Reads are never refused.
+        // Reads are never refused, except those that change state.
         let h = headers(&[("sec-fetch-site", "cross-site")]);
-        assert!(check(&Method::GET, &h).is_ok());
-        assert!(check(&Method::HEAD, &h).is_ok());
+        assert!(check(&asked(&Method::GET), &h).is_ok());
+        assert!(check(&asked(&Method::HEAD), &h).is_ok());
+        let pop = Asked {
+            changing_read: true,
+            ..asked(&Method::GET)
+        };
+        assert!(check(&pop, &h).is_err());
+    }
+
+    #[test]
+    fn a_loopback_open_server_answers_browsers_only_at_names_that_need_no_dns() {
+        let get = Asked {
+            loopback_open: true,
+            ..asked(&Method::GET)
+        };
+        let browser = |host: &str| {
+            let mut h = headers(&[("sec-fetch-site", "same-origin")]);
+            h.insert("host", host.parse().unwrap());
+            h
+        };
+        for host in [
+            "127.0.0.1:8000",
+            "localhost:8000",
+            "LocalHost",
+            "a.localhost:1",
+            "[::1]:8000",
+            "[::1]",
+            "10.1.2.3",
+        ] {
+            assert!(check(&get, &browser(host)).is_ok(), "{host}");
+        }
+        for host in [
+            "evil.example:8000",
+            "localhost.evil.example",
+            "lab",
+            "[evil]:80",
+        ] {
+            let e = check(&get, &browser(host)).unwrap_err();
+            assert!(
+                e.message().contains("DNS rebinding"),
+                "{host}: {}",
+                e.message()
+            );
+        }
+        // An Origin marks a browser too (older ones send no Sec-Fetch-Site).
+        let mut h = headers(&[("origin", "http://evil.example:8000")]);
+        h.insert("host", "evil.example:8000".parse().unwrap());
+        assert!(check(&get, &h).is_err());
+        // Not a browser: a script or a proxy may name the server as it pleases.
+        let mut h = HeaderMap::new();
+        h.insert("host", "x".parse().unwrap());
+        assert!(check(&get, &h).is_ok());
+        // Access control on, or not on loopback: any name (labs reach it by name).
+        assert!(check(&asked(&Method::GET), &browser("lab.example:8000")).is_ok());
     }
 }

@@ -155,6 +155,11 @@ pub const TABLE: &[Rule] = &[
     rule("POST", "/jobs/{id}/cancel", AMC, Check::JobOwner),
 ];
 
+/// Routes whose GET changes state: the pop (dispatches a job) and the legacy `/output`
+/// read (marks the output read). Browsers treat GETs as harmless, so these are refused
+/// to other sites' pages like writes (`origin`).
+pub const CHANGING_READS: &[&str] = &["/v1/job", "/v1/result/{id}/output"];
+
 /// The rule for `method` on route `path`, if listed. `HEAD` is checked as `GET` (axum
 /// answers it with the GET handler).
 pub fn lookup(method: &str, path: &str) -> Option<&'static Rule> {

@@ -166,23 +166,35 @@ pub fn token_hash(token: &str) -> Box<str> {
 /// share their first 72 bytes would both match one hash.
 pub const MAX_SECRET_BYTES: usize = 72;
 
-/// bcrypt hash of a client secret (slow on purpose: run it off the async runtime); 422
-/// for a secret over [`MAX_SECRET_BYTES`].
-pub fn hash_secret(secret: &str) -> Result<String> {
+/// What bcrypt could not tell apart in `secret`, if anything: more than
+/// [`MAX_SECRET_BYTES`] (it reads no further), or a NUL (it ends the key there and
+/// repeats it, so `"abc\0abc"` would match `"abc"`).
+pub fn secret_problem(secret: &str) -> Option<String> {
     if secret.len() > MAX_SECRET_BYTES {
-        return Err(Error::validation(
-            "client_secret",
-            format!("Longer than maximum length {MAX_SECRET_BYTES} bytes."),
-        ));
+        Some(format!(
+            "Longer than maximum length {MAX_SECRET_BYTES} bytes."
+        ))
+    } else if secret.contains('\0') {
+        Some("May not contain NUL characters.".into())
+    } else {
+        None
+    }
+}
+
+/// bcrypt hash of a client secret (slow on purpose: run it off the async runtime); 422
+/// for a secret with a [`secret_problem`].
+pub fn hash_secret(secret: &str) -> Result<String> {
+    if let Some(problem) = secret_problem(secret) {
+        return Err(Error::validation("client_secret", problem));
     }
     bcrypt::hash(secret, BCRYPT_COST).map_err(|e| Error::Internal(format!("bcrypt: {e}")))
 }
 
 /// Whether `secret` matches `hash` (constant-time inside bcrypt; false for a malformed
-/// hash, and for a secret over [`MAX_SECRET_BYTES`], which no stored secret is: bcrypt
-/// would compare only its first 72 bytes).
+/// hash, and for a secret with a [`secret_problem`], which no stored secret has: bcrypt
+/// would compare only part of it).
 pub fn secret_matches(secret: &str, hash: &str) -> bool {
-    secret.len() <= MAX_SECRET_BYTES && bcrypt::verify(secret, hash).unwrap_or(false)
+    secret_problem(secret).is_none() && bcrypt::verify(secret, hash).unwrap_or(false)
 }
 
 /// What is wrong with `client_id` as a client id, if anything: 1 to 256 bytes, no `:`
@@ -257,6 +269,12 @@ mod tests {
             hash_secret(&format!("{stored}k")).unwrap_err().status(),
             422
         );
+        // bcrypt alone would take "abc" for this one.
+        let nul = "abc\0abc\0abc\0abc";
+        assert_eq!(hash_secret(nul).unwrap_err().status(), 422);
+        let hash = hash_secret("abc").unwrap();
+        assert!(bcrypt::verify(nul, &hash).unwrap_or(false));
+        assert!(!secret_matches(nul, &hash));
     }
 
     #[test]

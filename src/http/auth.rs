@@ -82,6 +82,15 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
             ),
         );
     };
+    // No such client can exist: refused before it names a limiter key (unbounded text)
+    // or costs a bcrypt run.
+    if token::client_id_problem(&client_id).is_some() {
+        return refuse(
+            &client_id,
+            "token request with an impossible client id",
+            Error::Unauthorized("Invalid client id or client key".into()),
+        );
+    }
     let keys = Limiter::keys(&client_id, from.map(|a| a.ip()));
     if let Some(wait) = keys.iter().find_map(|k| gate.limiter.blocked(k)) {
         return refuse(
@@ -96,6 +105,7 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
         .store
         .read(|a| a.client(&client_id).map(|c| c.secret_hash.to_string()));
     let known = hash.as_deref().is_some_and(|h| !h.is_empty());
+    let verified = hash.clone();
     let checked = hash
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| DUMMY_HASH.clone());
@@ -118,8 +128,11 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
     let id = Name::from(client_id.as_str());
     gate.store
         .record_durably(|access| {
+            // The secret checked above must still be the client's: one replaced while
+            // bcrypt ran (the fix for a leaked secret) gets no refresh token.
             let client = access
                 .client(&client_id)
+                .filter(|c| verified.as_deref() == Some(&*c.secret_hash))
                 .ok_or_else(|| Error::Unauthorized("Invalid client id or client key".into()))?;
             permissions = Some(Permissions::of(&client_id, client));
             Ok(Some(Event::RefreshTokenIssued {
@@ -323,14 +336,9 @@ pub async fn client_put(
     for (field, value) in &fields {
         match field.as_str() {
             "client_secret" => match value {
-                Value::String(s) if s.len() > token::MAX_SECRET_BYTES => {
-                    return Err(Error::validation(
-                        field,
-                        format!(
-                            "Longer than maximum length {} bytes.",
-                            token::MAX_SECRET_BYTES
-                        ),
-                    ))
+                Value::String(s) if token::secret_problem(s).is_some() => {
+                    let problem = token::secret_problem(s).unwrap_or_default();
+                    return Err(Error::validation(field, problem));
                 }
                 Value::String(s) if s.chars().count() >= MIN_SECRET_LEN => secret = Some(s.clone()),
                 Value::String(_) => {
