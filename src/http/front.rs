@@ -135,7 +135,8 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
 /// result (state, result fields, log fragments, output, artifact), a download of its
 /// attachments, and any request about a job that carries an agent's `agent_name`
 /// cookie (the stock agent checks `GET /v1/result/<id>` every 10 s while a command
-/// runs). Clients without the cookie reading a result (the CLI's `poll`) do not count.
+/// runs), from the job's agent credential when access control is on. Clients without
+/// the cookie reading a result (the CLI's `poll`) do not count.
 fn note_agent_contact(svc: &Services, request: &Request) {
     let path = request.uri().path();
     let about = path
@@ -149,8 +150,25 @@ fn note_agent_contact(svc: &Services, request: &Request) {
             || wire::agent_cookie(request.headers()).is_some();
         if contact {
             if let Ok(id) = wire::path_id(id) {
-                svc.watch.heard(id, crate::actors::now());
+                if from_its_agent(svc, request, id) {
+                    svc.watch.heard(id, crate::actors::now());
+                }
             }
         }
+    }
+}
+
+/// Whether `request` may count as contact from job `id`'s agent: with access control on,
+/// only from the agent credential the job was dispatched to (anyone may read a result
+/// with an `agent_name` cookie, and must not keep a dead agent's job alive that way).
+fn from_its_agent(svc: &Services, request: &Request, id: crate::model::JobId) -> bool {
+    match request.extensions().get::<crate::access::Caller>() {
+        Some(crate::access::Caller::Open) => true,
+        Some(caller) => caller.agent_credential().is_some_and(|me| {
+            svc.jobs
+                .get(id)
+                .is_some_and(|job| job.client.as_deref() == Some(me))
+        }),
+        None => false,
     }
 }

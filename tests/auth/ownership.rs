@@ -349,3 +349,53 @@ async fn an_agent_credential_may_not_change_another_credentials_agent_record() {
         r.text()
     );
 }
+
+/// With access control on, only the job's own agent credential keeps a running job alive:
+/// another client reading its result with an `agent_name` cookie does not.
+#[tokio::test]
+async fn only_the_jobs_agent_credential_counts_as_contact_from_its_agent() {
+    let lab = Lab::start(&["--lost-agent-grace-secs", "1"]);
+    let srv = &lab.srv;
+    let agent = lab.token_for("lost-agent", "agent", json!({})).await;
+    let bob = lab.token_for("lost-bob", "contributor", json!({})).await;
+    let id = srv
+        .submit(
+            &json!({"job_queue": "lost-q", "output_timeout": 1, "test_data": {"test_cmds": "x"}}),
+        )
+        .await;
+    call(
+        srv,
+        "GET",
+        "/v1/job?queue=lost-q",
+        Some(&agent),
+        Some("dut"),
+        None,
+    )
+    .await
+    .expect_json();
+    let state = json!({"job_state": "test"});
+    let result = format!("/v1/result/{id}");
+    call(
+        srv,
+        "POST",
+        &result,
+        Some(&agent),
+        Some("dut"),
+        Some(&state),
+    )
+    .await
+    .expect_status(200);
+    // Allowance in `test`: output_timeout 1 + the agent's 10 s check + grace 1.
+    let started = std::time::Instant::now();
+    loop {
+        let read = call(srv, "GET", &result, Some(&bob), Some("dut"), None).await;
+        if read.expect_json()["job_state"] == "cancelled" {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(40),
+            "another client's reads kept the job alive"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
