@@ -322,10 +322,11 @@ async fn results_and_logs_of_one_job_stop_at_max_job_data_bytes() {
         .expect_status(200);
 }
 
-/// An empty fragment is not free: each one is charged its phase name and a fixed
-/// overhead, so a client posting millions of them meets the same bound.
+/// An empty fragment or a tiny result field is not free: each one is charged a fixed
+/// overhead (and a fragment its phase name), so a client posting millions of them meets
+/// the same bound.
 #[tokio::test]
-async fn empty_log_fragments_count_against_max_job_data_bytes() {
+async fn empty_log_fragments_and_tiny_fields_count_against_max_job_data_bytes() {
     let srv = TestServer::start_with(&[
         "--max-job-data-bytes",
         "8192",
@@ -348,6 +349,18 @@ async fn empty_log_fragments_count_against_max_job_data_bytes() {
         assert!(stored < 1_000, "1,000 empty fragments were all taken");
     };
     assert!(refused.expect_error(413).contains("--max-job-data-bytes"));
-    // 8192 bytes at 68 each (64 + "test"): 120 fragments.
-    assert_eq!(stored, 8192 / 68, "fragments stored before the bound");
+    // 8192 bytes at 132 each (128 + "test"): 62 fragments.
+    assert_eq!(stored, 8192 / 132, "fragments stored before the bound");
+    // Nor are small result fields: each costs 128 bytes besides its text.
+    let other = srv.submit_to("q").await;
+    let fields = |from: usize| {
+        let map: serde_json::Map<String, serde_json::Value> = (from..from + 40)
+            .map(|i| (format!("k{i}"), json!(0)))
+            .collect();
+        serde_json::Value::Object(map)
+    };
+    let path = format!("/v1/result/{other}");
+    srv.post_json(&path, &fields(0)).await.expect_status(200);
+    let message = srv.post_json(&path, &fields(40)).await.expect_error(413);
+    assert!(message.contains("--max-job-data-bytes"), "{message}");
 }

@@ -28,7 +28,9 @@ use crate::error::{Error, Result};
 use crate::journal::{Journal, Ticket};
 use crate::model::job::PHASES;
 use crate::model::orphans::{encode, Ledger, Record};
-use crate::model::results::{fragment_weight, Fields, Fragment, LogStream, ResultDoc, Results};
+use crate::model::results::{
+    fragment_weight, merge_weight, Fields, Fragment, LogStream, ResultDoc, Results,
+};
 use crate::model::{Event, FastMap, JobId, LogKind, Name};
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
@@ -722,9 +724,9 @@ impl Actor for ResultActor {
                     return Ok(());
                 }
                 // An id without a job (its data kept here since before it lost its job)
-                // is charged the post's length up front (a merge never grows the
+                // is charged the post's weight up front (a merge never grows the
                 // document by more), then what the document holds afterwards.
-                let reserved = fields.len() as u64;
+                let reserved = merge_weight(&fields);
                 let before = state.fields_bytes(id);
                 let result = match state.make_room(id, reserved) {
                     Err(e) => Err(e),

@@ -23,15 +23,24 @@ use super::ids::{JobId, Name};
 use super::orphans::OrphanEntry;
 use super::registry::first_run;
 
-/// What one fragment costs against `--max-job-data-bytes` besides its text and phase
-/// name: its number, timestamp and run as kept, and its entry in the retry index.
-/// Without it an empty fragment would be free, and a client could store millions.
-pub const FRAGMENT_OVERHEAD: u64 = 64;
+/// What one log fragment or result field costs against `--max-job-data-bytes` besides
+/// its text: what is kept beside it (a fragment's number, timestamp, run and retry-index
+/// entry; a field's map slot and the headers of its key and value buffers), about what
+/// it takes in memory. Without it an empty fragment or a `{"k":0}` field would be
+/// nearly free, and a client could store millions.
+pub const ENTRY_OVERHEAD: u64 = 128;
 
 /// What a fragment of `text` bytes in `phase` is charged against a job's data bound:
-/// the text, the phase name and [`FRAGMENT_OVERHEAD`].
+/// the text, the phase name and [`ENTRY_OVERHEAD`].
 pub fn fragment_weight(text: usize, phase: &str) -> u64 {
-    text as u64 + phase.len() as u64 + FRAGMENT_OVERHEAD
+    text as u64 + phase.len() as u64 + ENTRY_OVERHEAD
+}
+
+/// At most what merging the result object `post` (JSON text) can add to a job's data:
+/// its length, plus [`ENTRY_OVERHEAD`] for each `:` in it (every member has one; a
+/// colon inside a string only makes the bound looser).
+pub fn merge_weight(post: &[u8]) -> u64 {
+    post.len() as u64 + memchr::memchr_iter(b':', post).count() as u64 * ENTRY_OVERHEAD
 }
 
 /// One log fragment.
@@ -242,14 +251,20 @@ impl Fields {
         self.0.is_empty()
     }
 
-    /// Bytes of JSON text held (keys and values).
+    /// Bytes charged for the members: each one's key and value text plus
+    /// [`ENTRY_OVERHEAD`].
     pub fn bytes(&self) -> u64 {
+        self.text_bytes() + self.0.len() as u64 * ENTRY_OVERHEAD
+    }
+
+    /// Bytes of JSON text held (keys and values).
+    fn text_bytes(&self) -> u64 {
         self.0.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
     }
 
     /// The object as JSON text.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.bytes() as usize + 4 * self.0.len() + 2);
+        let mut out = Vec::with_capacity(self.text_bytes() as usize + 4 * self.0.len() + 2);
         out.push(b'{');
         for (i, (key, value)) in self.0.iter().enumerate() {
             if i > 0 {
@@ -564,7 +579,7 @@ mod tests {
         };
         let sum = |s: &LogStream| s.fragments.iter().map(Fragment::weight).sum::<u64>();
         // Each fragment also costs its phase name ("test") and the fixed overhead.
-        let each = 4 + FRAGMENT_OVERHEAD;
+        let each = 4 + ENTRY_OVERHEAD;
         let mut stream = LogStream::default();
         assert!(stream.push(piece(0, "abc")));
         assert_eq!(stream.bytes(), 3 + each);
