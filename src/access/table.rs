@@ -107,7 +107,7 @@ pub const TABLE: &[Rule] = &[
         "POST",
         "/v1/agents/provision_logs/{name}",
         AGENT,
-        Check::None,
+        Check::AgentRecord,
     ),
     rule("GET", "/v1/queues/wait_times", AMC, Check::None),
     rule("GET", "/v1/queues/{queue}/agents", AMC, Check::None),

@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 pub const AGENT_LOG_KEEP: usize = 100;
 /// Most bytes of JSON an agent record's merged fields may hold (upstream: no bound).
 pub const MAX_AGENT_RECORD_BYTES: usize = 4 << 20;
+/// Most bytes of provision entries an agent record keeps: past it the oldest go (the
+/// newest is always kept), so 100 entries of 1 MiB cannot pin 100 MiB per agent name.
+pub const MAX_PROVISION_LOG_BYTES: usize = 1 << 20;
 /// Most agent records kept at once (records expire after `--agent-expiry-secs` of silence).
 pub const MAX_AGENTS: usize = 10_000;
 /// Most queues advertised with a description, and most queues with advertised images
@@ -44,7 +47,8 @@ pub struct AgentRecord {
     pub fields: Bytes,
     /// Unix seconds of the latest update.
     pub updated_at: u64,
-    /// Provision outcomes, newest last (at most [`AGENT_LOG_KEEP`]).
+    /// Provision outcomes, newest last (at most [`AGENT_LOG_KEEP`], and at most
+    /// [`MAX_PROVISION_LOG_BYTES`] of them but the newest).
     pub provision_log: Vec<Bytes>,
     /// Consecutive provision outcomes of the same kind: ("pass"|"fail", count).
     pub provision_streak: Option<(Box<str>, u64)>,
@@ -165,7 +169,12 @@ impl Agents {
                     _ => Some((kind.into(), 1)),
                 };
                 record.provision_log.push(entry.clone());
-                let excess = record.provision_log.len().saturating_sub(AGENT_LOG_KEEP);
+                let mut excess = record.provision_log.len().saturating_sub(AGENT_LOG_KEEP);
+                let mut held: usize = record.provision_log[excess..].iter().map(Bytes::len).sum();
+                while held > MAX_PROVISION_LOG_BYTES && excess + 1 < record.provision_log.len() {
+                    held -= record.provision_log[excess].len();
+                    excess += 1;
+                }
                 record.provision_log.drain(..excess);
             }
             Event::AgentsExpired { names } => {
@@ -249,6 +258,34 @@ mod tests {
             at: 1,
             by: None,
         }
+    }
+
+    #[test]
+    fn provision_history_keeps_the_newest_entries_within_its_bytes() {
+        let mut agents = Agents::default();
+        agents.apply(&update("a"));
+        let log = |n: usize, len: usize| Event::ProvisionLogged {
+            name: Name::from("a"),
+            entry: Bytes::from(format!("{{\"n\":{n},\"d\":\"{}\"}}", "x".repeat(len))),
+            at: 1,
+        };
+        for n in 0..150 {
+            agents.apply(&log(n, 10));
+        }
+        assert_eq!(agents.agents["a"].provision_log.len(), AGENT_LOG_KEEP);
+        for n in 0..10 {
+            agents.apply(&log(n, 300_000));
+        }
+        let kept = &agents.agents["a"].provision_log;
+        let held: usize = kept.iter().map(Bytes::len).sum();
+        assert!(held <= MAX_PROVISION_LOG_BYTES, "{held}");
+        assert_eq!(kept.len(), 3, "the newest three of ~300 kB");
+        agents.apply(&log(99, 2 * MAX_PROVISION_LOG_BYTES));
+        assert_eq!(
+            agents.agents["a"].provision_log.len(),
+            1,
+            "the newest stays"
+        );
     }
 
     /// Past [`MAX_AGENTS`] records a new agent is refused (507) while the known ones keep

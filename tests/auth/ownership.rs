@@ -293,6 +293,11 @@ async fn an_agent_credential_may_not_change_another_credentials_agent_record() {
     post(&agent1, state("waiting")).await.expect_status(200);
     let message = post(&agent2, state("offline")).await.expect_error(403);
     assert!(message.contains("\"rec-one\""), "{message}");
+    // Nor its provision history.
+    let entry = json!({"job_id": new_id(), "exit_code": 1, "detail": "forged"});
+    let path = "/v1/agents/provision_logs/dut-1";
+    let r = call(&lab.srv, "POST", path, Some(&agent2), None, Some(&entry)).await;
+    assert!(r.expect_error(403).contains("\"rec-one\""));
     // The same name spelled with escapes is the same agent.
     let r = call(
         &lab.srv,
