@@ -281,10 +281,10 @@ pub async fn authorize(
     let (mut parts, body) = request.into_parts();
     let about = match rule.check {
         Check::JobOwner | Check::JobAgent => {
-            let id = path_param(&mut parts, "id").await;
+            let id = path_param(&mut parts, "id");
             About::Job(id.as_deref().and_then(JobId::parse))
         }
-        Check::AgentRecord => About::Agent(path_param(&mut parts, "name").await),
+        Check::AgentRecord => About::Agent(path_param(&mut parts, "name")),
         Check::None | Check::AgentCookie => About::Nothing,
     };
     let method = parts.method.as_str();
@@ -317,9 +317,14 @@ pub async fn authorize(
 ///
 /// Checks decide on this, never on the raw path: `/v1/job/%63…/action` names the same
 /// job as `/v1/job/c…/action` to the handler, and the raw segment does not parse.
-async fn path_param(parts: &mut axum::http::request::Parts, key: &str) -> Option<String> {
+///
+/// axum's extractor is async but never waits; polled once here, so `authorize`'s future
+/// does not carry its state (futures are moved and copied per request).
+fn path_param(parts: &mut axum::http::request::Parts, key: &str) -> Option<String> {
     use axum::extract::{FromRequestParts, RawPathParams};
-    let params = RawPathParams::from_request_parts(parts, &()).await.ok()?;
+    use futures_util::FutureExt;
+    let extracted = RawPathParams::from_request_parts(parts, &()).now_or_never()?;
+    let params = extracted.ok()?;
     let (_, value) = params.iter().find(|(name, _)| *name == key)?;
     Some(value.to_owned())
 }

@@ -21,7 +21,7 @@
 
 use std::net::IpAddr;
 
-use axum::http::{header, HeaderMap, Method};
+use axum::http::{header, HeaderMap, HeaderName, Method};
 
 use crate::error::{Error, Result};
 
@@ -46,12 +46,23 @@ pub struct Asked<'a> {
 /// Browsers are told apart by the `Sec-Fetch-Site` or `Origin` they send; other clients
 /// (and proxies that name the server as they please) are not asked for a `Host`.
 pub fn check(asked: &Asked<'_>, headers: &HeaderMap) -> Result<()> {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let host = text(header::HOST.as_str());
-    let origin = text(header::ORIGIN.as_str());
-    let fetch_site = text("sec-fetch-site");
-    let browser = fetch_site.is_some() || origin.is_some();
-    if asked.loopback_open && browser {
+    let safe = match *asked.method {
+        Method::GET => !asked.changing_read,
+        Method::HEAD | Method::OPTIONS => true,
+        _ => false,
+    };
+    if safe && !asked.loopback_open {
+        return Ok(());
+    }
+    // Looked up by `HeaderName` (no parsing of the name): this runs on every write.
+    let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let fetch_site = text(&SEC_FETCH_SITE);
+    let origin = text(&header::ORIGIN);
+    if fetch_site.is_none() && origin.is_none() {
+        return Ok(()); // not a browser, or one that sends neither header
+    }
+    let host = text(&header::HOST);
+    if asked.loopback_open {
         if let Some(host) = host.filter(|h| !is_loopback_name(h)) {
             let host: String = host.chars().take(100).collect();
             return Err(Error::Forbidden(format!(
@@ -62,28 +73,23 @@ pub fn check(asked: &Asked<'_>, headers: &HeaderMap) -> Result<()> {
             )));
         }
     }
-    let safe = match *asked.method {
-        Method::GET => !asked.changing_read,
-        Method::HEAD | Method::OPTIONS => true,
-        _ => false,
-    };
     if safe {
         return Ok(());
     }
     match fetch_site {
         // `none`: typed in the address bar, a bookmark; `same-origin`: our own pages.
-        Some("same-origin" | "none") => return Ok(()),
-        Some(site) => return Err(refused(origin, site)),
-        None => {}
-    }
-    let Some(origin) = origin else {
-        return Ok(()); // not a browser, or one that sends neither header
-    };
-    match host {
-        Some(host) if same_host(origin, host) => Ok(()),
-        _ => Err(refused(Some(origin), "cross-site")),
+        Some("same-origin" | "none") => Ok(()),
+        Some(site) => Err(refused(origin, site)),
+        None => match (origin, host) {
+            (Some(origin), Some(host)) if same_host(origin, host) => Ok(()),
+            (origin, _) => Err(refused(origin, "cross-site")),
+        },
     }
 }
+
+/// The `Sec-Fetch-Site` request header (browsers: `same-origin`, `same-site`,
+/// `cross-site` or `none`).
+static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 /// Whether `host` (a `Host` header: name or address, perhaps a port) names this machine
 /// without DNS: an IP address, `localhost` or a name under `.localhost`.
