@@ -26,7 +26,7 @@ fn strict_rate(extra: &[&str]) -> TestServer {
 async fn trickled_body_gets_408_while_other_clients_are_served() {
     let srv = strict_rate(&[]);
     let mut slow = RawConn::connect(&srv.base_url()).await;
-    slow.send(b"POST /v1/job HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    slow.send(b"POST /v1/job HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
         .await;
     // Meanwhile a normal client is answered.
     let id = srv.submit_to("q").await;
@@ -48,7 +48,7 @@ async fn slow_but_steady_body_is_accepted_when_above_the_minimum_rate() {
     let mut conn = RawConn::connect(&srv.base_url()).await;
     conn.send(
         format!(
-            "POST /v1/job HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "POST /v1/job HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             job.len()
         )
         .as_bytes(),
@@ -83,7 +83,9 @@ async fn client_that_never_reads_a_large_response_is_disconnected() {
         .unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET /v1/result/{id}/artifact HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET /v1/result/{id}/artifact HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     // Not reading for several windows: the server gives up on the connection.
@@ -107,7 +109,7 @@ async fn request_head_over_max_header_bytes_gets_431() {
     let big = "a".repeat(10_000);
     let answer = util::raw_exchange(
         &srv.base_url(),
-        format!("GET /v1/ HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+        format!("GET /v1/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {big}\r\n\r\n").as_bytes(),
     )
     .await
     .expect("an answer");
@@ -121,7 +123,7 @@ async fn endless_upload(srv: &TestServer, id: &str, prefix: &str) -> util::Resp 
     let mut conn = RawConn::connect(&srv.base_url()).await;
     conn.send(
         format!(
-            "POST /v1/result/{id}/artifact HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=BB\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "POST /v1/result/{id}/artifact HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=BB\r\nTransfer-Encoding: chunked\r\n\r\n"
         )
         .as_bytes(),
     )
@@ -261,14 +263,15 @@ async fn sigterm_does_not_wait_for_idle_or_stalled_connections() {
     let mut srv = TestServer::start();
     // One connection idle after a request, one stuck half-way through its headers.
     let mut idle = RawConn::connect(&srv.base_url()).await;
-    idle.send(b"GET /v1/ HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    idle.send(b"GET /v1/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
     idle.read_response()
         .await
         .expect("an answer")
         .expect_status(200);
     let mut stalled = RawConn::connect(&srv.base_url()).await;
     stalled
-        .send(b"GET /v1/ HTTP/1.1\r\nHost: x\r\nX-Half: ")
+        .send(b"GET /v1/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Half: ")
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -323,7 +326,8 @@ async fn all_agents_are_streamed_as_one_valid_array_when_many() {
 async fn unfinished_request_head_is_dropped_after_header_timeout_secs() {
     let srv = TestServer::start_with(&["--header-timeout-secs", "1"]);
     let mut conn = RawConn::connect(&srv.base_url()).await;
-    conn.send(b"GET /v1/ HTTP/1.1\r\nHost: x\r\nX-Half: ").await;
+    conn.send(b"GET /v1/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Half: ")
+        .await;
     // The connection is closed (no status line) well before the 15 s read limit.
     let started = Instant::now();
     assert!(conn.read_response().await.is_none_or(|r| r.status == 408));
@@ -336,7 +340,7 @@ async fn sigterm_stops_waiting_for_a_busy_request_after_drain_secs() {
     // A body that stalls is busy, and the transfer window (60 s) would not end it soon.
     let mut srv = TestServer::start_with(&["--drain-secs", "1", "--transfer-window-secs", "60"]);
     let mut busy = RawConn::connect(&srv.base_url()).await;
-    busy.send(b"POST /v1/job HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    busy.send(b"POST /v1/job HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();

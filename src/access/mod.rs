@@ -281,11 +281,14 @@ pub async fn authorize(
     let (mut parts, body) = request.into_parts();
     let about = match rule.check {
         Check::JobOwner | Check::JobAgent => {
-            let id = path_param(&mut parts, "id");
-            About::Job(id.as_deref().and_then(JobId::parse))
+            path_param(&mut parts, "id").map(|id| About::Job(id.as_deref().and_then(JobId::parse)))
         }
-        Check::AgentRecord => About::Agent(path_param(&mut parts, "name")),
-        Check::None | Check::AgentCookie => About::Nothing,
+        Check::AgentRecord => path_param(&mut parts, "name").map(About::Agent),
+        Check::None | Check::AgentCookie => Ok(About::Nothing),
+    };
+    let about = match about {
+        Ok(about) => about,
+        Err(e) => return Err(e.into_response()),
     };
     let method = parts.method.as_str();
     let path = parts.uri.path();
@@ -320,13 +323,28 @@ pub async fn authorize(
 ///
 /// axum's extractor is async but never waits; polled once here, so `authorize`'s future
 /// does not carry its state (futures are moved and copied per request).
-fn path_param(parts: &mut axum::http::request::Parts, key: &str) -> Option<String> {
+///
+/// Fails closed: a route without `{key}`, or an extractor that would wait, is a bug
+/// answered 500, never a request let past its check.
+fn path_param(parts: &mut axum::http::request::Parts, key: &str) -> Result<Option<String>> {
+    use axum::extract::rejection::RawPathParamsRejection;
     use axum::extract::{FromRequestParts, RawPathParams};
     use futures_util::FutureExt;
-    let extracted = RawPathParams::from_request_parts(parts, &()).now_or_never()?;
-    let params = extracted.ok()?;
-    let (_, value) = params.iter().find(|(name, _)| *name == key)?;
-    Some(value.to_owned())
+    let bug = |what: &str| Error::Internal(format!("access check: {what} for {{{key}}}"));
+    let extracted = RawPathParams::from_request_parts(parts, &())
+        .now_or_never()
+        .ok_or_else(|| bug("the path extractor would wait"))?;
+    let params = match extracted {
+        Ok(params) => params,
+        // The handler's `Path` refuses the same text (400).
+        Err(RawPathParamsRejection::InvalidUtf8InPathParam(_)) => return Ok(None),
+        Err(_) => return Err(bug("no path parameters")),
+    };
+    let (_, value) = params
+        .iter()
+        .find(|(name, _)| *name == key)
+        .ok_or_else(|| bug("no such parameter"))?;
+    Ok(Some(value.to_owned()))
 }
 
 /// What a request is about, for the checks that follow the role check, as the handler
@@ -405,7 +423,8 @@ fn check_agent_writer(svc: &Services, me: &str, name: &str) -> Result<()> {
     }
     Err(Error::Forbidden(format!(
         "Agent {name:?} is kept by agent credential {writer:?}: another agent credential \
-         may not change its record (a manager may, or delete that credential)"
+         may not change its record until a manager posts to it (which releases it) or that \
+         credential is deleted"
     )))
 }
 
@@ -586,16 +605,24 @@ pub async fn check_job_owner(svc: &Services, caller: &Caller, id: JobId) -> Resu
 /// With access control on, the caller must be the agent credential job `id` was
 /// dispatched to.
 pub async fn check_job_agent(svc: &Services, caller: &Caller, id: JobId) -> Result<()> {
-    if matches!(caller, Caller::Open) {
-        return Ok(());
-    }
-    let job = svc.jobs.get(id);
-    match (job.and_then(|j| j.client), caller.client_id()) {
-        (Some(client), Some(me)) if &*client == me => Ok(()),
-        _ => Err(Error::Forbidden(format!(
+    if is_job_agent(svc, caller, id) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(format!(
             "Job {id} was not dispatched to this agent"
-        ))),
+        )))
     }
+}
+
+/// Whether `caller` is job `id`'s agent: anyone with access control off, else only the
+/// credential the job was dispatched to (also what counts as contact from its agent for
+/// lost-agent recovery).
+pub fn is_job_agent(svc: &Services, caller: &Caller, id: JobId) -> bool {
+    if matches!(caller, Caller::Open) {
+        return true;
+    }
+    let client = svc.jobs.get(id).and_then(|j| j.client);
+    matches!((client, caller.client_id()), (Some(client), Some(me)) if &*client == me)
 }
 
 /// Counts failed token requests per key (client id, address) over a sliding minute; a key

@@ -16,8 +16,12 @@
 //!
 //! DNS rebinding (another site's name made to resolve to 127.0.0.1) would make such a
 //! page same-origin; a server bound to loopback with access control off (full rights for
-//! every caller) therefore answers browsers only when they name it as `localhost` or by
+//! every caller) therefore answers only requests that name it as `localhost` or by
 //! address.
+//!
+//! What it cannot see: over plain HTTP to a server reached by name, browsers send no
+//! `Sec-Fetch-Site`, and an `<img>` sends no `Origin`, so a cross-site GET of a changing
+//! read looks like a script's there. Only HTTPS (or localhost) closes that.
 
 use std::net::IpAddr;
 
@@ -38,49 +42,44 @@ pub struct Asked<'a> {
     pub loopback_open: bool,
 }
 
-/// `Ok` unless the headers show a browser sent the request for another site's page: a
-/// state-changing request from another site (403 naming it), or, to a
-/// [`Asked::loopback_open`] server, any browser request under a DNS name other than
-/// `localhost` (403: a name that resolves to 127.0.0.1 for this request is DNS
-/// rebinding, which would make another site's page same-origin with this server).
-/// Browsers are told apart by the `Sec-Fetch-Site` or `Origin` they send; other clients
-/// (and proxies that name the server as they please) are not asked for a `Host`.
+/// `Ok` unless the request may come from another site's page: a state-changing request
+/// a browser says came from another site (403 naming it), or, to a
+/// [`Asked::loopback_open`] server, any request naming it by a DNS name other than
+/// `localhost` (403). A rebinding page's requests reach 127.0.0.1 under its own name,
+/// and its same-origin GETs carry neither `Origin` nor (over plain HTTP) `Sec-Fetch-Site`,
+/// so the name is the only sign; this machine's clients name the server `localhost` or
+/// by address.
 pub fn check(asked: &Asked<'_>, headers: &HeaderMap) -> Result<()> {
-    let safe = match *asked.method {
-        Method::GET => !asked.changing_read,
-        Method::HEAD | Method::OPTIONS => true,
-        _ => false,
-    };
-    if safe && !asked.loopback_open {
-        return Ok(());
-    }
     // Looked up by `HeaderName` (no parsing of the name): this runs on every write.
     let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let fetch_site = text(&SEC_FETCH_SITE);
-    let origin = text(&header::ORIGIN);
-    if fetch_site.is_none() && origin.is_none() {
-        return Ok(()); // not a browser, or one that sends neither header
-    }
-    let host = text(&header::HOST);
     if asked.loopback_open {
-        if let Some(host) = host.filter(|h| !is_loopback_name(h)) {
+        if let Some(host) = text(&header::HOST).filter(|h| !is_loopback_name(h)) {
             let host: String = host.chars().take(100).collect();
             return Err(Error::Forbidden(format!(
                 "Host {host:?} refused: with access control off and a loopback address, \
-                 browsers reach this server as localhost or by IP address only (another \
-                 name resolving here may be another site's DNS rebinding); a proxy in \
-                 front must pass its upstream address as Host"
+                 this server answers only requests naming it localhost or by IP address \
+                 (another name resolving here may be another site's DNS rebinding); a \
+                 proxy in front must pass its upstream address as Host"
             )));
         }
     }
+    // axum answers HEAD with the GET handler: a HEAD of a changing read changes state.
+    let safe = match *asked.method {
+        Method::GET | Method::HEAD => !asked.changing_read,
+        Method::OPTIONS => true,
+        _ => false,
+    };
     if safe {
         return Ok(());
     }
+    let fetch_site = text(&SEC_FETCH_SITE);
+    let origin = text(&header::ORIGIN);
     match fetch_site {
         // `none`: typed in the address bar, a bookmark; `same-origin`: our own pages.
         Some("same-origin" | "none") => Ok(()),
         Some(site) => Err(refused(origin, site)),
-        None => match (origin, host) {
+        None => match (origin, text(&header::HOST)) {
+            (None, _) => Ok(()), // not a browser, or one that sends neither header
             (Some(origin), Some(host)) if same_host(origin, host) => Ok(()),
             (origin, _) => Err(refused(origin, "cross-site")),
         },
@@ -129,6 +128,8 @@ fn same_host(origin: &str, host: &str) -> bool {
     plain(from) == plain(host)
 }
 
+/// The 403 for a request from another site: its `Origin`, or the `Sec-Fetch-Site` that
+/// said so when it sent no `Origin`.
 fn refused(origin: Option<&str>, site: &str) -> Error {
     let from = match origin {
         Some(origin) => format!(
@@ -223,10 +224,15 @@ mod tests {
             ..asked(&Method::GET)
         };
         assert!(check(&pop, &h).is_err());
+        let head_pop = Asked {
+            changing_read: true,
+            ..asked(&Method::HEAD)
+        };
+        assert!(check(&head_pop, &h).is_err(), "HEAD runs the GET handler");
     }
 
     #[test]
-    fn a_loopback_open_server_answers_browsers_only_at_names_that_need_no_dns() {
+    fn a_loopback_open_server_answers_only_names_that_need_no_dns() {
         let get = Asked {
             loopback_open: true,
             ..asked(&Method::GET)
@@ -264,10 +270,10 @@ mod tests {
         let mut h = headers(&[("origin", "http://evil.example:8000")]);
         h.insert("host", "evil.example:8000".parse().unwrap());
         assert!(check(&get, &h).is_err());
-        // Not a browser: a script or a proxy may name the server as it pleases.
+        // A rebound page's same-origin GET carries neither header: the name still counts.
         let mut h = HeaderMap::new();
-        h.insert("host", "x".parse().unwrap());
-        assert!(check(&get, &h).is_ok());
+        h.insert("host", "evil.example:8000".parse().unwrap());
+        assert!(check(&get, &h).is_err());
         // Access control on, or not on loopback: any name (labs reach it by name).
         assert!(check(&asked(&Method::GET), &browser("lab.example:8000")).is_ok());
     }

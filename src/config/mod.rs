@@ -635,12 +635,17 @@ impl Config {
             }
         }
         let one_post = self.max_result_bytes.max(self.max_output_bytes) as u64;
-        if self.max_job_data_bytes < one_post {
+        // A post is charged its text plus what is kept beside it (a phase name, at most
+        // a name's length, and the per-entry overhead).
+        let charged =
+            one_post + crate::model::results::ENTRY_OVERHEAD + crate::http::wire::MAX_NAME as u64;
+        if self.max_job_data_bytes < charged {
             return err(format!(
-                "{} is {} bytes, less than one post may hold (the larger of --max-result-bytes \
-                 and --max-output-bytes: {one_post})",
+                "{} is {} bytes, less than one post may take (the larger of --max-result-bytes \
+                 and --max-output-bytes: {one_post}, plus {} for what is kept beside it)",
                 setting("max-job-data-bytes"),
-                self.max_job_data_bytes
+                self.max_job_data_bytes,
+                charged - one_post
             ));
         }
         let biggest = self

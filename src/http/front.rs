@@ -158,17 +158,12 @@ fn note_agent_contact(svc: &Services, request: &Request) {
     }
 }
 
-/// Whether `request` may count as contact from job `id`'s agent: with access control on,
-/// only from the agent credential the job was dispatched to (anyone may read a result
+/// Whether `request` may count as contact from job `id`'s agent: from its agent
+/// credential when access control is on (`access::is_job_agent`; anyone may read a result
 /// with an `agent_name` cookie, and must not keep a dead agent's job alive that way).
 fn from_its_agent(svc: &Services, request: &Request, id: crate::model::JobId) -> bool {
-    match request.extensions().get::<crate::access::Caller>() {
-        Some(crate::access::Caller::Open) => true,
-        Some(caller) => caller.agent_credential().is_some_and(|me| {
-            svc.jobs
-                .get(id)
-                .is_some_and(|job| job.client.as_deref() == Some(me))
-        }),
-        None => false,
-    }
+    request
+        .extensions()
+        .get::<crate::access::Caller>()
+        .is_some_and(|caller| crate::access::is_job_agent(svc, caller, id))
 }

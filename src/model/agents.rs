@@ -53,8 +53,9 @@ pub struct AgentRecord {
     /// Consecutive provision outcomes of the same kind: ("pass"|"fail", count).
     pub provision_streak: Option<(Box<str>, u64)>,
     /// The agent credential (client id) that last wrote the record, with access control
-    /// on: another agent credential may not change it (`access::check`). Last, with a
-    /// default, so older snapshots still decode.
+    /// on: another agent credential may not change it (`access::check`); `None` after a
+    /// write by a manager, an admin or the server. Last, with a default, so older
+    /// snapshots still decode.
     #[serde(default)]
     pub writer: Option<Name>,
 }
@@ -153,9 +154,9 @@ impl Agents {
                     record.fields = merged;
                     record.updated_at = *at;
                 }
-                if by.is_some() {
-                    record.writer = by.clone();
-                }
+                // A manager's or the server's own update (a lost agent marked offline)
+                // releases the record: any agent credential may take it next.
+                record.writer = by.clone();
             }
             Event::ProvisionLogged { name, entry, .. } => {
                 let record = self.agents.entry(name.clone()).or_default();

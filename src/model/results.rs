@@ -37,10 +37,35 @@ pub fn fragment_weight(text: usize, phase: &str) -> u64 {
 }
 
 /// At most what merging the result object `post` (JSON text) can add to a job's data:
-/// its length, plus [`ENTRY_OVERHEAD`] for each `:` in it (every member has one; a
-/// colon inside a string only makes the bound looser).
+/// its length, plus [`ENTRY_OVERHEAD`] for each of its top-level members.
 pub fn merge_weight(post: &[u8]) -> u64 {
-    post.len() as u64 + memchr::memchr_iter(b':', post).count() as u64 * ENTRY_OVERHEAD
+    post.len() as u64 + top_level_members(post) * ENTRY_OVERHEAD
+}
+
+/// How many members the JSON object text `object` has at its top level (its `:`s outside
+/// strings and nested values); what a merge of it adds at most to the stored fields. One
+/// pass over the bytes: the text was already checked to be a JSON object.
+fn top_level_members(object: &[u8]) -> u64 {
+    let (mut depth, mut in_string, mut escaped, mut members) = (0u32, false, false, 0u64);
+    for &b in object {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b':' if depth == 1 => members += 1,
+            _ => {}
+        }
+    }
+    members
 }
 
 /// One log fragment.
@@ -565,6 +590,22 @@ impl Results {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_level_members_are_counted_outside_strings_and_nested_values() {
+        for (text, members) in [
+            (r#"{}"#, 0),
+            (r#"{"a":1}"#, 1),
+            (r#"{"t":"12:34:56","u":"http://x:80/"}"#, 2),
+            (r#"{"a":{"b":1,"c":[{"d":2}]},"e":"\":\\"}"#, 2),
+            (r#" { "k:1" : "v:2" , "x" : [ ":" ] } "#, 2),
+        ] {
+            assert_eq!(super::top_level_members(text.as_bytes()), members, "{text}");
+            let parsed: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(text).unwrap();
+            assert_eq!(parsed.len() as u64, members, "{text}");
+        }
+    }
 
     /// The held-bytes count is kept by pushes (retries not counted twice) and counted
     /// afresh after a snapshot round trip, always the sum of the fragments' weights.

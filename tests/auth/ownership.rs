@@ -265,7 +265,7 @@ async fn a_percent_encoded_job_id_gets_the_same_per_job_checks() {
 }
 
 /// An agent credential may not change the record of an agent another agent credential
-/// keeps (managers may); deleting that credential frees its records. The writer is kept
+/// keeps; a manager's post, or deleting that credential, frees it. The writer is kept
 /// across a restart.
 #[tokio::test]
 async fn an_agent_credential_may_not_change_another_credentials_agent_record() {
@@ -309,11 +309,13 @@ async fn an_agent_credential_may_not_change_another_credentials_agent_record() {
     )
     .await;
     assert_eq!(r.status, 403, "{}", r.text());
+    // A manager's post releases the record: the next agent credential takes it.
     post(&manager, state("maintenance"))
         .await
         .expect_status(200);
-    post(&agent2, state("offline")).await.expect_error(403);
-    post(&agent1, state("provision")).await.expect_status(200);
+    post(&agent2, state("provision")).await.expect_status(200);
+    let message = post(&agent1, state("x")).await.expect_error(403);
+    assert!(message.contains("\"rec-two\""), "{message}");
     let record = call(
         &lab.srv,
         "GET",
@@ -325,17 +327,18 @@ async fn an_agent_credential_may_not_change_another_credentials_agent_record() {
     .await
     .expect_json();
     assert_eq!(record["state"], "provision", "{record}");
+    // Deleting the keeping credential frees it too.
     call(
         &lab.srv,
         "DELETE",
-        "/v1/client-permissions/rec-one",
+        "/v1/client-permissions/rec-two",
         Some(&admin),
         None,
         None,
     )
     .await
     .expect_status(200);
-    post(&agent2, state("waiting")).await.expect_status(200);
+    post(&agent1, state("waiting")).await.expect_status(200);
     lab.srv.restart();
     let agent3 = lab.token_for("rec-three", "agent", json!({})).await;
     let r = call(
@@ -350,7 +353,7 @@ async fn an_agent_credential_may_not_change_another_credentials_agent_record() {
     assert_eq!(
         r.status,
         403,
-        "kept by rec-two after a restart: {}",
+        "kept by rec-one after a restart: {}",
         r.text()
     );
 }
