@@ -23,7 +23,7 @@
 //! `Sec-Fetch-Site`, and an `<img>` sends no `Origin`, so a cross-site GET of a changing
 //! read looks like a script's there. Only HTTPS (or localhost) closes that.
 
-use std::net::IpAddr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use axum::http::{header, HeaderMap, HeaderName, Method};
 
@@ -91,20 +91,23 @@ pub fn check(asked: &Asked<'_>, headers: &HeaderMap) -> Result<()> {
 static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 /// Whether `host` (a `Host` header: name or address, perhaps a port) names this machine
-/// without DNS: an IP address, `localhost` or a name under `.localhost`.
+/// without DNS: an IP address, `localhost` or a name under `.localhost`. Allocates
+/// nothing: with access control off on loopback it runs on every request.
 fn is_loopback_name(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        // `[v6]:port`
-        Some(rest) => {
-            return rest
-                .split(']')
-                .next()
-                .is_some_and(|a| a.parse::<IpAddr>().is_ok())
-        }
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name.parse::<IpAddr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
+    if let Some(rest) = host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`
+        return rest
+            .split_once(']')
+            .is_some_and(|(address, _)| address.parse::<Ipv6Addr>().is_ok());
+    }
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let suffix = ".localhost";
+    name.eq_ignore_ascii_case("localhost")
+        || (name.len() > suffix.len()
+            && name.is_char_boundary(name.len() - suffix.len())
+            && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
+        || name.parse::<Ipv4Addr>().is_ok()
 }
 
 /// Whether `Origin` (`scheme://host[:port]`, or `null`) names `host` (a `Host` header),
