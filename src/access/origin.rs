@@ -78,10 +78,13 @@ pub fn check(asked: &Asked<'_>, headers: &HeaderMap) -> Result<()> {
         // `none`: typed in the address bar, a bookmark; `same-origin`: our own pages.
         Some("same-origin" | "none") => Ok(()),
         Some(site) => Err(refused(origin, site)),
-        None => match (origin, text(&header::HOST)) {
-            (None, _) => Ok(()), // not a browser, or one that sends neither header
-            (Some(origin), Some(host)) if same_host(origin, host) => Ok(()),
-            (origin, _) => Err(refused(origin, "cross-site")),
+        // Not a browser, or one that sends neither header.
+        None => match origin {
+            None => Ok(()),
+            Some(origin) => match text(&header::HOST) {
+                Some(host) if same_host(origin, host) => Ok(()),
+                _ => Err(refused(Some(origin), "cross-site")),
+            },
         },
     }
 }
