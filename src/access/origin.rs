@@ -192,32 +192,22 @@ mod tests {
             "{message}"
         );
         // Older browsers: Origin against Host, a scheme's default port written or not.
-        for (origin, host) in [
-            ("http://Lab:8000", "lab:8000"),
-            ("http://lab", "lab:80"),
-            ("https://lab:443", "lab"),
+        for (origin, host, same) in [
+            ("http://Lab:8000", "lab:8000", true),
+            ("http://lab", "lab:80", true),
+            ("https://lab:443", "lab", true),
+            ("http://evil:8000", "lab:8000", false),
+            ("http://lab:8001", "lab:8000", false),
+            ("https://lab", "lab:80", false),
+            ("null", "lab:8000", false),
         ] {
-            let mut h = headers(&[("host", "x")]);
+            let mut h = HeaderMap::new();
             h.insert("host", host.parse().unwrap());
             h.insert("origin", origin.parse().unwrap());
-            assert!(
-                check(&asked(&Method::DELETE), &h).is_ok(),
-                "{origin} → {host}"
-            );
-        }
-        for (origin, host) in [
-            ("http://evil:8000", "lab:8000"),
-            ("http://lab:8001", "lab:8000"),
-            ("https://lab", "lab:80"),
-            ("null", "lab:8000"),
-        ] {
-            let mut h = headers(&[("host", "x")]);
-            h.insert("host", host.parse().unwrap());
-            h.insert("origin", origin.parse().unwrap());
-            assert!(
-                check(&asked(&Method::PUT), &h).is_err(),
-                "{origin} → {host}"
-            );
+            for method in [Method::PUT, Method::DELETE] {
+                let allowed = check(&asked(&method), &h).is_ok();
+                assert_eq!(allowed, same, "{method} {origin} → {host}");
+            }
         }
         let no_host = headers(&[("origin", "http://lab:8000")]);
         assert!(check(&post, &no_host).is_err());

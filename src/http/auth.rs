@@ -336,14 +336,13 @@ pub async fn client_put(
     for (field, value) in &fields {
         match field.as_str() {
             "client_secret" => match value {
-                Value::String(s) if token::secret_problem(s).is_some() => {
-                    let problem = token::secret_problem(s).unwrap_or_default();
-                    return Err(Error::validation(field, problem));
-                }
-                Value::String(s) if s.chars().count() >= MIN_SECRET_LEN => secret = Some(s.clone()),
-                Value::String(_) => {
-                    return Err(Error::validation(field, "Shorter than minimum length 15."))
-                }
+                Value::String(s) => match token::secret_problem(s) {
+                    Some(problem) => return Err(Error::validation(field, problem)),
+                    None if s.chars().count() >= MIN_SECRET_LEN => secret = Some(s.clone()),
+                    None => {
+                        return Err(Error::validation(field, "Shorter than minimum length 15."))
+                    }
+                },
                 _ => return Err(Error::validation(field, "Not a valid string.")),
             },
             "role" => {
