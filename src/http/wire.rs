@@ -278,7 +278,17 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
             )))
         }
     };
-    match job.get("job_queue") {
+    // The two members checked before the schema, found by comparing names rather than by
+    // two hashed lookups.
+    let (mut queue_value, mut id_value) = (None, None);
+    for (key, value) in &job {
+        match key.as_str() {
+            "job_queue" => queue_value = Some(value),
+            "job_id" => id_value = Some(value),
+            _ => {}
+        }
+    }
+    match queue_value {
         None | Some(Value::Null) => {
             return Err(Error::InvalidInput(format!(
                 "{INVALID_JOB}: the job has no job_queue"
@@ -292,10 +302,7 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
         Some(Value::String(q)) => check_queue_name(q)?,
         _ => {}
     }
-    if job
-        .get("job_id")
-        .is_some_and(|id| !id.is_string() && !id.is_null())
-    {
+    if id_value.is_some_and(|id| !id.is_string() && !id.is_null()) {
         return Err(Error::InvalidInput(INVALID_JOB_ID.into()));
     }
     schema::load(&schema::JOB, &mut job).map_err(invalid)?;
