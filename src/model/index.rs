@@ -12,7 +12,7 @@
 //! Invariant: a job is in exactly one queue list and one state list, and in the list of
 //! each distinct tag of its document, under its current `seq`.
 
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 
 use serde::Deserialize;
 
@@ -21,7 +21,7 @@ use super::job::is_terminal_label;
 use super::FastMap;
 
 /// Jobs of one key, by submission sequence number.
-pub type SeqList = BTreeMap<u64, JobId>;
+pub use super::seqlist::SeqList;
 
 /// How many of the jobs most recently dispatched to an agent the index keeps for it.
 pub const AGENT_RECENT: usize = 50;
@@ -111,7 +111,7 @@ fn add(
             list.insert(seq, id);
         }
         None => {
-            map.insert(name(), SeqList::from([(seq, id)]));
+            map.insert(name(), std::iter::once((seq, id)).collect());
         }
     }
 }
@@ -148,9 +148,9 @@ fn bulk(map: Gathered) -> FastMap<Name, SeqList> {
 impl JobIndex {
     /// The index of `jobs` (id, seq, queue, state label, document), as [`JobIndex::insert`]
     /// of each would make it, but built in bulk: every list is gathered into a `Vec` first
-    /// and turned into its `BTreeMap` at once (`FromIterator` sorts, then fills the nodes
-    /// in order), instead of an insert per job and list in the jobs' hash order, a
-    /// cache-missing descent each (most of a million-job start-up once). The lists by
+    /// and turned into its [`SeqList`] at once (`FromIterator` sorts, then cuts the runs),
+    /// instead of an insert per job and list in the jobs' hash order, a cache-missing
+    /// search each (most of a million-job start-up once). The lists by
     /// queue and those by state and tag are built on two threads, each walking `jobs()`
     /// once. Agent lists are not included (see [`JobIndex::dispatched`]).
     pub fn build<'a, I>(jobs: impl Fn() -> I + Sync) -> JobIndex

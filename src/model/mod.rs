@@ -16,6 +16,7 @@ pub mod orphans;
 pub mod queue;
 pub mod registry;
 pub mod results;
+pub mod seqlist;
 pub mod state;
 pub mod webhooks;
 
