@@ -111,17 +111,20 @@ impl SeqList {
         if p == 0 {
             self.firsts[i] = run[0].0;
         }
-        if run.len() < CHUNK_MAX / 4 {
-            self.merge_around(i);
-        } else if run.capacity() > 4 * run.len() {
-            // Emptied from one end (a queue's oldest jobs leaving): do not keep the room.
+        if run.len() < CHUNK_MAX / 4 && self.merge_around(i) {
+            return Some(id);
+        }
+        // Emptied from one end (a queue's oldest jobs leaving): give back the room, by
+        // halves, so a run shrinks a few times and not on every removal.
+        let run = &mut self.chunks[i];
+        if run.capacity() > 4 * run.len() {
             run.shrink_to(2 * run.len());
         }
         Some(id)
     }
 
-    /// Merges the small run `i` into a neighbour when both fit in one run.
-    fn merge_around(&mut self, i: usize) {
+    /// Merges the small run `i` into a neighbour when both fit in one run; whether it did.
+    fn merge_around(&mut self, i: usize) -> bool {
         let fits = |a: &Vec<(u64, JobId)>, b: &Vec<(u64, JobId)>| a.len() + b.len() <= CHUNK_MAX;
         if i + 1 < self.chunks.len() && fits(&self.chunks[i], &self.chunks[i + 1]) {
             let next = self.chunks.remove(i + 1);
@@ -132,9 +135,9 @@ impl SeqList {
             self.firsts.remove(i);
             self.chunks[i - 1].extend(run);
         } else {
-            let run = &mut self.chunks[i];
-            run.shrink_to(2 * run.len());
+            return false;
         }
+        true
     }
 
     /// Whether `seq` has an entry.
@@ -334,6 +337,25 @@ mod tests {
     fn bulk_keeps_the_later_of_two_entries_for_one_seq() {
         let list: SeqList = [(5, id(1)), (3, id(2)), (5, id(3))].into_iter().collect();
         assert_eq!(entries(list.iter()), vec![(3, id(2)), (5, id(3))]);
+    }
+
+    #[test]
+    fn a_run_emptied_from_the_front_shrinks_by_halves() {
+        let mut list = SeqList::default();
+        for seq in 0..2 * CHUNK_MAX as u64 {
+            list.insert(seq, id(0));
+        }
+        // A queue's oldest jobs leave one by one; its first run cannot merge (the next
+        // is full), and must not reallocate on every removal as it empties.
+        let mut shrinks = 0;
+        for seq in 0..CHUNK_MAX as u64 - 1 {
+            let before = list.chunks[0].capacity();
+            list.remove(&seq);
+            shrinks += usize::from(list.chunks[0].capacity() != before);
+        }
+        check_invariants(&list);
+        assert!(shrinks <= 10, "{shrinks} reallocations");
+        assert!(list.chunks[0].capacity() <= 4, "the room is given back");
     }
 
     #[test]
