@@ -276,6 +276,19 @@ pub async fn authorize(
     let Some(rule) = table::lookup(request.method().as_str(), route) else {
         return Ok(request);
     };
+    // Boxed: inline, the checks' state (the head, the caller, the job check's future:
+    // ~1 KB) would be part of every request's middleware future, which is copied whole
+    // when it is boxed, with access control off too.
+    Box::pin(authorize_by_rule(svc, rule, request)).await
+}
+
+/// [`authorize`] once access control is on and the route has a `rule`.
+async fn authorize_by_rule(
+    svc: &Services,
+    rule: &'static table::Rule,
+    request: Request,
+) -> std::result::Result<Request, Response> {
+    let gate = &svc.access;
     // The head is borrowed for the checks and the security log, not copied: a request
     // allocates nothing here beyond what resolving the caller takes.
     let (mut parts, body) = request.into_parts();
@@ -516,6 +529,16 @@ pub async fn resolve_secrets(
     if svc.access.mode == AccessMode::Off || !mentions(&body, b"secrets") {
         return Ok(body);
     }
+    // Boxed, as in `authorize`: every pop's future would otherwise carry this state.
+    Box::pin(resolve_mentioned_secrets(svc, owner, body)).await
+}
+
+/// [`resolve_secrets`] for a document that mentions secrets, with access control on.
+async fn resolve_mentioned_secrets(
+    svc: &Services,
+    owner: Option<&str>,
+    body: bytes::Bytes,
+) -> Result<bytes::Bytes> {
     let Ok(serde_json::Value::Object(mut job)) = serde_json::from_slice(&body) else {
         return Ok(body);
     };

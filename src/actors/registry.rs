@@ -518,6 +518,12 @@ impl RegistryState {
     /// out again, so no later dispatch's watch is undone, and at once, so the watch holds
     /// only running jobs.
     fn unwatch_if_stopped(&self, event: &Event) {
+        // Nothing watched (no job running, as while only submits arrive): nothing to
+        // stop, and no lookup of the job. Only this turn adds to the watch, so it cannot
+        // gain a job between this check and the event.
+        if self.watch.is_empty() {
+            return;
+        }
         let id = match event {
             Event::JobSubmitted { id, .. }
             | Event::JobCancelled { id, .. }
@@ -578,7 +584,12 @@ impl RegistryState {
 
     async fn spawn_queue(&mut self, queue: Name, index: QueueIndex) {
         self.waiting.insert(queue.clone(), index.len());
-        match Actor::spawn_linked(None, QueueActor, index, self.supervisor.clone()).await {
+        // Boxed: ractor's spawn future is nearly a kilobyte, and inline it would enlarge
+        // every future that can reach here (`record`, `handle`, ractor's per-message
+        // futures), which are moved (copied whole) for every message, while a queue is
+        // spawned once.
+        let spawn = Actor::spawn_linked(None, QueueActor, index, self.supervisor.clone());
+        match Box::pin(spawn).await {
             Ok((actor, _)) => self.queues.insert(queue, actor),
             // Only fails when the actor system is shutting down.
             Err(e) => {
