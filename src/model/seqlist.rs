@@ -8,7 +8,9 @@
 //! sorted runs ("chunks") of at most [`CHUNK_MAX`]: an entry above all others is pushed
 //! onto the last run; any other insert or a removal finds its run by a binary search over
 //! the runs' first `seq`s (one contiguous array) and then within the run, and shifts at
-//! most one run's entries. Runs split when they outgrow [`CHUNK_MAX`] and merge with a
+//! most half of one run's entries: a run is a ring buffer (`VecDeque`), so the removal a
+//! dispatch makes, of a queue's oldest job, shifts none (as a `Vec` it moved the rest of
+//! the run, 8 KB, on every pop of a long queue). Runs split when they outgrow [`CHUNK_MAX`] and merge with a
 //! neighbour when they shrink below a quarter of it, so a list of `n` entries has
 //! O(n / [`CHUNK_MAX`]) runs whatever the order of inserts and removals.
 //!
@@ -16,6 +18,7 @@
 //! operations): `insert` replaces the job of a `seq` already present, iteration is in
 //! `seq` order both ways, and `range` takes any bounds.
 
+use std::collections::VecDeque;
 use std::ops::{Bound, RangeBounds};
 
 use super::JobId;
@@ -27,12 +30,15 @@ pub const CHUNK_MAX: usize = 512;
 #[derive(Clone, Debug, Default)]
 pub struct SeqList {
     /// Sorted runs, none empty, each run's entries below the next run's.
-    chunks: Vec<Vec<(u64, JobId)>>,
+    chunks: Vec<Run>,
     /// `firsts[i] == chunks[i][0].0`: the runs are found without touching them.
     firsts: Vec<u64>,
     /// Entries in all runs.
     len: usize,
 }
+
+/// One sorted run of entries.
+type Run = VecDeque<(u64, JobId)>;
 
 /// A place in a [`SeqList`]: run `.0`, entry `.1`; `(runs, 0)` is the end.
 type Place = (usize, usize);
@@ -57,17 +63,17 @@ impl SeqList {
     /// Files `id` under `seq`; returns the job `seq` held before, if any (its place is kept).
     pub fn insert(&mut self, seq: u64, id: JobId) -> Option<JobId> {
         let Some(last) = self.chunks.last_mut() else {
-            self.chunks.push(vec![(seq, id)]);
+            self.chunks.push(Run::from([(seq, id)]));
             self.firsts.push(seq);
             self.len = 1;
             return None;
         };
         // A new job: above every entry (the last run's last).
-        if last.last().is_some_and(|&(top, _)| top < seq) {
+        if last.back().is_some_and(|&(top, _)| top < seq) {
             if last.len() < CHUNK_MAX {
-                last.push((seq, id));
+                last.push_back((seq, id));
             } else {
-                self.chunks.push(vec![(seq, id)]);
+                self.chunks.push(Run::from([(seq, id)]));
                 self.firsts.push(seq);
             }
             self.len += 1;
@@ -101,7 +107,7 @@ impl SeqList {
         let i = self.run_of(*seq);
         let run = &mut self.chunks[i];
         let p = run.binary_search_by_key(seq, |&(s, _)| s).ok()?;
-        let (_, id) = run.remove(p);
+        let (_, id) = run.remove(p)?;
         self.len -= 1;
         if run.is_empty() {
             self.chunks.remove(i);
@@ -125,7 +131,7 @@ impl SeqList {
 
     /// Merges the small run `i` into a neighbour when both fit in one run; whether it did.
     fn merge_around(&mut self, i: usize) -> bool {
-        let fits = |a: &Vec<(u64, JobId)>, b: &Vec<(u64, JobId)>| a.len() + b.len() <= CHUNK_MAX;
+        let fits = |a: &Run, b: &Run| a.len() + b.len() <= CHUNK_MAX;
         if i + 1 < self.chunks.len() && fits(&self.chunks[i], &self.chunks[i + 1]) {
             let next = self.chunks.remove(i + 1);
             self.firsts.remove(i + 1);
@@ -188,7 +194,7 @@ impl SeqList {
             let run = &self.chunks[r];
             let from = if r == start.0 { start.1 } else { 0 };
             let to = if r == end.0 { end.1 } else { run.len() };
-            &run[from..to]
+            run.range(from..to)
         })
         .map(|(seq, id)| (seq, id))
     }
@@ -231,9 +237,9 @@ impl FromIterator<(u64, JobId)> for SeqList {
         entries.dedup_by_key(|&mut (seq, _)| seq);
         entries.reverse();
         let len = entries.len();
-        let chunks: Vec<Vec<(u64, JobId)>> = entries
+        let chunks: Vec<Run> = entries
             .chunks(CHUNK_MAX * 3 / 4)
-            .map(<[_]>::to_vec)
+            .map(|run| run.iter().copied().collect())
             .collect();
         let firsts = chunks.iter().map(|run| run[0].0).collect();
         SeqList {
@@ -288,7 +294,7 @@ mod tests {
                 previous = Some(seq);
             }
         }
-        assert_eq!(list.len, list.chunks.iter().map(Vec::len).sum::<usize>());
+        assert_eq!(list.len, list.chunks.iter().map(Run::len).sum::<usize>());
     }
 
     proptest! {
