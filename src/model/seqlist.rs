@@ -10,9 +10,10 @@
 //! the runs' first `seq`s (one contiguous array) and then within the run, and shifts at
 //! most half of one run's entries: a run is a ring buffer (`VecDeque`), so the removal a
 //! dispatch makes, of a queue's oldest job, shifts none (as a `Vec` it moved the rest of
-//! the run, 8 KB, on every pop of a long queue). Runs split when they outgrow [`CHUNK_MAX`] and merge with a
-//! neighbour when they shrink below a quarter of it, so a list of `n` entries has
-//! O(n / [`CHUNK_MAX`]) runs whatever the order of inserts and removals.
+//! the run, up to 8 KB, on every pop of a long queue). Runs split when they outgrow
+//! [`CHUNK_MAX`] and merge with a neighbour when they shrink below a quarter of it, so a
+//! list of `n` entries has O(n / [`CHUNK_MAX`]) runs whatever the order of inserts and
+//! removals.
 //!
 //! Same behaviour as the map it replaces (a property test drives both with the same
 //! operations): `insert` replaces the job of a `seq` already present, iteration is in
