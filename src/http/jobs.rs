@@ -87,6 +87,27 @@ pub async fn job_get(
     Extension(caller): Extension<Caller>,
     request: Request,
 ) -> Result<Response> {
+    // The request goes into a plain function: borrowed here, it would be kept in the
+    // future axum boxes (and moves) for every pop, across the pop's awaits.
+    let (queues, wait, agent) = pop_request(request)?;
+    let client = caller.client_id().map(Name::from);
+    let job = if wait == 0 {
+        dispatch::pop(&svc, &queues, agent, client).await?
+    } else {
+        // Boxed: a long poll is rare next to plain pops, whose future would otherwise
+        // carry room for both.
+        let wait = Duration::from_secs(wait);
+        Box::pin(dispatch::pop_waiting(&svc, &queues, agent, client, wait)).await?
+    };
+    match job {
+        Some(body) => Ok(json_bytes(StatusCode::OK, body)),
+        None => Ok(no_content()),
+    }
+}
+
+/// A pop's queues (distinct, in the order named), its `wait` in seconds, and the agent's
+/// name from its cookie.
+fn pop_request(request: Request) -> Result<(Vec<Name>, u64, Option<Name>)> {
     let mut queues: Vec<Name> = Vec::new();
     let mut wait = 0;
     // De-duplicated through a set, and the cap checked as names arrive, so a URL of
@@ -123,17 +144,7 @@ pub async fn job_get(
             "No queue(s) specified in request".into(),
         ));
     }
-    let agent = wire::agent_cookie(request.headers());
-    let client = caller.client_id().map(Name::from);
-    let job = if wait == 0 {
-        dispatch::pop(&svc, &queues, agent, client).await?
-    } else {
-        dispatch::pop_waiting(&svc, &queues, agent, client, Duration::from_secs(wait)).await?
-    };
-    match job {
-        Some(body) => Ok(json_bytes(StatusCode::OK, body)),
-        None => Ok(no_content()),
-    }
+    Ok((queues, wait, wire::agent_cookie(request.headers())))
 }
 
 /// `GET /v1/job/<id>`: the stored job document.
