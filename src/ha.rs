@@ -387,12 +387,8 @@ async fn dispatch(State(node): State<Arc<Node>>, request: Request) -> Response {
                     // The peer is the forwarding node, not the client: a loopback
                     // forwarder must not make a remote client's request the operator's
                     // (routes only allowed from the server's own host).
-                    request
-                        .extensions_mut()
-                        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
-                            [0, 0, 0, 0],
-                            0,
-                        ))));
+                    crate::access::Requester::of(request.extensions_mut()).peer =
+                        Some(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
                 }
                 return match app.oneshot(request).await {
                     Ok(response) => response,

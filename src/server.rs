@@ -448,9 +448,10 @@ impl tower::Service<hyper::Request<hyper::body::Incoming>> for Tracked {
     fn call(&mut self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         use tower::ServiceExt;
         let mut request = request.map(axum::body::Body::new);
-        request
-            .extensions_mut()
-            .insert(axum::extract::ConnectInfo(self.peer));
+        request.extensions_mut().insert(crate::access::Requester {
+            peer: Some(self.peer),
+            caller: None,
+        });
         self.busy.requests.fetch_add(1, Ordering::SeqCst);
         let guard = BusyGuard(self.busy.clone());
         let app = self.app.clone();

@@ -1,7 +1,7 @@
 //! Access control in one place: [`authorize`] (called by `http::front` for every request)
 //! resolves the caller once per request (from its bearer token, or anonymous), checks the
 //! route × role table ([`table`]) and the per-job ownership checks, and hands the handler
-//! a [`Caller`] (a request extension).
+//! a [`Caller`] (kept in the request's [`Requester`], read by `Caller`'s extractor).
 //! Handlers never look at the `Authorization` header themselves.
 //!
 //! - `table`: the route × role table (data, tested on its own against upstream's).
@@ -33,7 +33,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 
@@ -45,7 +46,30 @@ use crate::model::registry::{Submission, Submitter};
 use crate::model::{Event, JobId, Name};
 use table::{Check, Roles};
 
-/// Who is calling, as the access layer resolved it.
+/// Who sent a request: its peer address (set per connection by `server::Tracked`) and,
+/// once [`authorize`] has let it through, its [`Caller`].
+///
+/// One request extension for both, not one each: axum adds two of its own (the matched
+/// route and its parameters), and a fourth extension grows the request's extension map
+/// (a second allocation and a rehash, ~470 instructions a request).
+#[derive(Clone, Debug, Default)]
+pub struct Requester {
+    /// The connection's peer; `None` for a request the server did not accept itself,
+    /// `0.0.0.0:0` for one another node forwarded (`ha`: its peer is not the client).
+    pub peer: Option<SocketAddr>,
+    /// Set by [`authorize`] for every request it lets through to a handler.
+    pub caller: Option<Caller>,
+}
+
+impl Requester {
+    /// `extensions`' requester, added empty if the request has none yet.
+    pub fn of(extensions: &mut axum::http::Extensions) -> &mut Requester {
+        extensions.get_or_insert_default::<Requester>()
+    }
+}
+
+/// Who is calling, as the access layer resolved it. A handler takes it as an argument
+/// (its extractor reads the request's [`Requester`]).
 #[derive(Clone, Debug)]
 pub enum Caller {
     /// Access control is off: every right.
@@ -191,9 +215,24 @@ impl Gate {
 /// The peer address of a request (set per connection by the server), for security logs
 /// and the limiter.
 pub fn peer(request_extensions: &axum::http::Extensions) -> Option<SocketAddr> {
-    request_extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
+    request_extensions.get::<Requester>().and_then(|r| r.peer)
+}
+
+/// The caller of a request [`authorize`] let through. A handler reached without one is a
+/// route missing from the access table's path through `http::front`, a server bug: 500,
+/// as axum's own `Extension` extractor answers for a missing extension.
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Caller> {
+        parts
+            .extensions
+            .get::<Requester>()
+            .and_then(|r| r.caller.clone())
+            .ok_or_else(|| {
+                Error::Internal("the request reached its handler without a caller".into())
+            })
+    }
 }
 
 /// Longest client id or path a security line carries, in bytes: a refused request can
@@ -270,7 +309,7 @@ pub async fn authorize(
         return Err(e.into_response());
     }
     if gate.mode == AccessMode::Off {
-        request.extensions_mut().insert(Caller::Open);
+        Requester::of(request.extensions_mut()).caller = Some(Caller::Open);
         return Ok(request);
     }
     let Some(rule) = table::lookup(request.method().as_str(), route) else {
@@ -323,7 +362,7 @@ async fn authorize_by_rule(
         security_event(kind, caller.who(), method, path, from, e.message());
         return Err(e.into_response());
     }
-    parts.extensions.insert(caller);
+    Requester::of(&mut parts.extensions).caller = Some(caller);
     Ok(Request::from_parts(parts, body))
 }
 

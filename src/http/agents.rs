@@ -4,7 +4,6 @@
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::Extension;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
@@ -193,7 +192,7 @@ fn check_agent_fields(map: &Map<String, Value>) -> Result<()> {
 /// `agent_name` cookie that identifies the agent to `GET /v1/job`.
 pub async fn agents_post(
     State(svc): State<Services>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path(name): Path<String>,
     request: Request,
 ) -> Result<Response> {
@@ -337,7 +336,7 @@ const AGENTS_CHUNK_BYTES: usize = 64 << 10;
 /// entry anyway, which here would create an agent that never registered).
 pub async fn agents_provision_logs_post(
     State(svc): State<Services>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path(name): Path<String>,
     request: Request,
 ) -> Result<Response> {

@@ -7,7 +7,6 @@
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
-use axum::Extension;
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
@@ -213,7 +212,7 @@ pub async fn refresh_post(State(svc): State<Services>, request: Request) -> Resu
 /// `POST /v1/oauth2/revoke` (admin): `{refresh_token}` can no longer be used.
 pub async fn revoke_post(
     State(svc): State<Services>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     request: Request,
 ) -> Result<Response> {
     let refresh = refresh_token_field(request).await?;
@@ -313,7 +312,7 @@ fn int_map(field: &str, value: &Value) -> Result<std::collections::BTreeMap<Stri
 /// above its own.
 pub async fn client_put(
     State(svc): State<Services>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path(client_id): Path<String>,
     request: Request,
 ) -> Result<Response> {
@@ -424,7 +423,7 @@ pub async fn client_put(
 /// `DELETE /v1/client-permissions/<id>` (admin): the client, its tokens and secrets.
 pub async fn client_delete(
     State(svc): State<Services>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path(client_id): Path<String>,
 ) -> Result<Response> {
     if client_id == SYSTEM_ADMIN_ID {
@@ -645,7 +644,7 @@ fn expiry_secs(value: &Value) -> Result<u64> {
 /// secret, sealed; → `{"expires_at": ISO|null}`.
 pub async fn secrets_put(
     State(svc): State<Services>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path((client_id, path)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response> {
@@ -722,7 +721,7 @@ pub async fn secrets_put(
 /// `DELETE /v1/secrets/<client_id>/<path>`: remove a secret.
 pub async fn secrets_delete(
     State(svc): State<Services>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path((client_id, path)): Path<(String, String)>,
 ) -> Result<Response> {
     if svc.access.secrets.is_none() {

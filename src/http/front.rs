@@ -164,6 +164,7 @@ fn note_agent_contact(svc: &Services, request: &Request) {
 fn from_its_agent(svc: &Services, request: &Request, id: crate::model::JobId) -> bool {
     request
         .extensions()
-        .get::<crate::access::Caller>()
+        .get::<crate::access::Requester>()
+        .and_then(|r| r.caller.as_ref())
         .is_some_and(|caller| crate::access::is_job_agent(svc, caller, id))
 }

@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use std::time::Duration;
 
-use axum::Extension;
 use serde_json::{json, Value};
 
 use super::respond::{json_bytes, json_value, no_content, ok, read_body, text};
@@ -32,7 +31,7 @@ const POP_QUEUES_SCANNED: usize = 8;
 /// `POST /v1/job`: submit (or resubmit) a job.
 pub async fn job_post(
     State(svc): State<Services>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     request: Request,
 ) -> Result<Response> {
     let body = read_body(request, svc.config.max_job_bytes).await?;
@@ -87,7 +86,7 @@ async fn check_some_agent_may_run(svc: &Services, queue: &Name, exclude: &[Name]
 /// hold the request until one arrives or the time is up (204). See [`crate::dispatch`].
 pub async fn job_get(
     State(svc): State<Services>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     request: Request,
 ) -> Result<Response> {
     // The request goes into a plain function: borrowed here, it would be kept in the
@@ -182,14 +181,12 @@ pub async fn job_get_id(State(svc): State<Services>, Path(id): Path<String>) -> 
 /// known by that id.
 pub async fn job_delete(
     State(svc): State<Services>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response> {
-    let local = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .is_some_and(|peer| peer.0.ip().is_loopback());
+    let local =
+        crate::access::peer(request.extensions()).is_some_and(|peer| peer.ip().is_loopback());
     if matches!(caller, Caller::Open) && !local {
         return Err(Error::Forbidden(
             "Deleting a job is for the operator: only allowed from the server's own host".into(),
