@@ -150,15 +150,20 @@ pub fn pick_members<const N: usize>(
     names: [&str; N],
 ) -> std::result::Result<Picked<N>, NotAnObject> {
     use serde::de::DeserializeSeed;
-    let mut reader = serde_json::Deserializer::from_slice(body);
-    let fast = Picker { names }
-        .deserialize(&mut reader)
-        .and_then(|picked| reader.end().map(|()| picked));
-    if let Ok(picked) = fast {
-        return Ok(picked);
+    // From text, as `parse_json` reads a body: invalid UTF-8 fails either way, and the
+    // general way below names it.
+    if let Ok(text) = std::str::from_utf8(body) {
+        let mut reader = serde_json::Deserializer::from_str(text);
+        let fast = Picker { names }
+            .deserialize(&mut reader)
+            .and_then(|picked| reader.end().map(|()| picked));
+        if let Ok(picked) = fast {
+            return Ok(picked);
+        }
     }
-    // Not JSON, not an object, or a name with an escape sequence (which a borrowed name
-    // cannot hold): the general way says which, in the same words, or reads the names.
+    // Not UTF-8, not JSON, not an object, or a name with an escape sequence (which a
+    // borrowed name cannot hold): the general way says which, in the same words, or reads
+    // the names.
     let mut picked = Picked::none();
     match parse_json(body).map_err(NotAnObject::Invalid)? {
         Value::Object(mut map) => {
