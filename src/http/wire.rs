@@ -281,21 +281,11 @@ fn is_bidi_control(c: char) -> bool {
 /// the field, values coerced as upstream stores them, `exclude_agents` defaulting to
 /// `[]`). Unknown top-level fields are kept, in order, for the agent.
 pub fn parse_job(body: &[u8]) -> Result<Submission> {
-    let mut job = match parse_json(body)
-        .map_err(|e| Error::InvalidInput(format!("{INVALID_JOB}: {}", e.message())))?
-    {
-        Value::Object(job) => job,
-        other => {
-            return Err(Error::InvalidInput(format!(
-                "{INVALID_JOB}: the body is {}, not a JSON object",
-                json_kind(&other)
-            )))
-        }
-    };
+    let mut job = Members::parse(body)?;
     // The two members checked before the schema, found by comparing names rather than by
     // two hashed lookups.
     let (mut queue_value, mut id_value) = (None, None);
-    for (key, value) in &job {
+    for (key, value) in job.iter() {
         match key.as_str() {
             "job_queue" => queue_value = Some(value),
             "job_id" => id_value = Some(value),
@@ -399,6 +389,131 @@ pub fn parse_job(body: &[u8]) -> Result<Submission> {
         exclude: exclude.into(),
         awaits_attachments,
     })
+}
+
+/// A job's top-level members in order, as a submit reads them: a list rather than
+/// serde_json's map, whose index hashes every name (SipHash) and was built for every
+/// submit (~870 instructions of a small one). Nested objects stay maps.
+#[derive(Debug, Default, PartialEq)]
+pub struct Members(Vec<(String, Value)>);
+
+/// Most members [`Members`] reads as a list: a repeated name is found by looking through
+/// the names so far, whose cost grows with their square; an object with more is read
+/// through a map.
+const MAX_MEMBERS: usize = 32;
+
+/// The key serde_json's `Value` reads as a raw JSON value in a string, not as a member
+/// (`raw_value` feature): such an object is left to the map's reading, to read the same.
+const RAW_VALUE_KEY: &str = "$serde_json::private::RawValue";
+
+impl Members {
+    /// The members of the JSON object `body`, with the same values, order and errors as
+    /// reading it into serde_json's map (a repeated name keeps its first place and its
+    /// last value): 400 when it is not JSON or not an object.
+    pub fn parse(body: &[u8]) -> Result<Members> {
+        if let Ok(text) = std::str::from_utf8(body) {
+            if let Ok(members) = serde_json::from_str::<Members>(text) {
+                return Ok(members);
+            }
+        }
+        // Not JSON, not an object, or more members than read as a list: the map's reading
+        // reads the members or says what is wrong.
+        Members::parse_as_map(body)
+    }
+
+    /// [`Members::parse`] through serde_json's map.
+    fn parse_as_map(body: &[u8]) -> Result<Members> {
+        match parse_json(body)
+            .map_err(|e| Error::InvalidInput(format!("{INVALID_JOB}: {}", e.message())))?
+        {
+            Value::Object(map) => Ok(Members(map.into_iter().collect())),
+            other => Err(Error::InvalidInput(format!(
+                "{INVALID_JOB}: the body is {}, not a JSON object",
+                json_kind(&other)
+            ))),
+        }
+    }
+
+    /// Each member in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.0.iter().map(|(name, value)| (name, value))
+    }
+
+    /// Each member in order, its value writable.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Value)> {
+        self.0.iter_mut().map(|(name, value)| (&*name, value))
+    }
+}
+
+impl schema::Lookup for Members {
+    fn member(&self, name: &str) -> Option<&Value> {
+        self.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, value)| value)
+    }
+}
+
+impl schema::Object for Members {
+    fn members_mut(&mut self) -> impl Iterator<Item = (&String, &mut Value)> {
+        self.iter_mut()
+    }
+
+    fn set(&mut self, name: String, value: Value) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(member) => member.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+}
+
+/// As an object, the members in order (the text serde_json writes for the same map).
+impl serde::Serialize for Members {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+/// Reads a JSON object of at most [`MAX_MEMBERS`] members (without [`RAW_VALUE_KEY`]);
+/// anything else is an error, after which [`Members::parse`] reads the map.
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Members, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Members, A::Error> {
+                use serde::de::Error as _;
+                let mut members: Vec<(String, Value)> = Vec::with_capacity(8);
+                while let Some(name) = map.next_key::<String>()? {
+                    if name == RAW_VALUE_KEY {
+                        return Err(A::Error::custom("a raw value"));
+                    }
+                    let value: Value = map.next_value()?;
+                    if let Some(member) = members.iter_mut().find(|(n, _)| *n == name) {
+                        member.1 = value;
+                    } else if members.len() == MAX_MEMBERS {
+                        return Err(A::Error::custom("too many members"));
+                    } else {
+                        members.push((name, value));
+                    }
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// A schema failure as the 422 clients read: `{"message", "detail": {"json": {field:
@@ -642,6 +757,71 @@ mod tests {
                 (Err(_), None) => {}
                 (got, expected) => proptest::prop_assert!(false, "{got:?} / {expected:?}"),
             }
+        }
+    }
+
+    /// `Members::parse` against reading the map: the same members in the same order (as
+    /// text too), or the same error.
+    fn check_members(body: &[u8]) -> std::result::Result<(), proptest::test_runner::TestCaseError> {
+        let (list, map) = (Members::parse(body), Members::parse_as_map(body));
+        match (&list, &map) {
+            (Ok(list), Ok(map)) => {
+                proptest::prop_assert_eq!(list, map);
+                proptest::prop_assert_eq!(
+                    serde_json::to_string(list).unwrap(),
+                    serde_json::to_string(&serde_json::from_slice::<Value>(body).unwrap()).unwrap()
+                );
+            }
+            (Err(a), Err(b)) => proptest::prop_assert_eq!(a.message(), b.message()),
+            _ => proptest::prop_assert!(false, "{list:?} / {map:?}"),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn members_read_as_the_map_reads_them() {
+        let many: Vec<String> = (0..MAX_MEMBERS + 2)
+            .map(|i| format!("\"m{i}\":{i}"))
+            .collect();
+        let many = format!("{{{}}}", many.join(","));
+        let repeated_many: Vec<String> = (0..MAX_MEMBERS * 3)
+            .map(|i| format!("\"m{}\":{i}", i % (MAX_MEMBERS + 1)))
+            .collect();
+        let repeated_many = format!("{{{}}}", repeated_many.join(","));
+        for body in [
+            &br#"{"a":1,"b":2,"a":3}"#[..],
+            br#"{"$serde_json::private::RawValue":"[1]"}"#,
+            br#"{"$serde_json::private::RawValue":"{\"job_queue\":\"q\"}"}"#,
+            br#"[1]"#,
+            br#"{"a":1} x"#,
+            b"{\"a\":\"\xff\"}",
+            b"",
+            many.as_bytes(),
+            repeated_many.as_bytes(),
+        ] {
+            check_members(body).unwrap();
+        }
+        assert_eq!(
+            Members::parse(many.as_bytes()).unwrap().0.len(),
+            MAX_MEMBERS + 2
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn members_read_as_the_map_reads_any_object(
+            members in proptest::collection::vec(("[abc]{1,2}|\\u0061|job_queue", "[0-9]|\"[a-c]*\"|null|\\[1,\\{\"a\":2,\"a\":3\\}\\]|\\{\"b\":\\{\\}\\}"), 0..40),
+            tail in proptest::sample::select(vec!["", " ", ",", "}"]),
+        ) {
+            let body = format!(
+                "{{{}}}{tail}",
+                members
+                    .iter()
+                    .map(|(k, v)| format!("\"{k}\":{v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            check_members(body.as_bytes())?;
         }
     }
 

@@ -30,13 +30,13 @@
 use std::sync::LazyLock;
 
 use regex::Regex;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 mod schemas;
 mod validate;
 
 pub use schemas::{ATTACHMENT, JOB, PROVISION_LOG, PROVISION_SCHEMAS, RESERVE_DATA, TEST_DATA};
-pub use validate::{duration, is_email, is_url, load};
+pub use validate::{duration, is_email, is_url, load, Lookup, Object};
 
 /// Why a value does not load: where (top-level field first, then keys and list indexes)
 /// and marshmallow's message.
@@ -222,7 +222,7 @@ pub enum Unknown {
 }
 
 /// A whole-object check: why the object fails, or `None`.
-pub type SchemaCheck = fn(&Map<String, Value>) -> Option<String>;
+pub type SchemaCheck = fn(&dyn validate::Lookup) -> Option<String>;
 
 /// A marshmallow schema: fields, the unknown-key policy and an optional whole-object check
 /// (`@validates_schema`, run once every field loaded), which returns why it fails.

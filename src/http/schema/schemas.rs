@@ -3,10 +3,10 @@
 //! device connectors' `provision_data` schemas with their whole-object checks. What the
 //! tables mean is in the parent module; how they are walked is in `validate.rs`.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::super::wire::{MAX_LIST, MAX_NAME};
-use super::{schema, Field, Kind, Pattern, Schema, Unknown};
+use super::{schema, Field, Kind, Lookup, Pattern, Schema, Unknown};
 use Kind::*;
 
 /// `Attachment`: where an attached file goes on the agent and on the device.
@@ -82,13 +82,13 @@ pub static JOB: Schema = Schema {
 };
 
 /// MuxPi: an image from `url` or an attachment.
-fn muxpi_image(data: &Map<String, Value>) -> Option<String> {
-    (!data.contains_key("url") && !data.contains_key("use_attachment"))
+fn muxpi_image(data: &dyn Lookup) -> Option<String> {
+    (data.member("url").is_none() && data.member("use_attachment").is_none())
         .then(|| "Either 'url' or 'use_attachment' must be provided.".into())
 }
 
 /// Control host IoT: exactly one boot image source among `url`, `urls`, `attachments`.
-fn iot_boot_image(data: &Map<String, Value>) -> Option<String> {
+fn iot_boot_image(data: &dyn Lookup) -> Option<String> {
     let truthy = |v: &Value| match v {
         Value::Null | Value::Bool(false) => false,
         Value::String(s) => !s.is_empty(),
@@ -99,7 +99,7 @@ fn iot_boot_image(data: &Map<String, Value>) -> Option<String> {
     };
     let sources: Vec<&str> = ["url", "urls", "attachments"]
         .into_iter()
-        .filter(|name| data.get(*name).is_some_and(truthy))
+        .filter(|name| data.member(name).is_some_and(truthy))
         .collect();
     match sources.len() {
         0 => Some("One of 'url', 'urls', or a provision attachment must be provided.".into()),
