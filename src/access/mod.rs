@@ -283,7 +283,7 @@ fn loggable(text: &str) -> std::borrow::Cow<'_, str> {
 
 /// Access control for one request (called by `http::front` for every request): resolve
 /// the caller, check the table and the per-job checks, and hand the handler the
-/// [`Caller`] as a request extension (`Ok`), or the refusal to answer (`Err`).
+/// [`Caller`] in the request's [`Requester`] (`Ok`), or the refusal to answer (`Err`).
 ///
 /// `route` is the template the router matched (`/v1/job/{id}`). A request whose method
 /// and route have no row in [`table`] is one the router itself refuses (no such route:
