@@ -161,9 +161,9 @@ pub fn pick_members<const N: usize>(
             return Ok(picked);
         }
     }
-    // Not UTF-8, not JSON, not an object, or a name with an escape sequence (which a
-    // borrowed name cannot hold): the general way says which, in the same words, or reads
-    // the names.
+    // Not UTF-8, not JSON, not an object, a name with an escape sequence (which a
+    // borrowed name cannot hold) or the raw-value key: the general way says which, in the
+    // same words, or reads the names.
     let mut picked = Picked::none();
     match parse_json(body).map_err(NotAnObject::Invalid)? {
         Value::Object(mut map) => {
@@ -450,6 +450,13 @@ impl Members {
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Value)> {
         self.0.iter_mut().map(|(name, value)| (&*name, value))
     }
+
+    /// The value of the member `name`, writable.
+    fn slot(&mut self, name: &str) -> Option<&mut Value> {
+        self.iter_mut()
+            .find(|(n, _)| *n == name)
+            .map(|(_, value)| value)
+    }
 }
 
 impl schema::Lookup for Members {
@@ -466,8 +473,8 @@ impl schema::Object for Members {
     }
 
     fn set(&mut self, name: String, value: Value) {
-        match self.0.iter_mut().find(|(n, _)| *n == name) {
-            Some(member) => member.1 = value,
+        match self.slot(&name) {
+            Some(slot) => *slot = value,
             None => self.0.push((name, value)),
         }
     }
@@ -502,21 +509,21 @@ impl<'de> serde::Deserialize<'de> for Members {
                 mut map: A,
             ) -> std::result::Result<Members, A::Error> {
                 use serde::de::Error as _;
-                let mut members: Vec<(String, Value)> = Vec::with_capacity(8);
+                let mut members = Members(Vec::with_capacity(8));
                 while let Some(name) = map.next_key::<String>()? {
                     if name == RAW_VALUE_KEY {
                         return Err(A::Error::custom("a raw value"));
                     }
                     let value: Value = map.next_value()?;
-                    if let Some(member) = members.iter_mut().find(|(n, _)| *n == name) {
-                        member.1 = value;
-                    } else if members.len() == MAX_MEMBERS {
+                    if let Some(slot) = members.slot(&name) {
+                        *slot = value;
+                    } else if members.0.len() == MAX_MEMBERS {
                         return Err(A::Error::custom("too many members"));
                     } else {
-                        members.push((name, value));
+                        members.0.push((name, value));
                     }
                 }
-                Ok(Members(members))
+                Ok(members)
             }
         }
         d.deserialize_map(Visitor)
@@ -677,6 +684,19 @@ mod tests {
         check_pick_bytes(body.as_bytes());
     }
 
+    /// The text of a JSON object with `members` (names and values as JSON text) and `tail`
+    /// after it.
+    fn object_text<K: std::fmt::Display, V: std::fmt::Display>(
+        members: impl IntoIterator<Item = (K, V)>,
+        tail: &str,
+    ) -> String {
+        let members: Vec<String> = members
+            .into_iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
+        format!("{{{}}}{tail}", members.join(","))
+    }
+
     fn check_pick_bytes(body: &[u8]) {
         let names = ["a", "b\"q", "c"];
         let fast = pick_members(body, names)
@@ -722,15 +742,7 @@ mod tests {
         fn picking_members_agrees_with_the_map_on_any_object(
             members in proptest::collection::vec(("[abc\"\\\\]{1,2}|\\\\u0061", "[0-9]|\"[a-c]*\"|null|\\[\\]|\\{\\}"), 0..6),
         ) {
-            let body = format!(
-                "{{{}}}",
-                members
-                    .iter()
-                    .map(|(k, v)| format!("\"{k}\":{v}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
-            check_pick(&body);
+            check_pick(&object_text(members, ""));
         }
     }
 
@@ -789,14 +801,11 @@ mod tests {
 
     #[test]
     fn members_read_as_the_map_reads_them() {
-        let many: Vec<String> = (0..MAX_MEMBERS + 2)
-            .map(|i| format!("\"m{i}\":{i}"))
-            .collect();
-        let many = format!("{{{}}}", many.join(","));
-        let repeated_many: Vec<String> = (0..MAX_MEMBERS * 3)
-            .map(|i| format!("\"m{}\":{i}", i % (MAX_MEMBERS + 1)))
-            .collect();
-        let repeated_many = format!("{{{}}}", repeated_many.join(","));
+        let many = object_text((0..MAX_MEMBERS + 2).map(|i| (format!("m{i}"), i)), "");
+        let repeated_many = object_text(
+            (0..MAX_MEMBERS * 3).map(|i| (format!("m{}", i % (MAX_MEMBERS + 1)), i)),
+            "",
+        );
         for body in [
             &br#"{"a":1,"b":2,"a":3}"#[..],
             br#"{"$serde_json::private::RawValue":"[1]"}"#,
@@ -822,15 +831,7 @@ mod tests {
             members in proptest::collection::vec(("[abc]{1,2}|\\\\u0061|job_queue", "[0-9]|\"[a-c]*\"|null|\\[1,\\{\"a\":2,\"a\":3\\}\\]|\\{\"b\":\\{\\}\\}"), 0..40),
             tail in proptest::sample::select(vec!["", " ", ",", "}"]),
         ) {
-            let body = format!(
-                "{{{}}}{tail}",
-                members
-                    .iter()
-                    .map(|(k, v)| format!("\"{k}\":{v}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
-            check_members(body.as_bytes())?;
+            check_members(object_text(members, tail).as_bytes())?;
         }
     }
 
