@@ -19,7 +19,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use std::sync::Arc;
 
-use super::queue::{QueueActor, QueueMsg, Reserved};
+use super::queue::{Change, Feed, Reserved};
 use super::watch::Watch;
 use super::{gone, now, reply, PendingSnapshot, QueueDirectory, Recorder, Shared};
 use crate::dispatch::Waiters;
@@ -230,8 +230,11 @@ pub struct RegistryState {
     registry: Shared<Registry>,
     /// Journal and how far the partition reaches.
     recorder: Recorder,
-    /// Queue actors; this actor is the only writer.
+    /// Queue actors by queue, for request handlers; this actor is the only writer.
     queues: QueueDirectory,
+    /// The same queue actors' feeds, through which this actor tells each of the changes
+    /// to its waiting jobs.
+    feeds: FastMap<Name, Feed>,
     /// Parent for new queue actors.
     supervisor: ActorCell,
     /// Waiting jobs per queue actor, as told to it (to see which actors are idle).
@@ -547,50 +550,46 @@ impl RegistryState {
     }
 
     async fn route(&mut self, change: IndexChange) {
-        let (queue, msg) = match change {
+        match change {
             IndexChange::Insert(queue, entry) => {
                 *self.waiting.entry(queue.clone()).or_default() += 1;
                 let ready = entry.ready;
-                if self.queues.get(&queue).is_none() {
-                    self.spawn_queue(queue.clone(), QueueIndex::from_entries(vec![entry]))
-                        .await;
-                } else if let Some(actor) = self.queues.get(&queue) {
-                    let _ = actor.cast(QueueMsg::Insert(entry));
+                match self.feeds.get(&queue) {
+                    Some(feed) => feed.send(Change::Insert(entry)),
+                    None => {
+                        self.spawn_queue(queue.clone(), QueueIndex::from_entries(vec![entry]))
+                            .await
+                    }
                 }
-                // After the queue actor has it (messages from here arrive in order).
+                // After the queue actor has it: what the woken agent's pop finds there.
                 if ready {
                     self.waiters.arrived(&queue);
                 }
-                return;
             }
             IndexChange::Remove(queue, id) => {
                 if let Some(n) = self.waiting.get_mut(&queue) {
                     *n = n.saturating_sub(1);
                 }
-                (queue, QueueMsg::Remove(id))
+                if let Some(feed) = self.feeds.get(&queue) {
+                    feed.send(Change::Remove(id));
+                }
             }
             IndexChange::Ready(queue, id) => {
-                if let Some(actor) = self.queues.get(&queue) {
-                    let _ = actor.cast(QueueMsg::Ready(id));
+                if let Some(feed) = self.feeds.get(&queue) {
+                    feed.send(Change::Ready(id));
                 }
                 self.waiters.arrived(&queue);
-                return;
             }
-        };
-        if let Some(actor) = self.queues.get(&queue) {
-            let _ = actor.cast(msg);
         }
     }
 
     async fn spawn_queue(&mut self, queue: Name, index: QueueIndex) {
         self.waiting.insert(queue.clone(), index.len());
-        // Boxed: ractor's spawn future is nearly a kilobyte, and inline it would enlarge
-        // every future that can reach here (`record`, `handle`, ractor's per-message
-        // futures), which are moved (copied whole) for every message, while a queue is
-        // spawned once.
-        let spawn = Actor::spawn_linked(None, QueueActor, index, self.supervisor.clone());
-        match Box::pin(spawn).await {
-            Ok((actor, _)) => self.queues.insert(queue, actor),
+        match Feed::spawn(index, self.supervisor.clone()).await {
+            Ok(feed) => {
+                self.queues.insert(queue.clone(), feed.actor().clone());
+                self.feeds.insert(queue, feed);
+            }
             // Only fails when the actor system is shutting down.
             Err(e) => {
                 if let Some(suppressed) = crate::throttle::allow("cannot start queue actor", 0) {
@@ -619,6 +618,7 @@ impl RegistryState {
         for queue in stop {
             self.waiting.remove(&queue);
             self.idle_since.remove(&queue);
+            self.feeds.remove(&queue);
             if let Some(actor) = self.queues.remove(&queue) {
                 tracing::info!(%queue, "stopped the actor of an idle queue");
                 actor.stop(Some(IDLE_STOP.into()));
@@ -641,6 +641,7 @@ impl Actor for RegistryActor {
             registry: args.registry,
             recorder: Recorder::new(args.journal),
             queues: args.queues,
+            feeds: FastMap::default(),
             supervisor: args.supervisor,
             waiting: FastMap::default(),
             idle_since: FastMap::default(),
