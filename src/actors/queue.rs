@@ -6,6 +6,7 @@
 //! already on its way. A burst of submits to one queue then costs one actor turn, not one
 //! per job, and a dispatched job's removal none (a message's trip through ractor, its
 //! send, wake-up and turn, is ~1,900 instructions, 4 % of a submit's or a pop's work). A
+//! reservation a pop gives back goes through the same inbox, also without a wake-up. A
 //! pop ([`QueueMsg::Pop`]) visits the actors of the queues it names
 //! one after the other: each compares its best job for the agent with the best found so
 //! far and keeps the better reserved, and the last forwards the claim to the registry,
@@ -27,11 +28,9 @@ use crate::model::{JobId, Name};
 
 /// Messages to a queue actor.
 pub enum QueueMsg {
-    /// The registry put changes in the inbox (see [`Feed`]); every turn takes them first,
-    /// so this message only wakes the actor.
+    /// Changes were put in the inbox (see [`Feed`]); every turn takes them first, so this
+    /// message only wakes the actor.
     Changes,
-    /// A reservation was not claimed: free it.
-    Release(JobId),
     /// A pop, at this queue's turn (see [`Pop`]); [`Claimed::Nothing`] is answered when
     /// none of its queues has a job the agent may receive.
     Pop(Pop),
@@ -72,7 +71,7 @@ pub struct Pop {
 /// the pop carrying it is dropped on its way, so no job stays reserved forever); a
 /// release tells waiting agents that the job is available again.
 pub struct Reserved {
-    queue: ActorRef<QueueMsg>,
+    queue: Feed,
     name: Name,
     waiters: Arc<Waiters>,
     candidate: Candidate,
@@ -94,13 +93,14 @@ impl Reserved {
 impl Drop for Reserved {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.queue.cast(QueueMsg::Release(self.candidate.id));
+            self.queue.send(Change::Release(self.candidate.id));
             self.waiters.arrived(&self.name);
         }
     }
 }
 
-/// A change to a queue's waiting jobs, from the registry, in the order it applied them.
+/// A change to a queue's waiting jobs: from the registry, in the order it applied them,
+/// or a reservation given back.
 #[derive(Debug)]
 pub enum Change {
     /// A job started waiting.
@@ -109,10 +109,12 @@ pub enum Change {
     Remove(JobId),
     /// A job's attachments arrived.
     Ready(JobId),
+    /// A reservation was not claimed (see [`Reserved`]): the job may be taken again.
+    Release(JobId),
 }
 
-/// At most this many changes wait in an inbox without a wake-up on its way (removals,
-/// which wake nobody, see [`Feed::send`]).
+/// At most this many changes wait in an inbox without a wake-up on its way (removals and
+/// releases, which wake nobody, see [`Feed::send`]).
 const MAX_UNWOKEN: usize = 1024;
 
 /// Changes not yet taken by the queue actor, oldest first, and whether a
@@ -129,6 +131,7 @@ type Inbox = Arc<Mutex<Pending>>;
 /// turn of the actor empties before its message, so whatever reaches the actor after a
 /// change (a pop woken by a new job, a position query) sees it, as when each change was a
 /// message of its own. See [`Feed::send`] for when the actor is woken.
+#[derive(Clone)]
 pub struct Feed {
     actor: ActorRef<QueueMsg>,
     inbox: Inbox,
@@ -160,17 +163,19 @@ impl Feed {
     }
 
     /// Hands `change` to the actor, waking it ([`QueueMsg::Changes`]) unless a wake-up is
-    /// already on its way. A removal wakes it only once [`MAX_UNWOKEN`] changes wait: the
-    /// index answers nothing without a message, which takes the removal first, and the
-    /// common one (a dispatched job's) follows a pop of the same queue, whose next pop
-    /// comes soon. An insert or a job made ready wakes it, so the index keeps up with a
-    /// burst of submits rather than taking it whole in the next pop's turn. A change to
-    /// an actor that has stopped is dropped, as a message to it would be (a queue started
-    /// again is rebuilt from the registry).
+    /// already on its way. A removal or a release wakes it only once [`MAX_UNWOKEN`]
+    /// changes wait: the index answers nothing without a message, which takes them first,
+    /// and the common ones (a dispatched job's removal, a pop's release of a job another
+    /// queue beat) follow a pop of the same queue, whose next pop comes soon; an agent
+    /// waiting for a job is told of a release (`Waiters::arrived`) and pops. An insert or
+    /// a job made ready wakes it, so the index keeps up with a burst of submits rather
+    /// than taking it whole in the next pop's turn. A change to an actor that has stopped
+    /// is dropped, as a message to it would be (a queue started again is rebuilt from the
+    /// registry).
     pub fn send(&self, change: Change) {
         let wake = {
             let mut inbox = self.inbox.lock();
-            let prompt = !matches!(change, Change::Remove(_));
+            let prompt = matches!(change, Change::Insert(_) | Change::Ready(_));
             inbox.changes.push(change);
             let wake = !inbox.woken && (prompt || inbox.changes.len() >= MAX_UNWOKEN);
             inbox.woken |= wake;
@@ -205,6 +210,7 @@ impl QueueState {
                     self.index.remove(id);
                 }
                 Change::Ready(id) => self.index.set_ready(id),
+                Change::Release(id) => self.index.release(id),
             }
         }
     }
@@ -233,13 +239,13 @@ impl Actor for QueueActor {
         state: &mut QueueState,
     ) -> Result<(), ActorProcessingErr> {
         state.catch_up();
-        let index = &mut state.index;
         match msg {
             QueueMsg::Changes => {}
-            QueueMsg::Release(id) => index.release(id),
-            QueueMsg::Pop(pop) => visit(myself, index, pop),
-            QueueMsg::Position(id, port) => reply(port, index.position(id)),
-            QueueMsg::Head(n, port) => reply(port, index.entries().take(n).map(|e| e.id).collect()),
+            QueueMsg::Pop(pop) => visit(myself, state, pop),
+            QueueMsg::Position(id, port) => reply(port, state.index.position(id)),
+            QueueMsg::Head(n, port) => {
+                reply(port, state.index.entries().take(n).map(|e| e.id).collect())
+            }
         }
         Ok(())
     }
@@ -247,7 +253,8 @@ impl Actor for QueueActor {
 
 /// This queue's turn in `pop`: keep the better of its best candidate and this queue's,
 /// then pass the pop on, or claim.
-fn visit(myself: ActorRef<QueueMsg>, index: &mut QueueIndex, mut pop: Pop) {
+fn visit(myself: ActorRef<QueueMsg>, state: &mut QueueState, mut pop: Pop) {
+    let index = &mut state.index;
     if gone(&pop.port) {
         // Dropping the pop releases what it reserved.
         return;
@@ -260,7 +267,10 @@ fn visit(myself: ActorRef<QueueMsg>, index: &mut QueueIndex, mut pop: Pop) {
         {
             // Replacing the best releases the one it had.
             pop.best = Some(Reserved {
-                queue: myself,
+                queue: Feed {
+                    actor: myself,
+                    inbox: state.inbox.clone(),
+                },
                 name: pop.queue.clone(),
                 waiters: pop.waiters.clone(),
                 candidate: mine,
@@ -393,6 +403,9 @@ mod tests {
         feed.send(Change::Remove(many_ids[MAX_UNWOKEN - 1]));
         assert!(settles(&feed).await, "MAX_UNWOKEN removals did not wake it");
         assert_eq!(position(ids[3]).await.unwrap().unwrap(), Some(0));
+        // A release waits for the next message, as a removal does.
+        feed.send(Change::Release(ids[3]));
+        assert!(!settles(&feed).await, "a release woke the actor");
         parent.stop(None);
     }
 
