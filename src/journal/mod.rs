@@ -2,9 +2,8 @@
 //! snapshots, and start-up recovery.
 //!
 //! Actors call [`Journal::append`] inside their handler, right after deciding an event
-//! and before applying it: it assigns the event's log sequence number (LSN) and queues a
-//! copy for the writer, without waiting. The writer thread encodes it: the actors' thread
-//! serves every request, so work that only the disk needs is done off it. The HTTP handler then awaits
+//! and before applying it: it encodes the event, assigns its log sequence number (LSN)
+//! and queues it for the writer, without waiting. The HTTP handler then awaits
 //! [`Journal::durable`] for that LSN before it answers 2xx, so actors never block on disk
 //! and one `fdatasync` acknowledges every request that arrived while the previous one
 //! ran (group commit).
@@ -76,9 +75,8 @@ struct Mark {
 }
 
 enum WriterMsg {
-    /// A record's event (encoded by the writer, see [`gather`]), and whom to tell when it
-    /// is durable (`None` under `interval` fsync).
-    Record(Event, Option<oneshot::Sender<bool>>),
+    /// A record, and whom to tell when it is durable (`None` under `interval` fsync).
+    Record(Vec<u8>, Option<oneshot::Sender<bool>>),
     /// A snapshot already written and fsynced under its temporary name: install it once
     /// every record before it is durable.
     Snapshot {
@@ -96,11 +94,10 @@ struct BatchEnd {
     closing: Option<oneshot::Sender<()>>,
 }
 
-/// Group commit, shared by every backend's writer: encodes `first` and whatever else is
-/// already queued (or arrives within `interval` under `interval` fsync) into `batch` (one
-/// payload per record) and `waiters`, up to [`MAX_BATCH_RECORDS`] records or
-/// [`MAX_BATCH_BYTES`] bytes, stopping at a snapshot or a close so that everything queued
-/// before it is written first.
+/// Group commit, shared by every backend's writer: moves `first` and whatever else is
+/// already queued (or arrives within `interval` under `interval` fsync) into `batch` and
+/// `waiters`, up to [`MAX_BATCH_RECORDS`] records or [`MAX_BATCH_BYTES`] bytes, stopping
+/// at a snapshot or a close so that everything queued before it is written first.
 fn gather(
     first: Option<WriterMsg>,
     rx: &mpsc::Receiver<WriterMsg>,
@@ -117,8 +114,7 @@ fn gather(
     let mut pending = first;
     while let Some(msg) = pending.take() {
         match msg {
-            WriterMsg::Record(event, waiter) => {
-                let payload = encode(&event);
+            WriterMsg::Record(payload, waiter) => {
                 bytes += payload.len();
                 batch.push(payload);
                 waiters.push(waiter);
@@ -706,11 +702,7 @@ impl Journal {
     /// space, so the caller must not apply the event then.
     pub fn append(&self, event: &Event) -> Result<Ticket> {
         self.writable()?;
-        // A copy, not the encoding: the writer thread encodes it (about 3 % of a submit's
-        // instructions, taken off the actors' thread, which bounds the server). Events
-        // hold their large parts (bodies, fields, log data) as shared `Bytes` and names
-        // as `Arc`s, so the copy is reference counts.
-        let record = event.clone();
+        let payload = encode(event);
         // One waiter per record, woken once: cheaper than waking every waiting request on
         // every batch.
         let (tx, done) = if self.inner.wait_for_disk {
@@ -723,7 +715,7 @@ impl Journal {
         let lsn = sender.next_lsn;
         sender
             .tx
-            .send(WriterMsg::Record(record, tx))
+            .send(WriterMsg::Record(payload, tx))
             .map_err(|_| Error::Unavailable("the write-ahead log has stopped".into()))?;
         sender.next_lsn += 1;
         Ok(Ticket { lsn, done })
