@@ -16,7 +16,10 @@
 //! agent of that queue not already woken, which pops again. A woken agent that finds
 //! nothing eligible (the job excludes it, or another pop was faster) passes the signal
 //! on to the next agent in line; one that leaves while woken (it got a job, gave up or
-//! disconnected) passes it on too, so a signal is never lost with the agent it woke.
+//! disconnected) passes it on too, so a signal is never lost with the agent it woke. So
+//! does one that leaves with a job of another queue than the one whose signal woke it
+//! (an agent of several queues took a better job elsewhere): the job that signal
+//! announced may still wait, for the next agent in that queue's line.
 //! Waiting costs no CPU (a parked future on a `Notify`), and a client that disconnects
 //! drops its future, which leaves the table; its claim, if any was under way, is
 //! skipped by the registry (it checks the reply port before deciding).
@@ -60,6 +63,18 @@ pub async fn pop(
     agent: Option<Name>,
     client: Option<Name>,
 ) -> Result<Option<Bytes>> {
+    Ok(pop_from(svc, queues, agent, client)
+        .await?
+        .map(|(body, _)| body))
+}
+
+/// [`pop`], with the queue the job came from.
+async fn pop_from(
+    svc: &Services,
+    queues: &[Name],
+    agent: Option<Name>,
+    client: Option<Name>,
+) -> Result<Option<(Bytes, Name)>> {
     for _ in 0..MAX_POP_ATTEMPTS {
         // Looked up on every attempt: a queue actor stopping as idle (out of the
         // directory first) drops the pops still in its mailbox, and the retry must not
@@ -103,10 +118,11 @@ pub async fn pop(
     held_job(svc, queues, agent, client).await
 }
 
-/// What the agent is answered for a claim: the job dispatched to it once that is
-/// durable, the job it already holds (a retried pop: the dispatch it repeats may not be
-/// durable yet either), or `None` when the job went meanwhile (pop again).
-async fn answer(svc: &Services, claimed: Claimed) -> Result<Option<Bytes>> {
+/// What the agent is answered for a claim, with the job's queue: the job dispatched to
+/// it once that is durable, the job it already holds (a retried pop: the dispatch it
+/// repeats may not be durable yet either), or `None` when the job went meanwhile (pop
+/// again).
+async fn answer(svc: &Services, claimed: Claimed) -> Result<Option<(Bytes, Name)>> {
     match claimed {
         Claimed::Dispatched(job, ticket) => {
             svc.journal.durable(ticket).await?;
@@ -114,11 +130,11 @@ async fn answer(svc: &Services, claimed: Claimed) -> Result<Option<Bytes>> {
                 &job.queue,
                 crate::actors::now().saturating_sub(job.created_at),
             );
-            Ok(Some(dispatched_body(svc, &job).await?))
+            Ok(Some((dispatched_body(svc, &job).await?, job.queue)))
         }
         Claimed::Held(job) => {
             svc.journal.durable(svc.journal.settled()).await?;
-            Ok(Some(dispatched_body(svc, &job).await?))
+            Ok(Some((dispatched_body(svc, &job).await?, job.queue)))
         }
         Claimed::Gone | Claimed::Nothing => Ok(None),
     }
@@ -136,11 +152,14 @@ pub async fn pop_waiting(
     let deadline = tokio::time::Instant::now() + wait;
     let waiter = svc.dispatch.enter(queues)?;
     loop {
-        let was_woken = waiter.me.woken.swap(false, Ordering::AcqRel);
-        if let Some(job) = pop(svc, queues, agent.clone(), client.clone()).await? {
+        let signal = waiter.take_signal();
+        if let Some((job, from)) = pop_from(svc, queues, agent.clone(), client.clone()).await? {
+            if let Some(queue) = signal.filter(|queue| *queue != from) {
+                waiter.pass_on_in(&queue);
+            }
             return Ok(Some(job));
         }
-        if was_woken {
+        if signal.is_some() {
             waiter.pass_on();
         }
         if svc.dispatch.is_closed() {
@@ -163,7 +182,7 @@ async fn held_job(
     queues: &[Name],
     agent: Option<Name>,
     client: Option<Name>,
-) -> Result<Option<Bytes>> {
+) -> Result<Option<(Bytes, Name)>> {
     let Some((id, job)) = agent.and_then(|agent| svc.jobs.held_by(&agent)) else {
         return Ok(None);
     };
@@ -174,7 +193,7 @@ async fn held_job(
     svc.watch.heard(id, crate::actors::now());
     // As for a retried claim: the dispatch it repeats may not be durable yet.
     svc.journal.durable(svc.journal.settled()).await?;
-    Ok(Some(dispatched_body(svc, &job).await?))
+    Ok(Some((dispatched_body(svc, &job).await?, job.queue)))
 }
 
 /// The job document an agent receives: as submitted, with its secrets resolved (access
@@ -205,6 +224,9 @@ struct Waiter {
     /// Whether a signal woke it and it has not popped since (such a waiter is skipped
     /// by further signals, which go to the next in line).
     woken: AtomicBool,
+    /// The queue whose signal woke it, while `woken` (set and taken under the table's
+    /// lock).
+    woken_for: Mutex<Option<Name>>,
 }
 
 /// Agents waiting for jobs, per queue in arrival order (bounded by `--max-waiters`).
@@ -229,7 +251,7 @@ struct Table {
 impl Table {
     /// Wakes the first waiter of `queue` after `after` that is not already woken.
     fn wake(&self, queue: &str, after: Option<u64>) {
-        let Some(line) = self.by_queue.get(queue) else {
+        let Some((name, line)) = self.by_queue.get_key_value(queue) else {
             return;
         };
         let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
@@ -239,6 +261,7 @@ impl Table {
             .find(|w| !w.woken.load(Ordering::Acquire));
         if let Some(waiter) = next {
             waiter.woken.store(true, Ordering::Release);
+            *waiter.woken_for.lock() = Some(name.clone());
             waiter.notify.notify_one();
         }
     }
@@ -299,6 +322,7 @@ impl Waiters {
         let me = Arc::new(Waiter {
             notify: Notify::new(),
             woken: AtomicBool::new(false),
+            woken_for: Mutex::new(None),
         });
         for queue in queues {
             table
@@ -325,12 +349,26 @@ struct Entered {
 }
 
 impl Entered {
+    /// Before a pop: the queue whose signal woke this agent since its last pop, if one
+    /// did (and from now on it counts as not woken).
+    fn take_signal(&self) -> Option<Name> {
+        let _table = self.waiters.table.lock();
+        self.me.woken.store(false, Ordering::Release);
+        self.me.woken_for.lock().take()
+    }
+
     /// The signal that woke this agent was not for it: wake the next in line.
     fn pass_on(&self) {
         let table = self.waiters.table.lock();
         for queue in &self.queues {
             table.wake(queue, Some(self.ticket));
         }
+    }
+
+    /// This agent leaves with a job of another queue than `queue`, whose signal woke it:
+    /// wake the next in `queue`'s line.
+    fn pass_on_in(&self, queue: &str) {
+        self.waiters.table.lock().wake(queue, Some(self.ticket));
     }
 }
 

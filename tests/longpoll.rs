@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use crate::util::{job_id_of, Http, TestServer};
+use crate::util::{job_id_of, raw_post, Http, RawConn, TestServer};
 
 /// Starts a long-poll pop in the background: `(status, job id)` when it answers.
 fn wait_pop(
@@ -88,6 +88,69 @@ async fn job_excluding_the_first_waiting_agent_goes_to_the_next_one() {
         (204, None),
         "dut-x waits out its deadline"
     );
+}
+
+/// An agent of two queues woken for a job of one that takes a better job of the other
+/// (arrived meanwhile, its signal dropped because the agent was already woken) passes the
+/// first signal on: the agent waiting on the first queue gets that job at once. Before, it
+/// slept out its wait while the job waited. Each round sends both submits before reading
+/// either answer, so both jobs are usually in before the woken agent pops; a round in
+/// which it popped first (it takes the first job, the second's queue has no other agent)
+/// checks that nothing else moved.
+#[tokio::test]
+async fn agent_taking_another_queues_job_passes_its_wake_up_on() {
+    let srv = TestServer::start();
+    let http = srv.http().unpooled();
+    for round in 0..4 {
+        let (qa, qb) = (format!("qa{round}"), format!("qb{round}"));
+        let both = wait_pop(
+            &http,
+            &format!("/v1/job?queue={qb}&queue={qa}&wait=30"),
+            None,
+        );
+        settle().await;
+        let one = wait_pop(&http, &format!("/v1/job?queue={qa}&wait=5"), None);
+        settle().await;
+        let mut conns = Vec::new();
+        for (queue, priority) in [(&qa, 0), (&qb, 5)] {
+            let body = json!({"job_queue": queue, "job_priority": priority}).to_string();
+            let mut conn = RawConn::connect(&srv.base_url()).await;
+            conn.send(&raw_post(
+                "/v1/job",
+                Some("application/json"),
+                body.as_bytes(),
+                true,
+            ))
+            .await;
+            conns.push(conn);
+        }
+        let mut ids = Vec::new();
+        for conn in &mut conns {
+            let r = conn.read_response().await.expect("a submit answer");
+            assert_eq!(r.status, 200, "{}", r.text());
+            ids.push(job_id_of(&serde_json::from_slice(&r.body).unwrap()));
+        }
+        let (a, b) = (ids[0].clone(), ids[1].clone());
+        let answered = Instant::now();
+        let (status, got) = both.await.unwrap();
+        assert_eq!(status, 200);
+        if got.as_ref() == Some(&b) {
+            assert_eq!(
+                one.await.unwrap(),
+                (200, Some(a)),
+                "round {round}: the agent of {qa} alone gets its job"
+            );
+            assert!(
+                answered.elapsed() < Duration::from_secs(4),
+                "round {round}: answered at its deadline ({:?}), not on the passed signal",
+                answered.elapsed()
+            );
+        } else {
+            assert_eq!(got, Some(a), "round {round}");
+            assert_eq!(one.await.unwrap(), (204, None), "round {round}");
+            assert_eq!(srv.pop_id(&[qb.as_str()]).await, Some(b), "round {round}");
+        }
+    }
 }
 
 #[tokio::test]
