@@ -718,7 +718,8 @@ impl Actor for RegistryActor {
                         .and_then(|a| registry.held_by(a))
                         .filter(|(_, job)| queues.contains(&job.queue) && job.client == client)
                         .map(|(_, job)| view(job));
-                    (held, registry.claim_by(id, agent, client, now()))
+                    let claim = registry.claim_by(id, reserved.queue(), agent, client, now());
+                    (held, claim)
                 };
                 let result = match (held, claim) {
                     (Some(held), _) => Ok(Claimed::Held(held)),

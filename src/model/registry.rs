@@ -391,15 +391,19 @@ impl Registry {
         }))
     }
 
-    /// Decides a dispatch of `id` to `agent`: only a waiting, ready job may go.
-    pub fn claim(&self, id: JobId, agent: Option<Name>, now: u64) -> Option<Event> {
-        self.claim_by(id, agent, None, now)
+    /// Decides a dispatch of `id`, reserved in `queue`, to `agent`: only a job still
+    /// waiting in that queue, ready, and not excluding the agent may go. The queue is
+    /// checked because between the reservation and the claim the job may have been
+    /// cancelled and resubmitted (same id) to another queue, which the agent did not name.
+    pub fn claim(&self, id: JobId, queue: &str, agent: Option<Name>, now: u64) -> Option<Event> {
+        self.claim_by(id, queue, agent, None, now)
     }
 
     /// [`Registry::claim`] by an agent holding credential `client` (access control on).
     pub fn claim_by(
         &self,
         id: JobId,
+        queue: &str,
         agent: Option<Name>,
         client: Option<Name>,
         now: u64,
@@ -409,12 +413,14 @@ impl Registry {
         let allowed = agent
             .as_deref()
             .is_none_or(|a| !job.exclude.iter().any(|x| &**x == a));
-        (job.state.is_waiting() && ready && allowed).then_some(Event::JobDispatched {
-            id,
-            agent,
-            at: now,
-            client,
-        })
+        (job.state.is_waiting() && *job.queue == *queue && ready && allowed).then_some(
+            Event::JobDispatched {
+                id,
+                agent,
+                at: now,
+                client,
+            },
+        )
     }
 
     /// The job `agent` holds without having reported on it, if any (see `holding`).
@@ -922,6 +928,23 @@ mod tests {
             1,
             "stale entries at the front are dropped"
         );
+    }
+
+    /// A claim names the queue the job was reserved in: a job cancelled and resubmitted
+    /// (same id) to another queue meanwhile is not dispatched to an agent that did not
+    /// name that queue.
+    #[test]
+    fn a_claim_is_refused_when_the_job_now_waits_in_another_queue() {
+        let mut registry = Registry::default();
+        let mut lsn = 0;
+        let id = JobId::random();
+        submit_to(&mut registry, &mut lsn, id, 0, "wa");
+        assert!(registry.claim(id, "wa", None, 1).is_some());
+        lsn += 1;
+        registry.apply(lsn, &registry.cancel(id, 1).unwrap());
+        submit_to(&mut registry, &mut lsn, id, 2, "wb");
+        assert_eq!(registry.claim(id, "wa", Some("dut".into()), 3), None);
+        assert!(registry.claim(id, "wb", Some("dut".into()), 3).is_some());
     }
 
     /// The queue actors' start on several threads gives each queue the index one thread

@@ -216,7 +216,9 @@ impl Real {
                 }
                 Some(Race::ClaimBeforeCancel) => {
                     outcome.target = Some(chosen);
-                    let claim = self.registry.claim(chosen, agent_name.clone(), self.now);
+                    let claim =
+                        self.registry
+                            .claim(chosen, &chosen_queue, agent_name.clone(), self.now);
                     let claim =
                         claim.expect("the index reserved a job the registry refuses to dispatch");
                     self.record(claim);
@@ -226,7 +228,9 @@ impl Real {
                 }
                 Some(stale @ (Race::StaleCancelApplyFirst | Race::StaleDispatchApplyFirst)) => {
                     outcome.target = Some(chosen);
-                    let claim = self.registry.claim(chosen, agent_name.clone(), self.now);
+                    let claim =
+                        self.registry
+                            .claim(chosen, &chosen_queue, agent_name.clone(), self.now);
                     let claim =
                         claim.expect("the index reserved a job the registry refuses to dispatch");
                     let cancel = self
@@ -248,7 +252,10 @@ impl Real {
                     continue;
                 }
             }
-            match self.registry.claim(chosen, agent_name.clone(), self.now) {
+            match self
+                .registry
+                .claim(chosen, &chosen_queue, agent_name.clone(), self.now)
+            {
                 Some(event) => {
                     // The fold's `Remove` clears the reservation; nothing to release.
                     self.record(event);
