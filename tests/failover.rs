@@ -235,7 +235,8 @@ async fn standby_left_behind_by_compaction_reloads_the_snapshot_and_takes_over_w
     // takeover (the snapshot it reloads, then the tail) can take longer than that.
     assert_eq!(leader_of(&[&b.http()]).await, 0);
     assert!(
-        b.stderr_lines()
+        b.stderr_lines_once(|l| l.contains("reloaded from its snapshot"))
+            .await
             .iter()
             .any(|l| l.contains("reloaded from its snapshot")),
         "the standby did not say it reloaded the snapshot"
@@ -306,7 +307,8 @@ async fn paused_leader_steps_down_and_answers_nothing_as_leader_when_resumed() {
     let (status, doc) = ready(&a.http()).await.unwrap();
     assert_eq!((status, &doc["role"]), (200, &json!("standby")), "{doc}");
     assert!(
-        a.stderr_lines()
+        a.stderr_lines_once(|l| l.contains("stepping down as leader"))
+            .await
             .iter()
             .any(|l| l.contains("stepping down as leader")),
         "no step-down logged"
@@ -862,7 +864,8 @@ async fn every_acknowledged_change_survives_when_postgresql_fails_over_to_its_sy
         Some(ids[2].as_str())
     );
     assert!(
-        a.stderr_lines()
+        a.stderr_lines_once(|l| l.contains("stepping down as leader"))
+            .await
             .iter()
             .any(|l| l.contains("stepping down as leader")),
         "the node did not notice the primary's death"

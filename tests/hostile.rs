@@ -353,7 +353,8 @@ async fn sigterm_stops_waiting_for_a_busy_request_after_drain_secs() {
         started.elapsed()
     );
     assert!(srv
-        .stderr_lines()
+        .stderr_lines_once(|l| l.contains("did not finish within"))
+        .await
         .iter()
         .any(|l| l.contains("did not finish within")));
 }

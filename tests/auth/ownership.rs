@@ -249,7 +249,9 @@ async fn a_percent_encoded_job_id_gets_the_same_per_job_checks() {
     call(srv, "GET", &long, Some("not-a-token"), None, None)
         .await
         .expect_error(403);
-    let log = srv.stderr_lines();
+    let log = srv
+        .stderr_lines_once(|l| l.contains("flinger::security") && l.contains("authn_fail"))
+        .await;
     let security: Vec<_> = log
         .iter()
         .filter(|l| l.contains("flinger::security"))

@@ -229,7 +229,10 @@ async fn tokens_expire_refresh_and_revoke_with_upstream_status_codes() {
         m.starts_with("Too many failed authentication attempts"),
         "{m}"
     );
-    let log = srv.stderr_lines().join("\n");
+    let log = srv
+        .stderr_lines_once(|l| l.contains("flinger::security") && l.contains("authn_fail"))
+        .await
+        .join("\n");
     assert!(
         log.contains("flinger::security") && log.contains("authn_fail"),
         "no security events logged"

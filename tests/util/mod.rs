@@ -311,6 +311,21 @@ impl TestServer {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// [`stderr_lines`](Self::stderr_lines) once a line satisfies `logged`, or after 10 s
+    /// without one (the caller's assertion then reports it). A line the server wrote
+    /// while answering a request reaches the capture through a reader thread, so reading
+    /// the capture as soon as the answer arrives may miss it on a busy machine.
+    pub async fn stderr_lines_once(&self, logged: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = self.stderr_lines();
+            if lines.iter().any(|l| logged(l)) || Instant::now() >= deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The OS process id of the current incarnation.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("server not running").id()
