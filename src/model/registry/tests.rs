@@ -1,0 +1,135 @@
+//! The registry's unit tests: retention, claims, queue indexes built on threads, decoding.
+
+use super::*;
+
+fn submit(registry: &mut Registry, lsn: &mut u64, id: JobId, at: u64) {
+    submit_to(registry, lsn, id, at, "q");
+}
+
+fn submit_to(registry: &mut Registry, lsn: &mut u64, id: JobId, at: u64, queue: &str) {
+    *lsn += 1;
+    let sub = Submission {
+        id,
+        queue: queue.into(),
+        body: Bytes::from_static(b"{}"),
+        priority: 0,
+        exclude: no_names(),
+        awaits_attachments: false,
+    };
+    let Submitted::Record(event) = registry.submit(sub, at) else {
+        panic!("duplicate")
+    };
+    registry.apply(*lsn, &event);
+}
+
+#[test]
+fn retention_takes_jobs_in_finishing_order_and_skips_resubmitted_ones() {
+    let mut registry = Registry::default();
+    let mut lsn = 0;
+    let ids: Vec<JobId> = (0..3).map(|_| JobId::random()).collect();
+    for (t, id) in ids.iter().enumerate() {
+        submit(&mut registry, &mut lsn, *id, 0);
+        lsn += 1;
+        registry.apply(lsn, &registry.cancel(*id, t as u64 + 1).unwrap());
+    }
+    // The first job is queued again: it is no longer finished, so not expired.
+    submit(&mut registry, &mut lsn, ids[0], 5);
+    assert_eq!(registry.expired(3, 10), vec![ids[1]]);
+    assert_eq!(registry.expired(10, 10), vec![ids[1], ids[2]]);
+    lsn += 1;
+    registry.apply(lsn, &Event::JobsExpired { ids: vec![ids[1]] });
+    assert_eq!(registry.expired(10, 10), vec![ids[2]]);
+    assert!(registry.get(ids[0]).is_some_and(|j| j.state.is_waiting()));
+    assert_eq!(
+        registry.finishing.len(),
+        1,
+        "stale entries at the front are dropped"
+    );
+}
+
+/// A claim names the queue the job was reserved in: a job cancelled and resubmitted
+/// (same id) to another queue meanwhile is not dispatched to an agent that did not
+/// name that queue.
+#[test]
+fn a_claim_is_refused_when_the_job_now_waits_in_another_queue() {
+    let mut registry = Registry::default();
+    let mut lsn = 0;
+    let id = JobId::random();
+    submit_to(&mut registry, &mut lsn, id, 0, "wa");
+    assert!(registry.claim(id, "wa", None, 1).is_some());
+    lsn += 1;
+    registry.apply(lsn, &registry.cancel(id, 1).unwrap());
+    submit_to(&mut registry, &mut lsn, id, 2, "wb");
+    assert_eq!(registry.claim(id, "wa", Some("dut".into()), 3), None);
+    assert!(registry.claim(id, "wb", Some("dut".into()), 3).is_some());
+}
+
+/// The queue actors' start on several threads gives each queue the index one thread
+/// builds from every waiting job, whatever the number of threads.
+#[test]
+fn waiting_indexes_on_any_number_of_threads_match_one_built_alone() {
+    let mut registry = Registry::default();
+    let mut lsn = 0;
+    for i in 0..3000u64 {
+        let id = JobId::random();
+        submit_to(&mut registry, &mut lsn, id, i, &format!("q{}", i % 7));
+        if i % 5 == 0 {
+            lsn += 1;
+            registry.apply(lsn, &registry.cancel(id, i).unwrap());
+        }
+    }
+    let order = |index: &QueueIndex| index.entries().map(|e| e.id).collect::<Vec<_>>();
+    let mut alone: Vec<(Name, Vec<JobId>)> = (registry.waiting_entries().into_iter())
+        .map(|(queue, entries)| (queue, order(&QueueIndex::from_entries(entries))))
+        .collect();
+    alone.sort();
+    assert_eq!(alone.len(), 7);
+    assert_eq!(alone.iter().map(|(_, ids)| ids.len()).sum::<usize>(), 2400);
+    for threads in [1, 2, 3, 8] {
+        let mut built: Vec<(Name, Vec<JobId>)> = (registry.waiting_indexes(threads))
+            .iter()
+            .map(|(queue, index)| (queue.clone(), order(index)))
+            .collect();
+        built.sort();
+        assert_eq!(built, alone, "{threads} threads");
+    }
+}
+
+/// A decoded registry gives the jobs of a queue one shared name, and the jobs
+/// without exclusions one shared empty list, as live submissions do.
+#[test]
+fn decoded_jobs_share_their_queue_name_and_empty_exclusions() {
+    let mut registry = Registry::default();
+    let mut lsn = 0;
+    for i in 0..40u64 {
+        submit_to(
+            &mut registry,
+            &mut lsn,
+            JobId::random(),
+            i,
+            ["a", "b"][i as usize % 2],
+        );
+    }
+    let bytes = rmp_serde::to_vec(&registry).unwrap();
+    let decoded = Registry::decode(&bytes).unwrap();
+    assert_eq!(decoded.len(), 40);
+    for queue in ["a", "b"] {
+        let shared = decoded.names.get(queue).expect("the name was kept");
+        let jobs: Vec<&Job> = (decoded.jobs.values())
+            .map(|job| &**job)
+            .filter(|job| &*job.queue == queue)
+            .collect();
+        assert_eq!(jobs.len(), 20);
+        assert!(jobs.iter().all(|job| Arc::ptr_eq(&job.queue, shared)));
+        assert!(jobs
+            .iter()
+            .all(|job| Arc::ptr_eq(&job.exclude, &no_names())));
+    }
+    // Outside a registry's decoding, names are made as usual, also after one failed.
+    assert!(Registry::decode(&bytes[..bytes.len() / 2]).is_err());
+    let job: Job = rmp_serde::from_slice(
+        &rmp_serde::to_vec(&**decoded.jobs.values().next().unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert!(!decoded.names.iter().any(|n| Arc::ptr_eq(n, &job.queue)));
+}
