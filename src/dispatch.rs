@@ -221,12 +221,10 @@ fn with_attachments_status(job: &JobView, body: Bytes) -> Bytes {
 struct Waiter {
     /// Wakes its request.
     notify: Notify,
-    /// Whether a signal woke it and it has not popped since (such a waiter is skipped
-    /// by further signals, which go to the next in line).
-    woken: AtomicBool,
-    /// The queue whose signal woke it, while `woken` (set and taken under the table's
-    /// lock).
-    woken_for: Mutex<Option<Name>>,
+    /// The queue whose signal woke it, if one did and it has not popped since (such a
+    /// waiter is skipped by further signals, which go to the next in line). Read and
+    /// written under the table's lock only.
+    woken: Mutex<Option<Name>>,
 }
 
 /// Agents waiting for jobs, per queue in arrival order (bounded by `--max-waiters`).
@@ -258,10 +256,9 @@ impl Table {
         let next = line
             .range((from, std::ops::Bound::Unbounded))
             .map(|(_, w)| w)
-            .find(|w| !w.woken.load(Ordering::Acquire));
+            .find(|w| w.woken.lock().is_none());
         if let Some(waiter) = next {
-            waiter.woken.store(true, Ordering::Release);
-            *waiter.woken_for.lock() = Some(name.clone());
+            *waiter.woken.lock() = Some(name.clone());
             waiter.notify.notify_one();
         }
     }
@@ -321,8 +318,7 @@ impl Waiters {
         table.next += 1;
         let me = Arc::new(Waiter {
             notify: Notify::new(),
-            woken: AtomicBool::new(false),
-            woken_for: Mutex::new(None),
+            woken: Mutex::new(None),
         });
         for queue in queues {
             table
@@ -353,8 +349,7 @@ impl Entered {
     /// did (and from now on it counts as not woken).
     fn take_signal(&self) -> Option<Name> {
         let _table = self.waiters.table.lock();
-        self.me.woken.store(false, Ordering::Release);
-        self.me.woken_for.lock().take()
+        self.me.woken.lock().take()
     }
 
     /// The signal that woke this agent was not for it: wake the next in line.
@@ -384,7 +379,7 @@ impl Drop for Entered {
                 }
             }
         }
-        if self.me.woken.load(Ordering::Acquire) {
+        if self.me.woken.lock().is_some() {
             for queue in &self.queues {
                 table.wake(queue, None);
             }
