@@ -38,9 +38,9 @@ use ractor::ActorRef;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use crate::actors::queue::{Pop, QueueMsg};
+use crate::actors::queue::{Feed, Pop};
 use crate::actors::registry::{Claimed, JobView};
-use crate::actors::{ask_admitted, Callee, Services};
+use crate::actors::{Callee, Services};
 use crate::error::{Error, Result};
 use crate::model::registry::Attachments;
 use crate::model::{FastMap, Name};
@@ -56,7 +56,7 @@ pub const MAX_WAIT_SECS: u64 = 60;
 /// about the job.
 ///
 /// The pop visits the named queues' actors in turn and the last forwards the claim to
-/// the registry, which answers here (see [`QueueMsg::Pop`]): one reply to wait for.
+/// the registry, which answers here (see [`Feed::pop`]): one reply to wait for.
 pub async fn pop(
     svc: &Services,
     queues: &[Name],
@@ -79,30 +79,34 @@ async fn pop_from(
         // Looked up on every attempt: a queue actor stopping as idle (out of the
         // directory first) drops the pops still in its mailbox, and the retry must not
         // ask it again.
-        let mut actors: VecDeque<(Name, ActorRef<QueueMsg>)> = queues
+        let mut feeds: VecDeque<(Name, Feed)> = queues
             .iter()
-            .filter_map(|q| svc.queues.get(q).map(|a| (q.clone(), a)))
+            .filter_map(|q| svc.queues.get(q).map(|f| (q.clone(), f)))
             .collect();
-        let Some((first, actor)) = actors.pop_front() else {
+        let Some((first, feed)) = feeds.pop_front() else {
             return held_job(svc, queues, agent, client).await;
         };
         // The registry's admission, taken here: the claim reaches it from a queue actor.
         let pass = svc.registry.admit()?;
-        let asked = ask_admitted(&actor, pass, |port| {
-            QueueMsg::Pop(Pop {
-                queue: first,
-                rest: actors,
-                queues: queues.to_vec(),
-                best: None,
-                agent: agent.clone(),
-                client: client.clone(),
-                registry: ActorRef::clone(&svc.registry),
-                waiters: svc.dispatch.clone(),
-                port,
-            })
-        })
-        .await;
-        let claimed = match asked {
+        let (port, claim) = ractor::concurrency::oneshot();
+        let pop = Pop {
+            queue: first,
+            rest: feeds,
+            queues: queues.to_vec(),
+            best: None,
+            agent: agent.clone(),
+            client: client.clone(),
+            registry: ActorRef::clone(&svc.registry),
+            waiters: svc.dispatch.clone(),
+            port: port.into(),
+        };
+        if feed.pop(pop).is_err() {
+            // Its actor stopped as idle since the look-up: look the queues up again.
+            continue;
+        }
+        let claimed = claim.await;
+        drop(pass);
+        let claimed = match claimed {
             Ok(claimed) => claimed?,
             // Dropped on its way: by a queue actor that stopped as idle (it had no job,
             // but the queues after it may), or by a registry shutting down.

@@ -262,13 +262,13 @@ async fn position_is_400_when_id_is_malformed() {
 }
 
 /// A pop of one queue has its queue actor reserve the job and forward the claim to the
-/// registry (`actors::queue::QueueMsg::Pop`). When the pop went away before the registry
+/// registry (`actors::queue::Feed::pop`). When the pop went away before the registry
 /// got to it, the registry must give the reservation back, or the job would wait reserved
 /// forever. Driven in-process so the claim can reach the registry with its caller gone.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forwarded_claim_whose_pop_went_away_gives_the_job_back() {
     use flinger::actors::ask;
-    use flinger::actors::queue::{Pop, QueueMsg};
+    use flinger::actors::queue::Pop;
     use flinger::actors::registry::RegistryMsg;
     use ractor::Actor;
 
@@ -282,19 +282,18 @@ async fn a_forwarded_claim_whose_pop_went_away_gives_the_job_back() {
     let (claims, mut claimed) = tokio::sync::mpsc::unbounded_channel();
     let (stand_in, _) = Actor::spawn(None, StandIn, claims).await.unwrap();
     let (port, answer) = tokio::sync::oneshot::channel();
-    queue
-        .cast(QueueMsg::Pop(Pop {
-            queue: "q".into(),
-            rest: Default::default(),
-            queues: vec!["q".into()],
-            best: None,
-            agent: None,
-            client: None,
-            registry: stand_in.clone(),
-            waiters: svc.dispatch.clone(),
-            port: port.into(),
-        }))
-        .unwrap();
+    let handed = queue.pop(Pop {
+        queue: "q".into(),
+        rest: Default::default(),
+        queues: vec!["q".into()],
+        best: None,
+        agent: None,
+        client: None,
+        registry: stand_in.clone(),
+        waiters: svc.dispatch.clone(),
+        port: port.into(),
+    });
+    assert!(handed.is_ok(), "the queue's actor is running");
     let claim = claimed
         .recv()
         .await
@@ -352,7 +351,7 @@ impl ractor::Actor for StandIn {
     }
 }
 
-/// A queue actor stopping as idle drops the pops still in its mailbox. A pop of several
+/// A queue actor stopping as idle drops the pops still in its inbox. A pop of several
 /// queues that met such an actor first must try again without it, not answer "no job"
 /// while another of its queues has one (an agent long-polling would then sleep until its
 /// deadline). Driven in-process on one thread, so the registry stops the idle queue's actor

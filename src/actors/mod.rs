@@ -222,14 +222,16 @@ pub use crate::model::orphans::OrphanQuota;
 
 pub use crate::journal::files::delete_when_durable;
 
-/// Queue name → its actor. Written only by the registry actor (which creates queue
-/// actors), read by handlers that pop or ask positions.
+/// Queue name → its actor's feed (the actor, and the inbox pops go through). Written only
+/// by the registry actor (which creates queue actors), read by handlers that pop or ask
+/// positions.
 #[derive(Clone, Default)]
-pub struct QueueDirectory(Arc<RwLock<FastMap<Name, ActorRef<queue::QueueMsg>>>>);
+pub struct QueueDirectory(Arc<RwLock<FastMap<Name, queue::Feed>>>);
 
 impl QueueDirectory {
-    /// The actor of `queue`, if it ever had a job.
-    pub fn get(&self, queue: &str) -> Option<ActorRef<queue::QueueMsg>> {
+    /// The feed of `queue`'s actor, if the queue has one (it had a job, and was not
+    /// stopped as idle since).
+    pub fn get(&self, queue: &str) -> Option<queue::Feed> {
         self.0.read().get(queue).cloned()
     }
 
@@ -243,11 +245,11 @@ impl QueueDirectory {
         self.0.read().is_empty()
     }
 
-    fn insert(&self, queue: Name, actor: ActorRef<queue::QueueMsg>) {
-        self.0.write().insert(queue, actor);
+    fn insert(&self, queue: Name, feed: queue::Feed) {
+        self.0.write().insert(queue, feed);
     }
 
-    fn remove(&self, queue: &str) -> Option<ActorRef<queue::QueueMsg>> {
+    fn remove(&self, queue: &str) -> Option<queue::Feed> {
         self.0.write().remove(queue)
     }
 
@@ -255,7 +257,7 @@ impl QueueDirectory {
         self.0
             .read()
             .iter()
-            .find(|(_, a)| a.get_id() == id)
+            .find(|(_, f)| f.actor().get_id() == id)
             .map(|(n, _)| n.clone())
     }
 }

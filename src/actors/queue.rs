@@ -7,17 +7,18 @@
 //! per job, and a dispatched job's removal none (a message's trip through ractor, its
 //! send, wake-up and turn, is ~1,900 instructions, 4 % of a submit's or a pop's work). A
 //! reservation a pop gives back goes through the same inbox, also without a wake-up. A
-//! pop ([`QueueMsg::Pop`]) visits the actors of the queues it names
-//! one after the other: each compares its best job for the agent with the best found so
-//! far and keeps the better reserved, and the last forwards the claim to the registry,
-//! which answers the pop and settles the reservation. The request waits for one reply
-//! however many queues it names.
+//! pop ([`Pop`], [`Feed::pop`]) visits the actors of the queues it names one after the
+//! other, through the same inbox (with a wake-up unless one is on its way, so the pops of
+//! many agents that arrive together cost each actor one turn): each compares its best job
+//! for the agent with the best found so far and keeps the better reserved, and the last
+//! forwards the claim to the registry, which answers the pop and settles the reservation.
+//! The request waits for one reply however many queues it names.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::registry::{Claim, Claimed, RegistryMsg};
 use super::{gone, reply};
@@ -28,12 +29,9 @@ use crate::model::{JobId, Name};
 
 /// Messages to a queue actor.
 pub enum QueueMsg {
-    /// Changes were put in the inbox (see [`Feed`]); every turn takes them first, so this
-    /// message only wakes the actor.
+    /// Changes or pops were put in the inbox (see [`Feed`]); every turn takes them
+    /// first, so this message only wakes the actor.
     Changes,
-    /// A pop, at this queue's turn (see [`Pop`]); [`Claimed::Nothing`] is answered when
-    /// none of its queues has a job the agent may receive.
-    Pop(Pop),
     /// How many waiting jobs are ahead of this one.
     Position(JobId, RpcReplyPort<Option<usize>>),
     /// The first `n` waiting jobs in dispatch order (the dashboard's queue page): this
@@ -41,15 +39,18 @@ pub enum QueueMsg {
     Head(usize, RpcReplyPort<Vec<JobId>>),
 }
 
-/// A pop on its way through the actors of the queues it names. Each queue is looked at
-/// in its own actor's turn, as when every queue was asked at once and the answers
-/// compared (what it replaced, measured 19–31 % slower for a pop of three queues: three
-/// replies to wait for, a claim, and releases).
+/// A pop on its way through the actors of the queues it names ([`Feed::pop`]). Each queue
+/// is looked at in its own actor's turn, as when every queue was asked at once and the
+/// answers compared (what it replaced, measured 19–31 % slower for a pop of three
+/// queues: three replies to wait for, a claim, and releases). [`Claimed::Nothing`] is
+/// answered when none of its queues has a job the agent may receive; the port is dropped
+/// unanswered when the pop reaches a queue whose actor stopped, idle, after the pop
+/// looked it up (the request retries with the queues' actors of the moment).
 pub struct Pop {
-    /// The queue whose actor receives this message.
+    /// The queue whose actor receives this pop.
     pub queue: Name,
     /// The queues still to visit after it, in order.
-    pub rest: VecDeque<(Name, ActorRef<QueueMsg>)>,
+    pub rest: VecDeque<(Name, Feed)>,
     /// Every queue the pop names (a job the agent already holds in one of them is its
     /// answer, see [`Claim::queues`]).
     pub queues: Vec<Name>,
@@ -117,12 +118,15 @@ pub enum Change {
 /// releases, which wake nobody, see [`Feed::send`]).
 const MAX_UNWOKEN: usize = 1024;
 
-/// Changes not yet taken by the queue actor, oldest first, and whether a
-/// [`QueueMsg::Changes`] was sent since the actor last took them.
+/// Changes and pops not yet taken by the queue actor, oldest first, whether a
+/// [`QueueMsg::Changes`] was sent since the actor last took them, and whether the actor
+/// has stopped (then nothing more is taken in: see [`QueueState`]'s `Drop`).
 #[derive(Default)]
 struct Pending {
     changes: Vec<Change>,
+    pops: Vec<Pop>,
     woken: bool,
+    closed: bool,
 }
 
 type Inbox = Arc<Mutex<Pending>>;
@@ -148,6 +152,7 @@ impl Feed {
             index,
             inbox: inbox.clone(),
             taken: Vec::new(),
+            popping: Vec::new(),
         };
         // Boxed: ractor's spawn future is nearly a kilobyte, and inline it would enlarge
         // every future that can reach here (the registry's `record`, `handle`, ractor's
@@ -157,9 +162,29 @@ impl Feed {
         Ok(Feed { actor, inbox })
     }
 
-    /// The queue's actor (for pops and queries, which go to it as messages).
+    /// The queue's actor (for queries, which go to it as messages).
     pub fn actor(&self) -> &ActorRef<QueueMsg> {
         &self.actor
+    }
+
+    /// Hands `pop` to the actor, waking it unless a wake-up is already on its way: the
+    /// pops that arrive before its next turn are all visited in that turn, after the
+    /// changes sent before them. Gives the pop back when the actor has stopped (its
+    /// queue had no job: the pop goes on to the next queue it names).
+    pub fn pop(&self, pop: Pop) -> Result<(), Box<Pop>> {
+        let wake = {
+            let mut inbox = self.inbox.lock();
+            if inbox.closed {
+                return Err(Box::new(pop));
+            }
+            inbox.pops.push(pop);
+            !std::mem::replace(&mut inbox.woken, true)
+        };
+        if wake {
+            // A stopped actor's pops are dropped with its state (their requests retry).
+            let _ = self.actor.cast(QueueMsg::Changes);
+        }
+        Ok(())
     }
 
     /// Hands `change` to the actor, waking it ([`QueueMsg::Changes`]) unless a wake-up is
@@ -175,6 +200,9 @@ impl Feed {
     pub fn send(&self, change: Change) {
         let wake = {
             let mut inbox = self.inbox.lock();
+            if inbox.closed {
+                return;
+            }
             let prompt = matches!(change, Change::Insert(_) | Change::Ready(_));
             inbox.changes.push(change);
             let wake = !inbox.woken && (prompt || inbox.changes.len() >= MAX_UNWOKEN);
@@ -187,20 +215,25 @@ impl Feed {
     }
 }
 
-/// A queue actor's state: its index, its inbox, and a spare vector the inbox's changes
-/// are swapped with (so neither side allocates once both have grown to the usual burst).
+/// A queue actor's state: its index, its inbox, and spare vectors the inbox's changes
+/// and pops are swapped with (so neither side allocates once both have grown to the
+/// usual burst).
 pub struct QueueState {
     index: QueueIndex,
     inbox: Inbox,
     taken: Vec<Change>,
+    popping: Vec<Pop>,
 }
 
 impl QueueState {
-    /// Applies every change waiting in the inbox, oldest first.
+    /// Applies every change waiting in the inbox, oldest first, and takes the pops
+    /// waiting there into `popping` (the changes sent before a pop are thus applied
+    /// before it is visited; one sent after it, too, as if the pop came later).
     fn catch_up(&mut self) {
         {
             let mut inbox = self.inbox.lock();
             std::mem::swap(&mut inbox.changes, &mut self.taken);
+            std::mem::swap(&mut inbox.pops, &mut self.popping);
             inbox.woken = false;
         }
         for change in self.taken.drain(..) {
@@ -213,6 +246,21 @@ impl QueueState {
                 Change::Release(id) => self.index.release(id),
             }
         }
+    }
+}
+
+impl Drop for QueueState {
+    /// The actor stopped (idle, or the server is shutting down): its inbox takes nothing
+    /// more, and the pops in it are dropped, which answers their requests with nothing
+    /// (they retry) and gives back what they reserved in other queues. A pop is never
+    /// left in an inbox no turn will take.
+    fn drop(&mut self) {
+        let pops = {
+            let mut inbox = self.inbox.lock();
+            inbox.closed = true;
+            std::mem::take(&mut inbox.pops)
+        };
+        drop(pops);
     }
 }
 
@@ -239,9 +287,13 @@ impl Actor for QueueActor {
         state: &mut QueueState,
     ) -> Result<(), ActorProcessingErr> {
         state.catch_up();
+        let mut pops = std::mem::take(&mut state.popping);
+        for pop in pops.drain(..) {
+            visit(&myself, state, pop);
+        }
+        state.popping = pops;
         match msg {
             QueueMsg::Changes => {}
-            QueueMsg::Pop(pop) => visit(myself, state, pop),
             QueueMsg::Position(id, port) => reply(port, state.index.position(id)),
             QueueMsg::Head(n, port) => {
                 reply(port, state.index.entries().take(n).map(|e| e.id).collect())
@@ -253,7 +305,7 @@ impl Actor for QueueActor {
 
 /// This queue's turn in `pop`: keep the better of its best candidate and this queue's,
 /// then pass the pop on, or claim.
-fn visit(myself: ActorRef<QueueMsg>, state: &mut QueueState, mut pop: Pop) {
+fn visit(myself: &ActorRef<QueueMsg>, state: &mut QueueState, mut pop: Pop) {
     let index = &mut state.index;
     if gone(&pop.port) {
         // Dropping the pop releases what it reserved.
@@ -268,7 +320,7 @@ fn visit(myself: ActorRef<QueueMsg>, state: &mut QueueState, mut pop: Pop) {
             // Replacing the best releases the one it had.
             pop.best = Some(Reserved {
                 queue: Feed {
-                    actor: myself,
+                    actor: myself.clone(),
                     inbox: state.inbox.clone(),
                 },
                 name: pop.queue.clone(),
@@ -282,11 +334,10 @@ fn visit(myself: ActorRef<QueueMsg>, state: &mut QueueState, mut pop: Pop) {
     }
     while let Some((queue, next)) = pop.rest.pop_front() {
         pop.queue = queue;
-        match next.cast(QueueMsg::Pop(pop)) {
+        match next.pop(pop) {
             Ok(()) => return,
             // A queue actor that stopped as idle had no job: go on to the next one.
-            Err(MessagingErr::SendErr(QueueMsg::Pop(returned))) => pop = returned,
-            Err(_) => return,
+            Err(returned) => pop = *returned,
         }
     }
     let Some(best) = pop.best.take() else {
@@ -407,6 +458,130 @@ mod tests {
         feed.send(Change::Release(ids[3]));
         assert!(!settles(&feed).await, "a release woke the actor");
         parent.stop(None);
+    }
+
+    /// Stands in for the registry: hands every claim it gets to the test.
+    struct StandIn;
+
+    impl Actor for StandIn {
+        type Msg = RegistryMsg;
+        type State = tokio::sync::mpsc::UnboundedSender<Claim>;
+        type Arguments = Self::State;
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<RegistryMsg>,
+            claims: Self::State,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(claims)
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<RegistryMsg>,
+            msg: RegistryMsg,
+            claims: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            if let RegistryMsg::Claim(claim) = msg {
+                let _ = claims.send(claim);
+            }
+            Ok(())
+        }
+    }
+
+    /// A pop of the one queue `q`, claiming through `registry`, with the receiver of its
+    /// answer.
+    fn one_queue_pop(
+        registry: &ActorRef<RegistryMsg>,
+    ) -> (Pop, tokio::sync::oneshot::Receiver<Result<Claimed>>) {
+        let (port, answer) = tokio::sync::oneshot::channel();
+        let pop = Pop {
+            queue: "q".into(),
+            rest: VecDeque::new(),
+            queues: vec!["q".into()],
+            best: None,
+            agent: None,
+            client: None,
+            registry: registry.clone(),
+            waiters: Arc::new(Waiters::new(16)),
+            port: port.into(),
+        };
+        (pop, answer)
+    }
+
+    /// Pops handed over before the actor's turn are all visited in that turn, in the
+    /// order handed, after the changes sent before them: each reserves the next best job,
+    /// and one finding none is answered `Nothing`.
+    #[tokio::test]
+    async fn pops_handed_over_together_are_visited_in_order_after_earlier_changes() {
+        let (parent, _) = Actor::spawn(None, Parent, ()).await.unwrap();
+        let (claims, mut claimed) = tokio::sync::mpsc::unbounded_channel();
+        let (registry, _) = Actor::spawn(None, StandIn, claims).await.unwrap();
+        let feed = Feed::spawn(QueueIndex::default(), parent.get_cell())
+            .await
+            .unwrap();
+        let (a, b) = (entry(1, 1, true), entry(2, 2, true));
+        let ids = [a.id, b.id];
+        // Sent in this order with no turn of the actor in between (one thread).
+        feed.send(Change::Insert(b));
+        let (first, _keep_first) = one_queue_pop(&registry);
+        assert!(feed.pop(first).is_ok());
+        feed.send(Change::Insert(a));
+        let (second, _keep_second) = one_queue_pop(&registry);
+        let (third, third_answer) = one_queue_pop(&registry);
+        assert!(feed.pop(second).is_ok());
+        assert!(feed.pop(third).is_ok());
+        assert_eq!(feed.inbox.lock().pops.len(), 3, "nothing is taken before a turn");
+        let first = claimed.recv().await.unwrap();
+        let second = claimed.recv().await.unwrap();
+        // The insert sent after the first pop was applied before it was visited too:
+        // the whole inbox is taken at the turn's start.
+        assert_eq!([first.id, second.id], ids, "best first, then the next best");
+        assert!(matches!(third_answer.await, Ok(Ok(Claimed::Nothing))));
+        // Both jobs still wait, reserved while their claims are held: a fourth pop
+        // finds nothing.
+        assert_eq!(position(&feed, ids[0]).await, Some(0));
+        let (fourth, fourth_answer) = one_queue_pop(&registry);
+        assert!(feed.pop(fourth).is_ok());
+        assert!(matches!(fourth_answer.await, Ok(Ok(Claimed::Nothing))));
+        // A claim dropped unhandled gives its job back.
+        drop(first);
+        let (fifth, _keep_fifth) = one_queue_pop(&registry);
+        assert!(feed.pop(fifth).is_ok());
+        assert_eq!(claimed.recv().await.unwrap().id, ids[0]);
+        parent.stop(None);
+        registry.stop(None);
+    }
+
+    /// A queue actor that stops drops the pops in its inbox (their requests see the
+    /// answer port closed and retry), and gives back every pop handed to it afterwards.
+    #[tokio::test]
+    async fn a_stopped_queue_actor_drops_its_pending_pops_and_refuses_new_ones() {
+        let (parent, _) = Actor::spawn(None, Parent, ()).await.unwrap();
+        let (claims, _claimed) = tokio::sync::mpsc::unbounded_channel();
+        let (registry, _) = Actor::spawn(None, StandIn, claims).await.unwrap();
+        let mut index = QueueIndex::default();
+        index.insert(entry(1, 1, true));
+        let feed = Feed::spawn(index, parent.get_cell()).await.unwrap();
+        let (pending, answer) = one_queue_pop(&registry);
+        assert!(feed.pop(pending).is_ok());
+        // The stop overtakes the wake-up, so no turn takes the pop.
+        feed.actor().stop(None);
+        assert!(answer.await.is_err(), "the pending pop was dropped unanswered");
+        let (late, _) = one_queue_pop(&registry);
+        let returned = feed.pop(late).expect_err("a stopped actor takes no pop");
+        assert_eq!(&*returned.queue, "q");
+        assert!(feed.inbox.lock().pops.is_empty());
+        parent.stop(None);
+        registry.stop(None);
+    }
+
+    async fn position(feed: &Feed, id: JobId) -> Option<usize> {
+        feed.actor()
+            .call(move |port| QueueMsg::Position(id, port), None)
+            .await
+            .unwrap()
+            .unwrap()
     }
 
     /// Whether the actor empties the inbox within half a second with no other message.

@@ -132,7 +132,7 @@ pub enum Claimed {
     Held(JobView),
     /// The job is no longer dispatchable (cancelled, or taken meanwhile).
     Gone,
-    /// Only from a queue actor's [`QueueMsg::Pop`]: nothing there this agent may
+    /// Only from a queue actor's visit of a [`Pop`](super::queue::Pop): nothing there this agent may
     /// receive (no claim was made).
     Nothing,
 }
@@ -148,7 +148,7 @@ pub struct Claim {
     /// The agent's credential (access control on).
     pub client: Option<Name>,
     /// The reservation of the job in its queue, from the queue actor that forwarded the
-    /// pop ([`QueueMsg::Pop`]): kept (the job left its queue) only when the job is
+    /// pop ([`Pop`](super::queue::Pop)): kept (the job left its queue) only when the job is
     /// dispatched; dropping it otherwise gives the job back (claimed, then answered
     /// `Held` or `Gone`, the pop went away, or the claim itself was dropped unhandled).
     pub reserved: Reserved,
@@ -587,7 +587,7 @@ impl RegistryState {
         self.waiting.insert(queue.clone(), index.len());
         match Feed::spawn(index, self.supervisor.clone()).await {
             Ok(feed) => {
-                self.queues.insert(queue.clone(), feed.actor().clone());
+                self.queues.insert(queue.clone(), feed.clone());
                 self.feeds.insert(queue, feed);
             }
             // Only fails when the actor system is shutting down.
@@ -619,9 +619,9 @@ impl RegistryState {
             self.waiting.remove(&queue);
             self.idle_since.remove(&queue);
             self.feeds.remove(&queue);
-            if let Some(actor) = self.queues.remove(&queue) {
+            if let Some(feed) = self.queues.remove(&queue) {
                 tracing::info!(%queue, "stopped the actor of an idle queue");
-                actor.stop(Some(IDLE_STOP.into()));
+                feed.actor().stop(Some(IDLE_STOP.into()));
             }
         }
     }

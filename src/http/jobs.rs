@@ -231,7 +231,7 @@ pub async fn job_position_get(
     let gone = || Error::Gone(NOT_WAITING.into());
     let job = svc.jobs.get(id).filter(|j| j.waiting).ok_or_else(gone)?;
     let queue = svc.queues.get(&job.queue).ok_or_else(gone)?;
-    let position = ask(&queue, |p| QueueMsg::Position(id, p))
+    let position = ask(queue.actor(), |p| QueueMsg::Position(id, p))
         .await
         .ok()
         .flatten()

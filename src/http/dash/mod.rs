@@ -294,8 +294,8 @@ pub async fn queue_page(
     if live.waiting_total > live.waiting.len() {
         // More wait than a page shows: the first page in dispatch order comes from the
         // queue's actor, which holds that order (the live index is by submission).
-        if let Some(actor) = svc.queues.get(&queue) {
-            let head = ask(&actor, |p| QueueMsg::Head(PAGE_LIMIT, p)).await?;
+        if let Some(feed) = svc.queues.get(&queue) {
+            let head = ask(feed.actor(), |p| QueueMsg::Head(PAGE_LIMIT, p)).await?;
             live.waiting = head
                 .into_iter()
                 .filter_map(|id| svc.jobs.detail(id).map(|d| (id, d)))
