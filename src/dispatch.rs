@@ -89,7 +89,7 @@ async fn pop_from(
         // The registry's admission, taken here: the claim reaches it from a queue actor.
         let pass = svc.registry.admit()?;
         let (port, claim) = ractor::concurrency::oneshot();
-        let pop = Pop {
+        let pop = Box::new(Pop {
             queue: first,
             rest: feeds,
             queues: queues.to_vec(),
@@ -99,7 +99,7 @@ async fn pop_from(
             registry: ActorRef::clone(&svc.registry),
             waiters: svc.dispatch.clone(),
             port: port.into(),
-        };
+        });
         if feed.pop(pop).is_err() {
             // Its actor stopped as idle since the look-up: look the queues up again.
             continue;

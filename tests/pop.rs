@@ -282,7 +282,7 @@ async fn a_forwarded_claim_whose_pop_went_away_gives_the_job_back() {
     let (claims, mut claimed) = tokio::sync::mpsc::unbounded_channel();
     let (stand_in, _) = Actor::spawn(None, StandIn, claims).await.unwrap();
     let (port, answer) = tokio::sync::oneshot::channel();
-    let handed = queue.pop(Pop {
+    let handed = queue.pop(Box::new(Pop {
         queue: "q".into(),
         rest: Default::default(),
         queues: vec!["q".into()],
@@ -292,7 +292,7 @@ async fn a_forwarded_claim_whose_pop_went_away_gives_the_job_back() {
         registry: stand_in.clone(),
         waiters: svc.dispatch.clone(),
         port: port.into(),
-    });
+    }));
     assert!(handed.is_ok(), "the queue's actor is running");
     let claim = claimed
         .recv()

@@ -14,6 +14,7 @@
 
 pub mod agents;
 pub mod files;
+pub mod inbox;
 pub mod orphans;
 pub mod queue;
 pub mod registry;

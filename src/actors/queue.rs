@@ -17,9 +17,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::inbox::{Inbox, Put};
 use super::registry::{Claim, Claimed, RegistryMsg};
 use super::{gone, reply};
 use crate::dispatch::Waiters;
@@ -118,27 +118,22 @@ pub enum Change {
 /// releases, which wake nobody, see [`Feed::send`]).
 const MAX_UNWOKEN: usize = 1024;
 
-/// Changes and pops not yet taken by the queue actor, oldest first, whether a
-/// [`QueueMsg::Changes`] was sent since the actor last took them, and whether the actor
-/// has stopped (then nothing more is taken in: see [`QueueState`]'s `Drop`).
-#[derive(Default)]
-struct Pending {
-    changes: Vec<Change>,
-    pops: Vec<Pop>,
-    woken: bool,
-    closed: bool,
+/// What a queue actor's inbox holds, in the order put in.
+enum Item {
+    Change(Change),
+    /// Boxed: it moves from inbox to inbox as a pointer.
+    Pop(Box<Pop>),
 }
 
-type Inbox = Arc<Mutex<Pending>>;
-
-/// The registry's way to a queue actor's index: changes go into an inbox, which every
-/// turn of the actor empties before its message, so whatever reaches the actor after a
-/// change (a pop woken by a new job, a position query) sees it, as when each change was a
-/// message of its own. See [`Feed::send`] for when the actor is woken.
+/// The registry's way to a queue actor's index, and a pop's way to the actor: changes
+/// and pops go into an inbox, which every turn of the actor empties before its message,
+/// so whatever reaches the actor after a change (a pop woken by a new job, a position
+/// query) sees it, as when each change was a message of its own. See [`Feed::send`] and
+/// [`Feed::pop`] for when the actor is woken.
 #[derive(Clone)]
 pub struct Feed {
     actor: ActorRef<QueueMsg>,
-    inbox: Inbox,
+    inbox: Arc<Inbox<Item>>,
 }
 
 impl Feed {
@@ -147,12 +142,11 @@ impl Feed {
         index: QueueIndex,
         supervisor: ractor::ActorCell,
     ) -> Result<Feed, ractor::SpawnErr> {
-        let inbox = Inbox::default();
+        let inbox = Arc::new(Inbox::default());
         let state = QueueState {
             index,
             inbox: inbox.clone(),
             taken: Vec::new(),
-            popping: Vec::new(),
         };
         // Boxed: ractor's spawn future is nearly a kilobyte, and inline it would enlarge
         // every future that can reach here (the registry's `record`, `handle`, ractor's
@@ -168,21 +162,15 @@ impl Feed {
     }
 
     /// Hands `pop` to the actor, waking it unless a wake-up is already on its way: the
-    /// pops that arrive before its next turn are all visited in that turn, after the
-    /// changes sent before them. Gives the pop back when the actor has stopped (its
-    /// queue had no job: the pop goes on to the next queue it names).
-    pub fn pop(&self, pop: Pop) -> Result<(), Box<Pop>> {
-        let wake = {
-            let mut inbox = self.inbox.lock();
-            if inbox.closed {
-                return Err(Box::new(pop));
-            }
-            inbox.pops.push(pop);
-            !std::mem::replace(&mut inbox.woken, true)
-        };
-        if wake {
-            // A stopped actor's pops are dropped with its state (their requests retry).
-            let _ = self.actor.cast(QueueMsg::Changes);
+    /// pops that arrive before its next turn are all visited in that turn, in order
+    /// with the changes. Gives the pop back when the actor has stopped (its queue had no
+    /// job: the pop goes on to the next queue it names).
+    pub fn pop(&self, pop: Box<Pop>) -> Result<(), Box<Pop>> {
+        match self.inbox.put(Item::Pop(pop), true, MAX_UNWOKEN) {
+            Put::Wake => self.wake(),
+            Put::Queued => {}
+            Put::Closed(Item::Pop(pop)) => return Err(pop),
+            Put::Closed(Item::Change(_)) => {}
         }
         Ok(())
     }
@@ -198,54 +186,44 @@ impl Feed {
     /// is dropped, as a message to it would be (a queue started again is rebuilt from the
     /// registry).
     pub fn send(&self, change: Change) {
-        let wake = {
-            let mut inbox = self.inbox.lock();
-            if inbox.closed {
-                return;
-            }
-            let prompt = matches!(change, Change::Insert(_) | Change::Ready(_));
-            inbox.changes.push(change);
-            let wake = !inbox.woken && (prompt || inbox.changes.len() >= MAX_UNWOKEN);
-            inbox.woken |= wake;
-            wake
-        };
-        if wake {
-            let _ = self.actor.cast(QueueMsg::Changes);
+        let prompt = matches!(change, Change::Insert(_) | Change::Ready(_));
+        if let Put::Wake = self.inbox.put(Item::Change(change), prompt, MAX_UNWOKEN) {
+            self.wake();
         }
+    }
+
+    fn wake(&self) {
+        // A stopped actor's inbox is closed with its state (the pops in it are dropped,
+        // their requests retry).
+        let _ = self.actor.cast(QueueMsg::Changes);
     }
 }
 
-/// A queue actor's state: its index, its inbox, and spare vectors the inbox's changes
-/// and pops are swapped with (so neither side allocates once both have grown to the
-/// usual burst).
+/// A queue actor's state: its index, its inbox, and a spare vector the inbox's items are
+/// swapped with (see [`Inbox::take`]).
 pub struct QueueState {
     index: QueueIndex,
-    inbox: Inbox,
-    taken: Vec<Change>,
-    popping: Vec<Pop>,
+    inbox: Arc<Inbox<Item>>,
+    taken: Vec<Item>,
 }
 
 impl QueueState {
-    /// Applies every change waiting in the inbox, oldest first, and takes the pops
-    /// waiting there into `popping` (the changes sent before a pop are thus applied
-    /// before it is visited; one sent after it, too, as if the pop came later).
-    fn catch_up(&mut self) {
-        {
-            let mut inbox = self.inbox.lock();
-            std::mem::swap(&mut inbox.changes, &mut self.taken);
-            std::mem::swap(&mut inbox.pops, &mut self.popping);
-            inbox.woken = false;
-        }
-        for change in self.taken.drain(..) {
-            match change {
-                Change::Insert(entry) => self.index.insert(entry),
-                Change::Remove(id) => {
+    /// Applies every change and visits every pop waiting in the inbox, oldest first.
+    fn catch_up(&mut self, myself: &ActorRef<QueueMsg>) {
+        let mut taken = std::mem::take(&mut self.taken);
+        self.inbox.take(&mut taken);
+        for item in taken.drain(..) {
+            match item {
+                Item::Change(Change::Insert(entry)) => self.index.insert(entry),
+                Item::Change(Change::Remove(id)) => {
                     self.index.remove(id);
                 }
-                Change::Ready(id) => self.index.set_ready(id),
-                Change::Release(id) => self.index.release(id),
+                Item::Change(Change::Ready(id)) => self.index.set_ready(id),
+                Item::Change(Change::Release(id)) => self.index.release(id),
+                Item::Pop(pop) => visit(myself, self, pop),
             }
         }
+        self.taken = taken;
     }
 }
 
@@ -255,12 +233,7 @@ impl Drop for QueueState {
     /// (they retry) and gives back what they reserved in other queues. A pop is never
     /// left in an inbox no turn will take.
     fn drop(&mut self) {
-        let pops = {
-            let mut inbox = self.inbox.lock();
-            inbox.closed = true;
-            std::mem::take(&mut inbox.pops)
-        };
-        drop(pops);
+        drop(self.inbox.close());
     }
 }
 
@@ -286,12 +259,7 @@ impl Actor for QueueActor {
         msg: QueueMsg,
         state: &mut QueueState,
     ) -> Result<(), ActorProcessingErr> {
-        state.catch_up();
-        let mut pops = std::mem::take(&mut state.popping);
-        for pop in pops.drain(..) {
-            visit(&myself, state, pop);
-        }
-        state.popping = pops;
+        state.catch_up(&myself);
         match msg {
             QueueMsg::Changes => {}
             QueueMsg::Position(id, port) => reply(port, state.index.position(id)),
@@ -305,7 +273,7 @@ impl Actor for QueueActor {
 
 /// This queue's turn in `pop`: keep the better of its best candidate and this queue's,
 /// then pass the pop on, or claim.
-fn visit(myself: &ActorRef<QueueMsg>, state: &mut QueueState, mut pop: Pop) {
+fn visit(myself: &ActorRef<QueueMsg>, state: &mut QueueState, mut pop: Box<Pop>) {
     let index = &mut state.index;
     if gone(&pop.port) {
         // Dropping the pop releases what it reserved.
@@ -337,7 +305,7 @@ fn visit(myself: &ActorRef<QueueMsg>, state: &mut QueueState, mut pop: Pop) {
         match next.pop(pop) {
             Ok(()) => return,
             // A queue actor that stopped as idle had no job: go on to the next one.
-            Err(returned) => pop = *returned,
+            Err(returned) => pop = returned,
         }
     }
     let Some(best) = pop.best.take() else {
@@ -405,11 +373,7 @@ mod tests {
         feed.send(Change::Remove(ids[0]));
         feed.send(Change::Insert(d));
         feed.send(Change::Ready(ids[3]));
-        assert_eq!(
-            feed.inbox.lock().changes.len(),
-            6,
-            "nothing is taken before a turn"
-        );
+        assert_eq!(feed.inbox.len(), 6, "nothing is taken before a turn");
         // The first change woke the actor, which takes them all with no other message.
         assert!(settles(&feed).await, "the actor was not woken");
         let head = feed
@@ -425,7 +389,7 @@ mod tests {
         };
         assert_eq!(position(ids[0]).await.unwrap().unwrap(), None);
         assert_eq!(position(ids[3]).await.unwrap().unwrap(), Some(2));
-        assert!(feed.inbox.lock().changes.is_empty());
+        assert!(feed.inbox.is_empty());
         // A removal waits for the next message, which takes it first.
         feed.send(Change::Remove(ids[1]));
         assert!(!settles(&feed).await, "a removal woke the actor");
@@ -493,9 +457,9 @@ mod tests {
     /// answer.
     fn one_queue_pop(
         registry: &ActorRef<RegistryMsg>,
-    ) -> (Pop, tokio::sync::oneshot::Receiver<Result<Claimed>>) {
+    ) -> (Box<Pop>, tokio::sync::oneshot::Receiver<Result<Claimed>>) {
         let (port, answer) = tokio::sync::oneshot::channel();
-        let pop = Pop {
+        let pop = Box::new(Pop {
             queue: "q".into(),
             rest: VecDeque::new(),
             queues: vec!["q".into()],
@@ -505,22 +469,28 @@ mod tests {
             registry: registry.clone(),
             waiters: Arc::new(Waiters::new(16)),
             port: port.into(),
-        };
+        });
         (pop, answer)
     }
 
-    /// Pops handed over before the actor's turn are all visited in that turn, in the
-    /// order handed, after the changes sent before them: each reserves the next best job,
-    /// and one finding none is answered `Nothing`.
+    /// Pops handed over before the actor's turn are all visited in that turn, in order
+    /// with the changes sent around them: each reserves the best job there then, and one
+    /// finding none is answered `Nothing`.
     #[tokio::test]
-    async fn pops_handed_over_together_are_visited_in_order_after_earlier_changes() {
+    async fn pops_handed_over_together_are_visited_in_order_with_the_changes() {
         let (parent, _) = Actor::spawn(None, Parent, ()).await.unwrap();
         let (claims, mut claimed) = tokio::sync::mpsc::unbounded_channel();
         let (registry, _) = Actor::spawn(None, StandIn, claims).await.unwrap();
         let feed = Feed::spawn(QueueIndex::default(), parent.get_cell())
             .await
             .unwrap();
-        let (a, b) = (entry(1, 1, true), entry(2, 2, true));
+        // `a` comes later (jobs enter a queue in the order of their sequence numbers)
+        // with a higher priority: the better job.
+        let a = Entry {
+            priority: 5,
+            ..entry(1, 2, true)
+        };
+        let b = entry(2, 1, true);
         let ids = [a.id, b.id];
         // Sent in this order with no turn of the actor in between (one thread).
         feed.send(Change::Insert(b));
@@ -531,12 +501,12 @@ mod tests {
         let (third, third_answer) = one_queue_pop(&registry);
         assert!(feed.pop(second).is_ok());
         assert!(feed.pop(third).is_ok());
-        assert_eq!(feed.inbox.lock().pops.len(), 3, "nothing is taken before a turn");
+        assert_eq!(feed.inbox.len(), 5, "nothing is taken before a turn");
         let first = claimed.recv().await.unwrap();
         let second = claimed.recv().await.unwrap();
-        // The insert sent after the first pop was applied before it was visited too:
-        // the whole inbox is taken at the turn's start.
-        assert_eq!([first.id, second.id], ids, "best first, then the next best");
+        // The first pop saw only the job inserted before it; the second, the better job
+        // inserted between them.
+        assert_eq!([first.id, second.id], [ids[1], ids[0]]);
         assert!(matches!(third_answer.await, Ok(Ok(Claimed::Nothing))));
         // Both jobs still wait, reserved while their claims are held: a fourth pop
         // finds nothing.
@@ -545,7 +515,7 @@ mod tests {
         assert!(feed.pop(fourth).is_ok());
         assert!(matches!(fourth_answer.await, Ok(Ok(Claimed::Nothing))));
         // A claim dropped unhandled gives its job back.
-        drop(first);
+        drop(second);
         let (fifth, _keep_fifth) = one_queue_pop(&registry);
         assert!(feed.pop(fifth).is_ok());
         assert_eq!(claimed.recv().await.unwrap().id, ids[0]);
@@ -567,11 +537,14 @@ mod tests {
         assert!(feed.pop(pending).is_ok());
         // The stop overtakes the wake-up, so no turn takes the pop.
         feed.actor().stop(None);
-        assert!(answer.await.is_err(), "the pending pop was dropped unanswered");
+        assert!(
+            answer.await.is_err(),
+            "the pending pop was dropped unanswered"
+        );
         let (late, _) = one_queue_pop(&registry);
         let returned = feed.pop(late).expect_err("a stopped actor takes no pop");
         assert_eq!(&*returned.queue, "q");
-        assert!(feed.inbox.lock().pops.is_empty());
+        assert!(feed.inbox.is_empty());
         parent.stop(None);
         registry.stop(None);
     }
@@ -587,7 +560,7 @@ mod tests {
     /// Whether the actor empties the inbox within half a second with no other message.
     async fn settles(feed: &Feed) -> bool {
         for _ in 0..50 {
-            if feed.inbox.lock().changes.is_empty() {
+            if feed.inbox.is_empty() {
                 return true;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
