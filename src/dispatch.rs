@@ -34,7 +34,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use ractor::ActorRef;
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -96,7 +95,7 @@ async fn pop_from(
             best: None,
             agent: agent.clone(),
             client: client.clone(),
-            registry: ActorRef::clone(&svc.registry),
+            registry: svc.registry.post().clone(),
             waiters: svc.dispatch.clone(),
             port: port.into(),
         });

@@ -289,7 +289,7 @@ async fn a_forwarded_claim_whose_pop_went_away_gives_the_job_back() {
         best: None,
         agent: None,
         client: None,
-        registry: stand_in.clone(),
+        registry: stand_in.clone().into(),
         waiters: svc.dispatch.clone(),
         port: port.into(),
     }));

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
-use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -36,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::journal::{Journal, Ticket};
 use crate::model::Event;
 use crate::model::{FastMap, Name};
+use inbox::{Inbox, Put};
 
 /// A partition shared with readers: its actor is the only writer and holds the write
 /// lock only while it applies an event; handlers read it directly, holding the read lock
@@ -49,6 +49,11 @@ pub trait Callee<M: ractor::Message> {
     fn actor(&self) -> &ActorRef<M>;
     /// Admission: a pass held while the request is in flight, or a refusal.
     fn admit(&self) -> Result<Option<OwnedSemaphorePermit>>;
+    /// Sends `msg` (to the mailbox, or the inbox beside it: see [`Post`]); a message to
+    /// an actor that has stopped is dropped, and with it any reply port in it.
+    fn send(&self, msg: M) {
+        let _ = self.actor().cast(msg);
+    }
 }
 
 impl<M: ractor::Message> Callee<M> for ActorRef<M> {
@@ -60,14 +65,85 @@ impl<M: ractor::Message> Callee<M> for ActorRef<M> {
     }
 }
 
+/// Where messages to an actor go: its ractor mailbox, or an [`Inbox`] beside it that
+/// every turn of the actor takes first, woken by the message `wake` makes (see
+/// [`inbox`]). The registry takes handlers' requests and queue actors' claims this
+/// way: those that arrive together cost it one turn.
+pub struct Post<M: ractor::Message> {
+    actor: ActorRef<M>,
+    inbox: Option<Beside<M>>,
+}
+
+/// An inbox beside an actor's mailbox, and the message that wakes the actor.
+type Beside<M> = (Arc<Inbox<M>>, fn() -> M);
+
+impl<M: ractor::Message> Clone for Post<M> {
+    fn clone(&self) -> Self {
+        Post {
+            actor: self.actor.clone(),
+            inbox: self.inbox.clone(),
+        }
+    }
+}
+
+impl<M: ractor::Message> From<ActorRef<M>> for Post<M> {
+    /// Messages go to the mailbox.
+    fn from(actor: ActorRef<M>) -> Self {
+        Post { actor, inbox: None }
+    }
+}
+
+impl<M: ractor::Message> Post<M> {
+    /// Messages go to `inbox`, which `actor` takes at the start of every turn; `wake`
+    /// makes the message that wakes it when no wake-up is on its way.
+    pub fn with_inbox(actor: ActorRef<M>, inbox: Arc<Inbox<M>>, wake: fn() -> M) -> Self {
+        Post {
+            actor,
+            inbox: Some((inbox, wake)),
+        }
+    }
+
+    /// The actor (messages sent to it directly go to its mailbox, and are handled after
+    /// what waits in the inbox).
+    pub fn actor(&self) -> &ActorRef<M> {
+        &self.actor
+    }
+
+    /// Sends `msg`; see [`Callee::send`].
+    pub fn send(&self, msg: M) {
+        match &self.inbox {
+            None => {
+                let _ = self.actor.cast(msg);
+            }
+            Some((inbox, wake)) => {
+                if let Put::Wake = inbox.put(msg, true, usize::MAX) {
+                    let _ = self.actor.cast(wake());
+                }
+            }
+        }
+    }
+}
+
+impl<M: ractor::Message> Callee<M> for Post<M> {
+    fn actor(&self) -> &ActorRef<M> {
+        &self.actor
+    }
+    fn admit(&self) -> Result<Option<OwnedSemaphorePermit>> {
+        Ok(None)
+    }
+    fn send(&self, msg: M) {
+        Post::send(self, msg)
+    }
+}
+
 /// An actor with a bounded number of requests from handlers in flight (queued in its
 /// mailbox or being handled): beyond it a request is refused at the door with 503
 /// *before* it is sent, so a 503 always means "not done". A request that was let in is
 /// waited for without a timeout: it either completes and is answered, or (when its
 /// client went away first) is skipped by the actor unapplied.
 pub struct Door<M: ractor::Message> {
-    /// The actor.
-    actor: ActorRef<M>,
+    /// The actor, and where messages to it go.
+    post: Post<M>,
     /// One permit per request in flight.
     room: Arc<Semaphore>,
     /// Its role, for the refusal message.
@@ -75,26 +151,37 @@ pub struct Door<M: ractor::Message> {
 }
 
 impl<M: ractor::Message> Door<M> {
-    /// `actor`, letting at most `capacity` handler requests in at once.
-    pub fn new(actor: ActorRef<M>, capacity: usize, name: &'static str) -> Door<M> {
+    /// `actor` (or its [`Post`]), letting at most `capacity` handler requests in at once.
+    pub fn new(actor: impl Into<Post<M>>, capacity: usize, name: &'static str) -> Door<M> {
         Door {
-            actor,
+            post: actor.into(),
             room: Arc::new(Semaphore::new(capacity.max(1))),
             name,
         }
     }
 }
 
+impl<M: ractor::Message> Door<M> {
+    /// Where messages to the actor go, for those who send it requests on a handler's
+    /// behalf (a queue actor forwarding a pop's claim).
+    pub fn post(&self) -> &Post<M> {
+        &self.post
+    }
+}
+
 impl<M: ractor::Message> std::ops::Deref for Door<M> {
     type Target = ActorRef<M>;
     fn deref(&self) -> &ActorRef<M> {
-        &self.actor
+        &self.post.actor
     }
 }
 
 impl<M: ractor::Message> Callee<M> for Door<M> {
     fn actor(&self) -> &ActorRef<M> {
-        &self.actor
+        &self.post.actor
+    }
+    fn send(&self, msg: M) {
+        self.post.send(msg)
     }
     fn admit(&self) -> Result<Option<OwnedSemaphorePermit>> {
         match self.room.clone().try_acquire_owned() {
@@ -115,14 +202,14 @@ where
     T: Send + 'static,
 {
     let pass = actor.admit()?;
-    ask_admitted(actor.actor(), pass, msg).await
+    ask_admitted(actor, pass, msg).await
 }
 
 /// [`ask`] for a request already let in (`pass` from [`Callee::admit`]): a handler
 /// that changes two partitions takes both passes first, so a refusal leaves both
 /// untouched.
 pub async fn ask_admitted<M, T>(
-    actor: &ActorRef<M>,
+    actor: &impl Callee<M>,
     pass: Option<OwnedSemaphorePermit>,
     msg: impl FnOnce(RpcReplyPort<T>) -> M,
 ) -> Result<T>
@@ -131,12 +218,12 @@ where
     T: Send + 'static,
 {
     let _pass = pass;
-    match actor.call(msg, None).await {
-        Ok(CallResult::Success(value)) => Ok(value),
-        Ok(CallResult::Timeout) | Ok(CallResult::SenderError) | Err(_) => {
-            Err(Error::Unavailable("the server is shutting down".into()))
-        }
-    }
+    let (port, answer) = ractor::concurrency::oneshot();
+    actor.send(msg(port.into()));
+    // A message dropped unhandled (its actor stopped) drops its port.
+    answer
+        .await
+        .map_err(|_| Error::Unavailable("the server is shutting down".into()))
 }
 
 /// Replies if the caller still listens (a dropped HTTP request closes the port).

@@ -21,7 +21,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::inbox::{Inbox, Put};
 use super::registry::{Claim, Claimed, RegistryMsg};
-use super::{gone, reply};
+use super::{gone, reply, Post};
 use crate::dispatch::Waiters;
 use crate::error::Result;
 use crate::model::queue::{Candidate, Entry, QueueIndex};
@@ -61,7 +61,7 @@ pub struct Pop {
     /// The agent's credential (access control on).
     pub client: Option<Name>,
     /// Where the claim goes.
-    pub registry: ActorRef<RegistryMsg>,
+    pub registry: Post<RegistryMsg>,
     /// Agents waiting for jobs (long poll), told when a reservation is released.
     pub waiters: Arc<Waiters>,
     /// The answer (the registry's, or [`Claimed::Nothing`]).
@@ -322,7 +322,7 @@ fn visit(myself: &ActorRef<QueueMsg>, state: &mut QueueState, mut pop: Box<Pop>)
     };
     // A registry that is gone (shutdown) drops the claim, and with it the reservation
     // (given back) and the port: the pop finds nothing.
-    let _ = pop.registry.cast(RegistryMsg::Claim(claim));
+    pop.registry.send(RegistryMsg::Claim(claim));
 }
 
 #[cfg(test)]
@@ -466,7 +466,7 @@ mod tests {
             best: None,
             agent: None,
             client: None,
-            registry: registry.clone(),
+            registry: registry.clone().into(),
             waiters: Arc::new(Waiters::new(16)),
             port: port.into(),
         });

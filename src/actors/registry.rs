@@ -19,6 +19,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use std::sync::Arc;
 
+use super::inbox::Inbox;
 use super::queue::{Change, Feed, Reserved};
 use super::watch::Watch;
 use super::{gone, now, reply, PendingSnapshot, QueueDirectory, Recorder, Shared};
@@ -203,6 +204,10 @@ pub enum RegistryMsg {
     },
     /// Serialise the partition for a snapshot.
     Snapshot(RpcReplyPort<PendingSnapshot>),
+    /// Messages were put in the registry's inbox (handlers' requests, queue actors'
+    /// claims: see [`super::Post`]); every turn takes them first, so this message only
+    /// wakes the actor.
+    Inbox,
 }
 
 /// The registry actor (no configuration).
@@ -222,6 +227,9 @@ pub struct RegistryArgs {
     pub watch: Arc<Watch>,
     /// Agents waiting for jobs: told whenever a job becomes dispatchable.
     pub waiters: Arc<Waiters>,
+    /// Where handlers' requests and queue actors' claims wait for the actor's turn
+    /// (see [`super::Post`]), beside its mailbox.
+    pub inbox: Arc<Inbox<RegistryMsg>>,
 }
 
 /// The registry actor's state.
@@ -245,6 +253,18 @@ pub struct RegistryState {
     watch: Arc<Watch>,
     /// See [`RegistryArgs::waiters`].
     waiters: Arc<Waiters>,
+    /// See [`RegistryArgs::inbox`].
+    inbox: Arc<Inbox<RegistryMsg>>,
+    /// A spare vector the inbox's messages are swapped with (see [`Inbox::take`]).
+    taken: Vec<RegistryMsg>,
+}
+
+impl Drop for RegistryState {
+    /// The actor stopped (shutdown, or a failure the server stops on): what waits in
+    /// the inbox is dropped, and its askers see the server shutting down.
+    fn drop(&mut self) {
+        drop(self.inbox.close());
+    }
 }
 
 fn view(job: &crate::model::registry::Job) -> JobView {
@@ -647,6 +667,8 @@ impl Actor for RegistryActor {
             idle_since: FastMap::default(),
             watch: args.watch,
             waiters: args.waiters,
+            inbox: args.inbox,
+            taken: Vec::new(),
         };
         // Jobs out with agents when the server stopped: heard now, so each agent has a
         // whole allowance to be heard again (see `model::lost`).
@@ -673,55 +695,68 @@ impl Actor for RegistryActor {
         msg: RegistryMsg,
         state: &mut RegistryState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            RegistryMsg::Submit(sub, port) => {
-                if gone(&port) {
-                    return Ok(());
-                }
-                let decided = state.registry.read().submit(sub, now());
-                let result = match decided {
-                    Submitted::Duplicate { lsn } => Ok(state.recorder.journal().ticket_for(lsn)),
-                    Submitted::Record(event) => state.record(event).await,
-                };
-                reply(port, result);
+        // What waits in the inbox came before this message (see `actors::inbox`).
+        let mut taken = std::mem::take(&mut state.taken);
+        state.inbox.take(&mut taken);
+        for waiting in taken.drain(..) {
+            handle_message(state, waiting).await;
+        }
+        state.taken = taken;
+        handle_message(state, msg).await;
+        Ok(())
+    }
+}
+
+/// One message's handling, from the mailbox or the inbox.
+async fn handle_message(state: &mut RegistryState, msg: RegistryMsg) {
+    match msg {
+        RegistryMsg::Submit(sub, port) => {
+            if gone(&port) {
+                return;
             }
-            RegistryMsg::SubmitBy(sub, by, port) => {
-                if gone(&port) {
-                    return Ok(());
-                }
-                let decided = state.registry.read().submit_by(sub, &by, now());
-                let result = match decided {
-                    Ok(Submitted::Duplicate { lsn }) => {
-                        Ok(state.recorder.journal().ticket_for(lsn))
-                    }
-                    Ok(Submitted::Record(event)) => state.record(event).await,
-                    Err(e) => Err(e),
-                };
-                reply(port, result);
+            let decided = state.registry.read().submit(sub, now());
+            let result = match decided {
+                Submitted::Duplicate { lsn } => Ok(state.recorder.journal().ticket_for(lsn)),
+                Submitted::Record(event) => state.record(event).await,
+            };
+            reply(port, result);
+        }
+        RegistryMsg::SubmitBy(sub, by, port) => {
+            if gone(&port) {
+                return;
             }
-            RegistryMsg::Claim(Claim {
-                id,
-                agent,
-                queues,
-                client,
-                reserved,
-                port,
-            }) => {
-                if gone(&port) {
-                    // Dropping `reserved` gives the job back.
-                    return Ok(());
-                }
-                let (held, claim) = {
-                    let registry = state.registry.read();
-                    let held = agent
-                        .as_deref()
-                        .and_then(|a| registry.held_by(a))
-                        .filter(|(_, job)| queues.contains(&job.queue) && job.client == client)
-                        .map(|(_, job)| view(job));
-                    let claim = registry.claim_by(id, reserved.queue(), agent, client, now());
-                    (held, claim)
-                };
-                let result = match (held, claim) {
+            let decided = state.registry.read().submit_by(sub, &by, now());
+            let result = match decided {
+                Ok(Submitted::Duplicate { lsn }) => Ok(state.recorder.journal().ticket_for(lsn)),
+                Ok(Submitted::Record(event)) => state.record(event).await,
+                Err(e) => Err(e),
+            };
+            reply(port, result);
+        }
+        RegistryMsg::Claim(Claim {
+            id,
+            agent,
+            queues,
+            client,
+            reserved,
+            port,
+        }) => {
+            if gone(&port) {
+                // Dropping `reserved` gives the job back.
+                return;
+            }
+            let (held, claim) = {
+                let registry = state.registry.read();
+                let held = agent
+                    .as_deref()
+                    .and_then(|a| registry.held_by(a))
+                    .filter(|(_, job)| queues.contains(&job.queue) && job.client == client)
+                    .map(|(_, job)| view(job));
+                let claim = registry.claim_by(id, reserved.queue(), agent, client, now());
+                (held, claim)
+            };
+            let result =
+                match (held, claim) {
                     (Some(held), _) => Ok(Claimed::Held(held)),
                     (None, None) => Ok(Claimed::Gone),
                     (None, Some(event)) => state.record(event).await.map(|ticket| {
@@ -734,119 +769,119 @@ impl Actor for RegistryActor {
                         }
                     }),
                 };
-                // A dispatched job left its queue's index (and so its reservation) with
-                // the recorded change; any other outcome gives the job back, before the
-                // answer, so a pop that follows it finds the job.
-                if matches!(result, Ok(Claimed::Dispatched(..))) {
-                    reserved.keep();
-                } else {
-                    drop(reserved);
-                }
-                reply(port, result);
+            // A dispatched job left its queue's index (and so its reservation) with
+            // the recorded change; any other outcome gives the job back, before the
+            // answer, so a pop that follows it finds the job.
+            if matches!(result, Ok(Claimed::Dispatched(..))) {
+                reserved.keep();
+            } else {
+                drop(reserved);
             }
-            RegistryMsg::Cancel(id, port) => {
-                if gone(&port) {
-                    return Ok(());
-                }
-                let decided = state.registry.read().cancel(id, now());
-                let result = match decided {
-                    Ok(event) => state.record(event).await,
-                    Err(e) => Err(e),
-                };
-                reply(port, result);
+            reply(port, result);
+        }
+        RegistryMsg::Cancel(id, port) => {
+            if gone(&port) {
+                return;
             }
-            RegistryMsg::Delete(id, port) => {
-                if gone(&port) {
-                    return Ok(());
-                }
-                let decided = state.registry.read().delete(id);
-                let result = match decided {
-                    Some(event) => state.record(event).await.map(Some),
-                    None => Ok(None),
-                };
-                reply(port, result);
+            let decided = state.registry.read().cancel(id, now());
+            let result = match decided {
+                Ok(event) => state.record(event).await,
+                Err(e) => Err(e),
+            };
+            reply(port, result);
+        }
+        RegistryMsg::Delete(id, port) => {
+            if gone(&port) {
+                return;
             }
-            RegistryMsg::Report(id, label, port) => {
-                if gone(&port) {
-                    return Ok(());
-                }
-                let (known, decided) = {
-                    let registry = state.registry.read();
-                    (
-                        registry.get(id).is_some(),
-                        registry.report(id, &label, now()),
-                    )
-                };
-                let result = match decided {
-                    None => Ok((known, None)),
-                    Some(event) => state.record(event).await.map(|t| (known, Some(t))),
-                };
-                reply(port, result);
+            let decided = state.registry.read().delete(id);
+            let result = match decided {
+                Some(event) => state.record(event).await.map(Some),
+                None => Ok(None),
+            };
+            reply(port, result);
+        }
+        RegistryMsg::Report(id, label, port) => {
+            if gone(&port) {
+                return;
             }
-            RegistryMsg::AttachmentsArrived(id, port) => {
-                if gone(&port) {
-                    return Ok(());
-                }
-                let decided = state.registry.read().attachments_arrived(id);
-                let result = match decided {
-                    Ok(None) => Ok(None),
-                    Ok(Some(event)) => state.record(event).await.map(Some),
-                    Err(e) => Err(e),
-                };
-                reply(port, result);
+            let (known, decided) = {
+                let registry = state.registry.read();
+                (
+                    registry.get(id).is_some(),
+                    registry.report(id, &label, now()),
+                )
+            };
+            let result = match decided {
+                None => Ok((known, None)),
+                Some(event) => state.record(event).await.map(|t| (known, Some(t))),
+            };
+            reply(port, result);
+        }
+        RegistryMsg::AttachmentsArrived(id, port) => {
+            if gone(&port) {
+                return;
             }
-            RegistryMsg::Expire(cutoff, limit, port) => {
-                let ids = state.registry.read().expired(cutoff, limit);
-                let result = if ids.is_empty() {
-                    Ok(None)
-                } else {
-                    let event = Event::JobsExpired { ids: ids.clone() };
-                    state.record(event).await.map(|lsn| Some((ids, lsn)))
-                };
-                reply(port, result);
-            }
-            RegistryMsg::StopIdleQueues(idle) => state.stop_idle_queues(idle),
-            RegistryMsg::RespawnQueue(queue) => {
-                let entries = state
-                    .registry
-                    .read()
-                    .waiting_entries()
-                    .remove(&queue)
-                    .unwrap_or_default();
-                tracing::warn!(%queue, waiting = entries.len(), "restarting queue actor from the registry");
-                let ready = entries.iter().filter(|e| e.ready).count();
-                state
-                    .spawn_queue(queue.clone(), QueueIndex::from_entries(entries))
-                    .await;
-                // Agents that waited while the actor was dead: one wake per ready job.
-                for _ in 0..ready.min(state.waiters.len()) {
-                    state.waiters.arrived(&queue);
-                }
-            }
-            RegistryMsg::Lose {
-                id,
-                phase,
-                last_heard,
-                requeue,
-                port,
-            } => {
-                let (decided, agent) = {
-                    let registry = state.registry.read();
-                    let agent = registry.get(id).and_then(|j| j.agent.clone());
-                    (registry.lose(id, &phase, last_heard, requeue, now()), agent)
-                };
-                let result = match decided {
-                    None => Ok(None),
-                    Some(event) => state.record(event).await.map(|t| Some((t, agent))),
-                };
-                reply(port, result);
-            }
-            RegistryMsg::Snapshot(port) => {
-                let copy = state.registry.read().snapshot_copy();
-                reply(port, state.recorder.snapshot_owned(copy));
+            let decided = state.registry.read().attachments_arrived(id);
+            let result = match decided {
+                Ok(None) => Ok(None),
+                Ok(Some(event)) => state.record(event).await.map(Some),
+                Err(e) => Err(e),
+            };
+            reply(port, result);
+        }
+        RegistryMsg::Expire(cutoff, limit, port) => {
+            let ids = state.registry.read().expired(cutoff, limit);
+            let result = if ids.is_empty() {
+                Ok(None)
+            } else {
+                let event = Event::JobsExpired { ids: ids.clone() };
+                state.record(event).await.map(|lsn| Some((ids, lsn)))
+            };
+            reply(port, result);
+        }
+        RegistryMsg::StopIdleQueues(idle) => state.stop_idle_queues(idle),
+        RegistryMsg::RespawnQueue(queue) => {
+            let entries = state
+                .registry
+                .read()
+                .waiting_entries()
+                .remove(&queue)
+                .unwrap_or_default();
+            tracing::warn!(%queue, waiting = entries.len(), "restarting queue actor from the registry");
+            let ready = entries.iter().filter(|e| e.ready).count();
+            state
+                .spawn_queue(queue.clone(), QueueIndex::from_entries(entries))
+                .await;
+            // Agents that waited while the actor was dead: one wake per ready job.
+            for _ in 0..ready.min(state.waiters.len()) {
+                state.waiters.arrived(&queue);
             }
         }
-        Ok(())
+        RegistryMsg::Lose {
+            id,
+            phase,
+            last_heard,
+            requeue,
+            port,
+        } => {
+            let (decided, agent) = {
+                let registry = state.registry.read();
+                let agent = registry.get(id).and_then(|j| j.agent.clone());
+                (registry.lose(id, &phase, last_heard, requeue, now()), agent)
+            };
+            let result = match decided {
+                None => Ok(None),
+                Some(event) => state.record(event).await.map(|t| Some((t, agent))),
+            };
+            reply(port, result);
+        }
+        RegistryMsg::Snapshot(port) => {
+            let copy = state.registry.read().snapshot_copy();
+            reply(port, state.recorder.snapshot_owned(copy));
+        }
+        // Only wakes the actor: the turn took the inbox first.
+        RegistryMsg::Inbox => {}
     }
 }
 

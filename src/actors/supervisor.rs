@@ -15,10 +15,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::agents::{AgentActor, AgentMsg};
 
 use super::files::{FileActor, FileArgs, FileMsg};
+use super::inbox::Inbox;
 use super::registry::{Jobs, RegistryActor, RegistryArgs, RegistryMsg};
 use super::results::{ResultActor, ResultArgs, ResultMsg};
 use super::webhooks::{Hooks, WebhookActor, WebhookArgs, WebhookMsg};
-use super::{reply, OrphanQuota, QueueDirectory, Shared};
+use super::{reply, OrphanQuota, Post, QueueDirectory, Shared};
 use crate::journal::Journal;
 use crate::model::registry::Registry;
 use crate::model::results::Results;
@@ -35,8 +36,8 @@ pub enum SupervisorMsg {
 /// The partition actors.
 #[derive(Clone)]
 pub struct Refs {
-    /// Jobs.
-    pub registry: ActorRef<RegistryMsg>,
+    /// Jobs, and the inbox beside the registry's mailbox (see [`super::Post`]).
+    pub registry: Post<RegistryMsg>,
     /// Results.
     pub results: ActorRef<ResultMsg>,
     /// Files.
@@ -110,6 +111,7 @@ impl Actor for Supervisor {
         let agents = args.agents;
         let (registry, results) = (args.registry, args.results);
         let jobs = Jobs::new(registry.clone());
+        let inbox = Arc::new(Inbox::default());
         let (registry, _) = Actor::spawn_linked(
             None,
             RegistryActor,
@@ -120,10 +122,12 @@ impl Actor for Supervisor {
                 supervisor: cell.clone(),
                 watch: args.watch.clone(),
                 waiters: args.waiters.clone(),
+                inbox: inbox.clone(),
             },
             cell.clone(),
         )
         .await?;
+        let registry = Post::with_inbox(registry, inbox, || RegistryMsg::Inbox);
         let (results, _) = Actor::spawn_linked(
             None,
             ResultActor,
@@ -222,14 +226,18 @@ impl Actor for Supervisor {
         let id = cell.get_id();
         if let Some(queue) = state.queues.name_of(id) {
             tracing::error!(%queue, %why, "queue actor died; rebuilding it from the registry");
-            let _ = state.refs.registry.cast(RegistryMsg::RespawnQueue(queue));
+            let _ = state
+                .refs
+                .registry
+                .actor()
+                .cast(RegistryMsg::RespawnQueue(queue));
             return Ok(());
         }
         // Actors are unnamed (ractor names are process-global, and tests run several
         // servers in one process), so say which one it was from the references we hold.
         let refs = &state.refs;
         let name = [
-            (refs.registry.get_id(), "registry"),
+            (refs.registry.actor().get_id(), "registry"),
             (refs.results.get_id(), "results"),
             (refs.files.get_id(), "artifact"),
             (refs.agents.get_id(), "agents"),
