@@ -136,8 +136,8 @@ impl<M: ractor::Message> Callee<M> for Post<M> {
     }
 }
 
-/// An actor with a bounded number of requests from handlers in flight (queued in its
-/// mailbox or being handled): beyond it a request is refused at the door with 503
+/// An actor with a bounded number of requests from handlers in flight (waiting in its
+/// mailbox or inbox, or being handled): beyond it a request is refused at the door with 503
 /// *before* it is sent, so a 503 always means "not done". A request that was let in is
 /// waited for without a timeout: it either completes and is answered, or (when its
 /// client went away first) is skipped by the actor unapplied.

@@ -9,6 +9,10 @@
 //! through [`Jobs`] (lookups, listings and searches over the registry's indexes, in
 //! bounded steps), so no read waits in this actor's mailbox and no read holds up a write.
 //!
+//! Handlers' requests and queue actors' claims arrive through an inbox beside the
+//! mailbox ([`super::Post`], [`super::inbox`]), which every turn takes whole first: the
+//! requests that arrive together cost one turn.
+//!
 //! It also stops queue actors that stayed without waiting jobs for the configured idle
 //! time (a new job starts a fresh one), so queue names used once cost nothing later.
 
@@ -133,8 +137,8 @@ pub enum Claimed {
     Held(JobView),
     /// The job is no longer dispatchable (cancelled, or taken meanwhile).
     Gone,
-    /// Only from a queue actor's visit of a [`Pop`](super::queue::Pop): nothing there this agent may
-    /// receive (no claim was made).
+    /// Only from a queue actor's visit of a [`Pop`](super::queue::Pop): nothing there
+    /// this agent may receive (no claim was made).
     Nothing,
 }
 
@@ -149,8 +153,8 @@ pub struct Claim {
     /// The agent's credential (access control on).
     pub client: Option<Name>,
     /// The reservation of the job in its queue, from the queue actor that forwarded the
-    /// pop ([`Pop`](super::queue::Pop)): kept (the job left its queue) only when the job is
-    /// dispatched; dropping it otherwise gives the job back (claimed, then answered
+    /// pop ([`Pop`](super::queue::Pop)): kept (the job left its queue) only when the job
+    /// is dispatched; dropping it otherwise gives the job back (claimed, then answered
     /// `Held` or `Gone`, the pop went away, or the claim itself was dropped unhandled).
     pub reserved: Reserved,
     /// The answer.
