@@ -7,7 +7,7 @@
 //! sit in front. While no node leads (a dead leader's lease has not expired yet), requests
 //! get 503 naming the cause; clients retry.
 //!
-//! The role loop ([`lead_or_follow`]): follow as a standby until the lease expires, take
+//! The role loop (`lead_or_follow`): follow as a standby until the lease expires, take
 //! it (a new term), read the tail the old leader committed and start the actors from that
 //! state through the same path as start-up (`server::start_recovered`); lead until the
 //! tenure ends (a newer term found at renewal, an append fenced, the journal failed),

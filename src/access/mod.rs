@@ -242,7 +242,7 @@ const LOGGED_TEXT: usize = 200;
 /// Logs a refused request as a security event (target `flinger::security`), at most one
 /// line per `kind` per [`crate::throttle::EVERY`] with the count of the ones suppressed
 /// since: a client hammering with a bad token or a forbidden path cannot flood the log.
-/// `who` and `path` are [`loggable`].
+/// `who` and `path` are `loggable`.
 pub fn security_event(
     kind: &'static str,
     who: &str,

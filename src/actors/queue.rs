@@ -176,7 +176,7 @@ impl Feed {
     }
 
     /// Hands `change` to the actor, waking it ([`QueueMsg::Changes`]) unless a wake-up is
-    /// already on its way. A removal or a release wakes it only once [`MAX_UNWOKEN`]
+    /// already on its way. A removal or a release wakes it only once `MAX_UNWOKEN`
     /// changes wait: the index answers nothing without a message, which takes them first,
     /// and the common ones (a dispatched job's removal, a pop's release of a job another
     /// queue beat) follow a pop of the same queue, whose next pop comes soon; an agent

@@ -288,7 +288,7 @@ fn view(job: &crate::model::registry::Job) -> JobView {
 }
 
 /// Reads of the registry partition for handlers, without the registry actor. Each
-/// holds the read lock for one bounded step (a lookup, or [`READ_STEP`] index entries)
+/// holds the read lock for one bounded step (a lookup, or `READ_STEP` index entries)
 /// and yields between steps.
 #[derive(Clone)]
 pub struct Jobs(Shared<Registry>);

@@ -277,7 +277,7 @@ pub async fn agents_get_one(
 /// `GET /v1/agents/data`: every agent's record.
 ///
 /// Streamed: the read lock is held only to copy the records (shared buffers, no parsing), and the
-/// array is rendered about [`AGENTS_CHUNK_BYTES`] at a time as the client takes it, so a
+/// array is rendered about `AGENTS_CHUNK_BYTES` at a time as the client takes it, so a
 /// large agent table costs one chunk per connection, not a whole copy of the answer.
 pub async fn agents_get_all(State(svc): State<Services>) -> Result<Response> {
     let records = read_agents(&svc, |agents| {

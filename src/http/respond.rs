@@ -95,7 +95,7 @@ pub fn no_content() -> Response {
 /// stored body never pins the connection's read buffer).
 ///
 /// Frame by frame into one buffer sized from `Content-Length` (at most
-/// [`PRESIZE_LIMIT`] up front, so a client that declares much and sends little holds
+/// `PRESIZE_LIMIT` up front, so a client that declares much and sends little holds
 /// little): one copy of the usual single-frame body, without the list of frames and the
 /// trailers map a generic collector builds.
 pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, Error> {

@@ -492,7 +492,7 @@ impl serde::Serialize for Members {
     }
 }
 
-/// Reads a JSON object of at most [`MAX_MEMBERS`] members (without [`RAW_VALUE_KEY`]);
+/// Reads a JSON object of at most `MAX_MEMBERS` members (without `RAW_VALUE_KEY`);
 /// anything else is an error, after which [`Members::parse`] reads the map.
 impl<'de> serde::Deserialize<'de> for Members {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Members, D::Error> {

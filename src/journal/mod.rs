@@ -14,7 +14,7 @@
 //! space for its next segment, new mutations are refused with 507 *before* they are
 //! applied, and accepted again once space is free. When it cannot *make* its next segment
 //! for another passing reason (out of file descriptors, a read-only directory), nothing is
-//! lost: records already queued stay queued and are retried every [`WRITER_TICK`] (their
+//! lost: records already queued stay queued and are retried every `WRITER_TICK` (their
 //! requests wait), new mutations are refused with 503 naming the cause, and writing resumes
 //! by itself once the cause is gone.
 //!
@@ -25,7 +25,7 @@
 //! This module is the seam between the actors and a backend: the [`Journal`] handle,
 //! tickets and the durability mark, the event and snapshot encodings, and the fold of
 //! recovered records (`replay`). A backend is a writer thread that takes
-//! [`WriterMsg`]s in LSN order, makes them durable and advances the mark, plus its
+//! `WriterMsg`s in LSN order, makes them durable and advances the mark, plus its
 //! recovery; `file` is the embedded write-ahead log, `postgres` a PostgreSQL database
 //! (`--journal`). The fold and the actors never know which backend runs.
 

@@ -21,10 +21,10 @@ pub struct PartSnapshot<'a> {
     pub state: &'a [u8],
 }
 
-/// The whole snapshot file payload (written by [`SnapshotParts::encode`]).
+/// The whole snapshot file payload (written by [`super::SnapshotParts`]'s encoding).
 #[derive(Deserialize)]
 pub struct SnapshotDoc<'a> {
-    /// [`SNAPSHOT_VERSION`] when written.
+    /// [`super::SNAPSHOT_VERSION`] when written.
     pub version: u32,
     /// Registry partition.
     #[serde(borrow)]

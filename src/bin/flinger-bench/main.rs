@@ -76,7 +76,7 @@ struct Cli {
     cmd: Option<Cmd>,
 
     /// Target an already running server at this base URL instead of spawning
-    /// flinger (http only; the host must be in 127.0.0.0/8, localhost or [::1]).
+    /// flinger (http only; the host must be in 127.0.0.0/8, localhost or `[::1]`).
     /// RSS, CPU, the restart measurement and the soak's snapshot counts are
     /// then unavailable.
     #[arg(long, value_name = "URL", conflicts_with_all = ["server_bin", "server_args", "against_baseline"])]
@@ -410,7 +410,7 @@ enum Workload {
     Pop,
     /// submit, pop, 3 states, 5 log fragments, final result, poll.
     Lifecycle,
-    /// GET /v1/result/<id> round-robin over pre-created jobs.
+    /// `GET /v1/result/<id>` round-robin over pre-created jobs.
     ResultPoll,
     /// submit and pop cells each run twice on the same server, unscraped and
     /// with GET /metrics every second (alternating); reports the throughput ratio.

@@ -50,7 +50,7 @@ pub fn reset_hwm(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
-/// User + system CPU seconds of a process, from /proc/<pid>/stat.
+/// User + system CPU seconds of a process, from `/proc/<pid>/stat`.
 pub fn proc_cpu(pid: u32) -> Option<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; fields are counted after its ')'.

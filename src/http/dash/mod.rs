@@ -621,8 +621,8 @@ pub async fn static_file(Path(file): Path<String>) -> Result<Response> {
 /// `GET /v1/result/<id>/log/<output|serial>/follow?start_fragment=N`: server-sent events,
 /// one `fragment` event (`{"phase", "text", "last_fragment_number"}`) per phase with new
 /// text, as fragments arrive; an `end` event once the job has finished and its log was
-/// sent, or after [`FOLLOW_MAX`] (clients reconnect from the last number they saw).
-/// Reads the shared result view every [`FOLLOW_POLL`], never the result actor.
+/// sent, or after `FOLLOW_MAX` (clients reconnect from the last number they saw).
+/// Reads the shared result view every `FOLLOW_POLL`, never the result actor.
 pub async fn log_follow(
     State(svc): State<Services>,
     Path((id, kind)): Path<(String, String)>,

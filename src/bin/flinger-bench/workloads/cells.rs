@@ -88,7 +88,7 @@ pub struct CellCtx {
     pub tickets: AtomicU64,
     pub stop: Arc<AtomicBool>,
     /// Set once the log-fragment endpoint answered 404: lifecycle then posts
-    /// raw text to /v1/result/<id>/output instead (server not there yet).
+    /// raw text to `/v1/result/<id>/output` instead (server not there yet).
     pub log_fallback: Arc<AtomicBool>,
     /// Requests done, warm-up included: the progress line reads it.
     pub done: Arc<AtomicU64>,
