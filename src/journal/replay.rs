@@ -135,9 +135,9 @@ impl Replay {
         let bad = |what: &str, e: rmp_serde::decode::Error| {
             Error::Internal(format!("snapshot {what} partition does not decode: {e}"))
         };
-        // The registry (the largest partition) on a thread of its own while this one
-        // decodes the others, then its indexes on both (`JobIndex::build`): start-up
-        // with a million jobs is mostly this.
+        // The registry (the largest partition, which decodes on every core and builds its
+        // read indexes as it goes: `Registry::decode`) on a thread of its own while this
+        // one decodes the others: start-up with a million jobs is mostly this.
         let registry = std::thread::scope(|scope| {
             let registry = std::thread::Builder::new()
                 .name("snapshot-registry".into())
@@ -172,7 +172,6 @@ impl Replay {
             others.and(registry)
         })?;
         state.registry = registry;
-        state.registry.rebuild_index();
         self.applied = Applied {
             registry: doc.registry.lsn,
             results: doc.results.lsn,

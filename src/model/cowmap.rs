@@ -91,10 +91,113 @@ impl<K, V> CowMap<K, V> {
     }
 }
 
+/// The shard `router` puts `key` in.
+fn shard_of<K: Hash>(router: &foldhash::fast::RandomState, key: &K) -> usize {
+    // The high bits: foldhash mixes them best.
+    (router.hash_one(key) >> 54) as usize % SHARDS
+}
+
+/// The first shard of run `run` of `runs` (see [`Runs`]); `runs` itself gives [`SHARDS`].
+fn first_shard_of_run(run: usize, runs: usize) -> usize {
+    (run * SHARDS).div_ceil(runs)
+}
+
+/// How a map's shards split into runs, one per thread that fills it
+/// ([`CowMap::fill_runs`]): shard `s` is in run `s * runs / SHARDS`.
+#[derive(Clone)]
+pub struct Runs {
+    router: foldhash::fast::RandomState,
+    runs: usize,
+}
+
+impl Runs {
+    /// Number of runs (at least 1, at most [`SHARDS`]).
+    pub fn len(&self) -> usize {
+        self.runs
+    }
+
+    /// Never true: a map has at least one run.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The run whose shards hold `key` (< [`len`](Self::len)).
+    pub fn of<K: Hash>(&self, key: &K) -> usize {
+        shard_of(&self.router, key) * self.runs / SHARDS
+    }
+}
+
 impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
     fn shard_of(&self, key: &K) -> usize {
-        // The high bits: foldhash mixes them best.
-        (self.router.hash_one(key) >> 54) as usize % SHARDS
+        shard_of(&self.router, key)
+    }
+
+    /// This map's shards in `runs` runs (clamped to 1..=[`SHARDS`]), to sort entries by
+    /// the thread that will insert them ([`fill_runs`](Self::fill_runs)).
+    pub fn runs(&self, runs: usize) -> Runs {
+        Runs {
+            router: self.router.clone(),
+            runs: runs.clamp(1, SHARDS),
+        }
+    }
+
+    /// Inserts `entries[r]` into the shards of run `r`, one thread per run, so filling a
+    /// large map from decoded entries takes the cores there are: `entries` has one list per
+    /// run of `runs` (from [`runs`](Self::runs) of this map), each list in the order its
+    /// entries are to be inserted (a key given twice keeps the later value, as
+    /// [`insert`](Self::insert) would). An entry outside its list's run (a `Runs` of another
+    /// map), or in a list past the runs, is inserted afterwards, on this thread. A panic in
+    /// a key's `Hash` or `Eq` is resumed here.
+    pub fn fill_runs<I>(&mut self, runs: &Runs, entries: Vec<I>)
+    where
+        I: IntoIterator<Item = (K, V)> + Send,
+        K: Send + Sync,
+        V: Send + Sync,
+    {
+        let CowMap {
+            shards,
+            router,
+            len,
+        } = self;
+        let mut rest: &mut [Arc<FastMap<K, V>>] = shards;
+        let mut slices = Vec::with_capacity(runs.runs);
+        for run in 0..runs.runs {
+            let (first, end) = (
+                first_shard_of_run(run, runs.runs),
+                first_shard_of_run(run + 1, runs.runs),
+            );
+            let (slice, after) = std::mem::take(&mut rest).split_at_mut(end - first);
+            slices.push((first, slice));
+            rest = after;
+        }
+        let router = &*router;
+        let mut lists = entries.into_iter();
+        let inputs: Vec<_> = slices.into_iter().zip(lists.by_ref()).collect();
+        let filled = super::on_threads(inputs, |((first, slice), entries)| {
+            // Unshared once per shard here, not checked (an atomic operation) per entry.
+            let mut shards: Vec<&mut FastMap<K, V>> = slice.iter_mut().map(Arc::make_mut).collect();
+            let (mut added, mut strays) = (0, Vec::new());
+            for (key, value) in entries {
+                let at = shard_of(router, &key).wrapping_sub(first);
+                match shards.get_mut(at) {
+                    Some(shard) => {
+                        if shard.insert(key, value).is_none() {
+                            added += 1;
+                        }
+                    }
+                    None => strays.push((key, value)),
+                }
+            }
+            (added, strays)
+        });
+        let mut strays = Vec::new();
+        for (added, mut more) in filled {
+            *len += added;
+            strays.append(&mut more);
+        }
+        for (key, value) in strays.into_iter().chain(lists.flatten()) {
+            self.insert(key, value);
+        }
     }
 
     /// The value of `key`, if any.
@@ -156,6 +259,13 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
         self.shards
             .iter_mut()
             .flat_map(|shard| Arc::make_mut(shard).values_mut())
+    }
+}
+
+/// Maps are equal when they hold the same entries (shards and routing aside).
+impl<K: Hash + Eq + Clone, V: Clone + PartialEq> PartialEq for CowMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().all(|(k, v)| other.get(k) == Some(v))
     }
 }
 
@@ -232,6 +342,34 @@ mod tests {
         assert_eq!(map.remove(&10), None);
         assert_eq!(map.insert(9999, "again".into()).as_deref(), Some("new"));
         assert_eq!(map.len(), 2501);
+    }
+
+    /// Filled on threads, one run of shards each, a map holds what inserts one by one
+    /// give, later values of a key winning; entries sent to the wrong run, or in a list
+    /// past the runs, still arrive.
+    #[test]
+    fn filled_on_threads_it_holds_what_inserts_in_order_give() {
+        let mut one_by_one: CowMap<u64, u64> = CowMap::default();
+        let mut filled: CowMap<u64, u64> = CowMap::with_capacity(6000);
+        let runs = filled.runs(3);
+        let mut lists: Vec<Vec<(u64, u64)>> = vec![Vec::new(); 4];
+        for i in 0..6000u64 {
+            let (key, value) = (i % 5000, i);
+            one_by_one.insert(key, value);
+            lists[runs.of(&key)].push((key, value));
+        }
+        // Misrouted: a key of run 0 in run 1's list, and one in a fourth list.
+        let stray = (0..).find(|k| runs.of(k) == 0).unwrap() + 10_000;
+        one_by_one.insert(stray, 1);
+        let stray2 = stray + 1;
+        one_by_one.insert(stray2, 2);
+        lists[if runs.of(&stray) == 1 { 2 } else { 1 }].push((stray, 1));
+        lists[3].push((stray2, 2));
+        filled.fill_runs(&runs, lists);
+        assert_eq!(filled.len(), 5002);
+        assert!(filled == one_by_one);
+        assert_eq!(filled.get(&10), Some(&5010));
+        assert_eq!(filled.get(&4999), Some(&4999));
     }
 
     #[test]

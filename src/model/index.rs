@@ -27,7 +27,7 @@ pub use super::seqlist::SeqList;
 pub const AGENT_RECENT: usize = 50;
 
 /// The indexes (see the module docs).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobIndex {
     /// Queue name → its jobs (any state).
     by_queue: FastMap<Name, SeqList>,
@@ -48,7 +48,7 @@ pub struct JobIndex {
 }
 
 /// The unfinished jobs of one queue.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Live {
     /// Waiting (or resubmitted) jobs, oldest submission first.
     pub waiting: SeqList,
@@ -125,7 +125,7 @@ fn drop_entry(map: &mut FastMap<Name, SeqList>, key: &str, seq: u64) {
     }
 }
 
-/// Lists being gathered for [`JobIndex::build`]: key → `(seq, id)` in any order.
+/// Lists being gathered for [`JobIndex::from_parts`]: key → `(seq, id)` in any order.
 type Gathered = FastMap<Name, Vec<(u64, JobId)>>;
 
 /// Appends `(seq, id)` to `key`'s list; `name` makes the key's shared name, only when new.
@@ -138,6 +138,26 @@ fn gather(map: &mut Gathered, key: &str, name: impl FnOnce() -> Name, seq: u64, 
     }
 }
 
+/// Joins gathered lists of the same kind into one map, each key's lists appended.
+fn join(parts: impl Iterator<Item = Gathered>) -> Gathered {
+    let mut joined = Gathered::default();
+    for part in parts {
+        if joined.is_empty() {
+            joined = part;
+            continue;
+        }
+        for (key, mut list) in part {
+            match joined.get_mut(&key) {
+                Some(into) => into.append(&mut list),
+                None => {
+                    joined.insert(key, list);
+                }
+            }
+        }
+    }
+    joined
+}
+
 /// Turns gathered lists into sequence lists, each built in bulk.
 fn bulk(map: Gathered) -> FastMap<Name, SeqList> {
     (map.into_iter())
@@ -145,21 +165,66 @@ fn bulk(map: Gathered) -> FastMap<Name, SeqList> {
         .collect()
 }
 
+/// The index lists of some of the jobs, gathered in any order (one per thread that walks
+/// or decodes a share of the jobs), for [`JobIndex::from_parts`].
+#[derive(Default)]
+pub struct PartIndex {
+    queues: Gathered,
+    waiting: Gathered,
+    active: Gathered,
+    states: Gathered,
+    tags: Gathered,
+    /// `(dispatched at, seq, agent, id)` of jobs handed to a named agent.
+    dispatched: Vec<(u64, u64, Name, JobId)>,
+}
+
+impl PartIndex {
+    /// Files a job: its id, `seq`, queue, state label, document (for its `tags`) and, once
+    /// dispatched to a named agent, when (Unix seconds) and to whom.
+    pub fn add(
+        &mut self,
+        id: JobId,
+        seq: u64,
+        queue: &Name,
+        state: &str,
+        body: &[u8],
+        dispatched: Option<(u64, &Name)>,
+    ) {
+        gather(&mut self.queues, queue, || queue.clone(), seq, id);
+        match live_kind(state) {
+            Some(true) => gather(&mut self.waiting, queue, || queue.clone(), seq, id),
+            Some(false) => gather(&mut self.active, queue, || queue.clone(), seq, id),
+            None => {}
+        }
+        gather(&mut self.states, state, || Name::from(state), seq, id);
+        for tag in tags_of(body) {
+            gather(&mut self.tags, &tag, || tag.clone(), seq, id);
+        }
+        if let Some((at, agent)) = dispatched {
+            self.dispatched.push((at, seq, agent.clone(), id));
+        }
+    }
+}
+
 impl JobIndex {
-    /// The index of `jobs` (id, seq, queue, state label, document), as [`JobIndex::insert`]
-    /// of each would make it, but built in bulk: every list is gathered into a `Vec` first
-    /// and turned into its [`SeqList`] at once (`FromIterator` sorts, then cuts the runs),
-    /// instead of an insert per job and list in the jobs' hash order, a cache-missing
-    /// search each (most of a million-job start-up once). The lists by
-    /// queue and those by state and tag are built on two threads, each walking `jobs()`
-    /// once. Agent lists are not included (see [`JobIndex::dispatched`]).
-    pub fn build<'a, I>(jobs: impl Fn() -> I + Sync) -> JobIndex
-    where
-        I: Iterator<Item = (JobId, u64, &'a Name, &'a str, &'a [u8])>,
-    {
-        let ((by_queue, live), (by_state, by_tag)) = std::thread::scope(|scope| {
-            let labels = scope.spawn(|| Self::build_labels(jobs()));
-            let queues = Self::build_queues(jobs());
+    /// The index of the jobs `parts` were gathered from (each job in one part), as
+    /// [`JobIndex::insert`] and [`JobIndex::dispatched`] of each would make it, but built
+    /// in bulk: every list is gathered into a `Vec` first and turned into its [`SeqList`]
+    /// at once (`FromIterator` sorts, then cuts the runs), instead of an insert per job and
+    /// list in the jobs' hash order, a cache-missing search each (most of a million-job
+    /// start-up once). The lists by queue are joined and built on one thread, those by
+    /// state, tag and agent on another. Agent lists get each agent's newest dispatches
+    /// (by time, then `seq`).
+    pub fn from_parts(parts: Vec<PartIndex>) -> JobIndex {
+        let mut queues = Vec::with_capacity(parts.len());
+        let mut labels = Vec::with_capacity(parts.len());
+        for part in parts {
+            queues.push((part.queues, part.waiting, part.active));
+            labels.push((part.states, part.tags, part.dispatched));
+        }
+        let ((by_queue, live), (by_state, by_tag, by_agent)) = std::thread::scope(|scope| {
+            let labels = scope.spawn(|| Self::join_labels(labels));
+            let queues = Self::join_queues(queues);
             let labels = labels
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -170,45 +235,56 @@ impl JobIndex {
             by_tag,
             by_state,
             live,
-            by_agent: FastMap::default(),
+            by_agent,
         }
     }
 
-    /// [`JobIndex::build`]'s lists by queue: all jobs, and the live ones.
-    fn build_queues<'a>(
-        jobs: impl Iterator<Item = (JobId, u64, &'a Name, &'a str, &'a [u8])>,
+    /// [`JobIndex::from_parts`]'s lists by queue: all jobs, and the live ones.
+    fn join_queues(
+        parts: Vec<(Gathered, Gathered, Gathered)>,
     ) -> (FastMap<Name, SeqList>, FastMap<Name, Live>) {
-        let (mut queues, mut waiting, mut active) = Default::default();
-        for (id, seq, queue, state, _) in jobs {
-            gather(&mut queues, queue, || queue.clone(), seq, id);
-            match live_kind(state) {
-                Some(true) => gather(&mut waiting, queue, || queue.clone(), seq, id),
-                Some(false) => gather(&mut active, queue, || queue.clone(), seq, id),
-                None => {}
-            }
+        let (mut queues, mut waiting, mut active) = (Vec::new(), Vec::new(), Vec::new());
+        for (q, w, a) in parts {
+            queues.push(q);
+            waiting.push(w);
+            active.push(a);
         }
         let mut live: FastMap<Name, Live> = FastMap::default();
-        for (queue, list) in bulk(waiting) {
+        for (queue, list) in bulk(join(waiting.into_iter())) {
             live.entry(queue).or_default().waiting = list;
         }
-        for (queue, list) in bulk(active) {
+        for (queue, list) in bulk(join(active.into_iter())) {
             live.entry(queue).or_default().active = list;
         }
-        (bulk(queues), live)
+        (bulk(join(queues.into_iter())), live)
     }
 
-    /// [`JobIndex::build`]'s lists by state label and by tag.
-    fn build_labels<'a>(
-        jobs: impl Iterator<Item = (JobId, u64, &'a Name, &'a str, &'a [u8])>,
-    ) -> (FastMap<Name, SeqList>, FastMap<Name, SeqList>) {
-        let (mut states, mut tags) = (Gathered::default(), Gathered::default());
-        for (id, seq, _, state, body) in jobs {
-            gather(&mut states, state, || Name::from(state), seq, id);
-            for tag in tags_of(body) {
-                gather(&mut tags, &tag, || tag.clone(), seq, id);
-            }
+    /// [`JobIndex::from_parts`]'s lists by state label, by tag and by agent.
+    #[allow(clippy::type_complexity)]
+    fn join_labels(
+        parts: Vec<(Gathered, Gathered, Vec<(u64, u64, Name, JobId)>)>,
+    ) -> (
+        FastMap<Name, SeqList>,
+        FastMap<Name, SeqList>,
+        FastMap<Name, VecDeque<JobId>>,
+    ) {
+        let (mut states, mut tags, mut dispatched) = (Vec::new(), Vec::new(), Vec::new());
+        for (s, t, mut d) in parts {
+            states.push(s);
+            tags.push(t);
+            dispatched.append(&mut d);
         }
-        (bulk(states), bulk(tags))
+        // Oldest dispatch first, so each agent's list ends newest first.
+        dispatched.sort_unstable_by_key(|&(at, seq, _, _)| (at, seq));
+        let mut agents = JobIndex::default();
+        for (_, _, agent, id) in &dispatched {
+            agents.dispatched(agent, *id);
+        }
+        (
+            bulk(join(states.into_iter())),
+            bulk(join(tags.into_iter())),
+            agents.by_agent,
+        )
     }
 
     /// Adds a job under `seq`.
@@ -534,9 +610,12 @@ mod tests {
         for (id, seq, queue, state, body) in &jobs {
             one_by_one.insert(*id, *seq, queue, state, body.as_bytes());
         }
-        let bulk = JobIndex::build(|| {
-            (jobs.iter()).map(|(id, seq, q, state, body)| (*id, *seq, q, *state, body.as_bytes()))
-        });
+        // In three parts, as threads decoding or walking shares of the jobs gather them.
+        let mut parts: Vec<PartIndex> = (0..3).map(|_| PartIndex::default()).collect();
+        for (n, (id, seq, q, state, body)) in jobs.iter().enumerate() {
+            parts[n % 3].add(*id, *seq, q, state, body.as_bytes(), None);
+        }
+        let bulk = JobIndex::from_parts(parts);
         assert_eq!(lists(&bulk), lists(&one_by_one));
         assert!(lists(&bulk).iter().any(|(kind, _, _)| kind == "active"));
         assert_eq!(bulk.tag_len("a"), 125);

@@ -44,6 +44,15 @@ type Run = VecDeque<(u64, JobId)>;
 /// A place in a [`SeqList`]: run `.0`, entry `.1`; `(runs, 0)` is the end.
 type Place = (usize, usize);
 
+/// Lists are equal when they hold the same entries, however they are cut into runs.
+impl PartialEq for SeqList {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for SeqList {}
+
 impl SeqList {
     /// Number of entries.
     pub fn len(&self) -> usize {

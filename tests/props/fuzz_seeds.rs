@@ -14,6 +14,8 @@ mod job_json;
 mod multipart_artifact;
 #[path = "../../fuzz/checks/server.rs"]
 mod server;
+#[path = "../../fuzz/checks/snapshot_registry.rs"]
+mod snapshot_registry;
 #[path = "../../fuzz/checks/wal_frame.rs"]
 mod wal_frame;
 #[path = "../../fuzz/checks/wal_replay.rs"]
@@ -55,6 +57,11 @@ fn job_json_seeds_hold_the_fuzz_properties() {
 }
 
 #[test]
+fn snapshot_registry_seeds_hold_the_fuzz_properties() {
+    replay("snapshot_registry", snapshot_registry::check);
+}
+
+#[test]
 fn config_file_seeds_hold_the_fuzz_properties() {
     replay("config_file", config_file::check);
 }
@@ -83,7 +90,7 @@ fn every_fuzz_target_has_seeds_and_a_shared_check() {
                 .find_map(|l| l.trim().strip_prefix("name = \"")?.strip_suffix('"'))
         })
         .collect();
-    assert_eq!(targets.len(), 6, "targets: {targets:?}");
+    assert_eq!(targets.len(), 7, "targets: {targets:?}");
     for target in targets {
         assert!(
             fuzz_dir()

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::event::Event;
 use super::ids::{JobId, Name};
-use super::index::JobIndex;
+use super::index::{JobIndex, PartIndex};
 use super::job::{label, JobState};
 use super::queue::{Entry, QueueIndex};
 use crate::error::{Error, Result};
@@ -120,10 +120,41 @@ pub struct Registry {
     /// wait-time percentiles; bounded so a busy queue cannot grow the state.
     waits: FastMap<Name, VecDeque<u64>>,
     /// Jobs by queue, tag and state, for listings and searches (derived: rebuilt by
-    /// [`Registry::rebuild_index`] after a snapshot is loaded, never in a snapshot).
+    /// [`Registry::decode`] when a snapshot is loaded, never in a snapshot).
     #[serde(skip)]
     index: JobIndex,
 }
+
+/// Registries are equal when they record the same: the derived indexes are not compared.
+impl PartialEq for Registry {
+    fn eq(&self, other: &Self) -> bool {
+        self.jobs == other.jobs
+            && self.next_seq == other.next_seq
+            && self.holding == other.holding
+            && self.names == other.names
+            && self.finishing == other.finishing
+            && self.waits == other.waits
+    }
+}
+
+/// The threads there are cores for, at most [`DECODE_THREADS`].
+fn cores() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    cores.min(DECODE_THREADS)
+}
+
+/// Into how many parts `jobs` split on at most `threads` threads, each part at least
+/// `share` jobs (0 or 1: one thread).
+fn split(jobs: usize, threads: usize, share: usize) -> usize {
+    threads.min(jobs / share.max(1))
+}
+
+/// Most threads a snapshot's job table decodes on ([`Registry::decode`]).
+pub const DECODE_THREADS: usize = 8;
+
+/// Fewest jobs a thread decoding a snapshot's job table is given: below twice this the
+/// table decodes on one thread, where a thread's start would cost more than it saves.
+pub const DECODE_SHARE: usize = 4096;
 
 /// How many recent wait times each queue keeps.
 pub const WAIT_SAMPLES: usize = 1000;
@@ -334,13 +365,77 @@ impl Registry {
         self.waits.iter()
     }
 
-    /// The registry of a snapshot (its msgpack partition). Each queue name is made once
-    /// and shared by all its jobs as they decode, and jobs without `exclude_agents` share
-    /// one empty list: no allocation per job for either, and no pass over the jobs after.
+    /// The registry of a snapshot (its msgpack partition), its read indexes built. Each
+    /// queue name is made once and shared by all its jobs as they decode, and jobs
+    /// without `exclude_agents` share one empty list: no allocation per job for either.
+    ///
+    /// A table of at least 2 × [`DECODE_SHARE`] jobs decodes in parts on up to
+    /// [`DECODE_THREADS`] threads (as many as there are cores), each filing its jobs in the
+    /// read indexes while they are fresh in its cache, then fills its map on as many (see
+    /// [`decode_on`](Self::decode_on)).
     pub fn decode(bytes: &[u8]) -> std::result::Result<Registry, rmp_serde::decode::Error> {
-        let names = decoding::Gathering::start();
-        let mut registry = rmp_serde::from_slice::<Registry>(bytes)?;
-        registry.names = names.finish();
+        Self::decode_on(bytes, cores(), DECODE_SHARE)
+    }
+
+    /// [`decode`](Self::decode) on at most `threads` threads, each given at least `share`
+    /// jobs of the table: the same registry, or an error where the whole would fail (the
+    /// text may differ), whichever the split. A queue name is shared by the jobs each
+    /// thread decoded (one copy per thread, not per job). A partition that is not the
+    /// positional form `rmp_serde::to_vec` writes decodes whole, on this thread.
+    pub fn decode_on(
+        bytes: &[u8],
+        threads: usize,
+        share: usize,
+    ) -> std::result::Result<Registry, rmp_serde::decode::Error> {
+        let split = decoding::table(bytes).and_then(|table| {
+            let parts = split(table.len, threads, share);
+            (parts >= 2).then_some((table, parts))
+        });
+        let Some((table, parts)) = split else {
+            let names = decoding::Gathering::start();
+            let mut registry = rmp_serde::from_slice::<Registry>(bytes)?;
+            registry.names = names.finish();
+            registry.rebuild_index(threads, share);
+            return Ok(registry);
+        };
+        // Sized as the whole table's decode sizes it (`CowMap`'s `Deserialize`).
+        let mut jobs = CowMap::with_capacity(table.len.min(1 << 24));
+        let runs = jobs.runs(parts);
+        let bounds: Vec<(usize, usize)> = (0..parts)
+            .map(|p| (table.len * p / parts, table.len * (p + 1) / parts))
+            .collect();
+        let decoded =
+            super::on_threads(bounds, |bounds| decoding::part(bytes, table, bounds, &runs));
+        let mut lists = vec![Vec::new(); parts];
+        let (mut names, mut indexes, mut end) = (FastSet::default(), Vec::new(), 0);
+        for part in decoded {
+            let part = part?;
+            for (run, entries) in part.runs.into_iter().enumerate() {
+                lists[run].push(entries);
+            }
+            names.extend(part.names);
+            indexes.push(part.index);
+            end = part.end;
+        }
+        jobs.fill_runs(
+            &runs,
+            lists.into_iter().map(|l| l.into_iter().flatten()).collect(),
+        );
+        // The other fields: the same array with an empty table in place of the jobs.
+        let mut rest = Vec::with_capacity(table.header + 1 + (bytes.len() - end));
+        rest.extend_from_slice(&bytes[..table.header]);
+        rest.push(0x80);
+        rest.extend_from_slice(&bytes[end..]);
+        let mut registry = rmp_serde::from_slice::<Registry>(&rest)?;
+        registry.jobs = jobs;
+        registry.names = names;
+        if registry.jobs.len() == table.len {
+            registry.index = JobIndex::from_parts(indexes);
+        } else {
+            // A job id twice in the table (never written): the parts filed both jobs, the
+            // map kept the later.
+            registry.rebuild_index(threads, share);
+        }
         Ok(registry)
     }
 
@@ -349,24 +444,18 @@ impl Registry {
         &self.index
     }
 
-    /// Rebuilds the read indexes from the jobs (after a snapshot is loaded).
-    pub fn rebuild_index(&mut self) {
-        let mut index = JobIndex::build(|| {
-            (self.jobs.iter())
-                .map(|(id, job)| (*id, job.seq, &job.queue, job.state.label(), &job.body[..]))
-        });
-        let mut dispatched = Vec::new();
-        for (id, job) in self.jobs.iter() {
-            if let (Some(agent), Some(at)) = (&job.agent, job.started_at) {
-                dispatched.push((at, job.seq, agent, *id));
+    /// Rebuilds the read indexes from the jobs, on at most `threads` threads, each given
+    /// at least `share` jobs.
+    fn rebuild_index(&mut self, threads: usize, share: usize) {
+        let parts = split(self.jobs.len(), threads, share).max(1);
+        let jobs = &self.jobs;
+        self.index = JobIndex::from_parts(super::on_threads((0..parts).collect(), |part| {
+            let mut index = PartIndex::default();
+            for (id, job) in jobs.iter_part(part, parts) {
+                job.file(&mut index, *id);
             }
-        }
-        // Oldest dispatch first, so each agent's list ends newest first.
-        dispatched.sort_unstable_by_key(|&(at, seq, _, _)| (at, seq));
-        for (_, _, agent, id) in dispatched {
-            index.dispatched(agent, id);
-        }
-        self.index = index;
+            index
+        }));
     }
 
     /// A copy for a snapshot: everything that is recorded, without the derived indexes.

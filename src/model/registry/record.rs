@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::model::ids::{JobId, Name};
+use crate::model::index::PartIndex;
 use crate::model::job::JobState;
 use crate::model::queue::Entry;
 
@@ -22,7 +23,7 @@ pub enum Attachments {
 }
 
 /// One job.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     /// The queue it was submitted to.
     #[serde(deserialize_with = "super::decoding::queue")]
@@ -100,6 +101,13 @@ pub struct Lost {
 }
 
 impl Job {
+    /// Files the job (`id`) in a part of the read indexes being gathered.
+    pub fn file(&self, index: &mut PartIndex, id: JobId) {
+        let dispatched = self.started_at.zip(self.agent.as_ref());
+        let label = self.state.label();
+        index.add(id, self.seq, &self.queue, label, &self.body, dispatched);
+    }
+
     /// The queue index entry for this job while it waits.
     pub fn entry(&self, id: JobId) -> Entry {
         Entry {

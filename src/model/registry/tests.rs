@@ -133,3 +133,117 @@ fn decoded_jobs_share_their_queue_name_and_empty_exclusions() {
     .unwrap();
     assert!(!decoded.names.iter().any(|n| Arc::ptr_eq(n, &job.queue)));
 }
+
+/// A registry with jobs in every kind of state: waiting (some with exclusions, some
+/// resubmitted), dispatched and held, cancelled (so `finishing` has entries), with waits.
+fn varied(jobs: u64) -> Registry {
+    let mut registry = Registry::default();
+    let mut lsn = 0;
+    for i in 0..jobs {
+        let id = JobId::random();
+        let queue = ["q0", "q1", "q2", "q3", "q4"][i as usize % 5];
+        lsn += 1;
+        let sub = Submission {
+            id,
+            queue: queue.into(),
+            body: Bytes::from(format!("{{\"job_queue\":\"{queue}\",\"n\":{i}}}")),
+            priority: (i % 3) as i64,
+            exclude: if i % 7 == 0 {
+                vec![Name::from("agent-x")].into()
+            } else {
+                no_names()
+            },
+            awaits_attachments: i % 11 == 0,
+        };
+        let Submitted::Record(event) = registry.submit(sub, i) else {
+            panic!("duplicate")
+        };
+        registry.apply(lsn, &event);
+        let agent = Name::from(format!("agent-{}", i % 13));
+        let event = match i % 4 {
+            1 => registry.claim(id, queue, Some(agent), i + 1),
+            2 => registry.cancel(id, i + 2).ok(),
+            _ => None,
+        };
+        if let Some(event) = event {
+            lsn += 1;
+            registry.apply(lsn, &event);
+        }
+    }
+    registry
+}
+
+/// The job table of a large snapshot decodes in parts on several threads into exactly the
+/// registry it decodes to on one, whatever the split.
+#[test]
+fn a_table_decoded_in_parts_gives_the_registry_decoded_whole() {
+    let registry = varied(3000);
+    assert!(registry.finishing.len() > 100 && !registry.holding.is_empty());
+    let bytes = rmp_serde::to_vec(&registry).unwrap();
+    assert!(
+        decoding::table(&bytes).is_some(),
+        "the positional form has a table"
+    );
+    let whole = Registry::decode_on(&bytes, 1, 1).unwrap();
+    assert_eq!(whole.len(), 3000);
+    // The read indexes built in bulk are those the fold kept, job by job.
+    assert!(whole.index == registry.index);
+    assert!(whole.index.agent_jobs("agent-1").next().is_some());
+    for (threads, share) in [(2, 1), (3, 7), (4, 700), (5, 1000), (8, 1)] {
+        let parts = Registry::decode_on(&bytes, threads, share).unwrap();
+        assert!(parts == whole, "{threads} threads, {share} jobs each");
+        assert!(
+            parts.index == whole.index,
+            "{threads} threads, {share} jobs each"
+        );
+        let mut rebuilt = parts.clone();
+        rebuilt.rebuild_index(threads, share);
+        assert!(rebuilt.index == whole.index, "rebuilt on {threads} threads");
+    }
+    // A registry that differs in one job is not equal (the comparison compares).
+    let mut other = whole.clone();
+    let (id, _) = other.iter().next().unwrap();
+    Arc::make_mut(other.jobs.get_mut(&id).unwrap()).priority += 1;
+    assert!(other != whole);
+}
+
+/// Damaged bytes: decoded in parts, a registry fails exactly when it fails whole, and
+/// otherwise is the same (every cut, and every byte replaced by markers that change
+/// lengths and nesting).
+#[test]
+fn a_damaged_table_fails_in_parts_exactly_when_it_fails_whole() {
+    let bytes = rmp_serde::to_vec(&varied(8)).unwrap();
+    let same = |damaged: &[u8], what: &str| {
+        let whole = Registry::decode_on(damaged, 1, 1);
+        let parts = Registry::decode_on(damaged, 3, 1);
+        match (whole, parts) {
+            (Ok(whole), Ok(parts)) => {
+                assert!(whole == parts, "{what}");
+                // Lists are keyed by `seq`: damage that gives two jobs one leaves which
+                // of them a list keeps to the order they were filed in.
+                let mut seqs: Vec<u64> = whole.iter().map(|(_, job)| job.seq).collect();
+                seqs.sort_unstable();
+                seqs.dedup();
+                if seqs.len() == whole.len() {
+                    assert!(whole.index == parts.index, "{what}");
+                }
+            }
+            (Err(_), Err(_)) => {}
+            (whole, parts) => panic!(
+                "{what}: whole {:?}, in parts {:?}",
+                whole.err(),
+                parts.err()
+            ),
+        }
+    };
+    for cut in 0..bytes.len() {
+        same(&bytes[..cut], &format!("cut at {cut}"));
+    }
+    for at in 0..bytes.len() {
+        for marker in [0x00, 0x91, 0xc1, 0xc4, 0xdf] {
+            let mut damaged = bytes.clone();
+            damaged[at] = marker;
+            same(&damaged, &format!("byte {at} = {marker:#x}"));
+        }
+    }
+}
