@@ -351,7 +351,8 @@ async fn a_snapshot_of_thousands_of_jobs_restores_the_same_queues_and_listings()
     srv.kill9();
     srv.start_again();
     let recovered = srv
-        .stderr_lines()
+        .stderr_lines_once(|l| l.contains("recovered") && l.contains("snapshot_lsn="))
+        .await
         .into_iter()
         .rfind(|l| l.contains("recovered"))
         .unwrap();
