@@ -167,6 +167,15 @@ pub fn snapshot_header(lsn: Lsn, len: u64, payload_crc: u32) -> [u8; SNAPSHOT_HE
 
 /// Checks a whole snapshot file and returns its LSN and payload.
 pub fn decode_snapshot(buf: &[u8]) -> Result<(Lsn, &[u8]), &'static str> {
+    decode_snapshot_by(buf, crc32c::crc32c)
+}
+
+/// [`decode_snapshot`] with the payload's CRC32C (unseeded) computed by `crc`, so that a
+/// caller can spread a large payload's over threads.
+pub fn decode_snapshot_by(
+    buf: &[u8],
+    crc: impl FnOnce(&[u8]) -> u32,
+) -> Result<(Lsn, &[u8]), &'static str> {
     let h = buf
         .get(..SNAPSHOT_HEADER_LEN)
         .ok_or("snapshot shorter than its header")?;
@@ -182,7 +191,8 @@ pub fn decode_snapshot(buf: &[u8]) -> Result<(Lsn, &[u8]), &'static str> {
     if payload.len() as u64 != len {
         return Err("snapshot length does not match file size");
     }
-    if crc32c::crc32c_append(crc32c::crc32c(&h[16..32]), payload) != u32_at(h, 32) {
+    let whole = crc32c::crc32c_combine(crc32c::crc32c(&h[16..32]), crc(payload), payload.len());
+    if whole != u32_at(h, 32) {
         return Err("snapshot checksum mismatch");
     }
     Ok((lsn, payload))

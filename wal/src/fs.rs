@@ -270,8 +270,9 @@ impl Fs for StdFs {
     unsafe fn map(&self, path: &Path) -> io::Result<Option<Mapped>> {
         let file = File::open(path)?;
         // SAFETY: the caller's promise (see `Fs::map`): nothing changes the file while the
-        // mapping lives. Populated at once: the file is read whole right after.
-        let mapped = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
+        // mapping lives. Not populated: the file is read whole right after, by the
+        // checksum's threads, which fault their pieces in on every core at once.
+        let mapped = unsafe { memmap2::MmapOptions::new().map(&file)? };
         Ok(Some(mapped))
     }
 

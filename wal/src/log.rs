@@ -166,7 +166,11 @@ impl Wal {
             Some(file) => SnapshotBytes::mapped(file),
             None => SnapshotBytes::read(self.fs.read(&path).map_err(read)?),
         };
-        let reason = match frame::decode_snapshot(bytes.file()) {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let checked = frame::decode_snapshot_by(bytes.file(), |payload| {
+            crate::snapshot::crc32c_on(payload, threads)
+        });
+        let reason = match checked {
             Ok((found, _)) if found == lsn => None,
             Ok((found, _)) => Some(format!("snapshot header says lsn {found}")),
             Err(reason) => Some(reason.to_owned()),

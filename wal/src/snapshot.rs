@@ -239,6 +239,48 @@ impl Drop for SnapshotFile {
     }
 }
 
+/// Fewest bytes a thread checksumming a snapshot is given ([`crc32c_on`]).
+const CRC_PIECE: usize = 16 << 20;
+
+/// CRC32C of `bytes` on up to `threads` threads, each given at least [`CRC_PIECE`] bytes,
+/// the pieces' checksums combined: a snapshot of hundreds of MiB checks in a fraction of
+/// the time (and, mapped, has its pages faulted in on every core).
+pub(crate) fn crc32c_on(bytes: &[u8], threads: usize) -> u32 {
+    crc32c_in_pieces(bytes, threads.min(bytes.len() / CRC_PIECE))
+}
+
+/// CRC32C of `bytes` cut into `pieces` (at least 1) equal pieces, the first checksummed on
+/// this thread and each other on a thread of its own (here, when none can be started).
+fn crc32c_in_pieces(bytes: &[u8], pieces: usize) -> u32 {
+    let pieces = pieces.clamp(1, 64);
+    if pieces == 1 || bytes.is_empty() {
+        return crc32c::crc32c(bytes);
+    }
+    let mut cut = bytes.chunks(bytes.len().div_ceil(pieces));
+    let first = cut.next().unwrap_or_default();
+    let rest: Vec<&[u8]> = cut.collect();
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (rest.iter())
+            .map(|&piece| {
+                std::thread::Builder::new()
+                    .name("snapshot-crc".into())
+                    .spawn_scoped(scope, move || crc32c::crc32c(piece))
+            })
+            .collect();
+        let mut crc = crc32c::crc32c(first);
+        for (piece, thread) in rest.iter().zip(threads) {
+            let piece_crc = match thread {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(_) => crc32c::crc32c(piece),
+            };
+            crc = crc32c::crc32c_combine(crc, piece_crc, piece.len());
+        }
+        crc
+    })
+}
+
 /// A loaded snapshot's payload (the bytes after its header), mapped from its file where
 /// the filesystem can, else read into memory: [`crate::Wal::load_snapshot`]. Made only
 /// there, after the header and checksum were checked.
@@ -287,5 +329,29 @@ impl std::fmt::Debug for SnapshotBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let how = if self.is_mapped() { "mapped" } else { "read" };
         write!(f, "SnapshotBytes({} bytes, {how})", self.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cut into any number of pieces, on threads, the checksum is the whole's.
+    #[test]
+    fn a_checksum_in_pieces_is_the_checksum_of_the_whole() {
+        let bytes: Vec<u8> = (0..100_003u32).map(|i| (i * 31 % 251) as u8).collect();
+        let whole = crc32c::crc32c(&bytes);
+        for pieces in [0, 1, 2, 3, 7, 64, 1000] {
+            assert_eq!(crc32c_in_pieces(&bytes, pieces), whole, "{pieces} pieces");
+        }
+        for len in [0, 1, 2, 5] {
+            let short = &bytes[..len];
+            assert_eq!(
+                crc32c_in_pieces(short, 4),
+                crc32c::crc32c(short),
+                "{len} bytes"
+            );
+        }
+        assert_eq!(crc32c_on(&bytes, 8), whole);
     }
 }
