@@ -112,13 +112,8 @@ pub struct Runs {
 
 impl Runs {
     /// Number of runs (at least 1, at most [`SHARDS`]).
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.runs
-    }
-
-    /// Never true: a map has at least one run.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// The run whose shards hold `key` (< [`len`](Self::len)).

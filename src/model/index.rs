@@ -158,12 +158,20 @@ fn join(parts: impl Iterator<Item = Gathered>) -> Gathered {
     joined
 }
 
+/// Key → its jobs in `seq` order.
+type Lists = FastMap<Name, SeqList>;
+/// Agent → the jobs last dispatched to it, newest first.
+type Agents = FastMap<Name, VecDeque<JobId>>;
+
 /// Turns gathered lists into sequence lists, each built in bulk.
 fn bulk(map: Gathered) -> FastMap<Name, SeqList> {
     (map.into_iter())
         .map(|(key, list)| (key, list.into_iter().collect()))
         .collect()
 }
+
+/// `(dispatched at, seq, agent, id)` of jobs handed to a named agent, in any order.
+type Dispatched = Vec<(u64, u64, Name, JobId)>;
 
 /// The index lists of some of the jobs, gathered in any order (one per thread that walks
 /// or decodes a share of the jobs), for [`JobIndex::from_parts`].
@@ -174,8 +182,7 @@ pub struct PartIndex {
     active: Gathered,
     states: Gathered,
     tags: Gathered,
-    /// `(dispatched at, seq, agent, id)` of jobs handed to a named agent.
-    dispatched: Vec<(u64, u64, Name, JobId)>,
+    dispatched: Dispatched,
 }
 
 impl PartIndex {
@@ -260,14 +267,7 @@ impl JobIndex {
     }
 
     /// [`JobIndex::from_parts`]'s lists by state label, by tag and by agent.
-    #[allow(clippy::type_complexity)]
-    fn join_labels(
-        parts: Vec<(Gathered, Gathered, Vec<(u64, u64, Name, JobId)>)>,
-    ) -> (
-        FastMap<Name, SeqList>,
-        FastMap<Name, SeqList>,
-        FastMap<Name, VecDeque<JobId>>,
-    ) {
+    fn join_labels(parts: Vec<(Gathered, Gathered, Dispatched)>) -> (Lists, Lists, Agents) {
         let (mut states, mut tags, mut dispatched) = (Vec::new(), Vec::new(), Vec::new());
         for (s, t, mut d) in parts {
             states.push(s);

@@ -117,7 +117,7 @@ pub(super) fn table(bytes: &[u8]) -> Option<Table> {
     (len <= (bytes.len() - start) / 2).then_some(Table { header, start, len })
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Kind {
     Array,
     Map,
@@ -248,9 +248,10 @@ pub(super) fn part(
 ) -> Result<Part, rmp_serde::decode::Error> {
     let gathering = Gathering::start();
     let mut at = skip(bytes, table.start, 2 * from)?;
-    let share = (to - from) / runs.len() + 16;
-    let mut by_run: Vec<Vec<(JobId, Arc<Job>)>> =
-        (0..runs.len()).map(|_| Vec::with_capacity(share)).collect();
+    let share = (to - from) / runs.count() + 16;
+    let mut by_run: Vec<Vec<(JobId, Arc<Job>)>> = (0..runs.count())
+        .map(|_| Vec::with_capacity(share))
+        .collect();
     let mut index = PartIndex::default();
     for _ in from..to {
         let key_end = skip(bytes, at, 1)?;

@@ -387,11 +387,11 @@ impl Registry {
         threads: usize,
         share: usize,
     ) -> std::result::Result<Registry, rmp_serde::decode::Error> {
-        let split = decoding::table(bytes).and_then(|table| {
+        let in_parts = decoding::table(bytes).and_then(|table| {
             let parts = split(table.len, threads, share);
             (parts >= 2).then_some((table, parts))
         });
-        let Some((table, parts)) = split else {
+        let Some((table, parts)) = in_parts else {
             let names = decoding::Gathering::start();
             let mut registry = rmp_serde::from_slice::<Registry>(bytes)?;
             registry.names = names.finish();
