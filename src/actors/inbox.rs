@@ -8,6 +8,8 @@
 //! actor one turn, not one each. Whatever reaches the actor through its mailbox after a
 //! message was put in the inbox sees it handled first, as if both had been messages.
 
+use std::sync::Arc;
+
 use parking_lot::Mutex;
 
 /// Messages not yet taken by the actor, oldest first; whether a wake-up was sent since
@@ -94,6 +96,53 @@ impl<M> Inbox<M> {
     }
 }
 
+/// An actor's end of its inbox, kept in the actor's state: takes what waits at the
+/// start of each turn, and closes the inbox when the state is dropped (the actor stopped,
+/// whatever stopped it), so no message is left where no turn will take it and those put
+/// in afterwards are handed back to their senders.
+pub struct Receiver<M> {
+    inbox: Arc<Inbox<M>>,
+    /// A spare vector the messages are swapped with (see [`Inbox::take`]).
+    spare: Vec<M>,
+}
+
+impl<M> Receiver<M> {
+    /// The receiving end of `inbox`.
+    pub fn new(inbox: Arc<Inbox<M>>) -> Self {
+        Receiver {
+            inbox,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Every waiting message, oldest first. Hand the emptied vector back with
+    /// [`Receiver::reuse`], so a turn allocates nothing once bursts have grown it.
+    pub fn take(&mut self) -> Vec<M> {
+        let mut taken = std::mem::take(&mut self.spare);
+        self.inbox.take(&mut taken);
+        taken
+    }
+
+    /// Keeps `emptied` (drained by the turn) for the next [`Receiver::take`].
+    pub fn reuse(&mut self, emptied: Vec<M>) {
+        debug_assert!(emptied.is_empty());
+        self.spare = emptied;
+    }
+
+    /// The inbox, for senders the actor makes (a queue actor's reservation).
+    pub fn inbox(&self) -> &Arc<Inbox<M>> {
+        &self.inbox
+    }
+}
+
+impl<M> Drop for Receiver<M> {
+    /// What waits is dropped here, outside the inbox's lock: dropping a message answers
+    /// its request's port closed (the server is stopping, or a pop retries elsewhere).
+    fn drop(&mut self) {
+        drop(self.inbox.close());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +168,34 @@ mod tests {
         assert_eq!(inbox.close(), [4, 5, 6]);
         assert!(matches!(inbox.put(7, true, 2), Put::Closed(7)));
         assert!(inbox.is_empty());
+    }
+
+    /// The receiving end takes what waits in order, reuses its vector, and closes the
+    /// inbox when dropped: what waited is dropped, and later messages are handed back.
+    #[test]
+    fn a_receiver_takes_in_order_and_closes_the_inbox_when_dropped() {
+        let inbox = Arc::new(Inbox::default());
+        let mut receiver = Receiver::new(inbox.clone());
+        assert!(matches!(inbox.put(1, true, 8), Put::Wake));
+        assert!(matches!(inbox.put(2, true, 8), Put::Queued));
+        let mut taken = receiver.take();
+        assert_eq!(taken, [1, 2]);
+        taken.clear();
+        receiver.reuse(taken);
+        assert!(
+            matches!(inbox.put(3, true, 8), Put::Wake),
+            "taken: woken again"
+        );
+        assert_eq!(receiver.take(), [3]);
+        let waiting = Arc::new(());
+        let inbox = Arc::new(Inbox::default());
+        let receiver = Receiver::new(inbox.clone());
+        assert!(matches!(inbox.put(waiting.clone(), true, 8), Put::Wake));
+        drop(receiver);
+        assert_eq!(Arc::strong_count(&waiting), 1, "what waited was dropped");
+        assert!(matches!(
+            inbox.put(waiting.clone(), true, 8),
+            Put::Closed(_)
+        ));
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::inbox::{Inbox, Put};
+use super::inbox::{Inbox, Put, Receiver};
 use super::registry::{Claim, Claimed, RegistryMsg};
 use super::{gone, reply, Post};
 use crate::dispatch::Waiters;
@@ -145,8 +145,7 @@ impl Feed {
         let inbox = Arc::new(Inbox::default());
         let state = QueueState {
             index,
-            inbox: inbox.clone(),
-            taken: Vec::new(),
+            inbox: Receiver::new(inbox.clone()),
         };
         // Boxed: ractor's spawn future is nearly a kilobyte, and inline it would enlarge
         // every future that can reach here (the registry's `record`, `handle`, ractor's
@@ -199,19 +198,20 @@ impl Feed {
     }
 }
 
-/// A queue actor's state: its index, its inbox, and a spare vector the inbox's items are
-/// swapped with (see [`Inbox::take`]).
+/// A queue actor's state: its index and its end of the inbox. When the actor stops (idle,
+/// or the server is shutting down) the inbox closes with it: the pops in it are dropped,
+/// which answers their requests with nothing (they retry) and gives back what they
+/// reserved in other queues, and a pop handed over later is given back. A pop is never
+/// left in an inbox no turn will take.
 pub struct QueueState {
     index: QueueIndex,
-    inbox: Arc<Inbox<Item>>,
-    taken: Vec<Item>,
+    inbox: Receiver<Item>,
 }
 
 impl QueueState {
     /// Applies every change and visits every pop waiting in the inbox, oldest first.
     fn catch_up(&mut self, myself: &ActorRef<QueueMsg>) {
-        let mut taken = std::mem::take(&mut self.taken);
-        self.inbox.take(&mut taken);
+        let mut taken = self.inbox.take();
         for item in taken.drain(..) {
             match item {
                 Item::Change(Change::Insert(entry)) => self.index.insert(entry),
@@ -223,17 +223,7 @@ impl QueueState {
                 Item::Pop(pop) => visit(myself, self, pop),
             }
         }
-        self.taken = taken;
-    }
-}
-
-impl Drop for QueueState {
-    /// The actor stopped (idle, or the server is shutting down): its inbox takes nothing
-    /// more, and the pops in it are dropped, which answers their requests with nothing
-    /// (they retry) and gives back what they reserved in other queues. A pop is never
-    /// left in an inbox no turn will take.
-    fn drop(&mut self) {
-        drop(self.inbox.close());
+        self.inbox.reuse(taken);
     }
 }
 
@@ -289,7 +279,7 @@ fn visit(myself: &ActorRef<QueueMsg>, state: &mut QueueState, mut pop: Box<Pop>)
             pop.best = Some(Reserved {
                 queue: Feed {
                     actor: myself.clone(),
-                    inbox: state.inbox.clone(),
+                    inbox: state.inbox.inbox().clone(),
                 },
                 name: pop.queue.clone(),
                 waiters: pop.waiters.clone(),

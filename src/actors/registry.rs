@@ -23,7 +23,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use std::sync::Arc;
 
-use super::inbox::Inbox;
+use super::inbox::{Inbox, Receiver};
 use super::queue::{Change, Feed, Reserved};
 use super::watch::Watch;
 use super::{gone, now, reply, PendingSnapshot, QueueDirectory, Recorder, Shared};
@@ -257,18 +257,10 @@ pub struct RegistryState {
     watch: Arc<Watch>,
     /// See [`RegistryArgs::waiters`].
     waiters: Arc<Waiters>,
-    /// See [`RegistryArgs::inbox`].
-    inbox: Arc<Inbox<RegistryMsg>>,
-    /// A spare vector the inbox's messages are swapped with (see [`Inbox::take`]).
-    taken: Vec<RegistryMsg>,
-}
-
-impl Drop for RegistryState {
-    /// The actor stopped (shutdown, or a failure the server stops on): what waits in
-    /// the inbox is dropped, and its askers see the server shutting down.
-    fn drop(&mut self) {
-        drop(self.inbox.close());
-    }
+    /// See [`RegistryArgs::inbox`]. Closed when the actor stops (shutdown, or a failure
+    /// the server stops on): what waits in it is dropped, and its askers see the server
+    /// shutting down.
+    inbox: Receiver<RegistryMsg>,
 }
 
 fn view(job: &crate::model::registry::Job) -> JobView {
@@ -302,6 +294,12 @@ impl Jobs {
     /// The job, if known.
     pub fn get(&self, id: JobId) -> Option<JobView> {
         self.0.read().get(id).map(view)
+    }
+
+    /// The job's current run ([`JobView::run`]), if the job is known: what a log
+    /// fragment's post needs, without copying the rest of the job.
+    pub fn run(&self, id: JobId) -> Option<u32> {
+        self.0.read().get(id).map(|job| job.run)
     }
 
     /// The jobs of `watched` (jobs and when their agents were last heard) whose agent the
@@ -552,8 +550,12 @@ impl RegistryState {
             return;
         }
         let id = match event {
-            Event::JobSubmitted { id, .. }
-            | Event::JobCancelled { id, .. }
+            // A submitted job waits (a resubmitted one ran before): no lookup needed.
+            Event::JobSubmitted { id, .. } => {
+                self.watch.forget(*id);
+                return;
+            }
+            Event::JobCancelled { id, .. }
             | Event::JobStateReported { id, .. }
             | Event::JobDeleted { id, .. }
             | Event::JobLost { id, .. } => *id,
@@ -671,8 +673,7 @@ impl Actor for RegistryActor {
             idle_since: FastMap::default(),
             watch: args.watch,
             waiters: args.waiters,
-            inbox: args.inbox,
-            taken: Vec::new(),
+            inbox: Receiver::new(args.inbox),
         };
         // Jobs out with agents when the server stopped: heard now, so each agent has a
         // whole allowance to be heard again (see `model::lost`).
@@ -700,12 +701,11 @@ impl Actor for RegistryActor {
         state: &mut RegistryState,
     ) -> Result<(), ActorProcessingErr> {
         // What waits in the inbox came before this message (see `actors::inbox`).
-        let mut taken = std::mem::take(&mut state.taken);
-        state.inbox.take(&mut taken);
+        let mut taken = state.inbox.take();
         for waiting in taken.drain(..) {
             handle_message(state, waiting).await;
         }
-        state.taken = taken;
+        state.inbox.reuse(taken);
         handle_message(state, msg).await;
         Ok(())
     }

@@ -18,6 +18,7 @@
 use bytes::{Bytes, BytesMut};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::inbox::{Inbox, Receiver};
 use super::orphans::{Slot, Store};
 use super::registry::Jobs;
 use super::{
@@ -139,6 +140,8 @@ pub enum ResultMsg {
     ExpireOrphans(u64, RpcReplyPort<Result<Option<(usize, Ticket)>>>),
     /// Serialise the partition for a snapshot.
     Snapshot(RpcReplyPort<PendingSnapshot>),
+    /// Messages were put in the actor's inbox (handlers' posts; see [`super::Post`]).
+    Inbox,
 }
 
 /// The result actor (no configuration).
@@ -158,6 +161,9 @@ pub struct ResultArgs {
     pub store: Arc<Store>,
     /// `--max-job-data-bytes`.
     pub max_job_data: u64,
+    /// Where handlers' posts wait for the actor's next turn, which takes them all first
+    /// (see [`super::Post`]): the posts of many agents cost the actor one turn.
+    pub inbox: Arc<Inbox<ResultMsg>>,
 }
 
 /// An append handed out and not committed or aborted yet.
@@ -192,6 +198,9 @@ pub struct ResultState {
     next_token: u64,
     /// `--max-job-data-bytes`: most bytes of results and logs one id's document holds.
     max_job_data: u64,
+    /// See [`ResultArgs::inbox`]. Closed when the actor stops: what waits in it is
+    /// dropped, and its askers see the server shutting down.
+    inbox: Receiver<ResultMsg>,
 }
 
 impl ResultState {
@@ -395,16 +404,17 @@ impl Post {
     }
 }
 
-/// Gives back a slot's charge if its request ends before the commit was answered.
+/// Gives back a slot's charge if its request ends before the commit was answered (sent
+/// the way the slot's `Begin` went, so the actor sees it after it).
 struct Abandon<'a> {
-    actor: &'a ractor::ActorRef<ResultMsg>,
+    actor: &'a super::Door<ResultMsg>,
     slot: Option<(JobId, u64)>,
 }
 
 impl Drop for Abandon<'_> {
     fn drop(&mut self) {
         if let Some((id, token)) = self.slot.take() {
-            let _ = self.actor.cast(ResultMsg::Abort(id, token));
+            self.actor.send(ResultMsg::Abort(id, token));
         }
     }
 }
@@ -438,10 +448,10 @@ pub async fn record(
                         slot: Some((id, slot.token)),
                     };
                     store.append(&slot, bytes).await?;
-                    let ticket = ask(svc.results.actor(), |p| {
-                        ResultMsg::Commit(id, slot.token, p)
-                    })
-                    .await;
+                    // Not refused at the door: the slot's charge is settled only here.
+                    let ticket =
+                        ask_admitted(&svc.results, None, |p| ResultMsg::Commit(id, slot.token, p))
+                            .await;
                     // Answered: the actor settled the slot either way.
                     abandon.slot = None;
                     return ticket?.map(Some);
@@ -705,6 +715,7 @@ impl Actor for ResultActor {
             open: FastMap::default(),
             next_token: 0,
             max_job_data: args.max_job_data,
+            inbox: Receiver::new(args.inbox),
         })
     }
 
@@ -714,147 +725,147 @@ impl Actor for ResultActor {
         msg: ResultMsg,
         state: &mut ResultState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ResultMsg::Merge(id, fields, port) => {
-                if gone(&port) {
-                    return Ok(());
-                }
-                if state.apart(id) {
-                    reply(port, Ok(Placed::Apart));
-                    return Ok(());
-                }
-                // An id without a job (its data kept here since before it lost its job)
-                // is charged the post's weight up front (a merge never grows the
-                // document by more), then what the document holds afterwards.
-                let reserved = merge_weight(&fields);
-                let before = state.fields_bytes(id);
-                let result = match state.make_room(id, reserved) {
-                    Err(e) => Err(e),
-                    Ok(orphan) => {
-                        let result = state.record(Event::ResultMerged {
-                            id,
-                            fields,
-                            at: now(),
-                        });
-                        if orphan {
-                            let after = state.fields_bytes(id);
-                            state.ledger.settle(id, reserved + before, after);
-                        }
-                        result
-                    }
-                };
-                reply(port, result.map(Placed::Done));
+        // What waits in the inbox came before this message (see `actors::inbox`).
+        let mut taken = state.inbox.take();
+        for waiting in taken.drain(..) {
+            handle_message(state, waiting);
+        }
+        state.inbox.reuse(taken);
+        handle_message(state, msg);
+        Ok(())
+    }
+}
+
+/// One message's handling, from the mailbox or the inbox.
+fn handle_message(state: &mut ResultState, msg: ResultMsg) {
+    match msg {
+        ResultMsg::Merge(id, fields, port) => {
+            if gone(&port) {
+                return;
             }
-            ResultMsg::AppendLog(id, f, port) => {
-                if gone(&port) {
-                    return Ok(());
-                }
-                if state.apart(id) {
-                    reply(port, Ok(Placed::Apart));
-                    return Ok(());
-                }
-                let known = state
-                    .results
-                    .read()
-                    .has_fragment(id, f.kind, f.run, &f.phase, f.number);
-                let result = if known {
-                    Ok(None)
-                } else {
-                    let bytes = fragment_weight(f.data.len(), &f.phase);
-                    match state.make_room(id, bytes) {
-                        Err(e) => Err(e),
-                        Ok(orphan) => {
-                            let result = state.record(Event::LogAppended {
-                                id,
-                                kind: f.kind,
-                                phase: f.phase,
-                                number: f.number,
-                                timestamp: f.timestamp,
-                                data: f.data,
-                                run: f.run,
-                                at: now(),
-                            });
-                            if orphan && result.is_err() {
-                                state.ledger.settle(id, bytes, 0);
-                            }
-                            result.map(Some)
-                        }
-                    }
-                };
-                reply(port, result.map(Placed::Done));
+            if state.apart(id) {
+                reply(port, Ok(Placed::Apart));
+                return;
             }
-            ResultMsg::AppendOutput(id, phase, run, data, port) => {
-                if gone(&port) {
-                    return Ok(());
+            // An id without a job (its data kept here since before it lost its job)
+            // is charged the post's weight up front (a merge never grows the
+            // document by more), then what the document holds afterwards.
+            let reserved = merge_weight(&fields);
+            let before = state.fields_bytes(id);
+            let result = match state.make_room(id, reserved) {
+                Err(e) => Err(e),
+                Ok(orphan) => {
+                    let result = state.record(Event::ResultMerged {
+                        id,
+                        fields,
+                        at: now(),
+                    });
+                    if orphan {
+                        let after = state.fields_bytes(id);
+                        state.ledger.settle(id, reserved + before, after);
+                    }
+                    result
                 }
-                if state.apart(id) {
-                    reply(port, Ok(Placed::Apart));
-                    return Ok(());
-                }
-                let number = state.results.read().next_output_number(id, run);
-                let bytes = fragment_weight(data.len(), &phase);
-                let result = match state.make_room(id, bytes) {
+            };
+            reply(port, result.map(Placed::Done));
+        }
+        ResultMsg::AppendLog(id, f, port) => {
+            if gone(&port) {
+                return;
+            }
+            if state.apart(id) {
+                reply(port, Ok(Placed::Apart));
+                return;
+            }
+            let known = state
+                .results
+                .read()
+                .has_fragment(id, f.kind, f.run, &f.phase, f.number);
+            let result = if known {
+                Ok(None)
+            } else {
+                let bytes = fragment_weight(f.data.len(), &f.phase);
+                match state.make_room(id, bytes) {
                     Err(e) => Err(e),
                     Ok(orphan) => {
                         let result = state.record(Event::LogAppended {
                             id,
-                            kind: LogKind::Output,
-                            phase,
-                            number,
-                            timestamp: now_micros(),
-                            data,
-                            run,
+                            kind: f.kind,
+                            phase: f.phase,
+                            number: f.number,
+                            timestamp: f.timestamp,
+                            data: f.data,
+                            run: f.run,
                             at: now(),
                         });
                         if orphan && result.is_err() {
                             state.ledger.settle(id, bytes, 0);
                         }
-                        result
+                        result.map(Some)
                     }
-                };
-                reply(port, result.map(Placed::Done));
-            }
-            ResultMsg::ReadOutput(id, port) => {
-                if gone(&port) {
-                    return Ok(());
                 }
-                if state.results.read().orphan(id).is_some() {
-                    reply(port, Ok(Placed::Apart));
-                    return Ok(());
-                }
-                let unread = state.results.read().get(id).map(unread_text);
-                let result = match unread {
-                    Some((text, upto)) if !text.is_empty() => state
-                        .record(Event::OutputRead { id, upto })
-                        .map(|lsn| Some((text, lsn))),
-                    _ => Ok(None),
-                };
-                reply(port, result.map(Placed::Done));
+            };
+            reply(port, result.map(Placed::Done));
+        }
+        ResultMsg::AppendOutput(id, phase, run, data, port) => {
+            if gone(&port) {
+                return;
             }
-            ResultMsg::Begin(id, len, port) => {
-                if gone(&port) {
-                    return Ok(());
-                }
-                let result = state.begin(id, len);
-                reply(port, result);
+            if state.apart(id) {
+                reply(port, Ok(Placed::Apart));
+                return;
             }
-            ResultMsg::Commit(id, token, port) => {
-                if gone(&port) {
-                    // Its client went away: not done (the bytes past the recorded length
-                    // are overwritten by the next append).
-                    if let Some(open) = state.open.remove(&id) {
-                        if open.token == token {
-                            state.drop_open(id, open);
-                        } else {
-                            state.open.insert(id, open);
-                        }
+            let number = state.results.read().next_output_number(id, run);
+            let bytes = fragment_weight(data.len(), &phase);
+            let result = match state.make_room(id, bytes) {
+                Err(e) => Err(e),
+                Ok(orphan) => {
+                    let result = state.record(Event::LogAppended {
+                        id,
+                        kind: LogKind::Output,
+                        phase,
+                        number,
+                        timestamp: now_micros(),
+                        data,
+                        run,
+                        at: now(),
+                    });
+                    if orphan && result.is_err() {
+                        state.ledger.settle(id, bytes, 0);
                     }
-                    return Ok(());
+                    result
                 }
-                let result = state.commit(id, token);
-                reply(port, result);
+            };
+            reply(port, result.map(Placed::Done));
+        }
+        ResultMsg::ReadOutput(id, port) => {
+            if gone(&port) {
+                return;
             }
-            ResultMsg::Abort(id, token) => {
+            if state.results.read().orphan(id).is_some() {
+                reply(port, Ok(Placed::Apart));
+                return;
+            }
+            let unread = state.results.read().get(id).map(unread_text);
+            let result = match unread {
+                Some((text, upto)) if !text.is_empty() => state
+                    .record(Event::OutputRead { id, upto })
+                    .map(|lsn| Some((text, lsn))),
+                _ => Ok(None),
+            };
+            reply(port, result.map(Placed::Done));
+        }
+        ResultMsg::Begin(id, len, port) => {
+            if gone(&port) {
+                return;
+            }
+            let result = state.begin(id, len);
+            reply(port, result);
+        }
+        ResultMsg::Commit(id, token, port) => {
+            if gone(&port) {
+                // Its client went away: not done (the bytes past the recorded length
+                // are overwritten by the next append).
                 if let Some(open) = state.open.remove(&id) {
                     if open.token == token {
                         state.drop_open(id, open);
@@ -862,66 +873,79 @@ impl Actor for ResultActor {
                         state.open.insert(id, open);
                     }
                 }
+                return;
             }
-            ResultMsg::ReadApart(id, upto, port) => {
-                if gone(&port) {
-                    return Ok(());
+            let result = state.commit(id, token);
+            reply(port, result);
+        }
+        ResultMsg::Abort(id, token) => {
+            if let Some(open) = state.open.remove(&id) {
+                if open.token == token {
+                    state.drop_open(id, open);
+                } else {
+                    state.open.insert(id, open);
                 }
-                let kept = state.results.read().orphan(id).is_some();
-                let result = if kept {
-                    state.record(Event::OutputRead { id, upto }).map(Some)
-                } else {
-                    Ok(None)
-                };
-                reply(port, result);
-            }
-            ResultMsg::Expire(ids, port) => {
-                let result = state.remove(ids);
-                reply(port, result);
-            }
-            ResultMsg::Delete(id, port) => {
-                let exists = state.results.read().has(id);
-                let result = if exists {
-                    state.remove(vec![id]).map(Some)
-                } else {
-                    Ok(None)
-                };
-                reply(port, result);
-            }
-            ResultMsg::ExpireOrphans(cutoff, port) => {
-                let expired: Vec<JobId> = {
-                    let results = state.results.read();
-                    let (jobs, open) = (&state.jobs, &state.open);
-                    state
-                        .ledger
-                        .stale(
-                            cutoff,
-                            |id| jobs.contains(id),
-                            |id| {
-                                results
-                                    .get(id)
-                                    .map(|d| d.updated_at)
-                                    .or_else(|| results.orphan(id).map(|e| e.at))
-                            },
-                        )
-                        .into_iter()
-                        // An append in flight is a write now.
-                        .filter(|id| !open.contains_key(id))
-                        .collect()
-                };
-                let result = if expired.is_empty() {
-                    Ok(None)
-                } else {
-                    let count = expired.len();
-                    state.remove(expired).map(|t| Some((count, t)))
-                };
-                reply(port, result);
-            }
-            ResultMsg::Snapshot(port) => {
-                let pending = state.recorder.snapshot(&*state.results.read());
-                reply(port, pending);
             }
         }
-        Ok(())
+        ResultMsg::ReadApart(id, upto, port) => {
+            if gone(&port) {
+                return;
+            }
+            let kept = state.results.read().orphan(id).is_some();
+            let result = if kept {
+                state.record(Event::OutputRead { id, upto }).map(Some)
+            } else {
+                Ok(None)
+            };
+            reply(port, result);
+        }
+        ResultMsg::Expire(ids, port) => {
+            let result = state.remove(ids);
+            reply(port, result);
+        }
+        ResultMsg::Delete(id, port) => {
+            let exists = state.results.read().has(id);
+            let result = if exists {
+                state.remove(vec![id]).map(Some)
+            } else {
+                Ok(None)
+            };
+            reply(port, result);
+        }
+        ResultMsg::ExpireOrphans(cutoff, port) => {
+            let expired: Vec<JobId> = {
+                let results = state.results.read();
+                let (jobs, open) = (&state.jobs, &state.open);
+                state
+                    .ledger
+                    .stale(
+                        cutoff,
+                        |id| jobs.contains(id),
+                        |id| {
+                            results
+                                .get(id)
+                                .map(|d| d.updated_at)
+                                .or_else(|| results.orphan(id).map(|e| e.at))
+                        },
+                    )
+                    .into_iter()
+                    // An append in flight is a write now.
+                    .filter(|id| !open.contains_key(id))
+                    .collect()
+            };
+            let result = if expired.is_empty() {
+                Ok(None)
+            } else {
+                let count = expired.len();
+                state.remove(expired).map(|t| Some((count, t)))
+            };
+            reply(port, result);
+        }
+        ResultMsg::Snapshot(port) => {
+            let pending = state.recorder.snapshot(&*state.results.read());
+            reply(port, pending);
+        }
+        // Only wakes the actor: the turn took the inbox first.
+        ResultMsg::Inbox => {}
     }
 }

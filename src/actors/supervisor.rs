@@ -38,8 +38,8 @@ pub enum SupervisorMsg {
 pub struct Refs {
     /// Jobs, and the inbox beside the registry's mailbox (see [`super::Post`]).
     pub registry: Post<RegistryMsg>,
-    /// Results.
-    pub results: ActorRef<ResultMsg>,
+    /// Results, and the inbox beside the result actor's mailbox.
+    pub results: Post<ResultMsg>,
     /// Files.
     pub files: ActorRef<FileMsg>,
     /// Agents.
@@ -128,6 +128,7 @@ impl Actor for Supervisor {
         )
         .await?;
         let registry = Post::with_inbox(registry, inbox, || RegistryMsg::Inbox);
+        let inbox = Arc::new(Inbox::default());
         let (results, _) = Actor::spawn_linked(
             None,
             ResultActor,
@@ -138,10 +139,12 @@ impl Actor for Supervisor {
                 orphans: args.orphans.clone(),
                 store: args.store,
                 max_job_data: args.config.max_job_data_bytes,
+                inbox: inbox.clone(),
             },
             cell.clone(),
         )
         .await?;
+        let results = Post::with_inbox(results, inbox, || ResultMsg::Inbox);
         let (files, _) = Actor::spawn_linked(
             None,
             FileActor,
@@ -238,7 +241,7 @@ impl Actor for Supervisor {
         let refs = &state.refs;
         let name = [
             (refs.registry.actor().get_id(), "registry"),
-            (refs.results.get_id(), "results"),
+            (refs.results.actor().get_id(), "results"),
             (refs.files.get_id(), "artifact"),
             (refs.agents.get_id(), "agents"),
             (refs.webhooks.get_id(), "webhooks"),

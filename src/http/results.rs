@@ -269,7 +269,7 @@ pub fn fragment_body_limit(decoded: usize) -> usize {
 /// The current run of job `id` (1 when the registry does not know the job: results may
 /// be posted for ids no job has).
 fn job_run(svc: &Services, id: JobId) -> u32 {
-    svc.jobs.get(id).map_or(first_run(), |job| job.run)
+    svc.jobs.run(id).unwrap_or_else(first_run)
 }
 
 /// Whether a log showing run `shown` is about an older run than the job's `current` one
