@@ -116,7 +116,7 @@ impl Runs {
         self.runs
     }
 
-    /// The run whose shards hold `key` (< [`len`](Self::len)).
+    /// The run whose shards hold `key` (< [`count`](Self::count)).
     pub fn of<K: Hash>(&self, key: &K) -> usize {
         shard_of(&self.router, key) * self.runs / SHARDS
     }
