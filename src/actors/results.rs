@@ -229,8 +229,7 @@ impl ResultState {
     /// Whether `id`'s data lives in the orphan store: it has a file there, or nothing is
     /// kept for it and no job has it.
     fn apart(&self, id: JobId) -> bool {
-        let results = self.results.read();
-        results.orphan(id).is_some() || (results.get(id).is_none() && !self.jobs.contains(id))
+        apart(&self.results.read(), id, &self.jobs)
     }
 
     /// Before recording `bytes` more for `id` in the partition: charges them to the
@@ -545,8 +544,7 @@ impl ResultDocs {
     /// Whether `id`'s data lives in the orphan store (as the result actor decides it,
     /// see `ResultState::apart`; the actor has the last word).
     pub fn apart(&self, id: JobId, jobs: &Jobs) -> bool {
-        let results = self.0.read();
-        results.orphan(id).is_some() || (results.get(id).is_none() && !jobs.contains(id))
+        apart(&self.0.read(), id, jobs)
     }
 
     /// The document in `id`'s orphan file, if its data lives there.
@@ -736,17 +734,37 @@ impl Actor for ResultActor {
     }
 }
 
+/// Whether `id`'s data lives in the orphan store: it has a file there, or `results` keeps
+/// nothing for it and no job has it.
+fn apart(results: &Results, id: JobId, jobs: &Jobs) -> bool {
+    results.orphan(id).is_some() || (results.get(id).is_none() && !jobs.contains(id))
+}
+
+/// The port of a post the partition is to record, or `None` when the post is done with:
+/// its client went away (skipped, unapplied), or the id's data lives in the orphan store
+/// (answered [`Placed::Apart`]: the handler appends it there, see [`record`]).
+fn placed_here<T: Send + 'static>(
+    state: &ResultState,
+    id: JobId,
+    port: RpcReplyPort<Result<Placed<T>>>,
+) -> Option<RpcReplyPort<Result<Placed<T>>>> {
+    if gone(&port) {
+        return None;
+    }
+    if state.apart(id) {
+        reply(port, Ok(Placed::Apart));
+        return None;
+    }
+    Some(port)
+}
+
 /// One message's handling, from the mailbox or the inbox.
 fn handle_message(state: &mut ResultState, msg: ResultMsg) {
     match msg {
         ResultMsg::Merge(id, fields, port) => {
-            if gone(&port) {
+            let Some(port) = placed_here(state, id, port) else {
                 return;
-            }
-            if state.apart(id) {
-                reply(port, Ok(Placed::Apart));
-                return;
-            }
+            };
             // An id without a job (its data kept here since before it lost its job)
             // is charged the post's weight up front (a merge never grows the
             // document by more), then what the document holds afterwards.
@@ -770,13 +788,9 @@ fn handle_message(state: &mut ResultState, msg: ResultMsg) {
             reply(port, result.map(Placed::Done));
         }
         ResultMsg::AppendLog(id, f, port) => {
-            if gone(&port) {
+            let Some(port) = placed_here(state, id, port) else {
                 return;
-            }
-            if state.apart(id) {
-                reply(port, Ok(Placed::Apart));
-                return;
-            }
+            };
             let known = state
                 .results
                 .read()
@@ -808,13 +822,9 @@ fn handle_message(state: &mut ResultState, msg: ResultMsg) {
             reply(port, result.map(Placed::Done));
         }
         ResultMsg::AppendOutput(id, phase, run, data, port) => {
-            if gone(&port) {
+            let Some(port) = placed_here(state, id, port) else {
                 return;
-            }
-            if state.apart(id) {
-                reply(port, Ok(Placed::Apart));
-                return;
-            }
+            };
             let number = state.results.read().next_output_number(id, run);
             let bytes = fragment_weight(data.len(), &phase);
             let result = match state.make_room(id, bytes) {

@@ -139,7 +139,7 @@ fn gather(map: &mut Gathered, key: &str, name: impl FnOnce() -> Name, seq: u64, 
 }
 
 /// Joins gathered lists of the same kind into one map, each key's lists appended.
-fn join(parts: impl Iterator<Item = Gathered>) -> Gathered {
+fn join(parts: Vec<Gathered>) -> Gathered {
     let mut joined = Gathered::default();
     for part in parts {
         if joined.is_empty() {
@@ -223,15 +223,19 @@ impl JobIndex {
     /// state, tag and agent on another. Agent lists get each agent's newest dispatches
     /// (by time, then `seq`).
     pub fn from_parts(parts: Vec<PartIndex>) -> JobIndex {
-        let mut queues = Vec::with_capacity(parts.len());
-        let mut labels = Vec::with_capacity(parts.len());
-        for part in parts {
-            queues.push((part.queues, part.waiting, part.active));
-            labels.push((part.states, part.tags, part.dispatched));
+        let (mut queues, mut waiting, mut active) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut states, mut tags, mut dispatched) = (Vec::new(), Vec::new(), Vec::new());
+        for mut part in parts {
+            queues.push(part.queues);
+            waiting.push(part.waiting);
+            active.push(part.active);
+            states.push(part.states);
+            tags.push(part.tags);
+            dispatched.append(&mut part.dispatched);
         }
         let ((by_queue, live), (by_state, by_tag, by_agent)) = std::thread::scope(|scope| {
-            let labels = scope.spawn(|| Self::join_labels(labels));
-            let queues = Self::join_queues(queues);
+            let labels = scope.spawn(|| Self::join_labels(states, tags, dispatched));
+            let queues = Self::join_queues(queues, waiting, active);
             let labels = labels
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -248,43 +252,33 @@ impl JobIndex {
 
     /// [`JobIndex::from_parts`]'s lists by queue: all jobs, and the live ones.
     fn join_queues(
-        parts: Vec<(Gathered, Gathered, Gathered)>,
+        queues: Vec<Gathered>,
+        waiting: Vec<Gathered>,
+        active: Vec<Gathered>,
     ) -> (FastMap<Name, SeqList>, FastMap<Name, Live>) {
-        let (mut queues, mut waiting, mut active) = (Vec::new(), Vec::new(), Vec::new());
-        for (q, w, a) in parts {
-            queues.push(q);
-            waiting.push(w);
-            active.push(a);
-        }
         let mut live: FastMap<Name, Live> = FastMap::default();
-        for (queue, list) in bulk(join(waiting.into_iter())) {
+        for (queue, list) in bulk(join(waiting)) {
             live.entry(queue).or_default().waiting = list;
         }
-        for (queue, list) in bulk(join(active.into_iter())) {
+        for (queue, list) in bulk(join(active)) {
             live.entry(queue).or_default().active = list;
         }
-        (bulk(join(queues.into_iter())), live)
+        (bulk(join(queues)), live)
     }
 
     /// [`JobIndex::from_parts`]'s lists by state label, by tag and by agent.
-    fn join_labels(parts: Vec<(Gathered, Gathered, Dispatched)>) -> (Lists, Lists, Agents) {
-        let (mut states, mut tags, mut dispatched) = (Vec::new(), Vec::new(), Vec::new());
-        for (s, t, mut d) in parts {
-            states.push(s);
-            tags.push(t);
-            dispatched.append(&mut d);
-        }
+    fn join_labels(
+        states: Vec<Gathered>,
+        tags: Vec<Gathered>,
+        mut dispatched: Dispatched,
+    ) -> (Lists, Lists, Agents) {
         // Oldest dispatch first, so each agent's list ends newest first.
         dispatched.sort_unstable_by_key(|&(at, seq, _, _)| (at, seq));
         let mut agents = JobIndex::default();
         for (_, _, agent, id) in &dispatched {
             agents.dispatched(agent, *id);
         }
-        (
-            bulk(join(states.into_iter())),
-            bulk(join(tags.into_iter())),
-            agents.by_agent,
-        )
+        (bulk(join(states)), bulk(join(tags)), agents.by_agent)
     }
 
     /// Adds a job under `seq`.
