@@ -331,12 +331,16 @@ async fn authorize_by_rule(
     // The head is borrowed for the checks and the security log, not copied: a request
     // allocates nothing here beyond what resolving the caller takes.
     let (mut parts, body) = request.into_parts();
+    let rule = match rule.check {
+        Check::Overview if crate::http::dash::wants_html(&parts.headers) => &table::OVERVIEW,
+        _ => rule,
+    };
     let about = match rule.check {
         Check::JobOwner | Check::JobAgent => {
             path_param(&mut parts, "id").map(|id| About::Job(id.as_deref().and_then(JobId::parse)))
         }
         Check::AgentRecord => path_param(&mut parts, "name").map(About::Agent),
-        Check::None | Check::AgentCookie => Ok(About::Nothing),
+        Check::None | Check::AgentCookie | Check::Overview => Ok(About::Nothing),
     };
     let about = match about {
         Ok(about) => about,
@@ -352,8 +356,11 @@ async fn authorize_by_rule(
             return Err(e.into_response());
         }
     };
-    let has_cookie = crate::http::wire::agent_cookie(&parts.headers).is_some();
-    if let Err(e) = check(svc, &caller, rule, about, has_cookie).await {
+    let cookie = match rule.check {
+        Check::AgentCookie => crate::http::wire::agent_cookie(&parts.headers),
+        _ => None,
+    };
+    if let Err(e) = check(svc, &caller, rule, about, cookie.as_deref()).await {
         let kind = if e.status() == 401 {
             "authn_fail"
         } else {
@@ -412,13 +419,13 @@ enum About {
 }
 
 /// The table's `rule` and then its per-job or per-agent check, for `caller` asking about
-/// `about`.
+/// `about`, naming itself `agent` (its `agent_name` cookie) where the rule asks for it.
 async fn check(
     svc: &Services,
     caller: &Caller,
     rule: &table::Rule,
     about: About,
-    has_cookie: bool,
+    agent: Option<&str>,
 ) -> Result<()> {
     let gate = &svc.access;
     let Roles::Only(roles) = rule.roles else {
@@ -437,11 +444,16 @@ async fn check(
         )));
     }
     match rule.check {
-        Check::None => Ok(()),
-        Check::AgentCookie if has_cookie => Ok(()),
-        Check::AgentCookie => Err(Error::Unauthorized("Agent not identified".into())),
+        Check::None | Check::Overview => Ok(()),
+        Check::AgentCookie => match (agent, caller.agent_credential()) {
+            (None, _) => Err(Error::Unauthorized("Agent not identified".into())),
+            (Some(name), Some(me)) => check_agent_name(svc, me, name),
+            (Some(_), None) => Ok(()),
+        },
         Check::AgentRecord => match (caller.agent_credential(), about) {
-            (Some(me), About::Agent(Some(name))) => check_agent_writer(svc, me, &name),
+            (Some(me), About::Agent(Some(name))) => {
+                check_agent_writer(svc, me, &name, "change its record")
+            }
             _ => Ok(()),
         },
         Check::JobOwner | Check::JobAgent => {
@@ -457,10 +469,26 @@ async fn check(
     }
 }
 
+/// Whether agent credential `me` may act as agent `name` (its `agent_name` cookie): only
+/// for a record it may change ([`check_agent_writer`]) that exists, so one agent cannot
+/// take jobs in another's name (dodging `exclude_agents`, and leaving the other to be
+/// blamed when the job's agent goes silent). The stock agent posts its record before it
+/// polls, and gets its cookie from that post.
+fn check_agent_name(svc: &Services, me: &str, name: &str) -> Result<()> {
+    if !svc.agent_data.read().agents.contains_key(name) {
+        return Err(Error::Forbidden(format!(
+            "Agent {name:?} has no record: an agent posts its data \
+             (POST /v1/agents/data/<name>, which sets the agent_name cookie) before it takes jobs"
+        )));
+    }
+    check_agent_writer(svc, me, name, "take jobs in its name")
+}
+
 /// Whether agent credential `me` may change agent `name`'s record: refused (403) when
 /// another agent credential wrote it last and still exists. A credential that was
 /// deleted gives its records up, so replacing a lab's agent credential needs no wait.
-fn check_agent_writer(svc: &Services, me: &str, name: &str) -> Result<()> {
+/// `doing` completes the refusal's "another agent credential may not ...".
+fn check_agent_writer(svc: &Services, me: &str, name: &str, doing: &str) -> Result<()> {
     let writer = svc
         .agent_data
         .read()
@@ -475,7 +503,7 @@ fn check_agent_writer(svc: &Services, me: &str, name: &str) -> Result<()> {
     }
     Err(Error::Forbidden(format!(
         "Agent {name:?} is kept by agent credential {writer:?}: another agent credential \
-         may not change its record until a manager posts to it (which releases it) or that \
+         may not {doing} until a manager posts to its record (which releases it) or that \
          credential is deleted"
     )))
 }

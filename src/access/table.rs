@@ -34,6 +34,9 @@ pub enum Check {
     /// An agent credential may change an agent's record only if no other agent
     /// credential that still exists wrote it last (managers and admins may always).
     AgentRecord,
+    /// `/`: public as the version text; a request for the dashboard's overview page it
+    /// shows browsers (one accepting `text/html`) is checked as [`OVERVIEW`].
+    Overview,
 }
 
 /// One row: method, route pattern, roles, check.
@@ -70,7 +73,7 @@ const fn rule(method: &'static str, path: &'static str, roles: Roles, check: Che
 
 /// Every route of `http::router`.
 pub const TABLE: &[Rule] = &[
-    rule("GET", "/", PUBLIC, Check::None),
+    rule("GET", "/", PUBLIC, Check::Overview),
     rule("GET", "/v1", PUBLIC, Check::None),
     // Resubmission ownership is decided by the registry (it needs the job id in the body).
     rule("POST", "/v1/job", AMC, Check::None),
@@ -154,6 +157,10 @@ pub const TABLE: &[Rule] = &[
     // The dashboard's cancel button: the same rights as the cancel action.
     rule("POST", "/jobs/{id}/cancel", AMC, Check::JobOwner),
 ];
+
+/// `GET /` when it answers the dashboard's overview: the dashboard pages' rule (the
+/// overview lists queues, agents and the newest jobs, as `/queues` and `/jobs` do).
+pub const OVERVIEW: Rule = rule("GET", "/", AMC, Check::None);
 
 /// Routes whose GET changes state: the pop (dispatches a job) and the legacy `/output`
 /// read (marks the output read). Browsers treat GETs as harmless, so these are refused

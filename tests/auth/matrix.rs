@@ -234,5 +234,14 @@ async fn anonymous_callers_get_401_everywhere_but_public_routes_when_access_cont
             );
         }
     }
+    // `/` is public as the version text; the overview it shows browsers is a dashboard
+    // page, and lists queues, agents and jobs.
+    let overview = srv
+        .request("GET", "/", &[("accept", "text/html")], Vec::new())
+        .await;
+    assert_eq!(
+        overview.expect_error(401),
+        "Authentication is required for specified endpoint"
+    );
     srv.stop();
 }

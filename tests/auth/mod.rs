@@ -172,6 +172,16 @@ async fn call(
     srv.request(method, path, &headers, body).await
 }
 
+/// Posts agent `name`'s record with agent credential `token`, as the stock agent does
+/// before it polls: with access control on, a pop names only an agent whose record its
+/// credential may change.
+async fn register_agent(srv: &TestServer, token: &str, name: &str) {
+    let record = format!("/v1/agents/data/{name}");
+    call(srv, "POST", &record, Some(token), None, Some(&json!({})))
+        .await
+        .expect_status(200);
+}
+
 fn fragment(n: u64) -> Value {
     json!({"fragment_number": n, "timestamp": "2026-01-01T00:00:00+00:00", "phase": "test", "log_data": "x"})
 }

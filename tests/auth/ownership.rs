@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{call, fragment, Lab};
+use super::{call, fragment, register_agent, Lab};
 use crate::util::new_id;
 
 #[tokio::test]
@@ -45,6 +45,24 @@ async fn only_the_owner_or_a_manager_changes_a_job_and_only_its_agent_reports_on
             .await
             .expect_error(401),
         "Agent not identified"
+    );
+    // And only as an agent whose record it may change, which exists: agent-two cannot
+    // take the job as "one", nor agent-one dodge exclude_agents with a name of its own
+    // making; each agent posts its record first (the stock agent does, and gets its
+    // cookie from that post).
+    for name in ["one", "excluded"] {
+        register_agent(srv, &agent1, name).await;
+    }
+    let unknown = call(srv, "GET", pop, Some(&agent1), Some("ghost"), None)
+        .await
+        .expect_error(403);
+    assert!(unknown.contains("\"ghost\" has no record"), "{unknown}");
+    let kept = call(srv, "GET", pop, Some(&agent2), Some("one"), None)
+        .await
+        .expect_error(403);
+    assert!(
+        kept.contains("kept by agent credential \"agent-one\"") && kept.contains("take jobs"),
+        "{kept}"
     );
     call(srv, "GET", pop, Some(&agent1), Some("excluded"), None)
         .await
@@ -180,6 +198,7 @@ async fn a_percent_encoded_job_id_gets_the_same_per_job_checks() {
     call(srv, "POST", "/v1/job", Some(&alice), None, Some(&job))
         .await
         .expect_status(200);
+    register_agent(srv, &agent1, "one").await;
     call(
         srv,
         "GET",
@@ -373,6 +392,7 @@ async fn only_the_jobs_agent_credential_counts_as_contact_from_its_agent() {
             &json!({"job_queue": "lost-q", "output_timeout": 1, "test_data": {"test_cmds": "x"}}),
         )
         .await;
+    register_agent(srv, &agent, "dut").await;
     call(
         srv,
         "GET",

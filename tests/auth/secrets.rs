@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{call, kept_in_clear, Lab};
+use super::{call, kept_in_clear, register_agent, Lab};
 use crate::util::{Opts, TestServer};
 
 #[tokio::test]
@@ -179,6 +179,7 @@ async fn job_secrets_reach_only_the_dispatched_agent_and_never_the_disk_in_clear
         shown["test_data"]["secrets"],
         json!({"DB": "db/pass", "ONCE": "once"})
     );
+    register_agent(srv, &agent, "sec").await;
     let popped = call(
         srv,
         "GET",

@@ -111,7 +111,9 @@ fn page(name: &str, context: Value) -> Result<Response> {
     Ok(response)
 }
 
-fn wants_html(headers: &HeaderMap) -> bool {
+/// Whether the request accepts `text/html` (a browser's does): `/` then answers the
+/// overview, which access control checks as a dashboard page (`access::table::OVERVIEW`).
+pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
