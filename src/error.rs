@@ -38,6 +38,8 @@ pub enum Error {
     Gone(String),
     /// A body or field is over its configured limit: 413.
     TooLarge(String),
+    /// The request line and headers together are over `--max-header-bytes`: 431.
+    HeadTooLarge(String),
     /// The client sent its request slower than the configured minimum rate: 408.
     Timeout(String),
     /// The write-ahead log cannot make the mutation durable right now (disk full): 507.
@@ -64,6 +66,7 @@ impl Error {
             Error::Gone(_) => 410,
             Error::Timeout(_) => 408,
             Error::TooLarge(_) => 413,
+            Error::HeadTooLarge(_) => 431,
             Error::Validation { .. } => 422,
             Error::Internal(_) => 500,
             Error::Unavailable(_) => 503,
@@ -83,6 +86,7 @@ impl Error {
             | Error::Conflict(m)
             | Error::Gone(m)
             | Error::TooLarge(m)
+            | Error::HeadTooLarge(m)
             | Error::Timeout(m)
             | Error::NoSpace(m)
             | Error::Unavailable(m)

@@ -117,6 +117,39 @@ async fn request_head_over_max_header_bytes_gets_431() {
     srv.get("/v1/").await.expect_status(200);
 }
 
+#[tokio::test]
+async fn the_default_max_header_bytes_is_exact_for_a_head_that_arrives_whole() {
+    // hyper's read buffer alone let heads of up to ~114 KB through under a 64 KiB limit
+    // when they arrived in one read.
+    let srv = TestServer::start();
+    let head = |filler: usize| {
+        let start = "GET /v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+        let pad = 65536 - start.len() - "X-A: \r\n\r\n".len() + filler;
+        format!("{start}X-A: {}\r\n\r\n", "a".repeat(pad))
+    };
+    let at_limit = util::raw_exchange(&srv.base_url(), head(0).as_bytes())
+        .await
+        .expect("an answer");
+    assert_eq!(at_limit.status, 200);
+    for over in [1, 20_000, 48_000] {
+        let answer = util::raw_exchange(&srv.base_url(), head(over).as_bytes())
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status, 431, "{over} bytes over");
+    }
+    // The server's own answer names the sizes; hyper's (a head that overflowed the read
+    // buffer before it was whole) has no body.
+    let answer = util::raw_exchange(&srv.base_url(), head(1).as_bytes())
+        .await
+        .expect("an answer");
+    let text = answer.text_preview();
+    assert!(
+        text.is_empty() || text.contains("65537 bytes, over the limit of 65536"),
+        "{text:?}"
+    );
+    srv.get("/v1/").await.expect_status(200);
+}
+
 /// Sends an artifact upload whose multipart framing is `prefix` followed by `filler`
 /// bytes without end (chunked), and returns the answer.
 async fn endless_upload(srv: &TestServer, id: &str, prefix: &str) -> util::Resp {

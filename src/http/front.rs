@@ -111,14 +111,24 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = front.route_label(request.extensions().get::<MatchedPath>());
     let method = method_label(request.method());
-    let response = match crate::access::authorize(&front.services, route, request).await {
-        Ok(request) => {
-            // Only a request access control lets through counts: a refused one (another
-            // credential, no credential) must not keep a lost agent's job alive.
-            note_agent_contact(&front.services, &request);
-            next.run(request).await
+    let limit = front.services.config.max_header_bytes;
+    let head = head_bytes(&request);
+    let response = if head > limit {
+        Error::HeadTooLarge(format!(
+            "Request head too large: its request line and headers are {head} bytes, over \
+             the limit of {limit} (--max-header-bytes)"
+        ))
+        .into_response()
+    } else {
+        match crate::access::authorize(&front.services, route, request).await {
+            Ok(request) => {
+                // Only a request access control lets through counts: a refused one (another
+                // credential, no credential) must not keep a lost agent's job alive.
+                note_agent_contact(&front.services, &request);
+                next.run(request).await
+            }
+            Err(refused) => refused,
         }
-        Err(refused) => refused,
     };
     front
         .services
@@ -129,6 +139,26 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
         Some(slow) if slow.timed_out() => slow.response(),
         _ => response,
     }
+}
+
+/// The request's head as HTTP/1.1 sends it: `METHOD target HTTP/1.1` (the target as
+/// routed: a trailing slash is trimmed before this layer), each `name: value`, each
+/// line's CRLF and the blank line. hyper's read buffer (`max_buf_size`) bounds what a
+/// connection holds, but only roughly: a head that arrives in one read completes before
+/// the buffer is checked, so one well over the limit could pass; this makes
+/// `--max-header-bytes` exact.
+fn head_bytes(request: &Request) -> usize {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |target| target.as_str().len());
+    let line = request.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    line + fields + 2
 }
 
 /// Notes agent contact for lost-agent recovery (`actors::watch`): any POST about a job's
