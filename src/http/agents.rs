@@ -18,6 +18,9 @@ use crate::model::Name;
 
 /// Largest advertisement body.
 const MAX_ADVERT_BYTES: usize = 4 << 20;
+/// Longest advertised queue description (upstream: no bound; a description is a line of
+/// text, and 10,000 queues of 4 MiB each would pin 40 GB and answer every listing with it).
+pub const MAX_DESCRIPTION_BYTES: usize = 4 << 10;
 
 /// Runs `f` over the agents partition under its read lock (not in the agents actor: a
 /// read never waits behind writes queued there) and returns its result. `f` must be
@@ -65,6 +68,13 @@ pub async fn queues_post(State(svc): State<Services>, request: Request) -> Resul
                 "Description for queue '{name}' must be a string"
             )));
         };
+        if description.len() > MAX_DESCRIPTION_BYTES {
+            return Err(schema_error(format!(
+                "Description for queue '{name}' is {} bytes, at most {MAX_DESCRIPTION_BYTES} \
+                 are kept",
+                description.len()
+            )));
+        }
         queues.push((Name::from(name), description.into_boxed_str()));
     }
     if queues.is_empty() {
@@ -154,6 +164,8 @@ pub async fn images_get(
 
 /// Most bytes of an agent-data or provision-log post.
 const MAX_AGENT_POST: usize = 1 << 20;
+/// Most entries of an agent record's `queues` list, and most lines one post adds to its `log`.
+const MAX_RECORD_LIST: usize = 10_000;
 
 /// Field types of an agent record Testflinger defines (anything else passes through).
 fn check_agent_fields(map: &Map<String, Value>) -> Result<()> {
@@ -164,11 +176,20 @@ fn check_agent_fields(map: &Map<String, Value>) -> Result<()> {
             }
             "log" => value
                 .as_array()
-                .is_some_and(|a| a.len() <= 10_000 && a.iter().all(Value::is_string)),
+                .is_some_and(|a| a.len() <= MAX_RECORD_LIST && a.iter().all(Value::is_string)),
             "queues" => {
-                let Some(queues) = value.as_array().filter(|a| a.len() <= 10_000) else {
+                let Some(queues) = value.as_array() else {
                     return Err(Error::validation(field, "Not a valid list of queue names."));
                 };
+                if queues.len() > MAX_RECORD_LIST {
+                    return Err(Error::validation(
+                        field,
+                        format!(
+                            "{} queues; an agent record lists at most {MAX_RECORD_LIST}",
+                            queues.len()
+                        ),
+                    ));
+                }
                 for queue in queues {
                     check_queue_name(queue.as_str().ok_or_else(|| {
                         Error::validation(field, "Not a valid list of queue names.")

@@ -6,7 +6,9 @@
 //! runs for years cannot grow the state without bound, and a record expires once its
 //! agent has not posted for `--agent-expiry-secs`. What clients can add without bound
 //! otherwise is bounded here ([`Agents::admit`]): a record's size (new keys), the number
-//! of records, and the number of advertised queues (which never expire).
+//! of records, the number of advertised queues (which never expire), and the bytes all of
+//! it holds together ([`MAX_AGENT_DATA_BYTES`]: the counts times the per-item limits
+//! would be tens of GB).
 
 use std::collections::BTreeMap;
 
@@ -30,6 +32,9 @@ pub const MAX_AGENTS: usize = 10_000;
 /// Most queues advertised with a description, and most queues with advertised images
 /// (advertisements never expire, as upstream's).
 pub const MAX_ADVERTISED_QUEUES: usize = 10_000;
+/// Most bytes the advertised queues' descriptions, the advertised images, the agent
+/// records and their provision entries hold together.
+pub const MAX_AGENT_DATA_BYTES: usize = 256 << 20;
 
 /// One advertised queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,7 +130,34 @@ fn advertised(count: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// 507 when `delta` more bytes would take the partition's `held` past
+/// [`MAX_AGENT_DATA_BYTES`] (events that do not grow it always pass).
+fn within_budget(held: usize, delta: usize) -> Result<()> {
+    if delta > 0 && held.saturating_add(delta) > MAX_AGENT_DATA_BYTES {
+        return Err(Error::NoSpace(format!(
+            "agent data is full: advertised queues, images and agent records hold {held} \
+             bytes, and at most {MAX_AGENT_DATA_BYTES} are kept; this post would add {delta} \
+             (records of silent agents expire after --agent-expiry-secs)"
+        )));
+    }
+    Ok(())
+}
+
 impl Agents {
+    /// Bytes the partition's client-supplied data holds: descriptions, images, records'
+    /// fields and provision entries. A walk over every entry (at most a few times
+    /// [`MAX_AGENTS`]), made only for an event that would grow the data.
+    pub fn held_bytes(&self) -> usize {
+        let queues: usize = self.queues.values().map(|q| q.description.len()).sum();
+        let images: usize = self.images.values().map(Bytes::len).sum();
+        let records: usize = self
+            .agents
+            .values()
+            .map(|r| r.fields.len() + r.provision_log.iter().map(Bytes::len).sum::<usize>())
+            .sum();
+        queues + images + records
+    }
+
     /// Folds one agents event in.
     pub fn apply(&mut self, event: &Event) {
         match event {
@@ -188,8 +220,9 @@ impl Agents {
     }
 
     /// Whether `event` may be recorded: refused, before anything changes, when it would
-    /// take an agent record past [`MAX_AGENT_RECORD_BYTES`] (413), or add a record or an
-    /// advertised queue past [`MAX_AGENTS`] or [`MAX_ADVERTISED_QUEUES`] (507).
+    /// take an agent record past [`MAX_AGENT_RECORD_BYTES`] (413), add a record or an
+    /// advertised queue past [`MAX_AGENTS`] or [`MAX_ADVERTISED_QUEUES`] (507), or grow
+    /// the partition past [`MAX_AGENT_DATA_BYTES`] (507).
     pub fn admit(&self, event: &Event) -> Result<()> {
         match event {
             Event::AgentUpdated { name, fields, .. } => {
@@ -211,7 +244,10 @@ impl Agents {
                             MAX_AGENT_RECORD_BYTES
                         )))
                     }
-                    _ => Ok(()),
+                    Some(merged) => {
+                        within_budget(self.held_bytes(), merged.len().saturating_sub(old.len()))
+                    }
+                    None => Ok(()),
                 }
             }
             Event::QueuesAdvertised { queues, .. } => {
@@ -219,12 +255,23 @@ impl Agents {
                     .iter()
                     .filter(|(name, _)| !self.queues.contains_key(name))
                     .count();
-                advertised(self.queues.len() + new, "queues")
+                advertised(self.queues.len() + new, "queues")?;
+                let added: usize = queues
+                    .iter()
+                    .map(|(name, description)| {
+                        let old = self.queues.get(name).map_or(0, |q| q.description.len());
+                        description.len().saturating_sub(old)
+                    })
+                    .sum();
+                within_budget(self.held_bytes(), added)
             }
-            Event::ImagesAdvertised { queue, .. } => {
+            Event::ImagesAdvertised { queue, images } => {
                 let new = usize::from(!self.images.contains_key(queue));
-                advertised(self.images.len() + new, "queues with images")
+                advertised(self.images.len() + new, "queues with images")?;
+                let old = self.images.get(queue).map_or(0, Bytes::len);
+                within_budget(self.held_bytes(), images.len().saturating_sub(old))
             }
+            Event::ProvisionLogged { entry, .. } => within_budget(self.held_bytes(), entry.len()),
             _ => Ok(()),
         }
     }
@@ -259,6 +306,42 @@ mod tests {
             at: 1,
             by: None,
         }
+    }
+
+    #[test]
+    fn agent_data_is_bounded_in_total_bytes() {
+        let mut agents = Agents::default();
+        // One buffer shared by every queue's images: counted for each, allocated once.
+        let big = Bytes::from(vec![b'x'; 4 << 20]);
+        let images = |q: usize| Event::ImagesAdvertised {
+            queue: Name::from(format!("q{q}").as_str()),
+            images: big.clone(),
+        };
+        let fit = MAX_AGENT_DATA_BYTES / big.len();
+        for q in 0..fit {
+            agents.admit(&images(q)).unwrap();
+            agents.apply(&images(q));
+        }
+        assert_eq!(agents.held_bytes(), fit * big.len());
+        let refused = agents.admit(&images(fit)).unwrap_err();
+        assert!(
+            matches!(refused, Error::NoSpace(_))
+                && refused.message().contains("agent data is full"),
+            "{refused:?}"
+        );
+        // Replacing a queue's images with as many bytes adds nothing: let in.
+        agents.admit(&images(0)).unwrap();
+        // Records and provision entries count too.
+        assert!(matches!(
+            agents.admit(&update("late")),
+            Err(Error::NoSpace(_))
+        ));
+        let entry = Event::ProvisionLogged {
+            name: Name::from("q0"),
+            entry: Bytes::from_static(br#"{"exit_code":0}"#),
+            at: 1,
+        };
+        assert!(matches!(agents.admit(&entry), Err(Error::NoSpace(_))));
     }
 
     #[test]
