@@ -61,6 +61,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "MAX_WAITERS",
     "METRICS_QUEUES",
     "ACCESS_CONTROL",
+    "JWT_LEEWAY",
     "ACCESS_TOKEN_SECS",
     "REFRESH_TOKEN_SECS",
     "TOKEN_FAILURES_PER_MINUTE",
@@ -111,23 +112,40 @@ pub fn parse_config_file(text: &str) -> Result<BTreeMap<String, String>, ConfigE
     Ok(out)
 }
 
+/// One value as Python reads it: a quoted string (no escapes: a backslash is kept as
+/// written) or a bare word, either followed by an optional `#` comment.
 fn unquote(value: &str) -> Result<String, String> {
-    let value = match value.find(" #") {
-        Some(i) if !value.starts_with(['\'', '"']) => value[..i].trim_end(),
-        _ => value,
-    };
-    for quote in ['\'', '"'] {
-        if let Some(rest) = value.strip_prefix(quote) {
-            let inner = rest
-                .strip_suffix(quote)
-                .filter(|_| !rest.is_empty())
-                .ok_or_else(|| format!("unterminated string {value:?}"))?;
-            if inner.contains(quote) {
-                return Err(format!("stray quote in {value:?}"));
-            }
-            return Ok(inner.to_owned());
+    if let Some(quote) = value.chars().next().filter(|c| matches!(c, '\'' | '"')) {
+        let rest = &value[1..];
+        let end = rest
+            .find(quote)
+            .ok_or_else(|| format!("unterminated string {value:?}"))?;
+        let (inner, after) = (&rest[..end], rest[end + 1..].trim_start());
+        if !(after.is_empty() || after.starts_with('#')) {
+            let escape = if inner.ends_with('\\') {
+                " (backslash escapes are not supported: quote with the other kind)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "unexpected text after the closing quote in {value:?}: expected the end of \
+                 the line or a `#` comment{escape}"
+            ));
         }
+        return Ok(inner.to_owned());
     }
+    // A bare value ends where a comment starts: a `#` at its start or after whitespace.
+    let comment = value
+        .char_indices()
+        .find(|&(i, c)| {
+            c == '#'
+                && value[..i]
+                    .chars()
+                    .next_back()
+                    .is_none_or(char::is_whitespace)
+        })
+        .map_or(value.len(), |(i, _)| i);
+    let value = value[..comment].trim_end();
     if value.is_empty() {
         return Err("missing value".into());
     }

@@ -374,6 +374,20 @@ impl Config {
         opts: &ServeOpts,
         file: Option<ConfigFile>,
     ) -> Result<(Config, Vec<String>), ConfigError> {
+        // A value that is not UTF-8 is kept (lossily) so it is refused, not taken as unset.
+        Config::resolve_with_env(opts, file, &|name| {
+            std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+        })
+    }
+
+    /// [`Config::resolve`] with upstream's environment variables (`JWT_LEEWAY`,
+    /// `WEBHOOK_URL`, `WEBHOOK_AUTH`; clap reads the `FLINGER_*` ones) looked up through
+    /// `env`, so tests need not change the process's environment.
+    fn resolve_with_env(
+        opts: &ServeOpts,
+        file: Option<ConfigFile>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
         let mut config = Config::default();
         let mut warnings = Vec::new();
         if let Some((path, keys)) = file {
@@ -383,16 +397,26 @@ impl Config {
                     line: 0,
                     reason: format!("{}: {key} = {value:?} is not {what}", path.display()),
                 };
-                let num = |what: &str| value.parse::<u64>().map_err(|_| bad(what));
+                // Parsed straight into the setting's type: a value out of its range is
+                // refused, never truncated.
+                fn parse_as<T: std::str::FromStr>(
+                    value: &str,
+                    bad: impl Fn(&str) -> ConfigError,
+                    what: &str,
+                ) -> Result<T, ConfigError> {
+                    value.parse().map_err(|_| bad(what))
+                }
+                let num = |what: &str| parse_as::<u64>(value, bad, what);
+                let size = |what: &str| parse_as::<usize>(value, bad, what);
                 match key.as_str() {
                     "DATA_PATH" => config.data_dir = PathBuf::from(value),
                     "BIND" => config.bind = value.parse().map_err(|_| bad("HOST:PORT"))?,
                     "FSYNC" => {
                         config.fsync = value.parse().map_err(|_| bad("always or interval:MS"))?
                     }
-                    "MAX_JOB_BYTES" => config.max_job_bytes = num("a byte count")? as usize,
-                    "MAX_RESULT_BYTES" => config.max_result_bytes = num("a byte count")? as usize,
-                    "MAX_OUTPUT_BYTES" => config.max_output_bytes = num("a byte count")? as usize,
+                    "MAX_JOB_BYTES" => config.max_job_bytes = size("a byte count")?,
+                    "MAX_RESULT_BYTES" => config.max_result_bytes = size("a byte count")?,
+                    "MAX_OUTPUT_BYTES" => config.max_output_bytes = size("a byte count")?,
                     "MAX_JOB_DATA_BYTES" => config.max_job_data_bytes = num("a byte count")?,
                     "MAX_ARTIFACT_BYTES" => config.max_artifact_bytes = num("a byte count")?,
                     "SEGMENT_BYTES" => config.segment_bytes = num("a byte count")?,
@@ -402,28 +426,28 @@ impl Config {
                     }
                     "RETENTION_SECS" => config.retention = Duration::from_secs(num("seconds")?),
                     "MAX_CONNECTIONS" => {
-                        config.max_connections = num("a count")? as usize;
+                        config.max_connections = size("a count")?;
                         config.max_connections_chosen = true;
                     }
                     "HEADER_TIMEOUT_SECS" => {
                         config.header_timeout = Duration::from_secs(num("seconds")?)
                     }
-                    "MAX_HEADER_BYTES" => config.max_header_bytes = num("a byte count")? as usize,
+                    "MAX_HEADER_BYTES" => config.max_header_bytes = size("a byte count")?,
                     "MIN_TRANSFER_BYTES" => config.min_transfer_bytes = num("a byte count")?,
                     "TRANSFER_WINDOW_SECS" => {
                         config.transfer_window = Duration::from_secs(num("seconds")?)
                     }
                     "DRAIN_SECS" => config.drain = Duration::from_secs(num("seconds")?),
                     "MAX_PART_HEADER_BYTES" => {
-                        config.max_part_header_bytes = num("a byte count")? as usize
+                        config.max_part_header_bytes = size("a byte count")?
                     }
-                    "MAX_UPLOAD_PARTS" => config.max_upload_parts = num("a count")? as usize,
+                    "MAX_UPLOAD_PARTS" => config.max_upload_parts = size("a count")?,
                     "MAX_FIELD_BYTES" => config.max_field_bytes = num("a byte count")?,
-                    "MAX_PENDING" => config.max_pending = num("a count")? as usize,
-                    "WORKERS" => config.workers = num("a count")? as usize,
+                    "MAX_PENDING" => config.max_pending = size("a count")?,
+                    "WORKERS" => config.workers = size("a count")?,
                     "THP" => config.thp = value.parse().map_err(|_| bad("off or system"))?,
-                    "MAX_SEARCHES" => config.max_searches = num("a count")? as usize,
-                    "METRICS_QUEUES" => config.metrics_queues = num("a count")? as usize,
+                    "MAX_SEARCHES" => config.max_searches = size("a count")?,
+                    "METRICS_QUEUES" => config.metrics_queues = size("a count")?,
                     "AGENT_EXPIRY_SECS" => {
                         config.agent_expiry = Duration::from_secs(num("seconds")?)
                     }
@@ -438,11 +462,12 @@ impl Config {
                             _ => return Err(bad("true or false")),
                         }
                     }
-                    "MAX_WAITERS" => config.max_waiters = num("a count")? as usize,
+                    "MAX_WAITERS" => config.max_waiters = size("a count")?,
                     "QUEUE_IDLE_SECS" => config.queue_idle = Duration::from_secs(num("seconds")?),
                     "ACCESS_CONTROL" => {
                         config.access = value.parse().map_err(|_| bad("off, on or strict"))?
                     }
+                    "JWT_LEEWAY" => config.jwt_leeway = Duration::from_secs(num("seconds")?),
                     "ACCESS_TOKEN_SECS" => {
                         config.access_token_ttl = Duration::from_secs(num("seconds")?)
                     }
@@ -450,7 +475,7 @@ impl Config {
                         config.refresh_token_ttl = Duration::from_secs(num("seconds")?)
                     }
                     "TOKEN_FAILURES_PER_MINUTE" => {
-                        config.token_failures_per_minute = num("a count")? as u32
+                        config.token_failures_per_minute = parse_as::<u32>(value, bad, "a count")?
                     }
                     "WEBHOOK_URL" => config.webhook_url = Some(value.clone()),
                     "WEBHOOK_AUTH" => config.webhook_auth = Some(Secret(value.clone())),
@@ -463,12 +488,12 @@ impl Config {
                     "WEBHOOK_MAX_BACKOFF_SECS" => {
                         config.webhook_max_backoff = Duration::from_secs(num("seconds")?)
                     }
-                    "MAX_JOB_EVENTS" => config.max_job_events = num("a count")? as usize,
+                    "MAX_JOB_EVENTS" => config.max_job_events = size("a count")?,
                     "MAX_EVENT_DETAIL_BYTES" => {
-                        config.max_event_detail_bytes = num("a byte count")? as usize
+                        config.max_event_detail_bytes = size("a byte count")?
                     }
                     "MAX_WEBHOOK_URL_BYTES" => {
-                        config.max_webhook_url_bytes = num("a byte count")? as usize
+                        config.max_webhook_url_bytes = size("a byte count")?
                     }
                     "JOURNAL" => {
                         config.journal = value
@@ -572,19 +597,25 @@ impl Config {
         if let Some(secs) = opts.refresh_token_secs {
             config.refresh_token_ttl = Duration::from_secs(secs);
         }
-        let leeway = opts.jwt_leeway_secs.or_else(|| {
-            std::env::var("JWT_LEEWAY")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-        });
+        // Upstream's environment names count as environment too (below FLINGER_*); an
+        // empty one is unset, as clap treats the FLINGER_* ones.
+        let upstream_env = |name: &str| env(name).filter(|v| !v.is_empty());
+        let leeway = match (opts.jwt_leeway_secs, upstream_env("JWT_LEEWAY")) {
+            (Some(secs), _) => Some(secs),
+            (None, Some(value)) => Some(value.trim().parse().map_err(|_| ConfigError {
+                line: 0,
+                reason: format!(
+                    "environment variable JWT_LEEWAY = {value:?} is not seconds (0 to 300)"
+                ),
+            })?),
+            (None, None) => None,
+        };
         if let Some(secs) = leeway {
             config.jwt_leeway = Duration::from_secs(secs);
         }
         if let Some(n) = opts.token_failures_per_minute {
             config.token_failures_per_minute = n;
         }
-        // Upstream's environment names count as environment too (below FLINGER_*).
-        let upstream_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         if let Some(url) = opts
             .webhook_url
             .clone()
@@ -719,8 +750,8 @@ impl Config {
         let leeway = self.jwt_leeway.as_secs();
         if leeway > 300 {
             return err(format!(
-                "--jwt-leeway-secs (FLINGER_JWT_LEEWAY_SECS or JWT_LEEWAY) must be at most 300 \
-                 seconds, got {leeway}"
+                "--jwt-leeway-secs (FLINGER_JWT_LEEWAY_SECS, or JWT_LEEWAY in the environment or \
+                 the config file) must be at most 300 seconds, got {leeway}"
             ));
         }
         if let Some(url) = &self.webhook_url {

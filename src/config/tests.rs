@@ -176,3 +176,111 @@ fn open_access_is_refused_off_loopback_unless_opted_out_or_on() {
     config.access = AccessMode::On;
     assert!(config.check_exposure().is_ok());
 }
+
+#[test]
+fn comments_may_follow_a_quoted_value_and_hashes_inside_quotes_are_kept() {
+    let keys = parse_config_file(
+        "DATA_PATH = '/tmp/x' # comment\nFSYNC = \"always\"\t# why\nWEBHOOK_AUTH = 'a#b' #c\n\
+         JOURNAL = \"file\"#tight\nWEBHOOK_URL = \"it's # here\"\nMAX_JOB_BYTES = 1048576 # 1 MiB\n",
+    )
+    .unwrap();
+    assert_eq!(keys["DATA_PATH"], "/tmp/x");
+    assert_eq!(keys["FSYNC"], "always");
+    assert_eq!(keys["WEBHOOK_AUTH"], "a#b");
+    assert_eq!(keys["JOURNAL"], "file");
+    assert_eq!(keys["WEBHOOK_URL"], "it's # here");
+    assert_eq!(keys["MAX_JOB_BYTES"], "1048576");
+}
+
+#[test]
+fn text_after_a_closing_quote_is_an_error_saying_so() {
+    for text in [
+        "DATA_PATH = '/tmp/x' junk",
+        "FSYNC = \"always\" x # c",
+        "A = 'x'y'",
+    ] {
+        let reason = parse_config_file(text).unwrap_err().reason;
+        assert!(
+            reason.contains("unexpected text after the closing quote"),
+            "{text:?}: {reason}"
+        );
+    }
+    // No escapes: the error says so rather than leaving the reader to guess.
+    let reason = parse_config_file(r"A = 'it\'s'").unwrap_err().reason;
+    assert!(
+        reason.contains("backslash escapes are not supported"),
+        "{reason}"
+    );
+    let reason = parse_config_file("A = '/tmp/x # comment")
+        .unwrap_err()
+        .reason;
+    assert!(reason.contains("unterminated string"), "{reason}");
+    // A comment alone is no value (it used to become the value "# comment").
+    let reason = parse_config_file("DATA_PATH = # comment")
+        .unwrap_err()
+        .reason;
+    assert_eq!(reason, "missing value");
+}
+
+fn resolve_env(file: &str, env: &[(&str, &str)]) -> Result<(Config, Vec<String>), ConfigError> {
+    let file = parse_config_file(file).unwrap();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::resolve_with_env(
+        &ServeOpts::default(),
+        Some(("tf.conf".into(), file)),
+        &|name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+    )
+}
+
+#[test]
+fn jwt_leeway_comes_from_environment_or_file_and_a_bad_one_is_refused() {
+    let (config, warnings) = resolve_env("JWT_LEEWAY = 30\n", &[]).unwrap();
+    assert_eq!(
+        (config.jwt_leeway, warnings),
+        (Duration::from_secs(30), vec![])
+    );
+    let (config, _) = resolve_env("JWT_LEEWAY = 30\n", &[("JWT_LEEWAY", " 7 ")]).unwrap();
+    assert_eq!(config.jwt_leeway, Duration::from_secs(7));
+    let (config, _) = resolve_env("", &[("JWT_LEEWAY", "")]).unwrap();
+    assert_eq!(config.jwt_leeway, Duration::from_secs(5));
+
+    let reason = resolve_env("", &[("JWT_LEEWAY", "abc")])
+        .unwrap_err()
+        .reason;
+    assert!(
+        reason.contains("JWT_LEEWAY") && reason.contains("\"abc\""),
+        "{reason}"
+    );
+    let reason = resolve_env("", &[("JWT_LEEWAY", "-1")]).unwrap_err().reason;
+    assert!(
+        reason.contains("JWT_LEEWAY") && reason.contains("\"-1\""),
+        "{reason}"
+    );
+    let reason = resolve_env("JWT_LEEWAY = abc\n", &[]).unwrap_err().reason;
+    assert!(
+        reason.contains("JWT_LEEWAY = \"abc\" is not seconds"),
+        "{reason}"
+    );
+    let reason = resolve_env("JWT_LEEWAY = 1000\n", &[]).unwrap_err().reason;
+    assert!(
+        reason.contains("at most 300") && reason.contains("1000"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn file_values_beyond_their_settings_range_are_refused_not_truncated() {
+    // 2^32 + 10 once became 10 failures a minute.
+    let reason = resolve_env("TOKEN_FAILURES_PER_MINUTE = 4294967306\n", &[])
+        .unwrap_err()
+        .reason;
+    assert!(
+        reason.contains("TOKEN_FAILURES_PER_MINUTE = \"4294967306\" is not a count"),
+        "{reason}"
+    );
+    let (config, _) = resolve_env("TOKEN_FAILURES_PER_MINUTE = 4294967295\n", &[]).unwrap();
+    assert_eq!(config.token_failures_per_minute, u32::MAX);
+}
