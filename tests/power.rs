@@ -631,8 +631,8 @@ async fn check(app: &Router, world: &World) -> Result<(), String> {
             true,
         )
         .await?;
-        // Attachments after the first stored ones are answered 200 and not stored, so
-        // any upload sent may be the one kept.
+        // Attachments are never replaced: a later upload is 200 only when it holds the
+        // stored bytes (a retry), so every acknowledged upload holds the kept ones.
         check_file(
             app,
             &format!("/v1/job/{id}/attachments"),
@@ -716,7 +716,13 @@ async fn check_file(
     let got = call(app, Method::GET, uri, None, Vec::new()).await;
     let fine = match got.status {
         204 => !any_acked,
-        200 => uploads.iter().any(|u| !replaced(u) && u.bytes == got.body),
+        200 => {
+            uploads.iter().any(|u| !replaced(u) && u.bytes == got.body)
+                && (replaces
+                    || uploads
+                        .iter()
+                        .all(|u| u.acked.is_none() || u.bytes == got.body))
+        }
         _ => false,
     };
     if fine {

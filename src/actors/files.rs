@@ -38,6 +38,14 @@ pub enum FileMsg {
     Snapshot(RpcReplyPort<PendingSnapshot>),
 }
 
+/// The answer to an upload that would replace a job's stored attachments, which are never
+/// replaced (README's compatibility table): `why` says how it came to be refused.
+pub fn attachments_not_replaced(id: JobId, why: &str) -> Error {
+    Error::Conflict(format!(
+        "Job {id}'s attachments were stored by another upload {why}; they are not replaced"
+    ))
+}
+
 /// The artifact actor (no configuration).
 pub struct FileActor;
 
@@ -99,10 +107,7 @@ impl FileState {
     /// them arrived and the job been dispatched since this upload was let in (400).
     fn stored(&mut self, id: JobId, kind: FileKind, file: Box<str>, size: u64) -> Result<Ticket> {
         if kind == FileKind::Attachments && !self.jobs.awaits_attachments(id)? {
-            return Err(Error::Conflict(format!(
-                "Job {id}'s attachments were stored by another upload while this one was \
-                 received; they are not replaced"
-            )));
+            return Err(attachments_not_replaced(id, "while this one was received"));
         }
         let replaced = self.files.get(id, kind).map_or(0, |f| f.size);
         let jobs = &self.jobs;

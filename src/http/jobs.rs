@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::respond::{json_bytes, json_value, no_content, ok, read_body, text};
 use super::wire::{self, path_id};
 use crate::access::Caller;
-use crate::actors::files::FileMsg;
+use crate::actors::files::{attachments_not_replaced, FileMsg};
 use crate::actors::queue::QueueMsg;
 use crate::actors::registry::RegistryMsg;
 use crate::actors::results::ResultMsg;
@@ -20,7 +20,7 @@ use crate::dispatch;
 use crate::error::{Error, Result};
 use crate::model::index::Search;
 use crate::model::registry::Attachments;
-use crate::model::{JobId, Name};
+use crate::model::{FileKind, JobId, Name};
 
 /// Most `queue` parameters one pop may name.
 const MAX_POP_QUEUES: usize = 256;
@@ -353,8 +353,15 @@ pub async fn attachments_post(
     let job = svc.jobs.get(id);
     match job {
         Some(job) if job.waiting => match job.attachments {
-            // Stored already, though perhaps not durably yet.
+            // Stored already, though perhaps not durably yet. testflinger-cli retries an
+            // upload whose answer it lost with the same archive: that retry succeeds as
+            // the first upload did; other bytes would replace them, and are refused.
             Attachments::Complete => {
+                let kind = FileKind::Attachments;
+                if !super::results::upload_matches_stored(&svc, id, kind, request).await? {
+                    let why = "and this one's content differs";
+                    return Err(attachments_not_replaced(id, why));
+                }
                 svc.journal.durable(svc.journal.settled()).await?;
                 return Ok(ok());
             }
@@ -375,7 +382,7 @@ pub async fn attachments_post(
             })
         }
     }
-    super::results::store_upload(&svc, id, crate::model::FileKind::Attachments, request).await?;
+    super::results::store_upload(&svc, id, FileKind::Attachments, request).await?;
     // `None`: a concurrent upload marked them arrived, perhaps not durably yet.
     let ticket = ask(&svc.registry, |p| RegistryMsg::AttachmentsArrived(id, p))
         .await??
@@ -393,7 +400,7 @@ pub async fn attachments_get(
     super::results::serve_file(
         &svc,
         id,
-        crate::model::FileKind::Attachments,
+        FileKind::Attachments,
         "application/gzip",
         "attachments.tar.gz",
     )

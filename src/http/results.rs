@@ -441,7 +441,92 @@ pub async fn artifact_get(State(svc): State<Services>, Path(id): Path<String>) -
 const UPLOAD_FRAMING: u64 = 64 << 10;
 
 /// Streams the multipart field `file` of `request` into a new durable file and records
-/// it as the job's `kind`. The file name is ours: nothing the client sends becomes a path.
+/// it as the job's `kind` (see [`receive_upload`] for how it is received and bounded).
+pub async fn store_upload(
+    svc: &Services,
+    id: JobId,
+    kind: FileKind,
+    request: Request,
+) -> Result<()> {
+    let (name, size) = receive_upload(svc, id, kind, request).await?;
+    let lsn = match ask(&svc.files, |p| {
+        FileMsg::Stored(id, kind, name.clone(), size, p)
+    })
+    .await
+    {
+        Ok(Ok(lsn)) => lsn,
+        // Refused before anything was recorded (at the door, or over the orphan quota).
+        Ok(Err(e)) | Err(e) => {
+            svc.store.delete(vec![name]);
+            return Err(e);
+        }
+    };
+    // If this fails the file may stay unreferenced: start-up sweeps such files, and
+    // deleting it here could race a record that becomes durable late.
+    svc.journal.durable(lsn).await
+}
+
+/// Whether the multipart field `file` of `request` holds exactly the bytes of the job's
+/// stored file of `kind` (`false` when it has none): a client retrying an upload whose
+/// answer it lost sends the same bytes again, and must not be told it replaced them.
+///
+/// Received like any upload ([`receive_upload`]: same limits, same refusals) into a file
+/// nothing refers to, compared chunk by chunk (sizes first), never whole in memory, and
+/// deleted whatever the outcome; a crash before the deletion leaves it to start-up's sweep.
+pub async fn upload_matches_stored(
+    svc: &Services,
+    id: JobId,
+    kind: FileKind,
+    request: Request,
+) -> Result<bool> {
+    let (name, size) = receive_upload(svc, id, kind, request).await?;
+    let same = async {
+        let Some(stored) = ask(&svc.files, |p| FileMsg::Get(id, kind, p)).await? else {
+            return Ok(false);
+        };
+        if stored.size != size {
+            return Ok(false);
+        }
+        let theirs = svc.store.open(&stored.file, stored.size).await?;
+        let ours = svc.store.open(&name, size).await?;
+        same_bytes(theirs, ours).await
+    }
+    .await;
+    svc.store.delete(vec![name]);
+    same
+}
+
+/// Whether two downloads yield the same bytes, whatever their chunk boundaries.
+async fn same_bytes(mut a: Download, mut b: Download) -> Result<bool> {
+    /// Fills `buf` from `from` unless it still holds bytes; empty only at the end.
+    async fn refill(from: &mut Download, buf: &mut Bytes) -> Result<()> {
+        while buf.is_empty() {
+            match from.try_next().await? {
+                Some(chunk) => *buf = chunk,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+    let (mut x, mut y) = (Bytes::new(), Bytes::new());
+    loop {
+        refill(&mut a, &mut x).await?;
+        refill(&mut b, &mut y).await?;
+        let n = x.len().min(y.len());
+        if n == 0 {
+            return Ok(x.is_empty() && y.is_empty());
+        }
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+        x = x.slice(n..);
+        y = y.slice(n..);
+    }
+}
+
+/// Streams the multipart field `file` of `request` into a new durable file, recorded
+/// nowhere yet: its name and size. The file name is ours: nothing the client sends
+/// becomes a path.
 ///
 /// The bytes go to the file store (`svc.store`: a temporary file in the data dir, fsynced,
 /// renamed to a fresh name and the directory fsynced; or chunks committed to the
@@ -453,12 +538,12 @@ const UPLOAD_FRAMING: u64 = 64 << 10;
 /// cannot record the upload now, is refused before the body is read; the preamble, each
 /// part's headers, the number of parts ([`super::upload::Framing`]), other fields and the
 /// whole body (multer's size limits) are bounded while it is read.
-pub async fn store_upload(
+async fn receive_upload(
     svc: &Services,
     id: JobId,
     kind: FileKind,
     request: Request,
-) -> Result<()> {
+) -> Result<(Box<str>, u64)> {
     let config = &svc.config;
     // An id no job has may only take what is left of the orphan quota: refused before
     // any byte is stored when nothing is.
@@ -539,21 +624,7 @@ pub async fn store_upload(
         return Err(Error::InvalidInput("The upload has no `file` field".into()));
     };
     writing.finish().await?;
-    let lsn = match ask(&svc.files, |p| {
-        FileMsg::Stored(id, kind, name.clone().into_boxed_str(), size, p)
-    })
-    .await
-    {
-        Ok(Ok(lsn)) => lsn,
-        // Refused before anything was recorded (at the door, or over the orphan quota).
-        Ok(Err(e)) | Err(e) => {
-            svc.store.delete(vec![name.into_boxed_str()]);
-            return Err(e);
-        }
-    };
-    // If this fails the file may stay unreferenced: start-up sweeps such files, and
-    // deleting it here could race a record that becomes durable late.
-    svc.journal.durable(lsn).await
+    Ok((name.into_boxed_str(), size))
 }
 
 fn kind_tag(kind: FileKind) -> &'static str {

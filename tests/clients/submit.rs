@@ -166,6 +166,58 @@ async fn attachments_stored_by_one_upload_are_not_replaced_by_a_slower_one() {
     );
 }
 
+/// A re-upload made after the attachments were stored, while the job still waits: the
+/// same bytes (the CLI retrying an upload whose answer it lost) are a success, other bytes
+/// (another size, or one byte changed past the first read chunk) a 400 saying they are not
+/// replaced. The stored bytes stay, and no re-upload leaves a file behind.
+#[tokio::test]
+async fn attachments_reupload_is_200_when_identical_and_400_when_content_differs() {
+    use std::time::{Duration, Instant};
+    let srv = TestServer::start();
+    let agent = Agent::register(&srv, "dut-again", &["again-q"]).await;
+    let id = srv
+        .submit(&json!({"job_queue": "again-q", "test_data": {"attachments": [{"agent": "a"}]}}))
+        .await;
+    let path = format!("/v1/job/{id}/attachments");
+    // Larger than one read chunk (256 KiB): the comparison spans chunks.
+    let first = fake_tar_gz(300_000, 21);
+    post_gzip_file(&srv.http(), &path, "a.tar.gz", &first)
+        .await
+        .expect_status(200);
+    let stored = srv.stored_files();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+
+    post_gzip_file(&srv.http(), &path, "a.tar.gz", &first)
+        .await
+        .expect_status(200);
+    let mut last_byte_differs = first.clone();
+    *last_byte_differs.last_mut().unwrap() ^= 1;
+    for other in [last_byte_differs, fake_tar_gz(1000, 22)] {
+        let r = post_gzip_file(&srv.http(), &path, "a.tar.gz", &other).await;
+        let message = r.expect_error(400);
+        assert!(message.contains("not replaced"), "{message}");
+    }
+
+    // Each re-upload was received into a file of its own, deleted off the answer's path.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while srv.stored_files() != stored {
+        assert!(
+            Instant::now() < deadline,
+            "a re-upload left a file: {:?} (stored {stored:?})",
+            srv.stored_files()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(srv.job_state(&id).await, "waiting");
+    assert_eq!(
+        job_id_of(&agent.pop(&["again-q"]).await.expect("dispatched")),
+        id
+    );
+    let got = agent.get(&path).await;
+    got.expect_status(200);
+    assert_eq!(got.body.as_ref(), first.as_slice(), "attachments replaced");
+}
+
 #[tokio::test]
 async fn attachments_upload_is_refused_when_job_has_none_is_unknown_or_id_is_malformed() {
     let srv = TestServer::start();
