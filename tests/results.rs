@@ -148,7 +148,8 @@ async fn result_post_is_400_when_body_is_not_a_json_object() {
 }
 
 /// `job_state` is a string (upstream's schema: anything else is its 422) and, since it
-/// becomes the job's lifecycle state, at most 256 bytes; a refused post changes nothing.
+/// becomes the job's lifecycle state, 1 to 256 bytes without control or bidirectional
+/// characters; a refused post changes nothing.
 #[tokio::test]
 async fn result_post_is_422_when_job_state_is_not_a_string_or_too_long() {
     let srv = TestServer::start();
@@ -162,6 +163,15 @@ async fn result_post_is_422_when_job_state_is_not_a_string_or_too_long() {
         (
             json!({"job_state": long, "note": 1}),
             "Longer than maximum length 256.",
+        ),
+        (json!({"job_state": ""}), "Shorter than minimum length 1."),
+        (
+            json!({"job_state": "te\u{0000}st"}),
+            "the control character U+0000",
+        ),
+        (
+            json!({"job_state": "\u{202e}tset"}),
+            "the bidirectional text control U+202E",
         ),
     ];
     for (body, reason) in cases {

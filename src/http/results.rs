@@ -91,15 +91,27 @@ pub async fn result_post(
 }
 
 /// A reported `job_state`: a string (upstream's `ResultPost` declares `fields.String`, so
-/// anything else is its 422), of at most [`MAX_NAME`] bytes (upstream takes any length:
-/// here it becomes the job's lifecycle state, kept and shown with the job).
+/// anything else is its 422), of 1 to [`MAX_NAME`] bytes without control or
+/// bidirectional characters (upstream takes any string: here it becomes the job's
+/// lifecycle state, kept and shown with the job on pages and in the CLI, as a queue name
+/// is, under the same rules).
 fn job_state(value: &Value) -> Result<&str> {
     match value {
-        Value::String(state) if state.len() <= MAX_NAME => Ok(state),
-        Value::String(_) => Err(Error::validation(
+        Value::String(state) if state.is_empty() => Err(Error::validation(
+            "job_state",
+            "Shorter than minimum length 1.",
+        )),
+        Value::String(state) if state.len() > MAX_NAME => Err(Error::validation(
             "job_state",
             format!("Longer than maximum length {MAX_NAME}."),
         )),
+        Value::String(state) => match super::wire::unshowable(state) {
+            Some(what) => Err(Error::validation(
+                "job_state",
+                format!("It contains {what}."),
+            )),
+            None => Ok(state),
+        },
         Value::Null => Err(Error::validation("job_state", "Field may not be null.")),
         _ => Err(Error::validation("job_state", "Not a valid string.")),
     }
@@ -441,7 +453,7 @@ pub async fn artifact_get(State(svc): State<Services>, Path(id): Path<String>) -
 const UPLOAD_FRAMING: u64 = 64 << 10;
 
 /// Streams the multipart field `file` of `request` into a new durable file and records
-/// it as the job's `kind` (see [`receive_upload`] for how it is received and bounded).
+/// it as the job's `kind` (see `receive_upload` for how it is received and bounded).
 pub async fn store_upload(
     svc: &Services,
     id: JobId,
@@ -470,7 +482,7 @@ pub async fn store_upload(
 /// stored file of `kind` (`false` when it has none): a client retrying an upload whose
 /// answer it lost sends the same bytes again, and must not be told it replaced them.
 ///
-/// Received like any upload ([`receive_upload`]: same limits, same refusals) into a file
+/// Received like any upload (`receive_upload`: same limits, same refusals) into a file
 /// nothing refers to, compared chunk by chunk (sizes first), never whole in memory, and
 /// deleted whatever the outcome; a crash before the deletion leaves it to start-up's sweep.
 pub async fn upload_matches_stored(

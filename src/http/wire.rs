@@ -257,19 +257,25 @@ fn check_name_rules(name: &str) -> Result<()> {
     if name.trim().is_empty() {
         return bad("it is only whitespace".into());
     }
-    if let Some(c) = name.chars().find(|c| c.is_control()) {
-        return bad(format!(
-            "it contains the control character U+{:04X}",
-            c as u32
-        ));
+    match unshowable(name) {
+        Some(what) => bad(format!("it contains {what}")),
+        None => Ok(()),
     }
-    if let Some(c) = name.chars().find(|c| is_bidi_control(*c)) {
-        return bad(format!(
-            "it contains the bidirectional text control U+{:04X}",
-            c as u32
-        ));
-    }
-    Ok(())
+}
+
+/// The first character of `text` that must not be shown as a name or state (a control
+/// character, or a bidirectional control that would reorder what follows it on a page or
+/// a terminal), described for an error message: `the control character U+0000`.
+pub fn unshowable(text: &str) -> Option<String> {
+    text.chars().find_map(|c| {
+        if c.is_control() {
+            Some(format!("the control character U+{:04X}", c as u32))
+        } else if is_bidi_control(c) {
+            Some(format!("the bidirectional text control U+{:04X}", c as u32))
+        } else {
+            None
+        }
+    })
 }
 
 /// Unicode's bidirectional formatting characters (UAX #9): marks, embeddings, overrides,
