@@ -451,9 +451,7 @@ async fn check(
             (Some(_), None) => Ok(()),
         },
         Check::AgentRecord => match (caller.agent_credential(), about) {
-            (Some(me), About::Agent(Some(name))) => {
-                check_agent_writer(svc, me, &name, "change its record")
-            }
+            (Some(me), About::Agent(Some(name))) => check_agent_writer(svc, me, &name),
             _ => Ok(()),
         },
         Check::JobOwner | Check::JobAgent => {
@@ -475,26 +473,44 @@ async fn check(
 /// blamed when the job's agent goes silent). The stock agent posts its record before it
 /// polls, and gets its cookie from that post.
 fn check_agent_name(svc: &Services, me: &str, name: &str) -> Result<()> {
-    if !svc.agent_data.read().agents.contains_key(name) {
+    let Some(writer) = svc
+        .agent_data
+        .read()
+        .agents
+        .get(name)
+        .map(|record| record.writer.clone())
+    else {
         return Err(Error::Forbidden(format!(
             "Agent {name:?} has no record: an agent posts its data \
              (POST /v1/agents/data/<name>, which sets the agent_name cookie) before it takes jobs"
         )));
-    }
-    check_agent_writer(svc, me, name, "take jobs in its name")
+    };
+    refuse_if_kept(svc, me, name, writer, "take jobs in its name")
 }
 
 /// Whether agent credential `me` may change agent `name`'s record: refused (403) when
 /// another agent credential wrote it last and still exists. A credential that was
 /// deleted gives its records up, so replacing a lab's agent credential needs no wait.
-/// `doing` completes the refusal's "another agent credential may not ...".
-fn check_agent_writer(svc: &Services, me: &str, name: &str, doing: &str) -> Result<()> {
+fn check_agent_writer(svc: &Services, me: &str, name: &str) -> Result<()> {
     let writer = svc
         .agent_data
         .read()
         .agents
         .get(name)
         .and_then(|record| record.writer.clone());
+    refuse_if_kept(svc, me, name, writer, "change its record")
+}
+
+/// 403 when agent `name`'s record was last written by `writer`, another agent credential
+/// than `me` that still exists; `doing` completes the refusal's "another agent
+/// credential may not ...".
+fn refuse_if_kept(
+    svc: &Services,
+    me: &str,
+    name: &str,
+    writer: Option<Name>,
+    doing: &str,
+) -> Result<()> {
     let Some(writer) = writer.filter(|w| &**w != me) else {
         return Ok(());
     };

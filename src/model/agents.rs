@@ -66,6 +66,11 @@ pub struct AgentRecord {
 }
 
 impl AgentRecord {
+    /// Bytes of client-supplied data it holds: its fields and provision entries.
+    fn bytes(&self) -> usize {
+        self.fields.len() + self.provision_log.iter().map(Bytes::len).sum::<usize>()
+    }
+
     /// The merged fields as a JSON object.
     pub fn fields_map(&self) -> Map<String, Value> {
         serde_json::from_slice(&self.fields).unwrap_or_default()
@@ -82,6 +87,7 @@ impl AgentRecord {
 
 /// All agent-reported data.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(from = "Stored")]
 pub struct Agents {
     /// Advertised queues by name.
     pub queues: BTreeMap<Name, Advertised>,
@@ -89,6 +95,31 @@ pub struct Agents {
     pub images: BTreeMap<Name, Bytes>,
     /// Agent records by name.
     pub agents: BTreeMap<Name, AgentRecord>,
+    /// [`Agents::held_bytes`], kept by [`Agents::apply`] (the only writer of the maps
+    /// above) and counted afresh when a snapshot is decoded; never stored.
+    #[serde(skip)]
+    held: usize,
+}
+
+/// [`Agents`] as a snapshot stores it (the same fields, in the same order).
+#[derive(Deserialize)]
+struct Stored {
+    queues: BTreeMap<Name, Advertised>,
+    images: BTreeMap<Name, Bytes>,
+    agents: BTreeMap<Name, AgentRecord>,
+}
+
+impl From<Stored> for Agents {
+    fn from(stored: Stored) -> Agents {
+        let mut agents = Agents {
+            queues: stored.queues,
+            images: stored.images,
+            agents: stored.agents,
+            held: 0,
+        };
+        agents.held = agents.count_bytes();
+        agents
+    }
 }
 
 /// `old` fields with the `new` JSON object merged in, key by key, the `log` list extended
@@ -145,17 +176,26 @@ fn within_budget(held: usize, delta: usize) -> Result<()> {
 
 impl Agents {
     /// Bytes the partition's client-supplied data holds: descriptions, images, records'
-    /// fields and provision entries. A walk over every entry (at most a few times
-    /// [`MAX_AGENTS`]), made only for an event that would grow the data.
+    /// fields and provision entries (what [`MAX_AGENT_DATA_BYTES`] bounds).
     pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    /// [`Agents::held_bytes`] counted over every entry.
+    fn count_bytes(&self) -> usize {
         let queues: usize = self.queues.values().map(|q| q.description.len()).sum();
         let images: usize = self.images.values().map(Bytes::len).sum();
-        let records: usize = self
-            .agents
-            .values()
-            .map(|r| r.fields.len() + r.provision_log.iter().map(Bytes::len).sum::<usize>())
-            .sum();
+        let records: usize = self.agents.values().map(AgentRecord::bytes).sum();
         queues + images + records
+    }
+
+    /// Applies `change` to agent `name`'s record (a new one if it has none), keeping
+    /// [`Agents::held_bytes`].
+    fn change_record(&mut self, name: &Name, change: impl FnOnce(&mut AgentRecord)) {
+        let record = self.agents.entry(name.clone()).or_default();
+        let before = record.bytes();
+        change(record);
+        self.held = self.held - before + record.bytes();
     }
 
     /// Folds one agents event in.
@@ -163,25 +203,26 @@ impl Agents {
         match event {
             Event::QueuesAdvertised { queues, at } => {
                 for (name, description) in queues {
-                    self.queues.insert(
-                        name.clone(),
-                        Advertised {
-                            description: description.clone(),
-                            updated_at: *at,
-                        },
-                    );
+                    let advertised = Advertised {
+                        description: description.clone(),
+                        updated_at: *at,
+                    };
+                    let old = self.queues.insert(name.clone(), advertised);
+                    self.held += description.len();
+                    self.held -= old.map_or(0, |q| q.description.len());
                 }
             }
             Event::ImagesAdvertised { queue, images } => {
-                self.images.insert(queue.clone(), images.clone());
+                let old = self.images.insert(queue.clone(), images.clone());
+                self.held += images.len();
+                self.held -= old.map_or(0, |i| i.len());
             }
             Event::AgentUpdated {
                 name,
                 fields,
                 at,
                 by,
-            } => {
-                let record = self.agents.entry(name.clone()).or_default();
+            } => self.change_record(name, |record| {
                 if let Some(merged) = merge(&record.fields, fields) {
                     record.fields = merged;
                     record.updated_at = *at;
@@ -189,9 +230,8 @@ impl Agents {
                 // A manager's or the server's own update (a lost agent marked offline)
                 // releases the record: any agent credential may take it next.
                 record.writer = by.clone();
-            }
-            Event::ProvisionLogged { name, entry, .. } => {
-                let record = self.agents.entry(name.clone()).or_default();
+            }),
+            Event::ProvisionLogged { name, entry, .. } => self.change_record(name, |record| {
                 let passed = serde_json::from_slice::<Value>(entry)
                     .ok()
                     .and_then(|v| v.get("exit_code").and_then(Value::as_i64))
@@ -209,10 +249,12 @@ impl Agents {
                     excess += 1;
                 }
                 record.provision_log.drain(..excess);
-            }
+            }),
             Event::AgentsExpired { names } => {
                 for name in names {
-                    self.agents.remove(name);
+                    if let Some(record) = self.agents.remove(name) {
+                        self.held -= record.bytes();
+                    }
                 }
             }
             _ => {}
@@ -342,6 +384,62 @@ mod tests {
             at: 1,
         };
         assert!(matches!(agents.admit(&entry), Err(Error::NoSpace(_))));
+    }
+
+    /// The running count [`Agents::apply`] keeps is what counting every entry gives,
+    /// through replacements, merges, trimmed provision history, expiry and a snapshot's
+    /// encoding and decoding (which stores no count).
+    #[test]
+    fn held_bytes_is_kept_through_every_change_and_a_snapshot() {
+        let mut agents = Agents::default();
+        let events = [
+            Event::QueuesAdvertised {
+                queues: vec![(Name::from("q"), "first".into())],
+                at: 1,
+            },
+            Event::QueuesAdvertised {
+                queues: vec![(Name::from("q"), "a longer one".into())],
+                at: 2,
+            },
+            Event::ImagesAdvertised {
+                queue: Name::from("q"),
+                images: Bytes::from_static(br#"{"img":"url"}"#),
+            },
+            Event::ImagesAdvertised {
+                queue: Name::from("q"),
+                images: Bytes::from_static(br#"{}"#),
+            },
+            update("a"),
+            update("b"),
+            Event::AgentUpdated {
+                name: Name::from("a"),
+                fields: Bytes::from_static(br#"{"location":"lab 3","log":["x"]}"#),
+                at: 2,
+                by: None,
+            },
+        ];
+        for event in &events {
+            agents.apply(event);
+            assert_eq!(agents.held_bytes(), agents.count_bytes(), "{event:?}");
+        }
+        for n in 0..120 {
+            agents.apply(&Event::ProvisionLogged {
+                name: Name::from("a"),
+                entry: Bytes::from(format!(
+                    "{{\"exit_code\":{n},\"d\":\"{}\"}}",
+                    "x".repeat(20_000)
+                )),
+                at: 3,
+            });
+            assert_eq!(agents.held_bytes(), agents.count_bytes());
+        }
+        agents.apply(&Event::AgentsExpired {
+            names: vec![Name::from("b")],
+        });
+        assert_eq!(agents.held_bytes(), agents.count_bytes());
+        assert!(agents.held_bytes() > 0);
+        let decoded: Agents = rmp_serde::from_slice(&rmp_serde::to_vec(&agents).unwrap()).unwrap();
+        assert_eq!(decoded.held_bytes(), agents.held_bytes());
     }
 
     #[test]
