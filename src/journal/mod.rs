@@ -37,8 +37,7 @@ mod replay;
 pub use file::dump;
 pub use postgres::tls::split_root_cert;
 pub use postgres::{LeaseView, Promoted, Standby, Tenure};
-use replay::Replay;
-pub use replay::{PartSnapshot, Recovery, SnapshotDoc};
+pub use replay::{PartSnapshot, Recovery, Replay, SnapshotDoc};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -293,15 +292,7 @@ impl Snapshots {
                 Ok((Prepared::File(prepared), size))
             }
             Snapshots::Postgres { url, term } => {
-                let bytes = on_snapshot_thread(move || {
-                    let mut sink = SnapshotSink::new(SinkTarget::Memory(Vec::new()));
-                    parts.encode(&mut sink)?;
-                    match sink.finish()? {
-                        SinkTarget::Memory(bytes) => Ok(bytes),
-                        SinkTarget::File(_) => unreachable!("the sink keeps its target"),
-                    }
-                })
-                .await?;
+                let bytes = on_snapshot_thread(move || parts.encode_in_memory()).await?;
                 let size = bytes.len() as u64;
                 Ok((postgres::prepare(url, *term, lsn, bytes).await?, size))
             }
@@ -378,6 +369,38 @@ impl SnapshotParts {
         .map(|p| p.lsn)
         .min()
         .unwrap_or(0)
+    }
+
+    /// The parts of a whole `state`, each as its actor copies it for a snapshot (the
+    /// registry without its derived indexes: [`crate::model::registry::Registry::snapshot_copy`]),
+    /// every partition at `lsn`. For code that holds a [`State`] rather than actors (the
+    /// recovery fuzz check); the server's snapshots are the actors' copies.
+    pub fn of_state(state: &State, lsn: u64) -> SnapshotParts {
+        fn part<T: Serialize + Send + 'static>(lsn: u64, copy: T) -> PendingSnapshot {
+            PendingSnapshot {
+                lsn,
+                encode: Box::new(move |sink| sink.encode(&copy)),
+            }
+        }
+        SnapshotParts {
+            registry: part(lsn, state.registry.snapshot_copy()),
+            results: part(lsn, state.results.clone()),
+            files: part(lsn, state.files.clone()),
+            agents: part(lsn, state.agents.clone()),
+            access: part(lsn, state.access.clone()),
+            webhooks: part(lsn, state.webhooks.clone()),
+        }
+    }
+
+    /// The snapshot document of the parts, in memory (as the PostgreSQL journal uploads
+    /// it; the file journal streams it into its file instead).
+    pub fn encode_in_memory(self) -> Result<Vec<u8>> {
+        let mut sink = SnapshotSink::new(SinkTarget::Memory(Vec::new()));
+        self.encode(&mut sink)?;
+        match sink.finish()? {
+            SinkTarget::Memory(bytes) => Ok(bytes),
+            SinkTarget::File(_) => unreachable!("the sink keeps its target"),
+        }
     }
 
     /// Encodes the parts as a [`SnapshotDoc`] in one pass into `sink`: the document's
@@ -864,11 +887,7 @@ mod tests {
             webhooks: part(4, ("hook", 1u64 << 40)),
         };
         assert_eq!(parts.lsn(), 4);
-        let mut sink = SnapshotSink::new(SinkTarget::Memory(Vec::new()));
-        parts.encode(&mut sink).unwrap();
-        let SinkTarget::Memory(bytes) = sink.finish().unwrap() else {
-            panic!("the sink keeps its target")
-        };
+        let bytes = parts.encode_in_memory().unwrap();
         let doc: SnapshotDoc = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(doc.version, SNAPSHOT_VERSION);
         let got = [

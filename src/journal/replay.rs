@@ -102,7 +102,11 @@ impl Applied {
 
 /// Recovery in progress, whatever the backend: the state rebuilt from a snapshot and
 /// the records after it, through the same fold live changes take.
-pub(super) struct Replay {
+///
+/// Used as: [`Replay::new`], at most one [`Replay::snapshot`], then [`Replay::record`] for
+/// each record after it in LSN order, then [`Replay::finish`]. An error from either means
+/// the log cannot be recovered as it is (the backend reports it and does not start).
+pub struct Replay {
     state: State,
     /// Per partition, the last LSN already in `state` (records up to it are skipped).
     applied: Applied,
@@ -111,7 +115,7 @@ pub(super) struct Replay {
 }
 
 impl Replay {
-    pub(super) fn new(started: Instant) -> Replay {
+    pub fn new(started: Instant) -> Replay {
         Replay {
             state: State::default(),
             applied: Applied::default(),
@@ -122,7 +126,7 @@ impl Replay {
 
     /// Loads the snapshot `bytes` taken at `lsn` (a [`SnapshotDoc`]). Refuses a layout
     /// this build does not read.
-    pub(super) fn snapshot(&mut self, lsn: u64, bytes: &[u8]) -> Result<()> {
+    pub fn snapshot(&mut self, lsn: u64, bytes: &[u8]) -> Result<()> {
         let state = &mut self.state;
         let doc: SnapshotDoc = rmp_serde::from_slice(bytes)
             .map_err(|e| Error::Internal(format!("snapshot at lsn {lsn} does not decode: {e}")))?;
@@ -186,7 +190,7 @@ impl Replay {
     }
 
     /// Folds one recovered record, unless its partition's snapshot already holds it.
-    pub(super) fn record(&mut self, lsn: u64, payload: &[u8]) -> std::result::Result<(), String> {
+    pub fn record(&mut self, lsn: u64, payload: &[u8]) -> std::result::Result<(), String> {
         let event = decode(payload).map_err(|e| format!("record does not decode: {e}"))?;
         let partition = event.partition();
         if lsn > self.applied.get(partition) {
@@ -198,7 +202,7 @@ impl Replay {
     }
 
     /// The rebuilt state and what recovery did.
-    pub(super) fn finish(mut self) -> (State, Recovery) {
+    pub fn finish(mut self) -> (State, Recovery) {
         self.recovery.elapsed = self.started.elapsed();
         (self.state, self.recovery)
     }

@@ -10,8 +10,12 @@ mod config_file;
 mod http_router;
 #[path = "../../fuzz/checks/job_json.rs"]
 mod job_json;
+#[path = "../../fuzz/checks/journal_replay.rs"]
+mod journal_replay;
 #[path = "../../fuzz/checks/multipart_artifact.rs"]
 mod multipart_artifact;
+#[path = "../../fuzz/checks/orphan_file.rs"]
+mod orphan_file;
 #[path = "../../fuzz/checks/server.rs"]
 mod server;
 #[path = "../../fuzz/checks/snapshot_registry.rs"]
@@ -57,6 +61,16 @@ fn job_json_seeds_hold_the_fuzz_properties() {
 }
 
 #[test]
+fn journal_replay_seeds_hold_the_fuzz_properties() {
+    replay("journal_replay", journal_replay::check);
+}
+
+#[test]
+fn orphan_file_seeds_hold_the_fuzz_properties() {
+    replay("orphan_file", orphan_file::check);
+}
+
+#[test]
 fn snapshot_registry_seeds_hold_the_fuzz_properties() {
     replay("snapshot_registry", snapshot_registry::check);
 }
@@ -90,7 +104,7 @@ fn every_fuzz_target_has_seeds_and_a_shared_check() {
                 .find_map(|l| l.trim().strip_prefix("name = \"")?.strip_suffix('"'))
         })
         .collect();
-    assert_eq!(targets.len(), 7, "targets: {targets:?}");
+    assert_eq!(targets.len(), 9, "targets: {targets:?}");
     for target in targets {
         assert!(
             fuzz_dir()
