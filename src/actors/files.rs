@@ -17,7 +17,7 @@ use crate::journal::files::FileStore;
 use crate::journal::{Journal, Ticket};
 use crate::model::files::{Files, StoredFile};
 use crate::model::orphans::Ledger;
-use crate::model::{Event, FileKind, JobId};
+use crate::model::{Event, FastMap, FileKind, JobId};
 
 /// Messages to the artifact actor.
 pub enum FileMsg {
@@ -61,6 +61,13 @@ pub struct FileState {
     ledger: Ledger,
     /// Where the files are kept.
     store: Arc<dyn FileStore>,
+    /// Jobs whose attachments this actor recorded since it started, with the submission
+    /// (`seq`) they were recorded for: until the registry marks them arrived (a turn of
+    /// another actor, after this record is durable) the job still reads as awaiting
+    /// them, and a second upload finishing meanwhile must not replace them. Not logged:
+    /// after a restart a job still awaiting its attachments had no upload acknowledged,
+    /// so the next one may store them. Entries go with their jobs' files.
+    attached: FastMap<JobId, u64>,
 }
 
 /// Start-up inputs.
@@ -95,6 +102,7 @@ impl FileState {
         let ticket = self.record(Event::FilesExpired { ids: ids.clone() })?;
         for id in ids {
             self.ledger.discharge(id);
+            self.attached.remove(&id);
         }
         Ok(ticket)
     }
@@ -102,13 +110,19 @@ impl FileState {
     /// Records a stored file, charging an orphan's quota (a replaced file gives back its
     /// size once the replacement is recorded).
     ///
-    /// Attachments are recorded only while the job awaits them, decided here, in the
-    /// turn that records them: a concurrent upload that finished first may have marked
-    /// them arrived and the job been dispatched since this upload was let in (400).
+    /// Attachments are recorded only while the job awaits them and no other upload
+    /// stored them for the same submission, decided here, in the turn that records them:
+    /// a concurrent upload that finished first may have stored them (its arrival perhaps
+    /// not marked yet), or marked them arrived and the job been dispatched since this
+    /// upload was let in (400).
     fn stored(&mut self, id: JobId, kind: FileKind, file: Box<str>, size: u64) -> Result<Ticket> {
-        if kind == FileKind::Attachments && !self.jobs.awaits_attachments(id)? {
-            return Err(attachments_not_replaced(id, "while this one was received"));
-        }
+        let submission = match kind {
+            FileKind::Attachments => match self.jobs.awaits_attachments(id)? {
+                Some(seq) if self.attached.get(&id) != Some(&seq) => Some(seq),
+                _ => return Err(attachments_not_replaced(id, "while this one was received")),
+            },
+            FileKind::Artifact => None,
+        };
         let replaced = self.files.get(id, kind).map_or(0, |f| f.size);
         let jobs = &self.jobs;
         let orphan = self.ledger.reserve(id, size, |id| jobs.contains(id))?;
@@ -124,6 +138,9 @@ impl FileState {
                 Ok(_) => self.ledger.settle(id, replaced, 0),
                 Err(_) => self.ledger.settle(id, size, 0),
             }
+        }
+        if let (Some(seq), Ok(_)) = (submission, &result) {
+            self.attached.insert(id, seq);
         }
         result
     }
@@ -151,6 +168,7 @@ impl Actor for FileActor {
             jobs: args.jobs,
             ledger,
             store: args.store,
+            attached: FastMap::default(),
         })
     }
 

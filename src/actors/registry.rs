@@ -334,15 +334,15 @@ impl Jobs {
         self.0.read().get(id).is_some()
     }
 
-    /// Whether the job's attachments may still be stored: `Ok(true)` while it waits for
-    /// them, `Ok(false)` once they are (the job may be dispatched: they are never
+    /// Whether the job's attachments may still be stored: `Ok(Some(seq))` while it waits
+    /// for them, with the submission waiting (its `seq`: a resubmission waits for new
+    /// ones), `Ok(None)` once they are (the job may be dispatched: they are never
     /// replaced), the registry's refusal otherwise (the same decision as
     /// [`RegistryMsg::AttachmentsArrived`]).
-    pub fn awaits_attachments(&self, id: JobId) -> Result<bool> {
-        self.0
-            .read()
-            .attachments_arrived(id)
-            .map(|arrived| arrived.is_some())
+    pub fn awaits_attachments(&self, id: JobId) -> Result<Option<u64>> {
+        let registry = self.0.read();
+        let awaits = registry.attachments_arrived(id)?.is_some();
+        Ok(registry.get(id).filter(|_| awaits).map(|job| job.seq))
     }
 
     /// The job this agent holds without having reported on it.

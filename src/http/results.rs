@@ -467,6 +467,17 @@ pub async fn store_upload(
     .await
     {
         Ok(Ok(lsn)) => lsn,
+        // Attachments another upload stored while this one was received: a success only
+        // if this one holds the same bytes (a retry sent while the first was in flight),
+        // as for an upload made after they were stored.
+        Ok(Err(e @ Error::Conflict(_))) if kind == FileKind::Attachments => {
+            let same = same_as_stored(svc, id, kind, &name, size).await;
+            svc.store.delete(vec![name]);
+            return match same? {
+                true => Ok(()),
+                false => Err(e),
+            };
+        }
         // Refused before anything was recorded (at the door, or over the orphan quota).
         Ok(Err(e)) | Err(e) => {
             svc.store.delete(vec![name]);
@@ -492,20 +503,29 @@ pub async fn upload_matches_stored(
     request: Request,
 ) -> Result<bool> {
     let (name, size) = receive_upload(svc, id, kind, request).await?;
-    let same = async {
-        let Some(stored) = ask(&svc.files, |p| FileMsg::Get(id, kind, p)).await? else {
-            return Ok(false);
-        };
-        if stored.size != size {
-            return Ok(false);
-        }
-        let theirs = svc.store.open(&stored.file, stored.size).await?;
-        let ours = svc.store.open(&name, size).await?;
-        same_bytes(theirs, ours).await
-    }
-    .await;
+    let same = same_as_stored(svc, id, kind, &name, size).await;
     svc.store.delete(vec![name]);
     same
+}
+
+/// Whether the received file `name` of `size` bytes holds exactly the bytes of the job's
+/// stored file of `kind` (`false` when it has none).
+async fn same_as_stored(
+    svc: &Services,
+    id: JobId,
+    kind: FileKind,
+    name: &str,
+    size: u64,
+) -> Result<bool> {
+    let Some(stored) = ask(&svc.files, |p| FileMsg::Get(id, kind, p)).await? else {
+        return Ok(false);
+    };
+    if stored.size != size {
+        return Ok(false);
+    }
+    let theirs = svc.store.open(&stored.file, stored.size).await?;
+    let ours = svc.store.open(name, size).await?;
+    same_bytes(theirs, ours).await
 }
 
 /// Whether two downloads yield the same bytes, whatever their chunk boundaries.

@@ -218,6 +218,51 @@ async fn attachments_reupload_is_200_when_identical_and_400_when_content_differs
     assert_eq!(got.body.as_ref(), first.as_slice(), "attachments replaced");
 }
 
+/// Two uploads of different attachments for one waiting job, sent at once: at most one is
+/// told it stored them, and the stored bytes are that one's. (Both used to be answered
+/// 200 when the second finished while the first's arrival was being recorded: the second
+/// replaced the first's file.) The same bytes sent twice at once are both a success.
+#[tokio::test]
+async fn concurrent_attachments_uploads_with_different_content_are_not_both_200() {
+    let srv = TestServer::start();
+    let http = srv.http();
+    let trials = 12;
+    for trial in 0..trials {
+        let id = srv
+            .submit(&json!({"job_queue": "race-q", "test_data": {"attachments": [{"agent": "a"}]}}))
+            .await;
+        let path = format!("/v1/job/{id}/attachments");
+        let ours = fake_tar_gz(400_000, 100 + trial);
+        let theirs = if trial % 4 == 3 {
+            ours.clone()
+        } else {
+            fake_tar_gz(400_000, 200 + trial)
+        };
+        let (a, b) = tokio::join!(
+            post_gzip_file(&http, &path, "a.tar.gz", &ours),
+            post_gzip_file(&http, &path, "b.tar.gz", &theirs)
+        );
+        let stored = srv.get(&path).await;
+        stored.expect_status(200);
+        let stored = stored.body.as_ref();
+        let same = ours == theirs;
+        for (r, sent) in [(&a, &ours), (&b, &theirs)] {
+            match r.status {
+                200 => assert_eq!(
+                    stored,
+                    sent.as_slice(),
+                    "trial {trial}: an upload was told 200 but other bytes are stored"
+                ),
+                400 if !same => assert!(r.message().contains("not replaced"), "{}", r.message()),
+                status => panic!("trial {trial}: unexpected {status}: {}", r.text_preview()),
+            }
+        }
+        if same {
+            assert_eq!((a.status, b.status), (200, 200), "trial {trial}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn attachments_upload_is_refused_when_job_has_none_is_unknown_or_id_is_malformed() {
     let srv = TestServer::start();
