@@ -193,6 +193,43 @@ async fn result_post_is_422_when_job_state_is_not_a_string_or_too_long() {
     assert_eq!(srv.job_state(&id).await, longest);
 }
 
+/// A log fragment missing a member is upstream's 422 saying that member is missing (it
+/// was answered as if present with the wrong type: "Not a valid datetime." for a missing
+/// timestamp); a member of the wrong type is still named as such.
+#[tokio::test]
+async fn log_post_is_422_naming_the_missing_member_when_one_is_absent() {
+    let srv = TestServer::start();
+    let path = format!("/v1/result/{}/log/output", new_id());
+    let whole = json!({
+        "fragment_number": 0,
+        "timestamp": "2024-01-01T00:00:00+00:00",
+        "phase": "test",
+        "log_data": "x",
+    });
+    for field in ["fragment_number", "timestamp", "phase", "log_data"] {
+        let mut body = whole.clone();
+        body.as_object_mut().unwrap().remove(field);
+        let r = srv.post_json(&path, &body).await;
+        r.expect_error(422);
+        let reasons = &r.json()["detail"]["json"][field];
+        assert_eq!(
+            reasons,
+            &json!(["Missing data for required field."]),
+            "{field}: {}",
+            r.text()
+        );
+    }
+    let mut wrong = whole.clone();
+    wrong["timestamp"] = json!("yesterday");
+    let r = srv.post_json(&path, &wrong).await;
+    r.expect_error(422);
+    assert_eq!(
+        r.json()["detail"]["json"]["timestamp"],
+        json!(["Not a valid datetime."])
+    );
+    srv.post_json(&path, &whole).await.expect_status(200);
+}
+
 #[tokio::test]
 async fn result_endpoints_are_400_when_id_is_malformed() {
     let srv = TestServer::start();

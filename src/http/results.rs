@@ -219,9 +219,8 @@ pub async fn log_post(
         pick_members(&body, ["fragment_number", "timestamp", "phase", "log_data"])?.values;
     // At most i64::MAX: reads answer `last_fragment_number` as a signed number (-1 for
     // none, as upstream), and upstream's MongoDB stores 64-bit signed integers.
-    let number = number
-        .as_ref()
-        .and_then(Value::as_u64)
+    let number = required("fragment_number", &number)?
+        .as_u64()
         .ok_or_else(|| Error::validation("fragment_number", "Not a valid non-negative integer."))?;
     if i64::try_from(number).is_err() {
         return Err(Error::validation(
@@ -229,21 +228,18 @@ pub async fn log_post(
             format!("Must be less than or equal to {}.", i64::MAX),
         ));
     }
-    let timestamp = timestamp
-        .as_ref()
-        .and_then(Value::as_str)
+    let timestamp = required("timestamp", &timestamp)?
+        .as_str()
         .and_then(parse_timestamp)
         .ok_or_else(|| Error::validation("timestamp", "Not a valid datetime."))?;
-    let phase = phase
-        .as_ref()
-        .and_then(Value::as_str)
+    let phase = required("phase", &phase)?
+        .as_str()
         .filter(|p| PHASES.contains(p))
         .ok_or_else(|| {
             Error::validation("phase", format!("Must be one of: {}.", PHASES.join(", ")))
         })?;
-    let data = data
-        .as_ref()
-        .and_then(Value::as_str)
+    let data = required("log_data", &data)?
+        .as_str()
         .ok_or_else(|| Error::validation("log_data", "Not a valid string."))?;
     if data.len() > limit {
         return Err(Error::TooLarge(format!(
@@ -267,6 +263,14 @@ pub async fn log_post(
         .unwrap_or_else(|| svc.journal.settled());
     svc.journal.durable(ticket).await?;
     Ok(ok())
+}
+
+/// A required member of a post: upstream's 422 when it is absent (a wrong type is the
+/// caller's to name).
+fn required<'a>(field: &str, value: &'a Option<Value>) -> Result<&'a Value> {
+    value
+        .as_ref()
+        .ok_or_else(|| Error::validation(field, "Missing data for required field."))
 }
 
 /// The body limit of a log fragment post, from the limit on its decoded `log_data`: JSON
