@@ -161,6 +161,35 @@ async fn sigkill_preserves_everything_acknowledged() {
     assert_eq!(&r.body[..], b"unread chunk\n");
 }
 
+/// Lowering a size limit keeps what was accepted under the old one: a 4 MB result merged
+/// under the default 16 MiB limit, and a job submitted after it, are still there once the
+/// server restarts with every body limit at 1 MiB. (The log's record bound followed the
+/// limits, so replay took the large record for a torn tail and cut the log there,
+/// dropping it and everything after it, with no more than a warning.)
+#[tokio::test(flavor = "multi_thread")]
+async fn lowering_body_limits_keeps_what_was_logged_under_larger_ones() {
+    let mut srv = TestServer::start();
+    let big = srv.submit_to("limits").await;
+    let field = "r".repeat(4_000_000);
+    srv.post_result(&big, &json!({"big": field})).await;
+    let later = srv.submit_to("limits").await;
+    let before = (srv.result(&big).await, srv.result(&later).await);
+    srv.kill9();
+    let one_mib = (1 << 20).to_string();
+    let lowered = srv.successor(&[
+        "--max-job-bytes",
+        &one_mib,
+        "--max-result-bytes",
+        &one_mib,
+        "--max-output-bytes",
+        &one_mib,
+    ]);
+    let after = (lowered.result(&big).await, lowered.result(&later).await);
+    assert!(after.0["big"] == before.0["big"], "the 4 MB field was lost");
+    assert_eq!(after.1, before.1);
+    assert_eq!(lowered.job_state(&later).await, "waiting");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshots_and_segment_rotation_change_nothing_observable() {
     let mut srv = TestServer::start_with(&small_log());

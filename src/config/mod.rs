@@ -164,6 +164,12 @@ impl std::str::FromStr for AccessMode {
     }
 }
 
+/// The most `--max-job-bytes`, `--max-result-bytes` and `--max-output-bytes` may be: each
+/// such body is logged whole, as one record, so this also bounds every record any
+/// configuration could have written (the log's replay trusts lengths up to that, see
+/// `journal::file`, whatever the limits are now).
+pub const MAX_BODY_LIMIT: usize = 256 << 20;
+
 /// The server's settings, resolved.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -658,9 +664,9 @@ impl Config {
             ("max-result-bytes", self.max_result_bytes),
             ("max-output-bytes", self.max_output_bytes),
         ] {
-            if value > 256 << 20 {
+            if value > MAX_BODY_LIMIT {
                 return err(format!(
-                    "{} must be at most 256 MiB (268435456; bodies are logged whole), got {value}",
+                    "{} must be at most 256 MiB ({MAX_BODY_LIMIT}; bodies are logged whole), got {value}",
                     setting(name)
                 ));
             }

@@ -26,18 +26,18 @@ fn wal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("wal")
 }
 
+/// The largest record the log accepts and, on replay, trusts a length up to: twice the
+/// largest body any configuration allows plus room for the rest of the event. It must not
+/// follow the current limits: a log written while they were larger holds larger records,
+/// which replay would take for a torn tail (cutting every record from it on) or for
+/// corruption (refusing to start) once an operator lowered a limit. Requests are bounded
+/// by the current limits before anything is logged.
+const MAX_RECORD: u32 = (crate::config::MAX_BODY_LIMIT as u32) * 2 + (1 << 20);
+
 fn wal_options(config: &Config) -> wal::Options {
     wal::Options {
         segment_size: config.segment_bytes,
-        max_record: u32::try_from(
-            config
-                .max_result_bytes
-                .max(config.max_job_bytes)
-                .max(config.max_output_bytes)
-                * 2
-                + (1 << 20),
-        )
-        .unwrap_or(u32::MAX),
+        max_record: MAX_RECORD,
         recovery: if config.wal_truncate_corruption {
             wal::Recovery::TruncateCorruption
         } else {
