@@ -399,6 +399,79 @@ async fn a_snapshot_of_thousands_of_jobs_restores_the_same_queues_and_listings()
     assert_eq!(http.pop_id(&["q0"]).await, Some(head));
 }
 
+/// An agent's page lists the jobs last dispatched to it the same live as after a restart
+/// from a snapshot: a job resubmitted and dispatched to another agent leaves the first
+/// agent's list at once. (Live it stayed there, while the list rebuilt from a snapshot's
+/// jobs, which know only their current agent, dropped it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agents_recent_jobs_are_the_same_after_a_restart_from_a_snapshot() {
+    let mut srv =
+        TestServer::start_with(&["--snapshot-bytes", "4096", "--snapshot-growth-percent", "0"]);
+    let http = srv.http();
+    for agent in ["dut-a", "dut-b"] {
+        http.post_json(
+            &format!("/v1/agents/data/{agent}"),
+            &json!({"queues": ["recent-q"], "state": "waiting"}),
+        )
+        .await
+        .expect_status(200);
+    }
+    let pop_as = |agent: &'static str| {
+        let http = http.clone();
+        async move {
+            let cookie = format!("agent_name={agent}");
+            let r = http
+                .get_with_headers(&pop_path(&["recent-q"]), &[("Cookie", &cookie)])
+                .await;
+            job_id_of(&r.expect_json())
+        }
+    };
+    let id = http.submit_to("recent-q").await;
+    assert_eq!(pop_as("dut-a").await, id);
+    http.post_result(&id, &json!({"job_state": "complete"}))
+        .await;
+    http.submit(&json!({"job_queue": "recent-q", "job_id": id}))
+        .await;
+    assert_eq!(pop_as("dut-b").await, id);
+    let listed = |page: String| page.contains(&id);
+    let live = (
+        listed(http.get("/agents/dut-a").await.text()),
+        listed(http.get("/agents/dut-b").await.text()),
+    );
+    assert!(live.1, "the job is on its current agent's page");
+
+    // A snapshot that holds all of it, then a restart from it.
+    let logged = 7;
+    let lsn_of = |line: &str| -> Option<u64> {
+        let rest = &line[line.find(" lsn=")? + 5..];
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    let scratch = new_id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !srv
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.contains("snapshot written"))
+        .any(|l| lsn_of(l).is_some_and(|lsn| lsn > logged))
+    {
+        assert!(Instant::now() < deadline, "no snapshot was taken");
+        http.post_result(&scratch, &json!({ "blob": "x".repeat(2000) }))
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    srv.kill9();
+    srv.start_again();
+    let http = srv.http();
+    let recovered = (
+        listed(http.get("/agents/dut-a").await.text()),
+        listed(http.get("/agents/dut-b").await.text()),
+    );
+    assert_eq!(
+        live, recovered,
+        "(dut-a lists it, dut-b lists it): live, then recovered"
+    );
+}
+
 /// What the crash loop's clients saw acknowledged.
 #[derive(Default)]
 struct Acked {

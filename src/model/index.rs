@@ -41,9 +41,9 @@ pub struct JobIndex {
     live: FastMap<Name, Live>,
     /// Agent name → the jobs last dispatched to it, newest dispatch first, at most
     /// [`AGENT_RECENT`] (a job dispatched to it again moves to the front). A job leaves
-    /// the list when it is removed while still naming the agent; one removed after it
-    /// went back to its queue may stay until pushed out or the index is rebuilt, so
-    /// readers skip ids that have no job.
+    /// the list when it stops naming the agent (resubmitted, its agent lost) or is
+    /// removed, so the list is what a rebuild from the jobs gives; readers still skip ids
+    /// that have no job.
     by_agent: FastMap<Name, VecDeque<JobId>>,
 }
 

@@ -559,8 +559,12 @@ impl Registry {
                         &previous.body,
                     );
                 }
+                // The new run has no agent yet: the earlier run's leaves that agent's recent
+                // jobs, as a rebuild from the jobs (which know only their current agent)
+                // has it.
                 if let Some(agent) = previous.and_then(|j| j.agent.clone()) {
                     self.release_holder(&agent, *id);
+                    self.index.undispatched(&agent, *id);
                 }
                 let job = Job {
                     queue: queue.clone(),
@@ -709,6 +713,8 @@ impl Registry {
                 };
                 if let Some(agent) = agent {
                     self.release_holder(&agent, *id);
+                    // The job no longer names it: as for a resubmission.
+                    self.index.undispatched(&agent, *id);
                 }
                 change
             }
