@@ -415,3 +415,33 @@ async fn pop_and_pages_refuse_query_escapes_that_are_not_utf8() {
     let message = srv.get("/queues/%00").await.expect_error(400);
     assert!(message.contains("control character"), "{message}");
 }
+
+/// A HEAD of a pop or of the legacy output read is refused (405) and changes nothing: axum
+/// answers HEAD with the GET handler and no body, so the job was dispatched (its state
+/// `running`) and the output marked read, with nothing delivered.
+#[tokio::test]
+async fn head_of_a_pop_or_output_read_is_405_and_dispatches_or_consumes_nothing() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("head-q").await;
+    let r = srv
+        .request("HEAD", "/v1/job?queue=head-q", &[], Vec::new())
+        .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(srv.job_state(&id).await, "waiting");
+    assert_eq!(srv.pop_id(&["head-q"]).await.as_deref(), Some(id.as_str()));
+
+    let output = format!("/v1/result/{}/output", new_id());
+    srv.post_raw(&output, Some("text/plain"), b"chunk".to_vec())
+        .await
+        .expect_status(200);
+    let r = srv.request("HEAD", &output, &[], Vec::new()).await;
+    assert_eq!(r.status, 405);
+    let r = srv.get(&output).await;
+    r.expect_status(200);
+    assert_eq!(&r.body[..], b"chunk");
+    // Reads that change nothing still answer HEAD.
+    let r = srv
+        .request("HEAD", &format!("/v1/job/{id}"), &[], Vec::new())
+        .await;
+    assert_eq!(r.status, 200);
+}

@@ -302,6 +302,15 @@ pub async fn authorize(
         changing_read: table::CHANGING_READS.contains(&route),
         loopback_open: gate.mode == AccessMode::Off && svc.config.bind.ip().is_loopback(),
     };
+    // axum answers a HEAD with the GET handler and drops the body: for a read that
+    // changes state (a pop dispatches a job, the legacy output read marks it read) the
+    // change would be made and what it hands out thrown away (a job dispatched to no one).
+    if asked.changing_read && request.method() == axum::http::Method::HEAD {
+        return Err(crate::error::Error::MethodNotAllowed(format!(
+            "HEAD {route} would change state (it is answered by GET without a body): use GET"
+        ))
+        .into_response());
+    }
     if let Err(e) = origin::check(&asked, request.headers()) {
         let from = peer(request.extensions());
         let (method, path) = (request.method().as_str(), request.uri().path());
