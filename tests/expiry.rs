@@ -527,3 +527,48 @@ async fn finished_jobs_vanish_for_good_and_waiting_ones_stay_when_retention_expi
         Some(waiting.as_str())
     );
 }
+
+/// What is kept per queue goes with the queue's last job: once every job of a queue has
+/// expired, its wait samples are gone from `/v1/queues/wait_times` (live and after a
+/// restart), while a queue that still has a job keeps its own. (Queue names are the
+/// clients' to choose: a wait-sample list per name ever dispatched from grew the state,
+/// and every snapshot, for good.)
+#[tokio::test]
+async fn a_queues_wait_samples_go_when_its_last_job_expires() {
+    let mut srv = TestServer::start_with(&["--retention-secs", "2"]);
+    let used_up: Vec<String> = (0..5).map(|i| format!("used-up-{i}")).collect();
+    for queue in &used_up {
+        let id = srv.submit_to(queue).await;
+        assert_eq!(srv.pop_id(&[queue]).await.as_deref(), Some(id.as_str()));
+        srv.post_result(&id, &json!({"job_state": "complete"}))
+            .await;
+    }
+    let kept = srv.submit_to("still-used").await;
+    assert_eq!(
+        srv.pop_id(&["still-used"]).await.as_deref(),
+        Some(kept.as_str())
+    );
+    srv.submit_to("still-used").await;
+    let queues_with_samples = |times: serde_json::Value| -> Vec<String> {
+        let mut names: Vec<String> = times.as_object().unwrap().keys().cloned().collect();
+        names.sort();
+        names
+    };
+    let times = srv.get("/v1/queues/wait_times").await.expect_json();
+    assert_eq!(queues_with_samples(times).len(), 6);
+    for queue in &used_up {
+        eventually("the used-up queues' jobs expire", || async {
+            srv.get(&format!("/v1/queues/{queue}/jobs")).await.status == 204
+        })
+        .await;
+    }
+    let times = srv.get("/v1/queues/wait_times").await.expect_json();
+    assert_eq!(queues_with_samples(times), ["still-used"], "live");
+    srv.restart();
+    let times = srv.get("/v1/queues/wait_times").await.expect_json();
+    assert_eq!(
+        queues_with_samples(times),
+        ["still-used"],
+        "after a restart"
+    );
+}

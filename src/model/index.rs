@@ -359,6 +359,11 @@ impl JobIndex {
         }
     }
 
+    /// Whether any job (of any state) is filed under `queue`.
+    pub fn has_queue(&self, queue: &str) -> bool {
+        self.by_queue.contains_key(queue)
+    }
+
     /// The jobs last dispatched to `agent`, newest first.
     pub fn agent_jobs(&self, agent: &str) -> impl Iterator<Item = JobId> + '_ {
         self.by_agent.get(agent).into_iter().flatten().copied()

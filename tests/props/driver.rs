@@ -54,7 +54,7 @@ pub struct Real {
     pub log: Vec<(u64, Event)>,
     /// The same events folded through `State::apply` as they were recorded.
     pub folded: State,
-    /// Latest snapshot: LSN and the registry as `rmp_serde::to_vec_named` wrote it.
+    /// Latest snapshot: LSN and the registry as the server writes it (`rmp_serde::to_vec`).
     pub snapshot: Option<(u64, Vec<u8>)>,
     pub lsn: u64,
     /// The clock events carry (advanced by the harness, never read from the system).
@@ -271,8 +271,9 @@ impl Real {
 
     /// Serialises the registry and carries on from the deserialised copy.
     pub fn snapshot(&mut self) {
-        let bytes = rmp_serde::to_vec_named(&self.registry).expect("the registry serialises");
-        self.registry = rmp_serde::from_slice(&bytes).expect("a snapshot deserialises");
+        let bytes = rmp_serde::to_vec(&self.registry).expect("the registry serialises");
+        // As the server loads a snapshot: its derived indexes rebuilt.
+        self.registry = Registry::decode(&bytes).expect("a snapshot deserialises");
         self.snapshot = Some((self.lsn, bytes));
     }
 
@@ -290,7 +291,7 @@ impl Real {
         let mut state = State::default();
         let mut after = 0;
         if let (true, Some((lsn, bytes))) = (from_snapshot, &self.snapshot) {
-            state.registry = rmp_serde::from_slice(bytes).expect("a snapshot deserialises");
+            state.registry = Registry::decode(bytes).expect("a snapshot deserialises");
             after = *lsn;
         }
         for (lsn, event) in self.log.iter().filter(|(lsn, _)| *lsn > after) {

@@ -117,7 +117,8 @@ pub struct Registry {
     #[serde(default)]
     finishing: VecDeque<(u64, JobId)>,
     /// Per queue, the newest waits (seconds from submission to dispatch), for the
-    /// wait-time percentiles; bounded so a busy queue cannot grow the state.
+    /// wait-time percentiles; bounded so a busy queue cannot grow the state, and kept
+    /// only while the queue has jobs, so used-up queue names cannot either.
     waits: FastMap<Name, VecDeque<u64>>,
     /// Jobs by queue, tag and state, for listings and searches (derived: rebuilt by
     /// [`Registry::decode`] when a snapshot is loaded, never in a snapshot).
@@ -396,6 +397,7 @@ impl Registry {
             let mut registry = rmp_serde::from_slice::<Registry>(bytes)?;
             registry.names = names.finish();
             registry.rebuild_index(threads, share);
+            registry.forget_unused_waits();
             return Ok(registry);
         };
         // Sized as the whole table's decode sizes it (`CowMap`'s `Deserialize`).
@@ -436,7 +438,15 @@ impl Registry {
             // map kept the later.
             registry.rebuild_index(threads, share);
         }
+        registry.forget_unused_waits();
         Ok(registry)
+    }
+
+    /// Drops the wait samples of queues without jobs, as earlier builds kept them for
+    /// good (once the index is built).
+    fn forget_unused_waits(&mut self) {
+        let index = &self.index;
+        self.waits.retain(|queue, _| index.has_queue(queue));
     }
 
     /// The read indexes (by queue, tag and state).
@@ -558,6 +568,9 @@ impl Registry {
                         previous.state.label(),
                         &previous.body,
                     );
+                    if previous.queue != *queue {
+                        self.forget_queue_if_unused(&previous.queue);
+                    }
                 }
                 // The new run has no agent yet: the earlier run's leaves that agent's recent
                 // jobs, as a rebuild from the jobs (which know only their current agent)
@@ -740,6 +753,7 @@ impl Registry {
                         self.index
                             .remove(job.seq, &job.queue, job.state.label(), &job.body);
                         self.jobs.remove(id);
+                        self.forget_queue_if_unused(&job.queue);
                     }
                 }
                 while let Some(&(t, id)) = self.finishing.front() {
@@ -758,11 +772,22 @@ impl Registry {
                 }
                 self.index
                     .remove(job.seq, &job.queue, job.state.label(), &job.body);
+                self.forget_queue_if_unused(&job.queue);
                 job.state
                     .is_waiting()
                     .then(|| IndexChange::Remove(job.queue.clone(), *id))
             }
             _ => None,
+        }
+    }
+
+    /// Once no job is filed under `queue` (its last job expired, was deleted or
+    /// resubmitted elsewhere), its wait samples and shared name go too: queue names are
+    /// the clients' to choose, so what is kept per queue must go with the queue's jobs.
+    fn forget_queue_if_unused(&mut self, queue: &Name) {
+        if !self.index.has_queue(queue) {
+            self.waits.remove(queue);
+            self.names.remove(queue);
         }
     }
 
