@@ -555,3 +555,59 @@ async fn outbox_and_delivery_progress_survive_a_snapshot_and_kill_9() {
     assert_eq!(got.len(), sent + 1, "{got:?}");
     assert_eq!(got.last().unwrap().key, format!("{id}/3"));
 }
+
+/// A receiver that answers 2xx while the log refuses every change (a failed fsync): the
+/// worker cannot record the delivery, so it must retry it with its backoff, not PUT the
+/// same delivery again at once, forever (a flood of the receiver and of the log).
+#[tokio::test(flavor = "multi_thread")]
+async fn delivery_that_cannot_be_recorded_is_retried_with_backoff_not_in_a_tight_loop() {
+    use flinger::config::Config;
+    use wal::fault::{Fault, FaultyFs, Op};
+
+    let receiver = Receiver::up().await;
+    // Down (500) while the events are recorded, so nothing is delivered before the fault.
+    receiver.seen.status.store(500, Ordering::SeqCst);
+    let hook = format!("{}/hook", receiver.url());
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        webhook_url: Some(receiver.url()),
+        webhook_max_backoff: Duration::from_secs(2),
+        ..Config::default()
+    };
+    let fs = Arc::new(FaultyFs::new(Arc::new(wal::StdFs)));
+    let running = flinger::server::start_with_fs(config, fs.clone())
+        .await
+        .unwrap();
+    let (http, stop, server) = crate::util::serve_on(running).await;
+    let id = http
+        .submit(&json!({"job_queue": "hq", "job_status_webhook": hook}))
+        .await;
+    let path = format!("/v1/job/{id}/events");
+    http.post_json(&path, &post_body(&hook, &[event("job_start", 1)]))
+        .await
+        .expect_status(200);
+    // The log fails: every later change is refused.
+    fs.fail_always(Op::Sync, Fault::Io);
+    let refused = http.post_json("/v1/job", &json!({"job_queue": "hq"})).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    // The receiver comes back: each PUT succeeds, and none can be recorded.
+    receiver.seen.status.store(0, Ordering::SeqCst);
+    let before = receiver.got().len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let puts = receiver.got().len() - before;
+    assert!(
+        (1..=6).contains(&puts),
+        "{puts} PUTs of one delivery in 4 s while its record was refused"
+    );
+    let view = http.get(&path).await.expect_json();
+    assert_eq!(view["delivered"], 0, "{view}");
+    assert!(
+        view["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("could not be recorded")),
+        "{view}"
+    );
+    stop.send(()).unwrap();
+    let _ = server.await.unwrap();
+}

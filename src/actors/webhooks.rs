@@ -91,10 +91,11 @@ pub enum WebhookMsg {
     /// Record a post's new events; `None` when it brought none (a repeat).
     Post(JobId, EventsPost, RpcReplyPort<Result<Option<Ticket>>>),
     /// The receiver acknowledged the job's first `upto` events (from the worker; the
-    /// reply says it was applied).
-    Delivered(JobId, u32, RpcReplyPort<()>),
-    /// The worker gave up on the job's first `upto` events, for this reason.
-    Abandon(JobId, u32, Box<str>, RpcReplyPort<()>),
+    /// reply says whether it was recorded and applied).
+    Delivered(JobId, u32, RpcReplyPort<Result<()>>),
+    /// The worker gave up on the job's first `upto` events, for this reason (the reply
+    /// says whether that was recorded).
+    Abandon(JobId, u32, Box<str>, RpcReplyPort<Result<()>>),
     /// Drop these jobs' outboxes (their jobs expired or were deleted); `None`: none had one.
     Expire(Vec<JobId>, RpcReplyPort<Result<Option<Ticket>>>),
     /// Serialise the partition for a snapshot.
@@ -260,11 +261,17 @@ impl Actor for WebhookActor {
             }
             WebhookMsg::Delivered(id, upto, port) => {
                 // Not waited for durability: if it is lost in a crash, the delivery happens
-                // again with the same idempotency key (at least once).
-                if let Err(e) = state.record(Event::JobEventsDelivered { id, upto }) {
-                    tracing::warn!(job = %id, error = %e, "cannot record a webhook delivery; it will be repeated");
+                // again with the same idempotency key (at least once). A refused record
+                // is the worker's to retry, with its backoff.
+                let result = state.record(Event::JobEventsDelivered { id, upto });
+                if let Err(e) = &result {
+                    if let Some(suppressed) =
+                        crate::throttle::allow("cannot record a webhook delivery", 0)
+                    {
+                        tracing::warn!(job = %id, error = %e, suppressed, "cannot record a webhook delivery; it will be repeated");
+                    }
                 }
-                reply(port, ());
+                reply(port, result.map(drop));
             }
             WebhookMsg::Abandon(id, upto, reason, port) => {
                 let event = Event::JobEventsAbandoned {
@@ -273,10 +280,15 @@ impl Actor for WebhookActor {
                     reason,
                     at: now(),
                 };
-                if let Err(e) = state.record(event) {
-                    tracing::warn!(job = %id, error = %e, "cannot record giving up a webhook delivery");
+                let result = state.record(event);
+                if let Err(e) = &result {
+                    if let Some(suppressed) =
+                        crate::throttle::allow("cannot record giving up a webhook delivery", 0)
+                    {
+                        tracing::warn!(job = %id, error = %e, suppressed, "cannot record giving up a webhook delivery");
+                    }
                 }
-                reply(port, ());
+                reply(port, result.map(drop));
             }
             WebhookMsg::Expire(ids, port) => {
                 let ids = state.hooks.outboxes.read().present(&ids);
@@ -483,7 +495,9 @@ async fn deliver(hooks: Arc<Hooks>, actor: ActorRef<WebhookMsg>, config: Arc<Con
 }
 
 /// Records an attempt's outcome: the delivery (and on to the next one), or the failure,
-/// its backoff, and giving up once past the give-up time.
+/// its backoff, and giving up once past the give-up time. A delivery or give-up the log
+/// refuses to record (a failed disk) counts as a failed attempt: it is tried again after
+/// the backoff, never at once (which would PUT the same delivery in a tight loop).
 async fn finish(
     hooks: &Hooks,
     actor: &ActorRef<WebhookMsg>,
@@ -492,52 +506,72 @@ async fn finish(
     result: std::result::Result<(), String>,
 ) {
     let id = delivery.id;
-    match result {
+    let error = match result {
         Ok(()) => {
+            // Waited for, so the next look at the outbox sees it.
+            match ask(actor, |port| WebhookMsg::Delivered(id, delivery.upto, port)).await {
+                Ok(Ok(())) => {
+                    if let Some(p) = hooks.progress.lock().get_mut(&id) {
+                        *p = Progress::default();
+                    }
+                    return;
+                }
+                Ok(Err(e)) | Err(e) => {
+                    // Delivered, but not recorded: retried later (the receiver dedupes on
+                    // the idempotency key); it cannot be given up, as it was delivered.
+                    backoff(hooks, config, id, format!(
+                        "delivered, but the delivery could not be recorded ({e}); it will be sent again"
+                    ));
+                    return;
+                }
+            }
+        }
+        Err(error) => error,
+    };
+    let now_secs = now();
+    let waited = now_secs.saturating_sub(delivery.since);
+    let Some(attempts) = backoff(hooks, config, id, error.clone()) else {
+        return;
+    };
+    if waited >= config.webhook_give_up.as_secs() {
+        let reason = format!(
+            "gave up after {attempts} attempts over {waited} s (--webhook-give-up-secs {}): {error}",
+            config.webhook_give_up.as_secs()
+        );
+        if let Some(suppressed) = crate::throttle::allow("webhook delivery given up", 0) {
+            tracing::warn!(job = %id, events = delivery.upto, %reason, suppressed, "webhook delivery given up");
+        }
+        let reason = reason.into_boxed_str();
+        let recorded = ask(actor, |port| {
+            WebhookMsg::Abandon(id, delivery.upto, reason, port)
+        })
+        .await;
+        if let Ok(Ok(())) = recorded {
+            // The next look finds nothing to send (unless events arrived meanwhile)
+            // and drops the entry: the outbox's give-up says the rest.
             if let Some(p) = hooks.progress.lock().get_mut(&id) {
                 *p = Progress::default();
             }
-            // Waited for, so the next look at the outbox sees it.
-            let _ = ask(actor, |port| WebhookMsg::Delivered(id, delivery.upto, port)).await;
         }
-        Err(error) => {
-            let now_secs = now();
-            let waited = now_secs.saturating_sub(delivery.since);
-            let attempts = {
-                let mut progress = hooks.progress.lock();
-                let Some(p) = progress.get_mut(&id) else {
-                    return;
-                };
-                p.attempts += 1;
-                p.last_error = Some(error.clone().into_boxed_str());
-                let backoff = FIRST_BACKOFF
-                    .saturating_mul(1 << p.attempts.saturating_sub(1).min(20))
-                    .min(config.webhook_max_backoff);
-                p.due = Some(Instant::now() + backoff);
-                p.next_attempt_at = Some(now_secs + backoff.as_secs());
-                p.attempts
-            };
-            if waited >= config.webhook_give_up.as_secs() {
-                let reason = format!(
-                    "gave up after {attempts} attempts over {waited} s (--webhook-give-up-secs {}): {error}",
-                    config.webhook_give_up.as_secs()
-                );
-                if let Some(suppressed) = crate::throttle::allow("webhook delivery given up", 0) {
-                    tracing::warn!(job = %id, events = delivery.upto, %reason, suppressed, "webhook delivery given up");
-                }
-                let reason = reason.into_boxed_str();
-                let _ = ask(actor, |port| {
-                    WebhookMsg::Abandon(id, delivery.upto, reason, port)
-                })
-                .await;
-                // The next look finds nothing to send (unless events arrived meanwhile)
-                // and drops the entry: the outbox's give-up says the rest.
-                if let Some(p) = hooks.progress.lock().get_mut(&id) {
-                    *p = Progress::default();
-                }
-            } else if let Some(suppressed) = crate::throttle::allow("webhook delivery failed", 0) {
-                tracing::warn!(job = %id, events = delivery.upto, attempts, %error, suppressed, "webhook delivery failed; retrying");
-            }
-        }
+        // Not recorded: the backoff set above stands, and the give-up is tried again
+        // after the next failed attempt.
+    } else if let Some(suppressed) = crate::throttle::allow("webhook delivery failed", 0) {
+        tracing::warn!(job = %id, events = delivery.upto, attempts, %error, suppressed, "webhook delivery failed; retrying");
     }
+}
+
+/// Counts a failed attempt of job `id`'s delivery (`error`, why) and schedules the next
+/// one after the backoff; the attempts so far, or `None` when the job has nothing to send
+/// any more (its outbox went).
+fn backoff(hooks: &Hooks, config: &Config, id: JobId, error: String) -> Option<u32> {
+    let mut progress = hooks.progress.lock();
+    let p = progress.get_mut(&id)?;
+    p.attempts += 1;
+    p.last_error = Some(error.into_boxed_str());
+    let backoff = FIRST_BACKOFF
+        .saturating_mul(1 << p.attempts.saturating_sub(1).min(20))
+        .min(config.webhook_max_backoff);
+    p.due = Some(Instant::now() + backoff);
+    p.next_attempt_at = Some(now() + backoff.as_secs());
+    Some(p.attempts)
 }
