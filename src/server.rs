@@ -670,7 +670,11 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
                 match end_lost_jobs(&services).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(jobs = n, "ended or requeued jobs of lost agents"),
-                    Err(e) => tracing::warn!(error = %e, "lost-agent pass failed"),
+                    Err(e) => {
+                        if let Some(suppressed) = crate::throttle::allow("lost-agent pass failed", 0) {
+                            tracing::warn!(error = %e, suppressed, "lost-agent pass failed");
+                        }
+                    }
                 }
             }
             _ = idle_queues.tick() => {

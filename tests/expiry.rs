@@ -228,7 +228,7 @@ async fn idle_queue_actors_stop_and_the_next_job_starts_a_new_one() {
     eventually("the idle queue's actor stops", || async {
         srv.stderr_lines()
             .iter()
-            .any(|l| l.contains("stopped the actor of an idle queue") && l.contains("once"))
+            .any(|l| l.contains("stopped the actors of idle queues") && l.contains("once"))
     })
     .await;
     // A queue with a waiting job keeps its actor.
@@ -241,6 +241,33 @@ async fn idle_queue_actors_stop_and_the_next_job_starts_a_new_one() {
     let again = srv.submit_to("once").await;
     assert_eq!(srv.position(&again).await.text(), "0");
     assert_eq!(srv.pop_id(&["once"]).await.as_deref(), Some(again.as_str()));
+}
+
+#[tokio::test]
+async fn many_idle_queues_stopping_at_once_log_one_line_per_pass_not_one_per_queue() {
+    let srv = TestServer::start_with(&["--queue-idle-secs", "1"]);
+    // A client makes a queue (and its actor) with every job to a new name.
+    for n in 0..60 {
+        let id = srv.submit_to(&format!("burst-{n}")).await;
+        srv.cancel(&id).await.expect_status(200);
+    }
+    eventually("the idle queues' actors stop", || async {
+        srv.stderr_lines()
+            .iter()
+            .any(|l| l.contains("idle queue") && l.contains("burst-"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let lines: Vec<String> = srv
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("idle queue"))
+        .collect();
+    assert!(
+        lines.len() <= 5,
+        "{} log lines for 60 idle queues: {lines:#?}",
+        lines.len()
+    );
 }
 
 #[tokio::test]

@@ -43,6 +43,8 @@ const READ_STEP: usize = 1024;
 
 /// The stop reason of a queue actor stopped for being idle (the supervisor expects it).
 pub const IDLE_STOP: &str = "idle";
+/// Queue names the line about stopped idle queue actors names (the rest are counted).
+const IDLE_NAMES_LOGGED: usize = 5;
 
 /// A job as handlers see it.
 #[derive(Clone, Debug)]
@@ -641,14 +643,29 @@ impl RegistryState {
                 stop.push(queue.clone());
             }
         }
+        // One line per pass, naming a few: a client makes a queue with every job to a new
+        // name, so a line per queue would be a line per request it made.
+        let mut stopped: Vec<Name> = Vec::new();
         for queue in stop {
             self.waiting.remove(&queue);
             self.idle_since.remove(&queue);
             self.feeds.remove(&queue);
             if let Some(feed) = self.queues.remove(&queue) {
-                tracing::info!(%queue, "stopped the actor of an idle queue");
                 feed.actor().stop(Some(IDLE_STOP.into()));
+                stopped.push(queue);
             }
+        }
+        if !stopped.is_empty() {
+            let mut names = stopped
+                .iter()
+                .take(IDLE_NAMES_LOGGED)
+                .map(|q| format!("{q:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if stopped.len() > IDLE_NAMES_LOGGED {
+                names.push_str(&format!(" and {} more", stopped.len() - IDLE_NAMES_LOGGED));
+            }
+            tracing::info!(count = stopped.len(), queues = %names, "stopped the actors of idle queues");
         }
     }
 }
