@@ -453,3 +453,39 @@ async fn configuration_errors_name_the_setting_its_value_and_the_file_line_when_
         }
     }
 }
+
+/// Settings whose largest values the runtime cannot hold (a semaphore's permits, a
+/// deadline past the clock's range) are refused at start-up, naming the setting, instead
+/// of panicking at start-up or on the first request that uses them.
+#[test]
+fn settings_beyond_what_the_runtime_can_hold_are_refused_at_start_up_naming_them() {
+    let huge = u64::MAX.to_string();
+    for flag in [
+        "--max-pending",
+        "--max-searches",
+        "--header-timeout-secs",
+        "--transfer-window-secs",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let out = run_to_exit(
+            dir.path(),
+            &[
+                "--bind",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().unwrap(),
+                flag,
+                &huge,
+            ],
+            &[],
+            Duration::from_secs(10),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: stderr:\n{stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains("at most"),
+            "{flag}: the error should name the setting and its bound:\n{stderr}"
+        );
+    }
+}

@@ -159,10 +159,12 @@ pub struct ServeOpts {
     #[arg(long, env = "FLINGER_WAL_TRUNCATE_CORRUPTION")]
     pub wal_truncate_corruption: bool,
     /// Most connections served at once [default: 10000]. The soft descriptor limit is
-    /// raised at start-up to 2 per connection + 256; a hard limit below that refuses to start.
+    /// raised at start-up to 2 per connection + 256; if the hard limit is below that, the
+    /// default is lowered to fit (a warning) and a chosen value refuses to start.
     #[arg(long, env = "FLINGER_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Seconds a client has to send a request's line and headers [default: 30].
+    /// Seconds a client has to send a request's line and headers, 1 to 86400
+    /// [default: 30].
     #[arg(long, env = "FLINGER_HEADER_TIMEOUT_SECS", value_name = "SECS")]
     pub header_timeout_secs: Option<u64>,
     /// Largest request line + headers, and the read buffer of a connection, in bytes
@@ -174,7 +176,7 @@ pub struct ServeOpts {
     /// [default: 8192].
     #[arg(long, env = "FLINGER_MIN_TRANSFER_BYTES", value_name = "BYTES")]
     pub min_transfer_bytes: Option<u64>,
-    /// The window of the minimum transfer rate, in seconds [default: 10].
+    /// The window of the minimum transfer rate, in seconds, 1 to 86400 [default: 10].
     #[arg(long, env = "FLINGER_TRANSFER_WINDOW_SECS", value_name = "SECS")]
     pub transfer_window_secs: Option<u64>,
     /// On SIGTERM, seconds requests in progress get to finish (idle connections close at
@@ -192,7 +194,7 @@ pub struct ServeOpts {
     #[arg(long, env = "FLINGER_MAX_FIELD_BYTES", value_name = "BYTES")]
     pub max_field_bytes: Option<u64>,
     /// Most requests in flight to one actor (registry, results, artifacts, agents); more
-    /// are refused with 503 before anything is done [default: 1024].
+    /// are refused with 503 before anything is done; 1 to 1000000 [default: 1024].
     #[arg(long, env = "FLINGER_MAX_PENDING", value_name = "N")]
     pub max_pending: Option<usize>,
     /// Threads that run requests and actors [default: the machine's cores less one, at
@@ -220,7 +222,7 @@ pub struct ServeOpts {
     #[arg(long, env = "FLINGER_AGENT_EXPIRY_SECS", value_name = "SECS")]
     pub agent_expiry_secs: Option<u64>,
     /// Job searches and queue listings served at once; more wait their turn (so a flood
-    /// of them leaves CPU to everything else) [default: 1].
+    /// of them leaves CPU to everything else); 1 to 1000000 [default: 1].
     #[arg(long, env = "FLINGER_MAX_SEARCHES", value_name = "N")]
     pub max_searches: Option<usize>,
     /// Seconds of silence added to a running job's allowance before its agent counts as

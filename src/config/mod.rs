@@ -732,6 +732,30 @@ impl Config {
                 ));
             }
         }
+        // What the runtime can hold: a semaphore has at most 2^61 permits, and a deadline
+        // must stay within the clock's range (hyper and the transfer-rate timer add these
+        // to the current instant, and panic past it). Far beyond any sensible value.
+        for (name, value, most) in [
+            ("max-pending", self.max_pending as u64, MAX_COUNT),
+            ("max-searches", self.max_searches as u64, MAX_COUNT),
+            (
+                "header-timeout-secs",
+                self.header_timeout.as_secs(),
+                MAX_DEADLINE_SECS,
+            ),
+            (
+                "transfer-window-secs",
+                self.transfer_window.as_secs(),
+                MAX_DEADLINE_SECS,
+            ),
+        ] {
+            if value > most {
+                return err(format!(
+                    "{} must be at most {most}, got {value}",
+                    setting(name)
+                ));
+            }
+        }
         if !(1..=MAX_WORKERS).contains(&self.workers) {
             return err(format!(
                 "{} must be 1 to {MAX_WORKERS}, got {}",
@@ -850,6 +874,12 @@ impl Config {
         Ok(())
     }
 }
+
+/// Largest `--max-pending` and `--max-searches` (each is a semaphore's permits).
+pub const MAX_COUNT: u64 = 1_000_000;
+/// Longest `--header-timeout-secs` and `--transfer-window-secs` (a day): each is added to
+/// the current instant, which panics past the clock's range.
+pub const MAX_DEADLINE_SECS: u64 = 86_400;
 
 /// Shortest lease (`--lease-ms`): renewals every third of it must fit a database round
 /// trip on a loaded machine.
