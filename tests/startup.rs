@@ -489,3 +489,32 @@ fn settings_beyond_what_the_runtime_can_hold_are_refused_at_start_up_naming_them
         );
     }
 }
+
+/// `--help` says what the webhook settings bound, as the server applies them: the event
+/// string limit covers every string of a post but the URL (a long `agent_id` is refused
+/// naming it), the URL must be `http`.
+#[test]
+fn help_names_every_string_the_event_detail_limit_bounds_and_that_webhooks_are_http_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_to_exit(dir.path(), &["--help"], &[], Duration::from_secs(20));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let option = |name: &str| -> String {
+        let start = text.find(&format!("--{name} <")).expect(name);
+        let end = text[start..]
+            .find("[env:")
+            .map_or(text.len(), |e| start + e);
+        text[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let detail = option("max-event-detail-bytes");
+    for string in ["detail", "event_name", "timestamp", "agent_id", "job_queue"] {
+        assert!(detail.contains(string), "{string} not named: {detail}");
+    }
+    assert!(
+        option("webhook-url").contains("`http` only"),
+        "{}",
+        option("webhook-url")
+    );
+}

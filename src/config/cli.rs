@@ -268,7 +268,8 @@ pub struct ServeOpts {
     pub token_failures_per_minute: Option<u32>,
     /// The webhook job events may be forwarded to: a job's `job_status_webhook` must have
     /// this URL's scheme and host:port, else its agent's event posts are refused (403);
-    /// unset, every event post is refused [env WEBHOOK_URL too, as upstream].
+    /// unset, every event post is refused. `http` only: an `https` URL refuses to start
+    /// (no TLS client; use a TLS-terminating proxy) [env WEBHOOK_URL too, as upstream].
     #[arg(long, env = "FLINGER_WEBHOOK_URL", value_name = "URL")]
     pub webhook_url: Option<String>,
     /// Bearer token sent with every delivery to the webhook (prefer the environment: a
@@ -291,15 +292,17 @@ pub struct ServeOpts {
     /// double [default: 300].
     #[arg(long, env = "FLINGER_WEBHOOK_MAX_BACKOFF_SECS", value_name = "SECS")]
     pub webhook_max_backoff_secs: Option<u64>,
-    /// Most job events recorded per job (a post carrying more is refused with 413)
-    /// [default: 256].
+    /// Most job events recorded per job (a post carrying more is refused with 413), 1 to
+    /// 100000 [default: 256].
     #[arg(long, env = "FLINGER_MAX_JOB_EVENTS", value_name = "N")]
     pub max_job_events: Option<usize>,
-    /// Largest `detail` of one job event in bytes (413 beyond) [default: 4096].
+    /// Largest string of a job event post but its URL, in bytes: each event's `detail`,
+    /// `event_name` and `timestamp`, and the post's `agent_id` and `job_queue` (413
+    /// beyond); at most 1 MiB [default: 4096].
     #[arg(long, env = "FLINGER_MAX_EVENT_DETAIL_BYTES", value_name = "BYTES")]
     pub max_event_detail_bytes: Option<usize>,
     /// Longest `job_status_webhook` URL in bytes, at submit and in event posts (413 beyond)
-    /// [default: 2048].
+    /// 256 to 1048576 [default: 2048].
     #[arg(long, env = "FLINGER_MAX_WEBHOOK_URL_BYTES", value_name = "BYTES")]
     pub max_webhook_url_bytes: Option<usize>,
     /// Where events and snapshots are kept: `file` (the write-ahead log under the data
