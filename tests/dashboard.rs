@@ -618,3 +618,53 @@ async fn jobs_page_filtering_a_queue_of_jobs_with_many_tags_is_quick_and_holds_n
         "another request waited {other:?}"
     );
 }
+
+/// A job's log and results may hold up to `--max-job-data-bytes` (1 GiB); its page shows
+/// the end of the log and the start of the results (256 KiB each), says so and links to
+/// the whole, instead of answering all of it, escaped, in one page.
+#[tokio::test]
+async fn job_page_shows_the_end_of_a_long_log_and_the_start_of_long_results() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("long-log").await;
+    srv.pop_id(&["long-log"]).await.unwrap();
+    let chunk = "<x>\n".repeat(256 << 10); // 1 MiB, four times that escaped
+    for (n, text) in [
+        format!("THE-START\n{chunk}"),
+        chunk.clone(),
+        format!("{chunk}THE-END\n"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        srv.post_json(
+            &format!("/v1/result/{id}/log/output"),
+            &fragment(n as u64, "test", text),
+        )
+        .await
+        .expect_status(200);
+    }
+    // Results too: three posts of 1 MiB fields.
+    for n in 0..3 {
+        srv.post_result(&id, &json!({format!("field-{n}"): chunk}))
+            .await;
+    }
+    let page = srv.get(&format!("/jobs/{id}")).await;
+    page.expect_status(200);
+    let html = page.text();
+    assert!(
+        html.contains("field-0") && !html.contains("field-2"),
+        "the results' start"
+    );
+    assert!(
+        html.contains("id=\"results-truncated\""),
+        "the page says results were cut"
+    );
+    assert!(html.contains("THE-END"), "the log's end is shown");
+    assert!(!html.contains("THE-START"), "not the whole log");
+    assert!(html.len() < 2 << 20, "the page is {} bytes", html.len());
+    assert!(
+        html.contains("id=\"log-truncated\"")
+            && html.contains(&format!("/v1/result/{id}/log/output")),
+        "the page says the log was cut and links to the whole"
+    );
+}

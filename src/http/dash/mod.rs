@@ -44,6 +44,9 @@ use crate::model::{FastSet, JobId, Name};
 
 /// Most jobs, queues or agents one page lists.
 pub const PAGE_LIMIT: usize = 100;
+/// Most bytes of a job's output log its page shows (its end; the whole log is at
+/// `/v1/result/<id>/log/output`), and of its results (their start).
+pub const LOG_TAIL_BYTES: usize = 256 << 10;
 /// Jobs `/jobs?queue=` filters between giving its worker back to other requests.
 const FILTER_STEP: usize = 64;
 /// How often a log follow looks for new fragments.
@@ -533,6 +536,32 @@ pub fn yaml(value: &Value) -> String {
     out
 }
 
+/// The last `most` bytes of `text` at most, starting on a character (and, when it can,
+/// a line) boundary.
+fn tail(text: &str, most: usize) -> &str {
+    if text.len() <= most {
+        return text;
+    }
+    let mut start = text.len() - most;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let rest = &text[start..];
+    match rest.find('\n') {
+        Some(line) if line + 1 < rest.len() => &rest[line + 1..],
+        _ => rest,
+    }
+}
+
+/// The first `most` bytes of `text` at most, ending on a character boundary.
+fn head(text: &str, most: usize) -> &str {
+    let mut end = most.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// `GET /jobs/<id>`: definition, timeline, log, results, artifact, cancel.
 pub async fn job_page(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
     let id = path_id(&id)?;
@@ -571,6 +600,10 @@ pub async fn job_page(State(svc): State<Services>, Path(id): Path<String>) -> Re
         .await?;
     let log: String = phases.iter().map(|(_, _, t)| t.as_str()).collect();
     let next = phases.iter().map(|(_, last, _)| *last).max().unwrap_or(-1) + 1;
+    // The page shows the log's end: a job's log may hold up to --max-job-data-bytes (1 GiB),
+    // and escaped into HTML up to six times that, in one response per page view.
+    let log_bytes = log.len();
+    let log = tail(&log, LOG_TAIL_BYTES);
     let results = svc
         .result_docs
         .view(id)
@@ -580,6 +613,9 @@ pub async fn job_page(State(svc): State<Services>, Path(id): Path<String>) -> Re
             let doc: Value = serde_json::from_slice(&fields.to_json()).unwrap_or(Value::Null);
             serde_json::to_string_pretty(&doc).unwrap_or_default()
         });
+    // As the log: results may hold up to --max-job-data-bytes; the page shows their start.
+    let results_bytes = results.as_ref().map_or(0, String::len);
+    let results = results.map(|r| head(&r, LOG_TAIL_BYTES).to_owned());
     page(
         "job.html",
         json!({
@@ -593,8 +629,12 @@ pub async fn job_page(State(svc): State<Services>, Path(id): Path<String>) -> Re
             "yaml": yaml(&definition),
             "json": serde_json::to_string_pretty(&definition).unwrap_or_default(),
             "log": log,
+            "log_bytes": log_bytes,
+            "log_shown": log.len(),
             "log_next": next,
             "results": results,
+            "results_bytes": results_bytes,
+            "results_shown": results.as_ref().map_or(0, String::len),
         }),
     )
 }
@@ -711,7 +751,7 @@ mod tests {
         let evil = "<script>alert(1)</script>";
         let ctx = json!({"id": evil, "queue": evil, "state": evil, "priority": 0, "agent": evil,
             "cancellable": true, "timeline": [{"what": evil, "at": evil}], "yaml": evil, "json": evil,
-            "log": evil, "log_next": 0, "results": evil, "jobs": [{"id": evil, "queue": evil, "state": evil, "created_at": evil}],
+            "log": evil, "log_bytes": 0, "log_shown": 0, "log_next": 0, "results": evil, "results_bytes": 0, "results_shown": 0, "jobs": [{"id": evil, "queue": evil, "state": evil, "created_at": evil}],
             "queues": [{"name": evil, "waiting": 1, "running": 0, "oldest_wait": evil, "description": evil}],
             "agents": [{"name": evil, "state": evil, "job_id": evil, "queues": [evil], "last_seen": evil}],
             "agent_states": [{"state": evil, "count": 1}], "name": evil, "filter": {"name": evil, "state": evil, "queue": evil, "tags": evil},
