@@ -256,15 +256,22 @@ struct RealAgent {
 
 impl RealAgent {
     fn spawn(srv: &TestServer, name: &str, setup: &str, test: &str) -> RealAgent {
+        RealAgent::spawn_with(srv, name, &[("setup", setup), ("test", test)])
+    }
+
+    /// An agent running `<phase>_command` for each `(phase, command)`.
+    fn spawn_with(srv: &TestServer, name: &str, commands: &[(&str, &str)]) -> RealAgent {
         let dir = srv.dir().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.display();
-        let config = format!(
+        let mut config = format!(
             "agent_id: {name}\nserver_address: {}\npolling_interval: 1\njob_queues: [q]\n\
-             execution_basedir: {d}/run\nlogging_basedir: {d}/logs\nresults_basedir: {d}/results\n\
-             setup_command: {setup:?}\ntest_command: {test:?}\n",
+             execution_basedir: {d}/run\nlogging_basedir: {d}/logs\nresults_basedir: {d}/results\n",
             srv.base_url()
         );
+        for (phase, command) in commands {
+            config.push_str(&format!("{phase}_command: {command:?}\n"));
+        }
         let path = dir.join("agent.yaml");
         std::fs::write(&path, config).unwrap();
         let child = std::process::Command::new(upstream::agent())
@@ -314,6 +321,37 @@ async fn job_is_ended_within_its_allowance_when_the_real_agent_is_killed_mid_tes
     assert_eq!(result["lost_agent"]["agent"], "real-dut", "{result}");
     assert_eq!(result["lost_agent"]["phase"], "test", "{result}");
     offline_record(&srv, "real-dut").await;
+}
+
+/// The stock agent checks neither the output timeout nor cancellation while it
+/// provisions (upstream `job.py`: output timeouts in the test phase only, no cancellation
+/// during provision), so a provisioning command may stay silent, and the agent with it,
+/// until `global_timeout`: a job provisioning quietly for longer than its
+/// `output_timeout` is not taken for a lost agent's.
+#[tokio::test]
+async fn job_provisioning_silently_past_its_output_timeout_is_not_lost_when_the_agent_lives() {
+    let srv = TestServer::start_with(FAST);
+    let id = srv
+        .submit(
+            &json!({"job_queue": "q", "output_timeout": 2, "global_timeout": 600,
+            "provision_data": {"url": "http://example.com/image.img.xz"},
+            "test_data": {"test_cmds": "x"}}),
+        )
+        .await;
+    let _agent = RealAgent::spawn_with(
+        &srv,
+        "quiet-flasher",
+        &[
+            ("setup", "true"),
+            ("provision", "sleep 20"),
+            ("test", "echo tested"),
+        ],
+    );
+    wait_for_state(&srv, &id, "provision", Duration::from_secs(90)).await;
+    // Allowance by the output timeout: 2 + 10 + grace 1 s; provisioning takes 20 s.
+    wait_for_state(&srv, &id, "complete", Duration::from_secs(120)).await;
+    let result = srv.result(&id).await;
+    assert!(result.get("lost_agent").is_none(), "{result}");
 }
 
 /// The record of `agent`, once it says `offline`. The sweep that ends a lost agent's job

@@ -7,13 +7,16 @@
 //! every 10 s while a command runs) counts as hearing from the agent. Its **allowance**,
 //! counted from the last time the agent was heard, is
 //!
-//! - in a phase where the agent runs a command (`running`, `setup`, `provision`,
-//!   `firmware_update`, `test`, `allocate`, `cleanup`): `min(output_timeout,
-//!   global_timeout)` + 10 s, since the stock agent checks on its command every 10 s
-//!   (reading the job's state, which counts as contact) and ends one that stayed silent
-//!   for `output_timeout`, then reports;
-//! - in any other phase (`reserve`, `allocated`, a phase we do not know): `global_timeout`,
-//!   since a reserved device may sit silently until then;
+//! - in a phase where the agent runs a command and checks on it every 10 s (`running`,
+//!   `setup`, `firmware_update`, `test`, `allocate`, `cleanup`): `min(output_timeout,
+//!   global_timeout)` + 10 s, since its check reads the job's state (which counts as
+//!   contact), and in `test` it ends a command that stayed silent for `output_timeout`,
+//!   then reports;
+//! - in any other phase: `global_timeout`. In `provision` the stock agent neither checks
+//!   for cancellation nor applies the output timeout (upstream `job.py`: no cancelling
+//!   while provisioning, output timeouts in `test` only), so a quiet provisioning command
+//!   runs silently until `global_timeout`; a reserved device (`reserve`, `allocated`) may
+//!   sit silently until then too, and so may a phase we do not know;
 //!
 //! plus a configurable grace (`--lost-agent-grace-secs`). The timeouts are the job's own
 //! (`global_timeout`, `output_timeout`), else the stock agent's defaults (4 h, 15 min).
@@ -25,11 +28,12 @@
 //! This module only decides: the times come in as arguments, the outcome goes out as an
 //! [`super::Event::JobLost`] that the registry records and folds.
 
-/// Phases in which the stock agent runs a command bounded by `output_timeout`.
+/// Phases in which the stock agent checks on its command every 10 s (reading the job's
+/// state). Not `provision`: the agent does not check while provisioning, and its only
+/// limit there is `global_timeout`.
 const COMMAND_PHASES: &[&str] = &[
     "running",
     "setup",
-    "provision",
     "firmware_update",
     "test",
     "allocate",
@@ -312,7 +316,10 @@ mod tests {
             global_timeout: None,
             output_timeout: None,
         };
-        assert_eq!(allowance("provision", &defaults, &RULE), 900 + 10 + 10);
+        assert_eq!(allowance("setup", &defaults, &RULE), 900 + 10 + 10);
+        // The agent neither checks in nor times out silent output while provisioning.
+        assert_eq!(allowance("provision", &watched(0), &RULE), 1010);
+        assert_eq!(allowance("provision", &defaults, &RULE), 4 * 3600 + 10);
         let short_global = Watched {
             global_timeout: Some(30),
             ..watched(0)
