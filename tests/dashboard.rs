@@ -668,3 +668,23 @@ async fn job_page_shows_the_end_of_a_long_log_and_the_start_of_long_results() {
         "the page says the log was cut and links to the whole"
     );
 }
+
+/// `/queues` lists the 100 busiest queues with unfinished jobs: with more, it says so,
+/// as the overview does, instead of leaving the rest out silently.
+#[tokio::test]
+async fn queues_page_says_when_it_lists_only_the_busiest_queues() {
+    let srv = TestServer::start();
+    for n in 0..105 {
+        srv.submit_to(&format!("busy-{n:03}")).await;
+    }
+    let html = srv.get("/queues").await.expect_status(200).text();
+    assert_eq!(html.matches("<tr><td><a href=\"/queues/busy-").count(), 100);
+    assert!(
+        html.contains("id=\"queues-truncated\""),
+        "no word of the other 5"
+    );
+    let few = TestServer::start();
+    few.submit_to("alone").await;
+    let html = few.get("/queues").await.expect_status(200).text();
+    assert!(!html.contains("id=\"queues-truncated\""));
+}

@@ -247,7 +247,8 @@ async fn recent_jobs(svc: &Services, search: &Search, limit: usize) -> Vec<Value
 
 /// `GET /queues`: queues advertised by agents and queues with unfinished jobs.
 pub async fn queues_page(State(svc): State<Services>) -> Result<Response> {
-    let (rows, _) = queue_rows(&svc);
+    let (rows, busy_truncated) = queue_rows(&svc);
+    let busy_shown = rows.len();
     let advertised = read_agents(&svc, |agents| {
         agents
             .queues
@@ -267,8 +268,13 @@ pub async fn queues_page(State(svc): State<Services>) -> Result<Response> {
         );
         row["description"] = Value::from(description);
     }
+    let listed = by_name.len();
     let queues: Vec<Value> = by_name.into_values().take(10 * PAGE_LIMIT).collect();
-    page("queues.html", json!({"queues": queues}))
+    page(
+        "queues.html",
+        json!({"queues": queues, "busy_truncated": busy_truncated, "busy_shown": busy_shown,
+               "listed_truncated": listed > queues.len()}),
+    )
 }
 
 fn detail_row(id: JobId, d: &JobDetail) -> Value {
