@@ -18,15 +18,13 @@ use crate::actors::results::ResultMsg;
 use crate::actors::{ask, ask_admitted, Callee, Services};
 use crate::dispatch;
 use crate::error::{Error, Result};
+use crate::model::distinct::Distinct;
 use crate::model::index::Search;
 use crate::model::registry::Attachments;
 use crate::model::{FileKind, JobId, Name};
 
 /// Most `queue` parameters one pop may name.
 const MAX_POP_QUEUES: usize = 256;
-
-/// Up to this many queue names, a pop finds a repeated one by looking through them.
-const POP_QUEUES_SCANNED: usize = 8;
 
 /// `POST /v1/job`: submit (or resubmit) a job.
 pub async fn job_post(
@@ -110,13 +108,10 @@ pub async fn job_get(
 /// A pop's queues (distinct, in the order named), its `wait` in seconds, and the agent's
 /// name from its cookie.
 fn pop_request(request: Request) -> Result<(Vec<Name>, u64, Option<Name>)> {
-    let mut queues: Vec<Name> = Vec::new();
+    let mut queues: Distinct<Name> = Distinct::default();
     let mut wait = 0;
     // De-duplicated, and the cap checked, as names arrive, so a URL of thousands of
-    // `queue=` parameters costs linear time: by a look through the names so far while they
-    // are a few (a pop names one to three; building a set cost a pop 670 instructions),
-    // through a set of them beyond that.
-    let mut seen: Option<crate::model::FastSet<Name>> = None;
+    // `queue=` parameters costs linear time.
     for (key, value) in wire::query_pairs(request.uri().query().unwrap_or(""))? {
         if key == "wait" {
             wait = value
@@ -134,11 +129,7 @@ fn pop_request(request: Request) -> Result<(Vec<Name>, u64, Option<Name>)> {
         if key != "queue" || value.is_empty() {
             continue;
         }
-        let named = match &seen {
-            Some(set) => set.contains(&*value),
-            None => queues.iter().any(|q| **q == *value),
-        };
-        if named {
+        if queues.contains(&*value) {
             continue;
         }
         wire::check_queue_name(&value)?;
@@ -147,22 +138,14 @@ fn pop_request(request: Request) -> Result<(Vec<Name>, u64, Option<Name>)> {
                 "At most {MAX_POP_QUEUES} queues per request"
             )));
         }
-        let name = Name::from(&*value);
-        match &mut seen {
-            Some(set) => _ = set.insert(name.clone()),
-            None if queues.len() == POP_QUEUES_SCANNED => {
-                seen = Some(queues.iter().cloned().chain([name.clone()]).collect());
-            }
-            None => {}
-        }
-        queues.push(name);
+        queues.insert(Name::from(&*value));
     }
     if queues.is_empty() {
         return Err(Error::InvalidInput(
             "No queue(s) specified in request".into(),
         ));
     }
-    Ok((queues, wait, wire::agent_cookie(request.headers())))
+    Ok((queues.into_vec(), wait, wire::agent_cookie(request.headers())))
 }
 
 /// `GET /v1/job/<id>`: the stored job document.

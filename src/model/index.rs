@@ -18,7 +18,8 @@ use serde::Deserialize;
 
 use super::ids::{JobId, Name};
 use super::job::is_terminal_label;
-use super::{FastMap, FastSet};
+use super::distinct::Distinct;
+use super::FastMap;
 
 /// Jobs of one key, by submission sequence number.
 pub use super::seqlist::SeqList;
@@ -87,18 +88,17 @@ pub fn tags_of(body: &[u8]) -> Vec<Name> {
     else {
         return Vec::new();
     };
-    // Duplicates found through a set: a job may carry 1,024 tags, and comparing each with
-    // every one kept before cost half a million comparisons per job.
-    let mut seen: FastSet<&str> = FastSet::default();
-    let mut out: Vec<Name> = Vec::with_capacity(tags.len());
+    // A job may carry 1,024 tags: comparing each with every one kept before cost half a
+    // million comparisons per job.
+    let mut out: Distinct<Name> = Distinct::with_capacity(tags.len());
     for tag in &tags {
         if let serde_json::Value::String(tag) = tag {
-            if seen.insert(tag.as_str()) {
-                out.push(Name::from(tag.as_str()));
+            if !out.contains(tag.as_str()) {
+                out.insert(Name::from(tag.as_str()));
             }
         }
     }
-    out
+    out.into_vec()
 }
 
 /// Files `id` under `key`; `name` makes the key's shared name, only when it is new.

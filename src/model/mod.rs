@@ -6,6 +6,7 @@
 pub mod access;
 pub mod agents;
 pub mod cowmap;
+pub mod distinct;
 pub mod event;
 pub mod files;
 pub mod ids;
