@@ -477,8 +477,15 @@ async fn forward(
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    if let Ok(host) = HeaderValue::from_str(&authority) {
-        headers.insert(header::HOST, host);
+    // The client's `Host` goes on as it came: the leader's cross-site and DNS-rebinding
+    // checks (`access::origin`) compare it with `Origin` and look at the name the client
+    // used, and the leader's address in its place would pass a rebinding page's request
+    // and refuse a same-origin browser's. Only a request without one (HTTP/1.0) gets the
+    // leader's, as HTTP/1.1 requires one.
+    if !headers.contains_key(header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(&authority) {
+            headers.insert(header::HOST, host);
+        }
     }
     if let Ok(from) = HeaderValue::from_str(&node.url) {
         headers.insert(FORWARDED, from);

@@ -149,6 +149,52 @@ async fn standby_forwards_requests_and_names_the_leader_when_two_nodes_share_a_d
     }
 }
 
+/// The leader's browser checks (`access::origin`) read the `Host` the client sent: a
+/// standby must pass it on, not put the leader's address in its place (which made a
+/// same-origin browser's POST look cross-site and a DNS-rebinding page's request look
+/// like this machine's own).
+#[tokio::test]
+async fn standby_passes_the_clients_host_on_so_browser_checks_decide_as_on_the_leader() {
+    let url = fresh_database();
+    let a = node(&url);
+    assert_eq!(leader_of(&[&a.http()]).await, 0);
+    let b = node(&url);
+    let (status, doc) = ready(&b.http()).await.expect("standby answers");
+    assert_eq!(
+        (status, doc["role"].as_str()),
+        (200, Some("standby")),
+        "{doc}"
+    );
+    for (n, (http, server)) in [(a.http(), &a), (b.http(), &b)].into_iter().enumerate() {
+        // The dashboard's cancel button over plain HTTP: `Origin` and `Host` name the
+        // node the browser talks to, no `Sec-Fetch-Site`.
+        let id = http.submit(&json!({"job_queue": "browser"})).await;
+        let origin = server.base_url();
+        let host = origin.trim_start_matches("http://").to_owned();
+        let r = http
+            .request(
+                "POST",
+                &format!("/jobs/{id}/cancel"),
+                &[("origin", origin.as_str()), ("host", host.as_str())],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(r.status, 303, "node {n}: {}", r.text_preview());
+        assert_eq!(a.job_state(&id).await, "cancelled", "node {n}");
+        // A page whose name was rebound to this address (access control off, loopback).
+        let rebound = format!("rebound.example:{}", host.rsplit(':').next().unwrap());
+        let r = http
+            .request(
+                "GET",
+                "/v1/job/search",
+                &[("host", rebound.as_str())],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(r.status, 403, "node {n}: {}", r.text_preview());
+    }
+}
+
 #[tokio::test]
 async fn standby_takes_over_with_every_acknowledged_change_when_the_leader_is_killed() {
     let url = fresh_database();
