@@ -104,6 +104,43 @@ async fn snapshot_deletes_the_events_it_covers_and_restart_loads_it_when_journal
     assert!(line.contains("snapshot_lsn="), "{line}");
 }
 
+/// libpq's other way of giving the password, `?password=`, is hidden like the one in
+/// `user:password@`, in the refusal of a malformed string and of an unreachable server.
+#[tokio::test]
+async fn journal_password_given_as_a_query_parameter_is_hidden_when_start_up_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = closed.local_addr().unwrap().port();
+    for (url, said) in [
+        (
+            format!("postgres://flinger@127.0.0.1:{port}/none?password=hunter2&connect_timeout=5"),
+            "cannot connect to postgres://flinger@127.0.0.1",
+        ),
+        (
+            format!(
+                "postgres://flinger@127.0.0.1:{port}/none?pass%77ord=hunter2&no_such_parameter=1"
+            ),
+            "bad PostgreSQL connection string",
+        ),
+    ] {
+        let args = [
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            "d",
+            "--journal",
+            &url,
+        ];
+        let out = run_to_exit(dir.path(), &args, &[], Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(said), "{stderr}");
+        assert!(stderr.contains("=***"), "{stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+}
+
 #[tokio::test]
 async fn unreachable_or_malformed_journal_is_refused_when_starting() {
     let dir = tempfile::tempdir().unwrap();

@@ -112,19 +112,36 @@ impl std::str::FromStr for JournalTarget {
     }
 }
 
-/// A connection string with its password (`user:password@`) replaced by `***`, for logs
-/// and errors.
+/// A connection string with its password replaced by `***`, for logs and errors: the
+/// one in `user:password@` and every `password=` parameter of the query string (libpq's
+/// other way of giving it, which tokio-postgres reads too; its name percent-decoded, as
+/// tokio-postgres decodes it).
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
+    let mut out = match rest.split_once('@') {
         Some((user, host)) if user.contains(':') => {
             let name = user.split(':').next().unwrap_or_default();
             format!("{scheme}://{name}:***@{host}")
         }
-        _ => url.to_owned(),
+        _ => format!("{scheme}://{rest}"),
+    };
+    if let Some(query) = query {
+        let params = query.split('&').map(|param| match param.split_once('=') {
+            Some((key, _)) if percent_encoding::percent_decode_str(key).eq(*b"password") => {
+                format!("{key}=***")
+            }
+            _ => param.to_owned(),
+        });
+        out.push('?');
+        out.push_str(&params.collect::<Vec<_>>().join("&"));
     }
+    out
 }
 
 impl fmt::Debug for JournalTarget {
