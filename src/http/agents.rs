@@ -221,10 +221,15 @@ pub async fn agents_post(
     let body = read_body(request, MAX_AGENT_POST).await?;
     let map = json_object_body(&body)?;
     check_agent_fields(&map)?;
-    // An agent reporting its state with the job it runs is heard about that job.
+    // An agent reporting its state with the job it runs is heard about that job: from
+    // the job's agent credential only (access control on), so no other client keeps a
+    // dead agent's job alive by naming it, as for every other kind of contact
+    // (`front::note_agent_contact`).
     if let Some(id) = map.get("job_id").and_then(Value::as_str) {
         if let Ok(id) = super::wire::path_id(id) {
-            svc.watch.heard(id, crate::actors::now());
+            if crate::access::is_job_agent(&svc, &caller, id) {
+                svc.watch.heard(id, crate::actors::now());
+            }
         }
     }
     let cookie = cookie_value(&name)?;

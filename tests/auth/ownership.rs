@@ -429,3 +429,65 @@ async fn only_the_jobs_agent_credential_counts_as_contact_from_its_agent() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
+
+/// Another agent credential naming the job as its `job_id` in its own record's post
+/// (`POST /v1/agents/data/<name>`, which counts as contact from the job's agent) does not
+/// keep the job of a silent agent alive either.
+#[tokio::test]
+async fn another_agents_data_post_naming_the_job_does_not_keep_it_alive() {
+    let lab = Lab::start(&["--lost-agent-grace-secs", "1"]);
+    let srv = &lab.srv;
+    let agent = lab.token_for("silent-agent", "agent", json!({})).await;
+    let other = lab.token_for("busy-agent", "agent", json!({})).await;
+    let id = srv
+        .submit(
+            &json!({"job_queue": "silent-q", "output_timeout": 1, "test_data": {"test_cmds": "x"}}),
+        )
+        .await;
+    register_agent(srv, &agent, "silent-dut").await;
+    register_agent(srv, &other, "busy-dut").await;
+    call(
+        srv,
+        "GET",
+        "/v1/job?queue=silent-q",
+        Some(&agent),
+        Some("silent-dut"),
+        None,
+    )
+    .await
+    .expect_json();
+    let result = format!("/v1/result/{id}");
+    call(
+        srv,
+        "POST",
+        &result,
+        Some(&agent),
+        Some("silent-dut"),
+        Some(&json!({"job_state": "test"})),
+    )
+    .await
+    .expect_status(200);
+    // Allowance in `test`: output_timeout 1 + the agent's 10 s check + grace 1.
+    let started = std::time::Instant::now();
+    let naming = json!({"job_id": id, "state": "test"});
+    loop {
+        call(
+            srv,
+            "POST",
+            "/v1/agents/data/busy-dut",
+            Some(&other),
+            None,
+            Some(&naming),
+        )
+        .await
+        .expect_status(200);
+        if srv.job_state(&id).await == "cancelled" {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(40),
+            "another agent's data posts kept the job alive"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
