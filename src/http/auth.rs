@@ -91,15 +91,18 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
         );
     }
     let keys = Limiter::keys(&client_id, from.map(|a| a.ip()));
-    if let Some(wait) = keys.iter().find_map(|k| gate.limiter.blocked(k)) {
-        return refuse(
-            &client_id,
-            "token request refused: too many failed attempts",
-            Error::TooManyRequests(format!(
-                "Too many failed authentication attempts; try again in {wait} s"
-            )),
-        );
-    }
+    // Counted as failed from here until it succeeds: guesses sent at once cannot all
+    // pass this check before the first of them has failed.
+    let admitted = match gate.limiter.admit(&keys).await {
+        Ok(admitted) => admitted,
+        Err(message) => {
+            return refuse(
+                &client_id,
+                "token request refused: too many failed attempts",
+                Error::TooManyRequests(message),
+            )
+        }
+    };
     let hash = gate
         .store
         .read(|a| a.client(&client_id).map(|c| c.secret_hash.to_string()));
@@ -112,15 +115,14 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
         .await
         .map_err(|e| Error::Internal(format!("bcrypt task failed: {e}")))?;
     if !(known && matches) {
-        for key in &keys {
-            gate.limiter.failed(key);
-        }
+        drop(admitted);
         return refuse(
             &client_id,
             "token request with invalid credentials",
             Error::Unauthorized("Invalid client id or client key".into()),
         );
     }
+    admitted.succeeded();
     let refresh = token::new_refresh_token();
     let at = now();
     let mut permissions = None;

@@ -336,3 +336,35 @@ async fn a_new_client_secret_ends_the_refresh_tokens_of_the_old_one() {
     assert!(kept > 0, "no login succeeded before the change");
     refresh(&lab.srv, &fresh).await.expect_error(400);
 }
+
+/// The limit on failed token requests holds for requests sent at once: each is counted
+/// while its secret is checked, so 40 concurrent wrong guesses at a limit of 4 per minute
+/// get at most 4 checks (401) and the rest 429, and the right secret waits the minute
+/// too; while good logins sent at once (more than the limit, from one address) all get
+/// their tokens, waiting for one another's checks instead of being refused.
+#[tokio::test]
+async fn concurrent_wrong_secrets_get_no_more_checks_than_the_limit_allows() {
+    let lab = Lab::start(&["--token-failures-per-minute", "4"]);
+    let srv = &lab.srv;
+    let good = lab.client("many-logins", "contributor", json!({})).await;
+    let logins = (0..12).map(|_| token_request(srv, "many-logins", &good));
+    for r in futures_util::future::join_all(logins).await {
+        r.expect_status(200);
+    }
+    let secret = lab.client("guessed", "contributor", json!({})).await;
+    let guesses = (0..40).map(|n| async move {
+        token_request(srv, "guessed", &format!("wrong-guess-number-{n}")).await
+    });
+    let answers = futures_util::future::join_all(guesses).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    statuses.sort_unstable();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(checked <= 4, "{checked} guesses were checked: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    token_request(srv, "guessed", &secret)
+        .await
+        .expect_error(429);
+}
