@@ -491,3 +491,70 @@ async fn another_agents_data_post_naming_the_job_does_not_keep_it_alive() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
+
+/// A job its lost agent left in `setup` goes back to its queue: it is dispatched to no
+/// one again, so its old agent credential, coming back, may not report on it ahead of the
+/// next agent (it would take the job out of the queue as `test` without a dispatch).
+#[tokio::test]
+async fn requeued_job_refuses_reports_from_the_agent_that_was_lost() {
+    let lab = Lab::start(&["--lost-agent-grace-secs", "1"]);
+    let srv = &lab.srv;
+    let agent = lab.token_for("came-back", "agent", json!({})).await;
+    let id = srv
+        .submit(
+            &json!({"job_queue": "requeue-q", "output_timeout": 1, "test_data": {"test_cmds": "x"}}),
+        )
+        .await;
+    register_agent(srv, &agent, "came-back-dut").await;
+    call(
+        srv,
+        "GET",
+        "/v1/job?queue=requeue-q",
+        Some(&agent),
+        Some("came-back-dut"),
+        None,
+    )
+    .await
+    .expect_json();
+    let result = format!("/v1/result/{id}");
+    call(
+        srv,
+        "POST",
+        &result,
+        Some(&agent),
+        Some("came-back-dut"),
+        Some(&json!({"job_state": "setup"})),
+    )
+    .await
+    .expect_status(200);
+    // Allowance in `setup`: output_timeout 1 + the agent's 10 s check + grace 1.
+    let started = std::time::Instant::now();
+    while srv.job_state(&id).await != "resubmitted" {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(40),
+            "the job was not requeued"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let late = call(
+        srv,
+        "POST",
+        &result,
+        Some(&agent),
+        None,
+        Some(&json!({"job_state": "test"})),
+    )
+    .await;
+    assert_eq!(late.status, 403, "{}", late.text());
+    let fragment = call(
+        srv,
+        "POST",
+        &format!("/v1/result/{id}/log/output"),
+        Some(&agent),
+        None,
+        Some(&fragment(0)),
+    )
+    .await;
+    assert_eq!(fragment.status, 403, "{}", fragment.text());
+    assert_eq!(srv.job_state(&id).await, "resubmitted");
+}

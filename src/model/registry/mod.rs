@@ -718,6 +718,10 @@ impl Registry {
                     // are not taken for retries of the lost run's.
                     job.started_at = None;
                     job.run = job.run.saturating_add(1);
+                    // Dispatched to no one until the next agent takes it: the lost one's
+                    // credential may not report on it meanwhile (a late state report
+                    // would take it out of the queue without a dispatch).
+                    job.client = None;
                     Some(IndexChange::Insert(job.queue.clone(), job.entry(*id)))
                 } else {
                     job.finished_at = Some(*at);
