@@ -870,6 +870,9 @@ impl Limiter {
     /// under way use up the failures it has left; a request let through must be
     /// [`Limiter::finished`].
     pub fn attempt(&self, keys: &[String]) -> std::result::Result<(), Refused> {
+        // A limit of 0 refuses a key after its first failure, as 1 does: a check must be
+        // able to run at all.
+        let limit = self.per_minute.max(1);
         let mut table = self.table.lock();
         for key in keys {
             let Some(tried) = table.get_mut(key) else {
@@ -879,11 +882,11 @@ impl Limiter {
                 tried.failures = 0;
                 tried.since = Instant::now();
             }
-            if tried.failures >= self.per_minute {
+            if tried.failures >= limit {
                 let left = WINDOW.saturating_sub(tried.since.elapsed());
                 return Err(Refused::Blocked(left.as_secs().max(1)));
             }
-            if tried.failures + tried.checking >= self.per_minute {
+            if tried.failures + tried.checking >= limit {
                 return Err(Refused::Busy);
             }
         }
@@ -944,6 +947,29 @@ impl Limiter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn checks_under_way_count_against_the_limit_and_a_limit_of_zero_allows_one() {
+        use super::{Limiter, Refused};
+        let keys = Limiter::keys("c", None);
+        let limiter = Limiter::new(2);
+        assert_eq!(limiter.attempt(&keys), Ok(()));
+        assert_eq!(limiter.attempt(&keys), Ok(()));
+        assert_eq!(limiter.attempt(&keys), Err(Refused::Busy));
+        limiter.finished(&keys, true);
+        assert_eq!(limiter.attempt(&keys), Err(Refused::Busy));
+        limiter.finished(&keys, true);
+        assert!(matches!(limiter.attempt(&keys), Err(Refused::Blocked(_))));
+        // Good logins are not counted, however many.
+        let zero = Limiter::new(0);
+        for _ in 0..3 {
+            assert_eq!(zero.attempt(&keys), Ok(()));
+            zero.finished(&keys, false);
+        }
+        assert_eq!(zero.attempt(&keys), Ok(()));
+        zero.finished(&keys, true);
+        assert!(matches!(zero.attempt(&keys), Err(Refused::Blocked(_))));
+    }
+
     #[test]
     fn logged_text_is_cut_and_cannot_forge_lines() {
         use super::{loggable, LOGGED_TEXT};
