@@ -372,7 +372,12 @@ async fn lead_or_follow(
 /// no node leads, a request waits for one up to two lease lengths (a failover takes about
 /// one), then gets 503.
 async fn dispatch(State(node): State<Arc<Node>>, request: Request) -> Response {
-    if request.uri().path() == READY_PATH && request.method() == axum::http::Method::GET {
+    // HEAD too (a load balancer's health check may use it): forwarded, it would be the
+    // leader's answer (or a wait for one), not this node's.
+    let method = request.method();
+    if request.uri().path() == READY_PATH
+        && (method == axum::http::Method::GET || method == axum::http::Method::HEAD)
+    {
         return node.readiness();
     }
     let deadline = tokio::time::Instant::now() + node.config.lease * 2;

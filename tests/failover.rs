@@ -149,6 +149,29 @@ async fn standby_forwards_requests_and_names_the_leader_when_two_nodes_share_a_d
     }
 }
 
+/// `HEAD /v1/ready` (a health check's method too) is answered by the node asked, as GET
+/// is: same status and length, not the leader's answer forwarded.
+#[tokio::test]
+async fn ready_answers_head_on_the_node_asked_as_it_answers_get() {
+    let url = fresh_database();
+    let a = node(&url);
+    assert_eq!(leader_of(&[&a.http()]).await, 0);
+    let b = node(&url);
+    for http in [a.http(), b.http()] {
+        let get = http.request("GET", "/v1/ready", &[], Vec::new()).await;
+        let head = http.request("HEAD", "/v1/ready", &[], Vec::new()).await;
+        let length = |r: &crate::util::Resp| r.headers.get("content-length").cloned();
+        assert_eq!(get.status, 200, "{}", get.text_preview());
+        assert_eq!(
+            (head.status, length(&head)),
+            (get.status, length(&get)),
+            "{}: {}",
+            http.base(),
+            get.text_preview()
+        );
+    }
+}
+
 /// The leader's browser checks (`access::origin`) read the `Host` the client sent: a
 /// standby must pass it on, not put the leader's address in its place (which made a
 /// same-origin browser's POST look cross-site and a DNS-rebinding page's request look
