@@ -213,16 +213,28 @@ pub fn client_id_problem(client_id: &str) -> Option<&'static str> {
     }
 }
 
-/// The signing key: `FLINGER_JWT_SIGNING_KEY` or `JWT_SIGNING_KEY` when set, else the
-/// file store's private value [`SIGNING_KEY_FILE`], generated on first use (64 random
-/// characters) and kept durably so tokens survive restarts and power loss: a mode-0600
-/// file in the data directory, or a row in the PostgreSQL journal's database, which every
-/// node then shares.
+/// Shortest signing key accepted from the environment, bytes: RFC 7518 §3.2 requires an
+/// HS256 key of at least the hash's 256 bits. Anyone holding one token can test guesses
+/// of the key offline; a short one found forges tokens of any role.
+pub const MIN_SIGNING_KEY_BYTES: usize = 32;
+
+/// The signing key: `FLINGER_JWT_SIGNING_KEY` or `JWT_SIGNING_KEY` when set (at least
+/// [`MIN_SIGNING_KEY_BYTES`], else start-up fails saying so), else the file store's
+/// private value [`SIGNING_KEY_FILE`], generated on first use (64 random characters) and
+/// kept durably so tokens survive restarts and power loss: a mode-0600 file in the data
+/// directory, or a row in the PostgreSQL journal's database, which every node then shares.
 pub async fn signing_key(store: &dyn crate::journal::files::FileStore) -> Result<Vec<u8>> {
     for var in SIGNING_KEY_ENV {
         if let Ok(value) = std::env::var(var) {
-            if !value.is_empty() {
+            if value.len() >= MIN_SIGNING_KEY_BYTES {
                 return Ok(value.into_bytes());
+            }
+            if !value.is_empty() {
+                return Err(Error::Internal(format!(
+                    "{var} must be at least {MIN_SIGNING_KEY_BYTES} bytes (HS256 needs a \
+                     256-bit key, RFC 7518 §3.2; e.g. `openssl rand -hex 32`), or unset to \
+                     have one generated and kept"
+                )));
             }
         }
     }

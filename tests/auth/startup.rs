@@ -107,3 +107,31 @@ async fn binding_a_public_address_with_access_control_off_is_refused_with_how_to
     );
     assert!(!dir.path().join("d").exists(), "nothing should be created");
 }
+
+/// A signing key short enough to be found from one token (HS256 needs 256 bits) is
+/// refused at start-up, naming the variable, instead of signing forgeable tokens.
+#[tokio::test]
+async fn short_signing_key_from_the_environment_is_refused_when_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--bind",
+        "127.0.0.1:0",
+        "--data-dir",
+        "d",
+        "--access-control",
+        "on",
+    ];
+    let out = run_to_exit(
+        dir.path(),
+        &args,
+        &[("FLINGER_JWT_SIGNING_KEY", "changeme")],
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("FLINGER_JWT_SIGNING_KEY must be at least 32 bytes"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("changeme"), "{stderr}");
+}
