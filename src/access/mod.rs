@@ -833,7 +833,7 @@ impl Limiter {
     }
 
     /// Lets a token request of `keys` through once [`Limiter::attempt`] does, waiting up
-    /// to [`BUSY_WAIT`] while checks under way use up what its keys have left; else the
+    /// to `BUSY_WAIT` (10 s) while checks under way use up what its keys have left; else the
     /// refusal's message (429).
     pub async fn admit<'a>(
         &'a self,

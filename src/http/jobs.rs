@@ -145,7 +145,11 @@ fn pop_request(request: Request) -> Result<(Vec<Name>, u64, Option<Name>)> {
             "No queue(s) specified in request".into(),
         ));
     }
-    Ok((queues.into_vec(), wait, wire::agent_cookie(request.headers())))
+    Ok((
+        queues.into_vec(),
+        wait,
+        wire::agent_cookie(request.headers()),
+    ))
 }
 
 /// `GET /v1/job/<id>`: the stored job document.

@@ -16,9 +16,9 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use serde::Deserialize;
 
+use super::distinct::Distinct;
 use super::ids::{JobId, Name};
 use super::job::is_terminal_label;
-use super::distinct::Distinct;
 use super::FastMap;
 
 /// Jobs of one key, by submission sequence number.
