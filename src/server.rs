@@ -747,7 +747,8 @@ pub async fn expire(services: &Services) -> Result<usize> {
 
 /// Finds running jobs whose agent was silent past its allowance (`model::lost`) and has
 /// the registry end or requeue them (a logged `JobLost`, which also stops the watch on
-/// them); marks each such agent's record `offline`. Returns how many jobs it ended or
+/// them); marks each such agent's record `offline`, unless the agent said since that it
+/// left the job (restarted mid-job: it is back in service). Returns how many jobs it ended or
 /// requeued.
 pub async fn end_lost_jobs(services: &Services) -> Result<usize> {
     let rule = lost::Rule {
@@ -793,11 +794,21 @@ pub async fn end_lost_jobs(services: &Services) -> Result<usize> {
                 });
                 let body =
                     bytes::Bytes::from(serde_json::to_vec(&fields).expect("JSON serialises"));
-                let ticket = ask(&*services.agents, |p| {
-                    AgentMsg::Update(agent, body, None, p)
+                let marked = ask(&*services.agents, |port| AgentMsg::MarkLost {
+                    name: agent.clone(),
+                    job: id,
+                    last_heard: watched.last_heard,
+                    fields: body,
+                    port,
                 })
                 .await??;
-                services.journal.durable(ticket).await?;
+                match marked {
+                    Some(ticket) => services.journal.durable(ticket).await?,
+                    // Restarted: it abandoned the job and is back in service.
+                    None => {
+                        tracing::info!(job = %id, agent = %agent, "lost job's agent has left it since and stays in service")
+                    }
+                }
             }
         }
     }

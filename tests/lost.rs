@@ -354,6 +354,57 @@ async fn job_provisioning_silently_past_its_output_timeout_is_not_lost_when_the_
     assert!(result.get("lost_agent").is_none(), "{result}");
 }
 
+/// An agent restarted mid-job (SIGKILL, then started again, as a crashed service is)
+/// abandons the job it ran: the job is lost, but the agent is not. It said so when it
+/// started again (the stock agent posts `waiting`), so the server ends the job without
+/// marking the agent offline, which would idle the stock agent until an admin stepped in.
+#[tokio::test]
+async fn agent_restarted_mid_job_stays_in_service_when_its_old_job_is_ended_as_lost() {
+    let srv = TestServer::start_with(FAST);
+    // Allowance in `test`: 20 + 10 + 1 s, time for the agent to start again on a busy box.
+    let id = srv
+        .submit(&json!({"job_queue": "q", "output_timeout": 20, "test_data": {"test_cmds": "x"}}))
+        .await;
+    let (setup, test) = ("true", "echo started; sleep 60");
+    let mut agent = RealAgent::spawn(&srv, "real-restarted", setup, test);
+    wait_for_state(&srv, &id, "test", Duration::from_secs(90)).await;
+    agent.kill9();
+    let _agent = RealAgent::spawn(&srv, "real-restarted", setup, test);
+    // It starts by saying it is waiting (while it ran the job, its record said `test`).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let record = srv
+            .get("/v1/agents/data/real-restarted")
+            .await
+            .expect_json();
+        if record["state"] == "waiting" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never back: {record}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        srv.job_state(&id).await,
+        "test",
+        "decided before the restart"
+    );
+    wait_for_state(&srv, &id, "cancelled", Duration::from_secs(60)).await;
+    let result = srv.result(&id).await;
+    assert_eq!(result["lost_agent"]["agent"], "real-restarted", "{result}");
+    // The offline mark would follow the job's end within moments (two actors).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let record = srv
+        .get("/v1/agents/data/real-restarted")
+        .await
+        .expect_json();
+    assert_ne!(record["state"], "offline", "{record}");
+    // And the agent goes on taking jobs.
+    let next = srv
+        .submit(&json!({"job_queue": "q", "test_data": {"test_cmds": "x"}}))
+        .await;
+    wait_for_state(&srv, &next, "complete", Duration::from_secs(90)).await;
+}
+
 /// The record of `agent`, once it says `offline`. The sweep that ends a lost agent's job
 /// writes the agent record just after the job (two actors), so a reader may see the
 /// job's end first: wait up to 10 s for the record.

@@ -13,7 +13,7 @@ use super::{now, reply, PendingSnapshot, Recorder, Shared};
 use crate::error::Result;
 use crate::journal::{Journal, Ticket};
 use crate::model::agents::Agents;
-use crate::model::{Event, Name};
+use crate::model::{Event, JobId, Name};
 
 /// Messages to the agents actor.
 pub enum AgentMsg {
@@ -24,6 +24,16 @@ pub enum AgentMsg {
     /// Merge fields (JSON object text) into an agent's record, posted by this agent
     /// credential (`None`: not an agent credential, or access control off).
     Update(Name, Bytes, Option<Name>, RpcReplyPort<Result<Ticket>>),
+    /// Merge `fields` (JSON object text: `offline` and why) into the record of the agent
+    /// lost with `job`, as the server, unless the record shows that the agent left that
+    /// job after it was last heard about it (`AgentRecord::left_job`): then `None`.
+    MarkLost {
+        name: Name,
+        job: JobId,
+        last_heard: u64,
+        fields: Bytes,
+        port: RpcReplyPort<Result<Option<Ticket>>>,
+    },
     /// Append a provision outcome (JSON object text) to a known agent's history (404 for
     /// an unknown agent: recording it would create an agent that never registered).
     ProvisionLog(Name, Bytes, RpcReplyPort<Result<Ticket>>),
@@ -108,6 +118,33 @@ impl Actor for AgentActor {
                     at: now(),
                     by,
                 });
+                reply(port, result);
+            }
+            AgentMsg::MarkLost {
+                name,
+                job,
+                last_heard,
+                fields,
+                port,
+            } => {
+                let left = state
+                    .agents
+                    .read()
+                    .agents
+                    .get(&name)
+                    .is_some_and(|record| record.left_job(job, last_heard));
+                let result = if left {
+                    Ok(None)
+                } else {
+                    state
+                        .record(Event::AgentUpdated {
+                            name,
+                            fields,
+                            at: now(),
+                            by: None,
+                        })
+                        .map(Some)
+                };
                 reply(port, result);
             }
             AgentMsg::ProvisionLog(name, entry, port) => {

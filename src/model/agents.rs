@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::event::Event;
-use super::ids::Name;
+use super::ids::{JobId, Name};
 use crate::error::{Error, Result};
 
 /// How many `log` lines and provision entries an agent record keeps (Testflinger keeps 100).
@@ -74,6 +74,25 @@ impl AgentRecord {
     /// The merged fields as a JSON object.
     pub fn fields_map(&self) -> Map<String, Value> {
         serde_json::from_slice(&self.fields).unwrap_or_default()
+    }
+
+    /// Whether the agent said, in a post made after `since` (unix seconds), that it has
+    /// left job `job`: its record, written later, shows it idle (`state` `waiting`, which
+    /// the stock agent posts when it starts and after each job) or names another job
+    /// (`job_id`). An agent restarted mid-job abandons the job it ran: that job is lost,
+    /// the agent is not. While it runs a job the stock agent posts only phase names, so a
+    /// dead agent's record never reads so.
+    pub fn left_job(&self, job: JobId, since: u64) -> bool {
+        if self.updated_at <= since {
+            return false;
+        }
+        let fields = self.fields_map();
+        let idle = fields.get("state").and_then(Value::as_str) == Some("waiting");
+        let other = fields
+            .get("job_id")
+            .and_then(Value::as_str)
+            .is_some_and(|named| JobId::parse(named) != Some(job));
+        idle || other
     }
 
     /// Whether the agent lists `queue` among the queues it serves (its `queues` field).
@@ -340,6 +359,44 @@ impl Agents {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_has_left_a_job_only_when_it_posted_idle_or_another_job_after_last_heard() {
+        let job = JobId::random();
+        let record = |fields: String, updated_at: u64| AgentRecord {
+            fields: Bytes::from(fields),
+            updated_at,
+            ..AgentRecord::default()
+        };
+        let running = format!(r#"{{"state":"test","job_id":"{job}"}}"#);
+        let restarted = format!(r#"{{"state":"waiting","job_id":"{job}"}}"#);
+        let upper = format!(
+            r#"{{"state":"setup","job_id":"{}"}}"#,
+            job.to_string().to_uppercase()
+        );
+        let other = format!(r#"{{"state":"setup","job_id":"{}"}}"#, JobId::random());
+        assert!(!record(running, 20).left_job(job, 10), "still on it");
+        assert!(
+            !record(upper, 20).left_job(job, 10),
+            "the same job, spelt otherwise"
+        );
+        assert!(
+            record(restarted.clone(), 20).left_job(job, 10),
+            "started again"
+        );
+        assert!(
+            record(other.clone(), 20).left_job(job, 10),
+            "took another job"
+        );
+        assert!(
+            !record(restarted, 10).left_job(job, 10),
+            "not after it was last heard"
+        );
+        assert!(
+            !record(other, 9).left_job(job, 10),
+            "not after it was last heard"
+        );
+    }
 
     fn update(name: &str) -> Event {
         Event::AgentUpdated {
