@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::util::{job_id_of, upstream, Http, TestServer};
+use crate::util::{job_id_of, multipart, upstream, Http, Part, TestServer};
 
 /// Short settings: one second of grace (checked every second).
 const FAST: &[&str] = &["--lost-agent-grace-secs", "1"];
@@ -493,4 +493,56 @@ async fn the_watch_holds_exactly_the_running_jobs_through_finish_cancel_and_requ
     assert_eq!(http.pop_id(&["q"]).await.as_deref(), Some(lost.as_str()));
     assert_eq!(watched(svc), 1, "handed out again, it is watched again");
     core.stop().await;
+}
+
+/// Only accepted requests are contact: the stock agent retries an artifact upload refused
+/// as too large forever (between polls, never posting the job complete), so its job must
+/// still end when the allowance passes rather than stay in its last phase for good.
+#[tokio::test]
+async fn refused_artifact_uploads_do_not_keep_a_job_from_being_ended_as_lost() {
+    let srv = TestServer::start_with(&[
+        "--lost-agent-grace-secs",
+        "1",
+        "--max-artifact-bytes",
+        "1000",
+    ]);
+    let agent = FakeAgent::register(&srv, "dut-stuck").await;
+    // Allowance in `cleanup`: output_timeout 3 + the agent's 10 s check + grace 1 = 14 s.
+    let id = srv
+        .submit(&json!({"job_queue": "q", "output_timeout": 3, "test_data": {"test_cmds": "true"}}))
+        .await;
+    assert_eq!(agent.pop().await.map(|j| job_id_of(&j)), Some(id.clone()));
+    agent
+        .post_result(&id, json!({"job_state": "cleanup"}))
+        .await;
+    let too_large = vec![7u8; 2000];
+    let (content_type, body) = multipart(&[Part::file("file", "artifacts.tar.gz", &too_large)]);
+    let stuck_since = Instant::now();
+    let mut refused = 0;
+    while srv.job_state(&id).await == "cleanup" {
+        assert!(
+            stuck_since.elapsed() < Duration::from_secs(60),
+            "the job of an agent retrying a refused upload ({refused} times) was never ended"
+        );
+        let r = agent
+            .http
+            .request(
+                "POST",
+                &format!("/v1/result/{id}/artifact"),
+                &[("content-type", &content_type), ("cookie", &agent.cookie)],
+                body.clone(),
+            )
+            .await;
+        assert_eq!(r.status, 413, "{}", r.text_preview());
+        refused += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        stuck_since.elapsed() >= Duration::from_secs(13),
+        "ended after {:?}, before the allowance",
+        stuck_since.elapsed()
+    );
+    let result = srv.result(&id).await;
+    assert_eq!(result["job_state"], "cancelled", "{result}");
+    assert_eq!(result["lost_agent"]["phase"], "cleanup", "{result}");
 }

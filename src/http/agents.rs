@@ -224,7 +224,7 @@ pub async fn agents_post(
     // An agent reporting its state with the job it runs is heard about that job: from
     // the job's agent credential only (access control on), so no other client keeps a
     // dead agent's job alive by naming it, as for every other kind of contact
-    // (`front::note_agent_contact`).
+    // (`front::agent_contact`).
     if let Some(id) = map.get("job_id").and_then(Value::as_str) {
         if let Ok(id) = super::wire::path_id(id) {
             if crate::access::is_job_agent(&svc, &caller, id) {

@@ -122,10 +122,17 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
     } else {
         match crate::access::authorize(&front.services, route, request).await {
             Ok(request) => {
-                // Only a request access control lets through counts: a refused one (another
-                // credential, no credential) must not keep a lost agent's job alive.
-                note_agent_contact(&front.services, &request);
-                next.run(request).await
+                // Only a request access control lets through and its handler accepts
+                // counts: a refused one (another credential, no credential) must not keep a
+                // lost agent's job alive, nor one its handler refuses: the stock agent
+                // retries a refused artifact upload (over --max-artifact-bytes) forever and
+                // never reports the job complete, so it is stuck, and its job must end.
+                let contact = agent_contact(&front.services, &request);
+                let response = next.run(request).await;
+                if let Some(id) = contact.filter(|_| response.status().is_success()) {
+                    front.services.watch.heard(id, crate::actors::now());
+                }
+                response
             }
             Err(refused) => refused,
         }
@@ -161,13 +168,14 @@ fn head_bytes(request: &Request) -> usize {
     line + fields + 2
 }
 
-/// Notes agent contact for lost-agent recovery (`actors::watch`): any POST about a job's
-/// result (state, result fields, log fragments, output, artifact), a download of its
-/// attachments, and any request about a job that carries an agent's `agent_name`
-/// cookie (the stock agent checks `GET /v1/result/<id>` every 10 s while a command
-/// runs), from the job's agent credential when access control is on. Clients without
-/// the cookie reading a result (the CLI's `poll`) do not count.
-fn note_agent_contact(svc: &Services, request: &Request) {
+/// The job `request` is agent contact about, for lost-agent recovery (`actors::watch`;
+/// noted once the request is answered with a 2xx): any POST about a job's result (state,
+/// result fields, log fragments, output, artifact), a download of its attachments, and
+/// any request about a job that carries an agent's `agent_name` cookie (the stock agent
+/// checks `GET /v1/result/<id>` every 10 s while a command runs), from the job's agent
+/// credential when access control is on. Clients without the cookie reading a result
+/// (the CLI's `poll`) do not count.
+fn agent_contact(svc: &Services, request: &Request) -> Option<crate::model::JobId> {
     let path = request.uri().path();
     let about = path
         .strip_prefix("/v1/result/")
@@ -181,11 +189,12 @@ fn note_agent_contact(svc: &Services, request: &Request) {
         if contact {
             if let Ok(id) = wire::path_id(id) {
                 if from_its_agent(svc, request, id) {
-                    svc.watch.heard(id, crate::actors::now());
+                    return Some(id);
                 }
             }
         }
     }
+    None
 }
 
 /// Whether `request` may count as contact from job `id`'s agent: from its agent
