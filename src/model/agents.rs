@@ -76,14 +76,15 @@ impl AgentRecord {
         serde_json::from_slice(&self.fields).unwrap_or_default()
     }
 
-    /// Whether the agent said, in a post made after `since` (unix seconds), that it has
-    /// left job `job`: its record, written later, shows it idle (`state` `waiting`, which
-    /// the stock agent posts when it starts and after each job) or names another job
+    /// Whether the agent said, in a post made since `since` (unix seconds, the same second
+    /// included: an agent restarted within the second it was last heard must not be taken
+    /// offline), that it has left job `job`: its record shows it idle (`state` `waiting`,
+    /// which the stock agent posts when it starts and after each job) or names another job
     /// (`job_id`). An agent restarted mid-job abandons the job it ran: that job is lost,
     /// the agent is not. While it runs a job the stock agent posts only phase names, so a
     /// dead agent's record never reads so.
     pub fn left_job(&self, job: JobId, since: u64) -> bool {
-        if self.updated_at <= since {
+        if self.updated_at < since {
             return false;
         }
         let fields = self.fields_map();
@@ -389,8 +390,12 @@ mod tests {
             "took another job"
         );
         assert!(
-            !record(restarted, 10).left_job(job, 10),
-            "not after it was last heard"
+            record(restarted.clone(), 10).left_job(job, 10),
+            "in the second it was last heard"
+        );
+        assert!(
+            !record(restarted, 9).left_job(job, 10),
+            "not before it was last heard"
         );
         assert!(
             !record(other, 9).left_job(job, 10),
