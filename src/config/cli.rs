@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use super::{AccessMode, FsyncPolicy, HugePages, JournalTarget};
+use super::{AccessMode, FsyncPolicy, HugePages};
 
 /// `flinger --version`: the crate version and the commit built (see `build.rs`).
 pub const VERSION: &str = concat!(
@@ -308,8 +308,10 @@ pub struct ServeOpts {
     /// Where events and snapshots are kept: `file` (the write-ahead log under the data
     /// directory) or a PostgreSQL connection string `postgres://USER[:PASSWORD]@HOST:PORT/DB`
     /// [default: file].
+    // Kept as text and parsed when the settings are resolved: clap's own refusal of a
+    // value would repeat it whole, password and all.
     #[arg(long, env = "FLINGER_JOURNAL", value_name = "file|postgres://...")]
-    pub journal: Option<JournalTarget>,
+    pub journal: Option<String>,
     /// On the PostgreSQL journal: length of the leader's lease in milliseconds (300 to
     /// 60000); a dead leader is replaced after about this long, and it is renewed every
     /// third of it [default: 5000].

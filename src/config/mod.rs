@@ -519,9 +519,11 @@ impl Config {
                         config.max_webhook_url_bytes = size("a byte count")?
                     }
                     "JOURNAL" => {
-                        config.journal = value
-                            .parse()
-                            .map_err(|_| bad("file or a postgres:// connection string"))?
+                        // Not `bad`: it would show the value, password and all.
+                        config.journal = value.parse().map_err(|reason: String| ConfigError {
+                            line: 0,
+                            reason: format!("{}: {key}: {reason}", path.display()),
+                        })?
                     }
                     "LEASE_MS" => config.lease = Duration::from_millis(num("milliseconds")?),
                     "ADVERTISE_URL" => config.advertise_url = Some(value.clone()),
@@ -602,7 +604,11 @@ impl Config {
         }
         config.wal_truncate_corruption |= opts.wal_truncate_corruption;
         if let Some(v) = &opts.journal {
-            config.journal = v.clone();
+            // The refusal shows the string with its password hidden (`redact`).
+            config.journal = v.parse().map_err(|reason: String| ConfigError {
+                line: 0,
+                reason: format!("{}: {reason}", setting("journal")),
+            })?;
         }
         if let Some(ms) = opts.lease_ms {
             config.lease = Duration::from_millis(ms);
