@@ -223,15 +223,13 @@ pub async fn agents_post(
     check_agent_fields(&map)?;
     // An agent reporting its state with the job it runs is heard about that job: from
     // the job's agent credential only (access control on), so no other client keeps a
-    // dead agent's job alive by naming it, as for every other kind of contact
-    // (`front::agent_contact`).
-    if let Some(id) = map.get("job_id").and_then(Value::as_str) {
-        if let Ok(id) = super::wire::path_id(id) {
-            if crate::access::is_job_agent(&svc, &caller, id) {
-                svc.watch.heard(id, crate::actors::now());
-            }
-        }
-    }
+    // dead agent's job alive by naming it, and once the post is recorded, as for every
+    // other kind of contact (`front::agent_contact`).
+    let contact = map
+        .get("job_id")
+        .and_then(Value::as_str)
+        .and_then(|id| super::wire::path_id(id).ok())
+        .filter(|&id| crate::access::is_job_agent(&svc, &caller, id));
     let cookie = cookie_value(&name)?;
     let by = caller.agent_credential().map(Name::from);
     let lsn = ask(&svc.agents, |p| {
@@ -239,6 +237,9 @@ pub async fn agents_post(
     })
     .await??;
     svc.journal.durable(lsn).await?;
+    if let Some(id) = contact {
+        svc.watch.heard(id, crate::actors::now());
+    }
     let mut response = json_value(StatusCode::OK, &serde_json::json!({"status": "OK"}));
     response
         .headers_mut()
