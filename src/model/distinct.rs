@@ -46,6 +46,26 @@ impl<T: Eq + Hash + Clone> Distinct<T> {
         if self.contains(&value) {
             return false;
         }
+        self.push_new(value);
+        true
+    }
+
+    /// Keeps the value `make` gives unless one equal to `key` is kept already (so a
+    /// repeat makes nothing: no allocation for a name given twice); whether it was new.
+    pub fn insert_with<Q>(&mut self, key: &Q, make: impl FnOnce() -> T) -> bool
+    where
+        T: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        if self.contains(key) {
+            return false;
+        }
+        self.push_new(make());
+        true
+    }
+
+    /// Keeps `value`, which no kept value equals.
+    fn push_new(&mut self, value: T) {
         match &mut self.set {
             Some(set) => _ = set.insert(value.clone()),
             None if self.items.len() == SCANNED => {
@@ -54,7 +74,6 @@ impl<T: Eq + Hash + Clone> Distinct<T> {
             None => {}
         }
         self.items.push(value);
-        true
     }
 
     /// How many values are kept.
@@ -86,9 +105,14 @@ mod tests {
         fn keeps_each_value_once_in_first_order(values in proptest::collection::vec(0u8..24, 0..64)) {
             let mut distinct = Distinct::with_capacity(4);
             let mut want: Vec<u8> = Vec::new();
-            for v in &values {
+            for (n, v) in values.iter().enumerate() {
                 let new = !want.contains(v);
-                prop_assert_eq!(distinct.insert(*v), new);
+                let kept = if n % 2 == 0 {
+                    distinct.insert(*v)
+                } else {
+                    distinct.insert_with(v, || *v)
+                };
+                prop_assert_eq!(kept, new);
                 if new {
                     want.push(*v);
                 }

@@ -93,9 +93,7 @@ pub fn tags_of(body: &[u8]) -> Vec<Name> {
     let mut out: Distinct<Name> = Distinct::with_capacity(tags.len());
     for tag in &tags {
         if let serde_json::Value::String(tag) = tag {
-            if !out.contains(tag.as_str()) {
-                out.insert(Name::from(tag.as_str()));
-            }
+            out.insert_with(tag.as_str(), || Name::from(tag.as_str()));
         }
     }
     out.into_vec()
