@@ -369,7 +369,9 @@ async fn agent_restarted_mid_job_stays_in_service_when_its_old_job_is_ended_as_l
     let mut agent = RealAgent::spawn(&srv, "real-restarted", setup, test);
     wait_for_state(&srv, &id, "test", Duration::from_secs(90)).await;
     agent.kill9();
-    let _agent = RealAgent::spawn(&srv, "real-restarted", setup, test);
+    // Started again with a quick test command: the next job need not sleep a minute
+    // (it ran 60 s of its 90-s deadline, which a loaded machine could miss).
+    let _agent = RealAgent::spawn(&srv, "real-restarted", setup, "echo started");
     // It starts by saying it is waiting (while it ran the job, its record said `test`).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

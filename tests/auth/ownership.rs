@@ -387,34 +387,8 @@ async fn only_the_jobs_agent_credential_counts_as_contact_from_its_agent() {
     let srv = &lab.srv;
     let agent = lab.token_for("lost-agent", "agent", json!({})).await;
     let bob = lab.token_for("lost-bob", "contributor", json!({})).await;
-    let id = srv
-        .submit(
-            &json!({"job_queue": "lost-q", "output_timeout": 1, "test_data": {"test_cmds": "x"}}),
-        )
-        .await;
-    register_agent(srv, &agent, "dut").await;
-    call(
-        srv,
-        "GET",
-        "/v1/job?queue=lost-q",
-        Some(&agent),
-        Some("dut"),
-        None,
-    )
-    .await
-    .expect_json();
-    let state = json!({"job_state": "test"});
+    let id = running_job(srv, &agent, "dut", "lost-q", "test").await;
     let result = format!("/v1/result/{id}");
-    call(
-        srv,
-        "POST",
-        &result,
-        Some(&agent),
-        Some("dut"),
-        Some(&state),
-    )
-    .await
-    .expect_status(200);
     // Allowance in `test`: output_timeout 1 + the agent's 10 s check + grace 1.
     let started = std::time::Instant::now();
     loop {
@@ -439,34 +413,8 @@ async fn another_agents_data_post_naming_the_job_does_not_keep_it_alive() {
     let srv = &lab.srv;
     let agent = lab.token_for("silent-agent", "agent", json!({})).await;
     let other = lab.token_for("busy-agent", "agent", json!({})).await;
-    let id = srv
-        .submit(
-            &json!({"job_queue": "silent-q", "output_timeout": 1, "test_data": {"test_cmds": "x"}}),
-        )
-        .await;
-    register_agent(srv, &agent, "silent-dut").await;
     register_agent(srv, &other, "busy-dut").await;
-    call(
-        srv,
-        "GET",
-        "/v1/job?queue=silent-q",
-        Some(&agent),
-        Some("silent-dut"),
-        None,
-    )
-    .await
-    .expect_json();
-    let result = format!("/v1/result/{id}");
-    call(
-        srv,
-        "POST",
-        &result,
-        Some(&agent),
-        Some("silent-dut"),
-        Some(&json!({"job_state": "test"})),
-    )
-    .await
-    .expect_status(200);
+    let id = running_job(srv, &agent, "silent-dut", "silent-q", "test").await;
     // Allowance in `test`: output_timeout 1 + the agent's 10 s check + grace 1.
     let started = std::time::Instant::now();
     let naming = json!({"job_id": id, "state": "test"});
@@ -500,33 +448,8 @@ async fn requeued_job_refuses_reports_from_the_agent_that_was_lost() {
     let lab = Lab::start(&["--lost-agent-grace-secs", "1"]);
     let srv = &lab.srv;
     let agent = lab.token_for("came-back", "agent", json!({})).await;
-    let id = srv
-        .submit(
-            &json!({"job_queue": "requeue-q", "output_timeout": 1, "test_data": {"test_cmds": "x"}}),
-        )
-        .await;
-    register_agent(srv, &agent, "came-back-dut").await;
-    call(
-        srv,
-        "GET",
-        "/v1/job?queue=requeue-q",
-        Some(&agent),
-        Some("came-back-dut"),
-        None,
-    )
-    .await
-    .expect_json();
+    let id = running_job(srv, &agent, "came-back-dut", "requeue-q", "setup").await;
     let result = format!("/v1/result/{id}");
-    call(
-        srv,
-        "POST",
-        &result,
-        Some(&agent),
-        Some("came-back-dut"),
-        Some(&json!({"job_state": "setup"})),
-    )
-    .await
-    .expect_status(200);
     // Allowance in `setup`: output_timeout 1 + the agent's 10 s check + grace 1.
     let started = std::time::Instant::now();
     while srv.job_state(&id).await != "resubmitted" {
@@ -557,4 +480,30 @@ async fn requeued_job_refuses_reports_from_the_agent_that_was_lost() {
     .await;
     assert_eq!(fragment.status, 403, "{}", fragment.text());
     assert_eq!(srv.job_state(&id).await, "resubmitted");
+}
+
+/// A job submitted to `queue` (`output_timeout` 1 s), taken by agent `dut` with the agent
+/// credential `token` (registering `dut` first) and reported in `state`; its id. Silent
+/// from then on, it is lost after 1 s + the agent's 10 s check + the grace.
+async fn running_job(
+    srv: &crate::util::TestServer,
+    token: &str,
+    dut: &str,
+    queue: &str,
+    state: &str,
+) -> String {
+    let id = srv
+        .submit(&json!({"job_queue": queue, "output_timeout": 1, "test_data": {"test_cmds": "x"}}))
+        .await;
+    register_agent(srv, token, dut).await;
+    let pop = format!("/v1/job?queue={queue}");
+    call(srv, "GET", &pop, Some(token), Some(dut), None)
+        .await
+        .expect_json();
+    let report = json!({"job_state": state});
+    let result = format!("/v1/result/{id}");
+    call(srv, "POST", &result, Some(token), Some(dut), Some(&report))
+        .await
+        .expect_status(200);
+    id
 }
