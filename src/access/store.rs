@@ -53,6 +53,36 @@ impl AccessStore {
         Ok(Some(ticket))
     }
 
+    /// Like [`AccessStore::record`] for several events decided together: each is
+    /// journalled and applied in order under one lock. Returns the last one's ticket (the
+    /// log is written in order, so it being durable means all of them are).
+    pub fn record_all(
+        &self,
+        decide: impl FnOnce(&Access) -> Result<Vec<Event>>,
+    ) -> Result<Option<Ticket>> {
+        let mut state = self.state.lock();
+        let mut last = None;
+        for event in decide(&state)? {
+            last = Some(self.journal.append(&event)?);
+            state.apply(&event);
+        }
+        Ok(last)
+    }
+
+    /// [`AccessStore::record_all`], then waits until durable; whether anything was recorded.
+    pub async fn record_all_durably(
+        &self,
+        decide: impl FnOnce(&Access) -> Result<Vec<Event>>,
+    ) -> Result<bool> {
+        match self.record_all(decide)? {
+            Some(ticket) => {
+                self.journal.durable(ticket).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Records and waits until durable.
     pub async fn record_durably(
         &self,

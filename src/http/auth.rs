@@ -694,24 +694,36 @@ pub async fn secrets_put(
         expire_after.map(|secs| now().saturating_add(secs))
     };
     let sealed = sealer.seal(&owner, &path, value);
+    let at = now();
     svc.access
         .store
-        .record_durably(|access| {
+        .record_all_durably(|access| {
+            let mut events = Vec::with_capacity(2);
             let replacing = access
                 .secrets
                 .contains_key(&(Name::from(owner.as_str()), path.clone()));
             if !replacing && access.secret_count(&owner) >= MAX_SECRETS_PER_CLIENT {
-                return Err(Error::InvalidInput(format!(
-                    "At most {MAX_SECRETS_PER_CLIENT} secrets per client"
-                )));
+                // Expired secrets read as absent: they do not hold a place. They go (as
+                // a recorded event, so replay agrees) and only live ones count.
+                let expired = access.expired_secrets(&owner, at).len();
+                if access.secret_count(&owner) - expired >= MAX_SECRETS_PER_CLIENT {
+                    return Err(Error::InvalidInput(format!(
+                        "At most {MAX_SECRETS_PER_CLIENT} secrets per client"
+                    )));
+                }
+                events.push(Event::SecretsExpired {
+                    client_id: Name::from(owner.as_str()),
+                    at,
+                });
             }
-            Ok(Some(Event::SecretStored {
+            events.push(Event::SecretStored {
                 client_id: Name::from(owner.as_str()),
                 path: path.as_str().into(),
                 sealed,
                 expires_at,
                 ephemeral,
-            }))
+            });
+            Ok(events)
         })
         .await?;
     Ok(json_value(

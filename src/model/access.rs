@@ -12,7 +12,9 @@
 //! - a refresh token belongs to an existing client and its current secret (deleting a
 //!   client, or giving it a new secret, drops its tokens);
 //! - each client holds at most [`MAX_TOKENS_PER_CLIENT`] refresh tokens and
-//!   [`MAX_SECRETS_PER_CLIENT`] secrets, so no client can grow the state without bound.
+//!   [`MAX_SECRETS_PER_CLIENT`] secrets, so no client can grow the state without bound
+//!   (expired secrets are removed by [`Event::SecretsExpired`] before a new one would pass
+//!   the limit, so only live ones can make a client reach it).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -371,17 +373,37 @@ impl Access {
             Event::SecretDeleted { client_id, path } => {
                 self.secrets.remove(&(client_id.clone(), path.to_string()));
             }
+            Event::SecretsExpired { client_id, at } => {
+                let expired = self.expired_secrets(client_id, *at);
+                for path in expired {
+                    self.secrets.remove(&(client_id.clone(), path));
+                }
+            }
             _ => {}
         }
     }
 
-    /// How many secrets `client_id` stores.
-    pub fn secret_count(&self, client_id: &str) -> usize {
+    /// `client_id`'s secrets, expired or not, in path order.
+    fn secrets_of<'a>(&'a self, client_id: &'a str) -> impl Iterator<Item = (&'a str, &'a Secret)> {
         let from = (Name::from(client_id), String::new());
         self.secrets
             .range(from..)
-            .take_while(|((owner, _), _)| &**owner == client_id)
-            .count()
+            .take_while(move |((owner, _), _)| &**owner == client_id)
+            .map(|((_, path), secret)| (path.as_str(), secret))
+    }
+
+    /// How many secrets `client_id` stores, expired ones included (they stay until a
+    /// [`Event::SecretsExpired`] removes them).
+    pub fn secret_count(&self, client_id: &str) -> usize {
+        self.secrets_of(client_id).count()
+    }
+
+    /// The paths of `client_id`'s secrets that read as absent at `now`.
+    pub fn expired_secrets(&self, client_id: &str, now: u64) -> Vec<String> {
+        self.secrets_of(client_id)
+            .filter(|(_, s)| s.expires_at.is_some_and(|t| t <= now))
+            .map(|(path, _)| path.to_owned())
+            .collect()
     }
 }
 
@@ -537,6 +559,35 @@ mod tests {
         assert!(access.tokens.contains_key("hd"), "only the client's own");
         issue(&mut access, "c", "hc2");
         assert!(access.tokens.contains_key("hc2"));
+    }
+
+    #[test]
+    fn secrets_expired_removes_only_that_clients_expired_secrets() {
+        let mut access = Access::default();
+        let store = |access: &mut Access, owner: &str, path: &str, expires_at: Option<u64>| {
+            access.apply(&Event::SecretStored {
+                client_id: owner.into(),
+                path: path.into(),
+                sealed: Bytes::from_static(b"sealed"),
+                expires_at,
+                ephemeral: false,
+            });
+        };
+        store(&mut access, "c", "old", Some(10));
+        store(&mut access, "c", "edge", Some(20));
+        store(&mut access, "c", "live", Some(21));
+        store(&mut access, "c", "forever", None);
+        store(&mut access, "d", "old", Some(10));
+        assert_eq!(access.secret_count("c"), 4);
+        assert_eq!(access.expired_secrets("c", 20), ["edge", "old"]);
+        access.apply(&Event::SecretsExpired {
+            client_id: "c".into(),
+            at: 20,
+        });
+        assert_eq!(access.secret_count("c"), 2);
+        assert!(access.secret("c", "live", 20).is_some());
+        assert!(access.secret("c", "forever", 20).is_some());
+        assert_eq!(access.secret_count("d"), 1, "another client's stay");
     }
 
     #[test]

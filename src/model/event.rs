@@ -301,6 +301,14 @@ pub enum Event {
         /// Path.
         path: Box<str>,
     },
+    /// `client_id`'s secrets that had expired by `at` were removed (recorded when a new
+    /// secret would pass the per-client limit, so expired ones never block a live one).
+    SecretsExpired {
+        /// Owner.
+        client_id: Name,
+        /// Unix seconds: every secret with `expires_at <= at` went.
+        at: u64,
+    },
     /// Results or log fragments of an id were appended to its file in the orphan store
     /// (see `model::orphans`): the file now holds `offset + len` valid bytes. The content
     /// is in the file, fsynced before this was logged, never in the log.
@@ -389,7 +397,8 @@ impl Event {
             | QueueRestricted { .. }
             | QueueUnrestricted { .. }
             | SecretStored { .. }
-            | SecretDeleted { .. } => Partition::Access,
+            | SecretDeleted { .. }
+            | SecretsExpired { .. } => Partition::Access,
             JobEventsPosted { .. }
             | JobEventsDelivered { .. }
             | JobEventsAbandoned { .. }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{call, kept_in_clear, register_agent, Lab};
+use super::{access_token, call, kept_in_clear, register_agent, Lab};
 use crate::util::{Opts, TestServer};
 
 #[tokio::test]
@@ -282,4 +282,86 @@ async fn a_job_naming_secrets_is_refused_as_unauthenticated_when_access_control_
     call(&srv, "POST", "/v1/job", None, None, Some(&plain))
         .await
         .expect_status(200);
+}
+
+/// Stores `count` secrets `prefix-N` for `owner`, 50 requests at a time; their statuses.
+async fn store_many(
+    srv: &TestServer,
+    token: &str,
+    owner: &str,
+    prefix: &str,
+    count: usize,
+    body: &Value,
+) -> Vec<u16> {
+    let mut statuses = Vec::with_capacity(count);
+    let paths: Vec<String> = (0..count)
+        .map(|n| format!("/v1/secrets/{owner}/{prefix}-{n}"))
+        .collect();
+    for chunk in paths.chunks(50) {
+        let puts = chunk
+            .iter()
+            .map(|path| call(srv, "PUT", path, Some(token), None, Some(body)));
+        for r in futures_util::future::join_all(puts).await {
+            statuses.push(r.status);
+        }
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn expired_secrets_do_not_count_toward_the_per_client_limit_and_stay_gone_after_a_restart() {
+    let mut lab = Lab::start_env(
+        &[],
+        &[(
+            "FLINGER_SECRETS_KEY",
+            "master-key-for-tests-0123456789abcdef",
+        )],
+    );
+    let alice = lab.token_for("alice", "contributor", json!({})).await;
+    let short = json!({"value": "v", "expire_after": 1});
+    let statuses = store_many(&lab.srv, &alice, "alice", "short", 1000, &short).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // Wait (not an assertion on time) until all of them have expired.
+    let stored_by = std::time::SystemTime::now();
+    while stored_by.elapsed().unwrap_or_default() < Duration::from_millis(2100) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let long = json!({"value": "v", "expire_after": 86_400});
+    call(
+        &lab.srv,
+        "PUT",
+        "/v1/secrets/alice/new",
+        Some(&alice),
+        None,
+        Some(&long),
+    )
+    .await
+    .expect_status(200);
+    // The expired ones were removed by a recorded event: after a restart the client has
+    // one secret, so 999 more fit and the next is refused.
+    lab.srv.restart();
+    let alice = access_token(&lab.srv, "alice", "secret-of-alice-0123456789").await;
+    let statuses = store_many(&lab.srv, &alice, "alice", "long", 999, &long).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let r = call(
+        &lab.srv,
+        "PUT",
+        "/v1/secrets/alice/one-too-many",
+        Some(&alice),
+        None,
+        Some(&long),
+    )
+    .await;
+    assert_eq!(r.expect_error(400), "At most 1000 secrets per client");
+    // Replacing a live one is not a new one.
+    call(
+        &lab.srv,
+        "PUT",
+        "/v1/secrets/alice/long-0",
+        Some(&alice),
+        None,
+        Some(&long),
+    )
+    .await
+    .expect_status(200);
 }
