@@ -5,6 +5,7 @@
 //! Handlers never look at the `Authorization` header themselves.
 //!
 //! - `table`: the route × role table (data, tested on its own against upstream's).
+//! - `clients`: who may change which client (the role hierarchy of client edits).
 //! - `token`: JWT access tokens, refresh tokens, bcrypt secrets, the signing key.
 //! - `store`: the access partition (clients, refresh-token hashes, restricted queues,
 //!   sealed secrets).
@@ -22,6 +23,7 @@
 //! `flinger::security`: who, what, from where), never with a secret or a token.
 
 pub mod admin;
+pub mod clients;
 pub mod origin;
 pub mod secrets;
 pub mod store;

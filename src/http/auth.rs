@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use super::agents::read_agents;
 use super::respond::{json_value, ok, read_body, text};
 use super::wire::json_object_body;
+use crate::access::clients::{check_client_edit, ClientEdit};
 use crate::access::{peer, secrets, security_event, token, Caller, Limiter};
 use crate::actors::{now, Services};
 use crate::error::{Error, Result};
@@ -310,8 +311,8 @@ fn int_map(field: &str, value: &Value) -> Result<std::collections::BTreeMap<Stri
 }
 
 /// `PUT /v1/client-permissions/<id>`: create a client (needs `client_secret`) or change
-/// its permissions; a caller cannot edit a client above its own role or grant a role
-/// above its own.
+/// its permissions, as `access::clients` allows (a caller cannot edit a client above its
+/// own role, grant a role above its own, or take over a peer's secret or role).
 pub async fn client_put(
     State(svc): State<Services>,
     caller: Caller,
@@ -381,18 +382,15 @@ pub async fn client_put(
                     "Error: Missing client_secret in request body for new client".into(),
                 ));
             }
+            check_client_edit(ClientEdit {
+                caller: caller.client_id(),
+                caller_role: mine,
+                target: &client_id,
+                current_role: existing.map(Client::role),
+                new_role: role,
+                new_secret: hash.is_some(),
+            })?;
             let mut client = existing.cloned().unwrap_or_default();
-            if mine < client.role() {
-                return Err(Error::Forbidden(format!(
-                    "{who} has insufficient permissions to modify client '{client_id}'"
-                )));
-            }
-            if let Some(new) = role.filter(|r| mine < *r) {
-                return Err(Error::Forbidden(format!(
-                    "{who} has insufficient permissions to assign role '{}' to client '{client_id}'",
-                    new.as_str()
-                )));
-            }
             if let Some(h) = &hash {
                 client.secret_hash = h.as_str().into();
             }

@@ -145,6 +145,80 @@ async fn client_management_api_follows_upstream_rules() {
 }
 
 #[tokio::test]
+async fn a_manager_cannot_replace_a_fellow_managers_secret_or_role_but_may_its_own() {
+    let lab = Lab::start(&[]);
+    let srv = &lab.srv;
+    let alice = lab.token_for("alice", "manager", json!({})).await;
+    let bob_secret = lab.client("bob", "manager", json!({})).await;
+    lab.client("carol", "contributor", json!({})).await;
+    let put = |token: String, id: &'static str, body: Value| async move {
+        call(
+            srv,
+            "PUT",
+            &format!("/v1/client-permissions/{id}"),
+            Some(&token),
+            None,
+            Some(&body),
+        )
+        .await
+    };
+    let taken = json!({"client_secret": "alice-now-knows-this"});
+    assert_eq!(
+        put(alice.clone(), "bob", taken.clone())
+            .await
+            .expect_error(403),
+        "alice has insufficient permissions to replace the secret of client 'bob': it needs a \
+         role above 'manager'"
+    );
+    token_request(srv, "bob", "alice-now-knows-this")
+        .await
+        .expect_error(401);
+    token_request(srv, "bob", &bob_secret)
+        .await
+        .expect_status(200);
+    // Demoting the peer first (its secret would then be below alice's role) is refused too.
+    let message = put(alice.clone(), "bob", json!({"role": "contributor"}))
+        .await
+        .expect_error(403);
+    assert!(
+        message.contains("change the role of client 'bob'"),
+        "{message}"
+    );
+    // The rest of a peer's permissions follow upstream's rule: not below, so allowed.
+    put(alice.clone(), "bob", json!({"max_priority": {"*": 5}}))
+        .await
+        .expect_status(200);
+    // Below the caller's role, and its own: allowed; an admin may replace anyone's.
+    put(
+        alice.clone(),
+        "carol",
+        json!({"client_secret": "carol-new-secret-1"}),
+    )
+    .await
+    .expect_status(200);
+    token_request(srv, "carol", "carol-new-secret-1")
+        .await
+        .expect_status(200);
+    put(
+        alice.clone(),
+        "alice",
+        json!({"client_secret": "alice-new-secret-1"}),
+    )
+    .await
+    .expect_status(200);
+    token_request(srv, "alice", "alice-new-secret-1")
+        .await
+        .expect_status(200);
+    let admin = lab.admin_token().await;
+    put(admin, "bob", json!({"client_secret": "bob-reset-by-admin"}))
+        .await
+        .expect_status(200);
+    token_request(srv, "bob", "bob-reset-by-admin")
+        .await
+        .expect_status(200);
+}
+
+#[tokio::test]
 async fn client_command_refuses_to_touch_the_data_dir_of_a_running_server() {
     let srv = TestServer::start_with(&["--access-control", "on"]);
     let data = srv.data_dir().display().to_string();
