@@ -396,6 +396,100 @@ fn describe(event: &Event) -> String {
                 data.len()
             )
         }
+        // Credential material is shown by its kind and size only (a dump is read by people
+        // and pasted into tickets): a bcrypt hash can be attacked offline, a sealed secret
+        // is one master key away from its value. A refresh token's hash shows its first 8
+        // hex digits, enough to match its issue to its revocation and nothing more.
+        Event::ClientSaved { id, client } => {
+            let mut client = (**client).clone();
+            client.secret_hash =
+                format!("<bcrypt hash, {} bytes>", client.secret_hash.len()).into();
+            format!("ClientSaved {{ id: {id:?}, client: {client:?} }}")
+        }
+        Event::RefreshTokenIssued {
+            hash,
+            client_id,
+            issued_at,
+            expires_at,
+        } => format!(
+            "RefreshTokenIssued {{ hash: {}, client_id: {client_id:?}, issued_at: {issued_at}, expires_at: {expires_at} }}",
+            token_fingerprint(hash)
+        ),
+        Event::RefreshTokenRevoked { hash } => format!(
+            "RefreshTokenRevoked {{ hash: {} }}",
+            token_fingerprint(hash)
+        ),
+        Event::SecretStored {
+            client_id,
+            path,
+            sealed,
+            expires_at,
+            ephemeral,
+        } => format!(
+            "SecretStored {{ client_id: {client_id:?}, path: {path:?}, sealed: <sealed secret, {} bytes>, expires_at: {expires_at:?}, ephemeral: {ephemeral} }}",
+            sealed.len()
+        ),
         other => format!("{other:?}"),
+    }
+}
+
+/// A refresh token's SHA-256 as the dump shows it: its first 8 hex digits.
+fn token_fingerprint(hash: &str) -> String {
+    let start: String = hash.chars().take(8).collect();
+    format!("<sha-256 of a refresh token, {start}...>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::access::Client;
+
+    #[test]
+    fn the_dump_shows_no_credential_material() {
+        let hash = "$2b$08$abcdefghijklmnopqrstuuJ7Zb8uS0yRr7bq6b0nqzQ1c1t8mW9hS";
+        let token = "0123456789abcdef".repeat(4);
+        let events = [
+            Event::ClientSaved {
+                id: "alice".into(),
+                client: Box::new(Client {
+                    secret_hash: hash.into(),
+                    email: Some("alice@example.com".into()),
+                    ..Client::default()
+                }),
+            },
+            Event::RefreshTokenIssued {
+                hash: token.as_str().into(),
+                client_id: "alice".into(),
+                issued_at: 1,
+                expires_at: 2,
+            },
+            Event::RefreshTokenRevoked {
+                hash: token.as_str().into(),
+            },
+            Event::SecretStored {
+                client_id: "alice".into(),
+                path: "db/pass".into(),
+                sealed: Bytes::from_static(b"ciphertext-bytes"),
+                expires_at: Some(9),
+                ephemeral: false,
+            },
+        ];
+        let lines: Vec<String> = events.iter().map(describe).collect();
+        let all = lines.join("\n");
+        assert!(!all.contains(hash) && !all.contains("$2b$"), "{all}");
+        assert!(
+            !all.contains(&token) && !all.contains("ciphertext"),
+            "{all}"
+        );
+        assert!(lines[0].contains("<bcrypt hash, 60 bytes>"), "{all}");
+        assert!(
+            lines[0].contains("alice@example.com"),
+            "the rest is kept: {all}"
+        );
+        assert!(lines[1].contains("<sha-256 of a refresh token, 01234567...>"));
+        assert!(lines[1].contains("expires_at: 2"), "{all}");
+        assert!(lines[2].contains("01234567..."), "{all}");
+        assert!(lines[3].contains("<sealed secret, 16 bytes>"), "{all}");
+        assert!(lines[3].contains("\"db/pass\"") && lines[3].contains("Some(9)"));
     }
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{access_token, call, kept_in_clear, register_agent, Lab};
-use crate::util::{Opts, TestServer};
+use super::{access_token, call, kept_in_clear, register_agent, token_request, Lab};
+use crate::util::{run_to_exit, Opts, TestServer};
 
 #[tokio::test]
 async fn job_secrets_reach_only_the_dispatched_agent_and_never_the_disk_in_clear() {
@@ -364,4 +364,83 @@ async fn expired_secrets_do_not_count_toward_the_per_client_limit_and_stay_gone_
     )
     .await
     .expect_status(200);
+}
+
+#[tokio::test]
+async fn wal_dump_shows_credentials_by_kind_and_size_only() {
+    // `wal dump` reads the file log (also in the PostgreSQL suite's run).
+    let lab = Lab::start_env(
+        &["--journal", "file"],
+        &[(
+            "FLINGER_SECRETS_KEY",
+            "master-key-for-tests-0123456789abcdef",
+        )],
+    );
+    let srv = &lab.srv;
+    let secret = lab
+        .client("alice", "contributor", json!({"email": "a@b.c"}))
+        .await;
+    let login = token_request(srv, "alice", &secret).await.expect_json();
+    let refresh = login["refresh_token"].as_str().expect("refresh_token");
+    let alice = login["access_token"].as_str().expect("access_token");
+    call(
+        srv,
+        "PUT",
+        "/v1/secrets/alice/db/pass",
+        Some(alice),
+        None,
+        Some(&json!({"value": "dump-must-not-show-this"})),
+    )
+    .await
+    .expect_status(200);
+    let data = srv.data_dir().display().to_string();
+    let out = run_to_exit(
+        srv.dir(),
+        &["wal", "dump", &data],
+        &[],
+        Duration::from_secs(30),
+    );
+    let dump = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (what, leaked) in [
+        ("a bcrypt hash", "$2b$".to_owned()),
+        ("a bcrypt hash", "$2y$".to_owned()),
+        ("a refresh token", refresh.to_owned()),
+        (
+            "a refresh token's hash",
+            flinger::access::token::token_hash(refresh).to_string(),
+        ),
+    ] {
+        assert!(!dump.contains(&leaked), "the dump shows {what}:\n{dump}");
+    }
+    let saved: Vec<&str> = dump.lines().filter(|l| l.contains("ClientSaved")).collect();
+    assert!(
+        saved.len() >= 2 && saved.iter().all(|l| l.contains("<bcrypt hash, 60 bytes>")),
+        "{dump}"
+    );
+    // Everything else is kept.
+    assert!(
+        saved
+            .iter()
+            .any(|l| l.contains("\"alice\"") && l.contains("a@b.c")),
+        "{dump}"
+    );
+    let stored = dump
+        .lines()
+        .find(|l| l.contains("SecretStored"))
+        .unwrap_or_else(|| panic!("no SecretStored line:\n{dump}"));
+    assert!(
+        stored.contains("<sealed secret, ") && stored.contains("\"db/pass\""),
+        "{stored}"
+    );
+    assert!(
+        dump.lines().any(
+            |l| l.contains("RefreshTokenIssued") && l.contains("<sha-256 of a refresh token, ")
+        ),
+        "{dump}"
+    );
 }
