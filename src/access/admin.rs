@@ -27,6 +27,18 @@ pub async fn run(config: &Config, action: &ClientAction, out: &mut impl Write) -
     // place (a `--data-dir` after `client` is refused by the parser, so the default
     // `./data` is a common accident): say so instead of creating an empty one. The
     // PostgreSQL journal keeps nothing in the data directory.
+    // What can be checked without the data directory is, so a mistyped command creates
+    // nothing.
+    if let ClientAction::Add {
+        email: Some(email), ..
+    } = action
+    {
+        if let Some(problem) = token::email_problem(email) {
+            return Err(Error::InvalidInput(format!(
+                "--email {email:?} is not a valid email address: {problem}"
+            )));
+        }
+    }
     let file_log = matches!(config.journal, crate::config::JournalTarget::File);
     if file_log && !matches!(action, ClientAction::Add { .. }) && !config.data_dir.exists() {
         return Err(Error::NotFound(format!(

@@ -213,6 +213,45 @@ pub fn client_id_problem(client_id: &str) -> Option<&'static str> {
     }
 }
 
+/// Longest email address kept, bytes: RFC 5321's 256-byte path less its angle brackets.
+pub const MAX_EMAIL_BYTES: usize = 254;
+
+/// What is wrong with a client's email address, if anything: a non-empty local part of at
+/// most 64 bytes, one `@`, and a domain of non-empty dot-separated labels, at most
+/// [`MAX_EMAIL_BYTES`] in all, without spaces or control characters (an address is shown
+/// in `flinger client list` and in tokens' claims: a line break would forge output). Not
+/// a full RFC 5322 parser: quoted local parts and address literals are refused.
+pub fn email_problem(email: &str) -> Option<String> {
+    if email.len() > MAX_EMAIL_BYTES {
+        return Some(format!(
+            "it is {} bytes, more than {MAX_EMAIL_BYTES}",
+            email.len()
+        ));
+    }
+    if email.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Some("it contains a space or a control character".into());
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return Some("it has no '@'".into());
+    };
+    if local.is_empty() {
+        return Some("nothing comes before the '@'".into());
+    }
+    if local.len() > 64 {
+        return Some("the part before the '@' is longer than 64 bytes".into());
+    }
+    if domain.contains('@') {
+        return Some("it has more than one '@'".into());
+    }
+    if domain.is_empty() {
+        return Some("no domain comes after the '@'".into());
+    }
+    if domain.split('.').any(str::is_empty) {
+        return Some(format!("the domain {domain:?} has an empty label"));
+    }
+    None
+}
+
 /// Shortest signing key accepted from the environment, bytes: RFC 7518 §3.2 requires an
 /// HS256 key of at least the hash's 256 bits. Anyone holding one token can test guesses
 /// of the key offline; a short one found forges tokens of any role.
@@ -269,6 +308,38 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn email_addresses_need_a_local_part_an_at_and_a_domain() {
+        for ok in [
+            "a@b.c",
+            "first.last+tag@example.co.uk",
+            "ops@localhost",
+            "ü@bücher.de",
+        ] {
+            assert_eq!(email_problem(ok), None, "{ok}");
+        }
+        let long_local = format!("{}@b.c", "a".repeat(65));
+        let too_long = format!("a@{}.com", "b".repeat(MAX_EMAIL_BYTES));
+        for (bad, why) in [
+            ("", "no '@'"),
+            ("alice", "no '@'"),
+            ("@example.com", "before the '@'"),
+            ("alice@", "no domain"),
+            ("a@b@c.d", "more than one '@'"),
+            ("a@.com", "empty label"),
+            ("a@b..com", "empty label"),
+            ("a@b.com.", "empty label"),
+            ("a b@c.d", "a space or a control"),
+            ("a@b.c\nforged line", "a space or a control"),
+            ("a\u{7f}@b.c", "a space or a control"),
+            (long_local.as_str(), "longer than 64 bytes"),
+            (too_long.as_str(), "more than 254"),
+        ] {
+            let problem = email_problem(bad).unwrap_or_else(|| panic!("{bad:?} was taken"));
+            assert!(problem.contains(why), "{bad:?}: {problem}");
+        }
+    }
 
     #[test]
     fn secrets_past_what_bcrypt_reads_are_refused_not_truncated() {

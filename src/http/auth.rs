@@ -355,8 +355,16 @@ pub async fn client_put(
             "max_priority" => max_priority = Some(int_map(field, value)?),
             "max_reservation_time" => max_reservation = Some(int_map(field, value)?),
             "email" => match value.as_str() {
-                Some(e) if e.contains('@') && e.len() <= 320 => email = Some(e.to_owned()),
-                _ => return Err(Error::validation(field, "Not a valid email address.")),
+                Some(e) => match token::email_problem(e) {
+                    None => email = Some(e.to_owned()),
+                    Some(problem) => {
+                        return Err(Error::validation(
+                            field,
+                            format!("Not a valid email address: {problem}."),
+                        ))
+                    }
+                },
+                None => return Err(Error::validation(field, "Not a valid email address.")),
             },
             _ => return Err(Error::validation(field, "Unknown field.")),
         }

@@ -296,3 +296,64 @@ async fn refresh_and_restricted_queue_bodies_that_are_not_json_are_400_naming_wh
         );
     }
 }
+
+#[tokio::test]
+async fn client_add_refuses_an_email_address_that_is_not_one_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    for (email, problem) in [
+        ("alice", "it has no '@'"),
+        ("@example.com", "nothing comes before the '@'"),
+        ("alice@", "no domain comes after the '@'"),
+        ("alice@example..com", "has an empty label"),
+        (
+            "alice@example.com\nclient_secret: forged",
+            "a space or a control character",
+        ),
+    ] {
+        let out = run_to_exit(
+            dir.path(),
+            &["client", "add", "alice", "--email", email],
+            &[],
+            Duration::from_secs(30),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{email:?} was taken");
+        assert!(
+            stderr.contains("is not a valid email address") && stderr.contains(problem),
+            "{email:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{email:?}: nothing may be printed");
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "a refused command creates nothing"
+    );
+    let out = run_to_exit(
+        dir.path(),
+        &["client", "add", "alice", "--email", "alice@example.com"],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The API applies the same check.
+    let lab = Lab::start(&[]);
+    let admin = lab.admin_token().await;
+    let r = call(
+        &lab.srv,
+        "PUT",
+        "/v1/client-permissions/bob",
+        Some(&admin),
+        None,
+        Some(&json!({"client_secret": "long-enough-secret", "email": "bob@"})),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(
+        r.json()["detail"]["json"]["email"][0],
+        "Not a valid email address: no domain comes after the '@'."
+    );
+}
