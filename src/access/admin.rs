@@ -142,28 +142,53 @@ async fn act(store: &AccessStore, action: &ClientAction, out: &mut impl Write) -
             let refresh = token::new_refresh_token();
             let at = now();
             let expires_at = at + valid_days * 86_400;
+            let no_client = || {
+                Error::NotFound(format!(
+                    "no client {client_id:?}: create it first with `flinger client add`"
+                ))
+            };
+            if store.read(|access| access.client(client_id).is_none()) {
+                return Err(no_client());
+            }
+            // The file is written and synced first, the token recorded next, the file put
+            // in place last: a path that cannot be written records nothing, and a token
+            // recorded is in a file already (beside `path` until the rename).
+            let file = json!({
+                "refresh_token": refresh,
+                "obtained_at": crate::http::wire::iso_z(at),
+            });
+            let unwritable = |e: std::io::Error| {
+                Error::InvalidInput(format!(
+                    "cannot write the token file {}: {e} (no token was issued)",
+                    path.display()
+                ))
+            };
+            let staged =
+                token::StagedFile::write(path, file.to_string().as_bytes()).map_err(unwritable)?;
+            let hash = token::token_hash(&refresh);
             let mut role = Role::Contributor;
             store
                 .record_durably(|access| {
-                    let client = access.client(client_id).ok_or_else(|| {
-                        Error::NotFound(format!(
-                            "no client {client_id:?}: create it first with `flinger client add`"
-                        ))
-                    })?;
-                    role = client.role();
+                    role = access.client(client_id).ok_or_else(no_client)?.role();
                     Ok(Some(Event::RefreshTokenIssued {
-                        hash: token::token_hash(&refresh),
+                        hash: hash.clone(),
                         client_id: Name::from(client_id.as_str()),
                         issued_at: at,
                         expires_at,
                     }))
                 })
                 .await?;
-            let file = json!({
-                "refresh_token": refresh,
-                "obtained_at": crate::http::wire::iso_z(at),
-            });
-            token::write_private_file(path, file.to_string().as_bytes())?;
+            if let Err(e) = staged.commit() {
+                // Nobody may hold a token the file does not: the one just recorded goes.
+                store
+                    .record_durably(|_| Ok(Some(Event::RefreshTokenRevoked { hash })))
+                    .await?;
+                return Err(Error::Internal(format!(
+                    "cannot put the token file in place at {}: {e} (the token issued for it \
+                     was revoked)",
+                    path.display()
+                )));
+            }
             writeln!(
                 out,
                 "Wrote a refresh token for client {client_id:?} (role {}) to {} (mode 0600), valid until {}.\n\

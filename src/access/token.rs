@@ -282,32 +282,105 @@ pub async fn signing_key(store: &dyn crate::journal::files::FileStore) -> Result
         .await
 }
 
-/// Writes `bytes` to `path` durably with mode 0600: a temporary file, fsync, rename,
-/// fsync of the directory.
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+/// A private file (mode 0600) written and synced under a temporary name beside `path`, put
+/// in place only by [`StagedFile::commit`]. Dropped without a commit, the temporary file is
+/// removed and `path` is as it was. So a caller can write the file, then record what it
+/// holds, then put it in place: whatever fails first, nothing half-done is left behind.
+pub struct StagedFile {
+    /// Where it is written.
+    tmp: std::path::PathBuf,
+    /// Where it goes.
+    path: std::path::PathBuf,
+    /// The directory of both (synced after the rename).
+    dir: std::path::PathBuf,
+    /// Renamed into place (nothing to clean up).
+    committed: bool,
+}
+
+impl StagedFile {
+    /// Writes and syncs `bytes` under the temporary name (creating `path`'s directory if
+    /// needed). Refuses a `path` that names a directory or no file at all.
+    pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<StagedFile> {
+        use std::io::{Error, ErrorKind};
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(name) = path.file_name() else {
+            return Err(Error::new(ErrorKind::InvalidInput, "it names no file"));
+        };
+        if path.is_dir() {
+            return Err(Error::new(ErrorKind::InvalidInput, "it is a directory"));
+        }
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(".tmp");
+        let staged = StagedFile {
+            tmp: dir.join(tmp_name),
+            path: path.to_owned(),
+            dir: dir.to_owned(),
+            committed: false,
+        };
+        let _ = std::fs::remove_file(&staged.tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&staged.tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        Ok(staged)
+    }
+
+    /// Renames the file into place and syncs the directory.
+    pub fn commit(mut self) -> std::io::Result<()> {
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_staged_file_replaces_the_old_one_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        StagedFile::write(&path, b"old").unwrap().commit().unwrap();
+        let names = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        drop(StagedFile::write(&path, b"new").unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(names(), ["token"], "the temporary file goes when dropped");
+        StagedFile::write(&path, b"new").unwrap().commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(names(), ["token"]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A directory, or a path under a file, is refused before anything is written.
+        assert!(StagedFile::write(dir.path(), b"x").is_err());
+        assert!(StagedFile::write(&path.join("below"), b"x").is_err());
+        assert_eq!(names(), ["token"]);
+    }
 
     #[test]
     fn email_addresses_need_a_local_part_an_at_and_a_domain() {

@@ -357,3 +357,68 @@ async fn client_add_refuses_an_email_address_that_is_not_one_naming_the_problem(
         "Not a valid email address: no domain comes after the '@'."
     );
 }
+
+#[tokio::test]
+async fn client_token_file_records_no_token_when_the_file_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| run_to_exit(dir.path(), args, &[], Duration::from_secs(60));
+    let out = run(&["client", "add", "lab-agent", "--role", "agent"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(dir.path().join("a-file"), b"not a folder").unwrap();
+    let issued = || {
+        let out = run(&["wal", "dump", "data"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("RefreshTokenIssued"))
+            .count()
+    };
+    // A directory, and a path below a regular file: refused, nothing recorded.
+    for target in [".", "a-file/token"] {
+        let out = run(&["client", "token-file", "lab-agent", "--out", target]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{target}: {stderr}");
+        assert!(
+            stderr.contains("cannot write the token file")
+                && stderr.contains("no token was issued"),
+            "{target}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{target}");
+    }
+    assert_eq!(issued(), 0, "a token was recorded that no file holds");
+    // A writable path: the file holds the one token recorded, and replaces an older file
+    // whole; no temporary file is left beside it.
+    let path = dir.path().join("tokens").join("refresh_token");
+    let mut tokens = Vec::new();
+    for round in 1..=2 {
+        let out = run(&[
+            "client",
+            "token-file",
+            "lab-agent",
+            "--out",
+            "tokens/refresh_token",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        tokens.push(file["refresh_token"].as_str().unwrap().to_owned());
+        assert_eq!(issued(), round);
+    }
+    assert_ne!(tokens[0], tokens[1]);
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("tokens"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["refresh_token"]);
+}
