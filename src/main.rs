@@ -4,7 +4,6 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
 use flinger::config::{read_config_file, Cli, Command, Config, HugePages, WalAction};
 use tracing_subscriber::EnvFilter;
 
@@ -22,7 +21,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::umask(0o077);
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_env();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -47,7 +46,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let env_path = std::env::var_os("TESTFLINGER_CONFIG").map(std::path::PathBuf::from);
+    let env_path = flinger::config::env_var("TESTFLINGER_CONFIG").map(std::path::PathBuf::from);
     let resolved =
         read_config_file(env_path.as_deref()).and_then(|file| Config::resolve(&cli.opts, file));
     let (config, warnings) = match resolved {
@@ -62,7 +61,7 @@ fn main() -> ExitCode {
     }
     // The seed's server shared a Redis named by these; flinger does not use one.
     for key in ["REDIS_HOST", "REDIS_PORT"] {
-        if std::env::var_os(key).is_some() {
+        if flinger::config::env_var(key).is_some() {
             tracing::warn!("environment variable {key} is ignored: flinger keeps its journal in its data directory, or in PostgreSQL with --journal postgres://... (FLINGER_JOURNAL)");
         }
     }

@@ -252,6 +252,65 @@ async fn limits_are_read_from_config_file_when_no_flag_overrides() {
         .await;
 }
 
+#[tokio::test]
+async fn environment_variables_set_to_the_empty_string_count_as_unset() {
+    // Clap alone took "" as the value (refusing it for numbers, booleans and the fsync
+    // policy), the secrets key refused it as too short, TESTFLINGER_CONFIG named a file "".
+    let empty = [
+        "TESTFLINGER_CONFIG",
+        "FLINGER_DATA_DIR",
+        "FLINGER_MAX_JOB_BYTES",
+        "FLINGER_MAX_PENDING",
+        "FLINGER_FSYNC",
+        "FLINGER_LOST_AGENT_REQUEUE",
+        "FLINGER_WAL_TRUNCATE_CORRUPTION",
+        "FLINGER_ALLOW_OPEN_ACCESS",
+        "FLINGER_WEBHOOK_AUTH",
+        "FLINGER_SECRETS_KEY",
+        "TESTFLINGER_SECRETS_MASTER_KEY",
+        "FLINGER_JWT_SIGNING_KEY",
+        "JWT_LEEWAY",
+        "REDIS_HOST",
+    ];
+    let srv = TestServer::start_opts(Opts {
+        omit_data_dir: true,
+        files: vec![(
+            "testflinger.conf".into(),
+            "DATA_PATH = '{dir}/from-file'\nMAX_JOB_BYTES = 1000\n".into(),
+        )],
+        envs: empty
+            .iter()
+            .map(|k| (k.to_string(), String::new()))
+            .collect(),
+        ..Opts::default()
+    });
+    // The next source decides: the config file (found as if TESTFLINGER_CONFIG were unset)...
+    let line = listening_line(&srv);
+    let expected = srv.dir().join("from-file");
+    assert!(
+        line.contains(&format!("data_dir={}", expected.display())),
+        "{line}"
+    );
+    let big = "x".repeat(2000);
+    let body = serde_json::to_vec(&serde_json::json!({"job_queue": "q", "f": big})).unwrap();
+    srv.post_oversized("/v1/job", Some("application/json"), &body)
+        .await
+        .expect_error(413);
+    // ...or the default: no secrets store, a generated signing key, no Redis warning.
+    let r = srv
+        .request(
+            "PUT",
+            "/v1/secrets/alice/x",
+            &[("content-type", "application/json")],
+            br#"{"value": "v"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.expect_error(400), "No secrets store");
+    assert!(expected.join("jwt-signing-key").exists() || srv.journal().is_some());
+    let log = srv.stderr_lines().join("\n");
+    assert!(!log.contains("REDIS_HOST"), "{log}");
+}
+
 /// `THP_enabled` of the server's `/proc/<pid>/status`: 0 once the process turned
 /// transparent huge pages off (`prctl(PR_SET_THP_DISABLE)`), 1 otherwise.
 fn thp_enabled(srv: &TestServer) -> String {

@@ -46,7 +46,7 @@ impl Sealer {
     /// The sealer from the environment's master key; `Ok(None)` when none is set.
     pub fn from_env() -> Result<Option<Sealer>> {
         for var in MASTER_KEY_ENV {
-            if let Ok(key) = std::env::var(var) {
+            if let Some(key) = crate::config::env_var(var) {
                 if key.len() < MIN_MASTER_KEY_LEN {
                     return Err(Error::Internal(format!(
                         "{var} must be at least {MIN_MASTER_KEY_LEN} characters (e.g. `openssl rand -hex 32`)"

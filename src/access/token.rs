@@ -264,17 +264,15 @@ pub const MIN_SIGNING_KEY_BYTES: usize = 32;
 /// directory, or a row in the PostgreSQL journal's database, which every node then shares.
 pub async fn signing_key(store: &dyn crate::journal::files::FileStore) -> Result<Vec<u8>> {
     for var in SIGNING_KEY_ENV {
-        if let Ok(value) = std::env::var(var) {
+        if let Some(value) = crate::config::env_var(var) {
             if value.len() >= MIN_SIGNING_KEY_BYTES {
                 return Ok(value.into_bytes());
             }
-            if !value.is_empty() {
-                return Err(Error::Internal(format!(
-                    "{var} must be at least {MIN_SIGNING_KEY_BYTES} bytes (HS256 needs a \
-                     256-bit key, RFC 7518 §3.2; e.g. `openssl rand -hex 32`), or unset to \
-                     have one generated and kept"
-                )));
-            }
+            return Err(Error::Internal(format!(
+                "{var} must be at least {MIN_SIGNING_KEY_BYTES} bytes (HS256 needs a \
+                 256-bit key, RFC 7518 §3.2; e.g. `openssl rand -hex 32`), or unset to \
+                 have one generated and kept"
+            )));
         }
     }
     store

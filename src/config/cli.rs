@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use super::{AccessMode, FsyncPolicy, HugePages};
 
@@ -29,6 +29,27 @@ pub struct Cli {
     /// Maintenance commands (default: serve).
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// Parses the process's arguments and `FLINGER_*` variables, an empty variable counting
+    /// as unset ([`super::env_var`]'s rule; clap alone takes `""` as the value, which most
+    /// flags refuse and a few take). Exits with clap's message and status on an error, as
+    /// `Cli::parse` does. Only the top-level flags read the environment.
+    pub fn parse_env() -> Cli {
+        let command = Cli::command().mut_args(|arg| {
+            let empty = arg
+                .get_env()
+                .is_some_and(|name| super::env_var(&name.to_string_lossy()).is_none());
+            if empty {
+                arg.env(None)
+            } else {
+                arg
+            }
+        });
+        let matches = command.get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
 }
 
 /// Maintenance commands.

@@ -4,7 +4,8 @@
 //! The file is the seed's `testflinger.conf`: `KEY = value` lines, values quoted
 //! Python-style (`DATA_PATH = '/srv/tf'`) or bare numbers/words, `#` comments. It is
 //! named by `TESTFLINGER_CONFIG`, else `./testflinger.conf` if present. An unknown key
-//! is a warning; a malformed line is an error (exit status 2).
+//! is a warning; a malformed line is an error (exit status 2). An environment variable
+//! set to the empty string is unset, for every variable flinger reads ([`env_var`]).
 //!
 //! This module owns the settings, their defaults, precedence and bounds; `cli` has the
 //! command line and `file` the config file's syntax.
@@ -390,6 +391,23 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The one rule for every environment variable flinger reads: a variable set to the empty
+/// string is unset (as most servers, and shells' `${VAR:-default}`, take it), so
+/// `FLINGER_X=` in a unit file or a compose file falls back to the next source instead of
+/// being a value or an error. Applied to the `FLINGER_*` flags by [`Cli::parse_env`] and
+/// to every other variable by [`env_var`].
+fn unless_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+/// Reads environment variable `name` under [`unless_empty`]'s rule: the only place flinger
+/// reads the process environment, besides clap's reading of the `FLINGER_*` flags (which
+/// [`Cli::parse_env`] holds to the same rule). A value that is not UTF-8 is kept (lossily)
+/// so it is refused where it is parsed, not taken as unset.
+pub fn env_var(name: &str) -> Option<String> {
+    unless_empty(std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+}
+
 impl Config {
     /// Resolves flags/env (`opts`) over the file's keys over defaults. Returns the config
     /// and warnings to log (unknown keys).
@@ -397,10 +415,7 @@ impl Config {
         opts: &ServeOpts,
         file: Option<ConfigFile>,
     ) -> Result<(Config, Vec<String>), ConfigError> {
-        // A value that is not UTF-8 is kept (lossily) so it is refused, not taken as unset.
-        Config::resolve_with_env(opts, file, &|name| {
-            std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
-        })
+        Config::resolve_with_env(opts, file, &env_var)
     }
 
     /// [`Config::resolve`] with upstream's environment variables (`JWT_LEEWAY`,
@@ -627,8 +642,8 @@ impl Config {
             config.refresh_token_ttl = Duration::from_secs(secs);
         }
         // Upstream's environment names count as environment too (below FLINGER_*); an
-        // empty one is unset, as clap treats the FLINGER_* ones.
-        let upstream_env = |name: &str| env(name).filter(|v| !v.is_empty());
+        // empty one is unset, as every variable is.
+        let upstream_env = |name: &str| unless_empty(env(name));
         let leeway = match (opts.jwt_leeway_secs, upstream_env("JWT_LEEWAY")) {
             (Some(secs), _) => Some(secs),
             (None, Some(value)) => Some(value.trim().parse().map_err(|_| ConfigError {
