@@ -103,6 +103,18 @@ impl Error {
             reason: reason.into(),
         }
     }
+
+    /// A 422 for a key the body's schema does not declare: marshmallow's `Unknown
+    /// field.` under the key (as upstream's `detail`), and a message that names it, so a
+    /// client reading only `message` knows which key to drop. `path` is the key, with the
+    /// keys and indexes above it for a nested one (`events.0.colour`).
+    pub fn unknown_field(path: &str) -> Error {
+        Error::Validation {
+            message: format!("Validation error: unknown field {path:?}"),
+            field: path.into(),
+            reason: "Unknown field.".into(),
+        }
+    }
 }
 
 impl fmt::Display for Error {

@@ -352,11 +352,23 @@ impl World {
         }
     }
 
-    /// Merges a field into one of a few agents' records.
+    /// Merges a field into one of a few agents' records: each record takes up to five of
+    /// the string fields an agent record has, each field written once (so a later write
+    /// never replaces an acknowledged one, whichever client's lands first).
     async fn agent(&self, rng: &mut Rng) {
+        const KEYS: [&str; 5] = [
+            "identifier",
+            "location",
+            "provision_type",
+            "state",
+            "comment",
+        ];
         let n = self.next();
-        let agent = format!("agent{}", rng.below(3));
-        let (key, value) = (format!("k{n}"), format!("v{n}"));
+        let agent = format!("agent{}-{}", rng.below(3), n / KEYS.len() as u64);
+        let (key, value) = (
+            KEYS[(n % KEYS.len() as u64) as usize].to_owned(),
+            format!("v{n}"),
+        );
         let body = serde_json::to_vec(&json!({ key.clone(): value.clone() })).unwrap();
         let uri = format!("/v1/agents/data/{agent}");
         if let Some(a) = self

@@ -136,7 +136,7 @@ fn check_keys(input: &Map<String, Value>, stored: &Map<String, Value>) {
 fn check_pick(data: &[u8]) {
     let names = ["job_queue", "job_id", "tags"];
     let fast = pick_members(data, names)
-        .map(|p| (p.values, p.others))
+        .map(|p| (p.values, p.other.is_some()))
         .map_err(|e| Error::from(e).to_string());
     let slow = json_object_body(data)
         .map(|mut map| {

@@ -167,7 +167,8 @@ const MAX_AGENT_POST: usize = 1 << 20;
 /// Most entries of an agent record's `queues` list, and most lines one post adds to its `log`.
 const MAX_RECORD_LIST: usize = 10_000;
 
-/// Field types of an agent record Testflinger defines (anything else passes through).
+/// Field types of an agent record as upstream's `AgentIn` declares them; any other key is
+/// a 422 naming it, as upstream.
 fn check_agent_fields(map: &Map<String, Value>) -> Result<()> {
     for (field, value) in map {
         let ok = match field.as_str() {
@@ -197,7 +198,10 @@ fn check_agent_fields(map: &Map<String, Value>) -> Result<()> {
                 }
                 true
             }
-            _ => true,
+            // Upstream's `AgentIn` refuses keys it does not declare; the stock agent
+            // sends none of them (its start-up record, state reports, heartbeats, job
+            // ids and log lines use only the keys above).
+            _ => return Err(Error::unknown_field(field)),
         };
         if !ok {
             return Err(Error::validation(

@@ -155,7 +155,8 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
 /// The `refresh_token` of a `{refresh_token}` body (422 when absent or empty).
 async fn refresh_token_field(request: Request) -> Result<String> {
     let body = read_body(request, MAX_BODY).await?;
-    let value = super::wire::parse_json(&body)?;
+    let value = json_object_body(&body)?;
+    super::wire::only_keys(&value, &["refresh_token"])?;
     match value.get("refresh_token") {
         Some(Value::String(t)) if !t.is_empty() => Ok(t.clone()),
         Some(Value::String(_)) => Err(Error::validation(
@@ -366,7 +367,7 @@ pub async fn client_put(
                 },
                 None => return Err(Error::validation(field, "Not a valid email address.")),
             },
-            _ => return Err(Error::validation(field, "Unknown field.")),
+            _ => return Err(Error::unknown_field(field)),
         }
     }
     let hash = match secret {
@@ -489,7 +490,8 @@ pub async fn restricted_queue_get(
 /// The `client_id` of a restricted-queue body: 422 when absent, 400 when empty.
 async fn restricted_client_id(request: Request) -> Result<String> {
     let body = read_body(request, MAX_BODY).await?;
-    let value = super::wire::parse_json(&body)?;
+    let value = json_object_body(&body)?;
+    super::wire::only_keys(&value, &["client_id"])?;
     match value.get("client_id") {
         Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
         Some(Value::String(_)) => Err(Error::InvalidInput("Error: Missing client ID.".into())),
@@ -662,6 +664,7 @@ pub async fn secrets_put(
     let owner = secret_owner(&caller, &client_id, &path)?.to_owned();
     let body = read_body(request, secrets::MAX_SECRET_BYTES + MAX_BODY).await?;
     let fields = json_object_body(&body)?;
+    super::wire::only_keys(&fields, &["value", "expire_after", "ephemeral"])?;
     let value = match fields.get("value") {
         Some(Value::String(v)) if !v.is_empty() && v.len() <= secrets::MAX_SECRET_BYTES => v,
         Some(Value::String(_)) => {

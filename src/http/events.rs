@@ -88,10 +88,7 @@ pub fn check_job_webhook(config: &Config, job: &[u8]) -> Result<()> {
 /// Rejects keys outside `known` as marshmallow does (422 "Unknown field.").
 fn only_known(map: &Map<String, Value>, known: &[&str], prefix: &str) -> Result<()> {
     match map.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(key) => Err(Error::validation(
-            &format!("{prefix}{key}"),
-            "Unknown field.",
-        )),
+        Some(key) => Err(Error::unknown_field(&format!("{prefix}{key}"))),
         None => Ok(()),
     }
 }

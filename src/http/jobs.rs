@@ -234,7 +234,12 @@ pub async fn action_post(
 ) -> Result<Response> {
     let id: JobId = path_id(&id)?;
     let body = read_body(request, 64 << 10).await?;
-    let action = wire::parse_json(&body)?
+    let body = wire::parse_json(&body)?;
+    // Upstream's `ActionIn` refuses keys other than `action` (the CLI sends none).
+    if let Value::Object(map) = &body {
+        wire::only_keys(map, &["action"])?;
+    }
+    let action = body
         .get("action")
         .and_then(Value::as_str)
         .map(str::to_owned)

@@ -50,7 +50,7 @@ pub async fn result_post(
     // A bare state report about a known job (what agents send at every phase) is the
     // registry's alone: the job's lifecycle state is what clients read back, so the
     // result document need not record it too.
-    if let (Some(state), false) = (&state, picked.others) {
+    if let (Some(state), None) = (&state, &picked.other) {
         let (known, reported) =
             ask(&svc.registry, |p| RegistryMsg::Report(id, state.clone(), p)).await??;
         if known {
@@ -215,8 +215,12 @@ pub async fn log_post(
             )),
             other => other,
         })?;
-    let [number, timestamp, phase, data] =
-        pick_members(&body, ["fragment_number", "timestamp", "phase", "log_data"])?.values;
+    let picked = pick_members(&body, ["fragment_number", "timestamp", "phase", "log_data"])?;
+    // Upstream's `LogPost` refuses keys it does not declare; the stock agent sends none.
+    if let Some(other) = &picked.other {
+        return Err(Error::unknown_field(other));
+    }
+    let [number, timestamp, phase, data] = picked.values;
     // At most i64::MAX: reads answer `last_fragment_number` as a signed number (-1 for
     // none, as upstream), and upstream's MongoDB stores 64-bit signed integers.
     let number = required("fragment_number", &number)?

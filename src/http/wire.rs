@@ -90,6 +90,15 @@ pub fn json_object_body(body: &[u8]) -> Result<Map<String, Value>> {
     }
 }
 
+/// Refuses the first key of `map` not in `known`, as upstream's schemas do (marshmallow's
+/// default `unknown = RAISE`): 422 naming it.
+pub fn only_keys(map: &Map<String, Value>, known: &[&str]) -> Result<()> {
+    match map.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(key) => Err(Error::unknown_field(key)),
+        None => Ok(()),
+    }
+}
+
 /// [`json_object_body`]'s refusal of a body that is JSON but not an object.
 fn not_an_object(value: &Value) -> Error {
     Error::Validation {
@@ -108,8 +117,8 @@ pub struct Picked<const N: usize> {
     /// In the order of the names asked for; the last of a repeated name, as in the map
     /// [`parse_json`] builds.
     pub values: [Option<Value>; N],
-    /// Whether some member has a name not asked for.
-    pub others: bool,
+    /// The first member whose name was not asked for, if any.
+    pub other: Option<String>,
 }
 
 impl<const N: usize> Picked<N> {
@@ -117,7 +126,7 @@ impl<const N: usize> Picked<N> {
     fn none() -> Picked<N> {
         Picked {
             values: std::array::from_fn(|_| None),
-            others: false,
+            other: None,
         }
     }
 }
@@ -170,7 +179,7 @@ pub fn pick_members<const N: usize>(
             for (i, name) in names.iter().enumerate() {
                 picked.values[i] = map.remove(*name);
             }
-            picked.others = !map.is_empty();
+            picked.other = map.keys().next().cloned();
         }
         other => return Err(NotAnObject::Other(other)),
     }
@@ -216,7 +225,11 @@ impl<'de, const N: usize> serde::de::Visitor<'de> for Picker<'_, N> {
             let value: Value = members.next_value()?;
             match self.names.iter().position(|n| *n == name) {
                 Some(i) => picked.values[i] = Some(value),
-                None => picked.others = true,
+                None => {
+                    if picked.other.is_none() {
+                        picked.other = Some(name.to_owned());
+                    }
+                }
             }
         }
         Ok(picked)
@@ -542,6 +555,12 @@ pub fn invalid(invalid: schema::Invalid) -> Error {
     Error::Validation {
         message: match &invalid.hint {
             Some(hint) => format!("Validation error: {hint}"),
+            None if invalid.reason == "Unknown field." => {
+                format!(
+                    "Validation error: unknown field {:?}",
+                    invalid.path.join(".")
+                )
+            }
             None => "Validation error".into(),
         },
         field: invalid.field().to_owned(),
@@ -706,7 +725,7 @@ mod tests {
     fn check_pick_bytes(body: &[u8]) {
         let names = ["a", "b\"q", "c"];
         let fast = pick_members(body, names)
-            .map(|p| (p.values, p.others))
+            .map(|p| (p.values, p.other.is_some()))
             .map_err(|e| Error::from(e).to_string());
         let slow = picked_from_map(body, names).map_err(|e| e.to_string());
         assert_eq!(fast, slow, "{}", String::from_utf8_lossy(body));

@@ -422,3 +422,94 @@ async fn client_token_file_records_no_token_when_the_file_cannot_be_written() {
         .collect();
     assert_eq!(names, ["refresh_token"]);
 }
+
+/// The client-facing bodies of access control declare their keys as upstream's schemas do
+/// (`ClientPermissionsIn`, `RestrictedQueueIn`, `RefreshTokenIn`, `SecretIn`): a key none
+/// declares is a 422 naming it, and nothing changes.
+#[tokio::test]
+async fn access_control_bodies_with_an_undeclared_key_are_refused_naming_it() {
+    let lab = Lab::start_env(
+        &[],
+        &[(
+            "FLINGER_SECRETS_KEY",
+            "master-key-for-tests-0123456789abcdef",
+        )],
+    );
+    let srv = &lab.srv;
+    let admin = lab.admin_token().await;
+    let alice = lab.token_for("alice", "contributor", json!({})).await;
+    let refresh = token_request(srv, &lab.admin.0, &lab.admin.1)
+        .await
+        .expect_json()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cases = [
+        (
+            "PUT",
+            "/v1/client-permissions/alice",
+            json!({"role": "manager", "team": "qa"}),
+            &admin,
+            "team",
+        ),
+        (
+            "POST",
+            "/v1/restricted-queues/any-q",
+            json!({"client_id": "alice", "why": "x"}),
+            &admin,
+            "why",
+        ),
+        (
+            "POST",
+            "/v1/oauth2/refresh",
+            json!({"refresh_token": refresh, "scope": "all"}),
+            &admin,
+            "scope",
+        ),
+        (
+            "POST",
+            "/v1/oauth2/revoke",
+            json!({"refresh_token": refresh, "reason": "x"}),
+            &admin,
+            "reason",
+        ),
+        (
+            "PUT",
+            "/v1/secrets/alice/db/pass",
+            json!({"value": "v", "ttl": 5}),
+            &alice,
+            "ttl",
+        ),
+    ];
+    for (method, path, body, token, key) in cases {
+        let r = call(srv, method, path, Some(token), None, Some(&body)).await;
+        crate::agents::assert_unknown_key_refused(&r, key, &format!("{method} {path}"));
+    }
+    // Nothing changed: alice is still a contributor, the refresh token still works and
+    // no secret was stored.
+    let shown = call(
+        srv,
+        "GET",
+        "/v1/client-permissions/alice",
+        Some(&admin),
+        None,
+        None,
+    )
+    .await
+    .expect_json();
+    assert_eq!(shown["role"], "contributor", "{shown}");
+    let body = json!({"refresh_token": refresh});
+    call(srv, "POST", "/v1/oauth2/refresh", None, None, Some(&body))
+        .await
+        .expect_status(200);
+    let r = call(
+        srv,
+        "PUT",
+        "/v1/secrets/alice/db/pass",
+        Some(&alice),
+        None,
+        Some(&json!({"value": "v"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text_preview());
+}

@@ -38,18 +38,16 @@ pub static RESERVE_DATA: Schema = schema(
     ],
 );
 
-/// `ProvisionLogsIn`, the body of `POST /v1/agents/provision_logs/<name>`, as flinger
-/// keeps it: unknown keys are kept in the entry (upstream: 422).
-pub static PROVISION_LOG: Schema = Schema {
-    name: "ProvisionLogsIn",
-    fields: &[
+/// `ProvisionLogsIn`, the body of `POST /v1/agents/provision_logs/<name>` (the stock
+/// agent sends exactly these three keys).
+pub static PROVISION_LOG: Schema = schema(
+    "ProvisionLogsIn",
+    &[
         Field::req("job_id", Str),
         Field::req("exit_code", Int),
         Field::opt("detail", Str),
     ],
-    unknown: Unknown::Keep,
-    check: None,
-};
+);
 
 /// `Job`, as flinger keeps it: unknown top-level keys are kept.
 pub static JOB: Schema = Schema {
