@@ -111,6 +111,41 @@ async fn wrong_method_is_405_json_when_route_exists() {
     }
 }
 
+/// `OPTIONS` on any routed path is answered as upstream's Flask answers it: 200, no body,
+/// and `Allow` naming the route's methods, before any authentication (access control on,
+/// no credential); a 405 names the same methods. An unknown path stays 404.
+#[tokio::test]
+async fn options_lists_the_routes_methods_when_asked_on_any_route() {
+    let srv = TestServer::start_with(&["--access-control", "on"]);
+    let id = new_id();
+    let cases = [
+        ("/v1/job", "GET, OPTIONS, POST"),
+        ("/v1/job/", "GET, OPTIONS, POST"),
+        (
+            &format!("/v1/job/{id}") as &str,
+            "DELETE, GET, HEAD, OPTIONS",
+        ),
+        (
+            &format!("/v1/result/{id}/log/output"),
+            "GET, HEAD, OPTIONS, POST",
+        ),
+        ("/v1/agents/data/dut-1", "GET, HEAD, OPTIONS, POST"),
+        ("/v1/secrets/me/a/b", "DELETE, OPTIONS, PUT"),
+    ];
+    for (path, methods) in cases {
+        let r = srv.request("OPTIONS", path, &[], Vec::new()).await;
+        assert_eq!(r.status, 200, "OPTIONS {path}: {}", r.text_preview());
+        assert!(r.body.is_empty(), "OPTIONS {path}: {}", r.text_preview());
+        assert_eq!(r.headers["allow"], methods, "OPTIONS {path}");
+        let r = srv.request("PATCH", path, &[], Vec::new()).await;
+        assert_eq!(r.status, 405, "PATCH {path}: {}", r.text_preview());
+        assert_eq!(r.headers["allow"], methods, "PATCH {path}");
+    }
+    srv.request("OPTIONS", "/v1/nothing-here", &[], Vec::new())
+        .await
+        .expect_error(404);
+}
+
 #[tokio::test]
 async fn json_error_bodies_are_returned_when_requests_are_rejected() {
     // A spot check across areas that every error carries application/json and a message.

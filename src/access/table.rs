@@ -174,6 +174,27 @@ pub fn lookup(method: &str, path: &str) -> Option<&'static Rule> {
     TABLE.iter().find(|r| r.path == path && r.method == method)
 }
 
+/// The `Allow` header of route `path` (`None` for a path no row names): its methods in
+/// upstream's (Flask's) spelling, sorted and joined with `, `, with `HEAD` beside `GET`
+/// (except on the reads that change state, whose HEAD is refused) and `OPTIONS`, which
+/// `http::front` answers on every route.
+pub fn allowed(path: &str) -> Option<String> {
+    let mut methods: Vec<&str> = TABLE
+        .iter()
+        .filter(|r| r.path == path)
+        .map(|r| r.method)
+        .collect();
+    if methods.is_empty() {
+        return None;
+    }
+    if methods.contains(&"GET") && !CHANGING_READS.contains(&path) {
+        methods.push("HEAD");
+    }
+    methods.push("OPTIONS");
+    methods.sort_unstable();
+    Some(methods.join(", "))
+}
+
 /// The roles of a rule, as upstream's 403 names them.
 pub fn role_list(roles: &[Role]) -> String {
     roles
@@ -299,6 +320,12 @@ mod tests {
         assert_eq!(lookup("HEAD", "/v1/job").map(|r| r.method), Some("GET"));
         assert!(lookup("PATCH", "/v1/job").is_none());
         assert!(lookup("GET", crate::http::meta::UNMATCHED).is_none());
+        assert_eq!(allowed("/v1/job").as_deref(), Some("GET, OPTIONS, POST"));
+        assert_eq!(
+            allowed("/v1/job/{id}").as_deref(),
+            Some("DELETE, GET, HEAD, OPTIONS")
+        );
+        assert_eq!(allowed(crate::http::meta::UNMATCHED), None);
     }
 
     #[test]

@@ -18,6 +18,11 @@
 //! 7. agent contact for lost-agent recovery (`actors::watch`), only for requests access
 //!    control lets through.
 //!
+//! It also answers `OPTIONS` on every routed path itself (200, no body, `Allow`), as
+//! upstream's Flask does before any view or authentication runs, and gives every 405 of a
+//! routed path the same `Allow` (axum's would omit `OPTIONS`). Both come from the route ×
+//! role table, which has a row for every routed method (`access::table::allowed`).
+//!
 //! Access control used to be a `route_layer` of its own, and the OpenAPI document and the
 //! body-limit setting two more layers: each layer is one more boxed service cloned and
 //! one more future polled on every request and every wake-up of it.
@@ -30,7 +35,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::Method;
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
@@ -113,12 +118,17 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
     let method = method_label(request.method());
     let limit = front.services.config.max_header_bytes;
     let head = head_bytes(&request);
-    let response = if head > limit {
+    let allow = (route != UNMATCHED)
+        .then(|| crate::access::table::allowed(route))
+        .flatten();
+    let mut response = if head > limit {
         Error::HeadTooLarge(format!(
             "Request head too large: its request line and headers are {head} bytes, over \
              the limit of {limit} (--max-header-bytes)"
         ))
         .into_response()
+    } else if let (true, Some(allow)) = (request.method() == Method::OPTIONS, &allow) {
+        options_answer(allow)
     } else {
         match crate::access::authorize(&front.services, route, request).await {
             Ok(request) => {
@@ -137,6 +147,11 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
             Err(refused) => refused,
         }
     };
+    if let (StatusCode::METHOD_NOT_ALLOWED, Some(allow)) = (response.status(), allow) {
+        if let Ok(allow) = HeaderValue::from_str(&allow) {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+    }
     front
         .services
         .metrics
@@ -146,6 +161,15 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
         Some(slow) if slow.timed_out() => slow.response(),
         _ => response,
     }
+}
+
+/// The answer to `OPTIONS` on a routed path: 200, no body, and the methods it allows.
+fn options_answer(allow: &str) -> Response {
+    let mut response = StatusCode::OK.into_response();
+    if let Ok(allow) = HeaderValue::from_str(allow) {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
+    response
 }
 
 /// The request's head as HTTP/1.1 sends it: `METHOD target HTTP/1.1` (the target as
