@@ -457,3 +457,40 @@ async fn agent_bodies_with_an_undeclared_key_are_refused_naming_it() {
     .await
     .expect_status(200);
 }
+
+/// An agent record's string fields take strings only, as upstream's `AgentIn` loads them:
+/// `null` is a 422 naming the field (marshmallow's "Field may not be null."), and the
+/// record is unchanged; `""` (how the stock agent clears its job id) is taken.
+#[tokio::test]
+async fn agent_record_string_fields_refuse_null_as_upstream() {
+    let srv = TestServer::start();
+    let record = "/v1/agents/data/null-dut";
+    srv.post_json(record, &json!({"state": "waiting", "job_id": "x"}))
+        .await
+        .expect_status(200);
+    for field in [
+        "identifier",
+        "job_id",
+        "location",
+        "provision_type",
+        "state",
+        "comment",
+    ] {
+        let r = srv.post_json(record, &json!({ field: null })).await;
+        assert_eq!(r.status, 422, "{field}: {}", r.text_preview());
+        assert_eq!(
+            r.json()["detail"]["json"][field],
+            json!(["Field may not be null."]),
+            "{field}"
+        );
+    }
+    let kept = srv.get(record).await.expect_json();
+    assert_eq!(
+        (&kept["state"], &kept["job_id"]),
+        (&json!("waiting"), &json!("x"))
+    );
+    srv.post_json(record, &json!({"job_id": ""}))
+        .await
+        .expect_status(200);
+    assert_eq!(srv.get(record).await.expect_json()["job_id"], "");
+}

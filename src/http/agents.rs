@@ -173,7 +173,12 @@ fn check_agent_fields(map: &Map<String, Value>) -> Result<()> {
     for (field, value) in map {
         let ok = match field.as_str() {
             "identifier" | "job_id" | "location" | "provision_type" | "state" | "comment" => {
-                value.is_string() || value.is_null()
+                // `fields.String()` without `allow_none`: the stock agent's configuration
+                // schema requires strings, and it clears its job id with `""`.
+                if value.is_null() {
+                    return Err(Error::validation(field, "Field may not be null."));
+                }
+                value.is_string()
             }
             "log" => value
                 .as_array()
