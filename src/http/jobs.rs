@@ -235,10 +235,6 @@ pub async fn action_post(
     let id: JobId = path_id(&id)?;
     let body = read_body(request, 64 << 10).await?;
     let body = wire::parse_json(&body)?;
-    // Upstream's `ActionIn` refuses keys other than `action` (the CLI sends none).
-    if let Value::Object(map) = &body {
-        wire::only_keys(map, &["action"])?;
-    }
     let action = body
         .get("action")
         .and_then(Value::as_str)
@@ -250,6 +246,11 @@ pub async fn action_post(
         return Err(Error::InvalidInput(format!(
             "Invalid action {action:?}: only \"cancel\" is supported"
         )));
+    }
+    // Upstream's `ActionIn` refuses keys other than `action` (the CLI sends none); a
+    // missing or unknown action stays the original server's 400, checked first.
+    if let Value::Object(map) = &body {
+        wire::only_keys(map, &["action"])?;
     }
     let lsn = ask(&svc.registry, |p| RegistryMsg::Cancel(id, p)).await??;
     svc.journal.durable(lsn).await?;
