@@ -118,17 +118,21 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
     let method = method_label(request.method());
     let limit = front.services.config.max_header_bytes;
     let head = head_bytes(&request);
-    let allow = (route != UNMATCHED)
-        .then(|| crate::access::table::allowed(route))
-        .flatten();
+    // Built only for an OPTIONS or a 405: a walk of the table and a sort is no cost for
+    // every request to carry.
+    let allow = || {
+        (route != UNMATCHED)
+            .then(|| crate::access::table::allowed(route))
+            .flatten()
+    };
     let mut response = if head > limit {
         Error::HeadTooLarge(format!(
             "Request head too large: its request line and headers are {head} bytes, over \
              the limit of {limit} (--max-header-bytes)"
         ))
         .into_response()
-    } else if let (true, Some(allow)) = (request.method() == Method::OPTIONS, &allow) {
-        options_answer(allow)
+    } else if let Some(allow) = (request.method() == Method::OPTIONS).then(allow).flatten() {
+        options_answer(&allow)
     } else {
         match crate::access::authorize(&front.services, route, request).await {
             Ok(request) => {
@@ -147,7 +151,10 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
             Err(refused) => refused,
         }
     };
-    if let (StatusCode::METHOD_NOT_ALLOWED, Some(allow)) = (response.status(), allow) {
+    if let Some(allow) = (response.status() == StatusCode::METHOD_NOT_ALLOWED)
+        .then(allow)
+        .flatten()
+    {
         if let Ok(allow) = HeaderValue::from_str(&allow) {
             response.headers_mut().insert(header::ALLOW, allow);
         }
