@@ -647,6 +647,11 @@ async fn background_chores(services: Services, mut snapshot_requests: mpsc::Unbo
                         }
                     }
                 }
+                if let Err(e) = sweep_outboxes(&services).await {
+                    if let Some(suppressed) = crate::throttle::allow("outbox sweep failed", 0) {
+                        tracing::warn!(error = %e, suppressed, "sweeping the event outboxes of gone jobs failed");
+                    }
+                }
                 match expire_orphans(&services).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(ids = n, "expired data of ids without a job"),
@@ -743,6 +748,16 @@ pub async fn expire(services: &Services) -> Result<usize> {
         services.journal.durable(ticket).await?;
     }
     Ok(count)
+}
+
+/// Drops the event outboxes of jobs the registry no longer has: what a retention pass
+/// that failed after the registry's expiry left, or what older builds recorded for an
+/// event post that raced its job's deletion.
+pub async fn sweep_outboxes(services: &Services) -> Result<()> {
+    if let Some(ticket) = ask(&*services.webhooks, WebhookMsg::Sweep).await?? {
+        services.journal.durable(ticket).await?;
+    }
+    Ok(())
 }
 
 /// Finds running jobs whose agent was silent past its allowance (`model::lost`) and has

@@ -151,7 +151,7 @@ impl Actor for Supervisor {
             FileArgs {
                 files,
                 journal: args.journal.clone(),
-                jobs,
+                jobs: jobs.clone(),
                 orphans: args.orphans,
                 store: args.files,
             },
@@ -172,6 +172,7 @@ impl Actor for Supervisor {
                 hooks: args.hooks,
                 journal: args.journal.clone(),
                 config: args.config,
+                jobs,
             },
             cell,
         )

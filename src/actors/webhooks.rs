@@ -33,6 +33,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use super::registry::Jobs;
 use super::{ask, now, reply, PendingSnapshot, Recorder, Shared};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -98,6 +99,10 @@ pub enum WebhookMsg {
     Abandon(JobId, u32, Box<str>, RpcReplyPort<Result<()>>),
     /// Drop these jobs' outboxes (their jobs expired or were deleted); `None`: none had one.
     Expire(Vec<JobId>, RpcReplyPort<Result<Option<Ticket>>>),
+    /// Drop the outboxes of jobs the registry no longer has (left by a retention pass
+    /// that failed between the registry's expiry and this partition's, or recorded by
+    /// builds that let an event post race its job's deletion); `None`: there were none.
+    Sweep(RpcReplyPort<Result<Option<Ticket>>>),
     /// Serialise the partition for a snapshot.
     Snapshot(RpcReplyPort<PendingSnapshot>),
 }
@@ -162,6 +167,8 @@ pub struct WebhookArgs {
     pub journal: Journal,
     /// Limits, the receiver's credentials and the retry policy.
     pub config: Arc<Config>,
+    /// The registry's jobs: a post is recorded only while its job exists.
+    pub jobs: Jobs,
 }
 
 /// The actor's state.
@@ -172,6 +179,12 @@ pub struct WebhookState {
     recorder: Recorder,
     /// `--max-job-events`.
     max_events: usize,
+    /// The registry's jobs, read when a post is recorded: a job's deletion is applied
+    /// to the registry before its outbox is dropped here (`WebhookMsg::Expire`, sent
+    /// after), so a post recorded while the job exists is dropped by that message, and
+    /// one arriving after the deletion finds no job and is refused. The handler's own
+    /// check is earlier, outside this actor's turn, so it cannot decide that race.
+    jobs: Jobs,
     /// The delivery worker, stopped with the actor.
     worker: tokio::task::JoinHandle<()>,
 }
@@ -184,6 +197,9 @@ impl WebhookState {
     }
 
     fn post(&mut self, id: JobId, post: EventsPost) -> Result<Option<Ticket>> {
+        if !self.jobs.contains(id) {
+            return Err(Error::NotFound("Job not found".into()));
+        }
         let (fresh, held) = {
             let outboxes = self.hooks.outboxes.read();
             match outboxes.get(id) {
@@ -233,6 +249,7 @@ impl Actor for WebhookActor {
             hooks: args.hooks,
             recorder: Recorder::new(args.journal),
             max_events: args.config.max_job_events,
+            jobs: args.jobs,
             worker,
         })
     }
@@ -295,6 +312,28 @@ impl Actor for WebhookActor {
                 let result = if ids.is_empty() {
                     Ok(None)
                 } else {
+                    {
+                        let mut progress = state.hooks.progress.lock();
+                        for id in &ids {
+                            progress.remove(id);
+                        }
+                    }
+                    state.record(Event::WebhooksExpired { ids }).map(Some)
+                };
+                reply(port, result);
+            }
+            WebhookMsg::Sweep(port) => {
+                let ids = {
+                    let outboxes = state.hooks.outboxes.read();
+                    outboxes.without(|id| state.jobs.contains(id))
+                };
+                let result = if ids.is_empty() {
+                    Ok(None)
+                } else {
+                    tracing::info!(
+                        outboxes = ids.len(),
+                        "dropped the event outboxes of jobs that are gone"
+                    );
                     {
                         let mut progress = state.hooks.progress.lock();
                         for id in &ids {

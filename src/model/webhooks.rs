@@ -150,6 +150,15 @@ impl Webhooks {
             .collect()
     }
 
+    /// The jobs with an outbox for which `exists` says no (their job is gone).
+    pub fn without(&self, exists: impl Fn(JobId) -> bool) -> Vec<JobId> {
+        self.jobs
+            .keys()
+            .copied()
+            .filter(|id| !exists(*id))
+            .collect()
+    }
+
     /// Number of outboxes.
     pub fn len(&self) -> usize {
         self.jobs.len()
@@ -293,5 +302,20 @@ mod tests {
         assert_eq!(hooks.get(id).unwrap().standing(), Standing::Delivered);
         hooks.apply(&Event::WebhooksExpired { ids: vec![id] });
         assert!(hooks.get(id).is_none());
+    }
+
+    #[test]
+    fn outboxes_whose_job_is_gone_are_found_for_the_sweep() {
+        let mut hooks = Webhooks::default();
+        let (kept, gone) = (JobId::random(), JobId::random());
+        post(&mut hooks, kept, vec![ev("a", "1")], 10);
+        // A post recorded after its job's deletion (the race the actor now refuses).
+        post(&mut hooks, gone, vec![ev("a", "1")], 10);
+        let leftovers = hooks.without(|id| id == kept);
+        assert_eq!(leftovers, vec![gone]);
+        hooks.apply(&Event::WebhooksExpired { ids: leftovers });
+        assert!(hooks.get(gone).is_none());
+        assert!(hooks.get(kept).is_some());
+        assert!(hooks.without(|id| id == kept).is_empty());
     }
 }
