@@ -25,6 +25,8 @@ struct Got {
     auth: Option<String>,
     /// The JSON body.
     body: Value,
+    /// The status the receiver answered.
+    status: u16,
 }
 
 /// What the receiver saw and how it answers.
@@ -53,12 +55,14 @@ async fn record(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    let status = seen.status.load(Ordering::SeqCst);
     seen.got.lock().unwrap().push(Got {
         key: header("idempotency-key").unwrap_or_default(),
         auth: header("authorization"),
         body: serde_json::from_str(&body).unwrap_or(Value::Null),
+        status: if status == 0 { 200 } else { status },
     });
-    match seen.status.load(Ordering::SeqCst) {
+    match status {
         0 => (StatusCode::OK, "{}".into()),
         code => (
             StatusCode::from_u16(code).unwrap(),
@@ -296,6 +300,78 @@ async fn receiver_answering_500_forever_ends_gave_up_with_the_last_error_in_few_
     let last = receiver.got().pop().unwrap();
     assert_eq!(last.key, format!("{id}/2"));
     assert_eq!(last.body["events"].as_array().unwrap().len(), 2);
+}
+
+/// Many jobs whose receiver fails at first (each backing off on its own timer), then
+/// works: the worker's schedule neither loses a job nor attempts one twice at once, so
+/// every job's deliveries 1, 2, 3 are each acknowledged exactly once, in order, and no
+/// job's attempt ever goes back to an earlier delivery.
+#[tokio::test]
+async fn many_jobs_failing_then_delivered_get_each_delivery_acknowledged_once_in_order() {
+    const JOBS: usize = 200;
+    let receiver = Receiver::up().await;
+    receiver.seen.status.store(503, Ordering::SeqCst);
+    let srv = TestServer::start_with(&[
+        "--webhook-url",
+        &receiver.url(),
+        "--webhook-max-backoff-secs",
+        "1",
+    ]);
+    let events: Vec<Value> = (1..=3).map(|n| event("job_start", n)).collect();
+    let mut jobs: Vec<(String, String)> = Vec::new();
+    for i in 0..JOBS {
+        let hook = format!("{}/hook/{i}", receiver.url());
+        let id = srv
+            .submit(&json!({"job_queue": "hq", "job_status_webhook": hook}))
+            .await;
+        for upto in [1, 2] {
+            srv.post_json(
+                &format!("/v1/job/{id}/events"),
+                &post_body(&hook, &events[..upto]),
+            )
+            .await
+            .expect_status(200);
+        }
+        jobs.push((id, hook));
+    }
+    for (id, _) in &jobs {
+        wait_view(&srv, id, "failed attempt", |v| {
+            v["attempts"].as_u64() >= Some(1)
+        })
+        .await;
+    }
+    receiver.seen.status.store(0, Ordering::SeqCst);
+    for (id, hook) in &jobs {
+        srv.post_json(&format!("/v1/job/{id}/events"), &post_body(hook, &events))
+            .await
+            .expect_status(200);
+    }
+    for (id, _) in &jobs {
+        let view = wait_view(&srv, id, "delivery", |v| v["state"] == "delivered").await;
+        assert_eq!(view["delivered"], 3, "{view}");
+    }
+    let got = receiver.got();
+    for (id, _) in &jobs {
+        let mine: Vec<&Got> = got
+            .iter()
+            .filter(|g| g.key.starts_with(&format!("{id}/")))
+            .collect();
+        let k = |g: &Got| -> usize { g.key.rsplit('/').next().unwrap().parse().unwrap() };
+        let acked: Vec<usize> = mine
+            .iter()
+            .filter(|g| g.status == 200)
+            .map(|g| k(g))
+            .collect();
+        assert_eq!(acked, [1, 2, 3], "job {id}'s acknowledged deliveries");
+        let tried: Vec<usize> = mine.iter().map(|g| k(g)).collect();
+        assert!(
+            tried.windows(2).all(|w| w[0] <= w[1]),
+            "job {id}'s attempts went back: {tried:?}"
+        );
+        for g in &mine {
+            assert_eq!(g.body["events"], json!(events[..k(g)]), "{}", g.body);
+        }
+    }
 }
 
 /// A webhook URL longer than `--max-webhook-url-bytes` is refused when the job is

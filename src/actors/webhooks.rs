@@ -17,6 +17,10 @@
 //! [`Hooks::progress`], one entry per job with something to send (so memory follows the
 //! number of such jobs, never the number of attempts), and restart from zero after a
 //! restart (the give-up clock does not: it runs from when the event was accepted).
+//!
+//! The worker never scans the jobs: a [`Schedule`] keeps the ready ones in a queue and the
+//! backing-off ones in a heap by due time, so each attempt costs O(log n) however many
+//! jobs wait (10,000 receivers failing cost their attempts, not a scan after each).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -459,6 +463,92 @@ async fn attempt(
     }
 }
 
+/// Where one job stands in the worker's schedule: every job with something to send is in
+/// exactly one of these, so it is never attempted twice at once nor forgotten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// In the ready queue: attempted as soon as a delivery slot is free.
+    Ready,
+    /// Waiting out its backoff until this instant (an entry of the timer heap).
+    Waiting(Instant),
+    /// Its delivery is being attempted.
+    InFlight,
+}
+
+/// The worker's schedule: which job to attempt next, in O(log n) a step. A job is ready
+/// (a FIFO), waiting on a timer (a min-heap of due times) or in flight; a timer entry
+/// whose job has moved on since is stale and skipped when it surfaces (lazy deletion:
+/// each backoff pushes one entry, so the heap holds at most one more entry than there
+/// are jobs per attempt in progress).
+#[derive(Default)]
+struct Schedule {
+    /// Per job known to the worker: where it stands.
+    slots: FastMap<JobId, Slot>,
+    /// Jobs to attempt now, oldest first.
+    ready: std::collections::VecDeque<JobId>,
+    /// (due, job) of jobs waiting out a backoff, soonest first.
+    timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, JobId)>>,
+}
+
+impl Schedule {
+    /// A job got new events (or has some at start-up): ready, unless it is already
+    /// scheduled (waiting out a backoff, in flight, or ready).
+    fn poke(&mut self, id: JobId) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.slots.entry(id) {
+            slot.insert(Slot::Ready);
+            self.ready.push_back(id);
+        }
+    }
+
+    /// Moves the jobs whose backoff ended by `now` to the ready queue; the instant the
+    /// next one ends, if any waits.
+    fn wake_due(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(std::cmp::Reverse((due, id))) = self.timers.peek().copied() {
+            if due > now {
+                return Some(due);
+            }
+            self.timers.pop();
+            if self.slots.get(&id) == Some(&Slot::Waiting(due)) {
+                self.slots.insert(id, Slot::Ready);
+                self.ready.push_back(id);
+            }
+        }
+        None
+    }
+
+    /// The next ready job, now in flight.
+    fn take(&mut self) -> Option<JobId> {
+        while let Some(id) = self.ready.pop_front() {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                if *slot == Slot::Ready {
+                    *slot = Slot::InFlight;
+                    return Some(id);
+                }
+            }
+        }
+        None
+    }
+
+    /// The job has nothing (left) to send: out of the schedule.
+    fn forget(&mut self, id: JobId) {
+        self.slots.remove(&id);
+    }
+
+    /// After an attempt of `id`: again now (`None`) or once `due` has passed.
+    fn again(&mut self, id: JobId, due: Option<Instant>, now: Instant) {
+        match due.filter(|due| *due > now) {
+            Some(due) => {
+                self.slots.insert(id, Slot::Waiting(due));
+                self.timers.push(std::cmp::Reverse((due, id)));
+            }
+            None => {
+                self.slots.insert(id, Slot::Ready);
+                self.ready.push_back(id);
+            }
+        }
+    }
+}
+
 /// The delivery worker: runs until its actor stops it.
 async fn deliver(hooks: Arc<Hooks>, actor: ActorRef<WebhookMsg>, config: Arc<Config>) {
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
@@ -468,34 +558,21 @@ async fn deliver(hooks: Arc<Hooks>, actor: ActorRef<WebhookMsg>, config: Arc<Con
     let auth: Option<Arc<str>> = config.webhook_auth.as_ref().map(|s| Arc::from(&*s.0));
     let timeout = config.webhook_timeout;
     let mut in_flight: JoinSet<(Delivery, std::result::Result<(), String>)> = JoinSet::new();
-    let mut busy: FastSet<JobId> = FastSet::default();
+    let mut schedule = Schedule::default();
     loop {
-        // Jobs with new events join the ones being worked on.
+        // Jobs with new events join the schedule.
         let fresh: Vec<JobId> = hooks.fresh.lock().drain().collect();
-        {
+        if !fresh.is_empty() {
             let mut progress = hooks.progress.lock();
             for id in fresh {
                 progress.entry(id).or_default();
+                schedule.poke(id);
             }
         }
-        // Start every due delivery, up to the in-flight bound.
-        let now_instant = Instant::now();
-        let mut soonest: Option<Instant> = None;
-        let candidates: Vec<(JobId, Option<Instant>)> = hooks
-            .progress
-            .lock()
-            .iter()
-            .filter(|(id, _)| !busy.contains(*id))
-            .map(|(id, p)| (*id, p.due))
-            .collect();
-        for (id, due) in candidates {
-            if let Some(due) = due.filter(|d| *d > now_instant) {
-                soonest = Some(soonest.map_or(due, |s| s.min(due)));
-                continue;
-            }
-            if in_flight.len() >= MAX_IN_FLIGHT {
-                break;
-            }
+        // Start due deliveries, up to the in-flight bound: each costs O(log n).
+        let soonest = schedule.wake_due(Instant::now());
+        while in_flight.len() < MAX_IN_FLIGHT {
+            let Some(id) = schedule.take() else { break };
             let next = {
                 let outboxes = hooks.outboxes.read();
                 outboxes
@@ -505,9 +582,9 @@ async fn deliver(hooks: Arc<Hooks>, actor: ActorRef<WebhookMsg>, config: Arc<Con
             let Some(next) = next else {
                 // Nothing (left) to send: delivered, given up, or expired.
                 hooks.progress.lock().remove(&id);
+                schedule.forget(id);
                 continue;
             };
-            busy.insert(id);
             if let Some(p) = hooks.progress.lock().get_mut(&id) {
                 p.last_attempt_at = Some(now());
                 p.next_attempt_at = None;
@@ -523,9 +600,18 @@ async fn deliver(hooks: Arc<Hooks>, actor: ActorRef<WebhookMsg>, config: Arc<Con
         });
         tokio::select! {
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                // An attempt cannot panic (its errors are values); were one aborted, its
+                // job would stay in flight: only the actor's stop aborts, and ends us.
                 let Ok((delivery, result)) = done else { continue };
-                busy.remove(&delivery.id);
+                let id = delivery.id;
                 finish(&hooks, &actor, &config, delivery, result).await;
+                // Where finishing left it: reset (again now: the next delivery, or
+                // nothing left), backing off, or gone with its outbox.
+                let due = hooks.progress.lock().get(&id).map(|p| p.due);
+                match due {
+                    Some(due) => schedule.again(id, due, Instant::now()),
+                    None => schedule.forget(id),
+                }
             }
             _ = hooks.wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
@@ -613,4 +699,50 @@ fn backoff(hooks: &Hooks, config: &Config, id: JobId, error: String) -> Option<u
     p.due = Some(Instant::now() + backoff);
     p.next_attempt_at = Some(now() + backoff.as_secs());
     Some(p.attempts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_holds_each_job_once_and_wakes_backoffs_in_due_order() {
+        let mut s = Schedule::default();
+        let t0 = Instant::now();
+        let ids: Vec<JobId> = (0..4).map(|_| JobId::random()).collect();
+        for id in &ids {
+            s.poke(*id);
+            s.poke(*id); // a second post while ready: still once
+        }
+        let taken: Vec<JobId> = std::iter::from_fn(|| s.take()).collect();
+        assert_eq!(taken, ids, "ready jobs are taken once each, oldest first");
+        // Failed: back off, the later due first in the heap order.
+        s.again(ids[0], Some(t0 + Duration::from_secs(3)), t0);
+        s.again(ids[1], Some(t0 + Duration::from_secs(1)), t0);
+        // Delivered: again at once (its next delivery, or nothing left).
+        s.again(ids[2], None, t0);
+        s.forget(ids[3]);
+        s.poke(ids[0]); // new events while backing off do not cut the backoff short
+        assert_eq!(s.take(), Some(ids[2]));
+        assert_eq!(s.take(), None);
+        assert_eq!(
+            s.wake_due(t0 + Duration::from_secs(2)),
+            Some(t0 + Duration::from_secs(3))
+        );
+        assert_eq!(s.take(), Some(ids[1]));
+        // ids[1] failed again before ids[0]'s timer: its old entry is stale.
+        s.again(ids[1], Some(t0 + Duration::from_secs(5)), t0);
+        assert_eq!(
+            s.wake_due(t0 + Duration::from_secs(4)),
+            Some(t0 + Duration::from_secs(5))
+        );
+        assert_eq!(s.take(), Some(ids[0]));
+        assert_eq!(s.take(), None);
+        assert_eq!(s.wake_due(t0 + Duration::from_secs(9)), None);
+        assert_eq!(s.take(), Some(ids[1]));
+        assert_eq!(s.take(), None);
+        // A forgotten job comes back with its next post.
+        s.poke(ids[3]);
+        assert_eq!(s.take(), Some(ids[3]));
+    }
 }
