@@ -411,3 +411,54 @@ async fn empty_log_fragments_and_tiny_fields_count_against_max_job_data_bytes() 
     let message = srv.post_json(&path, &fields(40)).await.expect_error(413);
     assert!(message.contains("--max-job-data-bytes"), "{message}");
 }
+
+/// A log GET is streamed from the stored fragments in bounded chunks, yet its bytes are
+/// exactly serde_json's for the document, with its `Content-Length`: text with every
+/// character JSON escapes, long enough for many chunks; and a character the legacy
+/// output split across two posts is whole again (as in the joined text), next to bytes
+/// that are not UTF-8 (U+FFFD).
+#[tokio::test]
+async fn log_get_streams_exactly_serde_jsons_bytes_and_length_when_the_log_spans_many_chunks() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("streamq").await;
+    srv.pop_id(&["streamq"]).await.unwrap();
+    let tricky =
+        "quote \" backslash \\ tab \t nl \n cr \r ctl \u{1} \u{1f} del \u{7f} é € 😀 </script>\n";
+    let big = tricky.repeat(3000);
+    for n in 0..3 {
+        let body = json!({"fragment_number": n, "timestamp": "2026-12-02T10:00:00+00:00",
+            "phase": "test", "log_data": big});
+        srv.post_json(&format!("/v1/result/{id}/log/serial"), &body)
+            .await
+            .expect_status(200);
+    }
+    for raw in [&b"caf\xc3"[..], &b"\xa9 \xff!"[..]] {
+        srv.post_raw(&format!("/v1/result/{id}/output"), None, raw.to_vec())
+            .await
+            .expect_status(200);
+    }
+    for (kind, want) in [
+        ("serial", big.repeat(3)),
+        ("output", "café \u{FFFD}!".into()),
+    ] {
+        let r = srv.get(&format!("/v1/result/{id}/log/{kind}")).await;
+        r.expect_status(200);
+        assert_eq!(r.content_type().as_deref(), Some("application/json"));
+        let length = r.headers.get("content-length").expect("a Content-Length");
+        assert_eq!(length.to_str().unwrap(), r.body.len().to_string());
+        let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            serde_json::to_vec(&doc).unwrap(),
+            r.body.to_vec(),
+            "not serde_json's bytes"
+        );
+        let texts: Vec<&str> = doc[kind]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p["log_data"].as_str().unwrap())
+            .filter(|t| !t.is_empty())
+            .collect();
+        assert_eq!(texts, [want.as_str()], "{kind}");
+    }
+}

@@ -81,9 +81,41 @@ pub struct LogQuery {
     pub run: Option<u32>,
 }
 
-/// One log stream read: the run it shows (`None`: no fragments) and, per phase, (phase,
-/// last fragment number or -1, text).
-pub type LogAnswer = (Option<u32>, Vec<(&'static str, i64, String)>);
+/// One log stream read.
+#[derive(Debug)]
+pub struct LogAnswer {
+    /// The run it shows (`None`: no fragments and no run asked for).
+    pub run: Option<u32>,
+    /// The newest run with fragments in the stream (`None`: no fragments).
+    pub latest: Option<u32>,
+    /// Per phase asked for, in phase order.
+    pub phases: Vec<PhaseLog>,
+}
+
+/// One phase of a log read.
+#[derive(Debug)]
+pub struct PhaseLog {
+    /// The phase.
+    pub phase: &'static str,
+    /// The highest fragment number read, -1 when none.
+    pub last: i64,
+    /// The fragments' texts in fragment order: handles to the stored buffers, so a read
+    /// copies no text (an answer streams them, `http::logbody`).
+    pub pieces: Vec<Bytes>,
+}
+
+impl PhaseLog {
+    /// The text joined (invalid UTF-8 replaced), for callers that need it whole.
+    pub fn text(&self) -> String {
+        crate::model::results::joined_text(&self.pieces)
+    }
+
+    /// Shows nothing (`last` -1, no text).
+    pub fn clear(&mut self) {
+        self.last = -1;
+        self.pieces.clear();
+    }
+}
 
 /// Where a post went: recorded by the actor, or (the id's data lives in the orphan store)
 /// to be appended there instead.
@@ -641,24 +673,32 @@ impl ResultDocs {
             .as_ref()
             .is_some_and(|s| s.fragments.len() > READ_STEP);
         let compose = move || {
-            let run = query
-                .run
-                .or_else(|| stream.as_ref().and_then(LogStream::latest_run));
+            let latest = stream.as_ref().and_then(LogStream::latest_run);
+            let run = query.run.or(latest);
             let phases = PHASES
                 .iter()
                 .filter(|p| query.phase.as_deref().is_none_or(|only| only == **p))
                 .map(|phase| {
-                    let text = stream
+                    let read = stream
                         .as_ref()
                         .zip(run)
-                        .and_then(|(s, run)| s.phase_text(run, phase, query.from, query.since));
-                    match text {
-                        Some((last, text)) => (*phase, last as i64, text),
-                        None => (*phase, -1, String::new()),
+                        .and_then(|(s, run)| s.phase_pieces(run, phase, query.from, query.since));
+                    let (last, pieces) = match read {
+                        Some((last, pieces)) => (last as i64, pieces),
+                        None => (-1, Vec::new()),
+                    };
+                    PhaseLog {
+                        phase,
+                        last,
+                        pieces,
                     }
                 })
                 .collect();
-            (run, phases)
+            LogAnswer {
+                run,
+                latest,
+                phases,
+            }
         };
         Ok(compose_off_runtime(compose, large).await)
     }
@@ -667,7 +707,7 @@ impl ResultDocs {
 /// Runs `f`, on a blocking thread when `large` (composing a long log takes milliseconds
 /// that would otherwise stall one of the few runtime threads; a short one is cheaper
 /// than the hand-off).
-async fn compose_off_runtime<T: Send + 'static>(
+pub(crate) async fn compose_off_runtime<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
     large: bool,
 ) -> T {

@@ -6,6 +6,7 @@
 //! - `jobs`, `results`, `agents`: handlers, named after Testflinger's `api/v1.py`.
 //! - `events`: job events for webhooks (recorded here, delivered by `actors::webhooks`).
 //! - `dash`: the web dashboard (HTML pages, static files) and the log follow stream.
+//! - `logbody`: log answers streamed from the fragments in bounded chunks (log GET, follow).
 //! - `meta`: `/metrics`, `/openapi.json`, and [`meta::Routes`], the route table below
 //!   (every `.route` goes through it, so the OpenAPI document lists it).
 //! - `front`: the one middleware every request passes (log line, panic guard, minimum
@@ -17,6 +18,7 @@ pub mod dash;
 pub mod events;
 pub mod front;
 pub mod jobs;
+pub mod logbody;
 pub mod meta;
 pub mod queues;
 pub mod respond;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use serde_json::{Map, Value};
 
+use super::logbody::{self, Part};
 use super::respond::{json_bytes, no_content, ok, read_body, text};
 use super::wire::{
     parse_timestamp, path_id, pick_members, query_number, query_pairs, NotAnObject, MAX_NAME,
@@ -17,7 +18,9 @@ use super::wire::{
 };
 use crate::actors::files::FileMsg;
 use crate::actors::registry::RegistryMsg;
-use crate::actors::results::{read_output, record, FragmentPost, LogQuery, Post};
+use crate::actors::results::{
+    compose_off_runtime, read_output, record, FragmentPost, LogQuery, Post,
+};
 use crate::actors::{ask, ask_admitted, Callee, Services};
 use crate::error::{Error, Result};
 use crate::journal::files::{Download, NewFile};
@@ -351,37 +354,55 @@ pub async fn log_get(
         phase: only,
         run,
     };
-    let answer = svc.result_docs.log(id, kind, query).await?;
+    let mut answer = svc.result_docs.log(id, kind, query).await?;
     let job = match run {
         Some(_) => None,
         None => svc.jobs.get(id),
     };
-    let (shown, mut answer) = answer;
-    if job.is_some_and(|job| is_older_run(shown, job.run)) {
-        for (_, last, text) in answer.iter_mut() {
-            *last = -1;
-            text.clear();
+    if job.is_some_and(|job| is_older_run(answer.run, job.run)) {
+        for phase in answer.phases.iter_mut() {
+            phase.clear();
         }
-    }
-    let mut phases = Map::new();
-    for (phase, last, text) in answer {
-        phases.insert(
-            phase.into(),
-            serde_json::json!({"last_fragment_number": last, "log_data": text}),
-        );
     }
     let kind_name = if kind == LogKind::Output {
         "output"
     } else {
         "serial"
     };
-    let mut body = Map::new();
-    body.insert(kind_name.into(), Value::Object(phases));
-    Ok(json_bytes(
-        StatusCode::OK,
-        Bytes::from(serde_json::to_vec(&body).expect("maps serialise")),
-    ))
+    // `{"<kind>":{"<phase>":{"last_fragment_number":N,"log_data":"<text>"},...}}`, as
+    // serde_json writes it, the texts streamed from the fragments (`logbody`).
+    let mut parts = vec![Part::Raw(Bytes::from(format!("{{\"{kind_name}\":{{")))];
+    let mut text_bytes = 0;
+    for (i, phase) in answer.phases.into_iter().enumerate() {
+        let comma = if i == 0 { "" } else { "," };
+        parts.push(Part::Raw(Bytes::from(format!(
+            "{comma}\"{}\":{{\"last_fragment_number\":{},\"log_data\":\"",
+            phase.phase, phase.last
+        ))));
+        text_bytes += phase.pieces.iter().map(Bytes::len).sum::<usize>();
+        parts.push(Part::Text(phase.pieces));
+        parts.push(Part::Raw(Bytes::from_static(b"\"}")));
+    }
+    parts.push(Part::Raw(Bytes::from_static(b"}}")));
+    // Counting a long log's escaped length takes milliseconds: off the runtime.
+    let (parts, len) = compose_off_runtime(
+        move || {
+            let len = logbody::length(&parts);
+            (parts, len)
+        },
+        text_bytes > LARGE_LOG_BYTES,
+    )
+    .await;
+    let mut response = Response::new(logbody::body(parts, len));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
+
+/// Log text above which an answer's length is counted on a blocking thread.
+const LARGE_LOG_BYTES: usize = 1 << 20;
 
 /// `POST /v1/result/<id>/output`: append raw text to the job's output stream.
 pub async fn output_post(

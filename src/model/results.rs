@@ -187,16 +187,17 @@ impl LogStream {
             .max()
     }
 
-    /// The fragments of `run` and `phase` numbered from `from` and stamped at or after
-    /// `since` (unix microseconds), in fragment order, joined; with the highest number
-    /// among them. `None` when there are none.
-    pub fn phase_text(
+    /// The texts of the fragments of `run` and `phase` numbered from `from` and stamped
+    /// at or after `since` (unix microseconds), in fragment order (handles to the stored
+    /// buffers, not copies); with the highest number among them. `None` when there are
+    /// none.
+    pub fn phase_pieces(
         &self,
         run: u32,
         phase: &str,
         from: u64,
         since: i64,
-    ) -> Option<(u64, String)> {
+    ) -> Option<(u64, Vec<Bytes>)> {
         let mut picked: Vec<&Fragment> = self
             .fragments
             .iter()
@@ -208,13 +209,28 @@ impl LogStream {
             return None;
         }
         picked.sort_by_key(|f| f.number);
-        let mut text = Vec::new();
-        for f in &picked {
-            text.extend_from_slice(&f.data);
-        }
         let last = picked.last().map_or(0, |f| f.number);
-        Some((last, String::from_utf8_lossy(&text).into_owned()))
+        Some((last, picked.into_iter().map(|f| f.data.clone()).collect()))
     }
+
+    /// [`LogStream::phase_pieces`] joined into one text (invalid UTF-8 replaced).
+    pub fn phase_text(
+        &self,
+        run: u32,
+        phase: &str,
+        from: u64,
+        since: i64,
+    ) -> Option<(u64, String)> {
+        let (last, pieces) = self.phase_pieces(run, phase, from, since)?;
+        Some((last, joined_text(&pieces)))
+    }
+}
+
+/// Texts joined into one, invalid UTF-8 (also across their boundaries) replaced as
+/// `String::from_utf8_lossy` replaces it in the concatenation.
+pub fn joined_text(pieces: &[Bytes]) -> String {
+    let text: Vec<u8> = pieces.concat();
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// A result object kept as its top-level members: key → the value's JSON text as posted,

@@ -28,10 +28,12 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
+use bytes::Bytes;
 use minijinja::Environment;
 use serde_json::{json, Value};
 
 use super::agents::read_agents;
+use super::logbody::{self, Part};
 use super::respond::text;
 use super::wire::{iso_z, path_id, query_pairs};
 use crate::actors::queue::QueueMsg;
@@ -600,12 +602,13 @@ pub async fn job_page(State(svc): State<Services>, Path(id): Path<String>) -> Re
         // The job's current run: a resubmitted job's page shows its new run.
         run: Some(detail.view.run),
     };
-    let (_, phases) = svc
+    let phases = svc
         .result_docs
         .log(id, crate::model::event::LogKind::Output, query)
-        .await?;
-    let log: String = phases.iter().map(|(_, _, t)| t.as_str()).collect();
-    let next = phases.iter().map(|(_, last, _)| *last).max().unwrap_or(-1) + 1;
+        .await?
+        .phases;
+    let log: String = phases.iter().map(|p| p.text()).collect();
+    let next = phases.iter().map(|p| p.last).max().unwrap_or(-1) + 1;
     // The page shows the log's end: a job's log may hold up to --max-job-data-bytes (1 GiB),
     // and escaped into HTML up to six times that, in one response per page view.
     let log_bytes = log.len();
@@ -681,6 +684,17 @@ pub async fn static_file(Path(file): Path<String>) -> Result<Response> {
     Ok(response)
 }
 
+/// A log follow's state between polls.
+struct Follow {
+    svc: Services,
+    /// The next fragment number to send.
+    from: u64,
+    /// Whether the `end` event is in `pending` (or was sent).
+    done: bool,
+    /// The events found last, being sent chunk by chunk.
+    pending: Option<Box<dyn Iterator<Item = Bytes> + Send>>,
+}
+
 /// `GET /v1/result/<id>/log/<output|serial>/follow?start_fragment=N`: server-sent events,
 /// one `fragment` event (`{"phase", "text", "last_fragment_number"}`) per phase with new
 /// text, as fragments arrive; an `end` event once the job has finished and its log was
@@ -700,40 +714,60 @@ pub async fn log_follow(
         }
     }
     let started = Instant::now();
-    let state = (svc, from, false);
-    let stream = futures_util::stream::unfold(state, move |(svc, from, done)| async move {
-        if done {
-            return None;
-        }
-        let mut from = from;
+    let state = Follow {
+        svc,
+        from,
+        done: false,
+        pending: None,
+    };
+    let stream = futures_util::stream::unfold(state, move |mut st| async move {
         loop {
-            let job = svc.jobs.get(id);
+            // The events found last are sent a bounded chunk at a time (`logbody`).
+            if let Some(chunk) = st.pending.as_mut().and_then(Iterator::next) {
+                return Some((Ok::<_, Infallible>(chunk), st));
+            }
+            st.pending = None;
+            if st.done {
+                return None;
+            }
+            let job = st.svc.jobs.get(id);
             let finished = job.as_ref().is_none_or(is_finished);
             let query = LogQuery {
-                from,
+                from: st.from,
                 since: i64::MIN,
                 phase: None,
                 // The job's current run (the newest with fragments for an id no job has).
                 run: job.map(|j| j.run),
             };
             // An unreadable orphan file ends the stream (the plain read names the damage).
-            let Ok((_, phases)) = svc.result_docs.log(id, kind, query).await else {
+            let Ok(answer) = st.svc.result_docs.log(id, kind, query).await else {
                 return None;
             };
-            let mut events = String::new();
-            for (phase, last, text) in phases {
-                if last >= 0 && !text.is_empty() {
-                    from = from.max(last as u64 + 1);
-                    let data = json!({"phase": phase, "text": text, "last_fragment_number": last});
-                    events.push_str(&format!("event: fragment\ndata: {data}\n\n"));
+            // `event: fragment` + `data: {"phase":..,"text":..,"last_fragment_number":..}`
+            // per phase with new text, as serde_json writes the object.
+            let mut parts = Vec::new();
+            for phase in answer.phases {
+                if phase.last >= 0 && phase.pieces.iter().any(|p| !p.is_empty()) {
+                    st.from = st.from.max(phase.last as u64 + 1);
+                    parts.push(Part::Raw(Bytes::from(format!(
+                        "event: fragment\ndata: {{\"phase\":\"{}\",\"text\":\"",
+                        phase.phase
+                    ))));
+                    parts.push(Part::Text(phase.pieces));
+                    parts.push(Part::Raw(Bytes::from(format!(
+                        "\",\"last_fragment_number\":{}}}\n\n",
+                        phase.last
+                    ))));
                 }
             }
-            let end = (finished && events.is_empty()) || started.elapsed() > FOLLOW_MAX;
+            let end = (finished && parts.is_empty()) || started.elapsed() > FOLLOW_MAX;
             if end {
-                events.push_str("event: end\ndata: {}\n\n");
+                parts.push(Part::Raw(Bytes::from_static(b"event: end\ndata: {}\n\n")));
             }
-            if !events.is_empty() {
-                return Some((Ok::<_, Infallible>(events), (svc, from, end)));
+            if !parts.is_empty() {
+                st.pending = Some(Box::new(logbody::chunks(parts)));
+                st.done = end;
+                continue;
             }
             tokio::time::sleep(FOLLOW_POLL).await;
         }
