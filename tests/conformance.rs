@@ -413,10 +413,10 @@ async fn resubmitted_job_shows_its_new_runs_log_and_keeps_the_earlier_runs_reada
             log_of(&srv, &id, "output", "?run=1", "test").await,
             (0, "run1\n".into())
         );
-        assert_eq!(
-            log_of(&srv, &id, "output", "?run=3", "test").await,
-            (-1, String::new())
-        );
+        // A run that has not happened is an error naming it, not an empty log.
+        let r = srv.get(&format!("/v1/result/{id}/log/output?run=3")).await;
+        let got = r.expect_error(404);
+        assert_eq!(got, format!("Job {id} has no run 3: it has runs 1 to 2"));
         assert_eq!(srv.result(&id).await["test_output"], "run2\n");
         // Replay rebuilds the same runs.
         srv.restart();
@@ -432,6 +432,7 @@ async fn resubmitted_job_shows_its_new_runs_log_and_keeps_the_earlier_runs_reada
     for (query, message) in [
         ("run=4294967296", "run must be at most 4294967295"),
         ("run=-1", "run must be a non-negative integer"),
+        ("run=0", "run must be at least 1"),
         (
             "start_fragment=99999999999999999999",
             "start_fragment must be at most 18446744073709551615",

@@ -462,3 +462,23 @@ async fn log_get_streams_exactly_serde_jsons_bytes_and_length_when_the_log_spans
         assert_eq!(texts, [want.as_str()], "{kind}");
     }
 }
+
+/// `?run=` naming no run is refused with a message saying so (0: 400, a run past the
+/// newest: 404), for a job and for an id no job has, rather than answered as an empty
+/// log that reads as "no output yet"; run 1 of an id with nothing is still the empty log
+/// (upstream checks no existence).
+#[tokio::test]
+async fn log_get_of_a_run_that_does_not_exist_is_refused_naming_it() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("runq").await;
+    let other = new_id();
+    for who in [&id, &other] {
+        let path = format!("/v1/result/{who}/log/output");
+        let got = srv.get(&format!("{path}?run=0")).await.expect_error(400);
+        assert!(got.starts_with("run must be at least 1"), "{got}");
+        let got = srv.get(&format!("{path}?run=2")).await.expect_error(404);
+        assert_eq!(got, format!("Job {who} has no run 2: it has only run 1"));
+        let log = srv.get(&format!("{path}?run=1")).await.expect_json();
+        assert_eq!(log["output"]["test"]["last_fragment_number"], -1, "{log}");
+    }
+}

@@ -354,7 +354,29 @@ pub async fn log_get(
         phase: only,
         run,
     };
+    // A run that is not there is an error, not an empty log (which would read as "no
+    // output yet"): 0 is no run (they count from 1), and a run past the job's current
+    // one has not happened.
+    if run.is_some_and(|n| n < first_run()) {
+        return Err(Error::InvalidInput(format!(
+            "run must be at least {} (runs are numbered from {0}, the job's first run), got 0",
+            first_run()
+        )));
+    }
+    let current = svc.jobs.run(id);
+    if let Some((n, current)) = run.zip(current) {
+        if n > current {
+            return Err(no_run(id, n, current));
+        }
+    }
     let mut answer = svc.result_docs.log(id, kind, query).await?;
+    if let (Some(n), None) = (run, current) {
+        // An id no job has: its data is the runs its fragments name (run 1).
+        let newest = answer.latest.unwrap_or_else(first_run);
+        if n > newest {
+            return Err(no_run(id, n, newest));
+        }
+    }
     let job = match run {
         Some(_) => None,
         None => svc.jobs.get(id),
@@ -399,6 +421,16 @@ pub async fn log_get(
         HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// The 404 of a log read asking for run `n` of `id`, which has runs 1 to `newest`.
+fn no_run(id: JobId, n: u32, newest: u32) -> Error {
+    let runs = if newest == first_run() {
+        format!("only run {newest}")
+    } else {
+        format!("runs {} to {newest}", first_run())
+    };
+    Error::NotFound(format!("Job {id} has no run {n}: it has {runs}"))
 }
 
 /// Log text above which an answer's length is counted on a blocking thread.
