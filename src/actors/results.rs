@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::journal::{Journal, Ticket};
 use crate::model::job::PHASES;
 use crate::model::orphans::{encode, Ledger, Record};
+use crate::model::results::PhaseLog;
 use crate::model::results::{
     fragment_weight, merge_weight, Fields, Fragment, LogStream, ResultDoc, Results,
 };
@@ -90,31 +91,6 @@ pub struct LogAnswer {
     pub latest: Option<u32>,
     /// Per phase asked for, in phase order.
     pub phases: Vec<PhaseLog>,
-}
-
-/// One phase of a log read.
-#[derive(Debug)]
-pub struct PhaseLog {
-    /// The phase.
-    pub phase: &'static str,
-    /// The highest fragment number read, -1 when none.
-    pub last: i64,
-    /// The fragments' texts in fragment order: handles to the stored buffers, so a read
-    /// copies no text (an answer streams them, `http::logbody`).
-    pub pieces: Vec<Bytes>,
-}
-
-impl PhaseLog {
-    /// The text joined (invalid UTF-8 replaced), for callers that need it whole.
-    pub fn text(&self) -> String {
-        crate::model::results::joined_text(&self.pieces)
-    }
-
-    /// Shows nothing (`last` -1, no text).
-    pub fn clear(&mut self) {
-        self.last = -1;
-        self.pieces.clear();
-    }
 }
 
 /// Where a post went: recorded by the actor, or (the id's data lives in the orphan store)

@@ -233,6 +233,31 @@ pub fn joined_text(pieces: &[Bytes]) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
+/// One phase of a log read.
+#[derive(Debug)]
+pub struct PhaseLog {
+    /// The phase.
+    pub phase: &'static str,
+    /// The highest fragment number read, -1 when none.
+    pub last: i64,
+    /// The fragments' texts in fragment order: handles to the stored buffers, so a read
+    /// copies no text (an answer streams them).
+    pub pieces: Vec<Bytes>,
+}
+
+impl PhaseLog {
+    /// The text joined (invalid UTF-8 replaced), for callers that need it whole.
+    pub fn text(&self) -> String {
+        joined_text(&self.pieces)
+    }
+
+    /// Shows nothing (`last` -1, no text).
+    pub fn clear(&mut self) {
+        self.last = -1;
+        self.pieces.clear();
+    }
+}
+
 /// A result object kept as its top-level members: key → the value's JSON text as posted,
 /// in the order keys were first posted (a later post of a key replaces the value in
 /// place, as Testflinger's shallow merge does).
