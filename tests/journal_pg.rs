@@ -141,6 +141,41 @@ async fn journal_password_given_as_a_query_parameter_is_hidden_when_start_up_fai
     }
 }
 
+/// A password holding `?` (which ends the host part of a URL but not tokio-postgres's
+/// credentials) and a libpq `key=value` string (refused, and quoted in the refusal) are
+/// hidden too.
+#[tokio::test]
+async fn journal_password_with_a_question_mark_or_in_key_value_form_is_hidden_when_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = closed.local_addr().unwrap().port();
+    for (url, said) in [
+        (
+            format!("postgres://flinger:hun?ter2@127.0.0.1:{port}/none?connect_timeout=5"),
+            "cannot connect to postgres://flinger:***@127.0.0.1",
+        ),
+        (
+            format!("host=127.0.0.1 port={port} password='hun ter2' dbname=none"),
+            "password=***",
+        ),
+    ] {
+        let args = [
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            "d",
+            "--journal",
+            &url,
+        ];
+        let out = run_to_exit(dir.path(), &args, &[], Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(said), "{stderr}");
+        assert!(!stderr.contains("ter2"), "{stderr}");
+    }
+}
+
 #[tokio::test]
 async fn unreachable_or_malformed_journal_is_refused_when_starting() {
     let dir = tempfile::tempdir().unwrap();

@@ -116,22 +116,26 @@ impl std::str::FromStr for JournalTarget {
 /// A connection string with its password replaced by `***`, for logs and errors: the
 /// one in `user:password@` and every `password=` parameter of the query string (libpq's
 /// other way of giving it, which tokio-postgres reads too; its name percent-decoded, as
-/// tokio-postgres decodes it).
+/// tokio-postgres decodes it). The credentials end where tokio-postgres ends them, at the
+/// first `@` (a password may hold `?`, `/` or `#` unencoded). A string that is not a URL
+/// (a libpq `key=value` string, refused by `--journal` but shown in the refusal) has every
+/// `password` value hidden.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return redact_key_values(url);
+    };
+    let (mut out, rest) = match rest.split_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or_default();
+            (format!("{scheme}://{name}:***@"), host)
+        }
+        _ => (format!("{scheme}://"), rest),
     };
     let (rest, query) = match rest.split_once('?') {
         Some((rest, query)) => (rest, Some(query)),
         None => (rest, None),
     };
-    let mut out = match rest.split_once('@') {
-        Some((user, host)) if user.contains(':') => {
-            let name = user.split(':').next().unwrap_or_default();
-            format!("{scheme}://{name}:***@{host}")
-        }
-        _ => format!("{scheme}://{rest}"),
-    };
+    out.push_str(rest);
     if let Some(query) = query {
         let params = query.split('&').map(|param| match param.split_once('=') {
             Some((key, _)) if percent_encoding::percent_decode_str(key).eq(*b"password") => {
@@ -142,6 +146,47 @@ pub fn redact(url: &str) -> String {
         out.push('?');
         out.push_str(&params.collect::<Vec<_>>().join("&"));
     }
+    out
+}
+
+/// `s` with the value of every `password = value` pair hidden (libpq's `key=value`
+/// syntax: a value is a word, or a single-quoted string with backslash escapes).
+fn redact_key_values(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.to_ascii_lowercase().find("password") {
+        let after = &rest[at + "password".len()..];
+        let value = after.trim_start();
+        let Some(value) = value.strip_prefix('=') else {
+            out.push_str(&rest[..at + "password".len()]);
+            rest = after;
+            continue;
+        };
+        let value = value.trim_start();
+        let mut end = value.len();
+        let mut chars = value.char_indices();
+        if value.starts_with('\'') {
+            chars.next();
+            let mut escaped = false;
+            for (i, c) in chars {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '\'' => {
+                        end = i + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        } else if let Some((i, _)) = chars.find(|(_, c)| c.is_whitespace()) {
+            end = i;
+        }
+        out.push_str(&rest[..at]);
+        out.push_str("password=***");
+        rest = &value[end..];
+    }
+    out.push_str(rest);
     out
 }
 

@@ -284,3 +284,30 @@ fn file_values_beyond_their_settings_range_are_refused_not_truncated() {
     let (config, _) = resolve_env("TOKEN_FAILURES_PER_MINUTE = 4294967295\n", &[]).unwrap();
     assert_eq!(config.token_failures_per_minute, u32::MAX);
 }
+
+#[test]
+fn redact_hides_the_password_wherever_tokio_postgres_would_read_one() {
+    for (url, shown) in [
+        (
+            "postgres://u:hun?ter2@db:5432/f?sslmode=require",
+            "postgres://u:***@db:5432/f?sslmode=require",
+        ),
+        ("postgres://u:a/b#c@db/f", "postgres://u:***@db/f"),
+        ("postgres://u@[::1]:5432/f", "postgres://u@[::1]:5432/f"),
+        (
+            "postgres://db/f?password=x@y&user=u",
+            "postgres://db/f?password=***&user=u",
+        ),
+        (
+            "host=db password=hunter2 dbname=f",
+            "host=db password=*** dbname=f",
+        ),
+        (
+            r"host=db PASSWORD = 'hun ter\'2' dbname=f",
+            "host=db password=*** dbname=f",
+        ),
+        ("fiel", "fiel"),
+    ] {
+        assert_eq!(redact(url), shown, "{url}");
+    }
+}
