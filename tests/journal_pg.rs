@@ -2,14 +2,15 @@
 //! (`util::pg`): acknowledged changes survive a restart and a kill -9 with nothing kept in
 //! the data directory's log, uploaded and orphan files live in the database (a new node
 //! with an empty data directory serves them), snapshots compact the events they cover,
-//! `sslmode=require` encrypts and verifies every connection, and bad settings are refused
+//! `sslmode=require` encrypts and verifies every connection, a leader notices PostgreSQL
+//! restarting under it, and bad settings are refused
 //! at start-up. Several processes on one database: `failover`.
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::util::pg::{fresh_database, server_ca, sql};
+use crate::util::pg::{fresh_database, server_ca, sql, OwnCluster};
 use crate::util::{new_id, pseudo_random_bytes, run_to_exit, TestServer};
 
 fn on_postgres(url: &str, extra: &[&str]) -> TestServer {
@@ -425,4 +426,52 @@ async fn every_connection_is_encrypted_and_verified_when_sslmode_is_require() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started without verifying: {stderr}");
     assert!(stderr.contains("certificate"), "{stderr}");
+}
+
+/// `GET /v1/ready` of `srv` until it leads in a term other than `not`, for up to 20 s:
+/// the term.
+async fn leads_in_a_term_other_than(srv: &TestServer, not: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = srv
+            .http()
+            .try_request("GET", "/v1/ready", &[], Vec::new())
+            .await;
+        let doc = r.as_ref().ok().map(|r| (r.status, r.json()));
+        if let Some((200, doc)) = &doc {
+            let term = doc["term"].as_i64().unwrap_or(0);
+            if doc["role"] == "leader" && term != not {
+                return term;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not lead in a new term within 20 s: {doc:?}\n{}",
+            srv.stderr_lines().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// PostgreSQL restarted while the leader had nothing to write: its writer's connection
+/// died idle. The node notices at once (steps down, reconnects, takes a new term), so the
+/// first change after the restart is acknowledged instead of refused on the dead
+/// connection.
+#[tokio::test]
+async fn first_change_after_postgresql_restarts_is_acknowledged_when_the_writer_was_idle() {
+    let pg = OwnCluster::start();
+    let srv = on_postgres(&pg.url(), &["--lease-ms", "1000"]);
+    let first = leads_in_a_term_other_than(&srv, 0).await;
+    let before = srv.submit(&json!({"job_queue": "restart"})).await;
+    pg.pg_ctl(&["-m", "fast", "restart"]);
+    leads_in_a_term_other_than(&srv, first).await;
+    let r = srv
+        .post_json("/v1/job", &json!({"job_queue": "restart"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text_preview());
+    assert_eq!(srv.job_state(&before).await, "waiting");
+    assert!(srv
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("connection to PostgreSQL was lost")));
 }

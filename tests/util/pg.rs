@@ -282,3 +282,81 @@ pub fn switched_on() -> bool {
     crate::JOURNAL == super::Journal::Postgres
         || std::env::var("FLINGER_TEST_JOURNAL").is_ok_and(|v| v == "postgres")
 }
+
+/// A PostgreSQL cluster of one test's own, for tests that stop or restart the server
+/// (the shared one serves every other test): trust authentication, 127.0.0.1 on a free
+/// port. Stopped (`-m immediate`) when dropped.
+pub struct OwnCluster {
+    dir: tempfile::TempDir,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl OwnCluster {
+    pub fn start() -> OwnCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("flinger-pgown-")
+            .tempdir()
+            .expect("create the cluster's directory");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let ok = Command::new("chown")
+                .arg("postgres")
+                .arg(dir.path())
+                .status()
+                .expect("run chown")
+                .success();
+            assert!(ok, "chown postgres {}", dir.path().display());
+        }
+        let out = as_owner(bin("initdb"))
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["--auth=trust", "-U", "flinger", "--no-sync"])
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sockets = dir.path().display().to_string();
+        let port = start_on_free_port(&dir.path().join("data"), &dir.path().join("log"), |p| {
+            format!("-p {p} -k {sockets} -c listen_addresses=127.0.0.1")
+        });
+        OwnCluster { dir, port }
+    }
+
+    /// Its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://flinger@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs `pg_ctl ACTION` on it (`-w`: waits until done), e.g. `["-m", "fast", "restart"]`.
+    pub fn pg_ctl(&self, action: &[&str]) {
+        let out = as_owner(bin("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("log"))
+            .arg("-w")
+            .args(action)
+            .output()
+            .expect("run pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl {action:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = as_owner(bin("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}

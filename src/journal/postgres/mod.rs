@@ -107,6 +107,9 @@ SELECT count(*) FROM inst";
 /// predecessor killed a moment ago holds it until it expires.
 const LEASE_WAIT: Duration = Duration::from_secs(10);
 
+/// How long an idle writer lets its connection run per tick (see `Writer::run`).
+const IDLE_DRIVE: Duration = Duration::from_millis(1);
+
 /// Snapshot bytes per row of `flinger_snapshot_chunks`.
 const SNAPSHOT_CHUNK: usize = 16 << 20;
 
@@ -393,6 +396,13 @@ impl Writer {
             let pending = match self.rx.recv_timeout(WRITER_TICK) {
                 Ok(msg) => Some(msg),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // The connection is driven only inside `block_on`: idle, it would never
+                    // read what the server sent meanwhile (a restart's "terminating
+                    // connection", an EOF), `chores` would never find it closed, and the
+                    // first change after the database came back would be refused. Let it
+                    // read now, while nothing is pending.
+                    self.runtime
+                        .block_on(async { tokio::time::sleep(IDLE_DRIVE).await });
                     self.chores();
                     continue;
                 }
