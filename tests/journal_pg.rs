@@ -475,3 +475,37 @@ async fn first_change_after_postgresql_restarts_is_acknowledged_when_the_writer_
         .iter()
         .any(|l| l.contains("connection to PostgreSQL was lost")));
 }
+
+/// The database answers nothing for a while (paused: its connections stay open): the
+/// leader's lease renewals time out every third of a lease, and say so once per
+/// `throttle::EVERY` (10 s) with a count, not each time.
+#[tokio::test]
+async fn renewal_failures_are_logged_once_not_per_attempt_when_postgresql_stops_answering() {
+    let pg = OwnCluster::start();
+    let srv = on_postgres(&pg.url(), &["--lease-ms", "300"]);
+    let term = leads_in_a_term_other_than(&srv, 0).await;
+    srv.submit(&json!({"job_queue": "paused"})).await;
+    pg.pause(true);
+    // 30 renewals' worth (one every 100 ms).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.pause(false);
+    let lines = srv.stderr_lines();
+    let timed_out = lines
+        .iter()
+        .filter(|l| l.contains("lease renewal timed out"))
+        .count();
+    assert_eq!(timed_out, 1, "{}", lines.join("\n"));
+    // And the node leads again once the database answers.
+    let mut attempts = 0;
+    let r = loop {
+        attempts += 1;
+        let r = srv
+            .post_json("/v1/job", &json!({"job_queue": "paused"}))
+            .await;
+        // Each 503 waited two lease lengths for a leader.
+        if r.status != 503 || attempts == 30 {
+            break r;
+        }
+    };
+    assert_eq!(r.status, 200, "{} (term {term})", r.text_preview());
+}

@@ -351,8 +351,39 @@ impl OwnCluster {
     }
 }
 
+impl OwnCluster {
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) the server and its backends: a database
+    /// that holds its connections open and answers nothing.
+    pub fn pause(&self, paused: bool) {
+        let pid_file = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
+            .expect("read postmaster.pid");
+        let postmaster: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // "pid (comm) state ppid ...": the fields after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        for pid in pids {
+            // SAFETY: kill has no memory preconditions; these are this cluster's processes.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+}
+
 impl Drop for OwnCluster {
     fn drop(&mut self) {
+        self.pause(false);
         let _ = as_owner(bin("pg_ctl"))
             .arg("-D")
             .arg(self.dir.path().join("data"))

@@ -22,6 +22,7 @@ use tokio_postgres::Client;
 
 use super::{connect, pg_error};
 use crate::error::Result;
+use crate::throttle::allow;
 
 /// The lease as a node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,7 +162,9 @@ pub(super) async fn renew(tenure: Arc<Tenure>, mut client: Client, url: String, 
             match connect(&url).await {
                 Ok(c) => client = c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot reconnect to renew the lease");
+                    if let Some(suppressed) = allow("cannot reconnect to renew the lease", 0) {
+                        tracing::warn!(error = %e, suppressed, "cannot reconnect to renew the lease");
+                    }
                     continue;
                 }
             }
@@ -179,11 +182,20 @@ pub(super) async fn renew(tenure: Arc<Tenure>, mut client: Client, url: String, 
         match renewed {
             Ok(Ok(1)) => *tenure.valid_until.lock() = sent + tenure.length,
             Ok(Ok(_)) => tenure.depose("another node took the lease (a newer term)"),
+            // Every third of a lease for as long as the database is away: each kind of
+            // line at most once per `throttle::EVERY`, with the count of those dropped.
             Ok(Err(e)) => {
-                let e = pg_error("cannot renew the lease", e);
-                tracing::warn!(error = %e, "lease renewal failed");
+                if let Some(suppressed) = allow("lease renewal failed", 0) {
+                    let e = pg_error("cannot renew the lease", e);
+                    tracing::warn!(error = %e, suppressed, "lease renewal failed");
+                }
             }
-            Err(_) => tracing::warn!(ms = every.as_millis() as u64, "lease renewal timed out"),
+            Err(_) => {
+                if let Some(suppressed) = allow("lease renewal timed out", 0) {
+                    let ms = every.as_millis() as u64;
+                    tracing::warn!(ms, suppressed, "lease renewal timed out");
+                }
+            }
         }
     }
 }
