@@ -509,3 +509,35 @@ async fn renewal_failures_are_logged_once_not_per_attempt_when_postgresql_stops_
     };
     assert_eq!(r.status, 200, "{} (term {term})", r.text_preview());
 }
+
+/// The database stops answering (paused: the connection stays open, as behind a network
+/// that drops packets) while a change is being appended: the request gets 503 once the
+/// writer's bound on one statement (four leases, at least 10 s) has passed, instead of
+/// waiting as long as the database does; the node steps down.
+#[tokio::test]
+async fn append_gets_503_when_postgresql_stops_answering_mid_statement() {
+    let pg = OwnCluster::start();
+    // A lease long enough that the request below reaches the writer before the leader's
+    // own clock says its lease went unconfirmed.
+    let srv = on_postgres(&pg.url(), &["--lease-ms", "3000"]);
+    leads_in_a_term_other_than(&srv, 0).await;
+    srv.submit(&json!({"job_queue": "hung"})).await;
+    pg.pause(true);
+    let answered = tokio::time::timeout(
+        Duration::from_secs(25),
+        srv.post_json("/v1/job", &json!({"job_queue": "hung"})),
+    )
+    .await;
+    pg.pause(false);
+    let r = answered.expect("no answer within 25 s while PostgreSQL was paused");
+    assert_eq!(r.status, 503, "{}", r.text_preview());
+    assert!(
+        r.text_preview().contains("not saved"),
+        "{}",
+        r.text_preview()
+    );
+    assert!(srv
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("append failed: no answer within")));
+}

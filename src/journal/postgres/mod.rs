@@ -293,6 +293,17 @@ struct Writer {
     snap_tx: tokio::sync::mpsc::UnboundedSender<()>,
     /// `Some` under `interval` fsync: gather records this long before writing.
     interval: Option<Duration>,
+    /// Longest wait for one statement ([`statement_bound`]).
+    bound: Duration,
+}
+
+/// How long the writer waits for one statement before giving it up as failed (outcome
+/// unknown: 503, the node steps down): four lease lengths, at least 10 s. A database that
+/// stopped answering without closing the connection (paused, or gone behind a network
+/// that drops packets) would otherwise hold every pending request, and a shutdown, until
+/// TCP gives up, many minutes later.
+fn statement_bound(lease: Duration) -> Duration {
+    (lease * 4).max(Duration::from_secs(10))
 }
 
 impl Writer {
@@ -332,6 +343,7 @@ impl Writer {
             ms = config.lease.as_millis()
         );
         let writer_inner = inner.clone();
+        let bound = statement_bound(config.lease);
         std::thread::Builder::new()
             .name("pg-journal-writer".into())
             .spawn(move || {
@@ -378,6 +390,7 @@ impl Writer {
                     snapshot_requested: None,
                     snap_tx,
                     interval,
+                    bound,
                 };
                 let _ = ready_tx.send(Ok(()));
                 writer.run();
@@ -426,6 +439,25 @@ impl Writer {
         }
     }
 
+    /// Runs `statement` on the writer's runtime for at most `bound`.
+    fn run_bounded<T>(
+        &self,
+        what: &str,
+        statement: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        let bound = self.bound;
+        match self
+            .runtime
+            .block_on(async { tokio::time::timeout(bound, statement).await })
+        {
+            Ok(done) => done.map_err(|e| pg_error(what, e)),
+            Err(_) => Err(Error::Unavailable(format!(
+                "PostgreSQL journal: {what}: no answer within {} s",
+                bound.as_secs_f64()
+            ))),
+        }
+    }
+
     fn failed(&self) -> bool {
         self.inner.mark.borrow().failed
     }
@@ -451,8 +483,8 @@ impl Writer {
         let started = Instant::now();
         let term = self.tenure.term();
         let result = self
-            .runtime
-            .block_on(
+            .run_bounded(
+                "append failed",
                 self.client
                     .query_one(&self.insert, &[&lsns, &payloads, &term]),
             )
@@ -480,8 +512,8 @@ impl Writer {
             }
             Err(e) => {
                 // Whether the statement committed is unknown (the connection may have died
-                // after the commit): never retried, and no request is told it succeeded.
-                let e = pg_error("append failed", e);
+                // after the commit, or it may commit after the wait was given up): never
+                // retried, and no request is told it succeeded.
                 tracing::error!(error = %e, records = batch.len(), "journal failed; refusing all changes as leader");
                 self.poison("an append failed");
                 tell(waiters.drain(..), false);
@@ -504,12 +536,15 @@ impl Writer {
             return;
         }
         let term = self.tenure.term();
-        let released = self.runtime.block_on(self.client.execute(
-            "UPDATE flinger_lease SET expires = '-infinity' WHERE id = 1 AND term = $1",
-            &[&term],
-        ));
+        let released = self.run_bounded(
+            "cannot release the lease",
+            self.client.execute(
+                "UPDATE flinger_lease SET expires = '-infinity' WHERE id = 1 AND term = $1",
+                &[&term],
+            ),
+        );
         if let Err(e) = released {
-            tracing::warn!(error = %pg_error("cannot release the lease", e), "lease left to expire");
+            tracing::warn!(error = %e, "lease left to expire");
         }
     }
 
@@ -528,9 +563,10 @@ impl Writer {
         let lsn = lsn as i64;
         let term = self.tenure.term();
         let installed: i64 = self
-            .runtime
-            .block_on(self.client.query_one(INSTALL, &[&lsn, &term]))
-            .map_err(|e| pg_error("cannot install the snapshot", e))?
+            .run_bounded(
+                "cannot install the snapshot",
+                self.client.query_one(INSTALL, &[&lsn, &term]),
+            )?
             .get(0);
         if installed == 0 {
             return Err(Error::Unavailable(
