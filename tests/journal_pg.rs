@@ -541,3 +541,56 @@ async fn append_gets_503_when_postgresql_stops_answering_mid_statement() {
         .iter()
         .any(|l| l.contains("append failed: no answer within")));
 }
+
+/// The backend of the connection whose last statement starts with `query`, paused
+/// (`SIGSTOP`): that one connection stays open and never answers again, as one to a
+/// server that vanished without closing it; the server itself still accepts new ones.
+async fn pause_backend_of(url: &str, query: &str) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid: i32 = loop {
+        let found = sql(
+            url,
+            &format!(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid() AND query LIKE '{query}%' LIMIT 1"
+            ),
+        );
+        if let Ok(pid) = found.parse() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no backend ran {query:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // SAFETY: kill has no memory preconditions; the pid is the test cluster's backend.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    pid
+}
+
+/// The leader's lease renewals go out on one connection; when it stops answering (its
+/// server gone without a word), a renewal times out and the next goes out on a new
+/// connection, so the leader serves again instead of waiting for that connection for
+/// ever.
+#[tokio::test]
+async fn leader_renews_on_a_new_connection_when_its_renewal_connection_stops_answering() {
+    let pg = OwnCluster::start();
+    let url = pg.url();
+    let srv = on_postgres(&url, &["--lease-ms", "1000"]);
+    let term = leads_in_a_term_other_than(&srv, 0).await;
+    srv.submit(&json!({"job_queue": "renew"})).await;
+    pause_backend_of(&url, "UPDATE flinger_lease SET expires = clock_timestamp()").await;
+    srv.stderr_lines_once(|l| l.contains("lease renewal timed out"))
+        .await;
+    // Three leases: long past the last renewal the hung connection answered.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = srv
+        .post_json("/v1/job", &json!({"job_queue": "renew"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text_preview());
+    // Renewed in the same term: the node never stepped down.
+    let r = srv
+        .http()
+        .try_request("GET", "/v1/ready", &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(r.json()["term"], term, "{}", r.text_preview());
+}

@@ -143,11 +143,13 @@ impl Tenure {
 }
 
 /// Renews `tenure`'s lease every third of its length on `client` (reconnecting to `url`
-/// when that connection fails) until the tenure ends or the journal closes. A renewal
+/// when that connection fails, or when a renewal on it got no answer: a connection to a
+/// server that vanished without closing it would otherwise never answer again) until the tenure ends or the journal closes. A renewal
 /// that finds another term deposes the tenure; one that fails leaves the tenure valid
 /// only until its local deadline (serving stops then, and resumes if a later renewal
 /// still finds the term unchanged: nobody else can have written meanwhile).
-pub(super) async fn renew(tenure: Arc<Tenure>, mut client: Client, url: String, holder: String) {
+pub(super) async fn renew(tenure: Arc<Tenure>, client: Client, url: String, holder: String) {
+    let mut session = Some(client);
     let every = tenure.length / 3;
     let mut deposed = tenure.deposed.subscribe();
     loop {
@@ -158,17 +160,18 @@ pub(super) async fn renew(tenure: Arc<Tenure>, mut client: Client, url: String, 
         if tenure.closed.load(Ordering::Acquire) || tenure.deposed.borrow().is_some() {
             return;
         }
-        if client.is_closed() {
-            match connect(&url).await {
-                Ok(c) => client = c,
+        let client = match &mut session {
+            Some(c) if !c.is_closed() => c,
+            _ => match connect(&url).await {
+                Ok(c) => session.insert(c),
                 Err(e) => {
                     if let Some(suppressed) = allow("cannot reconnect to renew the lease", 0) {
                         tracing::warn!(error = %e, suppressed, "cannot reconnect to renew the lease");
                     }
                     continue;
                 }
-            }
-        }
+            },
+        };
         let sent = Instant::now();
         let renewed = tokio::time::timeout(
             every,
@@ -191,6 +194,9 @@ pub(super) async fn renew(tenure: Arc<Tenure>, mut client: Client, url: String, 
                 }
             }
             Err(_) => {
+                // Its answer may never come (the server vanished without closing the
+                // connection): the next renewal goes out on a new connection.
+                session = None;
                 if let Some(suppressed) = allow("lease renewal timed out", 0) {
                     let ms = every.as_millis() as u64;
                     tracing::warn!(ms, suppressed, "lease renewal timed out");
