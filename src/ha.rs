@@ -186,7 +186,7 @@ pub async fn run(
     tracing::info!(node = %node.id, url = %node.url, lease_ms = config.lease.as_millis() as u64, "PostgreSQL journal: starting as a standby");
     // The first connection and load must work: a wrong connection string or an
     // unreadable journal stops start-up with its reason (later failures are retried).
-    let first = Standby::connect(&url).await?;
+    let first = Standby::connect(&url, config.lease).await?;
     node.set(Role::Standby {
         lease: Some(first.lease().await?),
         lsn: first.last_lsn(),
@@ -251,7 +251,7 @@ async fn lead_or_follow(
         }
         let connected = match first.take() {
             Some(standby) => Ok(standby),
-            None => Standby::connect(&url).await,
+            None => Standby::connect(&url, config.lease).await,
         };
         let mut standby = match connected {
             Ok(standby) => standby,

@@ -44,6 +44,25 @@ pub struct Standby {
     snapshot_bytes: u64,
     /// LSN of the loaded snapshot (0: none).
     snapshot_lsn: u64,
+    /// Longest wait for one answer of the database (`super::statement_bound`): a
+    /// connection to a server that vanished without closing it never answers, and a
+    /// standby waiting on it would never take over.
+    bound: Duration,
+}
+
+/// `answer`, unless the database gave none within `bound`.
+async fn within<T>(
+    bound: Duration,
+    what: &str,
+    answer: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(bound, answer).await {
+        Ok(answered) => answered.map_err(|e| pg_error(what, e)),
+        Err(_) => Err(Error::Unavailable(format!(
+            "PostgreSQL journal: {what}: no answer within {} s",
+            bound.as_secs_f64()
+        ))),
+    }
 }
 
 /// What a promoted standby hands the server: the same as start-up recovery, plus the
@@ -52,8 +71,10 @@ pub type Promoted = (State, Journal, SnapshotRequests, Recovery, Arc<Tenure>);
 
 impl Standby {
     /// Connects to `url`, creates the tables if missing, listens for appends and loads the
-    /// newest snapshot and every event after it.
-    pub async fn connect(url: &str) -> Result<Standby> {
+    /// newest snapshot and every event after it; no wait for one answer of the database
+    /// is longer than `super::statement_bound(lease)`.
+    pub async fn connect(url: &str, lease: Duration) -> Result<Standby> {
+        let bound = super::statement_bound(lease);
         let target = super::tls::target(url)?;
         let wake = Arc::new(Notify::new());
         let client = match target.tls {
@@ -68,14 +89,18 @@ impl Standby {
                 client
             }
         };
-        client
-            .batch_execute(SCHEMA)
-            .await
-            .map_err(|e| pg_error("cannot create the journal's tables", e))?;
-        client
-            .batch_execute("LISTEN flinger_events")
-            .await
-            .map_err(|e| pg_error("cannot listen for appends", e))?;
+        within(
+            bound,
+            "cannot create the journal's tables",
+            client.batch_execute(SCHEMA),
+        )
+        .await?;
+        within(
+            bound,
+            "cannot listen for appends",
+            client.batch_execute("LISTEN flinger_events"),
+        )
+        .await?;
         let mut standby = Standby {
             url: url.to_owned(),
             client,
@@ -85,6 +110,7 @@ impl Standby {
             bytes: 0,
             snapshot_bytes: 0,
             snapshot_lsn: 0,
+            bound,
         };
         standby.load_snapshot().await?;
         standby.catch_up().await?;
@@ -99,14 +125,15 @@ impl Standby {
     /// Replaces the state by the newest installed snapshot, if it is newer than what was
     /// folded. Returns whether it did.
     async fn load_snapshot(&mut self) -> Result<bool> {
-        let newest = self
-            .client
-            .query_opt(
+        let newest = within(
+            self.bound,
+            "cannot read the snapshot list",
+            self.client.query_opt(
                 "SELECT lsn FROM flinger_snapshots WHERE installed ORDER BY lsn DESC LIMIT 1",
                 &[],
-            )
-            .await
-            .map_err(|e| pg_error("cannot read the snapshot list", e))?;
+            ),
+        )
+        .await?;
         let Some(lsn) = newest.map(|r| r.get::<_, i64>(0)) else {
             return Ok(false);
         };
@@ -114,19 +141,18 @@ impl Standby {
             return Ok(false);
         }
         let mut bytes = Vec::new();
-        let chunks = self
-            .client
-            .query_raw(
+        let chunks = within(
+            self.bound,
+            "cannot read the snapshot",
+            self.client.query_raw(
                 "SELECT data FROM flinger_snapshot_chunks WHERE lsn = $1 ORDER BY seq",
                 [&lsn as &(dyn ToSql + Sync)],
-            )
-            .await
-            .map_err(|e| pg_error("cannot read the snapshot", e))?;
+            ),
+        )
+        .await?;
         pin_mut!(chunks);
-        while let Some(row) = chunks
-            .try_next()
-            .await
-            .map_err(|e| pg_error("cannot read the snapshot", e))?
+        while let Some(row) =
+            within(self.bound, "cannot read the snapshot", chunks.try_next()).await?
         {
             bytes.extend_from_slice(row.get::<_, &[u8]>(0));
         }
@@ -187,24 +213,22 @@ impl Standby {
     /// second query sent while rows of the first are unread would wait for ever.
     async fn fold_next_batch(&mut self) -> Result<(i64, Option<u64>)> {
         let after = self.last as i64;
-        let events = self
-            .client
-            .query_raw(
+        let events = within(
+            self.bound,
+            "cannot read the events",
+            self.client.query_raw(
                 "SELECT lsn, payload FROM flinger_events WHERE lsn > $1 ORDER BY lsn LIMIT $2",
                 [
                     &after as &(dyn ToSql + Sync),
                     &FOLLOW_BATCH as &(dyn ToSql + Sync),
                 ],
-            )
-            .await
-            .map_err(|e| pg_error("cannot read the events", e))?;
+            ),
+        )
+        .await?;
         pin_mut!(events);
         let mut read = 0i64;
-        while let Some(row) = events
-            .try_next()
-            .await
-            .map_err(|e| pg_error("cannot read the events", e))?
-        {
+        let bound = self.bound;
+        while let Some(row) = within(bound, "cannot read the events", events.try_next()).await? {
             let lsn = row.get::<_, i64>(0) as u64;
             if lsn != self.last + 1 {
                 return Ok((read, Some(lsn)));
@@ -222,7 +246,13 @@ impl Standby {
 
     /// Reads the lease.
     pub async fn lease(&self) -> Result<LeaseView> {
-        lease::read(&self.client).await
+        match tokio::time::timeout(self.bound, lease::read(&self.client)).await {
+            Ok(read) => read,
+            Err(_) => Err(Error::Unavailable(format!(
+                "PostgreSQL journal: cannot read the lease: no answer within {} s",
+                self.bound.as_secs_f64()
+            ))),
+        }
     }
 
     /// Waits for an append notification or `most`, whichever comes first; errs when the
@@ -308,7 +338,7 @@ impl Standby {
 pub(super) async fn open_as_leader(config: &Config, url: &str, wait: Duration) -> Result<Promoted> {
     let asked = Instant::now();
     let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4());
-    let mut standby = Standby::connect(url).await?;
+    let mut standby = Standby::connect(url, config.lease).await?;
     loop {
         standby = match standby.promote(config, &holder, "").await? {
             Ok(promoted) => return Ok(promoted),
