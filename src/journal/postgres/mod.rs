@@ -24,7 +24,7 @@
 //! snapshots (compaction). Start-up loads the newest installed snapshot and streams the
 //! events after it through the same fold as the file log ([`Replay`]).
 //!
-//! Not here: uploaded files stay in the data directory.
+//! Uploaded files are kept in the database too, by `files` (their own tables and pool).
 
 mod lease;
 mod standby;
