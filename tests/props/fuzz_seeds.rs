@@ -12,6 +12,8 @@ mod http_router;
 mod job_json;
 #[path = "../../fuzz/checks/journal_replay.rs"]
 mod journal_replay;
+#[path = "../../fuzz/checks/log_body.rs"]
+mod log_body;
 #[path = "../../fuzz/checks/multipart_artifact.rs"]
 mod multipart_artifact;
 #[path = "../../fuzz/checks/orphan_file.rs"]
@@ -66,6 +68,11 @@ fn journal_replay_seeds_hold_the_fuzz_properties() {
 }
 
 #[test]
+fn log_body_seeds_hold_the_fuzz_properties() {
+    replay("log_body", log_body::check);
+}
+
+#[test]
 fn orphan_file_seeds_hold_the_fuzz_properties() {
     replay("orphan_file", orphan_file::check);
 }
@@ -104,7 +111,7 @@ fn every_fuzz_target_has_seeds_and_a_shared_check() {
                 .find_map(|l| l.trim().strip_prefix("name = \"")?.strip_suffix('"'))
         })
         .collect();
-    assert_eq!(targets.len(), 9, "targets: {targets:?}");
+    assert_eq!(targets.len(), 10, "targets: {targets:?}");
     for target in targets {
         assert!(
             fuzz_dir()
