@@ -463,6 +463,70 @@ async fn log_get_streams_exactly_serde_jsons_bytes_and_length_when_the_log_spans
     }
 }
 
+/// `GET /v1/result/<id>` is streamed too (stored members as posted, log members escaped
+/// from the fragments), yet its bytes are exactly serde_json's for the document, with its
+/// `Content-Length`, and its members in the order the document always had: `job_state`
+/// first, the posted members (one longer than a chunk), `<phase>_status`, then the logs;
+/// a log member an agent posted as a field is kept as posted.
+#[tokio::test]
+async fn result_get_streams_exactly_serde_jsons_bytes_and_length_when_logs_span_many_chunks() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("streamq").await;
+    let tricky = "quote \" backslash \\ tab \t nl \n ctl \u{1} del \u{7f} é € 😀 </script>\n";
+    let big = tricky.repeat(3000);
+    let path = format!("/v1/result/{id}");
+    let posted = json!({"ü \"key\"": {"nested": [1, 2.5, null]}, "long": "v".repeat(100_000),
+        "status": {"test": 3}, "setup_serial": "as posted"});
+    srv.post_json(&path, &posted).await.expect_status(200);
+    for (n, phase) in [(0, "setup"), (1, "test"), (2, "test")] {
+        let body = json!({"fragment_number": n, "timestamp": "2026-12-02T10:00:00+00:00",
+            "phase": phase, "log_data": big});
+        srv.post_json(&format!("{path}/log/serial"), &body)
+            .await
+            .expect_status(200);
+    }
+    for raw in [&b"caf\xc3"[..], &b"\xa9 \xff!"[..]] {
+        srv.post_raw(&format!("{path}/output"), None, raw.to_vec())
+            .await
+            .expect_status(200);
+    }
+    let r = srv.get(&path).await;
+    r.expect_status(200);
+    assert_eq!(r.content_type().as_deref(), Some("application/json"));
+    let length = r.headers.get("content-length").expect("a Content-Length");
+    assert_eq!(length.to_str().unwrap(), r.body.len().to_string());
+    let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        serde_json::to_vec(&doc).unwrap(),
+        r.body.to_vec(),
+        "not serde_json's bytes"
+    );
+    let keys: Vec<&str> = doc
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "job_state",
+            "ü \"key\"",
+            "long",
+            "status",
+            "setup_serial",
+            "test_status",
+            "test_output",
+            "test_serial"
+        ]
+    );
+    assert_eq!(doc["setup_serial"], "as posted");
+    assert_eq!(doc["long"].as_str().unwrap().len(), 100_000);
+    assert_eq!(doc["test_serial"].as_str().unwrap(), big.repeat(2));
+    assert_eq!(doc["test_output"], "café \u{FFFD}!");
+    assert_eq!(doc["ü \"key\""], posted["ü \"key\""]);
+}
+
 /// `?run=` naming no run is refused with a message saying so (0: 400, a run past the
 /// newest: 404), for a job and for an id no job has, rather than answered as an empty
 /// log that reads as "no output yet"; run 1 of an id with nothing is still the empty log

@@ -63,8 +63,9 @@ pub struct ResultView {
     /// The merged fields, if any were posted.
     pub fields: Option<Fields>,
     /// `<phase>_output` / `<phase>_serial` texts of the phases that have fragments, in
-    /// each stream's newest run.
-    pub logs: Vec<(String, String)>,
+    /// each stream's newest run: handles to the fragments' texts, in fragment order (an
+    /// answer streams them, `http::logbody`).
+    pub logs: Vec<(String, Vec<Bytes>)>,
     /// The newest run with fragments in either stream (`None`: no fragments).
     pub run: Option<u32>,
 }
@@ -621,8 +622,8 @@ impl ResultDocs {
                 };
                 newest = newest.max(Some(run));
                 for phase in PHASES {
-                    if let Some((_, text)) = stream.phase_text(run, phase, 0, i64::MIN) {
-                        logs.push((format!("{phase}_{suffix}"), text));
+                    if let Some((_, pieces)) = stream.phase_pieces(run, phase, 0, i64::MIN) {
+                        logs.push((format!("{phase}_{suffix}"), pieces));
                     }
                 }
             }

@@ -205,8 +205,13 @@ impl Writer {
                 continue;
             }
             match self.parts.pop_front() {
-                Some(Part::Raw(bytes)) if out.is_empty() && bytes.len() >= CHUNK => {
-                    return Some(bytes);
+                // A large raw part (a stored result member) is sent as it is, not copied.
+                Some(Part::Raw(bytes)) if bytes.len() >= CHUNK => {
+                    if out.is_empty() {
+                        return Some(bytes);
+                    }
+                    self.parts.push_front(Part::Raw(bytes));
+                    break;
                 }
                 Some(Part::Raw(bytes)) => out.extend_from_slice(&bytes),
                 Some(Part::Text(pieces)) => {
@@ -331,6 +336,28 @@ mod tests {
             text.extend_from_slice(ATOMS[rng.below(ATOMS.len())]);
         }
         text
+    }
+
+    #[test]
+    fn a_large_raw_part_is_sent_as_its_own_chunk_after_what_came_before() {
+        let large = Bytes::from(vec![b'7'; CHUNK + 1]);
+        let parts = vec![
+            Part::Raw(Bytes::from_static(b"{\"a\":")),
+            Part::Raw(large.clone()),
+            Part::Raw(Bytes::from_static(b",\"b\":\"")),
+            Part::Text(vec![Bytes::from_static(b"x\n")]),
+            Part::Raw(Bytes::from_static(b"\"}")),
+        ];
+        assert_eq!(length(&parts), CHUNK as u64 + 1 + 16);
+        let got: Vec<Bytes> = chunks(parts).collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(&got[0][..], b"{\"a\":");
+        assert_eq!(
+            got[1].as_ptr(),
+            large.as_ptr(),
+            "sent as stored, not copied"
+        );
+        assert_eq!(&got[2][..], b",\"b\":\"x\\n\"}");
     }
 
     #[test]

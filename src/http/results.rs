@@ -4,14 +4,14 @@
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use serde_json::{Map, Value};
 
 use super::logbody::{self, Part};
-use super::respond::{json_bytes, no_content, ok, read_body, text};
+use super::respond::{no_content, ok, read_body, text};
 use super::wire::{
     parse_timestamp, path_id, pick_members, query_number, query_pairs, NotAnObject, MAX_NAME,
     PHASES,
@@ -149,8 +149,36 @@ pub async fn result_get(State(svc): State<Services>, Path(id): Path<String>) -> 
         }
         result.insert_first("job_state", json_text(&Value::from(job.state)));
     }
-    add_phase_views(&mut result, logs);
-    Ok(json_bytes(StatusCode::OK, Bytes::from(result.to_json())))
+    let logs = add_phase_views(&mut result, logs);
+    // Streamed (`logbody`): the stored members as they are (handles, not copies), then
+    // each log member, last (where `Fields::insert` would put it), its text escaped from
+    // the fragments. A job's results and logs may hold up to --max-job-data-bytes; joined
+    // and escaped here they were held about three times over per request.
+    let mut parts = Vec::with_capacity(2 * result.len() + 3 * logs.len() + 1);
+    let mut text_bytes = 0;
+    let mut open = "{";
+    for (key, value) in result.iter() {
+        let mut member = open.as_bytes().to_vec();
+        serde_json::to_writer(&mut member, key).expect("strings serialise");
+        member.push(b':');
+        parts.push(Part::Raw(Bytes::from(member)));
+        parts.push(Part::Raw(value.clone()));
+        text_bytes += value.len();
+        open = ",";
+    }
+    for (key, pieces) in logs {
+        // `<phase>_<kind>`: nothing in it to escape.
+        parts.push(Part::Raw(Bytes::from(format!("{open}\"{key}\":\""))));
+        open = ",";
+        text_bytes += pieces.iter().map(Bytes::len).sum::<usize>();
+        parts.push(Part::Text(pieces));
+        parts.push(Part::Raw(Bytes::from_static(b"\"")));
+    }
+    parts.push(Part::Raw(Bytes::from_static(match open {
+        "{" => b"{}",
+        _ => b"}",
+    })));
+    Ok(streamed_json(parts, text_bytes).await)
 }
 
 /// The `lost_agent` result field: why the server ended (or requeued) the job, and when
@@ -179,9 +207,12 @@ fn json_text(value: &Value) -> Bytes {
 }
 
 /// Adds what current Testflinger clients read: `<phase>_status` from the posted
-/// `status` object, and `<phase>_output` / `<phase>_serial` from the log fragments.
-/// Fields an older agent posted under those names are kept as posted.
-fn add_phase_views(result: &mut Fields, logs: Vec<(String, String)>) {
+/// `status` object; returns the `<phase>_output` / `<phase>_serial` members to add from
+/// the log fragments. Fields an older agent posted under those names are kept as posted.
+fn add_phase_views(
+    result: &mut Fields,
+    mut logs: Vec<(String, Vec<Bytes>)>,
+) -> Vec<(String, Vec<Bytes>)> {
     let status = result
         .get("status")
         .and_then(|raw| serde_json::from_slice::<Map<String, Value>>(raw).ok());
@@ -191,11 +222,8 @@ fn add_phase_views(result: &mut Fields, logs: Vec<(String, String)>) {
             result.insert(&key, json_text(&code));
         }
     }
-    for (key, text) in logs {
-        if result.get(&key).is_none() {
-            result.insert(&key, json_text(&Value::from(text)));
-        }
-    }
+    logs.retain(|(key, _)| result.get(key).is_none());
+    logs
 }
 
 /// `POST /v1/result/<id>/log/<output|serial>`: one log fragment
@@ -406,6 +434,11 @@ pub async fn log_get(
         parts.push(Part::Raw(Bytes::from_static(b"\"}")));
     }
     parts.push(Part::Raw(Bytes::from_static(b"}}")));
+    Ok(streamed_json(parts, text_bytes).await)
+}
+
+/// A 200 JSON answer streamed from `parts` (`logbody`), whose texts hold `text_bytes`.
+async fn streamed_json(parts: Vec<Part>, text_bytes: usize) -> Response {
     // Counting a long log's escaped length takes milliseconds: off the runtime.
     let (parts, len) = compose_off_runtime(
         move || {
@@ -420,7 +453,7 @@ pub async fn log_get(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok(response)
+    response
 }
 
 /// The 404 of a log read asking for run `n` of `id`, which has runs 1 to `newest`.

@@ -328,6 +328,11 @@ impl Fields {
         self.0.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
     }
 
+    /// The members in order: key, value's JSON text.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Bytes)> {
+        self.0.iter().map(|(k, v)| (&**k, v))
+    }
+
     /// The object as JSON text.
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.text_bytes() as usize + 4 * self.0.len() + 2);
