@@ -636,6 +636,15 @@ impl ResultDocs {
         Ok(Some(compose_off_runtime(compose, large).await))
     }
 
+    /// The job's result fields alone, without its logs (`None`: nothing posted). Fails
+    /// only when an orphan file cannot be read.
+    pub async fn fields(&self, id: JobId) -> Result<Option<Fields>> {
+        Ok(match self.orphan_doc(id).await? {
+            Some(doc) => doc.fields,
+            None => self.0.read().get(id).and_then(|doc| doc.fields.clone()),
+        })
+    }
+
     /// One log stream, filtered, per phase: the run shown and (phase, last fragment
     /// number or -1, text) for each phase. Fails only when an orphan file cannot be read.
     pub async fn log(&self, id: JobId, kind: LogKind, query: LogQuery) -> Result<LogAnswer> {

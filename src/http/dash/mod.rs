@@ -42,6 +42,7 @@ use crate::actors::results::LogQuery;
 use crate::actors::{ask, now, Services};
 use crate::error::{Error, Result};
 use crate::model::index::{Search, AGENT_RECENT};
+use crate::model::results::{joined_text, PhaseLog};
 use crate::model::{FastSet, JobId, Name};
 
 /// Most jobs, queues or agents one page lists.
@@ -561,6 +562,40 @@ fn tail(text: &str, most: usize) -> &str {
     }
 }
 
+/// The end of a log read as the job page shows it: what [`tail`] keeps of the phases'
+/// texts joined, decoding only the last `most` bytes of the fragments (and a few more),
+/// walked from the end; with the log's length in bytes as stored.
+///
+/// Exactly `tail` of the whole text: the few bytes before the cut may decode differently
+/// (a character cut in two is U+FFFD per byte), but the decoder is back in step at most 3
+/// bytes after it, and those (at most 9 bytes decoded) are before what `tail` keeps.
+fn log_tail(phases: &[PhaseLog], most: usize) -> (String, usize) {
+    const SLACK: usize = 16;
+    let total = phases.iter().flat_map(|p| &p.pieces).map(Bytes::len).sum();
+    let mut need = most.saturating_add(SLACK);
+    // Each phase is decoded on its own (as its own text), so per phase, from the end.
+    let mut texts = Vec::new();
+    for phase in phases.iter().rev() {
+        let mut picked = Vec::new();
+        for piece in phase.pieces.iter().rev() {
+            if need == 0 {
+                break;
+            }
+            let take = piece.len().min(need);
+            picked.push(piece.slice(piece.len() - take..));
+            need -= take;
+        }
+        picked.reverse();
+        texts.push(joined_text(&picked));
+        if need == 0 {
+            break;
+        }
+    }
+    texts.reverse();
+    let text = texts.concat();
+    (tail(&text, most).to_owned(), total)
+}
+
 /// The first `most` bytes of `text` at most, ending on a character boundary.
 fn head(text: &str, most: usize) -> &str {
     let mut end = most.min(text.len());
@@ -607,21 +642,15 @@ pub async fn job_page(State(svc): State<Services>, Path(id): Path<String>) -> Re
         .log(id, crate::model::event::LogKind::Output, query)
         .await?
         .phases;
-    let log: String = phases.iter().map(|p| p.text()).collect();
     let next = phases.iter().map(|p| p.last).max().unwrap_or(-1) + 1;
     // The page shows the log's end: a job's log may hold up to --max-job-data-bytes (1 GiB),
     // and escaped into HTML up to six times that, in one response per page view.
-    let log_bytes = log.len();
-    let log = tail(&log, LOG_TAIL_BYTES);
-    let results = svc
-        .result_docs
-        .view(id)
-        .await?
-        .and_then(|v| v.fields)
-        .map(|fields| {
-            let doc: Value = serde_json::from_slice(&fields.to_json()).unwrap_or(Value::Null);
-            serde_json::to_string_pretty(&doc).unwrap_or_default()
-        });
+    let (log, log_bytes) = log_tail(&phases, LOG_TAIL_BYTES);
+    let log = log.as_str();
+    let results = svc.result_docs.fields(id).await?.map(|fields| {
+        let doc: Value = serde_json::from_slice(&fields.to_json()).unwrap_or(Value::Null);
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    });
     // As the log: results may hold up to --max-job-data-bytes; the page shows their start.
     let results_bytes = results.as_ref().map_or(0, String::len);
     let results = results.map(|r| head(&r, LOG_TAIL_BYTES).to_owned());
@@ -813,6 +842,59 @@ mod tests {
                 .unwrap();
             assert!(!html.contains(evil), "{name} let markup through");
             assert!(html.contains("&lt;script&gt;"), "{name} shows the text");
+        }
+    }
+
+    #[test]
+    fn log_tail_is_the_tail_of_the_whole_text_whatever_the_pieces() {
+        let atoms: [&[u8]; 9] = [
+            b"a",
+            b"\n",
+            "\u{e9}".as_bytes(),
+            "\u{20ac}".as_bytes(),
+            "\u{1f600}".as_bytes(),
+            b"\xe2\x82",
+            b"\xff",
+            b"\x80",
+            b"<line>\n",
+        ];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut below = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..3_000 {
+            let phases: Vec<PhaseLog> = ["setup", "provision", "test"][..1 + below(3)]
+                .iter()
+                .map(|phase| {
+                    let mut text = Vec::new();
+                    for _ in 0..below(120) {
+                        text.extend_from_slice(atoms[below(atoms.len())]);
+                    }
+                    let mut pieces = Vec::new();
+                    let mut at = 0;
+                    while at < text.len() {
+                        let end = (at + 1 + below(9)).min(text.len());
+                        pieces.push(Bytes::copy_from_slice(&text[at..end]));
+                        at = end;
+                    }
+                    PhaseLog {
+                        phase,
+                        last: 0,
+                        pieces,
+                    }
+                })
+                .collect();
+            let whole: String = phases.iter().map(PhaseLog::text).collect();
+            let stored: usize = phases.iter().flat_map(|p| &p.pieces).map(Bytes::len).sum();
+            let most = below(200);
+            assert_eq!(
+                log_tail(&phases, most),
+                (tail(&whole, most).to_owned(), stored),
+                "round {round}"
+            );
         }
     }
 
