@@ -17,8 +17,9 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::actors::agents::AgentMsg;
 use crate::actors::files::FileMsg;
+use crate::actors::reads::ResultDocs;
 use crate::actors::registry::{Jobs, RegistryMsg};
-use crate::actors::results::{ResultDocs, ResultMsg};
+use crate::actors::results::ResultMsg;
 use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::watch::Watch;
 use crate::actors::webhooks::WebhookMsg;

@@ -249,6 +249,55 @@ async fn log_follow_streams_fragments_then_ends_when_the_job_finishes() {
         .expect_status(404);
 }
 
+/// A follow polls again and again while the job runs, each poll reading only the
+/// fragments after those it read before: every text is sent once, in order, across
+/// polls; a fragment arriving late with a number already passed is not sent (as a read
+/// from that number would not show it); and the stream ends once the job finished.
+#[tokio::test]
+async fn log_follow_sends_each_fragment_once_across_polls_while_the_job_runs() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("follow-polls").await;
+    srv.pop_id(&["follow-polls"]).await.unwrap();
+    let log = format!("/v1/result/{id}/log/output");
+    let follow_path = format!("{log}/follow");
+    let follow = srv.get(&follow_path);
+    let agent = async {
+        // Longer than the follow's poll (500 ms) between posts: each lands in a later poll.
+        let pause = || tokio::time::sleep(std::time::Duration::from_millis(700));
+        for (n, phase, text) in [
+            (0, "setup", "one\n"),
+            (1, "test", "two\n"),
+            (0, "test", "late\n"),
+            (2, "test", "three\n"),
+        ] {
+            pause().await;
+            srv.post_json(&log, &fragment(n, phase, text))
+                .await
+                .expect_status(200);
+        }
+        pause().await;
+        srv.post_result(&id, &json!({"job_state": "complete"}))
+            .await;
+    };
+    let (resp, ()) = tokio::join!(follow, agent);
+    resp.expect_status(200);
+    let body = resp.text();
+    let sent: Vec<&str> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            r#"{"phase":"setup","text":"one\n","last_fragment_number":0}"#,
+            r#"{"phase":"test","text":"two\n","last_fragment_number":1}"#,
+            r#"{"phase":"test","text":"three\n","last_fragment_number":2}"#,
+            "{}",
+        ],
+        "{body}"
+    );
+}
+
 // ---- headless Chromium ----
 
 /// Where screenshots go: `target/screenshots/` of this package.

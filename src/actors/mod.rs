@@ -4,7 +4,7 @@
 //! - `supervisor`: spawns and links every other actor, decides what a failure means.
 //! - `registry`: jobs and their lifecycle; creates queue actors on first use.
 //! - `queue`: one per queue; the waiting order (derived, rebuilt from the registry).
-//! - `results`: result documents and logs.
+//! - `results`: result documents and logs; `reads`: reading them without the actor.
 //! - `files`: artifact and attachment files.
 //! - `orphans`: the files holding results and logs of ids no job has (no actor: the
 //!   result actor decides, handlers move the bytes).
@@ -17,6 +17,7 @@ pub mod files;
 pub mod inbox;
 pub mod orphans;
 pub mod queue;
+pub mod reads;
 pub mod registry;
 pub mod results;
 pub mod supervisor;
@@ -378,7 +379,7 @@ pub struct Handles {
     /// Results and logs.
     pub results: Door<results::ResultMsg>,
     /// Result documents and logs, read without the result actor.
-    pub result_docs: results::ResultDocs,
+    pub result_docs: reads::ResultDocs,
     /// Artifact and attachment files.
     pub files: Door<files::FileMsg>,
     /// Agent-reported data.

@@ -4,8 +4,7 @@
 //! chunks, consuming unread output) and applies it after the journal accepted it.
 //!
 //! Reads (`GET /v1/result/<id>`, log reads) do not come here: the partition is
-//! [`Shared`], and [`ResultDocs`] copies what a read needs in bounded steps (fragment
-//! handles, no text) and composes the answer outside any lock.
+//! [`Shared`], and `actors::reads` reads it.
 //!
 //! Data for ids no job has (orphans) is accepted, as upstream does, but within the
 //! shared [`OrphanQuota`], and removed a retention period after its last write. Such an
@@ -27,18 +26,11 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Ticket};
-use crate::model::job::PHASES;
 use crate::model::orphans::{encode, Ledger, Record};
-use crate::model::results::PhaseLog;
-use crate::model::results::{
-    fragment_weight, merge_weight, Fields, Fragment, LogStream, ResultDoc, Results,
-};
+use crate::model::results::{fragment_weight, merge_weight, Fields, Fragment, ResultDoc, Results};
 use crate::model::{Event, FastMap, JobId, LogKind, Name};
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
-
-/// How many fragments a reader copies per step before it lets the writer in.
-const READ_STEP: usize = 4096;
 
 /// One log fragment as posted.
 #[derive(Clone, Debug)]
@@ -55,43 +47,6 @@ pub struct FragmentPost {
     pub data: Bytes,
     /// The job's run (`JobView::run`; 1 for a job the registry does not know).
     pub run: u32,
-}
-
-/// What `GET /v1/result/<id>` needs from this partition.
-#[derive(Debug)]
-pub struct ResultView {
-    /// The merged fields, if any were posted.
-    pub fields: Option<Fields>,
-    /// `<phase>_output` / `<phase>_serial` texts of the phases that have fragments, in
-    /// each stream's newest run: handles to the fragments' texts, in fragment order (an
-    /// answer streams them, `http::logbody`).
-    pub logs: Vec<(String, Vec<Bytes>)>,
-    /// The newest run with fragments in either stream (`None`: no fragments).
-    pub run: Option<u32>,
-}
-
-/// Filters of a log read.
-#[derive(Clone, Debug)]
-pub struct LogQuery {
-    /// Only fragments numbered from here.
-    pub from: u64,
-    /// Only fragments stamped at or after this (unix microseconds).
-    pub since: i64,
-    /// Only this phase.
-    pub phase: Option<String>,
-    /// Only this run of the job; `None`: the newest run with fragments.
-    pub run: Option<u32>,
-}
-
-/// One log stream read.
-#[derive(Debug)]
-pub struct LogAnswer {
-    /// The run it shows (`None`: no fragments and no run asked for).
-    pub run: Option<u32>,
-    /// The newest run with fragments in the stream (`None`: no fragments).
-    pub latest: Option<u32>,
-    /// Per phase asked for, in phase order.
-    pub phases: Vec<PhaseLog>,
 }
 
 /// Where a post went: recorded by the actor, or (the id's data lives in the orphan store)
@@ -534,178 +489,6 @@ fn unread_text(doc: &ResultDoc) -> (Bytes, u64) {
     (text.freeze(), upto)
 }
 
-/// Reads of the results partition for handlers, without the result actor; an id whose
-/// data lives in the orphan store is read from its file.
-#[derive(Clone)]
-pub struct ResultDocs(Shared<Results>, Arc<Store>);
-
-impl ResultDocs {
-    /// Reads of `results` and of the orphan `store`.
-    pub fn new(results: Shared<Results>, store: Arc<Store>) -> ResultDocs {
-        ResultDocs(results, store)
-    }
-
-    /// The orphan store.
-    pub fn store(&self) -> &Store {
-        &self.1
-    }
-
-    /// Whether `id`'s data lives in the orphan store (as the result actor decides it,
-    /// see `ResultState::apart`; the actor has the last word).
-    pub fn apart(&self, id: JobId, jobs: &Jobs) -> bool {
-        apart(&self.0.read(), id, jobs)
-    }
-
-    /// The document in `id`'s orphan file, if its data lives there.
-    async fn orphan_doc(&self, id: JobId) -> Result<Option<ResultDoc>> {
-        let entry = self.0.read().orphan(id).cloned();
-        match entry {
-            Some(entry) => self.1.read(entry).await.map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Copies the fragments of `id`'s `kind` stream in steps of [`READ_STEP`] (handles,
-    /// not text), up to the length the stream had when the copy started.
-    async fn copy_stream(&self, id: JobId, kind: LogKind) -> Option<LogStream> {
-        let mut copied: Vec<Fragment> = Vec::new();
-        let mut end = None;
-        loop {
-            {
-                let results = self.0.read();
-                let Some(doc) = results.get(id) else {
-                    return end.map(|_| LogStream::from_fragments(copied));
-                };
-                let all = &doc.log(kind).fragments;
-                let end = *end.get_or_insert(all.len());
-                let upto = (copied.len() + READ_STEP).min(end).min(all.len());
-                copied.extend_from_slice(&all[copied.len()..upto]);
-                if upto >= end || upto == all.len() {
-                    break;
-                }
-            }
-            tokio::task::yield_now().await;
-        }
-        Some(LogStream::from_fragments(copied))
-    }
-
-    /// The job's result fields and its per-phase log texts, each stream's newest run
-    /// (`None`: nothing reported). Fails only when an orphan file cannot be read.
-    pub async fn view(&self, id: JobId) -> Result<Option<ResultView>> {
-        let (fields, output, serial) = match self.orphan_doc(id).await? {
-            Some(doc) => (doc.fields, Some(doc.output), Some(doc.serial)),
-            None => {
-                let fields = {
-                    let results = self.0.read();
-                    match results.get(id) {
-                        Some(doc) => doc.fields.clone(),
-                        None => return Ok(None),
-                    }
-                };
-                let output = self.copy_stream(id, LogKind::Output).await;
-                let serial = self.copy_stream(id, LogKind::Serial).await;
-                (fields, output, serial)
-            }
-        };
-        let large = [&output, &serial]
-            .iter()
-            .map(|s| s.as_ref().map_or(0, |s| s.fragments.len()))
-            .sum::<usize>()
-            > READ_STEP;
-        let compose = move || {
-            let mut logs = Vec::new();
-            let mut newest = None;
-            for (stream, suffix) in [(output, "output"), (serial, "serial")] {
-                let Some(stream) = stream else { continue };
-                let Some(run) = stream.latest_run() else {
-                    continue;
-                };
-                newest = newest.max(Some(run));
-                for phase in PHASES {
-                    if let Some((_, pieces)) = stream.phase_pieces(run, phase, 0, i64::MIN) {
-                        logs.push((format!("{phase}_{suffix}"), pieces));
-                    }
-                }
-            }
-            ResultView {
-                fields,
-                logs,
-                run: newest,
-            }
-        };
-        Ok(Some(compose_off_runtime(compose, large).await))
-    }
-
-    /// The job's result fields alone, without its logs (`None`: nothing posted). Fails
-    /// only when an orphan file cannot be read.
-    pub async fn fields(&self, id: JobId) -> Result<Option<Fields>> {
-        Ok(match self.orphan_doc(id).await? {
-            Some(doc) => doc.fields,
-            None => self.0.read().get(id).and_then(|doc| doc.fields.clone()),
-        })
-    }
-
-    /// One log stream, filtered, per phase: the run shown and (phase, last fragment
-    /// number or -1, text) for each phase. Fails only when an orphan file cannot be read.
-    pub async fn log(&self, id: JobId, kind: LogKind, query: LogQuery) -> Result<LogAnswer> {
-        let stream = match self.orphan_doc(id).await? {
-            Some(doc) => Some(match kind {
-                LogKind::Output => doc.output,
-                LogKind::Serial => doc.serial,
-            }),
-            None => self.copy_stream(id, kind).await,
-        };
-        let large = stream
-            .as_ref()
-            .is_some_and(|s| s.fragments.len() > READ_STEP);
-        let compose = move || {
-            let latest = stream.as_ref().and_then(LogStream::latest_run);
-            let run = query.run.or(latest);
-            let phases = PHASES
-                .iter()
-                .filter(|p| query.phase.as_deref().is_none_or(|only| only == **p))
-                .map(|phase| {
-                    let read = stream
-                        .as_ref()
-                        .zip(run)
-                        .and_then(|(s, run)| s.phase_pieces(run, phase, query.from, query.since));
-                    let (last, pieces) = match read {
-                        Some((last, pieces)) => (last as i64, pieces),
-                        None => (-1, Vec::new()),
-                    };
-                    PhaseLog {
-                        phase,
-                        last,
-                        pieces,
-                    }
-                })
-                .collect();
-            LogAnswer {
-                run,
-                latest,
-                phases,
-            }
-        };
-        Ok(compose_off_runtime(compose, large).await)
-    }
-}
-
-/// Runs `f`, on a blocking thread when `large` (composing a long log takes milliseconds
-/// that would otherwise stall one of the few runtime threads; a short one is cheaper
-/// than the hand-off).
-pub(crate) async fn compose_off_runtime<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-    large: bool,
-) -> T {
-    if !large {
-        return f();
-    }
-    match tokio::task::spawn_blocking(f).await {
-        Ok(value) => value,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
-
 impl Actor for ResultActor {
     type Msg = ResultMsg;
     type State = ResultState;
@@ -762,7 +545,7 @@ impl Actor for ResultActor {
 
 /// Whether `id`'s data lives in the orphan store: it has a file there, or `results` keeps
 /// nothing for it and no job has it.
-fn apart(results: &Results, id: JobId, jobs: &Jobs) -> bool {
+pub(super) fn apart(results: &Results, id: JobId, jobs: &Jobs) -> bool {
     results.orphan(id).is_some() || (results.get(id).is_none() && !jobs.contains(id))
 }
 

@@ -17,10 +17,9 @@ use super::wire::{
     PHASES,
 };
 use crate::actors::files::FileMsg;
+use crate::actors::reads::{compose_off_runtime, LogQuery};
 use crate::actors::registry::RegistryMsg;
-use crate::actors::results::{
-    compose_off_runtime, read_output, record, FragmentPost, LogQuery, Post,
-};
+use crate::actors::results::{read_output, record, FragmentPost, Post};
 use crate::actors::{ask, ask_admitted, Callee, Services};
 use crate::error::{Error, Result};
 use crate::journal::files::{Download, NewFile};
@@ -397,7 +396,7 @@ pub async fn log_get(
             return Err(no_run(id, n, current));
         }
     }
-    let mut answer = svc.result_docs.log(id, kind, query).await?;
+    let mut answer = svc.result_docs.log(id, kind, query, None).await?;
     if let (Some(n), None) = (run, current) {
         // An id no job has: its data is the runs its fragments name (run 1).
         let newest = answer.latest.unwrap_or_else(first_run);

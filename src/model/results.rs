@@ -233,6 +233,43 @@ pub fn joined_text(pieces: &[Bytes]) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
+/// How far a reader that reads one stream again and again (a log follow) has copied it,
+/// so that its next read copies only the fragments after these: a stream only grows
+/// while its document lives. The last fragment copied tells the stream it copied from
+/// one removed and begun again (the results deleted or expired), which is read whole.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadMark {
+    /// Fragments copied, from the stream's first.
+    upto: usize,
+    /// The last of them: run, number, timestamp and where its text is stored.
+    last: Option<(u32, u64, i64, usize)>,
+}
+
+impl ReadMark {
+    /// Where in `fragments` (a stream as it is now) a reader at this mark resumes: after
+    /// the fragments it copied, or at the start when those are not the stream's first
+    /// ones any more.
+    pub fn resume(&self, fragments: &[Fragment]) -> usize {
+        let last = self.upto.checked_sub(1).and_then(|i| fragments.get(i));
+        match (last, self.last) {
+            (Some(f), Some(mark)) if mark_of(f) == mark => self.upto,
+            _ => 0,
+        }
+    }
+
+    /// The mark of a reader that has copied `fragments[..upto]`.
+    pub fn at(fragments: &[Fragment], upto: usize) -> ReadMark {
+        ReadMark {
+            upto,
+            last: upto.checked_sub(1).map(|i| mark_of(&fragments[i])),
+        }
+    }
+}
+
+fn mark_of(f: &Fragment) -> (u32, u64, i64, usize) {
+    (f.run, f.number, f.timestamp, f.data.as_ptr() as usize)
+}
+
 /// One phase of a log read.
 #[derive(Debug)]
 pub struct PhaseLog {
@@ -871,5 +908,27 @@ mod tests {
         );
         assert_eq!(results.next_output_number(id, 2), 1);
         assert_eq!(results.next_output_number(id, 3), 0);
+    }
+
+    #[test]
+    fn a_read_mark_resumes_after_what_was_copied_unless_the_stream_began_again() {
+        let fragment = |number: u64, text: &str| Fragment {
+            number,
+            phase: Name::from("test"),
+            timestamp: 7,
+            data: Bytes::copy_from_slice(text.as_bytes()),
+            run: 1,
+        };
+        let mut stream: Vec<Fragment> = (0..3).map(|n| fragment(n, "x")).collect();
+        assert_eq!(ReadMark::default().resume(&stream), 0);
+        let mark = ReadMark::at(&stream, 2);
+        assert_eq!(mark.resume(&stream), 2);
+        stream.push(fragment(3, "y"));
+        assert_eq!(mark.resume(&stream), 2, "the stream grew");
+        assert_eq!(ReadMark::at(&stream, 0).resume(&stream), 0);
+        // Removed and posted again: the same numbers and times, other texts.
+        let again: Vec<Fragment> = (0..4).map(|n| fragment(n, "x")).collect();
+        assert_eq!(mark.resume(&again), 0);
+        assert_eq!(mark.resume(&again[..1]), 0, "shorter than the mark");
     }
 }

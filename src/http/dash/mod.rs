@@ -37,8 +37,8 @@ use super::logbody::{self, Part};
 use super::respond::text;
 use super::wire::{iso_z, path_id, query_pairs};
 use crate::actors::queue::QueueMsg;
+use crate::actors::reads::{FollowMark, LogQuery};
 use crate::actors::registry::{is_finished, JobDetail, RegistryMsg};
-use crate::actors::results::LogQuery;
 use crate::actors::{ask, now, Services};
 use crate::error::{Error, Result};
 use crate::model::index::{Search, AGENT_RECENT};
@@ -639,7 +639,7 @@ pub async fn job_page(State(svc): State<Services>, Path(id): Path<String>) -> Re
     };
     let phases = svc
         .result_docs
-        .log(id, crate::model::event::LogKind::Output, query)
+        .log(id, crate::model::event::LogKind::Output, query, None)
         .await?
         .phases;
     let next = phases.iter().map(|p| p.last).max().unwrap_or(-1) + 1;
@@ -718,6 +718,8 @@ struct Follow {
     svc: Services,
     /// The next fragment number to send.
     from: u64,
+    /// The fragments read so far: a poll copies only those after them.
+    mark: FollowMark,
     /// Whether the `end` event is in `pending` (or was sent).
     done: bool,
     /// The events found last, being sent chunk by chunk.
@@ -746,6 +748,7 @@ pub async fn log_follow(
     let state = Follow {
         svc,
         from,
+        mark: FollowMark::default(),
         done: false,
         pending: None,
     };
@@ -769,7 +772,12 @@ pub async fn log_follow(
                 run: job.map(|j| j.run),
             };
             // An unreadable orphan file ends the stream (the plain read names the damage).
-            let Ok(answer) = st.svc.result_docs.log(id, kind, query).await else {
+            let Ok(answer) = st
+                .svc
+                .result_docs
+                .log(id, kind, query, Some(&mut st.mark))
+                .await
+            else {
                 return None;
             };
             // `event: fragment` + `data: {"phase":..,"text":..,"last_fragment_number":..}`

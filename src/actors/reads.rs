@@ -1,0 +1,266 @@
+//! Reads of the result partition (`GET /v1/result/<id>`, log reads and follows, the
+//! dashboard's job page), without the result actor: [`ResultDocs`] copies what a read
+//! needs from the [`Shared`] partition in bounded steps (fragment handles, no text) and
+//! composes the answer outside any lock; an id whose data lives in the orphan store is
+//! read from its file. What a post records is the actor's (`actors::results`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::orphans::Store;
+use super::registry::Jobs;
+use super::results::apart;
+use super::Shared;
+use crate::error::Result;
+use crate::model::job::PHASES;
+use crate::model::results::{Fields, Fragment, LogStream, PhaseLog, ReadMark, ResultDoc, Results};
+use crate::model::{JobId, LogKind};
+
+/// How many fragments a reader copies per step before it lets the writer in.
+const READ_STEP: usize = 4096;
+
+/// What `GET /v1/result/<id>` needs from this partition.
+#[derive(Debug)]
+pub struct ResultView {
+    /// The merged fields, if any were posted.
+    pub fields: Option<Fields>,
+    /// `<phase>_output` / `<phase>_serial` texts of the phases that have fragments, in
+    /// each stream's newest run: handles to the fragments' texts, in fragment order (an
+    /// answer streams them, `http::logbody`).
+    pub logs: Vec<(String, Vec<Bytes>)>,
+    /// The newest run with fragments in either stream (`None`: no fragments).
+    pub run: Option<u32>,
+}
+
+/// Filters of a log read.
+#[derive(Clone, Debug)]
+pub struct LogQuery {
+    /// Only fragments numbered from here.
+    pub from: u64,
+    /// Only fragments stamped at or after this (unix microseconds).
+    pub since: i64,
+    /// Only this phase.
+    pub phase: Option<String>,
+    /// Only this run of the job; `None`: the newest run with fragments.
+    pub run: Option<u32>,
+}
+
+/// One log stream read.
+#[derive(Debug)]
+pub struct LogAnswer {
+    /// The run it shows (`None`: no fragments and no run asked for).
+    pub run: Option<u32>,
+    /// The newest run with fragments in the stream (`None`: no fragments).
+    pub latest: Option<u32>,
+    /// Per phase asked for, in phase order.
+    pub phases: Vec<PhaseLog>,
+}
+
+/// How far a log follow has read a stream: the run it asked for (0, no run, at first),
+/// and the fragments it copied (see [`ResultDocs::log`]).
+pub type FollowMark = (u32, ReadMark);
+
+/// Reads of the results partition for handlers, without the result actor; an id whose
+/// data lives in the orphan store is read from its file.
+#[derive(Clone)]
+pub struct ResultDocs(Shared<Results>, Arc<Store>);
+
+impl ResultDocs {
+    /// Reads of `results` and of the orphan `store`.
+    pub fn new(results: Shared<Results>, store: Arc<Store>) -> ResultDocs {
+        ResultDocs(results, store)
+    }
+
+    /// The orphan store.
+    pub fn store(&self) -> &Store {
+        &self.1
+    }
+
+    /// Whether `id`'s data lives in the orphan store (as the result actor decides it,
+    /// see `ResultState::apart`; the actor has the last word).
+    pub fn apart(&self, id: JobId, jobs: &Jobs) -> bool {
+        apart(&self.0.read(), id, jobs)
+    }
+
+    /// The document in `id`'s orphan file, if its data lives there.
+    pub(super) async fn orphan_doc(&self, id: JobId) -> Result<Option<ResultDoc>> {
+        let entry = self.0.read().orphan(id).cloned();
+        match entry {
+            Some(entry) => self.1.read(entry).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Copies the fragments of `id`'s `kind` stream in steps of [`READ_STEP`] (handles,
+    /// not text), up to the length the stream had when the copy started; with `mark`,
+    /// only those after the ones it says were copied before, and moves it on.
+    async fn copy_stream(
+        &self,
+        id: JobId,
+        kind: LogKind,
+        mut mark: Option<&mut ReadMark>,
+    ) -> Option<LogStream> {
+        let mut copied: Vec<Fragment> = Vec::new();
+        let (mut start, mut end) = (None, None);
+        loop {
+            {
+                let results = self.0.read();
+                let Some(doc) = results.get(id) else {
+                    return end.map(|_| LogStream::from_fragments(copied));
+                };
+                let all = &doc.log(kind).fragments;
+                let start =
+                    *start.get_or_insert_with(|| mark.as_ref().map_or(0, |m| m.resume(all)));
+                let end = *end.get_or_insert(all.len());
+                // At most `all.len()`: the document may have been removed and begun again.
+                let at = (start + copied.len()).min(all.len());
+                let upto = (at + READ_STEP).min(end).min(all.len());
+                copied.extend_from_slice(&all[at..upto]);
+                if upto >= end || upto == all.len() {
+                    if let Some(mark) = mark.as_mut() {
+                        **mark = ReadMark::at(all, upto);
+                    }
+                    break;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        Some(LogStream::from_fragments(copied))
+    }
+
+    /// The job's result fields and its per-phase log texts, each stream's newest run
+    /// (`None`: nothing reported). Fails only when an orphan file cannot be read.
+    pub async fn view(&self, id: JobId) -> Result<Option<ResultView>> {
+        let (fields, output, serial) = match self.orphan_doc(id).await? {
+            Some(doc) => (doc.fields, Some(doc.output), Some(doc.serial)),
+            None => {
+                let fields = {
+                    let results = self.0.read();
+                    match results.get(id) {
+                        Some(doc) => doc.fields.clone(),
+                        None => return Ok(None),
+                    }
+                };
+                let output = self.copy_stream(id, LogKind::Output, None).await;
+                let serial = self.copy_stream(id, LogKind::Serial, None).await;
+                (fields, output, serial)
+            }
+        };
+        let large = [&output, &serial]
+            .iter()
+            .map(|s| s.as_ref().map_or(0, |s| s.fragments.len()))
+            .sum::<usize>()
+            > READ_STEP;
+        let compose = move || {
+            let mut logs = Vec::new();
+            let mut newest = None;
+            for (stream, suffix) in [(output, "output"), (serial, "serial")] {
+                let Some(stream) = stream else { continue };
+                let Some(run) = stream.latest_run() else {
+                    continue;
+                };
+                newest = newest.max(Some(run));
+                for phase in PHASES {
+                    if let Some((_, pieces)) = stream.phase_pieces(run, phase, 0, i64::MIN) {
+                        logs.push((format!("{phase}_{suffix}"), pieces));
+                    }
+                }
+            }
+            ResultView {
+                fields,
+                logs,
+                run: newest,
+            }
+        };
+        Ok(Some(compose_off_runtime(compose, large).await))
+    }
+
+    /// The job's result fields alone, without its logs (`None`: nothing posted). Fails
+    /// only when an orphan file cannot be read.
+    pub async fn fields(&self, id: JobId) -> Result<Option<Fields>> {
+        Ok(match self.orphan_doc(id).await? {
+            Some(doc) => doc.fields,
+            None => self.0.read().get(id).and_then(|doc| doc.fields.clone()),
+        })
+    }
+
+    /// One log stream, filtered, per phase: the run shown and (phase, last fragment
+    /// number or -1, text) for each phase. Fails only when an orphan file cannot be read.
+    ///
+    /// `mark` is for a reader that reads again and again with a `query.from` that never
+    /// goes down (a log follow): asking for the run it marks, only the fragments after
+    /// those it marks are copied (an earlier read filtered them already), and it moves
+    /// on. `latest` is then the newest run among the new fragments.
+    pub async fn log(
+        &self,
+        id: JobId,
+        kind: LogKind,
+        query: LogQuery,
+        mark: Option<&mut FollowMark>,
+    ) -> Result<LogAnswer> {
+        let stream = match self.orphan_doc(id).await? {
+            Some(doc) => Some(match kind {
+                LogKind::Output => doc.output,
+                LogKind::Serial => doc.serial,
+            }),
+            None => match (mark, query.run) {
+                (Some(mark), Some(run)) => {
+                    if mark.0 != run {
+                        *mark = (run, ReadMark::default());
+                    }
+                    self.copy_stream(id, kind, Some(&mut mark.1)).await
+                }
+                _ => self.copy_stream(id, kind, None).await,
+            },
+        };
+        let large = stream
+            .as_ref()
+            .is_some_and(|s| s.fragments.len() > READ_STEP);
+        let compose = move || {
+            let latest = stream.as_ref().and_then(LogStream::latest_run);
+            let run = query.run.or(latest);
+            let phases = PHASES
+                .iter()
+                .filter(|p| query.phase.as_deref().is_none_or(|only| only == **p))
+                .map(|phase| {
+                    let read = stream
+                        .as_ref()
+                        .zip(run)
+                        .and_then(|(s, run)| s.phase_pieces(run, phase, query.from, query.since));
+                    let (last, pieces) = match read {
+                        Some((last, pieces)) => (last as i64, pieces),
+                        None => (-1, Vec::new()),
+                    };
+                    PhaseLog {
+                        phase,
+                        last,
+                        pieces,
+                    }
+                })
+                .collect();
+            LogAnswer {
+                run,
+                latest,
+                phases,
+            }
+        };
+        Ok(compose_off_runtime(compose, large).await)
+    }
+}
+
+/// Runs `f`, on a blocking thread when `large` (composing a long log takes milliseconds
+/// that would otherwise stall one of the few runtime threads; a short one is cheaper
+/// than the hand-off).
+pub(crate) async fn compose_off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+    large: bool,
+) -> T {
+    if !large {
+        return f();
+    }
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
