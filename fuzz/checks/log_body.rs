@@ -11,9 +11,10 @@
 //! - `length` counts exactly the bytes streamed (the answer's `Content-Length`);
 //! - no chunk is larger than [`CHUNK`] plus one escaped step of input (a slow reader holds
 //!   one chunk, never the log).
+//! - `whole`, the one-pass body of small answers, gives the same bytes.
 
 use bytes::Bytes;
-use flinger::http::logbody::{chunks, length, Part, CHUNK};
+use flinger::http::logbody::{chunks, length, whole, Part, CHUNK};
 
 /// Largest chunk allowed: `CHUNK`, plus one step of 8 KiB of input escaped at up to six
 /// bytes a byte, plus the raw punctuation around it.
@@ -50,22 +51,28 @@ pub fn check(data: &[u8]) {
     let lossy = |pieces: &[Bytes]| String::from_utf8_lossy(&pieces.concat()).into_owned();
     let mut want = serde_json::Map::new();
     want.insert("a".into(), lossy(&first).into());
-    let mut parts = vec![
-        Part::Raw(Bytes::from_static(b"{\"a\":\"")),
-        Part::Text(first),
-    ];
-    if let Some(second) = second {
-        want.insert("b".into(), lossy(&second).into());
-        parts.push(Part::Raw(Bytes::from_static(b"\",\"b\":\"")));
-        parts.push(Part::Text(second));
+    if let Some(second) = &second {
+        want.insert("b".into(), lossy(second).into());
     }
-    parts.push(Part::Raw(Bytes::from_static(b"\"}")));
+    let parts = || {
+        let mut parts = vec![
+            Part::Raw(Bytes::from_static(b"{\"a\":\"")),
+            Part::Text(first.clone()),
+        ];
+        if let Some(second) = &second {
+            parts.push(Part::Raw(Bytes::from_static(b"\",\"b\":\"")));
+            parts.push(Part::Text(second.clone()));
+        }
+        parts.push(Part::Raw(Bytes::from_static(b"\"}")));
+        parts
+    };
     let want = serde_json::to_vec(&serde_json::Value::Object(want)).expect("a map encodes");
 
-    assert_eq!(length(&parts), want.len() as u64, "the counted length");
-    let got: Vec<Bytes> = chunks(parts).collect();
+    assert_eq!(length(&parts()), want.len() as u64, "the counted length");
+    let got: Vec<Bytes> = chunks(parts()).collect();
     for chunk in &got {
         assert!(chunk.len() <= MAX_CHUNK, "a chunk of {} bytes", chunk.len());
     }
     assert_eq!(got.concat(), want, "the streamed bytes");
+    assert_eq!(whole(parts()), want, "the bytes built whole");
 }

@@ -12,6 +12,9 @@
 //! escaped as serde_json escapes a string. The length is counted first by the same code,
 //! so the answer keeps its `Content-Length`.
 //!
+//! Small answers (texts under [`WHOLE_BELOW`] bytes) are built whole by [`whole`] instead:
+//! one pass over the text, where a streamed answer needs two (its length, then its bytes).
+//!
 //! It knows nothing of the answers' shapes: handlers lay out [`Part`]s.
 
 use std::collections::VecDeque;
@@ -270,6 +273,28 @@ pub fn body(parts: Vec<Part>, len: u64) -> Body {
         },
         left: len,
     })
+}
+
+/// Bytes of text (and stored members) under which an answer is built whole by [`whole`]:
+/// at most six times this escaped, a few hundred KiB held for one request.
+pub const WHOLE_BELOW: usize = 32 << 10;
+
+/// The bytes of `parts` in one buffer (one pass over the texts; [`body`] needs two, one to
+/// count). For answers whose texts hold less than [`WHOLE_BELOW`] bytes.
+pub fn whole(parts: Vec<Part>) -> Bytes {
+    let mut chunks = chunks(parts);
+    let Some(first) = chunks.next() else {
+        return Bytes::new();
+    };
+    match chunks.next() {
+        None => first,
+        Some(second) => {
+            let mut all = first.to_vec();
+            all.extend_from_slice(&second);
+            chunks.for_each(|chunk| all.extend_from_slice(&chunk));
+            Bytes::from(all)
+        }
+    }
 }
 
 /// The bytes of `parts`, produced chunk by chunk (what [`body`] sends), for callers that

@@ -4,14 +4,14 @@
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use serde_json::{Map, Value};
 
 use super::logbody::{self, Part};
-use super::respond::{no_content, ok, read_body, text};
+use super::respond::{json_bytes, no_content, ok, read_body, text};
 use super::wire::{
     parse_timestamp, path_id, pick_members, query_number, query_pairs, NotAnObject, MAX_NAME,
     PHASES,
@@ -436,8 +436,15 @@ pub async fn log_get(
     Ok(streamed_json(parts, text_bytes).await)
 }
 
-/// A 200 JSON answer streamed from `parts` (`logbody`), whose texts hold `text_bytes`.
+/// A 200 JSON answer of `parts` (`logbody`), whose texts hold `text_bytes`: built whole in
+/// one pass when that is under [`logbody::WHOLE_BELOW`], streamed otherwise.
 async fn streamed_json(parts: Vec<Part>, text_bytes: usize) -> Response {
+    // A streamed answer escapes its texts twice (once to count its `Content-Length`, once
+    // to send them): for the small answers of most requests, one pass into one buffer is
+    // cheaper (+380 instructions a lifecycle request, streamed, under callgrind).
+    if text_bytes < logbody::WHOLE_BELOW {
+        return json_bytes(StatusCode::OK, logbody::whole(parts));
+    }
     // Counting a long log's escaped length takes milliseconds: off the runtime.
     let (parts, len) = compose_off_runtime(
         move || {
