@@ -18,7 +18,7 @@
 //! number of such jobs, never the number of attempts), and restart from zero after a
 //! restart (the give-up clock does not: it runs from when the event was accepted).
 //!
-//! The worker never scans the jobs: a [`Schedule`] keeps the ready ones in a queue and the
+//! The worker never scans the jobs: a `Schedule` keeps the ready ones in a queue and the
 //! backing-off ones in a heap by due time, so each attempt costs O(log n) however many
 //! jobs wait (10,000 receivers failing cost their attempts, not a scan after each).
 

@@ -445,7 +445,7 @@ fn unless_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
 }
 
-/// Reads environment variable `name` under [`unless_empty`]'s rule: the only place flinger
+/// Reads environment variable `name` under `unless_empty`'s rule: the only place flinger
 /// reads the process environment, besides clap's reading of the `FLINGER_*` flags (which
 /// [`Cli::parse_env`] holds to the same rule). A value that is not UTF-8 is kept (lossily)
 /// so it is refused where it is parsed, not taken as unset.
