@@ -44,13 +44,7 @@ impl AccessStore {
         &self,
         decide: impl FnOnce(&Access) -> Result<Option<Event>>,
     ) -> Result<Option<Ticket>> {
-        let mut state = self.state.lock();
-        let Some(event) = decide(&state)? else {
-            return Ok(None);
-        };
-        let ticket = self.journal.append(&event)?;
-        state.apply(&event);
-        Ok(Some(ticket))
+        self.record_all(|state| Ok(decide(state)?.into_iter().collect()))
     }
 
     /// Like [`AccessStore::record`] for several events decided together: each is
@@ -88,13 +82,8 @@ impl AccessStore {
         &self,
         decide: impl FnOnce(&Access) -> Result<Option<Event>>,
     ) -> Result<bool> {
-        match self.record(decide)? {
-            Some(ticket) => {
-                self.journal.durable(ticket).await?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        self.record_all_durably(|state| Ok(decide(state)?.into_iter().collect()))
+            .await
     }
 
     /// A copy of the partition for a snapshot (see the module docs for why the LSN holds).
