@@ -109,10 +109,7 @@ async fn snapshot_deletes_the_events_it_covers_and_restart_loads_it_when_journal
 /// `user:password@`, in the refusal of a malformed string and of an unreachable server.
 #[tokio::test]
 async fn journal_password_given_as_a_query_parameter_is_hidden_when_start_up_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let closed = tokio::net::TcpSocket::new_v4().unwrap();
-    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let port = closed.local_addr().unwrap().port();
+    let (_closed, port) = closed_port();
     for (url, said) in [
         (
             format!("postgres://flinger@127.0.0.1:{port}/none?password=hunter2&connect_timeout=5"),
@@ -125,17 +122,7 @@ async fn journal_password_given_as_a_query_parameter_is_hidden_when_start_up_fai
             "bad PostgreSQL connection string",
         ),
     ] {
-        let args = [
-            "--bind",
-            "127.0.0.1:0",
-            "--data-dir",
-            "d",
-            "--journal",
-            &url,
-        ];
-        let out = run_to_exit(dir.path(), &args, &[], Duration::from_secs(20));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{stderr}");
+        let stderr = refusal_to_start(&url);
         assert!(stderr.contains(said), "{stderr}");
         assert!(stderr.contains("=***"), "{stderr}");
         assert!(!stderr.contains("hunter2"), "{stderr}");
@@ -147,10 +134,7 @@ async fn journal_password_given_as_a_query_parameter_is_hidden_when_start_up_fai
 /// hidden too.
 #[tokio::test]
 async fn journal_password_with_a_question_mark_or_in_key_value_form_is_hidden_when_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let closed = tokio::net::TcpSocket::new_v4().unwrap();
-    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let port = closed.local_addr().unwrap().port();
+    let (_closed, port) = closed_port();
     for (url, said) in [
         (
             format!("postgres://flinger:hun?ter2@127.0.0.1:{port}/none?connect_timeout=5"),
@@ -161,20 +145,37 @@ async fn journal_password_with_a_question_mark_or_in_key_value_form_is_hidden_wh
             "password=***",
         ),
     ] {
-        let args = [
-            "--bind",
-            "127.0.0.1:0",
-            "--data-dir",
-            "d",
-            "--journal",
-            &url,
-        ];
-        let out = run_to_exit(dir.path(), &args, &[], Duration::from_secs(20));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{stderr}");
+        let stderr = refusal_to_start(&url);
         assert!(stderr.contains(said), "{stderr}");
         assert!(!stderr.contains("ter2"), "{stderr}");
     }
+}
+
+/// A port on 127.0.0.1 that refuses connections: bound (so nothing else takes it while the
+/// socket lives) and never listening.
+fn closed_port() -> (tokio::net::TcpSocket, u16) {
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = closed.local_addr().unwrap().port();
+    (closed, port)
+}
+
+/// Starts the server on `journal` in a fresh data dir, asserts it refuses to start, and
+/// returns what it said on stderr.
+fn refusal_to_start(journal: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--bind",
+        "127.0.0.1:0",
+        "--data-dir",
+        "d",
+        "--journal",
+        journal,
+    ];
+    let out = run_to_exit(dir.path(), &args, &[], Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    stderr
 }
 
 #[tokio::test]
