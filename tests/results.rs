@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::util::{new_id, TestServer};
+use crate::util::{new_id, Resp, TestServer};
 
 const INVALID_RESULT: &str = "Invalid result data";
 
@@ -425,33 +425,12 @@ async fn log_get_streams_exactly_serde_jsons_bytes_and_length_when_the_log_spans
     let tricky =
         "quote \" backslash \\ tab \t nl \n cr \r ctl \u{1} \u{1f} del \u{7f} é € 😀 </script>\n";
     let big = tricky.repeat(3000);
-    for n in 0..3 {
-        let body = json!({"fragment_number": n, "timestamp": "2026-12-02T10:00:00+00:00",
-            "phase": "test", "log_data": big});
-        srv.post_json(&format!("/v1/result/{id}/log/serial"), &body)
-            .await
-            .expect_status(200);
-    }
-    for raw in [&b"caf\xc3"[..], &b"\xa9 \xff!"[..]] {
-        srv.post_raw(&format!("/v1/result/{id}/output"), None, raw.to_vec())
-            .await
-            .expect_status(200);
-    }
+    post_logs_spanning_chunks(&srv, &id, &big, ["test", "test", "test"]).await;
     for (kind, want) in [
         ("serial", big.repeat(3)),
         ("output", "café \u{FFFD}!".into()),
     ] {
-        let r = srv.get(&format!("/v1/result/{id}/log/{kind}")).await;
-        r.expect_status(200);
-        assert_eq!(r.content_type().as_deref(), Some("application/json"));
-        let length = r.headers.get("content-length").expect("a Content-Length");
-        assert_eq!(length.to_str().unwrap(), r.body.len().to_string());
-        let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!(
-            serde_json::to_vec(&doc).unwrap(),
-            r.body.to_vec(),
-            "not serde_json's bytes"
-        );
+        let doc = exact_json(srv.get(&format!("/v1/result/{id}/log/{kind}")).await);
         let texts: Vec<&str> = doc[kind]
             .as_object()
             .unwrap()
@@ -461,6 +440,39 @@ async fn log_get_streams_exactly_serde_jsons_bytes_and_length_when_the_log_spans
             .collect();
         assert_eq!(texts, [want.as_str()], "{kind}");
     }
+}
+
+/// Posts three serial fragments of `text` (fragment 0, 1, 2 in `phases`) and, as legacy
+/// output, "café" split inside its `é` followed by bytes that are not UTF-8.
+async fn post_logs_spanning_chunks(srv: &TestServer, id: &str, text: &str, phases: [&str; 3]) {
+    for (n, phase) in phases.into_iter().enumerate() {
+        let body = json!({"fragment_number": n, "timestamp": "2026-12-02T10:00:00+00:00",
+            "phase": phase, "log_data": text});
+        srv.post_json(&format!("/v1/result/{id}/log/serial"), &body)
+            .await
+            .expect_status(200);
+    }
+    for raw in [&b"caf\xc3"[..], &b"\xa9 \xff!"[..]] {
+        srv.post_raw(&format!("/v1/result/{id}/output"), None, raw.to_vec())
+            .await
+            .expect_status(200);
+    }
+}
+
+/// The document of a 200 JSON answer, asserting its `Content-Length` is its length and its
+/// bytes are exactly what serde_json writes for it.
+fn exact_json(r: Resp) -> serde_json::Value {
+    r.expect_status(200);
+    assert_eq!(r.content_type().as_deref(), Some("application/json"));
+    let length = r.headers.get("content-length").expect("a Content-Length");
+    assert_eq!(length.to_str().unwrap(), r.body.len().to_string());
+    let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        serde_json::to_vec(&doc).unwrap(),
+        r.body.to_vec(),
+        "not serde_json's bytes"
+    );
+    doc
 }
 
 /// `GET /v1/result/<id>` is streamed too (stored members as posted, log members escaped
@@ -478,29 +490,8 @@ async fn result_get_streams_exactly_serde_jsons_bytes_and_length_when_logs_span_
     let posted = json!({"ü \"key\"": {"nested": [1, 2.5, null]}, "long": "v".repeat(100_000),
         "status": {"test": 3}, "setup_serial": "as posted"});
     srv.post_json(&path, &posted).await.expect_status(200);
-    for (n, phase) in [(0, "setup"), (1, "test"), (2, "test")] {
-        let body = json!({"fragment_number": n, "timestamp": "2026-12-02T10:00:00+00:00",
-            "phase": phase, "log_data": big});
-        srv.post_json(&format!("{path}/log/serial"), &body)
-            .await
-            .expect_status(200);
-    }
-    for raw in [&b"caf\xc3"[..], &b"\xa9 \xff!"[..]] {
-        srv.post_raw(&format!("{path}/output"), None, raw.to_vec())
-            .await
-            .expect_status(200);
-    }
-    let r = srv.get(&path).await;
-    r.expect_status(200);
-    assert_eq!(r.content_type().as_deref(), Some("application/json"));
-    let length = r.headers.get("content-length").expect("a Content-Length");
-    assert_eq!(length.to_str().unwrap(), r.body.len().to_string());
-    let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(
-        serde_json::to_vec(&doc).unwrap(),
-        r.body.to_vec(),
-        "not serde_json's bytes"
-    );
+    post_logs_spanning_chunks(&srv, &id, &big, ["setup", "test", "test"]).await;
+    let doc = exact_json(srv.get(&path).await);
     let keys: Vec<&str> = doc
         .as_object()
         .unwrap()

@@ -261,17 +261,7 @@ async fn client_commands_other_than_add_refuse_a_data_dir_that_does_not_exist() 
         "nothing may be created"
     );
     // `add` still starts a data directory: the first admin is made before the first start.
-    let out = run_to_exit(
-        dir.path(),
-        &["client", "add", "root", "--role", "admin"],
-        &[],
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_in_ok(dir.path(), &["client", "add", "root", "--role", "admin"]);
     assert!(dir.path().join("data").is_dir());
 }
 
@@ -328,16 +318,9 @@ async fn client_add_refuses_an_email_address_that_is_not_one_naming_the_problem(
         std::fs::read_dir(dir.path()).unwrap().next().is_none(),
         "a refused command creates nothing"
     );
-    let out = run_to_exit(
+    run_in_ok(
         dir.path(),
         &["client", "add", "alice", "--email", "alice@example.com"],
-        &[],
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     // The API applies the same check.
     let lab = Lab::start(&[]);
@@ -362,20 +345,13 @@ async fn client_add_refuses_an_email_address_that_is_not_one_naming_the_problem(
 async fn client_token_file_records_no_token_when_the_file_cannot_be_written() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| run_to_exit(dir.path(), args, &[], Duration::from_secs(60));
-    let out = run(&["client", "add", "lab-agent", "--role", "agent"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_in_ok(
+        dir.path(),
+        &["client", "add", "lab-agent", "--role", "agent"],
     );
     std::fs::write(dir.path().join("a-file"), b"not a folder").unwrap();
     let issued = || {
-        let out = run(&["wal", "dump", "data"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run_in_ok(dir.path(), &["wal", "dump", "data"]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.contains("RefreshTokenIssued"))
@@ -512,4 +488,15 @@ async fn access_control_bodies_with_an_undeclared_key_are_refused_naming_it() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text_preview());
+}
+
+/// Runs `flinger ARGS...` in `dir` to completion, asserting it succeeded; its output.
+fn run_in_ok(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let out = run_to_exit(dir, args, &[], Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "flinger {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
