@@ -61,6 +61,48 @@ async fn queues_are_merged_when_several_agents_advertise() {
     assert_json_content_type(&r);
 }
 
+/// The stock agent re-posts its advertised queues on every poll: a post repeating what
+/// stands is acknowledged without writing a record (a changed description, or a new
+/// queue beside repeated ones, is recorded), and the same holds for a queue's images.
+#[tokio::test]
+async fn repeated_advertisements_are_acknowledged_without_a_record() {
+    let srv = TestServer::start();
+    let post = |path: &'static str, body: serde_json::Value| {
+        let srv = &srv;
+        async move {
+            srv.post_json(path, &body).await.expect_status(200);
+        }
+    };
+    for _ in 0..3 {
+        post("/v1/agents/queues", json!({"rq": "desc", "rq2": "two"})).await;
+        post("/v1/agents/images", json!({"rq": {"img": "url"}})).await;
+    }
+    post("/v1/agents/queues", json!({"rq": "desc"})).await;
+    post("/v1/agents/queues", json!({"rq": "changed"})).await;
+    post("/v1/agents/queues", json!({"rq": "changed", "rq3": "new"})).await;
+    post("/v1/agents/images", json!({"rq": {"img": "url2"}})).await;
+    let data = srv.data_dir().display().to_string();
+    let out = crate::util::run_to_exit(
+        srv.dir(),
+        &["wal", "dump", &data],
+        &[],
+        std::time::Duration::from_secs(20),
+    );
+    assert!(out.status.success());
+    let dump = String::from_utf8_lossy(&out.stdout);
+    let count = |kind: &str| dump.lines().filter(|l| l.contains(kind)).count();
+    assert_eq!(count("QueuesAdvertised"), 3, "{dump}");
+    assert_eq!(count("ImagesAdvertised"), 2, "{dump}");
+    assert_eq!(
+        srv.get("/v1/agents/queues").await.expect_json(),
+        json!({"rq": "changed", "rq2": "two", "rq3": "new"})
+    );
+    assert_eq!(
+        srv.get("/v1/agents/images/rq").await.expect_json(),
+        json!({"img": "url2"})
+    );
+}
+
 #[tokio::test]
 async fn queues_post_is_rejected_when_body_is_not_an_object_of_strings() {
     let srv = TestServer::start();

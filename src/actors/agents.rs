@@ -57,6 +57,11 @@ pub struct AgentState {
 
 impl AgentState {
     fn record(&mut self, event: Event) -> Result<Ticket> {
+        if self.agents.read().repeats(&event) {
+            // Nothing to write; the acknowledgement still waits for whatever recorded
+            // what it repeats (it may not be durable yet).
+            return Ok(self.recorder.journal().settled());
+        }
         self.agents.read().admit(&event)?;
         let ticket = self.recorder.append(&event)?;
         self.agents.write().apply(&event);

@@ -41,7 +41,8 @@ pub const MAX_AGENT_DATA_BYTES: usize = 256 << 20;
 pub struct Advertised {
     /// Its description.
     pub description: Box<str>,
-    /// Unix seconds of the latest advertisement.
+    /// Unix seconds of the advertisement that set this description (a repeat of it is
+    /// not recorded: [`Agents::repeats`]).
     pub updated_at: u64,
 }
 
@@ -278,6 +279,22 @@ impl Agents {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Whether recording `event` would change nothing a reader sees: an advertisement
+    /// repeating every description, or a queue's images, as they stand. The stock agent
+    /// re-posts its queues on every poll (upstream refreshes a TTL with it; here they do
+    /// not expire), so recording each one would sync a write every few seconds per agent.
+    pub fn repeats(&self, event: &Event) -> bool {
+        match event {
+            Event::QueuesAdvertised { queues, .. } => queues.iter().all(|(name, description)| {
+                self.queues
+                    .get(name)
+                    .is_some_and(|q| q.description == *description)
+            }),
+            Event::ImagesAdvertised { queue, images } => self.images.get(queue) == Some(images),
+            _ => false,
         }
     }
 
