@@ -303,7 +303,9 @@ impl Waiters {
         }
     }
 
-    fn is_closed(&self) -> bool {
+    /// Whether [`Waiters::close`] was called: the server is shutting down (log follow
+    /// streams end on it too).
+    pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 

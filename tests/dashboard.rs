@@ -238,7 +238,11 @@ async fn log_follow_streams_fragments_then_ends_when_the_job_finishes() {
     assert!(
         body.contains("event: fragment") && body.contains("second\\n") && !body.contains("first")
     );
-    assert!(body.trim_end().ends_with("event: end\ndata: {}"));
+    assert!(
+        body.trim_end()
+            .ends_with("event: end\ndata: {\"finished\":true}"),
+        "{body}"
+    );
     srv.get(&format!(
         "/v1/result/{id}/log/output/follow?start_fragment=x"
     ))
@@ -247,6 +251,78 @@ async fn log_follow_streams_fragments_then_ends_when_the_job_finishes() {
     srv.get(&format!("/v1/result/{id}/log/nope/follow"))
         .await
         .expect_status(404);
+}
+
+/// Waits (45 s at most) until `n` log follow streams have been opened: a follow counts as
+/// a request once its head is sent.
+async fn wait_for_follows(srv: &TestServer, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let metrics = srv.get("/metrics").await.text();
+        let opened: u64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with(
+                    "flinger_http_requests_total{route=\"/v1/result/{id}/log/{kind}/follow\"",
+                )
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if opened >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{opened} follows opened, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A follow of a job still running ends unfinished, naming the fragment to go on from,
+/// after `--follow-max-secs`, and when the server shuts down: an open dashboard page does
+/// not hold the drain (`--drain-secs`, 30 s) until it runs out.
+#[tokio::test]
+async fn log_follow_of_a_running_job_ends_unfinished_at_its_limit_and_at_shutdown() {
+    async fn running_job_with_two_fragments(srv: &TestServer) -> String {
+        let id = srv.submit_to("follow-end").await;
+        srv.pop_id(&["follow-end"]).await.unwrap();
+        let log = format!("/v1/result/{id}/log/output");
+        for n in 0..2 {
+            srv.post_json(&log, &fragment(n, "test", "text\n"))
+                .await
+                .expect_status(200);
+        }
+        log
+    }
+    let limited = TestServer::start_with(&["--follow-max-secs", "1"]);
+    let log = running_job_with_two_fragments(&limited).await;
+    let body = limited.get(&format!("{log}/follow")).await.text();
+    assert!(
+        body.trim_end()
+            .ends_with("event: end\ndata: {\"finished\":false,\"next_fragment\":2}"),
+        "{body}"
+    );
+    // The default limit (10 min) is far off: only the shutdown ends this one.
+    let mut srv = TestServer::start();
+    let log = running_job_with_two_fragments(&srv).await;
+    let path = format!("{log}/follow?start_fragment=1");
+    let follow = srv.get(&path);
+    let stop = async {
+        wait_for_follows(&srv, 1).await;
+        srv.send_signal(libc::SIGTERM);
+        Instant::now()
+    };
+    let (resp, signalled) = tokio::join!(follow, stop);
+    let body = resp.text();
+    assert!(
+        body.trim_end()
+            .ends_with("event: end\ndata: {\"finished\":false,\"next_fragment\":2}"),
+        "{body}"
+    );
+    srv.wait_for_exit();
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
 }
 
 /// A follow polls again and again while the job runs, each poll reading only the
@@ -292,7 +368,7 @@ async fn log_follow_sends_each_fragment_once_across_polls_while_the_job_runs() {
             r#"{"phase":"setup","text":"one\n","last_fragment_number":0}"#,
             r#"{"phase":"test","text":"two\n","last_fragment_number":1}"#,
             r#"{"phase":"test","text":"three\n","last_fragment_number":2}"#,
-            "{}",
+            r#"{"finished":true}"#,
         ],
         "{body}"
     );
@@ -427,9 +503,12 @@ async fn every_page_renders_in_chromium_without_console_errors_and_markup_stays_
     );
 }
 
+/// The page's script follows the log across streams: each ends unfinished after
+/// `--follow-max-secs` and the script opens the next one from the fragment after the last
+/// it showed, so a fragment posted after a reconnection shows too, and none twice.
 #[tokio::test]
 async fn job_page_in_chromium_shows_a_fragment_posted_after_it_opened() {
-    let srv = TestServer::start();
+    let srv = TestServer::start_with(&["--follow-max-secs", "2"]);
     let id = srv
         .submit(&json!({"job_queue": "live-q", "note": EVIL}))
         .await;
@@ -444,22 +523,18 @@ async fn job_page_in_chromium_shows_a_fragment_posted_after_it_opened() {
     let browser = tokio::task::spawn_blocking(move || {
         chromium(&url, &["--dump-dom", "--virtual-time-budget=20000"])
     });
-    // The follow stream counts as a request once its head is sent: the page is open.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    loop {
-        let metrics = srv.get("/metrics").await.text();
-        if metrics.lines().any(|l| {
-            l.starts_with("flinger_http_requests_total{route=\"/v1/result/{id}/log/{kind}/follow\"")
-        }) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the page never followed its log");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_follows(&srv, 1).await;
     let late = format!("after-open {EVIL}\n");
     srv.post_json(
         &format!("/v1/result/{id}/log/output"),
         &fragment(1, "test", &late),
+    )
+    .await;
+    // Two streams later (each lasts 2 s), a fragment only the third one can show.
+    wait_for_follows(&srv, 3).await;
+    srv.post_json(
+        &format!("/v1/result/{id}/log/output"),
+        &fragment(2, "test", "after-reconnecting\n"),
     )
     .await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -470,6 +545,13 @@ async fn job_page_in_chromium_shows_a_fragment_posted_after_it_opened() {
         dom.contains("before-open"),
         "server-rendered log:\n{stderr}"
     );
+    for (text, times) in [
+        ("before-open", 1),
+        ("after-open &lt;script&gt;", 1),
+        ("after-reconnecting", 1),
+    ] {
+        assert_eq!(dom.matches(text).count(), times, "{text} in:\n{dom}");
+    }
     assert!(
         dom.contains("after-open &lt;script&gt;"),
         "the live fragment, as text:\n{dom}"

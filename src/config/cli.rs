@@ -204,6 +204,11 @@ pub struct ServeOpts {
     /// once) [default: 30].
     #[arg(long, env = "FLINGER_DRAIN_SECS", value_name = "SECS")]
     pub drain_secs: Option<u64>,
+    /// Seconds one log follow stream (`.../log/<kind>/follow`, the dashboard's live log)
+    /// lasts before it ends with `{"finished": false}` and the client reconnects; 1 to
+    /// 86400 [default: 600].
+    #[arg(long, env = "FLINGER_FOLLOW_MAX_SECS", value_name = "SECS")]
+    pub follow_max_secs: Option<u64>,
     /// Largest header block of one multipart part, and largest preamble, in bytes
     /// [default: 8192].
     #[arg(long, env = "FLINGER_MAX_PART_HEADER_BYTES", value_name = "BYTES")]

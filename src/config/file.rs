@@ -46,6 +46,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "MIN_TRANSFER_BYTES",
     "TRANSFER_WINDOW_SECS",
     "DRAIN_SECS",
+    "FOLLOW_MAX_SECS",
     "MAX_PART_HEADER_BYTES",
     "MAX_UPLOAD_PARTS",
     "MAX_FIELD_BYTES",

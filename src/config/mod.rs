@@ -293,6 +293,9 @@ pub struct Config {
     /// After SIGTERM, requests in progress get this long to finish; idle connections are
     /// closed at once.
     pub drain: Duration,
+    /// How long one log follow stream lasts before it ends unfinished (clients reconnect
+    /// from the fragment number it names): a bound on what one open page holds.
+    pub follow_max: Duration,
     /// Largest part header block (and preamble) of a multipart upload.
     pub max_part_header_bytes: usize,
     /// Most parts in one multipart upload.
@@ -390,6 +393,7 @@ impl Default for Config {
             min_transfer_bytes: 8 << 10,
             transfer_window: Duration::from_secs(10),
             drain: Duration::from_secs(30),
+            follow_max: Duration::from_secs(600),
             max_part_header_bytes: 8 << 10,
             max_upload_parts: 16,
             max_field_bytes: 64 << 10,
@@ -521,6 +525,9 @@ impl Config {
                         config.transfer_window = Duration::from_secs(num("seconds")?)
                     }
                     "DRAIN_SECS" => config.drain = Duration::from_secs(num("seconds")?),
+                    "FOLLOW_MAX_SECS" => {
+                        config.follow_max = Duration::from_secs(num("seconds")?)
+                    }
                     "MAX_PART_HEADER_BYTES" => {
                         config.max_part_header_bytes = size("a byte count")?
                     }
@@ -643,6 +650,7 @@ impl Config {
             (opts.header_timeout_secs, &mut config.header_timeout),
             (opts.transfer_window_secs, &mut config.transfer_window),
             (opts.drain_secs, &mut config.drain),
+            (opts.follow_max_secs, &mut config.follow_max),
         ] {
             if let Some(secs) = secs {
                 *slot = Duration::from_secs(secs);
@@ -797,6 +805,7 @@ impl Config {
                 "",
             ),
             ("min-transfer-bytes", self.min_transfer_bytes, 1, ""),
+            ("follow-max-secs", self.follow_max.as_secs(), 1, ""),
             ("max-upload-parts", self.max_upload_parts as u64, 1, ""),
             (
                 "max-part-header-bytes",
@@ -829,6 +838,11 @@ impl Config {
             (
                 "transfer-window-secs",
                 self.transfer_window.as_secs(),
+                MAX_DEADLINE_SECS,
+            ),
+            (
+                "follow-max-secs",
+                self.follow_max.as_secs(),
                 MAX_DEADLINE_SECS,
             ),
         ] {

@@ -54,8 +54,9 @@ pub const LOG_TAIL_BYTES: usize = 256 << 10;
 const FILTER_STEP: usize = 64;
 /// How often a log follow looks for new fragments.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
-/// How long one log follow stream lasts (the browser's EventSource reconnects).
-const FOLLOW_MAX: Duration = Duration::from_secs(600);
+/// After this long without news a log follow sends a comment, so that a proxy or a
+/// browser does not take the open stream for a dead one.
+const FOLLOW_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// What a path segment escapes: everything but RFC 3986's unreserved characters.
 const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -724,13 +725,18 @@ struct Follow {
     done: bool,
     /// The events found last, being sent chunk by chunk.
     pending: Option<Box<dyn Iterator<Item = Bytes> + Send>>,
+    /// When anything was last sent (for [`FOLLOW_KEEP_ALIVE`]).
+    sent_at: Instant,
 }
 
 /// `GET /v1/result/<id>/log/<output|serial>/follow?start_fragment=N`: server-sent events,
 /// one `fragment` event (`{"phase", "text", "last_fragment_number"}`) per phase with new
-/// text, as fragments arrive; an `end` event once the job has finished and its log was
-/// sent, or after `FOLLOW_MAX` (clients reconnect from the last number they saw).
-/// Reads the shared result view every `FOLLOW_POLL`, never the result actor.
+/// text, as fragments arrive; then an `end` event: `{"finished":true}` once the job has
+/// finished and its log was sent, `{"finished":false,"next_fragment":N}` after
+/// `--follow-max-secs` or when the server begins to shut down (so the drain does not wait
+/// for open pages; clients reconnect from `N`). A `: keep-alive` comment after
+/// [`FOLLOW_KEEP_ALIVE`] without news. Reads the shared result view every `FOLLOW_POLL`,
+/// never the result actor.
 pub async fn log_follow(
     State(svc): State<Services>,
     Path((id, kind)): Path<(String, String)>,
@@ -745,17 +751,20 @@ pub async fn log_follow(
         }
     }
     let started = Instant::now();
+    let follow_max = svc.config.follow_max;
     let state = Follow {
         svc,
         from,
         mark: FollowMark::default(),
         done: false,
         pending: None,
+        sent_at: started,
     };
     let stream = futures_util::stream::unfold(state, move |mut st| async move {
         loop {
             // The events found last are sent a bounded chunk at a time (`logbody`).
             if let Some(chunk) = st.pending.as_mut().and_then(Iterator::next) {
+                st.sent_at = Instant::now();
                 return Some((Ok::<_, Infallible>(chunk), st));
             }
             st.pending = None;
@@ -797,14 +806,27 @@ pub async fn log_follow(
                     ))));
                 }
             }
-            let end = (finished && parts.is_empty()) || started.elapsed() > FOLLOW_MAX;
-            if end {
-                parts.push(Part::Raw(Bytes::from_static(b"event: end\ndata: {}\n\n")));
-            }
+            let end = if finished && parts.is_empty() {
+                Some(Bytes::from_static(
+                    b"event: end\ndata: {\"finished\":true}\n\n",
+                ))
+            } else if st.svc.dispatch.is_closed() || started.elapsed() > follow_max {
+                Some(Bytes::from(format!(
+                    "event: end\ndata: {{\"finished\":false,\"next_fragment\":{}}}\n\n",
+                    st.from
+                )))
+            } else {
+                None
+            };
+            st.done = end.is_some();
+            parts.extend(end.map(Part::Raw));
             if !parts.is_empty() {
                 st.pending = Some(Box::new(logbody::chunks(parts)));
-                st.done = end;
                 continue;
+            }
+            if st.sent_at.elapsed() >= FOLLOW_KEEP_ALIVE {
+                st.sent_at = Instant::now();
+                return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), st));
             }
             tokio::time::sleep(FOLLOW_POLL).await;
         }
