@@ -281,7 +281,8 @@ async fn wait_for_follows(srv: &TestServer, n: u64) {
 
 /// A follow of a job still running ends unfinished, naming the fragment to go on from,
 /// after `--follow-max-secs`, and when the server shuts down: an open dashboard page does
-/// not hold the drain (`--drain-secs`, 30 s) until it runs out.
+/// not hold the drain (`--drain-secs`, 30 s) until it runs out. A quiet stream sends a
+/// keep-alive comment every 15 s.
 #[tokio::test]
 async fn log_follow_of_a_running_job_ends_unfinished_at_its_limit_and_at_shutdown() {
     async fn running_job_with_two_fragments(srv: &TestServer) -> String {
@@ -310,11 +311,14 @@ async fn log_follow_of_a_running_job_ends_unfinished_at_its_limit_and_at_shutdow
     let follow = srv.get(&path);
     let stop = async {
         wait_for_follows(&srv, 1).await;
+        // Long enough without news for a keep-alive comment (every 15 s).
+        tokio::time::sleep(Duration::from_secs(16)).await;
         srv.send_signal(libc::SIGTERM);
         Instant::now()
     };
     let (resp, signalled) = tokio::join!(follow, stop);
     let body = resp.text();
+    assert_eq!(body.matches("\n: keep-alive\n\n").count(), 1, "{body}");
     assert!(
         body.trim_end()
             .ends_with("event: end\ndata: {\"finished\":false,\"next_fragment\":2}"),
