@@ -799,13 +799,23 @@ pub async fn end_lost_jobs(services: &Services) -> Result<usize> {
             };
             services.journal.durable(ticket).await?;
             count += 1;
-            tracing::warn!(job = %id, agent = agent.as_deref().unwrap_or("-"), state = %phase, last_heard = watched.last_heard, requeue, "agent lost: job ended or requeued");
+            let last_heard = crate::http::wire::iso_z(watched.last_heard);
+            let outcome = if requeue {
+                "agent lost: job put back into its queue"
+            } else {
+                "agent lost: job cancelled"
+            };
+            tracing::warn!(job = %id, agent = agent.as_deref().unwrap_or("-"), state = %phase, last_heard = %last_heard, "{outcome}");
             if let Some(agent) = agent {
+                // The stock agent reads `offline` on its next check and stops taking jobs
+                // until someone puts it back: a device that went silent mid-job is looked
+                // at before it runs another. The comment says how.
                 let fields = serde_json::json!({
                     "state": "offline",
                     "comment": format!(
-                        "lost: not heard about job {id} since {}",
-                        crate::http::wire::iso_z(watched.last_heard)
+                        "lost: not heard about job {id} since {last_heard}; once the device is \
+                         checked, put it back in service with `testflinger-cli admin set \
+                         agent-status --status online --agents {agent}`"
                     ),
                 });
                 let body =
