@@ -826,3 +826,62 @@ async fn queues_page_says_when_it_lists_only_the_busiest_queues() {
     let html = few.get("/queues").await.expect_status(200).text();
     assert!(!html.contains("id=\"queues-truncated\""));
 }
+
+/// The job page links the artifact only once there is one (the link would answer 204, a
+/// blank page, before); a page's error reaches a browser as a page with the same status
+/// and message (an API client still gets JSON); `/` says its answer depends on `Accept`.
+#[tokio::test]
+async fn job_page_links_only_an_uploaded_artifact_and_page_errors_are_pages() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("art-page").await;
+    let html = [("accept", "text/html")];
+    let page = srv.get_with_headers(&format!("/jobs/{id}"), &html).await;
+    assert!(
+        page.text().contains("No artifact uploaded.") && !page.text().contains("id=\"artifact\""),
+        "{}",
+        page.text()
+    );
+    srv.post_multipart(
+        &format!("/v1/result/{id}/artifact"),
+        "file",
+        "a.tgz",
+        b"tarball",
+    )
+    .await
+    .expect_status(200);
+    let page = srv.get_with_headers(&format!("/jobs/{id}"), &html).await;
+    assert!(page.text().contains("id=\"artifact\""), "{}", page.text());
+
+    let unknown = crate::util::new_id();
+    let r = srv
+        .get_with_headers(&format!("/jobs/{unknown}"), &html)
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.content_type().as_deref(),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(
+        r.text().contains(&format!("Job {unknown} does not exist.")) && r.text().contains("404"),
+        "{}",
+        r.text()
+    );
+    let r = srv.get_with_headers("/jobs?state=bogus", &html).await;
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("<h1>422"), "{}", r.text());
+    let r = srv.get(&format!("/jobs/{unknown}")).await;
+    assert_eq!(
+        r.expect_error(404),
+        format!("Job {unknown} does not exist.")
+    );
+
+    for accept in ["text/html", "*/*"] {
+        let r = srv.get_with_headers("/", &[("accept", accept)]).await;
+        r.expect_status(200);
+        assert_eq!(
+            r.headers.get("vary").map(|v| v.to_str().unwrap()),
+            Some("accept"),
+            "{accept}"
+        );
+    }
+}

@@ -715,6 +715,27 @@ fn reservation_secs(body: &[u8]) -> u64 {
         .unwrap_or(access::DEFAULT_RESERVATION_SECS)
 }
 
+/// Whether `caller` would be let through `method` on `route` (a template of [`table`])
+/// about job `id`: what a page offers its viewer, so the dashboard shows a button only to
+/// those whose request it would let through. The same table and checks as [`authorize`].
+pub async fn may_act_on_job(
+    svc: &Services,
+    caller: &Caller,
+    method: &str,
+    route: &str,
+    id: JobId,
+) -> bool {
+    if svc.access.mode == AccessMode::Off {
+        return true;
+    }
+    let Some(rule) = table::lookup(method, route) else {
+        return false;
+    };
+    check(svc, caller, rule, About::Job(Some(id)), None)
+        .await
+        .is_ok()
+}
+
 /// The caller must own job `id` or be a manager/admin (unknown and anonymous jobs pass).
 pub async fn check_job_owner(svc: &Services, caller: &Caller, id: JobId) -> Result<()> {
     if caller.is_privileged() {

@@ -9,7 +9,8 @@
 //!    above still logs it; nothing inside sees the panic's response);
 //! 3. the minimum body rate (`transfer`): a body that falls below it is answered 408
 //!    with `Connection: close`, whatever the handler answered;
-//! 4. error bodies made JSON (`respond::json_errors`);
+//! 4. error bodies made JSON (`respond::json_errors`), and for a browser's request of a
+//!    dashboard page (`dash::PAGES`, accepting `text/html`) an HTML page (`dash::error_page`);
 //! 5. request metrics: count and time by route template and method (`Metrics::request`),
 //!    from the status the handler (or access control) answered;
 //! 6. access control (`access::authorize`) for requests the router routes (its table has
@@ -118,6 +119,8 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
     let method = method_label(request.method());
     let limit = front.services.config.max_header_bytes;
     let head = head_bytes(&request);
+    // A browser's request for a page gets its refusals and errors as a page too.
+    let page = super::dash::PAGES.contains(&route) && super::dash::wants_html(request.headers());
     // Built only for an OPTIONS or a 405: a walk of the table and a sort is no cost for
     // every request to carry.
     let allow = || {
@@ -163,7 +166,10 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
         .services
         .metrics
         .request(route, method, response.status().as_u16(), started.elapsed());
-    let response = respond::json_errors(response).await;
+    let mut response = respond::json_errors(response).await;
+    if page {
+        response = super::dash::error_page(response).await;
+    }
     match slow {
         Some(slow) if slow.timed_out() => slow.response(),
         _ => response,

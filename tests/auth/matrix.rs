@@ -235,13 +235,21 @@ async fn anonymous_callers_get_401_everywhere_but_public_routes_when_access_cont
         }
     }
     // `/` is public as the version text; the overview it shows browsers is a dashboard
-    // page, and lists queues, agents and jobs.
+    // page, and lists queues, agents and jobs; a browser is told so on a page.
     let overview = srv
         .request("GET", "/", &[("accept", "text/html")], Vec::new())
         .await;
+    assert_eq!(overview.status, 401);
     assert_eq!(
-        overview.expect_error(401),
-        "Authentication is required for specified endpoint"
+        overview.content_type().as_deref(),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(
+        overview
+            .text()
+            .contains("Authentication is required for specified endpoint"),
+        "{}",
+        overview.text()
     );
     srv.stop();
 }

@@ -507,3 +507,61 @@ async fn running_job(
         .expect_status(200);
     id
 }
+
+/// The dashboard's job page offers its cancel button only to a viewer whose cancel the
+/// access table would let through: alice's job shows it to alice and a manager, not to
+/// bob or an anonymous browser; an anonymous job (no owner) shows it to everyone. A
+/// refusal a browser meets on a page is a page, not the API's JSON.
+#[tokio::test]
+async fn job_page_offers_the_cancel_button_only_to_those_who_may_cancel() {
+    let lab = Lab::start(&[]);
+    let srv = &lab.srv;
+    let alice = lab.token_for("alice", "contributor", json!({})).await;
+    let bob = lab.token_for("bob", "contributor", json!({})).await;
+    let manager = lab.token_for("boss", "manager", json!({})).await;
+    let owned = new_id();
+    let job = json!({"job_id": owned, "job_queue": "page-q"});
+    call(srv, "POST", "/v1/job", Some(&alice), None, Some(&job))
+        .await
+        .expect_status(200);
+    let anonymous = srv.submit_to("page-q").await;
+    let page = |id: String, token: Option<String>| async move {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("accept", "text/html")];
+        headers.extend(bearer.as_deref().map(|b| ("authorization", b)));
+        let r = srv.get_with_headers(&format!("/jobs/{id}"), &headers).await;
+        r.expect_status(200);
+        r.text().contains("id=\"cancel\"")
+    };
+    for (who, token, offered) in [
+        ("alice", Some(alice.clone()), true),
+        ("a manager", Some(manager), true),
+        ("bob", Some(bob.clone()), false),
+        ("anonymous", None, false),
+    ] {
+        assert_eq!(page(owned.clone(), token).await, offered, "{who}");
+    }
+    for token in [None, Some(bob.clone())] {
+        assert!(page(anonymous.clone(), token).await);
+    }
+    // Bob's browser posting the form anyway: refused, as a page saying why.
+    let bearer = format!("Bearer {bob}");
+    let r = srv
+        .request(
+            "POST",
+            &format!("/jobs/{owned}/cancel"),
+            &[("accept", "text/html"), ("authorization", &bearer)],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.content_type().as_deref(),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(
+        r.text().contains("Only the client that submitted this job"),
+        "{}",
+        r.text()
+    );
+}

@@ -85,6 +85,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("agent.html", include_str!("templates/agent.html")),
         ("jobs.html", include_str!("templates/jobs.html")),
         ("job.html", include_str!("templates/job.html")),
+        ("error.html", include_str!("templates/error.html")),
     ] {
         env.add_template(name, source)
             .unwrap_or_else(|e| panic!("template {name}: {e}"));
@@ -118,6 +119,62 @@ fn page(name: &str, context: Value) -> Result<Response> {
         HeaderValue::from_static("nosniff"),
     );
     Ok(response)
+}
+
+/// The routes whose answers are pages (`/` for a browser): a refusal or an error on one
+/// is shown to a browser as a page ([`error_page`]), not as the API's JSON.
+pub const PAGES: [&str; 8] = [
+    "/",
+    "/queues",
+    "/queues/{queue}",
+    "/agents",
+    "/agents/{name}",
+    "/jobs",
+    "/jobs/{id}",
+    "/jobs/{id}/cancel",
+];
+
+/// Most bytes of an error's JSON read to show it as a page (the messages are short).
+const MAX_ERROR_JSON: usize = 64 << 10;
+
+/// `response`, an error answer in JSON (`{"message": ...}`, or HEAD's `detail`), as a page
+/// saying what went wrong, with the same status and headers. Any other answer is
+/// returned as it is.
+pub async fn error_page(response: Response) -> Response {
+    use http_body_util::BodyExt;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let doc: Value = match http_body_util::Limited::new(body, MAX_ERROR_JSON)
+        .collect()
+        .await
+    {
+        Ok(bytes) => serde_json::from_slice(&bytes.to_bytes()).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
+    let message = match (&doc["message"], &doc["detail"]) {
+        (Value::String(m), _) => m.clone(),
+        (_, Value::Null) => String::new(),
+        (_, detail) => detail.to_string(),
+    };
+    let context = json!({
+        "status": status.as_u16(),
+        "reason": status.canonical_reason().unwrap_or("Error"),
+        "message": message,
+    });
+    let mut page = match page("error.html", context) {
+        Ok(page) => page,
+        Err(e) => return axum::response::IntoResponse::into_response(e),
+    };
+    *page.status_mut() = status;
+    for (name, value) in parts.headers.iter() {
+        if !page.headers().contains_key(name) && name != header::CONTENT_LENGTH {
+            page.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    page
 }
 
 /// Whether the request accepts `text/html` (a browser's does): `/` then answers the
@@ -185,7 +242,7 @@ fn agent_row(name: &str, fields: &serde_json::Map<String, Value>, updated_at: u6
         "state": text("state"),
         "job_id": text("job_id"),
         "queues": queues,
-        "last_seen": iso_z(updated_at),
+        "updated": iso_z(updated_at),
     })
 }
 
@@ -216,7 +273,16 @@ async fn agents(
 
 /// `GET /`: the overview to browsers, the version text to everyone else.
 pub async fn home_or_overview(State(svc): State<Services>, headers: HeaderMap) -> Result<Response> {
-    if !wants_html(&headers) {
+    let mut response = overview_or_version(&svc, &headers).await?;
+    // Two answers for one URL: a cache must key on what was accepted.
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    Ok(response)
+}
+
+async fn overview_or_version(svc: &Services, headers: &HeaderMap) -> Result<Response> {
+    if !wants_html(headers) {
         return Ok(text(super::version_text()));
     }
     let (queues, queues_truncated) = queue_rows(&svc);
@@ -423,7 +489,7 @@ pub async fn agent_page(State(svc): State<Services>, Path(name): Path<String>) -
             "state": row["state"],
             "job_id": row["job_id"],
             "queues": row["queues"],
-            "last_seen": row["last_seen"],
+            "updated": row["updated"],
             "fields": serde_json::to_string_pretty(&Value::Object(fields)).unwrap_or_default(),
             "provision_log": &provision_log[log_start..],
             "jobs": jobs,
@@ -606,8 +672,13 @@ fn head(text: &str, most: usize) -> &str {
     &text[..end]
 }
 
-/// `GET /jobs/<id>`: definition, timeline, log, results, artifact, cancel.
-pub async fn job_page(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
+/// `GET /jobs/<id>`: definition, timeline, log, results, artifact, cancel (the button
+/// only for an unfinished job the viewer may cancel).
+pub async fn job_page(
+    State(svc): State<Services>,
+    caller: crate::access::Caller,
+    Path(id): Path<String>,
+) -> Result<Response> {
     let id = path_id(&id)?;
     let Some(detail) = svc.jobs.detail(id) else {
         return Err(Error::NotFound(format!("Job {id} does not exist.")));
@@ -654,6 +725,13 @@ pub async fn job_page(State(svc): State<Services>, Path(id): Path<String>) -> Re
     });
     // As the log: results may hold up to --max-job-data-bytes; the page shows their start.
     let results_bytes = results.as_ref().map_or(0, String::len);
+    let cancellable = !is_finished(&detail.view)
+        && crate::access::may_act_on_job(&svc, &caller, "POST", "/jobs/{id}/cancel", id).await;
+    let has_artifact = ask(&svc.files, |p| {
+        crate::actors::files::FileMsg::Get(id, crate::model::FileKind::Artifact, p)
+    })
+    .await?
+    .is_some();
     let results = results.map(|r| head(&r, LOG_TAIL_BYTES).to_owned());
     page(
         "job.html",
@@ -663,7 +741,8 @@ pub async fn job_page(State(svc): State<Services>, Path(id): Path<String>) -> Re
             "state": detail.view.state,
             "priority": detail.priority,
             "agent": detail.agent.as_deref(),
-            "cancellable": !is_finished(&detail.view),
+            "cancellable": cancellable,
+            "has_artifact": has_artifact,
             "timeline": timeline,
             "yaml": yaml(&definition),
             "json": serde_json::to_string_pretty(&definition).unwrap_or_default(),
@@ -852,7 +931,7 @@ mod tests {
             "cancellable": true, "timeline": [{"what": evil, "at": evil}], "yaml": evil, "json": evil,
             "log": evil, "log_bytes": 0, "log_shown": 0, "log_next": 0, "results": evil, "results_bytes": 0, "results_shown": 0, "jobs": [{"id": evil, "queue": evil, "state": evil, "created_at": evil}],
             "queues": [{"name": evil, "waiting": 1, "running": 0, "oldest_wait": evil, "description": evil}],
-            "agents": [{"name": evil, "state": evil, "job_id": evil, "queues": [evil], "last_seen": evil}],
+            "agents": [{"name": evil, "state": evil, "job_id": evil, "queues": [evil], "updated": evil}],
             "agent_states": [{"state": evil, "count": 1}], "name": evil, "filter": {"name": evil, "state": evil, "queue": evil, "tags": evil},
             "total": 1, "limit": 1, "scan": 1, "waiting": [], "running": [], "waiting_total": 0, "running_total": 0,
             "percentiles": [], "wait_samples": 0, "provision_log": [evil], "fields": evil, "job_id": evil});
