@@ -85,13 +85,19 @@ async fn cancel_is_400_when_job_is_complete() {
 }
 
 #[tokio::test]
-async fn cancel_is_404_when_job_is_unknown() {
+async fn cancel_is_400_naming_the_id_when_job_is_unknown() {
+    // 400 as both upstream servers (and the only error `testflinger-cli cancel` words).
     let srv = TestServer::start();
-    srv.cancel(&new_id()).await.expect_error(404);
+    let id = new_id();
+    let message = srv.cancel(&id).await.expect_error(400);
+    assert!(
+        message.starts_with("Job is not found and cannot be cancelled") && message.contains(&id),
+        "{message}"
+    );
     // Results alone do not make a job.
     let id = new_id();
     srv.post_result(&id, &json!({"job_state": "waiting"})).await;
-    srv.cancel(&id).await.expect_error(404);
+    srv.cancel(&id).await.expect_error(400);
 }
 
 #[tokio::test]

@@ -158,7 +158,7 @@ async fn json_error_bodies_are_returned_when_requests_are_rejected() {
     srv.post_raw("/v1/result/foo", None, b"{}".to_vec())
         .await
         .expect_error(400);
-    srv.cancel(&new_id()).await.expect_error(404);
+    srv.cancel(&new_id()).await.expect_error(400);
     srv.get("/missing").await.expect_error(404);
     srv.request("DELETE", "/v1/job", &[], Vec::new())
         .await

@@ -44,6 +44,9 @@ mod power;
 // Conformance with upstream's clients and tests: trailing slashes, large and per-run logs,
 // image data, upstream's submit-time schema, error messages; the real agent and CLI (issue 13).
 mod conformance;
+// Conformance differences settled: upstream's answer where it is right, through the real
+// clients where they are involved.
+mod settled;
 // Hostile clients: slow bodies, unread responses, endless multipart, odd queue names.
 mod hostile;
 // Reads beside writes (a search flood), and 503 meaning "not done" (bounded actor doors).

@@ -119,9 +119,8 @@ async fn cancel_answers_200_then_400_when_cli_cancels_twice() {
     assert_eq!(srv.pop(&["q"]).await, None);
     // Malformed id: 400 ("invalid ID or already complete/cancelled").
     srv.cancel("not-an-id").await.expect_error(400);
-    // Unknown id: upstream (OLD and HEAD) says 400; flinger documents 404 (README,
-    // "supported differently"), still a JSON error the CLI prints.
-    srv.cancel(&new_id()).await.expect_error(404);
+    // Unknown id: 400, as upstream (OLD and HEAD): the CLI words only a 400.
+    srv.cancel(&new_id()).await.expect_error(400);
     // Any other action: refused (HEAD 422, OLD 400), with a JSON message.
     let r = srv
         .post_json(

@@ -134,7 +134,7 @@ impl Real {
                 self.record(event);
                 Cancelled::Ok
             }
-            Err(flinger::Error::NotFound(_)) => Cancelled::NotFound,
+            Err(flinger::Error::InvalidInput(_)) => Cancelled::NotFound,
             Err(flinger::Error::Conflict(_)) => Cancelled::AlreadyFinished,
             Err(other) => panic!("cancel of {id}: unexpected error {other:?}"),
         }

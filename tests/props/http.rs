@@ -172,7 +172,8 @@ async fn run(http: &Http, ops: &[HttpOp]) {
                 let r = http.cancel(&spell(id, *spelling)).await;
                 let real = match r.status {
                     200 => Cancelled::Ok,
-                    404 => Cancelled::NotFound,
+                    // Both refusals are 400 (as upstream); the message tells them apart.
+                    400 if r.message().starts_with("Job is not found") => Cancelled::NotFound,
                     400 => Cancelled::AlreadyFinished,
                     s => panic!("cancel {id}: status {s}: {}", r.text_preview()),
                 };

@@ -9,7 +9,7 @@
 //! - a pop hands out the best waiting job of the named queues that does not exclude the agent:
 //!   highest priority first, then the one submitted (or resubmitted) first; an agent that pops
 //!   again while it holds an unreported job it got from one of those queues gets that job again;
-//! - cancel: unknown is 404, finished is refused, anything else becomes `cancelled`;
+//! - cancel: unknown is refused (400, naming it), finished is refused, anything else becomes `cancelled`;
 //! - a report moves an unfinished job to the reported phase, never back into its queue;
 //!   `complete`/`completed`/`cancelled` are final until the job is resubmitted;
 //! - position: how many waiting jobs of the same queue would be handed out before it.

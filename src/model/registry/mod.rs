@@ -163,6 +163,9 @@ pub const WAIT_SAMPLES: usize = 1000;
 /// Testflinger's text for cancelling a finished job.
 pub const ALREADY_FINISHED: &str = "The job is already completed or cancelled";
 
+/// The start of the text for cancelling a job no one submitted (OLD's words, with the id).
+pub const NOT_FOUND_TO_CANCEL: &str = "Job is not found and cannot be cancelled";
+
 impl Registry {
     /// The job, if known.
     pub fn get(&self, id: JobId) -> Option<&Job> {
@@ -258,12 +261,14 @@ impl Registry {
         self.jobs.get(&id).map(|job| (id, &**job))
     }
 
-    /// Decides a cancellation.
+    /// Decides a cancellation. An unknown job is a bad request (400), not a 404: both
+    /// upstream servers answer 400 (OLD's README said 404, its code did not), and the
+    /// real `testflinger-cli cancel` turns only a 400 into a message (any other error
+    /// status escapes as a Python traceback).
     pub fn cancel(&self, id: JobId, now: u64) -> Result<Event> {
-        let job = self
-            .jobs
-            .get(&id)
-            .ok_or_else(|| Error::NotFound("Job not found".into()))?;
+        let job = self.jobs.get(&id).ok_or_else(|| {
+            Error::InvalidInput(format!("{NOT_FOUND_TO_CANCEL}: no job has the id {id}"))
+        })?;
         if job.state.is_terminal() {
             return Err(Error::Conflict(ALREADY_FINISHED.into()));
         }
