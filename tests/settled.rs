@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use serde_json::{json, Value};
+
 use crate::util::agent::cli;
 use crate::util::{new_id, TestServer};
 
@@ -22,4 +24,58 @@ async fn real_cli_cancel_prints_a_message_when_job_is_unknown() {
         "stderr:\n{stderr}"
     );
     assert!(!stderr.contains("Traceback"), "stderr:\n{stderr}");
+}
+
+#[tokio::test]
+async fn queue_agents_omit_fields_never_posted_but_state_when_agent_posted_only_queues() {
+    // Upstream's `AgentOut` dump leaves out what the agent never posted; flinger showed
+    // `null`. `state` stays (null): the CLI indexes it.
+    let srv = TestServer::start();
+    srv.post_json("/v1/agents/data/bare", &json!({"queues": ["bare-q"]}))
+        .await
+        .expect_status(200);
+    srv.post_json(
+        "/v1/agents/data/full",
+        &json!({"state": "waiting", "queues": ["bare-q"], "location": "lab",
+                "provision_type": "noprovision", "job_id": "", "comment": "hi"}),
+    )
+    .await
+    .expect_status(200);
+    let agents = srv.get("/v1/queues/bare-q/agents").await.expect_json();
+    let by_name = |name: &str| {
+        agents
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|a| a["name"] == name)
+            .cloned()
+            .expect("listed")
+    };
+    assert_eq!(
+        by_name("bare"),
+        json!({"name": "bare", "state": null, "queues": ["bare-q"], "restricted_to": {}})
+    );
+    assert_eq!(
+        by_name("full"),
+        json!({"name": "full", "state": "waiting", "queues": ["bare-q"], "location": "lab",
+               "provision_type": "noprovision", "job_id": "", "comment": "hi",
+               "restricted_to": {}})
+    );
+    // The real CLI reads both without raising.
+    let out = cli(
+        &srv,
+        &["queue-status", "bare-q", "--json"],
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr:\n{stderr}");
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("queue-status --json");
+    let mut statuses: Vec<String> = printed["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .map(|a| format!("{}={}", a["name"], a["status"]))
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, ["\"bare\"=null", "\"full\"=\"waiting\""]);
 }

@@ -49,16 +49,22 @@ pub async fn queues_agents_get(
                     .and_then(Value::as_array)
                     .is_some_and(|qs| qs.iter().any(|q| q.as_str() == Some(wanted.as_str())));
                 serves.then(|| {
-                    let pick = |k: &str| fields.get(k).cloned().unwrap_or(Value::Null);
-                    json!({
-                        "name": &**name,
-                        "state": pick("state"),
-                        "queues": pick("queues"),
-                        "location": pick("location"),
-                        "provision_type": pick("provision_type"),
-                        "job_id": pick("job_id"),
-                        "comment": pick("comment"),
-                    })
+                    // Upstream's `AgentOut` fields, each only when the agent posted it (as
+                    // marshmallow dumps them), except `state`: the CLI reads
+                    // `agent["state"]` (submit, queue-status) and would raise KeyError, so
+                    // an agent that never posted one shows `null` (not "offline": usable).
+                    let mut agent = Map::new();
+                    agent.insert("name".into(), Value::from(&**name));
+                    agent.insert(
+                        "state".into(),
+                        fields.get("state").cloned().unwrap_or(Value::Null),
+                    );
+                    for key in ["queues", "location", "provision_type", "job_id", "comment"] {
+                        if let Some(value) = fields.get(key) {
+                            agent.insert(key.into(), value.clone());
+                        }
+                    }
+                    Value::Object(agent)
                 })
             })
             .collect::<Vec<Value>>()
