@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::respond::{json_bytes, json_value, ok, read_body};
-use super::wire::{check_queue_name, json_object_body, MAX_NAME};
+use super::wire::{check_queue_name, empty_as_object, json_object_body, MAX_NAME};
 use crate::access::Caller;
 use crate::actors::agents::AgentMsg;
 use crate::actors::{ask, Services};
@@ -33,7 +33,7 @@ pub async fn read_agents<T: Send + 'static>(
 }
 
 async fn json_object(request: Request) -> Result<Map<String, Value>> {
-    let body = read_body(request, MAX_ADVERT_BYTES).await?;
+    let body = empty_as_object(read_body(request, MAX_ADVERT_BYTES).await?);
     json_object_body(&body)
 }
 
@@ -227,7 +227,7 @@ pub async fn agents_post(
     request: Request,
 ) -> Result<Response> {
     check_name(&name)?;
-    let body = read_body(request, MAX_AGENT_POST).await?;
+    let body = empty_as_object(read_body(request, MAX_AGENT_POST).await?);
     let map = json_object_body(&body)?;
     check_agent_fields(&map)?;
     // An agent reporting its state with the job it runs is heard about that job: from
@@ -377,7 +377,7 @@ pub async fn agents_provision_logs_post(
     request: Request,
 ) -> Result<Response> {
     check_name(&name)?;
-    let body = read_body(request, MAX_AGENT_POST).await?;
+    let body = empty_as_object(read_body(request, MAX_AGENT_POST).await?);
     let mut map = json_object_body(&body)?;
     // Types and required fields as upstream's schema loads them (`exit_code: "3"` is 3).
     super::schema::load(&super::schema::PROVISION_LOG, &mut map).map_err(super::wire::invalid)?;

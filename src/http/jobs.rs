@@ -90,6 +90,10 @@ pub async fn job_get(
     // The request goes into a plain function: borrowed here, it would be kept in the
     // future axum boxes (and moves) for every pop, across the pop's awaits.
     let (queues, wait, agent) = pop_request(request)?;
+    if queues.is_empty() {
+        // Only empty names (`?queue=`): no job has one, so none is waiting (upstream: 204).
+        return Ok(no_content());
+    }
     let client = caller.client_id().map(Name::from);
     let job = if wait == 0 {
         dispatch::pop(&svc, &queues, agent, client).await?
@@ -106,9 +110,11 @@ pub async fn job_get(
 }
 
 /// A pop's queues (distinct, in the order named), its `wait` in seconds, and the agent's
-/// name from its cookie.
+/// name from its cookie. No `queue` parameter is a 400 (as upstream); empty names are
+/// skipped, so `?queue=` alone gives no queues (upstream pops from `[""]`: 204).
 fn pop_request(request: Request) -> Result<(Vec<Name>, u64, Option<Name>)> {
     let mut queues: Distinct<Name> = Distinct::default();
+    let mut named = false;
     let mut wait = 0;
     // De-duplicated, and the cap checked, as names arrive, so a URL of thousands of
     // `queue=` parameters costs linear time.
@@ -126,7 +132,11 @@ fn pop_request(request: Request) -> Result<(Vec<Name>, u64, Option<Name>)> {
                 })?;
             continue;
         }
-        if key != "queue" || value.is_empty() {
+        if key != "queue" {
+            continue;
+        }
+        named = true;
+        if value.is_empty() {
             continue;
         }
         if queues.contains(&*value) {
@@ -140,7 +150,7 @@ fn pop_request(request: Request) -> Result<(Vec<Name>, u64, Option<Name>)> {
         }
         queues.insert(Name::from(&*value));
     }
-    if queues.is_empty() {
+    if !named {
         return Err(Error::InvalidInput(
             "No queue(s) specified in request".into(),
         ));
