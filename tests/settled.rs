@@ -124,3 +124,40 @@ async fn pop_answers_204_when_every_queue_named_is_empty() {
     let job = srv.get("/v1/job?queue=&queue=real-q").await.expect_json();
     assert_eq!(job["job_id"], id.as_str());
 }
+
+#[tokio::test]
+async fn fragment_numbers_load_as_marshmallow_integers_when_posted_as_strings_or_floats() {
+    // Upstream's `LogPost.fragment_number` is a non-strict marshmallow `Integer`.
+    let srv = TestServer::start();
+    let id = srv.submit_to("q").await;
+    let post = |number: Value, text: &str| {
+        let body = json!({"fragment_number": number, "timestamp": "2026-11-29T00:00:00Z",
+                          "phase": "test", "log_data": text});
+        let path = format!("/v1/result/{id}/log/output");
+        let srv = &srv;
+        async move { srv.post_json(&path, &body).await }
+    };
+    post(json!("0"), "a").await.expect_status(200);
+    post(json!(" 1 "), "b").await.expect_status(200);
+    post(json!(2.0), "c").await.expect_status(200);
+    // The same fragment again (as a number): stored once.
+    post(json!(1), "b").await.expect_status(200);
+    let log = srv
+        .get(&format!("/v1/result/{id}/log/output?phase=test"))
+        .await
+        .expect_json();
+    assert_eq!(
+        log["output"]["test"],
+        json!({"last_fragment_number": 2, "log_data": "abc"})
+    );
+    // Not integers, or negative (never readable): 422 naming the field.
+    for bad in [json!("one"), json!(true), json!(null), json!(-1), json!("-3")] {
+        let r = post(bad.clone(), "x").await;
+        r.expect_error(422);
+        assert!(
+            r.json()["detail"].to_string().contains("fragment_number"),
+            "{bad}: {}",
+            r.text()
+        );
+    }
+}

@@ -251,11 +251,26 @@ pub async fn log_post(
         return Err(Error::unknown_field(other));
     }
     let [number, timestamp, phase, data] = picked.values;
-    // At most i64::MAX: reads answer `last_fragment_number` as a signed number (-1 for
-    // none, as upstream), and upstream's MongoDB stores 64-bit signed integers.
-    let number = required("fragment_number", &number)?
-        .as_u64()
-        .ok_or_else(|| Error::validation("fragment_number", "Not a valid non-negative integer."))?;
+    // Loaded as upstream's `LogPost` loads it, marshmallow's non-strict `Integer` (`"7"` and
+    // `7.0` are 7; the stock agent sends integers), except that a negative number is
+    // refused: upstream stores it but no read returns it (reads start at fragment 0 and
+    // `start_fragment` may not be negative), and -1 is `last_fragment_number`'s "none".
+    // At most i64::MAX: reads answer `last_fragment_number` as a signed number, and
+    // upstream's MongoDB stores 64-bit signed integers.
+    let number = required("fragment_number", &number)?;
+    let number = match number.as_u64() {
+        Some(n) => n,
+        None => {
+            let n = super::schema::integer(number)
+                .map_err(|reason| Error::validation("fragment_number", reason))?;
+            u64::try_from(n).map_err(|_| {
+                Error::validation(
+                    "fragment_number",
+                    format!("Must be greater than or equal to 0 (got {n}): a negative fragment could never be read."),
+                )
+            })?
+        }
+    };
     if i64::try_from(number).is_err() {
         return Err(Error::validation(
             "fragment_number",

@@ -36,7 +36,7 @@ mod schemas;
 mod validate;
 
 pub use schemas::{ATTACHMENT, JOB, PROVISION_LOG, PROVISION_SCHEMAS, RESERVE_DATA, TEST_DATA};
-pub use validate::{duration, is_email, is_url, load, Lookup, Object};
+pub use validate::{duration, integer, is_email, is_url, load, Lookup, Object};
 
 /// Why a value does not load: where (top-level field first, then keys and list indexes)
 /// and marshmallow's message.

@@ -254,6 +254,12 @@ fn provision_data(value: &mut Value) -> Result<(), Invalid> {
     Err(invalid)
 }
 
+/// marshmallow's non-strict `Integer` for a field loaded outside a [`Schema`] table (a log
+/// fragment's `fragment_number`): the value, or marshmallow's reason.
+pub fn integer(value: &Value) -> Result<i64, String> {
+    to_int(value).map_err(|invalid| invalid.reason)
+}
+
 /// marshmallow's non-strict `Integer`: `int(value)` for numbers (truncating) and numeric
 /// strings; booleans are refused.
 fn to_int(value: &Value) -> Result<i64, Invalid> {
