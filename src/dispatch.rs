@@ -200,23 +200,49 @@ async fn held_job(
 }
 
 /// The job document an agent receives: as submitted, with its secrets resolved (access
-/// control on), plus `attachments_status` when the job has attachments (the agent
-/// downloads them only when it reads `complete`).
+/// control on), plus what upstream's pop answer adds: `started_at` (when it was dispatched,
+/// `...Z` as HEAD's pop writes it; a retried pop repeats the first dispatch's) and
+/// `attachments_status` when the job has attachments (the agent downloads them only when
+/// it reads `complete`).
 async fn dispatched_body(svc: &Services, job: &JobView) -> Result<Bytes> {
     let body = crate::access::resolve_secrets(svc, job.owner.as_deref(), job.body.clone()).await?;
-    Ok(with_attachments_status(job, body))
+    Ok(with_server_fields(job, body))
 }
 
-fn with_attachments_status(job: &JobView, body: Bytes) -> Bytes {
-    if job.attachments != Attachments::Complete {
-        return body;
-    }
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(mut map)) => {
-            map.insert("attachments_status".into(), Value::from("complete"));
-            Bytes::from(serde_json::to_vec(&map).expect("maps serialise"))
+fn with_server_fields(job: &JobView, body: Bytes) -> Bytes {
+    let started_at = job.started_at.map(crate::http::wire::iso_z);
+    let attachments = job.attachments == Attachments::Complete;
+    // The common case, a compact object (as stored) without a member of these names:
+    // `started_at` is written before its closing brace, without parsing the document.
+    let plain = !attachments
+        && body.len() > 2
+        && body.first() == Some(&b'{')
+        && body.last() == Some(&b'}')
+        && memchr::memmem::find(&body, b"\"started_at\"").is_none();
+    match started_at {
+        None if !attachments => body,
+        Some(at) if plain => {
+            let mut text = Vec::with_capacity(body.len() + 40);
+            text.extend_from_slice(&body[..body.len() - 1]);
+            text.extend_from_slice(b",\"started_at\":\"");
+            text.extend_from_slice(at.as_bytes());
+            text.extend_from_slice(b"\"}");
+            Bytes::from(text)
         }
-        _ => body,
+        // A submitted top-level `started_at` (flinger keeps unknown members) is replaced:
+        // the agent is told when the server dispatched the job.
+        at => match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(mut map)) => {
+                if let Some(at) = at {
+                    map.insert("started_at".into(), Value::from(at));
+                }
+                if attachments {
+                    map.insert("attachments_status".into(), Value::from("complete"));
+                }
+                Bytes::from(serde_json::to_vec(&map).expect("maps serialise"))
+            }
+            _ => body,
+        },
     }
 }
 

@@ -41,8 +41,11 @@ async fn pop_returns_the_stored_job_when_one_is_waiting() {
         .await;
     let stored = srv.get(&format!("/v1/job/{id}")).await.expect_json();
     let r = srv.get("/v1/job?queue=q").await;
-    let popped = r.expect_json();
+    let mut popped = r.expect_json();
     assert!(popped.is_object(), "pop returns one job object: {popped}");
+    // The stored job plus when it was dispatched (as HEAD's pop answer).
+    let started_at = popped.as_object_mut().unwrap().remove("started_at");
+    assert!(started_at.is_some_and(|at| at.as_str().is_some_and(|at| at.ends_with('Z'))));
     assert_eq!(popped, stored);
     assert_eq!(job_id_of(&popped), id);
 }

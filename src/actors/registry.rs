@@ -65,6 +65,8 @@ pub struct JobView {
     pub attachments: Attachments,
     /// Which run of the job this is (1, then one more per resubmission).
     pub run: u32,
+    /// Unix seconds of its latest dispatch (the pop answer's `started_at`), if any.
+    pub started_at: Option<u64>,
     /// When the server found its agent lost, if it did.
     pub lost: Option<crate::model::registry::Lost>,
     /// The submitting client (access control on).
@@ -80,8 +82,6 @@ pub struct JobDetail {
     pub view: JobView,
     /// `job_priority`.
     pub priority: i64,
-    /// Unix seconds of dispatch.
-    pub started_at: Option<u64>,
     /// Unix seconds it finished.
     pub finished_at: Option<u64>,
     /// The agent it was handed to.
@@ -94,7 +94,6 @@ fn detail(job: &crate::model::registry::Job) -> JobDetail {
     JobDetail {
         view: view(job),
         priority: job.priority,
-        started_at: job.started_at,
         finished_at: job.finished_at,
         agent: job.agent.clone(),
         phases: job.phases.clone(),
@@ -275,6 +274,7 @@ fn view(job: &crate::model::registry::Job) -> JobView {
         created_at: job.created_at,
         attachments: job.attachments,
         run: job.run,
+        started_at: job.started_at,
         lost: job.lost.clone(),
         owner: job.owner.clone(),
         client: job.client.clone(),

@@ -353,7 +353,7 @@ fn detail_row(id: JobId, d: &JobDetail) -> Value {
         "priority": d.priority,
         "state": d.view.state,
         "created_at": iso_z(d.view.created_at),
-        "started_at": d.started_at.map(iso_z),
+        "started_at": d.view.started_at.map(iso_z),
         "agent": d.agent.as_deref(),
     })
 }
@@ -685,7 +685,7 @@ pub async fn job_page(
     };
     let definition: Value = serde_json::from_slice(&detail.view.body).unwrap_or(Value::Null);
     let mut timeline = vec![json!({"what": "submitted", "at": iso_z(detail.view.created_at)})];
-    if let Some(t) = detail.started_at {
+    if let Some(t) = detail.view.started_at {
         timeline.push(json!({"what": "dispatched", "at": iso_z(t)}));
     }
     // Each phase the agent reported, when it reported it.
