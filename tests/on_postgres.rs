@@ -49,5 +49,6 @@ mod props {
     mod ops;
 }
 mod results;
+mod settled;
 mod startup;
 mod webhooks;

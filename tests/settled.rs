@@ -161,3 +161,46 @@ async fn fragment_numbers_load_as_marshmallow_integers_when_posted_as_strings_or
         );
     }
 }
+
+#[tokio::test]
+async fn pop_answer_carries_started_at_when_a_job_is_dispatched() {
+    // HEAD's pop answer is the job plus `job_id` and `started_at` (`...Z`).
+    let srv = TestServer::start();
+    let id = srv
+        .submit(&json!({"job_queue": "sa-q", "started_at": "submitted-by-hand"}))
+        .await;
+    let plain = srv.submit_to("sa-q").await;
+    let popped = srv.pop(&["sa-q"]).await.expect("a job");
+    assert_eq!(popped["job_id"], id.as_str());
+    let at = popped["started_at"].as_str().expect("started_at").to_owned();
+    assert!(
+        at.len() == 20 && at.ends_with('Z') && at.as_bytes()[10] == b'T',
+        "{at:?}"
+    );
+    assert_ne!(at, "submitted-by-hand", "the server's time replaces a submitted one");
+    let second = srv.pop(&["sa-q"]).await.expect("a job");
+    assert_eq!(second["job_id"], plain.as_str());
+    assert!(second["started_at"].as_str().is_some_and(|s| s.ends_with('Z')));
+    // `GET /v1/job/<id>` stays the job as submitted, as upstream's.
+    let shown = srv.get(&format!("/v1/job/{plain}")).await.expect_json();
+    assert!(shown.get("started_at").is_none(), "{shown}");
+}
+
+#[tokio::test]
+async fn wait_times_are_empty_when_only_an_empty_queue_name_is_asked_for() {
+    // Upstream matches names `$in [""]`: no queue has an empty name.
+    let srv = TestServer::start();
+    srv.submit_to("timed-q").await;
+    srv.pop(&["timed-q"]).await.expect("a job");
+    let all = srv.get("/v1/queues/wait_times").await.expect_json();
+    assert!(all.get("timed-q").is_some(), "{all}");
+    assert_eq!(
+        srv.get("/v1/queues/wait_times?queue=").await.expect_json(),
+        json!({})
+    );
+    let some = srv
+        .get("/v1/queues/wait_times?queue=&queue=timed-q")
+        .await
+        .expect_json();
+    assert_eq!(some.as_object().map(|m| m.len()), Some(1), "{some}");
+}

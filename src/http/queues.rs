@@ -120,18 +120,26 @@ fn percentile(sorted: &[u64], pct: f64) -> f64 {
 }
 
 /// `GET /v1/queues/wait_times?queue=a&queue=b`: wait-time percentiles (seconds) of the
-/// named queues, or of every queue with data.
+/// named queues, or of every queue with data. An empty name matches no queue (as
+/// upstream's `$in`), so `?queue=` alone is `{}`, not every queue.
 pub async fn queue_wait_times_get(
     State(svc): State<Services>,
     request: Request,
 ) -> Result<Response> {
-    let wanted: Vec<String> = query_pairs(request.uri().query().unwrap_or(""))?
-        .into_iter()
-        .filter(|(k, _)| k == "queue")
-        .map(|(_, v)| v.into_owned())
-        .collect();
-    for queue in &wanted {
-        crate::http::wire::check_queue_name(queue)?;
+    let mut named = false;
+    let mut wanted: Vec<String> = Vec::new();
+    for (key, value) in query_pairs(request.uri().query().unwrap_or(""))? {
+        if key != "queue" {
+            continue;
+        }
+        named = true;
+        if !value.is_empty() {
+            crate::http::wire::check_queue_name(&value)?;
+            wanted.push(value.into_owned());
+        }
+    }
+    if named && wanted.is_empty() {
+        return Ok(json_value(StatusCode::OK, &Value::Object(Map::new())));
     }
     let samples = svc.jobs.wait_times(&wanted);
     let mut out = Map::new();
