@@ -204,3 +204,31 @@ async fn wait_times_are_empty_when_only_an_empty_queue_name_is_asked_for() {
         .expect_json();
     assert_eq!(some.as_object().map(|m| m.len()), Some(1), "{some}");
 }
+
+#[tokio::test]
+async fn queues_list_a_queue_with_only_images_with_an_empty_description() {
+    // Upstream's images post creates the queue's document, which its queue list shows
+    // (description `""`); the CLI's `reserve` picks a queue from that list.
+    let srv = TestServer::start();
+    srv.post_json("/v1/agents/queues", &json!({"b-q": "described", "d-q": "too"}))
+        .await
+        .expect_status(200);
+    srv.post_json(
+        "/v1/agents/images",
+        &json!({"a-q": {"core22": "url: x"}, "b-q": {"jammy": "url: y"}, "c-q": {"i": "z"},
+                "e-q": {"noble": "url: w"}}),
+    )
+    .await
+    .expect_status(200);
+    let r = srv.get("/v1/agents/queues").await;
+    assert_eq!(
+        r.text(),
+        r#"{"a-q":"","b-q":"described","c-q":"","d-q":"too","e-q":""}"#
+    );
+    let out = cli(&srv, &["list-queues", "--json"], Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr:\n{stderr}");
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("list-queues --json");
+    assert_eq!(listed["a-q"], "");
+    assert_eq!(listed["b-q"], "described");
+}

@@ -85,14 +85,25 @@ pub async fn queues_post(State(svc): State<Services>, request: Request) -> Resul
     Ok(ok())
 }
 
-/// `GET /v1/agents/queues`: `{name: description}` of every advertised queue.
+/// `GET /v1/agents/queues`: `{name: description}` of every advertised queue, and `""` for
+/// a queue that only has advertised images (as upstream, whose images post creates the
+/// queue's document: the CLI's `reserve` offers the queues listed here, then their images).
+/// Sorted by name (both maps are; merged in one pass).
 pub async fn queues_get(State(svc): State<Services>) -> Result<Response> {
     let map = read_agents(&svc, |agents| {
-        agents
-            .queues
-            .iter()
-            .map(|(name, q)| (name.to_string(), Value::from(&*q.description)))
-            .collect::<Map<String, Value>>()
+        let mut map = Map::new();
+        let mut images_only = agents.images.keys().peekable();
+        for (name, q) in &agents.queues {
+            while let Some(image_queue) = images_only.next_if(|i| *i < name) {
+                map.insert(image_queue.to_string(), Value::from(""));
+            }
+            images_only.next_if(|i| *i == name);
+            map.insert(name.to_string(), Value::from(&*q.description));
+        }
+        for image_queue in images_only {
+            map.insert(image_queue.to_string(), Value::from(""));
+        }
+        map
     })
     .await?;
     Ok(json_value(StatusCode::OK, &Value::Object(map)))
