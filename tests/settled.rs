@@ -232,3 +232,24 @@ async fn queues_list_a_queue_with_only_images_with_an_empty_description() {
     assert_eq!(listed["a-q"], "");
     assert_eq!(listed["b-q"], "described");
 }
+
+#[tokio::test]
+async fn schema_loaded_posts_name_the_missing_field_when_body_is_empty() {
+    // HEAD's webargs loads an empty body as `{}`: the schema then names what is missing
+    // (422), where flinger said only that the body was empty (400).
+    let srv = TestServer::start();
+    let id = srv.submit_to("q").await;
+    for (path, field) in [
+        (format!("/v1/result/{id}/log/output"), "fragment_number"),
+        (format!("/v1/job/{id}/events"), "job_status_webhook"),
+        ("/v1/oauth2/refresh".to_string(), "refresh_token"),
+    ] {
+        let r = srv.post_raw(&path, None, Vec::new()).await;
+        r.expect_error(422);
+        assert!(
+            r.json()["detail"]["json"].get(field).is_some(),
+            "{path}: {}",
+            r.text()
+        );
+    }
+}

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::agents::read_agents;
 use super::respond::{json_value, ok, read_body, text};
-use super::wire::json_object_body;
+use super::wire::{empty_as_object, json_object_body};
 use crate::access::clients::{check_client_edit, ClientEdit};
 use crate::access::{peer, secrets, security_event, token, Caller, Limiter};
 use crate::actors::{now, Services};
@@ -154,7 +154,7 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
 
 /// The `refresh_token` of a `{refresh_token}` body (422 when absent or empty).
 async fn refresh_token_field(request: Request) -> Result<String> {
-    let body = read_body(request, MAX_BODY).await?;
+    let body = empty_as_object(read_body(request, MAX_BODY).await?);
     let value = json_object_body(&body)?;
     super::wire::only_keys(&value, &["refresh_token"])?;
     match value.get("refresh_token") {
@@ -329,7 +329,7 @@ pub async fn client_put(
     if let Some(problem) = token::client_id_problem(&client_id) {
         return Err(Error::validation("client_id", problem));
     }
-    let body = read_body(request, MAX_BODY).await?;
+    let body = empty_as_object(read_body(request, MAX_BODY).await?);
     let fields = json_object_body(&body)?;
     let mut secret = None;
     let mut role = None;
@@ -489,7 +489,7 @@ pub async fn restricted_queue_get(
 
 /// The `client_id` of a restricted-queue body: 422 when absent, 400 when empty.
 async fn restricted_client_id(request: Request) -> Result<String> {
-    let body = read_body(request, MAX_BODY).await?;
+    let body = empty_as_object(read_body(request, MAX_BODY).await?);
     let value = json_object_body(&body)?;
     super::wire::only_keys(&value, &["client_id"])?;
     match value.get("client_id") {
@@ -662,7 +662,7 @@ pub async fn secrets_put(
         return Err(Error::InvalidInput("No secrets store".into()));
     };
     let owner = secret_owner(&caller, &client_id, &path)?.to_owned();
-    let body = read_body(request, secrets::MAX_SECRET_BYTES + MAX_BODY).await?;
+    let body = empty_as_object(read_body(request, secrets::MAX_SECRET_BYTES + MAX_BODY).await?);
     let fields = json_object_body(&body)?;
     super::wire::only_keys(&fields, &["value", "expire_after", "ephemeral"])?;
     let value = match fields.get("value") {

@@ -237,6 +237,7 @@ pub async fn log_post(
     let limit = svc.config.max_output_bytes;
     let body = read_body(request, fragment_body_limit(limit))
         .await
+        .map(super::wire::empty_as_object)
         .map_err(|e| match e {
             Error::TooLarge(_) => Error::TooLarge(format!(
                 "Payload too large: a log fragment's body is limited to {} bytes (log_data to \

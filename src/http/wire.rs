@@ -90,11 +90,12 @@ pub fn json_object_body(body: &[u8]) -> Result<Map<String, Value>> {
     }
 }
 
-/// A body upstream loads with `@input(Schema, location="json")` (the agent routes): webargs
-/// reads an empty body as "no JSON" and the schema then loads `{}`, so upstream answers an
-/// empty post as it answers `{}` (HEAD: 200 from `POST /v1/agents/data/<name>`). Blank is
-/// read as `{}` here too, instead of the 400 an empty body is elsewhere (OLD's routes, where
-/// OLD and its tests answer 400).
+/// A body of a route HEAD loads with `@input(Schema, location="json")` and OLD did not
+/// have (agents, log fragments, events, tokens, access control): webargs reads an empty
+/// body as "no JSON" and the schema then loads `{}`, so HEAD answers an empty post as it
+/// answers `{}` (200 from `POST /v1/agents/data/<name>`, 422 naming a required field
+/// elsewhere). Blank is read as `{}` here too, instead of the 400 an empty body is on OLD's
+/// routes (submit, results, action), where OLD and its tests answer 400.
 pub fn empty_as_object(body: Bytes) -> Bytes {
     if body.iter().all(u8::is_ascii_whitespace) {
         Bytes::from_static(b"{}")
