@@ -275,7 +275,10 @@ async fn job_id_is_replaced_in_place_when_submitted_in_another_spelling() {
 /// A pop answer without its last member, `started_at` (checked to be there, and last).
 fn without_started_at(mut popped: Value) -> Value {
     let fields = popped.as_object_mut().expect("an object");
-    assert_eq!(fields.keys().next_back().map(String::as_str), Some("started_at"));
+    assert_eq!(
+        fields.keys().next_back().map(String::as_str),
+        Some("started_at")
+    );
     fields.remove("started_at");
     popped
 }

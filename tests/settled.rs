@@ -118,7 +118,10 @@ async fn pop_answers_204_when_every_queue_named_is_empty() {
     srv.get("/v1/job?queue=").await.expect_no_content();
     let started = std::time::Instant::now();
     srv.get("/v1/job?queue=&wait=5").await.expect_no_content();
-    assert!(started.elapsed() < Duration::from_secs(2), "no wait for nothing");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no wait for nothing"
+    );
     srv.get("/v1/job").await.expect_error(400);
     srv.get("/v1/job?wait=1").await.expect_error(400);
     let job = srv.get("/v1/job?queue=&queue=real-q").await.expect_json();
@@ -151,7 +154,13 @@ async fn fragment_numbers_load_as_marshmallow_integers_when_posted_as_strings_or
         json!({"last_fragment_number": 2, "log_data": "abc"})
     );
     // Not integers, or negative (never readable): 422 naming the field.
-    for bad in [json!("one"), json!(true), json!(null), json!(-1), json!("-3")] {
+    for bad in [
+        json!("one"),
+        json!(true),
+        json!(null),
+        json!(-1),
+        json!("-3"),
+    ] {
         let r = post(bad.clone(), "x").await;
         r.expect_error(422);
         assert!(
@@ -172,15 +181,23 @@ async fn pop_answer_carries_started_at_when_a_job_is_dispatched() {
     let plain = srv.submit_to("sa-q").await;
     let popped = srv.pop(&["sa-q"]).await.expect("a job");
     assert_eq!(popped["job_id"], id.as_str());
-    let at = popped["started_at"].as_str().expect("started_at").to_owned();
+    let at = popped["started_at"]
+        .as_str()
+        .expect("started_at")
+        .to_owned();
     assert!(
         at.len() == 20 && at.ends_with('Z') && at.as_bytes()[10] == b'T',
         "{at:?}"
     );
-    assert_ne!(at, "submitted-by-hand", "the server's time replaces a submitted one");
+    assert_ne!(
+        at, "submitted-by-hand",
+        "the server's time replaces a submitted one"
+    );
     let second = srv.pop(&["sa-q"]).await.expect("a job");
     assert_eq!(second["job_id"], plain.as_str());
-    assert!(second["started_at"].as_str().is_some_and(|s| s.ends_with('Z')));
+    assert!(second["started_at"]
+        .as_str()
+        .is_some_and(|s| s.ends_with('Z')));
     // `GET /v1/job/<id>` stays the job as submitted, as upstream's.
     let shown = srv.get(&format!("/v1/job/{plain}")).await.expect_json();
     assert!(shown.get("started_at").is_none(), "{shown}");
@@ -210,9 +227,12 @@ async fn queues_list_a_queue_with_only_images_with_an_empty_description() {
     // Upstream's images post creates the queue's document, which its queue list shows
     // (description `""`); the CLI's `reserve` picks a queue from that list.
     let srv = TestServer::start();
-    srv.post_json("/v1/agents/queues", &json!({"b-q": "described", "d-q": "too"}))
-        .await
-        .expect_status(200);
+    srv.post_json(
+        "/v1/agents/queues",
+        &json!({"b-q": "described", "d-q": "too"}),
+    )
+    .await
+    .expect_status(200);
     srv.post_json(
         "/v1/agents/images",
         &json!({"a-q": {"core22": "url: x"}, "b-q": {"jammy": "url: y"}, "c-q": {"i": "z"},
