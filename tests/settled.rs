@@ -273,3 +273,26 @@ async fn schema_loaded_posts_name_the_missing_field_when_body_is_empty() {
         );
     }
 }
+
+#[tokio::test]
+async fn retried_pop_repeats_the_first_dispatch_time_when_the_agent_pops_again() {
+    // The agent retries a pop on 5xx; the job it holds comes back with its dispatch time.
+    let srv = TestServer::start();
+    srv.post_json("/v1/agents/data/retrier", &json!({"state": "waiting"}))
+        .await
+        .expect_status(200);
+    let id = srv.submit_to("retry-q").await;
+    let cookie = [("cookie", "agent_name=retrier")];
+    let first = srv
+        .request("GET", "/v1/job?queue=retry-q", &cookie, Vec::new())
+        .await
+        .expect_json();
+    assert_eq!(first["job_id"], id.as_str());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = srv
+        .request("GET", "/v1/job?queue=retry-q", &cookie, Vec::new())
+        .await
+        .expect_json();
+    assert_eq!(again["job_id"], id.as_str());
+    assert_eq!(again["started_at"], first["started_at"]);
+}
