@@ -296,3 +296,24 @@ async fn retried_pop_repeats_the_first_dispatch_time_when_the_agent_pops_again()
     assert_eq!(again["job_id"], id.as_str());
     assert_eq!(again["started_at"], first["started_at"]);
 }
+
+#[tokio::test]
+async fn real_cli_agent_status_and_list_agents_print_when_an_agent_never_posted_a_state() {
+    // Upstream leaves `state` out of such a record and `agent-status` raises KeyError.
+    let srv = TestServer::start();
+    srv.post_json("/v1/agents/data/stateless", &json!({"queues": ["sl-q"]}))
+        .await
+        .expect_status(200);
+    let record = srv.get("/v1/agents/data/stateless").await.expect_json();
+    assert_eq!(record["state"], Value::Null, "{record}");
+    for args in [
+        &["agent-status", "stateless"][..],
+        &["agent-status", "stateless", "--json"],
+        &["list-agents"],
+    ] {
+        let out = cli(&srv, args, Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?} stderr:\n{stderr}");
+        assert!(!stderr.contains("Traceback"), "{args:?} stderr:\n{stderr}");
+    }
+}

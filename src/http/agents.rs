@@ -299,16 +299,22 @@ pub fn agent_json(name: &str, record: &crate::model::agents::AgentRecord) -> Val
     Value::Object(map)
 }
 
-/// `GET /v1/agents/data/<name>`: one agent's record (404 when unknown).
+/// `GET /v1/agents/data/<name>`: one agent's record (404 when unknown), with `state:
+/// null` when the agent never posted one: the CLI's `agent-status` indexes `["state"]`
+/// (upstream leaves the key out, and the CLI raises `KeyError`). The list keeps leaving it
+/// out, as upstream: `list-agents` reads `.get("state")` but cannot format a `null`.
 pub async fn agents_get_one(
     State(svc): State<Services>,
     Path(name): Path<String>,
 ) -> Result<Response> {
     let found = read_agents(&svc, move |agents| {
-        agents
-            .agents
-            .get(name.as_str())
-            .map(|r| agent_json(&name, r))
+        agents.agents.get(name.as_str()).map(|r| {
+            let mut agent = agent_json(&name, r);
+            if let Value::Object(map) = &mut agent {
+                map.entry("state").or_insert(Value::Null);
+            }
+            agent
+        })
     })
     .await?;
     match found {
