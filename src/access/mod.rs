@@ -261,6 +261,32 @@ pub fn security_event(
     tracing::warn!(target: "flinger::security", event = kind, client = %who, method, path = %path, from = %from, suppressed, "{why}");
 }
 
+/// Logs a handler's own refusal (`status` 401 or 403, `why` its message) as a security
+/// event, as [`authorize`] logs its own: the checks the table cannot make (a client edit
+/// above the caller's role, a priority over the caller's maximum, a job owned by another
+/// client) are refusals of the same kind, and the same client hammering them must show
+/// up in the log, once per [`crate::throttle::EVERY`].
+pub fn handler_refusal(
+    caller: Option<&Caller>,
+    method: &str,
+    path: &str,
+    from: Option<SocketAddr>,
+    status: u16,
+    why: &str,
+) {
+    let kind = if status == 401 {
+        "authn_fail"
+    } else {
+        "authz_fail"
+    };
+    let who = match caller {
+        Some(Caller::Open) => "open",
+        Some(caller) => caller.who(),
+        None => "unknown",
+    };
+    security_event(kind, who, method, path, from, why);
+}
+
 /// `text` as a security line carries it: control characters escaped (a client id from
 /// a Basic header could hold a newline and forge a line), cut after [`LOGGED_TEXT`]
 /// bytes with `…`.

@@ -47,9 +47,11 @@ fn token_response(access: String, expires_in: u64, refresh: Option<String>) -> R
 pub async fn token_post(State(svc): State<Services>, request: Request) -> Result<Response> {
     let gate = &svc.access;
     let from = peer(request.extensions());
+    // Logged here, naming the client id of the Basic header the front does not know;
+    // so the answer is marked logged, not logged a second time by the front.
     let refuse = |who: &str, why: &str, error: Error| {
         security_event("authn_fail", who, "POST", "/v1/oauth2/token", from, why);
-        Err(error)
+        Ok(super::respond::already_logged(error))
     };
     let Some(value) = request.headers().get(header::AUTHORIZATION) else {
         return refuse(

@@ -17,7 +17,10 @@
 //!    a row for every routed method, so a 404 or 405 is answered without resolving the
 //!    caller);
 //! 7. agent contact for lost-agent recovery (`actors::watch`), only for requests access
-//!    control lets through.
+//!    control lets through;
+//! 8. a handler's own 401 or 403 (a client edit above the caller's role, a priority over
+//!    its maximum) logged as a security event, as access control logs its refusals
+//!    (`access::handler_refusal`, throttled the same way).
 //!
 //! It also answers `OPTIONS` on every routed path itself (200, no body, `Allow`), as
 //! upstream's Flask does before any view or authentication runs, and gives every 405 of a
@@ -43,6 +46,7 @@ use futures_util::FutureExt;
 
 use super::meta::UNMATCHED;
 use super::{respond, transfer, wire};
+use crate::access::Requester;
 use crate::actors::Services;
 use crate::error::Error;
 use crate::model::FastSet;
@@ -145,9 +149,28 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
                 // retries a refused artifact upload (over --max-artifact-bytes) forever and
                 // never reports the job complete, so it is stuck, and its job must end.
                 let contact = agent_contact(&front.services, &request);
+                // Who and where, for a refusal the handler makes (a client edit above the
+                // caller's role, a priority over its maximum): logged as access control
+                // logs its own. A reference count and the URI's shared bytes, not copies.
+                let asked = (
+                    request.uri().clone(),
+                    request.extensions().get::<Requester>().cloned(),
+                );
                 let response = next.run(request).await;
                 if let Some(id) = contact.filter(|_| response.status().is_success()) {
                     front.services.watch.heard(id, crate::actors::now());
+                }
+                if let Some(respond::Refusal(why)) = response.extensions().get() {
+                    let (uri, requester) = asked;
+                    let requester = requester.unwrap_or_default();
+                    crate::access::handler_refusal(
+                        requester.caller.as_ref(),
+                        method,
+                        uri.path(),
+                        requester.peer,
+                        response.status().as_u16(),
+                        why,
+                    );
                 }
                 response
             }

@@ -39,6 +39,13 @@ impl IntoResponse for Error {
             other => json!({"message": other.message()}),
         };
         let mut response = json_value(status, &body);
+        if matches!(self, Error::Unauthorized(_) | Error::Forbidden(_)) {
+            // For `http::front`, which logs a handler's refusal as a security event as
+            // access control logs its own: the handler knows why, the front who and where.
+            response
+                .extensions_mut()
+                .insert(Refusal(self.message().into()));
+        }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was never read: the connection cannot carry another
             // request, so say so instead of letting the client write into a closed socket.
@@ -48,6 +55,20 @@ impl IntoResponse for Error {
         }
         response
     }
+}
+
+/// Why a response is a 401 or 403 (its `message`), attached by [`Error`]'s
+/// `into_response` for the security log (`access::handler_refusal`).
+#[derive(Clone, Debug)]
+pub struct Refusal(pub Box<str>);
+
+/// `error`'s response, without the [`Refusal`] that would have the front log it: for a
+/// handler that logged it itself with more than the front knows (the client id of a
+/// token request's Basic header), so one refusal is one line, and throttled as one.
+pub fn already_logged(error: Error) -> Response {
+    let mut response = error.into_response();
+    response.extensions_mut().remove::<Refusal>();
+    response
 }
 
 /// A JSON response from a value.

@@ -500,3 +500,63 @@ fn run_in_ok(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     );
     out
 }
+
+/// A client edit the role hierarchy refuses is a security event, as a refusal of the
+/// access table is: who, what, from where; a caller repeating it makes one line per
+/// interval (the next counts the suppressed), not one per request. So is any refusal a
+/// handler makes itself (here a priority over the caller's maximum).
+#[tokio::test]
+async fn a_refused_client_edit_is_a_security_event_logged_once_per_interval() {
+    let lab = Lab::start(&[]);
+    let srv = &lab.srv;
+    let alice = lab.token_for("alice", "manager", json!({})).await;
+    lab.client("bob", "manager", json!({})).await;
+    for _ in 0..30 {
+        call(
+            srv,
+            "PUT",
+            "/v1/client-permissions/bob",
+            Some(&alice),
+            None,
+            Some(&json!({"client_secret": "alice-now-knows-this"})),
+        )
+        .await
+        .expect_error(403);
+    }
+    let edit = |l: &str| {
+        l.contains("flinger::security")
+            && l.contains("authz_fail")
+            && l.contains("/v1/client-permissions/bob")
+    };
+    let log = srv.stderr_lines_once(edit).await;
+    let lines: Vec<_> = log.iter().filter(|l| edit(l)).collect();
+    assert_eq!(lines.len(), 1, "{log:#?}");
+    assert!(
+        lines[0].contains("alice") && lines[0].contains("replace the secret"),
+        "{}",
+        lines[0]
+    );
+}
+
+/// A refusal a handler makes itself is logged under its own kind too: a contributor's
+/// priority over its maximum (a 403 of the submission check, not of the table).
+#[tokio::test]
+async fn a_submission_over_the_callers_priority_is_a_security_event() {
+    let lab = Lab::start(&[]);
+    let srv = &lab.srv;
+    let carol = lab.token_for("carol", "contributor", json!({})).await;
+    let job = json!({"job_queue": "q", "job_priority": 7});
+    call(srv, "POST", "/v1/job", Some(&carol), None, Some(&job))
+        .await
+        .expect_error(403);
+    let refused = |l: &str| {
+        l.contains("flinger::security") && l.contains("authz_fail") && l.contains("carol")
+    };
+    let log = srv.stderr_lines_once(refused).await;
+    let line = log.iter().find(|l| refused(l));
+    let line = line.unwrap_or_else(|| panic!("no security line: {log:#?}"));
+    assert!(
+        line.contains("/v1/job") && line.contains("priority 7"),
+        "{line}"
+    );
+}
