@@ -127,3 +127,103 @@ fn every_fuzz_target_has_seeds_and_a_shared_check() {
         );
     }
 }
+
+/// Every kind of event the log can hold is in some `journal_replay` seed, so the fuzzer
+/// starts from a valid record of each and mutates it, instead of having to find a kind's
+/// layout by chance (an expiry or a webhook event had none: its fold went unfuzzed).
+/// The kinds are `Event`'s own variant names, read from its `Deserialize`: a new kind
+/// fails this until a seed holds one.
+#[test]
+fn every_event_kind_is_in_a_journal_replay_seed() {
+    let dir = fuzz_dir().join("seeds").join("journal_replay");
+    let mut seen = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).expect("the seeds") {
+        let data = std::fs::read(entry.expect("an entry").path()).expect("a seed");
+        let Some((&flags, mut rest)) = data.split_first() else {
+            continue;
+        };
+        if flags & 1 == 1 {
+            continue; // a snapshot and its tail: the record seeds cover every kind
+        }
+        // Counted only when recovery applies it (and every record before it): a seed whose
+        // record is refused stops replay there, and its fold is never reached.
+        let mut replay = flinger::journal::Replay::new(std::time::Instant::now());
+        let mut lsn = 0;
+        while rest.len() >= 2 {
+            let len = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
+            let len = len.min(rest.len() - 2);
+            let chunk = &rest[2..2 + len];
+            rest = &rest[2 + len..];
+            lsn += 1;
+            let Ok(event) = flinger::journal::decode(chunk) else {
+                break;
+            };
+            if replay.record(lsn, chunk).is_err() {
+                break;
+            }
+            seen.insert(event_kind(&event));
+        }
+    }
+    let missing: Vec<_> = event_kinds()
+        .into_iter()
+        .filter(|kind| !seen.contains(*kind))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no journal_replay seed holds {missing:?}"
+    );
+}
+
+/// An event's kind: its variant's name (the single key of its serialised form).
+fn event_kind(event: &flinger::model::Event) -> String {
+    match serde_json::to_value(event).expect("an event serialises") {
+        serde_json::Value::Object(map) => map.keys().next().cloned().unwrap_or_default(),
+        serde_json::Value::String(unit) => unit,
+        other => panic!("an event serialised as {other}"),
+    }
+}
+
+/// Every variant name of `Event`, as its derived `Deserialize` declares them: a
+/// deserializer that answers `deserialize_enum` by keeping the list and failing.
+fn event_kinds() -> Vec<&'static str> {
+    use serde::de::{self, Visitor};
+    #[derive(Debug)]
+    struct Listed(&'static [&'static str]);
+    impl std::fmt::Display for Listed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{:?}", self.0)
+        }
+    }
+    impl std::error::Error for Listed {}
+    impl de::Error for Listed {
+        fn custom<T: std::fmt::Display>(_: T) -> Self {
+            Listed(&[])
+        }
+    }
+    struct Lister;
+    impl<'de> de::Deserializer<'de> for Lister {
+        type Error = Listed;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Listed> {
+            Err(Listed(&[]))
+        }
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            variants: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Listed> {
+            Err(Listed(variants))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map struct
+            identifier ignored_any
+        }
+    }
+    let Err(Listed(kinds)) = <flinger::model::Event as serde::Deserialize>::deserialize(Lister)
+    else {
+        unreachable!("the lister never yields a value")
+    };
+    assert!(kinds.len() > 20, "Event's variants: {kinds:?}");
+    kinds.to_vec()
+}
