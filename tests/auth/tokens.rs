@@ -368,3 +368,73 @@ async fn concurrent_wrong_secrets_get_no_more_checks_than_the_limit_allows() {
         .await
         .expect_error(429);
 }
+
+/// A bearer token on a public endpoint is checked as on any other: expired 401 (the code
+/// the stock clients refresh and replay on), forged 403, and each refusal a security
+/// event. Upstream ignores a token there; flinger keeps refusing because no stock client
+/// flow depends on it (README's compatibility table): the agent's health check
+/// (`GET /v1`, which sends its token) counts any answer below 500 as reachable and
+/// refreshes on a 401, and both clients call `/v1/oauth2/refresh` without their token.
+#[tokio::test]
+async fn a_bad_token_on_a_public_endpoint_is_refused_and_the_stock_clients_way_recovers() {
+    let lab = Lab::start(&["--access-token-secs", "1", "--jwt-leeway-secs", "0"]);
+    let srv = &lab.srv;
+    let secret = lab.client("probe", "agent", json!({})).await;
+    let issued = token_request(srv, "probe", &secret).await.expect_json();
+    let token = issued["access_token"].as_str().unwrap().to_owned();
+    let refresh = issued["refresh_token"].as_str().unwrap().to_owned();
+    call(srv, "GET", "/v1", Some(&token), None, None)
+        .await
+        .expect_status(200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The agent's health check with its expired token: 401, so it refreshes.
+    assert_eq!(
+        call(srv, "GET", "/v1", Some(&token), None, None)
+            .await
+            .expect_error(401),
+        "Token has expired"
+    );
+    // As the stock clients refresh: without the expired token.
+    let body = json!({"refresh_token": refresh});
+    let fresh = call(srv, "POST", "/v1/oauth2/refresh", None, None, Some(&body))
+        .await
+        .expect_json();
+    let fresh = fresh["access_token"].as_str().unwrap().to_owned();
+    call(srv, "GET", "/v1", Some(&fresh), None, None)
+        .await
+        .expect_status(200);
+    // A client that sends its expired token to the refresh endpoint is refused with the
+    // code that says so (recorded as a difference from upstream).
+    call(
+        srv,
+        "POST",
+        "/v1/oauth2/refresh",
+        Some(&token),
+        None,
+        Some(&body),
+    )
+    .await
+    .expect_error(401);
+    // A token of another key: 403 on a public endpoint too; no token at all: public.
+    let now = unix_now();
+    let claims = json!({"exp": now + 60, "iat": now, "sub": "access_token",
+        "permissions": {"client_id": "probe", "role": "admin"}});
+    let forged = forge("not-the-key", &claims);
+    assert_eq!(
+        call(srv, "GET", "/v1", Some(&forged), None, None)
+            .await
+            .expect_error(403),
+        "Invalid Token signature"
+    );
+    call(srv, "GET", "/v1", None, None, None)
+        .await
+        .expect_status(200);
+    let log = srv
+        .stderr_lines_once(|l| l.contains("flinger::security") && l.contains("authn_fail"))
+        .await;
+    assert!(
+        log.iter()
+            .any(|l| l.contains("flinger::security") && l.contains("authn_fail")),
+        "{log:#?}"
+    );
+}
