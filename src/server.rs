@@ -122,6 +122,7 @@ pub async fn start_recovered(
         config.retention.as_secs(),
     ));
     let watch = Arc::new(Watch::default());
+    let purges = Arc::new(crate::actors::purges::Purges::default());
     let hooks = Arc::new(crate::actors::webhooks::Hooks::new(std::mem::take(
         &mut state.webhooks,
     )));
@@ -141,6 +142,7 @@ pub async fn start_recovered(
             files: files.clone(),
             fatal: fatal_tx,
             watch: watch.clone(),
+            purges: purges.clone(),
             waiters: waiters.clone(),
             store: store.clone(),
             hooks: hooks.clone(),
@@ -174,6 +176,7 @@ pub async fn start_recovered(
         config,
         store: files,
         watch,
+        purges,
         dispatch: waiters,
         metrics,
         access,
@@ -731,7 +734,8 @@ pub async fn snapshot(services: &Services) -> Result<()> {
 /// Removes finished jobs past retention, with their results, logs and files.
 pub async fn expire(services: &Services) -> Result<usize> {
     let cutoff = now().saturating_sub(services.config.retention.as_secs());
-    let Some((ids, expired)) = ask(&*services.registry, |p| {
+    // `_purge`: submissions of these ids wait until the partitions below are done.
+    let Some((ids, expired, _purge)) = ask(&*services.registry, |p| {
         RegistryMsg::Expire(cutoff, RETENTION_BATCH, p)
     })
     .await??

@@ -599,3 +599,82 @@ async fn a_queues_wait_samples_go_when_its_last_job_expires() {
         "after a restart"
     );
 }
+
+/// A job deleted while a client resubmits its `job_id` (a job of the same id made anew):
+/// the new job's data is its own. Neither the old job's results leak into it nor does the
+/// deletion of the old one remove what the new one was given after it was made. Each
+/// round deletes a few finished jobs while their ids are submitted again and given a
+/// result, under a load of log posts that keeps the result actor's inbox full (the
+/// deletion reaches the partitions one after another, the race's window).
+#[tokio::test]
+async fn a_job_made_again_while_its_old_self_is_deleted_keeps_only_its_own_data() {
+    let srv = TestServer::start();
+    let http = srv.http();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = srv.submit(&json!({"job_queue": "race-load"})).await;
+    let mut loaders = Vec::new();
+    for worker in 0..6u64 {
+        let (http, stop, load) = (srv.http(), stop.clone(), load.clone());
+        loaders.push(tokio::spawn(async move {
+            let mut n = worker << 32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let path = format!("/v1/result/{load}/log/output");
+                http.post_json(&path, &log_fragment("x", n)).await;
+                n += 1;
+            }
+        }));
+    }
+    let mut made_again = 0;
+    for _ in 0..40 {
+        let ids: Vec<String> = (0..6).map(|_| new_id()).collect();
+        for id in &ids {
+            srv.submit(&json!({"job_id": id, "job_queue": "race"}))
+                .await;
+            srv.post_result(id, &json!({"generation": "old"})).await;
+            http.post_json(
+                &format!("/v1/job/{id}/action"),
+                &json!({"action": "cancel"}),
+            )
+            .await
+            .expect_status(200);
+        }
+        let races = ids.iter().map(|id| {
+            let http = http.clone();
+            let id = id.clone();
+            async move {
+                let path = format!("/v1/job/{id}");
+                let delete = http.request("DELETE", &path, &[], Vec::new());
+                let again = async {
+                    let job = json!({"job_id": id, "job_queue": "race"});
+                    http.post_json("/v1/job", &job).await.expect_status(200);
+                    let new = json!({"generation": "new"});
+                    http.post_json(&format!("/v1/result/{id}"), &new)
+                        .await
+                        .status
+                };
+                let (deleted, posted) = tokio::join!(delete, again);
+                (id, deleted.status, posted)
+            }
+        });
+        for (id, deleted, posted) in futures_util::future::join_all(races).await {
+            assert_eq!(deleted, 200, "{id}");
+            assert_eq!(posted, 200, "{id}");
+            // The job exists: the deletion took the old one, and this is the new one,
+            // made after it: its result is the one posted to it, nothing else.
+            if http.get(&format!("/v1/job/{id}")).await.status != 200 {
+                continue;
+            }
+            made_again += 1;
+            let result = http.get(&format!("/v1/result/{id}")).await.expect_json();
+            assert_eq!(result["generation"], "new", "{id}: {result}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for loader in loaders {
+        loader.await.unwrap();
+    }
+    assert!(
+        made_again > 0,
+        "no round made a job anew after its deletion"
+    );
+}

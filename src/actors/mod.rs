@@ -10,12 +10,15 @@
 //!   result actor decides, handlers move the bytes).
 //! - `agents`: advertised queues, images and agent records.
 //! - `watch`: when each dispatched job's agent was last heard (lost-agent recovery).
+//! - `purges`: ids whose removal from the partitions is under way (deletion, retention);
+//!   a submission of one waits until it is done.
 //! - `webhooks`: job events posted by agents and their delivery to the job's webhook.
 
 pub mod agents;
 pub mod files;
 pub mod inbox;
 pub mod orphans;
+pub mod purges;
 pub mod queue;
 pub mod reads;
 pub mod registry;
@@ -401,6 +404,8 @@ pub struct Handles {
     pub store: Arc<dyn crate::journal::files::FileStore>,
     /// When each dispatched job's agent was last heard (lost-agent recovery).
     pub watch: Arc<watch::Watch>,
+    /// Ids whose removal from the partitions is under way (a submission of one waits).
+    pub purges: Arc<purges::Purges>,
     /// Agents waiting for jobs (long-poll dispatch).
     pub dispatch: Arc<crate::dispatch::Waiters>,
     /// Prometheus metrics (`GET /metrics`).

@@ -24,11 +24,12 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
 
 use super::inbox::{Inbox, Receiver};
+use super::purges::{Purge, Purges};
 use super::queue::{Change, Feed, Reserved};
 use super::watch::Watch;
 use super::{gone, now, reply, PendingSnapshot, QueueDirectory, Recorder, Shared};
 use crate::dispatch::Waiters;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::journal::{Journal, Ticket};
 use crate::model::index::Search;
 use crate::model::lost;
@@ -126,8 +127,9 @@ pub struct QueueSummary {
     pub oldest_waiting_since: Option<u64>,
 }
 
-/// Jobs removed by retention and the LSN of their removal.
-pub type Expired = (Vec<JobId>, Ticket);
+/// Jobs removed by retention, the LSN of their removal, and the removal from the other
+/// partitions, under way until dropped (see `actors::purges`).
+pub type Expired = (Vec<JobId>, Ticket, Purge);
 
 /// The outcome of a claim.
 #[derive(Debug)]
@@ -179,8 +181,9 @@ pub enum RegistryMsg {
     /// Cancel a job.
     Cancel(JobId, RpcReplyPort<Result<Ticket>>),
     /// Delete a job whatever its state (an operator's request): the ticket, `None` when
-    /// there is no such job.
-    Delete(JobId, RpcReplyPort<Result<Option<Ticket>>>),
+    /// there is no such job, and the removal of the id's data from the other partitions,
+    /// under way until dropped (begun even without a job: the id may have data there).
+    Delete(JobId, RpcReplyPort<Result<(Option<Ticket>, Purge)>>),
     /// A `job_state` was posted: whether the job is known, and the ticket of the change
     /// when it changed the lifecycle.
     Report(JobId, Name, RpcReplyPort<Result<(bool, Option<Ticket>)>>),
@@ -232,6 +235,9 @@ pub struct RegistryArgs {
     pub watch: Arc<Watch>,
     /// Agents waiting for jobs: told whenever a job becomes dispatchable.
     pub waiters: Arc<Waiters>,
+    /// Removals under way: begun here, in the turn that records a job's removal, and
+    /// checked here by submissions (see `actors::purges`).
+    pub purges: Arc<Purges>,
     /// Where handlers' requests and queue actors' claims wait for the actor's turn
     /// (see [`super::Post`]), beside its mailbox.
     pub inbox: Arc<Inbox<RegistryMsg>>,
@@ -258,6 +264,8 @@ pub struct RegistryState {
     watch: Arc<Watch>,
     /// See [`RegistryArgs::waiters`].
     waiters: Arc<Waiters>,
+    /// See [`RegistryArgs::purges`].
+    purges: Arc<Purges>,
     /// See [`RegistryArgs::inbox`]. Closed when the actor stops (shutdown, or a failure
     /// the server stops on): what waits in it is dropped, and its askers see the server
     /// shutting down.
@@ -540,6 +548,18 @@ impl RegistryState {
         Ok(ticket)
     }
 
+    /// 503 when `id`'s removal from the other partitions is under way: a job made with it
+    /// now would share the id with what is left of the removed one. The submit handler
+    /// waits for the removal first, so only a submission that raced it sees this.
+    fn not_under_removal(&self, id: JobId) -> Result<()> {
+        if self.purges.contains(id) {
+            return Err(Error::Unavailable(format!(
+                "job {id} is being removed (deleted or expired): submit it again in a moment"
+            )));
+        }
+        Ok(())
+    }
+
     /// Stops watching the jobs `event` took out of the running states (finished, back in
     /// a queue, deleted), here in the registry's turn: before a requeued job can be handed
     /// out again, so no later dispatch's watch is undone, and at once, so the watch holds
@@ -690,6 +710,7 @@ impl Actor for RegistryActor {
             idle_since: FastMap::default(),
             watch: args.watch,
             waiters: args.waiters,
+            purges: args.purges,
             inbox: Receiver::new(args.inbox),
         };
         // Jobs out with agents when the server stopped: heard now, so each agent has a
@@ -735,6 +756,9 @@ async fn handle_message(state: &mut RegistryState, msg: RegistryMsg) {
             if gone(&port) {
                 return;
             }
+            if let Err(e) = state.not_under_removal(sub.id) {
+                return reply(port, Err(e));
+            }
             let decided = state.registry.read().submit(sub, now());
             let result = match decided {
                 Submitted::Duplicate { lsn } => Ok(state.recorder.journal().ticket_for(lsn)),
@@ -745,6 +769,9 @@ async fn handle_message(state: &mut RegistryState, msg: RegistryMsg) {
         RegistryMsg::SubmitBy(sub, by, port) => {
             if gone(&port) {
                 return;
+            }
+            if let Err(e) = state.not_under_removal(sub.id) {
+                return reply(port, Err(e));
             }
             let decided = state.registry.read().submit_by(sub, &by, now());
             let result = match decided {
@@ -816,11 +843,14 @@ async fn handle_message(state: &mut RegistryState, msg: RegistryMsg) {
                 return;
             }
             let decided = state.registry.read().delete(id);
+            // Begun before the removal is recorded, in this turn: no submission of the
+            // id comes between.
+            let purge = state.purges.begin(vec![id]);
             let result = match decided {
                 Some(event) => state.record(event).await.map(Some),
                 None => Ok(None),
             };
-            reply(port, result);
+            reply(port, result.map(|ticket| (ticket, purge)));
         }
         RegistryMsg::Report(id, label, port) => {
             if gone(&port) {
@@ -856,8 +886,9 @@ async fn handle_message(state: &mut RegistryState, msg: RegistryMsg) {
             let result = if ids.is_empty() {
                 Ok(None)
             } else {
+                let purge = state.purges.begin(ids.clone());
                 let event = Event::JobsExpired { ids: ids.clone() };
-                state.record(event).await.map(|lsn| Some((ids, lsn)))
+                state.record(event).await.map(|lsn| Some((ids, lsn, purge)))
             };
             reply(port, result);
         }

@@ -71,6 +71,8 @@ pub struct SupervisorArgs {
     pub fatal: UnboundedSender<String>,
     /// Dispatched jobs' last contact (for the registry).
     pub watch: Arc<super::watch::Watch>,
+    /// Removals under way (for the registry, which begins them).
+    pub purges: Arc<super::purges::Purges>,
     /// The orphan store's files (for the result actor).
     pub store: Arc<super::orphans::Store>,
     /// Agents waiting for jobs (for the registry).
@@ -122,6 +124,7 @@ impl Actor for Supervisor {
                 supervisor: cell.clone(),
                 watch: args.watch.clone(),
                 waiters: args.waiters.clone(),
+                purges: args.purges.clone(),
                 inbox: inbox.clone(),
             },
             cell.clone(),

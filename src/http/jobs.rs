@@ -38,7 +38,19 @@ pub async fn job_post(
     check_some_agent_may_run(&svc, &submission.queue, &submission.exclude).await?;
     let id = submission.id;
     let by = crate::access::check_submission(&svc, &caller, &submission)?;
-    let lsn = ask(&svc.registry, |p| RegistryMsg::SubmitBy(submission, by, p)).await??;
+    // A job removed with this id may still have data in the other partitions: wait for
+    // its removal to end, or the new job would show the old one's results and lose its
+    // own to the removal (`actors::purges`). The registry refuses (503) a submission
+    // that raced a removal begun after this wait; it waits again then, a few times.
+    let mut tries = 0;
+    let lsn = loop {
+        svc.purges.settled(id).await;
+        let (submission, by) = (submission.clone(), by.clone());
+        match ask(&svc.registry, |p| RegistryMsg::SubmitBy(submission, by, p)).await? {
+            Err(Error::Unavailable(_)) if tries < 3 && svc.purges.contains(id) => tries += 1,
+            answer => break answer?,
+        }
+    };
     svc.journal.durable(lsn).await?;
     // Written directly (a job id needs no escaping): the same text as the JSON value,
     // without building one for every submit.
@@ -197,14 +209,27 @@ pub async fn job_delete(
         svc.results.admit()?,
         svc.files.admit()?,
     );
-    let job = ask_admitted(&svc.registry, passes.0, |p| RegistryMsg::Delete(id, p)).await??;
-    let results = ask_admitted(&svc.results, passes.1, |p| ResultMsg::Delete(id, p)).await??;
-    let files = ask_admitted(&svc.files, passes.2, |p| FileMsg::Delete(id, p)).await??;
-    // The job's event outbox goes with it (undelivered events are dropped).
-    let hooks = ask(&*svc.webhooks, |p| {
-        crate::actors::webhooks::WebhookMsg::Expire(vec![id], p)
-    })
-    .await??;
+    // Its own task: a client that goes away mid-way must not leave the job removed and
+    // its data kept, for a job made again with the id to take over.
+    let removal = tokio::spawn({
+        let svc = svc.clone();
+        async move {
+            let (job, _purge) =
+                ask_admitted(&svc.registry, passes.0, |p| RegistryMsg::Delete(id, p)).await??;
+            let results =
+                ask_admitted(&svc.results, passes.1, |p| ResultMsg::Delete(id, p)).await??;
+            let files = ask_admitted(&svc.files, passes.2, |p| FileMsg::Delete(id, p)).await??;
+            // The job's event outbox goes with it (undelivered events are dropped).
+            let hooks = ask(&*svc.webhooks, |p| {
+                crate::actors::webhooks::WebhookMsg::Expire(vec![id], p)
+            })
+            .await??;
+            Ok::<_, Error>((job, results, files, hooks))
+        }
+    });
+    let (job, results, files, hooks) = removal
+        .await
+        .map_err(|e| Error::Internal(format!("the deletion's task failed: {e}")))??;
     let mut found = false;
     for ticket in [job, results, files, hooks].into_iter().flatten() {
         found = true;
