@@ -678,3 +678,64 @@ async fn a_job_made_again_while_its_old_self_is_deleted_keeps_only_its_own_data(
         "no round made a job anew after its deletion"
     );
 }
+
+/// Log fragments posted for an id before any job had it, then the fragments of the job
+/// made with that id: one log, ordered by fragment number whichever arrived first, each
+/// (phase, number) once (the first stored wins, as a retry's does: the orphan's #1 and #5
+/// are kept over the job's), nothing lost; a fragment of another phase with a number
+/// already used is its own. The same after a restart, and from a `start_fragment`.
+#[tokio::test]
+async fn orphan_fragments_and_the_later_jobs_own_merge_by_number_without_duplicates() {
+    let mut srv = TestServer::start();
+    let id = new_id();
+    let post = |srv: &TestServer, number: u64, phase: &str, text: &str| {
+        let http = srv.http();
+        let path = format!("/v1/result/{id}/log/output");
+        let body = json!({"fragment_number": number, "timestamp": "2026-01-01T00:00:00+00:00",
+                          "phase": phase, "log_data": text});
+        async move {
+            http.post_json(&path, &body).await.expect_status(200);
+        }
+    };
+    for (n, text) in [(0, "o0 "), (1, "o1 "), (5, "o5 "), (1, "o1-retry ")] {
+        post(&srv, n, "setup", text).await;
+    }
+    srv.submit(&json!({"job_queue": "adopt-log", "job_id": id}))
+        .await;
+    assert_eq!(
+        srv.pop_id(&["adopt-log"]).await.as_deref(),
+        Some(id.as_str())
+    );
+    for (n, text) in [(2, "j2 "), (1, "j1 "), (5, "j5 "), (6, "j6 "), (3, "j3 ")] {
+        post(&srv, n, "setup", text).await;
+    }
+    post(&srv, 1, "provision", "p1 ").await;
+    let check = |srv: &TestServer| {
+        let http = srv.http();
+        let id = id.clone();
+        async move {
+            let log = http
+                .get(&format!("/v1/result/{id}/log/output?phase=setup"))
+                .await
+                .expect_json();
+            assert_eq!(
+                log["output"]["setup"]["log_data"], "o0 o1 j2 j3 o5 j6 ",
+                "{log}"
+            );
+            assert_eq!(log["output"]["setup"]["last_fragment_number"], 6, "{log}");
+            let from = http
+                .get(&format!(
+                    "/v1/result/{id}/log/output?phase=setup&start_fragment=3"
+                ))
+                .await
+                .expect_json();
+            assert_eq!(from["output"]["setup"]["log_data"], "j3 o5 j6 ", "{from}");
+            let result = http.get(&format!("/v1/result/{id}")).await.expect_json();
+            assert_eq!(result["setup_output"], "o0 o1 j2 j3 o5 j6 ", "{result}");
+            assert_eq!(result["provision_output"], "p1 ", "{result}");
+        }
+    };
+    check(&srv).await;
+    srv.restart();
+    check(&srv).await;
+}
