@@ -739,3 +739,48 @@ async fn orphan_fragments_and_the_later_jobs_own_merge_by_number_without_duplica
     srv.restart();
     check(&srv).await;
 }
+
+/// The job documents kept are bounded (`--max-jobs-bytes`): a submission past the bound
+/// is 507 naming the setting and keeps nothing, a resubmission counts only what it adds,
+/// a removed job makes room, and the count is the same after a restart.
+#[tokio::test]
+async fn submissions_past_the_job_store_bound_are_507_until_a_job_goes() {
+    let mut srv = TestServer::start_with(&["--max-job-bytes", "4096", "--max-jobs-bytes", "12000"]);
+    let pad = "x".repeat(3000);
+    let mut kept = Vec::new();
+    // Each counts ~3,050 bytes of document and 512 beside it: three fit, a fourth does not.
+    for _ in 0..3 {
+        kept.push(srv.submit(&json!({"job_queue": "bound", "pad": pad})).await);
+    }
+    let refused = srv
+        .post_json("/v1/job", &json!({"job_queue": "bound", "pad": pad}))
+        .await
+        .expect_error(507);
+    assert!(refused.contains("--max-jobs-bytes"), "{refused}");
+    // Many tiny ones are no way around it: each counts its 512 too.
+    let mut tiny = 0;
+    while srv
+        .post_json("/v1/job", &json!({"job_queue": "bound"}))
+        .await
+        .status
+        == 200
+    {
+        tiny += 1;
+        assert!(tiny < 10, "tiny jobs are not counted");
+    }
+    // A waiting job resubmitted as it is adds nothing: still accepted.
+    srv.post_json(
+        "/v1/job",
+        &json!({"job_id": kept[0], "job_queue": "bound", "pad": pad}),
+    )
+    .await
+    .expect_status(200);
+    srv.restart();
+    srv.post_json("/v1/job", &json!({"job_queue": "bound", "pad": pad}))
+        .await
+        .expect_error(507);
+    srv.request("DELETE", &format!("/v1/job/{}", kept[1]), &[], Vec::new())
+        .await
+        .expect_status(200);
+    srv.submit(&json!({"job_queue": "bound", "pad": pad})).await;
+}

@@ -238,6 +238,9 @@ pub struct RegistryArgs {
     /// Removals under way: begun here, in the turn that records a job's removal, and
     /// checked here by submissions (see `actors::purges`).
     pub purges: Arc<Purges>,
+    /// `--max-jobs-bytes`: most job document bytes kept at once (see
+    /// `model::index::job_weight`).
+    pub max_jobs_bytes: u64,
     /// Where handlers' requests and queue actors' claims wait for the actor's turn
     /// (see [`super::Post`]), beside its mailbox.
     pub inbox: Arc<Inbox<RegistryMsg>>,
@@ -266,6 +269,8 @@ pub struct RegistryState {
     waiters: Arc<Waiters>,
     /// See [`RegistryArgs::purges`].
     purges: Arc<Purges>,
+    /// See [`RegistryArgs::max_jobs_bytes`].
+    max_jobs_bytes: u64,
     /// See [`RegistryArgs::inbox`]. Closed when the actor stops (shutdown, or a failure
     /// the server stops on): what waits in it is dropped, and its askers see the server
     /// shutting down.
@@ -548,6 +553,30 @@ impl RegistryState {
         Ok(ticket)
     }
 
+    /// 507 when the submission `event` would take the job documents kept past
+    /// `--max-jobs-bytes` (a resubmission counts what its new document adds over the one
+    /// it replaces): waiting jobs never expire, and one client submitting without end
+    /// would otherwise exhaust the memory they are held in.
+    fn room_for(&self, event: &Event) -> Result<()> {
+        let Event::JobSubmitted { id, body, .. } = event else {
+            return Ok(());
+        };
+        use crate::model::index::job_weight;
+        let registry = self.registry.read();
+        let held = registry.index().weight();
+        let replaced = registry.get(*id).map_or(0, |job| job_weight(&job.body));
+        let after = held.saturating_sub(replaced) + job_weight(body);
+        if after > self.max_jobs_bytes && after > held {
+            return Err(Error::NoSpace(format!(
+                "The server holds as many jobs as it may: their documents take {held} bytes, \
+                 and this one would take them past the limit of {} (--max-jobs-bytes); \
+                 finished jobs make room as retention removes them",
+                self.max_jobs_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// 503 when `id`'s removal from the other partitions is under way: a job made with it
     /// now would share the id with what is left of the removed one. The submit handler
     /// waits for the removal first, so only a submission that raced it sees this.
@@ -711,6 +740,7 @@ impl Actor for RegistryActor {
             watch: args.watch,
             waiters: args.waiters,
             purges: args.purges,
+            max_jobs_bytes: args.max_jobs_bytes,
             inbox: Receiver::new(args.inbox),
         };
         // Jobs out with agents when the server stopped: heard now, so each agent has a
@@ -762,7 +792,10 @@ async fn handle_message(state: &mut RegistryState, msg: RegistryMsg) {
             let decided = state.registry.read().submit(sub, now());
             let result = match decided {
                 Submitted::Duplicate { lsn } => Ok(state.recorder.journal().ticket_for(lsn)),
-                Submitted::Record(event) => state.record(event).await,
+                Submitted::Record(event) => match state.room_for(&event) {
+                    Ok(()) => state.record(event).await,
+                    Err(e) => Err(e),
+                },
             };
             reply(port, result);
         }
@@ -776,7 +809,10 @@ async fn handle_message(state: &mut RegistryState, msg: RegistryMsg) {
             let decided = state.registry.read().submit_by(sub, &by, now());
             let result = match decided {
                 Ok(Submitted::Duplicate { lsn }) => Ok(state.recorder.journal().ticket_for(lsn)),
-                Ok(Submitted::Record(event)) => state.record(event).await,
+                Ok(Submitted::Record(event)) => match state.room_for(&event) {
+                    Ok(()) => state.record(event).await,
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             reply(port, result);

@@ -125,6 +125,7 @@ impl Actor for Supervisor {
                 watch: args.watch.clone(),
                 waiters: args.waiters.clone(),
                 purges: args.purges.clone(),
+                max_jobs_bytes: args.config.max_jobs_bytes,
                 inbox: inbox.clone(),
             },
             cell.clone(),

@@ -145,6 +145,11 @@ pub struct ServeOpts {
     /// Largest job submission body in bytes [default: 1 MiB].
     #[arg(long, env = "FLINGER_MAX_JOB_BYTES", value_name = "BYTES")]
     pub max_job_bytes: Option<usize>,
+    /// Most bytes of job documents kept at once (waiting, running, and finished until
+    /// --retention-secs removes them; each job counts 512 bytes more), held in memory;
+    /// a submission past it is refused with 507 [default: 2 GiB].
+    #[arg(long, env = "FLINGER_MAX_JOBS_BYTES", value_name = "BYTES")]
+    pub max_jobs_bytes: Option<u64>,
     /// Largest result post body in bytes [default: 16 MiB].
     #[arg(long, env = "FLINGER_MAX_RESULT_BYTES", value_name = "BYTES")]
     pub max_result_bytes: Option<usize>,

@@ -32,6 +32,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "BIND",
     "FSYNC",
     "MAX_JOB_BYTES",
+    "MAX_JOBS_BYTES",
     "MAX_RESULT_BYTES",
     "MAX_OUTPUT_BYTES",
     "MAX_JOB_DATA_BYTES",

@@ -244,6 +244,12 @@ pub struct Config {
     pub fsync: FsyncPolicy,
     /// Largest job submission body.
     pub max_job_bytes: usize,
+    /// Most bytes of job documents the registry keeps at once (waiting, running and
+    /// finished jobs until retention removes them), each job counted with
+    /// `model::index::JOB_OVERHEAD`: jobs are held in memory and never expire while they
+    /// wait, so without it one client submitting without end would exhaust the server's
+    /// memory. A submission past it is 507.
+    pub max_jobs_bytes: u64,
     /// Largest result post body (Testflinger answers 413 from 16 MiB).
     pub max_result_bytes: usize,
     /// Most bytes of log text in one log fragment (`log_data`, decoded: what the log holds)
@@ -377,6 +383,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             fsync: FsyncPolicy::Always,
             max_job_bytes: 1 << 20,
+            max_jobs_bytes: 2 << 30,
             max_result_bytes: 16 << 20,
             max_output_bytes: 4 << 20,
             max_job_data_bytes: 1 << 30,
@@ -502,6 +509,7 @@ impl Config {
                         config.fsync = value.parse().map_err(|_| bad("always or interval:MS"))?
                     }
                     "MAX_JOB_BYTES" => config.max_job_bytes = size("a byte count")?,
+                    "MAX_JOBS_BYTES" => config.max_jobs_bytes = num("a byte count")?,
                     "MAX_RESULT_BYTES" => config.max_result_bytes = size("a byte count")?,
                     "MAX_OUTPUT_BYTES" => config.max_output_bytes = size("a byte count")?,
                     "MAX_JOB_DATA_BYTES" => config.max_job_data_bytes = num("a byte count")?,
@@ -625,6 +633,7 @@ impl Config {
         }
         take!(
             max_job_bytes,
+            max_jobs_bytes,
             max_result_bytes,
             max_output_bytes,
             max_job_data_bytes,
@@ -774,6 +783,17 @@ impl Config {
                 setting("max-job-data-bytes"),
                 self.max_job_data_bytes,
                 charged - one_post
+            ));
+        }
+        let one_job = crate::model::index::job_weight(&[]) + self.max_job_bytes as u64;
+        if self.max_jobs_bytes < one_job {
+            return err(format!(
+                "{} is {} bytes, less than one job may take (--max-job-bytes {} plus {} kept \
+                 beside it)",
+                setting("max-jobs-bytes"),
+                self.max_jobs_bytes,
+                self.max_job_bytes,
+                crate::model::index::JOB_OVERHEAD
             ));
         }
         let biggest = self

@@ -27,6 +27,17 @@ pub use super::seqlist::SeqList;
 /// How many of the jobs most recently dispatched to an agent the index keeps for it.
 pub const AGENT_RECENT: usize = 50;
 
+/// What one job costs against `--max-jobs-bytes` besides its document: about what the
+/// registry and these indexes hold for it (its record, its entries in the lists by queue,
+/// state and tag). Without it a million `{"job_queue":"q"}` submissions would be nearly
+/// free.
+pub const JOB_OVERHEAD: u64 = 512;
+
+/// What a job with document `body` counts against `--max-jobs-bytes`.
+pub fn job_weight(body: &[u8]) -> u64 {
+    body.len() as u64 + JOB_OVERHEAD
+}
+
 /// The indexes (see the module docs).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobIndex {
@@ -46,6 +57,9 @@ pub struct JobIndex {
     /// removed, so the list is what a rebuild from the jobs gives; readers still skip ids
     /// that have no job.
     by_agent: FastMap<Name, VecDeque<JobId>>,
+    /// The [`job_weight`]s of the jobs filed, summed: what `--max-jobs-bytes` bounds.
+    /// Derived like the lists (rebuilt at start-up, kept by insert and remove).
+    weight: u64,
 }
 
 /// The unfinished jobs of one queue.
@@ -178,6 +192,7 @@ type Dispatched = Vec<(u64, u64, Name, JobId)>;
 /// or decodes a share of the jobs), for [`JobIndex::from_parts`].
 #[derive(Default)]
 pub struct PartIndex {
+    weight: u64,
     queues: Gathered,
     waiting: Gathered,
     active: Gathered,
@@ -198,6 +213,7 @@ impl PartIndex {
         body: &[u8],
         dispatched: Option<(u64, &Name)>,
     ) {
+        self.weight += job_weight(body);
         gather(&mut self.queues, queue, || queue.clone(), seq, id);
         match live_kind(state) {
             Some(true) => gather(&mut self.waiting, queue, || queue.clone(), seq, id),
@@ -226,7 +242,9 @@ impl JobIndex {
     pub fn from_parts(parts: Vec<PartIndex>) -> JobIndex {
         let (mut queues, mut waiting, mut active) = (Vec::new(), Vec::new(), Vec::new());
         let (mut states, mut tags, mut dispatched) = (Vec::new(), Vec::new(), Vec::new());
+        let mut weight = 0;
         for mut part in parts {
+            weight += part.weight;
             queues.push(part.queues);
             waiting.push(part.waiting);
             active.push(part.active);
@@ -248,6 +266,7 @@ impl JobIndex {
             by_state,
             live,
             by_agent,
+            weight,
         }
     }
 
@@ -282,8 +301,14 @@ impl JobIndex {
         (bulk(join(states)), bulk(join(tags)), agents.by_agent)
     }
 
+    /// The [`job_weight`]s of the jobs filed, summed (what `--max-jobs-bytes` bounds).
+    pub fn weight(&self) -> u64 {
+        self.weight
+    }
+
     /// Adds a job under `seq`.
     pub fn insert(&mut self, id: JobId, seq: u64, queue: &Name, state: &str, body: &[u8]) {
+        self.weight += job_weight(body);
         add(&mut self.by_queue, queue, || queue.clone(), seq, id);
         add(&mut self.by_state, state, || Name::from(state), seq, id);
         for tag in tags_of(body) {
@@ -323,6 +348,7 @@ impl JobIndex {
 
     /// Removes the job filed under `seq`.
     pub fn remove(&mut self, seq: u64, queue: &str, state: &str, body: &[u8]) {
+        self.weight = self.weight.saturating_sub(job_weight(body));
         drop_entry(&mut self.by_queue, queue, seq);
         drop_entry(&mut self.by_state, state, seq);
         for tag in tags_of(body) {
