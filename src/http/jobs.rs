@@ -47,7 +47,8 @@ pub async fn job_post(
         svc.purges.settled(id).await;
         let (submission, by) = (submission.clone(), by.clone());
         match ask(&svc.registry, |p| RegistryMsg::SubmitBy(submission, by, p)).await? {
-            Err(Error::Unavailable(_)) if tries < 3 && svc.purges.contains(id) => tries += 1,
+            // Also when that removal has ended since: then the next try goes through.
+            Err(Error::Unavailable(_)) if tries < 3 => tries += 1,
             answer => break answer?,
         }
     };
