@@ -741,14 +741,15 @@ async fn orphan_fragments_and_the_later_jobs_own_merge_by_number_without_duplica
 }
 
 /// The job documents kept are bounded (`--max-jobs-bytes`): a submission past the bound
-/// is 507 naming the setting and keeps nothing, a resubmission counts only what it adds,
-/// a removed job makes room, and the count is the same after a restart.
+/// is 507 naming the setting and keeps nothing, each job counts 1 KiB beside its document
+/// and each queue with jobs 16 KiB (so neither tiny jobs nor a queue per job get around
+/// it), a removed job makes room, and the count is the same after a restart.
 #[tokio::test]
 async fn submissions_past_the_job_store_bound_are_507_until_a_job_goes() {
-    let mut srv = TestServer::start_with(&["--max-job-bytes", "4096", "--max-jobs-bytes", "12000"]);
+    let mut srv = TestServer::start_with(&["--max-job-bytes", "4096", "--max-jobs-bytes", "30000"]);
     let pad = "x".repeat(3000);
     let mut kept = Vec::new();
-    // Each counts ~3,050 bytes of document and 512 beside it: three fit, a fourth does not.
+    // The queue counts 16 KiB, each job ~4.1 KiB: three fit, a fourth does not.
     for _ in 0..3 {
         kept.push(srv.submit(&json!({"job_queue": "bound", "pad": pad})).await);
     }
@@ -757,7 +758,7 @@ async fn submissions_past_the_job_store_bound_are_507_until_a_job_goes() {
         .await
         .expect_error(507);
     assert!(refused.contains("--max-jobs-bytes"), "{refused}");
-    // Many tiny ones are no way around it: each counts its 512 too.
+    // Many tiny ones are no way around it: each counts its 1 KiB too.
     let mut tiny = 0;
     while srv
         .post_json("/v1/job", &json!({"job_queue": "bound"}))
@@ -782,5 +783,9 @@ async fn submissions_past_the_job_store_bound_are_507_until_a_job_goes() {
     srv.request("DELETE", &format!("/v1/job/{}", kept[1]), &[], Vec::new())
         .await
         .expect_status(200);
+    // The room it made takes a job of its queue, not a tiny one opening a new queue.
+    srv.post_json("/v1/job", &json!({"job_queue": "elsewhere"}))
+        .await
+        .expect_error(507);
     srv.submit(&json!({"job_queue": "bound", "pad": pad})).await;
 }

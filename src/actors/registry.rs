@@ -555,17 +555,26 @@ impl RegistryState {
 
     /// 507 when the submission `event` would take the job documents kept past
     /// `--max-jobs-bytes` (a resubmission counts what its new document adds over the one
-    /// it replaces): waiting jobs never expire, and one client submitting without end
-    /// would otherwise exhaust the memory they are held in.
+    /// it replaces; a job to a queue without jobs counts the queue's cost too): waiting
+    /// jobs never expire, and one client submitting without end would otherwise exhaust
+    /// the memory they are held in.
     fn room_for(&self, event: &Event) -> Result<()> {
-        let Event::JobSubmitted { id, body, .. } = event else {
+        let Event::JobSubmitted {
+            id, body, queue, ..
+        } = event
+        else {
             return Ok(());
         };
-        use crate::model::index::job_weight;
+        use crate::model::index::{job_weight, QUEUE_OVERHEAD};
         let registry = self.registry.read();
         let held = registry.index().weight();
         let replaced = registry.get(*id).map_or(0, |job| job_weight(&job.body));
-        let after = held.saturating_sub(replaced) + job_weight(body);
+        let new_queue = if registry.index().has_queue(queue) {
+            0
+        } else {
+            QUEUE_OVERHEAD
+        };
+        let after = held.saturating_sub(replaced) + job_weight(body) + new_queue;
         if after > self.max_jobs_bytes && after > held {
             return Err(Error::NoSpace(format!(
                 "The server holds as many jobs as it may: their documents take {held} bytes, \

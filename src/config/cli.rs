@@ -146,7 +146,8 @@ pub struct ServeOpts {
     #[arg(long, env = "FLINGER_MAX_JOB_BYTES", value_name = "BYTES")]
     pub max_job_bytes: Option<usize>,
     /// Most bytes of job documents kept at once (waiting, running, and finished until
-    /// --retention-secs removes them; each job counts 512 bytes more), held in memory;
+    /// --retention-secs removes them; each job counts 1 KiB more, each queue with jobs
+    /// 16 KiB), held in memory;
     /// a submission past it is refused with 507 [default: 2 GiB].
     #[arg(long, env = "FLINGER_MAX_JOBS_BYTES", value_name = "BYTES")]
     pub max_jobs_bytes: Option<u64>,

@@ -785,15 +785,15 @@ impl Config {
                 charged - one_post
             ));
         }
-        let one_job = crate::model::index::job_weight(&[]) + self.max_job_bytes as u64;
+        let beside = crate::model::index::JOB_OVERHEAD + crate::model::index::QUEUE_OVERHEAD;
+        let one_job = beside + self.max_job_bytes as u64;
         if self.max_jobs_bytes < one_job {
             return err(format!(
-                "{} is {} bytes, less than one job may take (--max-job-bytes {} plus {} kept \
-                 beside it)",
+                "{} is {} bytes, less than one job may take (--max-job-bytes {} plus {beside} \
+                 for it and its queue)",
                 setting("max-jobs-bytes"),
                 self.max_jobs_bytes,
                 self.max_job_bytes,
-                crate::model::index::JOB_OVERHEAD
             ));
         }
         let biggest = self

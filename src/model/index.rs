@@ -29,9 +29,14 @@ pub const AGENT_RECENT: usize = 50;
 
 /// What one job costs against `--max-jobs-bytes` besides its document: about what the
 /// registry and these indexes hold for it (its record, its entries in the lists by queue,
-/// state and tag). Without it a million `{"job_queue":"q"}` submissions would be nearly
-/// free.
-pub const JOB_OVERHEAD: u64 = 512;
+/// state and tag; ~0.9 KB measured). Without it a million `{"job_queue":"q"}`
+/// submissions would be nearly free.
+pub const JOB_OVERHEAD: u64 = 1024;
+
+/// What one queue with jobs costs against `--max-jobs-bytes`: its actor, its lists and
+/// metrics (~10 KB measured). Without it jobs each sent to a queue of its own would take
+/// ten times what they count.
+pub const QUEUE_OVERHEAD: u64 = 16 << 10;
 
 /// What a job with document `body` counts against `--max-jobs-bytes`.
 pub fn job_weight(body: &[u8]) -> u64 {
@@ -301,9 +306,10 @@ impl JobIndex {
         (bulk(join(states)), bulk(join(tags)), agents.by_agent)
     }
 
-    /// The [`job_weight`]s of the jobs filed, summed (what `--max-jobs-bytes` bounds).
+    /// What `--max-jobs-bytes` bounds: the [`job_weight`]s of the jobs filed, and
+    /// [`QUEUE_OVERHEAD`] for each queue that has jobs.
     pub fn weight(&self) -> u64 {
-        self.weight
+        self.weight + self.by_queue.len() as u64 * QUEUE_OVERHEAD
     }
 
     /// Adds a job under `seq`.
