@@ -65,19 +65,46 @@ const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a request waiting for a leader looks again.
 const RECHECK: Duration = Duration::from_millis(100);
 
-/// Headers of one hop only (RFC 9110 §7.6.1), not passed on by the forwarder.
-/// The message framing (`Transfer-Encoding`) is each hop's own too: hyper frames the
-/// streamed body for the next hop itself.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers of one hop only (RFC 9110 §7.6.1, and RFC 2616 §13.5.1's list), not passed on
+/// by the forwarder in either direction, besides those a message's `Connection` names
+/// ([`strip_hop_by_hop`]). The message framing (`Transfer-Encoding`) is each hop's own
+/// too: hyper frames the streamed body for the next hop itself, and with it any trailers,
+/// so a `Trailer` announcement is the hop's as well. `Upgrade` is dropped because the
+/// forwarder passes no upgraded connection on: the leader answers as to a plain request.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// Removes from `headers` what belongs to one hop: every field the `Connection` header
+/// names (RFC 9110 §7.6.1: a sender lists there the fields meant for the next hop
+/// only, and a proxy must remove them; passed on, the leader would act on what the client
+/// meant for the standby), then [`HOP_BY_HOP`]. `Host` stays even when named: it is
+/// meant for every recipient, and the leader's cross-site and DNS-rebinding checks
+/// (`access::origin`) read the client's (a client that names it would otherwise get the
+/// leader's address in its place, which those checks trust).
+fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+        .filter(|name| name != header::HOST)
+        .collect();
+    for name in &named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
 
 /// What this node is doing now.
 #[derive(Clone)]
@@ -479,9 +506,7 @@ async fn forward(
     };
     let _ = stream.set_nodelay(true);
     let headers = request.headers_mut();
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
+    strip_hop_by_hop(headers);
     // The client's `Host` goes on as it came: the leader's cross-site and DNS-rebinding
     // checks (`access::origin`) compare it with `Origin` and look at the name the client
     // used, and the leader's address in its place would pass a rebinding page's request
@@ -542,9 +567,7 @@ async fn forward(
     Ok(match answered {
         Ok(response) => {
             let mut response = response.map(Body::new);
-            for name in &HOP_BY_HOP {
-                response.headers_mut().remove(name);
-            }
+            strip_hop_by_hop(response.headers_mut());
             response
         }
         Err(e) => Error::Unavailable(format!(

@@ -74,3 +74,6 @@ mod journal_pg;
 // Several nodes on one PostgreSQL journal: forwarding, readiness, takeover after kill -9 and
 // pauses, nothing acknowledged lost under repeated failovers (issue 10).
 mod failover;
+// The edges of several nodes: hop-by-hop headers through the forwarder, bounded waits on the
+// database (snapshot upload, lease renewal), lease terms that only grow.
+mod failover_edges;

@@ -1,0 +1,169 @@
+//! The edges of several nodes on one PostgreSQL journal (`ha`, `journal::postgres`): the
+//! forwarder passes on no header of one hop (those `Connection` names included), in either
+//! direction; no wait of the leader on the database outlasts its bound (a snapshot upload
+//! against a lock, a renewal's reconnect to a server that never answers); and lease terms
+//! only grow, even when the lease row is deleted by hand.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::util::pg::{fresh_database, sql};
+use crate::util::{Http, RawConn, TestServer};
+
+/// The lease the tests run with (as `failover.rs`): quick failovers, renewals that keep up
+/// on a loaded 2-core machine.
+const LEASE_MS: &str = "1000";
+
+fn node(url: &str) -> TestServer {
+    TestServer::start_with(&["--journal", url, "--lease-ms", LEASE_MS])
+}
+
+/// `GET /v1/ready` of one node: status and document (`None` on a transport error).
+async fn ready(http: &Http) -> Option<(u16, Value)> {
+    let r = http
+        .try_request("GET", "/v1/ready", &[], Vec::new())
+        .await
+        .ok()?;
+    Some((r.status, r.json()))
+}
+
+/// Waits up to `within` until `node` answers `GET /v1/ready` with 200 in `role`; returns
+/// the document.
+async fn wait_role(node: &TestServer, role: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = ready(&node.http()).await;
+        if let Some((200, doc)) = &answer {
+            if doc["role"] == role {
+                return doc.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} not {role} within {within:?}; it said {answer:?}",
+            node.base_url()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A client's `Connection` names a header meant for the standby alone: the leader must
+/// not see it. `Sec-Fetch-Site: cross-site` makes the leader refuse a submit (403) when it
+/// does, which is how a test through two real nodes can tell.
+#[tokio::test]
+async fn standby_drops_the_headers_a_clients_connection_names_before_forwarding() {
+    let url = fresh_database();
+    let a = node(&url);
+    wait_role(&a, "leader", Duration::from_secs(30)).await;
+    let b = node(&url);
+    wait_role(&b, "standby", Duration::from_secs(30)).await;
+    let body = serde_json::to_vec(&json!({"job_queue": "hop"})).unwrap();
+    let headers = [
+        ("content-type", "application/json"),
+        ("sec-fetch-site", "cross-site"),
+        ("connection", "keep-alive, Sec-Fetch-Site"),
+    ];
+    // Sent to the leader itself, the header is its own to act on.
+    let direct = a.request("POST", "/v1/job", &headers, body.clone()).await;
+    assert_eq!(direct.status, 403, "{}", direct.text_preview());
+    let forwarded = b.request("POST", "/v1/job", &headers, body).await;
+    assert_eq!(forwarded.status, 200, "{}", forwarded.text_preview());
+    let id = forwarded.json()["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(a.job_state(&id).await, "waiting");
+}
+
+/// What a fake leader at `listener` received (the request head) and sends back.
+async fn fake_leader(listener: TcpListener, answer: &'static str, seen: Arc<Mutex<Vec<String>>>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte).await {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&head).into_owned());
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// Both directions, header by header: a fake leader (the lease row names it) records the
+/// request the standby forwards and answers with hop-by-hop headers of its own.
+#[tokio::test]
+async fn forwarder_passes_no_hop_by_hop_header_on_in_either_direction() {
+    let url = fresh_database();
+    let a = node(&url);
+    wait_role(&a, "leader", Duration::from_secs(30)).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let leader = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    const ANSWER: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\
+        Connection: close, X-Leader-Hop\r\nX-Leader-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+        Proxy-Authenticate: Basic realm=\"x\"\r\nUpgrade: h2c\r\nX-End-To-End: kept\r\n\r\nok";
+    tokio::spawn(fake_leader(listener, ANSWER, seen.clone()));
+    // The fake takes the lease in a newer term: the node steps down and forwards to it.
+    sql(
+        &url,
+        &format!(
+            "UPDATE flinger_lease SET term = term + 1, holder = 'fake', url = '{leader}', \
+             expires = clock_timestamp() + interval '1 hour'"
+        ),
+    );
+    wait_role(&a, "standby", Duration::from_secs(10)).await;
+    let mut conn = RawConn::connect(&a.base_url()).await;
+    conn.send(
+        b"GET /v1/job/search?tags=x HTTP/1.1\r\nHost: client.example\r\n\
+          Connection: keep-alive, X-Client-Hop, Host\r\nX-Client-Hop: 1\r\n\
+          Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic eDp5\r\n\
+          Proxy-Connection: keep-alive\r\nUpgrade: websocket\r\nTrailer: X-T\r\n\
+          X-End-To-End: kept\r\n\r\n",
+    )
+    .await;
+    let r = conn.read_response().await.expect("an answer");
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "{r:?}");
+    for gone in [
+        "x-leader-hop",
+        "keep-alive",
+        "proxy-authenticate",
+        "upgrade",
+    ] {
+        assert!(!r.headers.contains_key(gone), "{gone} passed back: {r:?}");
+    }
+    assert_eq!(r.headers["x-end-to-end"], "kept", "{r:?}");
+    let head = seen.lock().unwrap().concat().to_ascii_lowercase();
+    for gone in [
+        "\r\nconnection:",
+        "\r\nx-client-hop:",
+        "\r\nkeep-alive:",
+        "\r\nte:",
+        "\r\nproxy-authorization:",
+        "\r\nproxy-connection:",
+        "\r\nupgrade:",
+        "\r\ntrailer:",
+    ] {
+        assert!(!head.contains(gone), "{gone:?} forwarded:\n{head}");
+    }
+    // `Host` is every recipient's (the leader's browser checks read it), even when named.
+    for kept in ["\r\nhost: client.example\r\n", "\r\nx-end-to-end: kept\r\n"] {
+        assert!(head.contains(kept), "{kept:?} not forwarded:\n{head}");
+    }
+    assert!(
+        head.starts_with("get /v1/job/search?tags=x http/1.1\r\n"),
+        "{head}"
+    );
+}
