@@ -167,3 +167,67 @@ async fn forwarder_passes_no_hop_by_hop_header_on_in_either_direction() {
         "{head}"
     );
 }
+
+/// The lease row deleted by hand (with the leader running): the leader steps down, the row
+/// comes back, and the next term is higher than every term before, not 1 again (fencing
+/// compares terms: a term given out twice would let the deposed holder of the first write).
+#[tokio::test]
+async fn lease_terms_keep_growing_when_the_lease_row_is_deleted_by_hand() {
+    let url = fresh_database();
+    let mut a = node(&url);
+    // Three terms: each orderly stop releases the lease for the next start.
+    for _ in 0..2 {
+        wait_role(&a, "leader", Duration::from_secs(30)).await;
+        a.restart();
+    }
+    let before = wait_role(&a, "leader", Duration::from_secs(30)).await["term"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(before, 3);
+    let first = a.submit(&json!({"job_queue": "terms"})).await;
+    sql(&url, "DELETE FROM flinger_lease");
+    // Once the node found the row gone it stepped down; it leads again in a newer term.
+    let lines = a
+        .stderr_lines_once(|l| l.contains("stepping down as leader"))
+        .await;
+    assert!(
+        lines.iter().any(|l| l.contains("stepping down as leader")),
+        "no step-down logged"
+    );
+    let after = wait_role(&a, "leader", Duration::from_secs(30)).await["term"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        after > before,
+        "term {after} after the row's deletion, {before} before"
+    );
+    assert_eq!(
+        sql(&url, "SELECT term FROM flinger_lease"),
+        after.to_string()
+    );
+    assert_eq!(a.job_state(&first).await, "waiting");
+    let second = a.submit(&json!({"job_queue": "terms"})).await;
+    assert_eq!(a.pop_id(&["terms"]).await.as_deref(), Some(first.as_str()));
+    assert_eq!(a.pop_id(&["terms"]).await.as_deref(), Some(second.as_str()));
+    // A database made before the sequence kept the highest term: connecting puts it
+    // there, before any take (another holder has the lease meanwhile).
+    a.stop();
+    sql(&url, "DROP SEQUENCE flinger_lease_terms");
+    sql(
+        &url,
+        "UPDATE flinger_lease SET holder = 'other', url = '', \
+         expires = clock_timestamp() + interval '1 hour'",
+    );
+    a.start_again();
+    let (_, doc) = ready(&a.http()).await.unwrap();
+    assert_eq!(doc["role"], "standby", "{doc}");
+    assert_eq!(doc["term"], after, "{doc}");
+    sql(&url, "DELETE FROM flinger_lease");
+    let again = wait_role(&a, "leader", Duration::from_secs(30)).await["term"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        again > after,
+        "term {again} after the row's deletion, {after} before"
+    );
+}

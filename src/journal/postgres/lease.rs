@@ -3,7 +3,9 @@
 //! the writer.
 //!
 //! A node takes the lease only when it has expired (or when it names the node itself, a
-//! leader that stepped down taking it back), always with a new term; the leader renews it
+//! leader that stepped down taking it back), always with a new term, higher than every
+//! term given out before, even after the row was deleted by hand (the sequence
+//! `flinger_lease_terms` keeps the highest, see [`take`]); the leader renews it
 //! every third of its length. Fencing does not rely on clocks: every append and snapshot
 //! install locks the row `FOR SHARE` and compares the term in the same statement, and a
 //! takeover's `UPDATE` of the row serialises against that lock, so once a successor's
@@ -21,7 +23,7 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use super::{connect, pg_error};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::throttle::allow;
 
 /// The lease as a node sees it.
@@ -40,12 +42,20 @@ pub struct LeaseView {
 /// Reads the lease row.
 pub(super) async fn read(client: &Client) -> Result<LeaseView> {
     let row = client
-        .query_one(
+        .query_opt(
             "SELECT term, holder, url, expires <= clock_timestamp() FROM flinger_lease WHERE id = 1",
             &[],
         )
         .await
         .map_err(|e| pg_error("cannot read the lease", e))?;
+    let Some(row) = row else {
+        // The standby reconnects, and connecting puts the row back (`super::SCHEMA`).
+        return Err(Error::Unavailable(
+            "PostgreSQL journal: the lease row is missing (deleted by hand?); it is put back, \
+             with the highest term given out so far, on reconnecting"
+                .into(),
+        ));
+    };
     Ok(LeaseView {
         term: row.get(0),
         holder: row.get(1),
@@ -56,6 +66,9 @@ pub(super) async fn read(client: &Client) -> Result<LeaseView> {
 
 /// Takes the lease for `holder` (advertising `url`) for `length` if it has expired or
 /// already names `holder`; returns the new term, or `None` when another node holds it.
+/// The new term is past both the row's and the highest ever given out
+/// (`flinger_lease_terms`, see `super::SCHEMA`), which it raises in the same statement
+/// (under the row's lock, so takes raise it in the order they commit).
 pub(super) async fn take(
     client: &Client,
     holder: &str,
@@ -64,9 +77,12 @@ pub(super) async fn take(
 ) -> Result<Option<i64>> {
     let row = client
         .query_opt(
-            "UPDATE flinger_lease SET term = term + 1, holder = $1, url = $2, \
-             expires = clock_timestamp() + make_interval(secs => $3) \
-             WHERE id = 1 AND (expires <= clock_timestamp() OR holder = $1) RETURNING term",
+            "WITH taken AS (\
+                 UPDATE flinger_lease SET term = greatest(term, \
+                     (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM flinger_lease_terms)) + 1, \
+                 holder = $1, url = $2, expires = clock_timestamp() + make_interval(secs => $3) \
+                 WHERE id = 1 AND (expires <= clock_timestamp() OR holder = $1) RETURNING term) \
+             SELECT term, setval('flinger_lease_terms', term) FROM taken",
             &[&holder, &url, &length.as_secs_f64()],
         )
         .await
@@ -184,7 +200,9 @@ pub(super) async fn renew(tenure: Arc<Tenure>, client: Client, url: String, hold
         .await;
         match renewed {
             Ok(Ok(1)) => *tenure.valid_until.lock() = sent + tenure.length,
-            Ok(Ok(_)) => tenure.depose("another node took the lease (a newer term)"),
+            Ok(Ok(_)) => tenure.depose(
+                "the lease row no longer carries this term (another node took the lease, or the row was deleted)",
+            ),
             // Every third of a lease for as long as the database is away: each kind of
             // line at most once per `throttle::EVERY`, with the count of those dropped.
             Ok(Err(e)) => {

@@ -1,7 +1,8 @@
 //! The PostgreSQL backend of the journal (`--journal postgres://…`): events in the table
 //! `flinger_events` (one row per record, keyed by LSN, the payload exactly as the file log
 //! would hold it), snapshots in `flinger_snapshots` + `flinger_snapshot_chunks`, and the
-//! leader's lease in `flinger_lease`.
+//! leader's lease in `flinger_lease` (and the highest term given out in the sequence
+//! `flinger_lease_terms`).
 //!
 //! One writer thread appends in group-committed batches: every record queued while the
 //! previous batch was committing goes into one `INSERT … SELECT unnest(…)` statement, one
@@ -52,6 +53,14 @@ use crate::model::State;
 
 /// The tables, created on first start. A snapshot's bytes are split into chunks so that
 /// none comes near PostgreSQL's 1 GiB field limit.
+///
+/// `flinger_lease_terms` remembers the highest term ever taken apart from the lease row
+/// (`lease::take` raises it), so a row deleted by hand comes back here with that term, not
+/// 0: fencing compares terms, and a term given out twice would let a deposed leader that
+/// held it write again. A sequence, because `setval` is not undone by a rollback: the mark
+/// can only run ahead of the terms committed. The last statement raises it to the row's
+/// term in a database made before it existed, under the row's lock so that a concurrent
+/// take cannot be overtaken by a stale value.
 const SCHEMA: &str = "
 SET client_min_messages = warning;
 CREATE TABLE IF NOT EXISTS flinger_events (
@@ -75,7 +84,14 @@ CREATE TABLE IF NOT EXISTS flinger_lease (
     url text NOT NULL,
     expires timestamptz NOT NULL
 );
-INSERT INTO flinger_lease VALUES (1, 0, '', '', '-infinity') ON CONFLICT (id) DO NOTHING;
+CREATE SEQUENCE IF NOT EXISTS flinger_lease_terms;
+INSERT INTO flinger_lease
+    SELECT 1, CASE WHEN is_called THEN last_value ELSE 0 END, '', '', '-infinity'
+    FROM flinger_lease_terms
+    ON CONFLICT (id) DO NOTHING;
+SELECT setval('flinger_lease_terms', l.term)
+    FROM (SELECT term FROM flinger_lease WHERE id = 1 FOR UPDATE) l, flinger_lease_terms s
+    WHERE l.term > CASE WHEN s.is_called THEN s.last_value ELSE 0 END;
 ";
 
 /// The append: one statement (so one transaction that no pause of this process can hold
