@@ -231,3 +231,83 @@ async fn lease_terms_keep_growing_when_the_lease_row_is_deleted_by_hand() {
         "term {again} after the row's deletion, {after} before"
     );
 }
+
+/// A TCP relay to `upstream` (PostgreSQL): while `hold` is set, a connection it accepts is
+/// kept open and never relayed, for good (a server behind a network that drops packets);
+/// the connections relayed before are unaffected.
+async fn relay(listener: TcpListener, upstream: String, hold: Arc<AtomicBool>) {
+    let mut held = Vec::new();
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else {
+            return;
+        };
+        if hold.load(Ordering::SeqCst) {
+            held.push(client);
+            continue;
+        }
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            }
+        });
+    }
+}
+
+/// `url` (`postgres://USER@HOST:PORT/DB`) through a [`relay`]: the relayed URL, the relay's
+/// hold switch.
+async fn relayed(url: &str) -> (String, Arc<AtomicBool>) {
+    let (user, rest) = url.split_once('@').unwrap();
+    let (server, db) = rest.split_once('/').unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let through = format!("{user}@{}/{db}", listener.local_addr().unwrap());
+    let hold = Arc::new(AtomicBool::new(false));
+    tokio::spawn(relay(listener, server.to_owned(), hold.clone()));
+    (through, hold)
+}
+
+/// The leader's renewal connection dies while new connections to the database get no
+/// answer: each reconnect gives up after a third of a lease (not the URL's
+/// `connect_timeout`, 30 s when unset), so once the database answers again the leader
+/// renews within about a lease and serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_renews_soon_after_the_database_answers_again_when_a_reconnect_got_no_answer() {
+    let direct = fresh_database();
+    let (url, hold) = relayed(&direct).await;
+    let a = node(&url);
+    let term = wait_role(&a, "leader", Duration::from_secs(30)).await["term"].clone();
+    a.submit(&json!({"job_queue": "renew"})).await;
+    hold.store(true, Ordering::SeqCst);
+    // The renewal's session is the one whose last statement renewed the lease.
+    let renewal = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                   WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                   AND query LIKE 'UPDATE flinger_lease SET expires = clock_timestamp()%'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sql(&direct, renewal) != "1" {
+        assert!(Instant::now() < deadline, "no renewal session found");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its reconnects go unanswered: the lease lapses (the node serves nothing as leader).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, doc) = ready(&a.http()).await.unwrap();
+        if status == 503 {
+            assert_eq!(doc["role"], "leader", "{doc}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lease did not lapse: {doc}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    hold.store(false, Ordering::SeqCst);
+    let back = Instant::now();
+    let doc = wait_role(&a, "leader", Duration::from_secs(30)).await;
+    let took = back.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the leader renewed {took:?} after the database answered again (lease 1 s)"
+    );
+    // Nobody else took the lease meanwhile: the same term goes on.
+    assert_eq!(doc["term"], term, "{doc}");
+    a.submit(&json!({"job_queue": "renew"})).await;
+}

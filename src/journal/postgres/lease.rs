@@ -160,7 +160,10 @@ impl Tenure {
 
 /// Renews `tenure`'s lease every third of its length on `client` (reconnecting to `url`
 /// when that connection fails, or when a renewal on it got no answer: a connection to a
-/// server that vanished without closing it would otherwise never answer again) until the tenure ends or the journal closes. A renewal
+/// server that vanished without closing it would otherwise never answer again) until the
+/// tenure ends or the journal closes. Each reconnect and each renewal waits at most a
+/// third of the lease, so an attempt ends within two thirds of one and the next starts
+/// on time. A renewal
 /// that finds another term deposes the tenure; one that fails leaves the tenure valid
 /// only until its local deadline (serving stops then, and resumes if a later renewal
 /// still finds the term unchanged: nobody else can have written meanwhile).
@@ -178,16 +181,40 @@ pub(super) async fn renew(tenure: Arc<Tenure>, client: Client, url: String, hold
         }
         let client = match &mut session {
             Some(c) if !c.is_closed() => c,
-            _ => match connect(&url).await {
-                Ok(c) => session.insert(c),
-                Err(e) => {
-                    if let Some(suppressed) = allow("cannot reconnect to renew the lease", 0) {
-                        tracing::warn!(error = %e, suppressed, "cannot reconnect to renew the lease");
+            _ => {
+                // A third of a lease, as the renewal itself, not the URL's
+                // `connect_timeout` (30 s unless set): a server that accepts and never
+                // answers (gone behind a network that drops packets) would hold the loop
+                // for many leases, and a later attempt that would get through (the network
+                // back, the next host of the URL) would wait for it. A tenure that ends
+                // meanwhile ends the attempt.
+                let attempt = tokio::select! {
+                    attempt = tokio::time::timeout(every, connect(&url)) => attempt,
+                    _ = deposed.wait_for(Option::is_some) => return,
+                };
+                match attempt {
+                    Ok(Ok(c)) => session.insert(c),
+                    Ok(Err(e)) => {
+                        if let Some(suppressed) = allow("cannot reconnect to renew the lease", 0) {
+                            tracing::warn!(error = %e, suppressed, "cannot reconnect to renew the lease");
+                        }
+                        continue;
                     }
-                    continue;
+                    Err(_) => {
+                        if let Some(suppressed) = allow("lease reconnect timed out", 0) {
+                            let ms = every.as_millis() as u64;
+                            tracing::warn!(ms, suppressed, "cannot reconnect to renew the lease: no answer within a third of the lease");
+                        }
+                        continue;
+                    }
                 }
-            },
+            }
         };
+        // The tenure may have ended while connecting: a closed journal's lease is not
+        // renewed again (it was released, or is left to expire).
+        if tenure.closed.load(Ordering::Acquire) || tenure.deposed.borrow().is_some() {
+            return;
+        }
         let sent = Instant::now();
         let renewed = tokio::time::timeout(
             every,
