@@ -311,3 +311,197 @@ async fn leader_renews_soon_after_the_database_answers_again_when_a_reconnect_go
     assert_eq!(doc["term"], term, "{doc}");
     a.submit(&json!({"job_queue": "renew"})).await;
 }
+
+/// A snapshot upload that cannot go on (a lock held elsewhere on the chunks' table; the
+/// same bound ends one to a database that stopped answering) fails within its bound
+/// instead of waiting for as long as the lock is held, the leader acknowledging changes
+/// all the while; nothing of it stays, and every acknowledged change is there after a
+/// restart, whose snapshot then installs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_upload_gives_up_within_its_bound_and_loses_nothing_when_the_database_blocks_it() {
+    let url = fresh_database();
+    let mut a = TestServer::start_with(&[
+        "--journal",
+        &url,
+        "--lease-ms",
+        LEASE_MS,
+        "--snapshot-bytes",
+        "4096",
+    ]);
+    wait_role(&a, "leader", Duration::from_secs(30)).await;
+    // Another session holds the chunks' table for a minute (ended by hand below).
+    let mut locker = std::process::Command::new(crate::util::pg::bin("psql"))
+        .arg(&url)
+        .args(["-q", "-c"])
+        .arg(
+            "SET application_name = 'flinger_test_lock'; BEGIN; \
+             LOCK TABLE flinger_snapshot_chunks IN ACCESS EXCLUSIVE MODE; \
+             SELECT pg_sleep(60); COMMIT",
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run psql");
+    let held = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid) \
+                WHERE s.datname = current_database() AND s.application_name = 'flinger_test_lock' AND l.mode = 'AccessExclusiveLock' \
+                AND l.granted";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sql(&url, held) != "1" {
+        assert!(Instant::now() < deadline, "the lock was not taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Enough logged for a snapshot request; the upload then waits for the lock.
+    let filler = "x".repeat(1000);
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.push(
+            a.submit(&json!({"job_queue": "snap", "n": n, "filler": filler}))
+                .await,
+        );
+    }
+    let started = Instant::now();
+    let lines = a.stderr_lines_once(|l| l.contains("snapshot failed")).await;
+    let failed = lines.iter().find(|l| l.contains("snapshot failed"));
+    assert!(
+        failed.is_some(),
+        "no snapshot failure logged within {:?} while the lock was held",
+        started.elapsed()
+    );
+    assert!(
+        failed.unwrap().contains("lock timeout"),
+        "{}",
+        failed.unwrap()
+    );
+    // The leader acknowledged changes while the upload waited and after it gave up.
+    for n in 8..12 {
+        ids.push(a.submit(&json!({"job_queue": "snap", "n": n})).await);
+    }
+    let waiting = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    assert_eq!(
+        sql(&url, waiting),
+        "0",
+        "an upload still waits for the lock"
+    );
+    assert_eq!(
+        sql(&url, "SELECT count(*) FROM flinger_snapshots"),
+        "0",
+        "the failed upload left a row"
+    );
+    sql(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'flinger_test_lock'",
+    );
+    let _ = locker.wait();
+    // A restart replays every event (none was compacted) and snapshots them at once.
+    a.restart();
+    wait_role(&a, "leader", Duration::from_secs(30)).await;
+    for id in &ids {
+        assert_eq!(a.job_state(id).await, "waiting", "{id}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sql(
+        &url,
+        "SELECT count(*) FROM flinger_snapshots WHERE installed",
+    ) != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot installed after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The upload's own backend stops answering (paused while it waits for a lock, so the
+/// server's own timeouts cannot fire either): the leader gives the upload up after one
+/// statement's bound, closing its connection, and goes on acknowledging changes; the
+/// backend, resumed, finds its client gone and nothing of the upload stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_upload_gives_up_when_its_connection_stops_answering() {
+    let url = fresh_database();
+    // A 3 s lease: the upload waits for the lock up to 3 s, time to pause its backend; one
+    // statement's bound is then 12 s.
+    let a = TestServer::start_with(&[
+        "--journal",
+        &url,
+        "--lease-ms",
+        "3000",
+        "--snapshot-bytes",
+        "4096",
+    ]);
+    wait_role(&a, "leader", Duration::from_secs(30)).await;
+    let mut locker = std::process::Command::new(crate::util::pg::bin("psql"))
+        .arg(&url)
+        .args(["-q", "-c"])
+        .arg(
+            "SET application_name = 'flinger_test_lock'; BEGIN; \
+             LOCK TABLE flinger_snapshot_chunks IN ACCESS EXCLUSIVE MODE; \
+             SELECT pg_sleep(120); COMMIT",
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run psql");
+    let held = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid) \
+                WHERE s.datname = current_database() AND s.application_name = 'flinger_test_lock' AND l.granted \
+                AND l.mode = 'AccessExclusiveLock'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sql(&url, held) != "1" {
+        assert!(Instant::now() < deadline, "the lock was not taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let filler = "x".repeat(1000);
+    for n in 0..8 {
+        a.submit(&json!({"job_queue": "snap", "n": n, "filler": filler}))
+            .await;
+    }
+    let upload = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                  AND application_name = 'flinger snapshot upload' AND wait_event_type = 'Lock'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid: i32 = loop {
+        if let Ok(pid) = sql(&url, upload).parse() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no upload waits for the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // SAFETY: kill has no memory preconditions; the pid is the test cluster's backend.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let paused = Instant::now();
+    let deadline = paused + Duration::from_secs(30);
+    let failed = loop {
+        let lines = a.stderr_lines();
+        if let Some(line) = lines.iter().find(|l| l.contains("snapshot failed")) {
+            break line.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upload was not given up within 30 s of its backend pausing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = paused.elapsed();
+    assert!(failed.contains("no answer within 12 s"), "{failed}");
+    assert!(took < Duration::from_secs(16), "given up after {took:?}");
+    a.submit(&json!({"job_queue": "snap", "n": 8})).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    sql(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'flinger_test_lock'",
+    );
+    let _ = locker.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sql(
+        &url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'flinger snapshot upload'",
+    ) != "0"
+    {
+        assert!(Instant::now() < deadline, "the upload's backend stayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sql(&url, "SELECT count(*) FROM flinger_snapshots"), "0");
+}

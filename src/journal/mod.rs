@@ -228,8 +228,12 @@ enum Snapshots {
     /// Snapshot files in the log's directory.
     File(wal::SnapshotWriter),
     /// Rows in the database at `url`, written under the lease's `term` (fenced, see
-    /// `postgres::prepare`).
-    Postgres { url: String, term: i64 },
+    /// `postgres::prepare`), each statement bounded by the `lease`'s length.
+    Postgres {
+        url: String,
+        term: i64,
+        lease: Duration,
+    },
 }
 
 /// A snapshot written (and durable) under a provisional name, waiting to be installed by
@@ -291,10 +295,13 @@ impl Snapshots {
                 let size = prepared.bytes();
                 Ok((Prepared::File(prepared), size))
             }
-            Snapshots::Postgres { url, term } => {
+            Snapshots::Postgres { url, term, lease } => {
                 let bytes = on_snapshot_thread(move || parts.encode_in_memory()).await?;
                 let size = bytes.len() as u64;
-                Ok((postgres::prepare(url, *term, lsn, bytes).await?, size))
+                Ok((
+                    postgres::prepare(url, *term, *lease, lsn, bytes).await?,
+                    size,
+                ))
             }
         }
     }

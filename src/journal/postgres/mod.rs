@@ -187,23 +187,49 @@ where
 /// Connects to `url` (over TLS under `sslmode=require`, see [`tls`]), driving the
 /// connection on the current runtime.
 async fn connect(url: &str) -> Result<Client> {
+    Ok(connect_driven(url).await?.0)
+}
+
+/// [`connect`], and the task that drives the connection. Dropping the client ends that
+/// task only once it has said goodbye to the server, which never happens while the server
+/// reads nothing (paused, or a full socket buffer in front of it): a caller that gives up
+/// on such a server aborts the task, so the socket and what it buffered go with it.
+async fn connect_driven(url: &str) -> Result<(Client, tokio::task::JoinHandle<()>)> {
     let target = tls::target(url)?;
     let ended = |e: tokio_postgres::Error| {
         tracing::warn!(error = %e, "PostgreSQL journal connection ended");
     };
-    let client = match target.tls {
+    Ok(match target.tls {
         None => {
             let (client, connection) = establish(url, &target.config, NoTls).await?;
-            tokio::spawn(async move { connection.await.map_err(ended) });
-            client
+            let task = tokio::spawn(async move {
+                let _ = connection.await.map_err(ended);
+            });
+            (client, task)
         }
         Some(tls) => {
             let (client, connection) = establish(url, &target.config, tls).await?;
-            tokio::spawn(async move { connection.await.map_err(ended) });
-            client
+            let task = tokio::spawn(async move {
+                let _ = connection.await.map_err(ended);
+            });
+            (client, task)
         }
-    };
-    Ok(client)
+    })
+}
+
+/// `answer`, unless the database gave none within `bound`.
+pub(super) async fn within<T>(
+    bound: Duration,
+    what: &str,
+    answer: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(bound, answer).await {
+        Ok(answered) => answered.map_err(|e| pg_error(what, e)),
+        Err(_) => Err(Error::Unavailable(format!(
+            "PostgreSQL journal: {what}: no answer within {} s",
+            bound.as_secs_f64()
+        ))),
+    }
 }
 
 /// Connects to the database at `url`, creates the tables if missing, waits for the
@@ -245,39 +271,109 @@ pub(super) async fn fence(tx: &tokio_postgres::Transaction<'_>, term: i64) -> Re
 /// leader's snapshot (which may hold records its successor never saw) cannot replace a
 /// successor's provisional row at the same LSN. Durable when this returns; installed by
 /// the writer later.
-pub(super) async fn prepare(url: &str, term: i64, lsn: u64, bytes: Vec<u8>) -> Result<Prepared> {
-    let mut client = connect(url).await?;
-    let lsn_i = lsn as i64;
-    let failed = |e| pg_error("cannot write the snapshot", e);
-    let tx = client.transaction().await.map_err(failed)?;
-    // A provisional one left by a crash is replaced; an installed one at the same LSN
-    // (nothing happened since) is kept as it is.
-    tx.execute(
-        "DELETE FROM flinger_snapshots WHERE lsn = $1 AND NOT installed",
-        &[&lsn_i],
-    )
-    .await
-    .map_err(failed)?;
-    let inserted = tx
-        .execute(
-            "INSERT INTO flinger_snapshots (lsn) VALUES ($1) ON CONFLICT (lsn) DO NOTHING",
-            &[&lsn_i],
-        )
-        .await
-        .map_err(failed)?;
-    if inserted == 1 {
-        let insert = tx
-            .prepare("INSERT INTO flinger_snapshot_chunks (lsn, seq, data) VALUES ($1, $2, $3)")
-            .await
-            .map_err(failed)?;
-        for (seq, chunk) in bytes.chunks(SNAPSHOT_CHUNK).enumerate() {
-            tx.execute(&insert, &[&lsn_i, &(seq as i32), &chunk])
-                .await
-                .map_err(failed)?;
+///
+/// Bounded by progress, not as a whole (a large snapshot may take long): no statement,
+/// each chunk's insert included, waits longer than [`statement_bound`] of `lease` for its
+/// answer, nor a lease for a lock (set on the server too, which also ends the session when
+/// this process pauses inside the transaction for as long). A database that stops
+/// answering or a lock held elsewhere fails the upload (its connection is closed, and
+/// with it the transaction, so nothing of it stays); the journal is untouched: its events
+/// stay until a snapshot is installed, the writer asks again after `SNAPSHOT_RETRY`, and
+/// a provisional row that did commit unseen is replaced or deleted by a later snapshot.
+pub(super) async fn prepare(
+    url: &str,
+    term: i64,
+    lease: Duration,
+    lsn: u64,
+    bytes: Vec<u8>,
+) -> Result<Prepared> {
+    /// Aborts the connection's task unless disarmed: also when the upload's future is
+    /// dropped (the snapshot task stopped with the actors).
+    struct Abort(Option<tokio::task::JoinHandle<()>>);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            if let Some(task) = self.0.take() {
+                task.abort();
+            }
         }
     }
-    fence(&tx, term).await?;
-    tx.commit().await.map_err(failed)?;
+    let bound = statement_bound(lease);
+    let what = "cannot write the snapshot";
+    // Connecting too: the URL's `connect_timeout` may be longer.
+    let (mut client, task) = match tokio::time::timeout(bound, connect_driven(url)).await {
+        Ok(connected) => connected?,
+        Err(_) => {
+            return Err(Error::Unavailable(format!(
+                "PostgreSQL journal: {what}: cannot connect within {} s",
+                bound.as_secs_f64()
+            )))
+        }
+    };
+    let mut task = Abort(Some(task));
+    // Named, so that an operator (and a test) finds the upload in `pg_stat_activity`.
+    within(
+        bound,
+        what,
+        client.batch_execute(&format!(
+            "SET application_name = 'flinger snapshot upload'; \
+             SET statement_timeout = {bound}; SET lock_timeout = {lease}; \
+             SET idle_in_transaction_session_timeout = {bound}",
+            bound = bound.as_millis(),
+            lease = lease.as_millis()
+        )),
+    )
+    .await?;
+    let lsn_i = lsn as i64;
+    let tx = within(bound, what, client.transaction()).await?;
+    // A provisional one left by a crash is replaced; an installed one at the same LSN
+    // (nothing happened since) is kept as it is.
+    within(
+        bound,
+        what,
+        tx.execute(
+            "DELETE FROM flinger_snapshots WHERE lsn = $1 AND NOT installed",
+            &[&lsn_i],
+        ),
+    )
+    .await?;
+    let inserted = within(
+        bound,
+        what,
+        tx.execute(
+            "INSERT INTO flinger_snapshots (lsn) VALUES ($1) ON CONFLICT (lsn) DO NOTHING",
+            &[&lsn_i],
+        ),
+    )
+    .await?;
+    if inserted == 1 {
+        let insert = within(
+            bound,
+            what,
+            tx.prepare("INSERT INTO flinger_snapshot_chunks (lsn, seq, data) VALUES ($1, $2, $3)"),
+        )
+        .await?;
+        for (seq, chunk) in bytes.chunks(SNAPSHOT_CHUNK).enumerate() {
+            within(
+                bound,
+                what,
+                tx.execute(&insert, &[&lsn_i, &(seq as i32), &chunk]),
+            )
+            .await?;
+        }
+    }
+    match tokio::time::timeout(bound, fence(&tx, term)).await {
+        Ok(fenced) => fenced?,
+        Err(_) => {
+            return Err(Error::Unavailable(format!(
+                "PostgreSQL journal: cannot check the lease: no answer within {} s",
+                bound.as_secs_f64()
+            )))
+        }
+    }
+    within(bound, what, tx.commit()).await?;
+    drop(client);
+    // Committed: the connection task says goodbye to the server and ends by itself.
+    task.0 = None;
     Ok(Prepared::Postgres {
         lsn,
         bytes: bytes.len() as u64,
@@ -342,6 +438,7 @@ impl Writer {
             Snapshots::Postgres {
                 url: url.to_owned(),
                 term: tenure.term(),
+                lease: config.lease,
             },
         );
         let (snap_tx, snap_rx) = tokio::sync::mpsc::unbounded_channel();

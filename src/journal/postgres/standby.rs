@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::lease::{self, LeaseView, Tenure};
-use super::{establish, pg_error, Writer, SCHEMA};
+use super::{establish, within, Writer, SCHEMA};
 use crate::config::{redact, Config};
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Recovery, Replay, SnapshotRequests};
@@ -48,21 +48,6 @@ pub struct Standby {
     /// connection to a server that vanished without closing it never answers, and a
     /// standby waiting on it would never take over.
     bound: Duration,
-}
-
-/// `answer`, unless the database gave none within `bound`.
-async fn within<T>(
-    bound: Duration,
-    what: &str,
-    answer: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
-) -> Result<T> {
-    match tokio::time::timeout(bound, answer).await {
-        Ok(answered) => answered.map_err(|e| pg_error(what, e)),
-        Err(_) => Err(Error::Unavailable(format!(
-            "PostgreSQL journal: {what}: no answer within {} s",
-            bound.as_secs_f64()
-        ))),
-    }
 }
 
 /// What a promoted standby hands the server: the same as start-up recovery, plus the
