@@ -111,13 +111,30 @@ impl PgFiles {
             other => Error::Unavailable(format!("PostgreSQL file store: {other}")),
         })?;
         let fail = failed("cannot create the file store's tables");
-        // Nodes starting together would race on `CREATE TABLE IF NOT EXISTS`.
-        let tx = client.transaction().await.map_err(&fail)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-            .await
-            .map_err(&fail)?;
-        tx.batch_execute(SCHEMA).await.map_err(&fail)?;
-        tx.commit().await.map_err(&fail)?;
+        // Nodes starting together would race on `CREATE TABLE IF NOT EXISTS`. Bounded
+        // here too, not only by the server's `statement_timeout`: a server that stopped
+        // answering (paused, gone behind a network that drops packets) would hold a node
+        // that just took the lease, instead of letting it step down and follow again.
+        let created = tokio::time::timeout(patience * 2, async {
+            let tx = client.transaction().await.map_err(&fail)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+                .await
+                .map_err(&fail)?;
+            tx.batch_execute(SCHEMA).await.map_err(&fail)?;
+            tx.commit().await.map_err(&fail)
+        })
+        .await;
+        match created {
+            Ok(done) => done?,
+            Err(_) => {
+                // The connection's answer may still come: not back into the pool.
+                let _ = deadpool_postgres::Object::take(client);
+                return Err(Error::Unavailable(format!(
+                    "PostgreSQL file store: cannot create its tables: no answer within {} s",
+                    (patience * 2).as_secs_f64()
+                )));
+            }
+        }
         drop(client);
         Ok(files)
     }

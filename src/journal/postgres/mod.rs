@@ -472,16 +472,23 @@ impl Writer {
                         return;
                     }
                 };
+                // Bounded like every later statement: a promoted node whose database
+                // stops answering here would otherwise wait (no renewal runs yet, the
+                // lease passes on) instead of following again.
                 let prepared = runtime.block_on(async {
                     let client = connect(&url).await?;
-                    client
-                        .batch_execute(&session)
-                        .await
-                        .map_err(|e| pg_error("cannot set up the writer's session", e))?;
-                    let insert = client
-                        .prepare(APPEND)
-                        .await
-                        .map_err(|e| pg_error("cannot prepare the append statement", e))?;
+                    within(
+                        bound,
+                        "cannot set up the writer's session",
+                        client.batch_execute(&session),
+                    )
+                    .await?;
+                    let insert = within(
+                        bound,
+                        "cannot prepare the append statement",
+                        client.prepare(APPEND),
+                    )
+                    .await?;
                     Ok((client, insert))
                 });
                 let (client, insert) = match prepared {
