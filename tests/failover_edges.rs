@@ -505,3 +505,56 @@ async fn snapshot_upload_gives_up_when_its_connection_stops_answering() {
     }
     assert_eq!(sql(&url, "SELECT count(*) FROM flinger_snapshots"), "0");
 }
+
+/// The file store's connections stop answering (their backends paused, so the server's
+/// `statement_timeout` cannot fire): a download gets 503 within its bound instead of
+/// waiting until TCP gives up, and works again once they answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_gets_503_within_its_bound_when_the_file_stores_connections_stop_answering() {
+    let url = fresh_database();
+    let a = node(&url);
+    wait_role(&a, "leader", Duration::from_secs(30)).await;
+    let id = a.submit(&json!({"job_queue": "files"})).await;
+    let bytes = crate::util::pseudo_random_bytes(3 << 20, 7);
+    let path = format!("/v1/result/{id}/artifact");
+    a.post_multipart(&path, "file", "a.tgz", &bytes)
+        .await
+        .expect_status(200);
+    // The pool's sessions: the ones whose last statement was the file store's.
+    let pids: Vec<i32> = sql(
+        &url,
+        "SELECT string_agg(pid::text, ',') FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+         AND (query LIKE '%flinger_files%' OR query LIKE '%flinger_file_chunks%' \
+              OR query LIKE '%flinger_private%')",
+    )
+    .split(',')
+    .filter_map(|p| p.parse().ok())
+    .collect();
+    assert!(!pids.is_empty(), "no file store session found");
+    let signal = |s| {
+        for pid in &pids {
+            // SAFETY: kill has no memory preconditions; these are the cluster's backends.
+            unsafe { libc::kill(*pid, s) };
+        }
+    };
+    signal(libc::SIGSTOP);
+    let started = Instant::now();
+    let answer = a.http().try_request("GET", &path, &[], Vec::new()).await;
+    let took = started.elapsed();
+    signal(libc::SIGCONT);
+    let r = answer.expect("an answer");
+    assert_eq!(r.status, 503, "{}", r.text_preview());
+    assert!(
+        r.message().contains("no answer within 4 s"),
+        "{}",
+        r.text_preview()
+    );
+    assert!(took < Duration::from_secs(10), "answered after {took:?}");
+    let got = a.get(&path).await;
+    assert!(
+        got.status == 200 && got.body[..] == bytes[..],
+        "{}",
+        got.text_preview()
+    );
+}

@@ -21,7 +21,10 @@
 //! Connections are made like the writer's (TLS under `sslmode=require`, see `tls`).
 //! Statements run on a pool of at most [`CONNECTIONS`] connections, apart from the
 //! journal writer's own session: uploads and downloads take turns statement by statement,
-//! so a slow client never holds a connection between its chunks.
+//! so a slow client never holds a connection between its chunks. No wait for a connection
+//! or for a statement's answer is longer than the store's patience, by the server's
+//! `statement_timeout` and by flinger's own clock (a server that stops answering never
+//! sends its error): see [`bounded`].
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -70,6 +73,28 @@ pub struct PgFiles {
     /// The leader's lease term: orphan appends rewrite chunks of an existing file, so a
     /// deposed leader must not (`super::fence`).
     term: Option<i64>,
+    /// The longest wait for a connection, and for one statement ([`bounded`]).
+    patience: Duration,
+}
+
+/// `work` (a connection from the pool, then a statement), unless it takes longer than
+/// `patience` twice: the server's `statement_timeout` ends a statement that runs too long,
+/// but a server that stops answering altogether (paused, or behind a network that drops
+/// packets) never sends that error, and a request would wait until TCP gives up. The
+/// connection goes back to the pool: a later statement on it waits behind the unanswered
+/// one, bounded the same way, and both answers come in order if the server resumes.
+async fn bounded<T>(
+    patience: Duration,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let bound = patience * 2;
+    tokio::time::timeout(bound, work).await.unwrap_or_else(|_| {
+        Err(Error::Unavailable(format!(
+            "PostgreSQL file store: {what}: no answer within {} s",
+            bound.as_secs_f64()
+        )))
+    })
 }
 
 fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
@@ -103,7 +128,11 @@ impl PgFiles {
             .create_timeout(Some(patience))
             .build()
             .map_err(|e| Error::Internal(format!("PostgreSQL file store: {e}")))?;
-        let files = PgFiles { pool, term };
+        let files = PgFiles {
+            pool,
+            term,
+            patience,
+        };
         let mut client = files.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => {
                 pg_error(&format!("cannot connect to {}", redact(url)), e)
@@ -155,13 +184,17 @@ async fn client(pool: &Pool) -> Result<deadpool_postgres::Object> {
 #[async_trait]
 impl FileStore for PgFiles {
     async fn create(&self, name: &str) -> Result<Box<dyn NewFile>> {
-        self.client()
-            .await?
-            .execute("INSERT INTO flinger_files (name) VALUES ($1)", &[&name])
-            .await
-            .map_err(failed("cannot store a file"))?;
+        bounded(self.patience, "cannot store a file", async {
+            self.client()
+                .await?
+                .execute("INSERT INTO flinger_files (name) VALUES ($1)", &[&name])
+                .await
+                .map_err(failed("cannot store a file"))
+        })
+        .await?;
         Ok(Box::new(PgNewFile {
             pool: self.pool.clone(),
+            patience: self.patience,
             name: name.to_owned(),
             buf: Vec::new(),
             written: 0,
@@ -169,30 +202,35 @@ impl FileStore for PgFiles {
     }
 
     async fn open(&self, name: &str, size: u64) -> Result<Download> {
-        let found = self
-            .client()
-            .await?
-            .query_opt("SELECT 1 FROM flinger_files WHERE name = $1", &[&name])
-            .await
-            .map_err(failed("cannot read a file"))?;
+        let found = bounded(self.patience, "cannot read a file", async {
+            self.client()
+                .await?
+                .query_opt("SELECT 1 FROM flinger_files WHERE name = $1", &[&name])
+                .await
+                .map_err(failed("cannot read a file"))
+        })
+        .await?;
         if found.is_none() {
             return Err(Error::NotFound(format!("stored file {name}")));
         }
-        let (pool, name) = (self.pool.clone(), name.to_owned());
+        let (pool, name, patience) = (self.pool.clone(), name.to_owned(), self.patience);
         let stream = futures_util::stream::try_unfold(0u64, move |pos| {
             let (pool, name) = (pool.clone(), name.clone());
             async move {
                 if pos >= size {
                     return Ok(None);
                 }
-                let row = client(&pool)
-                    .await?
-                    .query_opt(
-                        "SELECT data FROM flinger_file_chunks WHERE file = $1 AND pos = $2",
-                        &[&name, &(pos as i64)],
-                    )
-                    .await
-                    .map_err(failed("cannot read a file"))?;
+                let row = bounded(patience, "cannot read a file", async {
+                    client(&pool)
+                        .await?
+                        .query_opt(
+                            "SELECT data FROM flinger_file_chunks WHERE file = $1 AND pos = $2",
+                            &[&name, &(pos as i64)],
+                        )
+                        .await
+                        .map_err(failed("cannot read a file"))
+                })
+                .await?;
                 let Some(row) = row else {
                     return Err(Error::Internal(format!(
                         "stored file {name} ends at byte {pos} of {size} (deleted while read?)"
@@ -213,85 +251,98 @@ impl FileStore for PgFiles {
     }
 
     async fn append(&self, name: &str, offset: u64, new: bool, bytes: Vec<u8>) -> Result<()> {
-        let mut client = self.client().await?;
-        let fail = failed("cannot append to a file");
-        let tx = client.transaction().await.map_err(&fail)?;
-        if new {
-            tx.execute(
-                "INSERT INTO flinger_files (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-                &[&name],
-            )
-            .await
-            .map_err(&fail)?;
-        }
-        tx.execute(
-            "DELETE FROM flinger_file_chunks WHERE file = $1 AND pos >= $2",
-            &[&name, &(offset as i64)],
-        )
-        .await
-        .map_err(&fail)?;
-        let insert = tx
-            .prepare("INSERT INTO flinger_file_chunks (file, pos, data) VALUES ($1, $2, $3)")
-            .await
-            .map_err(&fail)?;
-        for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
-            let pos = (offset + (i * CHUNK) as u64) as i64;
-            tx.execute(&insert, &[&name, &pos, &chunk])
+        bounded(
+            self.patience * (3 + bytes.len().div_ceil(CHUNK) as u32),
+            "cannot append to a file",
+            async {
+                let mut client = self.client().await?;
+                let fail = failed("cannot append to a file");
+                let tx = client.transaction().await.map_err(&fail)?;
+                if new {
+                    tx.execute(
+                    "INSERT INTO flinger_files (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                    &[&name],
+                )
                 .await
                 .map_err(&fail)?;
-        }
-        if let Some(term) = self.term {
-            super::fence(&tx, term).await?;
-        }
-        tx.commit().await.map_err(&fail)
+                }
+                tx.execute(
+                    "DELETE FROM flinger_file_chunks WHERE file = $1 AND pos >= $2",
+                    &[&name, &(offset as i64)],
+                )
+                .await
+                .map_err(&fail)?;
+                let insert = tx
+                    .prepare(
+                        "INSERT INTO flinger_file_chunks (file, pos, data) VALUES ($1, $2, $3)",
+                    )
+                    .await
+                    .map_err(&fail)?;
+                for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
+                    let pos = (offset + (i * CHUNK) as u64) as i64;
+                    tx.execute(&insert, &[&name, &pos, &chunk])
+                        .await
+                        .map_err(&fail)?;
+                }
+                if let Some(term) = self.term {
+                    super::fence(&tx, term).await?;
+                }
+                tx.commit().await.map_err(&fail)
+            },
+        )
+        .await
     }
 
     async fn read(&self, name: &str, len: u64) -> Result<Vec<u8>> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT pos, data FROM flinger_file_chunks WHERE file = $1 AND pos < $2 ORDER BY pos",
-                &[&name, &(len as i64)],
-            )
-            .await
-            .map_err(failed("cannot read a file"))?;
-        let mut bytes = Vec::with_capacity(len as usize);
-        for row in rows {
-            let pos: i64 = row.get(0);
-            if pos as u64 != bytes.len() as u64 {
+        bounded(self.patience, "cannot read a file", async {
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    "SELECT pos, data FROM flinger_file_chunks WHERE file = $1 AND pos < $2 ORDER BY pos",
+                    &[&name, &(len as i64)],
+                )
+                .await
+                .map_err(failed("cannot read a file"))?;
+            let mut bytes = Vec::with_capacity(len as usize);
+            for row in rows {
+                let pos: i64 = row.get(0);
+                if pos as u64 != bytes.len() as u64 {
+                    return Err(Error::Internal(format!(
+                        "stored file {name} has a gap at byte {} (next chunk at {pos})",
+                        bytes.len()
+                    )));
+                }
+                bytes.extend_from_slice(row.get::<_, &[u8]>(1));
+            }
+            if (bytes.len() as u64) < len {
                 return Err(Error::Internal(format!(
-                    "stored file {name} has a gap at byte {} (next chunk at {pos})",
+                    "stored file {name} holds {} bytes, {len} recorded",
                     bytes.len()
                 )));
             }
-            bytes.extend_from_slice(row.get::<_, &[u8]>(1));
-        }
-        if (bytes.len() as u64) < len {
-            return Err(Error::Internal(format!(
-                "stored file {name} holds {} bytes, {len} recorded",
-                bytes.len()
-            )));
-        }
-        bytes.truncate(len as usize);
-        Ok(bytes)
+            bytes.truncate(len as usize);
+            Ok(bytes)
+        })
+        .await
     }
 
     fn delete(&self, names: Vec<Box<str>>) {
         if names.is_empty() {
             return;
         }
-        let pool = self.pool.clone();
+        let (pool, patience) = (self.pool.clone(), self.patience);
         tokio::spawn(async move {
             let names: Vec<&str> = names.iter().map(|n| &**n).collect();
-            let result = match client(&pool).await {
-                Ok(client) => client
+            let result = bounded(patience, "cannot delete files", async {
+                client(&pool)
+                    .await?
                     .execute("DELETE FROM flinger_files WHERE name = ANY($1)", &[&names])
                     .await
                     .map(drop)
-                    .map_err(failed("cannot delete files")),
-                Err(e) => Err(e),
-            };
+                    .map_err(failed("cannot delete files"))
+            })
+            .await;
             if let Err(e) = result {
                 deletion_failed(names[0], &e);
             }
@@ -299,56 +350,64 @@ impl FileStore for PgFiles {
     }
 
     async fn sweep(&self, referenced: &HashSet<&str>) -> Result<usize> {
-        let client = self.client().await?;
-        let rows = client
-            .query("SELECT name FROM flinger_files", &[])
-            .await
-            .map_err(failed("cannot list the stored files"))?;
-        let gone: Vec<String> = rows
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .filter(|n| !referenced.contains(n.as_str()))
-            .collect();
-        if !gone.is_empty() {
-            client
-                .execute("DELETE FROM flinger_files WHERE name = ANY($1)", &[&gone])
+        bounded(self.patience * 2, "cannot sweep the stored files", async {
+            let client = self.client().await?;
+            let rows = client
+                .query("SELECT name FROM flinger_files", &[])
                 .await
-                .map_err(failed("cannot delete unreferenced files"))?;
-            for name in &gone {
-                tracing::info!(file = name, "removed unreferenced upload");
+                .map_err(failed("cannot list the stored files"))?;
+            let gone: Vec<String> = rows
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .filter(|n| !referenced.contains(n.as_str()))
+                .collect();
+            if !gone.is_empty() {
+                client
+                    .execute("DELETE FROM flinger_files WHERE name = ANY($1)", &[&gone])
+                    .await
+                    .map_err(failed("cannot delete unreferenced files"))?;
+                for name in &gone {
+                    tracing::info!(file = name, "removed unreferenced upload");
+                }
             }
-        }
-        Ok(gone.len())
+            Ok(gone.len())
+        })
+        .await
     }
 
     async fn private(&self, name: &str, fresh: Vec<u8>) -> Result<Vec<u8>> {
-        let client = self.client().await?;
-        let fail = failed("cannot keep a private value");
-        // Whoever inserts first wins; everyone reads the winner.
-        let made = client
-            .execute(
-                "INSERT INTO flinger_private (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-                &[&name, &fresh],
-            )
-            .await
-            .map_err(&fail)?;
-        if made == 1 {
-            tracing::info!(name, "generated {name} (kept in the database)");
-        }
-        let row = client
-            .query_one(
-                "SELECT value FROM flinger_private WHERE name = $1",
-                &[&name],
-            )
-            .await
-            .map_err(&fail)?;
-        Ok(row.get(0))
+        bounded(self.patience * 2, "cannot keep a private value", async {
+            let client = self.client().await?;
+            let fail = failed("cannot keep a private value");
+            // Whoever inserts first wins; everyone reads the winner.
+            let made = client
+                .execute(
+                    "INSERT INTO flinger_private (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                    &[&name, &fresh],
+                )
+                .await
+                .map_err(&fail)?;
+            if made == 1 {
+                tracing::info!(name, "generated {name} (kept in the database)");
+            }
+            let row = client
+                .query_one(
+                    "SELECT value FROM flinger_private WHERE name = $1",
+                    &[&name],
+                )
+                .await
+                .map_err(&fail)?;
+            Ok(row.get(0))
+        })
+        .await
     }
 }
 
 /// An upload in progress: chunks are inserted as they fill.
 struct PgNewFile {
     pool: Pool,
+    /// As [`PgFiles::patience`].
+    patience: Duration,
     name: String,
     /// Bytes not inserted yet (below [`CHUNK`]).
     buf: Vec<u8>,
@@ -360,14 +419,17 @@ impl PgNewFile {
     /// Inserts `buf[..n]` as the next chunk.
     async fn insert(&mut self, n: usize) -> Result<()> {
         let pos = self.written as i64;
-        client(&self.pool)
-            .await?
-            .execute(
-                "INSERT INTO flinger_file_chunks (file, pos, data) VALUES ($1, $2, $3)",
-                &[&self.name, &pos, &&self.buf[..n]],
-            )
-            .await
-            .map_err(failed("cannot store a file"))?;
+        bounded(self.patience, "cannot store a file", async {
+            client(&self.pool)
+                .await?
+                .execute(
+                    "INSERT INTO flinger_file_chunks (file, pos, data) VALUES ($1, $2, $3)",
+                    &[&self.name, &pos, &&self.buf[..n]],
+                )
+                .await
+                .map_err(failed("cannot store a file"))
+        })
+        .await?;
         self.buf.drain(..n);
         self.written += n as u64;
         Ok(())
@@ -389,14 +451,17 @@ impl NewFile for PgNewFile {
             if !self.buf.is_empty() {
                 self.insert(self.buf.len()).await?;
             }
-            client(&self.pool)
-                .await?
-                .execute(
-                    "UPDATE flinger_files SET size = $2 WHERE name = $1",
-                    &[&self.name, &(self.written as i64)],
-                )
-                .await
-                .map_err(failed("cannot store a file"))
+            bounded(self.patience, "cannot store a file", async {
+                client(&self.pool)
+                    .await?
+                    .execute(
+                        "UPDATE flinger_files SET size = $2 WHERE name = $1",
+                        &[&self.name, &(self.written as i64)],
+                    )
+                    .await
+                    .map_err(failed("cannot store a file"))
+            })
+            .await
         }
         .await;
         match result {
@@ -409,11 +474,14 @@ impl NewFile for PgNewFile {
     }
 
     async fn abandon(self: Box<Self>) {
-        if let Ok(client) = client(&self.pool).await {
-            // A failure leaves the rows to start-up's sweep.
-            let _ = client
+        // A failure leaves the rows to start-up's sweep.
+        let _ = bounded(self.patience, "cannot delete a file", async {
+            client(&self.pool)
+                .await?
                 .execute("DELETE FROM flinger_files WHERE name = $1", &[&self.name])
-                .await;
-        }
+                .await
+                .map_err(failed("cannot delete a file"))
+        })
+        .await;
     }
 }
