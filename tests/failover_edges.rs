@@ -1,8 +1,9 @@
 //! The edges of several nodes on one PostgreSQL journal (`ha`, `journal::postgres`): the
 //! forwarder passes on no header of one hop (those `Connection` names included), in either
 //! direction; no wait of the leader on the database outlasts its bound (a snapshot upload
-//! against a lock, a renewal's reconnect to a server that never answers); and lease terms
-//! only grow, even when the lease row is deleted by hand.
+//! against a lock or a paused backend, a renewal's reconnect to a server that never
+//! answers, a download from paused file store connections); and lease terms only grow,
+//! even when the lease row is deleted by hand.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

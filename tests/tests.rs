@@ -75,5 +75,5 @@ mod journal_pg;
 // pauses, nothing acknowledged lost under repeated failovers (issue 10).
 mod failover;
 // The edges of several nodes: hop-by-hop headers through the forwarder, bounded waits on the
-// database (snapshot upload, lease renewal), lease terms that only grow.
+// database (snapshot upload, lease renewal, file store), lease terms that only grow.
 mod failover_edges;
