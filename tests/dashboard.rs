@@ -885,3 +885,135 @@ async fn job_page_links_only_an_uploaded_artifact_and_page_errors_are_pages() {
         );
     }
 }
+
+/// The text of the element with `id="{id}"` (a `<pre>`), HTML entities as the template
+/// engine writes them turned back into characters.
+fn pre_text(html: &str, id: &str) -> String {
+    let at = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id}"));
+    let start = at + html[at..].find('>').unwrap() + 1;
+    let end = start + html[start..].find("</pre>").unwrap();
+    html[start..end]
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&#x2f;", "/")
+        .replace("&amp;", "&")
+}
+
+/// The job page prints the start of results of many fields exactly as serde_json prints
+/// the whole document parsed (numbers, escapes, empty and nested values, a key replaced
+/// in place by a later post), though it now prints only what it shows, as it reads it.
+#[tokio::test]
+async fn job_page_prints_the_start_of_results_of_many_fields_as_the_whole_document_prints() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("many-fields").await;
+    let mut merged = serde_json::Map::new();
+    let mut posts: Vec<String> = (0..4)
+        .map(|post| {
+            let fields: Vec<String> = (0..1500)
+                .map(|n| format!(r#""p{post}f{n}" : {{"n": [1.50, -2, 1e2, {n}], "s": "\u00e9 <b>\n{n}/", "e": {{}}, "a": [ ]}}"#))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        })
+        .collect();
+    posts.push(r#"{"p0f0": "replaced"}"#.to_owned());
+    for body in &posts {
+        srv.post_raw(
+            &format!("/v1/result/{id}"),
+            Some("application/json"),
+            body.clone().into_bytes(),
+        )
+        .await
+        .expect_status(200);
+        let post: serde_json::Map<String, Value> = serde_json::from_str(body).unwrap();
+        merged.extend(post);
+    }
+    let whole = serde_json::to_string_pretty(&Value::Object(merged)).unwrap();
+    let mut end = 256 << 10;
+    assert!(whole.len() > end);
+    while !whole.is_char_boundary(end) {
+        end -= 1;
+    }
+    let html = srv
+        .get(&format!("/jobs/{id}"))
+        .await
+        .expect_status(200)
+        .text();
+    assert_eq!(pre_text(&html, "results"), whole[..end]);
+    assert!(html.contains("id=\"results-truncated\""), "the cut is said");
+
+    // Results that fit are shown whole, without the note.
+    let small = srv.submit_to("many-fields").await;
+    let doc = json!({"a": [1.5, {"b": null}], "c": "<d>"});
+    srv.post_result(&small, &doc).await;
+    let html = srv
+        .get(&format!("/jobs/{small}"))
+        .await
+        .expect_status(200)
+        .text();
+    assert_eq!(
+        pre_text(&html, "results"),
+        serde_json::to_string_pretty(&doc).unwrap()
+    );
+    assert!(!html.contains("id=\"results-truncated\""));
+}
+
+/// The job page's log is the end of its run's whole text (phases in order, each phase's
+/// fragments by number) when fragments arrived scrambled across phases and only the last
+/// few hold what it shows; its figures (bytes stored, next fragment) count the whole run.
+#[tokio::test]
+async fn job_page_shows_the_end_of_a_log_whose_fragments_arrived_out_of_order() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("scrambled").await;
+    srv.pop_id(&["scrambled"]).await.unwrap();
+    // 3 phases × 100 fragments of about 1 KiB (300 KiB), numbered across phases as an
+    // agent numbers them; some empty.
+    let phases = ["setup", "provision", "test"];
+    let mut fragments = Vec::new();
+    for (p, phase) in phases.iter().enumerate() {
+        for k in 0..100u64 {
+            let number = p as u64 * 100 + k;
+            let text = match k % 17 {
+                0 => String::new(),
+                _ => format!("{phase} {number:03} {}\n", "\u{e9}".repeat(500)),
+            };
+            fragments.push((number, *phase, text));
+        }
+    }
+    let whole: String = fragments.iter().map(|f| f.2.as_str()).collect();
+    // Posted in a scrambled order (7919 is prime to 300: each once).
+    fragments.sort_by_key(|f| (f.0 * 7919) % 300);
+    for (number, phase, text) in &fragments {
+        srv.post_json(
+            &format!("/v1/result/{id}/log/output"),
+            &fragment(*number, phase, text),
+        )
+        .await
+        .expect_status(200);
+    }
+    // The last 256 KiB, from a character and then a line boundary.
+    let mut start = whole.len() - (256 << 10);
+    while !whole.is_char_boundary(start) {
+        start += 1;
+    }
+    let tail = &whole[start..];
+    let tail = &tail[tail.find('\n').unwrap() + 1..];
+    let html = srv
+        .get(&format!("/jobs/{id}"))
+        .await
+        .expect_status(200)
+        .text();
+    assert_eq!(pre_text(&html, "log"), tail);
+    assert!(html.contains(&format!(
+        "Showing the last {} of {} bytes",
+        tail.len(),
+        whole.len()
+    )));
+    assert!(
+        html.contains("data-next=\"300\""),
+        "one past the highest number"
+    );
+}

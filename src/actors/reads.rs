@@ -14,6 +14,7 @@ use super::results::apart;
 use super::Shared;
 use crate::error::Result;
 use crate::model::job::PHASES;
+use crate::model::logtail::TailPick;
 use crate::model::results::{Fields, Fragment, LogStream, PhaseLog, ReadMark, ResultDoc, Results};
 use crate::model::{JobId, LogKind};
 
@@ -31,6 +32,17 @@ pub struct ResultView {
     pub logs: Vec<(String, Vec<Bytes>)>,
     /// The newest run with fragments in either stream (`None`: no fragments).
     pub run: Option<u32>,
+}
+
+/// The first members of a job's result fields ([`ResultDocs::fields_head`]).
+#[derive(Debug)]
+pub struct FieldsHead {
+    /// Key and value's JSON text, in the fields' order.
+    pub members: Vec<(Box<str>, Bytes)>,
+    /// Bytes of their text (keys and values).
+    pub text: usize,
+    /// Whether these are all the members.
+    pub whole: bool,
 }
 
 /// Filters of a log read.
@@ -92,41 +104,57 @@ impl ResultDocs {
         }
     }
 
-    /// Copies the fragments of `id`'s `kind` stream in steps of [`READ_STEP`] (handles,
-    /// not text), up to the length the stream had when the copy started; with `mark`,
-    /// only those after the ones it says were copied before, and moves it on.
-    async fn copy_stream(
+    /// Shows `visit` the fragments of `id`'s `kind` stream in steps of [`READ_STEP`] (a
+    /// read lock each), up to the length the stream had when the walk started; with
+    /// `mark`, only those after the ones it says were read before, and moves it on.
+    /// Whether the document was there.
+    async fn walk_stream(
         &self,
         id: JobId,
         kind: LogKind,
         mut mark: Option<&mut ReadMark>,
-    ) -> Option<LogStream> {
-        let mut copied: Vec<Fragment> = Vec::new();
-        let (mut start, mut end) = (None, None);
+        mut visit: impl FnMut(&[Fragment]),
+    ) -> bool {
+        let (mut start, mut end, mut seen) = (None, None, 0);
         loop {
             {
                 let results = self.0.read();
                 let Some(doc) = results.get(id) else {
-                    return end.map(|_| LogStream::from_fragments(copied));
+                    return end.is_some();
                 };
                 let all = &doc.log(kind).fragments;
                 let start =
                     *start.get_or_insert_with(|| mark.as_ref().map_or(0, |m| m.resume(all)));
                 let end = *end.get_or_insert(all.len());
                 // At most `all.len()`: the document may have been removed and begun again.
-                let at = (start + copied.len()).min(all.len());
+                let at = (start + seen).min(all.len());
                 let upto = (at + READ_STEP).min(end).min(all.len());
-                copied.extend_from_slice(&all[at..upto]);
+                visit(&all[at..upto]);
+                seen += upto - at;
                 if upto >= end || upto == all.len() {
                     if let Some(mark) = mark.as_mut() {
                         **mark = ReadMark::at(all, upto);
                     }
-                    break;
+                    return true;
                 }
             }
             tokio::task::yield_now().await;
         }
-        Some(LogStream::from_fragments(copied))
+    }
+
+    /// Copies the fragments of `id`'s `kind` stream (handles, not text) as
+    /// [`ResultDocs::walk_stream`] walks them.
+    async fn copy_stream(
+        &self,
+        id: JobId,
+        kind: LogKind,
+        mark: Option<&mut ReadMark>,
+    ) -> Option<LogStream> {
+        let mut copied: Vec<Fragment> = Vec::new();
+        let found = self
+            .walk_stream(id, kind, mark, |step| copied.extend_from_slice(step))
+            .await;
+        found.then(|| LogStream::from_fragments(copied))
     }
 
     /// The job's result fields and its per-phase log texts, each stream's newest run
@@ -176,13 +204,74 @@ impl ResultDocs {
         Ok(Some(compose_off_runtime(compose, large).await))
     }
 
-    /// The job's result fields alone, without its logs (`None`: nothing posted). Fails
-    /// only when an orphan file cannot be read.
-    pub async fn fields(&self, id: JobId) -> Result<Option<Fields>> {
-        Ok(match self.orphan_doc(id).await? {
-            Some(doc) => doc.fields,
-            None => self.0.read().get(id).and_then(|doc| doc.fields.clone()),
-        })
+    /// The first members of the job's result fields in order, as few as hold at least
+    /// `most` bytes of text (keys and values; all of them when they hold fewer), copied
+    /// in steps of [`READ_STEP`] members (handles to the values, not their text): what a
+    /// page showing the results' start needs (`None`: nothing posted). Members copied in
+    /// different steps may come from different merges, each value as one merge left it.
+    /// Fails only when an orphan file cannot be read.
+    pub async fn fields_head(&self, id: JobId, most: usize) -> Result<Option<FieldsHead>> {
+        let mut head = FieldsHead {
+            members: Vec::new(),
+            text: 0,
+            whole: false,
+        };
+        // Members from the `head.members.len()`th on, at most `step`, until their text
+        // reaches `most`.
+        let take = |fields: &Fields, head: &mut FieldsHead, step: usize| {
+            let from = head.members.len();
+            for (key, value) in fields.iter_from(from).take(step) {
+                if head.text >= most {
+                    return;
+                }
+                head.text += key.len() + value.len();
+                head.members.push((key.into(), value.clone()));
+            }
+            head.whole = head.members.len() == fields.len();
+        };
+        if let Some(doc) = self.orphan_doc(id).await? {
+            return Ok(doc.fields.map(|fields| {
+                take(&fields, &mut head, usize::MAX);
+                head
+            }));
+        }
+        loop {
+            {
+                let results = self.0.read();
+                let Some(fields) = results.get(id).and_then(|doc| doc.fields.as_ref()) else {
+                    // Removed meanwhile: what was copied, if anything.
+                    return Ok((!head.members.is_empty()).then_some(head));
+                };
+                take(fields, &mut head, READ_STEP);
+                if head.whole || head.text >= most {
+                    return Ok(Some(head));
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The end of the `kind` log of `id`'s run `run` as a page shows it
+    /// ([`TailPick`]): per phase its highest fragment number and its last fragments,
+    /// holding at least `most` bytes of text in all; and the run's length in bytes. Walks
+    /// the stream in steps, keeping only the handles of those last fragments. Fails only
+    /// when an orphan file cannot be read.
+    pub async fn log_tail(
+        &self,
+        id: JobId,
+        kind: LogKind,
+        run: u32,
+        most: usize,
+    ) -> Result<(Vec<PhaseLog>, usize)> {
+        let mut pick = TailPick::new(run, most);
+        match self.orphan_doc(id).await? {
+            Some(doc) => pick.feed(&doc.log(kind).fragments),
+            None => {
+                self.walk_stream(id, kind, None, |step| pick.feed(step))
+                    .await;
+            }
+        }
+        Ok(pick.finish())
     }
 
     /// One log stream, filtered, per phase: the run shown and (phase, last fragment

@@ -12,6 +12,7 @@ pub mod files;
 pub mod ids;
 pub mod index;
 pub mod job;
+pub mod logtail;
 pub mod lost;
 pub mod orphans;
 pub mod queue;

@@ -370,6 +370,12 @@ impl Fields {
         self.0.iter().map(|(k, v)| (&**k, v))
     }
 
+    /// The members from the `from`th on, in order (none past the last).
+    pub fn iter_from(&self, from: usize) -> impl Iterator<Item = (&str, &Bytes)> {
+        let rest = &self.0.as_slice()[from.min(self.0.len())..];
+        rest.iter().map(|(k, v)| (&**k, v))
+    }
+
     /// The object as JSON text.
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.text_bytes() as usize + 4 * self.0.len() + 2);

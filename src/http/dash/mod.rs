@@ -10,6 +10,9 @@
 //! dependency. No page uses a CDN or an external font; the pages work without
 //! JavaScript, and `static/dash.js` only follows the live log.
 //!
+//! The job page and its cancel button are `job`'s (with what bounds its reads of a
+//! job's log and results).
+//!
 //! Bounds: no page scans every job. Queue figures come from the registry's live-jobs
 //! index (queues with unfinished jobs), job lists from the indexes with a limit
 //! ([`PAGE_LIMIT`]); agents are few (one per lab device) and are read as the JSON API
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::Bytes;
 use minijinja::Environment;
@@ -38,12 +41,14 @@ use super::respond::text;
 use super::wire::{iso_z, path_id, query_pairs};
 use crate::actors::queue::QueueMsg;
 use crate::actors::reads::{FollowMark, LogQuery};
-use crate::actors::registry::{is_finished, JobDetail, RegistryMsg};
+use crate::actors::registry::{is_finished, JobDetail};
 use crate::actors::{ask, now, Services};
 use crate::error::{Error, Result};
 use crate::model::index::{Search, AGENT_RECENT};
-use crate::model::results::{joined_text, PhaseLog};
 use crate::model::{FastSet, JobId, Name};
+
+mod job;
+pub use job::{cancel_form, job_page};
 
 /// Most jobs, queues or agents one page lists.
 pub const PAGE_LIMIT: usize = 100;
@@ -612,166 +617,6 @@ pub fn yaml(value: &Value) -> String {
     out
 }
 
-/// The last `most` bytes of `text` at most, starting on a character (and, when it can,
-/// a line) boundary.
-fn tail(text: &str, most: usize) -> &str {
-    if text.len() <= most {
-        return text;
-    }
-    let mut start = text.len() - most;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    let rest = &text[start..];
-    match rest.find('\n') {
-        Some(line) if line + 1 < rest.len() => &rest[line + 1..],
-        _ => rest,
-    }
-}
-
-/// The end of a log read as the job page shows it: what [`tail`] keeps of the phases'
-/// texts joined, decoding only the last `most` bytes of the fragments (and a few more),
-/// walked from the end; with the log's length in bytes as stored.
-///
-/// Exactly `tail` of the whole text: the few bytes before the cut may decode differently
-/// (a character cut in two is U+FFFD per byte), but the decoder is back in step at most 3
-/// bytes after it, and those (at most 9 bytes decoded) are before what `tail` keeps.
-fn log_tail(phases: &[PhaseLog], most: usize) -> (String, usize) {
-    const SLACK: usize = 16;
-    let total = phases.iter().flat_map(|p| &p.pieces).map(Bytes::len).sum();
-    let mut need = most.saturating_add(SLACK);
-    // Each phase is decoded on its own (as its own text), so per phase, from the end.
-    let mut texts = Vec::new();
-    for phase in phases.iter().rev() {
-        let mut picked = Vec::new();
-        for piece in phase.pieces.iter().rev() {
-            if need == 0 {
-                break;
-            }
-            let take = piece.len().min(need);
-            picked.push(piece.slice(piece.len() - take..));
-            need -= take;
-        }
-        picked.reverse();
-        texts.push(joined_text(&picked));
-        if need == 0 {
-            break;
-        }
-    }
-    texts.reverse();
-    let text = texts.concat();
-    (tail(&text, most).to_owned(), total)
-}
-
-/// The first `most` bytes of `text` at most, ending on a character boundary.
-fn head(text: &str, most: usize) -> &str {
-    let mut end = most.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-/// `GET /jobs/<id>`: definition, timeline, log, results, artifact, cancel (the button
-/// only for an unfinished job the viewer may cancel).
-pub async fn job_page(
-    State(svc): State<Services>,
-    caller: crate::access::Caller,
-    Path(id): Path<String>,
-) -> Result<Response> {
-    let id = path_id(&id)?;
-    let Some(detail) = svc.jobs.detail(id) else {
-        return Err(Error::NotFound(format!("Job {id} does not exist.")));
-    };
-    let definition: Value = serde_json::from_slice(&detail.view.body).unwrap_or(Value::Null);
-    let mut timeline = vec![json!({"what": "submitted", "at": iso_z(detail.view.created_at)})];
-    if let Some(t) = detail.view.started_at {
-        timeline.push(json!({"what": "dispatched", "at": iso_z(t)}));
-    }
-    // Each phase the agent reported, when it reported it.
-    for (phase, at) in &detail.phases {
-        timeline.push(json!({"what": &**phase, "at": iso_z(*at)}));
-    }
-    // The end, unless the agent's own last report was it (a cancel, a lost agent).
-    if let Some(t) = detail.finished_at {
-        if detail
-            .phases
-            .last()
-            .is_none_or(|(p, _)| **p != *detail.view.state)
-        {
-            timeline.push(json!({"what": detail.view.state, "at": iso_z(t)}));
-        }
-    }
-    let query = LogQuery {
-        from: 0,
-        since: i64::MIN,
-        phase: None,
-        // The job's current run: a resubmitted job's page shows its new run.
-        run: Some(detail.view.run),
-    };
-    let phases = svc
-        .result_docs
-        .log(id, crate::model::event::LogKind::Output, query, None)
-        .await?
-        .phases;
-    let next = phases.iter().map(|p| p.last).max().unwrap_or(-1) + 1;
-    // The page shows the log's end: a job's log may hold up to --max-job-data-bytes (1 GiB),
-    // and escaped into HTML up to six times that, in one response per page view.
-    let (log, log_bytes) = log_tail(&phases, LOG_TAIL_BYTES);
-    let log = log.as_str();
-    let results = svc.result_docs.fields(id).await?.map(|fields| {
-        let doc: Value = serde_json::from_slice(&fields.to_json()).unwrap_or(Value::Null);
-        serde_json::to_string_pretty(&doc).unwrap_or_default()
-    });
-    // As the log: results may hold up to --max-job-data-bytes; the page shows their start.
-    let results_bytes = results.as_ref().map_or(0, String::len);
-    let cancellable = !is_finished(&detail.view)
-        && crate::access::may_act_on_job(&svc, &caller, "POST", "/jobs/{id}/cancel", id).await;
-    let has_artifact = ask(&svc.files, |p| {
-        crate::actors::files::FileMsg::Get(id, crate::model::FileKind::Artifact, p)
-    })
-    .await?
-    .is_some();
-    let results = results.map(|r| head(&r, LOG_TAIL_BYTES).to_owned());
-    page(
-        "job.html",
-        json!({
-            "id": id.to_string(),
-            "queue": &*detail.view.queue,
-            "state": detail.view.state,
-            "priority": detail.priority,
-            "agent": detail.agent.as_deref(),
-            "cancellable": cancellable,
-            "has_artifact": has_artifact,
-            "timeline": timeline,
-            "yaml": yaml(&definition),
-            "json": serde_json::to_string_pretty(&definition).unwrap_or_default(),
-            "log": log,
-            "log_bytes": log_bytes,
-            "log_shown": log.len(),
-            "log_next": next,
-            "results": results,
-            "results_bytes": results_bytes,
-            "results_shown": results.as_ref().map_or(0, String::len),
-        }),
-    )
-}
-
-/// `POST /jobs/<id>/cancel`: the cancel button (a form, so it works without JavaScript);
-/// answers 303 to the job page.
-pub async fn cancel_form(State(svc): State<Services>, Path(id): Path<String>) -> Result<Response> {
-    let id = path_id(&id)?;
-    let ticket = ask(&svc.registry, |p| RegistryMsg::Cancel(id, p)).await??;
-    svc.journal.durable(ticket).await?;
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::SEE_OTHER;
-    response.headers_mut().insert(
-        header::LOCATION,
-        HeaderValue::from_str(&format!("/jobs/{id}")).expect("ids are ASCII"),
-    );
-    Ok(response)
-}
-
 /// `GET /static/<file>`: the dashboard's stylesheet and script.
 pub async fn static_file(Path(file): Path<String>) -> Result<Response> {
     let (body, kind) = match file.as_str() {
@@ -929,7 +774,7 @@ mod tests {
         let evil = "<script>alert(1)</script>";
         let ctx = json!({"id": evil, "queue": evil, "state": evil, "priority": 0, "agent": evil,
             "cancellable": true, "timeline": [{"what": evil, "at": evil}], "yaml": evil, "json": evil,
-            "log": evil, "log_bytes": 0, "log_shown": 0, "log_next": 0, "results": evil, "results_bytes": 0, "results_shown": 0, "jobs": [{"id": evil, "queue": evil, "state": evil, "created_at": evil}],
+            "log": evil, "log_bytes": 0, "log_shown": 0, "log_next": 0, "results": evil, "results_cut": true, "results_shown": 0, "jobs": [{"id": evil, "queue": evil, "state": evil, "created_at": evil}],
             "queues": [{"name": evil, "waiting": 1, "running": 0, "oldest_wait": evil, "description": evil}],
             "agents": [{"name": evil, "state": evil, "job_id": evil, "queues": [evil], "updated": evil}],
             "agent_states": [{"state": evil, "count": 1}], "name": evil, "filter": {"name": evil, "state": evil, "queue": evil, "tags": evil},
@@ -951,59 +796,6 @@ mod tests {
                 .unwrap();
             assert!(!html.contains(evil), "{name} let markup through");
             assert!(html.contains("&lt;script&gt;"), "{name} shows the text");
-        }
-    }
-
-    #[test]
-    fn log_tail_is_the_tail_of_the_whole_text_whatever_the_pieces() {
-        let atoms: [&[u8]; 9] = [
-            b"a",
-            b"\n",
-            "\u{e9}".as_bytes(),
-            "\u{20ac}".as_bytes(),
-            "\u{1f600}".as_bytes(),
-            b"\xe2\x82",
-            b"\xff",
-            b"\x80",
-            b"<line>\n",
-        ];
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut below = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
-        for round in 0..3_000 {
-            let phases: Vec<PhaseLog> = ["setup", "provision", "test"][..1 + below(3)]
-                .iter()
-                .map(|phase| {
-                    let mut text = Vec::new();
-                    for _ in 0..below(120) {
-                        text.extend_from_slice(atoms[below(atoms.len())]);
-                    }
-                    let mut pieces = Vec::new();
-                    let mut at = 0;
-                    while at < text.len() {
-                        let end = (at + 1 + below(9)).min(text.len());
-                        pieces.push(Bytes::copy_from_slice(&text[at..end]));
-                        at = end;
-                    }
-                    PhaseLog {
-                        phase,
-                        last: 0,
-                        pieces,
-                    }
-                })
-                .collect();
-            let whole: String = phases.iter().map(PhaseLog::text).collect();
-            let stored: usize = phases.iter().flat_map(|p| &p.pieces).map(Bytes::len).sum();
-            let most = below(200);
-            assert_eq!(
-                log_tail(&phases, most),
-                (tail(&whole, most).to_owned(), stored),
-                "round {round}"
-            );
         }
     }
 
