@@ -378,6 +378,77 @@ async fn log_follow_sends_each_fragment_once_across_polls_while_the_job_runs() {
     );
 }
 
+/// A follow of a job whose data lives in the orphan store (posted for its id before the
+/// job was submitted) reads only what was appended to the file since its last poll, and
+/// sends what reading the whole file would: each text once, in order; a retry and a late
+/// fragment not; an empty fragment, though not sent, counted in the next event's number
+/// as a whole read counts it; a legacy chunk numbered after the run's highest.
+#[tokio::test]
+async fn log_follow_of_a_job_whose_data_lives_in_the_orphan_store_sends_each_fragment_once() {
+    let srv = TestServer::start();
+    let id = "0ff5e7a1-3c2b-4d5e-8f90-123456789abc";
+    let log = format!("/v1/result/{id}/log/output");
+    srv.post_json(&log, &fragment(0, "setup", "zero\n"))
+        .await
+        .expect_status(200);
+    srv.submit(&json!({"job_id": id, "job_queue": "orphan-follow"}))
+        .await;
+    srv.pop_id(&["orphan-follow"]).await.unwrap();
+    srv.post_result(id, &json!({"job_state": "test"})).await;
+    let follow_path = format!("{log}/follow");
+    let follow = srv.get(&follow_path);
+    let agent = async {
+        // Longer than the follow's poll (500 ms) between posts: each lands in a later poll.
+        let pause = || tokio::time::sleep(std::time::Duration::from_millis(700));
+        for (n, text) in [
+            (1, "one\n"),
+            (1, "one\n"),
+            (0, "late\n"),
+            (3, ""),
+            (2, "two\n"),
+        ] {
+            pause().await;
+            srv.post_json(&log, &fragment(n, "test", text))
+                .await
+                .expect_status(200);
+        }
+        pause().await;
+        srv.post_raw(
+            &format!("/v1/result/{id}/output"),
+            Some("text/plain"),
+            b"legacy\n".to_vec(),
+        )
+        .await
+        .expect_status(200);
+        pause().await;
+        srv.post_result(id, &json!({"job_state": "complete"})).await;
+    };
+    let (resp, ()) = tokio::join!(follow, agent);
+    resp.expect_status(200);
+    let body = resp.text();
+    let sent: Vec<&str> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            r#"{"phase":"setup","text":"zero\n","last_fragment_number":0}"#,
+            r#"{"phase":"test","text":"one\n","last_fragment_number":1}"#,
+            r#"{"phase":"test","text":"two\n","last_fragment_number":3}"#,
+            r#"{"phase":"test","text":"legacy\n","last_fragment_number":4}"#,
+            "{}",
+        ],
+        "{body}"
+    );
+    // A read of the whole file says the same.
+    let whole = srv.get(&log).await.expect_json();
+    assert_eq!(
+        whole["output"]["test"]["last_fragment_number"], 4,
+        "{whole}"
+    );
+}
+
 // ---- headless Chromium ----
 
 /// Where screenshots go: `target/screenshots/` of this package.

@@ -9,6 +9,9 @@
 //! writes there, fsyncs, and only then has the actor log the new length. So the actor
 //! never waits on the disk, a crash before the length is logged leaves the bytes past
 //! the recorded length to be overwritten, and a reader never sees bytes not yet durable.
+//!
+//! A read folds the whole file; a log follow reads only the bytes appended since its
+//! last read ([`Store::follow`]).
 
 use std::sync::Arc;
 
@@ -17,7 +20,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::error::{Error, Result};
 use crate::journal::files::FileStore;
-use crate::model::orphans::{read_doc, OrphanEntry};
+use crate::model::orphans::{decode_from, read_doc, OrphanEntry, OrphanFollow};
 use crate::model::results::ResultDoc;
 use crate::model::{FastMap, JobId};
 
@@ -95,10 +98,34 @@ impl Store {
 
     /// The document an id's file holds (its valid prefix, as `entry` records it).
     pub async fn read(&self, entry: OrphanEntry) -> Result<ResultDoc> {
-        let bytes = self.files.read(&entry.file, entry.len).await?;
+        let bytes = self.files.read(&entry.file, 0, entry.len).await?;
         tokio::task::spawn_blocking(move || read_doc(&bytes, &entry))
             .await
             .map_err(|e| Error::Internal(format!("orphan read task failed: {e}")))?
+    }
+
+    /// `follow` moved on to a reader at fragment number `from`, having read what
+    /// `entry`'s file holds past what it had read (nothing, when the file did not grow:
+    /// no I/O at all).
+    pub async fn follow(
+        &self,
+        mut follow: OrphanFollow,
+        entry: &OrphanEntry,
+        from: u64,
+    ) -> Result<OrphanFollow> {
+        follow.pass(from);
+        let at = follow.offset();
+        if entry.len <= at {
+            return Ok(follow);
+        }
+        let bytes = self.files.read(&entry.file, at, entry.len).await?;
+        let to = entry.len;
+        tokio::task::spawn_blocking(move || {
+            follow.read(decode_from(&bytes, at)?, to, from);
+            Ok(follow)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("orphan read task failed: {e}")))?
     }
 
     /// Deletes files nothing refers to (an append abandoned before its first record was

@@ -15,6 +15,7 @@ use super::Shared;
 use crate::error::Result;
 use crate::model::job::PHASES;
 use crate::model::logtail::TailPick;
+use crate::model::orphans::OrphanFollow;
 use crate::model::results::{Fields, Fragment, LogStream, PhaseLog, ReadMark, ResultDoc, Results};
 use crate::model::{JobId, LogKind};
 
@@ -69,9 +70,16 @@ pub struct LogAnswer {
     pub phases: Vec<PhaseLog>,
 }
 
-/// How far a log follow has read a stream: the run it asked for (0, no run, at first),
-/// and the fragments it copied (see [`ResultDocs::log`]).
-pub type FollowMark = (u32, ReadMark);
+/// How far a log follow has read a stream (see [`ResultDocs::log`]).
+#[derive(Debug, Default)]
+pub struct FollowMark {
+    /// The run it asked for (0, no run, at first) of a stream in memory.
+    run: u32,
+    /// The fragments of that stream it copied.
+    copied: ReadMark,
+    /// Where it is in the orphan file, when the id's data lives there.
+    orphan: Option<OrphanFollow>,
+}
 
 /// Reads of the results partition for handlers, without the result actor; an id whose
 /// data lives in the orphan store is read from its file.
@@ -280,7 +288,9 @@ impl ResultDocs {
     /// `mark` is for a reader that reads again and again with a `query.from` that never
     /// goes down (a log follow): asking for the run it marks, only the fragments after
     /// those it marks are copied (an earlier read filtered them already), and it moves
-    /// on. `latest` is then the newest run among the new fragments.
+    /// on. `latest` is then the newest run among the new fragments. Of an orphan file,
+    /// it reads only the bytes appended since ([`OrphanFollow`]: the answer is the one a
+    /// read of the whole file gives).
     pub async fn log(
         &self,
         id: JobId,
@@ -288,26 +298,46 @@ impl ResultDocs {
         query: LogQuery,
         mark: Option<&mut FollowMark>,
     ) -> Result<LogAnswer> {
-        let stream = match self.orphan_doc(id).await? {
-            Some(doc) => Some(match kind {
-                LogKind::Output => doc.output,
-                LogKind::Serial => doc.serial,
-            }),
-            None => match (mark, query.run) {
-                (Some(mark), Some(run)) => {
-                    if mark.0 != run {
-                        *mark = (run, ReadMark::default());
+        let entry = self.0.read().orphan(id).cloned();
+        let (stream, latest) = match (entry, mark) {
+            // A follow of a file reads only what was appended since it last read.
+            (Some(entry), Some(mark)) => {
+                let follow = match mark.orphan.take() {
+                    Some(f) if f.follows(&entry, kind, query.run) => f,
+                    _ => OrphanFollow::new(&entry, kind, query.run),
+                };
+                let follow = self.1.follow(follow, &entry, query.from).await?;
+                let read = (Some(follow.stream()), follow.newest());
+                mark.orphan = Some(follow);
+                read
+            }
+            (Some(entry), None) => {
+                let doc = self.1.read(entry).await?;
+                let stream = match kind {
+                    LogKind::Output => doc.output,
+                    LogKind::Serial => doc.serial,
+                };
+                let latest = stream.latest_run();
+                (Some(stream), latest)
+            }
+            (None, mark) => {
+                let stream = match (mark, query.run) {
+                    (Some(mark), Some(run)) => {
+                        if mark.run != run {
+                            (mark.run, mark.copied) = (run, ReadMark::default());
+                        }
+                        self.copy_stream(id, kind, Some(&mut mark.copied)).await
                     }
-                    self.copy_stream(id, kind, Some(&mut mark.1)).await
-                }
-                _ => self.copy_stream(id, kind, None).await,
-            },
+                    _ => self.copy_stream(id, kind, None).await,
+                };
+                let latest = stream.as_ref().and_then(LogStream::latest_run);
+                (stream, latest)
+            }
         };
         let large = stream
             .as_ref()
             .is_some_and(|s| s.fragments.len() > READ_STEP);
         let compose = move || {
-            let latest = stream.as_ref().and_then(LogStream::latest_run);
             let run = query.run.or(latest);
             let phases = PHASES
                 .iter()

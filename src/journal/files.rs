@@ -16,8 +16,8 @@
 //!
 //! Bytes are streamed both ways, never whole in memory: an upload is written as it
 //! arrives, in chunks of at most [`NewFile`]'s buffer; a download reads chunk by chunk.
-//! The orphan files are the exception by design: they are read whole, bounded by
-//! `--orphan-quota-bytes`.
+//! The orphan files are the exception by design: they are read whole (or, by a log
+//! follow, what was appended since its last read), bounded by `--orphan-quota-bytes`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -52,8 +52,9 @@ pub trait FileStore: Send + Sync {
     /// unrecorded) is overwritten.
     async fn append(&self, name: &str, offset: u64, new: bool, bytes: Vec<u8>) -> Result<()>;
 
-    /// The first `len` bytes of `name`, whole (the orphan files, bounded by their quota).
-    async fn read(&self, name: &str, len: u64) -> Result<Vec<u8>>;
+    /// The bytes of `name` from `from` up to `to`, whole (the orphan files, bounded by
+    /// their quota; a log follow reads only what was appended since it last read).
+    async fn read(&self, name: &str, from: u64, to: u64) -> Result<Vec<u8>>;
 
     /// Deletes `names`, which nothing refers to any more, off the caller's path. A failure
     /// is logged (rate-limited) and left to start-up's [`FileStore::sweep`].
@@ -243,14 +244,14 @@ impl FileStore for DiskFiles {
         .await
     }
 
-    async fn read(&self, name: &str, len: u64) -> Result<Vec<u8>> {
+    async fn read(&self, name: &str, from: u64, to: u64) -> Result<Vec<u8>> {
         let (fs, path) = (self.fs.clone(), self.dir.join(name));
         blocking(move || {
             let file = fs.open_read(&path)?;
-            let mut bytes = vec![0u8; len as usize];
+            let mut bytes = vec![0u8; to.saturating_sub(from) as usize];
             let mut filled = 0;
             while filled < bytes.len() {
-                let n = file.read_at(filled as u64, &mut bytes[filled..])?;
+                let n = file.read_at(from + filled as u64, &mut bytes[filled..])?;
                 if n == 0 {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,

@@ -19,6 +19,9 @@
 //! length is logged; bytes past the recorded length (an append whose record did not
 //! reach the log) are ignored and overwritten by the next append.
 //!
+//! **Following one.** A log follow of such an id reads only the records appended since
+//! its last read ([`OrphanFollow`]), keeping what it needs of the earlier ones.
+//!
 //! Nothing here does I/O: the shell (`actors::orphans`) reads and writes the files.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +32,9 @@ use serde::{Deserialize, Serialize};
 
 use super::event::LogKind;
 use super::ids::{JobId, Name};
-use super::results::{Fragment, ResultDoc};
-use super::FastMap;
+use super::job::PHASES;
+use super::results::{Fragment, LogStream, ResultDoc};
+use super::{FastMap, FastSet};
 use crate::error::{Error, Result};
 
 /// The bytes kept for ids no job has (results, logs and files posted for such ids),
@@ -258,16 +262,22 @@ pub fn encode(record: &Record) -> Vec<u8> {
 
 /// The records in `bytes` (an orphan file's valid prefix), in order; refused, naming the
 /// offset, when a frame is cut short, fails its checksum or does not decode.
-pub fn decode(mut bytes: &[u8]) -> Result<Vec<Record>> {
+pub fn decode(bytes: &[u8]) -> Result<Vec<Record>> {
+    decode_from(bytes, 0)
+}
+
+/// The records in `bytes`, the part of an orphan file's valid prefix from byte `base` (a
+/// record's start) on; as [`decode`], naming offsets in the file.
+pub fn decode_from(mut bytes: &[u8], base: u64) -> Result<Vec<Record>> {
     let total = bytes.len();
-    let damaged = |at: usize, what: &str| {
+    let damaged = |at: u64, what: &str| {
         Error::Internal(format!(
             "an orphan data file is damaged at byte {at}: {what}"
         ))
     };
     let mut records = Vec::new();
     while !bytes.is_empty() {
-        let at = total - bytes.len();
+        let at = base + (total - bytes.len()) as u64;
         if bytes.len() < HEADER {
             return Err(damaged(at, "a record header is cut short"));
         }
@@ -328,6 +338,158 @@ pub fn read_doc(bytes: &[u8], entry: &OrphanEntry) -> Result<ResultDoc> {
         }
     }
     Ok(doc)
+}
+
+/// What a reader that reads one orphan file's log again and again (a log follow) keeps
+/// between reads, so that folding only the records appended since gives the answer a
+/// fold of the whole file ([`read_doc`]) would.
+///
+/// A follow reads from a fragment number `from` that never goes down, and a read shows
+/// one run's fragments numbered from `from` on, in the known phases. So of the records
+/// already read it needs only: those fragments (`kept`: the last read's, until the
+/// reader moves past them, and empty ones it never moves past), whose keys also drop
+/// retries; the run's highest output number (legacy chunks are numbered after it); and
+/// the newest run (shown when none is asked for). Nothing here grows with the file.
+#[derive(Clone, Debug)]
+pub struct OrphanFollow {
+    /// The file read (another one, once the id's data went and came again: read anew).
+    file: Box<str>,
+    /// Where the records not read yet start.
+    offset: u64,
+    /// The stream followed.
+    kind: LogKind,
+    /// The run asked for; `None`: the newest.
+    asked: Option<u32>,
+    /// The newest run among the stream's fragments read so far.
+    newest: Option<u32>,
+    /// The highest output fragment number of the run shown so far.
+    highest: Option<u64>,
+    /// The fragments of the run shown, in a known phase, numbered from the reader's
+    /// `from` on, the first of each (phase, number), in file order.
+    kept: Vec<Fragment>,
+    /// Their (phase, number).
+    keys: FastSet<(Name, u64)>,
+}
+
+impl OrphanFollow {
+    /// A follow of `entry`'s file, its `kind` stream, run `asked` (`None`: the newest),
+    /// that has read nothing yet.
+    pub fn new(entry: &OrphanEntry, kind: LogKind, asked: Option<u32>) -> OrphanFollow {
+        OrphanFollow {
+            file: entry.file.clone(),
+            offset: 0,
+            kind,
+            asked,
+            newest: None,
+            highest: None,
+            kept: Vec::new(),
+            keys: FastSet::default(),
+        }
+    }
+
+    /// Whether this follows `entry`'s file (no more of it read than it holds), its `kind`
+    /// stream and run `asked`: else a reader starts again with [`OrphanFollow::new`].
+    pub fn follows(&self, entry: &OrphanEntry, kind: LogKind, asked: Option<u32>) -> bool {
+        self.file == entry.file
+            && self.offset <= entry.len
+            && self.kind == kind
+            && self.asked == asked
+    }
+
+    /// Where the records not read yet start (a record's start).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The newest run among the stream's fragments read so far.
+    pub fn newest(&self) -> Option<u32> {
+        self.newest
+    }
+
+    /// The run a read shows: the one asked for, else the newest.
+    pub fn run(&self) -> Option<u32> {
+        self.asked.or(self.newest)
+    }
+
+    /// Forgets the fragments kept that are numbered below `from` (a read from there does
+    /// not show them, nor their retries).
+    pub fn pass(&mut self, from: u64) {
+        self.kept.retain(|f| f.number >= from);
+        self.keys.retain(|(_, number)| *number >= from);
+    }
+
+    /// Folds `records`, the file's from [`OrphanFollow::offset`] up to `to`, for a reader
+    /// at `from` (after [`OrphanFollow::pass`]).
+    pub fn read(&mut self, records: Vec<Record>, to: u64, from: u64) {
+        for record in records {
+            match record {
+                Record::Logged { kind, fragment } if kind == self.kind => {
+                    if !self.shows(fragment.run) {
+                        continue;
+                    }
+                    if kind == LogKind::Output {
+                        self.highest = self.highest.max(Some(fragment.number));
+                    }
+                    self.keep(fragment, from);
+                }
+                Record::Output {
+                    phase,
+                    timestamp,
+                    data,
+                    run,
+                } if self.kind == LogKind::Output => {
+                    if !self.shows(run) {
+                        continue;
+                    }
+                    // Numbered as `read_doc` numbers it: after the run's highest so far.
+                    let number = self.highest.map_or(0, |n| n + 1);
+                    self.highest = Some(number);
+                    self.keep(
+                        Fragment {
+                            number,
+                            phase,
+                            timestamp,
+                            data,
+                            run,
+                        },
+                        from,
+                    );
+                }
+                _ => {}
+            }
+        }
+        self.offset = to;
+    }
+
+    /// Counts a fragment of `run` among the stream's; whether it is of the run shown.
+    /// A newer run shown (none asked for) starts from nothing: no earlier record of the
+    /// stream was of that run.
+    fn shows(&mut self, run: u32) -> bool {
+        let before = self.run();
+        self.newest = self.newest.max(Some(run));
+        if self.run() != before {
+            self.highest = None;
+            self.kept.clear();
+            self.keys.clear();
+        }
+        self.run() == Some(run)
+    }
+
+    /// Keeps `fragment` of the run shown if a read from `from` shows it and it is the
+    /// first of its (phase, number).
+    fn keep(&mut self, fragment: Fragment, from: u64) {
+        if fragment.number < from || !PHASES.contains(&&*fragment.phase) {
+            return;
+        }
+        if self.keys.insert((fragment.phase.clone(), fragment.number)) {
+            self.kept.push(fragment);
+        }
+    }
+
+    /// What a read shows of the stream: the fragments kept, as a stream to read from.
+    pub fn stream(&self) -> LogStream {
+        LogStream::from_fragments(self.kept.clone())
+    }
 }
 
 #[cfg(test)]
@@ -421,5 +583,88 @@ mod tests {
         assert_eq!(ledger.stale(5, |_| false, |_| Some(4)), vec![b]);
         ledger.discharge(b);
         assert_eq!(quota.used(), 0);
+    }
+
+    /// Reading a growing file piece by piece, from a number that goes up, shows at each
+    /// read what a fold of the whole file so far shows from that number: retries dropped
+    /// (also across reads), legacy chunks numbered after the run's highest, empty
+    /// fragments and late ones, other runs and kinds, and the newest run when none is
+    /// asked for.
+    #[test]
+    fn a_follow_reading_only_what_is_new_shows_what_a_whole_read_shows() {
+        let mut seed: u64 = 0x1234_5678_9abc_def1;
+        let mut below = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let phases = ["setup", "test", "nonsense"];
+        for round in 0..1_000 {
+            let kind = [LogKind::Output, LogKind::Serial][below(2) as usize];
+            let asked = [None, Some(1), Some(2)][below(3) as usize];
+            let mut bytes = Vec::new();
+            let mut ends = Vec::new();
+            for _ in 0..below(30) {
+                let run = 1 + below(3) as u32;
+                let phase: Name = phases[below(3) as usize].into();
+                let data = Bytes::from(["", "a", "bc\n"][below(3) as usize]);
+                let record = match below(5) {
+                    0 => Record::Merged {
+                        fields: Bytes::from_static(b"{\"k\":1}"),
+                    },
+                    1 => Record::Output {
+                        phase,
+                        timestamp: 0,
+                        data,
+                        run,
+                    },
+                    _ => Record::Logged {
+                        kind: [LogKind::Output, LogKind::Serial][below(2) as usize],
+                        fragment: Fragment {
+                            number: below(12),
+                            phase,
+                            timestamp: 0,
+                            data,
+                            run,
+                        },
+                    },
+                };
+                bytes.extend(encode(&record));
+                ends.push(bytes.len());
+            }
+            let mut e = entry();
+            let mut follow = OrphanFollow::new(&e, kind, asked);
+            let mut from = 0;
+            let mut at = 0;
+            while at < ends.len() {
+                at = (at + 1 + below(4) as usize).min(ends.len());
+                e.len = ends[at - 1] as u64;
+                from += below(3);
+                assert!(follow.follows(&e, kind, asked));
+                follow.pass(from);
+                let new = decode_from(
+                    &bytes[follow.offset() as usize..e.len as usize],
+                    follow.offset(),
+                )
+                .unwrap();
+                follow.read(new, e.len, from);
+                let doc = read_doc(&bytes[..e.len as usize], &e).unwrap();
+                let whole = doc.log(kind);
+                let run = asked.or(whole.latest_run());
+                assert_eq!(follow.run(), run, "round {round}");
+                assert_eq!(follow.newest(), whole.latest_run(), "round {round}");
+                let part = follow.stream();
+                for phase in PHASES {
+                    let read =
+                        |s: &LogStream| run.and_then(|r| s.phase_pieces(r, phase, from, i64::MIN));
+                    assert_eq!(
+                        read(&part),
+                        read(whole),
+                        "round {round}, {phase} from {from}"
+                    );
+                }
+            }
+        }
     }
 }

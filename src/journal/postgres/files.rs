@@ -293,35 +293,39 @@ impl FileStore for PgFiles {
         .await
     }
 
-    async fn read(&self, name: &str, len: u64) -> Result<Vec<u8>> {
+    async fn read(&self, name: &str, from: u64, to: u64) -> Result<Vec<u8>> {
         bounded(self.patience, "cannot read a file", async {
+            // The chunks holding bytes of [from, to): the first may start before `from`.
             let rows = self
                 .client()
                 .await?
                 .query(
-                    "SELECT pos, data FROM flinger_file_chunks WHERE file = $1 AND pos < $2 ORDER BY pos",
-                    &[&name, &(len as i64)],
+                    "SELECT pos, data FROM flinger_file_chunks \
+                     WHERE file = $1 AND pos < $3 AND pos + octet_length(data) > $2 ORDER BY pos",
+                    &[&name, &(from as i64), &(to as i64)],
                 )
                 .await
                 .map_err(failed("cannot read a file"))?;
-            let mut bytes = Vec::with_capacity(len as usize);
+            let mut bytes = Vec::with_capacity(to.saturating_sub(from) as usize);
+            let mut at = from;
             for row in rows {
-                let pos: i64 = row.get(0);
-                if pos as u64 != bytes.len() as u64 {
+                let pos = row.get::<_, i64>(0) as u64;
+                if pos > at {
                     return Err(Error::Internal(format!(
-                        "stored file {name} has a gap at byte {} (next chunk at {pos})",
-                        bytes.len()
+                        "stored file {name} has a gap at byte {at} (next chunk at {pos})"
                     )));
                 }
-                bytes.extend_from_slice(row.get::<_, &[u8]>(1));
+                let data = row.get::<_, &[u8]>(1);
+                let skip = ((at - pos) as usize).min(data.len());
+                bytes.extend_from_slice(&data[skip..]);
+                at = at.max(pos + data.len() as u64);
             }
-            if (bytes.len() as u64) < len {
+            if at < to {
                 return Err(Error::Internal(format!(
-                    "stored file {name} holds {} bytes, {len} recorded",
-                    bytes.len()
+                    "stored file {name} holds {at} bytes, {to} recorded"
                 )));
             }
-            bytes.truncate(len as usize);
+            bytes.truncate(to.saturating_sub(from) as usize);
             Ok(bytes)
         })
         .await
