@@ -537,3 +537,98 @@ async fn log_get_of_a_run_that_does_not_exist_is_refused_naming_it() {
         assert_eq!(log["output"]["test"]["last_fragment_number"], -1, "{log}");
     }
 }
+
+/// A log read copies only the fragments its filters let through; what it answers is what
+/// the whole log filtered gives, for every combination of run (two runs, the newest by
+/// default), `start_fragment`, `start_timestamp` and `phase`, fragments posted out of
+/// order across phases.
+#[tokio::test]
+async fn log_get_answers_the_whole_log_filtered_for_every_combination_of_filters() {
+    let srv = TestServer::start();
+    let id = new_id();
+    let job = json!({"job_id": id, "job_queue": "filters"});
+    let phases = ["setup", "test", "cleanup"];
+    // (run, number, phase): numbers scrambled, each run numbered from 0 again.
+    let mut posted = Vec::new();
+    for run in [1u32, 2] {
+        srv.submit(&job).await;
+        srv.pop_id(&["filters"]).await.unwrap();
+        for k in 0..12u64 {
+            let number = (k * 5) % 12;
+            let phase = phases[(number / 4) as usize];
+            srv.post_json(
+                &format!("/v1/result/{id}/log/output"),
+                &json!({
+                    "fragment_number": number,
+                    "timestamp": format!("2026-01-01T00:00:{number:02}.000000+00:00"),
+                    "phase": phase,
+                    "log_data": format!("r{run} n{number} {phase}\n"),
+                }),
+            )
+            .await
+            .expect_status(200);
+            posted.push((run, number, phase));
+        }
+        srv.post_result(&id, &json!({"job_state": "complete"}))
+            .await;
+    }
+    for run in [None, Some(1), Some(2)] {
+        for from in [0u64, 3, 7, 12] {
+            for since in [None, Some(5u64)] {
+                for only in [None, Some("test")] {
+                    let mut query = format!("start_fragment={from}");
+                    if let Some(r) = run {
+                        query += &format!("&run={r}");
+                    }
+                    if let Some(s) = since {
+                        query += &format!("&start_timestamp=2026-01-01T00:00:{s:02}%2B00:00");
+                    }
+                    if let Some(p) = only {
+                        query += &format!("&phase={p}");
+                    }
+                    let got = srv
+                        .get(&format!("/v1/result/{id}/log/output?{query}"))
+                        .await
+                        .expect_json();
+                    let shown = [
+                        "setup",
+                        "provision",
+                        "firmware_update",
+                        "test",
+                        "allocate",
+                        "reserve",
+                        "cleanup",
+                    ];
+                    for phase in shown.iter().filter(|p| only.is_none_or(|o| o == **p)) {
+                        let mut picked: Vec<u64> = posted
+                            .iter()
+                            .filter(|(r, n, p)| {
+                                *r == run.unwrap_or(2)
+                                    && p == phase
+                                    && *n >= from
+                                    && since.is_none_or(|s| *n >= s)
+                            })
+                            .map(|(_, n, _)| *n)
+                            .collect();
+                        picked.sort();
+                        let text: String = picked
+                            .iter()
+                            .map(|n| format!("r{} n{n} {phase}\n", run.unwrap_or(2)))
+                            .collect();
+                        let last = picked.last().map_or(-1, |n| *n as i64);
+                        assert_eq!(
+                            got["output"][phase],
+                            json!({"last_fragment_number": last, "log_data": text}),
+                            "?{query}: {got}"
+                        );
+                    }
+                    let phases_answered = got["output"].as_object().unwrap().len();
+                    assert_eq!(
+                        phases_answered,
+                        if only.is_some() { 1 } else { shown.len() }
+                    );
+                }
+            }
+        }
+    }
+}

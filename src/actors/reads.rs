@@ -59,6 +59,29 @@ pub struct LogQuery {
     pub run: Option<u32>,
 }
 
+/// Which fragments a read copies: those its filters let through (the run shown, the
+/// numbers and times asked for, the phase asked for), as the answer is composed from them.
+struct Wanted<'a> {
+    /// The run; `None`: the stream's newest.
+    run: Option<u32>,
+    /// Numbered from here.
+    from: u64,
+    /// Stamped at or after this.
+    since: i64,
+    /// Only this phase; `None`: any (the answer picks the phases it shows).
+    phase: Option<&'a str>,
+}
+
+impl Wanted<'_> {
+    /// Whether a read of run `run` could show `f`.
+    fn shows(&self, f: &Fragment, run: Option<u32>) -> bool {
+        Some(f.run) == run
+            && f.number >= self.from
+            && f.timestamp >= self.since
+            && self.phase.is_none_or(|p| *f.phase == *p)
+    }
+}
+
 /// One log stream read.
 #[derive(Debug)]
 pub struct LogAnswer {
@@ -112,8 +135,8 @@ impl ResultDocs {
         }
     }
 
-    /// Shows `visit` the fragments of `id`'s `kind` stream in steps of [`READ_STEP`] (a
-    /// read lock each), up to the length the stream had when the walk started; with
+    /// Shows `visit` the fragments of `id`'s `kind` stream (with the stream) in steps of
+    /// [`READ_STEP`] (a read lock each), up to the length the stream had when the walk started; with
     /// `mark`, only those after the ones it says were read before, and moves it on.
     /// Whether the document was there.
     async fn walk_stream(
@@ -121,7 +144,7 @@ impl ResultDocs {
         id: JobId,
         kind: LogKind,
         mut mark: Option<&mut ReadMark>,
-        mut visit: impl FnMut(&[Fragment]),
+        mut visit: impl FnMut(&LogStream, &[Fragment]),
     ) -> bool {
         let (mut start, mut end, mut seen) = (None, None, 0);
         loop {
@@ -130,14 +153,15 @@ impl ResultDocs {
                 let Some(doc) = results.get(id) else {
                     return end.is_some();
                 };
-                let all = &doc.log(kind).fragments;
+                let stream = doc.log(kind);
+                let all = &stream.fragments;
                 let start =
                     *start.get_or_insert_with(|| mark.as_ref().map_or(0, |m| m.resume(all)));
                 let end = *end.get_or_insert(all.len());
                 // At most `all.len()`: the document may have been removed and begun again.
                 let at = (start + seen).min(all.len());
                 let upto = (at + READ_STEP).min(end).min(all.len());
-                visit(&all[at..upto]);
+                visit(stream, &all[at..upto]);
                 seen += upto - at;
                 if upto >= end || upto == all.len() {
                     if let Some(mark) = mark.as_mut() {
@@ -150,19 +174,31 @@ impl ResultDocs {
         }
     }
 
-    /// Copies the fragments of `id`'s `kind` stream (handles, not text) as
-    /// [`ResultDocs::walk_stream`] walks them.
+    /// Copies the fragments of `id`'s `kind` stream that a read filtered by `wanted`
+    /// could show (handles, not text) as [`ResultDocs::walk_stream`] walks them, and
+    /// the stream's newest run as the walk began: a read costs what it may answer, not
+    /// every fragment of every run (a client polling a long log from its last number).
     async fn copy_stream(
         &self,
         id: JobId,
         kind: LogKind,
         mark: Option<&mut ReadMark>,
-    ) -> Option<LogStream> {
+        wanted: &Wanted<'_>,
+    ) -> Option<(LogStream, Option<u32>)> {
         let mut copied: Vec<Fragment> = Vec::new();
+        let mut latest = None;
+        let mut first = true;
         let found = self
-            .walk_stream(id, kind, mark, |step| copied.extend_from_slice(step))
+            .walk_stream(id, kind, mark, |stream, step| {
+                // The run as the walk began: fragments past its end are not copied.
+                if std::mem::take(&mut first) {
+                    latest = stream.latest_run();
+                }
+                let run = wanted.run.or(latest);
+                copied.extend(step.iter().filter(|f| wanted.shows(f, run)).cloned());
+            })
             .await;
-        found.then(|| LogStream::from_fragments(copied))
+        found.then(|| (LogStream::from_fragments(copied), latest))
     }
 
     /// The job's result fields and its per-phase log texts, each stream's newest run
@@ -178,9 +214,16 @@ impl ResultDocs {
                         None => return Ok(None),
                     }
                 };
-                let output = self.copy_stream(id, LogKind::Output, None).await;
-                let serial = self.copy_stream(id, LogKind::Serial, None).await;
-                (fields, output, serial)
+                // Each stream's newest run, which is all it shows.
+                let newest = Wanted {
+                    run: None,
+                    from: 0,
+                    since: i64::MIN,
+                    phase: None,
+                };
+                let output = self.copy_stream(id, LogKind::Output, None, &newest).await;
+                let serial = self.copy_stream(id, LogKind::Serial, None, &newest).await;
+                (fields, output.map(|s| s.0), serial.map(|s| s.0))
             }
         };
         let large = [&output, &serial]
@@ -275,7 +318,7 @@ impl ResultDocs {
         match self.orphan_doc(id).await? {
             Some(doc) => pick.feed(&doc.log(kind).fragments),
             None => {
-                self.walk_stream(id, kind, None, |step| pick.feed(step))
+                self.walk_stream(id, kind, None, |_, step| pick.feed(step))
                     .await;
             }
         }
@@ -288,7 +331,7 @@ impl ResultDocs {
     /// `mark` is for a reader that reads again and again with a `query.from` that never
     /// goes down (a log follow): asking for the run it marks, only the fragments after
     /// those it marks are copied (an earlier read filtered them already), and it moves
-    /// on. `latest` is then the newest run among the new fragments. Of an orphan file,
+    /// on. Of an orphan file,
     /// it reads only the bytes appended since ([`OrphanFollow`]: the answer is the one a
     /// read of the whole file gives).
     pub async fn log(
@@ -321,17 +364,26 @@ impl ResultDocs {
                 (Some(stream), latest)
             }
             (None, mark) => {
-                let stream = match (mark, query.run) {
+                let wanted = Wanted {
+                    run: query.run,
+                    from: query.from,
+                    since: query.since,
+                    phase: query.phase.as_deref(),
+                };
+                let copied = match (mark, query.run) {
                     (Some(mark), Some(run)) => {
                         if mark.run != run {
                             (mark.run, mark.copied) = (run, ReadMark::default());
                         }
-                        self.copy_stream(id, kind, Some(&mut mark.copied)).await
+                        let mark = Some(&mut mark.copied);
+                        self.copy_stream(id, kind, mark, &wanted).await
                     }
-                    _ => self.copy_stream(id, kind, None).await,
+                    _ => self.copy_stream(id, kind, None, &wanted).await,
                 };
-                let latest = stream.as_ref().and_then(LogStream::latest_run);
-                (stream, latest)
+                match copied {
+                    Some((stream, latest)) => (Some(stream), latest),
+                    None => (None, None),
+                }
             }
         };
         let large = stream
