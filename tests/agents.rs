@@ -537,3 +537,66 @@ async fn agent_record_string_fields_refuse_null_as_upstream() {
         .expect_status(200);
     assert_eq!(srv.get(record).await.expect_json()["job_id"], "");
 }
+
+/// `GET /v1/queues/<q>/agents` lists the agents whose records list the queue (now read
+/// from an index, not by parsing every record): as they add and drop queues, with records
+/// full of log lines beside them, and after a restart (the index is rebuilt, never
+/// stored); 404 once none serves it.
+#[tokio::test]
+async fn queue_agents_follow_the_queues_agents_list_and_survive_a_restart() {
+    let mut srv = TestServer::start();
+    let names = |r: Resp| -> Vec<String> {
+        r.expect_json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let lines: Vec<String> = (0..100)
+        .map(|n| format!("line {n} {}", "x".repeat(1000)))
+        .collect();
+    for (name, queues) in [
+        ("dev-b", json!(["qa", "qb"])),
+        ("dev-a", json!(["qa"])),
+        ("dev-c", json!(["qc"])),
+    ] {
+        srv.post_json(
+            &format!("/v1/agents/data/{name}"),
+            &json!({"queues": queues, "state": "waiting", "location": name, "log": lines}),
+        )
+        .await
+        .expect_status(200);
+    }
+    let qa = srv.get("/v1/queues/qa/agents").await;
+    assert_eq!(names(qa), ["dev-a", "dev-b"], "by name");
+    // dev-b drops qa and takes qc; a post without `queues` keeps them.
+    srv.post_json("/v1/agents/data/dev-b", &json!({"queues": ["qc"]}))
+        .await
+        .expect_status(200);
+    srv.post_json("/v1/agents/data/dev-b", &json!({"state": "test"}))
+        .await
+        .expect_status(200);
+    assert_eq!(names(srv.get("/v1/queues/qa/agents").await), ["dev-a"]);
+    let qc = srv.get("/v1/queues/qc/agents").await.expect_json();
+    assert_eq!(
+        qc,
+        json!([
+            {"name": "dev-b", "state": "test", "queues": ["qc"], "location": "dev-b",
+             "provision_type": null, "job_id": null, "comment": null, "restricted_to": {}},
+            {"name": "dev-c", "state": "waiting", "queues": ["qc"], "location": "dev-c",
+             "provision_type": null, "job_id": null, "comment": null, "restricted_to": {}},
+        ])
+    );
+    srv.get("/v1/queues/qb/agents").await.expect_error(404);
+    srv.restart();
+    assert_eq!(names(srv.get("/v1/queues/qa/agents").await), ["dev-a"]);
+    assert_eq!(
+        names(srv.get("/v1/queues/qc/agents").await),
+        ["dev-b", "dev-c"]
+    );
+    // The dashboard's queue page lists them too.
+    let html = srv.get("/queues/qc").await.expect_status(200).text();
+    assert!(html.contains("/agents/dev-b") && html.contains("/agents/dev-c"));
+    assert!(!html.contains("/agents/dev-a"));
+}

@@ -71,12 +71,7 @@ async fn check_some_agent_may_run(svc: &Services, queue: &Name, exclude: &[Name]
     }
     let (queue, exclude) = (queue.clone(), exclude.to_vec());
     let (serving, allowed) = super::agents::read_agents(svc, move |agents| {
-        let serving: Vec<&Name> = agents
-            .agents
-            .iter()
-            .filter(|(_, record)| record.serves(&queue))
-            .map(|(name, _)| name)
-            .collect();
+        let serving: Vec<&Name> = agents.serving(&queue).map(|(name, _)| name).collect();
         let allowed = serving.iter().any(|name| !exclude.contains(name));
         (serving.len(), allowed)
     })

@@ -39,33 +39,27 @@ pub async fn queues_agents_get(
     crate::http::wire::check_queue_name(&queue)?;
     let wanted = queue.clone();
     let mut agents = read_agents(&svc, move |agents| {
+        // The agents that serve it (an index), not every record.
         agents
-            .agents
-            .iter()
-            .filter_map(|(name, record)| {
+            .serving(&wanted)
+            .map(|(name, record)| {
                 let fields = record.fields_map();
-                let serves = fields
-                    .get("queues")
-                    .and_then(Value::as_array)
-                    .is_some_and(|qs| qs.iter().any(|q| q.as_str() == Some(wanted.as_str())));
-                serves.then(|| {
-                    // Upstream's `AgentOut` fields, each only when the agent posted it (as
-                    // marshmallow dumps them), except `state`: the CLI reads
-                    // `agent["state"]` (submit, queue-status) and would raise KeyError, so
-                    // an agent that never posted one shows `null` (not "offline": usable).
-                    let mut agent = Map::new();
-                    agent.insert("name".into(), Value::from(&**name));
-                    agent.insert(
-                        "state".into(),
-                        fields.get("state").cloned().unwrap_or(Value::Null),
-                    );
-                    for key in ["queues", "location", "provision_type", "job_id", "comment"] {
-                        if let Some(value) = fields.get(key) {
-                            agent.insert(key.into(), value.clone());
-                        }
+                // Upstream's `AgentOut` fields, each only when the agent posted it (as
+                // marshmallow dumps them), except `state`: the CLI reads `agent["state"]`
+                // (submit, queue-status) and would raise KeyError, so an agent that never
+                // posted one shows `null` (not "offline": usable).
+                let mut agent = Map::new();
+                agent.insert("name".into(), Value::from(&**name));
+                agent.insert(
+                    "state".into(),
+                    fields.get("state").cloned().unwrap_or(Value::Null),
+                );
+                for key in ["queues", "location", "provision_type", "job_id", "comment"] {
+                    if let Some(value) = fields.get(key) {
+                        agent.insert(key.into(), value.clone());
                     }
-                    Value::Object(agent)
-                })
+                }
+                Value::Object(agent)
             })
             .collect::<Vec<Value>>()
     })

@@ -10,7 +10,7 @@
 //! it holds together ([`MAX_AGENT_DATA_BYTES`]: the counts times the per-item limits
 //! would be tens of GB).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -97,12 +97,49 @@ impl AgentRecord {
         idle || other
     }
 
-    /// Whether the agent lists `queue` among the queues it serves (its `queues` field).
-    pub fn serves(&self, queue: &str) -> bool {
-        self.fields_map()
-            .get("queues")
-            .and_then(Value::as_array)
-            .is_some_and(|qs| qs.iter().any(|q| q.as_str() == Some(queue)))
+    /// The members `keys` of the merged fields (those it has), the other values skipped
+    /// unbuilt: a reader that needs a few fields (a page's row: state, job, queues) does
+    /// not parse or copy the rest (a record may hold 4 MiB of log lines). The fields are
+    /// a map the server wrote: no key twice.
+    pub fn members(&self, keys: &[&str]) -> Map<String, Value> {
+        /// Keeps the members named, skips the others.
+        struct Pick<'k>(&'k [&'k str]);
+        impl<'de> serde::de::Visitor<'de> for Pick<'_> {
+            type Value = Map<String, Value>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Map<String, Value>, A::Error> {
+                let mut picked = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if self.0.contains(&key.as_str()) {
+                        picked.insert(key, map.next_value::<Value>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(picked)
+            }
+        }
+        use serde::Deserializer as _;
+        let mut de = serde_json::Deserializer::from_slice(&self.fields);
+        de.deserialize_map(Pick(keys)).unwrap_or_default()
+    }
+
+    /// The queues the agent lists as those it serves (the strings of its `queues`
+    /// field), that member alone parsed ([`AgentRecord::members`]).
+    pub fn queues(&self) -> Vec<Name> {
+        match self.members(&["queues"]).remove("queues") {
+            Some(Value::Array(queues)) => queues
+                .iter()
+                .filter_map(Value::as_str)
+                .map(Name::from)
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -116,6 +153,12 @@ pub struct Agents {
     pub images: BTreeMap<Name, Bytes>,
     /// Agent records by name.
     pub agents: BTreeMap<Name, AgentRecord>,
+    /// The names of the agents whose records list each queue ([`AgentRecord::queues`]),
+    /// kept by [`Agents::apply`] (the only writer of `agents`) and built afresh when a
+    /// snapshot is decoded; never stored. Asking which agents serve a queue visits
+    /// those, not every record.
+    #[serde(skip)]
+    serving: BTreeMap<Name, BTreeSet<Name>>,
     /// [`Agents::held_bytes`], kept by [`Agents::apply`] (the only writer of the maps
     /// above) and counted afresh when a snapshot is decoded; never stored.
     #[serde(skip)]
@@ -136,9 +179,14 @@ impl From<Stored> for Agents {
             queues: stored.queues,
             images: stored.images,
             agents: stored.agents,
+            serving: BTreeMap::new(),
             held: 0,
         };
         agents.held = agents.count_bytes();
+        let names: Vec<Name> = agents.agents.keys().cloned().collect();
+        for name in names {
+            agents.reindex(&name, Vec::new());
+        }
         agents
     }
 }
@@ -210,6 +258,39 @@ impl Agents {
         queues + images + records
     }
 
+    /// The agents whose records list `queue` among those they serve, by name.
+    pub fn serving<'a>(&'a self, queue: &str) -> impl Iterator<Item = (&'a Name, &'a AgentRecord)> {
+        self.serving
+            .get(queue)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.agents.get_key_value(name))
+    }
+
+    /// Moves agent `name` in [`Agents::serving`] from the queues `before` (those its
+    /// record listed) to those its record lists now (none, once it is gone).
+    fn reindex(&mut self, name: &Name, before: Vec<Name>) {
+        let now = self
+            .agents
+            .get(name)
+            .map(AgentRecord::queues)
+            .unwrap_or_default();
+        if now == before {
+            return;
+        }
+        for queue in before {
+            if let Some(names) = self.serving.get_mut(&queue) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.serving.remove(&queue);
+                }
+            }
+        }
+        for queue in now {
+            self.serving.entry(queue).or_default().insert(name.clone());
+        }
+    }
+
     /// Applies `change` to agent `name`'s record (a new one if it has none), keeping
     /// [`Agents::held_bytes`].
     fn change_record(&mut self, name: &Name, change: impl FnOnce(&mut AgentRecord)) {
@@ -243,15 +324,19 @@ impl Agents {
                 fields,
                 at,
                 by,
-            } => self.change_record(name, |record| {
-                if let Some(merged) = merge(&record.fields, fields) {
-                    record.fields = merged;
-                    record.updated_at = *at;
-                }
-                // A manager's or the server's own update (a lost agent marked offline)
-                // releases the record: any agent credential may take it next.
-                record.writer = by.clone();
-            }),
+            } => {
+                let before = self.agents.get(name).map(AgentRecord::queues);
+                self.change_record(name, |record| {
+                    if let Some(merged) = merge(&record.fields, fields) {
+                        record.fields = merged;
+                        record.updated_at = *at;
+                    }
+                    // A manager's or the server's own update (a lost agent marked offline)
+                    // releases the record: any agent credential may take it next.
+                    record.writer = by.clone();
+                });
+                self.reindex(name, before.unwrap_or_default());
+            }
             Event::ProvisionLogged { name, entry, .. } => self.change_record(name, |record| {
                 let passed = serde_json::from_slice::<Value>(entry)
                     .ok()
@@ -275,6 +360,7 @@ impl Agents {
                 for name in names {
                     if let Some(record) = self.agents.remove(name) {
                         self.held -= record.bytes();
+                        self.reindex(name, record.queues());
                     }
                 }
             }
@@ -566,5 +652,72 @@ mod tests {
             names: vec![Name::from("a0")],
         });
         agents.admit(&update("one-more")).unwrap();
+    }
+
+    /// Which agents serve a queue, as the index answers it, is always what reading every
+    /// record would say: through updates that change, keep or drop their queues (or
+    /// post none), expiries, and a snapshot's decoding.
+    #[test]
+    fn the_agents_serving_a_queue_are_those_whose_records_list_it() {
+        let mut seed: u64 = 0x51f1_5eed_0bad_cafe;
+        let mut below = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let every = |agents: &Agents, queue: &str| -> Vec<Name> {
+            agents
+                .agents
+                .iter()
+                .filter(|(_, r)| r.queues().iter().any(|q| &**q == queue))
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        let mut agents = Agents::default();
+        for step in 0..2_000 {
+            let name = Name::from(format!("dev-{}", below(6)));
+            let event = match below(6) {
+                0 => Event::AgentsExpired { names: vec![name] },
+                1 => Event::AgentUpdated {
+                    name,
+                    fields: Bytes::from_static(br#"{"state":"waiting","log":["x"]}"#),
+                    at: step,
+                    by: None,
+                },
+                2 => Event::AgentUpdated {
+                    name,
+                    fields: Bytes::from_static(br#"{"queues":"not a list"}"#),
+                    at: step,
+                    by: None,
+                },
+                _ => {
+                    let queues: Vec<Value> = (0..below(3))
+                        .map(|_| match below(5) {
+                            0 => Value::from(1),
+                            q => Value::from(format!("q{q}")),
+                        })
+                        .collect();
+                    Event::AgentUpdated {
+                        name,
+                        fields: Bytes::from(
+                            serde_json::to_vec(&serde_json::json!({"queues": queues})).unwrap(),
+                        ),
+                        at: step,
+                        by: None,
+                    }
+                }
+            };
+            agents.apply(&event);
+            let decoded: Agents =
+                rmp_serde::from_slice(&rmp_serde::to_vec(&agents).unwrap()).unwrap();
+            for queue in ["q1", "q2", "q3", "q4", "nowhere"] {
+                let want = every(&agents, queue);
+                let got: Vec<Name> = agents.serving(queue).map(|(n, _)| n.clone()).collect();
+                assert_eq!(got, want, "step {step}, {queue}");
+                let got: Vec<Name> = decoded.serving(queue).map(|(n, _)| n.clone()).collect();
+                assert_eq!(got, want, "decoded, step {step}, {queue}");
+            }
+        }
     }
 }

@@ -251,25 +251,20 @@ fn agent_row(name: &str, fields: &serde_json::Map<String, Value>, updated_at: u6
     })
 }
 
-/// Every agent (name, fields, last seen, provision log) — agents are one per device.
-async fn agents(
-    svc: &Services,
-) -> Result<Vec<(String, serde_json::Map<String, Value>, u64, Vec<String>)>> {
+/// The fields of an agent a row shows ([`agent_row`]).
+const ROW_FIELDS: &[&str] = &["state", "job_id", "queues"];
+
+/// Every agent (name, the fields its row shows, last seen) — agents are one per device.
+/// Only those fields are parsed and copied, never a record's other values (up to 4 MiB
+/// of log lines) or its provision history.
+async fn agents(svc: &Services) -> Result<Vec<(String, serde_json::Map<String, Value>, u64)>> {
     read_agents(svc, |agents| {
         agents
             .agents
             .iter()
             .map(|(name, record)| {
-                (
-                    name.to_string(),
-                    record.fields_map(),
-                    record.updated_at,
-                    record
-                        .provision_log
-                        .iter()
-                        .map(|b| String::from_utf8_lossy(b).into_owned())
-                        .collect(),
-                )
+                let row = record.members(ROW_FIELDS);
+                (name.to_string(), row, record.updated_at)
             })
             .collect()
     })
@@ -292,7 +287,7 @@ async fn overview_or_version(svc: &Services, headers: &HeaderMap) -> Result<Resp
     }
     let (queues, queues_truncated) = queue_rows(&svc);
     let mut states: std::collections::BTreeMap<String, usize> = Default::default();
-    for (_, fields, _, _) in agents(&svc).await? {
+    for (_, fields, _) in agents(&svc).await? {
         let state = fields
             .get("state")
             .and_then(Value::as_str)
@@ -407,18 +402,15 @@ pub async fn queue_page(
             .collect()
     };
     let wanted = queue.clone();
-    let agents: Vec<Value> = agents(&svc)
-        .await?
-        .into_iter()
-        .filter(|(_, fields, _, _)| {
-            fields
-                .get("queues")
-                .and_then(Value::as_array)
-                .is_some_and(|qs| qs.iter().any(|q| q.as_str() == Some(wanted.as_str())))
-        })
-        .take(PAGE_LIMIT)
-        .map(|(name, fields, seen, _)| agent_row(&name, &fields, seen))
-        .collect();
+    // The agents serving it (the agents' index), as many as the page lists.
+    let agents: Vec<Value> = read_agents(&svc, move |agents| {
+        agents
+            .serving(&wanted)
+            .take(PAGE_LIMIT)
+            .map(|(name, record)| agent_row(name, &record.members(ROW_FIELDS), record.updated_at))
+            .collect()
+    })
+    .await?;
     page(
         "queue.html",
         json!({
@@ -449,7 +441,7 @@ pub async fn agents_page(State(svc): State<Services>, request: Request) -> Resul
     let total = all.len();
     let rows: Vec<Value> = all
         .into_iter()
-        .map(|(n, fields, seen, _)| agent_row(&n, &fields, seen))
+        .map(|(n, fields, seen)| agent_row(&n, &fields, seen))
         .filter(|row| {
             (name.is_empty() || row["name"].as_str().is_some_and(|n| n.contains(&name)))
                 && (state.is_empty() || row["state"] == state.as_str())
@@ -469,8 +461,20 @@ pub async fn agents_page(State(svc): State<Services>, request: Request) -> Resul
 /// `GET /agents/<name>`: the agent's data, provision history, current job and the jobs
 /// last dispatched to it (newest first, at most [`AGENT_RECENT`]).
 pub async fn agent_page(State(svc): State<Services>, Path(name): Path<String>) -> Result<Response> {
-    let all = agents(&svc).await?;
-    let Some((_, fields, seen, provision_log)) = all.into_iter().find(|(n, ..)| *n == name) else {
+    // This agent's record alone, whole: the page shows all of it.
+    let wanted = name.clone();
+    let found = read_agents(&svc, move |agents| {
+        agents.agents.get(wanted.as_str()).map(|record| {
+            let provision_log: Vec<String> = record
+                .provision_log
+                .iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect();
+            (record.fields_map(), record.updated_at, provision_log)
+        })
+    })
+    .await?;
+    let Some((fields, seen, provision_log)) = found else {
         return Err(Error::NotFound(format!("Agent '{name}' does not exist.")));
     };
     let row = agent_row(&name, &fields, seen);
