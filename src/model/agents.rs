@@ -9,6 +9,10 @@
 //! of records, the number of advertised queues (which never expire), and the bytes all of
 //! it holds together ([`MAX_AGENT_DATA_BYTES`]: the counts times the per-item limits
 //! would be tens of GB).
+//!
+//! Reads that need a few fields of many records parse those alone
+//! ([`AgentRecord::members`]), and which agents serve a queue is an index the fold keeps
+//! ([`Agents::serving`]), so neither costs a parse of every record.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -15,8 +15,8 @@
 //!
 //! Bounds: no page scans every job. Queue figures come from the registry's live-jobs
 //! index (queues with unfinished jobs), job lists from the indexes with a limit
-//! ([`PAGE_LIMIT`]); agents are few (one per lab device) and are read as the JSON API
-//! reads them.
+//! ([`PAGE_LIMIT`]); agents are few (one per lab device): their rows parse only the fields
+//! they show, a queue's come from the agents' index of who serves it.
 //!
 //! Paths follow upstream's web UI (`/queues`, `/agents`, `/jobs`); `/` answers the
 //! overview to browsers (a request that accepts `text/html`) and the version text to
