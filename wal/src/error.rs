@@ -6,7 +6,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::Lsn;
+use crate::{Discard, Lsn};
 
 /// Everything that can go wrong in the log.
 #[derive(Debug)]
@@ -29,6 +29,9 @@ pub enum Error {
         offset: u64,
         /// What is wrong.
         reason: String,
+        /// What [`crate::Recovery::TruncateCorruption`] would discard by cutting the log here;
+        /// `None` where it would not help (a damaged snapshot) or could not be counted.
+        discard: Option<Discard>,
     },
     /// A record's length is outside `1..=max_record`; nothing of its batch was written.
     TooLarge {
@@ -129,11 +132,22 @@ impl fmt::Display for Error {
                 segment,
                 offset,
                 reason,
-            } => write!(
-                f,
-                "wal: corruption in {} at offset {offset}: {reason}",
-                segment.display()
-            ),
+                discard,
+            } => {
+                write!(
+                    f,
+                    "wal: corruption in {} at offset {offset}: {reason}",
+                    segment.display()
+                )?;
+                match discard {
+                    Some(d) => write!(
+                        f,
+                        "; cutting the log there would discard {} bytes holding {}",
+                        d.bytes, d.records
+                    ),
+                    None => Ok(()),
+                }
+            }
             Error::TooLarge { len, max } => {
                 write!(f, "wal: record of {len} bytes is outside 1..={max}")
             }

@@ -67,6 +67,11 @@
 //! - Anything else (valid records after the bad spot, damage that loses records of an older segment,
 //!   a bad segment header, a gap in LSNs) is [`Error::Corrupt`] under [`Recovery::Strict`]; under
 //!   [`Recovery::TruncateCorruption`] the log is cut there and the cut is reported.
+//! - Either way the checksum-valid records past the damage are counted ([`Stranded`]): the
+//!   refusal says what a cut would discard ([`Discard`]), the cut what it discarded. They are
+//!   found by resynchronising: from the bad spot, the next offset holding a valid record whose
+//!   LSN could follow (see `recovery::next_valid_record`), again after each later bad spot, and
+//!   every later segment from its first record. [`scan_with`] visits them on request.
 //!
 //! # Code map
 //!
@@ -98,7 +103,7 @@ pub use fs::{
     Mapped, StdFs,
 };
 pub use log::Wal;
-pub use recovery::scan;
+pub use recovery::{scan, scan_with};
 pub use snapshot::{PreparedSnapshot, SnapshotBytes, SnapshotFile, SnapshotWriter};
 
 /// Log sequence number: 1 for the first record ever written, +1 per record.
@@ -187,6 +192,47 @@ pub struct Truncation {
     pub bytes_dropped: u64,
     /// Why the data there was not accepted, for the operator's log.
     pub reason: String,
+    /// True for a torn tail (an interrupted write: nothing acknowledged was lost); false for a
+    /// cut at corruption under [`Recovery::TruncateCorruption`].
+    pub torn_tail: bool,
+    /// Checksum-valid records the cut discarded (found past the damage by resynchronising, as
+    /// [`scan_with`] does; those already in the snapshot replay started from are not counted).
+    /// Always empty for a torn tail.
+    pub discarded: Stranded,
+}
+
+/// What cutting the log at a bad spot would discard; carried by [`Error::Corrupt`] so the
+/// operator can weigh [`Recovery::TruncateCorruption`] before using it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Discard {
+    /// Non-zero bytes after the bad spot in its segment plus the size of every later segment.
+    pub bytes: u64,
+    /// The checksum-valid records among them.
+    pub records: Stranded,
+}
+
+/// Checksum-valid records past a bad spot, found by resynchronising at the next record that
+/// could belong there (and again after each later bad spot, and in later segments).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stranded {
+    /// How many.
+    pub records: u64,
+    /// LSN of the first of them.
+    pub first_lsn: Option<Lsn>,
+    /// LSN of the last of them.
+    pub last_lsn: Option<Lsn>,
+}
+
+impl std::fmt::Display for Stranded {
+    /// "198 valid records (lsn 10..=207)", "1 valid record (lsn 9)" or "no valid records".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.records, self.first_lsn, self.last_lsn) {
+            (0, ..) => write!(f, "no valid records"),
+            (1, Some(lsn), _) => write!(f, "1 valid record (lsn {lsn})"),
+            (n, Some(a), Some(b)) => write!(f, "{n} valid records (lsn {a}..={b})"),
+            (n, ..) => write!(f, "{n} valid records"),
+        }
+    }
 }
 
 /// Where [`scan`] found a record.
@@ -198,6 +244,9 @@ pub struct RecordInfo {
     pub offset: u64,
     /// The record's LSN.
     pub lsn: Lsn,
+    /// True for a record after the first bad spot (only [`scan_with`] with `past_damage` visits
+    /// those): checksum-valid, but records before it were lost, so replay never reaches it.
+    pub past_damage: bool,
 }
 
 /// What [`scan`] saw; it reports damage instead of fixing it.
@@ -224,6 +273,9 @@ pub struct Damage {
     pub reason: String,
     /// True when replay would treat it as a torn tail and truncate it silently (with a warning).
     pub torn_tail: bool,
+    /// The checksum-valid records after it, which replay does not reach and
+    /// [`Recovery::TruncateCorruption`] would discard.
+    pub after: Stranded,
 }
 
 #[cfg(test)]

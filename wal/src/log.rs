@@ -24,7 +24,9 @@ use crate::fs::{SteppedSync, SYNC_STEP};
 use crate::layout::{self, segment_name, snapshot_name, Segment, LOCK, SPARE};
 use crate::recovery::{self, BadSpot, WalkEnd};
 use crate::snapshot::{PreparedSnapshot, SnapshotBytes, SnapshotWriter};
-use crate::{Error, Fs, FsFile, Lsn, Options, Recovery, ReplayReport, StdFs, Truncation};
+use crate::{
+    Discard, Error, Fs, FsFile, Lsn, Options, Recovery, ReplayReport, StdFs, Stranded, Truncation,
+};
 
 /// Batches larger than this do not keep their encode buffer around afterwards.
 const KEEP_BUFFER: usize = 4 << 20;
@@ -180,6 +182,7 @@ impl Wal {
                 segment: path,
                 offset: 0,
                 reason,
+                discard: None,
             });
         }
         Ok(Some((lsn, bytes)))
@@ -238,15 +241,16 @@ impl Wal {
             (walked, bad)
         };
         let truncate_all = self.opts.recovery == Recovery::TruncateCorruption;
+        // The last record the walk accepted, from which records past a bad spot are counted.
+        let accepted = walked.last_lsn.unwrap_or(after).max(after);
         let mut cut = match bad {
             Some(b) if b.torn_tail || truncate_all => Some(b),
-            Some(b) => return Err(self.corrupt(b)),
+            Some(b) => return Err(self.corrupt(b, accepted)),
             None => None,
         };
         let mut kept = match &cut {
             None => self.segments.len(),
-            Some(c) if c.offset < SEGMENT_HEADER_LEN as u64 => c.seg,
-            Some(c) => c.seg + 1,
+            Some(c) => kept_before(c),
         };
         let mut last_lsn = if kept == 0 {
             after
@@ -258,7 +262,7 @@ impl Wal {
             // caller has already applied.
             let reason = format!("the log ends at lsn {last_lsn}, before the replay point {after}");
             if !truncate_all {
-                return Err(self.corrupt(whole_log(reason)));
+                return Err(self.corrupt(whole_log(reason), accepted));
             }
             cut = Some(whole_log(reason));
             kept = 0;
@@ -266,7 +270,16 @@ impl Wal {
         }
 
         let truncated = match cut {
-            Some(c) => Some(self.cut(c, kept)?),
+            Some(c) => {
+                // Counted before the cut deletes them. A torn tail has none by definition (no
+                // valid record follows it).
+                let discarded = if c.torn_tail {
+                    Stranded::default()
+                } else {
+                    self.stranded(&c, accepted)?
+                };
+                Some(self.cut(c, kept, discarded)?)
+            }
             None => None,
         };
         if let Some(seg) = self.segments.last() {
@@ -456,7 +469,14 @@ impl Wal {
         e
     }
 
-    fn corrupt(&self, bad: BadSpot) -> Error {
+    /// The refusal of the damage at `bad`, with what cutting the log there would discard (see
+    /// [`Wal::stranded`] for `accepted`); the count is left out if the segments cannot be read
+    /// again.
+    fn corrupt(&self, bad: BadSpot, accepted: Lsn) -> Error {
+        let discard = self.stranded(&bad, accepted).ok().map(|records| Discard {
+            bytes: self.cut_bytes(&bad, kept_before(&bad)),
+            records,
+        });
         Error::Corrupt {
             segment: self
                 .segments
@@ -464,23 +484,47 @@ impl Wal {
                 .map_or_else(|| self.dir.clone(), |s| s.path.clone()),
             offset: bad.offset,
             reason: bad.reason,
+            discard,
         }
+    }
+
+    /// The checksum-valid records a cut at `bad` discards: those past it with an LSN above
+    /// `accepted` (the last record replay accepted, or the snapshot's LSN if higher: records
+    /// it covers are not lost).
+    fn stranded(&self, bad: &BadSpot, accepted: Lsn) -> Result<Stranded, Error> {
+        recovery::salvage(
+            &*self.fs,
+            &self.segments,
+            bad,
+            accepted,
+            self.opts.max_record,
+            &mut |_, _, _, _| Ok(()),
+        )
+    }
+
+    /// Bytes a cut at `bad` keeping the first `kept` segments discards: the non-zero bytes after
+    /// it in its segment (unless that segment goes whole) plus the size of every later segment.
+    fn cut_bytes(&self, bad: &BadSpot, kept: usize) -> u64 {
+        let in_segment = if kept > bad.seg { bad.dropped } else { 0 };
+        let later: u64 = (self.segments.iter().skip(kept))
+            // Only for the report: a size we cannot read is not worth failing recovery over.
+            .map(|seg| self.fs.open(&seg.path).and_then(|f| f.size()).unwrap_or(0))
+            .sum();
+        in_segment + later
     }
 
     /// Cuts the log at `bad`, keeping the first `kept` segments: later segments are deleted (last
     /// first, so a crash midway still leaves a prefix of the log), then the cut segment is
     /// truncated and its preallocated space re-zeroed.
-    fn cut(&mut self, bad: BadSpot, kept: usize) -> Result<Truncation, Error> {
+    fn cut(&mut self, bad: BadSpot, kept: usize, discarded: Stranded) -> Result<Truncation, Error> {
         let segment = self
             .segments
             .get(bad.seg)
             .map_or_else(|| self.dir.clone(), |s| s.path.clone());
         // A cut inside the header deletes the segment, and its size is counted with the others.
-        let mut dropped = if kept > bad.seg { bad.dropped } else { 0 };
+        let dropped = self.cut_bytes(&bad, kept);
         while self.segments.len() > kept {
             let seg = self.segments.pop().expect("more segments than kept");
-            // Only for the report: a size we cannot read is not worth failing recovery over.
-            dropped += self.fs.open(&seg.path).and_then(|f| f.size()).unwrap_or(0);
             self.fs
                 .remove(&seg.path)
                 .map_err(|e| Error::io("remove", &seg.path, e))?;
@@ -508,6 +552,8 @@ impl Wal {
             offset: bad.offset,
             bytes_dropped: dropped,
             reason: bad.reason,
+            torn_tail: bad.torn_tail,
+            discarded,
         })
     }
 
@@ -884,6 +930,16 @@ fn write_zeros(file: &mut dyn FsFile, path: &Path, len: u64) -> Result<(), Error
         at += n;
     }
     Ok(())
+}
+
+/// How many segments a cut at `bad` keeps: those before it, and its own unless the cut is
+/// inside its header.
+fn kept_before(bad: &BadSpot) -> usize {
+    if bad.offset < SEGMENT_HEADER_LEN as u64 {
+        bad.seg
+    } else {
+        bad.seg + 1
+    }
 }
 
 /// A bad spot that invalidates the whole log (a cut at the first segment's header).

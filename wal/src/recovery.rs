@@ -16,7 +16,7 @@ use std::path::Path;
 
 use crate::frame::{self, Decoded, HeaderError, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use crate::layout::{self, Segment};
-use crate::{Damage, Error, Fs, Lsn, RecordInfo, ScanReport, StdFs};
+use crate::{Damage, Error, Fs, Lsn, RecordInfo, ScanReport, StdFs, Stranded};
 
 /// A place where valid data stops early.
 #[derive(Debug, Clone)]
@@ -176,40 +176,113 @@ fn next_nonzero(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Whether a checksum-valid record that could belong after the bad spot at `bad` exists later in
-/// `buf`. Each lost record took at least 17 bytes, so at byte `p` only LSNs up to
+/// `buf` (see [`next_valid_record`]).
+fn valid_record_after(buf: &[u8], bad: usize, expected: Lsn, max_record: u32) -> bool {
+    next_valid_record(buf, bad, expected, max_record).is_some()
+}
+
+/// Offset of the first checksum-valid record after the bad spot at `bad` in `buf` that could
+/// belong there. Each lost record took at least 17 bytes, so at byte `p` only LSNs up to
 /// `expected + (p - bad) / 16` are plausible; that window keeps random bytes from passing by luck
 /// and keeps the search cheap.
-fn valid_record_after(buf: &[u8], bad: usize, expected: Lsn, max_record: u32) -> bool {
+fn next_valid_record(buf: &[u8], bad: usize, expected: Lsn, max_record: u32) -> Option<usize> {
     let mut p = bad + 1;
     while p + RECORD_HEADER_LEN <= buf.len() {
         if buf[p..p + 4] == [0; 4] {
             // No record starts here (its length is non-zero), nor anywhere in the zero run that
             // follows, except up to 3 bytes before the next non-zero byte (a little-endian length).
-            let Some(next) = next_nonzero(buf, p) else {
-                return false;
-            };
+            let next = next_nonzero(buf, p)?;
             p = (next - 3).max(p + 1);
             continue;
         }
         let window = ((p - bad) / RECORD_HEADER_LEN) as u64;
         if frame::valid_record_at(buf, p, max_record, expected..=expected + window) {
-            return true;
+            return Some(p);
         }
         p += 1;
     }
-    false
+    None
+}
+
+/// Visits the checksum-valid records at and after `bad` that the walk could not reach: past the
+/// bad spot in its segment (resynchronising at the next record that could belong there, see
+/// [`next_valid_record`], and again after each later bad spot), then in every later segment (from
+/// its first record, trusting its file name's LSN). `last_lsn` is the LSN of the last record the
+/// walk accepted. Only LSNs above every one visited before are visited, so nothing is counted
+/// twice. This is what cutting the log at `bad` discards, and what `flinger wal dump` shows past
+/// damage; records found this way are not replayed: the gap before them lost records.
+pub(crate) fn salvage(
+    fs: &dyn Fs,
+    segments: &[Segment],
+    bad: &BadSpot,
+    last_lsn: Lsn,
+    max_record: u32,
+    visit: &mut Visit<'_>,
+) -> Result<Stranded, Error> {
+    let mut found = Stranded::default();
+    let mut highest = last_lsn;
+    for (i, seg) in segments.iter().enumerate().skip(bad.seg) {
+        let buf = fs
+            .read(&seg.path)
+            .map_err(|e| Error::io("read", &seg.path, e))?;
+        let (start, expected, resync) = if i == bad.seg && bad.offset >= SEGMENT_HEADER_LEN as u64 {
+            (bad.offset as usize, last_lsn + 1, true)
+        } else if buf.len() > SEGMENT_HEADER_LEN {
+            (SEGMENT_HEADER_LEN, seg.first_lsn, false)
+        } else {
+            continue;
+        };
+        let data_end = nonzero_end(&buf);
+        let mut at = start;
+        let mut expected = expected;
+        let mut gap = resync.then_some(start);
+        loop {
+            if let Some(from) = gap.take() {
+                let Some(p) = next_valid_record(&buf, from, expected, max_record) else {
+                    break;
+                };
+                at = p;
+                expected = u64::from_le_bytes(buf[p + 8..p + 16].try_into().expect("8 bytes"));
+            }
+            if at >= data_end {
+                break;
+            }
+            match frame::decode(&buf[at..], max_record) {
+                Decoded::Record {
+                    lsn,
+                    payload,
+                    len_total,
+                } if lsn == expected => {
+                    if lsn > highest {
+                        visit(seg, at as u64, lsn, payload)?;
+                        highest = lsn;
+                        found.records += 1;
+                        found.first_lsn.get_or_insert(lsn);
+                        found.last_lsn = Some(lsn);
+                    }
+                    expected += 1;
+                    at += len_total;
+                }
+                _ => gap = Some(at),
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Reads the log in `dir` without locking or changing it and calls `f` for every valid record, in
-/// order; for `flinger wal dump`. Damage is reported in [`ScanReport::damage`], not fixed.
-pub fn scan(
+/// order; for `flinger wal dump`. Damage is reported in [`ScanReport::damage`], not fixed; with
+/// `past_damage`, `f` is also called for the valid records after it (see [`ScanReport`]), with
+/// [`RecordInfo::past_damage`] set.
+pub fn scan_with(
     dir: &Path,
     max_record: u32,
+    past_damage: bool,
     mut f: impl FnMut(RecordInfo, &[u8]),
 ) -> Result<ScanReport, Error> {
     let segments = layout::list(&StdFs, dir)?.segments;
     let mut records = 0;
-    let end = walk(
+    let mut end = walk(
         &StdFs,
         &segments,
         max_record,
@@ -219,22 +292,59 @@ pub fn scan(
                 segment: seg.path.clone(),
                 offset,
                 lsn,
+                past_damage: false,
             };
             f(info, payload);
             Ok(())
         },
     )?;
+    let last_lsn = end.last_lsn.unwrap_or(0);
+    let damage = match end.bad.take() {
+        None => None,
+        Some(b) => {
+            let after = salvage(
+                &StdFs,
+                &segments,
+                &b,
+                last_lsn,
+                max_record,
+                &mut |seg, offset, lsn, payload| {
+                    if past_damage {
+                        let info = RecordInfo {
+                            segment: seg.path.clone(),
+                            offset,
+                            lsn,
+                            past_damage: true,
+                        };
+                        f(info, payload);
+                    }
+                    Ok(())
+                },
+            )?;
+            Some(Damage {
+                segment: segments[b.seg].path.clone(),
+                offset: b.offset,
+                reason: b.reason,
+                torn_tail: b.torn_tail,
+                after,
+            })
+        }
+    };
     Ok(ScanReport {
         segments: segments.len(),
         records,
-        last_lsn: end.last_lsn.unwrap_or(0),
-        damage: end.bad.map(|b| Damage {
-            segment: segments[b.seg].path.clone(),
-            offset: b.offset,
-            reason: b.reason,
-            torn_tail: b.torn_tail,
-        }),
+        last_lsn,
+        damage,
     })
+}
+
+/// [`scan_with`] up to the first bad spot: every valid record the server would replay.
+pub fn scan(
+    dir: &Path,
+    max_record: u32,
+    f: impl FnMut(RecordInfo, &[u8]),
+) -> Result<ScanReport, Error> {
+    scan_with(dir, max_record, false, f)
 }
 
 #[cfg(test)]

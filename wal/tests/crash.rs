@@ -474,12 +474,32 @@ fn damage_in_the_middle_is_refused_strictly_and_cut_on_request() {
     flip_bit(&fs, &path, ends[0].1 * 8 + 20 * 8);
 
     let result = replay(&mut open_mem(&fs, small()), 0);
+    // Every record after the damaged one is checksum-valid: the refusal counts them, and the
+    // bytes, so the operator knows what the cut would cost.
+    let stranded = wal::Stranded {
+        records: n - damaged_lsn,
+        first_lsn: Some(damaged_lsn + 1),
+        last_lsn: Some(n),
+    };
     match result {
-        Err(Error::Corrupt {
-            segment, offset, ..
-        }) => {
-            assert_eq!(segment, path);
+        Err(
+            ref e @ Error::Corrupt {
+                ref segment,
+                offset,
+                discard,
+                ..
+            },
+        ) => {
+            assert_eq!(segment, &path);
             assert_eq!(offset, ends[0].1);
+            let discard = discard.expect("the refusal says what a cut would discard");
+            assert_eq!(discard.records, stranded);
+            assert!(discard.bytes > 0);
+            let shown = e.to_string();
+            assert!(
+                shown.contains(&format!("{} valid records", n - damaged_lsn)),
+                "{shown}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -494,10 +514,54 @@ fn damage_in_the_middle_is_refused_strictly_and_cut_on_request() {
     let cut = report.truncated.expect("a cut is reported");
     assert_eq!((cut.segment, cut.offset), (path, ends[0].1));
     assert!(cut.bytes_dropped > 0);
+    assert!(!cut.torn_tail, "a cut at corruption is not a torn tail");
+    assert_eq!(cut.discarded, stranded);
     assert_eq!(segments(&fs).len(), 2, "later segments are deleted");
     append(&mut wal, damaged_lsn..=n + 5);
     drop(wal);
     assert_eq!(reopened(&fs), expected(1..=n + 5));
+}
+
+#[test]
+fn scan_counts_the_valid_records_past_damage_and_visits_them_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::open(&dir, small()).unwrap();
+    replay(&mut wal, 0).unwrap();
+    append(&mut wal, 1..=30);
+    drop(wal);
+    let segs = segments_in(&wal::StdFs, &dir);
+    let (first, path) = segs[0].clone();
+    let ends = record_ends(first, segs[1].0 - 1);
+    // Damage record 3 (its payload, past its header).
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[ends[1].1 as usize + 20] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let mut seen = Vec::new();
+    let report = wal::scan(&dir, 1024, |info, _| seen.push(info.lsn)).unwrap();
+    assert_eq!(seen, vec![1, 2]);
+    let damage = report.damage.expect("damage found");
+    assert!(!damage.torn_tail);
+    assert_eq!(damage.offset, ends[1].1);
+    let after = wal::Stranded {
+        records: 27,
+        first_lsn: Some(4),
+        last_lsn: Some(30),
+    };
+    assert_eq!(damage.after, after);
+
+    let mut seen = Vec::new();
+    let report = wal::scan_with(&dir, 1024, true, |info, _| {
+        seen.push((info.lsn, info.past_damage))
+    })
+    .unwrap();
+    let want: Vec<(Lsn, bool)> = (1..=2)
+        .map(|l| (l, false))
+        .chain((4..=30).map(|l| (l, true)))
+        .collect();
+    assert_eq!(seen, want);
+    assert_eq!(report.records, 2, "records before the damage");
 }
 
 #[test]
