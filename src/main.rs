@@ -34,12 +34,19 @@ fn main() -> ExitCode {
         .log_internal_errors(false)
         .init();
     if let Some(Command::Wal {
-        action: WalAction::Dump { data_dir },
+        action: WalAction::Dump {
+            data_dir,
+            past_damage,
+        },
     }) = &cli.command
     {
+        use flinger::journal::Dumped;
         let stdout = std::io::stdout();
-        return match flinger::journal::dump(data_dir, &mut stdout.lock()) {
-            Ok(()) => ExitCode::SUCCESS,
+        // The exit statuses are documented in `flinger wal dump --help` (config/cli.rs).
+        return match flinger::journal::dump(data_dir, *past_damage, &mut stdout.lock()) {
+            Ok(Dumped::Intact | Dumped::ReaderGone) => ExitCode::SUCCESS,
+            Ok(Dumped::TornTail) => ExitCode::from(3),
+            Ok(Dumped::Corrupt) => ExitCode::from(4),
             Err(e) => {
                 eprintln!("flinger wal dump: {e}");
                 ExitCode::FAILURE

@@ -789,7 +789,46 @@ fn wal_dump_says_there_is_no_log_when_the_data_dir_has_none() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "stderr: {stderr}");
     assert!(
-        stderr.contains("no write-ahead log in") && stderr.contains("--data-dir"),
-        "stderr: {stderr}"
+        stderr.contains("no write-ahead log in") && stderr.contains("give `flinger wal dump`"),
+        "the hint names what the command takes: {stderr}"
     );
+}
+
+#[test]
+fn wal_dump_ends_quietly_with_status_0_when_its_reader_stops_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("data").join("wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    // One segment of 2,000 small records: far more output than a pipe holds.
+    let mut seg = Vec::new();
+    seg.extend_from_slice(b"FLNGRWAL");
+    seg.extend_from_slice(&1u32.to_le_bytes());
+    seg.extend_from_slice(&0u32.to_le_bytes());
+    seg.extend_from_slice(&1u64.to_le_bytes());
+    let crc = crc32c(&[&seg[..24]]);
+    seg.extend_from_slice(&crc.to_le_bytes());
+    seg.extend_from_slice(&[0; 4]);
+    for lsn in 1..=2000u64 {
+        seg.extend_from_slice(&frame(lsn, b"\xc1 not an event, shown as undecodable"));
+    }
+    std::fs::write(wal.join(format!("{:020}.wal", 1)), &seg).unwrap();
+    let mut child = crate::util::flinger_command(dir.path())
+        .args([
+            "wal",
+            "dump",
+            &dir.path().join("data").display().to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, then close the pipe, as `| head -1` does.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 64];
+    std::io::Read::read(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
 }

@@ -118,11 +118,26 @@ pub enum ClientAction {
 /// Write-ahead log inspection.
 #[derive(Subcommand, Debug)]
 pub enum WalAction {
-    /// Print every record of the log in DATA_DIR human-readably (read-only; safe while
-    /// the server runs).
+    /// Print every record of the log in DATA_DIR human-readably, then a summary line
+    /// starting with `#` (read-only; safe while the server runs). The dump stops at the
+    /// first damage, as the server's replay does, unless --past-damage is given.
+    #[command(
+        after_help = "Exit status: 0 the log is intact; 1 it could not be read \
+        (no log in DATA_DIR, an I/O error); 2 usage error; 3 a torn tail (an interrupted \
+        write, which the server truncates at start-up with a warning); 4 corruption (the \
+        server refuses to start on it unless run with --wal-truncate-corruption, which \
+        cuts the log there). A reader that stops early (`| head`) ends the dump quietly \
+        with status 0."
+    )]
     Dump {
-        /// The server's data directory (the one holding `wal/`).
+        /// The server's data directory (the one holding `wal/`, as given to the server's
+        /// --data-dir).
         data_dir: PathBuf,
+        /// Also print the checksum-valid records after the damage (the dump resyncs at the
+        /// next record, as the start-up check does): what --wal-truncate-corruption would
+        /// discard. They are marked `past-damage`.
+        #[arg(long)]
+        past_damage: bool,
     },
 }
 

@@ -322,46 +322,115 @@ impl Writer {
     }
 }
 
-/// Prints every record of the log in `data_dir` human-readably (`flinger wal dump`).
-pub fn dump(data_dir: &Path, out: &mut impl std::io::Write) -> Result<()> {
+/// What `flinger wal dump` found (`main` turns it into the exit status its help documents).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dumped {
+    /// Every record was printed; the log has no damage.
+    Intact,
+    /// The log ends in a torn tail, which the server truncates at start-up.
+    TornTail,
+    /// The log is damaged before its end: the server refuses to start on it.
+    Corrupt,
+    /// Whoever read the output stopped reading (`| head`): the dump ended there.
+    ReaderGone,
+}
+
+/// Prints every record of the log in `data_dir` human-readably, then a summary
+/// (`flinger wal dump`); with `past_damage`, also the valid records after the first damage.
+pub fn dump(data_dir: &Path, past_damage: bool, out: &mut impl std::io::Write) -> Result<Dumped> {
     let dir = wal_dir(data_dir);
     if !dir.is_dir() {
         return Err(Error::InvalidInput(format!(
-            "no write-ahead log in {}: {} is not a directory (is --data-dir the server's data directory?)",
+            "no write-ahead log in {}: {} is not a directory (give `flinger wal dump` the \
+             server's data directory, the one its --data-dir names, which holds wal/)",
             data_dir.display(),
             dir.display()
         )));
     }
     let mut write_err = None;
-    let report = wal::scan(&dir, u32::MAX >> 1, |info, payload| {
+    let mut marked = false;
+    let report = wal::scan_with(&dir, u32::MAX >> 1, past_damage, |info, payload| {
         if write_err.is_some() {
             return;
         }
-        let line = match decode(payload) {
-            Ok(event) => format!(
-                "{:>10} {}@{} {}",
-                info.lsn,
-                info.segment.display(),
-                info.offset,
-                describe(&event)
-            ),
-            Err(e) => format!(
-                "{:>10} {}@{} UNDECODABLE ({e})",
-                info.lsn,
-                info.segment.display(),
-                info.offset
-            ),
+        let mut text = String::new();
+        if info.past_damage && !marked {
+            marked = true;
+            text.push_str(
+                "# past the damage: checksum-valid records the server does not replay \
+                 (records before them were lost); --wal-truncate-corruption discards them\n",
+            );
+        }
+        let tag = if info.past_damage { " past-damage" } else { "" };
+        let shown = match decode(payload) {
+            Ok(event) => describe(&event),
+            Err(e) => format!("UNDECODABLE ({e})"),
         };
-        if let Err(e) = writeln!(out, "{line}") {
+        text.push_str(&format!(
+            "{:>10} {}@{}{tag} {shown}\n",
+            info.lsn,
+            info.segment.display(),
+            info.offset,
+        ));
+        if let Err(e) = out.write_all(text.as_bytes()) {
             write_err = Some(e);
         }
     })
     .map_err(wal_error)?;
-    if let Some(e) = write_err {
-        return Err(e.into());
+    let (summary, found) = summarize(&report, data_dir, past_damage);
+    let written = match write_err {
+        Some(e) => Err(e),
+        None => out.write_all(summary.as_bytes()).and_then(|()| out.flush()),
+    };
+    match written {
+        Ok(()) => Ok(found),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Dumped::ReaderGone),
+        Err(e) => Err(e.into()),
     }
-    writeln!(out, "# {report:?}")?;
-    Ok(())
+}
+
+/// The dump's closing lines (each starting with `#`) and what they report.
+fn summarize(report: &wal::ScanReport, data_dir: &Path, past_damage: bool) -> (String, Dumped) {
+    let counts = format!(
+        "# {} segment(s), {} record(s) replayable, last lsn {}",
+        report.segments, report.records, report.last_lsn
+    );
+    let Some(damage) = &report.damage else {
+        return (format!("{counts}; no damage\n"), Dumped::Intact);
+    };
+    let place = format!(
+        "# damage in {} at offset {}: {}",
+        damage.segment.display(),
+        damage.offset,
+        damage.reason
+    );
+    if damage.torn_tail {
+        let text = format!(
+            "{counts}\n{place}\n# a torn tail (an interrupted write): the server truncates it at \
+             start-up with a warning; nothing acknowledged is lost\n"
+        );
+        return (text, Dumped::TornTail);
+    }
+    let after = if damage.after.records == 0 {
+        "no valid records follow it".to_owned()
+    } else if past_damage {
+        format!(
+            "{} follow it (listed above, marked past-damage)",
+            damage.after
+        )
+    } else {
+        format!(
+            "{} follow it (list them with `flinger wal dump --past-damage {}`)",
+            damage.after,
+            data_dir.display()
+        )
+    };
+    let text = format!(
+        "{counts}\n{place}\n# corruption: {after}. The server refuses to start on this log; \
+         started once with --wal-truncate-corruption it cuts the log at the damage, discarding \
+         everything after it\n"
+    );
+    (text, Dumped::Corrupt)
 }
 
 fn describe(event: &Event) -> String {

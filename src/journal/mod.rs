@@ -34,7 +34,7 @@ pub mod files;
 mod postgres;
 mod replay;
 
-pub use file::dump;
+pub use file::{dump, Dumped};
 pub use postgres::tls::split_root_cert;
 pub use postgres::{LeaseView, Promoted, Standby, Tenure};
 pub use replay::{PartSnapshot, Recovery, Replay, SnapshotDoc};
