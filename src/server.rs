@@ -105,7 +105,13 @@ pub async fn start_recovered(
         ms = recovery.elapsed.as_millis() as u64,
         "recovered state from the write-ahead log"
     );
-    sweep_unreferenced_files(&*files, &state.files, &state.results).await?;
+    sweep_unreferenced_files(
+        &*files,
+        &state.files,
+        &state.results,
+        recovery.cut_at_corruption,
+    )
+    .await?;
     let access =
         crate::access::store::AccessStore::new(std::mem::take(&mut state.access), journal.clone());
     let key = crate::access::token::signing_key(&*files).await?;
@@ -878,10 +884,11 @@ async fn sweep_unreferenced_files(
     store: &dyn crate::journal::files::FileStore,
     files: &crate::model::files::Files,
     results: &crate::model::results::Results,
+    keep: bool,
 ) -> Result<()> {
     let referenced: std::collections::HashSet<&str> = files
         .names()
         .chain(results.orphans().map(|(_, e)| &*e.file))
         .collect();
-    store.sweep(&referenced).await.map(drop)
+    store.sweep(&referenced, keep).await.map(drop)
 }

@@ -395,6 +395,187 @@ async fn start_is_refused_or_cut_on_flag_when_an_early_record_is_corrupt() {
     assert_jobs(&strict, &[after], 200, "a job submitted after the cut").await;
 }
 
+/// The record holding `marker`, in whichever segment of `data_dir` it is: the segment, its
+/// bytes and the record.
+fn record_with(data_dir: &Path, marker: &str) -> (PathBuf, Vec<u8>, Rec) {
+    for seg in segments(data_dir) {
+        let buf = std::fs::read(&seg).unwrap();
+        let (recs, _) = parse_segment(&buf);
+        if let Some(r) = recs
+            .iter()
+            .find(|r| find(r.payload(&buf), marker.as_bytes()).is_some())
+        {
+            let r = r.clone();
+            return (seg, buf, r);
+        }
+    }
+    panic!("no record carries {marker}");
+}
+
+/// Valid records in every segment of `data_dir` with an LSN above `lsn`.
+fn records_after(data_dir: &Path, lsn: u64) -> usize {
+    segments(data_dir)
+        .iter()
+        .map(|seg| {
+            let (recs, _) = parse_segment(&std::fs::read(seg).unwrap());
+            recs.iter().filter(|r| r.lsn > lsn).count()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusal_names_the_repair_and_what_it_discards_and_the_repair_keeps_stored_files_when_valid_records_follow_corruption(
+) {
+    let mut srv = TestServer::start_with(SMALL_SEGMENTS);
+    let markers: Vec<String> = (0..6)
+        .map(|i| format!("marker-{i}-{}", uuid::Uuid::new_v4().simple()))
+        .collect();
+    let mut ids = Vec::new();
+    for m in &markers {
+        ids.push(srv.submit(&json!({"job_queue": "cut", "marker": m})).await);
+    }
+    // Two artifacts, recorded after the record that will be damaged.
+    for (n, id) in ids[3..5].iter().enumerate() {
+        srv.post_multipart(
+            &format!("/v1/result/{id}/artifact"),
+            "file",
+            "a.tgz",
+            pseudo_random_bytes(5000, n as u64),
+        )
+        .await
+        .expect_status(200);
+    }
+    let mut stored = srv.stored_files();
+    stored.sort();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert!(srv.stop().success());
+    let data = srv.data_dir();
+    let data_text = data.display().to_string();
+    // Damage the record of job 1: every later record is still checksum-valid.
+    let (seg, mut buf, victim) = record_with(&data, &markers[1]);
+    let valid_after = records_after(&data, victim.lsn);
+    let flip = victim.offset
+        + RECORD_HEADER
+        + find(victim.payload(&buf), markers[1].as_bytes()).unwrap()
+        + 3;
+    buf[flip] ^= 0xff;
+    write_at(&seg, flip, &buf[flip..flip + 1]);
+    assert!(
+        valid_after >= 6,
+        "jobs 2..5 and two artifacts: {valid_after}"
+    );
+    let counted = format!("{valid_after} valid records");
+
+    let stderr = refused_start(srv.dir(), &data, SMALL_SEGMENTS);
+    for wanted in [
+        "--wal-truncate-corruption",
+        counted.as_str(),
+        "--past-damage",
+    ] {
+        assert!(
+            stderr.contains(wanted),
+            "the refusal should say {wanted:?}:\n{stderr}"
+        );
+    }
+
+    // `wal dump` says the same, exits 4, and lists the records past the damage on request.
+    let out = run_to_exit(
+        srv.dir(),
+        &["wal", "dump", &data_text],
+        &[],
+        Duration::from_secs(20),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(4), "corruption exits 4:\n{stdout}");
+    assert!(
+        !stdout.contains("ScanReport") && !stdout.contains("Some("),
+        "{stdout}"
+    );
+    let summary: Vec<&str> = stdout.lines().filter(|l| l.starts_with('#')).collect();
+    let summary = summary.join("\n");
+    for wanted in [
+        "corruption",
+        counted.as_str(),
+        "--past-damage",
+        "refuses to start",
+    ] {
+        assert!(
+            summary.contains(wanted),
+            "the summary should say {wanted:?}:\n{summary}"
+        );
+    }
+    let out = run_to_exit(
+        srv.dir(),
+        &["wal", "dump", "--past-damage", &data_text],
+        &[],
+        Duration::from_secs(20),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(4), "{stdout}");
+    let past = stdout
+        .lines()
+        .filter(|l| l.contains(" past-damage "))
+        .count();
+    assert_eq!(
+        past, valid_after,
+        "every valid record past the damage:\n{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(" past-damage ") && l.contains(&ids[5])),
+        "{stdout}"
+    );
+
+    let mut args = SMALL_SEGMENTS.to_vec();
+    args.push("--wal-truncate-corruption");
+    let cut = start_on(&data, &args);
+    assert_jobs(&cut, &ids[..1], 200, "records before the damage").await;
+    assert_jobs(&cut, &ids[1..], 204, "records from the damage on").await;
+    let lines = cut.stderr_lines();
+    let warning = truncation_warning(&lines)
+        .unwrap_or_else(|| panic!("no truncation warning:\n{}", lines.join("\n")));
+    assert!(
+        warning.contains("corruption") && !warning.contains("torn"),
+        "a cut at corruption is not a torn tail: {warning}"
+    );
+    assert!(
+        warning
+            .split_whitespace()
+            .any(|t| t == format!("records={valid_after}")),
+        "the warning counts the {valid_after} valid records discarded: {warning}"
+    );
+    // The artifacts' files are kept aside, named in the log, not deleted.
+    let mut kept: Vec<String> = std::fs::read_dir(data.join("lost+found"))
+        .expect("a lost+found folder in the data dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, stored, "both artifact files kept");
+    let left: Vec<_> = std::fs::read_dir(data.join("files"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    for name in &stored {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("lost+found") && l.contains(name.as_str())),
+            "the log names {name}:\n{}",
+            lines.join("\n")
+        );
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains("removed unreferenced") && l.contains(name.as_str())),
+            "{name} removed:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
 // ---- 3. a checksum-valid record that does not decode ---------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]

@@ -196,8 +196,10 @@ pub struct ServeOpts {
     /// they finish [default: 604800, 7 days]. Waiting jobs never expire.
     #[arg(long, env = "FLINGER_RETENTION_SECS", value_name = "SECS")]
     pub retention_secs: Option<u64>,
-    /// Start even if the log is damaged before its tail, dropping everything from the
-    /// damage on. Without it such damage refuses to start.
+    /// Start even if the log is damaged before its tail, cutting it at the damage and
+    /// discarding every record after it (the refusal without it says how many are valid;
+    /// `flinger wal dump --past-damage` lists them). Stored files no remaining record
+    /// refers to are then moved to DATA_DIR/lost+found instead of being deleted.
     #[arg(long, env = "FLINGER_WAL_TRUNCATE_CORRUPTION")]
     pub wal_truncate_corruption: bool,
     /// Most connections served at once [default: 10000]. The soft descriptor limit is

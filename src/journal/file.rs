@@ -61,6 +61,26 @@ pub(super) fn wal_error(e: wal::Error) -> Error {
     }
 }
 
+/// Why the log under `config.data_dir` cannot be opened, for the operator: damage that
+/// `--wal-truncate-corruption` would cut says so, with what the cut would discard and how
+/// to look at it first.
+fn refusal(e: wal::Error, config: &Config) -> Error {
+    match &e {
+        wal::Error::Corrupt {
+            discard: Some(_), ..
+        } => Error::Internal(format!(
+            "write-ahead log: {e}. Refusing to start rather than lose acknowledged changes. \
+             See them with `flinger wal dump --past-damage {dir}`; to start anyway, cutting \
+             the log at the damage and discarding them, restart once with \
+             --wal-truncate-corruption (FLINGER_WAL_TRUNCATE_CORRUPTION=1): stored files \
+             no remaining record refers to are then kept in {dir}/{lost}",
+            dir = config.data_dir.display(),
+            lost = super::files::LOST_AND_FOUND,
+        )),
+        _ => wal_error(e),
+    }
+}
+
 /// Opens the log under `config.data_dir` on `fs`, loads the newest snapshot, replays the
 /// records after it and starts the writer thread (see [`super::open`]).
 pub fn open_with(
@@ -69,26 +89,42 @@ pub fn open_with(
 ) -> Result<(State, Journal, SnapshotRequests, Recovery)> {
     let started = Instant::now();
     let mut wal = wal::Wal::open_with(fs, &wal_dir(&config.data_dir), wal_options(config))
-        .map_err(wal_error)?;
+        .map_err(|e| refusal(e, config))?;
     let mut replay = Replay::new(started);
     let mut after = 0;
     let mut snapshot_size = 0;
-    if let Some((lsn, bytes)) = wal.load_snapshot().map_err(wal_error)? {
+    if let Some((lsn, bytes)) = wal.load_snapshot().map_err(|e| refusal(e, config))? {
         snapshot_size = bytes.len() as u64;
         replay.snapshot(lsn, &bytes)?;
         after = lsn;
     }
     let report = wal
         .replay(after, |lsn, payload| replay.record(lsn, payload))
-        .map_err(wal_error)?;
-    if let Some(t) = &report.truncated {
-        tracing::warn!(
-            segment = %t.segment.display(),
-            offset = t.offset,
-            bytes = t.bytes_dropped,
-            "write-ahead log had a torn tail; truncated it"
-        );
-    }
+        .map_err(|e| refusal(e, config))?;
+    let cut_at_corruption = match &report.truncated {
+        Some(t) if t.torn_tail => {
+            tracing::warn!(
+                segment = %t.segment.display(),
+                offset = t.offset,
+                bytes = t.bytes_dropped,
+                "write-ahead log had a torn tail; truncated it"
+            );
+            false
+        }
+        Some(t) => {
+            tracing::warn!(
+                segment = %t.segment.display(),
+                offset = t.offset,
+                bytes = t.bytes_dropped,
+                records = t.discarded.records,
+                reason = %t.reason,
+                "write-ahead log truncated after corruption (--wal-truncate-corruption): discarded {}",
+                t.discarded
+            );
+            true
+        }
+        None => false,
+    };
     let (inner, rx) = Inner::start(
         config,
         wal.last_lsn(),
@@ -114,7 +150,8 @@ pub fn open_with(
         .name("wal-writer".into())
         .spawn(move || writer.run())
         .map_err(|e| Error::Internal(format!("cannot start the WAL writer: {e}")))?;
-    let (state, recovery) = replay.finish();
+    let (state, mut recovery) = replay.finish();
+    recovery.cut_at_corruption = cut_at_corruption;
     Ok((state, Journal { inner }, snap_rx, recovery))
 }
 

@@ -60,9 +60,11 @@ pub trait FileStore: Send + Sync {
     /// is logged (rate-limited) and left to start-up's [`FileStore::sweep`].
     fn delete(&self, names: Vec<Box<str>>);
 
-    /// Deletes every file whose name is not in `referenced` (at start-up, before anything
-    /// else writes); how many went.
-    async fn sweep(&self, referenced: &HashSet<&str>) -> Result<usize>;
+    /// At start-up, before anything else writes: deletes every file whose name is not in
+    /// `referenced` (how many went), or with `keep` moves the finished ones aside where an
+    /// operator can recover them (the log was cut at corruption: the records that referred
+    /// to them may be among those discarded).
+    async fn sweep(&self, referenced: &HashSet<&str>, keep: bool) -> Result<usize>;
 
     /// The private value `name` (a secret key): the stored one, or `fresh`, stored
     /// durably, when there is none yet.
@@ -280,12 +282,18 @@ impl FileStore for DiskFiles {
         });
     }
 
-    async fn sweep(&self, referenced: &HashSet<&str>) -> Result<usize> {
+    async fn sweep(&self, referenced: &HashSet<&str>, keep: bool) -> Result<usize> {
         let (fs, dir) = (self.fs.clone(), self.dir.clone());
         let names = blocking(move || fs.read_dir(&dir)).await?;
         let mut removed = 0;
+        let mut kept = Vec::new();
         for name in names {
             if referenced.contains(name.as_str()) {
+                continue;
+            }
+            // An interrupted upload (`tmp-`) was never referenced by any record.
+            if keep && !name.starts_with("tmp-") {
+                kept.push(name);
                 continue;
             }
             let (fs, path) = (self.fs.clone(), self.dir.join(&name));
@@ -298,6 +306,9 @@ impl FileStore for DiskFiles {
                     tracing::warn!(file = name, error = %e, "cannot remove unreferenced upload")
                 }
             }
+        }
+        if !kept.is_empty() {
+            self.keep_aside(kept).await?;
         }
         Ok(removed)
     }
@@ -319,6 +330,42 @@ impl FileStore for DiskFiles {
             tracing::info!(path = shown, "generated {name}");
         }
         Ok(value)
+    }
+}
+
+/// Where [`DiskFiles::keep_aside`] moves files: inside the data directory (same
+/// filesystem, so a rename), outside `files/` (so no later sweep deletes them).
+pub const LOST_AND_FOUND: &str = "lost+found";
+
+impl DiskFiles {
+    /// Moves `names` from `files/` to `DATA_DIR/lost+found/` durably and logs where they
+    /// went and which they are, so an operator can tell what to restore.
+    async fn keep_aside(&self, names: Vec<String>) -> Result<()> {
+        let to = self.data_dir.join(LOST_AND_FOUND);
+        let (fs, from, dest) = (self.fs.clone(), self.dir.clone(), to.clone());
+        let moving = names.clone();
+        blocking(move || {
+            wal::create_dir_all_durably(&*fs, &dest)?;
+            for name in &moving {
+                fs.rename(&from.join(name), &dest.join(name))?;
+            }
+            fs.sync_dir(&dest)?;
+            fs.sync_dir(&from)
+        })
+        .await
+        .map_err(|e| {
+            Error::Internal(format!(
+                "cannot move unreferenced files to {}: {e}",
+                to.display()
+            ))
+        })?;
+        tracing::warn!(
+            count = names.len(),
+            dir = %to.display(),
+            files = %names.join(", "),
+            "the log was cut at corruption: kept the stored files no remaining record refers to (the discarded records may have); restore what you need, then delete them"
+        );
+        Ok(())
     }
 }
 

@@ -57,6 +57,10 @@ pub struct Recovery {
     pub snapshot_time: Duration,
     /// How long it took in all.
     pub elapsed: Duration,
+    /// Set when the log was cut at corruption (`--wal-truncate-corruption`): records that
+    /// referred to stored files may be among those discarded, so start-up keeps the files
+    /// nothing refers to any more instead of deleting them.
+    pub cut_at_corruption: bool,
 }
 
 /// During recovery: up to which LSN each partition's snapshot already holds its events.

@@ -353,7 +353,7 @@ impl FileStore for PgFiles {
         });
     }
 
-    async fn sweep(&self, referenced: &HashSet<&str>) -> Result<usize> {
+    async fn sweep(&self, referenced: &HashSet<&str>, keep: bool) -> Result<usize> {
         bounded(self.patience * 2, "cannot sweep the stored files", async {
             let client = self.client().await?;
             let rows = client
@@ -365,6 +365,12 @@ impl FileStore for PgFiles {
                 .map(|r| r.get::<_, String>(0))
                 .filter(|n| !referenced.contains(n.as_str()))
                 .collect();
+            if keep && !gone.is_empty() {
+                // The PostgreSQL journal never cuts its log, so this does not happen; if it
+                // did, leaving the rows is what keeps them recoverable.
+                tracing::warn!(count = gone.len(), files = %gone.join(", "), "kept unreferenced stored files in flinger_files");
+                return Ok(0);
+            }
             if !gone.is_empty() {
                 client
                     .execute("DELETE FROM flinger_files WHERE name = ANY($1)", &[&gone])
