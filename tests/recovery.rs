@@ -576,6 +576,69 @@ async fn refusal_names_the_repair_and_what_it_discards_and_the_repair_keeps_stor
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_stored_files_answer_410_naming_the_job_and_are_logged_once_and_at_start_up() {
+    let mut srv = TestServer::start();
+    let job = srv
+        .submit(&json!({"job_queue": "gone", "test_data": {"attachments": [{"agent": "a.bin"}]}}))
+        .await;
+    let artifact = format!("/v1/result/{job}/artifact");
+    let attachments = format!("/v1/job/{job}/attachments");
+    for path in [&attachments, &artifact] {
+        srv.post_multipart(path, "file", "a.tgz", pseudo_random_bytes(3000, 5))
+            .await
+            .expect_status(200);
+    }
+    let stored = srv.stored_files();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert!(srv.stop().success());
+    std::fs::remove_dir_all(srv.data_dir().join("files")).unwrap();
+    let from = srv.stderr_lines().len();
+    srv.start_again();
+
+    let lines = lines_since(&srv, from);
+    let summary: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("missing"))
+        .collect();
+    assert_eq!(summary.len(), 1, "one start-up line:\n{}", lines.join("\n"));
+    assert!(
+        summary[0].contains("count=2") && stored.iter().all(|n| summary[0].contains(n.as_str())),
+        "it counts and names the missing files: {}",
+        summary[0]
+    );
+
+    for (path, what) in [(&artifact, "artifact"), (&attachments, "attachments")] {
+        for _ in 0..5 {
+            let r = srv.get(path).await;
+            let message = r.expect_error(410);
+            assert!(
+                message.contains(&format!("{what} of job {job}")) && message.contains("missing"),
+                "{path}: {message}"
+            );
+            assert!(
+                !stored.iter().any(|n| message.contains(n.as_str()))
+                    && !message.contains("files/")
+                    && !message.contains("os error"),
+                "no internal names: {message}"
+            );
+        }
+    }
+    let lines = lines_since(&srv, from);
+    for name in &stored {
+        let logged: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains("ERROR") && l.contains(&format!("files/{name}")))
+            .collect();
+        assert_eq!(
+            logged.len(),
+            1,
+            "one error per file, throttled:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
 // ---- 3. a checksum-valid record that does not decode ---------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]

@@ -98,7 +98,18 @@ impl Store {
 
     /// The document an id's file holds (its valid prefix, as `entry` records it).
     pub async fn read(&self, entry: OrphanEntry) -> Result<ResultDoc> {
-        let bytes = self.files.read(&entry.file, 0, entry.len).await?;
+        let bytes = match self.files.read(&entry.file, 0, entry.len).await {
+            Ok(bytes) => bytes,
+            Err(Error::Gone(_)) => {
+                crate::journal::files::report_missing(&*self.files, &entry.file);
+                return Err(Error::Gone(
+                    "the result data recorded for this id is missing from the server's storage; \
+                     an operator must restore it (the server's log names the file)"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         tokio::task::spawn_blocking(move || read_doc(&bytes, &entry))
             .await
             .map_err(|e| Error::Internal(format!("orphan read task failed: {e}")))?

@@ -639,7 +639,15 @@ async fn same_as_stored(
     if stored.size != size {
         return Ok(false);
     }
-    let theirs = svc.store.open(&stored.file, stored.size).await?;
+    let theirs = match svc.store.open(&stored.file, stored.size).await {
+        Ok(theirs) => theirs,
+        // The stored file is missing: the new upload is not the same, it replaces it.
+        Err(Error::Gone(_)) => {
+            crate::journal::files::report_missing(&*svc.store, &stored.file);
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
     let ours = svc.store.open(name, size).await?;
     same_bytes(theirs, ours).await
 }
@@ -846,16 +854,42 @@ pub async fn serve_file(
     };
     let download = match svc.store.open(&stored.file, stored.size).await {
         Ok(download) => download,
-        // Replaced between the lookup and the open: the newer file is the answer.
-        Err(_) => {
+        Err(e) => {
+            // Replaced between the lookup and the open: the newer file is the answer.
             let Some(newer) = ask(&svc.files, |p| FileMsg::Get(id, kind, p)).await? else {
                 return Ok(no_content());
             };
-            let download = svc.store.open(&newer.file, newer.size).await?;
+            if newer.file == stored.file {
+                return Err(unreadable(svc, id, kind, &stored.file, e));
+            }
+            let download = match svc.store.open(&newer.file, newer.size).await {
+                Ok(download) => download,
+                Err(e) => return Err(unreadable(svc, id, kind, &newer.file, e)),
+            };
             return stream_file(download, newer.size, mime, download_name);
         }
     };
     stream_file(download, stored.size, mime, download_name)
+}
+
+/// The answer for the job's file of `kind`, stored as `name`, that the store could not
+/// open with `e`: when it is missing (still recorded, so not replaced), a 410 that says
+/// whose file it is and names no path, and an error in the server's log that does.
+fn unreadable(svc: &Services, id: JobId, kind: FileKind, name: &str, e: Error) -> Error {
+    match e {
+        Error::Gone(_) => {
+            crate::journal::files::report_missing(&*svc.store, name);
+            let what = match kind {
+                FileKind::Artifact => "artifact",
+                FileKind::Attachments => "attachments",
+            };
+            Error::Gone(format!(
+                "the {what} of job {id} was recorded but its file is missing from the server's storage; \
+                 an operator must restore it (the server's log names the file)"
+            ))
+        }
+        other => other,
+    }
 }
 
 fn stream_file(

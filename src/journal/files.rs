@@ -43,8 +43,9 @@ pub trait FileStore: Send + Sync {
     async fn create(&self, name: &str) -> Result<Box<dyn NewFile>>;
 
     /// Streams the first `size` bytes of `name` (the size its event recorded);
-    /// [`Error::NotFound`] when there is no such file (it was replaced and deleted since
-    /// the caller looked it up). The stream fails if the file holds fewer bytes.
+    /// [`Error::Gone`] (with a message naming no file) when there is no such file: it was
+    /// replaced and deleted since the caller looked it up, or it is missing (see
+    /// [`report_missing`]). The stream fails if the file holds fewer bytes.
     async fn open(&self, name: &str, size: u64) -> Result<Download>;
 
     /// Writes `bytes` at `offset` of the append-only file `name` (made first when `new`)
@@ -53,8 +54,12 @@ pub trait FileStore: Send + Sync {
     async fn append(&self, name: &str, offset: u64, new: bool, bytes: Vec<u8>) -> Result<()>;
 
     /// The bytes of `name` from `from` up to `to`, whole (the orphan files, bounded by
-    /// their quota; a log follow reads only what was appended since it last read).
+    /// their quota; a log follow reads only what was appended since it last read);
+    /// [`Error::Gone`] as [`FileStore::open`] when there is no such file.
     async fn read(&self, name: &str, from: u64, to: u64) -> Result<Vec<u8>>;
+
+    /// Where `name` is (or should be) kept, for the operator's log: a path, a table row.
+    fn location(&self, name: &str) -> String;
 
     /// Deletes `names`, which nothing refers to any more, off the caller's path. A failure
     /// is logged (rate-limited) and left to start-up's [`FileStore::sweep`].
@@ -63,7 +68,8 @@ pub trait FileStore: Send + Sync {
     /// At start-up, before anything else writes: deletes every file whose name is not in
     /// `referenced` (how many went), or with `keep` moves the finished ones aside where an
     /// operator can recover them (the log was cut at corruption: the records that referred
-    /// to them may be among those discarded).
+    /// to them may be among those discarded). Logs one warning naming the first few files
+    /// of `referenced` that are missing.
     async fn sweep(&self, referenced: &HashSet<&str>, keep: bool) -> Result<usize>;
 
     /// The private value `name` (a secret key): the stored one, or `fresh`, stored
@@ -130,6 +136,46 @@ pub(crate) fn deletion_failed(name: &str, error: &dyn std::fmt::Display) {
     }
 }
 
+/// The error a read of a missing stored file answers: names no file (clients must not
+/// learn the server's layout); callers that know which job's file it was say so.
+pub(crate) fn gone() -> Error {
+    Error::Gone("a file the server recorded is missing from its storage".into())
+}
+
+/// Logs that the stored file `name`, which the state refers to, is missing: an error an
+/// operator must act on (restore it from a backup), at most once per throttle period per
+/// file however often it is asked for.
+pub fn report_missing(store: &dyn FileStore, name: &str) {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    if let Some(suppressed) = crate::throttle::allow("stored file missing", hasher.finish()) {
+        tracing::error!(
+            file = %store.location(name),
+            suppressed,
+            "a stored file the state refers to is missing: its downloads answer 410 until it is restored"
+        );
+    }
+}
+
+/// Logs, once at start-up, that files the state refers to are missing from `place`.
+pub(crate) fn warn_missing(missing: &[&str], place: &str) {
+    if missing.is_empty() {
+        return;
+    }
+    const SHOWN: usize = 5;
+    let mut first = missing[..missing.len().min(SHOWN)].join(", ");
+    if missing.len() > SHOWN {
+        first.push_str(", ...");
+    }
+    tracing::warn!(
+        count = missing.len(),
+        first = %first,
+        "{} stored files the state refers to are missing from {place}: their downloads answer 410 until they are restored",
+        missing.len()
+    );
+}
+
 /// Runs a filesystem call (the `wal::Fs` seam is blocking) off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
@@ -189,14 +235,12 @@ impl FileStore for DiskFiles {
 
     async fn open(&self, name: &str, size: u64) -> Result<Download> {
         let (fs, path) = (self.fs.clone(), self.dir.join(name));
-        let file = match blocking(move || fs.open_read(&path)).await {
+        let opened = tokio::task::spawn_blocking(move || fs.open_read(&path))
+            .await
+            .map_err(|e| Error::Internal(format!("file task failed: {e}")))?;
+        let file = match opened {
             Ok(file) => file,
-            Err(e) => {
-                return Err(Error::NotFound(format!(
-                    "stored file {name}: {}",
-                    e.message()
-                )))
-            }
+            Err(e) => return Err(self.unreadable(name, e)),
         };
         let file: Arc<dyn wal::FsRead> = file.into();
         // The recorded size bounds the stream: the file holds exactly that many bytes.
@@ -248,8 +292,11 @@ impl FileStore for DiskFiles {
 
     async fn read(&self, name: &str, from: u64, to: u64) -> Result<Vec<u8>> {
         let (fs, path) = (self.fs.clone(), self.dir.join(name));
+        let opened = tokio::task::spawn_blocking(move || fs.open_read(&path))
+            .await
+            .map_err(|e| Error::Internal(format!("file task failed: {e}")))?;
+        let file = opened.map_err(|e| self.unreadable(name, e))?;
         blocking(move || {
-            let file = fs.open_read(&path)?;
             let mut bytes = vec![0u8; to.saturating_sub(from) as usize];
             let mut filled = 0;
             while filled < bytes.len() {
@@ -265,6 +312,10 @@ impl FileStore for DiskFiles {
             Ok(bytes)
         })
         .await
+    }
+
+    fn location(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
     }
 
     fn delete(&self, names: Vec<Box<str>>) {
@@ -285,6 +336,12 @@ impl FileStore for DiskFiles {
     async fn sweep(&self, referenced: &HashSet<&str>, keep: bool) -> Result<usize> {
         let (fs, dir) = (self.fs.clone(), self.dir.clone());
         let names = blocking(move || fs.read_dir(&dir)).await?;
+        let present: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let mut missing: Vec<&str> = (referenced.iter().copied())
+            .filter(|name| !present.contains(name))
+            .collect();
+        missing.sort_unstable();
+        warn_missing(&missing, &self.dir.display().to_string());
         let mut removed = 0;
         let mut kept = Vec::new();
         for name in names {
@@ -338,6 +395,18 @@ impl FileStore for DiskFiles {
 pub const LOST_AND_FOUND: &str = "lost+found";
 
 impl DiskFiles {
+    /// The error for `name` that could not be opened: [`gone`] when it does not exist,
+    /// else an internal error naming no path; the path is logged (throttled).
+    fn unreadable(&self, name: &str, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return gone();
+        }
+        if let Some(suppressed) = crate::throttle::allow("cannot open a stored file", 0) {
+            tracing::error!(file = %self.location(name), error = %e, suppressed, "cannot open a stored file");
+        }
+        Error::Internal(format!("cannot open a stored file: {e}"))
+    }
+
     /// Moves `names` from `files/` to `DATA_DIR/lost+found/` durably and logs where they
     /// went and which they are, so an operator can tell what to restore.
     async fn keep_aside(&self, names: Vec<String>) -> Result<()> {

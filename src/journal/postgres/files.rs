@@ -211,7 +211,7 @@ impl FileStore for PgFiles {
         })
         .await?;
         if found.is_none() {
-            return Err(Error::NotFound(format!("stored file {name}")));
+            return Err(crate::journal::files::gone());
         }
         let (pool, name, patience) = (self.pool.clone(), name.to_owned(), self.patience);
         let stream = futures_util::stream::try_unfold(0u64, move |pos| {
@@ -320,6 +320,10 @@ impl FileStore for PgFiles {
                 bytes.extend_from_slice(&data[skip..]);
                 at = at.max(pos + data.len() as u64);
             }
+            if at == from && to > from {
+                // No chunk at all where bytes are recorded: the file is gone.
+                return Err(crate::journal::files::gone());
+            }
             if at < to {
                 return Err(Error::Internal(format!(
                     "stored file {name} holds {at} bytes, {to} recorded"
@@ -353,6 +357,10 @@ impl FileStore for PgFiles {
         });
     }
 
+    fn location(&self, name: &str) -> String {
+        format!("PostgreSQL table flinger_files, name {name:?}")
+    }
+
     async fn sweep(&self, referenced: &HashSet<&str>, keep: bool) -> Result<usize> {
         bounded(self.patience * 2, "cannot sweep the stored files", async {
             let client = self.client().await?;
@@ -360,14 +368,20 @@ impl FileStore for PgFiles {
                 .query("SELECT name FROM flinger_files", &[])
                 .await
                 .map_err(failed("cannot list the stored files"))?;
-            let gone: Vec<String> = rows
-                .iter()
-                .map(|r| r.get::<_, String>(0))
+            let names: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+            let present: HashSet<&str> = names.iter().map(String::as_str).collect();
+            let mut missing: Vec<&str> = (referenced.iter().copied())
+                .filter(|name| !present.contains(name))
+                .collect();
+            missing.sort_unstable();
+            crate::journal::files::warn_missing(&missing, "the PostgreSQL table flinger_files");
+            let gone: Vec<String> = (names.iter())
                 .filter(|n| !referenced.contains(n.as_str()))
+                .cloned()
                 .collect();
             if keep && !gone.is_empty() {
-                // The PostgreSQL journal never cuts its log, so this does not happen; if it
-                // did, leaving the rows is what keeps them recoverable.
+                // The PostgreSQL journal never cuts its log, so this does not happen; if
+                // it did, leaving the rows is what keeps them recoverable.
                 tracing::warn!(count = gone.len(), files = %gone.join(", "), "kept unreferenced stored files in flinger_files");
                 return Ok(0);
             }
