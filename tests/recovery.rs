@@ -242,6 +242,23 @@ async fn torn_tail_is_truncated_with_warning_when_garbage_or_partial_record_foll
     assert_eq!(recs.len(), 5, "one record per submitted job");
     let garbage = b"\x5a\xa5torn!\x01";
     write_at(&seg, end, garbage);
+    // `wal dump` reports it as a torn tail, with its own exit status.
+    let data_text = srv.data_dir().display().to_string();
+    let out = run_to_exit(
+        srv.dir(),
+        &["wal", "dump", &data_text],
+        &[],
+        Duration::from_secs(20),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(3), "a torn tail exits 3:\n{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with('#') && l.contains("torn tail")),
+        "{stdout}"
+    );
     let from = srv.stderr_lines().len();
     srv.start_again();
     let lines = lines_since(&srv, from);
@@ -746,6 +763,13 @@ async fn wal_dump_prints_every_record_and_exits_0_when_the_server_is_running() {
     }
     assert!(lines.iter().any(|l| l.contains("ResultMerged")), "{stdout}");
     assert!(!stdout.contains("UNDECODABLE"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with('#') && l.contains("no damage")),
+        "{stdout}"
+    );
 
     // Read-only: nothing on disk changed, and the server still takes writes.
     let now: Vec<Vec<u8>> = segments(&data)
