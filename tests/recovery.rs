@@ -594,6 +594,50 @@ async fn refusal_names_the_repair_and_what_it_discards_and_the_repair_keeps_stor
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn unreferenced_files_are_kept_when_a_start_crashed_between_a_cut_at_corruption_and_its_sweep(
+) {
+    let mut srv = TestServer::start();
+    let job = srv.submit_to("keep").await;
+    srv.post_multipart(
+        &format!("/v1/result/{job}/artifact"),
+        "file",
+        "a.tgz",
+        pseudo_random_bytes(2000, 3),
+    )
+    .await
+    .expect_status(200);
+    assert!(srv.stop().success());
+    let data = srv.data_dir();
+    // What a start with --wal-truncate-corruption leaves when killed after its cut and
+    // before its sweep: the marker, and a file no remaining record refers to.
+    let stray = "0b1e1a4e-0000-4000-8000-000000000000.artifact.lost";
+    std::fs::write(data.join("files").join(stray), b"recover me").unwrap();
+    std::fs::write(data.join("lost+found.pending"), b"").unwrap();
+    let from = srv.stderr_lines().len();
+    srv.start_again();
+    let lines = lines_since(&srv, from);
+    assert_eq!(
+        std::fs::read(data.join("lost+found").join(stray))
+            .ok()
+            .as_deref(),
+        Some(&b"recover me"[..]),
+        "kept, not deleted:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        !data.join("lost+found.pending").exists(),
+        "the marker is gone once the files are kept"
+    );
+    srv.get(&format!("/v1/result/{job}/artifact"))
+        .await
+        .expect_status(200);
+    // The next start sweeps as usual again.
+    std::fs::write(data.join("files").join(stray), b"x").unwrap();
+    assert!(srv.restart().success());
+    assert!(!data.join("files").join(stray).exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn missing_stored_files_answer_410_naming_the_job_and_are_logged_once_and_at_start_up() {
     let mut srv = TestServer::start();
     let job = srv

@@ -88,8 +88,16 @@ pub fn open_with(
     fs: Arc<dyn wal::Fs>,
 ) -> Result<(State, Journal, SnapshotRequests, Recovery)> {
     let started = Instant::now();
-    let mut wal = wal::Wal::open_with(fs, &wal_dir(&config.data_dir), wal_options(config))
+    let mut wal = wal::Wal::open_with(fs.clone(), &wal_dir(&config.data_dir), wal_options(config))
         .map_err(|e| refusal(e, config))?;
+    // Before a replay that may cut the log at corruption (see `files::CUT_PENDING`); one
+    // left by a start that crashed after its cut stays until a sweep has kept the files.
+    let marker = config.data_dir.join(super::files::CUT_PENDING);
+    let marked = config.wal_truncate_corruption && fs.read(&marker).is_err();
+    if marked {
+        wal::write_file_durably(&*fs, &marker, b"the log may be cut at corruption\n")
+            .map_err(|e| Error::Internal(format!("cannot write {}: {e}", marker.display())))?;
+    }
     let mut replay = Replay::new(started);
     let mut after = 0;
     let mut snapshot_size = 0;
@@ -150,6 +158,12 @@ pub fn open_with(
         .name("wal-writer".into())
         .spawn(move || writer.run())
         .map_err(|e| Error::Internal(format!("cannot start the WAL writer: {e}")))?;
+    if marked && !cut_at_corruption {
+        // Nothing was cut: the next sweep may delete what nothing refers to, as usual.
+        fs.remove(&marker)
+            .and_then(|()| fs.sync_dir(&config.data_dir))
+            .map_err(|e| Error::Internal(format!("cannot remove {}: {e}", marker.display())))?;
+    }
     let (state, mut recovery) = replay.finish();
     recovery.cut_at_corruption = cut_at_corruption;
     Ok((state, Journal { inner }, snap_rx, recovery))

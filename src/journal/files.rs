@@ -334,6 +334,14 @@ impl FileStore for DiskFiles {
     }
 
     async fn sweep(&self, referenced: &HashSet<&str>, keep: bool) -> Result<usize> {
+        let (fs, marker) = (self.fs.clone(), self.data_dir.join(CUT_PENDING));
+        let pending = blocking(move || match fs.read(&marker) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        })
+        .await?;
+        let keep = keep || pending;
         let (fs, dir) = (self.fs.clone(), self.dir.clone());
         let names = blocking(move || fs.read_dir(&dir)).await?;
         let present: HashSet<&str> = names.iter().map(String::as_str).collect();
@@ -367,6 +375,14 @@ impl FileStore for DiskFiles {
         if !kept.is_empty() {
             self.keep_aside(kept).await?;
         }
+        if pending {
+            let (fs, data_dir) = (self.fs.clone(), self.data_dir.clone());
+            blocking(move || {
+                fs.remove(&data_dir.join(CUT_PENDING))?;
+                fs.sync_dir(&data_dir)
+            })
+            .await?;
+        }
         Ok(removed)
     }
 
@@ -389,6 +405,12 @@ impl FileStore for DiskFiles {
         Ok(value)
     }
 }
+
+/// A marker in the data directory, written durably before a replay allowed to cut the log
+/// at corruption and removed only once the sweep after such a cut has moved the
+/// unreferenced files aside: a crash between the cut and that sweep leaves it, so the next
+/// start (with the flag or not) keeps those files too instead of deleting them.
+pub const CUT_PENDING: &str = "lost+found.pending";
 
 /// Where [`DiskFiles::keep_aside`] moves files: inside the data directory (same
 /// filesystem, so a rename), outside `files/` (so no later sweep deletes them).
