@@ -285,9 +285,9 @@ async fn overview_or_version(svc: &Services, headers: &HeaderMap) -> Result<Resp
     if !wants_html(headers) {
         return Ok(text(super::version_text()));
     }
-    let (queues, queues_truncated) = queue_rows(&svc);
+    let (queues, queues_truncated) = queue_rows(svc);
     let mut states: std::collections::BTreeMap<String, usize> = Default::default();
-    for (_, fields, _) in agents(&svc).await? {
+    for (_, fields, _) in agents(svc).await? {
         let state = fields
             .get("state")
             .and_then(Value::as_str)
@@ -298,7 +298,7 @@ async fn overview_or_version(svc: &Services, headers: &HeaderMap) -> Result<Resp
         .into_iter()
         .map(|(state, count)| json!({"state": state, "count": count}))
         .collect();
-    let jobs = recent_jobs(&svc, &Search::default(), 20).await;
+    let jobs = recent_jobs(svc, &Search::default(), 20).await;
     page(
         "overview.html",
         json!({"queues": queues, "queues_truncated": queues_truncated, "agent_states": agent_states, "jobs": jobs}),
