@@ -583,9 +583,9 @@ async fn queue_agents_follow_the_queues_agents_list_and_survive_a_restart() {
         qc,
         json!([
             {"name": "dev-b", "state": "test", "queues": ["qc"], "location": "dev-b",
-             "provision_type": null, "job_id": null, "comment": null, "restricted_to": {}},
+             "restricted_to": {}},
             {"name": "dev-c", "state": "waiting", "queues": ["qc"], "location": "dev-c",
-             "provision_type": null, "job_id": null, "comment": null, "restricted_to": {}},
+             "restricted_to": {}},
         ])
     );
     srv.get("/v1/queues/qb/agents").await.expect_error(404);

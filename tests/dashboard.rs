@@ -253,6 +253,13 @@ async fn log_follow_streams_fragments_then_ends_when_the_job_finishes() {
         .expect_status(404);
 }
 
+/// The `data:` lines of a log follow's server-sent events, in order.
+fn event_data(body: &str) -> Vec<&str> {
+    body.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .collect()
+}
+
 /// Waits (45 s at most) until `n` log follow streams have been opened: a follow counts as
 /// a request once its head is sent.
 async fn wait_for_follows(srv: &TestServer, n: u64) {
@@ -360,12 +367,8 @@ async fn log_follow_sends_each_fragment_once_across_polls_while_the_job_runs() {
             .await;
     };
     let (resp, ()) = tokio::join!(follow, agent);
-    resp.expect_status(200);
-    let body = resp.text();
-    let sent: Vec<&str> = body
-        .lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .collect();
+    let body = resp.expect_status(200).text();
+    let sent = event_data(&body);
     assert_eq!(
         sent,
         [
@@ -424,12 +427,8 @@ async fn log_follow_of_a_job_whose_data_lives_in_the_orphan_store_sends_each_fra
         srv.post_result(id, &json!({"job_state": "complete"})).await;
     };
     let (resp, ()) = tokio::join!(follow, agent);
-    resp.expect_status(200);
-    let body = resp.text();
-    let sent: Vec<&str> = body
-        .lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .collect();
+    let body = resp.expect_status(200).text();
+    let sent = event_data(&body);
     assert_eq!(
         sent,
         [
@@ -437,7 +436,7 @@ async fn log_follow_of_a_job_whose_data_lives_in_the_orphan_store_sends_each_fra
             r#"{"phase":"test","text":"one\n","last_fragment_number":1}"#,
             r#"{"phase":"test","text":"two\n","last_fragment_number":3}"#,
             r#"{"phase":"test","text":"legacy\n","last_fragment_number":4}"#,
-            "{}",
+            r#"{"finished":true}"#,
         ],
         "{body}"
     );
