@@ -331,21 +331,8 @@ async fn snapshot_upload_gives_up_within_its_bound_and_loses_nothing_when_the_da
     ]);
     wait_role(&a, "leader", Duration::from_secs(30)).await;
     // Another session holds the chunks' table for a minute (ended by hand below).
-    let mut locker = std::process::Command::new(crate::util::pg::bin("psql"))
-        .arg(&url)
-        .args(["-q", "-c"])
-        .arg(
-            "SET application_name = 'flinger_test_lock'; BEGIN; \
-             LOCK TABLE flinger_snapshot_chunks IN ACCESS EXCLUSIVE MODE; \
-             SELECT pg_sleep(60); COMMIT",
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run psql");
-    let held = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid) \
-                WHERE s.datname = current_database() AND s.application_name = 'flinger_test_lock' AND l.mode = 'AccessExclusiveLock' \
-                AND l.granted";
+    let mut locker = lock_snapshot_chunks(&url, 60);
+    let held = LOCK_HELD;
     let deadline = Instant::now() + Duration::from_secs(10);
     while sql(&url, held) != "1" {
         assert!(Instant::now() < deadline, "the lock was not taken");
@@ -433,21 +420,8 @@ async fn snapshot_upload_gives_up_when_its_connection_stops_answering() {
         "4096",
     ]);
     wait_role(&a, "leader", Duration::from_secs(30)).await;
-    let mut locker = std::process::Command::new(crate::util::pg::bin("psql"))
-        .arg(&url)
-        .args(["-q", "-c"])
-        .arg(
-            "SET application_name = 'flinger_test_lock'; BEGIN; \
-             LOCK TABLE flinger_snapshot_chunks IN ACCESS EXCLUSIVE MODE; \
-             SELECT pg_sleep(120); COMMIT",
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run psql");
-    let held = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid) \
-                WHERE s.datname = current_database() AND s.application_name = 'flinger_test_lock' AND l.granted \
-                AND l.mode = 'AccessExclusiveLock'";
+    let mut locker = lock_snapshot_chunks(&url, 120);
+    let held = LOCK_HELD;
     let deadline = Instant::now() + Duration::from_secs(10);
     while sql(&url, held) != "1" {
         assert!(Instant::now() < deadline, "the lock was not taken");
@@ -558,4 +532,26 @@ async fn download_gets_503_within_its_bound_when_the_file_stores_connections_sto
         "{}",
         got.text_preview()
     );
+}
+
+/// Counts 1 once [`lock_snapshot_chunks`]'s session holds its lock.
+const LOCK_HELD: &str = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid) \
+    WHERE s.datname = current_database() AND s.application_name = 'flinger_test_lock' \
+    AND l.mode = 'AccessExclusiveLock' AND l.granted";
+
+/// A psql session (named `flinger_test_lock`) that holds `flinger_snapshot_chunks` locked
+/// for `secs` seconds, or until killed.
+fn lock_snapshot_chunks(url: &str, secs: u32) -> std::process::Child {
+    std::process::Command::new(crate::util::pg::bin("psql"))
+        .arg(url)
+        .args(["-q", "-c"])
+        .arg(format!(
+            "SET application_name = 'flinger_test_lock'; BEGIN; \
+             LOCK TABLE flinger_snapshot_chunks IN ACCESS EXCLUSIVE MODE; \
+             SELECT pg_sleep({secs}); COMMIT"
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run psql")
 }
