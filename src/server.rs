@@ -72,6 +72,9 @@ pub async fn start_with_fs(config: Config, fs: Arc<dyn wal::Fs>) -> Result<Runni
     let config = Arc::new(config);
     // First: on the file log, this creates the data directory durably.
     let files = journal::files::open(&config, fs.clone(), None).await?;
+    // The signing key is checked before the log is replayed: a kept key that is refused
+    // (too short) costs no replay. `start_recovered` reads it again to use it.
+    crate::access::token::signing_key(&*files).await?;
     let recovery_config = config.clone();
     let recovery_fs = fs.clone();
     let recovered =

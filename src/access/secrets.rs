@@ -29,6 +29,28 @@ pub const MAX_SECRET_BYTES: usize = 64 << 10;
 pub const DEFAULT_EXPIRY_SECS: u64 = 365 * 24 * 3600;
 const NONCE_LEN: usize = 12;
 
+/// The master key from the environment (`FLINGER_SECRETS_KEY`, else
+/// `TESTFLINGER_SECRETS_MASTER_KEY`, looked up through `env`), `Ok(None)` when neither is
+/// set; one shorter than [`MIN_MASTER_KEY_LEN`] is an error naming the variable. Checked
+/// with the configuration (before the data directory is touched) and where it is used.
+pub fn env_master_key(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> std::result::Result<Option<String>, String> {
+    for var in MASTER_KEY_ENV {
+        if let Some(key) = env(var) {
+            if key.len() < MIN_MASTER_KEY_LEN {
+                return Err(format!(
+                    "{var} must be at least {MIN_MASTER_KEY_LEN} bytes, got {} (e.g. \
+                     `openssl rand -hex 32`), or unset to run without a secrets store",
+                    key.len()
+                ));
+            }
+            return Ok(Some(key));
+        }
+    }
+    Ok(None)
+}
+
 /// Seals and opens secret values.
 pub struct Sealer {
     cipher: ChaCha20Poly1305,
@@ -45,17 +67,9 @@ fn aad(client_id: &str, path: &str) -> Vec<u8> {
 impl Sealer {
     /// The sealer from the environment's master key; `Ok(None)` when none is set.
     pub fn from_env() -> Result<Option<Sealer>> {
-        for var in MASTER_KEY_ENV {
-            if let Some(key) = crate::config::env_var(var) {
-                if key.len() < MIN_MASTER_KEY_LEN {
-                    return Err(Error::Internal(format!(
-                        "{var} must be at least {MIN_MASTER_KEY_LEN} characters (e.g. `openssl rand -hex 32`)"
-                    )));
-                }
-                return Ok(Some(Sealer::new(key.as_bytes())));
-            }
-        }
-        Ok(None)
+        Ok(env_master_key(&crate::config::env_var)
+            .map_err(Error::Internal)?
+            .map(|key| Sealer::new(key.as_bytes())))
     }
 
     /// A sealer over the SHA-256 of `master`.

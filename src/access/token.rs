@@ -252,32 +252,63 @@ pub fn email_problem(email: &str) -> Option<String> {
     None
 }
 
-/// Shortest signing key accepted from the environment, bytes: RFC 7518 §3.2 requires an
-/// HS256 key of at least the hash's 256 bits. Anyone holding one token can test guesses
-/// of the key offline; a short one found forges tokens of any role.
+/// Shortest signing key accepted, bytes, from any source (environment or the kept file):
+/// RFC 7518 §3.2 requires an HS256 key of at least the hash's 256 bits. Anyone holding
+/// one token can test guesses of the key offline; a short one found forges tokens of any
+/// role.
 pub const MIN_SIGNING_KEY_BYTES: usize = 32;
 
-/// The signing key: `FLINGER_JWT_SIGNING_KEY` or `JWT_SIGNING_KEY` when set (at least
-/// [`MIN_SIGNING_KEY_BYTES`], else start-up fails saying so), else the file store's
-/// private value [`SIGNING_KEY_FILE`], generated on first use (64 random characters) and
-/// kept durably so tokens survive restarts and power loss: a mode-0600 file in the data
-/// directory, or a row in the PostgreSQL journal's database, which every node then shares.
-pub async fn signing_key(store: &dyn crate::journal::files::FileStore) -> Result<Vec<u8>> {
+/// The signing key from the environment (`FLINGER_JWT_SIGNING_KEY`, else
+/// `JWT_SIGNING_KEY`, looked up through `env`), `Ok(None)` when neither is set; one
+/// shorter than [`MIN_SIGNING_KEY_BYTES`] is an error naming the variable. Checked with
+/// the configuration (so a bad key is refused before the data directory is touched) and
+/// again where the key is used.
+pub fn env_signing_key(env: &dyn Fn(&str) -> Option<String>) -> std::result::Result<Option<Vec<u8>>, String> {
     for var in SIGNING_KEY_ENV {
-        if let Some(value) = crate::config::env_var(var) {
+        if let Some(value) = env(var) {
             if value.len() >= MIN_SIGNING_KEY_BYTES {
-                return Ok(value.into_bytes());
+                return Ok(Some(value.into_bytes()));
             }
-            return Err(Error::Internal(format!(
-                "{var} must be at least {MIN_SIGNING_KEY_BYTES} bytes (HS256 needs a \
+            return Err(format!(
+                "{var} must be at least {MIN_SIGNING_KEY_BYTES} bytes, got {} (HS256 needs a \
                  256-bit key, RFC 7518 §3.2; e.g. `openssl rand -hex 32`), or unset to \
-                 have one generated and kept"
-            )));
+                 have one generated and kept",
+                value.len()
+            ));
         }
     }
-    store
+    Ok(None)
+}
+
+/// The signing key: `FLINGER_JWT_SIGNING_KEY` or `JWT_SIGNING_KEY` when set
+/// ([`env_signing_key`]), else the file store's private value [`SIGNING_KEY_FILE`],
+/// generated on first use (64 random characters) and kept durably so tokens survive
+/// restarts and power loss: a mode-0600 file in the data directory, or a row in the
+/// PostgreSQL journal's database, which every node then shares. A kept key shorter than
+/// [`MIN_SIGNING_KEY_BYTES`] (written by hand, or emptied) is refused, saying where it is
+/// and how to replace it: never used, never silently replaced.
+pub async fn signing_key(store: &dyn crate::journal::files::FileStore) -> Result<Vec<u8>> {
+    if let Some(key) = env_signing_key(&crate::config::env_var).map_err(Error::Internal)? {
+        return Ok(key);
+    }
+    let key = store
         .private(SIGNING_KEY_FILE, random_text(64).into_bytes())
-        .await
+        .await?;
+    if key.len() < MIN_SIGNING_KEY_BYTES {
+        let place = store.private_place(SIGNING_KEY_FILE);
+        return Err(Error::Internal(format!(
+            "the access-token signing key in {} is {} bytes, shorter than the \
+             {MIN_SIGNING_KEY_BYTES} HS256 needs (RFC 7518 §3.2: a short key can be found \
+             from any token, and tokens of any role forged). Remove it (`{}`) to have a new \
+             one generated at the next start, or set FLINGER_JWT_SIGNING_KEY to at least \
+             {MIN_SIGNING_KEY_BYTES} random bytes (e.g. `openssl rand -hex 32`); tokens \
+             signed with the old key stop working either way",
+            place.what,
+            key.len(),
+            place.remove
+        )));
+    }
+    Ok(key)
 }
 
 /// A private file (mode 0600) written and synced under a temporary name beside `path`, put

@@ -754,6 +754,16 @@ impl Config {
             max_webhook_url_bytes
         );
         config.validate()?;
+        // The keys are not settings of `Config` (kept out of it, and so out of every
+        // `Debug` of it), but a bad one is a configuration error all the same: refused
+        // here, before the data directory or the journal is touched.
+        let set = |name: &str| unless_empty(env(name));
+        for key in [
+            crate::access::token::env_signing_key(&set).map(drop),
+            crate::access::secrets::env_master_key(&set).map(drop),
+        ] {
+            key.map_err(|reason| ConfigError { line: 0, reason })?;
+        }
         Ok((config, warnings))
     }
 

@@ -73,8 +73,21 @@ pub trait FileStore: Send + Sync {
     async fn sweep(&self, referenced: &HashSet<&str>, keep: bool) -> Result<usize>;
 
     /// The private value `name` (a secret key): the stored one, or `fresh`, stored
-    /// durably, when there is none yet.
+    /// durably, when there is none yet. A stored value is returned as it is, even empty:
+    /// the caller judges it (a key too short is refused, not silently replaced).
     async fn private(&self, name: &str, fresh: Vec<u8>) -> Result<Vec<u8>>;
+
+    /// Where the private value `name` is kept and how an operator removes it (so that the
+    /// next start generates a new one), for an error that refuses the stored value.
+    fn private_place(&self, name: &str) -> PrivatePlace;
+}
+
+/// Where a private value is kept, in an operator's words.
+pub struct PrivatePlace {
+    /// What holds it, e.g. "the file /srv/flinger/jwt-signing-key".
+    pub what: String,
+    /// How to remove it, e.g. "rm /srv/flinger/jwt-signing-key".
+    pub remove: String,
 }
 
 /// A file being written: bytes are appended as they arrive, then the file is made durable
@@ -390,9 +403,9 @@ impl FileStore for DiskFiles {
         let (fs, path) = (self.fs.clone(), self.data_dir.join(name));
         let shown = path.display().to_string();
         let (value, made) = blocking(move || match fs.read(&path) {
-            Ok(value) if !value.is_empty() => Ok((value, false)),
+            Ok(value) => Ok((value, false)),
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => {
+            Err(_) => {
                 wal::write_private_file_durably(&*fs, &path, &fresh)?;
                 Ok((fresh, true))
             }
@@ -403,6 +416,14 @@ impl FileStore for DiskFiles {
             tracing::info!(path = shown, "generated {name}");
         }
         Ok(value)
+    }
+
+    fn private_place(&self, name: &str) -> PrivatePlace {
+        let path = self.data_dir.join(name);
+        PrivatePlace {
+            what: format!("the file {}", path.display()),
+            remove: format!("rm {}", path.display()),
+        }
     }
 }
 

@@ -108,30 +108,75 @@ async fn binding_a_public_address_with_access_control_off_is_refused_with_how_to
     assert!(!dir.path().join("d").exists(), "nothing should be created");
 }
 
-/// A signing key short enough to be found from one token (HS256 needs 256 bits) is
-/// refused at start-up, naming the variable, instead of signing forgeable tokens.
+/// A key short enough to be found (HS256 needs 256 bits; the secrets store's master key
+/// as much) is refused as a configuration error: exit status 2, naming the variable, before
+/// the data directory is created or its log replayed, and the key never shown.
 #[tokio::test]
-async fn short_signing_key_from_the_environment_is_refused_when_starting() {
-    let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "--bind",
-        "127.0.0.1:0",
-        "--data-dir",
-        "d",
-        "--access-control",
-        "on",
-    ];
-    let out = run_to_exit(
-        dir.path(),
-        &args,
-        &[("FLINGER_JWT_SIGNING_KEY", "changeme")],
-        Duration::from_secs(60),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("FLINGER_JWT_SIGNING_KEY must be at least 32 bytes"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("changeme"), "{stderr}");
+async fn short_keys_from_the_environment_are_refused_as_configuration_errors_before_the_data_dir_is_touched(
+) {
+    for var in [
+        "FLINGER_JWT_SIGNING_KEY",
+        "JWT_SIGNING_KEY",
+        "FLINGER_SECRETS_KEY",
+        "TESTFLINGER_SECRETS_MASTER_KEY",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let args = [
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            "d",
+            "--access-control",
+            "on",
+        ];
+        let out = run_to_exit(
+            dir.path(),
+            &args,
+            &[(var, "changeme")],
+            Duration::from_secs(60),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{var} must be at least 32 bytes, got 8")),
+            "{var}: {stderr}"
+        );
+        assert!(!stderr.contains("changeme"), "{var}: {stderr}");
+        assert!(!dir.path().join("d").exists(), "{var}: nothing should be created");
+    }
+}
+
+/// The kept signing key is held to the same minimum as one from the environment: a file
+/// written by hand with a short key, or emptied, is refused naming the file and how to
+/// get a new key, instead of signing tokens with it (or silently replacing it).
+#[tokio::test]
+async fn short_or_empty_signing_key_file_is_refused_naming_the_file_when_starting() {
+    for key in ["short", ""] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d");
+        std::fs::create_dir(&data).unwrap();
+        let file = data.join("jwt-signing-key");
+        std::fs::write(&file, key).unwrap();
+        let args = [
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--access-control",
+            "on",
+        ];
+        let out = run_to_exit(dir.path(), &args, &[], Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key:?}: {stderr}");
+        assert!(!stderr.contains("listening"), "{key:?}: {stderr}");
+        let shown = file.display().to_string();
+        for wanted in [
+            format!("the file {shown} is {} bytes", key.len()),
+            format!("rm {shown}"),
+            "FLINGER_JWT_SIGNING_KEY".to_owned(),
+        ] {
+            assert!(stderr.contains(&wanted), "{key:?}: no {wanted:?} in {stderr}");
+        }
+        assert_eq!(std::fs::read(&file).unwrap(), key.as_bytes(), "left as it was");
+    }
 }

@@ -425,6 +425,13 @@ impl FileStore for PgFiles {
         })
         .await
     }
+
+    fn private_place(&self, name: &str) -> crate::journal::files::PrivatePlace {
+        crate::journal::files::PrivatePlace {
+            what: format!("the row {name:?} of the database's table flinger_private"),
+            remove: format!("DELETE FROM flinger_private WHERE name = '{name}'"),
+        }
+    }
 }
 
 /// An upload in progress: chunks are inserted as they fill.
