@@ -103,10 +103,18 @@ async fn act(store: &AccessStore, action: &ClientAction, out: &mut impl Write) -
                 .await
                 .map_err(|e| Error::Internal(format!("bcrypt task failed: {e}")))??;
             let mut created = false;
+            let mut revoked = 0;
             store
                 .record_durably(|access| {
                     let existing = access.client(client_id);
                     created = existing.is_none();
+                    // A new secret ends the refresh tokens issued with the old one
+                    // (`model::access`): the output says so, since a token file of this
+                    // client stops working.
+                    revoked = access
+                        .tokens_by_client
+                        .get(client_id.as_str())
+                        .map_or(0, |tokens| tokens.len());
                     Ok(Some(Event::ClientSaved {
                         id: Name::from(client_id.as_str()),
                         client: Box::new(Client {
@@ -130,6 +138,26 @@ async fn act(store: &AccessStore, action: &ClientAction, out: &mut impl Write) -
                 if created { "Created" } else { "Replaced the secret and permissions of" },
                 role.as_str()
             )?;
+            if !created {
+                let tokens = match revoked {
+                    0 => "It had no refresh tokens.".to_owned(),
+                    1 => "Its refresh token was revoked".to_owned(),
+                    n => format!("Its {n} refresh tokens were revoked"),
+                };
+                let tokens = if revoked == 0 {
+                    tokens
+                } else {
+                    format!(
+                        "{tokens} with it: a token file written for it no longer works; write \
+                         a new one with `flinger client token-file {client_id} --out FILE`."
+                    )
+                };
+                writeln!(
+                    out,
+                    "The old secret no longer works. {tokens} Access tokens already issued \
+                     work until they expire (--access-token-secs)."
+                )?;
+            }
         }
         ClientAction::TokenFile {
             client_id,

@@ -399,6 +399,38 @@ async fn client_token_file_records_no_token_when_the_file_cannot_be_written() {
     assert_eq!(names, ["refresh_token"]);
 }
 
+/// `client add` for a client that exists gives it a new secret, which ends the refresh
+/// tokens issued with the old one: the output says so, and how to write a new token file,
+/// instead of leaving an agent to find its token file dead.
+#[tokio::test]
+async fn client_add_of_an_existing_client_says_its_refresh_tokens_were_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = |args: &[&str]| String::from_utf8(run_in_ok(dir.path(), args).stdout).unwrap();
+    let created = stdout(&["client", "add", "agentx", "--role", "agent"]);
+    assert!(!created.contains("revoked"), "{created}");
+    stdout(&["client", "token-file", "agentx", "--out", "t.tok"]);
+    stdout(&["client", "token-file", "agentx", "--out", "u.tok"]);
+    let replaced = stdout(&[
+        "client",
+        "add",
+        "agentx",
+        "--role",
+        "agent",
+        "--email",
+        "a@b.example.com",
+    ]);
+    for wanted in [
+        "Replaced the secret and permissions of client \"agentx\"",
+        "The old secret no longer works",
+        "Its 2 refresh tokens were revoked",
+        "flinger client token-file agentx --out FILE",
+    ] {
+        assert!(replaced.contains(wanted), "no {wanted:?} in {replaced}");
+    }
+    let again = stdout(&["client", "add", "agentx", "--role", "agent"]);
+    assert!(again.contains("It had no refresh tokens."), "{again}");
+}
+
 /// The client-facing bodies of access control declare their keys as upstream's schemas do
 /// (`ClientPermissionsIn`, `RestrictedQueueIn`, `RefreshTokenIn`, `SecretIn`): a key none
 /// declares is a 422 naming it, and nothing changes.
