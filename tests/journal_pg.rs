@@ -228,6 +228,85 @@ async fn unreachable_or_malformed_journal_is_refused_when_starting() {
     drop((closed, silent));
 }
 
+/// `sslmode` is read as flinger applies it: the modes that encrypt (`require`,
+/// `verify-ca`, `verify-full`) are taken and tried (here against a closed port, so the
+/// error is about connecting, not the string); `prefer` and `allow`, which fall back to a
+/// connection in clear, are refused saying what is supported, as are client certificates
+/// and unknown options (naming the option, not just "invalid connection string").
+#[tokio::test]
+async fn ssl_modes_are_taken_or_refused_saying_what_each_does_when_starting() {
+    let (closed, port) = closed_port();
+    let url = |query: &str| format!("postgres://u:hunter2@127.0.0.1:{port}/db?{query}");
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let stderr = refusal_to_start(&url(&format!("sslmode={mode}&connect_timeout=5")));
+        assert!(
+            !stderr.contains("connection string") && stderr.contains("cannot connect"),
+            "{mode}: {stderr}"
+        );
+    }
+    for (query, wanted) in [
+        (
+            "sslmode=prefer",
+            &["sslmode=prefer is not supported", "connects in clear", "sslmode=require", "sslmode=disable"][..],
+        ),
+        ("sslmode=allow", &["sslmode=allow is not supported"][..]),
+        (
+            "sslmode=verify",
+            &["\"verify\" is not one of disable, require, verify-ca, verify-full"][..],
+        ),
+        (
+            "sslmode=require&sslcert=/c.pem",
+            &["sslcert: client certificates are not supported"][..],
+        ),
+        ("frobnicate=1", &["unknown option", "frobnicate"][..]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_to_exit(
+            dir.path(),
+            &["--bind", "127.0.0.1:0", "--data-dir", "d", "--journal", &url(query)],
+            &[],
+            Duration::from_secs(20),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{query}: {stderr}");
+        for w in wanted {
+            assert!(stderr.contains(w), "{query}: no {w:?} in {stderr}");
+        }
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+    drop(closed);
+}
+
+/// No `sslmode` means no TLS (libpq's default would try TLS first): a start-up warning
+/// says so when the database is on another machine, and not for a local one.
+#[tokio::test]
+async fn journal_without_sslmode_on_another_host_is_warned_about_when_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    // 192.0.2.1 (TEST-NET-1) is never reachable: the start fails after the warning.
+    let out = run_to_exit(
+        dir.path(),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            "d",
+            "--journal",
+            "postgres://u@192.0.2.1:5432/db?connect_timeout=1",
+        ],
+        &[],
+        Duration::from_secs(20),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("names no sslmode: its connections are not encrypted"),
+        "{stderr}"
+    );
+    let (closed, port) = closed_port();
+    let stderr = refusal_to_start(&format!("postgres://u@127.0.0.1:{port}/db?connect_timeout=5"));
+    assert!(!stderr.contains("sslmode"), "{stderr}");
+    drop(closed);
+}
+
 #[tokio::test]
 async fn redis_settings_are_warned_about_and_point_at_journal_when_set() {
     let srv = TestServer::start_with_env(

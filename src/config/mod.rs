@@ -104,10 +104,8 @@ impl std::str::FromStr for JournalTarget {
                 redact(s)
             ));
         }
-        // `sslrootcert` is flinger's own parameter, unknown to tokio-postgres.
-        crate::journal::split_root_cert(s)
-            .0
-            .parse::<tokio_postgres::Config>()
+        // `sslmode` and `sslrootcert` are flinger's to interpret (`journal::postgres::tls`).
+        crate::journal::parse_postgres_url(s)
             .map_err(|e| format!("bad PostgreSQL connection string {:?}: {e}", redact(s)))?;
         Ok(JournalTarget::Postgres(s.to_owned()))
     }
@@ -188,6 +186,41 @@ fn redact_key_values(s: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+impl JournalTarget {
+    /// A warning for a connection string that leaves TLS unspecified while the database
+    /// is elsewhere: flinger then connects in clear, where libpq (whose default is
+    /// `prefer`) would have tried TLS first.
+    fn tls_warning(&self) -> Option<String> {
+        let JournalTarget::Postgres(url) = self else {
+            return None;
+        };
+        let parsed = crate::journal::parse_postgres_url(url).ok()?;
+        if parsed.tls != crate::journal::PostgresTls::Unspecified {
+            return None;
+        }
+        let local = parsed.config.get_hosts().iter().all(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => {
+                name == "localhost"
+                    || name
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            tokio_postgres::config::Host::Unix(_) => true,
+        });
+        (!local).then(|| {
+            format!(
+                "the PostgreSQL journal {} names no sslmode: its connections are not encrypted \
+                 (libpq's default would try TLS first). Add sslmode=require (with \
+                 sslrootcert=CA.pem) to encrypt and verify the server, or sslmode=disable to say \
+                 no TLS is wanted",
+                redact(url)
+            )
+        })
+    }
 }
 
 impl fmt::Debug for JournalTarget {
@@ -754,6 +787,7 @@ impl Config {
             max_webhook_url_bytes
         );
         config.validate()?;
+        warnings.extend(config.journal.tls_warning());
         // The keys are not settings of `Config` (kept out of it, and so out of every
         // `Debug` of it), but a bad one is a configuration error all the same: refused
         // here, before the data directory or the journal is touched.

@@ -35,7 +35,7 @@ mod postgres;
 mod replay;
 
 pub use file::{dump, Dumped};
-pub use postgres::tls::split_root_cert;
+pub use postgres::tls::{parse as parse_postgres_url, Tls as PostgresTls};
 pub use postgres::{LeaseView, Promoted, Standby, Tenure};
 pub use replay::{PartSnapshot, Recovery, Replay, SnapshotDoc};
 
