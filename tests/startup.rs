@@ -93,6 +93,78 @@ async fn help_documents_every_option_when_asked() {
     }
 }
 
+/// A bad value from an environment variable is blamed on the variable (exit 2), not on a
+/// flag the user never passed; a bad flag is still blamed on the flag.
+#[test]
+fn bad_values_from_environment_variables_name_the_variable_when_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value, flag) in [
+        ("FLINGER_FSYNC", "never", "--fsync"),
+        ("FLINGER_ACCESS_CONTROL", "true", "--access-control"),
+        ("FLINGER_RETENTION_SECS", "-1", "--retention-secs"),
+        ("FLINGER_LOST_AGENT_REQUEUE", "yes", "--lost-agent-requeue"),
+    ] {
+        let out = run_to_exit(dir.path(), &[], &[(var, value)], Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value '{value}' for environment variable {var}")),
+            "{var}: {stderr}"
+        );
+        let out = run_to_exit(
+            dir.path(),
+            &[&format!("{flag}={value}")],
+            &[(var, value)],
+            Duration::from_secs(20),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value '{value}' for '{flag} ")),
+            "{flag}: {stderr}"
+        );
+    }
+}
+
+/// `--help` names every option's environment variable and, where the config file may set
+/// it, its config key (whether the variable is set or not).
+#[test]
+fn help_names_every_options_environment_variable_and_config_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_to_exit(dir.path(), &["--help"], &[], Duration::from_secs(20));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut options: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("--") && line.starts_with("      --") {
+            let name = trimmed.split_whitespace().next().unwrap().to_owned();
+            options.push((name, String::new()));
+        } else if let Some((_, block)) = options.last_mut() {
+            block.push_str(line);
+            block.push(' ');
+        }
+    }
+    assert!(options.len() >= 50, "{text}");
+    for (name, block) in &options {
+        if ["--help", "--version"].contains(&name.as_str()) {
+            continue;
+        }
+        let env = format!("FLINGER_{}", name[2..].replace('-', "_").to_uppercase());
+        // `[env: NAME]` for the variables whose values help never shows.
+        assert!(
+            block.contains(&format!("[env: {env}=]")) || block.contains(&format!("[env: {env}]")),
+            "{name}: {block}"
+        );
+        let no_key = ["--wal-truncate-corruption", "--allow-open-access"];
+        assert_eq!(
+            block.contains("[config key: "),
+            !no_key.contains(&name.as_str()),
+            "{name}: {block}"
+        );
+    }
+    assert!(text.contains("[config key: DATA_PATH]") && text.contains("[config key: JWT_LEEWAY]"));
+}
+
 #[tokio::test]
 async fn sigterm_exits_zero_when_server_is_idle() {
     let mut srv = TestServer::start();

@@ -35,21 +35,85 @@ impl Cli {
     /// Parses the process's arguments and `FLINGER_*` variables, an empty variable counting
     /// as unset ([`super::env_var`]'s rule; clap alone takes `""` as the value, which most
     /// flags refuse and a few take). Exits with clap's message and status on an error, as
-    /// `Cli::parse` does. Only the top-level flags read the environment.
+    /// `Cli::parse` does, except that a bad value that came from an environment variable is
+    /// blamed on that variable, not on the flag the user did not pass. Only the top-level
+    /// flags read the environment. `--help` names each option's variable and config key.
     pub fn parse_env() -> Cli {
         let command = Cli::command().mut_args(|arg| {
-            let empty = arg
-                .get_env()
-                .is_some_and(|name| super::env_var(&name.to_string_lossy()).is_none());
-            if empty {
+            let Some(name) = arg.get_env().map(|n| n.to_string_lossy().into_owned()) else {
+                return arg;
+            };
+            let arg = match config_key(&name) {
+                Some(key) => {
+                    let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                    let arg = arg.help(format!("{help} [config key: {key}]"));
+                    match arg.get_long_help().map(|h| h.to_string()) {
+                        Some(long) => arg.long_help(format!("{long} [config key: {key}]")),
+                        None => arg,
+                    }
+                }
+                None => arg,
+            };
+            let set_but_empty =
+                std::env::var_os(&name).is_some() && super::env_var(&name).is_none();
+            if set_but_empty {
                 arg.env(None)
             } else {
                 arg
             }
         });
-        let matches = command.get_matches();
+        let matches = command.clone().try_get_matches().unwrap_or_else(|e| {
+            match blame_environment(&command, &e) {
+                Some(message) => {
+                    eprintln!("{message}");
+                    std::process::exit(2)
+                }
+                None => e.exit(),
+            }
+        });
         Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
+}
+
+/// The config file key of the setting read from environment variable `env`, if the file
+/// may set it (most are the variable without `FLINGER_`; two keep upstream's names).
+pub(super) fn config_key(env: &str) -> Option<&'static str> {
+    let key = match env.strip_prefix("FLINGER_")? {
+        "DATA_DIR" => "DATA_PATH",
+        "JWT_LEEWAY_SECS" => "JWT_LEEWAY",
+        key => key,
+    };
+    super::KNOWN_KEYS.iter().copied().find(|k| *k == key)
+}
+
+/// For a clap error about a bad value whose flag is not on the command line (so the value
+/// came from the flag's environment variable): the error, naming the variable.
+fn blame_environment(command: &clap::Command, e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
+        return None;
+    }
+    let Some(ContextValue::String(shown)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = shown.split_whitespace().next()?.strip_prefix("--")?;
+    let arg = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?;
+    let env = arg.get_env()?.to_string_lossy().into_owned();
+    let given = std::env::args_os().skip(1).any(|a| {
+        let a = a.to_string_lossy();
+        a == format!("--{long}") || a.starts_with(&format!("--{long}="))
+    });
+    if given {
+        return None;
+    }
+    let rendered = e.render().to_string();
+    Some(rendered.replacen(
+        &format!("for '{shown}'"),
+        &format!("for environment variable {env} (the setting {shown})"),
+        1,
+    ))
 }
 
 /// Maintenance commands.
@@ -359,7 +423,12 @@ pub struct ServeOpts {
     /// [default: file].
     // Kept as text and parsed when the settings are resolved: clap's own refusal of a
     // value would repeat it whole, password and all.
-    #[arg(long, env = "FLINGER_JOURNAL", value_name = "file|postgres://...")]
+    #[arg(
+        long,
+        env = "FLINGER_JOURNAL",
+        value_name = "file|postgres://...",
+        hide_env_values = true
+    )]
     pub journal: Option<String>,
     /// On the PostgreSQL journal: length of the leader's lease in milliseconds (300 to
     /// 60000); a dead leader is replaced after about this long, and it is renewed every
