@@ -165,6 +165,45 @@ fn help_names_every_options_environment_variable_and_config_key() {
     assert!(text.contains("[config key: DATA_PATH]") && text.contains("[config key: JWT_LEEWAY]"));
 }
 
+/// A data directory that cannot be one (a regular file, a path below one, a parent that
+/// cannot be written) is refused naming `--data-dir` and its value, not a path inside it;
+/// the server and `flinger client` alike.
+#[test]
+fn unusable_data_dir_is_refused_naming_the_setting_and_its_value() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"x").unwrap();
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let root = unsafe { libc::geteuid() } == 0;
+    let below_file = file.join("data");
+    let below_locked = locked.join("data");
+    let mut cases = vec![
+        (file.clone(), "it exists and is not a directory"),
+        (below_file, "cannot create it: a part of its path is not a directory"),
+    ];
+    if !root {
+        cases.push((below_locked, "cannot create it: Permission denied"));
+    }
+    for (data, wanted) in cases {
+        let shown = data.to_str().unwrap();
+        for command in [&[][..], &["client", "add", "x"][..]] {
+            let mut args = vec!["--bind", "127.0.0.1:0", "--data-dir", shown];
+            args.extend_from_slice(command);
+            let out = run_to_exit(dir.path(), &args, &[], Duration::from_secs(20));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("--data-dir {shown} (FLINGER_DATA_DIR, config key DATA_PATH): {wanted}")),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
 #[tokio::test]
 async fn sigterm_exits_zero_when_server_is_idle() {
     let mut srv = TestServer::start();

@@ -88,6 +88,7 @@ pub fn open_with(
     fs: Arc<dyn wal::Fs>,
 ) -> Result<(State, Journal, SnapshotRequests, Recovery)> {
     let started = Instant::now();
+    super::files::create_data_dir(&*fs, &config.data_dir)?;
     let mut wal = wal::Wal::open_with(fs.clone(), &wal_dir(&config.data_dir), wal_options(config))
         .map_err(|e| refusal(e, config))?;
     // Before a replay that may cut the log at corruption (see `files::CUT_PENDING`); one

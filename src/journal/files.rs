@@ -20,7 +20,7 @@
 //! follow, what was appended since its last read), bounded by `--orphan-quota-bytes`.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -220,13 +220,57 @@ impl DiskFiles {
     /// The store under `data_dir`, creating its `files/` folder durably (a data dir whose
     /// entry a crash loses takes everything with it).
     pub async fn open(fs: Arc<dyn wal::Fs>, data_dir: PathBuf) -> Result<DiskFiles> {
+        let (seam, at) = (fs.clone(), data_dir.clone());
+        tokio::task::spawn_blocking(move || create_data_dir(&*seam, &at))
+            .await
+            .map_err(|e| Error::Internal(format!("data directory task failed: {e}")))??;
         let dir = data_dir.join("files");
         let (seam, at) = (fs.clone(), dir.clone());
         blocking(move || wal::create_dir_all_durably(&*seam, &at))
             .await
-            .map_err(|e| Error::Internal(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "cannot create {} in {}: {e}",
+                    dir.display(),
+                    data_dir_setting(&data_dir)
+                ))
+            })?;
         Ok(DiskFiles { fs, dir, data_dir })
     }
+}
+
+/// How an error names the data directory: the setting and its value, so the operator
+/// knows what to change (not only the path of something inside it).
+pub fn data_dir_setting(data_dir: &Path) -> String {
+    format!(
+        "--data-dir {} (FLINGER_DATA_DIR, config key DATA_PATH)",
+        data_dir.display()
+    )
+}
+
+/// Creates the data directory durably (with its missing parents), or refuses it naming
+/// `--data-dir` and what is wrong: a path that is not a directory, or one that cannot be
+/// created (a parent not writable). Everything the file journal keeps goes through this
+/// first (the server's file store, `flinger client`); a directory that exists but cannot
+/// be written is named with `--data-dir` by what fails to be created in it.
+pub fn create_data_dir(fs: &dyn wal::Fs, data_dir: &Path) -> Result<()> {
+    let fail = |problem: String| {
+        Error::InvalidInput(format!(
+            "{}: {problem}; name a directory flinger may create and write",
+            data_dir_setting(data_dir)
+        ))
+    };
+    if data_dir.exists() && !data_dir.is_dir() {
+        return Err(fail("it exists and is not a directory".into()));
+    }
+    wal::create_dir_all_durably(fs, data_dir).map_err(|e| {
+        fail(match e.kind() {
+            std::io::ErrorKind::NotADirectory => {
+                format!("cannot create it: a part of its path is not a directory ({e})")
+            }
+            _ => format!("cannot create it: {e}"),
+        })
+    })
 }
 
 #[async_trait]
