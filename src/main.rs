@@ -83,9 +83,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         match flinger::server::fit_descriptor_limit(&mut config) {
-            Ok((limit, warning)) => {
-                if let Some(warning) = warning {
-                    tracing::warn!("{warning}");
+            Ok((limit, note)) => {
+                // Only a default was fitted (a chosen value that cannot be met is an error).
+                if let Some(note) = note {
+                    tracing::info!("{note}");
                 }
                 tracing::debug!(limit, "descriptor limit");
             }

@@ -549,8 +549,9 @@ impl tower::Service<hyper::Request<hyper::body::Incoming>> for Tracked {
 /// Raises the soft limit on open file descriptors to what `config.max_connections` needs
 /// (2 per connection and a reserve for the log and the runtime), so sockets cannot starve
 /// the write-ahead log of descriptors. When the hard limit is too low, a default
-/// `max_connections` is lowered to fit (returned as a warning); a chosen one is an error
-/// for the operator. Returns the limit in force and the warning, if any.
+/// `max_connections` is lowered to fit (returned as a note to log at info level: the
+/// operator asked for nothing that cannot be met, so there is nothing to warn about); a
+/// chosen one is an error for the operator. Returns the limit in force and the note, if any.
 pub fn fit_descriptor_limit(
     config: &mut Config,
 ) -> std::result::Result<(u64, Option<String>), String> {
@@ -570,7 +571,7 @@ pub fn fit_descriptor_limit(
             std::io::Error::last_os_error()
         ));
     }
-    let mut warning = None;
+    let mut note = None;
     if limit.rlim_max < need(config.max_connections) {
         let most = (limit.rlim_max.saturating_sub(FDS_RESERVE) / FDS_PER_CONNECTION) as usize;
         let why = format!(
@@ -584,12 +585,15 @@ pub fn fit_descriptor_limit(
                 "--max-connections: {why}: raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or set --max-connections to at most {most}"
             ));
         }
-        warning = Some(format!("{why}: serving at most {most} connections at once (raise the hard limit or set --max-connections)"));
+        note = Some(format!(
+            "--max-connections defaults to {most} here, not {}: {why} (a larger value needs a higher hard limit)",
+            config.max_connections
+        ));
         config.max_connections = most;
     }
     let need = need(config.max_connections);
     if limit.rlim_cur >= need {
-        return Ok((limit.rlim_cur, warning));
+        return Ok((limit.rlim_cur, note));
     }
     limit.rlim_cur = need;
     // SAFETY: setrlimit reads the struct we pass.
@@ -599,7 +603,7 @@ pub fn fit_descriptor_limit(
             std::io::Error::last_os_error()
         ));
     }
-    Ok((need, warning))
+    Ok((need, note))
 }
 
 /// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`, Linux

@@ -334,6 +334,51 @@ fn max_connections_beyond_the_descriptor_hard_limit_refuses_to_start() {
     assert!(stderr.contains("RLIMIT_NOFILE"), "{stderr}");
 }
 
+/// Under a hard descriptor limit too low for the default `--max-connections`, the default
+/// is fitted to it quietly (an info line saying so), not a warning on every start: the
+/// operator asked for nothing that cannot be met.
+#[test]
+fn default_max_connections_is_fitted_to_a_low_hard_limit_without_a_warning() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = util::flinger_command(dir.path());
+    cmd.args(["--bind", "127.0.0.1:0", "--data-dir", "d"])
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limit.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 4096,
+                rlim_max: 4096,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.contains("listening");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = lines.join("\n");
+    assert!(text.contains("listening"), "{text}");
+    assert!(!text.contains("WARN"), "{text}");
+    assert!(
+        text.contains("INFO") && text.contains("--max-connections defaults to 1920 here"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn all_agents_are_streamed_as_one_valid_array_when_many() {
     let srv = TestServer::start();

@@ -268,7 +268,7 @@ pub struct ServeOpts {
     pub wal_truncate_corruption: bool,
     /// Most connections served at once [default: 10000]. The soft descriptor limit is
     /// raised at start-up to 2 per connection + 256; if the hard limit is below that, the
-    /// default is lowered to fit (a warning) and a chosen value refuses to start.
+    /// default is lowered to fit (an info line) and a chosen value refuses to start.
     #[arg(long, env = "FLINGER_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
     /// Seconds a client has to send a request's line and headers, 1 to 86400
