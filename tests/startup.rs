@@ -4,6 +4,8 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::util::{flinger_command, run_to_exit, Opts, TestServer};
 
 /// The startup line: `... listening addr=HOST:PORT data_dir=DIR config=SOURCE`.
@@ -202,6 +204,56 @@ fn unusable_data_dir_is_refused_naming_the_setting_and_its_value() {
         }
     }
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+/// Sizes take binary units wherever they are set (flag, environment, file): `1KiB` is
+/// 1024 bytes, and a post past it is 413.
+#[tokio::test]
+async fn sizes_take_kib_mib_gib_from_flags_environment_and_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("tf.conf");
+    std::fs::write(&conf, "MAX_ARTIFACT_BYTES = '3 GiB'\n").unwrap();
+    let srv = TestServer::start_with_env(
+        &["--max-job-bytes", "1KiB"],
+        &[
+            ("FLINGER_MAX_RESULT_BYTES", "2MiB"),
+            ("TESTFLINGER_CONFIG", conf.to_str().unwrap()),
+        ],
+    );
+    let fits = json!({"job_queue": "q", "pad": "x".repeat(900)});
+    assert_eq!(srv.post_json("/v1/job", &fits).await.status, 200);
+    let too_big = json!({"job_queue": "q", "pad": "x".repeat(1024)});
+    assert_eq!(srv.post_json("/v1/job", &too_big).await.status, 413);
+}
+
+/// Limits that would make the server useless (every submit or upload refused, every token
+/// request 429, records gone as they are written), decimal units and a config key set
+/// twice are refused at start-up (exit 2), naming what to change.
+#[test]
+fn useless_limits_decimal_units_and_repeated_config_keys_are_refused_when_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let twice = dir.path().join("twice.conf");
+    std::fs::write(&twice, "FSYNC = 'always'\nDATA_PATH = 'd'\nFSYNC = 'interval:5'\n").unwrap();
+    let twice = twice.to_str().unwrap();
+    let cases: [(&[&str], &[(&str, &str)], &str); 8] = [
+        (&["--max-job-bytes", "0"], &[], "--max-job-bytes (FLINGER_MAX_JOB_BYTES, config key MAX_JOB_BYTES) must be at least 256"),
+        (&["--max-artifact-bytes", "0"], &[], "--max-artifact-bytes (FLINGER_MAX_ARTIFACT_BYTES, config key MAX_ARTIFACT_BYTES) must be at least 256"),
+        (&["--token-failures-per-minute", "0"], &[], "--token-failures-per-minute (FLINGER_TOKEN_FAILURES_PER_MINUTE, config key TOKEN_FAILURES_PER_MINUTE) must be at least 1"),
+        (&["--retention-secs", "0"], &[], "--retention-secs (FLINGER_RETENTION_SECS, config key RETENTION_SECS) must be at least 1"),
+        (&["--max-event-detail-bytes", "0"], &[], "must be at least 64"),
+        (&["--max-job-bytes", "1MB"], &[], "expected a size in bytes: a whole number, optionally with KiB, MiB or GiB"),
+        (&[], &[("FLINGER_MAX_JOB_BYTES", "1 MB")], "for environment variable FLINGER_MAX_JOB_BYTES"),
+        (&[], &[("TESTFLINGER_CONFIG", twice)], "twice.conf line 3: FSYNC is set again (first on line 1)"),
+    ];
+    for (args, envs, wanted) in cases {
+        let mut all = vec!["--bind", "127.0.0.1:0", "--data-dir", "d"];
+        all.extend_from_slice(args);
+        let out = run_to_exit(dir.path(), &all, envs, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {envs:?}: {stderr}");
+        assert!(stderr.contains(wanted), "{args:?} {envs:?}: no {wanted:?} in {stderr}");
+    }
+    assert!(!dir.path().join("d").exists());
 }
 
 #[tokio::test]

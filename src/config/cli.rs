@@ -221,35 +221,36 @@ pub struct ServeOpts {
     /// MS of acknowledged changes) [default: always].
     #[arg(long, env = "FLINGER_FSYNC", value_name = "POLICY")]
     pub fsync: Option<FsyncPolicy>,
-    /// Largest job submission body in bytes [default: 1 MiB].
-    #[arg(long, env = "FLINGER_MAX_JOB_BYTES", value_name = "BYTES")]
+    /// Largest job submission body in bytes (sizes: a byte count, or with KiB, MiB or GiB,
+    /// e.g. 1MiB) [default: 1MiB].
+    #[arg(long, env = "FLINGER_MAX_JOB_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<usize>)]
     pub max_job_bytes: Option<usize>,
     /// Most bytes of job documents kept at once (waiting, running, and finished until
     /// --retention-secs removes them; each job counts 1 KiB more, each queue with jobs
     /// 16 KiB), held in memory;
-    /// a submission past it is refused with 507 [default: 2 GiB].
-    #[arg(long, env = "FLINGER_MAX_JOBS_BYTES", value_name = "BYTES")]
+    /// a submission past it is refused with 507 [default: 2GiB].
+    #[arg(long, env = "FLINGER_MAX_JOBS_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub max_jobs_bytes: Option<u64>,
     /// Largest result post body in bytes [default: 16 MiB].
-    #[arg(long, env = "FLINGER_MAX_RESULT_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "FLINGER_MAX_RESULT_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<usize>)]
     pub max_result_bytes: Option<usize>,
     /// Most bytes of log text (decoded log_data) in one log fragment or output chunk
     /// [default: 4 MiB]; a fragment's JSON body may be 6x this + 64 KiB (escapes).
-    #[arg(long, env = "FLINGER_MAX_OUTPUT_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "FLINGER_MAX_OUTPUT_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<usize>)]
     pub max_output_bytes: Option<usize>,
     /// Most bytes one job's results and logs hold together (result fields and log text);
     /// a post past it is 413 [default: 1 GiB].
-    #[arg(long, env = "FLINGER_MAX_JOB_DATA_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "FLINGER_MAX_JOB_DATA_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub max_job_data_bytes: Option<u64>,
     /// Largest artifact or attachments upload in bytes [default: 2 GiB].
-    #[arg(long, env = "FLINGER_MAX_ARTIFACT_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "FLINGER_MAX_ARTIFACT_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub max_artifact_bytes: Option<u64>,
     /// Write-ahead log segment size in bytes [default: 64 MiB].
-    #[arg(long, env = "FLINGER_SEGMENT_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "FLINGER_SEGMENT_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub segment_bytes: Option<u64>,
     /// Snapshot (and drop covered log segments) after this many logged bytes [default:
     /// 128 MiB].
-    #[arg(long, env = "FLINGER_SNAPSHOT_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "FLINGER_SNAPSHOT_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub snapshot_bytes: Option<u64>,
     /// Snapshot only once the log since the last snapshot is also this percentage of that
     /// snapshot's size, so snapshot work stays proportional to the work logged (0: only
@@ -277,12 +278,12 @@ pub struct ServeOpts {
     pub header_timeout_secs: Option<u64>,
     /// Largest request line + headers, and the read buffer of a connection, in bytes
     /// (at least 8192) [default: 65536]; larger heads get 431.
-    #[arg(long, env = "FLINGER_MAX_HEADER_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "FLINGER_MAX_HEADER_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<usize>)]
     pub max_header_bytes: Option<usize>,
     /// Minimum transfer rate: bytes of request body received, or of response taken by the
     /// client, per --transfer-window-secs; slower connections are closed (408 for a body)
     /// [default: 8192].
-    #[arg(long, env = "FLINGER_MIN_TRANSFER_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "FLINGER_MIN_TRANSFER_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub min_transfer_bytes: Option<u64>,
     /// The window of the minimum transfer rate, in seconds, 1 to 86400 [default: 10].
     #[arg(long, env = "FLINGER_TRANSFER_WINDOW_SECS", value_name = "SECS")]
@@ -298,13 +299,13 @@ pub struct ServeOpts {
     pub follow_max_secs: Option<u64>,
     /// Largest header block of one multipart part, and largest preamble, in bytes
     /// [default: 8192].
-    #[arg(long, env = "FLINGER_MAX_PART_HEADER_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "FLINGER_MAX_PART_HEADER_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<usize>)]
     pub max_part_header_bytes: Option<usize>,
     /// Most parts in one multipart upload [default: 16].
     #[arg(long, env = "FLINGER_MAX_UPLOAD_PARTS", value_name = "N")]
     pub max_upload_parts: Option<usize>,
     /// Largest multipart part other than `file`, in bytes [default: 65536].
-    #[arg(long, env = "FLINGER_MAX_FIELD_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "FLINGER_MAX_FIELD_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub max_field_bytes: Option<u64>,
     /// Most requests in flight to one actor (registry, results, artifacts, agents); more
     /// are refused with 503 before anything is done; 1 to 1000000 [default: 1024].
@@ -324,7 +325,7 @@ pub struct ServeOpts {
     /// Total bytes of results, logs and artifacts kept for job ids that no job has; more
     /// is refused with 507; such data expires --retention-secs after its last write
     /// [default: 64 MiB].
-    #[arg(long, env = "FLINGER_ORPHAN_QUOTA_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "FLINGER_ORPHAN_QUOTA_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub orphan_quota_bytes: Option<u64>,
     /// Stop a queue's actor after the queue has had no waiting job for this many
     /// seconds (the next job starts a new one) [default: 300].
@@ -412,11 +413,11 @@ pub struct ServeOpts {
     /// Largest string of a job event post but its URL, in bytes: each event's `detail`,
     /// `event_name` and `timestamp`, and the post's `agent_id` and `job_queue` (413
     /// beyond); at most 1 MiB [default: 4096].
-    #[arg(long, env = "FLINGER_MAX_EVENT_DETAIL_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "FLINGER_MAX_EVENT_DETAIL_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<usize>)]
     pub max_event_detail_bytes: Option<usize>,
     /// Longest `job_status_webhook` URL in bytes, at submit and in event posts (413 beyond)
     /// 256 to 1048576 [default: 2048].
-    #[arg(long, env = "FLINGER_MAX_WEBHOOK_URL_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "FLINGER_MAX_WEBHOOK_URL_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<usize>)]
     pub max_webhook_url_bytes: Option<usize>,
     /// Where events and snapshots are kept: `file` (the write-ahead log under the data
     /// directory) or a PostgreSQL connection string `postgres://USER[:PASSWORD]@HOST:PORT/DB`

@@ -89,9 +89,12 @@ pub(super) const IGNORED_KEYS: &[&str] = &[
     "MONGODB_PORT",
 ];
 
-/// Parses config file text into `KEY -> value` (values unquoted). Pure; never panics.
+/// Parses config file text into `KEY -> value` (values unquoted). Pure; never panics. A
+/// key set twice is an error naming both lines (as a TOML parser refuses it): which one
+/// was meant cannot be guessed, and taking the last silently hides the other.
 pub fn parse_config_file(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut out = BTreeMap::new();
+    let mut lines: BTreeMap<String, usize> = BTreeMap::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -109,6 +112,11 @@ pub fn parse_config_file(text: &str) -> Result<BTreeMap<String, String>, ConfigE
             return Err(err(format!("bad key {key:?}")));
         }
         let value = unquote(value.trim()).map_err(err)?;
+        if let Some(first) = lines.insert(key.to_owned(), i + 1) {
+            return Err(err(format!(
+                "{key} is set again (first on line {first}): keep one of them"
+            )));
+        }
         out.insert(key.to_owned(), value);
     }
     Ok(out)

@@ -260,6 +260,33 @@ impl std::str::FromStr for AccessMode {
     }
 }
 
+/// A size as every byte setting takes it (flag, environment variable, config file): a
+/// whole number of bytes, or one followed by `KiB`, `MiB` or `GiB` (binary units, any
+/// case, a space before allowed): `1MiB` is 1048576. Decimal units (`MB`) are refused
+/// rather than guessed at.
+pub fn parse_bytes<T: TryFrom<u64>>(text: &str) -> Result<T, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = (&t[..digits], t[digits..].trim_start());
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "kib" => 10,
+        "mib" => 20,
+        "gib" => 30,
+        _ => u32::MAX,
+    };
+    let what = "a size in bytes: a whole number, optionally with KiB, MiB or GiB (e.g. 1048576 or 1MiB)";
+    if number.is_empty() || shift == u32::MAX {
+        return Err(format!("expected {what}, got {text:?}"));
+    }
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| format!("{text:?} is too large for {what}"))
+}
+
 /// The most `--max-job-bytes`, `--max-result-bytes` and `--max-output-bytes` may be: each
 /// such body is logged whole, as one record, so this also bounds every record any
 /// configuration could have written (the log's replay trusts lengths up to that, see
@@ -535,20 +562,26 @@ impl Config {
                 }
                 let num = |what: &str| parse_as::<u64>(value, bad, what);
                 let size = |what: &str| parse_as::<usize>(value, bad, what);
+                let bytes_error = |reason: String| ConfigError {
+                    line: 0,
+                    reason: format!("{}: {key}: {reason}", path.display()),
+                };
+                let bytes = || parse_bytes::<u64>(value).map_err(bytes_error);
+                let bytes_usize = || parse_bytes::<usize>(value).map_err(bytes_error);
                 match key.as_str() {
                     "DATA_PATH" => config.data_dir = PathBuf::from(value),
                     "BIND" => config.bind = value.parse().map_err(|_| bad("HOST:PORT"))?,
                     "FSYNC" => {
                         config.fsync = value.parse().map_err(|_| bad("always or interval:MS"))?
                     }
-                    "MAX_JOB_BYTES" => config.max_job_bytes = size("a byte count")?,
-                    "MAX_JOBS_BYTES" => config.max_jobs_bytes = num("a byte count")?,
-                    "MAX_RESULT_BYTES" => config.max_result_bytes = size("a byte count")?,
-                    "MAX_OUTPUT_BYTES" => config.max_output_bytes = size("a byte count")?,
-                    "MAX_JOB_DATA_BYTES" => config.max_job_data_bytes = num("a byte count")?,
-                    "MAX_ARTIFACT_BYTES" => config.max_artifact_bytes = num("a byte count")?,
-                    "SEGMENT_BYTES" => config.segment_bytes = num("a byte count")?,
-                    "SNAPSHOT_BYTES" => config.snapshot_bytes = num("a byte count")?,
+                    "MAX_JOB_BYTES" => config.max_job_bytes = bytes_usize()?,
+                    "MAX_JOBS_BYTES" => config.max_jobs_bytes = bytes()?,
+                    "MAX_RESULT_BYTES" => config.max_result_bytes = bytes_usize()?,
+                    "MAX_OUTPUT_BYTES" => config.max_output_bytes = bytes_usize()?,
+                    "MAX_JOB_DATA_BYTES" => config.max_job_data_bytes = bytes()?,
+                    "MAX_ARTIFACT_BYTES" => config.max_artifact_bytes = bytes()?,
+                    "SEGMENT_BYTES" => config.segment_bytes = bytes()?,
+                    "SNAPSHOT_BYTES" => config.snapshot_bytes = bytes()?,
                     "SNAPSHOT_GROWTH_PERCENT" => {
                         config.snapshot_growth_percent = num("a percentage")?
                     }
@@ -560,8 +593,8 @@ impl Config {
                     "HEADER_TIMEOUT_SECS" => {
                         config.header_timeout = Duration::from_secs(num("seconds")?)
                     }
-                    "MAX_HEADER_BYTES" => config.max_header_bytes = size("a byte count")?,
-                    "MIN_TRANSFER_BYTES" => config.min_transfer_bytes = num("a byte count")?,
+                    "MAX_HEADER_BYTES" => config.max_header_bytes = bytes_usize()?,
+                    "MIN_TRANSFER_BYTES" => config.min_transfer_bytes = bytes()?,
                     "TRANSFER_WINDOW_SECS" => {
                         config.transfer_window = Duration::from_secs(num("seconds")?)
                     }
@@ -570,10 +603,10 @@ impl Config {
                         config.follow_max = Duration::from_secs(num("seconds")?)
                     }
                     "MAX_PART_HEADER_BYTES" => {
-                        config.max_part_header_bytes = size("a byte count")?
+                        config.max_part_header_bytes = bytes_usize()?
                     }
                     "MAX_UPLOAD_PARTS" => config.max_upload_parts = size("a count")?,
-                    "MAX_FIELD_BYTES" => config.max_field_bytes = num("a byte count")?,
+                    "MAX_FIELD_BYTES" => config.max_field_bytes = bytes()?,
                     "MAX_PENDING" => config.max_pending = size("a count")?,
                     "WORKERS" => config.workers = size("a count")?,
                     "THP" => config.thp = value.parse().map_err(|_| bad("off or system"))?,
@@ -582,7 +615,7 @@ impl Config {
                     "AGENT_EXPIRY_SECS" => {
                         config.agent_expiry = Duration::from_secs(num("seconds")?)
                     }
-                    "ORPHAN_QUOTA_BYTES" => config.orphan_quota_bytes = num("a byte count")?,
+                    "ORPHAN_QUOTA_BYTES" => config.orphan_quota_bytes = bytes()?,
                     "LOST_AGENT_GRACE_SECS" => {
                         config.lost_agent_grace = Duration::from_secs(num("seconds")?)
                     }
@@ -621,10 +654,10 @@ impl Config {
                     }
                     "MAX_JOB_EVENTS" => config.max_job_events = size("a count")?,
                     "MAX_EVENT_DETAIL_BYTES" => {
-                        config.max_event_detail_bytes = size("a byte count")?
+                        config.max_event_detail_bytes = bytes_usize()?
                     }
                     "MAX_WEBHOOK_URL_BYTES" => {
-                        config.max_webhook_url_bytes = size("a byte count")?
+                        config.max_webhook_url_bytes = bytes_usize()?
                     }
                     "JOURNAL" => {
                         // Not `bad`: it would show the value, password and all.
@@ -853,7 +886,31 @@ impl Config {
                 2 * biggest + (1 << 20)
             ));
         }
+        // Each below its least would make the server useless (every submit or upload
+        // refused, every token request 429, records gone as they are written) rather than
+        // strict: refused at start-up, naming the setting.
+        let body = " (smaller refuses ordinary requests)";
         for (name, value, least, why) in [
+            ("max-job-bytes", self.max_job_bytes as u64, 256, body),
+            ("max-result-bytes", self.max_result_bytes as u64, 256, body),
+            ("max-output-bytes", self.max_output_bytes as u64, 256, body),
+            ("max-artifact-bytes", self.max_artifact_bytes, 256, body),
+            (
+                "max-event-detail-bytes",
+                self.max_event_detail_bytes as u64,
+                64,
+                " (an event's name and timestamp alone need that)",
+            ),
+            ("retention-secs", self.retention.as_secs(), 1, ""),
+            ("agent-expiry-secs", self.agent_expiry.as_secs(), 1, ""),
+            ("queue-idle-secs", self.queue_idle.as_secs(), 1, ""),
+            (
+                "token-failures-per-minute",
+                self.token_failures_per_minute as u64,
+                1,
+                " (0 would refuse every token request)",
+            ),
+            ("webhook-give-up-secs", self.webhook_give_up.as_secs(), 1, ""),
             ("max-connections", self.max_connections as u64, 1, ""),
             (
                 "max-header-bytes",
