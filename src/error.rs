@@ -131,7 +131,8 @@ impl std::error::Error for Error {}
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         if e.raw_os_error() == Some(libc::ENOSPC) {
-            Error::NoSpace(format!("no space left on device: {e}"))
+            // Not "no space left on device: No space left on device (os error 28)".
+            Error::NoSpace(format!("the disk is full: {e}"))
         } else {
             Error::Internal(format!("I/O error: {e}"))
         }
@@ -141,5 +142,19 @@ impl From<std::io::Error> for Error {
 impl<T> From<ractor::RactorErr<T>> for Error {
     fn from(e: ractor::RactorErr<T>) -> Self {
         Error::Unavailable(format!("service unavailable: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error's message says each thing once: the wrapper adds what the inner error does
+    /// not already say.
+    #[test]
+    fn a_full_disk_is_said_once() {
+        let e = Error::from(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let text = e.to_string().to_lowercase();
+        assert_eq!(text.matches("no space left").count(), 1, "{text}");
     }
 }

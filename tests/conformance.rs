@@ -646,7 +646,7 @@ async fn reserve_and_test_data_accept_only_upstreams_keys_and_values() {
         ),
         (
             json!({"timeout": "5x"}),
-            "timeout: Invalid duration format: Invalid duration format: '5x'",
+            "timeout: Invalid duration format: '5x' is not seconds nor like 1h30m",
         ),
         (
             json!({"timeout": 1.5}),

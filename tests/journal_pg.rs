@@ -247,7 +247,12 @@ async fn ssl_modes_are_taken_or_refused_saying_what_each_does_when_starting() {
     for (query, wanted) in [
         (
             "sslmode=prefer",
-            &["sslmode=prefer is not supported", "connects in clear", "sslmode=require", "sslmode=disable"][..],
+            &[
+                "sslmode=prefer is not supported",
+                "connects in clear",
+                "sslmode=require",
+                "sslmode=disable",
+            ][..],
         ),
         ("sslmode=allow", &["sslmode=allow is not supported"][..]),
         (
@@ -263,7 +268,14 @@ async fn ssl_modes_are_taken_or_refused_saying_what_each_does_when_starting() {
         let dir = tempfile::tempdir().unwrap();
         let out = run_to_exit(
             dir.path(),
-            &["--bind", "127.0.0.1:0", "--data-dir", "d", "--journal", &url(query)],
+            &[
+                "--bind",
+                "127.0.0.1:0",
+                "--data-dir",
+                "d",
+                "--journal",
+                &url(query),
+            ],
             &[],
             Duration::from_secs(20),
         );
@@ -302,7 +314,9 @@ async fn journal_without_sslmode_on_another_host_is_warned_about_when_starting()
         "{stderr}"
     );
     let (closed, port) = closed_port();
-    let stderr = refusal_to_start(&format!("postgres://u@127.0.0.1:{port}/db?connect_timeout=5"));
+    let stderr = refusal_to_start(&format!(
+        "postgres://u@127.0.0.1:{port}/db?connect_timeout=5"
+    ));
     assert!(!stderr.contains("sslmode"), "{stderr}");
     drop(closed);
 }

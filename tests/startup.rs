@@ -110,7 +110,9 @@ fn bad_values_from_environment_variables_name_the_variable_when_starting() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{var}: {stderr}");
         assert!(
-            stderr.contains(&format!("invalid value '{value}' for environment variable {var}")),
+            stderr.contains(&format!(
+                "invalid value '{value}' for environment variable {var}"
+            )),
             "{var}: {stderr}"
         );
         let out = run_to_exit(
@@ -184,7 +186,10 @@ fn unusable_data_dir_is_refused_naming_the_setting_and_its_value() {
     let below_locked = locked.join("data");
     let mut cases = vec![
         (file.clone(), "it exists and is not a directory"),
-        (below_file, "cannot create it: a part of its path is not a directory"),
+        (
+            below_file,
+            "cannot create it: a part of its path is not a directory",
+        ),
     ];
     if !root {
         cases.push((below_locked, "cannot create it: Permission denied"));
@@ -198,7 +203,9 @@ fn unusable_data_dir_is_refused_naming_the_setting_and_its_value() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{args:?}: {stderr}");
             assert!(
-                stderr.contains(&format!("--data-dir {shown} (FLINGER_DATA_DIR, config key DATA_PATH): {wanted}")),
+                stderr.contains(&format!(
+                    "--data-dir {shown} (FLINGER_DATA_DIR, config key DATA_PATH): {wanted}"
+                )),
                 "{args:?}: {stderr}"
             );
         }
@@ -233,7 +240,11 @@ async fn sizes_take_kib_mib_gib_from_flags_environment_and_the_config_file() {
 fn useless_limits_decimal_units_and_repeated_config_keys_are_refused_when_starting() {
     let dir = tempfile::tempdir().unwrap();
     let twice = dir.path().join("twice.conf");
-    std::fs::write(&twice, "FSYNC = 'always'\nDATA_PATH = 'd'\nFSYNC = 'interval:5'\n").unwrap();
+    std::fs::write(
+        &twice,
+        "FSYNC = 'always'\nDATA_PATH = 'd'\nFSYNC = 'interval:5'\n",
+    )
+    .unwrap();
     let twice = twice.to_str().unwrap();
     let cases: [(&[&str], &[(&str, &str)], &str); 8] = [
         (&["--max-job-bytes", "0"], &[], "--max-job-bytes (FLINGER_MAX_JOB_BYTES, config key MAX_JOB_BYTES) must be at least 256"),
@@ -251,7 +262,10 @@ fn useless_limits_decimal_units_and_repeated_config_keys_are_refused_when_starti
         let out = run_to_exit(dir.path(), &all, envs, Duration::from_secs(20));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?} {envs:?}: {stderr}");
-        assert!(stderr.contains(wanted), "{args:?} {envs:?}: no {wanted:?} in {stderr}");
+        assert!(
+            stderr.contains(wanted),
+            "{args:?} {envs:?}: no {wanted:?} in {stderr}"
+        );
     }
     assert!(!dir.path().join("d").exists());
 }

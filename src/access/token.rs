@@ -263,7 +263,9 @@ pub const MIN_SIGNING_KEY_BYTES: usize = 32;
 /// shorter than [`MIN_SIGNING_KEY_BYTES`] is an error naming the variable. Checked with
 /// the configuration (so a bad key is refused before the data directory is touched) and
 /// again where the key is used.
-pub fn env_signing_key(env: &dyn Fn(&str) -> Option<String>) -> std::result::Result<Option<Vec<u8>>, String> {
+pub fn env_signing_key(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> std::result::Result<Option<Vec<u8>>, String> {
     for var in SIGNING_KEY_ENV {
         if let Some(value) = env(var) {
             if value.len() >= MIN_SIGNING_KEY_BYTES {

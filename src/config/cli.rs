@@ -62,15 +62,16 @@ impl Cli {
                 arg
             }
         });
-        let matches = command.clone().try_get_matches().unwrap_or_else(|e| {
-            match blame_environment(&command, &e) {
-                Some(message) => {
-                    eprintln!("{message}");
-                    std::process::exit(2)
+        let matches =
+            command.clone().try_get_matches().unwrap_or_else(|e| {
+                match blame_environment(&command, &e) {
+                    Some(message) => {
+                        eprintln!("{message}");
+                        std::process::exit(2)
+                    }
+                    None => e.exit(),
                 }
-                None => e.exit(),
-            }
-        });
+            });
         Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
 }
@@ -90,7 +91,10 @@ pub(super) fn config_key(env: &str) -> Option<&'static str> {
 /// came from the flag's environment variable): the error, naming the variable.
 fn blame_environment(command: &clap::Command, e: &clap::Error) -> Option<String> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    if !matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
         return None;
     }
     let Some(ContextValue::String(shown)) = e.get(ContextKind::InvalidArg) else {

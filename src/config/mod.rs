@@ -275,7 +275,8 @@ pub fn parse_bytes<T: TryFrom<u64>>(text: &str) -> Result<T, String> {
         "gib" => 30,
         _ => u32::MAX,
     };
-    let what = "a size in bytes: a whole number, optionally with KiB, MiB or GiB (e.g. 1048576 or 1MiB)";
+    let what =
+        "a size in bytes: a whole number, optionally with KiB, MiB or GiB (e.g. 1048576 or 1MiB)";
     if number.is_empty() || shift == u32::MAX {
         return Err(format!("expected {what}, got {text:?}"));
     }
@@ -910,7 +911,12 @@ impl Config {
                 1,
                 " (0 would refuse every token request)",
             ),
-            ("webhook-give-up-secs", self.webhook_give_up.as_secs(), 1, ""),
+            (
+                "webhook-give-up-secs",
+                self.webhook_give_up.as_secs(),
+                1,
+                "",
+            ),
             ("max-connections", self.max_connections as u64, 1, ""),
             (
                 "max-header-bytes",

@@ -188,28 +188,36 @@ pub async fn refresh_post(State(svc): State<Services>, request: Request) -> Resu
             .map(|c| Permissions::of(&t.client_id, c));
         Some((t.clone(), p))
     });
-    let refused = |who: &str, why: &str| {
-        security_event(
-            "authn_token_reuse",
-            who,
-            "POST",
-            "/v1/oauth2/refresh",
-            from,
-            why,
-        );
+    // The event says which refusal it was: a token never issued here (or of a client
+    // since deleted) is a guess or a stale file, a revoked one presented again may be a
+    // stolen copy, an expired one is only late.
+    let refused = |event: &'static str, who: &str, why: &str| {
+        security_event(event, who, "POST", "/v1/oauth2/refresh", from, why);
         Err(Error::InvalidInput(why.into()))
     };
     let Some((entry, permissions)) = found else {
-        return refused("unknown", "Invalid refresh token.");
+        return refused("authn_token_unknown", "unknown", "Invalid refresh token.");
     };
     if entry.revoked {
-        return refused(&entry.client_id, "Refresh token revoked.");
+        return refused(
+            "authn_token_reuse",
+            &entry.client_id,
+            "Refresh token revoked.",
+        );
     }
     if entry.expires_at < at {
-        return refused(&entry.client_id, "Refresh token expired");
+        return refused(
+            "authn_token_expired",
+            &entry.client_id,
+            "Refresh token expired",
+        );
     }
     let Some(permissions) = permissions else {
-        return refused(&entry.client_id, "Invalid refresh token.");
+        return refused(
+            "authn_token_unknown",
+            &entry.client_id,
+            "Invalid refresh token.",
+        );
     };
     let access = gate.signer.issue(&permissions, at, gate.access_ttl);
     Ok(token_response(access, gate.access_ttl, None))

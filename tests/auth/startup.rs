@@ -142,7 +142,10 @@ async fn short_keys_from_the_environment_are_refused_as_configuration_errors_bef
             "{var}: {stderr}"
         );
         assert!(!stderr.contains("changeme"), "{var}: {stderr}");
-        assert!(!dir.path().join("d").exists(), "{var}: nothing should be created");
+        assert!(
+            !dir.path().join("d").exists(),
+            "{var}: nothing should be created"
+        );
     }
 }
 
@@ -175,8 +178,15 @@ async fn short_or_empty_signing_key_file_is_refused_naming_the_file_when_startin
             format!("rm {shown}"),
             "FLINGER_JWT_SIGNING_KEY".to_owned(),
         ] {
-            assert!(stderr.contains(&wanted), "{key:?}: no {wanted:?} in {stderr}");
+            assert!(
+                stderr.contains(&wanted),
+                "{key:?}: no {wanted:?} in {stderr}"
+            );
         }
-        assert_eq!(std::fs::read(&file).unwrap(), key.as_bytes(), "left as it was");
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            key.as_bytes(),
+            "left as it was"
+        );
     }
 }

@@ -438,3 +438,23 @@ async fn a_bad_token_on_a_public_endpoint_is_refused_and_the_stock_clients_way_r
         "{log:#?}"
     );
 }
+
+/// A refresh token this server never issued is logged as unknown, not as the reuse of a
+/// revoked one (which reads like a stolen copy being replayed).
+#[tokio::test]
+async fn an_unknown_refresh_token_is_logged_as_unknown_not_as_reuse() {
+    let srv = crate::util::TestServer::start_with(&["--access-control", "on"]);
+    let body = json!({"refresh_token": "never-issued-here"});
+    assert_eq!(
+        call(&srv, "POST", "/v1/oauth2/refresh", None, None, Some(&body))
+            .await
+            .expect_error(400),
+        "Invalid refresh token."
+    );
+    let log = srv
+        .stderr_lines_once(|l| l.contains("authn_token_unknown"))
+        .await
+        .join("\n");
+    assert!(log.contains("authn_token_unknown"), "{log}");
+    assert!(!log.contains("authn_token_reuse"), "{log}");
+}

@@ -346,9 +346,11 @@ fn to_bool(value: &Value) -> Option<bool> {
 
 /// Upstream's `parse_duration` (`testflinger_common/duration.py`) as its `DurationField`
 /// calls it: the seconds to store, `None` to keep the value as it is (a boolean: Python
-/// takes `True` for the integer 1 and stores it unchanged), or why it is not a duration.
+/// takes `True` for the integer 1 and stores it unchanged), or why it is not a duration
+/// (the reason alone: the caller puts "Invalid duration format: " before it).
 pub fn duration(value: &Value) -> Result<Option<u64>, String> {
-    let invalid = |text: &str| format!("Invalid duration format: '{text}'");
+    // The caller says "Invalid duration format: " before every reason.
+    let invalid = |text: &str| format!("'{text}' is not seconds nor like 1h30m");
     let text = match value {
         Value::Bool(_) => return Ok(None),
         Value::Number(n) if n.is_i64() || n.is_u64() => {
