@@ -246,7 +246,9 @@ fn useless_limits_decimal_units_and_repeated_config_keys_are_refused_when_starti
     )
     .unwrap();
     let twice = twice.to_str().unwrap();
-    let cases: [(&[&str], &[(&str, &str)], &str); 8] = [
+    /// Flags, environment, what stderr must say.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 8] = [
         (&["--max-job-bytes", "0"], &[], "--max-job-bytes (FLINGER_MAX_JOB_BYTES, config key MAX_JOB_BYTES) must be at least 256"),
         (&["--max-artifact-bytes", "0"], &[], "--max-artifact-bytes (FLINGER_MAX_ARTIFACT_BYTES, config key MAX_ARTIFACT_BYTES) must be at least 256"),
         (&["--token-failures-per-minute", "0"], &[], "--token-failures-per-minute (FLINGER_TOKEN_FAILURES_PER_MINUTE, config key TOKEN_FAILURES_PER_MINUTE) must be at least 1"),
