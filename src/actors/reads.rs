@@ -257,7 +257,7 @@ impl ResultDocs {
 
     /// The first members of the job's result fields in order, as few as hold at least
     /// `most` bytes of text (keys and values; all of them when they hold fewer), copied
-    /// in steps of [`READ_STEP`] members (handles to the values, not their text): what a
+    /// in steps of `READ_STEP` members (handles to the values, not their text): what a
     /// page showing the results' start needs (`None`: nothing posted). Members copied in
     /// different steps may come from different merges, each value as one merge left it.
     /// Fails only when an orphan file cannot be read.

@@ -477,7 +477,7 @@ impl FileStore for DiskFiles {
 /// start (with the flag or not) keeps those files too instead of deleting them.
 pub const CUT_PENDING: &str = "lost+found.pending";
 
-/// Where [`DiskFiles::keep_aside`] moves files: inside the data directory (same
+/// Where `DiskFiles::keep_aside` moves files: inside the data directory (same
 /// filesystem, so a rename), outside `files/` (so no later sweep deletes them).
 pub const LOST_AND_FOUND: &str = "lost+found";
 

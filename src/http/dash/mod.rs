@@ -663,7 +663,7 @@ struct Follow {
 /// finished and its log was sent, `{"finished":false,"next_fragment":N}` after
 /// `--follow-max-secs` or when the server begins to shut down (so the drain does not wait
 /// for open pages; clients reconnect from `N`). A `: keep-alive` comment after
-/// [`FOLLOW_KEEP_ALIVE`] without news. Reads the shared result view every `FOLLOW_POLL`,
+/// `FOLLOW_KEEP_ALIVE` (15 s) without news. Reads the shared result view every `FOLLOW_POLL`,
 /// never the result actor.
 pub async fn log_follow(
     State(svc): State<Services>,
