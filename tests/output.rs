@@ -220,3 +220,49 @@ async fn output_endpoints_are_400_when_id_is_malformed() {
             .expect_error(400);
     }
 }
+
+/// Agents released between upstream's #836 (Dec 2025) and #951 (Mar 2026) post every
+/// output chunk twice: raw to the legacy `/output` first, then as a numbered fragment to
+/// `/log/output` (upstream kept the two apart). flinger has one stream, so the fragment
+/// must land on the legacy chunk as a retry would: each chunk shown once, in its phase,
+/// even when a legacy post was lost and only the fragment arrived.
+#[tokio::test]
+async fn a_dual_writing_agent_shows_each_chunk_once() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("dual").await;
+    assert_eq!(srv.pop_id(&["dual"]).await.as_deref(), Some(id.as_str()));
+    let legacy = format!("/v1/result/{id}/output");
+    let log = format!("/v1/result/{id}/log/output");
+    let mut number = 0;
+    for (phase, chunks) in [("setup", 2), ("provision", 3), ("test", 2)] {
+        srv.post_result(&id, &serde_json::json!({ "job_state": phase }))
+            .await;
+        for i in 0..chunks {
+            let text = format!("{phase} chunk {i}\n");
+            // The agent's legacy post of provision's second chunk failed.
+            if (phase, i) != ("provision", 1) {
+                srv.post_raw(&legacy, Some("text/plain"), text.clone().into_bytes())
+                    .await
+                    .expect_status(200);
+            }
+            let fragment = serde_json::json!({
+                "fragment_number": number,
+                "timestamp": "2026-01-05T10:00:00+00:00",
+                "phase": phase,
+                "log_data": text,
+            });
+            srv.post_json(&log, &fragment).await.expect_status(200);
+            number += 1;
+        }
+    }
+    let whole = srv.get(&log).await.expect_json();
+    for (phase, expected) in [
+        ("setup", "setup chunk 0\nsetup chunk 1\n"),
+        ("provision", "provision chunk 0\nprovision chunk 1\nprovision chunk 2\n"),
+        ("test", "test chunk 0\ntest chunk 1\n"),
+    ] {
+        assert_eq!(whole["output"][phase]["log_data"], expected, "{whole}");
+        assert_eq!(srv.result(&id).await[format!("{phase}_output")], expected);
+    }
+    assert_eq!(whole["output"]["test"]["last_fragment_number"], number - 1);
+}
