@@ -266,6 +266,18 @@ async fn images_post_is_rejected_when_body_has_wrong_shape() {
         let r = srv.post_json("/v1/agents/images", &body).await;
         assert_rejected(&r, &body.to_string());
     }
+    // A bad image name: upstream's words, and which name it was.
+    for (image, named) in [("$x", "\"$x\""), ("a.b", "\"a.b\""), ("", "\"\"")] {
+        let body = json!({"q": {image: "url"}});
+        let r = srv.post_json("/v1/agents/images", &body).await;
+        r.expect_status(422);
+        let message = r.json()["detail"].to_string();
+        assert!(
+            message.contains("Names for queue 'q' must be non-empty strings")
+                && message.contains(&format!("image name {named}").replace('"', "\\\"")),
+            "{image:?}: {message}"
+        );
+    }
     assert_eq!(
         srv.get("/v1/agents/images/q").await.expect_json(),
         json!({})

@@ -54,7 +54,10 @@ async fn failed_fsync_refuses_every_later_change_with_503_while_reads_go_on() {
         .await;
     assert_eq!(cancel.status, 503, "{}", cancel.text());
     let result = http
-        .post_json(&format!("/v1/result/{kept}"), &json!({"job_state": "test"}))
+        .post_json(
+            &format!("/v1/result/{kept}"),
+            &json!({"job_state": "complete"}),
+        )
         .await;
     assert_eq!(result.status, 503, "{}", result.text());
 

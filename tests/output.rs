@@ -258,7 +258,10 @@ async fn a_dual_writing_agent_shows_each_chunk_once() {
     let whole = srv.get(&log).await.expect_json();
     for (phase, expected) in [
         ("setup", "setup chunk 0\nsetup chunk 1\n"),
-        ("provision", "provision chunk 0\nprovision chunk 1\nprovision chunk 2\n"),
+        (
+            "provision",
+            "provision chunk 0\nprovision chunk 1\nprovision chunk 2\n",
+        ),
         ("test", "test chunk 0\ntest chunk 1\n"),
     ] {
         assert_eq!(whole["output"][phase]["log_data"], expected, "{whole}");

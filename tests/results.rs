@@ -91,6 +91,44 @@ async fn job_state_follows_agent_when_state_is_not_terminal() {
     assert_eq!(result["device_info"]["ip"], "10.0.0.1");
 }
 
+/// A phase reported for a job no agent has taken would strand it (upstream's HEAD takes it
+/// out of its queue, where no agent gets it and no lost-agent rule finds it): 400 (a
+/// conflict, as Testflinger answers a cancel of a finished job) naming
+/// the queue, the job still dispatched after; an end (what upstream's tests post) still
+/// ends it, and a report with other fields is refused whole.
+#[tokio::test]
+async fn a_phase_for_a_job_no_agent_has_taken_is_400_and_the_job_stays_queued() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("strand").await;
+    let path = format!("/v1/result/{id}");
+    for body in [
+        json!({"job_state": "setup"}),
+        json!({"job_state": "provision", "device_info": {"ip": "10.0.0.9"}}),
+    ] {
+        let r = srv.post_json(&path, &body).await;
+        r.expect_status(400);
+        let message = r.json()["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains("waiting in queue 'strand'") && message.contains("no agent"),
+            "{message}"
+        );
+    }
+    assert_eq!(srv.job_state(&id).await, "waiting");
+    assert_eq!(srv.result(&id).await.get("device_info"), None);
+    srv.get(&format!("/v1/job/{id}/position"))
+        .await
+        .expect_status(200);
+    assert_eq!(srv.pop_id(&["strand"]).await.as_deref(), Some(id.as_str()));
+    srv.post_result(&id, &json!({"job_state": "setup"})).await;
+    assert_eq!(srv.job_state(&id).await, "setup");
+
+    let other = srv.submit_to("strand").await;
+    srv.post_result(&other, &json!({"job_state": "cancelled"}))
+        .await;
+    assert_eq!(srv.job_state(&other).await, "cancelled");
+    assert_eq!(srv.pop(&["strand"]).await, None);
+}
+
 #[tokio::test]
 async fn result_post_keeps_earlier_fields_when_state_changes() {
     let srv = TestServer::start();
@@ -188,6 +226,8 @@ async fn result_post_is_422_when_job_state_is_not_a_string_or_too_long() {
         json!({"job_state": "waiting"}),
         "nothing changed"
     );
+    // Only the agent that took the job reports a phase of it.
+    assert!(srv.pop(&["q"]).await.is_some());
     let longest = "s".repeat(256);
     srv.post_result(&id, &json!({"job_state": longest})).await;
     assert_eq!(srv.job_state(&id).await, longest);

@@ -311,6 +311,17 @@ impl Jobs {
         self.0.read().get(id).map(view)
     }
 
+    /// The queue job `id` waits in, if it waits and `reported` is a phase: a state report
+    /// no one may make before an agent takes the job
+    /// ([`JobState::is_phase_before_dispatch`](crate::model::JobState::is_phase_before_dispatch)).
+    pub fn waiting_for_phase(&self, id: JobId, reported: &str) -> Option<Name> {
+        let registry = self.0.read();
+        let job = registry.get(id)?;
+        job.state
+            .is_phase_before_dispatch(reported)
+            .then(|| job.queue.clone())
+    }
+
     /// The job's current run ([`JobView::run`]), if the job is known: what a log
     /// fragment's post needs, without copying the rest of the job.
     pub fn run(&self, id: JobId) -> Option<u32> {

@@ -123,19 +123,22 @@ pub async fn images_post(State(svc): State<Services>, request: Request) -> Resul
             )));
         };
         for (image, data) in images.iter() {
+            if image.len() > MAX_NAME {
+                return Err(schema_error(format!(
+                    "Names for queue '{queue}' must be at most {MAX_NAME} bytes (an image \
+                     name has {})",
+                    image.len()
+                )));
+            }
             if image.is_empty()
                 || image.starts_with('$')
                 || image.contains('.')
                 || image.contains('\0')
             {
+                // Upstream's words (`ImagesIn`), then which name broke the rule.
                 return Err(schema_error(format!(
                     "Names for queue '{queue}' must be non-empty strings, must not start with \
-                     '$', contain '.' or null bytes"
-                )));
-            }
-            if image.len() > MAX_NAME {
-                return Err(schema_error(format!(
-                    "Names for queue '{queue}' must be at most {MAX_NAME} bytes"
+                     '$', contain '.' or null bytes (image name {image:?})"
                 )));
             }
             if !data.is_string() {

@@ -49,6 +49,19 @@ pub async fn result_post(
         None => None,
         Some(value) => Some(Name::from(job_state(value)?)),
     };
+    if let Some(queue) = state
+        .as_deref()
+        .and_then(|state| svc.jobs.waiting_for_phase(id, state))
+    {
+        // Upstream's HEAD takes the job out of its queue, where no agent gets it and none
+        // is found lost: stranded. The registry ignores such a report; say why here.
+        return Err(Error::Conflict(format!(
+            "Job {id} is waiting in queue '{queue}': no agent has taken it, so it has no \
+             phase to report ({:?}); only complete, completed or cancelled end it before \
+             then",
+            state.as_deref().unwrap_or_default()
+        )));
+    }
     // A bare state report about a known job (what agents send at every phase) is the
     // registry's alone: the job's lifecycle state is what clients read back, so the
     // result document need not record it too.

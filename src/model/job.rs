@@ -77,12 +77,23 @@ impl JobState {
         matches!(self, JobState::Finished(_))
     }
 
+    /// Whether `reported` is a phase (not an end) for a job still in its queue: a report
+    /// only the agent that took the job can make, which [`JobState::after_report`] ignores.
+    pub fn is_phase_before_dispatch(&self, reported: &str) -> bool {
+        self.is_waiting()
+            && !is_terminal_label(reported)
+            && reported != label::WAITING
+            && reported != label::RESUBMITTED
+    }
+
     /// The state after an agent (or anyone posting results) reports `reported`; `None`
     /// when the report does not change it.
     ///
     /// Invariant: terminal states are sticky; a report never puts a job back into its
     /// queue (only resubmission does); reporting `waiting` on a job that is not waiting
-    /// is ignored rather than pretending it is queued.
+    /// is ignored rather than pretending it is queued; a waiting job leaves its queue by
+    /// a report only to end (a phase would take it out of the queue with no agent to run
+    /// it and none to be found lost: stranded for good, as upstream's HEAD leaves it).
     pub fn after_report(&self, reported: &str) -> Option<JobState> {
         if self.is_terminal() || reported == self.label() {
             return None;
@@ -90,7 +101,10 @@ impl JobState {
         if is_terminal_label(reported) {
             return Some(JobState::Finished(reported.into()));
         }
-        if reported == label::WAITING || reported == label::RESUBMITTED {
+        if reported == label::WAITING
+            || reported == label::RESUBMITTED
+            || self.is_phase_before_dispatch(reported)
+        {
             return None;
         }
         Some(JobState::Active(reported.into()))
@@ -134,6 +148,8 @@ mod tests {
         let running = JobState::Active(label::RUNNING.into());
         assert_eq!(running.after_report(label::WAITING), None);
         assert_eq!(waiting().after_report(label::RESUBMITTED), None);
-        assert!(!waiting().after_report("setup").unwrap().is_waiting());
+        // Only an end takes a waiting job out of its queue.
+        assert_eq!(waiting().after_report("setup"), None);
+        assert!(waiting().after_report("cancelled").unwrap().is_terminal());
     }
 }

@@ -204,8 +204,14 @@ async fn run(http: &Http, ops: &[HttpOp]) {
             } => {
                 let id = known(&model, Some(*job));
                 let state = STATES[*state];
-                http.post_result(&spell(id, *spelling), &json!({ "job_state": state }))
-                    .await;
+                let body = json!({ "job_state": state });
+                let path = format!("/v1/result/{}", spell(id, *spelling));
+                let status = if model.refuses_report(id, state) {
+                    400
+                } else {
+                    200
+                };
+                http.post_json(&path, &body).await.expect_status(status);
                 model.report(id, state);
                 assert_eq!(
                     state_of(http, id).await.as_deref(),

@@ -11,7 +11,8 @@
 //!   again while it holds an unreported job it got from one of those queues gets that job again;
 //! - cancel: unknown is refused (400, naming it), finished is refused, anything else becomes `cancelled`;
 //! - a report moves an unfinished job to the reported phase, never back into its queue;
-//!   `complete`/`completed`/`cancelled` are final until the job is resubmitted;
+//!   `complete`/`completed`/`cancelled` are final until the job is resubmitted; a waiting
+//!   job leaves its queue by a report only to end (a phase is refused: no agent has it);
 //! - position: how many waiting jobs of the same queue would be handed out before it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -201,8 +202,19 @@ impl Model {
         Cancelled::Ok
     }
 
+    /// Whether posting `state` for `id` is refused: a phase for a job still waiting.
+    pub fn refuses_report(&self, id: JobId, state: &str) -> bool {
+        let final_state = ["cancelled", "complete", "completed"].contains(&state);
+        self.jobs.get(&id).is_some_and(|job| {
+            job.waiting() && !final_state && state != "waiting" && state != "resubmitted"
+        })
+    }
+
     /// A posted `job_state`; true when it changed the job.
     pub fn report(&mut self, id: JobId, state: &str) -> bool {
+        if self.refuses_report(id, state) {
+            return false;
+        }
         let Some(job) = self.jobs.get_mut(&id) else {
             return false;
         };
