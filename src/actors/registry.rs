@@ -313,7 +313,7 @@ impl Jobs {
 
     /// The queue job `id` waits in, if it waits and `reported` is a phase: a state report
     /// no one may make before an agent takes the job
-    /// ([`JobState::is_phase_before_dispatch`](crate::model::JobState::is_phase_before_dispatch)).
+    /// ([`JobState::is_phase_before_dispatch`](crate::model::job::JobState::is_phase_before_dispatch)).
     pub fn waiting_for_phase(&self, id: JobId, reported: &str) -> Option<Name> {
         let registry = self.0.read();
         let job = registry.get(id)?;
