@@ -180,6 +180,7 @@ pub async fn start_recovered(
         agent_data,
         orphans,
         searches: Arc::new(tokio::sync::Semaphore::new(config.max_searches)),
+        follows: Arc::new(tokio::sync::Semaphore::new(config.max_follows)),
         queues,
         journal,
         config,

@@ -397,6 +397,8 @@ pub struct Handles {
     pub orphans: Arc<OrphanQuota>,
     /// Turns for searches and queue listings (`--max-searches`).
     pub searches: Arc<Semaphore>,
+    /// Log follow streams that may open (`--max-follows`): each holds one while open.
+    pub follows: Arc<Semaphore>,
     /// Limits and paths.
     pub config: Arc<Config>,
     /// Where uploaded files live: the data dir's `files/` (through the log's filesystem

@@ -112,6 +112,7 @@ impl Config {
             ),
             ("max-pending", self.max_pending as u64, 1, ""),
             ("max-searches", self.max_searches as u64, 1, ""),
+            ("max-follows", self.max_follows as u64, 1, ""),
             ("max-waiters", self.max_waiters as u64, 1, ""),
         ] {
             if value < least {
@@ -127,6 +128,7 @@ impl Config {
         for (name, value, most) in [
             ("max-pending", self.max_pending as u64, MAX_COUNT),
             ("max-searches", self.max_searches as u64, MAX_COUNT),
+            ("max-follows", self.max_follows as u64, MAX_COUNT),
             (
                 "header-timeout-secs",
                 self.header_timeout.as_secs(),

@@ -301,6 +301,11 @@ pub struct ServeOpts {
     /// 86400 [default: 600].
     #[arg(long, env = "FLINGER_FOLLOW_MAX_SECS", value_name = "SECS")]
     pub follow_max_secs: Option<u64>,
+    /// Log follow streams open at once; one more is refused with 503 (the dashboard's
+    /// script retries with backoff), so open pages cannot take every connection; 1 to
+    /// 1000000 [default: 1000].
+    #[arg(long, env = "FLINGER_MAX_FOLLOWS", value_name = "N")]
+    pub max_follows: Option<usize>,
     /// Largest header block of one multipart part, and largest preamble, in bytes
     /// [default: 8192].
     #[arg(long, env = "FLINGER_MAX_PART_HEADER_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<usize>)]

@@ -48,6 +48,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "TRANSFER_WINDOW_SECS",
     "DRAIN_SECS",
     "FOLLOW_MAX_SECS",
+    "MAX_FOLLOWS",
     "MAX_PART_HEADER_BYTES",
     "MAX_UPLOAD_PARTS",
     "MAX_FIELD_BYTES",

@@ -368,6 +368,9 @@ pub struct Config {
     /// How long one log follow stream lasts before it ends unfinished (clients reconnect
     /// from the fragment number it names): a bound on what one open page holds.
     pub follow_max: Duration,
+    /// Most log follow streams open at once: each holds a connection for up to
+    /// `follow_max`, so without a bound they could take every connection slot.
+    pub max_follows: usize,
     /// Largest part header block (and preamble) of a multipart upload.
     pub max_part_header_bytes: usize,
     /// Most parts in one multipart upload.
@@ -467,6 +470,7 @@ impl Default for Config {
             transfer_window: Duration::from_secs(10),
             drain: Duration::from_secs(30),
             follow_max: Duration::from_secs(600),
+            max_follows: 1_000,
             max_part_header_bytes: 8 << 10,
             max_upload_parts: 16,
             max_field_bytes: 64 << 10,
@@ -605,6 +609,7 @@ impl Config {
                         config.transfer_window = Duration::from_secs(num("seconds")?)
                     }
                     "DRAIN_SECS" => config.drain = Duration::from_secs(num("seconds")?),
+                    "MAX_FOLLOWS" => config.max_follows = size("a count")?,
                     "FOLLOW_MAX_SECS" => {
                         config.follow_max = Duration::from_secs(num("seconds")?)
                     }
@@ -723,6 +728,7 @@ impl Config {
             workers,
             orphan_quota_bytes,
             max_searches,
+            max_follows,
             lost_agent_requeue,
             max_waiters,
             metrics_queues

@@ -590,12 +590,13 @@ impl Results {
             .is_some_and(|d| d.log(kind).contains(run, phase, number))
     }
 
-    /// The number a legacy `/output` chunk of `run` gets: one past that run's highest.
+    /// The number a legacy `/output` chunk of `run` gets: one past that run's highest, at
+    /// most `i64::MAX` (reads answer numbers as signed, and an agent may post that one).
     pub fn next_output_number(&self, id: JobId, run: u32) -> u64 {
         self.docs
             .get(&id)
             .and_then(|d| d.output.last_number(run))
-            .map_or(0, |n| n + 1)
+            .map_or(0, |n| n.saturating_add(1).min(i64::MAX as u64))
     }
 
     /// Folds one results event in.

@@ -246,3 +246,57 @@ async fn log_follow_of_a_job_whose_data_lives_in_the_orphan_store_sends_each_fra
         "{whole}"
     );
 }
+
+/// Follow streams are bounded in number (`--max-follows`): each holds a connection for up
+/// to `--follow-max-secs`, so without a bound open streams could take every connection
+/// slot. One past the bound is 503 naming the option; a stream whose client left gives its
+/// place back.
+#[tokio::test]
+async fn log_follows_past_max_follows_are_503_until_one_closes() {
+    use crate::util::RawConn;
+    let srv = TestServer::start_with(&["--max-follows", "2"]);
+    let id = srv.submit_to("follows").await;
+    srv.pop_id(&["follows"]).await.unwrap();
+    let path = format!("/v1/result/{id}/log/output/follow");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut conn = RawConn::connect(&srv.base_url()).await;
+        conn.send(head.as_bytes()).await;
+        open.push(conn);
+    }
+    wait_for_follows(&srv, 2).await;
+    let refused = srv.get(&path).await;
+    refused.expect_status(503);
+    assert!(
+        refused.message().contains("--max-follows"),
+        "{}",
+        refused.text()
+    );
+    drop(open.pop());
+    let closed = Instant::now();
+    // At the latest at its next keep-alive comment (15 s) a stream finds its client gone.
+    let deadline = closed + Duration::from_secs(20);
+    loop {
+        // The server notices the closed connection at its next write or poll.
+        let mut conn = RawConn::connect(&srv.base_url()).await;
+        conn.send(head.as_bytes()).await;
+        let status = tokio::time::timeout(Duration::from_millis(500), conn.read_response())
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.status);
+        match status {
+            // Still refused: the dropped stream has not noticed yet.
+            Some(503) => {}
+            // No complete answer yet: an open stream (its headers came, its body goes on).
+            None | Some(200) => break,
+            Some(other) => panic!("follow answered {other}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed follow's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -595,6 +595,47 @@ async fn jobs_page_filtering_a_queue_of_jobs_with_many_tags_holds_no_one_up() {
 /// the end of the log and the start of the results (256 KiB each), says so and links to
 /// the whole, instead of answering all of it, escaped, in one page.
 #[tokio::test]
+async fn job_page_and_legacy_output_take_the_largest_fragment_number() {
+    // An agent may number a fragment i64::MAX (upstream's store takes any 64-bit signed
+    // number): the page's next fragment is past it (this was a 500, an overflow), and a
+    // legacy chunk after it is numbered no higher (not read back negative).
+    let srv = TestServer::start();
+    let id = srv.submit_to("big-number").await;
+    srv.pop_id(&["big-number"]).await.unwrap();
+    srv.post_json(
+        &format!("/v1/result/{id}/log/output"),
+        &fragment(i64::MAX as u64, "test", "last words\n"),
+    )
+    .await
+    .expect_status(200);
+    let page = srv.get(&format!("/jobs/{id}")).await;
+    page.expect_status(200);
+    let html = page.text();
+    assert!(html.contains("last words"), "{html}");
+    assert!(
+        html.contains("9223372036854775808"),
+        "the next fragment to follow from"
+    );
+    srv.post_raw(
+        &format!("/v1/result/{id}/output"),
+        Some("text/plain"),
+        b"legacy".to_vec(),
+    )
+    .await
+    .expect_status(200);
+    let log = srv
+        .get(&format!("/v1/result/{id}/log/output"))
+        .await
+        .expect_json();
+    assert_eq!(
+        log["output"]["test"]["last_fragment_number"],
+        i64::MAX,
+        "{log}"
+    );
+    srv.get(&format!("/jobs/{id}")).await.expect_status(200);
+}
+
+#[tokio::test]
 async fn job_page_shows_the_end_of_a_long_log_and_the_start_of_long_results() {
     let srv = TestServer::start();
     let id = srv.submit_to("long-log").await;

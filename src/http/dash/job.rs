@@ -130,7 +130,13 @@ pub async fn job_page(
             LOG_TAIL_BYTES + TAIL_SLACK,
         )
         .await?;
-    let next = phases.iter().map(|p| p.last).max().unwrap_or(-1) + 1;
+    // Past the newest fragment; as u64, for an agent may number one i64::MAX.
+    let next = phases
+        .iter()
+        .map(|p| p.last)
+        .max()
+        .and_then(|last| u64::try_from(last).ok())
+        .map_or(0, |last| last + 1);
     let log = log_tail(&phases, LOG_TAIL_BYTES);
     let log = log.as_str();
     // As the log: results may hold up to --max-job-data-bytes; the page shows their start,

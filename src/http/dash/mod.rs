@@ -655,6 +655,9 @@ struct Follow {
     pending: Option<Box<dyn Iterator<Item = Bytes> + Send>>,
     /// When anything was last sent (for [`FOLLOW_KEEP_ALIVE`]).
     sent_at: Instant,
+    /// This stream's place among `--max-follows`, given back when it ends or its client
+    /// leaves (the stream is dropped).
+    _place: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// `GET /v1/result/<id>/log/<output|serial>/follow?start_fragment=N`: server-sent events,
@@ -678,6 +681,12 @@ pub async fn log_follow(
             from = super::wire::query_number("start_fragment", &value, u64::MAX, "")?;
         }
     }
+    let place = svc.follows.clone().try_acquire_owned().map_err(|_| {
+        Error::Unavailable(format!(
+            "{} log follows are open, the most at once (--max-follows): try again later",
+            svc.config.max_follows
+        ))
+    })?;
     let started = Instant::now();
     let follow_max = svc.config.follow_max;
     let state = Follow {
@@ -687,6 +696,7 @@ pub async fn log_follow(
         done: false,
         pending: None,
         sent_at: started,
+        _place: place,
     };
     let stream = futures_util::stream::unfold(state, move |mut st| async move {
         loop {
