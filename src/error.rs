@@ -46,6 +46,9 @@ pub enum Error {
     NoSpace(String),
     /// The server cannot serve the request now (log failed, actor gone, shutting down): 503.
     Unavailable(String),
+    /// The node this one forwarded the request to (the leader) stopped answering it: 504.
+    /// Unlike a 503, the request may have been done there.
+    UpstreamTimeout(String),
     /// A bug or an I/O failure on our side: 500. Never caused by client input.
     Internal(String),
 }
@@ -70,6 +73,7 @@ impl Error {
             Error::Validation { .. } => 422,
             Error::Internal(_) => 500,
             Error::Unavailable(_) => 503,
+            Error::UpstreamTimeout(_) => 504,
             Error::NoSpace(_) => 507,
         }
     }
@@ -90,6 +94,7 @@ impl Error {
             | Error::Timeout(m)
             | Error::NoSpace(m)
             | Error::Unavailable(m)
+            | Error::UpstreamTimeout(m)
             | Error::Internal(m) => m,
             Error::Validation { message, .. } => message,
         }

@@ -169,6 +169,131 @@ async fn forwarder_passes_no_hop_by_hop_header_on_in_either_direction() {
     );
 }
 
+/// A fake leader at `listener` that reads each request whole (head, then a
+/// `Content-Length` body) and answers by its path: `/silent` nothing at all, `/half` its
+/// head and 10 of the 100 bytes it announces, anything else `200 ok`; it keeps every
+/// connection open, so only the standby's own bound ends the first two.
+async fn stalling_leader(listener: TcpListener) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte).await {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            let mut body = vec![0u8; length];
+            if stream.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            let answer: &[u8] = if head.starts_with("get /silent") {
+                b""
+            } else if head.starts_with("get /half") {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            };
+            let _ = stream.write_all(answer).await;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(stream);
+        });
+    }
+}
+
+/// A leader that holds its lease but stops answering a forwarded request does not hold
+/// the client: with no answer's head within `--forward-idle-secs` (2 s here) the client
+/// gets 504 naming the leader; an answer that stops half-way is cut (the client sees the
+/// connection close short of its `Content-Length`) and logged. A client's own slow upload
+/// is not the leader's silence: it goes through however long it takes.
+#[tokio::test]
+async fn standby_gives_up_on_a_leader_that_stops_answering_after_its_idle_bound() {
+    let url = fresh_database();
+    let a = TestServer::start_with(&[
+        "--journal",
+        &url,
+        "--lease-ms",
+        LEASE_MS,
+        "--forward-idle-secs",
+        "2",
+    ]);
+    wait_role(&a, "leader", Duration::from_secs(30)).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let leader = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(stalling_leader(listener));
+    sql(
+        &url,
+        &format!(
+            "UPDATE flinger_lease SET term = term + 1, holder = 'fake', url = '{leader}', \
+             expires = clock_timestamp() + interval '1 hour'"
+        ),
+    );
+    wait_role(&a, "standby", Duration::from_secs(10)).await;
+
+    // No head at all: 504, naming the leader, once 2 s passed without a word.
+    let started = Instant::now();
+    let r = a
+        .http()
+        .try_request("GET", "/silent", &[], Vec::new())
+        .await
+        .expect("an answer");
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text_preview());
+    assert!(r.message().contains(&leader), "{}", r.text_preview());
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "answered after {took:?}"
+    );
+
+    // The head and 10 bytes of 100, then nothing: the connection is cut.
+    let started = Instant::now();
+    let mut conn = RawConn::connect(&a.base_url()).await;
+    conn.send(b"GET /half HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let r = conn.read_response().await.expect("the head");
+    let took = started.elapsed();
+    assert_eq!((r.status, &r.body[..]), (200, &b"0123456789"[..]), "{r:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "cut after {took:?}"
+    );
+    let lines = a
+        .stderr_lines_once(|l| l.contains("stopped sending its answer"))
+        .await;
+    let cut = lines
+        .iter()
+        .find(|l| l.contains("stopped sending its answer"));
+    assert!(
+        cut.is_some_and(|l| l.contains(&leader)),
+        "not logged: {cut:?}"
+    );
+
+    // A client uploading 5 bytes over 5 s (1 s apart): its pace, not the leader's.
+    let started = Instant::now();
+    let mut conn = RawConn::connect(&a.base_url()).await;
+    conn.send(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        .await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        conn.send(b"x").await;
+    }
+    let r = conn.read_response().await.expect("an answer");
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (200, &b"ok"[..]),
+        "{r:?} after {:?}",
+        started.elapsed()
+    );
+}
+
 /// The lease row deleted by hand (with the leader running): the leader steps down, the row
 /// comes back, and the next term is higher than every term before, not 1 again (fencing
 /// compares terms: a term given out twice would let the deposed holder of the first write).

@@ -103,6 +103,7 @@ impl Config {
             ),
             ("min-transfer-bytes", self.min_transfer_bytes, 1, ""),
             ("follow-max-secs", self.follow_max.as_secs(), 1, ""),
+            ("forward-idle-secs", self.forward_idle.as_secs(), 1, ""),
             ("max-upload-parts", self.max_upload_parts as u64, 1, ""),
             (
                 "max-part-header-bytes",
@@ -142,6 +143,11 @@ impl Config {
             (
                 "follow-max-secs",
                 self.follow_max.as_secs(),
+                MAX_DEADLINE_SECS,
+            ),
+            (
+                "forward-idle-secs",
+                self.forward_idle.as_secs(),
                 MAX_DEADLINE_SECS,
             ),
         ] {

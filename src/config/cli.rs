@@ -449,4 +449,10 @@ pub struct ServeOpts {
     /// leads, `http://HOST:PORT` [default: http:// + the bound address].
     #[arg(long, env = "FLINGER_ADVERTISE_URL", value_name = "URL")]
     pub advertise_url: Option<String>,
+    /// On the PostgreSQL journal: seconds a standby waits for the leader to move a
+    /// forwarded request on (take more of its body, send its answer's head or the next
+    /// piece of its body) before giving up on it (504, or the connection cut mid-answer);
+    /// keep it above a long poll's 60 s and four lease lengths; 1 to 86400 [default: 90].
+    #[arg(long, env = "FLINGER_FORWARD_IDLE_SECS", value_name = "SECS")]
+    pub forward_idle_secs: Option<u64>,
 }

@@ -79,6 +79,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "JOURNAL",
     "LEASE_MS",
     "ADVERTISE_URL",
+    "FORWARD_IDLE_SECS",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 pub(super) const IGNORED_KEYS: &[&str] = &[

@@ -443,6 +443,10 @@ pub struct Config {
     /// The URL other nodes forward requests to while this node leads (default:
     /// `http://` + the bound address).
     pub advertise_url: Option<String>,
+    /// How long a standby waits for the leader to move a forwarded request on before it
+    /// gives up on it: a leader that still renews its lease but stopped answering (a stuck
+    /// handler, a half-dead peer) would otherwise hold the client for good.
+    pub forward_idle: Duration,
 }
 
 impl Default for Config {
@@ -503,6 +507,9 @@ impl Default for Config {
             journal: JournalTarget::File,
             lease: Duration::from_secs(5),
             advertise_url: None,
+            // Above a long poll's longest wait (60 s) and the leader's wait on its
+            // database (four 5 s leases), so neither is cut.
+            forward_idle: Duration::from_secs(90),
         }
     }
 }
@@ -679,6 +686,9 @@ impl Config {
                     }
                     "LEASE_MS" => config.lease = Duration::from_millis(num("milliseconds")?),
                     "ADVERTISE_URL" => config.advertise_url = Some(value.clone()),
+                    "FORWARD_IDLE_SECS" => {
+                        config.forward_idle = Duration::from_secs(num("seconds")?)
+                    }
                     "REDIS_HOST" | "REDIS_PORT" => warnings.push(format!(
                         "config key {key} is ignored: flinger keeps its journal in its data directory, or in PostgreSQL with --journal postgres://... (FLINGER_JOURNAL, config key JOURNAL)"
                     )),
@@ -738,6 +748,7 @@ impl Config {
             (opts.transfer_window_secs, &mut config.transfer_window),
             (opts.drain_secs, &mut config.drain),
             (opts.follow_max_secs, &mut config.follow_max),
+            (opts.forward_idle_secs, &mut config.forward_idle),
         ] {
             if let Some(secs) = secs {
                 *slot = Duration::from_secs(secs);

@@ -2,15 +2,32 @@
 //! method, headers and body, the answer streamed back, less the headers of one hop in
 //! either direction; a leader that cannot be reached sends the request back to wait for
 //! the next one.
+//!
+//! A leader that still renews its lease can still stop answering one request (a stuck
+//! handler, a peer half gone): no wait on it is longer than `--forward-idle-secs` without
+//! progress. Progress is the leader taking more of the request body, sending its answer's
+//! head, or sending the next piece of the answer's body; time spent waiting on the client
+//! (a slow upload, a client not reading) does not count. Before the head the client gets
+//! 504 naming the leader; after it, the connection to the client is cut (the status is
+//! gone) and a line is logged. The connection to the leader goes with either.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::{Node, Role};
 use crate::error::Error;
@@ -65,9 +82,147 @@ fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
     }
 }
 
+/// How far one forwarded exchange got before the leader's answer began: shared by the
+/// request body on its way to the leader ([`ToLeader`]) and the wait for the answer's head.
+struct Progress {
+    /// When the leader last took a piece of the request body (or the exchange began).
+    last: Mutex<Instant>,
+    /// Whether the request body waits on the client: the leader is not the one silent.
+    client_turn: AtomicBool,
+}
+
+impl Progress {
+    fn touch(&self) {
+        *self.last.lock() = Instant::now();
+    }
+
+    /// Resolves once the leader made no progress for `idle` while the forwarder waited on
+    /// it (time waiting on the client starts the count again).
+    async fn silent_for(&self, idle: Duration) {
+        loop {
+            let deadline = *self.last.lock() + idle;
+            tokio::time::sleep_until(deadline).await;
+            if self.client_turn.load(Ordering::Acquire) {
+                self.touch();
+            } else if *self.last.lock() + idle <= Instant::now() {
+                return;
+            }
+        }
+    }
+}
+
+/// The request body on its way to the leader: hyper takes a piece only when the
+/// connection to the leader can carry it, so a piece taken is the leader's progress.
+struct ToLeader {
+    inner: Body,
+    progress: Arc<Progress>,
+}
+
+impl HttpBody for ToLeader {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let waiting_on_client = polled.is_pending();
+        self.progress
+            .client_turn
+            .store(waiting_on_client, Ordering::Release);
+        if !waiting_on_client {
+            self.progress.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The task driving the connection to the leader, aborted when dropped: a leader that
+/// stopped answering would otherwise keep it (and its socket) for as long as TCP lets it.
+struct LeaderConnection(tokio::task::JoinHandle<()>);
+
+impl Drop for LeaderConnection {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The leader's answer body on its way to the client, cut (an error, which makes hyper
+/// close the client's connection) once the leader sent nothing for `idle` while the
+/// client waited for more. Time the client takes to read does not count: this body is
+/// polled only when the client's connection can take more.
+struct FromLeader {
+    inner: hyper::body::Incoming,
+    idle: Duration,
+    /// Runs out `idle` after the wait on the leader began.
+    timer: Pin<Box<Sleep>>,
+    /// Whether the last poll found nothing (the timer is armed).
+    waiting: bool,
+    leader: Box<str>,
+    /// Ends with the body: also when the client goes away half-way.
+    _connection: LeaderConnection,
+}
+
+impl HttpBody for FromLeader {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    this.timer.as_mut().reset(Instant::now() + this.idle);
+                }
+                if this.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if let Some(suppressed) = crate::throttle::allow("forwarded answer stalled", 0) {
+                    tracing::warn!(leader = %this.leader, idle_secs = this.idle.as_secs_f64(), suppressed,
+                        "forwarded request: the leader stopped sending its answer; the connection to the client is cut");
+                }
+                Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the leader at {} sent nothing more of its answer for {} s",
+                        this.leader,
+                        this.idle.as_secs_f64()
+                    ),
+                )))))
+            }
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(axum::Error::new)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Sends `request` on to the leader at `leader` and streams its answer back. The body
 /// streams through without being collected: its size and pace are bounded by this node's
-/// connection limits and by the leader's own. When the leader cannot be reached (it just
+/// connection limits and by the leader's own, and the leader's silence by
+/// `--forward-idle-secs` (module docs). When the leader cannot be reached (it just
 /// died), the request comes back untouched with the reason, to wait for the next leader.
 pub(super) async fn forward(
     node: &Node,
@@ -123,15 +278,27 @@ pub(super) async fn forward(
     }
     *request.uri_mut() =
         Uri::from_maybe_shared(bytes::Bytes::from(path)).unwrap_or_else(|_| Uri::from_static("/"));
+    let idle = node.config.forward_idle;
+    let progress = Arc::new(Progress {
+        last: Mutex::new(Instant::now()),
+        client_turn: AtomicBool::new(false),
+    });
+    let request = request.map(|inner| {
+        Body::new(ToLeader {
+            inner,
+            progress: progress.clone(),
+        })
+    });
+    // The connection's task is aborted on every way out but an answer, which keeps it.
     let answered = async {
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
+        let driver = LeaderConnection(tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "forwarded connection ended with an error");
             }
-        });
-        sender.send_request(request).await
+        }));
+        Ok::<_, hyper::Error>((sender.send_request(request).await?, driver))
     };
     // A leader that stopped answering (paused, partitioned) loses its lease: give up on
     // it when the lease moves, instead of holding the client until it resumes. What it
@@ -164,10 +331,28 @@ pub(super) async fn forward(
             ))
             .into_response())
         }
+        // It still holds its lease, so `moved` never comes.
+        _ = progress.silent_for(idle) => {
+            return Ok(Error::UpstreamTimeout(format!(
+                "the leader at {leader} sent no answer for {} s (--forward-idle-secs) though it \
+                 holds its lease; the request may or may not have been done there",
+                idle.as_secs_f64()
+            ))
+            .into_response())
+        }
     };
     Ok(match answered {
-        Ok(response) => {
-            let mut response = response.map(Body::new);
+        Ok((response, connection)) => {
+            let mut response = response.map(|inner| {
+                Body::new(FromLeader {
+                    inner,
+                    idle,
+                    timer: Box::pin(tokio::time::sleep(idle)),
+                    waiting: false,
+                    leader: leader.into(),
+                    _connection: connection,
+                })
+            });
             strip_hop_by_hop(response.headers_mut());
             response
         }
