@@ -1,9 +1,11 @@
 //! The edges of several nodes on one PostgreSQL journal (`ha`, `journal::postgres`): the
 //! forwarder passes on no header of one hop (those `Connection` names included), in either
-//! direction; no wait of the leader on the database outlasts its bound (a snapshot upload
-//! against a lock or a paused backend, a renewal's reconnect to a server that never
-//! answers, a download from paused file store connections); and lease terms only grow,
-//! even when the lease row is deleted by hand.
+//! direction, and gives up on a leader that holds its lease but stops answering; no wait
+//! of the leader on the database outlasts its bound (a snapshot upload against a lock or
+//! a paused backend, a renewal's reconnect to a server that never answers, a download
+//! from paused file store connections), and a file store connection given up on or failed
+//! is closed, not reused; and lease terms only grow, even when the lease row is deleted
+//! by hand.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -456,7 +458,7 @@ async fn snapshot_upload_gives_up_within_its_bound_and_loses_nothing_when_the_da
     ]);
     wait_role(&a, "leader", Duration::from_secs(30)).await;
     // Another session holds the chunks' table for a minute (ended by hand below).
-    let mut locker = lock_snapshot_chunks(&url, 60);
+    let mut locker = lock_table(&url, "flinger_snapshot_chunks", 60);
     let held = LOCK_HELD;
     let deadline = Instant::now() + Duration::from_secs(10);
     while sql(&url, held) != "1" {
@@ -545,7 +547,7 @@ async fn snapshot_upload_gives_up_when_its_connection_stops_answering() {
         "4096",
     ]);
     wait_role(&a, "leader", Duration::from_secs(30)).await;
-    let mut locker = lock_snapshot_chunks(&url, 120);
+    let mut locker = lock_table(&url, "flinger_snapshot_chunks", 120);
     let held = LOCK_HELD;
     let deadline = Instant::now() + Duration::from_secs(10);
     while sql(&url, held) != "1" {
@@ -620,17 +622,7 @@ async fn download_gets_503_within_its_bound_when_the_file_stores_connections_sto
     a.post_multipart(&path, "file", "a.tgz", &bytes)
         .await
         .expect_status(200);
-    // The pool's sessions: the ones whose last statement was the file store's.
-    let pids: Vec<i32> = sql(
-        &url,
-        "SELECT string_agg(pid::text, ',') FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid() \
-         AND (query LIKE '%flinger_files%' OR query LIKE '%flinger_file_chunks%' \
-              OR query LIKE '%flinger_private%')",
-    )
-    .split(',')
-    .filter_map(|p| p.parse().ok())
-    .collect();
+    let pids = file_store_sessions(&url);
     assert!(!pids.is_empty(), "no file store session found");
     let signal = |s| {
         for pid in &pids {
@@ -659,20 +651,168 @@ async fn download_gets_503_within_its_bound_when_the_file_stores_connections_sto
     );
 }
 
-/// Counts 1 once [`lock_snapshot_chunks`]'s session holds its lock.
+/// The file store pool's sessions: the ones whose last statement was the file store's.
+fn file_store_sessions(url: &str) -> Vec<i32> {
+    sql(
+        url,
+        "SELECT string_agg(pid::text, ',') FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+         AND (query LIKE '%flinger_files%' OR query LIKE '%flinger_file_chunks%' \
+              OR query LIKE '%flinger_private%')",
+    )
+    .split(',')
+    .filter_map(|p| p.parse().ok())
+    .collect()
+}
+
+/// Backends paused with SIGSTOP, resumed when dropped (a failing test too: the cluster
+/// serves every test).
+struct Paused(Vec<i32>);
+
+impl Paused {
+    fn stop(pids: &[i32]) -> Paused {
+        for pid in pids {
+            // SAFETY: kill has no memory preconditions; these are the cluster's backends.
+            unsafe { libc::kill(*pid, libc::SIGSTOP) };
+        }
+        Paused(pids.to_vec())
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // SAFETY: as in `stop`.
+            unsafe { libc::kill(*pid, libc::SIGCONT) };
+        }
+    }
+}
+
+/// Whether any of `pids` is still a backend of the cluster.
+fn any_alive(url: &str, pids: &[i32]) -> bool {
+    let list = pids
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    sql(
+        url,
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE pid IN ({list})"),
+    ) != "0"
+}
+
+/// A connection of the file store whose statement was given up (its backend paused, so
+/// its answer may still come) or failed (the server ended it) is closed, never handed out
+/// again: with the paused backends still paused, downloads go on after at most one 503
+/// per paused connection (before, every download waited on a paused one and got 503),
+/// the resumed backends end instead of idling in the pool, and the session whose
+/// statement the server timed out ends too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_store_closes_a_connection_whose_statement_timed_out_or_failed() {
+    let url = fresh_database();
+    let a = node(&url);
+    wait_role(&a, "leader", Duration::from_secs(30)).await;
+    let id = a.submit(&json!({"job_queue": "files"})).await;
+    let bytes = crate::util::pseudo_random_bytes(3 << 20, 7);
+    let path = format!("/v1/result/{id}/artifact");
+    a.post_multipart(&path, "file", "a.tgz", &bytes)
+        .await
+        .expect_status(200);
+    let download = || async {
+        a.http()
+            .try_request("GET", &path, &[], Vec::new())
+            .await
+            .expect("an answer")
+    };
+
+    let pids = file_store_sessions(&url);
+    assert!(!pids.is_empty(), "no file store session found");
+    let paused = Paused::stop(&pids);
+    let mut refused = 0;
+    let got = loop {
+        let r = download().await;
+        if r.status == 200 {
+            break r;
+        }
+        assert_eq!(r.status, 503, "{}", r.text_preview());
+        assert!(
+            r.message().contains("no answer within 4 s"),
+            "{}",
+            r.text_preview()
+        );
+        refused += 1;
+        assert!(
+            refused <= pids.len(),
+            "{refused} downloads refused with {} connections paused: one given up on was \
+             handed out again",
+            pids.len()
+        );
+    };
+    assert!(refused >= 1, "no download waited on a paused connection");
+    assert!(got.body[..] == bytes[..], "{}", got.text_preview());
+    drop(paused);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while any_alive(&url, &pids) {
+        assert!(
+            Instant::now() < deadline,
+            "a resumed backend stayed: its connection is still pooled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The server ends the statement itself (`statement_timeout`, 2 s here): a lock held
+    // elsewhere on the files' table.
+    let before = file_store_sessions(&url);
+    assert!(!before.is_empty(), "no file store session found");
+    let mut locker = lock_table(&url, "flinger_files", 60);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sql(&url, LOCK_HELD) != "1" {
+        assert!(Instant::now() < deadline, "the lock was not taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = download().await;
+    sql(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'flinger_test_lock'",
+    );
+    let _ = locker.wait();
+    assert_eq!(r.status, 503, "{}", r.text_preview());
+    assert!(
+        r.message().contains("statement timeout"),
+        "{}",
+        r.text_preview()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while before.iter().all(|pid| any_alive(&url, &[*pid])) {
+        assert!(
+            Instant::now() < deadline,
+            "every session of {before:?} stayed: the one whose statement failed is still pooled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = download().await;
+    assert!(
+        got.status == 200 && got.body[..] == bytes[..],
+        "{}",
+        got.text_preview()
+    );
+}
+
+/// Counts 1 once [`lock_table`]'s session holds its lock.
 const LOCK_HELD: &str = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid) \
     WHERE s.datname = current_database() AND s.application_name = 'flinger_test_lock' \
     AND l.mode = 'AccessExclusiveLock' AND l.granted";
 
-/// A psql session (named `flinger_test_lock`) that holds `flinger_snapshot_chunks` locked
-/// for `secs` seconds, or until killed.
-fn lock_snapshot_chunks(url: &str, secs: u32) -> std::process::Child {
+/// A psql session (named `flinger_test_lock`) that holds `table` locked for `secs`
+/// seconds, or until killed.
+fn lock_table(url: &str, table: &str, secs: u32) -> std::process::Child {
     std::process::Command::new(crate::util::pg::bin("psql"))
         .arg(url)
         .args(["-q", "-c"])
         .arg(format!(
             "SET application_name = 'flinger_test_lock'; BEGIN; \
-             LOCK TABLE flinger_snapshot_chunks IN ACCESS EXCLUSIVE MODE; \
+             LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; \
              SELECT pg_sleep({secs}); COMMIT"
         ))
         .stdout(std::process::Stdio::null())

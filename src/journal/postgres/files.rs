@@ -24,7 +24,8 @@
 //! so a slow client never holds a connection between its chunks. No wait for a connection
 //! or for a statement's answer is longer than the store's patience, by the server's
 //! `statement_timeout` and by flinger's own clock (a server that stops answering never
-//! sends its error): see [`bounded`].
+//! sends its error), and a connection whose statement failed or was given up is closed,
+//! never reused: see [`on_connection`].
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -73,28 +74,49 @@ pub struct PgFiles {
     /// The leader's lease term: orphan appends rewrite chunks of an existing file, so a
     /// deposed leader must not (`super::fence`).
     term: Option<i64>,
-    /// The longest wait for a connection, and for one statement ([`bounded`]).
+    /// The longest wait for a connection, and for one statement ([`on_connection`]).
     patience: Duration,
 }
 
-/// `work` (a connection from the pool, then a statement), unless it takes longer than
-/// `patience` twice: the server's `statement_timeout` ends a statement that runs too long,
-/// but a server that stops answering altogether (paused, or behind a network that drops
-/// packets) never sends that error, and a request would wait until TCP gives up. The
-/// connection goes back to the pool: a later statement on it waits behind the unanswered
-/// one, bounded the same way, and both answers come in order if the server resumes.
-async fn bounded<T>(
+/// `work` on a connection from `pool`, unless getting one and running `work` take longer
+/// than `patience` twice: the server's `statement_timeout` ends a statement that runs
+/// too long, but a server that stops answering altogether (paused, or behind a network
+/// that drops packets) never sends that error, and a request would wait until TCP gives
+/// up.
+///
+/// A connection whose `work` failed or ran out of time is taken out of the pool and
+/// closed, never handed out again: given up, its statement may still be running on the
+/// server (a later statement on it would queue behind it and fail the same way, and an
+/// answer still to come is not the later statement's), and after a failure its state is
+/// unknown (a transaction not yet rolled back, a socket the pool's quick check finds
+/// open). The pool opens a fresh one for the next statement.
+async fn on_connection<T>(
+    pool: &Pool,
     patience: Duration,
     what: &str,
-    work: impl std::future::Future<Output = Result<T>>,
+    work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T>,
 ) -> Result<T> {
     let bound = patience * 2;
-    tokio::time::timeout(bound, work).await.unwrap_or_else(|_| {
-        Err(Error::Unavailable(format!(
+    let deadline = tokio::time::Instant::now() + bound;
+    let given_up = || {
+        Error::Unavailable(format!(
             "PostgreSQL file store: {what}: no answer within {} s",
             bound.as_secs_f64()
-        )))
-    })
+        ))
+    };
+    let mut object = match tokio::time::timeout_at(deadline, client(pool)).await {
+        Ok(got) => got?,
+        Err(_) => return Err(given_up()),
+    };
+    // `work` borrows the connection, so the connection outlives a `work` given up.
+    let outcome = match tokio::time::timeout_at(deadline, work(&mut object)).await {
+        Ok(done) => done,
+        Err(_) => Err(given_up()),
+    };
+    if outcome.is_err() {
+        drop(deadpool_postgres::Object::take(object));
+    }
+    outcome
 }
 
 fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
@@ -167,13 +189,9 @@ impl PgFiles {
         drop(client);
         Ok(files)
     }
-
-    /// A pooled connection (waits for one when all are busy).
-    async fn client(&self) -> Result<deadpool_postgres::Object> {
-        client(&self.pool).await
-    }
 }
 
+/// A pooled connection (waits for one when all are busy).
 async fn client(pool: &Pool) -> Result<deadpool_postgres::Object> {
     pool.get().await.map_err(|e| match e {
         deadpool_postgres::PoolError::Backend(e) => pg_error("file store", e),
@@ -184,12 +202,12 @@ async fn client(pool: &Pool) -> Result<deadpool_postgres::Object> {
 #[async_trait]
 impl FileStore for PgFiles {
     async fn create(&self, name: &str) -> Result<Box<dyn NewFile>> {
-        bounded(self.patience, "cannot store a file", async {
-            self.client()
-                .await?
+        let what = "cannot store a file";
+        on_connection(&self.pool, self.patience, what, async |client| {
+            client
                 .execute("INSERT INTO flinger_files (name) VALUES ($1)", &[&name])
                 .await
-                .map_err(failed("cannot store a file"))
+                .map_err(failed(what))
         })
         .await?;
         Ok(Box::new(PgNewFile {
@@ -202,12 +220,12 @@ impl FileStore for PgFiles {
     }
 
     async fn open(&self, name: &str, size: u64) -> Result<Download> {
-        let found = bounded(self.patience, "cannot read a file", async {
-            self.client()
-                .await?
+        let what = "cannot read a file";
+        let found = on_connection(&self.pool, self.patience, what, async |client| {
+            client
                 .query_opt("SELECT 1 FROM flinger_files WHERE name = $1", &[&name])
                 .await
-                .map_err(failed("cannot read a file"))
+                .map_err(failed(what))
         })
         .await?;
         if found.is_none() {
@@ -220,15 +238,14 @@ impl FileStore for PgFiles {
                 if pos >= size {
                     return Ok(None);
                 }
-                let row = bounded(patience, "cannot read a file", async {
-                    client(&pool)
-                        .await?
+                let row = on_connection(&pool, patience, what, async |client| {
+                    client
                         .query_opt(
                             "SELECT data FROM flinger_file_chunks WHERE file = $1 AND pos = $2",
                             &[&name, &(pos as i64)],
                         )
                         .await
-                        .map_err(failed("cannot read a file"))
+                        .map_err(failed(what))
                 })
                 .await?;
                 let Some(row) = row else {
@@ -251,61 +268,56 @@ impl FileStore for PgFiles {
     }
 
     async fn append(&self, name: &str, offset: u64, new: bool, bytes: Vec<u8>) -> Result<()> {
-        bounded(
-            self.patience * (3 + bytes.len().div_ceil(CHUNK) as u32),
-            "cannot append to a file",
-            async {
-                let mut client = self.client().await?;
-                let fail = failed("cannot append to a file");
-                let tx = client.transaction().await.map_err(&fail)?;
-                if new {
-                    tx.execute(
+        // Three statements and one per chunk (`on_connection` waits twice this at most).
+        let patience = self.patience * (3 + bytes.len().div_ceil(CHUNK) as u32);
+        let what = "cannot append to a file";
+        on_connection(&self.pool, patience, what, async |client| {
+            let fail = failed(what);
+            let tx = client.transaction().await.map_err(&fail)?;
+            if new {
+                tx.execute(
                     "INSERT INTO flinger_files (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
                     &[&name],
                 )
                 .await
                 .map_err(&fail)?;
-                }
-                tx.execute(
-                    "DELETE FROM flinger_file_chunks WHERE file = $1 AND pos >= $2",
-                    &[&name, &(offset as i64)],
-                )
+            }
+            tx.execute(
+                "DELETE FROM flinger_file_chunks WHERE file = $1 AND pos >= $2",
+                &[&name, &(offset as i64)],
+            )
+            .await
+            .map_err(&fail)?;
+            let insert = tx
+                .prepare("INSERT INTO flinger_file_chunks (file, pos, data) VALUES ($1, $2, $3)")
                 .await
                 .map_err(&fail)?;
-                let insert = tx
-                    .prepare(
-                        "INSERT INTO flinger_file_chunks (file, pos, data) VALUES ($1, $2, $3)",
-                    )
+            for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
+                let pos = (offset + (i * CHUNK) as u64) as i64;
+                tx.execute(&insert, &[&name, &pos, &chunk])
                     .await
                     .map_err(&fail)?;
-                for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
-                    let pos = (offset + (i * CHUNK) as u64) as i64;
-                    tx.execute(&insert, &[&name, &pos, &chunk])
-                        .await
-                        .map_err(&fail)?;
-                }
-                if let Some(term) = self.term {
-                    super::fence(&tx, term).await?;
-                }
-                tx.commit().await.map_err(&fail)
-            },
-        )
+            }
+            if let Some(term) = self.term {
+                super::fence(&tx, term).await?;
+            }
+            tx.commit().await.map_err(&fail)
+        })
         .await
     }
 
     async fn read(&self, name: &str, from: u64, to: u64) -> Result<Vec<u8>> {
-        bounded(self.patience, "cannot read a file", async {
+        let what = "cannot read a file";
+        on_connection(&self.pool, self.patience, what, async |client| {
             // The chunks holding bytes of [from, to): the first may start before `from`.
-            let rows = self
-                .client()
-                .await?
+            let rows = client
                 .query(
                     "SELECT pos, data FROM flinger_file_chunks \
                      WHERE file = $1 AND pos < $3 AND pos + octet_length(data) > $2 ORDER BY pos",
                     &[&name, &(from as i64), &(to as i64)],
                 )
                 .await
-                .map_err(failed("cannot read a file"))?;
+                .map_err(failed(what))?;
             let mut bytes = Vec::with_capacity(to.saturating_sub(from) as usize);
             let mut at = from;
             for row in rows {
@@ -342,13 +354,13 @@ impl FileStore for PgFiles {
         let (pool, patience) = (self.pool.clone(), self.patience);
         tokio::spawn(async move {
             let names: Vec<&str> = names.iter().map(|n| &**n).collect();
-            let result = bounded(patience, "cannot delete files", async {
-                client(&pool)
-                    .await?
+            let what = "cannot delete files";
+            let result = on_connection(&pool, patience, what, async |client| {
+                client
                     .execute("DELETE FROM flinger_files WHERE name = ANY($1)", &[&names])
                     .await
                     .map(drop)
-                    .map_err(failed("cannot delete files"))
+                    .map_err(failed(what))
             })
             .await;
             if let Err(e) = result {
@@ -362,8 +374,8 @@ impl FileStore for PgFiles {
     }
 
     async fn sweep(&self, referenced: &HashSet<&str>, keep: bool) -> Result<usize> {
-        bounded(self.patience * 2, "cannot sweep the stored files", async {
-            let client = self.client().await?;
+        let what = "cannot sweep the stored files";
+        on_connection(&self.pool, self.patience * 2, what, async |client| {
             let rows = client
                 .query("SELECT name FROM flinger_files", &[])
                 .await
@@ -400,9 +412,9 @@ impl FileStore for PgFiles {
     }
 
     async fn private(&self, name: &str, fresh: Vec<u8>) -> Result<Vec<u8>> {
-        bounded(self.patience * 2, "cannot keep a private value", async {
-            let client = self.client().await?;
-            let fail = failed("cannot keep a private value");
+        let what = "cannot keep a private value";
+        on_connection(&self.pool, self.patience * 2, what, async |client| {
+            let fail = failed(what);
             // Whoever inserts first wins; everyone reads the winner.
             let made = client
                 .execute(
@@ -450,15 +462,15 @@ impl PgNewFile {
     /// Inserts `buf[..n]` as the next chunk.
     async fn insert(&mut self, n: usize) -> Result<()> {
         let pos = self.written as i64;
-        bounded(self.patience, "cannot store a file", async {
-            client(&self.pool)
-                .await?
+        let what = "cannot store a file";
+        on_connection(&self.pool, self.patience, what, async |client| {
+            client
                 .execute(
                     "INSERT INTO flinger_file_chunks (file, pos, data) VALUES ($1, $2, $3)",
                     &[&self.name, &pos, &&self.buf[..n]],
                 )
                 .await
-                .map_err(failed("cannot store a file"))
+                .map_err(failed(what))
         })
         .await?;
         self.buf.drain(..n);
@@ -482,15 +494,15 @@ impl NewFile for PgNewFile {
             if !self.buf.is_empty() {
                 self.insert(self.buf.len()).await?;
             }
-            bounded(self.patience, "cannot store a file", async {
-                client(&self.pool)
-                    .await?
+            let what = "cannot store a file";
+            on_connection(&self.pool, self.patience, what, async |client| {
+                client
                     .execute(
                         "UPDATE flinger_files SET size = $2 WHERE name = $1",
                         &[&self.name, &(self.written as i64)],
                     )
                     .await
-                    .map_err(failed("cannot store a file"))
+                    .map_err(failed(what))
             })
             .await
         }
@@ -506,12 +518,12 @@ impl NewFile for PgNewFile {
 
     async fn abandon(self: Box<Self>) {
         // A failure leaves the rows to start-up's sweep.
-        let _ = bounded(self.patience, "cannot delete a file", async {
-            client(&self.pool)
-                .await?
+        let what = "cannot delete a file";
+        let _ = on_connection(&self.pool, self.patience, what, async |client| {
+            client
                 .execute("DELETE FROM flinger_files WHERE name = $1", &[&self.name])
                 .await
-                .map_err(failed("cannot delete a file"))
+                .map_err(failed(what))
         })
         .await;
     }
