@@ -2,8 +2,9 @@
 //! forwarder passes on no header of one hop (those `Connection` names included), in either
 //! direction, and gives up on a leader that holds its lease but stops answering; no wait
 //! of the leader on the database outlasts its bound (a snapshot upload against a lock or
-//! a paused backend, a renewal's reconnect to a server that never answers, a download
-//! from paused file store connections), and a file store connection given up on or failed
+//! a paused backend, a renewal's reconnect to a server that never answers, a promoted
+//! node's writer set-up against one, a download from paused file store connections),
+//! and a file store connection given up on or failed
 //! is closed, not reused; and lease terms only grow, even when the lease row is deleted
 //! by hand.
 
@@ -438,6 +439,57 @@ async fn leader_renews_soon_after_the_database_answers_again_when_a_reconnect_go
     // Nobody else took the lease meanwhile: the same term goes on.
     assert_eq!(doc["term"], term, "{doc}");
     a.submit(&json!({"job_queue": "renew"})).await;
+}
+
+/// A standby takes the lease while new connections to the database get no answer (the
+/// standby's own connection, made before, still works): setting up the journal writer
+/// gives up within the wait for one answer (four leases, at least 10 s), not the URL's
+/// `connect_timeout` (60 s here), says so in the log, and the node follows again and
+/// retries; once the database answers it leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promoted_standby_gives_up_setting_up_its_writer_on_a_database_that_does_not_answer() {
+    let direct = fresh_database();
+    let (url, hold) = relayed(&direct).await;
+    let url = format!("{url}?connect_timeout=60");
+    let mut a = node(&url);
+    wait_role(&a, "leader", Duration::from_secs(30)).await;
+    let first = a.submit(&json!({"job_queue": "writer"})).await;
+    // Stopped in order (the lease released), then started under another node's lease, so
+    // that it follows first.
+    a.stop();
+    sql(
+        &direct,
+        "UPDATE flinger_lease SET term = term + 1, holder = 'other', url = 'http://127.0.0.1:1', \
+         expires = clock_timestamp() + interval '1 hour'",
+    );
+    a.start_again();
+    wait_role(&a, "standby", Duration::from_secs(30)).await;
+    hold.store(true, Ordering::SeqCst);
+    sql(
+        &direct,
+        "UPDATE flinger_lease SET expires = clock_timestamp()",
+    );
+    let expired = Instant::now();
+    let logged = |l: &str| l.contains("cannot lead") && l.contains("journal writer");
+    let deadline = expired + Duration::from_secs(20);
+    let line = loop {
+        if let Some(line) = a.stderr_lines().into_iter().find(|l| logged(l)) {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no word of the writer within {:?} of the lease's expiry",
+            expired.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = expired.elapsed();
+    assert!(line.contains("no PostgreSQL answer within 10 s"), "{line}");
+    assert!(took < Duration::from_secs(14), "given up after {took:?}");
+    hold.store(false, Ordering::SeqCst);
+    wait_role(&a, "leader", Duration::from_secs(30)).await;
+    assert_eq!(a.job_state(&first).await, "waiting");
+    a.submit(&json!({"job_queue": "writer"})).await;
 }
 
 /// A snapshot upload that cannot go on (a lock held elsewhere on the chunks' table; the

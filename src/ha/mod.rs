@@ -270,7 +270,9 @@ async fn lead_or_follow(
                     Ok(Ok(promoted)) => break promoted,
                     Ok(Err(standby)) => standby,
                     Err(e) => {
-                        tracing::warn!(error = %e, "taking the lease failed; following again");
+                        // Taking the lease, reading the log's tail or starting the
+                        // writer: each bounded, so this comes instead of a silent wait.
+                        tracing::warn!(error = %e, "cannot lead; following again and retrying");
                         continue 'follow;
                     }
                 };

@@ -189,7 +189,7 @@ pub(super) async fn renew(tenure: Arc<Tenure>, client: Client, url: String, hold
                 // back, the next host of the URL) would wait for it. A tenure that ends
                 // meanwhile ends the attempt.
                 let attempt = tokio::select! {
-                    attempt = tokio::time::timeout(every, connect(&url)) => attempt,
+                    attempt = tokio::time::timeout(every, connect(&url, every)) => attempt,
                     _ = deposed.wait_for(Option::is_some) => return,
                 };
                 match attempt {

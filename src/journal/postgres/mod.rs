@@ -152,14 +152,17 @@ fn pg_error(what: &str, e: tokio_postgres::Error) -> Error {
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Opens a connection with `config` and `tls`, bounded as a whole by the URL's
-/// `connect_timeout` (else [`ESTABLISH_TIMEOUT`]), as libpq bounds it: tokio-postgres
-/// applies `connect_timeout` to the TCP connect alone, so a peer that accepts and never
-/// answers (not a PostgreSQL server, a hung one) would hold start-up forever. `url` names
-/// the server in errors (password hidden).
+/// `connect_timeout` (else [`ESTABLISH_TIMEOUT`]), as libpq bounds it, and by `most`:
+/// tokio-postgres applies `connect_timeout` to the TCP connect alone, so a peer that
+/// accepts and never answers (not a PostgreSQL server, a hung one) would hold start-up
+/// forever; and a `connect_timeout` longer than the caller's own wait for the database
+/// (a lease renewal, a promoted node's writer) would hold the caller past the point where
+/// waiting helps. `url` names the server in errors (password hidden).
 async fn establish<T>(
     url: &str,
     config: &tokio_postgres::Config,
     tls: T,
+    most: Duration,
 ) -> Result<(
     Client,
     tokio_postgres::Connection<tokio_postgres::Socket, T::Stream>,
@@ -167,48 +170,58 @@ async fn establish<T>(
 where
     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
 {
-    let bound = config
+    let configured = config
         .get_connect_timeout()
         .copied()
         .unwrap_or(ESTABLISH_TIMEOUT);
+    let bound = configured.min(most);
+    let why = if bound < configured {
+        "the longest flinger waits for one answer of the database here".to_owned()
+    } else {
+        format!(
+            "connect_timeout in the URL, else {} s",
+            ESTABLISH_TIMEOUT.as_secs()
+        )
+    };
     match tokio::time::timeout(bound, config.connect(tls)).await {
         Ok(Ok(pair)) => Ok(pair),
         Ok(Err(e)) => Err(pg_error(&format!("cannot connect to {}", redact(url)), e)),
         Err(_) => Err(Error::Unavailable(format!(
-            "PostgreSQL journal: cannot connect to {}: no PostgreSQL answer within {} s \
-             (connect_timeout in the URL, else {} s)",
+            "PostgreSQL journal: cannot connect to {}: no PostgreSQL answer within {} s ({why})",
             redact(url),
             bound.as_secs_f64(),
-            ESTABLISH_TIMEOUT.as_secs()
         ))),
     }
 }
 
-/// Connects to `url` (over TLS under `sslmode=require`, see [`tls`]), driving the
-/// connection on the current runtime.
-async fn connect(url: &str) -> Result<Client> {
-    Ok(connect_driven(url).await?.0)
+/// Connects to `url` (over TLS under `sslmode=require`, see [`tls`]) within `most` (see
+/// [`establish`]), driving the connection on the current runtime.
+async fn connect(url: &str, most: Duration) -> Result<Client> {
+    Ok(connect_driven(url, most).await?.0)
 }
 
 /// [`connect`], and the task that drives the connection. Dropping the client ends that
 /// task only once it has said goodbye to the server, which never happens while the server
 /// reads nothing (paused, or a full socket buffer in front of it): a caller that gives up
 /// on such a server aborts the task, so the socket and what it buffered go with it.
-async fn connect_driven(url: &str) -> Result<(Client, tokio::task::JoinHandle<()>)> {
+async fn connect_driven(
+    url: &str,
+    most: Duration,
+) -> Result<(Client, tokio::task::JoinHandle<()>)> {
     let target = tls::target(url)?;
     let ended = |e: tokio_postgres::Error| {
         tracing::warn!(error = %e, "PostgreSQL journal connection ended");
     };
     Ok(match target.tls {
         None => {
-            let (client, connection) = establish(url, &target.config, NoTls).await?;
+            let (client, connection) = establish(url, &target.config, NoTls, most).await?;
             let task = tokio::spawn(async move {
                 let _ = connection.await.map_err(ended);
             });
             (client, task)
         }
         Some(tls) => {
-            let (client, connection) = establish(url, &target.config, tls).await?;
+            let (client, connection) = establish(url, &target.config, tls, most).await?;
             let task = tokio::spawn(async move {
                 let _ = connection.await.map_err(ended);
             });
@@ -300,15 +313,9 @@ pub(super) async fn prepare(
     let bound = statement_bound(lease);
     let what = "cannot write the snapshot";
     // Connecting too: the URL's `connect_timeout` may be longer.
-    let (mut client, task) = match tokio::time::timeout(bound, connect_driven(url)).await {
-        Ok(connected) => connected?,
-        Err(_) => {
-            return Err(Error::Unavailable(format!(
-                "PostgreSQL journal: {what}: cannot connect within {} s",
-                bound.as_secs_f64()
-            )))
-        }
-    };
+    let (mut client, task) = connect_driven(url, bound)
+        .await
+        .map_err(|e| Error::Unavailable(format!("{what}: {e}")))?;
     let mut task = Abort(Some(task));
     // Named, so that an operator (and a test) finds the upload in `pg_stat_activity`.
     within(
@@ -472,24 +479,36 @@ impl Writer {
                         return;
                     }
                 };
-                // Bounded like every later statement: a promoted node whose database
-                // stops answering here would otherwise wait (no renewal runs yet, the
-                // lease passes on) instead of following again.
+                // Bounded as a whole (connecting, TLS, the session's settings, preparing
+                // the append) by the wait for one answer, whatever the URL's
+                // `connect_timeout`: a promoted node whose database stops answering here
+                // would otherwise wait (no renewal runs yet, the lease passes on)
+                // instead of following again and retrying.
                 let prepared = runtime.block_on(async {
-                    let client = connect(&url).await?;
-                    within(
-                        bound,
-                        "cannot set up the writer's session",
-                        client.batch_execute(&session),
-                    )
-                    .await?;
-                    let insert = within(
-                        bound,
-                        "cannot prepare the append statement",
-                        client.prepare(APPEND),
-                    )
-                    .await?;
-                    Ok((client, insert))
+                    let mut step = "connecting";
+                    let setup = async {
+                        // The URL's `connect_timeout`, when shorter, ends it first.
+                        let client = connect(&url, Duration::MAX).await?;
+                        step = "setting up the session";
+                        client
+                            .batch_execute(&session)
+                            .await
+                            .map_err(|e| pg_error("cannot set up the writer's session", e))?;
+                        step = "preparing the append statement";
+                        let insert = client
+                            .prepare(APPEND)
+                            .await
+                            .map_err(|e| pg_error("cannot prepare the append statement", e))?;
+                        Ok((client, insert))
+                    };
+                    match tokio::time::timeout(bound, setup).await {
+                        Ok(done) => done,
+                        Err(_) => Err(Error::Unavailable(format!(
+                            "PostgreSQL journal: no PostgreSQL answer within {} s while {step} \
+                             for the journal writer",
+                            bound.as_secs_f64()
+                        ))),
+                    }
                 });
                 let (client, insert) = match prepared {
                     Ok(p) => p,

@@ -56,20 +56,20 @@ pub type Promoted = (State, Journal, SnapshotRequests, Recovery, Arc<Tenure>);
 
 impl Standby {
     /// Connects to `url`, creates the tables if missing, listens for appends and loads the
-    /// newest snapshot and every event after it; no wait for one answer of the database
-    /// is longer than `super::statement_bound(lease)`.
+    /// newest snapshot and every event after it; no wait for one answer of the database,
+    /// connecting included, is longer than `super::statement_bound(lease)`.
     pub async fn connect(url: &str, lease: Duration) -> Result<Standby> {
         let bound = super::statement_bound(lease);
         let target = super::tls::target(url)?;
         let wake = Arc::new(Notify::new());
         let client = match target.tls {
             None => {
-                let (client, connection) = establish(url, &target.config, NoTls).await?;
+                let (client, connection) = establish(url, &target.config, NoTls, bound).await?;
                 tokio::spawn(wake_on_notifications(connection, wake.clone()));
                 client
             }
             Some(tls) => {
-                let (client, connection) = establish(url, &target.config, tls).await?;
+                let (client, connection) = establish(url, &target.config, tls, bound).await?;
                 tokio::spawn(wake_on_notifications(connection, wake.clone()));
                 client
             }
@@ -299,7 +299,9 @@ impl Standby {
             Ok(started) => started,
             Err(e) => {
                 tenure.depose("cannot start the journal writer");
-                return Err(e);
+                return Err(Error::Unavailable(format!(
+                    "cannot start the journal writer after taking the lease (term {term}): {e}"
+                )));
             }
         };
         tokio::spawn(lease::renew(
