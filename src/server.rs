@@ -530,6 +530,7 @@ impl tower::Service<hyper::Request<hyper::body::Incoming>> for Tracked {
         let mut request = request.map(axum::body::Body::new);
         request.extensions_mut().insert(crate::access::Requester {
             peer: Some(self.peer),
+            forwarded: false,
             caller: None,
         });
         self.busy.requests.fetch_add(1, Ordering::SeqCst);

@@ -1,12 +1,12 @@
 //! The edges of several nodes on one PostgreSQL journal (`ha`, `journal::postgres`): the
 //! forwarder passes on no header of one hop (those `Connection` names included), in either
-//! direction, and gives up on a leader that holds its lease but stops answering; no wait
-//! of the leader on the database outlasts its bound (a snapshot upload against a lock or
-//! a paused backend, a renewal's reconnect to a server that never answers, a promoted
-//! node's writer set-up against one, a download from paused file store connections),
-//! and a file store connection given up on or failed
-//! is closed, not reused; and lease terms only grow, even when the lease row is deleted
-//! by hand.
+//! direction, vouches for each client's address (failed logins through a standby are
+//! counted per client), and gives up on a leader that holds its lease but stops
+//! answering; no wait of the leader on the database outlasts its bound (a snapshot upload
+//! against a lock or a paused backend, a renewal's reconnect to a server that never
+//! answers, a promoted node's writer set-up against one, a download from paused file
+//! store connections), and a file store connection given up on or failed is closed, not
+//! reused; and lease terms only grow, even when the lease row is deleted by hand.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -294,6 +294,97 @@ async fn standby_gives_up_on_a_leader_that_stops_answering_after_its_idle_bound(
         (200, &b"ok"[..]),
         "{r:?} after {:?}",
         started.elapsed()
+    );
+}
+
+/// `POST /v1/oauth2/token` for `client_id` with a wrong secret, sent to `base` from the
+/// loopback address `from` (any of 127.0.0.0/8 reaches a server on 127.0.0.1), with
+/// `extra` header lines; the answer's status.
+async fn token_attempt_from(base: &str, from: [u8; 4], client_id: &str, extra: &str) -> u16 {
+    use base64::Engine;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    let addr = base.trim_start_matches("http://").parse().unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:wrong-secret"));
+    let request = format!(
+        "POST /v1/oauth2/token HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {basic}\r\n\
+         {extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer within 30 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"))
+}
+
+/// The limit on failed token requests per address tells a standby's clients apart: the
+/// standby vouches for the address it accepted each request from, with the key the nodes
+/// share, so one client's bad logins through it (to 429) leave another client of the same
+/// standby its own attempts (401, checked), and the leader's security log names the
+/// client, not the standby. A header naming another address is not believed, neither
+/// from a client of the standby nor sent to the leader as if forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_through_a_standby_are_counted_per_client_not_per_standby() {
+    let url = fresh_database();
+    let args = [
+        "--journal",
+        &url,
+        "--lease-ms",
+        LEASE_MS,
+        "--access-control",
+        "on",
+        "--token-failures-per-minute",
+        "2",
+    ];
+    let a = TestServer::start_with(&args);
+    wait_role(&a, "leader", Duration::from_secs(30)).await;
+    let b = TestServer::start_with(&args);
+    wait_role(&b, "standby", Duration::from_secs(30)).await;
+    let (leader, standby) = (a.base_url(), b.base_url());
+    const ATTACKER: [u8; 4] = [127, 0, 0, 2];
+    const OTHER: [u8; 4] = [127, 0, 0, 3];
+    // Different client ids: what fills up is the attacker's address.
+    for n in 0..2 {
+        let status = token_attempt_from(&standby, ATTACKER, &format!("guess-{n}"), "").await;
+        assert_eq!(status, 401, "guess {n}");
+    }
+    assert_eq!(
+        token_attempt_from(&standby, ATTACKER, "guess-2", "").await,
+        429
+    );
+    // Another client of the same standby is checked, not refused.
+    assert_eq!(
+        token_attempt_from(&standby, OTHER, "someone", "").await,
+        401
+    );
+    // Naming another address does not get the attacker out of its own minute.
+    let forged = "X-Flinger-Client-Address: 127.0.0.9\r\nX-Flinger-Client-Proof: AAAA\r\n";
+    assert_eq!(
+        token_attempt_from(&standby, ATTACKER, "guess-3", forged).await,
+        429
+    );
+    let as_forwarded = format!("X-Flinger-Forwarded-By: http://127.0.0.1:1\r\n{forged}");
+    assert_eq!(
+        token_attempt_from(&leader, ATTACKER, "guess-4", &as_forwarded).await,
+        429
+    );
+    let lines = a
+        .stderr_lines_once(|l| l.contains("authn_fail") && l.contains("from=127.0.0.2"))
+        .await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("authn_fail") && l.contains("from=127.0.0.2")),
+        "the leader's security log does not name the client"
     );
 }
 

@@ -58,9 +58,16 @@ use table::{Check, Roles};
 /// (a second allocation and a rehash, ~470 instructions a request).
 #[derive(Clone, Debug, Default)]
 pub struct Requester {
-    /// The connection's peer; `None` for a request the server did not accept itself,
-    /// `0.0.0.0:0` for one another node forwarded (`ha`: its peer is not the client).
+    /// The client's address, as the failed-login limit counts it and security logs name
+    /// it: the connection's peer; for a request another node forwarded (`ha`), the
+    /// client's address that node vouched for with the nodes' shared key, else the
+    /// connection's peer (whoever sent it). `None` for a request the server did not
+    /// accept itself.
     pub peer: Option<SocketAddr>,
+    /// Whether another node forwarded the request: its client is then not on this
+    /// server's own host, whatever `peer` says (a loopback client of a standby is on the
+    /// standby's host).
+    pub forwarded: bool,
     /// Set by [`authorize`] for every request it lets through to a handler.
     pub caller: Option<Caller>,
 }
@@ -216,10 +223,18 @@ impl Gate {
     }
 }
 
-/// The peer address of a request (set per connection by the server), for security logs
-/// and the limiter.
+/// The client address of a request (set per connection by the server, or vouched for by
+/// the node that forwarded it), for security logs and the limiter.
 pub fn peer(request_extensions: &axum::http::Extensions) -> Option<SocketAddr> {
     request_extensions.get::<Requester>().and_then(|r| r.peer)
+}
+
+/// Whether a request comes from this server's own host: a loopback peer, and not
+/// forwarded by another node (operator-only routes with access control off).
+pub fn from_own_host(request_extensions: &axum::http::Extensions) -> bool {
+    request_extensions
+        .get::<Requester>()
+        .is_some_and(|r| !r.forwarded && r.peer.is_some_and(|p| p.ip().is_loopback()))
 }
 
 /// The caller of a request [`authorize`] let through. A handler reached without one is a

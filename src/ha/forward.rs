@@ -261,6 +261,7 @@ pub(super) async fn forward(
         }
     };
     let _ = stream.set_nodelay(true);
+    let client = crate::access::peer(request.extensions());
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
     // The client's `Host` goes on as it came: the leader's cross-site and DNS-rebinding
@@ -275,6 +276,11 @@ pub(super) async fn forward(
     }
     if let Ok(from) = HeaderValue::from_str(&node.url) {
         headers.insert(FORWARDED, from);
+    }
+    // The leader sees this node as the peer: tell it whom this node sees (`peers`).
+    match (node.peer_key.read().clone(), client) {
+        (Some(key), Some(client)) => super::peers::vouch(&key, headers, client.ip()),
+        _ => super::peers::forget(headers),
     }
     *request.uri_mut() =
         Uri::from_maybe_shared(bytes::Bytes::from(path)).unwrap_or_else(|_| Uri::from_static("/"));

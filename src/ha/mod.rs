@@ -21,9 +21,11 @@
 //! writes stop: the same fold over the same events gives the same state); 200 when the node can serve (it leads, or it knows a
 //! leader to forward to), 503 otherwise.
 //!
-//! A forwarded request reaches the leader's routes as from an unknown, non-loopback
-//! address: operator routes that are only allowed from the server's own host (deleting a
-//! job with access control off) must be called on the leader itself.
+//! A forwarded request reaches the leader's routes from the client's address, which the
+//! standby vouches for with the key the nodes share (`peers`), so per-address limits and
+//! security logs tell a standby's clients apart; but never as from the leader's own
+//! host: operator routes that are only allowed from there (deleting a job with access
+//! control off) must be called on the leader itself.
 //!
 //! Uploaded files live in the database too (`journal::postgres::files`): a node that
 //! takes over serves every artifact and attachment with nothing on its local disk.
@@ -50,6 +52,7 @@ use crate::error::{Error, Result};
 use crate::journal::{LeaseView, Standby, Tenure};
 
 mod forward;
+mod peers;
 use forward::{forward, FORWARDED};
 
 /// The readiness endpoint's path.
@@ -84,6 +87,8 @@ pub struct Node {
     changed: watch::Sender<u64>,
     /// Open HTTP connections: kept by the accept loop, shown by each term's metrics.
     connections: Gauge,
+    /// The key nodes of this database share (`peers`), as last read from it.
+    peer_key: RwLock<Option<Arc<[u8]>>>,
 }
 
 impl Node {
@@ -161,11 +166,13 @@ pub async fn run(
         }),
         changed: watch::channel(0).0,
         connections: Gauge::default(),
+        peer_key: RwLock::new(None),
     });
     tracing::info!(node = %node.id, url = %node.url, lease_ms = config.lease.as_millis() as u64, "PostgreSQL journal: starting as a standby");
     // The first connection and load must work: a wrong connection string or an
     // unreadable journal stops start-up with its reason (later failures are retried).
     let first = Standby::connect(&url, config.lease).await?;
+    *node.peer_key.write() = Some(first.peer_key());
     node.set(Role::Standby {
         lease: Some(first.lease().await?),
         lsn: first.last_lsn(),
@@ -248,6 +255,7 @@ async fn lead_or_follow(
                 continue;
             }
         };
+        *node.peer_key.write() = Some(standby.peer_key());
         tracing::info!(lsn = standby.last_lsn(), "standby: state loaded; following");
         let promoted = loop {
             if *stop.borrow() {
@@ -370,11 +378,19 @@ async fn dispatch(State(node): State<Arc<Node>>, request: Request) -> Response {
         let why = match role {
             Role::Leader { app, tenure, .. } if tenure.valid() => {
                 if request.headers().contains_key(&FORWARDED) {
-                    // The peer is the forwarding node, not the client: a loopback
-                    // forwarder must not make a remote client's request the operator's
-                    // (routes only allowed from the server's own host).
-                    crate::access::Requester::of(request.extensions_mut()).peer =
-                        Some(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+                    // The peer is the forwarding node, not the client: the client's
+                    // address is the one the node vouched for, if its proof holds (else
+                    // the peer's, whoever sent it); and never this host's own (routes
+                    // only allowed from the server's own host).
+                    let key = node.peer_key.read().clone();
+                    let vouched = peers::vouched(key.as_deref(), request.headers_mut());
+                    let requester = crate::access::Requester::of(request.extensions_mut());
+                    requester.forwarded = true;
+                    if let Some(client) = vouched {
+                        requester.peer = Some(std::net::SocketAddr::new(client, 0));
+                    }
+                } else {
+                    peers::forget(request.headers_mut());
                 }
                 return match app.oneshot(request).await {
                     Ok(response) => response,

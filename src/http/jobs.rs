@@ -190,8 +190,7 @@ pub async fn job_delete(
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response> {
-    let local =
-        crate::access::peer(request.extensions()).is_some_and(|peer| peer.ip().is_loopback());
+    let local = crate::access::from_own_host(request.extensions());
     if matches!(caller, Caller::Open) && !local {
         return Err(Error::Forbidden(
             "Deleting a job is for the operator: only allowed from the server's own host".into(),

@@ -52,7 +52,9 @@ use crate::error::{Error, Result};
 use crate::model::State;
 
 /// The tables, created on first start. A snapshot's bytes are split into chunks so that
-/// none comes near PostgreSQL's 1 GiB field limit.
+/// none comes near PostgreSQL's 1 GiB field limit. `flinger_private` is the file store's
+/// table of private values (`files`, which creates it the same way): a standby keeps the
+/// nodes' peer key there ([`PEER_KEY`]) before any leader opened the file store.
 ///
 /// `flinger_lease_terms` remembers the highest term ever taken apart from the lease row
 /// (`lease::take` raises it), so a row deleted by hand comes back here with that term, not
@@ -92,6 +94,10 @@ INSERT INTO flinger_lease
 SELECT setval('flinger_lease_terms', l.term)
     FROM (SELECT term FROM flinger_lease WHERE id = 1 FOR UPDATE) l, flinger_lease_terms s
     WHERE l.term > CASE WHEN s.is_called THEN s.last_value ELSE 0 END;
+CREATE TABLE IF NOT EXISTS flinger_private (
+    name text PRIMARY KEY,
+    value bytea NOT NULL
+);
 ";
 
 /// The append: one statement (so one transaction that no pause of this process can hold
@@ -118,6 +124,11 @@ inst AS (
 old AS (DELETE FROM flinger_snapshots WHERE lsn < $1 AND EXISTS (SELECT 1 FROM inst)),
 covered AS (DELETE FROM flinger_events WHERE lsn <= $1 AND EXISTS (SELECT 1 FROM inst))
 SELECT count(*) FROM inst";
+
+/// The row of `flinger_private` holding the key nodes vouch for a forwarded request's
+/// client address with (`crate::ha`): every node reads it from the database it shares,
+/// so a node proves itself a peer by knowing it.
+pub(super) const PEER_KEY: &str = "peer-key";
 
 /// How long a process that runs alone (`flinger client`) waits for the lease: a
 /// predecessor killed a moment ago holds it until it expires.

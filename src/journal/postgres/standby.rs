@@ -44,6 +44,8 @@ pub struct Standby {
     snapshot_bytes: u64,
     /// LSN of the loaded snapshot (0: none).
     snapshot_lsn: u64,
+    /// The nodes' shared key (`super::PEER_KEY`), made by the first node to connect.
+    peer_key: Arc<[u8]>,
     /// Longest wait for one answer of the database (`super::statement_bound`): a
     /// connection to a server that vanished without closing it never answers, and a
     /// standby waiting on it would never take over.
@@ -86,6 +88,22 @@ impl Standby {
             client.batch_execute("LISTEN flinger_events"),
         )
         .await?;
+        // Whoever inserts first wins; everyone reads the winner (the insert's own row is
+        // not visible to the same statement's read of the table, hence the union).
+        let fresh = crate::access::token::random_text(64).into_bytes();
+        let peer_key: Vec<u8> = within(
+            bound,
+            "cannot read the nodes' peer key",
+            client.query_one(
+                "WITH made AS (INSERT INTO flinger_private (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO NOTHING RETURNING value) \
+                 SELECT value FROM made UNION ALL \
+                 SELECT value FROM flinger_private WHERE name = $1 LIMIT 1",
+                &[&super::PEER_KEY, &fresh],
+            ),
+        )
+        .await?
+        .get(0);
         let mut standby = Standby {
             url: url.to_owned(),
             client,
@@ -95,6 +113,7 @@ impl Standby {
             bytes: 0,
             snapshot_bytes: 0,
             snapshot_lsn: 0,
+            peer_key: peer_key.into(),
             bound,
         };
         standby.load_snapshot().await?;
@@ -105,6 +124,11 @@ impl Standby {
     /// The last LSN folded into the state.
     pub fn last_lsn(&self) -> u64 {
         self.last
+    }
+
+    /// The key nodes of this database share (`super::PEER_KEY`).
+    pub fn peer_key(&self) -> Arc<[u8]> {
+        self.peer_key.clone()
     }
 
     /// Replaces the state by the newest installed snapshot, if it is newer than what was
