@@ -828,13 +828,26 @@ pub async fn end_lost_jobs(services: &Services) -> Result<usize> {
             if let Some(agent) = agent {
                 // The stock agent reads `offline` on its next check and stops taking jobs
                 // until someone puts it back: a device that went silent mid-job is looked
-                // at before it runs another. The comment says how.
+                // at before it runs another. The comment says how: the CLI's admin
+                // command needs a manager or admin login, which a server without access
+                // control has only if someone made such a client.
+                let cli = format!(
+                    "`testflinger-cli admin set agent-status --status online --agents {agent}`"
+                );
+                let how = if services.access.mode == crate::config::AccessMode::Off {
+                    format!(
+                        "post {{\"state\": \"waiting\", \"comment\": \"\"}} to \
+                         /v1/agents/data/{agent}, or run {cli} as a client with the admin role \
+                         (`flinger client add`)"
+                    )
+                } else {
+                    format!("run {cli} as a manager or admin client")
+                };
                 let fields = serde_json::json!({
                     "state": "offline",
                     "comment": format!(
                         "lost: not heard about job {id} since {last_heard}; once the device is \
-                         checked, put it back in service with `testflinger-cli admin set \
-                         agent-status --status online --agents {agent}`"
+                         checked, put it back in service: {how}"
                     ),
                 });
                 let body =

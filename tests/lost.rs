@@ -141,7 +141,8 @@ async fn job_is_cancelled_with_lost_agent_reason_when_agent_is_silent_past_its_a
     let record = offline_record(&srv, "dut-lost").await;
     assert!(
         record["comment"].as_str().is_some_and(|c| c.contains(&id)
-            && c.contains("admin set agent-status --status online --agents dut-lost")),
+            && c.contains("admin set agent-status --status online --agents dut-lost")
+            && c.contains("to /v1/agents/data/dut-lost")),
         "{record}"
     );
 

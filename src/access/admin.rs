@@ -134,7 +134,9 @@ async fn act(store: &AccessStore, action: &ClientAction, out: &mut impl Write) -
                 out,
                 "{} client {client_id:?} with role {}.\nclient_id: {client_id}\nclient_secret: {secret}\n\
                  The secret is shown only now (flinger keeps its bcrypt hash); use it with \
-                 `testflinger-cli --client_id {client_id} --secret_key ...` or `flinger client token-file`.",
+                 `testflinger-cli login --client-id {client_id} --secret-key ...` (or each \
+                 command's --client-id and --secret-key, or TESTFLINGER_CLIENT_ID and \
+                 TESTFLINGER_SECRET_KEY) or `flinger client token-file`.",
                 if created { "Created" } else { "Replaced the secret and permissions of" },
                 role.as_str()
             )?;

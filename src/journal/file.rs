@@ -134,10 +134,21 @@ pub fn open_with(
         }
         None => false,
     };
+    let space = wal.space_reserved();
+    if !space {
+        // The writer logs only changes of this; say it at start-up, where a server on a
+        // full disk otherwise looks healthy while it refuses every change.
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            "disk full at start-up: no room in the data directory for the next write-ahead \
+             log segment ({} bytes, --segment-bytes); refusing changes (507) until space is free",
+            config.segment_bytes
+        );
+    }
     let (inner, rx) = Inner::start(
         config,
         wal.last_lsn(),
-        wal.space_reserved(),
+        space,
         Snapshots::File(wal.snapshot_writer()),
     );
     let (snap_tx, snap_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -635,6 +635,33 @@ async fn job_page_and_legacy_output_take_the_largest_fragment_number() {
     srv.get(&format!("/jobs/{id}")).await.expect_status(200);
 }
 
+/// The results box shows what `GET /v1/result/<id>` answers: the job's state, not the
+/// `complete` its agent posted after the job was cancelled.
+#[tokio::test]
+async fn job_page_results_show_the_jobs_state_as_the_api_answers_it() {
+    let srv = TestServer::start();
+    let id = srv.submit_to("cancel-then-complete").await;
+    srv.pop_id(&["cancel-then-complete"]).await.unwrap();
+    srv.post_result(&id, &json!({"job_state": "provision"}))
+        .await;
+    srv.cancel(&id).await.expect_status(200);
+    srv.post_result(&id, &json!({"job_state": "complete", "test_status": 0}))
+        .await;
+    assert_eq!(srv.result(&id).await["job_state"], "cancelled");
+    let html = srv.get(&format!("/jobs/{id}")).await.text();
+    let results = html
+        .split("id=\"results\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</pre>").next())
+        .expect("a results box");
+    assert!(
+        results.contains("&quot;job_state&quot;: &quot;cancelled&quot;")
+            && !results.contains("complete")
+            && results.contains("test_status"),
+        "{results}"
+    );
+}
+
 #[tokio::test]
 async fn job_page_shows_the_end_of_a_long_log_and_the_start_of_long_results() {
     let srv = TestServer::start();

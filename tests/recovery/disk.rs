@@ -57,16 +57,17 @@ fn accepted(r: &crate::util::Resp, what: &str) -> bool {
     false
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn mutations_get_507_and_resume_without_losing_acknowledged_writes_when_the_disk_is_full() {
+/// A tmpfs of `size` (mount's syntax, e.g. `16m`) on a new directory, unmounted when the
+/// guard drops; `None` (the test skips, saying so) where mounting is not allowed, which
+/// as root must not happen.
+fn small_disk(size: &str) -> Option<(tempfile::TempDir, Unmount)> {
     let tmp = tempfile::Builder::new()
         .prefix("flinger-tmpfs-")
         .tempdir()
         .expect("tempdir");
-    let mnt = tmp.path().to_path_buf();
     let mount = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&mnt)
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(tmp.path())
         .output();
     let mounted = matches!(&mount, Ok(o) if o.status.success());
     // SAFETY: geteuid has no preconditions.
@@ -78,10 +79,44 @@ async fn mutations_get_507_and_resume_without_losing_acknowledged_writes_when_th
         !root || mounted,
         "running as root, the tmpfs must mount: {mount:?}"
     );
-    if !mounted {
+    mounted.then(|| {
+        let unmount = Unmount(tmp.path().to_path_buf());
+        (tmp, unmount)
+    })
+}
+
+/// A server started on a disk without room for its next log segment says so at start-up
+/// (the writer logs only changes of the disk's state: it used to start silent, looking
+/// healthy, and refuse every change).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_started_on_a_full_disk_says_so_and_refuses_changes_with_507() {
+    let Some((tmp, _unmount)) = small_disk("3m") else {
         return;
-    }
-    let _unmount = Unmount(mnt.clone());
+    };
+    let srv = start_on(&tmp.path().join("data"), &[]);
+    let r = srv
+        .post_json("/v1/job", &json!({"job_queue": "full"}))
+        .await;
+    assert_eq!(r.status, 507, "{}", r.text());
+    let logged = srv
+        .stderr_lines_once(|l| l.contains("disk full at start-up"))
+        .await;
+    let line = logged
+        .iter()
+        .find(|l| l.contains("disk full at start-up"))
+        .expect("the start-up warning");
+    assert!(
+        line.contains("--segment-bytes") && line.contains("data_dir="),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutations_get_507_and_resume_without_losing_acknowledged_writes_when_the_disk_is_full() {
+    let Some((tmp, _unmount)) = small_disk("16m") else {
+        return;
+    };
+    let mnt = tmp.path().to_path_buf();
     let data = mnt.join("data");
     let mut srv = start_on(
         &data,

@@ -145,7 +145,15 @@ pub async fn job_page(
         .result_docs
         .fields_head(id, RESULTS_READ_MOST)
         .await?
-        .map(|head| pretty_head(&head, LOG_TAIL_BYTES));
+        .map(|mut head| {
+            // As `GET /v1/result/<id>` answers: the job's state is the registry's, first
+            // (the stored document keeps what the agent posted: `complete` after a
+            // cancel).
+            head.members.retain(|(key, _)| &**key != "job_state");
+            let state = serde_json::to_vec(&detail.view.state).unwrap_or_default();
+            head.members.insert(0, ("job_state".into(), state.into()));
+            pretty_head(&head, LOG_TAIL_BYTES)
+        });
     let (results, results_cut) = results.map_or((None, false), |(text, cut)| (Some(text), cut));
     let cancellable = !is_finished(&detail.view)
         && crate::access::may_act_on_job(&svc, &caller, "POST", "/jobs/{id}/cancel", id).await;
