@@ -51,6 +51,11 @@ pub enum Error {
     UpstreamTimeout(String),
     /// A bug or an I/O failure on our side: 500. Never caused by client input.
     Internal(String),
+    /// A setting, or what is kept for one (the signing key's file, the data directory),
+    /// cannot be used: only the operator can fix it. Found at start-up, `main` exits with
+    /// status 2 as for every configuration error; should one ever answer a request, it
+    /// is the server's fault: 500.
+    Misconfigured(String),
 }
 
 /// The crate's result type.
@@ -71,7 +76,7 @@ impl Error {
             Error::TooLarge(_) => 413,
             Error::HeadTooLarge(_) => 431,
             Error::Validation { .. } => 422,
-            Error::Internal(_) => 500,
+            Error::Internal(_) | Error::Misconfigured(_) => 500,
             Error::Unavailable(_) => 503,
             Error::UpstreamTimeout(_) => 504,
             Error::NoSpace(_) => 507,
@@ -95,7 +100,8 @@ impl Error {
             | Error::NoSpace(m)
             | Error::Unavailable(m)
             | Error::UpstreamTimeout(m)
-            | Error::Internal(m) => m,
+            | Error::Internal(m)
+            | Error::Misconfigured(m) => m,
             Error::Validation { message, .. } => message,
         }
     }

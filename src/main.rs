@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use flinger::config::{read_config_file, Cli, Command, Config, HugePages, WalAction};
+use flinger::error::Error;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc malloc: the request path makes many small short-lived
@@ -58,10 +59,7 @@ fn main() -> ExitCode {
         read_config_file(env_path.as_deref()).and_then(|file| Config::resolve(&cli.opts, file));
     let (config, warnings) = match resolved {
         Ok(resolved) => resolved,
-        Err(e) => {
-            eprintln!("flinger: configuration error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return configuration_error(&e),
     };
     for warning in warnings {
         tracing::warn!("{warning}");
@@ -90,10 +88,7 @@ fn main() -> ExitCode {
                 }
                 tracing::debug!(limit, "descriptor limit");
             }
-            Err(e) => {
-                eprintln!("flinger: configuration error: {e}");
-                return ExitCode::from(2);
-            }
+            Err(e) => return configuration_error(&e),
         }
     }
     if config.thp == HugePages::Off {
@@ -126,6 +121,7 @@ fn main() -> ExitCode {
             let stdout = std::io::stdout();
             match flinger::access::admin::run(&config, &action, &mut stdout.lock()).await {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(Error::Misconfigured(e)) => configuration_error(&e),
                 Err(e) => {
                     eprintln!("flinger client: {e}");
                     ExitCode::FAILURE
@@ -143,6 +139,9 @@ fn main() -> ExitCode {
         };
         match flinger::server::run(listener, config, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
+            // Found while starting (a kept signing key too short, a data directory that
+            // cannot be one): the operator's to fix, like every bad setting.
+            Err(Error::Misconfigured(e)) => configuration_error(&e),
             Err(e) => {
                 tracing::error!(error = %e, "server stopped with an error");
                 ExitCode::FAILURE
@@ -174,4 +173,12 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         }
         tracing::info!("shutdown signal received");
     }
+}
+
+/// A configuration error, wherever it was found (the settings, what start-up found kept
+/// for them): said on stderr, exit status 2, so a supervisor or script can tell "fix the
+/// configuration" from a failure worth retrying.
+fn configuration_error(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("flinger: configuration error: {e}");
+    ExitCode::from(2)
 }

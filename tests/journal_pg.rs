@@ -264,6 +264,12 @@ async fn ssl_modes_are_taken_or_refused_saying_what_each_does_when_starting() {
             &["sslcert: client certificates are not supported"][..],
         ),
         ("frobnicate=1", &["unknown option", "frobnicate"][..]),
+        // The certificate authorities' file is read at start-up: one that cannot be is
+        // the connection string's fault, a configuration error like the rest.
+        (
+            "sslmode=require&sslrootcert=/nonexistent/ca.pem",
+            &["cannot read sslrootcert /nonexistent/ca.pem"][..],
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = run_to_exit(
@@ -287,6 +293,40 @@ async fn ssl_modes_are_taken_or_refused_saying_what_each_does_when_starting() {
         assert!(!stderr.contains("hunter2"), "{stderr}");
     }
     drop(closed);
+}
+
+/// A signing key kept in the database that is too short (set by hand) is refused at
+/// start-up as on the file journal: a configuration error (exit status 2) naming the row
+/// and how to remove it, instead of a node that takes the lease and steps down again and
+/// again.
+#[tokio::test]
+async fn short_signing_key_kept_in_the_database_is_a_configuration_error_when_starting() {
+    let url = fresh_database();
+    let mut srv = on_postgres(&url, &[]);
+    srv.stop();
+    sql(
+        &url,
+        "UPDATE flinger_private SET value = 'short' WHERE name = 'jwt-signing-key'",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--bind",
+        "127.0.0.1:0",
+        "--data-dir",
+        "d",
+        "--journal",
+        &url,
+    ];
+    let out = run_to_exit(dir.path(), &args, &[], Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for wanted in [
+        "flinger: configuration error: ",
+        "the row \"jwt-signing-key\" of the database's table flinger_private is 5 bytes",
+        "DELETE FROM flinger_private WHERE name = 'jwt-signing-key'",
+    ] {
+        assert!(stderr.contains(wanted), "no {wanted:?} in {stderr}");
+    }
 }
 
 /// No `sslmode` means no TLS (libpq's default would try TLS first): a start-up warning

@@ -171,7 +171,7 @@ fn help_names_every_options_environment_variable_and_config_key() {
 
 /// A data directory that cannot be one (a regular file, a path below one, a parent that
 /// cannot be written) is refused naming `--data-dir` and its value, not a path inside it;
-/// the server and `flinger client` alike.
+/// the server and `flinger client` alike, as a configuration error (exit status 2).
 #[test]
 fn unusable_data_dir_is_refused_naming_the_setting_and_its_value() {
     use std::os::unix::fs::PermissionsExt;
@@ -201,7 +201,7 @@ fn unusable_data_dir_is_refused_naming_the_setting_and_its_value() {
             args.extend_from_slice(command);
             let out = run_to_exit(dir.path(), &args, &[], Duration::from_secs(20));
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(!out.status.success(), "{args:?}: {stderr}");
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
             assert!(
                 stderr.contains(&format!(
                     "--data-dir {shown} (FLINGER_DATA_DIR, config key DATA_PATH): {wanted}"

@@ -52,11 +52,13 @@ pub async fn run(config: &Config, action: &ClientAction, out: &mut impl Write) -
         tokio::task::spawn_blocking(move || crate::journal::open(&open_config))
             .await
             .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))?
-            .map_err(|e| {
-                Error::Unavailable(format!(
+            .map_err(|e| match e {
+                // A data directory that cannot be one: the hint below would mislead.
+                Error::Misconfigured(_) => e,
+                e => Error::Unavailable(format!(
                     "{e} (`flinger client` needs the data directory to itself: stop the server \
                      first, or change clients through the running server's /v1/client-permissions)"
-                ))
+                )),
             })?;
     let store = AccessStore::new(std::mem::take(&mut state.access), journal.clone());
     let result = act(&store, action, out).await;

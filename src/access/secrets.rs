@@ -68,7 +68,7 @@ impl Sealer {
     /// The sealer from the environment's master key; `Ok(None)` when none is set.
     pub fn from_env() -> Result<Option<Sealer>> {
         Ok(env_master_key(&crate::config::env_var)
-            .map_err(Error::Internal)?
+            .map_err(Error::Misconfigured)?
             .map(|key| Sealer::new(key.as_bytes())))
     }
 

@@ -290,7 +290,7 @@ pub fn env_signing_key(
 /// [`MIN_SIGNING_KEY_BYTES`] (written by hand, or emptied) is refused, saying where it is
 /// and how to replace it: never used, never silently replaced.
 pub async fn signing_key(store: &dyn crate::journal::files::FileStore) -> Result<Vec<u8>> {
-    if let Some(key) = env_signing_key(&crate::config::env_var).map_err(Error::Internal)? {
+    if let Some(key) = env_signing_key(&crate::config::env_var).map_err(Error::Misconfigured)? {
         return Ok(key);
     }
     let key = store
@@ -298,7 +298,7 @@ pub async fn signing_key(store: &dyn crate::journal::files::FileStore) -> Result
         .await?;
     if key.len() < MIN_SIGNING_KEY_BYTES {
         let place = store.private_place(SIGNING_KEY_FILE);
-        return Err(Error::Internal(format!(
+        return Err(Error::Misconfigured(format!(
             "the access-token signing key in {} is {} bytes, shorter than the \
              {MIN_SIGNING_KEY_BYTES} HS256 needs (RFC 7518 §3.2: a short key can be found \
              from any token, and tokens of any role forged). Remove it (`{}`) to have a new \

@@ -228,8 +228,9 @@ impl DiskFiles {
         let (seam, at) = (fs.clone(), dir.clone());
         blocking(move || wal::create_dir_all_durably(&*seam, &at))
             .await
+            // A data directory flinger cannot write is the operator's to change.
             .map_err(|e| {
-                Error::Internal(format!(
+                Error::Misconfigured(format!(
                     "cannot create {} in {}: {e}",
                     dir.display(),
                     data_dir_setting(&data_dir)
@@ -255,7 +256,7 @@ pub fn data_dir_setting(data_dir: &Path) -> String {
 /// be written is named with `--data-dir` by what fails to be created in it.
 pub fn create_data_dir(fs: &dyn wal::Fs, data_dir: &Path) -> Result<()> {
     let fail = |problem: String| {
-        Error::InvalidInput(format!(
+        Error::Misconfigured(format!(
             "{}: {problem}; name a directory flinger may create and write",
             data_dir_setting(data_dir)
         ))

@@ -151,7 +151,8 @@ async fn short_keys_from_the_environment_are_refused_as_configuration_errors_bef
 
 /// The kept signing key is held to the same minimum as one from the environment: a file
 /// written by hand with a short key, or emptied, is refused naming the file and how to
-/// get a new key, instead of signing tokens with it (or silently replacing it).
+/// get a new key, instead of signing tokens with it (or silently replacing it). It is a
+/// configuration error like a short key in the environment: exit status 2.
 #[tokio::test]
 async fn short_or_empty_signing_key_file_is_refused_naming_the_file_when_starting() {
     for key in ["short", ""] {
@@ -170,10 +171,11 @@ async fn short_or_empty_signing_key_file_is_refused_naming_the_file_when_startin
         ];
         let out = run_to_exit(dir.path(), &args, &[], Duration::from_secs(60));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{key:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(2), "{key:?}: {stderr}");
         assert!(!stderr.contains("listening"), "{key:?}: {stderr}");
         let shown = file.display().to_string();
         for wanted in [
+            "flinger: configuration error: ".to_owned(),
             format!("the file {shown} is {} bytes", key.len()),
             format!("rm {shown}"),
             "FLINGER_JWT_SIGNING_KEY".to_owned(),

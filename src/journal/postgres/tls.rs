@@ -139,8 +139,10 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 
 /// The settings and connector for `url` (see the module docs).
 pub fn target(url: &str) -> Result<Target> {
+    // The connection string names what is wrong (its sslmode, its sslrootcert file): the
+    // operator's to change.
     let bad =
-        |what: String| Error::InvalidInput(format!("PostgreSQL journal {}: {what}", redact(url)));
+        |what: String| Error::Misconfigured(format!("PostgreSQL journal {}: {what}", redact(url)));
     let Parsed { config, tls, root } = parse(url).map_err(bad)?;
     if tls != Tls::Verified {
         return Ok(Target { config, tls: None });
