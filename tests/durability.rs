@@ -10,12 +10,13 @@ use serde_json::{json, Value};
 
 use crate::util::{
     job_id_of, new_id, pop_path, pseudo_random_bytes, Http, TestServer, SMALL_SEGMENTS,
+    SNAPSHOT_SOON,
 };
 
-/// Small segments and a tiny snapshot threshold: a few KiB of traffic rotates segments
-/// and triggers snapshots.
+/// Small segments and the smallest snapshot threshold: a MiB of traffic rotates segments
+/// and triggers a snapshot.
 fn small_log() -> Vec<&'static str> {
-    [SMALL_SEGMENTS, &["--snapshot-bytes", "4096"]].concat()
+    [SMALL_SEGMENTS, SNAPSHOT_SOON].concat()
 }
 
 /// Builds a state touching every partition and returns the ids it used.
@@ -195,7 +196,7 @@ async fn snapshots_and_segment_rotation_change_nothing_observable() {
     let mut srv = TestServer::start_with(&small_log());
     let ids = build_rich_state(&srv.http()).await;
     // Enough traffic to rotate 1.2 MB segments and take several snapshots.
-    let filler: Vec<String> = (0..40).map(|_| "x".repeat(30_000)).collect();
+    let filler: Vec<String> = (0..80).map(|_| "x".repeat(30_000)).collect();
     for (i, text) in filler.iter().enumerate() {
         srv.post_result(&ids[0], &json!({ format!("blob{}", i % 3): text }))
             .await;
@@ -247,15 +248,15 @@ async fn snapshots_and_segment_rotation_change_nothing_observable() {
         "replay did not start from the snapshot: {recovered}"
     );
     match srv.journal() {
-        // The PostgreSQL journal deletes the events a snapshot covers.
+        // The PostgreSQL journal deletes the events a snapshot covers (those after it stay:
+        // up to a MiB of them, --snapshot-bytes).
         Some(url) => {
-            let events: u64 = crate::util::pg::sql(url, "SELECT count(*) FROM flinger_events")
-                .parse()
-                .unwrap();
-            assert!(
-                events < 20,
-                "covered events were not removed: {events} left"
+            let covered = crate::util::pg::sql(
+                url,
+                "SELECT count(*) FROM flinger_events e, flinger_snapshots s \
+                 WHERE s.installed AND e.lsn <= s.lsn",
             );
+            assert_eq!(covered, "0", "covered events were not removed");
         }
         None => {
             let wal = std::fs::read_dir(srv.data_dir().join("wal"))
@@ -406,7 +407,7 @@ async fn a_snapshot_of_thousands_of_jobs_restores_the_same_queues_and_listings()
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agents_recent_jobs_are_the_same_after_a_restart_from_a_snapshot() {
     let mut srv =
-        TestServer::start_with(&["--snapshot-bytes", "4096", "--snapshot-growth-percent", "0"]);
+        TestServer::start_with(&[SNAPSHOT_SOON, &["--snapshot-growth-percent", "0"]].concat());
     let http = srv.http();
     for agent in ["dut-a", "dut-b"] {
         http.post_json(
@@ -446,7 +447,7 @@ async fn an_agents_recent_jobs_are_the_same_after_a_restart_from_a_snapshot() {
         let rest = &line[line.find(" lsn=")? + 5..];
         rest.split_whitespace().next()?.parse().ok()
     };
-    let scratch = new_id();
+    let filler = json!({"job_queue": "fill", "pad": "x".repeat(60_000)});
     let deadline = Instant::now() + Duration::from_secs(60);
     while !srv
         .stderr_lines()
@@ -455,8 +456,7 @@ async fn an_agents_recent_jobs_are_the_same_after_a_restart_from_a_snapshot() {
         .any(|l| lsn_of(l).is_some_and(|lsn| lsn > logged))
     {
         assert!(Instant::now() < deadline, "no snapshot was taken");
-        http.post_result(&scratch, &json!({ "blob": "x".repeat(2000) }))
-            .await;
+        http.submit(&filler).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     srv.kill9();
@@ -505,10 +505,13 @@ async fn crash_loop_never_loses_or_duplicates_acknowledged_work() {
         for w in 0..4 {
             let (http, acked, stop) = (http.clone(), acked.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
+                let pad = "x".repeat(16_000);
                 let mut n = 0usize;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let id = new_id();
-                    let job = json!({"job_id": id, "job_queue": queues[(n + w) % 3]});
+                    // Padded so a cycle or two log --snapshot-bytes: kills land while
+                    // snapshots are written too.
+                    let job = json!({"job_id": id, "job_queue": queues[(n + w) % 3], "pad": pad});
                     n += 1;
                     if let Ok(r) = http
                         .try_request("POST", "/v1/job", &[], job.to_string().into_bytes())

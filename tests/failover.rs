@@ -248,10 +248,10 @@ async fn standby_takes_over_with_every_acknowledged_change_when_the_leader_is_ki
     assert_eq!(a.job_state(&id).await, "waiting");
 }
 
-/// Submits `count` jobs of about 1 KB each to the queue `compact` through `node`, their
+/// Submits `count` jobs of about `bytes` each to the queue `compact` through `node`, their
 /// ids appended to `ids`.
-async fn submit_kilobyte_jobs(node: &TestServer, ids: &mut Vec<String>, count: usize) {
-    let filler = "x".repeat(1000);
+async fn submit_jobs_of(node: &TestServer, ids: &mut Vec<String>, count: usize, bytes: usize) {
+    let filler = "x".repeat(bytes);
     for _ in 0..count {
         let n = ids.len();
         ids.push(
@@ -270,7 +270,7 @@ async fn standby_left_behind_by_compaction_reloads_the_snapshot_and_takes_over_w
         "--lease-ms",
         LEASE_MS,
         "--snapshot-bytes",
-        "65536",
+        "1MiB",
     ];
     let mut a = TestServer::start_with(&args);
     assert_eq!(leader_of(&[&a.http()]).await, 0);
@@ -291,11 +291,11 @@ async fn standby_left_behind_by_compaction_reloads_the_snapshot_and_takes_over_w
             Instant::now() < deadline,
             "no snapshot compacted the first events"
         );
-        submit_kilobyte_jobs(&a, &mut ids, 10).await;
+        submit_jobs_of(&a, &mut ids, 4, 64_000).await;
     }
     // ... and then more than the connection buffers (40 KB, under the next snapshot's
-    // 64 KiB): the standby finds the gap with these rows unread.
-    submit_kilobyte_jobs(&a, &mut ids, 40).await;
+    // 1 MiB): the standby finds the gap with these rows unread.
+    submit_jobs_of(&a, &mut ids, 40, 1000).await;
     b.send_signal(libc::SIGCONT);
     let last = a.submit(&json!({"job_queue": "compact"})).await;
     ids.push(last);

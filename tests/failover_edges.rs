@@ -597,7 +597,7 @@ async fn snapshot_upload_gives_up_within_its_bound_and_loses_nothing_when_the_da
         "--lease-ms",
         LEASE_MS,
         "--snapshot-bytes",
-        "4096",
+        "1MiB",
     ]);
     wait_role(&a, "leader", Duration::from_secs(30)).await;
     // Another session holds the chunks' table for a minute (ended by hand below).
@@ -609,7 +609,8 @@ async fn snapshot_upload_gives_up_within_its_bound_and_loses_nothing_when_the_da
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Enough logged for a snapshot request; the upload then waits for the lock.
-    let filler = "x".repeat(1000);
+    // 8 x 140 KB: more than --snapshot-bytes.
+    let filler = "x".repeat(140_000);
     let mut ids = Vec::new();
     for n in 0..8 {
         ids.push(
@@ -687,7 +688,7 @@ async fn snapshot_upload_gives_up_when_its_connection_stops_answering() {
         "--lease-ms",
         "3000",
         "--snapshot-bytes",
-        "4096",
+        "1MiB",
     ]);
     wait_role(&a, "leader", Duration::from_secs(30)).await;
     let mut locker = lock_table(&url, "flinger_snapshot_chunks", 120);
@@ -697,7 +698,8 @@ async fn snapshot_upload_gives_up_when_its_connection_stops_answering() {
         assert!(Instant::now() < deadline, "the lock was not taken");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let filler = "x".repeat(1000);
+    // 8 x 140 KB: more than --snapshot-bytes.
+    let filler = "x".repeat(140_000);
     for n in 0..8 {
         a.submit(&json!({"job_queue": "snap", "n": n, "filler": filler}))
             .await;

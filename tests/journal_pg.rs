@@ -56,10 +56,11 @@ async fn acknowledged_changes_survive_kill9_and_restart_when_journal_is_postgres
 #[tokio::test]
 async fn snapshot_deletes_the_events_it_covers_and_restart_loads_it_when_journal_is_postgres() {
     let url = fresh_database();
-    let mut srv = on_postgres(&url, &["--snapshot-bytes", "4096"]);
+    let mut srv = on_postgres(&url, crate::util::SNAPSHOT_SOON);
     let mut ids = Vec::new();
     for i in 0..60 {
-        let filler = "x".repeat(200);
+        // 60 x 20 KB: more than --snapshot-bytes.
+        let filler = "x".repeat(20_000);
         ids.push(
             srv.submit(&json!({"job_queue": "snapq", "n": i, "filler": filler}))
                 .await,

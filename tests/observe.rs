@@ -284,12 +284,13 @@ async fn request_metrics_keep_a_bounded_number_of_series_when_methods_and_paths_
 
 #[tokio::test]
 async fn metrics_report_snapshots_when_one_was_taken() {
-    let srv = TestServer::start_with(&["--snapshot-bytes", "4096"]);
+    let srv = TestServer::start_with(crate::util::SNAPSHOT_SOON);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut submitted = 0;
+    let job = json!({"job_queue": "snap", "pad": "x".repeat(60_000)});
     loop {
         for _ in 0..20 {
-            srv.submit_to("snap").await;
+            srv.submit(&job).await;
             submitted += 1;
         }
         let m = scrape(&srv).await;
@@ -475,15 +476,16 @@ async fn snapshots(srv: &TestServer) -> (f64, f64) {
 
 #[tokio::test]
 async fn next_snapshot_waits_until_the_log_grew_by_the_percentage_of_the_last_one_when_it_is_set() {
-    // 4 KiB of log alone would snapshot again after a few jobs; at 1000 % the second
+    // 1 MiB of log alone would snapshot again after about 20 jobs; at 1000 % the second
     // snapshot waits until the log since the first is ten times that snapshot's size.
-    let srv = TestServer::start_with(&[
-        "--snapshot-bytes",
-        "4096",
-        "--snapshot-growth-percent",
-        "1000",
-    ]);
-    let job = json!({"job_queue": "grow", "pad": "x".repeat(2000)});
+    let srv = TestServer::start_with(
+        &[
+            crate::util::SNAPSHOT_SOON,
+            &["--snapshot-growth-percent", "1000"],
+        ]
+        .concat(),
+    );
+    let job = json!({"job_queue": "grow", "pad": "x".repeat(50_000)});
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut first = None;
     let mut submitted = 0;
@@ -506,7 +508,7 @@ async fn next_snapshot_waits_until_the_log_grew_by_the_percentage_of_the_last_on
         );
     };
     let (first, second) = second;
-    // Each job adds about as much to a snapshot as to the log (its 2 KB body, in both):
+    // Each job adds about as much to a snapshot as to the log (its 50 KB body, in both):
     // the log grew by ten first snapshots, so the state did by several.
     assert!(
         second >= 4.0 * first,

@@ -38,7 +38,8 @@ async fn data_files_are_readable_by_the_servers_user_alone() {
     // SAFETY: the test process's own mask, inherited by the server it starts; restored.
     let before = unsafe { libc::umask(0o022) };
     // The file journal: on PostgreSQL the data directory holds nothing to check.
-    let mut srv = TestServer::start_with(&["--snapshot-bytes", "4096", "--journal", "file"]);
+    let mut srv =
+        TestServer::start_with(&[crate::util::SNAPSHOT_SOON, &["--journal", "file"]].concat());
     unsafe { libc::umask(before) };
     let id = srv.submit_to("modes-q").await;
     srv.post_multipart(
@@ -49,6 +50,7 @@ async fn data_files_are_readable_by_the_servers_user_alone() {
     )
     .await
     .expect_status(200);
+    srv.log_for_a_snapshot().await;
     srv.restart(); // a snapshot on the way
     let mut seen = 0;
     let mut pending = vec![srv.data_dir()];
@@ -233,9 +235,10 @@ async fn sizes_take_kib_mib_gib_from_flags_environment_and_the_config_file() {
     assert_eq!(srv.post_json("/v1/job", &too_big).await.status, 413);
 }
 
-/// Limits that would make the server useless (every submit or upload refused, every token
-/// request 429, records gone as they are written), decimal units and a config key set
-/// twice are refused at start-up (exit 2), naming what to change.
+/// Limits that would make the server useless (every submit, upload or form field refused,
+/// every token request 429, records gone as they are written, a snapshot every few
+/// records, a log segment the disk cannot hold), decimal units and a config key set twice
+/// are refused at start-up (exit 2), naming what to change.
 #[test]
 fn useless_limits_decimal_units_and_repeated_config_keys_are_refused_when_starting() {
     let dir = tempfile::tempdir().unwrap();
@@ -248,8 +251,11 @@ fn useless_limits_decimal_units_and_repeated_config_keys_are_refused_when_starti
     let twice = twice.to_str().unwrap();
     /// Flags, environment, what stderr must say.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 8] = [
+    let cases: [Case; 11] = [
         (&["--max-job-bytes", "0"], &[], "--max-job-bytes (FLINGER_MAX_JOB_BYTES, config key MAX_JOB_BYTES) must be at least 256"),
+        (&["--max-field-bytes", "0"], &[], "--max-field-bytes (FLINGER_MAX_FIELD_BYTES, config key MAX_FIELD_BYTES) must be at least 256"),
+        (&["--snapshot-bytes", "1"], &[], "--snapshot-bytes (FLINGER_SNAPSHOT_BYTES, config key SNAPSHOT_BYTES) must be at least 1048576"),
+        (&["--segment-bytes", "1024GiB"], &[], "--segment-bytes (FLINGER_SEGMENT_BYTES, config key SEGMENT_BYTES) must be at most 4294967296"),
         (&["--max-artifact-bytes", "0"], &[], "--max-artifact-bytes (FLINGER_MAX_ARTIFACT_BYTES, config key MAX_ARTIFACT_BYTES) must be at least 256"),
         (&["--token-failures-per-minute", "0"], &[], "--token-failures-per-minute (FLINGER_TOKEN_FAILURES_PER_MINUTE, config key TOKEN_FAILURES_PER_MINUTE) must be at least 1"),
         (&["--retention-secs", "0"], &[], "--retention-secs (FLINGER_RETENTION_SECS, config key RETENTION_SECS) must be at least 1"),

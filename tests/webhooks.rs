@@ -584,7 +584,8 @@ async fn outbox_and_delivery_progress_survive_a_snapshot_and_kill_9() {
     let url = receiver.url();
     let args = [
         crate::util::SMALL_SEGMENTS,
-        &["--snapshot-bytes", "4096", "--webhook-url", &url],
+        crate::util::SNAPSHOT_SOON,
+        &["--webhook-url", &url],
     ]
     .concat();
     let mut srv = TestServer::start_with(&args);
@@ -600,10 +601,7 @@ async fn outbox_and_delivery_progress_survive_a_snapshot_and_kill_9() {
         .expect_status(200);
     wait_view(&srv, &id, "delivery", |v| v["delivered"] == 2).await;
     // Enough log after it to make the server take a snapshot.
-    for _ in 0..40 {
-        srv.submit(&json!({"job_queue": "fill", "padding": "x".repeat(100)}))
-            .await;
-    }
+    srv.log_for_a_snapshot().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !srv
         .stderr_lines()

@@ -115,6 +115,19 @@ impl Config {
             ("max-searches", self.max_searches as u64, 1, ""),
             ("max-follows", self.max_follows as u64, 1, ""),
             ("max-waiters", self.max_waiters as u64, 1, ""),
+            (
+                "max-field-bytes",
+                self.max_field_bytes,
+                256,
+                " (smaller refuses ordinary form fields beside the file)",
+            ),
+            (
+                "snapshot-bytes",
+                self.snapshot_bytes,
+                MIN_SNAPSHOT_BYTES,
+                " (1 MiB: smaller rewrites the whole state every few records, and frees no \
+                 log, which is cut in whole segments of at least that)",
+            ),
         ] {
             if value < least {
                 return err(format!(
@@ -125,35 +138,67 @@ impl Config {
         }
         // What the runtime can hold: a semaphore has at most 2^61 permits, and a deadline
         // must stay within the clock's range (hyper and the transfer-rate timer add these
-        // to the current instant, and panic past it). Far beyond any sensible value.
-        for (name, value, most) in [
-            ("max-pending", self.max_pending as u64, MAX_COUNT),
-            ("max-searches", self.max_searches as u64, MAX_COUNT),
-            ("max-follows", self.max_follows as u64, MAX_COUNT),
+        // to the current instant, and panic past it). Far beyond any sensible value. And
+        // what would make the server unusable or let one client pin memory: each above
+        // its most is refused at start-up, naming the setting.
+        let pinned = " (what one connection may hold in memory before its request is parsed)";
+        for (name, value, most, why) in [
+            ("max-pending", self.max_pending as u64, MAX_COUNT, ""),
+            ("max-searches", self.max_searches as u64, MAX_COUNT, ""),
+            ("max-follows", self.max_follows as u64, MAX_COUNT, ""),
+            (
+                "max-connections",
+                self.max_connections as u64,
+                MAX_COUNT,
+                "",
+            ),
             (
                 "header-timeout-secs",
                 self.header_timeout.as_secs(),
                 MAX_DEADLINE_SECS,
+                "",
             ),
             (
                 "transfer-window-secs",
                 self.transfer_window.as_secs(),
                 MAX_DEADLINE_SECS,
+                "",
             ),
             (
                 "follow-max-secs",
                 self.follow_max.as_secs(),
                 MAX_DEADLINE_SECS,
+                "",
+            ),
+            (
+                "max-header-bytes",
+                self.max_header_bytes as u64,
+                MAX_HEAD_BYTES,
+                pinned,
+            ),
+            (
+                "max-part-header-bytes",
+                self.max_part_header_bytes as u64,
+                MAX_HEAD_BYTES,
+                " (the multipart parser rescans a header block for its end as it grows)",
+            ),
+            (
+                "segment-bytes",
+                self.segment_bytes,
+                MAX_SEGMENT_BYTES,
+                " (4 GiB: the log keeps a spare segment preallocated and zeroed; a larger one \
+                 the disk cannot hold refuses every change)",
             ),
             (
                 "forward-idle-secs",
                 self.forward_idle.as_secs(),
                 MAX_DEADLINE_SECS,
+                "",
             ),
         ] {
             if value > most {
                 return err(format!(
-                    "{} must be at most {most}, got {value}",
+                    "{} must be at most {most}{why}, got {value}",
                     setting(name)
                 ));
             }
@@ -282,6 +327,18 @@ pub const MAX_COUNT: u64 = 1_000_000;
 /// Longest `--header-timeout-secs` and `--transfer-window-secs` (a day): each is added to
 /// the current instant, which panics past the clock's range.
 pub const MAX_DEADLINE_SECS: u64 = 86_400;
+
+/// Least `--snapshot-bytes` (1 MiB): a snapshot rewrites the whole state, and the log it
+/// covers is removed in whole segments, each at least 1 MiB (`--segment-bytes` is 2x the
+/// largest body + 1 MiB at least), so snapshotting more often frees nothing and only
+/// spends the disk.
+pub const MIN_SNAPSHOT_BYTES: u64 = 1 << 20;
+/// Most `--segment-bytes` (4 GiB, 8x the largest any body limit needs): the log keeps the
+/// segment it writes and a spare, preallocated and zeroed, so each costs its size on disk.
+pub const MAX_SEGMENT_BYTES: u64 = 4 << 30;
+/// Most `--max-header-bytes` and `--max-part-header-bytes` (1 MiB): a request head is
+/// buffered whole (hyper's default buffer is ~400 KiB, a real client's head a few KiB).
+pub const MAX_HEAD_BYTES: u64 = 1 << 20;
 
 /// Shortest lease (`--lease-ms`): renewals every third of it must fit a database round
 /// trip on a loaded machine.

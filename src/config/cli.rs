@@ -249,11 +249,12 @@ pub struct ServeOpts {
     /// Largest artifact or attachments upload in bytes [default: 2 GiB].
     #[arg(long, env = "FLINGER_MAX_ARTIFACT_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub max_artifact_bytes: Option<u64>,
-    /// Write-ahead log segment size in bytes [default: 64 MiB].
+    /// Write-ahead log segment size in bytes, at least 2x the largest body limit + 1 MiB,
+    /// at most 4 GiB [default: 64 MiB].
     #[arg(long, env = "FLINGER_SEGMENT_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub segment_bytes: Option<u64>,
-    /// Snapshot (and drop covered log segments) after this many logged bytes [default:
-    /// 128 MiB].
+    /// Snapshot (and drop covered log segments) after this many logged bytes, at least
+    /// 1 MiB [default: 128 MiB].
     #[arg(long, env = "FLINGER_SNAPSHOT_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub snapshot_bytes: Option<u64>,
     /// Snapshot only once the log since the last snapshot is also this percentage of that
@@ -271,7 +272,7 @@ pub struct ServeOpts {
     /// refers to are then moved to DATA_DIR/lost+found instead of being deleted.
     #[arg(long, env = "FLINGER_WAL_TRUNCATE_CORRUPTION")]
     pub wal_truncate_corruption: bool,
-    /// Most connections served at once [default: 10000]. The soft descriptor limit is
+    /// Most connections served at once, 1 to 1000000 [default: 10000]. The soft descriptor limit is
     /// raised at start-up to 2 per connection + 256; if the hard limit is below that, the
     /// default is lowered to fit (an info line) and a chosen value refuses to start.
     #[arg(long, env = "FLINGER_MAX_CONNECTIONS", value_name = "N")]
@@ -281,7 +282,7 @@ pub struct ServeOpts {
     #[arg(long, env = "FLINGER_HEADER_TIMEOUT_SECS", value_name = "SECS")]
     pub header_timeout_secs: Option<u64>,
     /// Largest request line + headers, and the read buffer of a connection, in bytes
-    /// (at least 8192) [default: 65536]; larger heads get 431.
+    /// (8192 to 1 MiB) [default: 65536]; larger heads get 431.
     #[arg(long, env = "FLINGER_MAX_HEADER_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<usize>)]
     pub max_header_bytes: Option<usize>,
     /// Minimum transfer rate: bytes of request body received, or of response taken by the
@@ -307,13 +308,13 @@ pub struct ServeOpts {
     #[arg(long, env = "FLINGER_MAX_FOLLOWS", value_name = "N")]
     pub max_follows: Option<usize>,
     /// Largest header block of one multipart part, and largest preamble, in bytes
-    /// [default: 8192].
+    /// (256 to 1 MiB) [default: 8192].
     #[arg(long, env = "FLINGER_MAX_PART_HEADER_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<usize>)]
     pub max_part_header_bytes: Option<usize>,
     /// Most parts in one multipart upload [default: 16].
     #[arg(long, env = "FLINGER_MAX_UPLOAD_PARTS", value_name = "N")]
     pub max_upload_parts: Option<usize>,
-    /// Largest multipart part other than `file`, in bytes [default: 65536].
+    /// Largest multipart part other than `file`, in bytes, at least 256 [default: 65536].
     #[arg(long, env = "FLINGER_MAX_FIELD_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub max_field_bytes: Option<u64>,
     /// Most requests in flight to one actor (registry, results, artifacts, agents); more

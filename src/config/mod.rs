@@ -21,7 +21,10 @@ mod cli;
 mod file;
 
 use checks::setting;
-pub use checks::{LEASE_MS_MAX, LEASE_MS_MIN, MAX_COUNT, MAX_DEADLINE_SECS};
+pub use checks::{
+    LEASE_MS_MAX, LEASE_MS_MIN, MAX_COUNT, MAX_DEADLINE_SECS, MAX_HEAD_BYTES, MAX_SEGMENT_BYTES,
+    MIN_SNAPSHOT_BYTES,
+};
 
 pub use cli::{Cli, ClientAction, Command, ServeOpts, WalAction};
 pub use file::{parse_config_file, read_config_file, ConfigError, ConfigFile};

@@ -112,7 +112,7 @@ fn flags_beat_file_beats_defaults_and_unknown_keys_warn() {
 #[test]
 fn connection_limits_come_from_the_file_and_are_checked() {
     let file = parse_config_file(
-        "HEADER_TIMEOUT_SECS = 5\nMAX_HEADER_BYTES = 9000\nMIN_TRANSFER_BYTES = 10\nTRANSFER_WINDOW_SECS = 2\nDRAIN_SECS = 3\nMAX_PART_HEADER_BYTES = 300\nMAX_UPLOAD_PARTS = 4\nMAX_FIELD_BYTES = 5\nMAX_CONNECTIONS = 7\n",
+        "HEADER_TIMEOUT_SECS = 5\nMAX_HEADER_BYTES = 9000\nMIN_TRANSFER_BYTES = 10\nTRANSFER_WINDOW_SECS = 2\nDRAIN_SECS = 3\nMAX_PART_HEADER_BYTES = 300\nMAX_UPLOAD_PARTS = 4\nMAX_FIELD_BYTES = 300\nMAX_CONNECTIONS = 7\n",
     )
     .unwrap();
     let (config, warnings) =
@@ -125,13 +125,55 @@ fn connection_limits_come_from_the_file_and_are_checked() {
     assert_eq!(config.drain, Duration::from_secs(3));
     assert_eq!(config.max_part_header_bytes, 300);
     assert_eq!(config.max_upload_parts, 4);
-    assert_eq!(config.max_field_bytes, 5);
+    assert_eq!(config.max_field_bytes, 300);
     assert!(config.max_connections_chosen);
     let small = ServeOpts {
         max_header_bytes: Some(4096),
         ..Default::default()
     };
     assert!(Config::resolve(&small, None).is_err());
+}
+
+/// Each size and count whose smallest or largest values make the server useless (every
+/// form field refused, a snapshot every few records, a segment the disk cannot hold) or
+/// let one connection pin memory is held to its bounds: the bound itself is taken, one
+/// past it refused naming the setting and the bound.
+#[test]
+fn sizes_and_counts_past_their_useful_range_are_refused_naming_the_setting() {
+    for (key, edge, past, wanted) in [
+        ("MAX_FIELD_BYTES", 256u64, 255u64, "at least 256"),
+        ("SNAPSHOT_BYTES", 1 << 20, (1 << 20) - 1, "at least 1048576"),
+        (
+            "SEGMENT_BYTES",
+            4 << 30,
+            (4 << 30) + 1,
+            "at most 4294967296",
+        ),
+        (
+            "MAX_HEADER_BYTES",
+            1 << 20,
+            (1 << 20) + 1,
+            "at most 1048576",
+        ),
+        (
+            "MAX_PART_HEADER_BYTES",
+            1 << 20,
+            (1 << 20) + 1,
+            "at most 1048576",
+        ),
+        ("MAX_CONNECTIONS", 1_000_000, 1_000_001, "at most 1000000"),
+    ] {
+        let flag = format!("--{}", key.to_lowercase().replace('_', "-"));
+        resolve_env(&format!("{key} = {edge}\n"), &[])
+            .unwrap_or_else(|e| panic!("{key} = {edge}: {e}"));
+        let reason = resolve_env(&format!("{key} = {past}\n"), &[])
+            .expect_err(key)
+            .reason;
+        assert!(
+            reason.contains(&flag) && reason.contains(wanted) && reason.contains(&past.to_string()),
+            "{key} = {past}: {reason}"
+        );
+    }
 }
 
 #[test]

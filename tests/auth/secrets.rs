@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{access_token, call, kept_in_clear, register_agent, token_request, Lab};
-use crate::util::{run_to_exit, Opts, TestServer};
+use crate::util::{run_to_exit, Opts, TestServer, SNAPSHOT_SOON};
 
 #[tokio::test]
 async fn job_secrets_reach_only_the_dispatched_agent_and_never_the_disk_in_clear() {
     let mut lab = Lab::start_env(
-        &["--snapshot-bytes", "4096"],
+        SNAPSHOT_SOON,
         &[(
             "FLINGER_SECRETS_KEY",
             "master-key-for-tests-0123456789abcdef",
@@ -216,10 +216,7 @@ async fn job_secrets_reach_only_the_dispatched_agent_and_never_the_disk_in_clear
     .await
     .expect_status(200);
     // Enough log for a snapshot, then nothing on disk holds a value in clear.
-    for _ in 0..40 {
-        srv.submit(&json!({"job_queue": "fill", "padding": "x".repeat(100)}))
-            .await;
-    }
+    srv.log_for_a_snapshot().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !srv
         .stderr_lines()

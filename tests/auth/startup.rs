@@ -8,12 +8,12 @@ use serde_json::json;
 
 use super::{access_token, call, client_command, kept_in_clear, printed_secret, token_request};
 use crate::util::pg::sql;
-use crate::util::{run_to_exit, TestServer};
+use crate::util::{run_to_exit, TestServer, SNAPSHOT_SOON};
 
 #[tokio::test]
 async fn clients_tokens_and_the_signing_key_survive_restarts_and_snapshots_and_no_secret_is_on_disk(
 ) {
-    let mut srv = TestServer::start_with(&["--access-control", "on", "--snapshot-bytes", "2048"]);
+    let mut srv = TestServer::start_with(&[&["--access-control", "on"], SNAPSHOT_SOON].concat());
     srv.stop();
     let root = printed_secret(&client_command(&srv, &["add", "root", "--role", "admin"]));
     srv.start_again();
@@ -52,10 +52,7 @@ async fn clients_tokens_and_the_signing_key_survive_restarts_and_snapshots_and_n
     let issued = token_request(&srv, "kept", secret).await.expect_json();
     let refresh = issued["refresh_token"].as_str().unwrap().to_owned();
     // Enough log to make the server take a snapshot.
-    for _ in 0..40 {
-        srv.submit(&json!({"job_queue": "fill", "padding": "x".repeat(100)}))
-            .await;
-    }
+    srv.log_for_a_snapshot().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !srv
         .stderr_lines()

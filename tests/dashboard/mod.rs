@@ -403,7 +403,7 @@ async fn job_page_in_chromium_shows_a_fragment_posted_after_it_opened() {
 
 #[tokio::test]
 async fn agent_page_lists_jobs_dispatched_to_it_newest_first_when_it_took_several() {
-    let mut srv = TestServer::start_with(&["--snapshot-bytes", "4096"]);
+    let mut srv = TestServer::start_with(crate::util::SNAPSHOT_SOON);
     srv.post_json(
         "/v1/agents/data/rig-1",
         &json!({"state": "waiting", "queues": ["rig-q"]}),
@@ -444,10 +444,7 @@ async fn agent_page_lists_jobs_dispatched_to_it_newest_first_when_it_took_severa
     };
     check(srv.get("/agents/rig-1").await.text());
     // Enough log for a snapshot, then the index is rebuilt (or replayed) on restart.
-    for _ in 0..40 {
-        srv.submit(&json!({"job_queue": "fill", "padding": "x".repeat(100)}))
-            .await;
-    }
+    srv.log_for_a_snapshot().await;
     srv.restart();
     check(srv.get("/agents/rig-1").await.text());
 }

@@ -274,6 +274,19 @@ impl Http {
         }
     }
 
+    /// Submits 18 waiting jobs of 60 KB each to queue `fill` (more than 1 MiB of log, each
+    /// under [`super::SMALL_SEGMENTS`]' body limit) and returns their ids: with
+    /// [`super::SNAPSHOT_SOON`], enough for the server to take a snapshot.
+    pub async fn log_for_a_snapshot(&self) -> Vec<String> {
+        let padding = "x".repeat(60_000);
+        let mut ids = Vec::new();
+        for n in 0..18 {
+            let job = serde_json::json!({"job_queue": "fill", "n": n, "padding": padding});
+            ids.push(self.submit(&job).await);
+        }
+        ids
+    }
+
     /// Submits `{"job_queue": queue}` and returns the id.
     pub async fn submit_to(&self, queue: &str) -> String {
         self.submit(&serde_json::json!({ "job_queue": queue }))

@@ -155,6 +155,10 @@ pub const SMALL_SEGMENTS: &[&str] = &[
     "1200000",
 ];
 
+/// The least `--snapshot-bytes` the server takes (1 MiB; smaller is refused): a server
+/// started with it takes a snapshot after [`Http::log_for_a_snapshot`].
+pub const SNAPSHOT_SOON: &[&str] = &["--snapshot-bytes", "1MiB"];
+
 /// How to start a [`TestServer`] beyond the defaults.
 #[derive(Default)]
 pub struct Opts {
