@@ -286,18 +286,14 @@ async fn overview_or_version(svc: &Services, headers: &HeaderMap) -> Result<Resp
         return Ok(text(super::version_text()));
     }
     let (queues, queues_truncated) = queue_rows(svc);
-    let mut states: std::collections::BTreeMap<String, usize> = Default::default();
-    for (_, fields, _) in agents(svc).await? {
-        let state = fields
-            .get("state")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown");
-        *states.entry(state.to_owned()).or_default() += 1;
-    }
-    let agent_states: Vec<Value> = states
-        .into_iter()
-        .map(|(state, count)| json!({"state": state, "count": count}))
-        .collect();
+    // Counts the agents' fold keeps: no record is visited.
+    let agent_states: Vec<Value> = read_agents(svc, |agents| {
+        agents
+            .states()
+            .map(|(state, count)| json!({"state": state, "count": count}))
+            .collect()
+    })
+    .await?;
     let jobs = recent_jobs(svc, &Search::default(), 20).await;
     page(
         "overview.html",
