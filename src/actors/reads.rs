@@ -35,8 +35,20 @@ pub struct ResultView {
     pub run: Option<u32>,
 }
 
-/// The first members of a job's result fields ([`ResultDocs::fields_head`]).
+/// What the job page shows of a job's results ([`ResultDocs::page`]).
 #[derive(Debug)]
+pub struct PageParts {
+    /// The end of the log asked for: per phase its highest fragment number and its last
+    /// fragments ([`TailPick`]).
+    pub log: Vec<PhaseLog>,
+    /// The length of that run of the log, in bytes.
+    pub log_bytes: usize,
+    /// The first members of the result fields (`None`: nothing posted).
+    pub fields: Option<FieldsHead>,
+}
+
+/// The first members of a job's result fields ([`ResultDocs::page`]).
+#[derive(Debug, Default)]
 pub struct FieldsHead {
     /// Key and value's JSON text, in the fields' order.
     pub members: Vec<(Box<str>, Bytes)>,
@@ -44,6 +56,22 @@ pub struct FieldsHead {
     pub text: usize,
     /// Whether these are all the members.
     pub whole: bool,
+}
+
+impl FieldsHead {
+    /// Copies the members of `fields` from the `self.members.len()`th on, at most `step`,
+    /// until their text reaches `most`.
+    fn take(&mut self, fields: &Fields, step: usize, most: usize) {
+        let from = self.members.len();
+        for (key, value) in fields.iter_from(from).take(step) {
+            if self.text >= most {
+                return;
+            }
+            self.text += key.len() + value.len();
+            self.members.push((key.into(), value.clone()));
+        }
+        self.whole = self.members.len() == fields.len();
+    }
 }
 
 /// Filters of a log read.
@@ -255,74 +283,67 @@ impl ResultDocs {
         Ok(Some(compose_off_runtime(compose, large).await))
     }
 
-    /// The first members of the job's result fields in order, as few as hold at least
-    /// `most` bytes of text (keys and values; all of them when they hold fewer), copied
-    /// in steps of `READ_STEP` members (handles to the values, not their text): what a
-    /// page showing the results' start needs (`None`: nothing posted). Members copied in
-    /// different steps may come from different merges, each value as one merge left it.
-    /// Fails only when an orphan file cannot be read.
-    pub async fn fields_head(&self, id: JobId, most: usize) -> Result<Option<FieldsHead>> {
-        let mut head = FieldsHead {
-            members: Vec::new(),
-            text: 0,
-            whole: false,
-        };
-        // Members from the `head.members.len()`th on, at most `step`, until their text
-        // reaches `most`.
-        let take = |fields: &Fields, head: &mut FieldsHead, step: usize| {
-            let from = head.members.len();
-            for (key, value) in fields.iter_from(from).take(step) {
-                if head.text >= most {
-                    return;
-                }
-                head.text += key.len() + value.len();
-                head.members.push((key.into(), value.clone()));
-            }
-            head.whole = head.members.len() == fields.len();
-        };
+    /// What the job page shows of `id`'s results: the end of its `kind` log's run `run`
+    /// ([`TailPick`]: per phase its highest fragment number and its last fragments,
+    /// holding at least `log_most` bytes of text in all) with the run's length, and the
+    /// first members of its result fields, as few as hold at least `fields_most` bytes of
+    /// text. In memory, each is copied in bounded steps (handles, not text); an id whose
+    /// data lives in the orphan store has its file read and folded once for both. Fails
+    /// only when an orphan file cannot be read.
+    pub async fn page(
+        &self,
+        id: JobId,
+        kind: LogKind,
+        run: u32,
+        log_most: usize,
+        fields_most: usize,
+    ) -> Result<PageParts> {
+        let mut pick = TailPick::new(run, log_most);
         if let Some(doc) = self.orphan_doc(id).await? {
-            return Ok(doc.fields.map(|fields| {
-                take(&fields, &mut head, usize::MAX);
+            pick.feed(&doc.log(kind).fragments);
+            let (log, log_bytes) = pick.finish();
+            let fields = doc.fields.map(|fields| {
+                let mut head = FieldsHead::default();
+                head.take(&fields, usize::MAX, fields_most);
                 head
-            }));
+            });
+            return Ok(PageParts {
+                log,
+                log_bytes,
+                fields,
+            });
         }
+        self.walk_stream(id, kind, None, |_, step| pick.feed(step))
+            .await;
+        let (log, log_bytes) = pick.finish();
+        Ok(PageParts {
+            log,
+            log_bytes,
+            fields: self.fields_head(id, fields_most).await,
+        })
+    }
+
+    /// The first members of the in-memory result fields of `id` in order, as few as hold
+    /// at least `most` bytes of text (keys and values; all of them when they hold fewer),
+    /// copied in steps of `READ_STEP` members (handles to the values, not their text)
+    /// (`None`: nothing posted). Members copied in different steps may come from
+    /// different merges, each value as one merge left it.
+    async fn fields_head(&self, id: JobId, most: usize) -> Option<FieldsHead> {
+        let mut head = FieldsHead::default();
         loop {
             {
                 let results = self.0.read();
                 let Some(fields) = results.get(id).and_then(|doc| doc.fields.as_ref()) else {
                     // Removed meanwhile: what was copied, if anything.
-                    return Ok((!head.members.is_empty()).then_some(head));
+                    return (!head.members.is_empty()).then_some(head);
                 };
-                take(fields, &mut head, READ_STEP);
+                head.take(fields, READ_STEP, most);
                 if head.whole || head.text >= most {
-                    return Ok(Some(head));
+                    return Some(head);
                 }
             }
             tokio::task::yield_now().await;
         }
-    }
-
-    /// The end of the `kind` log of `id`'s run `run` as a page shows it
-    /// ([`TailPick`]): per phase its highest fragment number and its last fragments,
-    /// holding at least `most` bytes of text in all; and the run's length in bytes. Walks
-    /// the stream in steps, keeping only the handles of those last fragments. Fails only
-    /// when an orphan file cannot be read.
-    pub async fn log_tail(
-        &self,
-        id: JobId,
-        kind: LogKind,
-        run: u32,
-        most: usize,
-    ) -> Result<(Vec<PhaseLog>, usize)> {
-        let mut pick = TailPick::new(run, most);
-        match self.orphan_doc(id).await? {
-            Some(doc) => pick.feed(&doc.log(kind).fragments),
-            None => {
-                self.walk_stream(id, kind, None, |_, step| pick.feed(step))
-                    .await;
-            }
-        }
-        Ok(pick.finish())
     }
 
     /// One log stream, filtered, per phase: the run shown and (phase, last fragment

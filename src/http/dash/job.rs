@@ -2,10 +2,11 @@
 //!
 //! Bounds: a job's log and results may hold up to `--max-job-data-bytes` (1 GiB); the
 //! page shows the log's last and the results' first [`LOG_TAIL_BYTES`], and reads no more
-//! than those take: the handles of the log's last fragments (`ResultDocs::log_tail`),
-//! the results' first members (`ResultDocs::fields_head`), pretty-printed token by token
-//! as they are parsed ([`pretty_head`]) until the page has what it shows. Neither is
-//! ever parsed, printed or copied whole.
+//! than those take: the handles of the log's last fragments and the results' first
+//! members (`ResultDocs::page`), the latter pretty-printed token by token as they are
+//! parsed ([`pretty_head`]) until the page has what it shows. Neither is ever parsed,
+//! printed or copied whole in memory; a job whose data lives in an orphan file has that
+//! file read and folded once per view.
 
 use std::io::Write;
 
@@ -56,7 +57,7 @@ fn tail(text: &str, most: usize) -> &str {
 /// The end of a log read as the job page shows it: what [`tail`] keeps of the phases'
 /// texts joined, decoding only the last `most` bytes of the fragments (and a few more),
 /// walked from the end. `phases` may hold only the last fragments of each phase, as long
-/// as they hold those bytes (`ResultDocs::log_tail` keeps no more).
+/// as they hold those bytes (`ResultDocs::page` keeps no more).
 ///
 /// Exactly `tail` of the whole text: the few bytes before the cut may decode differently
 /// (a character cut in two is U+FFFD per byte), but the decoder is back in step at most 3
@@ -120,16 +121,20 @@ pub async fn job_page(
     }
     // The page shows the log's end: a job's log may hold up to --max-job-data-bytes (1 GiB),
     // and escaped into HTML up to six times that, in one response per page view. The
-    // job's current run: a resubmitted job's page shows its new run.
-    let (phases, log_bytes) = svc
+    // job's current run: a resubmitted job's page shows its new run. As the log: results
+    // may hold up to --max-job-data-bytes; the page shows their start, reading no more of
+    // them than that takes (both from one read, when they are in an orphan file).
+    let parts = svc
         .result_docs
-        .log_tail(
+        .page(
             id,
             LogKind::Output,
             detail.view.run,
             LOG_TAIL_BYTES + TAIL_SLACK,
+            RESULTS_READ_MOST,
         )
         .await?;
+    let (phases, log_bytes) = (parts.log, parts.log_bytes);
     // Past the newest fragment; as u64, for an agent may number one i64::MAX.
     let next = phases
         .iter()
@@ -139,21 +144,14 @@ pub async fn job_page(
         .map_or(0, |last| last + 1);
     let log = log_tail(&phases, LOG_TAIL_BYTES);
     let log = log.as_str();
-    // As the log: results may hold up to --max-job-data-bytes; the page shows their start,
-    // reading no more of them than that takes.
-    let results = svc
-        .result_docs
-        .fields_head(id, RESULTS_READ_MOST)
-        .await?
-        .map(|mut head| {
-            // As `GET /v1/result/<id>` answers: the job's state is the registry's, first
-            // (the stored document keeps what the agent posted: `complete` after a
-            // cancel).
-            head.members.retain(|(key, _)| &**key != "job_state");
-            let state = serde_json::to_vec(&detail.view.state).unwrap_or_default();
-            head.members.insert(0, ("job_state".into(), state.into()));
-            pretty_head(&head, LOG_TAIL_BYTES)
-        });
+    let results = parts.fields.map(|mut head| {
+        // As `GET /v1/result/<id>` answers: the job's state is the registry's, first (the
+        // stored document keeps what the agent posted: `complete` after a cancel).
+        head.members.retain(|(key, _)| &**key != "job_state");
+        let state = serde_json::to_vec(&detail.view.state).unwrap_or_default();
+        head.members.insert(0, ("job_state".into(), state.into()));
+        pretty_head(&head, LOG_TAIL_BYTES)
+    });
     let (results, results_cut) = results.map_or((None, false), |(text, cut)| (Some(text), cut));
     let cancellable = !is_finished(&detail.view)
         && crate::access::may_act_on_job(&svc, &caller, "POST", "/jobs/{id}/cancel", id).await;
