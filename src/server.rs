@@ -278,7 +278,7 @@ pub(crate) async fn accept(
     before_drain: impl FnOnce(),
 ) -> Result<()> {
     let local = listener.local_addr().map_err(Error::from)?;
-    tracing::info!(addr = %local, data_dir = %config.data_dir.display(), config = %config.source, fsync = ?config.fsync, "listening");
+    tracing::info!(addr = %local, data_dir = %config.data_dir.display(), config_file = %config.source, fsync = ?config.fsync, "listening");
 
     let rate = MinRate {
         bytes: config.min_transfer_bytes,

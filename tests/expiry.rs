@@ -221,7 +221,11 @@ async fn deleting_a_job_removes_everything_it_owns_and_survives_restart() {
 
 #[tokio::test]
 async fn idle_queue_actors_stop_and_the_next_job_starts_a_new_one() {
-    let srv = TestServer::start_with(&["--queue-idle-secs", "1"]);
+    // The stop is logged at debug level: a lab's queues go idle all day.
+    let srv = TestServer::start_with_env(
+        &["--queue-idle-secs", "1"],
+        &[("RUST_LOG", "flinger::actors::registry=debug")],
+    );
     let busy = srv.submit_to("busy").await;
     srv.submit_to("once").await;
     assert!(srv.pop_id(&["once"]).await.is_some());

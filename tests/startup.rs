@@ -26,7 +26,7 @@ async fn startup_line_names_address_data_dir_and_config_when_server_starts() {
         line.contains(&format!("data_dir={}", srv.data_dir().display())),
         "{line}"
     );
-    assert!(line.contains("config="), "{line}");
+    assert!(line.contains("config_file="), "{line}");
     assert!(line.contains("INFO"), "{line}");
 }
 
@@ -106,7 +106,11 @@ fn bad_values_from_environment_variables_name_the_variable_when_starting() {
         ("FLINGER_FSYNC", "never", "--fsync"),
         ("FLINGER_ACCESS_CONTROL", "true", "--access-control"),
         ("FLINGER_RETENTION_SECS", "-1", "--retention-secs"),
-        ("FLINGER_LOST_AGENT_REQUEUE", "yes", "--lost-agent-requeue"),
+        (
+            "FLINGER_LOST_AGENT_REQUEUE",
+            "maybe",
+            "--lost-agent-requeue",
+        ),
     ] {
         let out = run_to_exit(dir.path(), &[], &[(var, value)], Duration::from_secs(20));
         let stderr = String::from_utf8_lossy(&out.stderr);

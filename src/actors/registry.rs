@@ -734,7 +734,7 @@ impl RegistryState {
             if stopped.len() > IDLE_NAMES_LOGGED {
                 names.push_str(&format!(" and {} more", stopped.len() - IDLE_NAMES_LOGGED));
             }
-            tracing::info!(count = stopped.len(), queues = %names, "stopped the actors of idle queues");
+            tracing::debug!(count = stopped.len(), queues = %names, "stopped the actors of idle queues");
         }
     }
 }

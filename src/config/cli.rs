@@ -356,7 +356,7 @@ pub struct ServeOpts {
     pub lost_agent_grace_secs: Option<u64>,
     /// Whether a job whose agent was lost before provisioning (`running`, `setup`) goes
     /// back to its queue once instead of ending [default: true].
-    #[arg(long, env = "FLINGER_LOST_AGENT_REQUEUE", value_name = "BOOL")]
+    #[arg(long, env = "FLINGER_LOST_AGENT_REQUEUE", value_name = "BOOL", value_parser = super::parse_bool)]
     pub lost_agent_requeue: Option<bool>,
     /// Most agents waiting at once in long-poll pops (`GET /v1/job?wait=`); more are
     /// refused with 503 [default: 10000].

@@ -268,6 +268,16 @@ impl std::str::FromStr for AccessMode {
     }
 }
 
+/// A yes/no setting as every source takes it (flag, environment variable, config file):
+/// `true`, `1`, `yes` or `false`, `0`, `no`, any case.
+pub fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("{text:?} is not true or false (or 1/0, yes/no)")),
+    }
+}
+
 /// A size as every byte setting takes it (flag, environment variable, config file): a
 /// whole number of bytes, or one followed by `KiB`, `MiB` or `GiB` (binary units, any
 /// case, a space before allowed): `1MiB` is 1048576. Decimal units (`MB`) are refused
@@ -436,7 +446,7 @@ pub struct Config {
     pub max_event_detail_bytes: usize,
     /// Longest `job_status_webhook`, in bytes.
     pub max_webhook_url_bytes: usize,
-    /// Where the settings came from, for the start-up log line.
+    /// The config file the settings were read from (`none`), for the start-up log line.
     pub source: String,
     /// Where the journal lives: the embedded log (default) or PostgreSQL.
     pub journal: JournalTarget,
@@ -506,7 +516,7 @@ impl Default for Config {
             max_job_events: 256,
             max_event_detail_bytes: 4096,
             max_webhook_url_bytes: 2048,
-            source: "defaults".into(),
+            source: "none".into(),
             journal: JournalTarget::File,
             lease: Duration::from_secs(5),
             advertise_url: None,
@@ -641,11 +651,8 @@ impl Config {
                         config.lost_agent_grace = Duration::from_secs(num("seconds")?)
                     }
                     "LOST_AGENT_REQUEUE" => {
-                        config.lost_agent_requeue = match value.to_ascii_lowercase().as_str() {
-                            "true" | "1" | "yes" => true,
-                            "false" | "0" | "no" => false,
-                            _ => return Err(bad("true or false")),
-                        }
+                        config.lost_agent_requeue =
+                            parse_bool(value).map_err(|_| bad("true or false"))?
                     }
                     "MAX_WAITERS" => config.max_waiters = size("a count")?,
                     "QUEUE_IDLE_SECS" => config.queue_idle = Duration::from_secs(num("seconds")?),

@@ -353,3 +353,20 @@ fn redact_hides_the_password_wherever_tokio_postgres_would_read_one() {
         assert_eq!(redact(url), shown, "{url}");
     }
 }
+
+#[test]
+fn yes_no_settings_read_the_same_words_from_every_source() {
+    for (text, value) in [
+        ("true", true),
+        ("YES", true),
+        ("1", true),
+        (" no ", false),
+        ("False", false),
+        ("0", false),
+    ] {
+        assert_eq!(parse_bool(text), Ok(value), "{text}");
+    }
+    for text in ["", "maybe", "2", "on"] {
+        assert!(parse_bool(text).is_err(), "{text}");
+    }
+}

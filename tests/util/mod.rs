@@ -468,7 +468,7 @@ impl Drop for TestServer {
 
 #[test]
 fn listening_addr_parses_when_line_is_the_startup_line() {
-    let line = "2026-11-24T19:00:00Z  INFO flinger::server: listening addr=127.0.0.1:41234 data_dir=/tmp/x/data config=defaults";
+    let line = "2026-11-24T19:00:00Z  INFO flinger::server: listening addr=127.0.0.1:41234 data_dir=/tmp/x/data config_file=none";
     assert_eq!(listening_addr(line).as_deref(), Some("127.0.0.1:41234"));
     assert_eq!(listening_addr("INFO other addr=1.2.3.4:5"), None);
     assert_eq!(
