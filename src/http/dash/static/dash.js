@@ -1,4 +1,15 @@
-// Live updates only: every page works without this file.
+// Live updates and a confirmation: every page works without this file.
+// The job page's cancel button asks first: one click used to cancel a running job.
+(function () {
+  "use strict";
+  var button = document.getElementById("cancel");
+  if (!button || !button.form) { return; }
+  button.form.addEventListener("submit", function (event) {
+    if (!window.confirm("Cancel this job? Its agent stops it at its next check.")) {
+      event.preventDefault();
+    }
+  });
+})();
 // The job page's log follows new fragments through server-sent events; text is added
 // as text nodes, never as HTML. A stream the server ends unfinished (its time limit, a
 // restart) or that breaks is opened again from the next fragment number, after a pause
