@@ -11,8 +11,9 @@
 //!   sealed secrets).
 //! - `secrets`: sealing job secrets and resolving them for the dispatched agent.
 //! - `admin`: the `flinger client` subcommand.
-//! - `origin`: refusing browsers' state-changing requests made from another site (in
-//!   every mode, before anything else).
+//! - `origin`: refusing a `Host` not allowed ([`check_host`], DNS rebinding) and
+//!   browsers' state-changing requests made from another site (in every mode, before
+//!   anything else).
 //! - `limiter`: the per-client and per-address limit on failed token requests.
 //!
 //! Modes ([`AccessMode`]): `off` lets every request through as [`Caller::Open`] (full
@@ -326,6 +327,19 @@ fn loggable(text: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
+/// The first check of every request, before any route's (called by `http::front`, and by
+/// a standby before it forwards, `ha`): its `Host` must name this server as `config`
+/// allows ([`origin::check_host`]); a refusal (403, for the caller to answer) is logged as
+/// a security event. The [`origin::HostAdmitted`] says how it passed.
+pub fn check_host(config: &Config, request: &Request) -> Result<origin::HostAdmitted> {
+    let host = request.headers().get(axum::http::header::HOST);
+    origin::check_host(origin::Hosts::of(config), host).inspect_err(|e| {
+        let from = peer(request.extensions());
+        let (method, path) = (request.method().as_str(), request.uri().path());
+        security_event("host_refused", "unknown", method, path, from, e.message());
+    })
+}
+
 /// Access control for one request (called by `http::front` for every request): resolve
 /// the caller, check the table and the per-job checks, and hand the handler the
 /// [`Caller`] in the request's [`Requester`] (`Ok`), or the refusal to answer (`Err`).
@@ -342,10 +356,10 @@ pub async fn authorize(
 ) -> std::result::Result<Request, Response> {
     let gate = &svc.access;
     // In every mode: with access control off, anyone's browser is a full-rights client.
+    // (The `Host` was checked before, by `check_host`.)
     let asked = origin::Asked {
         method: request.method(),
         changing_read: table::CHANGING_READS.contains(&route),
-        loopback_open: gate.mode == AccessMode::Off && svc.config.bind.ip().is_loopback(),
     };
     // axum answers a HEAD with the GET handler and drops the body: for a read that
     // changes state (a pop dispatches a job, the legacy output read marks it read) the

@@ -1,6 +1,7 @@
 //! The bounds a resolved [`Config`] is held to ([`Config::validate`], run by
-//! `Config::resolve`), and the exposure check the server makes before it listens: each
-//! refusal names the setting as the operator can change it (flag, variable, file key).
+//! `Config::resolve`), the exposure check the server makes before it listens, and the
+//! warning for a server reached by name without `--allowed-hosts`: each refusal names the
+//! setting as the operator can change it (flag, variable, file key).
 
 use super::{AccessMode, Config, ConfigError, JournalTarget, MAX_BODY_LIMIT, MAX_WORKERS};
 
@@ -319,6 +320,20 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The start-up warning for a server others reach by name with no `--allowed-hosts`:
+    /// any page whose name is made to resolve to its address (DNS rebinding) can use it
+    /// as its own site. Only a warning: which names lab users use the server cannot know,
+    /// and refusing them all by default would break every lab.
+    pub(super) fn rebinding_warning(&self) -> Option<String> {
+        (self.allowed_hosts.is_none() && !self.bind.ip().is_loopback()).then(|| {
+            format!(
+                "{} is not set and {} is not a loopback address: a web page whose name is                  made to resolve to this server's address (DNS rebinding) can use it as its                  own site, with the rights of a caller without a token (read every answer;                  submit and cancel jobs unless access control is strict). Name the hosts                  clients use to reach this server there (`*.suffix` allowed; IP addresses                  and localhost always pass)",
+                setting("allowed-hosts"),
+                self.bind
+            )
+        })
     }
 }
 

@@ -456,4 +456,12 @@ pub struct ServeOpts {
     /// keep it above a long poll's 60 s and four lease lengths; 1 to 86400 [default: 90].
     #[arg(long, env = "FLINGER_FORWARD_IDLE_SECS", value_name = "SECS")]
     pub forward_idle_secs: Option<u64>,
+    /// The names clients reach this server by, comma-separated, each optionally
+    /// `*.suffix` (`flinger.lab.example,*.lab.example`): a request whose `Host` is none of
+    /// them, nor an IP address or localhost, is refused (403), so a page whose name was
+    /// rebound to this server's address (DNS rebinding) cannot use it. The host of
+    /// --advertise-url counts too [default: any name; only localhost and addresses on a
+    /// loopback address with access control off].
+    #[arg(long, env = "FLINGER_ALLOWED_HOSTS", value_name = "NAMES")]
+    pub allowed_hosts: Option<String>,
 }

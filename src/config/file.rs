@@ -80,6 +80,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "LEASE_MS",
     "ADVERTISE_URL",
     "FORWARD_IDLE_SECS",
+    "ALLOWED_HOSTS",
 ];
 /// Testflinger keys with no meaning here (flinger needs no Redis or Mongo).
 pub(super) const IGNORED_KEYS: &[&str] = &[

@@ -460,6 +460,12 @@ pub struct Config {
     /// gives up on it: a leader that still renews its lease but stopped answering (a stuck
     /// handler, a half-dead peer) would otherwise hold the client for good.
     pub forward_idle: Duration,
+    /// The names a request's `Host` may give besides addresses and `localhost`
+    /// (`--allowed-hosts`; the host of `advertise_url` joins them): every other request is
+    /// refused, so a page whose name was rebound to this server's address (DNS rebinding)
+    /// cannot use it as its own site. `None`: any name, except on a loopback address with
+    /// access control off (`access::origin::Hosts`).
+    pub allowed_hosts: Option<crate::access::origin::AllowedHosts>,
 }
 
 impl Default for Config {
@@ -523,6 +529,7 @@ impl Default for Config {
             // Above a long poll's longest wait (60 s) and the leader's wait on its
             // database (four 5 s leases), so neither is cut.
             forward_idle: Duration::from_secs(90),
+            allowed_hosts: None,
         }
     }
 }
@@ -699,6 +706,16 @@ impl Config {
                     "FORWARD_IDLE_SECS" => {
                         config.forward_idle = Duration::from_secs(num("seconds")?)
                     }
+                    "ALLOWED_HOSTS" => {
+                        config.allowed_hosts = Some(value.parse().map_err(|why| ConfigError {
+                            line: 0,
+                            reason: format!(
+                                "{}: {key}: {}: {why}",
+                                path.display(),
+                                setting("allowed-hosts")
+                            ),
+                        })?)
+                    }
                     "REDIS_HOST" | "REDIS_PORT" => warnings.push(format!(
                         "config key {key} is ignored: flinger keeps its journal in its data directory, or in PostgreSQL with --journal postgres://... (FLINGER_JOURNAL, config key JOURNAL)"
                     )),
@@ -792,6 +809,12 @@ impl Config {
         if let Some(url) = &opts.advertise_url {
             config.advertise_url = Some(url.clone());
         }
+        if let Some(v) = &opts.allowed_hosts {
+            config.allowed_hosts = Some(v.parse().map_err(|why| ConfigError {
+                line: 0,
+                reason: format!("{}: {why}", setting("allowed-hosts")),
+            })?);
+        }
         if let Some(v) = opts.access_control {
             config.access = v;
         }
@@ -853,7 +876,12 @@ impl Config {
             max_webhook_url_bytes
         );
         config.validate()?;
+        if let (Some(hosts), Some(url)) = (&mut config.allowed_hosts, &config.advertise_url) {
+            // Other nodes reach this one by it, and so may clients.
+            hosts.advertise(url);
+        }
         warnings.extend(config.journal.tls_warning());
+        warnings.extend(config.rebinding_warning());
         // The keys are not settings of `Config` (kept out of it, and so out of every
         // `Debug` of it), but a bad one is a configuration error all the same: refused
         // here, before the data directory or the journal is touched.

@@ -370,3 +370,92 @@ fn yes_no_settings_read_the_same_words_from_every_source() {
         assert!(parse_bool(text).is_err(), "{text}");
     }
 }
+
+#[test]
+fn allowed_hosts_come_from_flag_or_file_and_a_bad_entry_is_refused_naming_the_option() {
+    use crate::access::origin::{check_host, Hosts};
+    let admits = |config: &Config, host: &str| {
+        check_host(Hosts::of(config), Some(&host.parse().unwrap())).is_ok()
+    };
+    let (config, _) = Config::resolve(&ServeOpts::default(), None).unwrap();
+    assert_eq!(config.allowed_hosts, None);
+    let file = parse_config_file("ALLOWED_HOSTS = 'file.example'\n").unwrap();
+    let (config, _) = Config::resolve(
+        &ServeOpts::default(),
+        Some(("tf.conf".into(), file.clone())),
+    )
+    .unwrap();
+    assert!(admits(&config, "file.example:8000"));
+    assert!(!admits(&config, "flag.example"));
+    // The flag (or its variable) over the file; the advertised host joins the list.
+    let opts = ServeOpts {
+        allowed_hosts: Some("*.flag.example".into()),
+        advertise_url: Some("http://node-a.internal:8000".into()),
+        ..ServeOpts::default()
+    };
+    let (config, _) = Config::resolve(&opts, Some(("tf.conf".into(), file))).unwrap();
+    assert!(admits(&config, "a.flag.example"));
+    assert!(admits(&config, "node-a.internal:8000"));
+    assert!(!admits(&config, "file.example"));
+    assert!(!admits(&config, "rebind.attacker.example"));
+    for bad in [
+        "lab.example:8000",
+        "http://lab.example",
+        "*",
+        "a,,b",
+        "lab.*.example",
+    ] {
+        let opts = ServeOpts {
+            allowed_hosts: Some(bad.into()),
+            ..ServeOpts::default()
+        };
+        let reason = Config::resolve(&opts, None).unwrap_err().reason;
+        assert!(
+            reason.starts_with(
+                "--allowed-hosts (FLINGER_ALLOWED_HOSTS, config key ALLOWED_HOSTS): entry"
+            ),
+            "{bad}: {reason}"
+        );
+        let file = parse_config_file(&format!("ALLOWED_HOSTS = '{bad}'\n")).unwrap();
+        let reason = Config::resolve(&ServeOpts::default(), Some(("tf.conf".into(), file)))
+            .unwrap_err()
+            .reason;
+        assert!(
+            reason.starts_with("tf.conf: ALLOWED_HOSTS: --allowed-hosts"),
+            "{bad}: {reason}"
+        );
+    }
+}
+
+#[test]
+fn a_non_loopback_bind_without_allowed_hosts_warns_of_dns_rebinding_once() {
+    let rebinding = |warnings: &[String]| {
+        warnings
+            .iter()
+            .filter(|w| w.contains("DNS rebinding"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (_, warnings) = Config::resolve(&ServeOpts::default(), None).unwrap();
+    assert_eq!(rebinding(&warnings), Vec::<String>::new(), "loopback");
+    let public = ServeOpts {
+        bind: Some("0.0.0.0:8000".parse().unwrap()),
+        access_control: Some(AccessMode::On),
+        ..ServeOpts::default()
+    };
+    let (_, warnings) = Config::resolve(&public, None).unwrap();
+    let said = rebinding(&warnings);
+    assert_eq!(said.len(), 1, "{warnings:?}");
+    assert!(
+        said[0].contains("--allowed-hosts (FLINGER_ALLOWED_HOSTS, config key ALLOWED_HOSTS)")
+            && said[0].contains("0.0.0.0:8000"),
+        "{}",
+        said[0]
+    );
+    let listed = ServeOpts {
+        allowed_hosts: Some("lab.example".into()),
+        ..public
+    };
+    let (_, warnings) = Config::resolve(&listed, None).unwrap();
+    assert_eq!(rebinding(&warnings), Vec::<String>::new(), "listed");
+}

@@ -13,9 +13,10 @@
 //!    dashboard page (`dash::PAGES`, accepting `text/html`) an HTML page (`dash::error_page`);
 //! 5. request metrics: count and time by route template and method (`Metrics::request`),
 //!    from the status the handler (or access control) answered;
-//! 6. access control (`access::authorize`) for requests the router routes (its table has
-//!    a row for every routed method, so a 404 or 405 is answered without resolving the
-//!    caller);
+//! 6. the `Host` check (`access::check_host`: `--allowed-hosts`, DNS rebinding) for every
+//!    request, `OPTIONS` and unrouted paths too; then access control (`access::authorize`)
+//!    for requests the router routes (its table has a row for every routed method, so a
+//!    404 or 405 is answered without resolving the caller);
 //! 7. agent contact for lost-agent recovery (`actors::watch`), only for requests access
 //!    control lets through;
 //! 8. a handler's own 401 or 403 (a client edit above the caller's role, a priority over
@@ -138,6 +139,9 @@ async fn guarded(front: &Front, request: Request, next: Next) -> Response {
              the limit of {limit} (--max-header-bytes)"
         ))
         .into_response()
+    } else if let Err(refused) = crate::access::check_host(&front.services.config, &request) {
+        // Before anything answers: a rebinding page may not even learn what is routed.
+        refused.into_response()
     } else if let Some(allow) = (request.method() == Method::OPTIONS).then(allow).flatten() {
         options_answer(&allow)
     } else {

@@ -27,6 +27,8 @@ mod client_management;
 mod secrets;
 // The real upstream CLI and agent against a server with access control on.
 mod real_clients;
+// `--allowed-hosts`: the DNS-rebinding check of every request's `Host`.
+mod hosts;
 
 /// The signing key the test servers get, so tests can forge tokens.
 const KEY: &str = "test-signing-key-0123456789abcdef";
