@@ -218,6 +218,88 @@ async fn standby_passes_the_clients_host_on_so_browser_checks_decide_as_on_the_l
     }
 }
 
+/// `--allowed-hosts` on every node: a standby refuses a name it does not allow itself,
+/// and passes on what it allows, its own advertised name included (which the leader does
+/// not know: such a request goes on naming the leader, its same-origin `Origin` with it).
+#[tokio::test]
+async fn standby_refuses_a_rebound_name_and_the_leader_accepts_every_name_the_standby_allows() {
+    let url = fresh_database();
+    let listed = ["--allowed-hosts", "lb.lab.example"];
+    let a = TestServer::start_with(
+        &[&["--journal", &url, "--lease-ms", LEASE_MS], &listed[..]].concat(),
+    );
+    assert_eq!(leader_of(&[&a.http()]).await, 0);
+    // Its advertised URL names it; other nodes would forward there if it led (it does
+    // not here: the port is never used).
+    let b = TestServer::start_with(
+        &[
+            &["--journal", &url, "--lease-ms", LEASE_MS],
+            &listed[..],
+            &["--advertise-url", "http://node-b.lab.internal:1"],
+        ]
+        .concat(),
+    );
+    let (status, doc) = ready(&b.http()).await.expect("standby answers");
+    assert_eq!(
+        (status, doc["role"].as_str()),
+        (200, Some("standby")),
+        "{doc}"
+    );
+    let port = b.base().rsplit(':').next().unwrap().to_owned();
+    let job = br#"{"job_queue": "hosts-ha"}"#.to_vec();
+    for (host, status) in [
+        (format!("lb.lab.example:{port}"), 200),
+        (format!("node-b.lab.internal:{port}"), 200),
+        (format!("127.0.0.1:{port}"), 200),
+        (format!("localhost:{port}"), 200),
+        (format!("rebind.attacker.example:{port}"), 403),
+    ] {
+        // A browser's `text/plain` post from a page of that name.
+        let origin = format!("http://{host}");
+        let headers = [
+            ("host", host.as_str()),
+            ("origin", origin.as_str()),
+            ("content-type", "text/plain"),
+        ];
+        let r = b.request("POST", "/v1/job", &headers, job.clone()).await;
+        assert_eq!(r.status, status, "{host}: {}", r.text_preview());
+        if status == 403 {
+            let message = r.expect_error(403);
+            assert!(message.contains("--allowed-hosts"), "{message}");
+            let r = b
+                .request("GET", "/v1/ready", &[("host", host.as_str())], Vec::new())
+                .await;
+            assert_eq!(r.status, 403, "ready: {}", r.text_preview());
+        }
+    }
+    // The dashboard's cancel form on the standby's own page, by its advertised name.
+    let id = b.submit(&json!({"job_queue": "hosts-ha"})).await;
+    let host = format!("node-b.lab.internal:{port}");
+    let origin = format!("http://{host}");
+    let r = b
+        .request(
+            "POST",
+            &format!("/jobs/{id}/cancel"),
+            &[("host", host.as_str()), ("origin", origin.as_str())],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text_preview());
+    assert_eq!(a.job_state(&id).await, "cancelled");
+    // Another site's page posting to it by that name is still refused.
+    let id = b.submit(&json!({"job_queue": "hosts-ha"})).await;
+    let r = b
+        .request(
+            "POST",
+            &format!("/jobs/{id}/cancel"),
+            &[("host", host.as_str()), ("origin", "http://evil.example")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text_preview());
+    assert_eq!(a.job_state(&id).await, "waiting");
+}
+
 #[tokio::test]
 async fn standby_takes_over_with_every_acknowledged_change_when_the_leader_is_killed() {
     let url = fresh_database();

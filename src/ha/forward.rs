@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::{Node, Role};
+use crate::access::origin::HostAdmitted;
 use crate::error::Error;
 use crate::journal::LeaseView;
 
@@ -224,10 +225,12 @@ impl HttpBody for FromLeader {
 /// connection limits and by the leader's own, and the leader's silence by
 /// `--forward-idle-secs` (module docs). When the leader cannot be reached (it just
 /// died), the request comes back untouched with the reason, to wait for the next leader.
+/// `admitted` is how this node admitted its `Host` (`access::check_host`).
 pub(super) async fn forward(
     node: &Node,
     lease: &LeaseView,
     mut request: Request,
+    admitted: HostAdmitted,
 ) -> std::result::Result<Response, (Request, String)> {
     let leader = lease.url.as_str();
     let path = request
@@ -272,6 +275,14 @@ pub(super) async fn forward(
     if !headers.contains_key(header::HOST) {
         if let Ok(host) = HeaderValue::from_str(&authority) {
             headers.insert(header::HOST, host);
+        }
+    }
+    // Except a name this node admitted only as its own (its `--advertise-url` host),
+    // which the leader does not know and would refuse: it is the leader's own then, and
+    // the leader decides on the rest as this node would have (`origin::readdress`).
+    if admitted == HostAdmitted::Advertised {
+        if let Ok(leader) = HeaderValue::from_str(&authority) {
+            crate::access::origin::readdress(headers, leader);
         }
     }
     if let Ok(from) = HeaderValue::from_str(&node.url) {

@@ -27,6 +27,11 @@
 //! host: operator routes that are only allowed from there (deleting a job with access
 //! control off) must be called on the leader itself.
 //!
+//! Every node checks a request's `Host` on its own settings first (`access::check_host`,
+//! `--allowed-hosts`), readiness included. A standby passes the client's `Host` on, as the
+//! leader's browser checks read it, except a name it admitted only as its own advertised
+//! host: the leader does not know that name, so the request goes on naming the leader.
+//!
 //! Uploaded files live in the database too (`journal::postgres::files`): a node that
 //! takes over serves every artifact and attachment with nothing on its local disk.
 
@@ -370,6 +375,12 @@ async fn lead_or_follow(
 async fn dispatch(State(node): State<Arc<Node>>, request: Request) -> Response {
     // HEAD too (a load balancer's health check may use it): forwarded, it would be the
     // leader's answer (or a wait for one), not this node's.
+    // The `Host` first, on this node's settings (the node the client named): a standby
+    // refuses what it does not allow itself, as the leader's routes do.
+    let admitted = match crate::access::check_host(&node.config, &request) {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused.into_response(),
+    };
     let method = request.method();
     if request.uri().path() == READY_PATH
         && (method == axum::http::Method::GET || method == axum::http::Method::HEAD)
@@ -419,7 +430,7 @@ async fn dispatch(State(node): State<Arc<Node>>, request: Request) -> Response {
                 lease: Some(lease),
                 ..
             } if node.leads_elsewhere(&lease) => {
-                match forward(&node, &lease, request).await {
+                match forward(&node, &lease, request, admitted).await {
                     Ok(response) => return response,
                     Err((back, why)) => {
                         request = back;
