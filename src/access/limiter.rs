@@ -1,5 +1,13 @@
-//! The limit on failed token requests ([`Limiter`]): per client id and per address, over
-//! a sliding minute, counting the checks under way (README, Access control).
+//! The limit on failed token requests ([`Limiter`]): a rate per (client, address) and a
+//! larger one per address, never per client alone, counting the checks under way (README,
+//! Access control).
+//!
+//! What it is for: a client secret is at least 15 characters checked against a bcrypt
+//! hash, so guessing one is not the threat; the bcrypt work a flood of wrong secrets
+//! costs is. So the bound is on what one address can make the server check, and a
+//! client's right secret is never refused for failures sent from another address: a
+//! limit per client id alone let anyone lock any client out (ten wrong guesses a minute,
+//! from anywhere, kept a CLI user or an agent from logging in).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -7,31 +15,85 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-/// Counts failed token requests per key (client id, address) over a sliding minute; a key
-/// over the limit is refused (429) until its minute passes. Requests being checked count
+/// Counts failed token requests per [`Key`] as a rate: a key has `burst` tries, and each
+/// failed one comes back a `burst`th of a minute after the failures before it have come
+/// back (a token bucket of `burst` tries refilled `burst` per minute, kept as the
+/// instant it is full again, GCRA-style). So at most `burst` failures at once, and in
+/// any `t` seconds at most `burst × (1 + t / 60)`: no window edge to send a second burst
+/// across (a fixed minute let twice the limit through in a few seconds).
+///
+/// A key out of tries is refused (429) until one comes back. Requests being checked count
 /// against the limit too ([`Limiter::attempt`] to [`Limiter::finished`]): were failures
 /// counted only once bcrypt refused them, any number of guesses sent at once would pass
 /// the check before the first failure was counted. So at most as many checks as a key
-/// has failures left run at once; a request beyond them waits for one to finish (a burst
-/// of good logins from one address waits a bcrypt run, not a minute). Bounded: at most
-/// [`Limiter::MAX_KEYS`] keys are tracked; when full, expired idle ones are dropped, and
-/// if none is, a new key is not tracked (the keys already tracked stay limited, and the
-/// table never grows past its bound).
+/// has tries left run at once; a request beyond them waits for one to finish (a burst of
+/// good logins from one address waits a bcrypt run, not a minute).
+///
+/// Bounded: at most [`Limiter::MAX_KEYS`] keys are tracked; when full, keys with all their
+/// tries back and no check under way are dropped (they are as good as new), and if none
+/// is, a new key is not tracked (the keys already tracked stay limited, and the table
+/// never grows past its bound).
 pub struct Limiter {
+    /// Tries per (client, address) and per minute.
     per_minute: u32,
-    table: Mutex<HashMap<String, Tried>>,
+    /// Keys not back to full, or with checks under way.
+    table: Mutex<HashMap<String, Bucket>>,
     /// Wakes requests waiting for a check under way to end.
     ended: tokio::sync::Notify,
+}
+
+/// What one token request is counted against: a name in the table, and how many times
+/// the limiter's tries a minute it has (1, or [`ADDRESS_SHARE`] for an address).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Key {
+    name: String,
+    share: u32,
+}
+
+/// A key's tries a minute: its burst and its rate.
+#[derive(Clone, Copy)]
+struct Rate {
+    per_minute: u32,
+}
+
+impl Rate {
+    /// A failed try's share of the minute: how long it takes to come back.
+    fn interval(self) -> Duration {
+        // Never zero: 60 s over u32::MAX is 13 ns.
+        Duration::from_nanos(60_000_000_000 / u64::from(self.per_minute))
+    }
+
+    /// Tries `bucket` has left at `now`: `per_minute` less the intervals its debt (how far
+    /// `full_at` is ahead) spans, a started one counting whole.
+    fn left(self, bucket: &Bucket, now: Instant) -> u32 {
+        let debt = bucket.full_at.saturating_duration_since(now).as_nanos();
+        let used = debt.div_ceil(self.interval().as_nanos());
+        self.per_minute
+            .saturating_sub(used.min(u128::from(u32::MAX)) as u32)
+    }
+
+    /// How long until `bucket`, out of tries at `now`, has one back: until its debt is
+    /// down to `per_minute - 1` intervals.
+    fn wait(self, bucket: &Bucket, now: Instant) -> Duration {
+        let keep = self.interval() * (self.per_minute - 1);
+        bucket.full_at.saturating_duration_since(now + keep)
+    }
 }
 
 /// Longest a token request waits for checks under way of its keys to end (then 429).
 const BUSY_WAIT: Duration = Duration::from_secs(10);
 
+/// How many times the tries of a (client, address) one address gets in all: a few
+/// people behind one NAT can each mistype their secret up to the limit without locking
+/// the others out, while one address still causes a bounded amount of bcrypt work
+/// however many client ids it names.
+pub const ADDRESS_SHARE: u32 = 4;
+
 /// A token request [`Limiter::admit`] let through: counted as failed when dropped, unless
 /// [`Admitted::succeeded`] (so a request given up half-way counts as a failure too).
 pub struct Admitted<'a> {
     limiter: &'a Limiter,
-    keys: &'a [String],
+    keys: &'a [Key],
     failed: bool,
 }
 
@@ -48,24 +110,30 @@ impl Drop for Admitted<'_> {
     }
 }
 
-/// One key's failures in its window, and its checks under way.
-#[derive(Clone, Copy)]
-struct Tried {
-    failures: u32,
-    since: Instant,
+/// One key's state: when all its tries are back, and its checks under way.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    /// Each failure moves it one interval on from `max(full_at, now)`; once it has passed
+    /// the key has every try, like a key never seen.
+    full_at: Instant,
     checking: u32,
+}
+
+impl Bucket {
+    /// As good as a key never seen, at `now`: droppable.
+    fn idle(&self, now: Instant) -> bool {
+        self.checking == 0 && self.full_at <= now
+    }
 }
 
 /// Why [`Limiter::attempt`] did not let a request through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
-    /// A key is over the limit: the seconds until its minute passes.
+    /// A key has no tries left: the seconds until one comes back (at least 1).
     Blocked(u64),
-    /// A key's checks under way use up the failures it has left: try again when one ends.
+    /// A key's checks under way use up the tries it has left: try again when one ends.
     Busy,
 }
-
-const WINDOW: Duration = Duration::from_secs(60);
 
 /// Wakes every waiter of a `Notify` when dropped (after the table's lock is released).
 struct Wake<'a>(&'a tokio::sync::Notify);
@@ -80,22 +148,46 @@ impl Limiter {
     /// Most keys tracked at once.
     pub const MAX_KEYS: usize = 100_000;
 
-    /// A limiter allowing `per_minute` failures per key.
+    /// A limiter allowing `per_minute` failures per (client, address) and
+    /// [`ADDRESS_SHARE`] times as many per address (0 counts as 1: a check must be able
+    /// to run at all).
     pub fn new(per_minute: u32) -> Limiter {
         Limiter {
-            per_minute,
+            per_minute: per_minute.max(1),
             table: Mutex::new(HashMap::new()),
             ended: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Keys for a token request naming `client_id` from `from`: the pair, and the address
+    /// alone. Never the client id alone: failures from one address must not refuse the
+    /// client's right secret from another.
+    pub fn keys(client_id: &str, from: Option<IpAddr>) -> [Key; 2] {
+        let address = from.map_or_else(|| "unknown".into(), |a| a.to_string());
+        [
+            // An address holds no '/', so the first one ends it.
+            Key {
+                name: format!("client:{address}/{client_id}"),
+                share: 1,
+            },
+            Key {
+                name: format!("addr:{address}"),
+                share: ADDRESS_SHARE,
+            },
+        ]
+    }
+
+    /// `key`'s tries a minute.
+    fn rate(&self, key: &Key) -> Rate {
+        Rate {
+            per_minute: self.per_minute.saturating_mul(key.share),
         }
     }
 
     /// Lets a token request of `keys` through once [`Limiter::attempt`] does, waiting up
     /// to `BUSY_WAIT` (10 s) while checks under way use up what its keys have left; else the
     /// refusal's message (429).
-    pub async fn admit<'a>(
-        &'a self,
-        keys: &'a [String],
-    ) -> std::result::Result<Admitted<'a>, String> {
+    pub async fn admit<'a>(&'a self, keys: &'a [Key]) -> std::result::Result<Admitted<'a>, String> {
         let deadline = tokio::time::Instant::now() + BUSY_WAIT;
         loop {
             let ended = self.ended.notified();
@@ -123,82 +215,76 @@ impl Limiter {
         }
     }
 
-    /// Lets a request of `keys` be checked, unless a key is over the limit or its checks
-    /// under way use up the failures it has left; a request let through must be
+    /// Lets a request of `keys` be checked, unless a key has no tries left or its checks
+    /// under way use up those it has; a request let through must be
     /// [`Limiter::finished`].
-    pub fn attempt(&self, keys: &[String]) -> std::result::Result<(), Refused> {
-        // A limit of 0 refuses a key after its first failure, as 1 does: a check must be
-        // able to run at all.
-        let limit = self.per_minute.max(1);
+    pub fn attempt(&self, keys: &[Key]) -> std::result::Result<(), Refused> {
+        self.attempt_at(keys, Instant::now())
+    }
+
+    /// [`Limiter::attempt`] at `now` (the clock is an argument so the arithmetic is
+    /// tested without waiting).
+    fn attempt_at(&self, keys: &[Key], now: Instant) -> std::result::Result<(), Refused> {
         let mut table = self.table.lock();
         for key in keys {
-            let Some(tried) = table.get_mut(key) else {
+            let Some(bucket) = table.get(&key.name) else {
                 continue;
             };
-            if tried.since.elapsed() >= WINDOW {
-                tried.failures = 0;
-                tried.since = Instant::now();
+            let rate = self.rate(key);
+            let left = rate.left(bucket, now);
+            if left == 0 {
+                let wait = rate.wait(bucket, now).as_secs_f64().ceil();
+                return Err(Refused::Blocked(wait.max(1.0) as u64));
             }
-            if tried.failures >= limit {
-                let left = WINDOW.saturating_sub(tried.since.elapsed());
-                return Err(Refused::Blocked(left.as_secs().max(1)));
-            }
-            if tried.failures + tried.checking >= limit {
+            if bucket.checking >= left {
                 return Err(Refused::Busy);
             }
         }
         for key in keys {
-            if let Some(tried) = Self::entry(&mut table, key) {
-                tried.checking += 1;
+            if let Some(bucket) = Self::entry(&mut table, &key.name, now) {
+                bucket.checking += 1;
             }
         }
         Ok(())
     }
 
     /// Ends a check [`Limiter::attempt`] let through; a failed one is counted.
-    pub fn finished(&self, keys: &[String], failed: bool) {
+    pub fn finished(&self, keys: &[Key], failed: bool) {
+        self.finished_at(keys, failed, Instant::now());
+    }
+
+    /// [`Limiter::finished`] at `now`.
+    fn finished_at(&self, keys: &[Key], failed: bool, now: Instant) {
         let _wake = Wake(&self.ended);
         let mut table = self.table.lock();
         for key in keys {
-            if let Some(tried) = table.get_mut(key) {
-                tried.checking = tried.checking.saturating_sub(1);
+            if let Some(bucket) = table.get_mut(&key.name) {
+                bucket.checking = bucket.checking.saturating_sub(1);
             }
             if failed {
-                if let Some(tried) = Self::entry(&mut table, key) {
-                    if tried.since.elapsed() >= WINDOW {
-                        tried.failures = 0;
-                        tried.since = Instant::now();
-                    }
-                    tried.failures += 1;
+                if let Some(bucket) = Self::entry(&mut table, &key.name, now) {
+                    bucket.full_at = bucket.full_at.max(now) + self.rate(key).interval();
                 }
             }
         }
     }
 
-    /// `key`'s entry, made if there is room (see the type's docs).
-    fn entry<'t>(table: &'t mut HashMap<String, Tried>, key: &str) -> Option<&'t mut Tried> {
-        if table.len() >= Self::MAX_KEYS && !table.contains_key(key) {
-            table.retain(|_, t| t.checking > 0 || t.since.elapsed() < WINDOW);
+    /// `name`'s entry, made if there is room (see the type's docs).
+    fn entry<'t>(
+        table: &'t mut HashMap<String, Bucket>,
+        name: &str,
+        now: Instant,
+    ) -> Option<&'t mut Bucket> {
+        if table.len() >= Self::MAX_KEYS && !table.contains_key(name) {
+            table.retain(|_, bucket| !bucket.idle(now));
             if table.len() >= Self::MAX_KEYS {
                 return None;
             }
         }
-        Some(table.entry(key.to_owned()).or_insert(Tried {
-            failures: 0,
-            since: Instant::now(),
+        Some(table.entry(name.to_owned()).or_insert(Bucket {
+            full_at: now,
             checking: 0,
         }))
-    }
-
-    /// Keys for a token request: the client id and the address.
-    pub fn keys(client_id: &str, from: Option<IpAddr>) -> [String; 2] {
-        [
-            format!("client:{client_id}"),
-            format!(
-                "addr:{}",
-                from.map_or_else(|| "unknown".into(), |a| a.to_string())
-            ),
-        ]
     }
 }
 
@@ -206,25 +292,137 @@ impl Limiter {
 mod tests {
     use super::*;
 
+    /// `n` failed checks of `keys` at `at`, each let through.
+    fn fail(limiter: &Limiter, keys: &[Key], at: Instant, n: u32) {
+        for _ in 0..n {
+            assert_eq!(limiter.attempt_at(keys, at), Ok(()));
+            limiter.finished_at(keys, true, at);
+        }
+    }
+
     #[test]
     fn checks_under_way_count_against_the_limit_and_a_limit_of_zero_allows_one() {
-        let keys = Limiter::keys("c", None);
+        let t = Instant::now();
         let limiter = Limiter::new(2);
-        assert_eq!(limiter.attempt(&keys), Ok(()));
-        assert_eq!(limiter.attempt(&keys), Ok(()));
-        assert_eq!(limiter.attempt(&keys), Err(Refused::Busy));
-        limiter.finished(&keys, true);
-        assert_eq!(limiter.attempt(&keys), Err(Refused::Busy));
-        limiter.finished(&keys, true);
-        assert!(matches!(limiter.attempt(&keys), Err(Refused::Blocked(_))));
+        let keys = Limiter::keys("c", None);
+        assert_eq!(limiter.attempt_at(&keys, t), Ok(()));
+        assert_eq!(limiter.attempt_at(&keys, t), Ok(()));
+        assert_eq!(limiter.attempt_at(&keys, t), Err(Refused::Busy));
+        limiter.finished_at(&keys, true, t);
+        assert_eq!(limiter.attempt_at(&keys, t), Err(Refused::Busy));
+        limiter.finished_at(&keys, true, t);
+        assert_eq!(limiter.attempt_at(&keys, t), Err(Refused::Blocked(30)));
         // Good logins are not counted, however many.
         let zero = Limiter::new(0);
         for _ in 0..3 {
-            assert_eq!(zero.attempt(&keys), Ok(()));
-            zero.finished(&keys, false);
+            assert_eq!(zero.attempt_at(&keys, t), Ok(()));
+            zero.finished_at(&keys, false, t);
         }
-        assert_eq!(zero.attempt(&keys), Ok(()));
-        zero.finished(&keys, true);
-        assert!(matches!(zero.attempt(&keys), Err(Refused::Blocked(_))));
+        fail(&zero, &keys, t, 1);
+        assert_eq!(zero.attempt_at(&keys, t), Err(Refused::Blocked(60)));
+    }
+
+    /// The reviewer's case for a fixed window at 10 a minute: one failure at 0 s, then
+    /// guesses from 58.5 s on. A fixed minute let 19 be checked by 62.6 s; as a rate, the
+    /// one at 0 s is back by 6 s, so 10 are checked at 58.5 s and none more until a try
+    /// comes back at 64.5 s.
+    #[test]
+    fn no_second_burst_across_a_window_edge() {
+        let t0 = Instant::now();
+        let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        let limiter = Limiter::new(10);
+        let keys = Limiter::keys("alice", Some([127, 0, 0, 2].into()));
+        fail(&limiter, &keys, at(0.0), 1);
+        fail(&limiter, &keys, at(58.5), 10);
+        for secs in [58.5, 60.0, 62.6, 64.4] {
+            assert!(
+                matches!(
+                    limiter.attempt_at(&keys, at(secs)),
+                    Err(Refused::Blocked(_))
+                ),
+                "checked at {secs} s"
+            );
+        }
+        assert_eq!(
+            limiter.attempt_at(&keys, at(62.6)),
+            Err(Refused::Blocked(2))
+        );
+        fail(&limiter, &keys, at(64.5), 1);
+        assert!(limiter.attempt_at(&keys, at(64.5)).is_err());
+    }
+
+    /// Sustained guessing gets `per_minute` a minute after the first burst: over ten
+    /// minutes of trying every 100 ms, 10 + 10 × 10 checks.
+    #[test]
+    fn sustained_guessing_gets_the_rate_and_one_burst() {
+        let t0 = Instant::now();
+        let limiter = Limiter::new(10);
+        let keys = Limiter::keys("alice", Some([127, 0, 0, 2].into()));
+        let mut checked = 0;
+        for tick in 0..=6000u64 {
+            let now = t0 + Duration::from_millis(100 * tick);
+            if limiter.attempt_at(&keys, now).is_ok() {
+                limiter.finished_at(&keys, true, now);
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 10 + 100);
+    }
+
+    /// Failures for a client from one address leave its tries from another address, and
+    /// other clients' from the same one, whole; one address gets `ADDRESS_SHARE` times
+    /// the tries across all client ids.
+    #[test]
+    fn failures_count_per_address_and_per_client_at_an_address_not_per_client() {
+        let t = Instant::now();
+        let limiter = Limiter::new(3);
+        let here = Limiter::keys("alice", Some([127, 0, 0, 2].into()));
+        fail(&limiter, &here, t, 3);
+        assert!(matches!(
+            limiter.attempt_at(&here, t),
+            Err(Refused::Blocked(_))
+        ));
+        let elsewhere = Limiter::keys("alice", Some([127, 0, 0, 3].into()));
+        assert_eq!(limiter.attempt_at(&elsewhere, t), Ok(()));
+        limiter.finished_at(&elsewhere, false, t);
+        for n in 0..9 {
+            let other = Limiter::keys(&format!("someone-{n}"), Some([127, 0, 0, 2].into()));
+            fail(&limiter, &other, t, 1);
+        }
+        let bob = Limiter::keys("bob", Some([127, 0, 0, 2].into()));
+        assert!(matches!(
+            limiter.attempt_at(&bob, t),
+            Err(Refused::Blocked(_))
+        ));
+    }
+
+    /// Keys all of whose tries are back make room when the table is full; keys still
+    /// owed, or with checks under way, stay limited.
+    #[test]
+    fn a_full_table_drops_only_keys_as_good_as_new() {
+        let t = Instant::now();
+        let limiter = Limiter::new(1);
+        {
+            let mut table = limiter.table.lock();
+            for n in 0..Limiter::MAX_KEYS {
+                let full_at = if n % 2 == 0 {
+                    t
+                } else {
+                    t + Duration::from_secs(30)
+                };
+                table.insert(
+                    format!("k{n}"),
+                    Bucket {
+                        full_at,
+                        checking: 0,
+                    },
+                );
+            }
+        }
+        let keys = Limiter::keys("new", None);
+        fail(&limiter, &keys, t, 1);
+        let table = limiter.table.lock();
+        assert_eq!(table.len(), Limiter::MAX_KEYS / 2 + 2);
+        assert!(table.contains_key("k1") && !table.contains_key("k0"));
     }
 }

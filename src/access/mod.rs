@@ -14,7 +14,7 @@
 //! - `origin`: refusing a `Host` not allowed ([`check_host`], DNS rebinding) and
 //!   browsers' state-changing requests made from another site (in every mode, before
 //!   anything else).
-//! - `limiter`: the per-client and per-address limit on failed token requests.
+//! - `limiter`: the limit on failed token requests per (client, address) and per address.
 //!
 //! Modes ([`AccessMode`]): `off` lets every request through as [`Caller::Open`] (full
 //! rights; the server refuses to start off loopback unless told otherwise); `on` is
@@ -33,7 +33,7 @@ pub mod table;
 pub mod token;
 
 mod limiter;
-pub use limiter::{Admitted, Limiter, Refused};
+pub use limiter::{Admitted, Key, Limiter, Refused, ADDRESS_SHARE};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -162,7 +162,7 @@ pub struct Gate {
     pub access_ttl: u64,
     /// Refresh token lifetime, seconds.
     pub refresh_ttl: u64,
-    /// Failed token requests per client and per address.
+    /// Failed token requests per (client, address) and per address.
     pub limiter: Limiter,
     /// The job secrets store's cipher (`None`: no master key, no secrets store).
     pub secrets: Option<secrets::Sealer>,

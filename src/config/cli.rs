@@ -386,8 +386,9 @@ pub struct ServeOpts {
     /// JWT_LEEWAY too].
     #[arg(long, env = "FLINGER_JWT_LEEWAY_SECS", value_name = "SECS")]
     pub jwt_leeway_secs: Option<u64>,
-    /// Failed /v1/oauth2/token attempts allowed per client id and per address per minute
-    /// before 429 [default: 10].
+    /// Failed /v1/oauth2/token attempts allowed per minute per client id from one address
+    /// (and 4 times as many per address) before 429: a rate, each failed try coming back
+    /// after 1/N of a minute [default: 10].
     #[arg(long, env = "FLINGER_TOKEN_FAILURES_PER_MINUTE", value_name = "N")]
     pub token_failures_per_minute: Option<u32>,
     /// The webhook job events may be forwarded to: a job's `job_status_webhook` must have

@@ -426,7 +426,8 @@ pub struct Config {
     pub refresh_token_ttl: Duration,
     /// Clock skew tolerated when checking a token's `exp` and `iat` (upstream `JWT_LEEWAY`).
     pub jwt_leeway: Duration,
-    /// Failed `/v1/oauth2/token` attempts allowed per client id and per address per minute.
+    /// Failed `/v1/oauth2/token` attempts allowed per minute per client id from one
+    /// address (and `access::ADDRESS_SHARE` times as many per address), as a rate.
     pub token_failures_per_minute: u32,
     /// The webhook job events may go to (upstream `WEBHOOK_URL`): a job's
     /// `job_status_webhook` must have its scheme and host (with port). `None`: event posts

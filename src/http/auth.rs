@@ -42,8 +42,8 @@ fn token_response(access: String, expires_in: u64, refresh: Option<String>) -> R
 }
 
 /// `POST /v1/oauth2/token`: HTTP Basic `client_id:client_secret` → an access token and a
-/// refresh token. Failures count against the client id and the address (429 past the
-/// limit).
+/// refresh token. Failures count against the (client id, address) pair and the address
+/// (429 past the limit), never the client id alone.
 pub async fn token_post(State(svc): State<Services>, request: Request) -> Result<Response> {
     let gate = &svc.access;
     let from = peer(request.extensions());

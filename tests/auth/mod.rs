@@ -29,6 +29,9 @@ mod secrets;
 mod real_clients;
 // `--allowed-hosts`: the DNS-rebinding check of every request's `Host`.
 mod hosts;
+// Failed logins: limited per address and per (client, address), refilled as a rate, and
+// logged naming who was refused even when the log is throttled.
+mod failed_logins;
 
 /// The signing key the test servers get, so tests can forge tokens.
 const KEY: &str = "test-signing-key-0123456789abcdef";
@@ -143,6 +146,20 @@ async fn token_request(srv: &TestServer, id: &str, secret: &str) -> Resp {
         Vec::new(),
     )
     .await
+}
+
+/// [`token_request`] sent from the local address `from` (one of 127.0.0.0/8), as a client
+/// on another host would.
+async fn token_request_from(srv: &TestServer, from: &str, id: &str, secret: &str) -> Resp {
+    let request = format!(
+        "POST /v1/oauth2/token HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n",
+        basic(id, secret)
+    );
+    let source = from.parse().expect("an IP address");
+    let mut conn = crate::util::RawConn::connect_from(&srv.base_url(), source).await;
+    conn.send(request.as_bytes()).await;
+    conn.read_response().await.expect("an answer")
 }
 
 async fn access_token(srv: &TestServer, id: &str, secret: &str) -> String {

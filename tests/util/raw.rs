@@ -97,6 +97,25 @@ impl RawConn {
         }
     }
 
+    /// [`RawConn::connect`] from the local address `source` (any of 127.0.0.0/8 reaches a
+    /// server on 127.0.0.1): the server sees the request come from `source`, as it would
+    /// a client on another host (its per-address limits and logs).
+    pub async fn connect_from(base: &str, source: std::net::IpAddr) -> RawConn {
+        let addr: std::net::SocketAddr = base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("a base URL of an IP address and port");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::new(source, 0))
+            .expect("bind the source address");
+        let stream = socket.connect(addr).await.expect("connect");
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Writes `bytes`, ignoring errors: the server may answer and close before reading them all.
     pub async fn send(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;

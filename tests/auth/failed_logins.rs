@@ -1,0 +1,103 @@
+//! Failed token requests: limited per address and per (client, address), never per client
+//! alone (so nobody can lock a client out from elsewhere); a failed try comes back after
+//! its share of the minute (a rate, not a fixed window); and the throttled security log
+//! names who it suppressed.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{token_request, token_request_from, Lab};
+
+/// The seconds a 429's "try again in N s" names.
+fn wait_named(message: &str) -> u64 {
+    message
+        .split("try again in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no wait in {message:?}"))
+}
+
+/// Wrong guesses for alice from one address are refused there (429) once the limit is
+/// reached, while alice's right secret from another address, and another client's from
+/// the same address, still get tokens; guesses from one address across many client ids
+/// are bounded too (the bcrypt work one address can cause).
+#[tokio::test]
+async fn wrong_guesses_from_one_address_do_not_refuse_the_right_secret_from_another() {
+    let lab = Lab::start(&["--token-failures-per-minute", "3"]);
+    let srv = &lab.srv;
+    let alice = lab.client("alice", "contributor", json!({})).await;
+    let bob = lab.client("bob", "contributor", json!({})).await;
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let guess = format!("wrong-guess-number-{n}");
+        statuses.push(
+            token_request_from(srv, "127.0.0.2", "alice", &guess)
+                .await
+                .status,
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429, 429]);
+    let m = token_request_from(srv, "127.0.0.2", "alice", &alice)
+        .await
+        .expect_error(429);
+    assert!(
+        m.starts_with("Too many failed authentication attempts"),
+        "{m}"
+    );
+    token_request_from(srv, "127.0.0.3", "alice", &alice)
+        .await
+        .expect_status(200);
+    token_request_from(srv, "127.0.0.2", "bob", &bob)
+        .await
+        .expect_status(200);
+    // One address guessing across client ids: 4 × 3 checks a minute, then 429 for
+    // everyone there.
+    let mut checked = 0;
+    for n in 0..20 {
+        let id = format!("someone-{n}");
+        let r = token_request_from(srv, "127.0.0.4", &id, "wrong-guess-0123456").await;
+        assert!(r.status == 401 || r.status == 429, "{}", r.status);
+        checked += usize::from(r.status == 401);
+    }
+    assert!((12..=13).contains(&checked), "{checked} guesses checked");
+    token_request_from(srv, "127.0.0.4", "bob", &bob)
+        .await
+        .expect_error(429);
+    token_request(srv, "bob", &bob).await.expect_status(200);
+}
+
+/// At 30 failures a minute, a failed try comes back every 2 s: after 30 at once the next
+/// is refused naming at most 2 s, and 2 s later one more guess is checked (a fixed
+/// window would refuse it for the rest of its minute).
+#[tokio::test]
+async fn a_failed_try_comes_back_after_its_share_of_the_minute() {
+    let lab = Lab::start(&["--token-failures-per-minute", "30"]);
+    let srv = &lab.srv;
+    lab.client("paced", "contributor", json!({})).await;
+    let guess = |n: usize| async move {
+        token_request(srv, "paced", &format!("wrong-guess-number-{n}")).await
+    };
+    let burst = futures_util::future::join_all((0..30).map(guess)).await;
+    assert!(
+        burst.iter().all(|r| r.status == 401),
+        "{:?}",
+        burst.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    // Tries that came back while the burst was checked (on a busy machine) may be used.
+    let mut extra = 0;
+    let refused = loop {
+        let r = guess(100 + extra).await;
+        if r.status == 429 {
+            break r.expect_error(429);
+        }
+        r.expect_status(401);
+        extra += 1;
+        assert!(extra <= 3, "{extra} guesses beyond the 30");
+    };
+    assert!(wait_named(&refused) <= 2, "{refused}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    guess(200).await.expect_status(401);
+    guess(201).await.expect_error(429);
+}
