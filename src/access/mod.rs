@@ -166,15 +166,15 @@ pub struct Gate {
     pub limiter: Limiter,
     /// The job secrets store's cipher (`None`: no master key, no secrets store).
     pub secrets: Option<secrets::Sealer>,
-    /// Tokens already verified → their permissions and `exp`: a client's repeated
-    /// requests skip the signature check and claim parsing. Bounded (cleared when full);
-    /// an entry is used only while its token is unexpired, and the signing key never
-    /// changes while the server runs, so a hit is exactly what verifying would give.
+    /// Tokens already verified → their client and `exp`: a client's repeated requests
+    /// skip the signature check and claim parsing. Bounded (cleared when full); an entry
+    /// is used only while its token is unexpired, and the signing key never changes while
+    /// the server runs, so a hit is exactly what verifying would give.
     verified: Mutex<crate::model::FastMap<Box<str>, Verified>>,
 }
 
-/// A verified token's permissions and `exp` (unix seconds).
-type Verified = (Arc<Permissions>, u64);
+/// A verified token's client id and `exp` (unix seconds).
+type Verified = (Name, u64);
 
 /// Most verified tokens remembered.
 const VERIFIED_CACHE: usize = 10_000;
@@ -195,7 +195,11 @@ impl Gate {
         })
     }
 
-    /// Resolves the caller from the request headers.
+    /// Resolves the caller from the request headers. A token says who its client is; what
+    /// the client may do is what the access store says now, not the permissions the token
+    /// was issued with: a client deleted, demoted or given fewer rights is held to that on
+    /// its next request (its tokens live up to `--access-token-secs`), and a deleted
+    /// client's token is refused (401).
     pub fn caller(&self, headers: &axum::http::HeaderMap) -> Result<Caller> {
         if self.mode == AccessMode::Off {
             return Ok(Caller::Open);
@@ -208,19 +212,31 @@ impl Gate {
         };
         let token = token.trim();
         let now = crate::actors::now();
-        if let Some((permissions, exp)) = self.verified.lock().get(token) {
-            if now <= exp.saturating_add(self.signer.leeway()) {
-                return Ok(Caller::Client(permissions.clone()));
+        let cached = self
+            .verified
+            .lock()
+            .get(token)
+            .filter(|(_, exp)| now <= exp.saturating_add(self.signer.leeway()))
+            .map(|(client_id, _)| client_id.clone());
+        let client_id = match cached {
+            Some(client_id) => client_id,
+            None => {
+                let (claimed, exp) = self.signer.verify_timed(token, now)?;
+                let client_id = Name::from(claimed.client_id);
+                let mut verified = self.verified.lock();
+                if verified.len() >= VERIFIED_CACHE {
+                    verified.clear();
+                }
+                verified.insert(token.into(), (client_id.clone(), exp));
+                client_id
             }
+        };
+        match self.store.permissions(&client_id) {
+            Some(permissions) => Ok(Caller::Client(permissions)),
+            None => Err(Error::Unauthorized(format!(
+                "The token's client {client_id:?} no longer exists"
+            ))),
         }
-        let (permissions, exp) = self.signer.verify_timed(token, now)?;
-        let permissions = Arc::new(permissions);
-        let mut verified = self.verified.lock();
-        if verified.len() >= VERIFIED_CACHE {
-            verified.clear();
-        }
-        verified.insert(token.into(), (permissions.clone(), exp));
-        Ok(Caller::Client(permissions))
     }
 }
 

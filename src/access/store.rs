@@ -7,35 +7,70 @@
 //! partitions: events are applied in log order, and a snapshot copy taken under the lock
 //! holds every access event up to the last LSN assigned. Appending only queues the record
 //! (no disk wait), so the lock is held for microseconds; callers await durability after.
+//!
+//! It also answers every authenticated request's question, what may this client do now
+//! ([`AccessStore::permissions`]): a token names its client, and the rights used are the
+//! client's current ones, so deleting a client or lowering its rights takes effect at
+//! once, not when its tokens expire.
+
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::actors::PendingSnapshot;
 use crate::error::Result;
 use crate::journal::{Journal, Ticket};
-use crate::model::access::Access;
-use crate::model::Event;
+use crate::model::access::{Access, Permissions};
+use crate::model::{Event, FastMap, Name};
 
 /// The access partition and the journal it records to.
 pub struct AccessStore {
-    /// The partition.
-    state: Mutex<Access>,
+    /// The partition, and what is derived from it.
+    state: Mutex<Held>,
     /// Where its events go.
     journal: Journal,
+}
+
+/// What the store's lock guards.
+struct Held {
+    /// The partition.
+    access: Access,
+    /// Clients' current permissions as requests carry them, built on a client's first
+    /// request since the partition last changed: every authenticated request asks, and
+    /// building them clones the client's maps. Emptied whenever an event is applied (no
+    /// event kind has to be known to touch a client, so a new one cannot leave a stale
+    /// entry), so it only holds clients that exist: bounded by the clients.
+    permissions: FastMap<Name, Arc<Permissions>>,
 }
 
 impl AccessStore {
     /// Owns the recovered `access` partition.
     pub fn new(access: Access, journal: Journal) -> AccessStore {
         AccessStore {
-            state: Mutex::new(access),
+            state: Mutex::new(Held {
+                access,
+                permissions: FastMap::default(),
+            }),
             journal,
         }
     }
 
     /// Runs `f` over the partition.
     pub fn read<T>(&self, f: impl FnOnce(&Access) -> T) -> T {
-        f(&self.state.lock())
+        f(&self.state.lock().access)
+    }
+
+    /// `client_id`'s permissions as they are now (`None`: no such client).
+    pub fn permissions(&self, client_id: &str) -> Option<Arc<Permissions>> {
+        let mut held = self.state.lock();
+        if let Some(permissions) = held.permissions.get(client_id) {
+            return Some(permissions.clone());
+        }
+        let (id, client) = held.access.clients.get_key_value(client_id)?;
+        let permissions = Arc::new(Permissions::of(id, client));
+        let id = id.clone();
+        held.permissions.insert(id, permissions.clone());
+        Some(permissions)
     }
 
     /// Decides an event from the current state, journals it and applies it, atomically.
@@ -54,11 +89,12 @@ impl AccessStore {
         &self,
         decide: impl FnOnce(&Access) -> Result<Vec<Event>>,
     ) -> Result<Option<Ticket>> {
-        let mut state = self.state.lock();
+        let mut held = self.state.lock();
         let mut last = None;
-        for event in decide(&state)? {
+        for event in decide(&held.access)? {
             last = Some(self.journal.append(&event)?);
-            state.apply(&event);
+            held.access.apply(&event);
+            held.permissions.clear();
         }
         Ok(last)
     }
@@ -88,8 +124,9 @@ impl AccessStore {
 
     /// A copy of the partition for a snapshot (see the module docs for why the LSN holds).
     pub fn snapshot(&self) -> PendingSnapshot {
-        let state = self.state.lock();
-        let copy = state.clone();
+        // Held until the LSN is read: the copy holds every access event up to it.
+        let held = self.state.lock();
+        let copy = held.access.clone();
         PendingSnapshot {
             lsn: self.journal.last_assigned(),
             encode: Box::new(move |sink| sink.encode(&copy)),

@@ -120,7 +120,8 @@ async fn submission_is_checked_for_priority_restricted_queue_and_reservation_whe
         m,
         "Not enough permissions to push to the restricted queue: rq"
     );
-    // The token carries the permissions it was issued with: alice needs a new one.
+    // A token carries its client's current permissions: alice's new one has them, as her
+    // old one does (`tokens::a_change_to_a_client_applies_to_its_existing_tokens_at_once`).
     let alice = access_token(srv, "alice", "secret-of-alice-0123456789").await;
     submit(Some(alice.clone()), json!({"job_queue": "rq"}))
         .await

@@ -456,3 +456,130 @@ async fn an_unknown_refresh_token_is_logged_as_unknown_not_as_reuse() {
     assert!(log.contains("authn_token_unknown"), "{log}");
     assert!(!log.contains("authn_token_reuse"), "{log}");
 }
+/// An access token carries its client's current rights, not those it was issued with:
+/// deleting the client refuses its token (401 naming why), and lowering its role or
+/// taking a restricted queue or a priority from it takes effect on its next request,
+/// within the token's lifetime.
+#[tokio::test]
+async fn a_change_to_a_client_applies_to_its_existing_tokens_at_once() {
+    let lab = Lab::start(&[]);
+    let srv = &lab.srv;
+    let admin = lab.admin_token().await;
+    let list = |token: String| async move {
+        call(
+            srv,
+            "GET",
+            "/v1/client-permissions",
+            Some(&token),
+            None,
+            None,
+        )
+        .await
+    };
+    // Deleted: its token can no longer list clients or make a manager.
+    let carol = lab.token_for("carol", "manager", json!({})).await;
+    list(carol.clone()).await.expect_status(200);
+    call(
+        srv,
+        "DELETE",
+        "/v1/client-permissions/carol",
+        Some(&admin),
+        None,
+        None,
+    )
+    .await
+    .expect_status(200);
+    let m = list(carol.clone()).await.expect_error(401);
+    assert!(m.contains("carol") && m.contains("no longer exists"), "{m}");
+    let friend = json!({"client_secret": "a-friend-of-carol-0123", "role": "manager"});
+    let path = "/v1/client-permissions/carols-friend";
+    call(srv, "PUT", path, Some(&carol), None, Some(&friend))
+        .await
+        .expect_error(401);
+    call(srv, "GET", path, Some(&admin), None, None)
+        .await
+        .expect_error(404);
+    // Demoted: a contributor from the next request on.
+    let dave = lab.token_for("dave", "manager", json!({})).await;
+    list(dave.clone()).await.expect_status(200);
+    let demote = json!({"role": "contributor"});
+    call(
+        srv,
+        "PUT",
+        "/v1/client-permissions/dave",
+        Some(&admin),
+        None,
+        Some(&demote),
+    )
+    .await
+    .expect_status(200);
+    assert_eq!(
+        list(dave).await.expect_error(403),
+        "Specified action requires role: admin, manager"
+    );
+    // A restricted queue and a priority taken away.
+    let eve = lab
+        .token_for("eve", "contributor", json!({"max_priority": {"*": 10}}))
+        .await;
+    let agent = lab.token_for("rq-agent", "agent", json!({})).await;
+    let queues = json!({"queues": ["eves-queue"]});
+    call(
+        srv,
+        "POST",
+        "/v1/agents/data/rq-agent",
+        Some(&agent),
+        None,
+        Some(&queues),
+    )
+    .await
+    .expect_status(200);
+    let owner = json!({"client_id": "eve"});
+    let restricted = "/v1/restricted-queues/eves-queue";
+    call(srv, "POST", restricted, Some(&admin), None, Some(&owner))
+        .await
+        .expect_status(200);
+    let submit = |job: Value| {
+        let eve = eve.clone();
+        async move { call(srv, "POST", "/v1/job", Some(&eve), None, Some(&job)).await }
+    };
+    // Allowed on the queue at once, though the token was issued before.
+    submit(json!({"job_queue": "eves-queue", "job_priority": 10}))
+        .await
+        .expect_status(200);
+    call(srv, "DELETE", restricted, Some(&admin), None, Some(&owner))
+        .await
+        .expect_status(200);
+    call(
+        srv,
+        "POST",
+        restricted,
+        Some(&admin),
+        None,
+        Some(&json!({"client_id": "dave"})),
+    )
+    .await
+    .expect_status(200);
+    assert_eq!(
+        submit(json!({"job_queue": "eves-queue"}))
+            .await
+            .expect_error(403),
+        "Not enough permissions to push to the restricted queue: eves-queue"
+    );
+    let lower = json!({"max_priority": {"*": 1}});
+    call(
+        srv,
+        "PUT",
+        "/v1/client-permissions/eve",
+        Some(&admin),
+        None,
+        Some(&lower),
+    )
+    .await
+    .expect_status(200);
+    assert_eq!(
+        submit(json!({"job_queue": "q", "job_priority": 10}))
+            .await
+            .expect_error(403),
+        "Not enough permissions to push to q with priority 10"
+    );
+}
