@@ -15,6 +15,7 @@
 //!   browsers' state-changing requests made from another site (in every mode, before
 //!   anything else).
 //! - `limiter`: the limit on failed token requests per (client, address) and per address.
+//! - `seclog`: the security log, throttled per kind without hiding who was refused.
 //!
 //! Modes ([`AccessMode`]): `off` lets every request through as [`Caller::Open`] (full
 //! rights; the server refuses to start off loopback unless told otherwise); `on` is
@@ -33,7 +34,9 @@ pub mod table;
 pub mod token;
 
 mod limiter;
+mod seclog;
 pub use limiter::{Admitted, Key, Limiter, Refused, ADDRESS_SHARE};
+pub use seclog::{handler_refusal, security_event};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -269,78 +272,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
                 Error::Internal("the request reached its handler without a caller".into())
             })
     }
-}
-
-/// Longest client id or path a security line carries, in bytes: a refused request can
-/// name a 60 KB path, and the log is not the place to store it.
-const LOGGED_TEXT: usize = 200;
-
-/// Logs a refused request as a security event (target `flinger::security`), at most one
-/// line per `kind` per [`crate::throttle::EVERY`] with the count of the ones suppressed
-/// since: a client hammering with a bad token or a forbidden path cannot flood the log.
-/// `who` and `path` are `loggable`.
-pub fn security_event(
-    kind: &'static str,
-    who: &str,
-    method: &str,
-    path: &str,
-    from: Option<SocketAddr>,
-    why: &str,
-) {
-    let Some(suppressed) = crate::throttle::allow(kind, 0) else {
-        return;
-    };
-    let from = from.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
-    let (who, path) = (loggable(who), loggable(path));
-    tracing::warn!(target: "flinger::security", event = kind, client = %who, method, path = %path, from = %from, suppressed, "{why}");
-}
-
-/// Logs a handler's own refusal (`status` 401 or 403, `why` its message) as a security
-/// event, as [`authorize`] logs its own: the checks the table cannot make (a client edit
-/// above the caller's role, a priority over the caller's maximum, a job owned by another
-/// client) are refusals of the same kind, and the same client hammering them must show
-/// up in the log, once per [`crate::throttle::EVERY`].
-pub fn handler_refusal(
-    caller: Option<&Caller>,
-    method: &str,
-    path: &str,
-    from: Option<SocketAddr>,
-    status: u16,
-    why: &str,
-) {
-    let kind = if status == 401 {
-        "authn_fail"
-    } else {
-        "authz_fail"
-    };
-    let who = match caller {
-        Some(Caller::Open) => "open",
-        Some(caller) => caller.who(),
-        None => "unknown",
-    };
-    security_event(kind, who, method, path, from, why);
-}
-
-/// `text` as a security line carries it: control characters escaped (a client id from
-/// a Basic header could hold a newline and forge a line), cut after [`LOGGED_TEXT`]
-/// bytes with `…`.
-fn loggable(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.len() <= LOGGED_TEXT && !text.chars().any(char::is_control) {
-        return text.into();
-    }
-    let mut out = String::with_capacity(LOGGED_TEXT + 8);
-    for c in text.chars() {
-        if out.len() >= LOGGED_TEXT {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out.into()
 }
 
 /// The first check of every request, before any route's (called by `http::front`, and by
@@ -844,18 +775,4 @@ pub fn is_job_agent(svc: &Services, caller: &Caller, id: JobId) -> bool {
     }
     let client = svc.jobs.get(id).and_then(|j| j.client);
     matches!((client, caller.client_id()), (Some(client), Some(me)) if &*client == me)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn logged_text_is_cut_and_cannot_forge_lines() {
-        use super::{loggable, LOGGED_TEXT};
-        assert_eq!(loggable("short"), "short");
-        let long = "é".repeat(150); // 300 bytes
-        assert_eq!(loggable(&long), format!("{}…", "é".repeat(LOGGED_TEXT / 2)));
-        let over = "a".repeat(LOGGED_TEXT + 1);
-        assert_eq!(loggable(&over).len(), LOGGED_TEXT + '…'.len_utf8());
-        assert_eq!(loggable("x\nWARN fake"), "x\\nWARN fake");
-    }
 }

@@ -3,7 +3,7 @@
 //! its share of the minute (a rate, not a fixed window); and the throttled security log
 //! names who it suppressed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -100,4 +100,48 @@ async fn a_failed_try_comes_back_after_its_share_of_the_minute() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     guess(200).await.expect_status(401);
     guess(201).await.expect_error(429);
+}
+
+/// One bad login for a decoy, then five guesses for `mgr` from another address within
+/// the log's 10 s: the lines written name `mgr` and its address with the five suppressed,
+/// not only the decoy (the summary is written when the interval ends, even when nothing
+/// else is logged after).
+#[tokio::test]
+async fn the_throttled_security_log_names_who_it_suppressed() {
+    let lab = Lab::start(&[]);
+    let srv = &lab.srv;
+    lab.client("mgr", "manager", json!({})).await;
+    token_request_from(srv, "127.0.0.5", "decoy", "a-wrong-secret-0123")
+        .await
+        .expect_error(401);
+    for n in 0..5 {
+        let guess = format!("wrong-guess-number-{n}");
+        token_request_from(srv, "127.0.0.6", "mgr", &guess)
+            .await
+            .expect_error(401);
+    }
+    let named = |l: &String| {
+        l.contains("flinger::security")
+            && l.contains("client=mgr from=127.0.0.6 (5)")
+            && l.contains("suppressed=5")
+    };
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let log = loop {
+        let lines = srv.stderr_lines();
+        if lines.iter().any(named) || Instant::now() >= deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let security: Vec<_> = log
+        .iter()
+        .filter(|l| l.contains("flinger::security"))
+        .collect();
+    assert!(log.iter().any(named), "{security:#?}");
+    assert!(
+        security
+            .iter()
+            .any(|l| l.contains("client=decoy") && l.contains("from=127.0.0.5")),
+        "{security:#?}"
+    );
 }
