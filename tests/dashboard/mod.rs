@@ -832,7 +832,13 @@ async fn job_page_prints_the_start_of_results_of_many_fields_as_the_whole_docume
         let post: serde_json::Map<String, Value> = serde_json::from_str(body).unwrap();
         merged.extend(post);
     }
-    let whole = serde_json::to_string_pretty(&Value::Object(merged)).unwrap();
+    // As `GET /v1/result/<id>` answers it: the merged posts after the job's state.
+    let answered = srv.result(&id).await;
+    let mut expected = serde_json::Map::new();
+    expected.insert("job_state".into(), json!("waiting"));
+    expected.extend(merged);
+    assert_eq!(answered, Value::Object(expected.clone()));
+    let whole = serde_json::to_string_pretty(&Value::Object(expected)).unwrap();
     let mut end = 256 << 10;
     assert!(whole.len() > end);
     while !whole.is_char_boundary(end) {
@@ -855,9 +861,11 @@ async fn job_page_prints_the_start_of_results_of_many_fields_as_the_whole_docume
         .await
         .expect_status(200)
         .text();
+    let answered = json!({"job_state": "waiting", "a": [1.5, {"b": null}], "c": "<d>"});
+    assert_eq!(srv.result(&small).await, answered);
     assert_eq!(
         pre_text(&html, "results"),
-        serde_json::to_string_pretty(&doc).unwrap()
+        serde_json::to_string_pretty(&answered).unwrap()
     );
     assert!(!html.contains("id=\"results-truncated\""));
 }
