@@ -224,7 +224,7 @@ async fn idle_queue_actors_stop_and_the_next_job_starts_a_new_one() {
     // The stop is logged at debug level: a lab's queues go idle all day.
     let srv = TestServer::start_with_env(
         &["--queue-idle-secs", "1"],
-        &[("RUST_LOG", "flinger::actors::registry=debug")],
+        &[("RUST_LOG", "info,flinger::actors::registry=debug")],
     );
     let busy = srv.submit_to("busy").await;
     srv.submit_to("once").await;
@@ -249,7 +249,11 @@ async fn idle_queue_actors_stop_and_the_next_job_starts_a_new_one() {
 
 #[tokio::test]
 async fn many_idle_queues_stopping_at_once_log_one_line_per_pass_not_one_per_queue() {
-    let srv = TestServer::start_with(&["--queue-idle-secs", "1"]);
+    // The stops are logged at debug level.
+    let srv = TestServer::start_with_env(
+        &["--queue-idle-secs", "1"],
+        &[("RUST_LOG", "info,flinger::actors::registry=debug")],
+    );
     // A client makes a queue (and its actor) with every job to a new name.
     for n in 0..60 {
         let id = srv.submit_to(&format!("burst-{n}")).await;

@@ -265,7 +265,8 @@ async fn standby_gives_up_on_a_leader_that_stops_answering_after_its_idle_bound(
     // The head and 10 bytes of 100, then nothing: the connection is cut.
     let started = Instant::now();
     let mut conn = RawConn::connect(&a.base_url()).await;
-    conn.send(b"GET /half HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    conn.send(b"GET /half HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
     let r = conn.read_response().await.expect("the head");
     let took = started.elapsed();
     assert_eq!((r.status, &r.body[..]), (200, &b"0123456789"[..]), "{r:?}");
@@ -287,7 +288,7 @@ async fn standby_gives_up_on_a_leader_that_stops_answering_after_its_idle_bound(
     // A client uploading 5 bytes over 5 s (1 s apart): its pace, not the leader's.
     let started = Instant::now();
     let mut conn = RawConn::connect(&a.base_url()).await;
-    conn.send(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+    conn.send(b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\n")
         .await;
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -357,13 +358,15 @@ async fn failed_logins_through_a_standby_are_counted_per_client_not_per_standby(
     let (leader, standby) = (a.base_url(), b.base_url());
     const ATTACKER: [u8; 4] = [127, 0, 0, 2];
     const OTHER: [u8; 4] = [127, 0, 0, 3];
-    // Different client ids: what fills up is the attacker's address.
-    for n in 0..2 {
+    // Different client ids: what fills up is the attacker's address (its share is
+    // `ADDRESS_SHARE` times the per-client limit of 2).
+    let share = 2 * flinger::access::ADDRESS_SHARE;
+    for n in 0..share {
         let status = token_attempt_from(&standby, ATTACKER, &format!("guess-{n}"), "").await;
         assert_eq!(status, 401, "guess {n}");
     }
     assert_eq!(
-        token_attempt_from(&standby, ATTACKER, "guess-2", "").await,
+        token_attempt_from(&standby, ATTACKER, "one-more", "").await,
         429
     );
     // Another client of the same standby is checked, not refused.
@@ -374,12 +377,12 @@ async fn failed_logins_through_a_standby_are_counted_per_client_not_per_standby(
     // Naming another address does not get the attacker out of its own minute.
     let forged = "X-Flinger-Client-Address: 127.0.0.9\r\nX-Flinger-Client-Proof: AAAA\r\n";
     assert_eq!(
-        token_attempt_from(&standby, ATTACKER, "guess-3", forged).await,
+        token_attempt_from(&standby, ATTACKER, "forged", forged).await,
         429
     );
     let as_forwarded = format!("X-Flinger-Forwarded-By: http://127.0.0.1:1\r\n{forged}");
     assert_eq!(
-        token_attempt_from(&leader, ATTACKER, "guess-4", &as_forwarded).await,
+        token_attempt_from(&leader, ATTACKER, "as-forwarded", &as_forwarded).await,
         429
     );
     let lines = a
