@@ -1,7 +1,10 @@
 //! The bounds a resolved [`Config`] is held to ([`Config::validate`], run by
 //! `Config::resolve`), the exposure check the server makes before it listens, and the
-//! warning for a server reached by name without `--allowed-hosts`: each refusal names the
-//! setting as the operator can change it (flag, variable, file key).
+//! warning for a server reached by name without `--allowed-hosts`, and `--forward-idle-secs`
+//! against the lease: each refusal names the setting as the operator can change it (flag,
+//! variable, file key).
+
+use std::time::Duration;
 
 use super::{AccessMode, Config, ConfigError, JournalTarget, MAX_BODY_LIMIT, MAX_WORKERS};
 
@@ -326,6 +329,33 @@ impl Config {
     /// any page whose name is made to resolve to its address (DNS rebinding) can use it
     /// as its own site. Only a warning: which names lab users use the server cannot know,
     /// and refusing them all by default would break every lab.
+    /// `--forward-idle-secs` against what a leader may rightly be silent for
+    /// ([`leader_quiet_most`]): unset, it is that plus [`FORWARD_IDLE_MARGIN`] (90 s with
+    /// the default 5-s lease, 270 s with the longest); set at or below it on the
+    /// PostgreSQL journal, the warning to log, as a standby would then answer 504 (or cut
+    /// an answer) for requests the leader is still rightly working on.
+    pub(super) fn settle_forward_idle(&mut self, chosen: bool) -> Option<String> {
+        let quiet = leader_quiet_most(self.lease);
+        if !chosen {
+            self.forward_idle = quiet + FORWARD_IDLE_MARGIN;
+            return None;
+        }
+        let on_postgres = matches!(self.journal, JournalTarget::Postgres(_));
+        (on_postgres && self.forward_idle <= quiet).then(|| {
+            format!(
+                "{} is {} s, not above the {} s a leader may rightly be silent on a forwarded \
+                 request (a long poll's {} s, or four lease lengths of --lease-ms {} waiting \
+                 on the database): a standby answers 504 for such requests though the leader \
+                 may still complete them; leave it unset to follow --lease-ms",
+                setting("forward-idle-secs"),
+                self.forward_idle.as_secs(),
+                quiet.as_secs(),
+                crate::dispatch::MAX_WAIT_SECS,
+                self.lease.as_millis(),
+            )
+        })
+    }
+
     pub(super) fn rebinding_warning(&self) -> Option<String> {
         (self.allowed_hosts.is_none() && !self.bind.ip().is_loopback()).then(|| {
             format!(
@@ -354,6 +384,17 @@ pub const MAX_SEGMENT_BYTES: u64 = 4 << 30;
 /// Most `--max-header-bytes` and `--max-part-header-bytes` (1 MiB): a request head is
 /// buffered whole (hyper's default buffer is ~400 KiB, a real client's head a few KiB).
 pub const MAX_HEAD_BYTES: u64 = 1 << 20;
+
+/// The longest a leader may rightly say nothing on a forwarded request: a long poll's
+/// longest wait (`dispatch::MAX_WAIT_SECS`), or the leader's wait for one database
+/// statement ([`crate::journal::statement_bound`]: four lease lengths, at least 10 s).
+pub fn leader_quiet_most(lease: Duration) -> Duration {
+    Duration::from_secs(crate::dispatch::MAX_WAIT_SECS).max(crate::journal::statement_bound(lease))
+}
+
+/// What an unset `--forward-idle-secs` adds to [`leader_quiet_most`]: time for the
+/// answer to reach the standby once the leader has it.
+pub const FORWARD_IDLE_MARGIN: Duration = Duration::from_secs(30);
 
 /// Shortest lease (`--lease-ms`): renewals every third of it must fit a database round
 /// trip on a loaded machine.

@@ -454,7 +454,9 @@ pub struct ServeOpts {
     /// On the PostgreSQL journal: seconds a standby waits for the leader to move a
     /// forwarded request on (take more of its body, send its answer's head or the next
     /// piece of its body) before giving up on it (504, or the connection cut mid-answer);
-    /// keep it above a long poll's 60 s and four lease lengths; 1 to 86400 [default: 90].
+    /// 1 to 86400 [default: a long poll's 60 s or four lease lengths, whichever is longer,
+    /// plus 30: 90 with the default lease]; a value set at or below the first part is
+    /// warned of at start-up.
     #[arg(long, env = "FLINGER_FORWARD_IDLE_SECS", value_name = "SECS")]
     pub forward_idle_secs: Option<u64>,
     /// The names clients reach this server by, comma-separated, each optionally

@@ -22,8 +22,8 @@ mod file;
 
 use checks::setting;
 pub use checks::{
-    LEASE_MS_MAX, LEASE_MS_MIN, MAX_COUNT, MAX_DEADLINE_SECS, MAX_HEAD_BYTES, MAX_SEGMENT_BYTES,
-    MIN_SNAPSHOT_BYTES,
+    leader_quiet_most, FORWARD_IDLE_MARGIN, LEASE_MS_MAX, LEASE_MS_MIN, MAX_COUNT,
+    MAX_DEADLINE_SECS, MAX_HEAD_BYTES, MAX_SEGMENT_BYTES, MIN_SNAPSHOT_BYTES,
 };
 
 pub use cli::{Cli, ClientAction, Command, ServeOpts, WalAction};
@@ -527,8 +527,8 @@ impl Default for Config {
             journal: JournalTarget::File,
             lease: Duration::from_secs(5),
             advertise_url: None,
-            // Above a long poll's longest wait (60 s) and the leader's wait on its
-            // database (four 5 s leases), so neither is cut.
+            // `checks::leader_quiet_most` of the default lease, plus the margin: what
+            // `Config::resolve` makes of an unset one.
             forward_idle: Duration::from_secs(90),
             allowed_hosts: None,
         }
@@ -582,6 +582,7 @@ impl Config {
     ) -> Result<(Config, Vec<String>), ConfigError> {
         let mut config = Config::default();
         let mut warnings = Vec::new();
+        let mut forward_idle_chosen = false;
         if let Some((path, keys)) = file {
             config.source = path.display().to_string();
             for (key, value) in &keys {
@@ -705,7 +706,8 @@ impl Config {
                     "LEASE_MS" => config.lease = Duration::from_millis(num("milliseconds")?),
                     "ADVERTISE_URL" => config.advertise_url = Some(value.clone()),
                     "FORWARD_IDLE_SECS" => {
-                        config.forward_idle = Duration::from_secs(num("seconds")?)
+                        config.forward_idle = Duration::from_secs(num("seconds")?);
+                        forward_idle_chosen = true;
                     }
                     "ALLOWED_HOSTS" => {
                         config.allowed_hosts = Some(value.parse().map_err(|why| ConfigError {
@@ -783,6 +785,7 @@ impl Config {
             }
         }
         config.max_connections_chosen |= opts.max_connections.is_some();
+        forward_idle_chosen |= opts.forward_idle_secs.is_some();
 
         if let Some(secs) = opts.lost_agent_grace_secs {
             config.lost_agent_grace = Duration::from_secs(secs);
@@ -877,6 +880,7 @@ impl Config {
             max_webhook_url_bytes
         );
         config.validate()?;
+        warnings.extend(config.settle_forward_idle(forward_idle_chosen));
         if let (Some(hosts), Some(url)) = (&mut config.allowed_hosts, &config.advertise_url) {
             // Other nodes reach this one by it, and so may clients.
             hosts.advertise(url);

@@ -459,3 +459,49 @@ fn a_non_loopback_bind_without_allowed_hosts_warns_of_dns_rebinding_once() {
     let (_, warnings) = Config::resolve(&listed, None).unwrap();
     assert_eq!(rebinding(&warnings), Vec::<String>::new(), "listed");
 }
+
+#[test]
+fn forward_idle_follows_the_lease_unless_set_and_a_short_one_warns_on_postgres() {
+    let postgres = "postgres://flinger@127.0.0.1:5432/flinger";
+    let with = |lease_ms: Option<u64>, idle: Option<u64>, journal: Option<&str>| {
+        let opts = ServeOpts {
+            lease_ms,
+            forward_idle_secs: idle,
+            journal: journal.map(str::to_owned),
+            ..ServeOpts::default()
+        };
+        let (config, warnings) = Config::resolve(&opts, None).unwrap();
+        let idle_warnings: Vec<String> = warnings
+            .into_iter()
+            .filter(|w| w.contains("--forward-idle-secs"))
+            .collect();
+        (config.forward_idle.as_secs(), idle_warnings)
+    };
+    // Unset: a long poll's 60 s or four leases, whichever is longer, plus 30 s.
+    assert_eq!(with(None, None, Some(postgres)), (90, vec![]));
+    assert_eq!(with(Some(30_000), None, Some(postgres)), (150, vec![]));
+    assert_eq!(with(Some(60_000), None, None), (270, vec![]));
+    // Set: kept as set; at or below what a leader may rightly be silent for, a warning
+    // naming both (on the PostgreSQL journal only: the file log forwards nothing).
+    let (idle, warned) = with(Some(30_000), Some(90), Some(postgres));
+    assert_eq!((idle, warned.len()), (90, 1), "{warned:?}");
+    assert!(
+        warned[0].contains("is 90 s, not above the 120 s")
+            && warned[0].contains("--lease-ms 30000"),
+        "{}",
+        warned[0]
+    );
+    assert_eq!(with(Some(30_000), Some(90), None), (90, vec![]));
+    assert_eq!(with(Some(30_000), Some(121), Some(postgres)), (121, vec![]));
+    let file = parse_config_file("FORWARD_IDLE_SECS = 2\nLEASE_MS = 1000\n").unwrap();
+    let opts = ServeOpts {
+        journal: Some(postgres.into()),
+        ..ServeOpts::default()
+    };
+    let (config, warnings) = Config::resolve(&opts, Some(("tf.conf".into(), file))).unwrap();
+    assert_eq!(config.forward_idle.as_secs(), 2);
+    assert!(
+        warnings.iter().any(|w| w.contains("not above the 60 s")),
+        "{warnings:?}"
+    );
+}

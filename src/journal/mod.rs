@@ -36,7 +36,7 @@ mod replay;
 
 pub use file::{dump, Dumped};
 pub use postgres::tls::{parse as parse_postgres_url, Tls as PostgresTls};
-pub use postgres::{LeaseView, Promoted, Standby, Tenure};
+pub use postgres::{statement_bound, LeaseView, Promoted, Standby, Tenure};
 pub use replay::{PartSnapshot, Recovery, Replay, SnapshotDoc};
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -432,7 +432,7 @@ struct Writer {
 /// stopped answering without closing the connection (paused, or gone behind a network
 /// that drops packets) would otherwise hold every pending request, and a shutdown, until
 /// TCP gives up, many minutes later.
-pub(super) fn statement_bound(lease: Duration) -> Duration {
+pub fn statement_bound(lease: Duration) -> Duration {
     (lease * 4).max(Duration::from_secs(10))
 }
 
