@@ -86,6 +86,39 @@ async fn submit_retrying(http: &Http, job: &Value) -> String {
     }
 }
 
+/// Nodes started together on a new database all come up: creating the tables is
+/// serialised (an advisory lock), where three of four used to stop with PostgreSQL's
+/// `duplicate key value violates unique constraint "pg_type_typname_nsp_index"`.
+#[tokio::test]
+async fn nodes_started_together_on_a_new_database_all_come_up() {
+    let url = fresh_database();
+    let nodes: Vec<TestServer> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..4).map(|_| s.spawn(|| node(&url))).collect();
+        started.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let https: Vec<Http> = nodes.iter().map(TestServer::http).collect();
+    let leader = leader_of(&https.iter().collect::<Vec<_>>()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (i, http) in https.iter().enumerate() {
+        let want = if i == leader { "leader" } else { "standby" };
+        loop {
+            let answer = ready(http).await;
+            if answer
+                .as_ref()
+                .is_some_and(|(status, doc)| *status == 200 && doc["role"] == want)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} is not a {want}: it said {answer:?}; its log: {:?}",
+                nodes[i].stderr_lines()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn standby_forwards_requests_and_names_the_leader_when_two_nodes_share_a_database() {
     let url = fresh_database();

@@ -60,9 +60,6 @@ CREATE TABLE IF NOT EXISTS flinger_private (
 );
 ";
 
-/// The transaction-scoped advisory lock taken while creating the tables.
-const SCHEMA_LOCK: i64 = 0x0066_6c66_696c_6573;
-
 /// Bytes per row of `flinger_file_chunks` (uploads; orphan appends are split likewise).
 pub const CHUNK: usize = 1 << 20;
 /// Connections the file store opens at most.
@@ -168,7 +165,7 @@ impl PgFiles {
         // that just took the lease, instead of letting it step down and follow again.
         let created = tokio::time::timeout(patience * 2, async {
             let tx = client.transaction().await.map_err(&fail)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&super::SCHEMA_LOCK])
                 .await
                 .map_err(&fail)?;
             tx.batch_execute(SCHEMA).await.map_err(&fail)?;

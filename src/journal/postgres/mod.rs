@@ -63,8 +63,14 @@ use crate::model::State;
 /// can only run ahead of the terms committed. The last statement raises it to the row's
 /// term in a database made before it existed, under the row's lock so that a concurrent
 /// take cannot be overtaken by a stale value.
+///
+/// The statements run as one transaction (one simple query) under [`SCHEMA_LOCK`]: nodes
+/// starting together on a new database would otherwise race on `CREATE TABLE IF NOT
+/// EXISTS` (which checks, then inserts into the catalog) and all but one stop with
+/// `duplicate key value violates unique constraint "pg_type_typname_nsp_index"`.
 const SCHEMA: &str = "
 SET client_min_messages = warning;
+SELECT pg_advisory_xact_lock(28829634735662451);
 CREATE TABLE IF NOT EXISTS flinger_events (
     lsn bigint PRIMARY KEY,
     payload bytea NOT NULL
@@ -99,6 +105,10 @@ CREATE TABLE IF NOT EXISTS flinger_private (
     value bytea NOT NULL
 );
 ";
+
+/// The transaction-scoped advisory lock taken while creating tables (the journal's
+/// [`SCHEMA`], the file store's), written out in `SCHEMA`'s text.
+pub(super) const SCHEMA_LOCK: i64 = 0x0066_6c66_696c_6573;
 
 /// The append: one statement (so one transaction that no pause of this process can hold
 /// open) that locks the lease row, inserts the batch only if the row still carries this
@@ -751,5 +761,19 @@ impl Writer {
         if !waiting && self.pace.due(self.bytes_since_snapshot) && self.snap_tx.send(()).is_ok() {
             self.snapshot_requested = Some(Instant::now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_is_created_under_the_schema_lock() {
+        let first = SCHEMA.find("CREATE").unwrap();
+        let lock = SCHEMA
+            .find(&format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK});"))
+            .expect("the lock, written out");
+        assert!(lock < first, "taken before the first CREATE");
     }
 }
