@@ -289,7 +289,7 @@ pub async fn action_post(
 
 /// States `/v1/job/search` accepts: Testflinger's list, plus the states it forgot
 /// (`waiting`, `running`, `complete`, `resubmitted`), plus `active` (= not finished).
-const SEARCH_STATES: &[&str] = &[
+pub(crate) const SEARCH_STATES: &[&str] = &[
     "setup",
     "provision",
     "firmware_update",

@@ -520,6 +520,47 @@ async fn jobs_page_refuses_an_unknown_state_filter_naming_the_valid_ones_as_the_
     }
     let r = srv.get("/jobs?state=waiting").await;
     assert_eq!(r.status, 200, "{}", r.text());
+    // The page offers what the search takes, the one asked for selected.
+    let page = r.text();
+    for state in [
+        "waiting",
+        "provision",
+        "reserve",
+        "cancelled",
+        "complete",
+        "active",
+    ] {
+        assert!(
+            page.contains(&format!(">{state}</option>")),
+            "{state}: {page}"
+        );
+    }
+    assert!(page.contains("<option selected>waiting</option>"), "{page}");
+    assert!(page.contains("<option value=\"\">any</option>"), "{page}");
+}
+
+/// The agents page's state box offers the states agents are in now, and the one asked
+/// for (selected) even when no agent is in it any more.
+#[tokio::test]
+async fn agents_page_offers_the_states_agents_are_in() {
+    let srv = TestServer::start();
+    for (name, state) in [("dev-a", "waiting"), ("dev-b", "provision")] {
+        srv.post_json(
+            &format!("/v1/agents/data/{name}"),
+            &json!({"state": state, "queues": ["q"]}),
+        )
+        .await
+        .expect_status(200);
+    }
+    let page = srv.get("/agents?state=test").await.text();
+    for state in ["waiting", "provision"] {
+        assert!(
+            page.contains(&format!("<option>{state}</option>")),
+            "{state}: {page}"
+        );
+    }
+    assert!(page.contains("<option selected>test</option>"), "{page}");
+    assert_eq!(figure(&page, "agent-count"), 0);
 }
 
 /// Links to a queue or agent whose name holds `/`, `?` or `#` escape it as one path

@@ -436,6 +436,16 @@ pub async fn agents_page(State(svc): State<Services>, request: Request) -> Resul
             .unwrap_or_default()
     };
     let (name, state, queue) = (get("name"), get("state"), get("queue"));
+    // The state box offers the states agents are in now (counts the fold keeps), and the
+    // one asked for, if none is in it any more.
+    let mut states: Vec<String> = read_agents(&svc, |agents| {
+        agents.states().map(|(state, _)| state.to_owned()).collect()
+    })
+    .await?;
+    if !state.is_empty() && !states.contains(&state) {
+        states.push(state.clone());
+    }
+    states.sort_unstable();
     let all = agents(&svc).await?;
     let total = all.len();
     let rows: Vec<Value> = all
@@ -453,7 +463,8 @@ pub async fn agents_page(State(svc): State<Services>, request: Request) -> Resul
         .collect();
     page(
         "agents.html",
-        json!({"agents": rows, "total": total, "filter": {"name": name, "state": state, "queue": queue}}),
+        json!({"agents": rows, "total": total, "states": states,
+               "filter": {"name": name, "state": state, "queue": queue}}),
     )
 }
 
@@ -569,6 +580,7 @@ pub async fn jobs_page(State(svc): State<Services>, request: Request) -> Result<
     page(
         "jobs.html",
         json!({"jobs": jobs, "limit": PAGE_LIMIT, "scan": super::queues::LIST_MAX,
+               "states": super::jobs::SEARCH_STATES,
                "filter": {"tags": tags, "state": state, "queue": queue}}),
     )
 }
@@ -799,7 +811,7 @@ mod tests {
             "log": evil, "log_bytes": 0, "log_shown": 0, "log_next": 0, "results": evil, "results_cut": true, "results_shown": 0, "jobs": [{"id": evil, "queue": evil, "state": evil, "created_at": evil}],
             "queues": [{"name": evil, "waiting": 1, "running": 0, "oldest_wait": evil, "description": evil}],
             "agents": [{"name": evil, "state": evil, "job_id": evil, "queues": [evil], "updated": evil}],
-            "agent_states": [{"state": evil, "count": 1}], "name": evil, "filter": {"name": evil, "state": evil, "queue": evil, "tags": evil},
+            "agent_states": [{"state": evil, "count": 1}], "states": [evil], "name": evil, "filter": {"name": evil, "state": evil, "queue": evil, "tags": evil},
             "total": 1, "limit": 1, "scan": 1, "waiting": [], "running": [], "waiting_total": 0, "running_total": 0,
             "percentiles": [], "wait_samples": 0, "provision_log": [evil], "fields": evil, "job_id": evil});
         for name in [
