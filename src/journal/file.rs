@@ -496,38 +496,28 @@ fn summarize(report: &wal::ScanReport, data_dir: &Path, past_damage: bool) -> (S
     (text, Dumped::Corrupt)
 }
 
+/// One event as a dump line shows it, in one form for every kind: `Kind { field: value,
+/// ... }` (Rust's `Debug`: text and bytes quoted and escaped, so a job document's newlines
+/// do not break the one-record-a-line output), credential material and log text by
+/// their size only.
 fn describe(event: &Event) -> String {
-    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
     match event {
-        Event::JobSubmitted {
-            id,
-            queue,
-            body,
-            priority,
-            ..
-        } => {
-            format!(
-                "JobSubmitted id={id} queue={queue:?} priority={priority} body={}",
-                text(body)
-            )
-        }
-        Event::ResultMerged { id, fields, .. } => {
-            format!("ResultMerged id={id} fields={}", text(fields))
-        }
+        // A fragment's text is shown by its size: it may be large, binary, or a terminal's
+        // control sequences (its job's log shows it).
         Event::LogAppended {
             id,
             kind,
             phase,
             number,
+            timestamp,
             data,
             run,
-            ..
-        } => {
-            format!(
-                "LogAppended id={id} kind={kind:?} run={run} phase={phase} number={number} bytes={}",
-                data.len()
-            )
-        }
+            at,
+        } => format!(
+            "LogAppended {{ id: {id:?}, kind: {kind:?}, phase: {phase:?}, number: {number}, \
+             timestamp: {timestamp}, data: <{} bytes>, run: {run}, at: {at} }}",
+            data.len()
+        ),
         // Credential material is shown by its kind and size only (a dump is read by people
         // and pasted into tickets): a bcrypt hash can be attacked offline, a sealed secret
         // is one master key away from its value. A refresh token's hash shows its first 8
@@ -575,6 +565,41 @@ fn token_fingerprint(hash: &str) -> String {
 mod tests {
     use super::*;
     use crate::model::access::Client;
+
+    #[test]
+    fn every_event_is_one_line_of_one_form() {
+        let id = crate::model::ids::JobId::random();
+        let events = [
+            Event::JobSubmitted {
+                id,
+                queue: "q".into(),
+                body: Bytes::from_static(b"{\n  \"job_queue\": \"q\"\n}"),
+                priority: 0,
+                exclude: Default::default(),
+                awaits_attachments: false,
+                at: 1,
+                owner: None,
+            },
+            Event::LogAppended {
+                id,
+                kind: crate::model::event::LogKind::Output,
+                phase: "test".into(),
+                number: 3,
+                timestamp: 4,
+                data: Bytes::from_static(b"line 1\nline 2\n"),
+                run: 1,
+                at: 5,
+            },
+        ];
+        for event in &events {
+            let line = describe(event);
+            assert!(!line.contains('\n'), "{line}");
+            let (kind, rest) = line.split_once(" { ").expect("Kind { ...");
+            assert!(kind.chars().all(|c| c.is_ascii_alphanumeric()), "{line}");
+            assert!(rest.ends_with(" }") && rest.starts_with("id: "), "{line}");
+        }
+        assert!(describe(&events[1]).contains("data: <14 bytes>"));
+    }
 
     #[test]
     fn the_dump_shows_no_credential_material() {
