@@ -241,6 +241,9 @@ pub struct RegistryArgs {
     /// `--max-jobs-bytes`: most job document bytes kept at once (see
     /// `model::index::job_weight`).
     pub max_jobs_bytes: u64,
+    /// Most of those one submitter's jobs may take (`--max-jobs-share-percent`, with
+    /// access control on; `None`: no share).
+    pub max_jobs_share: Option<u64>,
     /// Where handlers' requests and queue actors' claims wait for the actor's turn
     /// (see [`super::Post`]), beside its mailbox.
     pub inbox: Arc<Inbox<RegistryMsg>>,
@@ -271,6 +274,8 @@ pub struct RegistryState {
     purges: Arc<Purges>,
     /// See [`RegistryArgs::max_jobs_bytes`].
     max_jobs_bytes: u64,
+    /// See [`RegistryArgs::max_jobs_share`].
+    max_jobs_share: Option<u64>,
     /// See [`RegistryArgs::inbox`]. Closed when the actor stops (shutdown, or a failure
     /// the server stops on): what waits in it is dropped, and its askers see the server
     /// shutting down.
@@ -571,7 +576,11 @@ impl RegistryState {
     /// the memory they are held in.
     fn room_for(&self, event: &Event) -> Result<()> {
         let Event::JobSubmitted {
-            id, body, queue, ..
+            id,
+            body,
+            queue,
+            owner,
+            ..
         } = event
         else {
             return Ok(());
@@ -593,6 +602,34 @@ impl RegistryState {
                  finished jobs make room as retention removes them",
                 self.max_jobs_bytes
             )));
+        }
+        if let Some(share) = self.max_jobs_share {
+            let index = registry.index();
+            let theirs = index.owner_weight(owner.as_ref());
+            let replaced = registry
+                .get(*id)
+                .filter(|job| job.owner == *owner)
+                .map_or(0, |job| job_weight(&job.body));
+            let after = theirs.saturating_sub(replaced) + job_weight(body);
+            if after > share && after > theirs {
+                let whose = match owner {
+                    Some(client) => format!("client {client:?}'s jobs"),
+                    None => {
+                        "the jobs submitted without a token (all such clients together)".to_owned()
+                    }
+                };
+                return Err(Error::NoSpace(format!(
+                    "{whose} take {theirs} bytes, and this one would take them past their \
+                     share of the server's room for jobs: {share} bytes \
+                     (--max-jobs-share-percent of --max-jobs-bytes); finished jobs make room \
+                     as retention removes them{}",
+                    if owner.is_none() {
+                        ", and a client with a token has a share of its own"
+                    } else {
+                        ""
+                    }
+                )));
+            }
         }
         Ok(())
     }
@@ -761,6 +798,7 @@ impl Actor for RegistryActor {
             waiters: args.waiters,
             purges: args.purges,
             max_jobs_bytes: args.max_jobs_bytes,
+            max_jobs_share: args.max_jobs_share,
             inbox: Receiver::new(args.inbox),
         };
         // Jobs out with agents when the server stopped: heard now, so each agent has a

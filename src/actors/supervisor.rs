@@ -126,6 +126,9 @@ impl Actor for Supervisor {
                 waiters: args.waiters.clone(),
                 purges: args.purges.clone(),
                 max_jobs_bytes: args.config.max_jobs_bytes,
+                max_jobs_share: (args.config.access != crate::config::AccessMode::Off
+                    && args.config.max_jobs_share_percent < 100)
+                    .then(|| args.config.max_jobs_bytes / 100 * args.config.max_jobs_share_percent),
                 inbox: inbox.clone(),
             },
             cell.clone(),

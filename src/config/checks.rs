@@ -254,6 +254,13 @@ impl Config {
                     .into(),
             );
         }
+        if !(1..=100).contains(&self.max_jobs_share_percent) {
+            return err(format!(
+                "{} must be 1 to 100, got {}",
+                setting("max-jobs-share-percent"),
+                self.max_jobs_share_percent
+            ));
+        }
         if self.snapshot_growth_percent > 10_000 {
             return err("snapshot growth percent must be at most 10000".into());
         }

@@ -235,6 +235,11 @@ pub struct ServeOpts {
     /// a submission past it is refused with 507 [default: 2GiB].
     #[arg(long, env = "FLINGER_MAX_JOBS_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub max_jobs_bytes: Option<u64>,
+    /// With access control on, the percentage of --max-jobs-bytes one submitter's jobs may
+    /// take (an authenticated client's, or all submitted without a token together); past
+    /// it a submission is refused with 507; 1 to 100, 100 for no share [default: 25].
+    #[arg(long, env = "FLINGER_MAX_JOBS_SHARE_PERCENT", value_name = "PERCENT")]
+    pub max_jobs_share_percent: Option<u64>,
     /// Largest result post body in bytes [default: 16 MiB].
     #[arg(long, env = "FLINGER_MAX_RESULT_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<usize>)]
     pub max_result_bytes: Option<usize>,

@@ -33,6 +33,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "FSYNC",
     "MAX_JOB_BYTES",
     "MAX_JOBS_BYTES",
+    "MAX_JOBS_SHARE_PERCENT",
     "MAX_RESULT_BYTES",
     "MAX_OUTPUT_BYTES",
     "MAX_JOB_DATA_BYTES",

@@ -329,6 +329,11 @@ pub struct Config {
     /// wait, so without it one client submitting without end would exhaust the server's
     /// memory. A submission past it is 507.
     pub max_jobs_bytes: u64,
+    /// With access control on, the percentage of `max_jobs_bytes` one submitter's jobs may
+    /// take: an authenticated client's, or all those submitted without a token together
+    /// (so an anonymous flood cannot take the room of everyone else). 1 to 100; 100 is no
+    /// share. A submission past it is 507.
+    pub max_jobs_share_percent: u64,
     /// Largest result post body (Testflinger answers 413 from 16 MiB).
     pub max_result_bytes: usize,
     /// Most bytes of log text in one log fragment (`log_data`, decoded: what the log holds)
@@ -477,6 +482,7 @@ impl Default for Config {
             fsync: FsyncPolicy::Always,
             max_job_bytes: 1 << 20,
             max_jobs_bytes: 2 << 30,
+            max_jobs_share_percent: 25,
             max_result_bytes: 16 << 20,
             max_output_bytes: 4 << 20,
             max_job_data_bytes: 1 << 30,
@@ -615,6 +621,9 @@ impl Config {
                     }
                     "MAX_JOB_BYTES" => config.max_job_bytes = bytes_usize()?,
                     "MAX_JOBS_BYTES" => config.max_jobs_bytes = bytes()?,
+                    "MAX_JOBS_SHARE_PERCENT" => {
+                        config.max_jobs_share_percent = num("a percentage")?
+                    }
                     "MAX_RESULT_BYTES" => config.max_result_bytes = bytes_usize()?,
                     "MAX_OUTPUT_BYTES" => config.max_output_bytes = bytes_usize()?,
                     "MAX_JOB_DATA_BYTES" => config.max_job_data_bytes = bytes()?,
@@ -751,6 +760,7 @@ impl Config {
         take!(
             max_job_bytes,
             max_jobs_bytes,
+            max_jobs_share_percent,
             max_result_bytes,
             max_output_bytes,
             max_job_data_bytes,

@@ -505,3 +505,28 @@ fn forward_idle_follows_the_lease_unless_set_and_a_short_one_warns_on_postgres()
         "{warnings:?}"
     );
 }
+
+#[test]
+fn max_jobs_share_percent_is_1_to_100() {
+    for (percent, ok) in [(0, false), (1, true), (100, true), (101, false)] {
+        let opts = ServeOpts {
+            max_jobs_share_percent: Some(percent),
+            ..ServeOpts::default()
+        };
+        match Config::resolve(&opts, None) {
+            Ok((config, _)) => {
+                assert!(ok, "{percent} accepted");
+                assert_eq!(config.max_jobs_share_percent, percent);
+            }
+            Err(e) => {
+                assert!(!ok, "{percent} refused: {}", e.reason);
+                assert!(
+                    e.reason.contains("--max-jobs-share-percent") && e.reason.contains("1 to 100"),
+                    "{}",
+                    e.reason
+                );
+            }
+        }
+    }
+    assert_eq!(Config::default().max_jobs_share_percent, 25);
+}

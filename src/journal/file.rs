@@ -11,7 +11,6 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{
@@ -565,6 +564,7 @@ fn token_fingerprint(hash: &str) -> String {
 mod tests {
     use super::*;
     use crate::model::access::Client;
+    use bytes::Bytes;
 
     #[test]
     fn every_event_is_one_line_of_one_form() {

@@ -65,6 +65,9 @@ pub struct JobIndex {
     /// The [`job_weight`]s of the jobs filed, summed: what `--max-jobs-bytes` bounds.
     /// Derived like the lists (rebuilt at start-up, kept by insert and remove).
     weight: u64,
+    /// The same by the jobs' owners (`None`: submitted without a token): what
+    /// `--max-jobs-share-percent` bounds. Owners whose jobs are all gone have no entry.
+    by_owner: FastMap<Option<Name>, u64>,
 }
 
 /// The unfinished jobs of one queue.
@@ -198,6 +201,7 @@ type Dispatched = Vec<(u64, u64, Name, JobId)>;
 #[derive(Default)]
 pub struct PartIndex {
     weight: u64,
+    by_owner: FastMap<Option<Name>, u64>,
     queues: Gathered,
     waiting: Gathered,
     active: Gathered,
@@ -207,8 +211,9 @@ pub struct PartIndex {
 }
 
 impl PartIndex {
-    /// Files a job: its id, `seq`, queue, state label, document (for its `tags`) and, once
-    /// dispatched to a named agent, when (Unix seconds) and to whom.
+    /// Files a job: its id, `seq`, queue, state label, document (for its `tags`), owner
+    /// and, once dispatched to a named agent, when (Unix seconds) and to whom.
+    #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
         id: JobId,
@@ -216,9 +221,11 @@ impl PartIndex {
         queue: &Name,
         state: &str,
         body: &[u8],
+        owner: Option<&Name>,
         dispatched: Option<(u64, &Name)>,
     ) {
         self.weight += job_weight(body);
+        *self.by_owner.entry(owner.cloned()).or_default() += job_weight(body);
         gather(&mut self.queues, queue, || queue.clone(), seq, id);
         match live_kind(state) {
             Some(true) => gather(&mut self.waiting, queue, || queue.clone(), seq, id),
@@ -248,8 +255,12 @@ impl JobIndex {
         let (mut queues, mut waiting, mut active) = (Vec::new(), Vec::new(), Vec::new());
         let (mut states, mut tags, mut dispatched) = (Vec::new(), Vec::new(), Vec::new());
         let mut weight = 0;
+        let mut by_owner: FastMap<Option<Name>, u64> = FastMap::default();
         for mut part in parts {
             weight += part.weight;
+            for (owner, w) in part.by_owner.drain() {
+                *by_owner.entry(owner).or_default() += w;
+            }
             queues.push(part.queues);
             waiting.push(part.waiting);
             active.push(part.active);
@@ -272,6 +283,7 @@ impl JobIndex {
             live,
             by_agent,
             weight,
+            by_owner,
         }
     }
 
@@ -312,9 +324,23 @@ impl JobIndex {
         self.weight + self.by_queue.len() as u64 * QUEUE_OVERHEAD
     }
 
-    /// Adds a job under `seq`.
-    pub fn insert(&mut self, id: JobId, seq: u64, queue: &Name, state: &str, body: &[u8]) {
+    /// The [`job_weight`]s of `owner`'s jobs (`None`: those submitted without a token).
+    pub fn owner_weight(&self, owner: Option<&Name>) -> u64 {
+        self.by_owner.get(&owner.cloned()).copied().unwrap_or(0)
+    }
+
+    /// Adds a job under `seq`, submitted by `owner`.
+    pub fn insert(
+        &mut self,
+        id: JobId,
+        seq: u64,
+        queue: &Name,
+        state: &str,
+        body: &[u8],
+        owner: Option<&Name>,
+    ) {
         self.weight += job_weight(body);
+        *self.by_owner.entry(owner.cloned()).or_default() += job_weight(body);
         add(&mut self.by_queue, queue, || queue.clone(), seq, id);
         add(&mut self.by_state, state, || Name::from(state), seq, id);
         for tag in tags_of(body) {
@@ -352,9 +378,23 @@ impl JobIndex {
         }
     }
 
-    /// Removes the job filed under `seq`.
-    pub fn remove(&mut self, seq: u64, queue: &str, state: &str, body: &[u8]) {
+    /// Removes the job filed under `seq`, submitted by `owner`.
+    pub fn remove(
+        &mut self,
+        seq: u64,
+        queue: &str,
+        state: &str,
+        body: &[u8],
+        owner: Option<&Name>,
+    ) {
         self.weight = self.weight.saturating_sub(job_weight(body));
+        let key = owner.cloned();
+        if let Some(w) = self.by_owner.get_mut(&key) {
+            *w = w.saturating_sub(job_weight(body));
+            if *w == 0 {
+                self.by_owner.remove(&key);
+            }
+        }
         drop_entry(&mut self.by_queue, queue, seq);
         drop_entry(&mut self.by_state, state, seq);
         for tag in tags_of(body) {
@@ -585,7 +625,7 @@ mod tests {
             let id = JobId::random();
             let tags: Vec<&str> = tags.split(',').filter(|t| !t.is_empty()).collect();
             let body = serde_json::json!({"job_queue": "q", "tags": tags}).to_string();
-            index.insert(id, seq, &Name::from("q"), state, body.as_bytes());
+            index.insert(id, seq, &Name::from("q"), state, body.as_bytes(), None);
             ids.push(id);
         }
         (index, ids)
@@ -638,19 +678,45 @@ mod tests {
                 )
             })
             .collect();
+        let owners = [Some(Name::from("alice")), Some(Name::from("bob")), None];
+        let owner = |seq: u64| owners[(seq % 3) as usize].as_ref();
         let mut one_by_one = JobIndex::default();
         for (id, seq, queue, state, body) in &jobs {
-            one_by_one.insert(*id, *seq, queue, state, body.as_bytes());
+            one_by_one.insert(*id, *seq, queue, state, body.as_bytes(), owner(*seq));
         }
         // In three parts, as threads decoding or walking shares of the jobs gather them.
         let mut parts: Vec<PartIndex> = (0..3).map(|_| PartIndex::default()).collect();
         for (n, (id, seq, q, state, body)) in jobs.iter().enumerate() {
-            parts[n % 3].add(*id, *seq, q, state, body.as_bytes(), None);
+            parts[n % 2].add(*id, *seq, q, state, body.as_bytes(), owner(*seq), None);
         }
         let bulk = JobIndex::from_parts(parts);
         assert_eq!(lists(&bulk), lists(&one_by_one));
+        assert_eq!(bulk.by_owner, one_by_one.by_owner);
+        assert_eq!(bulk.weight, one_by_one.weight);
         assert!(lists(&bulk).iter().any(|(kind, _, _)| kind == "active"));
         assert_eq!(bulk.tag_len("a"), 125);
+    }
+
+    #[test]
+    fn owners_weights_follow_their_jobs_and_sum_to_the_whole() {
+        let mut index = JobIndex::default();
+        let (q, alice) = (Name::from("q"), Name::from("alice"));
+        let bodies: [&[u8]; 3] = [b"{\"a\": 1}", b"{\"bb\": 22}", b"{}"];
+        index.insert(JobId::random(), 1, &q, "waiting", bodies[0], Some(&alice));
+        index.insert(JobId::random(), 2, &q, "waiting", bodies[1], Some(&alice));
+        index.insert(JobId::random(), 3, &q, "waiting", bodies[2], None);
+        let alices = job_weight(bodies[0]) + job_weight(bodies[1]);
+        assert_eq!(index.owner_weight(Some(&alice)), alices);
+        assert_eq!(index.owner_weight(None), job_weight(bodies[2]));
+        assert_eq!(index.owner_weight(Some(&Name::from("bob"))), 0);
+        assert_eq!(alices + job_weight(bodies[2]), index.weight);
+        index.remove(1, "q", "waiting", bodies[0], Some(&alice));
+        index.remove(2, "q", "waiting", bodies[1], Some(&alice));
+        assert_eq!(index.owner_weight(Some(&alice)), 0);
+        assert!(
+            !index.by_owner.contains_key(&Some(alice)),
+            "gone with its jobs"
+        );
     }
 
     #[test]
@@ -694,7 +760,7 @@ mod tests {
         assert_eq!(counts(&index), (1, 1));
         assert_eq!(index.live_of("q").unwrap().waiting.keys().next(), Some(&2));
         index.restate(ids[0], 1, &q, "provision", "cancelled");
-        index.remove(2, "q", "resubmitted", b"{}");
+        index.remove(2, "q", "resubmitted", b"{}", None);
         assert_eq!(counts(&index), (0, 0));
         assert!(
             index.live_of("q").is_none(),

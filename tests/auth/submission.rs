@@ -1,5 +1,6 @@
 //! The three submission checks with access control on: job priority, restricted queues and
-//! reservation (each needs a permission the client was given).
+//! reservation (each needs a permission the client was given); and each submitter's share
+//! of the room for jobs.
 
 use serde_json::{json, Value};
 
@@ -161,4 +162,61 @@ async fn submission_is_checked_for_priority_restricted_queue_and_reservation_whe
     )
     .await
     .expect_error(403);
+}
+
+/// With access control on, one submitter's jobs take at most `--max-jobs-share-percent`
+/// of `--max-jobs-bytes`: an authenticated client's, and those submitted without a token
+/// all together, so an anonymous flood cannot fill the room every lab user shares. The
+/// refusal (507) names whose share and the settings; the count holds after a restart.
+/// With access control off there is no share.
+#[tokio::test]
+async fn one_submitters_jobs_take_at_most_their_share_of_the_job_store() {
+    // A share of 20,000 bytes: four jobs of ~4.1 KiB (document and 1 KiB) fit, a fifth not.
+    let flags = [
+        "--max-job-bytes",
+        "4096",
+        "--max-jobs-bytes",
+        "200000",
+        "--max-jobs-share-percent",
+        "10",
+    ];
+    let mut lab = Lab::start(&flags);
+    let alice = lab.token_for("alice", "contributor", json!({})).await;
+    let bob = lab.token_for("bob", "contributor", json!({})).await;
+    let job = json!({"job_queue": "share", "pad": "x".repeat(3000)});
+    async fn submit(srv: &crate::util::TestServer, token: Option<String>) -> crate::util::Resp {
+        let job = json!({"job_queue": "share", "pad": "x".repeat(3000)});
+        call(srv, "POST", "/v1/job", token.as_deref(), None, Some(&job)).await
+    }
+    for _ in 0..4 {
+        submit(&lab.srv, None).await.expect_status(200);
+        submit(&lab.srv, Some(alice.clone()))
+            .await
+            .expect_status(200);
+    }
+    let anonymous = submit(&lab.srv, None).await.expect_error(507);
+    assert!(
+        anonymous.contains("submitted without a token")
+            && anonymous.contains("--max-jobs-share-percent")
+            && anonymous.contains("a share of its own"),
+        "{anonymous}"
+    );
+    let theirs = submit(&lab.srv, Some(alice.clone()))
+        .await
+        .expect_error(507);
+    assert!(
+        theirs.contains("client \"alice\"'s jobs") && theirs.contains("20000 bytes"),
+        "{theirs}"
+    );
+    // Nobody else's room is taken.
+    submit(&lab.srv, Some(bob.clone())).await.expect_status(200);
+    lab.srv.restart();
+    submit(&lab.srv, None).await.expect_error(507);
+    let alice = super::access_token(&lab.srv, "alice", "secret-of-alice-0123456789").await;
+    submit(&lab.srv, Some(alice)).await.expect_error(507);
+
+    let open = crate::util::TestServer::start_with(&flags);
+    for _ in 0..6 {
+        open.post_json("/v1/job", &job).await.expect_status(200);
+    }
 }

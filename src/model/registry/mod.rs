@@ -572,6 +572,7 @@ impl Registry {
                         &previous.queue,
                         previous.state.label(),
                         &previous.body,
+                        previous.owner.as_ref(),
                     );
                     if previous.queue != *queue {
                         self.forget_queue_if_unused(&previous.queue);
@@ -608,8 +609,14 @@ impl Registry {
                     phases: Vec::new(),
                 };
                 let entry = job.entry(*id);
-                self.index
-                    .insert(*id, seq, queue, job.state.label(), &job.body);
+                self.index.insert(
+                    *id,
+                    seq,
+                    queue,
+                    job.state.label(),
+                    &job.body,
+                    owner.as_ref(),
+                );
                 self.jobs.insert(*id, Arc::new(job));
                 Some(IndexChange::Insert(queue.clone(), entry))
             }
@@ -759,8 +766,13 @@ impl Registry {
                             self.release_holder(&agent, *id);
                             self.index.undispatched(&agent, *id);
                         }
-                        self.index
-                            .remove(job.seq, &job.queue, job.state.label(), &job.body);
+                        self.index.remove(
+                            job.seq,
+                            &job.queue,
+                            job.state.label(),
+                            &job.body,
+                            job.owner.as_ref(),
+                        );
                         self.jobs.remove(id);
                         self.forget_queue_if_unused(&job.queue);
                     }
@@ -779,8 +791,13 @@ impl Registry {
                     self.release_holder(&agent, *id);
                     self.index.undispatched(&agent, *id);
                 }
-                self.index
-                    .remove(job.seq, &job.queue, job.state.label(), &job.body);
+                self.index.remove(
+                    job.seq,
+                    &job.queue,
+                    job.state.label(),
+                    &job.body,
+                    job.owner.as_ref(),
+                );
                 self.forget_queue_if_unused(&job.queue);
                 job.state
                     .is_waiting()

@@ -105,7 +105,15 @@ impl Job {
     pub fn file(&self, index: &mut PartIndex, id: JobId) {
         let dispatched = self.started_at.zip(self.agent.as_ref());
         let label = self.state.label();
-        index.add(id, self.seq, &self.queue, label, &self.body, dispatched);
+        index.add(
+            id,
+            self.seq,
+            &self.queue,
+            label,
+            &self.body,
+            self.owner.as_ref(),
+            dispatched,
+        );
     }
 
     /// The queue index entry for this job while it waits.
