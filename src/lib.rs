@@ -16,6 +16,7 @@
 //! - [`server`]: listener, connection handling, graceful shutdown, wiring.
 //! - [`ha`]: several nodes on the PostgreSQL journal: role loop, forwarding, readiness.
 //! - [`throttle`]: rate-limited log lines for what clients and faults can repeat.
+//! - [`turns`]: fair turns for expensive reads (`--max-searches`), by client address.
 //!
 //! Architecture invariants:
 //! - `model` does no I/O and reads no clock; everything it needs is in its inputs.
@@ -36,5 +37,6 @@ pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod throttle;
+pub mod turns;
 
 pub use error::{Error, Result};

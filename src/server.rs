@@ -179,7 +179,7 @@ pub async fn start_recovered(
         agents: Door::new(refs.agents, pending, "agent store"),
         agent_data,
         orphans,
-        searches: Arc::new(tokio::sync::Semaphore::new(config.max_searches)),
+        searches: Arc::new(crate::turns::Turns::new(config.max_searches)),
         follows: Arc::new(tokio::sync::Semaphore::new(config.max_follows)),
         queues,
         journal,

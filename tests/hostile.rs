@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::{self, multipart, Part, RawConn, TestServer};
@@ -477,5 +477,53 @@ async fn pop_takes_thousands_of_repeated_queue_parameters_once_each_and_refuses_
         r.message().contains("At most 256 queues per request"),
         "{}",
         r.text()
+    );
+}
+
+/// Searches take turns fairly between client addresses (`--max-searches`): a flood of
+/// searches from one address delays another address's search by about one search, not
+/// by the whole flood (a first-come line made it wait behind all of them).
+#[tokio::test]
+async fn a_flood_of_searches_from_one_address_does_not_hold_another_addresss_search() {
+    let srv = TestServer::start_with(&["--max-searches", "1"]);
+    let jobs: Vec<Value> = (0..3000)
+        .map(|i| json!({"job_queue": format!("q{}", i % 7), "tags": ["t", format!("n{i}")]}))
+        .collect();
+    for job in &jobs {
+        srv.submit(job).await;
+    }
+    let search = b"GET /v1/job/search?tags=t&limit=10000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flooder: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..30 {
+        let mut conn = RawConn::connect_from(&srv.base_url(), flooder).await;
+        conn.send(search).await;
+        let done = done.clone();
+        flood.push(tokio::spawn(async move {
+            let r = conn.read_response().await.expect("an answer");
+            assert_eq!(r.status, 200);
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+    }
+    // The flood is in line before the other address asks.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = done.load(std::sync::atomic::Ordering::SeqCst);
+    let mut other = RawConn::connect_from(&srv.base_url(), "127.0.0.3".parse().unwrap()).await;
+    other.send(search).await;
+    let r = other.read_response().await.expect("an answer");
+    assert_eq!(r.status, 200);
+    let during = done.load(std::sync::atomic::Ordering::SeqCst) - before;
+    for task in flood {
+        task.await.unwrap();
+    }
+    assert!(
+        before < 25,
+        "the flood was answered before the other search was sent ({before} of 30): make \
+         the searches slower"
+    );
+    assert!(
+        during <= 3,
+        "{during} of the flood's searches were answered while the other address waited"
     );
 }

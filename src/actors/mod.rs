@@ -395,8 +395,8 @@ pub struct Handles {
     pub journal: Journal,
     /// Room for data of ids no job has.
     pub orphans: Arc<OrphanQuota>,
-    /// Turns for searches and queue listings (`--max-searches`).
-    pub searches: Arc<Semaphore>,
+    /// Turns for searches and queue listings (`--max-searches`), fair between clients.
+    pub searches: Arc<crate::turns::Turns>,
     /// Log follow streams that may open (`--max-follows`): each holds one while open.
     pub follows: Arc<Semaphore>,
     /// Limits and paths.

@@ -323,6 +323,7 @@ pub(crate) fn check_search_state(value: &str) -> Result<()> {
 /// `GET /v1/job/search?tags=a&tags=b&match=any|all&state=s&limit=n`: jobs by tags and
 /// state, newest first, at most `limit` (default 1000, at most 10000).
 pub async fn job_search(State(svc): State<Services>, request: Request) -> Result<Response> {
+    let requester = crate::turns::requester(request.extensions());
     let pairs = wire::query_pairs(request.uri().query().unwrap_or(""))?;
     let limit = super::queues::limit_param(&pairs)?;
     let mut tags: Vec<String> = Vec::new();
@@ -354,7 +355,7 @@ pub async fn job_search(State(svc): State<Services>, request: Request) -> Result
         states,
     };
     let jobs = {
-        let _turn = svc.searches.acquire().await;
+        let _turn = svc.searches.take(requester).await;
         svc.jobs.search(&search, limit).await
     };
     let list: Vec<Value> = jobs

@@ -81,7 +81,10 @@ pub async fn queue_jobs_get(
     crate::http::wire::check_queue_name(&queue)?;
     let limit = limit_param(&query_pairs(request.uri().query().unwrap_or(""))?)?;
     let jobs = {
-        let _turn = svc.searches.acquire().await;
+        let _turn = svc
+            .searches
+            .take(crate::turns::requester(request.extensions()))
+            .await;
         svc.jobs.list_queue(&queue, limit).await
     };
     if jobs.is_empty() {

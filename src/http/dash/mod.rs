@@ -272,8 +272,9 @@ async fn agents(svc: &Services) -> Result<Vec<(String, serde_json::Map<String, V
 }
 
 /// `GET /`: the overview to browsers, the version text to everyone else.
-pub async fn home_or_overview(State(svc): State<Services>, headers: HeaderMap) -> Result<Response> {
-    let mut response = overview_or_version(&svc, &headers).await?;
+pub async fn home_or_overview(State(svc): State<Services>, request: Request) -> Result<Response> {
+    let requester = crate::turns::requester(request.extensions());
+    let mut response = overview_or_version(&svc, request.headers(), requester).await?;
     // Two answers for one URL: a cache must key on what was accepted.
     response
         .headers_mut()
@@ -281,7 +282,11 @@ pub async fn home_or_overview(State(svc): State<Services>, headers: HeaderMap) -
     Ok(response)
 }
 
-async fn overview_or_version(svc: &Services, headers: &HeaderMap) -> Result<Response> {
+async fn overview_or_version(
+    svc: &Services,
+    headers: &HeaderMap,
+    requester: crate::turns::Requester,
+) -> Result<Response> {
     if !wants_html(headers) {
         return Ok(text(super::version_text()));
     }
@@ -294,15 +299,20 @@ async fn overview_or_version(svc: &Services, headers: &HeaderMap) -> Result<Resp
             .collect()
     })
     .await?;
-    let jobs = recent_jobs(svc, &Search::default(), 20).await;
+    let jobs = recent_jobs(svc, &Search::default(), 20, requester).await;
     page(
         "overview.html",
         json!({"queues": queues, "queues_truncated": queues_truncated, "agent_states": agent_states, "jobs": jobs}),
     )
 }
 
-async fn recent_jobs(svc: &Services, search: &Search, limit: usize) -> Vec<Value> {
-    let _turn = svc.searches.acquire().await;
+async fn recent_jobs(
+    svc: &Services,
+    search: &Search,
+    limit: usize,
+    requester: crate::turns::Requester,
+) -> Vec<Value> {
+    let _turn = svc.searches.take(requester).await;
     svc.jobs
         .search(search, limit)
         .await
@@ -518,6 +528,7 @@ pub async fn agent_page(State(svc): State<Services>, Path(name): Path<String>) -
 
 /// `GET /jobs?tags=a,b&state=s&queue=q`: newest first, at most [`PAGE_LIMIT`].
 pub async fn jobs_page(State(svc): State<Services>, request: Request) -> Result<Response> {
+    let requester = crate::turns::requester(request.extensions());
     let pairs = query_pairs(request.uri().query().unwrap_or(""))?;
     let get = |k: &str| {
         pairs
@@ -546,12 +557,12 @@ pub async fn jobs_page(State(svc): State<Services>, request: Request) -> Result<
         },
     };
     let jobs: Vec<Value> = if queue.is_empty() {
-        recent_jobs(&svc, &search, PAGE_LIMIT).await
+        recent_jobs(&svc, &search, PAGE_LIMIT, requester).await
     } else {
         // The queue's newest jobs through its index (at most LIST_MAX visited), filtered.
         // Reading each one's tags costs about their number (up to 1,024 a job): the
         // worker is given back every FILTER_STEP jobs, so other requests go on meanwhile.
-        let _turn = svc.searches.acquire().await;
+        let _turn = svc.searches.take(requester).await;
         let wanted: FastSet<&str> = search.tags.iter().map(|t| &**t).collect();
         let mut rows = Vec::new();
         let newest = svc.jobs.newest_of_queue(&queue, super::queues::LIST_MAX);
