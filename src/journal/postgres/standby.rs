@@ -88,18 +88,27 @@ impl Standby {
             client.batch_execute("LISTEN flinger_events"),
         )
         .await?;
-        // Whoever inserts first wins; everyone reads the winner (the insert's own row is
-        // not visible to the same statement's read of the table, hence the union).
+        // Whoever inserts first wins; everyone reads the winner, in a statement of its own:
+        // an insert that waited for another node's to commit sees nothing of it in the
+        // same statement (its snapshot was taken before), so one statement doing both
+        // found no row when nodes started together.
         let fresh = crate::access::token::random_text(64).into_bytes();
+        within(
+            bound,
+            "cannot keep the nodes' peer key",
+            client.execute(
+                "INSERT INTO flinger_private (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO NOTHING",
+                &[&super::PEER_KEY, &fresh],
+            ),
+        )
+        .await?;
         let peer_key: Vec<u8> = within(
             bound,
             "cannot read the nodes' peer key",
             client.query_one(
-                "WITH made AS (INSERT INTO flinger_private (name, value) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO NOTHING RETURNING value) \
-                 SELECT value FROM made UNION ALL \
-                 SELECT value FROM flinger_private WHERE name = $1 LIMIT 1",
-                &[&super::PEER_KEY, &fresh],
+                "SELECT value FROM flinger_private WHERE name = $1",
+                &[&super::PEER_KEY],
             ),
         )
         .await?
