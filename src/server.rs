@@ -15,7 +15,7 @@ use ractor::Actor;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
-use crate::actors::agents::AgentMsg;
+use crate::actors::agents::{AgentMsg, Unmarked};
 use crate::actors::files::FileMsg;
 use crate::actors::reads::ResultDocs;
 use crate::actors::registry::{Jobs, RegistryMsg};
@@ -861,10 +861,14 @@ pub async fn end_lost_jobs(services: &Services) -> Result<usize> {
                 })
                 .await??;
                 match marked {
-                    Some(ticket) => services.journal.durable(ticket).await?,
+                    Ok(ticket) => services.journal.durable(ticket).await?,
                     // Restarted: it abandoned the job and is back in service.
-                    None => {
+                    Err(Unmarked::LeftJob) => {
                         tracing::info!(job = %id, agent = %agent, "lost job's agent has left it since and stays in service")
+                    }
+                    // Deleted by an operator (or expired): marking it would make it again.
+                    Err(Unmarked::NoRecord) => {
+                        tracing::info!(job = %id, agent = %agent, "lost job's agent has no record: none is made to mark it offline")
                     }
                 }
             }

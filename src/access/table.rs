@@ -105,6 +105,9 @@ pub const TABLE: &[Rule] = &[
     rule("GET", "/v1/agents/data", AMC, Check::None),
     rule("POST", "/v1/agents/data/{name}", AMG, Check::AgentRecord),
     rule("GET", "/v1/agents/data/{name}", ALL, Check::None),
+    // flinger's operator route (upstream has none): managers and admins, who may already
+    // rewrite any agent's record; with access control off, loopback only (the handler).
+    rule("DELETE", "/v1/agents/data/{name}", AM, Check::None),
     // The job named in the body must be the caller's (checked by the handler).
     rule(
         "POST",

@@ -26,17 +26,21 @@ pub enum AgentMsg {
     Update(Name, Bytes, Option<Name>, RpcReplyPort<Result<Ticket>>),
     /// Merge `fields` (JSON object text: `offline` and why) into the record of the agent
     /// lost with `job`, as the server, unless the record shows that the agent left that
-    /// job after it was last heard about it (`AgentRecord::left_job`): then `None`.
+    /// job after it was last heard about it (`AgentRecord::left_job`), or the agent has
+    /// no record (an operator deleted it, or it expired: marking it would make it again):
+    /// then `None`, and [`Unmarked`] says which.
     MarkLost {
         name: Name,
         job: JobId,
         last_heard: u64,
         fields: Bytes,
-        port: RpcReplyPort<Result<Option<Ticket>>>,
+        port: RpcReplyPort<Result<std::result::Result<Ticket, Unmarked>>>,
     },
     /// Append a provision outcome (JSON object text) to a known agent's history (404 for
     /// an unknown agent: recording it would create an agent that never registered).
     ProvisionLog(Name, Bytes, RpcReplyPort<Result<Ticket>>),
+    /// Remove an agent's record as an operator asked (404 for an unknown agent).
+    Delete(Name, RpcReplyPort<Result<Ticket>>),
     /// Remove the records of agents silent since before `cutoff` (unix seconds): how
     /// many, and the ticket.
     Expire(u64, RpcReplyPort<Result<Option<(usize, Ticket)>>>),
@@ -44,8 +48,27 @@ pub enum AgentMsg {
     Snapshot(RpcReplyPort<PendingSnapshot>),
 }
 
+/// Why [`AgentMsg::MarkLost`] left a lost job's agent unmarked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmarked {
+    /// Its record shows it left the job since (restarted, or took another).
+    LeftJob,
+    /// It has no record.
+    NoRecord,
+}
+
 /// The agents actor (no configuration).
 pub struct AgentActor;
+
+/// The agents actor's start-up inputs.
+pub struct AgentArgs {
+    /// The partition, shared with readers.
+    pub agents: Shared<Agents>,
+    /// The journal.
+    pub journal: Journal,
+    /// Most records kept that one agent credential created (`--max-agents-per-client`).
+    pub per_client: usize,
+}
 
 /// The agents actor's state.
 pub struct AgentState {
@@ -53,6 +76,8 @@ pub struct AgentState {
     agents: Shared<Agents>,
     /// Journal and how far the partition reaches.
     recorder: Recorder,
+    /// [`AgentArgs::per_client`].
+    per_client: usize,
 }
 
 impl AgentState {
@@ -62,7 +87,7 @@ impl AgentState {
             // what it repeats (it may not be durable yet).
             return Ok(self.recorder.journal().settled());
         }
-        self.agents.read().admit(&event)?;
+        self.agents.read().admit(&event, self.per_client)?;
         let ticket = self.recorder.append(&event)?;
         self.agents.write().apply(&event);
         Ok(ticket)
@@ -72,16 +97,17 @@ impl AgentState {
 impl Actor for AgentActor {
     type Msg = AgentMsg;
     type State = AgentState;
-    type Arguments = (Shared<Agents>, Journal);
+    type Arguments = AgentArgs;
 
     async fn pre_start(
         &self,
         _: ActorRef<AgentMsg>,
-        (agents, journal): Self::Arguments,
+        args: AgentArgs,
     ) -> Result<AgentState, ActorProcessingErr> {
         Ok(AgentState {
-            agents,
-            recorder: Recorder::new(journal),
+            agents: args.agents,
+            recorder: Recorder::new(args.journal),
+            per_client: args.per_client,
         })
     }
 
@@ -132,23 +158,21 @@ impl Actor for AgentActor {
                 fields,
                 port,
             } => {
-                let left = state
-                    .agents
-                    .read()
-                    .agents
-                    .get(&name)
-                    .is_some_and(|record| record.left_job(job, last_heard));
-                let result = if left {
-                    Ok(None)
-                } else {
-                    state
+                let unmarked = match state.agents.read().agents.get(&name) {
+                    None => Some(Unmarked::NoRecord),
+                    Some(record) if record.left_job(job, last_heard) => Some(Unmarked::LeftJob),
+                    Some(_) => None,
+                };
+                let result = match unmarked {
+                    Some(why) => Ok(Err(why)),
+                    None => state
                         .record(Event::AgentUpdated {
                             name,
                             fields,
                             at: now(),
                             by: None,
                         })
-                        .map(Some)
+                        .map(Ok),
                 };
                 reply(port, result);
             }
@@ -161,6 +185,16 @@ impl Actor for AgentActor {
                     })
                 } else {
                     Err(crate::error::Error::NotFound("Agent not found".into()))
+                };
+                reply(port, result);
+            }
+            AgentMsg::Delete(name, port) => {
+                let result = if state.agents.read().agents.contains_key(&name) {
+                    state.record(Event::AgentDeleted { name })
+                } else {
+                    Err(crate::error::Error::NotFound(format!(
+                        "Agent {name:?} has no record"
+                    )))
                 };
                 reply(port, result);
             }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::agents::{AgentActor, AgentMsg};
+use super::agents::{AgentActor, AgentArgs, AgentMsg};
 
 use super::files::{FileActor, FileArgs, FileMsg};
 use super::inbox::Inbox;
@@ -168,7 +168,11 @@ impl Actor for Supervisor {
         let (agents, _) = Actor::spawn_linked(
             None,
             AgentActor,
-            (agents, args.journal.clone()),
+            AgentArgs {
+                agents,
+                journal: args.journal.clone(),
+                per_client: args.config.max_agents_per_client,
+            },
             cell.clone(),
         )
         .await?;

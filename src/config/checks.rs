@@ -120,6 +120,12 @@ impl Config {
             ("max-follows", self.max_follows as u64, 1, ""),
             ("max-waiters", self.max_waiters as u64, 1, ""),
             (
+                "max-agents-per-client",
+                self.max_agents_per_client as u64,
+                1,
+                " (0 would refuse every new agent credential's agents)",
+            ),
+            (
                 "max-field-bytes",
                 self.max_field_bytes,
                 256,
@@ -150,6 +156,12 @@ impl Config {
             ("max-pending", self.max_pending as u64, MAX_COUNT, ""),
             ("max-searches", self.max_searches as u64, MAX_COUNT, ""),
             ("max-follows", self.max_follows as u64, MAX_COUNT, ""),
+            (
+                "max-agents-per-client",
+                self.max_agents_per_client as u64,
+                crate::model::agents::MAX_AGENTS as u64,
+                " (the most agent records kept at once, by all credentials together)",
+            ),
             (
                 "max-connections",
                 self.max_connections as u64,

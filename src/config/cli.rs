@@ -363,6 +363,11 @@ pub struct ServeOpts {
     /// back to its queue once instead of ending [default: true].
     #[arg(long, env = "FLINGER_LOST_AGENT_REQUEUE", value_name = "BOOL", value_parser = super::parse_bool)]
     pub lost_agent_requeue: Option<bool>,
+    /// Most agent records kept at once that one agent credential created (1 to 10000,
+    /// the most records kept); a new agent's record past it is refused with 507, the
+    /// credential's existing agents keep posting [default: 1000].
+    #[arg(long, env = "FLINGER_MAX_AGENTS_PER_CLIENT", value_name = "N")]
+    pub max_agents_per_client: Option<usize>,
     /// Most agents waiting at once in long-poll pops (`GET /v1/job?wait=`); more are
     /// refused with 503 [default: 10000].
     #[arg(long, env = "FLINGER_MAX_WAITERS", value_name = "N")]

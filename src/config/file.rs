@@ -60,6 +60,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "QUEUE_IDLE_SECS",
     "MAX_SEARCHES",
     "AGENT_EXPIRY_SECS",
+    "MAX_AGENTS_PER_CLIENT",
     "LOST_AGENT_GRACE_SECS",
     "LOST_AGENT_REQUEUE",
     "MAX_WAITERS",

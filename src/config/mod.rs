@@ -409,6 +409,11 @@ pub struct Config {
     pub queue_idle: Duration,
     /// An agent's record is removed once the agent has not posted its data this long.
     pub agent_expiry: Duration,
+    /// Most agent records kept at once that one agent credential created (1 to
+    /// `model::agents::MAX_AGENTS`); a new agent's record past it is refused (507), so
+    /// one credential cannot take every place of `MAX_AGENTS` and keep new devices from
+    /// registering until its records expire.
+    pub max_agents_per_client: usize,
     /// Searches and queue listings that run at once; more wait their turn, so a flood of
     /// them cannot take every CPU from other requests.
     pub max_searches: usize,
@@ -512,6 +517,7 @@ impl Default for Config {
             max_searches: 1,
             metrics_queues: 100,
             agent_expiry: Duration::from_secs(7 * 24 * 3600),
+            max_agents_per_client: 1_000,
             lost_agent_grace: Duration::from_secs(300),
             lost_agent_requeue: true,
             max_waiters: 10_000,
@@ -665,6 +671,9 @@ impl Config {
                         config.agent_expiry = Duration::from_secs(num("seconds")?)
                     }
                     "ORPHAN_QUOTA_BYTES" => config.orphan_quota_bytes = bytes()?,
+                    "MAX_AGENTS_PER_CLIENT" => {
+                        config.max_agents_per_client = size("a count")?
+                    }
                     "LOST_AGENT_GRACE_SECS" => {
                         config.lost_agent_grace = Duration::from_secs(num("seconds")?)
                     }
@@ -781,6 +790,7 @@ impl Config {
             max_follows,
             lost_agent_requeue,
             max_waiters,
+            max_agents_per_client,
             metrics_queues
         );
         for (secs, slot) in [

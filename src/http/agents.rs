@@ -1,5 +1,6 @@
 //! Agent-facing endpoints: advertised queues and images (Testflinger's `queues_post`,
-//! `queues_get`, `images_post`, `images_get`).
+//! `queues_get`, `images_post`, `images_get`), agent records and provision logs, and
+//! flinger's operator route that deletes an agent's record.
 
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
@@ -328,6 +329,38 @@ pub async fn agents_get_one(
         }
         None => Err(Error::NotFound("Agent not found".into())),
     }
+}
+
+/// `DELETE /v1/agents/data/<name>`: an operator removes agent `name`'s record (its
+/// fields, log and provision history), durably; its place counts again towards the most
+/// records kept and its creator's `--max-agents-per-client`. 404 when it has none.
+/// Upstream has no such route. With access control on, managers and admins (the access
+/// table's row: they already rewrite any agent's record); with it off, only clients on
+/// the server's own host, as `DELETE /v1/job/<id>`. A job the agent holds is left as it
+/// is: the lost-agent watch ends it once the agent is silent past its allowance, and
+/// then makes no record to mark offline. The agent, if still running, makes a new
+/// record with its next post (the stock agent's pop needs one for its cookie).
+pub async fn agents_delete(
+    State(svc): State<Services>,
+    caller: Caller,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<Response> {
+    if matches!(caller, Caller::Open) && !crate::access::from_own_host(request.extensions()) {
+        return Err(Error::Forbidden(
+            "Deleting an agent's record is for the operator: only allowed from the server's \
+             own host"
+                .into(),
+        ));
+    }
+    check_name(&name)?;
+    let ticket = ask(&svc.agents, |p| {
+        AgentMsg::Delete(Name::from(name.as_str()), p)
+    })
+    .await??;
+    svc.journal.durable(ticket).await?;
+    tracing::info!(agent = %name, by = caller.client_id().unwrap_or("open"), "agent record deleted");
+    Ok(ok())
 }
 
 /// `GET /v1/agents/data`: every agent's record.

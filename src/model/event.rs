@@ -364,6 +364,12 @@ pub enum Event {
         /// The jobs.
         ids: Vec<JobId>,
     },
+    /// An operator deleted an agent's record (`DELETE /v1/agents/data/<name>`); a job
+    /// the agent holds is left to the lost-agent watch.
+    AgentDeleted {
+        /// The agent.
+        name: Name,
+    },
 }
 
 impl Event {
@@ -389,7 +395,8 @@ impl Event {
             | ImagesAdvertised { .. }
             | AgentUpdated { .. }
             | ProvisionLogged { .. }
-            | AgentsExpired { .. } => Partition::Agents,
+            | AgentsExpired { .. }
+            | AgentDeleted { .. } => Partition::Agents,
             ClientSaved { .. }
             | ClientDeleted { .. }
             | RefreshTokenIssued { .. }

@@ -69,6 +69,15 @@ pub struct AgentRecord {
     /// snapshots still decode.
     #[serde(default)]
     pub writer: Option<Name>,
+    /// The agent credential (client id) the record was created under, with access
+    /// control on: fixed for the record's life (a manager's post or another credential
+    /// taking the record over changes [`AgentRecord::writer`], not this), it is what
+    /// `--max-agents-per-client` counts ([`Agents::created_by`]). `None` for a record
+    /// made by a manager, an admin or the server, with access control off, or read from
+    /// a snapshot older than this field (counted under no credential). Last, with a
+    /// default, for those snapshots.
+    #[serde(default)]
+    pub creator: Option<Name>,
 }
 
 impl AgentRecord {
@@ -209,6 +218,13 @@ pub struct Agents {
     /// above) and counted afresh when a snapshot is decoded; never stored.
     #[serde(skip)]
     held: usize,
+    /// How many records each agent credential created ([`AgentRecord::creator`]; no
+    /// entry for none), kept by [`Agents::apply`] beside `states` and like it counted
+    /// afresh when a snapshot is decoded, never stored: [`Agents::admit`] holds a
+    /// credential to its share with it, and counting every record per post would visit
+    /// 10,000 of them.
+    #[serde(skip)]
+    created: BTreeMap<Name, usize>,
 }
 
 /// [`Agents`] as a snapshot stores it (the same fields, in the same order).
@@ -228,8 +244,12 @@ impl From<Stored> for Agents {
             serving: BTreeMap::new(),
             states: BTreeMap::new(),
             held: 0,
+            created: BTreeMap::new(),
         };
         agents.held = agents.count_bytes();
+        for creator in agents.agents.values().filter_map(|r| r.creator.clone()) {
+            *agents.created.entry(creator).or_default() += 1;
+        }
         let names: Vec<Name> = agents.agents.keys().cloned().collect();
         for name in names {
             agents.reindex(&name, None);
@@ -396,7 +416,11 @@ impl Agents {
                 by,
             } => {
                 let before = self.agents.get(name).map(AgentRecord::indexed);
+                let new = before.is_none();
                 self.change_record(name, |record| {
+                    if new {
+                        record.creator = by.clone();
+                    }
                     if let Some(merged) = merge(&record.fields, fields) {
                         record.fields = merged;
                         record.updated_at = *at;
@@ -405,6 +429,9 @@ impl Agents {
                     // releases the record: any agent credential may take it next.
                     record.writer = by.clone();
                 });
+                if let Some(creator) = by.as_ref().filter(|_| new) {
+                    *self.created.entry(creator.clone()).or_default() += 1;
+                }
                 self.reindex(name, before);
             }
             Event::ProvisionLogged { name, entry, .. } => {
@@ -438,14 +465,36 @@ impl Agents {
             }
             Event::AgentsExpired { names } => {
                 for name in names {
-                    if let Some(record) = self.agents.remove(name) {
-                        self.held -= record.bytes();
-                        self.reindex(name, Some(record.indexed()));
-                    }
+                    self.remove(name);
                 }
             }
+            Event::AgentDeleted { name } => self.remove(name),
             _ => {}
         }
+    }
+
+    /// Removes agent `name`'s record (if it has one), with what the running counts and
+    /// indexes hold of it.
+    fn remove(&mut self, name: &Name) {
+        let Some(record) = self.agents.remove(name) else {
+            return;
+        };
+        self.held -= record.bytes();
+        if let Some(creator) = &record.creator {
+            if let Some(count) = self.created.get_mut(creator) {
+                *count -= 1;
+                if *count == 0 {
+                    self.created.remove(creator);
+                }
+            }
+        }
+        self.reindex(name, Some(record.indexed()));
+    }
+
+    /// How many of the records kept were created under agent credential `client`
+    /// ([`AgentRecord::creator`]).
+    pub fn created_by(&self, client: &str) -> usize {
+        self.created.get(client).copied().unwrap_or(0)
     }
 
     /// Whether recording `event` would change nothing a reader sees: an advertisement
@@ -465,13 +514,31 @@ impl Agents {
     }
 
     /// Whether `event` may be recorded: refused, before anything changes, when it would
-    /// take an agent record past [`MAX_AGENT_RECORD_BYTES`] (413), add a record or an
-    /// advertised queue past [`MAX_AGENTS`] or [`MAX_ADVERTISED_QUEUES`] (507), or grow
-    /// the partition past [`MAX_AGENT_DATA_BYTES`] (507).
-    pub fn admit(&self, event: &Event) -> Result<()> {
+    /// take an agent record past [`MAX_AGENT_RECORD_BYTES`] (413), add a record past
+    /// `per_client` created under the posting agent credential
+    /// (`--max-agents-per-client`, [`Agents::created_by`]) or past [`MAX_AGENTS`], add an
+    /// advertised queue past [`MAX_ADVERTISED_QUEUES`] (507 each), or grow the partition
+    /// past [`MAX_AGENT_DATA_BYTES`] (507). Only new records count against the shares:
+    /// the agents that have one keep posting.
+    pub fn admit(&self, event: &Event, per_client: usize) -> Result<()> {
         match event {
-            Event::AgentUpdated { name, fields, .. } => {
+            Event::AgentUpdated {
+                name, fields, by, ..
+            } => {
                 let record = self.agents.get(name);
+                if let Some(client) = by.as_ref().filter(|_| record.is_none()) {
+                    let created = self.created_by(client);
+                    if created >= per_client {
+                        return Err(Error::NoSpace(format!(
+                            "agent credential {client:?} has created {created} of the agent \
+                             records kept, the most one client may have \
+                             (--max-agents-per-client {per_client}): a new agent's record \
+                             is refused until one of them expires (--agent-expiry-secs) or \
+                             an operator deletes it (DELETE /v1/agents/data/<name>); the \
+                             agents that have records keep posting"
+                        )));
+                    }
+                }
                 if record.is_none() && self.agents.len() >= MAX_AGENTS {
                     return Err(Error::NoSpace(format!(
                         "{MAX_AGENTS} agents have records, the most kept at once: a new \
@@ -541,299 +608,4 @@ impl Agents {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_agent_has_left_a_job_only_when_it_posted_idle_or_another_job_after_last_heard() {
-        let job = JobId::random();
-        let record = |fields: String, updated_at: u64| AgentRecord {
-            fields: Bytes::from(fields),
-            updated_at,
-            ..AgentRecord::default()
-        };
-        let running = format!(r#"{{"state":"test","job_id":"{job}"}}"#);
-        let restarted = format!(r#"{{"state":"waiting","job_id":"{job}"}}"#);
-        let upper = format!(
-            r#"{{"state":"setup","job_id":"{}"}}"#,
-            job.to_string().to_uppercase()
-        );
-        let other = format!(r#"{{"state":"setup","job_id":"{}"}}"#, JobId::random());
-        assert!(!record(running, 20).left_job(job, 10), "still on it");
-        assert!(
-            !record(upper, 20).left_job(job, 10),
-            "the same job, spelt otherwise"
-        );
-        assert!(
-            record(restarted.clone(), 20).left_job(job, 10),
-            "started again"
-        );
-        assert!(
-            record(other.clone(), 20).left_job(job, 10),
-            "took another job"
-        );
-        assert!(
-            record(restarted.clone(), 10).left_job(job, 10),
-            "in the second it was last heard"
-        );
-        assert!(
-            !record(restarted, 9).left_job(job, 10),
-            "not before it was last heard"
-        );
-        assert!(
-            !record(other, 9).left_job(job, 10),
-            "not after it was last heard"
-        );
-    }
-
-    fn update(name: &str) -> Event {
-        Event::AgentUpdated {
-            name: Name::from(name),
-            fields: Bytes::from_static(br#"{"state":"waiting"}"#),
-            at: 1,
-            by: None,
-        }
-    }
-
-    #[test]
-    fn agent_data_is_bounded_in_total_bytes() {
-        let mut agents = Agents::default();
-        // One buffer shared by every queue's images: counted for each, allocated once.
-        let big = Bytes::from(vec![b'x'; 4 << 20]);
-        let images = |q: usize| Event::ImagesAdvertised {
-            queue: Name::from(format!("q{q}").as_str()),
-            images: big.clone(),
-        };
-        let fit = MAX_AGENT_DATA_BYTES / big.len();
-        for q in 0..fit {
-            agents.admit(&images(q)).unwrap();
-            agents.apply(&images(q));
-        }
-        assert_eq!(agents.held_bytes(), fit * big.len());
-        let refused = agents.admit(&images(fit)).unwrap_err();
-        assert!(
-            matches!(refused, Error::NoSpace(_))
-                && refused.message().contains("agent data is full"),
-            "{refused:?}"
-        );
-        // Replacing a queue's images with as many bytes adds nothing: let in.
-        agents.admit(&images(0)).unwrap();
-        // Records and provision entries count too.
-        assert!(matches!(
-            agents.admit(&update("late")),
-            Err(Error::NoSpace(_))
-        ));
-        let entry = Event::ProvisionLogged {
-            name: Name::from("q0"),
-            entry: Bytes::from_static(br#"{"exit_code":0}"#),
-            at: 1,
-        };
-        assert!(matches!(agents.admit(&entry), Err(Error::NoSpace(_))));
-    }
-
-    /// The running count [`Agents::apply`] keeps is what counting every entry gives,
-    /// through replacements, merges, trimmed provision history, expiry and a snapshot's
-    /// encoding and decoding (which stores no count).
-    #[test]
-    fn held_bytes_is_kept_through_every_change_and_a_snapshot() {
-        let mut agents = Agents::default();
-        let events = [
-            Event::QueuesAdvertised {
-                queues: vec![(Name::from("q"), "first".into())],
-                at: 1,
-            },
-            Event::QueuesAdvertised {
-                queues: vec![(Name::from("q"), "a longer one".into())],
-                at: 2,
-            },
-            Event::ImagesAdvertised {
-                queue: Name::from("q"),
-                images: Bytes::from_static(br#"{"img":"url"}"#),
-            },
-            Event::ImagesAdvertised {
-                queue: Name::from("q"),
-                images: Bytes::from_static(br#"{}"#),
-            },
-            update("a"),
-            update("b"),
-            Event::AgentUpdated {
-                name: Name::from("a"),
-                fields: Bytes::from_static(br#"{"location":"lab 3","log":["x"]}"#),
-                at: 2,
-                by: None,
-            },
-        ];
-        for event in &events {
-            agents.apply(event);
-            assert_eq!(agents.held_bytes(), agents.count_bytes(), "{event:?}");
-        }
-        for n in 0..120 {
-            agents.apply(&Event::ProvisionLogged {
-                name: Name::from("a"),
-                entry: Bytes::from(format!(
-                    "{{\"exit_code\":{n},\"d\":\"{}\"}}",
-                    "x".repeat(20_000)
-                )),
-                at: 3,
-            });
-            assert_eq!(agents.held_bytes(), agents.count_bytes());
-        }
-        agents.apply(&Event::AgentsExpired {
-            names: vec![Name::from("b")],
-        });
-        assert_eq!(agents.held_bytes(), agents.count_bytes());
-        assert!(agents.held_bytes() > 0);
-        let decoded: Agents = rmp_serde::from_slice(&rmp_serde::to_vec(&agents).unwrap()).unwrap();
-        assert_eq!(decoded.held_bytes(), agents.held_bytes());
-    }
-
-    #[test]
-    fn provision_history_keeps_the_newest_entries_within_its_bytes() {
-        let mut agents = Agents::default();
-        agents.apply(&update("a"));
-        let log = |n: usize, len: usize| Event::ProvisionLogged {
-            name: Name::from("a"),
-            entry: Bytes::from(format!("{{\"n\":{n},\"d\":\"{}\"}}", "x".repeat(len))),
-            at: 1,
-        };
-        for n in 0..150 {
-            agents.apply(&log(n, 10));
-        }
-        assert_eq!(agents.agents["a"].provision_log.len(), AGENT_LOG_KEEP);
-        for n in 0..10 {
-            agents.apply(&log(n, 300_000));
-        }
-        let kept = &agents.agents["a"].provision_log;
-        let held: usize = kept.iter().map(Bytes::len).sum();
-        assert!(held <= MAX_PROVISION_LOG_BYTES, "{held}");
-        assert_eq!(kept.len(), 3, "the newest three of ~300 kB");
-        agents.apply(&log(99, 2 * MAX_PROVISION_LOG_BYTES));
-        assert_eq!(
-            agents.agents["a"].provision_log.len(),
-            1,
-            "the newest stays"
-        );
-    }
-
-    /// Past [`MAX_AGENTS`] records a new agent is refused (507) while the known ones keep
-    /// posting; once one expires, a new one is let in.
-    #[test]
-    fn a_new_agent_is_refused_only_past_the_most_records_kept() {
-        let mut agents = Agents::default();
-        for i in 0..MAX_AGENTS {
-            let event = update(&format!("a{i}"));
-            agents.admit(&event).unwrap();
-            agents.apply(&event);
-        }
-        let refused = agents.admit(&update("one-more")).unwrap_err();
-        assert!(matches!(refused, Error::NoSpace(_)), "{refused:?}");
-        agents.admit(&update("a0")).unwrap();
-        agents.apply(&Event::AgentsExpired {
-            names: vec![Name::from("a0")],
-        });
-        agents.admit(&update("one-more")).unwrap();
-    }
-
-    /// Which agents serve a queue, and how many records have each state, as the indexes
-    /// answer them, are always what reading every record would say: through updates that
-    /// change, keep or drop their queues or state (or post none, or a state that is not a
-    /// string), provision entries (one may start a record), expiries, and a snapshot's
-    /// decoding.
-    #[test]
-    fn the_agents_serving_a_queue_and_the_state_counts_are_what_the_records_say() {
-        let mut seed: u64 = 0x51f1_5eed_0bad_cafe;
-        let mut below = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
-        let every = |agents: &Agents, queue: &str| -> Vec<Name> {
-            agents
-                .agents
-                .iter()
-                .filter(|(_, r)| r.queues().iter().any(|q| &**q == queue))
-                .map(|(name, _)| name.clone())
-                .collect()
-        };
-        let counted = |agents: &Agents| -> Vec<(String, usize)> {
-            let mut states: BTreeMap<String, usize> = BTreeMap::new();
-            for record in agents.agents.values() {
-                let fields = record.fields_map();
-                let state = fields.get("state").and_then(Value::as_str);
-                *states.entry(state.unwrap_or("unknown").into()).or_default() += 1;
-            }
-            states.into_iter().collect()
-        };
-        let indexed = |agents: &Agents| -> Vec<(String, usize)> {
-            agents.states().map(|(s, n)| (s.to_owned(), n)).collect()
-        };
-        let mut agents = Agents::default();
-        for step in 0..2_000 {
-            let name = Name::from(format!("dev-{}", below(6)));
-            let event = match below(9) {
-                0 => Event::AgentsExpired { names: vec![name] },
-                6 => Event::ProvisionLogged {
-                    name,
-                    entry: Bytes::from_static(br#"{"exit_code":0}"#),
-                    at: step,
-                },
-                7 | 8 => {
-                    let state = match below(5) {
-                        0 => Value::from(3),
-                        1 => Value::Null,
-                        s => Value::from(["waiting", "test", "offline"][s as usize - 2]),
-                    };
-                    Event::AgentUpdated {
-                        name,
-                        fields: Bytes::from(
-                            serde_json::to_vec(&serde_json::json!({"state": state})).unwrap(),
-                        ),
-                        at: step,
-                        by: None,
-                    }
-                }
-                1 => Event::AgentUpdated {
-                    name,
-                    fields: Bytes::from_static(br#"{"state":"waiting","log":["x"]}"#),
-                    at: step,
-                    by: None,
-                },
-                2 => Event::AgentUpdated {
-                    name,
-                    fields: Bytes::from_static(br#"{"queues":"not a list"}"#),
-                    at: step,
-                    by: None,
-                },
-                _ => {
-                    let queues: Vec<Value> = (0..below(3))
-                        .map(|_| match below(5) {
-                            0 => Value::from(1),
-                            q => Value::from(format!("q{q}")),
-                        })
-                        .collect();
-                    Event::AgentUpdated {
-                        name,
-                        fields: Bytes::from(
-                            serde_json::to_vec(&serde_json::json!({"queues": queues})).unwrap(),
-                        ),
-                        at: step,
-                        by: None,
-                    }
-                }
-            };
-            agents.apply(&event);
-            let decoded: Agents =
-                rmp_serde::from_slice(&rmp_serde::to_vec(&agents).unwrap()).unwrap();
-            assert_eq!(indexed(&agents), counted(&agents), "step {step}");
-            assert_eq!(indexed(&decoded), counted(&agents), "decoded, step {step}");
-            for queue in ["q1", "q2", "q3", "q4", "nowhere"] {
-                let want = every(&agents, queue);
-                let got: Vec<Name> = agents.serving(queue).map(|(n, _)| n.clone()).collect();
-                assert_eq!(got, want, "step {step}, {queue}");
-                let got: Vec<Name> = decoded.serving(queue).map(|(n, _)| n.clone()).collect();
-                assert_eq!(got, want, "decoded, step {step}, {queue}");
-            }
-        }
-    }
-}
+mod tests;
