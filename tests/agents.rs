@@ -631,3 +631,63 @@ async fn queue_agents_follow_the_queues_agents_list_and_survive_a_restart() {
     assert!(html.contains("/agents/dev-b") && html.contains("/agents/dev-c"));
     assert!(!html.contains("/agents/dev-a"));
 }
+
+/// `DELETE /v1/agents/data/<name>` with access control off, from the server's own host
+/// (as every test client is): the record goes with its queues' listing and its provision
+/// history, durably (still gone after a restart); an agent no record has is 404, and so
+/// is its provision log; the agent's next post makes a new record from nothing. Without
+/// access control there is no credential, so `--max-agents-per-client` holds no one.
+#[tokio::test]
+async fn an_operator_deletes_an_agent_record_and_it_stays_gone_after_a_restart() {
+    let mut srv = TestServer::start_with(&["--max-agents-per-client", "1"]);
+    for name in ["del-x", "del-y"] {
+        srv.post_json(
+            &format!("/v1/agents/data/{name}"),
+            &json!({"queues": ["qdel"], "state": "waiting", "location": "lab"}),
+        )
+        .await
+        .expect_status(200);
+    }
+    let entry = json!({"job_id": crate::util::new_id(), "exit_code": 0, "detail": ""});
+    srv.post_json("/v1/agents/provision_logs/del-x", &entry)
+        .await
+        .expect_status(200);
+    let deleted = srv
+        .request("DELETE", "/v1/agents/data/del-x", &[], Vec::new())
+        .await;
+    assert_eq!(deleted.expect_status(200).text(), "OK");
+    deleted_record_is_gone(&srv).await;
+    let again = srv
+        .request("DELETE", "/v1/agents/data/del-x", &[], Vec::new())
+        .await;
+    assert!(again.expect_error(404).contains("del-x"));
+    srv.post_json("/v1/agents/provision_logs/del-x", &entry)
+        .await
+        .expect_error(404);
+    srv.restart();
+    deleted_record_is_gone(&srv).await;
+    srv.post_json("/v1/agents/data/del-x", &json!({"state": "waiting"}))
+        .await
+        .expect_status(200);
+    let record = srv.get("/v1/agents/data/del-x").await.expect_json();
+    assert_eq!(record["state"], "waiting");
+    for old in ["queues", "location", "provision_streak_type"] {
+        assert!(record.get(old).is_none(), "{old} in {record}");
+    }
+}
+
+/// `del-x`, deleted, is nowhere: not by name, in the list or among its queue's agents.
+async fn deleted_record_is_gone(srv: &TestServer) {
+    let names = |v: serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    srv.get("/v1/agents/data/del-x").await.expect_error(404);
+    let listed = srv.get("/v1/agents/data").await.expect_json();
+    assert_eq!(names(listed), ["del-y"]);
+    let serving = srv.get("/v1/queues/qdel/agents").await.expect_json();
+    assert_eq!(names(serving), ["del-y"]);
+}

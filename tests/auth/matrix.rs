@@ -22,6 +22,9 @@ const MATRIX: &[(&str, &str, &str)] = &[
     ("GET", "/v1/agents/images/{q}", "contributor manager admin"),
     ("POST", "/v1/agents/provision_logs/lab-agent", "agent"),
     ("POST", "/v1/agents/queues", "agent manager admin"),
+    // flinger's operator route (loopback-only with access control off); an agent no
+    // record has, so the rows after it keep theirs.
+    ("DELETE", "/v1/agents/data/nobody", "manager admin"),
     ("GET", "/v1/agents/queues", "contributor manager admin"),
     ("DELETE", "/v1/client-permissions/nobody", "admin"),
     ("GET", "/v1/client-permissions/nobody", "manager admin"),

@@ -29,6 +29,8 @@ mod secrets;
 mod real_clients;
 // `--allowed-hosts`: the DNS-rebinding check of every request's `Host`.
 mod hosts;
+// Agent records: each agent credential's share of them, and an operator deleting one.
+mod agent_records;
 // Failed logins: limited per address and per (client, address), refilled as a rate, and
 // logged naming who was refused even when the log is throttled.
 mod failed_logins;

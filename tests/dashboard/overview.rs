@@ -1,7 +1,8 @@
 //! The overview's agents by state: counts the agents' fold keeps as records change, never
 //! a pass over the records. They must say what the agent list (`GET /v1/agents/data`)
 //! says through every kind of change: an advertisement, new records, state changes, a
-//! lost agent marked offline by the server, and records removed on expiry.
+//! lost agent marked offline by the server, a record an operator deleted, and records
+//! removed on expiry.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -156,6 +157,22 @@ async fn overview_counts_agents_by_state_as_the_agent_list_does_through_every_ch
             ("waiting", 1),
         ],
         "after the lost agent was marked offline",
+    )
+    .await;
+
+    // An operator deletes one (`DELETE /v1/agents/data/<name>`): its count goes too.
+    srv.request("DELETE", "/v1/agents/data/ov-bare", &[], Vec::new())
+        .await
+        .expect_status(200);
+    agree(
+        &srv,
+        &[
+            ("offline", 1),
+            ("provision", 1),
+            ("setup", 1),
+            ("waiting", 1),
+        ],
+        "after a record was deleted",
     )
     .await;
 

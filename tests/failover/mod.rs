@@ -162,6 +162,10 @@ async fn standby_forwards_requests_and_names_the_leader_when_two_nodes_share_a_d
         .request("DELETE", &format!("/v1/job/{second}"), &[], Vec::new())
         .await;
     assert_eq!(r.status, 403, "{}", r.text_preview());
+    let r = b
+        .request("DELETE", "/v1/agents/data/fwd-agent", &[], Vec::new())
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text_preview());
     // Errors come back as the leader gave them.
     let bad = b.post_json("/v1/job", &json!({"no_queue": 1})).await;
     let direct = a.post_json("/v1/job", &json!({"no_queue": 1})).await;
