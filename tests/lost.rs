@@ -550,3 +550,42 @@ async fn refused_artifact_uploads_do_not_keep_a_job_from_being_ended_as_lost() {
     assert_eq!(result["job_state"], "cancelled", "{result}");
     assert_eq!(result["lost_agent"]["phase"], "cleanup", "{result}");
 }
+
+/// An operator deleting the record of an agent that holds a job leaves the job to this
+/// watch: it stays as it was, and ends once the agent is silent past its allowance; the
+/// server then makes no record just to mark the agent offline (the deletion stands).
+#[tokio::test]
+async fn job_of_an_agent_whose_record_was_deleted_ends_as_lost_and_no_record_is_made() {
+    let srv = TestServer::start_with(&[
+        "--lost-agent-grace-secs",
+        "1",
+        "--lost-agent-requeue",
+        "false",
+    ]);
+    let agent = FakeAgent::register(&srv, "dut-deleted").await;
+    let id = srv
+        .submit(&json!({"job_queue": "q", "output_timeout": 1}))
+        .await;
+    assert!(agent.pop().await.is_some());
+    agent.post_result(&id, json!({"job_state": "setup"})).await;
+    srv.request("DELETE", "/v1/agents/data/dut-deleted", &[], Vec::new())
+        .await
+        .expect_status(200);
+    assert_eq!(srv.job_state(&id).await, "setup", "left as it was");
+    wait_for_state(&srv, &id, "cancelled", Duration::from_secs(60)).await;
+    let result = srv.result(&id).await;
+    assert_eq!(result["lost_agent"]["agent"], "dut-deleted", "{result}");
+    // The pass that ended the job goes on to the agent's record: none.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !srv
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("lost job's agent has no record"))
+    {
+        assert!(Instant::now() < deadline, "the watch never got to the agent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    srv.get("/v1/agents/data/dut-deleted")
+        .await
+        .expect_error(404);
+}
