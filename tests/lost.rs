@@ -582,7 +582,10 @@ async fn job_of_an_agent_whose_record_was_deleted_ends_as_lost_and_no_record_is_
         .iter()
         .any(|l| l.contains("lost job's agent has no record"))
     {
-        assert!(Instant::now() < deadline, "the watch never got to the agent");
+        assert!(
+            Instant::now() < deadline,
+            "the watch never got to the agent"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     srv.get("/v1/agents/data/dut-deleted")

@@ -100,9 +100,7 @@ pub fn router(services: Services) -> Router {
         .route("/v1/agents/data", get(agents_get_all))
         .route(
             "/v1/agents/data/{name}",
-            post(agents_post)
-                .get(agents_get_one)
-                .delete(agents_delete),
+            post(agents_post).get(agents_get_one).delete(agents_delete),
         )
         .route(
             "/v1/agents/provision_logs/{name}",

@@ -76,48 +76,51 @@ async fn an_agent_credential_is_refused_new_agents_past_its_share_while_others_r
     post(srv, &manager, "one-1", json!({"state": "maintenance"}))
         .await
         .expect_status(200);
-    assert_share_refusal(
-        &post(srv, &one, "one-3", json!({})).await,
-        "share-one",
-    );
+    assert_share_refusal(&post(srv, &one, "one-3", json!({})).await, "share-one");
 
     // The counts are the fold's: a snapshot and a restart keep them.
     srv.log_for_a_snapshot().await;
     snapshot_taken(srv).await;
     lab.srv.restart();
     let srv = &lab.srv;
-    assert_share_refusal(
-        &post(srv, &one, "one-3", json!({})).await,
-        "share-one",
-    );
+    assert_share_refusal(&post(srv, &one, "one-3", json!({})).await, "share-one");
     post(srv, &one, "one-2", json!({"state": "waiting"}))
         .await
         .expect_status(200);
 
     // An operator deletes one of its records: the place is free again, for it too.
-    let deleted = call(srv, "DELETE", "/v1/agents/data/one-1", Some(&manager), None, None).await;
+    let deleted = call(
+        srv,
+        "DELETE",
+        "/v1/agents/data/one-1",
+        Some(&manager),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(deleted.expect_status(200).text(), "OK");
     srv.get("/v1/agents/data/one-1").await.expect_error(404);
     post(srv, &one, "one-3", json!({"state": "waiting"}))
         .await
         .expect_status(200);
-    assert_share_refusal(
-        &post(srv, &one, "one-4", json!({})).await,
-        "share-one",
-    );
+    assert_share_refusal(&post(srv, &one, "one-4", json!({})).await, "share-one");
     // An agent credential may not delete records, not even its own.
-    call(srv, "DELETE", "/v1/agents/data/one-0", Some(&one), None, None)
-        .await
-        .expect_error(403);
+    call(
+        srv,
+        "DELETE",
+        "/v1/agents/data/one-0",
+        Some(&one),
+        None,
+        None,
+    )
+    .await
+    .expect_error(403);
 
     // Replayed from the snapshot and the log after it: the deletion holds, the count too.
     lab.srv.restart();
     let srv = &lab.srv;
     srv.get("/v1/agents/data/one-1").await.expect_error(404);
-    assert_share_refusal(
-        &post(srv, &one, "one-4", json!({})).await,
-        "share-one",
-    );
+    assert_share_refusal(&post(srv, &one, "one-4", json!({})).await, "share-one");
     post(srv, &two, "two-1", json!({"state": "waiting"}))
         .await
         .expect_status(200);

@@ -71,8 +71,7 @@ fn agent_data_is_bounded_in_total_bytes() {
     assert_eq!(agents.held_bytes(), fit * big.len());
     let refused = agents.admit(&images(fit), MAX_AGENTS).unwrap_err();
     assert!(
-        matches!(refused, Error::NoSpace(_))
-            && refused.message().contains("agent data is full"),
+        matches!(refused, Error::NoSpace(_)) && refused.message().contains("agent data is full"),
         "{refused:?}"
     );
     // Replacing a queue's images with as many bytes adds nothing: let in.
@@ -87,7 +86,10 @@ fn agent_data_is_bounded_in_total_bytes() {
         entry: Bytes::from_static(br#"{"exit_code":0}"#),
         at: 1,
     };
-    assert!(matches!(agents.admit(&entry, MAX_AGENTS), Err(Error::NoSpace(_))));
+    assert!(matches!(
+        agents.admit(&entry, MAX_AGENTS),
+        Err(Error::NoSpace(_))
+    ));
 }
 
 /// The running count [`Agents::apply`] keeps is what counting every entry gives,
@@ -306,8 +308,7 @@ fn the_agents_serving_a_queue_the_state_counts_and_each_credentials_records_are_
             _ => unreachable!(),
         }
         agents.apply(&event);
-        let decoded: Agents =
-            rmp_serde::from_slice(&rmp_serde::to_vec(&agents).unwrap()).unwrap();
+        let decoded: Agents = rmp_serde::from_slice(&rmp_serde::to_vec(&agents).unwrap()).unwrap();
         assert_eq!(indexed(&agents), counted(&agents), "step {step}");
         assert_eq!(indexed(&decoded), counted(&agents), "decoded, step {step}");
         for client in ["c1", "c2", "c3"] {
@@ -316,7 +317,11 @@ fn the_agents_serving_a_queue_the_state_counts_and_each_credentials_records_are_
                 .filter(|c| c.as_deref() == Some(client))
                 .count();
             assert_eq!(agents.created_by(client), want, "step {step}, {client}");
-            assert_eq!(decoded.created_by(client), want, "decoded, {step}, {client}");
+            assert_eq!(
+                decoded.created_by(client),
+                want,
+                "decoded, {step}, {client}"
+            );
         }
         for queue in ["q1", "q2", "q3", "q4", "nowhere"] {
             let want = every(&agents, queue);
