@@ -162,6 +162,8 @@ fn sizes_and_counts_past_their_useful_range_are_refused_naming_the_setting() {
             "at most 1048576",
         ),
         ("MAX_CONNECTIONS", 1_000_000, 1_000_001, "at most 1000000"),
+        ("MAX_AGENTS_PER_CLIENT", 1, 0, "at least 1"),
+        ("MAX_AGENTS_PER_CLIENT", 10_000, 10_001, "at most 10000"),
     ] {
         let flag = format!("--{}", key.to_lowercase().replace('_', "-"));
         resolve_env(&format!("{key} = {edge}\n"), &[])
