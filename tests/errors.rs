@@ -129,7 +129,7 @@ async fn options_lists_the_routes_methods_when_asked_on_any_route() {
             &format!("/v1/result/{id}/log/output"),
             "GET, HEAD, OPTIONS, POST",
         ),
-        ("/v1/agents/data/dut-1", "GET, HEAD, OPTIONS, POST"),
+        ("/v1/agents/data/dut-1", "DELETE, GET, HEAD, OPTIONS, POST"),
         ("/v1/secrets/me/a/b", "DELETE, OPTIONS, PUT"),
     ];
     for (path, methods) in cases {

@@ -28,7 +28,7 @@ pub enum AgentMsg {
     /// lost with `job`, as the server, unless the record shows that the agent left that
     /// job after it was last heard about it (`AgentRecord::left_job`), or the agent has
     /// no record (an operator deleted it, or it expired: marking it would make it again):
-    /// then `None`, and [`Unmarked`] says which.
+    /// then nothing is recorded, and the reply's `Err` says which ([`Unmarked`]).
     MarkLost {
         name: Name,
         job: JobId,
@@ -57,7 +57,7 @@ pub enum Unmarked {
     NoRecord,
 }
 
-/// The agents actor (no configuration).
+/// The agents actor (its settings come in [`AgentArgs`]).
 pub struct AgentActor;
 
 /// The agents actor's start-up inputs.

@@ -6,14 +6,17 @@
 //! runs for years cannot grow the state without bound, and a record expires once its
 //! agent has not posted for `--agent-expiry-secs`. What clients can add without bound
 //! otherwise is bounded here ([`Agents::admit`]): a record's size (new keys), the number
-//! of records, the number of advertised queues (which never expire), and the bytes all of
-//! it holds together ([`MAX_AGENT_DATA_BYTES`]: the counts times the per-item limits
-//! would be tens of GB).
+//! of records, and of them those one agent credential created (`--max-agents-per-client`:
+//! else one leaked credential takes every place for a week), the number of advertised
+//! queues (which never expire), and the bytes all of it holds together
+//! ([`MAX_AGENT_DATA_BYTES`]: the counts times the per-item limits would be tens of GB).
+//! A record goes when it expires or an operator deletes it (`Event::AgentDeleted`).
 //!
 //! Reads that need a few fields of many records parse those alone
-//! ([`AgentRecord::members`]); which agents serve a queue ([`Agents::serving`]) and how
-//! many records have each state ([`Agents::states`]) are kept by the fold, so neither
-//! costs a parse of every record.
+//! ([`AgentRecord::members`]); which agents serve a queue ([`Agents::serving`]), how
+//! many records have each state ([`Agents::states`]) and how many each credential
+//! created ([`Agents::created_by`]) are kept by the fold, so none costs a parse of every
+//! record.
 
 use std::collections::{BTreeMap, BTreeSet};
 
