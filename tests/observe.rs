@@ -515,3 +515,36 @@ async fn next_snapshot_waits_until_the_log_grew_by_the_percentage_of_the_last_on
         "second snapshot {second} B came too soon after the first of {first} B"
     );
 }
+
+/// The operator routes' answers are what `/openapi.json` says they are: `OK` as text.
+#[tokio::test]
+async fn operator_deletes_answer_as_documented() {
+    let srv = TestServer::start();
+    let doc = srv.get("/openapi.json").await.expect_json();
+    let id = srv.submit(&json!({"job_queue": "documented"})).await;
+    srv.post_json("/v1/agents/data/dev-doc", &json!({"state": "waiting"}))
+        .await
+        .expect_status(200);
+    for (path, documented) in [
+        (format!("/v1/job/{id}"), "/v1/job/{job_id}"),
+        (
+            "/v1/agents/data/dev-doc".to_owned(),
+            "/v1/agents/data/{agent_name}",
+        ),
+    ] {
+        let r = srv.request("DELETE", &path, &[], Vec::new()).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "OK"), "{path}");
+        assert!(
+            r.content_type()
+                .unwrap_or_default()
+                .starts_with("text/plain"),
+            "{path}: {:?}",
+            r.content_type()
+        );
+        let content = &doc["paths"][documented]["delete"]["responses"]["200"]["content"];
+        assert_eq!(
+            content["text/plain"]["schema"]["example"], "OK",
+            "{documented}: {content}"
+        );
+    }
+}
