@@ -42,6 +42,11 @@ impl FakeAgent {
         }
     }
 
+    /// After a restart of `srv` (a new port): the same agent, cookie and all.
+    fn reconnect(&mut self, srv: &TestServer) {
+        self.http = srv.http();
+    }
+
     async fn pop(&self) -> Option<Value> {
         let r = self
             .http
@@ -591,4 +596,153 @@ async fn job_of_an_agent_whose_record_was_deleted_ends_as_lost_and_no_record_is_
     srv.get("/v1/agents/data/dut-deleted")
         .await
         .expect_error(404);
+}
+
+/// An agent that takes a job while another one handed to it is unfinished has left that
+/// one (the stock agent runs one job at a time: it was restarted): the old job is lost at
+/// once, as the watch would find it lost later, with a reason naming the new job. A job
+/// the agent finished, and another agent's job, are left alone; the decision is logged,
+/// so a restart shows the same.
+#[tokio::test]
+async fn job_is_cancelled_at_once_when_its_agent_takes_another_job() {
+    // Default grace (300 s) and long timeouts: the watch decides nothing in this test.
+    let mut srv = TestServer::start();
+    let mut x = FakeAgent::register(&srv, "dut-x").await;
+    let mut y = FakeAgent::register(&srv, "dut-y").await;
+    let long = json!({"job_queue": "q", "output_timeout": 3600, "test_data": {"test_cmds": "x"}});
+
+    // A job x finished before: never touched again.
+    let done = srv.submit(&long).await;
+    assert_eq!(x.pop().await.map(|j| job_id_of(&j)), Some(done.clone()));
+    x.post_result(&done, json!({"job_state": "test"})).await;
+    x.post_result(&done, json!({"job_state": "complete"})).await;
+
+    let old = srv.submit(&long).await;
+    assert_eq!(x.pop().await.map(|j| job_id_of(&j)), Some(old.clone()));
+    x.post_result(&old, json!({"job_state": "test"})).await;
+    let other = srv.submit(&long).await;
+    assert_eq!(y.pop().await.map(|j| job_id_of(&j)), Some(other.clone()));
+    y.post_result(&other, json!({"job_state": "test"})).await;
+
+    // x comes back (restarted) and takes the next job: its old one ends in that pop.
+    let next = srv.submit(&long).await;
+    assert_eq!(x.pop().await.map(|j| job_id_of(&j)), Some(next.clone()));
+    check_left_job(&srv, [&old, &other, &done, &next]).await;
+    // x is plainly in service: not marked offline.
+    let record = srv.get("/v1/agents/data/dut-x").await.expect_json();
+    assert_ne!(record["state"], "offline", "{record}");
+    // Its retried pop gets the new job, never the old one.
+    assert_eq!(x.pop().await.map(|j| job_id_of(&j)), Some(next.clone()));
+
+    srv.restart();
+    x.reconnect(&srv);
+    y.reconnect(&srv);
+    check_left_job(&srv, [&old, &other, &done, &next]).await;
+    // y taking a job now ends its own unfinished one, still not x's.
+    let last = srv.submit(&long).await;
+    assert_eq!(y.pop().await.map(|j| job_id_of(&j)), Some(last.clone()));
+    let result = srv.result(&other).await;
+    assert_eq!(result["job_state"], "cancelled", "{result}");
+    assert_eq!(result["lost_agent"]["agent"], "dut-y", "{result}");
+    assert_eq!(srv.job_state(&next).await, "running");
+}
+
+/// What [`job_is_cancelled_at_once_when_its_agent_takes_another_job`] expects, live and
+/// after a restart: `old` ended for `dut-x` taking `next`; `other` and `done` untouched.
+async fn check_left_job(srv: &TestServer, [old, other, done, next]: [&String; 4]) {
+    let result = srv.result(old).await;
+    assert_eq!(result["job_state"], "cancelled", "{result}");
+    let lost = &result["lost_agent"];
+    assert_eq!(lost["action"], "cancelled", "{result}");
+    assert_eq!(lost["agent"], "dut-x", "{result}");
+    assert_eq!(lost["phase"], "test", "{result}");
+    let reason = lost["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(next.as_str()) && reason.contains("took another job"),
+        "{result}"
+    );
+    assert!(
+        lost["decided_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{result}"
+    );
+    // Another agent's job and a finished job are untouched.
+    let result = srv.result(other).await;
+    assert_eq!(result["job_state"], "test", "{result}");
+    assert!(result.get("lost_agent").is_none(), "{result}");
+    let result = srv.result(done).await;
+    assert_eq!(result["job_state"], "complete", "{result}");
+    assert!(result.get("lost_agent").is_none(), "{result}");
+    assert_eq!(srv.job_state(next).await, "running");
+}
+
+/// A job its agent left in `setup` (nothing ran on the device) goes back into its queue,
+/// once, as for a silent agent; the next agent gets it, ahead of later jobs.
+#[tokio::test]
+async fn job_left_in_setup_is_requeued_at_once_when_its_agent_takes_another_job() {
+    let mut srv = TestServer::start();
+    let x = FakeAgent::register(&srv, "dut-x").await;
+    let mut y = FakeAgent::register(&srv, "dut-y").await;
+    let job = json!({"job_queue": "q", "test_data": {"test_cmds": "x"}});
+    let old = srv.submit(&job).await;
+    assert_eq!(x.pop().await.map(|j| job_id_of(&j)), Some(old.clone()));
+    x.post_result(&old, json!({"job_state": "setup"})).await;
+    let next = srv.submit(&job).await;
+    let later = srv.submit(&job).await;
+    assert_eq!(x.pop().await.map(|j| job_id_of(&j)), Some(next.clone()));
+    let result = srv.result(&old).await;
+    assert_eq!(result["job_state"], "resubmitted", "{result}");
+    assert_eq!(result["lost_agent"]["action"], "requeued", "{result}");
+    assert_eq!(result["lost_agent"]["phase"], "setup", "{result}");
+    assert!(
+        result["lost_agent"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(next.as_str())),
+        "{result}"
+    );
+
+    srv.restart();
+    y.reconnect(&srv);
+    let result = srv.result(&old).await;
+    assert_eq!(result["job_state"], "resubmitted", "{result}");
+    assert_eq!(result["lost_agent"]["action"], "requeued", "{result}");
+    // Back in its old place: before `later`.
+    assert_eq!(y.pop().await.map(|j| job_id_of(&j)), Some(old.clone()));
+    y.post_result(&old, json!({"job_state": "setup"})).await;
+    // Left in setup a second time: requeued only once, so now it ends.
+    assert_eq!(y.pop().await.map(|j| job_id_of(&j)), Some(later.clone()));
+    let result = srv.result(&old).await;
+    assert_eq!(result["job_state"], "cancelled", "{result}");
+    assert_eq!(result["lost_agent"]["agent"], "dut-y", "{result}");
+    assert_eq!(srv.job_state(&next).await, "running");
+}
+
+/// The real agent, killed mid-test and started again while a job waits, takes that job
+/// at once: its old job ends then, not when its allowance (here an hour) runs out.
+#[tokio::test]
+async fn real_agent_restarted_mid_job_ends_its_old_job_when_it_takes_the_next() {
+    let srv = TestServer::start();
+    let old = srv
+        .submit(&json!({"job_queue": "q", "output_timeout": 3600, "test_data": {"test_cmds": "x"}}))
+        .await;
+    let mut agent = RealAgent::spawn(&srv, "real-again", "true", "echo started; sleep 60");
+    wait_for_state(&srv, &old, "test", Duration::from_secs(90)).await;
+    agent.kill9();
+    let next = srv
+        .submit(&json!({"job_queue": "q", "test_data": {"test_cmds": "x"}}))
+        .await;
+    let _agent = RealAgent::spawn(&srv, "real-again", "true", "echo fine");
+    wait_for_state(&srv, &old, "cancelled", Duration::from_secs(60)).await;
+    let result = srv.result(&old).await;
+    assert_eq!(result["lost_agent"]["agent"], "real-again", "{result}");
+    assert!(
+        result["lost_agent"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(next.as_str())),
+        "{result}"
+    );
+    wait_for_state(&srv, &next, "complete", Duration::from_secs(90)).await;
+    let record = srv.get("/v1/agents/data/real-again").await.expect_json();
+    assert_ne!(record["state"], "offline", "{record}");
 }

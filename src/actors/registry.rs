@@ -244,6 +244,9 @@ pub struct RegistryArgs {
     /// Most of those one submitter's jobs may take (`--max-jobs-share-percent`, with
     /// access control on; `None`: no share).
     pub max_jobs_share: Option<u64>,
+    /// The lost-agent settings: a job whose agent takes another is lost in this turn,
+    /// requeued or ended as the rule says (see `model::lost::abandoned`).
+    pub lost_rule: lost::Rule,
     /// Where handlers' requests and queue actors' claims wait for the actor's turn
     /// (see [`super::Post`]), beside its mailbox.
     pub inbox: Arc<Inbox<RegistryMsg>>,
@@ -276,6 +279,8 @@ pub struct RegistryState {
     max_jobs_bytes: u64,
     /// See [`RegistryArgs::max_jobs_share`].
     max_jobs_share: Option<u64>,
+    /// See [`RegistryArgs::lost_rule`].
+    lost_rule: lost::Rule,
     /// See [`RegistryArgs::inbox`]. Closed when the actor stops (shutdown, or a failure
     /// the server stops on): what waits in it is dropped, and its askers see the server
     /// shutting down.
@@ -569,6 +574,47 @@ impl RegistryState {
         Ok(ticket)
     }
 
+    /// Records the loss of the jobs the agent of `took` (just dispatched, as `job`) left
+    /// unfinished (see [`Registry::abandoned_by`]): the same `JobLost` the watch records,
+    /// naming `took`. Returns the last ticket, `None` when there was none. The agent is
+    /// not marked offline, as the watch does not for an agent that said it left its job:
+    /// it is plainly in service, taking jobs.
+    async fn lose_abandoned(&mut self, took: JobId, job: &JobView) -> Result<Option<Ticket>> {
+        let Some(agent) = self.registry.read().get(took).and_then(|j| j.agent.clone()) else {
+            return Ok(None);
+        };
+        let decided = self.registry.read().abandoned_by(
+            &agent,
+            job.client.as_ref(),
+            took,
+            &self.lost_rule,
+            |id| self.watch.last_heard(id),
+            now(),
+        );
+        let mut last = None;
+        for event in decided {
+            let Event::JobLost {
+                id,
+                ref phase,
+                requeued,
+                last_heard,
+                ..
+            } = event
+            else {
+                continue;
+            };
+            let phase = phase.clone();
+            last = Some(self.record(event).await?);
+            let outcome = if requeued {
+                "agent took another job: its unfinished job put back into its queue"
+            } else {
+                "agent took another job: its unfinished job cancelled"
+            };
+            tracing::warn!(job = %id, agent = %agent, state = %phase, last_heard_unix = last_heard, took = %took, "{outcome}");
+        }
+        Ok(last)
+    }
+
     /// 507 when the submission `event` would take the job documents kept past
     /// `--max-jobs-bytes` (a resubmission counts what its new document adds over the one
     /// it replaces; a job to a queue without jobs counts the queue's cost too): waiting
@@ -799,6 +845,7 @@ impl Actor for RegistryActor {
             purges: args.purges,
             max_jobs_bytes: args.max_jobs_bytes,
             max_jobs_share: args.max_jobs_share,
+            lost_rule: args.lost_rule,
             inbox: Receiver::new(args.inbox),
         };
         // Jobs out with agents when the server stopped: heard now, so each agent has a
@@ -897,11 +944,11 @@ async fn handle_message(state: &mut RegistryState, msg: RegistryMsg) {
                 let claim = registry.claim_by(id, reserved.queue(), agent, client, now());
                 (held, claim)
             };
-            let result =
-                match (held, claim) {
-                    (Some(held), _) => Ok(Claimed::Held(held)),
-                    (None, None) => Ok(Claimed::Gone),
-                    (None, Some(event)) => state.record(event).await.map(|ticket| {
+            let result = match (held, claim) {
+                (Some(held), _) => Ok(Claimed::Held(held)),
+                (None, None) => Ok(Claimed::Gone),
+                (None, Some(event)) => {
+                    let dispatched = state.record(event).await.map(|ticket| {
                         match state.registry.read().get(id) {
                             Some(job) => {
                                 state.watch.dispatched(id, &job.body, now());
@@ -909,8 +956,21 @@ async fn handle_message(state: &mut RegistryState, msg: RegistryMsg) {
                             }
                             None => Claimed::Gone,
                         }
-                    }),
-                };
+                    });
+                    match dispatched {
+                        Ok(Claimed::Dispatched(job, ticket)) => {
+                            match state.lose_abandoned(id, &job).await {
+                                // The answer waits for the losses too: once the agent has
+                                // its new job, its old one reads as lost.
+                                Ok(Some(last)) => Ok(Claimed::Dispatched(job, last)),
+                                Ok(None) => Ok(Claimed::Dispatched(job, ticket)),
+                                Err(e) => Err(e),
+                            }
+                        }
+                        other => other,
+                    }
+                }
+            };
             // A dispatched job left its queue's index (and so its reservation) with
             // the recorded change; any other outcome gives the job back, before the
             // answer, so a pop that follows it finds the job.

@@ -129,6 +129,10 @@ impl Actor for Supervisor {
                 max_jobs_share: (args.config.access != crate::config::AccessMode::Off
                     && args.config.max_jobs_share_percent < 100)
                     .then(|| args.config.max_jobs_bytes / 100 * args.config.max_jobs_share_percent),
+                lost_rule: crate::model::lost::Rule {
+                    grace: args.config.lost_agent_grace.as_secs(),
+                    requeue: args.config.lost_agent_requeue,
+                },
                 inbox: inbox.clone(),
             },
             cell.clone(),

@@ -52,6 +52,11 @@ impl Watch {
         }
     }
 
+    /// When the agent of `id` was last heard about it (unix seconds), if `id` is watched.
+    pub fn last_heard(&self, id: JobId) -> Option<u64> {
+        self.jobs.lock().get(&id).map(|w| w.last_heard)
+    }
+
     /// Stops watching `id` (finished, requeued, gone).
     pub fn forget(&self, id: JobId) {
         self.jobs.lock().remove(&id);

@@ -196,17 +196,9 @@ pub async fn result_get(State(svc): State<Services>, Path(id): Path<String>) -> 
 /// The `lost_agent` result field: why the server ended (or requeued) the job, and when
 /// its agent was last heard (see `model::lost`).
 fn lost_agent_json(lost: &crate::model::registry::Lost) -> Value {
-    let action = if lost.requeued {
-        "requeued"
-    } else {
-        "cancelled"
-    };
     serde_json::json!({
-        "reason": format!(
-            "the agent was not heard from about this job for longer than its allowance in phase {:?}; the server {action} it",
-            &*lost.phase
-        ),
-        "action": action,
+        "reason": lost.reason(),
+        "action": lost.action(),
         "agent": lost.agent.as_deref(),
         "phase": &*lost.phase,
         "last_heard_at": super::wire::iso_z(lost.last_heard),

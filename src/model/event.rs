@@ -224,8 +224,9 @@ pub enum Event {
         /// The agents.
         names: Vec<Name>,
     },
-    /// The server found the job's agent lost (silent past its allowance, see
-    /// `model::lost`): the job was ended as `cancelled`, or put back into its queue.
+    /// The server found the job's agent lost (silent past its allowance, or it took
+    /// another job: see `model::lost`): the job was ended as `cancelled`, or put back
+    /// into its queue.
     JobLost {
         /// The job.
         id: JobId,
@@ -237,6 +238,11 @@ pub enum Event {
         requeued: bool,
         /// Unix seconds.
         at: u64,
+        /// The job the agent took instead, when that is how it was found lost (it left
+        /// this one unfinished); `None` for silence past the allowance, and in records
+        /// written before this was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        took: Option<JobId>,
     },
     /// A client was created or its permissions changed (the whole record; the secret only
     /// as its bcrypt hash).

@@ -25,6 +25,10 @@
 //! start of provisioning (`running` or `setup`: nothing ran on the device) and was not
 //! requeued before, put back into its queue once (`--lost-agent-requeue`).
 //!
+//! An agent is also lost for a job, at once, when it takes another job while that one is
+//! unfinished ([`abandoned`]: the stock agent runs one job at a time, so it restarted and
+//! left the old one); the same outcome applies.
+//!
 //! This module only decides: the times come in as arguments, the outcome goes out as an
 //! [`super::Event::JobLost`] that the registry records and folds.
 
@@ -148,10 +152,36 @@ pub fn verdict(
     let silent = now.saturating_sub(watched.last_heard);
     if silent <= allowance(phase, watched, rule) {
         Verdict::Alive
-    } else if rule.requeue && !requeued_before && REQUEUE_PHASES.contains(&phase) {
+    } else {
+        outcome(phase, requeued_before, rule)
+    }
+}
+
+/// What becomes of a job whose agent is lost in `phase`: [`Verdict::Requeue`] when it
+/// is lost before provisioning (`running`, `setup`: nothing ran on the device), was not
+/// requeued for a lost agent before and the rule requeues; else [`Verdict::End`]. Both
+/// ways an agent is found lost decide through here: silence past the allowance
+/// ([`verdict`]) and taking another job while this one is unfinished ([`abandoned`]).
+pub fn outcome(phase: &str, requeued_before: bool, rule: &Rule) -> Verdict {
+    if rule.requeue && !requeued_before && REQUEUE_PHASES.contains(&phase) {
         Verdict::Requeue
     } else {
         Verdict::End
+    }
+}
+
+/// The decision for a job whose agent took another job while this one was unfinished:
+/// `job` is its `(job_state, active, requeued before)` as for [`judge`]. The stock agent
+/// runs one job at a time, so an agent that takes a new job has abandoned (restarted,
+/// crashed, was reinstalled) the one it held: it is lost for that job now, whatever its
+/// allowance. [`Judged::NotRunning`] for a job that is gone, waiting or finished.
+pub fn abandoned(job: Option<(&str, bool, bool)>, rule: &Rule) -> Judged {
+    let Some((phase, true, requeued_before)) = job else {
+        return Judged::NotRunning;
+    };
+    Judged::Lose {
+        phase: phase.to_owned(),
+        requeue: outcome(phase, requeued_before, rule) == Verdict::Requeue,
     }
 }
 
@@ -271,6 +301,48 @@ mod tests {
         );
         let test = Some(("test", true, false));
         assert_eq!(judge(test, &w, &RULE, quiet + 1), lose("test", false));
+    }
+
+    #[test]
+    fn an_abandoned_job_is_lost_at_once_with_the_outcome_of_a_silent_one() {
+        let lose = |phase: &str, requeue| Judged::Lose {
+            phase: phase.into(),
+            requeue,
+        };
+        assert_eq!(abandoned(None, &RULE), Judged::NotRunning);
+        assert_eq!(
+            abandoned(Some(("cancelled", false, false)), &RULE),
+            Judged::NotRunning
+        );
+        assert_eq!(
+            abandoned(Some(("resubmitted", false, true)), &RULE),
+            Judged::NotRunning
+        );
+        for (phase, requeued_before) in [("setup", false), ("setup", true), ("test", false)] {
+            let silent = judge(
+                Some((phase, true, requeued_before)),
+                &watched(0),
+                &RULE,
+                10_000,
+            );
+            assert_eq!(
+                abandoned(Some((phase, true, requeued_before)), &RULE),
+                silent,
+                "{phase} {requeued_before}"
+            );
+        }
+        assert_eq!(
+            abandoned(Some(("running", true, false)), &RULE),
+            lose("running", true)
+        );
+        let no_requeue = Rule {
+            requeue: false,
+            ..RULE
+        };
+        assert_eq!(
+            abandoned(Some(("running", true, false)), &no_requeue),
+            lose("running", false)
+        );
     }
 
     #[test]

@@ -201,6 +201,13 @@ impl Property for AtMostOnce {
         for id in submitted(outcome) {
             self.handed.remove(&id);
         }
+        // A job put back into its queue because its agent took another starts a new life.
+        self.handed.retain(|id| {
+            h.real
+                .registry
+                .get(*id)
+                .is_none_or(|j| !j.state.is_waiting())
+        });
         // A held job comes back only to the agent that has it, and only while it runs.
         if let Outcome::Pop {
             real: Popped::Held(id),

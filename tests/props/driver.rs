@@ -81,6 +81,32 @@ impl Real {
         lsn
     }
 
+    /// Records a claim's dispatch of `id`, then, as the registry actor does in the same
+    /// turn, the loss of the jobs its agent left unfinished (`Registry::abandoned_by`,
+    /// with the server's default rule: requeue once before provisioning).
+    fn record_dispatch(&mut self, dispatch: Event, id: JobId) {
+        self.record(dispatch);
+        let Some(job) = self.registry.get(id) else {
+            return;
+        };
+        let (Some(agent), client) = (job.agent.clone(), job.client.clone()) else {
+            return;
+        };
+        if !job.state.is_active() {
+            return;
+        }
+        let rule = flinger::model::lost::Rule {
+            grace: 0,
+            requeue: true,
+        };
+        let lost =
+            self.registry
+                .abandoned_by(&agent, client.as_ref(), id, &rule, |_| None, self.now);
+        for event in lost {
+            self.record(event);
+        }
+    }
+
     fn route(&mut self, change: IndexChange) {
         self.changes.push(change.clone());
         match change {
@@ -221,7 +247,7 @@ impl Real {
                             .claim(chosen, &chosen_queue, agent_name.clone(), self.now);
                     let claim =
                         claim.expect("the index reserved a job the registry refuses to dispatch");
-                    self.record(claim);
+                    self.record_dispatch(claim, chosen);
                     outcome.popped = Popped::Dispatched(chosen);
                     outcome.cancelled = Some(self.cancel(chosen));
                     return outcome;
@@ -239,7 +265,7 @@ impl Real {
                         .expect("a waiting job can be cancelled");
                     outcome.cancelled = Some(Cancelled::Ok);
                     if stale == Race::StaleDispatchApplyFirst {
-                        self.record(claim);
+                        self.record_dispatch(claim, chosen);
                         self.record(cancel);
                         outcome.popped = Popped::Dispatched(chosen);
                         return outcome;
@@ -258,7 +284,7 @@ impl Real {
             {
                 Some(event) => {
                     // The fold's `Remove` clears the reservation; nothing to release.
-                    self.record(event);
+                    self.record_dispatch(event, chosen);
                     outcome.popped = Popped::Dispatched(chosen);
                     return outcome;
                 }

@@ -13,7 +13,11 @@
 //! - a report moves an unfinished job to the reported phase, never back into its queue;
 //!   `complete`/`completed`/`cancelled` are final until the job is resubmitted; a waiting
 //!   job leaves its queue by a report only to end (a phase is refused: no agent has it);
-//! - position: how many waiting jobs of the same queue would be handed out before it.
+//! - position: how many waiting jobs of the same queue would be handed out before it;
+//! - an agent that takes a job while another job handed to it is unfinished (out of its
+//!   queue, not ended) has left that one: it is lost at once, put back into its queue in
+//!   its old place (as `resubmitted`) when it was in `running` or `setup` and not put back
+//!   so before (since its last submission), else ended as `cancelled`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -29,6 +33,11 @@ pub struct MJob {
     pub exclude: Vec<String>,
     /// The `job_state` label clients see.
     pub state: String,
+    /// The agent it was handed to in its current life (`None`: waiting, or popped
+    /// without a name).
+    pub agent: Option<String>,
+    /// Whether an agent that left it made it go back to its queue since its submission.
+    pub requeued: bool,
 }
 
 impl MJob {
@@ -136,6 +145,8 @@ impl Model {
                     "resubmitted"
                 }
                 .to_owned(),
+                agent: None,
+                requeued: false,
             },
         );
         self.next_order += 1;
@@ -182,9 +193,36 @@ impl Model {
     /// Hands `id` (waiting) to `agent`.
     pub fn dispatch(&mut self, id: JobId, agent: Option<&str>) {
         self.unqueue(id);
-        self.jobs.get_mut(&id).unwrap().state = "running".to_owned();
-        if let Some(agent) = agent {
-            self.holding.insert(agent.to_owned(), id);
+        let job = self.jobs.get_mut(&id).unwrap();
+        job.state = "running".to_owned();
+        job.agent = agent.map(str::to_owned);
+        let Some(agent) = agent else {
+            return;
+        };
+        self.holding.insert(agent.to_owned(), id);
+        let left: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(other, job)| {
+                **other != id
+                    && job.agent.as_deref() == Some(agent)
+                    && !job.waiting()
+                    && !job.finished()
+            })
+            .map(|(other, _)| *other)
+            .collect();
+        for other in left {
+            self.release(other);
+            let job = self.jobs.get_mut(&other).unwrap();
+            job.agent = None;
+            if ["running", "setup"].contains(&job.state.as_str()) && !job.requeued {
+                job.state = "resubmitted".to_owned();
+                job.requeued = true;
+                let queue = job.queue.clone();
+                self.queues.entry(queue).or_default().push(other);
+            } else {
+                job.state = "cancelled".to_owned();
+            }
         }
     }
 

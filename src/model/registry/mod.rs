@@ -28,6 +28,7 @@ use super::event::Event;
 use super::ids::{JobId, Name};
 use super::index::{JobIndex, PartIndex};
 use super::job::{label, JobState};
+use super::lost;
 use super::queue::{Entry, QueueIndex};
 use crate::error::{Error, Result};
 
@@ -294,7 +295,57 @@ impl Registry {
             last_heard,
             requeued: requeue,
             at: now,
+            took: None,
         })
+    }
+
+    /// Decides what happens to the jobs `agent` left unfinished now that it took `took`
+    /// (just dispatched to it, with credential `client`): each job still active, handed
+    /// to that agent name with that same credential (access control on: another
+    /// credential naming the agent in its cookie does not end its jobs), is lost at once,
+    /// requeued or ended as [`lost::outcome`] says for its phase under `rule` (see
+    /// [`lost::abandoned`]). `last_heard` gives when the agent was last heard about a job
+    /// (the watch), else its dispatch counts. One event per job, each to record and fold;
+    /// none for a finished, waiting or requeued job, or one of another agent.
+    ///
+    /// Looks only at the agent's recent dispatches ([`crate::model::index::AGENT_RECENT`]):
+    /// every dispatch to it ends the others it holds, so it holds at most one besides.
+    pub fn abandoned_by(
+        &self,
+        agent: &str,
+        client: Option<&Name>,
+        took: JobId,
+        rule: &lost::Rule,
+        last_heard: impl Fn(JobId) -> Option<u64>,
+        now: u64,
+    ) -> Vec<Event> {
+        self.index
+            .agent_jobs(agent)
+            .filter(|id| *id != took)
+            .filter_map(|id| {
+                let job = self.jobs.get(&id)?;
+                let held = job.agent.as_deref() == Some(agent) && job.client.as_ref() == client;
+                if !held {
+                    return None;
+                }
+                let requeued_before = job.lost.as_ref().is_some_and(|l| l.requeued);
+                let judged = lost::abandoned(
+                    Some((job.state.label(), job.state.is_active(), requeued_before)),
+                    rule,
+                );
+                let lost::Judged::Lose { phase, requeue } = judged else {
+                    return None;
+                };
+                Some(Event::JobLost {
+                    id,
+                    phase: phase.as_str().into(),
+                    last_heard: last_heard(id).or(job.started_at).unwrap_or(now),
+                    requeued: requeue,
+                    at: now,
+                    took: Some(took),
+                })
+            })
+            .collect()
     }
 
     /// Whether a lost agent already made this job go back to its queue once.
@@ -702,6 +753,7 @@ impl Registry {
                 last_heard,
                 requeued,
                 at,
+                took,
             } => {
                 let job = Arc::make_mut(self.jobs.get_mut(id)?);
                 if !matches!(&job.state, JobState::Active(label) if **label == **phase) {
@@ -714,6 +766,7 @@ impl Registry {
                     at: *at,
                     agent: agent.clone(),
                     requeued: *requeued,
+                    took: *took,
                 });
                 job.lsn = lsn;
                 let next = if *requeued {

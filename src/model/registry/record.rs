@@ -98,6 +98,39 @@ pub struct Lost {
     pub agent: Option<Name>,
     /// Whether the job was put back into its queue (else ended as `cancelled`).
     pub requeued: bool,
+    /// The job its agent took instead, when it was found lost that way (see
+    /// `model::lost::abandoned`); `None` when it was silent past its allowance. Last, with
+    /// a default, so older snapshots still decode.
+    #[serde(default)]
+    pub took: Option<JobId>,
+}
+
+impl Lost {
+    /// What the server did: `requeued` or `cancelled`.
+    pub fn action(&self) -> &'static str {
+        if self.requeued {
+            "requeued"
+        } else {
+            "cancelled"
+        }
+    }
+
+    /// Why, in a sentence (the result's `lost_agent.reason`, the dashboard's note).
+    pub fn reason(&self) -> String {
+        let action = self.action();
+        match self.took {
+            Some(took) => format!(
+                "the agent took another job ({took}) while this one was unfinished in phase \
+                 {:?}, so it had left this one; the server {action} it",
+                &*self.phase
+            ),
+            None => format!(
+                "the agent was not heard from about this job for longer than its allowance in \
+                 phase {:?}; the server {action} it",
+                &*self.phase
+            ),
+        }
+    }
 }
 
 impl Job {
