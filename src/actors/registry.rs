@@ -401,6 +401,32 @@ impl Jobs {
             .collect()
     }
 
+    /// The jobs the server found `agent` lost on, newest loss first, at most `limit`
+    /// (bounded by the index's [`crate::model::index::AGENT_RECENT`]), each with that
+    /// loss (the job's latest, or the one that requeued it before), under one read lock.
+    pub fn lost_on(
+        &self,
+        agent: &str,
+        limit: usize,
+    ) -> Vec<(JobId, JobView, crate::model::registry::Lost)> {
+        let registry = self.0.read();
+        registry
+            .index()
+            .lost_jobs(agent)
+            .filter_map(|id| {
+                let job = registry.get(id)?;
+                let lost = job.lost.as_ref()?;
+                let losses = [Some(lost), lost.earlier.as_deref()];
+                let loss = losses
+                    .into_iter()
+                    .flatten()
+                    .find(|l| l.agent.as_deref() == Some(agent))?;
+                Some((id, view(job), loss.clone()))
+            })
+            .take(limit)
+            .collect()
+    }
+
     /// Recent wait times of the named queues (all queues with data when empty).
     pub fn wait_times(&self, queues: &[String]) -> Vec<(Name, Vec<u64>)> {
         let registry = self.0.read();

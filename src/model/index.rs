@@ -62,6 +62,12 @@ pub struct JobIndex {
     /// removed, so the list is what a rebuild from the jobs gives; readers still skip ids
     /// that have no job.
     by_agent: FastMap<Name, VecDeque<JobId>>,
+    /// Agent name → the jobs the server found it lost on (`Job::lost`, and the loss that
+    /// requeued the job before it), newest loss first, at most [`AGENT_RECENT`]: the
+    /// dashboard's agent page shows the job that made the agent offline, which no longer
+    /// names it. A job leaves the list when its losses are forgotten (resubmitted) or it
+    /// is removed, so the list is what a rebuild from the jobs gives.
+    lost_by_agent: FastMap<Name, VecDeque<JobId>>,
     /// The [`job_weight`]s of the jobs filed, summed: what `--max-jobs-bytes` bounds.
     /// Derived like the lists (rebuilt at start-up, kept by insert and remove).
     weight: u64,
@@ -208,6 +214,8 @@ pub struct PartIndex {
     states: Gathered,
     tags: Gathered,
     dispatched: Dispatched,
+    /// `(lost at, seq, agent, id)` of each loss of a job on a named agent.
+    lost: Dispatched,
 }
 
 impl PartIndex {
@@ -223,6 +231,7 @@ impl PartIndex {
         body: &[u8],
         owner: Option<&Name>,
         dispatched: Option<(u64, &Name)>,
+        lost: &[(u64, &Name)],
     ) {
         self.weight += job_weight(body);
         *self.by_owner.entry(owner.cloned()).or_default() += job_weight(body);
@@ -239,6 +248,9 @@ impl PartIndex {
         if let Some((at, agent)) = dispatched {
             self.dispatched.push((at, seq, agent.clone(), id));
         }
+        for (at, agent) in lost {
+            self.lost.push((*at, seq, (*agent).clone(), id));
+        }
     }
 }
 
@@ -254,6 +266,7 @@ impl JobIndex {
     pub fn from_parts(parts: Vec<PartIndex>) -> JobIndex {
         let (mut queues, mut waiting, mut active) = (Vec::new(), Vec::new(), Vec::new());
         let (mut states, mut tags, mut dispatched) = (Vec::new(), Vec::new(), Vec::new());
+        let mut lost = Vec::new();
         let mut weight = 0;
         let mut by_owner: FastMap<Option<Name>, u64> = FastMap::default();
         for mut part in parts {
@@ -261,6 +274,7 @@ impl JobIndex {
             for (owner, w) in part.by_owner.drain() {
                 *by_owner.entry(owner).or_default() += w;
             }
+            lost.append(&mut part.lost);
             queues.push(part.queues);
             waiting.push(part.waiting);
             active.push(part.active);
@@ -268,20 +282,22 @@ impl JobIndex {
             tags.push(part.tags);
             dispatched.append(&mut part.dispatched);
         }
-        let ((by_queue, live), (by_state, by_tag, by_agent)) = std::thread::scope(|scope| {
-            let labels = scope.spawn(|| Self::join_labels(states, tags, dispatched));
-            let queues = Self::join_queues(queues, waiting, active);
-            let labels = labels
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (queues, labels)
-        });
+        let ((by_queue, live), (by_state, by_tag, by_agent, lost_by_agent)) =
+            std::thread::scope(|scope| {
+                let labels = scope.spawn(|| Self::join_labels(states, tags, dispatched, lost));
+                let queues = Self::join_queues(queues, waiting, active);
+                let labels = labels
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (queues, labels)
+            });
         JobIndex {
             by_queue,
             by_tag,
             by_state,
             live,
             by_agent,
+            lost_by_agent,
             weight,
             by_owner,
         }
@@ -308,14 +324,24 @@ impl JobIndex {
         states: Vec<Gathered>,
         tags: Vec<Gathered>,
         mut dispatched: Dispatched,
-    ) -> (Lists, Lists, Agents) {
+        mut lost: Dispatched,
+    ) -> (Lists, Lists, Agents, Agents) {
         // Oldest dispatch first, so each agent's list ends newest first.
         dispatched.sort_unstable_by_key(|&(at, seq, _, _)| (at, seq));
+        lost.sort_unstable_by_key(|&(at, seq, _, _)| (at, seq));
         let mut agents = JobIndex::default();
         for (_, _, agent, id) in &dispatched {
             agents.dispatched(agent, *id);
         }
-        (bulk(join(states)), bulk(join(tags)), agents.by_agent)
+        for (_, _, agent, id) in &lost {
+            agents.lost(agent, *id);
+        }
+        (
+            bulk(join(states)),
+            bulk(join(tags)),
+            agents.by_agent,
+            agents.lost_by_agent,
+        )
     }
 
     /// What `--max-jobs-bytes` bounds: the [`job_weight`]s of the jobs filed, and
@@ -430,6 +456,42 @@ impl JobIndex {
                 self.by_agent.remove(agent);
             }
         }
+    }
+
+    /// Files `id` first among the jobs `agent` was found lost on (the newest
+    /// [`AGENT_RECENT`] are kept).
+    pub fn lost(&mut self, agent: &Name, id: JobId) {
+        let list = self.lost_by_agent.entry(agent.clone()).or_default();
+        list.retain(|j| *j != id);
+        list.push_front(id);
+        list.truncate(AGENT_RECENT);
+    }
+
+    /// Drops `id` from the jobs `agent` was found lost on.
+    pub fn unlost(&mut self, agent: &str, id: JobId) {
+        if let Some(list) = self.lost_by_agent.get_mut(agent) {
+            list.retain(|j| *j != id);
+            if list.is_empty() {
+                self.lost_by_agent.remove(agent);
+            }
+        }
+    }
+
+    /// Drops `id` from the lists of the agents of `lost` and of the loss before it (the
+    /// job's losses are forgotten: resubmitted, or removed).
+    pub fn forget_lost(&mut self, lost: &crate::model::registry::Lost, id: JobId) {
+        let earlier = lost.earlier.as_deref();
+        for agent in [lost, earlier.unwrap_or(lost)].map(|l| l.agent.as_deref()) {
+            if let Some(agent) = agent {
+                self.unlost(agent, id);
+            }
+        }
+    }
+
+    /// The jobs `agent` was found lost on, newest loss first (ids without a job, or
+    /// whose loss no longer names the agent, are for the reader to skip).
+    pub fn lost_jobs(&self, agent: &str) -> impl Iterator<Item = JobId> + '_ {
+        self.lost_by_agent.get(agent).into_iter().flatten().copied()
     }
 
     /// Whether any job (of any state) is filed under `queue`.
@@ -687,7 +749,7 @@ mod tests {
         // In three parts, as threads decoding or walking shares of the jobs gather them.
         let mut parts: Vec<PartIndex> = (0..3).map(|_| PartIndex::default()).collect();
         for (n, (id, seq, q, state, body)) in jobs.iter().enumerate() {
-            parts[n % 2].add(*id, *seq, q, state, body.as_bytes(), owner(*seq), None);
+            parts[n % 3].add(*id, *seq, q, state, body.as_bytes(), owner(*seq), None, &[]);
         }
         let bulk = JobIndex::from_parts(parts);
         assert_eq!(lists(&bulk), lists(&one_by_one));

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use crate::util::TestServer;
 
 mod follow;
+mod lost;
 mod orphan;
 mod overview;
 

@@ -101,24 +101,18 @@ pub async fn job_page(
         )));
     };
     let definition: Value = serde_json::from_slice(&detail.view.body).unwrap_or(Value::Null);
-    let mut timeline = vec![json!({"what": "submitted", "at": iso_z(detail.view.created_at)})];
-    if let Some(t) = detail.view.started_at {
-        timeline.push(json!({"what": "dispatched", "at": iso_z(t)}));
-    }
-    // Each phase the agent reported, when it reported it.
-    for (phase, at) in &detail.phases {
-        timeline.push(json!({"what": &**phase, "at": iso_z(*at)}));
-    }
-    // The end, unless the agent's own last report was it (a cancel, a lost agent).
-    if let Some(t) = detail.finished_at {
-        if detail
-            .phases
-            .last()
-            .is_none_or(|(p, _)| **p != *detail.view.state)
-        {
-            timeline.push(json!({"what": detail.view.state, "at": iso_z(t)}));
-        }
-    }
+    let timeline = timeline(&detail);
+    let lost = detail.view.lost.as_ref().map(|lost| {
+        json!({
+            "action": lost.action(),
+            "agent": lost.agent.as_deref(),
+            "phase": &*lost.phase,
+            "last_heard": iso_z(lost.last_heard),
+            "at": iso_z(lost.at),
+            "reason": lost.reason(),
+            "took": lost.took.map(|t| t.to_string()),
+        })
+    });
     // The page shows the log's end: a job's log may hold up to --max-job-data-bytes (1 GiB),
     // and escaped into HTML up to six times that, in one response per page view. The
     // job's current run: a resubmitted job's page shows its new run. As the log: results
@@ -168,6 +162,7 @@ pub async fn job_page(
             "state": detail.view.state,
             "priority": detail.priority,
             "agent": detail.agent.as_deref(),
+            "lost": lost,
             "cancellable": cancellable,
             "has_artifact": has_artifact,
             "timeline": timeline,
@@ -182,6 +177,71 @@ pub async fn job_page(
             "results_cut": results_cut,
         }),
     )
+}
+
+/// The job page's timeline: submitted; each run's dispatch (with its agent) and reported
+/// phases, a run its agent was lost in ending with that loss (when, what the server did,
+/// why); the end. A job requeued for a lost agent shows both runs: the requeue took the
+/// first run's dispatch and phases into its `Lost` record.
+fn timeline(detail: &crate::actors::registry::JobDetail) -> Vec<Value> {
+    let mut timeline = vec![json!({"what": "submitted", "at": iso_z(detail.view.created_at)})];
+    let dispatched = |at: u64, agent: Option<&str>| json!({"what": "dispatched", "at": iso_z(at), "agent": agent});
+    let lost_entry = |lost: &crate::model::registry::Lost| {
+        json!({
+            "what": format!("agent lost: {}", lost.action()),
+            "at": iso_z(lost.at),
+            "agent": lost.agent.as_deref(),
+            "note": lost.reason(),
+            "lost": true,
+        })
+    };
+    let lost = detail.view.lost.as_ref();
+    // Runs that ended in a requeue, oldest first (the one that requeued it before the
+    // latest loss, then the latest if it requeued too).
+    let requeues = lost
+        .map(|l| [l.earlier.as_deref(), Some(l)])
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|l| l.requeued);
+    for run in requeues {
+        if let Some(at) = run.dispatched_at {
+            timeline.push(dispatched(at, run.agent.as_deref()));
+        }
+        for (phase, at) in &run.phases {
+            timeline.push(json!({"what": &**phase, "at": iso_z(*at)}));
+        }
+        timeline.push(lost_entry(run));
+    }
+    // The current run: its agent, or the one it was lost on when that ended it.
+    let ended = lost.filter(|l| !l.requeued);
+    if let Some(t) = detail.view.started_at {
+        let agent = detail
+            .agent
+            .as_deref()
+            .or(ended.and_then(|l| l.agent.as_deref()));
+        timeline.push(dispatched(t, agent));
+    }
+    // Each phase the agent reported, when it reported it.
+    for (phase, at) in &detail.phases {
+        timeline.push(json!({"what": &**phase, "at": iso_z(*at)}));
+    }
+    if let Some(lost) = ended {
+        timeline.push(lost_entry(lost));
+    }
+    // The end, unless the agent's own last report was it (a cancel), or a loss ended it
+    // (just shown).
+    if let Some(t) = detail.finished_at {
+        let shown = ended.is_some()
+            || detail
+                .phases
+                .last()
+                .is_some_and(|(p, _)| **p == *detail.view.state);
+        if !shown {
+            timeline.push(json!({"what": detail.view.state, "at": iso_z(t)}));
+        }
+    }
+    timeline
 }
 
 /// `POST /jobs/<id>/cancel`: the cancel button (a form, so it works without JavaScript);

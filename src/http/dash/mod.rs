@@ -510,6 +510,35 @@ pub async fn agent_page(State(svc): State<Services>, Path(name): Path<String>) -
         .iter()
         .map(|(id, j)| job_row(*id, &j.queue, &j.state, j.created_at))
         .collect();
+    // The jobs it was found lost on: a lost job no longer names its agent, so the recent
+    // jobs above leave it out, while it is what made the agent offline.
+    let lost: Vec<Value> = svc
+        .jobs
+        .lost_on(&name, AGENT_RECENT)
+        .iter()
+        .map(|(id, job, loss)| {
+            json!({
+                "id": id.to_string(),
+                "queue": &*job.queue,
+                "state": job.state,
+                "phase": &*loss.phase,
+                "action": loss.action(),
+                "at": iso_z(loss.at),
+                "last_heard": iso_z(loss.last_heard),
+                "took": loss.took.map(|t| t.to_string()),
+                "reason": loss.reason(),
+            })
+        })
+        .collect();
+    // Only a silent agent is marked offline (one that took another job is in service):
+    // the newest such loss is why, while the record says offline.
+    let offline_for = (row["state"] == "offline")
+        .then(|| {
+            lost.iter()
+                .find(|l| l["took"].is_null())
+                .map(|l| l["id"].clone())
+        })
+        .flatten();
     let log_start = provision_log.len().saturating_sub(PAGE_LIMIT);
     page(
         "agent.html",
@@ -522,6 +551,8 @@ pub async fn agent_page(State(svc): State<Services>, Path(name): Path<String>) -
             "fields": serde_json::to_string_pretty(&Value::Object(fields)).unwrap_or_default(),
             "provision_log": &provision_log[log_start..],
             "jobs": jobs,
+            "lost": lost,
+            "offline_for": offline_for,
         }),
     )
 }

@@ -632,6 +632,9 @@ impl Registry {
                 // The new run has no agent yet: the earlier run's leaves that agent's recent
                 // jobs, as a rebuild from the jobs (which know only their current agent)
                 // has it.
+                if let Some(lost) = previous.as_ref().and_then(|j| j.lost.as_ref()) {
+                    self.index.forget_lost(lost, *id);
+                }
                 if let Some(agent) = previous.and_then(|j| j.agent.clone()) {
                     self.release_holder(&agent, *id);
                     self.index.undispatched(&agent, *id);
@@ -760,6 +763,24 @@ impl Registry {
                     return None;
                 }
                 let agent = job.agent.take();
+                // A requeued job lost again keeps the loss that requeued it (one level:
+                // it is requeued once per submission).
+                let earlier = match job.lost.take() {
+                    Some(mut previous) if previous.requeued => {
+                        previous.earlier = None;
+                        Some(Box::new(previous))
+                    }
+                    Some(previous) => {
+                        self.index.forget_lost(&previous, *id);
+                        None
+                    }
+                    None => None,
+                };
+                let phases = if *requeued {
+                    std::mem::take(&mut job.phases)
+                } else {
+                    Vec::new()
+                };
                 job.lost = Some(Lost {
                     phase: phase.clone(),
                     last_heard: *last_heard,
@@ -767,6 +788,9 @@ impl Registry {
                     agent: agent.clone(),
                     requeued: *requeued,
                     took: *took,
+                    dispatched_at: job.started_at,
+                    phases,
+                    earlier,
                 });
                 job.lsn = lsn;
                 let next = if *requeued {
@@ -795,8 +819,10 @@ impl Registry {
                 };
                 if let Some(agent) = agent {
                     self.release_holder(&agent, *id);
-                    // The job no longer names it: as for a resubmission.
+                    // The job no longer names it: as for a resubmission. It is listed
+                    // among the jobs the agent was lost on instead.
                     self.index.undispatched(&agent, *id);
+                    self.index.lost(&agent, *id);
                 }
                 change
             }
@@ -819,13 +845,11 @@ impl Registry {
                             self.release_holder(&agent, *id);
                             self.index.undispatched(&agent, *id);
                         }
-                        self.index.remove(
-                            job.seq,
-                            &job.queue,
-                            job.state.label(),
-                            &job.body,
-                            job.owner.as_ref(),
-                        );
+                        if let Some(lost) = &job.lost {
+                            self.index.forget_lost(lost, *id);
+                        }
+                        self.index
+                            .remove(job.seq, &job.queue, job.state.label(), &job.body, job.owner.as_ref());
                         self.jobs.remove(id);
                         self.forget_queue_if_unused(&job.queue);
                     }
@@ -844,13 +868,11 @@ impl Registry {
                     self.release_holder(&agent, *id);
                     self.index.undispatched(&agent, *id);
                 }
-                self.index.remove(
-                    job.seq,
-                    &job.queue,
-                    job.state.label(),
-                    &job.body,
-                    job.owner.as_ref(),
-                );
+                if let Some(lost) = &job.lost {
+                    self.index.forget_lost(lost, *id);
+                }
+                self.index
+                    .remove(job.seq, &job.queue, job.state.label(), &job.body, job.owner.as_ref());
                 self.forget_queue_if_unused(&job.queue);
                 job.state
                     .is_waiting()

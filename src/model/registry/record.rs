@@ -103,6 +103,19 @@ pub struct Lost {
     /// a default, so older snapshots still decode.
     #[serde(default)]
     pub took: Option<JobId>,
+    /// Unix seconds of the dispatch of the run the agent was lost in (`None` in records
+    /// written before it was kept): the dashboard's timeline shows it once a requeue
+    /// cleared the job's `started_at`.
+    #[serde(default)]
+    pub dispatched_at: Option<u64>,
+    /// The states reported in the run it requeued (the job's own `phases` then start
+    /// again for the next run); empty when it ended the job (they stay the job's).
+    #[serde(default)]
+    pub phases: Vec<(Name, u64)>,
+    /// The loss that requeued the job before this one, in the same submission (at most
+    /// one: a job is requeued once), so the timeline keeps its first run.
+    #[serde(default)]
+    pub earlier: Option<Box<Lost>>,
 }
 
 impl Lost {
@@ -138,6 +151,16 @@ impl Job {
     pub fn file(&self, index: &mut PartIndex, id: JobId) {
         let dispatched = self.started_at.zip(self.agent.as_ref());
         let label = self.state.label();
+        let mut lost = Vec::new();
+        let losses = self
+            .lost
+            .iter()
+            .flat_map(|l| [Some(l), l.earlier.as_deref()]);
+        for loss in losses.flatten() {
+            if let Some(agent) = &loss.agent {
+                lost.push((loss.at, agent));
+            }
+        }
         index.add(
             id,
             self.seq,
@@ -146,6 +169,7 @@ impl Job {
             &self.body,
             self.owner.as_ref(),
             dispatched,
+            &lost,
         );
     }
 

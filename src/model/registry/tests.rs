@@ -247,3 +247,84 @@ fn a_damaged_table_fails_in_parts_exactly_when_it_fails_whole() {
         }
     }
 }
+
+/// The jobs an agent was lost on: the agent it left and the one that ended it both list
+/// it (the loss that requeued it is kept with the one that ended it), a snapshot's
+/// rebuilt index lists the same, and a resubmission forgets them. An agent that took
+/// another job loses only its own unfinished jobs.
+#[test]
+fn lost_jobs_are_listed_by_agent_live_and_rebuilt_and_abandoned_ones_are_decided() {
+    let mut registry = Registry::default();
+    let mut lsn = 0;
+    let (x, y): (Name, Name) = ("x".into(), "y".into());
+    let rule = lost::Rule {
+        grace: 0,
+        requeue: true,
+    };
+    let [a, b, c] = [0; 3].map(|_| JobId::random());
+    for id in [a, b, c] {
+        submit(&mut registry, &mut lsn, id, 0);
+    }
+    macro_rules! record {
+        ($event:expr) => {{
+            let event: Option<Event> = $event;
+            lsn += 1;
+            registry.apply(lsn, &event.expect("decided"));
+        }};
+    }
+    record!(registry.claim(a, "q", Some(x.clone()), 1));
+    record!(registry.report(a, "setup", 2));
+    record!(registry.claim(c, "q", Some(y.clone()), 2));
+    record!(registry.report(c, "test", 2));
+    // x takes b: a (x's, in setup) is requeued; c (y's) is not x's.
+    record!(registry.claim(b, "q", Some(x.clone()), 3));
+    let lost = registry.abandoned_by(&x, None, b, &rule, |_| Some(2), 4);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(
+        matches!(&lost[0], Event::JobLost { id, requeued: true, took: Some(t), last_heard: 2, .. } if *id == a && *t == b)
+    );
+    record!(lost.into_iter().next());
+    assert!(registry.get(a).is_some_and(|j| j.state.is_waiting()));
+    assert!(registry
+        .abandoned_by(&x, None, b, &rule, |_| None, 5)
+        .is_empty());
+    // y takes a and, having left c, loses it; then y takes nothing more and a is lost
+    // again (in setup, requeued before): ended.
+    record!(registry.claim(a, "q", Some(y.clone()), 6));
+    let lost = registry.abandoned_by(&y, None, a, &rule, |_| None, 6);
+    assert!(
+        matches!(&lost[..], [Event::JobLost { id, requeued: false, .. }] if *id == c),
+        "{lost:?}"
+    );
+    record!(lost.into_iter().next());
+    record!(registry.report(a, "setup", 7));
+    record!(registry.lose(a, "setup", 7, false, 8));
+    let job = registry.get(a).unwrap();
+    let loss = job.lost.as_ref().unwrap();
+    assert_eq!(loss.agent.as_deref(), Some("y"));
+    assert_eq!(loss.dispatched_at, Some(6));
+    let earlier = loss.earlier.as_deref().unwrap();
+    assert_eq!(
+        (earlier.agent.as_deref(), earlier.dispatched_at),
+        (Some("x"), Some(1))
+    );
+    assert_eq!(earlier.phases, vec![(Name::from("setup"), 2)]);
+    assert_eq!(job.phases, vec![(Name::from("setup"), 7)]);
+
+    let listed = |registry: &Registry, agent: &str| -> Vec<JobId> {
+        registry.index().lost_jobs(agent).collect()
+    };
+    assert_eq!(listed(&registry, "x"), vec![a]);
+    assert_eq!(listed(&registry, "y"), vec![a, c]);
+    let bytes = rmp_serde::to_vec(&registry).unwrap();
+    let rebuilt = Registry::decode(&bytes).unwrap();
+    assert_eq!(listed(&rebuilt, "x"), vec![a]);
+    assert_eq!(listed(&rebuilt, "y"), vec![a, c]);
+
+    submit(&mut registry, &mut lsn, a, 9);
+    assert!(listed(&registry, "x").is_empty());
+    assert_eq!(listed(&registry, "y"), vec![c]);
+    lsn += 1;
+    registry.apply(lsn, &Event::JobDeleted { id: c });
+    assert!(listed(&registry, "y").is_empty());
+}
