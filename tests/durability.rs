@@ -542,13 +542,17 @@ async fn crash_loop_never_loses_or_duplicates_acknowledged_work() {
                     {
                         Ok(r) if r.status == 200 => {
                             let id = job_id_of(&r.json());
-                            // Report on it so this agent's next pop gets a new job.
+                            // Report on it so this agent's next pop gets a new job
+                            // (a retried pop gets the job it has not reported on). In
+                            // `test`: taking the next job then ends this one (its agent
+                            // left it), where one left in `setup` would be requeued and
+                            // handed out again, which this test counts as a duplicate.
                             let _ = http
                                 .try_request(
                                     "POST",
                                     &format!("/v1/result/{id}"),
                                     &[],
-                                    br#"{"job_state":"setup"}"#.to_vec(),
+                                    br#"{"job_state":"test"}"#.to_vec(),
                                 )
                                 .await;
                             acked.lock().unwrap().popped.push((id, sent));

@@ -176,7 +176,8 @@ pub enum RegistryMsg {
     SubmitBy(Submission, Submitter, RpcReplyPort<Result<Ticket>>),
     /// Dispatch a reserved waiting job to an agent (cookie name, credential) popping from
     /// these queues — unless that agent still holds a job of these queues it has not
-    /// reported on (its pop is a retry).
+    /// reported on (its pop is a retry). The jobs that agent left unfinished are lost in
+    /// the same turn, before the answer (see [`Registry::abandoned_by`]).
     Claim(Claim),
     /// Cancel a job.
     Cancel(JobId, RpcReplyPort<Result<Ticket>>),

@@ -480,11 +480,13 @@ impl JobIndex {
     /// Drops `id` from the lists of the agents of `lost` and of the loss before it (the
     /// job's losses are forgotten: resubmitted, or removed).
     pub fn forget_lost(&mut self, lost: &crate::model::registry::Lost, id: JobId) {
-        let earlier = lost.earlier.as_deref();
-        for agent in [lost, earlier.unwrap_or(lost)].map(|l| l.agent.as_deref()) {
-            if let Some(agent) = agent {
-                self.unlost(agent, id);
-            }
+        let losses = [Some(lost), lost.earlier.as_deref()];
+        for agent in losses
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.agent.as_deref())
+        {
+            self.unlost(agent, id);
         }
     }
 
