@@ -202,6 +202,15 @@ fn bulk(map: Gathered) -> FastMap<Name, SeqList> {
 /// `(dispatched at, seq, agent, id)` of jobs handed to a named agent, in any order.
 type Dispatched = Vec<(u64, u64, Name, JobId)>;
 
+/// A job's ties to agents, as [`PartIndex::add`] files them.
+#[derive(Clone, Copy, Default)]
+pub struct AgentLinks<'a> {
+    /// When (Unix seconds) and to whom it was last dispatched, if to a named agent.
+    pub dispatched: Option<(u64, &'a Name)>,
+    /// When and on whom each of its losses was found (`Job::lost` and the loss before).
+    pub lost: &'a [(u64, &'a Name)],
+}
+
 /// The index lists of some of the jobs, gathered in any order (one per thread that walks
 /// or decodes a share of the jobs), for [`JobIndex::from_parts`].
 #[derive(Default)]
@@ -219,8 +228,9 @@ pub struct PartIndex {
 }
 
 impl PartIndex {
-    /// Files a job: its id, `seq`, queue, state label, document (for its `tags`), owner
-    /// and, once dispatched to a named agent, when (Unix seconds) and to whom.
+    /// Files a job: its id, `seq`, queue, state label, document (for its `tags`), owner,
+    /// and its ties to agents: once dispatched to a named agent, when (Unix seconds) and
+    /// to whom; each loss of it on a named agent, when and on whom.
     #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
@@ -230,9 +240,9 @@ impl PartIndex {
         state: &str,
         body: &[u8],
         owner: Option<&Name>,
-        dispatched: Option<(u64, &Name)>,
-        lost: &[(u64, &Name)],
+        agents: AgentLinks<'_>,
     ) {
+        let AgentLinks { dispatched, lost } = agents;
         self.weight += job_weight(body);
         *self.by_owner.entry(owner.cloned()).or_default() += job_weight(body);
         gather(&mut self.queues, queue, || queue.clone(), seq, id);
@@ -751,7 +761,15 @@ mod tests {
         // In three parts, as threads decoding or walking shares of the jobs gather them.
         let mut parts: Vec<PartIndex> = (0..3).map(|_| PartIndex::default()).collect();
         for (n, (id, seq, q, state, body)) in jobs.iter().enumerate() {
-            parts[n % 3].add(*id, *seq, q, state, body.as_bytes(), owner(*seq), None, &[]);
+            parts[n % 3].add(
+                *id,
+                *seq,
+                q,
+                state,
+                body.as_bytes(),
+                owner(*seq),
+                AgentLinks::default(),
+            );
         }
         let bulk = JobIndex::from_parts(parts);
         assert_eq!(lists(&bulk), lists(&one_by_one));

@@ -848,8 +848,13 @@ impl Registry {
                         if let Some(lost) = &job.lost {
                             self.index.forget_lost(lost, *id);
                         }
-                        self.index
-                            .remove(job.seq, &job.queue, job.state.label(), &job.body, job.owner.as_ref());
+                        self.index.remove(
+                            job.seq,
+                            &job.queue,
+                            job.state.label(),
+                            &job.body,
+                            job.owner.as_ref(),
+                        );
                         self.jobs.remove(id);
                         self.forget_queue_if_unused(&job.queue);
                     }
@@ -871,8 +876,13 @@ impl Registry {
                 if let Some(lost) = &job.lost {
                     self.index.forget_lost(lost, *id);
                 }
-                self.index
-                    .remove(job.seq, &job.queue, job.state.label(), &job.body, job.owner.as_ref());
+                self.index.remove(
+                    job.seq,
+                    &job.queue,
+                    job.state.label(),
+                    &job.body,
+                    job.owner.as_ref(),
+                );
                 self.forget_queue_if_unused(&job.queue);
                 job.state
                     .is_waiting()

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::model::ids::{JobId, Name};
-use crate::model::index::PartIndex;
+use crate::model::index::{AgentLinks, PartIndex};
 use crate::model::job::JobState;
 use crate::model::queue::Entry;
 
@@ -161,6 +161,10 @@ impl Job {
                 lost.push((loss.at, agent));
             }
         }
+        let agents = AgentLinks {
+            dispatched,
+            lost: &lost,
+        };
         index.add(
             id,
             self.seq,
@@ -168,8 +172,7 @@ impl Job {
             label,
             &self.body,
             self.owner.as_ref(),
-            dispatched,
-            &lost,
+            agents,
         );
     }
 
