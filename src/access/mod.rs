@@ -169,15 +169,16 @@ pub struct Gate {
     pub limiter: Limiter,
     /// The job secrets store's cipher (`None`: no master key, no secrets store).
     pub secrets: Option<secrets::Sealer>,
-    /// Tokens already verified → their client and `exp`: a client's repeated requests
-    /// skip the signature check and claim parsing. Bounded (cleared when full); an entry
-    /// is used only while its token is unexpired, and the signing key never changes while
-    /// the server runs, so a hit is exactly what verifying would give.
+    /// Tokens already verified → their client, `exp` and secret fingerprint: a client's
+    /// repeated requests skip the signature check and claim parsing. Bounded (cleared when
+    /// full); an entry is used only while its token is unexpired, and the signing key
+    /// never changes while the server runs, so a hit is exactly what verifying would give.
     verified: Mutex<crate::model::FastMap<Box<str>, Verified>>,
 }
 
-/// A verified token's client id and `exp` (unix seconds).
-type Verified = (Name, u64);
+/// A verified token's client id, `exp` (unix seconds) and the fingerprint of the secret
+/// it was issued under.
+type Verified = (Name, u64, u64);
 
 /// Most verified tokens remembered.
 const VERIFIED_CACHE: usize = 10_000;
@@ -202,7 +203,8 @@ impl Gate {
     /// the client may do is what the access store says now, not the permissions the token
     /// was issued with: a client deleted, demoted or given fewer rights is held to that on
     /// its next request (its tokens live up to `--access-token-secs`), and a deleted
-    /// client's token is refused (401).
+    /// client's token is refused (401), as is one issued under a secret the client no
+    /// longer has (its secret was replaced: the fix for a leaked credential).
     pub fn caller(&self, headers: &axum::http::HeaderMap) -> Result<Caller> {
         if self.mode == AccessMode::Off {
             return Ok(Caller::Open);
@@ -219,23 +221,28 @@ impl Gate {
             .verified
             .lock()
             .get(token)
-            .filter(|(_, exp)| now <= exp.saturating_add(self.signer.leeway()))
-            .map(|(client_id, _)| client_id.clone());
-        let client_id = match cached {
-            Some(client_id) => client_id,
+            .filter(|(_, exp, _)| now <= exp.saturating_add(self.signer.leeway()))
+            .map(|(client_id, _, secret)| (client_id.clone(), *secret));
+        let (client_id, secret) = match cached {
+            Some(cached) => cached,
             None => {
-                let (claimed, exp) = self.signer.verify_timed(token, now)?;
-                let client_id = Name::from(claimed.client_id);
+                let claimed = self.signer.verify(token, now)?;
+                let client_id = Name::from(claimed.permissions.client_id);
                 let mut verified = self.verified.lock();
                 if verified.len() >= VERIFIED_CACHE {
                     verified.clear();
                 }
-                verified.insert(token.into(), (client_id.clone(), exp));
-                client_id
+                let entry = (client_id.clone(), claimed.exp, claimed.secret);
+                verified.insert(token.into(), entry);
+                (client_id, claimed.secret)
             }
         };
-        match self.store.permissions(&client_id) {
-            Some(permissions) => Ok(Caller::Client(permissions)),
+        match self.store.current(&client_id) {
+            Some(current) if current.secret == secret => Ok(Caller::Client(current.permissions)),
+            Some(_) => Err(Error::Unauthorized(format!(
+                "The token was issued before client {client_id:?}'s secret changed: \
+                 obtain a new one with the new secret"
+            ))),
             None => Err(Error::Unauthorized(format!(
                 "The token's client {client_id:?} no longer exists"
             ))),

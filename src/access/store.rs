@@ -11,7 +11,8 @@
 //! It also answers every authenticated request's question, what may this client do now
 //! ([`AccessStore::permissions`]): a token names its client, and the rights used are the
 //! client's current ones, so deleting a client or lowering its rights takes effect at
-//! once, not when its tokens expire.
+//! once, not when its tokens expire. With the permissions it keeps the fingerprint of the
+//! client's current secret, which a token must carry to be taken.
 
 use std::sync::Arc;
 
@@ -35,12 +36,23 @@ pub struct AccessStore {
 struct Held {
     /// The partition.
     access: Access,
-    /// Clients' current permissions as requests carry them, built on a client's first
-    /// request since the partition last changed: every authenticated request asks, and
-    /// building them clones the client's maps. Emptied whenever an event is applied (no
-    /// event kind has to be known to touch a client, so a new one cannot leave a stale
-    /// entry), so it only holds clients that exist: bounded by the clients.
-    permissions: FastMap<Name, Arc<Permissions>>,
+    /// Clients' current permissions as requests carry them, and their current secret's
+    /// fingerprint, built on a client's first request since the partition last changed:
+    /// every authenticated request asks, and building them clones the client's maps and
+    /// hashes its secret hash. Emptied whenever an event is applied (no event kind has to
+    /// be known to touch a client, so a new one cannot leave a stale entry), so it only
+    /// holds clients that exist: bounded by the clients.
+    permissions: FastMap<Name, Current>,
+}
+
+/// A client as a request is held to it: its permissions now, and the
+/// [`crate::model::access::secret_fingerprint`] of its secret now.
+#[derive(Clone, Debug)]
+pub struct Current {
+    /// What it may do.
+    pub permissions: Arc<Permissions>,
+    /// Its secret's fingerprint, which its tokens must carry.
+    pub secret: u64,
 }
 
 impl AccessStore {
@@ -60,17 +72,21 @@ impl AccessStore {
         f(&self.state.lock().access)
     }
 
-    /// `client_id`'s permissions as they are now (`None`: no such client).
-    pub fn permissions(&self, client_id: &str) -> Option<Arc<Permissions>> {
+    /// `client_id`'s permissions and secret fingerprint as they are now (`None`: no such
+    /// client).
+    pub fn current(&self, client_id: &str) -> Option<Current> {
         let mut held = self.state.lock();
-        if let Some(permissions) = held.permissions.get(client_id) {
-            return Some(permissions.clone());
+        if let Some(current) = held.permissions.get(client_id) {
+            return Some(current.clone());
         }
         let (id, client) = held.access.clients.get_key_value(client_id)?;
-        let permissions = Arc::new(Permissions::of(id, client));
+        let current = Current {
+            permissions: Arc::new(Permissions::of(id, client)),
+            secret: client.secret_fingerprint(),
+        };
         let id = id.clone();
-        held.permissions.insert(id, permissions.clone());
-        Some(permissions)
+        held.permissions.insert(id, current.clone());
+        Some(current)
     }
 
     /// Decides an event from the current state, journals it and applies it, atomically.

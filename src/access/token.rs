@@ -40,7 +40,32 @@ struct Claims {
     sub: Option<String>,
     #[serde(default)]
     permissions: Option<Permissions>,
+    /// flinger's own: the [`crate::model::access::secret_fingerprint`] of the client's
+    /// secret when the token was issued, 16 hex digits. Upstream clients only pass the
+    /// token on (the CLI reads `permissions` and nothing else).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret_fp: Option<String>,
 }
+
+/// What a verified access token says.
+#[derive(Debug)]
+pub struct Claimed {
+    /// Its `permissions` claim (who its client is; the rights used are the client's
+    /// current ones).
+    pub permissions: Permissions,
+    /// Its `exp`, unix seconds.
+    pub exp: u64,
+    /// The fingerprint of the client's secret it was issued under.
+    pub secret: u64,
+}
+
+/// The refusal of a token that carries no `secret_fp` claim: one flinger issued before it
+/// bound tokens to their client's secret, or another server sharing the signing key. It
+/// cannot show that it was issued under the client's current secret, so it is refused
+/// (401, which upstream's CLI and agent answer by obtaining a new token and replaying).
+pub const NO_SECRET_CLAIM: &str =
+    "The token does not say which client secret it was issued under (issued by an earlier \
+     version or another server): obtain a new one";
 
 /// Signs and verifies access tokens.
 pub struct Signer {
@@ -69,25 +94,25 @@ impl Signer {
         }
     }
 
-    /// An access token for `permissions` issued at `now` (unix seconds), valid `ttl` s.
-    pub fn issue(&self, permissions: &Permissions, now: u64, ttl: u64) -> String {
+    /// An access token for `permissions` issued at `now` (unix seconds), valid `ttl` s,
+    /// under the client secret whose fingerprint is `secret`
+    /// ([`crate::model::access::secret_fingerprint`]).
+    pub fn issue(&self, permissions: &Permissions, secret: u64, now: u64, ttl: u64) -> String {
         let claims = Claims {
             exp: Some(now + ttl),
             iat: Some(now),
             sub: Some("access_token".into()),
             permissions: Some(permissions.clone()),
+            secret_fp: Some(format!("{secret:016x}")),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of serialisable claims cannot fail")
     }
 
-    /// Verifies a bearer token; its permissions, or upstream's error.
-    pub fn verify(&self, token: &str, now: u64) -> Result<Permissions> {
-        self.verify_timed(token, now).map(|(p, _)| p)
-    }
-
-    /// [`Signer::verify`], also returning the token's `exp`.
-    pub fn verify_timed(&self, token: &str, now: u64) -> Result<(Permissions, u64)> {
+    /// Verifies a bearer token: what it says, or upstream's error; a token without
+    /// flinger's `secret_fp` claim is refused with 401 [`NO_SECRET_CLAIM`] (after every
+    /// check upstream makes).
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claimed> {
         if token.is_empty() {
             return Err(Error::Unauthorized("Unauthorized".into()));
         }
@@ -122,10 +147,23 @@ impl Signer {
             return Err(Error::Unauthorized("Token not yet valid".into()));
         }
         let exp = claims.exp.unwrap_or(0);
-        match claims.permissions {
-            Some(p) if !p.client_id.is_empty() && p.role().is_some() => Ok((p, exp)),
-            _ => Err(Error::Forbidden("Invalid Token".into())),
-        }
+        let permissions = match claims.permissions {
+            Some(p) if !p.client_id.is_empty() && p.role().is_some() => p,
+            _ => return Err(Error::Forbidden("Invalid Token".into())),
+        };
+        let Some(secret) = claims.secret_fp else {
+            return Err(Error::Unauthorized(NO_SECRET_CLAIM.into()));
+        };
+        // Only a holder of the signing key could write a malformed one.
+        let secret = Some(&secret)
+            .filter(|s| s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|s| u64::from_str_radix(s, 16).ok())
+            .ok_or_else(|| Error::Forbidden("Invalid Token".into()))?;
+        Ok(Claimed {
+            permissions,
+            exp,
+            secret,
+        })
     }
 }
 
@@ -487,15 +525,47 @@ mod tests {
     fn tokens_verify_and_errors_follow_upstream_codes() {
         let now = crate::actors::now();
         let signer = Signer::new(b"key", 0);
-        let token = signer.issue(&perms(), now, 600);
-        assert_eq!(signer.verify(&token, now).unwrap(), perms());
-        let status = |r: Result<Permissions>| r.unwrap_err().status();
+        let token = signer.issue(&perms(), 0xfeed_0000_0000_beef, now, 600);
+        let claimed = signer.verify(&token, now).unwrap();
+        assert_eq!(claimed.permissions, perms());
+        assert_eq!(claimed.secret, 0xfeed_0000_0000_beef);
+        assert_eq!(claimed.exp, now + 600);
+        let status = |r: Result<Claimed>| r.unwrap_err().status();
         // Expired (jsonwebtoken reads the real clock: a token from the past).
-        let old = signer.issue(&perms(), 1_000_000, 600);
+        let old = signer.issue(&perms(), 1, 1_000_000, 600);
         assert_eq!(status(signer.verify(&old, now)), 401);
         assert_eq!(status(Signer::new(b"other", 0).verify(&token, now)), 403);
         assert_eq!(status(signer.verify("garbage", now)), 403);
         assert_eq!(status(signer.verify("", now)), 401);
+    }
+
+    #[test]
+    fn a_token_without_the_secret_claim_is_refused_with_401_and_a_bad_one_with_403() {
+        let now = crate::actors::now();
+        let signer = Signer::new(b"key", 0);
+        let sign = |secret_fp: Option<&str>| {
+            let claims = Claims {
+                exp: Some(now + 60),
+                iat: Some(now),
+                sub: Some("access_token".into()),
+                permissions: Some(perms()),
+                secret_fp: secret_fp.map(str::to_owned),
+            };
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &signer.encoding).unwrap()
+        };
+        let e = signer.verify(&sign(None), now).unwrap_err();
+        assert_eq!((e.status(), e.message()), (401, NO_SECRET_CLAIM));
+        for bad in ["xyz", "", "00000000000000001", "+000000000000001"] {
+            let e = signer.verify(&sign(Some(bad)), now).unwrap_err();
+            assert_eq!(e.status(), 403, "{bad:?}");
+        }
+        assert_eq!(
+            signer
+                .verify(&sign(Some("00000000000000ff")), now)
+                .unwrap()
+                .secret,
+            0xff
+        );
     }
 
     #[test]

@@ -138,7 +138,10 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
                 .client(&client_id)
                 .filter(|c| verified.as_deref() == Some(&*c.secret_hash))
                 .ok_or_else(|| Error::Unauthorized("Invalid client id or client key".into()))?;
-            permissions = Some(Permissions::of(&client_id, client));
+            permissions = Some((
+                Permissions::of(&client_id, client),
+                client.secret_fingerprint(),
+            ));
             Ok(Some(Event::RefreshTokenIssued {
                 hash: token::token_hash(&refresh),
                 client_id: id,
@@ -147,10 +150,10 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
             }))
         })
         .await?;
-    let permissions = permissions.expect("set when recorded");
+    let (permissions, secret) = permissions.expect("set when recorded");
     let from_text = from.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
     tracing::info!(target: "flinger::security", event = "authn_token_created", client = %client_id, role = permissions.role.as_deref().unwrap_or("contributor"), from = %from_text, "issued an access token and a refresh token");
-    let access = gate.signer.issue(&permissions, at, gate.access_ttl);
+    let access = gate.signer.issue(&permissions, secret, at, gate.access_ttl);
     Ok(token_response(access, gate.access_ttl, Some(refresh)))
 }
 
@@ -183,9 +186,11 @@ pub async fn refresh_post(State(svc): State<Services>, request: Request) -> Resu
     let at = now();
     let found = gate.store.read(|a| {
         let t = a.tokens.get(&hash)?;
+        // A refresh token lives only as long as the secret it was issued under (a new
+        // one drops it), so the client's secret now is the token's.
         let p = a
             .client(&t.client_id)
-            .map(|c| Permissions::of(&t.client_id, c));
+            .map(|c| (Permissions::of(&t.client_id, c), c.secret_fingerprint()));
         Some((t.clone(), p))
     });
     // The event says which refusal it was: a token never issued here (or of a client
@@ -212,14 +217,14 @@ pub async fn refresh_post(State(svc): State<Services>, request: Request) -> Resu
             "Refresh token expired",
         );
     }
-    let Some(permissions) = permissions else {
+    let Some((permissions, secret)) = permissions else {
         return refused(
             "authn_token_unknown",
             &entry.client_id,
             "Invalid refresh token.",
         );
     };
-    let access = gate.signer.issue(&permissions, at, gate.access_ttl);
+    let access = gate.signer.issue(&permissions, secret, at, gate.access_ttl);
     Ok(token_response(access, gate.access_ttl, None))
 }
 

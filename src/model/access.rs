@@ -98,6 +98,26 @@ impl Client {
     pub fn role(&self) -> Role {
         self.role.unwrap_or(Role::Contributor)
     }
+
+    /// The fingerprint of its current secret ([`secret_fingerprint`]).
+    pub fn secret_fingerprint(&self) -> u64 {
+        secret_fingerprint(&self.secret_hash)
+    }
+}
+
+/// A short fingerprint of a client secret's bcrypt hash: the first 64 bits of its
+/// SHA-256. Access tokens carry the fingerprint of the secret they were issued under, so
+/// a new secret (the fix for a leaked one) ends them on their next use. It is derived
+/// from the recorded hash alone, so replay on any journal gives the same value, and a new
+/// secret always changes it (bcrypt salts every hash afresh, so even the same secret set
+/// again does, with odds of a collision of 2^-64). It tells a token holder nothing about
+/// the secret: without the hash's 128-bit salt, no guess can be tested against it.
+pub fn secret_fingerprint(secret_hash: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(secret_hash.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// A refresh token's record; the token itself is known only by its SHA-256.
@@ -559,6 +579,29 @@ mod tests {
         assert!(access.tokens.contains_key("hd"), "only the client's own");
         issue(&mut access, "c", "hc2");
         assert!(access.tokens.contains_key("hc2"));
+    }
+
+    #[test]
+    fn a_secrets_fingerprint_follows_its_hash_only() {
+        let client = |hash: &str, role| Client {
+            secret_hash: hash.into(),
+            role: Some(role),
+            ..Client::default()
+        };
+        let a = client("$2b$08$saltsaltsaltsaltsaltsOhash1", Role::Agent);
+        assert_eq!(
+            a.secret_fingerprint(),
+            client(&a.secret_hash, Role::Admin).secret_fingerprint(),
+            "other fields do not count"
+        );
+        assert_ne!(
+            a.secret_fingerprint(),
+            client("$2b$08$saltsaltsaltsaltsaltsOhash2", Role::Agent).secret_fingerprint()
+        );
+        // The same secret hashed twice (two salts) gives two fingerprints.
+        let one = crate::access::token::hash_secret("the-same-secret-0123").unwrap();
+        let two = crate::access::token::hash_secret("the-same-secret-0123").unwrap();
+        assert_ne!(secret_fingerprint(&one), secret_fingerprint(&two));
     }
 
     #[test]

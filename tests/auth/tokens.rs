@@ -335,6 +335,95 @@ async fn a_new_client_secret_ends_the_refresh_tokens_of_the_old_one() {
     refresh(&lab.srv, &fresh).await.expect_error(400);
 }
 
+/// Replacing a client's secret ends the access tokens issued under the old one on their
+/// next request (401 saying why), cached or not, also after a restart; a token issued
+/// under the new secret works, and neither another client's tokens nor a change that
+/// keeps the secret are touched. A token that does not say which secret it was issued
+/// under is refused (401, so upstream's clients log in again).
+#[tokio::test]
+async fn a_new_client_secret_ends_the_access_tokens_issued_under_the_old_one() {
+    async fn list(srv: &crate::util::TestServer, token: &str) -> crate::util::Resp {
+        call(
+            srv,
+            "GET",
+            "/v1/client-permissions",
+            Some(token),
+            None,
+            None,
+        )
+        .await
+    }
+    let mut lab = Lab::start(&[]);
+    let old_secret = lab.client("leaked", "manager", json!({})).await;
+    let bystander = lab.token_for("bystander", "manager", json!({})).await;
+    let old = super::access_token(&lab.srv, "leaked", &old_secret).await;
+    // Used once: the server now has it among its verified tokens.
+    list(&lab.srv, &old).await.expect_status(200);
+    let admin = lab.admin_token().await;
+    let put = |body: Value| {
+        let (srv, admin) = (&lab.srv, admin.clone());
+        async move {
+            call(
+                srv,
+                "PUT",
+                "/v1/client-permissions/leaked",
+                Some(&admin),
+                None,
+                Some(&body),
+            )
+            .await
+            .expect_status(200);
+        }
+    };
+    let new_secret = "the-replacement-secret-0123";
+    put(json!({"client_secret": new_secret, "role": "manager"})).await;
+    let refused = "The token was issued before client \"leaked\"'s secret changed: \
+                   obtain a new one with the new secret";
+    assert_eq!(list(&lab.srv, &old).await.expect_error(401), refused);
+    // Not only where the role table asks for a role: a public route refuses it too.
+    assert_eq!(
+        call(&lab.srv, "GET", "/v1", Some(&old), None, None)
+            .await
+            .expect_error(401),
+        refused
+    );
+    list(&lab.srv, &bystander).await.expect_status(200);
+    let fresh = super::access_token(&lab.srv, "leaked", new_secret).await;
+    list(&lab.srv, &fresh).await.expect_status(200);
+    // A change that keeps the secret keeps its tokens.
+    put(json!({"role": "manager", "max_priority": {"*": 3}})).await;
+    list(&lab.srv, &fresh).await.expect_status(200);
+    // A token of this server's key without the secret claim (as an earlier flinger, or
+    // upstream sharing the key, issued): 401, for the client to obtain a new one.
+    let now = unix_now();
+    let legacy = forge(
+        KEY,
+        &json!({"exp": now + 600, "iat": now, "sub": "access_token",
+            "permissions": {"client_id": "bystander", "role": "manager"}}),
+    );
+    let m = list(&lab.srv, &legacy).await.expect_error(401);
+    assert!(m.contains("does not say which client secret"), "{m}");
+    // After a restart (nothing cached; the secret's fingerprint is derived again from
+    // the replayed journal) the old token stays refused and the others work.
+    lab.srv.restart();
+    assert_eq!(list(&lab.srv, &old).await.expect_error(401), refused);
+    list(&lab.srv, &fresh).await.expect_status(200);
+    list(&lab.srv, &bystander).await.expect_status(200);
+    let log = lab
+        .srv
+        .stderr_lines_once(|l| l.contains("authn_fail") && l.contains("secret changed"))
+        .await;
+    assert!(
+        log.iter().any(|l| l.contains("secret changed")),
+        "the refusal was not logged: {log:#?}"
+    );
+    assert!(
+        log.iter()
+            .all(|l| !l.contains(&old) && !l.contains(new_secret)),
+        "a token or secret was logged: {log:#?}"
+    );
+}
+
 /// The limit on failed token requests holds for requests sent at once: each is counted
 /// while its secret is checked, so 40 concurrent wrong guesses at a limit of 4 per minute
 /// get at most 4 checks (401) and the rest 429, and the right secret from that address
