@@ -7,13 +7,16 @@
 //! costs is. So the bound is on what one address can make the server check, and a
 //! client's right secret is never refused for failures sent from another address: a
 //! limit per client id alone let anyone lock any client out (ten wrong guesses a minute,
-//! from anywhere, kept a CLI user or an agent from logging in).
+//! from anywhere, kept a CLI user or an agent from logging in). An address is what
+//! [`address_key`] makes of it: an IPv6 /64 is one address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+use super::address::address_key;
 
 /// Counts failed token requests per [`Key`] as a rate: a key has `burst` tries, and each
 /// failed one comes back a `burst`th of a minute after the failures before it have come
@@ -160,14 +163,15 @@ impl Limiter {
     }
 
     /// Keys for a token request naming `client_id` from `from`: the pair, and the address
-    /// alone. Never the client id alone: failures from one address must not refuse the
-    /// client's right secret from another.
+    /// alone, an address as [`address_key`] counts it (an IPv6 /64 is one address). Never
+    /// the client id alone: failures from one address must not refuse the client's right
+    /// secret from another.
     pub fn keys(client_id: &str, from: Option<IpAddr>) -> [Key; 2] {
-        let address = from.map_or_else(|| "unknown".into(), |a| a.to_string());
+        let address = from.map_or_else(|| "unknown".into(), |a| address_key(a).to_string());
         [
-            // An address holds no '/', so the first one ends it.
+            // An address holds no space, so the first one ends it.
             Key {
-                name: format!("client:{address}/{client_id}"),
+                name: format!("client:{address} {client_id}"),
                 share: 1,
             },
             Key {
@@ -394,6 +398,47 @@ mod tests {
             limiter.attempt_at(&bob, t),
             Err(Refused::Blocked(_))
         ));
+    }
+
+    /// Two addresses in one IPv6 /64 are one address: failures from one use up the
+    /// other's tries, for the same client and across client ids; the next /64 has its
+    /// own. An IPv4 client arriving mapped on a dual-stack socket is its IPv4 address.
+    #[test]
+    fn one_ipv6_64_shares_a_limit_and_its_neighbour_does_not() {
+        let t = Instant::now();
+        let limiter = Limiter::new(3);
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        let first = Limiter::keys("alice", ip("2001:db8:1:2::1"));
+        fail(&limiter, &first, t, 3);
+        let same_64 = Limiter::keys("alice", ip("2001:db8:1:2:ffff:1234:5678:9abc"));
+        assert!(matches!(
+            limiter.attempt_at(&same_64, t),
+            Err(Refused::Blocked(_))
+        ));
+        let next_64 = Limiter::keys("alice", ip("2001:db8:1:3::1"));
+        assert_eq!(limiter.attempt_at(&next_64, t), Ok(()));
+        limiter.finished_at(&next_64, false, t);
+        // The /64's share across client ids: 12 here, 3 used; each other client id
+        // guessed from a new address of the /64.
+        for n in 0..9u16 {
+            let other = Limiter::keys(&format!("c{n}"), ip(&format!("2001:db8:1:2::{n:x}:1")));
+            fail(&limiter, &other, t, 1);
+        }
+        let bob = Limiter::keys("bob", ip("2001:db8:1:2:9::9"));
+        assert!(matches!(
+            limiter.attempt_at(&bob, t),
+            Err(Refused::Blocked(_))
+        ));
+        let bob_next = Limiter::keys("bob", ip("2001:db8:1:3::9"));
+        assert_eq!(limiter.attempt_at(&bob_next, t), Ok(()));
+        limiter.finished_at(&bob_next, false, t);
+        // Mapped and plain IPv4 are one address; another IPv4 address is another.
+        let mapped = Limiter::keys("carol", ip("::ffff:192.0.2.7"));
+        fail(&limiter, &mapped, t, 3);
+        let plain = Limiter::keys("carol", ip("192.0.2.7"));
+        assert!(limiter.attempt_at(&plain, t).is_err());
+        let other_v4 = Limiter::keys("carol", ip("::ffff:192.0.2.8"));
+        assert_eq!(limiter.attempt_at(&other_v4, t), Ok(()));
     }
 
     /// Keys all of whose tries are back make room when the table is full; keys still

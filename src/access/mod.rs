@@ -15,6 +15,8 @@
 //!   browsers' state-changing requests made from another site (in every mode, before
 //!   anything else).
 //! - `limiter`: the limit on failed token requests per (client, address) and per address.
+//! - `address`: what counts as one client address wherever something is keyed by one (an
+//!   IPv6 /64; an IPv4-mapped address as its IPv4 address).
 //! - `seclog`: the security log, throttled per kind without hiding who was refused.
 //!
 //! Modes ([`AccessMode`]): `off` lets every request through as [`Caller::Open`] (full
@@ -33,6 +35,7 @@ pub mod store;
 pub mod table;
 pub mod token;
 
+mod address;
 mod limiter;
 mod seclog;
 pub use limiter::{Admitted, Key, Limiter, Refused, ADDRESS_SHARE};

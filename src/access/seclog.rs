@@ -6,8 +6,9 @@
 //! [`crate::throttle::EVERY`]. But what is dropped must still say who sent it: throttled
 //! per kind alone, one bad login for a decoy followed by guesses for a manager from
 //! another address logged only the decoy. So a kind's window counts what it drops per
-//! source (client and address, the first [`MAX_NAMED`] of them, then one count for the
-//! rest), and the line that ends the window names them: the kind's next event once the
+//! source (client and address, an IPv6 /64 counting as one address, the first
+//! [`MAX_NAMED`] of them, then one count for the rest), and the line that ends the window
+//! names them: the kind's next event once the
 //! window has passed, or, when none comes, a summary line written as the window ends. At
 //! most one line per kind per interval either way, each of bounded length, however many
 //! addresses flood.
@@ -20,6 +21,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use super::address::address_key;
 use super::Caller;
 use crate::throttle::EVERY;
 
@@ -41,9 +43,14 @@ pub fn security_event(
     from: Option<SocketAddr>,
     why: &str,
 ) {
-    let from = from.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+    // An IPv4 client of a dual-stack socket as its IPv4 address, as limits count it.
+    let from_ip = from.map(|a| a.ip().to_canonical());
+    let from = from_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
     let who = loggable(who);
-    let source = format!("client={who} from={from}");
+    // Counted per address as limits count one (an IPv6 /64 is one), so one host cannot
+    // fill the named sources from many addresses of its /64 and hide the others.
+    let key = from_ip.map_or_else(|| "unknown".to_owned(), |ip| address_key(ip).to_string());
+    let source = format!("client={who} from={key}");
     // Without a runtime (a unit test) nothing can write the window's summary when it
     // ends: the kind's next line carries it.
     let runtime = tokio::runtime::Handle::try_current().ok();

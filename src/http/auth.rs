@@ -151,7 +151,10 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
         })
         .await?;
     let (permissions, secret) = permissions.expect("set when recorded");
-    let from_text = from.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+    let from_text = from.map_or_else(
+        || "unknown".to_owned(),
+        |a| a.ip().to_canonical().to_string(),
+    );
     tracing::info!(target: "flinger::security", event = "authn_token_created", client = %client_id, role = permissions.role.as_deref().unwrap_or("contributor"), from = %from_text, "issued an access token and a refresh token");
     let access = gate.signer.issue(&permissions, secret, at, gate.access_ttl);
     Ok(token_response(access, gate.access_ttl, Some(refresh)))

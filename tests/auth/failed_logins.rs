@@ -68,6 +68,89 @@ async fn wrong_guesses_from_one_address_do_not_refuse_the_right_secret_from_anot
     token_request(srv, "bob", &bob).await.expect_status(200);
 }
 
+/// On a dual-stack socket an IPv4 client arrives as `::ffff:a.b.c.d`: it counts as its
+/// IPv4 address, not as part of the IPv6 /64 it lies in (`::/64`, also ::1's), so
+/// failures from ::1 do not refuse an IPv4 client, nor one IPv4 address another. (That
+/// two addresses of one /64 share their limit is the limiter's unit test: loopback has
+/// one IPv6 address.)
+#[tokio::test]
+async fn an_ipv4_client_of_a_dual_stack_socket_is_its_own_address_not_part_of_a_64() {
+    let mut args = vec!["--token-failures-per-minute", "3", "--bind", "[::]:0"];
+    // Listening on every address, a node on the PostgreSQL journal needs a URL other
+    // nodes reach it by; none does here.
+    if crate::util::pg::switched_on() {
+        args.extend(["--advertise-url", "http://127.0.0.1:9"]);
+    }
+    let lab = Lab::start(&args);
+    let srv = &lab.srv;
+    let bob = lab.client("bob", "contributor", json!({})).await;
+    let alice = lab.client("alice", "contributor", json!({})).await;
+    let port = srv.base_url().rsplit(':').next().unwrap().to_owned();
+    let send = |from: &'static str, to: String, id: String, secret: String| async move {
+        let request = format!(
+            "POST /v1/oauth2/token HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+            super::basic(&id, &secret)
+        );
+        let mut conn =
+            crate::util::RawConn::connect_from(&format!("http://{to}"), from.parse().unwrap())
+                .await;
+        conn.send(request.as_bytes()).await;
+        conn.read_response().await.expect("an answer").status
+    };
+    let v6 = format!("[::1]:{port}");
+    let v4 = format!("127.0.0.1:{port}");
+    // ::1 uses up its address's tries (4 × 3) across four client ids, then is refused.
+    let mut checked = 0;
+    for n in 0..16 {
+        let id = format!("someone-{}", n % 4);
+        let status = send("::1", v6.clone(), id, "wrong-guess-0".into()).await;
+        assert!(status == 401 || status == 429, "{status}");
+        checked += usize::from(status == 401);
+    }
+    assert!((12..=13).contains(&checked), "{checked} guesses checked");
+    assert_eq!(
+        send("::1", v6.clone(), "bob".into(), bob.clone()).await,
+        429
+    );
+    // IPv4 clients, arriving mapped, are not in ::1's /64.
+    assert_eq!(
+        send("127.0.0.5", v4.clone(), "bob".into(), bob.clone()).await,
+        200
+    );
+    // Nor in one another's: alice's tries from one IPv4 address leave another's.
+    for n in 0..3 {
+        let guess = format!("wrong-guess-{n}");
+        assert_eq!(
+            send("127.0.0.5", v4.clone(), "alice".into(), guess).await,
+            401
+        );
+    }
+    assert_eq!(
+        send("127.0.0.5", v4.clone(), "alice".into(), alice.clone()).await,
+        429
+    );
+    assert_eq!(
+        send("127.0.0.6", v4.clone(), "alice".into(), alice.clone()).await,
+        200
+    );
+    // The throttled security log counts what it drops per address as limits count one:
+    // ::1 as its /64, an IPv4 client as its IPv4 address (the summary once its 10 s end).
+    let summary = srv
+        .stderr_lines_once(|l| l.contains("suppressed_by") && l.contains("127.0.0.5"))
+        .await;
+    let summary = summary
+        .iter()
+        .find(|l| l.contains("suppressed_by") && l.contains("127.0.0.5"))
+        .unwrap_or_else(|| panic!("no summary naming 127.0.0.5: {summary:#?}"));
+    assert!(summary.contains("from=::/64"), "{summary}");
+    assert!(
+        summary.contains("client=alice from=127.0.0.5 ("),
+        "{summary}"
+    );
+    assert!(!summary.contains("::ffff:"), "{summary}");
+}
+
 /// At 30 failures a minute, a failed try comes back every 2 s: after 30 at once the next
 /// is refused naming at most 2 s, and 2 s later one more guess is checked (a fixed
 /// window would refuse it for the rest of its minute).

@@ -339,7 +339,10 @@ impl TestServer {
         assert!(self.child.is_none(), "server already running");
         let data_dir = self.data_dir();
         let mut cmd = flinger_command(self.dir.path());
-        cmd.arg("--bind").arg("127.0.0.1:0");
+        // A test may choose its own (the flag may be given once).
+        if !self.args.iter().any(|a| a == "--bind") {
+            cmd.arg("--bind").arg("127.0.0.1:0");
+        }
         if self.pass_data_dir {
             cmd.arg("--data-dir").arg(&data_dir);
         }

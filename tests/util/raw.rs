@@ -105,7 +105,12 @@ impl RawConn {
             .trim_start_matches("http://")
             .parse()
             .expect("a base URL of an IP address and port");
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        let socket = if source.is_ipv6() {
+            tokio::net::TcpSocket::new_v6()
+        } else {
+            tokio::net::TcpSocket::new_v4()
+        }
+        .expect("socket");
         socket
             .bind(std::net::SocketAddr::new(source, 0))
             .expect("bind the source address");
