@@ -17,9 +17,12 @@
 //! Cardinality: every label value is bounded. `route` is the matched route template
 //! (`/v1/job/{id}`, not the raw path; `unmatched` for no route), `method` a standard
 //! HTTP method's name or `other` (hyper accepts any token as a method), `status` an HTTP
-//! status. `queue` is the queue's name for the first
-//! `--metrics-queues` queues the metrics see (default 100) and `other` for the rest
-//! (summed, oldest wait: the largest). `state` is one of Testflinger's job states, or
+//! status. `queue` is the queue's name for at most `--metrics-queues` queues (default
+//! 100) and `other` for the rest (summed, oldest wait: the largest). Queues agents serve
+//! (advertised, or listed in an agent's record) come first: one seen when every label is
+//! taken takes the label of a queue no agent serves, so clients submitting to invented
+//! queue names cannot push real queues into `other`; the others get labels first come,
+//! first served while some are free. `state` is one of Testflinger's job states, or
 //! `other` for a label an agent invented.
 
 use std::collections::BTreeMap;
@@ -139,27 +142,121 @@ impl WalStats {
     }
 }
 
-/// Which queues get their own label: the first `cap` seen, in the order seen.
-#[derive(Debug)]
+/// Which queues get their own label (at most `cap`), and the per-queue dispatch series
+/// that follow from it. Queues agents serve ([`QueueLabels::served`]) come first: one
+/// seen when every label is taken takes over the label of a queue no agent serves (whose
+/// dispatch series go; it is counted under `other` from then on). Other queues get a
+/// label while one is free, in the order seen.
 struct QueueLabels {
     cap: usize,
+    /// The agent data: which queues agents advertise or list in their records.
+    agents: crate::actors::Shared<crate::model::agents::Agents>,
+    /// Queues with a label of their own. Its lock is held while a queue is admitted or
+    /// evicted, so the series below change with it.
     admitted: RwLock<FastSet<Name>>,
+    /// Jobs handed to agents, per queue label (registered, shared with the registry).
+    dispatches: Family<QueueLabel, Counter>,
+    /// Seconds from submission to dispatch, per queue label (likewise).
+    waits: HistogramFamily<QueueLabel>,
+    /// The dispatch count and wait histogram of each queue with a label of its own (at most
+    /// the cap), found without two SipHash lookups and a label string per dispatch.
+    handles: RwLock<FastMap<Name, (Counter, Histogram)>>,
 }
 
 impl QueueLabels {
+    /// Whether an agent serves `queue`: advertises it, or lists it in its record.
+    fn served(agents: &crate::model::agents::Agents, queue: &str) -> bool {
+        agents.queues.contains_key(queue) || agents.serving(queue).next().is_some()
+    }
+
+    /// Whether `queue` has (or now gets) a label of its own: it has one; or one is free;
+    /// or an agent serves it and a queue no agent serves gives its label up.
+    fn admit(&self, admitted: &mut FastSet<Name>, queue: &str) -> bool {
+        if admitted.contains(queue) {
+            return true;
+        }
+        if admitted.len() < self.cap {
+            admitted.insert(Name::from(queue));
+            return true;
+        }
+        let victim = {
+            let agents = self.agents.read();
+            if !Self::served(&agents, queue) {
+                return false;
+            }
+            admitted.iter().find(|q| !Self::served(&agents, q)).cloned()
+        };
+        let Some(victim) = victim else {
+            return false;
+        };
+        admitted.remove(&victim);
+        self.handles.write().remove(&victim);
+        let label = QueueLabel {
+            queue: label_value(&victim),
+        };
+        self.dispatches.remove(&label);
+        self.waits.remove(&label);
+        admitted.insert(Name::from(queue));
+        true
+    }
+
     /// The `queue` label value of `queue`: its name, escaped (see [`label_value`]), or
-    /// `other` past the cap.
+    /// `other` when it has no label of its own.
     fn label(&self, queue: &str) -> String {
         if self.admitted.read().contains(queue) {
             return label_value(queue);
         }
-        let mut admitted = self.admitted.write();
-        if admitted.contains(queue) || admitted.len() < self.cap {
-            admitted.insert(Name::from(queue));
+        if self.admit(&mut self.admitted.write(), queue) {
             label_value(queue)
         } else {
             OTHER.to_owned()
         }
+    }
+
+    /// Labels the queues of `summaries` (their [`QueueLabels::label`]), those agents
+    /// serve first so they take the free labels before the others do; returns them in
+    /// that order.
+    fn label_live(
+        &self,
+        mut summaries: Vec<crate::actors::registry::QueueSummary>,
+    ) -> Vec<(String, crate::actors::registry::QueueSummary)> {
+        {
+            let agents = self.agents.read();
+            summaries.sort_by_key(|s| !Self::served(&agents, &s.queue));
+        }
+        summaries
+            .into_iter()
+            .map(|s| (self.label(&s.queue), s))
+            .collect()
+    }
+
+    /// `queue`'s dispatch count and wait histogram: its own, or `other`'s.
+    fn dispatch_series(&self, queue: &str) -> (Counter, Histogram) {
+        if let Some(series) = self.handles.read().get(queue) {
+            return series.clone();
+        }
+        // Held until the handle is kept, so an eviction cannot come between.
+        let mut admitted = self.admitted.write();
+        let own = self.admit(&mut admitted, queue);
+        let label = QueueLabel {
+            queue: if own {
+                label_value(queue)
+            } else {
+                OTHER.to_owned()
+            },
+        };
+        let series = (
+            self.dispatches.get_or_create(&label).clone(),
+            self.waits.get_or_create(&label).clone(),
+        );
+        // Queues without a label of their own share `other` and are not kept here, so
+        // this map stays within the cap.
+        if own {
+            self.handles
+                .write()
+                .insert(Name::from(queue), series.clone());
+        }
+        series
     }
 }
 
@@ -187,12 +284,10 @@ fn label_value(text: &str) -> String {
 pub struct Metrics {
     /// What `/metrics` encodes.
     registry: Registry,
-    /// The `queue` label cap.
+    /// Which queues have a `queue` label of their own, and their dispatch series.
     queues: Arc<QueueLabels>,
-    /// Jobs handed to agents, per queue.
-    dispatches: Family<QueueLabel, Counter>,
-    /// Seconds from submission to dispatch, per queue.
-    waits: HistogramFamily<QueueLabel>,
+    /// The jobs, for the queues a scrape labels ([`Metrics::encode`]).
+    jobs: Jobs,
     /// Requests answered, per route, method and status.
     requests: Family<RequestLabels, Counter>,
     /// Seconds to answer, per route and method.
@@ -200,10 +295,6 @@ pub struct Metrics {
     /// The count and histogram of each label set seen, found without the families'
     /// SipHash-keyed maps (a third of `request`'s cost on every request).
     handles: RwLock<FastMap<RequestLabels, (Counter, Histogram)>>,
-    /// The dispatch count and wait histogram of each queue with a label of its own (at most
-    /// the `queue` label cap), likewise found without two SipHash lookups and a label
-    /// string per dispatch.
-    dispatch_handles: RwLock<FastMap<Name, (Counter, Histogram)>>,
     /// Requests refused for a limit or an unavailable log, per reason.
     refused: Family<ReasonLabel, Counter>,
     /// Connections open now.
@@ -221,25 +312,33 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// The metrics of a server whose jobs are `jobs` and whose log writer records into
-    /// `wal`; `queue_cap` is `--metrics-queues`. `connections` counts the process's open
+    /// The metrics of a server whose jobs are `jobs`, whose agent data is `agents` and
+    /// whose log writer records into `wal`; `queue_cap` is `--metrics-queues`. `connections` counts the process's open
     /// HTTP connections ([`ConnectionGuard::open`]): it is made by whoever accepts them,
     /// because on the PostgreSQL journal the accept loop outlives a leader's term and its
     /// metrics (`crate::ha`).
-    pub fn new(jobs: Jobs, wal: WalStats, queue_cap: usize, connections: Gauge) -> Metrics {
+    pub fn new(
+        jobs: Jobs,
+        agents: crate::actors::Shared<crate::model::agents::Agents>,
+        wal: WalStats,
+        queue_cap: usize,
+        connections: Gauge,
+    ) -> Metrics {
         let queues = Arc::new(QueueLabels {
             cap: queue_cap,
+            agents,
             admitted: RwLock::new(FastSet::default()),
+            dispatches: Family::default(),
+            waits: Family::new_with_constructor(wait_histogram),
+            handles: RwLock::default(),
         });
         let m = Metrics {
             registry: Registry::default(),
             queues: queues.clone(),
-            dispatches: Family::default(),
-            waits: Family::new_with_constructor(wait_histogram),
+            jobs: jobs.clone(),
             requests: Family::default(),
             latency: Family::new_with_constructor(seconds_histogram),
             handles: RwLock::default(),
-            dispatch_handles: RwLock::default(),
             refused: Family::default(),
             connections,
             snapshot_seconds: seconds_histogram(),
@@ -249,12 +348,12 @@ impl Metrics {
         registry.register(
             "dispatches",
             "Jobs handed to agents, per queue",
-            m.dispatches.clone(),
+            queues.dispatches.clone(),
         );
         registry.register(
             "job_wait_seconds",
             "Seconds from submission to dispatch of dispatched jobs, per queue",
-            m.waits.clone(),
+            queues.waits.clone(),
         );
         registry.register(
             "http_requests",
@@ -302,6 +401,10 @@ impl Metrics {
 
     /// The OpenMetrics text of every metric now.
     pub fn encode(&self) -> String {
+        // The queues with unfinished jobs get their labels before anything is written:
+        // the registry writes the dispatch series before the collector runs, and a label
+        // given up to a served queue must take its dispatch series with it in this scrape.
+        self.queues.label_live(self.jobs.queue_summaries());
         let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -311,25 +414,14 @@ impl Metrics {
     /// A job of `queue` was dispatched after waiting `waited_secs`.
     pub fn dispatched(&self, queue: &str, waited_secs: u64) {
         let waited = waited_secs as f64;
-        if let Some((count, wait)) = self.dispatch_handles.read().get(queue) {
+        if let Some((count, wait)) = self.queues.handles.read().get(queue) {
             count.inc();
             wait.observe(waited);
             return;
         }
-        let label = QueueLabel {
-            queue: self.queues.label(queue),
-        };
-        let count = self.dispatches.get_or_create(&label).clone();
-        let wait = self.waits.get_or_create(&label).clone();
+        let (count, wait) = self.queues.dispatch_series(queue);
         count.inc();
         wait.observe(waited);
-        // Queues past the label cap share `other` and are not kept here, so this map stays
-        // within the cap.
-        if label.queue != OTHER {
-            self.dispatch_handles
-                .write()
-                .insert(Name::from(queue), (count, wait));
-        }
     }
 
     /// A request to `route` (its template, or `unmatched`) with `method` (a standard
@@ -419,8 +511,8 @@ impl Collector for JobFigures {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = crate::actors::now();
         let mut queues: BTreeMap<String, QueueFigures> = BTreeMap::new();
-        for summary in self.jobs.queue_summaries() {
-            let figures = queues.entry(self.queues.label(&summary.queue)).or_default();
+        for (label, summary) in self.queues.label_live(self.jobs.queue_summaries()) {
+            let figures = queues.entry(label).or_default();
             figures.waiting += summary.waiting as i64;
             figures.running += summary.running as i64;
             if let Some(since) = summary.oldest_waiting_since {

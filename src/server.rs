@@ -166,6 +166,7 @@ pub async fn start_recovered(
     let jobs = Jobs::new(registry);
     let metrics = Arc::new(crate::metrics::Metrics::new(
         jobs.clone(),
+        agent_data.clone(),
         journal.wal_stats().clone(),
         config.metrics_queues,
         connections,

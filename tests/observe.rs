@@ -179,6 +179,94 @@ async fn metrics_report_queues_states_dispatches_and_routes_when_jobs_flow() {
     assert!(value(&m, "flinger_open_connections", &[]) >= 1.0);
 }
 
+/// Queue labels go first to queues agents serve: invented queue names that took every
+/// label give them up to a queue an agent advertises, and to one an agent's record lists
+/// (the invented ones' dispatch series go, and they count under `other`), and later
+/// invented names find none free.
+#[tokio::test]
+async fn queues_agents_serve_take_metric_labels_from_invented_queues() {
+    let srv = TestServer::start_with(&["--metrics-queues", "2"]);
+    for queue in ["junk1", "junk1", "junk2", "junk2"] {
+        srv.submit_to(queue).await;
+    }
+    assert!(srv.pop_id(&["junk1"]).await.is_some());
+    let m = scrape(&srv).await;
+    assert_eq!(
+        value(&m, "flinger_queue_waiting_jobs", &[("queue", "junk1")]),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "flinger_queue_waiting_jobs", &[("queue", "junk2")]),
+        2.0
+    );
+    assert_eq!(
+        value(&m, "flinger_dispatches_total", &[("queue", "junk1")]),
+        1.0
+    );
+    // Every label is taken. One agent advertises "real", another's record lists "lab".
+    srv.post_json("/v1/agents/queues", &json!({"real": "a real queue"}))
+        .await
+        .expect_status(200);
+    let record = json!({"state": "waiting", "queues": ["lab"]});
+    srv.post_json("/v1/agents/data/lab-agent-1", &record)
+        .await
+        .expect_status(200);
+    srv.submit_to("real").await;
+    srv.submit_to("lab").await;
+    srv.submit_to("real").await;
+    assert!(srv.pop_id(&["real"]).await.is_some());
+    srv.submit_to("junk3").await;
+    let m = scrape(&srv).await;
+    assert_eq!(
+        value(&m, "flinger_queue_waiting_jobs", &[("queue", "real")]),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "flinger_queue_running_jobs", &[("queue", "real")]),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "flinger_queue_waiting_jobs", &[("queue", "lab")]),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "flinger_dispatches_total", &[("queue", "real")]),
+        1.0
+    );
+    // junk1 (1 waiting, 1 running), junk2 (2 waiting) and junk3 (1 waiting) are `other`.
+    assert_eq!(
+        value(&m, "flinger_queue_waiting_jobs", &[("queue", "other")]),
+        4.0
+    );
+    assert_eq!(
+        value(&m, "flinger_queue_running_jobs", &[("queue", "other")]),
+        1.0
+    );
+    for junk in ["junk1", "junk2", "junk3"] {
+        assert!(
+            !m.iter()
+                .any(|s| s.labels.get("queue").map(String::as_str) == Some(junk)),
+            "{junk} kept a label: {:?}",
+            m.iter()
+                .filter(|s| s.labels.get("queue").map(String::as_str) == Some(junk))
+                .map(|s| &s.metric)
+                .collect::<Vec<_>>()
+        );
+    }
+    // A dispatch from an invented queue now counts under `other`.
+    assert!(srv.pop_id(&["junk2"]).await.is_some());
+    let m = scrape(&srv).await;
+    assert_eq!(
+        value(&m, "flinger_dispatches_total", &[("queue", "other")]),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "flinger_queue_running_jobs", &[("queue", "other")]),
+        2.0
+    );
+    assert!(sample(&m, "flinger_dispatches_total", &[("queue", "junk2")]).is_none());
+}
+
 /// Queue names are the clients': one holding `"` or `\` is written escaped in every
 /// series labelled by queue, so the scrape still parses and no name adds labels of its own.
 #[tokio::test]

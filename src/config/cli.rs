@@ -373,7 +373,8 @@ pub struct ServeOpts {
     #[arg(long, env = "FLINGER_MAX_WAITERS", value_name = "N")]
     pub max_waiters: Option<usize>,
     /// Queues with their own `queue` label in `/metrics`; the others are summed under
-    /// `queue="other"` (bounds the scrape's size) [default: 100].
+    /// `queue="other"` (bounds the scrape's size); queues agents serve get them first
+    /// [default: 100].
     #[arg(long, env = "FLINGER_METRICS_QUEUES", value_name = "N")]
     pub metrics_queues: Option<usize>,
     /// Access control: `off` (everyone may do everything; loopback only), `on`
