@@ -1,7 +1,8 @@
-//! Credentials: access tokens (HS256 JWTs with Testflinger's claim layout), refresh
-//! tokens (opaque random strings, stored only as SHA-256), client secrets (bcrypt, cost 8
-//! as upstream) and the signing key (from the environment, else generated once into the
-//! data directory, mode 0600).
+//! Credentials: access tokens (HS256 JWTs with Testflinger's claim layout, plus
+//! flinger's `secret_fp`: the fingerprint of the client secret they were issued under,
+//! so a new secret ends them), refresh tokens (opaque random strings, stored only as
+//! SHA-256), client secrets (bcrypt, cost 8 as upstream) and the signing key (from the
+//! environment, else generated once into the data directory, mode 0600).
 //!
 //! Upstream source: `server/src/testflinger/api/auth.py` (`generate_access_token`,
 //! `decode_jwt_token`, `generate_refresh_token`, `hash_secret`). Status codes and
