@@ -163,9 +163,9 @@ impl Limiter {
     }
 
     /// Keys for a token request naming `client_id` from `from`: the pair, and the address
-    /// alone, an address as [`address_key`] counts it (an IPv6 /64 is one address). Never
-    /// the client id alone: failures from one address must not refuse the client's right
-    /// secret from another.
+    /// alone, an address as [`super::address::address_key`] counts it (an IPv6 /64 is
+    /// one address). Never the client id alone: failures from one address must not
+    /// refuse the client's right secret from another.
     pub fn keys(client_id: &str, from: Option<IpAddr>) -> [Key; 2] {
         let address = from.map_or_else(|| "unknown".into(), |a| address_key(a).to_string());
         [

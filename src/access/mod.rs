@@ -27,6 +27,7 @@
 //! Authentication and authorisation failures are logged as security events (target
 //! `flinger::security`: who, what, from where), never with a secret or a token.
 
+pub mod address;
 pub mod admin;
 pub mod clients;
 pub mod origin;
@@ -35,7 +36,6 @@ pub mod store;
 pub mod table;
 pub mod token;
 
-mod address;
 mod limiter;
 mod seclog;
 pub use limiter::{Admitted, Key, Limiter, Refused, ADDRESS_SHARE};

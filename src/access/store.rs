@@ -9,7 +9,7 @@
 //! (no disk wait), so the lock is held for microseconds; callers await durability after.
 //!
 //! It also answers every authenticated request's question, what may this client do now
-//! ([`AccessStore::permissions`]): a token names its client, and the rights used are the
+//! ([`AccessStore::current`]): a token names its client, and the rights used are the
 //! client's current ones, so deleting a client or lowering its rights takes effect at
 //! once, not when its tokens expire. With the permissions it keeps the fingerprint of the
 //! client's current secret, which a token must carry to be taken.
