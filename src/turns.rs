@@ -1,6 +1,7 @@
 //! Fair turns for expensive reads (job searches, queue listings, the dashboard's lists):
 //! at most `--max-searches` run at once, and when more wait, the next turn goes to the
-//! requester (client address) whose turn is longest past, not to the oldest request. A
+//! requester (client address, an IPv6 /64 counted as one: `access::address`) whose turn
+//! is longest past, not to the oldest request. A
 //! client that sends a thousand searches at once then delays another client's search by
 //! about one search, not by a thousand (a FIFO semaphore made it wait behind all of them).
 //!
@@ -8,21 +9,21 @@
 //! connection limits, so nothing else bounds the queues.
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use crate::access::address::{address_key, AddressKey};
 use crate::model::FastMap;
 
-/// Whose turn a request takes: its client's address (`None`: unknown, such as a request
-/// made inside the server; those share one line).
-pub type Requester = Option<IpAddr>;
+/// Whose turn a request takes: its client's address as limits count it (`None`:
+/// unknown, such as a request made inside the server; those share one line).
+pub type Requester = Option<AddressKey>;
 
 /// The requester of a request: its client's address as `access::peer` knows it (set per
 /// connection, or vouched for by the standby that forwarded it).
 pub fn requester(request_extensions: &axum::http::Extensions) -> Requester {
-    crate::access::peer(request_extensions).map(|peer| peer.ip())
+    crate::access::peer(request_extensions).map(|peer| address_key(peer.ip()))
 }
 
 /// The turns (see the module docs).
@@ -153,7 +154,7 @@ mod tests {
     use std::sync::Arc;
 
     fn addr(n: u8) -> Requester {
-        Some(IpAddr::from([10, 0, 0, n]))
+        Some(address_key(std::net::IpAddr::from([10, 0, 0, n])))
     }
 
     /// The order in which waiting requests get their turn: one flooding requester does

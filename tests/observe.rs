@@ -636,3 +636,29 @@ async fn operator_deletes_answer_as_documented() {
         );
     }
 }
+
+/// On a dual-stack socket (`[::]`) an IPv4 loopback client arrives as
+/// `::ffff:127.0.0.1`: it is the server's own host all the same, and may use the
+/// operator routes with access control off (it was refused 403), as `::1` may.
+#[tokio::test]
+async fn an_ipv4_loopback_client_of_a_dual_stack_socket_is_the_servers_own_host() {
+    let mut args = vec!["--bind", "[::]:0", "--allow-open-access"];
+    if crate::util::pg::switched_on() {
+        args.extend(["--advertise-url", "http://127.0.0.1:9"]);
+    }
+    let srv = TestServer::start_with(&args);
+    let port = srv.base_url().rsplit(':').next().unwrap().to_owned();
+    for (from, to) in [("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")] {
+        let id = srv.submit(&json!({"job_queue": "own-host"})).await;
+        let mut conn = crate::util::RawConn::connect_from(
+            &format!("http://{to}:{port}"),
+            from.parse().unwrap(),
+        )
+        .await;
+        let request =
+            format!("DELETE /v1/job/{id} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        conn.send(request.as_bytes()).await;
+        let r = conn.read_response().await.expect("an answer");
+        assert_eq!(r.status, 200, "from {from}: {r:?}");
+    }
+}

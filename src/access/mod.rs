@@ -259,12 +259,13 @@ pub fn peer(request_extensions: &axum::http::Extensions) -> Option<SocketAddr> {
     request_extensions.get::<Requester>().and_then(|r| r.peer)
 }
 
-/// Whether a request comes from this server's own host: a loopback peer, and not
-/// forwarded by another node (operator-only routes with access control off).
+/// Whether a request comes from this server's own host: a loopback peer (IPv4's too when
+/// it reaches a dual-stack socket as `::ffff:127.0.0.1`), and not forwarded by another
+/// node (operator-only routes with access control off).
 pub fn from_own_host(request_extensions: &axum::http::Extensions) -> bool {
-    request_extensions
-        .get::<Requester>()
-        .is_some_and(|r| !r.forwarded && r.peer.is_some_and(|p| p.ip().is_loopback()))
+    request_extensions.get::<Requester>().is_some_and(|r| {
+        !r.forwarded && r.peer.is_some_and(|p| p.ip().to_canonical().is_loopback())
+    })
 }
 
 /// The caller of a request [`authorize`] let through. A handler reached without one is a

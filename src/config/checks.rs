@@ -378,7 +378,12 @@ impl Config {
     pub(super) fn rebinding_warning(&self) -> Option<String> {
         (self.allowed_hosts.is_none() && !self.bind.ip().is_loopback()).then(|| {
             format!(
-                "{} is not set and {} is not a loopback address: a web page whose name is                  made to resolve to this server's address (DNS rebinding) can use it as its                  own site, with the rights of a caller without a token (read every answer;                  submit and cancel jobs unless access control is strict). Name the hosts                  clients use to reach this server there (`*.suffix` allowed; IP addresses                  and localhost always pass)",
+                "{} is not set and {} is not a loopback address: a web page whose name is \
+                 made to resolve to this server's address (DNS rebinding) can use it as its \
+                 own site, with the rights of a caller without a token (read every answer; \
+                 submit and cancel jobs unless access control is strict). Name the hosts \
+                 clients use to reach this server there (`*.suffix` allowed; IP addresses \
+                 and localhost always pass)",
                 setting("allowed-hosts"),
                 self.bind
             )

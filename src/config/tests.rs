@@ -448,6 +448,7 @@ fn a_non_loopback_bind_without_allowed_hosts_warns_of_dns_rebinding_once() {
     let (_, warnings) = Config::resolve(&public, None).unwrap();
     let said = rebinding(&warnings);
     assert_eq!(said.len(), 1, "{warnings:?}");
+    assert!(!said[0].contains("  "), "runs of spaces: {}", said[0]);
     assert!(
         said[0].contains("--allowed-hosts (FLINGER_ALLOWED_HOSTS, config key ALLOWED_HOSTS)")
             && said[0].contains("0.0.0.0:8000"),
