@@ -183,7 +183,7 @@ impl Jobs {
     /// for them, with the submission waiting (its `seq`: a resubmission waits for new
     /// ones), `Ok(None)` once they are (the job may be dispatched: they are never
     /// replaced), the registry's refusal otherwise (the same decision as
-    /// [`RegistryMsg::AttachmentsArrived`]).
+    /// [`super::RegistryMsg::AttachmentsArrived`]).
     pub fn awaits_attachments(&self, id: JobId) -> Result<Option<u64>> {
         let registry = self.0.read();
         let awaits = registry.attachments_arrived(id)?.is_some();
