@@ -602,15 +602,7 @@ async fn outbox_and_delivery_progress_survive_a_snapshot_and_kill_9() {
     wait_view(&srv, &id, "delivery", |v| v["delivered"] == 2).await;
     // Enough log after it to make the server take a snapshot.
     srv.log_for_a_snapshot().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !srv
-        .stderr_lines()
-        .iter()
-        .any(|l| l.contains("snapshot taken"))
-    {
-        assert!(Instant::now() < deadline, "no snapshot was taken");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    srv.snapshot_taken().await;
     let sent = receiver.got().len();
     srv.kill9();
     srv.start_again();

@@ -452,39 +452,23 @@ impl JobIndex {
     /// Notes that `id` was dispatched to `agent` (now: it goes to the front of the
     /// agent's list, which keeps the newest [`AGENT_RECENT`]).
     pub fn dispatched(&mut self, agent: &Name, id: JobId) {
-        let list = self.by_agent.entry(agent.clone()).or_default();
-        list.retain(|j| *j != id);
-        list.push_front(id);
-        list.truncate(AGENT_RECENT);
+        file_first(&mut self.by_agent, agent, id);
     }
 
     /// Drops `id` from `agent`'s list (the job is gone).
     pub fn undispatched(&mut self, agent: &str, id: JobId) {
-        if let Some(list) = self.by_agent.get_mut(agent) {
-            list.retain(|j| *j != id);
-            if list.is_empty() {
-                self.by_agent.remove(agent);
-            }
-        }
+        unfile(&mut self.by_agent, agent, id);
     }
 
     /// Files `id` first among the jobs `agent` was found lost on (the newest
     /// [`AGENT_RECENT`] are kept).
     pub fn lost(&mut self, agent: &Name, id: JobId) {
-        let list = self.lost_by_agent.entry(agent.clone()).or_default();
-        list.retain(|j| *j != id);
-        list.push_front(id);
-        list.truncate(AGENT_RECENT);
+        file_first(&mut self.lost_by_agent, agent, id);
     }
 
     /// Drops `id` from the jobs `agent` was found lost on.
     pub fn unlost(&mut self, agent: &str, id: JobId) {
-        if let Some(list) = self.lost_by_agent.get_mut(agent) {
-            list.retain(|j| *j != id);
-            if list.is_empty() {
-                self.lost_by_agent.remove(agent);
-            }
-        }
+        unfile(&mut self.lost_by_agent, agent, id);
     }
 
     /// Drops `id` from the lists of the agents of `lost` and of the loss before it (the
@@ -686,6 +670,25 @@ pub fn merged_desc<'a>(
         previous = Some(seq);
         return Some((seq, id));
     })
+}
+
+/// Files `id` first in `agent`'s list of `lists` (once; the newest [`AGENT_RECENT`]
+/// are kept).
+fn file_first(lists: &mut FastMap<Name, VecDeque<JobId>>, agent: &Name, id: JobId) {
+    let list = lists.entry(agent.clone()).or_default();
+    list.retain(|j| *j != id);
+    list.push_front(id);
+    list.truncate(AGENT_RECENT);
+}
+
+/// Drops `id` from `agent`'s list of `lists`, and the list once empty.
+fn unfile(lists: &mut FastMap<Name, VecDeque<JobId>>, agent: &str, id: JobId) {
+    if let Some(list) = lists.get_mut(agent) {
+        list.retain(|j| *j != id);
+        if list.is_empty() {
+            lists.remove(agent);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,6 @@
 //! a record (`DELETE /v1/agents/data/<name>`), which frees its place; both across a
 //! snapshot and restarts.
 
-use std::time::{Duration, Instant};
-
 use serde_json::{json, Value};
 
 use super::{call, Lab};
@@ -15,19 +13,6 @@ use crate::util::{Resp, TestServer};
 async fn post(srv: &TestServer, token: &str, name: &str, fields: Value) -> Resp {
     let path = format!("/v1/agents/data/{name}");
     call(srv, "POST", &path, Some(token), None, Some(&fields)).await
-}
-
-/// Waits until `srv` has logged a snapshot.
-async fn snapshot_taken(srv: &TestServer) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !srv
-        .stderr_lines()
-        .iter()
-        .any(|l| l.contains("snapshot taken"))
-    {
-        assert!(Instant::now() < deadline, "no snapshot was taken");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The refusal of a credential's new agent past its share: 507, naming the credential,
@@ -80,7 +65,7 @@ async fn an_agent_credential_is_refused_new_agents_past_its_share_while_others_r
 
     // The counts are the fold's: a snapshot and a restart keep them.
     srv.log_for_a_snapshot().await;
-    snapshot_taken(srv).await;
+    srv.snapshot_taken().await;
     lab.srv.restart();
     let srv = &lab.srv;
     assert_share_refusal(&post(srv, &one, "one-3", json!({})).await, "share-one");

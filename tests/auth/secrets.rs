@@ -2,7 +2,7 @@
 //! clear; without a master key the secrets endpoints say there is no store; with access
 //! control off a job naming secrets is refused as unauthenticated.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -217,15 +217,7 @@ async fn job_secrets_reach_only_the_dispatched_agent_and_never_the_disk_in_clear
     .expect_status(200);
     // Enough log for a snapshot, then nothing on disk holds a value in clear.
     srv.log_for_a_snapshot().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !srv
-        .stderr_lines()
-        .iter()
-        .any(|l| l.contains("snapshot taken"))
-    {
-        assert!(Instant::now() < deadline, "no snapshot was taken");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    srv.snapshot_taken().await;
     let log = lab.srv.stderr_lines().join("\n");
     assert!(
         !log.contains(value) && !log.contains("only-once-value"),

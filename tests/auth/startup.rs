@@ -2,7 +2,7 @@
 //! restarts and snapshots with no secret on disk in clear, and a public address with access
 //! control off is refused at start-up with how to fix it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -53,15 +53,7 @@ async fn clients_tokens_and_the_signing_key_survive_restarts_and_snapshots_and_n
     let refresh = issued["refresh_token"].as_str().unwrap().to_owned();
     // Enough log to make the server take a snapshot.
     srv.log_for_a_snapshot().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !srv
-        .stderr_lines()
-        .iter()
-        .any(|l| l.contains("snapshot taken"))
-    {
-        assert!(Instant::now() < deadline, "no snapshot was taken");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    srv.snapshot_taken().await;
     srv.restart();
     // The old access token still verifies (same key), the refresh token still works.
     let clients = call(

@@ -330,6 +330,19 @@ impl TestServer {
         }
     }
 
+    /// Waits until the server has logged a snapshot taken (20 s at most, then panics).
+    pub async fn snapshot_taken(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("snapshot taken"))
+        {
+            assert!(Instant::now() < deadline, "no snapshot was taken");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The OS process id of the current incarnation.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("server not running").id()

@@ -354,6 +354,27 @@ impl Registry {
             .collect()
     }
 
+    /// Takes job `id` (removed: expired or deleted) out of everything that names it: its
+    /// agent's hold and lists, its losses' lists, the read indexes, and its queue's
+    /// name once no job has it.
+    fn unfile(&mut self, id: JobId, job: &Job) {
+        if let Some(agent) = &job.agent {
+            self.release_holder(agent, id);
+            self.index.undispatched(agent, id);
+        }
+        if let Some(lost) = &job.lost {
+            self.index.forget_lost(lost, id);
+        }
+        self.index.remove(
+            job.seq,
+            &job.queue,
+            job.state.label(),
+            &job.body,
+            job.owner.as_ref(),
+        );
+        self.forget_queue_if_unused(&job.queue);
+    }
+
     /// Whether a lost agent already made this job go back to its queue once.
     pub fn was_requeued(&self, id: JobId) -> bool {
         self.jobs
@@ -845,24 +866,10 @@ impl Registry {
             }
             Event::JobsExpired { ids } => {
                 for id in ids {
-                    if let Some(job) = self.jobs.get(id).filter(|j| j.state.is_terminal()) {
-                        let job = job.clone();
-                        if let Some(agent) = job.agent.clone() {
-                            self.release_holder(&agent, *id);
-                            self.index.undispatched(&agent, *id);
+                    if self.jobs.get(id).is_some_and(|j| j.state.is_terminal()) {
+                        if let Some(job) = self.jobs.remove(id) {
+                            self.unfile(*id, &job);
                         }
-                        if let Some(lost) = &job.lost {
-                            self.index.forget_lost(lost, *id);
-                        }
-                        self.index.remove(
-                            job.seq,
-                            &job.queue,
-                            job.state.label(),
-                            &job.body,
-                            job.owner.as_ref(),
-                        );
-                        self.jobs.remove(id);
-                        self.forget_queue_if_unused(&job.queue);
                     }
                 }
                 while let Some(&(t, id)) = self.finishing.front() {
@@ -875,21 +882,7 @@ impl Registry {
             }
             Event::JobDeleted { id } => {
                 let job = self.jobs.remove(id)?;
-                if let Some(agent) = job.agent.clone() {
-                    self.release_holder(&agent, *id);
-                    self.index.undispatched(&agent, *id);
-                }
-                if let Some(lost) = &job.lost {
-                    self.index.forget_lost(lost, *id);
-                }
-                self.index.remove(
-                    job.seq,
-                    &job.queue,
-                    job.state.label(),
-                    &job.body,
-                    job.owner.as_ref(),
-                );
-                self.forget_queue_if_unused(&job.queue);
+                self.unfile(*id, &job);
                 job.state
                     .is_waiting()
                     .then(|| IndexChange::Remove(job.queue.clone(), *id))
