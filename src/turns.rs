@@ -153,6 +153,14 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// A task that waits for a turn of `who`'s and gives it back at once.
+    fn waiter(turns: &Arc<Turns>, who: Requester) -> tokio::task::JoinHandle<()> {
+        let turns = turns.clone();
+        tokio::spawn(async move {
+            let _turn = turns.take(who).await;
+        })
+    }
+
     fn addr(n: u8) -> Requester {
         Some(address_key(std::net::IpAddr::from([10, 0, 0, n])))
     }
@@ -212,23 +220,13 @@ mod tests {
     async fn a_waiter_that_gives_up_passes_its_turn_on() {
         let turns = Arc::new(Turns::new(1));
         let held = turns.take(addr(1)).await;
-        let gone = {
-            let turns = turns.clone();
-            tokio::spawn(async move {
-                let _turn = turns.take(addr(2)).await;
-            })
-        };
+        let gone = waiter(&turns, addr(2));
         while turns.waiting() < 1 {
             tokio::task::yield_now().await;
         }
         gone.abort();
         let _ = gone.await;
-        let next = {
-            let turns = turns.clone();
-            tokio::spawn(async move {
-                let _turn = turns.take(addr(3)).await;
-            })
-        };
+        let next = waiter(&turns, addr(3));
         while turns.waiting() < 2 {
             tokio::task::yield_now().await;
         }

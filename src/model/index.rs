@@ -68,12 +68,46 @@ pub struct JobIndex {
     /// names it. A job leaves the list when its losses are forgotten (resubmitted) or it
     /// is removed, so the list is what a rebuild from the jobs gives.
     lost_by_agent: FastMap<Name, VecDeque<JobId>>,
-    /// The [`job_weight`]s of the jobs filed, summed: what `--max-jobs-bytes` bounds.
-    /// Derived like the lists (rebuilt at start-up, kept by insert and remove).
-    weight: u64,
-    /// The same by the jobs' owners (`None`: submitted without a token): what
-    /// `--max-jobs-share-percent` bounds. Owners whose jobs are all gone have no entry.
+    /// The [`job_weight`]s of the jobs filed. Derived like the lists (rebuilt at
+    /// start-up, kept by insert and remove).
+    weights: Weights,
+}
+
+/// [`job_weight`]s summed: in all (what `--max-jobs-bytes` bounds) and by the jobs'
+/// owners (`None`: submitted without a token; what `--max-jobs-share-percent` bounds).
+/// Owners whose jobs are all gone have no entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Weights {
+    total: u64,
     by_owner: FastMap<Option<Name>, u64>,
+}
+
+impl Weights {
+    /// Counts a job with document `body` submitted by `owner`.
+    fn add(&mut self, body: &[u8], owner: Option<&Name>) {
+        self.total += job_weight(body);
+        *self.by_owner.entry(owner.cloned()).or_default() += job_weight(body);
+    }
+
+    /// Stops counting such a job.
+    fn remove(&mut self, body: &[u8], owner: Option<&Name>) {
+        self.total = self.total.saturating_sub(job_weight(body));
+        let key = owner.cloned();
+        if let Some(w) = self.by_owner.get_mut(&key) {
+            *w = w.saturating_sub(job_weight(body));
+            if *w == 0 {
+                self.by_owner.remove(&key);
+            }
+        }
+    }
+
+    /// Adds the counts of `other` (another share of the jobs).
+    fn merge(&mut self, other: Weights) {
+        self.total += other.total;
+        for (owner, w) in other.by_owner {
+            *self.by_owner.entry(owner).or_default() += w;
+        }
+    }
 }
 
 /// The unfinished jobs of one queue.
@@ -215,8 +249,7 @@ pub struct AgentLinks<'a> {
 /// or decodes a share of the jobs), for [`JobIndex::from_parts`].
 #[derive(Default)]
 pub struct PartIndex {
-    weight: u64,
-    by_owner: FastMap<Option<Name>, u64>,
+    weights: Weights,
     queues: Gathered,
     waiting: Gathered,
     active: Gathered,
@@ -243,8 +276,7 @@ impl PartIndex {
         agents: AgentLinks<'_>,
     ) {
         let AgentLinks { dispatched, lost } = agents;
-        self.weight += job_weight(body);
-        *self.by_owner.entry(owner.cloned()).or_default() += job_weight(body);
+        self.weights.add(body, owner);
         gather(&mut self.queues, queue, || queue.clone(), seq, id);
         match live_kind(state) {
             Some(true) => gather(&mut self.waiting, queue, || queue.clone(), seq, id),
@@ -277,13 +309,9 @@ impl JobIndex {
         let (mut queues, mut waiting, mut active) = (Vec::new(), Vec::new(), Vec::new());
         let (mut states, mut tags, mut dispatched) = (Vec::new(), Vec::new(), Vec::new());
         let mut lost = Vec::new();
-        let mut weight = 0;
-        let mut by_owner: FastMap<Option<Name>, u64> = FastMap::default();
+        let mut weights = Weights::default();
         for mut part in parts {
-            weight += part.weight;
-            for (owner, w) in part.by_owner.drain() {
-                *by_owner.entry(owner).or_default() += w;
-            }
+            weights.merge(std::mem::take(&mut part.weights));
             lost.append(&mut part.lost);
             queues.push(part.queues);
             waiting.push(part.waiting);
@@ -308,8 +336,7 @@ impl JobIndex {
             live,
             by_agent,
             lost_by_agent,
-            weight,
-            by_owner,
+            weights,
         }
     }
 
@@ -357,12 +384,16 @@ impl JobIndex {
     /// What `--max-jobs-bytes` bounds: the [`job_weight`]s of the jobs filed, and
     /// [`QUEUE_OVERHEAD`] for each queue that has jobs.
     pub fn weight(&self) -> u64 {
-        self.weight + self.by_queue.len() as u64 * QUEUE_OVERHEAD
+        self.weights.total + self.by_queue.len() as u64 * QUEUE_OVERHEAD
     }
 
     /// The [`job_weight`]s of `owner`'s jobs (`None`: those submitted without a token).
     pub fn owner_weight(&self, owner: Option<&Name>) -> u64 {
-        self.by_owner.get(&owner.cloned()).copied().unwrap_or(0)
+        self.weights
+            .by_owner
+            .get(&owner.cloned())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Adds a job under `seq`, submitted by `owner`.
@@ -375,8 +406,7 @@ impl JobIndex {
         body: &[u8],
         owner: Option<&Name>,
     ) {
-        self.weight += job_weight(body);
-        *self.by_owner.entry(owner.cloned()).or_default() += job_weight(body);
+        self.weights.add(body, owner);
         add(&mut self.by_queue, queue, || queue.clone(), seq, id);
         add(&mut self.by_state, state, || Name::from(state), seq, id);
         for tag in tags_of(body) {
@@ -423,14 +453,7 @@ impl JobIndex {
         body: &[u8],
         owner: Option<&Name>,
     ) {
-        self.weight = self.weight.saturating_sub(job_weight(body));
-        let key = owner.cloned();
-        if let Some(w) = self.by_owner.get_mut(&key) {
-            *w = w.saturating_sub(job_weight(body));
-            if *w == 0 {
-                self.by_owner.remove(&key);
-            }
-        }
+        self.weights.remove(body, owner);
         drop_entry(&mut self.by_queue, queue, seq);
         drop_entry(&mut self.by_state, state, seq);
         for tag in tags_of(body) {
@@ -776,8 +799,8 @@ mod tests {
         }
         let bulk = JobIndex::from_parts(parts);
         assert_eq!(lists(&bulk), lists(&one_by_one));
-        assert_eq!(bulk.by_owner, one_by_one.by_owner);
-        assert_eq!(bulk.weight, one_by_one.weight);
+        assert_eq!(bulk.weights.by_owner, one_by_one.weights.by_owner);
+        assert_eq!(bulk.weights.total, one_by_one.weights.total);
         assert!(lists(&bulk).iter().any(|(kind, _, _)| kind == "active"));
         assert_eq!(bulk.tag_len("a"), 125);
     }
@@ -794,12 +817,12 @@ mod tests {
         assert_eq!(index.owner_weight(Some(&alice)), alices);
         assert_eq!(index.owner_weight(None), job_weight(bodies[2]));
         assert_eq!(index.owner_weight(Some(&Name::from("bob"))), 0);
-        assert_eq!(alices + job_weight(bodies[2]), index.weight);
+        assert_eq!(alices + job_weight(bodies[2]), index.weights.total);
         index.remove(1, "q", "waiting", bodies[0], Some(&alice));
         index.remove(2, "q", "waiting", bodies[1], Some(&alice));
         assert_eq!(index.owner_weight(Some(&alice)), 0);
         assert!(
-            !index.by_owner.contains_key(&Some(alice)),
+            !index.weights.by_owner.contains_key(&Some(alice)),
             "gone with its jobs"
         );
     }
