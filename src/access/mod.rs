@@ -268,6 +268,22 @@ pub fn from_own_host(request_extensions: &axum::http::Extensions) -> bool {
     })
 }
 
+/// The operator-only routes' rule with access control off (with it on, the access
+/// table's row decides): `doing` (e.g. "Deleting a job") is allowed only from the
+/// server's own host ([`from_own_host`]), else 403 saying so.
+pub fn operator_only(
+    caller: &Caller,
+    request_extensions: &axum::http::Extensions,
+    doing: &str,
+) -> Result<()> {
+    if matches!(caller, Caller::Open) && !from_own_host(request_extensions) {
+        return Err(Error::Forbidden(format!(
+            "{doing} is for the operator: only allowed from the server's own host"
+        )));
+    }
+    Ok(())
+}
+
 /// The caller of a request [`authorize`] let through. A handler reached without one is a
 /// route missing from the access table's path through `http::front`, a server bug: 500,
 /// as axum's own `Extension` extractor answers for a missing extension.

@@ -346,13 +346,7 @@ pub async fn agents_delete(
     Path(name): Path<String>,
     request: Request,
 ) -> Result<Response> {
-    if matches!(caller, Caller::Open) && !crate::access::from_own_host(request.extensions()) {
-        return Err(Error::Forbidden(
-            "Deleting an agent's record is for the operator: only allowed from the server's \
-             own host"
-                .into(),
-        ));
-    }
+    crate::access::operator_only(&caller, request.extensions(), "Deleting an agent's record")?;
     check_name(&name)?;
     let ticket = ask(&svc.agents, |p| {
         AgentMsg::Delete(Name::from(name.as_str()), p)

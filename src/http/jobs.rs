@@ -190,12 +190,7 @@ pub async fn job_delete(
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response> {
-    let local = crate::access::from_own_host(request.extensions());
-    if matches!(caller, Caller::Open) && !local {
-        return Err(Error::Forbidden(
-            "Deleting a job is for the operator: only allowed from the server's own host".into(),
-        ));
-    }
+    crate::access::operator_only(&caller, request.extensions(), "Deleting a job")?;
     let id = path_id(&id)?;
     // All three partitions let the request in before any is asked, so a 503 deletes
     // nothing.
