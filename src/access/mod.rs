@@ -52,7 +52,7 @@ use parking_lot::Mutex;
 use crate::actors::Services;
 use crate::config::{AccessMode, Config};
 use crate::error::{Error, Result};
-use crate::model::access::{self, Asked, Permissions, Role};
+use crate::model::access::{self, Asked, Permissions, RefreshId, Role};
 use crate::model::registry::{Submission, Submitter};
 use crate::model::{Event, JobId, Name};
 use table::{Check, Roles};
@@ -172,16 +172,17 @@ pub struct Gate {
     pub limiter: Limiter,
     /// The job secrets store's cipher (`None`: no master key, no secrets store).
     pub secrets: Option<secrets::Sealer>,
-    /// Tokens already verified → their client, `exp` and secret fingerprint: a client's
+    /// Tokens already verified → their client, `exp`, secret fingerprint and refresh
+    /// token: a client's
     /// repeated requests skip the signature check and claim parsing. Bounded (cleared when
     /// full); an entry is used only while its token is unexpired, and the signing key
     /// never changes while the server runs, so a hit is exactly what verifying would give.
     verified: Mutex<crate::model::FastMap<Box<str>, Verified>>,
 }
 
-/// A verified token's client id, `exp` (unix seconds) and the fingerprint of the secret
-/// it was issued under.
-type Verified = (Name, u64, u64);
+/// A verified token's client id, `exp` (unix seconds), the fingerprint of the secret it
+/// was issued under and the refresh token it was issued with or from.
+type Verified = (Name, u64, u64, RefreshId);
 
 /// Most verified tokens remembered.
 const VERIFIED_CACHE: usize = 10_000;
@@ -207,7 +208,8 @@ impl Gate {
     /// was issued with: a client deleted, demoted or given fewer rights is held to that on
     /// its next request (its tokens live up to `--access-token-secs`), and a deleted
     /// client's token is refused (401), as is one issued under a secret the client no
-    /// longer has (its secret was replaced: the fix for a leaked credential).
+    /// longer has (its secret was replaced: the fix for a leaked credential) or with or
+    /// from a refresh token an admin has revoked.
     pub fn caller(&self, headers: &axum::http::HeaderMap) -> Result<Caller> {
         if self.mode == AccessMode::Off {
             return Ok(Caller::Open);
@@ -224,9 +226,9 @@ impl Gate {
             .verified
             .lock()
             .get(token)
-            .filter(|(_, exp, _)| now <= exp.saturating_add(self.signer.leeway()))
-            .map(|(client_id, _, secret)| (client_id.clone(), *secret));
-        let (client_id, secret) = match cached {
+            .filter(|(_, exp, _, _)| now <= exp.saturating_add(self.signer.leeway()))
+            .map(|(client_id, _, secret, refresh)| (client_id.clone(), *secret, *refresh));
+        let (client_id, secret, refresh) = match cached {
             Some(cached) => cached,
             None => {
                 let claimed = self.signer.verify(token, now)?;
@@ -235,12 +237,23 @@ impl Gate {
                 if verified.len() >= VERIFIED_CACHE {
                     verified.clear();
                 }
-                let entry = (client_id.clone(), claimed.exp, claimed.secret);
+                let entry = (
+                    client_id.clone(),
+                    claimed.exp,
+                    claimed.secret,
+                    claimed.refresh,
+                );
                 verified.insert(token.into(), entry);
-                (client_id, claimed.secret)
+                (client_id, claimed.secret, claimed.refresh)
             }
         };
-        match self.store.current(&client_id) {
+        match self.store.current(&client_id, refresh) {
+            Some(current) if current.secret == secret && current.refresh_revoked => {
+                Err(Error::Unauthorized(format!(
+                    "The token was issued from a refresh token of client {client_id:?} that \
+                     an admin has revoked: obtain a new one with the client's secret"
+                )))
+            }
             Some(current) if current.secret == secret => Ok(Caller::Client(current.permissions)),
             Some(_) => Err(Error::Unauthorized(format!(
                 "The token was issued before client {client_id:?}'s secret changed: \

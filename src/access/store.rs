@@ -12,7 +12,8 @@
 //! ([`AccessStore::current`]): a token names its client, and the rights used are the
 //! client's current ones, so deleting a client or lowering its rights takes effect at
 //! once, not when its tokens expire. With the permissions it keeps the fingerprint of the
-//! client's current secret, which a token must carry to be taken.
+//! client's current secret, which a token must carry to be taken, and it says whether the
+//! refresh token a token was issued with or from has been revoked.
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use parking_lot::Mutex;
 use crate::actors::PendingSnapshot;
 use crate::error::Result;
 use crate::journal::{Journal, Ticket};
-use crate::model::access::{Access, Permissions};
+use crate::model::access::{Access, Permissions, RefreshId};
 use crate::model::{Event, FastMap, Name};
 
 /// The access partition and the journal it records to.
@@ -42,17 +43,20 @@ struct Held {
     /// hashes its secret hash. Emptied whenever an event is applied (no event kind has to
     /// be known to touch a client, so a new one cannot leave a stale entry), so it only
     /// holds clients that exist: bounded by the clients.
-    permissions: FastMap<Name, Current>,
+    permissions: FastMap<Name, (Arc<Permissions>, u64)>,
 }
 
-/// A client as a request is held to it: its permissions now, and the
-/// [`crate::model::access::secret_fingerprint`] of its secret now.
+/// A client as a request is held to it: its permissions now, the
+/// [`crate::model::access::secret_fingerprint`] of its secret now, and whether the
+/// refresh token the request's access token names was revoked.
 #[derive(Clone, Debug)]
 pub struct Current {
     /// What it may do.
     pub permissions: Arc<Permissions>,
     /// Its secret's fingerprint, which its tokens must carry.
     pub secret: u64,
+    /// The refresh token asked about was revoked ([`Access::refresh_revoked`]).
+    pub refresh_revoked: bool,
 }
 
 impl AccessStore {
@@ -72,21 +76,27 @@ impl AccessStore {
         f(&self.state.lock().access)
     }
 
-    /// `client_id`'s permissions and secret fingerprint as they are now (`None`: no such
-    /// client).
-    pub fn current(&self, client_id: &str) -> Option<Current> {
+    /// `client_id`'s permissions and secret fingerprint as they are now, and whether
+    /// `refresh` was revoked (`None`: no such client).
+    pub fn current(&self, client_id: &str, refresh: RefreshId) -> Option<Current> {
         let mut held = self.state.lock();
-        if let Some(current) = held.permissions.get(client_id) {
-            return Some(current.clone());
-        }
-        let (id, client) = held.access.clients.get_key_value(client_id)?;
-        let current = Current {
-            permissions: Arc::new(Permissions::of(id, client)),
-            secret: client.secret_fingerprint(),
+        let refresh_revoked = held.access.refresh_revoked(refresh);
+        let (permissions, secret) = match held.permissions.get(client_id) {
+            Some((permissions, secret)) => (permissions.clone(), *secret),
+            None => {
+                let (id, client) = held.access.clients.get_key_value(client_id)?;
+                let permissions = Arc::new(Permissions::of(id, client));
+                let secret = client.secret_fingerprint();
+                let id = id.clone();
+                held.permissions.insert(id, (permissions.clone(), secret));
+                (permissions, secret)
+            }
         };
-        let id = id.clone();
-        held.permissions.insert(id, current.clone());
-        Some(current)
+        Some(Current {
+            permissions,
+            secret,
+            refresh_revoked,
+        })
     }
 
     /// Decides an event from the current state, journals it and applies it, atomically.

@@ -1,6 +1,7 @@
 //! Credentials: access tokens (HS256 JWTs with Testflinger's claim layout, plus
 //! flinger's `secret_fp`: the fingerprint of the client secret they were issued under,
-//! so a new secret ends them), refresh tokens (opaque random strings, stored only as
+//! so a new secret ends them, and `rt`: the refresh token they were issued with or from,
+//! so revoking it ends them), refresh tokens (opaque random strings, stored only as
 //! SHA-256), client secrets (bcrypt, cost 8 as upstream) and the signing key (from the
 //! environment, else generated once into the data directory, mode 0600).
 //!
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::model::access::Permissions;
+use crate::model::access::{Permissions, RefreshId};
 
 /// bcrypt cost of client secrets (upstream `HASH_ROUNDS`).
 pub const BCRYPT_COST: u32 = 8;
@@ -46,6 +47,10 @@ struct Claims {
     /// token on (the CLI reads `permissions` and nothing else).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     secret_fp: Option<String>,
+    /// flinger's own: the [`RefreshId`] of the refresh token the token was issued with
+    /// (`/v1/oauth2/token`) or from (`/v1/oauth2/refresh`), 32 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rt: Option<String>,
 }
 
 /// What a verified access token says.
@@ -58,15 +63,18 @@ pub struct Claimed {
     pub exp: u64,
     /// The fingerprint of the client's secret it was issued under.
     pub secret: u64,
+    /// The refresh token it was issued with or from.
+    pub refresh: RefreshId,
 }
 
-/// The refusal of a token that carries no `secret_fp` claim: one flinger issued before it
-/// bound tokens to their client's secret, or another server sharing the signing key. It
-/// cannot show that it was issued under the client's current secret, so it is refused
-/// (401, which upstream's CLI and agent answer by obtaining a new token and replaying).
-pub const NO_SECRET_CLAIM: &str =
-    "The token does not say which client secret it was issued under (issued by an earlier \
-     version or another server): obtain a new one";
+/// The refusal of a token that lacks flinger's `secret_fp` or `rt` claim: one flinger
+/// issued before it bound tokens to their client's secret and refresh token, or another
+/// server sharing the signing key. It cannot show that it was issued under the client's
+/// current secret, nor from a refresh token not since revoked, so it is refused (401,
+/// which upstream's CLI and agent answer by obtaining a new token and replaying).
+pub const NO_FLINGER_CLAIMS: &str =
+    "The token does not say which client secret and refresh token it was issued under \
+     (issued by an earlier version or another server): obtain a new one";
 
 /// Signs and verifies access tokens.
 pub struct Signer {
@@ -97,22 +105,31 @@ impl Signer {
 
     /// An access token for `permissions` issued at `now` (unix seconds), valid `ttl` s,
     /// under the client secret whose fingerprint is `secret`
-    /// ([`crate::model::access::secret_fingerprint`]).
-    pub fn issue(&self, permissions: &Permissions, secret: u64, now: u64, ttl: u64) -> String {
+    /// ([`crate::model::access::secret_fingerprint`]), with or from the refresh token
+    /// `refresh`.
+    pub fn issue(
+        &self,
+        permissions: &Permissions,
+        secret: u64,
+        refresh: RefreshId,
+        now: u64,
+        ttl: u64,
+    ) -> String {
         let claims = Claims {
             exp: Some(now + ttl),
             iat: Some(now),
             sub: Some("access_token".into()),
             permissions: Some(permissions.clone()),
             secret_fp: Some(format!("{secret:016x}")),
+            rt: Some(refresh.hex()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of serialisable claims cannot fail")
     }
 
     /// Verifies a bearer token: what it says, or upstream's error; a token without
-    /// flinger's `secret_fp` claim is refused with 401 [`NO_SECRET_CLAIM`] (after every
-    /// check upstream makes).
+    /// flinger's `secret_fp` and `rt` claims is refused with 401 [`NO_FLINGER_CLAIMS`]
+    /// (after every check upstream makes).
     pub fn verify(&self, token: &str, now: u64) -> Result<Claimed> {
         if token.is_empty() {
             return Err(Error::Unauthorized("Unauthorized".into()));
@@ -152,18 +169,21 @@ impl Signer {
             Some(p) if !p.client_id.is_empty() && p.role().is_some() => p,
             _ => return Err(Error::Forbidden("Invalid Token".into())),
         };
-        let Some(secret) = claims.secret_fp else {
-            return Err(Error::Unauthorized(NO_SECRET_CLAIM.into()));
+        let (Some(secret), Some(refresh)) = (claims.secret_fp, claims.rt) else {
+            return Err(Error::Unauthorized(NO_FLINGER_CLAIMS.into()));
         };
         // Only a holder of the signing key could write a malformed one.
         let secret = Some(&secret)
             .filter(|s| s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
             .and_then(|s| u64::from_str_radix(s, 16).ok())
             .ok_or_else(|| Error::Forbidden("Invalid Token".into()))?;
+        let refresh =
+            RefreshId::parse(&refresh).ok_or_else(|| Error::Forbidden("Invalid Token".into()))?;
         Ok(Claimed {
             permissions,
             exp,
             secret,
+            refresh,
         })
     }
 }
@@ -526,14 +546,16 @@ mod tests {
     fn tokens_verify_and_errors_follow_upstream_codes() {
         let now = crate::actors::now();
         let signer = Signer::new(b"key", 0);
-        let token = signer.issue(&perms(), 0xfeed_0000_0000_beef, now, 600);
+        let rt = RefreshId(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210);
+        let token = signer.issue(&perms(), 0xfeed_0000_0000_beef, rt, now, 600);
         let claimed = signer.verify(&token, now).unwrap();
         assert_eq!(claimed.permissions, perms());
         assert_eq!(claimed.secret, 0xfeed_0000_0000_beef);
+        assert_eq!(claimed.refresh, rt);
         assert_eq!(claimed.exp, now + 600);
         let status = |r: Result<Claimed>| r.unwrap_err().status();
         // Expired (jsonwebtoken reads the real clock: a token from the past).
-        let old = signer.issue(&perms(), 1, 1_000_000, 600);
+        let old = signer.issue(&perms(), 1, rt, 1_000_000, 600);
         assert_eq!(status(signer.verify(&old, now)), 401);
         assert_eq!(status(Signer::new(b"other", 0).verify(&token, now)), 403);
         assert_eq!(status(signer.verify("garbage", now)), 403);
@@ -541,32 +563,34 @@ mod tests {
     }
 
     #[test]
-    fn a_token_without_the_secret_claim_is_refused_with_401_and_a_bad_one_with_403() {
+    fn a_token_without_flingers_claims_is_refused_with_401_and_a_bad_one_with_403() {
         let now = crate::actors::now();
         let signer = Signer::new(b"key", 0);
-        let sign = |secret_fp: Option<&str>| {
+        let rt = "000000000000000000000000000000aa";
+        let sign = |secret_fp: Option<&str>, rt: Option<&str>| {
             let claims = Claims {
                 exp: Some(now + 60),
                 iat: Some(now),
                 sub: Some("access_token".into()),
                 permissions: Some(perms()),
                 secret_fp: secret_fp.map(str::to_owned),
+                rt: rt.map(str::to_owned),
             };
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &signer.encoding).unwrap()
         };
-        let e = signer.verify(&sign(None), now).unwrap_err();
-        assert_eq!((e.status(), e.message()), (401, NO_SECRET_CLAIM));
+        let fp = "00000000000000ff";
+        for (secret_fp, rt) in [(None, Some(rt)), (Some(fp), None), (None, None)] {
+            let e = signer.verify(&sign(secret_fp, rt), now).unwrap_err();
+            assert_eq!((e.status(), e.message()), (401, NO_FLINGER_CLAIMS));
+        }
         for bad in ["xyz", "", "00000000000000001", "+000000000000001"] {
-            let e = signer.verify(&sign(Some(bad)), now).unwrap_err();
+            let e = signer.verify(&sign(Some(bad), Some(rt)), now).unwrap_err();
+            assert_eq!(e.status(), 403, "{bad:?}");
+            let e = signer.verify(&sign(Some(fp), Some(bad)), now).unwrap_err();
             assert_eq!(e.status(), 403, "{bad:?}");
         }
-        assert_eq!(
-            signer
-                .verify(&sign(Some("00000000000000ff")), now)
-                .unwrap()
-                .secret,
-            0xff
-        );
+        let claimed = signer.verify(&sign(Some(fp), Some(rt)), now).unwrap();
+        assert_eq!((claimed.secret, claimed.refresh), (0xff, RefreshId(0xaa)));
     }
 
     #[test]

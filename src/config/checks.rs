@@ -227,9 +227,10 @@ impl Config {
             ));
         }
         let access = self.access_token_ttl.as_secs();
-        if !(1..=86_400).contains(&access) {
+        let most = crate::model::access::MAX_ACCESS_TOKEN_SECS;
+        if !(1..=most).contains(&access) {
             return err(format!(
-                "{} must be 1 to 86400 seconds, got {access}",
+                "{} must be 1 to {most} seconds, got {access}",
                 setting("access-token-secs")
             ));
         }

@@ -17,7 +17,9 @@ use crate::access::clients::{check_client_edit, ClientEdit};
 use crate::access::{peer, secrets, security_event, token, Caller, Limiter};
 use crate::actors::{now, Services};
 use crate::error::{Error, Result};
-use crate::model::access::{Client, Permissions, Role, MAX_SECRETS_PER_CLIENT, SYSTEM_ADMIN_ID};
+use crate::model::access::{
+    Client, Permissions, RefreshId, Role, MAX_SECRETS_PER_CLIENT, SYSTEM_ADMIN_ID,
+};
 use crate::model::{Event, Name};
 
 /// Largest body of these endpoints.
@@ -127,6 +129,8 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
     }
     admitted.succeeded();
     let refresh = token::new_refresh_token();
+    let refresh_hash = token::token_hash(&refresh);
+    let refresh_id = RefreshId::of_hash(&refresh_hash).expect("a SHA-256 in hex");
     let at = now();
     let mut permissions = None;
     let id = Name::from(client_id.as_str());
@@ -143,7 +147,7 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
                 client.secret_fingerprint(),
             ));
             Ok(Some(Event::RefreshTokenIssued {
-                hash: token::token_hash(&refresh),
+                hash: refresh_hash,
                 client_id: id,
                 issued_at: at,
                 expires_at: at + gate.refresh_ttl,
@@ -156,7 +160,9 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
         |a| a.ip().to_canonical().to_string(),
     );
     tracing::info!(target: "flinger::security", event = "authn_token_created", client = %client_id, role = permissions.role.as_deref().unwrap_or("contributor"), from = %from_text, "issued an access token and a refresh token");
-    let access = gate.signer.issue(&permissions, secret, at, gate.access_ttl);
+    let access = gate
+        .signer
+        .issue(&permissions, secret, refresh_id, at, gate.access_ttl);
     Ok(token_response(access, gate.access_ttl, Some(refresh)))
 }
 
@@ -227,11 +233,16 @@ pub async fn refresh_post(State(svc): State<Services>, request: Request) -> Resu
             "Invalid refresh token.",
         );
     };
-    let access = gate.signer.issue(&permissions, secret, at, gate.access_ttl);
+    let refresh_id = RefreshId::of_hash(&hash).expect("a SHA-256 in hex");
+    let access = gate
+        .signer
+        .issue(&permissions, secret, refresh_id, at, gate.access_ttl);
     Ok(token_response(access, gate.access_ttl, None))
 }
 
-/// `POST /v1/oauth2/revoke` (admin): `{refresh_token}` can no longer be used.
+/// `POST /v1/oauth2/revoke` (admin): `{refresh_token}` can no longer be used, nor can
+/// the access tokens issued with or from it (401 from their next request on,
+/// `crate::access::Gate::caller`).
 pub async fn revoke_post(
     State(svc): State<Services>,
     caller: Caller,

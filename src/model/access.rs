@@ -11,8 +11,11 @@
 //! - a restricted queue's owners are exactly the clients whose `allowed_queues` list it;
 //! - a refresh token belongs to an existing client and its current secret (deleting a
 //!   client, or giving it a new secret, drops its tokens);
-//! - each client holds at most [`MAX_TOKENS_PER_CLIENT`] refresh tokens and
+//! - each client holds at most [`MAX_TOKENS_PER_CLIENT`] live refresh tokens and
 //!   [`MAX_SECRETS_PER_CLIENT`] secrets, so no client can grow the state without bound
+//!   (a revoked refresh token is kept beyond the cap until no access token issued from it
+//!   can be valid, [`RefreshToken::outlived`]: it is what refuses them, and only an admin
+//!   revokes)
 //!   (expired secrets are removed by [`Event::SecretsExpired`] before a new one would pass
 //!   the limit, so only live ones can make a client reach it).
 
@@ -67,8 +70,13 @@ impl Role {
 /// The client Testflinger's own admin tool manages; like upstream, it cannot be changed or
 /// deleted through the API (only with `flinger client`).
 pub const SYSTEM_ADMIN_ID: &str = "testflinger-admin";
-/// Most refresh tokens one client holds; issuing another drops its oldest.
+/// Most live (unrevoked) refresh tokens one client holds; issuing another drops its
+/// oldest.
 pub const MAX_TOKENS_PER_CLIENT: usize = 100;
+/// The longest an access token may live, seconds (`--access-token-secs` at most): a
+/// revoked refresh token is kept this long past its expiry, so the access tokens issued
+/// from it stay refused until none can be valid.
+pub const MAX_ACCESS_TOKEN_SECS: u64 = 86_400;
 /// Most secrets one client stores.
 pub const MAX_SECRETS_PER_CLIENT: usize = 1000;
 /// Reservations up to this many seconds need no permission (Testflinger: 6 h).
@@ -131,6 +139,45 @@ pub struct RefreshToken {
     pub expires_at: u64,
     /// Revoked by an admin.
     pub revoked: bool,
+}
+
+impl RefreshToken {
+    /// Whether it can be forgotten at unix second `now`: once expired, or, revoked, once
+    /// every access token issued from it has expired too (they were issued before its
+    /// expiry and live at most [`MAX_ACCESS_TOKEN_SECS`]), since its record is what
+    /// refuses them ([`Access::refresh_revoked`]).
+    pub fn outlived(&self, now: u64) -> bool {
+        let grace = if self.revoked {
+            MAX_ACCESS_TOKEN_SECS
+        } else {
+            0
+        };
+        self.expires_at.saturating_add(grace) <= now
+    }
+}
+
+/// The first 128 bits of a refresh token's SHA-256, which the access tokens issued from
+/// it carry (claim `rt`, 32 hex digits), so that revoking it ends them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RefreshId(pub u128);
+
+impl RefreshId {
+    /// The id of the refresh token recorded as `hash` (hex SHA-256; `None` if it is not).
+    pub fn of_hash(hash: &str) -> Option<RefreshId> {
+        Self::parse(hash.get(..32)?)
+    }
+
+    /// Parses the claim's 32 hex digits.
+    pub fn parse(hex: &str) -> Option<RefreshId> {
+        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u128::from_str_radix(hex, 16).ok().map(RefreshId))
+            .flatten()
+    }
+
+    /// The claim's spelling: 32 lower-case hex digits, as the recorded hash begins.
+    pub fn hex(self) -> String {
+        format!("{:032x}", self.0)
+    }
 }
 
 /// One stored job secret: AEAD ciphertext (nonce included), never the value.
@@ -301,6 +348,27 @@ impl Access {
             .filter(|s| s.expires_at.is_none_or(|t| t > now))
     }
 
+    /// Whether the refresh token `id` names was revoked (its record is kept until no
+    /// access token issued from it can be valid, [`RefreshToken::outlived`]). A token no
+    /// longer recorded for another reason (expired, its client's oldest beyond the cap,
+    /// its client's secret replaced or the client deleted) is not: the access tokens
+    /// issued from it live out their time, or are refused for their client's sake.
+    pub fn refresh_revoked(&self, id: RefreshId) -> bool {
+        let mut prefix = [0u8; 32];
+        for (i, digit) in prefix.iter_mut().enumerate() {
+            *digit = b"0123456789abcdef"[((id.0 >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        let prefix = std::str::from_utf8(&prefix).expect("hex digits");
+        // Hashes are keys in order: those beginning with the prefix follow it at once.
+        self.tokens
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(hash, _)| hash.starts_with(prefix))
+            .any(|(_, token)| token.revoked)
+    }
+
     /// Drops every refresh token of `client_id`.
     fn drop_tokens(&mut self, client_id: &Name) {
         for hash in self.tokens_by_client.remove(client_id).unwrap_or_default() {
@@ -331,17 +399,26 @@ impl Access {
                 expires_at,
             } => {
                 let list = self.tokens_by_client.entry(client_id.clone()).or_default();
-                // Expired tokens of this client go first, then the oldest beyond the cap.
-                while let Some(old) = list.front() {
-                    let stale = self
-                        .tokens
-                        .get(old)
-                        .is_none_or(|t| t.expires_at <= *issued_at);
-                    if !stale && list.len() < MAX_TOKENS_PER_CLIENT {
-                        break;
+                let tokens = &mut self.tokens;
+                // This client's outlived tokens go first, then its oldest live ones
+                // beyond the cap (revoked ones are not counted: they are kept to refuse
+                // the access tokens issued from them).
+                list.retain(|old| {
+                    let keep = tokens.get(old).is_some_and(|t| !t.outlived(*issued_at));
+                    if !keep {
+                        tokens.remove(old);
                     }
-                    if let Some(old) = list.pop_front() {
-                        self.tokens.remove(&old);
+                    keep
+                });
+                let live = |tokens: &BTreeMap<Box<str>, RefreshToken>, hash: &str| {
+                    tokens.get(hash).is_some_and(|t| !t.revoked)
+                };
+                while list.iter().filter(|h| live(tokens, h)).count() >= MAX_TOKENS_PER_CLIENT {
+                    let Some(oldest) = list.iter().position(|h| live(tokens, h)) else {
+                        break;
+                    };
+                    if let Some(old) = list.remove(oldest) {
+                        tokens.remove(&old);
                     }
                 }
                 list.push_back(hash.clone());
@@ -544,6 +621,60 @@ mod tests {
         assert!(!access.tokens.contains_key("h0"));
         access.apply(&Event::ClientDeleted { id });
         assert!(access.tokens.is_empty());
+    }
+
+    /// A revoked refresh token is kept past the cap and its own expiry until no access
+    /// token issued from it can be valid, so it keeps refusing them; the cap counts live
+    /// tokens only.
+    #[test]
+    fn a_revoked_refresh_token_outlives_the_cap_and_its_access_tokens() {
+        let mut access = Access::default();
+        let id: Name = "c".into();
+        access.apply(&Event::ClientSaved {
+            id: id.clone(),
+            client: Box::new(Client::default()),
+        });
+        let hash = |i: usize| -> Box<str> { format!("{i:032x}{:032x}", 0).into() };
+        let issue = |access: &mut Access, i: usize, at: u64| {
+            access.apply(&Event::RefreshTokenIssued {
+                hash: hash(i),
+                client_id: id.clone(),
+                issued_at: at,
+                expires_at: 1_000,
+            });
+        };
+        issue(&mut access, 0, 10);
+        let revoked = RefreshId::of_hash(&hash(0)).unwrap();
+        assert_eq!(revoked.hex(), &hash(0)[..32]);
+        assert!(!access.refresh_revoked(revoked));
+        access.apply(&Event::RefreshTokenRevoked { hash: hash(0) });
+        assert!(access.refresh_revoked(revoked));
+        // A hundred more logins: the cap drops the oldest live ones, never the revoked.
+        for i in 1..=(MAX_TOKENS_PER_CLIENT + 5) {
+            issue(&mut access, i, 20);
+        }
+        assert!(access.refresh_revoked(revoked));
+        assert_eq!(access.tokens.len(), MAX_TOKENS_PER_CLIENT + 1);
+        assert!(!access.tokens.contains_key(&hash(1)));
+        let other = RefreshId::of_hash(&hash(MAX_TOKENS_PER_CLIENT)).unwrap();
+        assert!(!access.refresh_revoked(other));
+        // Past its expiry it stays while an access token from it may live ...
+        issue(&mut access, 500, 1_000 + MAX_ACCESS_TOKEN_SECS - 1);
+        assert!(access.refresh_revoked(revoked));
+        assert!(
+            !access.tokens.contains_key(&hash(2)),
+            "expired live ones go"
+        );
+        // ... and goes after.
+        issue(&mut access, 501, 1_000 + MAX_ACCESS_TOKEN_SECS);
+        assert!(!access.refresh_revoked(revoked));
+        assert_eq!(
+            access.tokens.len(),
+            1,
+            "only the one just issued (and expired)"
+        );
+        assert_eq!(RefreshId::parse("xyz"), None);
+        assert_eq!(RefreshId::of_hash("0123"), None);
     }
 
     #[test]

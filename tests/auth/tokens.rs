@@ -402,7 +402,10 @@ async fn a_new_client_secret_ends_the_access_tokens_issued_under_the_old_one() {
             "permissions": {"client_id": "bystander", "role": "manager"}}),
     );
     let m = list(&lab.srv, &legacy).await.expect_error(401);
-    assert!(m.contains("does not say which client secret"), "{m}");
+    assert!(
+        m.contains("does not say which client secret and refresh token"),
+        "{m}"
+    );
     // After a restart (nothing cached; the secret's fingerprint is derived again from
     // the replayed journal) the old token stays refused and the others work.
     lab.srv.restart();
@@ -429,6 +432,79 @@ async fn a_new_client_secret_ends_the_access_tokens_issued_under_the_old_one() {
 /// get at most 4 checks (401) and the rest 429, and the right secret from that address
 /// waits for a try to come back too; while good logins sent at once (more than the limit, from one address) all get
 /// their tokens, waiting for one another's checks instead of being refused.
+/// Revoking a refresh token ends the access tokens issued with it (at login) and from it
+/// (by refreshing) from their next request on, also across a restart, while the client's
+/// other logins and its secret keep working; the stock clients' way back is a new login.
+#[tokio::test]
+async fn revoking_a_refresh_token_ends_the_access_tokens_issued_with_and_from_it() {
+    let mut lab = Lab::start(&[]);
+    let secret = lab.client("laptop", "contributor", json!({})).await;
+    let login = |secret: String| {
+        let srv = &lab.srv;
+        async move {
+            let issued = token_request(srv, "laptop", &secret).await.expect_json();
+            let field = |k: &str| issued[k].as_str().unwrap().to_owned();
+            (field("access_token"), field("refresh_token"))
+        }
+    };
+    let (stolen, stolen_refresh) = login(secret.clone()).await;
+    let (kept, _) = login(secret.clone()).await;
+    let refresh = json!({"refresh_token": stolen_refresh});
+    let refreshed = call(
+        &lab.srv,
+        "POST",
+        "/v1/oauth2/refresh",
+        None,
+        None,
+        Some(&refresh),
+    )
+    .await
+    .expect_json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    async fn submit(srv: &crate::util::TestServer, token: &str) -> crate::util::Resp {
+        let job = json!({"job_queue": "revoke-q"});
+        call(srv, "POST", "/v1/job", Some(token), None, Some(&job)).await
+    }
+    for token in [&stolen, &refreshed, &kept] {
+        submit(&lab.srv, token).await.expect_status(200);
+    }
+    let admin = lab.admin_token().await;
+    call(
+        &lab.srv,
+        "POST",
+        "/v1/oauth2/revoke",
+        Some(&admin),
+        None,
+        Some(&refresh),
+    )
+    .await
+    .expect_status(200);
+    let refused = "The token was issued from a refresh token of client \"laptop\" that an \
+                   admin has revoked: obtain a new one with the client's secret";
+    for token in [&stolen, &refreshed] {
+        assert_eq!(submit(&lab.srv, token).await.expect_error(401), refused);
+        // A public route refuses it too, as for any token that is no longer good.
+        let r = call(&lab.srv, "GET", "/v1", Some(token), None, None).await;
+        assert_eq!(r.expect_error(401), refused);
+    }
+    submit(&lab.srv, &kept).await.expect_status(200);
+    let (fresh, _) = login(secret.clone()).await;
+    submit(&lab.srv, &fresh).await.expect_status(200);
+    lab.srv.restart();
+    for token in [&stolen, &refreshed] {
+        assert_eq!(submit(&lab.srv, token).await.expect_error(401), refused);
+    }
+    submit(&lab.srv, &kept).await.expect_status(200);
+    submit(&lab.srv, &fresh).await.expect_status(200);
+    let log = lab
+        .srv
+        .stderr_lines_once(|l| l.contains("authn_fail") && l.contains("has revoked"))
+        .await;
+    assert!(!log.is_empty(), "the refusal is a security event");
+}
+
 #[tokio::test]
 async fn concurrent_wrong_secrets_get_no_more_checks_than_the_limit_allows() {
     let lab = Lab::start(&["--token-failures-per-minute", "4"]);
