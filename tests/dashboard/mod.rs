@@ -912,6 +912,61 @@ async fn job_page_prints_the_start_of_results_of_many_fields_as_the_whole_docume
     assert!(!html.contains("id=\"results-truncated\""));
 }
 
+/// A job document nested deep grows by twice its depth a line when printed (a 200 KB one
+/// made a 49 MB page): the page shows the first 256 KiB of each view of the definition,
+/// exactly as the whole prints, and says where the rest is; a small one is shown whole.
+#[tokio::test]
+async fn job_page_shows_the_start_of_a_definition_that_prints_large() {
+    let srv = TestServer::start();
+    let depth = 100;
+    let body = format!(
+        "{{\"job_queue\": \"deep\", \"x\": {}{}{}}}",
+        "[".repeat(depth),
+        vec!["0"; 100_000].join(","),
+        "]".repeat(depth)
+    );
+    let r = srv
+        .post_raw(
+            "/v1/job",
+            Some("application/json"),
+            body.clone().into_bytes(),
+        )
+        .await;
+    let id = r.expect_json()["job_id"].as_str().unwrap().to_owned();
+    let page = srv.get(&format!("/jobs/{id}")).await;
+    page.expect_status(200);
+    let html = page.text();
+    assert!(html.len() < 1 << 20, "{} bytes", html.len());
+    assert!(
+        html.contains("id=\"definition-truncated\""),
+        "the cut is said"
+    );
+    let whole: Value = serde_json::from_str(&body).unwrap();
+    let whole = serde_json::to_string_pretty(&whole).unwrap();
+    assert!(
+        whole.len() > 16 << 20,
+        "the whole would be {} bytes",
+        whole.len()
+    );
+    assert_eq!(pre_text(&html, "definition-json"), whole[..256 << 10]);
+    let yaml = pre_text(&html, "definition-yaml");
+    assert_eq!(yaml.len(), 256 << 10);
+    assert!(yaml.starts_with("\"job_queue\": \"deep\"\n\"x\":\n  -\n    -\n"));
+
+    let small = srv
+        .submit(&json!({"job_queue": "deep", "tags": ["a"]}))
+        .await;
+    let html = srv.get(&format!("/jobs/{small}")).await.text();
+    assert!(!html.contains("id=\"definition-truncated\""));
+    let shown = pre_text(&html, "definition-json");
+    let parsed: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        (&parsed["job_queue"], &parsed["tags"]),
+        (&json!("deep"), &json!(["a"]))
+    );
+    assert_eq!(shown, serde_json::to_string_pretty(&parsed).unwrap());
+}
+
 /// The job page's log is the end of its run's whole text (phases in order, each phase's
 /// fragments by number) when fragments arrived scrambled across phases and only the last
 /// few hold what it shows; its figures (bytes stored, next fragment) count the whole run.

@@ -100,7 +100,6 @@ pub async fn job_page(
             "Job {id} does not exist."
         )));
     };
-    let definition: Value = serde_json::from_slice(&detail.view.body).unwrap_or(Value::Null);
     let timeline = timeline(&detail);
     let lost = detail.view.lost.as_ref().map(|lost| {
         json!({
@@ -154,6 +153,14 @@ pub async fn job_page(
     })
     .await?
     .is_some();
+    // The definition's two views, each its first LOG_TAIL_BYTES at most: printed, a job
+    // document nested a hundred deep grows by twice its depth a line (a 200 KB one made a
+    // 49 MB page). Built after the last await, so one parsed definition is held at a
+    // time per request thread, however many pages are asked for at once.
+    let (json, json_cut) = pretty_json(&detail.view.body, LOG_TAIL_BYTES);
+    let definition: Value = serde_json::from_slice(&detail.view.body).unwrap_or(Value::Null);
+    let (yaml, yaml_cut) = yaml(&definition, LOG_TAIL_BYTES);
+    drop(definition);
     page(
         "job.html",
         json!({
@@ -166,8 +173,12 @@ pub async fn job_page(
             "cancellable": cancellable,
             "has_artifact": has_artifact,
             "timeline": timeline,
-            "yaml": yaml(&definition),
-            "json": serde_json::to_string_pretty(&definition).unwrap_or_default(),
+            "yaml_shown": yaml.len(),
+            "yaml": yaml,
+            "yaml_cut": yaml_cut,
+            "json_shown": json.len(),
+            "json": json,
+            "json_cut": json_cut,
             "log": log,
             "log_bytes": log_bytes,
             "log_shown": log.len(),
@@ -293,17 +304,30 @@ fn pretty_head(head: &FieldsHead, most: usize) -> (String, bool) {
     })();
     // Stopped at `most`, or (stored text nested deeper than serde_json reads: never
     // stored, as posts are parsed the same way) a value that does not parse: cut there.
-    let cut = printed.is_err() || out.full || !head.whole;
-    let mut bytes = out.bytes;
-    let valid = match std::str::from_utf8(&bytes) {
-        Ok(_) => bytes.len(),
-        Err(e) => e.valid_up_to(),
+    let cut = printed.is_err() || !head.whole;
+    let (text, full) = out.text();
+    (text, cut || full)
+}
+
+/// A job's definition as the page shows it: `body` (its stored JSON) printed as
+/// `serde_json::to_string_pretty` prints it parsed, its first `most` bytes at most (on a
+/// character boundary), and whether it is cut. Printed a token at a time ([`Emit`]),
+/// stopping at `most`, without building the document.
+fn pretty_json(body: &[u8], most: usize) -> (String, bool) {
+    let mut out = Capped {
+        bytes: Vec::with_capacity(most.min(64 << 10)),
+        most,
+        full: false,
     };
-    bytes.truncate(valid);
-    (
-        String::from_utf8(bytes).expect("cut at a character boundary"),
-        cut,
-    )
+    let mut fmt = PrettyFormatter::new();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let printed = Emit {
+        out: &mut out,
+        fmt: &mut fmt,
+    }
+    .deserialize(&mut de);
+    let (text, full) = out.text();
+    (text, full || printed.is_err())
 }
 
 /// A writer that keeps the first `most` bytes written and fails past them (which stops
@@ -313,6 +337,20 @@ struct Capped {
     most: usize,
     /// Whether more than `most` bytes were offered.
     full: bool,
+}
+
+impl Capped {
+    /// What was kept, ending on a character boundary, and whether more was offered.
+    fn text(self) -> (String, bool) {
+        let mut bytes = self.bytes;
+        let valid = match std::str::from_utf8(&bytes) {
+            Ok(_) => bytes.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        bytes.truncate(valid);
+        let text = String::from_utf8(bytes).expect("cut at a character boundary");
+        (text, self.full)
+    }
 }
 
 impl Write for Capped {

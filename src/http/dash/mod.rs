@@ -628,8 +628,10 @@ pub async fn jobs_page(State(svc): State<Services>, request: Request) -> Result<
 }
 
 /// A JSON value as block-style YAML (strings in JSON's double-quoted form, which is
-/// also YAML's), for the job page.
-pub fn yaml(value: &Value) -> String {
+/// also YAML's), for the job page: its first `most` bytes at most (whole lines, the last
+/// one cut at a character boundary), and whether there was more. Printing stops there,
+/// so what it costs is what the page shows.
+pub fn yaml(value: &Value, most: usize) -> (String, bool) {
     fn scalar(v: &Value) -> String {
         match v {
             Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
@@ -642,15 +644,21 @@ pub fn yaml(value: &Value) -> String {
         matches!(v, Value::Array(a) if !a.is_empty())
             || matches!(v, Value::Object(o) if !o.is_empty())
     }
-    fn emit(v: &Value, indent: usize, out: &mut String) {
+    fn emit(v: &Value, indent: usize, out: &mut String, most: usize) {
+        if out.len() > most {
+            return;
+        }
         let pad = " ".repeat(indent);
         match v {
             Value::Object(map) if !map.is_empty() => {
                 for (k, v) in map {
+                    if out.len() > most {
+                        return;
+                    }
                     let key = serde_json::to_string(k).unwrap_or_default();
                     if is_block(v) {
                         out.push_str(&format!("{pad}{key}:\n"));
-                        emit(v, indent + 2, out);
+                        emit(v, indent + 2, out, most);
                     } else {
                         out.push_str(&format!("{pad}{key}: {}\n", scalar(v)));
                     }
@@ -658,9 +666,12 @@ pub fn yaml(value: &Value) -> String {
             }
             Value::Array(items) if !items.is_empty() => {
                 for v in items {
+                    if out.len() > most {
+                        return;
+                    }
                     if is_block(v) {
                         out.push_str(&format!("{pad}-\n"));
-                        emit(v, indent + 2, out);
+                        emit(v, indent + 2, out, most);
                     } else {
                         out.push_str(&format!("{pad}- {}\n", scalar(v)));
                     }
@@ -670,8 +681,16 @@ pub fn yaml(value: &Value) -> String {
         }
     }
     let mut out = String::new();
-    emit(value, 0, &mut out);
-    out
+    emit(value, 0, &mut out, most);
+    let cut = out.len() > most;
+    if cut {
+        let mut end = most;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    (out, cut)
 }
 
 /// `GET /static/<file>`: the dashboard's stylesheet and script.
@@ -878,7 +897,8 @@ mod tests {
     #[test]
     fn yaml_of_a_job_reads_back_as_the_same_document() {
         let doc = json!({"job_queue": "q", "tags": ["a", "b: c"], "provision_data": {"url": "http://x/\"y\"", "n": 3, "e": {}}, "nothing": null});
-        let text = yaml(&doc);
+        let (text, cut) = yaml(&doc, usize::MAX);
+        assert!(!cut);
         assert!(text.contains("\"job_queue\": \"q\"\n"));
         assert!(text.contains("\"tags\":\n  - \"a\"\n  - \"b: c\"\n"));
         assert!(text.contains(
