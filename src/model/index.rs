@@ -73,29 +73,55 @@ pub struct JobIndex {
     weights: Weights,
 }
 
-/// [`job_weight`]s summed: in all (what `--max-jobs-bytes` bounds) and by the jobs'
-/// owners (`None`: submitted without a token; what `--max-jobs-share-percent` bounds).
-/// Owners whose jobs are all gone have no entry.
+/// [`job_weight`]s summed: in all (what `--max-jobs-bytes` bounds, with the queues'
+/// part) and by the jobs' owners (`None`: submitted without a token; what
+/// `--max-jobs-share-percent` bounds). Owners whose jobs are all gone have no entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Weights {
     total: u64,
-    by_owner: FastMap<Option<Name>, u64>,
+    by_owner: FastMap<Option<Name>, Owned>,
+}
+
+/// One owner's jobs as its share counts them: their [`job_weight`]s, and the queues they
+/// are in with how many of them each holds. [`QUEUE_OVERHEAD`] is charged to every owner
+/// with jobs in a queue, so the owners' charges together cover what the queues cost the
+/// server (each queue with jobs has an owner there): jobs each sent to a queue of their
+/// own cannot fill the server's room from within one share.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Owned {
+    bytes: u64,
+    queues: FastMap<Name, u32>,
+}
+
+impl Owned {
+    /// What it counts against a share.
+    fn weight(&self) -> u64 {
+        self.bytes + self.queues.len() as u64 * QUEUE_OVERHEAD
+    }
 }
 
 impl Weights {
-    /// Counts a job with document `body` submitted by `owner`.
-    fn add(&mut self, body: &[u8], owner: Option<&Name>) {
+    /// Counts a job with document `body` submitted by `owner` to `queue`.
+    fn add(&mut self, body: &[u8], owner: Option<&Name>, queue: &Name) {
         self.total += job_weight(body);
-        *self.by_owner.entry(owner.cloned()).or_default() += job_weight(body);
+        let owned = self.by_owner.entry(owner.cloned()).or_default();
+        owned.bytes += job_weight(body);
+        *owned.queues.entry(queue.clone()).or_default() += 1;
     }
 
     /// Stops counting such a job.
-    fn remove(&mut self, body: &[u8], owner: Option<&Name>) {
+    fn remove(&mut self, body: &[u8], owner: Option<&Name>, queue: &str) {
         self.total = self.total.saturating_sub(job_weight(body));
         let key = owner.cloned();
-        if let Some(w) = self.by_owner.get_mut(&key) {
-            *w = w.saturating_sub(job_weight(body));
-            if *w == 0 {
+        if let Some(owned) = self.by_owner.get_mut(&key) {
+            owned.bytes = owned.bytes.saturating_sub(job_weight(body));
+            if let Some(n) = owned.queues.get_mut(queue) {
+                *n -= 1;
+                if *n == 0 {
+                    owned.queues.remove(queue);
+                }
+            }
+            if owned.queues.is_empty() {
                 self.by_owner.remove(&key);
             }
         }
@@ -104,8 +130,12 @@ impl Weights {
     /// Adds the counts of `other` (another share of the jobs).
     fn merge(&mut self, other: Weights) {
         self.total += other.total;
-        for (owner, w) in other.by_owner {
-            *self.by_owner.entry(owner).or_default() += w;
+        for (owner, theirs) in other.by_owner {
+            let owned = self.by_owner.entry(owner).or_default();
+            owned.bytes += theirs.bytes;
+            for (queue, n) in theirs.queues {
+                *owned.queues.entry(queue).or_default() += n;
+            }
         }
     }
 }
@@ -276,7 +306,7 @@ impl PartIndex {
         agents: AgentLinks<'_>,
     ) {
         let AgentLinks { dispatched, lost } = agents;
-        self.weights.add(body, owner);
+        self.weights.add(body, owner, queue);
         gather(&mut self.queues, queue, || queue.clone(), seq, id);
         match live_kind(state) {
             Some(true) => gather(&mut self.waiting, queue, || queue.clone(), seq, id),
@@ -387,13 +417,22 @@ impl JobIndex {
         self.weights.total + self.by_queue.len() as u64 * QUEUE_OVERHEAD
     }
 
-    /// The [`job_weight`]s of `owner`'s jobs (`None`: those submitted without a token).
+    /// What `owner`'s jobs count against its share (`None`: those submitted without a
+    /// token): their [`job_weight`]s, and [`QUEUE_OVERHEAD`] for each queue they are in.
     pub fn owner_weight(&self, owner: Option<&Name>) -> u64 {
         self.weights
             .by_owner
             .get(&owner.cloned())
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, Owned::weight)
+    }
+
+    /// Whether `owner` has jobs in `queue` (a job of its there adds no
+    /// [`QUEUE_OVERHEAD`] to its share).
+    pub fn owner_in_queue(&self, owner: Option<&Name>, queue: &str) -> bool {
+        self.weights
+            .by_owner
+            .get(&owner.cloned())
+            .is_some_and(|owned| owned.queues.contains_key(queue))
     }
 
     /// Adds a job under `seq`, submitted by `owner`.
@@ -406,7 +445,7 @@ impl JobIndex {
         body: &[u8],
         owner: Option<&Name>,
     ) {
-        self.weights.add(body, owner);
+        self.weights.add(body, owner, queue);
         add(&mut self.by_queue, queue, || queue.clone(), seq, id);
         add(&mut self.by_state, state, || Name::from(state), seq, id);
         for tag in tags_of(body) {
@@ -453,7 +492,7 @@ impl JobIndex {
         body: &[u8],
         owner: Option<&Name>,
     ) {
-        self.weights.remove(body, owner);
+        self.weights.remove(body, owner, queue);
         drop_entry(&mut self.by_queue, queue, seq);
         drop_entry(&mut self.by_state, state, seq);
         for tag in tags_of(body) {
@@ -814,11 +853,35 @@ mod tests {
         index.insert(JobId::random(), 2, &q, "waiting", bodies[1], Some(&alice));
         index.insert(JobId::random(), 3, &q, "waiting", bodies[2], None);
         let alices = job_weight(bodies[0]) + job_weight(bodies[1]);
-        assert_eq!(index.owner_weight(Some(&alice)), alices);
-        assert_eq!(index.owner_weight(None), job_weight(bodies[2]));
+        // Each owner is charged the queue its jobs are in, once.
+        assert_eq!(index.owner_weight(Some(&alice)), alices + QUEUE_OVERHEAD);
+        assert_eq!(
+            index.owner_weight(None),
+            job_weight(bodies[2]) + QUEUE_OVERHEAD
+        );
         assert_eq!(index.owner_weight(Some(&Name::from("bob"))), 0);
         assert_eq!(alices + job_weight(bodies[2]), index.weights.total);
+        assert!(index.owner_in_queue(Some(&alice), "q"));
+        assert!(!index.owner_in_queue(Some(&alice), "other"));
+        // A job of its in another queue: that queue is charged too, until it leaves.
+        let other = Name::from("other");
+        index.insert(
+            JobId::random(),
+            4,
+            &other,
+            "waiting",
+            bodies[2],
+            Some(&alice),
+        );
+        let with_other = alices + job_weight(bodies[2]) + 2 * QUEUE_OVERHEAD;
+        assert_eq!(index.owner_weight(Some(&alice)), with_other);
+        index.remove(4, "other", "waiting", bodies[2], Some(&alice));
+        assert_eq!(index.owner_weight(Some(&alice)), alices + QUEUE_OVERHEAD);
         index.remove(1, "q", "waiting", bodies[0], Some(&alice));
+        assert_eq!(
+            index.owner_weight(Some(&alice)),
+            job_weight(bodies[1]) + QUEUE_OVERHEAD
+        );
         index.remove(2, "q", "waiting", bodies[1], Some(&alice));
         assert_eq!(index.owner_weight(Some(&alice)), 0);
         assert!(

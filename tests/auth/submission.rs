@@ -168,15 +168,18 @@ async fn submission_is_checked_for_priority_restricted_queue_and_reservation_whe
 /// of `--max-jobs-bytes`: an authenticated client's, and those submitted without a token
 /// all together, so an anonymous flood cannot fill the room every lab user shares. The
 /// refusal (507) names whose share and the settings; the count holds after a restart.
-/// With access control off there is no share.
+/// Each queue a submitter's jobs are in counts against its share as against the room,
+/// so jobs each sent to a new queue cannot fill the room from within one share. With
+/// access control off there is no share.
 #[tokio::test]
 async fn one_submitters_jobs_take_at_most_their_share_of_the_job_store() {
-    // A share of 20,000 bytes: four jobs of ~4.1 KiB (document and 1 KiB) fit, a fifth not.
+    // A share of 40,000 bytes: the queue's 16 KiB and five jobs of ~4.1 KiB (document
+    // and 1 KiB) fit, a sixth not.
     let flags = [
         "--max-job-bytes",
         "4096",
         "--max-jobs-bytes",
-        "200000",
+        "400000",
         "--max-jobs-share-percent",
         "10",
     ];
@@ -188,7 +191,7 @@ async fn one_submitters_jobs_take_at_most_their_share_of_the_job_store() {
         let job = json!({"job_queue": "share", "pad": "x".repeat(3000)});
         call(srv, "POST", "/v1/job", token.as_deref(), None, Some(&job)).await
     }
-    for _ in 0..4 {
+    for _ in 0..5 {
         submit(&lab.srv, None).await.expect_status(200);
         submit(&lab.srv, Some(alice.clone()))
             .await
@@ -205,7 +208,7 @@ async fn one_submitters_jobs_take_at_most_their_share_of_the_job_store() {
         .await
         .expect_error(507);
     assert!(
-        theirs.contains("client \"alice\"'s jobs") && theirs.contains("20000 bytes"),
+        theirs.contains("client \"alice\"'s jobs") && theirs.contains("40000 bytes"),
         "{theirs}"
     );
     // Nobody else's room is taken.
@@ -214,6 +217,49 @@ async fn one_submitters_jobs_take_at_most_their_share_of_the_job_store() {
     submit(&lab.srv, None).await.expect_error(507);
     let alice = super::access_token(&lab.srv, "alice", "secret-of-alice-0123456789").await;
     submit(&lab.srv, Some(alice)).await.expect_error(507);
+
+    // Small jobs each to a queue of its own: the queues fill dave's share, not the room.
+    let dave = lab.token_for("dave", "contributor", json!({})).await;
+    let to_queue = |i: usize| json!({"job_queue": format!("own-{i}")});
+    for i in 0..2 {
+        call(
+            &lab.srv,
+            "POST",
+            "/v1/job",
+            Some(&dave),
+            None,
+            Some(&to_queue(i)),
+        )
+        .await
+        .expect_status(200);
+    }
+    let queues = call(
+        &lab.srv,
+        "POST",
+        "/v1/job",
+        Some(&dave),
+        None,
+        Some(&to_queue(2)),
+    )
+    .await
+    .expect_error(507);
+    assert!(
+        queues.contains("client \"dave\"'s jobs") && queues.contains("each queue they are in"),
+        "{queues}"
+    );
+    // A queue dave already has jobs in costs him only the job.
+    call(
+        &lab.srv,
+        "POST",
+        "/v1/job",
+        Some(&dave),
+        None,
+        Some(&to_queue(1)),
+    )
+    .await
+    .expect_status(200);
+    let carol = lab.token_for("carol", "contributor", json!({})).await;
+    submit(&lab.srv, Some(carol)).await.expect_status(200);
 
     let open = crate::util::TestServer::start_with(&flags);
     for _ in 0..6 {

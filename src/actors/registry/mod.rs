@@ -300,7 +300,13 @@ impl RegistryState {
                 .get(*id)
                 .filter(|job| job.owner == *owner)
                 .map_or(0, |job| job_weight(&job.body));
-            let after = theirs.saturating_sub(replaced) + job_weight(body);
+            // A queue it has no job in yet is charged to it too, as to the server.
+            let their_new_queue = if index.owner_in_queue(owner.as_ref(), queue) {
+                0
+            } else {
+                QUEUE_OVERHEAD
+            };
+            let after = theirs.saturating_sub(replaced) + job_weight(body) + their_new_queue;
             if after > share && after > theirs {
                 let whose = match owner {
                     Some(client) => format!("client {client:?}'s jobs"),
@@ -309,7 +315,8 @@ impl RegistryState {
                     }
                 };
                 return Err(Error::NoSpace(format!(
-                    "{whose} take {theirs} bytes, and this one would take them past their \
+                    "{whose} take {theirs} bytes (their documents, and {QUEUE_OVERHEAD} for \
+                     each queue they are in), and this one would take them past their \
                      share of the server's room for jobs: {share} bytes \
                      (--max-jobs-share-percent of --max-jobs-bytes); finished jobs make room \
                      as retention removes them{}",
