@@ -825,21 +825,21 @@ pub async fn end_lost_jobs(services: &Services) -> Result<usize> {
             } else {
                 "agent lost: job cancelled"
             };
-            tracing::warn!(job = %id, agent = agent.as_deref().unwrap_or("-"), state = %phase, last_heard = %last_heard, "{outcome}");
+            tracing::warn!(job = %id, agent = agent.as_deref().unwrap_or("-"), state = &*phase, last_heard = %last_heard, "{outcome}");
             if let Some(agent) = agent {
                 // The stock agent reads `offline` on its next check and stops taking jobs
                 // until someone puts it back: a device that went silent mid-job is looked
                 // at before it runs another. The comment says how: the CLI's admin
-                // command needs a manager or admin login, which a server without access
-                // control has only if someone made such a client.
+                // command logs in, which a server without access control answers only
+                // for a client someone made (any role will do there).
                 let cli = format!(
                     "`testflinger-cli admin set agent-status --status online --agents {agent}`"
                 );
                 let how = if services.access.mode == crate::config::AccessMode::Off {
                     format!(
                         "post {{\"state\": \"waiting\", \"comment\": \"\"}} to \
-                         /v1/agents/data/{agent}, or run {cli} as a client with the admin role \
-                         (`flinger client add`)"
+                         /v1/agents/data/{agent}, or run {cli} with the id and secret of a \
+                         client made with `flinger client add`"
                     )
                 } else {
                     format!("run {cli} as a manager or admin client")
@@ -865,11 +865,11 @@ pub async fn end_lost_jobs(services: &Services) -> Result<usize> {
                     Ok(ticket) => services.journal.durable(ticket).await?,
                     // Restarted: it abandoned the job and is back in service.
                     Err(Unmarked::LeftJob) => {
-                        tracing::info!(job = %id, agent = %agent, "lost job's agent has left it since and stays in service")
+                        tracing::info!(job = %id, agent = &*agent, "lost job's agent has left it since and stays in service")
                     }
                     // Deleted by an operator (or expired): marking it would make it again.
                     Err(Unmarked::NoRecord) => {
-                        tracing::info!(job = %id, agent = %agent, "lost job's agent has no record: none is made to mark it offline")
+                        tracing::info!(job = %id, agent = &*agent, "lost job's agent has no record: none is made to mark it offline")
                     }
                 }
             }

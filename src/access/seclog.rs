@@ -58,7 +58,7 @@ pub fn security_event(
     match verdict {
         Verdict::Write(summary) => {
             let path = loggable(path);
-            tracing::warn!(target: "flinger::security", event = kind, client = %who, method, path = %path, from = %from, suppressed = summary.suppressed, suppressed_by = summary.by.as_deref(), "{why}");
+            tracing::warn!(target: "flinger::security", event = kind, client = &*who, method, path = &*path, from = %from, suppressed = summary.suppressed, suppressed_by = summary.by.as_deref(), "{why}");
         }
         Verdict::Drop { flush_at: Some(at) } => {
             if let Some(runtime) = runtime {
@@ -236,7 +236,9 @@ impl Window {
 
 /// `text` as a security line carries it: control characters escaped (a client id from
 /// a Basic header could hold a newline and forge a line), cut after [`LOGGED_TEXT`]
-/// bytes with `…`.
+/// bytes with `…`. Lines record it as a string field (quoted, its quotes escaped), never
+/// with `%`: a client id may hold spaces, `=` and quotes, and printed bare it could add
+/// fields of its own to the line (`client=x event="authn_token_created"`).
 fn loggable(text: &str) -> std::borrow::Cow<'_, str> {
     if text.len() <= LOGGED_TEXT && !text.chars().any(char::is_control) {
         return text.into();

@@ -353,7 +353,11 @@ pub async fn agents_delete(
     })
     .await??;
     svc.journal.durable(ticket).await?;
-    tracing::info!(agent = %name, by = caller.client_id().unwrap_or("open"), "agent record deleted");
+    tracing::info!(
+        agent = name.as_str(),
+        by = caller.client_id().unwrap_or("open"),
+        "agent record deleted"
+    );
     Ok(ok())
 }
 

@@ -159,7 +159,7 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
         || "unknown".to_owned(),
         |a| a.ip().to_canonical().to_string(),
     );
-    tracing::info!(target: "flinger::security", event = "authn_token_created", client = %client_id, role = permissions.role.as_deref().unwrap_or("contributor"), from = %from_text, "issued an access token and a refresh token");
+    tracing::info!(target: "flinger::security", event = "authn_token_created", client = client_id.as_str(), role = permissions.role.as_deref().unwrap_or("contributor"), from = %from_text, "issued an access token and a refresh token");
     let access = gate
         .signer
         .issue(&permissions, secret, refresh_id, at, gate.access_ttl);
@@ -267,7 +267,7 @@ pub async fn revoke_post(
             Ok(Some(Event::RefreshTokenRevoked { hash }))
         })
         .await?;
-    tracing::info!(target: "flinger::security", event = "authn_token_revoked", by = caller.client_id().unwrap_or("open"), client = %target, "refresh token revoked");
+    tracing::info!(target: "flinger::security", event = "authn_token_revoked", by = caller.client_id().unwrap_or("open"), client = target.as_str(), "refresh token revoked");
     Ok(json_value(StatusCode::OK, &json!({"status": "OK"})))
 }
 
@@ -450,7 +450,7 @@ pub async fn client_put(
             }))
         })
         .await?;
-    tracing::info!(target: "flinger::security", event = if created { "user_created" } else { "user_updated" }, by = %who, client = %client_id, "client permissions saved");
+    tracing::info!(target: "flinger::security", event = if created { "user_created" } else { "user_updated" }, by = &*who, client = client_id.as_str(), "client permissions saved");
     Ok(text(if created {
         format!("Created permissions for client '{client_id}'")
     } else {
@@ -481,7 +481,7 @@ pub async fn client_delete(
             }))
         })
         .await?;
-    tracing::info!(target: "flinger::security", event = "user_deleted", by = caller.client_id().unwrap_or("open"), client = %client_id, "client deleted");
+    tracing::info!(target: "flinger::security", event = "user_deleted", by = caller.client_id().unwrap_or("open"), client = client_id.as_str(), "client deleted");
     Ok(ok())
 }
 

@@ -224,7 +224,32 @@ async fn the_throttled_security_log_names_who_it_suppressed() {
     assert!(
         security
             .iter()
-            .any(|l| l.contains("client=decoy") && l.contains("from=127.0.0.5")),
+            .any(|l| l.contains("client=\"decoy\"") && l.contains("from=127.0.0.5")),
         "{security:#?}"
     );
+}
+
+/// A client id is any text but control characters and `:` (as upstream), so it may hold
+/// spaces, quotes and `=`: security lines record it as a quoted string, and one chosen to
+/// read as more fields (`client=x event="authn_token_created" client=admin`) stays inside
+/// its own.
+#[tokio::test]
+async fn a_client_id_that_reads_as_more_fields_stays_inside_its_own_in_the_security_log() {
+    let lab = Lab::start(&[]);
+    let forged = r#"mallory event="authn_token_created" client=admin"#;
+    let m = token_request(&lab.srv, forged, "wrong-secret-0123456789")
+        .await
+        .expect_error(401);
+    assert_eq!(m, "Invalid client id or client key");
+    let failed = |l: &str| l.contains("flinger::security") && l.contains("mallory");
+    let lines = lab.srv.stderr_lines_once(failed).await;
+    let line = lines
+        .iter()
+        .find(|l| failed(l))
+        .expect("the failure is logged");
+    assert!(
+        line.contains(r#"client="mallory event=\"authn_token_created\" client=admin""#),
+        "{line}"
+    );
+    assert!(!line.contains(r#" event="authn_token_created""#), "{line}");
 }

@@ -254,7 +254,9 @@ impl RegistryState {
             } else {
                 "agent took another job: its unfinished job cancelled"
             };
-            tracing::warn!(job = %id, agent = %agent, state = %phase, last_heard_unix = last_heard, took = %took, "{outcome}");
+            // As the watch's line for a lost agent (`server`): names as quoted strings.
+            let last_heard = crate::http::wire::iso_z(last_heard);
+            tracing::warn!(job = %id, agent = &*agent, state = &*phase, last_heard = %last_heard, took = %took, "{outcome}");
         }
         Ok(last)
     }
