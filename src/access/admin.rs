@@ -89,11 +89,16 @@ async fn act(store: &AccessStore, action: &ClientAction, out: &mut impl Write) -
             max_reservation,
             email,
         } => {
-            let role = Role::parse(role).ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "unknown role {role:?}: admin, manager, contributor or agent"
-                ))
-            })?;
+            let role = role
+                .as_deref()
+                .map(|role| {
+                    Role::parse(role).ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "unknown role {role:?}: admin, manager, contributor or agent"
+                        ))
+                    })
+                })
+                .transpose()?;
             if let Some(problem) = token::client_id_problem(client_id) {
                 return Err(Error::InvalidInput(problem.into()));
             }
@@ -106,6 +111,7 @@ async fn act(store: &AccessStore, action: &ClientAction, out: &mut impl Write) -
                 .map_err(|e| Error::Internal(format!("bcrypt task failed: {e}")))??;
             let mut created = false;
             let mut revoked = 0;
+            let mut saved_role = Role::Contributor;
             store
                 .record_durably(|access| {
                     let existing = access.client(client_id);
@@ -117,17 +123,30 @@ async fn act(store: &AccessStore, action: &ClientAction, out: &mut impl Write) -
                         .tokens_by_client
                         .get(client_id.as_str())
                         .map_or(0, |tokens| tokens.len());
+                    // A new secret for an existing client is how a leaked one is
+                    // replaced: what the options leave out stays as it was (rotating the
+                    // only admin's secret must not demote it).
+                    let kept = existing.cloned().unwrap_or_default();
+                    saved_role = role.unwrap_or_else(|| kept.role());
+                    let given = |list: &BTreeMap<String, i64>, old: BTreeMap<String, i64>| {
+                        if list.is_empty() {
+                            old
+                        } else {
+                            list.clone()
+                        }
+                    };
                     Ok(Some(Event::ClientSaved {
                         id: Name::from(client_id.as_str()),
                         client: Box::new(Client {
                             secret_hash: hash.into(),
-                            role: Some(role),
-                            max_priority,
-                            allowed_queues: existing
-                                .map(|c| c.allowed_queues.clone())
-                                .unwrap_or_default(),
-                            max_reservation_time: max_reservation,
-                            email: email.clone(),
+                            role: Some(saved_role),
+                            max_priority: given(&max_priority, kept.max_priority),
+                            allowed_queues: kept.allowed_queues,
+                            max_reservation_time: given(
+                                &max_reservation,
+                                kept.max_reservation_time,
+                            ),
+                            email: email.clone().or(kept.email),
                         }),
                     }))
                 })
@@ -139,8 +158,8 @@ async fn act(store: &AccessStore, action: &ClientAction, out: &mut impl Write) -
                  `testflinger-cli login --client-id {client_id} --secret-key ...` (or each \
                  command's --client-id and --secret-key, or TESTFLINGER_CLIENT_ID and \
                  TESTFLINGER_SECRET_KEY) or `flinger client token-file`.",
-                if created { "Created" } else { "Replaced the secret and permissions of" },
-                role.as_str()
+                if created { "Created" } else { "Gave a new secret to" },
+                saved_role.as_str()
             )?;
             if !created {
                 let tokens = match revoked {
@@ -158,8 +177,18 @@ async fn act(store: &AccessStore, action: &ClientAction, out: &mut impl Write) -
                 };
                 writeln!(
                     out,
-                    "The old secret no longer works. {tokens} Access tokens already issued \
-                     work until they expire (--access-token-secs)."
+                    "The old secret no longer works. {tokens} Access tokens issued under \
+                     the old secret are refused from their next request on. The role, limits \
+                     and email are {}.",
+                    if role.is_some()
+                        || !max_priority.is_empty()
+                        || !max_reservation.is_empty()
+                        || email.is_some()
+                    {
+                        "as the options give them, the rest as they were"
+                    } else {
+                        "as they were"
+                    }
                 )?;
             }
         }

@@ -403,7 +403,17 @@ impl StagedFile {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
+        // Not made here: a mistyped path would become a tree owned by whoever ran the
+        // command (mode 0700 under a umask of 077), which the agent's user may not read.
+        if !dir.is_dir() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "the folder {} does not exist (create it, readable by the agent's user)",
+                    dir.display()
+                ),
+            ));
+        }
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(name);
         tmp_name.push(".tmp");

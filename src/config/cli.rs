@@ -143,19 +143,22 @@ pub enum Command {
 /// Client management (`flinger client ...`).
 #[derive(Subcommand, Debug)]
 pub enum ClientAction {
-    /// Create a client (or replace its secret and permissions), print its generated
-    /// secret once on stdout.
+    /// Create a client, or give an existing one a new secret, and print the generated
+    /// secret once on stdout. An existing client keeps its role, limits and email unless
+    /// the options below give new ones.
     Add {
         /// The client id (`testflinger-cli --client_id`).
         client_id: String,
-        /// Its role: admin, manager, contributor or agent.
-        #[arg(long, default_value = "contributor")]
-        role: String,
+        /// Its role: admin, manager, contributor or agent [default for a new client:
+        /// contributor; an existing client keeps its own].
+        #[arg(long)]
+        role: Option<String>,
         /// Highest job_priority on a queue, `QUEUE=N` (`*=N` for every queue); repeatable.
+        /// Given, it replaces an existing client's list.
         #[arg(long = "max-priority", value_name = "QUEUE=N")]
         max_priority: Vec<String>,
         /// Longest reservation in seconds on a queue, `QUEUE=SECS` (`*=SECS` for every
-        /// queue); repeatable.
+        /// queue); repeatable. Given, it replaces an existing client's list.
         #[arg(long = "max-reservation", value_name = "QUEUE=SECS")]
         max_reservation: Vec<String>,
         /// Contact address.

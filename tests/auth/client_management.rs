@@ -357,8 +357,9 @@ async fn client_token_file_records_no_token_when_the_file_cannot_be_written() {
             .filter(|l| l.contains("RefreshTokenIssued"))
             .count()
     };
-    // A directory, and a path below a regular file: refused, nothing recorded.
-    for target in [".", "a-file/token"] {
+    // A directory, a path below a regular file or in a folder that does not exist:
+    // refused, nothing recorded (no folder made).
+    for target in [".", "a-file/token", "tokens/refresh_token"] {
         let out = run(&["client", "token-file", "lab-agent", "--out", target]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{target}: {stderr}");
@@ -370,6 +371,20 @@ async fn client_token_file_records_no_token_when_the_file_cannot_be_written() {
         assert!(out.stdout.is_empty(), "{target}");
     }
     assert_eq!(issued(), 0, "a token was recorded that no file holds");
+    assert!(!dir.path().join("tokens").exists(), "a folder was made");
+    let missing = run(&[
+        "client",
+        "token-file",
+        "lab-agent",
+        "--out",
+        "tokens/refresh_token",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("the folder tokens does not exist"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    std::fs::create_dir(dir.path().join("tokens")).unwrap();
     // A writable path: the file holds the one token recorded, and replaces an older file
     // whole; no temporary file is left beside it.
     let path = dir.path().join("tokens").join("refresh_token");
@@ -420,8 +435,9 @@ async fn client_add_of_an_existing_client_says_its_refresh_tokens_were_revoked()
         "a@b.example.com",
     ]);
     for wanted in [
-        "Replaced the secret and permissions of client \"agentx\"",
+        "Gave a new secret to client \"agentx\" with role agent",
         "The old secret no longer works",
+        "Access tokens issued under the old secret are refused from their next request on",
         "Its 2 refresh tokens were revoked",
         "flinger client token-file agentx --out FILE",
     ] {
@@ -429,6 +445,54 @@ async fn client_add_of_an_existing_client_says_its_refresh_tokens_were_revoked()
     }
     let again = stdout(&["client", "add", "agentx", "--role", "agent"]);
     assert!(again.contains("It had no refresh tokens."), "{again}");
+}
+
+/// `client add` of an existing client without `--role` or limits is a new secret only:
+/// rotating the only admin's secret must not demote it to contributor or drop its limits
+/// (it did); options given replace what they name, and a new client is a contributor.
+#[tokio::test]
+async fn client_add_of_an_existing_client_keeps_what_the_options_leave_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = |args: &[&str]| String::from_utf8(run_in_ok(dir.path(), args).stdout).unwrap();
+    let listed = |id: &str| -> serde_json::Value {
+        stdout(&["client", "list"])
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|c| c["client_id"] == id)
+            .unwrap_or_else(|| panic!("{id} is not listed"))
+    };
+    stdout(&[
+        "client",
+        "add",
+        "boss",
+        "--role",
+        "admin",
+        "--max-priority",
+        "*=5",
+        "--max-reservation",
+        "q=90000",
+        "--email",
+        "boss@lab.example.com",
+    ]);
+    let before = listed("boss");
+    let rotated = stdout(&["client", "add", "boss"]);
+    assert!(
+        rotated.contains("with role admin") && rotated.contains("are as they were"),
+        "{rotated}"
+    );
+    let after = listed("boss");
+    assert_eq!(after, before);
+    assert_eq!(after["role"], "admin");
+    assert_eq!(after["max_priority"], json!({"*": 5}));
+    assert_eq!(after["email"], "boss@lab.example.com");
+    let changed = stdout(&["client", "add", "boss", "--max-priority", "*=7"]);
+    assert!(changed.contains("as the options give them"), "{changed}");
+    let after = listed("boss");
+    assert_eq!(after["max_priority"], json!({"*": 7}));
+    assert_eq!(after["max_reservation_time"], json!({"q": 90000}));
+    assert_eq!(after["role"], "admin");
+    stdout(&["client", "add", "newcomer"]);
+    assert_eq!(listed("newcomer")["role"], "contributor");
 }
 
 /// The client-facing bodies of access control declare their keys as upstream's schemas do
