@@ -119,6 +119,7 @@ pub async fn start_recovered(
         crate::access::store::AccessStore::new(std::mem::take(&mut state.access), journal.clone());
     let key = crate::access::token::signing_key(&*files).await?;
     let access = Arc::new(crate::access::Gate::new(&config, &key, access)?);
+    crate::access::check_stored_secrets(&access);
     tracing::info!(mode = ?config.access, clients = access.store.read(|a| a.clients.len()), "access control");
 
     let queues = QueueDirectory::default();

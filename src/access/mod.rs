@@ -648,21 +648,62 @@ fn check_job_secrets(svc: &Services, caller: &Caller, body: &[u8]) -> Result<()>
         return Err(refuse("Missing client ID (user not authenticated)".into()));
     };
     let now = crate::actors::now();
-    let mut missing: Vec<String> = svc.access.store.read(|a| {
-        wanted
-            .values()
-            .map(|p| p.as_str().unwrap_or_default().to_owned())
-            .filter(|p| a.secret(client, p, now).is_none())
-            .collect()
+    let sealer = svc.access.secrets.as_ref().expect("checked above");
+    // A stored secret the server's key cannot open (sealed under another
+    // FLINGER_SECRETS_KEY) is as inaccessible as a missing one: upstream would hand the
+    // agent "" for it, and the stock agent then skips the job's test phase.
+    let (mut missing, mut sealed_elsewhere) = (Vec::new(), Vec::new());
+    svc.access.store.read(|a| {
+        for path in wanted.values().map(|p| p.as_str().unwrap_or_default()) {
+            match a.secret(client, path, now) {
+                None => missing.push(path.to_owned()),
+                Some(s) if sealer.open(client, path, &s.sealed).is_none() => {
+                    sealed_elsewhere.push(path.to_owned())
+                }
+                Some(_) => {}
+            }
+        }
     });
-    if missing.is_empty() {
+    if missing.is_empty() && sealed_elsewhere.is_empty() {
         return Ok(());
     }
+    sealed_elsewhere.sort();
+    let elsewhere = if sealed_elsewhere.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({} stored under another secrets key than the server's FLINGER_SECRETS_KEY: \
+             store again)",
+            sealed_elsewhere.join(", ")
+        )
+    };
+    missing.append(&mut sealed_elsewhere);
     missing.sort();
     Err(refuse(format!(
-        "Inaccessible secret paths: {}",
+        "Inaccessible secret paths: {}{elsewhere}",
         missing.join(", ")
     )))
+}
+
+/// The start-up check of the stored job secrets against the server's key: how many are
+/// stored, and how many of them the key cannot open (sealed under another
+/// `FLINGER_SECRETS_KEY`); logged as an error when any cannot be, or when secrets are
+/// stored and no key is set (jobs naming them are then refused at submission, 422).
+pub fn check_stored_secrets(gate: &Gate) {
+    let (stored, sealed_elsewhere) = gate.store.read(|a| {
+        let unopened = gate.secrets.as_ref().map_or(0, |sealer| {
+            a.secrets
+                .iter()
+                .filter(|((client, path), s)| sealer.open(client, path, &s.sealed).is_none())
+                .count()
+        });
+        (a.secrets.len(), unopened)
+    });
+    if stored > 0 && gate.secrets.is_none() {
+        tracing::error!(stored, "job secrets are stored but FLINGER_SECRETS_KEY is not set: jobs naming them are refused (422) until it is set to the key they were stored under");
+    } else if sealed_elsewhere > 0 {
+        tracing::error!(stored, sealed_elsewhere, "FLINGER_SECRETS_KEY does not open some stored job secrets (they were stored under another key): jobs naming them are refused (422 naming the paths) until the key they were stored under is set again or they are stored again");
+    }
 }
 
 /// The job document handed to the agent it is dispatched to, with `test_data.secrets`
@@ -709,7 +750,13 @@ async fn resolve_mentioned_secrets(
                     if s.ephemeral {
                         spent.push(path.clone());
                     }
-                    sealer.open(owner, &path, &s.sealed)
+                    let value = sealer.open(owner, &path, &s.sealed);
+                    if value.is_none() {
+                        // Submission refuses such a path; one stored again with a key
+                        // since changed reaches here, once per job dispatched.
+                        tracing::warn!(client = owner, path = path.as_str(), "a job's secret does not open with the server's FLINGER_SECRETS_KEY (stored under another key): its agent gets an empty value");
+                    }
+                    value
                 })
             }),
             _ => None,

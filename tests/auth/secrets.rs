@@ -433,3 +433,85 @@ async fn wal_dump_shows_credentials_by_kind_and_size_only() {
         "{dump}"
     );
 }
+
+/// Secrets stored under one `FLINGER_SECRETS_KEY` do not open under another: start-up
+/// says so (an error naming how many), and a job naming such a secret is refused at
+/// submission (422 naming it and why) instead of reaching its agent as "" (upstream's
+/// way, after which the stock agent skips the test phase and reports the job complete).
+/// Stored again, it works; with no key at all, start-up says the stored ones are unusable.
+#[tokio::test]
+async fn secrets_stored_under_another_key_are_refused_at_submission_and_named_at_start_up() {
+    let mut lab = Lab::start_env(
+        &[],
+        &[(
+            "FLINGER_SECRETS_KEY",
+            "the-first-master-key-0123456789abcdef",
+        )],
+    );
+    let alice_secret = lab.client("alice", "contributor", json!({})).await;
+    let alice = access_token(&lab.srv, "alice", &alice_secret).await;
+    let body = json!({"value": "hunter2"});
+    call(
+        &lab.srv,
+        "PUT",
+        "/v1/secrets/alice/db/pass",
+        Some(&alice),
+        None,
+        Some(&body),
+    )
+    .await
+    .expect_status(200);
+    let job = json!({"job_queue": "sec-q", "test_data": {"test_cmds": "env", "secrets": {"DB": "db/pass"}}});
+    lab.srv.stop();
+    lab.srv.set_env(
+        "FLINGER_SECRETS_KEY",
+        "a-different-master-key-0123456789abcd",
+    );
+    lab.srv.start_again();
+    let logged = lab
+        .srv
+        .stderr_lines_once(|l| l.contains("does not open some stored job secrets"))
+        .await;
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("does not open some stored job secrets")
+                && l.contains("sealed_elsewhere=1")),
+        "{logged:#?}"
+    );
+    let alice = access_token(&lab.srv, "alice", &alice_secret).await;
+    let refused = call(&lab.srv, "POST", "/v1/job", Some(&alice), None, Some(&job))
+        .await
+        .expect_error(422);
+    assert_eq!(
+        refused,
+        "Inaccessible secret paths: db/pass (db/pass stored under another secrets key than \
+         the server's FLINGER_SECRETS_KEY: store again)"
+    );
+    call(
+        &lab.srv,
+        "PUT",
+        "/v1/secrets/alice/db/pass",
+        Some(&alice),
+        None,
+        Some(&body),
+    )
+    .await
+    .expect_status(200);
+    call(&lab.srv, "POST", "/v1/job", Some(&alice), None, Some(&job))
+        .await
+        .expect_status(200);
+    lab.srv.stop();
+    lab.srv.set_env("FLINGER_SECRETS_KEY", "");
+    lab.srv.start_again();
+    let logged = lab
+        .srv
+        .stderr_lines_once(|l| l.contains("FLINGER_SECRETS_KEY is not set"))
+        .await;
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("job secrets are stored but FLINGER_SECRETS_KEY is not set")),
+        "{logged:#?}"
+    );
+}

@@ -464,6 +464,12 @@ impl TestServer {
     pub fn start_again(&mut self) {
         self.spawn();
     }
+
+    /// Sets environment variable `key` to `value` for every (re)start from now on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.envs.retain(|(k, _)| k != key);
+        self.envs.push((key.to_owned(), value.to_owned()));
+    }
 }
 
 impl Deref for TestServer {
