@@ -46,6 +46,11 @@ async fn orphan_posts_are_507_when_the_orphan_quota_is_full() {
         .await;
     let message = r.expect_error(507);
     assert!(message.contains("--orphan-quota-bytes"), "{message}");
+    // What is left is named: the quota is not used up, this post is larger than the rest.
+    assert!(
+        message.contains("it is larger than the") && message.contains("bytes left"),
+        "{message}"
+    );
     srv.get(&format!("/v1/result/{b}"))
         .await
         .expect_no_content();
@@ -65,7 +70,8 @@ async fn orphan_posts_are_507_when_the_orphan_quota_is_full() {
             vec![7u8; 5000],
         )
         .await;
-    r.expect_error(507);
+    let message = r.expect_error(507);
+    assert!(message.contains("bytes left"), "{message}");
     srv.get(&format!("/v1/result/{c}/artifact"))
         .await
         .expect_no_content();

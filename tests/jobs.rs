@@ -435,7 +435,10 @@ async fn submit_is_rejected_with_413_when_body_exceeds_default_one_mib() {
     let r = srv
         .post_oversized("/v1/job", Some("application/json"), &body)
         .await;
-    r.expect_error(413);
+    assert_eq!(
+        r.expect_error(413),
+        "Payload too large: a job document (--max-job-bytes) is at most 1048576 bytes"
+    );
     // Just under the limit is fine.
     let filler = "x".repeat(1024 * 1024 - 200);
     let id = srv

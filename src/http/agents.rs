@@ -34,7 +34,9 @@ pub async fn read_agents<T: Send + 'static>(
 }
 
 async fn json_object(request: Request) -> Result<Map<String, Value>> {
-    let body = empty_as_object(read_body(request, MAX_ADVERT_BYTES).await?);
+    let body = empty_as_object(
+        read_body(request, MAX_ADVERT_BYTES, "a queue or image advertisement").await?,
+    );
     json_object_body(&body)
 }
 
@@ -242,7 +244,7 @@ pub async fn agents_post(
     request: Request,
 ) -> Result<Response> {
     check_name(&name)?;
-    let body = empty_as_object(read_body(request, MAX_AGENT_POST).await?);
+    let body = empty_as_object(read_body(request, MAX_AGENT_POST, "an agent's post").await?);
     let map = json_object_body(&body)?;
     check_agent_fields(&map)?;
     // An agent reporting its state with the job it runs is heard about that job: from
@@ -428,7 +430,7 @@ pub async fn agents_provision_logs_post(
     request: Request,
 ) -> Result<Response> {
     check_name(&name)?;
-    let body = empty_as_object(read_body(request, MAX_AGENT_POST).await?);
+    let body = empty_as_object(read_body(request, MAX_AGENT_POST, "an agent's post").await?);
     let mut map = json_object_body(&body)?;
     // Types and required fields as upstream's schema loads them (`exit_code: "3"` is 3).
     super::schema::load(&super::schema::PROVISION_LOG, &mut map).map_err(super::wire::invalid)?;

@@ -168,7 +168,8 @@ pub async fn token_post(State(svc): State<Services>, request: Request) -> Result
 
 /// The `refresh_token` of a `{refresh_token}` body (422 when absent or empty).
 async fn refresh_token_field(request: Request) -> Result<String> {
-    let body = empty_as_object(read_body(request, MAX_BODY).await?);
+    let body =
+        empty_as_object(read_body(request, MAX_BODY, "an access-control request's body").await?);
     let value = json_object_body(&body)?;
     super::wire::only_keys(&value, &["refresh_token"])?;
     match value.get("refresh_token") {
@@ -358,7 +359,8 @@ pub async fn client_put(
     if let Some(problem) = token::client_id_problem(&client_id) {
         return Err(Error::validation("client_id", problem));
     }
-    let body = empty_as_object(read_body(request, MAX_BODY).await?);
+    let body =
+        empty_as_object(read_body(request, MAX_BODY, "an access-control request's body").await?);
     let fields = json_object_body(&body)?;
     let mut secret = None;
     let mut role = None;
@@ -518,7 +520,8 @@ pub async fn restricted_queue_get(
 
 /// The `client_id` of a restricted-queue body: 422 when absent, 400 when empty.
 async fn restricted_client_id(request: Request) -> Result<String> {
-    let body = empty_as_object(read_body(request, MAX_BODY).await?);
+    let body =
+        empty_as_object(read_body(request, MAX_BODY, "an access-control request's body").await?);
     let value = json_object_body(&body)?;
     super::wire::only_keys(&value, &["client_id"])?;
     match value.get("client_id") {
@@ -691,7 +694,14 @@ pub async fn secrets_put(
         return Err(Error::InvalidInput("No secrets store".into()));
     };
     let owner = secret_owner(&caller, &client_id, &path)?.to_owned();
-    let body = empty_as_object(read_body(request, secrets::MAX_SECRET_BYTES + MAX_BODY).await?);
+    let body = empty_as_object(
+        read_body(
+            request,
+            secrets::MAX_SECRET_BYTES + MAX_BODY,
+            "a secret's body (its value at most 65536 bytes)",
+        )
+        .await?,
+    );
     let fields = json_object_body(&body)?;
     super::wire::only_keys(&fields, &["value", "expire_after", "ephemeral"])?;
     let value = match fields.get("value") {

@@ -206,7 +206,7 @@ pub async fn job_events_post(
         .saturating_add(config.max_webhook_url_bytes + 2 * config.max_event_detail_bytes)
         .saturating_mul(2)
         .saturating_add(64 << 10);
-    let body = super::wire::empty_as_object(read_body(request, limit).await?);
+    let body = super::wire::empty_as_object(read_body(request, limit, "a job's events body (as --max-job-events, --max-event-detail-bytes and --max-webhook-url-bytes allow)").await?);
     let post = parse_post(&svc, &body)?;
     let ticket = ask(&svc.webhooks, |p| WebhookMsg::Post(id, post, p)).await??;
     // A repeat changes nothing, but its 200 must not promise more than the original's.

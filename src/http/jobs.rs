@@ -32,7 +32,12 @@ pub async fn job_post(
     caller: Caller,
     request: Request,
 ) -> Result<Response> {
-    let body = read_body(request, svc.config.max_job_bytes).await?;
+    let body = read_body(
+        request,
+        svc.config.max_job_bytes,
+        "a job document (--max-job-bytes)",
+    )
+    .await?;
     let submission = wire::parse_job(&body)?;
     super::events::check_job_webhook(&svc.config, &submission.body)?;
     check_some_agent_may_run(&svc, &submission.queue, &submission.exclude).await?;
@@ -258,7 +263,7 @@ pub async fn action_post(
     request: Request,
 ) -> Result<Response> {
     let id: JobId = path_id(&id)?;
-    let body = read_body(request, 64 << 10).await?;
+    let body = read_body(request, 64 << 10, "an action's body").await?;
     let body = wire::parse_json(&body)?;
     let action = body
         .get("action")

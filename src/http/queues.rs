@@ -27,7 +27,9 @@ pub fn limit_param(pairs: &[(Cow<'_, str>, Cow<'_, str>)]) -> Result<usize> {
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=LIST_MAX).contains(n))
-            .ok_or_else(|| Error::InvalidInput(format!("limit must be 1..={LIST_MAX}"))),
+            .ok_or_else(|| {
+                Error::InvalidInput(format!("limit must be 1 to {LIST_MAX}, got {v:?}"))
+            }),
     }
 }
 

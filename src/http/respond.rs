@@ -119,8 +119,15 @@ pub fn no_content() -> Response {
 /// `PRESIZE_LIMIT` up front, so a client that declares much and sends little holds
 /// little): one copy of the usual single-frame body, without the list of frames and the
 /// trailers map a generic collector builds.
-pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, Error> {
-    let too_large = || Error::TooLarge(format!("Payload too large: the limit is {limit} bytes"));
+///
+/// Past `limit`: 413 `Payload too large: {what} is at most {limit} bytes`, so `what` names
+/// the body and where its limit comes from (`"a job document (--max-job-bytes)"`).
+pub async fn read_body(request: Request, limit: usize, what: &str) -> Result<Bytes, Error> {
+    let too_large = || {
+        Error::TooLarge(format!(
+            "Payload too large: {what} is at most {limit} bytes"
+        ))
+    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)

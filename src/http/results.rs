@@ -34,7 +34,12 @@ pub async fn result_post(
     request: Request,
 ) -> Result<Response> {
     let id = path_id(&id)?;
-    let body = read_body(request, svc.config.max_result_bytes).await?;
+    let body = read_body(
+        request,
+        svc.config.max_result_bytes,
+        "a results body (--max-result-bytes)",
+    )
+    .await?;
     let picked = pick_members(&body, ["job_state"]).map_err(|e| match e {
         NotAnObject::Invalid(e) => {
             Error::InvalidInput(format!("Invalid result data: {}", e.message()))
@@ -240,7 +245,7 @@ pub async fn log_post(
     let id = path_id(&id)?;
     let kind = log_kind(&kind)?;
     let limit = svc.config.max_output_bytes;
-    let body = read_body(request, fragment_body_limit(limit))
+    let body = read_body(request, fragment_body_limit(limit), "a log fragment's body")
         .await
         .map(super::wire::empty_as_object)
         .map_err(|e| match e {
@@ -505,12 +510,14 @@ pub async fn output_post(
     let id = path_id(&id)?;
     // The raw body is the text: the limit on decoded log text applies to it as is.
     let limit = svc.config.max_output_bytes;
-    let body = read_body(request, limit).await.map_err(|e| match e {
-        Error::TooLarge(_) => Error::TooLarge(format!(
+    let body = read_body(request, limit, "an output chunk")
+        .await
+        .map_err(|e| match e {
+            Error::TooLarge(_) => Error::TooLarge(format!(
             "Payload too large: an output chunk is limited to {limit} bytes (--max-output-bytes)"
         )),
-        other => other,
-    })?;
+            other => other,
+        })?;
     if body.is_empty() {
         return Ok(ok());
     }
@@ -718,7 +725,9 @@ async fn receive_upload(
         limit = limit.min(room);
     }
     let over_quota = |e: Error| match e {
-        Error::TooLarge(_) if orphan && limit < config.max_artifact_bytes => svc.orphans.full(),
+        Error::TooLarge(_) if orphan && limit < config.max_artifact_bytes => {
+            svc.orphans.short_of(limit)
+        }
         e => e,
     };
     let whole = limit.saturating_add(UPLOAD_FRAMING);
@@ -806,7 +815,9 @@ fn upload_too_large(limit: u64) -> Error {
 }
 
 fn too_large(limit: u64) -> Error {
-    Error::TooLarge(format!("Payload too large: the limit is {limit} bytes"))
+    Error::TooLarge(format!(
+        "Payload too large: the file is at most {limit} bytes (--max-artifact-bytes)"
+    ))
 }
 
 fn multipart_error(e: multer::Error, limit: u64) -> Error {

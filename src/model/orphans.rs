@@ -59,14 +59,18 @@ impl OrphanQuota {
         }
     }
 
-    /// Takes `bytes` from the quota, or refuses (507) leaving it unchanged.
+    /// Takes `bytes` from the quota, or refuses (507) leaving it unchanged: [`Self::full`]
+    /// when nothing is left, else [`Self::short_of`] what is.
     pub fn reserve(&self, bytes: u64) -> Result<()> {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|&n| n <= self.limit)
             })
             .map(|_| ())
-            .map_err(|_| self.full())
+            .map_err(|used| match self.limit.saturating_sub(used) {
+                0 => self.full(),
+                room => self.short_of(room),
+            })
     }
 
     /// Counts `bytes` already kept (start-up accounting; may exceed the quota).
@@ -98,6 +102,15 @@ impl OrphanQuota {
     pub fn full(&self) -> Error {
         Error::NoSpace(format!(
             "no room for more data about job ids that no job has: their quota of {} bytes (--orphan-quota-bytes) is used up; such data expires {} s after its last write",
+            self.limit, self.retention_secs
+        ))
+    }
+
+    /// The refusal of one write larger than the `room` left (507, as [`Self::full`]):
+    /// the quota is not used up, this write does not fit in what is left of it.
+    pub fn short_of(&self, room: u64) -> Error {
+        Error::NoSpace(format!(
+            "no room for this data about a job id that no job has: it is larger than the {room} bytes left of their quota of {} bytes (--orphan-quota-bytes); such data expires {} s after its last write",
             self.limit, self.retention_secs
         ))
     }
