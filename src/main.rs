@@ -143,7 +143,11 @@ fn main() -> ExitCode {
             // cannot be one): the operator's to fix, like every bad setting.
             Err(Error::Misconfigured(e)) => configuration_error(&e),
             Err(e) => {
-                tracing::error!(error = %e, "server stopped with an error");
+                if flinger::server::SERVING.load(std::sync::atomic::Ordering::Acquire) {
+                    tracing::error!(error = %e, "server stopped with an error");
+                } else {
+                    tracing::error!(error = %e, "server could not start");
+                }
                 ExitCode::FAILURE
             }
         }

@@ -224,6 +224,10 @@ impl Running {
     }
 }
 
+/// Whether this process's server got as far as serving (logged `listening`): an error
+/// before that is one of starting, not of running.
+pub static SERVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Runs the server on `listener` until `shutdown` resolves (graceful: stop accepting,
 /// finish in-flight requests) or an actor fails fatally (an error).
 pub async fn run(
@@ -280,6 +284,7 @@ pub(crate) async fn accept(
     before_drain: impl FnOnce(),
 ) -> Result<()> {
     let local = listener.local_addr().map_err(Error::from)?;
+    SERVING.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), config_file = %config.source, fsync = ?config.fsync, "listening");
 
     let rate = MinRate {

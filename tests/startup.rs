@@ -89,6 +89,8 @@ async fn help_documents_every_option_when_asked() {
         "--max-artifact-bytes",
         "--workers",
         "--thp",
+        "FLINGER_JWT_SIGNING_KEY",
+        "FLINGER_SECRETS_KEY",
     ] {
         assert!(
             text.contains(option),
@@ -765,4 +767,35 @@ fn help_names_every_string_the_event_detail_limit_bounds_and_that_webhooks_are_h
         "{}",
         option("webhook-url")
     );
+}
+
+/// A second server on a data directory another one uses exits 1 saying it could not start
+/// and why (not that it "stopped"), and the first keeps serving.
+#[tokio::test]
+async fn a_second_server_on_a_data_dir_in_use_says_it_could_not_start_and_why() {
+    let srv = TestServer::start();
+    if srv.journal().is_some() {
+        return; // on the PostgreSQL journal nodes share a database by design
+    }
+    let data = srv.data_dir();
+    let out = run_to_exit(
+        srv.dir(),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("server could not start")
+            && stderr.contains("is locked by another process (another flinger"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("server stopped"), "{stderr}");
+    srv.get("/v1").await.expect_status(200);
 }

@@ -21,7 +21,18 @@ pub const VERSION: &str = concat!(
 /// Settings come from these flags, then FLINGER_* environment variables, then the
 /// Testflinger config file (TESTFLINGER_CONFIG, else ./testflinger.conf), then defaults.
 #[derive(Parser, Debug)]
-#[command(name = "flinger", version = VERSION, about, long_about)]
+#[command(
+    name = "flinger",
+    version = VERSION,
+    about,
+    long_about,
+    after_help = "Set only in the environment (never in a flag or the config file, so they stay out \
+of process listings and files others may read):\n  \
+FLINGER_JWT_SIGNING_KEY (or JWT_SIGNING_KEY)  the key that signs access tokens, at \
+least 32 bytes; without it one is generated into the data directory\n  \
+FLINGER_SECRETS_KEY (or TESTFLINGER_SECRETS_MASTER_KEY)  the job secrets store's \
+master key, at least 32 bytes; without it there is no secrets store"
+)]
 pub struct Cli {
     /// Server options.
     #[command(flatten)]

@@ -161,7 +161,12 @@ impl fmt::Display for Error {
                 "{source}; the log is intact and will retry ({written} records of the batch written)"
             ),
             Error::Locked(dir) => {
-                write!(f, "wal: {} is locked by another process", dir.display())
+                write!(
+                    f,
+                    "wal: {} is locked by another process (another flinger, or a flinger \
+                     command, is using this data directory)",
+                    dir.display()
+                )
             }
             Error::Apply {
                 segment,
