@@ -19,7 +19,9 @@
 //!   sit silently until then too, and so may a phase we do not know;
 //!
 //! plus a configurable grace (`--lost-agent-grace-secs`). The timeouts are the job's own
-//! (`global_timeout`, `output_timeout`), else the stock agent's defaults (4 h, 15 min).
+//! (`global_timeout`, `output_timeout`), else the stock agent's defaults (4 h, 15 min),
+//! each at most [`MAX_TIMEOUT`] (30 days), so a job cannot turn the watch off for itself
+//! with a huge one.
 //! Past the allowance the job is ended as `cancelled` (the terminal state the CLI's `poll`
 //! and the agent stop on) with a `lost_agent` result field, or, if it never got past the
 //! start of provisioning (`running` or `setup`: nothing ran on the device) and was not
@@ -55,6 +57,10 @@ pub const AGENT_CHECK_SECS: u64 = 10;
 pub const DEFAULT_GLOBAL_TIMEOUT: u64 = 4 * 60 * 60;
 /// The stock agent's default `output_timeout` (seconds).
 pub const DEFAULT_OUTPUT_TIMEOUT: u64 = 15 * 60;
+/// The most a job's own `global_timeout` or `output_timeout` counts for (seconds): a
+/// value past it (up to i64::MAX is accepted) would keep a lost agent's job running
+/// for ever. The stock agent caps a job's timeouts at its own configured ones anyway.
+pub const MAX_TIMEOUT: u64 = 30 * 24 * 60 * 60;
 
 /// The server's settings for the rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,8 +128,14 @@ pub fn judge(job: Option<(&str, bool, bool)>, watched: &Watched, rule: &Rule, no
 
 /// The seconds of silence allowed in `phase` (grace included).
 pub fn allowance(phase: &str, watched: &Watched, rule: &Rule) -> u64 {
-    let global = watched.global_timeout.unwrap_or(DEFAULT_GLOBAL_TIMEOUT);
-    let output = watched.output_timeout.unwrap_or(DEFAULT_OUTPUT_TIMEOUT);
+    let global = watched
+        .global_timeout
+        .unwrap_or(DEFAULT_GLOBAL_TIMEOUT)
+        .min(MAX_TIMEOUT);
+    let output = watched
+        .output_timeout
+        .unwrap_or(DEFAULT_OUTPUT_TIMEOUT)
+        .min(MAX_TIMEOUT);
     let base = if COMMAND_PHASES.contains(&phase) {
         output.min(global).saturating_add(AGENT_CHECK_SECS)
     } else {
@@ -275,6 +287,24 @@ mod tests {
                 "{global:?} {output:?}"
             );
         }
+    }
+
+    /// A job's own timeouts count for at most 30 days each: i64::MAX (accepted at
+    /// submission) no longer keeps a lost agent's job running for ever.
+    #[test]
+    fn a_huge_timeout_counts_for_thirty_days() {
+        let huge = Watched {
+            last_heard: 0,
+            global_timeout: Some(i64::MAX as u64),
+            output_timeout: Some(i64::MAX as u64),
+        };
+        assert_eq!(allowance("provision", &huge, &RULE), MAX_TIMEOUT + 10);
+        assert_eq!(allowance("test", &huge, &RULE), MAX_TIMEOUT + 20);
+        let later = MAX_TIMEOUT + 11;
+        assert_eq!(
+            verdict("provision", false, &huge, &RULE, later),
+            Verdict::End
+        );
     }
 
     #[test]
