@@ -409,6 +409,111 @@ async fn results_and_logs_of_one_job_stop_at_max_job_data_bytes() {
         .expect_status(200);
 }
 
+/// All jobs' results and logs together are bounded (`--max-results-bytes`): each job's are,
+/// but jobs are many and waiting ones never expire. A post that would add data past it is
+/// 507 naming the bound, the option, what is held and how room comes back, and stores
+/// nothing; the count is the recorded state's after a restart, and deleting a job gives
+/// its room back. Data of an id no job has is kept on disk, not in memory: it counts only
+/// against `--orphan-quota-bytes`.
+#[tokio::test]
+async fn results_and_logs_of_all_jobs_stop_at_max_results_bytes_until_a_job_is_removed() {
+    let mut srv = TestServer::start_with(&[
+        "--max-results-bytes",
+        "250700",
+        "--max-job-data-bytes",
+        "200000",
+        "--max-result-bytes",
+        "65536",
+        "--max-output-bytes",
+        "65536",
+    ]);
+    let fragment = |n: u64| {
+        json!({"fragment_number": n, "timestamp": "2026-12-03T10:00:00Z", "phase": "test",
+               "log_data": "x".repeat(50_000)})
+    };
+    let log = |id: &str| format!("/v1/result/{id}/log/output");
+    let (a, b, c) = (
+        srv.submit_to("memq").await,
+        srv.submit_to("memq").await,
+        srv.submit_to("memq").await,
+    );
+    // Each fragment is charged 50,000 + 4 ("test") + 128: five fit in 250,700, and leave
+    // too little for a field or a chunk (each charged 128 besides its text).
+    for n in 0..3 {
+        srv.post_json(&log(&a), &fragment(n))
+            .await
+            .expect_status(200);
+    }
+    for n in 0..2 {
+        srv.post_json(&log(&b), &fragment(n))
+            .await
+            .expect_status(200);
+    }
+    let held = 5 * 50_132;
+    let refused = |message: String| {
+        for part in [
+            "--max-results-bytes",
+            "250700",
+            &format!("take {held} bytes"),
+            "--retention-secs",
+            "DELETE /v1/job/<id>",
+        ] {
+            assert!(message.contains(part), "{part:?} not in {message}");
+        }
+    };
+    refused(
+        srv.post_json(&log(&b), &fragment(2))
+            .await
+            .expect_error(507),
+    );
+    refused(
+        srv.post_json(&format!("/v1/result/{c}"), &json!({"k": "v"}))
+            .await
+            .expect_error(507),
+    );
+    refused(
+        srv.post_raw(
+            &format!("/v1/result/{c}/output"),
+            Some("text/plain"),
+            b"chunk".to_vec(),
+        )
+        .await
+        .expect_error(507),
+    );
+    // A retry adds nothing: still answered as stored.
+    srv.post_json(&log(&b), &fragment(1))
+        .await
+        .expect_status(200);
+    let logged = srv.get(&log(&b)).await;
+    assert_eq!(
+        logged.expect_json()["output"]["test"]["last_fragment_number"],
+        1,
+        "nothing of the refused post stored"
+    );
+    assert_eq!(srv.result(&c).await, json!({"job_state": "waiting"}));
+    // Data of an id no job has is on disk: not counted here.
+    srv.post_json(&log(&crate::util::new_id()), &fragment(0))
+        .await
+        .expect_status(200);
+
+    srv.restart();
+    refused(
+        srv.post_json(&log(&b), &fragment(2))
+            .await
+            .expect_error(507),
+    );
+
+    srv.request("DELETE", &format!("/v1/job/{a}"), &[], Vec::new())
+        .await
+        .expect_status(200);
+    srv.post_json(&log(&b), &fragment(2))
+        .await
+        .expect_status(200);
+    srv.post_json(&format!("/v1/result/{c}"), &json!({"k": "v"}))
+        .await
+        .expect_status(200);
+}
+
 /// An empty fragment or a tiny result field is not free: each one is charged a fixed
 /// overhead (and a fragment its phase name), so a client posting millions of them meets
 /// the same bound.

@@ -125,6 +125,10 @@ pub struct ResultArgs {
     pub store: Arc<Store>,
     /// `--max-job-data-bytes`.
     pub max_job_data: u64,
+    /// `--max-results-bytes`.
+    pub max_results: u64,
+    /// `--retention-secs`, to say in a refusal when room comes back.
+    pub retention_secs: u64,
     /// Where handlers' posts wait for the actor's next turn, which takes them all first
     /// (see [`super::Post`]): the posts of many agents cost the actor one turn.
     pub inbox: Arc<Inbox<ResultMsg>>,
@@ -162,6 +166,12 @@ pub struct ResultState {
     next_token: u64,
     /// `--max-job-data-bytes`: most bytes of results and logs one id's document holds.
     max_job_data: u64,
+    /// `--max-results-bytes`: most bytes of results and logs all documents hold together
+    /// ([`Results::held`]): jobs are many and waiting ones never expire, so the per-job
+    /// bound alone does not bound the server's memory.
+    max_results: u64,
+    /// `--retention-secs`.
+    retention_secs: u64,
     /// See [`ResultArgs::inbox`]. Closed when the actor stops: what waits in it is
     /// dropped, and its askers see the server shutting down.
     inbox: Receiver<ResultMsg>,
@@ -170,16 +180,28 @@ pub struct ResultState {
 impl ResultState {
     /// Before recording up to `adding` more bytes for `id` in the partition: 413 when they
     /// would take its results and logs past `--max-job-data-bytes` (a merge adds at most
-    /// its text: replaced keys count whole), else [`ResultState::charge`]s them. Whether
-    /// they were charged to the orphan quota.
+    /// its text: replaced keys count whole), 507 when they would take everything held in
+    /// memory past `--max-results-bytes`, else [`ResultState::charge`]s them. Whether
+    /// they were charged to the orphan quota. O(1): both totals are kept as counters.
     fn make_room(&mut self, id: JobId, adding: u64) -> Result<bool> {
-        let held = self.results.read().get(id).map_or(0, |doc| doc.bytes());
+        let (held, total) = {
+            let results = self.results.read();
+            (results.get(id).map_or(0, |doc| doc.bytes()), results.held())
+        };
         if held.saturating_add(adding) > self.max_job_data {
             return Err(Error::TooLarge(format!(
                 "job {id}'s results and logs hold {held} bytes; this post would add up to \
                  {adding}, past the limit of {} bytes (--max-job-data-bytes)",
                 self.max_job_data
             )));
+        }
+        if total.saturating_add(adding) > self.max_results {
+            return Err(results_full(
+                total,
+                adding,
+                self.max_results,
+                self.retention_secs,
+            ));
         }
         self.charge(id, adding)
     }
@@ -328,6 +350,22 @@ impl ResultState {
         }
         result
     }
+}
+
+/// The refusal of a post past `--max-results-bytes`: 507, since the post itself is
+/// acceptable but the room the server keeps for results and logs is used up. Only
+/// removing documents gives room back: retention's removal of finished jobs (their
+/// results and logs go with them), an operator's deletion of a job, and the expiry of
+/// data of ids no job has; waiting and running jobs keep theirs.
+fn results_full(held: u64, adding: u64, limit: u64, retention_secs: u64) -> Error {
+    Error::NoSpace(format!(
+        "The server holds as many results and logs as it may: all jobs' result fields and \
+         log fragments in memory take {held} bytes, and this post would add up to {adding}, \
+         past the limit of {limit} bytes (--max-results-bytes); nothing was recorded. Room \
+         comes back as finished jobs are removed with their results and logs, \
+         {retention_secs} s after they finish (--retention-secs), or deleted by an \
+         operator (DELETE /v1/job/<id>); waiting and running jobs keep theirs"
+    ))
 }
 
 /// What a handler posts to a job's results.
@@ -502,6 +540,8 @@ impl Actor for ResultActor {
         let mut ledger = Ledger::new(args.orphans);
         {
             let results = args.results.read();
+            // Counted here, once, rather than by the first post.
+            results.held();
             for (id, doc) in results.iter() {
                 if !args.jobs.contains(id) {
                     ledger.count(id, doc.bytes());
@@ -522,6 +562,8 @@ impl Actor for ResultActor {
             open: FastMap::default(),
             next_token: 0,
             max_job_data: args.max_job_data,
+            max_results: args.max_results,
+            retention_secs: args.retention_secs,
             inbox: Receiver::new(args.inbox),
         })
     }

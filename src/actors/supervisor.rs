@@ -150,6 +150,8 @@ impl Actor for Supervisor {
                 orphans: args.orphans.clone(),
                 store: args.store,
                 max_job_data: args.config.max_job_data_bytes,
+                max_results: args.config.max_results_bytes,
+                retention_secs: args.config.retention.as_secs(),
                 inbox: inbox.clone(),
             },
             cell.clone(),

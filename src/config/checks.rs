@@ -37,6 +37,16 @@ impl Config {
                 charged - one_post
             ));
         }
+        // Below one job's bound, a job could never reach its own limit even alone.
+        if self.max_results_bytes < self.max_job_data_bytes {
+            return err(format!(
+                "{} is {} bytes, less than one job's results and logs may take \
+                 (--max-job-data-bytes: {})",
+                setting("max-results-bytes"),
+                self.max_results_bytes,
+                self.max_job_data_bytes
+            ));
+        }
         let beside = crate::model::index::JOB_OVERHEAD + crate::model::index::QUEUE_OVERHEAD;
         let one_job = beside + self.max_job_bytes as u64;
         if self.max_jobs_bytes < one_job {

@@ -265,6 +265,11 @@ pub struct ServeOpts {
     /// a post past it is 413 [default: 1 GiB].
     #[arg(long, env = "FLINGER_MAX_JOB_DATA_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub max_job_data_bytes: Option<u64>,
+    /// Most bytes all jobs' results and logs hold together in memory (counted as for
+    /// --max-job-data-bytes); a post past it is 507, and room comes back as retention
+    /// removes finished jobs [default: 4 GiB].
+    #[arg(long, env = "FLINGER_MAX_RESULTS_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
+    pub max_results_bytes: Option<u64>,
     /// Largest artifact or attachments upload in bytes [default: 2 GiB].
     #[arg(long, env = "FLINGER_MAX_ARTIFACT_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub max_artifact_bytes: Option<u64>,

@@ -37,6 +37,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "MAX_RESULT_BYTES",
     "MAX_OUTPUT_BYTES",
     "MAX_JOB_DATA_BYTES",
+    "MAX_RESULTS_BYTES",
     "MAX_ARTIFACT_BYTES",
     "SEGMENT_BYTES",
     "SNAPSHOT_BYTES",

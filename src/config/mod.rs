@@ -345,6 +345,12 @@ pub struct Config {
     /// values as posted, and every log fragment's text): a post that would pass it is 413.
     /// `GET /v1/result/<id>` builds its answer from all of them in memory.
     pub max_job_data_bytes: u64,
+    /// Most bytes all jobs' results and logs may hold together in memory (counted as for
+    /// `max_job_data_bytes`): the number of jobs is bounded only by `max_jobs_bytes` and
+    /// waiting jobs never expire, so without it the per-job bound times the jobs held is
+    /// no bound at all. A post that would pass it is 507; room comes back as retention
+    /// removes finished jobs (or an operator deletes jobs).
+    pub max_results_bytes: u64,
     /// Largest artifact or attachments upload.
     pub max_artifact_bytes: u64,
     /// WAL segment size.
@@ -491,6 +497,7 @@ impl Default for Config {
             max_result_bytes: 16 << 20,
             max_output_bytes: 4 << 20,
             max_job_data_bytes: 1 << 30,
+            max_results_bytes: 4 << 30,
             max_artifact_bytes: 2 << 30,
             segment_bytes: 64 << 20,
             snapshot_bytes: 128 << 20,
@@ -633,6 +640,7 @@ impl Config {
                     "MAX_RESULT_BYTES" => config.max_result_bytes = bytes_usize()?,
                     "MAX_OUTPUT_BYTES" => config.max_output_bytes = bytes_usize()?,
                     "MAX_JOB_DATA_BYTES" => config.max_job_data_bytes = bytes()?,
+                    "MAX_RESULTS_BYTES" => config.max_results_bytes = bytes()?,
                     "MAX_ARTIFACT_BYTES" => config.max_artifact_bytes = bytes()?,
                     "SEGMENT_BYTES" => config.segment_bytes = bytes()?,
                     "SNAPSHOT_BYTES" => config.snapshot_bytes = bytes()?,
@@ -773,6 +781,7 @@ impl Config {
             max_result_bytes,
             max_output_bytes,
             max_job_data_bytes,
+            max_results_bytes,
             max_artifact_bytes,
             segment_bytes,
             snapshot_bytes,

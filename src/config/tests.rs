@@ -45,6 +45,35 @@ fn job_data_bound_below_one_post_is_refused_naming_both() {
 }
 
 #[test]
+fn results_bound_comes_from_file_and_flag_and_below_one_job_is_refused() {
+    let (config, _) = Config::resolve(&ServeOpts::default(), None).unwrap();
+    assert_eq!(config.max_results_bytes, 4 << 30);
+    let file = parse_config_file("MAX_RESULTS_BYTES = '3 GiB'\n").unwrap();
+    let (config, warnings) =
+        Config::resolve(&ServeOpts::default(), Some(("tf.conf".into(), file))).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.max_results_bytes, 3 << 30);
+    let opts = ServeOpts {
+        max_results_bytes: Some(512 << 20),
+        ..ServeOpts::default()
+    };
+    let reason = Config::resolve(&opts, None).unwrap_err().reason;
+    assert!(
+        reason.contains("--max-results-bytes") && reason.contains("--max-job-data-bytes"),
+        "{reason}"
+    );
+    let opts = ServeOpts {
+        max_results_bytes: Some(512 << 20),
+        max_job_data_bytes: Some(256 << 20),
+        ..ServeOpts::default()
+    };
+    assert_eq!(
+        Config::resolve(&opts, None).unwrap().0.max_results_bytes,
+        512 << 20
+    );
+}
+
+#[test]
 fn workers_default_to_cores_less_one_and_are_bounded() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (config, _) = Config::resolve(&ServeOpts::default(), None).unwrap();

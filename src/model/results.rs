@@ -42,6 +42,15 @@ pub fn merge_weight(post: &[u8]) -> u64 {
     post.len() as u64 + top_level_members(post) * ENTRY_OVERHEAD
 }
 
+/// What one result field is charged: its key's and value's text and [`ENTRY_OVERHEAD`].
+fn member_weight(key: &str, value: &[u8]) -> u64 {
+    member_weight_of(key.len() as u64, value)
+}
+
+fn member_weight_of(key_len: u64, value: &[u8]) -> u64 {
+    key_len + value.len() as u64 + ENTRY_OVERHEAD
+}
+
 /// How many members the JSON object text `object` has at its top level (its `:`s outside
 /// strings and nested values); what a merge of it adds at most to the stored fields. One
 /// pass over the bytes: the text was already checked to be a JSON object.
@@ -303,7 +312,14 @@ impl PhaseLog {
 /// result would otherwise be re-parsed and re-serialised by every tiny merge). Values
 /// are copied out of the post, so a later post does not pin an earlier one's buffer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Fields(IndexMap<Box<str>, Bytes, foldhash::fast::RandomState>);
+pub struct Fields {
+    /// Key → the value's JSON text, in the order keys were first posted.
+    map: IndexMap<Box<str>, Bytes, foldhash::fast::RandomState>,
+    /// Bytes charged for the members ([`Fields::bytes`]): counted when the map is built,
+    /// then kept by every change, so bounding a job's data (and the server's) costs O(1)
+    /// a post instead of a pass over the members.
+    held: u64,
+}
 
 impl Fields {
     /// The members of a JSON object's text; `None` when it is not a JSON object.
@@ -316,71 +332,94 @@ impl Fields {
                 Bytes::copy_from_slice(value.get().as_bytes()),
             );
         }
-        Some(Fields(map))
+        Some(Fields::from_map(map))
+    }
+
+    /// These members, their charge counted once.
+    fn from_map(map: IndexMap<Box<str>, Bytes, foldhash::fast::RandomState>) -> Fields {
+        let held = map.iter().map(|(k, v)| member_weight(k, v)).sum();
+        Fields { map, held }
     }
 
     /// Shallow merge: each key of `newer` replaces (in place) or appends.
     pub fn merge(&mut self, newer: Fields) {
-        self.0.extend(newer.0);
+        for (key, value) in newer.map {
+            self.put(key, value);
+        }
+    }
+
+    /// Sets `key` to `value` in place (or last), keeping the charge.
+    fn put(&mut self, key: Box<str>, value: Bytes) {
+        let weight = member_weight(&key, &value);
+        let key_len = key.len() as u64;
+        match self.map.insert(key, value) {
+            Some(old) => self.held = self.held - member_weight_of(key_len, &old) + weight,
+            None => self.held += weight,
+        }
     }
 
     /// The JSON text of `key`'s value.
     pub fn get(&self, key: &str) -> Option<&Bytes> {
-        self.0.get(key)
+        self.map.get(key)
     }
 
     /// Sets `key` to the JSON text `value`: in place when present, else last.
     pub fn insert(&mut self, key: &str, value: Bytes) {
-        self.0.insert(key.into(), value);
+        self.put(key.into(), value);
     }
 
     /// Sets `key` to the JSON text `value`: in place when present, else first.
     pub fn insert_first(&mut self, key: &str, value: Bytes) {
-        match self.0.get_mut(key) {
-            Some(slot) => *slot = value,
+        let weight = member_weight(key, &value);
+        match self.map.get_mut(key) {
+            Some(slot) => {
+                let old = std::mem::replace(slot, value);
+                self.held = self.held - member_weight(key, &old) + weight;
+            }
             None => {
-                self.0.shift_insert(0, key.into(), value);
+                self.map.shift_insert(0, key.into(), value);
+                self.held += weight;
             }
         }
     }
 
     /// Number of members.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.map.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.map.is_empty()
     }
 
     /// Bytes charged for the members: each one's key and value text plus
-    /// [`ENTRY_OVERHEAD`].
+    /// [`ENTRY_OVERHEAD`]. O(1): kept by every change.
     pub fn bytes(&self) -> u64 {
-        self.text_bytes() + self.0.len() as u64 * ENTRY_OVERHEAD
+        self.held
     }
 
     /// Bytes of JSON text held (keys and values).
     fn text_bytes(&self) -> u64 {
-        self.0.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
+        self.held - self.map.len() as u64 * ENTRY_OVERHEAD
     }
 
     /// The members in order: key, value's JSON text.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Bytes)> {
-        self.0.iter().map(|(k, v)| (&**k, v))
+        self.map.iter().map(|(k, v)| (&**k, v))
     }
 
     /// The members from the `from`th on, in order (none past the last).
     pub fn iter_from(&self, from: usize) -> impl Iterator<Item = (&str, &Bytes)> {
-        let rest = &self.0.as_slice()[from.min(self.0.len())..];
+        let rest = &self.map.as_slice()[from.min(self.map.len())..];
         rest.iter().map(|(k, v)| (&**k, v))
     }
 
     /// The object as JSON text.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.text_bytes() as usize + 4 * self.0.len() + 2);
+        let mut out = Vec::with_capacity(self.text_bytes() as usize + 4 * self.map.len() + 2);
         out.push(b'{');
-        for (i, (key, value)) in self.0.iter().enumerate() {
+        for (i, (key, value)) in self.map.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -424,8 +463,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
 impl Serialize for Fields {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for (key, value) in &self.0 {
+        let mut seq = s.serialize_seq(Some(self.map.len()))?;
+        for (key, value) in &self.map {
             seq.serialize_element(&(&**key, value))?;
         }
         seq.end()
@@ -455,7 +494,7 @@ impl<'de> Deserialize<'de> for Fields {
                 while let Some((key, value)) = access.next_element::<(Box<str>, Bytes)>()? {
                     map.insert(key, value);
                 }
-                Ok(Fields(map))
+                Ok(Fields::from_map(map))
             }
         }
         d.deserialize_any(Either)
@@ -537,12 +576,36 @@ pub struct Results {
     /// never both. Last in the snapshot layout: older snapshots decode with none.
     #[serde(default)]
     orphans: FastMap<JobId, OrphanEntry>,
+    /// Bytes charged for every document in `docs` ([`ResultDoc::bytes`] summed): the
+    /// results and logs this partition holds in memory, which `--max-results-bytes`
+    /// bounds. Summed once when first asked after a load (a snapshot, then replay), then
+    /// kept by [`Results::apply`], so the bound costs a counter update a post. The orphan
+    /// store's data is on disk and not counted. Derived: never in a snapshot.
+    #[serde(skip)]
+    held: std::sync::OnceLock<u64>,
 }
 
 impl Results {
     /// The job's document, if anything was reported.
     pub fn get(&self, id: JobId) -> Option<&ResultDoc> {
         self.docs.get(&id).map(|doc| &**doc)
+    }
+
+    /// Bytes charged for the results and logs held in memory: every document's
+    /// [`ResultDoc::bytes`], whether or not a job has its id (data of ids no job has that
+    /// lives in the orphan store is on disk and not counted).
+    pub fn held(&self) -> u64 {
+        *self
+            .held
+            .get_or_init(|| self.docs.iter().map(|(_, doc)| doc.bytes()).sum())
+    }
+
+    /// Keeps [`Results::held`] when a document's charge went from `before` to `after`
+    /// (a merge may shrink it). Nothing to keep until it was first counted.
+    fn recount(held: &mut std::sync::OnceLock<u64>, before: u64, after: u64) {
+        if let Some(held) = held.get_mut() {
+            *held = *held - before + after;
+        }
     }
 
     /// Number of documents.
@@ -608,7 +671,9 @@ impl Results {
                 }
                 let doc = Arc::make_mut(self.docs.get_or_insert_with(*id, Default::default));
                 doc.updated_at = doc.updated_at.max(*at);
+                let before = doc.bytes();
                 doc.merge_fields(fields);
+                Self::recount(&mut self.held, before, doc.bytes());
             }
             Event::LogAppended {
                 id,
@@ -622,16 +687,17 @@ impl Results {
             } => {
                 let doc = Arc::make_mut(self.docs.get_or_insert_with(*id, Default::default));
                 doc.updated_at = doc.updated_at.max(*at);
-                doc.push_fragment(
-                    *kind,
-                    Fragment {
-                        number: *number,
-                        phase: phase.clone(),
-                        timestamp: *timestamp,
-                        data: data.clone(),
-                        run: *run,
-                    },
-                );
+                let fragment = Fragment {
+                    number: *number,
+                    phase: phase.clone(),
+                    timestamp: *timestamp,
+                    data: data.clone(),
+                    run: *run,
+                };
+                let weight = fragment.weight();
+                if doc.push_fragment(*kind, fragment) {
+                    Self::recount(&mut self.held, 0, weight);
+                }
             }
             Event::OutputRead { id, upto } => {
                 if let Some(doc) = self.docs.get_mut(id).map(Arc::make_mut) {
@@ -642,7 +708,9 @@ impl Results {
             }
             Event::ResultsExpired { ids } => {
                 for id in ids {
-                    self.docs.remove(id);
+                    if let Some(doc) = self.docs.remove(id) {
+                        Self::recount(&mut self.held, doc.bytes(), 0);
+                    }
                     self.orphans.remove(id);
                 }
             }
@@ -725,6 +793,106 @@ mod tests {
         assert!(loaded.push(piece(2, "")), "an empty fragment");
         assert_eq!(loaded.bytes(), 8 + 3 * each, "is not free");
         assert_eq!(loaded.bytes(), sum(&loaded));
+    }
+
+    /// A field's charge is kept by merges (new keys, replaced values growing or
+    /// shrinking) and by the handler's own insertions, always what counting afresh gives.
+    #[test]
+    fn fields_bytes_stay_what_counting_the_members_gives() {
+        let counted = |f: &Fields| {
+            f.iter()
+                .map(|(k, v)| (k.len() + v.len()) as u64 + ENTRY_OVERHEAD)
+                .sum::<u64>()
+        };
+        let mut fields = Fields::parse(br#"{"a":"long value","b":1}"#).unwrap();
+        assert_eq!(fields.bytes(), 1 + 12 + 1 + 1 + 2 * ENTRY_OVERHEAD);
+        fields.merge(Fields::parse(br#"{"a":0,"c":[1,2]}"#).unwrap());
+        assert_eq!(fields.bytes(), counted(&fields));
+        fields.insert_first("job_state", Bytes::from_static(b"\"waiting\""));
+        fields.insert_first("job_state", Bytes::from_static(b"\"x\""));
+        fields.insert("b", Bytes::from_static(b"12345"));
+        assert_eq!(fields.bytes(), counted(&fields));
+        assert_eq!(fields.len(), 4);
+        let loaded: Fields = rmp_serde::from_slice(&rmp_serde::to_vec(&fields).unwrap()).unwrap();
+        assert_eq!(loaded.bytes(), counted(&fields));
+        assert_eq!(loaded, fields);
+    }
+
+    /// The partition's total ([`Results::held`], what `--max-results-bytes` bounds) is kept
+    /// by every event, live or replayed, whether counted before them or only after (a load),
+    /// and is always the sum of its documents' charges: retries add nothing, a merge
+    /// replacing a value may shrink it, a removal gives the document's charge back, and
+    /// data in the orphan store (on disk) is not counted.
+    #[test]
+    fn the_held_total_is_kept_by_every_event_and_is_the_sum_of_the_documents() {
+        let (a, b, orphan) = (JobId::random(), JobId::random(), JobId::random());
+        let sum = |r: &Results| r.iter().map(|(_, d)| d.bytes()).sum::<u64>();
+        let events = [
+            fragment(a, 1, 0, "abc"),
+            fragment(a, 1, 0, "abc"),
+            fragment(b, 1, 0, "defgh"),
+            Event::ResultMerged {
+                id: a,
+                fields: Bytes::from_static(br#"{"k":"a long value here"}"#),
+                at: 0,
+            },
+            Event::ResultMerged {
+                id: a,
+                fields: Bytes::from_static(br#"{"k":0}"#),
+                at: 0,
+            },
+            Event::ResultMerged {
+                id: b,
+                fields: Bytes::from_static(b"[1]"),
+                at: 0,
+            },
+            Event::OrphanAppended {
+                id: orphan,
+                file: "f".into(),
+                offset: 0,
+                len: 1000,
+                at: 0,
+            },
+            fragment(a, 2, 0, "run 2"),
+            Event::ResultsExpired { ids: vec![b] },
+            Event::ResultsExpired {
+                ids: vec![b, orphan],
+            },
+        ];
+        // Counted from the start (a live server), and only after a prefix (a load).
+        for counted_after in 0..=events.len() {
+            let mut results = Results::default();
+            for (i, event) in events.iter().enumerate() {
+                if i == counted_after {
+                    assert_eq!(results.held(), sum(&results));
+                }
+                results.apply(event);
+                if i >= counted_after {
+                    assert_eq!(results.held(), sum(&results), "after event {i}");
+                }
+            }
+            assert_eq!(results.held(), sum(&results));
+        }
+        let mut results = Results::default();
+        for event in &events[..8] {
+            results.apply(event);
+        }
+        let a_bytes =
+            (3 + 4 + ENTRY_OVERHEAD) + (5 + 4 + ENTRY_OVERHEAD) + (1 + 1 + ENTRY_OVERHEAD);
+        let b_bytes = 5 + 4 + ENTRY_OVERHEAD;
+        assert_eq!(
+            results.held(),
+            a_bytes + b_bytes,
+            "the orphan file not counted"
+        );
+        let loaded: Results = rmp_serde::from_slice(&rmp_serde::to_vec(&results).unwrap()).unwrap();
+        assert_eq!(
+            loaded.held(),
+            a_bytes + b_bytes,
+            "counted afresh after a load"
+        );
+        results.apply(&events[8]);
+        assert_eq!(results.held(), a_bytes);
     }
 
     fn merge(results: &mut Results, id: JobId, json: &str) {
