@@ -482,6 +482,49 @@ async fn requeued_job_refuses_reports_from_the_agent_that_was_lost() {
     assert_eq!(srv.job_state(&id).await, "resubmitted");
 }
 
+/// The bound on all jobs' results and logs held (`--max-results-bytes`) holds with access
+/// control on as off: the dispatched agent's own posts, which alone may add data, are 507
+/// past it, naming the option, and nothing of them is kept.
+#[tokio::test]
+async fn the_dispatched_agents_own_posts_stop_at_max_results_bytes() {
+    let lab = Lab::start(&[
+        "--max-results-bytes",
+        "200000",
+        "--max-job-data-bytes",
+        "200000",
+        "--max-result-bytes",
+        "65536",
+        "--max-output-bytes",
+        "65536",
+    ]);
+    let srv = &lab.srv;
+    let agent = lab.token_for("bounded", "agent", json!({})).await;
+    let big = |n: u64| {
+        json!({"fragment_number": n, "timestamp": "2026-12-03T10:00:00+00:00",
+               "phase": "test", "log_data": "x".repeat(50_000)})
+    };
+    let mut stored = 0;
+    for dut in ["bounded-1", "bounded-2"] {
+        let id = running_job(srv, &agent, dut, "bounded-q", "test").await;
+        let log = format!("/v1/result/{id}/log/output");
+        for n in 0..2 {
+            let r = call(srv, "POST", &log, Some(&agent), Some(dut), Some(&big(n))).await;
+            if r.status != 200 {
+                // Two fragments of 50,132 and a report each: the fourth fragment is past
+                // the server's bound, not its job's.
+                assert_eq!((dut, n, r.status), ("bounded-2", 1, 507), "{}", r.text());
+                let message = r.message();
+                assert!(message.contains("--max-results-bytes"), "{message}");
+                let kept = srv.get(&log).await.expect_json();
+                assert_eq!(kept["output"]["test"]["last_fragment_number"], 0);
+                return assert_eq!(stored, 3);
+            }
+            stored += 1;
+        }
+    }
+    panic!("every fragment was kept");
+}
+
 /// A job submitted to `queue` (`output_timeout` 1 s), taken by agent `dut` with the agent
 /// credential `token` (registering `dut` first) and reported in `state`; its id. Silent
 /// from then on, it is lost after 1 s + the agent's 10 s check + the grace.
