@@ -412,21 +412,28 @@ async fn results_and_logs_of_one_job_stop_at_max_job_data_bytes() {
 /// All jobs' results and logs together are bounded (`--max-results-bytes`): each job's are,
 /// but jobs are many and waiting ones never expire. A post that would add data past it is
 /// 507 naming the bound, the option, what is held and how room comes back, and stores
-/// nothing; the count is the recorded state's after a restart, and deleting a job gives
+/// nothing; the count is the recorded state's after a restart (from the log, and from a
+/// snapshot), and deleting a job gives
 /// its room back. Data of an id no job has is kept on disk, not in memory: it counts only
 /// against `--orphan-quota-bytes`.
 #[tokio::test]
 async fn results_and_logs_of_all_jobs_stop_at_max_results_bytes_until_a_job_is_removed() {
-    let mut srv = TestServer::start_with(&[
-        "--max-results-bytes",
-        "250700",
-        "--max-job-data-bytes",
-        "200000",
-        "--max-result-bytes",
-        "65536",
-        "--max-output-bytes",
-        "65536",
-    ]);
+    let mut srv = TestServer::start_with(
+        &[
+            crate::util::SNAPSHOT_SOON,
+            &[
+                "--max-results-bytes",
+                "250700",
+                "--max-job-data-bytes",
+                "200000",
+                "--max-result-bytes",
+                "65536",
+                "--max-output-bytes",
+                "65536",
+            ],
+        ]
+        .concat(),
+    );
     let fragment = |n: u64| {
         json!({"fragment_number": n, "timestamp": "2026-12-03T10:00:00Z", "phase": "test",
                "log_data": "x".repeat(50_000)})
@@ -496,7 +503,17 @@ async fn results_and_logs_of_all_jobs_stop_at_max_results_bytes_until_a_job_is_r
         .await
         .expect_status(200);
 
+    // Counted again from the log, then from a snapshot (and the log after it).
     srv.restart();
+    refused(
+        srv.post_json(&log(&b), &fragment(2))
+            .await
+            .expect_error(507),
+    );
+    srv.log_for_a_snapshot().await;
+    srv.snapshot_taken().await;
+    srv.kill9();
+    srv.start_again();
     refused(
         srv.post_json(&log(&b), &fragment(2))
             .await
