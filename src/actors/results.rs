@@ -1,7 +1,10 @@
 //! The result actor: owns the [`Results`] partition (result documents and logs).
 //!
 //! Decides what a post records (dropping retried log fragments, numbering legacy output
-//! chunks, consuming unread output) and applies it after the journal accepted it.
+//! chunks, consuming unread output) and applies it after the journal accepted it. A post
+//! that adds data is bounded before anything is recorded: per job (`--max-job-data-bytes`,
+//! 413) and for everything the partition holds in memory (`--max-results-bytes`, 507,
+//! [`Results::held`]); both counts are kept by the fold, so bounding costs no scan.
 //!
 //! Reads (`GET /v1/result/<id>`, log reads) do not come here: the partition is
 //! [`Shared`], and `actors::reads` reads it.

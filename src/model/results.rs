@@ -7,6 +7,11 @@
 //!
 //! The job's lifecycle state is *not* owned here: the registry's state wins when the two
 //! are composed for a client (see `http`). Results may exist for ids no job has.
+//!
+//! Invariant, once counted: [`Results::held`] is the sum of every document's
+//! [`ResultDoc::bytes`], and each of those the sum of its fields' and fragments' charges;
+//! [`Results::apply`] keeps both, so the bounds on them (`--max-job-data-bytes`,
+//! `--max-results-bytes`) cost no pass over what is held.
 
 use super::cowmap::CowMap;
 use super::{FastMap, FastSet};
