@@ -19,6 +19,7 @@ use serde::Deserialize;
 use super::distinct::Distinct;
 use super::ids::{JobId, Name};
 use super::job::is_terminal_label;
+use super::shares::Tally;
 use super::FastMap;
 
 /// Jobs of one key, by submission sequence number.
@@ -68,75 +69,61 @@ pub struct JobIndex {
     /// names it. A job leaves the list when its losses are forgotten (resubmitted) or it
     /// is removed, so the list is what a rebuild from the jobs gives.
     lost_by_agent: FastMap<Name, VecDeque<JobId>>,
-    /// The [`job_weight`]s of the jobs filed. Derived like the lists (rebuilt at
-    /// start-up, kept by insert and remove).
-    weights: Weights,
+    /// The [`job_weight`]s of the jobs filed, in all (what `--max-jobs-bytes` bounds) and
+    /// by owner (what `--max-jobs-share-percent` bounds). Derived like the lists (rebuilt
+    /// at start-up, kept by insert and remove).
+    weights: Tally,
+    /// Per owner, the queues its jobs are in and how many each holds: each is charged
+    /// [`QUEUE_OVERHEAD`] against the owner's share, as against `--max-jobs-bytes`, so
+    /// the owners' charges together cover what the queues cost the server (each queue
+    /// with jobs has an owner there), and jobs each sent to a queue of their own cannot
+    /// fill the server's room from within one share. Derived like `weights`.
+    owner_queues: OwnerQueues,
 }
 
-/// [`job_weight`]s summed: in all (what `--max-jobs-bytes` bounds, with the queues'
-/// part) and by the jobs' owners (`None`: submitted without a token; what
-/// `--max-jobs-share-percent` bounds). Owners whose jobs are all gone have no entry.
+/// Owner → queue → how many of the owner's jobs the queue holds; owners and queues with
+/// none have no entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Weights {
-    total: u64,
-    by_owner: FastMap<Option<Name>, Owned>,
-}
+struct OwnerQueues(FastMap<Option<Name>, FastMap<Name, u32>>);
 
-/// One owner's jobs as its share counts them: their [`job_weight`]s, and the queues they
-/// are in with how many of them each holds. [`QUEUE_OVERHEAD`] is charged to every owner
-/// with jobs in a queue, so the owners' charges together cover what the queues cost the
-/// server (each queue with jobs has an owner there): jobs each sent to a queue of their
-/// own cannot fill the server's room from within one share.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Owned {
-    bytes: u64,
-    queues: FastMap<Name, u32>,
-}
-
-impl Owned {
-    /// What it counts against a share.
-    fn weight(&self) -> u64 {
-        self.bytes + self.queues.len() as u64 * QUEUE_OVERHEAD
-    }
-}
-
-impl Weights {
-    /// Counts a job with document `body` submitted by `owner` to `queue`.
-    fn add(&mut self, body: &[u8], owner: Option<&Name>, queue: &Name) {
-        self.total += job_weight(body);
-        let owned = self.by_owner.entry(owner.cloned()).or_default();
-        owned.bytes += job_weight(body);
-        *owned.queues.entry(queue.clone()).or_default() += 1;
+impl OwnerQueues {
+    fn add(&mut self, owner: Option<&Name>, queue: &Name, n: u32) {
+        let queues = self.0.entry(owner.cloned()).or_default();
+        *queues.entry(queue.clone()).or_default() += n;
     }
 
-    /// Stops counting such a job.
-    fn remove(&mut self, body: &[u8], owner: Option<&Name>, queue: &str) {
-        self.total = self.total.saturating_sub(job_weight(body));
+    fn remove(&mut self, owner: Option<&Name>, queue: &str) {
         let key = owner.cloned();
-        if let Some(owned) = self.by_owner.get_mut(&key) {
-            owned.bytes = owned.bytes.saturating_sub(job_weight(body));
-            if let Some(n) = owned.queues.get_mut(queue) {
+        if let Some(queues) = self.0.get_mut(&key) {
+            if let Some(n) = queues.get_mut(queue) {
                 *n -= 1;
                 if *n == 0 {
-                    owned.queues.remove(queue);
+                    queues.remove(queue);
                 }
             }
-            if owned.queues.is_empty() {
-                self.by_owner.remove(&key);
+            if queues.is_empty() {
+                self.0.remove(&key);
             }
         }
     }
 
-    /// Adds the counts of `other` (another share of the jobs).
-    fn merge(&mut self, other: Weights) {
-        self.total += other.total;
-        for (owner, theirs) in other.by_owner {
-            let owned = self.by_owner.entry(owner).or_default();
-            owned.bytes += theirs.bytes;
-            for (queue, n) in theirs.queues {
-                *owned.queues.entry(queue).or_default() += n;
+    fn merge(&mut self, other: OwnerQueues) {
+        for (owner, queues) in other.0 {
+            for (queue, n) in queues {
+                self.add(owner.as_ref(), &queue, n);
             }
         }
+    }
+
+    /// How many queues `owner`'s jobs are in.
+    fn of(&self, owner: Option<&Name>) -> usize {
+        self.0.get(&owner.cloned()).map_or(0, FastMap::len)
+    }
+
+    fn has(&self, owner: Option<&Name>, queue: &str) -> bool {
+        self.0
+            .get(&owner.cloned())
+            .is_some_and(|queues| queues.contains_key(queue))
     }
 }
 
@@ -279,7 +266,8 @@ pub struct AgentLinks<'a> {
 /// or decodes a share of the jobs), for [`JobIndex::from_parts`].
 #[derive(Default)]
 pub struct PartIndex {
-    weights: Weights,
+    weights: Tally,
+    owner_queues: OwnerQueues,
     queues: Gathered,
     waiting: Gathered,
     active: Gathered,
@@ -306,7 +294,8 @@ impl PartIndex {
         agents: AgentLinks<'_>,
     ) {
         let AgentLinks { dispatched, lost } = agents;
-        self.weights.add(body, owner, queue);
+        self.weights.add(owner, job_weight(body));
+        self.owner_queues.add(owner, queue, 1);
         gather(&mut self.queues, queue, || queue.clone(), seq, id);
         match live_kind(state) {
             Some(true) => gather(&mut self.waiting, queue, || queue.clone(), seq, id),
@@ -339,9 +328,11 @@ impl JobIndex {
         let (mut queues, mut waiting, mut active) = (Vec::new(), Vec::new(), Vec::new());
         let (mut states, mut tags, mut dispatched) = (Vec::new(), Vec::new(), Vec::new());
         let mut lost = Vec::new();
-        let mut weights = Weights::default();
+        let mut weights = Tally::default();
+        let mut owner_queues = OwnerQueues::default();
         for mut part in parts {
             weights.merge(std::mem::take(&mut part.weights));
+            owner_queues.merge(std::mem::take(&mut part.owner_queues));
             lost.append(&mut part.lost);
             queues.push(part.queues);
             waiting.push(part.waiting);
@@ -367,6 +358,7 @@ impl JobIndex {
             by_agent,
             lost_by_agent,
             weights,
+            owner_queues,
         }
     }
 
@@ -414,25 +406,19 @@ impl JobIndex {
     /// What `--max-jobs-bytes` bounds: the [`job_weight`]s of the jobs filed, and
     /// [`QUEUE_OVERHEAD`] for each queue that has jobs.
     pub fn weight(&self) -> u64 {
-        self.weights.total + self.by_queue.len() as u64 * QUEUE_OVERHEAD
+        self.weights.total() + self.by_queue.len() as u64 * QUEUE_OVERHEAD
     }
 
     /// What `owner`'s jobs count against its share (`None`: those submitted without a
     /// token): their [`job_weight`]s, and [`QUEUE_OVERHEAD`] for each queue they are in.
     pub fn owner_weight(&self, owner: Option<&Name>) -> u64 {
-        self.weights
-            .by_owner
-            .get(&owner.cloned())
-            .map_or(0, Owned::weight)
+        self.weights.of(owner) + self.owner_queues.of(owner) as u64 * QUEUE_OVERHEAD
     }
 
     /// Whether `owner` has jobs in `queue` (a job of its there adds no
     /// [`QUEUE_OVERHEAD`] to its share).
     pub fn owner_in_queue(&self, owner: Option<&Name>, queue: &str) -> bool {
-        self.weights
-            .by_owner
-            .get(&owner.cloned())
-            .is_some_and(|owned| owned.queues.contains_key(queue))
+        self.owner_queues.has(owner, queue)
     }
 
     /// Adds a job under `seq`, submitted by `owner`.
@@ -445,7 +431,8 @@ impl JobIndex {
         body: &[u8],
         owner: Option<&Name>,
     ) {
-        self.weights.add(body, owner, queue);
+        self.weights.add(owner, job_weight(body));
+        self.owner_queues.add(owner, queue, 1);
         add(&mut self.by_queue, queue, || queue.clone(), seq, id);
         add(&mut self.by_state, state, || Name::from(state), seq, id);
         for tag in tags_of(body) {
@@ -492,7 +479,8 @@ impl JobIndex {
         body: &[u8],
         owner: Option<&Name>,
     ) {
-        self.weights.remove(body, owner, queue);
+        self.weights.remove(owner, job_weight(body));
+        self.owner_queues.remove(owner, queue);
         drop_entry(&mut self.by_queue, queue, seq);
         drop_entry(&mut self.by_state, state, seq);
         for tag in tags_of(body) {
@@ -838,8 +826,8 @@ mod tests {
         }
         let bulk = JobIndex::from_parts(parts);
         assert_eq!(lists(&bulk), lists(&one_by_one));
-        assert_eq!(bulk.weights.by_owner, one_by_one.weights.by_owner);
-        assert_eq!(bulk.weights.total, one_by_one.weights.total);
+        assert_eq!(bulk.weights, one_by_one.weights);
+        assert_eq!(bulk.owner_queues, one_by_one.owner_queues);
         assert!(lists(&bulk).iter().any(|(kind, _, _)| kind == "active"));
         assert_eq!(bulk.tag_len("a"), 125);
     }
@@ -860,19 +848,12 @@ mod tests {
             job_weight(bodies[2]) + QUEUE_OVERHEAD
         );
         assert_eq!(index.owner_weight(Some(&Name::from("bob"))), 0);
-        assert_eq!(alices + job_weight(bodies[2]), index.weights.total);
+        assert_eq!(alices + job_weight(bodies[2]), index.weights.total());
         assert!(index.owner_in_queue(Some(&alice), "q"));
         assert!(!index.owner_in_queue(Some(&alice), "other"));
         // A job of its in another queue: that queue is charged too, until it leaves.
         let other = Name::from("other");
-        index.insert(
-            JobId::random(),
-            4,
-            &other,
-            "waiting",
-            bodies[2],
-            Some(&alice),
-        );
+        index.insert(JobId::random(), 4, &other, "waiting", bodies[2], Some(&alice));
         let with_other = alices + job_weight(bodies[2]) + 2 * QUEUE_OVERHEAD;
         assert_eq!(index.owner_weight(Some(&alice)), with_other);
         index.remove(4, "other", "waiting", bodies[2], Some(&alice));
@@ -884,10 +865,8 @@ mod tests {
         );
         index.remove(2, "q", "waiting", bodies[1], Some(&alice));
         assert_eq!(index.owner_weight(Some(&alice)), 0);
-        assert!(
-            !index.weights.by_owner.contains_key(&Some(alice)),
-            "gone with its jobs"
-        );
+        assert!(index.weights.owners() == 1, "gone with its jobs");
+        assert_eq!(index.owner_queues.0.len(), 1, "gone with its jobs");
     }
 
     #[test]

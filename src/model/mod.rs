@@ -19,6 +19,7 @@ pub mod queue;
 pub mod registry;
 pub mod results;
 pub mod seqlist;
+pub mod shares;
 pub mod state;
 pub mod webhooks;
 

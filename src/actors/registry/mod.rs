@@ -310,23 +310,18 @@ impl RegistryState {
             };
             let after = theirs.saturating_sub(replaced) + job_weight(body) + their_new_queue;
             if after > share && after > theirs {
-                let whose = match owner {
-                    Some(client) => format!("client {client:?}'s jobs"),
-                    None => {
-                        "the jobs submitted without a token (all such clients together)".to_owned()
-                    }
-                };
+                let whose = crate::model::shares::whose(
+                    owner.as_ref(),
+                    "jobs",
+                    "the jobs submitted without a token",
+                );
                 return Err(Error::NoSpace(format!(
                     "{whose} take {theirs} bytes (their documents, and {QUEUE_OVERHEAD} for \
                      each queue they are in), and this one would take them past their \
                      share of the server's room for jobs: {share} bytes \
                      (--max-jobs-share-percent of --max-jobs-bytes); finished jobs make room \
                      as retention removes them{}",
-                    if owner.is_none() {
-                        ", and a client with a token has a share of its own"
-                    } else {
-                        ""
-                    }
+                    crate::model::shares::elsewhere(owner.as_ref())
                 )));
             }
         }
