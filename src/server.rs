@@ -131,6 +131,13 @@ pub async fn start_recovered(
         config.orphan_quota_bytes,
         config.retention.as_secs(),
     ));
+    let attachments = Arc::new(crate::actors::files::AttachmentQuota::new(
+        crate::model::files::AttachmentRoom::new(
+            config.max_attachments_bytes,
+            config.share_of(config.max_attachments_bytes),
+            config.retention.as_secs(),
+        ),
+    ));
     let watch = Arc::new(Watch::default());
     let purges = Arc::new(crate::actors::purges::Purges::default());
     let hooks = Arc::new(crate::actors::webhooks::Hooks::new(std::mem::take(
@@ -147,6 +154,7 @@ pub async fn start_recovered(
             results: results.clone(),
             agents: agent_data.clone(),
             orphans: orphans.clone(),
+            attachments: attachments.clone(),
             journal: journal.clone(),
             queues: queues.clone(),
             files: files.clone(),
@@ -181,6 +189,7 @@ pub async fn start_recovered(
         agents: Door::new(refs.agents, pending, "agent store"),
         agent_data,
         orphans,
+        attachments,
         searches: Arc::new(crate::turns::Turns::new(config.max_searches)),
         follows: Arc::new(tokio::sync::Semaphore::new(config.max_follows)),
         queues,

@@ -1,8 +1,12 @@
 //! Artifacts (`POST|GET /v1/result/<id>/artifact`): multipart field `file`, byte-identical
 //! download of several MiB, atomic replacement, the size limit, and client file names that must
-//! never become paths.
+//! never become paths; attachments held at once, bounded by `--max-attachments-bytes`.
 
-use crate::util::{multipart, new_id, pseudo_random_bytes, Part, TestServer};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::util::{multipart, new_id, pseudo_random_bytes, Part, RawConn, Resp, TestServer};
 
 #[tokio::test]
 async fn artifact_is_204_when_none_was_uploaded() {
@@ -246,4 +250,159 @@ async fn artifact_endpoints_are_400_when_id_is_malformed() {
         r.expect_json_error();
     }
     srv.get("/v1/result/foo/artifact").await.expect_error(400);
+}
+
+/// A job to a queue no agent serves, declaring attachments: it waits, with them, forever.
+async fn awaiting_attachments(srv: &TestServer) -> String {
+    srv.submit(&json!({
+        "job_queue": "nobody-serves-this",
+        "test_data": {"attachments": [{"agent": "blob.bin"}]}
+    }))
+    .await
+}
+
+/// Uploads `len` bytes as job `id`'s attachments on a connection of its own (so a refusal
+/// before the body is read is seen as the server's answer).
+async fn upload_attachments(srv: &TestServer, id: &str, len: usize) -> Resp {
+    let data = pseudo_random_bytes(len, len as u64);
+    let (ct, body) = multipart(&[Part::file("file", "blob.bin", &data)]);
+    srv.post_oversized(&format!("/v1/job/{id}/attachments"), Some(&ct), &body)
+        .await
+}
+
+const ROOM: [&str; 4] = [
+    "--max-artifact-bytes",
+    "100000",
+    "--max-attachments-bytes",
+    "250000",
+];
+
+/// The attachments of waiting jobs are held while they wait, which may be forever: past
+/// `--max-attachments-bytes` held at once an upload is 507 (nothing kept, the job still
+/// awaiting them), naming the bound, the option and what frees room; the count is the
+/// stored files' after a restart too; deleting a job gives its room back. Artifacts are
+/// not counted.
+#[tokio::test]
+async fn attachments_upload_is_507_when_attachments_held_would_pass_max_attachments_bytes() {
+    let mut srv = TestServer::start_with(&ROOM);
+    let ids = [
+        awaiting_attachments(&srv).await,
+        awaiting_attachments(&srv).await,
+        awaiting_attachments(&srv).await,
+        awaiting_attachments(&srv).await,
+    ];
+    upload_attachments(&srv, &ids[0], 100_000)
+        .await
+        .expect_status(200);
+    upload_attachments(&srv, &ids[1], 100_000)
+        .await
+        .expect_status(200);
+    let message = upload_attachments(&srv, &ids[2], 100_000)
+        .await
+        .expect_error(507);
+    for needed in [
+        "250000 bytes (--max-attachments-bytes)",
+        "DELETE /v1/job/<id>",
+        "--retention-secs",
+    ] {
+        assert!(message.contains(needed), "{needed:?} in {message}");
+    }
+    assert_eq!(srv.job_state(&ids[2]).await, "waiting");
+    // What is left still takes a smaller upload.
+    upload_attachments(&srv, &ids[2], 40_000)
+        .await
+        .expect_status(200);
+    upload_attachments(&srv, &ids[3], 20_000)
+        .await
+        .expect_error(507);
+    // Artifacts take none of it.
+    let job = srv.submit_to("q").await;
+    srv.post_multipart(
+        &format!("/v1/result/{job}/artifact"),
+        "file",
+        "a.bin",
+        vec![1u8; 100_000],
+    )
+    .await
+    .expect_status(200);
+
+    srv.restart();
+    upload_attachments(&srv, &ids[3], 20_000)
+        .await
+        .expect_error(507);
+    let attachments = srv
+        .stored_files()
+        .into_iter()
+        .filter(|name| name.contains(".attachments."))
+        .count();
+    assert_eq!(attachments, 3, "refused uploads leave no file");
+    srv.request("DELETE", &format!("/v1/job/{}", ids[0]), &[], Vec::new())
+        .await
+        .expect_status(200);
+    upload_attachments(&srv, &ids[3], 20_000)
+        .await
+        .expect_status(200);
+}
+
+/// Uploads at once cannot together pass the bound: each takes its declared length from
+/// the room before it writes, so of five 100,000-byte uploads to a room of 250,000
+/// exactly two are kept.
+#[tokio::test]
+async fn attachments_uploaded_at_once_never_take_more_than_max_attachments_bytes() {
+    let srv = TestServer::start_with(&ROOM);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(awaiting_attachments(&srv).await);
+    }
+    let answers =
+        futures_util::future::join_all(ids.iter().map(|id| upload_attachments(&srv, id, 100_000)))
+            .await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 507, 507, 507]);
+}
+
+/// An upload's bytes count while they arrive: another is refused while it is under way,
+/// and the room comes back when it is abandoned.
+#[tokio::test]
+async fn attachments_being_uploaded_hold_their_room_until_the_upload_ends() {
+    let srv = TestServer::start_with(&[
+        "--max-artifact-bytes",
+        "200000",
+        "--max-attachments-bytes",
+        "250000",
+    ]);
+    let (slow, other) = (
+        awaiting_attachments(&srv).await,
+        awaiting_attachments(&srv).await,
+    );
+    let data = pseudo_random_bytes(100_000, 1);
+    let (ct, body) = multipart(&[Part::file("file", "blob.bin", &data)]);
+    let mut conn = RawConn::connect(&srv.base_url()).await;
+    let request = crate::util::raw_post(
+        &format!("/v1/job/{slow}/attachments"),
+        Some(&ct),
+        &body,
+        true,
+    );
+    // All but the end: the server holds the upload open, waiting for the rest.
+    conn.send(&request[..request.len() - 1000]).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    upload_attachments(&srv, &other, 200_000)
+        .await
+        .expect_error(507);
+    drop(conn);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = upload_attachments(&srv, &other, 200_000).await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 507, "{}", r.text_preview());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned upload's room never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -5,9 +5,16 @@
 //! whole in memory) and made durable there (`journal::files`); this actor then records the
 //! new reference. A replaced or expired file is deleted only after the
 //! event that dropped it is durable, so a crash never leaves a reference to a deleted file.
+//!
+//! Attachments count against [`AttachmentQuota`] (`--max-attachments-bytes` and each
+//! submitter's share of it) from their first byte written: the upload holds a
+//! [`Reservation`] that grows as it writes, this actor charges the file's size to the
+//! job's owner in the turn that records it, and gives it back when a removal or a
+//! replacement drops the file.
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::registry::Jobs;
@@ -15,15 +22,100 @@ use super::{gone, now, reply, OrphanQuota, PendingSnapshot, Recorder};
 use crate::error::{Error, Result};
 use crate::journal::files::FileStore;
 use crate::journal::{Journal, Ticket};
-use crate::model::files::{Files, StoredFile};
+use crate::model::files::{AttachmentRoom, Files, StoredFile};
 use crate::model::orphans::Ledger;
-use crate::model::{Event, FastMap, FileKind, JobId};
+use crate::model::{Event, FastMap, FileKind, JobId, Name};
+
+/// The room for attachments ([`AttachmentRoom`]), shared by the uploads writing them
+/// (each through its [`Reservation`]) and the artifact actor that records and drops them.
+pub struct AttachmentQuota(Mutex<AttachmentRoom>);
+
+impl AttachmentQuota {
+    /// Shares `room`.
+    pub fn new(room: AttachmentRoom) -> AttachmentQuota {
+        AttachmentQuota(Mutex::new(room))
+    }
+
+    /// Whether `bytes` more for `owner` would fit now (its refusal if not), taking
+    /// nothing: an upload that surely cannot fit is refused before its body is read.
+    pub fn fits(&self, owner: Option<&Name>, bytes: u64) -> Result<()> {
+        self.0.lock().fits(owner, bytes)
+    }
+
+    /// An empty reservation for an upload of `owner`'s attachments.
+    pub fn reserve(self: &Arc<Self>, owner: Option<Name>) -> Reservation {
+        Reservation {
+            quota: self.clone(),
+            owner,
+            bytes: 0,
+        }
+    }
+
+    /// Bytes held now, stored and being written.
+    pub fn held(&self) -> u64 {
+        self.0.lock().held().total()
+    }
+
+    /// `owner`'s bytes held now.
+    pub fn held_by(&self, owner: Option<&Name>) -> u64 {
+        self.0.lock().held().of(owner)
+    }
+
+    fn count(&self, owner: Option<&Name>, bytes: u64) {
+        self.0.lock().count(owner, bytes);
+    }
+
+    fn give(&self, owner: Option<&Name>, bytes: u64) {
+        self.0.lock().give(owner, bytes);
+    }
+}
+
+/// The bytes one upload of attachments has written so far, counted against the
+/// [`AttachmentQuota`] while it writes them: given back when it is dropped (the upload
+/// refused, abandoned or done: once recorded, the artifact actor charges the file
+/// instead, so for a moment the bytes count twice, never not at all).
+pub struct Reservation {
+    quota: Arc<AttachmentQuota>,
+    owner: Option<Name>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Takes `bytes` more before they are written, or refuses (507) taking nothing.
+    pub fn grow(&mut self, bytes: u64) -> Result<()> {
+        self.quota.0.lock().take(self.owner.as_ref(), bytes)?;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Takes what `written` bytes need beyond what is held already (refused: 507).
+    pub fn cover(&mut self, written: u64) -> Result<()> {
+        match written.checked_sub(self.bytes) {
+            Some(more) if more > 0 => self.grow(more),
+            _ => Ok(()),
+        }
+    }
+
+    /// Gives back what is held beyond `size` bytes (an upload smaller than it declared).
+    pub fn trim(&mut self, size: u64) {
+        if self.bytes > size {
+            self.quota.give(self.owner.as_ref(), self.bytes - size);
+            self.bytes = size;
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.quota.give(self.owner.as_ref(), self.bytes);
+    }
+}
 
 /// Messages to the artifact actor.
 pub enum FileMsg {
     /// A durable file `name` of `size` bytes now holds the job's `kind`. Refused (507)
     /// when no job has that id and the orphan quota has no room for it: the caller then
-    /// deletes the file.
+    /// deletes the file. Attachments are charged to the job's owner.
     Stored(JobId, FileKind, Box<str>, u64, RpcReplyPort<Result<Ticket>>),
     /// Remove one id's files (an operator's deletion); `None`: there were none.
     Delete(JobId, RpcReplyPort<Result<Option<Ticket>>>),
@@ -61,6 +153,12 @@ pub struct FileState {
     ledger: Ledger,
     /// Where the files are kept.
     store: Arc<dyn FileStore>,
+    /// The room for attachments, which this actor charges with what it records.
+    quota: Arc<AttachmentQuota>,
+    /// Each job's attachments file charged to the quota: the owner it is charged to and
+    /// its size, given back when the file goes. Invariant: their sum is what this actor
+    /// has counted in the quota, and it holds exactly the partition's attachments.
+    charged: FastMap<JobId, (Option<Name>, u64)>,
     /// Jobs whose attachments this actor recorded since it started, with the submission
     /// (`seq`) they were recorded for: until the registry marks them arrived (a turn of
     /// another actor, after this record is durable) the job still reads as awaiting
@@ -82,6 +180,8 @@ pub struct FileArgs {
     pub orphans: Arc<OrphanQuota>,
     /// Where the files are kept.
     pub store: Arc<dyn FileStore>,
+    /// The room for attachments (empty: counted here from the partition at start).
+    pub attachments: Arc<AttachmentQuota>,
 }
 
 impl FileState {
@@ -103,8 +203,16 @@ impl FileState {
         for id in ids {
             self.ledger.discharge(id);
             self.attached.remove(&id);
+            self.discharge(id);
         }
         Ok(ticket)
+    }
+
+    /// Gives back the charge of `id`'s attachments (they are gone, or replaced).
+    fn discharge(&mut self, id: JobId) {
+        if let Some((owner, bytes)) = self.charged.remove(&id) {
+            self.quota.give(owner.as_ref(), bytes);
+        }
     }
 
     /// Records a stored file, charging an orphan's quota (a replaced file gives back its
@@ -141,6 +249,12 @@ impl FileState {
         }
         if let (Some(seq), Ok(_)) = (submission, &result) {
             self.attached.insert(id, seq);
+            // Charged to the job's owner, as start-up charges it; the upload's
+            // reservation is given back once it hears this answer.
+            let owner = self.jobs.owner(id).flatten();
+            self.discharge(id);
+            self.quota.count(owner.as_ref(), size);
+            self.charged.insert(id, (owner, size));
         }
         result
     }
@@ -156,6 +270,12 @@ impl Actor for FileActor {
         _: ActorRef<FileMsg>,
         args: FileArgs,
     ) -> Result<FileState, ActorProcessingErr> {
+        let mut charged = FastMap::default();
+        for (id, bytes) in args.files.attachments() {
+            let owner = args.jobs.owner(id).flatten();
+            args.attachments.count(owner.as_ref(), bytes);
+            charged.insert(id, (owner, bytes));
+        }
         let mut ledger = Ledger::new(args.orphans);
         for (id, (bytes, _)) in args.files.by_id() {
             if !args.jobs.contains(id) {
@@ -168,6 +288,8 @@ impl Actor for FileActor {
             jobs: args.jobs,
             ledger,
             store: args.store,
+            quota: args.attachments,
+            charged,
             attached: FastMap::default(),
         })
     }
@@ -223,5 +345,33 @@ impl Actor for FileActor {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reservation_holds_what_it_covers_and_gives_it_all_back_when_dropped() {
+        let quota = Arc::new(AttachmentQuota::new(AttachmentRoom::new(100, None, 60)));
+        let mut a = quota.reserve(None);
+        a.grow(70).unwrap();
+        let mut b = quota.reserve(Some(Name::from("alice")));
+        assert!(b.grow(40).is_err(), "70 + 40 > 100");
+        b.cover(30).unwrap();
+        assert_eq!(quota.held(), 100);
+        assert!(b.cover(31).is_err(), "nothing left");
+        b.cover(20).unwrap();
+        assert_eq!(
+            quota.held_by(Some(&Name::from("alice"))),
+            30,
+            "covers only growth"
+        );
+        a.trim(50);
+        assert_eq!(quota.held(), 80);
+        drop(a);
+        drop(b);
+        assert_eq!(quota.held(), 0);
     }
 }

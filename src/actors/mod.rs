@@ -395,6 +395,8 @@ pub struct Handles {
     pub journal: Journal,
     /// Room for data of ids no job has.
     pub orphans: Arc<OrphanQuota>,
+    /// Room for attachments (`--max-attachments-bytes`, per submitter a share of it).
+    pub attachments: Arc<files::AttachmentQuota>,
     /// Turns for searches and queue listings (`--max-searches`), fair between clients.
     pub searches: Arc<crate::turns::Turns>,
     /// Log follow streams that may open (`--max-follows`): each holds one while open.

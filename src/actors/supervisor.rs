@@ -61,6 +61,8 @@ pub struct SupervisorArgs {
     pub agents: Shared<crate::model::agents::Agents>,
     /// Room for data of ids no job has.
     pub orphans: Arc<OrphanQuota>,
+    /// Room for attachments (counted by the artifact actor at its start).
+    pub attachments: Arc<super::files::AttachmentQuota>,
     /// The journal.
     pub journal: Journal,
     /// The queue directory to fill.
@@ -126,9 +128,7 @@ impl Actor for Supervisor {
                 waiters: args.waiters.clone(),
                 purges: args.purges.clone(),
                 max_jobs_bytes: args.config.max_jobs_bytes,
-                max_jobs_share: (args.config.access != crate::config::AccessMode::Off
-                    && args.config.max_jobs_share_percent < 100)
-                    .then(|| args.config.max_jobs_bytes / 100 * args.config.max_jobs_share_percent),
+                max_jobs_share: args.config.share_of(args.config.max_jobs_bytes),
                 lost_rule: crate::model::lost::Rule {
                     grace: args.config.lost_agent_grace.as_secs(),
                     requeue: args.config.lost_agent_requeue,
@@ -167,6 +167,7 @@ impl Actor for Supervisor {
                 jobs: jobs.clone(),
                 orphans: args.orphans,
                 store: args.files,
+                attachments: args.attachments,
             },
             cell.clone(),
         )

@@ -58,6 +58,14 @@ impl Config {
                 self.max_job_bytes,
             ));
         }
+        if self.max_attachments_bytes < self.max_artifact_bytes {
+            return err(format!(
+                "{} is {} bytes, less than one attachments upload may take (--max-artifact-bytes {})",
+                setting("max-attachments-bytes"),
+                self.max_attachments_bytes,
+                self.max_artifact_bytes,
+            ));
+        }
         let biggest = self
             .max_result_bytes
             .max(self.max_job_bytes)

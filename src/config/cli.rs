@@ -273,6 +273,12 @@ pub struct ServeOpts {
     /// Largest artifact or attachments upload in bytes [default: 2 GiB].
     #[arg(long, env = "FLINGER_MAX_ARTIFACT_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
     pub max_artifact_bytes: Option<u64>,
+    /// Most bytes of attachment files held at once, stored and being uploaded (jobs keep
+    /// theirs while they wait, which may be forever); with access control on one submitter
+    /// holds at most --max-jobs-share-percent of it; past either an upload is refused with
+    /// 507; at least --max-artifact-bytes [default: 16 GiB].
+    #[arg(long, env = "FLINGER_MAX_ATTACHMENTS_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]
+    pub max_attachments_bytes: Option<u64>,
     /// Write-ahead log segment size in bytes, at least 2x the largest body limit + 1 MiB,
     /// at most 4 GiB [default: 64 MiB].
     #[arg(long, env = "FLINGER_SEGMENT_BYTES", value_name = "BYTES", value_parser = super::parse_bytes::<u64>)]

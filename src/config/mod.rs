@@ -353,6 +353,13 @@ pub struct Config {
     pub max_results_bytes: u64,
     /// Largest artifact or attachments upload.
     pub max_artifact_bytes: u64,
+    /// Most bytes of attachment files held at once (stored, and being uploaded while
+    /// their bytes arrive): a job waits for an agent forever, and keeps its attachments
+    /// while it does, so without it one client declaring attachments for jobs to a queue
+    /// no agent serves fills the disk (and a full disk stops the log for everyone). With
+    /// access control on, one submitter holds at most `max_jobs_share_percent` of it. An
+    /// upload past either is 507. Artifacts (agents' uploads) are not counted.
+    pub max_attachments_bytes: u64,
     /// WAL segment size.
     pub segment_bytes: u64,
     /// Take a snapshot once this many bytes were logged since the last one (the minimum:
@@ -499,6 +506,7 @@ impl Default for Config {
             max_job_data_bytes: 1 << 30,
             max_results_bytes: 4 << 30,
             max_artifact_bytes: 2 << 30,
+            max_attachments_bytes: 16 << 30,
             segment_bytes: 64 << 20,
             snapshot_bytes: 128 << 20,
             snapshot_growth_percent: 100,
@@ -582,6 +590,16 @@ pub fn env_var(name: &str) -> Option<String> {
 }
 
 impl Config {
+    /// One submitter's share of `limit` (`--max-jobs-share-percent` of it, with access
+    /// control on; `None`: no share), for job documents and attachments alike.
+    pub fn share_of(&self, limit: u64) -> Option<u64> {
+        crate::model::shares::share(
+            limit,
+            self.max_jobs_share_percent,
+            self.access != AccessMode::Off,
+        )
+    }
+
     /// Resolves flags/env (`opts`) over the file's keys over defaults. Returns the config
     /// and warnings to log (unknown keys).
     pub fn resolve(
@@ -642,6 +660,7 @@ impl Config {
                     "MAX_JOB_DATA_BYTES" => config.max_job_data_bytes = bytes()?,
                     "MAX_RESULTS_BYTES" => config.max_results_bytes = bytes()?,
                     "MAX_ARTIFACT_BYTES" => config.max_artifact_bytes = bytes()?,
+                    "MAX_ATTACHMENTS_BYTES" => config.max_attachments_bytes = bytes()?,
                     "SEGMENT_BYTES" => config.segment_bytes = bytes()?,
                     "SNAPSHOT_BYTES" => config.snapshot_bytes = bytes()?,
                     "SNAPSHOT_GROWTH_PERCENT" => {
@@ -783,6 +802,7 @@ impl Config {
             max_job_data_bytes,
             max_results_bytes,
             max_artifact_bytes,
+            max_attachments_bytes,
             segment_bytes,
             snapshot_bytes,
             snapshot_growth_percent,

@@ -562,3 +562,37 @@ fn max_jobs_share_percent_is_1_to_100() {
     }
     assert_eq!(Config::default().max_jobs_share_percent, 25);
 }
+
+#[test]
+fn attachments_room_comes_from_the_file_and_flags_and_holds_one_largest_upload() {
+    let (config, _) = Config::resolve(&ServeOpts::default(), None).unwrap();
+    assert_eq!(config.max_attachments_bytes, 16 << 30);
+    assert_eq!(
+        config.share_of(config.max_attachments_bytes),
+        None,
+        "access control off"
+    );
+    let file = parse_config_file("MAX_ATTACHMENTS_BYTES = '3 GiB'\n").unwrap();
+    let (config, warnings) =
+        Config::resolve(&ServeOpts::default(), Some(("tf.conf".into(), file))).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.max_attachments_bytes, 3 << 30);
+    let small = ServeOpts {
+        max_attachments_bytes: Some(1000),
+        max_artifact_bytes: Some(1001),
+        ..Default::default()
+    };
+    let e = Config::resolve(&small, None).unwrap_err().to_string();
+    assert!(
+        e.contains("--max-attachments-bytes") && e.contains("--max-artifact-bytes 1001"),
+        "{e}"
+    );
+    let on = ServeOpts {
+        max_attachments_bytes: Some(1000),
+        max_artifact_bytes: Some(1000),
+        access_control: Some(AccessMode::On),
+        ..Default::default()
+    };
+    let (config, _) = Config::resolve(&on, None).unwrap();
+    assert_eq!(config.share_of(config.max_attachments_bytes), Some(250));
+}

@@ -16,7 +16,7 @@ use super::wire::{
     parse_timestamp, path_id, pick_members, query_number, query_pairs, NotAnObject, MAX_NAME,
     PHASES,
 };
-use crate::actors::files::FileMsg;
+use crate::actors::files::{FileMsg, Reservation};
 use crate::actors::reads::{compose_off_runtime, LogQuery};
 use crate::actors::registry::RegistryMsg;
 use crate::actors::results::{read_output, record, FragmentPost, Post};
@@ -588,12 +588,18 @@ pub async fn store_upload(
     kind: FileKind,
     request: Request,
 ) -> Result<()> {
-    let (name, size) = receive_upload(svc, id, kind, request).await?;
-    let lsn = match ask(&svc.files, |p| {
+    let (name, size, reservation) = receive_upload(svc, id, kind, request).await?;
+    let recorded = ask(&svc.files, |p| {
         FileMsg::Stored(id, kind, name.clone(), size, p)
     })
-    .await
-    {
+    .await;
+    // Recorded: the artifact actor charges the file now. Otherwise the file is deleted
+    // below, and its bytes count until then.
+    let mut reservation = reservation;
+    if let Ok(Ok(_)) = recorded {
+        reservation = None;
+    }
+    let lsn = match recorded {
         Ok(Ok(lsn)) => lsn,
         // Attachments another upload stored while this one was received: a success only
         // if this one holds the same bytes (a retry sent while the first was in flight),
@@ -601,6 +607,7 @@ pub async fn store_upload(
         Ok(Err(e @ Error::Conflict(_))) if kind == FileKind::Attachments => {
             let same = same_as_stored(svc, id, kind, &name, size).await;
             svc.store.delete(vec![name]);
+            drop(reservation);
             return match same? {
                 true => Ok(()),
                 false => Err(e),
@@ -609,6 +616,7 @@ pub async fn store_upload(
         // Refused before anything was recorded (at the door, or over the orphan quota).
         Ok(Err(e)) | Err(e) => {
             svc.store.delete(vec![name]);
+            drop(reservation);
             return Err(e);
         }
     };
@@ -630,9 +638,10 @@ pub async fn upload_matches_stored(
     kind: FileKind,
     request: Request,
 ) -> Result<bool> {
-    let (name, size) = receive_upload(svc, id, kind, request).await?;
+    let (name, size, reservation) = receive_upload(svc, id, kind, request).await?;
     let same = same_as_stored(svc, id, kind, &name, size).await;
     svc.store.delete(vec![name]);
+    drop(reservation);
     same
 }
 
@@ -706,12 +715,21 @@ async fn same_bytes(mut a: Download, mut b: Download) -> Result<bool> {
 /// cannot record the upload now, is refused before the body is read; the preamble, each
 /// part's headers, the number of parts ([`super::upload::Framing`]), other fields and the
 /// whole body (multer's size limits) are bounded while it is read.
+///
+/// Attachments count against `--max-attachments-bytes` (and their submitter's share of
+/// it) from before they are written, so uploads at once never together pass it: an upload
+/// that surely cannot fit (nothing fits, or its declared length less the framing is more
+/// than the room) is refused before its body is read; one that declares its length takes
+/// that much (at most the file limit) at once, first come first served, and gives back
+/// the framing once the file is whole; past what it holds (no length declared, or more
+/// room than was left for the framing) each chunk is reserved before it is written. The
+/// returned reservation holds the bytes until the caller records or deletes the file.
 async fn receive_upload(
     svc: &Services,
     id: JobId,
     kind: FileKind,
     request: Request,
-) -> Result<(Box<str>, u64)> {
+) -> Result<(Box<str>, u64, Option<Reservation>)> {
     let config = &svc.config;
     // An id no job has may only take what is left of the orphan quota: refused before
     // any byte is stored when nothing is.
@@ -747,6 +765,18 @@ async fn receive_upload(
     if declared.is_some_and(|n| n > whole) {
         return Err(over_quota(upload_too_large(limit)));
     }
+    let mut reservation = match kind {
+        FileKind::Attachments => {
+            let owner = svc.jobs.owner(id).flatten();
+            let least = declared.map_or(0, |n| n.saturating_sub(UPLOAD_FRAMING));
+            svc.attachments.fits(owner.as_ref(), least.max(1))?;
+            let mut reservation = svc.attachments.reserve(owner);
+            // Refused only for the framing's few bytes: the chunks are reserved instead.
+            let _ = reservation.grow(declared.map_or(0, |n| n.min(limit)));
+            Some(reservation)
+        }
+        FileKind::Artifact => None,
+    };
     // Nothing is written to disk for an upload the log could not record anyway.
     svc.journal.writable()?;
     let framing = super::upload::Framing::new(
@@ -782,7 +812,7 @@ async fn receive_upload(
             continue;
         }
         let mut file = svc.store.create(&name).await?;
-        match write_stream(&mut *file, field, limit).await {
+        match write_stream(&mut *file, field, limit, reservation.as_mut()).await {
             Ok(size) => stored = Some((size, file)),
             Err(e) => {
                 file.abandon().await;
@@ -794,7 +824,10 @@ async fn receive_upload(
         return Err(Error::InvalidInput("The upload has no `file` field".into()));
     };
     writing.finish().await?;
-    Ok((name.into_boxed_str(), size))
+    if let Some(reservation) = reservation.as_mut() {
+        reservation.trim(size);
+    }
+    Ok((name.into_boxed_str(), size, reservation))
 }
 
 fn kind_tag(kind: FileKind) -> &'static str {
@@ -840,17 +873,22 @@ fn multipart_error(e: multer::Error, limit: u64) -> Error {
     }
 }
 
-/// Streams `field` into `file`; its size.
+/// Streams `field` into `file`, each chunk counted in `reservation` (if any) before it is
+/// written; its size.
 async fn write_stream(
     file: &mut dyn NewFile,
     mut field: multer::Field<'_>,
     limit: u64,
+    mut reservation: Option<&mut Reservation>,
 ) -> Result<u64> {
     let mut size: u64 = 0;
     while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
         size += chunk.len() as u64;
         if size > limit {
             return Err(too_large(limit));
+        }
+        if let Some(reservation) = reservation.as_deref_mut() {
+            reservation.cover(size)?;
         }
         file.write(&chunk).await?;
     }

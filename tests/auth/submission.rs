@@ -266,3 +266,75 @@ async fn one_submitters_jobs_take_at_most_their_share_of_the_job_store() {
         open.post_json("/v1/job", &job).await.expect_status(200);
     }
 }
+
+/// With access control on, one submitter's attachments take at most
+/// `--max-jobs-share-percent` of `--max-attachments-bytes` (the job documents' share):
+/// those of jobs submitted without a token all together, so anonymous callers declaring
+/// attachments for jobs no agent takes cannot fill the disk or the room of everyone else;
+/// a client with a token has its own. The count holds after a restart.
+#[tokio::test]
+async fn one_submitters_attachments_take_at_most_their_share_of_max_attachments_bytes() {
+    // A share of 100,000 bytes.
+    let mut lab = Lab::start(&[
+        "--max-artifact-bytes",
+        "100000",
+        "--max-attachments-bytes",
+        "400000",
+        "--max-jobs-share-percent",
+        "25",
+    ]);
+    let alice = lab.token_for("alice", "contributor", json!({})).await;
+    let job = json!({"job_queue": "nobody-serves-this", "test_data": {"attachments": [{"agent": "a.bin"}]}});
+    async fn submit(srv: &crate::util::TestServer, token: Option<&str>, job: &Value) -> String {
+        let r = call(srv, "POST", "/v1/job", token, None, Some(job)).await;
+        r.expect_json()["job_id"].as_str().unwrap().to_owned()
+    }
+    async fn upload(
+        srv: &crate::util::TestServer,
+        token: Option<&str>,
+        id: &str,
+        len: usize,
+    ) -> crate::util::Resp {
+        let data = crate::util::pseudo_random_bytes(len, 7);
+        let (ct, body) = crate::util::multipart(&[crate::util::Part::file("file", "a.bin", &data)]);
+        let path = format!("/v1/job/{id}/attachments");
+        match token {
+            None => srv.post_oversized(&path, Some(&ct), &body).await,
+            Some(token) => {
+                let bearer = format!("Bearer {token}");
+                let headers = [("content-type", ct.as_str()), ("authorization", &bearer)];
+                srv.request("POST", &path, &headers, body).await
+            }
+        }
+    }
+    let anonymous = [
+        submit(&lab.srv, None, &job).await,
+        submit(&lab.srv, None, &job).await,
+    ];
+    let theirs = submit(&lab.srv, Some(&alice), &job).await;
+    upload(&lab.srv, None, &anonymous[0], 60_000)
+        .await
+        .expect_status(200);
+    let refused = upload(&lab.srv, None, &anonymous[1], 60_000)
+        .await
+        .expect_error(507);
+    for needed in [
+        "attachments of jobs submitted without a token (all such clients together)",
+        "100000 bytes (--max-jobs-share-percent of --max-attachments-bytes)",
+        "a share of its own",
+        "DELETE /v1/job/<id>",
+    ] {
+        assert!(refused.contains(needed), "{needed:?} in {refused}");
+    }
+    // Nobody else's room is taken.
+    upload(&lab.srv, Some(&alice), &theirs, 60_000)
+        .await
+        .expect_status(200);
+    lab.srv.restart();
+    upload(&lab.srv, None, &anonymous[1], 60_000)
+        .await
+        .expect_error(507);
+    upload(&lab.srv, None, &anonymous[1], 30_000)
+        .await
+        .expect_status(200);
+}

@@ -141,6 +141,11 @@ impl Jobs {
             .then(|| job.queue.clone())
     }
 
+    /// The job's submitter (`Some(None)`: submitted without a token), if the job is known.
+    pub fn owner(&self, id: JobId) -> Option<Option<Name>> {
+        self.0.read().get(id).map(|job| job.owner.clone())
+    }
+
     /// The job's current run ([`JobView::run`]), if the job is known: what a log
     /// fragment's post needs, without copying the rest of the job.
     pub fn run(&self, id: JobId) -> Option<u32> {
