@@ -315,6 +315,15 @@ async fn attachments_upload_is_507_when_attachments_held_would_pass_max_attachme
     upload_attachments(&srv, &ids[3], 20_000)
         .await
         .expect_error(507);
+    // A retry of stored attachments is compared as it arrives and needs no room.
+    upload_attachments(&srv, &ids[0], 100_000)
+        .await
+        .expect_status(200);
+    let (ct, other) = multipart(&[Part::file("file", "blob.bin", &[9u8; 100_000])]);
+    let path = format!("/v1/job/{}/attachments", ids[0]);
+    srv.post_oversized(&path, Some(&ct), &other)
+        .await
+        .expect_error(400);
     // Artifacts take none of it.
     let job = srv.submit_to("q").await;
     srv.post_multipart(

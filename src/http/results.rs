@@ -16,6 +16,10 @@ use super::wire::{
     parse_timestamp, path_id, pick_members, query_number, query_pairs, NotAnObject, MAX_NAME,
     PHASES,
 };
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
 use crate::actors::files::{FileMsg, Reservation};
 use crate::actors::reads::{compose_off_runtime, LogQuery};
 use crate::actors::registry::RegistryMsg;
@@ -588,7 +592,7 @@ pub async fn store_upload(
     kind: FileKind,
     request: Request,
 ) -> Result<()> {
-    let (name, size, reservation) = receive_upload(svc, id, kind, request).await?;
+    let (name, size, reservation) = receive_upload(svc, id, kind, request, None).await?;
     let recorded = ask(&svc.files, |p| {
         FileMsg::Stored(id, kind, name.clone(), size, p)
     })
@@ -629,20 +633,95 @@ pub async fn store_upload(
 /// stored file of `kind` (`false` when it has none): a client retrying an upload whose
 /// answer it lost sends the same bytes again, and must not be told it replaced them.
 ///
-/// Received like any upload (`receive_upload`: same limits, same refusals) into a file
-/// nothing refers to, compared chunk by chunk (sizes first), never whole in memory, and
-/// deleted whatever the outcome; a crash before the deletion leaves it to start-up's sweep.
+/// Received like any upload (`receive_upload`: same limits, same refusals), but into
+/// nothing: each chunk is compared with the stored file's next bytes as it arrives, so a
+/// retry writes nothing to disk and takes no room for attachments (it needs none: a retry
+/// of attachments that filled their submitter's share still succeeds).
 pub async fn upload_matches_stored(
     svc: &Services,
     id: JobId,
     kind: FileKind,
     request: Request,
 ) -> Result<bool> {
-    let (name, size, reservation) = receive_upload(svc, id, kind, request).await?;
-    let same = same_as_stored(svc, id, kind, &name, size).await;
-    svc.store.delete(vec![name]);
-    drop(reservation);
-    same
+    let theirs = match ask(&svc.files, |p| FileMsg::Get(id, kind, p)).await? {
+        None => None,
+        Some(stored) => match svc.store.open(&stored.file, stored.size).await {
+            Ok(download) => Some(download),
+            // The stored file is missing: the new upload is not the same, it replaces it.
+            Err(Error::Gone(_)) => {
+                crate::journal::files::report_missing(&*svc.store, &stored.file);
+                None
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    let verdict = Arc::new(Mutex::new(None));
+    let comparing = Comparing {
+        theirs,
+        pending: Bytes::new(),
+        same: true,
+        verdict: verdict.clone(),
+    };
+    receive_upload(svc, id, kind, request, Some(Box::new(comparing))).await?;
+    let same = verdict.lock().take();
+    Ok(same == Some(true))
+}
+
+/// A file that is never written: what would be written to it is compared with a stored
+/// file's bytes (`theirs`; `None`: there is none), whatever the chunk boundaries; its
+/// `finish` tells whether they were all the same, in `verdict`.
+struct Comparing {
+    theirs: Option<Download>,
+    /// Bytes of `theirs` read and not compared yet.
+    pending: Bytes,
+    /// Whether everything written so far matched.
+    same: bool,
+    verdict: Arc<Mutex<Option<bool>>>,
+}
+
+impl Comparing {
+    /// `pending` holds bytes of `theirs` unless it has none left.
+    async fn refill(&mut self) -> Result<()> {
+        while self.pending.is_empty() {
+            match self.theirs.as_mut() {
+                Some(theirs) => match theirs.try_next().await? {
+                    Some(chunk) => self.pending = chunk,
+                    None => break,
+                },
+                None => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl NewFile for Comparing {
+    async fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while self.same && !bytes.is_empty() {
+            self.refill().await?;
+            let n = self.pending.len().min(bytes.len());
+            if n == 0 || self.pending[..n] != bytes[..n] {
+                self.same = false;
+                break;
+            }
+            self.pending = self.pending.slice(n..);
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<()> {
+        if self.same {
+            self.refill().await?;
+            // Theirs must have ended too, and there must have been a stored file.
+            self.same = self.pending.is_empty() && self.theirs.is_some();
+        }
+        *self.verdict.lock() = Some(self.same);
+        Ok(())
+    }
+
+    async fn abandon(self: Box<Self>) {}
 }
 
 /// Whether the received file `name` of `size` bytes holds exactly the bytes of the job's
@@ -724,11 +803,15 @@ async fn same_bytes(mut a: Download, mut b: Download) -> Result<bool> {
 /// the framing once the file is whole; past what it holds (no length declared, or more
 /// room than was left for the framing) each chunk is reserved before it is written. The
 /// returned reservation holds the bytes until the caller records or deletes the file.
+///
+/// `into`, when given, takes the file's bytes instead of a new file of the store (which
+/// is then neither created nor counted: nothing is written to disk).
 async fn receive_upload(
     svc: &Services,
     id: JobId,
     kind: FileKind,
     request: Request,
+    mut into: Option<Box<dyn NewFile>>,
 ) -> Result<(Box<str>, u64, Option<Reservation>)> {
     let config = &svc.config;
     // An id no job has may only take what is left of the orphan quota: refused before
@@ -766,7 +849,7 @@ async fn receive_upload(
         return Err(over_quota(upload_too_large(limit)));
     }
     let mut reservation = match kind {
-        FileKind::Attachments => {
+        FileKind::Attachments if into.is_none() => {
             let owner = svc.jobs.owner(id).flatten();
             let least = declared.map_or(0, |n| n.saturating_sub(UPLOAD_FRAMING));
             svc.attachments.fits(owner.as_ref(), least.max(1))?;
@@ -775,7 +858,7 @@ async fn receive_upload(
             let _ = reservation.grow(declared.map_or(0, |n| n.min(limit)));
             Some(reservation)
         }
-        FileKind::Artifact => None,
+        _ => None,
     };
     // Nothing is written to disk for an upload the log could not record anyway.
     svc.journal.writable()?;
@@ -811,7 +894,10 @@ async fn receive_upload(
             // Read and dropped (bounded by --max-field-bytes, or the file limit).
             continue;
         }
-        let mut file = svc.store.create(&name).await?;
+        let mut file = match into.take() {
+            Some(file) => file,
+            None => svc.store.create(&name).await?,
+        };
         match write_stream(&mut *file, field, limit, reservation.as_mut()).await {
             Ok(size) => stored = Some((size, file)),
             Err(e) => {
