@@ -160,8 +160,8 @@ impl AttachmentRoom {
         let all = self.held.total();
         if all.saturating_add(bytes) > self.limit {
             return Err(Error::NoSpace(format!(
-                "no room for these attachments: the attachments held (stored and being \
-                 uploaded) take {all} bytes, and this upload would take them past the \
+                "no room for these attachments: the attachments held take {all} bytes, \
+                 stored and being uploaded, and this upload would take them past the \
                  server's limit of {} bytes (--max-attachments-bytes); {}",
                 self.limit,
                 self.freed()
@@ -171,8 +171,8 @@ impl AttachmentRoom {
             let theirs = self.held.of(owner);
             if theirs.saturating_add(bytes) > share {
                 return Err(Error::NoSpace(format!(
-                    "no room for these attachments: {} (stored and being uploaded) take \
-                     {theirs} bytes, and this upload would take them past their share of \
+                    "no room for these attachments: {} take {theirs} bytes, stored and being \
+                     uploaded, and this upload would take them past their share of \
                      the server's room for attachments: {share} bytes \
                      (--max-jobs-share-percent of --max-attachments-bytes); {}{}",
                     whose(
