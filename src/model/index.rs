@@ -853,7 +853,14 @@ mod tests {
         assert!(!index.owner_in_queue(Some(&alice), "other"));
         // A job of its in another queue: that queue is charged too, until it leaves.
         let other = Name::from("other");
-        index.insert(JobId::random(), 4, &other, "waiting", bodies[2], Some(&alice));
+        index.insert(
+            JobId::random(),
+            4,
+            &other,
+            "waiting",
+            bodies[2],
+            Some(&alice),
+        );
         let with_other = alices + job_weight(bodies[2]) + 2 * QUEUE_OVERHEAD;
         assert_eq!(index.owner_weight(Some(&alice)), with_other);
         index.remove(4, "other", "waiting", bodies[2], Some(&alice));
