@@ -809,3 +809,46 @@ async fn submissions_past_the_job_store_bound_are_507_until_a_job_goes() {
         .expect_error(507);
     srv.submit(&json!({"job_queue": "bound", "pad": pad})).await;
 }
+
+/// Data of an id no job has lives in the orphan store; a job submitted with that id takes
+/// it over (it stops counting against the orphan quota), and what its agent posts after
+/// is appended there: held to the job's own `--max-job-data-bytes` (it was held to
+/// nothing, so the disk could fill through one job).
+#[tokio::test]
+async fn a_job_that_takes_over_orphan_data_is_held_to_its_own_bound() {
+    let srv = TestServer::start_with(&[
+        "--max-job-data-bytes",
+        "8192",
+        "--max-result-bytes",
+        "1024",
+        "--max-output-bytes",
+        "2048",
+    ]);
+    let id = new_id();
+    let text = "x".repeat(1000);
+    srv.post_json(
+        &format!("/v1/result/{id}/log/output"),
+        &log_fragment(&text, 0),
+    )
+    .await
+    .expect_status(200);
+    srv.post_json("/v1/job", &json!({"job_id": id, "job_queue": "taken-over"}))
+        .await
+        .expect_status(200);
+    let mut refused = None;
+    for n in 1..20 {
+        let r = srv
+            .post_json(
+                &format!("/v1/result/{id}/log/output"),
+                &log_fragment(&text, n),
+            )
+            .await;
+        if r.status != 200 {
+            refused = Some((n, r.expect_error(413)));
+            break;
+        }
+    }
+    let (n, message) = refused.expect("the job's bound was never reached");
+    assert!(n >= 5, "refused after only {n} fragments: {message}");
+    assert!(message.contains("--max-job-data-bytes"), "{message}");
+}

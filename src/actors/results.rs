@@ -268,6 +268,19 @@ impl ResultState {
         if let Some(stale) = self.open.remove(&id) {
             self.drop_open(id, stale);
         }
+        // Data of an id a job has since taken stays in the orphan store and no longer
+        // counts against the orphan quota (the job owns it): its job's own bound holds
+        // it, as it holds the data kept in the partition.
+        if self.jobs.contains(id) {
+            let held = self.results.read().orphan(id).map_or(0, |entry| entry.len);
+            if held.saturating_add(len) > self.max_job_data {
+                return Err(Error::TooLarge(format!(
+                    "job {id}'s results and logs hold {held} bytes; this post would add up to \
+                     {len}, past the limit of {} bytes (--max-job-data-bytes)",
+                    self.max_job_data
+                )));
+            }
+        }
         self.charge(id, len)?;
         let (file, offset, new) = match self.results.read().orphan(id) {
             Some(entry) => (entry.file.clone(), entry.len, false),
