@@ -641,14 +641,13 @@ fn check_job_secrets(svc: &Services, caller: &Caller, body: &[u8]) -> Result<()>
         field: "test_data".into(),
         reason: "secrets".into(),
     };
-    if svc.access.secrets.is_none() {
+    let Some(sealer) = &svc.access.secrets else {
         return Err(refuse("No secrets store".into()));
-    }
+    };
     let Some(client) = caller.client_id() else {
         return Err(refuse("Missing client ID (user not authenticated)".into()));
     };
     let now = crate::actors::now();
-    let sealer = svc.access.secrets.as_ref().expect("checked above");
     // A stored secret the server's key cannot open (sealed under another
     // FLINGER_SECRETS_KEY) is as inaccessible as a missing one: upstream would hand the
     // agent "" for it, and the stock agent then skips the job's test phase.

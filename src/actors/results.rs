@@ -191,13 +191,7 @@ impl ResultState {
             let results = self.results.read();
             (results.get(id).map_or(0, |doc| doc.bytes()), results.held())
         };
-        if held.saturating_add(adding) > self.max_job_data {
-            return Err(Error::TooLarge(format!(
-                "job {id}'s results and logs hold {held} bytes; this post would add up to \
-                 {adding}, past the limit of {} bytes (--max-job-data-bytes)",
-                self.max_job_data
-            )));
-        }
+        self.within_job_bound(id, held, adding)?;
         if total.saturating_add(adding) > self.max_results {
             return Err(results_full(
                 total,
@@ -207,6 +201,18 @@ impl ResultState {
             ));
         }
         self.charge(id, adding)
+    }
+
+    /// 413 when `adding` bytes to job `id`'s `held` would pass `--max-job-data-bytes`.
+    fn within_job_bound(&self, id: JobId, held: u64, adding: u64) -> Result<()> {
+        if held.saturating_add(adding) > self.max_job_data {
+            return Err(Error::TooLarge(format!(
+                "job {id}'s results and logs hold {held} bytes; this post would add up to \
+                 {adding}, past the limit of {} bytes (--max-job-data-bytes)",
+                self.max_job_data
+            )));
+        }
+        Ok(())
     }
 
     fn record(&mut self, event: Event) -> Result<Ticket> {
@@ -273,13 +279,7 @@ impl ResultState {
         // it, as it holds the data kept in the partition.
         if self.jobs.contains(id) {
             let held = self.results.read().orphan(id).map_or(0, |entry| entry.len);
-            if held.saturating_add(len) > self.max_job_data {
-                return Err(Error::TooLarge(format!(
-                    "job {id}'s results and logs hold {held} bytes; this post would add up to \
-                     {len}, past the limit of {} bytes (--max-job-data-bytes)",
-                    self.max_job_data
-                )));
-            }
+            self.within_job_bound(id, held, len)?;
         }
         self.charge(id, len)?;
         let (file, offset, new) = match self.results.read().orphan(id) {

@@ -450,17 +450,20 @@ async fn secrets_stored_under_another_key_are_refused_at_submission_and_named_at
     );
     let alice_secret = lab.client("alice", "contributor", json!({})).await;
     let alice = access_token(&lab.srv, "alice", &alice_secret).await;
-    let body = json!({"value": "hunter2"});
-    call(
-        &lab.srv,
-        "PUT",
-        "/v1/secrets/alice/db/pass",
-        Some(&alice),
-        None,
-        Some(&body),
-    )
-    .await
-    .expect_status(200);
+    async fn store(srv: &TestServer, token: &str) {
+        let body = json!({"value": "hunter2"});
+        call(
+            srv,
+            "PUT",
+            "/v1/secrets/alice/db/pass",
+            Some(token),
+            None,
+            Some(&body),
+        )
+        .await
+        .expect_status(200);
+    }
+    store(&lab.srv, &alice).await;
     let job = json!({"job_queue": "sec-q", "test_data": {"test_cmds": "env", "secrets": {"DB": "db/pass"}}});
     lab.srv.stop();
     lab.srv.set_env(
@@ -488,16 +491,7 @@ async fn secrets_stored_under_another_key_are_refused_at_submission_and_named_at
         "Inaccessible secret paths: db/pass (db/pass stored under another secrets key than \
          the server's FLINGER_SECRETS_KEY: store again)"
     );
-    call(
-        &lab.srv,
-        "PUT",
-        "/v1/secrets/alice/db/pass",
-        Some(&alice),
-        None,
-        Some(&body),
-    )
-    .await
-    .expect_status(200);
+    store(&lab.srv, &alice).await;
     call(&lab.srv, "POST", "/v1/job", Some(&alice), None, Some(&job))
         .await
         .expect_status(200);
